@@ -1,0 +1,90 @@
+"""The `bipsim` command: a click group whose subcommands live in `bipsim.commands.*` and load on first use.
+
+Loading lazily keeps `bipsim --help` fast (scapy and cryptography are slow to import) and lets each subcommand sit
+in its own module. PROTOCOL.md section 3 is the contract for the names and options. Every failure is one line on
+stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any
+
+import click
+
+from bipsim import __version__
+from bipsim.errors import CliError
+
+# name -> (module under bipsim.commands, attribute, one-line help shown by `bipsim --help`)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "demo": ("demo", "demo", "Run both patent embodiments end to end (AP, CP, OTA server as processes)."),
+    "cp": ("cp", "cp", "Run the modem processor (DCE) on a serial line."),
+    "ap": ("ap", "ap", "Run the application processor (DTE, proxy) on a serial line."),
+    "ota-server": ("ota_server", "ota_server", "Run the remote OTA (GlobalPlatform SCP81) admin server."),
+    "pty-pair": ("pty_pair", "pty_pair", "Create two linked raw pseudo-terminals (a socat replacement)."),
+    "decode": ("decode", "decode", "Decode CAT/BIP bytes (proactive command, TR, envelope, APDU)."),
+    "scenario": ("scenario", "scenario", "List or run named scenarios."),
+    "trace": ("trace", "trace", "Render, export (pcap), replay or diff traces."),
+}
+
+
+class LazyGroup(click.Group):
+    """A group that imports a subcommand's module only when that subcommand runs."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        entry = COMMANDS.get(cmd_name)
+        if entry is None:
+            return None
+        module_name, attr, _ = entry
+        module = importlib.import_module(f"bipsim.commands.{module_name}")
+        command: click.Command = getattr(module, attr)
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="bipsim")
+def cli() -> None:
+    """bipsim simulates a dual-processor phone: an application processor (AP) and a modem processor (CP) joined
+    by a serial line, with a SIM card (UICC) on the CP that opens BIP channels (ETSI TS 102 223) to download OTA
+    content from a remote server, following patent CN101594614A.
+
+    Start with `bipsim demo`, then `bipsim <command> --help`.
+    """
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the console script: runs the group and turns every failure into one line on stderr."""
+    prog = "bipsim"
+    try:
+        rv: Any = cli.main(args=argv, prog_name=prog, standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx is not None else prog
+        click.echo(f"{where}: error: {exc.format_message()} (see --help)", err=True)
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        click.echo(f"{prog}: error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except CliError as exc:
+        click.echo(f"{prog}: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except OSError as exc:
+        click.echo(
+            f"{prog}: error: {exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}", err=True
+        )
+        sys.exit(1)
+    sys.exit(rv if isinstance(rv, int) else 0)
