@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 PKG_DIRS := bipsim ap cp uicc link ota trace scenarios
 
-.PHONY: demo test bench lint typecheck pytest clean venv
+.PHONY: demo test bench lint typecheck pytest clean FORCE
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,9 +25,9 @@ demo: $(VENV)/.runtime
 	$(BIN)/bipsim demo
 
 # mypy cannot follow setuptools' editable finder, so it checks a link tree shaped like the installed package.
-build/typecheck/bipsim: $(wildcard bipsim/*.py)
+build/typecheck/bipsim: FORCE
 	rm -rf build/typecheck && mkdir -p build/typecheck/bipsim
-	ln -s $(abspath bipsim)/*.py build/typecheck/bipsim/
+	ln -s $(abspath bipsim)/* build/typecheck/bipsim/
 	for d in $(filter-out bipsim,$(PKG_DIRS)); do ln -s $(abspath $$d) build/typecheck/bipsim/$$d; done
 
 lint: $(VENV)/.dev
