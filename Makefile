@@ -50,3 +50,5 @@ bench: $(VENV)/.dev
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis .benchmarks
 	find . -name __pycache__ -prune -exec rm -rf {} +
+
+FORCE:

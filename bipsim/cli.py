@@ -8,6 +8,7 @@ stderr and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from typing import Any
 
@@ -87,4 +88,13 @@ def main(argv: list[str] | None = None) -> None:
             f"{prog}: error: {exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}", err=True
         )
         sys.exit(1)
+    except Exception as exc:
+        # A bug, not a user error: still one line, with the traceback on request.
+        if os.environ.get("BIPSIM_DEBUG"):
+            raise
+        click.echo(
+            f"{prog}: internal error: {type(exc).__name__}: {exc} (BIPSIM_DEBUG=1 shows the traceback)",
+            err=True,
+        )
+        sys.exit(70)
     sys.exit(rv if isinstance(rv, int) else 0)

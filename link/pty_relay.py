@@ -1,0 +1,83 @@
+"""Two linked raw pseudo-terminals: a null-modem cable in software (what `socat pty,raw,echo=0 pty,raw,echo=0` does).
+
+Each side is a pty whose slave path a process opens as its serial line; the relay copies bytes between the two
+masters, exactly (raw mode: all 256 values, no CR/LF translation, no echo). The relay keeps its own descriptor on
+each slave open, so a process may close its end and open it again without the pair coming apart.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+import trio
+
+from bipsim.link.pty import PtyStream, open_pty, set_raw
+
+
+@dataclass
+class DirectionStats:
+    """Bytes copied one way and when the first and last of them moved (monotonic seconds)."""
+
+    bytes: int = 0
+    first: float | None = None
+    last: float | None = None
+
+    def add(self, count: int) -> None:
+        now = time.monotonic()
+        if self.first is None:
+            self.first = now
+        self.last = now
+        self.bytes += count
+
+    @property
+    def rate(self) -> float:
+        """Throughput in bytes per second over the active period (0 when fewer than two chunks moved)."""
+        if self.first is None or self.last is None or self.last <= self.first:
+            return 0.0
+        return self.bytes / (self.last - self.first)
+
+
+@dataclass
+class PtyPair:
+    """Two linked ptys. `paths` are the slave paths to hand to the two processes."""
+
+    paths: tuple[str, str]
+    _masters: tuple[PtyStream, PtyStream]
+    _slave_fds: tuple[int, int]
+    stats: tuple[DirectionStats, DirectionStats] = field(
+        default_factory=lambda: (DirectionStats(), DirectionStats())
+    )
+
+    @classmethod
+    def create(cls) -> PtyPair:
+        (ma, pa), (mb, pb) = open_pty(), open_pty()
+        slaves: list[int] = []
+        for path in (pa, pb):
+            fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+            set_raw(fd)
+            slaves.append(fd)
+        return cls((pa, pb), (PtyStream(ma, name=pa), PtyStream(mb, name=pb)), (slaves[0], slaves[1]))
+
+    async def _copy(self, src: PtyStream, dst: PtyStream, stats: DirectionStats) -> None:
+        while True:
+            data = await src.receive_some(65536)
+            if not data:  # cannot happen while we hold the slave open; stop cleanly if it does
+                return
+            await dst.send_all(data)
+            stats.add(len(data))
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Copies both ways until cancelled."""
+        a, b = self._masters
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._copy, a, b, self.stats[0])
+            nursery.start_soon(self._copy, b, a, self.stats[1])
+            task_status.started()
+
+    async def aclose(self) -> None:
+        for master in self._masters:
+            await master.aclose()
+        for fd in self._slave_fds:
+            os.close(fd)
