@@ -1,0 +1,65 @@
+"""pcap export: tshark decodes GSMTAP SIM APDUs (with the CAT inside) and the synthesized TCP streams."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bipsim.trace.events import TraceEvent
+from bipsim.trace.pcap import export_pcap
+from bipsim.trace.recorder import Tracer
+
+# OPEN CHANNEL, written for this test from TS 102 223 section 6.6.27 / 8.x: command details (0x40, qualifier 0x03),
+# device identities UICC->terminal, bearer description GPRS, buffer size 1500, TCP client port 4443, IPv4 127.0.0.1.
+OPEN_CHANNEL = bytes.fromhex("D022810301400382028182350702030403041F02390205DC3C0302115B3E05217F000001")
+# its TERMINAL RESPONSE: result OK, channel status (channel 1, link established), bearer description, buffer size
+TERMINAL_RESPONSE = bytes.fromhex("81030140038202828183010038028100350702030403041F02390205DC")
+
+
+def session_events() -> list[TraceEvent]:
+    tracer = Tracer(keep=True, origin=0.0, clock=iter(x / 100 for x in range(1000)).__next__)
+    fetch = bytes.fromhex("80120000") + bytes([len(OPEN_CHANNEL)])
+    tracer.emit("cp", "uicc", "apdu", "TERMINAL PROFILE", bytes.fromhex("8010000003FFFFFF"))
+    tracer.emit("uicc", "cp", "apdu", "91 24", bytes.fromhex("9124"))
+    tracer.emit("cp", "uicc", "apdu", "FETCH", fetch)
+    tracer.emit("uicc", "cp", "apdu", "OPEN CHANNEL", OPEN_CHANNEL + b"\x90\x00", step="S401")
+    tr = TERMINAL_RESPONSE
+    tracer.emit("cp", "uicc", "apdu", "TERMINAL RESPONSE", bytes.fromhex("80140000") + bytes([len(tr)]) + tr)
+    tracer.emit("uicc", "cp", "apdu", "90 00", bytes.fromhex("9000"))
+    tracer.emit("cp", "ota", "tcp", "TCP SYN (connect)", step="S404")
+    tracer.emit("cp", "ota", "tcp", "channel data", b"ping")
+    tracer.emit("ota", "cp", "tcp", "channel data", b"pong")
+    tracer.emit("cp", "ota", "tcp", "TCP close", step="S414")
+    tracer.emit("ap", "cp", "at", "%NETPAR", b'\r\n%NETPAR: 1,"internet","",""\r\n')
+    tracer.emit("ap", "cp", "cmux", "UIH DLC2", bytes.fromhex("F90BEF0341F9"))
+    return tracer.events
+
+
+@pytest.mark.needs("tshark")
+def test_tshark_decodes_every_frame(tmp_path: Path) -> None:
+    path = tmp_path / "s.pcap"
+    count = export_pcap(session_events(), path)
+    assert count == 3 + 3 + 4 + 3 + 2  # 3 APDU exchanges, handshake, 2 segments + acks, FIN/FIN/ACK, AT, CMUX
+    out = subprocess.run(["tshark", "-r", str(path), "-V"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert "Malformed" not in text and "Expert Info (Error" not in text
+    assert "GSM SIM" in text or "GSM SIM 11.11" in text
+    assert "OPEN CHANNEL" in text.upper()
+    summary = subprocess.run(["tshark", "-r", str(path)], capture_output=True, text=True, timeout=120).stdout
+    assert summary.count("TCP") >= 8
+
+
+def test_export_without_tshark_pairs_apdus(tmp_path: Path) -> None:
+    from bipsim.trace.pcap import PcapExporter
+
+    exporter = PcapExporter()
+    events = session_events()
+    for event in events[:6]:
+        exporter.add(event)
+    assert len(exporter.packets) == 3
+    payload = bytes(exporter.packets[1]["Raw"].load)
+    assert payload[:3] == bytes([2, 4, 4])  # GSMTAP v2, 4 words, type SIM
+    assert payload[16:] == bytes.fromhex("8012000024") + OPEN_CHANNEL + b"\x90\x00"

@@ -1,0 +1,194 @@
+"""Exports a trace to pcap so that Wireshark/tshark decode it without plug-ins (PROTOCOL.md section 4).
+
+- APDUs (layer "apdu"): one GSMTAP v2 datagram (UDP port 4729, type 4 = SIM, sub-type 0 = APDU) per exchange,
+  holding the command header, its data, the response data and the status word, exactly as SIMtrace sends them;
+  Wireshark's GSM SIM dissector then decodes the card application toolkit inside (proactive commands, TRs,
+  envelopes). An exchange is a cp->uicc "apdu" event followed by the uicc->cp "apdu" event that answers it.
+- Network bytes (layers ip and tcp; tls and http events are decoded views and are not exported): real IPv4/TCP packets (scapy) between one address per actor,
+  with a three-way handshake before a connection's first segment, consistent sequence and acknowledgement numbers,
+  and FIN/ACK when an event of layer tcp says the connection closed.
+- AT lines and CMUX frames have no dissector that takes them raw, so they are UDP payload on documented ports:
+  AT_PORT (27007) for V.250/27.007 text, CMUX_PORT (27010) for 27.010 frames; the source port says which actor sent.
+
+Addresses are documentation ranges (RFC 5737) and exist only inside the file.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bipsim.trace.events import Actor, Layer, TraceEvent
+
+GSMTAP_PORT = 4729
+GSMTAP_TYPE_SIM = 4
+GSMTAP_SIM_APDU = 0
+AT_PORT = 27007
+CMUX_PORT = 27010
+OTA_TCP_PORT = 4443
+
+ADDRESSES: dict[Actor, str] = {
+    Actor.UICC: "192.0.2.1",
+    Actor.CP: "192.0.2.2",
+    Actor.AP: "192.0.2.3",
+    Actor.NET: "198.51.100.1",
+    Actor.OTA: "203.0.113.10",
+}
+# UDP source ports that name the sending actor for AT/CMUX/GSMTAP datagrams
+ACTOR_PORTS: dict[Actor, int] = {
+    Actor.UICC: 40001,
+    Actor.CP: 40002,
+    Actor.AP: 40003,
+    Actor.NET: 40004,
+    Actor.OTA: 40005,
+}
+
+# tls/http events are decoded views of bytes that also cross the wire as tcp events: only wire bytes become packets
+NETWORK_LAYERS = {Layer.IP, Layer.TCP}
+CLOSE_WORDS = ("close", "fin")
+
+
+def gsmtap_header(frame_number: int = 0) -> bytes:
+    """GSMTAP version 2 header for a SIM APDU (osmocom gsmtap.h: 16 bytes, length in 32-bit words)."""
+    return struct.pack(
+        "!BBBBHbbIBBBB", 2, 4, GSMTAP_TYPE_SIM, 0, 0, 0, 0, frame_number, GSMTAP_SIM_APDU, 0, 0, 0
+    )
+
+
+@dataclass
+class _Connection:
+    client: Actor
+    server: Actor
+    client_port: int
+    seq: dict[Actor, int] = field(default_factory=dict)
+    open: bool = False
+
+
+class PcapExporter:
+    """Turns trace events into packets; `packets` holds scapy packets with their capture time set."""
+
+    def __init__(self, origin_epoch: float = 1_700_000_000.0) -> None:
+        from scapy.layers.inet import IP, TCP, UDP  # scapy is slow to import: only when exporting
+        from scapy.packet import Raw
+
+        self._IP, self._TCP, self._UDP, self._Raw = IP, TCP, UDP, Raw
+        self.origin = origin_epoch
+        self.packets: list[Any] = []
+        self._pending_command: TraceEvent | None = None
+        self._connections: dict[frozenset[Actor], _Connection] = {}
+        self._next_port = 49152
+        self.skipped = 0
+
+    def _stamp(self, packet: Any, t: float) -> None:
+        packet.time = self.origin + t
+        self.packets.append(packet)
+
+    def _udp(self, src: Actor, dst: Actor, dport: int, payload: bytes, t: float) -> None:
+        packet = (
+            self._IP(src=ADDRESSES[src], dst=ADDRESSES[dst])
+            / self._UDP(sport=ACTOR_PORTS[src], dport=dport)
+            / self._Raw(payload)
+        )
+        self._stamp(packet, t)
+
+    def _apdu(self, event: TraceEvent) -> None:
+        if event.src is not Actor.UICC:  # a command: wait for its response
+            if self._pending_command is not None:
+                self.skipped += 1  # a command without a response (card removed): nothing to pair it with
+            self._pending_command = event
+            return
+        command = self._pending_command
+        self._pending_command = None
+        if command is None:
+            self.skipped += 1
+            return
+        payload = gsmtap_header(len(self.packets)) + command.data + event.data
+        self._udp(Actor.CP, Actor.UICC, GSMTAP_PORT, payload, event.t)
+
+    def _connection(self, a: Actor, b: Actor) -> _Connection:
+        key = frozenset((a, b))
+        conn = self._connections.get(key)
+        if conn is None or not conn.open:
+            server = b if b in (Actor.OTA, Actor.NET) else a
+            client = a if server is b else b
+            conn = _Connection(client, server, self._next_port, {client: 1000, server: 5000})
+            self._next_port += 1
+            self._connections[key] = conn
+        return conn
+
+    def _tcp(self, conn: _Connection, src: Actor, flags: str, payload: bytes, t: float) -> None:
+        dst = conn.server if src is conn.client else conn.client
+        sport = conn.client_port if src is conn.client else OTA_TCP_PORT
+        dport = OTA_TCP_PORT if src is conn.client else conn.client_port
+        seq, ack = conn.seq[src], conn.seq[dst]
+        segment = self._TCP(sport=sport, dport=dport, flags=flags, seq=seq, ack=ack if "A" in flags else 0)
+        packet = self._IP(src=ADDRESSES[src], dst=ADDRESSES[dst]) / segment
+        if payload:
+            packet = packet / self._Raw(payload)
+        self._stamp(packet, t)
+        conn.seq[src] = seq + len(payload) + (1 if ("S" in flags or "F" in flags) else 0)
+
+    def _network(self, event: TraceEvent) -> None:
+        src, dst = event.src, event.dst
+        if src is dst:
+            self.skipped += 1
+            return
+        conn = self._connection(src, dst)
+        closing = (
+            event.layer is Layer.TCP
+            and not event.data
+            and any(w in event.summary.lower() for w in CLOSE_WORDS)
+        )
+        if not conn.open:
+            if closing:
+                self.skipped += 1
+                return
+            self._tcp(conn, conn.client, "S", b"", event.t)
+            self._tcp(conn, conn.server, "SA", b"", event.t)
+            self._tcp(conn, conn.client, "A", b"", event.t)
+            conn.open = True
+        if event.data:
+            self._tcp(conn, src, "PA", event.data, event.t)
+            self._tcp(conn, dst, "A", b"", event.t)
+        elif closing:
+            self._tcp(conn, src, "FA", b"", event.t)
+            self._tcp(conn, dst, "FA", b"", event.t)
+            self._tcp(conn, src, "A", b"", event.t)
+            conn.open = False
+
+    def add(self, event: TraceEvent) -> None:
+        if event.layer is Layer.APDU:
+            if event.data:
+                self._apdu(event)
+        elif event.layer in NETWORK_LAYERS:
+            if event.layer is Layer.TCP or event.data:
+                self._network(event)
+        elif event.layer is Layer.AT and event.data:
+            self._udp(event.src, event.dst, AT_PORT, event.data, event.t)
+        elif event.layer is Layer.CMUX and event.data:
+            self._udp(event.src, event.dst, CMUX_PORT, event.data, event.t)
+
+    def write(self, path: str | Path) -> int:
+        """Writes the packets (raw IPv4 link type) to `path`; returns how many."""
+        from scapy.utils import PcapWriter
+
+        writer = PcapWriter(
+            str(path), linktype=101, sync=False
+        )  # LINKTYPE_RAW: packets start at the IP header
+        try:
+            for packet in self.packets:
+                writer.write(packet)
+        finally:
+            writer.close()
+        return len(self.packets)
+
+
+def export_pcap(events: Iterable[TraceEvent], path: str | Path) -> int:
+    """Writes a pcap of `events` (already merged by time); returns the number of packets."""
+    exporter = PcapExporter()
+    for event in events:
+        exporter.add(event)
+    return exporter.write(path)
