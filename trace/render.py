@@ -1,0 +1,153 @@
+"""Message sequence charts of a trace, one lane per actor, like the patent's figures 4 and 7.
+
+Formats: text (terminal; hex on demand), mermaid (a `sequenceDiagram` for docs), svg (a standalone chart with the
+hex of each message in its tooltip) and html (one self-contained file that opens offline: the svg plus a step
+legend, no scripts or external resources). Step labels lead each message; error events are drawn in red.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+
+from bipsim.trace.events import Actor, TraceEvent
+from bipsim.trace.steps import STEPS
+
+LANES: tuple[Actor, ...] = (Actor.UICC, Actor.CP, Actor.AP, Actor.NET, Actor.OTA)
+LANE_TITLES = {
+    Actor.UICC: "UICC",
+    Actor.CP: "CP",
+    Actor.AP: "AP",
+    Actor.NET: "network",
+    Actor.OTA: "OTA server",
+}
+FORMATS = ("text", "svg", "html", "mermaid")
+
+
+def _label(event: TraceEvent) -> str:
+    return f"{event.step} {event.summary}" if event.step else event.summary
+
+
+def render_text(events: Sequence[TraceEvent], *, show_hex: bool = False, width: int = 14) -> str:
+    """A ladder in plain text: one row per event, an arrow between lanes, the label after the lanes."""
+    header = "".join(LANE_TITLES[lane].center(width) for lane in LANES)
+    lines = [" " * 11 + header, " " * 11 + "".join("|".center(width) for _ in LANES)]
+    for event in events:
+        a, b = LANES.index(event.src), LANES.index(event.dst)
+        cells = ["|".center(width) for _ in LANES]
+        row = list("".join(cells))
+        lo, hi = sorted((a, b))
+        start, end = lo * width + width // 2, hi * width + width // 2
+        if a == b:
+            row[start] = "*"
+        else:
+            for i in range(start + 1, end):
+                row[i] = "-"
+            if b > a:
+                row[end - 1] = ">"
+            else:
+                row[start + 1] = "<"
+        mark = "!" if event.error else " "
+        lines.append(f"{event.t:9.4f}{mark} " + "".join(row) + "  " + _label(event))
+        if show_hex and event.hex:
+            lines.append(" " * 11 + "    " + event.hex)
+    return "\n".join(lines) + "\n"
+
+
+def _mermaid_text(text: str) -> str:
+    # mermaid message text may not contain ';' or '#' unescaped, nor newlines
+    return text.replace("#", "#35;").replace(";", "#59;").replace("\n", " ")
+
+
+def render_mermaid(events: Sequence[TraceEvent]) -> str:
+    out = ["sequenceDiagram"]
+    for lane in LANES:
+        out.append(f"    participant {lane.value} as {LANE_TITLES[lane]}")
+    for event in events:
+        arrow = "-x" if event.error else "->>"
+        out.append(f"    {event.src.value}{arrow}{event.dst.value}: {_mermaid_text(_label(event))}")
+    return "\n".join(out) + "\n"
+
+
+def render_svg(events: Sequence[TraceEvent]) -> str:
+    """A standalone SVG chart; each message's <title> holds its time, layer and hex (shown on hover)."""
+    lane_w, top, row_h, left = 170, 60, 26, 90
+    width = left + lane_w * len(LANES) + 420
+    height = top + row_h * (len(events) + 1) + 20
+    x = {lane: left + lane_w * i + lane_w // 2 for i, lane in enumerate(LANES)}
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="monospace" font-size="12">',
+        "<defs><marker id='arrow' markerWidth='8' markerHeight='8' refX='7' refY='4' orient='auto'>"
+        "<path d='M0,0 L8,4 L0,8 z' fill='#333'/></marker>"
+        "<marker id='arrow-err' markerWidth='8' markerHeight='8' refX='7' refY='4' orient='auto'>"
+        "<path d='M0,0 L8,4 L0,8 z' fill='#c00'/></marker></defs>",
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+    ]
+    for lane in LANES:
+        parts.append(
+            f'<text x="{x[lane]}" y="30" text-anchor="middle" font-weight="bold">{LANE_TITLES[lane]}</text>'
+            f'<line x1="{x[lane]}" y1="40" x2="{x[lane]}" y2="{height - 10}" stroke="#999" stroke-dasharray="4 3"/>'
+        )
+    label_x = left + lane_w * len(LANES)
+    for i, event in enumerate(events):
+        y = top + row_h * i
+        color = "#c00" if event.error else "#333"
+        marker = "arrow-err" if event.error else "arrow"
+        tip = f"t={event.t:.6f} {event.src.value}->{event.dst.value} [{event.layer.value}]"
+        if event.hex:
+            tip += "\n" + event.hex
+        parts.append(f'<g class="msg{" error" if event.error else ""}"><title>{html.escape(tip)}</title>')
+        if event.src is event.dst:
+            parts.append(f'<circle cx="{x[event.src]}" cy="{y}" r="4" fill="{color}"/>')
+        else:
+            parts.append(
+                f'<line x1="{x[event.src]}" y1="{y}" x2="{x[event.dst]}" y2="{y}" stroke="{color}" '
+                f'stroke-width="1.5" marker-end="url(#{marker})"/>'
+            )
+        parts.append(f'<text x="8" y="{y + 4}" fill="#666">{event.t:8.4f}</text>')
+        step = f'<tspan font-weight="bold">{html.escape(event.step)}</tspan> ' if event.step else ""
+        parts.append(
+            f'<text x="{label_x}" y="{y + 4}" fill="{color}">{step}{html.escape(event.summary)}</text></g>'
+        )
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"
+
+
+def render_html(events: Sequence[TraceEvent], *, title: str = "bipsim trace") -> str:
+    """One self-contained page: the chart, then a legend of the patent steps that occur."""
+    seen: list[str] = []
+    for event in events:
+        if event.step and event.step not in seen:
+            seen.append(event.step)
+    legend = "".join(
+        f"<li><b>{html.escape(code)}</b> {html.escape(STEPS[code].description if code in STEPS else '')}</li>"
+        for code in seen
+    )
+    errors = sum(1 for e in events if e.error)
+    return (
+        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+        f"<title>{html.escape(title)}</title>"
+        "<style>body{font-family:sans-serif;margin:16px} .msg:hover text{fill:#06c} "
+        "ul{columns:2;font-size:13px} .err{color:#c00}</style></head><body>"
+        f"<h1>{html.escape(title)}</h1>"
+        f"<p>{len(events)} events, {len(seen)} patent steps"
+        + (f", <span class='err'>{errors} errors</span>" if errors else "")
+        + ". Hover a message for its time, layer and bytes.</p>"
+        + render_svg(events)
+        + f"<h2>Steps</h2><ul id='steps'>{legend}</ul></body></html>\n"
+    )
+
+
+def render(
+    events: Sequence[TraceEvent], fmt: str, *, show_hex: bool = False, title: str = "bipsim trace"
+) -> str:
+    if fmt == "text":
+        return render_text(events, show_hex=show_hex)
+    if fmt == "mermaid":
+        return render_mermaid(events)
+    if fmt == "svg":
+        return render_svg(events)
+    if fmt == "html":
+        return render_html(events, title=title)
+    raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
