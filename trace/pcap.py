@@ -172,17 +172,19 @@ class PcapExporter:
             self._udp(event.src, event.dst, CMUX_PORT, event.data, event.t)
 
     def write(self, path: str | Path) -> int:
-        """Writes the packets (raw IPv4 link type) to `path`; returns how many."""
-        from scapy.utils import PcapWriter
+        """Writes the packets as a classic pcap (LINKTYPE_RAW: records start at the IPv4 header); returns how many.
 
-        writer = PcapWriter(
-            str(path), linktype=101, sync=False
-        )  # LINKTYPE_RAW: packets start at the IP header
-        try:
+        scapy builds the packets; the file format is written here so every record carries our link type and
+        capture time without scapy's per-packet link-type guessing.
+        """
+        with Path(path).open("wb") as out:
+            out.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 101))
             for packet in self.packets:
-                writer.write(packet)
-        finally:
-            writer.close()
+                data = bytes(packet)
+                seconds = float(packet.time)
+                whole = int(seconds)
+                out.write(struct.pack("<IIII", whole, int((seconds - whole) * 1e6), len(data), len(data)))
+                out.write(data)
         return len(self.packets)
 
 
