@@ -28,14 +28,9 @@ def explain(event: TraceEvent) -> str:
     if not event.hex:
         return ""
     if event.layer in (Layer.APDU, Layer.CAT):
-        try:
-            from bipsim.uicc.cat_render import describe_bytes
-        except ImportError:
-            return ""
-        try:
-            return describe_bytes(event.data)
-        except ValueError as exc:
-            return f"(undecodable: {exc})"
+        from bipsim.commands.decode_bridge import describe_apdu_bytes
+
+        return describe_apdu_bytes(event.data)
     if event.layer is Layer.AT:
         return repr(event.data.decode("latin-1"))
     return ""
