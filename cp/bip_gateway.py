@@ -1,0 +1,411 @@
+"""The terminal's BIP state (ETSI TS 102 223 sections 6.4.27-6.4.31, 7.5 and 8.52-8.59), sans-IO.
+
+The gateway takes decoded proactive commands and bearer events and returns actions: terminal responses and
+envelopes for the card, and open/send/close requests for the bearer. It owns the channels (up to 7), their Tx and
+Rx buffers and the negotiated buffer sizes, and answers every failure with the specification's result and cause.
+
+Link modes (OPEN CHANNEL qualifier, section 8.6):
+- on demand (bit 1 = 0): TR at once; the link is set up by the first SEND DATA that asks to send immediately;
+- immediate (bit 1 = 1, bit 3 = 0): the link first, then the TR;
+- immediate in background (bits 1 and 3, the patent's flow): TR at once, Channel Status event when the link is up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+
+from bipsim.uicc.cat import (
+    SEND_IMMEDIATELY,
+    BipErrorCause,
+    CatObject,
+    CommandType,
+    DeviceId,
+    Envelope,
+    Event,
+    GeneralResult,
+    OpenChannel,
+    ProactiveCommand,
+    Tag,
+    TerminalResponse,
+    TransportProtocol,
+    buffer_size_object,
+    channel_data,
+    channel_data_length,
+    channel_data_length_object,
+    channel_of,
+    channel_status_object,
+    obj,
+)
+
+MAX_CHANNELS = 7
+LINK_DROPPED = 0x05  # channel status further information (section 8.56)
+SUPPORTED_BEARERS = {0x02, 0x03, 0x09, 0x0B}
+SUPPORTED_TRANSPORTS = {TransportProtocol.TCP_CLIENT_REMOTE, TransportProtocol.UDP_CLIENT_REMOTE}
+
+
+class ChannelState(Enum):
+    OPENING = "opening"  # link being set up (immediate or background)
+    ON_DEMAND = "on demand"  # TR given, no link until the first immediate SEND DATA
+    ESTABLISHED = "established"
+    DROPPED = "dropped"
+    CLOSED = "closed"
+
+
+# (state, event) -> next state
+TRANSITIONS: dict[tuple[ChannelState, str], ChannelState] = {
+    (ChannelState.OPENING, "established"): ChannelState.ESTABLISHED,
+    (ChannelState.OPENING, "failed"): ChannelState.CLOSED,
+    (ChannelState.ON_DEMAND, "connect"): ChannelState.OPENING,
+    (ChannelState.ESTABLISHED, "dropped"): ChannelState.DROPPED,
+    (ChannelState.OPENING, "close"): ChannelState.CLOSED,
+    (ChannelState.ON_DEMAND, "close"): ChannelState.CLOSED,
+    (ChannelState.ESTABLISHED, "close"): ChannelState.CLOSED,
+    (ChannelState.DROPPED, "close"): ChannelState.CLOSED,
+}
+
+
+class IllegalTransition(Exception):
+    pass
+
+
+# --- actions ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SendTerminalResponse:
+    response: TerminalResponse
+    channel: int = 0
+
+
+@dataclass(frozen=True)
+class SendEnvelope:
+    envelope: Envelope
+    summary: str
+    channel: int = 0
+
+
+@dataclass(frozen=True)
+class BearerOpen:
+    channel: int
+    request: OpenChannel
+
+
+@dataclass(frozen=True)
+class BearerSend:
+    channel: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class BearerClose:
+    channel: int
+
+
+Action = SendTerminalResponse | SendEnvelope | BearerOpen | BearerSend | BearerClose
+
+
+@dataclass
+class Channel:
+    id: int
+    request: OpenChannel
+    command: ProactiveCommand
+    buffer_size: int
+    state: ChannelState
+    tx: bytearray = field(default_factory=bytearray)
+    rx: bytearray = field(default_factory=bytearray)
+    deferred: ProactiveCommand | None = None  # a command whose TR waits for the link (immediate / on demand)
+    data_available_sent: bool = False
+
+    def move(self, event: str) -> None:
+        nxt = TRANSITIONS.get((self.state, event))
+        if nxt is None:
+            raise IllegalTransition(f"channel {self.id}: {event} in state {self.state.value}")
+        self.state = nxt
+
+    @property
+    def rx_space(self) -> int:
+        return max(0, self.buffer_size - len(self.rx))
+
+
+def _length_byte(count: int) -> int:
+    """Channel data length: the count, or 0xFF for more than 255 (section 8.54)."""
+    return 0xFF if count > 0xFF else count
+
+
+class BipGateway:
+    """BIP channels of one terminal. `max_buffer` is the largest buffer the terminal grants."""
+
+    def __init__(self, *, max_buffer: int = 1500, max_channels: int = MAX_CHANNELS) -> None:
+        self.max_buffer = max_buffer
+        self.max_channels = max_channels
+        self.channels: dict[int, Channel] = {}
+
+    # --- helpers -----------------------------------------------------------------------------------------------
+
+    def _tr(
+        self,
+        command: ProactiveCommand,
+        general: int,
+        additional: bytes = b"",
+        objects: list[CatObject] | None = None,
+        channel: int = 0,
+    ) -> SendTerminalResponse:
+        return SendTerminalResponse(
+            TerminalResponse.build(command, general, additional, objects or []), channel
+        )
+
+    def _bip_error(self, command: ProactiveCommand, cause: BipErrorCause) -> SendTerminalResponse:
+        return self._tr(command, GeneralResult.BIP_ERROR, bytes((cause,)))
+
+    def _open_objects(self, channel: Channel, established: bool) -> list[CatObject]:
+        request = channel.request
+        return [
+            channel_status_object(channel.id, established),
+            obj(Tag.BEARER_DESCRIPTION, bytes((request.bearer_type,)) + request.bearer_parameters, cr=False),
+            buffer_size_object(channel.buffer_size),
+        ]
+
+    def _open_result(self, channel: Channel) -> int:
+        return (
+            GeneralResult.OK_WITH_MODIFICATION
+            if channel.buffer_size < channel.request.buffer_size
+            else GeneralResult.OK
+        )
+
+    def _status_envelope(self, channel: Channel, established: bool, further: int = 0) -> SendEnvelope:
+        envelope = Envelope.event_download(
+            Event.CHANNEL_STATUS, DeviceId.TERMINAL, [channel_status_object(channel.id, established, further)]
+        )
+        what = (
+            "link established"
+            if established
+            else ("link dropped" if further == LINK_DROPPED else "link down")
+        )
+        return SendEnvelope(envelope, f"ENVELOPE: Channel Status ({what})", channel.id)
+
+    def _data_available(self, channel: Channel) -> SendEnvelope:
+        channel.data_available_sent = True
+        envelope = Envelope.event_download(
+            Event.DATA_AVAILABLE,
+            DeviceId.TERMINAL,
+            [
+                channel_status_object(channel.id, channel.state is ChannelState.ESTABLISHED),
+                channel_data_length_object(_length_byte(len(channel.rx))),
+            ],
+        )
+        return SendEnvelope(envelope, f"ENVELOPE: Data Available ({len(channel.rx)} bytes)", channel.id)
+
+    def _channel(self, command: ProactiveCommand) -> Channel | None:
+        return self.channels.get(channel_of(command))
+
+    # --- proactive commands ------------------------------------------------------------------------------------
+
+    def on_command(self, command: ProactiveCommand) -> list[Action]:
+        handlers: dict[int, Callable[[ProactiveCommand], list[Action]]] = {
+            CommandType.OPEN_CHANNEL: self._open,
+            CommandType.CLOSE_CHANNEL: self._close,
+            CommandType.SEND_DATA: self._send,
+            CommandType.RECEIVE_DATA: self._receive,
+            CommandType.GET_CHANNEL_STATUS: self._status,
+        }
+        handler = handlers.get(command.type)
+        if handler is None:
+            return [self._tr(command, GeneralResult.BEYOND_TERMINAL_CAPABILITIES)]
+        return handler(command)
+
+    def _open(self, command: ProactiveCommand) -> list[Action]:
+        try:
+            request = OpenChannel.from_command(command)
+        except ValueError:
+            return [self._tr(command, GeneralResult.DATA_NOT_UNDERSTOOD)]
+        if request.bearer_type not in SUPPORTED_BEARERS or request.protocol not in SUPPORTED_TRANSPORTS:
+            return [self._tr(command, GeneralResult.BEYOND_TERMINAL_CAPABILITIES)]
+        if request.destination is None or not request.port:
+            return [self._tr(command, GeneralResult.REQUIRED_VALUES_MISSING)]
+        free = next((n for n in range(1, self.max_channels + 1) if n not in self.channels), None)
+        if free is None:
+            return [self._bip_error(command, BipErrorCause.NO_CHANNEL_AVAILABLE)]
+        size = min(request.buffer_size, self.max_buffer)
+        if request.immediate:
+            channel = Channel(free, request, command, size, ChannelState.OPENING)
+        else:
+            channel = Channel(free, request, command, size, ChannelState.ON_DEMAND)
+        self.channels[free] = channel
+        if not request.immediate:
+            return [
+                self._tr(
+                    command,
+                    self._open_result(channel),
+                    objects=self._open_objects(channel, False),
+                    channel=free,
+                )
+            ]
+        actions: list[Action] = []
+        if request.background:
+            actions.append(
+                self._tr(
+                    command,
+                    self._open_result(channel),
+                    objects=self._open_objects(channel, False),
+                    channel=free,
+                )
+            )
+        else:
+            channel.deferred = command
+        actions.append(BearerOpen(free, request))
+        return actions
+
+    def _close(self, command: ProactiveCommand) -> list[Action]:
+        channel = self._channel(command)
+        if channel is None:
+            return [self._bip_error(command, BipErrorCause.CHANNEL_ID_NOT_VALID)]
+        channel.move("close")
+        del self.channels[channel.id]
+        return [BearerClose(channel.id), self._tr(command, GeneralResult.OK, channel=channel.id)]
+
+    def _send(self, command: ProactiveCommand) -> list[Action]:
+        channel = self._channel(command)
+        if channel is None:
+            return [self._bip_error(command, BipErrorCause.CHANNEL_ID_NOT_VALID)]
+        if channel.state in (ChannelState.DROPPED, ChannelState.CLOSED):
+            return [self._bip_error(command, BipErrorCause.CHANNEL_CLOSED)]
+        data = channel_data(command)
+        if len(channel.tx) + len(data) > channel.buffer_size:
+            return [self._bip_error(command, BipErrorCause.BUFFER_SIZE_NOT_AVAILABLE)]
+        channel.tx += data
+        if not command.qualifier & SEND_IMMEDIATELY:
+            free = channel.buffer_size - len(channel.tx)
+            return [
+                self._tr(
+                    command,
+                    GeneralResult.OK,
+                    objects=[channel_data_length_object(_length_byte(free))],
+                    channel=channel.id,
+                )
+            ]
+        if channel.state is ChannelState.ON_DEMAND:
+            channel.move("connect")
+            channel.deferred = command
+            return [BearerOpen(channel.id, channel.request)]
+        if channel.state is ChannelState.OPENING:
+            channel.deferred = command  # background link not up yet: send when it is
+            return []
+        return self._flush(channel, command)
+
+    def _flush(self, channel: Channel, command: ProactiveCommand) -> list[Action]:
+        data = bytes(channel.tx)
+        channel.tx.clear()
+        return [
+            BearerSend(channel.id, data),
+            self._tr(
+                command,
+                GeneralResult.OK,
+                objects=[channel_data_length_object(_length_byte(channel.buffer_size))],
+                channel=channel.id,
+            ),
+        ]
+
+    def _receive(self, command: ProactiveCommand) -> list[Action]:
+        channel = self._channel(command)
+        if channel is None:
+            return [self._bip_error(command, BipErrorCause.CHANNEL_ID_NOT_VALID)]
+        if not channel.rx:
+            if channel.state in (ChannelState.DROPPED, ChannelState.CLOSED):
+                return [self._bip_error(command, BipErrorCause.CHANNEL_CLOSED)]
+            return [self._bip_error(command, BipErrorCause.NO_SPECIFIC_CAUSE)]
+        want = channel_data_length(command) or 0
+        data = bytes(channel.rx[:want])
+        del channel.rx[: len(data)]
+        left = len(channel.rx)
+        if not left:
+            channel.data_available_sent = False
+        general = GeneralResult.OK if len(data) == want else GeneralResult.MISSING_INFORMATION
+        objects = [obj(Tag.CHANNEL_DATA, data, cr=False), channel_data_length_object(_length_byte(left))]
+        return [self._tr(command, general, objects=objects, channel=channel.id)]
+
+    def _status(self, command: ProactiveCommand) -> list[Action]:
+        objects = [
+            channel_status_object(
+                c.id,
+                c.state is ChannelState.ESTABLISHED,
+                LINK_DROPPED if c.state is ChannelState.DROPPED else 0,
+            )
+            for c in sorted(self.channels.values(), key=lambda c: c.id)
+        ]
+        if not objects:
+            objects = [channel_status_object(0, False)]
+        return [self._tr(command, GeneralResult.OK, objects=objects)]
+
+    # --- bearer events -------------------------------------------------------------------------------------------
+
+    def on_link_established(self, channel_id: int) -> list[Action]:
+        channel = self.channels.get(channel_id)
+        if channel is None or channel.state is not ChannelState.OPENING:
+            return []
+        channel.move("established")
+        actions: list[Action] = []
+        deferred, channel.deferred = channel.deferred, None
+        if deferred is not None and deferred.type == CommandType.OPEN_CHANNEL:
+            actions.append(
+                self._tr(
+                    deferred,
+                    self._open_result(channel),
+                    objects=self._open_objects(channel, True),
+                    channel=channel.id,
+                )
+            )
+        elif channel.request.background and deferred is None:
+            actions.append(self._status_envelope(channel, True))
+        if deferred is not None and deferred.type == CommandType.SEND_DATA:
+            if channel.request.background:
+                actions.append(self._status_envelope(channel, True))
+            actions += self._flush(channel, deferred)
+        if channel.rx and not channel.data_available_sent:
+            actions.append(self._data_available(channel))
+        return actions
+
+    def on_link_failed(self, channel_id: int, general: int, additional: bytes = b"") -> list[Action]:
+        """The bearer could not set up the link: result `general` (0x20, 0x21, 0x3A...) with its cause."""
+        channel = self.channels.get(channel_id)
+        if channel is None:
+            return []
+        deferred, channel.deferred = channel.deferred, None
+        if deferred is not None and deferred.type == CommandType.OPEN_CHANNEL:
+            del self.channels[channel_id]
+            return [self._tr(deferred, general, additional, channel=channel_id)]
+        if deferred is not None:  # on demand: the SEND DATA that asked for the link fails
+            channel.state = ChannelState.DROPPED
+            return [self._tr(deferred, general, additional, channel=channel_id)]
+        channel.state = ChannelState.DROPPED
+        return [self._status_envelope(channel, False, LINK_DROPPED)]
+
+    def on_data(self, channel_id: int, data: bytes) -> list[Action]:
+        """Bytes from the remote end; the adapter must not deliver more than `rx_space(channel)`."""
+        channel = self.channels.get(channel_id)
+        if channel is None or not data:
+            return []
+        channel.rx += data
+        if not channel.data_available_sent:
+            return [self._data_available(channel)]
+        return []
+
+    def rx_space(self, channel_id: int) -> int:
+        channel = self.channels.get(channel_id)
+        return channel.rx_space if channel is not None else 0
+
+    def on_link_dropped(self, channel_id: int) -> list[Action]:
+        channel = self.channels.get(channel_id)
+        if channel is None or channel.state in (ChannelState.DROPPED, ChannelState.CLOSED):
+            return []
+        if channel.state is not ChannelState.ESTABLISHED:
+            return self.on_link_failed(
+                channel_id, GeneralResult.BIP_ERROR, bytes((BipErrorCause.REMOTE_DEVICE_NOT_REACHABLE,))
+            )
+        channel.move("dropped")
+        actions: list[Action] = []
+        if channel.rx and not channel.data_available_sent:
+            actions.append(self._data_available(channel))
+        actions.append(self._status_envelope(channel, False, LINK_DROPPED))
+        return actions

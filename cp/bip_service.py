@@ -1,0 +1,273 @@
+"""The CP's BIP runtime (trio): the card driver's FETCH loop, the sans-IO gateway, and one task per channel link.
+
+One task owns the card (APDUs are strictly sequential); link tasks post events to it through a memory channel.
+It labels the patent steps it observes on the CP side (PROTOCOL.md section 6, bipsim.trace.steps): the labels of
+embodiment 1 with the own-stack bearer, of embodiment 2 with the AP proxy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import trio
+
+from bipsim.cp.bearer import Bearer, LinkError
+from bipsim.cp.bip_gateway import (
+    Action,
+    BearerClose,
+    BearerOpen,
+    BearerSend,
+    BipGateway,
+    SendEnvelope,
+    SendTerminalResponse,
+)
+from bipsim.cp.card_driver import CardDriver
+from bipsim.trace.events import Actor, Layer
+from bipsim.trace.recorder import NULL_TRACER, Tracer
+from bipsim.uicc.cat import CommandType, GeneralResult, OpenChannel, ProactiveCommand, TerminalResponse
+
+STEP_KEYS: dict[str, tuple[str, str]] = {
+    "fetch_open": ("S401", "S701"),
+    "tr_open": ("S402", "S702"),
+    "status_up": ("S406", "S706"),
+    "fetch_send": ("S407", "S707"),
+    "send": ("S408", "S708"),
+    "data_available": ("S410", "S712"),
+    "fetch_receive": ("S411", "S713"),
+    "tr_receive": ("S412", "S714"),
+    "fetch_close": ("S413", "S715"),
+    "tr_close": ("S414", "S716"),
+}
+FETCH_KEYS = {
+    CommandType.OPEN_CHANNEL: "fetch_open",
+    CommandType.SEND_DATA: "fetch_send",
+    CommandType.RECEIVE_DATA: "fetch_receive",
+    CommandType.CLOSE_CHANNEL: "fetch_close",
+}
+TR_KEYS = {
+    CommandType.OPEN_CHANNEL: "tr_open",
+    CommandType.SEND_DATA: "send",
+    CommandType.RECEIVE_DATA: "tr_receive",
+    CommandType.CLOSE_CHANNEL: "tr_close",
+}
+
+
+@dataclass(frozen=True)
+class LinkUp:
+    channel: int
+
+
+@dataclass(frozen=True)
+class LinkFailed:
+    channel: int
+    error: LinkError
+
+
+@dataclass(frozen=True)
+class LinkData:
+    channel: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class LinkDown:
+    channel: int
+
+
+LinkEvent = LinkUp | LinkFailed | LinkData | LinkDown
+
+
+class BipService:
+    """Runs the card's BIP sessions over `bearer`. `sessions_done` counts channels closed by the card."""
+
+    def __init__(
+        self,
+        driver: CardDriver,
+        bearer: Bearer,
+        *,
+        tracer: Tracer = NULL_TRACER,
+        gateway: BipGateway | None = None,
+        poll_interval: float = 0.5,
+    ) -> None:
+        self.driver = driver
+        self.bearer = bearer
+        self.tracer = tracer
+        self.gateway = gateway or BipGateway()
+        self.poll_interval = poll_interval
+        self.sessions_done = 0
+        self.session_finished = trio.Event()
+        self.results: list[tuple[str, int, bytes]] = []
+        self._events_tx, self._events_rx = trio.open_memory_channel[LinkEvent](256)
+        self._streams: dict[int, trio.abc.Stream] = {}
+        self._drained: dict[int, trio.Event] = {}
+        self._nursery: trio.Nursery | None = None
+        driver.fetch_labeler = self._fetch_step
+
+    def step(self, key: str) -> str:
+        return STEP_KEYS[key][0 if self.bearer.embodiment == 1 else 1]
+
+    def _fetch_step(self, command: ProactiveCommand | None) -> str | None:
+        key = FETCH_KEYS.get(command.type) if command is not None else None  # type: ignore[call-overload]
+        return self.step(key) if key else None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await self.driver.start()
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await self._card_loop()
+
+    async def _card_loop(self) -> None:
+        while True:
+            while self.driver.proactive_pending:
+                command, _ = await self.driver.fetch()
+                if command is None:
+                    continue  # a malformed command cannot be answered by number; the card times it out
+                await self._apply(self.gateway.on_command(command), command)
+            event: LinkEvent | None = None
+            with trio.move_on_after(self.poll_interval):
+                event = await self._events_rx.receive()
+            if event is None:
+                await self.driver.poll()
+                continue
+            await self._apply(self._on_event(event))
+
+    def _on_event(self, event: LinkEvent) -> list[Action]:
+        if isinstance(event, LinkUp):
+            return self.gateway.on_link_established(event.channel)
+        if isinstance(event, LinkFailed):
+            self.results.append((event.error.reason, event.error.general, event.error.additional))
+            return self.gateway.on_link_failed(event.channel, event.error.general, event.error.additional)
+        if isinstance(event, LinkData):
+            return self.gateway.on_data(event.channel, event.data)
+        return self.gateway.on_link_dropped(event.channel)
+
+    async def _apply(self, actions: list[Action], command: ProactiveCommand | None = None) -> None:
+        for action in actions:
+            if isinstance(action, SendTerminalResponse):
+                await self._terminal_response(action.response)
+            elif isinstance(action, SendEnvelope):
+                step = None
+                if "Data Available" in action.summary:
+                    step = self.step("data_available")
+                elif "link established" in action.summary:
+                    step = self.step("status_up")
+                await self.driver.envelope(action.envelope, action.summary, step=step)
+                self._wake_reader(action.channel)
+            elif isinstance(action, BearerOpen):
+                assert self._nursery is not None
+                self._nursery.start_soon(self._link, action.channel, action.request)
+            elif isinstance(action, BearerSend):
+                await self._send(action.channel, action.data)
+            elif isinstance(action, BearerClose):
+                stream = self._streams.pop(action.channel, None)
+                if stream is not None:
+                    assert self._nursery is not None
+                    self._nursery.start_soon(self.bearer.disconnect, action.channel, stream)
+
+    async def _terminal_response(self, response: TerminalResponse) -> None:
+        key = TR_KEYS.get(response.type)  # type: ignore[call-overload]
+        general, additional = response.result
+        ok = general < 0x10
+        await self.driver.terminal_response(response, step=self.step(key) if key and ok else None)
+        if response.type == CommandType.RECEIVE_DATA:
+            for channel in list(self._drained):
+                self._wake_reader(channel)
+        if not ok:
+            self.results.append((f"{response.type_name} answered 0x{general:02X}", general, additional))
+        if response.type == CommandType.CLOSE_CHANNEL:
+            self.sessions_done += 1
+            if not self.gateway.channels:
+                self.session_finished.set()
+        if response.type == CommandType.OPEN_CHANNEL and not ok and not self.gateway.channels:
+            self.session_finished.set()
+
+    def _wake_reader(self, channel: int) -> None:
+        event = self._drained.pop(channel, None)
+        if event is not None:
+            event.set()
+
+    async def _send(self, channel: int, data: bytes) -> None:
+        stream = self._streams.get(channel)
+        if stream is None:
+            await self._events_tx.send(LinkDown(channel))
+            return
+        if self.bearer.embodiment == 1:
+            self.tracer.emit(
+                Actor.CP,
+                Actor.OTA,
+                Layer.TCP,
+                f"channel {channel}: {len(data)} bytes",
+                data,
+                step=self.step("send"),
+            )
+        else:
+            self.tracer.emit(
+                Actor.CP,
+                Actor.AP,
+                Layer.APP,
+                f"channel {channel}: {len(data)} bytes over DLC {2 + channel}",
+                data,
+                step=self.step("send"),
+            )
+        try:
+            await stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            await self._events_tx.send(LinkDown(channel))
+
+    async def _link(self, channel: int, request: OpenChannel) -> None:
+        try:
+            stream = await self.bearer.connect(channel, request)
+        except LinkError as exc:
+            self.tracer.emit(
+                Actor.CP, Actor.UICC, Layer.APP, f"channel {channel}: link failed: {exc.reason}", error=True
+            )
+            await self._events_tx.send(LinkFailed(channel, exc))
+            return
+        self._streams[channel] = stream
+        await self._events_tx.send(LinkUp(channel))
+        await self._read(channel, stream)
+
+    async def _read(self, channel: int, stream: trio.abc.Stream) -> None:
+        while True:
+            space = self.gateway.rx_space(channel)
+            if channel not in self.gateway.channels:
+                return
+            if space == 0:  # the card has not read its Rx buffer yet: back-pressure instead of dropping
+                drained = self._drained.setdefault(channel, trio.Event())
+                await drained.wait()
+                continue
+            try:
+                data = bytes(await stream.receive_some(min(space, 65536)))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
+            if channel not in self._streams:
+                return  # closed by the card meanwhile
+            if not data:
+                self.tracer.emit(
+                    Actor.OTA if self.bearer.embodiment == 1 else Actor.AP,
+                    Actor.CP,
+                    Layer.TCP if self.bearer.embodiment == 1 else Layer.APP,
+                    f"channel {channel}: remote end closed",
+                    error=True,
+                )
+                self._streams.pop(channel, None)
+                await self._events_tx.send(LinkDown(channel))
+                return
+            if self.bearer.embodiment == 1:
+                self.tracer.emit(
+                    Actor.OTA, Actor.CP, Layer.TCP, f"channel {channel}: {len(data)} bytes", data, step="S409"
+                )
+            else:
+                self.tracer.emit(
+                    Actor.AP,
+                    Actor.CP,
+                    Layer.APP,
+                    f"channel {channel}: {len(data)} bytes over DLC {2 + channel}",
+                    data,
+                )
+            await self._events_tx.send(LinkData(channel, data))
+
+    @property
+    def failed(self) -> bool:
+        return any(general != GeneralResult.OK for _, general, _ in self.results)

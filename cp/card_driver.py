@@ -1,0 +1,145 @@
+"""The terminal side of the card interface (ETSI TS 102 221 sections 7.3 and 14, TS 102 223 section 5): TERMINAL
+PROFILE with the BIP capabilities, T=0 response handling (61 xx GET RESPONSE, 6C xx re-send with Le), the FETCH loop
+driven by 91 xx, TERMINAL RESPONSE and ENVELOPE. It talks to any ApduTransport and records every exchange as two
+trace events of layer "apdu" (the command, then the response with its status word), plus the decoded CAT message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from bipsim.trace.events import Actor, Layer
+from bipsim.trace.recorder import NULL_TRACER, Tracer
+from bipsim.uicc.cat import Envelope, ProactiveCommand, TerminalResponse, decode_proactive
+from bipsim.uicc.tlv import TlvError
+from bipsim.uicc.transport import ApduTransport
+
+
+def terminal_profile(channels: int = 7) -> bytes:
+    """TERMINAL PROFILE (TS 102 223 section 5.2) of a terminal with proactive UICC support and class "e" (BIP)."""
+    profile = bytearray(20)
+
+    def bit(byte: int, number: int) -> None:  # bytes and bits numbered from 1, as in the specification
+        profile[byte - 1] |= 1 << (number - 1)
+
+    for b in (1, 2, 5, 6, 7):  # byte 1: profile download, SMS-PP/CB data download, timer expiration...
+        bit(1, b)
+    for b in (1, 2, 3, 4):  # byte 2: command result, call control, ...
+        bit(2, b)
+    bit(3, 1)  # DISPLAY TEXT
+    bit(3, 6)  # MORE TIME
+    bit(3, 7)  # POLL INTERVAL
+    bit(3, 8)  # POLLING OFF
+    bit(4, 1)  # REFRESH
+    bit(4, 8)  # PROVIDE LOCAL INFORMATION (MCC, MNC, LAC, cell ID, IMEI)
+    bit(5, 1)  # SET UP EVENT LIST
+    bit(5, 5)  # event: location status
+    bit(6, 3)  # event: data available
+    bit(6, 4)  # event: channel status
+    bit(8, 1)  # TIMER MANAGEMENT (start, stop)
+    bit(8, 2)  # TIMER MANAGEMENT (get current value)
+    bit(9, 1)  # PROVIDE LOCAL INFORMATION (NMR)
+    bit(12, 1)  # OPEN CHANNEL
+    bit(12, 2)  # CLOSE CHANNEL
+    bit(12, 3)  # RECEIVE DATA
+    bit(12, 4)  # SEND DATA
+    bit(12, 5)  # GET CHANNEL STATUS
+    bit(13, 2)  # GPRS bearer
+    profile[12] |= (min(channels, 7) & 0x07) << 5  # byte 13 bits 6-8: number of channels
+    bit(17, 1)  # TCP, UICC in client mode, remote connection
+    bit(17, 2)  # UDP, UICC in client mode, remote connection
+    bit(17, 7)  # E-UTRAN
+    return bytes(profile)
+
+
+TERMINAL_PROFILE = terminal_profile()
+
+
+class CardError(Exception):
+    """The card answered a driver command with an error status word."""
+
+    def __init__(self, what: str, sw: int) -> None:
+        super().__init__(f"{what}: card answered {sw:04X}")
+        self.sw = sw
+
+
+class CardDriver:
+    """Drives one card: `proactive_pending` is the length from the last 91 xx (0 when none)."""
+
+    def __init__(self, card: ApduTransport, *, tracer: Tracer = NULL_TRACER) -> None:
+        self.card = card
+        self.tracer = tracer
+        self.proactive_pending = 0
+        self.atr = b""
+        # names the patent step a fetched command is (the BIP service sets it)
+        self.fetch_labeler: Callable[[ProactiveCommand | None], str | None] = lambda command: None
+
+    async def transmit(self, apdu: bytes, summary: str, *, step: str | None = None) -> tuple[bytes, int]:
+        """One command with T=0 response handling; returns (response data, final SW). Records both directions."""
+        self.tracer.emit(Actor.CP, Actor.UICC, Layer.APDU, summary, apdu, step=step)
+        response = await self.card.transmit(apdu)
+        self.tracer.emit(
+            Actor.UICC, Actor.CP, Layer.APDU, f"{summary}: {response[-2:].hex().upper()}", response
+        )
+        data, sw = response[:-2], int.from_bytes(response[-2:], "big") if len(response) >= 2 else 0x6F00
+        if sw >> 8 == 0x6C:  # wrong Le: the card tells the right one
+            return await self.transmit(apdu[:4] + bytes((sw & 0xFF,)), summary)
+        if sw >> 8 == 0x61:  # response data waiting
+            get = bytes((apdu[0] & 0x03 | (0x80 if apdu[0] == 0x80 else 0x00), 0xC0, 0, 0, sw & 0xFF))
+            more, sw = await self.transmit(get, "GET RESPONSE")
+            data += more
+        self._note(sw)
+        return data, sw
+
+    def _note(self, sw: int) -> None:
+        if sw >> 8 == 0x91:
+            self.proactive_pending = sw & 0xFF or 256
+        elif sw == 0x9000:
+            self.proactive_pending = 0
+
+    async def start(self) -> None:
+        """Powers the card on and sends TERMINAL PROFILE."""
+        self.atr = await self.card.power_on()
+        self.tracer.emit(Actor.UICC, Actor.CP, Layer.APDU, "ATR", self.atr)
+        profile = TERMINAL_PROFILE
+        _, sw = await self.transmit(
+            b"\x80\x10\x00\x00" + bytes((len(profile),)) + profile, "TERMINAL PROFILE"
+        )
+        if sw not in (0x9000,) and sw >> 8 != 0x91:
+            raise CardError("TERMINAL PROFILE", sw)
+
+    async def poll(self) -> None:
+        """STATUS, as a terminal does at the poll interval: a card with a command to send answers 91 xx."""
+        await self.transmit(b"\x80\xf2\x00\x0c\x00", "STATUS")
+
+    async def fetch(self) -> tuple[ProactiveCommand | None, bytes]:
+        """FETCHes the pending proactive command; returns (decoded or None when malformed, raw bytes)."""
+        if not self.proactive_pending:
+            return None, b""
+        length = self.proactive_pending & 0xFF
+        self.tracer.emit(Actor.CP, Actor.UICC, Layer.APDU, "FETCH", bytes((0x80, 0x12, 0, 0, length)))
+        response = await self.card.transmit(bytes((0x80, 0x12, 0, 0, length)))
+        data, sw = response[:-2], int.from_bytes(response[-2:], "big") if len(response) >= 2 else 0x6F00
+        try:
+            command: ProactiveCommand | None = decode_proactive(data)
+        except TlvError:
+            command = None
+        name = f"FETCH: {command.type_name}" if command is not None else "FETCH: (malformed)"
+        self.tracer.emit(Actor.UICC, Actor.CP, Layer.APDU, name, response, step=self.fetch_labeler(command))
+        if sw != 0x9000 and sw >> 8 != 0x91:
+            raise CardError("FETCH", sw)
+        self._note(sw)
+        return command, data
+
+    async def terminal_response(self, response: TerminalResponse, *, step: str | None = None) -> int:
+        body = response.encode()
+        general, _ = response.result
+        summary = f"TERMINAL RESPONSE: {response.type_name} (result 0x{general:02X})"
+        _, sw = await self.transmit(b"\x80\x14\x00\x00" + bytes((len(body),)) + body, summary, step=step)
+        return sw
+
+    async def envelope(
+        self, envelope: Envelope, summary: str, *, step: str | None = None
+    ) -> tuple[bytes, int]:
+        body = envelope.encode()
+        return await self.transmit(b"\x80\xc2\x00\x00" + bytes((len(body),)) + body, summary, step=step)

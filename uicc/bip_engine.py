@@ -1,0 +1,342 @@
+"""The card's BIP engine: the CAT application that opens a channel and carries a BipClient's bytes over it
+(ETSI TS 102 223 sections 6.4.27-6.4.31 and 7.5; the patent's card side).
+
+It implements the Toolkit seam of uicc/toolkit.py and is driven only by TERMINAL PROFILE, TERMINAL RESPONSE and
+ENVELOPE: when triggered it issues SET UP EVENT LIST (Data Available, Channel Status), then OPEN CHANNEL in the
+configured link mode, SEND DATA in chunks that honour the buffer size and the free Tx space the terminal reports,
+RECEIVE DATA rounds on Data Available (the 0xFF "more than 255 bytes" rule), and CLOSE CHANNEL once the client is
+done. Every terminal response result leads to a defined next state (TRANSITIONS); failures reach the client through
+connection_lost and are kept in `failures` for scenarios to check.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from enum import Enum, StrEnum
+
+from bipsim.uicc.cat import (
+    OPEN_BACKGROUND,
+    OPEN_IMMEDIATE,
+    CommandType,
+    Envelope,
+    Event,
+    GeneralResult,
+    OpenChannel,
+    ProactiveCommand,
+    TransportProtocol,
+    buffer_size,
+    channel_data,
+    channel_data_length,
+    channel_statuses,
+    close_channel,
+    decode_envelope,
+    decode_terminal_response,
+    receive_data,
+    send_data,
+    set_up_event_list,
+)
+from bipsim.uicc.client import BipClient
+from bipsim.uicc.tlv import TlvError
+from bipsim.uicc.toolkit import ToolkitError
+
+# A proactive command must fit one FETCH (256 bytes): 237 bytes of channel data leave room for the headers.
+MAX_CHANNEL_DATA = 237
+
+
+class LinkMode(StrEnum):
+    ON_DEMAND = "on-demand"
+    IMMEDIATE = "immediate"
+    BACKGROUND = "background"
+
+    @property
+    def qualifier(self) -> int:
+        return {
+            LinkMode.ON_DEMAND: 0,
+            LinkMode.IMMEDIATE: OPEN_IMMEDIATE,
+            LinkMode.BACKGROUND: OPEN_IMMEDIATE | OPEN_BACKGROUND,
+        }[self]
+
+
+@dataclass(frozen=True)
+class BipConfig:
+    """What the card's OPEN CHANNEL asks for."""
+
+    host: str = "127.0.0.1"
+    port: int = 4443
+    protocol: int = TransportProtocol.TCP_CLIENT_REMOTE
+    bearer_type: int = 3
+    bearer_parameters: bytes = b""
+    buffer_size: int = 1400
+    apn: str = ""
+    login: str = ""
+    password: str = ""
+    link_mode: LinkMode = LinkMode.BACKGROUND
+    alpha: str | None = None
+    max_reconnects: int = 3
+
+    def open_channel(self, number: int) -> ProactiveCommand:
+        return OpenChannel(
+            bearer_type=self.bearer_type,
+            bearer_parameters=self.bearer_parameters,
+            buffer_size=self.buffer_size,
+            protocol=self.protocol,
+            port=self.port,
+            destination=self.host,
+            apn=self.apn or None,
+            login=self.login or None,
+            password=self.password or None,
+            alpha=self.alpha,
+            qualifier=self.link_mode.qualifier,
+            number=number,
+        ).to_command()
+
+
+class EngineState(Enum):
+    IDLE = "idle"
+    EVENTS = "setting up events"
+    OPENING = "opening channel"
+    WAIT_LINK = "waiting for the link"
+    OPEN = "channel open"
+    CLOSING = "closing channel"
+    DONE = "done"
+    FAILED = "failed"
+
+
+# (state, command answered, result class) -> next state; result classes: ok, failed
+TRANSITIONS: dict[tuple[EngineState, int, str], EngineState] = {
+    (EngineState.EVENTS, CommandType.SET_UP_EVENT_LIST, "ok"): EngineState.OPENING,
+    (EngineState.EVENTS, CommandType.SET_UP_EVENT_LIST, "failed"): EngineState.OPENING,  # events are optional
+    (EngineState.OPENING, CommandType.OPEN_CHANNEL, "ok"): EngineState.OPEN,
+    (EngineState.OPENING, CommandType.OPEN_CHANNEL, "background"): EngineState.WAIT_LINK,
+    (EngineState.OPENING, CommandType.OPEN_CHANNEL, "failed"): EngineState.FAILED,
+    (EngineState.OPEN, CommandType.SEND_DATA, "ok"): EngineState.OPEN,
+    (EngineState.OPEN, CommandType.SEND_DATA, "failed"): EngineState.FAILED,
+    (EngineState.OPEN, CommandType.RECEIVE_DATA, "ok"): EngineState.OPEN,
+    (EngineState.OPEN, CommandType.RECEIVE_DATA, "failed"): EngineState.FAILED,
+    (EngineState.OPEN, CommandType.GET_CHANNEL_STATUS, "ok"): EngineState.OPEN,
+    (EngineState.CLOSING, CommandType.CLOSE_CHANNEL, "ok"): EngineState.DONE,
+    (EngineState.CLOSING, CommandType.CLOSE_CHANNEL, "failed"): EngineState.DONE,
+}
+
+
+class BipEngine:
+    """The card's CAT application for one BIP client session at a time."""
+
+    def __init__(self, config: BipConfig, client: BipClient, *, trigger_on_profile: bool = True) -> None:
+        self.config = config
+        self.client = client
+        self.trigger_on_profile = trigger_on_profile
+        self.state = EngineState.IDLE
+        self.channel = 0
+        self.buffer = config.buffer_size
+        self.tx_free = config.buffer_size
+        self.failures: list[tuple[str, int, bytes]] = []
+        self.sessions = 0
+        self._queue: deque[ProactiveCommand] = deque()
+        self._outstanding: ProactiveCommand | None = None
+        self._fetched = False
+        self._number = 0
+        self._tx = bytearray()
+        self._rx_available = 0
+        self._reconnects = 0
+        self.profile = b""
+
+    # --- Toolkit ---------------------------------------------------------------------------------------------
+
+    def terminal_profile(self, profile: bytes) -> None:
+        self.profile = profile
+        if self.trigger_on_profile and self.state is EngineState.IDLE:
+            self.trigger()
+
+    def pending_length(self) -> int:
+        if self._outstanding is None and self._queue:
+            self._outstanding = self._queue.popleft()
+            self._fetched = False
+        if self._outstanding is not None and not self._fetched:
+            return len(self._outstanding.encode())
+        return 0
+
+    def fetch(self) -> bytes:
+        if not self.pending_length() or self._outstanding is None:
+            raise ToolkitError(0x6F00, "no proactive command pending")
+        self._fetched = True
+        return self._outstanding.encode()
+
+    def terminal_response(self, data: bytes) -> None:
+        command = self._outstanding
+        if command is None or not self._fetched:
+            raise ToolkitError(0x6F00, "terminal response without a fetched command")
+        try:
+            response = decode_terminal_response(data)
+        except TlvError as exc:
+            raise ToolkitError(0x6F00, f"malformed terminal response: {exc}") from exc
+        if (response.number, response.type) != (command.number, command.type):
+            raise ToolkitError(0x6F00, "terminal response does not match the fetched command")
+        self._outstanding = None
+        general, additional = response.result
+        self._answered(command, general, additional, response)
+
+    def envelope(self, data: bytes) -> bytes:
+        try:
+            envelope = decode_envelope(data)
+        except TlvError as exc:
+            raise ToolkitError(0x6F00, f"malformed envelope: {exc}") from exc
+        if envelope.event == Event.DATA_AVAILABLE:
+            self._data_available(envelope)
+        elif envelope.event == Event.CHANNEL_STATUS:
+            self._channel_status_event(envelope)
+        return b""
+
+    # --- control -----------------------------------------------------------------------------------------------
+
+    def trigger(self) -> None:
+        """Starts a session: SET UP EVENT LIST, then OPEN CHANNEL."""
+        if self.state not in (EngineState.IDLE, EngineState.DONE, EngineState.FAILED):
+            return
+        self.state = EngineState.EVENTS
+        self._issue(set_up_event_list([Event.DATA_AVAILABLE, Event.CHANNEL_STATUS], self._next_number()))
+
+    @property
+    def busy(self) -> bool:
+        return self.state not in (EngineState.IDLE, EngineState.DONE, EngineState.FAILED)
+
+    def _next_number(self) -> int:
+        self._number = self._number % 254 + 1
+        return self._number
+
+    def _issue(self, command: ProactiveCommand) -> None:
+        self._queue.append(command)
+
+    def _idle_line(self) -> bool:
+        return self._outstanding is None and not self._queue
+
+    def _fail(self, reason: str, general: int, additional: bytes) -> None:
+        self.failures.append((reason, general, additional))
+        self.state = EngineState.FAILED
+        self._tx.clear()
+        self.client.connection_lost(reason)
+        if self.client.wants_reconnect and self._reconnects < self.config.max_reconnects:
+            self._reconnects += 1
+            self.state = EngineState.OPENING
+            self._issue(self.config.open_channel(self._next_number()))
+
+    # --- terminal responses ------------------------------------------------------------------------------------
+
+    def _answered(self, command: ProactiveCommand, general: int, additional: bytes, response: object) -> None:
+        from bipsim.uicc.cat import TerminalResponse
+
+        assert isinstance(response, TerminalResponse)
+        ok = GeneralResult.OK <= general < 0x10
+        kind = "ok" if ok else "failed"
+        if command.type == CommandType.OPEN_CHANNEL and ok:
+            statuses = channel_statuses(response)
+            self.channel = statuses[0]["channel_id"] if statuses else 1
+            self.buffer = buffer_size(response) or self.config.buffer_size
+            self.tx_free = self.buffer
+            established = bool(statuses and statuses[0]["link_established"])
+            if self.config.link_mode is LinkMode.BACKGROUND and not established:
+                kind = "background"
+        next_state = TRANSITIONS.get((self.state, command.type, kind))
+        if next_state is None:
+            # an answer the current state does not expect (e.g. after a drop): note it and carry on
+            self.failures.append(
+                (f"unexpected {command.type_name} result in state {self.state.value}", general, additional)
+            )
+            self._pump()
+            return
+        self.state = next_state
+        if not ok and command.type != CommandType.SET_UP_EVENT_LIST:
+            if command.type == CommandType.CLOSE_CHANNEL:
+                self._finish()
+                return
+            self._fail(
+                f"{command.type_name} failed: result 0x{general:02X} {additional.hex().upper()}",
+                general,
+                additional,
+            )
+            return
+        if command.type == CommandType.SET_UP_EVENT_LIST:
+            self._issue(self.config.open_channel(self._next_number()))
+        elif command.type == CommandType.OPEN_CHANNEL:
+            if self.state is EngineState.OPEN:
+                self._connected()
+        elif command.type == CommandType.SEND_DATA:
+            free = channel_data_length(response)
+            self.tx_free = self.buffer if free is None else (self.buffer if free == 0xFF else free)
+        elif command.type == CommandType.RECEIVE_DATA:
+            data = channel_data(response)
+            left = channel_data_length(response) or 0
+            self._rx_available = left
+            if data:
+                self._tx += self.client.data_received(data)
+        elif command.type == CommandType.CLOSE_CHANNEL:
+            self._finish()
+            return
+        self._pump()
+
+    def _connected(self) -> None:
+        self.sessions += 1
+        self._tx += self.client.connection_made()
+        self._pump()
+
+    def _finish(self) -> None:
+        self.state = EngineState.DONE
+        self.channel = 0
+        if self.client.wants_reconnect and self._reconnects < self.config.max_reconnects:
+            self._reconnects += 1
+            self.state = EngineState.OPENING
+            self._issue(self.config.open_channel(self._next_number()))
+
+    def _pump(self) -> None:
+        """Issues the next command when none is outstanding: receive first, then send, then close."""
+        if self.state is not EngineState.OPEN or not self._idle_line():
+            return
+        if self._rx_available:
+            want = (
+                MAX_CHANNEL_DATA if self._rx_available == 0xFF else min(self._rx_available, MAX_CHANNEL_DATA)
+            )
+            self._issue(receive_data(self.channel, want, self._next_number()))
+            return
+        if self._tx:
+            room = max(1, min(self.tx_free, MAX_CHANNEL_DATA))
+            chunk = bytes(self._tx[:room])
+            del self._tx[:room]
+            # store while more of this message follows and fits the buffer; send immediately with the last piece
+            immediate = not self._tx or self.tx_free - len(chunk) <= 0
+            self._issue(send_data(self.channel, chunk, immediate=immediate, number=self._next_number()))
+            self.tx_free = self.buffer if immediate else self.tx_free - len(chunk)
+            return
+        if self.client.done:
+            self.state = EngineState.CLOSING
+            self._issue(close_channel(self.channel, self._next_number()))
+
+    # --- events --------------------------------------------------------------------------------------------------
+
+    def _data_available(self, envelope: Envelope) -> None:
+        length = channel_data_length(envelope)
+        statuses = channel_statuses(envelope)
+        if statuses and statuses[0]["channel_id"] != self.channel:
+            return
+        self._rx_available = 0xFF if length is None else length
+        self._pump()
+
+    def _channel_status_event(self, envelope: Envelope) -> None:
+        statuses = channel_statuses(envelope)
+        if not statuses or statuses[0]["channel_id"] != self.channel:
+            return
+        status = statuses[0]
+        if status["link_established"] and self.state is EngineState.WAIT_LINK:
+            self.state = EngineState.OPEN
+            self._connected()
+        elif not status["link_established"] and self.state in (EngineState.OPEN, EngineState.WAIT_LINK):
+            # link dropped (further info 0x05): the channel is unusable; close it to free the terminal's resources
+            self.failures.append(("link dropped", GeneralResult.BIP_ERROR, bytes((status["further_info"],))))
+            self._tx.clear()
+            self._rx_available = 0
+            self.client.connection_lost("link dropped")
+            self.state = EngineState.CLOSING
+            self._queue.clear()
+            if self._outstanding is not None and not self._fetched:
+                self._outstanding = None
+            self._issue(close_channel(self.channel, self._next_number()))

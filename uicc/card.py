@@ -1,0 +1,393 @@
+"""The simulated UICC's APDU processor (ETSI TS 102 221 sections 10-11, ISO/IEC 7816-4), sans-IO.
+
+`SimCard.process(apdu)` takes one command APDU and returns response data + SW1 SW2, with T=0 semantics: SELECT
+answers 61 xx and the FCP comes with GET RESPONSE; a wrong Le gets 6C xx; while the CAT application (the Toolkit of
+uicc/toolkit.py) has a proactive command waiting, a successful command answers 91 xx instead of 90 00.
+Classes: 00 (ISO, also 01..03 logical channels), 80 (TS 102 221 proprietary: STATUS, TERMINAL PROFILE, FETCH,
+TERMINAL RESPONSE, ENVELOPE), A0 (GSM SIM heritage, accepted for SELECT/READ/UPDATE/STATUS/GET RESPONSE).
+
+Card state (file contents and attached components such as the GP registry) persists in one file, written
+atomically by bipsim.uicc.card_state.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+from bipsim.uicc.card_state import load_state, save_state
+from bipsim.uicc.fs import File, FileKind, FileSystem
+from bipsim.uicc.profile import CardProfile
+from bipsim.uicc.toolkit import Toolkit, ToolkitError
+
+ATR = bytes.fromhex("3B9F96801FC78031A073BE21136743200718000001A5")
+
+SW_OK = 0x9000
+SW_WRONG_LENGTH = 0x6700
+SW_SECURITY_NOT_SATISFIED = 0x6982
+SW_CONDITIONS_NOT_SATISFIED = 0x6985
+SW_COMMAND_NOT_ALLOWED_NO_EF = 0x6986
+SW_WRONG_DATA = 0x6A80
+SW_FUNCTION_NOT_SUPPORTED = 0x6A81
+SW_FILE_NOT_FOUND = 0x6A82
+SW_RECORD_NOT_FOUND = 0x6A83
+SW_INCORRECT_P1P2 = 0x6A86
+SW_WRONG_P1P2 = 0x6B00
+SW_INS_NOT_SUPPORTED = 0x6D00
+SW_CLA_NOT_SUPPORTED = 0x6E00
+SW_TECHNICAL_PROBLEM = 0x6F00
+SW_LOGICAL_CHANNEL_NOT_SUPPORTED = 0x6881
+
+
+def sw_bytes(sw: int) -> bytes:
+    return sw.to_bytes(2, "big")
+
+
+class Persistent(Protocol):
+    """A component whose state lives in the card's state file."""
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+    def load_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class ApduError(Exception):
+    def __init__(self, sw: int) -> None:
+        super().__init__(f"SW {sw:04X}")
+        self.sw = sw
+
+
+class _NoToolkit:
+    """A card without a CAT application: TERMINAL PROFILE is accepted, nothing is ever pending."""
+
+    def terminal_profile(self, profile: bytes) -> None:
+        return None
+
+    def pending_length(self) -> int:
+        return 0
+
+    def fetch(self) -> bytes:
+        raise ToolkitError(0x6F00, "no proactive command pending")
+
+    def terminal_response(self, data: bytes) -> None:
+        raise ToolkitError(0x6F00, "no proactive command pending")
+
+    def envelope(self, data: bytes) -> bytes:
+        raise ToolkitError(0x6D00, "no CAT application")
+
+
+class SimCard:
+    """The APDU processor of one card. `toolkit` is its CAT application (the BIP engine)."""
+
+    def __init__(
+        self, profile: CardProfile, *, toolkit: Toolkit | None = None, state_path: str | Path | None = None
+    ) -> None:
+        self.profile = profile
+        self.toolkit: Toolkit = toolkit if toolkit is not None else _NoToolkit()
+        self.fs = FileSystem(profile.iccid, profile.imsi, profile.mnc_length)
+        self.state_path = Path(state_path) if state_path is not None else None
+        self._components: dict[str, Persistent] = {"files": self.fs}
+        # current DF/EF per logical channel (0 is the basic channel)
+        self._current: dict[int, tuple[File, File | None]] = {0: (self.fs.mf, None)}
+        self._response: bytes = b""
+        if self.state_path is not None and self.state_path.exists():
+            self._restore(load_state(self.state_path))
+
+    # --- state -----------------------------------------------------------------------------------------------
+
+    def attach_state(self, name: str, component: Persistent) -> None:
+        """Adds a component to the state file (restoring its saved part if the file has one)."""
+        self._components[name] = component
+        if self.state_path is not None and self.state_path.exists():
+            saved = load_state(self.state_path).get(name)
+            if isinstance(saved, dict):
+                component.load_dict(saved)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {name: component.to_dict() for name, component in self._components.items()}
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        for name, component in self._components.items():
+            part = state.get(name)
+            if isinstance(part, dict):
+                component.load_dict(part)
+
+    def save_state(self) -> None:
+        """Writes the whole card state atomically (no-op for a card without a state file)."""
+        if self.state_path is not None:
+            save_state(self.state_path, self.snapshot())
+
+    # --- APDUs -------------------------------------------------------------------------------------------------
+
+    def atr(self) -> bytes:
+        return ATR
+
+    def reset(self) -> bytes:
+        self._current = {0: (self.fs.mf, None)}
+        self._response = b""
+        return ATR
+
+    def process(self, apdu: bytes) -> bytes:
+        """One command APDU in, response data + SW1 SW2 out. Never raises for bad input."""
+        try:
+            data, sw = self._dispatch(apdu, toolkit=True)
+        except ApduError as exc:
+            data, sw = b"", exc.sw
+        except ToolkitError as exc:
+            data, sw = b"", exc.sw
+        if sw == SW_OK:
+            pending = self.toolkit.pending_length()
+            if pending:
+                sw = 0x9100 | min(pending, 0xFF)
+        return data + sw_bytes(sw)
+
+    def internal_apdu(self, apdu: bytes) -> bytes:
+        """An APDU from inside the card (the OTA agent's remote APDUs): no toolkit side effects, no 91 xx."""
+        try:
+            data, sw = self._dispatch(apdu, toolkit=False)
+        except ApduError as exc:
+            data, sw = b"", exc.sw
+        except ToolkitError as exc:
+            data, sw = b"", exc.sw
+        return data + sw_bytes(sw)
+
+    def _dispatch(self, apdu: bytes, *, toolkit: bool) -> tuple[bytes, int]:
+        if len(apdu) < 4:
+            raise ApduError(SW_WRONG_LENGTH)
+        cla, ins, p1, p2 = apdu[0], apdu[1], apdu[2], apdu[3]
+        body = apdu[4:]
+        lc_data = b""
+        le: int | None = None
+        if len(body) == 1:
+            le = body[0] or 256
+        elif len(body) > 1:
+            lc = body[0]
+            if len(body) == 1 + lc:
+                lc_data = body[1:]
+            elif len(body) == 2 + lc:
+                lc_data, le = body[1:-1], body[-1] or 256
+            else:
+                raise ApduError(SW_WRONG_LENGTH)
+        if cla & 0xF0 not in (0x00, 0x80, 0xA0) and cla & 0xC0 != 0x40:
+            raise ApduError(SW_CLA_NOT_SUPPORTED)
+        channel = cla & 0x03
+        if channel not in self._current:
+            raise ApduError(SW_LOGICAL_CHANNEL_NOT_SUPPORTED)
+        proprietary = cla & 0x80 == 0x80 and cla & 0xF0 != 0xA0
+        if proprietary:
+            handler = {
+                0xF2: self._status,
+                0x10: self._terminal_profile,
+                0x12: self._fetch,
+                0x14: self._terminal_response,
+                0xC2: self._envelope,
+            }.get(ins)
+            if handler is None:
+                raise ApduError(SW_INS_NOT_SUPPORTED)
+            if ins in (0x10, 0x12, 0x14, 0xC2) and not toolkit:
+                raise ApduError(SW_CONDITIONS_NOT_SATISFIED)
+        else:
+            handler = {
+                0xA4: self._select,
+                0xB0: self._read_binary,
+                0xD6: self._update_binary,
+                0xB2: self._read_record,
+                0xDC: self._update_record,
+                0xC0: self._get_response,
+                0x70: self._manage_channel,
+                0xF2: self._status,
+            }.get(ins)
+            if handler is None:
+                raise ApduError(SW_INS_NOT_SUPPORTED)
+        data, sw = handler(channel, p1, p2, lc_data, le)
+        if (
+            sw == SW_OK
+            and le is not None
+            and data
+            and le != 256
+            and le != len(data)
+            and ins in (0xB0, 0xB2, 0xC0)
+        ):
+            return b"", 0x6C00 | (len(data) & 0xFF)
+        return data, sw
+
+    # --- file commands ---------------------------------------------------------------------------------------
+
+    def _select(self, channel: int, p1: int, p2: int, data: bytes, le: int | None) -> tuple[bytes, int]:
+        df, _ = self._current[channel]
+        target: File | None
+        if p1 == 0x04:  # by DF name (AID)
+            target = self.fs.by_aid(data)
+        elif p1 == 0x00 and len(data) == 2:
+            fid = int.from_bytes(data, "big")
+            target = self._by_fid(df, fid)
+        elif p1 in (0x08, 0x09) and data and len(data) % 2 == 0:
+            node: File | None = self.fs.mf
+            fids = [int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2)]
+            if fids and fids[0] == 0x3F00:
+                fids = fids[1:]
+            for fid in fids:
+                node = node.children.get(fid) if node is not None else None
+            target = node
+        elif p1 == 0x03:  # parent DF
+            target = df.parent or df
+        else:
+            raise ApduError(SW_INCORRECT_P1P2)
+        if target is None:
+            raise ApduError(SW_FILE_NOT_FOUND)
+        if target.is_dir:
+            self._current[channel] = (target, None)
+        else:
+            assert target.parent is not None
+            self._current[channel] = (target.parent, target)
+        fcp = target.fcp()
+        if p2 & 0x0C == 0x0C:  # no data returned
+            return b"", SW_OK
+        self._response = fcp
+        return b"", 0x6100 | len(fcp)
+
+    def _by_fid(self, df: File, fid: int) -> File | None:
+        if fid == 0x3F00:
+            return self.fs.mf
+        if fid == 0x7FFF:  # the current ADF
+            return self.fs.usim
+        for candidate in (df, df.parent):
+            if candidate is None:
+                continue
+            if candidate.fid == fid:
+                return candidate
+            if fid in candidate.children:
+                return candidate.children[fid]
+        return self.fs.mf.children.get(fid)
+
+    def _ef(self, channel: int, p1: int, kind: FileKind, sfi_in_p1: bool) -> File:
+        df, ef = self._current[channel]
+        if sfi_in_p1:
+            sfi = p1 & 0x1F
+            found = next((f for f in df.children.values() if f.sfi == sfi), None)
+            if found is None:
+                raise ApduError(SW_FILE_NOT_FOUND)
+            self._current[channel] = (df, found)
+            ef = found
+        if ef is None:
+            raise ApduError(SW_COMMAND_NOT_ALLOWED_NO_EF)
+        if ef.kind is not kind:
+            raise ApduError(0x6981)  # command incompatible with file structure
+        return ef
+
+    def _read_binary(self, channel: int, p1: int, p2: int, data: bytes, le: int | None) -> tuple[bytes, int]:
+        sfi = bool(p1 & 0x80)
+        ef = self._ef(channel, p1, FileKind.TRANSPARENT, sfi)
+        offset = p2 if sfi else (p1 << 8) | p2
+        if offset > len(ef.data):
+            raise ApduError(SW_WRONG_P1P2)
+        want = len(ef.data) - offset if le is None or le == 256 else le
+        chunk = bytes(ef.data[offset : offset + want])
+        if le is not None and le != 256 and len(chunk) < le:
+            return chunk, 0x6282  # end of file reached before reading Le bytes
+        return chunk, SW_OK
+
+    def _update_binary(
+        self, channel: int, p1: int, p2: int, data: bytes, le: int | None
+    ) -> tuple[bytes, int]:
+        sfi = bool(p1 & 0x80)
+        ef = self._ef(channel, p1, FileKind.TRANSPARENT, sfi)
+        offset = p2 if sfi else (p1 << 8) | p2
+        if offset + len(data) > len(ef.data):
+            raise ApduError(SW_WRONG_P1P2)
+        ef.data[offset : offset + len(data)] = data
+        return b"", SW_OK
+
+    def _record(self, channel: int, p1: int, p2: int) -> tuple[File, int]:
+        sfi = p2 >> 3
+        df, ef = self._current[channel]
+        if sfi:
+            found = next((f for f in df.children.values() if f.sfi == sfi), None)
+            if found is None:
+                raise ApduError(SW_FILE_NOT_FOUND)
+            ef = found
+            self._current[channel] = (df, ef)
+        if ef is None:
+            raise ApduError(SW_COMMAND_NOT_ALLOWED_NO_EF)
+        if ef.kind is not FileKind.LINEAR_FIXED:
+            raise ApduError(0x6981)
+        if p2 & 0x07 != 0x04:  # only absolute record numbers
+            raise ApduError(SW_INCORRECT_P1P2)
+        if not 1 <= p1 <= ef.records:
+            raise ApduError(SW_RECORD_NOT_FOUND)
+        return ef, (p1 - 1) * ef.record_length
+
+    def _read_record(self, channel: int, p1: int, p2: int, data: bytes, le: int | None) -> tuple[bytes, int]:
+        ef, start = self._record(channel, p1, p2)
+        return bytes(ef.data[start : start + ef.record_length]), SW_OK
+
+    def _update_record(
+        self, channel: int, p1: int, p2: int, data: bytes, le: int | None
+    ) -> tuple[bytes, int]:
+        ef, start = self._record(channel, p1, p2)
+        if len(data) != ef.record_length:
+            raise ApduError(SW_WRONG_LENGTH)
+        ef.data[start : start + ef.record_length] = data
+        return b"", SW_OK
+
+    def _get_response(self, channel: int, p1: int, p2: int, data: bytes, le: int | None) -> tuple[bytes, int]:
+        if not self._response:
+            raise ApduError(SW_CONDITIONS_NOT_SATISFIED)
+        out = self._response
+        if le is not None and le != 256 and le < len(out):
+            out, self._response = out[:le], out[le:]
+            return out, 0x6100 | len(self._response)
+        self._response = b""
+        return out, SW_OK
+
+    def _status(self, channel: int, p1: int, p2: int, data: bytes, le: int | None) -> tuple[bytes, int]:
+        df, _ = self._current[channel]
+        if p2 == 0x0C:
+            return b"", SW_OK
+        return df.fcp(), SW_OK
+
+    def _manage_channel(
+        self, channel: int, p1: int, p2: int, data: bytes, le: int | None
+    ) -> tuple[bytes, int]:
+        if p1 == 0x00:  # open
+            free = next((n for n in (1, 2, 3) if n not in self._current), None)
+            if free is None:
+                raise ApduError(SW_LOGICAL_CHANNEL_NOT_SUPPORTED)
+            self._current[free] = (self.fs.mf, None)
+            return bytes((free,)), SW_OK
+        if p1 == 0x80:  # close
+            if p2 == 0 or p2 not in self._current:
+                raise ApduError(SW_INCORRECT_P1P2)
+            del self._current[p2]
+            return b"", SW_OK
+        raise ApduError(SW_INCORRECT_P1P2)
+
+    # --- CAT commands (TS 102 221 section 10.1.2, class 80) ------------------------------------------------------
+
+    def _terminal_profile(
+        self, channel: int, p1: int, p2: int, data: bytes, le: int | None
+    ) -> tuple[bytes, int]:
+        self.toolkit.terminal_profile(data)
+        return b"", SW_OK
+
+    def _fetch(self, channel: int, p1: int, p2: int, data: bytes, le: int | None) -> tuple[bytes, int]:
+        pending = self.toolkit.pending_length()
+        if not pending:
+            raise ApduError(SW_CONDITIONS_NOT_SATISFIED)
+        if le is not None and le != 256 and le != pending:
+            return b"", 0x6C00 | (pending & 0xFF)
+        return self.toolkit.fetch(), SW_OK
+
+    def _terminal_response(
+        self, channel: int, p1: int, p2: int, data: bytes, le: int | None
+    ) -> tuple[bytes, int]:
+        self.toolkit.terminal_response(data)
+        self.save_state()
+        return b"", SW_OK
+
+    def _envelope(self, channel: int, p1: int, p2: int, data: bytes, le: int | None) -> tuple[bytes, int]:
+        answer = self.toolkit.envelope(data)
+        if answer:
+            self._response = answer
+            return b"", 0x6100 | len(answer)
+        return b"", SW_OK

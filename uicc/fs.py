@@ -1,0 +1,163 @@
+"""The card's file system (ETSI TS 102 221 section 8, 3GPP TS 31.102 section 4): a small but real tree.
+
+MF 3F00 with EF_ICCID 2FE2 and EF_DIR 2F00, DF_TELECOM 7F10, and ADF_USIM with EF_IMSI 6F07, EF_AD 6FAD, EF_UST
+6F38, EF_SMS 6F3C (linear fixed) and EF_SMSP 6F42 (linear fixed). Files answer SELECT with an FCP template
+(TS 102 221 section 11.1.1.3). The contents come from the card profile and round-trip through `to_dict` for the
+card's persistent state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from bipsim.uicc.tlv import encode_length
+
+USIM_AID = bytes.fromhex("A0000000871002FF33FF018900000100")
+
+# USIM service table (TS 31.102 section 4.2.8): services this card offers. 28 data download via SMS-PP (the OTA
+# push trigger), 29 via SMS-CB, 30/31 call and MO-SMS control, 33 "shall be set to 1", 10/12 SMS and SMSP.
+UST_SERVICES = (10, 12, 28, 29, 30, 31, 33)
+
+
+class FileKind(Enum):
+    DF = "df"
+    ADF = "adf"
+    TRANSPARENT = "transparent"
+    LINEAR_FIXED = "linear_fixed"
+
+
+@dataclass
+class File:
+    fid: int
+    name: str
+    kind: FileKind
+    data: bytearray = field(default_factory=bytearray)
+    record_length: int = 0
+    children: dict[int, File] = field(default_factory=dict)
+    parent: File | None = field(default=None, repr=False)
+    aid: bytes = b""
+    sfi: int | None = None
+
+    @property
+    def is_dir(self) -> bool:
+        return self.kind in (FileKind.DF, FileKind.ADF)
+
+    @property
+    def records(self) -> int:
+        return len(self.data) // self.record_length if self.record_length else 0
+
+    def add(self, child: File) -> File:
+        child.parent = self
+        self.children[child.fid] = child
+        return child
+
+    def fcp(self) -> bytes:
+        """The FCP template '62' returned by SELECT (TS 102 221 section 11.1.1.3)."""
+
+        def tlv(tag: int, value: bytes) -> bytes:
+            return bytes((tag,)) + encode_length(len(value)) + value
+
+        parts = []
+        if self.is_dir:
+            parts.append(tlv(0x82, b"\x78\x21"))  # DF, shareable
+        elif self.kind is FileKind.TRANSPARENT:
+            parts.append(tlv(0x82, b"\x41\x21"))  # working EF, transparent, shareable
+        else:
+            parts.append(
+                tlv(0x82, b"\x42\x21" + self.record_length.to_bytes(2, "big") + bytes((self.records,)))
+            )
+        parts.append(tlv(0x83, self.fid.to_bytes(2, "big")))
+        if self.aid:
+            parts.append(tlv(0x84, self.aid))
+        parts.append(tlv(0x8A, b"\x05"))  # life cycle: operational, activated
+        parts.append(tlv(0x8B, b"\x2f\x06\x01"))  # security attributes: EF_ARR record 1
+        if not self.is_dir:
+            parts.append(tlv(0x80, len(self.data).to_bytes(2, "big")))
+        if self.sfi is not None:
+            parts.append(tlv(0x88, bytes((self.sfi << 3,))))
+        body = b"".join(parts)
+        return b"\x62" + encode_length(len(body)) + body
+
+
+def bcd_swapped(digits: str, length: int, pad: str = "F") -> bytes:
+    """Nibble-swapped BCD (TS 102 221 section 13.2 for ICCID) padded with F to `length` bytes."""
+    text = (digits + pad * (2 * length))[: 2 * length]
+    return bytes(int(text[i + 1] + text[i], 16) for i in range(0, len(text), 2))
+
+
+def imsi_bytes(imsi: str) -> bytes:
+    """EF_IMSI (TS 31.102 section 4.2.2): length, then parity nibble + digits, nibble-swapped."""
+    odd = len(imsi) % 2 == 1
+    first = (int(imsi[0]) << 4) | (0x9 if odd else 0x1)
+    rest = bcd_swapped(imsi[1:], 7)
+    return bytes((8, first)) + rest
+
+
+def ust_bytes(services: tuple[int, ...] = UST_SERVICES, length: int = 8) -> bytes:
+    table = bytearray(length)
+    for service in services:
+        table[(service - 1) // 8] |= 1 << ((service - 1) % 8)
+    return bytes(table)
+
+
+class FileSystem:
+    """The tree and its contents; paths are tuples of FIDs from the MF (3F00)."""
+
+    def __init__(self, iccid: str, imsi: str, mnc_length: int = 2, sms_records: int = 10) -> None:
+        self.mf = File(0x3F00, "MF", FileKind.DF)
+        self.mf.add(
+            File(0x2FE2, "EF_ICCID", FileKind.TRANSPARENT, bytearray(bcd_swapped(iccid, 10)), sfi=0x02)
+        )
+        dir_record = b"\x61" + bytes((len(USIM_AID) + 2,)) + b"\x4f" + bytes((len(USIM_AID),)) + USIM_AID
+        self.mf.add(
+            File(0x2F00, "EF_DIR", FileKind.LINEAR_FIXED, bytearray(dir_record.ljust(32, b"\xff")), 32)
+        )
+        telecom = self.mf.add(File(0x7F10, "DF_TELECOM", FileKind.DF))
+        del telecom
+        self.usim = self.mf.add(File(0x7FF0, "ADF_USIM", FileKind.ADF, aid=USIM_AID))
+        self.usim.add(File(0x6F07, "EF_IMSI", FileKind.TRANSPARENT, bytearray(imsi_bytes(imsi)), sfi=0x07))
+        self.usim.add(
+            File(0x6FAD, "EF_AD", FileKind.TRANSPARENT, bytearray(bytes((0, 0, 0, mnc_length))), sfi=0x03)
+        )
+        self.usim.add(File(0x6F38, "EF_UST", FileKind.TRANSPARENT, bytearray(ust_bytes()), sfi=0x04))
+        self.usim.add(
+            File(
+                0x6F3C, "EF_SMS", FileKind.LINEAR_FIXED, bytearray(b"\x00" + b"\xff" * 175) * sms_records, 176
+            )
+        )
+        self.usim.add(File(0x6F42, "EF_SMSP", FileKind.LINEAR_FIXED, bytearray(b"\xff" * 40), 40))
+
+    def walk(self) -> list[tuple[tuple[int, ...], File]]:
+        out: list[tuple[tuple[int, ...], File]] = []
+
+        def visit(node: File, path: tuple[int, ...]) -> None:
+            out.append((path, node))
+            for child in node.children.values():
+                visit(child, (*path, child.fid))
+
+        visit(self.mf, (0x3F00,))
+        return out
+
+    def by_aid(self, aid: bytes) -> File | None:
+        """An ADF whose AID starts with `aid` (partial AID selection, TS 102 221 section 11.1.1.2)."""
+        for _, node in self.walk():
+            if node.aid and node.aid.startswith(aid):
+                return node
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Contents of every EF by path (hex), for the card's state file."""
+        return {
+            "/".join(f"{fid:04X}" for fid in path): node.data.hex()
+            for path, node in self.walk()
+            if not node.is_dir
+        }
+
+    def load_dict(self, state: dict[str, Any]) -> None:
+        files = {"/".join(f"{fid:04X}" for fid in path): node for path, node in self.walk()}
+        for key, value in state.items():
+            node = files.get(key)
+            if node is not None and not node.is_dir and isinstance(value, str):
+                node.data = bytearray(bytes.fromhex(value))

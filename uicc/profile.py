@@ -1,0 +1,103 @@
+"""The card profile: identity, keys, OTA server and BIP settings of one simulated card, from a TOML or JSON file.
+
+The built-in default is uicc/default_profile.toml (documented there, key by key). A profile file may override any
+subset of its keys; unknown keys are an error so a typo never goes unnoticed.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import dataclass, fields, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from bipsim.errors import CliError
+
+
+@dataclass(frozen=True)
+class CardProfile:
+    iccid: str = "8988211000000000001"
+    imsi: str = "001010123456789"
+    mnc_length: int = 2
+    # OTA (GlobalPlatform Amd B) session
+    ota_host: str = "127.0.0.1"
+    ota_port: int = 4443
+    ota_tls: bool = True
+    psk_identity: str = "bipsim-card-1"
+    psk_hex: str = "000102030405060708090A0B0C0D0E0F"
+    admin_path: str = "/server/adminagent"
+    # BIP channel the card opens (TS 102 223 OPEN CHANNEL)
+    bearer_type: int = 3
+    bearer_parameters_hex: str = ""
+    buffer_size: int = 1400
+    apn: str = ""
+    login: str = ""
+    password: str = ""
+    link_mode: str = "background"  # on-demand | immediate | background
+    trigger: str = "power-on"  # power-on | manual | sms
+
+    @property
+    def psk(self) -> bytes:
+        return bytes.fromhex(self.psk_hex)
+
+    def with_overrides(self, **changes: Any) -> CardProfile:
+        return replace(self, **changes)
+
+
+KNOWN = {f.name for f in fields(CardProfile)}
+
+
+def _from_mapping(data: dict[str, Any], where: str) -> CardProfile:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):  # TOML tables ([ota], [bip]) are just grouping
+            flat.update(value)
+        else:
+            flat[key] = value
+    unknown = sorted(set(flat) - KNOWN)
+    if unknown:
+        raise CliError(f"{where}: unknown profile keys: {', '.join(unknown)}")
+    return CardProfile(**flat)
+
+
+def load_profile(path: str | Path | None = None) -> CardProfile:
+    """The built-in default, overridden by the keys of `path` (TOML, or JSON when it ends in .json)."""
+    default_text = resources.files("bipsim.uicc").joinpath("default_profile.toml").read_text(encoding="utf-8")
+    base = _from_mapping(tomllib.loads(default_text), "default_profile.toml")
+    if path is None:
+        return base
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+        data = json.loads(text) if file.suffix == ".json" else tomllib.loads(text)
+    except FileNotFoundError as exc:
+        raise CliError(f"card profile {file} does not exist") from exc
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise CliError(f"card profile {file}: {exc}") from exc
+    override = _from_mapping(data, str(file))
+    changed = {f.name: getattr(override, f.name) for f in fields(CardProfile) if f.name in _keys(data)}
+    return replace(base, **changed)
+
+
+def _keys(data: dict[str, Any]) -> set[str]:
+    keys: set[str] = set()
+    for key, value in data.items():
+        keys.update(value) if isinstance(value, dict) else keys.add(key)
+    return keys
+
+
+def dump_profile(profile: CardProfile) -> str:
+    """A TOML text of the profile (for the demo to hand a tailored profile to the CP process)."""
+    lines = []
+    for f in fields(CardProfile):
+        value = getattr(profile, f.name)
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, int):
+            text = str(value)
+        else:
+            text = json.dumps(value)
+        lines.append(f"{f.name} = {text}")
+    return "\n".join(lines) + "\n"
