@@ -1,0 +1,556 @@
+"""3GPP TS 27.010 multiplexer (basic option) over any trio Stream, in either role; each open DLC is a trio Stream.
+
+- DLC establishment with SABM/UA (DM refuses), release with DISC/UA, T1 retries up to N2 (section 5.4.1-5.4.4,
+  5.7); DLC 0 opens first and its DISC, or a CLD, closes the multiplexer and returns the line to AT mode.
+- Control channel (section 5.4.6.3): MSC (answered, its FC bit stops our sender for that DLC), PN (answered with
+  our parameters), Test (echoed), FCon/FCoff (all DLCs), CLD, and NSC for any type we do not know.
+- C/R bit per section 5.2.1.2: commands from the initiator and responses from the responder carry C/R = 1.
+- Flow control applies back-pressure: our receive buffers announce FC with MSC when they fill, and a sender whose
+  peer said FCoff/FC waits instead of dropping data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+
+import trio
+
+from bipsim.link.cmux_frame import (
+    MSC_DV,
+    MSC_FC,
+    MSC_RTC,
+    MSC_RTR,
+    ControlMessage,
+    ControlType,
+    Frame,
+    FrameParser,
+    FrameType,
+    decode_control,
+    encode_frame,
+    msc_value,
+)
+from bipsim.trace.events import Actor, Layer
+from bipsim.trace.recorder import NULL_TRACER, Tracer
+
+
+class MuxRole(Enum):
+    INITIATOR = "initiator"
+    RESPONDER = "responder"
+
+
+@dataclass(frozen=True)
+class CmuxParams:
+    """AT+CMUX parameters (3GPP TS 27.007 section 5.7); times in seconds, n1 the maximum information length."""
+
+    mode: int = 0
+    subset: int = 0
+    port_speed: int | None = None
+    n1: int = 31
+    t1: float = 0.1
+    n2: int = 3
+    t2: float = 0.3
+    t3: float = 10.0
+    k: int | None = None
+
+
+class DlcState(Enum):
+    CLOSED = "closed"
+    OPENING = "opening"
+    OPEN = "open"
+    CLOSING = "closing"
+
+
+TRANSITIONS: dict[tuple[DlcState, str], DlcState] = {
+    (DlcState.CLOSED, "open"): DlcState.OPENING,
+    (DlcState.CLOSED, "peer_sabm"): DlcState.OPEN,
+    (DlcState.OPENING, "ua"): DlcState.OPEN,
+    (DlcState.OPENING, "dm"): DlcState.CLOSED,
+    (DlcState.OPENING, "timeout"): DlcState.CLOSED,
+    (DlcState.OPEN, "close"): DlcState.CLOSING,
+    (DlcState.OPEN, "peer_disc"): DlcState.CLOSED,
+    (DlcState.CLOSING, "ua"): DlcState.CLOSED,
+    (DlcState.CLOSING, "dm"): DlcState.CLOSED,
+    (DlcState.CLOSING, "timeout"): DlcState.CLOSED,
+    (DlcState.CLOSING, "peer_disc"): DlcState.CLOSED,
+}
+
+
+class MuxError(Exception):
+    pass
+
+
+class DlcRefused(MuxError):
+    """The peer answered SABM with DM."""
+
+
+class MuxTimeout(MuxError):
+    """No answer after N2 retransmissions of T1."""
+
+
+class MuxClosed(MuxError):
+    """The multiplexer has closed down (CLD, DLC 0 DISC, or the line went away)."""
+
+
+@dataclass
+class MuxStats:
+    frames_in: int = 0
+    frames_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    retransmissions: int = 0
+    nsc_sent: int = 0
+    dm_sent: int = 0
+
+    def snapshot(self, parser: FrameParser) -> dict[str, int]:
+        return {**self.__dict__, "bad_fcs": parser.bad_fcs, "malformed": parser.malformed}
+
+
+@dataclass
+class _Dlc:
+    dlci: int
+    state: DlcState = DlcState.CLOSED
+    rx: bytearray = field(default_factory=bytearray)
+    rx_event: trio.Event = field(default_factory=trio.Event)
+    answer: trio.Event = field(default_factory=trio.Event)
+    answered: FrameType | None = None
+    peer_fc: bool = False  # the peer asked us to stop sending (MSC FC)
+    our_fc: bool = False  # we asked the peer to stop
+    fc_event: trio.Event = field(default_factory=trio.Event)
+    eof: bool = False
+    local_closed: bool = False
+    stream: DlcStream | None = None
+
+    def move(self, event: str) -> None:
+        nxt = TRANSITIONS.get((self.state, event))
+        if nxt is None:
+            raise MuxError(f"DLC {self.dlci}: {event} in state {self.state.value}")
+        self.state = nxt
+
+
+RX_HIGH = 256 * 1024  # announce FC above this many unread bytes on a DLC
+RX_LOW = 64 * 1024
+
+
+class Mux:
+    """One multiplexer session on `line`. Start `run()` in a nursery; it returns at close-down or line EOF."""
+
+    def __init__(
+        self,
+        line: trio.abc.Stream,
+        *,
+        role: MuxRole,
+        params: CmuxParams | None = None,
+        tracer: Tracer = NULL_TRACER,
+        local: Actor = Actor.AP,
+        remote: Actor = Actor.CP,
+        accept: Callable[[int], bool] = lambda dlci: 1 <= dlci <= 63,
+    ) -> None:
+        self.line = line
+        self.role = role
+        self.params = params or CmuxParams()
+        self.tracer = tracer
+        self.local, self.remote = local, remote
+        self.accept_filter = accept
+        self.parser = FrameParser(max_info=max(self.params.n1, 32767))
+        self.stats = MuxStats()
+        self._dlcs: dict[int, _Dlc] = {}
+        self._send_lock = trio.Lock()
+        self._accepted_tx, self._accepted_rx = trio.open_memory_channel[DlcStream](64)
+        self._closed = trio.Event()
+        self._peer_fcoff = False
+        self._fcon_event = trio.Event()
+        self._control_answer: dict[int, tuple[trio.Event, list[ControlMessage]]] = {}
+        self._trace_frames = tracer is not NULL_TRACER
+
+    # --- C/R (section 5.2.1.2) -------------------------------------------------------------------------------
+
+    @property
+    def _initiator(self) -> bool:
+        return self.role is MuxRole.INITIATOR
+
+    def _cr(self, command: bool) -> bool:
+        return command == self._initiator
+
+    def _dlc(self, dlci: int) -> _Dlc:
+        dlc = self._dlcs.get(dlci)
+        if dlc is None:
+            dlc = self._dlcs[dlci] = _Dlc(dlci)
+        return dlc
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    # --- output ------------------------------------------------------------------------------------------------
+
+    async def _send_frame(
+        self, dlci: int, ftype: FrameType, command: bool, pf: bool, info: bytes = b""
+    ) -> None:
+        data = encode_frame(dlci, ftype, self._cr(command), pf, info)
+        async with self._send_lock:
+            if self._trace_frames:
+                name = f"{ftype.name} DLC{dlci}{' P/F' if pf else ''}" + (
+                    f" ({len(info)} bytes)" if info else ""
+                )
+                self.tracer.emit(self.local, self.remote, Layer.CMUX, name, data)
+            try:
+                await self.line.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                self._closed.set()
+                raise MuxClosed("the line went away") from exc
+        self.stats.frames_out += 1
+        self.stats.bytes_out += len(data)
+
+    async def _send_control(self, message: ControlMessage) -> None:
+        await self._send_frame(0, FrameType.UIH, True, False, message.encode())
+
+    # --- input ---------------------------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        try:
+            while not self._closed.is_set():
+                try:
+                    data = await self.line.receive_some(65536)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    data = b""
+                if not data:
+                    break
+                self.stats.bytes_in += len(data)
+                for frame in self.parser.feed(data):
+                    self.stats.frames_in += 1
+                    if self._trace_frames:
+                        self.tracer.emit(
+                            self.remote, self.local, Layer.CMUX, frame.describe(), frame.encode()
+                        )
+                    await self._handle(frame)
+        finally:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        self._closed.set()
+        for dlc in self._dlcs.values():
+            dlc.state = DlcState.CLOSED
+            dlc.eof = True
+            dlc.rx_event.set()
+            dlc.answer.set()
+            dlc.fc_event.set()
+        self._fcon_event.set()
+        for event, _ in self._control_answer.values():
+            event.set()
+        self._accepted_tx.close()
+
+    async def _handle(self, frame: Frame) -> None:
+        dlc = self._dlc(frame.dlci)
+        if frame.type is FrameType.SABM:
+            if frame.dlci == 0 or self.accept_filter(frame.dlci):
+                fresh = dlc.state is not DlcState.OPEN
+                if fresh:
+                    dlc.state = DlcState.OPEN
+                    dlc.eof = False
+                    dlc.local_closed = False
+                    dlc.rx.clear()
+                await self._send_frame(frame.dlci, FrameType.UA, False, True)
+                if fresh and frame.dlci != 0:
+                    stream = DlcStream(self, frame.dlci)
+                    dlc.stream = stream
+                    try:
+                        self._accepted_tx.send_nowait(stream)
+                    except trio.WouldBlock:
+                        pass
+            else:
+                self.stats.dm_sent += 1
+                await self._send_frame(frame.dlci, FrameType.DM, False, True)
+        elif frame.type is FrameType.DISC:
+            if dlc.state is DlcState.CLOSED:
+                self.stats.dm_sent += 1
+                await self._send_frame(frame.dlci, FrameType.DM, False, True)
+                return
+            await self._send_frame(frame.dlci, FrameType.UA, False, True)
+            dlc.state = DlcState.CLOSED
+            dlc.eof = True
+            dlc.rx_event.set()
+            dlc.answer.set()
+            if frame.dlci == 0:
+                self._closed.set()
+        elif frame.type in (FrameType.UA, FrameType.DM):
+            dlc.answered = frame.type
+            dlc.answer.set()
+        elif frame.type in (FrameType.UIH, FrameType.UI):
+            if frame.dlci == 0:
+                await self._control(frame.info)
+            elif dlc.state is DlcState.OPEN or dlc.state is DlcState.CLOSING:
+                dlc.rx += frame.info
+                dlc.rx_event.set()
+                if len(dlc.rx) > RX_HIGH and not dlc.our_fc:
+                    dlc.our_fc = True
+                    await self._send_control(
+                        ControlMessage(
+                            ControlType.MSC, True, msc_value(dlc.dlci, MSC_FC | MSC_RTC | MSC_RTR | MSC_DV)
+                        )
+                    )
+            else:
+                self.stats.dm_sent += 1
+                await self._send_frame(frame.dlci, FrameType.DM, False, True)
+
+    async def _control(self, info: bytes) -> None:
+        try:
+            messages = decode_control(info)
+        except ValueError:
+            self.tracer.emit(
+                self.remote, self.local, Layer.CMUX, "malformed control message", info, error=True
+            )
+            return
+        for message in messages:
+            if not message.command:
+                waiter = self._control_answer.get(message.type)
+                if waiter is not None:
+                    waiter[1].append(message)
+                    waiter[0].set()
+                continue
+            kind = message.type
+            if kind == ControlType.MSC and message.value:
+                dlc = self._dlc(message.value[0] >> 2)
+                signals = message.value[1] if len(message.value) > 1 else 0
+                dlc.peer_fc = bool(signals & MSC_FC)
+                if not dlc.peer_fc:
+                    dlc.fc_event.set()
+                    dlc.fc_event = trio.Event() if dlc.peer_fc else dlc.fc_event
+                await self._send_control(ControlMessage(kind, False, message.value))
+            elif kind == ControlType.PN and len(message.value) == 8:
+                value = bytearray(message.value)
+                n1 = min(
+                    int.from_bytes(value[4:6], "little"), self.params.n1 if self.params.n1 > 31 else 32767
+                )
+                value[4:6] = n1.to_bytes(2, "little")
+                await self._send_control(ControlMessage(kind, False, bytes(value)))
+            elif kind == ControlType.TEST:
+                await self._send_control(ControlMessage(kind, False, message.value))
+            elif kind == ControlType.FCOFF:
+                self._peer_fcoff = True
+                self._fcon_event = trio.Event()
+                await self._send_control(ControlMessage(kind, False))
+            elif kind == ControlType.FCON:
+                self._peer_fcoff = False
+                self._fcon_event.set()
+                await self._send_control(ControlMessage(kind, False))
+            elif kind == ControlType.CLD:
+                await self._send_control(ControlMessage(kind, False))
+                self._closed.set()
+            elif kind == ControlType.PSC:
+                await self._send_control(ControlMessage(kind, False, message.value))
+            else:
+                self.stats.nsc_sent += 1
+                await self._send_control(ControlMessage(ControlType.NSC, False, bytes((kind | 2 | 1,))))
+
+    # --- DLC management --------------------------------------------------------------------------------------
+
+    async def _exchange(self, dlci: int, ftype: FrameType, event_ok: str) -> FrameType:
+        """Sends SABM or DISC and waits for UA/DM, retrying N2 times at T1."""
+        dlc = self._dlc(dlci)
+        for attempt in range(self.params.n2 + 1):
+            if attempt:
+                self.stats.retransmissions += 1
+            dlc.answer = trio.Event()
+            dlc.answered = None
+            await self._send_frame(dlci, ftype, True, True)
+            with trio.move_on_after(self.params.t1 * (1 + attempt)):
+                await dlc.answer.wait()
+            if dlc.answered is not None:
+                return dlc.answered
+            if self._closed.is_set():
+                raise MuxClosed("the multiplexer closed")
+        raise MuxTimeout(f"no answer to {ftype.name} on DLC {dlci} after {self.params.n2 + 1} tries")
+
+    async def open_dlc(self, dlci: int) -> DlcStream:
+        if self._closed.is_set():
+            raise MuxClosed("the multiplexer is closed")
+        if not 0 <= dlci <= 63:
+            raise ValueError(f"DLCI {dlci} is not 0..63")
+        if dlci != 0 and self._dlc(0).state is not DlcState.OPEN:
+            await self.open_dlc(0)
+        dlc = self._dlc(dlci)
+        if dlc.state is DlcState.OPEN:
+            raise MuxError(f"DLC {dlci} is already open")
+        dlc.move("open")
+        try:
+            answer = await self._exchange(dlci, FrameType.SABM, "ua")
+        except MuxError:
+            dlc.state = DlcState.CLOSED
+            raise
+        if answer is FrameType.DM:
+            dlc.move("dm")
+            raise DlcRefused(f"the peer refused DLC {dlci} (DM)")
+        dlc.move("ua")
+        dlc.eof = False
+        dlc.local_closed = False
+        stream = DlcStream(self, dlci)
+        dlc.stream = stream
+        return stream
+
+    async def accept_dlc(self) -> DlcStream:
+        try:
+            return await self._accepted_rx.receive()
+        except trio.EndOfChannel as exc:
+            raise MuxClosed("the multiplexer closed") from exc
+
+    async def close_down(self) -> None:
+        """CLD (section 5.8.2): both sides leave multiplexer mode; run() returns."""
+        if self._closed.is_set():
+            return
+        event = trio.Event()
+        self._control_answer[ControlType.CLD] = (event, [])
+        try:
+            await self._send_control(ControlMessage(ControlType.CLD, True))
+            with trio.move_on_after(self.params.t2 * (self.params.n2 + 1)):
+                await event.wait()
+        except MuxClosed:
+            pass
+        finally:
+            self._control_answer.pop(ControlType.CLD, None)
+            self._closed.set()
+
+    async def test(self, pattern: bytes) -> bytes:
+        """Test command (section 5.4.6.3.4): returns the peer's echo."""
+        event = trio.Event()
+        answers: list[ControlMessage] = []
+        self._control_answer[ControlType.TEST] = (event, answers)
+        try:
+            await self._send_control(ControlMessage(ControlType.TEST, True, pattern))
+            with trio.fail_after(self.params.t2 * (self.params.n2 + 1)):
+                await event.wait()
+        finally:
+            self._control_answer.pop(ControlType.TEST, None)
+        if not answers:
+            raise MuxClosed("the multiplexer closed")
+        return answers[0].value
+
+    async def send_fc(self, off: bool) -> None:
+        """FCoff / FCon for the whole multiplexer (section 5.4.6.3.5-6)."""
+        await self._send_control(ControlMessage(ControlType.FCOFF if off else ControlType.FCON, True))
+
+    # --- DLC I/O (used by DlcStream) -----------------------------------------------------------------------------
+
+    async def _dlc_send(self, dlci: int, data: bytes) -> None:
+        dlc = self._dlc(dlci)
+        n1 = max(1, self.params.n1)
+        view = memoryview(data)
+        while view:
+            while (dlc.peer_fc or self._peer_fcoff) and not self._closed.is_set():
+                if dlc.peer_fc:
+                    dlc.fc_event = trio.Event() if dlc.fc_event.is_set() else dlc.fc_event
+                    await dlc.fc_event.wait()
+                else:
+                    await self._fcon_event.wait()
+            if dlc.state is not DlcState.OPEN or self._closed.is_set():
+                raise trio.BrokenResourceError(f"DLC {dlci} is closed")
+            chunk = bytes(view[:n1])
+            view = view[n1:]
+            try:
+                await self._send_frame(dlci, FrameType.UIH, True, False, chunk)
+            except MuxClosed as exc:
+                raise trio.BrokenResourceError("the line went away") from exc
+
+    async def _dlc_receive(self, dlci: int, max_bytes: int) -> bytes:
+        dlc = self._dlc(dlci)
+        while not dlc.rx:
+            if dlc.local_closed:
+                raise trio.ClosedResourceError(f"DLC {dlci} is closed")
+            if dlc.eof or dlc.state is DlcState.CLOSED or self._closed.is_set():
+                return b""
+            dlc.rx_event = trio.Event()
+            await dlc.rx_event.wait()
+        data = bytes(dlc.rx[:max_bytes])
+        del dlc.rx[:max_bytes]
+        if dlc.our_fc and len(dlc.rx) < RX_LOW:
+            dlc.our_fc = False
+            try:
+                await self._send_control(
+                    ControlMessage(ControlType.MSC, True, msc_value(dlci, MSC_RTC | MSC_RTR | MSC_DV))
+                )
+            except MuxClosed:
+                pass
+        return data
+
+    async def _dlc_close(self, dlci: int) -> None:
+        dlc = self._dlc(dlci)
+        if dlc.state is not DlcState.OPEN or self._closed.is_set():
+            dlc.state = DlcState.CLOSED
+            return
+        dlc.move("close")
+        try:
+            await self._exchange(dlci, FrameType.DISC, "ua")
+        except MuxError:
+            pass
+        dlc.state = DlcState.CLOSED
+
+
+class DlcStream(trio.abc.Stream):
+    """One open DLC. aclose() sends DISC; receive_some returns b"" once the peer closed it (or the mux closed)."""
+
+    def __init__(self, mux: Mux, dlci: int) -> None:
+        self.mux = mux
+        self.dlci = dlci
+        self._closed = False
+        self._sending = False
+        self._receiving = False
+
+    def _enter(self, busy: bool, what: str) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError(f"DLC {self.dlci} is closed")
+        if busy:
+            raise trio.BusyResourceError(f"another task is already {what} on DLC {self.dlci}")
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self._enter(self._sending, "sending")
+        self._sending = True
+        try:
+            await trio.lowlevel.checkpoint()
+            if self._closed:
+                raise trio.ClosedResourceError(f"DLC {self.dlci} is closed")
+            if data:
+                await self.mux._dlc_send(self.dlci, bytes(data))
+            elif self.mux._dlc(self.dlci).state is not DlcState.OPEN:
+                raise trio.BrokenResourceError(f"DLC {self.dlci} is closed")
+        finally:
+            self._sending = False
+
+    async def wait_send_all_might_not_block(self) -> None:
+        self._enter(self._sending, "sending")
+        dlc = self.mux._dlc(self.dlci)
+        if dlc.peer_fc:
+            await dlc.fc_event.wait()
+        else:
+            await trio.lowlevel.checkpoint()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if max_bytes is not None:
+            import operator
+
+            if operator.index(max_bytes) < 1:
+                raise ValueError("max_bytes must be at least 1")
+        self._enter(self._receiving, "receiving")
+        self._receiving = True
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            data = await self.mux._dlc_receive(self.dlci, max_bytes or 65536)
+            if self._closed:
+                raise trio.ClosedResourceError(f"DLC {self.dlci} is closed")
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return data
+        finally:
+            self._receiving = False
+
+    async def aclose(self) -> None:
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        self._closed = True
+        dlc = self.mux._dlc(self.dlci)
+        dlc.local_closed = True
+        dlc.rx_event.set()
+        with trio.CancelScope(shield=True), trio.move_on_after(self.mux.params.t1 * (self.mux.params.n2 + 2)):
+            await self.mux._dlc_close(self.dlci)
+        await trio.lowlevel.checkpoint()
