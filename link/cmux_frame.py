@@ -117,7 +117,7 @@ class FrameParser:
         self.bad_fcs = 0
         self.malformed = 0
 
-    def feed(self, data: bytes) -> list[Frame]:
+    def feed(self, data: bytes | bytearray) -> list[Frame]:
         buffer = self._buffer
         buffer += data
         frames: list[Frame] = []
