@@ -1,0 +1,207 @@
+"""The V.250 DCE: serves AT command lines on any trio Stream (a serial line or a CMUX DLC).
+
+Handlers are registered by command name and return information text lines; the server adds the final result.
+E (echo), V (verbose), Q (quiet), Z / &F (defaults), S3/S4/S5 and +CMEE (3GPP TS 27.007 section 9.1: 0 "ERROR",
+1 numeric, 2 verbose "+CME ERROR") are handled here for every server. Unknown commands get ERROR; a handler raising
+CmeError gets "+CME ERROR: <n>" per +CMEE. A bad line never ends the server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from bipsim.link.at_syntax import AtRequest, AtSyntaxError, CommandKind, Formatter, LineAssembler, parse_line
+from bipsim.trace.events import Actor, Layer
+from bipsim.trace.recorder import NULL_TRACER, Tracer
+
+Handler = Callable[[AtRequest], Awaitable[list[str] | None]]
+
+CME_TEXT = {
+    0: "phone failure",
+    1: "no connection to phone",
+    3: "operation not allowed",
+    4: "operation not supported",
+    5: "PH-SIM PIN required",
+    10: "SIM not inserted",
+    11: "SIM PIN required",
+    13: "SIM failure",
+    14: "SIM busy",
+    16: "incorrect password",
+    20: "memory full",
+    21: "invalid index",
+    22: "not found",
+    24: "text string too long",
+    30: "no network service",
+    31: "network timeout",
+    32: "network not allowed - emergency calls only",
+    50: "incorrect parameters",
+    100: "unknown",
+    148: "unspecified GPRS error",
+    149: "PDP authentication failure",
+    533: "missing or unknown APN",
+}
+
+
+class CmeError(Exception):
+    """Ends the command line with +CME ERROR: <code> (or plain ERROR under +CMEE=0)."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(f"+CME ERROR: {code} ({CME_TEXT.get(code, 'unknown')})")
+        self.code = code
+
+
+class AtCommandError(Exception):
+    """Ends the command line with ERROR."""
+
+
+class AtServer:
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        *,
+        tracer: Tracer = NULL_TRACER,
+        local: Actor = Actor.CP,
+        remote: Actor = Actor.AP,
+        echo: bool = True,
+    ) -> None:
+        self.stream = stream
+        self.tracer = tracer
+        self.local, self.remote = local, remote
+        self.default_echo = echo
+        self.handlers: dict[str, Handler] = {}
+        self.assembler = LineAssembler()
+        self.cmee = 0
+        self.echo = echo
+        self.format = Formatter()
+        self._write_lock = trio.Lock()
+        self._stop = False
+        self.reset_hooks: list[Callable[[], None]] = []
+
+    def register(self, name: str, handler: Handler) -> None:
+        self.handlers[name.upper()] = handler
+
+    def stop_after_response(self) -> None:
+        self._stop = True
+
+    def reset(self) -> None:
+        """Z / &F: factory settings (echo on, verbose, not quiet, +CMEE=0)."""
+        self.echo = self.default_echo
+        self.format = Formatter()
+        self.cmee = 0
+        self.assembler.s3, self.assembler.s5 = 13, 8
+        for hook in self.reset_hooks:
+            hook()
+
+    async def _write(self, data: bytes, summary: str, *, error: bool = False) -> None:
+        if not data:
+            return
+        async with self._write_lock:
+            self.tracer.emit(self.local, self.remote, Layer.AT, summary, data, error=error)
+            await self.stream.send_all(data)
+
+    async def send_urc(self, line: str) -> None:
+        await self._write(self.format.info(line), line)
+
+    async def run(self) -> None:
+        """Serves until end of file or until a handler asked to stop after its response."""
+        self._stop = False
+        while not self._stop:
+            try:
+                data = await self.stream.receive_some(4096)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+            if not data:
+                return
+            lines = self.assembler.feed(data)
+            if self.echo and self.assembler.echo:
+                await self._write(bytes(self.assembler.echo), "echo")
+            for line in lines:
+                self.tracer.emit(
+                    self.remote, self.local, Layer.AT, line.strip(), line.encode("latin-1") + b"\r"
+                )
+                await self.execute(line)
+                if self._stop:
+                    return
+
+    async def execute(self, line: str) -> None:
+        try:
+            requests = parse_line(line)
+        except AtSyntaxError:
+            if line.strip()[:2].upper() != "AT":
+                return  # not a command line: V.250 ignores it
+            await self._write(self.format.result("ERROR"), "ERROR (syntax)", error=True)
+            return
+        for request in requests:
+            try:
+                lines = await self._dispatch(request)
+            except CmeError as exc:
+                if self.cmee == 0:
+                    text = "ERROR"
+                elif self.cmee == 1:
+                    text = f"+CME ERROR: {exc.code}"
+                else:
+                    text = f"+CME ERROR: {CME_TEXT.get(exc.code, 'unknown')}"
+                await self._write(
+                    self.format.result(text) if self.cmee == 0 else self.format.info(text), text, error=True
+                )
+                return
+            except AtCommandError:
+                await self._write(self.format.result("ERROR"), f"ERROR ({request.raw})", error=True)
+                return
+            for text in lines or []:
+                await self._write(self.format.info(text), text)
+        await self._write(self.format.result("OK"), "OK")
+
+    async def _dispatch(self, request: AtRequest) -> list[str] | None:
+        name, kind = request.name, request.kind
+        handler = self.handlers.get(name)
+        if name in ("E", "V", "Q") and handler is None:
+            value = request.args[0] if request.args else 0
+            if kind is CommandKind.READ or value not in (0, 1):
+                raise AtCommandError()
+            if name == "E":
+                self.echo = bool(value)
+            elif name == "V":
+                self.format.verbose = bool(value)
+            else:
+                self.format.quiet = bool(value)
+            return None
+        if name in ("Z", "&F") and handler is None:
+            self.reset()
+            return None
+        if name.startswith("S") and name[1:].isdigit():
+            return self._s_register(request)
+        if name == "+CMEE" and handler is None:
+            if kind is CommandKind.TEST:
+                return ["+CMEE: (0-2)"]
+            if kind is CommandKind.READ:
+                return [f"+CMEE: {self.cmee}"]
+            value = request.args[0] if request.args else 0
+            if value not in (0, 1, 2):
+                raise CmeError(50)
+            self.cmee = int(value)
+            return None
+        if handler is None:
+            raise AtCommandError()
+        return await handler(request)
+
+    def _s_register(self, request: AtRequest) -> list[str] | None:
+        number = int(request.name[1:])
+        registers = {3: "s3", 4: "s4", 5: "s5"}
+        if number not in registers:
+            raise AtCommandError()
+        if request.kind is CommandKind.READ:
+            value = {3: self.format.s3, 4: self.format.s4, 5: self.assembler.s5}[number]
+            return [f"{value:03d}"]
+        value = request.args[0] if request.args else None
+        if not isinstance(value, int) or not 0 <= value <= 127:
+            raise AtCommandError()
+        if number == 3:
+            self.format.s3 = self.assembler.s3 = value
+        elif number == 4:
+            self.format.s4 = value
+        else:
+            self.assembler.s5 = value
+        return None

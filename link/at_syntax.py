@@ -1,0 +1,270 @@
+"""ITU-T V.250 command-line syntax with the 3GPP TS 27.007 extensions, sans-IO.
+
+- Line assembly (V.250 section 5.2): characters up to S3 (CR), S5 (backspace) edits, "A/" repeats the last line.
+- Parsing (sections 5.3-5.4): "AT" prefix, basic commands (E0, V1, Q0, Z, I, &F, S3=13, S3?), extended commands with
+  a "+" or vendor "%" prefix in their four forms: action/execute "+X", read "+X?", test "+X=?", set "+X=<args>",
+  concatenated with ";". Arguments are numbers, quoted strings with 27.007 "\\XX" escapes, or omitted.
+- Result formatting (section 5.7): verbose ("<CR><LF>OK<CR><LF>") or numeric ("0<CR>"), quiet suppression.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+AtArg = str | int | None
+
+
+class CommandKind(Enum):
+    EXEC = "exec"
+    READ = "read"
+    TEST = "test"
+    SET = "set"
+
+
+@dataclass(frozen=True)
+class AtRequest:
+    """One command of a command line. `name` is upper case: "+CGMI", "%GETNET", "E", "&F", "S3"."""
+
+    name: str
+    kind: CommandKind
+    args: tuple[AtArg, ...]
+    raw: str
+
+
+class AtSyntaxError(ValueError):
+    pass
+
+
+NUMERIC_RESULTS = {
+    "OK": 0,
+    "CONNECT": 1,
+    "RING": 2,
+    "NO CARRIER": 3,
+    "ERROR": 4,
+    "NO DIALTONE": 6,
+    "BUSY": 7,
+    "NO ANSWER": 8,
+}
+FINAL_RESULTS = ("OK", "ERROR", "NO CARRIER", "CONNECT", "BUSY", "NO ANSWER", "NO DIALTONE")
+EXTENDED_NAME_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!%-./:_")
+
+
+def quote(text: str) -> str:
+    """A 27.007 string constant: double quotes, with '"', '\\' and control characters as \\XX escapes."""
+    out = []
+    for ch in text:
+        if ch in '"\\' or ord(ch) < 0x20:
+            out.append(f"\\{ord(ch):02X}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def parse_args(text: str) -> tuple[AtArg, ...]:
+    """Comma-separated values: numbers become int, quoted strings str (escapes decoded), empty None."""
+    args: list[AtArg] = []
+    i = 0
+    n = len(text)
+    while True:
+        while i < n and text[i] == " ":
+            i += 1
+        if i < n and text[i] == '"':
+            i += 1
+            out = []
+            while True:
+                if i >= n:
+                    raise AtSyntaxError("unterminated string")
+                ch = text[i]
+                if ch == '"':
+                    i += 1
+                    break
+                if ch == "\\":
+                    digits = text[i + 1 : i + 3]
+                    try:
+                        out.append(chr(int(digits, 16)))
+                    except ValueError as exc:
+                        raise AtSyntaxError(f"bad escape \\{digits}") from exc
+                    i += 3
+                    continue
+                out.append(ch)
+                i += 1
+            args.append("".join(out))
+        else:
+            start = i
+            while i < n and text[i] != ",":
+                i += 1
+            token = text[start:i].strip()
+            if not token:
+                args.append(None)
+            else:
+                try:
+                    args.append(int(token, 10))
+                except ValueError:
+                    args.append(token)  # unquoted string constant (e.g. hex data of +CSIM)
+        while i < n and text[i] == " ":
+            i += 1
+        if i >= n:
+            break
+        if text[i] != ",":
+            raise AtSyntaxError(f"unexpected {text[i]!r} after an argument")
+        i += 1
+    if args == [None]:
+        return ()
+    return tuple(args)
+
+
+def _split_extended(body: str, start: int) -> tuple[str, int]:
+    """The extended command starting at `start` up to an unquoted ';' (or the end)."""
+    i = start
+    quoted = False
+    while i < len(body):
+        ch = body[i]
+        if ch == '"':
+            quoted = not quoted
+        elif ch == ";" and not quoted:
+            return body[start:i], i + 1
+        i += 1
+    if quoted:
+        raise AtSyntaxError("unterminated string")
+    return body[start:], i
+
+
+def parse_line(line: str) -> list[AtRequest]:
+    """Parses one command line (with or without its "AT" prefix removed? with it). Raises AtSyntaxError."""
+    text = line.strip()
+    if text[:2].upper() != "AT":
+        raise AtSyntaxError("a command line starts with AT")
+    body = text[2:]
+    out: list[AtRequest] = []
+    i = 0
+    while i < len(body):
+        ch = body[i]
+        if ch in " ;":
+            i += 1
+            continue
+        if ch in "+%":
+            segment, i = _split_extended(body, i)
+            j = 1
+            while j < len(segment) and segment[j].upper() in EXTENDED_NAME_CHARS and segment[j] not in "=?":
+                j += 1
+            name = segment[:j].upper()
+            if len(name) < 2:
+                raise AtSyntaxError(f"empty extended command name in {segment!r}")
+            rest = segment[j:]
+            if rest == "":
+                out.append(AtRequest(name, CommandKind.EXEC, (), segment))
+            elif rest == "?":
+                out.append(AtRequest(name, CommandKind.READ, (), segment))
+            elif rest == "=?":
+                out.append(AtRequest(name, CommandKind.TEST, (), segment))
+            elif rest.startswith("="):
+                out.append(AtRequest(name, CommandKind.SET, parse_args(rest[1:]), segment))
+            else:
+                raise AtSyntaxError(f"unexpected {rest!r} after {name}")
+            continue
+        start = i
+        upper = ch.upper()
+        if upper == "S" and i + 1 < len(body) and body[i + 1].isdigit():
+            i += 1
+            while i < len(body) and body[i].isdigit():
+                i += 1
+            name = body[start:i].upper()
+            if i < len(body) and body[i] == "?":
+                i += 1
+                out.append(AtRequest(name, CommandKind.READ, (), body[start:i]))
+            elif i < len(body) and body[i] == "=":
+                i += 1
+                num_start = i
+                while i < len(body) and body[i].isdigit():
+                    i += 1
+                value = int(body[num_start:i]) if i > num_start else None
+                out.append(AtRequest(name, CommandKind.SET, (value,), body[start:i]))
+            else:
+                raise AtSyntaxError(f"S-register {name} needs ? or =")
+            continue
+        if upper == "&" and i + 1 < len(body):
+            name = "&" + body[i + 1].upper()
+            i += 2
+        elif upper.isalpha():
+            name = upper
+            i += 1
+        else:
+            raise AtSyntaxError(f"unexpected {ch!r}")
+        num_start = i
+        while i < len(body) and body[i].isdigit():
+            i += 1
+        if i > num_start:
+            out.append(AtRequest(name, CommandKind.SET, (int(body[num_start:i]),), body[start:i]))
+        elif i < len(body) and body[i] == "?" and name not in ("&F",):
+            i += 1
+            out.append(AtRequest(name, CommandKind.READ, (), body[start:i]))
+        else:
+            out.append(AtRequest(name, CommandKind.EXEC, (), body[start:i]))
+    return out
+
+
+class LineAssembler:
+    """Collects DTE characters into command lines (V.250 section 5.2.1). `feed` returns completed lines;
+    echo bytes to send back are in `echo` after each feed."""
+
+    def __init__(self) -> None:
+        self.s3 = 13
+        self.s5 = 8
+        self._buffer = bytearray()
+        self.last_line = ""
+        self.echo = bytearray()
+
+    def feed(self, data: bytes) -> list[str]:
+        lines: list[str] = []
+        self.echo.clear()
+        for byte in data:
+            if byte == self.s3:
+                self.echo.append(byte)
+                text = self._buffer.decode("latin-1")
+                self._buffer.clear()
+                if text.strip():
+                    self.last_line = text
+                    lines.append(text)
+                continue
+            if byte == self.s5:
+                if self._buffer:
+                    self._buffer.pop()
+                    self.echo += bytes((byte, 0x20, byte))
+                continue
+            if byte == 10 or byte == 0:  # LF after CR, NUL padding
+                continue
+            self._buffer.append(byte)
+            self.echo.append(byte)
+            if len(self._buffer) == 2 and self._buffer.upper() == b"A/":
+                self._buffer.clear()
+                if self.last_line:
+                    lines.append(self.last_line)
+            elif len(self._buffer) > 4096:  # a runaway line: drop it
+                self._buffer.clear()
+        return lines
+
+
+@dataclass
+class Formatter:
+    """Result formatting for the current E/V/Q settings (V.250 section 5.7)."""
+
+    verbose: bool = True
+    quiet: bool = False
+    s3: int = 13
+    s4: int = 10
+
+    def info(self, text: str) -> bytes:
+        cr, lf = chr(self.s3), chr(self.s4)
+        if self.verbose:
+            return f"{cr}{lf}{text}{cr}{lf}".encode("latin-1", errors="replace")
+        return f"{text}{cr}{lf}".encode("latin-1", errors="replace")
+
+    def result(self, text: str) -> bytes:
+        if self.quiet:
+            return b""
+        cr, lf = chr(self.s3), chr(self.s4)
+        if self.verbose:
+            return f"{cr}{lf}{text}{cr}{lf}".encode("latin-1", errors="replace")
+        code = NUMERIC_RESULTS.get(text)
+        return (f"{code}{cr}" if code is not None else f"{text}{cr}{lf}").encode("latin-1", errors="replace")
