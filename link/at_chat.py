@@ -114,7 +114,7 @@ class AtChat:
                     self._done.set()
 
     def _split(self) -> list[str]:
-        out = []
+        out: list[str] = []
         while True:
             cut = -1
             for i, byte in enumerate(self._buffer):

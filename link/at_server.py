@@ -193,8 +193,8 @@ class AtServer:
         if number not in registers:
             raise AtCommandError()
         if request.kind is CommandKind.READ:
-            value = {3: self.format.s3, 4: self.format.s4, 5: self.assembler.s5}[number]
-            return [f"{value:03d}"]
+            current = {3: self.format.s3, 4: self.format.s4, 5: self.assembler.s5}[number]
+            return [f"{current:03d}"]
         value = request.args[0] if request.args else None
         if not isinstance(value, int) or not 0 <= value <= 127:
             raise AtCommandError()

@@ -215,7 +215,7 @@ class LineAssembler:
         self.last_line = ""
         self.echo = bytearray()
 
-    def feed(self, data: bytes) -> list[str]:
+    def feed(self, data: bytes | bytearray) -> list[str]:
         lines: list[str] = []
         self.echo.clear()
         for byte in data:
