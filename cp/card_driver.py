@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import trio
+
 from bipsim.trace.events import Actor, Layer
 from bipsim.trace.recorder import NULL_TRACER, Tracer
 from bipsim.uicc.cat import Envelope, ProactiveCommand, TerminalResponse, decode_proactive
@@ -73,6 +75,19 @@ class CardDriver:
         self.atr = b""
         # names the patent step a fetched command is (the BIP service sets it)
         self.fetch_labeler: Callable[[ProactiveCommand | None], str | None] = lambda command: None
+        self._lock = trio.Lock()  # the BIP service and AT commands (+CSIM, +CRSM, +CGLA) share one card
+
+    async def raw(self, apdu: bytes, summary: str) -> bytes:
+        """One APDU exactly as given (no T=0 handling), recorded: for +CSIM and +CGLA."""
+        async with self._lock:
+            self.tracer.emit(Actor.CP, Actor.UICC, Layer.APDU, summary, apdu)
+            response = await self.card.transmit(apdu)
+            self.tracer.emit(
+                Actor.UICC, Actor.CP, Layer.APDU, f"{summary}: {response[-2:].hex().upper()}", response
+            )
+        if len(response) >= 2:
+            self._note(int.from_bytes(response[-2:], "big"))
+        return response
 
     async def transmit(self, apdu: bytes, summary: str, *, step: str | None = None) -> tuple[bytes, int]:
         """One command with T=0 response handling; returns (response data, final SW). Records both directions."""
@@ -117,15 +132,18 @@ class CardDriver:
         if not self.proactive_pending:
             return None, b""
         length = self.proactive_pending & 0xFF
-        self.tracer.emit(Actor.CP, Actor.UICC, Layer.APDU, "FETCH", bytes((0x80, 0x12, 0, 0, length)))
-        response = await self.card.transmit(bytes((0x80, 0x12, 0, 0, length)))
-        data, sw = response[:-2], int.from_bytes(response[-2:], "big") if len(response) >= 2 else 0x6F00
-        try:
-            command: ProactiveCommand | None = decode_proactive(data)
-        except TlvError:
-            command = None
-        name = f"FETCH: {command.type_name}" if command is not None else "FETCH: (malformed)"
-        self.tracer.emit(Actor.UICC, Actor.CP, Layer.APDU, name, response, step=self.fetch_labeler(command))
+        async with self._lock:
+            self.tracer.emit(Actor.CP, Actor.UICC, Layer.APDU, "FETCH", bytes((0x80, 0x12, 0, 0, length)))
+            response = await self.card.transmit(bytes((0x80, 0x12, 0, 0, length)))
+            data, sw = response[:-2], int.from_bytes(response[-2:], "big") if len(response) >= 2 else 0x6F00
+            try:
+                command: ProactiveCommand | None = decode_proactive(data)
+            except TlvError:
+                command = None
+            name = f"FETCH: {command.type_name}" if command is not None else "FETCH: (malformed)"
+            self.tracer.emit(
+                Actor.UICC, Actor.CP, Layer.APDU, name, response, step=self.fetch_labeler(command)
+            )
         if sw != 0x9000 and sw >> 8 != 0x91:
             raise CardError("FETCH", sw)
         self._note(sw)

@@ -78,6 +78,8 @@ class AtServer:
         self._write_lock = trio.Lock()
         self._stop = False
         self.reset_hooks: list[Callable[[], None]] = []
+        # a handler may name the patent step its answer is: the next response lines carry it
+        self.answer_step: str | None = None
 
     def register(self, name: str, handler: Handler) -> None:
         self.handlers[name.upper()] = handler
@@ -94,11 +96,13 @@ class AtServer:
         for hook in self.reset_hooks:
             hook()
 
-    async def _write(self, data: bytes, summary: str, *, error: bool = False) -> None:
+    async def _write(
+        self, data: bytes, summary: str, *, error: bool = False, step: str | None = None
+    ) -> None:
         if not data:
             return
         async with self._write_lock:
-            self.tracer.emit(self.local, self.remote, Layer.AT, summary, data, error=error)
+            self.tracer.emit(self.local, self.remote, Layer.AT, summary, data, error=error, step=step)
             await self.stream.send_all(data)
 
     async def send_urc(self, line: str) -> None:
@@ -133,6 +137,7 @@ class AtServer:
                 return  # not a command line: V.250 ignores it
             await self._write(self.format.result("ERROR"), "ERROR (syntax)", error=True)
             return
+        self.answer_step = None
         for request in requests:
             try:
                 lines = await self._dispatch(request)
@@ -151,8 +156,9 @@ class AtServer:
                 await self._write(self.format.result("ERROR"), f"ERROR ({request.raw})", error=True)
                 return
             for text in lines or []:
-                await self._write(self.format.info(text), text)
-        await self._write(self.format.result("OK"), "OK")
+                await self._write(self.format.info(text), text, step=self.answer_step)
+        await self._write(self.format.result("OK"), "OK", step=self.answer_step)
+        self.answer_step = None
 
     async def _dispatch(self, request: AtRequest) -> list[str] | None:
         name, kind = request.name, request.kind

@@ -163,6 +163,7 @@ class Mux:
         self._fcon_event = trio.Event()
         self._control_answer: dict[int, tuple[trio.Event, list[ControlMessage]]] = {}
         self._trace_frames = tracer is not NULL_TRACER
+        self.line_eof = False  # run() ended because the line went away (not a close-down)
 
     # --- C/R (section 5.2.1.2) -------------------------------------------------------------------------------
 
@@ -217,6 +218,7 @@ class Mux:
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     data = b""
                 if not data:
+                    self.line_eof = True
                     break
                 self.stats.bytes_in += len(data)
                 for frame in self.parser.feed(data):

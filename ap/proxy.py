@@ -1,0 +1,236 @@
+"""The AP's proxy service (CN101594614A, PROTOCOL.md section 2): answers the CP on CMUX DLC 2 and relays the data of
+BIP channel N between DLC 2+N and its own TCP connection (embodiment 2), or hands out the cellular parameters the CP
+needs for its own stack (embodiment 1).
+
++CME ERROR codes (3GPP TS 27.007 section 9.2): 30 no network service (no Wi-Fi for %WEBOPCH, no APN for %GETNET),
+3 operation not allowed (destination not on the allowlist), 31 network timeout (connect took longer than 30 s),
+100 unknown (the server refused or is unreachable), 50 incorrect parameters, 21 invalid index (no such channel).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import trio
+
+from bipsim.ap.apn_db import ApnDatabase
+from bipsim.ap.network import ApNetwork
+from bipsim.link.at_server import AtServer, CmeError
+from bipsim.link.at_syntax import AtArg, AtRequest, CommandKind, quote
+from bipsim.link.cmux import DlcStream
+from bipsim.trace.events import Actor, Layer
+from bipsim.trace.recorder import NULL_TRACER, Tracer
+
+CONNECT_TIMEOUT = 30.0
+
+
+@dataclass
+class ProxiedChannel:
+    channel: int
+    tcp: trio.SocketStream
+    dlc: DlcStream
+    cancel: trio.CancelScope
+    closing: bool = False
+
+
+def _arg(args: tuple[AtArg, ...], index: int) -> AtArg:
+    return args[index] if index < len(args) else None
+
+
+class ProxyService:
+    def __init__(
+        self,
+        network: ApNetwork,
+        apns: ApnDatabase,
+        imsi: Callable[[], str],
+        *,
+        tracer: Tracer = NULL_TRACER,
+    ) -> None:
+        self.network = network
+        self.apns = apns
+        self.imsi = imsi
+        self.tracer = tracer
+        self.channels: dict[int, ProxiedChannel] = {}
+        self.data_dlcs: dict[int, DlcStream] = {}
+        self._dlc_arrived = trio.Event()
+        self.server: AtServer | None = None
+        self._nursery: trio.Nursery | None = None
+
+    def data_dlc(self, dlc: DlcStream) -> None:
+        """The CP opened DLC 2+N for channel N."""
+        self.data_dlcs[dlc.dlci - 2] = dlc
+        self._dlc_arrived.set()
+        self._dlc_arrived = trio.Event()
+
+    async def serve(self, dlc: DlcStream) -> None:
+        """Serves the proxy dialect on DLC 2 until the CP or the line goes away."""
+        server = AtServer(dlc, tracer=self.tracer, local=Actor.AP, remote=Actor.CP, echo=False)
+        server.register("%GETNET", self.getnet)
+        server.register("%WEBOPCH", self.webopch)
+        server.register("%WEBCLCH", self.webclch)
+        self.server = server
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            try:
+                await server.run()
+            finally:
+                for channel in list(self.channels.values()):
+                    channel.cancel.cancel()
+                nursery.cancel_scope.cancel()
+        self.server = None
+
+    async def getnet(self, request: AtRequest) -> list[str] | None:
+        if request.kind is CommandKind.TEST:
+            return ["%GETNET: (1-7),(1-11)"]
+        channel, bearer = _arg(request.args, 0), _arg(request.args, 1)
+        if not isinstance(channel, int) or not 1 <= channel <= 7 or not isinstance(bearer, int):
+            raise CmeError(50)
+        wanted = _arg(request.args, 2)
+        if not self.network.cellular:
+            raise CmeError(30)
+        try:
+            imsi = self.imsi()
+        except LookupError:
+            raise CmeError(30) from None
+        entry = self.apns.for_imsi(imsi, str(wanted) if wanted else "")
+        if entry is None:
+            self.tracer.emit(Actor.AP, Actor.CP, Layer.APP, f"no APN for IMSI {imsi[:5]}...", error=True)
+            raise CmeError(30)
+        assert self.server is not None
+        self.server.answer_step = "S403"
+        return [f"%NETPAR: {channel},{quote(entry.apn)},{quote(entry.user)},{quote(entry.password)}"]
+
+    async def webopch(self, request: AtRequest) -> list[str] | None:
+        if request.kind is CommandKind.TEST:
+            return ['%WEBOPCH: (1-7),("TCP","UDP"),,(1-65535)']
+        channel, kind, host, port = (_arg(request.args, i) for i in range(4))
+        if (
+            not isinstance(channel, int)
+            or not 1 <= channel <= 7
+            or not isinstance(port, int)
+            or not isinstance(host, str)
+        ):
+            raise CmeError(50)
+        if str(kind).upper() != "TCP":
+            raise CmeError(4)  # UDP relaying is not offered by this proxy
+        if channel in self.channels:
+            raise CmeError(3)
+        if not self.network.wifi:
+            self.tracer.emit(
+                Actor.AP, Actor.CP, Layer.APP, "no Wi-Fi: cannot open a proxied connection", error=True
+            )
+            raise CmeError(30)
+        if not self.network.allowed(host, port):
+            self.tracer.emit(
+                Actor.AP, Actor.CP, Layer.APP, f"{host}:{port} is not on the allowlist", error=True
+            )
+            raise CmeError(3)
+        with trio.move_on_after(5):
+            while channel not in self.data_dlcs:
+                await self._dlc_arrived.wait()
+        dlc = self.data_dlcs.get(channel)
+        if dlc is None:
+            raise CmeError(21)
+        self.tracer.emit(
+            Actor.AP, Actor.OTA, Layer.TCP, f"TCP SYN to {host}:{port} (channel {channel})", step="S703"
+        )
+        try:
+            with trio.fail_after(CONNECT_TIMEOUT):
+                tcp = await trio.open_tcp_stream(host, port)
+        except trio.TooSlowError:
+            raise CmeError(31) from None
+        except OSError as exc:
+            self.tracer.emit(
+                Actor.OTA, Actor.AP, Layer.TCP, f"TCP connect to {host}:{port} failed: {exc}", error=True
+            )
+            raise CmeError(100) from exc
+        self.tracer.emit(
+            Actor.OTA, Actor.AP, Layer.TCP, f"TCP SYN-ACK from {host}:{port} (connected)", step="S704"
+        )
+        proxied = ProxiedChannel(channel, tcp, dlc, trio.CancelScope())
+        self.channels[channel] = proxied
+        assert self._nursery is not None
+        self._nursery.start_soon(self._relay, proxied)
+        assert self.server is not None
+        self.server.answer_step = "S705"
+        return None
+
+    async def webclch(self, request: AtRequest) -> list[str] | None:
+        if request.kind is CommandKind.TEST:
+            return ["%WEBCLCH: (1-7)"]
+        channel = _arg(request.args, 0)
+        proxied = self.channels.pop(channel, None) if isinstance(channel, int) else None
+        if proxied is None:
+            raise CmeError(21)
+        proxied.closing = True
+        proxied.cancel.cancel()
+        self.tracer.emit(Actor.AP, Actor.OTA, Layer.TCP, f"TCP FIN (channel {proxied.channel})", step="S717")
+        await proxied.tcp.aclose()
+        self.tracer.emit(
+            Actor.OTA, Actor.AP, Layer.TCP, f"TCP close acknowledged (channel {proxied.channel})", step="S718"
+        )
+        self.data_dlcs.pop(proxied.channel, None)
+        return None
+
+    async def _relay(self, proxied: ProxiedChannel) -> None:
+        with proxied.cancel:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._dlc_to_tcp, proxied)
+                await self._tcp_to_dlc(proxied)
+                nursery.cancel_scope.cancel()
+        if not proxied.closing:
+            # the server closed (or failed): tell the CP, and end the data DLC so its reader sees the drop
+            self.channels.pop(proxied.channel, None)
+            self.data_dlcs.pop(proxied.channel, None)
+            await proxied.tcp.aclose()
+            if self.server is not None:
+                await self.server.send_urc(f'%WEBEVT: {proxied.channel},"closed"')
+            await proxied.dlc.aclose()
+
+    async def _dlc_to_tcp(self, proxied: ProxiedChannel) -> None:
+        while True:
+            data = await proxied.dlc.receive_some(65536)
+            if not data:
+                return
+            self.tracer.emit(
+                Actor.AP,
+                Actor.OTA,
+                Layer.TCP,
+                f"channel {proxied.channel}: {len(data)} bytes",
+                data,
+                step="S709",
+            )
+            try:
+                await proxied.tcp.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+
+    async def _tcp_to_dlc(self, proxied: ProxiedChannel) -> None:
+        while True:
+            try:
+                data = await proxied.tcp.receive_some(65536)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+            if not data:
+                return
+            self.tracer.emit(
+                Actor.OTA,
+                Actor.AP,
+                Layer.TCP,
+                f"channel {proxied.channel}: {len(data)} bytes",
+                data,
+                step="S710",
+            )
+            self.tracer.emit(
+                Actor.AP,
+                Actor.CP,
+                Layer.APP,
+                f"channel {proxied.channel}: {len(data)} bytes over DLC {proxied.dlc.dlci}",
+                data,
+                step="S711",
+            )
+            try:
+                await proxied.dlc.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return

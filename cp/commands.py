@@ -1,0 +1,410 @@
+"""The CP's 3GPP TS 27.007 command set, answered from the card (through the card driver) and the network model.
+
+Identification (+CGMI/+CGMM/+CGMR/+CGSN and their V.25ter +GMx twins, I), +CIMI read from EF_IMSI, +CPIN, +CFUN,
++CSQ, registration (+CREG/+CGREG/+CEREG with URCs), +COPS, packet data (+CGDCONT, +CGACT), +CSCS, +CMUX, card access
+(+CSIM, +CRSM, +CCHO/+CCHC/+CGLA on logical channels). Anything else: ERROR (the server's default).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import trio
+
+from bipsim import __version__
+from bipsim.cp.card_driver import CardDriver
+from bipsim.cp.network import CellularNetwork, PdpError, RegStatus, SmCause
+from bipsim.link.at_server import AtCommandError, AtServer, CmeError
+from bipsim.link.at_syntax import AtArg, AtRequest, CommandKind
+from bipsim.link.cmux import CmuxParams
+from bipsim.uicc.fs import USIM_AID
+
+MANUFACTURER = "bipsim"
+MODEL = "bipsim CP (dual-processor modem simulator)"
+IMEI = "490154203237518"
+
+CME_SIM_FAILURE = 13
+CME_NOT_ALLOWED = 3
+CME_NOT_SUPPORTED = 4
+CME_BAD_PARAMETERS = 50
+CME_NO_SERVICE = 30
+# 27.007 section 9.2.2 GPRS-related errors for PDP activation refusals
+PDP_CME = {SmCause.MISSING_OR_UNKNOWN_APN: 533, SmCause.USER_AUTHENTICATION_FAILED: 149}
+
+
+def _int(args: tuple[AtArg, ...], index: int, default: int | None = None) -> int:
+    value = args[index] if index < len(args) else None
+    if value is None:
+        if default is None:
+            raise CmeError(CME_BAD_PARAMETERS)
+        return default
+    if not isinstance(value, int):
+        raise CmeError(CME_BAD_PARAMETERS)
+    return value
+
+
+def _str(args: tuple[AtArg, ...], index: int, default: str | None = None) -> str:
+    value = args[index] if index < len(args) else None
+    if value is None:
+        if default is None:
+            raise CmeError(CME_BAD_PARAMETERS)
+        return default
+    return str(value)
+
+
+def decode_imsi(data: bytes) -> str:
+    """EF_IMSI (TS 31.102 section 4.2.2) to digits."""
+    if len(data) < 2:
+        raise ValueError("EF_IMSI too short")
+    length = data[0]
+    nibbles = []
+    for byte in data[1 : 1 + length]:
+        nibbles += [byte & 0x0F, byte >> 4]
+    digits = "".join(str(n) for n in nibbles[1:] if n <= 9)
+    return digits
+
+
+class ModemCommands:
+    """Registers the 27.007 handlers on AT servers; state (registration URC modes, contexts) is per modem."""
+
+    def __init__(
+        self,
+        driver: CardDriver,
+        network: CellularNetwork,
+        on_cmux: Callable[[CmuxParams], None] | None = None,
+    ) -> None:
+        self.driver = driver
+        self.network = network
+        self.on_cmux = on_cmux
+        self.functionality = 1
+        self.charset = "IRA"
+        self.reg_modes = {"+CREG": 0, "+CGREG": 0, "+CEREG": 0}
+        self.definitions: dict[int, tuple[str, str]] = {}
+        self.sessions: dict[int, int] = {}  # +CCHO session id -> logical channel
+        self._servers: list[AtServer] = []
+        network.listeners.append(self._registration_changed)
+
+    def install(self, server: AtServer, *, allow_cmux: bool = True) -> None:
+        self._servers.append(server)
+        table: dict[str, Callable[[AtRequest], object]] = {
+            "I": self.ati,
+            "+CGMI": self.cgmi,
+            "+GMI": self.cgmi,
+            "+CGMM": self.cgmm,
+            "+GMM": self.cgmm,
+            "+CGMR": self.cgmr,
+            "+GMR": self.cgmr,
+            "+CGSN": self.cgsn,
+            "+GSN": self.cgsn,
+            "+CIMI": self.cimi,
+            "+CPIN": self.cpin,
+            "+CFUN": self.cfun,
+            "+CSQ": self.csq,
+            "+CREG": self.creg,
+            "+CGREG": self.creg,
+            "+CEREG": self.creg,
+            "+COPS": self.cops,
+            "+CGDCONT": self.cgdcont,
+            "+CGACT": self.cgact,
+            "+CSCS": self.cscs,
+            "+CSIM": self.csim,
+            "+CRSM": self.crsm,
+            "+CCHO": self.ccho,
+            "+CCHC": self.cchc,
+            "+CGLA": self.cgla,
+        }
+        for name, handler in table.items():
+            server.register(name, handler)  # type: ignore[arg-type]
+
+        async def cmux(request: AtRequest) -> list[str] | None:
+            return await self.cmux(request, server, allow_cmux)
+
+        server.register("+CMUX", cmux)
+
+    def forget(self, server: AtServer) -> None:
+        if server in self._servers:
+            self._servers.remove(server)
+
+    def _registration_changed(self, status: RegStatus) -> None:
+        for server in list(self._servers):
+            for name, mode in self.reg_modes.items():
+                if mode:
+                    try:
+                        trio.lowlevel.spawn_system_task(server.send_urc, f"{name}: {status.value}")
+                    except RuntimeError:
+                        pass
+
+    # --- identification ----------------------------------------------------------------------------------------
+
+    async def ati(self, request: AtRequest) -> list[str]:
+        return [
+            f"Manufacturer: {MANUFACTURER}",
+            f"Model: {MODEL}",
+            f"Revision: {__version__}",
+            f"IMEI: {IMEI}",
+        ]
+
+    async def cgmi(self, request: AtRequest) -> list[str] | None:
+        return None if request.kind is CommandKind.TEST else [MANUFACTURER]
+
+    async def cgmm(self, request: AtRequest) -> list[str] | None:
+        return None if request.kind is CommandKind.TEST else [MODEL]
+
+    async def cgmr(self, request: AtRequest) -> list[str] | None:
+        return None if request.kind is CommandKind.TEST else [__version__]
+
+    async def cgsn(self, request: AtRequest) -> list[str] | None:
+        return None if request.kind is CommandKind.TEST else [IMEI]
+
+    async def cimi(self, request: AtRequest) -> list[str] | None:
+        if request.kind is CommandKind.TEST:
+            return None
+        return [await self.read_imsi()]
+
+    async def read_imsi(self) -> str:
+        aid = USIM_AID
+        _, sw = await self.driver.transmit(b"\x00\xa4\x04\x04" + bytes((len(aid),)) + aid, "SELECT ADF USIM")
+        if sw != 0x9000:
+            raise CmeError(CME_SIM_FAILURE)
+        _, sw = await self.driver.transmit(bytes.fromhex("00A4000C026F07"), "SELECT EF_IMSI")
+        if sw != 0x9000:
+            raise CmeError(CME_SIM_FAILURE)
+        data, sw = await self.driver.transmit(bytes.fromhex("00B0000009"), "READ BINARY EF_IMSI")
+        if sw != 0x9000:
+            raise CmeError(CME_SIM_FAILURE)
+        return decode_imsi(data)
+
+    async def cpin(self, request: AtRequest) -> list[str] | None:
+        if request.kind is CommandKind.READ:
+            return ["+CPIN: READY"]
+        if request.kind is CommandKind.TEST:
+            return None
+        raise CmeError(CME_NOT_ALLOWED)  # no PIN is set on the simulated card
+
+    async def cfun(self, request: AtRequest) -> list[str] | None:
+        if request.kind is CommandKind.READ:
+            return [f"+CFUN: {self.functionality}"]
+        if request.kind is CommandKind.TEST:
+            return ["+CFUN: (0,1,4),(0,1)"]
+        if request.kind is CommandKind.SET:
+            fun = _int(request.args, 0)
+            if fun not in (0, 1, 4):
+                raise CmeError(CME_BAD_PARAMETERS)
+            self.functionality = fun
+            self.network.set_status(RegStatus.HOME if fun == 1 else RegStatus.NOT_REGISTERED)
+            return None
+        raise AtCommandError()
+
+    async def csq(self, request: AtRequest) -> list[str] | None:
+        if request.kind is CommandKind.TEST:
+            return ["+CSQ: (0-31,99),(0-7,99)"]
+        rssi = self.network.config.rssi if self.network.registered else 99
+        return [f"+CSQ: {rssi},99"]
+
+    async def creg(self, request: AtRequest) -> list[str] | None:
+        name = request.name
+        if request.kind is CommandKind.TEST:
+            return [f"{name}: (0-2)"]
+        if request.kind is CommandKind.READ:
+            mode = self.reg_modes[name]
+            stat = self.network.status.value
+            if mode == 2 and self.network.registered:
+                return [f'{name}: {mode},{stat},"0001","00000A1B",{self.network.config.rat}']
+            return [f"{name}: {mode},{stat}"]
+        if request.kind is CommandKind.SET:
+            mode = _int(request.args, 0, 0)
+            if mode not in (0, 1, 2):
+                raise CmeError(CME_BAD_PARAMETERS)
+            self.reg_modes[name] = mode
+            return None
+        raise AtCommandError()
+
+    async def cops(self, request: AtRequest) -> list[str] | None:
+        config = self.network.config
+        if request.kind is CommandKind.READ:
+            if not self.network.registered:
+                return ["+COPS: 0"]
+            return [f'+COPS: 0,2,"{config.mcc}{config.mnc}",{config.rat}']
+        if request.kind is CommandKind.TEST:
+            return [
+                f'+COPS: (2,"{config.operator}","bipsim","{config.mcc}{config.mnc}",{config.rat}),,(0-4),(0-2)'
+            ]
+        if request.kind is CommandKind.SET and _int(request.args, 0, 0) in (0, 2):
+            self.network.set_status(
+                RegStatus.HOME if _int(request.args, 0, 0) == 0 else RegStatus.NOT_REGISTERED
+            )
+            return None
+        raise CmeError(CME_NOT_SUPPORTED)
+
+    async def cgdcont(self, request: AtRequest) -> list[str] | None:
+        if request.kind is CommandKind.TEST:
+            return ['+CGDCONT: (1-16),"IP",,,(0),(0)']
+        if request.kind is CommandKind.READ:
+            return [
+                f'+CGDCONT: {cid},"{pdp}","{apn}","0.0.0.0",0,0'
+                for cid, (pdp, apn) in sorted(self.definitions.items())
+            ]
+        if request.kind is CommandKind.SET:
+            cid = _int(request.args, 0)
+            if not 1 <= cid <= 16:
+                raise CmeError(CME_BAD_PARAMETERS)
+            if len(request.args) == 1:
+                self.definitions.pop(cid, None)
+                return None
+            pdp = _str(request.args, 1, "IP").upper()
+            if pdp not in ("IP", "IPV6", "IPV4V6"):
+                raise CmeError(CME_BAD_PARAMETERS)
+            self.definitions[cid] = (pdp, _str(request.args, 2, ""))
+            return None
+        raise AtCommandError()
+
+    async def cgact(self, request: AtRequest) -> list[str] | None:
+        if request.kind is CommandKind.TEST:
+            return ["+CGACT: (0,1)"]
+        if request.kind is CommandKind.READ:
+            return [
+                f"+CGACT: {cid},{1 if cid in self.network.contexts else 0}"
+                for cid in sorted(self.definitions)
+            ]
+        if request.kind is not CommandKind.SET:
+            raise AtCommandError()
+        state = _int(request.args, 0)
+        cids = [int(a) for a in request.args[1:] if isinstance(a, int)] or sorted(self.definitions)
+        for cid in cids:
+            if state == 0:
+                self.network.deactivate(cid)
+                continue
+            definition = self.definitions.get(cid)
+            if definition is None:
+                raise CmeError(CME_BAD_PARAMETERS)
+            try:
+                self.network.activate(definition[1], cid=cid)
+            except PdpError as exc:
+                raise CmeError(PDP_CME.get(exc.cause, 148)) from exc
+        return None
+
+    async def cscs(self, request: AtRequest) -> list[str] | None:
+        if request.kind is CommandKind.TEST:
+            return ['+CSCS: ("IRA","GSM","UCS2")']
+        if request.kind is CommandKind.READ:
+            return [f'+CSCS: "{self.charset}"']
+        charset = _str(request.args, 0).upper()
+        if charset not in ("IRA", "GSM", "UCS2"):
+            raise CmeError(CME_NOT_SUPPORTED)
+        self.charset = charset
+        return None
+
+    async def cmux(self, request: AtRequest, server: AtServer, allowed: bool) -> list[str] | None:
+        if request.kind is CommandKind.TEST:
+            return ["+CMUX: (0),(0),(1-6),(1-32768),(1-255),(0-100),(2-255),(1-255),(1-7)"]
+        if request.kind is CommandKind.READ:
+            return ["+CMUX: 0,0,5,31,10,3,30,10,2"]
+        if request.kind is not CommandKind.SET or not allowed or self.on_cmux is None:
+            raise CmeError(CME_NOT_ALLOWED)
+        args = request.args
+        mode = _int(args, 0)
+        if mode != 0:
+            raise CmeError(CME_NOT_SUPPORTED)  # only the basic option
+        n1 = _int(args, 3, 31)
+        t1 = _int(args, 4, 10)
+        n2 = _int(args, 5, 3)
+        t2 = _int(args, 6, 30)
+        if not (1 <= n1 <= 32768 and 1 <= t1 <= 255 and 0 <= n2 <= 100 and 2 <= t2 <= 255):
+            raise CmeError(CME_BAD_PARAMETERS)
+        self.on_cmux(CmuxParams(mode=0, subset=_int(args, 1, 0), n1=n1, t1=t1 / 100, n2=n2, t2=t2 / 100))
+        server.stop_after_response()
+        return None
+
+    # --- card access ---------------------------------------------------------------------------------------------
+
+    async def csim(self, request: AtRequest) -> list[str] | None:
+        if request.kind is CommandKind.TEST:
+            return None
+        length, command = _int(request.args, 0), _str(request.args, 1)
+        try:
+            apdu = bytes.fromhex(command)
+        except ValueError as exc:
+            raise CmeError(CME_BAD_PARAMETERS) from exc
+        if length != len(command) or len(apdu) < 4:
+            raise CmeError(CME_BAD_PARAMETERS)
+        response = await self.driver.raw(apdu, "AT+CSIM")
+        return [f'+CSIM: {2 * len(response)},"{response.hex().upper()}"']
+
+    async def crsm(self, request: AtRequest) -> list[str] | None:
+        if request.kind is CommandKind.TEST:
+            return None
+        command = _int(request.args, 0)
+        ins = {176: 0xB0, 178: 0xB2, 192: 0xC0, 214: 0xD6, 220: 0xDC, 242: 0xF2}.get(command)
+        if ins is None:
+            raise CmeError(CME_BAD_PARAMETERS)
+        fid = _int(request.args, 1, 0)
+        p1, p2, p3 = _int(request.args, 2, 0), _int(request.args, 3, 0), _int(request.args, 4, 0)
+        data = bytes.fromhex(_str(request.args, 5, ""))
+        if fid:
+            path = "7FFF" if fid >> 8 == 0x6F else ""
+            for part in ([path] if path else []) + [f"{fid:04X}"]:
+                if part == "7FFF":
+                    await self.driver.transmit(
+                        b"\x00\xa4\x04\x04" + bytes((len(USIM_AID),)) + USIM_AID, "+CRSM SELECT ADF"
+                    )
+                    continue
+                await self.driver.transmit(
+                    b"\x00\xa4\x00\x04\x02" + bytes.fromhex(part), f"+CRSM SELECT {part}"
+                )
+        if command == 192:
+            response, sw = await self.driver.transmit(
+                b"\x00\xa4\x00\x04\x02" + fid.to_bytes(2, "big"), "+CRSM GET RESPONSE"
+            )
+        else:
+            apdu = bytes((0x80 if ins == 0xF2 else 0x00, ins, p1, p2)) + (
+                bytes((len(data),)) + data if data else bytes((p3,))
+            )
+            response, sw = await self.driver.transmit(apdu, f"+CRSM {command}")
+        return [f'+CRSM: {sw >> 8},{sw & 0xFF},"{response.hex().upper()}"']
+
+    async def ccho(self, request: AtRequest) -> list[str] | None:
+        if request.kind is CommandKind.TEST:
+            return None
+        try:
+            aid = bytes.fromhex(_str(request.args, 0))
+        except ValueError as exc:
+            raise CmeError(CME_BAD_PARAMETERS) from exc
+        opened = await self.driver.raw(bytes.fromhex("0070000001"), "MANAGE CHANNEL open")
+        if opened[-2:] != b"\x90\x00" or len(opened) != 3:
+            raise CmeError(CME_NOT_ALLOWED)
+        channel = opened[0]
+        _, sw = await self.driver.transmit(
+            bytes((channel, 0xA4, 0x04, 0x00, len(aid))) + aid, f"SELECT AID on channel {channel}"
+        )
+        if sw != 0x9000:
+            await self.driver.raw(bytes((0x00, 0x70, 0x80, channel)), "MANAGE CHANNEL close")
+            raise CmeError(22)  # not found
+        session = max(self.sessions, default=0) + 1
+        self.sessions[session] = channel
+        return [f"+CCHO: {session}"]
+
+    async def cchc(self, request: AtRequest) -> list[str] | None:
+        if request.kind is CommandKind.TEST:
+            return None
+        channel = self.sessions.pop(_int(request.args, 0), None)
+        if channel is None:
+            raise CmeError(21)  # invalid index
+        await self.driver.raw(bytes((0x00, 0x70, 0x80, channel)), "MANAGE CHANNEL close")
+        return None
+
+    async def cgla(self, request: AtRequest) -> list[str] | None:
+        if request.kind is CommandKind.TEST:
+            return None
+        channel = self.sessions.get(_int(request.args, 0))
+        if channel is None:
+            raise CmeError(21)
+        length, command = _int(request.args, 1), _str(request.args, 2)
+        try:
+            apdu = bytearray(bytes.fromhex(command))
+        except ValueError as exc:
+            raise CmeError(CME_BAD_PARAMETERS) from exc
+        if length != len(command) or len(apdu) < 4:
+            raise CmeError(CME_BAD_PARAMETERS)
+        apdu[0] = (apdu[0] & 0xFC) | channel
+        response = await self.driver.raw(bytes(apdu), f"AT+CGLA channel {channel}")
+        return [f'+CGLA: {2 * len(response)},"{response.hex().upper()}"']

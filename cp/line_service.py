@@ -1,0 +1,101 @@
+"""The CP's serial line runtime: plain V.250 AT until AT+CMUX=0, then 3GPP TS 27.010 multiplexing as responder
+with the 27.007 command set on DLC 1 and the AP proxy's control channel on DLC 2; after a close-down the line is
+plain AT again. Returns when the line reaches end of file (the caller reopens it).
+"""
+
+from __future__ import annotations
+
+import trio
+
+from bipsim.cp.commands import ModemCommands
+from bipsim.cp.proxy_link import ProxyLink
+from bipsim.link.at_chat import AtChat
+from bipsim.link.at_server import AtServer
+from bipsim.link.cmux import CmuxParams, DlcStream, Mux, MuxRole
+from bipsim.trace.events import Actor
+from bipsim.trace.recorder import NULL_TRACER, Tracer
+
+PROXY_DLCI = 2
+
+
+class LineService:
+    def __init__(
+        self,
+        line: trio.abc.Stream,
+        commands: ModemCommands,
+        proxy: ProxyLink,
+        *,
+        tracer: Tracer = NULL_TRACER,
+    ) -> None:
+        self.line = line
+        self.commands = commands
+        self.proxy = proxy
+        self.tracer = tracer
+        self._cmux: CmuxParams | None = None
+        self.mux: Mux | None = None
+        self.commands.on_cmux = self._want_cmux
+
+    def _want_cmux(self, params: CmuxParams) -> None:
+        self._cmux = params
+
+    async def run(self) -> None:
+        while True:
+            self._cmux = None
+            server = AtServer(self.line, tracer=self.tracer, local=Actor.CP, remote=Actor.AP)
+            self.commands.install(server)
+            try:
+                await server.run()
+            finally:
+                self.commands.forget(server)
+            if self._cmux is None:
+                return  # end of file on the line
+            if not await self._multiplex(self._cmux):
+                return
+
+    async def _multiplex(self, params: CmuxParams) -> bool:
+        """Runs one multiplexer session; True when it closed down normally (back to AT mode)."""
+        mux = Mux(
+            self.line,
+            role=MuxRole.RESPONDER,
+            params=params,
+            tracer=self.tracer,
+            local=Actor.CP,
+            remote=Actor.AP,
+            accept=lambda dlci: dlci in (1, PROXY_DLCI),
+        )
+        self.mux = mux
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._accept, mux, nursery)
+            await mux.run()
+            nursery.cancel_scope.cancel()
+        self.mux = None
+        return not mux.line_eof  # a close-down leaves the line usable; end of file does not
+
+    async def _accept(self, mux: Mux, nursery: trio.Nursery) -> None:
+        while True:
+            try:
+                dlc = await mux.accept_dlc()
+            except Exception:
+                return
+            if dlc.dlci == 1:
+                nursery.start_soon(self._modem_control, dlc)
+            elif dlc.dlci == PROXY_DLCI:
+                nursery.start_soon(self._proxy_control, mux, dlc)
+
+    async def _modem_control(self, dlc: DlcStream) -> None:
+        server = AtServer(dlc, tracer=self.tracer, local=Actor.CP, remote=Actor.AP)
+        self.commands.install(server, allow_cmux=False)
+        try:
+            await server.run()
+        finally:
+            self.commands.forget(server)
+
+    async def _proxy_control(self, mux: Mux, dlc: DlcStream) -> None:
+        chat = AtChat(dlc, tracer=self.tracer, local=Actor.CP, remote=Actor.AP)
+        for prefix, handler in self.proxy.urc_handlers:
+            chat.add_urc_handler(prefix, handler)  # type: ignore[arg-type]
+        self.proxy.attach(mux, chat)
+        try:
+            await chat.run()
+        finally:
+            self.proxy.detach(chat)

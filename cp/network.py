@@ -1,0 +1,97 @@
+"""The CP's simulated cellular network: registration, operator, signal, and packet data contexts.
+
+A context activates only for an APN the network knows, with that APN's user and password; refusals carry the
+3GPP TS 24.008 session management cause (section 10.5.6.6): #27 missing or unknown APN, #29 user authentication
+failed, #26 insufficient resources when every address is in use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+
+class SmCause(IntEnum):
+    INSUFFICIENT_RESOURCES = 26
+    MISSING_OR_UNKNOWN_APN = 27
+    USER_AUTHENTICATION_FAILED = 29
+    ACTIVATION_REJECTED_BY_GGSN = 30
+    ACTIVATION_REJECTED_UNSPECIFIED = 31
+
+
+class RegStatus(IntEnum):
+    """<stat> of +CREG/+CGREG/+CEREG (3GPP TS 27.007 section 7.2)."""
+
+    NOT_REGISTERED = 0
+    HOME = 1
+    SEARCHING = 2
+    DENIED = 3
+    UNKNOWN = 4
+    ROAMING = 5
+
+
+class PdpError(Exception):
+    def __init__(self, cause: SmCause, reason: str) -> None:
+        super().__init__(f"SM cause #{cause.value}: {reason}")
+        self.cause = cause
+
+
+@dataclass
+class PdpContext:
+    cid: int
+    apn: str
+    address: str
+    user: str = ""
+
+
+@dataclass
+class NetworkConfig:
+    mcc: str = "001"
+    mnc: str = "01"
+    operator: str = "bipsim test network"
+    rat: int = 7  # E-UTRAN (27.007 <AcT>)
+    rssi: int = 20
+    # APN -> (user, password) the packet gateway accepts
+    apns: dict[str, tuple[str, str]] = field(
+        default_factory=lambda: {"internet": ("", ""), "ota.bipsim": ("ota", "secret")}
+    )
+
+
+class CellularNetwork:
+    def __init__(self, config: NetworkConfig | None = None) -> None:
+        self.config = config or NetworkConfig()
+        self.status = RegStatus.HOME
+        self.contexts: dict[int, PdpContext] = {}
+        self.listeners: list[Callable[[RegStatus], None]] = []
+        self._next_host = 2
+
+    @property
+    def registered(self) -> bool:
+        return self.status in (RegStatus.HOME, RegStatus.ROAMING)
+
+    def set_status(self, status: RegStatus) -> None:
+        if status != self.status:
+            self.status = status
+            for listener in self.listeners:
+                listener(status)
+
+    def activate(self, apn: str, user: str = "", password: str = "", cid: int | None = None) -> PdpContext:
+        """Activates a packet data context, or raises PdpError with the network's cause."""
+        if not self.registered:
+            raise PdpError(SmCause.ACTIVATION_REJECTED_UNSPECIFIED, "not registered")
+        credentials = self.config.apns.get(apn.lower())
+        if credentials is None:
+            raise PdpError(SmCause.MISSING_OR_UNKNOWN_APN, f"unknown APN {apn!r}")
+        if (user, password) != credentials:
+            raise PdpError(SmCause.USER_AUTHENTICATION_FAILED, f"wrong user or password for APN {apn!r}")
+        if self._next_host > 254:
+            raise PdpError(SmCause.INSUFFICIENT_RESOURCES, "no address left")
+        number = cid if cid is not None else next(n for n in range(1, 17) if n not in self.contexts)
+        context = PdpContext(number, apn, f"10.64.0.{self._next_host}", user)
+        self._next_host += 1
+        self.contexts[number] = context
+        return context
+
+    def deactivate(self, cid: int) -> None:
+        self.contexts.pop(cid, None)

@@ -1,0 +1,37 @@
+"""The CP's view of the AP proxy: the current CMUX session and the AtChat on DLC 2 (PROTOCOL.md section 1-2).
+
+The line service attaches them when the AP opens DLC 2 and detaches them when the multiplexer or the line goes
+away; bearers wait here (briefly) for the proxy instead of failing while the AP is (re)connecting.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from bipsim.link.at_chat import AtChat
+from bipsim.link.cmux import Mux
+
+
+class ProxyLink:
+    def __init__(self) -> None:
+        self.mux: Mux | None = None
+        self.chat: AtChat | None = None
+        self.ready = trio.Event()
+        self.urc_handlers: list[tuple[str, object]] = []
+
+    def attach(self, mux: Mux, chat: AtChat) -> None:
+        self.mux, self.chat = mux, chat
+        self.ready.set()
+
+    def detach(self, chat: AtChat) -> None:
+        if self.chat is chat:
+            self.mux, self.chat = None, None
+            self.ready = trio.Event()
+
+    async def wait(self, timeout: float) -> tuple[Mux, AtChat] | None:
+        """The attached proxy, waiting up to `timeout` seconds for the AP to attach."""
+        with trio.move_on_after(timeout):
+            await self.ready.wait()
+        if self.mux is None or self.chat is None:
+            return None
+        return self.mux, self.chat
