@@ -141,6 +141,8 @@ class BipGateway:
         self.max_buffer = max_buffer
         self.max_channels = max_channels
         self.channels: dict[int, Channel] = {}
+        self.events: set[int] = set()
+        self.poll_interval: float | None = None
 
     # --- helpers -----------------------------------------------------------------------------------------------
 
@@ -209,11 +211,32 @@ class BipGateway:
             CommandType.SEND_DATA: self._send,
             CommandType.RECEIVE_DATA: self._receive,
             CommandType.GET_CHANNEL_STATUS: self._status,
+            CommandType.SET_UP_EVENT_LIST: self._events,
+            CommandType.POLL_INTERVAL: self._poll_interval,
+            CommandType.POLLING_OFF: self._simple_ok,
+            CommandType.MORE_TIME: self._simple_ok,
+            CommandType.DISPLAY_TEXT: self._simple_ok,
         }
         handler = handlers.get(command.type)
         if handler is None:
             return [self._tr(command, GeneralResult.BEYOND_TERMINAL_CAPABILITIES)]
         return handler(command)
+
+    def _events(self, command: ProactiveCommand) -> list[Action]:
+        item = command.get(Tag.EVENT_LIST)
+        self.events = set(item.value) if item is not None else set()
+        return [self._tr(command, GeneralResult.OK)]
+
+    def _poll_interval(self, command: ProactiveCommand) -> list[Action]:
+        duration = command.get(Tag.DURATION)
+        if duration is None or len(duration.value) != 2:
+            return [self._tr(command, GeneralResult.REQUIRED_VALUES_MISSING)]
+        unit, interval = duration.value
+        self.poll_interval = interval * {0: 60.0, 1: 1.0, 2: 0.1}.get(unit, 1.0)
+        return [self._tr(command, GeneralResult.OK, objects=[obj(Tag.DURATION, duration.value)])]
+
+    def _simple_ok(self, command: ProactiveCommand) -> list[Action]:
+        return [self._tr(command, GeneralResult.OK)]
 
     def _open(self, command: ProactiveCommand) -> list[Action]:
         try:

@@ -140,6 +140,7 @@ class BipEngine:
         self._tx = bytearray()
         self._rx_available = 0
         self._reconnects = 0
+        self._dropped = False  # the link dropped: read what is left in the Rx buffer, then close
         self.profile = b""
 
     # --- Toolkit ---------------------------------------------------------------------------------------------
@@ -276,6 +277,7 @@ class BipEngine:
         self._pump()
 
     def _connected(self) -> None:
+        self._dropped = False
         self.sessions += 1
         self._tx += self.client.connection_made()
         self._pump()
@@ -292,13 +294,16 @@ class BipEngine:
         """Issues the next command when none is outstanding: receive first, then send, then close."""
         if self.state is not EngineState.OPEN or not self._idle_line():
             return
+        if self._dropped and not self._rx_available:
+            self._drop()
+            return
         if self._rx_available:
             want = (
                 MAX_CHANNEL_DATA if self._rx_available == 0xFF else min(self._rx_available, MAX_CHANNEL_DATA)
             )
             self._issue(receive_data(self.channel, want, self._next_number()))
             return
-        if self._tx:
+        if self._tx and not self._dropped:
             room = max(1, min(self.tx_free, MAX_CHANNEL_DATA))
             chunk = bytes(self._tx[:room])
             del self._tx[:room]
@@ -330,13 +335,20 @@ class BipEngine:
             self.state = EngineState.OPEN
             self._connected()
         elif not status["link_established"] and self.state in (EngineState.OPEN, EngineState.WAIT_LINK):
-            # link dropped (further info 0x05): the channel is unusable; close it to free the terminal's resources
+            # link dropped (further info 0x05): what the terminal still holds can be read, then the channel closes
             self.failures.append(("link dropped", GeneralResult.BIP_ERROR, bytes((status["further_info"],))))
+            self._dropped = True
             self._tx.clear()
-            self._rx_available = 0
-            self.client.connection_lost("link dropped")
-            self.state = EngineState.CLOSING
-            self._queue.clear()
-            if self._outstanding is not None and not self._fetched:
-                self._outstanding = None
-            self._issue(close_channel(self.channel, self._next_number()))
+            if self.state is EngineState.WAIT_LINK or not self._rx_available:
+                self.state = EngineState.OPEN
+                if self._idle_line():
+                    self._drop()
+            else:
+                self._pump()
+
+    def _drop(self) -> None:
+        self._dropped = False
+        self._rx_available = 0
+        self.client.connection_lost("link dropped")
+        self.state = EngineState.CLOSING
+        self._issue(close_channel(self.channel, self._next_number()))

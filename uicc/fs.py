@@ -1,7 +1,7 @@
 """The card's file system (ETSI TS 102 221 section 8, 3GPP TS 31.102 section 4): a small but real tree.
 
 MF 3F00 with EF_ICCID 2FE2 and EF_DIR 2F00, DF_TELECOM 7F10, and ADF_USIM with EF_IMSI 6F07, EF_AD 6FAD, EF_UST
-6F38, EF_SMS 6F3C (linear fixed) and EF_SMSP 6F42 (linear fixed). Files answer SELECT with an FCP template
+6F38, EF_SPN 6F46, EF_SMS 6F3C (linear fixed) and EF_SMSP 6F42 (linear fixed). Files answer SELECT with an FCP template
 (TS 102 221 section 11.1.1.3). The contents come from the card profile and round-trip through `to_dict` for the
 card's persistent state.
 """
@@ -128,6 +128,9 @@ class FileSystem:
             )
         )
         self.usim.add(File(0x6F42, "EF_SMSP", FileKind.LINEAR_FIXED, bytearray(b"\xff" * 40), 40))
+        # service provider name (TS 31.102 section 4.2.12): display condition + 16 bytes of name, a typical RFM target
+        spn = b"\x00" + b"bipsim".ljust(16, b"\xff")
+        self.usim.add(File(0x6F46, "EF_SPN", FileKind.TRANSPARENT, bytearray(spn), sfi=None))
 
     def walk(self) -> list[tuple[tuple[int, ...], File]]:
         out: list[tuple[tuple[int, ...], File]] = []

@@ -1,0 +1,178 @@
+"""The card's OTA agent: the BipClient that runs a GlobalPlatform Amendment B (SCP81) admin session over the BIP
+channel: TLS 1.2 PSK with the card as client (uicc/tls_psk_client.py), the HTTP POST loop with the X-Admin-*
+headers, and the execution of the remote APDUs it receives (GP commands by the registry, file commands by the
+card's APDU processor). The card state is saved after every script, so a session killed mid-way loses nothing
+already acknowledged; a session that loses its connection asks to reconnect and resumes (X-Admin-Resume).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from bipsim.uicc.card import SimCard
+from bipsim.uicc.gp_registry import GpRegistry
+from bipsim.uicc.http11 import HttpError, MessageParser, render
+from bipsim.uicc.remote_apdu import RemoteApduError, decode_command_script, encode_response_script
+from bipsim.uicc.tls_psk_client import TlsAlert, TlsError, TlsPskClient
+
+PROTOCOL = "globalplatform-remote-admin/1.0"
+REQUEST_TYPE = "application/vnd.globalplatform.card-content-mgt-response;version=1.0"
+SCRIPT_TYPE = "application/vnd.globalplatform.card-content-mgt;version=1.0"
+
+
+class AgentState(Enum):
+    IDLE = "idle"
+    HANDSHAKE = "tls handshake"
+    WAIT_RESPONSE = "waiting for the server"
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass
+class AgentLog:
+    scripts: int = 0
+    apdus: int = 0
+    statuses: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    finished: bool = False
+
+
+class OtaAgent:
+    """One admin session per trigger; `log` says what happened."""
+
+    def __init__(
+        self,
+        card: SimCard,
+        registry: GpRegistry,
+        *,
+        host: str,
+        identity: bytes,
+        psk: bytes,
+        tls: bool = True,
+        path: str = "/server/adminagent",
+        max_reconnects: int = 3,
+    ) -> None:
+        self.card = card
+        self.registry = registry
+        self.host = host
+        self.identity = identity
+        self.psk = psk
+        self.tls_enabled = tls
+        self.path = path
+        self.max_reconnects = max_reconnects
+        self.state = AgentState.IDLE
+        self.log = AgentLog()
+        self._tls: TlsPskClient | None = None
+        self._http = MessageParser(requests=False)
+        self._next_uri = path
+        self._resume = False
+        self._lost = 0
+        self._closing = False
+
+    # --- BipClient ---------------------------------------------------------------------------------------------
+
+    def connection_made(self) -> bytes:
+        self._http = MessageParser(requests=False)
+        self._closing = False
+        if self.tls_enabled:
+            self._tls = TlsPskClient(self.identity, self.psk)
+            self.state = AgentState.HANDSHAKE
+            return self._tls.start()
+        self.state = AgentState.WAIT_RESPONSE
+        return self._post(b"", "ok")
+
+    def data_received(self, data: bytes) -> bytes:
+        if self.state in (AgentState.DONE, AgentState.FAILED):
+            return b""
+        out = bytearray()
+        try:
+            if self._tls is not None:
+                plain = self._tls.receive(data)
+                out += self._tls.data_to_send()
+                if self.state is AgentState.HANDSHAKE and self._tls.connected:
+                    self.state = AgentState.WAIT_RESPONSE
+                    out += self._post(b"", "ok")
+            else:
+                plain = data
+            if plain:
+                for message in self._http.feed(plain):
+                    out += self._response(
+                        message.status,
+                        message.header("x-admin-next-uri"),
+                        message.body,
+                        message.header("content-type"),
+                    )
+        except (TlsError, TlsAlert) as exc:
+            self.log.errors.append(f"TLS: {exc}")
+            self.state = AgentState.FAILED
+            if self._tls is not None:
+                out += self._tls.data_to_send()
+        except HttpError as exc:
+            self.log.errors.append(f"HTTP: {exc}")
+            self.state = AgentState.FAILED
+        return bytes(out)
+
+    def connection_lost(self, reason: str) -> None:
+        if self.state not in (AgentState.DONE, AgentState.FAILED):
+            self.log.errors.append(f"connection lost: {reason}")
+            self._lost += 1
+            self._resume = True
+            self.state = AgentState.IDLE if self._lost <= self.max_reconnects else AgentState.FAILED
+
+    @property
+    def done(self) -> bool:
+        return self.state in (AgentState.DONE, AgentState.FAILED)
+
+    @property
+    def wants_reconnect(self) -> bool:
+        return self.state is AgentState.IDLE and self._resume and self._lost <= self.max_reconnects
+
+    # --- admin protocol ----------------------------------------------------------------------------------------
+
+    def _post(self, body: bytes, status: str) -> bytes:
+        headers = [
+            ("Host", self.host),
+            ("X-Admin-Protocol", PROTOCOL),
+            ("X-Admin-From", f"//se-id/iccid/{self.card.profile.iccid}"),
+            ("Content-Type", REQUEST_TYPE),
+        ]
+        if body or status != "ok":
+            headers.append(("X-Admin-Script-Status", status))
+        if self._resume:
+            headers.append(("X-Admin-Resume", "true"))
+            self._resume = False
+        request = render(f"POST {self._next_uri} HTTP/1.1", headers, body)
+        return self._tls.send(request) if self._tls is not None else request
+
+    def _response(self, status: int, next_uri: str, body: bytes, content_type: str) -> bytes:
+        if status == 204:
+            self.state = AgentState.DONE
+            self.log.finished = True
+            self.card.save_state()
+            return self._tls.close() if self._tls is not None else b""
+        if status != 200:
+            self.log.errors.append(f"server answered {status}")
+            self.state = AgentState.FAILED
+            return self._tls.close() if self._tls is not None else b""
+        self._next_uri = next_uri or self.path
+        if content_type and not content_type.startswith("application/vnd.globalplatform.card-content-mgt"):
+            return self._post(b"", "unknown-application")
+        try:
+            apdus = decode_command_script(body)
+        except RemoteApduError as exc:
+            self.log.errors.append(f"bad script: {exc}")
+            return self._post(b"", "unknown-application")
+        expanded = body[:1] in (b"\xae", b"\xaa")
+        responses = [self.execute(apdu) for apdu in apdus]
+        self.card.save_state()
+        self.log.scripts += 1
+        self.log.apdus += len(apdus)
+        self.log.statuses += [r[-2:].hex().upper() for r in responses]
+        return self._post(encode_response_script(responses, expanded=expanded), "ok")
+
+    def execute(self, apdu: bytes) -> bytes:
+        """One remote APDU: GP commands to the registry, everything else to the card's APDU processor."""
+        if self.registry.handles(apdu):
+            return self.registry.process(apdu)
+        return self.card.internal_apdu(apdu)
