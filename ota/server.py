@@ -148,10 +148,22 @@ class OtaServer:
                     error=answer.status >= 400,
                 )
                 await stream.send_all(answer.encode(chunked=request.header("te") == "chunked"))
-                if answer.close or answer.status == 204:
-                    if answer.status == 204 and isinstance(stream, trio.SSLStream):
-                        try:
-                            await stream.receive_some(1)  # the card's close_notify
-                        except (trio.BrokenResourceError, ssl.SSLError):
-                            pass
+                if answer.close:
                     return
+                if answer.status == 204:
+                    await self.linger(stream)
+                    return
+
+    async def linger(self, stream: trio.abc.Stream, timeout: float = 30.0) -> None:
+        """After 204 the card ends the session: TLS close_notify, then its terminal closes the TCP connection when
+        the card closes the BIP channel (the patent's S414/S716). The server waits for that instead of closing
+        first, so the close is acknowledged, not initiated, by the server."""
+        with trio.move_on_after(timeout):
+            try:
+                while await stream.receive_some(65536):
+                    pass
+                if isinstance(stream, trio.SSLStream):
+                    while await stream.transport_stream.receive_some(65536):
+                        pass
+            except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError):
+                pass

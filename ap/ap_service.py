@@ -1,0 +1,102 @@
+"""The AP process: opens the line, brings the modem into CMUX, runs the RIL on DLC 1 and the proxy service on
+DLC 2, accepts the CP's data DLCs, and starts over (reopen, re-probe, new multiplexer) whenever the line goes away.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import trio
+
+from bipsim.ap.apn_db import ApnDatabase
+from bipsim.ap.line_client import ModemNotAnswering, open_session, probe_and_switch
+from bipsim.ap.network import ApNetwork
+from bipsim.ap.proxy import ProxyService
+from bipsim.ap.ril import Ril
+from bipsim.link.at_chat import AtChat
+from bipsim.link.cmux import CmuxParams, Mux, MuxError, MuxRole
+from bipsim.link.pty import open_line
+from bipsim.trace.events import Actor, Layer
+from bipsim.trace.recorder import NULL_TRACER, Tracer
+
+# a large N1 keeps the framing overhead of BIP data small (AT+CMUX allows up to 32768)
+DEFAULT_CMUX = CmuxParams(n1=1500, t1=0.1, n2=3, t2=0.3)
+
+
+@dataclass
+class ApOptions:
+    port: str
+    baud: int = 115200
+    cmux: CmuxParams = DEFAULT_CMUX
+
+
+class ApplicationProcessor:
+    def __init__(
+        self, options: ApOptions, network: ApNetwork, apns: ApnDatabase, *, tracer: Tracer = NULL_TRACER
+    ) -> None:
+        self.options = options
+        self.network = network
+        self.tracer = tracer
+        self.ril: Ril | None = None
+        self.proxy = ProxyService(network, apns, self._imsi, tracer=tracer)
+        self.sessions = 0
+        self.attached = trio.Event()
+
+    def _imsi(self) -> str:
+        if self.ril is None:
+            raise LookupError("no modem session")
+        return self.ril.imsi()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                line = await open_line(self.options.port, baud=self.options.baud)
+            except OSError:
+                await trio.sleep(0.2)
+                continue
+            try:
+                await self._session(line)
+            except (ModemNotAnswering, MuxError) as exc:
+                self.tracer.emit(Actor.AP, Actor.CP, Layer.APP, f"modem session failed: {exc}", error=True)
+            finally:
+                await line.aclose()
+            await trio.sleep(0.2)
+
+    async def _session(self, line: trio.abc.Stream) -> None:
+        await probe_and_switch(line, self.options.cmux, tracer=self.tracer)
+        mux = Mux(
+            line,
+            role=MuxRole.INITIATOR,
+            params=self.options.cmux,
+            tracer=self.tracer,
+            local=Actor.AP,
+            remote=Actor.CP,
+        )
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(mux.run)
+            session = await open_session(mux)
+            self.sessions += 1
+            chat = AtChat(session.modem, tracer=self.tracer, local=Actor.AP, remote=Actor.CP)
+            self.ril = Ril(chat)
+            nursery.start_soon(chat.run)
+            nursery.start_soon(self.ril.run)
+            await self.ril.ready.wait()
+            nursery.start_soon(self.proxy.serve, session.proxy)
+            nursery.start_soon(self._accept, mux)
+            self.attached.set()
+            while not mux.closed:
+                await trio.sleep(0.1)
+            nursery.cancel_scope.cancel()
+        self.ril = None
+        self.attached = trio.Event()
+
+    async def _accept(self, mux: Mux) -> None:
+        while True:
+            try:
+                dlc = await mux.accept_dlc()
+            except MuxError:
+                return
+            if 3 <= dlc.dlci <= 9:
+                self.proxy.data_dlc(dlc)
+            else:
+                await dlc.aclose()

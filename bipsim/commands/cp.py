@@ -1,0 +1,98 @@
+"""`bipsim cp`: the modem processor (DCE) on a serial line, with its card and BIP gateway."""
+
+from __future__ import annotations
+
+import click
+import trio
+
+from bipsim.commands.common import (
+    finish_trace,
+    make_tracer,
+    pcap_option,
+    session_option,
+    trace_option,
+    until_signalled,
+)
+from bipsim.errors import CliError
+
+
+@click.command("cp")
+@click.option(
+    "--port", required=True, help="The serial line: a device path (/dev/ttyUSB0, a pty) or a pyserial URL."
+)
+@click.option("--baud", default=115200, show_default=True, help="Line speed for real serial ports.")
+@click.option(
+    "--card",
+    "card_kind",
+    default="sim",
+    show_default=True,
+    help="sim (simulated UICC), pcsc[:N] (reader N), or trace:F (replay a recorded card).",
+)
+@click.option(
+    "--profile",
+    "profile_path",
+    type=click.Path(dir_okay=False),
+    help="Card profile (TOML/JSON) for --card sim.",
+)
+@click.option(
+    "--state",
+    "state_path",
+    type=click.Path(dir_okay=False),
+    help="The simulated card's persistent state file.",
+)
+@click.option(
+    "--bearer",
+    type=click.Choice(["auto", "own-stack", "ap-proxy"]),
+    default="auto",
+    show_default=True,
+    help="own-stack: embodiment 1 (%GETNET); ap-proxy: embodiment 2 (%WEBOPCH); auto: the AP proxy when its Wi-Fi is up.",
+)
+@click.option(
+    "--once", is_flag=True, help="Exit 0 after the card's first BIP session ended (for scripts and the demo)."
+)
+@trace_option
+@pcap_option
+@session_option
+def cp(
+    port: str,
+    baud: int,
+    card_kind: str,
+    profile_path: str | None,
+    state_path: str | None,
+    bearer: str,
+    once: bool,
+    trace_path: str | None,
+    pcap_path: str | None,
+    session: str | None,
+) -> None:
+    """Run the CP: it answers AT (3GPP TS 27.007) on the line, switches to 27.010 CMUX on AT+CMUX=0, serves modem
+    control on DLC 1, asks the AP proxy on DLC 2, and carries the card's BIP channels (ETSI TS 102 223) on the chosen
+    bearer. Runs until Ctrl-C or SIGTERM (or, with --once, until the first BIP session ended)."""
+    from bipsim.cp.modem import Modem, ModemOptions, simulated_card
+
+    tracer = make_tracer(trace_path, session, keep=bool(pcap_path))
+    recorded = None
+    if card_kind == "sim":
+        card, _ = simulated_card(profile_path, state_path, tracer)
+    elif card_kind.startswith("trace:"):
+        from bipsim.trace.reader import read_trace
+        from bipsim.uicc.recorded_card import RecordedCard
+
+        events, _ = read_trace([card_kind[len("trace:") :]])
+        recorded = RecordedCard(events)
+        card = recorded
+    elif card_kind.startswith("pcsc"):
+        raise CliError("--card pcsc needs a PC/SC reader binding, which this build does not include")
+    else:
+        raise CliError(f"--card {card_kind}: use sim, pcsc[:N] or trace:FILE")
+    modem = Modem(ModemOptions(port, baud, bearer, once), card, tracer=tracer)
+
+    async def main() -> None:
+        await until_signalled(modem.run)
+
+    try:
+        trio.run(main)
+    finally:
+        finish_trace(tracer, pcap_path)
+    if recorded is not None and recorded.divergence is not None:
+        raise CliError(f"replay diverged: {recorded.divergence}", exit_code=3)

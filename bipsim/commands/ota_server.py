@@ -1,0 +1,137 @@
+"""`bipsim ota-server`: the remote OTA (GlobalPlatform Amendment B / SCP81) admin server."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tomllib
+from pathlib import Path
+
+import click
+import trio
+
+from bipsim.commands.common import (
+    finish_trace,
+    host_port,
+    make_tracer,
+    pcap_option,
+    session_option,
+    trace_option,
+    until_signalled,
+)
+from bipsim.errors import CliError
+
+
+def load_keys(path: str) -> dict[str, bytes]:
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+        data = json.loads(text) if file.suffix == ".json" else tomllib.loads(text)
+    except FileNotFoundError as exc:
+        raise CliError(f"keys file {path} does not exist") from exc
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise CliError(f"keys file {path}: {exc}") from exc
+    try:
+        return {str(identity): bytes.fromhex(str(key)) for identity, key in data.items()}
+    except ValueError as exc:
+        raise CliError(f"keys file {path}: every key must be hex") from exc
+
+
+@click.command("ota-server")
+@click.option(
+    "--listen",
+    default="127.0.0.1:4443",
+    show_default=True,
+    help="HOST:PORT to listen on (port 0: any free port).",
+)
+@click.option("--psk-identity", help="The PSK identity of the one card this server knows.")
+@click.option("--psk", "psk_hex", help="That card's pre-shared key, in hex.")
+@click.option(
+    "--keys",
+    "keys_path",
+    type=click.Path(dir_okay=False),
+    help="TOML/JSON file: PSK identity = hex key, for many cards.",
+)
+@click.option(
+    "--no-tls", is_flag=True, help="Plain HTTP (for debugging; cards must be set to ota_tls = false)."
+)
+@click.option(
+    "--script",
+    "campaign_path",
+    type=click.Path(dir_okay=False),
+    help="Campaign file (TOML/JSON); default: the built-in example.",
+)
+@click.option("--path", "admin_path", default="/server/adminagent", show_default=True, help="Admin URI.")
+@click.option(
+    "--results",
+    "results_path",
+    type=click.Path(dir_okay=False),
+    help="Write the per-card JSON results log here.",
+)
+@trace_option
+@pcap_option
+@session_option
+def ota_server(
+    listen: str,
+    psk_identity: str | None,
+    psk_hex: str | None,
+    keys_path: str | None,
+    no_tls: bool,
+    campaign_path: str | None,
+    admin_path: str,
+    results_path: str | None,
+    trace_path: str | None,
+    pcap_path: str | None,
+    session: str | None,
+) -> None:
+    """Serve GlobalPlatform Amendment B remote administration over TLS 1.2 PSK (or plain HTTP with --no-tls).
+
+    Cards POST to the admin URI with X-Admin-From //se-id/iccid/<ICCID>; each gets the command scripts of its
+    campaign entry, then 204 No Content. Prints "listening on HOST:PORT" once ready; stops on Ctrl-C or SIGTERM.
+    """
+    from bipsim.ota.admin import AdminServer
+    from bipsim.ota.campaign import Campaign
+    from bipsim.ota.server import OtaServer
+
+    host, port = host_port(listen)
+    keys: dict[str, bytes] | None
+    if no_tls:
+        keys = None
+    elif keys_path:
+        keys = load_keys(keys_path)
+    elif psk_identity and psk_hex:
+        try:
+            keys = {psk_identity: bytes.fromhex(psk_hex)}
+        except ValueError as exc:
+            raise CliError("--psk must be hex") from exc
+    elif psk_identity or psk_hex:
+        raise CliError("--psk-identity and --psk go together")
+    else:
+        from bipsim.uicc.profile import load_profile
+
+        default = load_profile()
+        keys = {default.psk_identity: default.psk}  # the built-in card profile's key
+    admin = AdminServer(Campaign.load(campaign_path), path=admin_path, results_path=results_path)
+    tracer = make_tracer(trace_path, session, keep=bool(pcap_path))
+    server = OtaServer(admin, keys=keys, tracer=tracer)
+
+    async def main() -> None:
+        async def serve() -> None:
+            async with trio.open_nursery() as nursery:
+                try:
+                    bound = await nursery.start(server.serve, host, port)
+                except OSError as exc:
+                    raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+                click.echo(
+                    f"listening on {host}:{bound} ({'plain HTTP' if keys is None else 'TLS 1.2 PSK'})",
+                    nl=True,
+                )
+                sys.stdout.flush()
+
+        await until_signalled(serve)
+
+    try:
+        trio.run(main)
+    finally:
+        admin.save()
+        finish_trace(tracer, pcap_path)

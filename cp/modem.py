@@ -1,0 +1,163 @@
+"""The CP process: the card (simulated, or recorded for replay), the 27.007 modem on the serial line, and the BIP
+service on the chosen bearer. The line is reopened whenever it goes away (a USB-serial adapter unplugged, the pty
+pair restarted); the card is powered on once the AP has attached its proxy (DLC 2), as a phone's modem starts its
+SIM toolkit once the application processor is up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from bipsim.cp.bearer import Bearer
+from bipsim.cp.bearer_ap_proxy import ApProxyBearer
+from bipsim.cp.bearer_own_stack import OwnStackBearer
+from bipsim.cp.bip_service import BipService
+from bipsim.cp.card_driver import CardDriver
+from bipsim.cp.commands import ModemCommands
+from bipsim.cp.line_service import LineService
+from bipsim.cp.network import CellularNetwork
+from bipsim.cp.proxy_link import ProxyLink
+from bipsim.link.pty import open_line
+from bipsim.trace.events import Actor, Layer
+from bipsim.trace.recorder import NULL_TRACER, Tracer
+from bipsim.uicc.transport import ApduTransport
+
+
+@dataclass
+class ModemOptions:
+    port: str
+    baud: int = 115200
+    bearer: str = "auto"  # own-stack | ap-proxy | auto
+    once: bool = False
+    wait_for_ap: float = 60.0
+
+
+class AutoBearer:
+    """Embodiment 2 when the AP's proxy can connect (it answers +CME ERROR: 30 without Wi-Fi), else embodiment 1."""
+
+    name = "auto"
+
+    def __init__(self, proxy: ApProxyBearer, own: OwnStackBearer) -> None:
+        self.proxy, self.own = proxy, own
+        self.embodiment = 2
+        self._used: dict[int, Bearer] = {}
+
+    async def connect(self, channel: int, request: object) -> trio.abc.Stream:
+        from bipsim.cp.bearer import LinkError
+        from bipsim.uicc.cat import OpenChannel, TerminalProblem
+
+        assert isinstance(request, OpenChannel)
+        try:
+            stream = await self.proxy.connect(channel, request)
+            self._used[channel], self.embodiment = self.proxy, 2
+            return stream
+        except LinkError as exc:
+            if exc.additional != bytes((TerminalProblem.NO_SERVICE,)):
+                raise
+        self.embodiment = 1
+        stream = await self.own.connect(channel, request)
+        self._used[channel] = self.own
+        return stream
+
+    async def disconnect(self, channel: int, stream: trio.abc.Stream) -> None:
+        bearer = self._used.pop(channel, self.own)
+        await bearer.disconnect(channel, stream)
+
+
+def make_bearer(kind: str, proxy: ProxyLink, network: CellularNetwork, tracer: Tracer) -> Bearer:
+    own = OwnStackBearer(proxy, network, tracer=tracer)
+    ap = ApProxyBearer(proxy, tracer=tracer)
+    if kind == "own-stack":
+        return own
+    if kind == "ap-proxy":
+        return ap
+    return AutoBearer(ap, own)
+
+
+class Modem:
+    def __init__(self, options: ModemOptions, card: ApduTransport, *, tracer: Tracer = NULL_TRACER) -> None:
+        self.options = options
+        self.tracer = tracer
+        self.driver = CardDriver(card, tracer=tracer)
+        self.network = CellularNetwork()
+        self.proxy = ProxyLink()
+        self.bearer = make_bearer(options.bearer, self.proxy, self.network, tracer)
+        self.service = BipService(self.driver, self.bearer, tracer=tracer)
+        self.commands = ModemCommands(self.driver, self.network)
+        self.line_opened = 0
+
+    async def run(self) -> int:
+        """Runs until cancelled, or (with once) until the card's first BIP session ended. Returns an exit code."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._line_loop)
+            with trio.move_on_after(self.options.wait_for_ap):
+                await self.proxy.ready.wait()
+            if not self.proxy.ready.is_set():
+                self.tracer.emit(Actor.CP, Actor.AP, Layer.APP, "the AP never attached its proxy", error=True)
+            await nursery.start(self.service.run)
+            if self.options.once:
+                await self.service.session_finished.wait()
+                await trio.sleep(0.3)  # let the last envelopes and the card's state save complete
+                nursery.cancel_scope.cancel()
+        return 0
+
+    async def _line_loop(self) -> None:
+        while True:
+            try:
+                line = await open_line(self.options.port, baud=self.options.baud)
+            except OSError:
+                await trio.sleep(
+                    0.2
+                )  # the line is not there (yet): a pty pair restarting, an adapter replugged
+                continue
+            self.line_opened += 1
+            if self.line_opened > 1:
+                self.tracer.emit(Actor.CP, Actor.AP, Layer.APP, f"serial line {self.options.port} reopened")
+            try:
+                await LineService(line, self.commands, self.proxy, tracer=self.tracer).run()
+            finally:
+                await line.aclose()
+            await trio.sleep(0.2)
+
+
+def simulated_card(
+    profile_path: str | None, state_path: str | None, tracer: Tracer
+) -> tuple[ApduTransport, object]:
+    """The simulated UICC with its BIP engine and OTA agent, from a card profile."""
+    from bipsim.uicc.bip_engine import BipConfig, BipEngine, LinkMode
+    from bipsim.uicc.card import SimCard
+    from bipsim.uicc.gp_registry import GpRegistry
+    from bipsim.uicc.ota_agent import OtaAgent
+    from bipsim.uicc.profile import load_profile
+    from bipsim.uicc.sim_transport import SimulatedCard
+
+    profile = load_profile(profile_path)
+    card = SimCard(profile, state_path=Path(state_path) if state_path else None)
+    registry = GpRegistry()
+    card.attach_state("gp", registry)
+    agent = OtaAgent(
+        card,
+        registry,
+        host=profile.ota_host,
+        identity=profile.psk_identity.encode(),
+        psk=profile.psk,
+        tls=profile.ota_tls,
+        path=profile.admin_path,
+    )
+    config = BipConfig(
+        host=profile.ota_host,
+        port=profile.ota_port,
+        bearer_type=profile.bearer_type,
+        bearer_parameters=bytes.fromhex(profile.bearer_parameters_hex),
+        buffer_size=profile.buffer_size,
+        apn=profile.apn,
+        login=profile.login,
+        password=profile.password,
+        link_mode=LinkMode(profile.link_mode),
+    )
+    engine = BipEngine(config, agent, trigger_on_profile=profile.trigger == "power-on")
+    card.toolkit = engine
+    return SimulatedCard(card), agent
