@@ -66,6 +66,7 @@ class ProxyService:
     async def serve(self, dlc: DlcStream) -> None:
         """Serves the proxy dialect on DLC 2 until the CP or the line goes away."""
         server = AtServer(dlc, tracer=self.tracer, local=Actor.AP, remote=Actor.CP, echo=False)
+        server.cmee = 1  # the proxy dialect answers failures with numeric +CME ERROR codes (PROTOCOL.md 2)
         server.register("%GETNET", self.getnet)
         server.register("%WEBOPCH", self.webopch)
         server.register("%WEBCLCH", self.webclch)

@@ -33,6 +33,7 @@ class ModemOptions:
     bearer: str = "auto"  # own-stack | ap-proxy | auto
     once: bool = False
     wait_for_ap: float = 60.0
+    start_delay: float = 0.0
 
 
 class AutoBearer:
@@ -97,6 +98,10 @@ class Modem:
                 await self.proxy.ready.wait()
             if not self.proxy.ready.is_set():
                 self.tracer.emit(Actor.CP, Actor.AP, Layer.APP, "the AP never attached its proxy", error=True)
+            if self.options.start_delay:
+                await trio.sleep(self.options.start_delay)
+                with trio.move_on_after(self.options.wait_for_ap):
+                    await self.proxy.ready.wait()
             await nursery.start(self.service.run)
             if self.options.once:
                 await self.service.session_finished.wait()

@@ -91,7 +91,7 @@ def step_apdus(step: dict[str, Any]) -> list[bytes]:
         blocks = [blob[i : i + LOAD_BLOCK] for i in range(0, len(blob), LOAD_BLOCK)]
         for number, block in enumerate(blocks):
             last = 0x80 if number == len(blocks) - 1 else 0x00
-            apdus.append(bytes((0x80, 0xE8, last, number, len(block))) + block)
+            apdus.append(bytes((0x80, 0xE8, last, number & 0xFF, len(block))) + block)  # block numbers wrap
         return apdus
     if kind == "ram-install":
         load_file, module, app = _hex(step, "load_file"), _hex(step, "module"), _hex(step, "application")

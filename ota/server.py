@@ -57,9 +57,16 @@ def psk_context(keys: dict[str, bytes], seen: Callable[[str | None], None] | Non
 
 class OtaServer:
     def __init__(
-        self, admin: AdminServer, *, keys: dict[str, bytes] | None, tracer: Tracer = NULL_TRACER
+        self,
+        admin: AdminServer,
+        *,
+        keys: dict[str, bytes] | None,
+        tracer: Tracer = NULL_TRACER,
+        drop_after: int | None = None,
     ) -> None:
         self.admin = admin
+        # fault injection: close the first connection abruptly when this many requests arrived on it
+        self.drop_after = drop_after
         self.keys = keys
         self.tracer = tracer
         self.connections = 0
@@ -119,6 +126,7 @@ class OtaServer:
 
     async def http_loop(self, stream: trio.abc.Stream, identity: str | None) -> None:
         parser = MessageParser(requests=True)
+        handled = 0
         while True:
             data = await stream.receive_some(65536)
             if not data:
@@ -131,6 +139,17 @@ class OtaServer:
                 await stream.send_all(answer.encode())
                 return
             for request in requests:
+                handled += 1
+                if self.drop_after is not None and handled > self.drop_after:
+                    self.drop_after = None
+                    self.tracer.emit(
+                        Actor.OTA,
+                        Actor.NET,
+                        Layer.TCP,
+                        f"dropping the connection after {handled - 1} requests (fault injection)",
+                        error=True,
+                    )
+                    raise trio.BrokenResourceError("connection dropped on purpose")
                 self.tracer.emit(
                     Actor.NET,
                     Actor.OTA,

@@ -69,6 +69,7 @@ class OtaAgent:
         self._resume = False
         self._lost = 0
         self._closing = False
+        self._unacknowledged: bytes | None = None  # the last response script posted and not yet answered
 
     # --- BipClient ---------------------------------------------------------------------------------------------
 
@@ -80,7 +81,11 @@ class OtaAgent:
             self.state = AgentState.HANDSHAKE
             return self._tls.start()
         self.state = AgentState.WAIT_RESPONSE
-        return self._post(b"", "ok")
+        return self._first_post()
+
+    def _first_post(self) -> bytes:
+        """The session's first POST: empty, or on resume the response the server never acknowledged."""
+        return self._post(self._unacknowledged or b"", "ok")
 
     def data_received(self, data: bytes) -> bytes:
         if self.state in (AgentState.DONE, AgentState.FAILED):
@@ -92,7 +97,7 @@ class OtaAgent:
                 out += self._tls.data_to_send()
                 if self.state is AgentState.HANDSHAKE and self._tls.connected:
                     self.state = AgentState.WAIT_RESPONSE
-                    out += self._post(b"", "ok")
+                    out += self._first_post()
             else:
                 plain = data
             if plain:
@@ -146,6 +151,7 @@ class OtaAgent:
         return self._tls.send(request) if self._tls is not None else request
 
     def _response(self, status: int, next_uri: str, body: bytes, content_type: str) -> bytes:
+        self._unacknowledged = None
         if status == 204:
             self.state = AgentState.DONE
             self.log.finished = True
@@ -169,7 +175,8 @@ class OtaAgent:
         self.log.scripts += 1
         self.log.apdus += len(apdus)
         self.log.statuses += [r[-2:].hex().upper() for r in responses]
-        return self._post(encode_response_script(responses, expanded=expanded), "ok")
+        self._unacknowledged = encode_response_script(responses, expanded=expanded)
+        return self._post(self._unacknowledged, "ok")
 
     def execute(self, apdu: bytes) -> bytes:
         """One remote APDU: GP commands to the registry, everything else to the card's APDU processor."""

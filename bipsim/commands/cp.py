@@ -50,6 +50,12 @@ from bipsim.errors import CliError
 @click.option(
     "--once", is_flag=True, help="Exit 0 after the card's first BIP session ended (for scripts and the demo)."
 )
+@click.option(
+    "--start-delay",
+    default=0.0,
+    show_default=True,
+    help="Seconds between the AP attaching and the card's power-on.",
+)
 @trace_option
 @pcap_option
 @session_option
@@ -60,6 +66,7 @@ def cp(
     profile_path: str | None,
     state_path: str | None,
     bearer: str,
+    start_delay: float,
     once: bool,
     trace_path: str | None,
     pcap_path: str | None,
@@ -85,7 +92,7 @@ def cp(
         raise CliError("--card pcsc needs a PC/SC reader binding, which this build does not include")
     else:
         raise CliError(f"--card {card_kind}: use sim, pcsc[:N] or trace:FILE")
-    modem = Modem(ModemOptions(port, baud, bearer, once), card, tracer=tracer)
+    modem = Modem(ModemOptions(port, baud, bearer, once, start_delay=start_delay), card, tracer=tracer)
 
     async def main() -> None:
         await until_signalled(modem.run)

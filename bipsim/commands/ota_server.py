@@ -68,6 +68,7 @@ def load_keys(path: str) -> dict[str, bytes]:
     type=click.Path(dir_okay=False),
     help="Write the per-card JSON results log here.",
 )
+@click.option("--drop-after", type=int, help="Fault injection: drop the first connection after N requests.")
 @trace_option
 @pcap_option
 @session_option
@@ -80,6 +81,7 @@ def ota_server(
     campaign_path: str | None,
     admin_path: str,
     results_path: str | None,
+    drop_after: int | None,
     trace_path: str | None,
     pcap_path: str | None,
     session: str | None,
@@ -113,7 +115,7 @@ def ota_server(
         keys = {default.psk_identity: default.psk}  # the built-in card profile's key
     admin = AdminServer(Campaign.load(campaign_path), path=admin_path, results_path=results_path)
     tracer = make_tracer(trace_path, session, keep=bool(pcap_path))
-    server = OtaServer(admin, keys=keys, tracer=tracer)
+    server = OtaServer(admin, keys=keys, tracer=tracer, drop_after=drop_after)
 
     async def main() -> None:
         async def serve() -> None:

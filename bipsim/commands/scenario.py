@@ -1,0 +1,91 @@
+"""`bipsim scenario list|run NAME`: the named scenarios of PROTOCOL.md section 6."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import click
+
+from bipsim.errors import CliError
+
+
+@click.group("scenario")
+def scenario() -> None:
+    """List or run the named scenarios (both patent embodiments, link modes, failures)."""
+
+
+@scenario.command("list")
+def list_cmd() -> None:
+    """Print every scenario with one line about it."""
+    from bipsim.scenarios.registry import SCENARIOS, describe
+
+    width = max(len(name) for name in SCENARIOS)
+    for name in SCENARIOS:
+        click.echo(f"{name.ljust(width)}  {describe(name)}")
+
+
+@scenario.command("run")
+@click.argument("name")
+@click.option(
+    "--trace", "trace_path", type=click.Path(dir_okay=False), help="Write the merged JSONL trace here."
+)
+@click.option("--pcap", "pcap_path", type=click.Path(dir_okay=False), help="Write a pcap of the run here.")
+@click.option(
+    "--keep",
+    "keep_dir",
+    type=click.Path(file_okay=False),
+    help="Keep the processes' files (traces, logs, card state) in this folder.",
+)
+@click.option("--port-a", help="Use an existing line pair: the AP's end (with --port-b).")
+@click.option("--port-b", help="The CP's end of the existing pair.")
+def run_cmd(
+    name: str,
+    trace_path: str | None,
+    pcap_path: str | None,
+    keep_dir: str | None,
+    port_a: str | None,
+    port_b: str | None,
+) -> None:
+    """Run scenario NAME; exit 0 when every check passed, 1 with the failed check otherwise."""
+    import tempfile
+
+    from bipsim.scenarios.base import ScenarioFailed, ScenarioOptions
+    from bipsim.scenarios.harness import HarnessError
+    from bipsim.scenarios.registry import SCENARIOS
+
+    if name not in SCENARIOS:
+        raise CliError(f"no scenario {name!r}; `bipsim scenario list` shows them")
+    if bool(port_a) != bool(port_b):
+        raise CliError("--port-a and --port-b go together")
+    directory = Path(keep_dir) if keep_dir else Path(tempfile.mkdtemp(prefix=f"bipsim-{name}-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    try:
+        result = SCENARIOS[name](ScenarioOptions(directory, port_a, port_b))
+    except (ScenarioFailed, HarnessError) as exc:
+        raise CliError(f"scenario {name} failed: {exc}") from exc
+    finally:
+        _export(directory, trace_path, pcap_path)
+        if not keep_dir:
+            shutil.rmtree(directory, ignore_errors=True)
+    notes = f" ({'; '.join(result.notes)})" if result.notes else ""
+    click.echo(
+        f"scenario {name}: passed in {time.monotonic() - started:.1f} s, {len(result.run.events)} trace events{notes}"
+    )
+
+
+def _export(directory: Path, trace_path: str | None, pcap_path: str | None) -> None:
+    from bipsim.trace.reader import read_trace
+
+    files = [directory / f"{n}.jsonl" for n in ("cp", "ap", "ota") if (directory / f"{n}.jsonl").exists()]
+    if not files or not (trace_path or pcap_path):
+        return
+    events, _ = read_trace(files)
+    if trace_path:
+        Path(trace_path).write_text("".join(e.to_json() + "\n" for e in events), encoding="utf-8")
+    if pcap_path:
+        from bipsim.trace.pcap import export_pcap
+
+        export_pcap(events, pcap_path)

@@ -1,0 +1,59 @@
+"""What every scenario shares: options from the command line, the result, and the checks scenarios make."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bipsim.scenarios.harness import RunResult
+from bipsim.trace.steps import check_step_order
+
+
+class ScenarioFailed(AssertionError):
+    pass
+
+
+@dataclass
+class ScenarioOptions:
+    directory: Path | None = None
+    port_a: str | None = None
+    port_b: str | None = None
+
+
+@dataclass
+class ScenarioResult:
+    name: str
+    run: RunResult
+    notes: list[str] = field(default_factory=list)
+
+
+def check(condition: bool, message: str, run: RunResult | None = None) -> None:
+    if not condition:
+        raise ScenarioFailed(message + (f" ({run.explain()})" if run is not None else ""))
+
+
+def check_ota_completed(run: RunResult) -> None:
+    check(run.cp_code == 0, "the CP did not end its session cleanly", run)
+    check(run.completed, "the OTA server did not complete the campaign with 90 00 everywhere", run)
+    gp = run.card_state.get("gp", {})
+    check(
+        "a0000005590010ff01" in gp.get("applications", {}),
+        "the card's registry lacks the installed applet",
+        run,
+    )
+    spn = run.card_state.get("files", {}).get("3F00/7FF0/6F46", "")
+    check(bytes.fromhex(spn)[1:11] == b"BIPSIM-OTA", "EF_SPN was not updated", run)
+
+
+def check_steps(run: RunResult, embodiment: int) -> None:
+    problems = check_step_order(run.events, embodiment)
+    check(not problems, f"patent steps of embodiment {embodiment}: {problems}", run)
+
+
+def terminal_responses(run: RunResult) -> list[tuple[str, bytes]]:
+    """(summary, TR bytes) of every TERMINAL RESPONSE APDU the CP sent."""
+    out = []
+    for event in run.events:
+        if event.layer.value == "apdu" and event.src.value == "cp" and event.data[:2] == b"\x80\x14":
+            out.append((event.summary, event.data[5:]))
+    return out

@@ -1,0 +1,30 @@
+"""The patent's two embodiments (CN101594614A figures 4 and 7), each a full OTA session in immediate-background
+link mode: `embodiment1` (the CP's own stack after AT%GETNET) and `embodiment2` (the AP proxy over Wi-Fi)."""
+
+from __future__ import annotations
+
+from bipsim.scenarios.base import ScenarioOptions, ScenarioResult, check_ota_completed, check_steps
+from bipsim.scenarios.harness import RunConfig, run_processes
+
+
+def run_embodiment(number: int, options: ScenarioOptions) -> ScenarioResult:
+    config = RunConfig(
+        session=f"e{number}",
+        bearer="own-stack" if number == 1 else "ap-proxy",
+        port_a=options.port_a,
+        port_b=options.port_b,
+    )
+    run = run_processes(config, options.directory)
+    check_ota_completed(run)
+    check_steps(run, number)
+    return ScenarioResult(f"embodiment{number}", run)
+
+
+def embodiment1(options: ScenarioOptions) -> ScenarioResult:
+    """Embodiment 1: AT%GETNET -> %NETPAR, the CP's own TCP/IP stack connects (steps S401..S415)."""
+    return run_embodiment(1, options)
+
+
+def embodiment2(options: ScenarioOptions) -> ScenarioResult:
+    """Embodiment 2: AT%WEBOPCH, the AP proxy on Wi-Fi relays over CMUX DLC 3 (steps S701..S718)."""
+    return run_embodiment(2, options)

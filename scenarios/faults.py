@@ -1,0 +1,154 @@
+"""Failure scenarios: no network on the AP, a server that refuses, one that drops the session, and a serial line
+that goes away and comes back. Each must end with the specification's answer to the card and no lost state."""
+
+from __future__ import annotations
+
+import trio
+
+from bipsim.scenarios.base import (
+    ScenarioOptions,
+    ScenarioResult,
+    check,
+    check_ota_completed,
+    terminal_responses,
+)
+from bipsim.scenarios.harness import Harness, RunConfig, run_processes
+
+
+def _open_result(run: object) -> bytes:
+    from bipsim.scenarios.harness import RunResult
+
+    assert isinstance(run, RunResult)
+    for summary, data in terminal_responses(run):
+        if "OPEN CHANNEL" in summary:
+            at = data.find(b"\x83")
+            return data[at + 2 : at + 2 + data[at + 1]]
+    return b""
+
+
+def ap_no_network(options: ScenarioOptions) -> ScenarioResult:
+    """The AP has neither Wi-Fi nor an APN: %WEBOPCH and %GETNET get +CME ERROR: 30; the card gets TR 0x20 'no
+    service' (TS 102 223 8.12.2) and the session ends cleanly."""
+    config = RunConfig(
+        session="ap-no-network",
+        bearer="auto",
+        link_mode="immediate",
+        ap_args=["--no-wifi", "--no-cellular"],
+        port_a=options.port_a,
+        port_b=options.port_b,
+    )
+    run = run_processes(config, options.directory)
+    check(run.cp_code == 0, "the CP did not end cleanly", run)
+    check(
+        _open_result(run) == b"\x20\x04",
+        f"OPEN CHANNEL result {_open_result(run).hex()} instead of 2004",
+        run,
+    )
+    check(
+        not run.results or not any(card["scripts"] for card in run.results.values()),
+        "no admin script may run",
+        run,
+    )
+    return ScenarioResult("ap-no-network", run)
+
+
+def server_refuses(options: ScenarioOptions) -> ScenarioResult:
+    """Nothing listens on the server's port: the CP's connect is refused; TR 0x3A 'remote device not reachable'."""
+    config = RunConfig(
+        session="server-refuses",
+        bearer="own-stack",
+        link_mode="immediate",
+        server=False,
+        port_a=options.port_a,
+        port_b=options.port_b,
+    )
+    run = run_processes(config, options.directory)
+    check(run.cp_code == 0, "the CP did not end cleanly", run)
+    check(
+        _open_result(run) == b"\x3a\x07",
+        f"OPEN CHANNEL result {_open_result(run).hex()} instead of 3A07",
+        run,
+    )
+    return ScenarioResult("server-refuses", run)
+
+
+def server_drops(options: ScenarioOptions) -> ScenarioResult:
+    """The server closes the connection in the middle of the campaign: the card gets Channel Status 'link dropped',
+    closes the channel, opens a new one and resumes (X-Admin-Resume); the campaign still completes."""
+    config = RunConfig(
+        session="server-drops",
+        bearer="ap-proxy",
+        server_args=["--drop-after", "2"],
+        port_a=options.port_a,
+        port_b=options.port_b,
+    )
+    run = run_processes(config, options.directory)
+    dropped = [e for e in run.events if e.layer.value == "apdu" and "link dropped" in e.summary]
+    check(bool(dropped), "no Channel Status (link dropped) envelope reached the card", run)
+    check_ota_completed(run)
+    (card,) = run.results.values()
+    check(card["resumed"] >= 1, "the card did not resume its admin session", run)
+    return ScenarioResult("server-drops", run)
+
+
+def line_drop(options: ScenarioOptions) -> ScenarioResult:
+    """The serial line goes away (the pty pair closes) after the AP attached and comes back: the CP reopens its line,
+    the AP probes again and restarts CMUX, and the card's session then runs over the new multiplexer."""
+
+    async def drop(harness: Harness) -> None:
+        await trio.sleep(1.0)
+        await harness.restart_pair()
+
+    config = RunConfig(session="line-drop", bearer="ap-proxy", cp_args=["--start-delay", "3"], during=drop)
+    run = run_processes(config, options.directory)
+    check_ota_completed(run)
+    reopened = [e for e in run.events if "serial line" in e.summary and "reopened" in e.summary]
+    check(bool(reopened), "the CP did not reopen its line", run)
+    probes = [
+        e
+        for e in run.events
+        if e.layer.value == "at" and e.src.value == "ap" and e.summary.startswith("AT+CMUX=")
+    ]
+    check(len(probes) >= 2, "the AP did not start CMUX again", run)
+    return ScenarioResult("line-drop", run)
+
+
+def large_download(options: ScenarioOptions) -> ScenarioResult:
+    """A 70 000-byte load file: the command script arrives through many RECEIVE DATA rounds (0xFF rule)."""
+    campaign = """
+[[card]]
+iccid = "*"
+[[card.step]]
+kind = "rfm"
+path = "7FFF/6F46"
+data = "0142495053494D2D4F5441FFFFFFFFFFFF"
+[[card.step]]
+kind = "ram-load"
+load_file = "A0000005590010"
+module = "A0000005590010FF"
+size = 70000
+[[card.step]]
+kind = "ram-install"
+load_file = "A0000005590010"
+module = "A0000005590010FF"
+application = "A0000005590010FF01"
+"""
+    config = RunConfig(
+        session="large-download",
+        bearer="ap-proxy",
+        campaign=campaign,
+        timeout=90,
+        port_a=options.port_a,
+        port_b=options.port_b,
+    )
+    run = run_processes(config, options.directory)
+    check_ota_completed(run)
+    rounds = [e for e in run.events if e.summary == "FETCH: RECEIVE DATA" and e.src.value == "uicc"]
+    received = sum(
+        len(e.data)
+        for e in run.events
+        if e.layer.value == "tcp" and e.src.value == "ota" and e.dst.value == "ap"
+    )
+    check(received >= 64 * 1024, f"only {received} bytes came from the server", run)
+    check(len(rounds) >= received // 237, f"{len(rounds)} RECEIVE DATA rounds for {received} bytes", run)
+    return ScenarioResult("large-download", run, [f"{received} bytes in {len(rounds)} RECEIVE DATA rounds"])

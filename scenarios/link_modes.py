@@ -1,0 +1,45 @@
+"""The other OPEN CHANNEL link modes of TS 102 223 section 6.4.27: on demand and immediate (without background)."""
+
+from __future__ import annotations
+
+from bipsim.scenarios.base import (
+    ScenarioOptions,
+    ScenarioResult,
+    check,
+    check_ota_completed,
+    terminal_responses,
+)
+from bipsim.scenarios.harness import RunConfig, run_processes
+
+
+def _run(mode: str, options: ScenarioOptions) -> ScenarioResult:
+    config = RunConfig(
+        session=mode, bearer="ap-proxy", link_mode=mode, port_a=options.port_a, port_b=options.port_b
+    )
+    run = run_processes(config, options.directory)
+    check_ota_completed(run)
+    envelopes = [
+        e for e in run.events if e.layer.value == "apdu" and "Channel Status (link established)" in e.summary
+    ]
+    check(not envelopes, f"{mode}: no Channel Status event is due outside background mode", run)
+    opened = [data for summary, data in terminal_responses(run) if "OPEN CHANNEL" in summary]
+    check(bool(opened), "no TERMINAL RESPONSE to OPEN CHANNEL", run)
+    # channel status in the TR (8.56): on demand reports the link not yet established, immediate reports it up
+    status = opened[0][opened[0].find(b"\x38\x02") + 2]
+    expected_up = mode == "immediate"
+    check(
+        bool(status & 0x80) == expected_up,
+        f"{mode}: channel status 0x{status:02X} in the OPEN CHANNEL TR",
+        run,
+    )
+    return ScenarioResult(mode, run)
+
+
+def on_demand(options: ScenarioOptions) -> ScenarioResult:
+    """On demand: the TR comes at once; the link is set up by the first SEND DATA."""
+    return _run("on-demand", options)
+
+
+def immediate(options: ScenarioOptions) -> ScenarioResult:
+    """Immediate: the link first, then the TR with the channel established."""
+    return _run("immediate", options)

@@ -1,0 +1,29 @@
+"""The named scenarios of `bipsim scenario` (PROTOCOL.md section 6): name -> function(options) -> result."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from bipsim.scenarios.base import ScenarioOptions, ScenarioResult
+from bipsim.scenarios.embodiments import embodiment1, embodiment2
+from bipsim.scenarios.faults import ap_no_network, large_download, line_drop, server_drops, server_refuses
+from bipsim.scenarios.link_modes import immediate, on_demand
+
+Scenario = Callable[[ScenarioOptions], ScenarioResult]
+
+SCENARIOS: dict[str, Scenario] = {
+    "embodiment1": embodiment1,
+    "embodiment2": embodiment2,
+    "on-demand": on_demand,
+    "immediate": immediate,
+    "large-download": large_download,
+    "ap-no-network": ap_no_network,
+    "server-refuses": server_refuses,
+    "server-drops": server_drops,
+    "line-drop": line_drop,
+}
+
+
+def describe(name: str) -> str:
+    doc = SCENARIOS[name].__doc__ or ""
+    return doc.strip().splitlines()[0] if doc.strip() else ""
