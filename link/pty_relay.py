@@ -77,7 +77,10 @@ class PtyPair:
             task_status.started()
 
     async def aclose(self) -> None:
-        for master in self._masters:
-            await master.aclose()
+        # close every descriptor before the first checkpoint: a cancelled aclose must still close both ends
+        # (trio's aclose contract), or the other process never sees the line go away
         for fd in self._slave_fds:
             os.close(fd)
+        for master in self._masters:
+            with trio.CancelScope(shield=True):
+                await master.aclose()

@@ -3,8 +3,6 @@ that goes away and comes back. Each must end with the specification's answer to 
 
 from __future__ import annotations
 
-import trio
-
 from bipsim.scenarios.base import (
     ScenarioOptions,
     ScenarioResult,
@@ -12,7 +10,7 @@ from bipsim.scenarios.base import (
     check_ota_completed,
     terminal_responses,
 )
-from bipsim.scenarios.harness import Harness, RunConfig, run_processes
+from bipsim.scenarios.harness import Harness, HarnessError, RunConfig, run_processes
 
 
 def _open_result(run: object) -> bytes:
@@ -96,10 +94,12 @@ def line_drop(options: ScenarioOptions) -> ScenarioResult:
     the AP probes again and restarts CMUX, and the card's session then runs over the new multiplexer."""
 
     async def drop(harness: Harness) -> None:
-        await trio.sleep(1.0)
+        # once the AP has opened its proxy channel (the CP answered SABM on DLC 2 with UA), pull the line
+        if not await harness.wait_for_trace("cp", "UA DLC2"):
+            raise HarnessError("the AP never attached, so there was no line to drop")
         await harness.restart_pair()
 
-    config = RunConfig(session="line-drop", bearer="ap-proxy", cp_args=["--start-delay", "3"], during=drop)
+    config = RunConfig(session="line-drop", bearer="ap-proxy", cp_args=["--start-delay", "2.5"], during=drop)
     run = run_processes(config, options.directory)
     check_ota_completed(run)
     reopened = [e for e in run.events if "serial line" in e.summary and "reopened" in e.summary]

@@ -114,6 +114,26 @@ class Harness:
         tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
         raise HarnessError(f"the OTA server did not start: {' '.join(tail) or 'no output'}")
 
+    async def wait_for_trace(self, name: str, text: str, timeout: float = 20.0) -> bool:
+        """Waits until process `name`'s JSONL trace has an event whose summary contains `text`; False on timeout.
+
+        Fault hooks use it to act at a protocol moment (the AP attached, a channel opened) rather than after a
+        fixed delay that a loaded machine would miss.
+        """
+        path = self.dir / f"{name}.jsonl"
+        with trio.move_on_after(timeout):
+            while True:
+                if path.exists():
+                    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+                        try:
+                            summary = json.loads(line).get("summary", "")
+                        except json.JSONDecodeError:
+                            continue  # a line being written
+                        if text in summary:
+                            return True
+                await trio.sleep(0.05)
+        return False
+
     async def restart_pair(self) -> None:
         """The serial line goes away and comes back: the relay closes, then a new pair takes the same names."""
         assert self.pair is not None and self._pair_scope is not None
@@ -140,7 +160,9 @@ class Harness:
                 for link in links:
                     if link.is_symlink():
                         link.unlink()
-                await pair.aclose()
+                # shielded: a cancelled close that left one end open would hide the drop from that process
+                with trio.CancelScope(shield=True):
+                    await pair.aclose()
                 self._pair_done.set()
 
     async def run(self) -> RunResult:
