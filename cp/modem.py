@@ -129,10 +129,19 @@ class Modem:
 
 
 def simulated_card(
-    profile_path: str | None, state_path: str | None, tracer: Tracer
+    profile_path: str | None,
+    state_path: str | None,
+    tracer: Tracer,
+    extra_channels: list[tuple[str, int]] | None = None,
 ) -> tuple[ApduTransport, object]:
-    """The simulated UICC with its BIP engine and OTA agent, from a card profile."""
-    from bipsim.uicc.bip_engine import BipConfig, BipEngine, LinkMode
+    """The simulated UICC with its BIP engine and OTA agent, from a card profile.
+
+    `extra_channels` (host, port): OTA servers the card also runs an admin session with, each on its own BIP
+    channel at the same time as the profile's (TS 102 223 allows up to 7 channels).
+    """
+    from dataclasses import replace
+
+    from bipsim.uicc.bip_engine import BipConfig, BipEngine, LinkMode, MultiChannelEngine
     from bipsim.uicc.card import SimCard
     from bipsim.uicc.gp_registry import GpRegistry
     from bipsim.uicc.ota_agent import OtaAgent
@@ -164,5 +173,20 @@ def simulated_card(
         link_mode=LinkMode(profile.link_mode),
     )
     engine = BipEngine(config, agent, trigger_on_profile=profile.trigger == "power-on")
-    card.toolkit = engine
+    if not extra_channels:
+        card.toolkit = engine
+        return SimulatedCard(card), agent
+    engines = [engine]
+    for host, port in extra_channels:
+        extra = OtaAgent(
+            card,
+            registry,
+            host=host,
+            identity=profile.psk_identity.encode(),
+            psk=profile.psk,
+            tls=profile.ota_tls,
+            path=profile.admin_path,
+        )
+        engines.append(BipEngine(replace(config, host=host, port=port), extra))
+    card.toolkit = MultiChannelEngine(engines)
     return SimulatedCard(card), agent

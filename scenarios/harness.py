@@ -41,6 +41,9 @@ class RunConfig:
     port_b: str | None = None  # and the CP's end
     timeout: float = 30.0
     during: Callable[[Harness], Any] | None = None  # an async hook run while the CP works (fault injection)
+    # campaigns (TOML) of more OTA servers ("ota2", "ota3"...); the card runs a session with each on its own
+    # BIP channel at the same time as the first (bipsim cp --extra-channel)
+    extra_servers: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -52,6 +55,7 @@ class RunResult:
     card_state: dict[str, Any]
     directory: Path
     logs: dict[str, str]
+    extra_results: list[dict[str, Any]] = field(default_factory=list)  # per extra server, in config order
 
     def events_of(self, layer: str) -> list[TraceEvent]:
         return [e for e in self.events if e.layer.value == layer]
@@ -101,10 +105,10 @@ class Harness:
         self.processes[name] = process
         return process
 
-    async def _wait_for_port(self, log: Path) -> int:
+    async def _wait_for_port(self, log: Path, name: str = "ota") -> int:
         with trio.move_on_after(20):
             while True:
-                if self.processes["ota"].returncode is not None:
+                if self.processes[name].returncode is not None:
                     break
                 text = log.read_text() if log.exists() else ""
                 for line in text.splitlines():
@@ -199,6 +203,28 @@ class Harness:
                     nursery,
                 )
                 port = await self._wait_for_port(self.dir / "ota.log")
+            extra_args: list[str] = []
+            for name, campaign in self._extra_servers():
+                (self.dir / f"{name}.toml").write_text(campaign)
+                await self._start(
+                    name,
+                    self._command(
+                        "ota-server",
+                        "--listen",
+                        "127.0.0.1:0",
+                        "--results",
+                        str(self.dir / f"results-{name}.json"),
+                        "--trace",
+                        str(self.dir / f"{name}.jsonl"),
+                        "--session",
+                        config.session,
+                        "--script",
+                        str(self.dir / f"{name}.toml"),
+                    ),
+                    nursery,
+                )
+                extra_port = await self._wait_for_port(self.dir / f"{name}.log", name)
+                extra_args += ["--extra-channel", f"127.0.0.1:{extra_port}"]
             profile = load_profile().with_overrides(
                 ota_port=port, link_mode=config.link_mode, **config.profile
             )
@@ -234,6 +260,7 @@ class Harness:
                     str(self.dir / "cp.jsonl"),
                     "--session",
                     config.session,
+                    *extra_args,
                     *config.cp_args,
                 ),
                 nursery,
@@ -253,11 +280,8 @@ class Harness:
                 if process.returncode is None:
                     process.kill()
             nursery.cancel_scope.cancel()
-        files = [
-            self.dir / f"{name}.jsonl"
-            for name in ("cp", "ap", "ota")
-            if (self.dir / f"{name}.jsonl").exists()
-        ]
+        names = ["cp", "ap", "ota", *(name for name, _ in self._extra_servers())]
+        files = [self.dir / f"{name}.jsonl" for name in names if (self.dir / f"{name}.jsonl").exists()]
         events, _ = read_trace(files)
         results = (
             json.loads((self.dir / "results.json").read_text())
@@ -266,7 +290,14 @@ class Harness:
         )
         state = json.loads((self.dir / "card.json").read_text()) if (self.dir / "card.json").exists() else {}
         logs = {p.stem: p.read_text(errors="replace") for p in self.dir.glob("*.log")}
-        return RunResult(config, cp_code, events, results, state, self.dir, logs)
+        extra_results = []
+        for name, _ in self._extra_servers():
+            path = self.dir / f"results-{name}.json"
+            extra_results.append(json.loads(path.read_text()) if path.exists() else {})
+        return RunResult(config, cp_code, events, results, state, self.dir, logs, extra_results)
+
+    def _extra_servers(self) -> list[tuple[str, str]]:
+        return [(f"ota{n}", campaign) for n, campaign in enumerate(self.config.extra_servers, start=2)]
 
 
 def run_processes(config: RunConfig, directory: Path | None = None) -> RunResult:

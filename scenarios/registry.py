@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from bipsim.scenarios.base import ScenarioOptions, ScenarioResult
+from bipsim.scenarios.channels import two_channels
 from bipsim.scenarios.embodiments import embodiment1, embodiment2
 from bipsim.scenarios.faults import ap_no_network, large_download, line_drop, server_drops, server_refuses
 from bipsim.scenarios.link_modes import immediate, on_demand
@@ -21,6 +22,7 @@ SCENARIOS: dict[str, Scenario] = {
     "server-refuses": server_refuses,
     "server-drops": server_drops,
     "line-drop": line_drop,
+    "two-channels": two_channels,
 }
 
 

@@ -123,10 +123,18 @@ TRANSITIONS: dict[tuple[EngineState, int, str], EngineState] = {
 class BipEngine:
     """The card's CAT application for one BIP client session at a time."""
 
-    def __init__(self, config: BipConfig, client: BipClient, *, trigger_on_profile: bool = True) -> None:
+    def __init__(
+        self,
+        config: BipConfig,
+        client: BipClient,
+        *,
+        trigger_on_profile: bool = True,
+        event_list: bool = True,
+    ) -> None:
         self.config = config
         self.client = client
         self.trigger_on_profile = trigger_on_profile
+        self.event_list = event_list  # False: another engine of the card already set up the event list
         self.state = EngineState.IDLE
         self.channel = 0
         self.buffer = config.buffer_size
@@ -194,6 +202,10 @@ class BipEngine:
     def trigger(self) -> None:
         """Starts a session: SET UP EVENT LIST, then OPEN CHANNEL."""
         if self.state not in (EngineState.IDLE, EngineState.DONE, EngineState.FAILED):
+            return
+        if not self.event_list:
+            self.state = EngineState.OPENING
+            self._issue(self.config.open_channel(self._next_number()))
             return
         self.state = EngineState.EVENTS
         self._issue(set_up_event_list([Event.DATA_AVAILABLE, Event.CHANNEL_STATUS], self._next_number()))
@@ -352,3 +364,90 @@ class BipEngine:
         self.client.connection_lost("link dropped")
         self.state = EngineState.CLOSING
         self._issue(close_channel(self.channel, self._next_number()))
+
+
+class MultiChannelEngine:
+    """Several BIP sessions of one card at the same time, each on its own channel (TS 102 223 allows up to 7).
+
+    The card has one proactive command queue: the engines take turns (round robin) for the next FETCH, and a
+    TERMINAL RESPONSE goes to the engine whose command was fetched. Events are offered to every engine; each keeps
+    the ones of its own channel. The first engine sets up the event list; the others open their channels once it
+    has, so the first session gets the first channel.
+    """
+
+    def __init__(self, engines: list[BipEngine]) -> None:
+        if not engines:
+            raise ValueError("at least one engine")
+        self.engines = engines
+        for engine in engines[1:]:
+            engine.event_list = False
+            engine.trigger_on_profile = False
+        self._current: BipEngine | None = None  # the engine whose command was fetched and awaits its TR
+        self._chosen: BipEngine | None = None  # the engine whose command the last 91 xx announced
+        self._last = len(engines) - 1  # so that the first engine is served first
+        self._others_started = False
+
+    @property
+    def primary(self) -> BipEngine:
+        return self.engines[0]
+
+    def terminal_profile(self, profile: bytes) -> None:
+        for engine in self.engines:
+            engine.terminal_profile(profile)
+        self._start_others()
+
+    def _start_others(self) -> None:
+        if self._others_started or self.primary.state in (EngineState.IDLE, EngineState.EVENTS):
+            return
+        self._others_started = True
+        for engine in self.engines[1:]:
+            engine.trigger()
+
+    def pending_length(self) -> int:
+        if self._current is not None:
+            return 0  # one proactive command at a time: the fetched one waits for its TERMINAL RESPONSE
+        if self._chosen is not None:  # the command a 91 xx announced stays the one FETCH returns
+            length = self._chosen.pending_length()
+            if length:
+                return length
+            self._chosen = None
+        count = len(self.engines)
+        for offset in range(1, count + 1):
+            index = (self._last + offset) % count
+            length = self.engines[index].pending_length()
+            if length:
+                self._last, self._chosen = index, self.engines[index]
+                return length
+        return 0
+
+    def fetch(self) -> bytes:
+        if not self.pending_length() or self._chosen is None:
+            raise ToolkitError(0x6F00, "no proactive command pending")
+        engine, self._chosen = self._chosen, None
+        data = engine.fetch()
+        self._current = engine
+        return data
+
+    def terminal_response(self, data: bytes) -> None:
+        engine = self._current
+        if engine is None:
+            raise ToolkitError(0x6F00, "terminal response without a fetched command")
+        engine.terminal_response(data)  # raises (and keeps the command outstanding) on a bad response
+        self._current = None
+        self._start_others()
+
+    def envelope(self, data: bytes) -> bytes:
+        for engine in self.engines:
+            engine.envelope(data)
+        return b""
+
+    def trigger(self) -> None:
+        self.primary.trigger()
+
+    @property
+    def busy(self) -> bool:
+        return any(engine.busy for engine in self.engines)
+
+    @property
+    def failures(self) -> list[tuple[str, int, bytes]]:
+        return [failure for engine in self.engines for failure in engine.failures]

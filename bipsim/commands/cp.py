@@ -7,6 +7,7 @@ import trio
 
 from bipsim.commands.common import (
     finish_trace,
+    host_port,
     make_tracer,
     pcap_option,
     session_option,
@@ -56,6 +57,14 @@ from bipsim.errors import CliError
     show_default=True,
     help="Seconds between the AP attaching and the card's power-on.",
 )
+@click.option(
+    "--extra-channel",
+    "extra_channels",
+    multiple=True,
+    metavar="HOST:PORT",
+    help="The simulated card also runs an OTA session with this server on another BIP channel, at the same "
+    "time (repeatable, up to 6).",
+)
 @trace_option
 @pcap_option
 @session_option
@@ -68,6 +77,7 @@ def cp(
     bearer: str,
     start_delay: float,
     once: bool,
+    extra_channels: tuple[str, ...],
     trace_path: str | None,
     pcap_path: str | None,
     session: str | None,
@@ -79,8 +89,13 @@ def cp(
 
     tracer = make_tracer(trace_path, session, keep=bool(pcap_path))
     recorded = None
+    if len(extra_channels) > 6:
+        raise CliError("--extra-channel: a card has at most 7 channels, so at most 6 extra ones")
+    extra = [host_port(text) for text in extra_channels]
+    if extra and card_kind != "sim":
+        raise CliError("--extra-channel needs --card sim")
     if card_kind == "sim":
-        card, _ = simulated_card(profile_path, state_path, tracer)
+        card, _ = simulated_card(profile_path, state_path, tracer, extra)
     elif card_kind.startswith("trace:"):
         from bipsim.trace.reader import read_trace
         from bipsim.uicc.recorded_card import RecordedCard

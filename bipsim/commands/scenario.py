@@ -79,7 +79,8 @@ def run_cmd(
 def _export(directory: Path, trace_path: str | None, pcap_path: str | None) -> None:
     from bipsim.trace.reader import read_trace
 
-    files = [directory / f"{n}.jsonl" for n in ("cp", "ap", "ota") if (directory / f"{n}.jsonl").exists()]
+    files = [directory / f"{n}.jsonl" for n in ("cp", "ap") if (directory / f"{n}.jsonl").exists()]
+    files += sorted(directory.glob("ota*.jsonl"))  # the OTA server, and any extra ones (ota2, ota3...)
     if not files or not (trace_path or pcap_path):
         return
     events, _ = read_trace(files)
