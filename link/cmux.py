@@ -116,6 +116,7 @@ class _Dlc:
     answer: trio.Event = field(default_factory=trio.Event)
     answered: FrameType | None = None
     peer_fc: bool = False  # the peer asked us to stop sending (MSC FC)
+    peer_signals: int | None = None  # the V.24 signal octet of the peer's last MSC, None before any
     our_fc: bool = False  # we asked the peer to stop
     fc_event: trio.Event = field(default_factory=trio.Event)
     eof: bool = False
@@ -258,6 +259,7 @@ class Mux:
                 if fresh and frame.dlci != 0:
                     stream = DlcStream(self, frame.dlci)
                     dlc.stream = stream
+                    await self._announce_signals(dlc)
                     try:
                         self._accepted_tx.send_nowait(stream)
                     except trio.WouldBlock:
@@ -316,6 +318,7 @@ class Mux:
             if kind == ControlType.MSC and message.value:
                 dlc = self._dlc(message.value[0] >> 2)
                 signals = message.value[1] if len(message.value) > 1 else 0
+                dlc.peer_signals = signals
                 dlc.peer_fc = bool(signals & MSC_FC)
                 if not dlc.peer_fc:
                     dlc.fc_event.set()
@@ -390,7 +393,15 @@ class Mux:
         dlc.local_closed = False
         stream = DlcStream(self, dlci)
         dlc.stream = stream
+        if dlci != 0:
+            await self._announce_signals(dlc)
         return stream
+
+    async def _announce_signals(self, dlc: _Dlc) -> None:
+        """MSC with our V.24 signals: section 5.4.6.3.7 wants one sent on a new DLC before any user data (and
+        Linux n_gsm raises the DLC's carrier from its DV bit)."""
+        signals = MSC_RTC | MSC_RTR | MSC_DV | (MSC_FC if dlc.our_fc else 0)
+        await self._send_control(ControlMessage(ControlType.MSC, True, msc_value(dlc.dlci, signals)))
 
     async def accept_dlc(self) -> DlcStream:
         try:
