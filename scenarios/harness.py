@@ -19,7 +19,8 @@ from typing import Any
 
 import trio
 
-from bipsim.link.pty_relay import PtyPair
+from bipsim.link.pty import PtyStream
+from bipsim.link.pty_relay import DirectionStats, PtyPair
 from bipsim.trace.events import TraceEvent
 from bipsim.trace.reader import read_trace
 from bipsim.trace.recorder import T0_ENV
@@ -40,6 +41,7 @@ class RunConfig:
     port_a: str | None = None  # existing pair: the AP's end
     port_b: str | None = None  # and the CP's end
     timeout: float = 30.0
+    baud: int | None = None  # pace the built-in pty pair like a UART at this rate (8N1: baud/10 bytes/s)
     during: Callable[[Harness], Any] | None = None  # an async hook run while the CP works (fault injection)
     # campaigns (TOML) of more OTA servers ("ota2", "ota3"...); the card runs a session with each on its own
     # BIP channel at the same time as the first (bipsim cp --extra-channel)
@@ -69,6 +71,30 @@ class RunResult:
     def explain(self) -> str:
         tails = {name: text.strip().splitlines()[-3:] for name, text in self.logs.items() if text.strip()}
         return f"cp exit {self.cp_code}; results {json.dumps(self.results)[:300]}; logs {tails}"
+
+
+class PacedPtyPair(PtyPair):
+    """The in-process pair with a UART's speed: each direction moves at most baud/10 bytes a second (8N1).
+
+    A pty has no line rate of its own (termios speed is ignored), so the relay reads small chunks and releases
+    each one only after the time its bits would take on the wire; unread bytes wait in the kernel's pty buffer,
+    which blocks the writer like a full UART FIFO would.
+    """
+
+    baud: int = 115200
+
+    async def _copy(self, src: PtyStream, dst: PtyStream, stats: DirectionStats) -> None:
+        rate = self.baud / 10
+        chunk = max(1, int(rate / 200))  # about 5 ms of line time per chunk
+        wire_free = trio.current_time()
+        while True:
+            data = await src.receive_some(chunk)
+            if not data:
+                return
+            wire_free = max(wire_free, trio.current_time()) + len(data) / rate
+            await trio.sleep_until(wire_free)
+            await dst.send_all(data)
+            stats.add(len(data))
 
 
 class HarnessError(Exception):
@@ -148,7 +174,9 @@ class Harness:
         await self._pair_nursery.start(self._run_pair)
 
     async def _run_pair(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        pair = PtyPair.create()
+        pair = PtyPair.create() if self.config.baud is None else PacedPtyPair.create()
+        if isinstance(pair, PacedPtyPair) and self.config.baud is not None:
+            pair.baud = self.config.baud
         self.pair = pair
         self._pair_done = trio.Event()
         links = [self.dir / "ap.tty", self.dir / "cp.tty"]
