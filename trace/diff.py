@@ -37,7 +37,19 @@ class Divergence:
                 meaning = explain(event)
                 if meaning:
                     lines.append(f"    meaning: {meaning}")
+        if self.expected is not None and self.actual is not None and self.expected.hex and self.actual.hex:
+            offset = first_difference(self.expected.data, self.actual.data)
+            if offset is not None:
+                lines.append(f"  first differing byte at offset {offset}")
         return "\n".join(lines)
+
+
+def first_difference(expected: bytes, actual: bytes) -> int | None:
+    """Offset of the first byte that differs (or where the shorter one ends); None when equal."""
+    for offset, (a, b) in enumerate(zip(expected, actual, strict=False)):
+        if a != b:
+            return offset
+    return None if len(expected) == len(actual) else min(len(expected), len(actual))
 
 
 def comparable(events: Iterable[TraceEvent], layers: frozenset[Layer] = DEFAULT_LAYERS) -> list[TraceEvent]:

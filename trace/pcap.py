@@ -77,7 +77,7 @@ class PcapExporter:
         self._IP, self._TCP, self._UDP, self._Raw = IP, TCP, UDP, Raw
         self.origin = origin_epoch
         self.packets: list[Any] = []
-        self._pending_command: TraceEvent | None = None
+        self._pending_commands: list[TraceEvent] = []
         self._connections: dict[frozenset[Actor], _Connection] = {}
         self._next_port = 49152
         self.skipped = 0
@@ -96,15 +96,16 @@ class PcapExporter:
 
     def _apdu(self, event: TraceEvent) -> None:
         if event.src is not Actor.UICC:  # a command: wait for its response
-            if self._pending_command is not None:
-                self.skipped += 1  # a command without a response (card removed): nothing to pair it with
-            self._pending_command = event
+            self._pending_commands.append(event)
             return
-        command = self._pending_command
-        self._pending_command = None
-        if command is None:
-            self.skipped += 1
+        if not self._pending_commands:
+            self.skipped += 1  # a response without a command (the trace began mid-exchange)
             return
+        # a second command may be recorded before the first one's response: pair in order, or by the summary
+        # the response repeats ("SELECT EF_IMSI: 9000")
+        named = [c for c in self._pending_commands if c.summary and event.summary.startswith(c.summary + ":")]
+        command = named[0] if named else self._pending_commands[0]
+        self._pending_commands.remove(command)
         payload = gsmtap_header(len(self.packets)) + command.data + event.data
         self._udp(Actor.CP, Actor.UICC, GSMTAP_PORT, payload, event.t)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from bipsim.errors import CliError
+from bipsim.trace.diff import Divergence
 from bipsim.trace.events import Layer, TraceEvent
 from bipsim.trace.reader import TraceFormatError, read_trace
 
@@ -34,6 +35,56 @@ def explain(event: TraceEvent) -> str:
     if event.layer is Layer.AT:
         return repr(event.data.decode("latin-1"))
     return ""
+
+
+def object_differences(expected: TraceEvent, actual: TraceEvent) -> list[str]:
+    """The decoded CAT objects (PROTOCOL.md section 5 names and fields) that differ between two card messages."""
+    if (
+        expected.layer is not Layer.APDU
+        or actual.layer is not Layer.APDU
+        or not expected.hex
+        or not actual.hex
+    ):
+        return []
+    try:
+        from bipsim.uicc.cat_render import decode_as, to_json
+    except ImportError:
+        return []
+    try:
+        left, right = (to_json(decode_as(e.data, "auto")) for e in (expected, actual))
+    except ValueError:  # TlvError is a ValueError: not a CAT message (status word, file access)
+        return []
+    out: list[str] = []
+    for key in ("command", "device"):
+        if left.get(key) != right.get(key):
+            out.append(f"{key}: expected {left.get(key)}, actual {right.get(key)}")
+    objects_a, objects_b = left.get("objects", []), right.get("objects", [])
+    for index in range(max(len(objects_a), len(objects_b))):
+        a = objects_a[index] if index < len(objects_a) else None
+        b = objects_b[index] if index < len(objects_b) else None
+        if a != b:
+            name = (a or b or {}).get("name", "object")
+            out.append(f"{name}: expected {_object_text(a)}, actual {_object_text(b)}")
+    return out
+
+
+def _object_text(obj: dict[str, object] | None) -> str:
+    if obj is None:
+        return "(absent)"
+    fields = obj.get("fields")
+    text = str(fields)
+    if len(text) > 120:
+        text = text[:117] + "..."
+    return f"{text}{'' if obj.get('cr', True) else ' (CR clear)'}"
+
+
+def describe_divergence(divergence: Divergence) -> str:
+    """trace diff's description plus the decoded objects that differ."""
+    text = divergence.describe(explain)
+    if divergence.expected is not None and divergence.actual is not None:
+        for line in object_differences(divergence.expected, divergence.actual):
+            text += f"\n  differs in {line}"
+    return text
 
 
 files_argument = click.argument(
@@ -115,5 +166,203 @@ def diff_cmd(expected: str, actual: str, layers: str) -> None:
     if divergence is None:
         click.echo("traces match")
         return
-    click.echo(divergence.describe(explain))
+    click.echo(describe_divergence(divergence))
     sys.exit(1)
+
+
+REPLAY_HELP = """Play the recorded side of a run against the live other side; stop at the first divergence.
+
+\b
+--as card  (the modem under test) runs a live CP (`bipsim cp --card trace:F`) and a live AP on a
+           pty pair, exactly as `bipsim scenario run` does. The recorded card answers the CP's APDUs
+           and a recorded OTA server on the recorded 127.0.0.1 port answers its TCP connection with the
+           server's recorded bytes (a live server cannot continue the recorded card's PSK-TLS session).
+           Every APDU the CP sends and every byte that reaches the server is compared with the recording.
+--as ap, --as server: not supported yet (they need a card whose TLS randoms are reproducible).
+
+\b
+Toolkit APDUs (TERMINAL PROFILE, FETCH, TR, ENVELOPE, STATUS) and file access (SELECT, READ ...)
+are each compared in their recorded order, not their interleaving (which follows the AP's timing).
+How the CP cuts a server flight larger than the card's buffer into Data Available events also
+depends on timing, so a trace with such flights may diverge at a Data Available envelope.
+
+Exit 0 when the run matches the recording; 1 at the first divergence, printed with the expected and
+actual bytes, their decoded meaning and the patent step; 2 for unusable input.
+"""
+
+
+@trace.command("replay", help=REPLAY_HELP)
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--as",
+    "role",
+    type=click.Choice(["card", "ap", "server"]),
+    required=True,
+    help="The recorded side to play (the other sides run live).",
+)
+@click.option("--session", help="The session of the trace to replay (when it holds several, e.g. e1 and e2).")
+@click.option(
+    "--bearer",
+    type=click.Choice(["auto", "own-stack", "ap-proxy"]),
+    help="The live CP's bearer; default: the recording's (AT%WEBOPCH: ap-proxy, AT%GETNET: own-stack).",
+)
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds the live run may take.")
+@click.option(
+    "--trace", "trace_path", type=click.Path(dir_okay=False), help="Write the live run's merged trace here."
+)
+@click.option(
+    "--keep",
+    "keep_dir",
+    type=click.Path(file_okay=False),
+    help="Keep the live processes' files (traces, logs) in this folder.",
+)
+def replay_cmd(
+    file: str,
+    role: str,
+    session: str | None,
+    bearer: str | None,
+    timeout: float,
+    trace_path: str | None,
+    keep_dir: str | None,
+) -> None:
+    if role != "card":
+        raise CliError(
+            f"--as {role} is not supported yet: only --as card replays (a recorded card against a live CP)",
+            exit_code=2,
+        )
+    import shutil
+    import tempfile
+
+    events = load((file,))
+    sessions = sorted({e.session for e in events if e.session})
+    if session is not None:
+        events = [e for e in events if e.session == session]
+    elif len(sessions) > 1:
+        raise CliError(f"{file} holds sessions {', '.join(sessions)}: choose one with --session", exit_code=2)
+    directory = Path(keep_dir) if keep_dir else Path(tempfile.mkdtemp(prefix="bipsim-replay-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        code = replay_card(
+            events, directory, bearer, timeout, trace_path, session or (sessions or ["replay"])[0]
+        )
+    finally:
+        if not keep_dir:
+            shutil.rmtree(directory, ignore_errors=True)
+    if code:
+        sys.exit(code)
+
+
+def _recorded_bearer(events: list[TraceEvent]) -> str:
+    at = [e.data for e in events if e.layer is Layer.AT and e.hex]
+    if any(b"%WEBOPCH" in data for data in at):
+        return "ap-proxy"
+    if any(b"%GETNET" in data for data in at):
+        return "own-stack"
+    return "auto"
+
+
+def replay_card(
+    events: list[TraceEvent],
+    directory: Path,
+    bearer: str | None,
+    timeout: float,
+    trace_path: str | None,
+    label: str,
+) -> int:
+    """Runs the live CP and AP against the recorded card and server; prints the verdict; returns the exit code."""
+    import trio
+
+    from bipsim.scenarios.harness import Harness, HarnessError, RunConfig, RunResult
+    from bipsim.trace.replay import LiveCardCheck, RecordedServer, open_channel_address, server_tapes
+    from bipsim.uicc.recorded_card import exchanges
+
+    recorded = exchanges(events)
+    if not recorded:
+        raise CliError("the trace holds no APDU exchanges between the CP and the card to replay", exit_code=2)
+    tapes = server_tapes(events)
+    port = next((tape.port for tape in tapes if tape.port), None)
+    if tapes and port is None:
+        address = open_channel_address(events)
+        port = address[1] if address else None
+    if tapes and port is None:
+        raise CliError("the trace's network connection names no server port to listen on", exit_code=2)
+    tape_file = directory / "recorded.jsonl"
+    tape_file.write_text("".join(e.to_json() + "\n" for e in events), encoding="utf-8")
+    config = RunConfig(
+        session=label,
+        bearer=bearer or _recorded_bearer(events),
+        server=False,
+        cp_args=["--card", f"trace:{tape_file}"],
+        timeout=timeout,
+    )
+    check = LiveCardCheck(events, directory / "cp.jsonl")
+    server = RecordedServer(tapes, port or 0) if tapes else None
+    order: list[str] = []  # which side diverged first
+
+    async def watch(harness: Harness) -> None:
+        while True:
+            check.poll()
+            if check.diverged and "card" not in order:
+                order.append("card")
+            if server is not None and server.divergence is not None and "server" not in order:
+                order.append("server")
+            if order:
+                await trio.sleep(0.2)  # let the CP record what it did with the card's error, then stop it
+                cp = harness.processes.get("cp")
+                if cp is not None and cp.returncode is None:
+                    cp.terminate()
+                return
+            await trio.sleep(0.05)
+
+    async def main() -> RunResult:
+        async with trio.open_nursery() as nursery:
+            if server is not None:
+                try:
+                    await nursery.start(server.run)
+                except OSError as exc:
+                    raise CliError(
+                        f"cannot listen on the recorded server port 127.0.0.1:{port}: {exc}"
+                    ) from exc
+            config.during = watch
+            result = await Harness(config, directory).run()
+            nursery.cancel_scope.cancel()
+        return result
+
+    try:
+        result = trio.run(main)
+    except HarnessError as exc:
+        raise CliError(f"replay could not start the live processes: {exc}") from exc
+    check.poll()
+    if check.diverged and "card" not in order:
+        order.append("card")
+    if server is not None and server.divergence is not None and "server" not in order:
+        order.append("server")
+    if trace_path:
+        Path(trace_path).write_text("".join(e.to_json() + "\n" for e in result.events), encoding="utf-8")
+
+    card_divergence = check.divergence()
+    if card_divergence is not None and "card" not in order:
+        order.append("card")  # the CP stopped before playing the whole recording
+    if not order and result.cp_code != 0:
+        tail = result.logs.get("cp", "").strip().splitlines()[-1:]
+        click.echo(f"replay failed: the live CP exited with {result.cp_code}: {' '.join(tail)}", err=True)
+        return 1
+    if not order:
+        flights = sum(len(tape.flights) for tape in tapes)
+        steps = sorted({e.step for e in result.events if e.step})
+        shown = f" (steps {steps[0]}..{steps[-1]} seen)" if steps else ""
+        click.echo(
+            f"replay matches: {len(recorded)} APDU exchanges and {flights} network flights played "
+            f"against the live CP{shown}"
+        )
+        return 0
+    for side in order:
+        if side == "card" and card_divergence is not None:
+            click.echo("replay diverged: the live CP sent the card other bytes than the recording")
+            click.echo(
+                describe_divergence(card_divergence).replace("divergence at message", "at APDU exchange")
+            )
+        elif side == "server" and server is not None and server.divergence is not None:
+            click.echo("replay diverged: the server received other bytes than the recording")
+            click.echo(server.divergence.describe())
+    return 1
