@@ -55,11 +55,15 @@ CRC_TABLE = _crc_table()
 FCS_GOOD = 0xCF  # the CRC over the checked fields plus a correct FCS (annex B.3)
 
 
-def fcs(data: bytes) -> int:
+def _crc(data: bytes | bytearray) -> int:
     crc = 0xFF
     for byte in data:
         crc = CRC_TABLE[crc ^ byte]
-    return 0xFF - crc
+    return crc
+
+
+def fcs(data: bytes | bytearray) -> int:
+    return 0xFF - _crc(data)
 
 
 def fcs_ok(data: bytes, received: int) -> bool:
@@ -95,6 +99,8 @@ def length_field(size: int) -> bytes:
 
 
 _header_fcs: dict[bytes, int] = {}
+_HEADER_CRC: dict[bytes, int] = {}  # receive side: UIH headers repeat, so their CRC register is cached
+_TYPES = {t.value: t for t in FrameType}
 
 
 def encode_frame(dlci: int, ftype: FrameType, cr: bool, pf: bool, info: bytes = b"") -> bytes:
@@ -109,73 +115,116 @@ def encode_frame(dlci: int, ftype: FrameType, cr: bool, pf: bool, info: bytes = 
 
 
 class FrameParser:
-    """Feeds line bytes, yields frames. Counts frames dropped for a bad FCS or a bad structure."""
+    """Feeds line bytes, yields frames. Counts frames dropped for a bad FCS or a bad structure.
+
+    The basic option has no transparency: 0xF9 may occur inside a frame, so a frame is delimited by its length.
+    A frame that turns out invalid (no closing flag, unknown control, bad FCS) is dropped and parsing resumes at
+    the next flag after its opening one. A frame cut short (the sender restarted mid-frame) would otherwise swallow
+    the frames after it until its length is reached; so when the bytes so far end in complete, valid frames that
+    start at a flag inside the pending one, the pending one is taken as truncated and dropped.
+    """
+
+    _INCOMPLETE = -1
+    _BAD = -2
 
     def __init__(self, max_info: int = 32767) -> None:
         self.max_info = max_info
         self._buffer = bytearray()
         self.bad_fcs = 0
         self.malformed = 0
+        self._error = ""
+
+    def _at(self, buf: bytearray, i: int, n: int) -> tuple[int, Frame | None]:
+        """The frame opening at flag buf[i]: (index of its closing flag, frame), or (_INCOMPLETE/_BAD, None)."""
+        if n - i < 5:
+            return self._INCOMPLETE, None
+        address, control, first = buf[i + 1], buf[i + 2], buf[i + 3]
+        if first & 1:
+            size, head = first >> 1, 4
+        else:
+            if n - i < 6:
+                return self._INCOMPLETE, None
+            size, head = (first >> 1) | (buf[i + 4] << 7), 5
+        if not address & 1 or size > self.max_info:
+            self._error = "malformed"
+            return self._BAD, None
+        end = i + head + size + 1
+        if end >= n:
+            return self._INCOMPLETE, None
+        ftype = _TYPES.get(control & ~PF)
+        if buf[end] != FLAG or ftype is None:
+            self._error = "malformed"
+            return self._BAD, None
+        if ftype is FrameType.UIH:
+            crc = _HEADER_CRC.get(bytes(buf[i + 1 : i + head]))
+            if crc is None:
+                crc = _crc(buf[i + 1 : i + head])
+        else:
+            crc = _crc(buf[i + 1 : end - 1])
+        if CRC_TABLE[crc ^ buf[end - 1]] != FCS_GOOD:
+            self._error = "bad_fcs"
+            return self._BAD, None
+        info = bytes(buf[i + head : end - 1])
+        return end, Frame(address >> 2, ftype, bool(address & 2), bool(control & PF), info)
+
+    def _valid_tail(self, buf: bytearray, k: int, n: int) -> bool:
+        """Whether buf[k:] (k at a flag) is nothing but complete, valid frames."""
+        while True:
+            end, frame = self._at(buf, k, n)
+            if frame is None:
+                return False
+            if end == n - 1:
+                return True
+            k = end
+            while k + 1 < n and buf[k + 1] == FLAG:
+                k += 1
 
     def feed(self, data: bytes | bytearray) -> list[Frame]:
-        buffer = self._buffer
-        buffer += data
+        buf = self._buffer
+        buf += data
+        n = len(buf)
         frames: list[Frame] = []
+        pos = 0
         while True:
-            start = buffer.find(FLAG)
+            start = buf.find(FLAG, pos)
             if start < 0:
-                if buffer:
-                    self.malformed += 1 if any(b != FLAG for b in buffer) else 0
-                buffer.clear()
+                if pos < n:
+                    self.malformed += 1  # bytes outside any frame
+                pos = n
                 break
-            # skip the opening flag(s); a closing flag may also open the next frame
-            i = start
-            while i < len(buffer) and buffer[i] == FLAG:
-                i += 1
-            if start or i - start > 1:
-                del buffer[: i - 1]
-            # buffer[0] is now the opening flag
-            if len(buffer) < 5:
-                break
-            address, control, first_len = buffer[1], buffer[2], buffer[3]
-            if first_len & 1:
-                size, head = first_len >> 1, 4
-            else:
-                if len(buffer) < 6:
-                    break
-                size, head = (first_len >> 1) | (buffer[4] << 7), 5
-            total = head + size + 2
-            if not address & 1 or size > self.max_info:
+            if start > pos:
                 self.malformed += 1
-                del buffer[:1]
+            # repeated flags: the last one opens the frame (a closing flag may also open the next)
+            while start + 1 < n and buf[start + 1] == FLAG:
+                start += 1
+            pos = start
+            end, frame = self._at(buf, pos, n)
+            if frame is not None:
+                frames.append(frame)
+                pos = end
                 continue
-            if len(buffer) < total:
-                # a flag inside what should be this frame's body means it was cut short: resynchronise there
-                nxt = buffer.find(FLAG, 1)
-                if 0 < nxt < len(buffer) and nxt < head and buffer[nxt - 1] != FLAG:
+            if end == self._BAD:
+                if self._error == "bad_fcs":
+                    self.bad_fcs += 1
+                else:
                     self.malformed += 1
-                    del buffer[:nxt]
+                nxt = buf.find(FLAG, pos + 1)
+                pos = nxt if nxt > 0 else n
+                continue
+            # incomplete: is it a truncated frame followed by complete ones?
+            if buf[n - 1] == FLAG and n - pos > 2:
+                k = buf.find(FLAG, pos + 1)
+                while 0 < k < n - 1:
+                    if self._valid_tail(buf, k, n):
+                        break
+                    k = buf.find(FLAG, k + 1)
+                if 0 < k < n - 1:
+                    self.malformed += 1
+                    pos = k
                     continue
-                break
-            if buffer[total - 1] != FLAG:
-                self.malformed += 1
-                nxt = buffer.find(FLAG, 1)
-                del buffer[: nxt if nxt > 0 else len(buffer)]
-                continue
-            info = bytes(buffer[head : head + size])
-            try:
-                ftype = FrameType(control & ~PF)
-            except ValueError:
-                self.malformed += 1
-                del buffer[: total - 1]
-                continue
-            checked = bytes(buffer[1:head]) if ftype is FrameType.UIH else bytes(buffer[1 : head + size])
-            if not fcs_ok(checked, buffer[head + size]):
-                self.bad_fcs += 1
-                del buffer[: total - 1]
-                continue
-            frames.append(Frame(address >> 2, ftype, bool(address & 2), bool(control & PF), info))
-            del buffer[: total - 1]  # keep the closing flag: it may open the next frame
+            break
+        if pos:
+            del buf[:pos]
         return frames
 
 

@@ -7,7 +7,7 @@ import trio
 import trio.testing
 
 from bipsim.link.cmux import CmuxParams, DlcRefused, Mux, MuxRole, MuxTimeout
-from bipsim.link.cmux_frame import FrameParser, FrameType, encode_frame, fcs
+from bipsim.link.cmux_frame import Frame, FrameParser, FrameType, encode_frame, fcs
 
 
 def test_published_frames() -> None:
@@ -109,3 +109,133 @@ async def test_disc_of_unopened_dlc_gets_dm(nursery: trio.Nursery) -> None:
         while not frames:
             frames = parser.feed(await a.receive_some())
     assert frames[0].type is FrameType.DM and frames[0].dlci == 5
+
+
+# --- faults: each ends in the specified frame or error, never a hang or a crash ----------------------------------
+
+
+class Wire:
+    """The far end of a line as raw bytes, with our parser to read what the mux under test sent."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.parser = FrameParser()
+        self.pending: list[Frame] = []
+
+    async def send(self, data: bytes) -> None:
+        await self.stream.send_all(data)
+
+    async def frame(self) -> Frame:
+        with trio.fail_after(5):
+            while not self.pending:
+                self.pending += self.parser.feed(await self.stream.receive_some())
+        return self.pending.pop(0)
+
+    async def expect(self, dlci: int, ftype: FrameType) -> Frame:
+        frame = await self.frame()
+        while frame.dlci == 0 and frame.type is FrameType.UIH:  # control messages (MSC after an open)
+            frame = await self.frame()
+        assert (frame.dlci, frame.type) == (dlci, ftype), frame
+        return frame
+
+
+@pytest.fixture
+async def responder(nursery: trio.Nursery) -> tuple[Mux, Wire]:
+    a, b = trio.testing.memory_stream_pair()
+    mux = Mux(b, role=MuxRole.RESPONDER)
+    nursery.start_soon(mux.run)
+    return mux, Wire(a)
+
+
+async def test_corrupted_bytes_are_counted_and_the_mux_carries_on(responder: tuple[Mux, Wire]) -> None:
+    mux, wire = responder
+    sabm = encode_frame(0, FrameType.SABM, True, True)
+    flipped = bytearray(sabm)
+    flipped[1] ^= 0x04  # a bit error in the address (DLC 1 now): the FCS no longer matches
+    await wire.send(bytes(range(256)) + bytes(flipped) + b"\xf9\x00\xf9" + bytes(40))
+    await wire.send(sabm)  # the next good frame is still understood
+    await wire.expect(0, FrameType.UA)
+    assert mux.parser.bad_fcs >= 1 and mux.parser.malformed >= 1
+    # a control message whose length overruns its frame: traced and ignored, no answer, no crash
+    await wire.send(encode_frame(0, FrameType.UIH, True, False, bytes.fromhex("E30903")))
+    await wire.send(encode_frame(0, FrameType.UIH, True, False, bytes.fromhex("2303AB")))  # Test, value AB
+    reply = await wire.frame()
+    assert reply.type is FrameType.UIH and reply.info == bytes.fromhex("2103AB")  # Test response, C/R = 0
+    assert not mux.closed
+
+
+async def test_flag_inside_a_truncated_frame(responder: tuple[Mux, Wire]) -> None:
+    mux, wire = responder
+    cut = encode_frame(1, FrameType.UIH, True, False, b"lost data")[:6]  # cut short, then a new frame starts
+    await wire.send(cut + encode_frame(0, FrameType.SABM, True, True))
+    await wire.expect(0, FrameType.UA)
+    # the same inside a longer frame's information field, its length octet promising more than arrives
+    await wire.send(encode_frame(1, FrameType.SABM, True, True))
+    await wire.expect(1, FrameType.UA)
+    stream = await mux.accept_dlc()
+    await wire.send(b"\xf9\x07\xef\x41hello" + encode_frame(1, FrameType.UIH, True, False, b"intact"))
+    with trio.fail_after(5):
+        assert await stream.receive_some() == b"intact"
+    assert mux.parser.malformed >= 1
+
+
+async def test_dlc_opened_twice_by_the_peer(responder: tuple[Mux, Wire]) -> None:
+    mux, wire = responder
+    await wire.send(encode_frame(0, FrameType.SABM, True, True))
+    await wire.expect(0, FrameType.UA)
+    for _ in range(2):  # a repeated SABM (its UA lost, say) is answered UA again and makes no second DLC
+        await wire.send(encode_frame(3, FrameType.SABM, True, True))
+        await wire.expect(3, FrameType.UA)
+    first = await mux.accept_dlc()
+    assert first.dlci == 3
+    with pytest.raises(trio.WouldBlock):
+        mux._accepted_rx.receive_nowait()
+
+
+async def test_data_and_disc_on_unopened_dlcs_get_dm(responder: tuple[Mux, Wire]) -> None:
+    mux, wire = responder
+    await wire.send(encode_frame(0, FrameType.SABM, True, True))
+    await wire.expect(0, FrameType.UA)
+    await wire.send(encode_frame(6, FrameType.UIH, True, False, b"nobody"))
+    assert (await wire.expect(6, FrameType.DM)).pf
+    await wire.send(encode_frame(6, FrameType.DISC, True, True))
+    assert (await wire.expect(6, FrameType.DM)).pf
+    assert mux.stats.dm_sent == 2 and not mux.closed
+
+
+async def test_peer_never_answers_sabm(autojump_clock: trio.testing.MockClock, nursery: trio.Nursery) -> None:
+    a, b = trio.testing.memory_stream_pair()
+    params = CmuxParams(t1=0.1, n2=3)
+    mux = Mux(a, role=MuxRole.INITIATOR, params=params)
+    nursery.start_soon(mux.run)
+    start = trio.current_time()
+    with pytest.raises(MuxTimeout, match="SABM on DLC 0 after 4 tries"):
+        await mux.open_dlc(1)  # DLC 0 first: never answered
+    assert trio.current_time() - start >= (params.n2 + 1) * params.t1
+    # exactly the first SABM and N2 retransmissions went out, all with P set
+    sent = FrameParser().feed(await b.receive_some())
+    assert [(f.dlci, f.type, f.pf) for f in sent] == [(0, FrameType.SABM, True)] * (params.n2 + 1)
+    assert mux.stats.retransmissions == params.n2
+    from bipsim.link.cmux import DlcState
+
+    assert mux._dlc(0).state is DlcState.CLOSED  # a later attempt starts from scratch
+
+
+async def test_peer_goes_silent_before_disc(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    a, b = trio.testing.memory_stream_pair()
+    initiator = Mux(a, role=MuxRole.INITIATOR, params=CmuxParams(t1=0.1, n2=2))
+    nursery.start_soon(initiator.run)
+    wire = Wire(b)
+
+    async def answer_opens() -> None:
+        for dlci in (0, 2):
+            await wire.expect(dlci, FrameType.SABM)
+            await wire.send(encode_frame(dlci, FrameType.UA, True, True))
+
+    nursery.start_soon(answer_opens)
+    dlc = await initiator.open_dlc(2)
+    await dlc.aclose()  # DISC never answered: aclose still returns after T1/N2, the DLC is closed
+    with pytest.raises(trio.ClosedResourceError):
+        await dlc.send_all(b"x")
