@@ -304,7 +304,7 @@ def _judge(outcome: Outcome) -> None:
     run = outcome.run
     facts = outcome.facts
     facts["line"] = outcome.line or "-"
-    facts["time"] = f"{outcome.wall:.1f} s with process start-up"
+    facts["time"] = f"{outcome.wall:.1f} s in all"
     if run is None:
         outcome.failure = outcome.failure or "the processes did not run"
         return
@@ -312,29 +312,35 @@ def _judge(outcome: Outcome) -> None:
     steps = embodiment_steps(number)
     step_events = [e for e in run.events if e.step in {s.code for s in steps}]
     seen = {e.step for e in step_events}
-    problems = check_step_order(run.events, number)
-    order = "in the patent's order" if not problems else "; ".join(problems)
-    facts["steps"] = f"{len(seen)}/{len(steps)} {order} ({len(step_events)} step events)"
+    missing = [s.code for s in steps if s.code not in seen]
+    misordered = [p for p in check_step_order(run.events, number) if "comes before" in p]
+    if missing:
+        order = f"seen; missing {', '.join(missing)}"
+    elif misordered:
+        order = f"seen, out of order: {'; '.join(misordered)}"
+    else:
+        order = "in the patent's order"
+    facts["steps"] = f"{len(seen)}/{len(steps)} {order} ({len(step_events)} events)"
     if step_events:
-        facts["time"] += (
-            f"; session {step_events[-1].t - step_events[0].t:.3f} s "
-            f"({steps[0].code} -> {step_events[-1].step})"
-        )
+        facts["time"] += f", {step_events[-1].t - step_events[0].t:.3f} s from {steps[0].code} to the end"
     down = sum(len(e.data) for e in run.events if e.layer.value == "tcp" and e.src.value == "ota")
     up = sum(len(e.data) for e in run.events if e.layer.value == "tcp" and e.dst.value == "ota")
-    facts["bytes"] = f"{down:,} from the server, {up:,} to it (TCP)"
+    facts["bytes"] = f"TCP {down:,} down, {up:,} up"
     if outcome.line_bytes is not None:
-        facts["bytes"] += f"; {outcome.line_bytes:,} over the serial line"
+        facts["bytes"] += f"; serial line {outcome.line_bytes:,}"
     gp = run.card_state.get("gp", {})
     applets = sorted(gp.get("applications", {}))
     spn_hex = run.card_state.get("files", {}).get("3F00/7FF0/6F46", "")
-    spn = bytes.fromhex(spn_hex)[1:].rstrip(b"\xff").decode("ascii", "replace") if spn_hex else "?"
-    facts["card"] = f"applets {', '.join(a.upper() for a in applets) or 'none'}; EF_SPN {spn!r}"
+    if run.card_state:
+        spn = bytes.fromhex(spn_hex)[1:].rstrip(b"\xff").decode("ascii", "replace") if spn_hex else "?"
+        facts["card"] = f"applet {', '.join(a.upper() for a in applets) or 'none'}; EF_SPN {spn!r}"
+    else:
+        facts["card"] = "no saved card state"
     finals = [e.summary.split()[0] for e in run.events if e.layer.value == "http" and e.src.value == "ota"]
     scripts = [s for card in run.results.values() for s in card.get("scripts", [])]
     status = "completed" if run.completed else "not completed"
     facts["server"] = (
-        f"campaign {status}: {len(scripts)} scripts, {len(finals)} HTTP answers, last {finals[-1] if finals else '-'}"
+        f"campaign {status}, {len(scripts)} scripts, last answer {finals[-1] if finals else '-'}"
     )
     if outcome.failure:
         return
@@ -345,6 +351,12 @@ def _judge(outcome: Outcome) -> None:
             raise ScenarioFailed("the server's last answer was not 204 No Content")
     except ScenarioFailed as exc:
         outcome.failure = _short_reason(exc)
+        # the last thing a process said is often the cause (a refused port, a bad line)
+        for name in ("cp", "ap", "ota"):
+            tail = run.logs.get(name, "").strip().splitlines()
+            if tail and not tail[-1].startswith("listening on "):
+                outcome.failure += f" ({name}: {tail[-1].strip()[:160]})"
+                break
 
 
 def _summary(console: Console, outcomes: list[Outcome]) -> None:
@@ -460,6 +472,10 @@ def demo(
     """
     if bool(port_a) != bool(port_b):
         raise CliError("--port-a and --port-b go together")
+    for option, port in (("--port-a", port_a), ("--port-b", port_b)):
+        # device paths are checked now; URLs (socket://, rfc2217://) only when the processes open them
+        if port and "://" not in port and not Path(port).exists():
+            raise CliError(f"{option} {port}: no such device")
     _check_output("--trace", trace_path)
     _check_output("--pcap", pcap_path)
     numbers = [1, 2] if embodiment == "both" else [int(embodiment)]
