@@ -113,6 +113,11 @@ class Tag(IntEnum):
     MULTIMEDIA_MESSAGE_NOTIFICATION = 0x6F
     LAST_ENVELOPE = 0x70
     PLMN_LIST = 0x72
+    # 3GPP TS 31.111 section 8 objects seen in the Network Rejection event (section 7.5.2)
+    ROUTING_AREA_IDENTIFICATION = 0x73
+    UPDATE_ATTACH_TYPE = 0x74
+    REJECTION_CAUSE_CODE = 0x75
+    TRACKING_AREA_IDENTIFICATION = 0x7D
 
 
 TAG_NAMES: dict[int, str] = {tag.value: tag.name.lower() for tag in Tag}
@@ -488,8 +493,20 @@ FIELD_DECODERS: dict[int, Callable[[bytes], dict[str, Any]]] = {
 
 
 # Builders for the objects the simulator itself sends (CR set where the specification's tables say "Y").
-# Command details, device identities and result carry CR; data objects are sent without it, as cards do.
-CR_TAGS = frozenset({Tag.COMMAND_DETAILS, Tag.DEVICE_IDENTITIES, Tag.RESULT, Tag.EVENT_LIST})
+# Command details, device identities, result, event list and the BIP data objects (channel data, channel data
+# length, channel status: TS 102 223 sections 6.6.29-6.6.31, 6.8, 7.5.10-7.5.11) carry CR, as the TS 102 384
+# conformance PDUs do; alpha identifier, bearer description and buffer size go without it, as those PDUs send them.
+CR_TAGS = frozenset(
+    {
+        Tag.COMMAND_DETAILS,
+        Tag.DEVICE_IDENTITIES,
+        Tag.RESULT,
+        Tag.EVENT_LIST,
+        Tag.CHANNEL_DATA,
+        Tag.CHANNEL_DATA_LENGTH,
+        Tag.CHANNEL_STATUS,
+    }
+)
 
 
 def obj(tag: Tag, value: bytes, cr: bool | None = None) -> CatObject:
