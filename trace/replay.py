@@ -149,8 +149,18 @@ class RecordedServer:
         self.flights_played = 0
         self.done = trio.Event()
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(self.port, host="127.0.0.1")
+    async def listen(self) -> list[trio.SocketListener]:
+        """Binds 127.0.0.1:`port` (raises OSError when it is taken); `run` uses these listeners."""
+        return await trio.open_tcp_listeners(self.port, host="127.0.0.1")
+
+    async def run(
+        self,
+        listeners: list[trio.SocketListener] | None = None,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        if listeners is None:
+            listeners = await self.listen()
         task_status.started()
         try:
             for index, tape in enumerate(self.tapes):

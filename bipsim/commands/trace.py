@@ -186,8 +186,9 @@ are each compared in their recorded order, not their interleaving (which follows
 How the CP cuts a server flight larger than the card's buffer into Data Available events also
 depends on timing, so a trace with such flights may diverge at a Data Available envelope.
 
-Exit 0 when the run matches the recording; 1 at the first divergence, printed with the expected and
-actual bytes, their decoded meaning and the patent step; 2 for unusable input.
+Exit 0 when the run matches the recording; 1 at the first divergence (printed with the expected and
+actual bytes, their decoded meaning and the patent step) or when the live run cannot start; 2 for
+unusable input (no APDUs, several sessions without --session, --as ap|server).
 """
 
 
@@ -315,14 +316,15 @@ def replay_card(
             await trio.sleep(0.05)
 
     async def main() -> RunResult:
+        listeners = None
+        if server is not None:
+            try:
+                listeners = await server.listen()
+            except OSError as exc:
+                raise CliError(f"cannot listen on the recorded server port 127.0.0.1:{port}: {exc}") from exc
         async with trio.open_nursery() as nursery:
             if server is not None:
-                try:
-                    await nursery.start(server.run)
-                except OSError as exc:
-                    raise CliError(
-                        f"cannot listen on the recorded server port 127.0.0.1:{port}: {exc}"
-                    ) from exc
+                await nursery.start(server.run, listeners)
             config.during = watch
             result = await Harness(config, directory).run()
             nursery.cancel_scope.cancel()
@@ -330,6 +332,15 @@ def replay_card(
 
     try:
         result = trio.run(main)
+    except BaseExceptionGroup as group:
+        leaf: BaseException = group
+        while isinstance(leaf, BaseExceptionGroup):
+            leaf = leaf.exceptions[0]
+        if isinstance(leaf, CliError):
+            raise leaf from group
+        if isinstance(leaf, HarnessError | OSError):
+            raise CliError(f"replay could not run the live processes: {leaf}") from group
+        raise
     except HarnessError as exc:
         raise CliError(f"replay could not start the live processes: {exc}") from exc
     check.poll()

@@ -1,0 +1,154 @@
+"""`bipsim trace replay --as card`: a recorded embodiment-2 card (and its recorded OTA server) against a live CP and AP.
+
+The recording is a real run of the three processes (bipsim.scenarios.harness). Its campaign is small (an RFM update
+and a GET STATUS) so that no server flight exceeds the card's buffer: how a live CP cuts a larger flight into Data
+Available events depends on timing, which a byte-exact replay would (rightly) report.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+
+from bipsim.scenarios.harness import RunConfig, run_processes
+from bipsim.trace.events import Actor, Layer, TraceEvent
+from bipsim.trace.reader import read_trace
+from bipsim.trace.replay import ConnectionTape, Flight, RecordedServer, open_channel_address, server_tapes
+
+SMALL_CAMPAIGN = """
+[[card]]
+iccid = "*"
+[[card.step]]
+kind = "rfm"
+path = "7FFF/6F46"
+data = "0142495053494D2D4F5441FFFFFFFFFFFF"
+[[card.step]]
+kind = "ram-status"
+"""
+
+
+@pytest.fixture(scope="session")
+def recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("e2-recording")
+    run = run_processes(
+        RunConfig(session="e2", bearer="ap-proxy", campaign=SMALL_CAMPAIGN), directory / "run"
+    )
+    assert run.cp_code == 0, run.explain()
+    path = directory / "e2.jsonl"
+    path.write_text("".join(e.to_json() + "\n" for e in run.events), encoding="utf-8")
+    return path
+
+
+def replay(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bipsim", "trace", "replay", str(path), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_recorded_card_against_live_cp_matches(recording: Path, tmp_path: Path) -> None:
+    live = tmp_path / "live.jsonl"
+    out = replay(recording, "--as", "card", "--trace", str(live))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.startswith("replay matches:") and "S701..S718" in out.stdout
+    events, problems = read_trace([live])
+    assert problems == []
+    assert {f"S7{n:02d}" for n in range(1, 19)} <= {e.step for e in events if e.step}
+
+
+@pytest.mark.parametrize("step", ["S702", "S714"])
+def test_one_flipped_byte_of_a_recorded_tr_is_reported_with_its_step(
+    recording: Path, tmp_path: Path, step: str
+) -> None:
+    events, _ = read_trace([recording])
+    target = next(
+        i
+        for i, e in enumerate(events)
+        if e.step == step and e.layer is Layer.APDU and e.src is Actor.CP and e.data[:2] == b"\x80\x14"
+    )
+    original = events[target].data
+    flipped = original[:-1] + bytes([original[-1] ^ 0x01])
+    fields = events[target].to_dict() | {"hex": flipped.hex().upper()}
+    events[target] = TraceEvent.from_dict(fields)
+    tampered = tmp_path / "tampered.jsonl"
+    tampered.write_text("".join(e.to_json() + "\n" for e in events), encoding="utf-8")
+
+    out = replay(tampered, "--as", "card")
+    assert out.returncode == 1, out.stdout + out.stderr
+    text = out.stdout
+    assert "replay diverged" in text
+    assert f"expected [{step}]: cp->uicc apdu: TERMINAL RESPONSE" in text
+    assert f"bytes: {flipped.hex().upper()}" in text  # what the recording says
+    assert f"bytes: {original.hex().upper()}" in text  # what the live CP sent
+    assert f"first differing byte at offset {len(original) - 1}" in text
+    assert "meaning: TERMINAL RESPONSE" in text
+
+
+@pytest.mark.parametrize("role", ["ap", "server"])
+def test_roles_not_supported_yet_say_so_in_one_line(recording: Path, role: str) -> None:
+    out = replay(recording, "--as", role)
+    assert out.returncode == 2
+    assert out.stdout == ""
+    assert len(out.stderr.strip().splitlines()) == 1 and "not supported yet" in out.stderr
+
+
+def test_trace_without_apdus_is_refused(tmp_path: Path) -> None:
+    empty = tmp_path / "net-only.jsonl"
+    empty.write_text(TraceEvent(0.0, Actor.AP, Actor.OTA, Layer.TCP, "data", "00").to_json() + "\n")
+    out = replay(empty, "--as", "card")
+    assert out.returncode == 2 and "no APDU exchanges" in out.stderr
+
+
+def test_server_tape_of_the_recording(recording: Path) -> None:
+    events, _ = read_trace([recording])
+    tapes = server_tapes(events)
+    assert len(tapes) == 1
+    tape = tapes[0]
+    assert (tape.host, tape.port) == open_channel_address(events)
+    directions = [f.from_server for f in tape.flights]
+    assert directions[0] is False  # the card's ClientHello comes first
+    assert all(a != b for a, b in zip(directions, directions[1:], strict=False))  # flights alternate
+    assert tape.client_closed and not tape.server_closed
+    assert tape.flights[0].first.step == "S709"
+
+
+def _event(src: Actor, dst: Actor, data: bytes) -> TraceEvent:
+    return TraceEvent(0.0, src, dst, Layer.TCP, f"{len(data)} bytes", data.hex().upper())
+
+
+async def test_recorded_server_reports_the_first_wrong_byte() -> None:
+    hello, answer = b"hello server", b"hello card"
+    tape = ConnectionTape(
+        "127.0.0.1",
+        None,
+        [
+            Flight(False, hello, [_event(Actor.AP, Actor.OTA, hello)]),
+            Flight(True, answer, [_event(Actor.OTA, Actor.AP, answer)]),
+            Flight(False, b"again", [_event(Actor.AP, Actor.OTA, b"again")]),
+        ],
+    )
+    server = RecordedServer([tape], 0, read_timeout=5)
+    async with trio.open_nursery() as nursery:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        port = listeners[0].socket.getsockname()[1]
+        await listeners[0].aclose()
+        server.port = port
+        await nursery.start(server.run)
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(hello)
+        received = b""
+        while len(received) < len(answer):
+            received += await stream.receive_some(100)
+        await stream.send_all(b"agaiN")
+        await server.done.wait()
+        await stream.aclose()
+    assert received == answer
+    assert server.divergence is not None and server.flights_played == 2
+    assert server.divergence.actual == b"agaiN" and server.divergence.reason == "the client sent other bytes"
+    assert "first differing byte at offset 4" in server.divergence.describe()
