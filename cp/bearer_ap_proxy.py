@@ -2,7 +2,8 @@
 channel's bytes travel on CMUX DLC 2+N (PROTOCOL.md sections 1, 2, 6). The CP opens DLC 2+N before asking.
 
 +CME ERROR answers map to TS 102 223 results: 30 (no network service) -> 0x20 "no service"; 3 (operation not
-allowed: the AP's allowlist) -> 0x3A "security error"; anything else -> 0x3A "remote device not reachable".
+allowed: the AP's allowlist) -> 0x3A "security error"; 4 (operation not supported: UDP) -> 0x3A "transport level
+not available"; anything else, or no answer within 30 s -> 0x3A "remote device not reachable" (TS 102 223 8.12.11).
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ def _refusal(code: int | None, final: str) -> LinkError:
         return LinkError(GeneralResult.TERMINAL_UNABLE, bytes((TerminalProblem.NO_SERVICE,)), f"AP: {final}")
     if code == 3:
         return LinkError(GeneralResult.BIP_ERROR, bytes((BipErrorCause.SECURITY_ERROR,)), f"AP: {final}")
+    if code == 4:  # operation not supported: the proxy does not relay this transport (UDP)
+        return LinkError(
+            GeneralResult.BIP_ERROR, bytes((BipErrorCause.TRANSPORT_NOT_AVAILABLE,)), f"AP: {final}"
+        )
     return LinkError(
         GeneralResult.BIP_ERROR, bytes((BipErrorCause.REMOTE_DEVICE_NOT_REACHABLE,)), f"AP: {final}"
     )

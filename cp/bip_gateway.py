@@ -243,8 +243,10 @@ class BipGateway:
             request = OpenChannel.from_command(command)
         except ValueError:
             return [self._tr(command, GeneralResult.DATA_NOT_UNDERSTOOD)]
-        if request.bearer_type not in SUPPORTED_BEARERS or request.protocol not in SUPPORTED_TRANSPORTS:
+        if request.bearer_type not in SUPPORTED_BEARERS:
             return [self._tr(command, GeneralResult.BEYOND_TERMINAL_CAPABILITIES)]
+        if request.protocol not in SUPPORTED_TRANSPORTS:  # e.g. UICC in server mode (section 6.4.27)
+            return [self._bip_error(command, BipErrorCause.TRANSPORT_NOT_AVAILABLE)]
         if request.destination is None or not request.port:
             return [self._tr(command, GeneralResult.REQUIRED_VALUES_MISSING)]
         free = next((n for n in range(1, self.max_channels + 1) if n not in self.channels), None)
