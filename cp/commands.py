@@ -22,6 +22,9 @@ from bipsim.uicc.fs import USIM_AID
 MANUFACTURER = "bipsim"
 MODEL = "bipsim CP (dual-processor modem simulator)"
 IMEI = "490154203237518"
+SVN = "01"  # software version number: IMEISV = the IMEI's 14 digits without its check digit, then the SVN
+LAC_TAC = "0001"
+CELL_ID = "00000A1B"
 
 CME_SIM_FAILURE = 13
 CME_NOT_ALLOWED = 3
@@ -78,6 +81,7 @@ class ModemCommands:
         self.on_cmux = on_cmux
         self.functionality = 1
         self.charset = "IRA"
+        self.cops_format = 2  # +COPS=3,<format>: 0 long alphanumeric, 1 short alphanumeric, 2 numeric
         self.reg_modes = {"+CREG": 0, "+CGREG": 0, "+CEREG": 0}
         self.definitions: dict[int, tuple[str, str]] = {}
         self.sessions: dict[int, int] = {}  # +CCHO session id -> logical channel
@@ -120,19 +124,33 @@ class ModemCommands:
             return await self.cmux(request, server, allow_cmux)
 
         server.register("+CMUX", cmux)
+        server.reset_hooks.append(self._factory_defaults)
+
+    def _factory_defaults(self) -> None:
+        """Z / &F: the TE character set and the operator format return to their defaults."""
+        self.charset = "IRA"
+        self.cops_format = 2
 
     def forget(self, server: AtServer) -> None:
         if server in self._servers:
             self._servers.remove(server)
 
+    def _location(self) -> str:
+        """<lac>/<tac>,<ci>,<AcT> of the serving cell (27.007 section 7.2, 10.1.19, 10.1.22)."""
+        return f'"{LAC_TAC}","{CELL_ID}",{self.network.config.rat}'
+
     def _registration_changed(self, status: RegStatus) -> None:
+        # n=1: +CREG: <stat>; n=2: with the cell's location while registered (27.007 section 7.2)
+        registered = status in (RegStatus.HOME, RegStatus.ROAMING)
         for server in list(self._servers):
             for name, mode in self.reg_modes.items():
-                if mode:
-                    try:
-                        trio.lowlevel.spawn_system_task(server.send_urc, f"{name}: {status.value}")
-                    except RuntimeError:
-                        pass
+                if not mode:
+                    continue
+                urc = f"{name}: {status.value}" + (f",{self._location()}" if mode == 2 and registered else "")
+                try:
+                    trio.lowlevel.spawn_system_task(server.send_urc, urc)
+                except RuntimeError:
+                    pass
 
     # --- identification ----------------------------------------------------------------------------------------
 
@@ -154,7 +172,18 @@ class ModemCommands:
         return None if request.kind is CommandKind.TEST else [__version__]
 
     async def cgsn(self, request: AtRequest) -> list[str] | None:
-        return None if request.kind is CommandKind.TEST else [IMEI]
+        """+CGSN[=<snt>] (27.007 section 5.4): 0 serial number (the IMEI here), 1 IMEI, 2 IMEISV, 3 SVN."""
+        if request.kind is CommandKind.TEST:
+            return None if request.name == "+GSN" else ["+CGSN: (0-3)"]
+        if request.kind is CommandKind.READ:
+            raise AtCommandError()
+        snt = _int(request.args, 0, 0) if request.kind is CommandKind.SET else 0
+        if snt == 0:
+            return [IMEI]
+        values = {1: IMEI, 2: IMEI[:14] + SVN, 3: SVN}
+        if snt not in values or request.name == "+GSN":
+            raise CmeError(CME_BAD_PARAMETERS)
+        return [f'+CGSN: "{values[snt]}"']
 
     async def cimi(self, request: AtRequest) -> list[str] | None:
         if request.kind is CommandKind.TEST:
@@ -209,7 +238,7 @@ class ModemCommands:
             mode = self.reg_modes[name]
             stat = self.network.status.value
             if mode == 2 and self.network.registered:
-                return [f'{name}: {mode},{stat},"0001","00000A1B",{self.network.config.rat}']
+                return [f"{name}: {mode},{stat},{self._location()}"]
             return [f"{name}: {mode},{stat}"]
         if request.kind is CommandKind.SET:
             mode = _int(request.args, 0, 0)
@@ -224,11 +253,18 @@ class ModemCommands:
         if request.kind is CommandKind.READ:
             if not self.network.registered:
                 return ["+COPS: 0"]
-            return [f'+COPS: 0,2,"{config.mcc}{config.mnc}",{config.rat}']
+            names = {0: config.operator, 1: "bipsim", 2: f"{config.mcc}{config.mnc}"}
+            return [f'+COPS: 0,{self.cops_format},"{names[self.cops_format]}",{config.rat}']
         if request.kind is CommandKind.TEST:
             return [
                 f'+COPS: (2,"{config.operator}","bipsim","{config.mcc}{config.mnc}",{config.rat}),,(0-4),(0-2)'
             ]
+        if request.kind is CommandKind.SET and _int(request.args, 0, 0) == 3:
+            fmt = _int(request.args, 1, 0)
+            if fmt not in (0, 1, 2):
+                raise CmeError(CME_BAD_PARAMETERS)
+            self.cops_format = fmt
+            return None
         if request.kind is CommandKind.SET and _int(request.args, 0, 0) in (0, 2):
             self.network.set_status(
                 RegStatus.HOME if _int(request.args, 0, 0) == 0 else RegStatus.NOT_REGISTERED

@@ -73,6 +73,8 @@ class CellularNetwork:
     def set_status(self, status: RegStatus) -> None:
         if status != self.status:
             self.status = status
+            if not self.registered:
+                self.contexts.clear()  # detached (+CFUN=0/4, +COPS=2): no PDP context survives
             for listener in self.listeners:
                 listener(status)
 

@@ -448,7 +448,7 @@ class Mux:
 
     async def _dlc_send(self, dlci: int, data: bytes) -> None:
         dlc = self._dlc(dlci)
-        n1 = max(1, self.params.n1)
+        n1 = min(max(1, self.params.n1), 32767)  # +CMUX allows N1 = 32768; the length field stops at 32767
         view = memoryview(data)
         while view:
             while (dlc.peer_fc or self._peer_fcoff) and not self._closed.is_set():
