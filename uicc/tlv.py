@@ -114,6 +114,8 @@ def decode_ber_tag(data: bytes, offset: int, end: int) -> tuple[int, int]:
     at = offset + 1
     if tag & 0x1F == 0x1F:
         while True:
+            if at - offset >= 3:  # a fourth tag byte would follow: beyond what TS 101 220 allows
+                raise TlvError(offset, "tag longer than 3 bytes")
             if at >= end:
                 raise TlvError(offset, "truncated: multi-byte tag cut short")
             byte = data[at]
@@ -121,8 +123,6 @@ def decode_ber_tag(data: bytes, offset: int, end: int) -> tuple[int, int]:
             at += 1
             if not byte & 0x80:
                 break
-            if at - offset > 3:
-                raise TlvError(offset, "tag longer than 3 bytes")
     return tag, at
 
 
