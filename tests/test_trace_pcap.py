@@ -1,4 +1,8 @@
-"""pcap export: tshark decodes GSMTAP SIM APDUs (with the CAT inside) and the synthesized TCP streams."""
+"""pcap export: tshark decodes GSMTAP SIM APDUs (with the CAT inside) and the synthesized TCP streams.
+
+The synthetic session checks the packet layout; the embodiment tests export the trace of a real run of the three
+processes (bipsim.scenarios.harness) and have tshark decode every frame of it.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from bipsim.trace.events import TraceEvent
+from bipsim.scenarios.harness import RunConfig, run_processes
+from bipsim.trace.events import Actor, Layer, TraceEvent
 from bipsim.trace.pcap import export_pcap
 from bipsim.trace.recorder import Tracer
 
@@ -63,3 +68,46 @@ def test_export_without_tshark_pairs_apdus(tmp_path: Path) -> None:
     payload = bytes(exporter.packets[1]["Raw"].load)
     assert payload[:3] == bytes([2, 4, 4])  # GSMTAP v2, 4 words, type SIM
     assert payload[16:] == bytes.fromhex("8012000024") + OPEN_CHANNEL + b"\x90\x00"
+
+
+@pytest.fixture(scope="module", params=[1, 2], ids=["embodiment1", "embodiment2"])
+def real_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> list[TraceEvent]:
+    number: int = request.param
+    config = RunConfig(session=f"e{number}", bearer="own-stack" if number == 1 else "ap-proxy")
+    run = run_processes(config, tmp_path_factory.mktemp(f"e{number}"))
+    assert run.cp_code == 0 and run.completed, run.explain()
+    return run.events
+
+
+# the proactive commands of a BIP session, as Wireshark's ETSI CAT dissector names their command type
+BIP_COMMANDS = {0x40: "OPEN CHANNEL", 0x41: "CLOSE CHANNEL", 0x42: "RECEIVE DATA", 0x43: "SEND DATA"}
+
+
+@pytest.mark.needs("tshark")
+def test_tshark_decodes_the_pcap_of_a_real_embodiment_run(real_run: list[TraceEvent], tmp_path: Path) -> None:
+    path = tmp_path / "run.pcap"
+    count = export_pcap(real_run, path)
+    verbose = subprocess.run(["tshark", "-r", str(path), "-V"], capture_output=True, text=True, timeout=120)
+    assert verbose.returncode == 0, verbose.stderr
+    text = verbose.stdout
+    assert "Malformed" not in text and "Expert Info (Error" not in text
+    for number, name in BIP_COMMANDS.items():
+        assert f"Command Type: {name} (0x{number:02x})" in text, f"the CAT dissector did not name {name}"
+
+    fields = subprocess.run(
+        ["tshark", "-r", str(path), "-T", "fields", "-e", "frame.protocols"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    protocols = fields.stdout.splitlines()
+    assert len(protocols) == count  # every exported packet is a frame tshark read
+    apdu_exchanges = sum(1 for e in real_run if e.layer is Layer.APDU and e.src is Actor.UICC and e.hex) - 1
+    sim = [p for p in protocols if ":gsmtap" in p]
+    assert len(sim) == apdu_exchanges  # every exchange but the ATR (a response without a command) is a frame
+    assert all(p.endswith((":gsm_sim", ":gsm_sim:etsi_cat")) for p in sim), (
+        "a GSMTAP frame not decoded as SIM"
+    )
+    assert sum(1 for p in sim if p.endswith(":etsi_cat")) >= 4 * 2  # FETCHes and TRs of the BIP session
+    tcp = [p for p in protocols if ":tcp" in p]
+    assert tcp and any(p.endswith(":tls") for p in tcp)  # the card's PSK-TLS records inside the TCP stream
