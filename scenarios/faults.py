@@ -11,6 +11,7 @@ from bipsim.scenarios.base import (
     terminal_responses,
 )
 from bipsim.scenarios.harness import Harness, HarnessError, RunConfig, run_processes
+from bipsim.uicc.cat import decode_terminal_response
 
 
 def _open_result(run: object) -> bytes:
@@ -19,8 +20,8 @@ def _open_result(run: object) -> bytes:
     assert isinstance(run, RunResult)
     for summary, data in terminal_responses(run):
         if "OPEN CHANNEL" in summary:
-            at = data.find(b"\x83")
-            return data[at + 2 : at + 2 + data[at + 1]]
+            general, additional = decode_terminal_response(data).result
+            return bytes((general,)) + additional
     return b""
 
 

@@ -10,6 +10,7 @@ from bipsim.scenarios.base import (
     terminal_responses,
 )
 from bipsim.scenarios.harness import RunConfig, run_processes
+from bipsim.uicc.cat import channel_statuses, decode_terminal_response
 
 
 def _run(mode: str, options: ScenarioOptions) -> ScenarioResult:
@@ -25,11 +26,11 @@ def _run(mode: str, options: ScenarioOptions) -> ScenarioResult:
     opened = [data for summary, data in terminal_responses(run) if "OPEN CHANNEL" in summary]
     check(bool(opened), "no TERMINAL RESPONSE to OPEN CHANNEL", run)
     # channel status in the TR (8.56): on demand reports the link not yet established, immediate reports it up
-    status = opened[0][opened[0].find(b"\x38\x02") + 2]
+    statuses = channel_statuses(decode_terminal_response(opened[0]))
     expected_up = mode == "immediate"
     check(
-        bool(status & 0x80) == expected_up,
-        f"{mode}: channel status 0x{status:02X} in the OPEN CHANNEL TR",
+        bool(statuses) and statuses[0]["link_established"] == expected_up,
+        f"{mode}: channel status {statuses} in the OPEN CHANNEL TR",
         run,
     )
     return ScenarioResult(mode, run)
