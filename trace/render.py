@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 from collections.abc import Sequence
 
-from bipsim.trace.events import Actor, TraceEvent
+from bipsim.trace.events import Actor, Layer, TraceEvent
 from bipsim.trace.steps import STEPS
 
 LANES: tuple[Actor, ...] = (Actor.UICC, Actor.CP, Actor.AP, Actor.NET, Actor.OTA)
@@ -22,6 +22,19 @@ LANE_TITLES = {
     Actor.OTA: "OTA server",
 }
 FORMATS = ("text", "svg", "html", "mermaid")
+# one colour per layer, so the card, the line and the network read apart at a glance (errors are always red)
+LAYER_COLORS = {
+    "apdu": "#1f5fa8",
+    "cat": "#1f5fa8",
+    "at": "#2b7a2b",
+    "cmux": "#8a8a8a",
+    "ip": "#8a4b08",
+    "tcp": "#8a4b08",
+    "tls": "#6b3fa0",
+    "http": "#6b3fa0",
+    "gp": "#6b3fa0",
+    "app": "#555555",
+}
 
 
 def _label(event: TraceEvent) -> str:
@@ -71,17 +84,23 @@ def render_mermaid(events: Sequence[TraceEvent]) -> str:
 
 def render_svg(events: Sequence[TraceEvent]) -> str:
     """A standalone SVG chart; each message's <title> holds its time, layer and hex (shown on hover)."""
-    lane_w, top, row_h, left = 170, 60, 26, 90
-    width = left + lane_w * len(LANES) + 420
+    lane_w, top, row_h, left = 150, 60, 24, 90
+    width = left + lane_w * len(LANES) + 460
     height = top + row_h * (len(events) + 1) + 20
     x = {lane: left + lane_w * i + lane_w // 2 for i, lane in enumerate(LANES)}
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" font-family="monospace" font-size="12">',
-        "<defs><marker id='arrow' markerWidth='8' markerHeight='8' refX='7' refY='4' orient='auto'>"
-        "<path d='M0,0 L8,4 L0,8 z' fill='#333'/></marker>"
-        "<marker id='arrow-err' markerWidth='8' markerHeight='8' refX='7' refY='4' orient='auto'>"
-        "<path d='M0,0 L8,4 L0,8 z' fill='#c00'/></marker></defs>",
+        "<defs>"
+        + "".join(
+            f"<marker id='arrow-{name}' markerWidth='8' markerHeight='8' refX='7' refY='4' orient='auto'>"
+            f"<path d='M0,0 L8,4 L0,8 z' fill='{color}'/></marker>"
+            for name, color in [
+                *((layer.value, LAYER_COLORS.get(layer.value, "#333")) for layer in Layer),
+                ("err", "#c00"),
+            ]
+        )
+        + "</defs>",
         f'<rect width="{width}" height="{height}" fill="white"/>',
     ]
     for lane in LANES:
@@ -89,15 +108,19 @@ def render_svg(events: Sequence[TraceEvent]) -> str:
             f'<text x="{x[lane]}" y="30" text-anchor="middle" font-weight="bold">{LANE_TITLES[lane]}</text>'
             f'<line x1="{x[lane]}" y1="40" x2="{x[lane]}" y2="{height - 10}" stroke="#999" stroke-dasharray="4 3"/>'
         )
-    label_x = left + lane_w * len(LANES)
+    label_x = left + lane_w * len(LANES) - lane_w // 2 + 16
     for i, event in enumerate(events):
         y = top + row_h * i
-        color = "#c00" if event.error else "#333"
-        marker = "arrow-err" if event.error else "arrow"
+        color = "#c00" if event.error else LAYER_COLORS.get(event.layer.value, "#333")
+        marker = "arrow-err" if event.error else f"arrow-{event.layer.value}"
         tip = f"t={event.t:.6f} {event.src.value}->{event.dst.value} [{event.layer.value}]"
         if event.hex:
             tip += "\n" + event.hex
         parts.append(f'<g class="msg{" error" if event.error else ""}"><title>{html.escape(tip)}</title>')
+        if event.step:  # a patent step: a light band across the row so the figure's steps stand out
+            parts.append(
+                f'<rect x="4" y="{y - row_h // 2}" width="{width - 8}" height="{row_h}" fill="#fff6d5"/>'
+            )
         if event.src is event.dst:
             parts.append(f'<circle cx="{x[event.src]}" cy="{y}" r="4" fill="{color}"/>')
         else:
@@ -108,7 +131,8 @@ def render_svg(events: Sequence[TraceEvent]) -> str:
         parts.append(f'<text x="8" y="{y + 4}" fill="#666">{event.t:8.4f}</text>')
         step = f'<tspan font-weight="bold">{html.escape(event.step)}</tspan> ' if event.step else ""
         parts.append(
-            f'<text x="{label_x}" y="{y + 4}" fill="{color}">{step}{html.escape(event.summary)}</text></g>'
+            f'<text x="{label_x}" y="{y + 4}" fill="{color}">'
+            f'<tspan fill="#888">{event.layer.value:<5}</tspan> {step}{html.escape(event.summary)}</text></g>'
         )
     parts.append("</svg>")
     return "\n".join(parts) + "\n"

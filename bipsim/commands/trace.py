@@ -113,9 +113,18 @@ def trace() -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write here instead of stdout.")
 @click.option("--hex", "show_hex", is_flag=True, help="Text format: show each message's bytes.")
 @click.option("--session", help="Only events of this session (e.g. e1, e2).")
+@click.option(
+    "--layers", help="Only events of these comma-separated layers (e.g. apdu,at,tcp: no CMUX frames)."
+)
 @strict_option
 def render_cmd(
-    files: tuple[str, ...], fmt: str, output: str | None, show_hex: bool, session: str | None, strict: bool
+    files: tuple[str, ...],
+    fmt: str,
+    output: str | None,
+    show_hex: bool,
+    session: str | None,
+    layers: str | None,
+    strict: bool,
 ) -> None:
     """Draw a message sequence chart with one lane per actor (UICC, CP, AP, network, OTA server)."""
     from bipsim.trace.render import render
@@ -123,6 +132,12 @@ def render_cmd(
     events = load(files, strict)
     if session is not None:
         events = [e for e in events if e.session == session]
+    if layers is not None:
+        try:
+            chosen = {Layer(name.strip()) for name in layers.split(",") if name.strip()}
+        except ValueError as exc:
+            raise CliError(f"--layers: {exc}", exit_code=2) from exc
+        events = [e for e in events if e.layer in chosen]
     text = render(events, fmt, show_hex=show_hex, title=" + ".join(Path(f).name for f in files))
     if output:
         Path(output).write_text(text, encoding="utf-8")
