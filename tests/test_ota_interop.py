@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -150,8 +151,6 @@ async def test_openssl_s_client_runs_an_admin_session_against_bipsim_ota_server(
             # the built-in campaign: RFM update, RAM load, RAM install, GET STATUS
             assert statuses == [200, 200, 200, 200, 204]
             server.terminate()
-        import json
-
         log = json.loads(results.read_text())
         entry = log[f"iccid:{ICCID}"]
         assert entry["completed"] and entry["all_ok"]

@@ -4,6 +4,7 @@ the old one, fsync the directory)."""
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import tempfile
@@ -14,6 +15,10 @@ from typing import Any
 def save_state(path: Path, state: dict[str, Any]) -> None:
     directory = path.parent
     directory.mkdir(parents=True, exist_ok=True)
+    # a writer killed between mkstemp and rename leaves its temporary file behind: one writer per state file,
+    # so any such file is stale
+    for stale in directory.glob(f".{glob.escape(path.name)}.*"):
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:

@@ -170,8 +170,11 @@ class OtaAgent:
             self.log.errors.append(f"bad script: {exc}")
             return self._post(b"", "unknown-application")
         expanded = body[:1] in (b"\xae", b"\xaa")
-        responses = [self.execute(apdu) for apdu in apdus]
-        self.card.save_state()
+        responses = []
+        for apdu in apdus:
+            responses.append(self.execute(apdu))
+            # each APDU is atomic, as on a real card: a card killed between LOAD blocks keeps the blocks before
+            self.card.save_state()
         self.log.scripts += 1
         self.log.apdus += len(apdus)
         self.log.statuses += [r[-2:].hex().upper() for r in responses]
