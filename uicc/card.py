@@ -174,6 +174,8 @@ class SimCard:
         if channel not in self._current:
             raise ApduError(SW_LOGICAL_CHANNEL_NOT_SUPPORTED)
         proprietary = cla & 0x80 == 0x80 and cla & 0xF0 != 0xA0
+        if cla & 0xF0 == 0xA0 and ins in (0x10, 0x12, 0x14, 0xC2):
+            proprietary = True  # GSM 11.14 sends the CAT commands with class A0
         if proprietary:
             handler = {
                 0xF2: self._status,
@@ -217,14 +219,17 @@ class SimCard:
         df, _ = self._current[channel]
         target: File | None
         if p1 == 0x04:  # by DF name (AID)
-            target = self.fs.by_aid(data)
+            target = self.fs.by_aid(data) if data else None
+        elif p1 == 0x00 and not data:  # ISO/IEC 7816-4: no data selects the MF
+            target = self.fs.mf
         elif p1 == 0x00 and len(data) == 2:
             fid = int.from_bytes(data, "big")
             target = self._by_fid(df, fid)
         elif p1 in (0x08, 0x09) and data and len(data) % 2 == 0:
-            node: File | None = self.fs.mf
+            # 08: path from the MF (without 3F00); 09: path from the current DF
+            node: File | None = self.fs.mf if p1 == 0x08 else df
             fids = [int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2)]
-            if fids and fids[0] == 0x3F00:
+            if p1 == 0x08 and fids[0] == 0x3F00:
                 fids = fids[1:]
             for fid in fids:
                 node = node.children.get(fid) if node is not None else None
@@ -334,6 +339,9 @@ class SimCard:
         if not self._response:
             raise ApduError(SW_CONDITIONS_NOT_SATISFIED)
         out = self._response
+        if le is not None and le != 256 and le > len(out):
+            # wrong Le: say the right one and keep the data for the repeated GET RESPONSE (TS 102 221 7.3.1.1.4)
+            return b"", 0x6C00 | (len(out) & 0xFF)
         if le is not None and le != 256 and le < len(out):
             out, self._response = out[:le], out[le:]
             return out, 0x6100 | len(self._response)
@@ -342,8 +350,13 @@ class SimCard:
 
     def _status(self, channel: int, p1: int, p2: int, data: bytes, le: int | None) -> tuple[bytes, int]:
         df, _ = self._current[channel]
-        if p2 == 0x0C:
+        if p2 == 0x0C:  # no data returned
             return b"", SW_OK
+        if p2 == 0x01:  # the DF name (AID) of the current application, TS 102 221 section 11.1.2
+            aid = df.aid or self.fs.usim.aid
+            return b"\x84" + bytes((len(aid),)) + aid, SW_OK
+        if p2 != 0x00:
+            raise ApduError(SW_INCORRECT_P1P2)
         return df.fcp(), SW_OK
 
     def _manage_channel(

@@ -17,8 +17,10 @@ from bipsim.uicc.tlv import encode_length
 USIM_AID = bytes.fromhex("A0000000871002FF33FF018900000100")
 
 # USIM service table (TS 31.102 section 4.2.8): services this card offers. 28 data download via SMS-PP (the OTA
-# push trigger), 29 via SMS-CB, 30/31 call and MO-SMS control, 33 "shall be set to 1", 10/12 SMS and SMSP.
-UST_SERVICES = (10, 12, 28, 29, 30, 31, 33)
+# push trigger), 29 via SMS-CB, 30/31 call and MO-SMS control, 33 "shall be set to 1", 10/12 SMS and SMSP, and
+# for BIP: 72 additional TERMINAL PROFILE after UICC activation, 80 connectivity parameters for USIM IP
+# connections (the UST has no BIP bit of its own; BIP support is negotiated in the TERMINAL PROFILE).
+UST_SERVICES = (10, 12, 28, 29, 30, 31, 33, 72, 80)
 
 
 class FileKind(Enum):
@@ -95,7 +97,7 @@ def imsi_bytes(imsi: str) -> bytes:
     return bytes((8, first)) + rest
 
 
-def ust_bytes(services: tuple[int, ...] = UST_SERVICES, length: int = 8) -> bytes:
+def ust_bytes(services: tuple[int, ...] = UST_SERVICES, length: int = 10) -> bytes:
     table = bytearray(length)
     for service in services:
         table[(service - 1) // 8] |= 1 << ((service - 1) % 8)
