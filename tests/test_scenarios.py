@@ -1,0 +1,182 @@
+"""Every named scenario (PROTOCOL.md section 6) runs from pytest with real processes on a pty pair; both patent
+embodiments also run over a socat-made pair. The merged trace of each embodiment holds every patent step with first
+occurrences in the patent's order, and every APDU that carries a CAT message decodes with `bipsim decode`."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from bipsim.cli import cli
+from bipsim.scenarios.base import ScenarioOptions, ScenarioResult
+from bipsim.scenarios.registry import SCENARIOS
+from bipsim.trace.events import TraceEvent
+from bipsim.trace.steps import check_step_order, embodiment_steps
+from bipsim.uicc.cat_render import decode_as, kind_of
+
+CAT_INSTRUCTIONS = {0x14: "terminal_response", 0xC2: "envelope"}
+
+
+@pytest.fixture(scope="module")
+def scenario_run(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], ScenarioResult]:
+    """Runs a scenario once per module (the trace checks reuse the registry test's run of each embodiment)."""
+    done: dict[str, ScenarioResult] = {}
+
+    def run(name: str) -> ScenarioResult:
+        if name not in done:
+            done[name] = SCENARIOS[name](ScenarioOptions(tmp_path_factory.mktemp(name)))
+        return done[name]
+
+    return run
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_scenario_passes(name: str, scenario_run: Callable[[str], ScenarioResult]) -> None:
+    result = scenario_run(name)  # each scenario asserts its own outcome and raises ScenarioFailed otherwise
+    assert result.name == name
+    assert result.run.cp_code == 0
+    assert any(e.layer.value == "apdu" for e in result.run.events)
+    assert (result.run.directory / "cp.jsonl").exists() and (result.run.directory / "ap.jsonl").exists()
+
+
+def first_steps(events: list[TraceEvent]) -> list[str]:
+    seen: list[str] = []
+    for event in sorted(events, key=lambda e: e.t):
+        if event.step is not None and event.step not in seen:
+            seen.append(event.step)
+    return seen
+
+
+@pytest.mark.parametrize("embodiment", [1, 2])
+def test_embodiment_trace_has_every_step_in_the_patents_order(
+    embodiment: int, scenario_run: Callable[[str], ScenarioResult]
+) -> None:
+    run = scenario_run(f"embodiment{embodiment}").run
+    expected = [step.code for step in embodiment_steps(embodiment)]
+    assert check_step_order(run.events, embodiment) == []
+    # the same, independently: the first occurrences, sorted by time, are exactly the patent's sequence
+    assert first_steps(run.events) == expected
+    # the three processes wrote their own labels (CP, AP or server side), merged by the shared clock origin
+    sources = {e.src.value for e in run.events if e.step is not None}
+    assert {"uicc", "cp", "ota"} <= sources
+    if embodiment == 2:
+        assert "ap" in sources
+
+
+def cat_apdus(events: list[TraceEvent]) -> list[tuple[str, bytes, str]]:
+    """(expected kind, bytes to decode as an APDU, summary) of every APDU event that carries a CAT message."""
+    out = []
+    for event in events:
+        if event.layer.value != "apdu" or len(event.data) < 5:
+            continue
+        if event.src.value == "cp" and event.data[0] == 0x80 and event.data[1] in CAT_INSTRUCTIONS:
+            out.append((CAT_INSTRUCTIONS[event.data[1]], event.data, event.summary))
+        elif event.src.value == "uicc" and event.summary.startswith("FETCH:"):
+            # a FETCH answer (proactive command + status word) after the FETCH header, as `bipsim decode` takes it
+            body = event.data
+            out.append(("proactive_command", bytes((0x80, 0x12, 0, 0, len(body) - 2)) + body, event.summary))
+    return out
+
+
+@pytest.mark.parametrize("embodiment", [1, 2])
+def test_every_cat_apdu_decodes(embodiment: int, scenario_run: Callable[[str], ScenarioResult]) -> None:
+    run = scenario_run(f"embodiment{embodiment}").run
+    apdus = cat_apdus(run.events)
+    kinds = {kind for kind, _, _ in apdus}
+    assert kinds == {"terminal_response", "envelope", "proactive_command"}
+    for kind, data, summary in apdus:
+        message = decode_as(data, "apdu")
+        assert kind_of(message) == kind, summary
+    # and a few through the command line itself, one of each kind, with the JSON of PROTOCOL.md section 5
+    runner = CliRunner()
+    for kind in sorted(kinds):
+        _, data, summary = next(a for a in apdus if a[0] == kind)
+        outcome = runner.invoke(cli, ["decode", "--as", "apdu", "--json", data.hex()])
+        assert outcome.exit_code == 0, outcome.output
+        assert json.loads(outcome.output)["kind"] == kind, summary
+
+
+# --- over a socat-made pty pair ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def socat_pair() -> Iterator[tuple[str, str]]:
+    """`socat -d -d pty,raw,echo=0 pty,raw,echo=0`; the two pty paths come from its notices on stderr."""
+    process = subprocess.Popen(
+        ["socat", "-d", "-d", "pty,raw,echo=0", "pty,raw,echo=0"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    paths: list[str] = []
+    try:
+        while len(paths) < 2:
+            line = process.stderr.readline()
+            if not line:
+                pytest.fail(f"socat exited ({process.wait()}) before naming two ptys")
+            match = re.search(r"PTY is (\S+)", line)
+            if match:
+                paths.append(match.group(1))
+        yield paths[0], paths[1]
+    finally:
+        process.terminate()
+        process.wait(timeout=5)
+        process.stderr.close()
+
+
+@pytest.mark.needs("socat")
+@pytest.mark.parametrize("name", ["embodiment1", "embodiment2"])
+def test_embodiment_over_a_socat_pair(name: str, socat_pair: tuple[str, str], tmp_path: Path) -> None:
+    port_a, port_b = socat_pair
+    result = SCENARIOS[name](ScenarioOptions(tmp_path, port_a, port_b))
+    assert (result.run.config.port_a, result.run.config.port_b) == (port_a, port_b)
+    assert not (tmp_path / "ap.tty").exists()  # no built-in pair was made
+    embodiment = int(name[-1])
+    assert first_steps(result.run.events) == [s.code for s in embodiment_steps(embodiment)]
+
+
+# --- the command line, as a user runs it -------------------------------------------------------------------------
+
+
+def test_scenario_list_names_every_scenario() -> None:
+    outcome = CliRunner().invoke(cli, ["scenario", "list"])
+    assert outcome.exit_code == 0
+    listed = [line.split()[0] for line in outcome.output.splitlines()]
+    assert listed == list(SCENARIOS)
+    assert "two-channels" in listed and "line-drop" in listed
+
+
+def test_scenario_run_from_the_command_line(tmp_path: Path) -> None:
+    trace = tmp_path / "run.jsonl"
+    keep = tmp_path / "kept"
+    process = subprocess.run(
+        [sys.executable, "-m", "bipsim", "scenario", "run", "server-refuses", "--trace", str(trace)]
+        + ["--keep", str(keep)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert process.returncode == 0, process.stderr
+    assert re.fullmatch(r"scenario server-refuses: passed in [\d.]+ s, \d+ trace events\n", process.stdout)
+    events = [json.loads(line) for line in trace.read_text().splitlines()]
+    assert events and all({"t", "src", "dst", "layer", "summary"} <= set(e) for e in events)
+    assert [e["t"] for e in events] == sorted(e["t"] for e in events)  # merged by the shared clock
+    assert (keep / "cp.log").exists() and (keep / "card.json").exists()
+
+
+def test_unknown_scenario_is_one_line_and_exit_1() -> None:
+    process = subprocess.run(
+        [sys.executable, "-m", "bipsim", "scenario", "run", "no-such-scenario"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert process.returncode != 0
+    assert process.stderr.count("\n") == 1 and "no scenario 'no-such-scenario'" in process.stderr
