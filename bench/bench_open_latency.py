@@ -1,0 +1,60 @@
+"""OPEN CHANNEL -> link established, per embodiment, against the sum of its AT round trips (issue 7, bench a).
+
+From the trace of real sessions (three processes on a pty pair): the time from FETCH OPEN CHANNEL (S401/S701) to
+the ENVELOPE Channel Status "link established" (S406/S706), and, in the same window of the CP's own trace, the sum
+of every AT command the CP sent to the AP (AT%GETNET, AT%WEBOPCH) to its final result. The ratio shows what the
+AT exchange costs of the whole opening. Medians over RUNS sessions. Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+from _embodiment_runs import STEP_LINK, STEP_OPEN, first, run_session
+
+from bipsim.trace.events import TraceEvent
+
+RUNS = 5
+FINALS = ("OK", "ERROR", "+CME ERROR")
+
+
+def at_round_trips(events: list[TraceEvent], start: float, end: float) -> float:
+    """Seconds from each AT command the CP sent to its final result, summed, for commands sent in [start, end]."""
+    # the CP records both its commands and the answers it received; the AP's copies would count them twice
+    total = 0.0
+    pending: float | None = None
+    for event in events:
+        if event.layer.value != "at":
+            continue
+        if event.src.value == "cp" and event.summary.startswith("AT") and start <= event.t <= end:
+            pending = event.t
+        elif event.src.value == "ap" and pending is not None and event.summary.startswith(FINALS):
+            total += event.t - pending
+            pending = None
+    return total
+
+
+def measure(embodiment: int) -> dict[str, float]:
+    latencies, at_sums = [], []
+    for _ in range(RUNS):
+        session = run_session(embodiment)
+        opened = first(session.run.events, STEP_OPEN[embodiment]).t
+        linked = first(session.run.events, STEP_LINK[embodiment]).t
+        latencies.append(linked - opened)
+        at_sums.append(at_round_trips(session.per_file["cp"], opened, linked))
+    latency, at_sum = statistics.median(latencies), statistics.median(at_sums)
+    return {
+        "open_to_link_ms": round(latency * 1e3, 3),
+        "at_round_trips_ms": round(at_sum * 1e3, 3),
+        "ratio": round(latency / at_sum, 3) if at_sum else float("nan"),
+    }
+
+
+def main() -> None:
+    result = {"bench": "open_channel_latency", "runs": RUNS, "e1": measure(1), "e2": measure(2)}
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
