@@ -9,6 +9,7 @@ The BIP error causes (result 0x3A) are those of TS 102 223 section 8.12.11; pySi
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -30,9 +31,13 @@ from bipsim.cp.bip_gateway import (
     SendEnvelope,
     SendTerminalResponse,
 )
+from bipsim.cp.bip_service import BipService
+from bipsim.cp.card_driver import CardDriver
 from bipsim.cp.network import CellularNetwork, PdpError, SmCause
 from bipsim.cp.proxy_link import ProxyLink
 from bipsim.link.at_chat import AtChat
+from bipsim.uicc.bip_engine import BipConfig, BipEngine, EngineState, MultiChannelEngine
+from bipsim.uicc.card import SimCard
 from bipsim.uicc.cat import (
     OPEN_BACKGROUND,
     OPEN_IMMEDIATE,
@@ -56,6 +61,9 @@ from bipsim.uicc.cat import (
     receive_data,
     send_data,
 )
+from bipsim.uicc.profile import load_profile
+from bipsim.uicc.sim_transport import SimulatedCard
+from bipsim.uicc.test_clients import RequestResponseClient
 
 BACKGROUND = OPEN_IMMEDIATE | OPEN_BACKGROUND
 IMSI = "001010123456789"  # MCC 001, MNC 01: the test network of the shipped apns-conf.xml
@@ -647,3 +655,87 @@ async def test_bearers_wait_for_the_proxy_then_report_no_service(
         with pytest.raises(LinkError) as caught:
             await bearer.connect(1, request(bearer=2))
         assert (caught.value.general, caught.value.additional) == (0x20, bytes((TerminalProblem.NO_SERVICE,)))
+
+
+# --- several channels at once: the card's engines, the CP's BIP service and a fake bearer, in one process ------
+
+
+class MemoryBearer:
+    """A bearer whose remote end is an in-memory server answering each request with `answer` bytes."""
+
+    embodiment = 2
+    name = "memory"
+
+    def __init__(self, nursery: trio.Nursery, answer: int) -> None:
+        self.nursery = nursery
+        self.answer = answer
+        self.connected: list[int] = []
+        self.closed: list[int] = []
+
+    async def _serve(self, stream: trio.abc.Stream, channel: int) -> None:
+        request = await stream.receive_some()
+        assert request == f"GET {channel}".encode()
+        for offset in range(0, self.answer, 100):  # several pieces, so the channels interleave
+            await stream.send_all(bytes((channel,)) * min(100, self.answer - offset))
+            await trio.sleep(0)
+
+    async def connect(self, channel: int, request: OpenChannel) -> trio.abc.Stream:
+        cp_end, remote = trio.testing.memory_stream_pair()
+        self.connected.append(channel)
+        self.nursery.start_soon(self._serve, remote, channel)
+        return cp_end
+
+    async def disconnect(self, channel: int, stream: trio.abc.Stream) -> None:
+        self.closed.append(channel)
+        await stream.aclose()
+
+
+class ChannelClient(RequestResponseClient):
+    """Sends "GET <channel>" once its channel is known; the answer is that channel's byte repeated."""
+
+    def __init__(self, engine_channel: Callable[[], int], expect: int) -> None:
+        super().__init__(b"", expect)
+        self.engine_channel = engine_channel
+
+    def connection_made(self) -> bytes:
+        super().connection_made()
+        return f"GET {self.engine_channel()}".encode()
+
+
+async def run_engines(count: int, answer: int) -> tuple[list[BipEngine], list[ChannelClient], MemoryBearer]:
+    engines: list[BipEngine] = []
+    clients: list[ChannelClient] = []
+    for index in range(count):
+        client = ChannelClient(lambda i=index: engines[i].channel, answer)
+        clients.append(client)
+        engines.append(BipEngine(BipConfig(port=4000 + index, buffer_size=500), client))
+    card = SimCard(load_profile(), toolkit=MultiChannelEngine(engines))
+    async with trio.open_nursery() as nursery:
+        bearer = MemoryBearer(nursery, answer)
+        service = BipService(CardDriver(SimulatedCard(card)), bearer)
+        with trio.fail_after(30):
+            await nursery.start(service.run)
+            await service.session_finished.wait()
+        nursery.cancel_scope.cancel()
+    return engines, clients, bearer
+
+
+async def test_two_channels_carry_data_at_the_same_time() -> None:
+    engines, clients, bearer = await run_engines(2, 1200)
+    assert [engine.state for engine in engines] == [EngineState.DONE, EngineState.DONE]
+    assert sorted(bearer.connected) == [1, 2] and sorted(bearer.closed) == [1, 2]
+    # each client got its own channel's bytes only: no cross-talk between the channels
+    for client in clients:
+        assert len(client.received) == 1200 and len(set(client.received)) == 1
+    assert {client.received[0] for client in clients} == {1, 2}
+
+
+async def test_seven_channels_work_and_an_eighth_gets_no_channel_available() -> None:
+    engines, clients, bearer = await run_engines(8, 300)
+    done = [engine for engine in engines if engine.state is EngineState.DONE]
+    failed = [engine for engine in engines if engine.state is EngineState.FAILED]
+    assert len(done) == 7 and len(failed) == 1
+    assert sorted(bearer.connected) == [1, 2, 3, 4, 5, 6, 7]
+    (failure,) = failed[0].failures
+    assert failure[1:] == (GeneralResult.BIP_ERROR, bytes((BipErrorCause.NO_CHANNEL_AVAILABLE,)))
+    assert sum(len(client.received) == 300 for client in clients) == 7
