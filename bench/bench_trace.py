@@ -1,7 +1,7 @@
 """Trace costs: events recorded per second (JSONL writer) and pcap export speed (events/s), one JSON line.
 
 The event mix is one OTA session's shape repeated: APDU exchanges, AT lines, CMUX frames and TCP segments.
-The demo-time overhead (demo with and without --trace) is measured by bench_demo.py once the demo runs.
+The whole-run overhead (a real embodiment-2 run with and without --trace) is bench_trace_overhead.py.
 """
 
 from __future__ import annotations
