@@ -188,10 +188,15 @@ class Mux:
     # --- output ------------------------------------------------------------------------------------------------
 
     async def _send_frame(
-        self, dlci: int, ftype: FrameType, command: bool, pf: bool, info: bytes = b""
+        self, dlci: int, ftype: FrameType, command: bool, pf: bool, info: bytes | memoryview = b""
     ) -> None:
         data = encode_frame(dlci, ftype, self._cr(command), pf, info)
-        async with self._send_lock:
+        # the uncontended lock is taken without a schedule point: line.send_all is this frame's checkpoint
+        try:
+            self._send_lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self._send_lock.acquire()
+        try:
             if self._trace_frames:
                 name = f"{ftype.name} DLC{dlci}{' P/F' if pf else ''}" + (
                     f" ({len(info)} bytes)" if info else ""
@@ -202,6 +207,8 @@ class Mux:
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 self._closed.set()
                 raise MuxClosed("the line went away") from exc
+        finally:
+            self._send_lock.release()
         self.stats.frames_out += 1
         self.stats.bytes_out += len(data)
 
@@ -446,7 +453,7 @@ class Mux:
 
     # --- DLC I/O (used by DlcStream) -----------------------------------------------------------------------------
 
-    async def _dlc_send(self, dlci: int, data: bytes) -> None:
+    async def _dlc_send(self, dlci: int, data: bytes | bytearray | memoryview) -> None:
         dlc = self._dlc(dlci)
         n1 = min(max(1, self.params.n1), 32767)  # +CMUX allows N1 = 32768; the length field stops at 32767
         view = memoryview(data)
@@ -459,24 +466,31 @@ class Mux:
                     await self._fcon_event.wait()
             if dlc.state is not DlcState.OPEN or self._closed.is_set():
                 raise trio.BrokenResourceError(f"DLC {dlci} is closed")
-            chunk = bytes(view[:n1])
+            chunk = view[:n1]
             view = view[n1:]
             try:
                 await self._send_frame(dlci, FrameType.UIH, True, False, chunk)
             except MuxClosed as exc:
                 raise trio.BrokenResourceError("the line went away") from exc
 
-    async def _dlc_receive(self, dlci: int, max_bytes: int) -> bytes:
+    async def _dlc_receive(self, dlci: int, max_bytes: int) -> tuple[bytes, bool]:
+        """Up to max_bytes of the DLC's data, and whether it had to wait for them (a schedule point)."""
         dlc = self._dlc(dlci)
+        waited = False
         while not dlc.rx:
             if dlc.local_closed:
                 raise trio.ClosedResourceError(f"DLC {dlci} is closed")
             if dlc.eof or dlc.state is DlcState.CLOSED or self._closed.is_set():
-                return b""
+                return b"", waited
             dlc.rx_event = trio.Event()
             await dlc.rx_event.wait()
-        data = bytes(dlc.rx[:max_bytes])
-        del dlc.rx[:max_bytes]
+            waited = True
+        if len(dlc.rx) <= max_bytes:
+            data = bytes(dlc.rx)
+            dlc.rx.clear()
+        else:
+            data = bytes(dlc.rx[:max_bytes])
+            del dlc.rx[:max_bytes]
         if dlc.our_fc and len(dlc.rx) < RX_LOW:
             dlc.our_fc = False
             try:
@@ -485,7 +499,7 @@ class Mux:
                 )
             except MuxClosed:
                 pass
-        return data
+        return data, waited
 
     async def _dlc_close(self, dlci: int) -> None:
         dlc = self._dlc(dlci)
@@ -520,13 +534,17 @@ class DlcStream(trio.abc.Stream):
         self._enter(self._sending, "sending")
         self._sending = True
         try:
-            await trio.lowlevel.checkpoint()
+            # the line's send_all is the schedule point of a non-empty send; an empty one checkpoints here
+            await trio.lowlevel.checkpoint_if_cancelled()
             if self._closed:
                 raise trio.ClosedResourceError(f"DLC {self.dlci} is closed")
             if data:
-                await self.mux._dlc_send(self.dlci, bytes(data))
-            elif self.mux._dlc(self.dlci).state is not DlcState.OPEN:
-                raise trio.BrokenResourceError(f"DLC {self.dlci} is closed")
+                # a copy: the caller may reuse its buffer once we return, and frames may wait for flow control
+                await self.mux._dlc_send(self.dlci, memoryview(bytes(data)))
+            else:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                if self.mux._dlc(self.dlci).state is not DlcState.OPEN:
+                    raise trio.BrokenResourceError(f"DLC {self.dlci} is closed")
         finally:
             self._sending = False
 
@@ -548,10 +566,11 @@ class DlcStream(trio.abc.Stream):
         self._receiving = True
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
-            data = await self.mux._dlc_receive(self.dlci, max_bytes or 65536)
+            data, waited = await self.mux._dlc_receive(self.dlci, max_bytes or 65536)
             if self._closed:
                 raise trio.ClosedResourceError(f"DLC {self.dlci} is closed")
-            await trio.lowlevel.cancel_shielded_checkpoint()
+            if not waited:  # waiting for the data was this call's schedule point already
+                await trio.lowlevel.cancel_shielded_checkpoint()
             return data
         finally:
             self._receiving = False

@@ -98,20 +98,36 @@ def length_field(size: int) -> bytes:
     return bytes(((size << 1) & 0xFE, size >> 7))
 
 
-_header_fcs: dict[bytes, int] = {}
-_HEADER_CRC: dict[bytes, int] = {}  # receive side: UIH headers repeat, so their CRC register is cached
+# UIH frames carry an FCS over their header only, and headers repeat (same DLC, same size): both sides cache per
+# header. Bounded, so that a peer sending every possible length cannot grow them without limit.
+_CACHE_MAX = 4096
+_UIH_ENDS: dict[tuple[int, bool, bool, int], tuple[bytes, bytes]] = {}  # -> (flag + header, FCS + flag)
+_HEADER_CRC: dict[bytes, int] = {}  # receive side: header -> CRC register after it
 _TYPES = {t.value: t for t in FrameType}
+_FLAG_BYTE = bytes((FLAG,))
 
 
-def encode_frame(dlci: int, ftype: FrameType, cr: bool, pf: bool, info: bytes = b"") -> bytes:
-    header = bytes(((dlci << 2) | (2 if cr else 0) | 1, ftype | (PF if pf else 0))) + length_field(len(info))
+def _uih_ends(dlci: int, cr: bool, pf: bool, size: int) -> tuple[bytes, bytes]:
+    key = (dlci, cr, pf, size)
+    ends = _UIH_ENDS.get(key)
+    if ends is None:
+        header = bytes(((dlci << 2) | (2 if cr else 0) | 1, FrameType.UIH | (PF if pf else 0)))
+        header += length_field(size)
+        ends = (_FLAG_BYTE + header, bytes((fcs(header), FLAG)))
+        if len(_UIH_ENDS) < _CACHE_MAX:
+            _UIH_ENDS[key] = ends
+    return ends
+
+
+def encode_frame(
+    dlci: int, ftype: FrameType, cr: bool, pf: bool, info: bytes | bytearray | memoryview = b""
+) -> bytes:
     if ftype is FrameType.UIH:
-        check = _header_fcs.get(header)
-        if check is None:
-            check = _header_fcs.setdefault(header, fcs(header))
-    else:
-        check = fcs(header + info)
-    return b"\xf9" + header + info + bytes((check, FLAG))
+        head, tail = _uih_ends(dlci, cr, pf, len(info))
+        return b"".join((head, info, tail))  # one copy of the information field
+    header = bytes(((dlci << 2) | (2 if cr else 0) | 1, ftype | (PF if pf else 0))) + length_field(len(info))
+    check = fcs(header + bytes(info))
+    return b"".join((_FLAG_BYTE, header, info, bytes((check, FLAG))))
 
 
 class FrameParser:
@@ -156,9 +172,12 @@ class FrameParser:
             self._error = "malformed"
             return self._BAD, None
         if ftype is FrameType.UIH:
-            crc = _HEADER_CRC.get(bytes(buf[i + 1 : i + head]))
+            header = bytes(buf[i + 1 : i + head])
+            crc = _HEADER_CRC.get(header)
             if crc is None:
-                crc = _crc(buf[i + 1 : i + head])
+                crc = _crc(header)
+                if len(_HEADER_CRC) < _CACHE_MAX:
+                    _HEADER_CRC[header] = crc
         else:
             crc = _crc(buf[i + 1 : end - 1])
         if CRC_TABLE[crc ^ buf[end - 1]] != FCS_GOOD:
