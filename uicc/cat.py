@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any
+from typing import Any, NamedTuple
 
-from bipsim.uicc.tlv import Ctlv, TlvError, decode_ber, decode_ctlvs, encode_length
+from bipsim.uicc.tlv import TlvError, decode_ber_tag, decode_length, encode_ctlv, encode_length, split_ctlvs
 
 
 class Tag(IntEnum):
@@ -417,9 +417,9 @@ def text_decode(value: bytes) -> tuple[int, str]:
 # --- Simple objects ---------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class CatObject:
-    """One simple object: its tag (without CR), value bytes, CR flag, and whether the 3-byte tag form was used."""
+class CatObject(NamedTuple):
+    """One simple object: its tag (without CR), value bytes, CR flag, and whether the 3-byte tag form was used.
+    (A named tuple rather than a dataclass: the decoder builds one per object, and that is its hot path.)"""
 
     tag: int
     value: bytes
@@ -431,7 +431,7 @@ class CatObject:
         return TAG_NAMES.get(self.tag, f"tag_{self.tag:02x}")
 
     def encode(self) -> bytes:
-        return Ctlv(self.tag, self.value, self.cr, self.long_form).encode()
+        return encode_ctlv(self.tag, self.value, self.cr, self.long_form)
 
     def fields(self) -> dict[str, Any]:
         """The object's fields as PROTOCOL.md section 5 names them; `value_hex` for objects without a decoder."""
@@ -555,8 +555,29 @@ def _find(objects: Iterable[CatObject], tag: int) -> CatObject | None:
     return None
 
 
-def _split(data: bytes, offset: int, end: int) -> list[CatObject]:
-    return [CatObject(c.tag, c.value, c.cr, c.long_form) for c in decode_ctlvs(data, offset, end)]
+def _outer(data: bytes, expect: frozenset[int], names: str) -> tuple[int, int]:
+    """The BER-TLV wrapping a proactive command or envelope: (its tag, offset of its value). The value must end
+    exactly at the end of `data` (TS 102 221 section 10.1.2: one message per APDU)."""
+    end = len(data)
+    if not end:
+        raise TlvError(0, "truncated: tag missing")
+    tag = data[0]
+    if tag not in expect:
+        if tag & 0x1F == 0x1F:  # a multi-byte tag: report it whole (or why it cannot be read)
+            tag = decode_ber_tag(data, 0, end)[0]
+        raise TlvError(0, f"unexpected tag 0x{tag:02X} (expected {names})")
+    if end < 2:
+        raise TlvError(1, "truncated: length field missing")
+    length = data[1]
+    if length < 0x80:
+        start = 2
+        if start + length > end:
+            raise TlvError(1, f"truncated: length {length} exceeds the {end - start} bytes left")
+    else:
+        length, start = decode_length(data, 1, end)
+    if start + length != end:
+        raise TlvError(start + length, f"trailing garbage: {end - start - length} bytes after the TLV")
+    return tag, start
 
 
 @dataclass(frozen=True, slots=True)
@@ -587,8 +608,14 @@ class CatMessage:
         return b"".join(item.encode() for item in self.items)
 
 
+_COMMAND_DETAILS = int(Tag.COMMAND_DETAILS)
+_DEVICE_IDENTITIES = int(Tag.DEVICE_IDENTITIES)
+_RESULT = int(Tag.RESULT)
+
+
 def _details(items: list[CatObject], offset: int) -> tuple[int, int, int]:
-    details = _find(items, Tag.COMMAND_DETAILS)
+    # command details come first in every message the specification defines; look further only if not
+    details = items[0] if items and items[0][0] == _COMMAND_DETAILS else _find(items, _COMMAND_DETAILS)
     if details is None:
         raise TlvError(offset, "command details object (tag 01) missing")
     if len(details.value) != 3:
@@ -597,7 +624,9 @@ def _details(items: list[CatObject], offset: int) -> tuple[int, int, int]:
 
 
 def _check_devices(items: list[CatObject], offset: int, required: bool) -> None:
-    devices = _find(items, Tag.DEVICE_IDENTITIES)
+    if len(items) > 1 and items[1][0] == _DEVICE_IDENTITIES and len(items[1][1]) == 2:
+        return  # the usual place, right after command details (or after the event list of an envelope)
+    devices = _find(items, _DEVICE_IDENTITIES)
     if devices is None:
         if required:
             raise TlvError(offset, "device identities object (tag 02) missing")
@@ -706,29 +735,33 @@ class Envelope(CatMessage):
         return cls(head + tuple(objects), EnvelopeTag.EVENT_DOWNLOAD)
 
 
+_PROACTIVE_TAGS = frozenset({PROACTIVE_TAG})
+_ENVELOPE_TAGS = frozenset(t.value for t in EnvelopeTag)
+_ENVELOPE_NAMES = ", ".join(f"{t:02X}" for t in sorted(_ENVELOPE_TAGS))
+
+
 def decode_proactive(data: bytes) -> ProactiveCommand:
-    outer = decode_ber(data, expect={PROACTIVE_TAG})
-    start = len(data) - len(outer.value)
-    items = _split(data, start, len(data))
+    _, start = _outer(data, _PROACTIVE_TAGS, "D0")
+    items = split_ctlvs(data, start, len(data), CatObject)
     number, type_, qualifier = _details(items, start)
     _check_devices(items, start, required=True)
     return ProactiveCommand(tuple(items), number, type_, qualifier)
 
 
 def decode_terminal_response(data: bytes) -> TerminalResponse:
-    items = _split(data, 0, len(data))
+    items = split_ctlvs(data, 0, len(data), CatObject)
     number, type_, qualifier = _details(items, 0)
-    if _find(items, Tag.RESULT) is None:
+    _check_devices(items, 0, required=False)
+    if not (len(items) > 2 and items[2][0] == _RESULT) and _find(items, _RESULT) is None:
         raise TlvError(len(data), "result object (tag 03) missing")
     return TerminalResponse(tuple(items), number, type_, qualifier)
 
 
 def decode_envelope(data: bytes) -> Envelope:
-    outer = decode_ber(data, expect={t.value for t in EnvelopeTag})
-    start = len(data) - len(outer.value)
-    items = _split(data, start, len(data))
+    tag, start = _outer(data, _ENVELOPE_TAGS, _ENVELOPE_NAMES)
+    items = split_ctlvs(data, start, len(data), CatObject)
     _check_devices(items, start, required=True)
-    return Envelope(tuple(items), outer.tag)
+    return Envelope(tuple(items), tag)
 
 
 def decode_any(data: bytes) -> ProactiveCommand | TerminalResponse | Envelope:
@@ -737,7 +770,7 @@ def decode_any(data: bytes) -> ProactiveCommand | TerminalResponse | Envelope:
         raise TlvError(0, "empty input")
     if data[0] == PROACTIVE_TAG:
         return decode_proactive(data)
-    if data[0] in EnvelopeTag._value2member_map_:
+    if data[0] in _ENVELOPE_TAGS:
         return decode_envelope(data)
     return decode_terminal_response(data)
 

@@ -13,6 +13,9 @@ Every decode failure raises TlvError naming the byte offset (into the outermost 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple, TypeVar
+
+T = TypeVar("T", bound=tuple[int, bytes, bool, bool])
 
 
 class TlvError(ValueError):
@@ -61,10 +64,19 @@ def decode_length(data: bytes, offset: int, end: int) -> tuple[int, int]:
     return length, start
 
 
-@dataclass(frozen=True, slots=True)
-class Ctlv:
+def encode_ctlv(tag: int, value: bytes, cr: bool, long_form: bool = False) -> bytes:
+    """One COMPREHENSION-TLV: the 1-byte tag form unless `long_form` or the tag needs three bytes."""
+    if long_form or tag > 0x7E:
+        head = b"\x7f" + ((0x8000 if cr else 0) | tag).to_bytes(2, "big")
+    else:
+        head = bytes(((0x80 if cr else 0) | tag,))
+    return head + encode_length(len(value)) + value
+
+
+class Ctlv(NamedTuple):
     """One COMPREHENSION-TLV data object. `tag` is the tag value without the CR bit; `long_form` records the
-    3-byte tag format so a decoded object re-encodes to the same bytes."""
+    3-byte tag format so a decoded object re-encodes to the same bytes. (A named tuple: decoding builds one per
+    object, and a tuple is the cheapest immutable record Python can build.)"""
 
     tag: int
     value: bytes
@@ -72,33 +84,49 @@ class Ctlv:
     long_form: bool = False
 
     def encode(self) -> bytes:
-        if self.long_form or self.tag > 0x7E:
-            tag = (0x8000 if self.cr else 0) | self.tag
-            head = b"\x7f" + tag.to_bytes(2, "big")
+        return encode_ctlv(self.tag, self.value, self.cr, self.long_form)
+
+
+def split_ctlvs(data: bytes, offset: int, end: int, cls: type[T]) -> list[T]:
+    """Splits data[offset:end] into COMPREHENSION-TLV objects of `cls`, a named tuple of (tag, value, cr,
+    long_form) such as Ctlv or cat.CatObject.
+
+    One loop with the common case (1-byte tag, 1-byte length) inline, and tuple.__new__ called directly rather
+    than the named tuple's Python-level constructor: this is the decoder's hot path."""
+    out: list[T] = []
+    append = out.append
+    new = tuple.__new__
+    while offset < end:
+        first = data[offset]
+        if 0 < first < 0x7F:  # 1-byte tag, CR clear
+            tag, cr, long_form, at = first, False, False, offset + 1
+        elif 0x80 < first < 0xFF:  # 1-byte tag, CR set
+            tag, cr, long_form, at = first & 0x7F, True, False, offset + 1
+        elif first == 0x7F:
+            if offset + 3 > end:
+                raise TlvError(offset, "truncated: three-byte tag cut short")
+            raw = (data[offset + 1] << 8) | data[offset + 2]
+            tag, cr, long_form, at = raw & 0x7FFF, raw > 0x7FFF, True, offset + 3
         else:
-            head = bytes(((0x80 if self.cr else 0) | self.tag,))
-        return head + encode_length(len(self.value)) + self.value
+            raise TlvError(offset, f"reserved COMPREHENSION-TLV tag 0x{first:02X}")
+        if at >= end:
+            raise TlvError(at, "truncated: length field missing")
+        length = data[at]
+        if length < 0x80:
+            start = at + 1
+            offset = start + length
+            if offset > end:
+                raise TlvError(at, f"truncated: length {length} exceeds the {end - start} bytes left")
+        else:
+            length, start = decode_length(data, at, end)
+            offset = start + length
+        append(new(cls, (tag, data[start:offset], cr, long_form)))
+    return out
 
 
 def decode_ctlvs(data: bytes, offset: int = 0, end: int | None = None) -> list[Ctlv]:
     """Splits data[offset:end] into COMPREHENSION-TLV objects."""
-    end = len(data) if end is None else end
-    out: list[Ctlv] = []
-    while offset < end:
-        first = data[offset]
-        if first in (0x00, 0x80, 0xFF):
-            raise TlvError(offset, f"reserved COMPREHENSION-TLV tag 0x{first:02X}")
-        if first == 0x7F:
-            if offset + 3 > end:
-                raise TlvError(offset, "truncated: three-byte tag cut short")
-            raw = (data[offset + 1] << 8) | data[offset + 2]
-            tag, cr, long_form, at = raw & 0x7FFF, bool(raw & 0x8000), True, offset + 3
-        else:
-            tag, cr, long_form, at = first & 0x7F, bool(first & 0x80), False, offset + 1
-        length, start = decode_length(data, at, end)
-        out.append(Ctlv(tag, data[start : start + length], cr, long_form))
-        offset = start + length
-    return out
+    return split_ctlvs(data, offset, len(data) if end is None else end, Ctlv)
 
 
 def encode_ber_tag(tag: int) -> bytes:
