@@ -5,9 +5,11 @@ the status words the specification gives for each case."""
 from __future__ import annotations
 
 from collections import deque
+from pathlib import Path
 
 import pytest
 
+from bipsim.errors import CliError
 from bipsim.uicc.bip_engine import BipConfig, BipEngine
 from bipsim.uicc.card import ATR, SimCard
 from bipsim.uicc.cat import CommandType, decode_proactive, get_channel_status
@@ -301,3 +303,23 @@ def test_bip_engine_starts_with_set_up_event_list() -> None:
     assert body == b"" and sw.startswith("91")
     command, sw = apdu(card, f"80120000{sw[2:]}")
     assert sw == "9000" and decode_proactive(command).type == CommandType.SET_UP_EVENT_LIST
+
+
+def test_profile_file_sets_card_contents(tmp_path: Path) -> None:
+    """A JSON (or TOML) profile overrides the built-in default key by key; a typo is an error, not ignored."""
+    path = tmp_path / "card.json"
+    path.write_text('{"iccid": "8944000000000000123", "imsi": "262011234567890", "mnc_length": 3}')
+    profile = load_profile(path)
+    assert profile.apn == load_profile().apn  # untouched keys keep the default
+    card = SimCard(profile)
+    select(card, "00A40004", "2FE2")
+    assert apdu(card, "00B000000A") == (bytes.fromhex("984400000000000021F3"), "9000")
+    select(card, "00A40404", USIM_AID.hex())
+    select(card, "00A40004", "6F07")
+    # 262011234567890: first digit 2 with odd parity (0x29), then 62 01 12 34 56 78 90 nibble-swapped
+    assert apdu(card, "00B0000009") == (bytes.fromhex("082926102143658709"), "9000")
+    select(card, "00A40004", "6FAD")
+    assert apdu(card, "00B0000004") == (bytes.fromhex("00000003"), "9000")
+    (tmp_path / "bad.toml").write_text('imsy = "1"\n')
+    with pytest.raises(CliError, match="unknown profile keys: imsy"):
+        load_profile(tmp_path / "bad.toml")
