@@ -235,6 +235,13 @@ class Mux:
                         self.tracer.emit(
                             self.remote, self.local, Layer.CMUX, frame.describe(), frame.encode()
                         )
+                    elif frame.type is FrameType.UIH and frame.dlci:
+                        # fast path for user data on an open DLC below the flow-control mark
+                        dlc = self._dlcs.get(frame.dlci)
+                        if dlc is not None and dlc.state is DlcState.OPEN and len(dlc.rx) < RX_HIGH:
+                            dlc.rx += frame.info
+                            dlc.rx_event.set()
+                            continue
                     await self._handle(frame)
         finally:
             self._shutdown()
