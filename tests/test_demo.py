@@ -14,6 +14,7 @@ from bipsim.trace.steps import EMBODIMENT_1, EMBODIMENT_2, check_step_order
 
 CODES_1 = [s.code for s in EMBODIMENT_1]
 CODES_2 = [s.code for s in EMBODIMENT_2]
+GENEROUS = ("--timeout", "90")  # a loaded CI machine must not turn a slow session into a failed one
 
 
 def demo(*args: str) -> subprocess.CompletedProcess[str]:
@@ -37,7 +38,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str]) -> None:
 def test_both_embodiments_pass_with_ladders_trace_and_pcap(tmp_path: Path) -> None:
     trace = tmp_path / "demo.jsonl"
     pcap = tmp_path / "demo.pcap"
-    result = demo("--trace", str(trace), "--pcap", str(pcap))
+    result = demo("--trace", str(trace), "--pcap", str(pcap), *GENEROUS)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr
     assert result.stderr == ""
     # piped output: plain text, no escape codes
@@ -70,7 +71,7 @@ def test_both_embodiments_pass_with_ladders_trace_and_pcap(tmp_path: Path) -> No
 @pytest.mark.slow
 def test_one_embodiment_runs_only_that_one(tmp_path: Path) -> None:
     keep = tmp_path / "files"
-    result = demo("--embodiment", "1", "--keep", str(keep))
+    result = demo("--embodiment", "1", "--keep", str(keep), *GENEROUS)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr
     printed = set(ladder_codes(result.stdout))
     assert printed == set(CODES_1)
@@ -94,7 +95,7 @@ def test_demo_over_a_socat_pair() -> None:
             match = re.search(r"PTY is (\S+)", line)
             if match:
                 paths.append(match.group(1))
-        result = demo("--embodiment", "2", "--port-a", paths[0], "--port-b", paths[1])
+        result = demo("--embodiment", "2", "--port-a", paths[0], "--port-b", paths[1], *GENEROUS)
     finally:
         socat.terminate()
         socat.wait(10)
@@ -153,6 +154,8 @@ def test_a_failed_session_exits_non_zero_with_one_line(tmp_path: Path) -> None:
             os.ttyname(slave_b),
             "--timeout",
             "3",
+            "--keep",
+            str(tmp_path / "files"),
         )
     finally:
         for fd in (master_a, slave_a, master_b, slave_b):
@@ -160,6 +163,7 @@ def test_a_failed_session_exits_non_zero_with_one_line(tmp_path: Path) -> None:
     assert_one_line_error(result)
     assert "embodiment 1" in result.stderr
     assert "FAILED" in result.stdout
+    assert str(tmp_path / "files") in result.stderr  # where to look
 
 
 def test_help_explains_the_options() -> None:

@@ -425,13 +425,21 @@ def _check_output(option: str, path: str | None) -> None:
     type=click.Path(dir_okay=False),
     help="Write a pcap here: APDUs as GSMTAP SIM, the network side as IP/TCP (open it in Wireshark).",
 )
-@click.option("--port-a", help="Use an existing serial line pair instead of the built-in one: the AP's end.")
 @click.option(
-    "--port-b", help="The CP's end of that pair (socat's ptys, or USB-serial adapters on a null modem)."
+    "--port-a",
+    metavar="LINE",
+    help="Use an existing serial line pair instead of the built-in one: the AP's end (a device path or a "
+    "pyserial URL).",
+)
+@click.option(
+    "--port-b",
+    metavar="LINE",
+    help="The CP's end of that pair (socat's ptys, or USB-serial adapters on a null modem).",
 )
 @click.option(
     "--timeout",
     type=click.FloatRange(min=1.0),
+    metavar="SECONDS",
     default=20.0,
     show_default=True,
     help="Seconds one session may take before it counts as failed.",
@@ -469,6 +477,14 @@ def demo(
 
     Exit status 0 when every session passed; otherwise 1 with one line on stderr saying what failed (the
     processes' files are then kept and the line says where).
+
+    \b
+    Examples:
+      bipsim demo
+      bipsim demo --embodiment 2 --trace demo.jsonl --pcap demo.pcap
+      bipsim trace render demo.jsonl            # the full ladder of a saved trace
+      socat -d -d pty,raw,echo=0 pty,raw,echo=0 # prints two ptys, e.g. /dev/pts/3 and /dev/pts/4
+      bipsim demo --port-a /dev/pts/3 --port-b /dev/pts/4
     """
     if bool(port_a) != bool(port_b):
         raise CliError("--port-a and --port-b go together")
@@ -511,9 +527,11 @@ def demo(
 
     try:
         outcomes = trio.run(main)
-    except BaseExceptionGroup as group:
+    except BaseException as exc:
+        if not keep_dir:
+            shutil.rmtree(root, ignore_errors=True)
         # one cause, not a tree: a closed stdout (`| head`) ends here as SystemExit, Ctrl-C as KeyboardInterrupt
-        raise _first_leaf(group) from None
+        raise (_first_leaf(exc) if isinstance(exc, BaseExceptionGroup) else exc) from None
     for outcome in outcomes:
         _judge(outcome)
     _summary(console, outcomes)
