@@ -63,8 +63,12 @@ class OtaServer:
         keys: dict[str, bytes] | None,
         tracer: Tracer = NULL_TRACER,
         drop_after: int | None = None,
+        idle_timeout: float = 60.0,
     ) -> None:
         self.admin = admin
+        # a card silent this long (no ClientHello, half a request, no next POST) is dropped: never a hung task
+        self.idle_timeout = idle_timeout
+        self.timeouts = 0
         # fault injection: close the first connection abruptly when this many requests arrived on it
         self.drop_after = drop_after
         self.keys = keys
@@ -89,7 +93,12 @@ class OtaServer:
                 context = psk_context(self.keys, lambda i: identity.__setitem__(0, i))
                 tls = trio.SSLStream(stream, context, server_side=True)
                 try:
-                    await tls.do_handshake()
+                    with trio.fail_after(self.idle_timeout):
+                        await tls.do_handshake()
+                except trio.TooSlowError:
+                    self.timeouts += 1
+                    self.tracer.emit(Actor.OTA, Actor.NET, Layer.TLS, "TLS handshake timed out", error=True)
+                    return
                 except (trio.BrokenResourceError, ssl.SSLError, OSError) as exc:
                     self.handshake_failures += 1
                     # trio drops OpenSSL's pending alert with the failed handshake; send it ourselves (our write
@@ -128,7 +137,16 @@ class OtaServer:
         parser = MessageParser(requests=True)
         handled = 0
         while True:
-            data = await stream.receive_some(65536)
+            data: bytes | bytearray = b""
+            with trio.move_on_after(self.idle_timeout) as idle:
+                data = await stream.receive_some(65536)
+            if idle.cancelled_caught:
+                self.timeouts += 1
+                if parser.pending:  # half a request: tell the card (RFC 9110 408), then close
+                    answer = bad_request(HttpError(408, "request not completed in time"))
+                    await stream.send_all(answer.encode())
+                self.tracer.emit(Actor.OTA, Actor.NET, Layer.HTTP, "idle connection timed out", error=True)
+                return
             if not data:
                 return
             try:

@@ -243,6 +243,26 @@ async def test_a_malformed_response_script_gets_400() -> None:
     assert progress.log == [] and progress.awaiting == 0  # the script stays unacknowledged
 
 
+async def test_silent_peers_are_dropped_not_waited_for_forever() -> None:
+    """No ClientHello, or half a request: the server gives up after its idle timeout (408 for the half request)."""
+    admin = AdminServer(Campaign.load())
+    tracer = Tracer(keep=True)
+    tls_server = OtaServer(admin, keys=server_keys(), tracer=tracer, idle_timeout=0.2)
+    plain_server = OtaServer(admin, keys=None, tracer=tracer, idle_timeout=0.2)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            tls_port = await nursery.start(tls_server.serve, "127.0.0.1", 0)
+            plain_port = await nursery.start(plain_server.serve, "127.0.0.1", 0)
+            silent = await trio.open_tcp_stream("127.0.0.1", tls_port)
+            assert await silent.receive_some(100) == b""  # closed by the server
+            half = post()[:40]
+            message = await exchange(plain_port, half, until_closed=True)
+            assert message.status == 408
+            nursery.cancel_scope.cancel()
+    assert tls_server.timeouts == 1 and plain_server.timeouts == 1
+    assert sum("timed out" in e.summary for e in tracer.events) == 2
+
+
 # --- malformed HTTP to the card ---------------------------------------------------------------------------------
 
 BAD_ANSWERS = {

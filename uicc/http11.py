@@ -40,6 +40,7 @@ REASONS = {
     400: "Bad Request",
     404: "Not Found",
     405: "Method Not Allowed",
+    408: "Request Timeout",
     411: "Length Required",
     413: "Content Too Large",
     415: "Unsupported Media Type",
@@ -70,6 +71,11 @@ class MessageParser:
     def __init__(self, *, requests: bool) -> None:
         self.requests = requests
         self._buffer = bytearray()
+
+    @property
+    def pending(self) -> bool:
+        """Bytes of an incomplete message are buffered."""
+        return bool(self._buffer)
 
     def feed(self, data: bytes | bytearray) -> list[Message]:
         self._buffer += data
