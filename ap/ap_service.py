@@ -56,8 +56,13 @@ class ApplicationProcessor:
                 continue
             try:
                 await self._session(line)
-            except (ModemNotAnswering, MuxError) as exc:
-                self.tracer.emit(Actor.AP, Actor.CP, Layer.APP, f"modem session failed: {exc}", error=True)
+            except* (ModemNotAnswering, MuxError) as group:
+                self.tracer.emit(
+                    Actor.AP, Actor.CP, Layer.APP, f"modem session failed: {group.exceptions[0]}", error=True
+                )
+            except* (trio.BrokenResourceError, trio.ClosedResourceError):
+                # a write met the line going away (the CP restarted, the cable was pulled): start over
+                self.tracer.emit(Actor.AP, Actor.CP, Layer.APP, "the serial line went away", error=True)
             finally:
                 await line.aclose()
             await trio.sleep(0.2)

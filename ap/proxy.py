@@ -76,8 +76,22 @@ class ProxyService:
             try:
                 await server.run()
             finally:
-                for channel in list(self.channels.values()):
+                # the multiplexer is gone (line dropped, CP restarted): its proxied connections go with it, so
+                # that the CP's next %WEBOPCH for the same channel starts afresh instead of "in use"
+                stale = list(self.channels.values())
+                self.channels.clear()
+                self.data_dlcs.clear()
+                for channel in stale:
+                    channel.closing = True
                     channel.cancel.cancel()
+                    self.tracer.emit(
+                        Actor.AP,
+                        Actor.OTA,
+                        Layer.TCP,
+                        f"TCP FIN (channel {channel.channel}: the CP went away)",
+                    )
+                    with trio.CancelScope(shield=True):
+                        await channel.tcp.aclose()
                 nursery.cancel_scope.cancel()
         self.server = None
 

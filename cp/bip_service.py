@@ -52,26 +52,34 @@ TR_KEYS = {
 }
 
 
+# Every link event names the channel's generation: a channel id the card closed and opened again is a new link,
+# and late events of the old one (a read that failed as the line went away) must not touch the new one.
+
+
 @dataclass(frozen=True)
 class LinkUp:
     channel: int
+    generation: int = 0
 
 
 @dataclass(frozen=True)
 class LinkFailed:
     channel: int
     error: LinkError
+    generation: int = 0
 
 
 @dataclass(frozen=True)
 class LinkData:
     channel: int
     data: bytes
+    generation: int = 0
 
 
 @dataclass(frozen=True)
 class LinkDown:
     channel: int
+    generation: int = 0
 
 
 LinkEvent = LinkUp | LinkFailed | LinkData | LinkDown
@@ -100,6 +108,10 @@ class BipService:
         self._events_tx, self._events_rx = trio.open_memory_channel[LinkEvent](256)
         self._streams: dict[int, trio.abc.Stream] = {}
         self._drained: dict[int, trio.Event] = {}
+        self._generation: dict[int, int] = {}
+        # one link set-up at a time per channel id: an old attempt still waiting for the proxy finishes (and is
+        # torn down) before the new one asks for the same data DLC
+        self._connecting: dict[int, trio.Lock] = {}
         self._nursery: trio.Nursery | None = None
         driver.fetch_labeler = self._fetch_step
 
@@ -133,6 +145,8 @@ class BipService:
             await self._apply(self._on_event(event))
 
     def _on_event(self, event: LinkEvent) -> list[Action]:
+        if event.generation != self._generation.get(event.channel, 0):
+            return []  # an event of a link the card has since closed
         if isinstance(event, LinkUp):
             return self.gateway.on_link_established(event.channel)
         if isinstance(event, LinkFailed):
@@ -156,7 +170,9 @@ class BipService:
                 self._wake_reader(action.channel)
             elif isinstance(action, BearerOpen):
                 assert self._nursery is not None
-                self._nursery.start_soon(self._link, action.channel, action.request)
+                generation = self._generation.get(action.channel, 0) + 1
+                self._generation[action.channel] = generation
+                self._nursery.start_soon(self._link, action.channel, action.request, generation)
             elif isinstance(action, BearerSend):
                 await self._send(action.channel, action.data)
             elif isinstance(action, BearerClose):
@@ -175,11 +191,14 @@ class BipService:
                 self._wake_reader(channel)
         if not ok:
             self.results.append((f"{response.type_name} answered 0x{general:02X}", general, additional))
+        # the session is over when no channel is left and the card has nothing more to say: a 91 xx after the
+        # TR is its next command (a card that lost its link closes and opens the channel again to resume)
+        idle = not self.gateway.channels and not self.driver.proactive_pending
         if response.type == CommandType.CLOSE_CHANNEL:
             self.sessions_done += 1
-            if not self.gateway.channels:
+            if idle:
                 self.session_finished.set()
-        if response.type == CommandType.OPEN_CHANNEL and not ok and not self.gateway.channels:
+        if response.type == CommandType.OPEN_CHANNEL and not ok and idle:
             self.session_finished.set()
 
     def _wake_reader(self, channel: int) -> None:
@@ -189,8 +208,9 @@ class BipService:
 
     async def _send(self, channel: int, data: bytes) -> None:
         stream = self._streams.get(channel)
+        generation = self._generation.get(channel, 0)
         if stream is None:
-            await self._events_tx.send(LinkDown(channel))
+            await self._events_tx.send(LinkDown(channel, generation))
             return
         if self.bearer.embodiment == 1:
             self.tracer.emit(
@@ -213,22 +233,33 @@ class BipService:
         try:
             await stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            await self._events_tx.send(LinkDown(channel))
+            await self._events_tx.send(LinkDown(channel, generation))
 
-    async def _link(self, channel: int, request: OpenChannel) -> None:
-        try:
-            stream = await self.bearer.connect(channel, request)
-        except LinkError as exc:
-            self.tracer.emit(
-                Actor.CP, Actor.UICC, Layer.APP, f"channel {channel}: link failed: {exc.reason}", error=True
-            )
-            await self._events_tx.send(LinkFailed(channel, exc))
-            return
+    async def _link(self, channel: int, request: OpenChannel, generation: int = 0) -> None:
+        async with self._connecting.setdefault(channel, trio.Lock()):
+            if generation != self._generation.get(channel, 0):
+                return  # the card closed this channel before its link was asked for
+            try:
+                stream = await self.bearer.connect(channel, request)
+            except LinkError as exc:
+                self.tracer.emit(
+                    Actor.CP,
+                    Actor.UICC,
+                    Layer.APP,
+                    f"channel {channel}: link failed: {exc.reason}",
+                    error=True,
+                )
+                await self._events_tx.send(LinkFailed(channel, exc, generation))
+                return
+            if generation != self._generation.get(channel, 0):
+                # the card closed (and maybe reopened) the channel while this link was being set up
+                await self.bearer.disconnect(channel, stream)
+                return
         self._streams[channel] = stream
-        await self._events_tx.send(LinkUp(channel))
-        await self._read(channel, stream)
+        await self._events_tx.send(LinkUp(channel, generation))
+        await self._read(channel, stream, generation)
 
-    async def _read(self, channel: int, stream: trio.abc.Stream) -> None:
+    async def _read(self, channel: int, stream: trio.abc.Stream, generation: int = 0) -> None:
         while True:
             space = self.gateway.rx_space(channel)
             if channel not in self.gateway.channels:
@@ -241,7 +272,7 @@ class BipService:
                 data = bytes(await stream.receive_some(min(space, 65536)))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 data = b""
-            if channel not in self._streams:
+            if self._streams.get(channel) is not stream:
                 return  # closed by the card meanwhile
             if not data:
                 self.tracer.emit(
@@ -252,7 +283,7 @@ class BipService:
                     error=True,
                 )
                 self._streams.pop(channel, None)
-                await self._events_tx.send(LinkDown(channel))
+                await self._events_tx.send(LinkDown(channel, generation))
                 return
             if self.bearer.embodiment == 1:
                 self.tracer.emit(
@@ -266,7 +297,7 @@ class BipService:
                     f"channel {channel}: {len(data)} bytes over DLC {2 + channel}",
                     data,
                 )
-            await self._events_tx.send(LinkData(channel, data))
+            await self._events_tx.send(LinkData(channel, data, generation))
 
     @property
     def failed(self) -> bool:

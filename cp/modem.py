@@ -20,6 +20,7 @@ from bipsim.cp.commands import ModemCommands
 from bipsim.cp.line_service import LineService
 from bipsim.cp.network import CellularNetwork
 from bipsim.cp.proxy_link import ProxyLink
+from bipsim.link.cmux import MuxError
 from bipsim.link.pty import open_line
 from bipsim.trace.events import Actor, Layer
 from bipsim.trace.recorder import NULL_TRACER, Tracer
@@ -123,6 +124,11 @@ class Modem:
                 self.tracer.emit(Actor.CP, Actor.AP, Layer.APP, f"serial line {self.options.port} reopened")
             try:
                 await LineService(line, self.commands, self.proxy, tracer=self.tracer).run()
+            except* (trio.BrokenResourceError, trio.ClosedResourceError, MuxError):
+                # a write (an AT answer, a frame) met the line going away: reopen it like an end of file
+                self.tracer.emit(
+                    Actor.CP, Actor.AP, Layer.APP, f"serial line {self.options.port} went away", error=True
+                )
             finally:
                 await line.aclose()
             await trio.sleep(0.2)

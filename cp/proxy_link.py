@@ -29,9 +29,17 @@ class ProxyLink:
             self.ready = trio.Event()
 
     async def wait(self, timeout: float) -> tuple[Mux, AtChat] | None:
-        """The attached proxy, waiting up to `timeout` seconds for the AP to attach."""
+        """The attached proxy, waiting up to `timeout` seconds for the AP to attach.
+
+        A multiplexer that has already closed (the line just went away, the line service has not detached it
+        yet) does not count: the caller waits for the AP's next attach instead of failing on a dead line.
+        """
         with trio.move_on_after(timeout):
-            await self.ready.wait()
-        if self.mux is None or self.chat is None:
+            while True:
+                await self.ready.wait()
+                if self.mux is not None and self.chat is not None and not self.mux.closed:
+                    return self.mux, self.chat
+                await trio.sleep(0.05)  # detaching is imminent; then `ready` is a fresh event
+        if self.mux is None or self.chat is None or self.mux.closed:
             return None
         return self.mux, self.chat

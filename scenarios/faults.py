@@ -11,6 +11,7 @@ from bipsim.scenarios.base import (
     terminal_responses,
 )
 from bipsim.scenarios.harness import Harness, HarnessError, RunConfig, run_processes
+from bipsim.trace.reader import read_trace
 from bipsim.uicc.cat import decode_terminal_response
 
 
@@ -91,27 +92,68 @@ def server_drops(options: ScenarioOptions) -> ScenarioResult:
 
 
 def line_drop(options: ScenarioOptions) -> ScenarioResult:
-    """The serial line goes away (the pty pair closes) after the AP attached and comes back: the CP reopens its line,
-    the AP probes again and restarts CMUX, and the card's session then runs over the new multiplexer."""
+    """The serial line goes away (the pty pair closes) and comes back, twice: once after the AP attached and once in
+    the middle of the card's session. Each time the CP reopens its line in plain AT mode and the AP probes again and
+    restarts CMUX; the card gets Channel Status (link dropped), opens the channel again and resumes its admin
+    session (X-Admin-Resume), which then completes."""
 
     async def drop(harness: Harness) -> None:
         # once the AP has opened its proxy channel (the CP answered SABM on DLC 2 with UA), pull the line
         if not await harness.wait_for_trace("cp", "UA DLC2"):
             raise HarnessError("the AP never attached, so there was no line to drop")
         await harness.restart_pair()
+        # and again while the card's session runs: the first data from the server has reached the card
+        if not await harness.wait_for_trace("cp", "ENVELOPE: Data Available"):
+            raise HarnessError("the card's session never started after the first drop")
+        await harness.restart_pair()
 
-    config = RunConfig(session="line-drop", bearer="ap-proxy", cp_args=["--start-delay", "2.5"], during=drop)
+    config = RunConfig(
+        session="line-drop",
+        bearer="ap-proxy",
+        campaign=LINE_DROP_CAMPAIGN,
+        cp_args=["--start-delay", "1"],
+        during=drop,
+    )
     run = run_processes(config, options.directory)
     check_ota_completed(run)
     reopened = [e for e in run.events if "serial line" in e.summary and "reopened" in e.summary]
-    check(bool(reopened), "the CP did not reopen its line", run)
-    probes = [
+    check(len(reopened) >= 2, f"the CP reopened its line {len(reopened)} times, not twice", run)
+    ap_events, _ = read_trace([run.directory / "ap.jsonl"])
+    probes = [e for e in ap_events if e.src.value == "ap" and e.summary.startswith("AT+CMUX=")]
+    check(len(probes) >= 3, f"the AP switched to CMUX {len(probes)} times, not 3", run)
+    first_data = next(e.t for e in run.events if "ENVELOPE: Data Available" in e.summary)
+    dropped = [
         e
         for e in run.events
-        if e.layer.value == "at" and e.src.value == "ap" and e.summary.startswith("AT+CMUX=")
+        if e.layer.value == "apdu" and "Channel Status (link dropped)" in e.summary and e.t > first_data
     ]
-    check(len(probes) >= 2, "the AP did not start CMUX again", run)
-    return ScenarioResult("line-drop", run)
+    check(bool(dropped), "the card got no Channel Status (link dropped) in the middle of its session", run)
+    (card,) = run.results.values()
+    check(card["resumed"] >= 1, "the card did not resume its admin session", run)
+    return ScenarioResult(
+        "line-drop", run, [f"line reopened {len(reopened)} times, session resumed {card['resumed']} time(s)"]
+    )
+
+
+# a campaign long enough (a 12 000-byte load file, ~50 RECEIVE DATA rounds) for a drop to land in its middle
+LINE_DROP_CAMPAIGN = """
+[[card]]
+iccid = "*"
+[[card.step]]
+kind = "rfm"
+path = "7FFF/6F46"
+data = "0142495053494D2D4F5441FFFFFFFFFFFF"
+[[card.step]]
+kind = "ram-load"
+load_file = "A0000005590010"
+module = "A0000005590010FF"
+size = 12000
+[[card.step]]
+kind = "ram-install"
+load_file = "A0000005590010"
+module = "A0000005590010FF"
+application = "A0000005590010FF01"
+"""
 
 
 def large_download(options: ScenarioOptions) -> ScenarioResult:

@@ -427,6 +427,7 @@ class FakeMux:
     def __init__(self, proxy: ProxyService | None) -> None:
         self.proxy = proxy
         self.opened: list[DataDlc] = []
+        self.closed = False  # the line under it is up
 
     async def open_dlc(self, dlci: int) -> DataDlc:
         cp_end, ap_end = trio.testing.memory_stream_pair()
@@ -739,3 +740,28 @@ async def test_seven_channels_work_and_an_eighth_gets_no_channel_available() -> 
     (failure,) = failed[0].failures
     assert failure[1:] == (GeneralResult.BIP_ERROR, bytes((BipErrorCause.NO_CHANNEL_AVAILABLE,)))
     assert sum(len(client.received) == 300 for client in clients) == 7
+
+
+async def test_a_closed_multiplexer_is_not_used_the_bearer_waits_for_the_next_attach(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """After the line went away (mux closed, not yet detached), OPEN CHANNEL waits for the AP to come back."""
+    rig = ProxyRig(ApNetwork())
+    dead = FakeMux(None)
+    dead.closed = True
+    rig.link.attach(dead, AtChat(trio.testing.memory_stream_pair()[0]))  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        await rig.start(nursery)
+
+        async def reattach() -> None:
+            await trio.sleep(2)
+            rig.link.attach(rig.mux, rig.chat)  # type: ignore[arg-type]
+
+        nursery.start_soon(reattach)
+        start = trio.current_time()
+        with pytest.raises(LinkError) as caught:  # reaches the live AP, which refuses by its allowlist
+            await rig.ap_proxy().connect(1, request(destination="192.0.2.1"))
+        assert trio.current_time() - start >= 2
+        assert caught.value.additional == bytes((BipErrorCause.SECURITY_ERROR,))
+        assert not dead.opened and rig.mux.opened
+        nursery.cancel_scope.cancel()
