@@ -422,3 +422,39 @@ async def test_kill_9_between_load_blocks_keeps_a_whole_state_file(tmp_path: Pat
 
 if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "card":
     card_process_main(sys.argv[2], int(sys.argv[3]))
+
+
+async def test_server_drop_mid_script_through_the_bip_channel(tmp_path: Path) -> None:
+    """The same resume, with the card's BIP engine and the CP's BIP service carrying the session: the engine
+    closes the dropped channel and opens a new one, the agent resumes."""
+    from bipsim.cp.bip_service import BipService
+    from bipsim.cp.card_driver import CardDriver
+    from bipsim.uicc.bip_engine import BipConfig, BipEngine, EngineState, LinkMode
+    from bipsim.uicc.sim_transport import SimulatedCard
+
+    from .test_bip_session import DirectBearer
+
+    admin = AdminServer(Campaign.load())
+    server = OtaServer(admin, keys=server_keys(), drop_after=2)
+    card = make_card(state_path=tmp_path / "card.json")
+    tracer = Tracer(keep=True)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(server.serve, "127.0.0.1", 0)
+            engine = BipEngine(BipConfig(port=port, link_mode=LinkMode.BACKGROUND), card.agent)
+            card.card.toolkit = engine
+            service = BipService(
+                CardDriver(SimulatedCard(card.card), tracer=tracer),
+                DirectBearer(),
+                tracer=tracer,
+                poll_interval=0.05,
+            )
+            await nursery.start(service.run)
+            while not (card.agent.done and not engine.busy):
+                await trio.sleep(0.02)
+            nursery.cancel_scope.cancel()
+    assert card.agent.log.finished, (card.agent.log.errors, engine.failures)
+    assert engine.state is EngineState.DONE and engine.sessions == 2
+    (progress,) = admin.cards.values()
+    assert progress.completed and progress.resumed == 1 and len(progress.log) == 4
+    assert card.registry.applications[APP].state == SELECTABLE
