@@ -57,6 +57,18 @@ def terminal_profile(channels: int = 7) -> bytes:
 TERMINAL_PROFILE = terminal_profile()
 
 
+def get_response_class(cla: int) -> int:
+    """The class of GET RESPONSE after a command of class `cla` answered 61 xx: GET RESPONSE is an
+    inter-industry command (TS 102 221 sections 10.1.1 and 11.1.13), so CLA 0x00 with the logical channel of the
+    original command (b1-b2 for channels 0-3; b7 set and b1-b4 for the extended channels 4-19), whatever the
+    original class was (0x80 for ENVELOPE/TERMINAL RESPONSE, 0xA0 for GSM 11.11 heritage)."""
+    if cla & 0xF0 == 0xA0:  # GSM 11.11 class: GET RESPONSE stays in class A0
+        return 0xA0
+    if cla & 0x40:
+        return 0x40 | (cla & 0x0F)
+    return cla & 0x03
+
+
 class CardError(Exception):
     """The card answered a driver command with an error status word."""
 
@@ -100,7 +112,7 @@ class CardDriver:
         if sw >> 8 == 0x6C:  # wrong Le: the card tells the right one
             return await self.transmit(apdu[:4] + bytes((sw & 0xFF,)), summary)
         if sw >> 8 == 0x61:  # response data waiting
-            get = bytes((apdu[0] & 0x03 | (0x80 if apdu[0] == 0x80 else 0x00), 0xC0, 0, 0, sw & 0xFF))
+            get = bytes((get_response_class(apdu[0]), 0xC0, 0, 0, sw & 0xFF))
             more, sw = await self.transmit(get, "GET RESPONSE")
             data += more
         self._note(sw)

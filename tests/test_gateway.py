@@ -765,3 +765,56 @@ async def test_a_closed_multiplexer_is_not_used_the_bearer_waits_for_the_next_at
         assert caught.value.additional == bytes((BipErrorCause.SECURITY_ERROR,))
         assert not dead.opened and rig.mux.opened
         nursery.cancel_scope.cancel()
+
+
+class _PoRToolkit:
+    """A CAT application that answers every ENVELOPE with response data (as an SMS-PP download with a PoR)."""
+
+    def terminal_profile(self, profile: bytes) -> None:
+        pass
+
+    def pending_length(self) -> int:
+        return 0
+
+    def fetch(self) -> bytes:
+        return b""
+
+    def terminal_response(self, data: bytes) -> None:
+        pass
+
+    def envelope(self, data: bytes) -> bytes:
+        return bytes.fromhex("027100000E0AB000010000000000000100009000")
+
+
+class _RecordingCard:
+    def __init__(self, card: SimCard) -> None:
+        self.inner = SimulatedCard(card)
+        self.sent: list[bytes] = []
+
+    async def power_on(self) -> bytes:
+        return await self.inner.power_on()
+
+    async def transmit(self, command: bytes) -> bytes:
+        self.sent.append(command)
+        return await self.inner.transmit(command)
+
+
+@pytest.mark.parametrize(
+    ("cla", "get_cla"), [(0x80, 0x00), (0x81, 0x01), (0x83, 0x03), (0x00, 0x00), (0xC5, 0x45), (0x4F, 0x4F)]
+)
+async def test_get_response_after_61xx_is_class_00_with_the_logical_channel(cla: int, get_cla: int) -> None:
+    """TS 102 221 section 10.1.1: GET RESPONSE is inter-industry (CLA 0X/4X) whatever class answered 61 xx."""
+    from bipsim.cp.card_driver import get_response_class
+
+    assert get_response_class(cla) == get_cla
+
+
+async def test_envelope_answered_61xx_gets_its_response_data_with_get_response_class_00() -> None:
+    """An SMS-PP download (class 80) answered 61 xx: the PoR comes with GET RESPONSE class 00, not 6D00."""
+    recording = _RecordingCard(SimCard(load_profile(), toolkit=_PoRToolkit()))
+    driver = CardDriver(recording)
+    await driver.start()
+    data, sw = await driver.transmit(bytes.fromhex("80C2000003D10100"), "ENVELOPE")
+    assert sw == 0x9000
+    assert data == bytes.fromhex("027100000E0AB000010000000000000100009000")
+    assert recording.sent[-1][:2] == b"\x00\xc0"
