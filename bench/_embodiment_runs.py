@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -82,9 +83,13 @@ def run_session(
             if (directory / f"{name}.jsonl").exists()
         }
         line = sum(s.bytes for s in harness.pair.stats) if harness.pair is not None else 0
-        return Session(run, wall, per_file, line)
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
+    except BaseException:
+        print(
+            f"bench: session of embodiment {embodiment} failed; its files are in {directory}", file=sys.stderr
+        )
+        raise
+    shutil.rmtree(directory, ignore_errors=True)
+    return Session(run, wall, per_file, line)
 
 
 def first(events: list[TraceEvent], step: str) -> TraceEvent:

@@ -36,18 +36,22 @@ def at_round_trips(events: list[TraceEvent], start: float, end: float) -> float:
 
 
 def measure(embodiment: int) -> dict[str, float]:
-    latencies, at_sums = [], []
+    latencies, at_sums, waits = [], [], []
     for _ in range(RUNS):
         session = run_session(embodiment)
         opened = first(session.run.events, STEP_OPEN[embodiment]).t
         linked = first(session.run.events, STEP_LINK[embodiment]).t
         latencies.append(linked - opened)
         at_sums.append(at_round_trips(session.per_file["cp"], opened, linked))
+        # where the rest goes: the CP's delay before its first AT command of the opening
+        sent = [e.t for e in session.per_file["cp"] if e.src.value == "cp" and e.summary.startswith("AT%")]
+        waits.append(min((t for t in sent if t >= opened), default=opened) - opened)
     latency, at_sum = statistics.median(latencies), statistics.median(at_sums)
     return {
         "open_to_link_ms": round(latency * 1e3, 3),
         "at_round_trips_ms": round(at_sum * 1e3, 3),
         "ratio": round(latency / at_sum, 3) if at_sum else float("nan"),
+        "open_to_first_at_ms": round(statistics.median(waits) * 1e3, 3),
     }
 
 

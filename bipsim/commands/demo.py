@@ -351,11 +351,17 @@ def _judge(outcome: Outcome) -> None:
             raise ScenarioFailed("the server's last answer was not 204 No Content")
     except ScenarioFailed as exc:
         outcome.failure = _short_reason(exc)
-        # the last thing a process said is often the cause (a refused port, a bad line)
+        # the cause is usually the first errors the processes traced (a refused +CIMI, a failed link) or the
+        # last thing one of them logged
+        errors = list(
+            dict.fromkeys(f"{e.summary} ({e.src.value}->{e.dst.value})" for e in run.events if e.error)
+        )
+        if errors:
+            outcome.failure += f"; first errors: {'; '.join(errors[:2])}"
         for name in ("cp", "ap", "ota"):
             tail = run.logs.get(name, "").strip().splitlines()
             if tail and not tail[-1].startswith("listening on "):
-                outcome.failure += f" ({name}: {tail[-1].strip()[:160]})"
+                outcome.failure += f"; {name} said: {tail[-1].strip()[:160]}"
                 break
 
 
