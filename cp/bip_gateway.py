@@ -163,8 +163,12 @@ class BipGateway:
 
     def _open_objects(self, channel: Channel, established: bool) -> list[CatObject]:
         request = channel.request
+        # CR as in the TS 102 384 27.22.4.27.2 expected TERMINAL RESPONSE (channel status '38', bearer description
+        # '35', buffer size '39'): these objects are optional in this response (TS 102 223 6.8), unlike the channel
+        # status of GET CHANNEL STATUS ('B8') or the channel data of RECEIVE DATA ('B6').
+        status = channel_status_object(channel.id, established)
         return [
-            channel_status_object(channel.id, established),
+            CatObject(status.tag, status.value, False),
             obj(Tag.BEARER_DESCRIPTION, bytes((request.bearer_type,)) + request.bearer_parameters, cr=False),
             buffer_size_object(channel.buffer_size),
         ]
@@ -347,7 +351,7 @@ class BipGateway:
         if not left:
             channel.data_available_sent = False
         general = GeneralResult.OK if len(data) == want else GeneralResult.MISSING_INFORMATION
-        objects = [obj(Tag.CHANNEL_DATA, data, cr=False), channel_data_length_object(_length_byte(left))]
+        objects = [obj(Tag.CHANNEL_DATA, data), channel_data_length_object(_length_byte(left))]
         return [self._tr(command, general, objects=objects, channel=channel.id)]
 
     def _status(self, command: ProactiveCommand) -> list[Action]:

@@ -56,6 +56,7 @@ from bipsim.uicc.cat import (
     channel_statuses,
     close_channel,
     decode_envelope,
+    decode_proactive,
     decode_terminal_response,
     get_channel_status,
     receive_data,
@@ -64,6 +65,7 @@ from bipsim.uicc.cat import (
 from bipsim.uicc.profile import load_profile
 from bipsim.uicc.sim_transport import SimulatedCard
 from bipsim.uicc.test_clients import RequestResponseClient
+from tests.cat_vectors import VECTORS as CAT_VECTORS
 
 BACKGROUND = OPEN_IMMEDIATE | OPEN_BACKGROUND
 IMSI = "001010123456789"  # MCC 001, MNC 01: the test network of the shipped apns-conf.xml
@@ -818,3 +820,41 @@ async def test_envelope_answered_61xx_gets_its_response_data_with_get_response_c
     assert sw == 0x9000
     assert data == bytes.fromhex("027100000E0AB000010000000000000100009000")
     assert recording.sent[-1][:2] == b"\x00\xc0"
+
+
+def _published(name: str) -> bytes:
+    (vector,) = [v for v in CAT_VECTORS if v.name == name]
+    return vector.data
+
+
+def _tr_bytes(actions: list[Any]) -> bytes:
+    (tr,) = [a for a in actions if isinstance(a, SendTerminalResponse)]
+    return tr.response.encode()
+
+
+def test_gateway_terminal_responses_and_envelopes_are_the_published_bytes() -> None:
+    """Every object the gateway builds, tag (with its CR flag) and device identities included, byte for byte as
+    the TS 102 384 PDUs in oFono unit/test-stkutil.c (open_channel_211 -> open_channel_response_211: channel
+    status '38', bearer description '35', buffer size '39'; receive_data_111 -> receive_data_response_111: channel
+    data 'B6'; send_data_111 -> send_data_response_111; get_channel_status_111 -> ..._response_121;
+    event_download_data_available_111; event_download_channel_status_131)."""
+    gateway = BipGateway()
+    gateway.on_command(decode_proactive(bytes.fromhex("D00D810301050082028182990209 0A".replace(" ", ""))))
+    assert not [a for a in gateway.on_command(decode_proactive(_published("open_channel_211")))
+                if isinstance(a, SendTerminalResponse)]  # fmt: skip
+    assert _tr_bytes(gateway.on_link_established(1)) == _published("open_channel_response_211")
+
+    (available,) = gateway.on_data(1, bytes(range(200)) + bytes(range(200)))
+    assert available.envelope.encode() == _published("event_download_data_available_111")
+    received = _tr_bytes(gateway.on_command(decode_proactive(_published("receive_data_111"))))
+    assert received[:15] == _published("receive_data_response_111")[:15]  # head, result, 'B6' '81' 'C8'
+    assert received[15:-3] == bytes(range(200)) and received[-3:] == bytes.fromhex("B701C8")
+
+    status = _tr_bytes(gateway.on_command(decode_proactive(_published("get_channel_status_111"))))
+    assert status == _published("get_channel_status_response_121")
+    sent = _tr_bytes(gateway.on_command(decode_proactive(_published("send_data_111"))))
+    assert (
+        sent[:12] == _published("send_data_response_111")[:12]
+    )  # terminal -> UICC although sent to channel 1
+    (dropped,) = gateway.on_link_dropped(1)
+    assert dropped.envelope.encode() == _published("event_download_channel_status_131")

@@ -701,7 +701,7 @@ class TerminalResponse(CatMessage):
         additional: bytes = b"",
         objects: Iterable[CatObject] = (),
     ) -> TerminalResponse:
-        source = command.devices[1] or DeviceId.TERMINAL
+        source = DeviceId.TERMINAL  # TS 102 223 6.8: always terminal -> UICC, whatever the command addressed
         head = (
             obj(Tag.COMMAND_DETAILS, bytes((command.number, command.type, command.qualifier))),
             obj(Tag.DEVICE_IDENTITIES, bytes((source, DeviceId.UICC))),
