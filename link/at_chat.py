@@ -182,7 +182,15 @@ class AtChat:
                         self.local, self.remote, Layer.AT, f"{line}: no answer (timeout)", error=True
                     )
                     raise AtTimeout(f"no answer to {line!r}")
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                # the line or DLC went away under the command: the DCE's answer is NO CARRIER, never a raise
+                self.tracer.emit(
+                    self.local,
+                    self.remote,
+                    Layer.AT,
+                    f"{line}: stream went away ({type(exc).__name__})",
+                    error=True,
+                )
                 self._final = "NO CARRIER"
             finally:
                 self._pending = None

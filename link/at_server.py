@@ -3,7 +3,8 @@
 Handlers are registered by command name and return information text lines; the server adds the final result.
 E (echo), V (verbose), Q (quiet), Z / &F (defaults), S3/S4/S5 and +CMEE (3GPP TS 27.007 section 9.1: 0 "ERROR",
 1 numeric, 2 verbose "+CME ERROR") are handled here for every server. Unknown commands get ERROR; a handler raising
-CmeError gets "+CME ERROR: <n>" per +CMEE. A bad line never ends the server.
+CmeError gets "+CME ERROR: <n>" per +CMEE. A bad line never ends the server; a stream that went away (end of
+file, or an answer or URC that can no longer be written) ends it quietly with a trace event.
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ class AtServer:
         self.format = Formatter()
         self._write_lock = trio.Lock()
         self._stop = False
+        self.gone = False  # the stream went away under a write: run() ends as on end of file
         self.reset_hooks: list[Callable[[], None]] = []
         # a handler may name the patent step its answer is: the next response lines carry it
         self.answer_step: str | None = None
@@ -99,19 +101,27 @@ class AtServer:
     async def _write(
         self, data: bytes, summary: str, *, error: bool = False, step: str | None = None
     ) -> None:
-        if not data:
+        if not data or self.gone:
             return
         async with self._write_lock:
             self.tracer.emit(self.local, self.remote, Layer.AT, summary, data, error=error, step=step)
-            await self.stream.send_all(data)
+            try:
+                await self.stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                # the peer hung up or the DLC closed: nobody is left to answer, like an end of file
+                self.gone = True
+                self.tracer.emit(
+                    self.local, self.remote, Layer.AT, f"stream went away ({type(exc).__name__})", error=True
+                )
 
     async def send_urc(self, line: str) -> None:
         await self._write(self.format.info(line), line)
 
     async def run(self) -> None:
-        """Serves until end of file or until a handler asked to stop after its response."""
+        """Serves until end of file, a write to a stream that went away, or a handler asking to stop after its
+        response. Never raises for the stream going away."""
         self._stop = False
-        while not self._stop:
+        while not self._stop and not self.gone:
             try:
                 data = await self.stream.receive_some(4096)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -122,11 +132,13 @@ class AtServer:
             if self.echo and self.assembler.echo:
                 await self._write(bytes(self.assembler.echo), "echo")
             for line in lines:
+                if self.gone:
+                    return
                 self.tracer.emit(
                     self.remote, self.local, Layer.AT, line.strip(), line.encode("latin-1") + b"\r"
                 )
                 await self.execute(line)
-                if self._stop:
+                if self._stop or self.gone:
                     return
 
     async def execute(self, line: str) -> None:
@@ -139,6 +151,8 @@ class AtServer:
             return
         self.answer_step = None
         for request in requests:
+            if self.gone:  # the rest of a concatenated line is not executed for nobody
+                return
             try:
                 lines = await self._dispatch(request)
             except CmeError as exc:

@@ -17,6 +17,7 @@ from bipsim.link.at_syntax import (
     parse_line,
     quote,
 )
+from bipsim.trace.recorder import Tracer
 
 
 def test_parse_basic_and_extended() -> None:
@@ -92,3 +93,95 @@ async def test_chat_times_out(nursery: trio.Nursery) -> None:
     nursery.start_soon(chat.run)
     with pytest.raises(AtTimeout):
         await chat.command("AT")
+
+
+class _Gone(trio.abc.Stream):
+    """Delivers `incoming`, then waits; every write raises `error` (the peer hung up, or the DLC was closed)."""
+
+    def __init__(self, incoming: bytes, error: type[Exception]) -> None:
+        self.incoming, self.error, self.writes = incoming, error, 0
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await trio.lowlevel.checkpoint()
+        self.writes += 1
+        raise self.error("gone")
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        data, self.incoming = self.incoming, b""
+        if not data:
+            await trio.sleep_forever()
+        await trio.lowlevel.checkpoint()
+        return data
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+@pytest.mark.parametrize("error", [trio.BrokenResourceError, trio.ClosedResourceError])
+async def test_server_ends_like_eof_when_its_answer_cannot_be_written(error: type[Exception]) -> None:
+    tracer = Tracer(keep=True)
+    stream = _Gone(b"ATE0+CGMI;+CGMI\r", error)
+    server = AtServer(stream, tracer=tracer)
+    calls: list[str] = []
+
+    async def cgmi(request: AtRequest) -> list[str]:
+        calls.append(request.raw)
+        return ["bipsim"]
+
+    server.register("+CGMI", cgmi)
+    with trio.fail_after(5):
+        await server.run()  # returns, does not raise, does not wait for more input
+    assert server.gone
+    assert stream.writes == 1  # the echo: nothing more is written to a stream that went away
+    assert calls == []  # and the commands of the line are not executed for nobody
+    gone = [e for e in tracer.events if e.error and "went away" in e.summary]
+    assert len(gone) == 1 and error.__name__ in gone[0].summary
+    await server.send_urc("+CREG: 1")  # a URC for a gone stream is dropped, not raised
+
+
+async def test_server_ends_when_the_dlc_closes_under_a_slow_answer(nursery: trio.Nursery) -> None:
+    """The AP closes the modem DLC while the CP's handler works: the answer meets a closed DLC, the server ends."""
+    from bipsim.link.cmux import Mux, MuxRole
+
+    a, b = trio.testing.memory_stream_pair()
+    ap, cp = Mux(a, role=MuxRole.INITIATOR), Mux(b, role=MuxRole.RESPONDER)
+    nursery.start_soon(ap.run)
+    nursery.start_soon(cp.run)
+    ap_dlc = await ap.open_dlc(1)
+    cp_dlc = await cp.accept_dlc()
+    tracer = Tracer(keep=True)
+    server = AtServer(cp_dlc, tracer=tracer, echo=False)
+    started, release = trio.Event(), trio.Event()
+
+    async def slow(request: AtRequest) -> list[str]:
+        started.set()
+        await release.wait()
+        return ["late"]
+
+    server.register("+SLOW", slow)
+    done = trio.Event()
+
+    async def serve_and_mark() -> None:
+        await server.run()
+        done.set()
+
+    nursery.start_soon(serve_and_mark)
+    await ap_dlc.send_all(b"AT+SLOW\r")
+    await started.wait()
+    await ap_dlc.aclose()  # DISC / UA: the DLC is closed on the CP side
+    release.set()
+    with trio.fail_after(5):
+        await done.wait()
+    assert server.gone
+    assert any(e.error and "went away" in e.summary for e in tracer.events)
+
+
+async def test_chat_command_on_a_gone_stream_is_no_carrier() -> None:
+    tracer = Tracer(keep=True)
+    chat = AtChat(_Gone(b"", trio.BrokenResourceError), tracer=tracer, timeout=1)
+    response = await chat.command("AT")
+    assert response.final == "NO CARRIER" and not response.ok
+    assert any(e.error and "went away" in e.summary for e in tracer.events)
