@@ -3,10 +3,17 @@ channel: TLS 1.2 PSK with the card as client (uicc/tls_psk_client.py), the HTTP 
 headers, and the execution of the remote APDUs it receives (GP commands by the registry, file commands by the
 card's APDU processor). The card state is saved after every script, so a session killed mid-way loses nothing
 already acknowledged; a session that loses its connection asks to reconnect and resumes (X-Admin-Resume).
+
+The card's randoms (TLS client_random, CBC IVs) come from `random`: os.urandom, or, when the environment sets
+BIPSIM_CARD_SEED (hex), a deterministic stream from that seed, so that a recorded run can be replayed byte for byte
+against a recorded server (`bipsim trace replay --as server`). A seed is for tests and replay, never for a real card.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -19,6 +26,38 @@ from bipsim.uicc.tls_psk_client import TlsAlert, TlsError, TlsPskClient
 PROTOCOL = "globalplatform-remote-admin/1.0"
 REQUEST_TYPE = "application/vnd.globalplatform.card-content-mgt-response;version=1.0"
 SCRIPT_TYPE = "application/vnd.globalplatform.card-content-mgt;version=1.0"
+SEED_ENV = "BIPSIM_CARD_SEED"
+
+
+class SeededRandom:
+    """A deterministic byte stream: SHA-256(seed || counter) blocks, consumed in order (not for real keys)."""
+
+    def __init__(self, seed: bytes) -> None:
+        self.seed = seed
+        self._counter = 0
+        self._buffer = b""
+
+    def __call__(self, size: int) -> bytes:
+        while len(self._buffer) < size:
+            self._buffer += hashlib.sha256(self.seed + self._counter.to_bytes(8, "big")).digest()
+            self._counter += 1
+        out, self._buffer = self._buffer[:size], self._buffer[size:]
+        return out
+
+
+def card_random(seed: str | None = None) -> Callable[[int], bytes]:
+    """The card's random source: seeded from `seed` or $BIPSIM_CARD_SEED when given, else os.urandom.
+
+    The seed is hex; other text is taken as its UTF-8 bytes, so that no seed value can stop the card.
+    """
+    text = (seed if seed is not None else os.environ.get(SEED_ENV, "")).strip()
+    if not text:
+        return os.urandom
+    try:
+        value = bytes.fromhex(text)
+    except ValueError:
+        value = text.encode()
+    return SeededRandom(value)
 
 
 class AgentState(Enum):
@@ -52,8 +91,11 @@ class OtaAgent:
         tls: bool = True,
         path: str = "/server/adminagent",
         max_reconnects: int = 3,
+        random: Callable[[int], bytes] | None = None,
     ) -> None:
         self.card = card
+        # one source for the agent's whole life: a reconnect draws fresh (but, when seeded, reproducible) randoms
+        self.random = random if random is not None else card_random()
         self.registry = registry
         self.host = host
         self.identity = identity
@@ -77,7 +119,7 @@ class OtaAgent:
         self._http = MessageParser(requests=False)
         self._closing = False
         if self.tls_enabled:
-            self._tls = TlsPskClient(self.identity, self.psk)
+            self._tls = TlsPskClient(self.identity, self.psk, random=self.random)
             self.state = AgentState.HANDSHAKE
             return self._tls.start()
         self.state = AgentState.WAIT_RESPONSE

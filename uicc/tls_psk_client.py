@@ -5,7 +5,8 @@ TLS_PSK_WITH_AES_128_CBC_SHA256 (0x00AE), TLS_PSK_WITH_AES_128_CBC_SHA (0x008C),
 (0x00A8). The PRF is P_SHA256 for all three. CBC records are MAC-then-encrypt with an explicit random IV; GCM records
 carry an 8-byte explicit nonce. Bytes in with `receive(data)`, bytes out with `data_to_send()`; application data in
 with `send(data)`, out through the events `receive` returns. Alerts from the peer raise TlsAlert; our own failures
-send the matching alert and raise TlsError.
+send the matching alert and raise TlsError. Every random byte the client draws (client_random, CBC IVs) comes from
+one injectable source, `random`, so that a seeded card produces the same bytes run after run (trace replay).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import hashlib
 import hmac
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum, IntEnum
 
@@ -122,9 +124,15 @@ class _Direction:
     """One direction's record protection."""
 
     def __init__(
-        self, suite: Suite | None, key: bytes = b"", mac_key: bytes = b"", salt: bytes = b""
+        self,
+        suite: Suite | None,
+        key: bytes = b"",
+        mac_key: bytes = b"",
+        salt: bytes = b"",
+        random: Callable[[int], bytes] = os.urandom,
     ) -> None:
         self.suite = suite
+        self.random = random
         self.key = key
         self.mac_key = mac_key
         self.salt = salt
@@ -147,7 +155,7 @@ class _Direction:
             mac = self._mac(kind, data)
             pad = 15 - (len(data) + len(mac)) % 16
             plain = data + mac + bytes((pad,)) * (pad + 1)
-            iv = os.urandom(16)
+            iv = self.random(16)
             encryptor = Cipher(algorithms.AES(self.key), modes.CBC(iv)).encryptor()
             out = iv + encryptor.update(plain) + encryptor.finalize()
         self.seq += 1
@@ -186,9 +194,14 @@ class TlsPskClient:
     """One TLS 1.2 PSK client connection."""
 
     def __init__(
-        self, identity: bytes, psk: bytes, suites: tuple[int, ...] = (0x00AE, 0x008C, 0x00A8)
+        self,
+        identity: bytes,
+        psk: bytes,
+        suites: tuple[int, ...] = (0x00AE, 0x008C, 0x00A8),
+        random: Callable[[int], bytes] = os.urandom,
     ) -> None:
         self.identity = identity
+        self.random = random
         self.psk = psk
         self.offered = suites
         self.state = TlsState.START
@@ -200,7 +213,7 @@ class TlsPskClient:
         self._transcript = bytearray()
         self._read = _Direction(None)
         self._write = _Direction(None)
-        self.client_random = os.urandom(32)
+        self.client_random = random(32)
         self.server_random = b""
         self.master = b""
         self._pending_keys: tuple[_Direction, _Direction] | None = None
@@ -359,7 +372,7 @@ class TlsPskClient:
         client_key, server_key = block[2 * mac : 2 * mac + key], block[2 * mac + key : 2 * mac + 2 * key]
         client_iv = block[2 * mac + 2 * key : 2 * mac + 2 * key + iv]
         server_iv = block[2 * mac + 2 * key + iv :]
-        writer = _Direction(suite, client_key, client_mac, client_iv)
+        writer = _Direction(suite, client_key, client_mac, client_iv, self.random)
         reader = _Direction(suite, server_key, server_mac, server_iv)
         self._record(ContentType.CHANGE_CIPHER_SPEC, b"\x01")
         self._write = writer
