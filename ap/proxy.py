@@ -5,12 +5,16 @@ needs for its own stack (embodiment 1).
 +CME ERROR codes (3GPP TS 27.007 section 9.2): 30 no network service (no Wi-Fi for %WEBOPCH, no APN for %GETNET),
 3 operation not allowed (destination not on the allowlist), 31 network timeout (connect took longer than 30 s),
 100 unknown (the server refused or is unreachable), 50 incorrect parameters, 21 invalid index (no such channel).
+
+AT%WEBCLCH first drains the channel's DLC: whatever the CP sent on DLC 2+N before the command (the CMUX line keeps
+frames in order, so it has arrived already; e.g. the card's TLS close_notify, S709) and the chunk the relay is
+writing are flushed to TCP, bounded by DRAIN_LIMIT; then the TCP close (FIN), then OK (PROTOCOL.md section 2).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import trio
 
@@ -23,15 +27,20 @@ from bipsim.trace.events import Actor, Layer
 from bipsim.trace.recorder import NULL_TRACER, Tracer
 
 CONNECT_TIMEOUT = 30.0
+DRAIN_IDLE = 0.05  # AT%WEBCLCH: the DLC quiet this long means its data up to the command has been relayed
+DRAIN_LIMIT = 2.0  # ...and the drain never holds the OK longer than this (a TCP peer that does not read)
 
 
 @dataclass
 class ProxiedChannel:
     channel: int
-    tcp: trio.SocketStream
+    tcp: trio.abc.Stream
     dlc: DlcStream
     cancel: trio.CancelScope
     closing: bool = False
+    # the DLC -> TCP pump: its wait for DLC data (cancelled to switch to draining) and its end
+    waiting: trio.CancelScope = field(default_factory=trio.CancelScope)
+    drained: trio.Event = field(default_factory=trio.Event)
 
 
 def _arg(args: tuple[AtArg, ...], index: int) -> AtArg:
@@ -179,6 +188,13 @@ class ProxyService:
         if proxied is None:
             raise CmeError(21)
         proxied.closing = True
+        proxied.waiting.cancel()  # the pump stops waiting and drains what the DLC holds
+        with trio.move_on_after(DRAIN_LIMIT) as limit:
+            await proxied.drained.wait()
+        if limit.cancelled_caught:
+            self.tracer.emit(
+                Actor.AP, Actor.OTA, Layer.TCP, f"channel {proxied.channel}: drain cut short", error=True
+            )
         proxied.cancel.cancel()
         self.tracer.emit(Actor.AP, Actor.OTA, Layer.TCP, f"TCP FIN (channel {proxied.channel})", step="S717")
         await proxied.tcp.aclose()
@@ -193,7 +209,8 @@ class ProxyService:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._dlc_to_tcp, proxied)
                 await self._tcp_to_dlc(proxied)
-                nursery.cancel_scope.cancel()
+                if not proxied.closing:  # while AT%WEBCLCH drains, the pump ends on its own (or by its limit)
+                    nursery.cancel_scope.cancel()
         if not proxied.closing:
             # the server closed (or failed): tell the CP, and end the data DLC so its reader sees the drop
             self.channels.pop(proxied.channel, None)
@@ -204,10 +221,25 @@ class ProxyService:
             await proxied.dlc.aclose()
 
     async def _dlc_to_tcp(self, proxied: ProxiedChannel) -> None:
+        try:
+            await self._pump(proxied)
+        finally:
+            proxied.drained.set()
+
+    async def _pump(self, proxied: ProxiedChannel) -> None:
         while True:
-            data = await proxied.dlc.receive_some(65536)
-            if not data:
-                return
+            data = b""
+            if not proxied.closing:
+                proxied.waiting = trio.CancelScope()  # a scope serves one `with` only
+                with proxied.waiting:  # cancelled by AT%WEBCLCH: nothing is taken from the DLC then
+                    data = await proxied.dlc.receive_some(65536)
+                    if not data:
+                        return
+            if proxied.closing and not data:
+                with trio.move_on_after(DRAIN_IDLE):
+                    data = await proxied.dlc.receive_some(65536)
+                if not data:
+                    return
             self.tracer.emit(
                 Actor.AP,
                 Actor.OTA,

@@ -858,3 +858,60 @@ def test_gateway_terminal_responses_and_envelopes_are_the_published_bytes() -> N
     )  # terminal -> UICC although sent to channel 1
     (dropped,) = gateway.on_link_dropped(1)
     assert dropped.envelope.encode() == _published("event_download_channel_status_131")
+
+
+class _GatedStream(trio.abc.Stream):
+    """The AP's TCP connection, in memory: send_all blocks until the gate opens (a relay chunk in flight)."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.gate = trio.Event()
+        self.sending = trio.Event()
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self.sending.set()
+        await self.gate.wait()
+        await self.stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.stream.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+async def test_webclch_flushes_what_the_cp_sent_on_the_dlc_before_the_tcp_close(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The card's last record (e.g. its TLS close_notify, S709) reaches the server before the AP's FIN: a chunk the
+    relay is writing to TCP and a chunk still queued on the DLC at the time of AT%WEBCLCH are both delivered."""
+    from bipsim.ap.proxy import ProxiedChannel
+    from bipsim.link.at_syntax import AtRequest, CommandKind
+
+    service = ProxyService(ApNetwork(), ApnDatabase.load(), lambda: IMSI)
+    tcp_ap, server = trio.testing.memory_stream_pair()
+    tcp = _GatedStream(tcp_ap)
+    cp_dlc, ap_dlc = trio.testing.memory_stream_pair()
+    proxied = ProxiedChannel(1, tcp, ap_dlc, trio.CancelScope())  # type: ignore[arg-type]
+    service.channels[1] = proxied
+    answer: list[list[str] | None] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(service._relay, proxied)
+        await cp_dlc.send_all(b"pending chunk|")
+        await tcp.sending.wait()  # the relay took it from the DLC and is writing it to TCP
+        await cp_dlc.send_all(b"close_notify")  # still on the DLC when the command comes
+
+        async def close() -> None:
+            answer.append(await service.webclch(AtRequest("%WEBCLCH", CommandKind.SET, (1,), "AT%WEBCLCH=1")))
+
+        nursery.start_soon(close)
+        await trio.testing.wait_all_tasks_blocked()
+        tcp.gate.set()
+        got = b""
+        while chunk := await server.receive_some():
+            got += chunk
+        assert got == b"pending chunk|close_notify"  # then EOF: the FIN came after the data
+    assert answer == [None] and not service.channels  # OK
