@@ -13,9 +13,9 @@ from bipsim.ap.line_client import ModemNotAnswering, open_session, probe_and_swi
 from bipsim.ap.network import ApNetwork
 from bipsim.ap.proxy import ProxyService
 from bipsim.ap.ril import Ril
+from bipsim.cp.modem import REOPEN_INTERVAL, LineOpener
 from bipsim.link.at_chat import AtChat
 from bipsim.link.cmux import CmuxParams, Mux, MuxError, MuxRole
-from bipsim.link.pty import open_line
 from bipsim.trace.events import Actor, Layer
 from bipsim.trace.recorder import NULL_TRACER, Tracer
 
@@ -28,6 +28,7 @@ class ApOptions:
     port: str
     baud: int = 115200
     cmux: CmuxParams = DEFAULT_CMUX
+    wait_for_line: bool = False  # at start, wait for a line that is not there yet instead of failing
 
 
 class ApplicationProcessor:
@@ -41,19 +42,21 @@ class ApplicationProcessor:
         self.proxy = ProxyService(network, apns, self._imsi, tracer=tracer)
         self.sessions = 0
         self.attached = trio.Event()
+        self.opener = LineOpener(options.port, options.baud, who="bipsim ap", wait=options.wait_for_line)
+        self._first_line: trio.abc.Stream | None = None
 
     def _imsi(self) -> str:
         if self.ril is None:
             raise LookupError("no modem session")
         return self.ril.imsi()
 
+    async def open_line(self) -> None:
+        """Opens the line before run(): raises LineUnavailable when it is not there (unless wait_for_line)."""
+        self._first_line = await self.opener.open()
+
     async def run(self) -> None:
         while True:
-            try:
-                line = await open_line(self.options.port, baud=self.options.baud)
-            except OSError:
-                await trio.sleep(0.2)
-                continue
+            line, self._first_line = self._first_line or await self.opener.open(), None
             try:
                 await self._session(line)
             except* (ModemNotAnswering, MuxError) as group:
@@ -65,7 +68,7 @@ class ApplicationProcessor:
                 self.tracer.emit(Actor.AP, Actor.CP, Layer.APP, "the serial line went away", error=True)
             finally:
                 await line.aclose()
-            await trio.sleep(0.2)
+            await trio.sleep(REOPEN_INTERVAL)
 
     async def _session(self, line: trio.abc.Stream) -> None:
         await probe_and_switch(line, self.options.cmux, tracer=self.tracer)

@@ -1,11 +1,15 @@
 """The CP process: the card (simulated, or recorded for replay), the 27.007 modem on the serial line, and the BIP
-service on the chosen bearer. The line is reopened whenever it goes away (a USB-serial adapter unplugged, the pty
-pair restarted); the card is powered on once the AP has attached its proxy (DLC 2), as a phone's modem starts its
-SIM toolkit once the application processor is up.
+service on the chosen bearer. The line must be there at start (LineUnavailable, one clear line from the CLI) unless
+`wait_for_line` is set (a bench where the adapter appears later); once opened, it is reopened whenever it goes away
+(a USB-serial adapter unplugged, the pty pair restarted), and the wait is said once on stderr. The card is powered on
+once the AP has attached its proxy (DLC 2), as a phone's modem starts its SIM toolkit once the application processor
+is up.
 """
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +39,69 @@ class ModemOptions:
     once: bool = False
     wait_for_ap: float = 60.0
     start_delay: float = 0.0
+    wait_for_line: bool = False  # at start, wait for a line that is not there yet instead of failing
+
+
+REOPEN_INTERVAL = 0.2  # seconds between attempts to reopen a line that went away
+
+
+class LineUnavailable(Exception):
+    """The serial line could not be opened at start (and waiting for it was not asked for). `absent`: there is
+    nothing at that path (rather than something that is not a serial line)."""
+
+    def __init__(self, message: str, *, absent: bool) -> None:
+        super().__init__(message)
+        self.absent = absent
+
+    def hint(self) -> str:
+        return f"{self} (use --wait-for-line to wait for it)" if self.absent else str(self)
+
+
+def _why(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+def _stderr(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+class LineOpener:
+    """Opens a process's serial line (PROTOCOL.md section 1). The first open fails fast with LineUnavailable unless
+    `wait`; later opens (after the line went away) retry every REOPEN_INTERVAL, telling `notice` once per wait.
+    Shared by the CP and the AP processes."""
+
+    def __init__(
+        self,
+        port: str,
+        baud: int,
+        *,
+        who: str,
+        wait: bool = False,
+        notice: Callable[[str], None] = _stderr,
+    ) -> None:
+        self.port, self.baud, self.who, self.wait, self.notice = port, baud, who, wait, notice
+        self.opened = 0
+
+    async def open(self) -> trio.abc.Stream:
+        said = False
+        while True:
+            try:
+                line = await open_line(self.port, baud=self.baud)
+            except OSError as exc:
+                if not self.opened and not self.wait:
+                    raise LineUnavailable(
+                        f"serial line {self.port}: {_why(exc)}", absent=isinstance(exc, FileNotFoundError)
+                    ) from None
+                if not said:
+                    what = "went away" if self.opened else f"is not there ({_why(exc)})"
+                    self.notice(f"{self.who}: serial line {self.port} {what}; waiting for it")
+                    said = True
+                await trio.sleep(REOPEN_INTERVAL)
+                continue
+            if said:
+                self.notice(f"{self.who}: serial line {self.port} is back")
+            self.opened += 1
+            return line
 
 
 class AutoBearer:
@@ -89,7 +156,16 @@ class Modem:
         self.bearer = make_bearer(options.bearer, self.proxy, self.network, tracer)
         self.service = BipService(self.driver, self.bearer, tracer=tracer)
         self.commands = ModemCommands(self.driver, self.network)
-        self.line_opened = 0
+        self.opener = LineOpener(options.port, options.baud, who="bipsim cp", wait=options.wait_for_line)
+        self._first_line: trio.abc.Stream | None = None
+
+    @property
+    def line_opened(self) -> int:
+        return self.opener.opened
+
+    async def open_line(self) -> None:
+        """Opens the line before run(): raises LineUnavailable when it is not there (see ModemOptions)."""
+        self._first_line = await self.opener.open()
 
     async def run(self) -> int:
         """Runs until cancelled, or (with once) until the card's first BIP session ended. Returns an exit code."""
@@ -112,14 +188,7 @@ class Modem:
 
     async def _line_loop(self) -> None:
         while True:
-            try:
-                line = await open_line(self.options.port, baud=self.options.baud)
-            except OSError:
-                await trio.sleep(
-                    0.2
-                )  # the line is not there (yet): a pty pair restarting, an adapter replugged
-                continue
-            self.line_opened += 1
+            line, self._first_line = self._first_line or await self.opener.open(), None
             if self.line_opened > 1:
                 self.tracer.emit(Actor.CP, Actor.AP, Layer.APP, f"serial line {self.options.port} reopened")
             try:
@@ -131,7 +200,7 @@ class Modem:
                 )
             finally:
                 await line.aclose()
-            await trio.sleep(0.2)
+            await trio.sleep(REOPEN_INTERVAL)
 
 
 def simulated_card(

@@ -13,6 +13,7 @@ from bipsim.commands.common import (
     trace_option,
     until_signalled,
 )
+from bipsim.errors import CliError
 
 
 @click.command("ap")
@@ -20,6 +21,12 @@ from bipsim.commands.common import (
     "--port", required=True, help="The serial line: a device path (/dev/ttyUSB1, a pty) or a pyserial URL."
 )
 @click.option("--baud", default=115200, show_default=True, help="Line speed for real serial ports.")
+@click.option(
+    "--wait-for-line",
+    is_flag=True,
+    help="Wait for a line that is not there yet (an adapter plugged in later) instead of failing at once. "
+    "Without it a missing line at start is an error; a line that goes away later is always waited for.",
+)
 @click.option(
     "--wifi/--no-wifi",
     default=True,
@@ -57,6 +64,7 @@ from bipsim.commands.common import (
 def ap(
     port: str,
     baud: int,
+    wait_for_line: bool,
     wifi: bool,
     ssid: str,
     cellular: bool,
@@ -75,19 +83,35 @@ def ap(
     from bipsim.ap.ap_service import DEFAULT_CMUX, ApOptions, ApplicationProcessor
     from bipsim.ap.apn_db import ApnDatabase
     from bipsim.ap.network import AllowRule, ApNetwork
+    from bipsim.cp.modem import LineUnavailable
 
     network = ApNetwork(wifi=wifi, ssid=ssid, cellular=cellular)
     if allow:
         network.allow = [AllowRule.parse(text) for text in allow]
     tracer = make_tracer(trace_path, session, keep=bool(pcap_path))
     processor = ApplicationProcessor(
-        ApOptions(port, baud, replace(DEFAULT_CMUX, n1=n1)), network, ApnDatabase.load(apn_db), tracer=tracer
+        ApOptions(port, baud, replace(DEFAULT_CMUX, n1=n1), wait_for_line=wait_for_line),
+        network,
+        ApnDatabase.load(apn_db),
+        tracer=tracer,
     )
 
+    missing: list[LineUnavailable] = []
+
+    async def open_line() -> None:
+        try:
+            await processor.open_line()
+        except LineUnavailable as exc:
+            missing.append(exc)
+
     async def main() -> None:
-        await until_signalled(processor.run)
+        await until_signalled(open_line)  # Ctrl-C ends a --wait-for-line wait too
+        if processor.opener.opened:
+            await until_signalled(processor.run)
 
     try:
         trio.run(main)
+        if missing:
+            raise CliError(missing[0].hint())
     finally:
         finish_trace(tracer, pcap_path)

@@ -23,6 +23,12 @@ from bipsim.errors import CliError
 )
 @click.option("--baud", default=115200, show_default=True, help="Line speed for real serial ports.")
 @click.option(
+    "--wait-for-line",
+    is_flag=True,
+    help="Wait for a line that is not there yet (an adapter plugged in later) instead of failing at once. "
+    "Without it a missing line at start is an error; a line that goes away later is always waited for.",
+)
+@click.option(
     "--card",
     "card_kind",
     default="sim",
@@ -71,6 +77,7 @@ from bipsim.errors import CliError
 def cp(
     port: str,
     baud: int,
+    wait_for_line: bool,
     card_kind: str,
     profile_path: str | None,
     state_path: str | None,
@@ -85,7 +92,7 @@ def cp(
     """Run the CP: it answers AT (3GPP TS 27.007) on the line, switches to 27.010 CMUX on AT+CMUX=0, serves modem
     control on DLC 1, asks the AP proxy on DLC 2, and carries the card's BIP channels (ETSI TS 102 223) on the chosen
     bearer. Runs until Ctrl-C or SIGTERM (or, with --once, until the first BIP session ended)."""
-    from bipsim.cp.modem import Modem, ModemOptions, simulated_card
+    from bipsim.cp.modem import LineUnavailable, Modem, ModemOptions, simulated_card
 
     tracer = make_tracer(trace_path, session, keep=bool(pcap_path))
     recorded = None
@@ -107,13 +114,29 @@ def cp(
         raise CliError("--card pcsc needs a PC/SC reader binding, which this build does not include")
     else:
         raise CliError(f"--card {card_kind}: use sim, pcsc[:N] or trace:FILE")
-    modem = Modem(ModemOptions(port, baud, bearer, once, start_delay=start_delay), card, tracer=tracer)
+    modem = Modem(
+        ModemOptions(port, baud, bearer, once, start_delay=start_delay, wait_for_line=wait_for_line),
+        card,
+        tracer=tracer,
+    )
+
+    missing: list[LineUnavailable] = []
+
+    async def open_line() -> None:
+        try:
+            await modem.open_line()
+        except LineUnavailable as exc:
+            missing.append(exc)
 
     async def main() -> None:
-        await until_signalled(modem.run)
+        await until_signalled(open_line)  # Ctrl-C ends a --wait-for-line wait too
+        if modem.line_opened:
+            await until_signalled(modem.run)
 
     try:
         trio.run(main)
+        if missing:
+            raise CliError(missing[0].hint())
     finally:
         finish_trace(tracer, pcap_path)
     if recorded is not None and recorded.divergence is not None:

@@ -1,0 +1,155 @@
+"""`bipsim cp` and `bipsim ap` as processes on their serial line: a line that is not there at start is one clear
+error line and a non-zero exit (unless --wait-for-line), SIGTERM ends a running CP cleanly with its trace complete,
+and a line that goes away after it was opened is waited for, said once. Real processes and ptys.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from bipsim.cp.modem import LineOpener, LineUnavailable
+
+
+def bipsim(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "bipsim", *args], capture_output=True, text=True, timeout=60)
+
+
+def error_line(result: subprocess.CompletedProcess[str]) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", ["cp", "ap"])
+def test_a_line_that_is_not_there_is_one_line_and_a_non_zero_exit(command: str, tmp_path: Path) -> None:
+    result = bipsim(command, "--port", str(tmp_path / "nonexistent"))
+    assert result.returncode != 0
+    line = error_line(result)
+    assert "nonexistent" in line and "no such serial line" in line and "--wait-for-line" in line
+
+
+@pytest.mark.parametrize("command", ["cp", "ap"])
+@pytest.mark.parametrize(("kind", "reason"), [("directory", "Is a directory"), ("file", "not a serial line")])
+def test_something_that_is_not_a_serial_line_is_one_clear_line(
+    command: str, kind: str, reason: str, tmp_path: Path
+) -> None:
+    path = tmp_path / kind
+    if kind == "directory":
+        path.mkdir()
+    else:
+        path.write_text("plain file\n")
+    result = bipsim(command, "--port", str(path))
+    assert result.returncode != 0
+    line = error_line(result)
+    assert str(path) in line and reason in line
+
+
+@pytest.mark.parametrize("command", ["cp", "ap"])
+def test_wait_for_line_is_offered_in_help(command: str) -> None:
+    result = bipsim(command, "--help")
+    assert result.returncode == 0 and "--wait-for-line" in result.stdout
+
+
+def _wait_for(predicate: object, what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_sigterm_ends_a_running_cp_with_exit_0_and_a_complete_trace(tmp_path: Path) -> None:
+    master, slave = os.openpty()
+    trace = tmp_path / "cp.jsonl"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bipsim", "cp", "--port", os.ttyname(slave), "--trace", str(trace)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        answer = b""
+
+        def answered() -> bool:
+            nonlocal answer
+            os.write(master, b"AT\r")
+            time.sleep(0.2)
+            os.set_blocking(master, False)
+            try:
+                answer += os.read(master, 1024)
+            except BlockingIOError:
+                pass
+            return b"OK" in answer
+
+        _wait_for(answered, "the CP's OK to AT")  # it is up and serving the line
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        os.close(master)
+        os.close(slave)
+    assert process.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    events = [json.loads(line) for line in trace.read_text().splitlines()]  # every line is whole JSON
+    assert events and any("AT" in str(event.get("summary", "")) for event in events)
+
+
+def test_wait_for_line_waits_says_so_once_and_sigterm_ends_it(tmp_path: Path) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bipsim", "cp", "--port", str(tmp_path / "later"), "--wait-for-line"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1.5)  # several retry intervals: still one line
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=20)
+    assert process.returncode == 0
+    assert stderr.strip().splitlines() == [f"bipsim cp: serial line {tmp_path / 'later'} is not there "
+                                           "(no such serial line); waiting for it"]  # fmt: skip
+
+
+async def test_a_line_that_goes_away_is_waited_for_and_said_once(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    master, slave = os.openpty()
+    link = tmp_path / "line"
+    said: list[str] = []
+    opener = LineOpener(str(link), 115200, who="bipsim cp", notice=said.append)
+    try:
+        with pytest.raises(LineUnavailable) as caught:
+            await opener.open()  # not there at start: no waiting without --wait-for-line
+        assert caught.value.absent
+        link.symlink_to(os.ttyname(slave))
+        line = await opener.open()
+        await line.aclose()
+        link.unlink()  # the adapter is unplugged
+
+        async def replug() -> None:
+            await trio.sleep(30)  # 150 retry intervals
+            link.symlink_to(os.ttyname(slave))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(replug)
+            line = await opener.open()
+            await line.aclose()
+        assert said == [
+            f"bipsim cp: serial line {link} went away; waiting for it",
+            f"bipsim cp: serial line {link} is back",
+        ]
+        assert opener.opened == 2
+    finally:
+        os.close(master)
+        os.close(slave)
