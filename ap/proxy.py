@@ -34,7 +34,7 @@ DRAIN_LIMIT = 2.0  # ...and the drain never holds the OK longer than this (a TCP
 @dataclass
 class ProxiedChannel:
     channel: int
-    tcp: trio.abc.Stream
+    tcp: trio.SocketStream
     dlc: DlcStream
     cancel: trio.CancelScope
     closing: bool = False
