@@ -19,6 +19,7 @@ from bipsim.trace.events import Actor, Layer, TraceEvent
 from bipsim.trace.reader import read_trace
 from bipsim.trace.replay import ConnectionTape, Flight, RecordedServer, open_channel_address, server_tapes
 
+SEED = "0123456789ABCDEF"
 SMALL_CAMPAIGN = """
 [[card]]
 iccid = "*"
@@ -34,9 +35,11 @@ kind = "ram-status"
 @pytest.fixture(scope="session")
 def recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("e2-recording")
-    run = run_processes(
-        RunConfig(session="e2", bearer="ap-proxy", campaign=SMALL_CAMPAIGN), directory / "run"
-    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("BIPSIM_CARD_SEED", SEED)  # the card's TLS randoms, so --as server can replay them
+        run = run_processes(
+            RunConfig(session="e2", bearer="ap-proxy", campaign=SMALL_CAMPAIGN), directory / "run"
+        )
     assert run.cp_code == 0, run.explain()
     path = directory / "e2.jsonl"
     path.write_text("".join(e.to_json() + "\n" for e in run.events), encoding="utf-8")
@@ -90,12 +93,73 @@ def test_one_flipped_byte_of_a_recorded_tr_is_reported_with_its_step(
     assert "meaning: TERMINAL RESPONSE" in text
 
 
-@pytest.mark.parametrize("role", ["ap", "server"])
-def test_roles_not_supported_yet_say_so_in_one_line(recording: Path, role: str) -> None:
-    out = replay(recording, "--as", role)
-    assert out.returncode == 2
-    assert out.stdout == ""
-    assert len(out.stderr.strip().splitlines()) == 1 and "not supported yet" in out.stderr
+def _flip(path: Path, out: Path, pick: object, offset: int) -> tuple[TraceEvent, bytes]:
+    """Writes `path` to `out` with one byte of the first event `pick` accepts flipped; returns it and its bytes."""
+    events, _ = read_trace([path])
+    target = next(i for i, e in enumerate(events) if pick(e))  # type: ignore[operator]
+    original = events[target].data
+    flipped = original[:offset] + bytes([original[offset] ^ 0x01]) + original[offset + 1 :]
+    for i, e in enumerate(events):  # every copy: a merged trace holds a CMUX frame as sent and as received
+        if e.hex == events[target].hex and e.layer is events[target].layer and i != target:
+            events[i] = TraceEvent.from_dict(e.to_dict() | {"hex": flipped.hex().upper()})
+    events[target] = TraceEvent.from_dict(events[target].to_dict() | {"hex": flipped.hex().upper()})
+    out.write_text("".join(e.to_json() + "\n" for e in events), encoding="utf-8")
+    return events[target], original
+
+
+def test_recorded_server_against_live_seeded_card_matches(recording: Path) -> None:
+    out = replay(recording, "--as", "server", "--card-seed", SEED)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.startswith("replay matches:") and "S701..S718" in out.stdout
+
+
+def test_one_flipped_byte_of_the_cards_recorded_request_is_reported(recording: Path, tmp_path: Path) -> None:
+    # the third flight the card sent: its first POST, inside an ApplicationData record
+    sent = [0]
+
+    def third_client_flight(e: TraceEvent) -> bool:
+        if e.layer is Layer.TCP and e.src is Actor.AP and e.dst is Actor.OTA and e.hex:
+            sent[0] += 1
+            return sent[0] == 3
+        return False
+
+    event, original = _flip(recording, tmp_path / "tampered.jsonl", third_client_flight, 10)
+    out = replay(tmp_path / "tampered.jsonl", "--as", "server", "--card-seed", SEED)
+    assert out.returncode == 1, out.stdout + out.stderr
+    text = out.stdout
+    assert "the client sent other bytes" in text
+    assert f"expected [{event.step}]: ap->ota" in text and event.step == "S709"
+    assert f"bytes: {event.hex}" in text  # the recording
+    assert f"actual: {original.hex().upper()}" in text  # the live card, decrypted with the profile's PSK:
+    assert "POST /server/adminagent HTTP/1.1; X-Admin-Protocol: globalplatform-remote-admin/1.0" in text
+    assert "first differing byte at offset 10" in text
+
+
+def test_another_seed_diverges_at_the_client_hello(recording: Path) -> None:
+    out = replay(recording, "--as", "server", "--card-seed", "FF")
+    assert out.returncode == 1
+    assert "expected [S709]" in out.stdout and out.stdout.count("meaning: Handshake ClientHello") == 2
+    assert "first differing byte at offset 11" in out.stdout  # the client_random starts there
+
+
+def test_recorded_ap_against_live_cp_matches(recording: Path) -> None:
+    out = replay(recording, "--as", "ap")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "4 AT commands before CMUX" in out.stdout and "DLCs 0, 1, 2, 3" in out.stdout
+
+
+def test_one_flipped_byte_of_the_cps_recorded_at_command_is_reported(recording: Path, tmp_path: Path) -> None:
+    def webopch(e: TraceEvent) -> bool:
+        return e.layer is Layer.CMUX and e.src is Actor.CP and b"%WEBOPCH" in e.data
+
+    event, original = _flip(recording, tmp_path / "tampered.jsonl", webopch, 12)  # inside the payload
+    out = replay(tmp_path / "tampered.jsonl", "--as", "ap")
+    assert out.returncode == 1, out.stdout + out.stderr
+    text = out.stdout
+    assert "divergence on DLC 2: the CP sent other bytes" in text
+    assert "expected [S702]: cp->ap UIH DLC2" in text
+    assert "first differing byte at offset 8" in text  # the payload offset: 4 header bytes come first
+    assert "actual 'AT%WEBOPCH=1," in text and "expected 'AT%WEBOPBH=1," in text  # C (43) ^ 1 = B (42)
 
 
 def test_trace_without_apdus_is_refused(tmp_path: Path) -> None:

@@ -123,6 +123,8 @@ class ServerDivergence:
     flight: Flight | None
     actual: bytes
     reason: str
+    expected_meaning: str = ""
+    actual_meaning: str = ""
 
     def describe(self) -> str:
         lines = [f"network divergence on connection {self.connection + 1}: {self.reason}"]
@@ -131,7 +133,11 @@ class ServerDivergence:
             step = f" [{event.step}]" if event.step else ""
             lines.append(f"  expected{step}: {event.src.value}->{event.dst.value} {event.summary}")
             lines.append(f"    bytes: {self.flight.data.hex().upper()}")
+            if self.expected_meaning:
+                lines.append(f"    meaning: {self.expected_meaning}")
         lines.append(f"  actual: {self.actual.hex().upper() or '(nothing)'}")
+        if self.actual and self.actual_meaning:
+            lines.append(f"    meaning: {self.actual_meaning}")
         offset = first_difference(self.flight.data if self.flight else b"", self.actual)
         if offset is not None:
             lines.append(f"    first differing byte at offset {offset}")
@@ -141,8 +147,16 @@ class ServerDivergence:
 class RecordedServer:
     """Plays the server side of recorded connections on 127.0.0.1:`port`, one accepted connection per tape."""
 
-    def __init__(self, tapes: Sequence[ConnectionTape], port: int, *, read_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        tapes: Sequence[ConnectionTape],
+        port: int,
+        *,
+        read_timeout: float = 10.0,
+        psk: bytes | None = None,
+    ) -> None:
         self.tapes = list(tapes)
+        self.psk = psk  # the card's PSK, to decrypt what diverged (optional)
         self.port = port
         self.read_timeout = read_timeout
         self.divergence: ServerDivergence | None = None
@@ -188,6 +202,7 @@ class RecordedServer:
         return bytes(received), None
 
     async def _play(self, index: int, tape: ConnectionTape, stream: trio.SocketStream) -> bool:
+        view = TlsView(self.psk)
         try:
             for flight in tape.flights:
                 if flight.from_server:
@@ -195,8 +210,25 @@ class RecordedServer:
                 else:
                     actual, problem = await self._read_exactly(stream, flight.data)
                     if problem is not None:
-                        self.divergence = ServerDivergence(index, flight, actual, problem)
+                        if problem.startswith("the client sent other") or problem.startswith(
+                            "the client closed"
+                        ):
+                            # read what the client had sent with it, so the meaning covers whole records
+                            with trio.move_on_after(0.2):
+                                while len(actual) < len(flight.data) and (
+                                    chunk := await stream.receive_some(len(flight.data) - len(actual))
+                                ):
+                                    actual += chunk
+                        self.divergence = ServerDivergence(
+                            index,
+                            flight,
+                            actual,
+                            problem,
+                            view.meaning(flight.data, False),
+                            view.meaning(actual, False),
+                        )
                         return False
+                view.feed(flight.data, flight.from_server)
                 self.flights_played += 1
             if tape.client_closed and not tape.server_closed:
                 with trio.move_on_after(self.read_timeout):
@@ -269,3 +301,448 @@ class LiveCardCheck:
         if owed is not None:
             return Divergence(self.card.recorded.index(owed), owed.command, None)
         return None
+
+
+# --- decoded meaning of network bytes (server replay) ---------------------------------------------------------
+
+RECORD_NAMES = {20: "ChangeCipherSpec", 21: "Alert", 22: "Handshake", 23: "ApplicationData"}
+HANDSHAKE_NAMES = {
+    1: "ClientHello",
+    2: "ServerHello",
+    12: "ServerKeyExchange",
+    14: "ServerHelloDone",
+    16: "ClientKeyExchange",
+    20: "Finished",
+}
+
+
+def describe_http(data: bytes) -> str:
+    """The request or status line and the X-Admin-* headers of an HTTP/1.1 message ('' when it is not one)."""
+    head = data.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+    first = head[0]
+    if not (first.startswith("HTTP/1.") or first.endswith(" HTTP/1.1") or first.endswith(" HTTP/1.0")):
+        return ""
+    admin = [line for line in head[1:] if line.lower().startswith("x-admin-")]
+    return "; ".join([first, *admin])
+
+
+class TlsView:
+    """Follows a recorded PSK-TLS 1.2 connection to name its records and, given the PSK, decrypt them.
+
+    The server's random is in its recorded bytes and the client's in the recorded ClientHello, so with the card's
+    PSK (its profile) the record keys derive as the card derived them (RFC 5246 section 6.3).
+    """
+
+    def __init__(self, psk: bytes | None = None) -> None:
+        self.psk = psk
+        self.client_random = b""
+        self.server_random = b""
+        self.suite: int | None = None
+        # per direction (False: client, True: server): the record protection once ChangeCipherSpec went by
+        self.protection: dict[bool, object] = {}
+        self._pending: dict[bool, bytes] = {False: b"", True: b""}
+
+    def _keys(self, from_server: bool) -> object | None:
+        from bipsim.uicc.tls_psk_client import SUITES, _Direction, prf, psk_premaster
+
+        if self.psk is None or self.suite not in SUITES or not self.client_random or not self.server_random:
+            return None
+        suite = SUITES[self.suite]
+        master = prf(psk_premaster(self.psk), b"master secret", self.client_random + self.server_random, 48)
+        mac, key, iv = suite.mac_length, suite.key_length, suite.fixed_iv_length
+        block = prf(master, b"key expansion", self.server_random + self.client_random, 2 * (mac + key + iv))
+        macs = (block[:mac], block[mac : 2 * mac])
+        keys = (block[2 * mac : 2 * mac + key], block[2 * mac + key : 2 * mac + 2 * key])
+        ivs = (block[2 * mac + 2 * key : 2 * mac + 2 * key + iv], block[2 * mac + 2 * key + iv :])
+        side = 1 if from_server else 0
+        return _Direction(suite, keys[side], macs[side], ivs[side])
+
+    def feed(self, data: bytes, from_server: bool) -> list[str]:
+        """Names the complete records of `data` (after any partial record left by the last feed)."""
+        from bipsim.uicc.tls_psk_client import TlsError
+
+        buffer = self._pending[from_server] + data
+        names: list[str] = []
+        while len(buffer) >= 5:
+            kind, size = buffer[0], int.from_bytes(buffer[3:5], "big")
+            if kind not in RECORD_NAMES or buffer[1] != 3:
+                names.append(describe_http(buffer) or f"not TLS ({len(buffer)} bytes)")
+                buffer = b""
+                break
+            if len(buffer) < 5 + size:
+                break
+            body, buffer = buffer[5 : 5 + size], buffer[5 + size :]
+            name = RECORD_NAMES[kind]
+            protection = self.protection.get(from_server)
+            plain: bytes | None = body
+            if protection is not None:
+                try:
+                    plain = protection.unprotect(kind, body)  # type: ignore[attr-defined]
+                except TlsError:
+                    plain = None
+            elif from_server in self.protection:
+                plain = None  # encrypted, but no PSK to decrypt it
+            if plain is None:
+                names.append(f"{name} (encrypted, {size} bytes)")
+            elif kind == 22 and plain:
+                handshake = HANDSHAKE_NAMES.get(plain[0], f"type {plain[0]}")
+                if plain[0] == 1 and len(plain) >= 38:
+                    self.client_random = plain[6:38]
+                elif plain[0] == 2 and len(plain) >= 40:
+                    self.server_random = plain[6:38]
+                    offset = 39 + plain[38]
+                    self.suite = int.from_bytes(plain[offset : offset + 2], "big")
+                names.append(f"{name} {handshake}")
+            elif kind == 20:
+                self.protection[from_server] = self._keys(from_server)
+                names.append(name)
+            elif kind == 21 and len(plain) == 2:
+                names.append(f"{name} level {plain[0]} description {plain[1]}")
+            elif kind == 23:
+                http = describe_http(plain)
+                names.append(f"{name} ({len(plain)} bytes{': ' + http if http else ''})")
+            else:
+                names.append(name)
+        self._pending[from_server] = buffer
+        return names
+
+    def meaning(self, data: bytes, from_server: bool) -> str:
+        """The records of `data` as if it came next, without changing the view."""
+        import copy
+
+        return ", ".join(copy.deepcopy(self).feed(data, from_server))
+
+
+# --- the recorded AP (`--as ap`) --------------------------------------------------------------------------------
+
+FINAL_RESULTS = ("OK", "ERROR", "+CME ERROR", "+CMS ERROR", "NO CARRIER")
+
+
+@dataclass
+class AtCommand:
+    """One AT command the AP sent before CMUX, and the lines the CP answered (echo left out)."""
+
+    event: TraceEvent
+    lines: list[str]
+
+
+@dataclass
+class MuxItem:
+    """What one side did on one DLC: a control frame (SABM, UA, DISC, DM, or a DLC 0 message) or UIH data."""
+
+    from_ap: bool
+    data: bytes  # the payload of data items; the whole frame of control items
+    control: bool
+    events: list[TraceEvent]
+    frames: list[bytes] = field(default_factory=list)  # the AP's recorded frames, sent as they are
+
+
+@dataclass
+class ApTape:
+    commands: list[AtCommand]
+    channels: dict[int, list[MuxItem]]
+
+
+def _lines(data: bytes) -> list[str]:
+    text = data.decode("latin-1").replace("\r", "\n")
+    return [line.strip() for line in text.split("\n") if line.strip()]
+
+
+def _one_copy(events: list[TraceEvent]) -> list[TraceEvent]:
+    """A merged trace holds each CMUX frame twice (the sender's and the receiver's record); keeps the first copy.
+
+    The receiver gets frames in the order they were sent, so a frame equal to the oldest unpaired one is its
+    second copy. When not every frame pairs up, the trace was one process's and is kept as it is.
+    """
+    kept: list[TraceEvent] = []
+    pending: list[str] = []
+    for event in events:
+        if pending and event.hex == pending[0]:
+            pending.pop(0)
+        else:
+            kept.append(event)
+            pending.append(event.hex or "")
+    return kept if not pending else events
+
+
+def ap_tape(events: Iterable[TraceEvent]) -> ApTape:
+    """The AP's recorded side: its AT commands before CMUX, and per DLC what the AP and the CP did, in order."""
+    from bipsim.link.cmux_frame import FrameParser, FrameType
+
+    events = list(events)
+    first_mux = next((i for i, e in enumerate(events) if e.layer is Layer.CMUX), len(events))
+    commands: list[AtCommand] = []
+    for event in events[:first_mux]:
+        if event.layer is not Layer.AT or not event.hex:
+            continue
+        if event.src is Actor.AP and event.dst is Actor.CP:
+            if commands and commands[-1].event.data == event.data:
+                continue  # the receiver's copy, or a retry of a command the CP had not yet seen
+            commands.append(AtCommand(event, []))
+        elif event.src is Actor.CP and commands:
+            echo = _lines(commands[-1].event.data)
+            for line in _lines(event.data):
+                if line not in echo and line not in commands[-1].lines:
+                    commands[-1].lines.append(line)
+    # the patent steps are on the AT and BIP data events; a frame takes the step of the payload it carries
+    labelled = [e for e in events if e.step and e.hex and e.layer in (Layer.AT, Layer.APP)]
+    single: list[tuple[float, bool, int, MuxItem]] = []
+    for from_ap in (True, False):
+        src = Actor.AP if from_ap else Actor.CP
+        frames = [e for e in events[first_mux:] if e.layer is Layer.CMUX and e.src is src and e.hex]
+        for event in _one_copy(frames):
+            for frame in FrameParser().feed(event.data):
+                raw = frame.encode()
+                data_item = frame.type in (FrameType.UIH, FrameType.UI) and frame.dlci != 0
+                near = [
+                    e
+                    for e in labelled
+                    if e.src is src and frame.info and (e.data in frame.info or frame.info in e.data)
+                ]
+                if not near and frame.info:  # the payload was edited: the labelled event sent at that moment
+                    near = [e for e in labelled if e.src is src and abs(e.t - event.t) < 0.005]
+                step = min(near, key=lambda e: abs(e.t - event.t)).step if near else None
+                if step is not None and event.step is None:
+                    event = TraceEvent.from_dict(event.to_dict() | {"step": step})
+                item = MuxItem(from_ap, frame.info if data_item else raw, not data_item, [event], [raw])
+                single.append((event.t, not from_ap, frame.dlci, item))
+    channels: dict[int, list[MuxItem]] = {}
+    for _, _, dlci, item in sorted(single, key=lambda entry: (entry[0], entry[1])):
+        items = channels.setdefault(dlci, [])
+        previous = items[-1] if items else None
+        if previous and not item.control and not previous.control and previous.from_ap == item.from_ap:
+            previous.data += item.data
+            previous.events += item.events
+            previous.frames += item.frames
+        else:
+            items.append(item)
+    return ApTape(commands, channels)
+
+
+@dataclass(frozen=True)
+class ApDivergence:
+    """The live CP sent the recorded AP other bytes than the recording (or stopped early)."""
+
+    where: str  # "before CMUX" or "DLC n"
+    reason: str
+    expected: bytes
+    actual: bytes
+    event: TraceEvent | None
+
+    def describe(self) -> str:
+        lines = [f"divergence on {self.where}: {self.reason}"]
+        step = f" [{self.event.step}]" if self.event is not None and self.event.step else ""
+        summary = (
+            f" {self.event.src.value}->{self.event.dst.value} {self.event.summary}" if self.event else ""
+        )
+        lines.append(f"  expected{step}:{summary}")
+        lines.append(f"    bytes: {self.expected.hex().upper() or '(nothing)'}")
+        lines.append(f"  actual: {self.actual.hex().upper() or '(nothing)'}")
+        offset = first_difference(self.expected, self.actual)
+        if offset is not None and self.actual:
+            lines.append(f"    first differing byte at offset {offset}")
+        if self.where.startswith("DLC") and self.where != "DLC 0":
+            text = _printable(self.expected), _printable(self.actual)
+            if any(text):
+                lines.append(f"  meaning: expected {text[0]!r}, actual {text[1]!r}")
+        return "\n".join(lines)
+
+
+def _printable(data: bytes) -> str:
+    """AT text as text; '' for binary payload (BIP data)."""
+    text = data.decode("latin-1")
+    return text if text and all(c.isprintable() or c in "\r\n" for c in text) else ""
+
+
+class RecordedAp:
+    """Plays the recorded AP on the AP's end of the serial line against a live CP.
+
+    Before CMUX: each recorded AT command, then the CP's answer lines up to the final result are compared. On
+    CMUX: per DLC, the CP's payload is compared as a byte stream (frame boundaries are the CP's business) and its
+    control frames one by one; the AP's recorded frames on a DLC are sent once the CP's bytes recorded before them
+    on that DLC have arrived. DLC 0 messages are matched in any order (both sides send them at once).
+    """
+
+    def __init__(self, tape: ApTape, *, read_timeout: float = 10.0) -> None:
+        self.tape = tape
+        self.read_timeout = read_timeout
+        self.divergence: ApDivergence | None = None
+        self.items_played = 0
+        self._received: dict[int, bytearray] = {}
+        self._controls: dict[int, list[bytes]] = {}
+        self._changed = trio.Event()
+        self._send_lock = trio.Lock()
+
+    def _diverge(self, divergence: ApDivergence) -> None:
+        if self.divergence is None:
+            self.divergence = divergence
+        self._changed.set()
+
+    async def _read_line_phase(self, stream: trio.abc.Stream, buffer: bytearray, command: AtCommand) -> bool:
+        echo = _lines(command.event.data)
+        with trio.move_on_after(self.read_timeout):
+            while True:
+                lines = [line for line in _lines(bytes(buffer)) if line not in echo]
+                if buffer.endswith(b"\n") and any(line.startswith(FINAL_RESULTS) for line in lines):
+                    if lines != command.lines:
+                        self._diverge(
+                            ApDivergence(
+                                "the line before CMUX",
+                                f"the CP answered {command.event.summary!r} with other lines",
+                                "\r\n".join(command.lines).encode(),
+                                "\r\n".join(lines).encode(),
+                                command.event,
+                            )
+                        )
+                        return False
+                    buffer.clear()
+                    return True
+                chunk = await stream.receive_some(4096)
+                if not chunk:
+                    break
+                buffer += chunk
+        self._diverge(
+            ApDivergence(
+                "the line before CMUX",
+                f"the CP did not answer {command.event.summary!r}",
+                "\r\n".join(command.lines).encode(),
+                bytes(buffer),
+                command.event,
+            )
+        )
+        return False
+
+    async def run(self, stream: trio.abc.Stream) -> None:
+        buffer = bytearray()
+        for command in self.tape.commands:
+            await stream.send_all(command.event.data)
+            if not await self._read_line_phase(stream, buffer, command):
+                return
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._reader, stream, nursery.cancel_scope)
+            async with trio.open_nursery() as players:
+                for dlci, items in self.tape.channels.items():
+                    players.start_soon(self._player, stream, dlci, items)
+            nursery.cancel_scope.cancel()
+
+    async def _reader(self, stream: trio.abc.Stream, scope: trio.CancelScope) -> None:
+        from bipsim.link.cmux_frame import FrameParser, FrameType
+
+        parser = FrameParser()
+        while self.divergence is None:
+            data = await stream.receive_some(65536)
+            if not data:
+                return
+            for frame in parser.feed(data):
+                if frame.type in (FrameType.UIH, FrameType.UI) and frame.dlci != 0:
+                    self._received.setdefault(frame.dlci, bytearray()).extend(frame.info)
+                else:
+                    self._controls.setdefault(frame.dlci, []).append(frame.encode())
+                self._check(frame.dlci)
+            self._changed.set()
+            self._changed = trio.Event()
+
+    def _check(self, dlci: int) -> None:
+        """Compares what arrived on `dlci` with everything the CP sent there in the recording."""
+        items = [item for item in self.tape.channels.get(dlci, []) if not item.from_ap]
+        received = bytes(self._received.get(dlci, b""))
+        offset = 0
+        for item in (i for i in items if not i.control):
+            part = received[offset : offset + len(item.data)]
+            if not item.data.startswith(part):
+                self._diverge(
+                    ApDivergence(f"DLC {dlci}", "the CP sent other bytes", item.data, part, item.events[0])
+                )
+                return
+            offset += len(item.data)
+        if len(received) > offset:
+            self._diverge(
+                ApDivergence(
+                    f"DLC {dlci}", "the CP sent more bytes than the recording", b"", received[offset:], None
+                )
+            )
+            return
+        expected = [item for item in items if item.control]
+        controls = self._controls.get(dlci, [])
+        if dlci == 0:
+            pool = [item.data for item in expected]
+            for frame in controls:
+                if frame in pool:
+                    pool.remove(frame)
+                else:
+                    near = expected[min(len(controls), len(expected)) - 1] if expected else None
+                    self._diverge(
+                        ApDivergence(
+                            "DLC 0",
+                            "the CP sent a control message the recording does not have",
+                            near.data if near else b"",
+                            frame,
+                            near.events[0] if near else None,
+                        )
+                    )
+                    return
+            return
+        for item, frame in zip(expected, controls, strict=False):
+            if item.data != frame:
+                self._diverge(
+                    ApDivergence(
+                        f"DLC {dlci}", "the CP sent another control frame", item.data, frame, item.events[0]
+                    )
+                )
+                return
+        if len(controls) > len(expected):
+            self._diverge(
+                ApDivergence(
+                    f"DLC {dlci}", "the CP sent more frames than the recording", b"", controls[-1], None
+                )
+            )
+
+    def _arrived(self, dlci: int, item_index: int) -> bool:
+        """Whether the CP's recorded items on `dlci` before `item_index` have all arrived."""
+        before = [item for item in self.tape.channels[dlci][:item_index] if not item.from_ap]
+        data = sum(len(item.data) for item in before if not item.control)
+        controls = sum(1 for item in before if item.control)
+        return len(self._received.get(dlci, b"")) >= data and len(self._controls.get(dlci, [])) >= controls
+
+    async def _wait(self, dlci: int, index: int) -> bool:
+        with trio.move_on_after(self.read_timeout):
+            while self.divergence is None and not self._arrived(dlci, index):
+                await self._changed.wait()
+            return self.divergence is None
+        self._owed(dlci, index)
+        return False
+
+    def _owed(self, dlci: int, index: int) -> None:
+        """The CP stopped early on `dlci`: report the first recorded item before `index` that has not arrived."""
+        received = len(self._received.get(dlci, b""))
+        controls = len(self._controls.get(dlci, []))
+        data_seen = control_seen = 0
+        for item in self.tape.channels[dlci][:index]:
+            if item.from_ap:
+                continue
+            if item.control:
+                control_seen += 1
+                if controls < control_seen:
+                    reason = "the CP did not send this frame"
+                    self._diverge(ApDivergence(f"DLC {dlci}", reason, item.data, b"", item.events[0]))
+                    return
+            else:
+                start = data_seen
+                data_seen += len(item.data)
+                if received < data_seen:
+                    got = bytes(self._received.get(dlci, b""))[start:]
+                    reason = f"the CP sent {len(got)} of {len(item.data)} bytes, then nothing"
+                    self._diverge(ApDivergence(f"DLC {dlci}", reason, item.data, got, item.events[0]))
+                    return
+
+    async def _player(self, stream: trio.abc.Stream, dlci: int, items: list[MuxItem]) -> None:
+        for index, item in enumerate(items):
+            if not item.from_ap:
+                continue
+            if not await self._wait(dlci, index):
+                return
+            async with self._send_lock:
+                for frame in item.frames:
+                    await stream.send_all(frame)
+            self.items_played += 1
+        await self._wait(dlci, len(items))

@@ -193,7 +193,18 @@ REPLAY_HELP = """Play the recorded side of a run against the live other side; st
            and a recorded OTA server on the recorded 127.0.0.1 port answers its TCP connection with the
            server's recorded bytes (a live server cannot continue the recorded card's PSK-TLS session).
            Every APDU the CP sends and every byte that reaches the server is compared with the recording.
---as ap, --as server: not supported yet (they need a card whose TLS randoms are reproducible).
+--as server  (the card under test) runs a live CP with its simulated card and a live AP; the
+           recorded server on the recorded port answers with its recorded bytes once the card's
+           bytes match the recording. Needs the card's seed (--card-seed or $BIPSIM_CARD_SEED,
+           as when recorded) and the same profile/state; the server's randoms are in its bytes.
+           A divergence names the TLS records (decrypted with the profile's PSK: HTTP request
+           line and X-Admin headers).
+--as ap      (the modem under test) runs a live CP on a pty; the recorded AP sends its AT
+           commands, then per CMUX DLC its frames (and the network bytes it relayed) once the
+           CP's recorded bytes on that DLC arrived. The CP's payload is compared per DLC as a
+           stream (not frames, not the interleaving of DLCs); DLC 0 messages in any order.
+           --card recorded (default) or sim (with --card-seed; the simulated card's power-on
+           timing can make an early AT+CIMI differ).
 
 \b
 Toolkit APDUs (TERMINAL PROFILE, FETCH, TR, ENVELOPE, STATUS) and file access (SELECT, READ ...)
@@ -203,7 +214,7 @@ depends on timing, so a trace with such flights may diverge at a Data Available 
 
 Exit 0 when the run matches the recording; 1 at the first divergence (printed with the expected and
 actual bytes, their decoded meaning and the patent step) or when the live run cannot start; 2 for
-unusable input (no APDUs, several sessions without --session, --as ap|server).
+unusable input (nothing to replay, several sessions without --session).
 """
 
 
@@ -232,6 +243,27 @@ unusable input (no APDUs, several sessions without --session, --as ap|server).
     type=click.Path(file_okay=False),
     help="Keep the live processes' files (traces, logs) in this folder.",
 )
+@click.option(
+    "--card-seed",
+    metavar="HEX",
+    envvar="BIPSIM_CARD_SEED",
+    help="--as server / --as ap --card sim: the live card's random seed, as when recorded "
+    "(default: $BIPSIM_CARD_SEED).",
+)
+@click.option(
+    "--profile",
+    "profile_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="--as server / --as ap --card sim: the live card's profile, as when recorded (default: built-in).",
+)
+@click.option(
+    "--card",
+    "card_kind",
+    type=click.Choice(["recorded", "sim"]),
+    default="recorded",
+    show_default=True,
+    help="--as ap: the card of the live CP: the recorded one, or a simulated card (needs --card-seed).",
+)
 def replay_cmd(
     file: str,
     role: str,
@@ -240,12 +272,10 @@ def replay_cmd(
     timeout: float,
     trace_path: str | None,
     keep_dir: str | None,
+    card_seed: str | None,
+    profile_path: str | None,
+    card_kind: str,
 ) -> None:
-    if role != "card":
-        raise CliError(
-            f"--as {role} is not supported yet: only --as card replays (a recorded card against a live CP)",
-            exit_code=2,
-        )
     import shutil
     import tempfile
 
@@ -257,10 +287,18 @@ def replay_cmd(
         raise CliError(f"{file} holds sessions {', '.join(sessions)}: choose one with --session", exit_code=2)
     directory = Path(keep_dir) if keep_dir else Path(tempfile.mkdtemp(prefix="bipsim-replay-"))
     directory.mkdir(parents=True, exist_ok=True)
+    label = session or (sessions or ["replay"])[0]
     try:
-        code = replay_card(
-            events, directory, bearer, timeout, trace_path, session or (sessions or ["replay"])[0]
-        )
+        if role == "card":
+            code = replay_card(events, directory, bearer, timeout, trace_path, label)
+        elif role == "server":
+            code = replay_server(
+                events, directory, bearer, timeout, trace_path, label, card_seed, profile_path
+            )
+        else:
+            code = replay_ap(
+                events, directory, timeout, trace_path, label, card_kind, card_seed, profile_path
+            )
     finally:
         if not keep_dir:
             shutil.rmtree(directory, ignore_errors=True)
@@ -392,3 +430,228 @@ def replay_card(
             click.echo("replay diverged: the server received other bytes than the recording")
             click.echo(server.divergence.describe())
     return 1
+
+
+def _unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    leaf: BaseException = group
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    return leaf
+
+
+def replay_server(
+    events: list[TraceEvent],
+    directory: Path,
+    bearer: str | None,
+    timeout: float,
+    trace_path: str | None,
+    label: str,
+    seed: str | None,
+    profile_path: str | None,
+) -> int:
+    """Runs a live CP (its simulated card seeded) and AP against the recorded server; returns the exit code."""
+    import os
+
+    import trio
+
+    from bipsim.scenarios.harness import Harness, HarnessError, RunConfig, RunResult
+    from bipsim.trace.replay import RecordedServer, open_channel_address, server_tapes
+    from bipsim.uicc.ota_agent import SEED_ENV
+    from bipsim.uicc.profile import dump_profile, load_profile
+
+    tapes = server_tapes(events)
+    if not tapes or not any(f.from_server for tape in tapes for f in tape.flights):
+        raise CliError("the trace holds no bytes from the server to replay", exit_code=2)
+    port = next((tape.port for tape in tapes if tape.port), None)
+    if port is None:
+        address = open_channel_address(events)
+        port = address[1] if address else None
+    if port is None:
+        raise CliError("the trace's network connection names no server port to listen on", exit_code=2)
+    try:
+        profile = load_profile(profile_path).with_overrides(ota_port=port, link_mode="background")
+    except (ValueError, OSError) as exc:
+        raise CliError(f"--profile: {exc}", exit_code=2) from exc
+    live_profile = directory / "replay-profile.toml"
+    live_profile.write_text(dump_profile(profile), encoding="utf-8")
+    if seed:
+        os.environ[SEED_ENV] = seed  # the live CP inherits it (Harness passes the environment on)
+    elif profile.ota_tls:
+        click.echo(
+            "warning: no --card-seed: the live card's TLS randoms are fresh, so its ClientHello cannot match",
+            err=True,
+        )
+    config = RunConfig(
+        session=label,
+        bearer=bearer or _recorded_bearer(events),
+        server=False,
+        cp_args=["--profile", str(live_profile)],  # the last --profile wins: the recorded server's port
+        timeout=timeout,
+    )
+    server = RecordedServer(tapes, port, psk=profile.psk)
+
+    async def watch(harness: Harness) -> None:
+        await server.done.wait()
+        if server.divergence is not None:
+            await trio.sleep(0.2)  # let the CP record what the card did, then stop it
+            cp = harness.processes.get("cp")
+            if cp is not None and cp.returncode is None:
+                cp.terminate()
+
+    async def main() -> RunResult:
+        try:
+            listeners = await server.listen()
+        except OSError as exc:
+            raise CliError(f"cannot listen on the recorded server port 127.0.0.1:{port}: {exc}") from exc
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.run, listeners)
+            config.during = watch
+            result = await Harness(config, directory).run()
+            nursery.cancel_scope.cancel()
+        return result
+
+    try:
+        result = trio.run(main)
+    except BaseExceptionGroup as group:
+        leaf = _unwrap(group)
+        if isinstance(leaf, CliError):
+            raise leaf from group
+        if isinstance(leaf, HarnessError | OSError):
+            raise CliError(f"replay could not run the live processes: {leaf}") from group
+        raise
+    except HarnessError as exc:
+        raise CliError(f"replay could not start the live processes: {exc}") from exc
+    if trace_path:
+        Path(trace_path).write_text("".join(e.to_json() + "\n" for e in result.events), encoding="utf-8")
+    flights = sum(len(tape.flights) for tape in tapes)
+    if server.divergence is not None:
+        click.echo("replay diverged: the live card sent the recorded server other bytes than the recording")
+        click.echo(server.divergence.describe())
+        return 1
+    if server.flights_played < flights:
+        owed = [f for tape in tapes for f in tape.flights][server.flights_played]
+        step = f" [{owed.first.step}]" if owed.first.step else ""
+        click.echo(
+            f"replay diverged: the live card stopped after {server.flights_played} of {flights} network "
+            f"flights; expected next{step}: {owed.first.src.value}->{owed.first.dst.value} "
+            f"{owed.first.summary}\n    bytes: {owed.data.hex().upper()}"
+        )
+        return 1
+    if result.cp_code != 0:
+        tail = result.logs.get("cp", "").strip().splitlines()[-1:]
+        click.echo(f"replay failed: the live CP exited with {result.cp_code}: {' '.join(tail)}", err=True)
+        return 1
+    steps = sorted({e.step for e in result.events if e.step})
+    shown = f" (steps {steps[0]}..{steps[-1]} seen)" if steps else ""
+    click.echo(
+        f"replay matches: {flights} network flights of {len(tapes)} connection(s) played against the live "
+        f"card{shown}"
+    )
+    return 0
+
+
+def replay_ap(
+    events: list[TraceEvent],
+    directory: Path,
+    timeout: float,
+    trace_path: str | None,
+    label: str,
+    card_kind: str,
+    seed: str | None,
+    profile_path: str | None,
+) -> int:
+    """Runs a live CP on a pty against the recorded AP (which also plays the network it relayed)."""
+    import os
+    import sys as system
+    import time
+
+    import trio
+
+    from bipsim.link.pty import PtyStream
+    from bipsim.link.pty_relay import PtyPair
+    from bipsim.trace.reader import read_trace
+    from bipsim.trace.recorder import T0_ENV
+    from bipsim.trace.replay import RecordedAp, ap_tape, open_channel_address
+    from bipsim.uicc.ota_agent import SEED_ENV
+    from bipsim.uicc.profile import dump_profile, load_profile
+
+    tape = ap_tape(events)
+    if not tape.commands and not tape.channels:
+        raise CliError("the trace holds no AT or CMUX bytes of the AP to replay", exit_code=2)
+    tape_file = directory / "recorded.jsonl"
+    tape_file.write_text("".join(e.to_json() + "\n" for e in events), encoding="utf-8")
+    try:
+        profile = load_profile(profile_path).with_overrides(link_mode="background")
+        address = open_channel_address(events)
+        if address is not None:  # a simulated card must open the channel the recording opened
+            profile = profile.with_overrides(ota_port=address[1])
+    except (ValueError, OSError) as exc:
+        raise CliError(f"--profile: {exc}", exit_code=2) from exc
+    (directory / "profile.toml").write_text(dump_profile(profile), encoding="utf-8")
+    card_args = ["--card", f"trace:{tape_file}"] if card_kind == "recorded" else []
+    env = dict(os.environ)
+    env[T0_ENV] = repr(time.monotonic())
+    if seed:
+        env[SEED_ENV] = seed
+    player = RecordedAp(tape)
+    cp_code: list[int | None] = [None]
+
+    async def main() -> None:
+        pair = PtyPair.create()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(pair.run)
+            args = [
+                *(system.executable, "-m", "bipsim", "cp", "--port", pair.paths[1]),
+                *("--profile", str(directory / "profile.toml"), "--state", str(directory / "card.json")),
+                *("--bearer", "ap-proxy", "--once", "--trace", str(directory / "cp.jsonl")),
+                *("--session", label, *card_args),
+            ]
+            with (directory / "cp.log").open("wb") as log:
+                cp = await nursery.start(
+                    lambda task_status: trio.run_process(
+                        args, stdout=log, stderr=log, env=env, check=False, task_status=task_status
+                    )
+                )
+                stream = PtyStream.open(pair.paths[0])
+                with trio.move_on_after(timeout):
+                    await player.run(stream)
+                    if player.divergence is None:
+                        with trio.move_on_after(5):
+                            await cp.wait()
+                if cp.returncode is None:
+                    cp.terminate()
+                    with trio.move_on_after(5):
+                        await cp.wait()
+                    if cp.returncode is None:
+                        cp.kill()
+                cp_code[0] = cp.returncode
+                await stream.aclose()
+            nursery.cancel_scope.cancel()
+        await pair.aclose()
+
+    try:
+        trio.run(main)
+    except BaseExceptionGroup as group:
+        leaf = _unwrap(group)
+        if isinstance(leaf, OSError):
+            raise CliError(f"replay could not run the live CP: {leaf}") from group
+        raise
+    except OSError as exc:
+        raise CliError(f"replay could not run the live CP: {exc}") from exc
+    if trace_path and (directory / "cp.jsonl").exists():
+        live, _ = read_trace([directory / "cp.jsonl"])
+        Path(trace_path).write_text("".join(e.to_json() + "\n" for e in live), encoding="utf-8")
+    if player.divergence is not None:
+        click.echo("replay diverged: the live CP sent the recorded AP other bytes than the recording")
+        click.echo(player.divergence.describe())
+        return 1
+    total = sum(1 for items in tape.channels.values() for item in items if item.from_ap)
+    if player.items_played < total:
+        click.echo(f"replay diverged: the run timed out after {player.items_played} of {total} AP sends")
+        return 1
+    channels = ", ".join(str(dlci) for dlci in sorted(tape.channels))
+    click.echo(
+        f"replay matches: {len(tape.commands)} AT commands before CMUX and {total} AP sends on DLCs "
+        f"{channels} played against the live CP (its exit code {cp_code[0]})"
+    )
+    return 0
