@@ -21,6 +21,36 @@ _DT161 = (
     b"This command instructs the ME to display a text message. It allows the SIM to define the priority of that "
     b"message, and the text string format. Two types of prio"
 )
+# send_sms_141's SMS-SUBMIT user data (160 octets, 8-bit) and alpha identifier ('11' is "_" in the SMS alphabet)
+_SMS141_TEXT = (
+    b"Two types are defined: - A short message to be sent to the network in an SMS-SUBMIT message, or an "
+    b"SMS-COMMAND message, where the user data can be passed transp"
+)
+_SMS141_ALPHA = b"The address data object holds the RP\x11Destination\x11Address"
+# pySim tests/unittests/test_ota.py, SmsOtaTestCase: SMS-DELIVER TPDUs (TS 23.040) whose user data is a TS 102 225
+# secured command packet (UDH '70' CPI, CPL, CHL, SPI, KIc, KID, TAR B00011, ...) for SELECT 3F00. pySim's test
+# builds them with TP-UDL = 03 (its own choice); the bytes are kept exactly as published.
+OTA_TPDU_3DES_NOCC = "400881214365877FF6227052000000000302700000201506013535B000113190BE334900F52B025F3F7EDDFE868E96EBF310023B7769"
+OTA_TPDU_AES_CC = (
+    "400881214365877FF6227052000000000302700000281506192222B00011E87CCEEBB2D93083011CE294F93FC4D8DE80DA1ABAE8C37CA3E7"
+    "2EC4432E5058"
+)
+PYSIM_OTA = "pySim tests/unittests/test_ota.py"
+PYSIM_CAT = "pySim tests/unittests/test_cat.py"
+_SMS_SC = "9111223344556677F8"  # the service centre address of oFono's SMS-PP and SEND SHORT MESSAGE vectors
+
+
+def _sms_pp(tpdu_hex: str) -> str:
+    """An SMS-PP DOWNLOAD envelope (TS 102 223 section 7.1.1: device identities network -> UICC, address, SMS
+    TPDU) around a published TPDU, framed as oFono's sms_pp_data_download_161 frames its own."""
+    body = "82028381" + "0609" + _SMS_SC + "8B" + _lh(len(tpdu_hex) // 2) + tpdu_hex
+    return "D1" + _lh(len(body) // 2) + body
+
+
+def _lh(length: int) -> str:
+    return f"{length:02X}" if length < 0x80 else f"81{length:02X}"
+
+
 _GPRS = {
     "bearer_type": 2,
     "parameters_hex": "030403041F02",
@@ -245,6 +275,57 @@ VECTORS: list[Vector] = [
     ),  # one file: MF/EF_ICCID
     _cmd("refresh_151", OFONO, "D009 810301010482028182", (1, 0x01, 0x04)),  # UICC reset
     _cmd("polling_off_112", OFONO, "D009 810301040082028182", (1, 0x04, 0)),
+    # --- POLL INTERVAL (27.22.4.6), SEND SHORT MESSAGE (3GPP TS 31.124 27.22.4.10) ---------------------------
+    _cmd(
+        "poll_interval_111",
+        OFONO,
+        "D00D 810301030082028182 84020114",
+        (1, 0x03, 0),
+        objects=[("duration", {"unit": 1, "interval": 20})],  # 20 seconds
+    ),
+    _cmd(
+        "send_sms_111",
+        OFONO,
+        "D037 810301130082028183 8507 53656E6420534D 8609 9111223344556677F8"
+        " 8B18 0100099110325476F840F40C54657374204D657373616765",
+        (1, 0x13, 0),
+        "network",
+        [
+            ("alpha_identifier", {"text": "Send SM"}),
+            ("address", {"value_hex": _SMS_SC}),
+            ("sms_tpdu", {"value_hex": "0100099110325476F840F40C54657374204D657373616765"}),
+        ],
+    ),  # SMS-SUBMIT to +01234567 (unpacked 8-bit) "Test Message"
+    _cmd(
+        "send_sms_121",
+        OFONO,
+        "D032 810301130182028183 8507 53656E6420534D 8609 9111223344556677F8"
+        " 8B13 0100099110325476F840F407 53656E6420534D",
+        (1, 0x13, 0x01),
+        "network",
+        [
+            ("alpha_identifier", {"text": "Send SM"}),
+            ("address", {"value_hex": _SMS_SC}),
+            ("sms_tpdu", {"value_hex": "0100099110325476F840F40753656E6420534D"}),
+        ],
+    ),  # qualifier 01: packing by the terminal required
+    # send_sms_141: a 172-byte TPDU, so the SMS TPDU object uses the '81' length form inside a '81' command
+    _cmd(
+        "send_sms_141",
+        OFONO,
+        _h("D081FD 810301130182028183 8538")
+        + _SMS141_ALPHA
+        + _h("8609 9111223344556677F8 8B81AC")
+        + _h("0100099110325476F840F4A0")
+        + _SMS141_TEXT,
+        (1, 0x13, 0x01),
+        "network",
+        [
+            ("alpha_identifier", {"text": "The address data object holds the RP_Destination_Address"}),
+            ("address", {"value_hex": _SMS_SC}),
+            ("sms_tpdu", {"value_hex": ("0100099110325476F840F4A0" + _SMS141_TEXT.hex()).upper()}),
+        ],
+    ),
     _cmd("provide_local_info_121", OFONO, "D009 810301260182028182", (1, 0x26, 0x01)),  # IMEI
     _cmd("provide_local_info_141", OFONO, "D009 810301260382028182", (1, 0x26, 0x03)),  # date/time
     _cmd("more_time_111", OFONO_DATA, "D009 810301020082028182", (1, 0x02, 0)),
@@ -426,6 +507,58 @@ VECTORS: list[Vector] = [
     ),  # backward move
     _tr("more_time_response_111", OFONO_DATA, "810301020082028281830100", (1, 0x02, 0), [_ok()]),
     _tr(
+        "poll_interval_response_111",
+        OFONO,
+        "810301030082028281830100 84020114",
+        (1, 0x03, 0),
+        [_ok(), ("duration", {"unit": 1, "interval": 20})],
+    ),  # TS 102 384: the terminal accepts 20 s
+    _tr(
+        "poll_interval_response_111a",
+        OFONO,
+        "810301030082028281830100 84020001",
+        (1, 0x03, 0),
+        [_ok(), ("duration", {"unit": 0, "interval": 1})],
+    ),  # TS 31.124: the terminal rounds to 1 minute
+    _tr("polling_off_response_112", OFONO, "810301040082028281830100", (1, 0x04, 0), [_ok()]),
+    _tr("send_sms_response_111", OFONO, "810301130082028281830100", (1, 0x13, 0), [_ok()]),
+    _tr("send_sms_response_121", OFONO, "810301130182028281830100", (1, 0x13, 0x01), [_ok()]),
+    _tr(
+        "provide_local_info_response_111a",
+        OFONO,
+        "810301260082028281830100 930700F110000100 01",
+        (1, 0x26, 0),
+        [_ok(), ("location_information", {"value_hex": "00F11000010001"})],
+    ),  # MCC 001, MNC 01, LAC 0001, cell 0001
+    _tr(
+        "provide_local_info_response_121",
+        OFONO + "; " + PYSIM_CAT + " IMEI_Test",
+        "810301260182028281830100 94081A32547698103254",
+        (1, 0x26, 0x01),
+        [_ok(), ("imei", {"value_hex": "1A32547698103254"})],
+    ),  # IMEI 123456789012345 (TS 24.008 mobile identity value part)
+    _tr(
+        "provide_local_info_response_141",
+        OFONO,
+        "810301260382028281830100 A607205070418071FF",
+        (1, 0x26, 0x03),
+        [_ok(), ("date_time_and_time_zone", {"value_hex": "205070418071FF"})],
+    ),  # 2002-05-07 14:08:17, no time zone
+    _tr(
+        "provide_local_info_response_191",
+        OFONO + "; " + PYSIM_CAT + " IMEISV_Test",
+        "810301260882028281830100 E2091332547698103254F6",
+        (1, 0x26, 0x08),
+        [_ok(), ("imeisv", {"value_hex": "1332547698103254F6"})],
+    ),  # IMEISV 1234567890123456
+    _tr(
+        "provide_local_info_response_1171",
+        OFONO,
+        "810301260082028281830100 930900F11000010000001F",
+        (1, 0x26, 0),
+        [_ok(), ("location_information", {"value_hex": "00F11000010000001F"})],
+    ),  # E-UTRAN: TAC 0001, 28-bit cell identity 0000001
+    _tr(
         "get_inkey_response_611b",
         OFONO,
         "8103012200820282818301048D02042B",
@@ -584,6 +717,23 @@ VECTORS: list[Vector] = [
             ("address", {"value_hex": "9111223344556677F8"}),
             ("sms_tpdu", {"value_hex": "04049121437F16891010000000000D53686F7274204D657373616765"}),
         ],
+    ),
+    # SMS-PP DOWNLOAD envelopes carrying TS 102 225 secured command packets
+    _env(
+        "sms_pp_download_ota_3des_nocc",
+        PYSIM_OTA + " SmsOtaTestCase 3DES-SJA5-UNCIPHERED-NOCC encoded_tpdu",
+        _sms_pp(OTA_TPDU_3DES_NOCC),
+        0xD1,
+        "network",
+        [("address", {"value_hex": _SMS_SC}), ("sms_tpdu", {"value_hex": OTA_TPDU_3DES_NOCC})],
+    ),
+    _env(
+        "sms_pp_download_ota_aes_cc",
+        PYSIM_OTA + " SmsOtaTestCase AES128-SJA5-CIPHERED-CC encoded_tpdu",
+        _sms_pp(OTA_TPDU_AES_CC),
+        0xD1,
+        "network",
+        [("address", {"value_hex": _SMS_SC}), ("sms_tpdu", {"value_hex": OTA_TPDU_AES_CC})],
     ),
     _env(
         "menu_selection_211",

@@ -466,7 +466,15 @@ def _address(value: bytes) -> dict[str, Any]:
     raise ValueError("unknown address type")
 
 
+def _sized(value: bytes, size: int) -> bytes:
+    """Fixed-length objects (TS 102 223 section 8): a longer or shorter value is malformed, not silently cut."""
+    if len(value) != size:
+        raise ValueError(f"{len(value)} bytes where the object has {size}")
+    return value
+
+
 def _channel_status(value: bytes) -> dict[str, Any]:
+    _sized(value, 2)
     return {
         "channel_id": value[0] & 0x07,
         "link_established": bool(value[0] & 0x80),
@@ -482,26 +490,28 @@ FIELD_DECODERS: dict[int, Callable[[bytes], dict[str, Any]]] = {
     Tag.NETWORK_ACCESS_NAME: lambda v: {"apn": _labels(v)},
     Tag.OTHER_ADDRESS: _address,
     Tag.TEXT_STRING: lambda v: dict(zip(("dcs", "text"), text_decode(v), strict=True)),
-    Tag.TRANSPORT_LEVEL: lambda v: {"protocol": v[0], "port": int.from_bytes(v[1:3], "big")},
+    Tag.TRANSPORT_LEVEL: lambda v: {"protocol": _sized(v, 3)[0], "port": int.from_bytes(v[1:3], "big")},
     Tag.CHANNEL_DATA: lambda v: {"data_hex": v.hex().upper()},
-    Tag.CHANNEL_DATA_LENGTH: lambda v: {"length": v[0]},
+    Tag.CHANNEL_DATA_LENGTH: lambda v: {"length": _sized(v, 1)[0]},
     Tag.CHANNEL_STATUS: _channel_status,
     Tag.EVENT_LIST: lambda v: {"events": list(v)},
-    Tag.DURATION: lambda v: {"unit": v[0], "interval": v[1]},
-    Tag.ICON_IDENTIFIER: lambda v: {"qualifier": v[0], "id": v[1]},
+    Tag.DURATION: lambda v: {"unit": _sized(v, 2)[0], "interval": v[1]},
+    Tag.ICON_IDENTIFIER: lambda v: {"qualifier": _sized(v, 2)[0], "id": v[1]},
 }
 
 
 # Builders for the objects the simulator itself sends (CR set where the specification's tables say "Y").
-# Command details, device identities, result, event list and the BIP data objects (channel data, channel data
-# length, channel status: TS 102 223 sections 6.6.29-6.6.31, 6.8, 7.5.10-7.5.11) carry CR, as the TS 102 384
-# conformance PDUs do; alpha identifier, bearer description and buffer size go without it, as those PDUs send them.
+# Command details, device identities, result, event list, duration (POLL INTERVAL, TS 102 223 section 6.6.6, and
+# its TERMINAL RESPONSE) and the BIP data objects (channel data, channel data length, channel status: sections
+# 6.6.29-6.6.31, 6.8, 7.5.10-7.5.11) carry CR, as the TS 102 384 conformance PDUs do; alpha identifier, bearer
+# description and buffer size go without it, as those PDUs send them.
 CR_TAGS = frozenset(
     {
         Tag.COMMAND_DETAILS,
         Tag.DEVICE_IDENTITIES,
         Tag.RESULT,
         Tag.EVENT_LIST,
+        Tag.DURATION,
         Tag.CHANNEL_DATA,
         Tag.CHANNEL_DATA_LENGTH,
         Tag.CHANNEL_STATUS,
