@@ -157,7 +157,10 @@ class Mux:
         self.parser = FrameParser(max_info=max(self.params.n1, 32767))
         self.stats = MuxStats()
         self._dlcs: dict[int, _Dlc] = {}
-        self._send_lock = trio.Lock()
+        # frames must not interleave on the line: a flag and a parking lot, cheaper than trio.Lock per frame
+        self._line_busy = False
+        self._line_waiters = trio.lowlevel.ParkingLot()
+        self._n1 = min(max(1, self.params.n1), 32767)  # +CMUX allows N1 = 32768; the length field stops at 32767
         self._accepted_tx, self._accepted_rx = trio.open_memory_channel[DlcStream](64)
         self._closed = trio.Event()
         self._peer_fcoff = False
@@ -191,11 +194,11 @@ class Mux:
         self, dlci: int, ftype: FrameType, command: bool, pf: bool, info: bytes | memoryview = b""
     ) -> None:
         data = encode_frame(dlci, ftype, self._cr(command), pf, info)
-        # the uncontended lock is taken without a schedule point: line.send_all is this frame's checkpoint
-        try:
-            self._send_lock.acquire_nowait()
-        except trio.WouldBlock:
-            await self._send_lock.acquire()
+        # the free line is taken without a schedule point: line.send_all is this frame's checkpoint
+        if self._line_busy:
+            await self._line_waiters.park()  # the releaser hands the line over to us (fair, as trio.Lock)
+        else:
+            self._line_busy = True
         try:
             if self._trace_frames:
                 name = f"{ftype.name} DLC{dlci}{' P/F' if pf else ''}" + (
@@ -208,7 +211,10 @@ class Mux:
                 self._closed.set()
                 raise MuxClosed("the line went away") from exc
         finally:
-            self._send_lock.release()
+            if self._line_waiters:
+                self._line_waiters.unpark()  # stays busy: owned by the task woken
+            else:
+                self._line_busy = False
         self.stats.frames_out += 1
         self.stats.bytes_out += len(data)
 
@@ -462,7 +468,18 @@ class Mux:
 
     async def _dlc_send(self, dlci: int, data: bytes | bytearray | memoryview) -> None:
         dlc = self._dlc(dlci)
-        n1 = min(max(1, self.params.n1), 32767)  # +CMUX allows N1 = 32768; the length field stops at 32767
+        n1 = self._n1
+        if (
+            len(data) <= n1
+            and dlc.state is DlcState.OPEN
+            and not (dlc.peer_fc or self._peer_fcoff or self._closed.is_set())
+        ):
+            # one frame, nothing to wait for: the common case of user data
+            try:
+                await self._send_frame(dlci, FrameType.UIH, True, False, data)
+            except MuxClosed as exc:
+                raise trio.BrokenResourceError("the line went away") from exc
+            return
         view = memoryview(data)
         while view:
             while (dlc.peer_fc or self._peer_fcoff) and not self._closed.is_set():
@@ -546,8 +563,8 @@ class DlcStream(trio.abc.Stream):
             if self._closed:
                 raise trio.ClosedResourceError(f"DLC {self.dlci} is closed")
             if data:
-                # a copy: the caller may reuse its buffer once we return, and frames may wait for flow control
-                await self.mux._dlc_send(self.dlci, memoryview(bytes(data)))
+                # no copy: each frame is joined (copied) before its write, and nothing is kept after we return
+                await self.mux._dlc_send(self.dlci, data)
             else:
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 if self.mux._dlc(self.dlci).state is not DlcState.OPEN:

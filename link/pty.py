@@ -95,6 +95,7 @@ class PtyStream(trio.abc.Stream):
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
             view = memoryview(data).cast("B")
+            waited = False
             while view:
                 if self._broken:
                     raise trio.BrokenResourceError(f"{self.name}: line went away")
@@ -106,6 +107,7 @@ class PtyStream(trio.abc.Stream):
                         self._broken = True
                         continue
                     await trio.lowlevel.wait_writable(self._fd)
+                    waited = True
                     continue
                 except OSError as exc:
                     if self._closed:
@@ -113,7 +115,8 @@ class PtyStream(trio.abc.Stream):
                     self._broken = True
                     raise trio.BrokenResourceError(f"{self.name}: line went away ({exc.strerror})") from exc
                 view = view[sent:]
-            await trio.lowlevel.cancel_shielded_checkpoint()
+            if not waited:  # waiting for the line was this call's schedule point already
+                await trio.lowlevel.cancel_shielded_checkpoint()
         finally:
             self._sending = False
 
@@ -132,11 +135,13 @@ class PtyStream(trio.abc.Stream):
         self._receiving = True
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
+            waited = False
             while True:
                 try:
                     data = os.read(self._fd, max_bytes or 65536)
                 except BlockingIOError:
                     await trio.lowlevel.wait_readable(self._fd)
+                    waited = True
                     continue
                 except OSError as exc:
                     if self._closed:
@@ -145,7 +150,8 @@ class PtyStream(trio.abc.Stream):
                         data = b""
                     else:
                         raise trio.BrokenResourceError(f"{self.name}: {exc.strerror}") from exc
-                await trio.lowlevel.cancel_shielded_checkpoint()
+                if not waited:  # one schedule point per call: a wait for the line was one already
+                    await trio.lowlevel.cancel_shielded_checkpoint()
                 return data
         finally:
             self._receiving = False
