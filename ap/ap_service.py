@@ -29,6 +29,12 @@ class ApOptions:
     baud: int = 115200
     cmux: CmuxParams = DEFAULT_CMUX
     wait_for_line: bool = False  # at start, wait for a line that is not there yet instead of failing
+    # SMS-DELIVER TPDUs the network sends once the modem is up (AT%SMSPP on DLC 1): e.g. an OTA push trigger
+    push_sms: tuple[bytes, ...] = ()
+
+
+SMS_RETRY = 0.5  # seconds between AT%SMSPP attempts while the CP's card is still starting (+CME ERROR: 14)
+SMS_ATTEMPTS = 40
 
 
 class ApplicationProcessor:
@@ -41,6 +47,7 @@ class ApplicationProcessor:
         self.ril: Ril | None = None
         self.proxy = ProxyService(network, apns, self._imsi, tracer=tracer)
         self.sessions = 0
+        self.sms_sent = 0
         self.attached = trio.Event()
         self.opener = LineOpener(options.port, options.baud, who="bipsim ap", wait=options.wait_for_line)
         self._first_line: trio.abc.Stream | None = None
@@ -92,11 +99,31 @@ class ApplicationProcessor:
             nursery.start_soon(self.proxy.serve, session.proxy)
             nursery.start_soon(self._accept, mux)
             self.attached.set()
+            if self.sms_sent < len(self.options.push_sms):  # once per process, not again after a line drop
+                nursery.start_soon(self._push_sms, chat)
             while not mux.closed:
                 await trio.sleep(0.1)
             nursery.cancel_scope.cancel()
         self.ril = None
         self.attached = trio.Event()
+
+    async def _push_sms(self, chat: AtChat) -> None:
+        """Hands each SMS to the CP as the network would deliver it; the answer carries the card's PoR."""
+        while self.sms_sent < len(self.options.push_sms):
+            tpdu = self.options.push_sms[self.sms_sent]
+            for _ in range(SMS_ATTEMPTS):
+                response = await chat.command(f'AT%SMSPP="{tpdu.hex().upper()}"')
+                if response.cme_error != 14:
+                    break
+                await trio.sleep(SMS_RETRY)
+            self.sms_sent += 1
+            if not response.ok:
+                self.tracer.emit(
+                    Actor.AP, Actor.CP, Layer.APP, f"SMS-PP not delivered: {response.final}", error=True
+                )
+                continue
+            por = next((line.split('"')[1] for line in response.lines if line.startswith("%SMSPP:")), "")
+            self.tracer.emit(Actor.CP, Actor.AP, Layer.APP, f"SMS-PP PoR: {por_summary(bytes.fromhex(por))}")
 
     async def _accept(self, mux: Mux) -> None:
         while True:
@@ -108,3 +135,12 @@ class ApplicationProcessor:
                 self.proxy.data_dlc(dlc)
             else:
                 await dlc.aclose()
+
+
+def por_summary(user_data: bytes) -> str:
+    """'status 00' etc. for an unciphered PoR (TS 31.115 4.4: UDH 02 71 00, RPL, RHL, TAR, CNTR, PCNTR, status)."""
+    if not user_data:
+        return "none"
+    if user_data[:3] != b"\x02\x71\x00" or len(user_data) < 16:
+        return f"unreadable ({user_data.hex().upper()})"
+    return f"status {user_data[15]:02X} ({user_data.hex().upper()})"

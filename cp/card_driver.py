@@ -88,6 +88,7 @@ class CardDriver:
         # names the patent step a fetched command is (the BIP service sets it)
         self.fetch_labeler: Callable[[ProactiveCommand | None], str | None] = lambda command: None
         self._lock = trio.Lock()  # the BIP service and AT commands (+CSIM, +CRSM, +CGLA) share one card
+        self.started = trio.Event()  # TERMINAL PROFILE went through: envelopes may be sent
 
     async def raw(self, apdu: bytes, summary: str) -> bytes:
         """One APDU exactly as given (no T=0 handling), recorded: for +CSIM and +CGLA."""
@@ -102,7 +103,13 @@ class CardDriver:
         return response
 
     async def transmit(self, apdu: bytes, summary: str, *, step: str | None = None) -> tuple[bytes, int]:
-        """One command with T=0 response handling; returns (response data, final SW). Records both directions."""
+        """One command with T=0 response handling; returns (response data, final SW). Records both directions.
+        The command and its GET RESPONSE go as one under the card lock: an AT command's ENVELOPE (AT%SMSPP) never
+        lands between the BIP service's 61 xx and the GET RESPONSE that fetches it."""
+        async with self._lock:
+            return await self._transmit(apdu, summary, step=step)
+
+    async def _transmit(self, apdu: bytes, summary: str, *, step: str | None = None) -> tuple[bytes, int]:
         self.tracer.emit(Actor.CP, Actor.UICC, Layer.APDU, summary, apdu, step=step)
         response = await self.card.transmit(apdu)
         self.tracer.emit(
@@ -110,10 +117,10 @@ class CardDriver:
         )
         data, sw = response[:-2], int.from_bytes(response[-2:], "big") if len(response) >= 2 else 0x6F00
         if sw >> 8 == 0x6C:  # wrong Le: the card tells the right one
-            return await self.transmit(apdu[:4] + bytes((sw & 0xFF,)), summary)
+            return await self._transmit(apdu[:4] + bytes((sw & 0xFF,)), summary)
         if sw >> 8 == 0x61:  # response data waiting
             get = bytes((get_response_class(apdu[0]), 0xC0, 0, 0, sw & 0xFF))
-            more, sw = await self.transmit(get, "GET RESPONSE")
+            more, sw = await self._transmit(get, "GET RESPONSE")
             data += more
         self._note(sw)
         return data, sw
@@ -134,6 +141,7 @@ class CardDriver:
         )
         if sw not in (0x9000,) and sw >> 8 != 0x91:
             raise CardError("TERMINAL PROFILE", sw)
+        self.started.set()
 
     async def poll(self) -> None:
         """STATUS, as a terminal does at the poll interval: a card with a command to send answers 91 xx."""

@@ -3,6 +3,13 @@
 Identification (+CGMI/+CGMM/+CGMR/+CGSN and their V.25ter +GMx twins, I), +CIMI read from EF_IMSI, +CPIN, +CFUN,
 +CSQ, registration (+CREG/+CGREG/+CEREG with URCs), +COPS, packet data (+CGDCONT, +CGACT), +CSCS, +CMUX, card access
 (+CSIM, +CRSM, +CCHO/+CCHC/+CGLA on logical channels). Anything else: ERROR (the server's default).
+
+Vendor extension (PROTOCOL.md should list it): AT%SMSPP="<hex TPDU>" makes the simulated network deliver an
+SMS-DELIVER to the CP; a (U)SIM data download (PID 7F, class 2) goes to the card as ENVELOPE (SMS-PP DOWNLOAD,
+TS 31.111 7.1.1) and the answer is the card's response data, the PoR (TS 31.115 4.4), as %SMSPP: "<hex>" (empty
+when the card answered 90 00 without data). Not a data download: +CME ERROR: 50; the card refused the envelope
+(a status word other than 90 00 / 91 xx, e.g. 93 00 toolkit busy): +CME ERROR: 13; the card not started yet
+(no TERMINAL PROFILE): +CME ERROR: 14 (SIM busy, try again). AT%SMSPP=? lists the form.
 """
 
 from __future__ import annotations
@@ -13,10 +20,19 @@ import trio
 
 from bipsim import __version__
 from bipsim.cp.card_driver import CardDriver
-from bipsim.cp.network import CellularNetwork, PdpError, RegStatus, SmCause
+from bipsim.cp.network import (
+    CellularNetwork,
+    PdpError,
+    RegStatus,
+    SmCause,
+    SmsError,
+    address_value,
+    check_data_download,
+)
 from bipsim.link.at_server import AtCommandError, AtServer, CmeError
 from bipsim.link.at_syntax import AtArg, AtRequest, CommandKind
 from bipsim.link.cmux import CmuxParams
+from bipsim.uicc.cat import DeviceId, Envelope, EnvelopeTag, Tag, obj
 from bipsim.uicc.fs import USIM_AID
 
 MANUFACTURER = "bipsim"
@@ -27,6 +43,7 @@ LAC_TAC = "0001"
 CELL_ID = "00000A1B"
 
 CME_SIM_FAILURE = 13
+CME_SIM_BUSY = 14
 CME_NOT_ALLOWED = 3
 CME_NOT_SUPPORTED = 4
 CME_BAD_PARAMETERS = 50
@@ -116,6 +133,7 @@ class ModemCommands:
             "+CCHO": self.ccho,
             "+CCHC": self.cchc,
             "+CGLA": self.cgla,
+            "%SMSPP": self.smspp,
         }
         for name, handler in table.items():
             server.register(name, handler)  # type: ignore[arg-type]
@@ -352,6 +370,31 @@ class ModemCommands:
         return None
 
     # --- card access ---------------------------------------------------------------------------------------------
+
+    async def smspp(self, request: AtRequest) -> list[str] | None:
+        if request.kind is CommandKind.TEST:
+            return ['%SMSPP: "<hex SMS-DELIVER TPDU>"']
+        if request.kind is not CommandKind.SET:
+            raise CmeError(CME_BAD_PARAMETERS)
+        try:
+            tpdu = bytes.fromhex(_str(request.args, 0))
+            check_data_download(tpdu)
+        except (ValueError, SmsError) as exc:
+            raise CmeError(CME_BAD_PARAMETERS) from exc
+        if not self.driver.started.is_set():
+            raise CmeError(CME_SIM_BUSY)  # the card has not had its TERMINAL PROFILE yet: try again
+        envelope = Envelope(
+            (
+                obj(Tag.DEVICE_IDENTITIES, bytes((DeviceId.NETWORK, DeviceId.UICC))),
+                obj(Tag.ADDRESS, address_value(self.network.config.smsc), cr=False),
+                obj(Tag.SMS_TPDU, tpdu, cr=True),
+            ),
+            EnvelopeTag.SMS_PP_DOWNLOAD,
+        )
+        data, sw = await self.driver.envelope(envelope, "ENVELOPE: SMS-PP DOWNLOAD")
+        if sw != 0x9000 and sw >> 8 != 0x91:
+            raise CmeError(CME_SIM_FAILURE)
+        return [f'%SMSPP: "{data.hex().upper()}"']
 
     async def csim(self, request: AtRequest) -> list[str] | None:
         if request.kind is CommandKind.TEST:

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -29,6 +30,12 @@ from bipsim.link.pty import open_line
 from bipsim.trace.events import Actor, Layer
 from bipsim.trace.recorder import NULL_TRACER, Tracer
 from bipsim.uicc.transport import ApduTransport
+
+if TYPE_CHECKING:
+    from bipsim.uicc.bip_engine import BipEngine
+    from bipsim.uicc.card import SimCard
+    from bipsim.uicc.ota_trigger import SmsTriggerToolkit
+    from bipsim.uicc.profile import CardProfile
 
 
 @dataclass
@@ -249,7 +256,7 @@ def simulated_card(
     )
     engine = BipEngine(config, agent, trigger_on_profile=profile.trigger == "power-on")
     if not extra_channels:
-        card.toolkit = engine
+        card.toolkit = engine if profile.trigger != "sms" else sms_trigger(card, engine, profile)
         return SimulatedCard(card), agent
     engines = [engine]
     for host, port in extra_channels:
@@ -265,3 +272,27 @@ def simulated_card(
         engines.append(BipEngine(replace(config, host=host, port=port), extra))
     card.toolkit = MultiChannelEngine(engines)
     return SimulatedCard(card), agent
+
+
+def sms_trigger(card: SimCard, engine: BipEngine, profile: CardProfile) -> SmsTriggerToolkit:
+    """The card's toolkit for trigger = "sms": SMS-PP DOWNLOAD envelopes are secured packets checked with the
+    profile's OTA key set (TS 102 225); a good PUSH starts the engine's session. The replay counters persist in the
+    card state ("ota_counters")."""
+    from bipsim.uicc.ota_trigger import ISD_TAR, Counters, Keyset, SmsTriggerToolkit
+
+    counters = Counters()
+    card.attach_state("ota_counters", counters)
+    kvn, kic, kid = profile.ota_keyset
+    toolkit = SmsTriggerToolkit(
+        engine,
+        [Keyset(kvn, kic, kid)],
+        counters,
+        other_apdu=card.internal_apdu,
+        require_cc=profile.ota_require_cc,
+        require_cipher=profile.ota_require_cipher,
+        require_counter=profile.ota_require_counter,
+    )
+    tar = bytes.fromhex(profile.ota_tar_hex)
+    if tar != ISD_TAR:  # the issuer security domain answers at the profile's TAR
+        toolkit.receiver.tars = {tar: toolkit.receiver.tars.pop(ISD_TAR)}
+    return toolkit

@@ -3,6 +3,11 @@
 A context activates only for an APN the network knows, with that APN's user and password; refusals carry the
 3GPP TS 24.008 session management cause (section 10.5.6.6): #27 missing or unknown APN, #29 user authentication
 failed, #26 insufficient resources when every address is in use.
+
+Mobile-terminated SMS: `sms_pp_download` classifies an SMS-DELIVER the network sends (3GPP TS 23.040 section
+9.2.2.1) and, for a (U)SIM data download (PID 0x7F, DCS message class 2: TS 23.038 section 4; TS 31.111 section
+7.1.1), gives the address of the service centre it came through, which the ME puts into the ENVELOPE (SMS-PP
+DOWNLOAD) for the card.
 """
 
 from __future__ import annotations
@@ -31,6 +36,42 @@ class RegStatus(IntEnum):
     ROAMING = 5
 
 
+PID_DATA_DOWNLOAD = 0x7F  # TS 23.040 9.2.3.9: (U)SIM data download
+
+
+class SmsError(ValueError):
+    """An SMS TPDU that is not a well-formed SMS-DELIVER for (U)SIM data download."""
+
+
+def _dcs_class(dcs: int) -> int | None:
+    if dcs & 0xC0 == 0x00 and dcs & 0x10:  # general data coding with a message class (TS 23.038 section 4)
+        return dcs & 0x03
+    if dcs & 0xF0 == 0xF0:  # data coding / message class group
+        return dcs & 0x03
+    return None
+
+
+def check_data_download(tpdu: bytes) -> None:
+    """Raises SmsError unless `tpdu` is an SMS-DELIVER with PID 0x7F and message class 2, which the ME hands to the
+    card as an SMS-PP DOWNLOAD (TS 31.111 7.1.1) instead of storing it."""
+    if len(tpdu) < 2 or tpdu[0] & 0x03 != 0x00:
+        raise SmsError("not an SMS-DELIVER (TP-MTI)")
+    offset = 2 + (tpdu[1] + 1) // 2 + 1  # TP-OA: digit count, type of address, BCD digits
+    if len(tpdu) < offset + 2 + 7 + 1:
+        raise SmsError("SMS-DELIVER too short")
+    pid, dcs = tpdu[offset], tpdu[offset + 1]
+    if pid != PID_DATA_DOWNLOAD:
+        raise SmsError(f"TP-PID {pid:02X} is not (U)SIM data download (7F)")
+    if _dcs_class(dcs) != 2:
+        raise SmsError(f"TP-DCS {dcs:02X} is not message class 2")
+
+
+def address_value(number: str) -> bytes:
+    """An ADDRESS object's value (TS 102 223 8.1): TON/NPI 0x91 (international, E.164), then BCD digits."""
+    digits = number.lstrip("+") + ("F" if len(number.lstrip("+")) % 2 else "")
+    return b"\x91" + bytes(int(digits[i + 1] + digits[i], 16) for i in range(0, len(digits), 2))
+
+
 class PdpError(Exception):
     def __init__(self, cause: SmCause, reason: str) -> None:
         super().__init__(f"SM cause #{cause.value}: {reason}")
@@ -52,6 +93,7 @@ class NetworkConfig:
     operator: str = "bipsim test network"
     rat: int = 7  # E-UTRAN (27.007 <AcT>)
     rssi: int = 20
+    smsc: str = "441234567890"  # the service centre's number (international), for SMS-PP DOWNLOAD envelopes
     # APN -> (user, password) the packet gateway accepts
     apns: dict[str, tuple[str, str]] = field(
         default_factory=lambda: {"internet": ("", ""), "ota.bipsim": ("ota", "secret")}

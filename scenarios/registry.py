@@ -9,6 +9,7 @@ from bipsim.scenarios.channels import two_channels
 from bipsim.scenarios.embodiments import embodiment1, embodiment2
 from bipsim.scenarios.faults import ap_no_network, large_download, line_drop, server_drops, server_refuses
 from bipsim.scenarios.link_modes import immediate, on_demand
+from bipsim.scenarios.sms_trigger import sms_trigger, sms_trigger_bad_mac
 
 Scenario = Callable[[ScenarioOptions], ScenarioResult]
 
@@ -23,6 +24,8 @@ SCENARIOS: dict[str, Scenario] = {
     "server-drops": server_drops,
     "line-drop": line_drop,
     "two-channels": two_channels,
+    "sms-trigger": sms_trigger,
+    "sms-trigger-bad-mac": sms_trigger_bad_mac,
 }
 
 

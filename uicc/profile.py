@@ -37,6 +37,19 @@ class CardProfile:
     password: str = ""
     link_mode: str = "background"  # on-demand | immediate | background
     trigger: str = "power-on"  # power-on | manual | sms
+    # OTA key set for the SMS-PP trigger (TS 102 225 secured packets; uicc/ota_trigger.py)
+    ota_kvn: int = 1
+    ota_kic_hex: str = "101112131415161718191A1B1C1D1E1F"
+    ota_kid_hex: str = "202122232425262728292A2B2C2D2E2F"
+    ota_tar_hex: str = "000000"
+    ota_require_cc: bool = True
+    ota_require_cipher: bool = False
+    ota_require_counter: bool = True
+
+    @property
+    def ota_keyset(self) -> tuple[int, bytes, bytes]:
+        """(key version number, KIc, KID) of the profile's OTA key set."""
+        return self.ota_kvn, bytes.fromhex(self.ota_kic_hex), bytes.fromhex(self.ota_kid_hex)
 
     @property
     def psk(self) -> bytes:
@@ -47,6 +60,7 @@ class CardProfile:
 
 
 KNOWN = {f.name for f in fields(CardProfile)}
+TRIGGERS = ("power-on", "sms", "manual")
 
 
 def _from_mapping(data: dict[str, Any], where: str) -> CardProfile:
@@ -59,7 +73,10 @@ def _from_mapping(data: dict[str, Any], where: str) -> CardProfile:
     unknown = sorted(set(flat) - KNOWN)
     if unknown:
         raise CliError(f"{where}: unknown profile keys: {', '.join(unknown)}")
-    return CardProfile(**flat)
+    profile = CardProfile(**flat)
+    if profile.trigger not in TRIGGERS:
+        raise CliError(f"{where}: trigger = {profile.trigger!r}: use one of {', '.join(TRIGGERS)}")
+    return profile
 
 
 def load_profile(path: str | Path | None = None) -> CardProfile:

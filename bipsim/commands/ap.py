@@ -58,6 +58,15 @@ from bipsim.errors import CliError
     show_default=True,
     help="CMUX maximum frame information length requested with AT+CMUX.",
 )
+@click.option(
+    "--push-sms",
+    "push_sms",
+    multiple=True,
+    metavar="HEX",
+    help="An SMS-DELIVER TPDU (hex) the network delivers once the modem is up, sent to the CP as "
+    'AT%SMSPP="HEX" on DLC 1; a (U)SIM data download (PID 7F, class 2) reaches the card, e.g. an OTA push '
+    "trigger. Repeatable; the card's PoR is traced.",
+)
 @trace_option
 @pcap_option
 @session_option
@@ -71,6 +80,7 @@ def ap(
     apn_db: str | None,
     allow: tuple[str, ...],
     n1: int,
+    push_sms: tuple[str, ...],
     trace_path: str | None,
     pcap_path: str | None,
     session: str | None,
@@ -85,12 +95,16 @@ def ap(
     from bipsim.ap.network import AllowRule, ApNetwork
     from bipsim.cp.modem import LineUnavailable
 
+    try:
+        messages = tuple(bytes.fromhex(text) for text in push_sms)
+    except ValueError:
+        raise CliError("--push-sms: give the TPDU in hex") from None
     network = ApNetwork(wifi=wifi, ssid=ssid, cellular=cellular)
     if allow:
         network.allow = [AllowRule.parse(text) for text in allow]
     tracer = make_tracer(trace_path, session, keep=bool(pcap_path))
     processor = ApplicationProcessor(
-        ApOptions(port, baud, replace(DEFAULT_CMUX, n1=n1), wait_for_line=wait_for_line),
+        ApOptions(port, baud, replace(DEFAULT_CMUX, n1=n1), wait_for_line=wait_for_line, push_sms=messages),
         network,
         ApnDatabase.load(apn_db),
         tracer=tracer,

@@ -1,0 +1,90 @@
+"""The SMS-PP push trigger end to end (GlobalPlatform Amd B session triggering, ETSI TS 102 225/226): the card starts
+idle (profile trigger = "sms"), the AP hands the network's SMS-DELIVER to the CP with AT%SMSPP on DLC 1, the CP sends
+it to the card as ENVELOPE (SMS-PP DOWNLOAD) and the answer carries the card's PoR. `sms-trigger`: a packet with a
+good AES-CMAC, AES-CBC ciphering and a fresh counter -> PoR status 00 and the full OTA session of embodiment 2.
+`sms-trigger-bad-mac`: the same packet with a wrong checksum -> PoR status 01 and no BIP session at all.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from bipsim.scenarios.base import ScenarioOptions, ScenarioResult, check, check_ota_completed, check_steps
+from bipsim.scenarios.harness import Harness, RunConfig, RunResult, run_processes
+from bipsim.uicc.ota_trigger import (
+    Check,
+    CounterMode,
+    Keyset,
+    PorMode,
+    Spi,
+    command_packet,
+    push_script,
+    sms_deliver,
+    sms_user_data,
+)
+from bipsim.uicc.profile import load_profile
+
+PROTECTED = Spi(Check.CC, True, CounterMode.HIGHER, PorMode.REQUIRED)
+
+
+def trigger_tpdu(*, bad_mac: bool = False, counter: int = 1) -> bytes:
+    """The SMS-DELIVER of an OTA platform: a PUSH (request for BIP channel opening, no objects: the card's profile
+    names the server), secured with the default profile's key set."""
+    kvn, kic, kid = load_profile().ota_keyset
+    keys = Keyset(kvn, kic, kid)
+    if bad_mac:
+        keys = Keyset(kvn, kic, bytes(16))  # the platform signs with a key the card does not have
+    packet = command_packet(push_script(), spi=PROTECTED, keys=keys, counter=counter)
+    return sms_deliver(sms_user_data(packet))
+
+
+def _config(name: str, options: ScenarioOptions, tpdu: bytes, **extra: object) -> RunConfig:
+    return RunConfig(
+        session=name,
+        bearer="ap-proxy",
+        profile={"trigger": "sms"},
+        ap_args=["--push-sms", tpdu.hex().upper()],
+        port_a=options.port_a,
+        port_b=options.port_b,
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+def _por_status(run: RunResult) -> str | None:
+    for event in run.events:
+        if event.summary.startswith("SMS-PP PoR: status "):
+            return event.summary.split()[3]
+    return None
+
+
+def sms_trigger(options: ScenarioOptions) -> ScenarioResult:
+    """SMS-PP push (AES-CMAC, AES-CBC, counter) over AT%SMSPP: PoR 00, then the full OTA session (embodiment 2)."""
+    run = run_processes(_config("sms-trigger", options, trigger_tpdu()), options.directory)
+    check(_por_status(run) == "00", f"PoR status {_por_status(run)} instead of 00", run)
+    check_ota_completed(run)
+    check_steps(run, 2)
+    counters = run.card_state.get("ota_counters", {})
+    check(counters == {"1": 1}, f"the card's replay counter is {counters}, not 1", run)
+    return ScenarioResult("sms-trigger", run)
+
+
+async def _stop_after_the_por(harness: Harness) -> None:
+    """No session will come: once the PoR is traced and the card had time to open a channel, stop the CP (SIGTERM,
+    a clean exit) so that the run ends."""
+    await harness.wait_for_trace("ap", "SMS-PP PoR", timeout=25)
+    await trio.sleep(2.0)  # a few poll intervals: an OPEN CHANNEL would have been fetched by now
+    harness.processes["cp"].terminate()
+
+
+def sms_trigger_bad_mac(options: ScenarioOptions) -> ScenarioResult:
+    """SMS-PP push with a wrong cryptographic checksum: PoR status 01 (RC/CC/DS failed) and no BIP session."""
+    config = _config("sms-trigger-bad-mac", options, trigger_tpdu(bad_mac=True), during=_stop_after_the_por)
+    run = run_processes(config, options.directory)
+    check(run.cp_code == 0, "the CP did not end cleanly", run)
+    check(_por_status(run) == "01", f"PoR status {_por_status(run)} instead of 01", run)
+    opened = [e for e in run.events if e.layer.value == "apdu" and "OPEN CHANNEL" in e.summary]
+    check(not opened, "the card opened a channel after a packet that failed its checks", run)
+    check(
+        not run.results or not any(card["scripts"] for card in run.results.values()), "no admin script", run
+    )
+    return ScenarioResult("sms-trigger-bad-mac", run)
