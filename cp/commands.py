@@ -72,6 +72,12 @@ def _str(args: tuple[AtArg, ...], index: int, default: str | None = None) -> str
     return str(value)
 
 
+def _normal(sw: int) -> bool:
+    """90 00, or 91 xx: normal ending with a proactive command pending (TS 102 221 10.2.1.1), which the card answers
+    while the BIP service has not fetched yet (e.g. +CIMI right after TERMINAL PROFILE)."""
+    return sw == 0x9000 or sw >> 8 == 0x91
+
+
 def decode_imsi(data: bytes) -> str:
     """EF_IMSI (TS 31.102 section 4.2.2) to digits."""
     if len(data) < 2:
@@ -211,13 +217,13 @@ class ModemCommands:
     async def read_imsi(self) -> str:
         aid = USIM_AID
         _, sw = await self.driver.transmit(b"\x00\xa4\x04\x04" + bytes((len(aid),)) + aid, "SELECT ADF USIM")
-        if sw != 0x9000:
+        if not _normal(sw):
             raise CmeError(CME_SIM_FAILURE)
         _, sw = await self.driver.transmit(bytes.fromhex("00A4000C026F07"), "SELECT EF_IMSI")
-        if sw != 0x9000:
+        if not _normal(sw):
             raise CmeError(CME_SIM_FAILURE)
         data, sw = await self.driver.transmit(bytes.fromhex("00B0000009"), "READ BINARY EF_IMSI")
-        if sw != 0x9000:
+        if not _normal(sw):
             raise CmeError(CME_SIM_FAILURE)
         return decode_imsi(data)
 

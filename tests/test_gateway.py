@@ -915,3 +915,46 @@ async def test_webclch_flushes_what_the_cp_sent_on_the_dlc_before_the_tcp_close(
             got += chunk
         assert got == b"pending chunk|close_notify"  # then EOF: the FIN came after the data
     assert answer == [None] and not service.channels  # OK
+
+
+async def test_smspp_refuses_what_is_not_a_data_download_and_waits_for_the_card() -> None:
+    """AT%SMSPP: a TPDU that is not an SMS-DELIVER with PID 7F / class 2 is +CME ERROR: 50 and never reaches the
+    card; before TERMINAL PROFILE the answer is +CME ERROR: 14 (SIM busy)."""
+    from bipsim.cp.commands import ModemCommands
+    from bipsim.link.at_server import CmeError
+    from bipsim.link.at_syntax import AtRequest, CommandKind
+    from bipsim.uicc.ota_trigger import sms_deliver
+
+    recording = _RecordingCard(SimCard(load_profile(), toolkit=_PoRToolkit()))
+    driver = CardDriver(recording)
+    commands = ModemCommands(driver, CellularNetwork())
+
+    def smspp(tpdu: bytes) -> AtRequest:
+        return AtRequest("%SMSPP", CommandKind.SET, (tpdu.hex(),), "")
+
+    good = sms_deliver(b"\x02\x70\x00payload")
+    with pytest.raises(CmeError) as busy:
+        await commands.smspp(smspp(good))
+    assert busy.value.code == 14
+    await driver.start()
+    ordinary = good[:5] + b"\x00\x00" + good[7:]  # PID 00, DCS 00: an ordinary SMS for the inbox
+    for bad in (ordinary, b"\x01\x00", b"zz"):
+        with pytest.raises(CmeError) as caught:
+            await commands.smspp(
+                AtRequest("%SMSPP", CommandKind.SET, (bad.hex() if bad != b"zz" else "zz",), "")
+            )
+        assert caught.value.code == 50
+    assert not [apdu for apdu in recording.sent if apdu[:2] == b"\x80\xc2"]
+    (line,) = await commands.smspp(smspp(good)) or []
+    assert line == '%SMSPP: "027100000E0AB000010000000000000100009000"'
+
+
+async def test_imsi_is_read_while_the_card_has_a_proactive_command_pending() -> None:
+    """+CIMI right after TERMINAL PROFILE: the card answers 91 xx (normal ending, command pending), not an error."""
+    from bipsim.cp.commands import ModemCommands
+
+    engine = BipEngine(BipConfig(port=1), RequestResponseClient(b"x", 1))
+    driver = CardDriver(SimulatedCard(SimCard(load_profile(), toolkit=engine)))
+    await driver.start()
+    assert driver.proactive_pending  # OPEN CHANNEL waits for FETCH
+    assert await ModemCommands(driver, CellularNetwork()).read_imsi() == IMSI
