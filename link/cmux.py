@@ -160,7 +160,8 @@ class Mux:
         # frames must not interleave on the line: a flag and a parking lot, cheaper than trio.Lock per frame
         self._line_busy = False
         self._line_waiters = trio.lowlevel.ParkingLot()
-        self._n1 = min(max(1, self.params.n1), 32767)  # +CMUX allows N1 = 32768; the length field stops at 32767
+        # +CMUX allows N1 = 32768; the length field stops at 32767
+        self._n1 = min(max(1, self.params.n1), 32767)
         self._accepted_tx, self._accepted_rx = trio.open_memory_channel[DlcStream](64)
         self._closed = trio.Event()
         self._peer_fcoff = False
@@ -191,7 +192,12 @@ class Mux:
     # --- output ------------------------------------------------------------------------------------------------
 
     async def _send_frame(
-        self, dlci: int, ftype: FrameType, command: bool, pf: bool, info: bytes | memoryview = b""
+        self,
+        dlci: int,
+        ftype: FrameType,
+        command: bool,
+        pf: bool,
+        info: bytes | bytearray | memoryview = b"",
     ) -> None:
         data = encode_frame(dlci, ftype, self._cr(command), pf, info)
         # the free line is taken without a schedule point: line.send_all is this frame's checkpoint
