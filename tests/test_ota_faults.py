@@ -24,7 +24,7 @@ from bipsim.ota.campaign import LOAD_BLOCK, Campaign, load_file_data
 from bipsim.ota.loadgen import make_card, run_card
 from bipsim.ota.server import OtaServer
 from bipsim.trace.recorder import Tracer
-from bipsim.uicc.gp_registry import SELECTABLE
+from bipsim.uicc.gp_registry import SELECTABLE, GpRegistry
 from bipsim.uicc.http11 import Message, MessageParser
 from bipsim.uicc.ota_agent import AgentState
 from bipsim.uicc.profile import load_profile
@@ -332,29 +332,40 @@ async def test_a_bad_command_script_is_answered_with_a_script_status(tmp_path: P
 # --- kill -9 between LOAD blocks --------------------------------------------------------------------------------
 
 
-def check_state(path: Path) -> dict[str, Any]:
-    """The state file parses, and it is one consistent snapshot: a load in progress holds exactly the first
-    `next_block` blocks of the load file data, a finished load the whole of it."""
+def check_state(path: Path, answered: int = 0) -> dict[str, Any]:
+    """The state file parses, and with the load journal it names it is one consistent snapshot: a load in progress
+    holds exactly the first `next_block` blocks of the load file data (at least the `answered` blocks the card had
+    answered 90 00), a finished load the whole of it."""
     state = json.loads(path.read_text(encoding="utf-8"))
+    assert "files" in state
     blob = load_file_data(MODULE, BIG_LOAD)
     gp = state["gp"]
-    loading = gp["loading"]
-    if loading is not None:
-        data = bytes.fromhex(loading["data"])
-        assert loading["aid"] == LOAD_FILE.hex()
-        assert len(data) == min(loading["next_block"] * LOAD_BLOCK, len(blob))
+    if gp["loading"] is not None:
+        assert gp["loading"]["aid"] == LOAD_FILE.hex()
+        assert (path.parent / gp["loading"]["journal"]).exists()  # the state file names a whole journal
+    # what a restarted card sees: the state file plus the journal
+    registry = GpRegistry()
+    registry.bind_state_path(path)
+    registry.load_dict(gp)
+    if registry.load_in_progress is not None:
+        _, next_block, data = registry.load_in_progress
+        assert len(data) == min(next_block * LOAD_BLOCK, len(blob))
         assert data == blob[: len(data)]
-    if LOAD_FILE.hex() in gp["load_files"]:
-        assert gp["load_files"][LOAD_FILE.hex()]["size"] == len(blob) - 4  # the C4 block's value
-    assert "files" in state
+        assert next_block >= answered, (next_block, answered)
+    elif answered:
+        assert LOAD_FILE in registry.load_files  # every block answered, the last one too
+    if LOAD_FILE in registry.load_files:
+        assert registry.load_files[LOAD_FILE].size == len(blob) - 4  # the C4 block's value
     return state
 
 
 def card_process_main(state: str, port: int) -> None:
-    """The card process: one admin session; a line on stdout after every state save."""
+    """The card process: one admin session; a line on stdout after every state save and every LOAD answered."""
     card = make_card(state_path=state)
     save = card.card.save_state
+    process = card.registry.process
     count = 0
+    loads = 0
 
     def save_and_tell() -> None:
         nonlocal count
@@ -362,9 +373,22 @@ def card_process_main(state: str, port: int) -> None:
         count += 1
         print(f"saved {count}", flush=True)
 
+    def process_and_tell(apdu: bytes) -> bytes:
+        nonlocal loads
+        answer = process(apdu)
+        if apdu[1] == 0xE8 and answer[-2:] == b"\x90\x00":
+            loads += 1
+            print(f"answered {loads}", flush=True)  # the server may take this block as done from here on
+        return answer
+
     card.card.save_state = save_and_tell  # type: ignore[method-assign]
+    card.registry.process = process_and_tell  # type: ignore[method-assign]
     agent = trio.run(run_card, card, "127.0.0.1", port)
     print("finished" if agent.log.finished else f"failed {agent.log.errors}", flush=True)
+
+
+def answered_blocks(lines: list[str]) -> int:
+    return max((int(line.split()[1]) for line in lines if line.startswith("answered")), default=0)
 
 
 async def run_card_process(state: Path, port: int, kill_after: int | None, delay: float) -> list[str]:
@@ -408,7 +432,7 @@ async def test_kill_9_between_load_blocks_keeps_a_whole_state_file(tmp_path: Pat
             for kill_after, delay in moments:
                 lines = await run_card_process(state, port, kill_after, delay)
                 assert "finished" not in lines, "the card finished before it was killed"
-                snapshot = check_state(state)
+                snapshot = check_state(state, answered_blocks(lines))
                 seen_loading += snapshot["gp"]["loading"] is not None
             assert seen_loading >= 3  # most kills landed in the middle of the load
             lines = await run_card_process(state, port, None, 0.0)
@@ -418,6 +442,7 @@ async def test_kill_9_between_load_blocks_keeps_a_whole_state_file(tmp_path: Pat
     assert final["gp"]["loading"] is None
     assert APP.hex() in final["gp"]["applications"] and LOAD_FILE.hex() in final["gp"]["load_files"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".card.json.")]  # no stale temporary files
+    assert not list(tmp_path.glob("card.json.load-*"))  # the finished load's journal is gone
 
 
 if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "card":

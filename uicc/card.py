@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol
 
-from bipsim.uicc.card_state import load_state, save_state
+from bipsim.uicc.card_state import StateFile, load_state
 from bipsim.uicc.fs import File, FileKind, FileSystem
 from bipsim.uicc.profile import CardProfile
 from bipsim.uicc.toolkit import Toolkit, ToolkitError
@@ -86,6 +86,7 @@ class SimCard:
         self.toolkit: Toolkit = toolkit if toolkit is not None else _NoToolkit()
         self.fs = FileSystem(profile.iccid, profile.imsi, profile.mnc_length)
         self.state_path = Path(state_path) if state_path is not None else None
+        self._state_file = StateFile(self.state_path) if self.state_path is not None else None
         self._components: dict[str, Persistent] = {"files": self.fs}
         # current DF/EF per logical channel (0 is the basic channel)
         self._current: dict[int, tuple[File, File | None]] = {0: (self.fs.mf, None)}
@@ -96,8 +97,15 @@ class SimCard:
     # --- state -----------------------------------------------------------------------------------------------
 
     def attach_state(self, name: str, component: Persistent) -> None:
-        """Adds a component to the state file (restoring its saved part if the file has one)."""
+        """Adds a component to the state file (restoring its saved part if the file has one).
+
+        A component with a `bind_state_path(path)` method keeps bulk data in files next to the state file (see
+        card_state.Journal); it is told the path first, and `state_saved()` after each write of the state file.
+        """
         self._components[name] = component
+        bind = getattr(component, "bind_state_path", None)
+        if bind is not None and self.state_path is not None:
+            bind(self.state_path)
         if self.state_path is not None and self.state_path.exists():
             saved = load_state(self.state_path).get(name)
             if isinstance(saved, dict):
@@ -113,9 +121,12 @@ class SimCard:
                 component.load_dict(part)
 
     def save_state(self) -> None:
-        """Writes the whole card state atomically (no-op for a card without a state file)."""
-        if self.state_path is not None:
-            save_state(self.state_path, self.snapshot())
+        """Writes the whole card state atomically when it changed (no-op for a card without a state file)."""
+        if self._state_file is not None and self._state_file.save(self.snapshot()):
+            for component in self._components.values():
+                saved = getattr(component, "state_saved", None)
+                if saved is not None:
+                    saved()
 
     # --- APDUs -------------------------------------------------------------------------------------------------
 

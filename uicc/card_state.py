@@ -1,18 +1,37 @@
-"""The card's persistent state in one JSON file, written atomically: a card killed at any moment keeps either
-the old or the new state, never a mix (write to a temporary file in the same directory, fsync it, rename it over
-the old one, fsync the directory)."""
+"""The card's persistent state: one JSON file written atomically, plus append-only journals for bulk data.
+
+The state file (`save_state`) is written to a temporary file in the same directory, fsynced, renamed over the old
+one, and the directory fsynced: a card killed at any moment keeps either the old or the new state, never a mix.
+`StateFile` skips the write when the state did not change since its last one, so that a caller may save after
+every APDU and pay only for the APDUs that changed something.
+
+Bulk data that grows block by block (the load file data of a GlobalPlatform LOAD sequence) does not belong in that
+file: rewriting it whole after every block is quadratic. It goes to a `Journal`: an append-only file of records,
+each with its length and a CRC-32, appended and fsynced before the block is acknowledged. A record torn by a kill
+fails its check and is dropped with everything after it, so a journal always reads as a whole prefix of what was
+appended. The state file names the journal; a new journal is created (and made durable) before the state file
+that names it is saved, and an old one is deleted only after the state file stopped naming it.
+"""
 
 from __future__ import annotations
 
 import glob
 import json
 import os
+import struct
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Any
 
+_RECORD_HEAD = struct.Struct(">II")  # payload length, CRC-32 of the payload
+
 
 def save_state(path: Path, state: dict[str, Any]) -> None:
+    _write_atomically(path, json.dumps(state, sort_keys=True).encode("utf-8"))
+
+
+def _write_atomically(path: Path, payload: bytes) -> None:
     directory = path.parent
     directory.mkdir(parents=True, exist_ok=True)
     # a writer killed between mkstemp and rename leaves its temporary file behind: one writer per state file,
@@ -21,8 +40,8 @@ def save_state(path: Path, state: dict[str, Any]) -> None:
         stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(state, handle, sort_keys=True)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -32,6 +51,10 @@ def save_state(path: Path, state: dict[str, Any]) -> None:
         except FileNotFoundError:
             pass
         raise
+    _fsync_directory(directory)
+
+
+def _fsync_directory(directory: Path) -> None:
     dir_fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
@@ -44,3 +67,87 @@ def load_state(path: Path) -> dict[str, Any]:
     with path.open(encoding="utf-8") as handle:
         data = json.load(handle)
     return data if isinstance(data, dict) else {}
+
+
+class StateFile:
+    """One card's state file, saved atomically and only when its content changed."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.writes = 0
+        self._last: bytes | None = None
+        self._stat: tuple[int, int, int] | None = None  # inode, size, mtime of our last write
+
+    def save(self, state: dict[str, Any]) -> bool:
+        """Writes `state` unless the file already holds exactly it (as we wrote it); True when it wrote."""
+        payload = json.dumps(state, sort_keys=True).encode("utf-8")
+        if payload == self._last and self._stat is not None and self._stat == self._current_stat():
+            return False
+        _write_atomically(self.path, payload)
+        self._last, self._stat = payload, self._current_stat()
+        self.writes += 1
+        return True
+
+    def _current_stat(self) -> tuple[int, int, int] | None:
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+class Journal:
+    """An append-only file of checksummed records; `read` gives the whole records, in order."""
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self._fd = fd
+
+    @classmethod
+    def create(cls, path: Path) -> Journal:
+        """A new, empty journal (an old file of that name is emptied), durable before it is named anywhere."""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+        os.fsync(fd)
+        _fsync_directory(path.parent)
+        return cls(path, fd)
+
+    @classmethod
+    def reopen(cls, path: Path) -> tuple[Journal, list[bytes]]:
+        """An existing journal and its records; a torn tail is cut off so that appends follow whole records."""
+        records, good = read_journal(path)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        if os.fstat(fd).st_size != good:
+            os.ftruncate(fd, good)
+            os.fsync(fd)
+        return cls(path, fd), records
+
+    def append(self, record: bytes) -> None:
+        """Appends one record and returns once it is on disk."""
+        data = _RECORD_HEAD.pack(len(record), zlib.crc32(record)) + record
+        written = os.write(self._fd, data)
+        while written < len(data):
+            written += os.write(self._fd, data[written:])
+        os.fsync(self._fd)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def read_journal(path: Path) -> tuple[list[bytes], int]:
+    """The whole records of a journal file and the byte length they span (a missing file has none)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return [], 0
+    records: list[bytes] = []
+    at = 0
+    while at + _RECORD_HEAD.size <= len(data):
+        size, crc = _RECORD_HEAD.unpack_from(data, at)
+        end = at + _RECORD_HEAD.size + size
+        if end > len(data) or zlib.crc32(data[at + _RECORD_HEAD.size : end]) != crc:
+            break  # torn by a kill mid-append: this record and anything after it never completed
+        records.append(data[at + _RECORD_HEAD.size : end])
+        at = end
+    return records, at

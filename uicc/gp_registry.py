@@ -1,13 +1,21 @@
 """The card's GlobalPlatform registry (GP Card Specification v2.3 sections 5, 9 and 11): the issuer security
 domain, load files, their modules, and applications with their life-cycle states, driven by INSTALL (for load, for
 install, make selectable), LOAD, DELETE, GET STATUS and SET STATUS, answering with GP status words.
+
+Persistence: the registry is one part of the card's state file (uicc/card.py attach_state). The data of a load in
+progress is not: each LOAD block is appended to a journal (uicc/card_state.py Journal) and on disk before the
+block is answered 90 00, and the state file only names that journal, so a load costs one append per block instead
+of a rewrite of everything received so far. A card without a state file keeps it all in memory.
 """
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from bipsim.uicc.card_state import Journal
 from bipsim.uicc.tlv import TlvError, decode_ber_list, encode_length
 
 ISD_AID = bytes.fromhex("A000000151000000")
@@ -28,6 +36,10 @@ SW_MEMORY = 0x6A84
 SW_WRONG_P1P2 = 0x6A86
 SW_INS = 0x6D00
 SW_REFERENCED_DATA = 0x6A88
+SW_MEMORY_FAILURE = 0x6581
+
+_BLOCK_NUMBER = struct.Struct(">I")  # journal record: block index (not wrapped), then the block's data
+_LAST = 0x80000000  # flag in a journal record's block index: the LOAD that ended the load file (P1 b8)
 
 
 class GpError(Exception):
@@ -69,8 +81,59 @@ class GpRegistry:
         self._loading: bytes | None = None  # load file AID of an INSTALL [for load] in progress
         self._load_data = bytearray()
         self._next_block = 0
+        self._state_path: Path | None = None
+        self._journal: Journal | None = None  # the LOAD blocks of the load in progress, when persistent
+        self._journal_serial = 0  # makes each load's journal a new file (see _start_journal)
+
+    @property
+    def load_in_progress(self) -> tuple[bytes, int, bytes] | None:
+        """The load file AID, the next LOAD block number (not wrapped) and the data received, during a load."""
+        if self._loading is None:
+            return None
+        return self._loading, self._next_block, bytes(self._load_data)
 
     # persistence (uicc/card.py attach_state)
+    def bind_state_path(self, path: Path) -> None:
+        """The card's state file: load data journals live next to it."""
+        self._state_path = path
+
+    def _journal_path(self, name: str) -> Path:
+        assert self._state_path is not None
+        return self._state_path.parent / name
+
+    def _journal_prefix(self) -> str:
+        assert self._state_path is not None
+        return f"{self._state_path.name}.load-"
+
+    def state_saved(self) -> None:
+        """The state file was written: journals it no longer names can go (a kill before this leaves them for the
+        next save or restore to remove)."""
+        self._collect(self._journal.path.name if self._journal is not None else None)
+
+    def _collect(self, keep: str | None) -> None:
+        if self._state_path is None:
+            return
+        for path in self._state_path.parent.glob(f"{self._journal_prefix()}*.journal"):
+            if path.name != keep:
+                path.unlink(missing_ok=True)
+
+    def _start_journal(self) -> None:
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
+        if self._state_path is None:
+            return
+        # a new file per load: the state file on disk may still name the previous journal, which must stay whole
+        # until the state naming the new one has replaced it
+        self._journal_serial += 1
+        name = f"{self._journal_prefix()}{self._journal_serial}.journal"
+        self._journal = Journal.create(self._journal_path(name))
+
+    def _end_journal(self) -> None:
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "load_files": {
@@ -86,14 +149,17 @@ class GpRegistry:
                 }
                 for a, x in self.applications.items()
             },
-            "loading": {
-                "aid": self._loading.hex(),
-                "next_block": self._next_block,
-                "data": self._load_data.hex(),
-            }
-            if self._loading
-            else None,
+            "loading": self._loading_dict(),
+            "journal_serial": self._journal_serial,
         }
+
+    def _loading_dict(self) -> dict[str, Any] | None:
+        if self._loading is None:
+            return None
+        if self._journal is not None:
+            # blocks and data are in the journal: this part stays the same for the whole load
+            return {"aid": self._loading.hex(), "journal": self._journal.path.name}
+        return {"aid": self._loading.hex(), "next_block": self._next_block, "data": self._load_data.hex()}
 
     def load_dict(self, state: dict[str, Any]) -> None:
         self.load_files = {
@@ -112,11 +178,40 @@ class GpRegistry:
             )
             for a, x in state.get("applications", {}).items()
         }
+        self._journal_serial = max(self._journal_serial, int(state.get("journal_serial", 0)))
+        self._end_journal()
+        self._loading, self._load_data, self._next_block = None, bytearray(), 0
         loading = state.get("loading")
+        named = loading.get("journal") if isinstance(loading, dict) else None
         if loading:
             self._loading = bytes.fromhex(loading["aid"])
-            self._next_block = loading["next_block"]
-            self._load_data = bytearray(bytes.fromhex(loading["data"]))
+            if "journal" in loading and self._state_path is not None:
+                self._restore_journal(self._journal_path(loading["journal"]))
+            else:
+                self._next_block = loading.get("next_block", 0)
+                self._load_data = bytearray(bytes.fromhex(loading.get("data", "")))
+        self._collect(named)  # the state file on disk names this one only: any other journal is stale
+
+    def _restore_journal(self, path: Path) -> None:
+        if not path.exists():
+            # named but gone (removed by hand): the load restarts from block 0 in a journal of that name
+            self._journal = Journal.create(path)
+            return
+        journal, records = Journal.reopen(path)
+        self._journal = journal
+        for record in records:
+            (index,) = _BLOCK_NUMBER.unpack_from(record)
+            if index & ~_LAST != self._next_block:
+                break  # cannot happen for a journal we wrote; keep the consistent prefix
+            self._load_data += record[_BLOCK_NUMBER.size :]
+            self._next_block += 1
+            if index & _LAST:
+                # killed after answering the last block and before the state file said so: finish it now
+                try:
+                    self._finish_load()
+                except GpError:
+                    pass  # it was answered with that error already; the load is abandoned as it was then
+                break
 
     def handles(self, apdu: bytes) -> bool:
         return (
@@ -152,6 +247,10 @@ class GpRegistry:
                 raise GpError(SW_WRONG_DATA, "load file AID length")
             if load_file in self.load_files:
                 raise GpError(SW_CONDITIONS, "load file already present")
+            try:
+                self._start_journal()
+            except OSError as exc:
+                raise GpError(SW_MEMORY_FAILURE, f"load journal: {exc}") from exc
             self._loading, self._load_data, self._next_block = load_file, bytearray(), 0
             return b"\x00"
         if p1 & 0x04 or p1 & 0x08:  # for install (and make selectable)
@@ -176,22 +275,32 @@ class GpRegistry:
             raise GpError(SW_CONDITIONS, "LOAD without INSTALL [for load]")
         if p2 != self._next_block & 0xFF:
             raise GpError(SW_WRONG_P1P2, f"LOAD block {p2}, expected {self._next_block}")
+        last = bool(p1 & 0x80)
+        if self._journal is not None:
+            try:
+                self._journal.append(_BLOCK_NUMBER.pack(self._next_block | (_LAST if last else 0)) + data)
+            except OSError as exc:
+                raise GpError(SW_MEMORY_FAILURE, f"load journal: {exc}") from exc
         self._load_data += data
         self._next_block += 1
-        if p1 & 0x80:  # last block: parse the 'C4' load file data block and register the package
-            try:
-                items = decode_ber_list(bytes(self._load_data))
-            except TlvError as exc:
-                self._loading = None
-                raise GpError(SW_WRONG_DATA, f"load file data: {exc}") from exc
-            cap = next((i.value for i in items if i.tag == 0xC4), None)
-            if cap is None:
-                self._loading = None
-                raise GpError(SW_WRONG_DATA, "no C4 load file data block")
-            modules = self._modules(cap)
-            self.load_files[self._loading] = LoadFile(self._loading, modules, LOADED, len(cap))
-            self._loading, self._load_data, self._next_block = None, bytearray(), 0
+        if last:
+            self._finish_load()
         return b"\x00"
+
+    def _finish_load(self) -> None:
+        """The last block is in: parse the 'C4' load file data block and register the package."""
+        assert self._loading is not None
+        whole, loading = bytes(self._load_data), self._loading
+        self._loading, self._load_data, self._next_block = None, bytearray(), 0
+        self._end_journal()  # the file stays until the state file no longer names it (state_saved)
+        try:
+            items = decode_ber_list(whole)
+        except TlvError as exc:
+            raise GpError(SW_WRONG_DATA, f"load file data: {exc}") from exc
+        cap = next((i.value for i in items if i.tag == 0xC4), None)
+        if cap is None:
+            raise GpError(SW_WRONG_DATA, "no C4 load file data block")
+        self.load_files[loading] = LoadFile(loading, self._modules(cap), LOADED, len(cap))
 
     @staticmethod
     def _modules(cap: bytes) -> list[bytes]:
