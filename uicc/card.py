@@ -100,7 +100,8 @@ class SimCard:
         """Adds a component to the state file (restoring its saved part if the file has one).
 
         A component with a `bind_state_path(path)` method keeps bulk data in files next to the state file (see
-        card_state.Journal); it is told the path first, and `state_saved()` after each write of the state file.
+        card_state.Journal); it is told the path first, `state_saved()` after each write of the state file, and
+        `sync_state()` when its appends must be made durable.
         """
         self._components[name] = component
         bind = getattr(component, "bind_state_path", None)
@@ -127,6 +128,14 @@ class SimCard:
                 saved = getattr(component, "state_saved", None)
                 if saved is not None:
                     saved()
+
+    def sync_state(self) -> None:
+        """Makes data that components appended outside the state file durable (see card_state.Journal); called
+        before the card's answers leave it."""
+        for component in self._components.values():
+            sync = getattr(component, "sync_state", None)
+            if sync is not None:
+                sync()
 
     # --- APDUs -------------------------------------------------------------------------------------------------
 

@@ -7,7 +7,9 @@ every APDU and pay only for the APDUs that changed something.
 
 Bulk data that grows block by block (the load file data of a GlobalPlatform LOAD sequence) does not belong in that
 file: rewriting it whole after every block is quadratic. It goes to a `Journal`: an append-only file of records,
-each with its length and a CRC-32, appended and fsynced before the block is acknowledged. A record torn by a kill
+each with its length and a CRC-32. An append is written at once (a killed process loses nothing it wrote: the
+kernel has it) and made durable by `sync`, which the card calls once per remote script, before its response
+script leaves the card (group commit: nobody outside the card has seen a 90 00 before that). A record torn by a kill
 fails its check and is dropped with everything after it, so a journal always reads as a whole prefix of what was
 appended. The state file names the journal; a new journal is created (and made durable) before the state file
 that names it is saved, and an old one is deleted only after the state file stopped naming it.
@@ -102,6 +104,7 @@ class Journal:
     def __init__(self, path: Path, fd: int) -> None:
         self.path = path
         self._fd = fd
+        self._unsynced = False
 
     @classmethod
     def create(cls, path: Path) -> Journal:
@@ -121,16 +124,25 @@ class Journal:
             os.fsync(fd)
         return cls(path, fd), records
 
-    def append(self, record: bytes) -> None:
-        """Appends one record and returns once it is on disk."""
+    def append(self, record: bytes, *, sync: bool = True) -> None:
+        """Appends one record; with `sync`, returns once it is on disk, else once the kernel has it."""
         data = _RECORD_HEAD.pack(len(record), zlib.crc32(record)) + record
         written = os.write(self._fd, data)
         while written < len(data):
             written += os.write(self._fd, data[written:])
-        os.fsync(self._fd)
+        self._unsynced = True
+        if sync:
+            self.sync()
+
+    def sync(self) -> None:
+        """Makes every append so far durable (one fsync, none when there is nothing new)."""
+        if self._unsynced and self._fd >= 0:
+            os.fsync(self._fd)
+            self._unsynced = False
 
     def close(self) -> None:
         if self._fd >= 0:
+            self.sync()
             os.close(self._fd)
             self._fd = -1
 

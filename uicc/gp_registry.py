@@ -3,9 +3,9 @@ domain, load files, their modules, and applications with their life-cycle states
 install, make selectable), LOAD, DELETE, GET STATUS and SET STATUS, answering with GP status words.
 
 Persistence: the registry is one part of the card's state file (uicc/card.py attach_state). The data of a load in
-progress is not: each LOAD block is appended to a journal (uicc/card_state.py Journal) and on disk before the
-block is answered 90 00, and the state file only names that journal, so a load costs one append per block instead
-of a rewrite of everything received so far. A card without a state file keeps it all in memory.
+progress is not: each LOAD block is appended to a journal (uicc/card_state.py Journal) before the block is
+answered 90 00 (made durable by `sync_state`, once per remote script), and the state file only names that journal,
+so a load costs one append per block instead of a rewrite of everything received so far. A card without a state file keeps it all in memory.
 """
 
 from __future__ import annotations
@@ -109,6 +109,14 @@ class GpRegistry:
         """The state file was written: journals it no longer names can go (a kill before this leaves them for the
         next save or restore to remove)."""
         self._collect(self._journal.path.name if self._journal is not None else None)
+
+    def sync_state(self) -> None:
+        """Makes the LOAD blocks answered so far durable (the card calls it before its answers leave it)."""
+        if self._journal is not None:
+            try:
+                self._journal.sync()
+            except OSError:
+                pass  # the blocks stay written; a disk that cannot fsync cannot do better
 
     def _collect(self, keep: str | None) -> None:
         if self._state_path is None:
@@ -278,7 +286,9 @@ class GpRegistry:
         last = bool(p1 & 0x80)
         if self._journal is not None:
             try:
-                self._journal.append(_BLOCK_NUMBER.pack(self._next_block | (_LAST if last else 0)) + data)
+                self._journal.append(
+                    _BLOCK_NUMBER.pack(self._next_block | (_LAST if last else 0)) + data, sync=False
+                )
             except OSError as exc:
                 raise GpError(SW_MEMORY_FAILURE, f"load journal: {exc}") from exc
         self._load_data += data

@@ -1,8 +1,9 @@
 """The card's OTA agent: the BipClient that runs a GlobalPlatform Amendment B (SCP81) admin session over the BIP
 channel: TLS 1.2 PSK with the card as client (uicc/tls_psk_client.py), the HTTP POST loop with the X-Admin-*
 headers, and the execution of the remote APDUs it receives (GP commands by the registry, file commands by the
-card's APDU processor). The card state is saved after every script, so a session killed mid-way loses nothing
-already acknowledged; a session that loses its connection asks to reconnect and resumes (X-Admin-Resume).
+card's APDU processor). The card state is saved after every APDU (a write only when it changed; LOAD data goes to
+an append-only journal) and made durable before the response script is posted, so a session killed mid-way loses
+nothing already acknowledged; a session that loses its connection asks to reconnect and resumes (X-Admin-Resume).
 
 The card's randoms (TLS client_random, CBC IVs) come from `random`: os.urandom, or, when the environment sets
 BIPSIM_CARD_SEED (hex), a deterministic stream from that seed, so that a recorded run can be replayed byte for byte
@@ -217,6 +218,7 @@ class OtaAgent:
             responses.append(self.execute(apdu))
             # each APDU is atomic, as on a real card: a card killed between LOAD blocks keeps the blocks before
             self.card.save_state()
+        self.card.sync_state()  # group commit: the 90 00s below are on disk before the server can see them
         self.log.scripts += 1
         self.log.apdus += len(apdus)
         self.log.statuses += [r[-2:].hex().upper() for r in responses]
