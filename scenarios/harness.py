@@ -19,8 +19,7 @@ from typing import Any
 
 import trio
 
-from bipsim.link.pty import PtyStream
-from bipsim.link.pty_relay import DirectionStats, PtyPair
+from bipsim.link.pty_relay import PtyPair
 from bipsim.trace.events import TraceEvent
 from bipsim.trace.reader import read_trace
 from bipsim.trace.recorder import T0_ENV
@@ -73,30 +72,6 @@ class RunResult:
         return f"cp exit {self.cp_code}; results {json.dumps(self.results)[:300]}; logs {tails}"
 
 
-class PacedPtyPair(PtyPair):
-    """The in-process pair with a UART's speed: each direction moves at most baud/10 bytes a second (8N1).
-
-    A pty has no line rate of its own (termios speed is ignored), so the relay reads small chunks and releases
-    each one only after the time its bits would take on the wire; unread bytes wait in the kernel's pty buffer,
-    which blocks the writer like a full UART FIFO would.
-    """
-
-    baud: int = 115200
-
-    async def _copy(self, src: PtyStream, dst: PtyStream, stats: DirectionStats) -> None:
-        rate = self.baud / 10
-        chunk = max(1, int(rate / 200))  # about 5 ms of line time per chunk
-        wire_free = trio.current_time()
-        while True:
-            data = await src.receive_some(chunk)
-            if not data:
-                return
-            wire_free = max(wire_free, trio.current_time()) + len(data) / rate
-            await trio.sleep_until(wire_free)
-            await dst.send_all(data)
-            stats.add(len(data))
-
-
 class HarnessError(Exception):
     """The scenario's processes could not be set up."""
 
@@ -119,6 +94,8 @@ class Harness:
         env = dict(os.environ)
         env[T0_ENV] = repr(self.origin)
         env.setdefault("PYTHONUNBUFFERED", "1")
+        # a process that crashes leaves its traceback in its kept log, where the failed run is read afterwards
+        env.setdefault("BIPSIM_DEBUG", "1")
         return env
 
     async def _start(self, name: str, args: list[str], nursery: trio.Nursery) -> trio.Process:
@@ -174,9 +151,7 @@ class Harness:
         await self._pair_nursery.start(self._run_pair)
 
     async def _run_pair(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        pair = PtyPair.create() if self.config.baud is None else PacedPtyPair.create()
-        if isinstance(pair, PacedPtyPair) and self.config.baud is not None:
-            pair.baud = self.config.baud
+        pair = PtyPair.create(baud=self.config.baud)
         self.pair = pair
         self._pair_done = trio.Event()
         links = [self.dir / "ap.tty", self.dir / "cp.tty"]

@@ -151,12 +151,53 @@ def test_interoperates_with_socat(
         socat.wait(10)
 
 
+def test_baud_option_paces_and_keeps_the_bytes_intact() -> None:
+    """--baud is accepted, every byte value crosses both ways intact, and --stats names the configured rate.
+
+    No timing is asserted here (a loaded machine would make that flaky); bench/bench_download_115200.py measures
+    the throughput against the 8N1 bound.
+    """
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bipsim", "pty-pair", "--baud", "115200", "--stats"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    a_path, b_path = proc.stdout.readline().strip(), proc.stdout.readline().strip()
+    a, b = open_raw(a_path), open_raw(b_path)
+    try:
+        payload = random.Random(2).randbytes(4096) + bytes(range(256))
+        write_all(a, payload)
+        assert read_exactly(b, len(payload), timeout=60) == payload
+        write_all(b, payload[::-1])
+        assert read_exactly(a, len(payload), timeout=60) == payload[::-1]
+    finally:
+        os.close(a)
+        os.close(b)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err
+    assert f"A->B: {len(payload)} bytes" in err and f"B->A: {len(payload)} bytes" in err
+    assert "paced at 115200 baud 8N1 (11520 B/s per direction)" in err
+
+
+def test_unpaced_stats_say_so(pty_pair_process: tuple[subprocess.Popen[str], list[str]]) -> None:
+    proc, _ = pty_pair_process
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0
+    assert err.strip().endswith("; unpaced")
+
+
 @pytest.mark.parametrize(
     "args",
     [
         ["--link", "/nonexistent/dir/x", "--link", "/tmp/bipsim-test-y"],
         ["--link", "/tmp/only-one"],
         ["--bogus"],
+        ["--baud", "0"],
+        ["--baud", "fast"],
     ],
 )
 def test_bad_arguments_are_one_line(args: list[str]) -> None:
