@@ -25,8 +25,8 @@ from bipsim.ota.loadgen import make_card, run_card
 from bipsim.ota.server import OtaServer
 from bipsim.trace.recorder import Tracer
 from bipsim.uicc.gp_registry import SELECTABLE, GpRegistry
-from bipsim.uicc.http11 import Message, MessageParser
-from bipsim.uicc.ota_agent import AgentState
+from bipsim.uicc.http11 import MAX_BODY, Message, MessageParser, render
+from bipsim.uicc.ota_agent import SCRIPT_TYPE, AgentState
 from bipsim.uicc.profile import load_profile
 
 APP = bytes.fromhex("A0000005590010FF01")
@@ -327,6 +327,59 @@ async def test_a_bad_command_script_is_answered_with_a_script_status(tmp_path: P
     assert agent.log.finished and agent.log.apdus == 0
     assert posts == [b"", b"unknown-application"]
     assert any("bad script" in e for e in agent.log.errors)
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+@pytest.mark.parametrize("extra", [0, 1])
+async def test_a_body_over_the_card_limit_ends_the_session_with_a_trace_event(
+    tmp_path: Path, chunked: bool, extra: int
+) -> None:
+    """A 200 whose body is MAX_BODY + 1 bytes: the card executes nothing, ends the session without reconnecting,
+    traces why (error), and keeps its state; exactly MAX_BODY bytes is still taken (here: not a script)."""
+    state = tmp_path / "card.json"
+    card = make_card(tls=False, state_path=state)
+    tracer = Tracer(keep=True)
+    card.agent.tracer = tracer
+    card.card.save_state()
+    before = state.read_bytes()
+    posts: list[str] = []
+    body = bytes(MAX_BODY + extra)
+    head = "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.globalplatform.card-content-mgt;version=1.0\r\n"
+    answer = (
+        render("HTTP/1.1 200 OK", [("Content-Type", SCRIPT_TYPE)], body, chunked=True)
+        if chunked
+        else f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body
+    )
+
+    async def fake_server(stream: trio.SocketStream) -> None:
+        parser = MessageParser(requests=True)
+        answers = [answer, b"HTTP/1.1 204 No Content\r\n\r\n"]
+        with trio.move_on_after(5):
+            while answers:
+                data = await stream.receive_some(65536)
+                if not data:
+                    return
+                for message in parser.feed(data):
+                    posts.append(message.header("x-admin-script-status"))
+                    await stream.send_all(answers.pop(0))
+        await trio.sleep_forever()
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            (listener,) = await nursery.start(partial(trio.serve_tcp, host="127.0.0.1"), fake_server, 0)
+            agent = await run_card(card, "127.0.0.1", listener.socket.getsockname()[1])
+            nursery.cancel_scope.cancel()
+    assert agent.log.apdus == 0 and card.connections == 1
+    if extra:
+        assert agent.state is AgentState.FAILED and not agent.log.finished
+        assert posts == [""]  # the first POST only: nothing is reported for a script that never arrived
+        assert any("413" in e for e in agent.log.errors), agent.log.errors
+        (event,) = [e for e in tracer.events if e.error]
+        assert "limit" in event.summary and "not executed" in event.summary
+        assert state.read_bytes() == before
+    else:
+        assert agent.log.finished and posts == ["", "unknown-application"]  # taken, then found no script
+        assert not [e for e in tracer.events if e.error]
 
 
 # --- kill -9 between LOAD blocks --------------------------------------------------------------------------------

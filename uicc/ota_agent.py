@@ -18,9 +18,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
+from bipsim.trace.events import Actor, Layer
+from bipsim.trace.recorder import NULL_TRACER, Tracer
 from bipsim.uicc.card import SimCard
 from bipsim.uicc.gp_registry import GpRegistry
-from bipsim.uicc.http11 import HttpError, MessageParser, render
+from bipsim.uicc.http11 import MAX_BODY, HttpError, MessageParser, render
 from bipsim.uicc.remote_apdu import RemoteApduError, decode_command_script, encode_response_script
 from bipsim.uicc.tls_psk_client import TlsAlert, TlsError, TlsPskClient
 
@@ -93,8 +95,10 @@ class OtaAgent:
         path: str = "/server/adminagent",
         max_reconnects: int = 3,
         random: Callable[[int], bytes] | None = None,
+        tracer: Tracer = NULL_TRACER,
     ) -> None:
         self.card = card
+        self.tracer = tracer
         # one source for the agent's whole life: a reconnect draws fresh (but, when seeded, reproducible) randoms
         self.random = random if random is not None else card_random()
         self.registry = registry
@@ -157,9 +161,28 @@ class OtaAgent:
             if self._tls is not None:
                 out += self._tls.data_to_send()
         except HttpError as exc:
-            self.log.errors.append(f"HTTP: {exc}")
-            self.state = AgentState.FAILED
+            out += self._http_failure(exc)
         return bytes(out)
+
+    def _http_failure(self, exc: HttpError) -> bytes:
+        """An answer the card cannot take ends the admin session, with nothing of it executed.
+
+        The card is the HTTP client: it has no status code to answer with, and Amd B's X-Admin-Script-Status
+        values (ok, unknown-application, not-a-security-domain, security-error) report how a received script
+        executed, not a script that never arrived whole; an empty-bodied POST would only make the server send the
+        same script again. So the card closes the session (TLS close_notify), does not reconnect (the same answer
+        would come back), and its state stays as it was; the server sees the script unacknowledged.
+        """
+        if exc.status == 413:
+            detail = (
+                f"HTTP response body over the card's {MAX_BODY} byte limit: admin session ended, not executed"
+            )
+        else:
+            detail = f"malformed HTTP response ({exc}): admin session ended"
+        self.log.errors.append(f"HTTP: {exc}")
+        self.tracer.emit(Actor.UICC, Actor.OTA, Layer.HTTP, detail, error=True)
+        self.state = AgentState.FAILED
+        return self._tls.close() if self._tls is not None else b""
 
     def connection_lost(self, reason: str) -> None:
         if self.state not in (AgentState.DONE, AgentState.FAILED):
