@@ -172,9 +172,26 @@ class Harness:
                     await pair.aclose()
                 self._pair_done.set()
 
+    def _clear_previous_run(self) -> None:
+        """Removes what an earlier run left in the folder (`scenario run --keep DIR` twice): each run starts from a
+        fresh card, as the scenarios assume; a card state saved by another run would carry its installed applet
+        and counters into this one. Only the files the harness itself writes are touched."""
+        names = ["cp", "ap", "ota", *(name for name, _ in self._extra_servers())]
+        stale = [self.dir / "card.json", self.dir / "results.json", self.dir / "campaign.toml"]
+        stale += [self.dir / "profile.toml"]
+        stale += [self.dir / f"{name}.{ext}" for name in names for ext in ("jsonl", "log")]
+        stale += list(self.dir.glob("results-ota*.json")) + list(self.dir.glob("ota*.toml"))
+        stale += list(self.dir.glob(".card.json.*")) + list(
+            self.dir.glob("card.json.*")
+        )  # temporaries, journals
+        for path in stale:
+            if path.is_file() or path.is_symlink():
+                path.unlink()
+
     async def run(self) -> RunResult:
         config = self.config
         cp_code: int | None = None
+        self._clear_previous_run()
         async with trio.open_nursery() as nursery:
             self._pair_nursery = nursery
             if config.port_a and config.port_b:

@@ -197,3 +197,29 @@ def test_sms_trigger_goes_to_the_card_as_sms_pp_download_and_its_por_comes_back(
     assert apdus[index + 3].data[-2:-1] == b"\x91"  # the PoR, and the card has its OPEN CHANNEL ready
     first_open = next(i for i, e in enumerate(apdus) if "OPEN CHANNEL" in e.summary)
     assert first_open > index
+
+
+def test_a_kept_folder_of_an_earlier_run_is_started_afresh(tmp_path: Path) -> None:
+    """`scenario run --keep DIR` into a folder that already holds a run: the card starts from its profile, not from
+    the saved card.json, and no stale server results or traces leak into the new run's result."""
+    keep = tmp_path / "kept"
+    keep.mkdir()
+    (keep / "card.json").write_text('{"stale": true}')
+    (keep / "results.json").write_text('{"iccid:stale": {"completed": true, "all_ok": true}}')
+    (keep / "ota.jsonl").write_text(
+        '{"t": 0, "src": "ota", "dst": "cp", "layer": "tcp", "summary": "stale"}\n'
+    )
+    unrelated = keep / "notes.txt"
+    unrelated.write_text("mine")
+    process = subprocess.run(
+        [sys.executable, "-m", "bipsim", "scenario", "run", "server-refuses", "--keep", str(keep)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert process.returncode == 0, process.stderr
+    state = json.loads((keep / "card.json").read_text())
+    assert "stale" not in state and state  # saved afresh by this run's card
+    assert not (keep / "results.json").exists()  # server-refuses runs no server: nothing may claim results
+    assert not (keep / "ota.jsonl").exists()
+    assert unrelated.read_text() == "mine"  # only the harness's own files are cleared
