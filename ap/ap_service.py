@@ -52,10 +52,10 @@ class ApplicationProcessor:
         self.opener = LineOpener(options.port, options.baud, who="bipsim ap", wait=options.wait_for_line)
         self._first_line: trio.abc.Stream | None = None
 
-    def _imsi(self) -> str:
+    async def _imsi(self) -> str:
         if self.ril is None:
             raise LookupError("no modem session")
-        return self.ril.imsi()
+        return await self.ril.read_imsi()
 
     async def open_line(self) -> None:
         """Opens the line before run(): raises LineUnavailable when it is not there (unless wait_for_line)."""

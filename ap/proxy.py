@@ -13,7 +13,8 @@ writing are flushed to TCP, bounded by DRAIN_LIMIT; then the TCP close (FIN), th
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -52,7 +53,7 @@ class ProxyService:
         self,
         network: ApNetwork,
         apns: ApnDatabase,
-        imsi: Callable[[], str],
+        imsi: Callable[[], str | Awaitable[str]],
         *,
         tracer: Tracer = NULL_TRACER,
     ) -> None:
@@ -114,7 +115,9 @@ class ProxyService:
         if not self.network.cellular:
             raise CmeError(30)
         try:
-            imsi = self.imsi()
+            # the AP's RIL reads the IMSI now if its start-up +CIMI got none (the card was still starting)
+            found = self.imsi()
+            imsi = await found if inspect.isawaitable(found) else found
         except LookupError:
             raise CmeError(30) from None
         entry = self.apns.for_imsi(imsi, str(wanted) if wanted else "")

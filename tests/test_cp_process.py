@@ -153,3 +153,70 @@ async def test_a_line_that_goes_away_is_waited_for_and_said_once(
     finally:
         os.close(master)
         os.close(slave)
+
+
+# --- the AP's RIL and the card starting: %GETNET must not depend on who came first ------------------------------
+
+
+class StartingModem:
+    """DLC 1 of a modem whose card answers +CIMI with the given CME codes first (14: SIM busy, 13: SIM failure),
+    then with the IMSI."""
+
+    def __init__(self, stream: trio.abc.Stream, failures: list[int]) -> None:
+        from bipsim.link.at_server import AtServer
+
+        self.server = AtServer(stream, echo=False)
+        self.server.cmee = 1
+        self.failures = list(failures)
+        self.cimi_seen = 0
+        self.server.register("+CIMI", self.cimi)
+        self.server.register("+CEREG", self.cereg)
+
+    async def cimi(self, request: object) -> list[str] | None:
+        from bipsim.link.at_server import CmeError
+
+        self.cimi_seen += 1
+        if self.failures:
+            raise CmeError(self.failures.pop(0))
+        return ["001010123456789"]
+
+    async def cereg(self, request: object) -> list[str] | None:
+        return ["+CEREG: 1,1"]
+
+
+@pytest.mark.parametrize(
+    ("failures", "at_start"),
+    [([14, 14, 14], True), ([13], False), ([14, 13], False)],
+    ids=["sim-busy-retried", "failed-then-read-for-getnet", "busy-then-failed-then-read-for-getnet"],
+)
+async def test_the_aps_getnet_gets_the_imsi_whether_or_not_the_start_up_cimi_did(
+    failures: list[int], at_start: bool, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The AP reads the IMSI with +CIMI once CMUX is up; the CP powers its card at about the same time. A "SIM busy"
+    answer (27.007: transient) is retried; any other failure leaves the IMSI to be read when the CP's %GETNET asks
+    for the APN (the card is up then: it sent OPEN CHANNEL). %GETNET never answers +CME ERROR: 30 for it."""
+    from bipsim.ap.apn_db import ApnDatabase
+    from bipsim.ap.network import ApNetwork
+    from bipsim.ap.proxy import ProxyService
+    from bipsim.ap.ril import Ril
+    from bipsim.link.at_chat import AtChat
+    from bipsim.link.at_syntax import parse_line
+
+    ap_end, modem_end = trio.testing.memory_stream_pair()
+    modem = StartingModem(modem_end, failures)
+    chat = AtChat(ap_end)
+    ril = Ril(chat)
+    proxy = ProxyService(ApNetwork(), ApnDatabase.load(), ril.read_imsi)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(modem.server.run)
+        nursery.start_soon(chat.run)
+        nursery.start_soon(ril.run)
+        await ril.ready.wait()
+        assert (ril.imsi_value is not None) == at_start
+        (request,) = parse_line("AT%GETNET=1,3")
+        proxy.server = modem.server  # getnet names its answer's patent step on the server it answers on
+        lines = await proxy.getnet(request)
+        assert lines is not None and lines[0].startswith("%NETPAR: 1,")
+        assert ril.imsi_value == "001010123456789"
+        assert modem.cimi_seen == len(failures) + 1
+        nursery.cancel_scope.cancel()
