@@ -32,6 +32,7 @@ class CardProgress:
     plan: CardPlan
     next_script: int = 0
     awaiting: int | None = None  # index of the script sent and not yet answered
+    awaiting_uri: str = ""  # the X-Admin-Next-URI sent with it: where its answer must be posted
     log: list[dict[str, Any]] = field(default_factory=list)
     sessions: int = 0
     resumed: int = 0
@@ -107,6 +108,10 @@ class AdminServer:
             progress.sessions += 1
         if resumed:
             progress.resumed += 1
+        if request.body and progress.awaiting is not None and not self._answers_awaiting(progress, request):
+            # a resumed card re-posting the answer to a script it did not see acknowledged, while the
+            # acknowledgement (our next script) was lost with the connection: not an answer to the pending script
+            request = Message(request.start, request.headers)
         if request.body and progress.awaiting is not None:
             try:
                 responses = decode_response_script(request.body)
@@ -135,14 +140,23 @@ class AdminServer:
             return Answer(204, [("X-Admin-Protocol", PROTOCOL)])
         index = progress.next_script
         progress.awaiting = index
+        progress.awaiting_uri = f"{self.path}?seq={next(self._sequence)}"
         self.save()
         body = encode_command_script(progress.plan.scripts[index])
         headers = [
             ("X-Admin-Protocol", PROTOCOL),
             ("Content-Type", SCRIPT_TYPE),
-            ("X-Admin-Next-URI", f"{self.path}?seq={next(self._sequence)}"),
+            ("X-Admin-Next-URI", progress.awaiting_uri),
         ]
         return Answer(200, headers, body)
+
+    @staticmethod
+    def _answers_awaiting(progress: CardProgress, request: Message) -> bool:
+        """Whether a POST's body answers the pending script: it was posted to the URI sent with that script
+        (Amd B 3.3: the card posts its response script to X-Admin-Next-URI). A POST to the bare admin path
+        carries no such reference and is taken as the answer."""
+        target = request.start[1]
+        return "?" not in target or target == progress.awaiting_uri
 
     def results(self) -> dict[str, Any]:
         return {

@@ -28,6 +28,7 @@ from bipsim.uicc.gp_registry import SELECTABLE, GpRegistry
 from bipsim.uicc.http11 import MAX_BODY, Message, MessageParser, render
 from bipsim.uicc.ota_agent import SCRIPT_TYPE, AgentState
 from bipsim.uicc.profile import load_profile
+from bipsim.uicc.remote_apdu import encode_response_script
 
 APP = bytes.fromhex("A0000005590010FF01")
 LOAD_FILE = bytes.fromhex("A0000005590010")
@@ -536,3 +537,39 @@ async def test_server_drop_mid_script_through_the_bip_channel(tmp_path: Path) ->
     (progress,) = admin.cards.values()
     assert progress.completed and progress.resumed == 1 and len(progress.log) == 4
     assert card.registry.applications[APP].state == SELECTABLE
+
+
+def test_a_resumed_card_reposting_an_acknowledged_answer_gets_the_pending_script_again() -> None:
+    """The connection broke while the server's next script was on its way: the card never saw its answer
+    acknowledged and, resuming, posts it again to the URI it last had. That body answers the script before, not
+    the pending one, so the server sends the pending script again and logs each script once (found by the
+    line-drop scenario: a lost RAM LOAD script was logged as answered, and INSTALL then failed with 6A88)."""
+    admin = AdminServer(Campaign.load())
+    headers = {
+        "x-admin-protocol": PROTOCOL,
+        "x-admin-from": "//se-id/iccid/8988211000000000001",
+        "content-type": RESPONSE_TYPE,
+    }
+
+    def request(target: str, body: bytes = b"", **extra: str) -> Message:
+        return Message(("POST", target, "HTTP/1.1"), {**headers, **extra}, body)
+
+    first = admin.handle(request("/server/adminagent"))
+    first_uri = dict(first.headers)["X-Admin-Next-URI"]
+    answer = encode_response_script(
+        [b"\x90\x00"] * len(admin.cards["iccid:8988211000000000001"].plan.scripts[0])
+    )
+    second = admin.handle(request(first_uri, answer))
+    assert second.status == 200
+    pending = admin.cards["iccid:8988211000000000001"].awaiting
+    assert pending == 1
+    # the second script is lost with the connection; the card resumes with its last answer
+    again = admin.handle(request(first_uri, answer, **{"x-admin-resume": "true"}))
+    assert again.status == 200 and again.body == second.body
+    progress = admin.cards["iccid:8988211000000000001"]
+    assert [entry["script"] for entry in progress.log] == [0]
+    assert progress.awaiting == 1 and progress.resumed == 1
+    # the answer to the resent script, posted where the resent script said, is logged as script 1
+    third = admin.handle(request(dict(again.headers)["X-Admin-Next-URI"], answer))
+    assert third.status in (200, 204)
+    assert [entry["script"] for entry in progress.log] == [0, 1]
