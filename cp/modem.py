@@ -242,6 +242,7 @@ def simulated_card(
         psk=profile.psk,
         tls=profile.ota_tls,
         path=profile.admin_path,
+        tracer=tracer,
     )
     config = BipConfig(
         host=profile.ota_host,
@@ -268,6 +269,7 @@ def simulated_card(
             psk=profile.psk,
             tls=profile.ota_tls,
             path=profile.admin_path,
+            tracer=tracer,
         )
         engines.append(BipEngine(replace(config, host=host, port=port), extra))
     card.toolkit = MultiChannelEngine(engines)
