@@ -122,6 +122,9 @@ class _Dlc:
     eof: bool = False
     local_closed: bool = False
     stream: DlcStream | None = None
+    # counts the DLC's establishments: a stream belongs to one, so a stale stream of a DLC that was released and
+    # established again (a BIP channel reopened on the same DLCI) can neither read, write nor close the new one
+    generation: int = 0
 
     def move(self, event: str) -> None:
         nxt = TRANSITIONS.get((self.state, event))
@@ -283,7 +286,8 @@ class Mux:
                     dlc.rx.clear()
                 await self._send_frame(frame.dlci, FrameType.UA, False, True)
                 if fresh and frame.dlci != 0:
-                    stream = DlcStream(self, frame.dlci)
+                    dlc.generation += 1
+                    stream = DlcStream(self, frame.dlci, dlc.generation)
                     dlc.stream = stream
                     await self._announce_signals(dlc)
                     try:
@@ -417,7 +421,8 @@ class Mux:
         dlc.move("ua")
         dlc.eof = False
         dlc.local_closed = False
-        stream = DlcStream(self, dlci)
+        dlc.generation += 1
+        stream = DlcStream(self, dlci, dlc.generation)
         dlc.stream = stream
         if dlci != 0:
             await self._announce_signals(dlc)
@@ -503,11 +508,13 @@ class Mux:
             except MuxClosed as exc:
                 raise trio.BrokenResourceError("the line went away") from exc
 
-    async def _dlc_receive(self, dlci: int, max_bytes: int) -> tuple[bytes, bool]:
+    async def _dlc_receive(self, dlci: int, max_bytes: int, generation: int) -> tuple[bytes, bool]:
         """Up to max_bytes of the DLC's data, and whether it had to wait for them (a schedule point)."""
         dlc = self._dlc(dlci)
         waited = False
-        while not dlc.rx:
+        while not dlc.rx or dlc.generation != generation:
+            if dlc.generation != generation:
+                return b"", waited  # released (and maybe established again for a new stream): end of file
             if dlc.local_closed:
                 raise trio.ClosedResourceError(f"DLC {dlci} is closed")
             if dlc.eof or dlc.state is DlcState.CLOSED or self._closed.is_set():
@@ -531,8 +538,10 @@ class Mux:
                 pass
         return data, waited
 
-    async def _dlc_close(self, dlci: int) -> None:
+    async def _dlc_close(self, dlci: int, generation: int) -> None:
         dlc = self._dlc(dlci)
+        if dlc.generation != generation:
+            return  # the peer released it already and it was established again: not ours to close
         if dlc.state is not DlcState.OPEN or self._closed.is_set():
             dlc.state = DlcState.CLOSED
             return
@@ -541,15 +550,17 @@ class Mux:
             await self._exchange(dlci, FrameType.DISC, "ua")
         except MuxError:
             pass
-        dlc.state = DlcState.CLOSED
+        if dlc.generation == generation:
+            dlc.state = DlcState.CLOSED
 
 
 class DlcStream(trio.abc.Stream):
     """One open DLC. aclose() sends DISC; receive_some returns b"" once the peer closed it (or the mux closed)."""
 
-    def __init__(self, mux: Mux, dlci: int) -> None:
+    def __init__(self, mux: Mux, dlci: int, generation: int) -> None:
         self.mux = mux
         self.dlci = dlci
+        self.generation = generation
         self._closed = False
         self._sending = False
         self._receiving = False
@@ -568,6 +579,8 @@ class DlcStream(trio.abc.Stream):
             await trio.lowlevel.checkpoint_if_cancelled()
             if self._closed:
                 raise trio.ClosedResourceError(f"DLC {self.dlci} is closed")
+            if self.mux._dlc(self.dlci).generation != self.generation:
+                raise trio.BrokenResourceError(f"DLC {self.dlci} was released")
             if data:
                 # no copy: each frame is joined (copied) before its write, and nothing is kept after we return
                 await self.mux._dlc_send(self.dlci, data)
@@ -596,7 +609,7 @@ class DlcStream(trio.abc.Stream):
         self._receiving = True
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
-            data, waited = await self.mux._dlc_receive(self.dlci, max_bytes or 65536)
+            data, waited = await self.mux._dlc_receive(self.dlci, max_bytes or 65536, self.generation)
             if self._closed:
                 raise trio.ClosedResourceError(f"DLC {self.dlci} is closed")
             if not waited:  # waiting for the data was this call's schedule point already
@@ -611,8 +624,12 @@ class DlcStream(trio.abc.Stream):
             return
         self._closed = True
         dlc = self.mux._dlc(self.dlci)
+        if dlc.generation != self.generation:
+            # released already, and maybe established again for another stream: nothing of ours to close
+            await trio.lowlevel.checkpoint()
+            return
         dlc.local_closed = True
         dlc.rx_event.set()
         with trio.CancelScope(shield=True), trio.move_on_after(self.mux.params.t1 * (self.mux.params.n2 + 2)):
-            await self.mux._dlc_close(self.dlci)
+            await self.mux._dlc_close(self.dlci, self.generation)
         await trio.lowlevel.checkpoint()

@@ -239,3 +239,26 @@ async def test_peer_goes_silent_before_disc(
     await dlc.aclose()  # DISC never answered: aclose still returns after T1/N2, the DLC is closed
     with pytest.raises(trio.ClosedResourceError):
         await dlc.send_all(b"x")
+
+
+async def test_a_stale_stream_of_a_reestablished_dlc_leaves_the_new_one_alone(muxes: tuple[Mux, Mux]) -> None:
+    """The peer releases a DLC and establishes it again (a BIP channel closed by the server, then reopened on the
+    same DLCI) before our side's user closes its old stream: the old stream reads end of file, cannot write,
+    and its late aclose() must not release the new DLC (found by the server-drops scenario under load: the AP's
+    late DISC bookkeeping closed the reopened DLC 3 and the channel's data got DM)."""
+    initiator, responder = muxes
+    old = await responder.open_dlc(3)
+    stale = await initiator.accept_dlc()
+    await old.aclose()  # the peer (responder) releases DLC 3 ...
+    assert await stale.receive_some() == b""
+    new = await responder.open_dlc(3)  # ... and establishes it again
+    fresh = await initiator.accept_dlc()
+    with pytest.raises(trio.BrokenResourceError):
+        await stale.send_all(b"old")
+    assert await stale.receive_some() == b""  # the new DLC's data is not the old stream's
+    with trio.fail_after(5):
+        await stale.aclose()  # the late clean-up of the old channel
+        await new.send_all(b"new channel")
+        assert await fresh.receive_some() == b"new channel"
+        await fresh.send_all(b"answer")
+        assert await new.receive_some() == b"answer"
