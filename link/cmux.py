@@ -280,13 +280,15 @@ class Mux:
             if frame.dlci == 0 or self.accept_filter(frame.dlci):
                 fresh = dlc.state is not DlcState.OPEN
                 if fresh:
+                    # a new establishment, in the same step as the state: a task closing the previous one may run
+                    # while the UA is written and must see that the DLC is no longer its to close
                     dlc.state = DlcState.OPEN
+                    dlc.generation += 1
                     dlc.eof = False
                     dlc.local_closed = False
                     dlc.rx.clear()
                 await self._send_frame(frame.dlci, FrameType.UA, False, True)
                 if fresh and frame.dlci != 0:
-                    dlc.generation += 1
                     stream = DlcStream(self, frame.dlci, dlc.generation)
                     dlc.stream = stream
                     await self._announce_signals(dlc)
@@ -327,6 +329,14 @@ class Mux:
                     )
             else:
                 self.stats.dm_sent += 1
+                self.tracer.emit(
+                    self.remote,
+                    self.local,
+                    Layer.CMUX,
+                    f"data on DLC {frame.dlci} in state {dlc.state.value} (establishment {dlc.generation}): DM",
+                    frame.info,
+                    error=True,
+                )
                 await self._send_frame(frame.dlci, FrameType.DM, False, True)
 
     async def _control(self, info: bytes) -> None:
