@@ -262,3 +262,25 @@ async def test_a_stale_stream_of_a_reestablished_dlc_leaves_the_new_one_alone(mu
         assert await fresh.receive_some() == b"new channel"
         await fresh.send_all(b"answer")
         assert await new.receive_some() == b"answer"
+
+
+async def test_ua_and_a_new_sabm_in_one_read_leave_the_new_dlc_open(responder: tuple[Mux, Wire]) -> None:
+    """We release DLC 3; the peer's UA and its SABM establishing DLC 3 again arrive in one line read. The task
+    closing the old stream resumes while the mux writes the new UA and must not close the new establishment."""
+    mux, wire = responder
+    await wire.send(encode_frame(0, FrameType.SABM, True, True) + encode_frame(3, FrameType.SABM, True, True))
+    await wire.expect(0, FrameType.UA)
+    await wire.expect(3, FrameType.UA)
+    old = await mux.accept_dlc()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(old.aclose)
+        await wire.expect(3, FrameType.DISC)
+        await wire.send(
+            encode_frame(3, FrameType.UA, False, True) + encode_frame(3, FrameType.SABM, True, True)
+        )
+        await wire.expect(3, FrameType.UA)
+    new = await mux.accept_dlc()
+    await wire.send(encode_frame(3, FrameType.UIH, True, False, b"ClientHello"))
+    with trio.fail_after(5):
+        assert await new.receive_some() == b"ClientHello"
+    assert mux.stats.dm_sent == 0
