@@ -15,39 +15,24 @@ from pathlib import Path
 import trio
 
 from bipsim.scenarios.base import check_ota_completed, check_steps
+from bipsim.scenarios.campaigns import SPN_UPDATE, campaign, ram_install, ram_load
 from bipsim.scenarios.harness import Harness, RunConfig, RunResult
 from bipsim.trace.events import TraceEvent
 from bipsim.trace.reader import read_trace
 
-# the card accepts an HTTP body of at most 1 MiB (uicc/http11.py MAX_BODY), so a 1 MiB download is two load files
-CAMPAIGN = """
-[[card]]
-iccid = "*"
-[[card.step]]
-kind = "rfm"
-path = "7FFF/6F46"
-data = "0142495053494D2D4F5441FFFFFFFFFFFF"
-{loads}
-[[card.step]]
-kind = "ram-install"
-load_file = "A0000005590010"
-module = "A0000005590010FF"
-application = "A0000005590010FF01"
-"""
-LOAD = """
-[[card.step]]
-kind = "ram-load"
-load_file = "A00000055900{index:02X}"
-module = "A00000055900{index:02X}FF"
-size = {size}
-"""
 STEP_OPEN = {1: "S401", 2: "S701"}
 STEP_LINK = {1: "S406", 2: "S706"}
 
 
 def download_campaign(total: int, parts: int = 2) -> str:
+    """EF_SPN, then `total` bytes of load files in `parts` load files (A00000055900 10, 11, ...), then the applet.
+
+    The card accepts an HTTP body of at most 1 MiB (uicc/http11.py MAX_BODY), so a 1 MiB download is two load files.
+    """
     sizes = [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
-    return CAMPAIGN.format(loads="".join(LOAD.format(index=0x10 + i, size=s) for i, s in enumerate(sizes)))
+    load_files = [f"A00000055900{0x10 + i:02X}" for i in range(parts)]
+    loads = [ram_load(f, f + "FF", size) for f, size in zip(load_files, sizes, strict=True)]
+    return campaign(SPN_UPDATE, *loads, ram_install())
 
 
 @dataclass

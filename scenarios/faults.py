@@ -10,15 +10,13 @@ from bipsim.scenarios.base import (
     check_ota_completed,
     terminal_responses,
 )
-from bipsim.scenarios.harness import Harness, HarnessError, RunConfig, run_processes
+from bipsim.scenarios.campaigns import applet_download
+from bipsim.scenarios.harness import Harness, HarnessError, RunConfig, RunResult, run_processes
 from bipsim.trace.reader import read_trace
 from bipsim.uicc.cat import decode_terminal_response
 
 
-def _open_result(run: object) -> bytes:
-    from bipsim.scenarios.harness import RunResult
-
-    assert isinstance(run, RunResult)
+def _open_result(run: RunResult) -> bytes:
     for summary, data in terminal_responses(run):
         if "OPEN CHANNEL" in summary:
             general, additional = decode_terminal_response(data).result
@@ -26,24 +24,23 @@ def _open_result(run: object) -> bytes:
     return b""
 
 
+def _failed_open(options: ScenarioOptions, config: RunConfig, expected: bytes) -> RunResult:
+    """Runs `config` in immediate link mode on the options' line: the CP must end cleanly and the card's OPEN
+    CHANNEL must get the TR result `expected` (general result and additional information)."""
+    config.link_mode = "immediate"
+    config.port_a, config.port_b = options.port_a, options.port_b
+    run = run_processes(config, options.directory)
+    check(run.cp_code == 0, "the CP did not end cleanly", run)
+    result = _open_result(run)
+    check(result == expected, f"OPEN CHANNEL result {result.hex()} instead of {expected.hex().upper()}", run)
+    return run
+
+
 def ap_no_network(options: ScenarioOptions) -> ScenarioResult:
     """The AP has neither Wi-Fi nor an APN: %WEBOPCH and %GETNET get +CME ERROR: 30; the card gets TR 0x20 'no
     service' (TS 102 223 8.12.2) and the session ends cleanly."""
-    config = RunConfig(
-        session="ap-no-network",
-        bearer="auto",
-        link_mode="immediate",
-        ap_args=["--no-wifi", "--no-cellular"],
-        port_a=options.port_a,
-        port_b=options.port_b,
-    )
-    run = run_processes(config, options.directory)
-    check(run.cp_code == 0, "the CP did not end cleanly", run)
-    check(
-        _open_result(run) == b"\x20\x04",
-        f"OPEN CHANNEL result {_open_result(run).hex()} instead of 2004",
-        run,
-    )
+    config = RunConfig(session="ap-no-network", bearer="auto", ap_args=["--no-wifi", "--no-cellular"])
+    run = _failed_open(options, config, b"\x20\x04")
     check(
         not run.results or not any(card["scripts"] for card in run.results.values()),
         "no admin script may run",
@@ -54,22 +51,8 @@ def ap_no_network(options: ScenarioOptions) -> ScenarioResult:
 
 def server_refuses(options: ScenarioOptions) -> ScenarioResult:
     """Nothing listens on the server's port: the CP's connect is refused; TR 0x3A 'remote device not reachable'."""
-    config = RunConfig(
-        session="server-refuses",
-        bearer="own-stack",
-        link_mode="immediate",
-        server=False,
-        port_a=options.port_a,
-        port_b=options.port_b,
-    )
-    run = run_processes(config, options.directory)
-    check(run.cp_code == 0, "the CP did not end cleanly", run)
-    check(
-        _open_result(run) == b"\x3a\x07",
-        f"OPEN CHANNEL result {_open_result(run).hex()} instead of 3A07",
-        run,
-    )
-    return ScenarioResult("server-refuses", run)
+    config = RunConfig(session="server-refuses", bearer="own-stack", server=False)
+    return ScenarioResult("server-refuses", _failed_open(options, config, b"\x3a\x07"))
 
 
 def server_drops(options: ScenarioOptions) -> ScenarioResult:
@@ -136,50 +119,15 @@ def line_drop(options: ScenarioOptions) -> ScenarioResult:
 
 
 # a campaign long enough (a 12 000-byte load file, ~50 RECEIVE DATA rounds) for a drop to land in its middle
-LINE_DROP_CAMPAIGN = """
-[[card]]
-iccid = "*"
-[[card.step]]
-kind = "rfm"
-path = "7FFF/6F46"
-data = "0142495053494D2D4F5441FFFFFFFFFFFF"
-[[card.step]]
-kind = "ram-load"
-load_file = "A0000005590010"
-module = "A0000005590010FF"
-size = 12000
-[[card.step]]
-kind = "ram-install"
-load_file = "A0000005590010"
-module = "A0000005590010FF"
-application = "A0000005590010FF01"
-"""
+LINE_DROP_CAMPAIGN = applet_download(12000)
 
 
 def large_download(options: ScenarioOptions) -> ScenarioResult:
     """A 70 000-byte load file: the command script arrives through many RECEIVE DATA rounds (0xFF rule)."""
-    campaign = """
-[[card]]
-iccid = "*"
-[[card.step]]
-kind = "rfm"
-path = "7FFF/6F46"
-data = "0142495053494D2D4F5441FFFFFFFFFFFF"
-[[card.step]]
-kind = "ram-load"
-load_file = "A0000005590010"
-module = "A0000005590010FF"
-size = 70000
-[[card.step]]
-kind = "ram-install"
-load_file = "A0000005590010"
-module = "A0000005590010FF"
-application = "A0000005590010FF01"
-"""
     config = RunConfig(
         session="large-download",
         bearer="ap-proxy",
-        campaign=campaign,
+        campaign=applet_download(70000),
         timeout=90,
         port_a=options.port_a,
         port_b=options.port_b,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import re
 from collections.abc import Callable
 
 from bipsim.scenarios.base import ScenarioOptions, ScenarioResult
@@ -29,6 +31,13 @@ SCENARIOS: dict[str, Scenario] = {
 }
 
 
+# a sentence ends at . ! or ? before a space and a capital: "S401..S415", "8.12.2" and "e.g. the" do not end one
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
+
+
 def describe(name: str) -> str:
-    doc = SCENARIOS[name].__doc__ or ""
-    return doc.strip().splitlines()[0] if doc.strip() else ""
+    """The first sentence of scenario `name`'s docstring, on one line (docstrings wrap at the line length)."""
+    doc = inspect.cleandoc(SCENARIOS[name].__doc__ or "")
+    paragraph = doc.split("\n\n", 1)[0]
+    text = " ".join(paragraph.split())
+    return _SENTENCE_END.split(text, maxsplit=1)[0]

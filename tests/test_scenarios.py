@@ -8,6 +8,7 @@ import json
 import re
 import subprocess
 import sys
+import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -15,8 +16,17 @@ import pytest
 from click.testing import CliRunner
 
 from bipsim.cli import cli
+from bipsim.ota.campaign import Campaign
 from bipsim.scenarios.base import ScenarioOptions, ScenarioResult
-from bipsim.scenarios.registry import SCENARIOS
+from bipsim.scenarios.campaigns import (
+    RAM_STATUS,
+    SPN_UPDATE,
+    applet_download,
+    campaign,
+    ram_install,
+    ram_load,
+)
+from bipsim.scenarios.registry import SCENARIOS, describe
 from bipsim.trace.events import TraceEvent
 from bipsim.trace.steps import check_step_order, embodiment_steps
 from bipsim.uicc.cat_render import decode_as, kind_of
@@ -145,12 +155,106 @@ def test_embodiment_over_a_socat_pair(name: str, socat_pair: tuple[str, str], tm
 # --- the command line, as a user runs it -------------------------------------------------------------------------
 
 
+def _listed(output: str) -> dict[str, str]:
+    """`scenario list` output -> name: description, its continuation lines (indented) joined back."""
+    listed: dict[str, str] = {}
+    for line in output.splitlines():
+        if line.startswith(" "):
+            last = next(reversed(listed))
+            listed[last] += " " + line.strip()
+        else:
+            name, _, text = line.partition(" ")
+            listed[name] = text.strip()
+    return listed
+
+
 def test_scenario_list_names_every_scenario() -> None:
     outcome = CliRunner().invoke(cli, ["scenario", "list"])
     assert outcome.exit_code == 0
-    listed = [line.split()[0] for line in outcome.output.splitlines()]
-    assert listed == list(SCENARIOS)
+    listed = _listed(outcome.output)
+    assert list(listed) == list(SCENARIOS)
     assert "two-channels" in listed and "line-drop" in listed
+
+
+@pytest.mark.parametrize("columns", [60, 100, 200])
+def test_scenario_list_wraps_whole_sentences_under_the_terminal_width(columns: int) -> None:
+    outcome = CliRunner().invoke(cli, ["scenario", "list"], env={"COLUMNS": str(columns)})
+    assert outcome.exit_code == 0
+    lines = outcome.output.splitlines()
+    assert max(len(line) for line in lines) <= columns
+    indent = max(len(name) for name in SCENARIOS) + 2
+    assert all(
+        line[:indent].strip() in ("", *SCENARIOS) for line in lines
+    )  # continuations hang under the text
+    listed = _listed(outcome.output)
+    assert listed == {name: describe(name) for name in SCENARIOS}  # nothing cut
+    if columns == 60:
+        assert len(lines) > len(SCENARIOS)
+
+
+def test_describe_is_the_first_sentence_joined_across_lines() -> None:
+    # line_drop's first sentence wraps onto its docstring's second line; the old first-line cut ended at "once in"
+    assert describe("line-drop") == (
+        "The serial line goes away (the pty pair closes) and comes back, twice: once after the AP attached and once"
+        " in the middle of the card's session."
+    )
+    assert describe("ap-no-network").endswith("(TS 102 223 8.12.2) and the session ends cleanly.")
+    assert describe("embodiment1").endswith("(steps S401..S415).")  # ".." and "8.12.2" end no sentence
+
+
+def test_describe_stops_at_a_sentence_not_at_an_abbreviation(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fake(options: ScenarioOptions) -> ScenarioResult:
+        """Checks a thing, e.g. the card's TR
+        and its data. Then a second sentence.
+
+        A second paragraph."""
+        raise AssertionError("not run")
+
+    def short(options: ScenarioOptions) -> ScenarioResult:
+        """One paragraph without a full stop
+
+        then another."""
+        raise AssertionError("not run")
+
+    monkeypatch.setitem(SCENARIOS, "fake", fake)
+    monkeypatch.setitem(SCENARIOS, "short", short)
+    assert describe("fake") == "Checks a thing, e.g. the card's TR and its data."
+    assert describe("short") == "One paragraph without a full stop"
+
+
+def test_campaign_builders_make_the_steps_the_ota_server_runs() -> None:
+    text = campaign(
+        SPN_UPDATE, ram_load("A0000005590011", "A0000005590011FF", 1500), ram_install(), RAM_STATUS
+    )
+    data = tomllib.loads(text)
+    assert data == {
+        "card": [
+            {
+                "iccid": "*",
+                "step": [
+                    {"kind": "rfm", "path": "7FFF/6F46", "data": "0142495053494D2D4F5441FFFFFFFFFFFF"},
+                    {
+                        "kind": "ram-load",
+                        "load_file": "A0000005590011",
+                        "module": "A0000005590011FF",
+                        "size": 1500,
+                    },
+                    {
+                        "kind": "ram-install",
+                        "load_file": "A0000005590010",
+                        "module": "A0000005590010FF",
+                        "application": "A0000005590010FF01",
+                    },
+                    {"kind": "ram-status"},
+                ],
+            }
+        ]
+    }
+    plan = Campaign.from_mapping(data, "built").plan_for("8988211000000000001", None)
+    assert plan is not None and plan.kinds == ["rfm", "ram-load", "ram-install", "ram-status"]
+    # UPDATE BINARY of the 17 bytes of EF_SPN, after selecting the USIM ADF and 6F46
+    assert plan.scripts[0][-1] == bytes.fromhex("00D6000011") + b"\x01BIPSIM-OTA" + b"\xff" * 6
+    assert tomllib.loads(applet_download(12000))["card"][0]["step"][1]["size"] == 12000
 
 
 def test_scenario_run_from_the_command_line(tmp_path: Path) -> None:

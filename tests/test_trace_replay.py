@@ -14,22 +14,14 @@ from pathlib import Path
 import pytest
 import trio
 
+from bipsim.scenarios.campaigns import RAM_STATUS, SPN_UPDATE, campaign
 from bipsim.scenarios.harness import RunConfig, run_processes
 from bipsim.trace.events import Actor, Layer, TraceEvent
 from bipsim.trace.reader import read_trace
 from bipsim.trace.replay import ConnectionTape, Flight, RecordedServer, open_channel_address, server_tapes
 
 SEED = "0123456789ABCDEF"
-SMALL_CAMPAIGN = """
-[[card]]
-iccid = "*"
-[[card.step]]
-kind = "rfm"
-path = "7FFF/6F46"
-data = "0142495053494D2D4F5441FFFFFFFFFFFF"
-[[card.step]]
-kind = "ram-status"
-"""
+SMALL_CAMPAIGN = campaign(SPN_UPDATE, RAM_STATUS)
 
 
 @pytest.fixture(scope="session")

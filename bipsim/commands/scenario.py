@@ -10,6 +10,8 @@ import click
 
 from bipsim.errors import CliError
 
+MIN_DESCRIPTION = 30  # characters of description per line, however narrow the terminal says it is
+
 
 @click.group("scenario")
 def scenario() -> None:
@@ -18,12 +20,22 @@ def scenario() -> None:
 
 @scenario.command("list")
 def list_cmd() -> None:
-    """Print every scenario with one line about it."""
+    """Print every scenario with the first sentence about it."""
     from bipsim.scenarios.registry import SCENARIOS, describe
 
     width = max(len(name) for name in SCENARIOS)
+    # a description too long for the terminal continues on the next lines, under its own column
+    columns = max(shutil.get_terminal_size().columns, width + 2 + MIN_DESCRIPTION)
+    indent = " " * (width + 2)
     for name in SCENARIOS:
-        click.echo(f"{name.ljust(width)}  {describe(name)}")
+        text = click.wrap_text(
+            describe(name),
+            width=columns,
+            initial_indent=name.ljust(width) + "  ",
+            subsequent_indent=indent,
+            preserve_paragraphs=False,
+        )
+        click.echo(text)
 
 
 @scenario.command("run")
