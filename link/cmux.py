@@ -422,7 +422,8 @@ class Mux:
         dlc.move("open")
         try:
             answer = await self._exchange(dlci, FrameType.SABM, "ua")
-        except MuxError:
+        except BaseException:
+            # cancelled too (a caller's timeout): OPENING would refuse every later attempt on this DLC
             dlc.state = DlcState.CLOSED
             raise
         if answer is FrameType.DM:
@@ -519,33 +520,41 @@ class Mux:
                 raise trio.BrokenResourceError("the line went away") from exc
 
     async def _dlc_receive(self, dlci: int, max_bytes: int, generation: int) -> tuple[bytes, bool]:
-        """Up to max_bytes of the DLC's data, and whether it had to wait for them (a schedule point)."""
+        """Up to max_bytes of the DLC's data, and whether it had to wait for them (a schedule point).
+
+        trio's Stream contract: a cancelled receive_some consumed nothing. So every await (waiting for data, and
+        the MSC that turns the peer's flow back on when this read takes the buffer below RX_LOW) comes before the
+        data leaves the buffer; the take itself is synchronous. A read cancelled during that MSC keeps `our_fc`
+        set, so the next read sends it again."""
         dlc = self._dlc(dlci)
         waited = False
-        while not dlc.rx or dlc.generation != generation:
-            if dlc.generation != generation:
-                return b"", waited  # released (and maybe established again for a new stream): end of file
-            if dlc.local_closed:
-                raise trio.ClosedResourceError(f"DLC {dlci} is closed")
-            if dlc.eof or dlc.state is DlcState.CLOSED or self._closed.is_set():
-                return b"", waited
-            dlc.rx_event = trio.Event()
-            await dlc.rx_event.wait()
-            waited = True
-        if len(dlc.rx) <= max_bytes:
-            data = bytes(dlc.rx)
-            dlc.rx.clear()
-        else:
-            data = bytes(dlc.rx[:max_bytes])
-            del dlc.rx[:max_bytes]
-        if dlc.our_fc and len(dlc.rx) < RX_LOW:
-            dlc.our_fc = False
+        while True:
+            while not dlc.rx or dlc.generation != generation:
+                if dlc.generation != generation:
+                    return b"", waited  # released (and maybe established again for a new stream): end of file
+                if dlc.local_closed:
+                    raise trio.ClosedResourceError(f"DLC {dlci} is closed")
+                if dlc.eof or dlc.state is DlcState.CLOSED or self._closed.is_set():
+                    return b"", waited
+                dlc.rx_event = trio.Event()
+                await dlc.rx_event.wait()
+                waited = True
+            if not (dlc.our_fc and len(dlc.rx) - min(len(dlc.rx), max_bytes) < RX_LOW):
+                break
             try:
                 await self._send_control(
                     ControlMessage(ControlType.MSC, True, msc_value(dlci, MSC_RTC | MSC_RTR | MSC_DV))
                 )
             except MuxClosed:
                 pass
+            # only once the peer has been told: the buffer may have changed meanwhile, so look at it again
+            dlc.our_fc = False
+        if len(dlc.rx) <= max_bytes:
+            data = bytes(dlc.rx)
+            dlc.rx.clear()
+        else:
+            data = bytes(dlc.rx[:max_bytes])
+            del dlc.rx[:max_bytes]
         return data, waited
 
     async def _dlc_close(self, dlci: int, generation: int) -> None:

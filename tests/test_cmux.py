@@ -284,3 +284,113 @@ async def test_ua_and_a_new_sabm_in_one_read_leave_the_new_dlc_open(responder: t
     with trio.fail_after(5):
         assert await new.receive_some() == b"ClientHello"
     assert mux.stats.dm_sent == 0
+
+
+# --- cancellation: trio's Stream contract says a cancelled receive_some consumed nothing ------------------------
+
+
+class GatedLine(trio.abc.Stream):
+    """A line whose writes wait while `gate` is set and unset: holds the mux's next frame before any byte goes."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.gate: trio.Event | None = None
+        self.held = 0  # writes waiting at the gate now
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self.gate is not None:
+            self.held += 1
+            try:
+                await self.gate.wait()
+            finally:
+                self.held -= 1
+        await self.stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.stream.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+async def test_a_reader_cancelled_while_flow_control_resumes_loses_no_byte(nursery: trio.Nursery) -> None:
+    """The DLC's buffer went over the high mark (we sent MSC FC); a read that takes it below the low mark sends
+    MSC without FC first. A reader cancelled while that MSC waits for the line (an AT or BIP timeout) must leave
+    every byte in the buffer, and a later read must still turn the peer's flow back on."""
+    from bipsim.link.cmux import RX_HIGH, RX_LOW
+    from bipsim.link.cmux_frame import MSC_FC, ControlType, decode_control
+
+    a, b = trio.testing.memory_stream_pair()
+    line = GatedLine(b)
+    mux = Mux(line, role=MuxRole.RESPONDER)
+    nursery.start_soon(mux.run)
+    wire = Wire(a)
+    for dlci in (0, 1):
+        await wire.send(encode_frame(dlci, FrameType.SABM, True, True))
+        await wire.expect(dlci, FrameType.UA)
+    stream = await mux.accept_dlc()
+
+    async def next_msc() -> int:
+        """The V.24 signal octet of the mux's next MSC command for DLC 1."""
+        while True:
+            frame = await wire.frame()
+            if frame.dlci or frame.type is not FrameType.UIH:
+                continue
+            for message in decode_control(frame.info):
+                if message.type == ControlType.MSC and message.command and message.value[0] >> 2 == 1:
+                    return message.value[1]
+
+    payload = bytes(i % 251 for i in range(RX_HIGH + 9 * 1000))
+    for start in range(0, len(payload), 30000):
+        await wire.send(encode_frame(1, FrameType.UIH, True, False, payload[start : start + 30000]))
+    with trio.fail_after(5):
+        while not await next_msc() & MSC_FC:  # skips the MSC announcing the new DLC
+            pass
+
+    line.gate = trio.Event()
+    got = bytearray()
+    scope = trio.CancelScope()
+
+    async def reader() -> None:
+        with scope:
+            got.extend(await stream.receive_some(len(payload) - RX_LOW + 1))  # leaves the buffer below RX_LOW
+
+    nursery.start_soon(reader)
+    await trio.testing.wait_all_tasks_blocked()
+    assert line.held == 1  # the reader's MSC waits for the line
+    scope.cancel()
+    await trio.testing.wait_all_tasks_blocked()
+    assert scope.cancelled_caught and not got
+    assert len(mux._dlc(1).rx) == len(payload)  # nothing taken by the cancelled read
+
+    gate, line.gate = line.gate, None
+    gate.set()
+    with trio.fail_after(5):
+        while len(got) < len(payload):
+            got += await stream.receive_some()
+        assert bytes(got) == payload
+        assert not await next_msc() & MSC_FC  # the peer may send again
+
+
+async def test_an_open_cancelled_before_the_answer_can_be_tried_again(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    a, b = trio.testing.memory_stream_pair()
+    mux = Mux(a, role=MuxRole.INITIATOR, params=CmuxParams(t1=0.1, n2=3))
+    nursery.start_soon(mux.run)
+    wire = Wire(b)
+    with trio.move_on_after(0.15):  # the caller gives up while DLC 0's SABM waits for its UA
+        await mux.open_dlc(0)
+    await wire.expect(0, FrameType.SABM)
+    async with trio.open_nursery() as inner:
+
+        async def answer() -> None:
+            await wire.expect(0, FrameType.SABM)  # a retransmission of the cancelled open, or the new SABM
+            await wire.send(encode_frame(0, FrameType.UA, True, True))
+
+        inner.start_soon(answer)
+        with trio.fail_after(5):
+            await mux.open_dlc(0)  # a new attempt, not "open in state opening"
