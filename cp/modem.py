@@ -234,16 +234,7 @@ def simulated_card(
     card = SimCard(profile, state_path=Path(state_path) if state_path else None)
     registry = GpRegistry()
     card.attach_state("gp", registry)
-    agent = OtaAgent(
-        card,
-        registry,
-        host=profile.ota_host,
-        identity=profile.psk_identity.encode(),
-        psk=profile.psk,
-        tls=profile.ota_tls,
-        path=profile.admin_path,
-        tracer=tracer,
-    )
+    agent = OtaAgent.of_profile(card, registry, tracer=tracer)
     config = BipConfig(
         host=profile.ota_host,
         port=profile.ota_port,
@@ -261,16 +252,7 @@ def simulated_card(
         return SimulatedCard(card), agent
     engines = [engine]
     for host, port in extra_channels:
-        extra = OtaAgent(
-            card,
-            registry,
-            host=host,
-            identity=profile.psk_identity.encode(),
-            psk=profile.psk,
-            tls=profile.ota_tls,
-            path=profile.admin_path,
-            tracer=tracer,
-        )
+        extra = OtaAgent.of_profile(card, registry, host=host, tracer=tracer)
         engines.append(BipEngine(replace(config, host=host, port=port), extra))
     card.toolkit = MultiChannelEngine(engines)
     return SimulatedCard(card), agent

@@ -47,15 +47,7 @@ def make_card(
     card = SimCard(chosen, state_path=state_path)
     registry = GpRegistry()
     card.attach_state("gp", registry)
-    agent = OtaAgent(
-        card,
-        registry,
-        host=chosen.ota_host,
-        identity=chosen.psk_identity.encode(),
-        psk=chosen.psk,
-        tls=tls,
-        path=chosen.admin_path,
-    )
+    agent = OtaAgent.of_profile(card, registry, tls=tls)
     return LoadCard(card, registry, agent)
 
 

@@ -118,6 +118,30 @@ class OtaAgent:
         self._closing = False
         self._unacknowledged: bytes | None = None  # the last response script posted and not yet answered
 
+    @classmethod
+    def of_profile(
+        cls,
+        card: SimCard,
+        registry: GpRegistry,
+        *,
+        host: str | None = None,
+        tls: bool | None = None,
+        tracer: Tracer = NULL_TRACER,
+    ) -> OtaAgent:
+        """The agent the card's profile describes (server host, PSK identity and key, TLS, admin path); `host`
+        and `tls` override the profile's, e.g. for a second channel to another server."""
+        profile = card.profile
+        return cls(
+            card,
+            registry,
+            host=profile.ota_host if host is None else host,
+            identity=profile.psk_identity.encode(),
+            psk=profile.psk,
+            tls=profile.ota_tls if tls is None else tls,
+            path=profile.admin_path,
+            tracer=tracer,
+        )
+
     # --- BipClient ---------------------------------------------------------------------------------------------
 
     def connection_made(self) -> bytes:
