@@ -7,6 +7,10 @@
 - C/R bit per section 5.2.1.2: commands from the initiator and responses from the responder carry C/R = 1.
 - Flow control applies back-pressure: our receive buffers announce FC with MSC when they fill, and a sender whose
   peer said FCoff/FC waits instead of dropping data.
+- Cancellation follows trio's Stream contract: a cancelled DlcStream.receive_some consumed nothing (every await,
+  the flow-control MSC included, comes before data leaves the DLC's buffer); a cancelled send_all leaves that DLC's
+  stream in an unknown state (some frames sent). A frame cut short on the line by a cancel is dropped by the
+  peer's parser at the next flag; it is not shielded, since a stalled line must not make a cancel hang.
 """
 
 from __future__ import annotations
