@@ -16,7 +16,8 @@ import trio
 
 from bipsim.scenarios.base import check_ota_completed, check_steps
 from bipsim.scenarios.campaigns import SPN_UPDATE, campaign, ram_install, ram_load
-from bipsim.scenarios.harness import Harness, RunConfig, RunResult
+from bipsim.scenarios.embodiments import embodiment_config
+from bipsim.scenarios.harness import Harness, RunResult
 from bipsim.trace.events import TraceEvent
 from bipsim.trace.reader import read_trace
 
@@ -48,13 +49,7 @@ def run_session(
 ) -> Session:
     """One checked session of `embodiment` (raises ScenarioFailed when a check fails)."""
     directory = Path(tempfile.mkdtemp(prefix=f"bipsim-bench-e{embodiment}-"))
-    config = RunConfig(
-        session=f"e{embodiment}",
-        bearer="own-stack" if embodiment == 1 else "ap-proxy",
-        campaign=campaign,
-        baud=baud,
-        timeout=timeout,
-    )
+    config = embodiment_config(embodiment, campaign=campaign, baud=baud, timeout=timeout)
     harness = Harness(config, directory)
     started = time.monotonic()
     try:

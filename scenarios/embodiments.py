@@ -3,17 +3,20 @@ link mode: `embodiment1` (the CP's own stack after AT%GETNET) and `embodiment2` 
 
 from __future__ import annotations
 
+from typing import Any
+
 from bipsim.scenarios.base import ScenarioOptions, ScenarioResult, check_ota_completed, check_steps
 from bipsim.scenarios.harness import RunConfig, run_processes
 
 
+def embodiment_config(number: int, **settings: Any) -> RunConfig:
+    """The run of embodiment `number` (1: the CP's own stack, 2: the AP proxy), its session labelled e1/e2;
+    `settings` are further RunConfig fields (ports, campaign, timeout...)."""
+    return RunConfig(session=f"e{number}", bearer="own-stack" if number == 1 else "ap-proxy", **settings)
+
+
 def run_embodiment(number: int, options: ScenarioOptions) -> ScenarioResult:
-    config = RunConfig(
-        session=f"e{number}",
-        bearer="own-stack" if number == 1 else "ap-proxy",
-        port_a=options.port_a,
-        port_b=options.port_b,
-    )
+    config = embodiment_config(number, port_a=options.port_a, port_b=options.port_b)
     run = run_processes(config, options.directory)
     check_ota_completed(run)
     check_steps(run, number)

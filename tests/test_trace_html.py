@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from bipsim.scenarios.harness import RunConfig, run_processes
+from bipsim.scenarios.embodiments import embodiment_config
+from bipsim.scenarios.harness import run_processes
 from bipsim.trace.events import TraceEvent
 from bipsim.trace.recorder import Tracer
 from bipsim.trace.render import render_html
@@ -71,7 +72,7 @@ def real_run(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[int, list[TraceEvent]]:
     number: int = request.param
-    config = RunConfig(session=f"e{number}", bearer="own-stack" if number == 1 else "ap-proxy")
+    config = embodiment_config(number)
     run = run_processes(config, tmp_path_factory.mktemp(f"e{number}"))
     assert run.cp_code == 0 and run.completed, run.explain()
     return number, run.events

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from bipsim.scenarios.harness import RunConfig, run_processes
+from bipsim.scenarios.embodiments import embodiment_config
+from bipsim.scenarios.harness import run_processes
 from bipsim.trace.events import Actor, Layer, TraceEvent
 from bipsim.trace.pcap import export_pcap
 from bipsim.trace.recorder import Tracer
@@ -73,7 +74,7 @@ def test_export_without_tshark_pairs_apdus(tmp_path: Path) -> None:
 @pytest.fixture(scope="module", params=[1, 2], ids=["embodiment1", "embodiment2"])
 def real_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> list[TraceEvent]:
     number: int = request.param
-    config = RunConfig(session=f"e{number}", bearer="own-stack" if number == 1 else "ap-proxy")
+    config = embodiment_config(number)
     run = run_processes(config, tmp_path_factory.mktemp(f"e{number}"))
     assert run.cp_code == 0 and run.completed, run.explain()
     return run.events

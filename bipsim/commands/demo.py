@@ -23,7 +23,8 @@ from rich.table import Table
 from rich.text import Text
 
 from bipsim.errors import CliError
-from bipsim.scenarios.harness import Harness, HarnessError, RunConfig, RunResult
+from bipsim.scenarios.embodiments import embodiment_config
+from bipsim.scenarios.harness import Harness, HarnessError, RunResult
 from bipsim.trace.events import TraceEvent
 from bipsim.trace.steps import embodiment_steps
 
@@ -247,13 +248,7 @@ async def _run_embodiment(
     verbose: bool,
 ) -> Outcome:
     outcome = Outcome(number, directory)
-    config = RunConfig(
-        session=f"e{number}",
-        bearer="own-stack" if number == 1 else "ap-proxy",
-        port_a=port_a,
-        port_b=port_b,
-        timeout=timeout,
-    )
+    config = embodiment_config(number, port_a=port_a, port_b=port_b, timeout=timeout)
     harness = Harness(config, directory)
     harness.origin = origin  # one clock for the whole demo, so both sessions merge into one trace
     console.print()
