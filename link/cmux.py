@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -495,17 +496,6 @@ class Mux:
     async def _dlc_send(self, dlci: int, data: bytes | bytearray | memoryview) -> None:
         dlc = self._dlc(dlci)
         n1 = self._n1
-        if (
-            len(data) <= n1
-            and dlc.state is DlcState.OPEN
-            and not (dlc.peer_fc or self._peer_fcoff or self._closed.is_set())
-        ):
-            # one frame, nothing to wait for: the common case of user data
-            try:
-                await self._send_frame(dlci, FrameType.UIH, True, False, data)
-            except MuxClosed as exc:
-                raise trio.BrokenResourceError("the line went away") from exc
-            return
         view = memoryview(data)
         while view:
             while (dlc.peer_fc or self._peer_fcoff) and not self._closed.is_set():
@@ -553,13 +543,7 @@ class Mux:
                 pass
             # only once the peer has been told: the buffer may have changed meanwhile, so look at it again
             dlc.our_fc = False
-        if len(dlc.rx) <= max_bytes:
-            data = bytes(dlc.rx)
-            dlc.rx.clear()
-        else:
-            data = bytes(dlc.rx[:max_bytes])
-            del dlc.rx[:max_bytes]
-        return data, waited
+        return _take(dlc.rx, max_bytes), waited
 
     async def _dlc_close(self, dlci: int, generation: int) -> None:
         dlc = self._dlc(dlci)
@@ -575,6 +559,17 @@ class Mux:
             pass
         if dlc.generation == generation:
             dlc.state = DlcState.CLOSED
+
+
+def _take(rx: bytearray, max_bytes: int) -> bytes:
+    """Takes up to max_bytes from the front of a DLC's receive buffer."""
+    if len(rx) <= max_bytes:
+        data = bytes(rx)
+        rx.clear()
+    else:
+        data = bytes(rx[:max_bytes])
+        del rx[:max_bytes]
+    return data
 
 
 class DlcStream(trio.abc.Stream):
@@ -598,6 +593,23 @@ class DlcStream(trio.abc.Stream):
         self._enter(self._sending, "sending")
         self._sending = True
         try:
+            mux = self.mux
+            dlc = mux._dlcs.get(self.dlci)
+            if (
+                data
+                and dlc is not None
+                and dlc.generation == self.generation
+                and dlc.state is DlcState.OPEN
+                and len(data) <= mux._n1
+                and not (dlc.peer_fc or mux._peer_fcoff or mux._closed.is_set())
+            ):
+                # the common case, one frame and nothing to wait for: the line's send_all is the checkpoint; no
+                # copy here, the frame is joined (copied) before its write and nothing is kept after we return
+                try:
+                    await mux._send_frame(self.dlci, FrameType.UIH, True, False, data)
+                except MuxClosed as exc:
+                    raise trio.BrokenResourceError("the line went away") from exc
+                return
             # the line's send_all is the schedule point of a non-empty send; an empty one checkpoints here
             await trio.lowlevel.checkpoint_if_cancelled()
             if self._closed:
@@ -605,7 +617,6 @@ class DlcStream(trio.abc.Stream):
             if self.mux._dlc(self.dlci).generation != self.generation:
                 raise trio.BrokenResourceError(f"DLC {self.dlci} was released")
             if data:
-                # no copy: each frame is joined (copied) before its write, and nothing is kept after we return
                 await self.mux._dlc_send(self.dlci, data)
             else:
                 await trio.lowlevel.cancel_shielded_checkpoint()
@@ -623,15 +634,18 @@ class DlcStream(trio.abc.Stream):
             await trio.lowlevel.checkpoint()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if max_bytes is not None:
-            import operator
-
-            if operator.index(max_bytes) < 1:
-                raise ValueError("max_bytes must be at least 1")
+        if max_bytes is not None and operator.index(max_bytes) < 1:
+            raise ValueError("max_bytes must be at least 1")
         self._enter(self._receiving, "receiving")
         self._receiving = True
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
+            dlc = self.mux._dlcs.get(self.dlci)
+            if dlc is not None and dlc.rx and dlc.generation == self.generation and not dlc.our_fc:
+                # data already here and no flow-control MSC to send: the common case of a busy DLC
+                data = _take(dlc.rx, max_bytes or 65536)
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return data
             data, waited = await self.mux._dlc_receive(self.dlci, max_bytes or 65536, self.generation)
             if self._closed:
                 raise trio.ClosedResourceError(f"DLC {self.dlci} is closed")

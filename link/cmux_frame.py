@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import NamedTuple
 
 FLAG = 0xF9
 PF = 0x10
@@ -73,8 +74,10 @@ def fcs_ok(data: bytes, received: int) -> bool:
     return CRC_TABLE[crc ^ received] == FCS_GOOD
 
 
-@dataclass(frozen=True, slots=True)
-class Frame:
+class Frame(NamedTuple):
+    """One received or built frame. A named tuple: the parser makes one per frame, and a tuple is made in about
+    half the time of a frozen dataclass."""
+
     dlci: int
     type: FrameType
     cr: bool
@@ -103,6 +106,11 @@ def length_field(size: int) -> bytes:
 _CACHE_MAX = 4096
 _UIH_ENDS: dict[tuple[int, bool, bool, int], tuple[bytes, bytes]] = {}  # -> (flag + header, FCS + flag)
 _HEADER_CRC: dict[bytes, int] = {}  # receive side: header -> CRC register after it
+_UIH_CRC: dict[
+    int, int
+] = {}  # receive side, fast path: address | length octets << 8 -> CRC register after them
+_UIH = FrameType.UIH
+_UIH_CONTROL = int(FrameType.UIH)
 _TYPES = {t.value: t for t in FrameType}
 _FLAG_BYTE = bytes((FLAG,))
 
@@ -146,6 +154,7 @@ class FrameParser:
     def __init__(self, max_info: int = 32767) -> None:
         self.max_info = max_info
         self._buffer = bytearray()
+        self._wanted = 0  # see _wanted_length: feed only keeps bytes until the buffer is this long
         self.bad_fcs = 0
         self.malformed = 0
         self._error = ""
@@ -198,13 +207,55 @@ class FrameParser:
             while k + 1 < n and buf[k + 1] == FLAG:
                 k += 1
 
+    def _wanted_length(self, buf: bytearray) -> int:
+        """For a buffer holding the start of one frame at buf[0]: the buffer length at which that frame is
+        complete (as _at counts it), or 0 when its header is not all here or is invalid."""
+        if len(buf) < 5 or buf[0] != FLAG or buf[1] == FLAG or not buf[1] & 1:
+            return 0
+        first = buf[3]
+        size, head = (first >> 1, 4) if first & 1 else ((first >> 1) | (buf[4] << 7), 5)
+        return head + size + 2 if size <= self.max_info else 0
+
     def feed(self, data: bytes | bytearray) -> list[Frame]:
         buf = self._buffer
+        wanted = self._wanted
+        if wanted and len(buf) + len(data) < wanted and data and data[-1] != FLAG:
+            # the middle of a long frame: nothing can complete, and (no flag at the end) nothing can show that
+            # the pending frame was cut short, so the bytes are only kept (one pty read is 4 KiB at most)
+            buf += data
+            return []
         buf += data
         n = len(buf)
         frames: list[Frame] = []
         pos = 0
+        max_info = self.max_info
         while True:
+            # fast path, the bulk of a busy line: a UIH frame without P/F opens here, after the closing flag of
+            # the frame before (senders that do not share flags put two)
+            if n - pos > 6 and buf[pos] == FLAG and buf[pos + 1] == FLAG:
+                pos += 1
+            if n - pos > 5 and buf[pos] == FLAG and buf[pos + 2] == _UIH_CONTROL:
+                address, first = buf[pos + 1], buf[pos + 3]
+                if first & 1:
+                    size, head, key = first >> 1, 4, address | first << 8
+                else:
+                    size, head = (first >> 1) | (buf[pos + 4] << 7), 5
+                    key = address | first << 8 | buf[pos + 4] << 16
+                end = pos + head + size + 1
+                if address & 1 and address != FLAG and size <= max_info and end < n and buf[end] == FLAG:
+                    crc = _UIH_CRC.get(key)
+                    if crc is None:
+                        crc = _crc(buf[pos + 1 : pos + head])
+                        if len(_UIH_CRC) < _CACHE_MAX:
+                            _UIH_CRC[key] = crc
+                    if CRC_TABLE[crc ^ buf[end - 1]] == FCS_GOOD:
+                        frames.append(
+                            Frame(
+                                address >> 2, _UIH, bool(address & 2), False, bytes(buf[pos + head : end - 1])
+                            )
+                        )
+                        pos = end
+                        continue
             start = buf.find(FLAG, pos)
             if start < 0:
                 if pos < n:
@@ -244,6 +295,7 @@ class FrameParser:
             break
         if pos:
             del buf[:pos]
+        self._wanted = self._wanted_length(buf)
         return frames
 
 

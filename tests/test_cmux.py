@@ -30,6 +30,28 @@ def test_parser_drops_bad_fcs_and_resynchronises() -> None:
     assert parser.bad_fcs == 1
 
 
+@pytest.mark.parametrize("piece", [1, 7, 1031, 4095, 65536])
+def test_parser_gives_the_same_frames_whatever_the_read_size(piece: int) -> None:
+    """Reads cut the line anywhere (a pty read is 4 KiB at most): long frames arrive over many feeds, and a long
+    frame cut short by a sender that restarted must still give way to the frames after it."""
+    long = bytes(range(256)) * 120  # 30720 bytes, 0xF9 included, as in real data
+    cut_short = encode_frame(2, FrameType.UIH, True, False, long)[:9000]
+    line = (
+        encode_frame(1, FrameType.UIH, True, False, long)
+        + encode_frame(1, FrameType.UIH, True, False, b"AT\r")
+        + encode_frame(3, FrameType.UIH, False, False, long[:1024])
+        + cut_short
+        + encode_frame(1, FrameType.SABM, True, True)
+        + encode_frame(1, FrameType.UIH, True, False, long[:300])
+    )
+    whole = FrameParser().feed(line)
+    assert [(f.dlci, len(f.info)) for f in whole] == [(1, 30720), (1, 3), (3, 1024), (1, 0), (1, 300)]
+    parser = FrameParser()
+    frames = [f for i in range(0, len(line), piece) for f in parser.feed(line[i : i + piece])]
+    assert frames == whole
+    assert parser.malformed == 1 and parser.bad_fcs == 0
+
+
 @pytest.fixture
 async def muxes(nursery: trio.Nursery) -> tuple[Mux, Mux]:
     a, b = trio.testing.memory_stream_pair()
