@@ -9,7 +9,8 @@
   peer said FCoff/FC waits instead of dropping data.
 - Cancellation follows trio's Stream contract: a cancelled DlcStream.receive_some consumed nothing (every await,
   the flow-control MSC included, comes before data leaves the DLC's buffer); a cancelled send_all leaves that DLC's
-  stream in an unknown state (some frames sent). A frame cut short on the line by a cancel is dropped by the
+  stream in an unknown state (some frames sent); an open_dlc that has its UA completes and returns the stream
+  even when cancelled while it announces its signals (the DLC is open at both ends by then). A frame cut short on the line by a cancel is dropped by the
   peer's parser at the next flag; it is not shielded, since a stalled line must not make a cancel hang.
 """
 
@@ -441,7 +442,13 @@ class Mux:
         stream = DlcStream(self, dlci, dlc.generation)
         dlc.stream = stream
         if dlci != 0:
-            await self._announce_signals(dlc)
+            # the DLC is open at both ends now: a cancel must not lose the stream of it, so the MSC that follows
+            # is shielded (within T1) and the open completes; the caller's next checkpoint sees the cancel
+            with trio.CancelScope(shield=True), trio.move_on_after(self.params.t1):
+                try:
+                    await self._announce_signals(dlc)
+                except MuxClosed:
+                    pass  # the line went away: the stream reports it at its first use
         return stream
 
     async def _announce_signals(self, dlc: _Dlc) -> None:

@@ -416,3 +416,53 @@ async def test_an_open_cancelled_before_the_answer_can_be_tried_again(
         inner.start_soon(answer)
         with trio.fail_after(5):
             await mux.open_dlc(0)  # a new attempt, not "open in state opening"
+
+
+async def test_an_open_cancelled_while_announcing_its_signals_still_gives_the_stream(
+    nursery: trio.Nursery,
+) -> None:
+    """After the peer's UA the DLC is open at both ends; the MSC that announces our V.24 signals then waits for the
+    line. A caller cancelled there must not leave an open DLC that nobody holds: the open completes (trio: an
+    operation that happened returns), so the caller has the stream to use or close."""
+    a, b = trio.testing.memory_stream_pair()
+    line = GatedLine(a)
+    mux = Mux(line, role=MuxRole.INITIATOR, params=CmuxParams(t1=0.5))
+    nursery.start_soon(mux.run)
+    wire = Wire(b)
+    opened: list[object] = []
+    scope = trio.CancelScope()
+
+    async def opener() -> None:
+        with scope:
+            opened.append(await mux.open_dlc(1))
+            await trio.sleep_forever()
+
+    async def peer() -> None:
+        for dlci in (0, 1):
+            await wire.expect(dlci, FrameType.SABM)
+            if dlci == 1:
+                line.gate = trio.Event()  # holds the MSC that follows the UA
+            await wire.send(encode_frame(dlci, FrameType.UA, True, True))
+
+    nursery.start_soon(peer)
+    nursery.start_soon(opener)
+    with trio.fail_after(5):
+        while line.held != 1:
+            await trio.sleep(0.001)
+    scope.cancel()
+    await trio.testing.wait_all_tasks_blocked()
+    gate, line.gate = line.gate, None
+    assert gate is not None
+    gate.set()
+    with trio.fail_after(5):
+        while not scope.cancelled_caught:
+            await trio.sleep(0.001)
+    assert len(opened) == 1  # the open returned its stream before the cancel took effect
+    stream = opened[0]
+    assert isinstance(stream, trio.abc.Stream)
+    await stream.send_all(b"still usable")
+    with trio.fail_after(5):
+        frame = await wire.frame()
+        while frame.dlci != 1:
+            frame = await wire.frame()
+    assert frame.info == b"still usable"
