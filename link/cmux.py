@@ -141,6 +141,7 @@ class _Dlc:
 
 RX_HIGH = 256 * 1024  # announce FC above this many unread bytes on a DLC
 RX_LOW = 64 * 1024
+TRACE_DROPPED_MAX = 1024
 
 
 class Mux:
@@ -250,7 +251,11 @@ class Mux:
                     self.line_eof = True
                     break
                 self.stats.bytes_in += len(data)
-                for frame in self.parser.feed(data):
+                dropped = self.parser.bad_fcs + self.parser.malformed
+                frames = self.parser.feed(data)
+                if self.parser.bad_fcs + self.parser.malformed != dropped:
+                    self._trace_dropped(data)
+                for frame in frames:
                     self.stats.frames_in += 1
                     if self._trace_frames:
                         self.tracer.emit(
@@ -266,6 +271,20 @@ class Mux:
                     await self._handle(frame)
         finally:
             self._shutdown()
+
+    def _trace_dropped(self, data: bytes) -> None:
+        """27.010 discards a frame with a bad FCS or structure without an answer (section 5.2.1.6); the trace
+        still says so, with the read that held it (its first TRACE_DROPPED_MAX bytes)."""
+        shown = bytes(data[:TRACE_DROPPED_MAX])
+        more = f", first {len(shown)} of {len(data)} bytes" if len(data) > len(shown) else ""
+        self.tracer.emit(
+            self.remote,
+            self.local,
+            Layer.CMUX,
+            f"frames dropped: {self.parser.bad_fcs} bad FCS, {self.parser.malformed} malformed so far{more}",
+            shown,
+            error=True,
+        )
 
     def _shutdown(self) -> None:
         self._closed.set()

@@ -8,6 +8,7 @@ import trio.testing
 
 from bipsim.link.cmux import CmuxParams, DlcRefused, Mux, MuxRole, MuxTimeout
 from bipsim.link.cmux_frame import Frame, FrameParser, FrameType, encode_frame, fcs
+from bipsim.trace.recorder import Tracer
 
 
 def test_published_frames() -> None:
@@ -169,8 +170,12 @@ async def responder(nursery: trio.Nursery) -> tuple[Mux, Wire]:
     return mux, Wire(a)
 
 
-async def test_corrupted_bytes_are_counted_and_the_mux_carries_on(responder: tuple[Mux, Wire]) -> None:
-    mux, wire = responder
+async def test_corrupted_bytes_are_counted_traced_and_the_mux_carries_on(nursery: trio.Nursery) -> None:
+    a, b = trio.testing.memory_stream_pair()
+    tracer = Tracer(keep=True)
+    mux = Mux(b, role=MuxRole.RESPONDER, tracer=tracer)
+    nursery.start_soon(mux.run)
+    wire = Wire(a)
     sabm = encode_frame(0, FrameType.SABM, True, True)
     flipped = bytearray(sabm)
     flipped[1] ^= 0x04  # a bit error in the address (DLC 1 now): the FCS no longer matches
@@ -178,6 +183,8 @@ async def test_corrupted_bytes_are_counted_and_the_mux_carries_on(responder: tup
     await wire.send(sabm)  # the next good frame is still understood
     await wire.expect(0, FrameType.UA)
     assert mux.parser.bad_fcs >= 1 and mux.parser.malformed >= 1
+    dropped = [e for e in tracer.events if e.error and e.summary.startswith("frames dropped")]
+    assert dropped and "bad FCS" in dropped[0].summary
     # a control message whose length overruns its frame: traced and ignored, no answer, no crash
     await wire.send(encode_frame(0, FrameType.UIH, True, False, bytes.fromhex("E30903")))
     await wire.send(encode_frame(0, FrameType.UIH, True, False, bytes.fromhex("2303AB")))  # Test, value AB
