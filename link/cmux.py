@@ -272,7 +272,7 @@ class Mux:
         finally:
             self._shutdown()
 
-    def _trace_dropped(self, data: bytes) -> None:
+    def _trace_dropped(self, data: bytes | bytearray) -> None:
         """27.010 discards a frame with a bad FCS or structure without an answer (section 5.2.1.6); the trace
         still says so, with the read that held it (its first TRACE_DROPPED_MAX bytes)."""
         shown = bytes(data[:TRACE_DROPPED_MAX])
