@@ -13,7 +13,16 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from bipsim.link.at_syntax import AtRequest, AtSyntaxError, CommandKind, Formatter, LineAssembler, parse_line
+from bipsim.link.at_syntax import (
+    MAX_LINE,
+    AtRequest,
+    AtSyntaxError,
+    CommandKind,
+    Formatter,
+    LineAssembler,
+    OverlongLine,
+    parse_line,
+)
 from bipsim.trace.events import Actor, Layer
 from bipsim.trace.recorder import NULL_TRACER, Tracer
 
@@ -134,12 +143,22 @@ class AtServer:
             for line in lines:
                 if self.gone:
                     return
+                if isinstance(line, OverlongLine):
+                    await self._overlong(line)
+                    continue
                 self.tracer.emit(
                     self.remote, self.local, Layer.AT, line.strip(), line.encode("latin-1") + b"\r"
                 )
                 await self.execute(line)
                 if self._stop or self.gone:
                     return
+
+    async def _overlong(self, line: OverlongLine) -> None:
+        """A command line longer than MAX_LINE: not executed; ERROR if it was one (V.250 ignores other lines)."""
+        summary = f"command line too long ({line.length} characters, at most {MAX_LINE})"
+        self.tracer.emit(self.remote, self.local, Layer.AT, summary, line[:80].encode("latin-1"), error=True)
+        if line.lstrip()[:2].upper() == "AT":
+            await self._write(self.format.result("ERROR"), "ERROR (line too long)", error=True)
 
     async def execute(self, line: str) -> None:
         try:

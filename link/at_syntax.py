@@ -204,6 +204,15 @@ def parse_line(line: str) -> list[AtRequest]:
     return out
 
 
+MAX_LINE = 4096  # V.250 asks a DCE for at least 40 characters a line; what is past this is cut off
+
+
+class OverlongLine(str):
+    """A command line cut off at MAX_LINE characters: the DCE answers ERROR instead of executing its start."""
+
+    length: int = 0
+
+
 class LineAssembler:
     """Collects DTE characters into command lines (V.250 section 5.2.1). `feed` returns completed lines;
     echo bytes to send back are in `echo` after each feed."""
@@ -212,6 +221,7 @@ class LineAssembler:
         self.s3 = 13
         self.s5 = 8
         self._buffer = bytearray()
+        self._overflow = 0  # length so far of a line past MAX_LINE, 0 while within it
         self.last_line = ""
         self.echo = bytearray()
 
@@ -223,6 +233,11 @@ class LineAssembler:
                 self.echo.append(byte)
                 text = self._buffer.decode("latin-1")
                 self._buffer.clear()
+                if self._overflow:
+                    line = OverlongLine(text)
+                    line.length, self._overflow = self._overflow, 0
+                    lines.append(line)
+                    continue
                 if text.strip():
                     self.last_line = text
                     lines.append(text)
@@ -234,14 +249,18 @@ class LineAssembler:
                 continue
             if byte == 10 or byte == 0:  # LF after CR, NUL padding
                 continue
-            self._buffer.append(byte)
             self.echo.append(byte)
+            if self._overflow:  # a runaway line: count it, keep its start, answer it at S3
+                self._overflow += 1
+                continue
+            self._buffer.append(byte)
             if len(self._buffer) == 2 and self._buffer.upper() == b"A/":
                 self._buffer.clear()
                 if self.last_line:
                     lines.append(self.last_line)
-            elif len(self._buffer) > 4096:  # a runaway line: drop it
-                self._buffer.clear()
+            elif len(self._buffer) > MAX_LINE:
+                del self._buffer[MAX_LINE:]
+                self._overflow = MAX_LINE + 1
         return lines
 
 

@@ -46,6 +46,32 @@ def test_line_assembly_backspace_and_repeat() -> None:
     assert assembler.feed(b"A/") == ["ATI"]
 
 
+async def test_an_overlong_command_line_gets_error_and_the_next_line_is_understood(
+    nursery: trio.Nursery,
+) -> None:
+    a, b = trio.testing.memory_stream_pair()
+    tracer = Tracer(keep=True)
+    server = AtServer(b, tracer=tracer)
+    nursery.start_soon(server.run)
+    await a.send_all(b"ATE0\r")
+    answer = bytearray()
+    with trio.fail_after(5):
+        while not answer.endswith(b"OK\r\n"):
+            answer += await a.receive_some()
+    answer.clear()
+    await a.send_all(b"AT+CGMI" + b"=1" * 3000 + b"\r" + b"x" * 5000 + b"\rAT\r")
+    with trio.fail_after(5):
+        while answer.count(b"\r\n") < 4:
+            answer += await a.receive_some()
+    # ERROR for the long AT line, nothing for the long line that is not a command, OK for AT
+    assert bytes(answer).split() == [b"ERROR", b"OK"]
+    too_long = [e for e in tracer.events if e.error and e.summary.startswith("command line too long")]
+    assert [e.summary for e in too_long] == [
+        "command line too long (6007 characters, at most 4096)",
+        "command line too long (5000 characters, at most 4096)",
+    ]
+
+
 async def serve(stream: trio.abc.Stream) -> AtServer:
     server = AtServer(stream)
 
