@@ -128,9 +128,17 @@ class _Dlc:
     eof: bool = False
     local_closed: bool = False
     stream: DlcStream | None = None
+    n1: int | None = None  # the maximum information length agreed by PN for this DLC; None: the mux's N1
     # counts the DLC's establishments: a stream belongs to one, so a stale stream of a DLC that was released and
     # established again (a BIP channel reopened on the same DLCI) can neither read, write nor close the new one
     generation: int = 0
+
+    def fresh_flow(self) -> None:
+        """A new establishment starts with flow on both ways; a sender still held by the last one's flow control
+        wakes up to find its establishment gone."""
+        self.peer_fc = self.our_fc = False
+        self.peer_signals = None
+        self.fc_event.set()
 
     def move(self, event: str) -> None:
         nxt = TRANSITIONS.get((self.state, event))
@@ -175,10 +183,13 @@ class Mux:
         self._accepted_tx, self._accepted_rx = trio.open_memory_channel[DlcStream](64)
         self._closed = trio.Event()
         self._peer_fcoff = False
-        self._fcon_event = trio.Event()
         self._control_answer: dict[int, tuple[trio.Event, list[ControlMessage]]] = {}
         self._trace_frames = tracer is not NULL_TRACER
         self.line_eof = False  # run() ended because the line went away (not a close-down)
+        self.leftover = b""  # after a close-down: line bytes that followed the closing frame (see run)
+        self.parser.pause_on_control = True
+        self._read_scope: trio.CancelScope | None = None
+        self._reader: trio.lowlevel.Task | None = None
 
     # --- C/R (section 5.2.1.2) -------------------------------------------------------------------------------
 
@@ -240,21 +251,36 @@ class Mux:
     # --- input ---------------------------------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Reads the line and dispatches frames until close-down or end of file. After a close-down, `leftover`
+        holds what the line brought after the frame that closed the multiplexer (AT text for the next user)."""
+        self._reader = trio.lowlevel.current_task()
         task_status.started()
         try:
-            while not self._closed.is_set():
-                try:
-                    data = await self.line.receive_some(65536)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    data = b""
-                if not data:
-                    self.line_eof = True
-                    break
-                self.stats.bytes_in += len(data)
-                dropped = self.parser.bad_fcs + self.parser.malformed
-                frames = self.parser.feed(data)
-                if self.parser.bad_fcs + self.parser.malformed != dropped:
-                    self._trace_dropped(data)
+            # one scope for the whole loop (a scope per read costs more than the read): a close-down that ends
+            # without the peer's answer cancels it, so that this loop does not read the line's next AT bytes
+            with trio.CancelScope() as self._read_scope:
+                await self._read_loop()
+        finally:
+            self._read_scope = None
+            if not self.line_eof:
+                self.leftover = self.parser.take_rest()
+            self._shutdown()
+
+    async def _read_loop(self) -> None:
+        while not self._closed.is_set():
+            try:
+                data = await self.line.receive_some(65536)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
+            if not data:
+                self.line_eof = True
+                return
+            self.stats.bytes_in += len(data)
+            dropped = self.parser.bad_fcs + self.parser.malformed
+            frames = self.parser.feed(data)
+            if self.parser.bad_fcs + self.parser.malformed != dropped:
+                self._trace_dropped(data)
+            while True:
                 for frame in frames:
                     self.stats.frames_in += 1
                     if self._trace_frames:
@@ -269,8 +295,16 @@ class Mux:
                             dlc.rx_event.set()
                             continue
                     await self._handle(frame)
-        finally:
-            self._shutdown()
+                # the parser stops after each DLC 0 frame: if that one closed us, the rest is not ours to parse
+                if self._closed.is_set() or not self.parser.paused:
+                    break
+                frames = self.parser.feed(b"")
+
+    def _closing_done(self) -> None:
+        """The multiplexer is closed (CLD or DLC 0 released): the reader stops at once, the line is AT again."""
+        self._closed.set()
+        if self._read_scope is not None and trio.lowlevel.current_task() is not self._reader:
+            self._read_scope.cancel()
 
     def _trace_dropped(self, data: bytes | bytearray) -> None:
         """27.010 discards a frame with a bad FCS or structure without an answer (section 5.2.1.6); the trace
@@ -294,7 +328,6 @@ class Mux:
             dlc.rx_event.set()
             dlc.answer.set()
             dlc.fc_event.set()
-        self._fcon_event.set()
         for event, _ in self._control_answer.values():
             event.set()
         self._accepted_tx.close()
@@ -302,7 +335,11 @@ class Mux:
     async def _handle(self, frame: Frame) -> None:
         dlc = self._dlc(frame.dlci)
         if frame.type is FrameType.SABM:
-            if frame.dlci == 0 or self.accept_filter(frame.dlci):
+            # DLC 0 comes first (section 5.4.1); DLCI 62 cannot be used in the basic option: a response on it has
+            # the address octet F9, the flag
+            if frame.dlci == 0 or (
+                frame.dlci != 62 and self._dlc(0).state is DlcState.OPEN and self.accept_filter(frame.dlci)
+            ):
                 fresh = dlc.state is not DlcState.OPEN
                 if fresh:
                     # a new establishment, in the same step as the state: a task closing the previous one may run
@@ -312,6 +349,7 @@ class Mux:
                     dlc.eof = False
                     dlc.local_closed = False
                     dlc.rx.clear()
+                    dlc.fresh_flow()
                 await self._send_frame(frame.dlci, FrameType.UA, False, True)
                 if fresh and frame.dlci != 0:
                     stream = DlcStream(self, frame.dlci, dlc.generation)
@@ -334,11 +372,15 @@ class Mux:
             dlc.eof = True
             dlc.rx_event.set()
             dlc.answer.set()
+            dlc.fc_event.set()  # a sender held by flow control finds the DLC released
+            dlc.n1 = None
             if frame.dlci == 0:
-                self._closed.set()
+                self._closing_done()
         elif frame.type in (FrameType.UA, FrameType.DM):
             dlc.answered = frame.type
             dlc.answer.set()
+            if frame.dlci == 0 and dlc.state is DlcState.CLOSING:
+                self._closing_done()  # the answer to our DISC of DLC 0 (section 5.8.1): the line is AT again
         elif frame.type in (FrameType.UIH, FrameType.UI):
             if frame.dlci == 0:
                 await self._control(frame.info)
@@ -378,42 +420,64 @@ class Mux:
                 if waiter is not None:
                     waiter[1].append(message)
                     waiter[0].set()
+                    if message.type == ControlType.CLD:
+                        self._closing_done()  # our close-down is answered: nothing after it is a frame
                 continue
             kind = message.type
             if kind == ControlType.MSC and message.value:
-                dlc = self._dlc(message.value[0] >> 2)
+                target = self._dlcs.get(message.value[0] >> 2)
+                if target is None or target.state is DlcState.CLOSED or not target.dlci:
+                    # like Linux n_gsm: no answer, no state for a DLC that is not there
+                    self.tracer.emit(
+                        self.remote,
+                        self.local,
+                        Layer.CMUX,
+                        f"MSC for DLC {message.value[0] >> 2}, which is not open: ignored",
+                        message.encode(),
+                        error=True,
+                    )
+                    continue
                 signals = message.value[1] if len(message.value) > 1 else 0
-                dlc.peer_signals = signals
-                dlc.peer_fc = bool(signals & MSC_FC)
-                if not dlc.peer_fc:
-                    dlc.fc_event.set()
-                    dlc.fc_event = trio.Event() if dlc.peer_fc else dlc.fc_event
+                target.peer_signals = signals
+                target.peer_fc = bool(signals & MSC_FC)
+                if not target.peer_fc:
+                    target.fc_event.set()
                 await self._send_control(ControlMessage(kind, False, message.value))
             elif kind == ControlType.PN and len(message.value) == 8:
-                value = bytearray(message.value)
-                n1 = min(
-                    int.from_bytes(value[4:6], "little"), self.params.n1 if self.params.n1 > 31 else 32767
-                )
-                value[4:6] = n1.to_bytes(2, "little")
-                await self._send_control(ControlMessage(kind, False, bytes(value)))
+                await self._send_control(ControlMessage(kind, False, self._answer_pn(message.value)))
             elif kind == ControlType.TEST:
                 await self._send_control(ControlMessage(kind, False, message.value))
             elif kind == ControlType.FCOFF:
                 self._peer_fcoff = True
-                self._fcon_event = trio.Event()
                 await self._send_control(ControlMessage(kind, False))
             elif kind == ControlType.FCON:
                 self._peer_fcoff = False
-                self._fcon_event.set()
+                for each in self._dlcs.values():
+                    each.fc_event.set()
                 await self._send_control(ControlMessage(kind, False))
             elif kind == ControlType.CLD:
                 await self._send_control(ControlMessage(kind, False))
-                self._closed.set()
+                self._closing_done()
             elif kind == ControlType.PSC:
                 await self._send_control(ControlMessage(kind, False, message.value))
             else:
                 self.stats.nsc_sent += 1
                 await self._send_control(ControlMessage(ControlType.NSC, False, bytes((kind | 2 | 1,))))
+
+    def _answer_pn(self, proposal: bytes) -> bytes:
+        """Our PN response (section 5.4.6.3.1), and the N1 it agrees kept for the DLC's sending: UIH frames and
+        convergence layer type 1 (the only ones we do) whatever was proposed; the proposed N1 when it is 1..our
+        limit, else our limit (+CMUX's N1, or any length when +CMUX left it at its default of 31)."""
+        value = bytearray(proposal)
+        dlci = value[0] & 0x3F
+        limit = self._n1 if self.params.n1 > 31 else 32767
+        proposed = int.from_bytes(value[4:6], "little")
+        n1 = proposed if 1 <= proposed <= limit else limit
+        value[1] = 0  # I = 0 (UIH), CL = 0 (type 1)
+        value[4:6] = n1.to_bytes(2, "little")
+        if dlci and dlci != 62:
+            self._dlc(dlci).n1 = n1
+        return bytes(value)
 
     # --- DLC management --------------------------------------------------------------------------------------
 
@@ -426,6 +490,8 @@ class Mux:
             dlc.answer = trio.Event()
             dlc.answered = None
             await self._send_frame(dlci, ftype, True, True)
+            # T1 grows with each retry (T1, 2 T1, 3 T1...): 27.010 keeps it fixed, but a peer that is slow under
+            # load (a scenario on 2 busy cores) answers late rather than never, and a fixed 100 ms gave up on it
             with trio.move_on_after(self.params.t1 * (1 + attempt)):
                 await dlc.answer.wait()
             if dlc.answered is not None:
@@ -437,8 +503,10 @@ class Mux:
     async def open_dlc(self, dlci: int) -> DlcStream:
         if self._closed.is_set():
             raise MuxClosed("the multiplexer is closed")
-        if not 0 <= dlci <= 63:
-            raise ValueError(f"DLCI {dlci} is not 0..63")
+        if not 0 <= dlci <= 63 or dlci == 62:
+            raise ValueError(
+                f"DLCI {dlci} is not 0..61 or 63 (62's responses would have the flag as address)"
+            )
         if dlci != 0 and self._dlc(0).state is not DlcState.OPEN:
             await self.open_dlc(0)
         dlc = self._dlc(dlci)
@@ -458,6 +526,7 @@ class Mux:
         dlc.eof = False
         dlc.local_closed = False
         dlc.generation += 1
+        dlc.fresh_flow()
         stream = DlcStream(self, dlci, dlc.generation)
         dlc.stream = stream
         if dlci != 0:
@@ -496,7 +565,7 @@ class Mux:
             pass
         finally:
             self._control_answer.pop(ControlType.CLD, None)
-            self._closed.set()
+            self._closing_done()
 
     async def test(self, pattern: bytes) -> bytes:
         """Test command (section 5.4.6.3.4): returns the peer's echo."""
@@ -519,23 +588,28 @@ class Mux:
 
     # --- DLC I/O (used by DlcStream) -----------------------------------------------------------------------------
 
-    async def _dlc_send(self, dlci: int, data: bytes | bytearray | memoryview) -> None:
-        dlc = self._dlc(dlci)
-        n1 = self._n1
+    async def _wait_flow(self, dlc: _Dlc, generation: int) -> None:
+        """Returns once we may send on this establishment of the DLC (no MSC FC, no FCoff); raises
+        BrokenResourceError once it is gone (released, closed, re-established for another stream)."""
+        while True:
+            if dlc.generation != generation or dlc.state is not DlcState.OPEN or self._closed.is_set():
+                raise trio.BrokenResourceError(f"DLC {dlc.dlci} is closed")
+            if not (dlc.peer_fc or self._peer_fcoff):
+                return
+            if dlc.fc_event.is_set():
+                dlc.fc_event = trio.Event()
+                continue  # look again before waiting on the fresh event: nothing is missed
+            await dlc.fc_event.wait()
+
+    async def _dlc_send(self, dlc: _Dlc, data: bytes | bytearray | memoryview, generation: int) -> None:
+        n1 = dlc.n1 or self._n1
         view = memoryview(data)
         while view:
-            while (dlc.peer_fc or self._peer_fcoff) and not self._closed.is_set():
-                if dlc.peer_fc:
-                    dlc.fc_event = trio.Event() if dlc.fc_event.is_set() else dlc.fc_event
-                    await dlc.fc_event.wait()
-                else:
-                    await self._fcon_event.wait()
-            if dlc.state is not DlcState.OPEN or self._closed.is_set():
-                raise trio.BrokenResourceError(f"DLC {dlci} is closed")
+            await self._wait_flow(dlc, generation)
             chunk = view[:n1]
             view = view[n1:]
             try:
-                await self._send_frame(dlci, FrameType.UIH, True, False, chunk)
+                await self._send_frame(dlc.dlci, FrameType.UIH, True, False, chunk)
             except MuxClosed as exc:
                 raise trio.BrokenResourceError("the line went away") from exc
 
@@ -579,12 +653,17 @@ class Mux:
             dlc.state = DlcState.CLOSED
             return
         dlc.move("close")
+        dlc.fc_event.set()  # a sender of this stream held by flow control finds it closed
         try:
             await self._exchange(dlci, FrameType.DISC, "ua")
         except MuxError:
             pass
+        finally:
+            if dlci == 0:
+                self._closing_done()  # DISC of DLC 0 closes the multiplexer (section 5.8.1), answered or not
         if dlc.generation == generation:
             dlc.state = DlcState.CLOSED
+            dlc.n1 = None
 
 
 def _take(rx: bytearray, max_bytes: int) -> bytes:
@@ -626,7 +705,7 @@ class DlcStream(trio.abc.Stream):
                 and dlc is not None
                 and dlc.generation == self.generation
                 and dlc.state is DlcState.OPEN
-                and len(data) <= mux._n1
+                and len(data) <= (dlc.n1 or mux._n1)
                 and not (dlc.peer_fc or mux._peer_fcoff or mux._closed.is_set())
             ):
                 # the common case, one frame and nothing to wait for: the line's send_all is the checkpoint; no
@@ -643,7 +722,7 @@ class DlcStream(trio.abc.Stream):
             if self.mux._dlc(self.dlci).generation != self.generation:
                 raise trio.BrokenResourceError(f"DLC {self.dlci} was released")
             if data:
-                await self.mux._dlc_send(self.dlci, data)
+                await self.mux._dlc_send(self.mux._dlc(self.dlci), data, self.generation)
             else:
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 if self.mux._dlc(self.dlci).state is not DlcState.OPEN:
@@ -653,9 +732,13 @@ class DlcStream(trio.abc.Stream):
 
     async def wait_send_all_might_not_block(self) -> None:
         self._enter(self._sending, "sending")
-        dlc = self.mux._dlc(self.dlci)
-        if dlc.peer_fc:
-            await dlc.fc_event.wait()
+        mux = self.mux
+        dlc = mux._dlc(self.dlci)
+        if dlc.generation == self.generation and (dlc.peer_fc or mux._peer_fcoff):
+            try:
+                await mux._wait_flow(dlc, self.generation)
+            except trio.BrokenResourceError:
+                pass  # a send now would not block: it fails at once
         else:
             await trio.lowlevel.checkpoint()
 

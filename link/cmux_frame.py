@@ -155,6 +155,11 @@ class FrameParser:
         self.max_info = max_info
         self._buffer = bytearray()
         self._wanted = 0  # see _wanted_length: feed only keeps bytes until the buffer is this long
+        # A multiplexer may close down on any DLC 0 frame (CLD, DISC), and what follows it on the line is then
+        # AT text, not frames: with pause_on_control, feed stops after each DLC 0 frame (paused is set) and keeps
+        # the rest unparsed, for feed(b"") to go on or take_rest() to hand back.
+        self.pause_on_control = False
+        self.paused = False
         self.bad_fcs = 0
         self.malformed = 0
         self._error = ""
@@ -216,7 +221,16 @@ class FrameParser:
         size, head = (first >> 1, 4) if first & 1 else ((first >> 1) | (buf[4] << 7), 5)
         return head + size + 2 if size <= self.max_info else 0
 
+    def take_rest(self) -> bytes:
+        """The bytes fed but not parsed (after a pause, less the closing flag of the frame paused at)."""
+        rest = bytes(self._buffer[1:] if self.paused and self._buffer[:1] == _FLAG_BYTE else self._buffer)
+        self._buffer.clear()
+        self._wanted = 0
+        self.paused = False
+        return rest
+
     def feed(self, data: bytes | bytearray) -> list[Frame]:
+        self.paused = False
         buf = self._buffer
         wanted = self._wanted
         if wanted and len(buf) + len(data) < wanted and data and data[-1] != FLAG:
@@ -255,6 +269,9 @@ class FrameParser:
                             )
                         )
                         pos = end
+                        if address < 4 and self.pause_on_control:
+                            self.paused = True
+                            break
                         continue
             start = buf.find(FLAG, pos)
             if start < 0:
@@ -272,6 +289,9 @@ class FrameParser:
             if frame is not None:
                 frames.append(frame)
                 pos = end
+                if frame.dlci == 0 and self.pause_on_control:
+                    self.paused = True
+                    break
                 continue
             if end == self._BAD:
                 if self._error == "bad_fcs":

@@ -473,3 +473,191 @@ async def test_an_open_cancelled_while_announcing_its_signals_still_gives_the_st
         while frame.dlci != 1:
             frame = await wire.frame()
     assert frame.info == b"still usable"
+
+
+# --- establishment rules, PN, flow control across establishments, close-down hand-back ---------------------------
+
+
+async def _open(wire: Wire, *dlcis: int) -> None:
+    for dlci in dlcis:
+        await wire.send(encode_frame(dlci, FrameType.SABM, True, True))
+        await wire.expect(dlci, FrameType.UA)
+
+
+async def _control_answer(wire: Wire, kind: int) -> bytes:
+    """The value of the mux's next control response of this type (MSC commands announcing DLCs are skipped)."""
+    from bipsim.link.cmux_frame import decode_control
+
+    while True:
+        frame = await wire.frame()
+        if frame.dlci == 0 and frame.type is FrameType.UIH:
+            for message in decode_control(frame.info):
+                if message.type == kind and not message.command:
+                    return message.value
+
+
+async def test_sabm_before_dlc0_and_on_dlci_62_get_dm(responder: tuple[Mux, Wire]) -> None:
+    """Section 5.4.1: DLC 0 is established first. DLCI 62 would put the flag F9 in a response's address octet."""
+    mux, wire = responder
+    await wire.send(encode_frame(1, FrameType.SABM, True, True))
+    assert (await wire.expect(1, FrameType.DM)).pf
+    await _open(wire, 0)
+    await wire.send(encode_frame(62, FrameType.SABM, True, True))
+    assert (await wire.expect(62, FrameType.DM)).pf
+    await _open(wire, 1)
+    with pytest.raises(ValueError, match="62"):
+        await mux.open_dlc(62)
+
+
+async def test_pn_agrees_n1_and_our_frames_keep_to_it(responder: tuple[Mux, Wire]) -> None:
+    from bipsim.link.cmux_frame import ControlMessage, ControlType
+
+    mux, wire = responder
+    await _open(wire, 0)
+    # PN for DLC 1: I=3 and CL=15 (which we do not do), priority 7, T1 10, N1 16, N2 3, k 0
+    proposal = bytes((1, 0xF3, 7, 10)) + (16).to_bytes(2, "little") + bytes((3, 0))
+    await wire.send(
+        encode_frame(0, FrameType.UIH, True, False, ControlMessage(ControlType.PN, True, proposal).encode())
+    )
+    answer = await _control_answer(wire, ControlType.PN)
+    assert answer[1] == 0  # UIH frames, convergence layer type 1: a counter-proposal
+    assert int.from_bytes(answer[4:6], "little") == 16
+    await _open(wire, 1)
+    stream = await mux.accept_dlc()
+    await stream.send_all(bytes(100))
+    sizes = []
+    while sum(sizes) < 100:
+        frame = await wire.frame()
+        if frame.dlci == 1:
+            sizes.append(len(frame.info))
+    assert max(sizes) == 16
+    # N1 = 0 is no length: answered with our limit instead
+    zero = bytes((2, 0, 0, 10, 0, 0, 3, 0))
+    await wire.send(
+        encode_frame(0, FrameType.UIH, True, False, ControlMessage(ControlType.PN, True, zero).encode())
+    )
+    assert int.from_bytes((await _control_answer(wire, ControlType.PN))[4:6], "little") >= 1
+
+
+async def test_a_sender_held_by_flow_control_cannot_write_into_the_next_establishment(
+    responder: tuple[Mux, Wire], nursery: trio.Nursery
+) -> None:
+    from bipsim.link.cmux_frame import MSC_DV, MSC_FC, ControlMessage, ControlType, msc_value
+
+    mux, wire = responder
+    await _open(wire, 0, 1)
+    old = await mux.accept_dlc()
+
+    async def msc(signals: int) -> None:
+        message = ControlMessage(ControlType.MSC, True, msc_value(1, signals))
+        await wire.send(encode_frame(0, FrameType.UIH, True, False, message.encode()))
+        await _control_answer(wire, ControlType.MSC)
+
+    await msc(MSC_FC | MSC_DV)
+    outcome: list[object] = []
+
+    async def stale_sender() -> None:
+        try:
+            await old.send_all(b"OLD")
+            outcome.append("sent")
+        except trio.BrokenResourceError:
+            outcome.append("broken")
+
+    nursery.start_soon(stale_sender)
+    await trio.testing.wait_all_tasks_blocked()
+    assert outcome == []  # held by the peer's FC
+    await wire.send(encode_frame(1, FrameType.DISC, True, True))
+    await wire.expect(1, FrameType.UA)
+    with trio.fail_after(5):
+        while not outcome:
+            await trio.sleep(0.001)
+    assert outcome == ["broken"]  # the release ends it, it does not wait for FC to clear
+    await _open(wire, 1)
+    new = await mux.accept_dlc()
+    await new.send_all(b"new")  # a new establishment starts with flow on: FC of the last one is gone
+    frame = await wire.frame()
+    while frame.dlci != 1:
+        frame = await wire.frame()
+    assert frame.info == b"new"
+
+
+async def test_msc_for_a_dlc_that_is_not_open_is_ignored(nursery: trio.Nursery) -> None:
+    from bipsim.link.cmux_frame import MSC_DV, ControlMessage, ControlType, msc_value
+
+    a, b = trio.testing.memory_stream_pair()
+    tracer = Tracer(keep=True)
+    mux = Mux(b, role=MuxRole.RESPONDER, tracer=tracer)
+    nursery.start_soon(mux.run)
+    wire = Wire(a)
+    await _open(wire, 0)
+    message = ControlMessage(ControlType.MSC, True, msc_value(9, MSC_DV))
+    await wire.send(encode_frame(0, FrameType.UIH, True, False, message.encode()))
+    await wire.send(
+        encode_frame(0, FrameType.UIH, True, False, ControlMessage(ControlType.TEST, True, b"x").encode())
+    )
+    assert await _control_answer(wire, ControlType.TEST) == b"x"  # and no MSC answer came before it
+    assert 9 not in mux._dlcs
+    assert any("MSC for DLC 9" in e.summary and e.error for e in tracer.events)
+
+
+async def test_wait_send_all_might_not_block_waits_out_fcoff(responder: tuple[Mux, Wire]) -> None:
+    from bipsim.link.cmux_frame import ControlMessage, ControlType
+
+    mux, wire = responder
+    await _open(wire, 0, 1)
+    stream = await mux.accept_dlc()
+    await wire.send(
+        encode_frame(0, FrameType.UIH, True, False, ControlMessage(ControlType.FCOFF, True).encode())
+    )
+    await _control_answer(wire, ControlType.FCOFF)
+    with trio.move_on_after(0.2) as held:
+        await stream.wait_send_all_might_not_block()
+    assert held.cancelled_caught
+    await wire.send(
+        encode_frame(0, FrameType.UIH, True, False, ControlMessage(ControlType.FCON, True).encode())
+    )
+    with trio.fail_after(5):
+        await stream.wait_send_all_might_not_block()
+
+
+@pytest.mark.parametrize("answered", [True, False])
+async def test_close_down_hands_the_line_back(
+    answered: bool, autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    """After CLD (section 5.8.2) the line is AT again: run() returns at once, and what the peer sent after the
+    CLD answer is not eaten as frames but left for the next user of the line. Unanswered, close_down gives up
+    after T2 and run() stops reading too."""
+    from bipsim.link.cmux_frame import ControlMessage, ControlType
+
+    a, b = trio.testing.memory_stream_pair()
+    mux = Mux(a, role=MuxRole.INITIATOR, params=CmuxParams(t2=0.3, n2=2))
+    done = trio.Event()
+
+    async def run() -> None:
+        await mux.run()
+        done.set()
+
+    nursery.start_soon(run)
+    wire = Wire(b)
+
+    async def peer() -> None:
+        await wire.expect(0, FrameType.SABM)
+        await wire.send(encode_frame(0, FrameType.UA, True, True))
+        while True:
+            frame = await wire.frame()
+            if frame.dlci == 0 and frame.type is FrameType.UIH and frame.info[:1] == b"\xc3" and answered:
+                cld = ControlMessage(ControlType.CLD, False).encode()
+                await wire.send(encode_frame(0, FrameType.UIH, False, False, cld) + b"\r\nOK\r\n")
+                return
+
+    nursery.start_soon(peer)
+    await mux.open_dlc(0)
+    await mux.close_down()
+    with trio.fail_after(1):
+        await done.wait()
+    if answered:
+        assert mux.leftover == b"\r\nOK\r\n"
+    else:
+        await b.send_all(b"AT text for the next reader")
+        await trio.testing.wait_all_tasks_blocked()
+        assert await a.receive_some() == b"AT text for the next reader"  # run() no longer reads the line
