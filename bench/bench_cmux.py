@@ -12,7 +12,8 @@ Two lines, one JSON line:
   (no mux, no DLC, no tasks): the floor of any pure-Python 27.010 on this pty. `cmux_vs_bare` says how close the
   mux is to that floor.
 
-N1 is as +CMUX would negotiate it for bulk data (32767), so that a chunk is one frame up to 32 KiB.
+N1 is the one the AP asks for with AT+CMUX (1500 bytes): chunks above it go out as several frames, as they do
+in the product.
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
+from bipsim.ap.ap_service import DEFAULT_CMUX
 from bipsim.link.cmux import CmuxParams, Mux, MuxRole
 from bipsim.link.cmux_frame import FrameParser, FrameType, encode_frame
 from bipsim.link.pty import PtyStream, open_pty, set_raw
 from bipsim.link.pty_relay import PtyPair
 
 CHUNKS = (1024, 4096, 16384, 65536)
-N1 = 32767
+N1 = DEFAULT_CMUX.n1  # what the AP asks for with AT+CMUX (1500): a 4 KiB chunk is three frames
 UNPACED_SIZE = 8 << 20
 UNPACED_ROUNDS = 5
 BAUDS = (921_600, 4_000_000)  # the usual top rate of a USB-serial modem port, and a high-speed UART
@@ -73,7 +75,8 @@ async def _move(
 
 
 class _Framed(trio.abc.Stream):
-    """Bare framing: each chunk sent as one UIH frame, frames parsed on receipt; nothing else."""
+    """Bare framing: each chunk sent as UIH frames of at most N1 bytes in one write, parsed on receipt; nothing
+    else."""
 
     def __init__(self, line: trio.abc.Stream) -> None:
         self.line = line
@@ -81,7 +84,11 @@ class _Framed(trio.abc.Stream):
         self.pending = bytearray()
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self.line.send_all(encode_frame(1, FrameType.UIH, True, False, data))
+        view = memoryview(data)  # the frames of a chunk in one write
+        frames = [
+            encode_frame(1, FrameType.UIH, True, False, view[i : i + N1]) for i in range(0, len(view), N1)
+        ]
+        await self.line.send_all(b"".join(frames))
 
     async def wait_send_all_might_not_block(self) -> None:
         await self.line.wait_send_all_might_not_block()
@@ -106,7 +113,7 @@ async def _raw(a: trio.abc.Stream, b: trio.abc.Stream, payload: bytes, chunk: in
 
 
 async def _bare(a: trio.abc.Stream, b: trio.abc.Stream, payload: bytes, chunk: int) -> float:
-    return await _move(_Framed(a), _Framed(b), payload, min(chunk, N1))
+    return await _move(_Framed(a), _Framed(b), payload, chunk)
 
 
 async def _cmux(a: trio.abc.Stream, b: trio.abc.Stream, payload: bytes, chunk: int) -> float:

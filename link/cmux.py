@@ -17,7 +17,7 @@
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -150,6 +150,9 @@ class _Dlc:
 RX_HIGH = 256 * 1024  # announce FC above this many unread bytes on a DLC
 RX_LOW = 64 * 1024
 TRACE_DROPPED_MAX = 1024
+WRITE_BATCH = (
+    64 * 1024
+)  # a DLC send of more than N1 bytes writes its frames this many bytes of data at a time
 
 
 class Mux:
@@ -220,18 +223,32 @@ class Mux:
         pf: bool,
         info: bytes | bytearray | memoryview = b"",
     ) -> None:
-        data = encode_frame(dlci, ftype, self._cr(command), pf, info)
-        # the free line is taken without a schedule point: line.send_all is this frame's checkpoint
+        await self._send_frames(dlci, ftype, command, pf, (info,))
+
+    async def _send_frames(
+        self,
+        dlci: int,
+        ftype: FrameType,
+        command: bool,
+        pf: bool,
+        infos: Sequence[bytes | bytearray | memoryview],
+    ) -> None:
+        """One frame per information field, all in one write of the line (its per-write cost paid once)."""
+        cr = self._cr(command)
+        frames = [encode_frame(dlci, ftype, cr, pf, info) for info in infos]
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        # the free line is taken without a schedule point: line.send_all is this write's checkpoint
         if self._line_busy:
             await self._line_waiters.park()  # the releaser hands the line over to us (fair, as trio.Lock)
         else:
             self._line_busy = True
         try:
             if self._trace_frames:
-                name = f"{ftype.name} DLC{dlci}{' P/F' if pf else ''}" + (
-                    f" ({len(info)} bytes)" if info else ""
-                )
-                self.tracer.emit(self.local, self.remote, Layer.CMUX, name, data)
+                for info, frame in zip(infos, frames, strict=True):
+                    name = f"{ftype.name} DLC{dlci}{' P/F' if pf else ''}" + (
+                        f" ({len(info)} bytes)" if info else ""
+                    )
+                    self.tracer.emit(self.local, self.remote, Layer.CMUX, name, frame)
             try:
                 await self.line.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -242,7 +259,7 @@ class Mux:
                 self._line_waiters.unpark()  # stays busy: owned by the task woken
             else:
                 self._line_busy = False
-        self.stats.frames_out += 1
+        self.stats.frames_out += len(frames)
         self.stats.bytes_out += len(data)
 
     async def _send_control(self, message: ControlMessage) -> None:
@@ -606,10 +623,18 @@ class Mux:
         view = memoryview(data)
         while view:
             await self._wait_flow(dlc, generation)
-            chunk = view[:n1]
-            view = view[n1:]
+            # up to WRITE_BATCH bytes of frames in one write; flow control is looked at between batches (a batch
+            # is like bytes already on the wire when the peer's FC arrives)
+            batch = view[:WRITE_BATCH]
+            view = view[WRITE_BATCH:]
             try:
-                await self._send_frame(dlc.dlci, FrameType.UIH, True, False, chunk)
+                await self._send_frames(
+                    dlc.dlci,
+                    FrameType.UIH,
+                    True,
+                    False,
+                    [batch[i : i + n1] for i in range(0, len(batch), n1)],
+                )
             except MuxClosed as exc:
                 raise trio.BrokenResourceError("the line went away") from exc
 
