@@ -50,6 +50,12 @@ CME_BAD_PARAMETERS = 50
 CME_NO_SERVICE = 30
 # 27.007 section 9.2.2 GPRS-related errors for PDP activation refusals
 PDP_CME = {SmCause.MISSING_OR_UNKNOWN_APN: 533, SmCause.USER_AUTHENTICATION_FAILED: 149}
+HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+# a short command APDU (TS 102 221 section 10.1, T=0): CLA INS P1 P2, Lc, up to 255 data bytes, Le
+MAX_APDU = 4 + 1 + 255 + 1
+# +CRSM <command> (27.007 section 8.18) -> INS; RETRIEVE DATA (203) and SET DATA (219) are not simulated
+CRSM_INS = {176: 0xB0, 178: 0xB2, 192: 0xC0, 214: 0xD6, 220: 0xDC, 242: 0xF2}
+CRSM_UNSUPPORTED = (203, 219)
 
 
 def _int(args: tuple[AtArg, ...], index: int, default: int | None = None) -> int:
@@ -61,6 +67,33 @@ def _int(args: tuple[AtArg, ...], index: int, default: int | None = None) -> int
     if not isinstance(value, int):
         raise CmeError(CME_BAD_PARAMETERS)
     return value
+
+
+def _ranged(args: tuple[AtArg, ...], index: int, low: int, high: int, default: int | None = None) -> int:
+    """A numeric parameter within low..high, else +CME ERROR: 50."""
+    value = _int(args, index, default)
+    if not low <= value <= high:
+        raise CmeError(CME_BAD_PARAMETERS)
+    return value
+
+
+def _hex(args: tuple[AtArg, ...], index: int, *, required: bool = True, max_bytes: int = 255) -> bytes:
+    """A hexadecimal string parameter (27.007 card access): even length, at most max_bytes, else
+    +CME ERROR: 50. An absent optional one is b""."""
+    value = args[index] if index < len(args) else None
+    if value is None:
+        if required:
+            raise CmeError(CME_BAD_PARAMETERS)
+        return b""
+    text = str(value)  # an unquoted all-digit string arrives as an int
+    if len(text) % 2 or len(text) > 2 * max_bytes or not all(c in HEX_DIGITS for c in text):
+        raise CmeError(CME_BAD_PARAMETERS)
+    return bytes.fromhex(text)
+
+
+def _at_most(args: tuple[AtArg, ...], count: int) -> None:
+    if len(args) > count:
+        raise CmeError(CME_BAD_PARAMETERS)
 
 
 def _str(args: tuple[AtArg, ...], index: int, default: str | None = None) -> str:
@@ -403,28 +436,52 @@ class ModemCommands:
         return [f'%SMSPP: "{data.hex().upper()}"']
 
     async def csim(self, request: AtRequest) -> list[str] | None:
+        """+CSIM=<length>,<command> (27.007 section 8.17): <length> is the number of characters of <command>."""
         if request.kind is CommandKind.TEST:
             return None
-        length, command = _int(request.args, 0), _str(request.args, 1)
-        try:
-            apdu = bytes.fromhex(command)
-        except ValueError as exc:
-            raise CmeError(CME_BAD_PARAMETERS) from exc
-        if length != len(command) or len(apdu) < 4:
-            raise CmeError(CME_BAD_PARAMETERS)
+        apdu = self._apdu(request.args, 0)
         response = await self.driver.raw(apdu, "AT+CSIM")
         return [f'+CSIM: {2 * len(response)},"{response.hex().upper()}"']
 
+    @staticmethod
+    def _apdu(args: tuple[AtArg, ...], index: int) -> bytes:
+        """<length>,<command> at args[index:]: a command APDU of 4..MAX_APDU bytes whose hex has <length>
+        characters; anything else is +CME ERROR: 50."""
+        _at_most(args, index + 2)
+        length = _int(args, index)
+        apdu = _hex(args, index + 1, max_bytes=MAX_APDU)
+        if length != 2 * len(apdu) or len(apdu) < 4:
+            raise CmeError(CME_BAD_PARAMETERS)
+        return apdu
+
     async def crsm(self, request: AtRequest) -> list[str] | None:
+        """+CRSM=<command>[,<fileid>[,<P1>,<P2>,<P3>[,<data>[,<pathid>]]]] (27.007 section 8.18)."""
         if request.kind is CommandKind.TEST:
             return None
-        command = _int(request.args, 0)
-        ins = {176: 0xB0, 178: 0xB2, 192: 0xC0, 214: 0xD6, 220: 0xDC, 242: 0xF2}.get(command)
+        if request.kind is not CommandKind.SET:
+            raise AtCommandError()
+        args = request.args
+        _at_most(args, 7)
+        command = _int(args, 0)
+        if command in CRSM_UNSUPPORTED:
+            raise CmeError(CME_NOT_SUPPORTED)
+        ins = CRSM_INS.get(command)
         if ins is None:
             raise CmeError(CME_BAD_PARAMETERS)
-        fid = _int(request.args, 1, 0)
-        p1, p2, p3 = _int(request.args, 2, 0), _int(request.args, 3, 0), _int(request.args, 4, 0)
-        data = bytes.fromhex(_str(request.args, 5, ""))
+        status = command == 242
+        # <fileid> is mandatory but for STATUS; P1, P2, P3 but for GET RESPONSE and STATUS
+        fid = _ranged(args, 1, 0, 0xFFFF, 0 if status else None)
+        parameters_optional = command in (192, 242)
+        p1, p2, p3 = (_ranged(args, i, 0, 255, 0 if parameters_optional else None) for i in (2, 3, 4))
+        data = _hex(args, 5, required=False)
+        pathid = _hex(args, 6, required=False)
+        if len(pathid) % 2:  # a path is a sequence of two-byte file ids
+            raise CmeError(CME_BAD_PARAMETERS)
+        if command in (214, 220):  # the updates write <data>, <P3> bytes of it
+            if not data or len(data) != p3:
+                raise CmeError(CME_BAD_PARAMETERS)
+        elif data:
+            raise CmeError(CME_BAD_PARAMETERS)  # nothing to write for a read, GET RESPONSE or STATUS
         if fid:
             path = "7FFF" if fid >> 8 == 0x6F else ""
             for part in ([path] if path else []) + [f"{fid:04X}"]:
@@ -448,12 +505,15 @@ class ModemCommands:
         return [f'+CRSM: {sw >> 8},{sw & 0xFF},"{response.hex().upper()}"']
 
     async def ccho(self, request: AtRequest) -> list[str] | None:
+        """+CCHO=<dfname> (27.007 section 8.45): an application's DF name (AID), 1 to 16 bytes."""
         if request.kind is CommandKind.TEST:
             return None
-        try:
-            aid = bytes.fromhex(_str(request.args, 0))
-        except ValueError as exc:
-            raise CmeError(CME_BAD_PARAMETERS) from exc
+        if request.kind is not CommandKind.SET:
+            raise AtCommandError()
+        _at_most(request.args, 1)
+        aid = _hex(request.args, 0, max_bytes=16)
+        if not aid:
+            raise CmeError(CME_BAD_PARAMETERS)
         opened = await self.driver.raw(bytes.fromhex("0070000001"), "MANAGE CHANNEL open")
         if opened[-2:] != b"\x90\x00" or len(opened) != 3:
             raise CmeError(CME_NOT_ALLOWED)
@@ -469,8 +529,12 @@ class ModemCommands:
         return [f"+CCHO: {session}"]
 
     async def cchc(self, request: AtRequest) -> list[str] | None:
+        """+CCHC=<sessionid> (27.007 section 8.46)."""
         if request.kind is CommandKind.TEST:
             return None
+        if request.kind is not CommandKind.SET:
+            raise AtCommandError()
+        _at_most(request.args, 1)
         channel = self.sessions.pop(_int(request.args, 0), None)
         if channel is None:
             raise CmeError(21)  # invalid index
@@ -478,18 +542,16 @@ class ModemCommands:
         return None
 
     async def cgla(self, request: AtRequest) -> list[str] | None:
+        """+CGLA=<sessionid>,<length>,<command> (27.007 section 8.43)."""
         if request.kind is CommandKind.TEST:
             return None
-        channel = self.sessions.get(_int(request.args, 0))
+        if request.kind is not CommandKind.SET:
+            raise AtCommandError()
+        session = _int(request.args, 0)
+        apdu = bytearray(self._apdu(request.args, 1))
+        channel = self.sessions.get(session)
         if channel is None:
             raise CmeError(21)
-        length, command = _int(request.args, 1), _str(request.args, 2)
-        try:
-            apdu = bytearray(bytes.fromhex(command))
-        except ValueError as exc:
-            raise CmeError(CME_BAD_PARAMETERS) from exc
-        if length != len(command) or len(apdu) < 4:
-            raise CmeError(CME_BAD_PARAMETERS)
         apdu[0] = (apdu[0] & 0xFC) | channel
         response = await self.driver.raw(bytes(apdu), f"AT+CGLA channel {channel}")
         return [f'+CGLA: {2 * len(response)},"{response.hex().upper()}"']

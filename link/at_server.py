@@ -3,13 +3,21 @@
 Handlers are registered by command name and return information text lines; the server adds the final result.
 E (echo), V (verbose), Q (quiet), Z / &F (defaults), S3/S4/S5 and +CMEE (3GPP TS 27.007 section 9.1: 0 "ERROR",
 1 numeric, 2 verbose "+CME ERROR") are handled here for every server. Unknown commands get ERROR; a handler raising
-CmeError gets "+CME ERROR: <n>" per +CMEE. A bad line never ends the server; a stream that went away (end of
-file, or an answer or URC that can no longer be written) ends it quietly with a trace event.
+CmeError gets "+CME ERROR: <n>" per +CMEE (a final result code: ATQ1 suppresses it, V.250 section 6.2.5); any other
+exception from a handler is a bug answered +CME ERROR: 100 (unknown) with an error trace event. A bad line never
+ends the server; a stream that went away (end of file, or an answer or URC that can no longer be written) ends it
+quietly with a trace event.
+
+Settings (E, V, Q, +CMEE, S3, S4, S5) belong to one server, i.e. one channel: `settings` reads and sets them as
+an AtSettings, so that a CMUX DLC can start from the line's profile (27.007 practice) and the line keeps its own.
+A handler that stops the server (`stop_after_response`, +CMUX) leaves in `leftover` the raw bytes that arrived
+behind its command line, for whoever takes the stream over.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import trio
 
@@ -66,6 +74,19 @@ class AtCommandError(Exception):
     """Ends the command line with ERROR."""
 
 
+@dataclass(frozen=True)
+class AtSettings:
+    """One channel's V.250 / 27.007 settings profile."""
+
+    echo: bool = True
+    verbose: bool = True
+    quiet: bool = False
+    cmee: int = 0
+    s3: int = 13
+    s4: int = 10
+    s5: int = 8
+
+
 class AtServer:
     def __init__(
         self,
@@ -91,6 +112,28 @@ class AtServer:
         self.reset_hooks: list[Callable[[], None]] = []
         # a handler may name the patent step its answer is: the next response lines carry it
         self.answer_step: str | None = None
+        self.leftover = (
+            b""  # after a stop: bytes read past the S3 of the command line that stopped the server
+        )
+
+    @property
+    def settings(self) -> AtSettings:
+        return AtSettings(
+            echo=self.echo,
+            verbose=self.format.verbose,
+            quiet=self.format.quiet,
+            cmee=self.cmee,
+            s3=self.format.s3,
+            s4=self.format.s4,
+            s5=self.assembler.s5,
+        )
+
+    @settings.setter
+    def settings(self, value: AtSettings) -> None:
+        self.echo, self.cmee = value.echo, value.cmee
+        self.format.verbose, self.format.quiet = value.verbose, value.quiet
+        self.format.s3 = self.assembler.s3 = value.s3
+        self.format.s4, self.assembler.s5 = value.s4, value.s5
 
     def register(self, name: str, handler: Handler) -> None:
         self.handlers[name.upper()] = handler
@@ -130,6 +173,7 @@ class AtServer:
         """Serves until end of file, a write to a stream that went away, or a handler asking to stop after its
         response. Never raises for the stream going away."""
         self._stop = False
+        self.leftover = b""
         while not self._stop and not self.gone:
             try:
                 data = await self.stream.receive_some(4096)
@@ -137,12 +181,14 @@ class AtServer:
                 return
             if not data:
                 return
-            lines = self.assembler.feed(data)
-            if self.echo and self.assembler.echo:
-                await self._write(bytes(self.assembler.echo), "echo")
-            for line in lines:
-                if self.gone:
-                    return
+            pos = 0
+            while pos < len(data):
+                # one line at a time, echo included: what follows a line that stops the server is not ours
+                line, pos = self.assembler.feed_line(data, pos)
+                if self.echo and self.assembler.echo:
+                    await self._write(bytes(self.assembler.echo), "echo")
+                if line is None or self.gone:
+                    break
                 if isinstance(line, OverlongLine):
                     await self._overlong(line)
                     continue
@@ -151,6 +197,7 @@ class AtServer:
                 )
                 await self.execute(line)
                 if self._stop or self.gone:
+                    self.leftover = bytes(data[pos:])
                     return
 
     async def _overlong(self, line: OverlongLine) -> None:
@@ -181,9 +228,12 @@ class AtServer:
                     text = f"+CME ERROR: {exc.code}"
                 else:
                     text = f"+CME ERROR: {CME_TEXT.get(exc.code, 'unknown')}"
-                await self._write(
-                    self.format.result(text) if self.cmee == 0 else self.format.info(text), text, error=True
-                )
+                # +CME ERROR is a final result code too: quiet (Q1) suppresses it like ERROR
+                quiet = self.format.quiet
+                data = self.format.result(text) if self.cmee == 0 or quiet else self.format.info(text)
+                await self._write(data, text, error=True)
+                if quiet:  # nothing written: the trace still says how the line ended
+                    self.tracer.emit(self.local, self.remote, Layer.AT, f"{text} (quiet)", error=True)
                 return
             except AtCommandError:
                 await self._write(self.format.result("ERROR"), f"ERROR ({request.raw})", error=True)
@@ -224,7 +274,21 @@ class AtServer:
             return None
         if handler is None:
             raise AtCommandError()
-        return await handler(request)
+        try:
+            return await handler(request)
+        except (CmeError, AtCommandError):
+            raise
+        except Exception as exc:
+            # a handler bug must not end the line service: the DTE gets an error, the trace says what happened
+            self.tracer.emit(
+                self.local,
+                self.remote,
+                Layer.AT,
+                f"handler of {request.raw} failed: {type(exc).__name__}: {exc}",
+                request.raw.encode("latin-1", errors="replace"),
+                error=True,
+            )
+            raise CmeError(100) from exc
 
     def _s_register(self, request: AtRequest) -> list[str] | None:
         number = int(request.name[1:])

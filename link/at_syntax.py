@@ -1,6 +1,7 @@
 """ITU-T V.250 command-line syntax with the 3GPP TS 27.007 extensions, sans-IO.
 
-- Line assembly (V.250 section 5.2): characters up to S3 (CR), S5 (backspace) edits, "A/" repeats the last line.
+- Line assembly (V.250 section 5.2): characters up to S3 (CR), S5 (backspace) edits, "A/" repeats the last line,
+  characters before the "AT" prefix are ignored (section 5.2.1).
 - Parsing (sections 5.3-5.4): "AT" prefix, basic commands (E0, V1, Q0, Z, I, &F, S3=13, S3?), extended commands with
   a "+" or vendor "%" prefix in their four forms: action/execute "+X", read "+X?", test "+X=?", set "+X=<args>",
   concatenated with ";". Arguments are numbers, quoted strings with 27.007 "\\XX" escapes, or omitted.
@@ -215,53 +216,79 @@ class OverlongLine(str):
 
 class LineAssembler:
     """Collects DTE characters into command lines (V.250 section 5.2.1). `feed` returns completed lines;
-    echo bytes to send back are in `echo` after each feed."""
+    echo bytes to send back are in `echo` after each feed. A line starts at its "AT"/"at" prefix: characters
+    before it (a stray flag byte after a CMUX close-down, line noise) are echoed but not part of the line;
+    "A/" before any prefix repeats the last line."""
 
     def __init__(self) -> None:
         self.s3 = 13
         self.s5 = 8
         self._buffer = bytearray()
+        self._start: int | None = None  # where the "AT" prefix of the line being collected starts
         self._overflow = 0  # length so far of a line past MAX_LINE, 0 while within it
         self.last_line = ""
         self.echo = bytearray()
 
     def feed(self, data: bytes | bytearray) -> list[str]:
         lines: list[str] = []
-        self.echo.clear()
-        for byte in data:
-            if byte == self.s3:
-                self.echo.append(byte)
-                text = self._buffer.decode("latin-1")
-                self._buffer.clear()
-                if self._overflow:
-                    line = OverlongLine(text)
-                    line.length, self._overflow = self._overflow, 0
-                    lines.append(line)
-                    continue
-                if text.strip():
-                    self.last_line = text
-                    lines.append(text)
-                continue
-            if byte == self.s5:
-                if self._buffer:
-                    self._buffer.pop()
-                    self.echo += bytes((byte, 0x20, byte))
-                continue
-            if byte == 10 or byte == 0:  # LF after CR, NUL padding
-                continue
-            self.echo.append(byte)
-            if self._overflow:  # a runaway line: count it, keep its start, answer it at S3
-                self._overflow += 1
-                continue
-            self._buffer.append(byte)
-            if len(self._buffer) == 2 and self._buffer.upper() == b"A/":
-                self._buffer.clear()
-                if self.last_line:
-                    lines.append(self.last_line)
-            elif len(self._buffer) > MAX_LINE:
-                del self._buffer[MAX_LINE:]
-                self._overflow = MAX_LINE + 1
+        echo = bytearray()
+        pos = 0
+        while pos < len(data):
+            line, pos = self.feed_line(data, pos)
+            echo += self.echo
+            if line is not None:
+                lines.append(line)
+        self.echo[:] = echo
         return lines
+
+    def feed_line(self, data: bytes | bytearray, start: int = 0) -> tuple[str | None, int]:
+        """Consumes `data` from `start` up to the end of the next command line: returns (the line, the index just
+        past it), or (None, len(data)) when no line ended. `echo` holds the echo of the bytes consumed."""
+        self.echo.clear()
+        for index in range(start, len(data)):
+            line = self._byte(data[index])
+            if line is not None:
+                return line, index + 1
+        return None, len(data)
+
+    def _byte(self, byte: int) -> str | None:
+        if byte == self.s3:
+            self.echo.append(byte)
+            start, self._start = self._start, None
+            text = self._buffer[start or 0 :].decode("latin-1")
+            self._buffer.clear()
+            if self._overflow:
+                line = OverlongLine(text)
+                line.length, self._overflow = self._overflow, 0
+                return line
+            if start is not None:
+                self.last_line = text  # what "A/" repeats: a command line, not noise
+            return text if text.strip() else None
+        if byte == self.s5:
+            if self._buffer:
+                self._buffer.pop()
+                if self._start is not None and len(self._buffer) < self._start + 2:
+                    self._start = None
+                self.echo += bytes((byte, 0x20, byte))
+            return None
+        if byte == 10 or byte == 0:  # LF after CR, NUL padding
+            return None
+        self.echo.append(byte)
+        if self._overflow:  # a runaway line: count it, keep its start, answer it at S3
+            self._overflow += 1
+            return None
+        self._buffer.append(byte)
+        if self._start is None and len(self._buffer) >= 2:
+            pair = bytes(self._buffer[-2:]).upper()
+            if pair == b"AT":
+                self._start = len(self._buffer) - 2
+            elif pair == b"A/":
+                self._buffer.clear()
+                return self.last_line or None
+        if len(self._buffer) > MAX_LINE:
+            del self._buffer[MAX_LINE:]
+            self._overflow = MAX_LINE + 1
+        return None
 
 
 @dataclass

@@ -7,7 +7,7 @@ import trio
 import trio.testing
 
 from bipsim.link.at_chat import AtChat, AtTimeout
-from bipsim.link.at_server import AtServer, CmeError
+from bipsim.link.at_server import AtServer, AtSettings, CmeError
 from bipsim.link.at_syntax import (
     AtRequest,
     AtSyntaxError,
@@ -211,3 +211,117 @@ async def test_chat_command_on_a_gone_stream_is_no_carrier() -> None:
     response = await chat.command("AT")
     assert response.final == "NO CARRIER" and not response.ok
     assert any(e.error and "went away" in e.summary for e in tracer.events)
+
+
+async def _answer(stream: trio.abc.Stream, line: bytes, final: bytes = b"\r\n") -> bytes:
+    """Sends `line` and reads until the answer ends with `final`."""
+    await stream.send_all(line)
+    answer = bytearray()
+    with trio.fail_after(5):
+        while not answer.endswith(final):
+            answer += await stream.receive_some()
+    return bytes(answer)
+
+
+async def test_a_handler_bug_is_an_error_answer_and_a_trace_event_not_the_end_of_the_server(
+    nursery: trio.Nursery,
+) -> None:
+    a, b = trio.testing.memory_stream_pair()
+    tracer = Tracer(keep=True)
+    server = await serve(b)
+    server.tracer = tracer
+
+    async def buggy(request: AtRequest) -> list[str]:
+        return [bytes.fromhex("ZZ").hex()]
+
+    server.register("+BUG", buggy)
+    nursery.start_soon(server.run)
+    await _answer(a, b"ATE0\r", b"OK\r\n")
+    assert await _answer(a, b"AT+BUG\r") == b"\r\nERROR\r\n"  # +CMEE=0: plain ERROR
+    await _answer(a, b"AT+CMEE=1\r", b"OK\r\n")
+    assert await _answer(a, b"AT+BUG;+CGMI\r") == b"\r\n+CME ERROR: 100\r\n"  # unknown; the rest not run
+    assert await _answer(a, b"AT+CGMI\r", b"OK\r\n") == b"\r\nbipsim\r\n\r\nOK\r\n"
+    failed = [e.summary for e in tracer.events if e.error and e.summary.startswith("handler of")]
+    assert len(failed) == 2
+    assert all("+BUG failed: ValueError" in text and "non-hexadecimal" in text for text in failed)
+
+
+async def test_quiet_suppresses_cme_error_too(nursery: trio.Nursery) -> None:
+    """V.250 section 6.2.5: Q1 suppresses result codes; +CME ERROR is a final result code (27.007 9.2)."""
+    a, b = trio.testing.memory_stream_pair()
+    tracer = Tracer(keep=True)
+    server = await serve(b)
+    server.tracer = tracer
+    nursery.start_soon(server.run)
+    await _answer(a, b"ATE0+CMEE=1\r", b"OK\r\n")
+    await a.send_all(b"ATQ1\r")
+    await a.send_all(b"AT%GETNET\r")  # raises CmeError(30)
+    await a.send_all(b"AT+CMEE=2;%GETNET\r")
+    await a.send_all(b"AT+CGMI\r")  # information text is still sent: it ends what we read
+    assert await _answer(a, b"", b"bipsim\r\n") == b"\r\nbipsim\r\n"
+    assert [e.summary for e in tracer.events if e.summary.endswith("(quiet)")] == [
+        "+CME ERROR: 30 (quiet)",
+        "+CME ERROR: no network service (quiet)",
+    ]
+    assert await _answer(a, b"ATQ0%GETNET\r") == b"\r\n+CME ERROR: no network service\r\n"
+
+
+@pytest.mark.parametrize("noise", [b"\xf9", b"\x1b", b"\xf9\xf9\x07junk ", b"\r\xf9"])
+async def test_characters_before_the_at_prefix_are_ignored(nursery: trio.Nursery, noise: bytes) -> None:
+    """V.250 section 5.2.1: the command line starts at its "AT" prefix (after a CMUX close-down the line may
+    still bring a flag byte, or a terminal sends ESC first)."""
+    a, b = trio.testing.memory_stream_pair()
+    server = await serve(b)
+    nursery.start_soon(server.run)
+    await _answer(a, b"ATE0\r", b"OK\r\n")
+    assert await _answer(a, noise + b"AT\r") == b"\r\nOK\r\n"
+    assert await _answer(a, noise + b"at+cgmi\r", b"OK\r\n") == b"\r\nbipsim\r\n\r\nOK\r\n"
+    assert await _answer(a, noise + b"A/", b"OK\r\n") == b"\r\nbipsim\r\n\r\nOK\r\n"  # repeats the last line
+    assert await _answer(a, noise + b"a/", b"OK\r\n") == b"\r\nbipsim\r\n\r\nOK\r\n"
+
+
+def test_line_assembly_prefix_backspace_and_a_slash_inside_a_line() -> None:
+    assembler = LineAssembler()
+    assert assembler.feed(b"\xf9AT\x08\x08xAT+CGMI\r") == ["AT+CGMI"]  # the prefix edited away and retyped
+    assert assembler.feed(b'AT+CGDCONT=1,"IP","a/b"\r') == ['AT+CGDCONT=1,"IP","a/b"']  # not a repeat
+    assert assembler.feed(b"noise\r") == ["noise"]  # no prefix: the server ignores the line
+    assert assembler.feed(b"\x1bA/") == ['AT+CGDCONT=1,"IP","a/b"']
+
+
+async def test_settings_profile_read_and_applied(nursery: trio.Nursery) -> None:
+    a, b = trio.testing.memory_stream_pair()
+    server = await serve(b)
+    nursery.start_soon(server.run)
+    await _answer(a, b"ATE0V0+CMEE=2;S3=13;S4=10;S5=8\r", b"0\r")
+    profile = server.settings
+    assert profile == AtSettings(echo=False, verbose=False, quiet=False, cmee=2)
+    other = AtServer(trio.testing.memory_stream_pair()[0])
+    assert other.settings == AtSettings()  # factory profile
+    other.settings = profile
+    assert other.settings == profile and other.format.verbose is False and other.cmee == 2
+
+
+async def test_leftover_is_what_followed_the_line_that_stopped_the_server(nursery: trio.Nursery) -> None:
+    a, b = trio.testing.memory_stream_pair()
+    server = await serve(b)
+
+    async def switch(request: AtRequest) -> None:
+        server.stop_after_response()
+
+    server.register("+CMUX", switch)
+    done = trio.Event()
+
+    async def run() -> None:
+        await server.run()
+        done.set()
+
+    nursery.start_soon(run)
+    frames = b"\xf9\x03\x3f\x01\x1c\xf9AT\r"  # SABM DLC 0, then what a confused DTE sends next
+    await a.send_all(b"AT+CMUX=0\r" + frames)
+    with trio.fail_after(5):
+        await done.wait()
+    assert server.leftover == frames
+    echo_and_ok = bytearray()
+    while not echo_and_ok.endswith(b"OK\r\n"):
+        echo_and_ok += await a.receive_some()
+    assert echo_and_ok == b"AT+CMUX=0\r\r\nOK\r\n"  # the frames were neither echoed nor executed

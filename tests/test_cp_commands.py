@@ -316,3 +316,72 @@ async def test_card_access(cp: Cp) -> None:
     assert await dte.at('AT+CCHO="A0000000FF"') == "\r\n+CME ERROR: 22\r\n"  # not found
     for command in ("AT+CSIM=?", "AT+CRSM=?", "AT+CCHO=?", "AT+CCHC=?", "AT+CGLA=?"):
         assert await dte.at(command) == "\r\nOK\r\n"
+
+
+AID_300 = "A0" * 300
+# parameters outside 27.007's ranges (sections 8.17 +CSIM, 8.18 +CRSM, 8.43 +CGLA, 8.45 +CCHO, 8.46 +CCHC):
+# each is +CME ERROR: 50 and the server goes on (before: ValueError out of bytes.fromhex ended the CP)
+BAD_CARD_COMMANDS = [
+    'AT+CRSM=214,28423,0,0,1,"ZZ"',  # not hexadecimal
+    'AT+CRSM=214,28423,0,0,1,"123"',  # odd length
+    'AT+CRSM=214,28423,0,0,2,"12"',  # P3 is not the length of <data>
+    f'AT+CRSM=214,28423,0,0,255,"{"00" * 256}"',  # data over 255 bytes
+    "AT+CRSM=214,28423,0,0,1",  # an update without data
+    'AT+CRSM=176,28423,0,0,1,"00"',  # data for a read
+    "AT+CRSM=176,28423,0,0,256",  # P3 over 255
+    "AT+CRSM=176,28423,300,0,1",  # P1 over 255
+    "AT+CRSM=176,28423,0,-1,1",  # P2 negative
+    "AT+CRSM=176,28423,-1,0,1",  # P1 negative
+    "AT+CRSM=176,70000,0,0,1",  # file id over 65535
+    "AT+CRSM=176,-1,0,0,1",  # file id negative
+    "AT+CRSM=176",  # no file id
+    "AT+CRSM=176,28423",  # no P1, P2, P3 for a read
+    'AT+CRSM=176,28423,0,0,9,,"3F0"',  # odd path
+    'AT+CRSM=176,28423,0,0,9,,"3F00",1',  # too many parameters
+    "AT+CRSM=999,28423,0,0,1",  # no such command
+    'AT+CRSM="x",28423,0,0,1',
+    'AT+CSIM=4,"ZZZZ"',
+    'AT+CSIM=5,"00A40"',  # odd length
+    'AT+CSIM=-8,"00A40400"',
+    f'AT+CSIM={2 * 262},"{"00" * 262}"',  # longer than a short APDU
+    'AT+CSIM=8,"00A40400",1',
+    "AT+CSIM=8",
+    f'AT+CCHO="{AID_300}"',  # the reviewer's 300-byte AID
+    f'AT+CCHO="{"A0" * 17}"',  # a DF name has at most 16 bytes
+    'AT+CCHO="A00"',
+    'AT+CCHO=""',
+    'AT+CCHO="G0000000871002"',
+    'AT+CCHO="A0000000871002","x"',
+    'AT+CCHC="x"',
+    "AT+CCHC=",
+    'AT+CGLA=1,4,"ZZZZ"',
+    'AT+CGLA=1,9,"00B000009"',
+    'AT+CGLA=1,10,"00B0000009",5',
+    f'AT+CGLA=1,{2 * 262},"{"00" * 262}"',
+    'AT+CGLA="x",10,"00B0000009"',
+]
+
+
+@pytest.mark.parametrize("command", BAD_CARD_COMMANDS)
+async def test_bad_card_access_parameters_are_cme_error_50(cp: Cp, command: str) -> None:
+    dte = cp.dte
+    await dte.at("ATE0")
+    await dte.at("AT+CMEE=1")
+    assert await dte.at(command) == "\r\n+CME ERROR: 50\r\n", command
+    assert not cp.server_done.is_set()
+    assert info(await dte.at("AT+CGMI"), "") == [MANUFACTURER]  # still serving
+
+
+async def test_card_access_edges_that_are_valid(cp: Cp) -> None:
+    dte = cp.dte
+    await dte.at("ATE0")
+    await dte.at("AT+CMEE=1")
+    # the limits themselves are accepted: P1/P2/P3 255, file id 65535 (the card answers what it answers)
+    for command in ("AT+CRSM=176,65535,255,255,255", "AT+CRSM=242", "AT+CRSM=192,28423"):
+        assert re.fullmatch(r'\r\n\+CRSM: \d+,\d+,"[0-9A-F]*"\r\n\r\nOK\r\n', await dte.at(command)), command
+    assert await dte.at("AT+CRSM=203,28423,0,0,1") == "\r\n+CME ERROR: 4\r\n"  # RETRIEVE DATA: not simulated
+    aid = USIM_AID.hex().upper()
+    assert info(await dte.at(f'AT+CCHO="{aid}"'), "") == ["+CCHO: 1"]
+    assert await dte.at("AT+CCHC=1") == "\r\nOK\r\n"
+    for command in ("AT+CRSM?", "AT+CCHO?", "AT+CCHC?", "AT+CGLA?", "AT+CCHC"):
+        assert await dte.at(command) == "\r\nERROR\r\n", command
