@@ -1,5 +1,7 @@
 """The AP side of the serial line (the DTE, like a phone's RIL): probe the modem with AT, ATE0, AT+CMEE=1, switch
 to 27.010 with AT+CMUX=0, start the multiplexer as initiator and open DLC 0, 1 (modem control) and 2 (proxy).
+On DLC 1 it sends ATE0 and AT+CMEE=1 again, as a RIL does on each channel it opens: settings are per channel on
+real modems, and the AP's SMS-PP retry reads the numeric +CME ERROR there.
 """
 
 from __future__ import annotations
@@ -52,7 +54,31 @@ async def probe_and_switch(
         raise ModemNotAnswering(f"the modem refused AT+CMUX: {response.final}")
 
 
+CHANNEL_SETUP = ("ATE0", "AT+CMEE=1")
+
+
 async def open_session(mux: Mux) -> MuxSession:
     modem = await mux.open_dlc(1)
+    await setup_channel(modem, tracer=mux.tracer)
     proxy = await mux.open_dlc(2)
     return MuxSession(mux, modem, proxy)
+
+
+async def setup_channel(stream: trio.abc.Stream, *, tracer: Tracer = NULL_TRACER) -> None:
+    """ATE0 and AT+CMEE=1 on a freshly opened modem channel; raises ModemNotAnswering when it refuses them."""
+    chat = AtChat(stream, tracer=tracer, local=Actor.AP, remote=Actor.CP, timeout=5.0)
+    failure = ""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(chat.run)
+        for command in CHANNEL_SETUP:
+            try:
+                response = await chat.command(command)
+            except AtTimeout:
+                failure = f"no answer to {command} on the modem channel"
+                break
+            if not response.ok:
+                failure = f"the modem refused {command} on the modem channel: {response.final}"
+                break
+        nursery.cancel_scope.cancel()  # the session's own chat reads the channel from here on
+    if failure:
+        raise ModemNotAnswering(failure)

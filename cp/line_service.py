@@ -1,6 +1,15 @@
 """The CP's serial line runtime: plain V.250 AT until AT+CMUX=0, then 3GPP TS 27.010 multiplexing as responder
 with the 27.007 command set on DLC 1 and the AP proxy's control channel on DLC 2; after a close-down the line is
 plain AT again. Returns when the line reaches end of file (the caller reopens it).
+
+Hand-over: the line is wrapped once in a PushbackStream; what the AT server read behind AT+CMUX=0 (the first
+frames, when the AP writes them at once) and what the multiplexer read behind its closing frame (AT text) is pushed
+back for the next user, so no byte is lost at a switch.
+
+Settings: each channel has its own V.250/27.007 profile (E, V, Q, +CMEE, S3, S4, S5), as on real modems. DLC 1's AT
+server starts from a copy of the line's profile when it opens (so AT+CMEE=1 sent before AT+CMUX still gives
++CME ERROR: <n> on DLC 1), and the plain line keeps its own profile across a multiplexer session (V.250 section
+6.2.4: settings last until Z or &F), restored after close-down.
 """
 
 from __future__ import annotations
@@ -10,8 +19,9 @@ import trio
 from bipsim.cp.commands import ModemCommands
 from bipsim.cp.proxy_link import ProxyLink
 from bipsim.link.at_chat import AtChat
-from bipsim.link.at_server import AtServer
+from bipsim.link.at_server import AtServer, AtSettings
 from bipsim.link.cmux import CmuxParams, DlcStream, Mux, MuxRole
+from bipsim.link.pushback import PushbackStream
 from bipsim.trace.events import Actor
 from bipsim.trace.recorder import NULL_TRACER, Tracer
 
@@ -27,7 +37,8 @@ class LineService:
         *,
         tracer: Tracer = NULL_TRACER,
     ) -> None:
-        self.line = line
+        self.line = PushbackStream(line)
+        self.line_settings = AtSettings()  # the plain line's profile, kept while the line is multiplexed
         self.commands = commands
         self.proxy = proxy
         self.tracer = tracer
@@ -42,13 +53,16 @@ class LineService:
         while True:
             self._cmux = None
             server = AtServer(self.line, tracer=self.tracer, local=Actor.CP, remote=Actor.AP)
+            server.settings = self.line_settings
             self.commands.install(server)
             try:
                 await server.run()
             finally:
                 self.commands.forget(server)
+                self.line_settings = server.settings
             if self._cmux is None:
                 return  # end of file on the line
+            self.line.unread(server.leftover)  # frames the AP wrote right behind AT+CMUX=0
             if not await self._multiplex(self._cmux):
                 return
 
@@ -69,7 +83,11 @@ class LineService:
             await mux.run()
             nursery.cancel_scope.cancel()
         self.mux = None
-        return not mux.line_eof  # a close-down leaves the line usable; end of file does not
+        if mux.line_eof:
+            return False
+        # AT text the AP wrote right behind its closing frame (getattr: Mux.leftover is the mux's contract)
+        self.line.unread(getattr(mux, "leftover", b""))
+        return True  # a close-down leaves the line usable; end of file does not
 
     async def _accept(self, mux: Mux, nursery: trio.Nursery) -> None:
         while True:
@@ -84,6 +102,7 @@ class LineService:
 
     async def _modem_control(self, dlc: DlcStream) -> None:
         server = AtServer(dlc, tracer=self.tracer, local=Actor.CP, remote=Actor.AP)
+        server.settings = self.line_settings  # a copy: DLC 1's changes stay on DLC 1
         self.commands.install(server, allow_cmux=False)
         try:
             await server.run()
