@@ -219,14 +219,22 @@ class ModemCommands:
             f"IMEI: {IMEI}",
         ]
 
+    @staticmethod
+    def _action_only(request: AtRequest) -> bool:
+        """For commands that 27.007 defines as action and test only (+CGMI, +CGMM, +CGMR, +CIMI, +CSQ): True for
+        the test form; a read or set form is ERROR (V.250 section 5.4.1: not a form of the command)."""
+        if request.kind in (CommandKind.READ, CommandKind.SET):
+            raise AtCommandError()
+        return request.kind is CommandKind.TEST
+
     async def cgmi(self, request: AtRequest) -> list[str] | None:
-        return None if request.kind is CommandKind.TEST else [MANUFACTURER]
+        return None if self._action_only(request) else [MANUFACTURER]
 
     async def cgmm(self, request: AtRequest) -> list[str] | None:
-        return None if request.kind is CommandKind.TEST else [MODEL]
+        return None if self._action_only(request) else [MODEL]
 
     async def cgmr(self, request: AtRequest) -> list[str] | None:
-        return None if request.kind is CommandKind.TEST else [__version__]
+        return None if self._action_only(request) else [__version__]
 
     async def cgsn(self, request: AtRequest) -> list[str] | None:
         """+CGSN[=<snt>] (27.007 section 5.4): 0 serial number (the IMEI here), 1 IMEI, 2 IMEISV, 3 SVN."""
@@ -243,7 +251,7 @@ class ModemCommands:
         return [f'+CGSN: "{values[snt]}"']
 
     async def cimi(self, request: AtRequest) -> list[str] | None:
-        if request.kind is CommandKind.TEST:
+        if self._action_only(request):
             return None
         return [await self.read_imsi()]
 
@@ -282,7 +290,7 @@ class ModemCommands:
         raise AtCommandError()
 
     async def csq(self, request: AtRequest) -> list[str] | None:
-        if request.kind is CommandKind.TEST:
+        if self._action_only(request):
             return ["+CSQ: (0-31,99),(0-7,99)"]
         rssi = self.network.config.rssi if self.network.registered else 99
         return [f"+CSQ: {rssi},99"]
@@ -361,8 +369,14 @@ class ModemCommands:
             ]
         if request.kind is not CommandKind.SET:
             raise AtCommandError()
-        state = _int(request.args, 0)
-        cids = [int(a) for a in request.args[1:] if isinstance(a, int)] or sorted(self.definitions)
+        # +CGACT=[<state>[,<cid>[,<cid>...]]] (27.007 section 10.1.10): <state> 0 or 1, each <cid> a number
+        state = _ranged(request.args, 0, 0, 1)
+        given = request.args[1:]
+        if not all(isinstance(cid, int) for cid in given):
+            raise AtCommandError()  # not a <cid> at all
+        cids = [int(cid) for cid in given if isinstance(cid, int)] or sorted(self.definitions)
+        if not all(1 <= cid <= 16 for cid in cids):
+            raise CmeError(CME_BAD_PARAMETERS)
         for cid in cids:
             if state == 0:
                 self.network.deactivate(cid)
@@ -394,17 +408,22 @@ class ModemCommands:
             return ["+CMUX: 0,0,5,31,10,3,30,10,2"]
         if request.kind is not CommandKind.SET or not allowed or self.on_cmux is None:
             raise CmeError(CME_NOT_ALLOWED)
+        # +CMUX=<mode>[,<subset>[,<port_speed>[,<N1>[,<T1>[,<N2>[,<T2>[,<T3>[,<k>]]]]]]]] (27.007 section 5.7):
+        # every parameter within its range (the =? answer), else +CME ERROR: 50
         args = request.args
-        mode = _int(args, 0)
-        if mode != 0:
-            raise CmeError(CME_NOT_SUPPORTED)  # only the basic option
-        n1 = _int(args, 3, 31)
-        t1 = _int(args, 4, 10)
-        n2 = _int(args, 5, 3)
-        t2 = _int(args, 6, 30)
-        if not (1 <= n1 <= 32768 and 1 <= t1 <= 255 and 0 <= n2 <= 100 and 2 <= t2 <= 255):
-            raise CmeError(CME_BAD_PARAMETERS)
-        self.on_cmux(CmuxParams(mode=0, subset=_int(args, 1, 0), n1=n1, t1=t1 / 100, n2=n2, t2=t2 / 100))
+        _at_most(args, 9)
+        mode = _ranged(args, 0, 0, 1)
+        subset = _ranged(args, 1, 0, 2, 0)  # 0 UIH, 1 UI, 2 I frames
+        _ranged(args, 2, 1, 6, 5)  # port speed 9600..230400 bit/s: the simulated line has none to set
+        n1 = _ranged(args, 3, 1, 32768, 31)
+        t1 = _ranged(args, 4, 1, 255, 10)
+        n2 = _ranged(args, 5, 0, 100, 3)
+        t2 = _ranged(args, 6, 2, 255, 30)
+        _ranged(args, 7, 1, 255, 10)  # T3, wake-up response time
+        _ranged(args, 8, 1, 7, 2)  # k, window size (advanced option with error recovery)
+        if mode != 0 or subset != 0:
+            raise CmeError(CME_NOT_SUPPORTED)  # only the basic option, UIH frames
+        self.on_cmux(CmuxParams(mode=0, subset=0, n1=n1, t1=t1 / 100, n2=n2, t2=t2 / 100))
         server.stop_after_response()
         return None
 

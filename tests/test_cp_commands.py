@@ -385,3 +385,47 @@ async def test_card_access_edges_that_are_valid(cp: Cp) -> None:
     assert await dte.at("AT+CCHC=1") == "\r\nOK\r\n"
     for command in ("AT+CRSM?", "AT+CCHO?", "AT+CCHC?", "AT+CGLA?", "AT+CCHC"):
         assert await dte.at(command) == "\r\nERROR\r\n", command
+
+
+async def test_forms_and_ranges_27007_does_not_define(cp: Cp) -> None:
+    """Read forms 27.007 does not define are ERROR; +CGACT and +CMUX parameters outside their ranges (sections
+    10.1.10 and 5.7, as the =? answers list them) are +CME ERROR: 50, a <cid> that is not a number ERROR."""
+    dte = cp.dte
+    await dte.at("ATE0")
+    await dte.at("AT+CMEE=1")
+    for command in (
+        "AT+CIMI?",
+        "AT+CGMI?",
+        "AT+CGMM?",
+        "AT+CGMR?",
+        "AT+GMI?",
+        "AT+CSQ?",
+        "AT+CSQ=1",
+        "AT+CIMI=1",
+    ):
+        assert await dte.at(command) == "\r\nERROR\r\n", command
+    await dte.at('AT+CGDCONT=1,"IP","internet"')
+    for command in ("AT+CGACT=5", "AT+CGACT=-1", "AT+CGACT=1,17", "AT+CGACT=0,0", "AT+CGACT="):
+        assert await dte.at(command) == "\r\n+CME ERROR: 50\r\n", command
+    for command in ('AT+CGACT=1,"x"', "AT+CGACT=1,1,", 'AT+CGACT=0,"1"'):
+        assert await dte.at(command) == "\r\nERROR\r\n", command
+    assert info(await dte.at("AT+CGACT?"), "") == ["+CGACT: 1,0"]  # none of them did anything
+    for command in (
+        "AT+CMUX=0,0,7",  # port speed: (1-6)
+        "AT+CMUX=0,0,0",
+        "AT+CMUX=2",  # mode: 0 basic, 1 advanced
+        "AT+CMUX=0,3",  # subset: 0 UIH, 1 UI, 2 I
+        "AT+CMUX=0,0,5,0",  # N1: (1-32768)
+        "AT+CMUX=0,0,5,31,0",  # T1: (1-255)
+        "AT+CMUX=0,0,5,31,10,101",  # N2: (0-100)
+        "AT+CMUX=0,0,5,31,10,3,1",  # T2: (2-255)
+        "AT+CMUX=0,0,5,31,10,3,30,256",  # T3: (1-255)
+        "AT+CMUX=0,0,5,31,10,3,30,10,8",  # k: (1-7)
+        "AT+CMUX=0,0,5,31,10,3,30,10,2,1",  # one parameter too many
+        'AT+CMUX=0,0,"5"',
+    ):
+        assert await dte.at(command) == "\r\n+CME ERROR: 50\r\n", command
+    assert await dte.at("AT+CMUX=0,1") == "\r\n+CME ERROR: 4\r\n"  # UI frames: valid, not supported
+    assert cp.cmux_requests == [] and not cp.server_done.is_set()
+    assert await dte.at("AT+CMUX=0,0,6,31,10,3,30,255,7") == "\r\nOK\r\n"  # every limit itself is accepted
+    assert cp.cmux_requests == [CmuxParams(mode=0, subset=0, n1=31, t1=0.1, n2=3, t2=0.3)]
