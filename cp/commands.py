@@ -32,6 +32,7 @@ from bipsim.cp.network import (
 from bipsim.link.at_server import AtCommandError, AtServer, CmeError
 from bipsim.link.at_syntax import AtArg, AtRequest, CommandKind
 from bipsim.link.cmux import CmuxParams
+from bipsim.uicc.card import on_channel
 from bipsim.uicc.cat import DeviceId, Envelope, EnvelopeTag, Tag, obj
 from bipsim.uicc.fs import USIM_AID
 
@@ -538,7 +539,8 @@ class ModemCommands:
             raise CmeError(CME_NOT_ALLOWED)
         channel = opened[0]
         _, sw = await self.driver.transmit(
-            bytes((channel, 0xA4, 0x04, 0x00, len(aid))) + aid, f"SELECT AID on channel {channel}"
+            bytes((on_channel(0x00, channel), 0xA4, 0x04, 0x00, len(aid))) + aid,
+            f"SELECT AID on channel {channel}",
         )
         if sw != 0x9000:
             await self.driver.raw(bytes((0x00, 0x70, 0x80, channel)), "MANAGE CHANNEL close")
@@ -571,6 +573,6 @@ class ModemCommands:
         channel = self.sessions.get(session)
         if channel is None:
             raise CmeError(21)
-        apdu[0] = (apdu[0] & 0xFC) | channel
+        apdu[0] = on_channel(apdu[0], channel)
         response = await self.driver.raw(bytes(apdu), f"AT+CGLA channel {channel}")
         return [f'+CGLA: {2 * len(response)},"{response.hex().upper()}"']

@@ -233,6 +233,29 @@ def test_gsm_class_a0(card: SimCard) -> None:
     assert apdu(card, "A0F2000000")[1] == "9000"
 
 
+def test_class_byte_codes_channels_0_to_19() -> None:
+    """TS 102 221 section 10.1.1, table 10.3: 0X/8X carry channels 0..3 in b2b1, 4X/CX channels 4..19 in b4..b1."""
+    from bipsim.uicc.card import logical_channel, on_channel
+
+    assert [logical_channel(c) for c in (0x00, 0x03, 0x81, 0x40, 0x4F, 0x60, 0xC5)] == [0, 3, 1, 4, 19, 4, 9]
+    assert [on_channel(0x00, n) for n in (0, 3, 4, 19)] == [0x00, 0x03, 0x40, 0x4F]
+    assert on_channel(0x80, 5) == 0xC1  # proprietary class stays proprietary
+    assert on_channel(0x0C, 2) == 0x0E and on_channel(0x4F, 1) == 0x01  # SM bits kept, channel recoded
+    assert all(logical_channel(on_channel(cla, n)) == n for cla in (0x00, 0x80, 0x40) for n in range(20))
+    with pytest.raises(ValueError):
+        on_channel(0x00, 20)
+
+
+def test_channels_beyond_3_are_opened_and_used(card: SimCard) -> None:
+    for expected in range(1, 6):
+        assert apdu(card, "0070000001") == (bytes((expected,)), "9000")
+    select(card, "41A40004", "2FE2")  # class 41: channel 5
+    assert apdu(card, "41B0000001") == (b"\x98", "9000")
+    assert apdu(card, "40B0000001")[1] == "6986"  # channel 4 has no current EF
+    assert apdu(card, "0070800500") == (b"", "9000")
+    assert apdu(card, "41B0000001")[1] == "6881"
+
+
 def test_manage_channel_open_use_close(card: SimCard) -> None:
     assert apdu(card, "0070000001") == (b"\x01", "9000")
     select(card, "01A40004", "2FE2")  # channel 1 has its own current file

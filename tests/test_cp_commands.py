@@ -319,6 +319,23 @@ async def test_card_access(cp: Cp) -> None:
 
 
 AID_300 = "A0" * 300
+
+
+async def test_logical_channels_beyond_3(cp: Cp) -> None:
+    """+CCHO's fourth session is channel 4: its +CGLA commands need the further interindustry class (TS 102 221
+    section 10.1.1), not the channel number or-ed into the first coding."""
+    dte = cp.dte
+    await dte.at("ATE0")
+    aid = USIM_AID.hex().upper()
+    for session in range(1, 5):
+        assert info(await dte.at(f'AT+CCHO="{aid}"'), "") == [f"+CCHO: {session}"]
+    select = "00A4000C026F07"
+    assert info(await dte.at(f'AT+CGLA=4,{len(select)},"{select}"'), "") == ['+CGLA: 4,"9000"']
+    lines = info(await dte.at('AT+CGLA=4,10,"00B0000009"'), "")
+    assert re.fullmatch(r'\+CGLA: 22,"[0-9A-F]{18}9000"', lines[0]), lines
+    assert info(await dte.at('AT+CGLA=3,10,"00B0000009"'), "")[0].endswith('6986"')  # channel 3: no EF yet
+
+
 # parameters outside 27.007's ranges (sections 8.17 +CSIM, 8.18 +CRSM, 8.43 +CGLA, 8.45 +CCHO, 8.46 +CCHC):
 # each is +CME ERROR: 50 and the server goes on (before: ValueError out of bytes.fromhex ended the CP)
 BAD_CARD_COMMANDS = [

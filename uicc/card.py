@@ -39,6 +39,26 @@ SW_TECHNICAL_PROBLEM = 0x6F00
 SW_LOGICAL_CHANNEL_NOT_SUPPORTED = 0x6881
 
 
+MAX_LOGICAL_CHANNEL = (
+    19  # TS 102 221 section 10.1.1: channels 0..3 in class 0X/8X, 4..19 in class 4X/6X/CX/EX
+)
+
+
+def logical_channel(cla: int) -> int:
+    """The logical channel a class byte addresses (TS 102 221 section 10.1.1)."""
+    return 4 + (cla & 0x0F) if cla & 0x40 else cla & 0x03
+
+
+def on_channel(cla: int, channel: int) -> int:
+    """`cla` recoded to address `channel`: b8 (proprietary) kept, secure-messaging bits kept where both codings
+    have them, channels 4..19 in the further interindustry coding (b7 = 1, channel - 4 in b4..b1)."""
+    if not 0 <= channel <= MAX_LOGICAL_CHANNEL:
+        raise ValueError(f"logical channel {channel} is not 0..{MAX_LOGICAL_CHANNEL}")
+    if channel <= 3:
+        return (cla & 0x80) | (0 if cla & 0x40 else cla & 0x0C) | channel
+    return (cla & 0x80) | 0x40 | (cla & 0x20 if cla & 0x40 else 0) | (channel - 4)
+
+
 def sw_bytes(sw: int) -> bytes:
     return sw.to_bytes(2, "big")
 
@@ -190,7 +210,7 @@ class SimCard:
                 raise ApduError(SW_WRONG_LENGTH)
         if cla & 0xF0 not in (0x00, 0x80, 0xA0) and cla & 0xC0 != 0x40:
             raise ApduError(SW_CLA_NOT_SUPPORTED)
-        channel = cla & 0x03
+        channel = logical_channel(cla)
         if channel not in self._current:
             raise ApduError(SW_LOGICAL_CHANNEL_NOT_SUPPORTED)
         proprietary = cla & 0x80 == 0x80 and cla & 0xF0 != 0xA0
@@ -383,7 +403,7 @@ class SimCard:
         self, channel: int, p1: int, p2: int, data: bytes, le: int | None
     ) -> tuple[bytes, int]:
         if p1 == 0x00:  # open
-            free = next((n for n in (1, 2, 3) if n not in self._current), None)
+            free = next((n for n in range(1, MAX_LOGICAL_CHANNEL + 1) if n not in self._current), None)
             if free is None:
                 raise ApduError(SW_LOGICAL_CHANNEL_NOT_SUPPORTED)
             self._current[free] = (self.fs.mf, None)
