@@ -444,15 +444,17 @@ class Mux:
             if kind == ControlType.MSC and message.value:
                 target = self._dlcs.get(message.value[0] >> 2)
                 if target is None or target.state is DlcState.CLOSED or not target.dlci:
-                    # like Linux n_gsm: no answer, no state for a DLC that is not there
+                    # answered, so the peer's T2 does not run out, but no state is made for a DLC that is not
+                    # there (Linux n_gsm ignores it altogether)
                     self.tracer.emit(
                         self.remote,
                         self.local,
                         Layer.CMUX,
-                        f"MSC for DLC {message.value[0] >> 2}, which is not open: ignored",
+                        f"MSC for DLC {message.value[0] >> 2}, which is not open: answered, signals not kept",
                         message.encode(),
                         error=True,
                     )
+                    await self._send_control(ControlMessage(kind, False, message.value))
                     continue
                 signals = message.value[1] if len(message.value) > 1 else 0
                 target.peer_signals = signals

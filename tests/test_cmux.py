@@ -581,7 +581,7 @@ async def test_a_sender_held_by_flow_control_cannot_write_into_the_next_establis
     assert frame.info == b"new"
 
 
-async def test_msc_for_a_dlc_that_is_not_open_is_ignored(nursery: trio.Nursery) -> None:
+async def test_msc_for_a_dlc_that_is_not_open_makes_no_state(nursery: trio.Nursery) -> None:
     from bipsim.link.cmux_frame import MSC_DV, ControlMessage, ControlType, msc_value
 
     a, b = trio.testing.memory_stream_pair()
@@ -595,8 +595,9 @@ async def test_msc_for_a_dlc_that_is_not_open_is_ignored(nursery: trio.Nursery) 
     await wire.send(
         encode_frame(0, FrameType.UIH, True, False, ControlMessage(ControlType.TEST, True, b"x").encode())
     )
-    assert await _control_answer(wire, ControlType.TEST) == b"x"  # and no MSC answer came before it
-    assert 9 not in mux._dlcs
+    assert await _control_answer(wire, ControlType.MSC) == msc_value(9, MSC_DV)  # answered (the peer's T2)
+    assert await _control_answer(wire, ControlType.TEST) == b"x"
+    assert 9 not in mux._dlcs  # but no state for it
     assert any("MSC for DLC 9" in e.summary and e.error for e in tracer.events)
 
 

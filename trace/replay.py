@@ -735,7 +735,20 @@ class RecordedAp:
                     self._diverge(ApDivergence(f"DLC {dlci}", reason, item.data, got, item.events[0]))
                     return
 
+    def _dlc0_open(self) -> bool:
+        from bipsim.link.cmux_frame import PF, FrameType
+
+        return any(len(frame) > 2 and frame[2] & ~PF == FrameType.UA for frame in self._controls.get(0, []))
+
     async def _player(self, stream: trio.abc.Stream, dlci: int, items: list[MuxItem]) -> None:
+        if dlci != 0:
+            # DLC 0 is established before any other (27.010 section 5.4.1; the CP answers DM otherwise), whatever
+            # order the players start in
+            with trio.move_on_after(self.read_timeout):
+                while self.divergence is None and not self._dlc0_open():
+                    await self._changed.wait()
+            if not self._dlc0_open():
+                return  # DLC 0's own player reports what the CP did not answer
         for index, item in enumerate(items):
             if not item.from_ap:
                 continue
