@@ -170,12 +170,19 @@ async def responder(nursery: trio.Nursery) -> tuple[Mux, Wire]:
     return mux, Wire(a)
 
 
-async def test_corrupted_bytes_are_counted_traced_and_the_mux_carries_on(nursery: trio.Nursery) -> None:
+@pytest.fixture
+async def traced_responder(nursery: trio.Nursery) -> tuple[Mux, Wire, Tracer]:
     a, b = trio.testing.memory_stream_pair()
     tracer = Tracer(keep=True)
     mux = Mux(b, role=MuxRole.RESPONDER, tracer=tracer)
     nursery.start_soon(mux.run)
-    wire = Wire(a)
+    return mux, Wire(a), tracer
+
+
+async def test_corrupted_bytes_are_counted_traced_and_the_mux_carries_on(
+    traced_responder: tuple[Mux, Wire, Tracer],
+) -> None:
+    mux, wire, tracer = traced_responder
     sabm = encode_frame(0, FrameType.SABM, True, True)
     flipped = bytearray(sabm)
     flipped[1] ^= 0x04  # a bit error in the address (DLC 1 now): the FCS no longer matches
@@ -581,14 +588,12 @@ async def test_a_sender_held_by_flow_control_cannot_write_into_the_next_establis
     assert frame.info == b"new"
 
 
-async def test_msc_for_a_dlc_that_is_not_open_makes_no_state(nursery: trio.Nursery) -> None:
+async def test_msc_for_a_dlc_that_is_not_open_makes_no_state(
+    traced_responder: tuple[Mux, Wire, Tracer],
+) -> None:
     from bipsim.link.cmux_frame import MSC_DV, ControlMessage, ControlType, msc_value
 
-    a, b = trio.testing.memory_stream_pair()
-    tracer = Tracer(keep=True)
-    mux = Mux(b, role=MuxRole.RESPONDER, tracer=tracer)
-    nursery.start_soon(mux.run)
-    wire = Wire(a)
+    mux, wire, tracer = traced_responder
     await _open(wire, 0)
     message = ControlMessage(ControlType.MSC, True, msc_value(9, MSC_DV))
     await wire.send(encode_frame(0, FrameType.UIH, True, False, message.encode()))
