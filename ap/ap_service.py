@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import trio
 
 from bipsim.ap.apn_db import ApnDatabase
-from bipsim.ap.line_client import ModemNotAnswering, open_session, probe_and_switch
+from bipsim.ap.line_client import ModemNotAnswering, open_session, probe_and_switch, setup_channel
 from bipsim.ap.network import ApNetwork
 from bipsim.ap.proxy import ProxyService
 from bipsim.ap.ril import Ril
@@ -94,6 +94,7 @@ class ApplicationProcessor:
             chat = AtChat(session.modem, tracer=self.tracer, local=Actor.AP, remote=Actor.CP)
             self.ril = Ril(chat)
             nursery.start_soon(chat.run)
+            await setup_channel(chat)
             nursery.start_soon(self.ril.run)
             await self.ril.ready.wait()
             nursery.start_soon(self.proxy.serve, session.proxy)

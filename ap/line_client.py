@@ -59,26 +59,17 @@ CHANNEL_SETUP = ("ATE0", "AT+CMEE=1")
 
 async def open_session(mux: Mux) -> MuxSession:
     modem = await mux.open_dlc(1)
-    await setup_channel(modem, tracer=mux.tracer)
     proxy = await mux.open_dlc(2)
     return MuxSession(mux, modem, proxy)
 
 
-async def setup_channel(stream: trio.abc.Stream, *, tracer: Tracer = NULL_TRACER) -> None:
-    """ATE0 and AT+CMEE=1 on a freshly opened modem channel; raises ModemNotAnswering when it refuses them."""
-    chat = AtChat(stream, tracer=tracer, local=Actor.AP, remote=Actor.CP, timeout=5.0)
-    failure = ""
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(chat.run)
-        for command in CHANNEL_SETUP:
-            try:
-                response = await chat.command(command)
-            except AtTimeout:
-                failure = f"no answer to {command} on the modem channel"
-                break
-            if not response.ok:
-                failure = f"the modem refused {command} on the modem channel: {response.final}"
-                break
-        nursery.cancel_scope.cancel()  # the session's own chat reads the channel from here on
-    if failure:
-        raise ModemNotAnswering(failure)
+async def setup_channel(chat: AtChat) -> None:
+    """ATE0 and AT+CMEE=1 on a freshly opened modem channel, through the chat that reads it for the session (a
+    chat of its own would lose what it had read when it stopped); raises ModemNotAnswering when refused."""
+    for command in CHANNEL_SETUP:
+        try:
+            response = await chat.command(command, timeout=5.0)
+        except AtTimeout as exc:
+            raise ModemNotAnswering(f"no answer to {command} on the modem channel") from exc
+        if not response.ok:
+            raise ModemNotAnswering(f"the modem refused {command} on the modem channel: {response.final}")

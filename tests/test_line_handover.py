@@ -15,13 +15,14 @@ import pytest
 import trio
 import trio.testing
 
-from bipsim.ap.line_client import open_session
+from bipsim.ap.line_client import open_session, setup_channel
 from bipsim.cp.card_driver import CardDriver
 from bipsim.cp.commands import ModemCommands
 from bipsim.cp.line_service import LineService
 from bipsim.cp.modem import simulated_card
 from bipsim.cp.network import CellularNetwork
 from bipsim.cp.proxy_link import ProxyLink
+from bipsim.link.at_chat import AtChat
 from bipsim.link.cmux import CmuxParams, Mux, MuxRole
 from bipsim.link.cmux_frame import ControlMessage, ControlType, FrameParser, FrameType, encode_frame
 from bipsim.link.pushback import PushbackStream
@@ -217,11 +218,14 @@ async def test_dlc1_starts_from_the_line_settings_and_the_line_keeps_its_own(
 
 
 async def test_the_ap_sets_up_dlc1_itself(line: Line, mock_clock: trio.testing.MockClock) -> None:
-    """The plain line at factory settings (echo on, +CMEE=0): open_session sends ATE0 and AT+CMEE=1 on DLC 1,
-    as a RIL does on each channel, so the AP's SMS-PP retry can read +CME ERROR: 14 there."""
+    """The plain line at factory settings (echo on, +CMEE=0): the AP sends ATE0 and AT+CMEE=1 on DLC 1, as a RIL
+    does on each channel, so the AP's SMS-PP retry can read +CME ERROR: 14 there."""
     assert await line.ap.at(b"AT") == b"AT\r\r\nOK\r\n"
     mux = await _multiplexed(line)
     session = await open_session(mux)
-    modem = Collector(session.modem, line.nursery)
-    assert await modem.at(b"AT+CMEE?") == b"\r\n+CMEE: 1\r\n\r\nOK\r\n"
-    assert await modem.at(b"AT%SMSPP=1") == b"\r\n+CME ERROR: 50\r\n"
+    chat = AtChat(session.modem)
+    line.nursery.start_soon(chat.run)
+    await setup_channel(chat)
+    cmee = await chat.command("AT+CMEE?")
+    assert cmee.ok and cmee.lines == ("+CMEE: 1",)  # no echo (ATE0) and numeric errors on DLC 1
+    assert (await chat.command("AT%SMSPP=1")).cme_error == 50
