@@ -208,3 +208,25 @@ async def test_recorded_server_reports_the_first_wrong_byte() -> None:
     assert server.divergence is not None and server.flights_played == 2
     assert server.divergence.actual == b"agaiN" and server.divergence.reason == "the client sent other bytes"
     assert "first differing byte at offset 4" in server.divergence.describe()
+
+
+def test_a_recording_the_live_cp_stops_short_of_is_reported_with_the_processes_last_words(
+    recording: Path, tmp_path: Path
+) -> None:
+    """One more file-access exchange at the end of the recording: the live CP finishes without sending it, so
+    the replay says what the card was still owed and what the live processes said last."""
+    from bipsim.uicc.recorded_card import ApduKind, exchanges
+
+    events, _ = read_trace([recording])
+    last = [x for x in exchanges(events) if x.kind is ApduKind.FILES][-1]
+    end = events[-1].t
+    extra = [
+        TraceEvent.from_dict(e.to_dict() | {"t": end + 0.001 * (i + 1)})
+        for i, e in enumerate((last.command, last.response))
+    ]
+    longer = tmp_path / "longer.jsonl"
+    longer.write_text("".join(e.to_json() + "\n" for e in [*events, *extra]), encoding="utf-8")
+    out = replay(longer, "--as", "card")
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "actual: (nothing: the trace ended)" in out.stdout
+    assert "the live CP exited with" in out.stdout and "cp log:" in out.stdout and "ap log:" in out.stdout

@@ -235,6 +235,12 @@ def replay_card(events: list[TraceEvent], options: ReplayOptions, echo: Echo) ->
         if side == "card" and card_divergence is not None:
             echo("replay diverged: the live CP sent the card other bytes than the recording")
             echo(describe_divergence(card_divergence).replace("divergence at message", "at APDU exchange"))
+            if card_divergence.actual is None:
+                # the live run stopped before the recording did: the processes' last words say why
+                echo(f"  the live CP exited with {result.cp_code}")
+                for name in ("cp", "ap"):
+                    tail = " | ".join(result.logs.get(name, "").strip().splitlines()[-3:])
+                    echo(f"  {name} log: {tail or '(empty)'}")
         elif side == "server" and server is not None and server.divergence is not None:
             echo("replay diverged: the server received other bytes than the recording")
             echo(server.divergence.describe())
