@@ -108,10 +108,6 @@ class _Framed(trio.abc.Stream):
         await self.line.aclose()
 
 
-async def _raw(a: trio.abc.Stream, b: trio.abc.Stream, payload: bytes, chunk: int) -> float:
-    return await _move(a, b, payload, chunk)
-
-
 async def _bare(a: trio.abc.Stream, b: trio.abc.Stream, payload: bytes, chunk: int) -> float:
     return await _move(_Framed(a), _Framed(b), payload, chunk)
 
@@ -173,7 +169,7 @@ async def main() -> None:
     for baud in BAUDS:
         size = int(baud / 10 * PACED_SECONDS)
         payload = rng.randbytes(size)
-        raw = {c: await _on_pair(_raw, baud, payload, c) for c in CHUNKS}
+        raw = {c: await _on_pair(_move, baud, payload, c) for c in CHUNKS}
         mux = {c: await _on_pair(_cmux, baud, payload, c) for c in CHUNKS}
         by_chunk, ratio = _ratios(raw, mux)
         headline = min(headline, ratio)
@@ -190,7 +186,7 @@ async def main() -> None:
     for chunk in CHUNKS:
         runs: dict[str, list[float]] = {name: [] for name in best}
         for _ in range(UNPACED_ROUNDS):  # interleaved rounds, best of each: all see the same machine state
-            runs["raw"].append(await _on_pty(_raw, payload, chunk))
+            runs["raw"].append(await _on_pty(_move, payload, chunk))
             runs["bare"].append(await _on_pty(_bare, payload, chunk))
             runs["cmux"].append(await _on_pty(_cmux, payload, chunk))
         for name in best:

@@ -85,8 +85,7 @@ class LineService:
         self.mux = None
         if mux.line_eof:
             return False
-        # AT text the AP wrote right behind its closing frame (getattr: Mux.leftover is the mux's contract)
-        self.line.unread(getattr(mux, "leftover", b""))
+        self.line.unread(mux.leftover)  # AT text the AP wrote right behind its closing frame
         return True  # a close-down leaves the line usable; end of file does not
 
     async def _accept(self, mux: Mux, nursery: trio.Nursery) -> None:

@@ -112,9 +112,8 @@ class AtServer:
         self.reset_hooks: list[Callable[[], None]] = []
         # a handler may name the patent step its answer is: the next response lines carry it
         self.answer_step: str | None = None
-        self.leftover = (
-            b""  # after a stop: bytes read past the S3 of the command line that stopped the server
-        )
+        # after a stop: bytes read past the S3 of the command line that stopped the server
+        self.leftover = b""
 
     @property
     def settings(self) -> AtSettings:

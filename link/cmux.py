@@ -10,8 +10,9 @@
 - Cancellation follows trio's Stream contract: a cancelled DlcStream.receive_some consumed nothing (every await,
   the flow-control MSC included, comes before data leaves the DLC's buffer); a cancelled send_all leaves that DLC's
   stream in an unknown state (some frames sent); an open_dlc that has its UA completes and returns the stream
-  even when cancelled while it announces its signals (the DLC is open at both ends by then). A frame cut short on the line by a cancel is dropped by the
-  peer's parser at the next flag; it is not shielded, since a stalled line must not make a cancel hang.
+  even when cancelled while it announces its signals (the DLC is open at both ends by then). A frame cut short
+  on the line by a cancel is dropped by the peer's parser at the next flag; it is not shielded, since a stalled
+  line must not make a cancel hang.
 """
 
 from __future__ import annotations
@@ -150,9 +151,8 @@ class _Dlc:
 RX_HIGH = 256 * 1024  # announce FC above this many unread bytes on a DLC
 RX_LOW = 64 * 1024
 TRACE_DROPPED_MAX = 1024
-WRITE_BATCH = (
-    64 * 1024
-)  # a DLC send of more than N1 bytes writes its frames this many bytes of data at a time
+# a DLC send of more than N1 bytes writes its frames this many bytes of data at a time
+WRITE_BATCH = 64 * 1024
 
 
 class Mux:
@@ -444,8 +444,8 @@ class Mux:
             if kind == ControlType.MSC and message.value:
                 target = self._dlcs.get(message.value[0] >> 2)
                 if target is None or target.state is DlcState.CLOSED or not target.dlci:
-                    # answered, so the peer's T2 does not run out, but no state is made for a DLC that is not
-                    # there (Linux n_gsm ignores it altogether)
+                    # answered below, so the peer's T2 does not run out, but no state is made for a DLC that is
+                    # not there (Linux n_gsm ignores it altogether)
                     self.tracer.emit(
                         self.remote,
                         self.local,
@@ -454,13 +454,12 @@ class Mux:
                         message.encode(),
                         error=True,
                     )
-                    await self._send_control(ControlMessage(kind, False, message.value))
-                    continue
-                signals = message.value[1] if len(message.value) > 1 else 0
-                target.peer_signals = signals
-                target.peer_fc = bool(signals & MSC_FC)
-                if not target.peer_fc:
-                    target.fc_event.set()
+                else:
+                    signals = message.value[1] if len(message.value) > 1 else 0
+                    target.peer_signals = signals
+                    target.peer_fc = bool(signals & MSC_FC)
+                    if not target.peer_fc:
+                        target.fc_event.set()
                 await self._send_control(ControlMessage(kind, False, message.value))
             elif kind == ControlType.PN and len(message.value) == 8:
                 await self._send_control(ControlMessage(kind, False, self._answer_pn(message.value)))

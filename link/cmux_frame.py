@@ -106,9 +106,8 @@ def length_field(size: int) -> bytes:
 _CACHE_MAX = 4096
 _UIH_ENDS: dict[tuple[int, bool, bool, int], tuple[bytes, bytes]] = {}  # -> (flag + header, FCS + flag)
 _HEADER_CRC: dict[bytes, int] = {}  # receive side: header -> CRC register after it
-_UIH_CRC: dict[
-    int, int
-] = {}  # receive side, fast path: address | length octets << 8 -> CRC register after them
+# receive side, fast path: address | length octets << 8 -> CRC register after them
+_UIH_CRC: dict[int, int] = {}
 _UIH = FrameType.UIH
 _UIH_CONTROL = int(FrameType.UIH)
 _TYPES = {t.value: t for t in FrameType}
