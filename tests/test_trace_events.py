@@ -11,7 +11,7 @@ def test_event_round_trips_through_json() -> None:
     sink = io.StringIO()
     clock = iter([10.0, 10.5]).__next__
     tracer = Tracer(sink, session="e1", origin=10.0, clock=clock)
-    tracer.emit("uicc", "cp", "cat", "FETCH: OPEN CHANNEL", b"\xd0\x01", step="S401")
+    tracer.emit("uicc", "cp", "apdu", "FETCH: OPEN CHANNEL", b"\xd0\x01", step="S401", kind="cat.proactive")
     tracer.emit(Actor.CP, Actor.AP, Layer.AT, "AT%GETNET", error=True)
     lines = sink.getvalue().splitlines()
     first = json.loads(lines[0])
@@ -19,7 +19,8 @@ def test_event_round_trips_through_json() -> None:
         "t": 0.0,
         "src": "uicc",
         "dst": "cp",
-        "layer": "cat",
+        "layer": "apdu",
+        "kind": "cat.proactive",
         "summary": "FETCH: OPEN CHANNEL",
         "hex": "D001",
         "step": "S401",

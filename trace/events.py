@@ -7,7 +7,7 @@ Events are small immutable values, like h11's events; `bipsim.trace.recorder` wr
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -20,6 +20,13 @@ class Actor(StrEnum):
     AP = "ap"
     OTA = "ota"
     NET = "net"
+    PGW = "pgw"
+    HOST = "host"
+    READER = "reader"
+    SMDP = "smdp"
+    CLOUD = "cloud"
+    PUBLISH = "publish"
+    SYNC = "sync"
 
 
 class Layer(StrEnum):
@@ -29,11 +36,16 @@ class Layer(StrEnum):
     CAT = "cat"
     AT = "at"
     CMUX = "cmux"
+    PPP = "ppp"
     IP = "ip"
     TCP = "tcp"
+    UDP = "udp"
+    DNS = "dns"
     TLS = "tls"
     HTTP = "http"
     GP = "gp"
+    SMS = "sms"
+    LINE = "line"
     APP = "app"
 
 
@@ -41,6 +53,10 @@ class Layer(StrEnum):
 class TraceEvent:
     """One line of a trace file.
 
+    `kind` is the machine-readable type of the event (dotted, `<layer>.<what>`, see `bipsim.trace.kinds` and
+    docs/protocols.md "Traces"): tools and checks read `kind` and `fields`, never `summary`, which is for people.
+    `fields` holds the event's facts as JSON values (a channel number, an address, a status word, the other end's
+    time of a merged message).
     `t` is seconds since the shared clock origin; `hex` holds the exact bytes (uppercase) where there are bytes;
     `step` is the patent step label (S401..S415, S701..S718) when the event is one; `session` names the embodiment
     or scenario run. `error` marks events that report a failure (bad input, refused connection, error result); it
@@ -56,6 +72,8 @@ class TraceEvent:
     step: str | None = None
     session: str | None = None
     error: bool = False
+    kind: str = ""
+    fields: dict[str, Any] | None = field(default=None, hash=False)
 
     @property
     def data(self) -> bytes:
@@ -68,6 +86,7 @@ class TraceEvent:
             "src": self.src.value,
             "dst": self.dst.value,
             "layer": self.layer.value,
+            "kind": self.kind,
             "summary": self.summary,
         }
         if self.hex is not None:
@@ -78,6 +97,8 @@ class TraceEvent:
             out["session"] = self.session
         if self.error:
             out["error"] = True
+        if self.fields:
+            out["fields"] = self.fields
         return out
 
     def to_json(self) -> str:
@@ -108,6 +129,8 @@ class TraceEvent:
             step=obj.get("step"),
             session=obj.get("session"),
             error=bool(obj.get("error", False)),
+            kind=str(obj.get("kind", "")),
+            fields=obj.get("fields"),
         )
 
     @classmethod

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from bipsim.trace.events import Actor, Layer, TraceEvent
 
@@ -79,6 +79,8 @@ class Tracer:
         step: str | None = None,
         session: str | None = None,
         error: bool = False,
+        kind: str = "",
+        fields: dict[str, Any] | None = None,
     ) -> TraceEvent:
         event = TraceEvent(
             t=self._clock() - self.origin,
@@ -90,6 +92,8 @@ class Tracer:
             step=step,
             session=session if session is not None else self.session,
             error=error,
+            kind=kind,
+            fields=fields,
         )
         with self._lock:
             if self._keep:

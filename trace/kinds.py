@@ -1,0 +1,60 @@
+"""The catalogue of trace event kinds (docs/protocols.md, "Traces": the `kind` field).
+
+A kind is `<layer>.<what>`, lower case, dotted. The component that sends or receives a message names its kind when
+it emits the event; pcap, replay, render, scenario checks and benches select events by kind and read `fields`,
+never the human `summary`. Add a kind here when a new message type is traced, with one line saying what it is.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Kind(StrEnum):
+    """Every kind a bipsim component emits."""
+
+    # card interface (TS 102 221 / TS 102 223): one event per C-APDU and one per R-APDU
+    APDU_COMMAND = "apdu.command"  # a C-APDU that is not a CAT command below (SELECT, READ BINARY, ...)
+    APDU_RESPONSE = "apdu.response"  # the R-APDU of any command, status word last; fields: sw
+    CAT_TERMINAL_PROFILE = "cat.terminal_profile"
+    CAT_FETCH = "cat.fetch"  # FETCH C-APDU
+    CAT_PROACTIVE = "cat.proactive"  # FETCH R-APDU holding a proactive command; fields: command, number
+    CAT_TERMINAL_RESPONSE = "cat.terminal_response"  # fields: command, result
+    CAT_ENVELOPE = "cat.envelope"  # fields: envelope, event (e.g. "data_available", "channel_status")
+    # V.250 / 27.007 on a line or DLC
+    AT_COMMAND = "at.command"  # a command line sent by the DTE (or the CP on the proxy DLC)
+    AT_ECHO = "at.echo"  # the DCE's echo of a command line
+    AT_INFO = "at.info"  # an information text line answering a command
+    AT_FINAL = "at.final"  # OK, ERROR, +CME ERROR: n, CONNECT, ...; fields: result
+    AT_URC = "at.urc"  # an unsolicited result code
+    AT_ERROR = "at.error"  # a line refused or dropped (too long, late answer, torn command)
+    # 27.010
+    CMUX_FRAME = "cmux.frame"  # a control frame (SABM/UA/DM/DISC); fields: dlci, frame, pf
+    CMUX_CONTROL = (
+        "cmux.control"  # a DLC 0 control message (MSC, PN, CLD, Test, FCon/FCoff, NSC); fields: message
+    )
+    CMUX_DATA = "cmux.data"  # UIH data on a DLC; fields: dlci
+    CMUX_ERROR = "cmux.error"  # frames dropped (bad FCS, bad structure) or refused
+    # the serial line itself
+    LINE_OPEN = "line.open"
+    LINE_REOPENED = "line.reopened"  # the line was lost and opened again
+    LINE_CLOSED = "line.closed"
+    # transport
+    TCP_CONNECT = "tcp.connect"  # a connection request (SYN); fields: host, port
+    TCP_ACCEPT = "tcp.accept"  # the peer's acknowledgement (SYN/ACK): the connection is up
+    TCP_DATA = "tcp.data"  # payload bytes
+    TCP_CLOSE = "tcp.close"  # our close (FIN)
+    TCP_CLOSED = "tcp.closed"  # the peer's close or its acknowledgement
+    TCP_ERROR = "tcp.error"  # refused, reset, timed out
+    # security and the admin protocol
+    TLS_HANDSHAKE = "tls.handshake"
+    TLS_ALERT = "tls.alert"
+    HTTP_REQUEST = "http.request"  # fields: method, target
+    HTTP_RESPONSE = "http.response"  # fields: status
+    HTTP_ERROR = "http.error"  # a malformed message or a limit passed
+    GP_SCRIPT = "gp.script"  # a RAM/RFM command script and its answers
+    SMS_PP = "sms.pp"  # an SMS-PP (data download) TPDU
+    SMS_POR = "sms.por"  # a proof of receipt
+    # the proxy dialect (docs/protocols.md, "The proxy dialect") and application events
+    APP_EVENT = "app.event"  # a notable state change of a process or session; fields say which
+    APP_ERROR = "app.error"  # a task's failure, ended with its connection or channel
