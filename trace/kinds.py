@@ -11,16 +11,24 @@ from enum import StrEnum
 
 
 class Kind(StrEnum):
-    """Every kind a bipsim component emits."""
+    """Every kind a bipsim component emits.
+
+    Common `fields`: `channel` (BIP channel number), `dlci`, `host`/`port`, `status`/`sw`; field names are
+    snake_case, values JSON scalars or lists. Events about a BIP data channel relayed over CMUX carry `dlci` too.
+    """
 
     # card interface (TS 102 221 / TS 102 223): one event per C-APDU and one per R-APDU
     APDU_COMMAND = "apdu.command"  # a C-APDU that is not a CAT command below (SELECT, READ BINARY, ...)
     APDU_RESPONSE = "apdu.response"  # the R-APDU of any command, status word last; fields: sw
     CAT_TERMINAL_PROFILE = "cat.terminal_profile"
     CAT_FETCH = "cat.fetch"  # FETCH C-APDU
-    CAT_PROACTIVE = "cat.proactive"  # FETCH R-APDU holding a proactive command; fields: command, number
-    CAT_TERMINAL_RESPONSE = "cat.terminal_response"  # fields: command, result
-    CAT_ENVELOPE = "cat.envelope"  # fields: envelope, event (e.g. "data_available", "channel_status")
+    # fields: command (the spec's name, "OPEN CHANNEL"), number, qualifier
+    CAT_PROACTIVE = "cat.proactive"  # FETCH R-APDU holding a proactive command
+    # fields: command (name of the command answered), result (general result, int)
+    CAT_TERMINAL_RESPONSE = "cat.terminal_response"
+    # fields: envelope ("event_download", "sms_pp_download"), event ("data_available", "channel_status"),
+    # channel (int), link ("established" | "dropped" | "not_established") for channel status
+    CAT_ENVELOPE = "cat.envelope"
     # V.250 / 27.007 on a line or DLC
     AT_COMMAND = "at.command"  # a command line sent by the DTE (or the CP on the proxy DLC)
     AT_ECHO = "at.echo"  # the DCE's echo of a command line
@@ -37,10 +45,10 @@ class Kind(StrEnum):
     CMUX_ERROR = "cmux.error"  # frames dropped (bad FCS, bad structure) or refused
     # the serial line itself
     LINE_OPEN = "line.open"
-    LINE_REOPENED = "line.reopened"  # the line was lost and opened again
+    LINE_REOPENED = "line.reopened"  # the line was lost and opened again; fields: count
     LINE_CLOSED = "line.closed"
     # transport
-    TCP_CONNECT = "tcp.connect"  # a connection request (SYN); fields: host, port
+    TCP_CONNECT = "tcp.connect"  # a connection request (SYN); fields: host, port, channel
     TCP_ACCEPT = "tcp.accept"  # the peer's acknowledgement (SYN/ACK): the connection is up
     TCP_DATA = "tcp.data"  # payload bytes
     TCP_CLOSE = "tcp.close"  # our close (FIN)
@@ -54,7 +62,7 @@ class Kind(StrEnum):
     HTTP_ERROR = "http.error"  # a malformed message or a limit passed
     GP_SCRIPT = "gp.script"  # a RAM/RFM command script and its answers
     SMS_PP = "sms.pp"  # an SMS-PP (data download) TPDU
-    SMS_POR = "sms.por"  # a proof of receipt
+    SMS_POR = "sms.por"  # a proof of receipt; fields: status (hex of the response status code)
     # the proxy dialect (docs/protocols.md, "The proxy dialect") and application events
     APP_EVENT = "app.event"  # a notable state change of a process or session; fields say which
     APP_ERROR = "app.error"  # a task's failure, ended with its connection or channel
