@@ -350,8 +350,9 @@ class ModemCommands:
             cid = _int(request.args, 0)
             if not 1 <= cid <= 16:
                 raise CmeError(CME_BAD_PARAMETERS)
-            if len(request.args) == 1:
+            if len(request.args) == 1:  # <cid> alone undefines it; an active context goes with its definition
                 self.definitions.pop(cid, None)
+                self.network.deactivate(cid)
                 return None
             pdp = _str(request.args, 1, "IP").upper()
             if pdp not in ("IP", "IPV6", "IPV4V6"):

@@ -2,7 +2,12 @@
 
 A context activates only for an APN the network knows, with that APN's user and password; refusals carry the
 3GPP TS 24.008 session management cause (section 10.5.6.6): #27 missing or unknown APN, #29 user authentication
-failed, #26 insufficient resources when every address is in use.
+failed, #26 insufficient resources when every address of the pool is in use (or every context identifier).
+
+Addresses come from a pool (`NetworkConfig.pool`, 10.64.0.2 .. 10.64.0.254 by default): an activation takes the
+lowest free one and a deactivation, a detach or an undefined context gives it back, so a modem can activate and
+deactivate contexts for ever. Activating a context that is already active changes nothing (3GPP TS 27.007 section
+10.1.10: a context already in the requested state is left as it is).
 
 Mobile-terminated SMS: `sms_pp_download` classifies an SMS-DELIVER the network sends (3GPP TS 23.040 section
 9.2.2.1) and, for a (U)SIM data download (PID 0x7F, DCS message class 2: TS 23.038 section 4; TS 31.111 section
@@ -12,9 +17,12 @@ DOWNLOAD) for the card.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
+
+MAX_CID = 16  # context identifiers 1..16 (the +CGDCONT range the CP offers)
 
 
 class SmCause(IntEnum):
@@ -94,6 +102,9 @@ class NetworkConfig:
     rat: int = 7  # E-UTRAN (27.007 <AcT>)
     rssi: int = 20
     smsc: str = "441234567890"  # the service centre's number (international), for SMS-PP DOWNLOAD envelopes
+    # the packet gateway's address pool: the usable hosts of this network, .1 being the gateway itself
+    pool: str = "10.64.0.0/24"
+    pool_first: int = 2  # host number of the first address handed out
     # APN -> (user, password) the packet gateway accepts
     apns: dict[str, tuple[str, str]] = field(
         default_factory=lambda: {"internet": ("", ""), "ota.bipsim": ("ota", "secret")}
@@ -106,7 +117,9 @@ class CellularNetwork:
         self.status = RegStatus.HOME
         self.contexts: dict[int, PdpContext] = {}
         self.listeners: list[Callable[[RegStatus], None]] = []
-        self._next_host = 2
+        network = ipaddress.IPv4Network(self.config.pool)
+        self._pool = [str(host) for host in network.hosts()][self.config.pool_first - 1 :]
+        self._free = list(self._pool)  # lowest first
 
     @property
     def registered(self) -> bool:
@@ -116,7 +129,8 @@ class CellularNetwork:
         if status != self.status:
             self.status = status
             if not self.registered:
-                self.contexts.clear()  # detached (+CFUN=0/4, +COPS=2): no PDP context survives
+                for cid in list(self.contexts):  # detached (+CFUN=0/4, +COPS=2): no PDP context survives
+                    self.deactivate(cid)
             for listener in self.listeners:
                 listener(status)
 
@@ -129,13 +143,31 @@ class CellularNetwork:
             raise PdpError(SmCause.MISSING_OR_UNKNOWN_APN, f"unknown APN {apn!r}")
         if (user, password) != credentials:
             raise PdpError(SmCause.USER_AUTHENTICATION_FAILED, f"wrong user or password for APN {apn!r}")
-        if self._next_host > 254:
-            raise PdpError(SmCause.INSUFFICIENT_RESOURCES, "no address left")
-        number = cid if cid is not None else next(n for n in range(1, 17) if n not in self.contexts)
-        context = PdpContext(number, apn, f"10.64.0.{self._next_host}", user)
-        self._next_host += 1
+        if cid is not None and cid in self.contexts:
+            active = self.contexts[cid]
+            if (active.apn, active.user) == (apn, user):
+                return active  # already active: nothing changes, no second address
+            self.deactivate(cid)  # the same cid for another APN: the old context goes first
+        number = (
+            cid
+            if cid is not None
+            else next((n for n in range(1, MAX_CID + 1) if n not in self.contexts), None)
+        )
+        if number is None:
+            raise PdpError(SmCause.INSUFFICIENT_RESOURCES, "every context identifier is in use")
+        if not self._free:
+            raise PdpError(SmCause.INSUFFICIENT_RESOURCES, "no address left in the pool")
+        context = PdpContext(number, apn, self._free.pop(0), user)
         self.contexts[number] = context
         return context
 
     def deactivate(self, cid: int) -> None:
-        self.contexts.pop(cid, None)
+        """Deactivates context `cid` (nothing when it is not active) and returns its address to the pool."""
+        context = self.contexts.pop(cid, None)
+        if context is not None and context.address in self._pool:
+            self._free.append(context.address)
+            self._free.sort(key=lambda address: ipaddress.IPv4Address(address))
+
+    @property
+    def free_addresses(self) -> int:
+        return len(self._free)
