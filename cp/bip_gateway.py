@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import Enum, StrEnum
 
 from bipsim.uicc.cat import (
     SEND_IMMEDIATELY,
@@ -28,6 +28,7 @@ from bipsim.uicc.cat import (
     OpenChannel,
     ProactiveCommand,
     Tag,
+    TerminalProblem,
     TerminalResponse,
     TransportProtocol,
     buffer_size_object,
@@ -46,28 +47,79 @@ SUPPORTED_TRANSPORTS = {TransportProtocol.TCP_CLIENT_REMOTE, TransportProtocol.U
 
 
 class ChannelState(Enum):
-    OPENING = "opening"  # link being set up (immediate or background)
+    OPENING = "opening"  # immediate mode: link being set up, the OPEN CHANNEL TR waits for it
+    CONNECTING = "connecting"  # background mode, or on demand after the first immediate SEND DATA: TR given
     ON_DEMAND = "on demand"  # TR given, no link until the first immediate SEND DATA
     ESTABLISHED = "established"
-    DROPPED = "dropped"
+    DROPPED = (
+        "dropped"  # the link went away (or never came, TR already given): buffered data can still be read
+    )
     CLOSED = "closed"
 
 
-# (state, event) -> next state
-TRANSITIONS: dict[tuple[ChannelState, str], ChannelState] = {
-    (ChannelState.OPENING, "established"): ChannelState.ESTABLISHED,
-    (ChannelState.OPENING, "failed"): ChannelState.CLOSED,
-    (ChannelState.ON_DEMAND, "connect"): ChannelState.OPENING,
-    (ChannelState.ESTABLISHED, "dropped"): ChannelState.DROPPED,
-    (ChannelState.OPENING, "close"): ChannelState.CLOSED,
-    (ChannelState.ON_DEMAND, "close"): ChannelState.CLOSED,
-    (ChannelState.ESTABLISHED, "close"): ChannelState.CLOSED,
-    (ChannelState.DROPPED, "close"): ChannelState.CLOSED,
+class ChannelEvent(StrEnum):
+    """What happens to a channel: the card's commands on it, and the bearer's reports."""
+
+    CONNECT = "connect"  # an immediate SEND DATA on an on-demand channel asks for the link
+    SEND = "send"  # SEND DATA
+    RECEIVE = "receive"  # RECEIVE DATA
+    CLOSE = "close"  # CLOSE CHANNEL
+    ESTABLISHED = "established"  # bearer: the link is up
+    FAILED = "failed"  # bearer: the link could not be set up
+    DROPPED = "dropped"  # bearer: the link went away
+
+
+CARD_EVENTS = frozenset({ChannelEvent.CONNECT, ChannelEvent.SEND, ChannelEvent.RECEIVE, ChannelEvent.CLOSE})
+
+# (state, event) -> next state: the one table every change of a channel's state goes through (docs/protocols.md,
+# "BIP channels"). A pair that is not here is illegal: Channel.move raises IllegalTransition.
+TRANSITIONS: dict[tuple[ChannelState, ChannelEvent], ChannelState] = {
+    (ChannelState.OPENING, ChannelEvent.ESTABLISHED): ChannelState.ESTABLISHED,
+    (ChannelState.OPENING, ChannelEvent.FAILED): ChannelState.CLOSED,  # the deferred TR carries the failure
+    (ChannelState.OPENING, ChannelEvent.CLOSE): ChannelState.CLOSED,
+    (ChannelState.CONNECTING, ChannelEvent.ESTABLISHED): ChannelState.ESTABLISHED,
+    (ChannelState.CONNECTING, ChannelEvent.FAILED): ChannelState.DROPPED,
+    (ChannelState.CONNECTING, ChannelEvent.SEND): ChannelState.CONNECTING,  # sent once the link is up
+    (ChannelState.CONNECTING, ChannelEvent.RECEIVE): ChannelState.CONNECTING,
+    (ChannelState.CONNECTING, ChannelEvent.CLOSE): ChannelState.CLOSED,
+    (ChannelState.ON_DEMAND, ChannelEvent.SEND): ChannelState.ON_DEMAND,  # stored in the Tx buffer
+    (ChannelState.ON_DEMAND, ChannelEvent.CONNECT): ChannelState.CONNECTING,
+    (ChannelState.ON_DEMAND, ChannelEvent.RECEIVE): ChannelState.ON_DEMAND,
+    (ChannelState.ON_DEMAND, ChannelEvent.CLOSE): ChannelState.CLOSED,
+    (ChannelState.ESTABLISHED, ChannelEvent.SEND): ChannelState.ESTABLISHED,
+    (ChannelState.ESTABLISHED, ChannelEvent.RECEIVE): ChannelState.ESTABLISHED,
+    (ChannelState.ESTABLISHED, ChannelEvent.DROPPED): ChannelState.DROPPED,
+    (ChannelState.ESTABLISHED, ChannelEvent.CLOSE): ChannelState.CLOSED,
+    (ChannelState.DROPPED, ChannelEvent.RECEIVE): ChannelState.DROPPED,  # what arrived before the drop
+    (ChannelState.DROPPED, ChannelEvent.CLOSE): ChannelState.CLOSED,
 }
 
 
+def illegal_answer(state: ChannelState, event: ChannelEvent) -> tuple[int, bytes] | None:
+    """The TS 102 223 result (general result, additional information) a card command gets when its channel's
+    state does not allow it (section 8.12.11, result 0x3A): a channel the card has not been given yet (immediate
+    mode before its TR) or one already closed is "channel identifier not valid"; a dropped one "channel closed";
+    a command the terminal cannot carry out in the state, 0x20 "terminal currently unable" with no specific
+    cause. A bearer report that does not fit (a late one of a link the card has moved on from) gets no answer:
+    None."""
+    if event not in CARD_EVENTS:
+        return None
+    if state in (ChannelState.OPENING, ChannelState.CLOSED):
+        return GeneralResult.BIP_ERROR, bytes((BipErrorCause.CHANNEL_ID_NOT_VALID,))
+    if state is ChannelState.DROPPED:
+        return GeneralResult.BIP_ERROR, bytes((BipErrorCause.CHANNEL_CLOSED,))
+    return GeneralResult.TERMINAL_UNABLE, bytes((TerminalProblem.NO_SPECIFIC_CAUSE,))
+
+
 class IllegalTransition(Exception):
-    pass
+    """`event` is not allowed in `state`; `answer` is the TS 102 223 result it gets (None: no answer)."""
+
+    def __init__(self, channel: int, state: ChannelState, event: ChannelEvent) -> None:
+        super().__init__(f"channel {channel}: {event.value} in state {state.value}")
+        self.channel = channel
+        self.state = state
+        self.event = event
+        self.answer = illegal_answer(state, event)
 
 
 # --- actions ---------------------------------------------------------------------------------------------------
@@ -79,11 +131,29 @@ class SendTerminalResponse:
     channel: int = 0
 
 
+class EnvelopeEvent(StrEnum):
+    """The event an ENVELOPE (EVENT DOWNLOAD) reports (TS 102 223 sections 7.5.10, 7.5.11)."""
+
+    DATA_AVAILABLE = "data_available"
+    CHANNEL_STATUS = "channel_status"
+
+
+class LinkStatus(StrEnum):
+    """What a Channel Status event says of the link (section 8.56: link established, or not with further
+    information 05 "link dropped")."""
+
+    ESTABLISHED = "established"
+    DROPPED = "dropped"
+    NOT_ESTABLISHED = "not_established"
+
+
 @dataclass(frozen=True)
 class SendEnvelope:
     envelope: Envelope
-    summary: str
-    channel: int = 0
+    summary: str  # for people (trace summaries); adapters read `event` and `link`
+    channel: int
+    event: EnvelopeEvent
+    link: LinkStatus
 
 
 @dataclass(frozen=True)
@@ -118,10 +188,11 @@ class Channel:
     deferred: ProactiveCommand | None = None  # a command whose TR waits for the link (immediate / on demand)
     data_available_sent: bool = False
 
-    def move(self, event: str) -> None:
+    def move(self, event: ChannelEvent) -> None:
+        """The only way a channel changes state (TRANSITIONS); raises IllegalTransition."""
         nxt = TRANSITIONS.get((self.state, event))
         if nxt is None:
-            raise IllegalTransition(f"channel {self.id}: {event} in state {self.state.value}")
+            raise IllegalTransition(self.id, self.state, event)
         self.state = nxt
 
     @property
@@ -184,27 +255,45 @@ class BipGateway:
         envelope = Envelope.event_download(
             Event.CHANNEL_STATUS, DeviceId.TERMINAL, [channel_status_object(channel.id, established, further)]
         )
-        what = (
-            "link established"
-            if established
-            else ("link dropped" if further == LINK_DROPPED else "link down")
+        if established:
+            link = LinkStatus.ESTABLISHED
+        else:
+            link = LinkStatus.DROPPED if further == LINK_DROPPED else LinkStatus.NOT_ESTABLISHED
+        what = {
+            LinkStatus.ESTABLISHED: "link established",
+            LinkStatus.DROPPED: "link dropped",
+            LinkStatus.NOT_ESTABLISHED: "link down",
+        }[link]
+        return SendEnvelope(
+            envelope, f"ENVELOPE: Channel Status ({what})", channel.id, EnvelopeEvent.CHANNEL_STATUS, link
         )
-        return SendEnvelope(envelope, f"ENVELOPE: Channel Status ({what})", channel.id)
 
     def _data_available(self, channel: Channel) -> SendEnvelope:
         channel.data_available_sent = True
+        established = channel.state is ChannelState.ESTABLISHED
         envelope = Envelope.event_download(
             Event.DATA_AVAILABLE,
             DeviceId.TERMINAL,
             [
-                channel_status_object(channel.id, channel.state is ChannelState.ESTABLISHED),
+                channel_status_object(channel.id, established),
                 channel_data_length_object(_length_byte(len(channel.rx))),
             ],
         )
-        return SendEnvelope(envelope, f"ENVELOPE: Data Available ({len(channel.rx)} bytes)", channel.id)
+        return SendEnvelope(
+            envelope,
+            f"ENVELOPE: Data Available ({len(channel.rx)} bytes)",
+            channel.id,
+            EnvelopeEvent.DATA_AVAILABLE,
+            LinkStatus.ESTABLISHED if established else LinkStatus.NOT_ESTABLISHED,
+        )
 
     def _channel(self, command: ProactiveCommand) -> Channel | None:
         return self.channels.get(channel_of(command))
+
+    def _illegal(self, command: ProactiveCommand, exc: IllegalTransition) -> list[Action]:
+        """A card command its channel's state does not allow: the result of illegal_answer."""
+        general, additional = exc.answer or (GeneralResult.TERMINAL_UNABLE, b"\x00")
+        return [self._tr(command, general, additional, channel=exc.channel)]
 
     # --- proactive commands ------------------------------------------------------------------------------------
 
@@ -257,10 +346,13 @@ class BipGateway:
         if free is None:
             return [self._bip_error(command, BipErrorCause.NO_CHANNEL_AVAILABLE)]
         size = min(request.buffer_size, self.max_buffer)
-        if request.immediate:
-            channel = Channel(free, request, command, size, ChannelState.OPENING)
+        if not request.immediate:
+            initial = ChannelState.ON_DEMAND
+        elif request.background:
+            initial = ChannelState.CONNECTING
         else:
-            channel = Channel(free, request, command, size, ChannelState.ON_DEMAND)
+            initial = ChannelState.OPENING
+        channel = Channel(free, request, command, size, initial)
         self.channels[free] = channel
         if not request.immediate:
             return [
@@ -290,7 +382,10 @@ class BipGateway:
         channel = self._channel(command)
         if channel is None:
             return [self._bip_error(command, BipErrorCause.CHANNEL_ID_NOT_VALID)]
-        channel.move("close")
+        try:
+            channel.move(ChannelEvent.CLOSE)
+        except IllegalTransition as exc:
+            return self._illegal(command, exc)
         del self.channels[channel.id]
         return [BearerClose(channel.id), self._tr(command, GeneralResult.OK, channel=channel.id)]
 
@@ -298,8 +393,10 @@ class BipGateway:
         channel = self._channel(command)
         if channel is None:
             return [self._bip_error(command, BipErrorCause.CHANNEL_ID_NOT_VALID)]
-        if channel.state in (ChannelState.DROPPED, ChannelState.CLOSED):
-            return [self._bip_error(command, BipErrorCause.CHANNEL_CLOSED)]
+        try:
+            channel.move(ChannelEvent.SEND)
+        except IllegalTransition as exc:
+            return self._illegal(command, exc)
         data = channel_data(command)
         if len(channel.tx) + len(data) > channel.buffer_size:
             return [self._bip_error(command, BipErrorCause.BUFFER_SIZE_NOT_AVAILABLE)]
@@ -315,10 +412,10 @@ class BipGateway:
                 )
             ]
         if channel.state is ChannelState.ON_DEMAND:
-            channel.move("connect")
+            channel.move(ChannelEvent.CONNECT)
             channel.deferred = command
             return [BearerOpen(channel.id, channel.request)]
-        if channel.state is ChannelState.OPENING:
+        if channel.state is ChannelState.CONNECTING:
             channel.deferred = command  # background link not up yet: send when it is
             return []
         return self._flush(channel, command)
@@ -340,8 +437,12 @@ class BipGateway:
         channel = self._channel(command)
         if channel is None:
             return [self._bip_error(command, BipErrorCause.CHANNEL_ID_NOT_VALID)]
+        try:
+            channel.move(ChannelEvent.RECEIVE)
+        except IllegalTransition as exc:
+            return self._illegal(command, exc)
         if not channel.rx:
-            if channel.state in (ChannelState.DROPPED, ChannelState.CLOSED):
+            if channel.state is ChannelState.DROPPED:
                 return [self._bip_error(command, BipErrorCause.CHANNEL_CLOSED)]
             return [self._bip_error(command, BipErrorCause.NO_SPECIFIC_CAUSE)]
         want = channel_data_length(command) or 0
@@ -371,9 +472,12 @@ class BipGateway:
 
     def on_link_established(self, channel_id: int) -> list[Action]:
         channel = self.channels.get(channel_id)
-        if channel is None or channel.state is not ChannelState.OPENING:
+        if channel is None:
             return []
-        channel.move("established")
+        try:
+            channel.move(ChannelEvent.ESTABLISHED)
+        except IllegalTransition:
+            return []  # a late report of a link the card has moved on from
         actions: list[Action] = []
         deferred, channel.deferred = channel.deferred, None
         if deferred is not None and deferred.type == CommandType.OPEN_CHANNEL:
@@ -400,14 +504,19 @@ class BipGateway:
         channel = self.channels.get(channel_id)
         if channel is None:
             return []
+        try:
+            channel.move(ChannelEvent.FAILED)
+        except IllegalTransition:
+            return []
         deferred, channel.deferred = channel.deferred, None
-        if deferred is not None and deferred.type == CommandType.OPEN_CHANNEL:
+        if (
+            channel.state is ChannelState.CLOSED
+        ):  # immediate mode: the OPEN CHANNEL TR fails, no channel is left
             del self.channels[channel_id]
+            assert deferred is not None
             return [self._tr(deferred, general, additional, channel=channel_id)]
-        if deferred is not None:  # on demand: the SEND DATA that asked for the link fails
-            channel.state = ChannelState.DROPPED
+        if deferred is not None:  # the SEND DATA that waited for the link (on demand, or background) fails
             return [self._tr(deferred, general, additional, channel=channel_id)]
-        channel.state = ChannelState.DROPPED
         return [self._status_envelope(channel, False, LINK_DROPPED)]
 
     def on_data(self, channel_id: int, data: bytes) -> list[Action]:
@@ -426,13 +535,16 @@ class BipGateway:
 
     def on_link_dropped(self, channel_id: int) -> list[Action]:
         channel = self.channels.get(channel_id)
-        if channel is None or channel.state in (ChannelState.DROPPED, ChannelState.CLOSED):
+        if channel is None:
             return []
-        if channel.state is not ChannelState.ESTABLISHED:
+        if channel.state in (ChannelState.OPENING, ChannelState.CONNECTING):  # it never came up: it failed
             return self.on_link_failed(
                 channel_id, GeneralResult.BIP_ERROR, bytes((BipErrorCause.REMOTE_DEVICE_NOT_REACHABLE,))
             )
-        channel.move("dropped")
+        try:
+            channel.move(ChannelEvent.DROPPED)
+        except IllegalTransition:
+            return []
         actions: list[Action] = []
         if channel.rx and not channel.data_available_sent:
             actions.append(self._data_available(channel))

@@ -18,6 +18,8 @@ from bipsim.cp.bip_gateway import (
     BearerOpen,
     BearerSend,
     BipGateway,
+    EnvelopeEvent,
+    LinkStatus,
     SendEnvelope,
     SendTerminalResponse,
 )
@@ -162,9 +164,9 @@ class BipService:
                 await self._terminal_response(action.response)
             elif isinstance(action, SendEnvelope):
                 step = None
-                if "Data Available" in action.summary:
+                if action.event is EnvelopeEvent.DATA_AVAILABLE:
                     step = self.step("data_available")
-                elif "link established" in action.summary:
+                elif action.link is LinkStatus.ESTABLISHED:
                     step = self.step("status_up")
                 await self.driver.envelope(action.envelope, action.summary, step=step)
                 self._wake_reader(action.channel)

@@ -28,6 +28,7 @@ from bipsim.cp.bip_gateway import (
     BearerOpen,
     BearerSend,
     BipGateway,
+    EnvelopeEvent,
     SendEnvelope,
     SendTerminalResponse,
 )
@@ -298,7 +299,7 @@ def test_dropped_channel_answers_channel_closed_after_its_data_is_read() -> None
     channel = opened(gateway)
     gateway.on_data(channel, b"last words")
     dropped = gateway.on_link_dropped(channel)
-    assert not any("Data Available" in a.summary for a in dropped if isinstance(a, SendEnvelope))
+    assert not any(a.event is EnvelopeEvent.DATA_AVAILABLE for a in dropped if isinstance(a, SendEnvelope))
     send = gateway.on_command(send_data(channel, b"x", immediate=True, number=2))
     assert result(the_tr(send)) == (0x3A, bytes((BipErrorCause.CHANNEL_CLOSED,)))
     read = the_tr(gateway.on_command(receive_data(channel, 10, number=3)))

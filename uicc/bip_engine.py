@@ -5,8 +5,10 @@ It implements the Toolkit seam of uicc/toolkit.py and is driven only by TERMINAL
 ENVELOPE: when triggered it issues SET UP EVENT LIST (Data Available, Channel Status), then OPEN CHANNEL in the
 configured link mode, SEND DATA in chunks that honour the buffer size and the free Tx space the terminal reports,
 RECEIVE DATA rounds on Data Available (the 0xFF "more than 255 bytes" rule), and CLOSE CHANNEL once the client is
-done. Every terminal response result leads to a defined next state (TRANSITIONS); failures reach the client through
-connection_lost and are kept in `failures` for scenarios to check.
+done. Every change of state goes through one table (TRANSITIONS, events EngineEvent); an event the table does not
+allow raises IllegalTransition, which the engine answers as the protocol says (an unexpected terminal response is
+noted, an event for a state that does not expect it ignored). Failures reach the client through connection_lost and
+are kept in `failures` for scenarios to check.
 """
 
 from __future__ import annotations
@@ -98,26 +100,92 @@ class EngineState(Enum):
     OPENING = "opening channel"
     WAIT_LINK = "waiting for the link"
     OPEN = "channel open"
+    DRAINING = (
+        "link dropped, reading what is left"  # the terminal still holds received data: read it, then close
+    )
     CLOSING = "closing channel"
     DONE = "done"
     FAILED = "failed"
 
 
-# (state, command answered, result class) -> next state; result classes: ok, failed
-TRANSITIONS: dict[tuple[EngineState, int, str], EngineState] = {
-    (EngineState.EVENTS, CommandType.SET_UP_EVENT_LIST, "ok"): EngineState.OPENING,
-    (EngineState.EVENTS, CommandType.SET_UP_EVENT_LIST, "failed"): EngineState.OPENING,  # events are optional
-    (EngineState.OPENING, CommandType.OPEN_CHANNEL, "ok"): EngineState.OPEN,
-    (EngineState.OPENING, CommandType.OPEN_CHANNEL, "background"): EngineState.WAIT_LINK,
-    (EngineState.OPENING, CommandType.OPEN_CHANNEL, "failed"): EngineState.FAILED,
-    (EngineState.OPEN, CommandType.SEND_DATA, "ok"): EngineState.OPEN,
-    (EngineState.OPEN, CommandType.SEND_DATA, "failed"): EngineState.FAILED,
-    (EngineState.OPEN, CommandType.RECEIVE_DATA, "ok"): EngineState.OPEN,
-    (EngineState.OPEN, CommandType.RECEIVE_DATA, "failed"): EngineState.FAILED,
-    (EngineState.OPEN, CommandType.GET_CHANNEL_STATUS, "ok"): EngineState.OPEN,
-    (EngineState.CLOSING, CommandType.CLOSE_CHANNEL, "ok"): EngineState.DONE,
-    (EngineState.CLOSING, CommandType.CLOSE_CHANNEL, "failed"): EngineState.DONE,
+class EngineEvent(StrEnum):
+    """What moves the card's channel: its own decisions, the terminal's responses and the terminal's events."""
+
+    START = "start"  # a session starts: SET UP EVENT LIST first
+    START_OPEN = "start without event list"  # another engine of the card set the event list up: OPEN CHANNEL
+    EVENTS_SET = "event list answered"  # TR of SET UP EVENT LIST, whatever its result (events are optional)
+    OPENED = "open channel ok, link up"
+    OPENED_BACKGROUND = "open channel ok, link in background"
+    OPEN_FAILED = "open channel failed"
+    DATA_OK = "send/receive/status ok"
+    DATA_FAILED = "send/receive failed"
+    LINK_UP = "channel status: link established"
+    LINK_DROPPED = "channel status: link dropped"
+    CLOSE = "close"  # the client is done, or the link dropped and its data is read
+    CLOSED = "close channel answered"  # TR of CLOSE CHANNEL, whatever its result: the channel is gone
+    RECONNECT = "reconnect"  # the client wants the channel again after a failure or a close
+
+
+_RESTARTABLE = (EngineState.IDLE, EngineState.DONE, EngineState.FAILED)
+
+# (state, event) -> next state: the one table every change of the engine's state goes through (TS 102 223 6.4.27
+# to 6.4.31, 7.5.10, 7.5.11). A pair that is not here is illegal: the engine raises IllegalTransition.
+TRANSITIONS: dict[tuple[EngineState, EngineEvent], EngineState] = {
+    **{(state, EngineEvent.START): EngineState.EVENTS for state in _RESTARTABLE},
+    **{(state, EngineEvent.START_OPEN): EngineState.OPENING for state in _RESTARTABLE},
+    (EngineState.EVENTS, EngineEvent.EVENTS_SET): EngineState.OPENING,
+    (EngineState.OPENING, EngineEvent.OPENED): EngineState.OPEN,
+    (EngineState.OPENING, EngineEvent.OPENED_BACKGROUND): EngineState.WAIT_LINK,
+    (EngineState.OPENING, EngineEvent.OPEN_FAILED): EngineState.FAILED,
+    (EngineState.WAIT_LINK, EngineEvent.LINK_UP): EngineState.OPEN,
+    (EngineState.WAIT_LINK, EngineEvent.LINK_DROPPED): EngineState.DRAINING,
+    (EngineState.OPEN, EngineEvent.DATA_OK): EngineState.OPEN,
+    (EngineState.OPEN, EngineEvent.DATA_FAILED): EngineState.FAILED,
+    (EngineState.OPEN, EngineEvent.LINK_DROPPED): EngineState.DRAINING,
+    (EngineState.OPEN, EngineEvent.CLOSE): EngineState.CLOSING,
+    (EngineState.DRAINING, EngineEvent.DATA_OK): EngineState.DRAINING,
+    (EngineState.DRAINING, EngineEvent.DATA_FAILED): EngineState.FAILED,
+    (EngineState.DRAINING, EngineEvent.CLOSE): EngineState.CLOSING,
+    (EngineState.CLOSING, EngineEvent.CLOSED): EngineState.DONE,
+    (EngineState.FAILED, EngineEvent.RECONNECT): EngineState.OPENING,
+    (EngineState.DONE, EngineEvent.RECONNECT): EngineState.OPENING,
 }
+
+# the event a terminal response is, by command and outcome ("background": OPEN CHANNEL ok without the link yet)
+RESPONSE_EVENTS: dict[tuple[int, str], EngineEvent] = {
+    (CommandType.SET_UP_EVENT_LIST, "ok"): EngineEvent.EVENTS_SET,
+    (CommandType.SET_UP_EVENT_LIST, "failed"): EngineEvent.EVENTS_SET,
+    (CommandType.OPEN_CHANNEL, "ok"): EngineEvent.OPENED,
+    (CommandType.OPEN_CHANNEL, "background"): EngineEvent.OPENED_BACKGROUND,
+    (CommandType.OPEN_CHANNEL, "failed"): EngineEvent.OPEN_FAILED,
+    (CommandType.SEND_DATA, "ok"): EngineEvent.DATA_OK,
+    (CommandType.SEND_DATA, "failed"): EngineEvent.DATA_FAILED,
+    (CommandType.RECEIVE_DATA, "ok"): EngineEvent.DATA_OK,
+    (CommandType.RECEIVE_DATA, "failed"): EngineEvent.DATA_FAILED,
+    (CommandType.GET_CHANNEL_STATUS, "ok"): EngineEvent.DATA_OK,
+    (CommandType.GET_CHANNEL_STATUS, "failed"): EngineEvent.DATA_OK,  # a status the card does not need
+    (CommandType.CLOSE_CHANNEL, "ok"): EngineEvent.CLOSED,
+    (CommandType.CLOSE_CHANNEL, "failed"): EngineEvent.CLOSED,
+}
+
+
+class IllegalTransition(Exception):
+    """`event` is not allowed in the engine's `state`. The engine answers it as the protocol says: an
+    unexpected terminal response is kept in `failures` (with the result the terminal gave) and changes nothing;
+    a Channel Status or Data Available event for a channel state that does not expect it is ignored."""
+
+    def __init__(self, state: EngineState, event: EngineEvent) -> None:
+        super().__init__(f"{event.value} in state {state.value}")
+        self.state = state
+        self.event = event
+
+
+def next_state(state: EngineState, event: EngineEvent) -> EngineState:
+    """The table's answer; raises IllegalTransition."""
+    nxt = TRANSITIONS.get((state, event))
+    if nxt is None:
+        raise IllegalTransition(state, event)
+    return nxt
 
 
 class BipEngine:
@@ -148,7 +216,6 @@ class BipEngine:
         self._tx = bytearray()
         self._rx_available = 0
         self._reconnects = 0
-        self._dropped = False  # the link dropped: read what is left in the Rx buffer, then close
         self.profile = b""
 
     # --- Toolkit ---------------------------------------------------------------------------------------------
@@ -200,19 +267,23 @@ class BipEngine:
     # --- control -----------------------------------------------------------------------------------------------
 
     def trigger(self) -> None:
-        """Starts a session: SET UP EVENT LIST, then OPEN CHANNEL."""
-        if self.state not in (EngineState.IDLE, EngineState.DONE, EngineState.FAILED):
+        """Starts a session: SET UP EVENT LIST, then OPEN CHANNEL. Does nothing while a session runs."""
+        if self.busy:
             return
         if not self.event_list:
-            self.state = EngineState.OPENING
+            self._move(EngineEvent.START_OPEN)
             self._issue(self.config.open_channel(self._next_number()))
             return
-        self.state = EngineState.EVENTS
+        self._move(EngineEvent.START)
         self._issue(set_up_event_list([Event.DATA_AVAILABLE, Event.CHANNEL_STATUS], self._next_number()))
 
     @property
     def busy(self) -> bool:
-        return self.state not in (EngineState.IDLE, EngineState.DONE, EngineState.FAILED)
+        return self.state not in _RESTARTABLE
+
+    def _move(self, event: EngineEvent) -> None:
+        """The only place the engine's state changes (TRANSITIONS); raises IllegalTransition."""
+        self.state = next_state(self.state, event)
 
     def _next_number(self) -> int:
         self._number = self._number % 254 + 1
@@ -225,13 +296,17 @@ class BipEngine:
         return self._outstanding is None and not self._queue
 
     def _fail(self, reason: str, general: int, additional: bytes) -> None:
+        """After a move to FAILED: the client hears of it, and a client that wants to resume gets a new channel."""
         self.failures.append((reason, general, additional))
-        self.state = EngineState.FAILED
         self._tx.clear()
+        self._rx_available = 0
         self.client.connection_lost(reason)
+        self._reconnect()
+
+    def _reconnect(self) -> None:
         if self.client.wants_reconnect and self._reconnects < self.config.max_reconnects:
             self._reconnects += 1
-            self.state = EngineState.OPENING
+            self._move(EngineEvent.RECONNECT)
             self._issue(self.config.open_channel(self._next_number()))
 
     # --- terminal responses ------------------------------------------------------------------------------------
@@ -241,39 +316,41 @@ class BipEngine:
 
         assert isinstance(response, TerminalResponse)
         ok = GeneralResult.OK <= general < 0x10
-        kind = "ok" if ok else "failed"
-        if command.type == CommandType.OPEN_CHANNEL and ok:
+        outcome = "ok" if ok else "failed"
+        if command.type == CommandType.OPEN_CHANNEL and ok and self.state is EngineState.OPENING:
             statuses = channel_statuses(response)
             self.channel = statuses[0]["channel_id"] if statuses else 1
             self.buffer = buffer_size(response) or self.config.buffer_size
             self.tx_free = self.buffer
             established = bool(statuses and statuses[0]["link_established"])
             if self.config.link_mode is LinkMode.BACKGROUND and not established:
-                kind = "background"
-        next_state = TRANSITIONS.get((self.state, command.type, kind))
-        if next_state is None:
+                outcome = "background"
+        event = RESPONSE_EVENTS.get((command.type, outcome))
+        try:
+            if event is None:
+                raise IllegalTransition(self.state, EngineEvent.DATA_OK)
+            self._move(event)
+        except IllegalTransition:
             # an answer the current state does not expect (e.g. after a drop): note it and carry on
             self.failures.append(
                 (f"unexpected {command.type_name} result in state {self.state.value}", general, additional)
             )
             self._pump()
             return
-        self.state = next_state
-        if not ok and command.type != CommandType.SET_UP_EVENT_LIST:
-            if command.type == CommandType.CLOSE_CHANNEL:
-                self._finish()
-                return
+        if event in (EngineEvent.OPEN_FAILED, EngineEvent.DATA_FAILED):
             self._fail(
                 f"{command.type_name} failed: result 0x{general:02X} {additional.hex().upper()}",
                 general,
                 additional,
             )
             return
-        if command.type == CommandType.SET_UP_EVENT_LIST:
+        if event is EngineEvent.EVENTS_SET:
             self._issue(self.config.open_channel(self._next_number()))
-        elif command.type == CommandType.OPEN_CHANNEL:
-            if self.state is EngineState.OPEN:
-                self._connected()
+        elif event is EngineEvent.OPENED:
+            self._connected()
+        elif event is EngineEvent.CLOSED:
+            self._finish()
+            return
         elif command.type == CommandType.SEND_DATA:
             free = channel_data_length(response)
             self.tx_free = self.buffer if free is None else (self.buffer if free == 0xFF else free)
@@ -283,31 +360,20 @@ class BipEngine:
             self._rx_available = left
             if data:
                 self._tx += self.client.data_received(data)
-        elif command.type == CommandType.CLOSE_CHANNEL:
-            self._finish()
-            return
         self._pump()
 
     def _connected(self) -> None:
-        self._dropped = False
         self.sessions += 1
         self._tx += self.client.connection_made()
         self._pump()
 
     def _finish(self) -> None:
-        self.state = EngineState.DONE
         self.channel = 0
-        if self.client.wants_reconnect and self._reconnects < self.config.max_reconnects:
-            self._reconnects += 1
-            self.state = EngineState.OPENING
-            self._issue(self.config.open_channel(self._next_number()))
+        self._reconnect()
 
     def _pump(self) -> None:
         """Issues the next command when none is outstanding: receive first, then send, then close."""
-        if self.state is not EngineState.OPEN or not self._idle_line():
-            return
-        if self._dropped and not self._rx_available:
-            self._drop()
+        if self.state not in (EngineState.OPEN, EngineState.DRAINING) or not self._idle_line():
             return
         if self._rx_available:
             want = (
@@ -315,7 +381,10 @@ class BipEngine:
             )
             self._issue(receive_data(self.channel, want, self._next_number()))
             return
-        if self._tx and not self._dropped:
+        if self.state is EngineState.DRAINING:
+            self._drop()
+            return
+        if self._tx:
             room = max(1, min(self.tx_free, MAX_CHANNEL_DATA))
             chunk = bytes(self._tx[:room])
             del self._tx[:room]
@@ -325,7 +394,7 @@ class BipEngine:
             self.tx_free = self.buffer if immediate else self.tx_free - len(chunk)
             return
         if self.client.done:
-            self.state = EngineState.CLOSING
+            self._move(EngineEvent.CLOSE)
             self._issue(close_channel(self.channel, self._next_number()))
 
     # --- events --------------------------------------------------------------------------------------------------
@@ -343,26 +412,23 @@ class BipEngine:
         if not statuses or statuses[0]["channel_id"] != self.channel:
             return
         status = statuses[0]
-        if status["link_established"] and self.state is EngineState.WAIT_LINK:
-            self.state = EngineState.OPEN
+        event = EngineEvent.LINK_UP if status["link_established"] else EngineEvent.LINK_DROPPED
+        try:
+            self._move(event)
+        except IllegalTransition:
+            return  # e.g. a second "established", or a drop after the card closed: nothing to do
+        if event is EngineEvent.LINK_UP:
             self._connected()
-        elif not status["link_established"] and self.state in (EngineState.OPEN, EngineState.WAIT_LINK):
-            # link dropped (further info 0x05): what the terminal still holds can be read, then the channel closes
-            self.failures.append(("link dropped", GeneralResult.BIP_ERROR, bytes((status["further_info"],))))
-            self._dropped = True
-            self._tx.clear()
-            if self.state is EngineState.WAIT_LINK or not self._rx_available:
-                self.state = EngineState.OPEN
-                if self._idle_line():
-                    self._drop()
-            else:
-                self._pump()
+            return
+        # link dropped (further info 0x05): what the terminal still holds can be read, then the channel closes
+        self.failures.append(("link dropped", GeneralResult.BIP_ERROR, bytes((status["further_info"],))))
+        self._tx.clear()
+        self._pump()
 
     def _drop(self) -> None:
-        self._dropped = False
         self._rx_available = 0
         self.client.connection_lost("link dropped")
-        self.state = EngineState.CLOSING
+        self._move(EngineEvent.CLOSE)
         self._issue(close_channel(self.channel, self._next_number()))
 
 
