@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import trio
 
 from bipsim.link.at_syntax import (
+    DIGITS,
     MAX_LINE,
     AtRequest,
     AtSyntaxError,
@@ -259,7 +260,7 @@ class AtServer:
         if name in ("Z", "&F") and handler is None:
             self.reset()
             return None
-        if name.startswith("S") and name[1:].isdigit():
+        if name.startswith("S") and name[1:] and set(name[1:]) <= DIGITS:
             return self._s_register(request)
         if name == "+CMEE" and handler is None:
             if kind is CommandKind.TEST:

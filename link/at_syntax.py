@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import Enum
 
@@ -48,6 +49,8 @@ NUMERIC_RESULTS = {
     "NO ANSWER": 8,
 }
 FINAL_RESULTS = ("OK", "ERROR", "NO CARRIER", "CONNECT", "BUSY", "NO ANSWER", "NO DIALTONE")
+LETTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")  # basic command names (V.250 section 5.3.1)
+DIGITS = frozenset("0123456789")  # V.250 digits are ASCII ("²".isdigit() is true, int("²") fails)
 EXTENDED_NAME_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!%-./:_")
 
 
@@ -166,9 +169,9 @@ def parse_line(line: str) -> list[AtRequest]:
             continue
         start = i
         upper = ch.upper()
-        if upper == "S" and i + 1 < len(body) and body[i + 1].isdigit():
+        if upper == "S" and i + 1 < len(body) and body[i + 1] in DIGITS:
             i += 1
-            while i < len(body) and body[i].isdigit():
+            while i < len(body) and body[i] in DIGITS:
                 i += 1
             name = body[start:i].upper()
             if i < len(body) and body[i] == "?":
@@ -177,7 +180,7 @@ def parse_line(line: str) -> list[AtRequest]:
             elif i < len(body) and body[i] == "=":
                 i += 1
                 num_start = i
-                while i < len(body) and body[i].isdigit():
+                while i < len(body) and body[i] in DIGITS:
                     i += 1
                 value = int(body[num_start:i]) if i > num_start else None
                 out.append(AtRequest(name, CommandKind.SET, (value,), body[start:i]))
@@ -187,13 +190,13 @@ def parse_line(line: str) -> list[AtRequest]:
         if upper == "&" and i + 1 < len(body):
             name = "&" + body[i + 1].upper()
             i += 2
-        elif upper.isalpha():
+        elif upper in LETTERS:
             name = upper
             i += 1
         else:
             raise AtSyntaxError(f"unexpected {ch!r}")
         num_start = i
-        while i < len(body) and body[i].isdigit():
+        while i < len(body) and body[i] in DIGITS:
             i += 1
         if i > num_start:
             out.append(AtRequest(name, CommandKind.SET, (int(body[num_start:i]),), body[start:i]))
@@ -205,13 +208,68 @@ def parse_line(line: str) -> list[AtRequest]:
     return out
 
 
-MAX_LINE = 4096  # V.250 asks a DCE for at least 40 characters a line; what is past this is cut off
+# The longest line any reader of the project keeps, in characters, stated once here. V.250 section 5.2.1 asks a DCE
+# for a command line buffer of at least 40 characters; we allow 4096 (a +CSIM/+CGLA of a long APDU in hex fits).
+# Past it the AT server answers ERROR (AtServer), a chat drops the line (AtChatCore): each with an at.error event.
+MAX_LINE = 4096
 
 
 class OverlongLine(str):
-    """A command line cut off at MAX_LINE characters: the DCE answers ERROR instead of executing its start."""
+    """A line cut off at MAX_LINE characters: its first MAX_LINE characters, and in `length` how long it was.
+    The DCE answers ERROR instead of executing its start; a DTE drops it."""
 
     length: int = 0
+
+
+_EOL = re.compile(rb"[\r\n]")
+
+
+class ResponseSplitter:
+    """Splits what a DCE sends into lines (V.250 section 5.7.1: text and result codes end with S3 S4, CR LF),
+    bounded: a line keeps at most `max_line` characters, and a longer one comes out as an OverlongLine when it
+    ends. Each byte is looked at once (`scanned` counts them), so a runaway line costs linear time and at most
+    `max_line` bytes of memory however long it runs. Empty lines (the CR LF around verbose results) are skipped;
+    lines come out stripped, decoded as latin-1."""
+
+    def __init__(self, max_line: int = MAX_LINE) -> None:
+        self.max_line = max_line
+        self._buffer = bytearray()  # the start of the line being read, at most max_line bytes
+        self._length = 0  # its length so far, counting what was not kept
+        self.scanned = 0  # bytes examined in all
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for the line not yet ended."""
+        return len(self._buffer)
+
+    def feed(self, data: bytes | bytearray) -> list[str]:
+        out: list[str] = []
+        pos, end = 0, len(data)
+        while pos < end:
+            match = _EOL.search(data, pos)
+            cut = match.start() if match else end
+            self.scanned += cut - pos + (1 if match else 0)
+            room = self.max_line + 1 - len(self._buffer)  # one past the bound marks the line as too long
+            if room > 0:
+                self._buffer += data[pos : min(cut, pos + room)]
+            self._length += cut - pos
+            if match is None:
+                break
+            pos = cut + 1
+            line = self._end_line()
+            if line:
+                out.append(line)
+        return out
+
+    def _end_line(self) -> str:
+        raw, length = bytes(self._buffer), self._length
+        self._buffer.clear()
+        self._length = 0
+        if length > self.max_line:
+            line = OverlongLine(raw[: self.max_line].decode("latin-1"))
+            line.length = length
+            return line
+        return raw.decode("latin-1").strip()
 
 
 class LineAssembler:
@@ -245,10 +303,21 @@ class LineAssembler:
         """Consumes `data` from `start` up to the end of the next command line: returns (the line, the index just
         past it), or (None, len(data)) when no line ended. `echo` holds the echo of the bytes consumed."""
         self.echo.clear()
-        for index in range(start, len(data)):
+        index = start
+        while index < len(data):
+            if self._overflow:  # a runaway line: skip to its S3 in one search, not byte by byte
+                cut = data.find(self.s3, index)
+                stop = len(data) if cut < 0 else cut
+                kept = bytes(data[index:stop]).replace(b"\n", b"").replace(b"\0", b"")
+                self.echo += kept
+                self._overflow += len(kept)
+                index = stop
+                if cut < 0:
+                    break
             line = self._byte(data[index])
+            index += 1
             if line is not None:
-                return line, index + 1
+                return line, index
         return None, len(data)
 
     def _byte(self, byte: int) -> str | None:
