@@ -43,7 +43,10 @@ def test_tree_names_every_object(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0 and err == ""
     lines = out.splitlines()
     assert lines[0] == "PROACTIVE COMMAND: OPEN CHANNEL"
-    assert lines[1] == "  command details: number 1, type 0x40, qualifier 0x01"
+    assert lines[1] == (
+        "  command details: number 1, type 0x40 (OPEN CHANNEL), qualifier 0x01 (immediate link establishment, "
+        "no automatic reconnection, no background mode)"
+    )
     assert lines[2] == "  device identities: uicc -> terminal"
     headings = [line.strip() for line in lines if re.match(r"^  \S", line)][2:]
     assert headings == [
@@ -62,7 +65,10 @@ def test_tree_names_every_object(capsys: pytest.CaptureFixture[str]) -> None:
 def test_tree_of_terminal_response_and_envelope(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "81030143018202828183023A03")
     assert code == 0 and out.startswith("TERMINAL RESPONSE: SEND DATA (result 0x3A)\n")
-    assert "  result (CR):\n    general: 58\n    additional_hex: 03\n" in out
+    assert (
+        "  result (CR):\n    general: 0x3A (Bearer Independent Protocol error)\n    additional hex: 03\n"
+        "    additional information: 0x03 (Channel identifier not valid)\n"
+    ) in out
     code, out, _ = run(capsys, DATA_AVAILABLE)
     assert code == 0 and out.startswith("ENVELOPE: EVENT DOWNLOAD\n")
     assert "  channel data length (CR):\n    length: 255\n" in out
@@ -72,7 +78,13 @@ def test_json_shape_of_a_proactive_command(capsys: pytest.CaptureFixture[str]) -
     data = as_json(capsys, OPEN_CHANNEL_231)
     assert set(data) == {"kind", "command", "device", "objects"}
     assert data["kind"] == "proactive_command"
-    assert data["command"] == {"number": 1, "type": 64, "type_name": "OPEN CHANNEL", "qualifier": 1}
+    assert data["command"] == {
+        "number": 1,
+        "type": 64,
+        "type_name": "OPEN CHANNEL",
+        "qualifier": 1,
+        "qualifier_name": "immediate link establishment, no automatic reconnection, no background mode",
+    }
     assert data["device"] == {"source": "uicc", "destination": "terminal"}
     objects = data["objects"]
     assert all(set(o) == {"name", "tag", "cr", "fields"} for o in objects)
@@ -80,11 +92,26 @@ def test_json_shape_of_a_proactive_command(capsys: pytest.CaptureFixture[str]) -
         "name": "bearer_description",
         "tag": 53,
         "cr": False,
-        "fields": {"bearer_type": 2, "parameters_hex": "030403041F02"},
+        "fields": {
+            "bearer_type": 2,
+            "parameters_hex": "030403041F02",
+            "bearer_type_name": "GPRS / UTRAN packet service / E-UTRAN",
+            "precedence_class": 3,
+            "delay_class": 4,
+            "reliability_class": 3,
+            "peak_throughput_class": 4,
+            "mean_throughput_class": 31,
+            "pdp_type": 2,
+            "pdp_type_name": "IP (Internet Protocol, IETF STD 5)",
+        },
     }
     assert objects[2]["fields"] == {"size": 1400}
-    assert objects[4]["fields"] == {"dcs": 0xF4, "text": "UserLog"}
-    assert objects[6]["fields"] == {"protocol": 1, "port": 44444}
+    assert objects[4]["fields"] == {"dcs": 0xF4, "text": "UserLog", "dcs_name": "8 bit data, class 0"}
+    assert objects[6]["fields"] == {
+        "protocol": 1,
+        "port": 44444,
+        "protocol_name": "UDP, UICC in client mode, remote connection",
+    }
     assert objects[7]["fields"] == {"type": "IPv4", "address": "1.1.1.1"}
 
 
@@ -105,8 +132,18 @@ def test_json_hex_is_uppercase_and_envelopes_carry_their_tag(capsys: pytest.Capt
 
     data = as_json(capsys, DATA_AVAILABLE)
     assert data["envelope_tag"] == 214
-    assert data["objects"][0] == {"name": "event_list", "tag": 25, "cr": True, "fields": {"events": [9]}}
-    assert data["objects"][1]["fields"] == {"channel_id": 1, "link_established": True, "further_info": 0}
+    assert data["objects"][0] == {
+        "name": "event_list",
+        "tag": 25,
+        "cr": True,
+        "fields": {"events": [9], "event_names": ["Data available"]},
+    }
+    assert data["objects"][1]["fields"] == {
+        "channel_id": 1,
+        "link_established": True,
+        "further_info": 0,
+        "further_info_name": "No further info can be given",
+    }
 
 
 def test_hex_may_have_spaces_colons_and_several_arguments(capsys: pytest.CaptureFixture[str]) -> None:
@@ -142,7 +179,10 @@ def test_as_each_kind(capsys: pytest.CaptureFixture[str], kind: str, hexdata: st
                                                             "D6, D7)"),
         (["--as", "terminal_response", "83010082028281"], 0, "command details object (tag 01) missing"),
         (["--as", "apdu", "80C2000005D6030102"], 4, "Lc 5 does not match the 4 data bytes"),
-        (["--as", "apdu", "00A4000002"], 1, "INS 0xA4 does not carry a CAT message"),
+        (["--as", "apdu", "00A4000002"], 4, "Lc 2 does not match the 0 data bytes"),
+        (["--as", "rapdu", "D009810301410082028121"], 9, "SW1 0x81 is not a status word ('61'..'6F', '90'..'9F')"),
+        (["D00D8103010500820281829902090A9100FF"], 15, "trailing garbage: 3 bytes after the TLV"),
+        (["--as", "sms", "4405812143"], 3, "truncated: TP-OA needs 3 bytes, 2 left"),
         ([""], 0, "empty input"),
     ],
 )  # fmt: skip
