@@ -1,6 +1,6 @@
 """Several BIP channels at once (ETSI TS 102 223: a terminal offers up to 7): the card runs two OTA admin sessions
 at the same time, one with each of two OTA servers, on channels 1 and 2; through the AP proxy they travel on CMUX
-DLC 3 and DLC 4 (PROTOCOL.md section 1)."""
+DLC 3 and DLC 4 (docs/protocols.md, "The serial line")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The named scenarios of `bipsim scenario` (PROTOCOL.md section 6): name -> function(options) -> result."""
+"""The named scenarios of `bipsim scenario` (docs/protocols.md names them): name -> function(options) -> result."""
 
 from __future__ import annotations
 

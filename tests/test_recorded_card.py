@@ -10,7 +10,7 @@ def recording() -> Tracer:
     tracer = Tracer(keep=True, origin=0.0, clock=iter(range(100)).__next__)
     tracer.emit("cp", "uicc", "apdu", "TERMINAL PROFILE", bytes.fromhex("8010000002FFFF"))
     tracer.emit("uicc", "cp", "apdu", "91 10", bytes.fromhex("9110"))
-    tracer.emit("cp", "uicc", "cat", "decoded view, not replayed", b"\xd0\x00")
+    tracer.emit("cp", "uicc", "app", "decoded view, not replayed", b"\xd0\x00")
     tracer.emit(
         "cp",
         "uicc",

@@ -32,7 +32,7 @@ def row(
 
 def test_merge_orders_by_time_and_reports_bad_lines(tmp_path: Path) -> None:
     cp, ap = tmp_path / "cp.jsonl", tmp_path / "ap.jsonl"
-    write_trace(cp, [row(0.1, "uicc", "cp", "cat", "FETCH"), row(0.3, "cp", "ap", "at", "AT%GETNET")])
+    write_trace(cp, [row(0.1, "uicc", "cp", "apdu", "FETCH"), row(0.3, "cp", "ap", "at", "AT%GETNET")])
     write_trace(ap, [row(0.2, "ap", "cp", "at", "boot")], bad=["{not json", '{"t": 1}'])
     events, problems = read_trace([cp, ap])
     assert [e.t for e in events] == [0.1, 0.2, 0.3]
@@ -42,7 +42,7 @@ def test_merge_orders_by_time_and_reports_bad_lines(tmp_path: Path) -> None:
 
 def test_step_order_check() -> None:
     tracer = Tracer(keep=True, origin=0.0, clock=iter(range(100)).__next__)
-    tracer.emit("uicc", "cp", "cat", "OPEN CHANNEL", step="S401")
+    tracer.emit("uicc", "cp", "apdu", "OPEN CHANNEL", step="S401")
     tracer.emit("cp", "ap", "at", "GETNET", step="S403")
     tracer.emit("cp", "ap", "at", "GETNET", step="S402")
     problems = check_step_order(tracer.events, 1)
@@ -52,7 +52,7 @@ def test_step_order_check() -> None:
 
 def test_render_formats(tmp_path: Path) -> None:
     tracer = Tracer(keep=True, origin=0.0, clock=iter(range(100)).__next__)
-    tracer.emit("uicc", "cp", "cat", "FETCH: OPEN CHANNEL", b"\xd0\x00", step="S401")
+    tracer.emit("uicc", "cp", "apdu", "FETCH: OPEN CHANNEL", b"\xd0\x00", step="S401")
     tracer.emit("ap", "cp", "at", "+CME ERROR: 30", b"+CME ERROR: 30\r\n", error=True)
     text = render(tracer.events, "text", show_hex=True)
     assert "S401 FETCH: OPEN CHANNEL" in text and "D000" in text and "!" in text

@@ -1,1 +1,1 @@
-"""Trace events (PROTOCOL.md section 4): recording, reading, pcap export, ladder rendering and replay."""
+"""Trace events (docs/protocols.md, "Traces"): recording, reading, pcap export, ladder rendering and replay."""

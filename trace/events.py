@@ -1,4 +1,4 @@
-"""The trace event of PROTOCOL.md section 4 and its JSON Lines form.
+"""The trace event of docs/protocols.md ("Traces") and its JSON Lines form.
 
 One event is one message crossing a process or card boundary (or a notable state change), with its exact bytes.
 Events are small immutable values, like h11's events; `bipsim.trace.recorder` writes them, readers rebuild them.
@@ -7,9 +7,10 @@ Events are small immutable values, like h11's events; `bipsim.trace.recorder` wr
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 
 class Actor(StrEnum):
@@ -32,8 +33,7 @@ class Actor(StrEnum):
 class Layer(StrEnum):
     """The protocol layer a message belongs to."""
 
-    APDU = "apdu"
-    CAT = "cat"
+    APDU = "apdu"  # card commands and responses; the CAT inside them is told apart by `kind` (cat.*)
     AT = "at"
     CMUX = "cmux"
     PPP = "ppp"
@@ -60,7 +60,7 @@ class TraceEvent:
     `t` is seconds since the shared clock origin; `hex` holds the exact bytes (uppercase) where there are bytes;
     `step` is the patent step label (S401..S415, S701..S718) when the event is one; `session` names the embodiment
     or scenario run. `error` marks events that report a failure (bad input, refused connection, error result); it
-    is written only when true, so traces without errors have exactly the keys of PROTOCOL.md.
+    is written only when true, so traces without errors have exactly the keys docs/protocols.md names.
     """
 
     t: float
@@ -106,36 +106,74 @@ class TraceEvent:
 
     @classmethod
     def from_dict(cls, obj: dict[str, Any]) -> TraceEvent:
-        """Builds an event from a parsed JSON object; raises ValueError/KeyError/TypeError on a bad shape."""
+        """Builds an event from a parsed JSON object; raises ValueError/KeyError/TypeError on a bad shape.
+
+        Every key is checked for its type, so an accepted event is one the recorder could have written: `t` a
+        finite number, `hex` an even number of hex digits, `step`/`session` strings or absent, `fields` an object.
+        """
         t = obj["t"]
         if not isinstance(t, int | float) or isinstance(t, bool):
             raise ValueError("'t' must be a number")
+        if not math.isfinite(t):
+            raise ValueError(f"'t' must be a finite number, not {t}")
         hex_ = obj.get("hex")
         if hex_ is not None:
             if not isinstance(hex_, str):
                 raise ValueError("'hex' must be a string")
-            bytes.fromhex(hex_)  # validates
+            try:
+                bytes.fromhex(hex_)
+            except ValueError:
+                raise ValueError("'hex' must be hex digits, two per byte") from None
             hex_ = hex_.upper()
         summary = obj["summary"]
         if not isinstance(summary, str):
             raise ValueError("'summary' must be a string")
+        for key in ("step", "session", "src", "dst", "layer", "kind"):
+            value = obj.get(key)
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"'{key}' must be a string, not {type(value).__name__}")
+        error = obj.get("error", False)
+        if not isinstance(error, bool):
+            raise ValueError("'error' must be true or false")
+        fields_ = obj.get("fields")
+        if fields_ is not None and not isinstance(fields_, dict):
+            raise ValueError("'fields' must be an object")
         return cls(
             t=float(t),
-            src=Actor(obj["src"]),
-            dst=Actor(obj["dst"]),
-            layer=Layer(obj["layer"]),
+            src=_member(Actor, obj["src"], "src"),
+            dst=_member(Actor, obj["dst"], "dst"),
+            layer=_member(Layer, obj["layer"], "layer"),
             summary=summary,
             hex=hex_,
             step=obj.get("step"),
             session=obj.get("session"),
-            error=bool(obj.get("error", False)),
-            kind=str(obj.get("kind", "")),
-            fields=obj.get("fields"),
+            error=error,
+            kind=obj.get("kind") or "",
+            fields=fields_ or None,
         )
 
     @classmethod
     def from_json(cls, line: str) -> TraceEvent:
-        obj = json.loads(line)
+        """Parses one JSON Lines line; NaN and Infinity are refused (JSON has no such numbers)."""
+        obj = json.loads(line, parse_constant=_no_constant)
         if not isinstance(obj, dict):
             raise ValueError("a trace line must be a JSON object")
         return cls.from_dict(obj)
+
+    def field(self, name: str, default: Any = None) -> Any:
+        """One of the event's `fields` (docs/protocols.md "Traces"), or `default` when it has none by that name."""
+        return self.fields.get(name, default) if self.fields else default
+
+
+_E = TypeVar("_E", bound=StrEnum)
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _member(enum: type[_E], value: object, key: str) -> _E:
+    if isinstance(value, str) and value in enum._value2member_map_:
+        return enum(value)
+    names = ", ".join(member.value for member in enum)
+    raise ValueError(f"'{key}' {value!r} is not one of {names}")

@@ -2,7 +2,7 @@
 
 The diff machinery (trace/diff.py) finds the first divergence by bytes; this module says what those bytes mean:
 a one-line decoding per message (the card codec for APDUs and CAT objects, TS 102 223; the text of AT lines,
-V.250) and which decoded CAT objects differ (PROTOCOL.md section 5 names and fields).
+V.250) and which decoded CAT objects differ (the names and fields of `bipsim decode --json`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ def explain(event: TraceEvent) -> str:
     """A one-line decoded meaning of an event's bytes, where a decoder for its layer exists."""
     if not event.hex:
         return ""
-    if event.layer in (Layer.APDU, Layer.CAT):
+    if event.layer is Layer.APDU:
         from bipsim.uicc.cat_render import describe_bytes
 
         try:
@@ -28,7 +28,7 @@ def explain(event: TraceEvent) -> str:
 
 
 def object_differences(expected: TraceEvent, actual: TraceEvent) -> list[str]:
-    """The decoded CAT objects (PROTOCOL.md section 5 names and fields) that differ between two card messages."""
+    """The decoded CAT objects (`bipsim decode --json` names and fields) that differ between two card messages."""
     if (
         expected.layer is not Layer.APDU
         or actual.layer is not Layer.APDU

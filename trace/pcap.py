@@ -1,4 +1,4 @@
-"""Exports a trace to pcap so that Wireshark/tshark decode it without plug-ins (PROTOCOL.md section 4).
+"""Exports a trace to pcap so that Wireshark/tshark decode it without plug-ins (docs/protocols.md, "Traces").
 
 - APDUs (layer "apdu"): one GSMTAP v2 datagram (UDP port 4729, type 4 = SIM, sub-type 0 = APDU) per exchange,
   holding the command header, its data, the response data and the status word, exactly as SIMtrace sends them;

@@ -1,4 +1,4 @@
-"""Replay of a recorded run against live components (`bipsim trace replay`), PROTOCOL.md section 4.
+"""Replay of a recorded run against live components (`bipsim trace replay`), docs/protocols.md "Replaying a trace".
 
 `--as card` puts the live modem (CP) under test: the recorded card (bipsim.uicc.recorded_card) answers its APDUs,
 and the recorded network peer (RecordedServer, here) answers its TCP connection to the OTA server with the bytes

@@ -1,4 +1,4 @@
-"""Runs a replay (`bipsim trace replay`, PROTOCOL.md section 4): the live processes against the recorded side.
+"""Runs a replay (`bipsim trace replay`, docs/protocols.md "Replaying a trace"): the live processes against the recorded side.
 
 trace/replay.py holds the recorded players (RecordedServer, LiveCardCheck, RecordedAp); this module wires them to
 live processes and turns what happened into a verdict. All three modes share one skeleton (run_live): listen on the

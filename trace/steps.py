@@ -1,4 +1,4 @@
-"""The steps of patent CN101594614A (figures 4 and 7) as PROTOCOL.md section 6 names them.
+"""The steps of patent CN101594614A (figures 4 and 7) as docs/protocols.md ("The patent's steps") names them.
 
 Components label trace events with these codes; scenarios check that a merged trace shows every step of its
 embodiment with first occurrences in this order; renderers show the descriptions.

@@ -2,7 +2,7 @@
 
 For each embodiment the OTA server, the CP and the AP run as three separate processes joined by a pty pair (the
 harness of bipsim.scenarios), the card downloads the built-in campaign (an applet and a new EF_SPN), and the
-processes' JSONL traces (PROTOCOL.md section 4) are followed while they grow, so every patent step (section 6)
+processes' JSONL traces (docs/protocols.md, "Traces") are followed while they grow, so every patent step (docs/protocols.md, "The patent's steps")
 appears as it happens. The summary then checks what scenarios check: every step in order, the campaign completed
 with 90 00, the card's registry and file, and the server's closing 204.
 """
@@ -418,7 +418,7 @@ def _check_output(option: str, path: str | None) -> None:
     "--trace",
     "trace_path",
     type=click.Path(dir_okay=False),
-    help="Write the merged JSONL trace of every process and session here (PROTOCOL.md section 4).",
+    help="Write the merged JSONL trace of every process and session here (docs/protocols.md, Traces).",
 )
 @click.option(
     "--pcap",

@@ -9,17 +9,27 @@ import click
 
 from bipsim.errors import CliError
 from bipsim.trace.events import Layer, TraceEvent
-from bipsim.trace.reader import TraceFormatError, read_trace
+from bipsim.trace.reader import MAX_LINE_BYTES, TraceFormatError, read_trace
 
 
-def load(paths: tuple[str, ...], strict: bool = False) -> list[TraceEvent]:
-    """Reads and merges trace files; reports every bad line on stderr (or fails on the first with --strict)."""
+def load(paths: tuple[str, ...], skip_invalid: bool = False) -> list[TraceEvent]:
+    """Reads and merges trace files (one event per message, docs/protocols.md "Traces").
+
+    The first invalid line is an error naming its file and line (exit 2); with `skip_invalid` each one is a
+    warning and the line is left out. A trace with no event at all is an error too, never an empty output.
+    """
     try:
-        events, problems = read_trace(paths, strict=strict)
+        events, problems = read_trace(paths, strict=not skip_invalid)
     except TraceFormatError as exc:
         raise CliError(f"invalid trace line: {exc}", exit_code=2) from exc
+    except OSError as exc:
+        raise CliError(f"cannot read the trace: {exc}", exit_code=2) from exc
     for problem in problems:
         click.echo(f"warning: skipped invalid line {problem}", err=True)
+    if not events:
+        names = ", ".join(paths)
+        what = "no valid event" if problems else "no event (an empty trace)"
+        raise CliError(f"{names}: {what}", exit_code=2)
     return events
 
 
@@ -27,14 +37,18 @@ files_argument = click.argument(
     "files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False)
 )
 strict_option = click.option(
-    "--strict", is_flag=True, help="Fail on the first invalid line instead of skipping it."
+    "--skip-invalid",
+    is_flag=True,
+    help="Skip invalid lines with a warning each instead of stopping at the first one. A line holds at most "
+    f"{MAX_LINE_BYTES // (1024 * 1024)} MiB.",
 )
+legacy_strict_option = click.option("--strict", is_flag=True, hidden=True, help="The default now.")
 
 
 @click.group("trace")
 def trace() -> None:
-    """Work with JSONL traces written by --trace (PROTOCOL.md section 4). Several files merge into one timeline
-    by their shared clock."""
+    """Work with JSONL traces written by --trace (docs/protocols.md, "Traces"). Several files merge into one
+    timeline by their shared clock, each message once."""
 
 
 @trace.command("render")
@@ -52,7 +66,11 @@ def trace() -> None:
 @click.option(
     "--layers", help="Only events of these comma-separated layers (e.g. apdu,at,tcp: no CMUX frames)."
 )
+@click.option(
+    "--all", "show_all", is_flag=True, help="Draw every repeat instead of folding them into one line."
+)
 @strict_option
+@legacy_strict_option
 def render_cmd(
     files: tuple[str, ...],
     fmt: str,
@@ -60,12 +78,14 @@ def render_cmd(
     show_hex: bool,
     session: str | None,
     layers: str | None,
+    show_all: bool,
+    skip_invalid: bool,
     strict: bool,
 ) -> None:
     """Draw a message sequence chart with one lane per actor (UICC, CP, AP, network, OTA server)."""
     from bipsim.trace.render import render
 
-    events = load(files, strict)
+    events = load(files, skip_invalid)
     if session is not None:
         events = [e for e in events if e.session == session]
     if layers is not None:
@@ -74,7 +94,8 @@ def render_cmd(
         except ValueError as exc:
             raise CliError(f"--layers: {exc}", exit_code=2) from exc
         events = [e for e in events if e.layer in chosen]
-    text = render(events, fmt, show_hex=show_hex, title=" + ".join(Path(f).name for f in files))
+    title = " + ".join(Path(f).name for f in files)
+    text = render(events, fmt, show_hex=show_hex, title=title, fold=not show_all)
     if output:
         Path(output).write_text(text, encoding="utf-8")
     else:
@@ -87,11 +108,12 @@ def render_cmd(
     "-o", "--output", required=True, type=click.Path(dir_okay=False), help="The pcap file to write."
 )
 @strict_option
-def pcap_cmd(files: tuple[str, ...], output: str, strict: bool) -> None:
+@legacy_strict_option
+def pcap_cmd(files: tuple[str, ...], output: str, skip_invalid: bool, strict: bool) -> None:
     """Export APDUs as GSMTAP SIM (UDP 4729), network bytes as IP/TCP, AT (UDP 27007) and CMUX (UDP 27010)."""
     from bipsim.trace.pcap import export_pcap
 
-    count = export_pcap(load(files, strict), output)
+    count = export_pcap(load(files, skip_invalid), output)
     click.echo(f"wrote {count} packets to {output}")
 
 
