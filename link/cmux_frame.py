@@ -87,6 +87,11 @@ class Frame(NamedTuple):
     def encode(self) -> bytes:
         return encode_frame(self.dlci, self.type, self.cr, self.pf, self.info)
 
+    @property
+    def is_data(self) -> bool:
+        """User data: UIH or UI on a DLC other than the control channel (section 5.4.6.1)."""
+        return self.dlci != 0 and (self.type is FrameType.UIH or self.type is FrameType.UI)
+
     def describe(self) -> str:
         pf = " P/F" if self.pf else ""
         size = f" ({len(self.info)} bytes)" if self.info else ""
@@ -219,6 +224,11 @@ class FrameParser:
         first = buf[3]
         size, head = (first >> 1, 4) if first & 1 else ((first >> 1) | (buf[4] << 7), 5)
         return head + size + 2 if size <= self.max_info else 0
+
+    def hold(self, data: bytes | bytearray) -> None:
+        """Keeps bytes without parsing them (they follow a close-down: AT text), for take_rest."""
+        self._buffer += data
+        self._wanted = 0
 
     def take_rest(self) -> bytes:
         """The bytes fed but not parsed (after a pause, less the closing flag of the frame paused at)."""
