@@ -15,9 +15,9 @@ from _embodiment_runs import STEP_LINK, STEP_OPEN, first, run_session
 
 from bipsim.scenarios.base import ScenarioFailed
 from bipsim.trace.events import TraceEvent
+from bipsim.trace.kinds import Kind
 
 RUNS = 5
-FINALS = ("OK", "ERROR", "+CME ERROR")
 
 
 def at_round_trips(events: list[TraceEvent], start: float, end: float) -> float:
@@ -26,11 +26,9 @@ def at_round_trips(events: list[TraceEvent], start: float, end: float) -> float:
     total = 0.0
     pending: float | None = None
     for event in events:
-        if event.layer.value != "at":
-            continue
-        if event.src.value == "cp" and event.summary.startswith("AT") and start <= event.t <= end:
+        if event.src.value == "cp" and event.kind == Kind.AT_COMMAND and start <= event.t <= end:
             pending = event.t
-        elif event.src.value == "ap" and pending is not None and event.summary.startswith(FINALS):
+        elif event.src.value == "ap" and pending is not None and event.kind == Kind.AT_FINAL:
             total += event.t - pending
             pending = None
     return total
@@ -53,7 +51,7 @@ def measure(embodiment: int) -> dict[str, float | int]:
         latencies.append(linked - opened)
         at_sums.append(at_round_trips(session.per_file["cp"], opened, linked))
         # where the rest goes: the CP's delay before its first AT command of the opening
-        sent = [e.t for e in session.per_file["cp"] if e.src.value == "cp" and e.summary.startswith("AT%")]
+        sent = [e.t for e in session.per_file["cp"] if e.src.value == "cp" and e.kind == Kind.AT_COMMAND]
         waits.append(min((t for t in sent if t >= opened), default=opened) - opened)
     latency, at_sum = statistics.median(latencies), statistics.median(at_sums)
     return {

@@ -1,4 +1,7 @@
-"""What every scenario shares: options from the command line, the result, and the checks scenarios make."""
+"""What every scenario shares: options from the command line, the result, and the checks scenarios make.
+
+Checks select trace events by `kind` and read their `fields` (docs/protocols.md, "Traces"), never the summary.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bipsim.scenarios.harness import RunResult
+from bipsim.trace.events import TraceEvent
+from bipsim.trace.kinds import Kind
 from bipsim.trace.steps import check_step_order
 
 
@@ -51,9 +56,28 @@ def check_steps(run: RunResult, embodiment: int) -> None:
 
 
 def terminal_responses(run: RunResult) -> list[tuple[str, bytes]]:
-    """(summary, TR bytes) of every TERMINAL RESPONSE APDU the CP sent."""
+    """(command answered, TR bytes) of every TERMINAL RESPONSE the CP sent (kind cat.terminal_response, the
+    command's name from `fields.command`, e.g. "OPEN CHANNEL")."""
     out = []
     for event in run.events:
-        if event.layer.value == "apdu" and event.src.value == "cp" and event.data[:2] == b"\x80\x14":
-            out.append((event.summary, event.data[5:]))
+        if event.kind == Kind.CAT_TERMINAL_RESPONSE and event.src.value == "cp":
+            out.append((str(event.field("command", "")), event.data[5:]))
     return out
+
+
+def proactive_commands(run: RunResult, command: str) -> list[TraceEvent]:
+    """The card's proactive commands named `command` (kind cat.proactive, `fields.command`)."""
+    return [e for e in run.events if e.kind == Kind.CAT_PROACTIVE and e.field("command") == command]
+
+
+def channel_status_envelopes(run: RunResult, link: str) -> list[TraceEvent]:
+    """The CP's ENVELOPE (event download: Channel Status) events whose `fields.link` is `link` ("established",
+    "dropped", "not_established")."""
+    return [
+        e
+        for e in run.events
+        if e.kind == Kind.CAT_ENVELOPE
+        and e.src.value == "cp"
+        and e.field("event") == "channel_status"
+        and e.field("link") == link
+    ]

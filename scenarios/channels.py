@@ -4,9 +4,16 @@ DLC 3 and DLC 4 (docs/protocols.md, "The serial line")."""
 
 from __future__ import annotations
 
-from bipsim.scenarios.base import ScenarioOptions, ScenarioResult, check, check_ota_completed
+from bipsim.scenarios.base import (
+    ScenarioOptions,
+    ScenarioResult,
+    channel_status_envelopes,
+    check,
+    check_ota_completed,
+)
 from bipsim.scenarios.harness import RunConfig, RunResult, run_processes
 from bipsim.trace.events import TraceEvent
+from bipsim.trace.kinds import Kind
 
 # The second server's campaign: EF_SMS records 1 and 2 (RFM, TS 102 226; 176-byte records, TS 31.102 4.2.25) in
 # two scripts, so its session has several rounds that overlap the first server's (which installs an applet).
@@ -21,13 +28,27 @@ SECOND_CAMPAIGN = '[[card]]\niccid = "*"\n' + "".join(
 
 
 def _channel_data(run: RunResult, channel: int) -> list[TraceEvent]:
-    """The CP's events carrying channel `channel`'s payload over its data DLC (either direction)."""
-    marker = f"channel {channel}: "
+    """The events carrying BIP channel `channel`'s payload over its data DLC 2 + channel (either direction):
+    bytes with `fields.channel` and `fields.dlci`."""
     return [
         e
         for e in run.events
-        if e.layer.value == "app" and e.summary.startswith(marker) and f"over DLC {2 + channel}" in e.summary
+        if e.hex
+        and e.field("channel") == channel
+        and e.field("dlci") == 2 + channel
+        and e.layer.value != "cmux"
     ]
+
+
+def _opened(run: RunResult, dlci: int) -> bool:
+    """Whether the opening of `dlci` was acknowledged (kind cmux.frame, `fields.frame` UA)."""
+    return any(
+        e.kind == Kind.CMUX_FRAME
+        and e.field("frame") == "UA"
+        and e.field("dlci") == dlci
+        and e.src.value == "cp"
+        for e in run.events
+    )
 
 
 def two_channels(options: ScenarioOptions) -> ScenarioResult:
@@ -50,8 +71,7 @@ def two_channels(options: ScenarioOptions) -> ScenarioResult:
     sms = run.card_state.get("files", {}).get("3F00/7FF0/6F3C", "").upper()
     check(sms.startswith("".join(SMS_RECORDS)), f"EF_SMS records 1 and 2 were not updated: {sms[:100]}", run)
     for dlci in (3, 4):
-        opened = [e for e in run.events if e.layer.value == "cmux" and e.summary == f"UA DLC{dlci} P/F"]
-        check(bool(opened), f"DLC {dlci} was never opened", run)
+        check(_opened(run, dlci), f"DLC {dlci} was never opened", run)
     ones, twos = _channel_data(run, 1), _channel_data(run, 2)
     check(bool(ones) and bool(twos), f"data on channel 1: {len(ones)} events, channel 2: {len(twos)}", run)
     # at the same time: each channel carried data while the other was between its first and last bytes
@@ -60,13 +80,7 @@ def two_channels(options: ScenarioOptions) -> ScenarioResult:
     merged = sorted([(e.t, 1) for e in ones] + [(e.t, 2) for e in twos])
     switches = sum(1 for (_, a), (_, b) in zip(merged, merged[1:], strict=False) if a != b)
     check(switches >= 2, f"the channels' data alternated only {switches} times", run)
-    both_open = [
-        e
-        for e in run.events
-        if e.layer.value == "apdu"
-        and e.src.value == "cp"
-        and "Channel Status (link established)" in e.summary
-    ]
+    both_open = channel_status_envelopes(run, "established")
     check(
         len(both_open) >= 2,
         f"{len(both_open)} Channel Status (link established) events for two channels",

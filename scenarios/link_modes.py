@@ -5,6 +5,7 @@ from __future__ import annotations
 from bipsim.scenarios.base import (
     ScenarioOptions,
     ScenarioResult,
+    channel_status_envelopes,
     check,
     check_ota_completed,
     terminal_responses,
@@ -19,11 +20,9 @@ def _run(mode: str, options: ScenarioOptions) -> ScenarioResult:
     )
     run = run_processes(config, options.directory)
     check_ota_completed(run)
-    envelopes = [
-        e for e in run.events if e.layer.value == "apdu" and "Channel Status (link established)" in e.summary
-    ]
+    envelopes = channel_status_envelopes(run, "established")
     check(not envelopes, f"{mode}: no Channel Status event is due outside background mode", run)
-    opened = [data for summary, data in terminal_responses(run) if "OPEN CHANNEL" in summary]
+    opened = [data for command, data in terminal_responses(run) if command == "OPEN CHANNEL"]
     check(bool(opened), "no TERMINAL RESPONSE to OPEN CHANNEL", run)
     # channel status in the TR (8.56): on demand reports the link not yet established, immediate reports it up
     statuses = channel_statuses(decode_terminal_response(opened[0]))

@@ -9,8 +9,17 @@ from __future__ import annotations
 
 import trio
 
-from bipsim.scenarios.base import ScenarioOptions, ScenarioResult, check, check_ota_completed, check_steps
+from bipsim.scenarios.base import (
+    ScenarioOptions,
+    ScenarioResult,
+    check,
+    check_ota_completed,
+    check_steps,
+    proactive_commands,
+)
 from bipsim.scenarios.harness import Harness, RunConfig, RunResult, run_processes
+from bipsim.trace.events import TraceEvent
+from bipsim.trace.kinds import Kind
 from bipsim.uicc.ota_trigger import (
     Check,
     CounterMode,
@@ -51,9 +60,11 @@ def _config(name: str, options: ScenarioOptions, tpdu: bytes, **extra: object) -
 
 
 def _por_status(run: RunResult) -> str | None:
+    """The status of the first proof of receipt (kind sms.por, `fields.status`: two hex digits)."""
     for event in run.events:
-        if event.summary.startswith("SMS-PP PoR: status "):
-            return event.summary.split()[3]
+        if event.kind == Kind.SMS_POR:
+            status = event.field("status")
+            return None if status is None else str(status).upper()
     return None
 
 
@@ -68,10 +79,26 @@ def sms_trigger(options: ScenarioOptions) -> ScenarioResult:
     return ScenarioResult("sms-trigger", run)
 
 
+async def _traced(harness: Harness, name: str, kind: Kind, timeout: float) -> bool:
+    """Waits until process `name`'s trace holds an event of `kind`; False on timeout."""
+    path = harness.dir / f"{name}.jsonl"
+    with trio.move_on_after(timeout):
+        while True:
+            if path.exists():
+                for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+                    try:
+                        if TraceEvent.from_json(line).kind == kind:
+                            return True
+                    except (ValueError, KeyError, TypeError):
+                        continue  # a line being written
+            await trio.sleep(0.05)
+    return False
+
+
 async def _stop_after_the_por(harness: Harness) -> None:
     """No session will come: once the PoR is traced and the card had time to open a channel, stop the CP (SIGTERM,
     a clean exit) so that the run ends."""
-    await harness.wait_for_trace("ap", "SMS-PP PoR", timeout=25)
+    await _traced(harness, "ap", Kind.SMS_POR, timeout=25)
     await trio.sleep(2.0)  # a few poll intervals: an OPEN CHANNEL would have been fetched by now
     harness.processes["cp"].terminate()
 
@@ -82,7 +109,7 @@ def sms_trigger_bad_mac(options: ScenarioOptions) -> ScenarioResult:
     run = run_processes(config, options.directory)
     check(run.cp_code == 0, "the CP did not end cleanly", run)
     check(_por_status(run) == "01", f"PoR status {_por_status(run)} instead of 01", run)
-    opened = [e for e in run.events if e.layer.value == "apdu" and "OPEN CHANNEL" in e.summary]
+    opened = proactive_commands(run, "OPEN CHANNEL")
     check(not opened, "the card opened a channel after a packet that failed its checks", run)
     check(
         not run.results or not any(card["scripts"] for card in run.results.values()), "no admin script", run

@@ -27,19 +27,40 @@ TERMINAL_RESPONSE = bytes.fromhex("810301400382028281830100380281003507020304030
 def session_events() -> list[TraceEvent]:
     tracer = Tracer(keep=True, origin=0.0, clock=iter(x / 100 for x in range(1000)).__next__)
     fetch = bytes.fromhex("80120000") + bytes([len(OPEN_CHANNEL)])
-    tracer.emit("cp", "uicc", "apdu", "TERMINAL PROFILE", bytes.fromhex("8010000003FFFFFF"))
-    tracer.emit("uicc", "cp", "apdu", "91 24", bytes.fromhex("9124"))
-    tracer.emit("cp", "uicc", "apdu", "FETCH", fetch)
-    tracer.emit("uicc", "cp", "apdu", "OPEN CHANNEL", OPEN_CHANNEL + b"\x90\x00", step="S401")
+    tracer.emit(
+        "cp",
+        "uicc",
+        "apdu",
+        "TERMINAL PROFILE",
+        bytes.fromhex("8010000003FFFFFF"),
+        kind="cat.terminal_profile",
+    )
+    tracer.emit(
+        "uicc", "cp", "apdu", "91 24", bytes.fromhex("9124"), kind="apdu.response", fields={"sw": "9124"}
+    )
+    tracer.emit("cp", "uicc", "apdu", "FETCH", fetch, kind="cat.fetch")
+    tracer.emit(
+        "uicc",
+        "cp",
+        "apdu",
+        "OPEN CHANNEL",
+        OPEN_CHANNEL + b"\x90\x00",
+        step="S401",
+        kind="cat.proactive",
+        fields={"command": "OPEN CHANNEL"},
+    )
     tr = TERMINAL_RESPONSE
-    tracer.emit("cp", "uicc", "apdu", "TERMINAL RESPONSE", bytes.fromhex("80140000") + bytes([len(tr)]) + tr)
-    tracer.emit("uicc", "cp", "apdu", "90 00", bytes.fromhex("9000"))
-    tracer.emit("cp", "ota", "tcp", "TCP SYN (connect)", step="S404")
-    tracer.emit("cp", "ota", "tcp", "channel data", b"ping")
-    tracer.emit("ota", "cp", "tcp", "channel data", b"pong")
-    tracer.emit("cp", "ota", "tcp", "TCP close", step="S414")
-    tracer.emit("ap", "cp", "at", "%NETPAR", b'\r\n%NETPAR: 1,"internet","",""\r\n')
-    tracer.emit("ap", "cp", "cmux", "UIH DLC2", bytes.fromhex("F90BEF0341F9"))
+    tr_apdu = bytes.fromhex("80140000") + bytes([len(tr)]) + tr
+    tracer.emit("cp", "uicc", "apdu", "TERMINAL RESPONSE", tr_apdu, kind="cat.terminal_response")
+    tracer.emit("uicc", "cp", "apdu", "90 00", bytes.fromhex("9000"), kind="apdu.response")
+    tracer.emit("cp", "ota", "tcp", "TCP SYN (connect)", step="S404", kind="tcp.connect")
+    tracer.emit("cp", "ota", "tcp", "channel data", b"ping", kind="tcp.data")
+    tracer.emit("ota", "cp", "tcp", "channel data", b"pong", kind="tcp.data")
+    tracer.emit("cp", "ota", "tcp", "the words close and FIN", step="S414", kind="tcp.close")
+    tracer.emit("ap", "cp", "at", "%NETPAR", b'\r\n%NETPAR: 1,"internet","",""\r\n', kind="at.info")
+    tracer.emit(
+        "ap", "cp", "cmux", "UIH DLC2", bytes.fromhex("F90BEF0341F9"), kind="cmux.data", fields={"dlci": 2}
+    )
     return tracer.events
 
 
@@ -69,6 +90,34 @@ def test_export_without_tshark_pairs_apdus(tmp_path: Path) -> None:
     payload = bytes(exporter.packets[1]["Raw"].load)
     assert payload[:3] == bytes([2, 4, 4])  # GSMTAP v2, 4 words, type SIM
     assert payload[16:] == bytes.fromhex("8012000024") + OPEN_CHANNEL + b"\x90\x00"
+
+
+def test_tcp_close_is_read_from_the_kind_not_the_summary() -> None:
+    from bipsim.trace.pcap import PcapExporter
+
+    tracer = Tracer(keep=True, origin=0.0, clock=iter(x / 100 for x in range(1000)).__next__)
+    tracer.emit("cp", "ota", "tcp", "connection request", kind="tcp.connect")
+    tracer.emit("cp", "ota", "tcp", "finished with the channel", kind="tcp.data", data=b"x")
+    tracer.emit("cp", "ota", "tcp", "goodbye", kind="tcp.close")  # no close word in the summary
+    tracer.emit("ota", "cp", "tcp", "refused: close", kind="tcp.error")  # a close word, but no close
+    exporter = PcapExporter()
+    for event in tracer.events:
+        exporter.add(event)
+    flags = [str(packet["TCP"].flags) for packet in exporter.packets]
+    assert flags == ["S", "SA", "A", "PA", "A", "FA", "FA", "A"]
+    assert exporter.skipped == 1
+
+
+def test_apdus_pair_in_order_whatever_their_summaries_say() -> None:
+    from bipsim.trace.pcap import PcapExporter
+
+    tracer = Tracer(keep=True, origin=0.0, clock=iter(x / 100 for x in range(1000)).__next__)
+    tracer.emit("cp", "uicc", "apdu", "SELECT EF_IMSI", bytes.fromhex("00A4000C026F07"), kind="apdu.command")
+    tracer.emit("uicc", "cp", "apdu", "READ BINARY: 9000", bytes.fromhex("9000"), kind="apdu.response")
+    exporter = PcapExporter()
+    for event in tracer.events:
+        exporter.add(event)
+    assert bytes(exporter.packets[0]["Raw"].load)[16:] == bytes.fromhex("00A4000C026F079000")
 
 
 @pytest.fixture(scope="module", params=[1, 2], ids=["embodiment1", "embodiment2"])

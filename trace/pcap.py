@@ -3,10 +3,11 @@
 - APDUs (layer "apdu"): one GSMTAP v2 datagram (UDP port 4729, type 4 = SIM, sub-type 0 = APDU) per exchange,
   holding the command header, its data, the response data and the status word, exactly as SIMtrace sends them;
   Wireshark's GSM SIM dissector then decodes the card application toolkit inside (proactive commands, TRs,
-  envelopes). An exchange is a cp->uicc "apdu" event followed by the uicc->cp "apdu" event that answers it.
+  envelopes). An exchange is a cp->uicc "apdu" event followed by the uicc->cp "apdu" event that answers it (the
+  card is one at a time: the oldest unanswered command of the session).
 - Network bytes (layers ip and tcp; tls and http events are decoded views and are not exported): real IPv4/TCP packets (scapy) between one address per actor,
   with a three-way handshake before a connection's first segment, consistent sequence and acknowledgement numbers,
-  and FIN/ACK when an event of layer tcp says the connection closed.
+  and FIN/ACK at an event of kind tcp.close or tcp.closed (a tcp.error, a refused or reset connection, draws none).
 - AT lines and CMUX frames have no dissector that takes them raw, so they are UDP payload on documented ports:
   AT_PORT (27007) for V.250/27.007 text, CMUX_PORT (27010) for 27.010 frames; the source port says which actor sent.
 
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bipsim.trace.events import Actor, Layer, TraceEvent
+from bipsim.trace.kinds import Kind
 
 GSMTAP_PORT = 4729
 GSMTAP_TYPE_SIM = 4
@@ -48,7 +50,7 @@ ACTOR_PORTS: dict[Actor, int] = {
 
 # tls/http events are decoded views of bytes that also cross the wire as tcp events: only wire bytes become packets
 NETWORK_LAYERS = {Layer.IP, Layer.TCP}
-CLOSE_WORDS = ("close", "fin")
+CLOSE_KINDS = frozenset({Kind.TCP_CLOSE, Kind.TCP_CLOSED})
 
 
 def gsmtap_header(frame_number: int = 0) -> bytes:
@@ -101,10 +103,9 @@ class PcapExporter:
         if not self._pending_commands:
             self.skipped += 1  # a response without a command (the trace began mid-exchange)
             return
-        # a second command may be recorded before the first one's response: pair in order, or by the summary
-        # the response repeats ("SELECT EF_IMSI: 9000")
-        named = [c for c in self._pending_commands if c.summary and event.summary.startswith(c.summary + ":")]
-        command = named[0] if named else self._pending_commands[0]
+        # the CP holds the card for one exchange at a time: the oldest unanswered command of the same session
+        same = [c for c in self._pending_commands if c.session == event.session]
+        command = same[0] if same else self._pending_commands[0]
         self._pending_commands.remove(command)
         payload = gsmtap_header(len(self.packets)) + command.data + event.data
         self._udp(Actor.CP, Actor.UICC, GSMTAP_PORT, payload, event.t)
@@ -138,11 +139,10 @@ class PcapExporter:
             self.skipped += 1
             return
         conn = self._connection(src, dst)
-        closing = (
-            event.layer is Layer.TCP
-            and not event.data
-            and any(w in event.summary.lower() for w in CLOSE_WORDS)
-        )
+        closing = event.layer is Layer.TCP and not event.data and event.kind in CLOSE_KINDS
+        if event.kind == Kind.TCP_ERROR and not event.data:
+            self.skipped += 1  # refused or reset: no segment to draw
+            return
         if not conn.open:
             if closing:
                 self.skipped += 1

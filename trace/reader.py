@@ -137,7 +137,7 @@ def recorder_of(events: Sequence[TraceEvent]) -> Actor | None:
     return next(iter(common)) if common is not None and len(common) == 1 else None
 
 
-def _copy_key(event: TraceEvent) -> tuple[object, ...] | None:
+def copy_key(event: TraceEvent) -> tuple[object, ...] | None:
     """What two copies of one message share: ends, layer, session and bytes (AT lines without their line ends,
     which each side writes its own way); events without bytes only when their kind and fields are equal."""
     if event.src is event.dst:
@@ -161,7 +161,7 @@ def merge_copies(
     out: list[TraceEvent | None] = []
     waiting: dict[tuple[object, ...], deque[tuple[int, int]]] = {}  # key -> (index in out, file)
     for event, origin in zip(events, origins, strict=True):
-        key = _copy_key(event)
+        key = copy_key(event)
         queue = waiting.setdefault(key, deque()) if key is not None else None
         if queue is not None:
             while queue and event.t - _t(out[queue[0][0]]) > MERGE_WINDOW:

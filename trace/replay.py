@@ -14,7 +14,6 @@ comparing every byte; the first difference (or a client that stops early) is its
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +22,11 @@ import trio
 
 from bipsim.trace.diff import Divergence, first_difference
 from bipsim.trace.events import Actor, Layer, TraceEvent
+from bipsim.trace.kinds import Kind
 
 SERVER_SIDE = frozenset({Actor.OTA, Actor.NET})
 CLIENT_SIDE = frozenset({Actor.CP, Actor.AP})
-ADDRESS = re.compile(r"(\d{1,3}(?:\.\d{1,3}){3}):(\d{1,5})")
+CLOSE_KINDS = frozenset({Kind.TCP_CLOSE, Kind.TCP_CLOSED})
 
 
 @dataclass
@@ -54,7 +54,15 @@ class ConnectionTape:
 
 
 def _closing(event: TraceEvent) -> bool:
-    return not event.hex and any(word in event.summary.lower() for word in ("fin", "close"))
+    return not event.hex and event.kind in CLOSE_KINDS
+
+
+def _address(event: TraceEvent) -> tuple[str | None, int | None]:
+    """The server's host and port a tcp event names in its fields (tcp.connect carries them)."""
+    host, port = event.field("host"), event.field("port")
+    if isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536:
+        return (host if isinstance(host, str) else None), port
+    return None, None
 
 
 def server_tapes(events: Iterable[TraceEvent]) -> list[ConnectionTape]:
@@ -73,9 +81,9 @@ def server_tapes(events: Iterable[TraceEvent]) -> list[ConnectionTape]:
             current = ConnectionTape()
             tapes.append(current)
         if current.port is None:
-            match = ADDRESS.search(event.summary)
-            if match is not None:
-                current.host, current.port = match.group(1), int(match.group(2))
+            host, port = _address(event)
+            if port is not None:
+                current.host, current.port = host, port
         if event.hex:
             flights = current.flights
             if flights and flights[-1].from_server == from_server:
@@ -452,8 +460,11 @@ def _one_copy(events: list[TraceEvent]) -> list[TraceEvent]:
     """A merged trace holds each CMUX frame twice (the sender's and the receiver's record); keeps the first copy.
 
     The receiver gets frames in the order they were sent, so a frame equal to the oldest unpaired one is its
-    second copy. When not every frame pairs up, the trace was one process's and is kept as it is.
+    second copy. When not every frame pairs up, the trace was one process's and is kept as it is. A trace merged
+    by trace/reader.py already holds each frame once (its events carry `t_dst`) and is kept as it is too.
     """
+    if any(event.field("t_dst") is not None for event in events):
+        return events
     kept: list[TraceEvent] = []
     pending: list[str] = []
     for event in events:
@@ -479,7 +490,7 @@ def ap_tape(events: Iterable[TraceEvent]) -> ApTape:
             if commands and commands[-1].event.data == event.data:
                 continue  # the receiver's copy, or a retry of a command the CP had not yet seen
             commands.append(AtCommand(event, []))
-        elif event.src is Actor.CP and commands:
+        elif event.src is Actor.CP and commands and event.kind != Kind.AT_ECHO:
             echo = _lines(commands[-1].event.data)
             for line in _lines(event.data):
                 if line not in echo and line not in commands[-1].lines:

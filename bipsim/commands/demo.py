@@ -26,6 +26,9 @@ from bipsim.errors import CliError
 from bipsim.scenarios.embodiments import embodiment_config
 from bipsim.scenarios.harness import Harness, HarnessError, RunResult
 from bipsim.trace.events import TraceEvent
+from bipsim.trace.kinds import Kind
+from bipsim.trace.reader import copy_key
+from bipsim.trace.render import describe
 from bipsim.trace.steps import embodiment_steps
 
 # the lanes of the ladder, left to right; the server's "net" side is drawn on the server's lane
@@ -34,7 +37,6 @@ LANE_OF = {"uicc": 0, "cp": 1, "ap": 2, "ota": 3, "net": 3}
 LANE_WIDTH = 6
 LAYER_STYLE = {
     "apdu": "green",
-    "cat": "green",
     "at": "yellow",
     "cmux": "magenta",
     "app": "magenta",
@@ -99,11 +101,12 @@ class TraceFollower:
 
 
 class Ladder:
-    """Prints one row per patent step as it happens: time, step, an arrow between lanes, and the summary.
+    """Prints one row per patent step as it happens: time, step, an arrow between lanes, and the message.
 
-    Each kind of message (step, sender, receiver, layer) gets a row the first time; later repeats (more SEND DATA
-    and RECEIVE DATA rounds) are counted and shown as one line before the next new step, unless `verbose`.
-    Error events always get a row.
+    Each kind of message (step, sender, receiver, layer, `kind`) gets a row the first time; later repeats (more
+    SEND DATA and RECEIVE DATA rounds) are counted and shown as one line before the next new step, unless
+    `verbose`. A message both ends recorded is shown once (the copies share trace/reader.py's `copy_key`). Error
+    events always get a row.
     """
 
     def __init__(self, console: Console, embodiment: int, *, verbose: bool) -> None:
@@ -113,7 +116,7 @@ class Ladder:
         self.glyphs = Glyphs.for_encoding(console.encoding)
         self._pending: list[tuple[str, TraceEvent]] = []
         self._printed: set[tuple[str, ...]] = set()
-        self._recent: dict[tuple[str, ...], tuple[str, float]] = {}
+        self._recent: dict[tuple[object, ...], tuple[str, float]] = {}
         self._seen_steps: set[str] = set()
         self._repeats: Counter[str] = Counter()
         self.rows = 0
@@ -144,14 +147,14 @@ class Ladder:
         if event.step not in self.codes:
             return
         assert event.step is not None
-        # the sender and the receiver both record a message crossing the line (framing aside): show it once
-        same = (event.src.value, event.dst.value, event.layer.value, event.summary)
-        last = self._recent.get(same)
-        self._recent[same] = (origin, event.t)
-        if last is not None and last[0] != origin and event.t - last[1] < DUPLICATE_WINDOW:
-            return
-        kind = event.summary.split(" ", 1)[0]
-        key = (event.step, event.src.value, event.dst.value, event.layer.value, kind)
+        # the sender and the receiver both record a message crossing the line: show it once
+        same = copy_key(event)
+        if same is not None:
+            last = self._recent.get(same)
+            self._recent[same] = (origin, event.t)
+            if last is not None and last[0] != origin and event.t - last[1] < DUPLICATE_WINDOW:
+                return
+        key = (event.step, event.src.value, event.dst.value, event.layer.value, event.kind)
         if self.verbose or key not in self._printed:
             if event.step not in self._seen_steps:
                 self._flush_repeats()
@@ -190,7 +193,7 @@ class Ladder:
         text.append("  ")
         text.append("".join(self._lanes(LANE_OF[event.src.value], LANE_OF[event.dst.value])), style=style)
         text.append("  ")
-        text.append(event.summary, style=style)
+        text.append(describe(event), style=style)
         self._print(text)
         self.rows += 1
 
@@ -331,7 +334,9 @@ def _judge(outcome: Outcome) -> None:
         facts["card"] = f"applet {', '.join(a.upper() for a in applets) or 'none'}; EF_SPN {spn!r}"
     else:
         facts["card"] = "no saved card state"
-    finals = [e.summary.split()[0] for e in run.events if e.layer.value == "http" and e.src.value == "ota"]
+    finals = [
+        str(e.field("status")) for e in run.events if e.kind == Kind.HTTP_RESPONSE and e.src.value == "ota"
+    ]
     scripts = [s for card in run.results.values() for s in card.get("scripts", [])]
     status = "completed" if run.completed else "not completed"
     facts["server"] = (
