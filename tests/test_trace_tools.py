@@ -93,3 +93,86 @@ def test_cli_render_and_diff(tmp_path: Path) -> None:
         [*run, "diff", str(trace), str(other)], capture_output=True, text=True, timeout=60
     )
     assert differ.returncode == 1 and "8012000011" in differ.stdout
+
+
+def at(t: float, src: str, dst: str, kind: str, data: bytes, **extra: object) -> dict[str, object]:
+    out: dict[str, object] = {"t": t, "src": src, "dst": dst, "layer": "at", "kind": kind, "summary": "x"}
+    return out | {"hex": data.hex().upper()} | extra
+
+
+def test_a_merged_trace_holds_each_message_once_with_both_ends_times(tmp_path: Path) -> None:
+    cp, ap = tmp_path / "cp.jsonl", tmp_path / "ap.jsonl"
+    # each side writes line ends its own way: the sender's bytes are the ones kept
+    write_trace(
+        ap,
+        [
+            at(1.0, "ap", "cp", "at.command", b"AT+CMEE=1\r"),
+            at(1.3, "cp", "ap", "at.final", b"OK\r\n"),
+            at(2.0, "ap", "cp", "at.command", b"AT+CMEE=1\r"),  # sent again later: a second message
+        ],
+    )
+    write_trace(
+        cp,
+        [
+            at(1.1, "ap", "cp", "at.command", b"AT+CMEE=1\r"),
+            at(1.2, "cp", "ap", "at.final", b"\r\nOK\r\n", step="S705"),
+            {"t": 1.25, "src": "uicc", "dst": "cp", "layer": "apdu", "summary": "ATR", "hex": "3B00"},
+        ],
+    )
+    events, problems = read_trace([cp, ap])
+    assert not problems
+    assert [(e.t, e.src.value, e.hex) for e in events] == [
+        (1.0, "ap", "41542B434D45453D310D"),
+        (1.2, "cp", "0D0A4F4B0D0A"),
+        (1.25, "uicc", "3B00"),
+        (2.0, "ap", "41542B434D45453D310D"),
+    ]
+    assert events[0].fields == {"t_src": 1.0, "t_dst": 1.1}
+    assert events[1].fields == {"t_src": 1.2, "t_dst": 1.3} and events[1].step == "S705"
+    assert events[3].fields is None  # no copy from the CP: recorded once
+    both, _ = read_trace([cp, ap], one_copy=False)
+    assert len(both) == 6
+    # one file alone is never merged with itself, even where two messages are alike
+    single, _ = read_trace([ap])
+    assert len(single) == 3
+
+
+def test_the_ladder_draws_one_arrow_per_message_labelled_by_kind_and_folds_repeats(tmp_path: Path) -> None:
+    cp, ap = tmp_path / "cp.jsonl", tmp_path / "ap.jsonl"
+    write_trace(
+        ap,
+        [
+            at(1.0, "ap", "cp", "at.command", b"AT+CEREG?\r"),
+            at(1.15, "cp", "ap", "at.echo", b"AT+CEREG?\r\n"),
+            at(1.25, "cp", "ap", "at.info", b"+CEREG: 1,1\r\n"),
+            at(1.35, "cp", "ap", "at.final", b"OK\r\n"),
+        ],
+    )
+    segments = [
+        {
+            "t": 2 + i / 10,
+            "src": "ota",
+            "dst": "cp",
+            "layer": "tcp",
+            "kind": "tcp.data",
+            "summary": f"{i}",
+            "hex": "AA",
+        }
+        for i in range(4)
+    ]
+    write_trace(
+        cp,
+        [
+            at(1.05, "ap", "cp", "at.command", b"AT+CEREG?\r"),
+            at(1.1, "cp", "ap", "at.echo", b"AT+CEREG?\r"),
+            at(1.2, "cp", "ap", "at.info", b"\r\n+CEREG: 1,1\r\n"),
+            at(1.3, "cp", "ap", "at.final", b"\r\nOK\r\n"),
+            *segments,
+        ],
+    )
+    events, _ = read_trace([cp, ap])
+    text = render(events, "text", fold=True)
+    assert text.count("AT+CEREG?") == 2  # the command once, the echo once
+    assert "echo: AT+CEREG?" in text and "info: +CEREG: 1,1" in text and text.count("OK") == 1
+    assert "~ repeated 3 more times" in text and text.count("--->") + text.count("<---") == 5
+    assert len(render(events, "text").splitlines()) == 2 + 8

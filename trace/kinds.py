@@ -15,6 +15,8 @@ class Kind(StrEnum):
 
     Common `fields`: `channel` (BIP channel number), `dlci`, `host`/`port`, `status`/`sw`; field names are
     snake_case, values JSON scalars or lists. Events about a BIP data channel relayed over CMUX carry `dlci` too.
+    `t_src`/`t_dst` are written by the merge (trace/reader.py), not by emitters: when both ends recorded one
+    message, the sender's and the receiver's times.
     """
 
     # card interface (TS 102 221 / TS 102 223): one event per C-APDU and one per R-APDU
