@@ -224,8 +224,7 @@ async def test_dlc_opened_twice_by_the_peer(responder: tuple[Mux, Wire]) -> None
         await wire.expect(3, FrameType.UA)
     first = await mux.accept_dlc()
     assert first.dlci == 3
-    with pytest.raises(trio.WouldBlock):
-        mux._accepted_rx.receive_nowait()
+    assert mux.connection.generation(3) == 1  # one establishment: one stream
 
 
 async def test_data_and_disc_on_unopened_dlcs_get_dm(responder: tuple[Mux, Wire]) -> None:
@@ -254,7 +253,7 @@ async def test_peer_never_answers_sabm(autojump_clock: trio.testing.MockClock, n
     assert mux.stats.retransmissions == params.n2
     from bipsim.link.cmux import DlcState
 
-    assert mux._dlc(0).state is DlcState.CLOSED  # a later attempt starts from scratch
+    assert mux.connection.dlc_state(0) is DlcState.CLOSED  # a later attempt starts from scratch
 
 
 async def test_peer_goes_silent_before_disc(
@@ -400,7 +399,7 @@ async def test_a_reader_cancelled_while_flow_control_resumes_loses_no_byte(nurse
     scope.cancel()
     await trio.testing.wait_all_tasks_blocked()
     assert scope.cancelled_caught and not got
-    assert len(mux._dlc(1).rx) == len(payload)  # nothing taken by the cancelled read
+    assert mux.connection.unread(1) == len(payload)  # nothing taken by the cancelled read
 
     gate, line.gate = line.gate, None
     gate.set()
@@ -602,7 +601,7 @@ async def test_msc_for_a_dlc_that_is_not_open_makes_no_state(
     )
     assert await _control_answer(wire, ControlType.MSC) == msc_value(9, MSC_DV)  # answered (the peer's T2)
     assert await _control_answer(wire, ControlType.TEST) == b"x"
-    assert 9 not in mux._dlcs  # but no state for it
+    assert 9 not in mux.connection.known_dlcis()  # but no state for it
     assert any("MSC for DLC 9" in e.summary and e.error for e in tracer.events)
 
 

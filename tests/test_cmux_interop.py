@@ -614,7 +614,8 @@ async def test_linux_n_gsm_initiator_against_our_responder(
         fcntl.ioctl(slave, GSMIOC_GETFIRST, first)
         number = struct.unpack("I", first)[0]
         with trio.fail_after(10):
-            while mux._dlc(0).state is not DlcState.OPEN:  # the kernel's SABM on DLC 0, answered by our UA
+            # the kernel's SABM on DLC 0, answered by our UA
+            while mux.connection.dlc_state(0) is not DlcState.OPEN:
                 await trio.sleep(0.02)
         device = _gsmtty_path(number, tmp_path)
         gsmtty = os.open(device, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
@@ -624,7 +625,7 @@ async def test_linux_n_gsm_initiator_against_our_responder(
         assert dlc.dlci == 1
         # the kernel sends its MSC once it has taken our UA; data written before that could race the open
         with trio.move_on_after(3):
-            while mux._dlc(1).peer_signals is None:
+            while mux.connection.peer_signals(1) is None:
                 await trio.sleep(0.02)
         kernel_side = trio.lowlevel.FdStream(os.dup(gsmtty))
         # DTE -> DCE: an AT command and every byte value through the kernel's framing
