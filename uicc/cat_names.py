@@ -427,8 +427,6 @@ def object_names(tag: int, fields: dict[str, Any]) -> dict[str, Any]:
         out["dcs_name"] = dcs_name(fields["dcs"])
     elif tag == 0x19 and "events" in fields:  # event list
         out["event_names"] = [name_of(EVENTS, event) for event in fields["events"]]
-    elif tag == 0x04 and "unit" in fields:  # duration
-        out["unit_name"] = name_of(TIME_UNITS, fields["unit"])
     elif tag == 0x38 and "further_info" in fields:  # channel status, section 8.56
         out["further_info_name"] = name_of(CHANNEL_STATUS_INFO, fields["further_info"])
     return out

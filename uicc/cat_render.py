@@ -129,7 +129,11 @@ def _command(data: bytes) -> Decoded:
             answer = _response(data[5:])
         except TlvError as exc:
             raise _shifted(exc, 5) from exc
-        if answer.message is not None and data[1] == 0x12 and not isinstance(answer.message, ProactiveCommand):
+        if (
+            answer.message is not None
+            and data[1] == 0x12
+            and not isinstance(answer.message, ProactiveCommand)
+        ):
             raise TlvError(5, "a FETCH answers a proactive command ('D0')")
         return Decoded("command_apdu", answer.message, command, answer.status, answer.data, answer.sms)
     command = parse_command(data)
@@ -235,14 +239,15 @@ def kind_of(message: CatMessage) -> str:
     return "envelope"
 
 
-def _fields(tag: int, fields: dict[str, Any], value: bytes) -> dict[str, Any]:
-    out = object_names(tag, fields)
-    if tag == 0x0B and value:  # SMS TPDU: its fields, when it reads as one
-        try:
-            out = {**out, "tpdu": decode_tpdu(value)}
-        except TlvError:
-            pass
-    return out
+def _tpdu(message: CatMessage) -> dict[str, Any] | None:
+    """The fields of the message's SMS TPDU object (TS 102 223 section 8.13), when it reads as one."""
+    item = message.get(0x0B)
+    if item is None or not item.value:
+        return None
+    try:
+        return decode_tpdu(item.value)
+    except TlvError:
+        return None
 
 
 def to_json(message: CatMessage) -> dict[str, Any]:
@@ -265,10 +270,13 @@ def to_json(message: CatMessage) -> dict[str, Any]:
             "name": item.name,
             "tag": item.tag,
             "cr": item.cr,
-            "fields": _fields(item.tag, item.fields(), item.value),
+            "fields": object_names(item.tag, item.fields()),
         }
         for item in message.objects
     ]
+    tpdu = _tpdu(message)
+    if tpdu is not None:
+        out["sms_tpdu"] = tpdu
     return out
 
 
@@ -400,6 +408,9 @@ def to_tree(message: CatMessage) -> str:
         cr = " (CR)" if item["cr"] else ""
         lines.append(f"  {item['name'].replace('_', ' ')}{cr}:")
         lines.extend(_field_lines(item["fields"], 4))
+        if item["tag"] == 0x0B and "sms_tpdu" in data:
+            lines.append(f"    {data['sms_tpdu']['tp_mti_name']}:")
+            lines.extend(_field_lines(data["sms_tpdu"], 6))
     return "\n".join(lines) + "\n"
 
 
