@@ -1,6 +1,6 @@
-"""`bipsim decode`: the indented tree, the JSON of PROTOCOL.md section 5, `--as` for each kind, and malformed input
-(exit 2, one line naming the byte offset and the rule), in-process through the console entry point and as a real
-process."""
+"""`bipsim decode`: the indented tree, the JSON (docs/protocols.md, "Decoding what traces show"), `--as` for each
+kind, what auto mode finds in hex copied from a trace (C-APDU, R-APDU, BER-TLV), and malformed input (exit 2, one line
+naming the byte offset and the rule), in-process through the console entry point and as a real process."""
 
 from __future__ import annotations
 
@@ -163,6 +163,12 @@ def test_hex_may_have_spaces_colons_and_several_arguments(capsys: pytest.Capture
         ("apdu", "801200000B D009810301440082028182 9000", "proactive_command"),
         ("auto", "80C2000010" + DATA_AVAILABLE, "envelope"),
         ("auto", "D009810301440082028182", "proactive_command"),
+        ("auto", "801200000B D009810301440082028182 9000", "proactive_command"),
+        ("auto", "D009810301440082028182 9000", "proactive_command"),
+        ("auto", "801200000B", "command_apdu"),
+        ("auto", "9000", "response_apdu"),
+        ("rapdu", "D009810301440082028182 9000", "proactive_command"),
+        ("tlv", "81030141008202828183023A03", "terminal_response"),
     ],
 )
 def test_as_each_kind(capsys: pytest.CaptureFixture[str], kind: str, hexdata: str, expect: str) -> None:
@@ -180,6 +186,9 @@ def test_as_each_kind(capsys: pytest.CaptureFixture[str], kind: str, hexdata: st
         (["--as", "terminal_response", "83010082028281"], 0, "command details object (tag 01) missing"),
         (["--as", "apdu", "80C2000005D6030102"], 4, "Lc 5 does not match the 4 data bytes"),
         (["--as", "apdu", "00A4000002"], 4, "Lc 2 does not match the 0 data bytes"),
+        (["00A4000002"], 4, "Lc 2 does not match the 0 data bytes"),
+        (["80C2000005D6030102"], 4, "Lc 5 does not match the 4 data bytes"),
+        (["801400000D8103014100820282818302"], 4, "Lc 13 does not match the 11 data bytes"),
         (["--as", "rapdu", "D009810301410082028121"], 9, "SW1 0x81 is not a status word ('61'..'6F', '90'..'9F')"),
         (["D00D8103010500820281829902090A9100FF"], 15, "trailing garbage: 3 bytes after the TLV"),
         (["--as", "sms", "4405812143"], 3, "truncated: TP-OA needs 3 bytes, 2 left"),
@@ -218,3 +227,62 @@ def test_as_a_real_process() -> None:
         "bipsim: error: malformed input at offset 12: truncated: length 5 exceeds the 1 bytes left"
     ]
     assert "Traceback" not in bad.stderr
+
+
+# From `bipsim scenario run embodiment1 --trace`: the card's answer to the FETCH after OPEN CHANNEL's TR, and the CP's
+# TERMINAL RESPONSE to the first command
+FETCH_ANSWER = "D00D8103010500820281829902090A9000"
+TR_APDU = "801400000C810301050082028281830100"
+
+
+def test_a_fetch_answer_from_a_trace_decodes_as_text(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, FETCH_ANSWER)
+    assert code == 0 and err == ""
+    assert out == (
+        "RESPONSE APDU: status word 9000 (Normal: Normal ending of the command)\n"
+        "PROACTIVE COMMAND: SET UP EVENT LIST\n"
+        "  command details: number 1, type 0x05 (SET UP EVENT LIST), qualifier 0x00\n"
+        "  device identities: uicc -> terminal\n"
+        "  event list (CR):\n"
+        "    events: 0x09 (Data available), 0x0A (Channel status)\n"
+    )
+
+
+def test_a_fetch_answer_from_a_trace_decodes_as_json(capsys: pytest.CaptureFixture[str]) -> None:
+    data = as_json(capsys, FETCH_ANSWER)
+    assert data["kind"] == "proactive_command" and data["command"]["type_name"] == "SET UP EVENT LIST"
+    assert data["objects"] == [
+        {
+            "name": "event_list",
+            "tag": 25,
+            "cr": True,
+            "fields": {"events": [9, 10], "event_names": ["Data available", "Channel status"]},
+        }
+    ]
+    assert data["status_word"] == {
+        "sw": "9000",
+        "sw1": 144,
+        "sw2": 0,
+        "group": "Normal",
+        "name": "Normal ending of the command",
+    }
+
+
+def test_a_terminal_response_apdu_from_a_trace_names_its_header(capsys: pytest.CaptureFixture[str]) -> None:
+    data = as_json(capsys, TR_APDU)
+    assert data["kind"] == "terminal_response"
+    assert {k: data["apdu"][k] for k in ("cla", "ins", "ins_name", "p1", "p2", "lc", "le")} == {
+        "cla": 0x80,
+        "ins": 0x14,
+        "ins_name": "TERMINAL RESPONSE",
+        "p1": 0,
+        "p2": 0,
+        "lc": 12,
+        "le": None,
+    }
+    code, out, _ = run(capsys, TR_APDU)
+    assert code == 0 and out.splitlines()[:2] == [
+        "COMMAND APDU: TERMINAL RESPONSE",
+        "  CLA 0x80 (TS 102 221 / GlobalPlatform proprietary, logical channel 0), INS 0x14 (TERMINAL RESPONSE), "
+        "P1 0x00, P2 0x00, Lc 12",
+    ]

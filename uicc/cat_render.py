@@ -24,8 +24,10 @@ from typing import Any
 
 from bipsim.uicc.apdu_names import (
     CAT_INSTRUCTIONS,
+    INSTRUCTIONS,
     CommandApdu,
     StatusWord,
+    is_known_class,
     is_status_word,
     looks_like_command,
     parse_command,
@@ -185,6 +187,8 @@ def _auto(data: bytes) -> Decoded:
         return Decoded("sms_tpdu", data=data, sms=decode_tpdu(data))
     if len(data) > 2 and is_status_word(data[-2], data[-1]):
         return _response(data)
+    if len(data) >= 4 and is_known_class(data[0]) and data[1] in INSTRUCTIONS:
+        return _command(data)  # a C-APDU whose lengths do not fit: say which
     return Decoded("cat", _cat(data, 0, decode_terminal_response))
 
 
