@@ -89,7 +89,7 @@ async def _traced(harness: Harness, name: str, kind: Kind, timeout: float) -> bo
                     try:
                         if TraceEvent.from_json(line).kind == kind:
                             return True
-                    except (ValueError, KeyError, TypeError):
+                    except (ValueError, KeyError, TypeError, RecursionError):
                         continue  # a line being written
             await trio.sleep(0.05)
     return False

@@ -1,4 +1,4 @@
-"""`bipsim demo` as a user runs it: real processes on a real pty pair (PROTOCOL.md section 3, issue 7)."""
+"""`bipsim demo` as a user runs it: real processes on a real pty pair (docs/protocols.md "The serial line", issue 7)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Every named scenario (PROTOCOL.md section 6) runs from pytest with real processes on a pty pair; both patent
+"""Every named scenario (docs/protocols.md) runs from pytest with real processes on a pty pair; both patent
 embodiments also run over a socat-made pair. The merged trace of each embodiment holds every patent step with first
 occurrences in the patent's order, and every APDU that carries a CAT message decodes with `bipsim decode`."""
 
@@ -28,10 +28,17 @@ from bipsim.scenarios.campaigns import (
 )
 from bipsim.scenarios.registry import SCENARIOS, describe
 from bipsim.trace.events import TraceEvent
-from bipsim.trace.steps import check_step_order, embodiment_steps
+from bipsim.trace.kinds import Kind
+from bipsim.trace.steps import check_step_order, embodiment_steps, mislabelled
 from bipsim.uicc.cat_render import decode_as, kind_of
 
-CAT_INSTRUCTIONS = {0x14: "terminal_response", 0xC2: "envelope"}
+# the kind of each CAT message (docs/protocols.md, "Traces") and what `bipsim decode` calls it; TRs and envelopes are
+# C-APDUs with their instruction byte, proactive commands FETCH answers
+CAT_KINDS = {
+    Kind.CAT_TERMINAL_RESPONSE: ("terminal_response", 0x14),
+    Kind.CAT_ENVELOPE: ("envelope", 0xC2),
+    Kind.CAT_PROACTIVE: ("proactive_command", None),
+}
 
 
 @pytest.fixture(scope="module")
@@ -78,20 +85,25 @@ def test_embodiment_trace_has_every_step_in_the_patents_order(
     assert {"uicc", "cp", "ota"} <= sources
     if embodiment == 2:
         assert "ap" in sources
+    # and each step labels the kinds of message the patent's step is (bipsim.trace.steps)
+    assert mislabelled(run.events, embodiment) == []
 
 
 def cat_apdus(events: list[TraceEvent]) -> list[tuple[str, bytes, str]]:
-    """(expected kind, bytes to decode as an APDU, summary) of every APDU event that carries a CAT message."""
+    """(expected decoding, bytes to decode as an APDU, kind) of every event whose kind is a CAT message."""
     out = []
     for event in events:
-        if event.layer.value != "apdu" or len(event.data) < 5:
+        if event.kind not in CAT_KINDS:
             continue
-        if event.src.value == "cp" and event.data[0] == 0x80 and event.data[1] in CAT_INSTRUCTIONS:
-            out.append((CAT_INSTRUCTIONS[event.data[1]], event.data, event.summary))
-        elif event.src.value == "uicc" and event.summary.startswith("FETCH:"):
+        name, instruction = CAT_KINDS[Kind(event.kind)]
+        if instruction is not None:
+            assert event.src.value == "cp" and event.data[:2] == bytes((0x80, instruction)), event
+            out.append((name, event.data, event.kind))
+        else:
             # a FETCH answer (proactive command + status word) after the FETCH header, as `bipsim decode` takes it
+            assert event.src.value == "uicc", event
             body = event.data
-            out.append(("proactive_command", bytes((0x80, 0x12, 0, 0, len(body) - 2)) + body, event.summary))
+            out.append((name, bytes((0x80, 0x12, 0, 0, len(body) - 2)) + body, event.kind))
     return out
 
 
@@ -104,7 +116,7 @@ def test_every_cat_apdu_decodes(embodiment: int, scenario_run: Callable[[str], S
     for kind, data, summary in apdus:
         message = decode_as(data, "apdu")
         assert kind_of(message) == kind, summary
-    # and a few through the command line itself, one of each kind, with the JSON of PROTOCOL.md section 5
+    # and a few through the command line itself, one of each kind, with the JSON of `bipsim decode --json`
     runner = CliRunner()
     for kind in sorted(kinds):
         _, data, summary = next(a for a in apdus if a[0] == kind)

@@ -1,4 +1,4 @@
-"""The trace event format of PROTOCOL.md section 4."""
+"""The trace event format of docs/protocols.md, "Traces"."""
 
 import io
 import json

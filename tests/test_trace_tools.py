@@ -176,3 +176,45 @@ def test_the_ladder_draws_one_arrow_per_message_labelled_by_kind_and_folds_repea
     assert "echo: AT+CEREG?" in text and "info: +CEREG: 1,1" in text and text.count("OK") == 1
     assert "~ repeated 3 more times" in text and text.count("--->") + text.count("<---") == 5
     assert len(render(events, "text").splitlines()) == 2 + 8
+
+
+def test_steps_are_keyed_on_kind_ends_and_fields() -> None:
+    from bipsim.trace.steps import mislabelled, step_of
+
+    tracer = Tracer(keep=True, origin=0.0, clock=iter(range(100)).__next__)
+    fetch = tracer.emit(
+        "uicc",
+        "cp",
+        "apdu",
+        "x",
+        b"\xd0\x00",
+        kind="cat.proactive",
+        fields={"command": "OPEN CHANNEL"},
+        step="S701",
+    )
+    webopch = tracer.emit("cp", "ap", "at", "x", b'AT%WEBOPCH=1,"TCP"\r', kind="at.command", step="S702")
+    webclch = tracer.emit("cp", "ap", "at", "x", b"AT%WEBCLCH=1\r", kind="at.command", step="S716")
+    segment = tracer.emit("ota", "ap", "tcp", "x", b"\x17", kind="tcp.data", step="S710")
+    wrong = tracer.emit("cp", "uicc", "apdu", "x", b"\x80\x14", kind="cat.terminal_response", step="S701")
+    other = tracer.emit(
+        "cp",
+        "uicc",
+        "apdu",
+        "x",
+        b"\x80\x14",
+        kind="cat.terminal_response",
+        fields={"command": "SET UP EVENT LIST"},
+    )
+    old = tracer.emit(
+        "uicc", "cp", "apdu", "FETCH: OPEN CHANNEL", b"\xd0\x00", step="S707"
+    )  # no kind: not judged
+    assert [step_of(e, 2) for e in (fetch, webopch, webclch, segment, other)] == [
+        "S701",
+        "S702",
+        "S716",
+        "S710",
+        None,
+    ]
+    assert step_of(fetch, 1) == "S401" and step_of(segment, 1) is None
+    problems = mislabelled([fetch, webopch, webclch, segment, wrong, other, old], 2)
+    assert len(problems) == 1 and problems[0].startswith("S701 labels cat.terminal_response cp->uicc")

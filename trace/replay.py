@@ -274,7 +274,7 @@ class LiveCardCheck:
         """Reads the complete lines written since the last poll."""
         if not self.path.exists():
             return
-        with self.path.open(encoding="utf-8") as handle:
+        with self.path.open(encoding="utf-8", errors="replace") as handle:
             handle.seek(self._offset)
             text = handle.read()
             self._offset = handle.tell()
@@ -286,7 +286,7 @@ class LiveCardCheck:
                 continue
             try:
                 event = TraceEvent.from_json(line)
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, RecursionError):
                 continue  # the trace reader reports bad lines; the check only follows APDUs
             if (
                 event.layer is Layer.APDU
@@ -478,7 +478,7 @@ def _one_copy(events: list[TraceEvent]) -> list[TraceEvent]:
 
 def ap_tape(events: Iterable[TraceEvent]) -> ApTape:
     """The AP's recorded side: its AT commands before CMUX, and per DLC what the AP and the CP did, in order."""
-    from bipsim.link.cmux_frame import FrameParser, FrameType
+    from bipsim.link.cmux_frame import FrameParser
 
     events = list(events)
     first_mux = next((i for i, e in enumerate(events) if e.layer is Layer.CMUX), len(events))
@@ -504,7 +504,7 @@ def ap_tape(events: Iterable[TraceEvent]) -> ApTape:
         for event in _one_copy(frames):
             for frame in FrameParser().feed(event.data):
                 raw = frame.encode()
-                data_item = frame.type in (FrameType.UIH, FrameType.UI) and frame.dlci != 0
+                data_item = frame.is_data
                 near = [
                     e
                     for e in labelled
@@ -583,6 +583,11 @@ class RecordedAp:
         self._controls: dict[int, list[bytes]] = {}
         self._changed = trio.Event()
         self._send_lock = trio.Lock()
+        from bipsim.link.cmux_connection import CmuxConnection, MuxRole
+
+        # the recorded AP's end of the multiplexer as the 27.010 core sees it: told what the recording sends, fed
+        # what the live CP sends; its own answers are not written (the recording has its own)
+        self._mux = CmuxConnection(MuxRole.INITIATOR, record_frames=True)
 
     def _diverge(self, divergence: ApDivergence) -> None:
         if self.divergence is None:
@@ -637,15 +642,26 @@ class RecordedAp:
             nursery.cancel_scope.cancel()
 
     async def _reader(self, stream: trio.abc.Stream, scope: trio.CancelScope) -> None:
-        from bipsim.link.cmux_frame import FrameParser, FrameType
+        from bipsim.link.cmux_connection import FrameReceived
+        from bipsim.link.cmux_frame import FrameParser
 
-        parser = FrameParser()
+        mux = self._mux
+        # after a close-down the line is AT again; frames the CP still sends are compared all the same
+        after = FrameParser()
         while self.divergence is None:
             data = await stream.receive_some(65536)
             if not data:
                 return
-            for frame in parser.feed(data):
-                if frame.type in (FrameType.UIH, FrameType.UI) and frame.dlci != 0:
+            if mux.closed:
+                frames = after.feed(data)
+            else:
+                mux.receive_data(data)
+                mux.data_to_send()  # the recording answers for the AP
+                frames = [e.frame for e in mux.next_events() if isinstance(e, FrameReceived)]
+                if mux.closed:
+                    frames += after.feed(mux.take_leftover())
+            for frame in frames:
+                if frame.is_data:
                     self._received.setdefault(frame.dlci, bytearray()).extend(frame.info)
                 else:
                     self._controls.setdefault(frame.dlci, []).append(frame.encode())
@@ -747,9 +763,27 @@ class RecordedAp:
                     return
 
     def _dlc0_open(self) -> bool:
-        from bipsim.link.cmux_frame import PF, FrameType
+        """Whether the core has seen DLC 0 established (the recording's SABM, the CP's UA)."""
+        return self._mux.generation(0) > 0
 
-        return any(len(frame) > 2 and frame[2] & ~PF == FrameType.UA for frame in self._controls.get(0, []))
+    def _note_sent(self, raw: bytes) -> None:
+        """Tells the core what the recorded AP sends: its SABM and DISC drive the DLC table as ours would, its CLD
+        the close-down. A recording's retransmission or odd command the table refuses changes nothing."""
+        from bipsim.link.cmux_connection import MuxError
+        from bipsim.link.cmux_frame import ControlType, FrameParser, FrameType, decode_control
+
+        mux = self._mux
+        for frame in FrameParser().feed(raw):
+            try:
+                if frame.type is FrameType.SABM:
+                    mux.open_dlc(frame.dlci)
+                elif frame.type is FrameType.DISC:
+                    mux.close_dlc(frame.dlci, mux.generation(frame.dlci))
+                elif frame.dlci == 0 and frame.type is FrameType.UIH:
+                    if any(m.type == ControlType.CLD and m.command for m in decode_control(frame.info)):
+                        mux.close_down()
+            except (MuxError, ValueError):
+                pass
 
     async def _player(self, stream: trio.abc.Stream, dlci: int, items: list[MuxItem]) -> None:
         if dlci != 0:
@@ -767,6 +801,7 @@ class RecordedAp:
                 return
             async with self._send_lock:
                 for frame in item.frames:
+                    self._note_sent(frame)
                     await stream.send_all(frame)
             self.items_played += 1
         await self._wait(dlci, len(items))

@@ -1,60 +1,159 @@
 """The steps of patent CN101594614A (figures 4 and 7) as docs/protocols.md ("The patent's steps") names them.
 
 Components label trace events with these codes; scenarios check that a merged trace shows every step of its
-embodiment with first occurrences in this order; renderers show the descriptions.
+embodiment with first occurrences in this order; renderers show the descriptions. Each step names the messages it
+labels by `kind`, ends and `fields` (docs/protocols.md, "Traces"): `step_of` finds the step of an event from those
+alone, and `mislabelled` lists labelled events that are not what their step says.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 
 from bipsim.trace.events import TraceEvent
+from bipsim.trace.kinds import Kind
+
+SERVER = frozenset({"ota", "net"})
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One kind of event a step labels: its kinds, its ends, the facts its `fields` must hold where it has them,
+    and how its bytes begin (an AT command's name)."""
+
+    kinds: frozenset[str]
+    src: frozenset[str]
+    dst: frozenset[str]
+    fields: Mapping[str, object] = field(default_factory=dict)
+    prefix: bytes = b""
+
+    def matches(self, event: TraceEvent) -> bool:
+        if event.kind not in self.kinds or event.src.value not in self.src or event.dst.value not in self.dst:
+            return False
+        if self.prefix and not event.data.startswith(self.prefix):
+            return False
+        return all(event.field(name) in (None, value) for name, value in self.fields.items())
+
+    def __str__(self) -> str:
+        facts = "".join(f" {name}={value}" for name, value in self.fields.items())
+        prefix = f" {self.prefix.decode()}..." if self.prefix else ""
+        ends = f"{'|'.join(sorted(self.src))}->{'|'.join(sorted(self.dst))}"
+        return f"{'|'.join(sorted(self.kinds))} {ends}{facts}{prefix}"
+
+
+def _m(kinds: str, src: str, dst: str, prefix: bytes = b"", **facts: object) -> Message:
+    ends = {"server": SERVER}
+    return Message(
+        frozenset(kinds.split()),
+        ends.get(src, frozenset({src})),
+        ends.get(dst, frozenset({dst})),
+        facts,
+        prefix,
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class Step:
+    """A patent step and the messages (by kind and fields, never by summary) that it labels."""
+
     code: str
     description: str
+    messages: tuple[Message, ...] = ()
 
+    def matches(self, event: TraceEvent) -> bool:
+        return any(message.matches(event) for message in self.messages)
+
+
+def _fetch(command: str) -> Message:
+    return _m(Kind.CAT_PROACTIVE, "uicc", "cp", command=command)
+
+
+def _tr(command: str) -> Message:
+    return _m(Kind.CAT_TERMINAL_RESPONSE, "cp", "uicc", command=command)
+
+
+def _envelope(event: str, link: str | None = None) -> Message:
+    if link is None:
+        return _m(Kind.CAT_ENVELOPE, "cp", "uicc", event=event)
+    return _m(Kind.CAT_ENVELOPE, "cp", "uicc", event=event, link=link)
+
+
+# BIP data between the CP and the AP on the channel's DLC (embodiment 2): the relaying process's event
+RELAY = f"{Kind.CMUX_DATA} {Kind.APP_EVENT} {Kind.TCP_DATA}"
+ANSWER = f"{Kind.AT_INFO} {Kind.AT_FINAL}"
 
 EMBODIMENT_1: tuple[Step, ...] = (
-    Step("S401", "FETCH OPEN CHANNEL (client)"),
-    Step("S402", "CP sends AT%GETNET to the AP proxy and TR (channel id) to the card"),
-    Step("S403", "AP reads APN/user/password and answers %NETPAR"),
-    Step("S404", "CP's stack sends the TCP connection request (SYN)"),
-    Step("S405", "server's TCP acknowledgement"),
-    Step("S406", "ENVELOPE event Channel Status (link established)"),
-    Step("S407", "FETCH SEND DATA"),
-    Step("S408", "CP sends the data as TCP/IP and TR to the card"),
-    Step("S409", "server sends data"),
-    Step("S410", "ENVELOPE event Data Available"),
-    Step("S411", "FETCH RECEIVE DATA"),
-    Step("S412", "TR (data)"),
-    Step("S413", "FETCH CLOSE CHANNEL"),
-    Step("S414", "TR (channel status: link not established) and CP's TCP close"),
-    Step("S415", "server's close acknowledgement"),
+    Step("S401", "FETCH OPEN CHANNEL (client)", (_fetch("OPEN CHANNEL"),)),
+    Step(
+        "S402",
+        "CP sends AT%GETNET to the AP proxy and TR (channel id) to the card",
+        (_m(Kind.AT_COMMAND, "cp", "ap", b"AT%GETNET"), _tr("OPEN CHANNEL")),
+    ),
+    Step("S403", "AP reads APN/user/password and answers %NETPAR", (_m(ANSWER, "ap", "cp"),)),
+    Step(
+        "S404", "CP's stack sends the TCP connection request (SYN)", (_m(Kind.TCP_CONNECT, "cp", "server"),)
+    ),
+    Step("S405", "server's TCP acknowledgement", (_m(Kind.TCP_ACCEPT, "server", "cp"),)),
+    Step(
+        "S406",
+        "ENVELOPE event Channel Status (link established)",
+        (_envelope("channel_status", link="established"),),
+    ),
+    Step("S407", "FETCH SEND DATA", (_fetch("SEND DATA"),)),
+    Step(
+        "S408",
+        "CP sends the data as TCP/IP and TR to the card",
+        (_m(Kind.TCP_DATA, "cp", "server"), _tr("SEND DATA")),
+    ),
+    Step("S409", "server sends data", (_m(Kind.TCP_DATA, "server", "cp"),)),
+    Step("S410", "ENVELOPE event Data Available", (_envelope("data_available"),)),
+    Step("S411", "FETCH RECEIVE DATA", (_fetch("RECEIVE DATA"),)),
+    Step("S412", "TR (data)", (_tr("RECEIVE DATA"),)),
+    Step("S413", "FETCH CLOSE CHANNEL", (_fetch("CLOSE CHANNEL"),)),
+    Step(
+        "S414",
+        "TR (channel status: link not established) and CP's TCP close",
+        (_tr("CLOSE CHANNEL"), _m(Kind.TCP_CLOSE, "cp", "server")),
+    ),
+    Step("S415", "server's close acknowledgement", (_m(Kind.TCP_CLOSED, "server", "cp"),)),
 )
 
 EMBODIMENT_2: tuple[Step, ...] = (
-    Step("S701", "FETCH OPEN CHANNEL"),
-    Step("S702", "TR (channel id) and AT%WEBOPCH to the AP proxy"),
-    Step("S703", "AP's TCP connection request"),
-    Step("S704", "server's TCP acknowledgement"),
-    Step("S705", "proxy answers OK"),
-    Step("S706", "ENVELOPE Channel Status (link established)"),
-    Step("S707", "FETCH SEND DATA"),
-    Step("S708", "CP relays the data over its CMUX data channel and TR to the card"),
-    Step("S709", "AP sends it as TCP/IP"),
-    Step("S710", "server sends data to the AP"),
-    Step("S711", "AP relays it over CMUX to the CP"),
-    Step("S712", "ENVELOPE Data Available"),
-    Step("S713", "FETCH RECEIVE DATA"),
-    Step("S714", "TR (data)"),
-    Step("S715", "FETCH CLOSE CHANNEL"),
-    Step("S716", "TR (link not established) and AT%WEBCLCH to the AP"),
-    Step("S717", "AP's TCP close"),
-    Step("S718", "server's close acknowledgement"),
+    Step("S701", "FETCH OPEN CHANNEL", (_fetch("OPEN CHANNEL"),)),
+    Step(
+        "S702",
+        "TR (channel id) and AT%WEBOPCH to the AP proxy",
+        (_tr("OPEN CHANNEL"), _m(Kind.AT_COMMAND, "cp", "ap", b"AT%WEBOPCH")),
+    ),
+    Step("S703", "AP's TCP connection request", (_m(Kind.TCP_CONNECT, "ap", "server"),)),
+    Step("S704", "server's TCP acknowledgement", (_m(Kind.TCP_ACCEPT, "server", "ap"),)),
+    Step("S705", "proxy answers OK", (_m(ANSWER, "ap", "cp"),)),
+    Step(
+        "S706",
+        "ENVELOPE Channel Status (link established)",
+        (_envelope("channel_status", link="established"),),
+    ),
+    Step("S707", "FETCH SEND DATA", (_fetch("SEND DATA"),)),
+    Step(
+        "S708",
+        "CP relays the data over its CMUX data channel and TR to the card",
+        (_m(RELAY, "cp", "ap"), _tr("SEND DATA")),
+    ),
+    Step("S709", "AP sends it as TCP/IP", (_m(Kind.TCP_DATA, "ap", "server"),)),
+    Step("S710", "server sends data to the AP", (_m(Kind.TCP_DATA, "server", "ap"),)),
+    Step("S711", "AP relays it over CMUX to the CP", (_m(RELAY, "ap", "cp"),)),
+    Step("S712", "ENVELOPE Data Available", (_envelope("data_available"),)),
+    Step("S713", "FETCH RECEIVE DATA", (_fetch("RECEIVE DATA"),)),
+    Step("S714", "TR (data)", (_tr("RECEIVE DATA"),)),
+    Step("S715", "FETCH CLOSE CHANNEL", (_fetch("CLOSE CHANNEL"),)),
+    Step(
+        "S716",
+        "TR (link not established) and AT%WEBCLCH to the AP",
+        (_tr("CLOSE CHANNEL"), _m(Kind.AT_COMMAND, "cp", "ap", b"AT%WEBCLCH")),
+    ),
+    Step("S717", "AP's TCP close", (_m(Kind.TCP_CLOSE, "ap", "server"),)),
+    Step("S718", "server's close acknowledgement", (_m(Kind.TCP_CLOSED, "server", "ap"),)),
 )
 
 STEPS: dict[str, Step] = {step.code: step for step in EMBODIMENT_1 + EMBODIMENT_2}
@@ -84,4 +183,38 @@ def check_step_order(events: Iterable[TraceEvent], embodiment: int) -> list[str]
     for earlier, later in zip(present, present[1:], strict=False):
         if first[later] < first[earlier]:
             problems.append(f"{later} (t={first[later]:.6f}) comes before {earlier} (t={first[earlier]:.6f})")
+    return problems
+
+
+def step_of(event: TraceEvent, embodiment: int) -> str | None:
+    """The step of embodiment `embodiment` that `event` is, from its kind, ends, fields and leading bytes; None when
+    it is no step's message, or when its fields leave more than one step possible.
+
+    A step that repeats (SEND DATA rounds) is the same message each time: this says which step a message is, not
+    whether it is the first of its kind.
+    """
+    codes = [step.code for step in embodiment_steps(embodiment) if step.matches(event)]
+    return codes[0] if len(codes) == 1 else None
+
+
+def mislabelled(events: Iterable[TraceEvent], embodiment: int) -> list[str]:
+    """Events labelled with a step of embodiment `embodiment` whose kind, ends or fields are not its messages'
+    (events without a kind, from traces written before kinds, are not judged)."""
+    steps = {step.code: step for step in embodiment_steps(embodiment)}
+    problems = []
+    for event in events:
+        step = steps.get(event.step or "")
+        if step is None or not event.kind or step.matches(event):
+            continue
+        expected = "; ".join(str(message) for message in step.messages)
+        facts = "".join(
+            f" {name}={event.field(name)}"
+            for message in step.messages
+            for name in message.fields
+            if event.field(name)
+        )
+        problems.append(
+            f"{step.code} labels {event.kind} {event.src.value}->{event.dst.value}{facts} at t={event.t:.6f}, "
+            f"not {expected}"
+        )
     return problems

@@ -95,7 +95,7 @@ class TraceFollower:
             for line in lines:
                 try:
                     events.append((path.stem, TraceEvent.from_json(line.decode("utf-8"))))
-                except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+                except (ValueError, KeyError, TypeError, RecursionError):
                     continue  # the final read_trace reports bad lines; the live view just skips them
         return events
 
