@@ -171,3 +171,36 @@ def test_help_explains_the_options() -> None:
     assert result.returncode == 0
     for word in ("--embodiment", "--trace", "--pcap", "--port-a", "--port-b", "S401", "S701", "Exit status"):
         assert word in result.stdout
+
+
+def test_the_live_ladder_shows_each_message_once_labelled_by_kind_and_counts_repeats() -> None:
+    from io import StringIO
+
+    from rich.console import Console
+
+    from bipsim.commands.demo import Ladder
+    from bipsim.trace.events import Actor, Layer, TraceEvent
+
+    def event(t: float, src: str, dst: str, layer: str, kind: str, data: bytes, step: str) -> TraceEvent:
+        return TraceEvent(
+            t, Actor(src), Actor(dst), Layer(layer), "text", data.hex().upper(), step, "e1", kind=kind
+        )
+
+    out = StringIO()
+    ladder = Ladder(Console(file=out, width=200, color_system=None), 1, verbose=False)
+    netpar = b'%NETPAR: 1,"internet","",""'
+    ladder.feed(
+        [
+            ("ap", event(1.0, "ap", "cp", "at", "at.info", b"\r\n" + netpar + b"\r\n", "S403")),
+            ("cp", event(1.01, "ap", "cp", "at", "at.info", netpar + b"\r\n", "S403")),  # the CP's copy
+            ("cp", event(2.0, "uicc", "cp", "apdu", "cat.proactive", b"\xd0\x00\x90\x00", "S407")),
+            (
+                "cp",
+                event(3.0, "uicc", "cp", "apdu", "cat.proactive", b"\xd0\x00\x90\x00", "S407"),
+            ),  # next round
+        ]
+    )
+    ladder.release(None)
+    text = out.getvalue()
+    assert text.count("S403") == 1 and f"info: {netpar.decode()}" in text
+    assert ladder.rows == 2 and "repeated: S407 x1" in text
