@@ -239,9 +239,13 @@ def parse_por(user_data: bytes, *, spi: Spi | None = None, keys: Keyset | None =
     if user_data[:3] != bytes((2, RPI_IEI, 0)):
         raise ValueError("no response packet identifier")
     body = user_data[3:]
+    if len(body) < 3:
+        raise ValueError("response packet shorter than its RPL and RHL")
     rpl, rhl = struct.unpack("!HB", body[:3])
     if rpl != len(body) - 2:
         raise ValueError("RPL does not match")
+    if rhl < 10 or len(body) < 3 + rhl:
+        raise ValueError(f"response header length {rhl} does not fit the packet")
     tar = body[3:6]
     rest = body[6:]
     protected = spi is not None and keys is not None and rhl > 10

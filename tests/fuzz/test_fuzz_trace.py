@@ -1,0 +1,87 @@
+"""Fuzzing the trace reader (trace/events.py TraceEvent.from_json / from_dict, trace/reader.py parse_lines and
+read_file): any line or file gives events and problems, never an exception, and every accepted event is one the
+recorder could have written (finite `t`, string `step`, hex digits in `hex`) and writes back to itself."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tests.fuzz import targets
+from tests.fuzz._settings import bounded, fuzz_settings
+
+GOOD: dict[str, Any] = {
+    "t": 1.5,
+    "src": "cp",
+    "dst": "uicc",
+    "layer": "apdu",
+    "kind": "apdu.command",
+    "summary": "FETCH",
+    "hex": "80120000",
+    "step": "S401",
+    "session": "e1",
+    "fields": {"channel": 1},
+}
+
+json_values = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(),
+        st.floats(),  # NaN and infinities included
+        st.text(max_size=10),
+        st.sampled_from(["cp", "uicc", "apdu", "0A1b", "xyz", "0", "S401"]),
+    ),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@st.composite
+def event_objects(draw: st.DrawFn) -> dict[str, Any]:
+    """A good event with some keys dropped or given other JSON values."""
+    obj = dict(GOOD)
+    for key in draw(st.lists(st.sampled_from([*GOOD, "error", "extra"]), max_size=4)):
+        if draw(st.booleans()):
+            obj.pop(key, None)
+        else:
+            obj[key] = draw(json_values)
+    return obj
+
+
+@fuzz_settings(300)
+@given(event_objects())
+def test_trace_objects(obj: dict[str, Any]) -> None:
+    with bounded(5):
+        targets.trace_object(obj)
+
+
+lines = st.one_of(
+    event_objects().map(json.dumps),  # allow_nan: NaN and Infinity written as JSON cannot hold them
+    st.text(max_size=60),
+    st.integers(0, 3000).map(lambda depth: "[" * depth + "]" * depth),
+    st.integers(0, 3000).map(lambda depth: '{"t": ' + "[" * depth + "1" + "]" * depth + "}"),
+)
+
+
+@fuzz_settings(200)
+@given(lines)
+def test_trace_lines(line: str) -> None:
+    with bounded(5):
+        targets.trace_line(line)
+
+
+@fuzz_settings(60)
+@given(
+    st.lists(
+        st.one_of(lines.map(lambda s: s.encode("utf-8", "surrogatepass")), st.binary(max_size=40)), max_size=5
+    )
+)
+def test_trace_files(parts: list[bytes]) -> None:
+    with bounded(5):
+        targets.trace_file(b"\n".join(parts))
