@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 
+from bipsim.uicc.bip_engine import IllegalTransition as IllegalTransition  # the project's one error type
 from bipsim.uicc.cat import (
     SEND_IMMEDIATELY,
     BipErrorCause,
@@ -72,7 +73,7 @@ class ChannelEvent(StrEnum):
 CARD_EVENTS = frozenset({ChannelEvent.CONNECT, ChannelEvent.SEND, ChannelEvent.RECEIVE, ChannelEvent.CLOSE})
 
 # (state, event) -> next state: the one table every change of a channel's state goes through (docs/protocols.md,
-# "BIP channels"). A pair that is not here is illegal: Channel.move raises IllegalTransition.
+# "BIP channels"). A pair that is not here is illegal: Channel.move raises IllegalChannelEvent.
 TRANSITIONS: dict[tuple[ChannelState, ChannelEvent], ChannelState] = {
     (ChannelState.OPENING, ChannelEvent.ESTABLISHED): ChannelState.ESTABLISHED,
     (ChannelState.OPENING, ChannelEvent.FAILED): ChannelState.CLOSED,  # the deferred TR carries the failure
@@ -111,7 +112,7 @@ def illegal_answer(state: ChannelState, event: ChannelEvent) -> tuple[int, bytes
     return GeneralResult.TERMINAL_UNABLE, bytes((TerminalProblem.NO_SPECIFIC_CAUSE,))
 
 
-class IllegalTransition(Exception):
+class IllegalChannelEvent(IllegalTransition):
     """`event` is not allowed in `state`; `answer` is the TS 102 223 result it gets (None: no answer)."""
 
     def __init__(self, channel: int, state: ChannelState, event: ChannelEvent) -> None:
@@ -189,10 +190,10 @@ class Channel:
     data_available_sent: bool = False
 
     def move(self, event: ChannelEvent) -> None:
-        """The only way a channel changes state (TRANSITIONS); raises IllegalTransition."""
+        """The only way a channel changes state (TRANSITIONS); raises IllegalChannelEvent."""
         nxt = TRANSITIONS.get((self.state, event))
         if nxt is None:
-            raise IllegalTransition(self.id, self.state, event)
+            raise IllegalChannelEvent(self.id, self.state, event)
         self.state = nxt
 
     @property
@@ -290,7 +291,7 @@ class BipGateway:
     def _channel(self, command: ProactiveCommand) -> Channel | None:
         return self.channels.get(channel_of(command))
 
-    def _illegal(self, command: ProactiveCommand, exc: IllegalTransition) -> list[Action]:
+    def _illegal(self, command: ProactiveCommand, exc: IllegalChannelEvent) -> list[Action]:
         """A card command its channel's state does not allow: the result of illegal_answer."""
         general, additional = exc.answer or (GeneralResult.TERMINAL_UNABLE, b"\x00")
         return [self._tr(command, general, additional, channel=exc.channel)]
@@ -384,7 +385,7 @@ class BipGateway:
             return [self._bip_error(command, BipErrorCause.CHANNEL_ID_NOT_VALID)]
         try:
             channel.move(ChannelEvent.CLOSE)
-        except IllegalTransition as exc:
+        except IllegalChannelEvent as exc:
             return self._illegal(command, exc)
         del self.channels[channel.id]
         return [BearerClose(channel.id), self._tr(command, GeneralResult.OK, channel=channel.id)]
@@ -395,7 +396,7 @@ class BipGateway:
             return [self._bip_error(command, BipErrorCause.CHANNEL_ID_NOT_VALID)]
         try:
             channel.move(ChannelEvent.SEND)
-        except IllegalTransition as exc:
+        except IllegalChannelEvent as exc:
             return self._illegal(command, exc)
         data = channel_data(command)
         if len(channel.tx) + len(data) > channel.buffer_size:
@@ -439,7 +440,7 @@ class BipGateway:
             return [self._bip_error(command, BipErrorCause.CHANNEL_ID_NOT_VALID)]
         try:
             channel.move(ChannelEvent.RECEIVE)
-        except IllegalTransition as exc:
+        except IllegalChannelEvent as exc:
             return self._illegal(command, exc)
         if not channel.rx:
             if channel.state is ChannelState.DROPPED:
@@ -476,7 +477,7 @@ class BipGateway:
             return []
         try:
             channel.move(ChannelEvent.ESTABLISHED)
-        except IllegalTransition:
+        except IllegalChannelEvent:
             return []  # a late report of a link the card has moved on from
         actions: list[Action] = []
         deferred, channel.deferred = channel.deferred, None
@@ -506,7 +507,7 @@ class BipGateway:
             return []
         try:
             channel.move(ChannelEvent.FAILED)
-        except IllegalTransition:
+        except IllegalChannelEvent:
             return []
         deferred, channel.deferred = channel.deferred, None
         if (
@@ -543,7 +544,7 @@ class BipGateway:
             )
         try:
             channel.move(ChannelEvent.DROPPED)
-        except IllegalTransition:
+        except IllegalChannelEvent:
             return []
         actions: list[Action] = []
         if channel.rx and not channel.data_available_sent:

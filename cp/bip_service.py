@@ -1,8 +1,14 @@
 """The CP's BIP runtime (trio): the card driver's FETCH loop, the sans-IO gateway, and one task per channel link.
 
 One task owns the card (APDUs are strictly sequential); link tasks post events to it through a memory channel.
-It labels the patent steps it observes on the CP side (PROTOCOL.md section 6, bipsim.trace.steps): the labels of
-embodiment 1 with the own-stack bearer, of embodiment 2 with the AP proxy.
+It labels the patent steps it observes on the CP side (docs/protocols.md, "The patent's steps"; bipsim.trace.steps):
+the labels of embodiment 1 with the own-stack bearer, of embodiment 2 with the AP proxy.
+
+Errors are data: an exception in one channel's task (its bearer, its stream) ends that channel only. The card gets
+what TS 102 223 says for a link that went away (a Channel Status event "link dropped", section 7.5.11, or the
+OPEN CHANNEL's failure while the link was being set up), the card's CLOSE CHANNEL releases it, and an app.error
+trace event names the exception; the CP and its other channels go on. An exception in the card loop itself (a card
+answering a FETCH with an error) is traced the same way and the loop goes on at the next poll.
 """
 
 from __future__ import annotations
@@ -25,8 +31,16 @@ from bipsim.cp.bip_gateway import (
 )
 from bipsim.cp.card_driver import CardDriver
 from bipsim.trace.events import Actor, Layer
+from bipsim.trace.kinds import Kind
 from bipsim.trace.recorder import NULL_TRACER, Tracer
-from bipsim.uicc.cat import CommandType, GeneralResult, OpenChannel, ProactiveCommand, TerminalResponse
+from bipsim.uicc.cat import (
+    BipErrorCause,
+    CommandType,
+    GeneralResult,
+    OpenChannel,
+    ProactiveCommand,
+    TerminalResponse,
+)
 
 STEP_KEYS: dict[str, tuple[str, str]] = {
     "fetch_open": ("S401", "S701"),
@@ -124,8 +138,30 @@ class BipService:
         key = FETCH_KEYS.get(command.type) if command is not None else None  # type: ignore[call-overload]
         return self.step(key) if key else None
 
+    def _error(self, what: str, exc: BaseException, channel: int | None = None) -> None:
+        """An app.error trace event: a task's exception, ended with its channel (or its loop iteration)."""
+        fields: dict[str, object] = {"where": what, "error": repr(exc)}
+        if channel is not None:
+            fields["channel"] = channel
+        self.tracer.emit(
+            Actor.CP,
+            Actor.UICC,
+            Layer.APP,
+            f"{what}{f' (channel {channel})' if channel is not None else ''}: {exc!r}",
+            error=True,
+            kind=Kind.APP_ERROR,
+            fields=fields,
+        )
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        await self.driver.start()
+        try:
+            await self.driver.start()
+        except Exception as exc:
+            # a card that cannot start has no BIP sessions; the modem goes on answering AT
+            self._error("card start", exc)
+            self.session_finished.set()
+            task_status.started()
+            return
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             task_status.started()
@@ -133,18 +169,25 @@ class BipService:
 
     async def _card_loop(self) -> None:
         while True:
-            while self.driver.proactive_pending:
-                command, _ = await self.driver.fetch()
-                if command is None:
-                    continue  # a malformed command cannot be answered by number; the card times it out
-                await self._apply(self.gateway.on_command(command), command)
-            event: LinkEvent | None = None
-            with trio.move_on_after(self.poll_interval):
-                event = await self._events_rx.receive()
-            if event is None:
-                await self.driver.poll()
-                continue
-            await self._apply(self._on_event(event))
+            try:
+                await self._card_step()
+            except Exception as exc:
+                self._error("card loop", exc)
+                await trio.sleep(self.poll_interval)  # the next poll asks the card again
+
+    async def _card_step(self) -> None:
+        while self.driver.proactive_pending:
+            command, _ = await self.driver.fetch()
+            if command is None:
+                continue  # a malformed command cannot be answered by number; the card times it out
+            await self._apply(self.gateway.on_command(command), command)
+        event: LinkEvent | None = None
+        with trio.move_on_after(self.poll_interval):
+            event = await self._events_rx.receive()
+        if event is None:
+            await self.driver.poll()
+            return
+        await self._apply(self._on_event(event))
 
     def _on_event(self, event: LinkEvent) -> list[Action]:
         if event.generation != self._generation.get(event.channel, 0):
@@ -181,7 +224,18 @@ class BipService:
                 stream = self._streams.pop(action.channel, None)
                 if stream is not None:
                     assert self._nursery is not None
-                    self._nursery.start_soon(self.bearer.disconnect, action.channel, stream)
+                    self._nursery.start_soon(self._disconnect, action.channel, stream)
+
+    async def _disconnect(self, channel: int, stream: trio.abc.Stream) -> None:
+        try:
+            await self.bearer.disconnect(channel, stream)
+        except Exception as exc:
+            self._error("bearer disconnect", exc, channel)
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                try:
+                    await stream.aclose()
+                except Exception:
+                    pass
 
     async def _terminal_response(self, response: TerminalResponse) -> None:
         key = TR_KEYS.get(response.type)  # type: ignore[call-overload]
@@ -214,30 +268,65 @@ class BipService:
         if stream is None:
             await self._events_tx.send(LinkDown(channel, generation))
             return
-        if self.bearer.embodiment == 1:
-            self.tracer.emit(
-                Actor.CP,
-                Actor.OTA,
-                Layer.TCP,
-                f"channel {channel}: {len(data)} bytes",
-                data,
-                step=self.step("send"),
-            )
-        else:
-            self.tracer.emit(
-                Actor.CP,
-                Actor.AP,
-                Layer.APP,
-                f"channel {channel}: {len(data)} bytes over DLC {2 + channel}",
-                data,
-                step=self.step("send"),
-            )
+        self._trace_data(channel, data, outgoing=True, step=self.step("send"))
         try:
             await stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             await self._events_tx.send(LinkDown(channel, generation))
+        except Exception as exc:  # the channel's stream failed: that channel drops, nothing else
+            self._error("channel send", exc, channel)
+            await self._events_tx.send(LinkDown(channel, generation))
+
+    def _trace_data(self, channel: int, data: bytes, *, outgoing: bool, step: str | None) -> None:
+        """Payload bytes of a channel: tcp.data on the CP's own stack, app.event on the AP's data DLC."""
+        if self.bearer.embodiment == 1:
+            src, dst = (Actor.CP, Actor.OTA) if outgoing else (Actor.OTA, Actor.CP)
+            self.tracer.emit(
+                src,
+                dst,
+                Layer.TCP,
+                f"channel {channel}: {len(data)} bytes",
+                data,
+                step=step,
+                kind=Kind.TCP_DATA,
+                fields={"channel": channel, "length": len(data)},
+            )
+        else:
+            src, dst = (Actor.CP, Actor.AP) if outgoing else (Actor.AP, Actor.CP)
+            self.tracer.emit(
+                src,
+                dst,
+                Layer.APP,
+                f"channel {channel}: {len(data)} bytes over DLC {2 + channel}",
+                data,
+                step=step,
+                kind=Kind.APP_EVENT,
+                fields={
+                    "event": "channel_data",
+                    "channel": channel,
+                    "dlci": 2 + channel,
+                    "length": len(data),
+                },
+            )
 
     async def _link(self, channel: int, request: OpenChannel, generation: int = 0) -> None:
+        """One channel's task: its link, then its reads. Whatever it raises ends this channel only."""
+        up: list[bool] = []
+        try:
+            await self._link_body(channel, request, generation, up)
+        except Exception as exc:
+            self._error("channel task", exc, channel)
+            if up:
+                await self._events_tx.send(LinkDown(channel, generation))  # Channel Status: link dropped
+            else:
+                failure = LinkError(
+                    GeneralResult.BIP_ERROR,
+                    bytes((BipErrorCause.NO_SPECIFIC_CAUSE,)),
+                    f"link failed: {exc!r}",
+                )
+                await self._events_tx.send(LinkFailed(channel, failure, generation))
+
+    async def _link_body(self, channel: int, request: OpenChannel, generation: int, up: list[bool]) -> None:
         async with self._connecting.setdefault(channel, trio.Lock()):
             if generation != self._generation.get(channel, 0):
                 return  # the card closed this channel before its link was asked for
@@ -250,6 +339,13 @@ class BipService:
                     Layer.APP,
                     f"channel {channel}: link failed: {exc.reason}",
                     error=True,
+                    kind=Kind.APP_EVENT,
+                    fields={
+                        "event": "link_failed",
+                        "channel": channel,
+                        "result": exc.general,
+                        "additional": exc.additional.hex().upper(),
+                    },
                 )
                 await self._events_tx.send(LinkFailed(channel, exc, generation))
                 return
@@ -258,6 +354,7 @@ class BipService:
                 await self.bearer.disconnect(channel, stream)
                 return
         self._streams[channel] = stream
+        up.append(True)
         await self._events_tx.send(LinkUp(channel, generation))
         await self._read(channel, stream, generation)
 
@@ -277,28 +374,22 @@ class BipService:
             if self._streams.get(channel) is not stream:
                 return  # closed by the card meanwhile
             if not data:
+                own = self.bearer.embodiment == 1
                 self.tracer.emit(
-                    Actor.OTA if self.bearer.embodiment == 1 else Actor.AP,
+                    Actor.OTA if own else Actor.AP,
                     Actor.CP,
-                    Layer.TCP if self.bearer.embodiment == 1 else Layer.APP,
+                    Layer.TCP if own else Layer.APP,
                     f"channel {channel}: remote end closed",
                     error=True,
+                    kind=Kind.TCP_CLOSED if own else Kind.APP_EVENT,
+                    fields={"channel": channel} if own else {"event": "remote_closed", "channel": channel},
                 )
                 self._streams.pop(channel, None)
                 await self._events_tx.send(LinkDown(channel, generation))
                 return
-            if self.bearer.embodiment == 1:
-                self.tracer.emit(
-                    Actor.OTA, Actor.CP, Layer.TCP, f"channel {channel}: {len(data)} bytes", data, step="S409"
-                )
-            else:
-                self.tracer.emit(
-                    Actor.AP,
-                    Actor.CP,
-                    Layer.APP,
-                    f"channel {channel}: {len(data)} bytes over DLC {2 + channel}",
-                    data,
-                )
+            self._trace_data(
+                channel, data, outgoing=False, step="S409" if self.bearer.embodiment == 1 else None
+            )
             await self._events_tx.send(LinkData(channel, data, generation))
 
     @property

@@ -1,18 +1,34 @@
 """The terminal side of the card interface (ETSI TS 102 221 sections 7.3 and 14, TS 102 223 section 5): TERMINAL
 PROFILE with the BIP capabilities, T=0 response handling (61 xx GET RESPONSE, 6C xx re-send with Le), the FETCH loop
 driven by 91 xx, TERMINAL RESPONSE and ENVELOPE. It talks to any ApduTransport and records every exchange as two
-trace events of layer "apdu" (the command, then the response with its status word), plus the decoded CAT message.
+trace events (docs/protocols.md, "Traces"): the command (kind apdu.command, or cat.terminal_profile, cat.fetch,
+cat.terminal_response with its command and result, cat.envelope with its event, channel and link) and the response
+(apdu.response with its status word, or cat.proactive with the fetched command's name, number and qualifier).
+
+The card is the CP's peer, not part of it: an exception out of the card's transport (a reader gone, a simulated
+card's applet failing) is answered as the card answering 6F 00, technical problem (TS 102 221 section 10.2.1.5),
+with an app.error trace event, so that the CP and its other channels go on.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import trio
 
 from bipsim.trace.events import Actor, Layer
+from bipsim.trace.kinds import Kind
 from bipsim.trace.recorder import NULL_TRACER, Tracer
-from bipsim.uicc.cat import Envelope, ProactiveCommand, TerminalResponse, decode_proactive
+from bipsim.uicc.cat import (
+    Envelope,
+    EnvelopeTag,
+    Event,
+    ProactiveCommand,
+    TerminalResponse,
+    channel_statuses,
+    decode_proactive,
+)
 from bipsim.uicc.tlv import TlvError
 from bipsim.uicc.transport import ApduTransport
 
@@ -55,6 +71,38 @@ def terminal_profile(channels: int = 7) -> bytes:
 
 
 TERMINAL_PROFILE = terminal_profile()
+SW_TECHNICAL_PROBLEM = b"\x6f\x00"
+LINK_DROPPED = 0x05  # channel status further information (TS 102 223 section 8.56)
+
+
+def _name(value: int, names: type[EnvelopeTag] | type[Event]) -> str:
+    try:
+        return names(value).name.lower()
+    except ValueError:
+        return f"0x{value:02x}"
+
+
+def envelope_fields(envelope: Envelope) -> dict[str, Any]:
+    """The trace fields of a cat.envelope event: envelope ("event_download", "sms_pp_download"...), and for an
+    event download its event ("data_available", "channel_status"), channel and link."""
+    fields: dict[str, Any] = {"envelope": _name(envelope.tag, EnvelopeTag)}
+    event = envelope.event if envelope.tag == EnvelopeTag.EVENT_DOWNLOAD else None
+    if event is None:
+        return fields
+    fields["event"] = _name(event, Event)
+    statuses = channel_statuses(envelope)
+    if statuses:
+        status = statuses[0]
+        fields["channel"] = int(status["channel_id"])
+        if status["link_established"]:
+            fields["link"] = "established"
+        else:
+            fields["link"] = "dropped" if status["further_info"] == LINK_DROPPED else "not_established"
+    return fields
+
+
+def sw_text(response: bytes) -> str:
+    return response[-2:].hex().upper() if len(response) >= 2 else ""
 
 
 def get_response_class(cla: int) -> int:
@@ -90,34 +138,74 @@ class CardDriver:
         self._lock = trio.Lock()  # the BIP service and AT commands (+CSIM, +CRSM, +CGLA) share one card
         self.started = trio.Event()  # TERMINAL PROFILE went through: envelopes may be sent
 
+    async def _exchange(self, apdu: bytes) -> bytes:
+        """One APDU to the card; an exception out of the card is its 6F 00 (the CP goes on)."""
+        try:
+            return await self.card.transmit(apdu)
+        except Exception as exc:
+            self.tracer.emit(
+                Actor.UICC,
+                Actor.CP,
+                Layer.APP,
+                f"card failed on {apdu[:4].hex().upper()}: {exc!r}; answered as 6F00",
+                error=True,
+                kind=Kind.APP_ERROR,
+                fields={"where": "card", "apdu": apdu[:4].hex().upper(), "error": repr(exc)},
+            )
+            return SW_TECHNICAL_PROBLEM
+
+    def _response_event(self, summary: str, response: bytes) -> None:
+        sw = sw_text(response)
+        self.tracer.emit(
+            Actor.UICC,
+            Actor.CP,
+            Layer.APDU,
+            f"{summary}: {sw}",
+            response,
+            kind=Kind.APDU_RESPONSE,
+            fields={"sw": sw},
+        )
+
     async def raw(self, apdu: bytes, summary: str) -> bytes:
         """One APDU exactly as given (no T=0 handling), recorded: for +CSIM and +CGLA."""
         async with self._lock:
-            self.tracer.emit(Actor.CP, Actor.UICC, Layer.APDU, summary, apdu)
-            response = await self.card.transmit(apdu)
-            self.tracer.emit(
-                Actor.UICC, Actor.CP, Layer.APDU, f"{summary}: {response[-2:].hex().upper()}", response
-            )
+            self.tracer.emit(Actor.CP, Actor.UICC, Layer.APDU, summary, apdu, kind=Kind.APDU_COMMAND)
+            response = await self._exchange(apdu)
+            self._response_event(summary, response)
         if len(response) >= 2:
             self._note(int.from_bytes(response[-2:], "big"))
         return response
 
-    async def transmit(self, apdu: bytes, summary: str, *, step: str | None = None) -> tuple[bytes, int]:
+    async def transmit(
+        self,
+        apdu: bytes,
+        summary: str,
+        *,
+        step: str | None = None,
+        kind: Kind = Kind.APDU_COMMAND,
+        fields: dict[str, Any] | None = None,
+    ) -> tuple[bytes, int]:
         """One command with T=0 response handling; returns (response data, final SW). Records both directions.
         The command and its GET RESPONSE go as one under the card lock: an AT command's ENVELOPE (AT%SMSPP) never
         lands between the BIP service's 61 xx and the GET RESPONSE that fetches it."""
         async with self._lock:
-            return await self._transmit(apdu, summary, step=step)
+            return await self._transmit(apdu, summary, step=step, kind=kind, fields=fields)
 
-    async def _transmit(self, apdu: bytes, summary: str, *, step: str | None = None) -> tuple[bytes, int]:
-        self.tracer.emit(Actor.CP, Actor.UICC, Layer.APDU, summary, apdu, step=step)
-        response = await self.card.transmit(apdu)
-        self.tracer.emit(
-            Actor.UICC, Actor.CP, Layer.APDU, f"{summary}: {response[-2:].hex().upper()}", response
-        )
+    async def _transmit(
+        self,
+        apdu: bytes,
+        summary: str,
+        *,
+        step: str | None = None,
+        kind: Kind = Kind.APDU_COMMAND,
+        fields: dict[str, Any] | None = None,
+    ) -> tuple[bytes, int]:
+        self.tracer.emit(Actor.CP, Actor.UICC, Layer.APDU, summary, apdu, step=step, kind=kind, fields=fields)
+        response = await self._exchange(apdu)
+        self._response_event(summary, response)
         data, sw = response[:-2], int.from_bytes(response[-2:], "big") if len(response) >= 2 else 0x6F00
         if sw >> 8 == 0x6C:  # wrong Le: the card tells the right one
-            return await self._transmit(apdu[:4] + bytes((sw & 0xFF,)), summary)
+            return await self._transmit(apdu[:4] + bytes((sw & 0xFF,)), summary, kind=kind, fields=fields)
         if sw >> 8 == 0x61:  # response data waiting
             get = bytes((get_response_class(apdu[0]), 0xC0, 0, 0, sw & 0xFF))
             more, sw = await self._transmit(get, "GET RESPONSE")
@@ -134,10 +222,12 @@ class CardDriver:
     async def start(self) -> None:
         """Powers the card on and sends TERMINAL PROFILE."""
         self.atr = await self.card.power_on()
-        self.tracer.emit(Actor.UICC, Actor.CP, Layer.APDU, "ATR", self.atr)
+        self.tracer.emit(Actor.UICC, Actor.CP, Layer.APDU, "ATR", self.atr, kind=Kind.APDU_ATR)
         profile = TERMINAL_PROFILE
         _, sw = await self.transmit(
-            b"\x80\x10\x00\x00" + bytes((len(profile),)) + profile, "TERMINAL PROFILE"
+            b"\x80\x10\x00\x00" + bytes((len(profile),)) + profile,
+            "TERMINAL PROFILE",
+            kind=Kind.CAT_TERMINAL_PROFILE,
         )
         if sw not in (0x9000,) and sw >> 8 != 0x91:
             raise CardError("TERMINAL PROFILE", sw)
@@ -153,17 +243,41 @@ class CardDriver:
             return None, b""
         length = self.proactive_pending & 0xFF
         async with self._lock:
-            self.tracer.emit(Actor.CP, Actor.UICC, Layer.APDU, "FETCH", bytes((0x80, 0x12, 0, 0, length)))
-            response = await self.card.transmit(bytes((0x80, 0x12, 0, 0, length)))
+            apdu = bytes((0x80, 0x12, 0, 0, length))
+            self.tracer.emit(Actor.CP, Actor.UICC, Layer.APDU, "FETCH", apdu, kind=Kind.CAT_FETCH)
+            response = await self._exchange(apdu)
             data, sw = response[:-2], int.from_bytes(response[-2:], "big") if len(response) >= 2 else 0x6F00
             try:
-                command: ProactiveCommand | None = decode_proactive(data)
+                command: ProactiveCommand | None = decode_proactive(data) if data else None
             except TlvError:
                 command = None
-            name = f"FETCH: {command.type_name}" if command is not None else "FETCH: (malformed)"
-            self.tracer.emit(
-                Actor.UICC, Actor.CP, Layer.APDU, name, response, step=self.fetch_labeler(command)
-            )
+            if command is not None:
+                self.tracer.emit(
+                    Actor.UICC,
+                    Actor.CP,
+                    Layer.APDU,
+                    f"FETCH: {command.type_name}",
+                    response,
+                    step=self.fetch_labeler(command),
+                    kind=Kind.CAT_PROACTIVE,
+                    fields={
+                        "command": command.type_name,
+                        "number": command.number,
+                        "qualifier": command.qualifier,
+                        "sw": sw_text(response),
+                    },
+                )
+            else:
+                self.tracer.emit(
+                    Actor.UICC,
+                    Actor.CP,
+                    Layer.APDU,
+                    "FETCH: (malformed)" if data else f"FETCH: {sw_text(response)}",
+                    response,
+                    error=True,
+                    kind=Kind.APDU_RESPONSE,
+                    fields={"sw": sw_text(response)},
+                )
         if sw != 0x9000 and sw >> 8 != 0x91:
             raise CardError("FETCH", sw)
         self._note(sw)
@@ -173,11 +287,23 @@ class CardDriver:
         body = response.encode()
         general, _ = response.result
         summary = f"TERMINAL RESPONSE: {response.type_name} (result 0x{general:02X})"
-        _, sw = await self.transmit(b"\x80\x14\x00\x00" + bytes((len(body),)) + body, summary, step=step)
+        _, sw = await self.transmit(
+            b"\x80\x14\x00\x00" + bytes((len(body),)) + body,
+            summary,
+            step=step,
+            kind=Kind.CAT_TERMINAL_RESPONSE,
+            fields={"command": response.type_name, "result": int(general)},
+        )
         return sw
 
     async def envelope(
         self, envelope: Envelope, summary: str, *, step: str | None = None
     ) -> tuple[bytes, int]:
         body = envelope.encode()
-        return await self.transmit(b"\x80\xc2\x00\x00" + bytes((len(body),)) + body, summary, step=step)
+        return await self.transmit(
+            b"\x80\xc2\x00\x00" + bytes((len(body),)) + body,
+            summary,
+            step=step,
+            kind=Kind.CAT_ENVELOPE,
+            fields=envelope_fields(envelope),
+        )

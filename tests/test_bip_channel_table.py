@@ -18,6 +18,7 @@ from bipsim.cp.bip_gateway import (
     Channel,
     ChannelEvent,
     ChannelState,
+    IllegalChannelEvent,
     IllegalTransition,
     illegal_answer,
 )
@@ -75,7 +76,7 @@ def test_every_other_pair_is_an_illegal_transition_with_its_answer(
     state: ChannelState, event: ChannelEvent
 ) -> None:
     channel = channel_in(state)
-    with pytest.raises(IllegalTransition) as illegal:
+    with pytest.raises(IllegalChannelEvent) as illegal:
         channel.move(event)
     assert channel.state is state  # nothing changed
     assert (illegal.value.state, illegal.value.event, illegal.value.channel) == (state, event, 1)
@@ -153,9 +154,10 @@ ENGINE_ILLEGAL = [
 
 @pytest.mark.parametrize(("state", "event"), ENGINE_ILLEGAL, ids=str)
 def test_every_other_engine_pair_is_an_illegal_transition(state: EngineState, event: EngineEvent) -> None:
-    with pytest.raises(bip_engine.IllegalTransition) as illegal:
+    with pytest.raises(bip_engine.IllegalEngineEvent) as illegal:
         next_state(state, event)
     assert (illegal.value.state, illegal.value.event) == (state, event)
+    assert isinstance(illegal.value, IllegalTransition)  # the project's one error type for every table
 
 
 def answered(engine: BipEngine, general: int = GeneralResult.OK) -> None:

@@ -103,3 +103,156 @@ async def test_refused_open_channel() -> None:
         bytes((BipErrorCause.REMOTE_DEVICE_NOT_REACHABLE,)),
     )
     assert client.lost and not client.received
+
+
+# --- errors are data: an exception in a channel's task or in the card's client ends that session only -------------
+
+
+class ExplodingClient(RequestResponseClient):
+    """A client that raises on the first bytes of its first session, as an OTA agent may on a malformed HTTP
+    answer; later sessions work."""
+
+    def __init__(self, request: bytes, expect: int) -> None:
+        super().__init__(request, expect)
+        self.exploded = False
+
+    def data_received(self, data: bytes) -> bytes:
+        if not self.exploded:
+            self.exploded = True
+            raise ValueError("malformed HTTP answer")
+        return super().data_received(data)
+
+
+class BreakingStream(trio.abc.Stream):
+    """A channel stream whose first read raises something no bearer expects."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        await self.inner.receive_some(max_bytes)
+        raise KeyError("a bug in the channel's stream")
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class BreakingOnceBearer(DirectBearer):
+    """The first channel's stream breaks mid-session; later ones are plain TCP."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.connections = 0
+
+    async def connect(self, channel: int, request: OpenChannel) -> trio.abc.Stream:
+        stream = await super().connect(channel, request)
+        self.connections += 1
+        return BreakingStream(stream) if self.connections == 1 else stream
+
+
+async def _at_works(driver: CardDriver) -> None:
+    """The modem's AT side, on the same card driver, still answers (here +CIMI, which reads the card)."""
+    from bipsim.cp.commands import ModemCommands
+    from bipsim.cp.network import CellularNetwork
+    from bipsim.link.at_server import AtServer
+    from tests.test_cp_commands import Dte
+
+    dte_end, modem_end = trio.testing.memory_stream_pair()
+    server = AtServer(modem_end)
+    ModemCommands(driver, CellularNetwork()).install(server)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.run)
+        answer = await Dte(dte_end).at("AT+CIMI")
+        assert answer.endswith("\r\nOK\r\n") and load_profile().imsi in answer, answer
+        nursery.cancel_scope.cancel()
+
+
+async def _two_sessions(
+    client: RequestResponseClient, bearer: DirectBearer
+) -> tuple[BipEngine, SimCard, Tracer]:
+    """A session that meets the fault, then the AT side, then a second session the card starts."""
+    tracer = Tracer(keep=True, session="test")
+    async with trio.open_nursery() as nursery:
+        port = await serve_answer(500, nursery)
+        engine = BipEngine(BipConfig(port=port, bearer_type=2), client)
+        card = SimCard(load_profile(), toolkit=engine)
+        driver = CardDriver(SimulatedCard(card), tracer=tracer)
+        service = BipService(driver, bearer, tracer=tracer, poll_interval=0.05)
+        with trio.fail_after(30):
+            await nursery.start(service.run)
+            await service.session_finished.wait()
+            assert engine.state is EngineState.DONE and service.sessions_done == 1
+            await _at_works(driver)
+            service.session_finished = trio.Event()
+            engine.trigger()  # the card's next session (as an SMS push or a timer would start it)
+            await service.session_finished.wait()
+        nursery.cancel_scope.cancel()
+    assert service.sessions_done == 2 and engine.state is EngineState.DONE, engine.failures
+    return engine, card, tracer
+
+
+async def test_a_card_client_that_raises_mid_session_ends_that_session_and_the_next_one_works() -> None:
+    client = ExplodingClient(b"GET /", 500)
+    engine, card, tracer = await _two_sessions(client, DirectBearer())
+    assert engine.failures[0][0] == "client failed in data_received: ValueError('malformed HTTP answer')"
+    assert not card.faults  # the card contained it as a closed channel, not as a fault
+    assert bytes(client.received) == bytes(i % 251 for i in range(500))  # the second session got it all
+    closes = [
+        e for e in tracer.events if e.kind == "cat.proactive" and e.fields["command"] == "CLOSE CHANNEL"
+    ]
+    assert len(closes) == 2
+
+
+async def test_an_exception_in_a_channels_task_drops_that_channel_and_the_next_session_works() -> None:
+    client = RequestResponseClient(b"GET /", 500)
+    engine, _, tracer = await _two_sessions(client, BreakingOnceBearer())
+    (error,) = [e for e in tracer.events if e.kind == "app.error"]
+    assert error.fields == {
+        "where": "channel task",
+        "error": 'KeyError("a bug in the channel\'s stream")',
+        "channel": 1,
+    }
+    dropped = [e for e in tracer.events if e.kind == "cat.envelope" and e.fields.get("link") == "dropped"]
+    assert dropped and dropped[0].fields == {
+        "envelope": "event_download",
+        "event": "channel_status",
+        "channel": 1,
+        "link": "dropped",
+    }
+    assert engine.failures[0] == ("link dropped", GeneralResult.BIP_ERROR, b"\x05")
+    assert len(client.received) == 500
+
+
+class FaultyTransport(SimulatedCard):
+    """A card transport that raises once, on the first STATUS poll after the session started."""
+
+    def __init__(self, card: SimCard) -> None:
+        super().__init__(card)
+        self.raised = False
+
+    async def transmit(self, command: bytes) -> bytes:
+        if command[:2] == b"\x80\xf2" and not self.raised:
+            self.raised = True
+            raise OSError("reader removed")
+        return await super().transmit(command)
+
+
+async def test_an_exception_out_of_the_card_transport_is_6f00_and_an_app_error() -> None:
+    tracer = Tracer(keep=True, session="test")
+    card = SimCard(load_profile())
+    driver = CardDriver(FaultyTransport(card), tracer=tracer)
+    async with trio.open_nursery() as nursery:
+        service = BipService(driver, DirectBearer(), tracer=tracer, poll_interval=0.01)
+        await nursery.start(service.run)
+        assert await driver.transmit(b"\x80\xf2\x00\x0c\x00", "STATUS") == (b"", 0x6F00)
+        await _at_works(driver)
+        nursery.cancel_scope.cancel()
+    (error,) = [e for e in tracer.events if e.kind == "app.error"]
+    assert error.fields == {"where": "card", "apdu": "80F2000C", "error": "OSError('reader removed')"}
+    assert [e.fields for e in tracer.events if e.kind == "apdu.response"][-1] == {"sw": "9000"}

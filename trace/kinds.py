@@ -22,6 +22,7 @@ class Kind(StrEnum):
     # card interface (TS 102 221 / TS 102 223): one event per C-APDU and one per R-APDU
     APDU_COMMAND = "apdu.command"  # a C-APDU that is not a CAT command below (SELECT, READ BINARY, ...)
     APDU_RESPONSE = "apdu.response"  # the R-APDU of any command, status word last; fields: sw
+    APDU_ATR = "apdu.atr"  # the card's answer to reset (not an R-APDU)
     CAT_TERMINAL_PROFILE = "cat.terminal_profile"
     CAT_FETCH = "cat.fetch"  # FETCH C-APDU
     # fields: command (the spec's name, "OPEN CHANNEL"), number, qualifier

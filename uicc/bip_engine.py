@@ -42,6 +42,9 @@ from bipsim.uicc.client import BipClient
 from bipsim.uicc.tlv import TlvError
 from bipsim.uicc.toolkit import ToolkitError
 
+# the general result of a `failures` entry that is the card's own client failing, not a terminal's result
+CLIENT_ERROR = -1
+
 # A proactive command must fit one FETCH (256 bytes): 237 bytes of channel data leave room for the headers.
 MAX_CHANNEL_DATA = 237
 
@@ -170,21 +173,27 @@ RESPONSE_EVENTS: dict[tuple[int, str], EngineEvent] = {
 
 
 class IllegalTransition(Exception):
+    """The project's error for an event that a state machine's transition table does not allow
+    (docs/architecture.md, "Explicit state machines"); the code driving the machine turns it into the protocol's
+    own answer. Subclasses carry the machine's state and event."""
+
+
+class IllegalEngineEvent(IllegalTransition):
     """`event` is not allowed in the engine's `state`. The engine answers it as the protocol says: an
     unexpected terminal response is kept in `failures` (with the result the terminal gave) and changes nothing;
     a Channel Status or Data Available event for a channel state that does not expect it is ignored."""
 
     def __init__(self, state: EngineState, event: EngineEvent) -> None:
-        super().__init__(f"{event.value} in state {state.value}")
+        super().__init__(f"BIP engine: {event.value} in state {state.value}")
         self.state = state
         self.event = event
 
 
 def next_state(state: EngineState, event: EngineEvent) -> EngineState:
-    """The table's answer; raises IllegalTransition."""
+    """The table's answer; raises IllegalEngineEvent."""
     nxt = TRANSITIONS.get((state, event))
     if nxt is None:
-        raise IllegalTransition(state, event)
+        raise IllegalEngineEvent(state, event)
     return nxt
 
 
@@ -300,11 +309,49 @@ class BipEngine:
         self.failures.append((reason, general, additional))
         self._tx.clear()
         self._rx_available = 0
-        self.client.connection_lost(reason)
+        self._lost(reason)
         self._reconnect()
 
+    # --- the client, contained: an exception in it ends its session as a closed channel, never the card ----------
+
+    def _client_failed(self, where: str, exc: Exception) -> None:
+        """The client raised: its session ends (CLOSE CHANNEL, TS 102 223 6.4.28) and the card goes on."""
+        self.failures.append((f"client failed in {where}: {exc!r}", CLIENT_ERROR, b""))
+        self._tx.clear()
+        self._rx_available = 0
+        if self.state in (EngineState.OPEN, EngineState.DRAINING):
+            self._move(EngineEvent.CLOSE)
+            self._issue(close_channel(self.channel, self._next_number()))
+
+    def _made(self) -> bytes:
+        try:
+            return self.client.connection_made()
+        except Exception as exc:
+            self._client_failed("connection_made", exc)
+            return b""
+
+    def _received(self, data: bytes) -> bytes:
+        try:
+            return self.client.data_received(data)
+        except Exception as exc:
+            self._client_failed("data_received", exc)
+            return b""
+
+    def _lost(self, reason: str) -> None:
+        try:
+            self.client.connection_lost(reason)
+        except Exception as exc:
+            self.failures.append((f"client failed in connection_lost: {exc!r}", CLIENT_ERROR, b""))
+
+    def _client_flag(self, name: str) -> bool:
+        try:
+            return bool(getattr(self.client, name))
+        except Exception as exc:
+            self.failures.append((f"client failed in {name}: {exc!r}", CLIENT_ERROR, b""))
+            return name == "done"  # a client that cannot say is done, and does not want to resume
+
     def _reconnect(self) -> None:
-        if self.client.wants_reconnect and self._reconnects < self.config.max_reconnects:
+        if self._client_flag("wants_reconnect") and self._reconnects < self.config.max_reconnects:
             self._reconnects += 1
             self._move(EngineEvent.RECONNECT)
             self._issue(self.config.open_channel(self._next_number()))
@@ -328,9 +375,9 @@ class BipEngine:
         event = RESPONSE_EVENTS.get((command.type, outcome))
         try:
             if event is None:
-                raise IllegalTransition(self.state, EngineEvent.DATA_OK)
+                raise IllegalEngineEvent(self.state, EngineEvent.DATA_OK)
             self._move(event)
-        except IllegalTransition:
+        except IllegalEngineEvent:
             # an answer the current state does not expect (e.g. after a drop): note it and carry on
             self.failures.append(
                 (f"unexpected {command.type_name} result in state {self.state.value}", general, additional)
@@ -359,12 +406,12 @@ class BipEngine:
             left = channel_data_length(response) or 0
             self._rx_available = left
             if data:
-                self._tx += self.client.data_received(data)
+                self._tx += self._received(data)
         self._pump()
 
     def _connected(self) -> None:
         self.sessions += 1
-        self._tx += self.client.connection_made()
+        self._tx += self._made()
         self._pump()
 
     def _finish(self) -> None:
@@ -393,7 +440,7 @@ class BipEngine:
             self._issue(send_data(self.channel, chunk, immediate=immediate, number=self._next_number()))
             self.tx_free = self.buffer if immediate else self.tx_free - len(chunk)
             return
-        if self.client.done:
+        if self._client_flag("done"):
             self._move(EngineEvent.CLOSE)
             self._issue(close_channel(self.channel, self._next_number()))
 
@@ -415,7 +462,7 @@ class BipEngine:
         event = EngineEvent.LINK_UP if status["link_established"] else EngineEvent.LINK_DROPPED
         try:
             self._move(event)
-        except IllegalTransition:
+        except IllegalEngineEvent:
             return  # e.g. a second "established", or a drop after the card closed: nothing to do
         if event is EngineEvent.LINK_UP:
             self._connected()
@@ -427,7 +474,7 @@ class BipEngine:
 
     def _drop(self) -> None:
         self._rx_available = 0
-        self.client.connection_lost("link dropped")
+        self._lost("link dropped")
         self._move(EngineEvent.CLOSE)
         self._issue(close_channel(self.channel, self._next_number()))
 

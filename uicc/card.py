@@ -111,6 +111,7 @@ class SimCard:
         # current DF/EF per logical channel (0 is the basic channel)
         self._current: dict[int, tuple[File, File | None]] = {0: (self.fs.mf, None)}
         self._response: bytes = b""
+        self.faults: list[str] = []  # exceptions inside the card, each answered 6F 00
         if self.state_path is not None and self.state_path.exists():
             self._restore(load_state(self.state_path))
 
@@ -168,13 +169,17 @@ class SimCard:
         return ATR
 
     def process(self, apdu: bytes) -> bytes:
-        """One command APDU in, response data + SW1 SW2 out. Never raises for bad input."""
+        """One command APDU in, response data + SW1 SW2 out. Never raises: a fault inside the card (a bug in an
+        applet) is 6F 00, technical problem (TS 102 221 section 10.2.1.5), noted in `faults`."""
         try:
             data, sw = self._dispatch(apdu, toolkit=True)
         except ApduError as exc:
             data, sw = b"", exc.sw
         except ToolkitError as exc:
             data, sw = b"", exc.sw
+        except Exception as exc:
+            self.faults.append(f"{apdu[:4].hex().upper()}: {exc!r}")
+            data, sw = b"", SW_TECHNICAL_PROBLEM
         if sw == SW_OK:
             pending = self.toolkit.pending_length()
             if pending:
@@ -189,6 +194,9 @@ class SimCard:
             data, sw = b"", exc.sw
         except ToolkitError as exc:
             data, sw = b"", exc.sw
+        except Exception as exc:
+            self.faults.append(f"{apdu[:4].hex().upper()}: {exc!r}")
+            data, sw = b"", SW_TECHNICAL_PROBLEM
         return data + sw_bytes(sw)
 
     def _dispatch(self, apdu: bytes, *, toolkit: bool) -> tuple[bytes, int]:
