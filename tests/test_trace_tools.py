@@ -139,10 +139,20 @@ def test_a_merged_trace_holds_each_message_once_with_both_ends_times(tmp_path: P
 
 def test_the_ladder_draws_one_arrow_per_message_labelled_by_kind_and_folds_repeats(tmp_path: Path) -> None:
     cp, ap = tmp_path / "cp.jsonl", tmp_path / "ap.jsonl"
+    frame = {
+        "t": 1.001,
+        "src": "ap",
+        "dst": "cp",
+        "layer": "cmux",
+        "kind": "cmux.data",
+        "summary": "UIH DLC1",
+    }
+    frame["hex"] = (b"\xf9\x07\xef\x15AT+CEREG?\r\x00\xf9").hex().upper()  # the command on DLC 1
     write_trace(
         ap,
         [
             at(1.0, "ap", "cp", "at.command", b"AT+CEREG?\r"),
+            frame,
             at(1.15, "cp", "ap", "at.echo", b"AT+CEREG?\r\n"),
             at(1.25, "cp", "ap", "at.info", b"+CEREG: 1,1\r\n"),
             at(1.35, "cp", "ap", "at.final", b"OK\r\n"),
@@ -175,7 +185,9 @@ def test_the_ladder_draws_one_arrow_per_message_labelled_by_kind_and_folds_repea
     assert text.count("AT+CEREG?") == 2  # the command once, the echo once
     assert "echo: AT+CEREG?" in text and "info: +CEREG: 1,1" in text and text.count("OK") == 1
     assert "~ repeated 3 more times" in text and text.count("--->") + text.count("<---") == 5
-    assert len(render(events, "text").splitlines()) == 2 + 8
+    assert "UIH DLC1" not in text  # the frame carries the command drawn above it: one arrow for one message
+    everything = render(events, "text")
+    assert len(everything.splitlines()) == 2 + 9 and "UIH DLC1" in everything
 
 
 def test_steps_are_keyed_on_kind_ends_and_fields() -> None:

@@ -8,7 +8,8 @@ A merged trace holds each message once (trace/reader.py), so each message is one
 event's `kind` (docs/protocols.md "Traces"): an AT echo reads `echo: ATE0`, an information line `info: +CEREG: 1,1`,
 an unsolicited result `URC: ...`, each with the text of its bytes. With `fold`, a run of repeats (the same kind
 between the same ends under the same step, e.g. the server's TCP segments of one flight) is drawn once and
-counted on the next line, as `bipsim demo` counts repeated steps.
+counted on the next line, as `bipsim demo` counts repeated steps, and the CMUX frame that carries an AT line or BIP
+data is not drawn beside it.
 """
 
 from __future__ import annotations
@@ -77,10 +78,39 @@ def _repeat_key(event: TraceEvent) -> tuple[object, ...] | None:
     return (event.src, event.dst, event.layer, what, event.step)
 
 
+CARRIER_NEIGHBOURS = 8  # events either side searched for the message a CMUX data frame carries
+CARRIER_WINDOW = 0.5  # seconds between a frame and the event of the message it carries
+
+
+def carried(events: Sequence[TraceEvent]) -> set[int]:
+    """Indexes of the CMUX data frames (kind cmux.data) that carry a message drawn at its own layer: an AT line or
+    BIP data between the same ends, whose bytes the frame holds, recorded within CARRIER_WINDOW."""
+    out: set[int] = set()
+    for i, frame in enumerate(events):
+        if frame.kind != Kind.CMUX_DATA or not frame.hex:
+            continue
+        data = frame.data
+        for other in events[max(0, i - CARRIER_NEIGHBOURS) : i + CARRIER_NEIGHBOURS + 1]:
+            if (
+                other.layer is not Layer.CMUX
+                and other.hex
+                and (other.src, other.dst) == (frame.src, frame.dst)
+                and abs(other.t - frame.t) <= CARRIER_WINDOW
+                and other.data.strip(b"\r\n") in data
+            ):
+                out.add(i)
+                break
+    return out
+
+
 def rows(events: Sequence[TraceEvent], *, fold: bool = False) -> list[Row]:
-    """The ladder's rows; with `fold`, consecutive repeats (same ends, layer, kind and step) are one row."""
+    """The ladder's rows; with `fold`, consecutive repeats (same ends, layer, kind and step) are one row, and a
+    CMUX data frame that carries a message drawn at its own layer (`carried`) is not drawn again."""
     out: list[Row] = []
-    for event in events:
+    hidden = carried(events) if fold else set()
+    for index, event in enumerate(events):
+        if index in hidden:
+            continue
         key = _repeat_key(event)
         if fold and out and key is not None and key == _repeat_key(out[-1].event):
             out[-1].repeats += 1

@@ -67,7 +67,10 @@ def trace() -> None:
     "--layers", help="Only events of these comma-separated layers (e.g. apdu,at,tcp: no CMUX frames)."
 )
 @click.option(
-    "--all", "show_all", is_flag=True, help="Draw every repeat instead of folding them into one line."
+    "--all",
+    "show_all",
+    is_flag=True,
+    help="Draw every event: repeats (folded into one row by default) and the CMUX frames that carry an AT line or BIP data drawn at its own layer.",
 )
 @strict_option
 @legacy_strict_option
