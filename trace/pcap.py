@@ -162,7 +162,7 @@ class PcapExporter:
 
     def add(self, event: TraceEvent) -> None:
         if event.layer is Layer.APDU:
-            if event.data:
+            if event.data and event.kind != Kind.APDU_ATR:  # the answer to reset answers no command
                 self._apdu(event)
         elif event.layer in NETWORK_LAYERS:
             if event.layer is Layer.TCP or event.data:
