@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bipsim.uicc.cat import gsm_decode, unpack_7bit
 from bipsim.uicc.cat_names import dcs_name, name_of
 from bipsim.uicc.tlv import TlvError
 
@@ -187,7 +188,22 @@ def decode_tpdu(data: bytes) -> dict[str, Any]:
     out["tp_ud_hex"] = user_data.hex().upper()
     if out["tp_udhi"] and not septets:
         out.update(decode_user_data(user_data, offset=at))
+    elif not out["tp_udhi"]:
+        text = _text(user_data, udl, septets, dcs)
+        if text is not None:
+            out["tp_ud_text"] = text
     return out
+
+
+def _text(user_data: bytes, udl: int, septets: bool, dcs: int) -> str | None:
+    """The user data as text (TS 23.038): GSM 7 bit, UCS2, or 8 bit data when it is printable ASCII."""
+    if septets:
+        return gsm_decode(unpack_7bit(user_data)[:udl])
+    if dcs & 0xC0 == 0 and (dcs >> 2) & 0x03 == 2:
+        return user_data.decode("utf-16-be", errors="replace")
+    if all(0x20 <= b < 0x7F or b in (0x0A, 0x0D) for b in user_data):
+        return user_data.decode("ascii")
+    return None
 
 
 def _pid_dcs(pid: int, dcs: int) -> dict[str, Any]:
