@@ -3,24 +3,62 @@ that goes away and comes back. Each must end with the specification's answer to 
 
 from __future__ import annotations
 
+import trio
+
 from bipsim.scenarios.base import (
     ScenarioOptions,
     ScenarioResult,
     check,
     check_ota_completed,
-    terminal_responses,
 )
 from bipsim.scenarios.campaigns import applet_download
-from bipsim.scenarios.harness import Harness, HarnessError, RunConfig, RunResult, run_processes
+from bipsim.scenarios.harness import (
+    EventQuery,
+    Harness,
+    HarnessError,
+    RunConfig,
+    RunResult,
+    run_processes,
+    select,
+)
+from bipsim.trace.kinds import Kind
 from bipsim.trace.reader import read_trace
 from bipsim.uicc.cat import decode_terminal_response
 
+# The events the fault scenarios act on and check, by kind and fields (docs/protocols.md, "Traces"). `legacy` is
+# the summary text of the same events from emitters that do not name their kind yet (EventQuery).
+AP_ATTACHED = EventQuery(
+    Kind.CMUX_FRAME,
+    lambda f: f.get("dlci") == 2 and f.get("frame") == "UA",
+    src="cp",
+    legacy="UA DLC2",
+)
+DATA_AVAILABLE = EventQuery(
+    Kind.CAT_ENVELOPE, lambda f: f.get("event") == "data_available", legacy="ENVELOPE: Data Available"
+)
+LINK_DROPPED = EventQuery(
+    Kind.CAT_ENVELOPE,
+    lambda f: f.get("event") == "channel_status" and f.get("link") == "dropped",
+    legacy="Channel Status (link dropped)",
+)
+LINE_REOPENED = EventQuery(Kind.LINE_REOPENED, src="cp", legacy="reopened")
+CMUX_SWITCH = EventQuery(Kind.AT_COMMAND, src="ap", data_prefix=b"AT+CMUX=", legacy="AT+CMUX=")
+RECEIVE_DATA = EventQuery(
+    Kind.CAT_PROACTIVE, lambda f: f.get("command") == "RECEIVE DATA", src="uicc", legacy="FETCH: RECEIVE DATA"
+)
+OPEN_CHANNEL_ANSWER = EventQuery(  # the TERMINAL RESPONSE C-APDU answering OPEN CHANNEL
+    Kind.CAT_TERMINAL_RESPONSE,
+    lambda f: f.get("command") == "OPEN CHANNEL",
+    src="cp",
+    data_prefix=b"\x80\x14",
+    legacy="OPEN CHANNEL",
+)
+
 
 def _open_result(run: RunResult) -> bytes:
-    for summary, data in terminal_responses(run):
-        if "OPEN CHANNEL" in summary:
-            general, additional = decode_terminal_response(data).result
-            return bytes((general,)) + additional
+    for event in select(run.events, OPEN_CHANNEL_ANSWER):
+        general, additional = decode_terminal_response(event.data[5:]).result
+        return bytes((general,)) + additional
     return b""
 
 
@@ -66,7 +104,7 @@ def server_drops(options: ScenarioOptions) -> ScenarioResult:
         port_b=options.port_b,
     )
     run = run_processes(config, options.directory)
-    dropped = [e for e in run.events if e.layer.value == "apdu" and "link dropped" in e.summary]
+    dropped = select(run.events, LINK_DROPPED)
     check(bool(dropped), "no Channel Status (link dropped) envelope reached the card", run)
     check_ota_completed(run)
     (card,) = run.results.values()
@@ -78,17 +116,29 @@ def line_drop(options: ScenarioOptions) -> ScenarioResult:
     """The serial line goes away (the pty pair closes) and comes back, twice: once after the AP attached and once in
     the middle of the card's session. Each time the CP reopens its line in plain AT mode and the AP probes again and
     restarts CMUX; the card gets Channel Status (link dropped), opens the channel again and resumes its admin
-    session (X-Admin-Resume), which then completes."""
+    session (X-Admin-Resume), which then completes.
+
+    Both drops are caused, not timed: the server's bytes are held (ServerLink) until the first drop is done, then
+    held again 4 000 bytes into the download, inside the 12 000-byte load script, so the session cannot end before
+    the second drop; that drop follows the event proving the card is mid-download (a Data Available envelope)."""
 
     async def drop(harness: Harness) -> None:
+        assert harness.link is not None
+        harness.link.hold_at(0)  # no server byte reaches the card until the first drop is done
         # once the AP has opened its proxy channel (the CP answered SABM on DLC 2 with UA), pull the line
-        if not await harness.wait_for_trace("cp", "UA DLC2"):
+        if await harness.wait_for_event("cp", AP_ATTACHED) is None:
             raise HarnessError("the AP never attached, so there was no line to drop")
         await harness.restart_pair()
-        # and again while the card's session runs: the first data from the server has reached the card
-        if not await harness.wait_for_trace("cp", "ENVELOPE: Data Available"):
+        # and again while the card's session runs, with the rest of the download held back
+        harness.link.hold_at(LINE_DROP_OFFSET)
+        with trio.move_on_after(30):
+            await harness.link.reached(LINE_DROP_OFFSET)
+        if harness.link.stats.to_card < LINE_DROP_OFFSET:
             raise HarnessError("the card's session never started after the first drop")
+        if await harness.wait_for_event("cp", DATA_AVAILABLE) is None:
+            raise HarnessError("no server data reached the card after the first drop")
         await harness.restart_pair()
+        harness.link.hold_at(None)
 
     config = RunConfig(
         session="line-drop",
@@ -96,20 +146,17 @@ def line_drop(options: ScenarioOptions) -> ScenarioResult:
         campaign=LINE_DROP_CAMPAIGN,
         cp_args=["--start-delay", "1"],
         during=drop,
+        server_link=True,
     )
     run = run_processes(config, options.directory)
     check_ota_completed(run)
-    reopened = [e for e in run.events if "serial line" in e.summary and "reopened" in e.summary]
+    reopened = select(run.events, LINE_REOPENED)
     check(len(reopened) >= 2, f"the CP reopened its line {len(reopened)} times, not twice", run)
     ap_events, _ = read_trace([run.directory / "ap.jsonl"])
-    probes = [e for e in ap_events if e.src.value == "ap" and e.summary.startswith("AT+CMUX=")]
+    probes = select(ap_events, CMUX_SWITCH)
     check(len(probes) >= 3, f"the AP switched to CMUX {len(probes)} times, not 3", run)
-    first_data = next(e.t for e in run.events if "ENVELOPE: Data Available" in e.summary)
-    dropped = [
-        e
-        for e in run.events
-        if e.layer.value == "apdu" and "Channel Status (link dropped)" in e.summary and e.t > first_data
-    ]
+    first_data = next(e.t for e in select(run.events, DATA_AVAILABLE))
+    dropped = [e for e in select(run.events, LINK_DROPPED) if e.t > first_data]
     check(bool(dropped), "the card got no Channel Status (link dropped) in the middle of its session", run)
     (card,) = run.results.values()
     check(card["resumed"] >= 1, "the card did not resume its admin session", run)
@@ -118,6 +165,9 @@ def line_drop(options: ScenarioOptions) -> ScenarioResult:
     )
 
 
+# the second drop lands this many bytes into what the server sent: past the TLS handshake and the EF_SPN script,
+# well inside the load script
+LINE_DROP_OFFSET = 4000
 # a campaign long enough (a 12 000-byte load file, ~50 RECEIVE DATA rounds) for a drop to land in its middle
 LINE_DROP_CAMPAIGN = applet_download(12000)
 
@@ -134,7 +184,7 @@ def large_download(options: ScenarioOptions) -> ScenarioResult:
     )
     run = run_processes(config, options.directory)
     check_ota_completed(run)
-    rounds = [e for e in run.events if e.summary == "FETCH: RECEIVE DATA" and e.src.value == "uicc"]
+    rounds = select(run.events, RECEIVE_DATA)
     received = sum(
         len(e.data)
         for e in run.events

@@ -3,12 +3,20 @@
 The pair is made in-process (bipsim.link.pty_relay) unless existing ports are given (socat's, or two USB-serial
 adapters on a null-modem cable). All processes share one clock origin (BIPSIM_T0) so their traces merge by time.
 A run returns a RunResult with exit codes, the merged trace, the server's results log and the card's saved state.
+
+Faults are caused, not timed (docs/development.md, "Fault scenarios and the soak run"): a hook waits for the trace
+event that proves the moment has come (`wait_for_event`, by kind and fields), and a run with `server_link` puts a
+TCP relay (ServerLink) between the card's bearer and the OTA server that can hold the server's bytes at an offset,
+so a session cannot finish before its fault lands, then drop, corrupt or pace them. `restart_pair` pulls the line,
+`power_cycle_cp` kills the CP (and the card in it) with SIGKILL and boots it again on its saved state.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -45,6 +53,200 @@ class RunConfig:
     # campaigns (TOML) of more OTA servers ("ota2", "ota3"...); the card runs a session with each on its own
     # BIP channel at the same time as the first (bipsim cp --extra-channel)
     extra_servers: list[str] = field(default_factory=list)
+    # put a ServerLink between the card's bearer and the OTA server (Harness.link), for network faults
+    server_link: bool = False
+    # called with (process name, pid) once each process started, and again for a CP booted by power_cycle_cp
+    on_process: Callable[[str, int], None] | None = None
+
+
+FieldTest = Callable[[dict[str, Any]], bool]
+
+
+@dataclass(frozen=True)
+class EventQuery:
+    """Selects trace events by `kind` and a test of their `fields` (docs/protocols.md, "Traces").
+
+    `legacy` is a stopgap for emitters that do not set a kind yet: it is looked for in the summary of events whose
+    kind is empty, and only there, so it stops mattering as soon as the emitter names its kind.
+    """
+
+    kind: str
+    where: FieldTest | None = None
+    src: str | None = None
+    data_prefix: bytes | None = (
+        None  # the event's bytes start with these (an AT command line, an APDU header)
+    )
+    legacy: str | None = None
+
+    def matches_dict(self, obj: dict[str, Any]) -> bool:
+        if self.src is not None and obj.get("src") != self.src:
+            return False
+        if self.data_prefix is not None:
+            data = obj.get("hex")
+            if not isinstance(data, str) or not data.upper().startswith(self.data_prefix.hex().upper()):
+                return False
+        kind = obj.get("kind") or ""
+        if kind:
+            if kind != self.kind:
+                return False
+            fields = obj.get("fields")
+            return self.where is None or self.where(fields if isinstance(fields, dict) else {})
+        summary = obj.get("summary")
+        return self.legacy is not None and isinstance(summary, str) and self.legacy in summary
+
+    def matches(self, event: TraceEvent) -> bool:
+        return self.matches_dict(event.to_dict())
+
+
+def select(events: list[TraceEvent], query: EventQuery) -> list[TraceEvent]:
+    """The events `query` matches, in order."""
+    return [event for event in events if query.matches(event)]
+
+
+class TraceTail:
+    """Reads a JSONL trace file as it grows: each call returns the objects of the lines completed since the last."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._offset = 0
+        self._partial = b""
+
+    def read_new(self) -> list[dict[str, Any]]:
+        try:
+            with self.path.open("rb") as handle:
+                handle.seek(self._offset)
+                data = handle.read()
+        except FileNotFoundError:
+            return []
+        self._offset += len(data)
+        *lines, self._partial = (self._partial + data).split(b"\n")
+        out = []
+        for line in lines:
+            try:
+                obj = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                continue
+            if isinstance(obj, dict):
+                out.append(obj)
+        return out
+
+
+@dataclass
+class LinkStats:
+    """What a ServerLink carried and did."""
+
+    connections: int = 0
+    to_card: int = 0  # bytes from the server forwarded to the card, over all connections
+    to_server: int = 0
+    drops: int = 0
+    corrupted: int = 0
+
+
+class ServerLink:
+    """A TCP relay in the harness's process between the card's bearer (the CP's stack or the AP proxy) and the OTA
+    server: the network half of fault injection.
+
+    The server's bytes are counted over all connections of the run. `hold_at(n)` forwards them only up to offset
+    `n` and keeps the rest until the limit moves (`hold_at(None)` releases), so a fault can land in the middle of
+    a download however fast the run is; `reached(n)` waits until exactly that much has been forwarded. `drop()`
+    closes every connection at once (what the card sees of a server or network that goes away), `corrupt_next()`
+    flips one bit in the next bytes forwarded to the card, `pace(rate)` forwards them at `rate` bytes/s (a slow
+    peer).
+    """
+
+    def __init__(self, server_host: str, server_port: int) -> None:
+        self.server = (server_host, server_port)
+        self.stats = LinkStats()
+        self._limit: int | None = None
+        self._rate: float | None = None
+        self._corrupt = 0
+        self._changed = trio.Event()
+        self._scopes: set[trio.CancelScope] = set()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def hold_at(self, offset: int | None) -> None:
+        self._limit = offset
+        self._notify()
+
+    def pace(self, rate: float | None) -> None:
+        self._rate = rate
+        self._notify()
+
+    def corrupt_next(self) -> None:
+        self._corrupt += 1
+
+    def drop(self) -> None:
+        self.stats.drops += 1
+        for scope in list(self._scopes):
+            scope.cancel()
+
+    async def reached(self, offset: int) -> None:
+        while self.stats.to_card < offset:
+            await self._changed.wait()
+
+    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        port = int(listeners[0].socket.getsockname()[1])
+        async with trio.open_nursery() as nursery:
+            task_status.started(port)
+            await trio.serve_listeners(self._handle, listeners, handler_nursery=nursery)
+
+    async def _handle(self, card: trio.SocketStream) -> None:
+        self.stats.connections += 1
+        try:
+            server = await trio.open_tcp_stream(*self.server)
+        except OSError:
+            await trio.aclose_forcefully(card)
+            return
+        with trio.CancelScope() as scope:
+            self._scopes.add(scope)
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._up, card, server, nursery.cancel_scope)
+                    nursery.start_soon(self._down, server, card, nursery.cancel_scope)
+            finally:
+                self._scopes.discard(scope)
+        await trio.aclose_forcefully(card)
+        await trio.aclose_forcefully(server)
+
+    async def _up(self, src: trio.SocketStream, dst: trio.SocketStream, done: trio.CancelScope) -> None:
+        try:
+            while data := await src.receive_some(65536):
+                await dst.send_all(data)
+                self.stats.to_server += len(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        done.cancel()  # either end gone: the connection is over for both
+
+    async def _down(self, src: trio.SocketStream, dst: trio.SocketStream, done: trio.CancelScope) -> None:
+        try:
+            while data := await src.receive_some(65536):
+                view = bytes(data)
+                while view:
+                    allowed = len(view) if self._limit is None else self._limit - self.stats.to_card
+                    if allowed <= 0:
+                        await self._changed.wait()
+                        continue
+                    piece = view[:allowed]
+                    if self._rate is not None:
+                        piece = piece[: max(1, math.ceil(self._rate / 20))]  # about 50 ms of bytes at a time
+                    if self._corrupt:
+                        self._corrupt -= 1
+                        self.stats.corrupted += 1
+                        middle = len(piece) // 2
+                        piece = piece[:middle] + bytes((piece[middle] ^ 0x10,)) + piece[middle + 1 :]
+                    await dst.send_all(piece)
+                    self.stats.to_card += len(piece)
+                    view = view[len(piece) :]
+                    self._notify()
+                    if self._rate is not None:
+                        await trio.sleep(len(piece) / self._rate)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        done.cancel()
 
 
 @dataclass
@@ -86,6 +288,16 @@ class Harness:
         self._pair_scope: trio.CancelScope | None = None
         self._pair_done = trio.Event()
         self._pair_nursery: trio.Nursery | None = None
+        self.link: ServerLink | None = (
+            None  # with config.server_link: the relay the card's connections go through
+        )
+        self.traces: dict[str, list[Path]] = {}  # process name -> its trace files, one per boot
+        self._tails: dict[Path, TraceTail] = {}
+        self._cp_command: list[str] = []
+        self._cp_boots = 0
+        self._cp_rebooting: trio.Event | None = None
+        self._seen: dict[str, list[dict[str, Any]]] = {}
+        self._cursors: dict[tuple[str, EventQuery], tuple[int, list[dict[str, Any]]]] = {}
 
     def _command(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "bipsim", *args]
@@ -99,13 +311,15 @@ class Harness:
         return env
 
     async def _start(self, name: str, args: list[str], nursery: trio.Nursery) -> trio.Process:
-        log = (self.dir / f"{name}.log").open("wb")
+        log = (self.dir / f"{name}.log").open("ab")  # a CP booted again adds to its log
         process = await nursery.start(
             lambda task_status: trio.run_process(
                 args, stdout=log, stderr=log, env=self._env(), check=False, task_status=task_status
             )
         )
         self.processes[name] = process
+        if self.config.on_process is not None:
+            self.config.on_process(name, process.pid)
         return process
 
     async def _wait_for_port(self, log: Path, name: str = "ota") -> int:
@@ -121,23 +335,54 @@ class Harness:
         tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
         raise HarnessError(f"the OTA server did not start: {' '.join(tail) or 'no output'}")
 
-    async def wait_for_trace(self, name: str, text: str, timeout: float = 20.0) -> bool:
-        """Waits until process `name`'s JSONL trace has an event whose summary contains `text`; False on timeout.
+    def _trace_path(self, name: str) -> Path:
+        """A new trace file for process `name` (a CP booted again writes its own; Tracer.to_file truncates)."""
+        paths = self.traces.setdefault(name, [])
+        path = self.dir / (f"{name}.jsonl" if not paths else f"{name}-boot{len(paths) + 1}.jsonl")
+        paths.append(path)
+        return path
 
-        Fault hooks use it to act at a protocol moment (the AP attached, a channel opened) rather than after a
-        fixed delay that a loaded machine would miss.
+    def events_so_far(self, name: str) -> list[dict[str, Any]]:
+        """Every event process `name` has traced so far in this run (across its boots), as JSON objects."""
+        seen = self._seen.setdefault(name, [])
+        for path in self.traces.get(name, [self.dir / f"{name}.jsonl"]):
+            seen += self._tails.setdefault(path, TraceTail(path)).read_new()
+        return seen
+
+    async def wait_for_event(
+        self, name: str, query: EventQuery, *, count: int = 1, timeout: float = 20.0
+    ) -> dict[str, Any] | None:
+        """Waits until process `name` has traced `count` events matching `query` (counted from the run's start);
+        returns the last of them, or None on timeout.
+
+        Hooks act on the event that proves the moment has come (the AP attached, data reached the card), never
+        after a fixed delay. The trace file is the only window into another process, so it is read as it grows;
+        a hook that must not miss its moment also holds the server's bytes (ServerLink.hold_at), so that the
+        moment cannot pass while the file is being read.
         """
-        path = self.dir / f"{name}.jsonl"
+        index, matched = self._cursors.get((name, query), (0, []))
         with trio.move_on_after(timeout):
             while True:
-                if path.exists():
-                    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-                        try:
-                            summary = json.loads(line).get("summary", "")
-                        except json.JSONDecodeError:
-                            continue  # a line being written
-                        if text in summary:
-                            return True
+                seen = self.events_so_far(name)
+                matched += [obj for obj in seen[index:] if query.matches_dict(obj)]
+                index = len(seen)
+                self._cursors[(name, query)] = (index, matched)
+                if len(matched) >= count:
+                    return matched[count - 1]
+                await trio.sleep(0.02)
+        return None
+
+    async def wait_for_trace(self, name: str, text: str, timeout: float = 20.0) -> bool:
+        """Deprecated, for hooks not yet moved to `wait_for_event`: an event whose summary contains `text`."""
+        query = EventQuery("", legacy=text, where=lambda _fields: False)
+        path = self.dir / f"{name}.jsonl"
+        tail = TraceTail(path)
+        with trio.move_on_after(timeout):
+            while True:
+                for obj in tail.read_new():
+                    summary = obj.get("summary", "")
+                    if query.legacy is not None and isinstance(summary, str) and query.legacy in summary:
+                        return True
                 await trio.sleep(0.05)
         return False
 
@@ -149,6 +394,25 @@ class Harness:
         await trio.sleep(0.5)
         assert self._pair_nursery is not None
         await self._pair_nursery.start(self._run_pair)
+
+    async def power_cycle_cp(self) -> None:
+        """The phone loses power under the card: the CP (and the simulated card in it) is killed with SIGKILL, the
+        line goes away with it (the AP sees it drop), and the CP boots again on the card's saved state file."""
+        assert self._pair_nursery is not None and self._cp_command
+        self._cp_rebooting = trio.Event()
+        try:
+            old = self.processes["cp"]
+            if old.returncode is None:
+                old.send_signal(signal.SIGKILL)
+            await old.wait()
+            if self.pair is not None and self._pair_scope is not None:
+                await self.restart_pair()
+            self._cp_boots += 1
+            command = [*self._cp_command, "--trace", str(self._trace_path("cp"))]
+            await self._start("cp", command, self._pair_nursery)
+        finally:
+            self._cp_rebooting.set()
+            self._cp_rebooting = None
 
     async def _run_pair(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         pair = PtyPair.create(baud=self.config.baud)
@@ -181,6 +445,7 @@ class Harness:
         stale += [self.dir / "profile.toml"]
         stale += [self.dir / f"{name}.{ext}" for name in names for ext in ("jsonl", "log")]
         stale += list(self.dir.glob("results-ota*.json")) + list(self.dir.glob("ota*.toml"))
+        stale += list(self.dir.glob("cp-boot*.jsonl"))
         stale += list(self.dir.glob(".card.json.*")) + list(
             self.dir.glob("card.json.*")
         )  # temporaries, journals
@@ -223,6 +488,9 @@ class Harness:
                     nursery,
                 )
                 port = await self._wait_for_port(self.dir / "ota.log")
+                if config.server_link:
+                    self.link = ServerLink("127.0.0.1", port)
+                    port = await nursery.start(self.link.serve)
             extra_args: list[str] = []
             for name, campaign in self._extra_servers():
                 (self.dir / f"{name}.toml").write_text(campaign)
@@ -263,32 +531,34 @@ class Harness:
                 ),
                 nursery,
             )
-            cp = await self._start(
+            self._cp_command = self._command(
                 "cp",
-                self._command(
-                    "cp",
-                    "--port",
-                    cp_port,
-                    "--profile",
-                    str(self.dir / "profile.toml"),
-                    "--state",
-                    str(self.dir / "card.json"),
-                    "--bearer",
-                    config.bearer,
-                    "--once",
-                    "--trace",
-                    str(self.dir / "cp.jsonl"),
-                    "--session",
-                    config.session,
-                    *extra_args,
-                    *config.cp_args,
-                ),
-                nursery,
+                "--port",
+                cp_port,
+                "--profile",
+                str(self.dir / "profile.toml"),
+                "--state",
+                str(self.dir / "card.json"),
+                "--bearer",
+                config.bearer,
+                "--once",
+                "--session",
+                config.session,
+                *extra_args,
+                *config.cp_args,
             )
+            cp = await self._start("cp", [*self._cp_command, "--trace", str(self._trace_path("cp"))], nursery)
             if config.during is not None:
                 nursery.start_soon(config.during, self)
             with trio.move_on_after(config.timeout):
-                await cp.wait()
+                while True:
+                    await cp.wait()
+                    rebooting = self._cp_rebooting
+                    if rebooting is None:
+                        break
+                    await rebooting.wait()  # power_cycle_cp killed it: the run goes on with the next boot
+                    cp = self.processes["cp"]
+            cp = self.processes["cp"]
             cp_code = cp.returncode
             for process in self.processes.values():
                 if process.returncode is None:
@@ -302,6 +572,7 @@ class Harness:
             nursery.cancel_scope.cancel()
         names = ["cp", "ap", "ota", *(name for name, _ in self._extra_servers())]
         files = [self.dir / f"{name}.jsonl" for name in names if (self.dir / f"{name}.jsonl").exists()]
+        files += sorted(path for path in self.traces.get("cp", [])[1:] if path.exists())
         events, _ = read_trace(files)
         results = (
             json.loads((self.dir / "results.json").read_text())

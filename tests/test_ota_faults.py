@@ -2,7 +2,8 @@
 mid-script (the card reconnects and resumes with X-Admin-Resume), malformed HTTP from either side (an HTTP error
 status, no crash), and a card process killed with SIGKILL between LOAD blocks (its state file stays whole).
 
-Run as a script (`python tests/test_ota_faults.py card STATE PORT`) this file is the card process of the kill test.
+Run as a script (`python tests/test_ota_faults.py card STATE PORT PAUSE`) this file is the card process of the kill
+test.
 """
 
 from __future__ import annotations
@@ -413,19 +414,36 @@ def check_state(path: Path, answered: int = 0) -> dict[str, Any]:
     return state
 
 
-def card_process_main(state: str, port: int) -> None:
-    """The card process: one admin session; a line on stdout after every state save and every LOAD answered."""
+def card_process_main(state: str, port: int, pause: str) -> None:
+    """The card process: one admin session; a line on stdout after every state save and every LOAD answered.
+
+    `pause` ("none", or "<moment>:<n>") makes the card stop itself, print "paused" and wait to be killed, at a
+    moment of its own progress: `saved:n` right after its nth state save (between two LOAD blocks),
+    `answered:n` right after its nth LOAD block was journalled and answered (before the state save that
+    follows), `renaming:n` inside the first state file write from its nth save on (the temporary file written,
+    not yet renamed). The kill then lands exactly there however fast or loaded the machine is.
+    """
+    moment, _, number = pause.partition(":")
+    at = int(number) if number else 0
     card = make_card(state_path=state)
     save = card.card.save_state
     process = card.registry.process
+    replace = os.replace
     count = 0
     loads = 0
+
+    def pause_here() -> None:
+        print("paused", flush=True)
+        while True:
+            signal.pause()  # until the test's SIGKILL
 
     def save_and_tell() -> None:
         nonlocal count
         save()
         count += 1
         print(f"saved {count}", flush=True)
+        if moment == "saved" and count == at:
+            pause_here()
 
     def process_and_tell(apdu: bytes) -> bytes:
         nonlocal loads
@@ -433,10 +451,18 @@ def card_process_main(state: str, port: int) -> None:
         if apdu[1] == 0xE8 and answer[-2:] == b"\x90\x00":
             loads += 1
             print(f"answered {loads}", flush=True)  # the server may take this block as done from here on
+            if moment == "answered" and loads == at:
+                pause_here()
         return answer
+
+    def replace_and_tell(src: Any, dst: Any) -> None:
+        if moment == "renaming" and count + 1 >= at and Path(dst) == Path(state):
+            pause_here()
+        replace(src, dst)
 
     card.card.save_state = save_and_tell  # type: ignore[method-assign]
     card.registry.process = process_and_tell  # type: ignore[method-assign]
+    os.replace = replace_and_tell  # this process is the card's alone
     agent = trio.run(run_card, card, "127.0.0.1", port)
     print("finished" if agent.log.finished else f"failed {agent.log.errors}", flush=True)
 
@@ -445,14 +471,15 @@ def answered_blocks(lines: list[str]) -> int:
     return max((int(line.split()[1]) for line in lines if line.startswith("answered")), default=0)
 
 
-async def run_card_process(state: Path, port: int, kill_after: int | None, delay: float) -> list[str]:
+async def run_card_process(state: Path, port: int, pause: str | None) -> list[str]:
+    """Runs the card process until it ends, or, with `pause`, until it paused there, and kills it with SIGKILL."""
     process = await trio.lowlevel.open_process(
-        [sys.executable, __file__, "card", str(state), str(port)],
+        [sys.executable, __file__, "card", str(state), str(port), pause or "none"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
     )
-    assert process.stdout is not None
+    assert process.stdout is not None and process.stderr is not None
     lines: list[str] = []
     buffer = b""
     killed = False
@@ -460,17 +487,12 @@ async def run_card_process(state: Path, port: int, kill_after: int | None, delay
         buffer += chunk
         *complete, buffer = buffer.split(b"\n")
         lines += [line.decode() for line in complete]
-        if (
-            kill_after is not None
-            and not killed
-            and sum(line.startswith("saved") for line in lines) >= kill_after
-        ):
-            await trio.sleep(delay)  # lands before, during or after the next block's write
+        if pause is not None and not killed and "paused" in lines:
             process.send_signal(signal.SIGKILL)
             killed = True
     code = await process.wait()
-    if killed:
-        assert code == -signal.SIGKILL
+    errors = (await process.stderr.receive_some(65536)).decode(errors="replace")
+    assert (code == -signal.SIGKILL) if pause is not None else code == 0, (code, lines[-3:], errors[-2000:])
     return lines
 
 
@@ -478,18 +500,20 @@ async def test_kill_9_between_load_blocks_keeps_a_whole_state_file(tmp_path: Pat
     state = tmp_path / "card.json"
     admin = AdminServer(big_campaign(), results_path=tmp_path / "results.json")
     server = OtaServer(admin, keys=server_keys())
-    moments = [(2, 0.0), (5, 0.0), (20, 0.001), (40, 0.0), (60, 0.003), (90, 0.0005), (120, 0.0)]
+    # where each kill lands, in the card's own progress (card_process_main): the card stops itself there
+    moments = ["saved:2", "renaming:3", "saved:5", "answered:20", "saved:40", "answered:60", "renaming:90"]
+    moments += ["saved:120"]
     with trio.fail_after(170):
         async with trio.open_nursery() as nursery:
             port = await nursery.start(server.serve, "127.0.0.1", 0)
             seen_loading = 0
-            for kill_after, delay in moments:
-                lines = await run_card_process(state, port, kill_after, delay)
+            for moment in moments:
+                lines = await run_card_process(state, port, moment)
                 assert "finished" not in lines, "the card finished before it was killed"
                 snapshot = check_state(state, answered_blocks(lines))
                 seen_loading += snapshot["gp"]["loading"] is not None
             assert seen_loading >= 3  # most kills landed in the middle of the load
-            lines = await run_card_process(state, port, None, 0.0)
+            lines = await run_card_process(state, port, None)
             assert lines[-1] == "finished", lines[-5:]
             nursery.cancel_scope.cancel()
     final = check_state(state)
@@ -499,8 +523,8 @@ async def test_kill_9_between_load_blocks_keeps_a_whole_state_file(tmp_path: Pat
     assert not list(tmp_path.glob("card.json.load-*"))  # the finished load's journal is gone
 
 
-if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "card":
-    card_process_main(sys.argv[2], int(sys.argv[3]))
+if __name__ == "__main__" and len(sys.argv) == 5 and sys.argv[1] == "card":
+    card_process_main(sys.argv[2], int(sys.argv[3]), sys.argv[4])
 
 
 async def test_server_drop_mid_script_through_the_bip_channel(tmp_path: Path) -> None:
