@@ -420,3 +420,23 @@ def test_a_real_process_decodes_a_fetch_answer() -> None:
     )
     assert ok.returncode == 0 and ok.stderr == ""
     assert "    events: 0x09 (Data available), 0x0A (Channel status)\n" in ok.stdout
+
+
+def test_sms_user_data_without_a_header_reads_as_text() -> None:
+    """oFono send_sms_111 (TS 102 384 27.22.4.10): SMS-SUBMIT, DCS F4, "Test Message"; and a 7 bit SMS-DELIVER."""
+    from tests.cat_vectors import VECTORS
+
+    send_sms = next(v for v in VECTORS if v.name == "send_sms_111").data.hex()
+    tpdu = cli_json(send_sms)["sms_tpdu"]
+    assert (tpdu["tp_mti_name"], tpdu["tp_da"]["number"], tpdu["tp_ud_text"]) == (
+        "SMS-SUBMIT",
+        "012345678",
+        "Test Message",
+    )
+    deliver = cli_json("040B911234567890F000005210702000000005E8329BFD06")["tpdu"]
+    assert (deliver["tp_dcs_name"], deliver["tp_udl"], deliver["tp_ud_text"]) == (
+        "GSM 7 bit default alphabet",
+        5,
+        "hello",
+    )
+    assert deliver["tp_scts"] == "25-01-07 02:00:00 +00:00"
