@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 PKG_DIRS := bipsim ap cp uicc link ota trace scenarios
 
-.PHONY: demo test bench lint typecheck pytest clean FORCE
+.PHONY: demo test bench fuzz lint typecheck pytest clean FORCE
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,22 @@ test: lint typecheck pytest
 bench: $(VENV)/.dev
 	tools/install-debian-tools.sh
 	@for b in bench/bench_*.py; do echo "== $$b" >&2; $(BIN)/python $$b || exit 1; done
+
+# Fuzzing (docs/development.md, "Fuzzing"): the hypothesis fuzz tests under the long profile, then each atheris
+# target for FUZZ_SECONDS; every target runs even when one finds a crasher (kept in build/fuzz/<target>/).
+FUZZ_SECONDS ?= 30
+
+$(VENV)/.fuzz: $(VENV)/.dev
+	$(PIP) install -q -c constraints.txt -e '.[dev,fuzz]'
+	touch $@
+
+fuzz: $(VENV)/.fuzz
+	BIPSIM_FUZZ_PROFILE=long $(BIN)/pytest -q -o timeout=1800 tests/fuzz
+	@failed=""; for t in tests/fuzz/atheris/fuzz_*.py; do name=$$(basename $$t .py); \
+	  echo "== $$name ($(FUZZ_SECONDS) s)" >&2; mkdir -p build/fuzz/$$name; \
+	  $(BIN)/python -m tests.fuzz.atheris.$$name -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 \
+	    -print_final_stats=1 -artifact_prefix=build/fuzz/$$name/ build/fuzz/$$name/corpus || failed="$$failed $$name"; \
+	done; if [ -n "$$failed" ]; then echo "crashers found by:$$failed (inputs in build/fuzz/<target>/)" >&2; exit 1; fi
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis .benchmarks

@@ -4,7 +4,7 @@ Two profiles, chosen by the environment variable BIPSIM_FUZZ_PROFILE (docs/devel
 
 - `ci` (the default, what `make test` runs): derandomized, so every run tries the same inputs, with few examples
   per test so that all of tests/fuzz takes seconds; no example database, so a run leaves nothing behind.
-- `long` (what `make fuzz` runs): random inputs, 50 times the examples, the database under .hypothesis/ so that a
+- `long` (what `make fuzz` runs): random inputs, 20 times the examples, the database under .hypothesis/ so that a
   failure found once is tried first next time.
 
 The profiles are not loaded globally (the rest of the suite keeps its own settings): each fuzz test takes
@@ -28,7 +28,7 @@ if PROFILE not in ("ci", "long"):
 
 # A shared 2-core machine: the deadline catches superlinear work, not a slow moment of the machine.
 DEADLINE_MS = 2000
-SCALE = 50 if PROFILE == "long" else 1
+SCALE = 20 if PROFILE == "long" else 1
 
 settings.register_profile(
     "bipsim-fuzz-ci",

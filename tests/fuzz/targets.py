@@ -1,4 +1,5 @@
-"""The fuzz properties, one function per parser that reads a peer's bytes (DESIGN.md principle 6: errors are data).
+"""The fuzz properties, one function per parser that reads a peer's bytes: bad input from a peer is data, never a
+crash.
 
 Each function takes what a peer could send and checks that the parser answers with its typed error or the
 protocol's own answer, never another exception, and that its buffers stay bounded. The hypothesis tests in this
@@ -63,6 +64,17 @@ def chunks_of(data: bytes) -> list[bytes]:
     if size == 0:
         return [body]
     return [body[i : i + size] for i in range(0, len(body), size)]
+
+
+def records_of(data: bytes) -> list[bytes]:
+    """Splits one fuzzer input into length-prefixed records (a length byte, then that many bytes), for targets
+    that take a sequence of messages (APDUs, TLS plaintexts)."""
+    out, at = [], 0
+    while at < len(data):
+        size = data[at]
+        out.append(data[at + 1 : at + 1 + size])
+        at += 1 + size
+    return out
 
 
 # --- 27.010 frames (link/cmux_frame.py) ------------------------------------------------------------------------
