@@ -232,21 +232,14 @@ EVENTS: dict[int, str] = {
     0x1C: "Poll Interval Negotiation",
 }
 
+# Section 8.56 channel status, second byte
+CHANNEL_STATUS_INFO: dict[int, str] = {
+    0x00: "No further info can be given",
+    0x05: "Link dropped (network failure or user cancellation)",
+}
+
 # Section 8.8 duration: time unit (time_unit_vals)
 TIME_UNITS: dict[int, str] = {0x00: "minutes", 0x01: "seconds", 0x02: "tenths of seconds"}
-
-# Section 8.7 device identities (dev_id_vals; channels and eCAT clients are ranges there too)
-DEVICES: dict[int, str] = {
-    0x01: "Keypad",
-    0x02: "Display",
-    0x03: "Earpiece",
-    **{0x10 + n: f"Additional Card Reader {n}" for n in range(8)},
-    **{0x20 + n: f"Channel ID {n}" for n in range(1, 8)},
-    **{0x30 + n: f"eCAT ID {n}" for n in range(1, 16)},
-    0x81: "SIM / USIM / UICC",
-    0x82: "Terminal (Card Reader)",
-    0x83: "Network",
-}
 
 # TS 101 220 section 7.2 BER-TLV tags of envelopes (the gsm_sim dissector's ber_tlv tag table)
 ENVELOPE_TAGS: dict[int, str] = {
@@ -430,10 +423,3 @@ def object_names(tag: int, fields: dict[str, Any]) -> dict[str, Any]:
     elif tag == 0x38 and "further_info" in fields:  # channel status, section 8.56
         out["further_info_name"] = name_of(CHANNEL_STATUS_INFO, fields["further_info"])
     return out
-
-
-# Section 8.56 channel status, second byte
-CHANNEL_STATUS_INFO: dict[int, str] = {
-    0x00: "No further info can be given",
-    0x05: "Link dropped (network failure or user cancellation)",
-}

@@ -44,7 +44,7 @@ from bipsim.uicc.cat import (
     decode_terminal_response,
     device_name,
 )
-from bipsim.uicc.cat_names import object_names, qualifier_name
+from bipsim.uicc.cat_names import ENVELOPE_TAGS, TIME_UNITS, name_of, object_names, qualifier_name
 from bipsim.uicc.sms_render import (
     decode_tpdu,
     decode_user_data,
@@ -259,6 +259,7 @@ def to_json(message: CatMessage) -> dict[str, Any]:
     out: dict[str, Any] = {"kind": kind_of(message)}
     if isinstance(message, Envelope):
         out["envelope_tag"] = message.tag
+        out["envelope_tag_name"] = name_of(ENVELOPE_TAGS, message.tag)
     if isinstance(message, ProactiveCommand | TerminalResponse):
         out["command"] = {
             "number": message.number,
@@ -411,7 +412,10 @@ def to_tree(message: CatMessage) -> str:
     for item in data["objects"]:
         cr = " (CR)" if item["cr"] else ""
         lines.append(f"  {item['name'].replace('_', ' ')}{cr}:")
-        lines.extend(_field_lines(item["fields"], 4))
+        fields = item["fields"]
+        if item["tag"] == 0x04 and "unit" in fields:  # duration: the unit's name in the tree only (8.8)
+            fields = {**fields, "unit_name": name_of(TIME_UNITS, fields["unit"])}
+        lines.extend(_field_lines(fields, 4))
         if item["tag"] == 0x0B and "sms_tpdu" in data:
             lines.append(f"    {data['sms_tpdu']['tp_mti_name']}:")
             lines.extend(_field_lines(data["sms_tpdu"], 6))
