@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Callable
+from dataclasses import replace
 
 import trio
 from sslpsk3.sslpsk3 import SSLPSKContext, SSLPSKObject
 
-from bipsim.ota.admin import AdminServer, bad_request
+from bipsim.ota.admin import PROTOCOL, AdminServer
+from bipsim.ota.http_connection import REASONS, ConnState, Refusal, ServerConnection
 from bipsim.trace.events import Actor, Layer
+from bipsim.trace.kinds import Kind
 from bipsim.trace.recorder import NULL_TRACER, Tracer
-from bipsim.uicc.http11 import HttpError, MessageParser
+from bipsim.uicc.http_limits import HttpLimits
 
 CIPHERS = "PSK-AES128-CBC-SHA256:PSK-AES128-CBC-SHA:PSK-AES128-GCM-SHA256:@SECLEVEL=0"
 
@@ -56,6 +59,13 @@ def psk_context(keys: dict[str, bytes], seen: Callable[[str | None], None] | Non
 
 
 class OtaServer:
+    """The trio adapter: accepts connections, runs TLS, reads and times requests, writes answers. Protocol rules
+    live in ota/http_connection.py (HTTP) and ota/admin.py (the admin protocol); limits in uicc/http_limits.py.
+
+    Each connection is one task, and whatever goes wrong in it ends that connection only: a bug raising in the
+    admin core is traced (app.error) and the connection closed, never the process.
+    """
+
     def __init__(
         self,
         admin: AdminServer,
@@ -63,18 +73,30 @@ class OtaServer:
         keys: dict[str, bytes] | None,
         tracer: Tracer = NULL_TRACER,
         drop_after: int | None = None,
-        idle_timeout: float = 60.0,
+        idle_timeout: float | None = None,
+        limits: HttpLimits | None = None,
     ) -> None:
         self.admin = admin
-        # a card silent this long (no ClientHello, half a request, no next POST) is dropped: never a hung task
-        self.idle_timeout = idle_timeout
+        base = limits if limits is not None else admin.limits
+        # `idle_timeout` (seconds) overrides the limits' request_timeout: a whole request (or the TLS handshake)
+        # must arrive within it, however its bytes trickle in
+        self.limits = base if idle_timeout is None else replace(base, request_timeout=idle_timeout)
+        if admin.tracer is NULL_TRACER:
+            admin.tracer = tracer
         self.timeouts = 0
         # fault injection: close the first connection abruptly when this many requests arrived on it
         self.drop_after = drop_after
         self.keys = keys
         self.tracer = tracer
         self.connections = 0
+        self.active = 0
         self.handshake_failures = 0
+        self.refused = 0
+        self.crashes = 0
+
+    @property
+    def idle_timeout(self) -> float:
+        return self.limits.request_timeout
 
     async def serve(
         self, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
@@ -86,121 +108,207 @@ class OtaServer:
             await trio.serve_listeners(self.handle, listeners, handler_nursery=nursery)
 
     async def handle(self, stream: trio.abc.Stream) -> None:
+        """One connection, guarded: any exception of this task ends this connection with an app.error event."""
         self.connections += 1
-        identity: list[str | None] = [None]
+        self.active += 1
+        number = self.connections
         try:
-            if self.keys is not None:
-                context = psk_context(self.keys, lambda i: identity.__setitem__(0, i))
-                tls = trio.SSLStream(stream, context, server_side=True)
-                try:
-                    with trio.fail_after(self.idle_timeout):
-                        await tls.do_handshake()
-                except trio.TooSlowError:
-                    self.timeouts += 1
-                    self.tracer.emit(Actor.OTA, Actor.NET, Layer.TLS, "TLS handshake timed out", error=True)
-                    return
-                except (trio.BrokenResourceError, ssl.SSLError, OSError) as exc:
-                    self.handshake_failures += 1
-                    # trio drops OpenSSL's pending alert with the failed handshake; send it ourselves (our write
-                    # side is still unencrypted): unknown_psk_identity (115) or decrypt_error (51, wrong key)
-                    alert = 115 if identity[0] not in self.keys else 51
-                    record = bytes((21, 3, 3, 0, 2, 2, alert))
-                    self.tracer.emit(
-                        Actor.OTA,
-                        Actor.NET,
-                        Layer.TLS,
-                        f"TLS handshake failed (identity {identity[0]!r}): {exc}; alert {alert}",
-                        record,
-                        error=True,
-                    )
-                    try:
-                        await stream.send_all(record)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        pass
-                    await trio.aclose_forcefully(stream)
-                    return
-                self.tracer.emit(
-                    Actor.OTA,
-                    Actor.NET,
-                    Layer.TLS,
-                    f"TLS 1.2 PSK session with {identity[0]!r} ({tls.cipher()[0] if tls.cipher() else '?'})",
-                )
-                await self.http_loop(tls, identity[0])
-            else:
-                await self.http_loop(stream, None)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError):
-            pass
+            await self._connection(stream, over_capacity=self.active > self.limits.connections)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError) as exc:
+            self.tracer.emit(
+                Actor.OTA,
+                Actor.NET,
+                Layer.TCP,
+                f"connection {number} lost: {type(exc).__name__}",
+                kind=Kind.TCP_CLOSED,
+                fields={"connection": number, "reason": str(exc) or type(exc).__name__},
+            )
+        except Exception as exc:  # the process guard: a bug ends its connection, not the server
+            self.crashes += 1
+            self.tracer.emit(
+                Actor.OTA,
+                Actor.OTA,
+                Layer.APP,
+                f"connection {number} ended by {type(exc).__name__}: {exc}",
+                error=True,
+                kind=Kind.APP_ERROR,
+                fields={"connection": number, "exception": type(exc).__name__, "message": str(exc)},
+            )
         finally:
+            self.active -= 1
             await trio.aclose_forcefully(stream)
 
-    async def http_loop(self, stream: trio.abc.Stream, identity: str | None) -> None:
-        parser = MessageParser(requests=True)
-        handled = 0
-        while True:
-            data: bytes | bytearray = b""
-            with trio.move_on_after(self.idle_timeout) as idle:
-                data = await stream.receive_some(65536)
-            if idle.cancelled_caught:
-                self.timeouts += 1
-                if parser.pending:  # half a request: tell the card (RFC 9110 408), then close
-                    answer = bad_request(HttpError(408, "request not completed in time"))
-                    await stream.send_all(answer.encode())
-                self.tracer.emit(Actor.OTA, Actor.NET, Layer.HTTP, "idle connection timed out", error=True)
-                return
-            if not data:
-                return
+    async def _connection(self, stream: trio.abc.Stream, *, over_capacity: bool) -> None:
+        if self.keys is None:
+            await self.http_loop(stream, None, over_capacity=over_capacity)
+            return
+        identity: list[str | None] = [None]
+        context = psk_context(self.keys, lambda i: identity.__setitem__(0, i))
+        tls = trio.SSLStream(stream, context, server_side=True)
+        try:
+            with trio.fail_after(self.limits.request_timeout):
+                await tls.do_handshake()
+        except trio.TooSlowError:
+            self.timeouts += 1
+            self.tracer.emit(
+                Actor.OTA,
+                Actor.NET,
+                Layer.TLS,
+                "TLS handshake timed out",
+                error=True,
+                kind=Kind.TLS_HANDSHAKE,
+                fields={"timeout": self.limits.request_timeout},
+            )
+            return
+        except (trio.BrokenResourceError, ssl.SSLError, OSError) as exc:
+            self.handshake_failures += 1
+            # trio drops OpenSSL's pending alert with the failed handshake; send it ourselves (our write
+            # side is still unencrypted): unknown_psk_identity (115) or decrypt_error (51, wrong key)
+            alert = 115 if identity[0] not in self.keys else 51
+            record = bytes((21, 3, 3, 0, 2, 2, alert))
+            self.tracer.emit(
+                Actor.OTA,
+                Actor.NET,
+                Layer.TLS,
+                f"TLS handshake failed (identity {identity[0]!r}): {exc}; alert {alert}",
+                record,
+                error=True,
+                kind=Kind.TLS_ALERT,
+                fields={"identity": identity[0], "description": alert},
+            )
             try:
-                requests = parser.feed(data)
-            except HttpError as exc:
-                answer = bad_request(exc)
-                self.tracer.emit(Actor.OTA, Actor.NET, Layer.HTTP, f"{exc.status} {exc.reason}", error=True)
-                await stream.send_all(answer.encode())
-                return
-            for request in requests:
-                handled += 1
-                if self.drop_after is not None and handled > self.drop_after:
-                    self.drop_after = None
-                    self.tracer.emit(
-                        Actor.OTA,
-                        Actor.NET,
-                        Layer.TCP,
-                        f"dropping the connection after {handled - 1} requests (fault injection)",
-                        error=True,
-                    )
-                    raise trio.BrokenResourceError("connection dropped on purpose")
-                self.tracer.emit(
-                    Actor.NET,
-                    Actor.OTA,
-                    Layer.HTTP,
-                    f"{request.start[0]} {request.start[1]} ({len(request.body)} bytes, from {request.header('x-admin-from')})",
-                    request.body or None,
-                )
-                answer = self.admin.handle(request, psk_identity=identity)
-                self.tracer.emit(
-                    Actor.OTA,
-                    Actor.NET,
-                    Layer.HTTP,
-                    f"{answer.status} ({len(answer.body)} bytes)",
-                    answer.body or None,
-                    error=answer.status >= 400,
-                )
-                await stream.send_all(answer.encode(chunked=request.header("te") == "chunked"))
-                if answer.close:
-                    return
-                if answer.status == 204:
-                    await self.linger(stream)
-                    return
-
-    async def linger(self, stream: trio.abc.Stream, timeout: float = 30.0) -> None:
-        """After 204 the card ends the session: TLS close_notify, then its terminal closes the TCP connection when
-        the card closes the BIP channel (the patent's S414/S716). The server waits for that instead of closing
-        first, so the close is acknowledged, not initiated, by the server."""
-        with trio.move_on_after(timeout):
-            try:
-                while await stream.receive_some(65536):
-                    pass
-                if isinstance(stream, trio.SSLStream):
-                    while await stream.transport_stream.receive_some(65536):
-                        pass
-            except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError):
+                await stream.send_all(record)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
+            return
+        cipher = tls.cipher()
+        self.tracer.emit(
+            Actor.OTA,
+            Actor.NET,
+            Layer.TLS,
+            f"TLS 1.2 PSK session with {identity[0]!r} ({cipher[0] if cipher else '?'})",
+            kind=Kind.TLS_HANDSHAKE,
+            fields={"identity": identity[0], "cipher": cipher[0] if cipher else None},
+        )
+        await self.http_loop(tls, identity[0], over_capacity=over_capacity)
+
+    async def http_loop(
+        self, stream: trio.abc.Stream, identity: str | None, *, over_capacity: bool = False
+    ) -> None:
+        """Requests in, answers out, until the connection closes. The deadline of each request starts when the
+        previous answer went out (or the connection began) and is not moved by the bytes that trickle in."""
+        connection = ServerConnection(self.limits, over_capacity=over_capacity)
+        deadline = trio.current_time() + self.limits.request_timeout
+        while True:
+            event = connection.next_event()
+            if event is None:
+                if connection.peer_closed or connection.state is ConnState.CLOSING:
+                    return
+                data: bytes | bytearray = b""
+                with trio.move_on_at(deadline) as waiting:
+                    data = await stream.receive_some(65536)
+                if waiting.cancelled_caught:
+                    await self._timed_out(stream, connection)
+                    return
+                if not data and connection.state is ConnState.ENDED:
+                    await self._drain_transport(stream)
+                    return
+                connection.receive(bytes(data))
+                if not data and not connection.reading:
+                    return
+                continue
+            if isinstance(event, Refusal):
+                await self._refuse(stream, connection, event)
+                return
+            if self.drop_after is not None and connection.requests > self.drop_after:
+                self.drop_after = None
+                self.tracer.emit(
+                    Actor.OTA,
+                    Actor.NET,
+                    Layer.TCP,
+                    f"dropping the connection after {connection.requests - 1} requests (fault injection)",
+                    error=True,
+                    kind=Kind.TCP_ERROR,
+                    fields={"requests": connection.requests - 1},
+                )
+                raise trio.BrokenResourceError("connection dropped on purpose")
+            self.tracer.emit(
+                Actor.NET,
+                Actor.OTA,
+                Layer.HTTP,
+                f"{event.method} {event.target} ({len(event.body)} bytes, from {event.header('x-admin-from')})",
+                event.body or None,
+                kind=Kind.HTTP_REQUEST,
+                fields={"method": event.method, "target": event.target, "from": event.header("x-admin-from")},
+            )
+            answer = self.admin.handle(event, psk_identity=identity)
+            data_out = connection.answer(
+                answer.status,
+                answer.headers,
+                answer.body,
+                close=answer.close,
+                chunked=event.header("te") == "chunked",
+            )
+            self.tracer.emit(
+                Actor.OTA,
+                Actor.NET,
+                Layer.HTTP,
+                f"{answer.status} ({len(answer.body)} bytes)",
+                answer.body or None,
+                error=answer.status >= 400,
+                kind=Kind.HTTP_RESPONSE,
+                fields={"status": answer.status},
+            )
+            await stream.send_all(data_out)
+            if connection.state is ConnState.CLOSING:
+                return
+            deadline = trio.current_time() + self.limits.request_timeout
+
+    async def _refuse(self, stream: trio.abc.Stream, connection: ServerConnection, refusal: Refusal) -> None:
+        """A request the server will not serve: its 4xx/5xx, an http.error event, then the close."""
+        self.refused += 1
+        self.tracer.emit(
+            Actor.OTA,
+            Actor.NET,
+            Layer.HTTP,
+            f"{refusal.status} {REASONS.get(refusal.status, '')}: {refusal.reason}",
+            error=True,
+            kind=Kind.HTTP_ERROR,
+            fields={"status": refusal.status, "reason": refusal.reason, "state": connection.state.value},
+        )
+        await stream.send_all(connection.refuse(refusal, [("X-Admin-Protocol", PROTOCOL)]))
+
+    async def _timed_out(self, stream: trio.abc.Stream, connection: ServerConnection) -> None:
+        self.timeouts += 1
+        refusal = connection.timed_out()
+        if refusal is not None:  # half a request: tell the card (RFC 9110 408), then close
+            self.refused += 1
+            self.tracer.emit(
+                Actor.OTA,
+                Actor.NET,
+                Layer.HTTP,
+                f"{refusal.status} request timed out: {refusal.reason}",
+                error=True,
+                kind=Kind.HTTP_ERROR,
+                fields={"status": refusal.status, "reason": refusal.reason, "state": connection.state.value},
+            )
+            await stream.send_all(connection.refuse(refusal, [("X-Admin-Protocol", PROTOCOL)]))
+            return
+        self.tracer.emit(
+            Actor.OTA,
+            Actor.NET,
+            Layer.HTTP,
+            "idle connection timed out",
+            error=connection.state is not ConnState.ENDED,
+            kind=Kind.HTTP_ERROR if connection.state is not ConnState.ENDED else Kind.TCP_CLOSE,
+            fields={"timeout": self.limits.request_timeout, "state": connection.state.value},
+        )
+
+    async def _drain_transport(self, stream: trio.abc.Stream) -> None:
+        """After the 204 the card ends the session: TLS close_notify, then its terminal closes the TCP connection
+        when the card closes the BIP channel (the patent's S414/S716). The server waits for that instead of
+        closing first, so the close is acknowledged, not initiated, by the server."""
+        if isinstance(stream, trio.SSLStream):
+            with trio.move_on_after(self.limits.request_timeout):
+                while await stream.transport_stream.receive_some(65536):
+                    pass

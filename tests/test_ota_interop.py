@@ -12,13 +12,14 @@ import json
 import re
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+import h11
 import pytest
 import trio
 
 from bipsim.ota.admin import PROTOCOL, RESPONSE_TYPE, SCRIPT_TYPE
-from bipsim.uicc.http11 import Message, MessageParser, render
 from bipsim.uicc.remote_apdu import decode_command_script, encode_response_script
 from bipsim.uicc.tls_psk_client import SUITES, TlsAlert, TlsError, TlsPskClient
 
@@ -79,27 +80,53 @@ async def start_ota_server(
     return process, int(found.group(1)), results
 
 
-def admin_post(body: bytes, next_uri: str = "/server/adminagent") -> bytes:
+def admin_post(client: h11.Connection, body: bytes, next_uri: str = "/server/adminagent") -> bytes:
+    """One admin POST as h11 (the independent HTTP peer of these tests) frames it."""
     headers = [
         ("Host", "127.0.0.1"),
         ("X-Admin-Protocol", PROTOCOL),
         ("X-Admin-From", f"//se-id/iccid/{ICCID}"),
         ("Content-Type", RESPONSE_TYPE),
+        ("Content-Length", str(len(body))),
     ]
     if body:
         headers.append(("X-Admin-Script-Status", "ok"))
-    return render(f"POST {next_uri} HTTP/1.1", headers, body)
+    if client.our_state is h11.DONE and client.their_state is h11.DONE:
+        client.start_next_cycle()
+    out = client.send(h11.Request(method="POST", target=next_uri, headers=headers)) or b""
+    if body:
+        out += client.send(h11.Data(data=body)) or b""
+    return out + (client.send(h11.EndOfMessage()) or b"")
 
 
-async def read_response(stdout: trio.abc.ReceiveStream, parser: MessageParser) -> Message:
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def header(self, name: str) -> str:
+        return self.headers.get(name, "")
+
+
+async def read_response(stdout: trio.abc.ReceiveStream, client: h11.Connection) -> Answer:
+    response: h11.Response | None = None
+    body = bytearray()
     while True:
-        chunk = await stdout.receive_some(4096)
-        if not chunk:
-            raise AssertionError("s_client closed before a full HTTP response")
-        messages = parser.feed(chunk)
-        if messages:
-            assert len(messages) == 1
-            return messages[0]
+        event = client.next_event()
+        if event is h11.NEED_DATA:
+            chunk = await stdout.receive_some(4096)
+            if not chunk:
+                raise AssertionError("s_client closed before a full HTTP response")
+            client.receive_data(bytes(chunk))
+        elif isinstance(event, h11.Response):
+            response = event
+        elif isinstance(event, h11.Data):
+            body += event.data
+        elif isinstance(event, h11.EndOfMessage):
+            assert response is not None
+            headers = {k.decode(): v.decode("latin-1") for k, v in response.headers}
+            return Answer(response.status_code, headers, bytes(body))
 
 
 @pytest.mark.needs("openssl")
@@ -128,12 +155,12 @@ async def test_openssl_s_client_runs_an_admin_session_against_bipsim_ota_server(
                 stderr=subprocess.DEVNULL,
             )
             assert client.stdin is not None and client.stdout is not None
-            parser = MessageParser(requests=False)
-            await client.stdin.send_all(admin_post(b""))
+            http = h11.Connection(h11.CLIENT)
+            await client.stdin.send_all(admin_post(http, b""))
             statuses = []
             scripts = 0
             while True:
-                answer = await read_response(client.stdout, parser)
+                answer = await read_response(client.stdout, http)
                 statuses.append(answer.status)
                 assert answer.header("x-admin-protocol") == PROTOCOL
                 if answer.status == 204:
@@ -145,7 +172,7 @@ async def test_openssl_s_client_runs_an_admin_session_against_bipsim_ota_server(
                 scripts += 1
                 # a card that accepts every command: one R-APDU '90 00' per C-APDU
                 body = encode_response_script([b"\x90\x00"] * len(apdus))
-                await client.stdin.send_all(admin_post(body, answer.header("x-admin-next-uri")))
+                await client.stdin.send_all(admin_post(http, body, answer.header("x-admin-next-uri")))
             await client.stdin.aclose()  # s_client sends close_notify and exits
             assert await client.wait() == 0
             # the built-in campaign: RFM update, RAM load, RAM install, GET STATUS
@@ -168,7 +195,7 @@ async def test_openssl_s_client_with_a_wrong_psk_is_refused_and_the_server_keeps
             base += ["-cipher", "PSK-AES128-CBC-SHA256", "-tls1_2", "-quiet"]
             bad = await trio.run_process(
                 [*base, "-psk", "FF" * 16],
-                stdin=admin_post(b""),
+                stdin=admin_post(h11.Connection(h11.CLIENT), b""),
                 capture_stdout=True,
                 capture_stderr=True,
                 check=False,
@@ -183,8 +210,9 @@ async def test_openssl_s_client_with_a_wrong_psk_is_refused_and_the_server_keeps
                 stderr=subprocess.DEVNULL,
             )
             assert good.stdin is not None and good.stdout is not None
-            await good.stdin.send_all(admin_post(b""))
-            answer = await read_response(good.stdout, MessageParser(requests=False))
+            http = h11.Connection(h11.CLIENT)
+            await good.stdin.send_all(admin_post(http, b""))
+            answer = await read_response(good.stdout, http)
             assert answer.status == 200
             await good.stdin.aclose()
             await good.wait()

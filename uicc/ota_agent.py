@@ -19,12 +19,15 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from bipsim.trace.events import Actor, Layer
+from bipsim.trace.kinds import Kind
 from bipsim.trace.recorder import NULL_TRACER, Tracer
+from bipsim.uicc.admin_http import AdminHttpClient, AdminResponse, HttpFailure
 from bipsim.uicc.card import SimCard
 from bipsim.uicc.gp_registry import GpRegistry
-from bipsim.uicc.http11 import MAX_BODY, HttpError, MessageParser, render
+from bipsim.uicc.http_limits import LIMITS, HttpLimits
 from bipsim.uicc.remote_apdu import RemoteApduError, decode_command_script, encode_response_script
 from bipsim.uicc.tls_psk_client import TlsAlert, TlsError, TlsPskClient
+from bipsim.uicc.transitions import IllegalTransition, TransitionTable
 
 PROTOCOL = "globalplatform-remote-admin/1.0"
 REQUEST_TYPE = "application/vnd.globalplatform.card-content-mgt-response;version=1.0"
@@ -71,6 +74,40 @@ class AgentState(Enum):
     FAILED = "failed"
 
 
+class AgentEvent(Enum):
+    CONNECT_TLS = "channel open, TLS"  # connection_made with TLS: the ClientHello goes out
+    CONNECT_PLAIN = "channel open, plain HTTP"  # connection_made without TLS: the first POST goes out
+    SECURED = "TLS handshake done"  # the first POST goes out
+    SCRIPT = "200 with a command script"  # executed (or refused by script status); its POST goes out
+    NO_CONTENT = "204 No Content"  # nothing pending: the admin session is complete
+    CLOSE_AFTER = "200 with Connection: close"  # executed; the answer goes out on a new connection (resume)
+    FAIL = "failure"  # TLS failure, an error status, a malformed answer, a limit passed
+    LOST = "connection lost"  # the channel dropped: reconnect and resume
+    GIVE_UP = "connection lost too often"
+
+
+# Amd B section 3 as the card runs it: one row per (state, event); everything else is IllegalTransition
+AGENT_TRANSITIONS: TransitionTable[AgentState, AgentEvent] = TransitionTable(
+    "OTA agent",
+    {
+        (AgentState.IDLE, AgentEvent.CONNECT_TLS): AgentState.HANDSHAKE,
+        (AgentState.IDLE, AgentEvent.CONNECT_PLAIN): AgentState.WAIT_RESPONSE,
+        (AgentState.IDLE, AgentEvent.LOST): AgentState.IDLE,  # a connect that failed
+        (AgentState.IDLE, AgentEvent.GIVE_UP): AgentState.FAILED,
+        (AgentState.HANDSHAKE, AgentEvent.SECURED): AgentState.WAIT_RESPONSE,
+        (AgentState.HANDSHAKE, AgentEvent.FAIL): AgentState.FAILED,
+        (AgentState.HANDSHAKE, AgentEvent.LOST): AgentState.IDLE,
+        (AgentState.HANDSHAKE, AgentEvent.GIVE_UP): AgentState.FAILED,
+        (AgentState.WAIT_RESPONSE, AgentEvent.SCRIPT): AgentState.WAIT_RESPONSE,
+        (AgentState.WAIT_RESPONSE, AgentEvent.NO_CONTENT): AgentState.DONE,
+        (AgentState.WAIT_RESPONSE, AgentEvent.CLOSE_AFTER): AgentState.IDLE,
+        (AgentState.WAIT_RESPONSE, AgentEvent.FAIL): AgentState.FAILED,
+        (AgentState.WAIT_RESPONSE, AgentEvent.LOST): AgentState.IDLE,
+        (AgentState.WAIT_RESPONSE, AgentEvent.GIVE_UP): AgentState.FAILED,
+    },
+)
+
+
 @dataclass
 class AgentLog:
     scripts: int = 0
@@ -81,7 +118,7 @@ class AgentLog:
 
 
 class OtaAgent:
-    """One admin session per trigger; `log` says what happened."""
+    """One admin session per trigger; `log` says what happened, `state` moves only through AGENT_TRANSITIONS."""
 
     def __init__(
         self,
@@ -96,6 +133,7 @@ class OtaAgent:
         max_reconnects: int = 3,
         random: Callable[[int], bytes] | None = None,
         tracer: Tracer = NULL_TRACER,
+        limits: HttpLimits = LIMITS,
     ) -> None:
         self.card = card
         self.tracer = tracer
@@ -108,15 +146,22 @@ class OtaAgent:
         self.tls_enabled = tls
         self.path = path
         self.max_reconnects = max_reconnects
-        self.state = AgentState.IDLE
+        self.limits = limits
+        self._state = AgentState.IDLE
         self.log = AgentLog()
         self._tls: TlsPskClient | None = None
-        self._http = MessageParser(requests=False)
+        self._http = AdminHttpClient(limits)
         self._next_uri = path
         self._resume = False
         self._lost = 0
-        self._closing = False
         self._unacknowledged: bytes | None = None  # the last response script posted and not yet answered
+
+    @property
+    def state(self) -> AgentState:
+        return self._state
+
+    def _move(self, event: AgentEvent) -> None:
+        self._state = AGENT_TRANSITIONS.next(self._state, event)
 
     @classmethod
     def of_profile(
@@ -145,13 +190,12 @@ class OtaAgent:
     # --- BipClient ---------------------------------------------------------------------------------------------
 
     def connection_made(self) -> bytes:
-        self._http = MessageParser(requests=False)
-        self._closing = False
+        self._http = AdminHttpClient(self.limits)
         if self.tls_enabled:
+            self._move(AgentEvent.CONNECT_TLS)
             self._tls = TlsPskClient(self.identity, self.psk, random=self.random)
-            self.state = AgentState.HANDSHAKE
             return self._tls.start()
-        self.state = AgentState.WAIT_RESPONSE
+        self._move(AgentEvent.CONNECT_PLAIN)
         return self._first_post()
 
     def _first_post(self) -> bytes:
@@ -159,36 +203,72 @@ class OtaAgent:
         return self._post(self._unacknowledged or b"", "ok")
 
     def data_received(self, data: bytes) -> bytes:
-        if self.state in (AgentState.DONE, AgentState.FAILED):
+        """Bytes from the channel in, bytes for it out. Whatever the server sends, this returns: a failure ends
+        the admin session (FAILED, an error trace event, TLS close_notify) and leaves the card's state alone."""
+        if self._state in (AgentState.DONE, AgentState.FAILED):
             return b""
         out = bytearray()
         try:
             if self._tls is not None:
                 plain = self._tls.receive(data)
                 out += self._tls.data_to_send()
-                if self.state is AgentState.HANDSHAKE and self._tls.connected:
-                    self.state = AgentState.WAIT_RESPONSE
+                if self._state is AgentState.HANDSHAKE and self._tls.connected:
+                    self._move(AgentEvent.SECURED)
                     out += self._first_post()
             else:
                 plain = data
             if plain:
-                for message in self._http.feed(plain):
-                    out += self._response(
-                        message.status,
-                        message.header("x-admin-next-uri"),
-                        message.body,
-                        message.header("content-type"),
-                    )
+                for response in self._http.receive(plain):
+                    if self._state in (AgentState.DONE, AgentState.FAILED):
+                        break
+                    out += self._response(response)
         except (TlsError, TlsAlert) as exc:
-            self.log.errors.append(f"TLS: {exc}")
-            self.state = AgentState.FAILED
-            if self._tls is not None:
-                out += self._tls.data_to_send()
-        except HttpError as exc:
+            out += self._tls_failure(exc)
+        except HttpFailure as exc:
             out += self._http_failure(exc)
+        except IllegalTransition as exc:
+            out += self._fail(
+                f"HTTP: {exc}", Kind.HTTP_ERROR, f"answer out of turn ({exc}): admin session ended"
+            )
+        except Exception as exc:  # a bug of the card's own code: the session ends, the terminal goes on
+            out += self._fail(
+                f"internal: {type(exc).__name__}: {exc}",
+                Kind.APP_ERROR,
+                f"admin session ended by {type(exc).__name__}: {exc}",
+            )
         return bytes(out)
 
-    def _http_failure(self, exc: HttpError) -> bytes:
+    def _fail(self, error: str, kind: Kind, summary: str, fields: dict[str, object] | None = None) -> bytes:
+        """Ends the admin session: FAILED, one error trace event, the TLS close_notify (when TLS is up)."""
+        self.log.errors.append(error)
+        layer = {Kind.HTTP_ERROR: Layer.HTTP, Kind.HTTP_RESPONSE: Layer.HTTP, Kind.TLS_ALERT: Layer.TLS}
+        self.tracer.emit(
+            Actor.UICC,
+            Actor.OTA,
+            layer.get(kind, Layer.APP),
+            summary,
+            error=True,
+            kind=kind,
+            fields={"state": self._state.value, **(fields or {})},
+        )
+        if self._state not in (AgentState.DONE, AgentState.FAILED):
+            self._move(AgentEvent.FAIL)
+        if self._tls is None:
+            return b""
+        out = self._tls.data_to_send()
+        if self._tls.connected:
+            try:
+                out += self._tls.close()
+            except (TlsError, TlsAlert):
+                pass
+        return out
+
+    def _tls_failure(self, exc: TlsError | TlsAlert) -> bytes:
+        return self._fail(
+            f"TLS: {exc}", Kind.TLS_ALERT, f"TLS failed: {exc}", {"description": int(exc.description)}
+        )
+
+    def _http_failure(self, exc: HttpFailure) -> bytes:
         """An answer the card cannot take ends the admin session, with nothing of it executed.
 
         The card is the HTTP client: it has no status code to answer with, and Amd B's X-Admin-Script-Status
@@ -198,30 +278,28 @@ class OtaAgent:
         would come back), and its state stays as it was; the server sees the script unacknowledged.
         """
         if exc.status == 413:
-            detail = (
-                f"HTTP response body over the card's {MAX_BODY} byte limit: admin session ended, not executed"
-            )
+            detail = f"HTTP response over the card's limit ({exc.reason}): admin session ended, not executed"
         else:
             detail = f"malformed HTTP response ({exc}): admin session ended"
-        self.log.errors.append(f"HTTP: {exc}")
-        self.tracer.emit(Actor.UICC, Actor.OTA, Layer.HTTP, detail, error=True)
-        self.state = AgentState.FAILED
-        return self._tls.close() if self._tls is not None else b""
+        return self._fail(
+            f"HTTP: {exc}", Kind.HTTP_ERROR, detail, {"status": exc.status, "reason": exc.reason}
+        )
 
     def connection_lost(self, reason: str) -> None:
-        if self.state not in (AgentState.DONE, AgentState.FAILED):
-            self.log.errors.append(f"connection lost: {reason}")
-            self._lost += 1
-            self._resume = True
-            self.state = AgentState.IDLE if self._lost <= self.max_reconnects else AgentState.FAILED
+        if self._state in (AgentState.DONE, AgentState.FAILED):
+            return
+        self.log.errors.append(f"connection lost: {reason}")
+        self._lost += 1
+        self._resume = True
+        self._move(AgentEvent.LOST if self._lost <= self.max_reconnects else AgentEvent.GIVE_UP)
 
     @property
     def done(self) -> bool:
-        return self.state in (AgentState.DONE, AgentState.FAILED)
+        return self._state in (AgentState.DONE, AgentState.FAILED)
 
     @property
     def wants_reconnect(self) -> bool:
-        return self.state is AgentState.IDLE and self._resume and self._lost <= self.max_reconnects
+        return self._state is AgentState.IDLE and self._resume and self._lost <= self.max_reconnects
 
     # --- admin protocol ----------------------------------------------------------------------------------------
 
@@ -237,29 +315,34 @@ class OtaAgent:
         if self._resume:
             headers.append(("X-Admin-Resume", "true"))
             self._resume = False
-        request = render(f"POST {self._next_uri} HTTP/1.1", headers, body)
+        request = self._http.request(self._next_uri, headers, body)
         return self._tls.send(request) if self._tls is not None else request
 
-    def _response(self, status: int, next_uri: str, body: bytes, content_type: str) -> bytes:
-        self._unacknowledged = None
-        if status == 204:
-            self.state = AgentState.DONE
+    def _response(self, response: AdminResponse) -> bytes:
+        if response.status == 204:
+            self._move(AgentEvent.NO_CONTENT)
+            self._unacknowledged = None
             self.log.finished = True
             self.card.save_state()
             return self._tls.close() if self._tls is not None else b""
-        if status != 200:
-            self.log.errors.append(f"server answered {status}")
-            self.state = AgentState.FAILED
-            return self._tls.close() if self._tls is not None else b""
-        self._next_uri = next_uri or self.path
+        if response.status != 200:
+            return self._fail(
+                f"server answered {response.status}",
+                Kind.HTTP_RESPONSE,
+                f"server answered {response.status}: admin session ended",
+                {"status": response.status},
+            )
+        self._unacknowledged = None
+        self._next_uri = response.header("x-admin-next-uri") or self.path
+        content_type = response.header("content-type")
         if content_type and not content_type.startswith("application/vnd.globalplatform.card-content-mgt"):
-            return self._post(b"", "unknown-application")
+            return self._answer(response, b"", "unknown-application")
         try:
-            apdus = decode_command_script(body)
+            apdus = decode_command_script(response.body)
         except RemoteApduError as exc:
             self.log.errors.append(f"bad script: {exc}")
-            return self._post(b"", "unknown-application")
-        expanded = body[:1] in (b"\xae", b"\xaa")
+            return self._answer(response, b"", "unknown-application")
+        expanded = response.body[:1] in (b"\xae", b"\xaa")
         responses = []
         for apdu in apdus:
             responses.append(self.execute(apdu))
@@ -270,7 +353,18 @@ class OtaAgent:
         self.log.apdus += len(apdus)
         self.log.statuses += [r[-2:].hex().upper() for r in responses]
         self._unacknowledged = encode_response_script(responses, expanded=expanded)
-        return self._post(self._unacknowledged, "ok")
+        return self._answer(response, self._unacknowledged, "ok")
+
+    def _answer(self, response: AdminResponse, body: bytes, status: str) -> bytes:
+        """Posts the answer to a script; when the server closes the connection after its 200 (its request limit
+        per connection), the answer waits for the next connection, which resumes (X-Admin-Resume)."""
+        if response.keep_alive:
+            self._move(AgentEvent.SCRIPT)
+            return self._post(body, status)
+        self._move(AgentEvent.CLOSE_AFTER)
+        self._unacknowledged = body if body else None
+        self._resume = True
+        return self._tls.close() if self._tls is not None else b""
 
     def execute(self, apdu: bytes) -> bytes:
         """One remote APDU: GP commands to the registry, everything else to the card's APDU processor."""
