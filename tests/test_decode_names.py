@@ -440,3 +440,22 @@ def test_sms_user_data_without_a_header_reads_as_text() -> None:
         "hello",
     )
     assert deliver["tp_scts"] == "25-01-07 02:00:00 +00:00"
+
+
+@pytest.mark.parametrize(
+    ("hexdata", "ins_name", "lc", "le", "details"),
+    [
+        ("0070000001", "MANAGE CHANNEL", None, 1, {"p1": 0, "p1_name": "Open Channel", "channel": 0}),
+        ("0070800100", "MANAGE CHANNEL", None, 0, {"p1": 0x80, "p1_name": "Close Channel", "channel": 1}),
+        ("80CA00FE00", "GET DATA", None, 0, None),
+        ("80F2000000", "STATUS / GET STATUS", None, 0, None),
+        ("00B2010418", "READ RECORD", None, 0x18, {"record": 1}),
+        ("00D6000A0201FF", "UPDATE BINARY", 2, None, {"offset": 10}),
+    ],
+)
+def test_other_ts_102_221_commands_are_named(
+    hexdata: str, ins_name: str, lc: int | None, le: int | None, details: dict[str, Any] | None
+) -> None:
+    apdu = cli_json(hexdata)["apdu"]
+    assert (apdu["ins_name"], apdu["lc"], apdu["le"]) == (ins_name, lc, le)
+    assert apdu.get("details") == details

@@ -265,8 +265,13 @@ class CommandApdu:
         return ", ".join(parts)
 
 
-# Instructions whose P3 is Le (the card answers data, the terminal sends none): case 2
-_OUTGOING = frozenset({0x12, 0xC0, 0xB0, 0xB2, 0xF2, 0x84, 0xCA, 0xCB})
+# Instructions that send data to the card (case 3 or 4): five bytes of them are a header whose Lc lacks its data. A
+# five-byte C-APDU of any other instruction is case 2, P3 being Le (FETCH, GET RESPONSE, READ BINARY, STATUS,
+# MANAGE CHANNEL open...)
+_INCOMING = frozenset(
+    {0x10, 0x14, 0xC2, 0xA4, 0xD6, 0xDC, 0xA2, 0x32, 0xDB, 0x20, 0x24, 0x26, 0x28, 0x2C, 0x88, 0x89, 0xAA,
+     0xE0, 0xE2, 0xE4, 0xE6, 0xD8, 0xF0, 0xEC}
+)  # fmt: skip
 
 
 def parse_command(data: bytes) -> CommandApdu:
@@ -278,7 +283,7 @@ def parse_command(data: bytes) -> CommandApdu:
         return CommandApdu(cla, ins, p1, p2, None, b"", None)
     p3 = data[4]
     if len(data) == 5:
-        if ins in _OUTGOING or ins not in INSTRUCTIONS:
+        if ins not in _INCOMING:
             return CommandApdu(cla, ins, p1, p2, None, b"", p3)
         if p3 == 0:
             return CommandApdu(cla, ins, p1, p2, 0, b"", None)
