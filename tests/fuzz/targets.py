@@ -22,6 +22,7 @@ import trio
 import trio.testing
 
 from bipsim.link.at_chat import AtChat, AtResponse, AtTimeout
+from bipsim.link.at_chat_core import Answered, AtChatCore, Command, Failed, Traced, UrcLine, Write
 from bipsim.link.at_server import AtServer
 from bipsim.link.at_syntax import (
     MAX_LINE,
@@ -29,6 +30,7 @@ from bipsim.link.at_syntax import (
     AtSyntaxError,
     LineAssembler,
     OverlongLine,
+    ResponseSplitter,
     parse_args,
     parse_line,
 )
@@ -40,7 +42,6 @@ from bipsim.uicc import cat
 from bipsim.uicc.bip_engine import BipConfig, BipEngine
 from bipsim.uicc.card import SimCard
 from bipsim.uicc.gp_registry import GpRegistry
-from bipsim.uicc.http11 import MAX_BODY, MAX_HEADERS, HttpError, MessageParser
 from bipsim.uicc.ota_agent import OtaAgent
 from bipsim.uicc.ota_trigger import Counters, Keyset, SmsTriggerToolkit, Status, parse_por
 from bipsim.uicc.profile import load_profile
@@ -194,25 +195,6 @@ def cat_message(data: bytes) -> None:
             message.type_name  # noqa: B018
         else:
             message.event  # noqa: B018
-
-
-# --- HTTP/1.1 framing (uicc/http11.py, the card's admin client and the OTA server) --------------------------------
-
-
-def http_messages(reads: Sequence[bytes], *, requests: bool) -> None:
-    """MessageParser: HttpError with a status, or messages; the buffer holds at most one message."""
-    parser = MessageParser(requests=requests)
-    for data in reads:
-        try:
-            messages = parser.feed(data)
-        except HttpError as exc:
-            assert 400 <= exc.status < 600
-            return
-        for message in messages:
-            assert len(message.body) <= MAX_BODY
-            if not requests:
-                message.status  # noqa: B018 (the status code is digits)
-        assert len(parser._buffer) <= MAX_HEADERS + 4 + MAX_BODY + 64 * 1024, len(parser._buffer)
 
 
 # --- trace JSONL (trace/events.py, trace/reader.py) ----------------------------------------------------------------
@@ -529,3 +511,61 @@ def cmux_connection(
     for dlci in conn.known_dlcis():
         assert isinstance(conn.dlc_state(dlci), DlcState)
     conn.take_leftover()
+
+
+# --- V.250 response lines, the DTE side (link/at_syntax.py ResponseSplitter, link/at_chat_core.py AtChatCore) ----
+
+
+def response_lines(reads: Sequence[bytes], *, max_line: int = MAX_LINE) -> list[str]:
+    """ResponseSplitter: lines without CR/LF, at most max_line characters (longer ones as OverlongLine), at most
+    one line held, and each byte looked at once (linear in the input, however long a line runs)."""
+    splitter = ResponseSplitter(max_line)
+    lines: list[str] = []
+    fed = 0
+    for data in reads:
+        fed += len(data)
+        for line in splitter.feed(data):
+            assert "\r" not in line and "\n" not in line and line
+            assert isinstance(line, OverlongLine) or len(line) <= max_line
+            lines.append(line)
+        assert splitter.buffered <= max_line + 1
+        assert splitter.scanned <= fed
+    return lines
+
+
+def at_chat_core(reads: Sequence[bytes], steps: Sequence[int] = ()) -> None:
+    """AtChatCore (the DTE's matching rules) between a peer's bytes and time passing: receive_data, expire and
+    receive_eof never raise, and every command handed in ends, answered or failed, by the end of file. The
+    commands are handed in as the adapter does: one at a time, each written (sent) when the core asks."""
+    core = AtChatCore(resync_quiet=1.0)
+    core.urc_prefixes = ["%WEBEVT:", "+CEREG:"]
+    now = 0.0
+    commands: list[Command] = []
+
+    def drain() -> None:
+        for event in core.events():
+            assert isinstance(event, Write | Traced | UrcLine | Answered | Failed), event
+            if isinstance(event, Write):
+                core.sent(now)
+            if isinstance(event, Answered):
+                event.response.cme_error  # noqa: B018 (the final's error code)
+                for line in event.response.lines:
+                    if line.startswith("%NETPAR:"):
+                        try:
+                            parse_args(line[len("%NETPAR:") :])
+                        except AtSyntaxError:
+                            pass
+
+    for i, data in enumerate(reads):
+        step = steps[i] if i < len(steps) else 0
+        if (not commands or commands[-1].done) and step % 3 == 0:
+            commands.append(core.command("AT%GETNET=1,3" if step % 2 else "AT+CEREG?", now, 2.0))
+            drain()
+        now += (0.0, 0.5, 1.5, 3.0)[step % 4]
+        core.expire(now)
+        drain()
+        core.receive_data(data, now)
+        drain()
+    core.receive_eof(now)
+    drain()
+    assert all(command.done for command in commands), core.state

@@ -12,45 +12,50 @@ import json
 import pytest
 import trio
 
-from tests.fuzz import targets
+from tests.fuzz import targets, targets_http
 from tests.fuzz._settings import bounded
 
-# --- HTTP/1.1 (uicc/http11.py; the card's admin client and the OTA server) ----------------------------------------
+# --- HTTP/1.1 (uicc/admin_http.py, uicc/ota_agent.py, ota/http_connection.py: the card's client, the server) ----
 
-OPEN_HTTP = pytest.mark.xfail(
-    strict=True,
-    reason="uicc/http11.py (OTA engineer, moving to h11): a negative chunk size loops, non-ASCII digits in "
-    "Content-Length raise ValueError",
-)
-
-HTTP_CRASHERS = [
+RESPONSES = [
     pytest.param(
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-6\r\nabcdefghijkl\r\n0\r\n\r\n",
-        False,
+        id="chunk-size-minus-6",
+    ),
+    pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: \xb2\r\n\r\n", id="content-length-superscript-two"),
+    pytest.param(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999999\r\n\r\n", id="content-length-huge"
+    ),
+]
+REQUESTS = [
+    pytest.param(
+        b"POST /server/adminagent HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n-6\r\n\r\n0\r\n\r\n",
         id="chunk-size-minus-6",
     ),
     pytest.param(
-        b"POST /server/adminagent HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n-6\r\n\r\n0\r\n\r\n",
-        True,
-        id="request-chunk-size-minus-6",
-    ),
-    pytest.param(
-        b"HTTP/1.1 200 OK\r\nContent-Length: \xb2\r\n\r\n", False, id="content-length-superscript-two"
-    ),
-    pytest.param(
         b"POST /server/adminagent HTTP/1.1\r\nContent-Length: \xb2\r\n\r\nab",
-        True,
-        id="request-content-length-sup2",
+        id="content-length-superscript-two",
+    ),
+    pytest.param(
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+        id="content-length-huge",
     ),
 ]
 
 
-@OPEN_HTTP
-@pytest.mark.parametrize(("data", "requests"), HTTP_CRASHERS)
-def test_http(data: bytes, requests: bool) -> None:
+@pytest.mark.parametrize("data", RESPONSES)
+def test_http_response(data: bytes) -> None:
     with bounded(5):
-        targets.http_messages([data], requests=requests)
-        targets.http_messages([data[i : i + 1] for i in range(len(data))], requests=requests)
+        targets_http.admin_client([data])
+        targets_http.admin_client([data[i : i + 1] for i in range(len(data))])
+        targets_http.ota_agent([data])
+
+
+@pytest.mark.parametrize("data", REQUESTS)
+def test_http_request(data: bytes) -> None:
+    with bounded(5):
+        targets_http.server_connection([data])
+        targets_http.server_connection([data[i : i + 1] for i in range(len(data))])
 
 
 # --- V.250 (link/at_syntax.py, link/at_server.py, link/at_chat.py) ------------------------------------------------

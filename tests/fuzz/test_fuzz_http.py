@@ -1,17 +1,14 @@
-"""Fuzzing HTTP/1.1 framing as the card's admin client and the OTA server read it (uicc/http11.py MessageParser):
-HttpError with a 4xx/5xx status or messages, never another exception, and the buffer holds at most one message."""
+"""Fuzzing HTTP/1.1 as the admin protocol reads it over h11: the card's client (uicc/admin_http.py) and OTA agent
+(uicc/ota_agent.py) on a server's bytes, the OTA server's connection (ota/http_connection.py) on a client's: a
+refusal or HttpFailure with a 4xx/5xx status, or messages; never another exception."""
 
 from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.fuzz import targets
+from tests.fuzz import targets_http
 from tests.fuzz._settings import bounded, fuzz_settings
-
-# Known crashers of uicc/http11.py (tests/fuzz/test_corpus.py, owned by the OTA engineer) are left out of the
-# generated values until they are fixed: a negative chunk size and non-ASCII digits in Content-Length.
-OPEN_CRASHERS = True
 
 numbers = st.one_of(
     st.integers(0, 40).map(lambda n: str(n).encode()),
@@ -19,8 +16,7 @@ numbers = st.one_of(
     st.text(alphabet="0123456789abcdefABCDEF+ \t;xX_", max_size=5).map(str.encode),
     st.sampled_from([b"", b" ", b"99999999999999999999", b"0x5", b"5;name=value"]),
 )
-if not OPEN_CRASHERS:
-    numbers = st.one_of(numbers, st.sampled_from([b"-6", b"\xb2", b"\xb9\xb2", b"-0"]))
+numbers = st.one_of(numbers, st.sampled_from([b"-6", b"\xb2", b"\xb9\xb2", b"-0", b"1_0", b"\xef\xbc\x91"]))
 
 header_lines = st.one_of(
     numbers.map(lambda n: b"Content-Length: " + n + b"\r\n"),
@@ -68,7 +64,59 @@ def reads(draw: st.DrawFn) -> list[bytes]:
 
 
 @fuzz_settings(200)
-@given(reads(), st.booleans())
-def test_http_messages(chunks: list[bytes], requests: bool) -> None:
+@given(reads())
+def test_admin_client(chunks: list[bytes]) -> None:
     with bounded(5):
-        targets.http_messages(chunks, requests=requests)
+        targets_http.admin_client(chunks)
+
+
+@fuzz_settings(200)
+@given(reads())
+def test_server_connection(chunks: list[bytes]) -> None:
+    with bounded(5):
+        targets_http.server_connection(chunks)
+
+
+script = st.lists(
+    st.one_of(
+        st.sampled_from(
+            [
+                bytes.fromhex("00a40004023f00"),
+                bytes.fromhex("80e60c00"),
+                bytes.fromhex("80f24000024f00"),
+                b"\x00",
+            ]
+        ),
+        st.binary(max_size=12),
+    ),
+    max_size=4,
+).map(
+    lambda apdus: (
+        b"\xaa"
+        + bytes((sum(len(a) + 2 for a in apdus) & 0x7F,))
+        + b"".join(b"\x22" + bytes((len(a),)) + a for a in apdus)
+    )
+)
+
+
+@st.composite
+def admin_answers(draw: st.DrawFn) -> list[bytes]:
+    """A server's answers to the card's POSTs: well-formed ones carrying fuzzed scripts, or fuzzed framing."""
+    out = []
+    for _ in range(draw(st.integers(1, 3))):
+        body = draw(st.one_of(script, st.binary(max_size=30)))
+        status = draw(st.sampled_from([200, 200, 204, 404, 500]))
+        answer = (
+            f"HTTP/1.1 {status} X\r\nX-Admin-Protocol: globalplatform-remote-admin/1.0\r\n"
+            "Content-Type: application/vnd.globalplatform.card-content-mgt;version=1.0\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
+        out.append(draw(st.one_of(st.just(answer), pieces)))
+    return out
+
+
+@fuzz_settings(100)
+@given(admin_answers())
+def test_ota_agent(answers: list[bytes]) -> None:
+    with bounded(5):
+        targets_http.ota_agent(answers)

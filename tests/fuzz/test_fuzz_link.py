@@ -180,3 +180,17 @@ peer_bytes = st.lists(
 def test_cmux_connection(chunks: list[bytes], initiator: bool, local: list[int], timers: list[int]) -> None:
     with bounded(5):
         targets.cmux_connection(chunks, initiator=initiator, local=local, timers=timers)
+
+
+@fuzz_settings(200)
+@given(reads(response_pieces), st.integers(1, 64))
+def test_response_lines(chunks: list[bytes], max_line: int) -> None:
+    with bounded(5):
+        targets.response_lines(chunks, max_line=max_line)
+
+
+@fuzz_settings(200)
+@given(reads(response_pieces), st.lists(st.integers(0, 11), max_size=12))
+def test_at_chat_core(chunks: list[bytes], steps: list[int]) -> None:
+    with bounded(5):
+        targets.at_chat_core(chunks, steps)

@@ -1,11 +1,12 @@
-"""atheris target: HTTP/1.1 framing as the card's admin client and the OTA server read it (uicc/http11.py MessageParser); the first byte's top bit: requests."""
+"""atheris target: HTTP/1.1 over h11 as the card's admin client (uicc/admin_http.py) and the OTA server's connection
+(ota/http_connection.py) read it; the first byte's top bit picks the server."""
 
 from __future__ import annotations
 
 import atheris
 
 with atheris.instrument_imports(include=["bipsim"]):
-    from tests.fuzz import targets
+    from tests.fuzz import targets, targets_http
 
 from tests.fuzz.atheris._run import main
 
@@ -16,7 +17,10 @@ SEEDS = [
 
 
 def test_one_input(data: bytes) -> None:
-    targets.http_messages(targets.chunks_of(data), requests=bool(data[:1] and data[0] & 0x80))
+    if data[:1] and data[0] & 0x80:
+        targets_http.server_connection(targets.chunks_of(data))
+    else:
+        targets_http.admin_client(targets.chunks_of(data))
 
 
 if __name__ == "__main__":
