@@ -106,6 +106,7 @@ class ServerConnection:
         self._request: h11.Request | None = None
         self._body = bytearray()
         self._chunk = 0
+        self._chunked = False
 
     @property
     def state(self) -> ConnState:
@@ -164,6 +165,7 @@ class ServerConnection:
             if name == b"content-length" and int(value) > self.limits.body_bytes:  # h11 checked the digits
                 raise _Refuse(413, f"body of {int(value)} bytes over the {self.limits.body_bytes} byte limit")
         self._request = event
+        self._chunked = any(n == b"transfer-encoding" and b"chunked" in v.lower() for n, v in event.headers)
         self._body.clear()
 
     def _data(self, event: h11.Data) -> None:
@@ -173,7 +175,7 @@ class ServerConnection:
         self._body += event.data
         if len(self._body) > self.limits.body_bytes:
             raise _Refuse(413, f"body over the {self.limits.body_bytes} byte limit")
-        if self._chunk > self.limits.chunk_bytes:
+        if self._chunked and self._chunk > self.limits.chunk_bytes:
             raise _Refuse(413, f"chunk over the {self.limits.chunk_bytes} byte limit")
 
     def _complete(self) -> HttpRequest | Refusal:

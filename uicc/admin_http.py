@@ -58,6 +58,7 @@ class AdminHttpClient:
         self._response: h11.Response | None = None
         self._body = bytearray()
         self._chunk = 0
+        self._chunked = False
 
     def request(self, target: str, headers: list[tuple[str, str]], body: bytes) -> bytes:
         """The bytes of one POST with `body` (Content-Length framing)."""
@@ -116,6 +117,7 @@ class AdminHttpClient:
                 413, f"body of {length} bytes over the card's {self.limits.body_bytes} byte limit"
             )
         self._response = event
+        self._chunked = "chunked" in headers.get("transfer-encoding", "").lower()
         self._body.clear()
 
     def _data(self, event: h11.Data) -> None:
@@ -125,5 +127,5 @@ class AdminHttpClient:
         self._body += event.data
         if len(self._body) > self.limits.body_bytes:
             raise HttpFailure(413, f"body over the card's {self.limits.body_bytes} byte limit")
-        if self._chunk > self.limits.chunk_bytes:
+        if self._chunked and self._chunk > self.limits.chunk_bytes:
             raise HttpFailure(413, f"chunk over the card's {self.limits.chunk_bytes} byte limit")
