@@ -113,12 +113,14 @@ def test_wait_for_line_waits_says_so_once_and_sigterm_ends_it(tmp_path: Path) ->
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(1.5)  # several retry intervals: still one line
+    assert process.stderr is not None
+    first = process.stderr.readline()  # the CP is waiting now (and says so)
+    time.sleep(1.0)  # several retry intervals go by: still that one line
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=20)
     assert process.returncode == 0
-    assert stderr.strip().splitlines() == [f"bipsim cp: serial line {tmp_path / 'later'} is not there "
-                                           "(no such serial line); waiting for it"]  # fmt: skip
+    assert (first + stderr).strip().splitlines() == [f"bipsim cp: serial line {tmp_path / 'later'} is not there "
+                                                     "(no such serial line); waiting for it"]  # fmt: skip
 
 
 async def test_a_line_that_goes_away_is_waited_for_and_said_once(

@@ -7,6 +7,7 @@ import trio
 
 from bipsim.commands.common import (
     finish_trace,
+    install_shutdown,
     make_tracer,
     pcap_option,
     session_option,
@@ -88,6 +89,7 @@ def ap(
     """Run the AP: probe the modem, switch the line to 27.010 CMUX, keep DLC 1 for modem control and serve the BIP
     proxy dialect on DLC 2 (%GETNET, %WEBOPCH, %WEBCLCH; PROTOCOL.md section 2), relaying data DLCs to TCP.
     Reconnects when the line goes away. Runs until Ctrl-C or SIGTERM."""
+    install_shutdown("bipsim ap")  # exit 0 on SIGTERM, or 143 when not stopped within 1 s
     from dataclasses import replace
 
     from bipsim.ap.ap_service import DEFAULT_CMUX, ApOptions, ApplicationProcessor

@@ -1,10 +1,20 @@
-"""Option helpers shared by the long-running subcommands: tracing, HOST:PORT parsing, signal-driven shutdown."""
+"""Option helpers shared by the long-running subcommands: tracing, HOST:PORT parsing, signal-driven shutdown.
+
+Shutdown (docs/development.md, "Stopping the processes"): SIGTERM or SIGINT cancels the process's trio nursery, so it
+unwinds and exits 0 with its trace complete. Whatever the process is doing (a peer flooding it, a shielded write on a
+stalled line, a handler that never yields), it is gone within SHUTDOWN_GRACE seconds: a watchdog thread armed by the
+signal handler itself ends it with status 128 + the signal number (143 for SIGTERM) and one line on stderr. The
+handler is a plain Python signal handler, so it runs even while the trio loop is held by a task that does not yield.
+"""
 
 from __future__ import annotations
 
+import os
 import signal
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from types import FrameType
 
 import click
 import trio
@@ -56,16 +66,78 @@ def host_port(text: str, *, default_host: str = "127.0.0.1") -> tuple[str, int]:
     return host.strip("[]") or default_host, number
 
 
-async def until_signalled(main: Callable[[], Awaitable[object]]) -> None:
-    """Runs `main` until it returns or SIGINT/SIGTERM arrives; either way the nursery unwinds cleanly."""
-    async with trio.open_nursery() as nursery:
+SHUTDOWN_GRACE = 1.0  # seconds from SIGTERM/SIGINT to a forced exit
 
-        async def watch() -> None:
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for _ in signals:
-                    nursery.cancel_scope.cancel()
+
+class Shutdown:
+    """The process's answer to SIGTERM/SIGINT: cancel the running nursery at once, exit by force after `grace`."""
+
+    def __init__(self, who: str, grace: float = SHUTDOWN_GRACE) -> None:
+        self.who = who
+        self.grace = grace
+        self.signum = 0  # the first signal received, 0 while none
+        self._cancel: Callable[[], None] | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._watchdog: threading.Timer | None = None
+
+    def install(self) -> None:
+        """Takes SIGTERM and SIGINT for the rest of the process (call before any slow set-up)."""
+        for number in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(number, self._on_signal)
+
+    @property
+    def requested(self) -> bool:
+        return bool(self.signum)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if not self.signum:
+            self.signum = signum
+            self._watchdog = threading.Timer(self.grace, self._force)
+            self._watchdog.daemon = True
+            self._watchdog.start()
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._token is None or self._cancel is None:
+            return
+        try:
+            self._token.run_sync_soon(self._cancel)
+        except trio.RunFinishedError:
+            pass
+
+    def _force(self) -> None:
+        name = signal.Signals(self.signum).name
+        os.write(2, f"{self.who}: still busy {self.grace:g} s after {name}; stopped\n".encode())
+        os._exit(128 + self.signum)
+
+    async def until_signalled(self, main: Callable[[], Awaitable[object]]) -> None:
+        """Runs `main` until it returns or the signal comes (at once when it came already)."""
+        if self.requested:
+            return
+        async with trio.open_nursery() as nursery:
+            self._token, self._cancel = trio.lowlevel.current_trio_token(), nursery.cancel_scope.cancel
+            try:
+                if self.requested:  # it came between the check above and now
                     return
+                await main()
+            finally:
+                self._token = self._cancel = None
+                nursery.cancel_scope.cancel()
 
-        nursery.start_soon(watch)
-        await main()
-        nursery.cancel_scope.cancel()
+
+_shutdown: Shutdown | None = None
+
+
+def install_shutdown(who: str) -> Shutdown:
+    """The process's Shutdown, installed (the long-running subcommands call it first thing)."""
+    global _shutdown
+    if _shutdown is None:
+        _shutdown = Shutdown(who)
+        _shutdown.install()
+    return _shutdown
+
+
+async def until_signalled(main: Callable[[], Awaitable[object]]) -> None:
+    """Runs `main` until it returns or SIGINT/SIGTERM arrives; either way the nursery unwinds cleanly, and the
+    process is gone within SHUTDOWN_GRACE seconds of the signal whatever it is doing."""
+    await install_shutdown("bipsim").until_signalled(main)

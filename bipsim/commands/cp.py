@@ -8,6 +8,7 @@ import trio
 from bipsim.commands.common import (
     finish_trace,
     host_port,
+    install_shutdown,
     make_tracer,
     pcap_option,
     session_option,
@@ -92,6 +93,7 @@ def cp(
     """Run the CP: it answers AT (3GPP TS 27.007) on the line, switches to 27.010 CMUX on AT+CMUX=0, serves modem
     control on DLC 1, asks the AP proxy on DLC 2, and carries the card's BIP channels (ETSI TS 102 223) on the chosen
     bearer. Runs until Ctrl-C or SIGTERM (or, with --once, until the first BIP session ended)."""
+    install_shutdown("bipsim cp")  # exit 0 on SIGTERM, or 143 when not stopped within 1 s
     from bipsim.cp.modem import LineUnavailable, Modem, ModemOptions, simulated_card
 
     tracer = make_tracer(trace_path, session, keep=bool(pcap_path))

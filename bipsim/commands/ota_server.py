@@ -13,6 +13,7 @@ import trio
 from bipsim.commands.common import (
     finish_trace,
     host_port,
+    install_shutdown,
     make_tracer,
     pcap_option,
     session_option,
@@ -91,6 +92,7 @@ def ota_server(
     Cards POST to the admin URI with X-Admin-From //se-id/iccid/<ICCID>; each gets the command scripts of its
     campaign entry, then 204 No Content. Prints "listening on HOST:PORT" once ready; stops on Ctrl-C or SIGTERM.
     """
+    install_shutdown("bipsim ota-server")  # exit 0 on SIGTERM, or 143 when not stopped within 1 s
     from bipsim.ota.admin import AdminServer
     from bipsim.ota.campaign import Campaign
     from bipsim.ota.server import OtaServer
