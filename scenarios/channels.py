@@ -43,11 +43,7 @@ def _channel_data(run: RunResult, channel: int) -> list[TraceEvent]:
 def _opened(run: RunResult, dlci: int) -> bool:
     """Whether the opening of `dlci` was acknowledged (kind cmux.frame, `fields.frame` UA)."""
     return any(
-        e.kind == Kind.CMUX_FRAME
-        and e.field("frame") == "UA"
-        and e.field("dlci") == dlci
-        and e.src.value == "cp"
-        for e in run.events
+        e.kind == Kind.CMUX_FRAME and e.field("frame") == "UA" and e.field("dlci") == dlci for e in run.events
     )
 
 
