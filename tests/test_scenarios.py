@@ -305,13 +305,14 @@ def test_sms_trigger_goes_to_the_card_as_sms_pp_download_and_its_por_comes_back(
     the PoR in the %SMSPP answer, before the card's first OPEN CHANNEL."""
     events = scenario_run("sms-trigger").run.events
     apdus = [e for e in events if e.layer.value == "apdu"]
-    index = next(i for i, e in enumerate(apdus) if e.src.value == "cp" and e.data[:2] == b"\x80\xc2")
+    index = next(i for i, e in enumerate(apdus) if e.kind == Kind.CAT_ENVELOPE)
+    assert apdus[index].field("envelope") == "sms_pp_download"
     envelope = apdus[index].data
     assert envelope[5] == 0xD1 and bytes.fromhex("82028381") in envelope
     assert apdus[index + 1].data[:1] == b"\x61"
     assert apdus[index + 2].data[:2] == b"\x00\xc0"  # GET RESPONSE in class 00 (TS 102 221 10.1.1)
     assert apdus[index + 3].data[-2:-1] == b"\x91"  # the PoR, and the card has its OPEN CHANNEL ready
-    first_open = next(i for i, e in enumerate(apdus) if "OPEN CHANNEL" in e.summary)
+    first_open = next(i for i, e in enumerate(apdus) if e.field("command") == "OPEN CHANNEL")
     assert first_open > index
 
 
