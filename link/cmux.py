@@ -198,20 +198,13 @@ class Mux:
                 self.local, self.remote, Layer.CMUX, summary, frame.encode(), kind=kind, fields=fields
             )
 
-    async def _flush(self) -> None:
-        """Acts on the connection's events, then writes its answers (events first: a task woken by them, an opener
-        given its UA, must have its outcome even if the answer's write then waits)."""
-        self._dispatch()
-        data = self.connection.data_to_send()
-        if data:
-            await self._write(data)
-
     # --- events --------------------------------------------------------------------------------------------------
 
     def _dispatch(self) -> None:
+        dlcs = self._dlcs
         for event in self.connection.next_events():
             if type(event) is Data:
-                dlc = self._dlc(event.dlci)
+                dlc = dlcs.get(event.dlci) or self._dlc(event.dlci)
                 dlc.rx += event.data
                 dlc.rx_event.set()
             else:
@@ -312,7 +305,12 @@ class Mux:
                 self.line_eof = True
                 return
             connection.receive_data(data)
-            await self._flush()
+            # events first, then the answers: a task woken by them (an opener given its UA) has its outcome even
+            # if the answer's write then waits for the line
+            self._dispatch()
+            answers = connection.data_to_send()
+            if answers:
+                await self._write(answers)
 
     def _closing_done(self) -> None:
         """The multiplexer is closed (CLD or DLC 0 released): the reader stops at once, the line is AT again."""
@@ -594,12 +592,7 @@ class DlcStream(trio.abc.Stream):
             mux = self.mux
             dlc = mux._dlcs.get(self.dlci)
             connection = mux.connection
-            if (
-                dlc is not None
-                and dlc.rx
-                and connection.generation(self.dlci) == self.generation
-                and not connection.our_fc(self.dlci)
-            ):
+            if dlc is not None and dlc.rx and connection.readable(self.dlci, self.generation):
                 # data already here and no flow-control MSC to send: the common case of a busy DLC
                 data = _take(dlc.rx, max_bytes or 65536)
                 connection.consumed(self.dlci, len(data))

@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
+from typing import NamedTuple
 
 from bipsim.link.cmux_frame import (
     MSC_DV,
@@ -203,8 +204,10 @@ class DlcClosed:
     reason: CloseReason
 
 
-@dataclass(frozen=True, slots=True)
-class Data:
+class Data(NamedTuple):
+    """User data on an open DLC. A named tuple, unlike the other events: one is made per frame of a busy line, and
+    a tuple is made in less than half the time of a frozen dataclass."""
+
     dlci: int
     data: bytes
 
@@ -399,6 +402,11 @@ class CmuxConnection:
     def our_fc(self, dlci: int) -> bool:
         dlc = self._dlcs.get(dlci)
         return dlc is not None and dlc.our_fc
+
+    def readable(self, dlci: int, generation: int) -> bool:
+        """Whether a reader of this establishment may take data without first lifting our flow control."""
+        dlc = self._dlcs.get(dlci)
+        return dlc is not None and dlc.generation == generation and not dlc.our_fc
 
     def unread(self, dlci: int) -> int:
         dlc = self._dlcs.get(dlci)
