@@ -29,7 +29,14 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from bipsim.link.at_syntax import FINAL_RESULTS, MAX_LINE, OverlongLine, ResponseSplitter, parse_line
+from bipsim.link.at_syntax import (
+    FINAL_RESULTS,
+    MAX_LINE,
+    OverlongLine,
+    ResponseSplitter,
+    command_fields,
+    prefix_of,
+)
 from bipsim.trace.kinds import Kind
 
 NUMERIC_FINALS = {
@@ -86,31 +93,6 @@ class AtResponse:
     @property
     def cms_error(self) -> int | None:
         return _error_code(self.final, "+CMS ERROR:")
-
-
-def prefix_of(command: str) -> str:
-    """The response prefix of a command: AT+CREG? -> +CREG."""
-    body = command[2:] if command[:2].upper() == "AT" else command
-    end = 0
-    while end < len(body) and body[end] not in "=?;":
-        end += 1
-    return body[:end].upper()
-
-
-def command_fields(line: str) -> dict[str, Any]:
-    """Trace fields naming a command line: `command` ("+CMUX", "%GETNET", "E" for ATE0, "" for a bare AT) and,
-    for the proxy dialect (docs/protocols.md), its `channel`."""
-    try:
-        requests = parse_line(line)
-    except (ValueError, IndexError):
-        return {"command": prefix_of(line)}
-    if not requests:
-        return {"command": ""}
-    first = requests[0]
-    out: dict[str, Any] = {"command": first.name}
-    if first.name.startswith("%") and first.args and isinstance(first.args[0], int):
-        out["channel"] = first.args[0]
-    return out
 
 
 @dataclass(eq=False)

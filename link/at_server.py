@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 
@@ -30,9 +31,11 @@ from bipsim.link.at_syntax import (
     Formatter,
     LineAssembler,
     OverlongLine,
+    command_fields,
     parse_line,
 )
 from bipsim.trace.events import Actor, Layer
+from bipsim.trace.kinds import Kind
 from bipsim.trace.recorder import NULL_TRACER, Tracer
 
 Handler = Callable[[AtRequest], Awaitable[list[str] | None]]
@@ -115,6 +118,8 @@ class AtServer:
         self.answer_step: str | None = None
         # after a stop: bytes read past the S3 of the command line that stopped the server
         self.leftover = b""
+        dlci = getattr(stream, "dlci", None)
+        self._fields: dict[str, Any] = {"dlci": dlci} if isinstance(dlci, int) else {}
 
     @property
     def settings(self) -> AtSettings:
@@ -150,24 +155,57 @@ class AtServer:
         for hook in self.reset_hooks:
             hook()
 
+    def _trace(
+        self,
+        incoming: bool,
+        kind: Kind,
+        summary: str,
+        data: bytes | None = None,
+        *,
+        error: bool = False,
+        step: str | None = None,
+        **fields: Any,
+    ) -> None:
+        src, dst = (self.remote, self.local) if incoming else (self.local, self.remote)
+        all_fields = {**self._fields, **fields} or None
+        self.tracer.emit(
+            src, dst, Layer.AT, summary, data, error=error, step=step, kind=kind, fields=all_fields
+        )
+
     async def _write(
-        self, data: bytes, summary: str, *, error: bool = False, step: str | None = None
+        self,
+        data: bytes,
+        kind: Kind,
+        summary: str,
+        *,
+        error: bool = False,
+        step: str | None = None,
+        **fields: Any,
     ) -> None:
         if not data or self.gone:
             return
         async with self._write_lock:
-            self.tracer.emit(self.local, self.remote, Layer.AT, summary, data, error=error, step=step)
+            self._trace(False, kind, summary, data, error=error, step=step, **fields)
             try:
                 await self.stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 # the peer hung up or the DLC closed: nobody is left to answer, like an end of file
                 self.gone = True
-                self.tracer.emit(
-                    self.local, self.remote, Layer.AT, f"stream went away ({type(exc).__name__})", error=True
-                )
+                self._trace(False, Kind.AT_ERROR, f"stream went away ({type(exc).__name__})", error=True)
+
+    async def _final(self, text: str, summary: str, line: str, *, step: str | None = None) -> None:
+        """A final result code (V.250 section 5.7.2, 27.007 9.2): written unless quiet (Q1), traced either way."""
+        error = text != "OK"
+        if self.format.quiet:  # nothing written: the trace still says how the line ended
+            self._trace(False, Kind.AT_FINAL, f"{summary} (quiet)", error=error, result=text, quiet=True)
+            return
+        data = self.format.info(text) if text.startswith("+CME ERROR") else self.format.result(text)
+        await self._write(
+            data, Kind.AT_FINAL, summary, error=error, step=step, result=text, **command_fields(line)
+        )
 
     async def send_urc(self, line: str) -> None:
-        await self._write(self.format.info(line), line)
+        await self._write(self.format.info(line), Kind.AT_URC, line)
 
     async def run(self) -> None:
         """Serves until end of file, a write to a stream that went away, or a handler asking to stop after its
@@ -186,14 +224,18 @@ class AtServer:
                 # one line at a time, echo included: what follows a line that stops the server is not ours
                 line, pos = self.assembler.feed_line(data, pos)
                 if self.echo and self.assembler.echo:
-                    await self._write(bytes(self.assembler.echo), "echo")
+                    await self._write(bytes(self.assembler.echo), Kind.AT_ECHO, "echo")
                 if line is None or self.gone:
                     break
                 if isinstance(line, OverlongLine):
                     await self._overlong(line)
                     continue
-                self.tracer.emit(
-                    self.remote, self.local, Layer.AT, line.strip(), line.encode("latin-1") + b"\r"
+                self._trace(
+                    True,
+                    Kind.AT_COMMAND,
+                    line.strip(),
+                    line.encode("latin-1") + b"\r",
+                    **command_fields(line),
                 )
                 await self.execute(line)
                 if self._stop or self.gone:
@@ -203,9 +245,9 @@ class AtServer:
     async def _overlong(self, line: OverlongLine) -> None:
         """A command line longer than MAX_LINE: not executed; ERROR if it was one (V.250 ignores other lines)."""
         summary = f"command line too long ({line.length} characters, at most {MAX_LINE})"
-        self.tracer.emit(self.remote, self.local, Layer.AT, summary, line[:80].encode("latin-1"), error=True)
+        self._trace(True, Kind.AT_ERROR, summary, line[:80].encode("latin-1"), error=True, length=line.length)
         if line.lstrip()[:2].upper() == "AT":
-            await self._write(self.format.result("ERROR"), "ERROR (line too long)", error=True)
+            await self._final("ERROR", "ERROR (line too long)", line[:80])
 
     async def execute(self, line: str) -> None:
         try:
@@ -213,7 +255,7 @@ class AtServer:
         except AtSyntaxError:
             if line.strip()[:2].upper() != "AT":
                 return  # not a command line: V.250 ignores it
-            await self._write(self.format.result("ERROR"), "ERROR (syntax)", error=True)
+            await self._final("ERROR", "ERROR (syntax)", line)
             return
         self.answer_step = None
         for request in requests:
@@ -229,18 +271,15 @@ class AtServer:
                 else:
                     text = f"+CME ERROR: {CME_TEXT.get(exc.code, 'unknown')}"
                 # +CME ERROR is a final result code too: quiet (Q1) suppresses it like ERROR
-                quiet = self.format.quiet
-                data = self.format.result(text) if self.cmee == 0 or quiet else self.format.info(text)
-                await self._write(data, text, error=True)
-                if quiet:  # nothing written: the trace still says how the line ended
-                    self.tracer.emit(self.local, self.remote, Layer.AT, f"{text} (quiet)", error=True)
+                await self._final(text, text, line)
                 return
             except AtCommandError:
-                await self._write(self.format.result("ERROR"), f"ERROR ({request.raw})", error=True)
+                await self._final("ERROR", f"ERROR ({request.raw})", line)
                 return
             for text in lines or []:
-                await self._write(self.format.info(text), text, step=self.answer_step)
-        await self._write(self.format.result("OK"), "OK", step=self.answer_step)
+                fields = command_fields("AT" + request.raw)
+                await self._write(self.format.info(text), Kind.AT_INFO, text, step=self.answer_step, **fields)
+        await self._final("OK", "OK", line, step=self.answer_step)
         self.answer_step = None
 
     async def _dispatch(self, request: AtRequest) -> list[str] | None:
@@ -280,13 +319,13 @@ class AtServer:
             raise
         except Exception as exc:
             # a handler bug must not end the line service: the DTE gets an error, the trace says what happened
-            self.tracer.emit(
-                self.local,
-                self.remote,
-                Layer.AT,
+            self._trace(
+                False,
+                Kind.APP_ERROR,
                 f"handler of {request.raw} failed: {type(exc).__name__}: {exc}",
                 request.raw.encode("latin-1", errors="replace"),
                 error=True,
+                command=request.name,
             )
             raise CmeError(100) from exc
 

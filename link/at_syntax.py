@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 AtArg = str | int | None
 
@@ -206,6 +207,31 @@ def parse_line(line: str) -> list[AtRequest]:
         else:
             out.append(AtRequest(name, CommandKind.EXEC, (), body[start:i]))
     return out
+
+
+def command_fields(line: str) -> dict[str, Any]:
+    """Trace fields naming a command line: `command` ("+CMUX", "%GETNET", "E" for ATE0, "" for a bare AT) and,
+    for the proxy dialect (docs/protocols.md), its `channel`."""
+    try:
+        requests = parse_line(line)
+    except AtSyntaxError:
+        return {"command": prefix_of(line)}
+    if not requests:
+        return {"command": ""}
+    first = requests[0]
+    out: dict[str, Any] = {"command": first.name}
+    if first.name.startswith("%") and first.args and isinstance(first.args[0], int):
+        out["channel"] = first.args[0]
+    return out
+
+
+def prefix_of(command: str) -> str:
+    """The response prefix of a command (27.007 section 4.1): AT+CREG? -> +CREG."""
+    body = command[2:] if command[:2].upper() == "AT" else command
+    end = 0
+    while end < len(body) and body[end] not in "=?;":
+        end += 1
+    return body[:end].upper()
 
 
 # The longest line any reader of the project keeps, in characters, stated once here. V.250 section 5.2.1 asks a DCE

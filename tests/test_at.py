@@ -259,7 +259,14 @@ async def test_quiet_suppresses_cme_error_too(nursery: trio.Nursery) -> None:
     await a.send_all(b"AT+CMEE=2;%GETNET\r")
     await a.send_all(b"AT+CGMI\r")  # information text is still sent: it ends what we read
     assert await _answer(a, b"", b"bipsim\r\n") == b"\r\nbipsim\r\n"
-    assert [e.summary for e in tracer.events if e.summary.endswith("(quiet)")] == [
+    quiet = [e for e in tracer.events if e.kind == "at.final" and e.fields and e.fields.get("quiet")]
+    assert [e.fields["result"] for e in quiet if e.fields] == [
+        "OK",
+        "+CME ERROR: 30",
+        "+CME ERROR: no network service",
+        "OK",
+    ]
+    assert [e.summary for e in quiet if e.error] == [
         "+CME ERROR: 30 (quiet)",
         "+CME ERROR: no network service (quiet)",
     ]
