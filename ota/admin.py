@@ -166,17 +166,29 @@ class AdminServer:
         card_id = f"{parts[1]}:{parts[2]}"
         with self._lock:
             progress = self.cards.get(card_id)
+            fresh = progress is None
             if progress is None:
                 plan = self.campaign.plan_for(parts[2] if parts[1] == "iccid" else None, psk_identity)
                 if plan is None:
                     return Answer(204, [("X-Admin-Protocol", PROTOCOL)])
-                self._make_room()
-                progress = self.cards[card_id] = CardProgress(card_id, plan)
-            self.cards.move_to_end(card_id)
+                progress = CardProgress(card_id, plan)
+            event = self.classify(progress, request)
             try:
-                return self._advance(progress, request)
+                CARD_TRANSITIONS.next(progress.state, event)  # only asked: an illegal event changes nothing
             except IllegalTransition as exc:
                 return self.error(409, f"{exc}")
+            if event is CardEvent.ANSWER:
+                try:  # a malformed answer leaves the script unacknowledged
+                    responses = decode_response_script(request.body)
+                except RemoteApduError as exc:
+                    return self.error(400, f"response script: {exc}")
+            else:
+                responses = []
+            if fresh:
+                self._make_room()
+                self.cards[card_id] = progress
+            self.cards.move_to_end(card_id)
+            return self._advance(progress, request, event, responses)
 
     def _make_room(self) -> None:
         """Forgets one card when the table is full: the least recently seen completed one, else the least
@@ -219,16 +231,9 @@ class AdminServer:
             return CardEvent.REPOST
         return CardEvent.STRAY
 
-    def _advance(self, progress: CardProgress, request: HttpRequest) -> Answer:
-        event = self.classify(progress, request)
-        if not CARD_TRANSITIONS.allows(progress.state, event):
-            CARD_TRANSITIONS.next(progress.state, event)  # raises IllegalTransition: answered 409
-        responses: list[bytes] = []
-        if event is CardEvent.ANSWER:
-            try:  # checked before the move: a malformed answer leaves the script unacknowledged
-                responses = decode_response_script(request.body)
-            except RemoteApduError as exc:
-                return self.error(400, f"response script: {exc}")
+    def _advance(
+        self, progress: CardProgress, request: HttpRequest, event: CardEvent, responses: list[bytes]
+    ) -> Answer:
         if event is CardEvent.POLL and progress.awaiting is None:
             progress.sessions += 1
         if request.header("x-admin-resume").lower() == "true":

@@ -107,6 +107,12 @@ class AdminHttpClient:
             # InformationalResponse (1xx) carries nothing for the admin protocol
 
     def _start(self, event: h11.Response) -> None:
+        # h11 checks the limit only on a head that is still incomplete; a whole one read at once is measured here
+        size = len(event.reason) + 15 + sum(len(n) + len(v) + 4 for n, v in event.headers)
+        if size > self.limits.header_bytes:
+            raise HttpFailure(
+                431, f"header section of {size} bytes over the card's {self.limits.header_bytes} limit"
+            )
         headers = _headers(event)
         bodiless = event.status_code in (204, 304)
         if not bodiless and "content-length" not in headers and "transfer-encoding" not in headers:

@@ -104,6 +104,11 @@ AGENT_TRANSITIONS: TransitionTable[AgentState, AgentEvent] = TransitionTable(
         (AgentState.WAIT_RESPONSE, AgentEvent.FAIL): AgentState.FAILED,
         (AgentState.WAIT_RESPONSE, AgentEvent.LOST): AgentState.IDLE,
         (AgentState.WAIT_RESPONSE, AgentEvent.GIVE_UP): AgentState.FAILED,
+        # the next trigger opens a new channel: a new session
+        (AgentState.DONE, AgentEvent.CONNECT_TLS): AgentState.HANDSHAKE,
+        (AgentState.DONE, AgentEvent.CONNECT_PLAIN): AgentState.WAIT_RESPONSE,
+        (AgentState.FAILED, AgentEvent.CONNECT_TLS): AgentState.HANDSHAKE,
+        (AgentState.FAILED, AgentEvent.CONNECT_PLAIN): AgentState.WAIT_RESPONSE,
     },
 )
 
@@ -190,12 +195,20 @@ class OtaAgent:
     # --- BipClient ---------------------------------------------------------------------------------------------
 
     def connection_made(self) -> bytes:
+        """A channel is open: the session starts (a new one after DONE or FAILED: the next trigger's). A channel
+        opened while a session runs is an illegal event: that session ends, with an error trace event."""
+        try:
+            self._move(AgentEvent.CONNECT_TLS if self.tls_enabled else AgentEvent.CONNECT_PLAIN)
+        except IllegalTransition as exc:
+            self._fail(
+                f"protocol: {exc}", Kind.APP_ERROR, f"channel opened during a session ({exc}): session ended"
+            )
+            return b""
         self._http = AdminHttpClient(self.limits)
         if self.tls_enabled:
-            self._move(AgentEvent.CONNECT_TLS)
             self._tls = TlsPskClient(self.identity, self.psk, random=self.random)
             return self._tls.start()
-        self._move(AgentEvent.CONNECT_PLAIN)
+        self._tls = None
         return self._first_post()
 
     def _first_post(self) -> bytes:
@@ -205,8 +218,10 @@ class OtaAgent:
     def data_received(self, data: bytes) -> bytes:
         """Bytes from the channel in, bytes for it out. Whatever the server sends, this returns: a failure ends
         the admin session (FAILED, an error trace event, TLS close_notify) and leaves the card's state alone."""
-        if self._state in (AgentState.DONE, AgentState.FAILED):
-            return b""
+        if self._state not in (AgentState.HANDSHAKE, AgentState.WAIT_RESPONSE):
+            return (
+                b""  # after the session (or its half-closed connection): the server's close_notify, or noise
+            )
         out = bytearray()
         try:
             if self._tls is not None:
