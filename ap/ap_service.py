@@ -1,5 +1,9 @@
 """The AP process: opens the line, brings the modem into CMUX, runs the RIL on DLC 1 and the proxy service on
 DLC 2, accepts the CP's data DLCs, and starts over (reopen, re-probe, new multiplexer) whenever the line goes away.
+
+Trace events: sms.pp for each SMS-DELIVER handed to the CP (AT%SMSPP, docs/protocols.md "Vendor extension on
+DLC 1"), sms.por for the card's Proof of Receipt it answers (field status: the TS 102 225 response status code in
+hex, absent when the PoR is unreadable), app.error when a modem session fails, line.closed when the line goes away.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from bipsim.cp.modem import REOPEN_INTERVAL, LineOpener
 from bipsim.link.at_chat import AtChat
 from bipsim.link.cmux import CmuxParams, Mux, MuxError, MuxRole
 from bipsim.trace.events import Actor, Layer
+from bipsim.trace.kinds import Kind
 from bipsim.trace.recorder import NULL_TRACER, Tracer
 
 # a large N1 keeps the framing overhead of BIP data small (AT+CMUX allows up to 32768)
@@ -68,11 +73,25 @@ class ApplicationProcessor:
                 await self._session(line)
             except* (ModemNotAnswering, MuxError) as group:
                 self.tracer.emit(
-                    Actor.AP, Actor.CP, Layer.APP, f"modem session failed: {group.exceptions[0]}", error=True
+                    Actor.AP,
+                    Actor.CP,
+                    Layer.APP,
+                    f"modem session failed: {group.exceptions[0]}",
+                    error=True,
+                    kind=Kind.APP_ERROR,
+                    fields={"where": "modem session", "error": repr(group.exceptions[0])},
                 )
             except* (trio.BrokenResourceError, trio.ClosedResourceError):
                 # a write met the line going away (the CP restarted, the cable was pulled): start over
-                self.tracer.emit(Actor.AP, Actor.CP, Layer.APP, "the serial line went away", error=True)
+                self.tracer.emit(
+                    Actor.AP,
+                    Actor.CP,
+                    Layer.LINE,
+                    "the serial line went away",
+                    error=True,
+                    kind=Kind.LINE_CLOSED,
+                    fields={"port": self.options.port, "count": self.opener.opened, "reason": "went away"},
+                )
             finally:
                 await line.aclose()
             await trio.sleep(REOPEN_INTERVAL)
@@ -112,6 +131,15 @@ class ApplicationProcessor:
         """Hands each SMS to the CP as the network would deliver it; the answer carries the card's PoR."""
         while self.sms_sent < len(self.options.push_sms):
             tpdu = self.options.push_sms[self.sms_sent]
+            self.tracer.emit(
+                Actor.AP,
+                Actor.CP,
+                Layer.SMS,
+                f"SMS-PP data download: {len(tpdu)} bytes",
+                tpdu,
+                kind=Kind.SMS_PP,
+                fields={"length": len(tpdu)},
+            )
             for _ in range(SMS_ATTEMPTS):
                 response = await chat.command(f'AT%SMSPP="{tpdu.hex().upper()}"')
                 if response.cme_error != 14:
@@ -120,11 +148,30 @@ class ApplicationProcessor:
             self.sms_sent += 1
             if not response.ok:
                 self.tracer.emit(
-                    Actor.AP, Actor.CP, Layer.APP, f"SMS-PP not delivered: {response.final}", error=True
+                    Actor.AP,
+                    Actor.CP,
+                    Layer.SMS,
+                    f"SMS-PP not delivered: {response.final}",
+                    error=True,
+                    kind=Kind.APP_EVENT,
+                    fields={"event": "sms_not_delivered", "final": response.final},
                 )
                 continue
-            por = next((line.split('"')[1] for line in response.lines if line.startswith("%SMSPP:")), "")
-            self.tracer.emit(Actor.CP, Actor.AP, Layer.APP, f"SMS-PP PoR: {por_summary(bytes.fromhex(por))}")
+            por_hex = next((line.split('"')[1] for line in response.lines if line.startswith("%SMSPP:")), "")
+            try:
+                por = bytes.fromhex(por_hex)
+            except ValueError:
+                por = b""
+            status = por_status(por)
+            self.tracer.emit(
+                Actor.CP,
+                Actor.AP,
+                Layer.SMS,
+                f"SMS-PP PoR: {por_summary(por)}",
+                por,
+                kind=Kind.SMS_POR,
+                fields={"status": f"{status:02X}"} if status is not None else {},
+            )
 
     async def _accept(self, mux: Mux) -> None:
         while True:
@@ -136,6 +183,13 @@ class ApplicationProcessor:
                 self.proxy.data_dlc(dlc)
             else:
                 await dlc.aclose()
+
+
+def por_status(user_data: bytes) -> int | None:
+    """The response status code of an unciphered PoR (TS 102 225 table 5.5), None when it is not one."""
+    if user_data[:3] != b"\x02\x71\x00" or len(user_data) < 16:
+        return None
+    return user_data[15]
 
 
 def por_summary(user_data: bytes) -> str:

@@ -1,5 +1,5 @@
 """Embodiment 2 of CN101594614A: the AP, already on Wi-Fi, connects for the CP (AT%WEBOPCH on DLC 2) and the
-channel's bytes travel on CMUX DLC 2+N (PROTOCOL.md sections 1, 2, 6). The CP opens DLC 2+N before asking.
+channel's bytes travel on CMUX DLC 2+N (docs/protocols.md, "The serial line" and "The proxy dialect"). The CP opens DLC 2+N before asking.
 
 +CME ERROR answers map to TS 102 223 results: 30 (no network service) -> 0x20 "no service"; 3 (operation not
 allowed: the AP's allowlist) -> 0x3A "security error"; 4 (operation not supported: UDP) -> 0x3A "transport level

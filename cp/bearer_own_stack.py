@@ -1,5 +1,7 @@
 """Embodiment 1 of CN101594614A: the CP asks the AP for network parameters (AT%GETNET -> %NETPAR on DLC 2),
-activates a packet data context in the simulated network, and connects from its own process (PROTOCOL.md 2, 6).
+activates a packet data context in the simulated network, and connects from its own process (docs/protocols.md,
+"The proxy dialect" and "The patent's steps"). Its TCP events are tcp.connect/tcp.accept/tcp.error/tcp.close/
+tcp.closed with the channel (and host and port).
 
 Failures map to TS 102 223 results: no proxy or +CME ERROR: 30 -> 0x20 "no service" (8.12.2); the network's
 refusal -> 0x21 with the SM cause, bit 8 set (8.12.?); TCP refused or unreachable -> 0x3A "remote device not
@@ -16,6 +18,7 @@ from bipsim.cp.proxy_link import ProxyLink
 from bipsim.link.at_chat import AtTimeout
 from bipsim.link.at_syntax import AtSyntaxError, parse_args, quote
 from bipsim.trace.events import Actor, Layer
+from bipsim.trace.kinds import Kind
 from bipsim.trace.recorder import NULL_TRACER, Tracer
 from bipsim.uicc.cat import BipErrorCause, GeneralResult, OpenChannel, TerminalProblem
 
@@ -86,7 +89,15 @@ class OwnStackBearer:
         try:
             context = self.network.activate(request.apn or apn, user, password)
         except PdpError as exc:
-            self.tracer.emit(Actor.NET, Actor.CP, Layer.IP, f"PDP context refused: {exc}", error=True)
+            self.tracer.emit(
+                Actor.NET,
+                Actor.CP,
+                Layer.IP,
+                f"PDP context refused: {exc}",
+                error=True,
+                kind=Kind.APP_EVENT,
+                fields={"event": "pdp_refused", "channel": channel, "cause": int(exc.cause)},
+            )
             raise LinkError(GeneralResult.NETWORK_UNABLE, bytes((0x80 | exc.cause,)), str(exc)) from exc
         self.contexts[channel] = context.cid
         self.tracer.emit(
@@ -94,11 +105,26 @@ class OwnStackBearer:
             Actor.CP,
             Layer.IP,
             f"PDP context {context.cid} active: APN {context.apn}, address {context.address}",
+            kind=Kind.APP_EVENT,
+            fields={
+                "event": "pdp_active",
+                "channel": channel,
+                "cid": context.cid,
+                "apn": context.apn,
+                "address": context.address,
+            },
         )
         assert request.destination is not None
         where = f"{request.destination}:{request.port}"
+        address = {"host": request.destination, "port": request.port, "channel": channel}
         self.tracer.emit(
-            Actor.CP, Actor.OTA, Layer.TCP, f"TCP SYN to {where} (channel {channel})", step="S404"
+            Actor.CP,
+            Actor.OTA,
+            Layer.TCP,
+            f"TCP SYN to {where} (channel {channel})",
+            step="S404",
+            kind=Kind.TCP_CONNECT,
+            fields=address,
         )
         try:
             with trio.fail_after(self.timeout):
@@ -106,21 +132,49 @@ class OwnStackBearer:
         except (OSError, trio.TooSlowError) as exc:
             self.network.deactivate(context.cid)
             self.tracer.emit(
-                Actor.OTA, Actor.CP, Layer.TCP, f"TCP connect to {where} failed: {exc}", error=True
+                Actor.OTA,
+                Actor.CP,
+                Layer.TCP,
+                f"TCP connect to {where} failed: {exc}",
+                error=True,
+                kind=Kind.TCP_ERROR,
+                fields={**address, "error": str(exc) or type(exc).__name__},
             )
             raise LinkError(
                 GeneralResult.BIP_ERROR,
                 bytes((BipErrorCause.REMOTE_DEVICE_NOT_REACHABLE,)),
                 f"connect {where}: {exc}",
             ) from exc
-        self.tracer.emit(Actor.OTA, Actor.CP, Layer.TCP, f"TCP SYN-ACK from {where} (connected)", step="S405")
+        self.tracer.emit(
+            Actor.OTA,
+            Actor.CP,
+            Layer.TCP,
+            f"TCP SYN-ACK from {where} (connected)",
+            step="S405",
+            kind=Kind.TCP_ACCEPT,
+            fields=address,
+        )
         return stream
 
     async def disconnect(self, channel: int, stream: trio.abc.Stream) -> None:
-        self.tracer.emit(Actor.CP, Actor.OTA, Layer.TCP, f"TCP FIN (close channel {channel})", step="S414")
+        self.tracer.emit(
+            Actor.CP,
+            Actor.OTA,
+            Layer.TCP,
+            f"TCP FIN (close channel {channel})",
+            step="S414",
+            kind=Kind.TCP_CLOSE,
+            fields={"channel": channel},
+        )
         await stream.aclose()
         self.tracer.emit(
-            Actor.OTA, Actor.CP, Layer.TCP, f"TCP close acknowledged (channel {channel})", step="S415"
+            Actor.OTA,
+            Actor.CP,
+            Layer.TCP,
+            f"TCP close acknowledged (channel {channel})",
+            step="S415",
+            kind=Kind.TCP_CLOSED,
+            fields={"channel": channel},
         )
         cid = self.contexts.pop(channel, None)
         if cid is not None:

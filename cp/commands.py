@@ -4,7 +4,7 @@ Identification (+CGMI/+CGMM/+CGMR/+CGSN and their V.25ter +GMx twins, I), +CIMI 
 +CSQ, registration (+CREG/+CGREG/+CEREG with URCs), +COPS, packet data (+CGDCONT, +CGACT), +CSCS, +CMUX, card access
 (+CSIM, +CRSM, +CCHO/+CCHC/+CGLA on logical channels). Anything else: ERROR (the server's default).
 
-Vendor extension (docs/protocols.md; not yet in the team's PROTOCOL.md): AT%SMSPP="<hex TPDU>" makes the
+Vendor extension (docs/protocols.md, "Vendor extension on DLC 1"): AT%SMSPP="<hex TPDU>" makes the
 simulated network deliver an SMS-DELIVER to the CP; a (U)SIM data download (PID 7F, class 2) goes to the card as ENVELOPE (SMS-PP DOWNLOAD,
 TS 31.111 7.1.1) and the answer is the card's response data, the PoR (TS 31.115 4.4), as %SMSPP: "<hex>" (empty
 when the card answered 90 00 without data). Not a data download: +CME ERROR: 50; the card refused the envelope

@@ -6,6 +6,10 @@ Hand-over: the line is wrapped once in a PushbackStream; what the AT server read
 frames, when the AP writes them at once) and what the multiplexer read behind its closing frame (AT text) is pushed
 back for the next user, so no byte is lost at a switch.
 
+Trace events: line.open when the process's line is first served (fields port, count 1), line.reopened when it is
+served again after it went away (fields port, count: how many times it has been opened), line.closed when it ends
+(fields port, count, reason "eof" or "went away").
+
 Settings: each channel has its own V.250/27.007 profile (E, V, Q, +CMEE, S3, S4, S5), as on real modems. DLC 1's AT
 server starts from a copy of the line's profile when it opens (so AT+CMEE=1 sent before AT+CMUX still gives
 +CME ERROR: <n> on DLC 1), and the plain line keeps its own profile across a multiplexer session (V.250 section
@@ -22,7 +26,8 @@ from bipsim.link.at_chat import AtChat
 from bipsim.link.at_server import AtServer, AtSettings
 from bipsim.link.cmux import CmuxParams, DlcStream, Mux, MuxRole
 from bipsim.link.pushback import PushbackStream
-from bipsim.trace.events import Actor
+from bipsim.trace.events import Actor, Layer
+from bipsim.trace.kinds import Kind
 from bipsim.trace.recorder import NULL_TRACER, Tracer
 
 PROXY_DLCI = 2
@@ -36,8 +41,13 @@ class LineService:
         proxy: ProxyLink,
         *,
         tracer: Tracer = NULL_TRACER,
+        port: str = "",
+        count: int = 1,
     ) -> None:
         self.line = PushbackStream(line)
+        self.port = port
+        self.count = count  # how many times the process has opened its line, this one included
+        self._closed = False
         self.line_settings = AtSettings()  # the plain line's profile, kept while the line is multiplexed
         self.commands = commands
         self.proxy = proxy
@@ -49,7 +59,35 @@ class LineService:
     def _want_cmux(self, params: CmuxParams) -> None:
         self._cmux = params
 
+    def _line_event(self, kind: Kind, summary: str, *, error: bool = False, **fields: object) -> None:
+        self.tracer.emit(
+            Actor.CP,
+            Actor.AP,
+            Layer.LINE,
+            summary,
+            error=error,
+            kind=kind,
+            fields={"port": self.port, "count": self.count, **fields},
+        )
+
+    def closed(self, reason: str) -> None:
+        """The line.closed event (once): "eof" at end of file, "went away" when a write met the line gone."""
+        if self._closed:
+            return
+        self._closed = True
+        self._line_event(
+            Kind.LINE_CLOSED, f"serial line {self.port} {reason}", error=reason != "eof", reason=reason
+        )
+
     async def run(self) -> None:
+        if self.count > 1:
+            self._line_event(Kind.LINE_REOPENED, f"serial line {self.port} reopened")
+        else:
+            self._line_event(Kind.LINE_OPEN, f"serial line {self.port} open")
+        await self._serve()
+        self.closed("eof")
+
+    async def _serve(self) -> None:
         while True:
             self._cmux = None
             server = AtServer(self.line, tracer=self.tracer, local=Actor.CP, remote=Actor.AP)

@@ -28,6 +28,7 @@ from bipsim.cp.proxy_link import ProxyLink
 from bipsim.link.cmux import MuxError
 from bipsim.link.pty import open_line
 from bipsim.trace.events import Actor, Layer
+from bipsim.trace.kinds import Kind
 from bipsim.trace.recorder import NULL_TRACER, Tracer
 from bipsim.uicc.transport import ApduTransport
 
@@ -73,7 +74,7 @@ def _stderr(text: str) -> None:
 
 
 class LineOpener:
-    """Opens a process's serial line (PROTOCOL.md section 1). The first open fails fast with LineUnavailable unless
+    """Opens a process's serial line (docs/protocols.md, "The serial line"). The first open fails fast with LineUnavailable unless
     `wait`; later opens (after the line went away) retry every REOPEN_INTERVAL, telling `notice` once per wait.
     Shared by the CP and the AP processes."""
 
@@ -181,7 +182,15 @@ class Modem:
             with trio.move_on_after(self.options.wait_for_ap):
                 await self.proxy.ready.wait()
             if not self.proxy.ready.is_set():
-                self.tracer.emit(Actor.CP, Actor.AP, Layer.APP, "the AP never attached its proxy", error=True)
+                self.tracer.emit(
+                    Actor.CP,
+                    Actor.AP,
+                    Layer.APP,
+                    "the AP never attached its proxy",
+                    error=True,
+                    kind=Kind.APP_EVENT,
+                    fields={"event": "ap_not_attached"},
+                )
             if self.options.start_delay:
                 await trio.sleep(self.options.start_delay)
                 with trio.move_on_after(self.options.wait_for_ap):
@@ -196,15 +205,19 @@ class Modem:
     async def _line_loop(self) -> None:
         while True:
             line, self._first_line = self._first_line or await self.opener.open(), None
-            if self.line_opened > 1:
-                self.tracer.emit(Actor.CP, Actor.AP, Layer.APP, f"serial line {self.options.port} reopened")
+            service = LineService(
+                line,
+                self.commands,
+                self.proxy,
+                tracer=self.tracer,
+                port=self.options.port,
+                count=self.line_opened,
+            )
             try:
-                await LineService(line, self.commands, self.proxy, tracer=self.tracer).run()
+                await service.run()
             except* (trio.BrokenResourceError, trio.ClosedResourceError, MuxError):
                 # a write (an AT answer, a frame) met the line going away: reopen it like an end of file
-                self.tracer.emit(
-                    Actor.CP, Actor.AP, Layer.APP, f"serial line {self.options.port} went away", error=True
-                )
+                service.closed("went away")
             finally:
                 await line.aclose()
             await trio.sleep(REOPEN_INTERVAL)

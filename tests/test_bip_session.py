@@ -256,3 +256,47 @@ async def test_an_exception_out_of_the_card_transport_is_6f00_and_an_app_error()
     (error,) = [e for e in tracer.events if e.kind == "app.error"]
     assert error.fields == {"where": "card", "apdu": "80F2000C", "error": "OSError('reader removed')"}
     assert [e.fields for e in tracer.events if e.kind == "apdu.response"][-1] == {"sw": "9000"}
+
+
+async def test_every_cp_event_of_a_session_has_its_kind_and_fields() -> None:
+    """Scenario checks select events by kind and fields (docs/protocols.md, "Traces"), never by summary."""
+    _, _, tracer = await run_session(LinkMode.BACKGROUND, 300)
+    events = tracer.events
+    assert all(e.kind for e in events), [e.summary for e in events if not e.kind]
+    kinds = {e.kind for e in events}
+    assert {
+        "apdu.atr",
+        "cat.terminal_profile",
+        "cat.fetch",
+        "cat.proactive",
+        "cat.terminal_response",
+    } <= kinds
+    assert {"cat.envelope", "apdu.response", "tcp.data"} <= kinds
+    (open_channel,) = [
+        e for e in events if e.kind == "cat.proactive" and e.fields["command"] == "OPEN CHANNEL"
+    ]
+    assert (
+        open_channel.fields["qualifier"] == LinkMode.BACKGROUND.qualifier
+        and open_channel.fields["number"] >= 1
+    )
+    (open_tr,) = [
+        e for e in events if e.kind == "cat.terminal_response" and e.fields["command"] == "OPEN CHANNEL"
+    ]
+    assert open_tr.fields["result"] == 0 and isinstance(open_tr.fields["result"], int)
+    envelopes = [e.fields for e in events if e.kind == "cat.envelope"]
+    assert envelopes[0] == {
+        "envelope": "event_download",
+        "event": "channel_status",
+        "channel": 1,
+        "link": "established",
+    }
+    assert any(f["event"] == "data_available" and f["channel"] == 1 for f in envelopes)
+    assert all(
+        e.fields["sw"] in ("9000",) or e.fields["sw"].startswith("91")
+        for e in events
+        if e.kind == "apdu.response"
+    )
+    data = [e for e in events if e.kind == "tcp.data"]
+    assert sum(e.fields["length"] for e in data if e.src == "ota") == 300 and all(
+        e.fields["channel"] == 1 for e in data
+    )

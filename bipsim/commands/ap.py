@@ -87,7 +87,7 @@ def ap(
     session: str | None,
 ) -> None:
     """Run the AP: probe the modem, switch the line to 27.010 CMUX, keep DLC 1 for modem control and serve the BIP
-    proxy dialect on DLC 2 (%GETNET, %WEBOPCH, %WEBCLCH; PROTOCOL.md section 2), relaying data DLCs to TCP.
+    proxy dialect on DLC 2 (%GETNET, %WEBOPCH, %WEBCLCH; docs/protocols.md, "The proxy dialect"), relaying data DLCs to TCP.
     Reconnects when the line goes away. Runs until Ctrl-C or SIGTERM."""
     install_shutdown("bipsim ap")  # exit 0 on SIGTERM, or 143 when not stopped within 1 s
     from dataclasses import replace
