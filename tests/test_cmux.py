@@ -666,3 +666,35 @@ async def test_close_down_hands_the_line_back(
         await b.send_all(b"AT text for the next reader")
         await trio.testing.wait_all_tasks_blocked()
         assert await a.receive_some() == b"AT text for the next reader"  # run() no longer reads the line
+
+
+async def test_trace_events_have_kinds_and_fields(traced_responder: tuple[Mux, Wire, Tracer]) -> None:
+    """Scenario checks select frames by kind and fields (docs/protocols.md, "Traces"), never by summary."""
+    from bipsim.trace.events import Actor, TraceEvent
+    from bipsim.trace.kinds import Kind
+
+    mux, wire, tracer = traced_responder
+    await _open(wire, 0, 1)
+    stream = await mux.accept_dlc()
+    await wire.send(encode_frame(1, FrameType.UIH, True, False, b"AT\r"))
+    assert await stream.receive_some() == b"AT\r"
+    await wire.send(encode_frame(6, FrameType.UIH, True, False, b"nobody"))
+    await wire.expect(6, FrameType.DM)
+    events = tracer.events
+
+    def having(kind: Kind, **fields: object) -> list[TraceEvent]:
+        return [
+            e
+            for e in events
+            if e.kind == kind and all((e.fields or {}).get(k) == v for k, v in fields.items())
+        ]
+
+    (ua,) = having(Kind.CMUX_FRAME, frame="UA", dlci=1)
+    assert ua.src is Actor.AP and ua.dst is Actor.CP and (ua.fields or {})["pf"] is True
+    assert having(Kind.CMUX_FRAME, frame="SABM", dlci=0)
+    assert having(Kind.CMUX_CONTROL, message="MSC", dlci=1, command=True)  # our V.24 signals on the new DLC
+    assert having(Kind.CMUX_DATA, dlci=1, size=3)
+    assert having(Kind.CMUX_FRAME, frame="DM", dlci=6)
+    (refused,) = having(Kind.CMUX_ERROR, dlci=6, answer="DM")
+    assert refused.error
+    assert all(e.kind for e in events)

@@ -532,6 +532,21 @@ def _legal_events(events: list[Event]) -> None:
         assert not isinstance(event, PeerError) or isinstance(event.error, MuxError)
 
 
+# control messages the peer might send (MSC for DLC 3 with and without FC, Test, CLD, PN, FCoff, FCon, an unknown
+# type, a length overrunning its value) and responses to commands we may have sent
+CONTROL_SAMPLES = [
+    b"\xe3\x05\x0f\x8d",
+    b"\xe3\x05\x0f\x8f",
+    b"\x23\x03\xab",
+    b"\x21\x03\xab",
+    b"\xc3\x01",
+    b"\xc1\x01",
+    b"\x83\x11\x03\x00\x07\x0a\x10\x00\x03\x00",
+    b"\x63\x01",
+    b"\xa3\x01",
+    b"\x77\x03\x01",
+    b"\xe3\x09\x03",
+]
 PREFACE = encode_frame(0, FrameType.SABM, True, True) + encode_frame(D, FrameType.SABM, True, True)
 
 
@@ -543,13 +558,12 @@ PREFACE = encode_frame(0, FrameType.SABM, True, True) + encode_frame(D, FrameTyp
         st.one_of(
             st.binary(max_size=64),
             st.builds(
-                lambda dlci, ftype, info: encode_frame(dlci, ftype, True, True, info),
+                encode_frame,
                 st.integers(0, 63),
                 st.sampled_from(FrameType),
-                st.one_of(
-                    st.binary(max_size=12),
-                    st.sampled_from([b"\xe3\x05\x0f\x8d", b"\x23\x03\xab", b"\xc3\x01"]),
-                ),
+                st.booleans(),
+                st.booleans(),
+                st.one_of(st.binary(max_size=12), st.sampled_from(CONTROL_SAMPLES)),
             ),
         ),
         max_size=12,
