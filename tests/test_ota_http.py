@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -207,3 +208,88 @@ def test_a_chunk_trailer_in_an_answer_does_not_break_the_next_answer(tmp_path: P
     load.agent.data_received(b"HTTP/1.1 204 No Content\r\n\r\n")
     assert load.agent.log.finished, load.agent.log.errors
     assert not [e for e in tracer.events if e.error]
+
+
+# --- limits through the server's adapter --------------------------------------------------------------------------
+
+
+async def test_past_the_connection_cap_a_client_gets_503_and_the_others_are_served(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    tracer = Tracer(keep=True)
+    server = plain_server(tracer, limits=replace(LIMITS, connections=1))
+    held, held_server = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.handle, held_server)  # the one connection the cap allows, kept open
+        await trio.testing.wait_all_tasks_blocked()
+        assert server.active == 1
+        answer = await talk(server, [post()])
+        assert statuses(answer) == [503], answer
+        assert any(
+            e.kind == Kind.HTTP_ERROR and e.fields and e.fields["status"] == 503 for e in tracer.events
+        )
+        await held.send_all(post())
+        first = await held.receive_some(65536)
+        assert statuses(first) == [200]  # the connection within the cap is served
+        nursery.cancel_scope.cancel()
+    assert server.active == 0
+    assert statuses(await talk(server, [post()])) == [200]  # below the cap again
+
+
+def test_an_answer_head_over_the_card_limit_ends_the_session(tmp_path: Path) -> None:
+    load, tracer, before = card_in_session(tmp_path)
+    junk = "X-Junk: " + "a" * LIMITS.header_bytes + "\r\n"
+    load.agent.data_received(f"HTTP/1.1 204 No Content\r\n{junk}\r\n".encode())
+    assert load.agent.done and not load.agent.log.finished
+    (event,) = [e for e in tracer.events if e.error]
+    assert event.kind == Kind.HTTP_ERROR and event.fields and event.fields["status"] == 431
+    assert (tmp_path / "card.json").read_bytes() == before
+
+
+@pytest.mark.timeout(60)
+async def test_a_malformed_answer_through_the_bip_channel_closes_it_and_the_cp_goes_on(
+    tmp_path: Path,
+) -> None:
+    """The whole card path: the server answers the first POST with a chunk size of -6. The card's session ends
+    with an error event, the card closes its BIP channel (CLOSE CHANNEL), its state file is unchanged, and the CP's
+    BIP service finishes the session normally and keeps running."""
+    from bipsim.cp.bip_service import BipService
+    from bipsim.cp.card_driver import CardDriver
+    from bipsim.uicc.bip_engine import BipConfig, BipEngine, EngineState, LinkMode
+    from bipsim.uicc.sim_transport import SimulatedCard
+
+    from .test_bip_session import DirectBearer
+
+    load = make_card(tls=False, state_path=tmp_path / "card.json")
+    tracer = Tracer(keep=True)
+    load.agent.tracer = tracer
+    load.card.save_state()
+    before = (tmp_path / "card.json").read_bytes()
+    closed = trio.Event()
+
+    async def bad_server(stream: trio.SocketStream) -> None:
+        await stream.receive_some(65536)
+        await stream.send_all(BAD_ANSWERS["negative chunk size"])
+        while await stream.receive_some(65536):
+            pass
+        closed.set()
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            (listener,) = await nursery.start(partial(trio.serve_tcp, host="127.0.0.1"), bad_server, 0)
+            engine = BipEngine(
+                BipConfig(port=listener.socket.getsockname()[1], link_mode=LinkMode.BACKGROUND), load.agent
+            )
+            load.card.toolkit = engine
+            cp_tracer = Tracer(keep=True)
+            service = BipService(
+                CardDriver(SimulatedCard(load.card), tracer=cp_tracer), DirectBearer(), tracer=cp_tracer
+            )
+            await nursery.start(service.run)
+            await closed.wait()  # the channel's TCP connection was closed by the CP, as the card asked
+            await service.session_finished.wait()
+            assert engine.state is EngineState.DONE and not engine.busy
+            nursery.cancel_scope.cancel()
+    assert load.agent.done and not load.agent.log.finished
+    assert any(e.error and e.kind == Kind.HTTP_ERROR for e in tracer.events)
+    assert (tmp_path / "card.json").read_bytes() == before
