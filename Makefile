@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 PKG_DIRS := bipsim ap cp uicc link ota trace scenarios
 
-.PHONY: demo test bench fuzz lint typecheck pytest clean FORCE
+.PHONY: demo test bench fuzz soak lint typecheck pytest clean FORCE
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +62,10 @@ fuzz: $(VENV)/.fuzz
 	  $(BIN)/python -m tests.fuzz.atheris.$$name -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 \
 	    -print_final_stats=1 -artifact_prefix=build/fuzz/$$name/ build/fuzz/$$name/corpus || failed="$$failed $$name"; \
 	done; if [ -n "$$failed" ]; then echo "crashers found by:$$failed (inputs in build/fuzz/<target>/)" >&2; exit 1; fi
+
+# the soak run of docs/development.md: ten minutes of OTA sessions with faults; SOAK_ARGS adds options (--seed 7)
+soak: $(VENV)/.runtime
+	$(BIN)/bipsim soak --duration 600 $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis .benchmarks

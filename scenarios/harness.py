@@ -57,6 +57,8 @@ class RunConfig:
     server_link: bool = False
     # called with (process name, pid) once each process started, and again for a CP booted by power_cycle_cp
     on_process: Callable[[str, int], None] | None = None
+    # called once the CP ended (or the run timed out), before the other processes are stopped
+    on_cp_end: Callable[[], None] | None = None
 
 
 FieldTest = Callable[[dict[str, Any]], bool]
@@ -183,6 +185,11 @@ class ServerLink:
         for scope in list(self._scopes):
             scope.cancel()
 
+    async def connected(self) -> None:
+        """Waits until the card made its first connection through the link."""
+        while not self.stats.connections:
+            await self._changed.wait()
+
     async def reached(self, offset: int) -> None:
         while self.stats.to_card < offset:
             await self._changed.wait()
@@ -196,6 +203,7 @@ class ServerLink:
 
     async def _handle(self, card: trio.SocketStream) -> None:
         self.stats.connections += 1
+        self._notify()
         try:
             server = await trio.open_tcp_stream(*self.server)
         except OSError:
@@ -560,6 +568,8 @@ class Harness:
                     cp = self.processes["cp"]
             cp = self.processes["cp"]
             cp_code = cp.returncode
+            if config.on_cp_end is not None:
+                config.on_cp_end()
             for process in self.processes.values():
                 if process.returncode is None:
                     process.terminate()
