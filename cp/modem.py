@@ -4,6 +4,9 @@ service on the chosen bearer. The line must be there at start (LineUnavailable, 
 (a USB-serial adapter unplugged, the pty pair restarted), and the wait is said once on stderr. The card is powered on
 once the AP has attached its proxy (DLC 2), as a phone's modem starts its SIM toolkit once the application processor
 is up.
+
+No exception of a session ends the process: a line session that fails is traced (app.error) and the line served
+again; the BIP service contains its channels' and its card's failures itself (cp/bip_service.py).
 """
 
 from __future__ import annotations
@@ -218,6 +221,18 @@ class Modem:
             except* (trio.BrokenResourceError, trio.ClosedResourceError, MuxError):
                 # a write (an AT answer, a frame) met the line going away: reopen it like an end of file
                 service.closed("went away")
+            except* Exception as group:
+                # a bug in the line's session ends that session, not the CP: the line is served again
+                self.tracer.emit(
+                    Actor.CP,
+                    Actor.AP,
+                    Layer.APP,
+                    f"line session failed: {group.exceptions[0]!r}",
+                    error=True,
+                    kind=Kind.APP_ERROR,
+                    fields={"where": "line session", "error": repr(group.exceptions[0])},
+                )
+                service.closed("failed")
             finally:
                 await line.aclose()
             await trio.sleep(REOPEN_INTERVAL)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -222,3 +223,59 @@ async def test_the_aps_getnet_gets_the_imsi_whether_or_not_the_start_up_cimi_did
         assert ril.imsi_value == "001010123456789"
         assert modem.cimi_seen == len(failures) + 1
         nursery.cancel_scope.cancel()
+
+
+# --- a line session that fails is traced and the line served again, never the end of the CP -----------------------
+
+
+def _read_within(fd: int, timeout: float) -> bytes:
+    ready, _, _ = select.select([fd], [], [], timeout)
+    return os.read(fd, 1024) if ready else b""
+
+
+async def test_a_line_session_that_raises_is_an_app_error_and_the_line_is_served_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from bipsim.cp import line_service
+    from bipsim.cp.modem import Modem, ModemOptions
+    from bipsim.trace.recorder import Tracer
+    from bipsim.uicc.card import SimCard
+    from bipsim.uicc.profile import load_profile
+    from bipsim.uicc.sim_transport import SimulatedCard
+
+    serve = line_service.LineService._serve
+    calls: list[int] = []
+
+    async def first_one_fails(self: line_service.LineService) -> None:
+        calls.append(self.count)
+        if len(calls) == 1:
+            raise RuntimeError("a bug in the line's session")
+        await serve(self)
+
+    monkeypatch.setattr(line_service.LineService, "_serve", first_one_fails)
+    master, slave = os.openpty()
+    tracer = Tracer(keep=True)
+    modem = Modem(ModemOptions(os.ttyname(slave)), SimulatedCard(SimCard(load_profile())), tracer=tracer)
+    try:
+        await modem.open_line()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(modem._line_loop)
+            answer = b""
+            with trio.fail_after(20):
+                while b"OK" not in answer:  # the second session answers
+                    await trio.to_thread.run_sync(os.write, master, b"AT\r")
+                    answer += await trio.to_thread.run_sync(_read_within, master, 0.5)
+            nursery.cancel_scope.cancel()
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert calls[:2] == [1, 2]
+    (error,) = [e for e in tracer.events if e.kind == "app.error"]
+    assert error.fields == {"where": "line session", "error": 'RuntimeError("a bug in the line\'s session")'}
+    lines = [(e.kind, e.fields) for e in tracer.events if e.kind.startswith("line.")]
+    port = modem.options.port
+    assert lines[:3] == [
+        ("line.open", {"port": port, "count": 1}),
+        ("line.closed", {"port": port, "count": 1, "reason": "failed"}),
+        ("line.reopened", {"port": port, "count": 2}),
+    ]
