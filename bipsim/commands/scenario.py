@@ -92,6 +92,7 @@ def _export(directory: Path, trace_path: str | None, pcap_path: str | None) -> N
     from bipsim.trace.reader import read_trace
 
     files = [directory / f"{n}.jsonl" for n in ("cp", "ap") if (directory / f"{n}.jsonl").exists()]
+    files += sorted(directory.glob("cp-boot*.jsonl"))  # a CP booted again after a power loss (power_cycle_cp)
     files += sorted(directory.glob("ota*.jsonl"))  # the OTA server, and any extra ones (ota2, ota3...)
     if not files or not (trace_path or pcap_path):
         return
