@@ -130,7 +130,7 @@ class OwnStackBearer:
             with trio.fail_after(self.timeout):
                 stream = await trio.open_tcp_stream(request.destination, request.port)
         except (OSError, trio.TooSlowError) as exc:
-            self.network.deactivate(context.cid)
+            self._release(channel)
             self.tracer.emit(
                 Actor.OTA,
                 Actor.CP,
@@ -145,6 +145,9 @@ class OwnStackBearer:
                 bytes((BipErrorCause.REMOTE_DEVICE_NOT_REACHABLE,)),
                 f"connect {where}: {exc}",
             ) from exc
+        except BaseException:  # cancelled, or anything else: the context does not outlive the attempt
+            self._release(channel)
+            raise
         self.tracer.emit(
             Actor.OTA,
             Actor.CP,
@@ -166,7 +169,10 @@ class OwnStackBearer:
             kind=Kind.TCP_CLOSE,
             fields={"channel": channel},
         )
-        await stream.aclose()
+        try:
+            await stream.aclose()
+        finally:
+            self._release(channel)  # whatever the close did, the context goes
         self.tracer.emit(
             Actor.OTA,
             Actor.CP,
@@ -176,6 +182,9 @@ class OwnStackBearer:
             kind=Kind.TCP_CLOSED,
             fields={"channel": channel},
         )
+
+    def _release(self, channel: int) -> None:
+        """Deactivates the channel's packet data context: its address goes back to the network's pool."""
         cid = self.contexts.pop(channel, None)
         if cid is not None:
             self.network.deactivate(cid)

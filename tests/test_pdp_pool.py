@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import trio
 
+from bipsim.cp.bearer import LinkError
 from bipsim.cp.network import CellularNetwork, NetworkConfig, PdpError, SmCause
 from tests.test_cp_commands import Cp, _start
 
@@ -70,3 +71,38 @@ def test_every_context_identifier_in_use_is_insufficient_resources_not_a_crash()
     assert refused.value.cause is SmCause.INSUFFICIENT_RESOURCES
     network.deactivate(5)
     assert network.activate("internet").cid == 5
+
+
+async def test_the_own_stack_runs_more_sessions_than_the_pool_has_addresses() -> None:
+    """Embodiment 1: every channel activates a context and its close (or a failed connect) frees the address, so a
+    pool of five addresses carries twenty sessions, and refused connections leak none."""
+    from functools import partial
+
+    from bipsim.ap.network import ApNetwork
+    from tests.test_gateway import ProxyRig, request
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(
+            partial(trio.serve_tcp, host="127.0.0.1"), lambda stream: stream.aclose(), 0
+        )
+        port = listeners[0].socket.getsockname()[1]
+        closed = socket_port_nobody_listens_on()
+        rig = ProxyRig(ApNetwork())
+        rig.cellular = CellularNetwork(NetworkConfig(pool="10.64.0.0/29"))
+        await rig.start(nursery)
+        bearer = rig.own_stack()
+        for _ in range(20):
+            stream = await bearer.connect(1, request(bearer=2, port=port))
+            await bearer.disconnect(1, stream)
+            with pytest.raises(LinkError):
+                await bearer.connect(2, request(bearer=2, port=closed))
+        assert not rig.cellular.contexts and rig.cellular.free_addresses == 5
+        nursery.cancel_scope.cancel()
+
+
+def socket_port_nobody_listens_on() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
