@@ -82,6 +82,8 @@ class Shutdown:
 
     def install(self) -> None:
         """Takes SIGTERM and SIGINT for the rest of the process (call before any slow set-up)."""
+        if threading.current_thread() is not threading.main_thread():
+            return  # run from another thread (a test harness): signals stay with the main thread's owner
         for number in (signal.SIGTERM, signal.SIGINT):
             signal.signal(number, self._on_signal)
 
