@@ -583,3 +583,36 @@ def test_arbitrary_bytes_never_raise(role: MuxRole, preface: bool, chunks: list[
     conn.shutdown()
     assert conn.closed
     conn.take_leftover()
+
+
+def test_small_commands_and_queries() -> None:
+    conn = in_state(DlcState.OPEN)
+    generation = conn.generation(D)
+    (frame,) = frames(conn.send_data(D, generation, b"one frame"))
+    assert (frame.dlci, frame.type, frame.info) == (D, FrameType.UIH, b"one frame")
+    assert controls(frames(conn.send_fc(True))) == [ControlMessage(ControlType.FCOFF, True)]
+    assert controls(frames(conn.send_fc(False))) == [ControlMessage(ControlType.FCON, True)]
+    assert conn.readable(D, generation) and not conn.readable(D, generation + 1)
+    assert conn.stats.snapshot(conn.parser)["frames_out"] == conn.stats.frames_out
+    conn.shutdown()
+    with pytest.raises(MuxClosed):
+        conn.test(b"x")
+
+
+def test_a_closing_dlc_still_takes_data_and_stops_the_peer_past_the_mark() -> None:
+    conn = in_state(DlcState.CLOSING)
+    conn.rx_high = 10
+    peer(conn, D, FrameType.UIH, bytes(20))
+    assert [e for e in conn.next_events() if isinstance(e, Data)] == [Data(D, bytes(20))]
+    (msc,) = controls(written(conn))
+    assert msc.value[1] & MSC_FC and conn.our_fc(D)
+
+
+def test_messages_after_a_cld_in_the_same_frame_are_not_acted_on() -> None:
+    conn = responder()
+    cld_then_test = (
+        ControlMessage(ControlType.CLD, True).encode() + ControlMessage(ControlType.TEST, True).encode()
+    )
+    peer(conn, 0, FrameType.UIH, cld_then_test)
+    assert controls(written(conn)) == [ControlMessage(ControlType.CLD, False)]
+    assert conn.closed
