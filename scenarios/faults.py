@@ -25,33 +25,25 @@ from bipsim.trace.kinds import Kind
 from bipsim.trace.reader import read_trace
 from bipsim.uicc.cat import decode_terminal_response
 
-# The events the fault scenarios act on and check, by kind and fields (docs/protocols.md, "Traces"). `legacy` is
-# the summary text of the same events from emitters that do not name their kind yet (EventQuery).
+# The events the fault scenarios act on and check, by kind and fields (docs/protocols.md, "Traces").
 AP_ATTACHED = EventQuery(
     Kind.CMUX_FRAME,
     lambda f: f.get("dlci") == 2 and f.get("frame") == "UA",
     src="cp",
-    legacy="UA DLC2",
 )
-DATA_AVAILABLE = EventQuery(
-    Kind.CAT_ENVELOPE, lambda f: f.get("event") == "data_available", legacy="ENVELOPE: Data Available"
-)
+DATA_AVAILABLE = EventQuery(Kind.CAT_ENVELOPE, lambda f: f.get("event") == "data_available")
 LINK_DROPPED = EventQuery(
     Kind.CAT_ENVELOPE,
     lambda f: f.get("event") == "channel_status" and f.get("link") == "dropped",
-    legacy="Channel Status (link dropped)",
 )
-LINE_REOPENED = EventQuery(Kind.LINE_REOPENED, src="cp", legacy="reopened")
-CMUX_SWITCH = EventQuery(Kind.AT_COMMAND, src="ap", data_prefix=b"AT+CMUX=", legacy="AT+CMUX=")
-RECEIVE_DATA = EventQuery(
-    Kind.CAT_PROACTIVE, lambda f: f.get("command") == "RECEIVE DATA", src="uicc", legacy="FETCH: RECEIVE DATA"
-)
+LINE_REOPENED = EventQuery(Kind.LINE_REOPENED, src="cp")
+CMUX_SWITCH = EventQuery(Kind.AT_COMMAND, src="ap", data_prefix=b"AT+CMUX=")
+RECEIVE_DATA = EventQuery(Kind.CAT_PROACTIVE, lambda f: f.get("command") == "RECEIVE DATA", src="uicc")
 OPEN_CHANNEL_ANSWER = EventQuery(  # the TERMINAL RESPONSE C-APDU answering OPEN CHANNEL
     Kind.CAT_TERMINAL_RESPONSE,
     lambda f: f.get("command") == "OPEN CHANNEL",
     src="cp",
     data_prefix=b"\x80\x14",
-    legacy="OPEN CHANNEL",
 )
 
 

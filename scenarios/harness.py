@@ -66,11 +66,8 @@ FieldTest = Callable[[dict[str, Any]], bool]
 
 @dataclass(frozen=True)
 class EventQuery:
-    """Selects trace events by `kind` and a test of their `fields` (docs/protocols.md, "Traces").
-
-    `legacy` is a stopgap for emitters that do not set a kind yet: it is looked for in the summary of events whose
-    kind is empty, and only there, so it stops mattering as soon as the emitter names its kind.
-    """
+    """Selects trace events by `kind` and a test of their `fields` (docs/protocols.md, "Traces"), optionally by
+    sender and by how their bytes start; never by the human `summary`."""
 
     kind: str
     where: FieldTest | None = None
@@ -78,23 +75,16 @@ class EventQuery:
     data_prefix: bytes | None = (
         None  # the event's bytes start with these (an AT command line, an APDU header)
     )
-    legacy: str | None = None
 
     def matches_dict(self, obj: dict[str, Any]) -> bool:
-        if self.src is not None and obj.get("src") != self.src:
+        if obj.get("kind") != self.kind or (self.src is not None and obj.get("src") != self.src):
             return False
         if self.data_prefix is not None:
             data = obj.get("hex")
             if not isinstance(data, str) or not data.upper().startswith(self.data_prefix.hex().upper()):
                 return False
-        kind = obj.get("kind") or ""
-        if kind:
-            if kind != self.kind:
-                return False
-            fields = obj.get("fields")
-            return self.where is None or self.where(fields if isinstance(fields, dict) else {})
-        summary = obj.get("summary")
-        return self.legacy is not None and isinstance(summary, str) and self.legacy in summary
+        fields = obj.get("fields")
+        return self.where is None or self.where(fields if isinstance(fields, dict) else {})
 
     def matches(self, event: TraceEvent) -> bool:
         return self.matches_dict(event.to_dict())
@@ -381,16 +371,13 @@ class Harness:
         return None
 
     async def wait_for_trace(self, name: str, text: str, timeout: float = 20.0) -> bool:
-        """Deprecated, for hooks not yet moved to `wait_for_event`: an event whose summary contains `text`."""
-        query = EventQuery("", legacy=text, where=lambda _fields: False)
-        path = self.dir / f"{name}.jsonl"
-        tail = TraceTail(path)
+        """Deprecated (hooks select events by kind with `wait_for_event`): an event of process `name` whose summary
+        contains `text`; kept for the hooks not moved yet."""
+        tail = TraceTail(self.dir / f"{name}.jsonl")
         with trio.move_on_after(timeout):
             while True:
-                for obj in tail.read_new():
-                    summary = obj.get("summary", "")
-                    if query.legacy is not None and isinstance(summary, str) and query.legacy in summary:
-                        return True
+                if any(text in str(obj.get("summary", "")) for obj in tail.read_new()):
+                    return True
                 await trio.sleep(0.05)
         return False
 
