@@ -114,6 +114,11 @@ class TraceEvent:
         t = obj["t"]
         if not isinstance(t, int | float) or isinstance(t, bool):
             raise ValueError("'t' must be a number")
+        if isinstance(t, int):
+            try:
+                t = float(t)
+            except OverflowError:
+                raise ValueError("'t' must be a finite number, not an integer that large") from None
         if not math.isfinite(t):
             raise ValueError(f"'t' must be a finite number, not {t}")
         hex_ = obj.get("hex")
