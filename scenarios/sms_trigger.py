@@ -17,8 +17,7 @@ from bipsim.scenarios.base import (
     check_steps,
     proactive_commands,
 )
-from bipsim.scenarios.harness import Harness, RunConfig, RunResult, run_processes
-from bipsim.trace.events import TraceEvent
+from bipsim.scenarios.harness import EventQuery, Harness, RunConfig, RunResult, run_processes
 from bipsim.trace.kinds import Kind
 from bipsim.uicc.ota_trigger import (
     Check,
@@ -79,26 +78,10 @@ def sms_trigger(options: ScenarioOptions) -> ScenarioResult:
     return ScenarioResult("sms-trigger", run)
 
 
-async def _traced(harness: Harness, name: str, kind: Kind, timeout: float) -> bool:
-    """Waits until process `name`'s trace holds an event of `kind`; False on timeout."""
-    path = harness.dir / f"{name}.jsonl"
-    with trio.move_on_after(timeout):
-        while True:
-            if path.exists():
-                for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-                    try:
-                        if TraceEvent.from_json(line).kind == kind:
-                            return True
-                    except (ValueError, KeyError, TypeError, RecursionError):
-                        continue  # a line being written
-            await trio.sleep(0.05)
-    return False
-
-
 async def _stop_after_the_por(harness: Harness) -> None:
     """No session will come: once the PoR is traced and the card had time to open a channel, stop the CP (SIGTERM,
     a clean exit) so that the run ends."""
-    await _traced(harness, "ap", Kind.SMS_POR, timeout=25)
+    await harness.wait_for_event("ap", EventQuery(Kind.SMS_POR), timeout=25)
     await trio.sleep(2.0)  # a few poll intervals: an OPEN CHANNEL would have been fetched by now
     harness.processes["cp"].terminate()
 
