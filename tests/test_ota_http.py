@@ -40,7 +40,7 @@ def post(body: bytes = b"", iccid: str = "8988211000000000001") -> bytes:
     return f"POST /server/adminagent HTTP/1.1\r\n{headers}Content-Length: {len(body)}\r\n\r\n".encode() + body
 
 
-def statuses(answer: bytes) -> list[int]:
+def statuses(answer: bytes | bytearray) -> list[int]:
     """The status codes of the responses in `answer`, read by a regular expression (not by the code under test)."""
     return [int(m) for m in re.findall(rb"HTTP/1\.1 (\d{3}) ", answer)]
 

@@ -4,9 +4,12 @@ state machines of both ends (docs/protocols.md, "The OTA server"), row by row, w
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
+from enum import Enum
 from itertools import product
 from pathlib import Path
+from typing import TypeVar
 
 import h11
 import pytest
@@ -47,6 +50,9 @@ from bipsim.uicc.sim_transport import SimulatedCard
 from bipsim.uicc.transitions import IllegalTransition, TransitionTable
 
 from .test_bip_session import DirectBearer
+
+S = TypeVar("S", bound=Enum)
+E = TypeVar("E", bound=Enum)
 
 APP = bytes.fromhex("A0000005590010FF01")
 
@@ -118,9 +124,9 @@ async def test_plain_http_session(tmp_path: Path) -> None:
 # illegal, is caused through the sans-IO core that owns it, with the protocol's answer checked.
 
 
-def _whole_table(table: TransitionTable, states: type, events: type) -> set[tuple[object, object]]:  # type: ignore[type-arg]
+def _whole_table(table: TransitionTable[S, E], states: Iterable[S], events: Iterable[E]) -> set[tuple[S, E]]:
     """Every pair is a row or raises IllegalTransition; returns the illegal pairs."""
-    illegal = set()
+    illegal: set[tuple[S, E]] = set()
     for state, event in product(states, events):
         if (state, event) in table.rows:
             assert table.next(state, event) is table.rows[(state, event)]
