@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from enum import Enum
 from typing import Generic, TypeVar
 
-from bipsim.cp.bip_gateway import IllegalTransition
+from bipsim.uicc.bip_engine import IllegalTransition
 
 S = TypeVar("S", bound=Enum)
 E = TypeVar("E", bound=Enum)
