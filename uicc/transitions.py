@@ -15,7 +15,17 @@ from bipsim.uicc.bip_engine import IllegalTransition
 S = TypeVar("S", bound=Enum)
 E = TypeVar("E", bound=Enum)
 
-__all__ = ["IllegalTransition", "TransitionTable"]
+__all__ = ["IllegalSessionEvent", "IllegalTransition", "TransitionTable"]
+
+
+class IllegalSessionEvent(IllegalTransition):
+    """`event` is not allowed in `state` by the table named `machine`."""
+
+    def __init__(self, machine: str, state: Enum, event: Enum) -> None:
+        super().__init__(f"{machine}: {event.value} in state {state.value}")
+        self.machine = machine
+        self.state = state
+        self.event = event
 
 
 class TransitionTable(Generic[S, E]):
@@ -29,7 +39,7 @@ class TransitionTable(Generic[S, E]):
         try:
             return self.rows[(state, event)]
         except KeyError:
-            raise IllegalTransition(f"{self.name}: {event.value} in state {state.value}") from None
+            raise IllegalSessionEvent(self.name, state, event) from None
 
     def allows(self, state: S, event: E) -> bool:
         return (state, event) in self.rows
