@@ -4,6 +4,7 @@ state machines of both ends (docs/protocols.md, "The OTA server"), row by row, w
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterable
 from dataclasses import replace
 from enum import Enum
@@ -36,7 +37,7 @@ from bipsim.ota.http_connection import (
     ServerConnection,
 )
 from bipsim.ota.loadgen import make_card
-from bipsim.ota.server import OtaServer
+from bipsim.ota.server import OtaServer, psk_context
 from bipsim.trace.kinds import Kind
 from bipsim.trace.recorder import Tracer
 from bipsim.uicc.bip_engine import BipConfig, BipEngine, EngineState, LinkMode
@@ -484,3 +485,67 @@ def test_agent_http_client_keeps_h11_framing_per_request(tmp_path: Path) -> None
     request = server.next_event()
     assert isinstance(request, h11.Request) and request.method == b"POST"
     assert isinstance(server.next_event(), h11.EndOfMessage)
+
+
+class MemoryServer:
+    """The OTA server's cores without an event loop: OpenSSL through memory BIOs (the server's PSK context), the
+    HTTP connection core and the admin core."""
+
+    def __init__(self, admin: AdminServer, keys: dict[str, bytes]) -> None:
+        self.admin = admin
+        self.keys = keys
+        self.statuses: list[int] = []
+
+    def connect(self) -> None:
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = psk_context(self.keys).wrap_bio(self.incoming, self.outgoing, server_side=True)
+        self.http = ServerConnection()
+
+    def receive(self, data: bytes) -> bytes:
+        self.incoming.write(data)
+        try:
+            self.tls.do_handshake()
+            plain = self.tls.read(1 << 20)
+        except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+            plain = b""
+        if plain:
+            self.http.receive(plain)
+            event = self.http.next_event()
+            assert isinstance(event, HttpRequest), event
+            answer = self.admin.handle(event)
+            self.statuses.append(answer.status)
+            self.tls.write(self.http.answer(answer.status, answer.headers, answer.body, close=answer.close))
+        return self.outgoing.read()
+
+
+def run_memory_session(agent: OtaAgent, server: MemoryServer) -> None:
+    server.connect()
+    data = agent.connection_made()
+    while data and not agent.done:
+        data = agent.data_received(server.receive(data))
+
+
+def test_agent_tls_session_against_the_server_cores_without_an_event_loop(tmp_path: Path) -> None:
+    """(HANDSHAKE, SECURED), (WAIT_RESPONSE, SCRIPT) for each script of the built-in campaign, (WAIT_RESPONSE,
+    NO_CONTENT); then the next trigger's session, (DONE, CONNECT_TLS), finds nothing pending: 204 at once."""
+    load = make_card(tls=True, state_path=tmp_path / "card.json")
+    profile = load.card.profile
+    server = MemoryServer(AdminServer(Campaign.load()), {profile.psk_identity: profile.psk})
+    run_memory_session(load.agent, server)
+    assert load.agent.state is AgentState.DONE and load.agent.log.finished, load.agent.log.errors
+    assert server.statuses == [200, 200, 200, 200, 204]
+    assert load.registry.applications[APP].state == SELECTABLE
+    run_memory_session(load.agent, server)
+    assert load.agent.state is AgentState.DONE and server.statuses[-1] == 204
+    (progress,) = server.admin.cards.values()
+    assert progress.state is CardState.COMPLETED and len(progress.log) == 4
+
+
+def test_agent_gives_up_while_waiting_for_the_server(tmp_path: Path) -> None:
+    agent, _ = plain_agent(tmp_path)
+    for _ in range(agent.max_reconnects):
+        agent.connection_made()
+        agent.connection_lost("dropped")  # (WAIT_RESPONSE, LOST)
+    agent.connection_made()
+    agent.connection_lost("dropped")  # (WAIT_RESPONSE, GIVE_UP)
+    assert agent.state is AgentState.FAILED and not agent.wants_reconnect
