@@ -569,3 +569,18 @@ def at_chat_core(reads: Sequence[bytes], steps: Sequence[int] = ()) -> None:
     core.receive_eof(now)
     drain()
     assert all(command.done for command in commands), core.state
+
+
+def gp_apdus(apdus: Sequence[bytes]) -> None:
+    """GpRegistry.process on remote GP commands (INSTALL, LOAD, DELETE, GET STATUS, SET STATUS): response data and
+    a status word, never an exception; the registry's state stays JSON and loads back to itself."""
+    registry = GpRegistry()
+    for apdu in apdus:
+        if not registry.handles(apdu):
+            continue
+        answer = registry.process(apdu)
+        assert isinstance(answer, bytes) and len(answer) >= 2
+    state = json.loads(json.dumps(registry.to_dict()))
+    again = GpRegistry()
+    again.load_dict(state)
+    assert again.to_dict() == state

@@ -210,3 +210,44 @@ plaintext = st.tuples(
 def test_tls_after_handshake(suite: int, records: list[tuple[int, bytes]], tail: bytes) -> None:
     with bounded(5):
         targets.tls_protected_records(suite, records, tail)
+
+
+def _lv(value: bytes) -> bytes:
+    return bytes((len(value),)) + value
+
+
+@st.composite
+def gp_apdu(draw: st.DrawFn) -> bytes:
+    """GP commands of a remote script (GlobalPlatform Card Specification section 11) around few AIDs, so that
+    INSTALL, LOAD, DELETE and SET STATUS meet each other's objects."""
+    aids = [bytes.fromhex("A0000000871001"), bytes.fromhex("A000000087100101"), b"\xa0\x00\x00\x00"]
+    aid = draw(st.one_of(st.sampled_from(aids), st.binary(max_size=17)))
+    module = draw(st.one_of(st.sampled_from(aids), st.binary(max_size=6)))
+    kind = draw(st.sampled_from(["install-load", "install", "load", "delete", "status", "set", "raw"]))
+    if kind == "install-load":
+        ins, p1, p2, data = 0xE6, 0x02, 0, _lv(aid) + _lv(b"") + draw(st.binary(max_size=6))
+    elif kind == "install":
+        ins, p1, p2 = 0xE6, draw(st.sampled_from([0x04, 0x08, 0x0C, 0x00, 0x10])), 0
+        data = _lv(aid) + _lv(module) + _lv(draw(st.sampled_from(aids))) + _lv(draw(st.binary(max_size=3)))
+    elif kind == "load":
+        body = draw(st.one_of(st.binary(max_size=30), st.just(b"\xc4\x09\x4f\x07" + aids[0])))
+        ins, p1, p2, data = 0xE8, draw(st.sampled_from([0x00, 0x80])), draw(st.integers(0, 3)), body
+    elif kind == "delete":
+        ins, p1, p2, data = 0xE4, 0, draw(st.sampled_from([0x00, 0x80])), b"\x4f" + _lv(aid)
+    elif kind == "status":
+        ins, p1, p2, data = 0xF2, draw(st.integers(0, 255)), 0, b"\x4f\x00"
+    elif kind == "set":
+        ins, p1, p2, data = 0xF0, 0x40, draw(st.sampled_from([0x07, 0x0F, 0x83, 0x80, 0x00, 0xFF])), aid
+    else:
+        return bytes((0x80, draw(st.sampled_from([0xE6, 0xE8, 0xE4, 0xF2, 0xF0])))) + draw(
+            st.binary(max_size=10)
+        )
+    apdu = bytes((0x80, ins, p1, p2)) + _lv(data[:255])
+    return apdu if draw(st.booleans()) else apdu[: draw(st.integers(4, len(apdu)))]
+
+
+@fuzz_settings(150)
+@given(st.lists(gp_apdu(), max_size=10))
+def test_gp_registry(apdus: list[bytes]) -> None:
+    with bounded(5):
+        targets.gp_apdus(apdus)
