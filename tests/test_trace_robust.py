@@ -89,3 +89,11 @@ def test_skip_invalid_warns_per_line_and_renders_the_rest(tmp_path: Path) -> Non
     result = bipsim("trace", "render", "--skip-invalid", "--all", str(path))
     assert result.returncode == 0
     assert f"{path}:2:" in result.stderr and "FETCH again" in result.stdout
+
+
+@pytest.mark.parametrize(("option", "word"), [("--session=e9", "sessions: e1"), ("--layers=tcp", "no event")])
+def test_a_filter_that_leaves_nothing_says_so(option: str, word: str, tmp_path: Path) -> None:
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(line(session="e1"))
+    result = bipsim("trace", "render", option, str(path))
+    assert result.returncode == 2 and word in result.stderr and result.stdout == ""

@@ -90,13 +90,18 @@ def render_cmd(
 
     events = load(files, skip_invalid)
     if session is not None:
+        sessions = sorted({e.session for e in events if e.session})
         events = [e for e in events if e.session == session]
+        if not events:
+            raise CliError(f"--session {session}: no event (sessions: {', '.join(sessions) or 'none'})", 2)
     if layers is not None:
         try:
             chosen = {Layer(name.strip()) for name in layers.split(",") if name.strip()}
         except ValueError as exc:
             raise CliError(f"--layers: {exc}", exit_code=2) from exc
         events = [e for e in events if e.layer in chosen]
+        if not events:
+            raise CliError(f"--layers {layers}: no event of these layers", exit_code=2)
     title = " + ".join(Path(f).name for f in files)
     text = render(events, fmt, show_hex=show_hex, title=title, fold=not show_all)
     if output:
