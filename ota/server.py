@@ -210,12 +210,11 @@ class OtaServer:
                 if waiting.cancelled_caught:
                     await self._timed_out(stream, connection)
                     return
-                if not data and connection.state is ConnState.ENDED:
-                    await self._drain_transport(stream)
+                if not data:  # the peer closed: between requests, or mid-request with nobody left to answer
+                    if connection.state is ConnState.ENDED:
+                        await self._drain_transport(stream)
                     return
                 connection.receive(bytes(data))
-                if not data and not connection.reading:
-                    return
                 continue
             if isinstance(event, Refusal):
                 await self._refuse(stream, connection, event)
@@ -279,7 +278,8 @@ class OtaServer:
         await stream.send_all(connection.refuse(refusal, [("X-Admin-Protocol", PROTOCOL)]))
 
     async def _timed_out(self, stream: trio.abc.Stream, connection: ServerConnection) -> None:
-        self.timeouts += 1
+        if connection.state is not ConnState.ENDED:  # after a 204, the card's close is only waited for
+            self.timeouts += 1
         refusal = connection.timed_out()
         if refusal is not None:  # half a request: tell the card (RFC 9110 408), then close
             self.refused += 1
