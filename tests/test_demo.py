@@ -204,3 +204,21 @@ def test_the_live_ladder_shows_each_message_once_labelled_by_kind_and_counts_rep
     text = out.getvalue()
     assert text.count("S403") == 1 and f"info: {netpar.decode()}" in text
     assert ladder.rows == 2 and "repeated: S407 x1" in text
+
+
+def test_the_live_ladder_draws_actors_without_a_lane_on_the_network_side() -> None:
+    from io import StringIO
+
+    from rich.console import Console
+
+    from bipsim.commands.demo import Ladder
+    from bipsim.trace.events import Actor, Layer, TraceEvent
+
+    out = StringIO()
+    ladder = Ladder(Console(file=out, width=200, color_system=None), 1, verbose=False)
+    failure = TraceEvent(
+        1.0, Actor.PGW, Actor.CP, Layer.TCP, "reset by the gateway", error=True, kind="tcp.error"
+    )
+    ladder.feed([("cp", failure)])
+    ladder.release(None)
+    assert ladder.rows == 1 and "reset by the gateway" in out.getvalue()

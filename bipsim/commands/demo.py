@@ -35,6 +35,13 @@ from bipsim.trace.steps import embodiment_steps
 LANES = ("uicc", "cp", "ap", "ota")
 LANE_OF = {"uicc": 0, "cp": 1, "ap": 2, "ota": 3, "net": 3}
 LANE_WIDTH = 6
+
+
+def _lane(actor: str) -> int:
+    """An actor's lane; the actors of later sections (pgw, host, ...) are drawn on the network's side."""
+    return LANE_OF.get(actor, LANE_OF["net"])
+
+
 LAYER_STYLE = {
     "apdu": "green",
     "at": "yellow",
@@ -191,7 +198,7 @@ class Ladder:
         text = Text(f"{event.t:7.3f}  ")
         text.append(f"{label:<5}", style=label_style)
         text.append("  ")
-        text.append("".join(self._lanes(LANE_OF[event.src.value], LANE_OF[event.dst.value])), style=style)
+        text.append("".join(self._lanes(_lane(event.src.value), _lane(event.dst.value))), style=style)
         text.append("  ")
         text.append(describe(event), style=style)
         self._print(text)
