@@ -161,3 +161,17 @@ def test_tshark_decodes_the_pcap_of_a_real_embodiment_run(real_run: list[TraceEv
     assert sum(1 for p in sim if p.endswith(":etsi_cat")) >= 4 * 2  # FETCHes and TRs of the BIP session
     tcp = [p for p in protocols if ":tcp" in p]
     assert tcp and any(p.endswith(":tls") for p in tcp)  # the card's PSK-TLS records inside the TCP stream
+
+
+def test_every_actor_has_an_address_in_the_capture() -> None:
+    from bipsim.trace.pcap import PcapExporter
+
+    tracer = Tracer(keep=True, origin=0.0, clock=iter(x / 100 for x in range(1000)).__next__)
+    for actor in Actor:
+        if actor not in (Actor.UICC, Actor.CP):
+            tracer.emit("cp", actor, "tcp", "data", b"x", kind="tcp.data")
+            tracer.emit(actor, "cp", "at", "line", b"OK\r\n", kind="at.final")
+    exporter = PcapExporter()
+    for event in tracer.events:
+        exporter.add(event)
+    assert len({packet["IP"].dst for packet in exporter.packets}) == len(Actor) - 1

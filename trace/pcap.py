@@ -36,17 +36,20 @@ ADDRESSES: dict[Actor, str] = {
     Actor.UICC: "192.0.2.1",
     Actor.CP: "192.0.2.2",
     Actor.AP: "192.0.2.3",
+    Actor.READER: "192.0.2.4",
     Actor.NET: "198.51.100.1",
+    Actor.PGW: "198.51.100.2",
+    Actor.HOST: "198.51.100.3",
     Actor.OTA: "203.0.113.10",
+    Actor.SMDP: "203.0.113.11",
+    Actor.CLOUD: "203.0.113.12",
+    Actor.PUBLISH: "203.0.113.13",
+    Actor.SYNC: "203.0.113.14",
 }
-# UDP source ports that name the sending actor for AT/CMUX/GSMTAP datagrams
-ACTOR_PORTS: dict[Actor, int] = {
-    Actor.UICC: 40001,
-    Actor.CP: 40002,
-    Actor.AP: 40003,
-    Actor.NET: 40004,
-    Actor.OTA: 40005,
-}
+# UDP source ports that name the sending actor for AT/CMUX/GSMTAP datagrams (the later sections' actors from 40006)
+_FIRST_PORTS = (Actor.UICC, Actor.CP, Actor.AP, Actor.NET, Actor.OTA)
+_LATER = [actor for actor in Actor if actor not in _FIRST_PORTS]
+ACTOR_PORTS: dict[Actor, int] = {actor: 40001 + index for index, actor in enumerate([*_FIRST_PORTS, *_LATER])}
 
 # tls/http events are decoded views of bytes that also cross the wire as tcp events: only wire bytes become packets
 NETWORK_LAYERS = {Layer.IP, Layer.TCP}
