@@ -1,7 +1,10 @@
-"""The CP's view of the AP proxy: the current CMUX session and the AtChat on DLC 2 (PROTOCOL.md section 1-2).
+"""The CP's view of the AP proxy: the current CMUX session and the AtChat on DLC 2 (docs/protocols.md, "The serial
+line" and "The proxy dialect").
 
 The line service attaches them when the AP opens DLC 2 and detaches them when the multiplexer or the line goes
-away; bearers wait here (briefly) for the proxy instead of failing while the AP is (re)connecting.
+away; bearers wait here (briefly) for the proxy instead of failing while the AP is (re)connecting. The chat reads
+the AP's answers bounded like every AT line (MAX_LINE, link/at_syntax.py); a %WEBEVT or other line with no handler
+in `urc_handlers` is traced and dropped when it arrives, never kept for the life of the DLC.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ class ProxyLink:
         self.mux: Mux | None = None
         self.chat: AtChat | None = None
         self.ready = trio.Event()
+        # (prefix, at_chat.UrcHandler) given to each chat attached
         self.urc_handlers: list[tuple[str, object]] = []
 
     def attach(self, mux: Mux, chat: AtChat) -> None:
