@@ -101,6 +101,11 @@ def envelope_fields(envelope: Envelope) -> dict[str, Any]:
     return fields
 
 
+def command_fields(apdu: bytes) -> dict[str, Any]:
+    """The fields of an apdu.command event: its class and instruction bytes, in hex."""
+    return {"cla": f"{apdu[0]:02X}", "ins": f"{apdu[1]:02X}"} if len(apdu) >= 2 else {}
+
+
 def sw_text(response: bytes) -> str:
     return response[-2:].hex().upper() if len(response) >= 2 else ""
 
@@ -169,7 +174,15 @@ class CardDriver:
     async def raw(self, apdu: bytes, summary: str) -> bytes:
         """One APDU exactly as given (no T=0 handling), recorded: for +CSIM and +CGLA."""
         async with self._lock:
-            self.tracer.emit(Actor.CP, Actor.UICC, Layer.APDU, summary, apdu, kind=Kind.APDU_COMMAND)
+            self.tracer.emit(
+                Actor.CP,
+                Actor.UICC,
+                Layer.APDU,
+                summary,
+                apdu,
+                kind=Kind.APDU_COMMAND,
+                fields=command_fields(apdu),
+            )
             response = await self._exchange(apdu)
             self._response_event(summary, response)
         if len(response) >= 2:
@@ -200,6 +213,8 @@ class CardDriver:
         kind: Kind = Kind.APDU_COMMAND,
         fields: dict[str, Any] | None = None,
     ) -> tuple[bytes, int]:
+        if fields is None and kind is Kind.APDU_COMMAND:
+            fields = command_fields(apdu)
         self.tracer.emit(Actor.CP, Actor.UICC, Layer.APDU, summary, apdu, step=step, kind=kind, fields=fields)
         response = await self._exchange(apdu)
         self._response_event(summary, response)
@@ -222,7 +237,15 @@ class CardDriver:
     async def start(self) -> None:
         """Powers the card on and sends TERMINAL PROFILE."""
         self.atr = await self.card.power_on()
-        self.tracer.emit(Actor.UICC, Actor.CP, Layer.APDU, "ATR", self.atr, kind=Kind.APDU_ATR)
+        self.tracer.emit(
+            Actor.UICC,
+            Actor.CP,
+            Layer.APDU,
+            "ATR",
+            self.atr,
+            kind=Kind.APDU_ATR,
+            fields={"length": len(self.atr)},
+        )
         profile = TERMINAL_PROFILE
         _, sw = await self.transmit(
             b"\x80\x10\x00\x00" + bytes((len(profile),)) + profile,
@@ -244,7 +267,15 @@ class CardDriver:
         length = self.proactive_pending & 0xFF
         async with self._lock:
             apdu = bytes((0x80, 0x12, 0, 0, length))
-            self.tracer.emit(Actor.CP, Actor.UICC, Layer.APDU, "FETCH", apdu, kind=Kind.CAT_FETCH)
+            self.tracer.emit(
+                Actor.CP,
+                Actor.UICC,
+                Layer.APDU,
+                "FETCH",
+                apdu,
+                kind=Kind.CAT_FETCH,
+                fields={"length": length},
+            )
             response = await self._exchange(apdu)
             data, sw = response[:-2], int.from_bytes(response[-2:], "big") if len(response) >= 2 else 0x6F00
             try:
