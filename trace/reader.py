@@ -145,7 +145,7 @@ def copy_key(event: TraceEvent) -> tuple[object, ...] | None:
     if event.hex:
         payload: object = event.data.strip(b"\r\n") if event.layer is Layer.AT else event.hex
     elif event.kind:
-        payload = (event.kind, json.dumps(event.fields or {}, sort_keys=True))
+        payload = (event.kind, json.dumps(event.fields or {}, sort_keys=True, default=str))
     else:
         return None
     return (event.src, event.dst, event.layer, event.session, payload)
@@ -158,31 +158,23 @@ def merge_copies(
     actor that wrote each file. A copy pairs with the oldest unpaired copy of the same message from another file
     within MERGE_WINDOW; the sender's copy is kept (the earlier one when the writers are unknown), with `t_src` and
     `t_dst` in its fields, its kind, step and error completed from the receiver's copy."""
-    out: list[TraceEvent | None] = []
+    out: list[TraceEvent] = []
     waiting: dict[tuple[object, ...], deque[tuple[int, int]]] = {}  # key -> (index in out, file)
     for event, origin in zip(events, origins, strict=True):
         key = copy_key(event)
         queue = waiting.setdefault(key, deque()) if key is not None else None
         if queue is not None:
-            while queue and event.t - _t(out[queue[0][0]]) > MERGE_WINDOW:
+            while queue and event.t - out[queue[0][0]].t > MERGE_WINDOW:
                 queue.popleft()
             match = next((entry for entry in queue if entry[1] != origin), None)
             if match is not None:
                 queue.remove(match)
-                first = out[match[0]]
-                assert first is not None
-                out[match[0]] = _merged(first, recorders[match[1]], event, recorders[origin])
+                out[match[0]] = _merged(out[match[0]], recorders[match[1]], event, recorders[origin])
                 continue
             queue.append((len(out), origin))
         out.append(event)
-    merged = [e for e in out if e is not None]
-    merged.sort(key=lambda e: e.t)
-    return merged
-
-
-def _t(event: TraceEvent | None) -> float:
-    assert event is not None
-    return event.t
+    out.sort(key=lambda e: e.t)  # a kept copy of the sender that recorded later moves to its own time
+    return out
 
 
 def _merged(
