@@ -293,3 +293,22 @@ async def test_a_malformed_answer_through_the_bip_channel_closes_it_and_the_cp_g
     assert load.agent.done and not load.agent.log.finished
     assert any(e.error and e.kind == Kind.HTTP_ERROR for e in tracer.events)
     assert (tmp_path / "card.json").read_bytes() == before
+
+
+async def test_a_server_closing_after_each_request_still_completes_the_campaign(tmp_path: Path) -> None:
+    """requests_per_connection = 1: every 200 comes with Connection: close; the card answers each script on a new
+    connection (X-Admin-Resume), and these planned closes are not counted as lost connections."""
+    from bipsim.ota.loadgen import run_card
+
+    admin = AdminServer(Campaign.load(), limits=replace(LIMITS, requests_per_connection=1))
+    server = OtaServer(admin, keys=None)
+    load = make_card(tls=False, state_path=tmp_path / "card.json")
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(server.serve, "127.0.0.1", 0)
+            agent = await run_card(load, "127.0.0.1", port)
+            nursery.cancel_scope.cancel()
+    assert agent.log.finished, agent.log.errors
+    assert load.connections == 5  # four scripts and the 204, one connection each
+    (progress,) = admin.cards.values()
+    assert progress.completed and [entry["script"] for entry in progress.log] == [0, 1, 2, 3]

@@ -160,6 +160,7 @@ class OtaAgent:
         self._resume = False
         self._lost = 0
         self._unacknowledged: bytes | None = None  # the last response script posted and not yet answered
+        self._planned_close = False  # the server ended the connection after its answer (Connection: close)
 
     @property
     def state(self) -> AgentState:
@@ -205,6 +206,7 @@ class OtaAgent:
             )
             return b""
         self._http = AdminHttpClient(self.limits)
+        self._planned_close = False
         if self.tls_enabled:
             self._tls = TlsPskClient(self.identity, self.psk, random=self.random)
             return self._tls.start()
@@ -303,6 +305,10 @@ class OtaAgent:
     def connection_lost(self, reason: str) -> None:
         if self._state in (AgentState.DONE, AgentState.FAILED):
             return
+        if self._planned_close:  # the server said Connection: close: a planned end, not a loss
+            self._planned_close = False
+            self._move(AgentEvent.LOST)
+            return
         self.log.errors.append(f"connection lost: {reason}")
         self._lost += 1
         self._resume = True
@@ -379,6 +385,7 @@ class OtaAgent:
         self._move(AgentEvent.CLOSE_AFTER)
         self._unacknowledged = body if body else None
         self._resume = True
+        self._planned_close = True
         return self._tls.close() if self._tls is not None else b""
 
     def execute(self, apdu: bytes) -> bytes:
