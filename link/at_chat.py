@@ -169,8 +169,8 @@ class AtChat:
                 data, self._write = self._write, None
                 await self._send(data)
                 continue
-            changed = self._changed
-            with trio.move_on_at(self.core.deadline or math.inf):
+            changed, deadline = self._changed, self.core.deadline
+            with trio.move_on_at(math.inf if deadline is None else deadline):
                 await changed.wait()
             self.core.expire(trio.current_time())
 

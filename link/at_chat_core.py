@@ -267,7 +267,10 @@ TABLE: dict[tuple[ChatState, ChatInput], tuple[ChatState, str]] = {
     (S.CLOSED, In.SENT): (S.CLOSED, "nothing"),
     (S.CLOSED, In.SEND_HELD): (S.CLOSED, "nothing"),
     (S.CLOSED, In.GONE): (S.CLOSED, "nothing"),
+    (S.CLOSED, In.EOF): (S.CLOSED, "nothing"),  # a reader started again on an ended stream
 }
+# rows that need a held command (the caller who gave up, the command that goes ahead): refused without one
+NEEDS_HELD = {(S.STALE, In.CANCEL), (S.STALE, In.GIVE_UP)}
 del S, In
 
 
@@ -357,7 +360,7 @@ class AtChatCore:
     def handle(self, event: ChatInput, now: float, *, line: str = "", command: Command | None = None) -> None:
         """The one way the state changes. Raises ChatStateError for an input the state does not accept."""
         row = TABLE.get((self.state, event))
-        if row is None:
+        if row is None or ((self.state, event) in NEEDS_HELD and self.held is None):
             raise ChatStateError(self.state, event)
         if command is not None:
             if self.held is not None:  # one command at a time: the adapter queues the others

@@ -9,6 +9,7 @@ import itertools
 import pytest
 
 from bipsim.link.at_chat_core import (
+    NEEDS_HELD,
     TABLE,
     Answered,
     AtChatCore,
@@ -156,8 +157,8 @@ ROWS: dict[tuple[ChatState, ChatInput], tuple[ChatState, list[str]]] = {
     (St.CLOSED, In.SENT): (St.CLOSED, []),
     (St.CLOSED, In.SEND_HELD): (St.CLOSED, []),
     (St.CLOSED, In.GONE): (St.CLOSED, []),
+    (St.CLOSED, In.EOF): (St.CLOSED, []),
 }
-NEEDS_HELD = {(St.STALE, In.CANCEL), (St.STALE, In.GIVE_UP)}
 
 
 def test_rows_here_are_the_rows_of_the_table() -> None:
@@ -185,6 +186,14 @@ def test_each_illegal_input_is_refused_and_changes_nothing(state: ChatState, eve
     assert (refused.value.state, refused.value.event) == (state, event)
     assert core.state is state and (core.current, core.held, core.stale, core.stale_until) == before
     assert core.events() == []
+
+
+@pytest.mark.parametrize("event", [In.CANCEL, In.GIVE_UP])
+def test_stale_rows_of_a_held_command_are_refused_without_one(event: ChatInput) -> None:
+    core = core_in(St.STALE)
+    with pytest.raises(ChatStateError):
+        fire(core, event)
+    assert core.state is St.STALE and core.events() == []
 
 
 def test_a_second_command_while_one_is_held_is_refused() -> None:
