@@ -4,6 +4,9 @@ headers, and the execution of the remote APDUs it receives (GP commands by the r
 card's APDU processor). The card state is saved after every APDU (a write only when it changed; LOAD data goes to
 an append-only journal) and made durable before the response script is posted, so a session killed mid-way loses
 nothing already acknowledged; a session that loses its connection asks to reconnect and resumes (X-Admin-Resume).
+HTTP is h11's (uicc/admin_http.py) within the limits of uicc/http_limits.py; the session's state moves only through
+AGENT_TRANSITIONS, and whatever the server sends, a failure ends the session with one error trace event and leaves
+the card's persistent state as it was (docs/protocols.md, "The OTA server").
 
 The card's randoms (TLS client_random, CBC IVs) come from `random`: os.urandom, or, when the environment sets
 BIPSIM_CARD_SEED (hex), a deterministic stream from that seed, so that a recorded run can be replayed byte for byte
@@ -221,9 +224,8 @@ class OtaAgent:
         """Bytes from the channel in, bytes for it out. Whatever the server sends, this returns: a failure ends
         the admin session (FAILED, an error trace event, TLS close_notify) and leaves the card's state alone."""
         if self._state not in (AgentState.HANDSHAKE, AgentState.WAIT_RESPONSE):
-            return (
-                b""  # after the session (or its half-closed connection): the server's close_notify, or noise
-            )
+            # after the session, or on a connection closing after Connection: close: close_notify, or noise
+            return b""
         out = bytearray()
         try:
             if self._tls is not None:
