@@ -1,5 +1,8 @@
 """The OTA server on trio: TCP on 127.0.0.1 by default, TLS 1.2 PSK through the standard ssl module with sslpsk3,
-and the admin protocol of ota/admin.py for many cards at once.
+HTTP/1.1 through h11 (ota/http_connection.py) and the GlobalPlatform Amd B admin protocol of ota/admin.py for many
+cards at once, within the limits of uicc/http_limits.py (docs/protocols.md, "The OTA server"): each request has a
+deadline for the whole of it, connections past the cap get 503, and an exception in one connection's task ends that
+connection with an app.error trace event, never the process.
 
 sslpsk3 hooks OpenSSL's PSK callbacks into ssl.SSLContext: its SSLPSKContext makes wrap_bio() return an SSLObject
 subclass that installs the callbacks in do_handshake(), which is what trio.SSLStream calls, so PSK-TLS runs under
@@ -81,7 +84,7 @@ class OtaServer:
         # `idle_timeout` (seconds) overrides the limits' request_timeout: a whole request (or the TLS handshake)
         # must arrive within it, however its bytes trickle in
         self.limits = base if idle_timeout is None else replace(base, request_timeout=idle_timeout)
-        if admin.tracer is NULL_TRACER:
+        if admin.tracer is NULL_TRACER:  # the admin core's events (a card forgotten) go to the server's trace
             admin.tracer = tracer
         self.timeouts = 0
         # fault injection: close the first connection abruptly when this many requests arrived on it
