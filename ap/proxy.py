@@ -147,7 +147,7 @@ class ProxyService:
                 f"no APN for IMSI {imsi[:5]}...",
                 error=True,
                 kind=Kind.APP_ERROR,
-                fields={"channel": channel, "command": "%GETNET"},
+                fields={"where": "%GETNET", "error": "no APN", "channel": channel},
             )
             raise CmeError(30)
         assert self.server is not None
@@ -177,7 +177,7 @@ class ProxyService:
                 "no Wi-Fi: cannot open a proxied connection",
                 error=True,
                 kind=Kind.APP_ERROR,
-                fields={"channel": channel, "command": "%WEBOPCH"},
+                fields={"where": "%WEBOPCH", "error": "no Wi-Fi", "channel": channel},
             )
             raise CmeError(30)
         if not self.network.allowed(host, port):
@@ -188,7 +188,7 @@ class ProxyService:
                 f"{host}:{port} is not on the allowlist",
                 error=True,
                 kind=Kind.APP_ERROR,
-                fields={"channel": channel, "command": "%WEBOPCH", "host": host, "port": port},
+                fields={"where": "%WEBOPCH", "error": "not on the allowlist", "channel": channel},
             )
             raise CmeError(3)
         with trio.move_on_after(5):
@@ -218,7 +218,7 @@ class ProxyService:
                 f"TCP connect to {host}:{port} timed out after {CONNECT_TIMEOUT:g} s",
                 error=True,
                 kind=Kind.TCP_ERROR,
-                fields=where,
+                fields={**where, "error": "timed out"},
             )
             raise CmeError(31) from None
         except OSError as exc:
@@ -229,7 +229,7 @@ class ProxyService:
                 f"TCP connect to {host}:{port} failed: {exc}",
                 error=True,
                 kind=Kind.TCP_ERROR,
-                fields=where,
+                fields={**where, "error": str(exc)},
             )
             raise CmeError(100) from exc
         self.tracer.emit(
@@ -269,7 +269,7 @@ class ProxyService:
                 f"channel {proxied.channel}: drain cut short (the server does not read)",
                 error=True,
                 kind=Kind.TCP_ERROR,
-                fields=fields,
+                fields={**fields, "error": "drain cut short"},
             )
         proxied.cancel.cancel()
         self.tracer.emit(
@@ -315,7 +315,12 @@ class ProxyService:
                 f"channel {proxied.channel}: relay failed: {_describe(group)}",
                 error=True,
                 kind=Kind.APP_ERROR,
-                fields={"channel": proxied.channel, "dlci": proxied.dlci},
+                fields={
+                    "where": "channel task",
+                    "error": _describe(group),
+                    "channel": proxied.channel,
+                    "dlci": proxied.dlci,
+                },
             )
         if proxied.closing:
             return  # AT%WEBCLCH closes the connection and answers
@@ -371,7 +376,7 @@ class ProxyService:
                 data,
                 step="S709",
                 kind=Kind.TCP_DATA,
-                fields={"channel": proxied.channel, "dlci": proxied.dlci},
+                fields={"channel": proxied.channel, "length": len(data), "dlci": proxied.dlci},
             )
             try:
                 await proxied.tcp.send_all(data)
@@ -394,7 +399,7 @@ class ProxyService:
                 data,
                 step="S710",
                 kind=Kind.TCP_DATA,
-                fields={"channel": proxied.channel},
+                fields={"channel": proxied.channel, "length": len(data)},
             )
             self.tracer.emit(
                 Actor.AP,

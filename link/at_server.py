@@ -319,13 +319,16 @@ class AtServer:
             raise
         except Exception as exc:
             # a handler bug must not end the line service: the DTE gets an error, the trace says what happened
-            self._trace(
-                False,
-                Kind.APP_ERROR,
-                f"handler of {request.raw} failed: {type(exc).__name__}: {exc}",
+            problem = f"{type(exc).__name__}: {exc}"
+            self.tracer.emit(
+                self.local,
+                self.remote,
+                Layer.AT,
+                f"handler of {request.raw} failed: {problem}",
                 request.raw.encode("latin-1", errors="replace"),
                 error=True,
-                command=request.name,
+                kind=Kind.APP_ERROR,
+                fields={**self._fields, "where": "AT handler", "error": problem, "command": request.name},
             )
             raise CmeError(100) from exc
 
