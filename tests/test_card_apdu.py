@@ -346,3 +346,31 @@ def test_profile_file_sets_card_contents(tmp_path: Path) -> None:
     (tmp_path / "bad.toml").write_text('imsy = "1"\n')
     with pytest.raises(CliError, match="unknown profile keys: imsy"):
         load_profile(tmp_path / "bad.toml")
+
+
+class _BrokenToolkit:
+    """A CAT application with a bug in every method."""
+
+    def terminal_profile(self, profile: bytes) -> None:
+        raise RuntimeError("bug in terminal_profile")
+
+    def pending_length(self) -> int:
+        raise RuntimeError("bug in pending_length")
+
+    def fetch(self) -> bytes:
+        raise RuntimeError("bug in fetch")
+
+    def terminal_response(self, data: bytes) -> None:
+        raise RuntimeError("bug in terminal_response")
+
+    def envelope(self, data: bytes) -> bytes:
+        raise RuntimeError("bug in envelope")
+
+
+def test_a_fault_inside_the_card_is_6f00_and_the_card_goes_on() -> None:
+    """TS 102 221 section 10.2.1.5: 6F 00, technical problem; the card keeps answering (errors are data)."""
+    card = SimCard(load_profile(), toolkit=_BrokenToolkit())  # type: ignore[arg-type]
+    for apdu in ("80100000021F00", "8012000010", "801400000C010303012100020282810301", "80C2000003D60100"):
+        assert card.process(bytes.fromhex(apdu)) == b"\x6f\x00", apdu
+    assert len(card.faults) >= 4 and "bug in terminal_profile" in card.faults[0]
+    assert card.process(bytes.fromhex("80F2000C00")) == b"\x90\x00"  # STATUS still works (no toolkit pending)

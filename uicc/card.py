@@ -181,7 +181,11 @@ class SimCard:
             self.faults.append(f"{apdu[:4].hex().upper()}: {exc!r}")
             data, sw = b"", SW_TECHNICAL_PROBLEM
         if sw == SW_OK:
-            pending = self.toolkit.pending_length()
+            try:
+                pending = self.toolkit.pending_length()
+            except Exception as exc:
+                self.faults.append(f"pending_length: {exc!r}")
+                pending = 0
             if pending:
                 sw = 0x9100 | min(pending, 0xFF)
         return data + sw_bytes(sw)
