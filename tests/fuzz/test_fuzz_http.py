@@ -63,14 +63,14 @@ def reads(draw: st.DrawFn) -> list[bytes]:
     return [data[a:b] for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
 
 
-@fuzz_settings(200)
+@fuzz_settings(100)
 @given(reads())
 def test_admin_client(chunks: list[bytes]) -> None:
     with bounded(5):
         targets_http.admin_client(chunks)
 
 
-@fuzz_settings(200)
+@fuzz_settings(100)
 @given(reads())
 def test_server_connection(chunks: list[bytes]) -> None:
     with bounded(5):
@@ -115,7 +115,7 @@ def admin_answers(draw: st.DrawFn) -> list[bytes]:
     return out
 
 
-@fuzz_settings(100)
+@fuzz_settings(50)
 @given(admin_answers())
 def test_ota_agent(answers: list[bytes]) -> None:
     with bounded(5):

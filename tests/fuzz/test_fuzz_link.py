@@ -51,14 +51,14 @@ def reads(draw: st.DrawFn, stream: st.SearchStrategy[bytes]) -> list[bytes]:
     return [data[a:b] for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
 
 
-@fuzz_settings(300)
+@fuzz_settings(150)
 @given(reads(line_pieces), st.booleans())
 def test_cmux_parser(chunks: list[bytes], pause: bool) -> None:
     with bounded(5):
         targets.cmux_frames(chunks, pause_on_control=pause)
 
 
-@fuzz_settings(100)
+@fuzz_settings(50)
 @given(reads(line_pieces), st.integers(0, 300))
 def test_cmux_parser_small_n1(chunks: list[bytes], max_info: int) -> None:
     with bounded(5):
@@ -80,7 +80,7 @@ at_pieces = st.lists(
 ).map(b"".join)
 
 
-@fuzz_settings(300)
+@fuzz_settings(120)
 @given(reads(at_pieces))
 def test_at_command_lines(chunks: list[bytes]) -> None:
     with bounded(5):
@@ -92,14 +92,14 @@ command_lines = st.text(alphabet='ATEQVZSF&+%=?;," \\0123456789\xb2\xb3\xb9\x08'
 )
 
 
-@fuzz_settings(200)
+@fuzz_settings(100)
 @given(reads(st.lists(st.one_of(command_lines, at_pieces), max_size=6).map(b"".join)))
 def test_at_command_lines_after_prefix(chunks: list[bytes]) -> None:
     with bounded(5):
         targets.at_command_lines(chunks)
 
 
-@fuzz_settings(60)
+@fuzz_settings(30)
 @given(reads(st.lists(st.one_of(command_lines, at_pieces), max_size=6).map(b"".join)))
 def test_at_server(chunks: list[bytes]) -> None:
     trio.run(targets.at_server_session, chunks)
@@ -131,7 +131,7 @@ response_pieces = st.lists(
 ).map(b"".join)
 
 
-@fuzz_settings(60)
+@fuzz_settings(30)
 @given(reads(response_pieces))
 def test_at_chat(chunks: list[bytes]) -> None:
     trio.run(targets.at_chat_session, chunks)
@@ -170,7 +170,7 @@ peer_bytes = st.lists(
 ).map(b"".join)
 
 
-@fuzz_settings(200)
+@fuzz_settings(100)
 @given(
     reads(peer_bytes),
     st.booleans(),
@@ -182,14 +182,14 @@ def test_cmux_connection(chunks: list[bytes], initiator: bool, local: list[int],
         targets.cmux_connection(chunks, initiator=initiator, local=local, timers=timers)
 
 
-@fuzz_settings(200)
+@fuzz_settings(100)
 @given(reads(response_pieces), st.integers(1, 64))
 def test_response_lines(chunks: list[bytes], max_line: int) -> None:
     with bounded(5):
         targets.response_lines(chunks, max_line=max_line)
 
 
-@fuzz_settings(200)
+@fuzz_settings(100)
 @given(reads(response_pieces), st.lists(st.integers(0, 11), max_size=12))
 def test_at_chat_core(chunks: list[bytes], steps: list[int]) -> None:
     with bounded(5):

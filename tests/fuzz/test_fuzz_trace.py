@@ -54,7 +54,7 @@ def event_objects(draw: st.DrawFn) -> dict[str, Any]:
     return obj
 
 
-@fuzz_settings(300)
+@fuzz_settings(120)
 @given(event_objects())
 def test_trace_objects(obj: dict[str, Any]) -> None:
     with bounded(5):
@@ -69,14 +69,14 @@ lines = st.one_of(
 )
 
 
-@fuzz_settings(200)
+@fuzz_settings(100)
 @given(lines)
 def test_trace_lines(line: str) -> None:
     with bounded(5):
         targets.trace_line(line)
 
 
-@fuzz_settings(60)
+@fuzz_settings(30)
 @given(
     st.lists(
         st.one_of(lines.map(lambda s: s.encode("utf-8", "surrogatepass")), st.binary(max_size=40)), max_size=5

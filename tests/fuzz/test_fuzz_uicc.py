@@ -53,14 +53,14 @@ def cat_bytes(draw: st.DrawFn) -> bytes:
     return draw(st.binary(max_size=60))
 
 
-@fuzz_settings(300)
+@fuzz_settings(150)
 @given(st.one_of(ctlv_lists, st.binary(max_size=80)))
 def test_tlv(data: bytes) -> None:
     with bounded(5):
         targets.tlv(data)
 
 
-@fuzz_settings(400)
+@fuzz_settings(200)
 @given(cat_bytes())
 def test_cat_messages(data: bytes) -> None:
     with bounded(5):
@@ -93,7 +93,7 @@ def apdu(draw: st.DrawFn) -> bytes:
     return draw(st.binary(max_size=12))
 
 
-@fuzz_settings(60)
+@fuzz_settings(30)
 @given(st.lists(apdu(), max_size=25))
 def test_card_apdus(apdus: list[bytes]) -> None:
     with bounded(10):
@@ -148,21 +148,21 @@ def user_data(draw: st.DrawFn) -> bytes:
     )
 
 
-@fuzz_settings(150)
+@fuzz_settings(80)
 @given(user_data())
 def test_sms_packets(data: bytes) -> None:
     with bounded(5):
         targets.sms_user_data_packet(data)
 
 
-@fuzz_settings(80)
+@fuzz_settings(40)
 @given(st.one_of(user_data().map(lambda u: sms_pp_download(sms_deliver(u))), cat_bytes()))
 def test_sms_pp_envelope(data: bytes) -> None:
     with bounded(5):
         targets.sms_pp_envelope(data)
 
 
-@fuzz_settings(150)
+@fuzz_settings(100)
 @given(st.one_of(st.binary(max_size=40), st.binary(max_size=30).map(lambda b: b"\x02\x71\x00" + b)))
 def test_por(data: bytes) -> None:
     targets.por(data)
@@ -182,7 +182,7 @@ record = st.builds(
 )
 
 
-@fuzz_settings(200)
+@fuzz_settings(100)
 @given(
     st.lists(st.one_of(record, st.binary(max_size=20)), max_size=5),
     st.sampled_from([(0x00AE,), (0x008C,), (0x00A8,), (0x00AE, 0x008C, 0x00A8)]),
@@ -205,7 +205,7 @@ plaintext = st.tuples(
 )
 
 
-@fuzz_settings(100)
+@fuzz_settings(50)
 @given(st.sampled_from([0x00AE, 0x008C, 0x00A8]), st.lists(plaintext, max_size=4), st.binary(max_size=20))
 def test_tls_after_handshake(suite: int, records: list[tuple[int, bytes]], tail: bytes) -> None:
     with bounded(5):
@@ -246,7 +246,7 @@ def gp_apdu(draw: st.DrawFn) -> bytes:
     return apdu if draw(st.booleans()) else apdu[: draw(st.integers(4, len(apdu)))]
 
 
-@fuzz_settings(150)
+@fuzz_settings(60)
 @given(st.lists(gp_apdu(), max_size=10))
 def test_gp_registry(apdus: list[bytes]) -> None:
     with bounded(5):
