@@ -22,19 +22,23 @@ import trio
 
 from bipsim.ota.admin import PROTOCOL, RESPONSE_TYPE, AdminServer
 from bipsim.ota.campaign import LOAD_BLOCK, Campaign, load_file_data
+from bipsim.ota.http_connection import HttpRequest
 from bipsim.ota.loadgen import make_card, run_card
 from bipsim.ota.server import OtaServer
 from bipsim.trace.recorder import Tracer
 from bipsim.uicc.gp_registry import SELECTABLE, GpRegistry
-from bipsim.uicc.http11 import MAX_BODY, Message, MessageParser, render
+from bipsim.uicc.http_limits import LIMITS
 from bipsim.uicc.ota_agent import SCRIPT_TYPE, AgentState
 from bipsim.uicc.profile import load_profile
 from bipsim.uicc.remote_apdu import encode_response_script
+
+from .http_peer import Message, MessageParser, render
 
 APP = bytes.fromhex("A0000005590010FF01")
 LOAD_FILE = bytes.fromhex("A0000005590010")
 MODULE = bytes.fromhex("A0000005590010FF")
 BIG_LOAD = 30000  # bytes of load file data: 150 LOAD blocks
+MAX_BODY = LIMITS.body_bytes  # the card's limit on a command script's HTTP body
 
 
 def big_campaign() -> Campaign:
@@ -175,7 +179,7 @@ BAD_REQUESTS = {
         post(headers=GOOD_HEADERS.replace(RESPONSE_TYPE, "text/plain"), body=b"\xaf\x80\x00\x00"),
         415,
     ),
-    "wrong method": (b"GET /server/adminagent HTTP/1.1\r\n\r\n", 405),
+    "wrong method": (b"GET /server/adminagent HTTP/1.1\r\nHost: x\r\n\r\n", 405),  # HTTP/1.1 needs Host
     "wrong path": (post("POST /elsewhere HTTP/1.1"), 404),
 }
 
@@ -575,8 +579,8 @@ def test_a_resumed_card_reposting_an_acknowledged_answer_gets_the_pending_script
         "content-type": RESPONSE_TYPE,
     }
 
-    def request(target: str, body: bytes = b"", **extra: str) -> Message:
-        return Message(("POST", target, "HTTP/1.1"), {**headers, **extra}, body)
+    def request(target: str, body: bytes = b"", **extra: str) -> HttpRequest:
+        return HttpRequest("POST", target, {**headers, **extra}, body)
 
     first = admin.handle(request("/server/adminagent"))
     first_uri = dict(first.headers)["X-Admin-Next-URI"]
