@@ -118,16 +118,16 @@ def line_drop(options: ScenarioOptions) -> ScenarioResult:
         assert harness.link is not None
         harness.link.hold_at(0)  # no server byte reaches the card until the first drop is done
         # once the AP has opened its proxy channel (the CP answered SABM on DLC 2 with UA), pull the line
-        if await harness.wait_for_event("cp", AP_ATTACHED) is None:
+        if await harness.wait_for_event("cp", AP_ATTACHED, timeout=WAIT) is None:
             raise HarnessError("the AP never attached, so there was no line to drop")
         await harness.restart_pair()
         # and again while the card's session runs, with the rest of the download held back
         harness.link.hold_at(LINE_DROP_OFFSET)
-        with trio.move_on_after(30):
+        with trio.move_on_after(WAIT):
             await harness.link.reached(LINE_DROP_OFFSET)
         if harness.link.stats.to_card < LINE_DROP_OFFSET:
             raise HarnessError("the card's session never started after the first drop")
-        if await harness.wait_for_event("cp", DATA_AVAILABLE) is None:
+        if await harness.wait_for_event("cp", DATA_AVAILABLE, timeout=WAIT) is None:
             raise HarnessError("no server data reached the card after the first drop")
         await harness.restart_pair()
         harness.link.hold_at(None)
@@ -139,6 +139,7 @@ def line_drop(options: ScenarioOptions) -> ScenarioResult:
         cp_args=["--start-delay", "1"],
         during=drop,
         server_link=True,
+        timeout=2 * WAIT,
     )
     run = run_processes(config, options.directory)
     check_ota_completed(run)
@@ -157,6 +158,8 @@ def line_drop(options: ScenarioOptions) -> ScenarioResult:
     )
 
 
+# seconds a moment may take to come: only a broken run waits this long (a loaded machine is slow, not wrong)
+WAIT = 60.0
 # the second drop lands this many bytes into what the server sent: past the TLS handshake and the EF_SPN script,
 # well inside the load script
 LINE_DROP_OFFSET = 4000

@@ -321,7 +321,7 @@ class Harness:
         return process
 
     async def _wait_for_port(self, log: Path, name: str = "ota") -> int:
-        with trio.move_on_after(20):
+        with trio.move_on_after(60):  # a Python start on a loaded machine; a server that fails ends sooner
             while True:
                 if self.processes[name].returncode is not None:
                     break
