@@ -3,7 +3,9 @@
 - OpenSSL's `s_client` is the card: it completes a PSK handshake with `bipsim ota-server` (a real process on
   127.0.0.1:0) and runs the whole admin POST loop through it, ending with 204;
 - OpenSSL's `s_server -nocert -psk` is the server: our sans-IO card client (uicc/tls_psk_client.py), driven over a
-  trio TCP stream, completes a handshake and exchanges application data for each of the three suites.
+  trio TCP stream, completes a handshake and exchanges application data for each of the three suites;
+- the standard library's http.client runs a whole admin session against the server's HTTP framing (h11) on one
+  keep-alive connection, one answer posted with chunked coding.
 """
 
 from __future__ import annotations
@@ -312,3 +314,61 @@ async def test_card_client_with_a_wrong_psk_gets_an_alert_from_openssl_s_server(
             assert not client.connected
             server.kill()
             await server.wait()
+
+
+# --- the standard library's HTTP client against the server's h11 framing ------------------------------------------
+
+
+def _stdlib_session(port: int) -> list[tuple[int, str]]:
+    """http.client on one keep-alive connection: an empty POST, its answer posted chunked, then the rest."""
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    headers = {
+        "X-Admin-Protocol": PROTOCOL,
+        "X-Admin-From": f"//se-id/iccid/{ICCID}",
+        "Content-Type": RESPONSE_TYPE,
+    }
+    seen: list[tuple[int, str]] = []
+    connection.request("POST", "/server/adminagent", body=b"", headers=headers)
+    chunked = True
+    while True:
+        response = connection.getresponse()
+        body = response.read()
+        seen.append((response.status, response.getheader("Connection") or ""))
+        if response.status != 200:
+            break
+        answer = encode_response_script([b"\x90\x00"] * len(decode_command_script(body)))
+        target = response.getheader("X-Admin-Next-URI") or "/server/adminagent"
+        extra = {"X-Admin-Script-Status": "ok"}
+        if chunked:  # the first answer goes chunked: a chunked request body through the server's framing
+            connection.request(
+                "POST",
+                target,
+                body=iter([answer[:3], answer[3:]]),
+                headers={**headers, **extra},
+                encode_chunked=True,
+            )
+            chunked = False
+        else:
+            connection.request("POST", target, body=answer, headers={**headers, **extra})
+    connection.close()
+    return seen
+
+
+async def test_stdlib_http_client_runs_an_admin_session_on_one_connection(tmp_path: Path) -> None:
+    from bipsim.ota.admin import AdminServer
+    from bipsim.ota.campaign import Campaign
+    from bipsim.ota.server import OtaServer
+
+    admin = AdminServer(Campaign.load())
+    server = OtaServer(admin, keys=None)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(server.serve, "127.0.0.1", 0)
+            seen = await trio.to_thread.run_sync(_stdlib_session, port)
+            nursery.cancel_scope.cancel()
+    assert [status for status, _ in seen] == [200, 200, 200, 200, 204]
+    assert server.connections == 1  # kept alive throughout
+    (progress,) = admin.cards.values()
+    assert progress.completed and [entry["script"] for entry in progress.log] == [0, 1, 2, 3]
