@@ -231,7 +231,7 @@ async def tls_round_trip(stream: trio.abc.Stream, client: TlsPskClient, line: by
         data = await stream.receive_some(65536)
         if not data:
             raise AssertionError(f"server closed during the handshake (state {client.state.value})")
-        client.receive(data)
+        client.receive(bytes(data))
         out = client.data_to_send()
         if out:
             await stream.send_all(out)
@@ -241,7 +241,7 @@ async def tls_round_trip(stream: trio.abc.Stream, client: TlsPskClient, line: by
         data = await stream.receive_some(65536)
         if not data:
             raise AssertionError(f"server closed before answering; got {bytes(answer)!r}")
-        answer += client.receive(data)
+        answer += client.receive(bytes(data))
     await stream.send_all(client.close())
     return bytes(answer)
 
