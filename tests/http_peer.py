@@ -38,7 +38,9 @@ class MessageParser:
     def _new(self) -> h11.Connection:
         conn = h11.Connection(h11.SERVER if self.requests else h11.CLIENT, max_incomplete_event_size=1 << 24)
         if not self.requests:  # a client reads responses only after a request: send a throwaway one
-            conn.send(h11.Request(method="POST", target="/", headers=[("Host", "x"), ("Content-Length", "0")]))
+            conn.send(
+                h11.Request(method="POST", target="/", headers=[("Host", "x"), ("Content-Length", "0")])
+            )
             conn.send(h11.EndOfMessage())
         return conn
 
@@ -84,6 +86,7 @@ def render(start: str, headers: list[tuple[str, str]], body: bytes = b"", *, chu
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
     lines.append("Transfer-Encoding: chunked")
     chunks = b"".join(
-        f"{len(body[i : i + 512]):X}\r\n".encode() + body[i : i + 512] + b"\r\n" for i in range(0, len(body), 512)
+        f"{len(body[i : i + 512]):X}\r\n".encode() + body[i : i + 512] + b"\r\n"
+        for i in range(0, len(body), 512)
     )
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + chunks + b"0\r\n\r\n"
