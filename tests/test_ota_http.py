@@ -110,6 +110,7 @@ async def test_malformed_framing_gets_400_and_a_trace_event(
     answer = await talk(server, [MALFORMED[name]])
     assert statuses(answer) == [400], answer
     assert http_errors(tracer), [e.summary for e in tracer.events]
+    assert all(e.kind for e in tracer.events)
 
 
 async def test_a_chunk_trailer_does_not_break_the_next_request(
@@ -152,6 +153,7 @@ async def test_an_exception_in_one_connection_ends_that_connection_only(
     monkeypatch.setattr(server.admin, "handle", broken)
     answer = await talk(server, [post()])
     assert 200 not in statuses(answer)
+    assert all(e.kind for e in tracer.events)
     (event,) = [e for e in tracer.events if e.kind == Kind.APP_ERROR]
     assert event.error and "RuntimeError" in event.summary
     monkeypatch.undo()
