@@ -31,8 +31,7 @@ from bipsim.uicc.http_limits import LIMITS
 from bipsim.uicc.ota_agent import SCRIPT_TYPE, AgentState
 from bipsim.uicc.profile import load_profile
 from bipsim.uicc.remote_apdu import encode_response_script
-
-from .http_peer import Message, MessageParser, render
+from tests.http_peer import Message, MessageParser, render  # absolute: this file also runs as a script
 
 APP = bytes.fromhex("A0000005590010FF01")
 LOAD_FILE = bytes.fromhex("A0000005590010")
