@@ -28,7 +28,7 @@ STEP_LINK = {1: "S406", 2: "S706"}
 def download_campaign(total: int, parts: int = 2) -> str:
     """EF_SPN, then `total` bytes of load files in `parts` load files (A00000055900 10, 11, ...), then the applet.
 
-    The card accepts an HTTP body of at most 1 MiB (uicc/http11.py MAX_BODY), so a 1 MiB download is two load files.
+    The card accepts an HTTP body of at most 1 MiB (uicc/http_limits.py LIMITS.body_bytes), so a 1 MiB download is two load files.
     """
     sizes = [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
     load_files = [f"A00000055900{0x10 + i:02X}" for i in range(parts)]

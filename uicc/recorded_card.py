@@ -67,8 +67,9 @@ def exchanges(events: Iterable[TraceEvent]) -> list[RecordedExchange]:
     """Pairs each recorded cp->uicc command with the uicc->cp response that answers it.
 
     The CP records a command when it is issued, and a second command may be issued (queued behind the first)
-    before the first one's response is recorded; the card answers in order, so responses pair first-in,
-    first-out. A response whose summary names its command ("SELECT EF_IMSI: 9000") pairs with that command.
+    before the first one's response is recorded; the CP holds the card for one exchange at a time and the card
+    answers in order, so a response pairs with the oldest unanswered command of its session (as trace/pcap.py
+    pairs them).
     """
     pairs: list[RecordedExchange] = []
     pending: list[TraceEvent] = []
@@ -78,8 +79,8 @@ def exchanges(events: Iterable[TraceEvent]) -> list[RecordedExchange]:
         if event.src is Actor.CP and event.dst is Actor.UICC:
             pending.append(event)
         elif event.src is Actor.UICC and event.dst is Actor.CP and pending:
-            named = [c for c in pending if c.summary and event.summary.startswith(c.summary + ":")]
-            command = named[0] if named else pending[0]
+            same = [c for c in pending if c.session == event.session]
+            command = same[0] if same else pending[0]
             pending.remove(command)
             pairs.append(RecordedExchange(command, event))
     return pairs
