@@ -149,7 +149,7 @@ class LineService:
     async def _proxy_control(self, mux: Mux, dlc: DlcStream) -> None:
         chat = AtChat(dlc, tracer=self.tracer, local=Actor.CP, remote=Actor.AP)
         for prefix, handler in self.proxy.urc_handlers:
-            chat.add_urc_handler(prefix, handler)  # type: ignore[arg-type]
+            chat.add_urc_handler(prefix, handler)
         self.proxy.attach(mux, chat)
         try:
             await chat.run()

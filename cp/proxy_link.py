@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import trio
 
-from bipsim.link.at_chat import AtChat
+from bipsim.link.at_chat import AtChat, UrcHandler
 from bipsim.link.cmux import Mux
 
 
@@ -20,8 +20,8 @@ class ProxyLink:
         self.mux: Mux | None = None
         self.chat: AtChat | None = None
         self.ready = trio.Event()
-        # (prefix, at_chat.UrcHandler) given to each chat attached
-        self.urc_handlers: list[tuple[str, object]] = []
+        # (prefix, handler) given to each chat attached
+        self.urc_handlers: list[tuple[str, UrcHandler]] = []
 
     def attach(self, mux: Mux, chat: AtChat) -> None:
         self.mux, self.chat = mux, chat
