@@ -1,8 +1,8 @@
 """The `bipsim` command: a click group whose subcommands live in `bipsim.commands.*` and load on first use.
 
 Loading lazily keeps `bipsim --help` fast (scapy and cryptography are slow to import) and lets each subcommand sit
-in its own module. PROTOCOL.md section 3 is the contract for the names and options. Every failure is one line on
-stderr and a non-zero exit, never a traceback.
+in its own module. README.md's tour and each command's --help are the contract for the names and options. Every
+failure is one line on stderr and a non-zero exit, never a traceback.
 """
 
 from __future__ import annotations

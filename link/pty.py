@@ -168,7 +168,7 @@ class PtyStream(trio.abc.Stream):
 
 
 async def open_line(url: str, *, baud: int = 115200) -> trio.abc.Stream:
-    """Opens a line named as in PROTOCOL.md section 1: a tty device path, or any pyserial URL.
+    """Opens a line named as in docs/protocols.md, "The serial line": a tty device path, or any pyserial URL.
 
     Device paths use the descriptor directly (termios raw mode at `baud`); URLs such as loop://, socket:// or
     rfc2217:// go through pyserial (bipsim.link.serial_line).

@@ -4,7 +4,7 @@ Every vector is the exact byte string of a public test suite, cited by project, 
 oFono's unit tests, whose arrays are in turn the ETSI TS 102 384 / 3GPP TS 31.124 conformance PDUs (section numbers
 are in their names: open_channel_211 is TS 102 384 27.22.4.27.2 sequence 1.1, and so on). `expect` holds what a
 correct decoder must find: command details, device identities, and objects in wire order with (a subset of) their
-fields in the PROTOCOL.md section 5 names. The values were read off the oFono test structures next to each array.
+fields in the docs/protocols.md ("Decoding what traces show") names. The values were read off the oFono test structures next to each array.
 """
 
 from __future__ import annotations

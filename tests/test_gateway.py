@@ -1,5 +1,5 @@
 """The CP's BIP gateway (ETSI TS 102 223 sections 6.4.27-6.4.31, 7.5.10-7.5.11, 8.12.11), sans-IO, and the AT proxy
-behind its bearers (PROTOCOL.md section 2): the AP's %GETNET/%WEBOPCH service, its APN database and allowlist, and
+behind its bearers (docs/protocols.md, "The proxy dialect (DLC 2)"): the AP's %GETNET/%WEBOPCH service, its APN database and allowlist, and
 the simulated network's packet data context checks, over in-memory streams.
 
 The BIP error causes (result 0x3A) are those of TS 102 223 section 8.12.11; pySim lists the same values
@@ -597,7 +597,7 @@ async def test_webopch_refusals(
             await rig.ap_proxy().connect(1, request(**kwargs))
         assert (caught.value.general, caught.value.additional) == expected
         assert rig.mux.opened[-1].closed  # the data DLC the CP opened is given back
-        # the raw answer on DLC 2 is the +CME ERROR of PROTOCOL.md section 2
+        # the raw answer on DLC 2 is the +CME ERROR of docs/protocols.md, "The proxy dialect (DLC 2)"
         final = caught.value.reason.removeprefix("AP: ")
         assert final == f"+CME ERROR: {cme}"
         assert not rig.service.channels

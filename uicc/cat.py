@@ -192,7 +192,7 @@ class DeviceId(IntEnum):
 
 
 def device_name(value: int) -> str:
-    """PROTOCOL.md section 5 device names: uicc, terminal, network, display, keypad, earpiece, channel1..7."""
+    """docs/protocols.md ("Decoding what traces show") device names: uicc, terminal, network, display, keypad, earpiece, channel1..7."""
     if 0x21 <= value <= 0x27:
         return f"channel{value - 0x20}"
     try:
@@ -434,7 +434,7 @@ class CatObject(NamedTuple):
         return encode_ctlv(self.tag, self.value, self.cr, self.long_form)
 
     def fields(self) -> dict[str, Any]:
-        """The object's fields as PROTOCOL.md section 5 names them; `value_hex` for objects without a decoder."""
+        """The object's fields as docs/protocols.md ("Decoding what traces show") names them; `value_hex` for objects without a decoder."""
         decoder = FIELD_DECODERS.get(self.tag)
         if decoder is None:
             return {"value_hex": self.value.hex().upper()}
@@ -604,7 +604,7 @@ class CatMessage:
 
     @property
     def objects(self) -> list[CatObject]:
-        """Objects other than command details and device identities (PROTOCOL.md section 5 `objects`)."""
+        """Objects other than command details and device identities (docs/protocols.md, "Decoding what traces show": `objects`)."""
         return [i for i in self.items if i.tag not in (Tag.COMMAND_DETAILS, Tag.DEVICE_IDENTITIES)]
 
     @property

@@ -1,4 +1,4 @@
-"""`bipsim scenario list|run NAME`: the named scenarios of PROTOCOL.md section 6."""
+"""`bipsim scenario list|run NAME`: the named scenarios of docs/protocols.md, "The patent's steps"."""
 
 from __future__ import annotations
 
