@@ -153,6 +153,15 @@ TRACE_LINES = [
     pytest.param(_line(error="yes"), id="string-error"),
     pytest.param(_line(kind=7), id="numeric-kind"),
     pytest.param(_line(src=None), id="null-src"),
+    pytest.param(
+        _line(fields={"x": 1}).replace('"x": 1', '"x": 1e999'),
+        id="infinite-number-in-fields",
+        marks=pytest.mark.xfail(
+            strict=True,
+            reason="trace/events.py (trace engineer): from_json accepts 1e999 inside fields (a float inf), "
+            "to_json writes it as Infinity, which from_json then refuses: a trace the tools rewrite is unreadable",
+        ),
+    ),
 ]
 
 
