@@ -262,8 +262,12 @@ async def run_session(plan: SessionPlan, directory: Path, timeout: float) -> Ses
         nursery.start_soon(sampler.run)
         try:
             run = await Harness(config, directory).run()
-        except (HarnessError, OSError) as exc:
-            problems.append(f"the session could not run: {exc}")
+        except (
+            HarnessError,
+            OSError,
+            ExceptionGroup,
+        ) as exc:  # the harness's nursery groups what its tasks raise
+            problems.append(f"the session could not run: {exc!r}")
         nursery.cancel_scope.cancel()
     completed = run is not None and run.completed and run.cp_code == 0
     if run is not None:
