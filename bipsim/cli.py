@@ -26,7 +26,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "pty-pair": ("pty_pair", "pty_pair", "Create two linked raw pseudo-terminals (a socat replacement)."),
     "decode": ("decode", "decode", "Decode CAT/BIP bytes (proactive command, TR, envelope, APDU)."),
     "scenario": ("scenario", "scenario", "List or run named scenarios."),
-    "soak": ("soak", "soak", "Run OTA sessions with seeded faults; check the card against the server."),
+    "soak": ("soak", "soak", "Run OTA sessions with seeded faults and check the card's state."),
     "trace": ("trace", "trace", "Render, export (pcap), replay or diff traces."),
 }
 
