@@ -21,6 +21,9 @@ from typing import Any
 import trio
 import trio.testing
 
+from bipsim.ap.apn_db import ApnDatabase
+from bipsim.ap.network import ApNetwork
+from bipsim.ap.proxy import ProxyService
 from bipsim.link.at_chat import AtChat, AtResponse, AtTimeout
 from bipsim.link.at_chat_core import Answered, AtChatCore, Command, Failed, Traced, UrcLine, Write
 from bipsim.link.at_server import AtServer
@@ -584,3 +587,33 @@ def gp_apdus(apdus: Sequence[bytes]) -> None:
     again = GpRegistry()
     again.load_dict(state)
     assert again.to_dict() == state
+
+
+# --- the proxy dialect, the AP's side (ap/proxy.py: %GETNET, %WEBOPCH, %WEBCLCH on DLC 2) --------------------------
+
+
+async def ap_proxy_session(reads: Sequence[bytes], *, cellular: bool = True, seconds: float = 5.0) -> bytes:
+    """The AP's proxy service behind its AtServer (as ProxyService.serve sets it up), fed the CP's bytes: every
+    command line is answered (OK, ERROR or +CME ERROR: n), a handler never fails by a bug (+CME ERROR: 100), and
+    the server ends at end of file. No Wi-Fi, so no %WEBOPCH reaches the network."""
+    network = ApNetwork(wifi=False, cellular=cellular)
+    proxy = ProxyService(network, ApnDatabase.load(), lambda: "001010123456789")
+    cp, ap = trio.testing.memory_stream_pair()
+    server = AtServer(ap, echo=False)
+    server.cmee = 1
+    server.register("%GETNET", proxy.getnet)
+    server.register("%WEBOPCH", proxy.webopch)
+    server.register("%WEBCLCH", proxy.webclch)
+    proxy.server = server
+    written = bytearray()
+    with trio.fail_after(seconds):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_drain, cp, written)
+            async with trio.open_nursery() as serving:
+                serving.start_soon(server.run)
+                for data in reads:
+                    await cp.send_all(data)
+                await cp.send_stream.aclose()
+            await ap.aclose()
+    assert b"+CME ERROR: 100" not in written, bytes(written)
+    return bytes(written)

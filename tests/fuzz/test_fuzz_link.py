@@ -194,3 +194,31 @@ def test_response_lines(chunks: list[bytes], max_line: int) -> None:
 def test_at_chat_core(chunks: list[bytes], steps: list[int]) -> None:
     with bounded(5):
         targets.at_chat_core(chunks, steps)
+
+
+proxy_lines = st.builds(
+    lambda name, args: f"AT{name}{args}\r".encode("latin-1"),
+    st.sampled_from(["%GETNET", "%WEBOPCH", "%WEBCLCH", "%getnet", "%NETPAR", "%WEBEVT"]),
+    st.one_of(
+        st.sampled_from(
+            ["", "?", "=?", "=1,3", '=1,3,"internet"', '=1,"TCP","127.0.0.1",4443', "=1", "=0", "=8"]
+        ),
+        st.lists(
+            st.one_of(
+                st.integers(-5, 70000).map(str),
+                st.text(alphabet='abc"\\0123456789.,', max_size=8).map(lambda s: f'"{s}"'),
+                st.text(alphabet="0123456789\xb2 -", max_size=4),
+                st.just(""),
+            ),
+            max_size=5,
+        ).map(lambda args: "=" + ",".join(args)),
+    ),
+)
+
+
+@fuzz_settings(40)
+@given(
+    reads(st.lists(st.one_of(proxy_lines, proxy_lines, at_pieces), max_size=5).map(b"".join)), st.booleans()
+)
+def test_ap_proxy(chunks: list[bytes], cellular: bool) -> None:
+    trio.run(lambda: targets.ap_proxy_session(chunks, cellular=cellular))
