@@ -60,7 +60,7 @@ def test_tlv(data: bytes) -> None:
         targets.tlv(data)
 
 
-@fuzz_settings(200)
+@fuzz_settings(150)
 @given(cat_bytes())
 def test_cat_messages(data: bytes) -> None:
     with bounded(5):
@@ -93,7 +93,7 @@ def apdu(draw: st.DrawFn) -> bytes:
     return draw(st.binary(max_size=12))
 
 
-@fuzz_settings(30)
+@fuzz_settings(25)
 @given(st.lists(apdu(), max_size=25))
 def test_card_apdus(apdus: list[bytes]) -> None:
     with bounded(10):
@@ -246,7 +246,7 @@ def gp_apdu(draw: st.DrawFn) -> bytes:
     return apdu if draw(st.booleans()) else apdu[: draw(st.integers(4, len(apdu)))]
 
 
-@fuzz_settings(60)
+@fuzz_settings(40)
 @given(st.lists(gp_apdu(), max_size=10))
 def test_gp_registry(apdus: list[bytes]) -> None:
     with bounded(5):
