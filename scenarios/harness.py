@@ -128,6 +128,7 @@ class LinkStats:
     """What a ServerLink carried and did."""
 
     connections: int = 0
+    active: int = 0  # connections open now
     to_card: int = 0  # bytes from the server forwarded to the card, over all connections
     to_server: int = 0
     drops: int = 0
@@ -180,6 +181,10 @@ class ServerLink:
         while not self.stats.connections:
             await self._changed.wait()
 
+    async def changed(self) -> None:
+        """Waits for the next change: a connection opened or closed, bytes forwarded, the hold moved."""
+        await self._changed.wait()
+
     async def reached(self, offset: int) -> None:
         while self.stats.to_card < offset:
             await self._changed.wait()
@@ -199,6 +204,7 @@ class ServerLink:
         except OSError:
             await trio.aclose_forcefully(card)
             return
+        self.stats.active += 1
         with trio.CancelScope() as scope:
             self._scopes.add(scope)
             try:
@@ -207,8 +213,15 @@ class ServerLink:
                     nursery.start_soon(self._down, server, card, nursery.cancel_scope)
             finally:
                 self._scopes.discard(scope)
+                self.stats.active -= 1
+                self._notify()
         await trio.aclose_forcefully(card)
         await trio.aclose_forcefully(server)
+
+    async def idle(self) -> None:
+        """Waits until no connection is open (the card closed its channel, or a fault closed it)."""
+        while self.stats.active:
+            await self._changed.wait()
 
     async def _up(self, src: trio.SocketStream, dst: trio.SocketStream, done: trio.CancelScope) -> None:
         try:

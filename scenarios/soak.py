@@ -109,24 +109,36 @@ class Usage:
 
 class Sampler:
     """Samples every process of a session every `interval` seconds from the card's first connection until the CP
-    ended; keeps each one's first and last sample (the CP's last at most `interval` before it exited). A CP booted
-    again after a power loss is sampled afresh."""
+    ended; keeps each one's first and last sample (the CP's last when the card's last connection closed, before the
+    CP shut down). A CP booted again after a power loss is sampled afresh."""
 
     def __init__(self, interval: float = 0.2) -> None:
         self.interval = interval
         self.pids: dict[str, int] = {}
         self.usage: dict[str, Usage] = {}
         self.started = False
+        self._cp_idle: Sample | None = None
 
     def add(self, name: str, pid: int) -> None:
         self.pids[name] = pid
         self.usage.pop(name, None)
+        if name == "cp":
+            self._cp_idle = None
         self.take()
+
+    def mark_idle(self) -> None:
+        """The card's connections are all closed: the CP's sample now is its end, unless the card connects again
+        (a resumed session); what it samples while shutting down after its session is not its steady state."""
+        now = sample(self.pids["cp"]) if self.started and "cp" in self.pids else None
+        if now is not None:
+            self._cp_idle = now
 
     def mark_end(self) -> None:
         """The CP ended: a last sample of the processes still up (the server and the AP, their session over), and
-        none after (their shutdown is not their steady state)."""
+        none after (their shutdown is not their steady state either)."""
         self.take()
+        if self._cp_idle is not None and "cp" in self.usage:
+            self.usage["cp"].end = self._cp_idle
         self.started = False
 
     def mark_start(self) -> None:
@@ -241,9 +253,16 @@ async def run_session(plan: SessionPlan, directory: Path, timeout: float) -> Ses
     async def during(harness: Harness) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(inject, harness, plan, injected)
-            assert harness.link is not None
-            await harness.link.connected()
+            link = harness.link
+            assert link is not None
+            await link.connected()
             sampler.mark_start()
+            while True:  # the CP's end sample: when the card's last connection closed
+                await link.idle()
+                sampler.mark_idle()
+                count = link.stats.connections
+                while link.stats.connections == count:
+                    await link.changed()
 
     config = RunConfig(
         session=f"soak-{plan.index}",
