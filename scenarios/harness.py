@@ -198,25 +198,27 @@ class ServerLink:
 
     async def _handle(self, card: trio.SocketStream) -> None:
         self.stats.connections += 1
+        self.stats.active += 1  # counted at once: `idle` must not see a gap while the server is being reached
         self._notify()
         try:
-            server = await trio.open_tcp_stream(*self.server)
-        except OSError:
-            await trio.aclose_forcefully(card)
-            return
-        self.stats.active += 1
-        with trio.CancelScope() as scope:
-            self._scopes.add(scope)
             try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._up, card, server, nursery.cancel_scope)
-                    nursery.start_soon(self._down, server, card, nursery.cancel_scope)
-            finally:
-                self._scopes.discard(scope)
-                self.stats.active -= 1
-                self._notify()
-        await trio.aclose_forcefully(card)
-        await trio.aclose_forcefully(server)
+                server = await trio.open_tcp_stream(*self.server)
+            except OSError:
+                await trio.aclose_forcefully(card)
+                return
+            with trio.CancelScope() as scope:
+                self._scopes.add(scope)
+                try:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._up, card, server, nursery.cancel_scope)
+                        nursery.start_soon(self._down, server, card, nursery.cancel_scope)
+                finally:
+                    self._scopes.discard(scope)
+            await trio.aclose_forcefully(card)
+            await trio.aclose_forcefully(server)
+        finally:
+            self.stats.active -= 1
+            self._notify()
 
     async def idle(self) -> None:
         """Waits until no connection is open (the card closed its channel, or a fault closed it)."""
