@@ -8,6 +8,7 @@ the others (section 5.2.1.6). A frame with a bad FCS is dropped and counted, nev
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import NamedTuple
@@ -167,16 +168,25 @@ class FrameParser:
         self.bad_fcs = 0
         self.malformed = 0
         self._error = ""
+        self._need = 0  # when _at answers _INCOMPLETE: the buffer length at which it can decide
+        # The search for frames after a cut one (see feed) remembers, for the pending frame at the buffer's start,
+        # how far it has looked for flags and which flags wait for more bytes before they can be decided, so that
+        # a peer writing flags one read at a time does not have every flag rescanned on each read (quadratic).
+        # Offsets are relative to the pending frame's opening flag.
+        self._tail_scanned = 0
+        self._tail_waiting: list[tuple[int, int]] = []  # heap of (buffer length needed, flag offset)
 
     def _at(self, buf: bytearray, i: int, n: int) -> tuple[int, Frame | None]:
         """The frame opening at flag buf[i]: (index of its closing flag, frame), or (_INCOMPLETE/_BAD, None)."""
         if n - i < 5:
+            self._need = i + 5
             return self._INCOMPLETE, None
         address, control, first = buf[i + 1], buf[i + 2], buf[i + 3]
         if first & 1:
             size, head = first >> 1, 4
         else:
             if n - i < 6:
+                self._need = i + 6
                 return self._INCOMPLETE, None
             size, head = (first >> 1) | (buf[i + 4] << 7), 5
         if not address & 1 or size > self.max_info:
@@ -184,6 +194,7 @@ class FrameParser:
             return self._BAD, None
         end = i + head + size + 1
         if end >= n:
+            self._need = end + 1
             return self._INCOMPLETE, None
         ftype = _TYPES.get(control & ~PF)
         if buf[end] != FLAG or ftype is None:
@@ -204,17 +215,43 @@ class FrameParser:
         info = bytes(buf[i + head : end - 1])
         return end, Frame(address >> 2, ftype, bool(address & 2), bool(control & PF), info)
 
-    def _valid_tail(self, buf: bytearray, k: int, n: int) -> bool:
-        """Whether buf[k:] (k at a flag) is nothing but complete, valid frames."""
+    def _tail_need(self, buf: bytearray, k: int, n: int) -> int:
+        """Whether buf[k:] (k at a flag) is nothing but complete, valid frames: 0 when it is, -1 when it never can
+        be (an invalid frame: its bytes are all here), else the buffer length at which it can be decided."""
         while True:
             end, frame = self._at(buf, k, n)
             if frame is None:
-                return False
+                return self._need if end == self._INCOMPLETE else -1
             if end == n - 1:
-                return True
+                return 0
             k = end
             while k + 1 < n and buf[k + 1] == FLAG:
                 k += 1
+
+    def _cut_short_at(self, buf: bytearray, pos: int, n: int) -> int:
+        """The flag inside the pending frame at buf[pos] from which the rest of the buffer is complete, valid
+        frames (the pending one was cut short by a sender that restarted), or 0. Each flag is tried when it first
+        arrives and again only once enough bytes are here to decide it."""
+        waiting = self._tail_waiting
+        candidates: list[int] = []
+        while waiting and waiting[0][0] <= n - pos:
+            candidates.append(heapq.heappop(waiting)[1])
+        k = buf.find(FLAG, pos + max(1, self._tail_scanned))
+        while 0 < k < n - 1:
+            candidates.append(k - pos)
+            k = buf.find(FLAG, k + 1)
+        self._tail_scanned = n - 1 - pos  # the last flag is tried once bytes follow it
+        for offset in sorted(candidates):
+            need = self._tail_need(buf, pos + offset, n)
+            if need == 0:
+                return pos + offset
+            if need > 0:
+                heapq.heappush(waiting, (need - pos, offset))
+        return 0
+
+    def _forget_tail_search(self) -> None:
+        self._tail_scanned = 0
+        self._tail_waiting.clear()
 
     def _wanted_length(self, buf: bytearray) -> int:
         """For a buffer holding the start of one frame at buf[0]: the buffer length at which that frame is
@@ -229,6 +266,7 @@ class FrameParser:
         """Keeps bytes without parsing them (they follow a close-down: AT text), for take_rest."""
         self._buffer += data
         self._wanted = 0
+        self._forget_tail_search()
 
     def take_rest(self) -> bytes:
         """The bytes fed but not parsed (after a pause, less the closing flag of the frame paused at)."""
@@ -236,6 +274,7 @@ class FrameParser:
         self._buffer.clear()
         self._wanted = 0
         self.paused = False
+        self._forget_tail_search()
         return rest
 
     def feed(self, data: bytes | bytearray) -> list[Frame]:
@@ -312,16 +351,17 @@ class FrameParser:
                 continue
             # incomplete: is it a truncated frame followed by complete ones?
             if buf[n - 1] == FLAG and n - pos > 2:
-                k = buf.find(FLAG, pos + 1)
-                while 0 < k < n - 1:
-                    if self._valid_tail(buf, k, n):
-                        break
-                    k = buf.find(FLAG, k + 1)
-                if 0 < k < n - 1:
+                if pos:  # a frame other than the one pending at the start of this read
+                    self._forget_tail_search()
+                k = self._cut_short_at(buf, pos, n)
+                if k:
                     self.malformed += 1
+                    self._forget_tail_search()
                     pos = k
                     continue
             break
+        if (pos or frames) and (self._tail_scanned or self._tail_waiting):
+            self._forget_tail_search()  # the pending frame the search remembered is decided
         if pos:
             del buf[:pos]
         self._wanted = self._wanted_length(buf)

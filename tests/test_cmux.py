@@ -698,3 +698,33 @@ async def test_trace_events_have_kinds_and_fields(traced_responder: tuple[Mux, W
     (refused,) = having(Kind.CMUX_ERROR, dlci=6, answer="DM")
     assert refused.error
     assert all(e.kind for e in events)
+
+
+@pytest.mark.parametrize(
+    "unit",
+    [b"\xf9", b"\x03\xef\xfe\xff\xf9"],
+    ids=["flags", "long-frame-headers"],
+)
+def test_search_for_frames_after_a_cut_one_tries_each_flag_a_bounded_number_of_times(
+    unit: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A frame header announcing 32767 bytes, then flags (or headers of more long frames) one read at a time: the
+    search for valid frames after a cut one tried every flag of the pending frame again on each read, quadratic
+    (4000 reads of one flag took 17 s). Each flag is now tried when it arrives and again only once it can be
+    decided, so the tries grow with the reads, not with their square."""
+    parser = FrameParser()
+    tries = 0
+    real = parser._tail_need
+
+    def counted(buf: bytearray, k: int, n: int) -> int:
+        nonlocal tries
+        tries += 1
+        return real(buf, k, n)
+
+    monkeypatch.setattr(parser, "_tail_need", counted)
+    parser.feed(b"\xf9\x03\xef\xfe\xff")
+    reads = 3000
+    for _ in range(reads):
+        assert parser.feed(unit) == []
+    # a flag is tried on arrival, once its header is here and once its announced length is: three times at most
+    assert tries <= 3 * reads

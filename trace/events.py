@@ -160,7 +160,7 @@ class TraceEvent:
     @classmethod
     def from_json(cls, line: str) -> TraceEvent:
         """Parses one JSON Lines line; NaN and Infinity are refused (JSON has no such numbers)."""
-        obj = json.loads(line, parse_constant=_no_constant)
+        obj = json.loads(line, parse_constant=_no_constant, parse_float=_finite_float)
         if not isinstance(obj, dict):
             raise ValueError("a trace line must be a JSON object")
         return cls.from_dict(obj)
@@ -175,6 +175,14 @@ _E = TypeVar("_E", bound=StrEnum)
 
 def _no_constant(name: str) -> float:
     raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    """A JSON number too large for a float (1e999) would become inf, which to_json cannot write back as JSON."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:20]} is not finite")
+    return value
 
 
 def _member(enum: type[_E], value: object, key: str) -> _E:
