@@ -40,7 +40,7 @@ from bipsim.link.at_syntax import (
 from bipsim.link.cmux_connection import CmuxConnection, CmuxParams, Data, DlcState, MuxError, MuxRole, Timer
 from bipsim.link.cmux_frame import ControlType, Frame, FrameParser, FrameType, decode_control, encode_frame
 from bipsim.trace.events import TraceEvent
-from bipsim.trace.reader import TraceProblem, parse_lines, read_file
+from bipsim.trace.reader import TraceProblem, parse_lines, read_file, read_trace
 from bipsim.uicc import cat
 from bipsim.uicc.bip_engine import BipConfig, BipEngine
 from bipsim.uicc.card import SimCard
@@ -617,3 +617,19 @@ async def ap_proxy_session(reads: Sequence[bytes], *, cellular: bool = True, sec
             await ap.aclose()
     assert b"+CME ERROR: 100" not in written, bytes(written)
     return bytes(written)
+
+
+def trace_merge(files: Sequence[bytes]) -> None:
+    """read_trace on several files (the merge that keeps one copy of a message both ends recorded): events in
+    time order and problems, never an exception."""
+    with tempfile.TemporaryDirectory() as folder:
+        paths = []
+        for number, data in enumerate(files):
+            path = Path(folder) / f"fuzz-{number}.jsonl"
+            path.write_bytes(data)
+            paths.append(path)
+        events, problems = read_trace(paths)
+    times = [event.t for event in events]
+    assert times == sorted(times)
+    for event in events:
+        _check_event(event)

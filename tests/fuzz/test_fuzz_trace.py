@@ -85,3 +85,35 @@ def test_trace_lines(line: str) -> None:
 def test_trace_files(parts: list[bytes]) -> None:
     with bounded(5):
         targets.trace_file(b"\n".join(parts))
+
+
+@st.composite
+def recorded(draw: st.DrawFn) -> dict[str, Any]:
+    """An event as the AP, CP or card records it: the same few messages seen from both ends, at nearby times."""
+    obj = dict(GOOD)
+    obj["t"] = draw(st.sampled_from([0.0, 0.001, 1.0, 1.002, 7.5]))
+    obj["src"], obj["dst"] = draw(
+        st.sampled_from([("cp", "uicc"), ("uicc", "cp"), ("ap", "cp"), ("cp", "ap")])
+    )
+    obj["layer"] = draw(st.sampled_from(["apdu", "at", "cmux", "tcp"]))
+    obj["hex"] = draw(st.sampled_from(["80120000", "0D0A4F4B0D0A", "41540D", None]))
+    obj["fields"] = draw(
+        st.one_of(
+            st.none(),
+            st.dictionaries(st.sampled_from(["t_src", "t_dst", "channel"]), json_values, max_size=2),
+        )
+    )
+    return {k: v for k, v in obj.items() if v is not None}
+
+
+@fuzz_settings(40)
+@given(
+    st.lists(
+        st.lists(st.one_of(recorded().map(json.dumps), lines), max_size=6).map("\n".join),
+        min_size=1,
+        max_size=3,
+    )
+)
+def test_trace_merge(files: list[str]) -> None:
+    with bounded(5):
+        targets.trace_merge([text.encode("utf-8", "surrogatepass") for text in files])
