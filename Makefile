@@ -48,7 +48,7 @@ bench: $(VENV)/.dev
 	@for b in bench/bench_*.py; do echo "== $$b" >&2; $(BIN)/python $$b || exit 1; done
 
 # Fuzzing (docs/development.md, "Fuzzing"): the hypothesis fuzz tests under the long profile, then each atheris
-# target for FUZZ_SECONDS; every target runs even when one finds a crasher (kept in build/fuzz/<target>/).
+# target for FUZZ_SECONDS; every target runs even when one finds a crasher (kept in build/fuzz/fuzz_<target>/).
 FUZZ_SECONDS ?= 30
 
 $(VENV)/.fuzz: $(VENV)/.dev
@@ -61,7 +61,7 @@ fuzz: $(VENV)/.fuzz
 	  echo "== $$name ($(FUZZ_SECONDS) s)" >&2; mkdir -p build/fuzz/$$name; \
 	  $(BIN)/python -m tests.fuzz.atheris.$$name -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 \
 	    -print_final_stats=1 -artifact_prefix=build/fuzz/$$name/ build/fuzz/$$name/corpus || failed="$$failed $$name"; \
-	done; if [ -n "$$failed" ]; then echo "crashers found by:$$failed (inputs in build/fuzz/<target>/)" >&2; exit 1; fi
+	done; if [ -n "$$failed" ]; then echo "crashers found by:$$failed (inputs in build/fuzz/<name>/)" >&2; exit 1; fi
 
 # the soak run of docs/development.md: ten minutes of OTA sessions with faults; SOAK_ARGS adds options (--seed 7)
 soak: $(VENV)/.runtime
