@@ -301,11 +301,11 @@ async def at_chat_session(reads: Sequence[bytes], *, seconds: float = 5.0) -> At
 # --- the card: APDUs (uicc/card.py), SMS-PP packets (uicc/ota_trigger.py), TLS records (uicc/tls_psk_client.py) --
 
 
-def make_card() -> SimCard:
+def make_card(state_path: Path | None = None) -> SimCard:
     """The default profile's card with its real CAT application: the SMS-PP trigger around the BIP engine and the
-    OTA agent (no state file: the property checks the state in memory)."""
+    OTA agent; with `state_path`, its state persists there (uicc/card_state.py)."""
     profile = load_profile()
-    card = SimCard(profile)
+    card = SimCard(profile, state_path=state_path)
     registry = GpRegistry()
     card.attach_state("gp", registry)
     agent = OtaAgent.of_profile(card, registry)
@@ -633,3 +633,16 @@ def trace_merge(files: Sequence[bytes]) -> None:
     assert times == sorted(times)
     for event in events:
         _check_event(event)
+
+
+def card_apdus_persisted(apdus: Sequence[bytes]) -> None:
+    """card_apdus on a card with a state file: after the APDUs and a save, a card started from that file has the
+    same state (what the card wrote is whole and loads)."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "card.json"
+        card = make_card(path)
+        card_apdus(card, apdus)
+        card.save_state()
+        card.sync_state()
+        again = make_card(path)
+        assert again.snapshot() == card.snapshot()

@@ -251,3 +251,10 @@ def gp_apdu(draw: st.DrawFn) -> bytes:
 def test_gp_registry(apdus: list[bytes]) -> None:
     with bounded(5):
         targets.gp_apdus(apdus)
+
+
+@fuzz_settings(15)
+@given(st.lists(apdu(), max_size=25))
+def test_card_apdus_persisted(apdus: list[bytes]) -> None:
+    with bounded(10):
+        targets.card_apdus_persisted(apdus)
