@@ -22,7 +22,7 @@ from enum import Enum
 
 import h11
 
-from bipsim.uicc.http_limits import LIMITS, HttpLimits
+from bipsim.uicc.http_limits import LIMITS, Body, BodyOverLimit, HttpLimits
 from bipsim.uicc.transitions import IllegalTransition, TransitionTable
 
 REASONS = {
@@ -104,9 +104,7 @@ class ServerConnection:
         self._state = ConnState.OPEN
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.header_bytes)
         self._request: h11.Request | None = None
-        self._body = bytearray()
-        self._chunk = 0
-        self._chunked = False
+        self._body = Body(limits)
 
     @property
     def state(self) -> ConnState:
@@ -171,18 +169,15 @@ class ServerConnection:
             if name == b"content-length" and int(value) > self.limits.body_bytes:  # h11 checked the digits
                 raise _Refuse(413, f"body of {int(value)} bytes over the {self.limits.body_bytes} byte limit")
         self._request = event
-        self._chunked = any(n == b"transfer-encoding" and b"chunked" in v.lower() for n, v in event.headers)
-        self._body.clear()
+        self._body.start(
+            chunked=any(n == b"transfer-encoding" and b"chunked" in v.lower() for n, v in event.headers)
+        )
 
     def _data(self, event: h11.Data) -> None:
-        if event.chunk_start:
-            self._chunk = 0
-        self._chunk += len(event.data)
-        self._body += event.data
-        if len(self._body) > self.limits.body_bytes:
-            raise _Refuse(413, f"body over the {self.limits.body_bytes} byte limit")
-        if self._chunked and self._chunk > self.limits.chunk_bytes:
-            raise _Refuse(413, f"chunk over the {self.limits.chunk_bytes} byte limit")
+        try:
+            self._body.add(event.data, event.chunk_start)
+        except BodyOverLimit as exc:
+            raise _Refuse(413, str(exc)) from None
 
     def _complete(self) -> HttpRequest | Refusal:
         request = self._request
@@ -200,7 +195,7 @@ class ServerConnection:
         if self.over_capacity:
             return Refusal(503, f"the server is at its limit of {self.limits.connections} connections")
         return HttpRequest(
-            request.method.decode("ascii"), request.target.decode("latin-1"), headers, bytes(self._body)
+            request.method.decode("ascii"), request.target.decode("latin-1"), headers, bytes(self._body.data)
         )
 
     def timed_out(self) -> Refusal | None:

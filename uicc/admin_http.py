@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import h11
 
-from bipsim.uicc.http_limits import LIMITS, HttpLimits
+from bipsim.uicc.http_limits import LIMITS, Body, BodyOverLimit, HttpLimits
 
 
 class HttpFailure(Exception):
@@ -56,9 +56,7 @@ class AdminHttpClient:
         self.limits = limits
         self._h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=limits.header_bytes)
         self._response: h11.Response | None = None
-        self._body = bytearray()
-        self._chunk = 0
-        self._chunked = False
+        self._body = Body(limits, "card's ")
 
     def request(self, target: str, headers: list[tuple[str, str]], body: bytes) -> bytes:
         """The bytes of one POST with `body` (Content-Length framing)."""
@@ -96,12 +94,12 @@ class AdminHttpClient:
                     AdminResponse(
                         self._response.status_code,
                         _headers(self._response),
-                        bytes(self._body),
+                        bytes(self._body.data),
                         keep_alive=self._h11.their_state is h11.DONE and self._h11.our_state is h11.DONE,
                     )
                 )
                 self._response = None
-                self._body.clear()
+                self._body.start(chunked=False)
             elif isinstance(event, h11.ConnectionClosed):
                 return out
             # InformationalResponse (1xx) carries nothing for the admin protocol
@@ -123,15 +121,10 @@ class AdminHttpClient:
                 413, f"body of {length} bytes over the card's {self.limits.body_bytes} byte limit"
             )
         self._response = event
-        self._chunked = "chunked" in headers.get("transfer-encoding", "").lower()
-        self._body.clear()
+        self._body.start(chunked="chunked" in headers.get("transfer-encoding", "").lower())
 
     def _data(self, event: h11.Data) -> None:
-        if event.chunk_start:
-            self._chunk = 0
-        self._chunk += len(event.data)
-        self._body += event.data
-        if len(self._body) > self.limits.body_bytes:
-            raise HttpFailure(413, f"body over the card's {self.limits.body_bytes} byte limit")
-        if self._chunked and self._chunk > self.limits.chunk_bytes:
-            raise HttpFailure(413, f"chunk over the card's {self.limits.chunk_bytes} byte limit")
+        try:
+            self._body.add(event.data, event.chunk_start)
+        except BodyOverLimit as exc:
+            raise HttpFailure(413, str(exc)) from None

@@ -32,3 +32,34 @@ class HttpLimits:
 
 
 LIMITS = HttpLimits()
+
+
+class BodyOverLimit(Exception):
+    """A message body or one of its chunks passed its limit; the message is answered (or refused) with 413."""
+
+
+class Body:
+    """One message's body as h11 hands it over in Data events, held against the body and chunk limits."""
+
+    def __init__(self, limits: HttpLimits, holder: str = "") -> None:
+        self.limits = limits
+        self.holder = holder  # whose limit, for the reason ("the card's ")
+        self.data = bytearray()
+        self.chunked = False
+        self._chunk = 0
+
+    def start(self, chunked: bool) -> None:
+        self.data.clear()
+        self.chunked = chunked
+        self._chunk = 0
+
+    def add(self, data: bytes, chunk_start: bool) -> None:
+        """Adds one Data event's bytes; raises BodyOverLimit past the body or (chunked) chunk limit."""
+        if chunk_start:
+            self._chunk = 0
+        self._chunk += len(data)
+        self.data += data
+        if len(self.data) > self.limits.body_bytes:
+            raise BodyOverLimit(f"body over the {self.holder}{self.limits.body_bytes} byte limit")
+        if self.chunked and self._chunk > self.limits.chunk_bytes:
+            raise BodyOverLimit(f"chunk over the {self.holder}{self.limits.chunk_bytes} byte limit")
