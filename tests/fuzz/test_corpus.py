@@ -110,6 +110,26 @@ def test_cmux_flags_one_read_each() -> None:
         targets.cmux_frames([b"\xf9\x03\xef\xfe\xff", *([b"\xf9"] * 1500)])
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="link/cmux_connection.py (CMUX engineer): as initiator it answers a SABM on DLCI 62 with a DM whose "
+    "address octet is 0xF9 (DLCI 62, C/R 0), the flag: no 27.010 parser can read that frame",
+)
+def test_cmux_connection_dm_on_dlci_62() -> None:
+    targets.cmux_connection([b"\xf9\xfb\x2f\x01\xae\xf9"], initiator=True)
+
+
+TLS_FLIGHT_THEN_ERROR = bytes.fromhex(
+    "160303002d020000260303" + "00" * 32 + "0000ae00" + "0e000000" + "17030300020102"
+)
+
+
+def test_tls_flight_then_alert() -> None:
+    """ServerHello, ServerHelloDone and application data in one read: the client's flight, then its alert (the
+    fuzz property once wanted the alert first)."""
+    targets.tls_server_bytes([TLS_FLIGHT_THEN_ERROR], (0x00AE,))
+
+
 # --- SMS-PP PoR (uicc/ota_trigger.py parse_por) -------------------------------------------------------------------
 
 
