@@ -385,17 +385,6 @@ class Harness:
                 await trio.sleep(0.02)
         return None
 
-    async def wait_for_trace(self, name: str, text: str, timeout: float = 20.0) -> bool:
-        """Deprecated (hooks select events by kind with `wait_for_event`): an event of process `name` whose summary
-        contains `text`; kept for the hooks not moved yet."""
-        tail = TraceTail(self.dir / f"{name}.jsonl")
-        with trio.move_on_after(timeout):
-            while True:
-                if any(text in str(obj.get("summary", "")) for obj in tail.read_new()):
-                    return True
-                await trio.sleep(0.05)
-        return False
-
     async def restart_pair(self) -> None:
         """The serial line goes away and comes back: the relay closes, then a new pair takes the same names."""
         assert self.pair is not None and self._pair_scope is not None
