@@ -130,11 +130,12 @@ class Shutdown:
 _shutdown: Shutdown | None = None
 
 
-def install_shutdown(who: str) -> Shutdown:
-    """The process's Shutdown, installed (the long-running subcommands call it first thing)."""
+def install_shutdown(who: str, grace: float = SHUTDOWN_GRACE) -> Shutdown:
+    """The process's Shutdown, installed (the long-running subcommands call it first thing). A command whose
+    unwinding stops child processes (trio terminates them, then waits for them) takes a longer `grace`."""
     global _shutdown
     if _shutdown is None:
-        _shutdown = Shutdown(who)
+        _shutdown = Shutdown(who, grace)
         _shutdown.install()
     return _shutdown
 

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import click
 import trio
 
+from bipsim.commands.common import install_shutdown
 from bipsim.errors import CliError
+
+# seconds from SIGTERM to a forced exit: trio stops each child process with SIGTERM and waits up to 5 s for it
+CHILD_GRACE = 10.0
 
 
 @click.command("soak")
@@ -61,7 +66,7 @@ def soak(
     and nothing grew past the tolerance (4 file descriptors, 32 MiB RSS: the soak's own process from start to end,
     each kind of process from the first session's end to the last's); 1 otherwise.
     """
-    from bipsim.scenarios.soak import SessionReport, SoakOptions
+    from bipsim.scenarios.soak import SessionReport, SoakOptions, SoakReport
     from bipsim.scenarios.soak import soak as run_soak
 
     def progress(report: SessionReport) -> None:
@@ -76,7 +81,17 @@ def soak(
         )
 
     options = SoakOptions(seed, sessions, duration, Path(keep_dir) if keep_dir else None, session_timeout)
-    report = trio.run(run_soak, options, progress)
+    # SIGTERM/Ctrl-C cancel the run: the harness stops the session's OTA server, CP and AP on its way out
+    shutdown = install_shutdown("bipsim soak", grace=CHILD_GRACE)
+    finished: list[SoakReport] = []
+
+    async def main() -> None:
+        finished.append(await run_soak(options, progress))
+
+    trio.run(shutdown.until_signalled, main)
+    if not finished:
+        raise CliError(f"soak stopped by {signal.Signals(shutdown.signum).name} before its report")
+    report = finished[0]
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
