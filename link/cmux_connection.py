@@ -683,7 +683,14 @@ class CmuxConnection:
             self._control_frame(ControlMessage(ControlType.MSC, True, msc_value(dlc.dlci, SIGNALS | MSC_FC)))
         )
 
+    def _can_answer(self, dlci: int) -> bool:
+        """Whether a response on `dlci` can be written: on DLCI 62 a response with C/R 0 (the initiator's) has the
+        address octet F9, the flag, which no receiver can take for an address (section 5.2.6)."""
+        return dlci != 62 or self._cr(False)
+
     def _answer(self, dlci: int, ftype: FrameType) -> None:
+        if not self._can_answer(dlci):
+            return
         if ftype is FrameType.DM:
             self.stats.dm_sent += 1
         self._out.append(self._frame(dlci, ftype, False))
@@ -692,6 +699,11 @@ class CmuxConnection:
         self, error: MuxError, dlci: int, data: bytes, answer: FrameType | None, summary: str
     ) -> None:
         """The protocol's answer to a peer's frame that broke a rule, and the event saying so."""
+        if answer is not None and not self._can_answer(dlci):
+            answer, summary = (
+                None,
+                f"{error}: no answer (a response on DLCI 62 would have the flag as address)",
+            )
         if answer is not None:
             self._answer(dlci, answer)
         self._events.append(
