@@ -230,14 +230,17 @@ async def test_an_exception_in_a_channels_task_drops_that_channel_and_the_next_s
 
 
 class FaultyTransport(SimulatedCard):
-    """A card transport that raises once, on the first STATUS poll after the session started."""
+    """A card transport that raises once, on the test's own STATUS (P1 = 01, which the BIP service's polls never
+    send: the fault cannot be taken by a poll that happens to run first)."""
+
+    FAULTY = b"\x80\xf2\x01\x0c\x00"
 
     def __init__(self, card: SimCard) -> None:
         super().__init__(card)
         self.raised = False
 
     async def transmit(self, command: bytes) -> bytes:
-        if command[:2] == b"\x80\xf2" and not self.raised:
+        if command == self.FAULTY and not self.raised:
             self.raised = True
             raise OSError("reader removed")
         return await super().transmit(command)
@@ -250,11 +253,11 @@ async def test_an_exception_out_of_the_card_transport_is_6f00_and_an_app_error()
     async with trio.open_nursery() as nursery:
         service = BipService(driver, DirectBearer(), tracer=tracer, poll_interval=0.01)
         await nursery.start(service.run)
-        assert await driver.transmit(b"\x80\xf2\x00\x0c\x00", "STATUS") == (b"", 0x6F00)
+        assert await driver.transmit(FaultyTransport.FAULTY, "STATUS") == (b"", 0x6F00)
         await _at_works(driver)
         nursery.cancel_scope.cancel()
     (error,) = [e for e in tracer.events if e.kind == "app.error"]
-    assert error.fields == {"where": "card", "apdu": "80F2000C", "error": "OSError('reader removed')"}
+    assert error.fields == {"where": "card", "apdu": "80F2010C", "error": "OSError('reader removed')"}
     assert [e.fields for e in tracer.events if e.kind == "apdu.response"][-1] == {"sw": "9000"}
 
 

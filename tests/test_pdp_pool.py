@@ -4,6 +4,8 @@ sessions; a pool in use answers SM cause #26 (insufficient resources, TS 24.008 
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 import trio
 
@@ -86,7 +88,10 @@ async def test_the_own_stack_runs_more_sessions_than_the_pool_has_addresses() ->
             partial(trio.serve_tcp, host="127.0.0.1"), lambda stream: stream.aclose(), 0
         )
         port = listeners[0].socket.getsockname()[1]
-        closed = socket_port_nobody_listens_on()
+        # a bound socket that never listens holds its port for the whole test: every connect to it is refused
+        refuser = socket.socket()
+        refuser.bind(("127.0.0.1", 0))
+        closed = refuser.getsockname()[1]
         rig = ProxyRig(ApNetwork())
         rig.cellular = CellularNetwork(NetworkConfig(pool="10.64.0.0/29"))
         await rig.start(nursery)
@@ -97,12 +102,5 @@ async def test_the_own_stack_runs_more_sessions_than_the_pool_has_addresses() ->
             with pytest.raises(LinkError):
                 await bearer.connect(2, request(bearer=2, port=closed))
         assert not rig.cellular.contexts and rig.cellular.free_addresses == 5
+        refuser.close()
         nursery.cancel_scope.cancel()
-
-
-def socket_port_nobody_listens_on() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])

@@ -36,14 +36,12 @@ def bipsim(*args: str) -> list[str]:
 def terminate_within_bound(process: subprocess.Popen[bytes], tmp_path: Path) -> int:
     """Sends SIGTERM and waits for the process, at most BOUND seconds; returns its exit status."""
     process.send_signal(signal.SIGTERM)
-    sent = time.monotonic()
     try:
         code = process.wait(timeout=BOUND)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
         raise AssertionError(f"still running {BOUND} s after SIGTERM") from None
-    assert time.monotonic() - sent <= BOUND
     stderr = (tmp_path / "stderr.txt").read_text(errors="replace")
     assert len(stderr.splitlines()) <= 1 and "Traceback" not in stderr, stderr
     assert code in (0, 143), (code, stderr)

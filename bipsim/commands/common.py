@@ -94,10 +94,17 @@ class Shutdown:
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         if not self.signum:
             self.signum = signum
+        if self._watchdog is None:  # the first signal, or one after a clean unwind (work after the run)
             self._watchdog = threading.Timer(self.grace, self._force)
             self._watchdog.daemon = True
             self._watchdog.start()
         self._wake()
+
+    def _disarm(self) -> None:
+        """The run unwound in time: what the command does after it (writing a pcap) is not cut short."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
 
     def _wake(self) -> None:
         if self._token is None or self._cancel is None:
@@ -113,18 +120,22 @@ class Shutdown:
         os._exit(128 + self.signum)
 
     async def until_signalled(self, main: Callable[[], Awaitable[object]]) -> None:
-        """Runs `main` until it returns or the signal comes (at once when it came already)."""
-        if self.requested:
-            return
-        async with trio.open_nursery() as nursery:
-            self._token, self._cancel = trio.lowlevel.current_trio_token(), nursery.cancel_scope.cancel
-            try:
-                if self.requested:  # it came between the check above and now
-                    return
-                await main()
-            finally:
-                self._token = self._cancel = None
-                nursery.cancel_scope.cancel()
+        """Runs `main` until it returns or the signal comes (at once when it came already). Once it has unwound,
+        the watchdog is off: a second signal arms it again."""
+        try:
+            if self.requested:
+                return
+            async with trio.open_nursery() as nursery:
+                self._token, self._cancel = trio.lowlevel.current_trio_token(), nursery.cancel_scope.cancel
+                try:
+                    if self.requested:  # it came between the check above and now
+                        return
+                    await main()
+                finally:
+                    self._token = self._cancel = None
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._disarm()
 
 
 _shutdown: Shutdown | None = None

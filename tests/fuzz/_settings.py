@@ -26,7 +26,7 @@ PROFILE = os.environ.get("BIPSIM_FUZZ_PROFILE", "ci")
 if PROFILE not in ("ci", "long"):
     raise RuntimeError(f"BIPSIM_FUZZ_PROFILE must be ci or long, not {PROFILE!r}")
 
-# A shared 2-core machine: the deadline catches superlinear work, not a slow moment of the machine.
+# The long profile's per-example deadline: it catches superlinear work, not a slow moment of a shared machine.
 DEADLINE_MS = 2000
 SCALE = 20 if PROFILE == "long" else 1
 
@@ -34,7 +34,9 @@ settings.register_profile(
     "bipsim-fuzz-ci",
     derandomize=True,
     database=None,
-    deadline=DEADLINE_MS,
+    # no per-example deadline in CI: hypothesis fails a test whose slow example runs fast when replayed (a loaded
+    # machine, an fsync), and every fuzz test runs inside bounded(), which catches a hang for what it is
+    deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     print_blob=True,
 )
