@@ -159,19 +159,24 @@ def merge_copies(
     within MERGE_WINDOW; the sender's copy is kept (the earlier one when the writers are unknown), with `t_src` and
     `t_dst` in its fields, its kind, step and error completed from the receiver's copy."""
     out: list[TraceEvent] = []
-    waiting: dict[tuple[object, ...], deque[tuple[int, int]]] = {}  # key -> (index in out, file)
+    # key -> file -> indexes in `out` of that file's unpaired copies, oldest first: one queue per file, so that
+    # many identical events of one file are never scanned for a copy from another (quadratic)
+    waiting: dict[tuple[object, ...], dict[int, deque[int]]] = {}
     for event, origin in zip(events, origins, strict=True):
         key = copy_key(event)
-        queue = waiting.setdefault(key, deque()) if key is not None else None
-        if queue is not None:
-            while queue and event.t - out[queue[0][0]].t > MERGE_WINDOW:
-                queue.popleft()
-            match = next((entry for entry in queue if entry[1] != origin), None)
-            if match is not None:
-                queue.remove(match)
-                out[match[0]] = _merged(out[match[0]], recorders[match[1]], event, recorders[origin])
+        if key is not None:
+            by_file = waiting.setdefault(key, {})
+            best: int | None = None
+            for file, queue in by_file.items():
+                while queue and event.t - out[queue[0]].t > MERGE_WINDOW:
+                    queue.popleft()
+                if file != origin and queue and (best is None or queue[0] < by_file[best][0]):
+                    best = file
+            if best is not None:
+                index = by_file[best].popleft()
+                out[index] = _merged(out[index], recorders[best], event, recorders[origin])
                 continue
-            queue.append((len(out), origin))
+            by_file.setdefault(origin, deque()).append(len(out))
         out.append(event)
     out.sort(key=lambda e: e.t)  # a kept copy of the sender that recorded later moves to its own time
     return out
