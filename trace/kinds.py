@@ -63,7 +63,6 @@ class Kind(StrEnum):
     HTTP_REQUEST = "http.request"  # fields: method, target
     HTTP_RESPONSE = "http.response"  # fields: status
     HTTP_ERROR = "http.error"  # a malformed message or a limit passed
-    GP_SCRIPT = "gp.script"  # a RAM/RFM command script and its answers
     SMS_PP = "sms.pp"  # an SMS-PP (data download) TPDU
     SMS_POR = "sms.por"  # a proof of receipt; fields: status (hex of the response status code)
     # the proxy dialect (docs/protocols.md, "The proxy dialect") and application events
