@@ -26,7 +26,7 @@ The state machine is `TABLE`: (state, input) -> (next state, action). Any pair n
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import Enum, StrEnum
 from typing import Any
 
 from bipsim.link.at_syntax import (
@@ -74,6 +74,21 @@ def _error_code(final: str, prefix: str) -> int | None:
         return int(final[len(prefix) :].strip())
     except ValueError:
         return -1  # verbose form (+CMEE=2): no number
+
+
+class ChatError(StrEnum):
+    """Why the chat wrote an at.error event (its `reason` field)."""
+
+    TORN = "torn"  # a command line not written whole within the write's bound; S3 ends it
+    GONE = "gone"  # the stream went away under a command
+    UNMATCHED = "unmatched"  # a line no command and no URC handler takes, dropped
+    OVERLONG = "overlong"  # a line past the maximum length, dropped
+    TIMEOUT = "timeout"  # no final result within the command's timeout
+    LATE = "late"  # a line of a timed-out or cancelled command's answer, given to nobody
+    QUIET = "quiet"  # the stale command's window closed without a late answer
+    GIVE_UP = "give_up"  # a held command goes ahead with half its timeout
+    HELD = "held"  # a command not sent: the line is still held by a torn one
+    ENDED = "ended"  # a command not sent: the stream has ended
 
 
 @dataclass(frozen=True)
@@ -384,8 +399,19 @@ class AtChatCore:
             step = self.response_steps.pop(self._line.split(":")[0], None)
         self._emit(Traced(True, kind, summary, data, error, step, fields or None))
 
-    def _trace_error(self, summary: str, *, incoming: bool = False, data: bytes | None = None) -> None:
-        self._emit(Traced(incoming, Kind.AT_ERROR, summary, data, True))
+    def _trace_error(
+        self,
+        reason: ChatError,
+        summary: str,
+        *,
+        incoming: bool = False,
+        data: bytes | None = None,
+        **fields: Any,
+    ) -> None:
+        """An at.error event; `reason` (fields.reason) says which rule applied, for tools and tests."""
+        self._emit(
+            Traced(incoming, Kind.AT_ERROR, summary, data, True, fields={"reason": reason.value, **fields})
+        )
 
     def _finish(self, command: Command, outcome: Answered | Failed) -> None:
         command.done = True
@@ -418,14 +444,20 @@ class AtChatCore:
         command, self.current = self.current, None
         assert command is not None
         self.stale = command
-        self._trace_error(f"{command.line}: not sent within the write's bound (line held); S3 will end it")
+        self._trace_error(
+            ChatError.TORN,
+            f"{command.line}: not sent within the write's bound (line held); S3 will end it",
+            command=command.line,
+        )
         self._finish(command, Failed(command, f"could not send {command.line!r}"))
 
     def _gone(self) -> None:
         command = self.current or self.held
         self.current = self.held = None
         assert command is not None
-        self._trace_error(f"{command.line}: stream went away ({self._line})")
+        self._trace_error(
+            ChatError.GONE, f"{command.line}: stream went away ({self._line})", command=command.line
+        )
         self._finish(command, Answered(command, AtResponse(command.line, (), "NO CARRIER")))
 
     def _withdraw(self) -> None:
@@ -478,17 +510,24 @@ class AtChatCore:
         if self._line.startswith(("+", "%")) or self._line in _UNSOLICITED_CODES:
             self._trace_in(Kind.AT_URC, f"{self._line} (no handler: dropped)", handled=False)
         else:
-            self._trace_in(Kind.AT_ERROR, f"unsolicited line dropped: {self._line}", error=True)
+            self._trace_in(
+                Kind.AT_ERROR,
+                f"unsolicited line dropped: {self._line}",
+                error=True,
+                reason=ChatError.UNMATCHED.value,
+            )
 
     def _overlong(self) -> None:
         length = getattr(self._line, "length", len(self._line))
         summary = f"line too long ({length} characters, at most {self.splitter.max_line}): dropped"
-        self._trace_error(summary, incoming=True, data=self._line[:80].encode("latin-1"))
+        self._trace_error(
+            ChatError.OVERLONG, summary, incoming=True, data=self._line[:80].encode("latin-1"), length=length
+        )
 
     def _timed_out(self) -> None:
         command = self.current
         assert command is not None
-        self._trace_error(f"{command.line}: no answer (timeout)")
+        self._trace_error(ChatError.TIMEOUT, f"{command.line}: no answer (timeout)", command=command.line)
         self._make_stale()
         self._finish(command, Failed(command, f"no answer to {command.line!r}"))
 
@@ -516,7 +555,13 @@ class AtChatCore:
         """A line of the stale command's answer: an error event, given to nobody; the DCE is still talking about
         the command, so its window stays open."""
         assert self.stale is not None
-        self._trace_in(Kind.AT_ERROR, f"late answer to {self.stale.line}: {self._line}", error=True)
+        self._trace_in(
+            Kind.AT_ERROR,
+            f"late answer to {self.stale.line}: {self._line}",
+            error=True,
+            reason=ChatError.LATE.value,
+            command=self.stale.line,
+        )
         self.stale_until = self._now + self.resync_quiet
 
     def _late_final(self) -> None:
@@ -526,14 +571,18 @@ class AtChatCore:
     def _quiet(self) -> None:
         assert self.stale is not None
         self._trace_error(
-            f"no late answer to {self.stale.line} within {self.resync_quiet:g} s: line deemed in step"
+            ChatError.QUIET,
+            f"no late answer to {self.stale.line} within {self.resync_quiet:g} s: line deemed in step",
+            command=self.stale.line,
         )
         self.stale = None
 
     def _give_up(self) -> None:
         assert self.stale is not None and self.held is not None
         self._trace_error(
-            f"no late answer to {self.stale.line} yet: {self.held.line} goes ahead with half its timeout"
+            ChatError.GIVE_UP,
+            f"no late answer to {self.stale.line} yet: {self.held.line} goes ahead with half its timeout",
+            command=self.stale.line,
         )
         self.stale = None
 
@@ -551,7 +600,9 @@ class AtChatCore:
     def _still_held(self) -> None:
         command, self.held = self.held, None
         assert command is not None
-        self._trace_error(f"{command.line}: not sent, the line is still held")
+        self._trace_error(
+            ChatError.HELD, f"{command.line}: not sent, the line is still held", command=command.line
+        )
         self._finish(command, Failed(command, f"line still held: {command.line!r} not sent"))
 
     def _closed(self) -> None:
@@ -566,7 +617,9 @@ class AtChatCore:
     def _no_carrier(self) -> None:
         command, self.held = self.held, None
         assert command is not None
-        self._trace_error(f"{command.line}: not sent, the stream has ended")
+        self._trace_error(
+            ChatError.ENDED, f"{command.line}: not sent, the stream has ended", command=command.line
+        )
         self._finish(command, Answered(command, AtResponse(command.line, (), "NO CARRIER")))
 
     def _nothing(self) -> None:

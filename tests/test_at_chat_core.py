@@ -280,9 +280,9 @@ def test_a_late_answer_is_dropped_and_a_held_command_goes_after_its_final() -> N
     core.receive_data(b"\r\nOK\r\n", 13.0)
     assert core.state is St.SENDING and core.current is held
     events = core.events()
-    assert [e.summary for e in events if isinstance(e, Traced) and e.kind.value == "at.error"] == [
-        "late answer to AT+CIMI: 001010123456789",
-        "late answer to AT+CIMI: OK",
+    assert [(e.fields, e.data) for e in events if isinstance(e, Traced) and e.kind.value == "at.error"] == [
+        ({"reason": "late", "command": "AT+CIMI"}, b"001010123456789\r\n"),
+        ({"reason": "late", "command": "AT+CIMI"}, b"OK\r\n"),
     ]
     assert UrcLine("+CEREG: 5", "+CEREG:") in events and Write(b"AT+CGMI\r") in events
 
@@ -298,7 +298,8 @@ def test_a_held_command_goes_ahead_after_half_its_timeout() -> None:
     core.expire(4.0)
     assert core.state is St.SENDING and core.current is not None and core.current.line == "AT"
     assert any(
-        isinstance(e, Traced) and e.summary.startswith("no late answer to AT+LOST yet") for e in core.events()
+        isinstance(e, Traced) and e.fields == {"reason": "give_up", "command": "AT+LOST"}
+        for e in core.events()
     )
 
 
@@ -338,8 +339,8 @@ def test_unmatched_lines_are_dropped_at_once_as_urc_or_error() -> None:
     assert traced == [
         ("at.urc", False, {"handled": False}),
         ("at.urc", False, {"handled": False}),
-        ("at.error", True, None),
-        ("at.error", True, None),
+        ("at.error", True, {"reason": "unmatched"}),
+        ("at.error", True, {"reason": "unmatched"}),
     ]
 
 
@@ -351,8 +352,8 @@ def test_overlong_lines_are_dropped_and_the_next_line_is_read() -> None:
     assert core.splitter.buffered <= 17
     core.receive_data(b"y" * 40 + b"\r\nbipsim\r\nOK\r\n", 0.2)
     events = core.events()
-    errors = [e.summary for e in events if isinstance(e, Traced) and e.kind.value == "at.error"]
-    assert errors == ["line too long (80 characters, at most 16): dropped"]
+    errors = [e.fields for e in events if isinstance(e, Traced) and e.kind.value == "at.error"]
+    assert errors == [{"reason": "overlong", "length": 80}]
     assert [e for e in events if isinstance(e, Answered)][0].response.lines == ("bipsim",)
 
 
