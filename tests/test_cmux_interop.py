@@ -217,14 +217,16 @@ class SpecPeer:
         elif frame.kind == SABM and not self.initiator:
             if not frame.pf:
                 self.errors.append("SABM without P")
+            # the DLC's state changes before the answer is written: once our mux has read the UA (and the test
+            # goes on), the peer's state must already say so
             refused = frame.dlci in self.refuse
-            await self.send(frame.dlci, DM if refused else UA, command=False, pf=True)
             if not refused:
                 self.open.add(frame.dlci)
+            await self.send(frame.dlci, DM if refused else UA, command=False, pf=True)
         elif frame.kind == DISC and not self.initiator:
             known = frame.dlci in self.open
-            await self.send(frame.dlci, UA if known else DM, command=False, pf=True)
             self.open.discard(frame.dlci)
+            await self.send(frame.dlci, UA if known else DM, command=False, pf=True)
         else:
             if frame.kind in (UA, DM) and not frame.pf:
                 self.errors.append(f"{frame} answers a P=1 command without F")
