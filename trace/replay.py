@@ -434,6 +434,9 @@ class AtCommand:
     lines: list[str]
 
 
+EDIT_TOLERANCE = 4  # bytes in which an edited recording's frame may differ from the event it carries
+
+
 @dataclass
 class MuxItem:
     """What one side did on one DLC: a control frame (SABM, UA, DISC, DM, or a DLC 0 message) or UIH data."""
@@ -510,8 +513,16 @@ def ap_tape(events: Iterable[TraceEvent]) -> ApTape:
                     for e in labelled
                     if e.src is src and frame.info and (e.data in frame.info or frame.info in e.data)
                 ]
-                if not near and frame.info:  # the payload was edited: the labelled event sent at that moment
-                    near = [e for e in labelled if e.src is src and abs(e.t - event.t) < 0.005]
+                if not near and frame.info:
+                    # the payload was edited: the labelled event of the same length that differs in a few bytes
+                    # (by content, not by a time window, which a loaded machine stretches)
+                    near = [
+                        e
+                        for e in labelled
+                        if e.src is src
+                        and len(e.data) == len(frame.info)
+                        and sum(a != b for a, b in zip(e.data, frame.info, strict=True)) <= EDIT_TOLERANCE
+                    ]
                 step = min(near, key=lambda e: abs(e.t - event.t)).step if near else None
                 if step is not None and event.step is None:
                     event = TraceEvent.from_dict(event.to_dict() | {"step": step})
