@@ -16,7 +16,9 @@ $(VENV)/.runtime: $(BIN)/python pyproject.toml constraints.txt
 	$(PIP) install -q -c constraints.txt -e .
 	touch $@
 
+# the Debian tools first: pyscard (dev) builds against libpcsclite-dev
 $(VENV)/.dev: $(VENV)/.runtime
+	tools/install-debian-tools.sh
 	$(PIP) install -q -c constraints.txt -e '.[dev]'
 	touch $@
 

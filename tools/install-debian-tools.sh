@@ -3,15 +3,23 @@
 # Usage: tools/install-debian-tools.sh [--demo]   (--demo: only what the demo needs)
 set -euo pipefail
 # command name -> Debian package
-declare -A pkg=([socat]=socat [tshark]=tshark [gammu]=gammu [openssl]=openssl [chromium]=chromium)
-wanted=(socat tshark gammu openssl chromium)
+# (pcscd with the vsmartcard vpcd reader, pcsc_scan, opensc-tool and scriptor are the PC/SC peers of docs/hil.md)
+declare -A pkg=([socat]=socat [tshark]=tshark [gammu]=gammu [openssl]=openssl [chromium]=chromium
+    [pcscd]=pcscd [pcsc_scan]=pcsc-tools [scriptor]=pcsc-tools [opensc-tool]=opensc)
+wanted=(socat tshark gammu openssl chromium pcscd pcsc_scan scriptor opensc-tool)
 [ "${1:-}" = "--demo" ] && wanted=()
 missing=()
 for cmd in "${wanted[@]}"; do
-    command -v "$cmd" >/dev/null 2>&1 || missing+=("${pkg[$cmd]}")
+    command -v "$cmd" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin:/sbin" command -v "$cmd" >/dev/null 2>&1 \
+        || missing+=("${pkg[$cmd]}")
 done
 # sslpsk3 builds against OpenSSL's headers when no wheel fits.
 [ -e /usr/include/openssl/ssl.h ] || missing+=(libssl-dev)
+if [ "${1:-}" != "--demo" ]; then
+    # pyscard (a dev dependency) builds against pcsclite's headers; vpcd is a pcscd driver, not a command
+    [ -e /usr/include/PCSC/winscard.h ] || missing+=(libpcsclite-dev)
+    [ -e /etc/reader.conf.d/vpcd ] || missing+=(vsmartcard-vpcd)
+fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
     echo "note: missing Debian packages (${missing[*]}); run as root or install them to run every test" >&2
@@ -22,4 +30,6 @@ export DEBIAN_FRONTEND=noninteractive
 # tshark asks whether non-root users may capture; answer "no" up front.
 echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
 apt-get update -qq
+# one package may provide several wanted commands
+mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
