@@ -1,20 +1,23 @@
 """pcap export: tshark decodes GSMTAP SIM APDUs (with the CAT inside) and the synthesized TCP streams.
 
 The synthetic session checks the packet layout; the embodiment tests export the trace of a real run of the three
-processes (bipsim.scenarios.harness) and have tshark decode every frame of it.
+processes (bipsim.scenarios.harness) and have tshark decode every frame of it. The exporter builds its packets with
+struct; scapy is the independent decoder here, and the builder the bytes are compared with.
 """
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bipsim.scenarios.embodiments import embodiment_config
 from bipsim.scenarios.harness import run_processes
 from bipsim.trace.events import Actor, Layer, TraceEvent
-from bipsim.trace.pcap import export_pcap
+from bipsim.trace.pcap import Packet, PcapExporter, export_pcap
 from bipsim.trace.recorder import Tracer
 
 # OPEN CHANNEL, written for this test from TS 102 223 section 6.6.27 / 8.x: command details (0x40, qualifier 0x03),
@@ -79,22 +82,80 @@ def test_tshark_decodes_every_frame(tmp_path: Path) -> None:
     assert summary.count("TCP") >= 8
 
 
-def test_export_without_tshark_pairs_apdus(tmp_path: Path) -> None:
-    from bipsim.trace.pcap import PcapExporter
+def decoded(packet: Packet) -> Any:
+    """scapy's reading of one exported packet (LINKTYPE_RAW: the bytes start at the IPv4 header)."""
+    from scapy.layers.inet import IP
 
+    return IP(packet.data)
+
+
+def scapy_build(packet: Any) -> bytes:
+    """The packet scapy builds from `packet`'s addresses, ports, flags, numbers and payload alone: every other
+    header field (lengths, checksums, identification, TTL, window, data offset) is scapy's default or its own
+    computation."""
+    from scapy.layers.inet import IP, TCP, UDP
+    from scapy.packet import Raw
+
+    built = IP(src=packet["IP"].src, dst=packet["IP"].dst)
+    if packet.haslayer(TCP):
+        tcp = packet["TCP"]
+        built = built / TCP(sport=tcp.sport, dport=tcp.dport, flags=tcp.flags, seq=tcp.seq, ack=tcp.ack)
+    else:
+        udp = packet["UDP"]
+        built = built / UDP(sport=udp.sport, dport=udp.dport)
+    if packet.haslayer(Raw):
+        built = built / Raw(packet["Raw"].load)
+    return bytes(built)
+
+
+# sha256 of export_pcap(session_events()) as written when scapy built every packet (before the struct builder)
+SCAPY_BUILT_SESSION = "112dc689b7628e2292e7efe153b6f1e046b5324a0d3ff37f498730e1b4864659"
+
+
+def test_pcap_bytes_are_what_scapy_builds(tmp_path: Path) -> None:
+    path = tmp_path / "s.pcap"
+    export_pcap(session_events(), path)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == SCAPY_BUILT_SESSION
+    exporter = PcapExporter()
+    for event in session_events():
+        exporter.add(event)
+    for packet in exporter.packets:
+        assert packet.data == scapy_build(decoded(packet))
+
+
+def test_checksums_of_odd_lengths_and_large_payloads_match_scapy() -> None:
+    tracer = Tracer(keep=True, origin=0.0, clock=iter(x / 100 for x in range(1000)).__next__)
+    for size in (0, 1, 2, 3, 237, 1500, 70_000):  # 70 000 bytes: more than one IPv4 packet holds
+        payload = bytes((i * 7 + size) & 0xFF for i in range(size))
+        tracer.emit("cp", "ota", "tcp", "data", payload or None, kind="tcp.data")
+        tracer.emit("ap", "cp", "cmux", "frame", payload + b"\xff", kind="cmux.data")
+    tracer.emit("cp", "ota", "tcp", "data", b"\xff\xff" * 40, kind="tcp.data")  # sums to a multiple of 0xFFFF
+    exporter = PcapExporter()
+    for event in tracer.events:
+        exporter.add(event)
+    assert max(len(p.data) for p in exporter.packets) <= 0xFFFF
+    for packet in exporter.packets:
+        assert packet.data == scapy_build(decoded(packet))
+    carried = b"".join(
+        bytes(decoded(p)["Raw"].load)
+        for p in exporter.packets
+        if decoded(p).haslayer("TCP") and len(p.data) > 40
+    )
+    assert len(carried) == sum(len(e.data) for e in tracer.events if e.layer is Layer.TCP)
+
+
+def test_export_without_tshark_pairs_apdus(tmp_path: Path) -> None:
     exporter = PcapExporter()
     events = session_events()
     for event in events[:6]:
         exporter.add(event)
     assert len(exporter.packets) == 3
-    payload = bytes(exporter.packets[1]["Raw"].load)
+    payload = bytes(decoded(exporter.packets[1])["Raw"].load)
     assert payload[:3] == bytes([2, 4, 4])  # GSMTAP v2, 4 words, type SIM
     assert payload[16:] == bytes.fromhex("8012000024") + OPEN_CHANNEL + b"\x90\x00"
 
 
 def test_tcp_close_is_read_from_the_kind_not_the_summary() -> None:
-    from bipsim.trace.pcap import PcapExporter
-
     tracer = Tracer(keep=True, origin=0.0, clock=iter(x / 100 for x in range(1000)).__next__)
     tracer.emit("cp", "ota", "tcp", "connection request", kind="tcp.connect")
     tracer.emit("cp", "ota", "tcp", "finished with the channel", kind="tcp.data", data=b"x")
@@ -103,21 +164,19 @@ def test_tcp_close_is_read_from_the_kind_not_the_summary() -> None:
     exporter = PcapExporter()
     for event in tracer.events:
         exporter.add(event)
-    flags = [str(packet["TCP"].flags) for packet in exporter.packets]
+    flags = [str(decoded(packet)["TCP"].flags) for packet in exporter.packets]
     assert flags == ["S", "SA", "A", "PA", "A", "FA", "FA", "A"]
     assert exporter.skipped == 1
 
 
 def test_apdus_pair_in_order_whatever_their_summaries_say() -> None:
-    from bipsim.trace.pcap import PcapExporter
-
     tracer = Tracer(keep=True, origin=0.0, clock=iter(x / 100 for x in range(1000)).__next__)
     tracer.emit("cp", "uicc", "apdu", "SELECT EF_IMSI", bytes.fromhex("00A4000C026F07"), kind="apdu.command")
     tracer.emit("uicc", "cp", "apdu", "READ BINARY: 9000", bytes.fromhex("9000"), kind="apdu.response")
     exporter = PcapExporter()
     for event in tracer.events:
         exporter.add(event)
-    assert bytes(exporter.packets[0]["Raw"].load)[16:] == bytes.fromhex("00A4000C026F079000")
+    assert bytes(decoded(exporter.packets[0])["Raw"].load)[16:] == bytes.fromhex("00A4000C026F079000")
 
 
 @pytest.fixture(scope="module", params=[1, 2], ids=["embodiment1", "embodiment2"])
@@ -164,8 +223,6 @@ def test_tshark_decodes_the_pcap_of_a_real_embodiment_run(real_run: list[TraceEv
 
 
 def test_every_actor_has_an_address_in_the_capture() -> None:
-    from bipsim.trace.pcap import PcapExporter
-
     tracer = Tracer(keep=True, origin=0.0, clock=iter(x / 100 for x in range(1000)).__next__)
     for actor in Actor:
         if actor not in (Actor.UICC, Actor.CP):
@@ -174,4 +231,4 @@ def test_every_actor_has_an_address_in_the_capture() -> None:
     exporter = PcapExporter()
     for event in tracer.events:
         exporter.add(event)
-    assert len({packet["IP"].dst for packet in exporter.packets}) == len(Actor) - 1
+    assert len({decoded(packet)["IP"].dst for packet in exporter.packets}) == len(Actor) - 1

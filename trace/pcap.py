@@ -5,13 +5,17 @@
   Wireshark's GSM SIM dissector then decodes the card application toolkit inside (proactive commands, TRs,
   envelopes). An exchange is a cp->uicc "apdu" event followed by the uicc->cp "apdu" event that answers it (the
   card is one at a time: the oldest unanswered command of the session).
-- Network bytes (layers ip and tcp; tls and http events are decoded views and are not exported): real IPv4/TCP packets (scapy) between one address per actor,
+- Network bytes (layers ip and tcp; tls and http events are decoded views and are not exported): real IPv4/TCP packets between one address per actor,
   with a three-way handshake before a connection's first segment, consistent sequence and acknowledgement numbers,
   and FIN/ACK at an event of kind tcp.close or tcp.closed (a tcp.error, a refused or reset connection, draws none).
 - AT lines and CMUX frames have no dissector that takes them raw, so they are UDP payload on documented ports:
   AT_PORT (27007) for V.250/27.007 text, CMUX_PORT (27010) for 27.010 frames; the source port says which actor sent.
 
 Addresses are documentation ranges (RFC 5737) and exist only inside the file.
+
+Packets are built here with `struct` (RFC 791 IPv4 header, RFC 768 UDP, RFC 793 TCP, RFC 1071 checksums), with the
+header values a default scapy packet has (identification 1, TTL 64, TCP window 8192, no options), so the bytes are
+those scapy would build; the tests keep scapy as the independent decoder and compare against its build.
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from bipsim.trace.events import Actor, Layer, TraceEvent
 from bipsim.trace.kinds import Kind
@@ -72,32 +75,79 @@ class _Connection:
     open: bool = False
 
 
+_IPV4 = struct.Struct(
+    "!BBHHHBBH4s4s"
+)  # version/IHL, TOS, total length, id, flags/fragment, TTL, protocol, checksum
+_UDP = struct.Struct("!HHHH")  # ports, length, checksum
+_TCP = struct.Struct("!HHIIBBHHH")  # ports, seq, ack, data offset, flags, window, checksum, urgent pointer
+_PSEUDO = struct.Struct("!4s4sBBH")  # the TCP/UDP checksum's pseudo-header (RFC 793 section 3.1, RFC 768)
+_RECORD = struct.Struct("<IIII")  # pcap record header: seconds, microseconds, captured and original length
+_TCP_FLAGS = {"S": 0x02, "SA": 0x12, "A": 0x10, "PA": 0x18, "FA": 0x11}
+_MAX_IP_PAYLOAD = 0xFFFF - 20 - 20  # what one IPv4 packet holds after its header and a TCP header
+_PACKED = {actor: bytes(int(part) for part in address.split(".")) for actor, address in ADDRESSES.items()}
+
+
+def internet_checksum(data: bytes) -> int:
+    """The 16-bit one's complement of the one's complement sum of `data`'s 16-bit words (RFC 1071).
+
+    The one's complement sum of the words is the number they spell modulo 0xFFFF (2**16 = 1 mod 0xFFFF), with
+    0xFFFF for a nonzero multiple: one big-integer remainder instead of a loop over the words.
+    """
+    if len(data) % 2:
+        data += b"\x00"
+    value = int.from_bytes(data, "big")
+    total = value % 0xFFFF or (0xFFFF if value else 0)
+    return ~total & 0xFFFF
+
+
+def ipv4_packet(src: bytes, dst: bytes, protocol: int, payload: bytes) -> bytes:
+    """An IPv4 header (no options, identification 1, TTL 64, as scapy's defaults) in front of `payload`."""
+    header = _IPV4.pack(0x45, 0, 20 + len(payload), 1, 0, 64, protocol, 0, src, dst)
+    checksum = internet_checksum(header)
+    return header[:10] + checksum.to_bytes(2, "big") + header[12:] + payload
+
+
+def udp_packet(src: bytes, dst: bytes, sport: int, dport: int, payload: bytes) -> bytes:
+    """IPv4/UDP with the RFC 768 checksum (0 sent as FFFF)."""
+    length = 8 + len(payload)
+    segment = _UDP.pack(sport, dport, length, 0) + payload
+    checksum = internet_checksum(_PSEUDO.pack(src, dst, 0, 17, length) + segment) or 0xFFFF
+    return ipv4_packet(src, dst, 17, segment[:6] + checksum.to_bytes(2, "big") + segment[8:])
+
+
+def tcp_packet(
+    src: bytes, dst: bytes, sport: int, dport: int, flags: int, seq: int, ack: int, payload: bytes
+) -> bytes:
+    """IPv4/TCP without options (data offset 5, window 8192, as scapy's defaults) with the RFC 793 checksum."""
+    segment = _TCP.pack(sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, 0x50, flags, 8192, 0, 0) + payload
+    checksum = internet_checksum(_PSEUDO.pack(src, dst, 0, 6, len(segment)) + segment)
+    return ipv4_packet(src, dst, 6, segment[:16] + checksum.to_bytes(2, "big") + segment[18:])
+
+
+@dataclass(frozen=True, slots=True)
+class Packet:
+    """One captured packet: its time (seconds since the epoch) and its bytes from the IPv4 header on."""
+
+    time: float
+    data: bytes
+
+
 class PcapExporter:
-    """Turns trace events into packets; `packets` holds scapy packets with their capture time set."""
+    """Turns trace events into packets; `packets` holds them, each with its capture time."""
 
     def __init__(self, origin_epoch: float = 1_700_000_000.0) -> None:
-        from scapy.layers.inet import IP, TCP, UDP  # scapy is slow to import: only when exporting
-        from scapy.packet import Raw
-
-        self._IP, self._TCP, self._UDP, self._Raw = IP, TCP, UDP, Raw
         self.origin = origin_epoch
-        self.packets: list[Any] = []
+        self.packets: list[Packet] = []
         self._pending_commands: list[TraceEvent] = []
         self._connections: dict[frozenset[Actor], _Connection] = {}
         self._next_port = 49152
         self.skipped = 0
 
-    def _stamp(self, packet: Any, t: float) -> None:
-        packet.time = self.origin + t
-        self.packets.append(packet)
-
     def _udp(self, src: Actor, dst: Actor, dport: int, payload: bytes, t: float) -> None:
-        packet = (
-            self._IP(src=ADDRESSES[src], dst=ADDRESSES[dst])
-            / self._UDP(sport=ACTOR_PORTS[src], dport=dport)
-            / self._Raw(payload)
-        )
-        self._stamp(packet, t)
+        for at in range(0, max(len(payload), 1), _MAX_IP_PAYLOAD):
+            chunk = payload[at : at + _MAX_IP_PAYLOAD]
+            data = udp_packet(_PACKED[src], _PACKED[dst], ACTOR_PORTS[src], dport, chunk)
+            self.packets.append(Packet(self.origin + t, data))
 
     def _apdu(self, event: TraceEvent) -> None:
         if event.src is not Actor.UICC:  # a command: wait for its response
@@ -107,8 +157,8 @@ class PcapExporter:
             self.skipped += 1  # a response without a command (the trace began mid-exchange)
             return
         # the CP holds the card for one exchange at a time: the oldest unanswered command of the same session
-        same = [c for c in self._pending_commands if c.session == event.session]
-        command = same[0] if same else self._pending_commands[0]
+        same = next((c for c in self._pending_commands if c.session == event.session), None)
+        command = same if same is not None else self._pending_commands[0]
         self._pending_commands.remove(command)
         payload = gsmtap_header(len(self.packets)) + command.data + event.data
         self._udp(Actor.CP, Actor.UICC, GSMTAP_PORT, payload, event.t)
@@ -128,13 +178,21 @@ class PcapExporter:
         dst = conn.server if src is conn.client else conn.client
         sport = conn.client_port if src is conn.client else OTA_TCP_PORT
         dport = OTA_TCP_PORT if src is conn.client else conn.client_port
-        seq, ack = conn.seq[src], conn.seq[dst]
-        segment = self._TCP(sport=sport, dport=dport, flags=flags, seq=seq, ack=ack if "A" in flags else 0)
-        packet = self._IP(src=ADDRESSES[src], dst=ADDRESSES[dst]) / segment
-        if payload:
-            packet = packet / self._Raw(payload)
-        self._stamp(packet, t)
-        conn.seq[src] = seq + len(payload) + (1 if ("S" in flags or "F" in flags) else 0)
+        for at in range(0, max(len(payload), 1), _MAX_IP_PAYLOAD):
+            chunk = payload[at : at + _MAX_IP_PAYLOAD]
+            seq, ack = conn.seq[src], conn.seq[dst]
+            data = tcp_packet(
+                _PACKED[src],
+                _PACKED[dst],
+                sport,
+                dport,
+                _TCP_FLAGS[flags],
+                seq,
+                ack if "A" in flags else 0,
+                chunk,
+            )
+            self.packets.append(Packet(self.origin + t, data))
+            conn.seq[src] = seq + len(chunk) + (1 if ("S" in flags or "F" in flags) else 0)
 
     def _network(self, event: TraceEvent) -> None:
         src, dst = event.src, event.dst
@@ -142,8 +200,8 @@ class PcapExporter:
             self.skipped += 1
             return
         conn = self._connection(src, dst)
-        closing = event.layer is Layer.TCP and not event.data and event.kind in CLOSE_KINDS
-        if event.kind == Kind.TCP_ERROR and not event.data:
+        closing = event.layer is Layer.TCP and not event.hex and event.kind in CLOSE_KINDS
+        if event.kind == Kind.TCP_ERROR and not event.hex:
             self.skipped += 1  # refused or reset: no segment to draw
             return
         if not conn.open:
@@ -154,7 +212,7 @@ class PcapExporter:
             self._tcp(conn, conn.server, "SA", b"", event.t)
             self._tcp(conn, conn.client, "A", b"", event.t)
             conn.open = True
-        if event.data:
+        if event.hex:
             self._tcp(conn, src, "PA", event.data, event.t)
             self._tcp(conn, dst, "A", b"", event.t)
         elif closing:
@@ -164,31 +222,28 @@ class PcapExporter:
             conn.open = False
 
     def add(self, event: TraceEvent) -> None:
-        if event.layer is Layer.APDU:
-            if event.data and event.kind != Kind.APDU_ATR:  # the answer to reset answers no command
+        layer = event.layer
+        if layer is Layer.APDU:
+            if event.hex and event.kind != Kind.APDU_ATR:  # the answer to reset answers no command
                 self._apdu(event)
-        elif event.layer in NETWORK_LAYERS:
-            if event.layer is Layer.TCP or event.data:
+        elif layer in NETWORK_LAYERS:
+            if layer is Layer.TCP or event.hex:
                 self._network(event)
-        elif event.layer is Layer.AT and event.data:
+        elif layer is Layer.AT and event.hex:
             self._udp(event.src, event.dst, AT_PORT, event.data, event.t)
-        elif event.layer is Layer.CMUX and event.data:
+        elif layer is Layer.CMUX and event.hex:
             self._udp(event.src, event.dst, CMUX_PORT, event.data, event.t)
 
     def write(self, path: str | Path) -> int:
-        """Writes the packets as a classic pcap (LINKTYPE_RAW: records start at the IPv4 header); returns how many.
-
-        scapy builds the packets; the file format is written here so every record carries our link type and
-        capture time without scapy's per-packet link-type guessing.
-        """
-        with Path(path).open("wb") as out:
-            out.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 101))
-            for packet in self.packets:
-                data = bytes(packet)
-                seconds = float(packet.time)
-                whole = int(seconds)
-                out.write(struct.pack("<IIII", whole, int((seconds - whole) * 1e6), len(data), len(data)))
-                out.write(data)
+        """Writes the packets as a classic pcap (LINKTYPE_RAW: records start at the IPv4 header); returns how many."""
+        chunks = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 101)]
+        for packet in self.packets:
+            seconds = packet.time
+            whole = int(seconds)
+            size = len(packet.data)
+            chunks.append(_RECORD.pack(whole, int((seconds - whole) * 1e6), size, size))
+            chunks.append(packet.data)
+        Path(path).write_bytes(b"".join(chunks))
         return len(self.packets)
 
 
