@@ -156,6 +156,24 @@ class PtyStream(trio.abc.Stream):
         finally:
             self._receiving = False
 
+    def receive_available(self, max_bytes: int) -> bytes:
+        """The bytes already waiting, without waiting for more (b"" when none, or when the other end closed).
+
+        The paced relay (bipsim.link.pty_relay) refills its FIFO with this between releases: bytes that are here
+        keep the line busy, as a UART driver keeps its FIFO topped up.
+        """
+        if operator.index(max_bytes) < 1:
+            raise ValueError("max_bytes must be at least 1")
+        self._enter(self._receiving, "receiving")
+        try:
+            return os.read(self._fd, max_bytes)
+        except BlockingIOError:
+            return b""
+        except OSError as exc:
+            if exc.errno == errno.EIO:  # the other end closed: receive_some says end of file
+                return b""
+            raise trio.BrokenResourceError(f"{self.name}: {exc.strerror}") from exc
+
     async def aclose(self) -> None:
         if not self._closed:
             self._closed = True

@@ -5,29 +5,164 @@ masters, exactly (raw mode: all 256 values, no CR/LF translation, no echo). The 
 each slave open, so a process may close its end and open it again without the pair coming apart.
 
 With `baud`, the relay paces each direction like a UART at that rate with 8N1 framing (10 bits a byte, so
-baud/10 bytes a second): a pty has no line rate of its own (its termios speed is ignored), so the relay reads
-small chunks and releases each only once the time its bits would take on the wire has passed. Unread bytes wait
-in the kernel's pty buffer, which blocks the writer as a full UART FIFO would.
+baud/10 bytes a second; docs/protocols.md, "The serial line"): a pty has no line rate of its own (its termios
+speed is ignored), so the relay releases bytes only once the time their bits would take on the wire has passed.
+The rule is the sans-IO `UartPacer`: a byte-time budget counted against the clock from the moment the line last
+went busy, so a late wake-up is caught up from the relay's buffer (a UART keeps shifting bytes out of its FIFO
+while its driver sleeps) instead of being lost, and at most one FIFO's worth of lateness is ever made up. Bytes
+the relay has not taken yet wait in the kernel's pty buffer, which blocks the writer as a full UART FIFO would.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import trio
 
 from bipsim.link.pty import PtyStream, open_pty, set_raw
 
+# 1e-9 of a byte: (t - origin) * rate computed in floating point may land a hair below a whole byte exactly at
+# the time that byte is due; without it the relay would sleep again for nothing.
+_EPSILON = 1e-9
+
+
+def default_fifo(bytes_per_second: float) -> int:
+    """The relay's FIFO: 20 ms of line time, at least 64 bytes (FTDI and CP210x adapters buffer 128-512 bytes)."""
+    return max(64, int(bytes_per_second * 0.02))
+
+
+def default_chunk(bytes_per_second: float) -> int:
+    """Bytes released together when the relay is on time: about 5 ms of line time (fewer wake-ups)."""
+    return max(1, int(bytes_per_second / 200))
+
+
+class UartPacer:
+    """When the bytes of one direction of an 8N1 line may leave: sans-IO, times in, byte counts out.
+
+    A busy period starts when bytes arrive on an idle line (`start`). From then on byte k (counting from 1) may leave
+    at origin + k / rate and no earlier, so over the busy period the line never carries more than rate bytes a
+    second. `take` releases every byte whose time has passed, however late the caller is, up to the bytes the caller
+    holds: the budget is kept against the clock, not against the caller's wake-ups. A caller more than `fifo` bytes
+    behind loses the rest (the origin moves forward), so over any window the line carries at most the window's
+    bytes plus one FIFO: a burst after a long stall is one FIFO, never the whole stall.
+    """
+
+    def __init__(self, bytes_per_second: float, *, fifo: int) -> None:
+        if bytes_per_second <= 0:
+            raise ValueError(f"rate must be positive, got {bytes_per_second}")
+        if fifo < 1:
+            raise ValueError(f"fifo must be at least 1 byte, got {fifo}")
+        self.rate = float(bytes_per_second)
+        self.fifo = fifo
+        self._origin: float | None = (
+            None  # when byte 1 of the busy period started on the wire; None: never busy
+        )
+        self._count = 0  # bytes released since _origin
+        self.lost = 0.0  # seconds of lateness dropped because the caller was more than a FIFO behind
+
+    @property
+    def wire_free(self) -> float:
+        """When the last byte released so far has left the wire (its stop bit sent)."""
+        if self._origin is None:
+            return -math.inf
+        return self._origin + self._count / self.rate
+
+    def start(self, now: float) -> None:
+        """Bytes arrived on an idle line at `now`: an idle line has no budget to burst with, so it starts now
+        (or when the wire is free, if the previous byte is still on it)."""
+        self._origin = max(now, self.wire_free)
+        self._count = 0
+
+    def allowance(self, now: float) -> int:
+        """Bytes that may leave at `now`, at most one FIFO (lateness beyond that is dropped).
+
+        A pacer that was never started starts at `now`."""
+        if self._origin is None:
+            self.start(now)
+        assert self._origin is not None
+        due = math.floor((now - self._origin) * self.rate + _EPSILON) - self._count
+        if due > self.fifo:
+            # more than a FIFO behind: a UART's FIFO could not have held that much; keep one FIFO's worth
+            self.lost += (due - self.fifo) / self.rate
+            self._origin = now - (self._count + self.fifo) / self.rate
+            due = self.fifo
+        return max(0, due)
+
+    def take(self, now: float, buffered: int) -> int:
+        """Releases what may leave at `now` of `buffered` bytes; returns how many (0: wait until `due`)."""
+        count = min(self.allowance(now), buffered)
+        self._count += count
+        return count
+
+    def due(self, count: int) -> float:
+        """When `count` more bytes may leave (each byte leaves once its 10 bit times have passed)."""
+        if self._origin is None:
+            raise RuntimeError("the pacer has not started: call start() or take() first")
+        return self._origin + (self._count + count) / self.rate
+
+
+class PacedSource(Protocol):
+    """What the paced relay reads: a trio receive stream that can also say what is already buffered."""
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes: ...
+
+    def receive_available(self, max_bytes: int) -> bytes: ...
+
+
+async def copy_paced(
+    src: PacedSource,
+    dst: trio.abc.SendStream,
+    pacer: UartPacer,
+    *,
+    chunk: int,
+    on_sent: Callable[[int], None] | None = None,
+) -> None:
+    """Copies src to dst at the pacer's rate until src ends: the trio adapter of `UartPacer`.
+
+    The relay's buffer is the UART's FIFO (`pacer.fifo` bytes). While it holds bytes, the relay sleeps until a
+    `chunk` of them is due and then sends every byte that is due (all of them after a late wake-up). When it runs
+    empty, bytes already waiting in the source keep the busy period going (the driver refills the FIFO); only
+    when nothing is waiting does the line go idle, and the next bytes start a new busy period.
+    """
+    buffer = bytearray()
+    while True:
+        if not buffer:
+            data = src.receive_available(pacer.fifo)
+            if not data:
+                data = await src.receive_some(pacer.fifo)
+                if not data:
+                    return
+                pacer.start(trio.current_time())
+            buffer += data
+        elif len(buffer) < pacer.fifo:
+            buffer += src.receive_available(pacer.fifo - len(buffer))
+        count = pacer.take(trio.current_time(), len(buffer))
+        if not count:
+            await trio.sleep_until(pacer.due(min(len(buffer), chunk)))
+            continue
+        await dst.send_all(bytes(buffer[:count]))
+        del buffer[:count]
+        if on_sent is not None:
+            on_sent(count)
+
 
 @dataclass
 class DirectionStats:
-    """Bytes copied one way and when the first and last of them moved (monotonic seconds)."""
+    """Bytes copied one way and when the first and last of them moved (monotonic seconds).
+
+    `timeline`, when a list, gets (time, bytes so far) after every copy: a benchmark's way to count the bytes of a
+    window (`bytes_between`); off by default, since it grows with the traffic.
+    """
 
     bytes: int = 0
     first: float | None = None
     last: float | None = None
+    timeline: list[tuple[float, int]] | None = None
 
     def add(self, count: int) -> None:
         now = time.monotonic()
@@ -35,6 +170,8 @@ class DirectionStats:
             self.first = now
         self.last = now
         self.bytes += count
+        if self.timeline is not None:
+            self.timeline.append((now, self.bytes))
 
     @property
     def rate(self) -> float:
@@ -42,6 +179,19 @@ class DirectionStats:
         if self.first is None or self.last is None or self.last <= self.first:
             return 0.0
         return self.bytes / (self.last - self.first)
+
+    def bytes_between(self, start: float, end: float) -> int:
+        """Bytes copied after monotonic time `start` up to `end` (needs a timeline)."""
+        if self.timeline is None:
+            raise ValueError("this direction keeps no timeline")
+        before = 0
+        upto = 0
+        for when, total in self.timeline:
+            if when <= start:
+                before = total
+            if when <= end:
+                upto = total
+        return upto - before
 
 
 @dataclass
@@ -55,11 +205,14 @@ class PtyPair:
         default_factory=lambda: (DirectionStats(), DirectionStats())
     )
     baud: int | None = None  # None: as fast as the ptys go; else 8N1 pacing, baud/10 bytes/s per direction
+    fifo: int | None = None  # the paced relay's FIFO in bytes (default_fifo of the rate when None)
 
     @classmethod
-    def create(cls, *, baud: int | None = None) -> PtyPair:
+    def create(cls, *, baud: int | None = None, fifo: int | None = None) -> PtyPair:
         if baud is not None and baud <= 0:
             raise ValueError(f"baud must be positive, got {baud}")
+        if fifo is not None and fifo < 1:
+            raise ValueError(f"fifo must be at least 1 byte, got {fifo}")
         (ma, pa), (mb, pb) = open_pty(), open_pty()
         slaves: list[int] = []
         for path in (pa, pb):
@@ -67,7 +220,11 @@ class PtyPair:
             set_raw(fd)
             slaves.append(fd)
         return cls(
-            (pa, pb), (PtyStream(ma, name=pa), PtyStream(mb, name=pb)), (slaves[0], slaves[1]), baud=baud
+            (pa, pb),
+            (PtyStream(ma, name=pa), PtyStream(mb, name=pb)),
+            (slaves[0], slaves[1]),
+            baud=baud,
+            fifo=fifo,
         )
 
     @property
@@ -87,17 +244,8 @@ class PtyPair:
             stats.add(len(data))
 
     async def _copy_paced(self, src: PtyStream, dst: PtyStream, stats: DirectionStats, rate: float) -> None:
-        chunk = max(1, int(rate / 200))  # about 5 ms of line time per chunk
-        wire_free = trio.current_time()
-        while True:
-            data = await src.receive_some(chunk)
-            if not data:
-                return
-            # an idle line has no credit to burst with: the wire is free at the earliest now
-            wire_free = max(wire_free, trio.current_time()) + len(data) / rate
-            await trio.sleep_until(wire_free)
-            await dst.send_all(data)
-            stats.add(len(data))
+        pacer = UartPacer(rate, fifo=self.fifo or default_fifo(rate))
+        await copy_paced(src, dst, pacer, chunk=default_chunk(rate), on_sent=stats.add)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Copies both ways until cancelled."""
