@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol
 
+from bipsim.uicc.applets import Applet, AppletHost, Command, build_host
 from bipsim.uicc.card_state import StateFile, load_state
 from bipsim.uicc.fs import File, FileKind, FileSystem
 from bipsim.uicc.profile import CardProfile
@@ -64,7 +65,8 @@ def sw_bytes(sw: int) -> bytes:
 
 
 class Persistent(Protocol):
-    """A component whose state lives in the card's state file."""
+    """A component whose state lives in the card's state file. One that also has an int `state_version`, moved on
+    whenever its content changes (uicc/fs.py, uicc/gp_registry.py), is encoded only after a change."""
 
     def to_dict(self) -> dict[str, Any]: ...
 
@@ -114,6 +116,9 @@ class SimCard:
         self.faults: list[str] = []  # exceptions inside the card, each answered 6F 00
         if self.state_path is not None and self.state_path.exists():
             self._restore(load_state(self.state_path))
+        # applets selected by AID on a logical channel (uicc/applets/): the ARA-M's rule generation persists
+        self.applets: AppletHost = build_host(profile)
+        self.attach_state("applets", self.applets)
 
     # --- state -----------------------------------------------------------------------------------------------
 
@@ -143,8 +148,12 @@ class SimCard:
                 component.load_dict(part)
 
     def save_state(self) -> None:
-        """Writes the whole card state atomically when it changed (no-op for a card without a state file)."""
-        if self._state_file is not None and self._state_file.save(self.snapshot()):
+        """Writes the whole card state atomically when it changed (no-op for a card without a state file).
+
+        Only parts whose component moved its `state_version` are encoded again (uicc/card_state.py save_parts):
+        after an APDU that changed nothing this costs a version check per component, no encoding and no I/O.
+        """
+        if self._state_file is not None and self._state_file.save_parts(self._components):
             for component in self._components.values():
                 saved = getattr(component, "state_saved", None)
                 if saved is not None:
@@ -166,6 +175,7 @@ class SimCard:
     def reset(self) -> bytes:
         self._current = {0: (self.fs.mf, None)}
         self._response = b""
+        self.applets.reset()
         return ATR
 
     def process(self, apdu: bytes) -> bytes:
@@ -220,6 +230,16 @@ class SimCard:
                 lc_data, le = body[1:-1], body[-1] or 256
             else:
                 raise ApduError(SW_WRONG_LENGTH)
+        target_channel = logical_channel(cla)
+        if (
+            cla != 0xFF
+            and cla & 0xE0 != 0x20  # ISO/IEC 7816-4 section 5.4.1: 2X and 3X are reserved, FF invalid
+            and target_channel in self._current
+            and self.applets.routes(target_channel, cla, ins, p1)
+        ):
+            # the applet selected on this channel answers; the classes it takes (9X as the Android OMAPI tests send
+            # it) are its own affair (docs/protocols.md, "OMAPI and the ARA-M on the card")
+            return self.applets.process(Command(cla, ins, p1, p2, lc_data, le, target_channel))
         if cla & 0xF0 not in (0x00, 0x80, 0xA0) and cla & 0xC0 != 0x40:
             raise ApduError(SW_CLA_NOT_SUPPORTED)
         channel = logical_channel(cla)
@@ -254,6 +274,8 @@ class SimCard:
             if handler is None:
                 raise ApduError(SW_INS_NOT_SUPPORTED)
         data, sw = handler(channel, p1, p2, lc_data, le)
+        if ins == 0xA4 and p1 != 0x04:
+            self.applets.leave(channel)  # a file selected on the channel: its applet is no longer selected
         if (
             sw == SW_OK
             and le is not None
@@ -270,8 +292,11 @@ class SimCard:
     def _select(self, channel: int, p1: int, p2: int, data: bytes, le: int | None) -> tuple[bytes, int]:
         df, _ = self._current[channel]
         target: File | None
-        if p1 == 0x04:  # by DF name (AID)
-            target = self.fs.by_aid(data) if data else None
+        if p1 == 0x04:  # by DF name (AID): an ADF of the file system or an applet
+            chosen = self._select_aid(channel, p2, data, le)
+            if isinstance(chosen, tuple):
+                return chosen
+            target = chosen
         elif p1 == 0x00 and not data:  # ISO/IEC 7816-4: no data selects the MF
             target = self.fs.mf
         elif p1 == 0x00 and len(data) == 2:
@@ -302,6 +327,38 @@ class SimCard:
             return b"", SW_OK
         self._response = fcp
         return b"", 0x6100 | len(fcp)
+
+    def _select_aid(
+        self, channel: int, p2: int, aid: bytes, le: int | None
+    ) -> tuple[bytes, int] | File | None:
+        """SELECT by DF name: the ADFs whose AID starts with `aid`, then the applets that do (partial AID selection),
+        and P2 b2 b1 picks the first, last, next or previous one (ISO/IEC 7816-4 section 11.1.1, table 63; "next"
+        after the channel's current selection). An ADF is returned for the file-system SELECT to finish; an
+        applet's selection is answered here."""
+        if not aid:
+            return None
+        candidates: list[File | Applet] = [node for _, node in self.fs.walk() if node.aid and node.aid.startswith(aid)]
+        candidates += self.applets.matching(aid)
+        if not candidates:
+            return None
+        current = self.applets.current(channel) or self._current[channel][0]
+        at = next((i for i, item in enumerate(candidates) if item is current), None)
+        occurrence = p2 & 0x03
+        if occurrence == 0x00:  # first or only
+            pick = 0
+        elif occurrence == 0x01:  # last
+            pick = len(candidates) - 1
+        elif occurrence == 0x02:  # next
+            pick = 0 if at is None else at + 1
+        else:  # previous
+            pick = len(candidates) - 1 if at is None else at - 1
+        if not 0 <= pick < len(candidates):
+            raise ApduError(SW_FILE_NOT_FOUND)
+        chosen = candidates[pick]
+        if isinstance(chosen, File):
+            self.applets.leave(channel)
+            return chosen
+        return self.applets.select(channel, chosen, p2, aid, le)
 
     def _by_fid(self, df: File, fid: int) -> File | None:
         if fid == 0x3F00:
@@ -414,16 +471,29 @@ class SimCard:
     def _manage_channel(
         self, channel: int, p1: int, p2: int, data: bytes, le: int | None
     ) -> tuple[bytes, int]:
+        """MANAGE CHANNEL (TS 102 221 section 11.1.17, ISO/IEC 7816-4 section 11.1.2): open the first free channel
+        (P2 = 00, its number answered) or channel P2, up to the profile's `logical_channels`, past them 6881;
+        close channel P2 (P2 = 00: the channel of the class byte), which ends its applet's selection."""
+        limit = min(self.profile.logical_channels, MAX_LOGICAL_CHANNEL)
         if p1 == 0x00:  # open
-            free = next((n for n in range(1, MAX_LOGICAL_CHANNEL + 1) if n not in self._current), None)
-            if free is None:
+            if p2 == 0:
+                free = next((n for n in range(1, limit + 1) if n not in self._current), None)
+                if free is None:
+                    raise ApduError(SW_LOGICAL_CHANNEL_NOT_SUPPORTED)
+                self._current[free] = (self.fs.mf, None)
+                return bytes((free,)), SW_OK
+            if p2 > limit:
                 raise ApduError(SW_LOGICAL_CHANNEL_NOT_SUPPORTED)
-            self._current[free] = (self.fs.mf, None)
-            return bytes((free,)), SW_OK
+            if p2 in self._current:
+                raise ApduError(SW_CONDITIONS_NOT_SATISFIED)  # already open
+            self._current[p2] = (self.fs.mf, None)
+            return b"", SW_OK
         if p1 == 0x80:  # close
-            if p2 == 0 or p2 not in self._current:
+            closing = p2 or channel
+            if closing == 0 or closing not in self._current:
                 raise ApduError(SW_INCORRECT_P1P2)
-            del self._current[p2]
+            del self._current[closing]
+            self.applets.leave(closing)
             return b"", SW_OK
         raise ApduError(SW_INCORRECT_P1P2)
 

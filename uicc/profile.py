@@ -45,6 +45,12 @@ class CardProfile:
     ota_require_cc: bool = True
     ota_require_cipher: bool = False
     ota_require_counter: bool = True
+    # applets and logical channels (uicc/applets/, docs/protocols.md "OMAPI and the ARA-M on the card")
+    logical_channels: int = 19  # channels besides the basic one that MANAGE CHANNEL opens (TS 102 221: 1..19)
+    applets: tuple[str, ...] = ()  # applet names of bipsim.uicc.applets.REGISTRY, e.g. "cts-echo"
+    ara_m: bool = False  # the ARA-M of GlobalPlatform SE Access Control is on the card
+    ara_m_rules: tuple[dict[str, Any], ...] = ()  # its rules, inline tables (aid, hash, apdu, nfc, package, perm)
+    ara_m_malformed: bool = False  # it serves a broken Response-ALL-REF-AR-DO
 
     @property
     def ota_keyset(self) -> tuple[int, bytes, bytes]:
@@ -73,19 +79,61 @@ def _from_mapping(data: dict[str, Any], where: str) -> CardProfile:
     unknown = sorted(set(flat) - KNOWN)
     if unknown:
         raise CliError(f"{where}: unknown profile keys: {', '.join(unknown)}")
+    for key in ("applets", "ara_m_rules"):  # TOML arrays; the profile is frozen, so tuples
+        if key in flat:
+            if not isinstance(flat[key], list | tuple):
+                raise CliError(f"{where}: {key} must be an array")
+            flat[key] = tuple(flat[key])
     profile = CardProfile(**flat)
     if profile.trigger not in TRIGGERS:
         raise CliError(f"{where}: trigger = {profile.trigger!r}: use one of {', '.join(TRIGGERS)}")
+    _check_applets(profile, where)
     return profile
 
 
+def _check_applets(profile: CardProfile, where: str) -> None:
+    from bipsim.uicc.applets import applet_names
+    from bipsim.uicc.applets.ara_m import parse_rule
+
+    if not isinstance(profile.logical_channels, int) or not 0 <= profile.logical_channels <= 19:
+        raise CliError(f"{where}: logical_channels = {profile.logical_channels!r}: use 0..19")
+    unknown = [name for name in profile.applets if name not in applet_names()]
+    if unknown:
+        raise CliError(f"{where}: unknown applets {unknown}: use some of {', '.join(applet_names())}")
+    for number, entry in enumerate(profile.ara_m_rules, 1):
+        if not isinstance(entry, dict):
+            raise CliError(f"{where}: ara_m_rules #{number} is not a table")
+        try:
+            parse_rule(entry)
+        except ValueError as exc:
+            raise CliError(f"{where}: ara_m_rules #{number}: {exc}") from exc
+
+
+def profile_names() -> list[str]:
+    """The built-in profiles `--profile NAME` takes: `default` and the files of uicc/profiles/."""
+    folder = resources.files("bipsim.uicc.profiles")
+    names = [entry.name[: -len(".toml")] for entry in folder.iterdir() if entry.name.endswith(".toml")]
+    return sorted({"default", *names})
+
+
 def load_profile(path: str | Path | None = None) -> CardProfile:
-    """The built-in default, overridden by the keys of `path` (TOML, or JSON when it ends in .json)."""
+    """The built-in default, overridden by the keys of `path` (TOML, or JSON when it ends in .json). `path` may
+    also name a built-in profile (`profile_names()`) when no file of that name exists."""
     default_text = resources.files("bipsim.uicc").joinpath("default_profile.toml").read_text(encoding="utf-8")
     base = _from_mapping(tomllib.loads(default_text), "default_profile.toml")
     if path is None:
         return base
     file = Path(path)
+    if not file.exists() and isinstance(path, str) and path in profile_names():
+        if path == "default":
+            return base
+        text = resources.files("bipsim.uicc.profiles").joinpath(f"{path}.toml").read_text(encoding="utf-8")
+        data = tomllib.loads(text)
+        override = _from_mapping(data, f"built-in profile {path}")
+        changed = {f.name: getattr(override, f.name) for f in fields(CardProfile) if f.name in _keys(data)}
+        return replace(base, **changed)
+    if not file.exists() and isinstance(path, str) and "/" not in path and not file.suffix:
+        raise CliError(f"card profile {path}: no such file nor built-in profile ({', '.join(profile_names())})")
     try:
         text = file.read_text(encoding="utf-8")
         data = json.loads(text) if file.suffix == ".json" else tomllib.loads(text)
@@ -114,7 +162,20 @@ def dump_profile(profile: CardProfile) -> str:
             text = "true" if value else "false"
         elif isinstance(value, int):
             text = str(value)
+        elif isinstance(value, tuple):  # applets, ara_m_rules: arrays of strings or of inline tables
+            text = "[" + ", ".join(_toml_inline(item) for item in value) + "]"
         else:
             text = json.dumps(value)
         lines.append(f"{f.name} = {text}")
     return "\n".join(lines) + "\n"
+
+
+def _toml_inline(value: Any) -> str:
+    """A TOML inline value: a table as `{key = value, ...}`, a string quoted (JSON escaping is TOML's too)."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{key} = {_toml_inline(item)}" for key, item in value.items()) + "}"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    return json.dumps(value)
