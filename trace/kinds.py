@@ -68,3 +68,6 @@ class Kind(StrEnum):
     # the proxy dialect (docs/protocols.md, "The proxy dialect") and application events
     APP_EVENT = "app.event"  # a notable state change of a process or session; fields say which
     APP_ERROR = "app.error"  # a task's failure, ended with its connection or channel
+    # the vsmartcard vpcd reader protocol of `bipsim card serve` (docs/protocols.md, "The card as a PC/SC card")
+    VPCD_CONTROL = "vpcd.control"  # power off / power on / reset from the reader; fields: control
+    VPCD_ERROR = "vpcd.error"  # a reader message vpcd never sends; the connection is dropped; fields: reason
