@@ -113,6 +113,7 @@ class SimCard:
         # current DF/EF per logical channel (0 is the basic channel)
         self._current: dict[int, tuple[File, File | None]] = {0: (self.fs.mf, None)}
         self._response: bytes = b""
+        self._internal = False  # an internal APDU (remote file management) is being processed: ADM rights
         self.faults: list[str] = []  # exceptions inside the card, each answered 6F 00
         if self.state_path is not None and self.state_path.exists():
             self._restore(load_state(self.state_path))
@@ -202,6 +203,7 @@ class SimCard:
 
     def internal_apdu(self, apdu: bytes) -> bytes:
         """An APDU from inside the card (the OTA agent's remote APDUs): no toolkit side effects, no 91 xx."""
+        self._internal = True
         try:
             data, sw = self._dispatch(apdu, toolkit=False)
         except ApduError as exc:
@@ -211,6 +213,8 @@ class SimCard:
         except Exception as exc:
             self.faults.append(f"{apdu[:4].hex().upper()}: {exc!r}")
             data, sw = b"", SW_TECHNICAL_PROBLEM
+        finally:
+            self._internal = False
         return data + sw_bytes(sw)
 
     def _dispatch(self, apdu: bytes, *, toolkit: bool) -> tuple[bytes, int]:
@@ -302,6 +306,10 @@ class SimCard:
         elif p1 == 0x00 and len(data) == 2:
             fid = int.from_bytes(data, "big")
             target = self._by_fid(df, fid)
+        elif p1 in (0x01, 0x02) and len(data) == 2:
+            # ISO/IEC 7816-4 table 39: 01 a DF, 02 an EF, under the current DF (opensc asks for EF_DIR this way)
+            child = df.children.get(int.from_bytes(data, "big"))
+            target = child if child is not None and child.is_dir == (p1 == 0x01) else None
         elif p1 in (0x08, 0x09) and data and len(data) % 2 == 0:
             # 08: path from the MF (without 3F00); 09: path from the current DF
             node: File | None = self.fs.mf if p1 == 0x08 else df
@@ -358,7 +366,11 @@ class SimCard:
         if isinstance(chosen, File):
             self.applets.leave(channel)
             return chosen
-        return self.applets.select(channel, chosen, p2, aid, le)
+        answer = self.applets.select(channel, chosen, p2, aid, le)
+        if self.applets.changed:  # a new ARA-M rule generation since the state file was written: keep it
+            self.applets.changed = False
+            self.save_state()
+        return answer
 
     def _by_fid(self, df: File, fid: int) -> File | None:
         if fid == 0x3F00:
@@ -393,7 +405,7 @@ class SimCard:
         sfi = bool(p1 & 0x80)
         ef = self._ef(channel, p1, FileKind.TRANSPARENT, sfi)
         offset = p2 if sfi else (p1 << 8) | p2
-        if offset > len(ef.data):
+        if offset >= len(ef.data):  # TS 102 221 section 10.2.1.5: 6B00, offset outside the EF
             raise ApduError(SW_WRONG_P1P2)
         want = len(ef.data) - offset if le is None or le == 256 else le
         chunk = bytes(ef.data[offset : offset + want])
@@ -406,6 +418,7 @@ class SimCard:
     ) -> tuple[bytes, int]:
         sfi = bool(p1 & 0x80)
         ef = self._ef(channel, p1, FileKind.TRANSPARENT, sfi)
+        self._check_update(ef)
         offset = p2 if sfi else (p1 << 8) | p2
         if offset + len(data) > len(ef.data):
             raise ApduError(SW_WRONG_P1P2)
@@ -439,12 +452,21 @@ class SimCard:
         self, channel: int, p1: int, p2: int, data: bytes, le: int | None
     ) -> tuple[bytes, int]:
         ef, start = self._record(channel, p1, p2)
+        self._check_update(ef)
         if len(data) != ef.record_length:
             raise ApduError(SW_WRONG_LENGTH)
         ef.data[start : start + ef.record_length] = data
         return b"", SW_OK
 
+    def _check_update(self, ef: File) -> None:
+        """6982 when the file's access rule asks for ADM (EF_ICCID): the terminal has no ADM key, the card's own
+        remote file management (internal APDUs of an authenticated OTA session) has."""
+        if ef.update_needs_adm() and not self._internal:
+            raise ApduError(SW_SECURITY_NOT_SATISFIED)
+
     def _get_response(self, channel: int, p1: int, p2: int, data: bytes, le: int | None) -> tuple[bytes, int]:
+        if p1 or p2:  # TS 102 221 section 11.1.13: P1 P2 are 00 00
+            raise ApduError(SW_WRONG_P1P2)
         if not self._response:
             raise ApduError(SW_CONDITIONS_NOT_SATISFIED)
         out = self._response

@@ -62,7 +62,7 @@ class AppletError(Exception):
 def success(sw: int) -> bool:
     """Whether `sw` completes a command (normal or warning processing, ISO/IEC 7816-4 section 5.1.3): a
     selection that ends with one of them holds."""
-    return sw >> 8 in (0x90, 0x61, 0x62, 0x63) or sw >> 8 == 0x91
+    return sw >> 8 in (0x90, 0x91, 0x61, 0x62, 0x63)
 
 
 class Applet:
@@ -99,6 +99,9 @@ class AppletHost:
         self.applets: list[Applet] = list(applets)
         self.selected: dict[int, Applet] = {}
         self._pending: dict[int, bytes] = {}  # response data waiting for GET RESPONSE, per channel
+        # the restored state differs from what the applets now hold (an ARA-M whose rules changed between boots):
+        # the card saves its state once an applet is selected, when every component of the state file is attached
+        self.changed = False
 
     # --- selection ---------------------------------------------------------------------------------------------
 
@@ -205,6 +208,8 @@ class AppletHost:
             part = state.get(applet.name)
             if isinstance(part, dict):
                 applet.load_dict(part)
+        mine = {applet.name for applet in self.applets}
+        self.changed = self.to_dict() != {name: part for name, part in state.items() if name in mine}
 
 
 # The applets a profile may name in `applets = [...]` (docs/protocols.md): name -> the applet instances it installs.

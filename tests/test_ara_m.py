@@ -1,0 +1,334 @@
+"""The card's ARA-M (GlobalPlatform Secure Element Access Control, uicc/applets/ara_m.py) APDU by APDU: SELECT, GET
+DATA all rules (FF40) with its GET DATA next (FF60) chaining as the Android/SEEK AccessRuleApplet client drives it
+(Le = F0, the following Le = what is left), the specific rule (FF50), the refresh tag (DF20) across boots with a
+state file, every error status word, and the built-in profiles `omapi`, `omapi-empty`, `omapi-malformed`,
+`omapi-no-rules`. The FF40 answers are read by a BER-TLV decoder written here, not by the card's encoder."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from bipsim.errors import CliError
+from bipsim.uicc.applets.ara_m import TEST_CERTIFICATES, certificate_hash
+from bipsim.uicc.card import SimCard
+from bipsim.uicc.profile import dump_profile, load_profile, profile_names
+
+ARA_M = "A00000015141434C00"
+ECHO = "A000000476416E64726F696443545331"
+ECHO_LONG = "A000000476416E64726F696443545332"
+GRANTED = "80FBFFB49AFF0C7D942F1F5E1D4761780911E205"
+DENIED = "B120191D0D3A67BF18B3B72954C9C3BF26F2F72B"
+
+
+def apdu(card: SimCard, text: str) -> tuple[bytes, str]:
+    out = card.process(bytes.fromhex(text.replace(" ", "")))
+    return out[:-2], out[-2:].hex().upper()
+
+
+def ber(data: bytes) -> list[tuple[int, bytes]]:
+    """An independent BER-TLV reader (ISO/IEC 8825-1): a tag of one byte, or two when its low five bits are all
+    set; a length in short form, 81 xx or 82 xxxx; ValueError when a length runs past the data."""
+    out: list[tuple[int, bytes]] = []
+    at = 0
+    try:
+        while at < len(data):
+            tag = data[at]
+            at += 1
+            if tag & 0x1F == 0x1F:
+                tag = (tag << 8) | data[at]
+                at += 1
+            size = data[at]
+            at += 1
+            if size == 0x81:
+                size, at = data[at], at + 1
+            elif size == 0x82:
+                size, at = int.from_bytes(data[at : at + 2], "big"), at + 2
+            elif size > 0x80:
+                raise ValueError(f"length form {size:02X}")
+            if at + size > len(data):
+                raise ValueError(f"tag {tag:X}: length {size} runs past the data")
+            out.append((tag, data[at : at + size]))
+            at += size
+    except IndexError:
+        raise ValueError("cut short") from None
+    return out
+
+
+def decode_rules(answer: bytes) -> list[dict[str, str]]:
+    """The rules of a Response-ALL-REF-AR-DO, as {aid, hash, apdu, nfc, package} hex/text strings."""
+    [(tag, value)] = ber(answer)
+    assert tag == 0xFF40
+    rules = []
+    for ref_ar_tag, ref_ar in ber(value):
+        assert ref_ar_tag == 0xE2
+        parts = dict(ber(ref_ar))
+        assert set(parts) == {0xE1, 0xE3}
+        ref, ar = dict(ber(parts[0xE1])), dict(ber(parts[0xE3]))
+        rule = {"aid": ref[0x4F].hex().upper() if 0x4F in ref else "default", "hash": ref[0xC1].hex().upper()}
+        if 0xCA in ref:
+            rule["package"] = ref[0xCA].decode("ascii")
+        rule["apdu"] = {b"\x01": "always", b"\x00": "never"}.get(ar[0xD0], ar[0xD0].hex().upper())
+        if 0xD1 in ar:
+            rule["nfc"] = "always" if ar[0xD1] == b"\x01" else "never"
+        rules.append(rule)
+    return rules
+
+
+def open_ara_m(card: SimCard) -> int:
+    """MANAGE CHANNEL open, then SELECT of the ARA-M on that channel (as the terminal's AT+CCHO does)."""
+    data, sw = apdu(card, "0070000001")
+    assert sw == "9000"
+    channel = data[0]
+    assert apdu(card, f"{channel:02X}A4040009{ARA_M}") == (b"", "9000")
+    return channel
+
+
+def write_profile(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def many_rules(count: int) -> str:
+    rules = []
+    for n in range(count):
+        digest = hashlib.sha256(f"app {n}".encode()).hexdigest().upper()
+        aid = f"A000000476416E64726F6964435453{0x40 + n:02X}"
+        rules.append(
+            f'{{aid = "{aid}", hash = "{digest}", apdu = "0006000000FF0000A0060000F0FF0000", nfc = "always",'
+            f' package = "com.example.app{n}"}}'
+        )
+    return "ara_m = true\nara_m_rules = [\n" + ",\n".join(rules) + "\n]\n"
+
+
+# --- SELECT and GET DATA all ------------------------------------------------------------------------------------
+
+
+def test_omapi_profile_rules_byte_exact() -> None:
+    card = SimCard(load_profile("omapi"))
+    channel = open_ara_m(card)
+    assert channel == 1
+    rule = "E232 E128 4F10 {aid} C114 {hash} E306 D00101 D10100"
+    expected = "FF4068" + rule.format(aid=ECHO, hash=GRANTED) + rule.format(aid=ECHO_LONG, hash=GRANTED)
+    data, sw = apdu(card, "81CAFF4000")
+    assert (data.hex().upper(), sw) == (expected.replace(" ", ""), "9000")
+    assert decode_rules(data) == [
+        {"aid": ECHO, "hash": GRANTED, "apdu": "always", "nfc": "never"},
+        {"aid": ECHO_LONG, "hash": GRANTED, "apdu": "always", "nfc": "never"},
+    ]
+
+
+def test_profile_hashes_are_the_sha1_of_the_named_test_certificates() -> None:
+    assert certificate_hash(TEST_CERTIFICATES["granted"]).hex().upper() == GRANTED
+    assert certificate_hash(TEST_CERTIFICATES["denied"]).hex().upper() == DENIED
+    hashes = {rule["hash"] for rule in load_profile("omapi").ara_m_rules}
+    assert hashes == {GRANTED}  # the denied application is in no rule
+
+
+def test_get_data_without_le_comes_through_get_response() -> None:
+    card = SimCard(load_profile("omapi"))
+    open_ara_m(card)
+    assert apdu(card, "81CAFF40") == (b"", "616B")  # T=0 case 2 without P3: the data waits
+    data, sw = apdu(card, "81C000006B")
+    assert sw == "9000" and len(decode_rules(data)) == 2
+
+
+def test_empty_rule_set_is_ff40_00() -> None:
+    card = SimCard(load_profile("omapi-empty"))
+    open_ara_m(card)
+    assert apdu(card, "81CAFF4000") == (bytes.fromhex("FF4000"), "9000")
+    assert decode_rules(bytes.fromhex("FF4000")) == []
+
+
+def test_malformed_profile_serves_a_tlv_the_decoder_refuses() -> None:
+    card = SimCard(load_profile("omapi-malformed"))
+    open_ara_m(card)
+    data, sw = apdu(card, "81CAFF4000")
+    assert sw == "9000" and data[:2] == b"\xff\x40"
+    [(tag, value)] = ber(data)  # the outer length holds
+    assert tag == 0xFF40 and len(value) == data[2]
+    with pytest.raises(ValueError, match="runs past"):
+        decode_rules(data)
+
+
+def test_no_ara_m_is_6a82_and_the_channel_stays_usable() -> None:
+    card = SimCard(load_profile("omapi-no-rules"))
+    assert apdu(card, "0070000001") == (b"\x01", "9000")
+    assert apdu(card, f"01A4040009{ARA_M}") == (b"", "6A82")
+    assert apdu(card, "81CAFF4000")[1] == "6D00"  # no applet: the card has no proprietary GET DATA
+    assert apdu(card, "01A4040010" + ECHO) == (b"", "9000")
+
+
+def test_default_profile_has_no_ara_m() -> None:
+    card = SimCard(load_profile())
+    assert apdu(card, f"00A4040009{ARA_M}") == (b"", "6A82")
+
+
+# --- chaining: GET DATA next -------------------------------------------------------------------------------------
+
+
+def test_long_rule_set_chains_with_get_data_next_as_the_android_client_reads_it(tmp_path: Path) -> None:
+    card = SimCard(load_profile(write_profile(tmp_path, "long.toml", many_rules(8))))
+    channel = open_ara_m(card)
+    cla = f"{0x80 | channel:02X}"
+    first, sw = apdu(card, f"{cla}CAFF40F0")  # the SEEK/Android AccessRuleApplet asks for F0 bytes at a time
+    assert sw == "9000" and len(first) == 0xF0
+    assert first[:3] == b"\xff\x40\x82"  # the first part carries the whole length
+    total = 5 + int.from_bytes(first[3:5], "big")  # FF 40 82 xx xx
+    assert total > 3 * 0xF0
+    whole = bytearray(first)
+    while len(whole) < total:
+        le = min(total - len(whole), 0xF0)
+        part, sw = apdu(card, f"{cla}CAFF60{le:02X}")
+        assert sw == "9000" and len(part) == le
+        whole += part
+    assert apdu(card, f"{cla}CAFF60F0") == (b"", "6A88")  # nothing left
+    rules = decode_rules(bytes(whole))
+    assert len(rules) == 8
+    assert rules[3] == {
+        "aid": "A000000476416E64726F696443545343",
+        "hash": hashlib.sha256(b"app 3").hexdigest().upper(),
+        "package": "com.example.app3",
+        "apdu": "0006000000FF0000A0060000F0FF0000",
+        "nfc": "always",
+    }
+
+
+def test_le_00_gives_256_byte_parts_and_a_new_get_all_starts_over(tmp_path: Path) -> None:
+    card = SimCard(load_profile(write_profile(tmp_path, "long.toml", many_rules(5))))
+    open_ara_m(card)
+    first, sw = apdu(card, "81CAFF4000")
+    assert sw == "9000" and len(first) == 256
+    total = 5 + int.from_bytes(first[3:5], "big")  # FF 40 82 xx xx
+    second, _ = apdu(card, "81CAFF6000")
+    assert len(second) == min(256, total - 256)
+    again, _ = apdu(card, "81CAFF4000")
+    assert again == first
+    assert apdu(card, "81CADF2000")[1] == "9000"  # another GET DATA ends the chain
+    assert apdu(card, "81CAFF6000") == (b"", "6A88")
+
+
+def test_chains_are_per_channel(tmp_path: Path) -> None:
+    card = SimCard(load_profile(write_profile(tmp_path, "long.toml", many_rules(5))))
+    one, two = open_ara_m(card), open_ara_m(card)
+    assert (one, two) == (1, 2)
+    first, _ = apdu(card, "81CAFF4000")
+    assert apdu(card, "82CAFF6000") == (b"", "6A88")  # channel 2 started nothing
+    assert apdu(card, "81CAFF6000")[1] == "9000"
+    assert first[:2] == b"\xff\x40"
+
+
+# --- GET DATA specific -------------------------------------------------------------------------------------------
+
+
+def test_specific_rule_by_ref_do() -> None:
+    card = SimCard(load_profile("omapi"))
+    open_ara_m(card)
+    ref_do = f"E1284F10{ECHO}C114{GRANTED}"
+    assert apdu(card, f"81CAFF502A{ref_do}00") == (bytes.fromhex("FF5008E306D00101D10100"), "9000")
+    other = f"E1284F10{ECHO}C114{DENIED}"
+    assert apdu(card, f"81CAFF502A{other}00") == (bytes.fromhex("FF5000"), "9000")  # no rule for it
+    assert apdu(card, "81CAFF5000")[1] == "6A80"  # no REF-DO
+    assert apdu(card, "81CAFF5003C10100")[1] == "6A80"  # not a REF-DO
+
+
+# --- refresh tag ---------------------------------------------------------------------------------------------------
+
+
+def refresh_tag(card: SimCard) -> bytes:
+    channel = open_ara_m(card)
+    data, sw = apdu(card, f"{0x80 | channel:02X}CADF2000")
+    assert sw == "9000" and data[:3] == b"\xdf\x20\x08" and len(data) == 11
+    return data[3:]
+
+
+def test_refresh_tag_follows_the_rules_across_boots(tmp_path: Path) -> None:
+    rules_a = write_profile(tmp_path, "a.toml", many_rules(2))
+    rules_b = write_profile(tmp_path, "b.toml", many_rules(3))
+    state = tmp_path / "card.json"
+    first = SimCard(load_profile(rules_a), state_path=state)
+    tag_a = refresh_tag(first)
+    first.save_state()
+    assert refresh_tag(SimCard(load_profile(rules_a), state_path=state)) == tag_a  # same rules, same tag
+    tag_b = refresh_tag(SimCard(load_profile(rules_b), state_path=state))
+    assert tag_b != tag_a
+    # the new generation was saved when the ARA-M was selected: the next boot with those rules keeps its tag
+    assert refresh_tag(SimCard(load_profile(rules_b), state_path=state)) == tag_b
+    tag_a_again = refresh_tag(SimCard(load_profile(rules_a), state_path=state))
+    assert tag_a_again not in (tag_a, tag_b)  # back to the old rules is a change too
+
+
+def test_refresh_tag_without_state_is_a_function_of_the_rules() -> None:
+    assert refresh_tag(SimCard(load_profile("omapi"))) == refresh_tag(SimCard(load_profile("omapi")))
+    assert refresh_tag(SimCard(load_profile("omapi"))) != refresh_tag(SimCard(load_profile("omapi-empty")))
+
+
+# --- errors --------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("command", "sw"),
+    [
+        ("01CAFF4000", "6E00"),  # GET DATA of the ARA-M is proprietary class
+        ("81CBFF4000", "6D00"),  # another instruction
+        ("81E2900000", "6D00"),  # STORE DATA: the rules come from the profile
+        ("81CAFF7000", "6A88"),  # a tag the ARA-M does not hold
+        ("81CADF2100", "6A88"),
+        ("81CA010100", "6A86"),  # not a tag at all
+        ("81CAFF6000", "6A88"),  # next with nothing started
+    ],
+)
+def test_error_status_words(command: str, sw: str) -> None:
+    card = SimCard(load_profile("omapi"))
+    open_ara_m(card)
+    assert apdu(card, command) == (b"", sw)
+    assert card.faults == []
+
+
+# --- profiles --------------------------------------------------------------------------------------------------------
+
+
+def test_built_in_profile_names() -> None:
+    assert {"default", "omapi", "omapi-no-rules", "omapi-empty", "omapi-malformed"} <= set(profile_names())
+    assert load_profile("default") == load_profile()
+    omapi = load_profile("omapi")
+    assert omapi.ara_m and omapi.logical_channels == 3 and omapi.applets == ("cts-echo",)
+    assert omapi.imsi == load_profile().imsi  # other keys are the default's
+    with pytest.raises(CliError, match="no such file nor built-in profile"):
+        load_profile("omapi-nonesuch")
+
+
+def test_a_file_wins_over_a_built_in_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_profile(tmp_path, "omapi", 'imsi = "001019999999999"\n')
+    profile = load_profile("omapi")
+    assert profile.imsi == "001019999999999" and not profile.ara_m
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('ara_m_rules = [{aid = "A0", hash = "0102"}]', "20 \\(SHA-1\\) or 32"),
+        ('ara_m_rules = [{aid = "ZZ", hash = ""}]', "not hex"),
+        ('ara_m_rules = [{aid = "A0", hash = "", apdu = "0102"}]', "8 bytes each"),
+        ('ara_m_rules = [{aid = "A0", hash = "", nfc = "sometimes"}]', "always or never"),
+        ('ara_m_rules = [{aid = "A0", hash = "", colour = "red"}]', "unknown rule keys: colour"),
+        ('ara_m_rules = ["A0"]', "not a table"),
+        ('applets = ["wallet-of-gold"]', "unknown applets"),
+        ("logical_channels = 20", "use 0..19"),
+        ('ara_m_rules = "none"', "must be an array"),
+    ],
+)
+def test_bad_profile_keys_are_refused(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(CliError, match=message):
+        load_profile(write_profile(tmp_path, "bad.toml", text + "\n"))
+
+
+def test_dump_profile_round_trips_rules(tmp_path: Path) -> None:
+    profile = load_profile(write_profile(tmp_path, "long.toml", many_rules(2) + "applets = ['cts-echo']\n"))
+    again = load_profile(write_profile(tmp_path, "dumped.toml", dump_profile(profile)))
+    assert again == profile
+    assert refresh_tag(SimCard(again)) == refresh_tag(SimCard(profile))
