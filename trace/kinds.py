@@ -71,3 +71,12 @@ class Kind(StrEnum):
     # the vsmartcard vpcd reader protocol of `bipsim card serve` (docs/protocols.md, "The card as a PC/SC card")
     VPCD_CONTROL = "vpcd.control"  # power off / power on / reset from the reader; fields: control
     VPCD_ERROR = "vpcd.error"  # a reader message vpcd never sends; the connection is dropped; fields: reason
+    # the AP's OMAPI stack (docs/protocols.md, "OMAPI on the AP"); fields: layer, reader, and as each says
+    OMAPI_FRAMEWORK = "omapi.framework"  # a Framework step: power on, card check, rule load, the variable set
+    OMAPI_CHECK = "omapi.check"  # PhoneInterfaceManager reads enforceCarrierPrivilege; fields: variable, allowed
+    OMAPI_RIL = "omapi.ril"  # the RIL's open/close request to the modem; fields: op, aid, session
+    OMAPI_CALL = "omapi.call"  # an application's OMAPI call and its outcome; fields: api, app, result
+    OMAPI_ERROR = "omapi.error"  # an OMAPI exception raised to the application; fields: exception, reason
+    OMAPI_CHOOSER = "omapi.chooser"  # the dialog listing the available readers, or the user's choice
+    OMAPI_ACCESS = "omapi.access"  # the GP SEAC decision for an applet and an application; fields: granted
+    OMAPI_CONTROL = "omapi.control"  # the AP's OMAPI control socket listening; fields: host, port

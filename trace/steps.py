@@ -156,7 +156,59 @@ EMBODIMENT_2: tuple[Step, ...] = (
     Step("S718", "server's close acknowledgement", (_m(Kind.TCP_CLOSED, "server", "ap"),)),
 )
 
-STEPS: dict[str, Step] = {step.code: step for step in EMBODIMENT_1 + EMBODIMENT_2}
+# seed 004, OMAPI on a terminal without NFC (docs/protocols.md, "OMAPI on the AP"): the AP's layers label these
+_FW = Kind.OMAPI_FRAMEWORK
+SEED_004: tuple[Step, ...] = (
+    Step(
+        "004:101",
+        "when a logical channel must be opened, read the variable",
+        (_m(Kind.OMAPI_CHECK, "ap", "ap"),),
+    ),
+    Step("004:102", "open it if the variable is true", (_m(Kind.OMAPI_CHECK, "ap", "ap", allowed=True),)),
+    Step("004:201", "terminal powers on", (_m(_FW, "ap", "ap", event="power_on"),)),
+    Step(
+        "004:202",
+        "Framework layer checks that a card is present",
+        (_m(_FW, "ap", "ap", event="card_check"), _m(Kind.AT_COMMAND, "ap", "cp", b"AT+CPIN?")),
+    ),
+    Step(
+        "004:203",
+        "load the rules from the card (ARA-M: +CCHO, +CGLA GET DATA, +CCHC)",
+        (_m(_FW, "ap", "ap", event="load_rules"), _m(Kind.AT_COMMAND, "ap", "cp")),
+    ),
+    Step("004:204", "rules loaded?", (_m(_FW, "ap", "ap", event="loaded"),)),
+    Step(
+        "004:205", "enforceCarrierPrivilege = true", (_m(_FW, "ap", "ap", event="variable", variable=True),)
+    ),
+    Step(
+        "004:206", "enforceCarrierPrivilege = false", (_m(_FW, "ap", "ap", event="variable", variable=False),)
+    ),
+    Step("004:301", "initialise OMAPI", (_m(Kind.OMAPI_CALL, "ap", "ap"),)),
+    Step("004:302", "PhoneInterfaceManager layer checks the variable", (_m(Kind.OMAPI_CHECK, "ap", "ap"),)),
+    Step("004:303", "RIL layer calls open-logical-channel", (_m(Kind.OMAPI_RIL, "ap", "cp", op="open"),)),
+    Step("004:304", "the command goes to the card", (_m(Kind.AT_COMMAND, "ap", "cp", b"AT+CCHO"),)),
+    Step(
+        "004:305",
+        "stop and forbid access",
+        (_m(f"{Kind.OMAPI_CHECK} {Kind.OMAPI_ERROR} {Kind.OMAPI_CALL}", "ap", "ap"),),
+    ),
+    Step("004:401", "application creates an SEService", (_m(Kind.OMAPI_CALL, "ap", "ap", api="SEService"),)),
+    Step("004:402", "it gets the available readers", (_m(Kind.OMAPI_CALL, "ap", "ap", api="getReaders"),)),
+    Step("004:403", "a dialog lists them", (_m(Kind.OMAPI_CHOOSER, "ap", "ap", event="list"),)),
+    Step("004:404", "the user's choice", (_m(Kind.OMAPI_CHOOSER, "ap", "ap", event="choice"),)),
+    Step("004:405", "that card becomes the Reader", (_m(Kind.OMAPI_CALL, "ap", "ap", api="Reader"),)),
+    Step("004:406", "Session", (_m(Kind.OMAPI_CALL, "ap", "ap", api="openSession"),)),
+    Step(
+        "004:407",
+        "logical channel to the applet",
+        (
+            _m(Kind.OMAPI_CALL, "ap", "ap", api="openLogicalChannel"),
+            _m(Kind.AT_COMMAND, "ap", "cp", b"AT+CCHO"),
+        ),
+    ),
+)
+
+STEPS: dict[str, Step] = {step.code: step for step in EMBODIMENT_1 + EMBODIMENT_2 + SEED_004}
 
 
 def embodiment_steps(embodiment: int) -> tuple[Step, ...]:

@@ -1,0 +1,229 @@
+"""The AP's OMAPI control socket (docs/protocols.md, "OMAPI on the AP": "The control socket"): how `bipsim omapi`
+and scenario scripts call OMAPI on a running AP, as an application would.
+
+TCP on 127.0.0.1 by default, one JSON object a line each way. Requests (`op`):
+
+- `status`: readers with card presence, the variable, availability and rule count; the NFC switch and the gate.
+- `run`: one application's OMAPI sequence: SEService (as `package` with certificate hash `hash`), the Reader named
+  `reader` or, when it is null, the chooser's pick; openSession; openLogicalChannel(`aid`) (or openBasicChannel
+  with `basic`); getSelectResponse when `select_response`; transmit of each of `apdus`; close. The answer holds
+  `responses` (each R-APDU in hex, exactly as the applet answered) or `exception` (the OMAPI name) and `reason`.
+- `boot`: the terminal's framework starts again (steps 201..206 and 301..305 anew).
+
+Answers always carry `ok`; a request that is not JSON, too long (more than MAX_LINE bytes) or names no known `op`
+gets `{"ok": false, "error": ...}` and the connection stays usable.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import trio
+
+from bipsim.ap.omapi.errors import OmapiError
+from bipsim.ap.omapi.service import AppIdentity, Channel
+from bipsim.ap.omapi.stack import OmapiStack
+from bipsim.trace.events import Actor, Layer
+from bipsim.trace.kinds import Kind
+from bipsim.trace.recorder import NULL_TRACER, Tracer
+
+MAX_LINE = 65536
+READY_TIMEOUT = (
+    60.0  # a request waits this long for the start-up steps (the modem session may still be coming)
+)
+
+
+class RequestError(ValueError):
+    pass
+
+
+def _hex(request: dict[str, Any], key: str, *, required: bool = True) -> bytes | None:
+    value = request.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str):
+        raise RequestError(f"{key}: give hex digits")
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        raise RequestError(f"{key}: {value[:40]!r} is not hex") from None
+
+
+class ControlServer:
+    def __init__(self, stack: OmapiStack, *, tracer: Tracer = NULL_TRACER) -> None:
+        self.stack = stack
+        self.tracer = tracer
+        self.address: tuple[str, int] | None = None
+
+    async def serve(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        bound = listeners[0].socket.getsockname()
+        self.address = (str(bound[0]), int(bound[1]))
+        self.tracer.emit(
+            Actor.AP,
+            Actor.AP,
+            Layer.APP,
+            f"OMAPI control socket listening on {bound[0]}:{bound[1]}",
+            kind=Kind.OMAPI_CONTROL,
+            fields={"host": str(bound[0]), "port": int(bound[1])},
+        )
+        print(f"omapi listening on {bound[0]}:{bound[1]}", flush=True)
+        task_status.started(int(bound[1]))
+        await trio.serve_listeners(self._connection, listeners)
+
+    async def _connection(self, stream: trio.SocketStream) -> None:
+        buffer = b""
+        try:
+            while True:
+                data = await stream.receive_some(4096)
+                if not data:
+                    return
+                buffer += data
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    answer = await self.answer(line)
+                    await stream.send_all(json.dumps(answer).encode() + b"\n")
+                if len(buffer) > MAX_LINE:
+                    buffer = b""
+                    await stream.send_all(
+                        json.dumps({"ok": False, "error": "request line too long"}).encode() + b"\n"
+                    )
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async def answer(self, line: bytes) -> dict[str, Any]:
+        """The answer to one request line (never raises for a bad request)."""
+        op: object = None
+        try:
+            request = json.loads(line)
+            if not isinstance(request, dict):
+                raise RequestError("a request is a JSON object")
+            op = request.get("op")
+            with trio.move_on_after(READY_TIMEOUT):
+                await self.stack.ready.wait()
+            if self.stack.service is None:
+                raise RequestError("the OMAPI service has not started (no modem session)")
+            if op == "status":
+                answer = self.status()
+            elif op == "run":
+                answer = await self.run(request)
+            elif op == "boot":
+                await self.stack.reboot()
+                answer = self.status()
+            else:
+                raise RequestError(f"unknown op {op!r} (status, run, boot)")
+        except (RequestError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            answer = {"ok": False, "error": str(exc)}
+        self.tracer.emit(
+            Actor.AP,
+            Actor.AP,
+            Layer.APP,
+            f"OMAPI control request: {'ok' if answer.get('ok') else answer.get('exception') or answer.get('error')}",
+            kind=Kind.OMAPI_CONTROL,
+            error=not answer.get("ok"),
+            fields={"op": op if isinstance(op, str) else None, "ok": bool(answer.get("ok"))},
+        )
+        return answer
+
+    def status(self) -> dict[str, Any]:
+        service = self.stack.service
+        assert service is not None
+        readers = []
+        for slot, record in sorted(service.framework.cards.items()):
+            readers.append(
+                {
+                    "name": f"SIM{slot}",
+                    "present": record.state.value not in ("absent", "unchecked"),
+                    "variable": record.enforce_carrier_privilege,
+                    "available": slot in service.available,
+                    "rules": len(record.rules.rules) if record.rules is not None else None,
+                    "reason": record.reason,
+                }
+            )
+        return {
+            "ok": True,
+            "readers": readers,
+            "nfc": service.phone.nfc,
+            "gate": service.phone.gate.value,
+            "variable_reads": service.phone.reads,
+        }
+
+    async def run(self, request: dict[str, Any]) -> dict[str, Any]:
+        service = self.stack.service
+        assert service is not None
+        package = request.get("package", "org.bipsim.omapi.client")
+        if not isinstance(package, str) or not package:
+            raise RequestError("package: give the application's package name")
+        cert_hash = _hex(request, "hash")
+        assert cert_hash is not None
+        aid = _hex(request, "aid")
+        assert aid is not None
+        apdus_raw = request.get("apdus", [])
+        if not isinstance(apdus_raw, list):
+            raise RequestError("apdus: give a list of hex APDUs")
+        apdus = [_hex({"apdu": item}, "apdu") for item in apdus_raw]
+        reader_name = request.get("reader")
+        if reader_name is not None and not isinstance(reader_name, str):
+            raise RequestError("reader: a reader name such as SIM1, or null for the chooser")
+        out: dict[str, Any] = {"ok": False, "reader": reader_name}
+        se = service.se_service(AppIdentity(package, cert_hash))
+        channel: Channel | None = None
+        try:
+            readers = await se.get_readers()
+            out["readers"] = [reader.name for reader in readers]
+            reader = await se.reader(reader_name) if reader_name is not None else await se.choose_reader()
+            out["reader"] = reader.name
+            session = await reader.open_session()
+            if request.get("basic"):
+                channel = await session.open_basic_channel(aid)
+            else:
+                channel = await session.open_logical_channel(aid)
+            if channel is None:
+                out.update(channel=None, reason="no channel available (the open returned null)")
+                return out
+            out["channel"] = channel.session_id
+            if request.get("select_response"):
+                select = await channel.get_select_response()
+                out["select_response"] = select.hex().upper() if select is not None else None
+            responses = []
+            for apdu in apdus:
+                assert apdu is not None
+                responses.append((await channel.transmit(apdu)).hex().upper())
+            out["responses"] = responses
+            await channel.close()
+            await session.close()
+            out["ok"] = True
+        except OmapiError as exc:
+            out.update(exception=exc.name, reason=exc.reason)
+            if channel is not None and channel.is_open():
+                await channel.close()
+        finally:
+            await se.shutdown()
+        return out
+
+
+async def request(host: str, port: int, message: dict[str, Any], *, timeout: float = 120.0) -> dict[str, Any]:
+    """Sends one request to an AP's control socket and returns its answer (the client of `bipsim omapi`)."""
+    with trio.fail_after(timeout):
+        stream = await trio.open_tcp_stream(host, port)
+        async with stream:
+            await stream.send_all(json.dumps(message).encode() + b"\n")
+            buffer = b""
+            while b"\n" not in buffer:
+                data = await stream.receive_some(65536)
+                if not data:
+                    raise ConnectionError("the AP closed the control connection without an answer")
+                buffer += data
+    answer = json.loads(buffer.split(b"\n", 1)[0])
+    if not isinstance(answer, dict):
+        raise ConnectionError("the AP's answer is not a JSON object")
+    return answer

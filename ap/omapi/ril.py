@@ -1,0 +1,159 @@
+"""The RIL layer of the AP's OMAPI stack (docs/protocols.md, "OMAPI on the AP"): open, transmit and close on a
+card's logical channels through 3GPP TS 27.007 `+CCHO` (8.45), `+CGLA` (8.43) and `+CCHC` (8.46) on DLC 1, the
+card's presence through `+CPIN?` (8.3), and the slot through the CP's `%SLOT` (docs/protocols.md, "Vendor extension
+on DLC 1"). It maps the modem's `+CME ERROR`s (27.007 9.2) to the OMAPI exceptions and traces each request."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import trio
+
+from bipsim.ap.omapi.errors import (
+    OmapiIllegalStateException,
+    OmapiIOException,
+    OmapiNoSuchElementException,
+)
+from bipsim.link.at_chat import AtResponse, AtTimeout
+from bipsim.trace.events import Actor, Layer
+from bipsim.trace.kinds import Kind
+from bipsim.trace.recorder import NULL_TRACER, Tracer
+
+# 27.007 9.2.1 numeric errors the RIL tells apart
+CME_NOT_ALLOWED = 3  # the modem's answer when the card has no logical channel left (MANAGE CHANNEL 6881)
+CME_SIM_NOT_INSERTED = 10
+CME_INVALID_INDEX = 21  # +CGLA/+CCHC with a session the modem does not know
+CME_NOT_FOUND = 22  # +CCHO: the SELECT of the AID failed (6A82)
+
+COMMAND_TIMEOUT = 10.0
+
+
+class AtPort(Protocol):
+    """What the RIL needs of DLC 1: the AP's AT chat (bipsim.link.at_chat.AtChat) or a test's fake."""
+
+    async def command(
+        self, line: str, *, timeout: float | None = None, step: str | None = None
+    ) -> AtResponse: ...
+
+
+class NoChannelAvailable(Exception):
+    """The card has no logical channel left (OMAPI: openLogicalChannel returns null)."""
+
+
+def reader_name(slot: int) -> str:
+    """SIM1, SIM2...: the OMAPI reader name of card slot `slot` (Android's UICC terminal names)."""
+    return f"SIM{slot}"
+
+
+def _payload(response: AtResponse, prefix: str) -> str:
+    for line in response.lines:
+        if line.startswith(prefix):
+            return line[len(prefix) :].strip()
+    # 27.007 8.45 gives +CCHO's <sessionid> without a prefix; some modems add one
+    return response.lines[0].strip() if response.lines else ""
+
+
+class SeRil:
+    """The RIL's secure-element requests over one AT port. `slots` is the number of card slots the CP has; with
+    more than one, each request first selects its slot with `AT%SLOT=<n>` (sent again only when it changes)."""
+
+    def __init__(self, port: AtPort, *, slots: int = 1, tracer: Tracer = NULL_TRACER) -> None:
+        self.port = port
+        self.slots = slots
+        self.tracer = tracer
+        self._selected: int | None = None
+        self._lock = trio.Lock()  # a slot selection and the command it is for go together
+
+    def _trace(self, slot: int, op: str, summary: str, step: str | None, **facts: object) -> None:
+        self.tracer.emit(
+            Actor.AP,
+            Actor.CP,
+            Layer.APP,
+            f"RIL: {summary}",
+            step=step,
+            kind=Kind.OMAPI_RIL,
+            fields={"layer": "RIL", "op": op, "reader": reader_name(slot), **facts},
+        )
+
+    async def _command(self, slot: int, line: str, step: str | None) -> AtResponse:
+        if self.slots > 1 and self._selected != slot:
+            answer = await self._send(f"AT%SLOT={slot}", None)
+            if not answer.ok:
+                raise OmapiIOException(f"the modem refused slot {slot}: {answer.final}")
+            self._selected = slot
+        return await self._send(line, step)
+
+    async def _send(self, line: str, step: str | None) -> AtResponse:
+        try:
+            return await self.port.command(line, timeout=COMMAND_TIMEOUT, step=step)
+        except AtTimeout as exc:
+            raise OmapiIOException(f"no answer from the modem to {line.split('=')[0]}: {exc}") from None
+
+    async def card_present(self, slot: int, *, step: str | None = None) -> tuple[bool, str]:
+        """Whether slot `slot` holds a card (+CPIN? answered; +CME ERROR: 10 is no card), and why."""
+        async with self._lock:
+            try:
+                answer = await self._command(slot, "AT+CPIN?", step)
+            except OmapiIOException as exc:
+                return False, exc.reason
+        if answer.ok:
+            return True, _payload(answer, "+CPIN:") or "card present"
+        if answer.cme_error == CME_SIM_NOT_INSERTED:
+            return False, "no card in the slot (+CME ERROR: 10)"
+        return False, f"card state unknown ({answer.final})"
+
+    async def open_channel(
+        self, slot: int, aid: bytes, *, step: str | None = None, ril_step: str | None = None
+    ) -> int:
+        """+CCHO: a logical channel to `aid` with it selected; returns the modem's session id. `ril_step` labels
+        the RIL's own event, `step` the AT command that goes to the card."""
+        self._trace(
+            slot, "open", f"open logical channel to {aid.hex().upper()}", ril_step, aid=aid.hex().upper()
+        )
+        async with self._lock:
+            answer = await self._command(slot, f'AT+CCHO="{aid.hex().upper()}"', step)
+        if answer.ok:
+            text = _payload(answer, "+CCHO:")
+            if not text.isdigit():
+                raise OmapiIOException(f"the modem's +CCHO answer holds no session id: {text!r}")
+            return int(text)
+        code = answer.cme_error
+        if code == CME_NOT_FOUND:
+            raise OmapiNoSuchElementException(
+                f"applet {aid.hex().upper()} not found on the card ({answer.final})"
+            )
+        if code == CME_NOT_ALLOWED:
+            raise NoChannelAvailable(f"the card has no logical channel left ({answer.final})")
+        if code == CME_SIM_NOT_INSERTED:
+            raise OmapiIOException(f"no card in {reader_name(slot)} ({answer.final})")
+        raise OmapiIOException(f"the modem could not open a channel: {answer.final}")
+
+    async def transmit(self, slot: int, session: int, apdu: bytes, *, step: str | None = None) -> bytes:
+        """+CGLA: `apdu` on the session's channel (the modem sets the channel bits of CLA); returns the R-APDU."""
+        line = f'AT+CGLA={session},{2 * len(apdu)},"{apdu.hex().upper()}"'
+        async with self._lock:
+            answer = await self._command(slot, line, step)
+        if answer.ok:
+            text = _payload(answer, "+CGLA:")
+            _, _, quoted = text.partition(",")
+            try:
+                response = bytes.fromhex(quoted.strip().strip('"'))
+            except ValueError:
+                raise OmapiIOException(f"the modem's +CGLA answer is not hex: {text!r}") from None
+            if len(response) < 2:
+                raise OmapiIOException("the modem's +CGLA answer has no status word")
+            return response
+        if answer.cme_error == CME_SIM_NOT_INSERTED:
+            raise OmapiIOException(f"the card in {reader_name(slot)} is gone ({answer.final})")
+        if answer.cme_error == CME_INVALID_INDEX:
+            raise OmapiIllegalStateException(f"the modem no longer knows channel session {session}")
+        raise OmapiIOException(f"the modem could not send the APDU: {answer.final}")
+
+    async def close_channel(self, slot: int, session: int, *, step: str | None = None) -> None:
+        """+CCHC: closes the session's channel; an error is raised as IOException after the channel counts as
+        closed on our side (the card's channel is gone with a removed card anyway)."""
+        self._trace(slot, "close", f"close logical channel session {session}", None, session=session)
+        async with self._lock:
+            answer = await self._command(slot, f"AT+CCHC={session}", step)
+        if not answer.ok:
+            raise OmapiIOException(f"the modem could not close session {session}: {answer.final}")
