@@ -3,7 +3,13 @@
 The state file (`save_state`) is written to a temporary file in the same directory, fsynced, renamed over the old
 one, and the directory fsynced: a card killed at any moment keeps either the old or the new state, never a mix.
 `StateFile` skips the write when the state did not change since its last one, so that a caller may save after
-every APDU and pay only for the APDUs that changed something.
+every APDU and pay only for the APDUs that changed something. The card saves its state as named parts
+(`save_parts`): a part whose component has a `state_version` (a number the component moves on whenever its content
+changes: the file system, the GP registry) is encoded again only when that number moved; the file is the parts'
+cached JSON joined, byte for byte what `json.dumps(state, sort_keys=True)` writes. When no part moved, a save costs
+one attribute read per part: no encoding, no stat, no write. A part without `state_version` has its `to_dict()`
+compared at every save with the value it last encoded to (kept decoded), and is encoded only when that differs. Either way the file is written before the save returns, so "durable before the
+card's answer leaves it" holds wherever the card saves today.
 
 Bulk data that grows block by block (the load file data of a GlobalPlatform LOAD sequence) does not belong in that
 file: rewriting it whole after every block is quadratic. It goes to a `Journal`: an append-only file of records,
@@ -17,14 +23,16 @@ that names it is saved, and an old one is deleted only after the state file stop
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import os
 import struct
 import tempfile
 import zlib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 _RECORD_HEAD = struct.Struct(">II")  # payload length, CRC-32 of the payload
 
@@ -71,24 +79,86 @@ def load_state(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+@functools.lru_cache(maxsize=64)
+def _json_key(name: str) -> str:
+    return json.dumps(name)
+
+
+class Part(Protocol):
+    """A component of the card's state (uicc/card.py Persistent); `state_version` is optional (see save_parts)."""
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
 class StateFile:
-    """One card's state file, saved atomically and only when its content changed."""
+    """One card's state file, saved atomically and only when its content changed.
+
+    `writes` counts the files written, `encodes` the JSON encodings of a state or of a part (what the tests of
+    dirty tracking count per APDU).
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.writes = 0
+        self.encodes = 0
         self._last: bytes | None = None
         self._stat: tuple[int, int, int] | None = None  # inode, size, mtime of our last write
+        # what the file holds, part by part: the component's state_version when encoded (None: it has none), the
+        # part's JSON, and for a part without a version that JSON decoded (what its next to_dict is compared with)
+        self._parts: dict[str, tuple[int | None, str, Any]] = {}
 
     def save(self, state: dict[str, Any]) -> bool:
         """Writes `state` unless the file already holds exactly it (as we wrote it); True when it wrote."""
         payload = json.dumps(state, sort_keys=True).encode("utf-8")
+        self.encodes += 1
+        self._parts = {}  # the file no longer holds the parts of save_parts
         if payload == self._last and self._stat is not None and self._stat == self._current_stat():
             return False
+        self._write(payload)
+        return True
+
+    def save_parts(self, parts: Mapping[str, Part]) -> bool:
+        """Writes the state `{name: part.to_dict()}` when a part changed since the last write; True when it wrote.
+
+        A part with an int `state_version` equal to the one of its last encoding is not encoded again. Nothing
+        is remembered as written until the write succeeded: a failed write is tried again at the next save.
+        """
+        fresh: dict[str, tuple[int | None, str, Any]] = {}
+        changed = parts.keys() != self._parts.keys()  # a part attached since the last write
+        for name, part in parts.items():
+            version = getattr(part, "state_version", None)
+            cached = self._parts.get(name)
+            if version is not None:
+                if cached is not None and cached[0] == version:
+                    continue
+                value = part.to_dict()
+            else:
+                value = part.to_dict()
+                if cached is not None and cached[0] is None and value == cached[2]:
+                    continue
+            encoded = json.dumps(value, sort_keys=True)
+            self.encodes += 1
+            fresh[name] = (version, encoded, json.loads(encoded) if version is None else None)
+            if cached is None or cached[1] != encoded:
+                changed = True
+        if not fresh and not changed:
+            return False  # the common case: an APDU that changed nothing
+        merged = {name: fresh.get(name) or self._parts[name] for name in parts}
+        if not changed and self._stat is not None and self._stat == self._current_stat():
+            self._parts = merged  # the same content under new versions: nothing to write
+            return False
+        # json.dumps(state, sort_keys=True) of the whole state, from the parts' own encodings
+        payload = (
+            "{" + ", ".join(f"{_json_key(name)}: {merged[name][1]}" for name in sorted(merged)) + "}"
+        ).encode("utf-8")
+        self._write(payload)
+        self._parts = merged
+        return True
+
+    def _write(self, payload: bytes) -> None:
         _write_atomically(self.path, payload)
         self._last, self._stat = payload, self._current_stat()
         self.writes += 1
-        return True
 
     def _current_stat(self) -> tuple[int, int, int] | None:
         try:

@@ -4,13 +4,19 @@ MF 3F00 with EF_ICCID 2FE2 and EF_DIR 2F00, DF_TELECOM 7F10, and ADF_USIM with E
 6F38, EF_SPN 6F46, EF_SMS 6F3C (linear fixed) and EF_SMSP 6F42 (linear fixed). Files answer SELECT with an FCP template
 (TS 102 221 section 11.1.1.3). The contents come from the card profile and round-trip through `to_dict` for the
 card's persistent state.
+
+Dirty tracking: every change to the tree (an EF's contents written in place, a file added, removed or given new
+attributes) moves the tree's `state_version` on, so the card's state file is encoded and written only after an
+APDU that changed something (uicc/card.py `save_state`, uicc/card_state.py). The contents are a `TrackedBytes`,
+a bytearray that reports its own in-place writes, so no command handler has to remember to say so.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, SupportsIndex
 
 from bipsim.uicc.tlv import encode_length
 
@@ -30,6 +36,121 @@ class FileKind(Enum):
     LINEAR_FIXED = "linear_fixed"
 
 
+class _Changes:
+    """The change counter one tree shares: every File of the tree holds the same one."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
+class TrackedBytes(bytearray):
+    """A File's contents: a bytearray that counts its in-place writes on its owner's tree (reads are untouched)."""
+
+    __slots__ = ("_changes",)
+
+    def __init__(
+        self, data: Iterable[SupportsIndex] | bytes | bytearray = b"", changes: _Changes | None = None
+    ) -> None:
+        super().__init__(data)
+        self._changes = changes if changes is not None else _Changes()
+
+    def _touch(self) -> None:
+        self._changes.count += 1
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        super().__setitem__(key, value)
+        self._touch()
+
+    def __delitem__(self, key: Any) -> None:
+        super().__delitem__(key)
+        self._touch()
+
+    def __iadd__(self, other: Any) -> TrackedBytes:  # type: ignore[misc]  # bytearray's own is typed narrower
+        super().__iadd__(other)
+        self._touch()
+        return self
+
+    def __imul__(self, count: Any) -> TrackedBytes:  # type: ignore[misc]
+        super().__imul__(count)
+        self._touch()
+        return self
+
+    def append(self, item: SupportsIndex) -> None:
+        super().append(item)
+        self._touch()
+
+    def extend(self, items: Any) -> None:
+        super().extend(items)
+        self._touch()
+
+    def insert(self, index: SupportsIndex, item: SupportsIndex) -> None:
+        super().insert(index, item)
+        self._touch()
+
+    def pop(self, index: int = -1) -> int:
+        value = super().pop(index)
+        self._touch()
+        return value
+
+    def remove(self, value: int) -> None:
+        super().remove(value)
+        self._touch()
+
+    def clear(self) -> None:
+        super().clear()
+        self._touch()
+
+    def reverse(self) -> None:
+        super().reverse()
+        self._touch()
+
+
+class TrackedChildren(dict[int, "File"]):
+    """A DF's children by FID: adding or removing a file counts as a change of the tree."""
+
+    __slots__ = ("_changes",)
+
+    def __init__(self, items: Any = (), changes: _Changes | None = None) -> None:
+        super().__init__(items)
+        self._changes = changes if changes is not None else _Changes()
+
+    def _touch(self) -> None:
+        self._changes.count += 1
+
+    def __setitem__(self, key: int, value: File) -> None:
+        super().__setitem__(key, value)
+        self._touch()
+
+    def __delitem__(self, key: int) -> None:
+        super().__delitem__(key)
+        self._touch()
+
+    def pop(self, key: int, *default: Any) -> Any:
+        value = super().pop(key, *default)
+        self._touch()
+        return value
+
+    def popitem(self) -> tuple[int, File]:
+        item = super().popitem()
+        self._touch()
+        return item
+
+    def clear(self) -> None:
+        super().clear()
+        self._touch()
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        super().update(*args, **kwargs)
+        self._touch()
+
+    def setdefault(self, key: int, default: Any = None) -> Any:
+        value = super().setdefault(key, default)
+        self._touch()
+        return value
+
+
 @dataclass
 class File:
     fid: int
@@ -42,6 +163,36 @@ class File:
     aid: bytes = b""
     sfi: int | None = None
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # every attribute of a file is part of the tree's state: contents and children are wrapped so that their
+        # own in-place changes count too (see TrackedBytes)
+        changes: _Changes | None = self.__dict__.get("_changes")
+        if changes is None:
+            changes = _Changes()
+            object.__setattr__(self, "_changes", changes)
+        if name == "data" and not (isinstance(value, TrackedBytes) and value._changes is changes):
+            value = TrackedBytes(value, changes)
+        elif name == "children" and not (isinstance(value, TrackedChildren) and value._changes is changes):
+            value = TrackedChildren(value, changes)
+        object.__setattr__(self, name, value)
+        changes.count += 1
+
+    def _share_changes(self, changes: _Changes) -> None:
+        """Makes this file and its subtree count their changes on `changes` (the tree it was added to)."""
+        object.__setattr__(self, "_changes", changes)
+        if isinstance(self.data, TrackedBytes):  # always (see __setattr__); the check is for the type checker
+            self.data._changes = changes
+        if isinstance(self.children, TrackedChildren):
+            self.children._changes = changes
+        for child in self.children.values():
+            child._share_changes(changes)
+
+    @property
+    def state_version(self) -> int:
+        """Moves on with every change of this file's tree (contents, files, attributes)."""
+        changes: _Changes = self.__dict__["_changes"]
+        return changes.count
+
     @property
     def is_dir(self) -> bool:
         return self.kind in (FileKind.DF, FileKind.ADF)
@@ -51,6 +202,7 @@ class File:
         return len(self.data) // self.record_length if self.record_length else 0
 
     def add(self, child: File) -> File:
+        child._share_changes(self.__dict__["_changes"])
         child.parent = self
         self.children[child.fid] = child
         return child
@@ -133,6 +285,11 @@ class FileSystem:
         # service provider name (TS 31.102 section 4.2.12): display condition + 16 bytes of name, a typical RFM target
         spn = b"\x00" + b"bipsim".ljust(16, b"\xff")
         self.usim.add(File(0x6F46, "EF_SPN", FileKind.TRANSPARENT, bytearray(spn), sfi=None))
+
+    @property
+    def state_version(self) -> int:
+        """Moves on with every change of the tree: the card re-encodes this part of its state only then."""
+        return self.mf.state_version
 
     def walk(self) -> list[tuple[tuple[int, ...], File]]:
         out: list[tuple[tuple[int, ...], File]] = []

@@ -6,6 +6,8 @@ Persistence: the registry is one part of the card's state file (uicc/card.py att
 progress is not: each LOAD block is appended to a journal (uicc/card_state.py Journal) before the block is
 answered 90 00 (made durable by `sync_state`, once per remote script), and the state file only names that journal,
 so a load costs one append per block instead of a rewrite of everything received so far. A card without a state file keeps it all in memory.
+`state_version` moves on with every command that may change what `to_dict` returns (not GET STATUS, not a LOAD
+block that only went to the journal), so the card encodes this part of its state only then.
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ class GpRegistry:
         self._state_path: Path | None = None
         self._journal: Journal | None = None  # the LOAD blocks of the load in progress, when persistent
         self._journal_serial = 0  # makes each load's journal a new file (see _start_journal)
+        self.state_version = 0  # dirty tracking for the card's state file (uicc/card_state.py)
 
     @property
     def load_in_progress(self) -> tuple[bytes, int, bytes] | None:
@@ -170,6 +173,7 @@ class GpRegistry:
         return {"aid": self._loading.hex(), "next_block": self._next_block, "data": self._load_data.hex()}
 
     def load_dict(self, state: dict[str, Any]) -> None:
+        self.state_version += 1
         self.load_files = {
             bytes.fromhex(a): LoadFile(
                 bytes.fromhex(a), [bytes.fromhex(m) for m in f["modules"]], f["state"], f.get("size", 0)
@@ -234,6 +238,10 @@ class GpRegistry:
         data = apdu[5 : 5 + apdu[4]] if len(apdu) > 5 else b""
         if len(apdu) > 4 and len(apdu) < 5 + apdu[4]:
             return SW_WRONG_LENGTH.to_bytes(2, "big")
+        journalled = apdu[1] == 0xE8 and self._journal is not None and not apdu[2] & 0x80
+        if apdu[1] != 0xF2 and not journalled:
+            # a journalled block leaves to_dict as it was: the state names the journal, not its blocks
+            self.state_version += 1
         try:
             handler = {
                 0xE6: self._install,
