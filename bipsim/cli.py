@@ -25,9 +25,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "card": ("card", "card", "Serve the simulated UICC to pcscd (vpcd); list PC/SC readers."),
     "ota-server": ("ota_server", "ota_server", "Run the remote OTA (GlobalPlatform SCP81) admin server."),
     "pty-pair": ("pty_pair", "pty_pair", "Create two linked raw pseudo-terminals (a socat replacement)."),
+    "hil": ("hil", "hil", "Check a hardware-in-loop bench's serial pair (bytes, rate, RTS/CTS, DTR)."),
     "decode": ("decode", "decode", "Decode CAT/BIP bytes (proactive command, TR, envelope, APDU)."),
     "scenario": ("scenario", "scenario", "List or run named scenarios."),
     "soak": ("soak", "soak", "Run OTA sessions with seeded faults and check the card's state."),
+    "fleet": ("fleet", "fleet", "Run many simulated cards in worker processes against one OTA server."),
     "trace": ("trace", "trace", "Render, export (pcap), replay or diff traces."),
 }
 

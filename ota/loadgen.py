@@ -6,6 +6,7 @@ makes (connection_made, data_received, connection_lost), so reconnect-and-resume
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,8 +34,10 @@ def make_card(
     tls: bool = True,
     state_path: str | Path | None = None,
     profile: CardProfile | None = None,
+    random: Callable[[int], bytes] | None = None,
 ) -> LoadCard:
-    """A card of the built-in profile, with its own ICCID / PSK when given."""
+    """A card of the built-in profile (or `profile`), with its own ICCID / PSK when given; `random` is the source
+    of its TLS randoms (uicc/ota_agent.py card_random: os.urandom unless seeded)."""
     base = profile or load_profile()
     changes: dict[str, object] = {}
     if iccid is not None:
@@ -48,7 +51,19 @@ def make_card(
     registry = GpRegistry()
     card.attach_state("gp", registry)
     agent = OtaAgent.of_profile(card, registry, tls=tls)
+    if random is not None:
+        agent.random = random
     return LoadCard(card, registry, agent)
+
+
+def new_session(load: LoadCard, *, random: Callable[[int], bytes] | None = None) -> OtaAgent:
+    """A fresh agent for the card's next admin session (the next trigger): its log and reconnection count start
+    anew, the card and its GP registry (its persistent state) stay the same."""
+    old = load.agent
+    agent = OtaAgent.of_profile(load.card, load.registry, tls=old.tls_enabled, host=old.host)
+    agent.random = random if random is not None else old.random
+    load.agent = agent
+    return agent
 
 
 async def run_card(load: LoadCard, host: str, port: int, *, receive_size: int = 4096) -> OtaAgent:

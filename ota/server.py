@@ -13,6 +13,7 @@ The SHA-1 suite needs "@SECLEVEL=0" on OpenSSL 3.
 
 from __future__ import annotations
 
+import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import replace
@@ -20,8 +21,8 @@ from dataclasses import replace
 import trio
 from sslpsk3.sslpsk3 import SSLPSKContext, SSLPSKObject
 
-from bipsim.ota.admin import PROTOCOL, AdminServer
-from bipsim.ota.http_connection import REASONS, ConnState, Refusal, ServerConnection
+from bipsim.ota.admin import PROTOCOL, AdminServer, Answer
+from bipsim.ota.http_connection import REASONS, ConnState, HttpRequest, Refusal, ServerConnection
 from bipsim.trace.events import Actor, Layer
 from bipsim.trace.kinds import Kind
 from bipsim.trace.recorder import NULL_TRACER, Tracer
@@ -59,6 +60,22 @@ def psk_context(keys: dict[str, bytes], seen: Callable[[str | None], None] | Non
 
     context.set_psk_server_callback(lookup)
     return context
+
+
+async def reuse_port_listener(host: str, port: int, backlog: int = 1024) -> trio.SocketListener:
+    """A TCP listener with SO_REUSEPORT on host:port, so that several worker processes listen on one port and the
+    kernel hashes each new connection to one of them (Linux socket(7))."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = trio.socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        await sock.bind((host, port))
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketListener(sock)
 
 
 class OtaServer:
@@ -102,9 +119,20 @@ class OtaServer:
         return self.limits.request_timeout
 
     async def serve(
-        self, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+        self,
+        host: str,
+        port: int,
+        *,
+        reuse_port: bool = False,
+        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        listeners = await trio.open_tcp_listeners(port, host=host)
+        """Accepts connections on host:port until cancelled. With `reuse_port`, the listener is one of several
+        processes' on the same port (SO_REUSEPORT: the kernel spreads new connections over them)."""
+        listeners: list[trio.SocketListener]
+        if reuse_port:
+            listeners = [await reuse_port_listener(host, port)]
+        else:
+            listeners = await trio.open_tcp_listeners(port, host=host)
         bound = listeners[0].socket.getsockname()[1]
         async with trio.open_nursery() as nursery:
             task_status.started(int(bound))
@@ -243,7 +271,7 @@ class OtaServer:
                 kind=Kind.HTTP_REQUEST,
                 fields={"method": event.method, "target": event.target, "from": event.header("x-admin-from")},
             )
-            answer = self.admin.handle(event, psk_identity=identity)
+            answer = await self.answer(event, identity)
             data_out = connection.answer(
                 answer.status,
                 answer.headers,
@@ -265,6 +293,10 @@ class OtaServer:
             if connection.state is ConnState.CLOSING:
                 return
             deadline = trio.current_time() + self.limits.request_timeout
+
+    async def answer(self, request: HttpRequest, identity: str | None) -> Answer:
+        """The admin core's answer to a request (ota/server_pool.py routes it to the process owning the card)."""
+        return self.admin.handle(request, psk_identity=identity)
 
     async def _refuse(self, stream: trio.abc.Stream, connection: ServerConnection, refusal: Refusal) -> None:
         """A request the server will not serve: its 4xx/5xx, an http.error event, then the close."""

@@ -6,6 +6,7 @@ import json
 import sys
 import tomllib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import trio
@@ -21,6 +22,9 @@ from bipsim.commands.common import (
     until_signalled,
 )
 from bipsim.errors import CliError
+
+if TYPE_CHECKING:
+    from bipsim.ota.server import OtaServer
 
 
 def load_keys(path: str) -> dict[str, bytes]:
@@ -70,6 +74,16 @@ def load_keys(path: str) -> dict[str, bytes]:
     help="Write the per-card JSON results log here.",
 )
 @click.option("--drop-after", type=int, help="Fault injection: drop the first connection after N requests.")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 256),
+    default=1,
+    show_default=True,
+    help="Worker processes, one per core you give the server: each listens on the port (SO_REUSEPORT) and runs "
+    "TLS and HTTP for the connections the kernel hands it; each card's progress lives in one worker, chosen by a "
+    "hash of its ICCID. With more than one, --results and --trace are written per worker as NAME.w<N>.SUFFIX "
+    "(the results merged into NAME on exit).",
+)
 @trace_option
 @pcap_option
 @session_option
@@ -83,6 +97,7 @@ def ota_server(
     admin_path: str,
     results_path: str | None,
     drop_after: int | None,
+    workers: int,
     trace_path: str | None,
     pcap_path: str | None,
     session: str | None,
@@ -90,9 +105,11 @@ def ota_server(
     """Serve GlobalPlatform Amendment B remote administration over TLS 1.2 PSK (or plain HTTP with --no-tls).
 
     Cards POST to the admin URI with X-Admin-From //se-id/iccid/<ICCID>; each gets the command scripts of its
-    campaign entry, then 204 No Content. Prints "listening on HOST:PORT" once ready; stops on Ctrl-C or SIGTERM.
+    campaign entry, then 204 No Content. Prints "listening on HOST:PORT" once ready; stops on Ctrl-C or SIGTERM,
+    printing "summary: {...}" (cards, completed, sessions, connections, refusals) on its way out.
     """
-    install_shutdown("bipsim ota-server")  # exit 0 on SIGTERM, or 143 when not stopped within 1 s
+    # exit 0 on SIGTERM, or 143 when not stopped within the grace (a pool waits for its workers' summaries)
+    install_shutdown("bipsim ota-server", grace=1.0 if workers == 1 else 15.0)
     from bipsim.ota.admin import AdminServer
     from bipsim.ota.campaign import Campaign
     from bipsim.ota.server import OtaServer
@@ -115,7 +132,24 @@ def ota_server(
 
         default = load_profile()
         keys = {default.psk_identity: default.psk}  # the built-in card profile's key
-    admin = AdminServer(Campaign.load(campaign_path), path=admin_path, results_path=results_path)
+    campaign = Campaign.load(campaign_path)  # a bad campaign file stops the command here, before any worker
+    if workers > 1:
+        if pcap_path:
+            raise CliError("--pcap needs --workers 1 (each worker writes its own trace)")
+        run_pool(
+            host,
+            port,
+            workers,
+            keys,
+            campaign_path,
+            admin_path,
+            results_path,
+            trace_path,
+            session,
+            drop_after,
+        )
+        return
+    admin = AdminServer(campaign, path=admin_path, results_path=results_path)
     tracer = make_tracer(trace_path, session, keep=bool(pcap_path))
     server = OtaServer(admin, keys=keys, tracer=tracer, drop_after=drop_after)
 
@@ -139,3 +173,72 @@ def ota_server(
     finally:
         admin.save()
         finish_trace(tracer, pcap_path)
+    click.echo("summary: " + json.dumps(server_summary(server)))
+
+
+def run_pool(
+    host: str,
+    port: int,
+    workers: int,
+    keys: dict[str, bytes] | None,
+    campaign_path: str | None,
+    admin_path: str,
+    results_path: str | None,
+    trace_path: str | None,
+    session: str | None,
+    drop_after: int | None,
+) -> None:
+    """`--workers K` with K > 1: the parent of ota/server_pool.py's workers."""
+    from bipsim.ota.server_pool import Pool, WorkerConfig
+
+    pool = Pool(
+        WorkerConfig(
+            index=0,
+            workers=workers,
+            host=host,
+            port=port,
+            directory="",
+            keys=None if keys is None else {k: v.hex() for k, v in keys.items()},
+            campaign=campaign_path,
+            admin_path=admin_path,
+            results=results_path,
+            trace=trace_path,
+            session=session,
+            drop_after=drop_after,
+        )
+    )
+
+    async def main() -> None:
+        async def serve() -> None:
+            async with trio.open_nursery() as nursery:
+                try:
+                    bound = await nursery.start(pool.run)
+                except OSError as exc:
+                    raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+                mode = "plain HTTP" if keys is None else "TLS 1.2 PSK"
+                click.echo(f"listening on {host}:{bound} ({mode}, {workers} workers)")
+                sys.stdout.flush()
+
+        await until_signalled(serve)
+
+    try:
+        trio.run(main)
+    finally:
+        pool.merge_results()
+    click.echo("summary: " + json.dumps(pool.summary()))
+
+
+def server_summary(server: OtaServer) -> dict[str, int]:
+    """The figures `bipsim ota-server` prints on its way out (`summary: {...}`; `bipsim fleet` reads them)."""
+    cards = server.admin.cards.values()
+    return {
+        "cards": len(server.admin.cards),
+        "completed": sum(1 for p in cards if p.completed),
+        "sessions": sum(p.sessions for p in cards),
+        "connections": server.connections,
+        "refused": server.refused,
+        "handshake_failures": server.handshake_failures,
+        "timeouts": server.timeouts,
+        "crashes": server.crashes,
+        "forgotten": server.admin.forgotten,
+    }
