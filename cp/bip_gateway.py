@@ -68,6 +68,7 @@ class ChannelEvent(StrEnum):
     ESTABLISHED = "established"  # bearer: the link is up
     FAILED = "failed"  # bearer: the link could not be set up
     DROPPED = "dropped"  # bearer: the link went away
+    CARD_GONE = "card gone"  # the card was removed (or its reader went away): every channel of it ends
 
 
 CARD_EVENTS = frozenset({ChannelEvent.CONNECT, ChannelEvent.SEND, ChannelEvent.RECEIVE, ChannelEvent.CLOSE})
@@ -93,6 +94,13 @@ TRANSITIONS: dict[tuple[ChannelState, ChannelEvent], ChannelState] = {
     (ChannelState.ESTABLISHED, ChannelEvent.CLOSE): ChannelState.CLOSED,
     (ChannelState.DROPPED, ChannelEvent.RECEIVE): ChannelState.DROPPED,  # what arrived before the drop
     (ChannelState.DROPPED, ChannelEvent.CLOSE): ChannelState.CLOSED,
+    # a card that is gone closes nothing itself: the terminal ends every channel of it (a card that comes back
+    # has lost its volatile state and starts again with TERMINAL PROFILE, TS 102 223 section 5.2)
+    **{
+        (state, ChannelEvent.CARD_GONE): ChannelState.CLOSED
+        for state in ChannelState
+        if state is not ChannelState.CLOSED
+    },
 }
 
 
@@ -533,6 +541,18 @@ class BipGateway:
     def rx_space(self, channel_id: int) -> int:
         channel = self.channels.get(channel_id)
         return channel.rx_space if channel is not None else 0
+
+    def on_card_gone(self) -> list[Action]:
+        """The card went away: every channel ends (no TERMINAL RESPONSE or envelope: there is no card to send it
+        to) and each link is closed; the gateway is as new for the card's next TERMINAL PROFILE."""
+        actions: list[Action] = []
+        for channel_id, channel in sorted(self.channels.items()):
+            channel.move(ChannelEvent.CARD_GONE)
+            actions.append(BearerClose(channel_id))
+        self.channels.clear()
+        self.events.clear()
+        self.poll_interval = None
+        return actions
 
     def on_link_dropped(self, channel_id: int) -> list[Action]:
         channel = self.channels.get(channel_id)

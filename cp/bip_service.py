@@ -9,6 +9,10 @@ what TS 102 223 says for a link that went away (a Channel Status event "link dro
 OPEN CHANNEL's failure while the link was being set up), the card's CLOSE CHANNEL releases it, and an app.error
 trace event names the exception; the CP and its other channels go on. An exception in the card loop itself (a card
 answering a FETCH with an error) is traced the same way and the loop goes on at the next poll.
+
+A card that goes away (CardRemoved out of the card driver, uicc/transport.py) ends the run: every channel ends
+(the gateway's on_card_gone; an app.event `channel_ended` per channel, its link closed on the bearer) and run()
+returns, so that the modem can start the card again, TERMINAL PROFILE first, once it is back (cp/card_slot.py).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from bipsim.uicc.cat import (
     ProactiveCommand,
     TerminalResponse,
 )
+from bipsim.uicc.transport import CardRemoved
 
 STEP_KEYS: dict[str, tuple[str, str]] = {
     "fetch_open": ("S401", "S701"),
@@ -100,6 +105,8 @@ class LinkDown:
 
 LinkEvent = LinkUp | LinkFailed | LinkData | LinkDown
 
+DISCONNECT_TIME = 5.0  # seconds the links of a card that went away get to close before they are abandoned
+
 
 class BipService:
     """Runs the card's BIP sessions over `bearer`. `sessions_done` counts channels closed by the card."""
@@ -156,6 +163,10 @@ class BipService:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
             await self.driver.start()
+        except CardRemoved:
+            # no card to start: its slot traced that (app.event card_removed) and the modem retries
+            task_status.started()
+            return
         except Exception as exc:
             # a card that cannot start has no BIP sessions; the modem goes on answering AT
             self._error("card start", exc)
@@ -165,12 +176,46 @@ class BipService:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             task_status.started()
-            await self._card_loop()
+            try:
+                await self._card_loop()
+            except CardRemoved as exc:
+                await self._card_gone(exc)
+                nursery.cancel_scope.cancel()  # link set-ups still waiting for a bearer end with the card
+
+    async def _card_gone(self, exc: CardRemoved) -> None:
+        """The card went away: every channel ends, each link is closed (at most DISCONNECT_TIME s each, at the
+        same time), and late events of those links are dropped (their generation is old)."""
+        for channel in sorted(self.gateway.channels):
+            self.tracer.emit(
+                Actor.CP,
+                Actor.UICC,
+                Layer.APP,
+                f"channel {channel} ended: {exc.reason}",
+                error=True,
+                kind=Kind.APP_EVENT,
+                fields={"event": "channel_ended", "channel": channel, "reason": exc.reason},
+            )
+        actions = self.gateway.on_card_gone()
+        for channel in list(self._generation):
+            self._generation[channel] += 1
+        assert all(isinstance(action, BearerClose) for action in actions)
+        # every stream is closed: those of the gateway's channels, and any of a link the card was already leaving
+        pending = list(self._streams.items())
+        self._streams.clear()
+        for channel in list(self._drained):
+            self._wake_reader(channel)
+        if pending:
+            with trio.move_on_after(DISCONNECT_TIME):
+                async with trio.open_nursery() as closing_nursery:
+                    for channel, stream in pending:
+                        closing_nursery.start_soon(self._disconnect, channel, stream)
 
     async def _card_loop(self) -> None:
         while True:
             try:
                 await self._card_step()
+            except CardRemoved:
+                raise  # not a card loop failure: the card is gone (run() ends its channels)
             except Exception as exc:
                 self._error("card loop", exc)
                 await trio.sleep(self.poll_interval)  # the next poll asks the card again

@@ -10,16 +10,24 @@ TS 31.111 7.1.1) and the answer is the card's response data, the PoR (TS 31.115 
 when the card answered 90 00 without data). Not a data download: +CME ERROR: 50; the card refused the envelope
 (a status word other than 90 00 / 91 xx, e.g. 93 00 toolkit busy): +CME ERROR: 13; the card not started yet
 (no TERMINAL PROFILE): +CME ERROR: 14 (SIM busy, try again). AT%SMSPP=? lists the form.
+
+Card slots (docs/protocols.md, "Card slots and card presence on DLC 1"): 27.007 has no command to choose a card, so
+the private `%` dialect does: AT%SLOT=<n> chooses the slot this line's SIM commands (+CSIM, +CRSM, +CCHO, +CPIN,
++CIMI) address, AT%SLOTS? says which slots hold a card. A +CGLA or +CCHC goes to the slot its session was opened
+on, whatever %SLOT says now; session ids are unique across slots and never reused. A slot without a card answers
+its SIM commands +CME ERROR: 10 (SIM not inserted, 27.007 section 9.2.1); a card that goes away invalidates its
+sessions (+CGLA on one: +CME ERROR: 10 while the slot is empty, 21 invalid index once a card is back).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
 from bipsim import __version__
 from bipsim.cp.card_driver import CardDriver
+from bipsim.cp.card_slot import CardSlot
 from bipsim.cp.network import (
     CellularNetwork,
     PdpError,
@@ -32,9 +40,12 @@ from bipsim.cp.network import (
 from bipsim.link.at_server import AtCommandError, AtServer, CmeError
 from bipsim.link.at_syntax import AtArg, AtRequest, CommandKind
 from bipsim.link.cmux import CmuxParams
+from bipsim.trace.events import Actor, Layer
+from bipsim.trace.kinds import Kind
 from bipsim.uicc.card import on_channel
 from bipsim.uicc.cat import DeviceId, Envelope, EnvelopeTag, Tag, obj
 from bipsim.uicc.fs import USIM_AID
+from bipsim.uicc.transport import CardRemoved
 
 MANUFACTURER = "bipsim"
 MODEL = "bipsim CP (dual-processor modem simulator)"
@@ -43,7 +54,13 @@ SVN = "01"  # software version number: IMEISV = the IMEI's 14 digits without its
 LAC_TAC = "0001"
 CELL_ID = "00000A1B"
 
+CME_SIM_NOT_INSERTED = 10
 CME_SIM_FAILURE = 13
+CME_MEMORY_FULL = (
+    20  # +CCHO when the card has no logical channel left (MANAGE CHANNEL 68 81): see _OPEN_ERRORS
+)
+CME_INVALID_INDEX = 21
+CME_NOT_FOUND = 22
 CME_SIM_BUSY = 14
 CME_NOT_ALLOWED = 3
 CME_NOT_SUPPORTED = 4
@@ -57,6 +74,20 @@ MAX_APDU = 4 + 1 + 255 + 1
 # +CRSM <command> (27.007 section 8.18) -> INS; RETRIEVE DATA (203) and SET DATA (219) are not simulated
 CRSM_INS = {176: 0xB0, 178: 0xB2, 192: 0xC0, 214: 0xD6, 220: 0xDC, 242: 0xF2}
 CRSM_UNSUPPORTED = (203, 219)
+# MANAGE CHANNEL open refused (TS 102 221 section 11.1.17) -> +CME ERROR. 27.007 has no "no more channels": 68 81
+# (logical channel not supported: the card's channels are all in use) is 20, memory full, the nearest 27.007
+# meaning and the one a TE can tell from "not found" and "not allowed"; a card without MANAGE CHANNEL is 4.
+_OPEN_ERRORS = {0x6881: CME_MEMORY_FULL, 0x6D00: CME_NOT_SUPPORTED, 0x6E00: CME_NOT_SUPPORTED}
+# SELECT by DF name on the new channel refused (TS 102 221 section 10.2.1) -> +CME ERROR, after the channel is closed
+# again: not found (6A 82, and 6A 81 function not supported), not allowed (security, conditions of use), else SIM
+# failure
+_SELECT_ERRORS = {
+    0x6A82: CME_NOT_FOUND,
+    0x6A81: CME_NOT_FOUND,
+    0x6982: CME_NOT_ALLOWED,
+    0x6985: CME_NOT_ALLOWED,
+    0x6999: CME_NOT_ALLOWED,
+}
 
 
 def _int(args: tuple[AtArg, ...], index: int, default: int | None = None) -> int:
@@ -106,6 +137,12 @@ def _str(args: tuple[AtArg, ...], index: int, default: str | None = None) -> str
     return str(value)
 
 
+def _selected(sw: int) -> bool:
+    """A SELECT that selected: normal ending (90 00, 91 xx) or a warning (62 xx, 63 xx: e.g. 62 83, the file is
+    deactivated), as ISO/IEC 7816-4 section 5.6 counts them."""
+    return _normal(sw) or sw >> 8 in (0x62, 0x63)
+
+
 def _normal(sw: int) -> bool:
     """90 00, or 91 xx: normal ending with a proactive command pending (TS 102 221 10.2.1.1), which the card answers
     while the BIP service has not fetched yet (e.g. +CIMI right after TERMINAL PROFILE)."""
@@ -132,8 +169,17 @@ class ModemCommands:
         driver: CardDriver,
         network: CellularNetwork,
         on_cmux: Callable[[CmuxParams], None] | None = None,
+        *,
+        slots: Sequence[CardSlot] = (),
     ) -> None:
+        """`driver` is slot 1's (the card that does the toolkit); `slots` all slots, numbered from 1, when the
+        modem has them (cp/card_slot.py), else slot 1 is made around `driver`."""
         self.driver = driver
+        self.slots: dict[int, CardSlot] = {slot.number: slot for slot in slots} or {
+            1: CardSlot(1, driver.card, tracer=driver.tracer, driver=driver)
+        }
+        for slot in self.slots.values():
+            slot.listeners.append(self._listener(slot))
         self.network = network
         self.on_cmux = on_cmux
         self.functionality = 1
@@ -141,7 +187,10 @@ class ModemCommands:
         self.cops_format = 2  # +COPS=3,<format>: 0 long alphanumeric, 1 short alphanumeric, 2 numeric
         self.reg_modes = {"+CREG": 0, "+CGREG": 0, "+CEREG": 0}
         self.definitions: dict[int, tuple[str, str]] = {}
-        self.sessions: dict[int, int] = {}  # +CCHO session id -> logical channel
+        self.sessions: dict[int, tuple[int, int]] = {}  # +CCHO session id -> (slot, logical channel)
+        self._stale: dict[int, int] = {}  # session id -> slot, of sessions whose card went away
+        self._last_session = 0  # ids are never reused: a stale id held by the TE must not reach a new session
+        self._slot_of: dict[AtServer, int] = {}  # AT%SLOT of each line (DLC), 1 until it says otherwise
         self._servers: list[AtServer] = []
         network.listeners.append(self._registration_changed)
 
@@ -157,8 +206,6 @@ class ModemCommands:
             "+GMR": self.cgmr,
             "+CGSN": self.cgsn,
             "+GSN": self.cgsn,
-            "+CIMI": self.cimi,
-            "+CPIN": self.cpin,
             "+CFUN": self.cfun,
             "+CSQ": self.csq,
             "+CREG": self.creg,
@@ -168,15 +215,30 @@ class ModemCommands:
             "+CGDCONT": self.cgdcont,
             "+CGACT": self.cgact,
             "+CSCS": self.cscs,
-            "+CSIM": self.csim,
-            "+CRSM": self.crsm,
-            "+CCHO": self.ccho,
             "+CCHC": self.cchc,
             "+CGLA": self.cgla,
             "%SMSPP": self.smspp,
+            "%SLOTS": self.slots_present,
         }
         for name, handler in table.items():
             server.register(name, handler)  # type: ignore[arg-type]
+        # the SIM commands address the slot this line chose (AT%SLOT), and answer 10 while it is empty
+        on_slot: dict[str, Callable[[AtRequest, CardSlot], Awaitable[list[str] | None]]] = {
+            "+CIMI": self.cimi,
+            "+CPIN": self.cpin,
+            "+CSIM": self.csim,
+            "+CRSM": self.crsm,
+            "+CCHO": self.ccho,
+        }
+        for name, slot_handler in on_slot.items():
+            server.register(name, self._on_line_slot(server, slot_handler))
+
+        async def choose_slot(request: AtRequest) -> list[str] | None:
+            return await self.slot(request, server)
+
+        server.register("%SLOT", choose_slot)
+        self._slot_of[server] = 1
+        server.reset_hooks.append(lambda: self._slot_of.__setitem__(server, 1))
 
         async def cmux(request: AtRequest) -> list[str] | None:
             return await self.cmux(request, server, allow_cmux)
@@ -192,6 +254,76 @@ class ModemCommands:
     def forget(self, server: AtServer) -> None:
         if server in self._servers:
             self._servers.remove(server)
+        self._slot_of.pop(server, None)
+
+    # --- card slots -------------------------------------------------------------------------------------------------
+
+    def _on_line_slot(
+        self, server: AtServer, handler: Callable[[AtRequest, CardSlot], Awaitable[list[str] | None]]
+    ) -> Callable[[AtRequest], Awaitable[list[str] | None]]:
+        async def call(request: AtRequest) -> list[str] | None:
+            slot = self.slots[self._slot_of.get(server, 1)]
+            if request.kind is CommandKind.TEST:
+                return await handler(request, slot)  # the forms a command takes need no card
+            return await self._with_card(slot, lambda: handler(request, slot))
+
+        return call
+
+    async def _with_card(
+        self, slot: CardSlot, answer: Callable[[], Awaitable[list[str] | None]]
+    ) -> list[str] | None:
+        """Runs a SIM command on `slot`: +CME ERROR: 10 when it is empty, or when the card goes away meanwhile."""
+        if slot.absent:
+            raise CmeError(CME_SIM_NOT_INSERTED)
+        try:
+            return await answer()
+        except CardRemoved as exc:
+            slot.gone(exc)  # a driver around a bare transport (tests) learns it here; a slot's own is a no-op
+            raise CmeError(CME_SIM_NOT_INSERTED) from exc
+
+    def _listener(self, slot: CardSlot) -> Callable[[CardRemoved], None]:
+        return lambda exc: self._card_gone(slot, exc)
+
+    def _card_gone(self, slot: CardSlot, exc: CardRemoved) -> None:
+        """The card of `slot` went away: its +CCHO sessions are void (their channels went with the card)."""
+        gone = sorted(session for session, (number, _) in self.sessions.items() if number == slot.number)
+        for session in gone:
+            del self.sessions[session]
+            self._stale[session] = slot.number
+        if gone:
+            slot.tracer.emit(
+                Actor.CP,
+                Actor.AP,
+                Layer.APP,
+                f"slot {slot.number}: sessions {gone} invalidated ({exc.reason})",
+                error=True,
+                kind=Kind.APP_EVENT,
+                fields={"event": "sessions_invalidated", "slot": slot.number, "sessions": gone},
+            )
+
+    async def slot(self, request: AtRequest, server: AtServer) -> list[str] | None:
+        """AT%SLOT=<n> / ? / =? (docs/protocols.md): the slot this line's SIM commands address."""
+        if request.kind is CommandKind.TEST:
+            return [f"%SLOT: ({','.join(str(n) for n in sorted(self.slots))})"]
+        if request.kind is CommandKind.READ:
+            return [f"%SLOT: {self._slot_of.get(server, 1)}"]
+        if request.kind is not CommandKind.SET:
+            raise AtCommandError()
+        _at_most(request.args, 1)
+        number = _int(request.args, 0)
+        if number not in self.slots:
+            raise CmeError(CME_BAD_PARAMETERS)
+        self._slot_of[server] = number
+        return None
+
+    async def slots_present(self, request: AtRequest) -> list[str] | None:
+        """AT%SLOTS? (docs/protocols.md): each slot and whether it holds a card, `%SLOTS: 1,1,2,0`."""
+        if request.kind is CommandKind.TEST:
+            return None
+        if request.kind is not CommandKind.READ:
+            raise AtCommandError()
+        pairs = (f"{number},{0 if slot.absent else 1}" for number, slot in sorted(self.slots.items()))
+        return [f"%SLOTS: {','.join(pairs)}"]
 
     def _location(self) -> str:
         """<lac>/<tac>,<ci>,<AcT> of the serving cell (27.007 section 7.2, 10.1.19, 10.1.22)."""
@@ -251,25 +383,27 @@ class ModemCommands:
             raise CmeError(CME_BAD_PARAMETERS)
         return [f'+CGSN: "{values[snt]}"']
 
-    async def cimi(self, request: AtRequest) -> list[str] | None:
+    async def cimi(self, request: AtRequest, slot: CardSlot) -> list[str] | None:
         if self._action_only(request):
             return None
-        return [await self.read_imsi()]
+        return [await self.read_imsi(slot)]
 
-    async def read_imsi(self) -> str:
+    async def read_imsi(self, slot: CardSlot | None = None) -> str:
+        driver = (slot or self.slots[1]).driver
         aid = USIM_AID
-        _, sw = await self.driver.transmit(b"\x00\xa4\x04\x04" + bytes((len(aid),)) + aid, "SELECT ADF USIM")
+        _, sw = await driver.transmit(b"\x00\xa4\x04\x04" + bytes((len(aid),)) + aid, "SELECT ADF USIM")
         if not _normal(sw):
             raise CmeError(CME_SIM_FAILURE)
-        _, sw = await self.driver.transmit(bytes.fromhex("00A4000C026F07"), "SELECT EF_IMSI")
+        _, sw = await driver.transmit(bytes.fromhex("00A4000C026F07"), "SELECT EF_IMSI")
         if not _normal(sw):
             raise CmeError(CME_SIM_FAILURE)
-        data, sw = await self.driver.transmit(bytes.fromhex("00B0000009"), "READ BINARY EF_IMSI")
+        data, sw = await driver.transmit(bytes.fromhex("00B0000009"), "READ BINARY EF_IMSI")
         if not _normal(sw):
             raise CmeError(CME_SIM_FAILURE)
         return decode_imsi(data)
 
-    async def cpin(self, request: AtRequest) -> list[str] | None:
+    async def cpin(self, request: AtRequest, slot: CardSlot) -> list[str] | None:
+        """+CPIN (27.007 section 8.3): READY, or (by _with_card) +CME ERROR: 10 while the slot has no card."""
         if request.kind is CommandKind.READ:
             return ["+CPIN: READY"]
         if request.kind is CommandKind.TEST:
@@ -441,6 +575,9 @@ class ModemCommands:
             check_data_download(tpdu)
         except (ValueError, SmsError) as exc:
             raise CmeError(CME_BAD_PARAMETERS) from exc
+        slot = self.slots[1]  # the network's SMS goes to the card that runs the toolkit
+        if slot.absent:
+            raise CmeError(CME_SIM_NOT_INSERTED)
         if not self.driver.started.is_set():
             raise CmeError(CME_SIM_BUSY)  # the card has not had its TERMINAL PROFILE yet: try again
         envelope = Envelope(
@@ -451,17 +588,21 @@ class ModemCommands:
             ),
             EnvelopeTag.SMS_PP_DOWNLOAD,
         )
-        data, sw = await self.driver.envelope(envelope, "ENVELOPE: SMS-PP DOWNLOAD")
+        try:
+            data, sw = await self.driver.envelope(envelope, "ENVELOPE: SMS-PP DOWNLOAD")
+        except CardRemoved as exc:
+            slot.gone(exc)
+            raise CmeError(CME_SIM_NOT_INSERTED) from exc
         if sw != 0x9000 and sw >> 8 != 0x91:
             raise CmeError(CME_SIM_FAILURE)
         return [f'%SMSPP: "{data.hex().upper()}"']
 
-    async def csim(self, request: AtRequest) -> list[str] | None:
+    async def csim(self, request: AtRequest, slot: CardSlot) -> list[str] | None:
         """+CSIM=<length>,<command> (27.007 section 8.17): <length> is the number of characters of <command>."""
         if request.kind is CommandKind.TEST:
             return None
         apdu = self._apdu(request.args, 0)
-        response = await self.driver.raw(apdu, "AT+CSIM")
+        response = await slot.driver.raw(apdu, "AT+CSIM")
         return [f'+CSIM: {2 * len(response)},"{response.hex().upper()}"']
 
     @staticmethod
@@ -475,7 +616,7 @@ class ModemCommands:
             raise CmeError(CME_BAD_PARAMETERS)
         return apdu
 
-    async def crsm(self, request: AtRequest) -> list[str] | None:
+    async def crsm(self, request: AtRequest, slot: CardSlot) -> list[str] | None:
         """+CRSM=<command>[,<fileid>[,<P1>,<P2>,<P3>[,<data>[,<pathid>]]]] (27.007 section 8.18)."""
         if request.kind is CommandKind.TEST:
             return None
@@ -507,26 +648,29 @@ class ModemCommands:
             path = "7FFF" if fid >> 8 == 0x6F else ""
             for part in ([path] if path else []) + [f"{fid:04X}"]:
                 if part == "7FFF":
-                    await self.driver.transmit(
+                    await slot.driver.transmit(
                         b"\x00\xa4\x04\x04" + bytes((len(USIM_AID),)) + USIM_AID, "+CRSM SELECT ADF"
                     )
                     continue
-                await self.driver.transmit(
+                await slot.driver.transmit(
                     b"\x00\xa4\x00\x04\x02" + bytes.fromhex(part), f"+CRSM SELECT {part}"
                 )
         if command == 192:
-            response, sw = await self.driver.transmit(
+            response, sw = await slot.driver.transmit(
                 b"\x00\xa4\x00\x04\x02" + fid.to_bytes(2, "big"), "+CRSM GET RESPONSE"
             )
         else:
             apdu = bytes((0x80 if ins == 0xF2 else 0x00, ins, p1, p2)) + (
                 bytes((len(data),)) + data if data else bytes((p3,))
             )
-            response, sw = await self.driver.transmit(apdu, f"+CRSM {command}")
+            response, sw = await slot.driver.transmit(apdu, f"+CRSM {command}")
         return [f'+CRSM: {sw >> 8},{sw & 0xFF},"{response.hex().upper()}"']
 
-    async def ccho(self, request: AtRequest) -> list[str] | None:
-        """+CCHO=<dfname> (27.007 section 8.45): an application's DF name (AID), 1 to 16 bytes."""
+    async def ccho(self, request: AtRequest, slot: CardSlot) -> list[str] | None:
+        """+CCHO=<dfname> (27.007 section 8.45): an application's DF name (AID), 1 to 16 bytes; answered
+        +CCHO: <sessionid>. MANAGE CHANNEL opens a channel (its refusals: _OPEN_ERRORS), SELECT by DF name selects
+        the application on it; a SELECT that fails closes the channel again (no channel leaks) and answers
+        _SELECT_ERRORS."""
         if request.kind is CommandKind.TEST:
             return None
         if request.kind is not CommandKind.SET:
@@ -535,45 +679,70 @@ class ModemCommands:
         aid = _hex(request.args, 0, max_bytes=16)
         if not aid:
             raise CmeError(CME_BAD_PARAMETERS)
-        opened = await self.driver.raw(bytes.fromhex("0070000001"), "MANAGE CHANNEL open")
-        if opened[-2:] != b"\x90\x00" or len(opened) != 3:
-            raise CmeError(CME_NOT_ALLOWED)
+        driver = slot.driver
+        opened = await driver.raw(bytes.fromhex("0070000001"), "MANAGE CHANNEL open")
+        sw = int.from_bytes(opened[-2:], "big") if len(opened) >= 2 else 0x6F00
+        if not _normal(sw) or len(opened) != 3:
+            raise CmeError(_OPEN_ERRORS.get(sw, CME_SIM_FAILURE))
         channel = opened[0]
-        _, sw = await self.driver.transmit(
+        _, sw = await driver.transmit(
             bytes((on_channel(0x00, channel), 0xA4, 0x04, 0x00, len(aid))) + aid,
             f"SELECT AID on channel {channel}",
         )
-        if sw != 0x9000:
-            await self.driver.raw(bytes((0x00, 0x70, 0x80, channel)), "MANAGE CHANNEL close")
-            raise CmeError(22)  # not found
-        session = max(self.sessions, default=0) + 1
-        self.sessions[session] = channel
-        return [f"+CCHO: {session}"]
+        if not _selected(sw):
+            await driver.raw(bytes((0x00, 0x70, 0x80, channel)), "MANAGE CHANNEL close")
+            raise CmeError(_SELECT_ERRORS.get(sw, CME_SIM_FAILURE))
+        self._last_session += 1
+        self.sessions[self._last_session] = (slot.number, channel)
+        return [f"+CCHO: {self._last_session}"]
+
+    def _session(self, session: int) -> tuple[CardSlot, int]:
+        """The slot and channel of a +CCHO session, whatever %SLOT says now; a session whose card went away is
+        +CME ERROR: 10 while its slot is empty, an unknown one (or a stale one once a card is back) 21."""
+        found = self.sessions.get(session)
+        if found is not None:
+            number, channel = found
+            return self.slots[number], channel
+        stale = self._stale.get(session)
+        if stale is not None and self.slots[stale].absent:
+            raise CmeError(CME_SIM_NOT_INSERTED)
+        raise CmeError(CME_INVALID_INDEX)
 
     async def cchc(self, request: AtRequest) -> list[str] | None:
-        """+CCHC=<sessionid> (27.007 section 8.46)."""
+        """+CCHC=<sessionid> (27.007 section 8.46). Closing a session whose card went away is OK (its channel went
+        with the card) and forgets it."""
         if request.kind is CommandKind.TEST:
             return None
         if request.kind is not CommandKind.SET:
             raise AtCommandError()
         _at_most(request.args, 1)
-        channel = self.sessions.pop(_int(request.args, 0), None)
-        if channel is None:
-            raise CmeError(21)  # invalid index
-        await self.driver.raw(bytes((0x00, 0x70, 0x80, channel)), "MANAGE CHANNEL close")
-        return None
+        session = _int(request.args, 0)
+        if self._stale.pop(session, None) is not None:
+            return None
+        slot, channel = self._session(session)
+        del self.sessions[session]
+
+        async def close() -> None:
+            await slot.driver.raw(bytes((0x00, 0x70, 0x80, channel)), "MANAGE CHANNEL close")
+
+        return await self._with_card(slot, close)
 
     async def cgla(self, request: AtRequest) -> list[str] | None:
-        """+CGLA=<sessionid>,<length>,<command> (27.007 section 8.43)."""
+        """+CGLA=<sessionid>,<length>,<command> (27.007 section 8.43): <length> counts the hex characters of
+        <command> (+CME ERROR: 50 when it does not). The class byte's channel bits are recoded to the session's
+        channel (a TE may send 81 whatever its channel); the card's answer goes back as it is, 61 xx included:
+        27.007 leaves T=0 response handling to the TE, which sends GET RESPONSE on the session."""
         if request.kind is CommandKind.TEST:
             return None
         if request.kind is not CommandKind.SET:
             raise AtCommandError()
         session = _int(request.args, 0)
         apdu = bytearray(self._apdu(request.args, 1))
-        channel = self.sessions.get(session)
-        if channel is None:
-            raise CmeError(21)
+        slot, channel = self._session(session)
         apdu[0] = on_channel(apdu[0], channel)
-        response = await self.driver.raw(bytes(apdu), f"AT+CGLA channel {channel}")
-        return [f'+CGLA: {2 * len(response)},"{response.hex().upper()}"']
+
+        async def exchange() -> list[str]:
+            response = await slot.driver.raw(bytes(apdu), f"AT+CGLA channel {channel}")
+            return [f'+CGLA: {2 * len(response)},"{response.hex().upper()}"']
+
+        return await self._with_card(slot, exchange)

@@ -7,6 +7,12 @@ is up.
 
 No exception of a session ends the process: a line session that fails is traced (app.error) and the line served
 again; the BIP service contains its channels' and its card's failures itself (cp/bip_service.py).
+
+Cards sit in slots (cp/card_slot.py): slot 1 holds the card that runs the toolkit (TERMINAL PROFILE, the FETCH loop,
+BIP), an optional slot 2 a card that only answers the SIM AT commands. A card that goes away ends the BIP service's
+channels; the modem keeps answering AT (+CME ERROR: 10 for the SIM commands of that slot) and tries power-on again
+with backoff until the card is back, then starts it again as at boot. A simulated card can be pulled and put back
+from outside the process through the card-control socket (serve_card_control, `bipsim cp --card-control PATH`).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from bipsim.cp.bearer import Bearer
 from bipsim.cp.bearer_ap_proxy import ApProxyBearer
 from bipsim.cp.bearer_own_stack import OwnStackBearer
 from bipsim.cp.bip_service import BipService
-from bipsim.cp.card_driver import CardDriver
+from bipsim.cp.card_slot import RETRY_MAX, RETRY_MIN, CardSlot
 from bipsim.cp.commands import ModemCommands
 from bipsim.cp.line_service import LineService
 from bipsim.cp.network import CellularNetwork
@@ -38,7 +44,8 @@ from bipsim.uicc.transport import ApduTransport
 if TYPE_CHECKING:
     from bipsim.uicc.bip_engine import BipEngine
     from bipsim.uicc.card import SimCard
-    from bipsim.uicc.ota_trigger import SmsTriggerToolkit
+    from bipsim.uicc.ota_agent import OtaAgent
+    from bipsim.uicc.ota_trigger import Counters, SmsTriggerToolkit
     from bipsim.uicc.profile import CardProfile
 
 
@@ -51,6 +58,7 @@ class ModemOptions:
     wait_for_ap: float = 60.0
     start_delay: float = 0.0
     wait_for_line: bool = False  # at start, wait for a line that is not there yet instead of failing
+    card_control: str | None = None  # a UNIX socket path: serve_card_control's 'remove N' / 'insert N'
 
 
 REOPEN_INTERVAL = 0.2  # seconds between attempts to reopen a line that went away
@@ -158,15 +166,28 @@ def make_bearer(kind: str, proxy: ProxyLink, network: CellularNetwork, tracer: T
 
 
 class Modem:
-    def __init__(self, options: ModemOptions, card: ApduTransport, *, tracer: Tracer = NULL_TRACER) -> None:
+    """The CP. `card` is slot 1's card (the toolkit's); `card2`, when given, makes a slot 2 (cp.card_slot.NoCard
+    for an empty one)."""
+
+    def __init__(
+        self,
+        options: ModemOptions,
+        card: ApduTransport,
+        *,
+        tracer: Tracer = NULL_TRACER,
+        card2: ApduTransport | None = None,
+    ) -> None:
         self.options = options
         self.tracer = tracer
-        self.driver = CardDriver(card, tracer=tracer)
+        self.slots = [CardSlot(1, card, tracer=tracer)]
+        if card2 is not None:
+            self.slots.append(CardSlot(2, card2, tracer=tracer))
+        self.driver = self.slots[0].driver
         self.network = CellularNetwork()
         self.proxy = ProxyLink()
         self.bearer = make_bearer(options.bearer, self.proxy, self.network, tracer)
         self.service = BipService(self.driver, self.bearer, tracer=tracer)
-        self.commands = ModemCommands(self.driver, self.network)
+        self.commands = ModemCommands(self.driver, self.network, slots=self.slots)
         self.opener = LineOpener(options.port, options.baud, who="bipsim cp", wait=options.wait_for_line)
         self._first_line: trio.abc.Stream | None = None
 
@@ -182,6 +203,10 @@ class Modem:
         """Runs until cancelled, or (with once) until the card's first BIP session ended. Returns an exit code."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._line_loop)
+            for slot in self.slots[1:]:
+                nursery.start_soon(slot.keep_powered)
+            if self.options.card_control:
+                await nursery.start(serve_card_control, self.options.card_control, self.slots)
             with trio.move_on_after(self.options.wait_for_ap):
                 await self.proxy.ready.wait()
             if not self.proxy.ready.is_set():
@@ -198,12 +223,31 @@ class Modem:
                 await trio.sleep(self.options.start_delay)
                 with trio.move_on_after(self.options.wait_for_ap):
                     await self.proxy.ready.wait()
-            await nursery.start(self.service.run)
+            await nursery.start(self.keep_toolkit)
             if self.options.once:
                 await self.service.session_finished.wait()
                 await trio.sleep(0.3)  # let the last envelopes and the card's state save complete
                 nursery.cancel_scope.cancel()
         return 0
+
+    async def keep_toolkit(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Runs slot 1's card: the BIP service until the card goes away, then power-on retries with backoff (at
+        once on an insert notice) until it is back, and the service again (TERMINAL PROFILE first). Started once
+        the first run has started (or found no card). Returns only when the service ended with the card still
+        there (a card that would not start: the modem goes on answering AT, as before slots existed)."""
+        slot = self.slots[0]
+        status = task_status
+        delay = RETRY_MIN
+        while True:
+            powered = slot.powered
+            await self.service.run(task_status=status)
+            status = trio.TASK_STATUS_IGNORED
+            if not slot.absent:
+                return
+            if slot.powered != powered:
+                delay = RETRY_MIN  # the card was there for this run: a new absence starts the backoff again
+            await slot.wait_for_card(delay)
+            delay = min(2 * delay, RETRY_MAX)
 
     async def _line_loop(self) -> None:
         while True:
@@ -238,6 +282,75 @@ class Modem:
             await trio.sleep(REOPEN_INTERVAL)
 
 
+def card_control_answer(line: str, slots: list[CardSlot]) -> str:
+    """Sans-IO: one line of the card-control socket in, its answer out (docs/protocols.md, "Card slots and card
+    presence on DLC 1"). 'remove N' pulls slot N's simulated card, 'insert N' puts it back, 'slots' lists each
+    slot's presence ("1=ready 2=absent")."""
+    from bipsim.uicc.sim_transport import SimulatedCard
+
+    words = line.split()
+    by_number = {slot.number: slot for slot in slots}
+    if words == ["slots"]:
+        return "ok " + " ".join(f"{slot.number}={slot.state.value}" for slot in slots)
+    if len(words) != 2 or words[0] not in ("remove", "insert") or not words[1].isdigit():
+        return "error use: remove N, insert N or slots"
+    slot = by_number.get(int(words[1]))
+    if slot is None:
+        return f"error no slot {words[1]}"
+    card = slot.transport
+    if not isinstance(card, SimulatedCard):
+        return f"error slot {slot.number}'s card is not a simulated one: pull it by hand"
+    if words[0] == "remove":
+        card.remove()
+    else:
+        card.insert()
+    return f"ok {words[0]} {slot.number}"
+
+
+async def serve_card_control(
+    path: str, slots: list[CardSlot], *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """The card-control socket (`bipsim cp --card-control PATH`): a UNIX stream socket, one command a line, one
+    answer a line (card_control_answer). A UNIX socket is reachable only on this machine, by its file's mode."""
+    import os
+
+    sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+    if os.path.exists(path):
+        os.unlink(path)  # a stale socket of an earlier run
+    await sock.bind(path)
+    sock.listen()
+    listener = trio.SocketListener(sock)
+
+    async def handle(stream: trio.SocketStream) -> None:
+        buffer = b""
+        try:
+            while True:
+                data = await stream.receive_some(4096)
+                if not data:
+                    return
+                buffer += data
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    answer = card_control_answer(line.decode("utf-8", "replace"), slots)
+                    await stream.send_all(answer.encode() + b"\n")
+                if len(buffer) > 4096:
+                    return  # not a command: the peer is not speaking this protocol
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+        finally:
+            await stream.aclose()
+
+    try:
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            await trio.serve_listeners(handle, [listener], handler_nursery=nursery)
+    finally:
+        with trio.CancelScope(shield=True):
+            await listener.aclose()
+        if os.path.exists(path):
+            os.unlink(path)
+
+
 def simulated_card(
     profile_path: str | None,
     state_path: str | None,
@@ -248,6 +361,10 @@ def simulated_card(
 
     `extra_channels` (host, port): OTA servers the card also runs an admin session with, each on its own BIP
     channel at the same time as the profile's (TS 102 223 allows up to 7 channels).
+
+    The card can be pulled and put back (SimulatedCard.remove/insert): at its first power-on after that its
+    toolkit (BIP engines, OTA agents) is built again, as a card without power loses its sessions; its files, GP
+    registry and OTA counters are kept. The agent returned is the first one.
     """
     from dataclasses import replace
 
@@ -274,26 +391,44 @@ def simulated_card(
         password=profile.password,
         link_mode=LinkMode(profile.link_mode),
     )
-    engine = BipEngine(config, agent, trigger_on_profile=profile.trigger == "power-on")
-    if not extra_channels:
-        card.toolkit = engine if profile.trigger != "sms" else sms_trigger(card, engine, profile)
-        return SimulatedCard(card), agent
-    engines = [engine]
-    for host, port in extra_channels:
-        extra = OtaAgent.of_profile(card, registry, host=host, tracer=tracer)
-        engines.append(BipEngine(replace(config, host=host, port=port), extra))
-    card.toolkit = MultiChannelEngine(engines)
-    return SimulatedCard(card), agent
+    counters = sms_counters(card) if profile.trigger == "sms" and not extra_channels else None
+
+    def build_toolkit(agent: OtaAgent) -> None:
+        engine = BipEngine(config, agent, trigger_on_profile=profile.trigger == "power-on")
+        if not extra_channels:
+            card.toolkit = engine if counters is None else sms_trigger(card, engine, profile, counters)
+            return
+        engines = [engine]
+        for host, port in extra_channels:
+            extra = OtaAgent.of_profile(card, registry, host=host, tracer=tracer)
+            engines.append(BipEngine(replace(config, host=host, port=port), extra))
+        card.toolkit = MultiChannelEngine(engines)
+
+    build_toolkit(agent)
+    transport = SimulatedCard(card)
+    transport.on_power_loss = lambda _: build_toolkit(OtaAgent.of_profile(card, registry, tracer=tracer))
+    return transport, agent
 
 
-def sms_trigger(card: SimCard, engine: BipEngine, profile: CardProfile) -> SmsTriggerToolkit:
-    """The card's toolkit for trigger = "sms": SMS-PP DOWNLOAD envelopes are secured packets checked with the
-    profile's OTA key set (TS 102 225); a good PUSH starts the engine's session. The replay counters persist in the
-    card state ("ota_counters")."""
-    from bipsim.uicc.ota_trigger import ISD_TAR, Counters, Keyset, SmsTriggerToolkit
+def sms_counters(card: SimCard) -> Counters:
+    """The card's OTA replay counters (TS 102 225), persisted in its state as "ota_counters"."""
+    from bipsim.uicc.ota_trigger import Counters
 
     counters = Counters()
     card.attach_state("ota_counters", counters)
+    return counters
+
+
+def sms_trigger(
+    card: SimCard, engine: BipEngine, profile: CardProfile, counters: Counters | None = None
+) -> SmsTriggerToolkit:
+    """The card's toolkit for trigger = "sms": SMS-PP DOWNLOAD envelopes are secured packets checked with the
+    profile's OTA key set (TS 102 225); a good PUSH starts the engine's session. The replay counters persist in the
+    card state ("ota_counters"); a toolkit built again after a power loss keeps the card's `counters`."""
+    from bipsim.uicc.ota_trigger import ISD_TAR, Keyset, SmsTriggerToolkit
+
+    if counters is None:
+        counters = sms_counters(card)
     kvn, kic, kid = profile.ota_keyset
     toolkit = SmsTriggerToolkit(
         engine,

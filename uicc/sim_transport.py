@@ -20,8 +20,13 @@ class SimulatedCard:
     def __init__(self, card: SimCard) -> None:
         self.card = card
         self.present = True
-        # Set by whoever powers the card (the CP's slot) to learn of an insert() at once instead of on its next poll.
+        # Set by whoever powers the card (the CP's slot) to learn of remove()/insert() at once (a card-detect switch)
+        # instead of at its next APDU or retry.
         self.on_insert: Callable[[], None] | None = None
+        self.on_remove: Callable[[], None] | None = None
+        # Called with the card at the first power-on after a removal: a card without power has lost its volatile
+        # state, the toolkit's sessions among it (the CP's simulated_card rebuilds the toolkit here).
+        self.on_power_loss: Callable[[SimCard], None] | None = None
         # True from a removal until the next successful power_on: a card that comes back must be reset before use.
         self._needs_reset = False
 
@@ -33,6 +38,8 @@ class SimulatedCard:
         self._needs_reset = True
         # A pulled card keeps only what it wrote to its non-volatile memory (TS 102 221 clause 6).
         self.card.save_state()
+        if self.on_remove is not None:
+            self.on_remove()
 
     def insert(self) -> None:
         """Puts the card back; it answers again after the next power_on (a reset), as a real card would."""
@@ -46,6 +53,8 @@ class SimulatedCard:
         await trio.lowlevel.checkpoint()
         if not self.present:
             raise CardRemoved("no card in the simulated slot")
+        if self._needs_reset and self.on_power_loss is not None:
+            self.on_power_loss(self.card)
         self._needs_reset = False
         return self.card.reset()
 
