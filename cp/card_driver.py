@@ -7,8 +7,7 @@ cat.terminal_response with its command and result, cat.envelope with its event, 
 
 The card is the CP's peer, not part of it: an exception out of the card's transport (a reader gone, a simulated
 card's applet failing) is answered as the card answering 6F 00, technical problem (TS 102 221 section 10.2.1.5),
-with an app.error trace event, so that the CP and its other channels go on. The one exception is CardRemoved
-(uicc/transport.py): a card or reader that is gone is not an answer, and it propagates to the caller.
+with an app.error trace event, so that the CP and its other channels go on.
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ from bipsim.uicc.cat import (
     decode_proactive,
 )
 from bipsim.uicc.tlv import TlvError
-from bipsim.uicc.transport import ApduTransport, CardRemoved
+from bipsim.uicc.transport import ApduTransport
 
 
 def terminal_profile(channels: int = 7) -> bytes:
@@ -73,6 +72,8 @@ def terminal_profile(channels: int = 7) -> bytes:
 
 TERMINAL_PROFILE = terminal_profile()
 SW_TECHNICAL_PROBLEM = b"\x6f\x00"
+# GET RESPONSE / re-send rounds one command may take: 64 rounds of 256 bytes is far beyond any TS 102 221 answer
+MAX_T0_ROUNDS = 64
 LINK_DROPPED = 0x05  # channel status further information (TS 102 223 section 8.56)
 
 
@@ -123,6 +124,14 @@ def get_response_class(cla: int) -> int:
     return cla & 0x03
 
 
+def with_le(apdu: bytes, le: int) -> bytes:
+    """`apdu` again with Le = `le`, as after a 6C xx (ISO/IEC 7816-3 section 10.3.5): a case 1/2 command becomes
+    its header and Le; a command with data (case 3/4) keeps its Lc and data and gets (or changes) its Le."""
+    if len(apdu) > 5 and len(apdu) >= 5 + apdu[4]:
+        return apdu[: 5 + apdu[4]] + bytes((le,))
+    return apdu[:4] + bytes((le,))
+
+
 class CardError(Exception):
     """The card answered a driver command with an error status word."""
 
@@ -148,8 +157,6 @@ class CardDriver:
         """One APDU to the card; an exception out of the card is its 6F 00 (the CP goes on)."""
         try:
             return await self.card.transmit(apdu)
-        except CardRemoved:
-            raise  # not an answer: the card is gone, and its slot says so (cp/card_slot.py)
         except Exception as exc:
             self.tracer.emit(
                 Actor.UICC,
@@ -215,6 +222,7 @@ class CardDriver:
         step: str | None = None,
         kind: Kind = Kind.APDU_COMMAND,
         fields: dict[str, Any] | None = None,
+        rounds: int = 0,
     ) -> tuple[bytes, int]:
         if fields is None and kind is Kind.APDU_COMMAND:
             fields = command_fields(apdu)
@@ -222,21 +230,32 @@ class CardDriver:
         response = await self._exchange(apdu)
         self._response_event(summary, response)
         data, sw = response[:-2], int.from_bytes(response[-2:], "big") if len(response) >= 2 else 0x6F00
+        if sw >> 8 in (0x6C, 0x61) and rounds >= MAX_T0_ROUNDS:
+            sw = self._endless(apdu, sw)
         if sw >> 8 == 0x6C:  # wrong Le: the card tells the right one
-            return await self._transmit(apdu[:4] + bytes((sw & 0xFF,)), summary, kind=kind, fields=fields)
+            return await self._transmit(
+                with_le(apdu, sw & 0xFF), summary, kind=kind, fields=fields, rounds=rounds + 1
+            )
         if sw >> 8 == 0x61:  # response data waiting
             get = bytes((get_response_class(apdu[0]), 0xC0, 0, 0, sw & 0xFF))
-            more, sw = await self._transmit(get, "GET RESPONSE")
+            more, sw = await self._transmit(get, "GET RESPONSE", rounds=rounds + 1)
             data += more
         self._note(sw)
         return data, sw
 
-    def card_gone(self) -> None:
-        """The card went away (CardRemoved): what the driver knew of it is void until the next start()."""
-        self.proactive_pending = 0
-        self.atr = b""
-        if self.started.is_set():
-            self.started = trio.Event()
+    def _endless(self, apdu: bytes, sw: int) -> int:
+        """A card still asking for another GET RESPONSE or re-send after MAX_T0_ROUNDS answers garbage: the
+        command ends as its technical problem (6F 00) instead of looping for ever."""
+        self.tracer.emit(
+            Actor.UICC,
+            Actor.CP,
+            Layer.APP,
+            f"card answered {sw:04X} {MAX_T0_ROUNDS} times in a row on {apdu[:4].hex().upper()}; taken as 6F00",
+            error=True,
+            kind=Kind.APP_ERROR,
+            fields={"where": "card", "apdu": apdu[:4].hex().upper(), "error": f"endless {sw:04X}"},
+        )
+        return 0x6F00
 
     def _note(self, sw: int) -> None:
         if sw >> 8 == 0x91:

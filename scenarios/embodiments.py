@@ -5,8 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from bipsim.scenarios.base import ScenarioOptions, ScenarioResult, check_ota_completed, check_steps
+from bipsim.scenarios.base import (
+    ScenarioOptions,
+    ScenarioResult,
+    card_state_known,
+    check_ota_completed,
+    check_steps,
+)
 from bipsim.scenarios.harness import RunConfig, run_processes
+from bipsim.uicc.profile import load_profile
 
 
 def embodiment_config(number: int, **settings: Any) -> RunConfig:
@@ -16,11 +23,26 @@ def embodiment_config(number: int, **settings: Any) -> RunConfig:
 
 
 def run_embodiment(number: int, options: ScenarioOptions) -> ScenarioResult:
-    config = embodiment_config(number, port_a=options.port_a, port_b=options.port_b)
+    config = embodiment_config(
+        number, port_a=options.port_a, port_b=options.port_b, **card_settings(options.card)
+    )
     run = run_processes(config, options.directory)
     check_ota_completed(run)
     check_steps(run, number)
-    return ScenarioResult(f"embodiment{number}", run)
+    notes = (
+        [] if card_state_known(run) else [f"card {options.card}: checked by its status words, not its state"]
+    )
+    return ScenarioResult(f"embodiment{number}", run, notes)
+
+
+def card_settings(card: str) -> dict[str, Any]:
+    """The RunConfig fields for the CP's `--card`: a card behind PC/SC reaches the OTA server where its own
+    profile says, which for a card `bipsim card serve` exports with the built-in profile is that profile's
+    ota_host:ota_port (docs/hil.md); the server listens there."""
+    if card == "sim":
+        return {}
+    profile = load_profile()
+    return {"card": card, "ota_listen": f"{profile.ota_host}:{profile.ota_port}"}
 
 
 def embodiment1(options: ScenarioOptions) -> ScenarioResult:

@@ -59,6 +59,12 @@ class RunConfig:
     on_process: Callable[[str, int], None] | None = None
     # called once the CP ended (or the run timed out), before the other processes are stopped
     on_cp_end: Callable[[], None] | None = None
+    # the CP's card (bipsim cp --card): "sim" builds the simulated one from `profile`; "pcsc:N" / "pcsc:NAME" is
+    # a card behind PC/SC whose own profile fixes where it connects, so the OTA server listens at `ota_listen`
+    # (HOST:PORT) and the card's saved state, when there is a file of it, is read from `card_state`
+    card: str = "sim"
+    ota_listen: str | None = None
+    card_state: Path | None = None
 
 
 FieldTest = Callable[[dict[str, Any]], bool]
@@ -474,7 +480,7 @@ class Harness:
                     self._command(
                         "ota-server",
                         "--listen",
-                        "127.0.0.1:0",
+                        config.ota_listen or "127.0.0.1:0",
                         "--results",
                         str(self.dir / "results.json"),
                         "--trace",
@@ -530,14 +536,14 @@ class Harness:
                 ),
                 nursery,
             )
+            card_args = ["--profile", str(self.dir / "profile.toml"), "--state", str(self.dir / "card.json")]
+            if config.card != "sim":
+                card_args = ["--card", config.card]  # the card's own profile and state are behind the reader
             self._cp_command = self._command(
                 "cp",
                 "--port",
                 cp_port,
-                "--profile",
-                str(self.dir / "profile.toml"),
-                "--state",
-                str(self.dir / "card.json"),
+                *card_args,
                 "--bearer",
                 config.bearer,
                 "--once",
@@ -580,7 +586,8 @@ class Harness:
             if (self.dir / "results.json").exists()
             else {}
         )
-        state = json.loads((self.dir / "card.json").read_text()) if (self.dir / "card.json").exists() else {}
+        state_file = config.card_state or self.dir / "card.json"
+        state = json.loads(state_file.read_text()) if state_file.exists() else {}
         logs = {p.stem: p.read_text(errors="replace") for p in self.dir.glob("*.log")}
         extra_results = []
         for name, _ in self._extra_servers():

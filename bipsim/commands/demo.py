@@ -23,7 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from bipsim.errors import CliError
-from bipsim.scenarios.embodiments import embodiment_config
+from bipsim.scenarios.embodiments import card_settings, embodiment_config
 from bipsim.scenarios.harness import Harness, HarnessError, RunResult
 from bipsim.trace.events import TraceEvent
 from bipsim.trace.kinds import Kind
@@ -256,9 +256,10 @@ async def _run_embodiment(
     port_b: str | None,
     timeout: float,
     verbose: bool,
+    card: str = "sim",
 ) -> Outcome:
     outcome = Outcome(number, directory)
-    config = embodiment_config(number, port_a=port_a, port_b=port_b, timeout=timeout)
+    config = embodiment_config(number, port_a=port_a, port_b=port_b, timeout=timeout, **card_settings(card))
     harness = Harness(config, directory)
     harness.origin = origin  # one clock for the whole demo, so both sessions merge into one trace
     console.print()
@@ -464,6 +465,16 @@ def _check_output(option: str, path: str | None) -> None:
     help="Keep each process's trace, log, card state and the server's results in this folder.",
 )
 @click.option("-v", "--verbose", is_flag=True, help="Show every step event in the ladder, repeats included.")
+@click.option(
+    "--card",
+    default="sim",
+    show_default=True,
+    metavar="sim|pcsc:N|pcsc:NAME",
+    help="The CP's card, as `bipsim cp --card` takes it: sim (the simulated UICC), pcsc:N (the card in PC/SC "
+    "reader N) or pcsc:NAME (the first reader whose name holds NAME). With a PC/SC card the OTA server listens "
+    "at the built-in profile's address, 127.0.0.1:4443, where a card served by `bipsim card serve --vpcd` "
+    "connects; its state stays behind the reader, so the summary checks the card by its status words.",
+)
 def demo(
     embodiment: str,
     trace_path: str | None,
@@ -473,6 +484,7 @@ def demo(
     timeout: float,
     keep_dir: str | None,
     verbose: bool,
+    card: str,
 ) -> None:
     """Run the patent's embodiments end to end and show each step as it happens.
 
@@ -507,6 +519,10 @@ def demo(
             raise CliError(f"{option} {port}: no such device")
     _check_output("--trace", trace_path)
     _check_output("--pcap", pcap_path)
+    if card != "sim":
+        from bipsim.commands.scenario import check_card_spec
+
+        check_card_spec(card)
     numbers = [1, 2] if embodiment == "both" else [int(embodiment)]
     if keep_dir:
         root = Path(keep_dir)
@@ -534,6 +550,7 @@ def demo(
                     port_b=port_b,
                     timeout=timeout,
                     verbose=verbose,
+                    card=card,
                 )
             )
         return outcomes

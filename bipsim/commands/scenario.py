@@ -11,6 +11,18 @@ import click
 from bipsim.errors import CliError
 
 MIN_DESCRIPTION = 30  # characters of description per line, however narrow the terminal says it is
+# the scenarios whose card may be one behind PC/SC: the others change the card's profile (link mode, trigger...)
+PCSC_SCENARIOS = ("embodiment1", "embodiment2")
+
+
+def check_card_spec(card: str) -> None:
+    """A --card other than sim must read as pcsc[:N|:NAME]; the CP checks the reader itself when it starts."""
+    from bipsim.uicc.pcsc_card import parse_card_spec
+
+    try:
+        parse_card_spec(card)
+    except ValueError as exc:
+        raise CliError(f"--card {card}: {exc}; use sim, pcsc:N or pcsc:NAME") from exc
 
 
 @click.group("scenario")
@@ -52,6 +64,16 @@ def list_cmd() -> None:
 )
 @click.option("--port-a", help="Use an existing line pair: the AP's end (with --port-b).")
 @click.option("--port-b", help="The CP's end of the existing pair.")
+@click.option(
+    "--card",
+    default="sim",
+    show_default=True,
+    metavar="sim|pcsc:N|pcsc:NAME",
+    help="The CP's card, as `bipsim cp --card` takes it: sim (the simulated UICC with the scenario's profile), "
+    "pcsc:N (the card in PC/SC reader N) or pcsc:NAME (the first reader whose name holds NAME). With a PC/SC "
+    "card (embodiment1 and embodiment2 only) the OTA server listens at the built-in profile's address, "
+    "127.0.0.1:4443, where a card served by `bipsim card serve --vpcd` connects.",
+)
 def run_cmd(
     name: str,
     trace_path: str | None,
@@ -59,6 +81,7 @@ def run_cmd(
     keep_dir: str | None,
     port_a: str | None,
     port_b: str | None,
+    card: str,
 ) -> None:
     """Run scenario NAME; exit 0 when every check passed, 1 with the failed check otherwise."""
     import tempfile
@@ -71,11 +94,18 @@ def run_cmd(
         raise CliError(f"no scenario {name!r}; `bipsim scenario list` shows them")
     if bool(port_a) != bool(port_b):
         raise CliError("--port-a and --port-b go together")
+    if card != "sim":
+        check_card_spec(card)
+        if name not in PCSC_SCENARIOS:
+            raise CliError(
+                f"--card {card}: scenario {name} sets up the card's profile itself; a PC/SC card runs "
+                f"{' and '.join(PCSC_SCENARIOS)}"
+            )
     directory = Path(keep_dir) if keep_dir else Path(tempfile.mkdtemp(prefix=f"bipsim-{name}-"))
     directory.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     try:
-        result = SCENARIOS[name](ScenarioOptions(directory, port_a, port_b))
+        result = SCENARIOS[name](ScenarioOptions(directory, port_a, port_b, card))
     except (ScenarioFailed, HarnessError) as exc:
         raise CliError(f"scenario {name} failed: {exc}") from exc
     finally:
