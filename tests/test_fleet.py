@@ -1,0 +1,288 @@
+"""`bipsim fleet` (ota/fleet.py) and `bipsim ota-server --workers K` (ota/server_pool.py): a small fleet against
+the server agrees with the server's own log, a worker killed mid-run and a server that refuses are counted by cause,
+the Dask engine gives the same report, and a card keeps one record across the pool's workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from bipsim.ota.admin import AdminServer, Answer
+from bipsim.ota.campaign import Campaign
+from bipsim.ota.fleet import (
+    SERVER_REFUSED,
+    WORKER_DIED,
+    FleetConfig,
+    FleetTally,
+    Histogram,
+    LocalEngine,
+    card_identity,
+    classify_failure,
+    fleet_keys,
+    luhn_digit,
+    run_fleet,
+    split,
+)
+from bipsim.ota.http_connection import HttpRequest
+from bipsim.ota.server import OtaServer
+from bipsim.ota.server_pool import FrameReader, card_key, encode_frame, owner_of
+from bipsim.uicc.http_limits import LIMITS
+
+BIPSIM = [sys.executable, "-m", "bipsim"]
+
+
+def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*BIPSIM, *args], capture_output=True, text=True, timeout=timeout)
+
+
+# --- the sans-IO parts ------------------------------------------------------------------------------------------
+
+
+def test_identities_are_distinct_and_valid_iccids() -> None:
+    cards = [card_identity(i) for i in range(1000)]
+    assert len({c.iccid for c in cards}) == 1000
+    assert len({c.psk_identity for c in cards}) == 1000
+    assert len({c.psk for c in cards}) == 1000
+    for card in cards[:50]:
+        assert len(card.iccid) == 20 and card.iccid.startswith("89")
+        assert luhn_digit(card.iccid[:-1]) == int(card.iccid[-1])
+    # the known Luhn example of ISO/IEC 7812 (7992739871 -> 3)
+    assert luhn_digit("7992739871") == 3
+    assert card_identity(5, seed=1).psk != card_identity(5, seed=0).psk
+    assert fleet_keys(3) == {c.psk_identity: c.psk for c in cards[:3]}
+
+
+def test_split_and_session_shares_add_up() -> None:
+    assert split(10, 3) == [(0, 4), (4, 3), (7, 3)]
+    config = FleetConfig(cards=7, workers=3, sessions=23)
+    specs = config.specs("127.0.0.1", 1)
+    assert [(s.first, s.count) for s in specs] == [(0, 3), (3, 2), (5, 2)]
+    assert sum(s.sessions or 0 for s in specs) == 23
+    assert all(sum(s.sessions_of(i) or 0 for i in range(s.count)) == s.sessions for s in specs)
+    assert sum(s.sessions or 0 for s in FleetConfig(cards=5, workers=2).specs("h", 1)) == 5  # one per card
+
+
+def test_failure_causes() -> None:
+    assert classify_failure(["connection lost: connect: refused"] * 4) == SERVER_REFUSED
+    assert classify_failure(["server answered 503"]) == SERVER_REFUSED
+    assert classify_failure(["server answered 404"]) == "http 404"
+    assert classify_failure(["TLS: alert 115"]) == "tls failed"
+    assert classify_failure(["connection lost: closed by the server"] * 4) == "connection lost"
+    assert classify_failure(["HTTP: bad header"]) == "bad answer"
+
+
+def test_histogram_percentiles_within_one_percent() -> None:
+    histogram = Histogram()
+    for ms in range(1, 1001):
+        histogram.add(ms / 1000)
+    p50, p99 = histogram.percentile(50), histogram.percentile(99)
+    assert p50 is not None and p99 is not None
+    assert 0.500 <= p50 <= 0.500 * 1.011
+    assert 0.990 <= p99 <= 0.990 * 1.011
+    assert Histogram().percentile(99) is None
+
+
+def test_tally_counts_what_a_dead_worker_owed() -> None:
+    specs = FleetConfig(cards=4, workers=2, sessions=8).specs("h", 1)
+    tally = FleetTally(specs, engine="local", cards=4)
+    tally.feed({"type": "started", "worker": 0, "pid": 1})
+    tally.feed({"type": "sessions", "worker": 0, "outcomes": [[0.01, None]] * 3 + [[0.02, "tls failed"]]})
+    tally.feed({"type": "done", "worker": 0})
+    tally.exited(0, None)
+    tally.feed({"type": "started", "worker": 1, "pid": 2})
+    tally.feed({"type": "sessions", "worker": 1, "outcomes": [[0.01, None]]})
+    tally.feed({"type": "sessions", "worker": 7, "outcomes": [[0.01, None]]})  # no such worker: ignored
+    tally.exited(1, "killed by SIGKILL")
+    report = tally.report(2.0)
+    assert (report.completed, report.failed, report.sessions) == (4, 4, 8)
+    assert report.failures == {"tls failed": 1, WORKER_DIED: 3}
+    assert report.workers_died == 1 and not report.ok
+    assert report.sessions_per_s == 2.0
+
+
+def test_pool_frames_and_owners() -> None:
+    reader = FrameReader()
+    data = encode_frame({"id": 1}) + encode_frame({"id": 2, "body": "x" * 100})
+    assert reader.feed(data[:7]) == []
+    assert [m["id"] for m in reader.feed(data[7:])] == [1, 2]
+    with pytest.raises(ValueError):
+        FrameReader().feed((2**31).to_bytes(4, "big"))
+    request = HttpRequest("POST", "/", {"x-admin-from": "//se-id/iccid/8988"})
+    assert card_key(request) == "iccid:8988"
+    assert card_key(HttpRequest("POST", "/", {"x-admin-from": "nonsense"})) is None
+    owners = {owner_of(f"iccid:{card_identity(i).iccid}", 2) for i in range(20)}
+    assert owners == {0, 1}
+    assert owner_of("iccid:8988", 3) == owner_of("iccid:8988", 3)
+
+
+# --- fleets against a server --------------------------------------------------------------------------------------
+
+
+def test_small_fleet_agrees_with_the_servers_log(tmp_path: Path) -> None:
+    results = tmp_path / "results.json"
+    done = run_cli("fleet", "--cards", "20", "--workers", "2", "--json", "--results", str(results))
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert (report["cards"], report["workers"], report["engine"]) == (20, 2, "local")
+    assert (report["sessions"], report["completed"], report["failed"], report["failures"]) == (20, 20, 0, {})
+    assert report["ok"] and report["sessions_per_s"] > 0 and 0 < report["p50_ms"] <= report["p99_ms"]
+    assert "completed" in done.stderr  # the live progress line
+    # the server's own figures and its per-card log: one record per card, every card's plan done once
+    assert report["server"]["cards"] == 20 and report["server"]["sessions"] == 20
+    log = json.loads(results.read_text())
+    assert set(log) == {f"iccid:{card_identity(i).iccid}" for i in range(20)}
+    assert all(entry["completed"] and entry["sessions"] == 1 and entry["all_ok"] for entry in log.values())
+    assert sum(len(entry["scripts"]) for entry in log.values()) == 20 * 4  # the built-in campaign's 4 scripts
+
+
+class HoldingServer(OtaServer):
+    """A server that never answers the cards in `held` (their sessions hang until the test ends)."""
+
+    def __init__(self, held: set[str], **kwargs: Any) -> None:
+        super().__init__(AdminServer(Campaign.load()), **kwargs)
+        self.held = held
+        self.holding = trio.Event()
+
+    async def answer(self, request: HttpRequest, identity: str | None) -> Answer:
+        if card_key(request) in self.held:
+            self.holding.set()
+            await trio.sleep_forever()
+        return await super().answer(request, identity)
+
+
+async def test_a_killed_worker_is_counted_and_the_rest_finishes() -> None:
+    config = FleetConfig(cards=20, workers=2)
+    second = config.specs("h", 1)[1]
+    held = {f"iccid:{card_identity(i).iccid}" for i in range(second.first, second.first + second.count)}
+    server = HoldingServer(held, keys=fleet_keys(20))
+    pids: dict[int, int] = {}
+    exits: dict[int, Any] = {}
+
+    def on_event(event: dict[str, Any]) -> None:
+        if event["type"] == "started":
+            pids[event["worker"]] = event["pid"]
+        if event["type"] == "exited":
+            exits[event["worker"]] = event["why"]
+
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(server.serve, "127.0.0.1", 0)
+        config.server = ("127.0.0.1", port)
+
+        async def killer() -> None:
+            await server.holding.wait()  # worker 1 runs: its first card is mid-session at the server
+            while 1 not in pids:  # its "started" came before that request; the event may still be in the pipe
+                await trio.sleep(0.01)
+            os.kill(pids[1], signal.SIGKILL)
+
+        nursery.start_soon(killer)
+        with trio.fail_after(120):
+            report = await run_fleet(config, LocalEngine(), on_event=on_event)
+        nursery.cancel_scope.cancel()
+    assert exits[0] is None and "SIGKILL" in exits[1]
+    assert report.workers_died == 1 and not report.ok
+    assert report.completed == 10  # worker 0's cards, every one
+    assert report.failures == {WORKER_DIED: 10}
+    assert report.sessions == 20
+
+
+def free_port_nobody_listens_on() -> tuple[socket.socket, int]:
+    """A port bound and never listened on: connections to it are refused, and no other test can take it."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    return sock, sock.getsockname()[1]
+
+
+def test_a_refusing_server_is_counted_by_cause_and_the_exit_is_nonzero() -> None:
+    sock, port = free_port_nobody_listens_on()
+    with sock:
+        done = run_cli("fleet", "--cards", "4", "--workers", "2", "--server", f"127.0.0.1:{port}", "--json")
+    assert done.returncode == 1, done.stderr
+    report = json.loads(done.stdout)
+    assert report["failures"] == {SERVER_REFUSED: 4} and report["completed"] == 0 and not report["ok"]
+    text = run_cli("fleet", "--cards", "2", "--workers", "1", "--server", f"127.0.0.1:{port}", "--quiet")
+    assert text.returncode == 1 and "failed: 2 x server refused" in text.stdout
+
+
+async def test_a_server_over_capacity_is_counted_as_refused() -> None:
+    from dataclasses import replace
+
+    admin = AdminServer(Campaign.load(), limits=replace(LIMITS, connections=0))  # every connection gets 503
+    server = OtaServer(admin, keys=fleet_keys(6))
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(server.serve, "127.0.0.1", 0)
+        config = FleetConfig(cards=6, workers=2, server=("127.0.0.1", port))
+        with trio.fail_after(120):
+            report = await run_fleet(config, LocalEngine())
+        nursery.cancel_scope.cancel()
+    assert report.failures == {SERVER_REFUSED: 6} and report.completed == 0
+    assert server.refused == 6
+
+
+async def test_dask_engine_runs_the_same_fleet() -> None:
+    pytest.importorskip("distributed", reason="the 'fleet' extra (make test installs it with dev)")
+    from bipsim.ota.fleet_dask import DaskEngine
+
+    server = OtaServer(AdminServer(Campaign.load()), keys=fleet_keys(20))
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(server.serve, "127.0.0.1", 0)
+        config = FleetConfig(cards=20, workers=2, server=("127.0.0.1", port), flush=0.2)
+        with trio.fail_after(170):
+            report = await run_fleet(config, DaskEngine(scheduler=None, workers=2))
+        nursery.cancel_scope.cancel()
+    assert report.engine == "dask" and report.ok
+    assert (report.sessions, report.completed, report.failures) == (20, 20, {})
+    assert len(server.admin.cards) == 20 and all(p.completed for p in server.admin.cards.values())
+
+
+def test_pool_server_keeps_one_record_per_card(tmp_path: Path) -> None:
+    """Three sessions per card against `ota-server --workers 2`: the kernel spreads the connections over both
+    workers, and each card still has one record (its plan run once, three sessions) at its owner."""
+    keys, results = tmp_path / "keys.toml", tmp_path / "results.json"
+    assert run_cli("fleet", "--cards", "12", "--export-keys", str(keys)).returncode == 0
+    server = subprocess.Popen(
+        [*BIPSIM, "ota-server", "--listen", "127.0.0.1:0", "--workers", "2", "--keys", str(keys)]
+        + ["--results", str(results)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()
+        assert line.startswith("listening on ") and "2 workers" in line, line
+        address = line.split()[2]
+        done = run_cli(
+            "fleet", "--cards", "12", "--workers", "2", "--sessions", "36", "--server", address, "--json"
+        )
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["completed"] == 36
+    finally:
+        server.send_signal(signal.SIGTERM)
+        out, _ = server.communicate(timeout=60)
+    assert server.returncode == 0
+    summary = json.loads(
+        next(x for x in out.splitlines() if x.startswith("summary: ")).removeprefix("summary: ")
+    )
+    assert (summary["cards"], summary["completed"], summary["sessions"]) == (12, 12, 36)
+    assert summary["forwarded"] > 0  # requests did land on the worker not owning their card
+    log = json.loads(results.read_text())
+    assert len(log) == 12
+    assert all(e["completed"] and e["sessions"] == 3 and len(e["scripts"]) == 4 for e in log.values())
+    assert {Path(p).name for p in os.listdir(tmp_path)} >= {"results.w0.json", "results.w1.json"}
+
+
+def test_fleet_help_and_bad_options() -> None:
+    help_text = run_cli("fleet", "--help").stdout
+    for option in ("--cards", "--workers", "--server", "--duration", "--sessions", "--seed", "--engine"):
+        assert option in help_text
+    bad = run_cli("fleet", "--cards", "2", "--sessions", "4", "--duration", "1")
+    assert bad.returncode != 0 and "exclude" in bad.stderr and "Traceback" not in bad.stderr
+    assert "--workers" in run_cli("ota-server", "--help").stdout
