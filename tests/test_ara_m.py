@@ -7,10 +7,12 @@ state file, every error status word, and the built-in profiles `omapi`, `omapi-e
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
 
+from bipsim.cli import main
 from bipsim.errors import CliError
 from bipsim.uicc.applets.ara_m import TEST_CERTIFICATES, certificate_hash
 from bipsim.uicc.card import SimCard
@@ -332,3 +334,27 @@ def test_dump_profile_round_trips_rules(tmp_path: Path) -> None:
     again = load_profile(write_profile(tmp_path, "dumped.toml", dump_profile(profile)))
     assert again == profile
     assert refresh_tag(SimCard(again)) == refresh_tag(SimCard(profile))
+
+
+# --- bipsim decode names them ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("command", "key", "value"),
+    [
+        ("81CAFF40F0", "tag_name", "all access rules (Response-ALL-REF-AR-DO)"),
+        ("81CAFF6000", "tag_name", "next part of the access rules"),
+        ("81CADF2000", "tag_name", "refresh tag of the access rules"),
+        ("01A4040009" + ARA_M, "aid_name", "ARA-M (GlobalPlatform SE Access Control)"),
+        ("0070000001", "p1_name", "Open Channel"),
+    ],
+)
+def test_decode_names_the_omapi_apdus(
+    capsys: pytest.CaptureFixture[str], command: str, key: str, value: str
+) -> None:
+    try:
+        main(["decode", "--json", command])
+    except SystemExit as exc:
+        assert not exc.code
+    decoded = json.loads(capsys.readouterr().out)
+    assert decoded["apdu"]["details"][key] == value

@@ -65,6 +65,22 @@ INSTRUCTIONS: dict[int, str] = {
 # TERMINATE DF and DELETE FILE; STATUS and GET STATUS share 80 F2)
 _GP_INSTRUCTIONS = {0xE6: "INSTALL", 0xE4: "DELETE", 0xF2: "STATUS / GET STATUS"}
 
+# GET DATA (INS CA) tags of the ARA-M, GlobalPlatform Secure Element Access Control (GPD_SPE_013) section 5.1
+GET_DATA_TAGS: dict[int, str] = {
+    0xFF40: "all access rules (Response-ALL-REF-AR-DO)",
+    0xFF50: "access rule of one REF-DO (Response-AR-DO)",
+    0xFF60: "next part of the access rules",
+    0xDF20: "refresh tag of the access rules",
+}
+
+# Applications a SELECT by DF name (P1 04) names in bipsim's traces
+KNOWN_AIDS: dict[str, str] = {
+    "A0000000871002FF33FF018900000100": "USIM (3GPP TS 31.102)",
+    "A00000015141434C00": "ARA-M (GlobalPlatform SE Access Control)",
+    "A000000476416E64726F696443545331": "Android CTS OMAPI test applet",
+    "A000000476416E64726F696443545332": "Android CTS OMAPI test applet (long select response)",
+}
+
 # The CAT instructions of TS 102 221 section 10.1.2, class '80'
 CAT_INSTRUCTIONS = {0x10: "TERMINAL PROFILE", 0x12: "FETCH", 0x14: "TERMINAL RESPONSE", 0xC2: "ENVELOPE"}
 

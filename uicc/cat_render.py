@@ -24,7 +24,9 @@ from typing import Any
 
 from bipsim.uicc.apdu_names import (
     CAT_INSTRUCTIONS,
+    GET_DATA_TAGS,
     INSTRUCTIONS,
+    KNOWN_AIDS,
     CommandApdu,
     StatusWord,
     is_known_class,
@@ -299,6 +301,8 @@ def _command_details(command: CommandApdu) -> dict[str, Any]:
         out: dict[str, Any] = {"p1": command.p1, "p1_name": _SELECT_P1.get(command.p1, "")}
         if command.p1 == 0x04:
             out["aid"] = command.data.hex().upper()
+            if out["aid"] in KNOWN_AIDS:
+                out["aid_name"] = KNOWN_AIDS[out["aid"]]
         elif len(command.data) % 2 == 0 and command.data:
             ids = [int.from_bytes(command.data[i : i + 2], "big") for i in range(0, len(command.data), 2)]
             out["files"] = [f"{fid:04X}" + (f" ({_FILES[fid]})" if fid in _FILES else "") for fid in ids]
@@ -309,6 +313,9 @@ def _command_details(command: CommandApdu) -> dict[str, Any]:
         return {"record": command.p1}
     if command.ins == 0x70:
         return {"p1": command.p1, "p1_name": _MANAGE_CHANNEL_P1.get(command.p1, ""), "channel": command.p2}
+    if command.ins == 0xCA and (command.p1 << 8 | command.p2) in GET_DATA_TAGS:  # the ARA-M's tags (GPD_SPE_013 5.1)
+        tag = command.p1 << 8 | command.p2
+        return {"tag": f"{tag:04X}", "tag_name": GET_DATA_TAGS[tag]}
     if command.ins in (0x12, 0xC0) and command.le is not None:
         return {"length": command.le}
     return {}
