@@ -307,7 +307,7 @@ def test_card_control_lines() -> None:
     assert card_control_answer("remove 2", slots) == "error no slot 2"
     for bad in ("", "remove", "pull 1", "remove one", "remove 1 2"):
         assert card_control_answer(bad, slots).startswith("error use:"), bad
-    other = Modem(ModemOptions("not-opened"), Unplugged(card1), tracer=tracer)  # type: ignore[arg-type]
+    other = Modem(ModemOptions("not-opened"), Unplugged(card1), tracer=tracer)
     assert card_control_answer("remove 1", other.slots).startswith("error slot 1's card is not a simulated")
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 import trio
 
@@ -16,6 +18,11 @@ from bipsim.commands.common import (
     until_signalled,
 )
 from bipsim.errors import CliError
+
+if TYPE_CHECKING:
+    from bipsim.trace.recorder import Tracer
+    from bipsim.uicc.recorded_card import RecordedCard
+    from bipsim.uicc.transport import ApduTransport
 
 
 @click.command("cp")
@@ -34,7 +41,9 @@ from bipsim.errors import CliError
     "card_kind",
     default="sim",
     show_default=True,
-    help="sim (simulated UICC), pcsc[:N] (reader N), or trace:F (replay a recorded card).",
+    help="sim (the simulated UICC); pcsc:N (the card in PC/SC reader N, from 0, as `bipsim card readers` "
+    "lists them; pcsc alone is reader 0); pcsc:NAME (the first reader whose name holds NAME, e.g. "
+    '"pcsc:Virtual PCD" for the card `bipsim card serve --vpcd` exports); or trace:F (replay a recorded card).',
 )
 @click.option(
     "--profile",
@@ -72,6 +81,36 @@ from bipsim.errors import CliError
     help="The simulated card also runs an OTA session with this server on another BIP channel, at the same "
     "time (repeatable, up to 6).",
 )
+@click.option(
+    "--card2",
+    "card2_kind",
+    metavar="SPEC",
+    help="Give the CP a second card slot (SIM2) holding this card: sim, pcsc:N, pcsc:NAME, trace:F (as --card) or "
+    "none (an empty slot). Slot 1 (--card) runs the SIM toolkit and BIP; slot 2 answers the SIM AT commands "
+    "(+CSIM, +CRSM, +CCHO/+CGLA/+CCHC, +CPIN, +CIMI) of a line that chose it with AT%SLOT=2. Without it the CP "
+    "has one slot.",
+)
+@click.option(
+    "--profile2",
+    "profile2_path",
+    type=click.Path(dir_okay=False),
+    help="Card profile (TOML/JSON) for --card2 sim.",
+)
+@click.option(
+    "--state2",
+    "state2_path",
+    type=click.Path(dir_okay=False),
+    help="The second simulated card's persistent state file (give it its own: two cards never share one).",
+)
+@click.option(
+    "--card-control",
+    "card_control",
+    metavar="PATH",
+    type=click.Path(dir_okay=False),
+    help="Listen on this UNIX socket for card moves: a line 'remove N' pulls the simulated card of slot N, "
+    "'insert N' puts it back, 'slots' lists the slots (answers: 'ok ...' or 'error ...'). For tests, scenarios "
+    "and benches that pull a card mid-session.",
+)
 @trace_option
 @pcap_option
 @session_option
@@ -86,15 +125,22 @@ def cp(
     start_delay: float,
     once: bool,
     extra_channels: tuple[str, ...],
+    card2_kind: str | None,
+    profile2_path: str | None,
+    state2_path: str | None,
+    card_control: str | None,
     trace_path: str | None,
     pcap_path: str | None,
     session: str | None,
 ) -> None:
     """Run the CP: it answers AT (3GPP TS 27.007) on the line, switches to 27.010 CMUX on AT+CMUX=0, serves modem
     control on DLC 1, asks the AP proxy on DLC 2, and carries the card's BIP channels (ETSI TS 102 223) on the chosen
-    bearer. Runs until Ctrl-C or SIGTERM (or, with --once, until the first BIP session ended)."""
+    bearer. Runs until Ctrl-C or SIGTERM (or, with --once, until the first BIP session ended).
+
+    A card that goes away (pulled, its reader unplugged) is reported, not fatal: its slot answers +CPIN and the
+    SIM commands +CME ERROR: 10, its BIP channels end, and the CP powers it on again when it is back."""
     install_shutdown("bipsim cp")  # exit 0 on SIGTERM, or 143 when not stopped within 1 s
-    from bipsim.cp.modem import LineUnavailable, Modem, ModemOptions, simulated_card
+    from bipsim.cp.modem import LineUnavailable, Modem, ModemOptions
 
     tracer = make_tracer(trace_path, session, keep=bool(pcap_path))
     recorded = None
@@ -103,23 +149,30 @@ def cp(
     extra = [host_port(text) for text in extra_channels]
     if extra and card_kind != "sim":
         raise CliError("--extra-channel needs --card sim")
-    if card_kind == "sim":
-        card, _ = simulated_card(profile_path, state_path, tracer, extra)
-    elif card_kind.startswith("trace:"):
-        from bipsim.trace.reader import read_trace
-        from bipsim.uicc.recorded_card import RecordedCard
-
-        events, _ = read_trace([card_kind[len("trace:") :]])
-        recorded = RecordedCard(events)
-        card = recorded
-    elif card_kind.startswith("pcsc"):
-        raise CliError("--card pcsc needs a PC/SC reader binding, which this build does not include")
-    else:
-        raise CliError(f"--card {card_kind}: use sim, pcsc[:N] or trace:FILE")
+    if card_kind == "none":
+        raise CliError("--card none: slot 1 holds the toolkit's card; only --card2 may be empty")
+    card, recorded = open_card("--card", card_kind, profile_path, state_path, tracer, extra)
+    card2 = None
+    if card2_kind is not None:
+        if card2_kind == "sim" and state2_path is not None and state2_path == state_path:
+            raise CliError("--state2: the two cards need state files of their own")
+        card2, recorded2 = open_card("--card2", card2_kind, profile2_path, state2_path, tracer, [])
+        recorded = recorded or recorded2
+    elif profile2_path or state2_path:
+        raise CliError("--profile2 and --state2 need --card2 sim")
     modem = Modem(
-        ModemOptions(port, baud, bearer, once, start_delay=start_delay, wait_for_line=wait_for_line),
+        ModemOptions(
+            port,
+            baud,
+            bearer,
+            once,
+            start_delay=start_delay,
+            wait_for_line=wait_for_line,
+            card_control=card_control,
+        ),
         card,
         tracer=tracer,
+        card2=card2,
     )
 
     missing: list[LineUnavailable] = []
@@ -143,3 +196,40 @@ def cp(
         finish_trace(tracer, pcap_path)
     if recorded is not None and recorded.divergence is not None:
         raise CliError(f"replay diverged: {recorded.divergence}", exit_code=3)
+
+
+def open_card(
+    option: str,
+    kind: str,
+    profile_path: str | None,
+    state_path: str | None,
+    tracer: Tracer,
+    extra: list[tuple[str, int]],
+) -> tuple[ApduTransport, RecordedCard | None]:
+    """The card a --card/--card2 SPEC names, and the recorded card when it is one (its divergence is the exit
+    code). `none` is an empty slot."""
+    from bipsim.cp.card_slot import NoCard
+    from bipsim.cp.modem import simulated_card
+
+    if kind == "sim":
+        card, _ = simulated_card(profile_path, state_path, tracer, extra)
+        return card, None
+    if kind == "none":
+        return NoCard(), None
+    if kind.startswith("trace:"):
+        from bipsim.trace.reader import read_trace
+        from bipsim.uicc.recorded_card import RecordedCard
+
+        events, _ = read_trace([kind[len("trace:") :]])
+        recorded = RecordedCard(events)
+        return recorded, recorded
+    if kind == "pcsc" or kind.startswith("pcsc:"):
+        from bipsim.uicc.pcsc_card import PcscUnavailable, open_pcsc_card
+
+        try:
+            return open_pcsc_card(kind), None  # pyscard there, pcscd answering, the reader present
+        except (PcscUnavailable, ValueError) as exc:
+            raise CliError(f"{option} {kind}: {exc}") from exc
+    raise CliError(
+        f"{option} {kind}: use sim, pcsc[:N|:NAME], trace:FILE{' or none' if option == '--card2' else ''}"
+    )
