@@ -33,7 +33,10 @@ def card() -> None:
     "--profile",
     "profile_path",
     type=click.Path(dir_okay=False),
-    help="Card profile (TOML/JSON): ICCID, IMSI, OTA server and BIP settings. Default: the built-in profile.",
+    metavar="NAME|FILE",
+    help="Card profile: a built-in NAME (default, omapi, omapi-no-rules, omapi-empty, omapi-malformed) or a "
+    "TOML/JSON FILE of keys (ICCID, IMSI, OTA server, BIP, applets, ARA-M rules) over the default. "
+    "Default: the built-in default profile.",
 )
 @click.option(
     "--state",

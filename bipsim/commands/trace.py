@@ -220,8 +220,10 @@ unusable input (nothing to replay, several sessions without --session).
 @click.option(
     "--profile",
     "profile_path",
-    type=click.Path(exists=True, dir_okay=False),
-    help="--as server / --as ap --card sim: the live card's profile, as when recorded (default: built-in).",
+    type=click.Path(dir_okay=False),
+    metavar="NAME|FILE",
+    help="--as server / --as ap --card sim: the live card's profile, as when recorded: a built-in NAME "
+    "(see bipsim cp --help) or a FILE (default: the built-in default).",
 )
 @click.option(
     "--card",
