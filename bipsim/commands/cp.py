@@ -49,7 +49,10 @@ if TYPE_CHECKING:
     "--profile",
     "profile_path",
     type=click.Path(dir_okay=False),
-    help="Card profile (TOML/JSON) for --card sim.",
+    metavar="NAME|FILE",
+    help="Card profile for --card sim: a built-in NAME (default; omapi: ARA-M rules granting the test application "
+    "the echo applet; omapi-no-rules: no ARA-M; omapi-empty: an empty rule set; omapi-malformed: a broken rule "
+    "TLV) or a TOML/JSON FILE of keys over the default (uicc/default_profile.toml).",
 )
 @click.option(
     "--state",
