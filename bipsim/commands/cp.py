@@ -97,7 +97,8 @@ if TYPE_CHECKING:
     "--profile2",
     "profile2_path",
     type=click.Path(dir_okay=False),
-    help="Card profile (TOML/JSON) for --card2 sim.",
+    metavar="NAME|FILE",
+    help="Card profile for --card2 sim: a built-in NAME or a TOML/JSON FILE, as --profile takes it.",
 )
 @click.option(
     "--state2",
