@@ -9,6 +9,10 @@ event that proves the moment has come (`wait_for_event`, by kind and fields), an
 TCP relay (ServerLink) between the card's bearer and the OTA server that can hold the server's bytes at an offset,
 so a session cannot finish before its fault lands, then drop, corrupt or pace them. `restart_pair` pulls the line,
 `power_cycle_cp` kills the CP (and the card in it) with SIGKILL and boots it again on its saved state.
+
+Cards: `card2` gives the CP a second slot (SIM2: its own profile and state file, or an empty slot), and with
+`card_control` the harness can pull a simulated card and put it back mid-run (`remove_card`, `insert_card`, through
+the CP's card-control socket, `bipsim cp --card-control`), after the trace event that proves the moment has come.
 """
 
 from __future__ import annotations
@@ -59,6 +63,12 @@ class RunConfig:
     on_process: Callable[[str, int], None] | None = None
     # called once the CP ended (or the run timed out), before the other processes are stopped
     on_cp_end: Callable[[], None] | None = None
+    # a second card slot in the CP (bipsim cp --card2): "sim" (the default profile with `profile2`'s overrides,
+    # its own state file card2.json), "none" (an empty slot); None: one slot, as before
+    card2: str | None = None
+    profile2: dict[str, Any] = field(default_factory=dict)
+    # serve the CP's card-control socket, so that hooks can pull and insert cards (Harness.remove_card)
+    card_control: bool = False
     # the CP's card (bipsim cp --card): "sim" builds the simulated one from `profile`; "pcsc:N" / "pcsc:NAME" is
     # a card behind PC/SC whose own profile fixes where it connects, so the OTA server listens at `ota_listen`
     # (HOST:PORT) and the card's saved state, when there is a file of it, is read from `card_state`
@@ -278,6 +288,8 @@ class RunResult:
     directory: Path
     logs: dict[str, str]
     extra_results: list[dict[str, Any]] = field(default_factory=list)  # per extra server, in config order
+    # the second slot's simulated card state, when one ran
+    card2_state: dict[str, Any] = field(default_factory=dict)
 
     def events_of(self, layer: str) -> list[TraceEvent]:
         return [e for e in self.events if e.layer.value == layer]
@@ -391,6 +403,55 @@ class Harness:
                 await trio.sleep(0.02)
         return None
 
+    @property
+    def card_control_path(self) -> Path:
+        """The CP's card-control socket (a UNIX socket path must stay short: a long --keep folder gets a temp one)."""
+        path = self.dir / "cards.sock"
+        if len(str(path)) > 100:
+            path = Path(tempfile.gettempdir()) / f"bipsim-cards-{os.getpid()}-{id(self)}.sock"
+        return path
+
+    async def card_control(self, line: str, *, timeout: float = 20.0) -> str:
+        """Sends one card-control line to the CP ('remove N', 'insert N', 'slots') and returns its answer after
+        'ok'; HarnessError on 'error' or when the CP's socket does not come up within `timeout`."""
+        if not self.config.card_control:
+            raise HarnessError("card control needs RunConfig(card_control=True)")
+        path = str(self.card_control_path)
+        stream: trio.SocketStream | None = None
+        with trio.move_on_after(timeout):
+            # the CP serves the socket once it has started: poll for it, with a deadline
+            while stream is None:
+                sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+                try:
+                    await sock.connect(path)
+                    stream = trio.SocketStream(sock)
+                except OSError:
+                    sock.close()
+                    await trio.sleep(0.05)
+        if stream is None:
+            raise HarnessError(f"the CP's card-control socket {path} did not come up")
+        async with stream:
+            await stream.send_all(line.encode() + b"\n")
+            answer = b""
+            with trio.move_on_after(timeout):
+                while not answer.endswith(b"\n"):
+                    data = await stream.receive_some()
+                    if not data:
+                        break
+                    answer += data
+        text = answer.decode(errors="replace").strip()
+        if not text.startswith("ok"):
+            raise HarnessError(f"card control {line!r}: {text or 'no answer'}")
+        return text[2:].strip()
+
+    async def remove_card(self, slot: int = 1) -> None:
+        """Pulls the simulated card of `slot` out of the running CP (it answers +CME ERROR: 10 until insert_card)."""
+        await self.card_control(f"remove {slot}")
+
+    async def insert_card(self, slot: int = 1) -> None:
+        """Puts the card of `slot` back; the CP powers it on again (and restarts the toolkit of slot 1)."""
+        await self.card_control(f"insert {slot}")
+
     async def restart_pair(self) -> None:
         """The serial line goes away and comes back: the relay closes, then a new pair takes the same names."""
         assert self.pair is not None and self._pair_scope is not None
@@ -447,7 +508,7 @@ class Harness:
         and counters into this one. Only the files the harness itself writes are touched."""
         names = ["cp", "ap", "ota", *(name for name, _ in self._extra_servers())]
         stale = [self.dir / "card.json", self.dir / "results.json", self.dir / "campaign.toml"]
-        stale += [self.dir / "profile.toml"]
+        stale += [self.dir / "profile.toml", self.dir / "card2.json", self.dir / "profile2.toml"]
         stale += [self.dir / f"{name}.{ext}" for name in names for ext in ("jsonl", "log")]
         stale += list(self.dir.glob("results-ota*.json")) + list(self.dir.glob("ota*.toml"))
         stale += list(self.dir.glob("cp-boot*.jsonl"))
@@ -522,6 +583,16 @@ class Harness:
                 ota_port=port, link_mode=config.link_mode, **config.profile
             )
             (self.dir / "profile.toml").write_text(dump_profile(profile))
+            slot_args: list[str] = []
+            if config.card2 == "sim":
+                profile2 = load_profile().with_overrides(ota_port=port, **config.profile2)
+                (self.dir / "profile2.toml").write_text(dump_profile(profile2))
+                slot_args += ["--card2", "sim", "--profile2", str(self.dir / "profile2.toml")]
+                slot_args += ["--state2", str(self.dir / "card2.json")]
+            elif config.card2 is not None:
+                slot_args += ["--card2", config.card2]
+            if config.card_control:
+                slot_args += ["--card-control", str(self.card_control_path)]
             await self._start(
                 "ap",
                 self._command(
@@ -550,6 +621,7 @@ class Harness:
                 "--session",
                 config.session,
                 *extra_args,
+                *slot_args,
                 *config.cp_args,
             )
             cp = await self._start("cp", [*self._cp_command, "--trace", str(self._trace_path("cp"))], nursery)
@@ -593,7 +665,9 @@ class Harness:
         for name, _ in self._extra_servers():
             path = self.dir / f"results-{name}.json"
             extra_results.append(json.loads(path.read_text()) if path.exists() else {})
-        return RunResult(config, cp_code, events, results, state, self.dir, logs, extra_results)
+        state2_path = self.dir / "card2.json"
+        state2 = json.loads(state2_path.read_text()) if state2_path.exists() else {}
+        return RunResult(config, cp_code, events, results, state, self.dir, logs, extra_results, state2)
 
     def _extra_servers(self) -> list[tuple[str, str]]:
         return [(f"ota{n}", campaign) for n, campaign in enumerate(self.config.extra_servers, start=2)]

@@ -328,3 +328,55 @@ async def test_card_control_socket(nursery: trio.Nursery, tmp_path: Path) -> Non
     assert answer == b"ok remove 1\nok 1=absent\n"
     assert not card1.present
     await stream.aclose()
+
+
+def test_harness_pulls_the_card_mid_session_and_the_session_completes_after_insert(tmp_path: Path) -> None:
+    """The scenario-facing API (scenarios/harness.py): a CP with two slots; a hook pulls slot 1's card once its BIP
+    session has sent data, and puts it back once the CP said the card and its channel were gone. The card is
+    started again and its OTA session runs to completion; SIM2 was powered on beside it."""
+    from bipsim.scenarios.harness import EventQuery, Harness, RunConfig, run_processes
+    from bipsim.trace.kinds import Kind
+
+    marks: dict[str, Any] = {}
+
+    async def during(harness: Harness) -> None:
+        sent = await harness.wait_for_event(
+            "cp",
+            EventQuery(Kind.CAT_TERMINAL_RESPONSE, lambda f: f.get("command") == "SEND DATA"),
+            timeout=60,
+        )
+        assert sent is not None, "the session never sent data"
+        await harness.remove_card(1)
+        marks["removed"] = await harness.wait_for_event(
+            "cp", EventQuery(Kind.APP_EVENT, lambda f: f.get("event") == "card_removed"), timeout=60
+        )
+        marks["ended"] = await harness.wait_for_event(
+            "cp", EventQuery(Kind.APP_EVENT, lambda f: f.get("event") == "channel_ended"), timeout=60
+        )
+        marks["slots"] = await harness.card_control("slots")
+        await harness.insert_card(1)
+        marks["inserted"] = await harness.wait_for_event(
+            "cp", EventQuery(Kind.APP_EVENT, lambda f: f.get("event") == "card_inserted"), timeout=60
+        )
+
+    config = RunConfig(
+        session="e2",
+        bearer="ap-proxy",
+        card2="sim",
+        profile2={"imsi": IMSI2},
+        card_control=True,
+        timeout=90.0,
+        during=during,
+    )
+    run = run_processes(config, tmp_path / "run")
+    assert marks.get("removed"), run.explain()
+    assert (marks["removed"].get("fields") or {}).get("slot") == 1
+    assert (marks["ended"].get("fields") or {}).get("channel") == 1
+    assert marks["slots"] == "1=absent 2=ready"
+    assert marks.get("inserted"), run.explain()
+    profiles = [e for e in run.events if e.kind == Kind.CAT_TERMINAL_PROFILE]
+    assert len(profiles) == 2  # started again once back
+    assert [e for e in run.events if e.kind == Kind.APDU_ATR and (e.fields or {}).get("slot") == 2]
+    assert not [e for e in run.events if e.kind == Kind.APP_ERROR and e.src.value in ("cp", "uicc")]
+    assert run.completed, run.explain()
+    assert run.cp_code == 0
