@@ -102,6 +102,9 @@ class AppletHost:
         # the restored state differs from what the applets now hold (an ARA-M whose rules changed between boots):
         # the card saves its state once an applet is selected, when every component of the state file is attached
         self.changed = False
+        # moves when what `to_dict` returns may have changed (uicc/card_state.py encodes a part again only then):
+        # the applets' persistent state changes only when it is restored
+        self.state_version = 0
 
     # --- selection ---------------------------------------------------------------------------------------------
 
@@ -208,6 +211,7 @@ class AppletHost:
             part = state.get(applet.name)
             if isinstance(part, dict):
                 applet.load_dict(part)
+        self.state_version += 1
         mine = {applet.name for applet in self.applets}
         self.changed = self.to_dict() != {name: part for name, part in state.items() if name in mine}
 

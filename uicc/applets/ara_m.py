@@ -166,6 +166,7 @@ class AraM(Applet):
         self.malformed = malformed
         self.generation = 0  # bumped each time the card boots with other rules than its state file saw
         self._next: dict[int, bytes] = {}  # per channel: what GET DATA next still has to send
+        self._digest: bytes | None = None
 
     @classmethod
     def of_profile(cls, profile: Any) -> AraM:
@@ -177,7 +178,9 @@ class AraM(Applet):
         return malformed_all(self.rules) if self.malformed else encode_all(self.rules)
 
     def digest(self) -> bytes:
-        return hashlib.sha256(self.all_rules()).digest()
+        if self._digest is None:  # the rules are fixed for the applet's life
+            self._digest = hashlib.sha256(self.all_rules()).digest()
+        return self._digest
 
     @property
     def refresh_tag(self) -> bytes:
