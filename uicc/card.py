@@ -5,6 +5,9 @@ answers 61 xx and the FCP comes with GET RESPONSE; a wrong Le gets 6C xx; while 
 uicc/toolkit.py) has a proactive command waiting, a successful command answers 91 xx instead of 90 00.
 Classes: 00 (ISO, also 01..03 logical channels), 80 (TS 102 221 proprietary: STATUS, TERMINAL PROFILE, FETCH,
 TERMINAL RESPONSE, ENVELOPE), A0 (GSM SIM heritage, accepted for SELECT/READ/UPDATE/STATUS/GET RESPONSE).
+Applets (uicc/applets/: the ARA-M, the OMAPI test applet) are selected by AID on a logical channel and answer that
+channel's APDUs; MANAGE CHANNEL opens as many channels as the profile's `logical_channels` (docs/protocols.md,
+"OMAPI and the ARA-M on the card").
 
 Card state (file contents and attached components such as the GP registry) persists in one file, written
 atomically by bipsim.uicc.card_state.
