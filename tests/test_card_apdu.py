@@ -125,7 +125,8 @@ def test_select_by_path_from_mf_and_from_current_df(card: SimCard) -> None:
 
 def test_select_errors(card: SimCard) -> None:
     assert apdu(card, "00A40004021234")[1] == "6A82"  # file not found
-    assert apdu(card, "00A40204023F00")[1] == "6A86"  # P1 not supported
+    assert apdu(card, "00A40504023F00")[1] == "6A86"  # P1 not supported
+    assert apdu(card, "00A40204023F00")[1] == "6A82"  # P1 02 (an EF under the current DF): the MF is not one
     assert apdu(card, "00A4000403 3F00")[1] == "6700"  # Lc says 3, 2 bytes follow
 
 
@@ -182,7 +183,8 @@ def test_read_binary_by_sfi_and_offsets(card: SimCard) -> None:
     select(card, "00A40404", USIM_AID.hex())
     assert apdu(card, "00B0870002") == (b"\x08\x09", "9000")  # SFI 7 = EF_IMSI
     assert apdu(card, "00B0000702") == (b"\x76\x98", "9000")
-    assert apdu(card, "00B0000904")[1] == "6282"  # end of file reached before Le bytes
+    assert apdu(card, "00B0000804") == (b"\x98", "6282")  # end of file reached before Le bytes
+    assert apdu(card, "00B0000901")[1] == "6B00"  # offset 9 of a 9-byte file: outside it
     assert apdu(card, "00B0001001")[1] == "6B00"  # offset beyond the file
     assert apdu(card, "00B0990001")[1] == "6A82"  # no file with SFI 25
 

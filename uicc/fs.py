@@ -29,6 +29,31 @@ USIM_AID = bytes.fromhex("A0000000871002FF33FF018900000100")
 UST_SERVICES = (10, 12, 28, 29, 30, 31, 33, 72, 80)
 
 
+# EF_ARR records (TS 102 221 section 9.2.7, expanded format of ISO/IEC 7816-4 section 9.3.3): access mode DO '80'
+# (b1 READ, b2 UPDATE) then its security condition: '90 00' always, or 'A4' a user authentication with key
+# reference 0A (ADM1, usage qualifier 08).
+ARR_ALWAYS = 1
+ARR_ADM_UPDATE = 2
+ARR_RECORDS = (
+    bytes.fromhex("8001039000"),
+    bytes.fromhex("80010190008001 02A40683010A950108".replace(" ", "")),
+)
+ARR_RECORD_LENGTH = 20
+AVAILABLE_MEMORY = 0x8000  # bytes free for new files, as the MF's proprietary information reports it
+# EF_DIR record (TS 102 221 section 13.1): application template '61' with the AID '4F' and a label '50'
+DIR_RECORD_LENGTH = 32
+
+
+def dir_record(aid: bytes, label: bytes) -> bytes:
+    body = b"\x4f" + bytes((len(aid),)) + aid + b"\x50" + bytes((len(label),)) + label
+    return (b"\x61" + bytes((len(body),)) + body).ljust(DIR_RECORD_LENGTH, b"\xff")
+
+
+def arr_file(fid: int) -> File:
+    records = b"".join(record.ljust(ARR_RECORD_LENGTH, b"\xff") for record in ARR_RECORDS)
+    return File(fid, "EF_ARR", FileKind.LINEAR_FIXED, bytearray(records), ARR_RECORD_LENGTH, sfi=0x06)
+
+
 class FileKind(Enum):
     DF = "df"
     ADF = "adf"
@@ -162,6 +187,8 @@ class File:
     parent: File | None = field(default=None, repr=False)
     aid: bytes = b""
     sfi: int | None = None
+    # the EF_ARR record holding this file's access rules (TS 102 221 section 9.2.7): ARR_ALWAYS or ARR_ADM_UPDATE
+    arr_record: int = 1
 
     def __setattr__(self, name: str, value: Any) -> None:
         # every attribute of a file is part of the tree's state: contents and children are wrapped so that their
@@ -213,9 +240,11 @@ class File:
         def tlv(tag: int, value: bytes) -> bytes:
             return bytes((tag,)) + encode_length(len(value)) + value
 
+        # The order and coding of TS 102 221 tables 11.3 (MF, DF, ADF) and 11.4 (EF), as pySim's FcpTemplate
+        # (pySim/ts_102_221.py) decodes them: '82' descriptor with data coding byte 21, '8B' referencing EF_ARR.
         parts = []
         if self.is_dir:
-            parts.append(tlv(0x82, b"\x78\x21"))  # DF, shareable
+            parts.append(tlv(0x82, b"\x78\x21"))  # DF or ADF, shareable
         elif self.kind is FileKind.TRANSPARENT:
             parts.append(tlv(0x82, b"\x41\x21"))  # working EF, transparent, shareable
         else:
@@ -225,14 +254,33 @@ class File:
         parts.append(tlv(0x83, self.fid.to_bytes(2, "big")))
         if self.aid:
             parts.append(tlv(0x84, self.aid))
-        parts.append(tlv(0x8A, b"\x05"))  # life cycle: operational, activated
-        parts.append(tlv(0x8B, b"\x2f\x06\x01"))  # security attributes: EF_ARR record 1
-        if not self.is_dir:
+        if self.fid == 0x3F00:  # proprietary information, mandatory for the MF (11.1.1.4.6)
+            # UICC characteristics 71: clock stop allowed, no preferred level (11.1.1.4.6.1); available memory
+            parts.append(tlv(0xA5, tlv(0x80, b"\x71") + tlv(0x83, AVAILABLE_MEMORY.to_bytes(4, "big"))))
+        parts.append(tlv(0x8A, b"\x05"))  # life cycle: operational, activated (11.1.1.4.9)
+        parts.append(tlv(0x8B, self.arr_file().to_bytes(2, "big") + bytes((self.arr_record,))))
+        if self.is_dir:
+            # PIN status template DO (9.5.2): PS_DO 00 = PIN1 (key reference 01) and PIN2 (81) both disabled
+            parts.append(tlv(0xC6, tlv(0x90, b"\x00") + tlv(0x83, b"\x01") + tlv(0x83, b"\x81")))
+        else:
             parts.append(tlv(0x80, len(self.data).to_bytes(2, "big")))
-        if self.sfi is not None:
-            parts.append(tlv(0x88, bytes((self.sfi << 3,))))
+            # '88' with the SFI in b8..b4; '88' empty: no SFI (without the tag the FID's 5 low bits would be one)
+            parts.append(tlv(0x88, bytes((self.sfi << 3,)) if self.sfi is not None else b""))
         body = b"".join(parts)
         return b"\x62" + encode_length(len(body)) + body
+
+    def arr_file(self) -> int:
+        """The EF_ARR this file's '8B' refers to: the ADF's own (6F06) inside an ADF, else the MF's (2F06)."""
+        node: File | None = self if self.is_dir else self.parent
+        while node is not None:
+            if node.kind is FileKind.ADF:
+                return 0x6F06
+            node = node.parent
+        return 0x2F06
+
+    def update_needs_adm(self) -> bool:
+        """Whether UPDATE needs the ADM key (record ARR_ADM_UPDATE), which the terminal never presents."""
+        return self.arr_record == ARR_ADM_UPDATE
 
 
 def bcd_swapped(digits: str, length: int, pad: str = "F") -> bytes:
@@ -261,16 +309,20 @@ class FileSystem:
 
     def __init__(self, iccid: str, imsi: str, mnc_length: int = 2, sms_records: int = 10) -> None:
         self.mf = File(0x3F00, "MF", FileKind.DF)
+        # EF_ICCID is written once by the issuer: UPDATE needs ADM (6982 from the terminal), READ is free
+        iccid_file = File(0x2FE2, "EF_ICCID", FileKind.TRANSPARENT, bytearray(bcd_swapped(iccid, 10)), sfi=0x02)
+        iccid_file.arr_record = ARR_ADM_UPDATE
+        self.mf.add(iccid_file)
+        # EF_DIR lists the applications (TS 102 221 section 13.1), SFI 1E; applets such as an ARA-M are not in it
+        usim_record = dir_record(USIM_AID, b"USIM")
         self.mf.add(
-            File(0x2FE2, "EF_ICCID", FileKind.TRANSPARENT, bytearray(bcd_swapped(iccid, 10)), sfi=0x02)
+            File(0x2F00, "EF_DIR", FileKind.LINEAR_FIXED, bytearray(usim_record), DIR_RECORD_LENGTH, sfi=0x1E)
         )
-        dir_record = b"\x61" + bytes((len(USIM_AID) + 2,)) + b"\x4f" + bytes((len(USIM_AID),)) + USIM_AID
-        self.mf.add(
-            File(0x2F00, "EF_DIR", FileKind.LINEAR_FIXED, bytearray(dir_record.ljust(32, b"\xff")), 32)
-        )
+        self.mf.add(arr_file(0x2F06))
         telecom = self.mf.add(File(0x7F10, "DF_TELECOM", FileKind.DF))
         del telecom
         self.usim = self.mf.add(File(0x7FF0, "ADF_USIM", FileKind.ADF, aid=USIM_AID))
+        self.usim.add(arr_file(0x6F06))
         self.usim.add(File(0x6F07, "EF_IMSI", FileKind.TRANSPARENT, bytearray(imsi_bytes(imsi)), sfi=0x07))
         self.usim.add(
             File(0x6FAD, "EF_AD", FileKind.TRANSPARENT, bytearray(bytes((0, 0, 0, mnc_length))), sfi=0x03)
