@@ -7,8 +7,18 @@ the parametrized test below come from that page and from CtsAndroidOmapiTestAppl
 
 from __future__ import annotations
 
-import pytest
+import re
 
+import pytest
+import trio
+import trio.testing
+
+from bipsim.cp.card_driver import CardDriver
+from bipsim.cp.commands import ModemCommands
+from bipsim.cp.modem import simulated_card
+from bipsim.cp.network import CellularNetwork
+from bipsim.link.at_server import AtServer
+from bipsim.trace.recorder import NULL_TRACER
 from bipsim.uicc.applets import AppletHost, Command
 from bipsim.uicc.applets.echo import EchoApplet, pattern
 from bipsim.uicc.card import SimCard
@@ -289,3 +299,37 @@ def test_host_refusals_are_status_words() -> None:
     assert not host.routes(1, 0x81, 0x12, 0)  # FETCH is the card's
     assert host.process(Command(0x01, 0xF3, 0x00, 0x06, channel=1)) == (b"", 0x6A86)
     assert host.to_dict() == {}
+
+
+# --- through the CP: AT+CCHO / AT+CGLA / AT+CCHC (3GPP TS 27.007 sections 8.43, 8.45, 8.46) --------------------------
+
+
+async def test_the_omapi_card_through_the_cps_logical_channel_commands(nursery: trio.Nursery) -> None:
+    card, _ = simulated_card("omapi", None, NULL_TRACER)
+    commands = ModemCommands(CardDriver(card), CellularNetwork())
+    dte_end, cp_end = trio.testing.memory_stream_pair()
+    server = AtServer(cp_end)
+    commands.install(server)
+    nursery.start_soon(server.run)
+    buffer = bytearray()
+
+    async def at(line: str) -> list[str]:
+        await dte_end.send_all(line.encode("ascii") + b"\r")
+        with trio.fail_after(5):
+            while not re.search(rb"\r\n(OK|ERROR|\+CME ERROR: \d+)\r\n$", buffer):
+                buffer.extend(await dte_end.receive_some())
+        lines = [item for item in buffer.decode("ascii").split("\r\n") if item and item.rstrip("\r") != line]
+        buffer.clear()
+        return lines
+
+    assert await at("ATE0") == ["OK"]
+    assert await at("AT+CMEE=1") == ["OK"]
+    assert await at(f'AT+CCHO="{ARA_M}"') == ["+CCHO: 1", "OK"]
+    answer = await at('AT+CGLA=1,10,"81CAFF4000"')
+    assert answer[0].startswith('+CGLA: 218,"FF4068E232') and answer[0].endswith('9000"'), answer
+    assert await at(f'AT+CCHO="{ECHO}"') == ["+CCHO: 2", "OK"]
+    assert await at('AT+CGLA=2,14,"02F3010C01AA00"') == ['+CGLA: 18,"01F3010C01AA006200"', "OK"]
+    assert await at(f'AT+CCHO="{ECHO}"') == ["+CCHO: 3", "OK"]
+    assert (await at(f'AT+CCHO="{ECHO}"'))[0].startswith("+CME ERROR:")  # a fourth channel: 6881 on the card
+    assert await at("AT+CCHC=2") == ["OK"]
+    assert await at(f'AT+CCHO="{ECHO}"') == ["+CCHO: 4", "OK"]  # the freed channel serves again
