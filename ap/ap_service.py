@@ -15,6 +15,8 @@ import trio
 from bipsim.ap.apn_db import ApnDatabase
 from bipsim.ap.line_client import ModemNotAnswering, open_session, probe_and_switch, setup_channel
 from bipsim.ap.network import ApNetwork
+from bipsim.ap.omapi.control import ControlServer
+from bipsim.ap.omapi.stack import OmapiOptions, OmapiStack
 from bipsim.ap.proxy import ProxyService
 from bipsim.ap.ril import Ril
 from bipsim.cp.modem import REOPEN_INTERVAL, LineOpener
@@ -36,6 +38,8 @@ class ApOptions:
     wait_for_line: bool = False  # at start, wait for a line that is not there yet instead of failing
     # SMS-DELIVER TPDUs the network sends once the modem is up (AT%SMSPP on DLC 1): e.g. an OTA push trigger
     push_sms: tuple[bytes, ...] = ()
+    # the OMAPI stack (docs/protocols.md, "OMAPI on the AP"); None: the AP offers no OMAPI
+    omapi: OmapiOptions | None = None
 
 
 SMS_RETRY = 0.5  # seconds between AT%SMSPP attempts while the CP's card is still starting (+CME ERROR: 14)
@@ -56,6 +60,7 @@ class ApplicationProcessor:
         self.attached = trio.Event()
         self.opener = LineOpener(options.port, options.baud, who="bipsim ap", wait=options.wait_for_line)
         self._first_line: trio.abc.Stream | None = None
+        self.omapi = OmapiStack(options.omapi, tracer=tracer) if options.omapi is not None else None
 
     async def _imsi(self) -> str:
         if self.ril is None:
@@ -67,6 +72,15 @@ class ApplicationProcessor:
         self._first_line = await self.opener.open()
 
     async def run(self) -> None:
+        if self.omapi is None or self.omapi.options.listen is None:
+            await self._run_lines()
+            return
+        async with trio.open_nursery() as nursery:
+            host, port = self.omapi.options.listen
+            await nursery.start(ControlServer(self.omapi, tracer=self.tracer).serve, host, port)
+            await self._run_lines()
+
+    async def _run_lines(self) -> None:
         while True:
             line, self._first_line = self._first_line or await self.opener.open(), None
             try:
@@ -118,12 +132,16 @@ class ApplicationProcessor:
             await self.ril.ready.wait()
             nursery.start_soon(self.proxy.serve, session.proxy)
             nursery.start_soon(self._accept, mux)
+            if self.omapi is not None:
+                nursery.start_soon(self.omapi.start, chat)  # power-on of the OMAPI side on this modem session
             self.attached.set()
             if self.sms_sent < len(self.options.push_sms):  # once per process, not again after a line drop
                 nursery.start_soon(self._push_sms, chat)
             while not mux.closed:
                 await trio.sleep(0.1)
             nursery.cancel_scope.cancel()
+        if self.omapi is not None:
+            self.omapi.stop()
         self.ril = None
         self.attached = trio.Event()
 

@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "demo": ("demo", "demo", "Run both patent embodiments end to end (AP, CP, OTA server as processes)."),
     "cp": ("cp", "cp", "Run the modem processor (DCE) on a serial line."),
     "ap": ("ap", "ap", "Run the application processor (DTE, proxy) on a serial line."),
+    "omapi": ("omapi", "omapi", "Call OMAPI on a running AP (open a channel to an applet, send APDUs)."),
     "card": ("card", "card", "Serve the simulated UICC to pcscd (vpcd); list PC/SC readers."),
     "ota-server": ("ota_server", "ota_server", "Run the remote OTA (GlobalPlatform SCP81) admin server."),
     "pty-pair": ("pty_pair", "pty_pair", "Create two linked raw pseudo-terminals (a socat replacement)."),

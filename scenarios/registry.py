@@ -11,6 +11,13 @@ from bipsim.scenarios.channels import two_channels
 from bipsim.scenarios.embodiments import embodiment1, embodiment2
 from bipsim.scenarios.faults import ap_no_network, large_download, line_drop, server_drops, server_refuses
 from bipsim.scenarios.link_modes import immediate, on_demand
+from bipsim.scenarios.omapi import (
+    omapi_denied,
+    omapi_nfc_legacy,
+    omapi_no_rules,
+    omapi_non_nfc,
+    omapi_two_readers,
+)
 from bipsim.scenarios.sms_trigger import sms_trigger, sms_trigger_bad_mac
 
 Scenario = Callable[[ScenarioOptions], ScenarioResult]
@@ -28,6 +35,11 @@ SCENARIOS: dict[str, Scenario] = {
     "two-channels": two_channels,
     "sms-trigger": sms_trigger,
     "sms-trigger-bad-mac": sms_trigger_bad_mac,
+    "omapi-non-nfc": omapi_non_nfc,
+    "omapi-no-rules": omapi_no_rules,
+    "omapi-denied": omapi_denied,
+    "omapi-two-readers": omapi_two_readers,
+    "omapi-nfc-legacy": omapi_nfc_legacy,
 }
 
 

@@ -24,6 +24,9 @@ CME_NOT_ALLOWED = 3  # the modem's answer when the card has no logical channel l
 CME_SIM_NOT_INSERTED = 10
 CME_INVALID_INDEX = 21  # +CGLA/+CCHC with a session the modem does not know
 CME_NOT_FOUND = 22  # +CCHO: the SELECT of the AID failed (6A82)
+CME_SIM_BUSY = 14  # the card is still starting (27.007 9.2.1: a transient state, asked again)
+SIM_BUSY_RETRY = 0.2
+SIM_BUSY_ATTEMPTS = 50
 
 COMMAND_TIMEOUT = 10.0
 
@@ -81,13 +84,32 @@ class SeRil:
             if not answer.ok:
                 raise OmapiIOException(f"the modem refused slot {slot}: {answer.final}")
             self._selected = slot
-        return await self._send(line, step)
+        for _ in range(SIM_BUSY_ATTEMPTS):
+            answer = await self._send(line, step)
+            if answer.cme_error != CME_SIM_BUSY:
+                break
+            await trio.sleep(SIM_BUSY_RETRY)
+        return answer
 
     async def _send(self, line: str, step: str | None) -> AtResponse:
         try:
             return await self.port.command(line, timeout=COMMAND_TIMEOUT, step=step)
         except AtTimeout as exc:
             raise OmapiIOException(f"no answer from the modem to {line.split('=')[0]}: {exc}") from None
+
+    async def discover_slots(self) -> int:
+        """How many card slots the CP has: `AT%SLOTS?` lists `<slot>,<present>` pairs (docs/protocols.md, "Card
+        slots and card presence on DLC 1"); a CP that does not know the command has one slot."""
+        async with self._lock:
+            try:
+                answer = await self._send("AT%SLOTS?", None)
+            except OmapiIOException:
+                return 1
+        text = _payload(answer, "%SLOTS:") if answer.ok else ""
+        numbers = [part.strip() for part in text.split(",")]
+        if len(numbers) < 2 or len(numbers) % 2 or not all(n.isdigit() for n in numbers):
+            return 1
+        return max(int(n) for n in numbers[0::2])
 
     async def card_present(self, slot: int, *, step: str | None = None) -> tuple[bool, str]:
         """Whether slot `slot` holds a card (+CPIN? answered; +CME ERROR: 10 is no card), and why."""

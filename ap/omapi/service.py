@@ -41,6 +41,7 @@ T = TypeVar("T")
 
 INS_MANAGE_CHANNEL = 0x70
 INS_SELECT = 0xA4
+MAX_GET_RESPONSE = 64  # GET RESPONSE rounds for one APDU at most (a card that says 61 xx for ever)
 
 
 @dataclass(frozen=True, slots=True)
@@ -463,12 +464,37 @@ class Channel:
                     f"APDU {command[:4].hex().upper()} not allowed by the APDU filters"
                 )
             try:
-                return await service.ril.transmit(self._slot, self.session_id, command)
+                return await self._exchange(command)
             except (OmapiIOException, OmapiIllegalStateException):
                 self.state = OPEN_TABLE.next(self.state, Close.CLOSE)  # the card (or its channel) is gone
                 raise
 
         return await service.call("transmit", self.session.reader.name, self.session.reader.owner.app, body)
+
+    async def _exchange(self, command: bytes) -> bytes:
+        """One APDU with the transport's answers handled below the API (OMAPI 6.7.5: "all protocol related
+        responses are handled inside the API"): 6C xx sends the command again with Le = xx, 61 xx fetches the
+        rest with GET RESPONSE (ISO/IEC 7816-4 5.3.4, T=0), so the application sees the applet's whole answer."""
+        ril = self.session.service.ril
+        answer = await ril.transmit(self._slot, self.session_id, command)
+        if answer[-2] == 0x6C and len(answer) == 2:
+            header = command[:4]
+            body = command[4:]
+            if len(body) > 1 and len(body) == 1 + body[0]:  # case 3: add Le
+                command = command + answer[-1:]
+            elif len(body) == 1 + body[0] + 1:  # case 4: replace Le
+                command = command[:-1] + answer[-1:]
+            else:  # case 1/2: Le is the one byte after the header
+                command = header + answer[-1:]
+            answer = await ril.transmit(self._slot, self.session_id, command)
+        data = answer[:-2]
+        for _ in range(MAX_GET_RESPONSE):
+            if answer[-2] != 0x61:
+                break
+            get_response = bytes((0x00, 0xC0, 0x00, 0x00, answer[-1]))
+            answer = await ril.transmit(self._slot, self.session_id, get_response)
+            data += answer[:-2]
+        return data + answer[-2:]
 
     async def get_select_response(self) -> bytes | None:
         """The SELECT answer of the applet: 27.007's +CCHO does not return it, so the first call selects the applet
@@ -480,7 +506,7 @@ class Channel:
                 raise OmapiIllegalStateException("the channel is closed")
             if self._select_response is None:
                 select = bytes((0x00, INS_SELECT, 0x04, 0x00, len(self.aid))) + self.aid + b"\x00"
-                self._select_response = await service.ril.transmit(self._slot, self.session_id, select)
+                self._select_response = await self._exchange(select)
             return self._select_response
 
         return await service.call(

@@ -21,7 +21,7 @@ from bipsim.trace.recorder import NULL_TRACER, Tracer
 class OmapiOptions:
     """The `bipsim ap` options of the OMAPI stack."""
 
-    slots: int = 1  # card slots of the CP: readers SIM1..SIM<slots>
+    slots: int = 0  # card slots of the CP: readers SIM1..SIM<slots>; 0 asks the CP (AT%SLOTS?)
     nfc: bool = False  # whether an NFC process is present (changes no outcome unless gate is NFC_LEGACY)
     no_card_mode: NoCardMode = NoCardMode.SKIP
     gate: Gate = Gate.VARIABLE
@@ -39,9 +39,9 @@ class OmapiStack:
             trio.Event()
         )  # set once start-up (201..206, 301..305) has run on the current modem session
 
-    def build(self, port: AtPort) -> OmapiService:
-        ril = SeRil(port, slots=self.options.slots, tracer=self.tracer)
-        framework = Framework(ril, self.options.slots, mode=self.options.no_card_mode, tracer=self.tracer)
+    def build(self, port: AtPort, slots: int) -> OmapiService:
+        ril = SeRil(port, slots=slots, tracer=self.tracer)
+        framework = Framework(ril, slots, mode=self.options.no_card_mode, tracer=self.tracer)
         phone = PhoneInterfaceManager(
             framework, nfc=self.options.nfc, gate=self.options.gate, tracer=self.tracer
         )
@@ -50,9 +50,9 @@ class OmapiStack:
     async def start(self, port: AtPort) -> OmapiService:
         """Power-on of the terminal's OMAPI side on a (new) modem session: the Framework's load, then OMAPI's
         initialisation. Later calls (the line came back) start over with fresh variables, as a reboot does."""
-        self.ready = trio.Event()
-        service = self.build(port)
         self.service = None
+        slots = self.options.slots or await SeRil(port, tracer=self.tracer).discover_slots()
+        service = self.build(port, slots)
         await service.framework.boot()
         await service.initialise()
         self.service = service
@@ -68,4 +68,3 @@ class OmapiStack:
     def stop(self) -> None:
         """The modem session ended: no service until the next start."""
         self.service = None
-        self.ready = trio.Event()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 import trio
 
@@ -15,6 +17,9 @@ from bipsim.commands.common import (
     until_signalled,
 )
 from bipsim.errors import CliError
+
+if TYPE_CHECKING:
+    from bipsim.ap.omapi.stack import OmapiOptions
 
 
 @click.command("ap")
@@ -68,6 +73,61 @@ from bipsim.errors import CliError
     'AT%SMSPP="HEX" on DLC 1; a (U)SIM data download (PID 7F, class 2) reaches the card, e.g. an OTA push '
     "trigger. Repeatable; the card's PoR is traced.",
 )
+@click.option(
+    "--omapi/--no-omapi",
+    default=False,
+    show_default=True,
+    help="Offer the Open Mobile API (docs/protocols.md, \"OMAPI on the AP\"): at start-up load each card's access "
+    "rules from its ARA-M through AT+CCHO/+CGLA/+CCHC into enforceCarrierPrivilege (steps 004:201..206), then "
+    "initialise OMAPI (004:301..305). Implied by --omapi-listen.",
+)
+@click.option(
+    "--omapi-listen",
+    metavar="HOST:PORT",
+    help="Serve the OMAPI control socket here (JSON lines; `bipsim omapi` is its client); port 0 picks a free "
+    "one, printed as 'omapi listening on HOST:PORT'. Use 127.0.0.1: applications on other hosts are not the "
+    "phone's.",
+)
+@click.option(
+    "--nfc/--no-nfc",
+    default=False,
+    show_default=True,
+    help="Whether an NFC process is present. With the default gate it changes no outcome: the card's rules "
+    "decide, not the NFC process (the invention of seed 004).",
+)
+@click.option(
+    "--omapi-gate",
+    type=click.Choice(["variable", "nfc-legacy"]),
+    default="variable",
+    show_default=True,
+    help="What allows a logical channel: 'variable' reads enforceCarrierPrivilege (the invention); "
+    "'nfc-legacy' is the old rule, only the NFC process may open (so nothing opens with --no-nfc).",
+)
+@click.option(
+    "--no-card-mode",
+    type=click.Choice(["1", "2"]),
+    default="1",
+    show_default=True,
+    help="A slot without a card at start-up: 1 does not try to load its rules, 2 tries once and fails; "
+    "either way its variable is false.",
+)
+@click.option(
+    "--se-choose",
+    "se_choose",
+    default="first",
+    show_default=True,
+    metavar="first|SIM1|SIM2|script:FILE",
+    help="How the card chooser dialog (steps 004:403/404) answers for the user: the first available reader, "
+    "that reader when it is listed, or one answer per dialog from FILE (a reader name, a 1-based position, or "
+    "'cancel' per line).",
+)
+@click.option(
+    "--card-slots",
+    type=click.IntRange(0, 8),
+    default=0,
+    show_default=True,
+    help="Card slots the CP has (readers SIM1..SIMn); 0 asks the CP with AT%SLOTS?.",
+)
 @trace_option
 @pcap_option
 @session_option
@@ -82,6 +142,13 @@ def ap(
     allow: tuple[str, ...],
     n1: int,
     push_sms: tuple[str, ...],
+    omapi: bool,
+    omapi_listen: str | None,
+    nfc: bool,
+    omapi_gate: str,
+    no_card_mode: str,
+    se_choose: str,
+    card_slots: int,
     trace_path: str | None,
     pcap_path: str | None,
     session: str | None,
@@ -101,12 +168,22 @@ def ap(
         messages = tuple(bytes.fromhex(text) for text in push_sms)
     except ValueError:
         raise CliError("--push-sms: give the TPDU in hex") from None
+    omapi_options = None
+    if omapi or omapi_listen:
+        omapi_options = _omapi_options(omapi_listen, nfc, omapi_gate, no_card_mode, se_choose, card_slots)
     network = ApNetwork(wifi=wifi, ssid=ssid, cellular=cellular)
     if allow:
         network.allow = [AllowRule.parse(text) for text in allow]
     tracer = make_tracer(trace_path, session, keep=bool(pcap_path))
     processor = ApplicationProcessor(
-        ApOptions(port, baud, replace(DEFAULT_CMUX, n1=n1), wait_for_line=wait_for_line, push_sms=messages),
+        ApOptions(
+            port,
+            baud,
+            replace(DEFAULT_CMUX, n1=n1),
+            wait_for_line=wait_for_line,
+            push_sms=messages,
+            omapi=omapi_options,
+        ),
         network,
         ApnDatabase.load(apn_db),
         tracer=tracer,
@@ -131,3 +208,31 @@ def ap(
             raise CliError(missing[0].hint())
     finally:
         finish_trace(tracer, pcap_path)
+
+
+def _omapi_options(
+    listen: str | None, nfc: bool, gate: str, no_card_mode: str, choose: str, slots: int
+) -> OmapiOptions:
+    from bipsim.ap.omapi.chooser import Chooser, ChooserError
+    from bipsim.ap.omapi.framework import NoCardMode
+    from bipsim.ap.omapi.phone_interface import Gate
+    from bipsim.ap.omapi.stack import OmapiOptions
+
+    address = None
+    if listen is not None:
+        host, sep, port_text = listen.rpartition(":")
+        if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
+            raise CliError(f"--omapi-listen: give HOST:PORT, not {listen!r}")
+        address = (host.strip("[]"), int(port_text))
+    try:
+        Chooser(choose)
+    except ChooserError as exc:
+        raise CliError(f"--se-choose: {exc}") from None
+    return OmapiOptions(
+        slots=slots,
+        nfc=nfc,
+        no_card_mode=NoCardMode(int(no_card_mode)),
+        gate=Gate(gate),
+        chooser=choose,
+        listen=address,
+    )

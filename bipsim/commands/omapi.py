@@ -1,0 +1,147 @@
+"""`bipsim omapi`: calls the Open Mobile API of a running `bipsim ap --omapi-listen HOST:PORT` as an application
+would (docs/protocols.md, "OMAPI on the AP": the control socket), and prints what the applet answered."""
+
+from __future__ import annotations
+
+import json
+
+import click
+import trio
+
+from bipsim.errors import CliError
+
+# the test application the built-in `omapi` card profile grants (uicc/profiles/omapi.toml): the SHA-1 of its
+# stand-in certificate; test data, nothing secret
+DEFAULT_HASH = "80FBFFB49AFF0C7D942F1F5E1D4761780911E205"
+ECHO_AID = "A000000476416E64726F696443545331"
+
+
+def _hex(value: str, what: str) -> str:
+    text = value.replace(" ", "")
+    try:
+        bytes.fromhex(text)
+    except ValueError:
+        raise CliError(f"{what}: {value!r} is not hex") from None
+    return text.upper()
+
+
+@click.command("omapi")
+@click.option(
+    "--connect",
+    default="127.0.0.1:8555",
+    show_default=True,
+    metavar="HOST:PORT",
+    help="The AP's OMAPI control socket (what `bipsim ap --omapi-listen` printed).",
+)
+@click.option(
+    "--reader",
+    help="The reader to use (SIM1, SIM2). Without it the AP's chooser dialog picks among the available readers "
+    "(its --se-choose policy).",
+)
+@click.option(
+    "--aid", default=ECHO_AID, show_default=True, help="The applet's AID (hex) for openLogicalChannel."
+)
+@click.option(
+    "--apdu",
+    "apdus",
+    multiple=True,
+    metavar="HEX",
+    help="A command APDU to transmit on the channel (repeatable, sent in order). MANAGE CHANNEL and SELECT by "
+    "AID are the service's own and refused (IllegalArgumentException).",
+)
+@click.option(
+    "--app-hash",
+    default=DEFAULT_HASH,
+    show_default=True,
+    help="The calling application's certificate hash (SHA-1 or SHA-256, hex) that the card's access rules are "
+    "checked against; the default is the test application the built-in 'omapi' profile grants.",
+)
+@click.option(
+    "--package", default="org.bipsim.omapi.client", show_default=True, help="The application's package name."
+)
+@click.option("--basic", is_flag=True, help="openBasicChannel instead of openLogicalChannel.")
+@click.option(
+    "--select-response", is_flag=True, help="Also print the applet's SELECT answer (getSelectResponse)."
+)
+@click.option(
+    "--status", is_flag=True, help="Only print the readers, each card's enforceCarrierPrivilege and rules."
+)
+@click.option(
+    "--reboot", is_flag=True, help="Run the AP's OMAPI start-up again (rules reloaded), then --status."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the AP's answer as one JSON object.")
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for the AP's answer.")
+def omapi(
+    connect: str,
+    reader: str | None,
+    aid: str,
+    apdus: tuple[str, ...],
+    app_hash: str,
+    package: str,
+    basic: bool,
+    select_response: bool,
+    status: bool,
+    reboot: bool,
+    as_json: bool,
+    timeout: float,
+) -> None:
+    """Open a channel to an applet through the AP's OMAPI (SEService -> Reader -> Session -> Channel), transmit
+    the APDUs, print each answer exactly as the applet gave it, and close. Exit status 0 on success, 1 when
+    OMAPI raised an exception (its name and reason are printed: SecurityException, IOException,
+    NoSuchElementException...) or the channel open returned null, 2 on a usage error."""
+    from bipsim.ap.omapi.control import request
+
+    host, sep, port_text = connect.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise CliError(f"--connect: give HOST:PORT, not {connect!r}")
+    sent = [_hex(apdu, "--apdu") for apdu in apdus]
+    if status or reboot:
+        message: dict[str, object] = {"op": "boot" if reboot else "status"}
+    else:
+        message = {
+            "op": "run",
+            "package": package,
+            "hash": _hex(app_hash, "--app-hash"),
+            "aid": _hex(aid, "--aid"),
+            "apdus": sent,
+            "reader": reader,
+            "basic": basic,
+            "select_response": select_response,
+        }
+    try:
+        answer = trio.run(lambda: request(host.strip("[]"), int(port_text), message, timeout=timeout))
+    except (OSError, ConnectionError) as exc:
+        raise CliError(f"cannot reach the AP's OMAPI socket at {connect}: {exc}") from None
+    except trio.TooSlowError:
+        raise CliError(f"the AP at {connect} did not answer within {timeout:g} s") from None
+    except ValueError as exc:
+        raise CliError(f"the AP's answer is not JSON: {exc}") from None
+    if as_json:
+        click.echo(json.dumps(answer))
+    elif "error" in answer:
+        pass
+    elif "readers" in answer and message["op"] != "run":
+        for item in answer["readers"]:
+            click.echo(
+                f"{item['name']}: card {'present' if item['present'] else 'absent'}, enforceCarrierPrivilege "
+                f"{str(item['variable']).lower()}, {'available' if item['available'] else 'not available'}"
+                f" ({item['reason']})"
+            )
+        click.echo(f"nfc {'present' if answer.get('nfc') else 'absent'}, gate {answer.get('gate')}")
+    else:
+        click.echo(f"reader {answer.get('reader')}")
+        if answer.get("select_response") is not None:
+            click.echo(f"select response {answer['select_response']}")
+        for apdu, response in zip(sent, answer.get("responses", []), strict=False):
+            click.echo(f"{apdu} -> {response}")
+    if "error" in answer:
+        raise CliError(f"the AP refused the request: {answer['error']}")
+    if not answer.get("ok"):
+        if answer.get("exception"):
+            raise click.exceptions.Exit(_fail(f"{answer['exception']}: {answer.get('reason', '')}"))
+        raise click.exceptions.Exit(_fail(str(answer.get("reason", "failed"))))
+
+
+def _fail(text: str) -> int:
+    click.echo(f"bipsim omapi: {text}", err=True)
+    return 1
