@@ -347,6 +347,8 @@ def test_scenario_run_and_demo_take_a_pcsc_card_only_for_the_embodiments() -> No
     assert result.exit_code == 1 and "use sim, pcsc:N or pcsc:NAME" in str(result.exception)
     result = CliRunner().invoke(cli, ["demo", "--card", "pcsc:"])
     assert result.exit_code == 1 and "use sim, pcsc:N or pcsc:NAME" in str(result.exception)
+    result = CliRunner().invoke(cli, ["demo", "--card", "pcsc:0"])
+    assert result.exit_code == 1 and "give --embodiment 1 or --embodiment 2" in str(result.exception)
     for command in (["cp"], ["demo"], ["scenario", "run"]):
         help_text = " ".join(CliRunner().invoke(cli, [*command, "--help"]).output.split())
         assert "pcsc:N" in help_text and "pcsc:NAME" in help_text

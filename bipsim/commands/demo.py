@@ -340,6 +340,8 @@ def _judge(outcome: Outcome) -> None:
     if run.card_state:
         spn = bytes.fromhex(spn_hex)[1:].rstrip(b"\xff").decode("ascii", "replace") if spn_hex else "?"
         facts["card"] = f"applet {', '.join(a.upper() for a in applets) or 'none'}; EF_SPN {spn!r}"
+    elif run.config.card != "sim":
+        facts["card"] = f"{run.config.card}: its state stays behind the reader; checked by its status words"
     else:
         facts["card"] = "no saved card state"
     finals = [
@@ -473,7 +475,8 @@ def _check_output(option: str, path: str | None) -> None:
     help="The CP's card, as `bipsim cp --card` takes it: sim (the simulated UICC), pcsc:N (the card in PC/SC "
     "reader N) or pcsc:NAME (the first reader whose name holds NAME). With a PC/SC card the OTA server listens "
     "at the built-in profile's address, 127.0.0.1:4443, where a card served by `bipsim card serve --vpcd` "
-    "connects; its state stays behind the reader, so the summary checks the card by its status words.",
+    "connects; its state stays behind the reader, so the summary checks the card by its status words. A PC/SC "
+    "card runs one embodiment per demo (--embodiment 1 or 2).",
 )
 def demo(
     embodiment: str,
@@ -523,6 +526,12 @@ def demo(
         from bipsim.commands.scenario import check_card_spec
 
         check_card_spec(card)
+        if embodiment == "both":
+            # the simulated card is new for each embodiment; a card behind a reader takes the campaign once
+            raise CliError(
+                f"--card {card}: a card behind PC/SC runs one embodiment per demo (its campaign is applied "
+                "once): give --embodiment 1 or --embodiment 2"
+            )
     numbers = [1, 2] if embodiment == "both" else [int(embodiment)]
     if keep_dir:
         root = Path(keep_dir)
