@@ -39,7 +39,7 @@ from bipsim.link.pty import open_line
 from bipsim.trace.events import Actor, Layer
 from bipsim.trace.kinds import Kind
 from bipsim.trace.recorder import NULL_TRACER, Tracer
-from bipsim.uicc.transport import ApduTransport
+from bipsim.uicc.transport import ApduTransport, CardRemoved
 
 if TYPE_CHECKING:
     from bipsim.uicc.bip_engine import BipEngine
@@ -207,6 +207,8 @@ class Modem:
                 nursery.start_soon(slot.keep_powered)
             if self.options.card_control:
                 await nursery.start(serve_card_control, self.options.card_control, self.slots)
+            early = trio.CancelScope()
+            nursery.start_soon(self.watch_before_toolkit, early)
             with trio.move_on_after(self.options.wait_for_ap):
                 await self.proxy.ready.wait()
             if not self.proxy.ready.is_set():
@@ -223,12 +225,30 @@ class Modem:
                 await trio.sleep(self.options.start_delay)
                 with trio.move_on_after(self.options.wait_for_ap):
                     await self.proxy.ready.wait()
+            early.cancel()
             await nursery.start(self.keep_toolkit)
             if self.options.once:
                 await self.service.session_finished.wait()
                 await trio.sleep(0.3)  # let the last envelopes and the card's state save complete
                 nursery.cancel_scope.cancel()
         return 0
+
+    async def watch_before_toolkit(self, scope: trio.CancelScope) -> None:
+        """Until the toolkit starts (the AP attached): a slot-1 card that goes away is powered on again when it is
+        back (retries with backoff, at once on an insert notice), so +CPIN answers READY again before the AP is up.
+        Cancelled through `scope` when keep_toolkit takes over."""
+        slot = self.slots[0]
+        with scope:
+            delay = RETRY_MIN
+            while True:
+                await slot.wait_gone()
+                await slot.wait_for_card(delay)
+                try:
+                    await slot.power_on()
+                except CardRemoved:
+                    delay = min(2 * delay, RETRY_MAX)
+                else:
+                    delay = RETRY_MIN
 
     async def keep_toolkit(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Runs slot 1's card: the BIP service until the card goes away, then power-on retries with backoff (at

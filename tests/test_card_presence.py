@@ -380,3 +380,28 @@ def test_harness_pulls_the_card_mid_session_and_the_session_completes_after_inse
     assert not [e for e in run.events if e.kind == Kind.APP_ERROR and e.src.value in ("cp", "uicc")]
     assert run.completed, run.explain()
     assert run.cp_code == 0
+
+
+async def test_a_card_back_before_the_ap_attached(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    """The toolkit waits for the AP; a card pulled and put back meanwhile is powered on again all the same."""
+    card, _ = simulated_card(None, None, Tracer())
+    assert isinstance(card, SimulatedCard)
+    tracer = Tracer(keep=True)
+    watch = Watch(tracer)
+    modem = Modem(ModemOptions("not-opened", wait_for_ap=1e9), card, tracer=tracer)
+    ours, theirs = trio.testing.memory_stream_pair()
+    modem._first_line = theirs  # the line, as open_line() would have opened it
+    nursery.start_soon(modem.run)
+    dte = Dte(ours)
+    await dte.at("ATE0")
+    await dte.at("AT+CMEE=1")
+    assert info(await dte.at("AT+CPIN?"), "") == ["+CPIN: READY"]
+    card.remove()
+    await watch.wait("app.event", event="card_removed", slot=1)
+    assert await dte.at("AT+CPIN?") == "\r\n+CME ERROR: 10\r\n"
+    card.insert()
+    await watch.wait("app.event", event="card_inserted", slot=1)
+    assert info(await dte.at("AT+CPIN?"), "") == ["+CPIN: READY"]
+    assert not watch.select("cat.terminal_profile")  # the toolkit still waits for the AP
