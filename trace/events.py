@@ -102,7 +102,7 @@ class TraceEvent:
         return out
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), separators=(", ", ": "), ensure_ascii=False)
+        return _LINE_ENCODER.encode(self.to_dict())
 
     @classmethod
     def from_dict(cls, obj: dict[str, Any]) -> TraceEvent:
@@ -171,6 +171,9 @@ class TraceEvent:
 
 
 _E = TypeVar("_E", bound=StrEnum)
+# json.dumps(obj, separators=..., ensure_ascii=False) builds a new encoder per call; one shared encoder writes the
+# same text (the trace recorder encodes every event with it)
+_LINE_ENCODER = json.JSONEncoder(separators=(", ", ": "), ensure_ascii=False)
 
 
 def _no_constant(name: str) -> float:

@@ -3,10 +3,18 @@
 Processes of one run share the origin through the environment variable BIPSIM_T0, a `time.monotonic()` value
 (CLOCK_MONOTONIC is system-wide on Linux, so the AP, CP and OTA server files merge by `t`). The demo sets it
 before starting its children; a process started alone takes its own start as the origin.
+
+Recording is cheap on the hot path (docs/protocols.md, "Traces"): `emit` builds the event (its bytes as hex and a
+few fields) and queues it; a trace file's JSON lines are encoded and written in batches, by the emitting thread
+once BATCH_EVENTS are queued, by a flusher thread every FLUSH_INTERVAL seconds, and at `close`, at interpreter
+exit and before a forced exit (`flush_all`). A process killed with SIGKILL loses at most the events of its last
+FLUSH_INTERVAL seconds (and never more than BATCH_EVENTS); every line that reaches the file is whole. A tracer
+given its own sink (a StringIO in a test) writes each line at once, as before, unless asked to batch.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import threading
 import time
@@ -17,6 +25,11 @@ from typing import Any, TextIO
 from bipsim.trace.events import Actor, Layer, TraceEvent
 
 T0_ENV = "BIPSIM_T0"
+BATCH_EVENTS = 256  # queued events that make the emitting thread write them at once
+FLUSH_INTERVAL = 0.05  # seconds: the most a queued event waits for its line (and what a SIGKILL may lose)
+
+_ACTORS: dict[object, Actor] = dict(Actor._value2member_map_)
+_LAYERS: dict[object, Layer] = dict(Layer._value2member_map_)
 
 
 def shared_origin() -> float:
@@ -35,6 +48,8 @@ class Tracer:
 
     `clock` returns the current time on the origin's scale (tests pass trio's MockClock-driven clock).
     `session` is the default session label of events. A Tracer with no sink and keep=False costs one call.
+    `batch` > 1 queues up to that many events before encoding and writing them (see the module's docstring);
+    a tracer made by `to_file` batches, one given a sink writes every line at once unless told otherwise.
     """
 
     def __init__(
@@ -45,6 +60,7 @@ class Tracer:
         origin: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         keep: bool = False,
+        batch: int = 1,
     ) -> None:
         self._sink = sink
         self._owned = False
@@ -53,13 +69,18 @@ class Tracer:
         self._clock = clock
         self.events: list[TraceEvent] = []
         self._keep = keep
-        self._lock = threading.Lock()  # pyserial worker threads may emit too
+        self._lock = threading.Lock()  # pyserial worker threads (and the flusher) may emit/flush too
         self._listeners: list[Callable[[TraceEvent], None]] = []
+        self._batch = max(1, batch)
+        self._pending: list[TraceEvent] = []
+        if sink is not None and self._batch > 1:
+            _Flusher.register(self)
 
     @classmethod
     def to_file(cls, path: str | os.PathLike[str], **kwargs: object) -> Tracer:
-        """A tracer writing to `path` (truncated), line-buffered so a killed process leaves whole lines."""
-        sink = Path(path).open("w", encoding="utf-8", buffering=1)
+        """A tracer writing to `path` (truncated) in batches of whole lines (at most FLUSH_INTERVAL late)."""
+        sink = Path(path).open("w", encoding="utf-8")
+        kwargs.setdefault("batch", BATCH_EVENTS)
         tracer = cls(sink, **kwargs)  # type: ignore[arg-type]
         tracer._owned = True
         return tracer
@@ -82,32 +103,100 @@ class Tracer:
         kind: str = "",
         fields: dict[str, Any] | None = None,
     ) -> TraceEvent:
+        # the enum lookups by value, not Actor(src): the hot path of every APDU and frame
         event = TraceEvent(
             t=self._clock() - self.origin,
-            src=Actor(src),
-            dst=Actor(dst),
-            layer=Layer(layer),
+            src=_ACTORS.get(src) or Actor(src),
+            dst=_ACTORS.get(dst) or Actor(dst),
+            layer=_LAYERS.get(layer) or Layer(layer),
             summary=summary,
             hex=data.hex().upper() if data is not None else None,
             step=step,
             session=session if session is not None else self.session,
             error=error,
             kind=kind,
-            fields=fields,
+            # a copy: the line is encoded later, and a caller may reuse its dict
+            fields=dict(fields) if fields else fields,
         )
         with self._lock:
             if self._keep:
                 self.events.append(event)
             if self._sink is not None:
-                self._sink.write(event.to_json() + "\n")
+                self._pending.append(event)
+                if len(self._pending) >= self._batch:
+                    self._write_pending()
         for listener in self._listeners:
             listener(event)
         return event
 
+    def _write_pending(self) -> None:
+        """Encodes and writes the queued events as lines (the caller holds the lock)."""
+        pending, self._pending = self._pending, []
+        if self._sink is not None and pending:
+            self._sink.write("".join([event.to_json() + "\n" for event in pending]))
+            self._sink.flush()
+
+    def flush(self, *, timeout: float = -1) -> None:
+        """Writes every queued event now. With a `timeout`, gives up when the lock stays busy that long."""
+        if not self._lock.acquire(timeout=timeout):
+            return
+        try:
+            self._write_pending()
+        except (OSError, ValueError):
+            pass  # a closed or failing sink: nothing more can be written
+        finally:
+            self._lock.release()
+
     def close(self) -> None:
+        self.flush()
+        _Flusher.unregister(self)
         if self._sink is not None and self._owned:
             self._sink.close()
         self._sink = None
+
+
+class _Flusher:
+    """One daemon thread per process that writes the queued events of every batching tracer each
+    FLUSH_INTERVAL seconds, and an exit hook that writes them at interpreter exit."""
+
+    _tracers: set[Tracer] = set()  # until closed: an unclosed tracer's queue is still written at exit
+    _thread: threading.Thread | None = None
+    _guard = threading.Lock()
+
+    @classmethod
+    def register(cls, tracer: Tracer) -> None:
+        with cls._guard:
+            cls._tracers.add(tracer)
+            if cls._thread is None or not cls._thread.is_alive():
+                cls._thread = threading.Thread(target=cls._run, name="trace-flusher", daemon=True)
+                cls._thread.start()
+
+    @classmethod
+    def unregister(cls, tracer: Tracer) -> None:
+        with cls._guard:
+            cls._tracers.discard(tracer)
+
+    @classmethod
+    def flush_all(cls, timeout: float = -1) -> None:
+        with cls._guard:
+            tracers = list(cls._tracers)
+        for tracer in tracers:
+            tracer.flush(timeout=timeout)
+
+    @classmethod
+    def _run(cls) -> None:
+        while True:
+            time.sleep(FLUSH_INTERVAL)
+            cls.flush_all()
+
+
+def flush_all(timeout: float = 0.5) -> None:
+    """Writes the queued events of every tracer of this process (before a forced exit: os._exit skips atexit).
+    A tracer whose lock stays busy `timeout` seconds (a thread stopped inside emit) is skipped."""
+    _Flusher.flush_all(timeout)
+
+
+atexit.register(_Flusher.flush_all)
 
 
 NULL_TRACER = Tracer()

@@ -220,6 +220,7 @@ class BipEngine:
         self.sessions = 0
         self._queue: deque[ProactiveCommand] = deque()
         self._outstanding: ProactiveCommand | None = None
+        self._outstanding_bytes = b""  # its encoding, made once: the card asks its length after every APDU
         self._fetched = False
         self._number = 0
         self._tx = bytearray()
@@ -237,16 +238,17 @@ class BipEngine:
     def pending_length(self) -> int:
         if self._outstanding is None and self._queue:
             self._outstanding = self._queue.popleft()
+            self._outstanding_bytes = self._outstanding.encode()
             self._fetched = False
         if self._outstanding is not None and not self._fetched:
-            return len(self._outstanding.encode())
+            return len(self._outstanding_bytes)
         return 0
 
     def fetch(self) -> bytes:
         if not self.pending_length() or self._outstanding is None:
             raise ToolkitError(0x6F00, "no proactive command pending")
         self._fetched = True
-        return self._outstanding.encode()
+        return self._outstanding_bytes
 
     def terminal_response(self, data: bytes) -> None:
         command = self._outstanding

@@ -20,7 +20,7 @@ import click
 import trio
 
 from bipsim.errors import CliError
-from bipsim.trace.recorder import NULL_TRACER, Tracer
+from bipsim.trace.recorder import NULL_TRACER, Tracer, flush_all
 
 trace_option = click.option(
     "--trace", "trace_path", type=click.Path(dir_okay=False), help="Write the JSONL trace here."
@@ -117,6 +117,7 @@ class Shutdown:
     def _force(self) -> None:
         name = signal.Signals(self.signum).name
         os.write(2, f"{self.who}: still busy {self.grace:g} s after {name}; stopped\n".encode())
+        flush_all()  # the trace lines still queued (os._exit runs no exit hooks)
         os._exit(128 + self.signum)
 
     async def until_signalled(self, main: Callable[[], Awaitable[object]]) -> None:
