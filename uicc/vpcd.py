@@ -178,6 +178,7 @@ class VpcdSession:
         self.powered = False
         self.presence_polls = 0
         self.apdus = 0
+        self.error: FramingError | None = None  # what ended the connection, when the reader sent bad input
         self._atr_traced = False
 
     def receive(self, data: bytes) -> list[Exchange]:
@@ -199,6 +200,7 @@ class VpcdSession:
         return self._apdu(message)
 
     def _error(self, message: FramingError) -> Exchange:
+        self.error = message
         record = Record(
             Actor.READER,
             Actor.UICC,
@@ -441,7 +443,8 @@ async def serve_vpcd(
         )
         session = VpcdSession(card)
         why = await run_connection(stream, session, tracer)
-        report(f"vpcd connection {why} after {session.apdus} APDUs; reconnecting")
+        detail = f" ({session.error.detail})" if session.error is not None else ""
+        report(f"vpcd connection {why}{detail} after {session.apdus} APDUs; reconnecting")
         tracer.emit(
             Actor.UICC,
             Actor.READER,
