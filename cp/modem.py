@@ -327,6 +327,21 @@ def card_control_answer(line: str, slots: list[CardSlot]) -> str:
     return f"ok {words[0]} {slot.number}"
 
 
+def check_card_control_path(path: str) -> None:
+    """Raises ValueError (one line for the user) unless `path` can be the card-control socket: short enough for a
+    UNIX socket address, in a folder that exists, and not an existing file other than a socket."""
+    import os
+    import stat
+
+    if len(os.fsencode(path)) > 100:
+        raise ValueError(f"{path}: too long for a UNIX socket path (at most 100 bytes)")
+    folder = os.path.dirname(path) or "."
+    if not os.path.isdir(folder):
+        raise ValueError(f"{path}: no folder {folder}")
+    if os.path.lexists(path) and not stat.S_ISSOCK(os.lstat(path).st_mode):
+        raise ValueError(f"{path}: exists and is not a socket")
+
+
 async def serve_card_control(
     path: str, slots: list[CardSlot], *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:
@@ -334,9 +349,10 @@ async def serve_card_control(
     answer a line (card_control_answer). A UNIX socket is reachable only on this machine, by its file's mode."""
     import os
 
+    check_card_control_path(path)
     sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
     if os.path.exists(path):
-        os.unlink(path)  # a stale socket of an earlier run
+        os.unlink(path)  # a stale socket of an earlier run (check_card_control_path: nothing else)
     await sock.bind(path)
     sock.listen()
     listener = trio.SocketListener(sock)

@@ -405,3 +405,43 @@ async def test_a_card_back_before_the_ap_attached(
     await watch.wait("app.event", event="card_inserted", slot=1)
     assert info(await dte.at("AT+CPIN?"), "") == ["+CPIN: READY"]
     assert not watch.select("cat.terminal_profile")  # the toolkit still waits for the AP
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["--card2", "trace:x.jsonl"], "--card2 trace:F: a recorded card replays slot 1's session only"),
+        (["--card2", "floppy"], "--card2 floppy: use sim, pcsc[:N|:NAME] or none"),
+        (["--card", "none"], "--card none: slot 1 holds the toolkit's card; only --card2 may be empty"),
+        (["--state2", "x.json"], "--profile2 and --state2 need --card2 sim"),
+        (["--card-control", "/no/such/folder/c.sock"], "--card-control /no/such/folder/c.sock: no folder"),
+        (["--card2", "sim", "--state", "s.json", "--state2", "s.json"], "--state2: the two cards need state"),
+    ],
+)
+def test_cp_slot_options_fail_in_one_line(args: list[str], error: str, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "bipsim", "cp", "--port", str(tmp_path / "no-line"), *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and error in lines[0], done.stderr
+
+
+def test_card_control_refuses_a_file_that_is_not_a_socket(tmp_path: Path) -> None:
+    from bipsim.cp.modem import check_card_control_path
+
+    regular = tmp_path / "notes.txt"
+    regular.write_text("keep me")
+    with pytest.raises(ValueError, match="exists and is not a socket"):
+        check_card_control_path(str(regular))
+    assert regular.read_text() == "keep me"
+    with pytest.raises(ValueError, match="too long"):
+        check_card_control_path(str(tmp_path / ("x" * 120)))
+    check_card_control_path(str(tmp_path / "cards.sock"))

@@ -88,7 +88,7 @@ if TYPE_CHECKING:
     "--card2",
     "card2_kind",
     metavar="SPEC",
-    help="Give the CP a second card slot (SIM2) holding this card: sim, pcsc:N, pcsc:NAME, trace:F (as --card) or "
+    help="Give the CP a second card slot (SIM2) holding this card: sim, pcsc:N, pcsc:NAME (as --card) or "
     "none (an empty slot). Slot 1 (--card) runs the SIM toolkit and BIP; slot 2 answers the SIM AT commands "
     "(+CSIM, +CRSM, +CCHO/+CGLA/+CCHC, +CPIN, +CIMI) of a line that chose it with AT%SLOT=2. Without it the CP "
     "has one slot.",
@@ -155,13 +155,21 @@ def cp(
         raise CliError("--extra-channel needs --card sim")
     if card_kind == "none":
         raise CliError("--card none: slot 1 holds the toolkit's card; only --card2 may be empty")
+    if card_control is not None:
+        from bipsim.cp.modem import check_card_control_path
+
+        try:
+            check_card_control_path(card_control)
+        except ValueError as exc:
+            raise CliError(f"--card-control {exc}") from exc
+    if card2_kind is not None and card2_kind.startswith("trace:"):
+        raise CliError("--card2 trace:F: a recorded card replays slot 1's session only")
     card, recorded = open_card("--card", card_kind, profile_path, state_path, tracer, extra)
     card2 = None
     if card2_kind is not None:
         if card2_kind == "sim" and state2_path is not None and state2_path == state_path:
             raise CliError("--state2: the two cards need state files of their own")
-        card2, recorded2 = open_card("--card2", card2_kind, profile2_path, state2_path, tracer, [])
-        recorded = recorded or recorded2
+        card2, _ = open_card("--card2", card2_kind, profile2_path, state2_path, tracer, [])
     elif profile2_path or state2_path:
         raise CliError("--profile2 and --state2 need --card2 sim")
     modem = Modem(
@@ -234,6 +242,5 @@ def open_card(
             return open_pcsc_card(kind), None  # pyscard there, pcscd answering, the reader present
         except (PcscUnavailable, ValueError) as exc:
             raise CliError(f"{option} {kind}: {exc}") from exc
-    raise CliError(
-        f"{option} {kind}: use sim, pcsc[:N|:NAME], trace:FILE{' or none' if option == '--card2' else ''}"
-    )
+    other = "pcsc[:N|:NAME] or none" if option == "--card2" else "pcsc[:N|:NAME] or trace:FILE"
+    raise CliError(f"{option} {kind}: use sim, {other}")
