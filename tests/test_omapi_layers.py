@@ -38,8 +38,10 @@ STRANGER = AppIdentity("org.example.other", DENIED)
 
 def tlv(tag: int, value: bytes) -> bytes:
     head = tag.to_bytes(2 if tag > 0xFF else 1, "big")
-    length = bytes((len(value),)) if len(value) < 0x80 else (
-        bytes((0x81, len(value))) if len(value) < 0x100 else b"\x82" + len(value).to_bytes(2, "big")
+    length = (
+        bytes((len(value),))
+        if len(value) < 0x80
+        else (bytes((0x81, len(value))) if len(value) < 0x100 else b"\x82" + len(value).to_bytes(2, "big"))
     )
     return head + length + value
 
@@ -94,7 +96,9 @@ class FakeModem:
         self.sessions: dict[int, tuple[int, int, bytes]] = {}  # session -> (slot, channel, aid)
         self.fail: dict[str, str] = {}  # command prefix -> final result to answer instead
 
-    async def command(self, line: str, *, timeout: float | None = None, step: str | None = None) -> AtResponse:
+    async def command(
+        self, line: str, *, timeout: float | None = None, step: str | None = None
+    ) -> AtResponse:
         await trio.lowlevel.checkpoint()
         self.lines.append(line)
         for prefix, final in self.fail.items():
@@ -113,7 +117,7 @@ class FakeModem:
             used = {ch for (slot, ch, _) in self.sessions.values() if slot == self.slot}
             free = [ch for ch in range(1, card.channels + 1) if ch not in used]
             if not free:
-                return AtResponse(line, (), "+CME ERROR: 3")
+                return AtResponse(line, (), "+CME ERROR: 20")  # 68 81 (docs/protocols.md, "Card slots")
             if card.applet(aid) is None:
                 return AtResponse(line, (), "+CME ERROR: 22")
             session = max(self.sessions, default=0) + 1
@@ -246,7 +250,7 @@ async def test_two_cards_the_chooser_lists_the_available_ones_and_the_choice_is_
     ours = both.lines[before:]
     # everything after the choice went to slot 2: the slot selected last before each command is 2
     slot = None
-    for line in both.lines[: before]:
+    for line in both.lines[:before]:
         if line.startswith("AT%SLOT="):
             slot = line
     assert all(line in ("AT%SLOT=2",) or not line.startswith("AT%SLOT") for line in ours)
@@ -258,7 +262,9 @@ async def test_two_cards_the_chooser_lists_the_available_ones_and_the_choice_is_
 async def test_transmit_returns_the_answer_unchanged_and_close_uses_the_same_session() -> None:
     modem = FakeModem({1: FakeCard()})
     service, _ = await started(modem)
-    channel = await (await (await service.se_service(APP).reader("SIM1")).open_session()).open_logical_channel(ECHO)
+    channel = await (
+        await (await service.se_service(APP).reader("SIM1")).open_session()
+    ).open_logical_channel(ECHO)
     assert channel is not None
     opened = modem.lines[-1]
     assert opened == f'AT+CCHO="{ECHO.hex().upper()}"'
@@ -268,9 +274,9 @@ async def test_transmit_returns_the_answer_unchanged_and_close_uses_the_same_ses
     with pytest.raises(OmapiIllegalStateException):
         await channel.transmit(bytes.fromhex("00010000"))
     with pytest.raises(OmapiIllegalArgumentException):
-        channel2 = await (await (await service.se_service(APP).reader("SIM1")).open_session()).open_logical_channel(
-            ECHO
-        )
+        channel2 = await (
+            await (await service.se_service(APP).reader("SIM1")).open_session()
+        ).open_logical_channel(ECHO)
         assert channel2 is not None
         await channel2.transmit(bytes.fromhex("00A4040005A000000001"))
 
@@ -318,8 +324,13 @@ async def test_a_long_rule_set_is_read_with_get_data_next() -> None:
     "bad",
     [
         b"\xff\x40\x05\xe2\x03\xe1\x01\x4f",  # a REF-DO cut short
-        tlv(0xFF40, tlv(0xE2, tlv(0xE1, tlv(0xC1, GRANTED)) + tlv(0xE3, tlv(0xD0, b"\x01")))),  # no AID-REF-DO
-        tlv(0xFF40, tlv(0xE2, tlv(0xE1, tlv(0x4F, ECHO) + tlv(0xC1, b"\x01\x02")) + tlv(0xE3, tlv(0xD0, b"\x01")))),
+        tlv(
+            0xFF40, tlv(0xE2, tlv(0xE1, tlv(0xC1, GRANTED)) + tlv(0xE3, tlv(0xD0, b"\x01")))
+        ),  # no AID-REF-DO
+        tlv(
+            0xFF40,
+            tlv(0xE2, tlv(0xE1, tlv(0x4F, ECHO) + tlv(0xC1, b"\x01\x02")) + tlv(0xE3, tlv(0xD0, b"\x01"))),
+        ),
         b"\x9f\x40\x00",
     ],
 )
@@ -339,7 +350,7 @@ async def test_no_channel_left_is_null_and_an_unknown_applet_is_no_such_element(
     session = await (await service.se_service(APP).reader("SIM1")).open_session()
     first = await session.open_logical_channel(ECHO)
     assert first is not None
-    assert await session.open_logical_channel(ECHO) is None  # 6881 at the card: +CME ERROR: 3
+    assert await session.open_logical_channel(ECHO) is None  # 6881 at the card: +CME ERROR: 20
     await first.close()
     modem.cards[1] = FakeCard(rules=all_rules(rule(None, GRANTED)))  # every applet granted; this AID absent
     service, _ = await started(modem)
@@ -351,7 +362,9 @@ async def test_no_channel_left_is_null_and_an_unknown_applet_is_no_such_element(
 async def test_modem_errors_and_a_removed_card_become_io_exception_without_a_hang() -> None:
     modem = FakeModem({1: FakeCard()})
     service, tracer = await started(modem)
-    channel = await (await (await service.se_service(APP).reader("SIM1")).open_session()).open_logical_channel(ECHO)
+    channel = await (
+        await (await service.se_service(APP).reader("SIM1")).open_session()
+    ).open_logical_channel(ECHO)
     assert channel is not None
     modem.cards[1] = None  # pulled out mid-session: the modem answers +CME ERROR: 10
     with trio.fail_after(5):
@@ -361,7 +374,9 @@ async def test_modem_errors_and_a_removed_card_become_io_exception_without_a_han
     await channel.close()  # already closed: no exception, no command
     modem.cards[1] = FakeCard()
     modem.fail["AT+CGLA"] = "+CME ERROR: 100"
-    channel = await (await (await service.se_service(APP).reader("SIM1")).open_session()).open_logical_channel(ECHO)
+    channel = await (
+        await (await service.se_service(APP).reader("SIM1")).open_session()
+    ).open_logical_channel(ECHO)
     assert channel is not None
     with pytest.raises(OmapiIOException):
         await channel.transmit(bytes.fromhex("00010000"))

@@ -20,8 +20,9 @@ from bipsim.trace.kinds import Kind
 from bipsim.trace.recorder import NULL_TRACER, Tracer
 
 # 27.007 9.2.1 numeric errors the RIL tells apart
-CME_NOT_ALLOWED = 3  # the modem's answer when the card has no logical channel left (MANAGE CHANNEL 6881)
+CME_NOT_ALLOWED = 3  # +CCHO: the SELECT was refused (69 82, 69 85, 69 99)
 CME_SIM_NOT_INSERTED = 10
+CME_MEMORY_FULL = 20  # +CCHO: MANAGE CHANNEL answered 68 81, no logical channel left
 CME_INVALID_INDEX = 21  # +CGLA/+CCHC with a session the modem does not know
 CME_NOT_FOUND = 22  # +CCHO: the SELECT of the AID failed (6A82)
 CME_SIM_BUSY = 14  # the card is still starting (27.007 9.2.1: a transient state, asked again)
@@ -145,6 +146,10 @@ class SeRil:
                 f"applet {aid.hex().upper()} not found on the card ({answer.final})"
             )
         if code == CME_NOT_ALLOWED:
+            raise OmapiNoSuchElementException(
+                f"applet {aid.hex().upper()} cannot be selected ({answer.final})"
+            )
+        if code == CME_MEMORY_FULL:
             raise NoChannelAvailable(f"the card has no logical channel left ({answer.final})")
         if code == CME_SIM_NOT_INSERTED:
             raise OmapiIOException(f"no card in {reader_name(slot)} ({answer.final})")
