@@ -585,9 +585,12 @@ class RecordedAp:
     on that DLC have arrived. DLC 0 messages are matched in any order (both sides send them at once).
     """
 
-    def __init__(self, tape: ApTape, *, read_timeout: float = 10.0) -> None:
+    def __init__(self, tape: ApTape, *, read_timeout: float = 10.0, startup_timeout: float = 60.0) -> None:
         self.tape = tape
         self.read_timeout = read_timeout
+        # the first command also waits for the CP process to start and open its line: a loaded machine takes
+        # longer than one answer's allowance for that (the pty pair keeps the command meanwhile)
+        self.startup_timeout = startup_timeout
         self.divergence: ApDivergence | None = None
         self.items_played = 0
         self._received: dict[int, bytearray] = {}
@@ -605,9 +608,11 @@ class RecordedAp:
             self.divergence = divergence
         self._changed.set()
 
-    async def _read_line_phase(self, stream: trio.abc.Stream, buffer: bytearray, command: AtCommand) -> bool:
+    async def _read_line_phase(
+        self, stream: trio.abc.Stream, buffer: bytearray, command: AtCommand, timeout: float
+    ) -> bool:
         echo = _lines(command.event.data)
-        with trio.move_on_after(self.read_timeout):
+        with trio.move_on_after(timeout):
             while True:
                 lines = [line for line in _lines(bytes(buffer)) if line not in echo]
                 if buffer.endswith(b"\n") and any(line.startswith(FINAL_RESULTS) for line in lines):
@@ -641,9 +646,10 @@ class RecordedAp:
 
     async def run(self, stream: trio.abc.Stream) -> None:
         buffer = bytearray()
-        for command in self.tape.commands:
+        for index, command in enumerate(self.tape.commands):
             await stream.send_all(command.event.data)
-            if not await self._read_line_phase(stream, buffer, command):
+            timeout = self.startup_timeout if index == 0 else self.read_timeout
+            if not await self._read_line_phase(stream, buffer, command, timeout):
                 return
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._reader, stream, nursery.cancel_scope)

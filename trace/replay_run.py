@@ -327,7 +327,7 @@ def replay_ap(events: list[TraceEvent], options: ReplayOptions, echo: Echo) -> i
     env[T0_ENV] = repr(time.monotonic())
     if options.seed:
         env[SEED_ENV] = options.seed
-    player = RecordedAp(tape)
+    player = RecordedAp(tape, startup_timeout=options.timeout)
 
     async def live() -> int | None:
         pair = PtyPair.create()
