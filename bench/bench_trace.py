@@ -1,56 +1,154 @@
-"""Trace costs: events recorded per second (JSONL writer) and pcap export speed (events/s), one JSON line.
+"""Trace costs, one JSON line: nanoseconds per recorded event and pcap export speed.
 
 The event mix is one OTA session's shape repeated: APDU exchanges, AT lines, CMUX frames and TCP segments.
+
+- `record_ns_per_event`: CPU time per event of a trace file as the processes write it (Tracer.to_file: queued,
+  encoded and written in batches; the flusher thread's CPU included), from the first emit to close.
+- `emit_ns_per_event` and `encode_ns_per_event`: the same split in two, the hot path (emit, queueing the event)
+  and the batch work (JSON encoding and writing) measured apart.
+- `unbatched_ns_per_event`: the same events written as before, one JSON line encoded and written per event to a
+  line-buffered file; `ratio_unbatched_to_batched` is how much cheaper recording got.
+- `pcap_events_per_s`: export of the recorded events to pcap (packets built with struct); `pcap_scapy_events_per_s`
+  builds the same packets with scapy (the exporter of before, what `pcap_speedup` compares with).
+
 The whole-run overhead (a real embodiment-2 run with and without --trace) is bench_trace_overhead.py.
 """
 
 from __future__ import annotations
 
-import io
+import itertools
 import json
-import os
+import random
 import tempfile
 import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
-from bipsim.trace.pcap import export_pcap
+from bipsim.trace import recorder
+from bipsim.trace.pcap import PcapExporter, export_pcap
 from bipsim.trace.recorder import Tracer
 
 ROUNDS = 2000
+EVENTS = 6 * ROUNDS
+
+
+def clock() -> Callable[[], float]:
+    """The same times for every run (the files of two runs compare byte for byte)."""
+    ticks = itertools.count()
+    return lambda: next(ticks) * 0.000125
 
 
 def record(tracer: Tracer) -> None:
-    fetch, data = bytes.fromhex("8012000024"), os.urandom(240)
+    fetch, data = bytes.fromhex("8012000024"), random.Random(7).randbytes(240)
     for _ in range(ROUNDS):
-        tracer.emit("cp", "uicc", "apdu", "FETCH", fetch)
-        tracer.emit("uicc", "cp", "apdu", "SEND DATA", data + b"\x90\x00")
-        tracer.emit("cp", "ap", "cmux", "UIH DLC3", b"\xf9\x0f\xef" + data[:100] + b"\x00\xf9")
-        tracer.emit("cp", "ap", "at", "AT%WEBOPCH", b'AT%WEBOPCH=1,"TCP","127.0.0.1",4443\r')
-        tracer.emit("ap", "ota", "tcp", "data", data)
-        tracer.emit("ota", "ap", "tcp", "data", data[:64])
+        tracer.emit("cp", "uicc", "apdu", "FETCH", fetch, kind="cat.fetch", fields={"length": 36})
+        tracer.emit("uicc", "cp", "apdu", "SEND DATA", data + b"\x90\x00", kind="cat.proactive")
+        tracer.emit(
+            "cp", "ap", "cmux", "UIH DLC3", b"\xf9\x0f\xef" + data[:100] + b"\x00\xf9", kind="cmux.data"
+        )
+        tracer.emit(
+            "cp", "ap", "at", "AT%WEBOPCH", b'AT%WEBOPCH=1,"TCP","127.0.0.1",4443\r', kind="at.command"
+        )
+        tracer.emit("ap", "ota", "tcp", "data", data, kind="tcp.data", fields={"channel": 1, "length": 240})
+        tracer.emit("ota", "ap", "tcp", "data", data[:64], kind="tcp.data")
+
+
+def ns_per_event(seconds: float) -> float:
+    return round(seconds / EVENTS * 1e9, 1)
+
+
+def batched(directory: Path) -> tuple[float, float, float]:
+    """(whole, emit only, encode and write only) CPU seconds of a batching file tracer."""
+    start = time.process_time()
+    tracer = Tracer.to_file(directory / "batched.jsonl", origin=0.0, clock=clock())
+    record(tracer)
+    tracer.close()
+    whole = time.process_time() - start
+    # the split: a batch larger than the run and no flusher, so emit only queues; then one flush does the rest
+    tracer = Tracer.to_file(directory / "split.jsonl", batch=EVENTS + 1)
+    recorder._Flusher.unregister(tracer)
+    start = time.process_time()
+    record(tracer)
+    emitted = time.process_time()
+    tracer.close()
+    return whole, emitted - start, time.process_time() - emitted
+
+
+def unbatched(directory: Path) -> float:
+    """CPU seconds of the recorder of before: each line encoded with json.dumps and written at once."""
+    with (directory / "unbatched.jsonl").open("w", encoding="utf-8", buffering=1) as sink:
+        keeper = Tracer(keep=True, origin=0.0, clock=clock())
+        start = time.process_time()
+        original = keeper.emit
+
+        def emit(*args: Any, **kwargs: Any) -> Any:
+            event = original(*args, **kwargs)
+            sink.write(json.dumps(event.to_dict(), separators=(", ", ": "), ensure_ascii=False) + "\n")
+            return event
+
+        keeper.emit = emit  # type: ignore[method-assign]
+        record(keeper)
+        return time.process_time() - start
+
+
+def scapy_export(exporter: PcapExporter) -> float:
+    """Seconds scapy takes to build the exporter's packets (as the exporter of before did) and write them."""
+    from scapy.layers.inet import IP, TCP, UDP
+    from scapy.packet import Raw
+
+    decoded = [IP(packet.data) for packet in exporter.packets]
+    start = time.perf_counter()
+    built = []
+    for packet in decoded:
+        layer = IP(src=packet["IP"].src, dst=packet["IP"].dst)
+        if packet.haslayer(TCP):
+            tcp = packet["TCP"]
+            layer = layer / TCP(sport=tcp.sport, dport=tcp.dport, flags=tcp.flags, seq=tcp.seq, ack=tcp.ack)
+        else:
+            layer = layer / UDP(sport=packet["UDP"].sport, dport=packet["UDP"].dport)
+        if packet.haslayer(Raw):
+            layer = layer / Raw(packet["Raw"].load)
+        built.append(bytes(layer))
+    seconds = time.perf_counter() - start
+    assert built == [packet.data for packet in exporter.packets]  # the same bytes
+    return seconds
 
 
 def main() -> None:
-    sink = io.StringIO()
-    writer = Tracer(sink)
-    start = time.perf_counter()
-    record(writer)
-    write_rate = 6 * ROUNDS / (time.perf_counter() - start)
-
-    keeper = Tracer(keep=True)
-    record(keeper)
     with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        whole, emit_only, encode_only = batched(directory)
+        before = unbatched(directory)
+        same = (directory / "batched.jsonl").read_bytes() == (directory / "unbatched.jsonl").read_bytes()
+        keeper = Tracer(keep=True)
+        record(keeper)
         start = time.perf_counter()
-        packets = export_pcap(keeper.events, os.path.join(tmp, "bench.pcap"))
+        packets = export_pcap(keeper.events, directory / "bench.pcap")
         pcap_seconds = time.perf_counter() - start
+        exporter = PcapExporter()
+        sample = keeper.events[: 6 * 200]  # scapy is slow: a tenth of the events
+        for event in sample:
+            exporter.add(event)
+        scapy_seconds = scapy_export(exporter)
+    pcap_rate = len(keeper.events) / pcap_seconds
+    scapy_rate = len(sample) / scapy_seconds
     print(
         json.dumps(
             {
                 "bench": "trace",
-                "events": len(keeper.events),
-                "record_events_per_s": round(write_rate),
-                "pcap_events_per_s": round(len(keeper.events) / pcap_seconds),
+                "events": EVENTS,
+                "record_ns_per_event": ns_per_event(whole),
+                "emit_ns_per_event": ns_per_event(emit_only),
+                "encode_ns_per_event": ns_per_event(encode_only),
+                "unbatched_ns_per_event": ns_per_event(before),
+                "ratio_unbatched_to_batched": round(before / whole, 3),
+                "same_lines": same,
+                "record_events_per_s": round(EVENTS / whole),
+                "pcap_events_per_s": round(pcap_rate),
+                "pcap_scapy_events_per_s": round(scapy_rate),
+                "pcap_speedup": round(pcap_rate / scapy_rate, 1),
                 "pcap_packets": packets,
-                "ratio_pcap_to_record": round((len(keeper.events) / pcap_seconds) / write_rate, 4),
             }
         )
     )

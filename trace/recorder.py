@@ -15,10 +15,13 @@ given its own sink (a StringIO in a test) writes each line at once, as before, u
 from __future__ import annotations
 
 import atexit
+import json
+import json.encoder
 import os
 import threading
 import time
 from collections.abc import Callable
+from math import isfinite
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -28,6 +31,8 @@ T0_ENV = "BIPSIM_T0"
 BATCH_EVENTS = 256  # queued events that make the emitting thread write them at once
 FLUSH_INTERVAL = 0.05  # seconds: the most a queued event waits for its line (and what a SIGKILL may lose)
 
+_ENCODER = json.JSONEncoder(separators=(", ", ": "), ensure_ascii=False)  # as TraceEvent.to_json
+_string: Callable[[str], str] = json.encoder.encode_basestring
 _ACTORS: dict[object, Actor] = dict(Actor._value2member_map_)
 _LAYERS: dict[object, Layer] = dict(Layer._value2member_map_)
 
@@ -133,7 +138,7 @@ class Tracer:
         """Encodes and writes the queued events as lines (the caller holds the lock)."""
         pending, self._pending = self._pending, []
         if self._sink is not None and pending:
-            self._sink.write("".join([event.to_json() + "\n" for event in pending]))
+            self._sink.write("".join([_line(event) for event in pending]))
             self._sink.flush()
 
     def flush(self, *, timeout: float = -1) -> None:
@@ -153,6 +158,41 @@ class Tracer:
         if self._sink is not None and self._owned:
             self._sink.close()
         self._sink = None
+
+
+def _line(event: TraceEvent) -> str:
+    """`event.to_json()` and a newline, built piece by piece: the same text (the keys in to_dict's order, strings
+    escaped by json's own encoder, `t` as json writes a float) in about half the time of a dict and an encode."""
+    t = round(event.t, 6)
+    if not isfinite(t):
+        return event.to_json() + "\n"
+    # src, dst and layer are StrEnum members: their text is their value, plain ASCII without quotes to escape
+    parts = [
+        '{"t": ',
+        float.__repr__(t) if isinstance(t, float) else _ENCODER.encode(t),
+        ', "src": "',
+        event.src,
+        '", "dst": "',
+        event.dst,
+        '", "layer": "',
+        event.layer,
+        '", "kind": ',
+        _string(event.kind),
+        ', "summary": ',
+        _string(event.summary),
+    ]
+    if event.hex is not None:
+        parts += (', "hex": "', event.hex, '"')
+    if event.step is not None:
+        parts += (', "step": ', _string(event.step))
+    if event.session is not None:
+        parts += (', "session": ', _string(event.session))
+    if event.error:
+        parts.append(', "error": true')
+    if event.fields:
+        parts += (', "fields": ', _ENCODER.encode(event.fields))
+    parts.append("}\n")
+    return "".join(parts)
 
 
 class _Flusher:
