@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -64,6 +63,7 @@ class UartPacer:
         )
         self._count = 0  # bytes released since _origin
         self.lost = 0.0  # seconds of lateness dropped because the caller was more than a FIFO behind
+        self.idle = 0.0  # seconds the wire sat idle between busy periods (nothing to send)
 
     @property
     def wire_free(self) -> float:
@@ -120,14 +120,15 @@ async def copy_paced(
     pacer: UartPacer,
     *,
     chunk: int,
-    on_sent: Callable[[int], None] | None = None,
+    stats: DirectionStats | None = None,
 ) -> None:
     """Copies src to dst at the pacer's rate until src ends: the trio adapter of `UartPacer`.
 
     The relay's buffer is the UART's FIFO (`pacer.fifo` bytes). While it holds bytes, the relay sleeps until a
     `chunk` of them is due and then sends every byte that is due (all of them after a late wake-up). When it runs
     empty, bytes already waiting in the source keep the busy period going (the driver refills the FIFO); only
-    when nothing is waiting does the line go idle, and the next bytes start a new busy period.
+    when nothing is waiting does the line go idle, and the next bytes start a new busy period. `stats` gets
+    the bytes sent and the time spent waiting for `dst` to take them (a reader that does not read).
     """
     buffer = bytearray()
     while True:
@@ -145,10 +146,12 @@ async def copy_paced(
         if not count:
             await trio.sleep_until(pacer.due(min(len(buffer), chunk)))
             continue
+        before = trio.current_time()
         await dst.send_all(bytes(buffer[:count]))
         del buffer[:count]
-        if on_sent is not None:
-            on_sent(count)
+        if stats is not None:
+            stats.send_wait += trio.current_time() - before
+            stats.add(count)
 
 
 @dataclass
@@ -163,6 +166,8 @@ class DirectionStats:
     first: float | None = None
     last: float | None = None
     timeline: list[tuple[float, int]] | None = None
+    send_wait: float = 0.0  # paced: seconds spent waiting for the other side's pty to take bytes
+    pacer: UartPacer | None = None  # paced: the direction's pacer (its `idle` and `lost` seconds)
 
     def add(self, count: int) -> None:
         now = time.monotonic()
@@ -245,7 +250,8 @@ class PtyPair:
 
     async def _copy_paced(self, src: PtyStream, dst: PtyStream, stats: DirectionStats, rate: float) -> None:
         pacer = UartPacer(rate, fifo=self.fifo or default_fifo(rate))
-        await copy_paced(src, dst, pacer, chunk=default_chunk(rate), on_sent=stats.add)
+        stats.pacer = pacer
+        await copy_paced(src, dst, pacer, chunk=default_chunk(rate), stats=stats)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Copies both ways until cancelled."""
