@@ -124,6 +124,7 @@ class PyscardBackend:
             import smartcard.Exceptions
             import smartcard.pcsc.PCSCExceptions
             import smartcard.pcsc.PCSCReader
+            import smartcard.scard
             import smartcard.System
         except ImportError as exc:
             raise PcscUnavailable(f"PC/SC needs pyscard, which is not installed: {INSTALL_HINT}") from exc
@@ -134,6 +135,7 @@ class PyscardBackend:
             smartcard.pcsc.PCSCExceptions.BaseSCardException,
         )
         self._connection_error = smartcard.Exceptions.CardConnectionException
+        self._message = smartcard.scard.SCardGetErrorMessage
 
     def readers(self) -> list[str]:
         return [str(reader) for reader in self._system.readers()]
@@ -146,10 +148,14 @@ class PyscardBackend:
     def removed(self, exc: BaseException, where: str) -> CardRemoved | None:
         if not isinstance(exc, self._errors):
             return None
-        hresult = int(getattr(exc, "hresult", -1)) & 0xFFFFFFFF
+        raw = int(getattr(exc, "hresult", -1))
+        hresult = raw & 0xFFFFFFFF
         if isinstance(exc, self._connection_error) and hresult == SCARD_S_SUCCESS:
             return None  # pyscard's "Card returned no valid response": an answer, not a departure
-        return CardRemoved(f"{where}: {' '.join(str(exc).split())}")
+        text = " ".join(str(exc).split())
+        if raw != -1:  # pcsc-lite's own words for the code, once (pyscard's text repeats them)
+            text = f"{self._message(raw).strip()} (0x{hresult:08X})"
+        return CardRemoved(f"{where}: {text}")
 
 
 class _Call:
