@@ -11,7 +11,7 @@ Worker events (JSON objects, one per line on a local worker's stdout):
 
     {"type": "started", "worker": W, "pid": P}                  the worker runs and starts its cards
     {"type": "sessions", "worker": W, "outcomes": [[S, C], ...]}  finished sessions: S seconds, C null or a cause
-    {"type": "done", "worker": W}                                 every card of the worker has finished
+    {"type": "done", "worker": W, "cpu_s": C}                    every card has finished; C: CPU seconds
 
 A worker that ends without "done" died; the sessions it still owed are counted under the cause "worker died" and the
 rest of the fleet goes on. Card identities (ICCID, PSK identity, PSK) are derived from the card's index in the whole
@@ -173,6 +173,7 @@ async def run_worker(spec: WorkerSpec, emit: Emit) -> None:
     emits the events of the module docstring. Never raises for a peer's fault: a session that fails is an
     outcome with its cause."""
     emit({"type": "started", "worker": spec.worker, "pid": os.getpid()})
+    cpu = time.thread_time()
     profile = load_profile().with_overrides(ota_host=spec.host, ota_port=spec.port, ota_tls=spec.tls)
     limiter = trio.CapacityLimiter(max(1, spec.concurrency))
     deadline = None if spec.duration is None else trio.current_time() + spec.duration
@@ -210,7 +211,7 @@ async def run_worker(spec: WorkerSpec, emit: Emit) -> None:
         for offset in range(spec.count):
             nursery.start_soon(card_task, offset)
     flush(force=True)
-    emit({"type": "done", "worker": spec.worker})
+    emit({"type": "done", "worker": spec.worker, "cpu_s": round(time.thread_time() - cpu, 3)})
 
 
 def _session_random(spec: WorkerSpec, index: int, number: int) -> Callable[[int], bytes]:
@@ -289,6 +290,7 @@ class WorkerTally:
     died: str | None = None  # why, when it died
     ok: int = 0
     failed: int = 0
+    cpu_s: float = 0.0  # CPU seconds of the worker's thread, as it reported at its end
 
 
 @dataclass
@@ -307,6 +309,7 @@ class FleetReport:
     sessions_per_s: float
     p50_ms: float | None
     p99_ms: float | None
+    workers_cpu_s: float = 0.0  # the workers' CPU seconds (of those that finished)
     server: dict[str, Any] = field(default_factory=dict)  # the server's own figures when the fleet ran it
 
     @property
@@ -366,6 +369,7 @@ class FleetTally:
                     self.failures[str(cause)] += 1
         elif kind == "done":
             tally.done = True
+            tally.cpu_s = float(event.get("cpu_s", 0.0))
 
     def exited(self, worker: int, why: str | None) -> None:
         """The worker is gone: cleanly after "done", else dead (`why` says how), its owed sessions failed."""
@@ -417,6 +421,7 @@ class FleetTally:
             sessions_per_s=round(self.completed / running, 1) if running > 0 else 0.0,
             p50_ms=None if p50 is None else round(p50 * 1000, 2),
             p99_ms=None if p99 is None else round(p99 * 1000, 2),
+            workers_cpu_s=round(sum(t.cpu_s for t in self.workers.values()), 3),
             server=server or {},
         )
 

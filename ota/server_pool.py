@@ -342,6 +342,8 @@ SUMMED = (
     "handshake_failures",
     "timeouts",
     "crashes",
+    "forgotten",
+    "forwarded",
 )
 
 
@@ -425,9 +427,11 @@ class Pool:
                     if text.startswith("summary: "):
                         self.summaries[config.index] = json.loads(text.removeprefix("summary: "))
 
-    def summary(self) -> dict[str, int]:
-        total = {key: sum(int(s.get(key, 0)) for s in self.summaries.values()) for key in SUMMED}
-        total["forwarded"] = sum(int(s.get("forwarded", 0)) for s in self.summaries.values())
+    def summary(self) -> dict[str, float]:
+        total: dict[str, float] = {
+            key: sum(int(s.get(key, 0)) for s in self.summaries.values()) for key in SUMMED
+        }
+        total["cpu_s"] = round(sum(float(s.get("cpu_s", 0)) for s in self.summaries.values()), 3)
         total["workers"] = self.base.workers
         total["restarts"] = self.restarts
         return total

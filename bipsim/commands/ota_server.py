@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -228,10 +229,12 @@ def run_pool(
     click.echo("summary: " + json.dumps(pool.summary()))
 
 
-def server_summary(server: OtaServer) -> dict[str, int]:
-    """The figures `bipsim ota-server` prints on its way out (`summary: {...}`; `bipsim fleet` reads them)."""
+def server_summary(server: OtaServer) -> dict[str, float]:
+    """The figures `bipsim ota-server` prints on its way out (`summary: {...}`; `bipsim fleet` reads them), with
+    the CPU seconds the process used (user and system)."""
     cards = server.admin.cards.values()
     return {
+        "cpu_s": round(time.process_time(), 3),
         "cards": len(server.admin.cards),
         "completed": sum(1 for p in cards if p.completed),
         "sessions": sum(p.sessions for p in cards),
