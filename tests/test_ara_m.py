@@ -276,7 +276,12 @@ def test_refresh_tag_without_state_is_a_function_of_the_rules() -> None:
     [
         ("01CAFF4000", "6E00"),  # GET DATA of the ARA-M is proprietary class
         ("81CBFF4000", "6D00"),  # another instruction
-        ("81E2900000", "6D00"),  # STORE DATA: the rules come from the profile
+        ("81E2900000", "6A80"),  # STORE DATA without a command DO
+        ("81E2900102F200", "6A86"),  # STORE DATA is one block: P1 P2 = 90 00
+        ("81E2900002F300", "6981"),  # an ARA-C command
+        ("81E2900002F000", "6A80"),  # a Command-Store-REF-AR-DO without a rule
+        ("81E2900006F004E202E100", "6A80"),  # a REF-AR-DO without its AR-DO
+        ("81E2900004F102E100", "6A88"),  # deleting a rule that is not there
         ("81CAFF7000", "6A88"),  # a tag the ARA-M does not hold
         ("81CADF2100", "6A88"),
         ("81CA010100", "6A86"),  # not a tag at all
@@ -358,3 +363,67 @@ def test_decode_names_the_omapi_apdus(
         assert not exc.code
     decoded = json.loads(capsys.readouterr().out)
     assert decoded["apdu"]["details"][key] == value
+
+
+# --- STORE DATA: rules changed at run time ---------------------------------------------------------------------------
+
+NEW_RULE = f"E22F E128 4F10 {ECHO} C114 {DENIED} E303 D00100".replace(" ", "")  # the denied app: never
+
+
+def tag_on(card: SimCard) -> bytes:
+    """The refresh tag read on channel 1, where the ARA-M is selected."""
+    data, sw = apdu(card, "81CADF2000")
+    assert sw == "9000" and data[:3] == b"\xdf\x20\x08"
+    return data[3:]
+
+
+def store(card: SimCard, do: str) -> tuple[bytes, str]:
+    return apdu(card, f"81E29000{len(do) // 2:02X}{do}")
+
+
+def test_store_delete_and_update_refresh_tag() -> None:
+    card = SimCard(load_profile("omapi"))
+    open_ara_m(card)
+    tag = tag_on(card)
+    assert store(card, f"F031{NEW_RULE}") == (b"", "9000")
+    data, _ = apdu(card, "81CAFF4000")
+    assert decode_rules(data)[-1] == {"aid": ECHO, "hash": DENIED, "apdu": "never"}
+    assert data.endswith(bytes.fromhex(NEW_RULE))
+    tag_stored = tag_on(card)
+    assert tag_stored != tag
+    assert store(card, f"F031{NEW_RULE}") == (b"", "6A89")  # that REF-DO is stored already
+    assert tag_on(card) == tag_stored  # a refused command changes nothing
+    assert store(card, f"F12A{NEW_RULE[4 : 4 + 84]}") == (b"", "9000")  # Command-Delete of its REF-DO
+    assert len(decode_rules(apdu(card, "81CAFF4000")[0])) == 2
+    tag_deleted = tag_on(card)
+    assert tag_deleted not in (tag, tag_stored)  # the same rules as at first, but a new tag
+    assert store(card, "F200") == (b"", "9000")  # Command-UpdateRefreshTag
+    assert tag_on(card) not in (tag, tag_stored, tag_deleted)
+    assert store(card, f"F1124F10{ECHO_LONG}") == (b"", "9000")  # every rule of one AID
+    assert [rule["aid"] for rule in decode_rules(apdu(card, "81CAFF4000")[0])] == [ECHO]
+    assert store(card, "F100") == (b"", "9000")  # every rule
+    assert apdu(card, "81CAFF4000") == (bytes.fromhex("FF4000"), "9000")
+
+
+def test_a_change_cuts_a_chain(tmp_path: Path) -> None:
+    card = SimCard(load_profile(write_profile(tmp_path, "long.toml", many_rules(5))))
+    open_ara_m(card)
+    assert apdu(card, "81CAFF40F0")[1] == "9000"
+    assert apdu(card, "82CAFF40F0")[1] == "6881"  # channel 2 is not open: nothing there
+    assert store(card, "F200") == (b"", "9000")
+    assert apdu(card, "81CAFF60F0") == (b"", "6A88")
+
+
+def test_stored_rules_persist_until_the_profile_changes(tmp_path: Path) -> None:
+    state = tmp_path / "card.json"
+    card = SimCard(load_profile("omapi"), state_path=state)
+    open_ara_m(card)
+    assert store(card, f"F031{NEW_RULE}") == (b"", "9000")  # saved before the answer left the card
+    tag = refresh_tag(card)
+    again = SimCard(load_profile("omapi"), state_path=state)
+    assert refresh_tag(again) == tag
+    open_ara_m(again)
+    assert len(decode_rules(apdu(again, "81CAFF4000")[0])) == 3
+    other = SimCard(load_profile("omapi-empty"), state_path=state)  # a new personalisation wins
+    assert refresh_tag(other) != tag
+    assert apdu(other, "81CAFF4000") == (bytes.fromhex("FF4000"), "9000")

@@ -99,12 +99,11 @@ class AppletHost:
         self.applets: list[Applet] = list(applets)
         self.selected: dict[int, Applet] = {}
         self._pending: dict[int, bytes] = {}  # response data waiting for GET RESPONSE, per channel
-        # the restored state differs from what the applets now hold (an ARA-M whose rules changed between boots):
-        # the card saves its state once an applet is selected, when every component of the state file is attached
+        # the applets' persistent state moved since the state file was written (an ARA-M whose rules changed
+        # between boots, or by STORE DATA): the card saves its state after the APDU, when every component of the
+        # state file is attached
         self.changed = False
-        # moves when what `to_dict` returns may have changed (uicc/card_state.py encodes a part again only then):
-        # the applets' persistent state changes only when it is restored
-        self.state_version = 0
+        self._restores = 0
 
     # --- selection ---------------------------------------------------------------------------------------------
 
@@ -114,6 +113,11 @@ class AppletHost:
 
     def current(self, channel: int) -> Applet | None:
         return self.selected.get(channel)
+
+    @property
+    def state_version(self) -> int:
+        """Moves when what `to_dict` returns may have changed (uicc/card_state.py encodes a part again only then)."""
+        return self._restores + sum(getattr(applet, "state_version", 0) for applet in self.applets)
 
     def owns(self, channel: int) -> bool:
         return channel in self.selected
@@ -165,10 +169,13 @@ class AppletHost:
             return self._get_response(channel, command.le)
         self._pending.pop(channel, None)  # data not fetched at once is gone (ISO/IEC 7816-4 section 5.3.4)
         applet = self.selected[channel]
+        version = self.state_version
         try:
             data, sw = applet.process(command)
         except AppletError as exc:
             return b"", exc.sw
+        finally:
+            self.changed = self.changed or self.state_version != version
         return self._shape(channel, data, sw, command.le)
 
     def _shape(self, channel: int, data: bytes, sw: int, le: int | None) -> tuple[bytes, int]:
@@ -211,7 +218,7 @@ class AppletHost:
             part = state.get(applet.name)
             if isinstance(part, dict):
                 applet.load_dict(part)
-        self.state_version += 1
+        self._restores += 1
         mine = {applet.name for applet in self.applets}
         self.changed = self.to_dict() != {name: part for name, part in state.items() if name in mine}
 

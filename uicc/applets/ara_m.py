@@ -11,6 +11,10 @@ AID A00000015141434C00. It answers GET DATA (class 80, INS CA) for:
 - DF20, the refresh tag: `DF20 08 <tag>`, which changes whenever the rule set does (also between two boots of a
   card whose state file saw other rules: the card keeps a generation number and the rules' digest).
 
+STORE DATA (INS E2, P1 P2 90 00) changes the rules (GPD_SPE_013 v1.1 section 5.1): F0 stores REF-AR-DOs (6A89
+when one's REF-DO is stored already), F1 deletes (all, or by AID-REF-DO, REF-DO, REF-AR-DO; 6A88 when none
+matches), F2 only moves the refresh tag on; every change moves the generation on and persists in the state file.
+
 Other P1 P2 are 6A88 (a data object this applet does not hold) when P1 is FF or DF, else 6A86; another instruction
 is 6D00, a class that is not proprietary 6E00. docs/protocols.md, "OMAPI and the ARA-M on the card", has the
 profile keys that give the rules.
@@ -31,11 +35,12 @@ from bipsim.uicc.applets import (
     AppletError,
     Command,
 )
-from bipsim.uicc.tlv import encode_length
+from bipsim.uicc.tlv import TlvError, decode_ber, decode_ber_list, encode_length
 
 ARA_M_AID = bytes.fromhex("A00000015141434C00")
 
 INS_GET_DATA = 0xCA
+INS_STORE_DATA = 0xE2
 TAG_ALL = 0xFF40
 TAG_SPECIFIC = 0xFF50
 TAG_NEXT = 0xFF60
@@ -44,6 +49,8 @@ TAG_REFRESH = 0xDF20
 SW_WRONG_DATA = 0x6A80
 SW_INCORRECT_P1P2 = 0x6A86
 SW_NOT_FOUND = 0x6A88
+SW_CONFLICTING_RULE = 0x6A89  # GPD_SPE_013 v1.1 section 5.1.2.2: a rule with that REF-DO is already stored
+SW_DO_NOT_SUPPORTED = 0x6981
 
 # The test applications' certificates of the built-in `omapi` profiles: fixed bytes standing for a signing
 # certificate's DER, whose SHA-1 is the DeviceAppID-REF-DO of the rules (uicc/profiles/omapi.toml). The first is
@@ -132,6 +139,34 @@ def parse_rule(entry: Mapping[str, Any]) -> Rule:
     return Rule(aid, digest, apdu, nfc, package, perm)
 
 
+def decode_rule(data: bytes) -> Rule:
+    """A REF-AR-DO (E2) as STORE DATA carries it; TlvError or ValueError when it is not one."""
+    parts = {item.tag: item.value for item in decode_ber_list(decode_ber(data, expect={0xE2}).value)}
+    if set(parts) != {0xE1, 0xE3}:
+        raise ValueError("a REF-AR-DO holds one REF-DO (E1) and one AR-DO (E3)")
+    ref = {item.tag: item.value for item in decode_ber_list(parts[0xE1])}
+    ar = {item.tag: item.value for item in decode_ber_list(parts[0xE3])}
+    if 0xC1 not in ref or (0x4F in ref) == (0xC0 in ref) or set(ref) - {0x4F, 0xC0, 0xC1, 0xCA}:
+        raise ValueError(
+            "a REF-DO holds an AID-REF-DO (4F or C0), a DeviceAppID-REF-DO (C1), maybe a PKG-REF-DO"
+        )
+    if 0xD0 not in ar or set(ar) - {0xD0, 0xD1, 0xDB}:
+        raise ValueError("an AR-DO holds an APDU-AR-DO (D0), maybe an NFC-AR-DO (D1) and a PERM-AR-DO (DB)")
+    apdu, nfc = ar[0xD0], ar.get(0xD1)
+    if (len(apdu) != 1 or apdu[0] > 1) and (not apdu or len(apdu) % 8):
+        raise ValueError("an APDU-AR-DO is 00, 01 or filters of 8 bytes")
+    if nfc is not None and nfc not in (b"\x00", b"\x01"):
+        raise ValueError("an NFC-AR-DO is 00 or 01")
+    if len(ref[0xC1]) not in (0, 20, 32) or len(ref.get(0x4F, b"")) > 16:
+        raise ValueError("a hash is 0, 20 or 32 bytes, an AID at most 16")
+    if 0xDB in ar and len(ar[0xDB]) != 8:
+        raise ValueError("a PERM-AR-DO is 8 bytes")
+    package = ref[0xCA].decode("ascii") if 0xCA in ref else None
+    return Rule(
+        ref.get(0x4F), ref[0xC1], apdu, None if nfc is None else nfc == b"\x01", package, ar.get(0xDB)
+    )
+
+
 def _hex(text: str, key: str) -> bytes:
     try:
         return bytes.fromhex(text.replace(" ", "").replace(":", ""))
@@ -162,11 +197,15 @@ class AraM(Applet):
 
     def __init__(self, rules: Iterable[Rule] = (), *, malformed: bool = False) -> None:
         super().__init__(ARA_M_AID)
-        self.rules = list(rules)
+        self.profile_rules = list(rules)  # what the card was personalised with
+        self.rules = list(rules)  # what it holds now (STORE DATA changes them)
         self.malformed = malformed
-        self.generation = 0  # bumped each time the card boots with other rules than its state file saw
+        # moves on with every change of the rule set: STORE DATA, UpdateRefreshTag, a boot with other profile rules
+        # than the state file saw
+        self.generation = 0
+        self.state_version = 0  # moves when to_dict would answer something else (uicc/card_state.py)
         self._next: dict[int, bytes] = {}  # per channel: what GET DATA next still has to send
-        self._digest: bytes | None = None
+        self._profile_digest = hashlib.sha256(encode_all(self.profile_rules)).hexdigest()
 
     @classmethod
     def of_profile(cls, profile: Any) -> AraM:
@@ -177,27 +216,45 @@ class AraM(Applet):
     def all_rules(self) -> bytes:
         return malformed_all(self.rules) if self.malformed else encode_all(self.rules)
 
-    def digest(self) -> bytes:
-        if self._digest is None:  # the rules are fixed for the applet's life
-            self._digest = hashlib.sha256(self.all_rules()).digest()
-        return self._digest
-
     @property
     def refresh_tag(self) -> bytes:
         # a function of the rules and the generation: other rules give another tag, and rules changed back to an
         # earlier set still give a new one because the generation moved on
+        digest = hashlib.sha256(self.all_rules()).digest()
         return hashlib.sha256(
-            b"bipsim ARA-M refresh tag" + self.generation.to_bytes(4, "big") + self.digest()
+            b"bipsim ARA-M refresh tag" + self.generation.to_bytes(4, "big") + digest
         ).digest()[:8]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"generation": self.generation, "digest": self.digest().hex()}
+        state: dict[str, Any] = {"generation": self.generation, "digest": self._profile_digest}
+        if self.rules != self.profile_rules:
+            state["rules"] = [rule.encode().hex().upper() for rule in self.rules]
+        return state
 
     def load_dict(self, state: dict[str, Any]) -> None:
+        """The saved generation, and the stored rules when the profile's rules are the ones the state file saw;
+        other profile rules (a new personalisation) replace what was stored and start a new generation."""
         generation = state.get("generation")
         if not isinstance(generation, int) or generation < 0:
             return
-        self.generation = generation if state.get("digest") == self.digest().hex() else generation + 1
+        self.state_version += 1
+        if state.get("digest") != self._profile_digest:
+            self.generation = generation + 1
+            return
+        self.generation = generation
+        saved = state.get("rules")
+        if isinstance(saved, list):
+            try:
+                self.rules = [decode_rule(bytes.fromhex(item)) for item in saved]
+            except (TypeError, ValueError):  # a damaged state file: the profile's rules, and a new generation
+                self.rules = list(self.profile_rules)
+                self.generation = generation + 1
+
+    def _changed(self) -> None:
+        self.generation += 1
+        self.state_version += 1
+        for channel in list(self._next):  # a chain cut across a change would mix two rule sets
+            del self._next[channel]
 
     # --- APDUs ---------------------------------------------------------------------------------------------------
 
@@ -211,6 +268,8 @@ class AraM(Applet):
     def process(self, command: Command) -> tuple[bytes, int]:
         if not command.cla & 0x80:
             raise AppletError(SW_CLA_NOT_SUPPORTED, "GET DATA of the ARA-M is class 80")
+        if command.ins == INS_STORE_DATA:
+            return self._store(command)
         if command.ins != INS_GET_DATA:
             raise AppletError(SW_INS_NOT_SUPPORTED)
         tag = (command.p1 << 8) | command.p2
@@ -225,6 +284,58 @@ class AraM(Applet):
         if tag == TAG_REFRESH:
             return tlv(TAG_REFRESH, self.refresh_tag), SW_OK
         raise AppletError(SW_NOT_FOUND if command.p1 in (0xFF, 0xDF) else SW_INCORRECT_P1P2)
+
+    def _store(self, command: Command) -> tuple[bytes, int]:
+        """STORE DATA (GPD_SPE_013 v1.1 section 5.1, P1 P2 = 90 00: one block, BER-TLV): Command-Store-REF-AR-DO
+        (F0), Command-Delete (F1; empty: every rule), Command-UpdateRefreshTag (F2). A REF-DO already stored is
+        6A89 and nothing is stored; deleting what is not there is 6A88."""
+        if (command.p1, command.p2) != (0x90, 0x00):
+            raise AppletError(SW_INCORRECT_P1P2)
+        try:
+            do = decode_ber(command.data)
+        except TlvError as exc:
+            raise AppletError(SW_WRONG_DATA, str(exc)) from None
+        if do.tag == 0xF0:
+            try:
+                new = [decode_rule(item.encode()) for item in decode_ber_list(do.value)]
+            except (TlvError, ValueError) as exc:
+                raise AppletError(SW_WRONG_DATA, str(exc)) from None
+            refs = [rule.ref_do() for rule in self.rules]
+            added = [rule.ref_do() for rule in new]
+            if not new or len(set(added)) != len(added) or set(added) & set(refs):
+                raise AppletError(SW_CONFLICTING_RULE if new else SW_WRONG_DATA)
+            self.rules += new
+        elif do.tag == 0xF1:
+            self.rules = self._delete(do.value)
+        elif do.tag == 0xF2:
+            pass  # only the tag moves on
+        elif 0xF3 <= do.tag <= 0xF8:
+            raise AppletError(SW_DO_NOT_SUPPORTED, "an ARA-C command")
+        else:
+            raise AppletError(SW_WRONG_DATA)
+        self._changed()
+        return b"", SW_OK
+
+    def _delete(self, value: bytes) -> list[Rule]:
+        if not value:
+            return []
+        try:
+            target = decode_ber(value)
+        except TlvError as exc:
+            raise AppletError(SW_WRONG_DATA, str(exc)) from None
+        if target.tag == 0x4F:
+            keep = [rule for rule in self.rules if rule.aid != target.value]
+        elif target.tag == 0xC0 and not target.value:
+            keep = [rule for rule in self.rules if rule.aid is not None]
+        elif target.tag == 0xE1:
+            keep = [rule for rule in self.rules if rule.ref_do() != value]
+        elif target.tag == 0xE2:
+            keep = [rule for rule in self.rules if rule.encode() != value]
+        else:
+            raise AppletError(SW_WRONG_DATA)
+        if len(keep) == len(self.rules):
+            raise AppletError(SW_NOT_FOUND)
+        return keep
 
     def _specific(self, data: bytes) -> bytes:
         if not data:
