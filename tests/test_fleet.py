@@ -166,10 +166,13 @@ async def test_a_killed_worker_is_counted_and_the_rest_finishes() -> None:
     server = HoldingServer(held, keys=fleet_keys(20))
     pids: dict[int, int] = {}
     exits: dict[int, Any] = {}
+    second_started = trio.Event()
 
     def on_event(event: dict[str, Any]) -> None:
         if event["type"] == "started":
             pids[event["worker"]] = event["pid"]
+            if event["worker"] == 1:
+                second_started.set()
         if event["type"] == "exited":
             exits[event["worker"]] = event["why"]
 
@@ -178,9 +181,8 @@ async def test_a_killed_worker_is_counted_and_the_rest_finishes() -> None:
         config.server = ("127.0.0.1", port)
 
         async def killer() -> None:
-            await server.holding.wait()  # worker 1 runs: its first card is mid-session at the server
-            while 1 not in pids:  # its "started" came before that request; the event may still be in the pipe
-                await trio.sleep(0.01)
+            await second_started.wait()  # worker 1 runs (its pid is known)
+            await server.holding.wait()  # and one of its cards is mid-session at the server
             os.kill(pids[1], signal.SIGKILL)
 
         nursery.start_soon(killer)
