@@ -445,3 +445,23 @@ def test_card_control_refuses_a_file_that_is_not_a_socket(tmp_path: Path) -> Non
     with pytest.raises(ValueError, match="too long"):
         check_card_control_path(str(tmp_path / ("x" * 120)))
     check_card_control_path(str(tmp_path / "cards.sock"))
+
+
+def test_gateway_ends_every_channel_when_the_card_goes() -> None:
+    """Sans-IO (cp/bip_gateway.py): card gone is a row of the channel table from every state but closed; each
+    channel ends with its link closed, nothing is said to the card, and the gateway is as new afterwards."""
+    from bipsim.cp.bip_gateway import TRANSITIONS, BearerClose, BipGateway, ChannelEvent, ChannelState
+    from tests.test_gateway import open_command, opened
+
+    assert {state for (state, event) in TRANSITIONS if event is ChannelEvent.CARD_GONE} == set(
+        ChannelState
+    ) - {ChannelState.CLOSED}
+    gateway = BipGateway()
+    up = opened(gateway)  # established
+    gateway.on_command(open_command(number=2, port=4444))  # background mode, its link not up yet: connecting
+    assert sorted(gateway.channels) == [1, 2] and gateway.channels[2].state is ChannelState.CONNECTING
+    actions = gateway.on_card_gone()
+    assert actions == [BearerClose(up), BearerClose(2)]
+    assert not gateway.channels and not gateway.events and gateway.poll_interval is None
+    assert gateway.on_card_gone() == []
+    assert opened(gateway) == 1  # the card's next session starts from channel 1 again
