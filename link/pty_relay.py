@@ -75,6 +75,8 @@ class UartPacer:
     def start(self, now: float) -> None:
         """Bytes arrived on an idle line at `now`: an idle line has no budget to burst with, so it starts now
         (or when the wire is free, if the previous byte is still on it)."""
+        if self._origin is not None and now > self.wire_free:
+            self.idle += now - self.wire_free
         self._origin = max(now, self.wire_free)
         self._count = 0
 

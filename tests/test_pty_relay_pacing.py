@@ -301,3 +301,23 @@ async def test_receive_available_on_a_pty_returns_only_what_is_there() -> None:
     finally:
         os.close(slave)
         await stream.aclose()
+
+
+def test_idle_time_is_counted_between_busy_periods() -> None:
+    pacer = UartPacer(RATE, fifo=FIFO)
+    pacer.start(0.0)
+    assert pacer.take(0.010, 10) == 10
+    pacer.start(0.510)
+    assert pacer.idle == pytest.approx(0.5)
+    assert pacer.lost == 0
+
+
+def test_a_timeline_counts_the_bytes_of_a_window() -> None:
+    from bipsim.link.pty_relay import DirectionStats
+
+    stats = DirectionStats(timeline=[(1.0, 10), (2.0, 25), (3.0, 40)])
+    assert stats.bytes_between(1.5, 3.0) == 30
+    assert stats.bytes_between(0.0, 1.0) == 10
+    assert stats.bytes_between(3.0, 9.0) == 0
+    with pytest.raises(ValueError):
+        DirectionStats().bytes_between(0.0, 1.0)
