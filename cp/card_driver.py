@@ -7,7 +7,8 @@ cat.terminal_response with its command and result, cat.envelope with its event, 
 
 The card is the CP's peer, not part of it: an exception out of the card's transport (a reader gone, a simulated
 card's applet failing) is answered as the card answering 6F 00, technical problem (TS 102 221 section 10.2.1.5),
-with an app.error trace event, so that the CP and its other channels go on.
+with an app.error trace event, so that the CP and its other channels go on. The one exception is CardRemoved
+(uicc/transport.py): a card or reader that is gone is not an answer, and it propagates to the caller.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from bipsim.uicc.cat import (
     decode_proactive,
 )
 from bipsim.uicc.tlv import TlvError
-from bipsim.uicc.transport import ApduTransport
+from bipsim.uicc.transport import ApduTransport, CardRemoved
 
 
 def terminal_profile(channels: int = 7) -> bytes:
@@ -132,7 +133,6 @@ def with_le(apdu: bytes, le: int) -> bytes:
     return apdu[:4] + bytes((le,))
 
 
-class CardError(Exception):
 class _CardLock:
     """A trio.Lock whose free acquire does not yield: every exchange under it awaits the transport's transmit,
     which is a checkpoint already, so one schedule point per APDU instead of two (trio.Lock.acquire yields even
@@ -151,6 +151,7 @@ class _CardLock:
         self._lock.release()
 
 
+class CardError(Exception):
     """The card answered a driver command with an error status word."""
 
     def __init__(self, what: str, sw: int) -> None:
@@ -175,6 +176,8 @@ class CardDriver:
         """One APDU to the card; an exception out of the card is its 6F 00 (the CP goes on)."""
         try:
             return await self.card.transmit(apdu)
+        except CardRemoved:
+            raise  # not an answer: the card is gone, and its slot says so (cp/card_slot.py)
         except Exception as exc:
             self.tracer.emit(
                 Actor.UICC,
@@ -274,6 +277,13 @@ class CardDriver:
             fields={"where": "card", "apdu": apdu[:4].hex().upper(), "error": f"endless {sw:04X}"},
         )
         return 0x6F00
+
+    def card_gone(self) -> None:
+        """The card went away (CardRemoved): what the driver knew of it is void until the next start()."""
+        self.proactive_pending = 0
+        self.atr = b""
+        if self.started.is_set():
+            self.started = trio.Event()
 
     def _note(self, sw: int) -> None:
         if sw >> 8 == 0x91:
