@@ -154,6 +154,35 @@ def test_iccid_is_read_only_for_the_terminal_but_not_for_remote_file_management(
     assert run(card, "00D600000102")[1] == "6982"  # the terminal still may not
 
 
+def test_verify_pin_counts_attempts_and_adm_opens_the_iccid(tmp_path: Path) -> None:
+    profile = load_profile()
+    card = SimCard(profile, state_path=tmp_path / "state.json")
+    pin1 = profile.pin1.encode().ljust(8, b"\xff").hex()
+    assert run(card, "0020000100") == (b"", "63C3")  # no data: the attempts left
+    assert profile.pin1 != "0000"
+    assert run(card, "0020000108 30303030FFFFFFFF")[1] == "63C2"  # "0000": wrong
+    assert run(card, "0020000108" + pin1) == (b"", "9000")
+    assert run(card, "0020000100") == (b"", "9000")  # verified
+    assert run(card, "0020008108 3030303030303030")[1] == "63C2"  # PIN2, wrong
+    assert run(card, "0020008108 3030303030303030")[1] == "63C1"
+    assert run(card, "0020000502 3030")[1] == "6700"  # a PIN is 8 bytes
+    assert run(card, "0020000208" + pin1)[1] == "6A88"  # no such key reference
+    assert run(card, "0020010108" + pin1)[1] == "6B00"
+    # the lost attempts survive a power cycle (the state file is written before the answer)
+    again = SimCard(profile, state_path=tmp_path / "state.json")
+    assert run(again, "0020008100") == (b"", "63C1")
+    assert run(again, "0020008108 3030303030303030")[1] == "6983"  # blocked
+    assert run(again, "0020008108" + profile.pin2.encode().ljust(8, b"\xff").hex())[1] == "6983"
+    # ADM1 opens EF_ICCID for UPDATE until the next reset
+    run(again, "00A4000C022FE2")
+    assert run(again, "00D600000101")[1] == "6982"
+    assert run(again, "002000 0A08" + profile.adm1.encode().hex()) == (b"", "9000")
+    assert run(again, "00D600000101") == (b"", "9000")
+    again.reset()
+    run(again, "00A4000C022FE2")
+    assert run(again, "00D600000102")[1] == "6982"
+
+
 def test_status_answers_the_current_df(card: SimCard) -> None:
     run(card, "00A40404 10" + USIM_AID.hex())
     fcp, sw = run(card, "80F2000000")

@@ -119,16 +119,19 @@ def test_power_on_and_reset_start_the_card_afresh() -> None:
         assert after.frame == frame(b"\x69\x86")  # no EF selected after the reset
 
 
-def test_power_off_saves_the_card_state(tmp_path: Path) -> None:
+def test_apdus_and_power_off_save_the_card_state(tmp_path: Path) -> None:
     sim = card(tmp_path)
     session = VpcdSession(sim)
     session.receive(frame(bytes.fromhex("00A4080C047FF06F46")))
     (update,) = session.receive(frame(bytes.fromhex("00D6000001") + b"\x01"))
     assert update.frame == frame(b"\x90\x00")
-    assert not (tmp_path / "state.json").exists()
+    # written before the answer went out (the reader may vanish at any time)
+    assert json.loads((tmp_path / "state.json").read_text())["files"]["3F00/7FF0/6F46"].startswith("01")
+    (tmp_path / "state.json").unlink()
+    sim.fs.usim.children[0x6F46].data[1] = 0x42  # a change no APDU made: only the power off writes it
     session.receive(frame(b"\x00"))
     saved = json.loads((tmp_path / "state.json").read_text())
-    assert saved["files"]["3F00/7FF0/6F46"].startswith("01")
+    assert saved["files"]["3F00/7FF0/6F46"].startswith("0142")
     assert SimCard(load_profile(), state_path=tmp_path / "state.json").fs.usim.children[0x6F46].data[0] == 1
 
 

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from bipsim.uicc.applets import Applet, AppletHost, Command, build_host
 from bipsim.uicc.card_state import StateFile, load_state
-from bipsim.uicc.fs import File, FileKind, FileSystem
+from bipsim.uicc.fs import ADM1, PIN1, PIN2, File, FileKind, FileSystem, Pins
 from bipsim.uicc.profile import CardProfile
 from bipsim.uicc.toolkit import Toolkit, ToolkitError
 
@@ -123,6 +123,9 @@ class SimCard:
         # applets selected by AID on a logical channel (uicc/applets/): the ARA-M's rule generation persists
         self.applets: AppletHost = build_host(profile)
         self.attach_state("applets", self.applets)
+        # PIN1, PIN2, ADM1 (TS 102 221 section 9.5): their remaining attempts persist
+        self.pins = Pins({PIN1: profile.pin1, PIN2: profile.pin2, ADM1: profile.adm1})
+        self.attach_state("pins", self.pins)
 
     # --- state -----------------------------------------------------------------------------------------------
 
@@ -180,6 +183,7 @@ class SimCard:
         self._current = {0: (self.fs.mf, None)}
         self._response = b""
         self.applets.reset()
+        self.pins.reset()  # PINs are verified again after a reset (TS 102 221 section 9.5)
         return ATR
 
     def process(self, apdu: bytes) -> bytes:
@@ -281,6 +285,7 @@ class SimCard:
                 0xC0: self._get_response,
                 0x70: self._manage_channel,
                 0xF2: self._status,
+                0x20: self._verify_pin,
             }.get(ins)
             if handler is None:
                 raise ApduError(SW_INS_NOT_SUPPORTED)
@@ -468,8 +473,21 @@ class SimCard:
     def _check_update(self, ef: File) -> None:
         """6982 when the file's access rule asks for ADM (EF_ICCID): the terminal has no ADM key, the card's own
         remote file management (internal APDUs of an authenticated OTA session) has."""
-        if ef.update_needs_adm() and not self._internal:
+        if ef.update_needs_adm() and not self._internal and ADM1 not in self.pins.verified:
             raise ApduError(SW_SECURITY_NOT_SATISFIED)
+
+    def _verify_pin(self, channel: int, p1: int, p2: int, data: bytes, le: int | None) -> tuple[bytes, int]:
+        """VERIFY PIN (TS 102 221 section 11.1.9): P2 the key reference, 8 bytes of PIN, or none to ask for the
+        attempts left. A wrong PIN's lost attempt is saved before the answer leaves the card."""
+        if p1 != 0x00:
+            raise ApduError(SW_WRONG_P1P2)
+        if data and len(data) != 8:
+            raise ApduError(SW_WRONG_LENGTH)
+        before = self.pins.state_version
+        sw = self.pins.verify(p2, data or None)
+        if self.pins.state_version != before:
+            self.save_state()
+        return b"", sw
 
     def _get_response(self, channel: int, p1: int, p2: int, data: bytes, le: int | None) -> tuple[bytes, int]:
         if p1 or p2:  # TS 102 221 section 11.1.13: P1 P2 are 00 00

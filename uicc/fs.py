@@ -283,6 +283,62 @@ class File:
         return self.arr_record == ARR_ADM_UPDATE
 
 
+# Key references of VERIFY PIN (TS 102 221 section 9.5.1, table 9.3) and their attempts before blocking
+PIN1, PIN2, ADM1 = 0x01, 0x81, 0x0A
+PIN_ATTEMPTS = {PIN1: 3, PIN2: 3, ADM1: 10}
+
+
+def pin_block(pin: str) -> bytes:
+    """A PIN as VERIFY PIN carries it: its digits in ASCII, padded with FF to 8 bytes (TS 102 221 section 9.5.1)."""
+    return pin.encode("ascii").ljust(8, b"\xff")
+
+
+class Pins:
+    """The card's PINs and their remaining attempts (persistent: a power cycle gives no attempt back), and which
+    were verified since the last reset (volatile). `verify` answers the status word of VERIFY PIN (TS 102 221
+    section 11.1.9): 9000, 63CX with X attempts left, 6983 blocked, 6A88 no such key reference."""
+
+    def __init__(self, values: dict[int, str]) -> None:
+        self._values = {key: pin_block(pin) for key, pin in values.items()}
+        self.remaining = {key: PIN_ATTEMPTS.get(key, 3) for key in values}
+        self.verified: set[int] = set()
+        self.state_version = 0  # moves on when `remaining` changes (uicc/card_state.py writes only then)
+
+    def verify(self, key: int, block: bytes | None) -> int:
+        if key not in self._values:
+            return 0x6A88  # referenced data not found
+        if block is None:  # no data: how many attempts are left, or 9000 once verified
+            return 0x9000 if key in self.verified else 0x63C0 | self.remaining[key]
+        if self.remaining[key] == 0:
+            return 0x6983  # authentication method blocked
+        if block == self._values[key]:
+            if self.remaining[key] != PIN_ATTEMPTS.get(key, 3):
+                self.remaining[key] = PIN_ATTEMPTS.get(key, 3)
+                self.state_version += 1
+            self.verified.add(key)
+            return 0x9000
+        self.remaining[key] -= 1
+        self.state_version += 1
+        self.verified.discard(key)
+        return 0x63C0 | self.remaining[key] if self.remaining[key] else 0x6983
+
+    def reset(self) -> None:
+        self.verified.clear()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f"{key:02X}": left for key, left in sorted(self.remaining.items())}
+
+    def load_dict(self, state: dict[str, Any]) -> None:
+        for text, left in state.items():
+            try:
+                key = int(text, 16)
+            except ValueError:
+                continue
+            if key in self.remaining and isinstance(left, int) and 0 <= left <= PIN_ATTEMPTS.get(key, 3):
+                self.remaining[key] = left
+        self.state_version += 1
+
+
 def bcd_swapped(digits: str, length: int, pad: str = "F") -> bytes:
     """Nibble-swapped BCD (TS 102 221 section 13.2 for ICCID) padded with F to `length` bytes."""
     text = (digits + pad * (2 * length))[: 2 * length]
@@ -310,7 +366,9 @@ class FileSystem:
     def __init__(self, iccid: str, imsi: str, mnc_length: int = 2, sms_records: int = 10) -> None:
         self.mf = File(0x3F00, "MF", FileKind.DF)
         # EF_ICCID is written once by the issuer: UPDATE needs ADM (6982 from the terminal), READ is free
-        iccid_file = File(0x2FE2, "EF_ICCID", FileKind.TRANSPARENT, bytearray(bcd_swapped(iccid, 10)), sfi=0x02)
+        iccid_file = File(
+            0x2FE2, "EF_ICCID", FileKind.TRANSPARENT, bytearray(bcd_swapped(iccid, 10)), sfi=0x02
+        )
         iccid_file.arr_record = ARR_ADM_UPDATE
         self.mf.add(iccid_file)
         # EF_DIR lists the applications (TS 102 221 section 13.1), SFI 1E; applets such as an ARA-M are not in it

@@ -51,6 +51,10 @@ class CardProfile:
     ara_m: bool = False  # the ARA-M of GlobalPlatform SE Access Control is on the card
     ara_m_rules: tuple[dict[str, Any], ...] = ()  # its rules, inline tables (aid, hash, apdu, nfc, package, perm)
     ara_m_malformed: bool = False  # it serves a broken Response-ALL-REF-AR-DO
+    # the card's PINs (TS 102 221 section 9.5; VERIFY PIN key references 01, 81 and 0A), 4 to 8 digits each
+    pin1: str = "1234"
+    pin2: str = "5678"
+    adm1: str = "12345678"
 
     @property
     def ota_keyset(self) -> tuple[int, bytes, bytes]:
@@ -87,6 +91,10 @@ def _from_mapping(data: dict[str, Any], where: str) -> CardProfile:
     profile = CardProfile(**flat)
     if profile.trigger not in TRIGGERS:
         raise CliError(f"{where}: trigger = {profile.trigger!r}: use one of {', '.join(TRIGGERS)}")
+    for key in ("pin1", "pin2", "adm1"):
+        pin = getattr(profile, key)
+        if not (isinstance(pin, str) and pin.isdigit() and 4 <= len(pin) <= 8):
+            raise CliError(f"{where}: {key} = {pin!r}: use 4 to 8 digits")
     _check_applets(profile, where)
     return profile
 

@@ -248,6 +248,8 @@ class VpcdSession:
     def _apdu(self, message: CommandApdu) -> Exchange:
         self.apdus += 1
         response = self.card.process(message.apdu)
+        # what the APDU changed is in the state file before the answer leaves (a no-op when nothing changed)
+        self.card.save_state()
         command_record, response_record = apdu_records(message.apdu, response)
         return Exchange(message, encode_frame(response), (command_record, response_record))
 
