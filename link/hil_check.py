@@ -199,6 +199,14 @@ def judge_flow(obs: FlowObservation) -> CheckResult:
             "or not honoured",
             figures,
         )
+    if obs.received == 0:
+        return CheckResult(
+            "rts/cts",
+            Outcome.FAIL,
+            "the writer stopped and nothing crossed even when the reader read: its CTS never rose "
+            "(CTS not wired to the other side's RTS?)",
+            figures,
+        )
     if not obs.received_ok:
         return CheckResult(
             "rts/cts",

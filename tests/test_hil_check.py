@@ -129,6 +129,8 @@ def test_flow_judgement() -> None:
     assert "never stopped" in judge_flow(never).detail
     lost = FlowObservation(6000, True, 65536, False, False, 5000)
     assert judge_flow(lost).outcome is Outcome.FAIL
+    never_sent = FlowObservation(4096, True, 65536, False, False, 0)
+    assert "CTS never rose" in judge_flow(never_sent).detail
     cts_up = FlowObservation(6000, True, 65536, True, True, 6000)
     assert "CTS stayed up" in judge_flow(cts_up).detail
 
