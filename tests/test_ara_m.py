@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -427,3 +428,44 @@ def test_stored_rules_persist_until_the_profile_changes(tmp_path: Path) -> None:
     other = SimCard(load_profile("omapi-empty"), state_path=state)  # a new personalisation wins
     assert refresh_tag(other) != tag
     assert apdu(other, "81CAFF4000") == (bytes.fromhex("FF4000"), "9000")
+
+
+def decode_json(capsys: pytest.CaptureFixture[str], hexdata: str) -> dict[str, Any]:
+    try:
+        main(["decode", "--json", hexdata])
+    except SystemExit as exc:
+        assert not exc.code
+    result: dict[str, Any] = json.loads(capsys.readouterr().out)
+    return result
+
+
+def test_decode_shows_the_rules_of_an_answer(capsys: pytest.CaptureFixture[str]) -> None:
+    card = SimCard(load_profile("omapi"))
+    open_ara_m(card)
+    answer = card.process(bytes.fromhex("81CAFF4000"))
+    rules = decode_json(capsys, answer.hex())["access_rules"]
+    assert rules["tag"] == "FF40" and rules["length"] == 0x68
+    assert rules["rules"][0] == {"aid": ECHO, "hash": GRANTED, "apdu": "always", "nfc": "never"}
+    tag = card.process(bytes.fromhex("81CADF2000"))
+    assert decode_json(capsys, tag.hex())["access_rules"] == {
+        "tag": "DF20",
+        "refresh_tag": tag[3:11].hex().upper(),
+    }
+    specific = decode_json(capsys, "FF5008E306D00101D101009000")["access_rules"]
+    assert specific["rules"] == [{"apdu": "always", "nfc": "never"}]
+    assert (
+        decode_json(capsys, "FF40820300E2409000")["access_rules"]["partial"] is True
+    )  # a chain's first part
+    assert "access_rules" not in decode_json(capsys, "6F079000")
+
+
+def test_decode_says_what_is_wrong_with_a_malformed_answer(capsys: pytest.CaptureFixture[str]) -> None:
+    card = SimCard(load_profile("omapi-malformed"))
+    open_ara_m(card)
+    answer = card.process(bytes.fromhex("81CAFF4000"))
+    rules = decode_json(capsys, answer.hex())["access_rules"]
+    assert "rules" not in rules and "exceeds" in rules["error"]
+    with pytest.raises(SystemExit) as exited:
+        main(["decode", answer.hex()])
+    assert exited.value.code == 0
+    assert "access rules (ARA-M):" in capsys.readouterr().out

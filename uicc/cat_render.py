@@ -34,6 +34,7 @@ from bipsim.uicc.apdu_names import (
     looks_like_command,
     parse_command,
 )
+from bipsim.uicc.applets.ara_m import describe_response
 from bipsim.uicc.cat import (
     CatMessage,
     Envelope,
@@ -339,6 +340,9 @@ def render_json(decoded: Decoded) -> dict[str, Any]:
         out["apdu"] = _apdu_json(decoded.command)
     if decoded.status is not None:
         out["status_word"] = decoded.status.to_json()
+        rules = describe_response(decoded.data) if decoded.message is None else None
+        if rules is not None:
+            out["access_rules"] = rules
     return out
 
 
@@ -445,6 +449,10 @@ def render_tree(decoded: Decoded) -> str:
         lines.append(f"RESPONSE APDU: status word {s.value:04X} ({s.group}: {s.name})")
         if decoded.message is None and decoded.data and decoded.sms is None:
             lines.append(f"  data ({len(decoded.data)} bytes): {decoded.data.hex().upper()}")
+            rules = describe_response(decoded.data)
+            if rules is not None:  # the ARA-M's GET DATA answer (GPD_SPE_013 section 5.1)
+                lines.append("  access rules (ARA-M):")
+                lines.extend(_field_lines(rules, 4))
     text = "\n".join(lines) + "\n" if lines else ""
     if decoded.message is not None:
         return text + to_tree(decoded.message)

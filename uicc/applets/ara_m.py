@@ -359,3 +359,61 @@ class AraM(Applet):
         if len(rest) > le:
             self._next[channel] = rest[le:]
         return rest[:le], SW_OK
+
+
+def describe_response(data: bytes) -> dict[str, Any] | None:
+    """What `bipsim decode` shows for the ARA-M's GET DATA answers (the R-APDU data): the rules of an FF40/FF50
+    answer, or a refresh tag; None for data that is none of them. A first part of a chained answer (shorter than
+    its header says) is `partial`; a TLV that does not decode is reported in `error`."""
+    if len(data) < 3 or data[:2] not in (b"\xff\x40", b"\xff\x50", b"\xdf\x20"):
+        return None
+    tag = int.from_bytes(data[:2], "big")
+    out: dict[str, Any] = {"tag": f"{tag:04X}"}
+    try:
+        if tag == TAG_REFRESH:
+            out["refresh_tag"] = decode_ber(data).value.hex().upper()
+            return out
+        size = data[2]  # the length is read here: a first part of a chain does not decode whole
+        start = 3 if size < 0x80 else 3 + (size & 0x7F)
+        total = start + (size if size < 0x80 else int.from_bytes(data[3:start], "big"))
+        out["length"] = total - start
+        if len(data) < total:
+            out["partial"] = True
+            out["bytes_here"] = len(data)
+            return out
+        value = decode_ber(data[:total]).value
+        if tag == TAG_SPECIFIC:
+            out["rules"] = [_ar_fields(decode_ber(value, expect={0xE3}).value)] if value else []
+        else:
+            out["rules"] = [_rule_fields(decode_rule(item.encode())) for item in decode_ber_list(value)]
+    except (TlvError, ValueError) as exc:
+        out["error"] = str(exc)
+    return out
+
+
+def _ar_fields(ar_do: bytes) -> dict[str, Any]:
+    parts = {item.tag: item.value for item in decode_ber_list(ar_do)}
+    if 0xD0 not in parts:
+        raise ValueError("an AR-DO without its APDU-AR-DO (D0)")
+    nfc = parts.get(0xD1)
+    fields = _rule_fields(
+        Rule(None, b"", parts[0xD0], None if nfc is None else nfc == b"\x01", None, parts.get(0xDB))
+    )
+    del fields["aid"], fields["hash"]
+    return fields
+
+
+def _rule_fields(rule: Rule) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    fields["aid"] = "default application" if rule.aid is None else rule.aid.hex().upper()
+    fields["hash"] = rule.hash.hex().upper() or "any application"
+    if rule.package is not None:
+        fields["package"] = rule.package
+    fields["apdu"] = {b"\x01": "always", b"\x00": "never"}.get(
+        rule.apdu, "filters " + rule.apdu.hex().upper()
+    )
+    if rule.nfc is not None:
+        fields["nfc"] = "always" if rule.nfc else "never"
+    if rule.perm is not None:
+        fields["perm"] = rule.perm.hex().upper()
+    return fields
