@@ -195,8 +195,18 @@ class CardSlot:
         try:
             return await self.transport.transmit(command)
         except CardRemoved as exc:
+            if self.state is not SlotState.UNPOWERED:
+                self.gone(exc)
+                raise
+            first = exc
+        # a card nobody has reset yet (a PC/SC reader before the toolkit starts) may need its power-on first: one
+        # reset, then the command again; no card at all is CardRemoved as ever
+        await self.power_on()
+        try:
+            return await self.transport.transmit(command)
+        except CardRemoved as exc:
             self.gone(exc)
-            raise
+            raise exc from first
 
     async def close(self) -> None:
         await self.transport.close()

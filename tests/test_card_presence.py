@@ -291,8 +291,35 @@ async def test_a_command_that_meets_the_card_gone_answers_10(nursery: trio.Nurse
     assert await dte.at('AT+CGLA=1,10,"80F2000C00"') == "\r\n+CME ERROR: 10\r\n"
     events = [e for e in phone.tracer.events if e.kind == "app.event"]
     assert [(e.fields or {}).get("event") for e in events] == ["card_removed", "sessions_invalidated"]
-    assert (events[0].fields or {})["reason"] == "reader: card gone"
-    assert len(card.lost_at) == 1  # later commands never reached the reader
+    # the slot had never reset the card: it tried one power-on before giving up, whose reason is the one kept
+    assert (events[0].fields or {})["reason"] == "reader: no card"
+    assert len(card.lost_at) == 1 and len(card.attempts) == 1  # later commands never reached the reader
+
+
+class NeedsReset(Unplugged):
+    """A PC/SC-like transport: no APDU before the first power_on."""
+
+    async def transmit(self, command: bytes) -> bytes:
+        if not self.powered:
+            await trio.lowlevel.checkpoint()
+            self.lost_at.append(trio.current_time())
+            raise CardRemoved("reader: the card is not powered on")
+        return await super().transmit(command)
+
+
+async def test_a_card_nobody_reset_yet_is_powered_on_by_its_first_command(nursery: trio.Nursery) -> None:
+    inner, _ = simulated_card(None, None, Tracer())
+    assert isinstance(inner, SimulatedCard)
+    card = NeedsReset(inner)
+    phone = make_phone(nursery, card, None)
+    dte = await phone.line()
+    assert info(await dte.at("AT+CPIN?"), "") == ["+CPIN: READY"]  # no APDU: nothing said otherwise yet
+    assert info(await dte.at("AT+CIMI"), "")[0].isdigit()
+    assert card.powered == 1 and len(card.lost_at) == 1
+    assert phone.slots[0].state is SlotState.READY
+    assert not [
+        e for e in phone.tracer.events if e.kind == "app.event"
+    ]  # not a removal: nothing was there yet
 
 
 def test_card_control_lines() -> None:
