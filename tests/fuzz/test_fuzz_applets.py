@@ -12,6 +12,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bipsim.uicc.applets.ara_m import describe_response
 from bipsim.uicc.card import SimCard
 from bipsim.uicc.profile import load_profile
 from tests.fuzz._settings import bounded, fuzz_settings
@@ -97,3 +98,15 @@ def test_applet_dispatch(profile: str, apdus: list[bytes]) -> None:
         card.reset()
         if not stored:  # a STORE DATA the ARA-M took changes its rules, as it should
             assert ara_m_all(card) == before
+
+
+@fuzz_settings(100)
+@given(
+    st.sampled_from([b"\xff\x40", b"\xff\x50", b"\xdf\x20"]),
+    st.one_of(st.binary(max_size=60), st.builds(lambda n: bytes((0x80 | n,)), st.integers(0, 127))),
+)
+def test_decode_of_access_rule_answers(tag: bytes, rest: bytes) -> None:
+    """`bipsim decode`'s reading of an ARA-M answer: a dict for any bytes behind the tag, never an exception."""
+    with bounded(5):
+        described = describe_response(tag + rest)
+        assert described is None or described["tag"] == tag.hex().upper()
