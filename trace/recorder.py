@@ -74,7 +74,8 @@ class Tracer:
         self._clock = clock
         self.events: list[TraceEvent] = []
         self._keep = keep
-        self._lock = threading.Lock()  # pyserial worker threads (and the flusher) may emit/flush too
+        self._lock = threading.Lock()  # pyserial worker threads may emit too
+        self._write_lock = threading.Lock()  # one batch written at a time: the flusher, an emitter, close
         self._listeners: list[Callable[[TraceEvent], None]] = []
         self._batch = max(1, batch)
         self._pending: list[TraceEvent] = []
@@ -123,41 +124,45 @@ class Tracer:
             # a copy: the line is encoded later, and a caller may reuse its dict
             fields=dict(fields) if fields else fields,
         )
+        full = False
         with self._lock:
             if self._keep:
                 self.events.append(event)
             if self._sink is not None:
                 self._pending.append(event)
-                if len(self._pending) >= self._batch:
-                    self._write_pending()
+                full = len(self._pending) >= self._batch
+        if full:
+            self.flush()
         for listener in self._listeners:
             listener(event)
         return event
 
-    def _write_pending(self) -> None:
-        """Encodes and writes the queued events as lines (the caller holds the lock)."""
-        pending, self._pending = self._pending, []
-        if self._sink is not None and pending:
-            self._sink.write("".join([_line(event) for event in pending]))
-            self._sink.flush()
-
     def flush(self, *, timeout: float = -1) -> None:
-        """Writes every queued event now. With a `timeout`, gives up when the lock stays busy that long."""
-        if not self._lock.acquire(timeout=timeout):
+        """Encodes and writes every queued event now. With a `timeout`, gives up when a write stays busy that long.
+
+        The queue is taken under the emitters' lock and encoded outside it (an emit never waits for an encoding);
+        the write lock keeps the batches in their order."""
+        if not self._write_lock.acquire(timeout=timeout):
             return
         try:
-            self._write_pending()
+            with self._lock:
+                pending, self._pending = self._pending, []
+                sink = self._sink
+            if sink is not None and pending:
+                sink.write("".join([_line(event) for event in pending]))
+                sink.flush()
         except (OSError, ValueError):
-            pass  # a closed or failing sink: nothing more can be written
+            pass  # a closed or failing sink (a full disk): the process goes on, its trace ends here
         finally:
-            self._lock.release()
+            self._write_lock.release()
 
     def close(self) -> None:
         self.flush()
         _Flusher.unregister(self)
-        if self._sink is not None and self._owned:
-            self._sink.close()
-        self._sink = None
+        with self._write_lock, self._lock:
+            if self._sink is not None and self._owned:
+                self._sink.close()
+            self._sink = None
 
 
 def _line(event: TraceEvent) -> str:
