@@ -21,6 +21,7 @@ from bipsim.link.at_server import AtServer
 from bipsim.trace.events import TraceEvent
 from bipsim.trace.recorder import Tracer
 from bipsim.uicc.cat import OpenChannel
+from bipsim.uicc.ota_trigger import sms_deliver
 from bipsim.uicc.sim_transport import SimulatedCard
 from bipsim.uicc.transport import CardRemoved
 from tests.test_cp_commands import Dte, info
@@ -174,6 +175,8 @@ async def test_card_removed_with_a_bip_channel_open_and_inserted_again(
     for command in SIM_COMMANDS:
         assert await dte.at(command) == "\r\n+CME ERROR: 10\r\n", command
     assert await dte.at('AT%SMSPP="00"') == "\r\n+CME ERROR: 50\r\n"  # bad parameters still come first
+    download = sms_deliver(b"\x00" * 8).hex().upper()  # a (U)SIM data download: it would go to slot 1's card
+    assert await dte.at(f'AT%SMSPP="{download}"') == "\r\n+CME ERROR: 10\r\n"
     assert info(await dte.at("AT%SLOTS?"), "") == ["%SLOTS: 1,0"]
     assert info(await dte.at("AT+CGMI"), "") == [MANUFACTURER]
     assert modem.slots[0].state is SlotState.ABSENT
