@@ -439,3 +439,28 @@ def test_card_serve_drops_a_peer_that_sends_a_wrong_length_and_goes_on(tmp_path:
     assert (
         len(errors) == 1 and errors[0]["fields"] == {"reason": "zero_length"} and errors[0]["error"] is True
     )
+
+
+def test_card_readers_without_pyscard_is_one_line() -> None:
+    """pyscard missing (an import that fails, as in an install without the pcsc extra): one line, exit 1."""
+    code = (
+        "import sys; sys.modules['smartcard'] = None; from bipsim.cli import main; main(['card', 'readers'])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "needs pyscard" in lines[0] and "bipsim[pcsc]" in lines[0], result.stderr
+
+
+def test_card_serve_refuses_a_bad_vpcd_address() -> None:
+    result = subprocess.run(
+        [*BIPSIM, "card", "serve", "--vpcd", "localhost:http"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == ["bipsim: error: 'localhost:http' is not HOST:PORT"]
