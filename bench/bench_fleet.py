@@ -47,6 +47,15 @@ def per_session(report: FleetReport) -> dict[str, float]:
     }
 
 
+def bound(one: FleetReport, two: FleetReport) -> float:
+    cores = os.cpu_count() or 1
+    w = (per_session(one)["worker_cpu_ms"] + per_session(two)["worker_cpu_ms"]) / 2
+    s = (per_session(one)["server_cpu_ms"] + per_session(two)["server_cpu_ms"]) / 2
+    one_rate = 1 / max(w, s, (w + s) / cores)
+    two_rate = min(2 / w, 1 / s, cores / (w + s))
+    return round(two_rate / one_rate, 3)
+
+
 async def main() -> None:
     one_worker = await one(fleet(workers=1), LocalEngine())
     two_workers = await one(fleet(workers=2), LocalEngine())
@@ -77,6 +86,14 @@ async def main() -> None:
                 "ratio_2_workers_server_2": round(two_s2.sessions_per_s / one_s2.sessions_per_s, 3),
                 "cpu_per_session_1_worker": per_session(one_worker),
                 "cpu_per_session_2_workers": per_session(two_workers),
+                # the best ratio this machine allows with the server on its cores: 2 cores / (w + s) against
+                # 1 / max(w, s) (docs/performance.md, "Measured")
+                "ratio_bound_here": bound(one_worker, two_workers),
+                # worker CPU per session with 1 worker over that with 2: 1.0 when the workers scale linearly
+                # on cores of their own
+                "worker_cpu_scaling": round(
+                    per_session(one_worker)["worker_cpu_ms"] / per_session(two_workers)["worker_cpu_ms"], 3
+                ),
                 "big_cards": BIG,
                 "big_p50_ms": big.p50_ms,
                 "big_p99_ms": big.p99_ms,

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 import trio
 from sslpsk3.sslpsk3 import SSLPSKContext, SSLPSKObject
@@ -32,28 +34,49 @@ CIPHERS = "PSK-AES128-CBC-SHA256:PSK-AES128-CBC-SHA:PSK-AES128-GCM-SHA256:@SECLE
 
 
 class PskObject(SSLPSKObject):
-    """An SSLObject whose PSK callbacks are installed at the first do_handshake() only."""
+    """An SSLObject whose PSK callbacks are installed at the first do_handshake() only; `psk_identity` is the
+    identity the client sent, once the server's callback has seen it."""
 
     _psk_ready = False
+    psk_identity: str | None = None
 
     def do_handshake(self) -> None:
         if not self._psk_ready:
             self.context.setup_psk_callbacks(self)
             self._psk_ready = True
-        ssl.SSLObject.do_handshake(self)
+        # OpenSSL calls the PSK callback inside this call, for this object: the context notes whose handshake runs
+        context = self.context
+        previous = getattr(context, "handshaking", None)
+        context.handshaking = self
+        try:
+            ssl.SSLObject.do_handshake(self)
+        finally:
+            context.handshaking = previous
 
 
 class PskContext(SSLPSKContext):
+    """One context for every connection of a server (building one costs about as much as a PSK handshake):
+    `handshaking` is the object whose do_handshake() runs, `last_wrapped` the object wrap_bio() made last."""
+
     sslobject_class = PskObject
+    handshaking: PskObject | None = None
+    last_wrapped: ssl.SSLObject | None = None
+
+    def wrap_bio(self, *args: Any, **kwargs: Any) -> ssl.SSLObject:
+        obj = super().wrap_bio(*args, **kwargs)
+        self.last_wrapped = obj
+        return obj
 
 
-def psk_context(keys: dict[str, bytes], seen: Callable[[str | None], None] | None = None) -> ssl.SSLContext:
+def psk_context(keys: dict[str, bytes], seen: Callable[[str | None], None] | None = None) -> PskContext:
     """A TLS 1.2 PSK server context; an unknown identity gets no key, so the handshake fails with an alert."""
     context = PskContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = context.maximum_version = ssl.TLSVersion.TLSv1_2
     context.set_ciphers(CIPHERS)
 
     def lookup(identity: str | None) -> bytes:
+        if context.handshaking is not None:
+            context.handshaking.psk_identity = identity
         if seen is not None:
             seen(identity)
         return keys.get(identity or "", b"")
@@ -107,12 +130,15 @@ class OtaServer:
         # fault injection: close the first connection abruptly when this many requests arrived on it
         self.drop_after = drop_after
         self.keys = keys
+        self._context: PskContext | None = None  # one TLS context for all connections, made at the first
+        self._context_keys: dict[str, bytes] | None = None
         self.tracer = tracer
         self.connections = 0
         self.active = 0
         self.handshake_failures = 0
         self.refused = 0
         self.crashes = 0
+        self.cpu_start = time.process_time()
 
     @property
     def idle_timeout(self) -> float:
@@ -134,6 +160,7 @@ class OtaServer:
         else:
             listeners = await trio.open_tcp_listeners(port, host=host)
         bound = listeners[0].socket.getsockname()[1]
+        self.cpu_start = time.process_time()  # the CPU serving costs is counted from here (not the imports)
         async with trio.open_nursery() as nursery:
             task_status.started(int(bound))
             await trio.serve_listeners(self.handle, listeners, handler_nursery=nursery)
@@ -173,12 +200,18 @@ class OtaServer:
         if self.keys is None:
             await self.http_loop(stream, None, over_capacity=over_capacity)
             return
-        identity: list[str | None] = [None]
-        context = psk_context(self.keys, lambda i: identity.__setitem__(0, i))
+        if self._context is None or self._context_keys is not self.keys:
+            self._context, self._context_keys = psk_context(self.keys), self.keys
+        context = self._context
         tls = trio.SSLStream(stream, context, server_side=True)
+        wrapped = context.last_wrapped  # made by the line above, for this connection
+        identity: list[str | None] = [None]
         try:
             with trio.fail_after(self.limits.request_timeout):
-                await tls.do_handshake()
+                try:
+                    await tls.do_handshake()
+                finally:
+                    identity[0] = getattr(wrapped, "psk_identity", None)
         except trio.TooSlowError:
             self.timeouts += 1
             self.tracer.emit(
