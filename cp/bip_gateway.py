@@ -455,7 +455,8 @@ class BipGateway:
                 return [self._bip_error(command, BipErrorCause.CHANNEL_CLOSED)]
             return [self._bip_error(command, BipErrorCause.NO_SPECIFIC_CAUSE)]
         want = channel_data_length(command) or 0
-        data = bytes(channel.rx[:want])
+        with memoryview(channel.rx) as view:
+            data = bytes(view[:want])  # one copy (a bytearray slice and bytes() of it were two)
         del channel.rx[: len(data)]
         left = len(channel.rx)
         if not left:

@@ -376,7 +376,7 @@ class CardDriver:
         general, _ = response.result
         summary = f"TERMINAL RESPONSE: {response.type_name} (result 0x{general:02X})"
         _, sw = await self.transmit(
-            b"\x80\x14\x00\x00" + bytes((len(body),)) + body,
+            bytes((0x80, 0x14, 0, 0, len(body))) + body,  # one copy of the data, not two
             summary,
             step=step,
             kind=Kind.CAT_TERMINAL_RESPONSE,
@@ -389,7 +389,7 @@ class CardDriver:
     ) -> tuple[bytes, int]:
         body = envelope.encode()
         return await self.transmit(
-            b"\x80\xc2\x00\x00" + bytes((len(body),)) + body,
+            bytes((0x80, 0xC2, 0, 0, len(body))) + body,
             summary,
             step=step,
             kind=Kind.CAT_ENVELOPE,
