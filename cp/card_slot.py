@@ -11,8 +11,8 @@ the slot and the reason.
 
 The CP brings a card back by trying power_on again with exponential backoff on trio's clock (RETRY_MIN doubling
 to RETRY_MAX seconds), at once when the transport says a card was inserted (SimulatedCard.on_insert), as a phone's
-card-detect switch does. A READY slot that no BIP loop polls is asked STATUS every PRESENCE_POLL seconds (TS 102
-221 section 14.5.2, the terminal's presence check while idle), so a reader that went away is noticed.
+card-detect switch does. A READY slot that no BIP loop polls is asked STATUS (TS 102 221 section 11.1.2) every
+PRESENCE_POLL seconds, as a terminal checks that an idle card is still there, so a reader that went away is noticed.
 """
 
 from __future__ import annotations
