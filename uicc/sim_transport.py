@@ -1,7 +1,7 @@
 """The simulated card as an ApduTransport (uicc/transport.py): what `bipsim cp --card sim` talks to.
 
 It can be pulled and put back (`remove()` / `insert()`), so that tests and scenarios exercise the CP's handling of
-a card that goes away (TS 102 221 6.x: a card without power keeps its non-volatile state, loses its volatile one).
+a card that goes away (a card without power keeps what its non-volatile memory holds and loses the rest).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class SimulatedCard:
             return
         self.present = False
         self._needs_reset = True
-        # A pulled card keeps only what it wrote to its non-volatile memory (TS 102 221 clause 6).
+        # A pulled card keeps only what it wrote to its non-volatile memory.
         self.card.save_state()
         if self.on_remove is not None:
             self.on_remove()
