@@ -495,3 +495,29 @@ def test_gateway_ends_every_channel_when_the_card_goes() -> None:
     assert not gateway.channels and not gateway.events and gateway.poll_interval is None
     assert gateway.on_card_gone() == []
     assert opened(gateway) == 1  # the card's next session starts from channel 1 again
+
+
+async def test_simulated_card_remove_and_insert() -> None:
+    card, _ = simulated_card(None, None, Tracer())
+    assert isinstance(card, SimulatedCard)
+    told: list[str] = []
+    card.on_remove = lambda: told.append("removed")
+    card.on_insert = lambda: told.append("inserted")
+    toolkits = [card.card.toolkit]
+    card.on_power_loss = lambda sim: toolkits.append(sim.toolkit)
+    atr = await card.power_on()
+    assert len(await card.transmit(bytes.fromhex("80F2000C00"))) >= 2  # it answers while it is in
+    card.remove()
+    card.remove()  # a second pull changes nothing
+    with pytest.raises(CardRemoved):
+        await card.transmit(bytes.fromhex("80F2000C00"))
+    with pytest.raises(CardRemoved):
+        await card.power_on()
+    card.insert()
+    with pytest.raises(CardRemoved, match="not powered on"):  # back, but a card needs its reset first
+        await card.transmit(bytes.fromhex("80F2000C00"))
+    assert await card.power_on() == atr
+    assert told == ["removed", "inserted"]
+    assert len(toolkits) == 2  # the power loss was seen once, at the first reset after it
+    await card.power_on()
+    assert len(toolkits) == 2
