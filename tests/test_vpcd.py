@@ -16,12 +16,16 @@ from bipsim.trace.kinds import Kind
 from bipsim.trace.recorder import Tracer
 from bipsim.uicc.card import ATR, SimCard
 from bipsim.uicc.profile import load_profile
+from bipsim.uicc.transitions import IllegalSessionEvent
 from bipsim.uicc.vpcd import (
     MAX_APDU,
+    POWER,
+    CardPower,
     CommandApdu,
     Control,
     ControlMessage,
     FramingError,
+    ReaderEvent,
     VpcdDecoder,
     VpcdSession,
     apdu_records,
@@ -288,3 +292,26 @@ async def test_serve_waits_for_a_reader_that_is_not_there_yet(autojump_clock: tr
     probe.close()
     assert len(statuses) == 1 and statuses[0].startswith(f"waiting for the vpcd reader at 127.0.0.1:{port}")
     assert [e.fields["event"] for e in tracer.events] == ["vpcd_waiting"]
+
+
+def test_the_power_table_is_total_for_a_connected_card_and_empty_once_gone() -> None:
+    for state in (CardPower.UNPOWERED, CardPower.POWERED):
+        for event in ReaderEvent:
+            assert POWER.allows(state, event), (state, event)
+    for event in ReaderEvent:
+        with pytest.raises(IllegalSessionEvent):
+            POWER.next(CardPower.GONE, event)
+
+
+def test_session_moves_through_the_power_table() -> None:
+    session = VpcdSession(card())
+    states = [session.state]
+    for message in (b"\x04", b"\x01", b"\x00", bytes.fromhex("00A4000C023F00"), b"\x02"):
+        session.receive(frame(message))
+        states.append(session.state)
+    (bad,) = session.receive(b"\x00\x00")
+    assert bad.close
+    states.append(session.state)
+    U, P, G = CardPower.UNPOWERED, CardPower.POWERED, CardPower.GONE
+    assert states == [U, U, P, U, P, P, G]
+    assert session.receive(frame(b"\x04")) == []  # nothing once gone

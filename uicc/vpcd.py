@@ -16,7 +16,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import IntEnum
+from enum import Enum, IntEnum
 from typing import Any, Protocol
 
 import trio
@@ -34,6 +34,7 @@ from bipsim.uicc.cat import (
     decode_terminal_response,
 )
 from bipsim.uicc.tlv import TlvError
+from bipsim.uicc.transitions import TransitionTable
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 35963  # vpcd's default port for reader "Virtual PCD 00 00" (0x8C7B in its reader.conf)
@@ -167,15 +168,64 @@ class Exchange:
     close: bool = False
 
 
+class CardPower(Enum):
+    """The card in the reader, as one vpcd connection sees it."""
+
+    UNPOWERED = "unpowered"
+    POWERED = "powered"
+    GONE = "gone"  # the connection ended or was dropped: nothing more is taken
+
+
+class ReaderEvent(Enum):
+    POWER_ON = "power on"
+    POWER_OFF = "power off"
+    RESET = "reset"
+    GET_ATR = "get ATR"
+    APDU = "APDU"
+    BAD_INPUT = "bad input"
+    CLOSED = "closed"
+
+
+_U, _P, _G = CardPower.UNPOWERED, CardPower.POWERED, CardPower.GONE
+POWER = TransitionTable[CardPower, ReaderEvent](
+    "vpcd card",
+    {
+        (_U, ReaderEvent.POWER_ON): _P,
+        (_P, ReaderEvent.POWER_ON): _P,
+        # vpcd resets a card it powers on after a cold start failed; either way the card starts afresh
+        (_U, ReaderEvent.RESET): _P,
+        (_P, ReaderEvent.RESET): _P,
+        (_U, ReaderEvent.POWER_OFF): _U,
+        (_P, ReaderEvent.POWER_OFF): _U,
+        (_U, ReaderEvent.GET_ATR): _U,  # pcscd's presence poll: the ATR whether powered or not
+        (_P, ReaderEvent.GET_ATR): _P,
+        (_P, ReaderEvent.APDU): _P,
+        # pcscd powers a card on before its first APDU; an APDU without it finds the card as after a power-on
+        (_U, ReaderEvent.APDU): _P,
+        (_U, ReaderEvent.BAD_INPUT): _G,
+        (_P, ReaderEvent.BAD_INPUT): _G,
+        (_U, ReaderEvent.CLOSED): _G,
+        (_P, ReaderEvent.CLOSED): _G,
+    },
+)
+_CONTROL_EVENTS = {
+    Control.POWER_ON: ReaderEvent.POWER_ON,
+    Control.POWER_OFF: ReaderEvent.POWER_OFF,
+    Control.RESET: ReaderEvent.RESET,
+    Control.GET_ATR: ReaderEvent.GET_ATR,
+}
+
+
 class VpcdSession:
     """One vpcd connection of a card: decodes the reader's messages, has the card answer them, says what to
-    trace. The ATR is traced once per power-on, reset or connection; pcscd's presence polls (GET ATR every few
-    hundred ms) are counted in `presence_polls`, not traced. Power off saves the card's state."""
+    trace. The card's power state changes only through the POWER table. The ATR is traced once per power-on,
+    reset or connection; pcscd's presence polls (GET ATR every few hundred ms) are counted in `presence_polls`,
+    not traced. Power off, the end of the connection and every APDU that changed the card save its state."""
 
     def __init__(self, card: Card, *, max_apdu: int = MAX_APDU) -> None:
         self.card = card
         self.decoder = VpcdDecoder(max_apdu)
-        self.powered = False
+        self.state = CardPower.UNPOWERED
         self.presence_polls = 0
         self.apdus = 0
         self.error: FramingError | None = None  # what ended the connection, when the reader sent bad input
@@ -188,9 +238,12 @@ class VpcdSession:
         """The reader closed the connection: an error exchange when it did so inside a message. Saves the
         card's state either way (the card was in effect pulled out)."""
         self.card.save_state()
-        self.powered = False
         torn = self.decoder.end()
-        return self._error(torn) if torn is not None else None
+        if torn is not None:
+            return self._error(torn)
+        if self.state is not CardPower.GONE:
+            self.state = POWER.next(self.state, ReaderEvent.CLOSED)
+        return None
 
     def _handle(self, message: ReaderMessage) -> Exchange:
         if isinstance(message, FramingError):
@@ -201,6 +254,8 @@ class VpcdSession:
 
     def _error(self, message: FramingError) -> Exchange:
         self.error = message
+        if self.state is not CardPower.GONE:
+            self.state = POWER.next(self.state, ReaderEvent.BAD_INPUT)
         record = Record(
             Actor.READER,
             Actor.UICC,
@@ -214,6 +269,7 @@ class VpcdSession:
 
     def _control(self, message: ControlMessage) -> Exchange:
         control = message.control
+        self.state = POWER.next(self.state, _CONTROL_EVENTS[control])
         records: list[Record] = []
         if control is Control.GET_ATR:
             atr = self.card.atr()
@@ -237,16 +293,17 @@ class VpcdSession:
             )
         )
         if control is Control.POWER_OFF:
-            self.powered = False
             self.card.save_state()
         else:  # power on and reset both start the card afresh (TS 102 221 section 6.2: the ATR follows)
-            self.powered = True
             self.card.reset()
             self._atr_traced = False
         return Exchange(message, b"", tuple(records))
 
     def _apdu(self, message: CommandApdu) -> Exchange:
         self.apdus += 1
+        if self.state is CardPower.UNPOWERED:
+            self.card.reset()
+        self.state = POWER.next(self.state, ReaderEvent.APDU)
         response = self.card.process(message.apdu)
         # what the APDU changed is in the state file before the answer leaves (a no-op when nothing changed)
         self.card.save_state()
