@@ -43,6 +43,7 @@ class OmapiRun:
     name: str
     profile: str = "omapi"
     profile2: str | None = None  # a second slot (SIM2) with this profile
+    empty_slot2: bool = False  # a second slot without a card
     card_control: bool = False  # the harness may pull a card (Harness.remove_card)
     # a hook run by the application between its requests: (request index, harness) before that request
     before: Callable[[int, Harness], Any] | None = None
@@ -105,7 +106,7 @@ def run_omapi(run: OmapiRun, options: ScenarioOptions) -> RunResult:
         session=run.name,
         profile=card_profile(run.profile),
         ap_args=["--omapi-listen", "127.0.0.1:0", *run.ap_args],
-        card2="sim" if run.profile2 is not None else None,
+        card2="sim" if run.profile2 is not None else ("none" if run.empty_slot2 else None),
         profile2=card_profile(run.profile2) if run.profile2 is not None else {},
         card_control=run.card_control,
         server=False,

@@ -142,7 +142,7 @@ class ControlServer:
             readers.append(
                 {
                     "name": f"SIM{slot}",
-                    "present": record.state.value not in ("absent", "unchecked"),
+                    "present": record.present,
                     "variable": record.enforce_carrier_privilege,
                     "available": slot in service.available,
                     "rules": len(record.rules.rules) if record.rules is not None else None,

@@ -84,6 +84,7 @@ class CardRecord:
     slot: int
     state: CardState = CardState.UNCHECKED
     enforce_carrier_privilege: bool = False  # set only at 205/206
+    present: bool = False  # the card check of 202
     rules: RuleSet | None = None
     refresh_tag: bytes | None = None
     reason: str = ""
@@ -149,6 +150,7 @@ class Framework:
         slot = record.slot
         present, why = await self.ril.card_present(slot, step="004:202")
         record.apply(CardEvent.FOUND if present else CardEvent.MISSING)
+        record.present = present
         self._trace(
             "004:202",
             f"card in {reader_name(slot)}: {'yes' if present else 'no'} ({why})",

@@ -308,7 +308,7 @@ class Reader:
 
     def is_secure_element_present(self) -> bool:
         record = self.owner.service.framework.cards.get(self.slot)
-        return bool(record and record.state.value not in ("absent", "unchecked"))
+        return bool(record and record.present)
 
     async def open_session(self) -> Session:
         """Step 406. The Framework reads the card's refresh tag here and loads its rules again when it changed
@@ -376,6 +376,8 @@ class Session:
                 layer="PhoneInterfaceManager",
                 reader=self.reader.name,
                 variable=service.framework.variable(slot),
+                gate=service.phone.gate.value.replace("-", "_"),
+                nfc=service.phone.nfc,
                 allowed=True,
                 purpose="openLogicalChannel",
             )

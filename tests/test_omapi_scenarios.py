@@ -1,0 +1,332 @@
+"""Issue 19's points on the real processes: `bipsim ap --omapi-listen` and `bipsim cp` with the built-in `omapi*`
+card profiles on a pty pair (scenarios/omapi.py runs them through the harness), checked from the merged trace and
+the OMAPI answers. The five named scenarios themselves run in tests/test_scenarios.py; here are the variations
+(no card, --nfc flipped, two cards with rules, a malformed rule set, a pulled card, a reboot, the command line, the
+pcap through tshark)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import trio
+
+from bipsim.scenarios.base import ScenarioOptions
+from bipsim.scenarios.harness import Harness, RunResult
+from bipsim.scenarios.omapi import (
+    ARA_M,
+    DENIED,
+    ECHO,
+    GRANTED,
+    OmapiRun,
+    app_request,
+    at_commands,
+    ccho_lines,
+    check_boot_loaded,
+    first_steps,
+    run_omapi,
+    variable_of,
+)
+from bipsim.trace.kinds import Kind
+
+PATTERN = bytes(i & 0xFF for i in range(256))[:-1] + b"\xff"  # the echo applet's 256 bytes, the last one FF
+OMAPI_LINES = ("AT+CPIN?", "AT+CCHO", "AT+CGLA", "AT+CCHC", "AT%SLOT")
+
+Runner = Callable[[OmapiRun], RunResult]
+
+
+@pytest.fixture
+def run_it(tmp_path: Path) -> Runner:
+    def run(spec: OmapiRun) -> RunResult:
+        return run_omapi(spec, ScenarioOptions(tmp_path / spec.name))
+
+    return run
+
+
+def omapi_lines(result: RunResult) -> list[str]:
+    """The AP's card commands on DLC 1 (the RIL's +CSQ polls and the like are left out: their number is time)."""
+    return [line for line in at_commands(result) if line.startswith(OMAPI_LINES)]
+
+
+def step_sequence(result: RunResult) -> list[str]:
+    return [e.step for e in result.events if e.step and e.step.startswith("004:")]
+
+
+def slot_of_each(lines: list[str]) -> list[tuple[int, str]]:
+    """(slot selected by the last AT%SLOT before it, line) for each card command."""
+    slot, out = 1, []
+    for line in lines:
+        if line.startswith("AT%SLOT="):
+            slot = int(line.split("=")[1])
+        else:
+            out.append((slot, line))
+    return out
+
+
+def test_boot_sequence_with_rules_and_the_reboot_reloads(run_it: Runner) -> None:
+    spec = OmapiRun("omapi-reboot", requests=[app_request("SIM1"), {"op": "boot"}, app_request("SIM1")])
+    result = run_it(spec)
+    check_boot_loaded(result)  # AT+CCHO ARA-M, AT+CGLA 80CAFF4000, AT+CCHC; 201..205, 301..304 in order
+    lines = omapi_lines(result)
+    assert lines[:6] == [
+        "AT%SLOTS?",
+        "AT+CPIN?",
+        f'AT+CCHO="{ARA_M}"',
+        'AT+CGLA=1,10,"80CAFF4000"',
+        'AT+CGLA=1,10,"80CADF2000"',
+        "AT+CCHC=1",
+    ]
+    # the first application's open read the variable and did not load the rules: one GET DATA [All] until the
+    # reboot, which loads them again
+    boot_at = next(i for i, line in enumerate(lines) if i > 6 and line == "AT+CPIN?")
+    assert sum("80CAFF4000" in line for line in lines[:boot_at]) == 1
+    assert sum("80CAFF4000" in line for line in lines[boot_at:]) == 1
+    assert [a.get("ok") for a in spec.answers] == [True, True, True]
+    assert spec.answers[1]["readers"][0]["variable"] is True
+
+
+def test_transmit_returns_the_applets_answer_and_close_uses_the_session(run_it: Runner) -> None:
+    spec = OmapiRun(
+        "omapi-echo", requests=[app_request("SIM1", apdus=("00080000", "000A0000", "00F3010C01AA00"))]
+    )
+    result = run_it(spec)
+    (answer,) = spec.answers
+    assert answer["ok"], answer
+    responses = [bytes.fromhex(text) for text in answer["responses"]]
+    assert responses[0] == PATTERN + b"\x90\x00"  # 61 00 and GET RESPONSE handled below the API
+    assert responses[1] == b"\x90\x00"
+    # a warning with its data comes as the card gave it (docs/protocols.md, "The echo applet")
+    assert responses[2] == bytes.fromhex("01F3010C01AA006200")
+    session = answer["channel"]
+    lines = at_commands(result)
+    opened = lines.index(f'AT+CCHO="{ECHO}"')
+    assert f"AT+CCHC={session}" in lines[opened:]
+    assert all(f"AT+CGLA={session}," in line for line in lines[opened:] if line.startswith("AT+CGLA"))
+    # what the card answered the warning APDU is exactly what the application got
+    cp_answers = [e.data for e in result.events if e.kind == Kind.APDU_RESPONSE and e.src.value == "uicc"]
+    assert responses[2] in cp_answers
+
+
+@pytest.mark.parametrize("mode", ["1", "2"])
+def test_an_empty_slot_mode_1_sends_no_rule_load_mode_2_one_attempt(run_it: Runner, mode: str) -> None:
+    spec = OmapiRun(
+        f"omapi-empty-slot-{mode}",
+        empty_slot2=True,
+        ap_args=["--no-card-mode", mode],
+        requests=[{"op": "status"}],
+    )
+    result = run_it(spec)
+    on_slot2 = [line for slot, line in slot_of_each(omapi_lines(result)) if slot == 2]
+    rule_loads = [line for line in on_slot2 if line.startswith(("AT+CCHO", "AT+CGLA"))]
+    assert rule_loads == ([] if mode == "1" else [f'AT+CCHO="{ARA_M}"'])
+    assert variable_of(result, "SIM2") is False and variable_of(result, "SIM1") is True
+    status = {item["name"]: item for item in spec.answers[0]["readers"]}
+    assert status["SIM2"]["present"] is False and status["SIM2"]["available"] is False
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        lambda nfc: OmapiRun(f"omapi-nfc-{nfc}-rules", ap_args=[nfc], requests=[app_request("SIM1")]),
+        lambda nfc: OmapiRun(
+            f"omapi-nfc-{nfc}-none", profile="omapi-no-rules", ap_args=[nfc], requests=[app_request("SIM1")]
+        ),
+        lambda nfc: OmapiRun(
+            f"omapi-nfc-{nfc}-empty",
+            empty_slot2=True,
+            ap_args=[nfc, "--no-card-mode", "2"],
+            requests=[app_request("SIM2")],
+        ),
+    ],
+    ids=["rules", "no-ara-m", "no-card"],
+)
+def test_flipping_nfc_changes_nothing(run_it: Runner, spec: Callable[[str], OmapiRun]) -> None:
+    outcomes = []
+    for flag in ("--no-nfc", "--nfc"):
+        run = spec(flag)
+        result = run_it(run)
+        answers = [{k: v for k, v in a.items() if k != "channel"} for a in run.answers]
+        outcomes.append((omapi_lines(result), step_sequence(result), answers))
+        assert {e.field("nfc") for e in result.events if e.kind == Kind.OMAPI_CHECK} == {flag == "--nfc"}
+    assert outcomes[0] == outcomes[1]
+
+
+@pytest.mark.parametrize("choice", ["SIM2", "script"])
+def test_two_cards_with_rules_both_are_offered_and_the_choice_is_used(
+    run_it: Runner, tmp_path: Path, choice: str
+) -> None:
+    policy = choice
+    if choice == "script":
+        (tmp_path / "answers.txt").write_text("# the user's taps\n2\n")
+        policy = f"script:{tmp_path / 'answers.txt'}"
+    spec = OmapiRun(
+        f"omapi-both-{choice}",
+        profile2="omapi",
+        ap_args=["--se-choose", policy],
+        requests=[app_request(None)],
+    )
+    result = run_it(spec)
+    listed = [
+        e.field("readers")
+        for e in result.events
+        if e.kind == Kind.OMAPI_CHOOSER and e.field("event") == "list"
+    ]
+    assert listed == [["SIM1", "SIM2"]]
+    (answer,) = spec.answers
+    assert answer["ok"] and answer["reader"] == "SIM2", answer
+    session = answer["channel"]
+    after_choice = slot_of_each(omapi_lines(result))
+    opened = after_choice.index((2, f'AT+CCHO="{ECHO}"'))
+    channel_lines = [entry for entry in after_choice[opened:] if f"={session}" in entry[1]]
+    assert channel_lines and all(slot == 2 for slot, _ in channel_lines)
+    # the card of slot 2 got the application's APDU, the card of slot 1 did not
+    got = [
+        e.field("slot", 1)
+        for e in result.events
+        if e.kind == Kind.APDU_COMMAND and e.data[1:4] == b"\x08\x00\x00"
+    ]
+    assert got == [2]
+
+
+def test_malformed_rules_leave_the_variable_false_with_the_reason(run_it: Runner) -> None:
+    spec = OmapiRun("omapi-malformed", profile="omapi-malformed", requests=[app_request("SIM1")])
+    result = run_it(spec)
+    (loaded,) = [e for e in result.events if e.kind == Kind.OMAPI_FRAMEWORK and e.field("event") == "loaded"]
+    assert loaded.error and loaded.field("loaded") is False and "offset" in loaded.field("reason")
+    assert variable_of(result, "SIM1") is False
+    assert spec.answers[0]["exception"] == "SecurityException"
+    assert not ccho_lines(result, ECHO)
+    assert "004:206" in first_steps(result)
+
+
+def test_an_empty_rule_set_loads_and_grants_nobody(run_it: Runner) -> None:
+    spec = OmapiRun("omapi-empty-rules", profile="omapi-empty", requests=[app_request("SIM1")])
+    result = run_it(spec)
+    assert variable_of(result, "SIM1") is True
+    assert spec.answers[0]["exception"] == "SecurityException"
+    assert not ccho_lines(result, ECHO)
+
+
+def test_a_pulled_card_is_io_exception_then_the_card_comes_back(run_it: Runner) -> None:
+    async def before(index: int, harness: Harness) -> None:
+        if index == 1:
+            await harness.remove_card(1)
+        if index == 2:
+            await harness.insert_card(1)
+
+    spec = OmapiRun(
+        "omapi-pulled",
+        card_control=True,
+        before=before,
+        requests=[app_request("SIM1"), app_request("SIM1"), {"op": "status"}],
+    )
+    result = run_it(spec)
+    assert spec.answers[0]["ok"] is True
+    assert spec.answers[1]["exception"] == "IOException", spec.answers[1]
+    errors = [e for e in result.events if e.kind == Kind.OMAPI_ERROR]
+    assert errors and errors[-1].field("exception") == "IOException" and "10" in errors[-1].field("reason")
+    assert spec.answers[2]["ok"] is True  # the service still answers
+
+
+def test_the_command_line_client(run_it: Runner) -> None:
+    outputs: list[subprocess.CompletedProcess[str]] = []
+
+    async def before(index: int, harness: Harness) -> None:
+        port = next(
+            e["fields"]["port"] for e in harness.events_so_far("ap") if e.get("kind") == Kind.OMAPI_CONTROL
+        )
+        base = [sys.executable, "-m", "bipsim", "omapi", "--connect", f"127.0.0.1:{port}"]
+        for extra in (
+            ["--apdu", "000A0000", "--select-response"],
+            ["--app-hash", DENIED, "--apdu", "000A0000"],
+            ["--status"],
+            ["--aid", "zz"],
+        ):
+            done = await trio.run_process(
+                [*base, *extra], capture_stdout=True, capture_stderr=True, check=False
+            )
+            outputs.append(
+                subprocess.CompletedProcess(
+                    done.args, done.returncode, done.stdout.decode(), done.stderr.decode()
+                )
+            )
+
+    spec = OmapiRun("omapi-cli", before=before, requests=[{"op": "status"}])
+    run_it(spec)
+    granted, denied, status, bad = outputs
+    assert (
+        granted.returncode == 0 and "000A0000 -> 9000" in granted.stdout and "reader SIM1" in granted.stdout
+    )
+    assert denied.returncode == 1 and denied.stderr.startswith("bipsim omapi: SecurityException")
+    assert status.returncode == 0 and "SIM1: card present, enforceCarrierPrivilege true" in status.stdout
+    assert bad.returncode != 0 and "not hex" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_bad_control_requests_get_an_error_answer_and_the_socket_stays_usable(run_it: Runner) -> None:
+    spec = OmapiRun(
+        "omapi-bad-requests",
+        requests=[
+            {"op": "dance"},
+            {"op": "run", "hash": "zz", "aid": ECHO},
+            {"op": "run", "hash": GRANTED, "aid": ECHO, "apdus": "00"},
+            {"op": "run", "hash": GRANTED, "aid": "A000", "reader": "SIM1"},
+            {"op": "status"},
+        ],
+    )
+    run_it(spec)
+    assert [a.get("ok") for a in spec.answers] == [False, False, False, False, True]
+    assert "unknown op" in spec.answers[0]["error"] and "not hex" in spec.answers[1]["error"]
+    assert spec.answers[3]["exception"] == "IllegalArgumentException"
+
+
+@pytest.mark.needs("tshark")
+def test_tshark_decodes_the_scenarios_pcap(run_it: Runner, tmp_path: Path) -> None:
+    spec = OmapiRun("omapi-pcap", requests=[app_request("SIM1")])
+    result = run_it(spec)
+    trace = tmp_path / "omapi.jsonl"
+    trace.write_text("".join(event.to_json() + "\n" for event in result.events))
+    pcap = tmp_path / "omapi.pcap"
+    subprocess.run(
+        [sys.executable, "-m", "bipsim", "trace", "pcap", str(trace), "-o", str(pcap)],
+        check=True,
+        capture_output=True,
+    )
+    fields = subprocess.run(
+        [
+            "tshark",
+            "-r",
+            str(pcap),
+            "-Y",
+            "gsm_sim",
+            "-T",
+            "fields",
+            "-e",
+            "gsm_sim.apdu.ins",
+            "-e",
+            "gsm_sim.aid",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.splitlines()
+    rows = [line.split("\t") for line in fields]
+    assert ["0x70", ""] in rows  # MANAGE CHANNEL
+    assert ["0xa4", ARA_M.lower()] in rows  # SELECT of the ARA-M
+    assert ["0xca", ""] in rows  # GET DATA
+    malformed = subprocess.run(
+        ["tshark", "-r", str(pcap), "-Y", "_ws.malformed"], check=True, capture_output=True, text=True
+    ).stdout
+    assert malformed.strip() == ""
+
+
+def test_a_short_apdu_is_illegal_argument_and_answers_are_plain_json(run_it: Runner) -> None:
+    spec = OmapiRun("omapi-json", requests=[app_request(None), app_request("SIM1", GRANTED, apdus=("00",))])
+    run_it(spec)
+    assert spec.answers[0]["ok"] is True
+    assert spec.answers[1]["exception"] == "IllegalArgumentException"
+    json.dumps(spec.answers)  # plain JSON values only
+    assert isinstance(spec.answers[0]["responses"], list)

@@ -1,0 +1,103 @@
+"""The terminal's GP SEAC v1.1 parser and decision (ap/omapi/seac.py): rule sets as the card's ARA-M serves them
+(bipsim.uicc.applets.ara_m builds the bytes independently of the parser), the search order of section 3.4, APDU
+filters, and malformed input with the offset of the problem."""
+
+from __future__ import annotations
+
+import pytest
+
+from bipsim.ap.omapi.seac import (
+    ApduAccess,
+    RuleFormatError,
+    RuleSet,
+    announced_length,
+    parse_refresh_tag,
+    parse_rules,
+)
+from bipsim.uicc.applets.ara_m import TEST_CERTIFICATES, certificate_hash, encode_all, parse_rule
+
+APPLET = bytes.fromhex("A000000476416E64726F696443545331")
+OTHER_APPLET = bytes.fromhex("A000000476416E64726F696443545332")
+ME = certificate_hash(TEST_CERTIFICATES["granted"])
+SOMEONE = certificate_hash(TEST_CERTIFICATES["denied"])
+
+
+def rules(*entries: dict[str, str]) -> RuleSet:
+    return RuleSet(parse_rules(encode_all(parse_rule(entry) for entry in entries)))
+
+
+def test_the_cards_encoding_parses_back() -> None:
+    data = encode_all(
+        [
+            parse_rule({"aid": APPLET.hex(), "hash": ME.hex(), "apdu": "always", "nfc": "never"}),
+            parse_rule({"aid": "default", "hash": "", "apdu": "never"}),
+            parse_rule(
+                {"aid": OTHER_APPLET.hex(), "hash": ME.hex(), "apdu": "00A4040000FFFF00", "package": "org.x"}
+            ),
+        ]
+    )
+    assert announced_length(data[:10]) == len(data)
+    first, default, filtered = parse_rules(data)
+    assert (first.aid, first.cert_hash, first.apdu, first.nfc) == (APPLET, ME, ApduAccess.ALWAYS, False)
+    assert (default.aid, default.cert_hash, default.apdu) == (b"", None, ApduAccess.NEVER)
+    assert (
+        filtered.filters == ((bytes.fromhex("00A40400"), bytes.fromhex("00FFFF00")),)
+        and filtered.package == "org.x"
+    )
+
+
+def test_search_order_specific_before_generic() -> None:
+    # a rule for this applet naming another application denies, even with a generic rule granting everyone
+    ruleset = rules(
+        {"aid": APPLET.hex(), "hash": SOMEONE.hex(), "apdu": "always"},
+        {"aid": "", "hash": "", "apdu": "always"},
+    )
+    assert not ruleset.decide(APPLET, ME).granted
+    assert ruleset.decide(OTHER_APPLET, ME).granted  # no rule for that applet: the generic rule
+    # this applet for every application beats every applet for this application
+    ruleset = rules(
+        {"aid": APPLET.hex(), "hash": "", "apdu": "never"},
+        {"aid": "", "hash": ME.hex(), "apdu": "always"},
+    )
+    assert not ruleset.decide(APPLET, ME).granted
+    assert ruleset.decide(OTHER_APPLET, ME).granted
+    assert not rules().decide(APPLET, ME).granted  # no rule: denied
+
+
+def test_never_beats_always_and_filters_restrict_transmit() -> None:
+    ruleset = rules(
+        {"aid": APPLET.hex(), "hash": ME.hex(), "apdu": "always"},
+        {"aid": APPLET.hex(), "hash": ME.hex(), "apdu": "never"},
+    )
+    assert not ruleset.decide(APPLET, ME).granted
+    decision = rules({"aid": APPLET.hex(), "hash": ME.hex(), "apdu": "80CA0000FFFF0000"}).decide(APPLET, ME)
+    assert decision.granted
+    assert decision.allows(bytes.fromhex("83CA9F7F00"))  # channel bits of CLA do not matter
+    assert not decision.allows(bytes.fromhex("80CB9F7F00"))
+
+
+def test_a_package_rule_names_one_package() -> None:
+    ruleset = rules({"aid": APPLET.hex(), "hash": ME.hex(), "apdu": "always", "package": "org.wallet"})
+    assert ruleset.decide(APPLET, ME, "org.wallet").granted
+    assert not ruleset.decide(APPLET, ME, "org.other").granted
+
+
+@pytest.mark.parametrize(
+    "data, where",
+    [
+        (bytes.fromhex("FF4005E203E1014F"), 5),  # REF-DO cut short
+        (bytes.fromhex("FF40"), 2),
+        (bytes.fromhex("DF2000"), 0),
+        (bytes.fromhex("FF4004E202E100"), 5),  # REF-AR-DO without AR-DO
+    ],
+)
+def test_malformed_rules_name_the_offset(data: bytes, where: int) -> None:
+    with pytest.raises(RuleFormatError) as caught:
+        parse_rules(data)
+    assert caught.value.offset >= 0 and str(caught.value).startswith("offset ")
+
+
+def test_refresh_tag() -> None:
+    assert parse_refresh_tag(bytes.fromhex("DF20080102030405060708")) == bytes.fromhex("0102030405060708")
+    with pytest.raises(RuleFormatError):
+        parse_refresh_tag(bytes.fromhex("DF200401020304"))
