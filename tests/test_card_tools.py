@@ -464,3 +464,22 @@ def test_card_serve_refuses_a_bad_vpcd_address() -> None:
     )
     assert result.returncode != 0
     assert result.stderr.strip().splitlines() == ["bipsim: error: 'localhost:http' is not HOST:PORT"]
+
+
+def test_card_serve_waits_for_a_missing_reader_and_stops_on_sigterm(tmp_path: Path) -> None:
+    with socket.socket() as placeholder:
+        placeholder.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        port = placeholder.getsockname()[1]
+        process = subprocess.Popen(
+            [*BIPSIM, "card", "serve", "--vpcd", f"127.0.0.1:{port}", "--state", str(tmp_path / "s.json")],
+            cwd=REPO,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert process.stderr is not None
+        first = process.stderr.readline()  # said once, when the first attempt is refused
+        assert f"waiting for the vpcd reader at 127.0.0.1:{port}" in first
+        process.send_signal(signal.SIGTERM)
+        _, rest = process.communicate(timeout=20)
+    assert process.returncode == 0 and "waiting" not in rest
+    assert (tmp_path / "s.json").exists()  # the state is written at exit
