@@ -23,11 +23,13 @@ import base64
 import functools
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import zlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -205,7 +207,20 @@ class PoolServer(OtaServer):
         if owner == self.index or self._nursery is None:
             return self.admin.handle(request, psk_identity=identity)
         self.forwarded += 1
-        return await self.owners[owner].call(request, identity, self._nursery)
+        try:
+            return await self.owners[owner].call(request, identity, self._nursery)
+        except (trio.BrokenResourceError, OSError) as exc:
+            # the owner is gone (being restarted): the card is told to come back later (RFC 9110 503)
+            self.tracer.emit(
+                Actor.OTA,
+                Actor.OTA,
+                Layer.APP,
+                f"owner worker {owner} of {card} unreachable: {exc}",
+                error=True,
+                kind=Kind.APP_ERROR,
+                fields={"where": "worker link", "error": str(exc), "owner": owner},
+            )
+            return self.admin.error(503, f"the worker keeping {card} is restarting")
 
     async def serve_pool(self, host: str, port: int, *, task_status: trio.TaskStatus[None]) -> None:
         """The owner's UNIX socket and the shared TCP port, until cancelled."""
@@ -379,20 +394,23 @@ class Pool:
             reserve.close()
 
     async def _keep_running(self, config: WorkerConfig, *, task_status: trio.TaskStatus[None]) -> None:
-        first = True
+        ready: Callable[[], None] = task_status.started
         while True:
-            code = await self._run_one(config, task_status if first else None)
-            first = False
-            if code in (0, -15) or code is None:
+            code = await self._run_one(config, ready)
+            if code in (0, -signal.SIGTERM) or code is None:
                 return
             self.restarts += 1
-            print(
-                f"bipsim ota-server: worker {config.index} ended ({code}); restarted, its cards start again",
-                file=sys.stderr,
-                flush=True,
-            )
 
-    async def _run_one(self, config: WorkerConfig, task_status: trio.TaskStatus[None] | None) -> int | None:
+            def restarted(code: int = code) -> None:
+                print(
+                    f"bipsim ota-server: worker {config.index} ended ({code}); restarted, its cards start again",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+            ready = restarted
+
+    async def _run_one(self, config: WorkerConfig, ready: Callable[[], None] | None) -> int | None:
         with tempfile.NamedTemporaryFile("w", dir=config.directory, suffix=".json", delete=False) as file:
             json.dump(asdict(config), file)
         command = [sys.executable, "-m", "bipsim.ota.server_pool", file.name]
@@ -405,9 +423,9 @@ class Pool:
                 *lines, buffer = buffer.split(b"\n")
                 for line in lines:
                     text = line.decode("utf-8", "replace").strip()
-                    if text == "ready" and task_status is not None:
-                        task_status.started()
-                        task_status = None
+                    if text == "ready" and ready is not None:
+                        ready()
+                        ready = None
                     elif text.startswith("summary: "):
                         self.summaries[config.index] = json.loads(text.removeprefix("summary: "))
             return await process.wait()

@@ -288,3 +288,39 @@ def test_fleet_help_and_bad_options() -> None:
     bad = run_cli("fleet", "--cards", "2", "--sessions", "4", "--duration", "1")
     assert bad.returncode != 0 and "exclude" in bad.stderr and "Traceback" not in bad.stderr
     assert "--workers" in run_cli("ota-server", "--help").stdout
+
+
+def children_of(pid: int) -> list[int]:
+    """The child processes of `pid` (trio starts them from a worker thread: every thread's children count)."""
+    tasks = Path(f"/proc/{pid}/task").iterdir()
+    return sorted(int(child) for task in tasks for child in (task / "children").read_text().split())
+
+
+def test_pool_restarts_a_dead_worker_and_serves_on(tmp_path: Path) -> None:
+    keys = tmp_path / "keys.toml"
+    assert run_cli("fleet", "--cards", "8", "--export-keys", str(keys)).returncode == 0
+    server = subprocess.Popen(
+        [*BIPSIM, "ota-server", "--listen", "127.0.0.1:0", "--workers", "2", "--keys", str(keys)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None and server.stderr is not None
+        line = server.stdout.readline()
+        assert line.startswith("listening on "), line
+        workers = children_of(server.pid)
+        assert len(workers) == 2  # both listen (the line above comes once they do)
+        os.kill(workers[0], signal.SIGKILL)
+        restarted = server.stderr.readline()  # the parent says so once the worker is started again
+        assert "restarted" in restarted, restarted
+        done = run_cli("fleet", "--cards", "8", "--workers", "1", "--server", line.split()[2], "--json")
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["completed"] == 8
+    finally:
+        server.send_signal(signal.SIGTERM)
+        out, _ = server.communicate(timeout=60)
+    summary = json.loads(
+        next(x for x in out.splitlines() if x.startswith("summary: ")).removeprefix("summary: ")
+    )
+    assert summary["restarts"] == 1 and summary["cards"] == 8 and summary["completed"] == 8
