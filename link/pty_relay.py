@@ -8,8 +8,9 @@ With `baud`, the relay paces each direction like a UART at that rate with 8N1 fr
 baud/10 bytes a second; docs/protocols.md, "The serial line"): a pty has no line rate of its own (its termios
 speed is ignored), so the relay releases bytes only once the time their bits would take on the wire has passed.
 The rule is the sans-IO `UartPacer`: a byte-time budget counted against the clock from the moment the line last
-went busy, so a late wake-up is caught up from the relay's buffer (a UART keeps shifting bytes out of its FIFO
-while its driver sleeps) instead of being lost, and at most one FIFO's worth of lateness is ever made up. Bytes
+went busy, so a late wake-up is caught up from the relay's buffer (a serial driver keeps sending from its
+transmit buffer while its writer sleeps) instead of being lost, and at most one FIFO's worth (4 KiB by default)
+of lateness is ever made up. Bytes
 the relay has not taken yet wait in the kernel's pty buffer, which blocks the writer as a full UART FIFO would.
 """
 
@@ -31,8 +32,10 @@ _EPSILON = 1e-9
 
 
 def default_fifo(bytes_per_second: float) -> int:
-    """The relay's FIFO: 20 ms of line time, at least 64 bytes (FTDI and CP210x adapters buffer 128-512 bytes)."""
-    return max(64, int(bytes_per_second * 0.02))
+    """The relay's FIFO: 4096 bytes, the transmit buffer a Linux serial driver keeps sending from without its
+    writer (the serial core's UART_XMIT_SIZE, one page; usb-serial's write FIFO is one page too), or 20 ms of line
+    time when that is more."""
+    return max(4096, int(bytes_per_second * 0.02))
 
 
 def default_chunk(bytes_per_second: float) -> int:

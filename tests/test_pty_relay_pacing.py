@@ -273,8 +273,8 @@ async def test_relay_ends_when_the_source_ends(autojump_clock: trio.testing.Mock
 
 
 def test_defaults_of_the_paced_pair() -> None:
-    assert default_fifo(11520.0) == 230  # 20 ms at 115200 baud
-    assert default_fifo(960.0) == 64
+    assert default_fifo(11520.0) == 4096  # a Linux serial driver's transmit buffer
+    assert default_fifo(400000.0) == 8000  # 20 ms at 4 Mbaud
     assert default_chunk(11520.0) == 57
     assert default_chunk(10.0) == 1
     with pytest.raises(ValueError):
