@@ -150,6 +150,27 @@ def test_sigkill_keeps_every_line_flushed_before_it(tmp_path: Path) -> None:
     assert lines_of(path) == lines and all(TraceEvent.from_json(line) for line in lines)
 
 
+def test_a_forked_child_does_not_write_its_parent_s_queue_again(tmp_path: Path) -> None:
+    path = tmp_path / "forked.jsonl"
+    tracer = Tracer.to_file(path, batch=1000)
+    recorder._Flusher.unregister(tracer)  # the queue stays queued until the test says
+    recorder._Flusher._tracers.add(tracer)  # ... but the fork hook sees it
+    emit_mix(tracer, 5)
+    pid = os.fork()
+    if pid == 0:  # the child: a flush of its own writes only what it emitted itself
+        try:
+            tracer.emit("cp", "uicc", "apdu", "child", kind="app.event")
+            tracer.flush()
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    recorder._Flusher.unregister(tracer)
+    tracer.close()
+    summaries = [json.loads(line)["summary"] for line in lines_of(path)]
+    assert len(summaries) == 6 and summaries.count("child") == 1
+
+
 def main(path: str, count: int, how: str) -> None:
     if how != "wait":
         recorder.FLUSH_INTERVAL = 3600  # the flusher thread sleeps: only the exit hook or flush_all can write

@@ -241,7 +241,22 @@ def flush_all(timeout: float = 0.5) -> None:
     _Flusher.flush_all(timeout)
 
 
+def _after_fork_in_child() -> None:
+    """A child made by fork() (without exec) starts with its parent's queues, which the parent writes itself, and
+    with locks some parent thread may have held: it gets empty queues, new locks and its own flusher thread."""
+    _Flusher._guard = threading.Lock()
+    _Flusher._thread = None
+    tracers = list(_Flusher._tracers)
+    _Flusher._tracers = set()
+    for tracer in tracers:
+        tracer._lock = threading.Lock()
+        tracer._write_lock = threading.Lock()
+        tracer._pending = []
+        _Flusher.register(tracer)
+
+
 atexit.register(_Flusher.flush_all)
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 NULL_TRACER = Tracer()
