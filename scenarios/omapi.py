@@ -308,10 +308,12 @@ def omapi_two_readers(options: ScenarioOptions) -> ScenarioResult:
         )
         lines = at_commands(result)
         opened = lines.index(f'AT+CCHO="{ECHO}"')
-        slot = [line for line in lines[:opened] if line.startswith("AT%SLOT=")]
+        # +CCHO addresses the slot the line chose: slot 2 only right after AT%SLOT=2, which the RIL undoes at once
+        check(lines[opened - 1] != "AT%SLOT=2", "the channel was opened on slot 2", result)
+        slot2 = [e for e in result.events if e.kind == Kind.APDU_COMMAND and e.field("slot") == 2]
         check(
-            bool(slot) and slot[-1] == "AT%SLOT=1",
-            f"the channel was not opened on slot 1 ({slot[-1:]})",
+            all(e.data[1:4] != bytes.fromhex("080000") for e in slot2),
+            "the APDU went to slot 2's card",
             result,
         )
 

@@ -121,7 +121,7 @@ class ControlServer:
                 answer = self.status()
             else:
                 raise RequestError(f"unknown op {op!r} (status, run, boot)")
-        except (RequestError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (RequestError, LookupError, json.JSONDecodeError, UnicodeDecodeError) as exc:
             answer = {"ok": False, "error": str(exc)}
         self.tracer.emit(
             Actor.AP,

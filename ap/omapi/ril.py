@@ -59,13 +59,12 @@ def _payload(response: AtResponse, prefix: str) -> str:
 
 class SeRil:
     """The RIL's secure-element requests over one AT port. `slots` is the number of card slots the CP has; with
-    more than one, each request first selects its slot with `AT%SLOT=<n>` (sent again only when it changes)."""
+    more than one, +CPIN? and +CCHO for another slot than 1 are sent after `AT%SLOT=<n>` and followed by `AT%SLOT=1`."""
 
     def __init__(self, port: AtPort, *, slots: int = 1, tracer: Tracer = NULL_TRACER) -> None:
         self.port = port
         self.slots = slots
         self.tracer = tracer
-        self._selected: int | None = None
         self._lock = trio.Lock()  # a slot selection and the command it is for go together
 
     def _trace(self, slot: int, op: str, summary: str, step: str | None, **facts: object) -> None:
@@ -79,17 +78,26 @@ class SeRil:
             fields={"layer": "RIL", "op": op, "reader": reader_name(slot), **facts},
         )
 
-    async def _command(self, slot: int, line: str, step: str | None) -> AtResponse:
-        if self.slots > 1 and self._selected != slot:
+    async def _command(self, slot: int, line: str, step: str | None, *, select: bool = True) -> AtResponse:
+        """`line` for the card in `slot`. +CPIN and +CCHO address the slot the line chose, so with several slots
+        they are sent after `AT%SLOT=<slot>`, and the line goes back to slot 1 afterwards: the rest of the AP
+        (the IMSI read, AT%SMSPP) means the toolkit card of slot 1. +CGLA and +CCHC follow their session's slot
+        (docs/protocols.md, "Card slots and card presence on DLC 1"): `select` False."""
+        choose = select and self.slots > 1 and slot != 1
+        if choose:
             answer = await self._send(f"AT%SLOT={slot}", None)
             if not answer.ok:
                 raise OmapiIOException(f"the modem refused slot {slot}: {answer.final}")
-            self._selected = slot
-        for _ in range(SIM_BUSY_ATTEMPTS):
-            answer = await self._send(line, step)
-            if answer.cme_error != CME_SIM_BUSY:
-                break
-            await trio.sleep(SIM_BUSY_RETRY)
+        try:
+            for _ in range(SIM_BUSY_ATTEMPTS):
+                answer = await self._send(line, step)
+                if answer.cme_error != CME_SIM_BUSY:
+                    break
+                await trio.sleep(SIM_BUSY_RETRY)
+        finally:
+            if choose:
+                with trio.CancelScope(shield=True):
+                    await self._send("AT%SLOT=1", None)
         return answer
 
     async def _send(self, line: str, step: str | None) -> AtResponse:
@@ -159,7 +167,7 @@ class SeRil:
         """+CGLA: `apdu` on the session's channel (the modem sets the channel bits of CLA); returns the R-APDU."""
         line = f'AT+CGLA={session},{2 * len(apdu)},"{apdu.hex().upper()}"'
         async with self._lock:
-            answer = await self._command(slot, line, step)
+            answer = await self._command(slot, line, step, select=False)
         if answer.ok:
             text = _payload(answer, "+CGLA:")
             _, _, quoted = text.partition(",")
@@ -181,6 +189,6 @@ class SeRil:
         closed on our side (the card's channel is gone with a removed card anyway)."""
         self._trace(slot, "close", f"close logical channel session {session}", None, session=session)
         async with self._lock:
-            answer = await self._command(slot, f"AT+CCHC={session}", step)
+            answer = await self._command(slot, f"AT+CCHC={session}", step, select=False)
         if not answer.ok:
             raise OmapiIOException(f"the modem could not close session {session}: {answer.final}")
