@@ -34,7 +34,7 @@ INS_GET_RESPONSE = 0xC0
 SHORT_MAX = 256  # the most response data one short R-APDU carries (ISO/IEC 7816-4 section 5.1)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Command:
     """One command APDU as an applet sees it: `le` is None when the APDU had no Le (256 for Le = 00)."""
 
@@ -169,13 +169,14 @@ class AppletHost:
             return self._get_response(channel, command.le)
         self._pending.pop(channel, None)  # data not fetched at once is gone (ISO/IEC 7816-4 section 5.3.4)
         applet = self.selected[channel]
-        version = self.state_version
+        version = getattr(applet, "state_version", None)  # only the applet that runs can change its state
         try:
             data, sw = applet.process(command)
         except AppletError as exc:
             return b"", exc.sw
         finally:
-            self.changed = self.changed or self.state_version != version
+            if version is not None and applet.state_version != version:  # type: ignore[attr-defined]
+                self.changed = True
         return self._shape(channel, data, sw, command.le)
 
     def _shape(self, channel: int, data: bytes, sw: int, le: int | None) -> tuple[bytes, int]:
