@@ -296,6 +296,15 @@ def test_fleet_help_and_bad_options() -> None:
     assert "--workers" in run_cli("ota-server", "--help").stdout
 
 
+def test_a_server_that_cannot_start_is_one_line(tmp_path: Path) -> None:
+    campaign = tmp_path / "bad.toml"
+    campaign.write_text("not toml [[[\n")
+    done = run_cli("fleet", "--cards", "2", "--workers", "1", "--script", str(campaign), "--quiet")
+    assert done.returncode == 1 and "Traceback" not in done.stderr and "internal error" not in done.stderr
+    assert "did not start" in done.stderr and "bad.toml" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
 def children_of(pid: int) -> list[int]:
     """The child processes of `pid` (trio starts them from a worker thread: every thread's children count)."""
     tasks = Path(f"/proc/{pid}/task").iterdir()

@@ -183,7 +183,13 @@ def fleet(
 
         await until_signalled(go)
 
-    trio.run(main)
+    try:
+        trio.run(main)
+    except BaseExceptionGroup as group:  # a CliError raised under a nursery: still one line, not a traceback
+        error = first_cli_error(group)
+        if error is None:
+            raise
+        raise error from None
     if not reports:
         click.echo("bipsim fleet: stopped before the end; no report", err=True)
         sys.exit(130)
@@ -194,3 +200,14 @@ def fleet(
         for line in report.lines():
             click.echo(line)
     sys.exit(0 if report.ok else 1)
+
+
+def first_cli_error(group: BaseExceptionGroup[BaseException]) -> CliError | None:
+    for error in group.exceptions:
+        if isinstance(error, CliError):
+            return error
+        if isinstance(error, BaseExceptionGroup):
+            found = first_cli_error(error)
+            if found is not None:
+                return found
+    return None
