@@ -340,16 +340,17 @@ class CardDriver:
             except TlvError:
                 command = None
             if command is not None:
+                name = command.type_name  # once: each lookup builds the name (the round trip's profile)
                 self.tracer.emit(
                     Actor.UICC,
                     Actor.CP,
                     Layer.APDU,
-                    f"FETCH: {command.type_name}",
+                    f"FETCH: {name}",
                     response,
                     step=self.fetch_labeler(command),
                     kind=Kind.CAT_PROACTIVE,
                     fields={
-                        "command": command.type_name,
+                        "command": name,
                         "number": command.number,
                         "qualifier": command.qualifier,
                         "sw": sw_text(response),
@@ -374,13 +375,14 @@ class CardDriver:
     async def terminal_response(self, response: TerminalResponse, *, step: str | None = None) -> int:
         body = response.encode()
         general, _ = response.result
-        summary = f"TERMINAL RESPONSE: {response.type_name} (result 0x{general:02X})"
+        name = response.type_name
+        summary = f"TERMINAL RESPONSE: {name} (result 0x{general:02X})"
         _, sw = await self.transmit(
             bytes((0x80, 0x14, 0, 0, len(body))) + body,  # one copy of the data, not two
             summary,
             step=step,
             kind=Kind.CAT_TERMINAL_RESPONSE,
-            fields={"command": response.type_name, "result": int(general)},
+            fields={"command": name, "result": int(general)},
         )
         return sw
 
