@@ -251,7 +251,8 @@ class SimCard:
             # the applet selected on this channel answers; the classes it takes (9X as the Android OMAPI tests send
             # it) are its own affair (docs/protocols.md, "OMAPI and the ARA-M on the card")
             answer = self.applets.process(Command(cla, ins, p1, p2, lc_data, le, target_channel))
-            if self.applets.changed:  # the ARA-M's rules were changed (STORE DATA): kept before the answer leaves
+            # the ARA-M's rules were changed (STORE DATA): kept before the answer leaves the card
+            if self.applets.changed:
                 self.applets.changed = False
                 self.save_state()
             return answer
@@ -357,7 +358,9 @@ class SimCard:
         applet's selection is answered here."""
         if not aid:
             return None
-        candidates: list[File | Applet] = [node for _, node in self.fs.walk() if node.aid and node.aid.startswith(aid)]
+        candidates: list[File | Applet] = [
+            node for _, node in self.fs.walk() if node.aid and node.aid.startswith(aid)
+        ]
         candidates += self.applets.matching(aid)
         if not candidates:
             return None

@@ -314,7 +314,8 @@ def _command_details(command: CommandApdu) -> dict[str, Any]:
         return {"record": command.p1}
     if command.ins == 0x70:
         return {"p1": command.p1, "p1_name": _MANAGE_CHANNEL_P1.get(command.p1, ""), "channel": command.p2}
-    if command.ins == 0xCA and (command.p1 << 8 | command.p2) in GET_DATA_TAGS:  # the ARA-M's tags (GPD_SPE_013 5.1)
+    # GET DATA of the ARA-M's tags (GPD_SPE_013 section 5.1)
+    if command.ins == 0xCA and (command.p1 << 8 | command.p2) in GET_DATA_TAGS:
         tag = command.p1 << 8 | command.p2
         return {"tag": f"{tag:04X}", "tag_name": GET_DATA_TAGS[tag]}
     if command.ins in (0x12, 0xC0) and command.le is not None:

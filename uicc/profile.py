@@ -49,7 +49,8 @@ class CardProfile:
     logical_channels: int = 19  # channels besides the basic one that MANAGE CHANNEL opens (TS 102 221: 1..19)
     applets: tuple[str, ...] = ()  # applet names of bipsim.uicc.applets.REGISTRY, e.g. "cts-echo"
     ara_m: bool = False  # the ARA-M of GlobalPlatform SE Access Control is on the card
-    ara_m_rules: tuple[dict[str, Any], ...] = ()  # its rules, inline tables (aid, hash, apdu, nfc, package, perm)
+    # its rules, inline tables (aid, hash, apdu, nfc, package, perm)
+    ara_m_rules: tuple[dict[str, Any], ...] = ()
     ara_m_malformed: bool = False  # it serves a broken Response-ALL-REF-AR-DO
     # the card's PINs (TS 102 221 section 9.5; VERIFY PIN key references 01, 81 and 0A), 4 to 8 digits each
     pin1: str = "1234"
@@ -141,7 +142,8 @@ def load_profile(path: str | Path | None = None) -> CardProfile:
         changed = {f.name: getattr(override, f.name) for f in fields(CardProfile) if f.name in _keys(data)}
         return replace(base, **changed)
     if not file.exists() and isinstance(path, str) and "/" not in path and not file.suffix:
-        raise CliError(f"card profile {path}: no such file nor built-in profile ({', '.join(profile_names())})")
+        names = ", ".join(profile_names())
+        raise CliError(f"card profile {path}: no such file nor built-in profile ({names})")
     try:
         text = file.read_text(encoding="utf-8")
         data = json.loads(text) if file.suffix == ".json" else tomllib.loads(text)
