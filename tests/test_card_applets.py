@@ -333,3 +333,11 @@ async def test_the_omapi_card_through_the_cps_logical_channel_commands(nursery: 
     assert (await at(f'AT+CCHO="{ECHO}"'))[0].startswith("+CME ERROR:")  # a fourth channel: 6881 on the card
     assert await at("AT+CCHC=2") == ["OK"]
     assert await at(f'AT+CCHO="{ECHO}"') == ["+CCHO: 4", "OK"]  # the freed channel serves again
+
+
+def test_remote_apdus_do_not_select_applets(card: SimCard) -> None:
+    """An OTA session's remote APDUs (SimCard.internal_apdu) reach the file system only: selecting an applet there
+    would hand the terminal's basic channel to it."""
+    assert card.internal_apdu(bytes.fromhex(f"00A4040010{ECHO}")) == bytes.fromhex("6A82")
+    assert apdu(card, "00060000")[1] == "6D00"  # the basic channel still has no applet
+    assert card.internal_apdu(bytes.fromhex("00A4040C10" + USIM_AID.hex())) == bytes.fromhex("9000")

@@ -361,7 +361,10 @@ class SimCard:
         candidates: list[File | Applet] = [
             node for _, node in self.fs.walk() if node.aid and node.aid.startswith(aid)
         ]
-        candidates += self.applets.matching(aid)
+        if not self._internal:
+            # a remote APDU of an OTA session runs on the card's basic channel: an applet selected there would
+            # take the terminal's next APDUs on channel 0, so the remote context reaches the file system only
+            candidates += self.applets.matching(aid)
         if not candidates:
             return None
         current = self.applets.current(channel) or self._current[channel][0]
