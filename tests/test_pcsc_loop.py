@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -29,6 +30,7 @@ from tests.pcsc_peer import PcscPeer, pcscd  # noqa: F401  (the fixture)
 
 pytestmark = [pytest.mark.needs("pcscd"), pytest.mark.slow]
 READY_DEADLINE = 30.0  # seconds for a Python process to start and reach the reader on a loaded machine
+ATR = "3B9F96801FC78031A073BE21136743200718000001A5"  # the simulated card's (uicc/card.py)
 
 
 def free_port() -> int:
@@ -83,7 +85,7 @@ class CardServer:
                 self.process.wait(timeout=10)
 
 
-def read_jsonl(path: Path) -> list[dict[str, object]]:
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     out = []
@@ -127,7 +129,7 @@ def test_embodiment2_through_pcscd_applies_the_campaign_to_the_card(
     check_steps(run, 2)
     cp_apdus = [e for e in run.events if e.layer.value == "apdu" and e.src.value in ("cp", "uicc")]
     atr = [e for e in cp_apdus if e.kind == Kind.APDU_ATR]
-    assert atr and atr[0].data == bytes.fromhex("3B9F96801FC78031A073BE21136743200718000001A5")
+    assert atr and atr[0].data == bytes.fromhex(ATR)
     # the card itself saw the same session: its own trace holds the CP's TERMINAL PROFILE and the FETCHes
     card_events = read_jsonl(card_server.directory / "card-1.jsonl")
     assert any(obj.get("kind") == Kind.CAT_TERMINAL_PROFILE for obj in card_events)
@@ -167,12 +169,105 @@ def test_card_server_killed_mid_session_then_back(card_server: CardServer, tmp_p
     removed = marks.get("removed")
     assert isinstance(removed, dict), f"the CP never reported the card gone ({run.explain()})"
     # one line, naming the reader, says why (the transport's CardRemoved reason)
-    reason = str(removed.get("fields", {}).get("reason", ""))  # type: ignore[union-attr]
-    assert "Virtual PCD 00 00" in reason and "\n" not in reason, reason
+    reason = str(removed.get("fields", {}).get("reason", ""))
+    # (a removal seen at a power-on names the spec: the reader is looked up again there)
+    assert ("Virtual PCD 00 00" in reason or "pcsc:0" in reason) and "\n" not in reason, reason
     assert removed.get("error") is True
     assert isinstance(marks.get("inserted"), dict), f"the card never came back ({run.explain()})"
     # powered on again: a second ATR through the reader
     atrs = [e for e in run.events if e.kind == Kind.APDU_ATR and e.src.value == "uicc"]
-    assert len(atrs) >= 2
+    assert len(atrs) >= 2, run.explain()
     # and the campaign went on with the card that came back, to its end (the CP's --once session ended)
     check_ota_completed(run)
+
+
+class AtPort:
+    """The DTE end of a pty whose other end is the CP's line: one AT command at a time, its lines back."""
+
+    def __init__(self) -> None:
+        import os
+        import tty
+
+        self.master, slave = os.openpty()
+        tty.setraw(slave)
+        self.path = os.ttyname(slave)
+        self._slave = slave  # kept open so the line does not hang up before the CP opens it
+        self.buffer = b""
+
+    def command(self, line: str, timeout: float = 30.0) -> list[str]:
+        """Sends `line` and returns the answer's lines up to its final result (OK, ERROR, +CME ERROR)."""
+        import os
+        import select
+
+        os.write(self.master, line.encode() + b"\r")
+        deadline = time.monotonic() + timeout
+        lines: list[str] = []
+        while True:
+            while b"\r\n" in self.buffer:
+                raw, self.buffer = self.buffer.split(b"\r\n", 1)
+                text = raw.decode(errors="replace").strip()
+                if not text or text == line:
+                    continue  # the frame's blank lines, the echo
+                lines.append(text)
+                if text in ("OK", "ERROR") or text.startswith("+CME ERROR"):
+                    return lines
+            left = deadline - time.monotonic()
+            assert left > 0, f"no final result to {line} (got {lines}, {self.buffer!r})"
+            ready, _, _ = select.select([self.master], [], [], left)
+            if ready:
+                self.buffer += os.read(self.master, 4096)
+
+    def close(self) -> None:
+        import os
+
+        os.close(self.master)
+        os.close(self._slave)
+
+
+def traced(trace: Path, event: str) -> dict[str, Any]:
+    """The first app.event `event` of a running process's trace, polled until it has been written."""
+    deadline = time.monotonic() + READY_DEADLINE
+    while True:
+        for obj in read_jsonl(trace):
+            fields = obj.get("fields")
+            if isinstance(fields, dict) and fields.get("event") == event:
+                return obj
+        assert time.monotonic() < deadline, f"{trace.name} never traced {event}"
+        time.sleep(0.05)
+
+
+def test_cp_answers_at_while_the_pcsc_card_is_gone(card_server: CardServer, tmp_path: Path) -> None:
+    port = AtPort()
+    trace = tmp_path / "cp.jsonl"
+    cp = subprocess.Popen(
+        [sys.executable, "-m", "bipsim", "cp", "--port", port.path, "--card", "pcsc:Virtual PCD"]
+        + ["--trace", str(trace)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=card_server.peer.env(),
+    )
+    try:
+        assert port.command("AT", timeout=READY_DEADLINE) == ["OK"]
+        assert port.command("AT+CMEE=1") == ["OK"]  # numeric +CME ERROR codes
+        assert port.command("AT+CPIN?") == ["+CPIN: READY", "OK"]
+        assert port.command("AT+CIMI") == ["001010123456789", "OK"]  # read from the card behind pcscd
+        card_server.kill()
+        # the next SIM command finds the card gone; the CP says so and goes on answering
+        assert port.command("AT+CIMI")[-1] == "+CME ERROR: 10"
+        assert port.command("AT+CPIN?") == ["+CME ERROR: 10"]
+        assert port.command("AT+CSQ")[-1] == "OK"  # not a SIM command: answered as ever
+        removed = traced(trace, "card_removed")
+        assert removed.get("error") is True and "Virtual PCD 00 00" in str(removed.get("fields"))
+        card_server.start()
+        deadline = time.monotonic() + 60
+        while port.command("AT+CPIN?") != ["+CPIN: READY", "OK"]:  # powered on again by the CP's retries
+            assert time.monotonic() < deadline, "the CP never powered the card on again"
+            time.sleep(0.2)
+        assert port.command("AT+CIMI") == ["001010123456789", "OK"]
+        inserted = traced(trace, "card_inserted")
+        assert inserted.get("fields", {}).get("atr") == ATR
+    finally:
+        cp.terminate()
+        output = cp.communicate(timeout=10)[0].decode(errors="replace")
+        port.close()
+    assert "Traceback" not in output, output
