@@ -233,6 +233,34 @@ def test_a_pulled_card_is_io_exception_then_the_card_comes_back(run_it: Runner) 
     assert spec.answers[2]["ok"] is True  # the service still answers
 
 
+def test_a_card_pulled_mid_session_fails_the_next_transmit_with_io_exception(run_it: Runner) -> None:
+    async def before(index: int, harness: Harness) -> None:
+        if index == 1:  # the channel is open (the first answer came): now the card goes
+            await harness.remove_card(1)
+
+    opened = {**app_request("SIM1", apdus=("000A0000",)), "keep_open": True}
+    spec = OmapiRun(
+        "omapi-pulled-mid-session",
+        card_control=True,
+        before=before,
+        requests=[
+            opened,
+            {"op": "transmit", "handle": 1, "apdus": ["000A0000"]},
+            {"op": "close", "handle": 1},
+            {"op": "transmit", "handle": 1, "apdus": ["000A0000"]},
+        ],
+    )
+    result = run_it(spec)
+    first, pulled, closed, gone = spec.answers
+    assert first["ok"] and first["handle"] == 1 and first["responses"] == ["9000"], first
+    assert pulled["exception"] == "IOException" and "10" in pulled["reason"], pulled
+    assert closed["ok"] is True  # closing a channel whose card went away does not raise
+    assert "no open channel" in gone["error"]
+    (error,) = [e for e in result.events if e.kind == Kind.OMAPI_ERROR]
+    assert error.field("api") == "transmit" and error.field("exception") == "IOException"
+    assert any(e.kind == Kind.APP_EVENT and e.field("event") == "card_removed" for e in result.events)
+
+
 def test_the_command_line_client(run_it: Runner) -> None:
     outputs: list[subprocess.CompletedProcess[str]] = []
 

@@ -9,6 +9,8 @@ TCP on 127.0.0.1 by default, one JSON object a line each way. Requests (`op`):
   with `basic`); getSelectResponse when `select_response`; transmit of each of `apdus`; close. The answer holds
   `responses` (each R-APDU in hex, exactly as the applet answered) or `exception` (the OMAPI name) and `reason`.
 - `boot`: the terminal's framework starts again (steps 201..206 and 301..305 anew).
+- `run` with `keep_open` leaves the channel open and answers its `handle`; `transmit` (`handle`, `apdus`) sends more
+  APDUs on it and `close` (`handle`) closes it with its session: a client that holds a channel across requests.
 
 Answers always carry `ok`; a request that is not JSON, too long (more than MAX_LINE bytes) or names no known `op`
 gets `{"ok": false, "error": ...}` and the connection stays usable.
@@ -22,7 +24,7 @@ from typing import Any
 import trio
 
 from bipsim.ap.omapi.errors import OmapiError
-from bipsim.ap.omapi.service import AppIdentity, Channel
+from bipsim.ap.omapi.service import AppIdentity, Channel, SEService
 from bipsim.ap.omapi.stack import OmapiStack
 from bipsim.trace.events import Actor, Layer
 from bipsim.trace.kinds import Kind
@@ -55,6 +57,8 @@ class ControlServer:
         self.stack = stack
         self.tracer = tracer
         self.address: tuple[str, int] | None = None
+        self.kept: dict[int, tuple[SEService, Channel]] = {}  # channels a run left open, by handle
+        self._next_handle = 0
 
     async def serve(
         self,
@@ -116,11 +120,13 @@ class ControlServer:
                 answer = self.status()
             elif op == "run":
                 answer = await self.run(request)
+            elif op in ("transmit", "close"):
+                answer = await self.on_kept(request, op)
             elif op == "boot":
                 await self.stack.reboot()
                 answer = self.status()
             else:
-                raise RequestError(f"unknown op {op!r} (status, run, boot)")
+                raise RequestError(f"unknown op {op!r} (status, run, transmit, close, boot)")
         except (RequestError, LookupError, json.JSONDecodeError, UnicodeDecodeError) as exc:
             answer = {"ok": False, "error": str(exc)}
         self.tracer.emit(
@@ -177,6 +183,7 @@ class ControlServer:
         out: dict[str, Any] = {"ok": False, "reader": reader_name}
         se = service.se_service(AppIdentity(package, cert_hash))
         channel: Channel | None = None
+        kept = False
         try:
             readers = await se.get_readers()
             out["readers"] = [reader.name for reader in readers]
@@ -194,20 +201,54 @@ class ControlServer:
             if request.get("select_response"):
                 select = await channel.get_select_response()
                 out["select_response"] = select.hex().upper() if select is not None else None
-            responses = []
-            for apdu in apdus:
-                assert apdu is not None
-                responses.append((await channel.transmit(apdu)).hex().upper())
-            out["responses"] = responses
-            await channel.close()
-            await session.close()
+            out["responses"] = await self._transmit_all(channel, apdus)
+            if request.get("keep_open"):
+                self._next_handle += 1
+                self.kept[self._next_handle] = (se, channel)
+                out["handle"] = self._next_handle
+                kept = True
+            else:
+                await channel.close()
+                await session.close()
             out["ok"] = True
         except OmapiError as exc:
             out.update(exception=exc.name, reason=exc.reason)
             if channel is not None and channel.is_open():
                 await channel.close()
         finally:
-            await se.shutdown()
+            if not kept:
+                await se.shutdown()
+        return out
+
+    @staticmethod
+    async def _transmit_all(channel: Channel, apdus: list[bytes | None]) -> list[str]:
+        responses = []
+        for apdu in apdus:
+            assert apdu is not None
+            responses.append((await channel.transmit(apdu)).hex().upper())
+        return responses
+
+    async def on_kept(self, request: dict[str, Any], op: str) -> dict[str, Any]:
+        """`transmit` and `close` on a channel a `run` with `keep_open` left open (its `handle`)."""
+        handle = request.get("handle")
+        if not isinstance(handle, int) or handle not in self.kept:
+            raise RequestError(f"handle: {handle!r} is no open channel of this socket")
+        se, channel = self.kept[handle]
+        out: dict[str, Any] = {"ok": False, "handle": handle}
+        try:
+            if op == "transmit":
+                raw = request.get("apdus", [])
+                if not isinstance(raw, list):
+                    raise RequestError("apdus: give a list of hex APDUs")
+                out["responses"] = await self._transmit_all(
+                    channel, [_hex({"apdu": item}, "apdu") for item in raw]
+                )
+            else:
+                del self.kept[handle]
+                await se.shutdown()
+            out["ok"] = True
+        except OmapiError as exc:
+            out.update(exception=exc.name, reason=exc.reason)
         return out
 
 
