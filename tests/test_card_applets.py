@@ -341,3 +341,7 @@ def test_remote_apdus_do_not_select_applets(card: SimCard) -> None:
     assert card.internal_apdu(bytes.fromhex(f"00A4040010{ECHO}")) == bytes.fromhex("6A82")
     assert apdu(card, "00060000")[1] == "6D00"  # the basic channel still has no applet
     assert card.internal_apdu(bytes.fromhex("00A4040C10" + USIM_AID.hex())) == bytes.fromhex("9000")
+    assert select_aid(card, 0, ECHO) == (b"", "9000")  # the terminal's applet on the basic channel ...
+    assert card.internal_apdu(bytes.fromhex("00A4000C022FE2")) == bytes.fromhex("9000")
+    assert card.internal_apdu(bytes.fromhex("00B0000001")) == bytes.fromhex("989000")  # ... the file system's
+    assert apdu(card, "00060000") == (b"", "9000")  # and the terminal's applet is still selected

@@ -246,6 +246,7 @@ class SimCard:
             cla != 0xFF
             and cla & 0xE0 != 0x20  # ISO/IEC 7816-4 section 5.4.1: 2X and 3X are reserved, FF invalid
             and target_channel in self._current
+            and not self._internal  # remote APDUs are for the file system (docs/protocols.md)
             and self.applets.routes(target_channel, cla, ins, p1)
         ):
             # the applet selected on this channel answers; the classes it takes (9X as the Android OMAPI tests send
@@ -291,7 +292,7 @@ class SimCard:
             if handler is None:
                 raise ApduError(SW_INS_NOT_SUPPORTED)
         data, sw = handler(channel, p1, p2, lc_data, le)
-        if ins == 0xA4 and p1 != 0x04:
+        if ins == 0xA4 and p1 != 0x04 and not self._internal:
             self.applets.leave(channel)  # a file selected on the channel: its applet is no longer selected
         if (
             sw == SW_OK
@@ -382,7 +383,8 @@ class SimCard:
             raise ApduError(SW_FILE_NOT_FOUND)
         chosen = candidates[pick]
         if isinstance(chosen, File):
-            self.applets.leave(channel)
+            if not self._internal:
+                self.applets.leave(channel)
             return chosen
         answer = self.applets.select(channel, chosen, p2, aid, le)
         if self.applets.changed:  # a new ARA-M rule generation since the state file was written: keep it
