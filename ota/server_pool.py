@@ -36,6 +36,7 @@ from typing import Any
 
 import trio
 
+from bipsim.errors import CliError
 from bipsim.ota.admin import AdminServer, Answer
 from bipsim.ota.http_connection import HttpRequest
 from bipsim.ota.server import OtaServer
@@ -394,9 +395,18 @@ class Pool:
             reserve.close()
 
     async def _keep_running(self, config: WorkerConfig, *, task_status: trio.TaskStatus[None]) -> None:
-        ready: Callable[[], None] = task_status.started
+        started = False
+
+        def first_ready() -> None:
+            nonlocal started
+            started = True
+            task_status.started()
+
+        ready: Callable[[], None] = first_ready
         while True:
             code = await self._run_one(config, ready)
+            if not started:  # it never listened (the port, the keys): no restart would do better
+                raise CliError(f"worker {config.index} did not start (exit status {code})")
             if code in (0, -signal.SIGTERM) or code is None:
                 return
             self.restarts += 1

@@ -339,3 +339,16 @@ def test_pool_restarts_a_dead_worker_and_serves_on(tmp_path: Path) -> None:
         next(x for x in out.splitlines() if x.startswith("summary: ")).removeprefix("summary: ")
     )
     assert summary["restarts"] == 1 and summary["cards"] == 8 and summary["completed"] == 8
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_ota_server_on_a_port_in_use_is_one_line(workers: str) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = run_cli("ota-server", "--listen", f"127.0.0.1:{port}", "--workers", workers, timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"bipsim: error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    ]

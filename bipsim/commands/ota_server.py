@@ -6,6 +6,7 @@ import json
 import sys
 import time
 import tomllib
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,6 +23,7 @@ from bipsim.commands.common import (
     trace_option,
     until_signalled,
 )
+from bipsim.commands.fleet import first_cli_error
 from bipsim.errors import CliError
 
 if TYPE_CHECKING:
@@ -170,7 +172,7 @@ def ota_server(
         await until_signalled(serve)
 
     try:
-        trio.run(main)
+        run_unwrapped(main)
     finally:
         admin.save()
         finish_trace(tracer, pcap_path)
@@ -223,10 +225,21 @@ def run_pool(
         await until_signalled(serve)
 
     try:
-        trio.run(main)
+        run_unwrapped(main)
     finally:
         pool.merge_results()
     click.echo("summary: " + json.dumps(pool.summary()))
+
+
+def run_unwrapped(main: Callable[[], Awaitable[None]]) -> None:
+    """trio.run, with a CliError raised under a nursery (a port in use) given back as itself: one line."""
+    try:
+        trio.run(main)
+    except BaseExceptionGroup as group:
+        error = first_cli_error(group)
+        if error is None:
+            raise
+        raise error from None
 
 
 def server_summary(server: OtaServer) -> dict[str, float]:
