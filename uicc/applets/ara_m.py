@@ -191,7 +191,7 @@ def malformed_all(rules: Iterable[Rule]) -> bytes:
 
 
 class AraM(Applet):
-    """The ARA-M: a fixed rule set from the card profile, a refresh tag that follows it."""
+    """The ARA-M: the profile's rule set (STORE DATA may change it), and a refresh tag that follows it."""
 
     name = "ara_m"
 
