@@ -271,3 +271,128 @@ def test_cp_answers_at_while_the_pcsc_card_is_gone(card_server: CardServer, tmp_
         output = cp.communicate(timeout=10)[0].decode(errors="replace")
         port.close()
     assert "Traceback" not in output, output
+
+
+class BadVpcdCard:
+    """A vpcd card (a TCP client of the reader's port, 2-byte length framing) that answers the ATR properly and
+    every APDU badly: `garbage` with one byte (no status word), `mute` not at all."""
+
+    def __init__(self, port: int, mode: str) -> None:
+        import threading
+
+        self.mode = mode
+        self.apdus = 0
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        buffer = b""
+        while data := self._receive():
+            buffer += data
+            while len(buffer) >= 2 and len(buffer) >= 2 + int.from_bytes(buffer[:2], "big"):
+                length = int.from_bytes(buffer[:2], "big")
+                message, buffer = buffer[2 : 2 + length], buffer[2 + length :]
+                if length == 1 and message[0] == 4:  # get ATR
+                    self.sock.sendall(len(bytes.fromhex(ATR)).to_bytes(2, "big") + bytes.fromhex(ATR))
+                elif length > 1:
+                    self.apdus += 1
+                    if self.mode == "garbage":
+                        self.sock.sendall(b"\x00\x01\x90")
+
+    def _receive(self) -> bytes:
+        try:
+            return self.sock.recv(4096)
+        except OSError:
+            return b""
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def inserted(peer: PcscPeer, card: BadVpcdCard) -> None:
+    """Waits until pcscd has asked the card for its ATR (it is inserted), with a deadline."""
+    deadline = time.monotonic() + READY_DEADLINE
+    while "Card ATR:" not in peer.log.read_text(errors="replace"):
+        assert time.monotonic() < deadline, "pcscd never saw the card"
+        time.sleep(0.05)
+
+
+def test_a_card_that_answers_garbage_is_a_card_error_not_a_crash(pcscd: PcscPeer, tmp_path: Path) -> None:  # noqa: F811
+    card = BadVpcdCard(pcscd.vpcd_port, "garbage")
+    inserted(pcscd, card)
+    port = AtPort()
+    trace = tmp_path / "cp.jsonl"
+    cp = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bipsim",
+            "cp",
+            "--port",
+            port.path,
+            "--card",
+            "pcsc:0",
+            "--trace",
+            str(trace),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=pcscd.env(),
+    )
+    try:
+        assert port.command("AT", timeout=READY_DEADLINE) == ["OK"]
+        assert port.command("AT+CMEE=1") == ["OK"]
+        # a one-byte answer is the card's 6F 00 (technical problem): +CIMI fails, the card stays in its slot
+        assert port.command("AT+CIMI")[-1].startswith("+CME ERROR: ")
+        assert card.apdus >= 1
+        assert port.command("AT+CSQ")[-1] == "OK"
+        deadline = time.monotonic() + READY_DEADLINE
+        while not any(
+            o.get("kind") == Kind.APP_ERROR and o.get("fields", {}).get("where") == "card"
+            for o in read_jsonl(trace)
+        ):
+            assert time.monotonic() < deadline, "no app.error event for the card's answer"
+            time.sleep(0.05)
+        assert not any(o.get("fields", {}).get("event") == "card_removed" for o in read_jsonl(trace))
+    finally:
+        cp.terminate()
+        output = cp.communicate(timeout=10)[0].decode(errors="replace")
+        port.close()
+        card.close()
+    assert "Traceback" not in output, output
+
+
+MUTE_SCRIPT = """
+import sys, trio
+from bipsim.uicc.pcsc_card import PcscCard, ReaderChoice
+from bipsim.uicc.transport import CardRemoved
+
+async def main():
+    card = PcscCard(ReaderChoice(0), timeout=2.0)
+    print("atr", (await card.power_on()).hex().upper(), flush=True)
+    try:
+        await card.transmit(bytes.fromhex("80F2000C00"))
+    except CardRemoved as exc:
+        print("removed:", exc.reason)
+
+trio.run(main)
+"""
+
+
+def test_a_card_that_answers_nothing_is_given_up_at_the_deadline(pcscd: PcscPeer) -> None:  # noqa: F811
+    card = BadVpcdCard(pcscd.vpcd_port, "mute")
+    inserted(pcscd, card)
+    try:
+        # in a process of its own: libpcsclite reads PCSCLITE_CSOCK_NAME once per process
+        result = subprocess.run(
+            [sys.executable, "-c", MUTE_SCRIPT], capture_output=True, text=True, timeout=60, env=pcscd.env()
+        )
+    finally:
+        card.close()
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        f"atr {ATR}",
+        "removed: Virtual PCD 00 00: APDU 80F2000C: no answer within 2 s",
+    ]
+    assert card.apdus == 1
