@@ -95,7 +95,25 @@ def measure(embodiment: int, size: int) -> dict[str, Any]:
             result["relay_idle_s"] = round(down.pacer.idle, 3)
             result["relay_lost_s"] = round(down.pacer.lost, 3)
         result["relay_send_wait_s"] = round(down.send_wait, 3)
+        result["idle_gaps_in_session"] = idle_gaps(down.timeline or [], origin + start, origin + end)
     return result
+
+
+def idle_gaps(timeline: list[tuple[float, int]], start: float, end: float) -> dict[str, float]:
+    """Seconds the line towards the CP sat idle inside the session, by the length of each idle stretch: a release
+    of n bytes at time t kept the wire busy from t - n/rate (if it was free then) to t."""
+    buckets = {"under_10ms_s": 0.0, "10_to_100ms_s": 0.0, "over_100ms_s": 0.0, "over_100ms_count": 0}
+    previous_t, previous_total = None, 0
+    for t, total in timeline:
+        if start <= t <= end and previous_t is not None:
+            gap = (t - previous_t) - (total - previous_total) / BOUND
+            if gap > 0:
+                key = "under_10ms_s" if gap < 0.01 else "10_to_100ms_s" if gap < 0.1 else "over_100ms_s"
+                buckets[key] += gap
+                if gap >= 0.1:
+                    buckets["over_100ms_count"] += 1
+        previous_t, previous_total = t, total
+    return {key: round(value, 3) for key, value in buckets.items()}
 
 
 def with_burners(count: int, embodiment: int, size: int) -> dict[str, Any]:
