@@ -396,3 +396,38 @@ def test_a_card_that_answers_nothing_is_given_up_at_the_deadline(pcscd: PcscPeer
         "removed: Virtual PCD 00 00: APDU 80F2000C: no answer within 2 s",
     ]
     assert card.apdus == 1
+
+
+def test_scenario_run_with_a_pcsc_card_from_the_command_line(
+    pcscd: PcscPeer,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    # as a user runs it: the card served with the built-in profile, which sends it to 127.0.0.1:4443, where
+    # `scenario run --card` starts its OTA server
+    default = load_profile()
+    with socket.socket() as probe:
+        try:
+            probe.bind((default.ota_host, default.ota_port))
+        except OSError:
+            pytest.skip(f"{default.ota_host}:{default.ota_port} is in use here")
+    server = CardServer(pcscd, tmp_path, default.ota_port)
+    server.start()
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "bipsim", "scenario", "run", "embodiment2", "--card", "pcsc:Virtual PCD"]
+            + ["--trace", str(tmp_path / "e2.jsonl")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=pcscd.env(),
+        )
+    finally:
+        server.stop()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "scenario embodiment2: passed" in result.stdout
+    assert "card pcsc:Virtual PCD: checked by its status words, not its state" in result.stdout
+    # and the card server's own state file holds what the campaign wrote
+    state = json.loads(server.state.read_text())
+    assert "a0000005590010ff01" in state["gp"]["applications"]
+    steps = {obj.get("step") for obj in read_jsonl(tmp_path / "e2.jsonl")}
+    assert {"S701", "S718"} <= steps
