@@ -469,3 +469,115 @@ def test_decode_says_what_is_wrong_with_a_malformed_answer(capsys: pytest.Captur
         main(["decode", answer.hex()])
     assert exited.value.code == 0
     assert "access rules (ARA-M):" in capsys.readouterr().out
+
+
+# --- the access rule files (ARF), read as the Android/SEEK ARF reader reads them --------------------------------------
+
+PKCS15 = "A000000063504B43532D3135"
+
+
+def read_ef(card: SimCard, channel: int, fid: bytes) -> bytes:
+    """SELECT by file identifier (P2 04, FCP) in the current DF, then READ BINARY of the FCP's size in parts of 253."""
+    _, sw = apdu(card, f"{channel:02X}A4000402{fid.hex()}")
+    assert sw.startswith("61"), (fid.hex(), sw)
+    fcp, sw = apdu(card, f"{channel:02X}C00000{sw[2:]}")
+    assert sw == "9000"
+    [(tag, body)] = ber(fcp)
+    size = int.from_bytes(dict(ber(body))[0x80], "big")
+    out = b""
+    while len(out) < size:
+        n = min(size - len(out), 253)
+        part, sw = apdu(card, f"{channel:02X}B0{len(out) >> 8:02X}{len(out) & 0xFF:02X}{n:02X}")
+        assert sw == "9000" and len(part) == n
+        out += part
+    return out
+
+
+def path_of(sequence: bytes) -> bytes:
+    """A PKCS#15 Path: SEQUENCE { OCTET STRING path }."""
+    [(tag, inner)] = ber(sequence)
+    assert tag == 0x30
+    [(octets, value)] = ber(inner)
+    assert octets == 0x04
+    return value
+
+
+def test_arf_read_as_the_android_reader_reads_it() -> None:
+    card = SimCard(load_profile("omapi-arf"))
+    assert apdu(card, f"00A4040009{ARA_M}") == (b"", "6A82")  # no ARA-M: the terminal falls back to the ARF
+    channel = open_channel_for(card)
+    sw = apdu(card, f"{channel:02X}A404000C{PKCS15}")[1]
+    assert sw.startswith("61")
+    assert apdu(card, f"{channel:02X}C00000{sw[2:]}")[1] == "9000"
+    [(tag, value)] = ber(read_ef(card, channel, b"\x50\x31"))  # EF_ODF: the DODF entry
+    assert tag == 0xA7
+    dodf_path = path_of(value)
+    [(tag, oid_do)] = ber(read_ef(card, channel, dodf_path))
+    assert tag == 0xA1
+    common, common_data, (typed, typed_value) = ber(oid_do)
+    assert common[0] == 0x30 and common_data[0] == 0x30 and typed == 0xA1
+    [(seq, seq_value)] = ber(typed_value)
+    (oid_tag, oid), (path_tag, path_value) = ber(seq_value)
+    assert (seq, oid_tag, oid.hex().upper()) == (0x30, 0x06, "2A864886FC6B81480101")  # 1.2.840.114283.200.1.1
+    [(main_tag, main)] = ber(read_ef(card, channel, path_of(bytes((path_tag, len(path_value))) + path_value)))
+    (tag_tag, refresh), (rules_path_tag, rules_path) = ber(main)
+    assert main_tag == 0x30 and tag_tag == 0x04 and len(refresh) == 8
+    rules_file = read_ef(card, channel, path_of(bytes((rules_path_tag, len(rules_path))) + rules_path))
+    granted: dict[str, list[dict[str, object]]] = {}
+    for entry_tag, entry in ber(rules_file):
+        assert entry_tag == 0x30
+        (target_tag, target), (cond_path_tag, cond_path) = ber(entry)
+        assert target_tag == 0xA0
+        [(octets, aid)] = ber(target)
+        conditions = read_ef(card, channel, path_of(bytes((cond_path_tag, len(cond_path))) + cond_path))
+        for cond_tag, cond in ber(conditions):
+            (hash_tag, digest), (rules_tag, access) = ber(cond)
+            assert (cond_tag, hash_tag, rules_tag) == (0x30, 0x04, 0xA0)
+            parts = dict(ber(access))
+            apdu_rule = dict(ber(parts[0xA0]))
+            nfc_rule = dict(ber(parts[0xA1]))
+            granted.setdefault(aid.hex().upper(), []).append(
+                {"hash": digest.hex().upper(), "apdu": apdu_rule[0x80], "nfc": nfc_rule[0x80]}
+            )
+    assert granted == {
+        ECHO: [{"hash": GRANTED, "apdu": b"\x01", "nfc": b"\x00"}],
+        ECHO_LONG: [{"hash": GRANTED, "apdu": b"\x01", "nfc": b"\x00"}],
+    }
+
+
+def open_channel_for(card: SimCard) -> int:
+    data, sw = apdu(card, "0070000001")
+    assert sw == "9000"
+    return data[0]
+
+
+def test_arf_byte_exact_and_special_rules(tmp_path: Path) -> None:
+    text = (
+        "arf = true\nara_m_rules = [\n"
+        f'  {{aid = "default", hash = "", apdu = "never"}},\n'
+        f'  {{aid = "", hash = "{GRANTED}", apdu = "0006000000FF0000"}},\n'
+        f'  {{aid = "{ECHO}", hash = "{hashlib.sha256(b"x").hexdigest()}"}},\n'  # SHA-256: not in the ARF
+        "]\n"
+    )
+    card = SimCard(load_profile(write_profile(tmp_path, "arf.toml", text)))
+    adf = card.fs.mf.children[0x5015]
+    files = {fid: bytes(node.data) for fid, node in adf.children.items()}
+    assert files[0x5031] == bytes.fromhex("A706 3004 0402 5207")
+    assert files[0x4300] == bytes.fromhex("3008 8100 3004 040243103008 8200 3004 04024311")
+    assert files[0x4310] == bytes.fromhex("3007 A005 A003 800100")  # any application: no hash, never
+    assert files[0x4311] == bytes.fromhex(f"3026 0414 {GRANTED} A00E A00C A10A 04080006000000FF0000")
+    assert 0x4312 not in files
+    assert files[0x5207].startswith(bytes.fromhex("A129 3000 300F 0C0D") + b"GP SE Acc Ctl")
+
+
+def test_arf_refresh_tag_follows_the_profile(tmp_path: Path) -> None:
+    state = tmp_path / "card.json"
+    first = SimCard(load_profile("omapi-arf"), state_path=state)
+    tag = bytes(first.fs.mf.children[0x5015].children[0x4200].data[4:12])
+    first.save_state()
+    other = write_profile(
+        tmp_path, "other.toml", f'arf = true\nara_m_rules = [{{aid = "{ECHO}", hash = ""}}]\n'
+    )
+    second = SimCard(load_profile(other), state_path=state)  # new rules: the files follow them
+    assert bytes(second.fs.mf.children[0x5015].children[0x4200].data[4:12]) != tag
+    assert 0x4311 not in second.fs.mf.children[0x5015].children

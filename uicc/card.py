@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bipsim.uicc.applets import Applet, AppletHost, Command, build_host
+from bipsim.uicc.applets.ara_m import parse_rule
+from bipsim.uicc.applets.arf import install_arf
 from bipsim.uicc.card_state import StateFile, load_state
 from bipsim.uicc.fs import ADM1, PIN1, PIN2, File, FileKind, FileSystem, Pins
 from bipsim.uicc.profile import CardProfile
@@ -123,6 +125,8 @@ class SimCard:
         # applets selected by AID on a logical channel (uicc/applets/): the ARA-M's rule generation persists
         self.applets: AppletHost = build_host(profile)
         self.attach_state("applets", self.applets)
+        if profile.arf:  # the access rule files follow the profile, whatever the state file held
+            install_arf(self.fs, [parse_rule(entry) for entry in profile.ara_m_rules])
         # PIN1, PIN2, ADM1 (TS 102 221 section 9.5): their remaining attempts persist
         self.pins = Pins({PIN1: profile.pin1, PIN2: profile.pin2, ADM1: profile.adm1})
         self.attach_state("pins", self.pins)

@@ -52,6 +52,7 @@ class CardProfile:
     # its rules, inline tables (aid, hash, apdu, nfc, package, perm)
     ara_m_rules: tuple[dict[str, Any], ...] = ()
     ara_m_malformed: bool = False  # it serves a broken Response-ALL-REF-AR-DO
+    arf: bool = False  # the same rules as PKCS#15 access rule files (uicc/applets/arf.py)
     # the card's PINs (TS 102 221 section 9.5; VERIFY PIN key references 01, 81 and 0A), 4 to 8 digits each
     pin1: str = "1234"
     pin2: str = "5678"

@@ -25,7 +25,7 @@ AIDS = [
     bytes.fromhex("A0000000871002FF33FF018900000100"),
     bytes.fromhex("A0"),
 ]
-PROFILES = ["omapi", "omapi-empty", "omapi-malformed", "omapi-no-rules"]
+PROFILES = ["omapi", "omapi-empty", "omapi-malformed", "omapi-no-rules", "omapi-arf"]
 
 
 @st.composite
