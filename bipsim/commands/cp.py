@@ -52,7 +52,8 @@ if TYPE_CHECKING:
     metavar="NAME|FILE",
     help="Card profile for --card sim: a built-in NAME (default; omapi: ARA-M rules granting the test application "
     "the echo applet; omapi-no-rules: no ARA-M; omapi-empty: an empty rule set; omapi-malformed: a broken rule "
-    "TLV) or a TOML/JSON FILE of keys over the default (uicc/default_profile.toml).",
+    "TLV; omapi-arf: the rules as PKCS#15 access rule files) or a TOML/JSON FILE of keys over the default "
+    "(uicc/default_profile.toml).",
 )
 @click.option(
     "--state",
