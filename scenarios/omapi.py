@@ -43,6 +43,7 @@ class OmapiRun:
     name: str
     profile: str = "omapi"
     profile2: str | None = None  # a second slot (SIM2) with this profile
+    profile_changes: dict[str, Any] = field(default_factory=dict)  # keys over `profile` (e.g. ara_m_rules)
     empty_slot2: bool = False  # a second slot without a card
     card_control: bool = False  # the harness may pull a card (Harness.remove_card)
     # a hook run by the application between its requests: (request index, harness) before that request
@@ -104,7 +105,7 @@ def run_omapi(run: OmapiRun, options: ScenarioOptions) -> RunResult:
     directory = options.directory or Path(tempfile.mkdtemp(prefix=f"bipsim-{run.name}-"))
     config = RunConfig(
         session=run.name,
-        profile=card_profile(run.profile),
+        profile={**card_profile(run.profile), **run.profile_changes},
         ap_args=["--omapi-listen", "127.0.0.1:0", *run.ap_args],
         card2="sim" if run.profile2 is not None else ("none" if run.empty_slot2 else None),
         profile2=card_profile(run.profile2) if run.profile2 is not None else {},

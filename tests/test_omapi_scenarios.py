@@ -32,6 +32,7 @@ from bipsim.scenarios.omapi import (
     variable_of,
 )
 from bipsim.trace.kinds import Kind
+from bipsim.uicc.profile import load_profile
 
 PATTERN = bytes(i & 0xFF for i in range(256))[:-1] + b"\xff"  # the echo applet's 256 bytes, the last one FF
 OMAPI_LINES = ("AT+CPIN?", "AT+CCHO", "AT+CGLA", "AT+CCHC", "AT%SLOT")
@@ -87,6 +88,36 @@ def test_boot_sequence_with_rules_and_the_reboot_reloads(run_it: Runner) -> None
     assert sum("80CAFF4000" in line for line in lines[boot_at:]) == 1
     assert [a.get("ok") for a in spec.answers] == [True, True, True]
     assert spec.answers[1]["readers"][0]["variable"] is True
+
+
+def test_rules_changed_on_the_card_take_effect_at_the_refresh_tag_change(run_it: Runner) -> None:
+    # the `omapi` card, plus a rule that lets the test application administer the ARA-M (STORE DATA)
+    rules = [*load_profile("omapi").ara_m_rules, {"aid": ARA_M, "hash": GRANTED, "apdu": "always"}]
+    delete_all = (
+        "80E2900002F100"  # STORE DATA Command-Delete, empty: every rule (GPD_SPE_013 v1.1 section 5.1)
+    )
+    admin = {**app_request("SIM1", apdus=(delete_all,)), "aid": ARA_M, "select_response": False}
+    spec = OmapiRun(
+        "omapi-refresh",
+        profile_changes={"ara_m_rules": tuple(rules)},
+        requests=[app_request("SIM1"), admin, app_request("SIM1")],
+    )
+    result = run_it(spec)
+    before, stored, after = spec.answers
+    assert before["ok"] and stored["ok"] and stored["responses"] == ["9000"], spec.answers
+    # the variable and the rules loaded at boot served the first two opens: one GET DATA [All] until then
+    lines = omapi_lines(result)
+    store_at = next(i for i, line in enumerate(lines) if delete_all in line)
+    assert sum("80CAFF4000" in line for line in lines[:store_at]) == 1
+    # the next openSession read a new refresh tag, loaded the (now empty) rules again: the open is refused
+    assert sum("80CAFF4000" in line for line in lines[store_at:]) == 1
+    refreshes = [
+        e.field("changed")
+        for e in result.events
+        if e.kind == Kind.OMAPI_FRAMEWORK and e.field("event") == "refresh"
+    ]
+    assert refreshes == [False, False, True]
+    assert after["exception"] == "SecurityException" and "no rule" in after["reason"], after
 
 
 def test_transmit_returns_the_applets_answer_and_close_uses_the_session(run_it: Runner) -> None:
