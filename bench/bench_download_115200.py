@@ -100,20 +100,24 @@ def measure(embodiment: int, size: int) -> dict[str, Any]:
 
 
 def idle_gaps(timeline: list[tuple[float, int]], start: float, end: float) -> dict[str, float]:
-    """Seconds the line towards the CP sat idle inside the session, by the length of each idle stretch: a release
-    of n bytes at time t kept the wire busy from t - n/rate (if it was free then) to t."""
-    buckets = {"under_10ms_s": 0.0, "10_to_100ms_s": 0.0, "over_100ms_s": 0.0, "over_100ms_count": 0}
-    previous_t, previous_total = None, 0
+    """Seconds the line towards the CP sat idle inside the session, by the length of each idle stretch. The bytes
+    of a release at time t left the wire by t: they went out back to back after the previous ones when the wire
+    was still busy (a catch-up), else in the n/rate seconds before t, after an idle stretch."""
+    buckets: dict[str, float] = {"under_10ms_s": 0.0, "10_to_100ms_s": 0.0, "over_100ms_s": 0.0}
+    count = 0
+    busy_until: float | None = None
+    previous_total = 0
     for t, total in timeline:
-        if start <= t <= end and previous_t is not None:
-            gap = (t - previous_t) - (total - previous_total) / BOUND
-            if gap > 0:
-                key = "under_10ms_s" if gap < 0.01 else "10_to_100ms_s" if gap < 0.1 else "over_100ms_s"
-                buckets[key] += gap
-                if gap >= 0.1:
-                    buckets["over_100ms_count"] += 1
-        previous_t, previous_total = t, total
-    return {key: round(value, 3) for key, value in buckets.items()}
+        size = total - previous_total
+        previous_total = total
+        began = t - size / BOUND
+        if busy_until is not None and began > busy_until and start <= busy_until and began <= end:
+            gap = began - busy_until
+            key = "under_10ms_s" if gap < 0.01 else "10_to_100ms_s" if gap < 0.1 else "over_100ms_s"
+            buckets[key] += gap
+            count += gap >= 0.1
+        busy_until = max(busy_until if busy_until is not None else began, began) + size / BOUND
+    return {**{key: round(value, 3) for key, value in buckets.items()}, "over_100ms_count": count}
 
 
 def with_burners(count: int, embodiment: int, size: int) -> dict[str, Any]:
