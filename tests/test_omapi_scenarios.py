@@ -57,6 +57,11 @@ def step_sequence(result: RunResult) -> list[str]:
     return [e.step for e in result.events if e.step and e.step.startswith("004:")]
 
 
+def collapsed(items: list[str]) -> list[str]:
+    """`items` with each run of equal neighbours kept once."""
+    return [item for i, item in enumerate(items) if i == 0 or items[i - 1] != item]
+
+
 def slot_of_each(lines: list[str]) -> list[tuple[int, str]]:
     """(slot selected by the last AT%SLOT before it, line) for each card command."""
     slot, out = 1, []
@@ -72,7 +77,7 @@ def test_boot_sequence_with_rules_and_the_reboot_reloads(run_it: Runner) -> None
     spec = OmapiRun("omapi-reboot", requests=[app_request("SIM1"), {"op": "boot"}, app_request("SIM1")])
     result = run_it(spec)
     check_boot_loaded(result)  # AT+CCHO ARA-M, AT+CGLA 80CAFF4000, AT+CCHC; 201..205, 301..304 in order
-    lines = omapi_lines(result)
+    lines = collapsed(omapi_lines(result))  # a +CPIN? answered "SIM busy" is asked again
     assert lines[:6] == [
         "AT%SLOTS?",
         "AT+CPIN?",
@@ -181,7 +186,9 @@ def test_flipping_nfc_changes_nothing(run_it: Runner, spec: Callable[[str], Omap
         run = spec(flag)
         result = run_it(run)
         answers = [{k: v for k, v in a.items() if k != "channel"} for a in run.answers]
-        outcomes.append((omapi_lines(result), step_sequence(result), answers))
+        # a command the CP answered "SIM busy" (+CME ERROR: 14) while its card was starting is sent again: how often
+        # is a matter of time, so repeats count once
+        outcomes.append((collapsed(omapi_lines(result)), collapsed(step_sequence(result)), answers))
         assert {e.field("nfc") for e in result.events if e.kind == Kind.OMAPI_CHECK} == {flag == "--nfc"}
     assert outcomes[0] == outcomes[1]
 
