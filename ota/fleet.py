@@ -11,7 +11,7 @@ Worker events (JSON objects, one per line on a local worker's stdout):
 
     {"type": "started", "worker": W, "pid": P}                  the worker runs and starts its cards
     {"type": "sessions", "worker": W, "outcomes": [[S, C], ...]}  finished sessions: S seconds, C null or a cause
-    {"type": "done", "worker": W, "cpu_s": C}                    every card has finished; C: CPU seconds
+    {"type": "done", "worker": W, "cpu_s": C, "wall_s": T}       every card has finished: C CPU s in T s
 
 A worker that ends without "done" died; the sessions it still owed are counted under the cause "worker died" and the
 rest of the fleet goes on. Card identities (ICCID, PSK identity, PSK) are derived from the card's index in the whole
@@ -173,7 +173,7 @@ async def run_worker(spec: WorkerSpec, emit: Emit) -> None:
     emits the events of the module docstring. Never raises for a peer's fault: a session that fails is an
     outcome with its cause."""
     emit({"type": "started", "worker": spec.worker, "pid": os.getpid()})
-    cpu = time.thread_time()
+    cpu, wall = time.thread_time(), time.monotonic()
     profile = load_profile().with_overrides(ota_host=spec.host, ota_port=spec.port, ota_tls=spec.tls)
     limiter = trio.CapacityLimiter(max(1, spec.concurrency))
     deadline = None if spec.duration is None else trio.current_time() + spec.duration
@@ -211,7 +211,8 @@ async def run_worker(spec: WorkerSpec, emit: Emit) -> None:
         for offset in range(spec.count):
             nursery.start_soon(card_task, offset)
     flush(force=True)
-    emit({"type": "done", "worker": spec.worker, "cpu_s": round(time.thread_time() - cpu, 3)})
+    cpu_s, wall_s = round(time.thread_time() - cpu, 3), round(time.monotonic() - wall, 3)
+    emit({"type": "done", "worker": spec.worker, "cpu_s": cpu_s, "wall_s": wall_s})
 
 
 def _session_random(spec: WorkerSpec, index: int, number: int) -> Callable[[int], bytes]:
@@ -291,6 +292,7 @@ class WorkerTally:
     ok: int = 0
     failed: int = 0
     cpu_s: float = 0.0  # CPU seconds of the worker's thread, as it reported at its end
+    wall_s: float = 0.0  # seconds from its start to its end, by its own clock
 
 
 @dataclass
@@ -310,6 +312,7 @@ class FleetReport:
     p50_ms: float | None
     p99_ms: float | None
     workers_cpu_s: float = 0.0  # the workers' CPU seconds (of those that finished)
+    workers_wall_s: float = 0.0  # the longest worker's run, start to end by its own clock
     server: dict[str, Any] = field(default_factory=dict)  # the server's own figures when the fleet ran it
 
     @property
@@ -370,6 +373,7 @@ class FleetTally:
         elif kind == "done":
             tally.done = True
             tally.cpu_s = float(event.get("cpu_s", 0.0))
+            tally.wall_s = float(event.get("wall_s", 0.0))
 
     def exited(self, worker: int, why: str | None) -> None:
         """The worker is gone: cleanly after "done", else dead (`why` says how), its owed sessions failed."""
@@ -422,6 +426,7 @@ class FleetTally:
             p50_ms=None if p50 is None else round(p50 * 1000, 2),
             p99_ms=None if p99 is None else round(p99 * 1000, 2),
             workers_cpu_s=round(sum(t.cpu_s for t in self.workers.values()), 3),
+            workers_wall_s=round(max((t.wall_s for t in self.workers.values()), default=0.0), 3),
             server=server or {},
         )
 

@@ -59,8 +59,11 @@ class DaskEngine:
                 return Client(self.scheduler, timeout=30), None
             except (OSError, TimeoutError) as exc:
                 raise CliError(f"cannot reach the Dask scheduler at {self.scheduler}: {exc}") from exc
-        # a task whose worker dies is reported, not run again (its cards would run twice)
-        dask.config.set({"distributed.scheduler.allowed-failures": 0})
+        # a task whose worker dies is reported, not run again (its cards would run twice); and the workers'
+        # statistical profiler (a thread sampling every 10 ms) is off: our task thread is the CPU-bound one
+        dask.config.set(
+            {"distributed.scheduler.allowed-failures": 0, "distributed.worker.profile.enabled": False}
+        )
         cluster = LocalCluster(
             n_workers=self.workers,
             threads_per_worker=1,
