@@ -299,6 +299,36 @@ def test_a_card_pulled_mid_session_fails_the_next_transmit_with_io_exception(run
     assert any(e.kind == Kind.APP_EVENT and e.field("event") == "card_removed" for e in result.events)
 
 
+def test_no_channel_left_is_null_and_an_absent_applet_is_no_such_element(run_it: Runner) -> None:
+    absent = "A0000000010203"
+    rules = [*load_profile("omapi").ara_m_rules, {"aid": absent, "hash": GRANTED, "apdu": "always"}]
+    keep = {**app_request("SIM1", apdus=()), "keep_open": True, "select_response": False}
+    spec = OmapiRun(
+        "omapi-channels",
+        profile_changes={"ara_m_rules": tuple(rules)},
+        requests=[
+            keep,
+            keep,
+            keep,
+            keep,
+            {"op": "close", "handle": 1},
+            keep,
+            {"op": "close", "handle": 2},
+            {**app_request("SIM1"), "aid": absent},
+        ],
+    )
+    result = run_it(spec)
+    first, second, third, fourth, closed, again, _, missing = spec.answers
+    assert [a.get("handle") for a in (first, second, third)] == [1, 2, 3]
+    # the `omapi` card has 3 logical channels: MANAGE CHANNEL 6881 -> +CME ERROR: 20 -> openLogicalChannel null
+    assert fourth["ok"] is False and fourth["channel"] is None and "exception" not in fourth, fourth
+    assert any(e.kind == Kind.OMAPI_CALL and e.field("result") == "null" for e in result.events)
+    assert closed["ok"] and again["ok"] and again["handle"] == 4
+    # a rule grants the AID, the card has no such applet: SELECT 6A82 -> +CME ERROR: 22 -> NoSuchElementException
+    assert missing["exception"] == "NoSuchElementException", missing
+    assert ccho_lines(result, absent) == [f'AT+CCHO="{absent}"']
+
+
 def test_the_command_line_client(run_it: Runner) -> None:
     outputs: list[subprocess.CompletedProcess[str]] = []
 
