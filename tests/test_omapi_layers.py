@@ -230,6 +230,18 @@ async def test_the_legacy_gate_refuses_without_an_nfc_process() -> None:
     assert ccho_for(modem, ECHO) == []
 
 
+async def test_the_legacy_gate_lets_the_nfc_process_open() -> None:
+    modem = FakeModem(
+        {1: FakeCard(rules=None)}
+    )  # no rules at all: the old rule asks only for the NFC process
+    service, tracer = await started(modem, nfc=True, gate=Gate.NFC_LEGACY)
+    assert service.available == [1] and service.framework.variable(1) is False
+    channel = await (
+        await (await service.se_service(APP).reader("SIM1")).open_session()
+    ).open_logical_channel(ECHO)
+    assert channel is not None and ccho_for(modem, ECHO)
+
+
 async def test_two_cards_the_chooser_lists_the_available_ones_and_the_choice_is_used() -> None:
     modem = FakeModem({1: FakeCard(), 2: FakeCard(rules=None)})
     service, tracer = await started(modem, chooser="SIM2")
