@@ -314,10 +314,11 @@ class FleetReport:
     workers_cpu_s: float = 0.0  # the workers' CPU seconds (of those that finished)
     workers_wall_s: float = 0.0  # the longest worker's run, start to end by its own clock
     server: dict[str, Any] = field(default_factory=dict)  # the server's own figures when the fleet ran it
+    stopped: bool = False  # ended early on purpose: the sessions that ended until then
 
     @property
     def ok(self) -> bool:
-        return self.failed == 0 and self.workers_died == 0
+        return self.failed == 0 and self.workers_died == 0 and not self.stopped
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "ok": self.ok}
@@ -330,6 +331,8 @@ class FleetReport:
             f"{self.sessions_per_s:.1f} completed/s",
             f"latency: p50 {_ms(self.p50_ms)}, p99 {_ms(self.p99_ms)}",
         ]
+        if self.stopped:
+            out.append("stopped before the end (SIGINT/SIGTERM): the sessions that ended until then")
         if self.workers_died:
             out.append(f"workers died: {self.workers_died}")
         for cause, number in sorted(self.failures.items(), key=lambda item: (-item[1], item[0])):
@@ -352,6 +355,7 @@ class FleetTally:
         self.workers = {spec.worker: WorkerTally(spec) for spec in specs}
         self.histogram = Histogram()
         self.failures: Counter[str] = Counter()
+        self.stopped = False  # the run was ended early on purpose (`bipsim fleet` on SIGINT/SIGTERM)
 
     def feed(self, event: Event) -> None:
         """One worker event; an event of no known worker or type is ignored (a worker's stray line)."""
@@ -378,7 +382,7 @@ class FleetTally:
     def exited(self, worker: int, why: str | None) -> None:
         """The worker is gone: cleanly after "done", else dead (`why` says how), its owed sessions failed."""
         tally = self.workers[worker]
-        if tally.done and why is None:
+        if (tally.done and why is None) or self.stopped:
             return
         tally.died = why or "ended without finishing"
         owed = tally.spec.sessions - tally.ok - tally.failed if tally.spec.sessions is not None else 0
@@ -428,6 +432,7 @@ class FleetTally:
             workers_cpu_s=round(sum(t.cpu_s for t in self.workers.values()), 3),
             workers_wall_s=round(max((t.wall_s for t in self.workers.values()), default=0.0), 3),
             server=server or {},
+            stopped=self.stopped,
         )
 
 
@@ -584,7 +589,10 @@ async def own_server(config: FleetConfig, summary: dict[str, Any]) -> AsyncItera
             command += ["--results", config.server_results]
         if config.campaign:
             command += ["--script", config.campaign]
-        process = await trio.lowlevel.open_process(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        # its own session: a terminal's Ctrl-C reaches the fleet, which stops the workers first, then the server
+        process = await trio.lowlevel.open_process(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+        )
         assert process.stdout is not None and process.stderr is not None
         lines = _Lines(process.stdout)
         try:
@@ -634,10 +642,12 @@ async def run_fleet(
     *,
     on_event: Emit | None = None,
     progress: Callable[[str], None] | None = None,
+    stop: trio.Event | None = None,
 ) -> FleetReport:
     """Runs the fleet on `engine` against config.server (or a server of its own) and returns the report.
     `on_event` sees every worker event, and {"type": "exited", "worker": W, "why": ...} for each worker;
-    `progress` gets a line a second."""
+    `progress` gets a line a second. Setting `stop` ends the run early: the workers are stopped, and the report
+    (marked `stopped`) holds the sessions that ended until then."""
     summary: dict[str, Any] = {}
     async with AsyncExitStack() as stack:
         if config.server is None:
@@ -675,7 +685,17 @@ async def run_fleet(
         async with trio.open_nursery() as nursery:
             if progress is not None:
                 nursery.start_soon(report_progress)
-            await engine.run(specs, sink, exited)
+            with trio.CancelScope() as run_scope:
+                if stop is not None:
+
+                    async def stopper() -> None:
+                        assert stop is not None
+                        await stop.wait()
+                        tally.stopped = True  # the workers ended now are stopped, not dead
+                        run_scope.cancel()
+
+                    nursery.start_soon(stopper)
+                await engine.run(specs, sink, exited)
             nursery.cancel_scope.cancel()
         end = trio.current_time()
     # the rate counts from the first worker's start: the time to start processes is not the fleet's pace

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -352,3 +353,28 @@ def test_ota_server_on_a_port_in_use_is_one_line(workers: str) -> None:
     assert done.stderr.strip().splitlines() == [
         f"bipsim: error: cannot listen on 127.0.0.1:{port}: Address already in use"
     ]
+
+
+def test_sigint_stops_the_fleet_and_still_reports() -> None:
+    fleet = subprocess.Popen(
+        [*BIPSIM, "fleet", "--cards", "10", "--workers", "2", "--duration", "150", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert fleet.stderr is not None
+        for line in fleet.stderr:  # the progress lines: wait until sessions have completed
+            match = re.search(r"completed (\d+)", line)
+            if match and int(match.group(1)) > 0:
+                break
+        fleet.send_signal(signal.SIGINT)
+        out, _ = fleet.communicate(timeout=60)
+    finally:
+        if fleet.poll() is None:
+            fleet.kill()
+    assert fleet.returncode == 130
+    report = json.loads(out)
+    assert report["stopped"] and not report["ok"] and report["completed"] > 0
+    assert report["workers_died"] == 0 and WORKER_DIED not in report["failures"]
+    assert report["server"]["sessions"] >= report["completed"]  # the own server stopped after the workers

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
 import click
 import trio
 
-from bipsim.commands.common import host_port, install_shutdown, until_signalled
+from bipsim.commands.common import host_port
 from bipsim.errors import CliError
 
 
@@ -127,7 +128,9 @@ def fleet(
     Each card has its own ICCID, PSK identity and key, derived from its index in the fleet. A line a second on
     stderr shows the progress; the final report gives sessions, sessions/s, p50/p99 latency and the failures by
     cause (worker died, server refused, session timed out, tls failed, connection lost, http NNN...). Exit status
-    0 when every session completed, 1 when any failed or a worker died.
+    0 when every session completed, 1 when any failed or a worker died. Ctrl-C or SIGTERM stops the workers and
+    the fleet's own server and still prints the report of what ended until then (exit 130); a second one stops at
+    once.
     """
     from bipsim.ota.fleet import Engine, FleetConfig, LocalEngine, fleet_keys, keys_toml, run_fleet
 
@@ -147,7 +150,6 @@ def fleet(
         raise CliError(
             "--results, --script and --server-workers are for the fleet's own server (no --server)"
         )
-    install_shutdown("bipsim fleet", grace=15.0)  # time for the workers and the own server to stop
     config = FleetConfig(
         cards=cards,
         workers=min(workers, cards),
@@ -178,10 +180,20 @@ def fleet(
     reports = []
 
     async def main() -> None:
-        async def go() -> None:
-            reports.append(await run_fleet(config, runner, progress=None if quiet else progress))
+        # the first SIGINT/SIGTERM stops the workers and still reports; a second one ends everything at once
+        stop = trio.Event()
+        async with trio.open_nursery() as nursery:
 
-        await until_signalled(go)
+            async def signals() -> None:
+                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
+                    async for _ in received:
+                        if stop.is_set():
+                            nursery.cancel_scope.cancel()
+                        stop.set()
+
+            nursery.start_soon(signals)
+            reports.append(await run_fleet(config, runner, progress=None if quiet else progress, stop=stop))
+            nursery.cancel_scope.cancel()
 
     try:
         trio.run(main)
@@ -199,7 +211,7 @@ def fleet(
     else:
         for line in report.lines():
             click.echo(line)
-    sys.exit(0 if report.ok else 1)
+    sys.exit(130 if report.stopped else 0 if report.ok else 1)
 
 
 def first_cli_error(group: BaseExceptionGroup[BaseException]) -> CliError | None:
