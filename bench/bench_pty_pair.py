@@ -1,6 +1,9 @@
-"""Throughput of `bipsim pty-pair` against a socat pty pair on the same 1 MiB random transfer.
+"""Throughput of `bipsim pty-pair` against a socat pty pair on the same 1 MiB random transfer, and of
+`bipsim pty-pair --baud 115200` against the 8N1 bound (11 520 B/s), alone and beside two CPU burners.
 
-Prints one JSON line: both rates in MB/s and their ratio (bipsim / socat). Needs socat on PATH.
+Prints one JSON line: both rates in MB/s and their ratio (bipsim / socat); `paced_ratio` and
+`paced_ratio_2_burners`: the paced pair's rate over the bound (at most 1: the pacer never beats the line; how far
+under 1 is what a loaded machine costs it). Needs socat on PATH.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from bipsim.link.pty import set_raw
 
 SIZE = 1 << 20
 ROUNDS = 5
+PACED_BAUD = 115200
+PACED_SIZE = 32 * 1024  # about 2.8 s at 115200 baud
 
 
 def transfer(a_path: str, b_path: str, payload: bytes) -> float:
@@ -54,6 +59,27 @@ def best_rate(a_path: str, b_path: str, payload: bytes) -> float:
     return max(len(payload) / transfer(a_path, b_path, payload) for _ in range(ROUNDS)) / 1e6
 
 
+def paced_ratio(payload: bytes, burners: int) -> float:
+    """The rate of `bipsim pty-pair --baud PACED_BAUD` over the 8N1 bound, with `burners` CPU burners beside it."""
+    hogs = [subprocess.Popen([sys.executable, "-c", "while 1: pass"]) for _ in range(burners)]
+    pair = subprocess.Popen(
+        [sys.executable, "-m", "bipsim", "pty-pair", "--baud", str(PACED_BAUD)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert pair.stdout is not None
+        paths = pair.stdout.readline().strip(), pair.stdout.readline().strip()
+        seconds = transfer(paths[0], paths[1], payload)
+    finally:
+        pair.terminate()
+        pair.wait(10)
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    return len(payload) / seconds / (PACED_BAUD / 10)
+
+
 def main() -> None:
     if shutil.which("socat") is None:
         sys.exit("bench_pty_pair: socat is not installed")
@@ -85,6 +111,9 @@ def main() -> None:
                 "bipsim_MBps": round(bipsim_rate, 2),
                 "socat_MBps": round(socat_rate, 2),
                 "ratio": round(bipsim_rate / socat_rate, 3),
+                "paced_baud": PACED_BAUD,
+                "paced_ratio": round(paced_ratio(payload[:PACED_SIZE], 0), 4),
+                "paced_ratio_2_burners": round(paced_ratio(payload[:PACED_SIZE], 2), 4),
             }
         )
     )
