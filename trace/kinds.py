@@ -73,7 +73,7 @@ class Kind(StrEnum):
     VPCD_ERROR = "vpcd.error"  # a reader message vpcd never sends; the connection is dropped; fields: reason
     # the AP's OMAPI stack (docs/protocols.md, "OMAPI on the AP"); fields: layer, reader, and as each says
     OMAPI_FRAMEWORK = "omapi.framework"  # a Framework step: power on, card check, rule load, the variable set
-    OMAPI_CHECK = "omapi.check"  # PhoneInterfaceManager reads enforceCarrierPrivilege; fields: variable, allowed
+    OMAPI_CHECK = "omapi.check"  # PhoneInterfaceManager reads the variable; fields: variable, allowed
     OMAPI_RIL = "omapi.ril"  # the RIL's open/close request to the modem; fields: op, aid, session
     OMAPI_CALL = "omapi.call"  # an application's OMAPI call and its outcome; fields: api, app, result
     OMAPI_ERROR = "omapi.error"  # an OMAPI exception raised to the application; fields: exception, reason

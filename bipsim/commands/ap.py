@@ -77,7 +77,7 @@ if TYPE_CHECKING:
     "--omapi/--no-omapi",
     default=False,
     show_default=True,
-    help="Offer the Open Mobile API (docs/protocols.md, \"OMAPI on the AP\"): at start-up load each card's access "
+    help='Offer the Open Mobile API (docs/protocols.md, "OMAPI on the AP"): at start-up load each card\'s access '
     "rules from its ARA-M through AT+CCHO/+CGLA/+CCHC into enforceCarrierPrivilege (steps 004:201..206), then "
     "initialise OMAPI (004:301..305). Implied by --omapi-listen.",
 )
