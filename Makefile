@@ -29,8 +29,8 @@ demo: $(VENV)/.runtime
 # mypy cannot follow setuptools' editable finder, so it checks a link tree shaped like the installed package.
 build/typecheck/bipsim: FORCE
 	rm -rf build/typecheck && mkdir -p build/typecheck/bipsim
-	ln -s $(abspath bipsim)/* build/typecheck/bipsim/
-	for d in $(filter-out bipsim,$(PKG_DIRS)); do ln -s $(abspath $$d) build/typecheck/bipsim/$$d; done
+	ln -sfn $(abspath bipsim)/* build/typecheck/bipsim/
+	for d in $(filter-out bipsim,$(PKG_DIRS)); do ln -sfn $(abspath $$d) build/typecheck/bipsim/$$d; done
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .
