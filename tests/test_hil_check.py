@@ -472,3 +472,52 @@ def test_docs_describe_the_bench() -> None:
     text = (Path(__file__).parent.parent / "docs" / "hil.md").read_text()
     for words in ("bipsim hil check", "null-modem", "dialout", "/dev/serial/by-id", "not testable on a pty"):
         assert words in text
+
+
+async def test_a_line_that_goes_away_mid_check_is_one_line() -> None:
+    """The pair vanishes (an adapter unplugged) while the rate check runs: one line on stderr, exit 1."""
+    (ma, pa), (mb, pb) = open_pty(), open_pty()
+    slaves = []
+    for path in (pa, pb):
+        fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        set_raw(fd)
+        slaves.append(fd)
+    a, b = PtyStream(ma, name=pa), PtyStream(mb, name=pb)
+
+    async def copy(src: PtyStream, dst: PtyStream) -> None:
+        while data := await src.receive_some(65536):
+            await dst.send_all(data)
+
+    process = await trio.lowlevel.open_process(
+        [*BIPSIM, "hil", "check", "--port", pa, "--port", pb, "--baud", "9600"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(copy, a, b)
+        nursery.start_soon(copy, b, a)
+        assert process.stderr is not None
+        seen = b""
+        with trio.fail_after(60):
+            while b"checking rate" not in seen:
+                chunk = await process.stderr.receive_some(4096)
+                assert chunk, seen
+                seen += chunk
+        nursery.cancel_scope.cancel()  # the relay stops...
+    for fd in slaves:  # ...and the pair goes away under the running check
+        os.close(fd)
+    await a.aclose()
+    await b.aclose()
+    with trio.fail_after(60):
+        rest = await process.stderr.receive_some(65536) if process.stderr is not None else b""
+        while more := await process.stderr.receive_some(65536):
+            rest += more
+        await process.wait()
+    assert process.returncode == 1, rest
+    assert b"Traceback" not in rest
+    assert b"internal error" not in rest
+    assert process.stdout is not None
+    table = b""
+    while more := await process.stdout.receive_some(65536):
+        table += more
+    assert rows(table.decode())["rate"][0] == "fail"  # the line ended under it: no rate, and the run says so

@@ -40,6 +40,19 @@ async def _check(ports: tuple[str, str], baud: int, rtscts: bool, quiet: bool) -
                 await end.stream.aclose()
 
 
+def _line_failure(exc: BaseException) -> BaseException | None:
+    """The line error inside `exc` (a check's nursery wraps it in an ExceptionGroup), or None for anything else."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _line_failure(inner)
+            if found is not None:
+                return found
+        return None
+    if isinstance(exc, trio.BrokenResourceError | trio.ClosedResourceError | OSError):
+        return exc
+    return None
+
+
 @hil.command("check")
 @click.option(
     "--port",
@@ -83,6 +96,11 @@ def check(ports: tuple[str, ...], baud: int, rtscts: bool, as_json: bool) -> Non
         results, _ = trio.run(_check, (ports[0], ports[1]), baud, rtscts, as_json)
     except ValueError as exc:
         raise CliError(str(exc), exit_code=2) from exc
+    except (trio.BrokenResourceError, trio.ClosedResourceError, ExceptionGroup) as exc:
+        gone = _line_failure(exc)
+        if gone is None:
+            raise
+        raise CliError(f"a line failed during the check: {gone}") from exc
     status = exit_status(results, requested={"rts/cts"} if rtscts else set())
     if as_json:
         click.echo(
