@@ -65,6 +65,7 @@ class DaskEngine:
             {"distributed.scheduler.allowed-failures": 0, "distributed.worker.profile.enabled": False}
         )
         cluster = LocalCluster(
+            host="127.0.0.1",  # the scheduler and workers listen on loopback only
             n_workers=self.workers,
             threads_per_worker=1,
             processes=True,
