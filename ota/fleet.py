@@ -40,6 +40,9 @@ import trio
 
 from bipsim.errors import CliError
 from bipsim.ota.loadgen import LoadCard, make_card, new_session, run_card
+from bipsim.trace.events import Actor, Layer
+from bipsim.trace.kinds import Kind
+from bipsim.trace.recorder import NULL_TRACER, Tracer
 from bipsim.uicc.ota_agent import SeededRandom, card_random
 from bipsim.uicc.profile import CardProfile, load_profile
 
@@ -643,11 +646,13 @@ async def run_fleet(
     on_event: Emit | None = None,
     progress: Callable[[str], None] | None = None,
     stop: trio.Event | None = None,
+    tracer: Tracer = NULL_TRACER,
 ) -> FleetReport:
     """Runs the fleet on `engine` against config.server (or a server of its own) and returns the report.
     `on_event` sees every worker event, and {"type": "exited", "worker": W, "why": ...} for each worker;
     `progress` gets a line a second. Setting `stop` ends the run early: the workers are stopped, and the report
-    (marked `stopped`) holds the sessions that ended until then."""
+    (marked `stopped`) holds the sessions that ended until then. `tracer` gets an event per worker started and
+    ended (app.error for one that died) and one for the report."""
     summary: dict[str, Any] = {}
     async with AsyncExitStack() as stack:
         if config.server is None:
@@ -660,14 +665,17 @@ async def run_fleet(
         first_start: list[float] = []
 
         def sink(event: Event) -> None:
-            if event.get("type") == "started" and not first_start:
-                first_start.append(trio.current_time())
+            if event.get("type") == "started":
+                if not first_start:
+                    first_start.append(trio.current_time())
+                _trace_started(tracer, tally, event)
             tally.feed(event)
             if on_event is not None:
                 on_event(event)
 
         def exited(worker: int, why: str | None) -> None:
             tally.exited(worker, why)
+            _trace_exited(tracer, tally, worker, why)
             if on_event is not None:
                 on_event({"type": "exited", "worker": worker, "why": why})
 
@@ -699,4 +707,58 @@ async def run_fleet(
             nursery.cancel_scope.cancel()
         end = trio.current_time()
     # the rate counts from the first worker's start: the time to start processes is not the fleet's pace
-    return tally.report(end - start, server=summary, running=end - (first_start[0] if first_start else start))
+    report = tally.report(
+        end - start, server=summary, running=end - (first_start[0] if first_start else start)
+    )
+    tracer.emit(
+        Actor.UICC,
+        Actor.OTA,
+        Layer.APP,
+        f"fleet report: {report.completed} of {report.sessions} sessions completed, {report.failed} failed",
+        error=not report.ok,
+        kind=Kind.APP_EVENT,
+        fields={
+            k: v
+            for k, v in report.to_dict().items()
+            if k in ("sessions", "completed", "failed", "failures", "workers_died", "stopped")
+        },
+    )
+    return report
+
+
+def _trace_started(tracer: Tracer, tally: FleetTally, event: Event) -> None:
+    worker = tally.workers.get(event.get("worker", -1))
+    if worker is None:
+        return
+    tracer.emit(
+        Actor.UICC,
+        Actor.OTA,
+        Layer.APP,
+        f"fleet worker {worker.spec.worker} started (pid {event.get('pid')}): cards {worker.spec.first}.."
+        f"{worker.spec.first + worker.spec.count - 1}",
+        kind=Kind.APP_EVENT,
+        fields={"worker": worker.spec.worker, "pid": event.get("pid"), "cards": worker.spec.count},
+    )
+
+
+def _trace_exited(tracer: Tracer, tally: FleetTally, worker: int, why: str | None) -> None:
+    state = tally.workers[worker]
+    if state.died is None:
+        tracer.emit(
+            Actor.UICC,
+            Actor.OTA,
+            Layer.APP,
+            f"fleet worker {worker} ended: {state.ok} sessions completed, {state.failed} failed",
+            kind=Kind.APP_EVENT,
+            fields={"worker": worker, "completed": state.ok, "failed": state.failed},
+        )
+        return
+    tracer.emit(
+        Actor.UICC,
+        Actor.OTA,
+        Layer.APP,
+        f"fleet worker {worker} died: {state.died}",
+        error=True,
+        kind=Kind.APP_ERROR,
+        fields={"where": "fleet worker", "error": state.died, "worker": worker},
+    )

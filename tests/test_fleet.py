@@ -37,6 +37,8 @@ from bipsim.ota.fleet import (
 from bipsim.ota.http_connection import HttpRequest
 from bipsim.ota.server import OtaServer
 from bipsim.ota.server_pool import FrameReader, card_key, encode_frame, owner_of
+from bipsim.trace.kinds import Kind
+from bipsim.trace.recorder import Tracer
 from bipsim.uicc.http_limits import LIMITS
 from tests.conftest import IN_CI
 
@@ -132,13 +134,18 @@ def test_pool_frames_and_owners() -> None:
 
 def test_small_fleet_agrees_with_the_servers_log(tmp_path: Path) -> None:
     results = tmp_path / "results.json"
-    done = run_cli("fleet", "--cards", "20", "--workers", "2", "--json", "--results", str(results))
+    trace = tmp_path / "fleet.jsonl"
+    done = run_cli(
+        "fleet", "--cards", "20", "--workers", "2", "--json", "--results", str(results), "--trace", str(trace)
+    )
     assert done.returncode == 0, done.stderr
+    events = [json.loads(line) for line in trace.read_text().splitlines()]
+    assert sorted(e["fields"]["worker"] for e in events if "pid" in e.get("fields", {})) == [0, 1]  # started
+    assert events[-1]["kind"] == "app.event" and events[-1]["fields"]["completed"] == 20
     report = json.loads(done.stdout)
     assert (report["cards"], report["workers"], report["engine"]) == (20, 2, "local")
     assert (report["sessions"], report["completed"], report["failed"], report["failures"]) == (20, 20, 0, {})
     assert report["ok"] and report["sessions_per_s"] > 0 and 0 < report["p50_ms"] <= report["p99_ms"]
-    assert "completed" in done.stderr  # the live progress line
     # the server's own figures and its per-card log: one record per card, every card's plan done once
     assert report["server"]["cards"] == 20 and report["server"]["sessions"] == 20
     log = json.loads(results.read_text())
@@ -210,9 +217,15 @@ async def test_a_killed_worker_is_counted_and_the_rest_finishes(engine: str) -> 
             os.kill(pids[1], signal.SIGKILL)
 
         nursery.start_soon(killer)
+        tracer = Tracer(keep=True)
         with trio.fail_after(170):
-            report = await run_fleet(config, engine_named(engine), on_event=on_event)
+            report = await run_fleet(config, engine_named(engine), on_event=on_event, tracer=tracer)
         nursery.cancel_scope.cancel()
+    died = [e for e in tracer.events if e.kind == Kind.APP_ERROR]
+    assert [(e.fields or {}).get("worker") for e in died] == [1] and died[0].error
+    assert (died[0].fields or {})["where"] == "fleet worker"
+    last = tracer.events[-1]
+    assert last.kind == Kind.APP_EVENT and (last.fields or {})["failures"] == {WORKER_DIED: 10}
     assert exits[0] is None and exits[1] is not None
     assert ("SIGKILL" if engine == "local" else "KilledWorker") in exits[1]
     assert report.workers_died == 1 and not report.ok

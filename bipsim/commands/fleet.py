@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 import trio
 
-from bipsim.commands.common import host_port
+from bipsim.commands.common import host_port, make_tracer, trace_option
 from bipsim.errors import CliError
 
 
@@ -101,6 +101,7 @@ from bipsim.errors import CliError
     type=click.Path(dir_okay=False),
     help="Write the keys file of --cards cards (PSK identity = hex key, for `bipsim ota-server --keys`) and exit.",
 )
+@trace_option
 @click.option("--json", "as_json", is_flag=True, help="Print the final report as one JSON object on stdout.")
 @click.option("--quiet", is_flag=True, help="No progress lines on stderr.")
 def fleet(
@@ -119,6 +120,7 @@ def fleet(
     engine: str,
     scheduler: str | None,
     export_keys: str | None,
+    trace_path: str | None,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -165,6 +167,9 @@ def fleet(
         server_results=results_path,
         campaign=campaign_path,
     )
+    tracer = make_tracer(
+        trace_path, "fleet"
+    )  # the workers' starts and ends, a death as app.error, the report
     runner: Engine
     if engine == "dask":
         from bipsim.ota.fleet_dask import DaskEngine
@@ -192,7 +197,11 @@ def fleet(
                         stop.set()
 
             nursery.start_soon(signals)
-            reports.append(await run_fleet(config, runner, progress=None if quiet else progress, stop=stop))
+            reports.append(
+                await run_fleet(
+                    config, runner, progress=None if quiet else progress, stop=stop, tracer=tracer
+                )
+            )
             nursery.cancel_scope.cancel()
 
     try:
@@ -202,6 +211,8 @@ def fleet(
         if error is None:
             raise
         raise error from None
+    finally:
+        tracer.close()
     if not reports:
         click.echo("bipsim fleet: stopped before the end; no report", err=True)
         sys.exit(130)
