@@ -35,6 +35,7 @@ from bipsim.cp.line_service import LineService
 from bipsim.cp.network import CellularNetwork
 from bipsim.cp.proxy_link import ProxyLink
 from bipsim.link.cmux import MuxError
+from bipsim.link.line_requests import serve_line_requests
 from bipsim.link.pty import open_line
 from bipsim.trace.events import Actor, Layer
 from bipsim.trace.kinds import Kind
@@ -357,24 +358,12 @@ async def serve_card_control(
     sock.listen()
     listener = trio.SocketListener(sock)
 
+    async def answer(line: bytes) -> bytes:
+        return card_control_answer(line.decode("utf-8", "replace"), slots).encode()
+
     async def handle(stream: trio.SocketStream) -> None:
-        buffer = b""
-        try:
-            while True:
-                data = await stream.receive_some(4096)
-                if not data:
-                    return
-                buffer += data
-                while b"\n" in buffer:
-                    line, buffer = buffer.split(b"\n", 1)
-                    answer = card_control_answer(line.decode("utf-8", "replace"), slots)
-                    await stream.send_all(answer.encode() + b"\n")
-                if len(buffer) > 4096:
-                    return  # not a command: the peer is not speaking this protocol
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return
-        finally:
-            await stream.aclose()
+        # a line past 4096 bytes is no command: the peer is not speaking this protocol
+        await serve_line_requests(stream, answer, max_line=4096)
 
     try:
         async with trio.open_nursery() as nursery:

@@ -158,3 +158,39 @@ async def test_the_ap_proxy_answers_an_overlong_line_error(nursery: trio.Nursery
     await cp_end.send_all(b'AT%GETNET=1,3,"' + b"a" * (MAX_LINE + 1) + b'"\r')
     assert await _until(cp_end, b"\r\n") == b"\r\nERROR\r\n"
     assert [e.kind for e in tracer.errors] == ["at.error", "at.final"]
+
+
+async def _echo_upper(line: bytes) -> bytes:
+    return line.upper()
+
+
+async def test_a_control_socket_answers_each_line_and_refuses_an_overlong_one_then_goes_on() -> None:
+    """link/line_requests.py: the loop of the OMAPI and card-control sockets keeps at most max_line bytes."""
+    from trio.testing import memory_stream_pair
+
+    from bipsim.link.line_requests import serve_line_requests
+
+    client, server = memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: serve_line_requests(server, _echo_upper, max_line=8, too_long=b"TOO LONG"))
+        await client.send_all(b"ab\ncd")
+        await client.send_all(b"\n" + b"x" * 20)  # past max_line: refused once, dropped up to its LF
+        await client.send_all(b"y" * 20 + b"\nok\n")
+        received = b""
+        while received.count(b"\n") < 4:
+            received += await client.receive_some(100)
+        assert received == b"AB\nCD\nTOO LONG\nOK\n"
+        await client.aclose()
+
+
+async def test_a_control_socket_without_a_refusal_ends_the_connection_on_an_overlong_line() -> None:
+    from trio.testing import memory_stream_pair
+
+    from bipsim.link.line_requests import serve_line_requests
+
+    client, server = memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: serve_line_requests(server, _echo_upper, max_line=8))
+        await client.send_all(b"a\n" + b"z" * 9)
+        assert await client.receive_some(100) == b"A\n"
+        assert await client.receive_some(100) == b""  # the server closed its end

@@ -26,6 +26,7 @@ import trio
 from bipsim.ap.omapi.errors import OmapiError
 from bipsim.ap.omapi.service import AppIdentity, Channel, SEService
 from bipsim.ap.omapi.stack import OmapiStack
+from bipsim.link.line_requests import serve_line_requests
 from bipsim.trace.events import Actor, Layer
 from bipsim.trace.kinds import Kind
 from bipsim.trace.recorder import NULL_TRACER, Tracer
@@ -83,26 +84,11 @@ class ControlServer:
         await trio.serve_listeners(self._connection, listeners)
 
     async def _connection(self, stream: trio.SocketStream) -> None:
-        buffer = b""
-        try:
-            while True:
-                data = await stream.receive_some(4096)
-                if not data:
-                    return
-                buffer += data
-                while b"\n" in buffer:
-                    line, buffer = buffer.split(b"\n", 1)
-                    answer = await self.answer(line)
-                    await stream.send_all(json.dumps(answer).encode() + b"\n")
-                if len(buffer) > MAX_LINE:
-                    buffer = b""
-                    await stream.send_all(
-                        json.dumps({"ok": False, "error": "request line too long"}).encode() + b"\n"
-                    )
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return
-        finally:
-            await trio.aclose_forcefully(stream)
+        async def answer(line: bytes) -> bytes:
+            return json.dumps(await self.answer(line)).encode()
+
+        too_long = json.dumps({"ok": False, "error": "request line too long"}).encode()
+        await serve_line_requests(stream, answer, max_line=MAX_LINE, too_long=too_long)
 
     async def answer(self, line: bytes) -> dict[str, Any]:
         """The answer to one request line (never raises for a bad request)."""
