@@ -148,9 +148,11 @@ class CardSlot:
         *,
         tracer: Tracer = NULL_TRACER,
         driver: CardDriver | None = None,
+        notice: Callable[[str], None] | None = None,
     ) -> None:
         self.number = number
         self.transport = transport
+        self.notice = notice  # the user is told of a presence change in one line too (the modem: stderr)
         self.tracer = tracer if number == 1 or isinstance(tracer, SlotTracer) else SlotTracer(tracer, number)
         self.presence = SlotPresence(
             SlotState.ABSENT if isinstance(transport, NoCard) else SlotState.UNPOWERED
@@ -233,15 +235,18 @@ class CardSlot:
         fields: dict[str, object] = {"event": change.value, "slot": self.number, "reason": reason}
         if atr:
             fields["atr"] = atr.hex().upper()
+        summary = f"slot {self.number}: {'card removed' if change is Change.REMOVED else 'card inserted'} ({reason})"
         self.tracer.emit(
             Actor.UICC,
             Actor.CP,
             Layer.APP,
-            f"slot {self.number}: {'card removed' if change is Change.REMOVED else 'card inserted'} ({reason})",
+            summary,
             error=change is Change.REMOVED,
             kind=Kind.APP_EVENT,
             fields=fields,
         )
+        if self.notice is not None:
+            self.notice(summary)
         if change is Change.INSERTED:
             self._gone = trio.Event()
         return change

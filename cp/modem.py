@@ -180,9 +180,13 @@ class Modem:
     ) -> None:
         self.options = options
         self.tracer = tracer
-        self.slots = [CardSlot(1, card, tracer=tracer)]
+
+        def notice(text: str) -> None:
+            _stderr(f"bipsim cp: {text}")
+
+        self.slots = [CardSlot(1, card, tracer=tracer, notice=notice)]
         if card2 is not None:
-            self.slots.append(CardSlot(2, card2, tracer=tracer))
+            self.slots.append(CardSlot(2, card2, tracer=tracer, notice=notice))
         self.driver = self.slots[0].driver
         self.network = CellularNetwork()
         self.proxy = ProxyLink()

@@ -271,6 +271,11 @@ def test_cp_answers_at_while_the_pcsc_card_is_gone(card_server: CardServer, tmp_
         output = cp.communicate(timeout=10)[0].decode(errors="replace")
         port.close()
     assert "Traceback" not in output, output
+    # and the user reads each change in one line
+    assert [line for line in output.splitlines() if "slot 1: card" in line] == [
+        f"bipsim cp: slot 1: card removed ({removed['fields']['reason']})",
+        f"bipsim cp: slot 1: card inserted ({inserted['fields']['reason']})",
+    ], output
 
 
 class BadVpcdCard:
