@@ -4,6 +4,8 @@ Four checks, each a row of one table: every byte value both ways (patterns that 
 bit and the bytes a tty eats or rewrites: XON/XOFF, CR/LF, the 8th bit), the byte rate against the 8N1 bound of the
 baud rate (10 bits a byte: start, 8 data, stop), RTS/CTS flow control (a reader that stops reading must stop the
 writer) and a DTR hang-up seen by the other side as DSR/DCD (the null-modem wiring of EIA-232 / ITU-T V.24).
+The RTS/CTS row runs when asked for (`rtscts`) and the DTR row unless turned off (`dtr=False`, for a bench whose
+cable has no DTR/DSR/DCD wires): a row turned off reads "skipped", with the option that turned it off, never "pass".
 
 The judgements are pure functions of what was sent, received and measured (`compare_bytes`, `judge_rate`,
 `judge_flow`, `judge_hangup`, `exit_status`); the trio adapters (`check_*`, `run_checks`) only move the bytes and
@@ -257,14 +259,18 @@ def judge_hangup(observations: list[HangupObservation]) -> CheckResult:
     figures = {"seen": seen}
     if problems:
         return CheckResult(
-            "dtr hang-up", Outcome.FAIL, "; ".join(problems) + " (DTR-DSR/DCD not wired?)", figures
+            "dtr hang-up",
+            Outcome.FAIL,
+            "; ".join(problems) + " (DTR-DSR/DCD not wired? on a bench without them give --no-dtr)",
+            figures,
         )
     return CheckResult("dtr hang-up", Outcome.PASS, "; ".join(seen), figures)
 
 
 def exit_status(results: list[CheckResult], *, requested: Collection[str] = ()) -> int:
-    """0: every testable check passed; 1: a check failed; 3: none failed but a check asked for by name
-    (`requested`, e.g. "rts/cts" for --rtscts) could not be tested."""
+    """0: no check failed and every check asked for by name (`requested`: "rts/cts" for --rtscts, "dtr hang-up"
+    for --dtr) passed; 1: a check failed; 3: none failed but a check asked for by name could not be tested (a pty).
+    A row skipped because it was not asked for (no --rtscts) or turned off (--no-dtr) never changes the status."""
     if any(r.outcome is Outcome.FAIL for r in results):
         return 1
     if any(r.check in requested and r.outcome is not Outcome.PASS for r in results):
@@ -439,7 +445,11 @@ async def check_hangup(a: End, b: End, *, timeout: float = 1.0) -> CheckResult:
     try:
         return judge_hangup(await _hangups(a, b, timeout))
     except OSError as exc:  # an adapter without DTR or modem-status support
-        return CheckResult("dtr hang-up", Outcome.FAIL, f"cannot drive DTR or read DSR/DCD: {exc}")
+        return CheckResult(
+            "dtr hang-up",
+            Outcome.FAIL,
+            f"cannot drive DTR or read DSR/DCD: {exc} (an adapter without them: give --no-dtr)",
+        )
 
 
 async def _hangups(a: End, b: End, timeout: float) -> list[HangupObservation]:
@@ -468,9 +478,11 @@ async def run_checks(
     baud: int,
     *,
     rtscts: bool,
+    dtr: bool = True,
     progress: Callable[[str], Awaitable[None] | None] | None = None,
 ) -> list[CheckResult]:
-    """All checks in order: bytes both ways, rate, RTS/CTS (with `rtscts`), DTR hang-up."""
+    """All checks in order: bytes both ways, rate, RTS/CTS (with `rtscts`), DTR hang-up (unless `dtr` is False:
+    then that row is skipped, "(--no-dtr)")."""
     results: list[CheckResult] = []
 
     async def step(what: str, check: Awaitable[CheckResult]) -> None:
@@ -489,7 +501,17 @@ async def run_checks(
         results.append(
             CheckResult("rts/cts", Outcome.SKIPPED, "not asked: give --rtscts when RTS/CTS are wired")
         )
-    await step("dtr hang-up", check_hangup(a, b))
+    if dtr:
+        await step("dtr hang-up", check_hangup(a, b))
+    else:
+        results.append(
+            CheckResult(
+                "dtr hang-up",
+                Outcome.SKIPPED,
+                "(--no-dtr) not checked: the bench has no DTR-DSR/DCD wires (a 3-wire or RTS/CTS-only cable)",
+                {"skipped_by": "--no-dtr"},
+            )
+        )
     return results
 
 

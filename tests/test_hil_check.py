@@ -30,6 +30,7 @@ from bipsim.link.hil_check import (
     judge_hangup,
     judge_rate,
     render_table,
+    run_checks,
 )
 from bipsim.link.pty import PtyStream, open_pty, set_raw
 
@@ -296,6 +297,79 @@ async def test_dtr_not_wired_fails(autojump_clock: trio.testing.MockClock) -> No
     assert "A saw no DSR/DCD drop when B dropped DTR" in result.detail
 
 
+class PacedStream(trio.abc.Stream):
+    """One end of a full-duplex 8N1 line at `rate` bytes/s (a memory stream pair under MockClock): what a check
+    writes arrives after its line time, so the byte and rate rows pass and only the modem lines are in question."""
+
+    def __init__(self, inner: trio.abc.Stream, rate: float) -> None:
+        self.inner, self.rate = inner, rate
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await trio.sleep(len(data) / self.rate)
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def three_wire_bench(*, dsr_dcd_wired: bool) -> tuple[End, End]:
+    """Two real (not pty) ends on a paced line with simulated modem lines; without DSR/DCD wires each side's DSR
+    and DCD stay up whatever the other's DTR does (a 3-wire cable with the inputs tied or pulled up)."""
+    left, right = trio.testing.memory_stream_pair()
+    modem_a, modem_b = SimModem(), SimModem()
+    modem_a.peer, modem_b.peer = modem_b, modem_a
+    if not dsr_dcd_wired:
+        modem_a.wired = modem_b.wired = (False, False)
+    return (
+        End("A", PacedStream(left, 11520), modem_a, False),
+        End("B", PacedStream(right, 11520), modem_b, False),
+    )
+
+
+async def test_no_dtr_skips_the_row_and_a_three_wire_bench_exits_0(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    a, b = three_wire_bench(dsr_dcd_wired=False)
+
+    def never(level: bool) -> None:
+        raise AssertionError("--no-dtr must not touch DTR")
+
+    for end in (a, b):
+        assert end.modem is not None
+        end.modem.set_dtr = never  # type: ignore[method-assign]
+    results = await run_checks(a, b, 115200, rtscts=False, dtr=False)
+    by_name = {r.check: r for r in results}
+    assert by_name["dtr hang-up"].outcome is Outcome.SKIPPED
+    assert by_name["dtr hang-up"].detail.startswith("(--no-dtr)")
+    table_row = render_table(results).splitlines()[-1].split()
+    assert table_row[:4] == ["dtr", "hang-up", "skipped", "(--no-dtr)"]
+    assert [r.outcome for r in results[:3]] == [Outcome.PASS] * 3, render_table(results)
+    assert exit_status(results) == 0
+
+
+async def test_the_dtr_row_still_fails_when_asked_and_not_wired(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    a, b = three_wire_bench(dsr_dcd_wired=False)
+    results = await run_checks(a, b, 115200, rtscts=False, dtr=True)
+    row = results[-1]
+    assert row.check == "dtr hang-up"
+    assert row.outcome is Outcome.FAIL
+    assert "B saw no DSR/DCD drop when A dropped DTR" in row.detail
+    assert "--no-dtr" in row.detail  # the failure names the way out for a bench without the wires
+    assert exit_status(results) == 1
+    assert exit_status(results, requested={"dtr hang-up"}) == 1
+    wired = await run_checks(*three_wire_bench(dsr_dcd_wired=True), 115200, rtscts=False, dtr=True)
+    assert wired[-1].outcome is Outcome.PASS, wired[-1].detail
+    assert exit_status(wired, requested={"dtr hang-up"}) == 0
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # the command on real pty pairs
 
@@ -350,6 +424,25 @@ def test_rtscts_asked_on_a_pty_exits_3_with_json(pty_pair_paths: list[str]) -> N
     }
 
 
+@pytest.mark.parametrize(
+    "flag, status, dtr_result",
+    [
+        ("--no-dtr", 0, "skipped"),  # turned off: skipped, never pass
+        ("--dtr", 3, "not testable on a pty"),  # asked for explicitly: a pty cannot show it
+    ],
+)
+def test_dtr_options_on_a_pty_pair(
+    pty_pair_paths: list[str], flag: str, status: int, dtr_result: str
+) -> None:
+    done = run_check("--port", pty_pair_paths[0], "--port", pty_pair_paths[1], flag)
+    assert done.returncode == status, done.stdout + done.stderr
+    table = rows(done.stdout)
+    assert table["dtr hang-up"][0] == dtr_result
+    if flag == "--no-dtr":
+        assert table["dtr hang-up"][1].startswith("(--no-dtr)")
+        assert "DTR check off" in done.stdout.splitlines()[0]
+
+
 def test_check_on_a_paced_pair_measures_the_rate() -> None:
     proc = subprocess.Popen([*BIPSIM, "pty-pair", "--baud", "19200"], stdout=subprocess.PIPE, text=True)
     try:
@@ -361,11 +454,14 @@ def test_check_on_a_paced_pair_measures_the_rate() -> None:
         proc.wait(10)
     report = json.loads(done.stdout)
     rate = next(c for c in report["checks"] if c["check"] == "rate")
-    # a paced pair has a line rate: measured from the first write, never above 8N1 at 19200 baud (the pacer's
-    # exact bound since the line went busy; how close to it a loaded machine comes is the bench's business)
-    assert rate["result"] in ("pass", "fail")
+    # a paced pair has a line rate, and the rate row must pass: 0.95 to 1.02 of the 8N1 bound. Above 1 it cannot
+    # go (timed from the first write, and the pacer never exceeds 8N1 since the line went busy); below 0.95 it
+    # would take 100 ms of lateness at the end of the 2 s payload, where this machine (2 cores, load average 5
+    # with the CI loop running) measured 0.9987 to 0.9996 (1 to 3 ms) in six runs
     assert rate["bound_Bps"] == 1920
-    assert 0 < rate["ratio"] <= 1.0001
+    assert 0.95 <= rate["ratio"] <= 1.0001, rate
+    assert rate["result"] == "pass", rate
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 @pytest.mark.needs("socat")
@@ -464,13 +560,28 @@ def test_bad_arguments_are_one_line(args: list[str], message: str) -> None:
 def test_help_explains_the_exit_status() -> None:
     done = subprocess.run([*BIPSIM, "hil", "check", "--help"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0
-    for words in ("not testable on a pty", "--rtscts", "Exit status", "8N1"):
+    for words in (
+        "not testable on a pty",
+        "--rtscts",
+        "--no-dtr",
+        "skipped (--no-dtr)",
+        "Exit status",
+        "8N1",
+    ):
         assert words in " ".join(done.stdout.split())
 
 
 def test_docs_describe_the_bench() -> None:
     text = (Path(__file__).parent.parent / "docs" / "hil.md").read_text()
-    for words in ("bipsim hil check", "null-modem", "dialout", "/dev/serial/by-id", "not testable on a pty"):
+    for words in (
+        "bipsim hil check",
+        "null-modem",
+        "dialout",
+        "/dev/serial/by-id",
+        "not testable on a pty",
+        "--no-dtr",
+        "skipped (--no-dtr)",
+    ):
         assert words in text
 
 
