@@ -61,8 +61,20 @@ def test_rule_parser_answers_a_rule_set_or_its_error(data: bytes) -> None:
             assert 0 <= exc.offset <= len(data)
             return
         decision = RuleSet(rules).decide(ECHO, HASH, "org.x")
-        assert decision.granted in (True, False)
-        decision.allows(bytes.fromhex("00A4040000"))
+        assert decision.reason  # every decision says why
+        for apdu in (bytes.fromhex("00A4040000"), bytes.fromhex("80CA9F7F00")):
+            allowed = decision.allows(apdu)
+            if not decision.granted:
+                assert allowed is False, decision  # a denied channel carries no APDU at all
+            elif not decision.filters:
+                assert allowed is True, decision  # granted without APDU filters: every APDU
+            else:  # granted with filters: allowed exactly when one filter matches the header (both CLAs
+                # here have no channel bits to clear)
+                expected = any(
+                    all((a & m) == (r & m) for a, r, m in zip(apdu[:4], ref, mask, strict=True))
+                    for ref, mask in decision.filters
+                )
+                assert allowed is expected, decision
 
 
 class FuzzedModem:

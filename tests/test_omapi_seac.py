@@ -85,16 +85,17 @@ def test_a_package_rule_names_one_package() -> None:
 @pytest.mark.parametrize(
     "data, where",
     [
-        (bytes.fromhex("FF4005E203E1014F"), 5),  # REF-DO cut short
-        (bytes.fromhex("FF40"), 2),
-        (bytes.fromhex("DF2000"), 0),
-        (bytes.fromhex("FF4004E202E100"), 5),  # REF-AR-DO without AR-DO
+        (bytes.fromhex("FF4005E203E1014F"), 3),  # REF-DO cut short: the REF-AR-DO at 3 is named
+        (bytes.fromhex("FF40"), 2),  # the length field missing after the tag
+        (bytes.fromhex("DF2000"), 0),  # not FF40 at all
+        (bytes.fromhex("FF4004E202E100"), 3),  # REF-AR-DO without AR-DO
     ],
 )
 def test_malformed_rules_name_the_offset(data: bytes, where: int) -> None:
     with pytest.raises(RuleFormatError) as caught:
         parse_rules(data)
-    assert caught.value.offset >= 0 and str(caught.value).startswith("offset ")
+    assert caught.value.offset == where
+    assert str(caught.value).startswith(f"offset {where}: ")
 
 
 def test_refresh_tag() -> None:

@@ -9,6 +9,9 @@ TCP on 127.0.0.1 by default, one JSON object a line each way. Requests (`op`):
   with `basic`); getSelectResponse when `select_response`; transmit of each of `apdus`; close. The answer holds
   `responses` (each R-APDU in hex, exactly as the applet answered) or `exception` (the OMAPI name) and `reason`.
 - `boot`: the terminal's framework starts again (steps 201..206 and 301..305 anew).
+- Every request may carry `wait`: the seconds it waits for the start-up steps when the AP has no modem session yet
+  (default and at most READY_TIMEOUT); after it, or at once with `wait` 0, the answer is the error "no modem
+  session". `bipsim omapi --status` sends 0 and so answers at once.
 - `run` with `keep_open` leaves the channel open and answers its `handle`; `transmit` (`handle`, `apdus`) sends more
   APDUs on it and `close` (`handle`) closes it with its session: a client that holds a channel across requests.
 
@@ -24,7 +27,7 @@ from typing import Any
 import trio
 
 from bipsim.ap.omapi.errors import OmapiError
-from bipsim.ap.omapi.service import AppIdentity, Channel, SEService
+from bipsim.ap.omapi.service import BASIC_CHANNEL_REASON, AppIdentity, Channel, SEService
 from bipsim.ap.omapi.stack import OmapiStack
 from bipsim.link.line_requests import serve_line_requests
 from bipsim.trace.events import Actor, Layer
@@ -98,10 +101,13 @@ class ControlServer:
             if not isinstance(request, dict):
                 raise RequestError("a request is a JSON object")
             op = request.get("op")
-            with trio.move_on_after(READY_TIMEOUT):
+            wait = request.get("wait", READY_TIMEOUT)
+            if not isinstance(wait, int | float) or isinstance(wait, bool) or wait < 0:
+                raise RequestError("wait: give the seconds to wait for the start-up (0 or more)")
+            with trio.move_on_after(min(float(wait), READY_TIMEOUT)):
                 await self.stack.ready.wait()
             if self.stack.service is None:
-                raise RequestError("the OMAPI service has not started (no modem session)")
+                raise RequestError("no modem session: the OMAPI service has not started")
             if op == "status":
                 answer = self.status()
             elif op == "run":
@@ -181,7 +187,8 @@ class ControlServer:
             else:
                 channel = await session.open_logical_channel(aid)
             if channel is None:
-                out.update(channel=None, reason="no channel available (the open returned null)")
+                why = BASIC_CHANNEL_REASON if request.get("basic") else "no logical channel left on the card"
+                out.update(channel=None, reason=f"no channel available (the open returned null: {why})")
                 return out
             out["channel"] = channel.session_id
             if request.get("select_response"):

@@ -223,7 +223,7 @@ class Framework:
         """The ARA-M's rule set and refresh tag, through one logical channel closed again afterwards."""
         session = await self.ril.open_channel(slot, ARA_M_AID, step="004:203")
         try:
-            answer = await self.ril.transmit(slot, session, GET_ALL, step="004:203")
+            answer = await self.ril.exchange(slot, session, GET_ALL, step="004:203")
             if answer[-2:] == SW_NO_DATA:
                 rules = RuleSet(())
             else:
@@ -234,14 +234,14 @@ class Framework:
                 for _ in range(MAX_NEXT):
                     if len(data) >= total:
                         break
-                    more = await self.ril.transmit(slot, session, GET_NEXT, step="004:203")
+                    more = await self.ril.exchange(slot, session, GET_NEXT, step="004:203")
                     if more[-2:] != SW_OK or len(more) == 2:
                         raise LoadFailed(f"GET DATA [Next] answered {more[-2:].hex().upper()}")
                     data += more[:-2]
                 if len(data) != total:
                     raise LoadFailed(f"the rule set has {len(data)} bytes, its header announced {total}")
                 rules = RuleSet(parse_rules(data))
-            tag_answer = await self.ril.transmit(slot, session, GET_REFRESH, step="004:203")
+            tag_answer = await self.ril.exchange(slot, session, GET_REFRESH, step="004:203")
             tag = parse_refresh_tag(tag_answer[:-2]) if tag_answer[-2:] == SW_OK else None
         finally:
             try:
@@ -259,7 +259,7 @@ class Framework:
         try:
             session = await self.ril.open_channel(slot, ARA_M_AID)
             try:
-                answer = await self.ril.transmit(slot, session, GET_REFRESH)
+                answer = await self.ril.exchange(slot, session, GET_REFRESH)
             finally:
                 await self.ril.close_channel(slot, session)
             tag = parse_refresh_tag(answer[:-2]) if answer[-2:] == SW_OK else None

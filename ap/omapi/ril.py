@@ -30,6 +30,7 @@ SIM_BUSY_RETRY = 0.2
 SIM_BUSY_ATTEMPTS = 50
 
 COMMAND_TIMEOUT = 10.0
+MAX_GET_RESPONSE = 64  # GET RESPONSE rounds for one APDU at most (a card that says 61 xx for ever)
 
 
 class AtPort(Protocol):
@@ -183,6 +184,31 @@ class SeRil:
         if answer.cme_error == CME_INVALID_INDEX:
             raise OmapiIllegalStateException(f"the modem no longer knows channel session {session}")
         raise OmapiIOException(f"the modem could not send the APDU: {answer.final}")
+
+    async def exchange(self, slot: int, session: int, command: bytes, *, step: str | None = None) -> bytes:
+        """One APDU with the transport's answers handled below the API (OMAPI 6.7.5: "all protocol related
+        responses are handled inside the API"): 6C xx sends the command again with Le = xx, 61 xx fetches the
+        rest with GET RESPONSE (ISO/IEC 7816-4 5.3.4, T=0), so the caller sees the applet's whole answer. Used by
+        the OMAPI Channel and by the Framework's rule load alike."""
+        answer = await self.transmit(slot, session, command, step=step)
+        if len(answer) == 2 and answer[0] == 0x6C:
+            header = command[:4]
+            body = command[4:]
+            if len(body) > 1 and len(body) == 1 + body[0]:  # case 3: add Le
+                command = command + answer[-1:]
+            elif len(body) == 1 + body[0] + 1:  # case 4: replace Le
+                command = command[:-1] + answer[-1:]
+            else:  # case 1/2: Le is the one byte after the header
+                command = header + answer[-1:]
+            answer = await self.transmit(slot, session, command, step=step)
+        data = answer[:-2]
+        for _ in range(MAX_GET_RESPONSE):
+            if len(answer) < 2 or answer[-2] != 0x61:
+                break
+            get_response = bytes((0x00, 0xC0, 0x00, 0x00, answer[-1]))
+            answer = await self.transmit(slot, session, get_response, step=step)
+            data += answer[:-2]
+        return data + answer[-2:]
 
     async def close_channel(self, slot: int, session: int, *, step: str | None = None) -> None:
         """+CCHC: closes the session's channel; an error is raised as IOException after the channel counts as

@@ -39,9 +39,10 @@ from bipsim.uicc.transitions import TransitionTable
 
 T = TypeVar("T")
 
+# why openBasicChannel answers null (OMAPI v3.3: null when the basic channel is not available to applications)
+BASIC_CHANNEL_REASON = "the modem keeps the basic channel of a UICC (its USIM session) and 27.007 gives the AP logical channels only"
 INS_MANAGE_CHANNEL = 0x70
 INS_SELECT = 0xA4
-MAX_GET_RESPONSE = 64  # GET RESPONSE rounds for one APDU at most (a card that says 61 xx for ever)
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,7 +288,9 @@ class SEService:
             for slot in self.service.slots:
                 if reader_name(slot) == name:
                     return Reader(self, slot)
-            raise OmapiNoSuchElementException(f"no reader {name!r} (readers: {self.service.slots})")
+            raise OmapiNoSuchElementException(
+                f"no reader {name!r} (readers: {[reader_name(slot) for slot in self.service.slots]})"
+            )
 
         return await self.service.call("Reader", name, self.app, body, step="004:405")
 
@@ -350,6 +353,15 @@ class Session:
         async def body() -> Channel | None:
             if self.state is Open.CLOSED:
                 raise OmapiIllegalStateException("the session is closed")
+            self.service.trace(
+                Kind.OMAPI_CALL,
+                f"no basic channel on {self.reader.name}: {BASIC_CHANNEL_REASON}",
+                api="openBasicChannel",
+                reader=self.reader.name,
+                aid=aid.hex().upper() if aid is not None else None,
+                result="null",
+                reason=BASIC_CHANNEL_REASON,
+            )
             return None
 
         return await self.service.call("openBasicChannel", self.reader.name, self.reader.owner.app, body)
@@ -474,29 +486,8 @@ class Channel:
         return await service.call("transmit", self.session.reader.name, self.session.reader.owner.app, body)
 
     async def _exchange(self, command: bytes) -> bytes:
-        """One APDU with the transport's answers handled below the API (OMAPI 6.7.5: "all protocol related
-        responses are handled inside the API"): 6C xx sends the command again with Le = xx, 61 xx fetches the
-        rest with GET RESPONSE (ISO/IEC 7816-4 5.3.4, T=0), so the application sees the applet's whole answer."""
-        ril = self.session.service.ril
-        answer = await ril.transmit(self._slot, self.session_id, command)
-        if answer[-2] == 0x6C and len(answer) == 2:
-            header = command[:4]
-            body = command[4:]
-            if len(body) > 1 and len(body) == 1 + body[0]:  # case 3: add Le
-                command = command + answer[-1:]
-            elif len(body) == 1 + body[0] + 1:  # case 4: replace Le
-                command = command[:-1] + answer[-1:]
-            else:  # case 1/2: Le is the one byte after the header
-                command = header + answer[-1:]
-            answer = await ril.transmit(self._slot, self.session_id, command)
-        data = answer[:-2]
-        for _ in range(MAX_GET_RESPONSE):
-            if answer[-2] != 0x61:
-                break
-            get_response = bytes((0x00, 0xC0, 0x00, 0x00, answer[-1]))
-            answer = await ril.transmit(self._slot, self.session_id, get_response)
-            data += answer[:-2]
-        return data + answer[-2:]
+        """One APDU, 61 xx and 6C xx handled by the RIL (SeRil.exchange) as the API must."""
+        return await self.session.service.ril.exchange(self._slot, self.session_id, command)
 
     async def get_select_response(self) -> bytes | None:
         """The SELECT answer of the applet: 27.007's +CCHO does not return it, so the first call selects the applet

@@ -66,5 +66,6 @@ class OmapiStack:
         return await self.start(self.service.ril.port)
 
     def stop(self) -> None:
-        """The modem session ended: no service until the next start."""
+        """The modem session ended: no service until the next start, and requests wait for that start again."""
         self.service = None
+        self.ready = trio.Event()

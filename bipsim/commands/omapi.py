@@ -21,7 +21,7 @@ def _hex(value: str, what: str) -> str:
     try:
         bytes.fromhex(text)
     except ValueError:
-        raise CliError(f"{what}: {value!r} is not hex") from None
+        raise CliError(f"{what}: {value!r} is not hex", exit_code=2) from None
     return text.upper()
 
 
@@ -59,7 +59,13 @@ def _hex(value: str, what: str) -> str:
 @click.option(
     "--package", default="org.bipsim.omapi.client", show_default=True, help="The application's package name."
 )
-@click.option("--basic", is_flag=True, help="openBasicChannel instead of openLogicalChannel.")
+@click.option(
+    "--basic",
+    is_flag=True,
+    help="openBasicChannel instead of openLogicalChannel. On the AP's SIM readers it always returns null (exit "
+    "1, 'no channel available'): the modem keeps a UICC's basic channel for its USIM session and 27.007 gives "
+    "the AP logical channels only, and OMAPI answers null when the basic channel is not available.",
+)
 @click.option(
     "--select-response", is_flag=True, help="Also print the applet's SELECT answer (getSelectResponse)."
 )
@@ -70,7 +76,14 @@ def _hex(value: str, what: str) -> str:
     "--reboot", is_flag=True, help="Run the AP's OMAPI start-up again (rules reloaded), then --status."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the AP's answer as one JSON object.")
-@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for the AP's answer.")
+@click.option(
+    "--timeout",
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait for the AP's answer. A request waits at most TIMEOUT less 5 s for the AP's modem "
+    "session to start; --status and --reboot do not wait: without a modem session the AP answers at once "
+    "'no modem session'.",
+)
 def omapi(
     connect: str,
     reader: str | None,
@@ -93,10 +106,11 @@ def omapi(
 
     host, sep, port_text = connect.rpartition(":")
     if not sep or not port_text.isdigit():
-        raise CliError(f"--connect: give HOST:PORT, not {connect!r}")
+        raise CliError(f"--connect: give HOST:PORT, not {connect!r}", exit_code=2)
     sent = [_hex(apdu, "--apdu") for apdu in apdus]
     if status or reboot:
-        message: dict[str, object] = {"op": "boot" if reboot else "status"}
+        # the state now: without a modem session the AP says so at once instead of waiting for one
+        message: dict[str, object] = {"op": "boot" if reboot else "status", "wait": 0}
     else:
         message = {
             "op": "run",
@@ -107,6 +121,9 @@ def omapi(
             "reader": reader,
             "basic": basic,
             "select_response": select_response,
+            # the AP waits for its modem session's start-up at most this long, then answers "no modem session"
+            # before this client gives up
+            "wait": max(0.0, timeout - 5.0),
         }
     try:
         answer = trio.run(lambda: request(host.strip("[]"), int(port_text), message, timeout=timeout))
@@ -129,7 +146,8 @@ def omapi(
             )
         click.echo(f"nfc {'present' if answer.get('nfc') else 'absent'}, gate {answer.get('gate')}")
     else:
-        click.echo(f"reader {answer.get('reader')}")
+        if answer.get("reader") is not None:  # null when the chooser picked nothing
+            click.echo(f"reader {answer['reader']}")
         if answer.get("select_response") is not None:
             click.echo(f"select response {answer['select_response']}")
         for apdu, response in zip(sent, answer.get("responses", []), strict=False):
