@@ -444,6 +444,14 @@ async def test_a_card_back_before_the_ap_attached(
         (["--card2", "floppy"], "--card2 floppy: use sim, pcsc[:N|:NAME] or none"),
         (["--card", "none"], "--card none: slot 1 holds the toolkit's card; only --card2 may be empty"),
         (["--state2", "x.json"], "--profile2 and --state2 need --card2 sim"),
+        (
+            ["--card", "pcsc:0", "--profile", "omapi"],
+            "--profile and --state are for --card sim, not --card pcsc:0",
+        ),
+        (
+            ["--card2", "pcsc:1", "--state2", "b.json"],
+            "--profile2 and --state2 are for --card2 sim, not --card2",
+        ),
         (["--card-control", "/no/such/folder/c.sock"], "--card-control /no/such/folder/c.sock: no folder"),
         (["--card2", "sim", "--state", "s.json", "--state2", "s.json"], "--state2: the two cards need state"),
     ],

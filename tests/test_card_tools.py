@@ -376,6 +376,53 @@ def test_card_readers_lists_the_reader_with_our_atr(served: ServedCard) -> None:
     assert "1: Virtual PCD 00 01  no card" in listing.stdout
 
 
+# A program holding the card (as bipsim cp --card pcsc does): one APDU, a pause until told, the same APDU again.
+HOLDER = """
+import sys
+from smartcard.System import readers
+connection = readers()[0].createConnection()
+connection.connect()
+for _ in range(2):
+    data, sw1, sw2 = connection.transmit([0x00, 0xA4, 0x00, 0x0C, 0x02, 0x3F, 0x00])
+    print(f"{sw1:02X}{sw2:02X}", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_card_readers_leaves_a_card_that_another_program_holds_alone(served: ServedCard) -> None:
+    """pyscard's connect/disconnect powers the card off by default: another holder's next APDU would fail with
+    "Card was reset"; card readers connects with SCARD_LEAVE_CARD."""
+    pytest.importorskip("smartcard")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER],
+        env=served.peer.env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdin is not None
+        assert holder.stdout.readline().strip() == "9000"
+        listing = subprocess.run(
+            [*BIPSIM, "card", "readers"],
+            env=served.peer.env(),
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert listing.returncode == 0 and "ATR" in listing.stdout, listing.stderr
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        output = holder.communicate(timeout=30)[0]
+        assert output.strip() == "9000", output  # not "Card was reset"
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+
+
 def test_card_readers_without_pcscd_is_one_line(tmp_path: Path) -> None:
     pytest.importorskip("smartcard")
     env = dict(os.environ, PCSCLITE_CSOCK_NAME=str(tmp_path / "no-pcscd.comm"))

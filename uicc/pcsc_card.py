@@ -332,8 +332,16 @@ def _release_opened(opened: tuple[str, PcscConnection, list[int], int] | None) -
         _closer(opened[1])()
 
 
+# PC/SC SCardDisconnect dispositions (pcsc-lite's winscard.h)
+SCARD_LEAVE_CARD = 0
+SCARD_UNPOWER_CARD = 2
+
+
 def _closer(connection: PcscConnection) -> Callable[[], None]:
     def close() -> None:
+        # pyscard's reconnect (our warm reset) leaves "reset" as the disconnect action: power the card off instead
+        if hasattr(connection, "disposition"):
+            setattr(connection, "disposition", SCARD_UNPOWER_CARD)  # noqa: B010 (not in the Protocol)
         _quietly(connection.disconnect)
         _quietly(connection.release)
 

@@ -86,6 +86,8 @@ def readers() -> None:
         from smartcard.pcsc.PCSCExceptions import EstablishContextException, ListReadersException
         from smartcard.System import readers as list_readers
         from smartcard.util import toHexString
+
+        from bipsim.uicc.pcsc_card import SCARD_LEAVE_CARD
     except ImportError as exc:
         raise CliError(
             f"card readers needs pyscard ({exc}); install bipsim with the pcsc extra: pip install 'bipsim[pcsc]'"
@@ -104,7 +106,8 @@ def readers() -> None:
     for index, reader in enumerate(found):
         connection = reader.createConnection()
         try:
-            connection.connect()
+            # shared, and the card left as it is: a program holding it (bipsim cp --card pcsc) goes on undisturbed
+            connection.connect(disposition=SCARD_LEAVE_CARD)
             atr = toHexString(connection.getATR()).replace(" ", "")
             connection.disconnect()
             card_text = f"ATR {atr}"

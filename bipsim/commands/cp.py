@@ -227,6 +227,10 @@ def open_card(
     if kind == "sim":
         card, _ = simulated_card(profile_path, state_path, tracer, extra)
         return card, None
+    if (kind == "pcsc" or kind.startswith("pcsc:")) and (profile_path is not None or state_path is not None):
+        # a card of the real world carries its own profile and keeps its own state: never ignore them silently
+        suffix = "2" if option == "--card2" else ""
+        raise CliError(f"--profile{suffix} and --state{suffix} are for {option} sim, not {option} {kind}")
     if kind == "none":
         return NoCard(), None
     if kind.startswith("trace:"):
