@@ -194,12 +194,59 @@ def answer_exception(run: OmapiRun, index: int = -1) -> str | None:
 # ---- the scenarios ----------------------------------------------------------------------------------------------
 
 
+def r_apdu(answer: str) -> str:
+    """An R-APDU in hex told short: `256 bytes + 9000`, or the status word alone."""
+    data = len(answer) // 2 - 2
+    return f"{data} bytes + {answer[-4:]}" if data > 0 else answer[-4:]
+
+
+def answer_lines(run: OmapiRun, chooser_lists: list[list[str]]) -> list[str]:
+    """One line per OMAPI answer of `run` (`SIM1 ch 4: 00080000 -> 256 bytes + 9000`, `SIM1: SecurityException:
+    ...`), with the chooser dialog's own list (`chooser_lists`, one per dialog in order) before the answer of a
+    request that let the chooser pick."""
+    lists = iter(chooser_lists)
+    lines: list[str] = []
+    for message, answer in zip(run.requests, run.answers, strict=False):
+        op = message.get("op")
+        if "error" in answer:
+            lines.append(f"{op}: refused: {answer['error']}")
+        elif op in ("status", "boot"):
+            for item in answer.get("readers", []):
+                lines.append(
+                    f"{op} {item['name']}: enforceCarrierPrivilege {str(item['variable']).lower()}, "
+                    f"{'available' if item['available'] else 'not available'} ({item['reason']})"
+                )
+        elif op == "run":
+            if message.get("reader") is None:
+                listed = next(lists, None)
+                if listed is not None:
+                    lines.append(f"chooser lists: {', '.join(listed) or 'no reader'}")
+            reader = answer.get("reader") or "no reader"
+            if answer.get("exception"):
+                lines.append(f"{reader}: {answer['exception']}: {answer.get('reason', '')}")
+                continue
+            if answer.get("channel") is None:
+                lines.append(f"{reader}: {answer.get('reason', 'no channel')}")
+                continue
+            where = f"{reader} ch {answer['channel']}"
+            if answer.get("select_response") is not None:
+                lines.append(f"{where}: getSelectResponse -> {r_apdu(answer['select_response'])}")
+            for apdu, response in zip(message.get("apdus", []), answer.get("responses", []), strict=False):
+                lines.append(f"{where}: {apdu} -> {r_apdu(response)}")
+        else:
+            lines.append(f"{op}: {'ok' if answer.get('ok') else answer.get('exception', 'failed')}")
+    return lines
+
+
 def _scenario(
     run: OmapiRun, options: ScenarioOptions, checks: Callable[[OmapiRun, RunResult], None]
 ) -> ScenarioResult:
     result = run_omapi(run, options)
     checks(run, result)
-    return ScenarioResult(run.name, result, [f"answers: {run.answers}"])
+    listed = [e.field("readers") for e in ap_events(result, Kind.OMAPI_CHOOSER) if e.field("event") == "list"]
+    for line in answer_lines(run, listed):  # the application's view, one line per answer
+        print(f"  {line}", flush=True)
+    return ScenarioResult(run.name, result, [f"{len(run.answers)} OMAPI answers, above"])
 
 
 def omapi_non_nfc(options: ScenarioOptions) -> ScenarioResult:

@@ -6,7 +6,6 @@ pcap through tshark)."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from bipsim.scenarios.omapi import (
     ECHO,
     GRANTED,
     OmapiRun,
+    answer_lines,
     app_request,
     at_commands,
     ccho_lines,
@@ -32,8 +32,10 @@ from bipsim.scenarios.omapi import (
     variable_of,
 )
 from bipsim.trace.kinds import Kind
+from bipsim.uicc.applets.echo import long_select_response
 from bipsim.uicc.profile import load_profile
 
+ECHO_LONG = "A000000476416E64726F696443545332"  # the CTS applet whose SELECT answers a 256-byte FCI
 PATTERN = bytes(i & 0xFF for i in range(256))[:-1] + b"\xff"  # the echo applet's 256 bytes, the last one FF
 OMAPI_LINES = ("AT+CPIN?", "AT+CCHO", "AT+CGLA", "AT+CCHC", "AT%SLOT")
 
@@ -269,6 +271,8 @@ def test_a_pulled_card_is_io_exception_then_the_card_comes_back(run_it: Runner) 
     errors = [e for e in result.events if e.kind == Kind.OMAPI_ERROR]
     assert errors and errors[-1].field("exception") == "IOException" and "10" in errors[-1].field("reason")
     assert spec.answers[2]["ok"] is True  # the service still answers
+    # the status is the start-up's record, labelled so: it says nothing of the pull and the re-insert
+    assert spec.answers[2]["as_of"] == "start-up" and spec.answers[2]["readers"][0]["present"] is True
 
 
 def test_a_card_pulled_mid_session_fails_the_next_transmit_with_io_exception(run_it: Runner) -> None:
@@ -359,8 +363,12 @@ def test_the_command_line_client(run_it: Runner) -> None:
         granted.returncode == 0 and "000A0000 -> 9000" in granted.stdout and "reader SIM1" in granted.stdout
     )
     assert denied.returncode == 1 and denied.stderr.startswith("bipsim omapi: SecurityException")
-    assert status.returncode == 0 and "SIM1: card present, enforceCarrierPrivilege true" in status.stdout
-    assert bad.returncode != 0 and "not hex" in bad.stderr and "Traceback" not in bad.stderr
+    assert (
+        status.returncode == 0
+        and "SIM1: card present at start-up, enforceCarrierPrivilege true" in status.stdout
+    )
+    assert status.stdout.startswith("readers as the last OMAPI start-up found them")
+    assert bad.returncode == 2 and "not hex" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_bad_control_requests_get_an_error_answer_and_the_socket_stays_usable(run_it: Runner) -> None:
@@ -420,10 +428,63 @@ def test_tshark_decodes_the_scenarios_pcap(run_it: Runner, tmp_path: Path) -> No
     assert malformed.strip() == ""
 
 
-def test_a_short_apdu_is_illegal_argument_and_answers_are_plain_json(run_it: Runner) -> None:
-    spec = OmapiRun("omapi-json", requests=[app_request(None), app_request("SIM1", GRANTED, apdus=("00",))])
-    run_it(spec)
-    assert spec.answers[0]["ok"] is True
-    assert spec.answers[1]["exception"] == "IllegalArgumentException"
-    json.dumps(spec.answers)  # plain JSON values only
-    assert isinstance(spec.answers[0]["responses"], list)
+def test_select_responses_and_a_short_apdu_through_the_service(run_it: Runner) -> None:
+    long_select = {**app_request("SIM1", apdus=("000A0000",)), "aid": ECHO_LONG}
+    spec = OmapiRun(
+        "omapi-json",
+        requests=[app_request(None), app_request("SIM1", GRANTED, apdus=("00",)), long_select],
+    )
+    result = run_it(spec)
+    chosen, short, long_answer = spec.answers
+    # ...31: SELECT answers no data; the echo APDU its 256 bytes (61 00 and GET RESPONSE joined below the API)
+    assert chosen["ok"] is True and chosen["select_response"] == "9000", chosen
+    assert chosen["responses"] == [PATTERN.hex().upper() + "9000"]
+    assert short["exception"] == "IllegalArgumentException"
+    # ...32: getSelectResponse is the FCI the card returns on SELECT, byte for byte: 1F00 81FC and the pattern
+    fci = long_select_response()
+    assert fci[:4] == bytes.fromhex("1F0081FC") and len(fci) == 256 and fci[-1] == 0xFF
+    assert long_answer["ok"] is True and long_answer["select_response"] == (fci + b"\x90\x00").hex().upper()
+    assert long_answer["responses"] == ["9000"]
+    # and it is what the card itself answered the SELECT on that channel
+    session = long_answer["channel"]
+    lines = at_commands(result)
+    select = f"00A4040010{ECHO_LONG}00"
+    assert f'AT+CGLA={session},{len(select)},"{select}"' in lines, [x for x in lines if "A404" in x]
+
+
+def test_the_scenario_prints_one_line_per_answer_and_the_choosers_list() -> None:
+    run = OmapiRun(
+        "omapi-lines",
+        requests=[{"op": "status"}, app_request(None), app_request("SIM1", DENIED)],
+        answers=[
+            {
+                "ok": True,
+                "readers": [
+                    {"name": "SIM1", "variable": True, "available": True, "reason": "2 rules"},
+                    {"name": "SIM2", "variable": False, "available": False, "reason": "+CME ERROR: 22"},
+                ],
+            },
+            {
+                "ok": True,
+                "reader": "SIM1",
+                "readers": ["SIM1", "SIM2"],  # getReaders: every slot, not what the dialog offered
+                "channel": 4,
+                "select_response": "9000",
+                "responses": [PATTERN.hex().upper() + "9000"],
+            },
+            {
+                "ok": False,
+                "reader": "SIM1",
+                "exception": "SecurityException",
+                "reason": "access rules: denied",
+            },
+        ],
+    )
+    assert answer_lines(run, [["SIM1"]]) == [
+        "status SIM1: enforceCarrierPrivilege true, available (2 rules)",
+        "status SIM2: enforceCarrierPrivilege false, not available (+CME ERROR: 22)",
+        "chooser lists: SIM1",
+        "SIM1 ch 4: getSelectResponse -> 9000",
+        "SIM1 ch 4: 00080000 -> 256 bytes + 9000",
+        "SIM1: SecurityException: access rules: denied",
+    ]

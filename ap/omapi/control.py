@@ -3,7 +3,8 @@ and scenario scripts call OMAPI on a running AP, as an application would.
 
 TCP on 127.0.0.1 by default, one JSON object a line each way. Requests (`op`):
 
-- `status`: readers with card presence, the variable, availability and rule count; the NFC switch and the gate.
+- `status`: readers with card presence, the variable, availability and rule count as the last start-up found them
+  (`as_of`: "start-up"; a card pulled or put back since shows at the next `boot`); the NFC switch and the gate.
 - `run`: one application's OMAPI sequence: SEService (as `package` with certificate hash `hash`), the Reader named
   `reader` or, when it is null, the chooser's pick; openSession; openLogicalChannel(`aid`) (or openBasicChannel
   with `basic`); getSelectResponse when `select_response`; transmit of each of `apdus`; close. The answer holds
@@ -149,6 +150,7 @@ class ControlServer:
             )
         return {
             "ok": True,
+            "as_of": "start-up",  # `present`, `variable`, `available`: the last start-up's, not a new card check
             "readers": readers,
             "nfc": service.phone.nfc,
             "gate": service.phone.gate.value,

@@ -70,7 +70,10 @@ def _hex(value: str, what: str) -> str:
     "--select-response", is_flag=True, help="Also print the applet's SELECT answer (getSelectResponse)."
 )
 @click.option(
-    "--status", is_flag=True, help="Only print the readers, each card's enforceCarrierPrivilege and rules."
+    "--status",
+    is_flag=True,
+    help="Only print the readers, each card's enforceCarrierPrivilege and rules, as the last OMAPI start-up "
+    "found them: a card pulled or put back since then shows after --reboot.",
 )
 @click.option(
     "--reboot", is_flag=True, help="Run the AP's OMAPI start-up again (rules reloaded), then --status."
@@ -138,9 +141,12 @@ def omapi(
     elif "error" in answer:
         pass
     elif "readers" in answer and message["op"] != "run":
+        # the Framework's record of the last start-up: a card pulled or put back since shows at the next one
+        click.echo("readers as the last OMAPI start-up found them (--reboot to check again):")
         for item in answer["readers"]:
             click.echo(
-                f"{item['name']}: card {'present' if item['present'] else 'absent'}, enforceCarrierPrivilege "
+                f"{item['name']}: card {'present' if item['present'] else 'absent'} at start-up, "
+                f"enforceCarrierPrivilege "
                 f"{str(item['variable']).lower()}, {'available' if item['available'] else 'not available'}"
                 f" ({item['reason']})"
             )
