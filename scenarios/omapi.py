@@ -246,7 +246,8 @@ def _scenario(
     listed = [e.field("readers") for e in ap_events(result, Kind.OMAPI_CHOOSER) if e.field("event") == "list"]
     for line in answer_lines(run, listed):  # the application's view, one line per answer
         print(f"  {line}", flush=True)
-    return ScenarioResult(run.name, result, [f"{len(run.answers)} OMAPI answers, above"])
+    count = len(run.answers)
+    return ScenarioResult(run.name, result, [f"{count} OMAPI answer{'' if count == 1 else 's'}, above"])
 
 
 def omapi_non_nfc(options: ScenarioOptions) -> ScenarioResult:

@@ -167,3 +167,13 @@ def stack_of(service: object) -> OmapiStack:
     stack.service = service  # type: ignore[assignment]
     stack.ready.set()
     return stack
+
+
+async def test_no_ara_m_and_no_arf_fails_the_load_naming_both() -> None:
+    modem = FakeModem({1: FakeCard(rules=None)})
+    service, _ = await started(modem)
+    record = service.framework.cards[1]
+    assert record.enforce_carrier_privilege is False and record.source is None
+    assert record.reason.startswith("no ARA-M (") and "and no ARF (" in record.reason, record.reason
+    # GP SEAC's order: the ARA-M's SELECT first, then the PKCS#15 application's
+    assert modem.lines[1:3] == ['AT+CCHO="A00000015141434C00"', 'AT+CCHO="A000000063504B43532D3135"']

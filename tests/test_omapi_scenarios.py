@@ -488,3 +488,30 @@ def test_the_scenario_prints_one_line_per_answer_and_the_choosers_list() -> None
         "SIM1 ch 4: 00080000 -> 256 bytes + 9000",
         "SIM1: SecurityException: access rules: denied",
     ]
+
+
+def test_a_card_with_access_rule_files_only_loads_them_and_they_are_enforced(run_it: Runner) -> None:
+    pkcs15 = "A000000063504B43532D3135"
+    spec = OmapiRun(
+        "omapi-arf",
+        profile="omapi-arf",
+        requests=[{"op": "status"}, app_request(None), app_request("SIM1", DENIED)],
+    )
+    result = run_it(spec)
+    status, granted, denied = spec.answers
+    # GP SEAC: the ARA-M first (SELECT 6A82: +CME ERROR: 22), then the ARF; the load succeeded: 205
+    lines = omapi_lines(result)
+    assert lines.index(f'AT+CCHO="{ARA_M}"') < lines.index(f'AT+CCHO="{pkcs15}"')
+    assert ccho_lines(result, ARA_M) == [f'AT+CCHO="{ARA_M}"']  # tried once; the refresh reads EF_ACMain
+    assert any(line.endswith('"00A40004024200"') for line in lines)  # SELECT EF_ACMain by file identifier
+    assert any(line.startswith("AT+CGLA=") and ',"00B0' in line for line in lines)  # READ BINARY
+    assert variable_of(result, "SIM1") is True and "004:205" in first_steps(result)
+    (loaded,) = [e for e in result.events if e.kind == Kind.OMAPI_FRAMEWORK and e.field("event") == "loaded"]
+    assert loaded.field("loaded") is True and loaded.field("source") == "ARF" and loaded.field("rules") == 2
+    (sim1,) = status["readers"]
+    assert sim1["variable"] is True and sim1["available"] is True and sim1["reason"] == "2 rules from the ARF"
+    # the rules are enforced: the granted application reaches the echo applet through the chooser, the other not
+    assert granted["ok"] is True and granted["reader"] == "SIM1", granted
+    assert granted["responses"] == [PATTERN.hex().upper() + "9000"]
+    assert denied["exception"] == "SecurityException" and "access rules" in denied["reason"], denied
+    assert len(ccho_lines(result, ECHO)) == 1

@@ -11,10 +11,16 @@ from bipsim.ap.omapi.seac import (
     RuleFormatError,
     RuleSet,
     announced_length,
+    parse_ac_conditions,
+    parse_ac_main,
+    parse_ac_rules,
+    parse_dodf,
+    parse_odf,
     parse_refresh_tag,
     parse_rules,
 )
 from bipsim.uicc.applets.ara_m import TEST_CERTIFICATES, certificate_hash, encode_all, parse_rule
+from bipsim.uicc.applets.arf import arf_files, refresh_tag
 
 APPLET = bytes.fromhex("A000000476416E64726F696443545331")
 OTHER_APPLET = bytes.fromhex("A000000476416E64726F696443545332")
@@ -102,3 +108,40 @@ def test_refresh_tag() -> None:
     assert parse_refresh_tag(bytes.fromhex("DF20080102030405060708")) == bytes.fromhex("0102030405060708")
     with pytest.raises(RuleFormatError):
         parse_refresh_tag(bytes.fromhex("DF200401020304"))
+
+
+def test_the_access_rule_files_parse_into_the_ara_m_rule_model() -> None:
+    other = bytes.fromhex("11" * 20)
+    entries = [
+        {"aid": APPLET.hex(), "hash": ME.hex(), "apdu": "always", "nfc": "never"},
+        {"aid": APPLET.hex(), "hash": other.hex(), "apdu": "0006000000FF0000"},
+        {"aid": "default", "hash": "", "apdu": "never"},
+        {"aid": "", "hash": ME.hex(), "apdu": "always"},
+    ]
+    card_rules = [parse_rule(entry) for entry in entries]
+    files = arf_files(card_rules)
+
+    def read(path: bytes) -> bytes:
+        return files[int.from_bytes(path[-2:], "big")]
+
+    tag, rules_path = parse_ac_main(read(parse_dodf(read(parse_odf(files[0x5031])))))
+    assert tag == refresh_tag(card_rules)
+    rules = [
+        rule
+        for aid, path in parse_ac_rules(read(rules_path))
+        for rule in parse_ac_conditions(read(path), aid)
+    ]
+    by_key = {(rule.aid, rule.cert_hash): rule for rule in rules}
+    assert set(by_key) == {(APPLET, ME), (APPLET, other), (b"", None), (None, ME)}
+    assert by_key[(APPLET, ME)].apdu is ApduAccess.ALWAYS and by_key[(APPLET, ME)].nfc is False
+    assert by_key[(APPLET, other)].apdu is ApduAccess.FILTERED
+    assert by_key[(APPLET, other)].filters == ((bytes.fromhex("00060000"), bytes.fromhex("00FF0000")),)
+    assert by_key[(b"", None)].apdu is ApduAccess.NEVER
+    ruleset = RuleSet(tuple(rules))
+    assert ruleset.decide(APPLET, ME).granted
+    filtered = ruleset.decide(APPLET, other)
+    assert filtered.allows(bytes.fromhex("00060000")) and not filtered.allows(bytes.fromhex("00080000"))
+    # an empty EF_ACConditions denies every application
+    assert not RuleSet(parse_ac_conditions(b"", APPLET)).decide(APPLET, ME).granted
+    with pytest.raises(RuleFormatError):
+        parse_ac_main(bytes.fromhex("3003040100"))

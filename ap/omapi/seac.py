@@ -261,3 +261,143 @@ class RuleSet:
             if rules:
                 return Decision(False, f"{name} names other applications only")
         return Decision(False, "no rule grants this applet")
+
+
+# ---- the access rule files (ARF): GP SEAC v1.1 section 8, the fallback when the card has no ARA-M -----------------
+#
+# A PKCS#15 application (ISO/IEC 7816-15) whose DER files the Framework reads with SELECT by file identifier and
+# READ BINARY: EF_ODF -> EF_DODF (the OidDO with the access control OID) -> EF_ACMain (refresh tag, EF_ACRules'
+# path) -> EF_ACRules (per applet, the path of its EF_ACConditions) -> EF_ACConditions (per application a rule).
+# The card side is uicc/applets/arf.py; the rules come out as the same AccessRule model as the ARA-M's.
+
+PKCS15_AID = bytes.fromhex("A000000063504B43532D3135")
+EF_ODF = bytes.fromhex("5031")
+AC_OID = bytes.fromhex("2A864886FC6B81480101")  # 1.2.840.114283.200.1.1, GlobalPlatform's access control OID
+TAG_ODF_DODF = 0xA7
+TAG_SEQUENCE = 0x30
+TAG_OCTETS = 0x04
+TAG_OID = 0x06
+
+
+def _der(data: bytes, what: str) -> list[BerTlv]:
+    try:
+        return decode_ber_list(data)
+    except TlvError as exc:
+        raise RuleFormatError(exc.offset, f"{what}: {exc.rule}") from None
+
+
+def _path(node: BerTlv, what: str) -> bytes:
+    """A PKCS#15 Path `30 { 04 path }`: the file identifiers, two bytes each (the last one names the EF)."""
+    if node.tag != TAG_SEQUENCE:
+        raise RuleFormatError(0, f"{what}: a Path is a SEQUENCE (30), not {node.tag:X}")
+    inner = _der(node.value, what)
+    if not inner or inner[0].tag != TAG_OCTETS or len(inner[0].value) < 2 or len(inner[0].value) % 2:
+        raise RuleFormatError(0, f"{what}: a Path holds an OCTET STRING of file identifiers")
+    return inner[0].value
+
+
+def parse_odf(data: bytes) -> bytes:
+    """EF_ODF: the path of EF_DODF (its `A7` entry)."""
+    for node in _der(data, "EF_ODF"):
+        if node.tag == TAG_ODF_DODF:
+            return _path(_der(node.value, "EF_ODF")[0], "EF_ODF")
+    raise RuleFormatError(0, "EF_ODF names no DODF (A7)")
+
+
+def parse_dodf(data: bytes) -> bytes:
+    """EF_DODF: the path of EF_ACMain, from the OidDO whose OID is GlobalPlatform's access control OID."""
+    for node in _der(data, "EF_DODF"):
+        if node.tag != 0xA1:  # an OidDO; other data objects are not ours
+            continue
+        parts = _der(node.value, "EF_DODF")
+        if not parts or parts[-1].tag != 0xA1:
+            continue
+        typed = _der(parts[-1].value, "EF_DODF")
+        if not typed or typed[0].tag != TAG_SEQUENCE:
+            continue
+        fields = _der(typed[0].value, "EF_DODF")
+        if len(fields) >= 2 and fields[0].tag == TAG_OID and fields[0].value == AC_OID:
+            return _path(fields[1], "EF_DODF")
+    raise RuleFormatError(0, "EF_DODF has no access control OidDO (1.2.840.114283.200.1.1)")
+
+
+def parse_ac_main(data: bytes) -> tuple[bytes, bytes]:
+    """EF_ACMain `30 { 04 08 refresh tag, 30 { 04 path } }`: (refresh tag, EF_ACRules' path)."""
+    nodes = _der(data, "EF_ACMain")
+    if len(nodes) != 1 or nodes[0].tag != TAG_SEQUENCE:
+        raise RuleFormatError(0, "EF_ACMain is one SEQUENCE")
+    fields = _der(nodes[0].value, "EF_ACMain")
+    if len(fields) < 2 or fields[0].tag != TAG_OCTETS or len(fields[0].value) != 8:
+        raise RuleFormatError(0, "EF_ACMain: an 8-byte refresh tag, then EF_ACRules' path")
+    return fields[0].value, _path(fields[1], "EF_ACMain")
+
+
+def parse_ac_rules(data: bytes) -> list[tuple[bytes | None, bytes]]:
+    """EF_ACRules: (applet, EF_ACConditions' path) per entry; the applet is its AID (`A0 { 04 AID }`), b"" for
+    the default applet (`81`) or None for every applet (`82`), as AccessRule.aid has them."""
+    out: list[tuple[bytes | None, bytes]] = []
+    for node in _der(data, "EF_ACRules"):
+        if node.tag != TAG_SEQUENCE:
+            raise RuleFormatError(0, f"EF_ACRules: an entry is a SEQUENCE (30), not {node.tag:X}")
+        fields = _der(node.value, "EF_ACRules")
+        if len(fields) != 2:
+            raise RuleFormatError(0, "EF_ACRules: an entry is an applet and a Path")
+        target, where = fields
+        aid: bytes | None
+        if target.tag == 0xA0:
+            inner = _der(target.value, "EF_ACRules")
+            if len(inner) != 1 or inner[0].tag != TAG_OCTETS or not 5 <= len(inner[0].value) <= 16:
+                raise RuleFormatError(0, "EF_ACRules: A0 holds an AID of 5 to 16 bytes")
+            aid = inner[0].value
+        elif target.tag == 0x81:
+            aid = b""
+        elif target.tag == 0x82:
+            aid = None
+        else:
+            raise RuleFormatError(0, f"EF_ACRules: applet tag {target.tag:X} (A0, 81 or 82)")
+        out.append((aid, _path(where, "EF_ACRules")))
+    return out
+
+
+def parse_ac_conditions(data: bytes, aid: bytes | None) -> tuple[AccessRule, ...]:
+    """EF_ACConditions of `aid`: per entry `30 { [04 SHA-1], [A0 { A0 {80 01 00|01} | A0 {A1 {04 filter...}},
+    [A1 {80 01 nfc}] }] }`; no hash: every application; no A0: every APDU. An empty file denies every application
+    (GP SEAC 8.2.4)."""
+    entries = _der(data, "EF_ACConditions")
+    if not entries:
+        return (AccessRule(aid, None, None, ApduAccess.NEVER),)
+    rules = []
+    for entry in entries:
+        if entry.tag != TAG_SEQUENCE:
+            raise RuleFormatError(0, f"EF_ACConditions: an entry is a SEQUENCE (30), not {entry.tag:X}")
+        cert_hash: bytes | None = None
+        apdu, nfc = ApduAccess.ALWAYS, None
+        filters: tuple[tuple[bytes, bytes], ...] = ()
+        for field in _der(entry.value, "EF_ACConditions"):
+            if field.tag == TAG_OCTETS:
+                if len(field.value) not in (0, 20):
+                    raise RuleFormatError(
+                        0, f"EF_ACConditions: a certificate hash of {len(field.value)} bytes"
+                    )
+                cert_hash = field.value or None
+            elif field.tag == 0xA0:
+                for access in _der(field.value, "EF_ACConditions"):
+                    rule = _der(access.value, "EF_ACConditions")
+                    if access.tag == 0xA0 and rule and rule[0].tag == 0x80 and len(rule[0].value) == 1:
+                        apdu = ApduAccess.ALWAYS if rule[0].value[0] else ApduAccess.NEVER
+                    elif access.tag == 0xA0 and rule and rule[0].tag == 0xA1:
+                        raw = [f.value for f in _der(rule[0].value, "EF_ACConditions") if f.tag == TAG_OCTETS]
+                        if not raw or any(len(item) != 8 for item in raw):
+                            raise RuleFormatError(0, "EF_ACConditions: an APDU filter has 8 bytes")
+                        apdu = ApduAccess.FILTERED
+                        filters = tuple((item[:4], item[4:]) for item in raw)
+                    elif access.tag == 0xA1 and rule and rule[0].tag == 0x80 and len(rule[0].value) == 1:
+                        nfc = bool(rule[0].value[0])
+                    else:
+                        raise RuleFormatError(
+                            0, f"EF_ACConditions: an access rule {access.tag:X} not understood"
+                        )
+            else:
+                raise RuleFormatError(0, f"EF_ACConditions: field {field.tag:X} (04 or A0)")
+        rules.append(AccessRule(aid, cert_hash, None, apdu, filters, nfc))
+    return tuple(rules)

@@ -31,7 +31,7 @@ from bipsim.ap.omapi.errors import (
 from bipsim.ap.omapi.framework import Framework
 from bipsim.ap.omapi.phone_interface import PhoneInterfaceManager
 from bipsim.ap.omapi.ril import NoChannelAvailable, SeRil, reader_name
-from bipsim.ap.omapi.seac import ARA_M_AID, Decision
+from bipsim.ap.omapi.seac import ARA_M_AID, PKCS15_AID, Decision
 from bipsim.trace.events import Actor, Layer
 from bipsim.trace.kinds import Kind
 from bipsim.trace.recorder import NULL_TRACER, Tracer
@@ -134,8 +134,11 @@ class OmapiService:
                     reason=why,
                 )
                 continue
+            # the channel goes to where the card's rules came from: the ARA-M, or the ARF's PKCS#15 application
+            record = self.framework.cards.get(slot)
+            aid = PKCS15_AID if record is not None and record.source == "ARF" else ARA_M_AID
             try:
-                session = await self.ril.open_channel(slot, ARA_M_AID, step="004:304", ril_step="004:303")
+                session = await self.ril.open_channel(slot, aid, step="004:304", ril_step="004:303")
             except (OmapiError, NoChannelAvailable) as exc:
                 self.trace(
                     Kind.OMAPI_CALL,
