@@ -38,6 +38,11 @@ async def serve_line_requests(
                 if discarding:
                     discarding = False
                     continue
+                if len(line) > max_line:  # arrived whole in one read: as overlong as one seen in parts
+                    if too_long is None:
+                        return
+                    await stream.send_all(too_long + b"\n")
+                    continue
                 await stream.send_all(await answer(line) + b"\n")
             scanned = len(buffer)
             if len(buffer) > max_line:

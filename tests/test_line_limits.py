@@ -176,10 +176,11 @@ async def test_a_control_socket_answers_each_line_and_refuses_an_overlong_one_th
         await client.send_all(b"ab\ncd")
         await client.send_all(b"\n" + b"x" * 20)  # past max_line: refused once, dropped up to its LF
         await client.send_all(b"y" * 20 + b"\nok\n")
+        await client.send_all(b"z" * 9 + b"\nfine\n")  # an overlong line that arrives whole: refused too
         received = b""
-        while received.count(b"\n") < 4:
+        while received.count(b"\n") < 6:
             received += await client.receive_some(100)
-        assert received == b"AB\nCD\nTOO LONG\nOK\n"
+        assert received == b"AB\nCD\nTOO LONG\nOK\nTOO LONG\nFINE\n"
         await client.aclose()
 
 
@@ -194,3 +195,9 @@ async def test_a_control_socket_without_a_refusal_ends_the_connection_on_an_over
         await client.send_all(b"a\n" + b"z" * 9)
         assert await client.receive_some(100) == b"A\n"
         assert await client.receive_some(100) == b""  # the server closed its end
+    client, server = memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: serve_line_requests(server, _echo_upper, max_line=8))
+        await client.send_all(b"b\n" + b"z" * 9 + b"\nc\n")  # overlong but whole in one read: the same
+        assert await client.receive_some(100) == b"B\n"
+        assert await client.receive_some(100) == b""
