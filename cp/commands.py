@@ -28,6 +28,7 @@ import trio
 from bipsim import __version__
 from bipsim.cp.card_driver import CardDriver
 from bipsim.cp.card_slot import CardSlot
+from bipsim.cp.command_sets import CommandSet
 from bipsim.cp.network import (
     CellularNetwork,
     PdpError,
@@ -192,6 +193,8 @@ class ModemCommands:
         self._last_session = 0  # ids are never reused: a stale id held by the TE must not reach a new session
         self._slot_of: dict[AtServer, int] = {}  # AT%SLOT of each line (DLC), 1 until it says otherwise
         self._servers: list[AtServer] = []
+        # cp/command_sets.py: installed on each server after the core
+        self.command_sets: list[CommandSet] = []
         network.listeners.append(self._registration_changed)
 
     def install(self, server: AtServer, *, allow_cmux: bool = True) -> None:
@@ -245,6 +248,8 @@ class ModemCommands:
 
         server.register("+CMUX", cmux)
         server.reset_hooks.append(self._factory_defaults)
+        for command_set in self.command_sets:
+            command_set.install(server)
 
     def _factory_defaults(self) -> None:
         """Z / &F: the TE character set and the operator format return to their defaults."""
@@ -255,6 +260,8 @@ class ModemCommands:
         if server in self._servers:
             self._servers.remove(server)
         self._slot_of.pop(server, None)
+        for command_set in self.command_sets:
+            command_set.forget(server)
 
     # --- card slots -------------------------------------------------------------------------------------------------
 

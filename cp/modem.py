@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,6 +30,7 @@ from bipsim.cp.bearer_ap_proxy import ApProxyBearer
 from bipsim.cp.bearer_own_stack import OwnStackBearer
 from bipsim.cp.bip_service import BipService
 from bipsim.cp.card_slot import RETRY_MAX, RETRY_MIN, CardSlot
+from bipsim.cp.command_sets import build_command_sets
 from bipsim.cp.commands import ModemCommands
 from bipsim.cp.line_service import LineService
 from bipsim.cp.network import CellularNetwork
@@ -60,6 +61,8 @@ class ModemOptions:
     start_delay: float = 0.0
     wait_for_line: bool = False  # at start, wait for a line that is not there yet instead of failing
     card_control: str | None = None  # a UNIX socket path: serve_card_control's 'remove N' / 'insert N'
+    # options of the command sets of cp/command_sets.py (e.g. "dialect"), keyed by option name
+    command_settings: dict[str, object] = field(default_factory=dict)
 
 
 REOPEN_INTERVAL = 0.2  # seconds between attempts to reopen a line that went away
@@ -193,6 +196,7 @@ class Modem:
         self.bearer = make_bearer(options.bearer, self.proxy, self.network, tracer)
         self.service = BipService(self.driver, self.bearer, tracer=tracer)
         self.commands = ModemCommands(self.driver, self.network, slots=self.slots)
+        self.commands.command_sets = build_command_sets(self.commands, tracer, options.command_settings)
         self.opener = LineOpener(options.port, options.baud, who="bipsim cp", wait=options.wait_for_line)
         self._first_line: trio.abc.Stream | None = None
 

@@ -1,0 +1,29 @@
+"""The AT command sets beyond the 27.007 core of cp/commands.py (27.005 SMS, phonebook, USAT, vendor dialects...).
+
+Each set is built once per modem and installs its handlers on every AT server the modem runs (the plain line and each
+CMUX DLC), after the core, so a set may also replace a core handler (a vendor dialect answers identification its
+own way). `forget` drops whatever the set kept for a server that has ended.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from bipsim.cp.commands import ModemCommands
+    from bipsim.link.at_server import AtServer
+    from bipsim.trace.recorder import Tracer
+
+
+class CommandSet(Protocol):
+    def install(self, server: AtServer) -> None: ...
+
+    def forget(self, server: AtServer) -> None: ...
+
+
+def build_command_sets(core: ModemCommands, tracer: Tracer, settings: dict[str, object]) -> list[CommandSet]:
+    """The modem's command sets, in installation order. `settings` carries the `bipsim cp` options a set needs
+    (ModemOptions.command_settings), keyed by option name."""
+    sets: list[CommandSet] = []
+    # One entry per set; a vendor dialect stays last, as it may replace the handlers installed before it.
+    return sets
