@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
-PKG_DIRS := bipsim ap cp uicc link ota trace scenarios
+PKG_DIRS := bipsim ap cp net uicc link ota trace scenarios
 
 .PHONY: demo test bench fuzz soak lint typecheck pytest clean FORCE
 
