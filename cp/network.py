@@ -4,10 +4,15 @@ A context activates only for an APN the network knows, with that APN's user and 
 3GPP TS 24.008 session management cause (section 10.5.6.6): #27 missing or unknown APN, #29 user authentication
 failed, #26 insufficient resources when every address of the pool is in use (or every context identifier).
 
-Addresses come from a pool (`NetworkConfig.pool`, 10.64.0.2 .. 10.64.0.254 by default): an activation takes the
-lowest free one and a deactivation, a detach or an undefined context gives it back, so a modem can activate and
-deactivate contexts for ever. Activating a context that is already active changes nothing (3GPP TS 27.007 section
-10.1.10: a context already in the requested state is left as it is).
+Addresses come from a pool (`NetworkConfig.pool`, TEST-NET-2 of RFC 5737: 198.51.100.2 .. 198.51.100.254 by
+default, 198.51.100.1 being the packet gateway and the DNS server, docs/protocols.md "The packet data plane"): an
+activation takes the lowest free one and a deactivation, a detach or an undefined context gives it back, so a modem
+can activate and deactivate contexts for ever. Activating a context that is already active changes nothing (3GPP TS
+27.007 section 10.1.10: a context already in the requested state is left as it is).
+
+A deactivation, whoever asks for it (AT+CGACT=0, AT+CGDCONT=<cid>, a detach, or the network itself through
+`network_deactivate`), is told to every `deactivation_listeners` callable with the context and the reason, so that
+what was carried on the context (the CP's IP stack for it, its flows in the packet gateway) ends with it.
 
 Mobile-terminated SMS: `sms_pp_download` classifies an SMS-DELIVER the network sends (3GPP TS 23.040 section
 9.2.2.1) and, for a (U)SIM data download (PID 0x7F, DCS message class 2: TS 23.038 section 4; TS 31.111 section
@@ -92,6 +97,11 @@ class PdpContext:
     apn: str
     address: str
     user: str = ""
+    # the DNS servers the network gives the context (TS 24.008 protocol configuration options; TS 102 223 8.90)
+    dns: tuple[str, ...] = ()
+
+
+DeactivationListener = Callable[[PdpContext, str], None]
 
 
 @dataclass
@@ -102,9 +112,12 @@ class NetworkConfig:
     rat: int = 7  # E-UTRAN (27.007 <AcT>)
     rssi: int = 20
     smsc: str = "441234567890"  # the service centre's number (international), for SMS-PP DOWNLOAD envelopes
-    # the packet gateway's address pool: the usable hosts of this network, .1 being the gateway itself
-    pool: str = "10.64.0.0/24"
+    # the packet gateway's address pool: the usable hosts of this network, .1 being the gateway itself (RFC 5737
+    # TEST-NET-2: documentation addresses that no real network routes)
+    pool: str = "198.51.100.0/24"
     pool_first: int = 2  # host number of the first address handed out
+    # the DNS servers a context is given: the gateway itself answers DNS
+    dns: tuple[str, ...] = ("198.51.100.1",)
     # APN -> (user, password) the packet gateway accepts
     apns: dict[str, tuple[str, str]] = field(
         default_factory=lambda: {"internet": ("", ""), "ota.bipsim": ("ota", "secret")}
@@ -117,6 +130,7 @@ class CellularNetwork:
         self.status = RegStatus.HOME
         self.contexts: dict[int, PdpContext] = {}
         self.listeners: list[Callable[[RegStatus], None]] = []
+        self.deactivation_listeners: list[DeactivationListener] = []
         network = ipaddress.IPv4Network(self.config.pool)
         self._pool = [str(host) for host in network.hosts()][self.config.pool_first - 1 :]
         self._free = list(self._pool)  # lowest first
@@ -130,7 +144,7 @@ class CellularNetwork:
             self.status = status
             if not self.registered:
                 for cid in list(self.contexts):  # detached (+CFUN=0/4, +COPS=2): no PDP context survives
-                    self.deactivate(cid)
+                    self.deactivate(cid, "detached")
             for listener in self.listeners:
                 listener(status)
 
@@ -147,7 +161,7 @@ class CellularNetwork:
             active = self.contexts[cid]
             if (active.apn, active.user) == (apn, user):
                 return active  # already active: nothing changes, no second address
-            self.deactivate(cid)  # the same cid for another APN: the old context goes first
+            self.deactivate(cid, "redefined")  # the same cid for another APN: the old context goes first
         number = (
             cid
             if cid is not None
@@ -157,16 +171,40 @@ class CellularNetwork:
             raise PdpError(SmCause.INSUFFICIENT_RESOURCES, "every context identifier is in use")
         if not self._free:
             raise PdpError(SmCause.INSUFFICIENT_RESOURCES, "no address left in the pool")
-        context = PdpContext(number, apn, self._free.pop(0), user)
+        context = PdpContext(number, apn, self._free.pop(0), user, tuple(self.config.dns))
         self.contexts[number] = context
         return context
 
-    def deactivate(self, cid: int) -> None:
-        """Deactivates context `cid` (nothing when it is not active) and returns its address to the pool."""
+    def deactivate(self, cid: int, reason: str = "deactivated") -> None:
+        """Deactivates context `cid` (nothing when it is not active), returns its address to the pool and tells
+        every deactivation listener (each is called once; one that raises does not keep the others from it)."""
         context = self.contexts.pop(cid, None)
-        if context is not None and context.address in self._pool:
+        if context is None:
+            return
+        if context.address in self._pool:
             self._free.append(context.address)
             self._free.sort(key=lambda address: ipaddress.IPv4Address(address))
+        failures: list[Exception] = []
+        for listener in list(self.deactivation_listeners):
+            try:
+                listener(context, reason)
+            except Exception as exc:  # the context is gone all the same; the caller hears of the failure
+                failures.append(exc)
+        if failures:
+            raise failures[0]
+
+    def network_deactivate(self, cid: int, reason: str = "deactivated by the network") -> bool:
+        """The network ends context `cid` on its own (TS 24.008 6.1.3.4, network-initiated deactivation): as
+        deactivate, for a scenario or a test; returns whether the context was active."""
+        if cid not in self.contexts:
+            return False
+        self.deactivate(cid, reason)
+        return True
+
+    @property
+    def gateway(self) -> str:
+        """The packet gateway's address: host 1 of the pool's network."""
+        return str(next(ipaddress.IPv4Network(self.config.pool).hosts()))
 
     @property
     def free_addresses(self) -> int:

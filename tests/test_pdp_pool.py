@@ -34,7 +34,7 @@ async def test_a_thousand_activations_and_deactivations_then_activation_still_wo
         assert await dte.at("AT+CGACT=1,1") == "\r\nOK\r\n"
         assert await dte.at("AT+CGACT=0,1") == "\r\nOK\r\n"
     assert await dte.at("AT+CGACT=1,1") == "\r\nOK\r\n"
-    assert cp.network.contexts[1].address == "10.64.0.2"  # the lowest address, handed back every time
+    assert cp.network.contexts[1].address == "198.51.100.2"  # the lowest address, handed back every time
 
 
 async def test_activating_an_active_context_again_takes_no_second_address(nursery: trio.Nursery) -> None:
@@ -47,17 +47,17 @@ async def test_activating_an_active_context_again_takes_no_second_address(nurser
 
 
 async def test_contexts_up_to_the_pool_then_insufficient_resources(nursery: trio.Nursery) -> None:
-    cp = await _cp(nursery, CellularNetwork(NetworkConfig(pool="10.64.0.0/29")))  # hosts .2 .. .6: five
+    cp = await _cp(nursery, CellularNetwork(NetworkConfig(pool="198.51.100.0/29")))  # hosts .2 .. .6: five
     dte = cp.dte
     for cid in range(1, 7):
         assert await dte.at(f'AT+CGDCONT={cid},"IP","internet"') == "\r\nOK\r\n"
     for cid in range(1, 6):
         assert await dte.at(f"AT+CGACT=1,{cid}") == "\r\nOK\r\n"
-    assert sorted(c.address for c in cp.network.contexts.values()) == [f"10.64.0.{n}" for n in range(2, 7)]
+    assert sorted(c.address for c in cp.network.contexts.values()) == [f"198.51.100.{n}" for n in range(2, 7)]
     assert await dte.at("AT+CGACT=1,6") == "\r\n+CME ERROR: 148\r\n"  # #26 insufficient resources
     assert await dte.at("AT+CGACT=0,3") == "\r\nOK\r\n"
     assert await dte.at("AT+CGACT=1,6") == "\r\nOK\r\n"
-    assert cp.network.contexts[6].address == "10.64.0.4"
+    assert cp.network.contexts[6].address == "198.51.100.4"
     assert await dte.at("AT+CGDCONT=6") == "\r\nOK\r\n"  # undefining an active context frees its address
     assert 6 not in cp.network.contexts and cp.network.free_addresses == 1
     assert await dte.at("AT+CFUN=4") == "\r\nOK\r\n"  # detach frees them all
@@ -93,7 +93,7 @@ async def test_the_own_stack_runs_more_sessions_than_the_pool_has_addresses() ->
         refuser.bind(("127.0.0.1", 0))
         closed = refuser.getsockname()[1]
         rig = ProxyRig(ApNetwork())
-        rig.cellular = CellularNetwork(NetworkConfig(pool="10.64.0.0/29"))
+        rig.cellular = CellularNetwork(NetworkConfig(pool="198.51.100.0/29"))
         await rig.start(nursery)
         bearer = rig.own_stack()
         for _ in range(20):
@@ -104,3 +104,24 @@ async def test_the_own_stack_runs_more_sessions_than_the_pool_has_addresses() ->
         assert not rig.cellular.contexts and rig.cellular.free_addresses == 5
         refuser.close()
         nursery.cancel_scope.cancel()
+
+
+async def test_deactivation_is_told_to_listeners_with_its_reason(nursery: trio.Nursery) -> None:
+    """AT+CGACT=0, a detach and the network's own deactivation each tell the listeners once (the CP's stack for the
+    context aborts its flows on it); an inactive context tells nobody."""
+    cp = await _cp(nursery)
+    told: list[tuple[int, str, str]] = []
+    cp.network.deactivation_listeners.append(lambda ctx, why: told.append((ctx.cid, ctx.address, why)))
+    await cp.dte.at('AT+CGDCONT=1,"IP","internet"')
+    await cp.dte.at('AT+CGDCONT=2,"IP","internet"')
+    assert await cp.dte.at("AT+CGACT=1,1") == "\r\nOK\r\n"
+    assert cp.network.contexts[1].dns == ("198.51.100.1",)
+    assert cp.network.gateway == "198.51.100.1"
+    assert await cp.dte.at("AT+CGACT=0,1") == "\r\nOK\r\n"
+    assert await cp.dte.at("AT+CGACT=0,1") == "\r\nOK\r\n"  # already inactive: nobody is told again
+    assert told == [(1, "198.51.100.2", "deactivated")]
+    assert await cp.dte.at("AT+CGACT=1,1,2") == "\r\nOK\r\n"
+    assert cp.network.network_deactivate(2, "network says so")
+    assert not cp.network.network_deactivate(2)
+    assert await cp.dte.at("AT+CFUN=4") == "\r\nOK\r\n"
+    assert told[1:] == [(2, "198.51.100.3", "network says so"), (1, "198.51.100.2", "detached")]
