@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, NamedTuple
 
+from bipsim.uicc import gsm_text
+from bipsim.uicc.gsm_text import ESCAPE, GSM7_BASIC, gsm7_decode, gsm7_encode, septets_in
 from bipsim.uicc.tlv import TlvError, decode_ber_tag, decode_length, encode_ctlv, encode_length, split_ctlvs
 
 
@@ -351,52 +353,29 @@ OPEN_BACKGROUND = 0x04
 # SEND DATA qualifier bit 1: 0 = store data in Tx buffer, 1 = send immediately
 SEND_IMMEDIATELY = 0x01
 
-# GSM 03.38 default alphabet, unpacked (TS 123 038 section 6.2.1); ESC (0x1B) shown as a space.
-GSM_DEFAULT = (
-    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞ Ææßé !\"#¤%&'()*+,-./0123456789:;<=>?"
-    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
-)
-GSM_ENCODE = {ch: i for i, ch in enumerate(GSM_DEFAULT) if i != 0x1B}
+# The GSM default alphabet lives in uicc/gsm_text.py (TS 123 038 section 6.2.1); these names stay for callers.
+GSM_DEFAULT = GSM7_BASIC
+GSM_ENCODE = {ch: i for i, ch in enumerate(GSM7_BASIC) if i != ESCAPE}
 
 
 def gsm_decode(data: bytes) -> str:
-    return "".join(GSM_DEFAULT[b] if b < 0x80 else "?" for b in data)
+    """Unpacked septets to text, extension table included (TS 123 038 section 6.2.1.1)."""
+    return gsm7_decode(data)
 
 
 def gsm_encode(text: str) -> bytes:
-    try:
-        return bytes(GSM_ENCODE[ch] for ch in text)
-    except KeyError as exc:
-        raise ValueError(f"character {exc.args[0]!r} is not in the GSM default alphabet") from exc
+    """Text to unpacked septets; ValueError names a character the alphabet lacks."""
+    return gsm7_encode(text)
 
 
 def unpack_7bit(data: bytes) -> bytes:
-    """GSM 7-bit packed septets to one septet per byte (TS 123 038 section 6.1.2.1)."""
-    out = bytearray()
-    bits = 0
-    acc = 0
-    for byte in data:
-        acc |= byte << bits
-        bits += 8
-        while bits >= 7:
-            out.append(acc & 0x7F)
-            acc >>= 7
-            bits -= 7
-    return bytes(out)
+    """GSM 7-bit packed septets to one septet per byte (TS 123 038 section 6.1.2.1), every whole septet of `data`."""
+    return gsm_text.unpack_7bit(data, septets_in(data))
 
 
 def alpha_decode(data: bytes) -> str:
-    """EF_ADN alpha coding (TS 102 221 annex A): GSM default alphabet unpacked, or UCS2 with 0x80 prefix."""
-    if data[:1] == b"\x80":
-        return data[1:].decode("utf-16-be", errors="replace").rstrip("\uffff")
-    if data[:1] in (b"\x81", b"\x82") and len(data) >= 3:
-        count = data[1]
-        if data[0] == 0x81:
-            base, chars = data[2] << 7, data[3 : 3 + count]
-        else:
-            base, chars = int.from_bytes(data[2:4], "big"), data[4 : 4 + count]
-        return "".join(chr(base + (c & 0x7F)) if c & 0x80 else GSM_DEFAULT[c] for c in chars)
-    return gsm_decode(data.rstrip(b"\xff"))
+    """EF_ADN alpha coding (TS 102 221 annex A): GSM default alphabet unpacked, or UCS2 in its 0x80/0x81/0x82 forms."""
+    return gsm_text.alpha_decode(data)
 
 
 def text_decode(value: bytes) -> tuple[int, str]:
