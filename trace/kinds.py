@@ -63,6 +63,8 @@ class Kind(StrEnum):
     HTTP_REQUEST = "http.request"  # fields: method, target
     HTTP_RESPONSE = "http.response"  # fields: status
     HTTP_ERROR = "http.error"  # a malformed message or a limit passed
+    # the link models of net/radio.py: a packet the radio (or Wi-Fi) model dropped; hex the packet, never on a wire
+    IP_LOST = "ip.lost"  # fields: direction ("up" | "down"), reason ("lost", "queue_full", "closed"), length
     SMS_PP = "sms.pp"  # an SMS-PP (data download) TPDU
     SMS_POR = "sms.por"  # a proof of receipt; fields: status (hex of the response status code)
     # the proxy dialect (docs/protocols.md, "The proxy dialect") and application events
