@@ -38,6 +38,7 @@ from bipsim.cp.proxy_link import ProxyLink
 from bipsim.link.cmux import MuxError
 from bipsim.link.line_requests import serve_line_requests
 from bipsim.link.pty import open_line
+from bipsim.link.tcp_line import TcpLineListener
 from bipsim.trace.events import Actor, Layer
 from bipsim.trace.kinds import Kind
 from bipsim.trace.recorder import NULL_TRACER, Tracer
@@ -63,6 +64,8 @@ class ModemOptions:
     card_control: str | None = None  # a UNIX socket path: serve_card_control's 'remove N' / 'insert N'
     # options of the command sets of cp/command_sets.py (e.g. "dialect"), keyed by option name
     command_settings: dict[str, object] = field(default_factory=dict)
+    # (host, port): serve the line on a TCP socket instead of `port` (link/tcp_line.py, one client at a time)
+    listen: tuple[str, int] | None = None
 
 
 REOPEN_INTERVAL = 0.2  # seconds between attempts to reopen a line that went away
@@ -197,15 +200,38 @@ class Modem:
         self.service = BipService(self.driver, self.bearer, tracer=tracer)
         self.commands = ModemCommands(self.driver, self.network, slots=self.slots)
         self.commands.command_sets = build_command_sets(self.commands, tracer, options.command_settings)
-        self.opener = LineOpener(options.port, options.baud, who="bipsim cp", wait=options.wait_for_line)
+        self.opener: LineOpener | TcpLineListener
+        if options.listen is not None:
+            self.opener = TcpLineListener(*options.listen, who="bipsim cp")
+        else:
+            self.opener = LineOpener(options.port, options.baud, who="bipsim cp", wait=options.wait_for_line)
         self._first_line: trio.abc.Stream | None = None
+        self._bound = False
 
     @property
     def line_opened(self) -> int:
         return self.opener.opened
 
+    @property
+    def line_name(self) -> str:
+        """The line as traces name it: the --port path, or tcp://HOST:PORT with --listen."""
+        return self.opener.name if isinstance(self.opener, TcpLineListener) else self.options.port
+
+    @property
+    def line_ready(self) -> bool:
+        """open_line() succeeded: the line is open, or (with --listen) the socket is bound."""
+        return self.line_opened > 0 or (isinstance(self.opener, TcpLineListener) and self._bound)
+
     async def open_line(self) -> None:
-        """Opens the line before run(): raises LineUnavailable when it is not there (see ModemOptions)."""
+        """Opens the line before run(): raises LineUnavailable when it is not there (see ModemOptions). With
+        --listen it binds the socket (LineUnavailable when the address is taken); the clients come in run()."""
+        if isinstance(self.opener, TcpLineListener):
+            try:
+                await self.opener.bind()
+            except OSError as exc:
+                raise LineUnavailable(f"--listen {self.opener.name}: {_why(exc)}", absent=False) from None
+            self._bound = True
+            return
         self._first_line = await self.opener.open()
 
     async def run(self) -> int:
@@ -279,6 +305,13 @@ class Modem:
             delay = min(2 * delay, RETRY_MAX)
 
     async def _line_loop(self) -> None:
+        try:
+            await self._serve_lines()
+        finally:
+            if isinstance(self.opener, TcpLineListener):
+                self.opener.close()
+
+    async def _serve_lines(self) -> None:
         while True:
             line, self._first_line = self._first_line or await self.opener.open(), None
             service = LineService(
@@ -286,7 +319,7 @@ class Modem:
                 self.commands,
                 self.proxy,
                 tracer=self.tracer,
-                port=self.options.port,
+                port=self.line_name,
                 count=self.line_opened,
             )
             try:

@@ -5,8 +5,10 @@ set -euo pipefail
 # command name -> Debian package
 # (pcscd with the vsmartcard vpcd reader, pcsc_scan, opensc-tool and scriptor are the PC/SC peers of docs/hil.md)
 declare -A pkg=([socat]=socat [tshark]=tshark [gammu]=gammu [openssl]=openssl [chromium]=chromium
-    [pcscd]=pcscd [pcsc_scan]=pcsc-tools [scriptor]=pcsc-tools [opensc-tool]=opensc)
-wanted=(socat tshark gammu openssl chromium pcscd pcsc_scan scriptor opensc-tool)
+    [pcscd]=pcscd [pcsc_scan]=pcsc-tools [scriptor]=pcsc-tools [opensc-tool]=opensc
+    [ofonod]=ofono [dbus-daemon]=dbus [busctl]=systemd)
+# (ofonod on a private dbus-daemon, driven by busctl, is the oFono peer of tests/ofono_peer.py)
+wanted=(socat tshark gammu openssl chromium pcscd pcsc_scan scriptor opensc-tool ofonod dbus-daemon busctl)
 [ "${1:-}" = "--demo" ] && wanted=()
 missing=()
 for cmd in "${wanted[@]}"; do
@@ -19,6 +21,8 @@ if [ "${1:-}" != "--demo" ]; then
     # pyscard (a dev dependency) builds against pcsclite's headers; vpcd is a pcscd driver, not a command
     [ -e /usr/include/PCSC/winscard.h ] || missing+=(libpcsclite-dev)
     [ -e /etc/reader.conf.d/vpcd ] || missing+=(vsmartcard-vpcd)
+    # oFono's test scripts (enable-modem, list-modems...) for trying the CP by hand as docs/protocols.md shows
+    [ -e /usr/share/ofono/scripts/list-modems ] || missing+=(ofono-scripts)
 fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then

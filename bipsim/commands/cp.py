@@ -27,7 +27,15 @@ if TYPE_CHECKING:
 
 @click.command("cp")
 @click.option(
-    "--port", required=True, help="The serial line: a device path (/dev/ttyUSB0, a pty) or a pyserial URL."
+    "--port",
+    help="The serial line: a device path (/dev/ttyUSB0, a pty) or a pyserial URL. Give --port or --listen.",
+)
+@click.option(
+    "--listen",
+    metavar="HOST:PORT",
+    help="Serve the modem's line on a TCP socket instead of --port (oFono's phonesim plugin connects so): one "
+    "client at a time, the next after the first leaves. HOST defaults to 127.0.0.1; PORT 0 lets the system "
+    "choose, and the port is said on stderr ('listening on tcp://HOST:PORT').",
 )
 @click.option("--baud", default=115200, show_default=True, help="Line speed for real serial ports.")
 @click.option(
@@ -120,7 +128,8 @@ if TYPE_CHECKING:
 @pcap_option
 @session_option
 def cp(
-    port: str,
+    port: str | None,
+    listen: str | None,
     baud: int,
     wait_for_line: bool,
     card_kind: str,
@@ -147,6 +156,11 @@ def cp(
     install_shutdown("bipsim cp")  # exit 0 on SIGTERM, or 143 when not stopped within 1 s
     from bipsim.cp.modem import LineUnavailable, Modem, ModemOptions
 
+    if (port is None) == (listen is None):
+        raise CliError("give the line: --port DEVICE or --listen HOST:PORT (one of them)")
+    listen_at = host_port(listen) if listen is not None else None
+    if listen_at is not None and wait_for_line:
+        raise CliError("--wait-for-line is for --port; --listen waits for its clients anyway")
     tracer = make_tracer(trace_path, session, keep=bool(pcap_path))
     recorded = None
     if len(extra_channels) > 6:
@@ -175,13 +189,14 @@ def cp(
         raise CliError("--profile2 and --state2 need --card2 sim")
     modem = Modem(
         ModemOptions(
-            port,
+            port or "",
             baud,
             bearer,
             once,
             start_delay=start_delay,
             wait_for_line=wait_for_line,
             card_control=card_control,
+            listen=listen_at,
         ),
         card,
         tracer=tracer,
@@ -198,7 +213,7 @@ def cp(
 
     async def main() -> None:
         await until_signalled(open_line)  # Ctrl-C ends a --wait-for-line wait too
-        if modem.line_opened:
+        if modem.line_ready:
             await until_signalled(modem.run)
 
     try:
