@@ -65,6 +65,16 @@ class Kind(StrEnum):
     HTTP_ERROR = "http.error"  # a malformed message or a limit passed
     # the link models of net/radio.py: a packet the radio (or Wi-Fi) model dropped; hex the packet, never on a wire
     IP_LOST = "ip.lost"  # fields: direction ("up" | "down"), reason ("lost", "queue_full", "closed"), length
+    # the packets of the CP's own IPv4 stack (net/stack.py): hex the exact IPv4 packet; fields src, dst (addresses)
+    # and for TCP/UDP sport, dport, len (payload bytes)
+    IP_PACKET = "ip.packet"  # an IPv4 packet of a protocol the stack does not carry; fields: protocol
+    IP_FRAGMENT = "ip.fragment"  # one fragment; fields: protocol, id, offset, more, len, complete (reassembled)
+    IP_DROPPED = "ip.dropped"  # a packet dropped (bad checksum, truncated, refused fragment...); fields: reason
+    TCP_SYN = "tcp.syn"  # a segment with SYN (SYN, SYN/ACK); fields: flags, seq, ack, win
+    TCP_SEGMENT = "tcp.segment"  # any other segment (data, ACK, FIN, RST); fields: flags, seq, ack, win
+    TCP_RETRANSMIT = "tcp.retransmit"  # a segment sent again; fields as tcp.segment and rto, reason
+    UDP_DATAGRAM = "udp.datagram"  # one UDP datagram
+    ICMP_MESSAGE = "icmp.message"  # an ICMP message (layer ip); fields: type, code, id and seq for echo
     SMS_PP = "sms.pp"  # an SMS-PP (data download) TPDU
     SMS_POR = "sms.por"  # a proof of receipt; fields: status (hex of the response status code)
     # the proxy dialect (docs/protocols.md, "The proxy dialect") and application events
