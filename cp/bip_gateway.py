@@ -8,6 +8,17 @@ Link modes (OPEN CHANNEL qualifier, section 8.6):
 - on demand (bit 1 = 0): TR at once; the link is set up by the first SEND DATA that asks to send immediately;
 - immediate (bit 1 = 1, bit 3 = 0): the link first, then the TR;
 - immediate in background (bits 1 and 3, the patent's flow): TR at once, Channel Status event when the link is up.
+
+Transports (section 8.59): TCP and UDP in UICC client mode, and the UICC server mode (section 6.4.27.5, transport
+level 03): that OPEN CHANNEL has no bearer description (the terminal's packet data plane carries it); the TR comes
+at once with the channel status "TCP in LISTEN state" (section 8.56, bits 7-8 = 01), and a Channel Status event
+"TCP in ESTABLISHED state" tells the card when a client connected. On a UDP channel each SEND DATA that sends is one
+datagram and each datagram is one unit of the Rx buffer (the adapter delivers the next only when the card has read
+the last, `rx_pending`).
+
+DNS (section 8.6: bit 4 of OPEN CHANNEL's qualifier asks for the DNS server addresses): the TR then carries one DNS
+server address object per server (section 8.104, tag 0x40, coded as an Other address: type 21 and the IPv4
+address), those of `dns_servers` (the packet data context's, set by the adapter).
 """
 
 from __future__ import annotations
@@ -18,6 +29,8 @@ from enum import Enum, StrEnum
 
 from bipsim.uicc.bip_engine import IllegalTransition as IllegalTransition  # the project's one error type
 from bipsim.uicc.cat import (
+    OPEN_BACKGROUND,
+    OPEN_IMMEDIATE,
     SEND_IMMEDIATELY,
     BipErrorCause,
     CatObject,
@@ -38,13 +51,43 @@ from bipsim.uicc.cat import (
     channel_data_length_object,
     channel_of,
     channel_status_object,
+    ipv4_address_value,
     obj,
 )
 
 MAX_CHANNELS = 7
 LINK_DROPPED = 0x05  # channel status further information (section 8.56)
 SUPPORTED_BEARERS = {0x02, 0x03, 0x09, 0x0B}
-SUPPORTED_TRANSPORTS = {TransportProtocol.TCP_CLIENT_REMOTE, TransportProtocol.UDP_CLIENT_REMOTE}
+SUPPORTED_TRANSPORTS = {
+    TransportProtocol.TCP_CLIENT_REMOTE,
+    TransportProtocol.UDP_CLIENT_REMOTE,
+    TransportProtocol.TCP_SERVER,
+}
+DNS_REQUESTED = 0x08  # OPEN CHANNEL qualifier bit 4: DNS server address(es) requested (section 8.6)
+TAG_DNS_SERVER_ADDRESS = 0x40  # section 8.104 (pySim's cat.py lists it as DnsServerAddress, tag 0xC0 with CR)
+TCP_LISTEN = (
+    0x40  # channel status byte 1, bits 7-8 = 01: "TCP in LISTEN state" (UICC server mode, section 8.56)
+)
+
+
+def server_mode_request(command: ProactiveCommand) -> OpenChannel | None:
+    """The OPEN CHANNEL of the UICC server mode (section 6.4.27.5: buffer size and a transport level of type 03, no
+    bearer description), or None when `command` is not one. The channel then behaves as an immediate link in
+    background: the TR at once, a Channel Status event when a client connects."""
+    transport = command.get(Tag.TRANSPORT_LEVEL)
+    size = command.get(Tag.BUFFER_SIZE)
+    if transport is None or len(transport.value) != 3 or transport.value[0] != TransportProtocol.TCP_SERVER:
+        return None
+    if size is None or len(size.value) != 2:
+        return None
+    return OpenChannel(
+        bearer_type=0,
+        buffer_size=int.from_bytes(size.value, "big"),
+        protocol=TransportProtocol.TCP_SERVER,
+        port=int.from_bytes(transport.value[1:3], "big"),
+        qualifier=OPEN_IMMEDIATE | OPEN_BACKGROUND,
+        number=command.number,
+    )
 
 
 class ChannelState(Enum):
@@ -182,7 +225,26 @@ class BearerClose:
     channel: int
 
 
-Action = SendTerminalResponse | SendEnvelope | BearerOpen | BearerSend | BearerClose
+@dataclass(frozen=True)
+class HandToHost:
+    """A proactive command the modem does not carry out itself, for the host's toolkit (3GPP TS 27.007 section
+    12: the +CUSATP URC); its terminal response comes back from the host (+CUSATT)."""
+
+    command: ProactiveCommand
+
+
+@dataclass(frozen=True)
+class SubmitShortMessage:
+    """SEND SHORT MESSAGE (TS 102 223 section 6.4.10): the card's SMS TPDU for the network's SMSC; the adapter
+    answers the command with the outcome (`sms_result`)."""
+
+    command: ProactiveCommand
+    tpdu: bytes
+
+
+Action = (
+    SendTerminalResponse | SendEnvelope | BearerOpen | BearerSend | BearerClose | HandToHost | SubmitShortMessage
+)
 
 
 @dataclass
@@ -220,9 +282,12 @@ class BipGateway:
     def __init__(self, *, max_buffer: int = 1500, max_channels: int = MAX_CHANNELS) -> None:
         self.max_buffer = max_buffer
         self.max_channels = max_channels
+        self.dns_servers: tuple[str, ...] = ()  # what an OPEN CHANNEL asking for DNS servers is given
         self.channels: dict[int, Channel] = {}
         self.events: set[int] = set()
         self.poll_interval: float | None = None
+        # proactive commands a host's toolkit has taken (27.007 section 12, cp/usat_commands.py); never BIP's
+        self.host_commands: frozenset[int] = frozenset()
 
     # --- helpers -----------------------------------------------------------------------------------------------
 
@@ -246,12 +311,27 @@ class BipGateway:
         # CR as in the TS 102 384 27.22.4.27.2 expected TERMINAL RESPONSE (channel status '38', bearer description
         # '35', buffer size '39'): these objects are optional in this response (TS 102 223 6.8), unlike the channel
         # status of GET CHANNEL STATUS ('B8') or the channel data of RECEIVE DATA ('B6').
-        status = channel_status_object(channel.id, established)
-        return [
-            CatObject(status.tag, status.value, False),
-            obj(Tag.BEARER_DESCRIPTION, bytes((request.bearer_type,)) + request.bearer_parameters, cr=False),
-            buffer_size_object(channel.buffer_size),
-        ]
+        status = self._status_object(channel, established)
+        objects = [CatObject(status.tag, status.value, False)]
+        if request.protocol != TransportProtocol.TCP_SERVER:  # the server mode's OPEN CHANNEL names no bearer
+            objects.append(
+                obj(
+                    Tag.BEARER_DESCRIPTION,
+                    bytes((request.bearer_type,)) + request.bearer_parameters,
+                    cr=False,
+                )
+            )
+        objects.append(buffer_size_object(channel.buffer_size))
+        if request.qualifier & DNS_REQUESTED and request.protocol != TransportProtocol.TCP_SERVER:
+            for server in self.dns_servers:
+                objects.append(CatObject(TAG_DNS_SERVER_ADDRESS, ipv4_address_value(server), False))
+        return objects
+
+    def _status_object(self, channel: Channel, established: bool, further: int = 0) -> CatObject:
+        """Channel status (section 8.56): a server-mode channel without a client is "TCP in LISTEN state"."""
+        if channel.request.protocol == TransportProtocol.TCP_SERVER and not established and not further:
+            return obj(Tag.CHANNEL_STATUS, bytes((TCP_LISTEN | channel.id, 0)))
+        return channel_status_object(channel.id, established, further)
 
     def _open_result(self, channel: Channel) -> int:
         return (
@@ -319,10 +399,30 @@ class BipGateway:
             CommandType.MORE_TIME: self._simple_ok,
             CommandType.DISPLAY_TEXT: self._simple_ok,
         }
+        if command.type in self.host_commands:  # a host's toolkit took it (+CUSATA, 27.007 section 12.2.3)
+            return [HandToHost(command)]
+        if command.type == CommandType.SEND_SHORT_MESSAGE:
+            return self._short_message(command)
         handler = handlers.get(command.type)
         if handler is None:
             return [self._tr(command, GeneralResult.BEYOND_TERMINAL_CAPABILITIES)]
         return handler(command)
+
+    def _short_message(self, command: ProactiveCommand) -> list[Action]:
+        tpdu = command.get(Tag.SMS_TPDU)
+        if tpdu is None or not tpdu.value:
+            return [self._tr(command, GeneralResult.REQUIRED_VALUES_MISSING)]
+        return [SubmitShortMessage(command, tpdu.value)]
+
+    def sms_result(self, command: ProactiveCommand, reference: int | None, rp_cause: int = 0) -> list[Action]:
+        """The TR of a SEND SHORT MESSAGE: OK once the SMSC took it (`reference` its TP-MR), else SMS RP-ERROR
+        with the RP cause (TS 102 223 section 8.12.7; TS 24.011 section 8.2.5.4), or network unable with no
+        cause when there is no SMSC (`rp_cause` 0)."""
+        if reference is not None:
+            return [self._tr(command, GeneralResult.OK)]
+        if not rp_cause:
+            return [self._tr(command, GeneralResult.NETWORK_UNABLE, b"\x00")]
+        return [self._tr(command, GeneralResult.SMS_RP_ERROR, bytes((rp_cause & 0x7F,)))]
 
     def _events(self, command: ProactiveCommand) -> list[Action]:
         item = command.get(Tag.EVENT_LIST)
@@ -341,15 +441,19 @@ class BipGateway:
         return [self._tr(command, GeneralResult.OK)]
 
     def _open(self, command: ProactiveCommand) -> list[Action]:
-        try:
-            request = OpenChannel.from_command(command)
-        except ValueError:
-            return [self._tr(command, GeneralResult.DATA_NOT_UNDERSTOOD)]
-        if request.bearer_type not in SUPPORTED_BEARERS:
-            return [self._tr(command, GeneralResult.BEYOND_TERMINAL_CAPABILITIES)]
-        if request.protocol not in SUPPORTED_TRANSPORTS:  # e.g. UICC in server mode (section 6.4.27)
+        server = server_mode_request(command)
+        if server is not None:
+            request = server
+        else:
+            try:
+                request = OpenChannel.from_command(command)
+            except ValueError:
+                return [self._tr(command, GeneralResult.DATA_NOT_UNDERSTOOD)]
+            if request.bearer_type not in SUPPORTED_BEARERS:
+                return [self._tr(command, GeneralResult.BEYOND_TERMINAL_CAPABILITIES)]
+        if request.protocol not in SUPPORTED_TRANSPORTS:  # e.g. the local transports (section 8.59)
             return [self._bip_error(command, BipErrorCause.TRANSPORT_NOT_AVAILABLE)]
-        if request.destination is None or not request.port:
+        if not request.port or (request.destination is None and server is None):
             return [self._tr(command, GeneralResult.REQUIRED_VALUES_MISSING)]
         free = next((n for n in range(1, self.max_channels + 1) if n not in self.channels), None)
         if free is None:
@@ -538,6 +642,16 @@ class BipGateway:
         if not channel.data_available_sent:
             return [self._data_available(channel)]
         return []
+
+    def rx_pending(self, channel_id: int) -> int:
+        """Bytes in the channel's Rx buffer that the card has not read yet."""
+        channel = self.channels.get(channel_id)
+        return len(channel.rx) if channel is not None else 0
+
+    def is_datagram(self, channel_id: int) -> bool:
+        """Whether the channel is a UDP one (each datagram one unit of the Rx buffer)."""
+        channel = self.channels.get(channel_id)
+        return channel is not None and channel.request.protocol == TransportProtocol.UDP_CLIENT_REMOTE
 
     def rx_space(self, channel_id: int) -> int:
         channel = self.channels.get(channel_id)

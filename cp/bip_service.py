@@ -10,6 +10,11 @@ OPEN CHANNEL's failure while the link was being set up), the card's CLOSE CHANNE
 trace event names the exception; the CP and its other channels go on. An exception in the card loop itself (a card
 answering a FETCH with an error) is traced the same way and the loop goes on at the next poll.
 
+A UDP channel keeps its datagrams apart: the next datagram goes to the gateway only once the card has read the
+last one (TS 102 223 6.4.29: one RECEIVE DATA unit per datagram). A bearer without `serves_uicc_server_mode` (the AP
+proxy) answers the UICC server mode's OPEN CHANNEL with 0x3A "transport level not available" (8.12.11). A bearer
+with `dns_servers` gives them to the gateway for the OPEN CHANNEL that asks for DNS servers (8.6, 8.104).
+
 A card that goes away (CardRemoved out of the card driver, uicc/transport.py) ends the run: every channel ends
 (the gateway's on_card_gone; an app.event `channel_ended` per channel, its link closed on the bearer) and run()
 returns, so that the modem can start the card again, TERMINAL PROFILE first, once it is back (cp/card_slot.py).
@@ -17,6 +22,7 @@ returns, so that the modem can start the card again, TERMINAL PROFILE first, onc
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import trio
@@ -29,9 +35,11 @@ from bipsim.cp.bip_gateway import (
     BearerSend,
     BipGateway,
     EnvelopeEvent,
+    HandToHost,
     LinkStatus,
     SendEnvelope,
     SendTerminalResponse,
+    SubmitShortMessage,
 )
 from bipsim.cp.card_driver import CardDriver
 from bipsim.trace.events import Actor, Layer
@@ -44,6 +52,7 @@ from bipsim.uicc.cat import (
     OpenChannel,
     ProactiveCommand,
     TerminalResponse,
+    TransportProtocol,
 )
 from bipsim.uicc.transport import CardRemoved
 
@@ -103,7 +112,18 @@ class LinkDown:
     generation: int = 0
 
 
-LinkEvent = LinkUp | LinkFailed | LinkData | LinkDown
+@dataclass(frozen=True)
+class Wake:
+    """Not a link's event: the card may have a proactive command now (a host's TERMINAL RESPONSE or ENVELOPE
+    through +CUSATT/+CUSATE answered 91 xx), so the loop fetches at once instead of at the next poll."""
+
+    channel: int = 0
+    generation: int = 0
+
+
+LinkEvent = LinkUp | LinkFailed | LinkData | LinkDown | Wake
+
+RP_INVALID_MANDATORY_INFORMATION = 96  # TS 24.011 section 8.2.5.4: an SMSC that refused the card's TPDU as malformed
 
 DISCONNECT_TIME = 5.0  # seconds the links of a card that went away get to close before they are abandoned
 
@@ -124,6 +144,9 @@ class BipService:
         self.bearer = bearer
         self.tracer = tracer
         self.gateway = gateway or BipGateway()
+        dns = getattr(bearer, "dns_servers", None)
+        if isinstance(dns, tuple):
+            self.gateway.dns_servers = dns
         self.poll_interval = poll_interval
         self.sessions_done = 0
         self.session_finished = trio.Event()
@@ -137,6 +160,17 @@ class BipService:
         self._connecting: dict[int, trio.Lock] = {}
         self._nursery: trio.Nursery | None = None
         driver.fetch_labeler = self._fetch_step
+        # the host's toolkit (cp/usat_commands.py): takes a proactive command the gateway handed over (+CUSATP)
+        self.host: Callable[[ProactiveCommand], Awaitable[None]] | None = None
+        # the network's SMSC (net/smsc.py): takes a SEND SHORT MESSAGE's TPDU, returns its TP-MR
+        self.sms_submit: Callable[[bytes], int] | None = None
+
+    def wake(self) -> None:
+        """Fetch now: the card may have a command after a host's TR or envelope (it answered 91 xx)."""
+        try:
+            self._events_tx.send_nowait(Wake())
+        except trio.WouldBlock:
+            pass  # the loop has events queued: it runs soon anyway
 
     def step(self, key: str) -> str:
         return STEP_KEYS[key][0 if self.bearer.embodiment == 1 else 1]
@@ -235,6 +269,8 @@ class BipService:
         await self._apply(self._on_event(event))
 
     def _on_event(self, event: LinkEvent) -> list[Action]:
+        if isinstance(event, Wake):
+            return []  # the loop fetches whatever the card has pending
         if event.generation != self._generation.get(event.channel, 0):
             return []  # an event of a link the card has since closed
         if isinstance(event, LinkUp):
@@ -265,11 +301,45 @@ class BipService:
                 self._nursery.start_soon(self._link, action.channel, action.request, generation)
             elif isinstance(action, BearerSend):
                 await self._send(action.channel, action.data)
+            elif isinstance(action, HandToHost):
+                await self._to_host(action.command)
+            elif isinstance(action, SubmitShortMessage):
+                await self._apply(self._submit(action))
             elif isinstance(action, BearerClose):
                 stream = self._streams.pop(action.channel, None)
                 if stream is not None:
                     assert self._nursery is not None
                     self._nursery.start_soon(self._disconnect, action.channel, stream)
+
+    async def _to_host(self, command: ProactiveCommand) -> None:
+        """A command for the host's toolkit: the URC goes out; the TR comes with the host's +CUSATT."""
+        if self.host is None:  # no toolkit to take it after all: the terminal cannot do it now
+            await self._terminal_response(
+                TerminalResponse.build(command, GeneralResult.TERMINAL_UNABLE, b"\x00")
+            )
+            return
+        await self.host(command)
+
+    def _submit(self, action: SubmitShortMessage) -> list[Action]:
+        """SEND SHORT MESSAGE to the network's SMSC; its TR says whether the SMSC took it."""
+        command = action.command
+        if self.sms_submit is None:
+            return self.gateway.sms_result(command, None)
+        try:
+            reference = self.sms_submit(action.tpdu)
+        except ValueError as exc:  # the SMSC refused the TPDU (net/sms_pdu.py's errors are ValueErrors)
+            self._error("send short message", exc)
+            return self.gateway.sms_result(command, None, RP_INVALID_MANDATORY_INFORMATION)
+        self.tracer.emit(
+            Actor.CP,
+            Actor.NET,
+            Layer.SMS,
+            f"SEND SHORT MESSAGE: submitted to the SMSC (TP-MR {reference})",
+            action.tpdu,
+            kind=Kind.APP_EVENT,
+            fields={"event": "sms_submitted", "mr": reference},
+        )
+        return self.gateway.sms_result(command, reference)
 
     async def _disconnect(self, channel: int, stream: trio.abc.Stream) -> None:
         try:
@@ -376,6 +446,14 @@ class BipService:
             if generation != self._generation.get(channel, 0):
                 return  # the card closed this channel before its link was asked for
             try:
+                if request.protocol == TransportProtocol.TCP_SERVER and not getattr(
+                    self.bearer, "serves_uicc_server_mode", False
+                ):
+                    raise LinkError(
+                        GeneralResult.BIP_ERROR,
+                        bytes((BipErrorCause.TRANSPORT_NOT_AVAILABLE,)),
+                        f"the {self.bearer.name} bearer has no UICC server mode",
+                    )
                 stream = await self.bearer.connect(channel, request)
             except LinkError as exc:
                 self.tracer.emit(
@@ -408,6 +486,8 @@ class BipService:
             space = self.gateway.rx_space(channel)
             if channel not in self.gateway.channels:
                 return
+            if self.gateway.is_datagram(channel) and self.gateway.rx_pending(channel):
+                space = 0  # one datagram at a time: the next waits until the card has read this one
             if space == 0:  # the card has not read its Rx buffer yet: back-pressure instead of dropping
                 drained = self._drained.setdefault(channel, trio.Event())
                 await drained.wait()

@@ -171,8 +171,8 @@ def test_buffer_size_negotiation(requested: int, granted: int, general: int) -> 
 @pytest.mark.parametrize(
     ("command", "expected"),
     [
-        (
-            open_command(protocol=TransportProtocol.TCP_SERVER),
+        (  # the local transports (TS 102 223 8.59, types 04 and 05) are not offered; the UICC server mode is
+            open_command(protocol=TransportProtocol.UDP_CLIENT_LOCAL),
             (GeneralResult.BIP_ERROR, bytes((BipErrorCause.TRANSPORT_NOT_AVAILABLE,))),
         ),
         (open_command(bearer=0x05), (GeneralResult.BEYOND_TERMINAL_CAPABILITIES, b"")),  # Bluetooth
@@ -183,7 +183,7 @@ def test_buffer_size_negotiation(requested: int, granted: int, general: int) -> 
             (GeneralResult.DATA_NOT_UNDERSTOOD, b""),  # no bearer description, no buffer size
         ),
     ],
-    ids=["uicc-server-mode", "bluetooth-bearer", "no-destination", "no-port", "no-bearer-description"],
+    ids=["udp-local", "bluetooth-bearer", "no-destination", "no-port", "no-bearer-description"],
 )
 def test_open_channel_refusals(command: ProactiveCommand, expected: tuple[int, bytes]) -> None:
     gateway = BipGateway()
@@ -393,7 +393,7 @@ def test_channel_status_events_in_background_mode() -> None:
 
 
 def test_unknown_proactive_command_is_beyond_capabilities() -> None:
-    command = ProactiveCommand.build(CommandType.SEND_SHORT_MESSAGE, number=1)
+    command = ProactiveCommand.build(CommandType.SET_UP_CALL, number=1)
     assert result(the_tr(BipGateway().on_command(command))) == (
         GeneralResult.BEYOND_TERMINAL_CAPABILITIES,
         b"",

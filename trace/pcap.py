@@ -5,9 +5,19 @@
   Wireshark's GSM SIM dissector then decodes the card application toolkit inside (proactive commands, TRs,
   envelopes). An exchange is a cp->uicc "apdu" event followed by the uicc->cp "apdu" event that answers it (the
   card is one at a time: the oldest unanswered command of the session).
-- Network bytes (layers ip and tcp; tls and http events are decoded views and are not exported): real IPv4/TCP packets between one address per actor,
-  with a three-way handshake before a connection's first segment, consistent sequence and acknowledgement numbers,
-  and FIN/ACK at an event of kind tcp.close or tcp.closed (a tcp.error, a refused or reset connection, draws none).
+- IP packets (layers ip, tcp and udp whose bytes are a whole IPv4 packet: the CP's own stack traces every packet it
+  sends and receives, docs/protocols.md "The packet data plane"): written exactly as traced, one record each. The
+  file's link type is LINKTYPE_RAW (101), so a record starts at the IPv4 header and tshark dissects it as IP with
+  no framing of ours around it: the checksums, sequence numbers, windows and retransmissions are the stack's own.
+  A packet traced at both ends of a link (the CP's stack sent it, the packet gateway's received it) is written
+  once: the same bytes traced again by another pair of actors within the last RAW_WINDOW packets are that echo,
+  while a retransmission, traced by the same stack again, is kept.
+- Network bytes of actors without a packet trace (layers ip and tcp; tls and http events are decoded views and are
+  not exported), e.g. the AP's host sockets in embodiment 2 or the OTA server's own view: IPv4/TCP packets made up
+  between one address per actor, with a three-way handshake before a connection's first segment, consistent
+  sequence and acknowledgement numbers, and FIN/ACK at an event of kind tcp.close or tcp.closed (a tcp.error, a
+  refused or reset connection, draws none). An actor that has IP packets in the trace gets none made up: its
+  packets are the real ones.
 - AT lines and CMUX frames have no dissector that takes them raw, so they are UDP payload on documented ports:
   AT_PORT (27007) for V.250/27.007 text, CMUX_PORT (27010) for 27.010 frames; the source port says which actor sent.
 
@@ -41,8 +51,9 @@ ADDRESSES: dict[Actor, str] = {
     Actor.AP: "192.0.2.3",
     Actor.READER: "192.0.2.4",
     Actor.NET: "198.51.100.1",
-    Actor.PGW: "198.51.100.2",
-    Actor.HOST: "198.51.100.3",
+    # above the PDP contexts' pool (198.51.100.2 up), whose addresses are in the raw packets
+    Actor.PGW: "198.51.100.253",
+    Actor.HOST: "198.51.100.254",
     Actor.OTA: "203.0.113.10",
     Actor.SMDP: "203.0.113.11",
     Actor.CLOUD: "203.0.113.12",
@@ -56,6 +67,22 @@ ACTOR_PORTS: dict[Actor, int] = {actor: 40001 + index for index, actor in enumer
 
 # tls/http events are decoded views of bytes that also cross the wire as tcp events: only wire bytes become packets
 NETWORK_LAYERS = {Layer.IP, Layer.TCP}
+PACKET_LAYERS = {Layer.IP, Layer.TCP, Layer.UDP}
+# the descriptive kinds of a connection (payload bytes, not packets) are never taken for an IP packet, nor is a
+# packet the radio link lost (ip.lost): the capture is the CP's interface, where a lost uplink packet was already
+# seen leaving (its stack traced it) and a lost downlink one never arrived
+DESCRIPTIVE_KINDS = frozenset(
+    {
+        Kind.TCP_CONNECT,
+        Kind.TCP_ACCEPT,
+        Kind.TCP_DATA,
+        Kind.TCP_CLOSE,
+        Kind.TCP_CLOSED,
+        Kind.TCP_ERROR,
+        Kind.IP_LOST,
+    }
+)
+RAW_WINDOW = 64  # how far back a packet traced by the other end of its link is looked for
 CLOSE_KINDS = frozenset({Kind.TCP_CLOSE, Kind.TCP_CLOSED})
 
 
@@ -100,6 +127,29 @@ def internet_checksum(data: bytes) -> int:
     return ~total & 0xFFFF
 
 
+def is_ipv4_packet(data: bytes) -> bool:
+    """Whether `data` is one whole IPv4 packet: version 4, a header of 20 bytes or more whose checksum holds, and a
+    total length that is the length of `data` (RFC 791)."""
+    if len(data) < 20 or data[0] >> 4 != 4:
+        return False
+    header_length = (data[0] & 0x0F) * 4
+    if header_length < 20 or len(data) < header_length:
+        return False
+    if int.from_bytes(data[2:4], "big") != len(data):
+        return False
+    return internet_checksum(data[:header_length]) == 0
+
+
+def raw_packet_event(event: TraceEvent) -> bool:
+    """Whether `event` carries an IP packet as it crossed a link (exported as it is)."""
+    return (
+        event.layer in PACKET_LAYERS
+        and bool(event.hex)
+        and event.kind not in DESCRIPTIVE_KINDS
+        and is_ipv4_packet(event.data)
+    )
+
+
 def ipv4_packet(src: bytes, dst: bytes, protocol: int, payload: bytes) -> bytes:
     """An IPv4 header (no options, identification 1, TTL 64, as scapy's defaults) in front of `payload`."""
     header = _IPV4.pack(0x45, 0, 20 + len(payload), 1, 0, 64, protocol, 0, src, dst)
@@ -135,9 +185,12 @@ class Packet:
 class PcapExporter:
     """Turns trace events into packets; `packets` holds them, each with its capture time."""
 
-    def __init__(self, origin_epoch: float = 1_700_000_000.0) -> None:
+    def __init__(self, origin_epoch: float = 1_700_000_000.0, raw_actors: Iterable[Actor] = ()) -> None:
         self.origin = origin_epoch
         self.packets: list[Packet] = []
+        # actors whose IP packets are in the trace: nothing is made up for them (export_pcap finds them first)
+        self.raw_actors: set[Actor] = set(raw_actors)
+        self._recent_raw: list[tuple[bytes, frozenset[Actor]]] = []
         self._pending_commands: list[TraceEvent] = []
         self._connections: dict[frozenset[Actor], _Connection] = {}
         self._next_port = 49152
@@ -221,9 +274,24 @@ class PcapExporter:
             self._tcp(conn, src, "A", b"", event.t)
             conn.open = False
 
+    def _raw(self, event: TraceEvent) -> None:
+        data = event.data
+        pair = frozenset((event.src, event.dst))
+        self.raw_actors |= {event.src, event.dst} - {Actor.NET, Actor.OTA, Actor.PGW, Actor.HOST}
+        if any(seen == data and by != pair for seen, by in self._recent_raw):
+            self.skipped += 1  # the other end of the link traced the same packet
+            return
+        self._recent_raw.append((data, pair))
+        del self._recent_raw[:-RAW_WINDOW]
+        self.packets.append(Packet(self.origin + event.t, data))
+
     def add(self, event: TraceEvent) -> None:
         layer = event.layer
-        if layer is Layer.APDU:
+        if raw_packet_event(event):
+            self._raw(event)
+        elif layer in NETWORK_LAYERS and (event.src in self.raw_actors or event.dst in self.raw_actors):
+            self.skipped += 1  # that actor's real packets are in the trace: nothing is made up for it
+        elif layer is Layer.APDU:
             if event.hex and event.kind != Kind.APDU_ATR:  # the answer to reset answers no command
                 self._apdu(event)
         elif layer in NETWORK_LAYERS:
@@ -249,7 +317,9 @@ class PcapExporter:
 
 def export_pcap(events: Iterable[TraceEvent], path: str | Path) -> int:
     """Writes a pcap of `events` (already merged by time); returns the number of packets."""
-    exporter = PcapExporter()
+    events = list(events)
+    raw = {actor for e in events if raw_packet_event(e) for actor in (e.src, e.dst)}
+    exporter = PcapExporter(raw_actors=raw - {Actor.NET, Actor.OTA, Actor.PGW, Actor.HOST})
     for event in events:
         exporter.add(event)
     return exporter.write(path)
