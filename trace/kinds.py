@@ -65,6 +65,8 @@ class Kind(StrEnum):
     HTTP_ERROR = "http.error"  # a malformed message or a limit passed
     # the link models of net/radio.py: a packet the radio (or Wi-Fi) model dropped; hex the packet, never on a wire
     IP_LOST = "ip.lost"  # fields: direction ("up" | "down"), reason ("lost", "queue_full", "closed"), length
+    # the packet gateway (net/pgw.py): its answer to a DNS query of a context; fields: name, qtype, rcode, addresses
+    DNS_ANSWER = "dns.answer"
     # the packets of the CP's own IPv4 stack (net/stack.py): hex the exact IPv4 packet; fields src, dst (addresses)
     # and for TCP/UDP sport, dport, len (payload bytes)
     IP_PACKET = "ip.packet"  # an IPv4 packet of a protocol the stack does not carry; fields: protocol
