@@ -171,6 +171,8 @@ class CardDriver:
         self.fetch_labeler: Callable[[ProactiveCommand | None], str | None] = lambda command: None
         self._lock = _CardLock()  # the BIP service and AT commands (+CSIM, +CRSM, +CGLA) share one card
         self.started = trio.Event()  # TERMINAL PROFILE went through: envelopes may be sent
+        # what start() sends as TERMINAL PROFILE (`bipsim cp --terminal-profile`, uicc/terminal_profile.py)
+        self.profile = TERMINAL_PROFILE
 
     async def _exchange(self, apdu: bytes) -> bytes:
         """One APDU to the card; an exception out of the card is its 6F 00 (the CP goes on)."""
@@ -303,15 +305,20 @@ class CardDriver:
             kind=Kind.APDU_ATR,
             fields={"length": len(self.atr)},
         )
-        profile = TERMINAL_PROFILE
+        sw = await self.send_profile(self.profile)
+        if sw not in (0x9000,) and sw >> 8 != 0x91:
+            raise CardError("TERMINAL PROFILE", sw)
+        self.started.set()
+
+    async def send_profile(self, profile: bytes) -> int:
+        """TERMINAL PROFILE with `profile` (at start, and again when a host's +CUSATA asks for a profile download,
+        3GPP TS 31.111 section 5.1); returns the status word."""
         _, sw = await self.transmit(
             b"\x80\x10\x00\x00" + bytes((len(profile),)) + profile,
             "TERMINAL PROFILE",
             kind=Kind.CAT_TERMINAL_PROFILE,
         )
-        if sw not in (0x9000,) and sw >> 8 != 0x91:
-            raise CardError("TERMINAL PROFILE", sw)
-        self.started.set()
+        return sw
 
     async def poll(self) -> None:
         """STATUS, as a terminal does at the poll interval: a card with a command to send answers 91 xx."""

@@ -10,7 +10,7 @@ import click
 
 from bipsim.errors import CliError
 
-_KINDS = ["auto", "proactive", "terminal_response", "envelope", "tlv", "apdu", "rapdu", "sms"]
+_KINDS = ["auto", "proactive", "terminal_response", "envelope", "tlv", "apdu", "rapdu", "sms", "terminal_profile"]
 
 _AS_HELP = """What the bytes are (default auto: found from the bytes themselves).
 proactive: a proactive command 'D0'.
@@ -19,7 +19,9 @@ envelope: an envelope 'D1'..'D7'.
 tlv: any of those three, by its first byte.
 apdu: a C-APDU (CLA INS P1 P2 [Lc data] [Le]); FETCH or GET RESPONSE may be followed by the answer and SW.
 rapdu: an R-APDU: data (maybe none) then SW1 SW2.
-sms: an SMS-DELIVER/SUBMIT TPDU (TS 23.040), or SMS user data holding a secured packet (TS 31.115)."""
+sms: an SMS-DELIVER/SUBMIT TPDU (TS 23.040), or SMS user data holding a secured packet (TS 31.115).
+terminal_profile: the data of a TERMINAL PROFILE (TS 102 223 section 5.2), or the whole 80 10 C-APDU: every set
+bit named, RFU bits said so."""
 
 
 @click.command("decode")
@@ -49,6 +51,9 @@ def decode(hex_data: tuple[str, ...], kind: str, as_json: bool) -> None:
         data = bytes.fromhex(text)
     except ValueError as exc:
         raise CliError(f"not hexadecimal: {exc}", exit_code=2) from exc
+    if kind == "terminal_profile":
+        _terminal_profile(data, as_json)
+        return
     try:
         decoded = decode_input(data, kind)
     except TlvError as exc:
@@ -57,3 +62,17 @@ def decode(hex_data: tuple[str, ...], kind: str, as_json: bool) -> None:
         click.echo(json.dumps(render_json(decoded), indent=2))
     else:
         click.echo(render_tree(decoded), nl=False)
+
+
+def _terminal_profile(data: bytes, as_json: bool) -> None:
+    """`--as terminal_profile`: the profile bytes, or a TERMINAL PROFILE C-APDU (80 10 00 00 Lc data)."""
+    from bipsim.uicc import terminal_profile
+
+    if len(data) >= 5 and data[1] == 0x10 and data[0] in (0x80, 0xA0) and len(data) == 5 + data[4]:
+        data = data[5:]
+    if not data:
+        raise CliError("malformed input at offset 0: a TERMINAL PROFILE has at least one byte", exit_code=2)
+    if as_json:
+        click.echo(json.dumps(terminal_profile.to_json(data), indent=2))
+    else:
+        click.echo(terminal_profile.describe(data), nl=False)
