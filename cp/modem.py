@@ -64,6 +64,8 @@ class ModemOptions:
     card_control: str | None = None  # a UNIX socket path: serve_card_control's 'remove N' / 'insert N'
     # options of the command sets of cp/command_sets.py (e.g. "dialect"), keyed by option name
     command_settings: dict[str, object] = field(default_factory=dict)
+    # the TERMINAL PROFILE slot 1's card gets (uicc/terminal_profile.py); None: the `bip-only` profile
+    terminal_profile: bytes | None = None
     # (host, port): serve the line on a TCP socket instead of `port` (link/tcp_line.py, one client at a time)
     listen: tuple[str, int] | None = None
 
@@ -205,6 +207,8 @@ class Modem:
             self.opener = TcpLineListener(*options.listen, who="bipsim cp")
         else:
             self.opener = LineOpener(options.port, options.baud, who="bipsim cp", wait=options.wait_for_line)
+        if options.terminal_profile is not None:
+            self.driver.profile = options.terminal_profile
         self._first_line: trio.abc.Stream | None = None
         self._bound = False
 
@@ -214,6 +218,13 @@ class Modem:
 
     @property
     def line_name(self) -> str:
+        for command_set in self.commands.command_sets:  # a set that serves the card's toolkit (USAT) hooks in
+            attach = getattr(command_set, "attach_service", None)
+            if attach is not None:
+                attach(self.service)
+        smsc = getattr(self.network, "smsc", None)  # SEND SHORT MESSAGE goes to the network's SMSC
+        if smsc is not None and hasattr(smsc, "submit"):
+            self.service.sms_submit = lambda tpdu: int(smsc.submit(tpdu, origin="uicc"))
         """The line as traces name it: the --port path, or tcp://HOST:PORT with --listen."""
         return self.opener.name if isinstance(self.opener, TcpLineListener) else self.options.port
 
@@ -478,6 +489,10 @@ def simulated_card(
 
 def sms_counters(card: SimCard) -> Counters:
     """The card's OTA replay counters (TS 102 225), persisted in its state as "ota_counters"."""
+            if profile.usat_menu:  # the SIM toolkit menu applet around the BIP toolkit (uicc/usat_menu.py)
+                from bipsim.uicc.usat_menu import MenuToolkit
+
+                card.toolkit = MenuToolkit(card.toolkit)
     from bipsim.uicc.ota_trigger import Counters
 
     counters = Counters()

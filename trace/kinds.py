@@ -94,3 +94,8 @@ class Kind(StrEnum):
     OMAPI_CHOOSER = "omapi.chooser"  # the dialog listing the available readers, or the user's choice
     OMAPI_ACCESS = "omapi.access"  # the GP SEAC decision for an applet and an application; fields: granted
     OMAPI_CONTROL = "omapi.control"  # the AP's OMAPI control socket listening; fields: host, port
+    # USAT through 27.007 section 12 (docs/protocols.md, "USAT through 27.007")
+    USAT_ACTIVATE = "usat.activate"  # the host's toolkit activated (+CUSATA); fields: activation, commands
+    USAT_HANDOVER = "usat.handover"  # a proactive command handed to the host (+CUSATP); fields: command, number
+    USAT_END = "usat.end"  # the card ended the proactive session after the host's TR (+CUSATEND)
+    USAT_TOOLKIT = "usat.toolkit"  # the AP's toolkit answered a command by policy; fields: command, policy, result

@@ -57,6 +57,8 @@ class CardProfile:
     pin1: str = "1234"
     pin2: str = "5678"
     adm1: str = "12345678"
+    # the SIM toolkit menu applet (uicc/usat_menu.py): SET UP MENU once a TERMINAL PROFILE declares it
+    usat_menu: bool = False
 
     @property
     def ota_keyset(self) -> tuple[int, bytes, bytes]:
