@@ -8,10 +8,12 @@ gateway's reason (and fail under CI=true, where they must run)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import random
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from ipaddress import IPv4Address
 
 import pytest
@@ -21,6 +23,8 @@ from bipsim.net.icmp import IcmpMessage, IcmpType, echo_request
 from bipsim.net.ipv4 import ICMP, UDP, Ipv4Packet
 from bipsim.net.pgw import GATEWAY, SERVER_ADDRESS, Pgw
 from bipsim.net.radio import PROFILES, LinkEnd, LinkProfile, RadioLink, radio_link
+from bipsim.net.stack import IpStack
+from bipsim.net.tcp import TcpState
 from bipsim.net.tun import TunUnavailable, open_tun_namespace
 from bipsim.net.udp import UdpDatagram
 from bipsim.trace.kinds import Kind
@@ -157,8 +161,222 @@ async def test_tun_unavailable_says_why(monkeypatch: pytest.MonkeyPatch) -> None
         await open_tun_namespace()
 
 
-def _digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+# the kernel's TCP peer inside the namespace: "both N" sends N bytes while reading to EOF and prints the count and
+# the SHA-256 of what it read; "close" reads one byte then closes (its FIN); "abort" reads one byte then resets
+SERVER = r"""
+import hashlib, socket, struct, sys, threading
+mode, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+ls = socket.socket()
+ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+ls.bind(("203.0.113.10", port))
+ls.listen(1)
+print("ready", flush=True)
+c, peer = ls.accept()
+if mode == "both":
+    def send():
+        c.sendall(bytes(i % 251 for i in range(n)))
+        c.shutdown(socket.SHUT_WR)
+    t = threading.Thread(target=send)
+    t.start()
+    h, got = hashlib.sha256(), 0
+    while True:
+        d = c.recv(65536)
+        if not d:
+            break
+        h.update(d)
+        got += len(d)
+    t.join()
+    print(got, h.hexdigest(), flush=True)
+elif mode == "close":
+    assert c.recv(1) == b"x"
+    c.shutdown(socket.SHUT_WR)
+    print("eof" if c.recv(10) == b"" else "data", flush=True)
+elif mode == "abort":
+    assert c.recv(1) == b"x"
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    print("reset", flush=True)
+c.close()
+"""
+
+PATTERN_SIZE = 1 << 20
 
 
-_ = (subprocess, _digest)
+def _pattern(n: int) -> bytes:
+    return bytes(i % 251 for i in range(n))
+
+
+class Server:
+    """The kernel peer's process, and its output lines."""
+
+    def __init__(self, process: trio.Process) -> None:
+        self.process = process
+        self._buffer = b""
+
+    async def line(self) -> str:
+        assert self.process.stdout is not None
+        with trio.fail_after(60):
+            while b"\n" not in self._buffer:
+                chunk = await self.process.stdout.receive_some(4096)
+                if not chunk:
+                    raise AssertionError(f"the namespace's server ended early: {self._buffer!r}")
+                self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return line.decode()
+
+
+async def _server(pgw: Pgw, mode: str, port: int, n: int = 0) -> Server:
+    assert pgw.tun is not None
+    process = await trio.lowlevel.open_process(
+        pgw.tun.command([sys.executable, "-c", SERVER, mode, str(port), str(n)]), stdout=subprocess.PIPE
+    )
+    server = Server(process)
+    assert await server.line() == "ready"
+    return server
+
+
+async def _cp_stack(
+    nursery: trio.Nursery,
+    cp: LinkEnd,
+    tracer: Tracer,
+    *,
+    hold: Callable[[bytes], bool] | None = None,
+    on_receive: Callable[[bytes], None] | None = None,
+) -> IpStack:
+    """The CP's own stack on the bearer end `cp`; `hold(packet)` keeps an outgoing packet back (True), and
+    `on_receive(packet)` sees each packet before the stack does."""
+
+    def transmit(packet: bytes) -> None:
+        if hold is None or not hold(packet):
+            cp.send_nowait(packet)
+
+    stack = IpStack(CP, transmit, tracer=tracer, rng=random.Random(4))
+    await nursery.start(stack.run)
+
+    async def reader() -> None:
+        while True:
+            try:
+                packet = await cp.receive()
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                return
+            if on_receive is not None:
+                on_receive(packet)
+            stack.receive_packet(packet)
+
+    nursery.start_soon(reader)
+    return stack
+
+
+async def _both_ways(stream: trio.abc.HalfCloseableStream, n: int) -> bytes:
+    received = bytearray()
+
+    async def rx() -> None:
+        while chunk := await stream.receive_some(65536):
+            received.extend(chunk)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(rx)
+        await stream.send_all(_pattern(n))
+        await stream.send_eof()
+    return bytes(received)
+
+
+async def test_kernel_tcp_handshake_and_1_mib_both_ways(
+    nursery: trio.Nursery, rig: tuple[Pgw, LinkEnd, RadioLink, Tracer]
+) -> None:
+    pgw, cp, _link, tracer = rig
+    server = await _server(pgw, "both", 5000, PATTERN_SIZE)
+    stack = await _cp_stack(nursery, cp, tracer)
+    stream = await stack.open_tcp(SERVER_ADDRESS, 5000, timeout=10)
+    syns = [e for e in tracer.events if e.kind == Kind.TCP_SYN]
+    # our SYN up, the kernel's SYN-ACK down
+    assert [(e.src, e.field("flags")) for e in syns[:2]] == [("cp", "SYN"), ("net", "SYN|ACK")]
+    assert stream.connection.state is TcpState.ESTABLISHED
+    received = await _both_ways(stream, PATTERN_SIZE)
+    assert received == _pattern(PATTERN_SIZE)
+    assert await server.line() == f"{PATTERN_SIZE} {hashlib.sha256(_pattern(PATTERN_SIZE)).hexdigest()}"
+    await stream.aclose()
+    assert await server.process.wait() == 0
+
+
+async def test_kernel_tcp_with_loss_on_our_radio(nursery: trio.Nursery) -> None:
+    lossy = dataclasses.replace(PROFILES["lte"], loss=0.02)
+    pgw, cp, link, tracer = await _start(nursery, lossy, seed=3)
+    server = await _server(pgw, "both", 5002, PATTERN_SIZE)
+    stack = await _cp_stack(nursery, cp, tracer)
+    stream = await stack.open_tcp(SERVER_ADDRESS, 5002, timeout=30)
+    received = await _both_ways(stream, PATTERN_SIZE)
+    assert received == _pattern(PATTERN_SIZE)
+    assert await server.line() == f"{PATTERN_SIZE} {hashlib.sha256(_pattern(PATTERN_SIZE)).hexdigest()}"
+    assert link.counters["up"].lost > 0 and link.counters["down"].lost > 0
+    # our stack repaired what the radio lost on the way up; the kernel what it lost on the way down
+    assert any(e.kind == Kind.TCP_RETRANSMIT for e in tracer.events)
+    await stream.aclose()
+
+
+def _is_fin(packet: bytes) -> bool:
+    header = (packet[0] & 0x0F) * 4
+    return packet[9] == 6 and len(packet) >= header + 14 and bool(packet[header + 13] & 0x01)
+
+
+async def test_kernel_tcp_simultaneous_close(
+    nursery: trio.Nursery, rig: tuple[Pgw, LinkEnd, RadioLink, Tracer]
+) -> None:
+    pgw, cp, _link, tracer = rig
+    server = await _server(pgw, "close", 5003)
+    held: list[bytes] = []
+    released = False
+
+    def hold(packet: bytes) -> bool:
+        # our FIN waits on the radio until the kernel has sent its own: the two FINs cross (RFC 9293 3.6, case 2)
+        if not released and _is_fin(packet):
+            held.append(packet)
+            return True
+        return False
+
+    def on_receive(packet: bytes) -> None:
+        nonlocal released
+        if _is_fin(packet) and not released:
+            assert held, "the kernel's FIN came before ours was sent"
+            released = True
+            for fin in held:
+                cp.send_nowait(fin)
+
+    stack = await _cp_stack(nursery, cp, tracer, hold=hold, on_receive=on_receive)
+    stream = await stack.open_tcp(SERVER_ADDRESS, 5003, timeout=10)
+    await stream.send_all(b"x")
+    await stream.send_eof()
+    with trio.fail_after(30):
+        await stream.aclose()
+    assert released
+    assert await server.line() == "eof"
+    ours = [
+        e for e in tracer.events if e.kind == Kind.TCP_SEGMENT and "FIN" in e.field("flags") and e.src == "cp"
+    ]
+    theirs = [
+        e for e in tracer.events if e.kind == Kind.TCP_SEGMENT and "FIN" in e.field("flags") and e.dst == "cp"
+    ]
+    assert ours and theirs
+    # the kernel's FIN acknowledges nothing of ours: it was sent before our FIN reached it
+    assert theirs[0].field("ack") == ours[0].field("seq")
+    assert stream.connection.state in (TcpState.TIME_WAIT, TcpState.CLOSED)
+    assert await server.process.wait() == 0
+
+
+async def test_kernel_tcp_refused_and_reset(
+    nursery: trio.Nursery, rig: tuple[Pgw, LinkEnd, RadioLink, Tracer]
+) -> None:
+    pgw, cp, _link, tracer = rig
+    stack = await _cp_stack(nursery, cp, tracer)
+    with pytest.raises(ConnectionRefusedError):
+        await stack.open_tcp(SERVER_ADDRESS, 5999, timeout=10)  # nothing listens: the kernel's RST
+    server = await _server(pgw, "abort", 5004)
+    stream = await stack.open_tcp(SERVER_ADDRESS, 5004, timeout=10)
+    await stream.send_all(b"x")
+    assert await server.line() == "reset"
+    with trio.fail_after(10), pytest.raises(trio.BrokenResourceError):
+        while await stream.receive_some(100):
+            pass
+    assert any(
+        e.kind == Kind.TCP_SEGMENT and "RST" in e.field("flags") and e.dst == "cp" for e in tracer.events
+    )
+    await server.process.wait()
