@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import struct
 from ipaddress import IPv4Address
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -13,6 +14,25 @@ from hypothesis import strategies as st
 
 from bipsim.net.checksum import transport_checksum
 from bipsim.net.errors import PacketError
+from bipsim.net.tcp import (
+    TRANSITIONS,
+    Closed,
+    Connected,
+    IllegalTcpTransition,
+    PeerFinished,
+    Rejected,
+    Reset,
+    Retransmitted,
+    TcpConfig,
+    TcpConnection,
+    TcpEvent,
+    TcpInput,
+    TcpState,
+    TcpUsageError,
+    TimedOut,
+    WindowProbe,
+    reset_for,
+)
 from bipsim.net.tcp_segment import TcpFlags, TcpSegment
 
 A = IPv4Address("198.51.100.2")
@@ -170,3 +190,757 @@ def test_encode_decode_round_trip(
 ) -> None:
     seg = TcpSegment(sp, dp, seq, ack, TcpFlags(flags), win, payload, mss, ws, sackp)
     assert TcpSegment.decode(seg.encode(A, B), A, B) == seg
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the connection: helpers
+
+L = (A, 40000)
+R = (B, 443)
+
+
+def _only(conn: TcpConnection) -> TcpSegment:
+    out = conn.outgoing()
+    assert len(out) == 1, out
+    return out[0]
+
+
+def _of(events: list[TcpEvent], kind: type) -> list[Any]:
+    return [e for e in events if isinstance(e, kind)]
+
+
+def _pair(
+    client_config: TcpConfig | None = None,
+    server_config: TcpConfig | None = None,
+    *,
+    iss_c: int = 1000,
+    iss_s: int = 5000,
+) -> tuple[TcpConnection, TcpConnection]:
+    """A client and a server after the three-way handshake at t=0.01 (every segment delivered)."""
+    c = TcpConnection.active(L, R, iss=iss_c, now=0.0, config=client_config)
+    syn = _only(c)
+    s = TcpConnection.passive(syn, R, L, iss=iss_s, now=0.0, config=server_config)
+    c.receive(_only(s), 0.01)
+    s.receive(_only(c), 0.01)
+    assert c.state is TcpState.ESTABLISHED and s.state is TcpState.ESTABLISHED
+    c.events()
+    s.events()
+    return c, s
+
+
+def _seg(
+    conn: TcpConnection,
+    flags: TcpFlags,
+    *,
+    seq: int | None = None,
+    ack: int | None = None,
+    payload: bytes = b"",
+    window: int = 65535,
+) -> TcpSegment:
+    """A segment from `conn`'s peer: by default at RCV.NXT acknowledging SND.NXT."""
+    return TcpSegment(
+        conn.remote[1],
+        conn.local[1],
+        (conn.rcv_nxt if seq is None else seq) & 0xFFFFFFFF,
+        (conn.snd_nxt if ack is None else ack) & 0xFFFFFFFF,
+        flags,
+        window,
+        payload,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# handshake
+
+
+def test_three_way_handshake_with_mss_and_window_scale() -> None:
+    big = TcpConfig(receive_buffer=1 << 20)
+    c = TcpConnection.active(L, R, iss=1000, now=0.0, config=big)
+    assert c.state is TcpState.SYN_SENT
+    syn = _only(c)
+    assert syn.flags == TcpFlags.SYN and syn.seq == 1000 and syn.mss == 1460
+    assert syn.window_scale == 5  # 1 MiB >> 5 = 32768 fits the 16-bit field (RFC 7323 2.3)
+    assert syn.window == 0xFFFF  # a SYN's window is never scaled
+    s = TcpConnection.passive(syn, R, L, iss=5000, now=0.0, mss=1400)
+    synack = _only(s)
+    assert synack.flags == TcpFlags.SYN | TcpFlags.ACK and synack.ack == 1001 and synack.seq == 5000
+    assert synack.mss == 1400 and synack.window_scale == 0  # 65535 needs no shift, but the option is sent
+    assert s.state is TcpState.SYN_RECEIVED
+    c.receive(synack, 0.05)
+    assert c.state is TcpState.ESTABLISHED and _of(c.events(), Connected)
+    assert c.eff_mss == 1400 and c.srtt == pytest.approx(0.05)
+    ack = _only(c)
+    assert ack.flags == TcpFlags.ACK and ack.seq == 1001 and ack.ack == 5001
+    assert ack.window == (1 << 20) >> 5  # now scaled by our shift
+    s.receive(ack, 0.05)
+    assert s.state is TcpState.ESTABLISHED and _of(s.events(), Connected)
+    assert s.snd_wnd == 1 << 20  # the server applies the client's shift
+    assert s.next_deadline() is None and c.next_deadline() is None
+
+
+def test_window_scale_needs_both_sides() -> None:
+    c = TcpConnection.active(
+        L, R, iss=1, now=0.0, config=TcpConfig(receive_buffer=1 << 20, window_scale=True)
+    )
+    syn = _only(c)
+    s = TcpConnection.passive(
+        syn, R, L, iss=2, now=0.0, config=TcpConfig(receive_buffer=1 << 20, window_scale=False)
+    )
+    synack = _only(s)
+    assert synack.window_scale is None
+    c.receive(synack, 0.0)
+    ack = _only(c)
+    assert ack.window == 0xFFFF  # no scaling: the field saturates
+    s.receive(ack, 0.0)
+    assert s.snd_wnd == 0xFFFF
+
+
+def test_peer_without_mss_option_gets_536() -> None:
+    syn = TcpSegment(1234, 443, 77, 0, TcpFlags.SYN, 8192)
+    s = TcpConnection.passive(syn, R, (A, 1234), iss=9, now=0.0)
+    assert s.eff_mss == 536
+
+
+def test_passive_refuses_a_non_syn() -> None:
+    with pytest.raises(ValueError):
+        TcpConnection.passive(TcpSegment(1, 2, 3, 4, TcpFlags.ACK, 5), R, L, iss=1, now=0.0)
+
+
+def test_syn_retransmitted_with_backoff_then_times_out() -> None:
+    c = TcpConnection.active(L, R, iss=1, now=0.0, config=TcpConfig(syn_retries=3))
+    c.outgoing()
+    times = []
+    while c.state is not TcpState.CLOSED:
+        deadline = c.next_deadline()
+        assert deadline is not None
+        times.append(deadline)
+        c.on_timer(deadline)
+        for seg in c.outgoing():
+            assert seg.flags == TcpFlags.SYN and seg.seq == 1
+    assert times == [1.0, 3.0, 7.0, 15.0]  # RFC 6298 5.5: 1, 2, 4, 8 s
+    events = c.events()
+    assert [e.rto for e in _of(events, Retransmitted)] == [2.0, 4.0, 8.0]
+    assert _of(events, TimedOut) and c.error is not None and "SYN" in c.error
+    assert c.next_deadline() is None
+
+
+def test_lost_syn_means_rto_3s_and_one_segment_window() -> None:
+    c = TcpConnection.active(L, R, iss=1, now=0.0)
+    c.outgoing()
+    c.on_timer(1.0)
+    syn = _only(c)
+    s = TcpConnection.passive(syn, R, L, iss=2, now=1.0)
+    c.receive(_only(s), 1.1)
+    assert c.srtt is None  # Karn: the SYN was sent twice
+    assert c.rto == 3.0 and c.cwnd == c.eff_mss  # RFC 6298 5.7, RFC 5681 3.1
+
+
+def test_rst_answering_syn_is_refused_and_bad_ack_is_ignored() -> None:
+    c = TcpConnection.active(L, R, iss=100, now=0.0)
+    c.outgoing()
+    c.receive(TcpSegment(443, 40000, 0, 50, TcpFlags.RST | TcpFlags.ACK, 0), 0.1)  # wrong ACK
+    assert c.state is TcpState.SYN_SENT and c.outgoing() == []
+    c.receive(TcpSegment(443, 40000, 0, 0, TcpFlags.RST, 0), 0.1)  # no ACK
+    assert c.state is TcpState.SYN_SENT
+    c.receive(TcpSegment(443, 40000, 0, 101, TcpFlags.RST | TcpFlags.ACK, 0), 0.1)
+    assert c.state is TcpState.CLOSED
+    reset = _of(c.events(), Reset)
+    assert reset and reset[0].refused and c.error == "connection refused"
+
+
+def test_bad_ack_in_syn_sent_gets_rst() -> None:
+    c = TcpConnection.active(L, R, iss=100, now=0.0)
+    c.outgoing()
+    c.receive(TcpSegment(443, 40000, 7, 999, TcpFlags.SYN | TcpFlags.ACK, 100), 0.1)
+    rst = _only(c)
+    assert rst.flags == TcpFlags.RST and rst.seq == 999
+    assert c.state is TcpState.SYN_SENT
+
+
+def test_simultaneous_open() -> None:
+    a = TcpConnection.active(L, R, iss=100, now=0.0)
+    b = TcpConnection.active(R, L, iss=900, now=0.0)
+    syn_a, syn_b = _only(a), _only(b)
+    a.receive(syn_b, 0.1)
+    b.receive(syn_a, 0.1)
+    assert a.state is TcpState.SYN_RECEIVED and b.state is TcpState.SYN_RECEIVED
+    synack_a, synack_b = _only(a), _only(b)
+    assert synack_a.flags == TcpFlags.SYN | TcpFlags.ACK and synack_a.seq == 100 and synack_a.ack == 901
+    a.receive(synack_b, 0.2)
+    b.receive(synack_a, 0.2)
+    ack_a, ack_b = _only(a), _only(b)
+    a.receive(ack_b, 0.3)
+    b.receive(ack_a, 0.3)
+    assert a.state is TcpState.ESTABLISHED and b.state is TcpState.ESTABLISHED
+    assert a.snd_una == 101 and b.snd_una == 901
+
+
+def test_lost_synack_peer_resends_syn() -> None:
+    c = TcpConnection.active(L, R, iss=1, now=0.0)
+    syn = _only(c)
+    s = TcpConnection.passive(syn, R, L, iss=2, now=0.0)
+    s.outgoing()  # lost
+    s.receive(syn, 1.0)  # the client's retransmitted SYN
+    synack = _only(s)
+    assert synack.flags == TcpFlags.SYN | TcpFlags.ACK
+    assert s.state is TcpState.SYN_RECEIVED
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# data, windows, RTO
+
+
+def test_data_in_mss_segments_and_ack_frees_the_buffer() -> None:
+    c, s = _pair()
+    data = bytes(range(256)) * 20  # 5120 bytes
+    assert c.send(data, 1.0) == len(data)
+    segs = c.outgoing()
+    # initial window 3 * 1460 (RFC 5681 3.1): three segments, the rest waits
+    assert [len(x.payload) for x in segs] == [1460, 1460, 1460]
+    assert c.snd_nxt - c.snd_una == 3 * 1460
+    for seg in segs:
+        s.receive(seg, 1.05)
+    acks = s.outgoing()
+    assert len(acks) == 1 and acks[0].ack == (1001 + 2 * 1460)  # every second segment ACKed at once
+    assert s.next_deadline() == pytest.approx(1.25)  # the third waits for the delayed-ACK timer
+    s.on_timer(1.25)
+    acks += s.outgoing()
+    for ack in acks:
+        c.receive(ack, 1.3)
+    more = c.outgoing()
+    assert sum(len(x.payload) for x in more) == len(data) - 3 * 1460
+    assert more[-1].flags == TcpFlags.ACK | TcpFlags.PSH
+    for seg in more:
+        s.receive(seg, 1.35)
+    assert s.read() == data
+    assert c.send_buffered == 5120 - 3 * 1460
+
+
+def test_send_buffer_is_bounded() -> None:
+    c, _ = _pair(TcpConfig(send_buffer=1000))
+    assert c.send(b"x" * 3000, 1.0) == 1000
+    assert c.send_space == 0 and c.send(b"y", 1.0) == 0
+
+
+def test_rto_backoff_and_karn() -> None:
+    c, s = _pair()
+    rto0 = c.rto
+    assert rto0 == 1.0  # min_rto (RFC 6298 2.4) above SRTT + 4 RTTVAR of a 10 ms handshake
+    c.send(b"a" * 100, 2.0)
+    first = _only(c)
+    assert c.next_deadline() == pytest.approx(3.0)
+    c.on_timer(3.0)
+    again = _only(c)
+    assert again.seq == first.seq and again.payload == first.payload
+    (ev,) = _of(c.events(), Retransmitted)
+    assert ev.reason == "timeout" and ev.rto == 2.0 and ev.length == 100
+    assert c.next_deadline() == pytest.approx(5.0)
+    c.on_timer(5.0)
+    assert _only(c).seq == first.seq and c.rto == 4.0
+    srtt = c.srtt
+    s.receive(again, 5.5)
+    s.on_timer(5.7)
+    c.receive(_only(s), 5.7)
+    assert c.srtt == srtt  # Karn: no sample from a retransmitted segment
+    assert c.snd_una == c.snd_nxt and c.next_deadline() is None
+    # the next new segment is timed again and the sample recomputes the RTO (clearing the backoff)
+    c.send(b"b", 6.0)
+    s.receive(_only(c), 6.1)
+    s.on_timer(6.3)
+    c.receive(_only(s), 6.3)
+    assert c.srtt != srtt and c.rto == 1.0
+
+
+def test_rto_measured_rtt_above_min() -> None:
+    c = TcpConnection.active(L, R, iss=1, now=0.0)
+    s = TcpConnection.passive(_only(c), R, L, iss=2, now=0.0)
+    c.receive(_only(s), 0.8)
+    # RFC 6298 2.2: SRTT = R, RTTVAR = R/2, RTO = SRTT + 4 RTTVAR
+    assert c.srtt == pytest.approx(0.8) and c.rttvar == pytest.approx(0.4) and c.rto == pytest.approx(2.4)
+
+
+def test_data_retransmissions_capped() -> None:
+    c, _ = _pair(TcpConfig(data_retries=2, max_rto=4.0))
+    c.send(b"z", 1.0)
+    c.outgoing()
+    while c.state is not TcpState.CLOSED:
+        deadline = c.next_deadline()
+        assert deadline is not None
+        c.on_timer(deadline)
+    events = c.events()
+    assert len(_of(events, Retransmitted)) == 2
+    (timed_out,) = _of(events, TimedOut)
+    assert "2 retransmissions" in timed_out.reason and c.error == timed_out.reason
+    assert _of(events, Closed)
+
+
+def test_max_rto_caps_backoff() -> None:
+    c, _ = _pair(TcpConfig(max_rto=3.0, data_retries=5))
+    c.send(b"z", 1.0)
+    c.outgoing()
+    for _ in range(4):
+        deadline = c.next_deadline()
+        assert deadline is not None
+        c.on_timer(deadline)
+    assert c.rto == 3.0
+
+
+def test_fast_retransmit_and_recovery() -> None:
+    c, s = _pair(TcpConfig(send_buffer=1 << 20), TcpConfig(receive_buffer=1 << 20))
+    mss = 1460
+    c.cwnd = 10 * mss  # as if slow start had run
+    c.send(b"q" * (10 * mss), 1.0)
+    segs = c.outgoing()
+    assert len(segs) == 10
+    lost = segs[1]
+    for seg in [segs[0], *segs[2:7]]:
+        s.receive(seg, 1.05)
+    acks = s.outgoing()
+    # segment 0 in order (its ACK delayed), then five out-of-order segments each ACKed at once with RCV.NXT:
+    # the first of those acknowledges segment 0, the other four are duplicates
+    dup = [a for a in acks if a.ack == segs[1].seq]
+    assert len(dup) == 5
+    for ack in dup[:3]:
+        c.receive(ack, 1.1)
+    assert c.outgoing() == []  # two duplicates are not enough
+    c.receive(dup[3], 1.1)
+    out = c.outgoing()
+    assert out[0].seq == lost.seq and out[0].payload == lost.payload
+    (ev,) = _of(c.events(), Retransmitted)
+    assert ev.reason == "fast"
+    flight = 9 * mss
+    assert c.ssthresh == flight // 2 and c.cwnd == c.ssthresh + 3 * mss  # RFC 5681 3.2 steps 2 and 3
+    c.receive(dup[4], 1.1)
+    assert c.cwnd == c.ssthresh + 4 * mss  # inflated per further duplicate (step 4)
+    s.receive(lost, 1.15)
+    full = [a for a in s.outgoing() if a.ack == segs[7].seq]
+    assert full
+    c.receive(full[0], 1.2)
+    # segments 7..9 were never delivered, so this ACK is partial (RFC 6582): 7 is resent at once
+    resent = [x for x in c.outgoing() if x.seq == segs[7].seq]
+    assert resent and _of(c.events(), Retransmitted)[0].reason == "fast"
+    for seg in segs[7:]:
+        s.receive(seg, 1.25)
+    s.on_timer(1.5)
+    for ack in s.outgoing():
+        c.receive(ack, 1.5)
+    assert c.snd_una == c.snd_max and c.cwnd <= c.ssthresh + mss  # full ACK: recovery over, window deflated
+    assert s.read() == b"q" * (10 * mss)
+
+
+def test_three_dupacks_needed() -> None:
+    c, s = _pair()
+    c.send(b"w" * 4000, 1.0)
+    segs = c.outgoing()
+    s.receive(segs[1], 1.05)
+    s.receive(segs[2], 1.05)
+    dups = s.outgoing()
+    assert len(dups) == 2
+    for d in dups:
+        c.receive(d, 1.1)
+    assert c.outgoing() == [] and not _of(c.events(), Retransmitted)
+
+
+def test_delayed_ack_at_most_200ms() -> None:
+    c, s = _pair()
+    c.send(b"one", 1.0)
+    s.receive(_only(c), 1.0)
+    assert s.outgoing() == []
+    assert s.next_deadline() == pytest.approx(1.2)
+    s.on_timer(1.19)
+    assert s.outgoing() == []
+    s.on_timer(1.2)
+    ack = _only(s)
+    assert ack.ack == c.snd_nxt
+
+
+def test_delayed_ack_piggybacks_on_data() -> None:
+    c, s = _pair()
+    c.send(b"question", 1.0)
+    s.receive(_only(c), 1.0)
+    assert s.outgoing() == []
+    assert s.read() == b"question"
+    s.send(b"answer", 1.01)
+    reply = _only(s)
+    assert reply.payload == b"answer" and reply.ack == c.snd_nxt
+    assert s.next_deadline() != pytest.approx(1.2)  # no pending delayed ACK; only the RTO
+
+
+def test_delayed_ack_disabled() -> None:
+    c, s = _pair(server_config=TcpConfig(delayed_ack=0.0))
+    c.send(b"x", 1.0)
+    s.receive(_only(c), 1.0)
+    assert _only(s).ack == c.snd_nxt
+
+
+def test_zero_window_and_persist_probe() -> None:
+    c, s = _pair(server_config=TcpConfig(receive_buffer=2920, delayed_ack=0.0))
+    c.send(b"p" * 5000, 1.0)
+    segs = c.outgoing()
+    assert sum(len(x.payload) for x in segs) == 2920  # the peer's window
+    for seg in segs:
+        s.receive(seg, 1.05)
+    acks = s.outgoing()
+    assert acks[-1].window == 0
+    for ack in acks:
+        c.receive(ack, 1.1)
+    assert c.snd_wnd == 0 and c.outgoing() == []
+    deadline = c.next_deadline()
+    assert deadline == pytest.approx(1.1 + c.rto)
+    c.on_timer(deadline)
+    probe = _only(c)
+    assert probe.seq == (c.snd_una - 1) & 0xFFFFFFFF and probe.payload == b""
+    (wp,) = _of(c.events(), WindowProbe)
+    assert wp.interval == 2 * c.rto
+    s.receive(probe, deadline + 0.05)
+    answer = _only(s)  # out of window: answered with an ACK saying the window
+    assert answer.window == 0
+    c.receive(answer, deadline + 0.1)
+    second = c.next_deadline()
+    assert second == pytest.approx(deadline + 2 * c.rto)  # probes back off
+    assert s.read(1500) == b"p" * 1500
+    update = _only(s)  # the window opened by more than an MSS: a window update
+    assert update.window >= 1460
+    c.receive(update, second - 0.5)
+    resumed = c.outgoing()
+    assert resumed and resumed[0].payload[:1] == b"p"
+    assert c.next_deadline() == pytest.approx(second - 0.5 + c.rto)  # the RTO, no longer the persist timer
+
+
+def test_receiver_sws_avoidance_no_tiny_window_update() -> None:
+    c, s = _pair(server_config=TcpConfig(receive_buffer=4000, delayed_ack=0.0))
+    c.send(b"k" * 4000, 1.0)
+    for seg in c.outgoing():
+        s.receive(seg, 1.0)
+    s.outgoing()
+    s.read(100)
+    assert s.outgoing() == []  # 100 bytes is not worth a window update (RFC 9293 3.8.6.2.2)
+    s.read(1400)
+    assert _only(s).window == 1500
+
+
+def test_out_of_window_segment_is_acked_and_dropped() -> None:
+    c, s = _pair()
+    far = _seg(s, TcpFlags.ACK, seq=s.rcv_nxt + 70000, payload=b"far")
+    s.receive(far, 1.0)
+    ack = _only(s)
+    assert ack.flags == TcpFlags.ACK and ack.ack == s.rcv_nxt & 0xFFFFFFFF
+    assert s.readable == 0
+    (rej,) = _of(s.events(), Rejected)
+    assert rej.answered == "ack"
+    old = _seg(s, TcpFlags.ACK, seq=s.rcv_nxt - 10, payload=b"old")
+    s.receive(old, 1.0)
+    assert _only(s).ack == s.rcv_nxt & 0xFFFFFFFF and s.readable == 0
+
+
+def test_ack_of_unsent_data_is_acked_and_dropped() -> None:
+    c, s = _pair()
+    s.receive(_seg(s, TcpFlags.ACK, ack=s.snd_nxt + 5000, payload=b"data"), 1.0)
+    assert _only(s).flags == TcpFlags.ACK
+    assert s.readable == 0 and s.snd_una == s.snd_nxt
+
+
+def test_out_of_order_data_reassembled() -> None:
+    c, s = _pair()
+    base = s.rcv_nxt
+    s.receive(_seg(s, TcpFlags.ACK, seq=base + 6, payload=b"world"), 1.0)
+    s.receive(_seg(s, TcpFlags.ACK, seq=base + 3, payload=b"lo wo"), 1.0)  # overlaps the first
+    assert s.readable == 0
+    s.receive(_seg(s, TcpFlags.ACK, seq=base, payload=b"hel"), 1.0)
+    assert s.read() == b"hello world"
+    assert s.rcv_nxt == base + 11
+
+
+def test_sequence_numbers_wrap() -> None:
+    c, s = _pair(iss_c=0xFFFFFF00, iss_s=0xFFFFFFF0)
+    data = b"w" * 3000
+    c.send(data, 1.0)
+    for seg in c.outgoing():
+        s.receive(seg, 1.0)
+    s.on_timer(1.2)
+    for ack in s.outgoing():
+        c.receive(ack, 1.2)
+    assert s.read() == data
+    assert c.snd_una == c.snd_nxt == 0xFFFFFF01 + 3000  # unwrapped internally
+    s.outgoing()  # the window update
+    s.send(b"back", 1.3)
+    c.receive(_only(s), 1.3)
+    assert c.read() == b"back"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# FIN in every state, close, TIME-WAIT
+
+
+def test_orderly_close_and_time_wait() -> None:
+    c, s = _pair(TcpConfig(msl=5.0))
+    c.shutdown(1.0)
+    assert c.state is TcpState.FIN_WAIT_1
+    fin = _only(c)
+    assert fin.flags == TcpFlags.FIN | TcpFlags.ACK
+    s.receive(fin, 1.1)
+    assert s.state is TcpState.CLOSE_WAIT and _of(s.events(), PeerFinished) and s.at_eof
+    c.receive(_only(s), 1.2)
+    assert c.state is TcpState.FIN_WAIT_2
+    s.shutdown(1.3)
+    assert s.state is TcpState.LAST_ACK
+    c.receive(_only(s), 1.4)
+    assert c.state is TcpState.TIME_WAIT
+    s.receive(_only(c), 1.5)
+    assert s.state is TcpState.CLOSED and _of(s.events(), Closed) == [Closed(None)]
+    assert c.next_deadline() == pytest.approx(11.4)  # 2 * MSL
+    c.on_timer(11.3)
+    assert c.state is TcpState.TIME_WAIT
+    c.on_timer(11.4)
+    assert c.state is TcpState.CLOSED and c.error is None
+
+
+def test_time_wait_default_msl_is_30s() -> None:
+    assert TcpConfig().msl == 30.0
+
+
+def test_fin_after_data_and_fin_retransmitted() -> None:
+    c, s = _pair()
+    c.send(b"last words", 1.0)
+    c.shutdown(1.0)
+    data, fin = c.outgoing()
+    assert data.payload == b"last words" and fin.flags == TcpFlags.FIN | TcpFlags.ACK
+    assert fin.seq == data.seq + 10
+    c.on_timer(2.0)
+    again = _only(c)  # go-back-N after the timeout: the data and the FIN in one segment
+    assert again.payload == b"last words" and TcpFlags.FIN in again.flags
+    s.receive(again, 2.1)
+    assert s.read() == b"last words" and s.at_eof
+    with pytest.raises(TcpUsageError):
+        c.send(b"more", 2.2)
+
+
+@pytest.mark.parametrize(
+    ("setup", "before", "after"),
+    [
+        ("established", TcpState.ESTABLISHED, TcpState.CLOSE_WAIT),
+        ("fin_wait_1", TcpState.FIN_WAIT_1, TcpState.CLOSING),
+        ("fin_wait_2", TcpState.FIN_WAIT_2, TcpState.TIME_WAIT),
+        ("close_wait", TcpState.CLOSE_WAIT, TcpState.CLOSE_WAIT),
+        ("closing", TcpState.CLOSING, TcpState.CLOSING),
+        ("last_ack", TcpState.LAST_ACK, TcpState.LAST_ACK),
+        ("time_wait", TcpState.TIME_WAIT, TcpState.TIME_WAIT),
+    ],
+)
+def test_fin_in_every_synchronized_state(setup: str, before: TcpState, after: TcpState) -> None:
+    c, s = _pair()
+    fin_seq = c.rcv_nxt
+    if setup in ("fin_wait_1", "fin_wait_2", "closing", "time_wait"):
+        c.shutdown(1.0)
+        our_fin = _only(c)
+        if setup in ("fin_wait_2", "time_wait"):
+            s.receive(our_fin, 1.0)
+            c.receive(_only(s), 1.0)
+    if setup in ("close_wait", "closing", "last_ack", "time_wait"):
+        c.receive(_seg(c, TcpFlags.FIN | TcpFlags.ACK, ack=c.snd_una), 1.0)  # the peer's FIN, first time
+        c.outgoing()
+        if setup == "last_ack":
+            c.shutdown(1.0)
+            c.outgoing()
+    assert c.state is before
+    c.events()
+    c.receive(_seg(c, TcpFlags.FIN | TcpFlags.ACK, seq=fin_seq, ack=c.snd_una), 2.0)
+    assert c.state is after
+    ack = [x for x in c.outgoing() if x.flags == TcpFlags.ACK]
+    assert ack and ack[-1].ack == c.rcv_nxt & 0xFFFFFFFF  # every FIN is acknowledged
+    if after is TcpState.TIME_WAIT:
+        assert c.next_deadline() == pytest.approx(2.0 + 60.0)  # (re)started by this FIN
+
+
+def test_fin_in_syn_received_with_ack() -> None:
+    c = TcpConnection.active(L, R, iss=1, now=0.0)
+    s = TcpConnection.passive(_only(c), R, L, iss=50, now=0.0)
+    s.outgoing()
+    s.receive(TcpSegment(40000, 443, 2, 51, TcpFlags.FIN | TcpFlags.ACK, 1000), 0.1)
+    assert s.state is TcpState.CLOSE_WAIT and s.at_eof
+
+
+def test_fin_in_syn_sent_dropped() -> None:
+    c = TcpConnection.active(L, R, iss=1, now=0.0)
+    c.outgoing()
+    c.receive(TcpSegment(443, 40000, 9, 2, TcpFlags.FIN | TcpFlags.ACK, 10), 0.1)
+    assert c.state is TcpState.SYN_SENT and c.outgoing() == []
+
+
+def test_simultaneous_close() -> None:
+    c, s = _pair(TcpConfig(msl=1.0), TcpConfig(msl=1.0))
+    c.shutdown(1.0)
+    s.shutdown(1.0)
+    fin_c, fin_s = _only(c), _only(s)
+    c.receive(fin_s, 1.1)
+    s.receive(fin_c, 1.1)
+    assert c.state is TcpState.CLOSING and s.state is TcpState.CLOSING
+    ack_c, ack_s = _only(c), _only(s)
+    c.receive(ack_s, 1.2)
+    s.receive(ack_c, 1.2)
+    assert c.state is TcpState.TIME_WAIT and s.state is TcpState.TIME_WAIT
+    c.on_timer(3.2)
+    s.on_timer(3.2)
+    assert c.state is TcpState.CLOSED and s.state is TcpState.CLOSED
+
+
+def test_shutdown_in_syn_received_waits_for_handshake() -> None:
+    c = TcpConnection.active(L, R, iss=1, now=0.0)
+    s = TcpConnection.passive(_only(c), R, L, iss=50, now=0.0)
+    s.outgoing()
+    s.shutdown(0.05)
+    assert s.state is TcpState.SYN_RECEIVED and s.outgoing() == []
+    s.receive(TcpSegment(40000, 443, 2, 51, TcpFlags.ACK, 1000), 0.1)
+    assert s.state is TcpState.FIN_WAIT_1
+    assert TcpFlags.FIN in _only(s).flags
+
+
+def test_shutdown_in_syn_sent_closes() -> None:
+    c = TcpConnection.active(L, R, iss=1, now=0.0)
+    c.outgoing()
+    c.shutdown(0.1)
+    assert c.state is TcpState.CLOSED and c.next_deadline() is None
+
+
+def test_close_with_unread_data_resets() -> None:
+    c, s = _pair()
+    c.send(b"unread", 1.0)
+    s.receive(_only(c), 1.0)
+    s.close(1.1)
+    rst = _only(s)
+    assert TcpFlags.RST in rst.flags and s.state is TcpState.CLOSED
+    c.receive(rst, 1.2)
+    assert c.state is TcpState.CLOSED and c.error == "connection reset by peer"
+
+
+def test_data_after_full_close_resets() -> None:
+    c, s = _pair(server_config=TcpConfig(delayed_ack=0.0))
+    s.close(1.0)
+    c.receive(_only(s), 1.0)
+    s.receive(_only(c), 1.0)  # ACK of the FIN: FIN-WAIT-2
+    assert s.state is TcpState.FIN_WAIT_2
+    c.send(b"too late", 1.1)
+    s.receive(_only(c), 1.1)
+    assert s.state is TcpState.CLOSED
+    assert any(TcpFlags.RST in x.flags for x in s.outgoing())
+
+
+def test_half_close_keeps_receiving() -> None:
+    c, s = _pair()
+    c.shutdown(1.0)
+    s.receive(_only(c), 1.0)
+    c.receive(_only(s), 1.0)
+    assert c.state is TcpState.FIN_WAIT_2
+    s.send(b"still talking", 1.1)
+    c.receive(_only(s), 1.1)
+    assert c.read() == b"still talking"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# RST and SYN validation (RFC 9293 3.10.7.4, RFC 5961)
+
+
+def test_rst_exactly_at_rcv_nxt_resets() -> None:
+    c, s = _pair()
+    s.receive(_seg(s, TcpFlags.RST), 1.0)
+    assert s.state is TcpState.CLOSED
+    (reset,) = _of(s.events(), Reset)
+    assert reset.reason == "connection reset by peer" and not reset.refused
+    assert s.outgoing() == []
+
+
+def test_rst_in_window_not_at_rcv_nxt_gets_challenge_ack() -> None:
+    c, s = _pair()
+    s.receive(_seg(s, TcpFlags.RST, seq=s.rcv_nxt + 100), 1.0)
+    assert s.state is TcpState.ESTABLISHED
+    ack = _only(s)
+    assert ack.flags == TcpFlags.ACK and ack.ack == s.rcv_nxt & 0xFFFFFFFF
+    (rej,) = _of(s.events(), Rejected)
+    assert rej.answered == "challenge-ack"
+    # the honest peer's answer to the challenge ACK is an RST at exactly RCV.NXT
+    s.receive(_seg(s, TcpFlags.RST), 1.1)
+    assert s.state is TcpState.CLOSED
+
+
+def test_rst_outside_window_dropped_silently() -> None:
+    c, s = _pair()
+    s.receive(_seg(s, TcpFlags.RST, seq=s.rcv_nxt + 1_000_000), 1.0)
+    s.receive(_seg(s, TcpFlags.RST, seq=s.rcv_nxt - 1), 1.0)
+    assert s.state is TcpState.ESTABLISHED and s.outgoing() == []
+
+
+def test_syn_in_established_gets_challenge_ack() -> None:
+    c, s = _pair()
+    s.receive(_seg(s, TcpFlags.SYN, seq=s.rcv_nxt + 5), 1.0)
+    assert s.state is TcpState.ESTABLISHED
+    assert _only(s).flags == TcpFlags.ACK
+
+
+def test_challenge_acks_rate_limited() -> None:
+    c, s = _pair(server_config=TcpConfig(challenge_acks_per_second=3))
+    for i in range(10):
+        s.receive(_seg(s, TcpFlags.RST, seq=s.rcv_nxt + 10 + i), 5.5)
+    assert len(s.outgoing()) == 3
+    s.receive(_seg(s, TcpFlags.RST, seq=s.rcv_nxt + 10), 6.5)
+    assert len(s.outgoing()) == 1
+    assert s.state is TcpState.ESTABLISHED
+
+
+def test_rst_in_time_wait_closes_quietly() -> None:
+    c, s = _pair()
+    c.shutdown(1.0)
+    s.receive(_only(c), 1.0)
+    c.receive(_only(s), 1.0)
+    s.shutdown(1.0)
+    c.receive(_only(s), 1.0)
+    assert c.state is TcpState.TIME_WAIT
+    c.receive(_seg(c, TcpFlags.RST), 2.0)
+    assert c.state is TcpState.CLOSED and c.error is None
+
+
+def test_abort_sends_rst_and_drop_sends_nothing() -> None:
+    c, s = _pair()
+    c.abort(1.0)
+    rst = _only(c)
+    assert TcpFlags.RST in rst.flags and rst.seq == c.snd_nxt & 0xFFFFFFFF
+    s.receive(rst, 1.0)
+    assert s.state is TcpState.CLOSED and s.error == "connection reset by peer"
+    c2, _ = _pair()
+    c2.send(b"pending", 1.0)
+    c2.outgoing()
+    c2.drop("PDP context deactivated")
+    assert c2.state is TcpState.CLOSED and c2.outgoing() == [] and c2.next_deadline() is None
+    assert c2.error == "link dropped: PDP context deactivated"
+
+
+def test_segment_to_closed_connection_gets_rst() -> None:
+    c, s = _pair()
+    s.drop("gone")
+    s.receive(_seg(s, TcpFlags.ACK, payload=b"x"), 1.0)
+    rst = _only(s)
+    assert rst.flags == TcpFlags.RST
+    assert reset_for(TcpSegment(1, 2, 10, 0, TcpFlags.SYN, 0)) == TcpSegment(
+        2, 1, 0, 11, TcpFlags.RST | TcpFlags.ACK, 0
+    )
+    assert reset_for(TcpSegment(1, 2, 10, 0, TcpFlags.RST, 0)) is None
+
+
+def test_transition_table_is_the_only_way() -> None:
+    # every state has the abnormal exits; an input the table lacks is a typed error
+    for state in TcpState:
+        assert TRANSITIONS[(state, TcpInput.RECV_RST)] is TcpState.CLOSED
+    c, _ = _pair()
+    with pytest.raises(IllegalTcpTransition):
+        c._fire(TcpInput.ACTIVE_OPEN)
+
+
+def test_sws_override_sends_a_small_window_after_a_while() -> None:
+    c, s = _pair(server_config=TcpConfig(receive_buffer=2000, delayed_ack=0.0))
+    c.send(b"o" * 5000, 1.0)
+    assert sum(len(x.payload) for x in c.outgoing()) == 1460
+    c.receive(_seg(c, TcpFlags.ACK, window=540), 1.1)
+    assert c.outgoing() == []  # 540 bytes: less than an MSS and half the largest window (RFC 9293 3.8.6.2.1)
+    deadline = c.next_deadline()
+    assert deadline is not None
+    c.on_timer(deadline)
+    assert len(_only(c).payload) == 540  # RFC 1122 4.2.3.4 override
