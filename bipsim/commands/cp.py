@@ -94,6 +94,17 @@ if TYPE_CHECKING:
     "time (repeatable, up to 6).",
 )
 @click.option(
+@click.option(
+    "--terminal-profile",
+    "terminal_profile",
+    default="bip-only",
+    show_default=True,
+    metavar="NAME|HEX",
+    help="The TERMINAL PROFILE the CP sends to its card (TS 102 223 section 5.2): bip-only (the BIP facilities, "
+    "as before), modem (what the CP carries out itself), host-usat (modem and what a 27.007 section 12 host "
+    "toolkit offers), full (every facility), or the profile in hex. `bipsim decode --as terminal_profile HEX` "
+    "names its bits; a host's AT+CUSATA=2 sends the merged MT and TE profiles later.",
+)
     "--card2",
     "card2_kind",
     metavar="SPEC",
@@ -142,6 +153,7 @@ def cp(
     card2_kind: str | None,
     profile2_path: str | None,
     state2_path: str | None,
+    terminal_profile: str,
     card_control: str | None,
     trace_path: str | None,
     pcap_path: str | None,
@@ -169,6 +181,12 @@ def cp(
     if extra and card_kind != "sim":
         raise CliError("--extra-channel needs --card sim")
     if card_kind == "none":
+    from bipsim.uicc.terminal_profile import parse_profile
+
+    try:
+        profile = parse_profile(terminal_profile)
+    except ValueError as exc:
+        raise CliError(f"--terminal-profile: {exc}") from None
         raise CliError("--card none: slot 1 holds the toolkit's card; only --card2 may be empty")
     if card_control is not None:
         from bipsim.cp.modem import check_card_control_path
@@ -200,6 +218,7 @@ def cp(
         ),
         card,
         tracer=tracer,
+            terminal_profile=profile,
         card2=card2,
     )
 
