@@ -94,7 +94,6 @@ if TYPE_CHECKING:
     "time (repeatable, up to 6).",
 )
 @click.option(
-@click.option(
     "--terminal-profile",
     "terminal_profile",
     default="bip-only",
@@ -105,6 +104,7 @@ if TYPE_CHECKING:
     "toolkit offers), full (every facility), or the profile in hex. `bipsim decode --as terminal_profile HEX` "
     "names its bits; a host's AT+CUSATA=2 sends the merged MT and TE profiles later.",
 )
+@click.option(
     "--card2",
     "card2_kind",
     metavar="SPEC",
@@ -150,10 +150,10 @@ def cp(
     start_delay: float,
     once: bool,
     extra_channels: tuple[str, ...],
+    terminal_profile: str,
     card2_kind: str | None,
     profile2_path: str | None,
     state2_path: str | None,
-    terminal_profile: str,
     card_control: str | None,
     trace_path: str | None,
     pcap_path: str | None,
@@ -175,18 +175,18 @@ def cp(
         raise CliError("--wait-for-line is for --port; --listen waits for its clients anyway")
     tracer = make_tracer(trace_path, session, keep=bool(pcap_path))
     recorded = None
-    if len(extra_channels) > 6:
-        raise CliError("--extra-channel: a card has at most 7 channels, so at most 6 extra ones")
-    extra = [host_port(text) for text in extra_channels]
-    if extra and card_kind != "sim":
-        raise CliError("--extra-channel needs --card sim")
-    if card_kind == "none":
     from bipsim.uicc.terminal_profile import parse_profile
 
     try:
         profile = parse_profile(terminal_profile)
     except ValueError as exc:
         raise CliError(f"--terminal-profile: {exc}") from None
+    if len(extra_channels) > 6:
+        raise CliError("--extra-channel: a card has at most 7 channels, so at most 6 extra ones")
+    extra = [host_port(text) for text in extra_channels]
+    if extra and card_kind != "sim":
+        raise CliError("--extra-channel needs --card sim")
+    if card_kind == "none":
         raise CliError("--card none: slot 1 holds the toolkit's card; only --card2 may be empty")
     if card_control is not None:
         from bipsim.cp.modem import check_card_control_path
@@ -212,13 +212,13 @@ def cp(
             bearer,
             once,
             start_delay=start_delay,
+            terminal_profile=profile,
             wait_for_line=wait_for_line,
             card_control=card_control,
             listen=listen_at,
         ),
         card,
         tracer=tracer,
-            terminal_profile=profile,
         card2=card2,
     )
 
