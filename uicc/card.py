@@ -23,6 +23,7 @@ from bipsim.uicc.applets.ara_m import parse_rule
 from bipsim.uicc.applets.arf import install_arf
 from bipsim.uicc.card_state import StateFile, load_state
 from bipsim.uicc.fs import ADM1, PIN1, PIN2, File, FileKind, FileSystem, Pins
+from bipsim.uicc.phonebook import load_phonebook
 from bipsim.uicc.profile import CardProfile
 from bipsim.uicc.toolkit import Toolkit, ToolkitError
 
@@ -111,7 +112,9 @@ class SimCard:
     ) -> None:
         self.profile = profile
         self.toolkit: Toolkit = toolkit if toolkit is not None else _NoToolkit()
-        self.fs = FileSystem(profile.iccid, profile.imsi, profile.mnc_length)
+        self.fs = FileSystem(profile.iccid, profile.imsi, profile.mnc_length, adn_records=profile.adn_records)
+        # the profile's contacts and messages; a state file, loaded next, has the last word
+        load_phonebook(self.fs, profile)
         self.state_path = Path(state_path) if state_path is not None else None
         self._state_file = StateFile(self.state_path) if self.state_path is not None else None
         self._components: dict[str, Persistent] = {"files": self.fs}
@@ -480,13 +483,26 @@ class SimCard:
         if len(data) != ef.record_length:
             raise ApduError(SW_WRONG_LENGTH)
         ef.data[start : start + ef.record_length] = data
+        self._terminal_write_done()
         return b"", SW_OK
+
+    def _terminal_write_done(self) -> None:
+        """A terminal's UPDATE RECORD (a phonebook entry, a stored message) is in the card's non-volatile memory
+        once answered: saved now, or 65 81 memory problem (TS 102 221 10.2.1.3) when the state file cannot be
+        written (the next save tries again). The OTA agent's internal writes are saved by the agent."""
+        if not self._internal:
+            try:
+                self.save_state()
+            except OSError:
+                raise ApduError(0x6581) from None
 
     def _check_update(self, ef: File) -> None:
         """6982 when the file's access rule asks for ADM (EF_ICCID): the terminal has no ADM key, the card's own
         remote file management (internal APDUs of an authenticated OTA session) has."""
         if ef.update_needs_adm() and not self._internal and ADM1 not in self.pins.verified:
             raise ApduError(SW_SECURITY_NOT_SATISFIED)
+        if ef.update_needs_pin2() and not self._internal and PIN2 not in self.pins.verified:
+            raise ApduError(SW_SECURITY_NOT_SATISFIED)  # EF_FDN (TS 31.102 4.2.24): UPDATE after PIN2
 
     def _verify_pin(self, channel: int, p1: int, p2: int, data: bytes, le: int | None) -> tuple[bytes, int]:
         """VERIFY PIN (TS 102 221 section 11.1.9): P2 the key reference, 8 bytes of PIN, or none to ask for the

@@ -1,7 +1,9 @@
 """The card's file system (ETSI TS 102 221 section 8, 3GPP TS 31.102 section 4): a small but real tree.
 
-MF 3F00 with EF_ICCID 2FE2 and EF_DIR 2F00, DF_TELECOM 7F10, and ADF_USIM with EF_IMSI 6F07, EF_AD 6FAD, EF_UST
-6F38, EF_SPN 6F46, EF_SMS 6F3C (linear fixed) and EF_SMSP 6F42 (linear fixed). Files answer SELECT with an FCP template
+MF 3F00 with EF_ICCID 2FE2 and EF_DIR 2F00, DF_TELECOM 7F10 (the phonebook: EF_ADN 6F3A, EF_FDN 6F3B, EF_SDN 6F49,
+EF_MSISDN 6F40, EF_EXT1 6F4A), and ADF_USIM with EF_IMSI 6F07, EF_AD 6FAD, EF_UST
+6F38, EF_SPN 6F46, EF_SMS 6F3C (linear fixed), EF_SMSP 6F42 (linear fixed) and the USIM phonebook DF_PHONEBOOK 5F3A
+(EF_PBR 4F30 naming its EF_ADN 4F3A and EF_EXT1 4F4A). Files answer SELECT with an FCP template
 (TS 102 221 section 11.1.1.3). The contents come from the card profile and round-trip through `to_dict` for the
 card's persistent state.
 
@@ -34,12 +36,22 @@ UST_SERVICES = (10, 12, 28, 29, 30, 31, 33, 72, 80)
 # reference 0A (ADM1, usage qualifier 08).
 ARR_ALWAYS = 1
 ARR_ADM_UPDATE = 2
+ARR_PIN2_UPDATE = 3  # UPDATE after PIN2 (key reference 81): EF_FDN (TS 31.102 4.2.24)
 ARR_RECORDS = (
     bytes.fromhex("8001039000"),
     bytes.fromhex("80010190008001 02A40683010A950108".replace(" ", "")),
+    bytes.fromhex("80010190008001 02A406830181950108".replace(" ", "")),
 )
 ARR_RECORD_LENGTH = 20
 AVAILABLE_MEMORY = 0x8000  # bytes free for new files, as the MF's proprietary information reports it
+# Phonebook files (TS 51.011 10.5, TS 31.102 4.4.2): record length (18 octets of alpha identifier and 14 of
+# number) and record counts; EF_ADN's count comes from the card profile (adn_records)
+PHONEBOOK_RECORD_LENGTH = 32
+FDN_RECORDS = 10
+SDN_RECORDS = 10
+MSISDN_RECORDS = 2
+EXT1_RECORDS = 10
+PBR_RECORD_LENGTH = 20
 # EF_DIR record (TS 102 221 section 13.1): application template '61' with the AID '4F' and a label '50'
 DIR_RECORD_LENGTH = 32
 
@@ -282,6 +294,10 @@ class File:
         """Whether UPDATE needs the ADM key (record ARR_ADM_UPDATE), which the terminal never presents."""
         return self.arr_record == ARR_ADM_UPDATE
 
+    def update_needs_pin2(self) -> bool:
+        """Whether UPDATE needs PIN2 verified first (record ARR_PIN2_UPDATE: EF_FDN)."""
+        return self.arr_record == ARR_PIN2_UPDATE
+
 
 # Key references of VERIFY PIN (TS 102 221 section 9.5.1, table 9.3) and their attempts before blocking
 PIN1, PIN2, ADM1 = 0x01, 0x81, 0x0A
@@ -363,7 +379,9 @@ def ust_bytes(services: tuple[int, ...] = UST_SERVICES, length: int = 10) -> byt
 class FileSystem:
     """The tree and its contents; paths are tuples of FIDs from the MF (3F00)."""
 
-    def __init__(self, iccid: str, imsi: str, mnc_length: int = 2, sms_records: int = 10) -> None:
+    def __init__(
+        self, iccid: str, imsi: str, mnc_length: int = 2, sms_records: int = 10, adn_records: int = 50
+    ) -> None:
         self.mf = File(0x3F00, "MF", FileKind.DF)
         # EF_ICCID is written once by the issuer: UPDATE needs ADM (6982 from the terminal), READ is free
         iccid_file = File(
@@ -378,7 +396,27 @@ class FileSystem:
         )
         self.mf.add(arr_file(0x2F06))
         telecom = self.mf.add(File(0x7F10, "DF_TELECOM", FileKind.DF))
-        del telecom
+        # the phonebook (TS 51.011 10.5, TS 31.102 4.4.2): ADN/FDN/SDN/MSISDN records of PHONEBOOK_RECORD_LENGTH
+        # octets (an alpha identifier of 18 and the 14 of the number), numbers over 20 digits go on in EF_EXT1
+        for fid, name, count in (
+            (0x6F3A, "EF_ADN", adn_records),
+            (0x6F3B, "EF_FDN", FDN_RECORDS),
+            (0x6F49, "EF_SDN", SDN_RECORDS),
+            (0x6F40, "EF_MSISDN", MSISDN_RECORDS),
+        ):
+            telecom.add(
+                File(
+                    fid,
+                    name,
+                    FileKind.LINEAR_FIXED,
+                    bytearray(b"\xff" * PHONEBOOK_RECORD_LENGTH * count),
+                    PHONEBOOK_RECORD_LENGTH,
+                )
+            )
+        telecom.children[0x6F3B].arr_record = ARR_PIN2_UPDATE  # FDN: PIN2 to update (TS 31.102 4.2.24)
+        telecom.add(
+            File(0x6F4A, "EF_EXT1", FileKind.LINEAR_FIXED, bytearray(b"\xff" * 13 * EXT1_RECORDS), 13)
+        )
         self.usim = self.mf.add(File(0x7FF0, "ADF_USIM", FileKind.ADF, aid=USIM_AID))
         self.usim.add(arr_file(0x6F06))
         self.usim.add(File(0x6F07, "EF_IMSI", FileKind.TRANSPARENT, bytearray(imsi_bytes(imsi)), sfi=0x07))
@@ -395,6 +433,22 @@ class FileSystem:
         # service provider name (TS 31.102 section 4.2.12): display condition + 16 bytes of name, a typical RFM target
         spn = b"\x00" + b"bipsim".ljust(16, b"\xff")
         self.usim.add(File(0x6F46, "EF_SPN", FileKind.TRANSPARENT, bytearray(spn), sfi=None))
+        # the USIM phonebook (TS 31.102 4.4.2): DF_PHONEBOOK with EF_PBR naming its EF_ADN and EF_EXT1
+        from bipsim.uicc.phonebook import encode_pbr
+
+        book = self.usim.add(File(0x5F3A, "DF_PHONEBOOK", FileKind.DF))
+        pbr = encode_pbr(0x4F3A, 0x4F4A, PBR_RECORD_LENGTH)
+        book.add(File(0x4F30, "EF_PBR", FileKind.LINEAR_FIXED, bytearray(pbr), PBR_RECORD_LENGTH))
+        book.add(
+            File(
+                0x4F3A,
+                "EF_ADN",
+                FileKind.LINEAR_FIXED,
+                bytearray(b"\xff" * PHONEBOOK_RECORD_LENGTH * adn_records),
+                PHONEBOOK_RECORD_LENGTH,
+            )
+        )
+        book.add(File(0x4F4A, "EF_EXT1", FileKind.LINEAR_FIXED, bytearray(b"\xff" * 13 * EXT1_RECORDS), 13))
 
     @property
     def state_version(self) -> int:

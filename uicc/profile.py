@@ -59,6 +59,15 @@ class CardProfile:
     adm1: str = "12345678"
     # the SIM toolkit menu applet (uicc/usat_menu.py): SET UP MENU once a TERMINAL PROFILE declares it
     usat_menu: bool = False
+    # the phonebook and messages (uicc/phonebook.py; docs/protocols.md "Phonebook"): EF_ADN's record count, its
+    # contacts (written to DF_TELECOM's EF_ADN and the USIM phonebook's), EF_FDN, EF_SDN and EF_MSISDN entries, as
+    # inline tables {name, number}; EF_SMS records as hex strings or tables {status, pdu}
+    adn_records: int = 50
+    contacts: tuple[dict[str, Any], ...] = ()
+    fdn: tuple[dict[str, Any], ...] = ()
+    sdn: tuple[dict[str, Any], ...] = ()
+    msisdn: tuple[dict[str, Any], ...] = ()
+    sms: tuple[Any, ...] = ()
 
     @property
     def ota_keyset(self) -> tuple[int, bytes, bytes]:
@@ -87,7 +96,7 @@ def _from_mapping(data: dict[str, Any], where: str) -> CardProfile:
     unknown = sorted(set(flat) - KNOWN)
     if unknown:
         raise CliError(f"{where}: unknown profile keys: {', '.join(unknown)}")
-    for key in ("applets", "ara_m_rules"):  # TOML arrays; the profile is frozen, so tuples
+    for key in ("applets", "ara_m_rules", *PHONEBOOK_KEYS):  # TOML arrays; the profile is frozen, so tuples
         if key in flat:
             if not isinstance(flat[key], list | tuple):
                 raise CliError(f"{where}: {key} must be an array")
@@ -100,7 +109,23 @@ def _from_mapping(data: dict[str, Any], where: str) -> CardProfile:
         if not (isinstance(pin, str) and pin.isdigit() and 4 <= len(pin) <= 8):
             raise CliError(f"{where}: {key} = {pin!r}: use 4 to 8 digits")
     _check_applets(profile, where)
+    _check_phonebook(profile, where)
     return profile
+
+
+PHONEBOOK_KEYS = ("contacts", "fdn", "sdn", "msisdn", "sms")
+
+
+def _check_phonebook(profile: CardProfile, where: str) -> None:
+    from bipsim.uicc.phonebook import PhonebookError, profile_entries, sms_records
+
+    if not isinstance(profile.adn_records, int) or not 1 <= profile.adn_records <= 254:
+        raise CliError(f"{where}: adn_records = {profile.adn_records!r}: use 1..254")
+    try:
+        profile_entries(profile)
+        sms_records(profile.sms)
+    except PhonebookError as exc:
+        raise CliError(f"{where}: {exc}") from exc
 
 
 def _check_applets(profile: CardProfile, where: str) -> None:
