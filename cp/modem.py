@@ -196,19 +196,26 @@ class Modem:
         if card2 is not None:
             self.slots.append(CardSlot(2, card2, tracer=tracer, notice=notice))
         self.driver = self.slots[0].driver
+        if options.terminal_profile is not None:
+            self.driver.profile = options.terminal_profile
         self.network = CellularNetwork()
         self.proxy = ProxyLink()
         self.bearer = make_bearer(options.bearer, self.proxy, self.network, tracer)
         self.service = BipService(self.driver, self.bearer, tracer=tracer)
         self.commands = ModemCommands(self.driver, self.network, slots=self.slots)
         self.commands.command_sets = build_command_sets(self.commands, tracer, options.command_settings)
+        for command_set in self.commands.command_sets:  # a set that serves the card's toolkit (USAT) hooks in
+            attach = getattr(command_set, "attach_service", None)
+            if attach is not None:
+                attach(self.service)
+        smsc = getattr(self.network, "smsc", None)  # SEND SHORT MESSAGE goes to the network's SMSC
+        if smsc is not None and hasattr(smsc, "submit"):
+            self.service.sms_submit = lambda tpdu: int(smsc.submit(tpdu, origin="uicc"))
         self.opener: LineOpener | TcpLineListener
         if options.listen is not None:
             self.opener = TcpLineListener(*options.listen, who="bipsim cp")
         else:
             self.opener = LineOpener(options.port, options.baud, who="bipsim cp", wait=options.wait_for_line)
-        if options.terminal_profile is not None:
-            self.driver.profile = options.terminal_profile
         self._first_line: trio.abc.Stream | None = None
         self._bound = False
 
@@ -218,13 +225,6 @@ class Modem:
 
     @property
     def line_name(self) -> str:
-        for command_set in self.commands.command_sets:  # a set that serves the card's toolkit (USAT) hooks in
-            attach = getattr(command_set, "attach_service", None)
-            if attach is not None:
-                attach(self.service)
-        smsc = getattr(self.network, "smsc", None)  # SEND SHORT MESSAGE goes to the network's SMSC
-        if smsc is not None and hasattr(smsc, "submit"):
-            self.service.sms_submit = lambda tpdu: int(smsc.submit(tpdu, origin="uicc"))
         """The line as traces name it: the --port path, or tcp://HOST:PORT with --listen."""
         return self.opener.name if isinstance(self.opener, TcpLineListener) else self.options.port
 
@@ -474,6 +474,10 @@ def simulated_card(
         engine = BipEngine(config, agent, trigger_on_profile=profile.trigger == "power-on")
         if not extra_channels:
             card.toolkit = engine if counters is None else sms_trigger(card, engine, profile, counters)
+            if profile.usat_menu:  # the SIM toolkit menu applet around the BIP toolkit (uicc/usat_menu.py)
+                from bipsim.uicc.usat_menu import MenuToolkit
+
+                card.toolkit = MenuToolkit(card.toolkit)
             return
         engines = [engine]
         for host, port in extra_channels:
@@ -489,10 +493,6 @@ def simulated_card(
 
 def sms_counters(card: SimCard) -> Counters:
     """The card's OTA replay counters (TS 102 225), persisted in its state as "ota_counters"."""
-            if profile.usat_menu:  # the SIM toolkit menu applet around the BIP toolkit (uicc/usat_menu.py)
-                from bipsim.uicc.usat_menu import MenuToolkit
-
-                card.toolkit = MenuToolkit(card.toolkit)
     from bipsim.uicc.ota_trigger import Counters
 
     counters = Counters()
