@@ -29,4 +29,7 @@ def build_command_sets(core: ModemCommands, tracer: Tracer, settings: dict[str, 
     from bipsim.cp.usat_commands import UsatCommands  # 27.007 section 12: USAT (+CUSATR/W/A/T/E)
 
     sets.append(UsatCommands(core, tracer, settings))
+    from bipsim.cp.phonebook_commands import PhonebookCommands  # 27.007 8.11-8.14, 7.1: the card's phonebook
+
+    sets.append(PhonebookCommands(core, tracer))
     return sets
