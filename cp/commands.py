@@ -582,6 +582,16 @@ class ModemCommands:
             check_data_download(tpdu)
         except (ValueError, SmsError) as exc:
             raise CmeError(CME_BAD_PARAMETERS) from exc
+        data, sw = await self.sms_pp_download(tpdu)
+        if sw != 0x9000 and sw >> 8 != 0x91:
+            raise CmeError(CME_SIM_FAILURE)
+        return [f'%SMSPP: "{data.hex().upper()}"']
+
+    async def sms_pp_download(self, tpdu: bytes) -> tuple[bytes, int]:
+        """A (U)SIM data download SMS-DELIVER (checked by the caller) to slot 1's card as ENVELOPE (SMS-PP
+        DOWNLOAD, TS 31.111 7.1.1): returns the card's response data (the PoR, TS 31.115 4.4) and status word.
+        +CME ERROR: 10 without a card (or when it goes meanwhile), 14 before its TERMINAL PROFILE. AT%SMSPP and the
+        27.005 MT path (cp/sms_commands.py) both send it here."""
         slot = self.slots[1]  # the network's SMS goes to the card that runs the toolkit
         if slot.absent:
             raise CmeError(CME_SIM_NOT_INSERTED)
@@ -596,13 +606,10 @@ class ModemCommands:
             EnvelopeTag.SMS_PP_DOWNLOAD,
         )
         try:
-            data, sw = await self.driver.envelope(envelope, "ENVELOPE: SMS-PP DOWNLOAD")
+            return await self.driver.envelope(envelope, "ENVELOPE: SMS-PP DOWNLOAD")
         except CardRemoved as exc:
             slot.gone(exc)
             raise CmeError(CME_SIM_NOT_INSERTED) from exc
-        if sw != 0x9000 and sw >> 8 != 0x91:
-            raise CmeError(CME_SIM_FAILURE)
-        return [f'%SMSPP: "{data.hex().upper()}"']
 
     async def csim(self, request: AtRequest, slot: CardSlot) -> list[str] | None:
         """+CSIM=<length>,<command> (27.007 section 8.17): <length> is the number of characters of <command>."""

@@ -12,6 +12,9 @@ Settings (E, V, Q, +CMEE, S3, S4, S5) belong to one server, i.e. one channel: `s
 an AtSettings, so that a CMUX DLC can start from the line's profile (27.007 practice) and the line keeps its own.
 A handler that stops the server (`stop_after_response`, +CMUX) leaves in `leftover` the raw bytes that arrived
 behind its command line, for whoever takes the stream over.
+
+A handler may take a text entry (3GPP TS 27.005 section 3.5.1: the `> ` prompt, text up to Ctrl-Z, ESC cancels)
+with `read_text`, and end its command with +CMS ERROR by raising CmsError.
 """
 
 from __future__ import annotations
@@ -78,6 +81,27 @@ class AtCommandError(Exception):
     """Ends the command line with ERROR."""
 
 
+class CmsError(Exception):
+    """Ends the command line with +CMS ERROR: <code>, the final result of the message service commands (3GPP TS
+    27.005 section 3.2.5). It is numeric whatever +CMEE says: 27.005 ties it to no setting."""
+
+    def __init__(self, code: int, reason: str = "") -> None:
+        super().__init__(f"+CMS ERROR: {code}" + (f" ({reason})" if reason else ""))
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class TextEntry:
+    """What the DTE typed after the `> ` prompt of 27.005 section 3.5.1 (+CMGS, +CMGW, +CNMA): `text` up to
+    Ctrl-Z, `cancelled` when ESC ended it (or the stream did), `overflow` when it ran past the limit (the part
+    past it is not kept)."""
+
+    text: bytes
+    cancelled: bool = False
+    overflow: bool = False
+
+
 @dataclass(frozen=True)
 class AtSettings:
     """One channel's V.250 / 27.007 settings profile."""
@@ -118,6 +142,10 @@ class AtServer:
         self.answer_step: str | None = None
         # after a stop: bytes read past the S3 of the command line that stopped the server
         self.leftover = b""
+        # bytes read past the command line being executed: a text entry (read_text) takes them first
+        self._unread = b""
+        self._text_taken = False
+        self._after: list[Callable[[], Awaitable[None]]] = []
         dlci = getattr(stream, "dlci", None)
         self._fields: dict[str, Any] = {"dlci": dlci} if isinstance(dlci, int) else {}
 
@@ -145,6 +173,11 @@ class AtServer:
 
     def stop_after_response(self) -> None:
         self._stop = True
+
+    def after_response(self, job: Callable[[], Awaitable[None]]) -> None:
+        """Runs `job` once the command line's final result is written (27.005 +CNMI: the OK comes before the
+        indications it releases)."""
+        self._after.append(job)
 
     def reset(self) -> None:
         """Z / &F: factory settings (echo on, verbose, not quiet, +CMEE=0)."""
@@ -199,7 +232,8 @@ class AtServer:
         if self.format.quiet:  # nothing written: the trace still says how the line ended
             self._trace(False, Kind.AT_FINAL, f"{summary} (quiet)", error=error, result=text, quiet=True)
             return
-        data = self.format.info(text) if text.startswith("+CME ERROR") else self.format.result(text)
+        info = text.startswith(("+CME ERROR", "+CMS ERROR"))
+        data = self.format.info(text) if info else self.format.result(text)
         await self._write(
             data, Kind.AT_FINAL, summary, error=error, step=step, result=text, **command_fields(line)
         )
@@ -237,10 +271,55 @@ class AtServer:
                     line.encode("latin-1") + b"\r",
                     **command_fields(line),
                 )
+                self._unread, self._text_taken = bytes(data[pos:]), False
                 await self.execute(line)
+                while self._after and not self.gone:
+                    await self._after.pop(0)()
+                self._after.clear()
+                if self._text_taken:  # a text entry read on: go on with what followed its Ctrl-Z/ESC
+                    data, pos = self._unread, 0
+                self._unread = b""
                 if self._stop or self.gone:
                     self.leftover = bytes(data[pos:])
                     return
+
+    async def read_text(self, *, limit: int = MAX_LINE) -> TextEntry:
+        """The text entry of 3GPP TS 27.005 section 3.5.1, for a handler: writes the prompt (S3, S4, `> `), then
+        takes characters up to Ctrl-Z (0x1A, the text ends) or ESC (0x1B, cancelled). Bytes that came behind the
+        command line are the text's first; bytes behind the Ctrl-Z/ESC are command lines again. The text is
+        echoed under ATE1 and traced (at.text); at most `limit` characters are kept."""
+        self._text_taken = True
+        prompt = bytes((self.format.s3, self.format.s4)) + b"> "
+        await self._write(prompt, Kind.AT_INFO, "> (text entry)", prompt=True)
+        text = bytearray()
+        overflow = False
+        pending = self._unread
+        self._unread = b""
+        while True:
+            ends = [i for i in (pending.find(b"\x1a"), pending.find(b"\x1b")) if i >= 0]
+            cut = min(ends) if ends else len(pending)
+            part = pending[:cut]
+            if self.echo and part:
+                await self._write(part, Kind.AT_ECHO, "echo (text entry)")
+            room = limit - len(text)
+            overflow = overflow or len(part) > room
+            text += part[: max(room, 0)]
+            if ends:
+                cancelled = pending[cut] == 0x1B
+                self._unread = pending[cut + 1 :]
+                break
+            try:
+                pending = bytes(await self.stream.receive_some(4096)) if not self.gone else b""
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pending = b""
+            if not pending:  # the stream ended inside the text: nothing is sent for it
+                self.gone = True
+                cancelled = True
+                break
+        entry = TextEntry(bytes(text), cancelled=cancelled, overflow=overflow)
+        summary = "text entry cancelled (ESC)" if cancelled else f"text entry ({len(text)} characters)"
+        self._trace(True, Kind.AT_TEXT, summary, entry.text, cancelled=cancelled, overflow=overflow)
+        return entry
 
     async def _overlong(self, line: OverlongLine) -> None:
         """A command line longer than MAX_LINE: not executed; ERROR if it was one (V.250 ignores other lines)."""
@@ -275,6 +354,9 @@ class AtServer:
                 return
             except AtCommandError:
                 await self._final("ERROR", f"ERROR ({request.raw})", line)
+                return
+            except CmsError as exc:
+                await self._final(f"+CMS ERROR: {exc.code}", f"+CMS ERROR: {exc.code}", line)
                 return
             for text in lines or []:
                 fields = command_fields("AT" + request.raw)
@@ -315,7 +397,7 @@ class AtServer:
             raise AtCommandError()
         try:
             return await handler(request)
-        except (CmeError, AtCommandError):
+        except (CmeError, CmsError, AtCommandError):
             raise
         except Exception as exc:
             # a handler bug must not end the line service: the DTE gets an error, the trace says what happened

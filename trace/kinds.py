@@ -39,6 +39,13 @@ class Kind(StrEnum):
     AT_FINAL = "at.final"  # OK, ERROR, +CME ERROR: n, CONNECT, ...; fields: result
     AT_URC = "at.urc"  # an unsolicited result code
     AT_ERROR = "at.error"  # a line refused or dropped (too long, late answer, torn command)
+    AT_TEXT = "at.text"  # 27.005 text entry after the "> " prompt (+CMGS, +CMGW, +CNMA); fields: cancelled
+    # 27.005 SMS at the CP (cp/sms_commands.py): what the ME hands the network and what it got from it
+    SMS_SUBMIT = "sms.submit"  # an MO TPDU to the SMSC; fields: mr, storage, index (for +CMSS)
+    SMS_DELIVER = "sms.deliver"  # an MT TPDU from the SMSC; fields: route (cmt, cmti, download), storage, index
+    SMS_STATUS_REPORT = "sms.status_report"  # an SMS-STATUS-REPORT from the SMSC; fields: route (cds, cdsi)
+    SMS_ACK = "sms.ack"  # the TE's +CNMA: RP-ACK/RP-ERROR of a +CMT/+CDS to the network; fields: ack
+    SMS_ERROR = "sms.error"  # a 27.005 command refused; fields: command, code (+CMS ERROR), reason
     # 27.010
     CMUX_FRAME = "cmux.frame"  # a control frame (SABM/UA/DM/DISC); fields: dlci, frame, pf
     CMUX_CONTROL = (
