@@ -2,11 +2,11 @@
 answered from the card's files through the slot's card driver (SELECT, READ RECORD, UPDATE RECORD, VERIFY PIN2).
 
 Storages (docs/protocols.md, "Phonebook"): "SM" the USIM phonebook's EF_ADN, found through EF_PBR (TS 31.102
-4.4.2.1), or DF_TELECOM's EF_ADN on a card without one, with EF_EXT1 for numbers over 20 digits; "FD" EF_FDN (its
-updates need PIN2: `+CPBS="FD","<PIN2>"` verifies it); "SD" EF_SDN (read only); "ON" EF_MSISDN (the own numbers
-+CNUM lists). Record codecs: uicc/phonebook.py. Texts are in the +CSCS character set (27.007 5.5,
-uicc/gsm_text.py te_encode/te_decode); numbers are dial strings whatever the set, as 27.007 8.12 gives <number>
-with its <type> (129 unknown, 145 international) and only <text> in the TE set.
+4.4.2.1), or DF_TELECOM's EF_ADN on a card without one, with EF_EXT1 for numbers over 20 digits; the USIM's
+"FD" EF_FDN (its updates need PIN2: `+CPBS="FD","<PIN2>"` verifies it), "SD" EF_SDN (read only) and "ON"
+EF_MSISDN (the own numbers +CNUM lists). Record codecs: uicc/phonebook.py. Texts are in the +CSCS character set
+(27.007 5.5, uicc/gsm_text.py te_encode/te_decode); numbers are dial strings whatever the set, as 27.007 8.12
+gives <number> with its <type> (129 unknown, 145 international) and only <text> in the TE set.
 
 Errors (27.007 9.2.1): 3 not allowed (a read-only storage, FDN without PIN2), 4 an unknown storage, 16 wrong PIN2,
 20 memory full (no free record or EF_EXT1 record), 21 invalid index, 22 nothing found (+CPBF), 24 text string too
@@ -88,9 +88,9 @@ class Storage:
 TELECOM_SM = Storage("SM", (MF, DF_TELECOM, b"\x6f\x3a"), (MF, DF_TELECOM, b"\x6f\x4a"))
 STORAGES = {
     "SM": TELECOM_SM,
-    "FD": Storage("FD", (MF, DF_TELECOM, b"\x6f\x3b"), None, pin2=True),
-    "SD": Storage("SD", (MF, DF_TELECOM, b"\x6f\x49"), None, writable=False),
-    "ON": Storage("ON", (MF, DF_TELECOM, b"\x6f\x40"), None),
+    "FD": Storage("FD", (MF, ADF_USIM, b"\x6f\x3b"), None, pin2=True),
+    "SD": Storage("SD", (MF, ADF_USIM, b"\x6f\x49"), None, writable=False),
+    "ON": Storage("ON", (MF, ADF_USIM, b"\x6f\x40"), None),
 }
 
 

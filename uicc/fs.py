@@ -1,9 +1,9 @@
 """The card's file system (ETSI TS 102 221 section 8, 3GPP TS 31.102 section 4): a small but real tree.
 
-MF 3F00 with EF_ICCID 2FE2 and EF_DIR 2F00, DF_TELECOM 7F10 (the phonebook: EF_ADN 6F3A, EF_FDN 6F3B, EF_SDN 6F49,
-EF_MSISDN 6F40, EF_EXT1 6F4A), and ADF_USIM with EF_IMSI 6F07, EF_AD 6FAD, EF_UST
-6F38, EF_SPN 6F46, EF_SMS 6F3C (linear fixed), EF_SMSP 6F42 (linear fixed) and the USIM phonebook DF_PHONEBOOK 5F3A
-(EF_PBR 4F30 naming its EF_ADN 4F3A and EF_EXT1 4F4A). Files answer SELECT with an FCP template
+MF 3F00 with EF_ICCID 2FE2 and EF_DIR 2F00, DF_TELECOM 7F10 (the 2G phonebook: EF_ADN 6F3A, EF_EXT1 6F4A), and
+ADF_USIM with EF_IMSI 6F07, EF_AD 6FAD, EF_UST 6F38, EF_SPN 6F46, EF_SMS 6F3C (linear fixed), EF_SMSP 6F42 (linear
+fixed), EF_FDN 6F3B, EF_SDN 6F49, EF_MSISDN 6F40 and the USIM phonebook DF_PHONEBOOK 5F3A (EF_PBR 4F30 naming its
+EF_ADN 4F3A and EF_EXT1 4F4A). Files answer SELECT with an FCP template
 (TS 102 221 section 11.1.1.3). The contents come from the card profile and round-trip through `to_dict` for the
 card's persistent state.
 
@@ -27,8 +27,9 @@ USIM_AID = bytes.fromhex("A0000000871002FF33FF018900000100")
 # USIM service table (TS 31.102 section 4.2.8): services this card offers. 28 data download via SMS-PP (the OTA
 # push trigger), 29 via SMS-CB, 30/31 call and MO-SMS control, 33 "shall be set to 1", 10/12 SMS and SMSP, and
 # for BIP: 72 additional TERMINAL PROFILE after UICC activation, 80 connectivity parameters for USIM IP
-# connections (the UST has no BIP bit of its own; BIP support is negotiated in the TERMINAL PROFILE).
-UST_SERVICES = (10, 12, 28, 29, 30, 31, 33, 72, 80)
+# connections (the UST has no BIP bit of its own; BIP support is negotiated in the TERMINAL PROFILE); 2 FDN, 4 SDN
+# and 21 MSISDN for the phonebook files of the ADF.
+UST_SERVICES = (2, 4, 10, 12, 21, 28, 29, 30, 31, 33, 72, 80)
 
 
 # EF_ARR records (TS 102 221 section 9.2.7, expanded format of ISO/IEC 7816-4 section 9.3.3): access mode DO '80'
@@ -396,24 +397,17 @@ class FileSystem:
         )
         self.mf.add(arr_file(0x2F06))
         telecom = self.mf.add(File(0x7F10, "DF_TELECOM", FileKind.DF))
-        # the phonebook (TS 51.011 10.5, TS 31.102 4.4.2): ADN/FDN/SDN/MSISDN records of PHONEBOOK_RECORD_LENGTH
-        # octets (an alpha identifier of 18 and the 14 of the number), numbers over 20 digits go on in EF_EXT1
-        for fid, name, count in (
-            (0x6F3A, "EF_ADN", adn_records),
-            (0x6F3B, "EF_FDN", FDN_RECORDS),
-            (0x6F49, "EF_SDN", SDN_RECORDS),
-            (0x6F40, "EF_MSISDN", MSISDN_RECORDS),
-        ):
-            telecom.add(
-                File(
-                    fid,
-                    name,
-                    FileKind.LINEAR_FIXED,
-                    bytearray(b"\xff" * PHONEBOOK_RECORD_LENGTH * count),
-                    PHONEBOOK_RECORD_LENGTH,
-                )
+        # the 2G phonebook (TS 51.011 10.5.1, 10.5.10): EF_ADN records of PHONEBOOK_RECORD_LENGTH octets (an alpha
+        # identifier of 18 and the 14 of the number); numbers over 20 digits go on in EF_EXT1
+        telecom.add(
+            File(
+                0x6F3A,
+                "EF_ADN",
+                FileKind.LINEAR_FIXED,
+                bytearray(b"\xff" * PHONEBOOK_RECORD_LENGTH * adn_records),
+                PHONEBOOK_RECORD_LENGTH,
             )
-        telecom.children[0x6F3B].arr_record = ARR_PIN2_UPDATE  # FDN: PIN2 to update (TS 31.102 4.2.24)
+        )
         telecom.add(
             File(0x6F4A, "EF_EXT1", FileKind.LINEAR_FIXED, bytearray(b"\xff" * 13 * EXT1_RECORDS), 13)
         )
@@ -433,6 +427,23 @@ class FileSystem:
         # service provider name (TS 31.102 section 4.2.12): display condition + 16 bytes of name, a typical RFM target
         spn = b"\x00" + b"bipsim".ljust(16, b"\xff")
         self.usim.add(File(0x6F46, "EF_SPN", FileKind.TRANSPARENT, bytearray(spn), sfi=None))
+        # fixed and service dialling numbers and the own numbers (TS 31.102 4.2.24, 4.2.29, 4.2.26), ADN-type
+        # records; EF_FDN is updated only after PIN2
+        for fid, name, count in (
+            (0x6F3B, "EF_FDN", FDN_RECORDS),
+            (0x6F49, "EF_SDN", SDN_RECORDS),
+            (0x6F40, "EF_MSISDN", MSISDN_RECORDS),
+        ):
+            self.usim.add(
+                File(
+                    fid,
+                    name,
+                    FileKind.LINEAR_FIXED,
+                    bytearray(b"\xff" * PHONEBOOK_RECORD_LENGTH * count),
+                    PHONEBOOK_RECORD_LENGTH,
+                )
+            )
+        self.usim.children[0x6F3B].arr_record = ARR_PIN2_UPDATE
         # the USIM phonebook (TS 31.102 4.4.2): DF_PHONEBOOK with EF_PBR naming its EF_ADN and EF_EXT1
         from bipsim.uicc.phonebook import encode_pbr
 

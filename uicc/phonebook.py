@@ -253,7 +253,7 @@ def decode_pbr(record: bytes) -> dict[int, int]:
 
 # --- the card profile's phonebook and messages (uicc/profile.py keys contacts, fdn, sdn, msisdn, sms) --------------
 
-# profile key -> the DF_TELECOM file its entries go to
+# profile key -> the file its entries go to: EF_ADN of DF_TELECOM (and of the USIM phonebook), the others of ADF_USIM
 PROFILE_FILES = {"contacts": 0x6F3A, "fdn": 0x6F3B, "sdn": 0x6F49, "msisdn": 0x6F40}
 SMS_RECORD_LENGTH = 176  # EF_SMS (TS 31.102 4.2.25): status octet, then 175 octets of SC address and TPDU
 SMS_STATUS = {"free": 0x00, "read": 0x01, "unread": 0x03, "sent": 0x05, "unsent": 0x07}
@@ -345,13 +345,13 @@ def sms_records(items: Sequence[object]) -> list[bytes]:
 def load_phonebook(fs: FileSystem, profile: CardProfile) -> None:
     """Writes the profile's entries and messages into a new card's files (before its state file, which has the
     last word, is loaded): contacts to DF_TELECOM's EF_ADN and the USIM phonebook's (found through EF_PBR), with
-    their EF_EXT1 records; fdn, sdn, msisdn to theirs; sms to EF_SMS from record 1."""
+    their EF_EXT1 records; fdn, sdn, msisdn to the USIM's EF_FDN, EF_SDN, EF_MSISDN; sms to EF_SMS from record 1."""
     usim = fs.usim
     telecom = fs.mf.children[0x7F10]
     entries = profile_entries(profile)
     targets: list[tuple[File, File | None, str]] = [
-        (telecom.children[fid], telecom.children[0x6F4A] if key == "contacts" else None, key)
-        for key, fid in PROFILE_FILES.items()
+        (telecom.children[0x6F3A], telecom.children[0x6F4A], "contacts"),
+        *((usim.children[PROFILE_FILES[key]], None, key) for key in ("fdn", "sdn", "msisdn")),
     ]
     book = usim.children.get(0x5F3A)
     if book is not None and 0x4F30 in book.children:
