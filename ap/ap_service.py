@@ -19,6 +19,7 @@ from bipsim.ap.omapi.control import ControlServer
 from bipsim.ap.omapi.stack import OmapiOptions, OmapiStack
 from bipsim.ap.proxy import ProxyService
 from bipsim.ap.ril import Ril
+from bipsim.ap.toolkit import ToolkitService
 from bipsim.cp.modem import REOPEN_INTERVAL, LineOpener
 from bipsim.link.at_chat import AtChat
 from bipsim.link.cmux import CmuxParams, Mux, MuxError, MuxRole
@@ -40,6 +41,8 @@ class ApOptions:
     push_sms: tuple[bytes, ...] = ()
     # the OMAPI stack (docs/protocols.md, "OMAPI on the AP"); None: the AP offers no OMAPI
     omapi: OmapiOptions | None = None
+    # the SIM toolkit policy (ap/toolkit.py: accept, refuse, select:N, script:FILE); None: the AP has no toolkit
+    toolkit: str | None = None
 
 
 SMS_RETRY = 0.5  # seconds between AT%SMSPP attempts while the CP's card is still starting (+CME ERROR: 14)
@@ -61,6 +64,7 @@ class ApplicationProcessor:
         self.opener = LineOpener(options.port, options.baud, who="bipsim ap", wait=options.wait_for_line)
         self._first_line: trio.abc.Stream | None = None
         self.omapi = OmapiStack(options.omapi, tracer=tracer) if options.omapi is not None else None
+        self.toolkit: ToolkitService | None = None  # the SIM toolkit of the current modem session
 
     async def _imsi(self) -> str:
         if self.ril is None:
@@ -134,6 +138,12 @@ class ApplicationProcessor:
             nursery.start_soon(self._accept, mux)
             if self.omapi is not None:
                 nursery.start_soon(self.omapi.start, chat)  # power-on of the OMAPI side on this modem session
+            if self.options.toolkit is not None:  # the host's SIM toolkit (27.007 section 12, ap/toolkit.py)
+                from bipsim.ap.toolkit import HostToolkit, Policy
+
+                toolkit = HostToolkit(Policy.parse(self.options.toolkit))
+                self.toolkit = ToolkitService(chat, toolkit, tracer=self.tracer)
+                nursery.start_soon(self.toolkit.run)
             self.attached.set()
             if self.sms_sent < len(self.options.push_sms):  # once per process, not again after a line drop
                 nursery.start_soon(self._push_sms, chat)

@@ -122,6 +122,16 @@ if TYPE_CHECKING:
     "'cancel' per line).",
 )
 @click.option(
+    "--toolkit",
+    "toolkit",
+    metavar="accept|refuse|select:N|script:FILE",
+    help="Run a SIM toolkit on the AP (3GPP TS 27.007 section 12): it writes its TE profile (AT+CUSATW), "
+    "activates it (AT+CUSATA=2) and answers each +CUSATP proactive command by this policy: accept (OK, first "
+    "items, 'bipsim' as input), refuse (the user turns everything down), select:N (accept, and select menu "
+    "item N after the card's SET UP MENU), or script:FILE (one answer per command: ok, refuse, end, back, "
+    "timeout, busy, item N, menu N, text STRING, key C, result HH). Each answer is a usat.toolkit trace event.",
+)
+@click.option(
     "--card-slots",
     type=click.IntRange(0, 8),
     default=0,
@@ -149,6 +159,7 @@ def ap(
     no_card_mode: str,
     se_choose: str,
     card_slots: int,
+    toolkit: str | None,
     trace_path: str | None,
     pcap_path: str | None,
     session: str | None,
@@ -168,6 +179,13 @@ def ap(
         messages = tuple(bytes.fromhex(text) for text in push_sms)
     except ValueError:
         raise CliError("--push-sms: give the TPDU in hex") from None
+    if toolkit is not None:
+        from bipsim.ap.toolkit import Policy, PolicyError
+
+        try:
+            Policy.parse(toolkit)
+        except PolicyError as exc:
+            raise CliError(f"--toolkit: {exc}") from None
     omapi_options = None
     if omapi or omapi_listen:
         omapi_options = _omapi_options(omapi_listen, nfc, omapi_gate, no_card_mode, se_choose, card_slots)
@@ -183,6 +201,7 @@ def ap(
             wait_for_line=wait_for_line,
             push_sms=messages,
             omapi=omapi_options,
+            toolkit=toolkit,
         ),
         network,
         ApnDatabase.load(apn_db),
