@@ -32,4 +32,7 @@ def build_command_sets(core: ModemCommands, tracer: Tracer, settings: dict[str, 
     from bipsim.cp.phonebook_commands import PhonebookCommands  # 27.007 8.11-8.14, 7.1: the card's phonebook
 
     sets.append(PhonebookCommands(core, tracer))
+    from bipsim.cp.sms_commands import SmsCommands  # 27.005: SMS storages, PDU/text mode, indications
+
+    sets.append(SmsCommands(core, tracer, settings))
     return sets
