@@ -19,6 +19,7 @@ from bipsim.scenarios.omapi import (
     omapi_two_readers,
 )
 from bipsim.scenarios.sms_trigger import sms_trigger, sms_trigger_bad_mac
+from bipsim.scenarios.usat import usat_menu
 
 Scenario = Callable[[ScenarioOptions], ScenarioResult]
 
@@ -35,6 +36,7 @@ SCENARIOS: dict[str, Scenario] = {
     "two-channels": two_channels,
     "sms-trigger": sms_trigger,
     "sms-trigger-bad-mac": sms_trigger_bad_mac,
+    "usat-menu": usat_menu,
     "omapi-non-nfc": omapi_non_nfc,
     "omapi-no-rules": omapi_no_rules,
     "omapi-denied": omapi_denied,

@@ -195,3 +195,21 @@ async def test_the_ap_toolkit_drives_the_cards_menu(nursery: trio.Nursery, tmp_p
     handed = [e.fields["command"] for e in cp_tracer.events if e.kind == Kind.USAT_HANDOVER]  # type: ignore[index]
     assert handed == ["SET UP MENU", "SELECT ITEM", "DISPLAY TEXT"]
     assert HELLO not in toolkit.toolkit.shown
+
+
+def test_usat_menu_scenario_shows_the_dialogue_on_the_line(tmp_path: Path) -> None:
+    """The scenario's processes (CP, AP) on a pty pair: the AT lines of 27.007 section 12 in the merged trace."""
+    from bipsim.scenarios.base import ScenarioOptions
+    from bipsim.scenarios.registry import SCENARIOS
+
+    events = SCENARIOS["usat-menu"](ScenarioOptions(tmp_path)).run.events
+    at = [e for e in events if e.layer.value == "at"]
+    urcs = [e.data.decode("latin-1").strip() for e in at if e.kind == Kind.AT_URC and e.data]
+    commands = [e.data.decode("latin-1").strip() for e in at if e.kind == Kind.AT_COMMAND and e.data]
+    assert sum(line.startswith('+CUSATP: "D0') for line in urcs) == 3
+    assert urcs.count("+CUSATEND") >= 2
+    assert any(line.startswith("AT+CUSATW=0,") for line in commands) and "AT+CUSATA=2" in commands
+    assert sum(line.startswith('AT+CUSATT="81') for line in commands) == 3
+    (selection,) = [line for line in commands if line.startswith("AT+CUSATE=")]
+    envelope = decode_envelope(bytes.fromhex(selection.split('"')[1]))
+    assert envelope.get(Tag.ITEM_IDENTIFIER).value == b"\x02"  # type: ignore[union-attr]
