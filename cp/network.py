@@ -27,6 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
 
+from bipsim.net.smsc import Smsc
+
 MAX_CID = 16  # context identifiers 1..16 (the +CGDCONT range the CP offers)
 
 
@@ -127,6 +129,8 @@ class NetworkConfig:
 class CellularNetwork:
     def __init__(self, config: NetworkConfig | None = None) -> None:
         self.config = config or NetworkConfig()
+        # the network's SMS centre (net/smsc.py), at the service centre number the ME and the card are given
+        self.smsc = Smsc("+" + self.config.smsc.lstrip("+"))
         self.status = RegStatus.HOME
         self.contexts: dict[int, PdpContext] = {}
         self.listeners: list[Callable[[RegStatus], None]] = []

@@ -64,12 +64,6 @@ class Kind(StrEnum):
     TCP_CLOSE = "tcp.close"  # our close (FIN)
     TCP_CLOSED = "tcp.closed"  # the peer's close or its acknowledgement
     TCP_ERROR = "tcp.error"  # refused, reset, timed out
-    # security and the admin protocol
-    TLS_HANDSHAKE = "tls.handshake"
-    TLS_ALERT = "tls.alert"
-    HTTP_REQUEST = "http.request"  # fields: method, target
-    HTTP_RESPONSE = "http.response"  # fields: status
-    HTTP_ERROR = "http.error"  # a malformed message or a limit passed
     # the link models of net/radio.py: a packet the radio (or Wi-Fi) model dropped; hex the packet, never on a wire
     IP_LOST = "ip.lost"  # fields: direction ("up" | "down"), reason ("lost", "queue_full", "closed"), length
     # the packet gateway (net/pgw.py): its answer to a DNS query of a context; fields: name, qtype, rcode, addresses
@@ -84,6 +78,12 @@ class Kind(StrEnum):
     TCP_RETRANSMIT = "tcp.retransmit"  # a segment sent again; fields as tcp.segment and rto, reason
     UDP_DATAGRAM = "udp.datagram"  # one UDP datagram
     ICMP_MESSAGE = "icmp.message"  # an ICMP message (layer ip); fields: type, code, id and seq for echo
+    # security and the admin protocol
+    TLS_HANDSHAKE = "tls.handshake"
+    TLS_ALERT = "tls.alert"
+    HTTP_REQUEST = "http.request"  # fields: method, target
+    HTTP_RESPONSE = "http.response"  # fields: status
+    HTTP_ERROR = "http.error"  # a malformed message or a limit passed
     SMS_PP = "sms.pp"  # an SMS-PP (data download) TPDU
     SMS_POR = "sms.por"  # a proof of receipt; fields: status (hex of the response status code)
     # the proxy dialect (docs/protocols.md, "The proxy dialect") and application events
@@ -106,3 +106,9 @@ class Kind(StrEnum):
     USAT_HANDOVER = "usat.handover"  # a proactive command handed to the host (+CUSATP); fields: command, number
     USAT_END = "usat.end"  # the card ended the proactive session after the host's TR (+CUSATEND)
     USAT_TOOLKIT = "usat.toolkit"  # the AP's toolkit answered a command by policy; fields: command, policy, result
+    # the network's SMS centre (net/smsc.py; docs/protocols.md, "SMS and the SMSC")
+    SMSC_MO = "smsc.mo"  # an MO SMS-SUBMIT the SMSC took; fields: id, mr, origin, destination, srr, status
+    SMSC_REFUSED = "smsc.refused"  # an MO TPDU the SMSC refused; fields: origin, reason, code (+CMS ERROR)
+    SMSC_MT = "smsc.mt"  # an MT TPDU offered to the ME; fields: id, type, originator, data_download
+    SMSC_OUTCOME = "smsc.outcome"  # the ME's answer to an MT TPDU (hex: the PoR); fields: id, state, sw, cause
+    SMSC_CONTROL = "smsc.control"  # the control socket listening (host, port) or a request answered (op, ok)
