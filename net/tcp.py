@@ -487,7 +487,7 @@ class TcpConnection:
         if self.state is TcpState.CLOSED:
             return
         if self.state not in (TcpState.LISTEN, TcpState.SYN_SENT):
-            self._emit(self.snd_nxt, TcpFlags.RST | TcpFlags.ACK)
+            self._emit(self.snd_max, TcpFlags.RST | TcpFlags.ACK)
         self._finish(TcpInput.ABORT, reason, error=True)
 
     def drop(self, reason: str) -> None:
@@ -925,7 +925,9 @@ class TcpConnection:
             self._clear_ack()
 
     def _send_ack(self) -> None:
-        self._emit(self.snd_nxt, TcpFlags.ACK)
+        # SND.NXT of RFC 9293 is our snd_max: after a timeout snd_nxt steps back (go-back-N), but the peer may
+        # hold everything up to snd_max already, and would find an ACK from further back out of its window
+        self._emit(self.snd_max, TcpFlags.ACK)
 
     def _clear_ack(self) -> None:
         self._ack_now = False

@@ -4,6 +4,8 @@ driven segment by segment on an injected clock."""
 
 from __future__ import annotations
 
+import heapq
+import random
 import struct
 from ipaddress import IPv4Address
 from typing import Any
@@ -18,6 +20,7 @@ from bipsim.net.tcp import (
     TRANSITIONS,
     Closed,
     Connected,
+    DataArrived,
     IllegalTcpTransition,
     PeerFinished,
     Rejected,
@@ -902,7 +905,7 @@ def test_abort_sends_rst_and_drop_sends_nothing() -> None:
     c, s = _pair()
     c.abort(1.0)
     rst = _only(c)
-    assert TcpFlags.RST in rst.flags and rst.seq == c.snd_nxt & 0xFFFFFFFF
+    assert TcpFlags.RST in rst.flags and rst.seq == c.snd_max & 0xFFFFFFFF
     s.receive(rst, 1.0)
     assert s.state is TcpState.CLOSED and s.error == "connection reset by peer"
     c2, _ = _pair()
@@ -944,3 +947,222 @@ def test_sws_override_sends_a_small_window_after_a_while() -> None:
     assert deadline is not None
     c.on_timer(deadline)
     assert len(_only(c).payload) == 540  # RFC 1122 4.2.3.4 override
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# two connections back to back through a lossy pipe, on a fake clock
+
+
+class _Pipe:
+    """Segments encoded to bytes, lost with probability `loss`, delayed by `delay` plus up to `jitter` (so they
+    may overtake one another), decoded again at the far end; all randomness from one seed."""
+
+    def __init__(self, loss: float, delay: float, jitter: float, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.loss, self.delay, self.jitter = loss, delay, jitter
+        self.heap: list[tuple[float, int, int, bytes]] = []
+        self.count = 0
+        self.dropped = 0
+
+    def ship(self, conn: TcpConnection, to: int, now: float) -> None:
+        for seg in conn.outgoing():
+            raw = seg.encode(conn.local[0], conn.remote[0])
+            if self.rng.random() < self.loss:
+                self.dropped += 1
+                continue
+            self.count += 1
+            at = now + self.delay + self.rng.uniform(0.0, self.jitter)
+            heapq.heappush(self.heap, (at, self.count, to, raw))
+
+
+def _transfer(
+    payload: bytes, *, loss: float, seed: int, delay: float = 0.05, jitter: float = 0.01
+) -> dict[str, Any]:
+    pipe = _Pipe(loss, delay, jitter, seed)
+    config = TcpConfig(send_buffer=1 << 17, receive_buffer=1 << 17, data_retries=30, syn_retries=30)
+    now = 0.0
+    client = TcpConnection.active(L, R, iss=0xFFFF0000, now=now, config=config)
+    server: TcpConnection | None = None
+    sent = 0
+    received = bytearray()
+    retransmitted = 0
+    while now < 3600.0:
+        # the applications: the client writes all then closes, the server reads all and closes at EOF
+        if client.state in (TcpState.ESTABLISHED, TcpState.SYN_SENT) and sent < len(payload):
+            sent += client.send(payload[sent : sent + client.send_space], now)
+            if sent == len(payload):
+                client.shutdown(now)
+        if server is not None:
+            received += server.read()
+            if server.at_eof and server.state is TcpState.CLOSE_WAIT:
+                server.shutdown(now)
+        for conn in (client, server):
+            if conn is not None:
+                retransmitted += len(_of(conn.events(), Retransmitted))
+                assert conn.error is None, conn.error
+        pipe.ship(client, 1, now)
+        if server is not None:
+            pipe.ship(server, 0, now)
+        if client.state is TcpState.TIME_WAIT and server is not None and server.state is TcpState.CLOSED:
+            break
+        deadlines = [d for d in (client.next_deadline(), server and server.next_deadline()) if d is not None]
+        if pipe.heap:
+            deadlines.append(pipe.heap[0][0])
+        assert deadlines, "nothing left to happen: a deadlock"
+        now = max(now, min(deadlines))
+        while pipe.heap and pipe.heap[0][0] <= now:
+            _, _, to, raw = heapq.heappop(pipe.heap)
+            if to == 0:
+                client.receive(TcpSegment.decode(raw, B, A), now)
+            else:
+                seg = TcpSegment.decode(raw, A, B)
+                if server is None:
+                    assert TcpFlags.SYN in seg.flags
+                    server = TcpConnection.passive(seg, R, L, iss=0x7FFFFF00, now=now, config=config)
+                else:
+                    server.receive(seg, now)
+        for conn in (client, server):
+            deadline = conn.next_deadline() if conn is not None else None
+            if conn is not None and deadline is not None and deadline <= now:
+                conn.on_timer(now)
+    return {"received": bytes(received), "time": now, "dropped": pipe.dropped, "retransmitted": retransmitted}
+
+
+def test_one_mebibyte_through_a_lossy_pipe() -> None:
+    payload = random.Random(7).randbytes(1 << 20)
+    result = _transfer(payload, loss=0.05, seed=15)
+    assert result["received"] == payload
+    # about half the losses are ACKs, which the next cumulative ACK covers; the other half must be resent
+    assert result["dropped"] > 50 and result["retransmitted"] >= result["dropped"] // 4
+
+
+def test_one_mebibyte_ideal_pipe_no_retransmissions() -> None:
+    payload = random.Random(8).randbytes(1 << 20)
+    result = _transfer(payload, loss=0.0, seed=1, jitter=0.0)
+    assert result["received"] == payload and result["retransmitted"] == 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# hypothesis: arbitrary segments and calls never raise and never break the invariants
+
+_FUZZ_CONFIG = TcpConfig(
+    send_buffer=4000, receive_buffer=3000, mss=536, data_retries=4, syn_retries=2, msl=1.0
+)
+
+_segments = st.builds(
+    lambda rel_seq, rel_ack, flags, window, payload, absolute: (
+        rel_seq,
+        rel_ack,
+        flags,
+        window,
+        payload,
+        absolute,
+    ),
+    st.integers(-5000, 5000),
+    st.integers(-5000, 5000),
+    st.integers(0, 0xFF),
+    st.integers(0, 0xFFFF),
+    st.binary(max_size=700),
+    st.booleans(),
+)
+_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("segment"), _segments),
+        st.tuples(st.just("send"), st.integers(0, 5000)),
+        st.tuples(st.just("read"), st.integers(1, 4000)),
+        st.tuples(st.just("time"), st.floats(0.0, 5.0)),
+        st.tuples(st.just("shutdown"), st.none()),
+        st.tuples(st.just("close"), st.none()),
+        st.tuples(st.just("abort"), st.none()),
+    ),
+    max_size=40,
+)
+
+
+def _check_invariants(conn: TcpConnection) -> None:
+    assert conn.snd_una <= conn.snd_nxt <= conn.snd_max
+    assert conn.send_buffered <= conn.config.send_buffer
+    stored = conn.readable + sum(len(chunk) for _, chunk in conn._ooo)
+    assert stored <= conn.config.receive_buffer
+    assert 0 <= conn.send_space <= conn.config.send_buffer
+    if conn.state is TcpState.CLOSED:
+        assert conn.next_deadline() is None
+    for seg in conn.outgoing():
+        assert 0 <= seg.seq <= 0xFFFFFFFF and 0 <= seg.ack <= 0xFFFFFFFF and 0 <= seg.window <= 0xFFFF
+        assert len(seg.payload) <= conn.eff_mss
+        seg.encode(A, B)
+    for event in conn.events():
+        assert isinstance(
+            event,
+            (
+                Connected,
+                DataArrived,
+                PeerFinished,
+                Reset,
+                TimedOut,
+                Closed,
+                Retransmitted,
+                WindowProbe,
+                Rejected,
+            ),
+        )
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["client", "server", "established"]), _ops)
+def test_arbitrary_segments_never_raise(start: str, ops: list[tuple[str, Any]]) -> None:
+    now = 0.0
+    if start == "client":
+        conn = TcpConnection.active(L, R, iss=0xFFFFFE00, now=now, config=_FUZZ_CONFIG)
+    elif start == "server":
+        syn = TcpSegment(40000, 443, 0xFFFFFFF0, 0, TcpFlags.SYN, 1000, mss=536, window_scale=2)
+        conn = TcpConnection.passive(syn, R, L, iss=77, now=now, config=_FUZZ_CONFIG)
+    else:
+        conn, _ = _pair(_FUZZ_CONFIG, _FUZZ_CONFIG)
+    _check_invariants(conn)
+    for op, arg in ops:
+        if op == "segment":
+            rel_seq, rel_ack, flags, window, payload, absolute = arg
+            seq = rel_seq & 0xFFFFFFFF if absolute else (conn.rcv_nxt + rel_seq) & 0xFFFFFFFF
+            ack = rel_ack & 0xFFFFFFFF if absolute else (conn.snd_una + rel_ack) & 0xFFFFFFFF
+            conn.receive(TcpSegment(443, 40000, seq, ack, TcpFlags(flags), window, payload), now)
+        elif op == "send":
+            try:
+                conn.send(b"s" * arg, now)
+            except TcpUsageError:
+                assert conn.state is TcpState.CLOSED or conn.send_space == 0
+        elif op == "read":
+            conn.read(arg)
+        elif op == "time":
+            now += arg
+            deadline = conn.next_deadline()
+            if deadline is not None and deadline <= now:
+                conn.on_timer(now)
+        elif op == "shutdown":
+            conn.shutdown(now)
+        elif op == "close":
+            conn.close(now)
+        else:
+            conn.abort(now)
+        _check_invariants(conn)
+
+
+def test_ack_after_timeout_carries_the_highest_sequence_sent() -> None:
+    # after an RTO snd_nxt steps back to snd_una (go-back-N) while the peer may already hold everything: an ACK
+    # from further back would be out of the peer's window, and two such peers would trade ACKs forever
+    c, s = _pair()
+    c.send(b"g" * 2000, 1.0)
+    for seg in c.outgoing():
+        s.receive(seg, 1.0)
+    s.outgoing()  # the ACKs are lost
+    c.on_timer(2.0)
+    c.outgoing()
+    assert c.snd_nxt < c.snd_max
+    s.send(b"reply", 2.1)
+    c.receive(_only(s), 2.1)
+    c.on_timer(2.4)
+    ack = [x for x in c.outgoing() if not x.payload]
+    assert ack and ack[0].seq == c.snd_max & 0xFFFFFFFF
+    s.receive(ack[0], 2.5)
+    assert not _of(s.events(), Rejected)
+    assert s.snd_una == s.snd_max
