@@ -180,3 +180,19 @@ def test_decode_cli_bad_input() -> None:
     for bad in ("zz", "8010000000"):  # not hex; a C-APDU header and no profile
         result = CliRunner().invoke(main, ["decode", "--as", "terminal_profile", bad])
         assert isinstance(result.exception, CliError) and result.exception.exit_code == 2
+
+
+async def test_the_card_driver_sends_the_configured_profile() -> None:
+    """ModemOptions.terminal_profile (bipsim cp --terminal-profile) is what TERMINAL PROFILE carries at start."""
+    from bipsim.cp.modem import Modem, ModemOptions, simulated_card
+    from bipsim.trace.kinds import Kind
+    from bipsim.trace.recorder import Tracer
+
+    tracer = Tracer(keep=True)
+    card, _ = simulated_card(None, None, tracer)
+    modem = Modem(ModemOptions("/nonexistent", terminal_profile=tp.NAMED["modem"]), card, tracer=tracer)
+    await modem.driver.start()
+    (sent,) = [e for e in tracer.events if e.kind == Kind.CAT_TERMINAL_PROFILE]
+    assert sent.data == bytes.fromhex("80100000") + bytes((len(tp.MODEM),)) + tp.MODEM
+    default = Modem(ModemOptions("/nonexistent"), simulated_card(None, None, tracer)[0], tracer=tracer)
+    assert default.driver.profile == TERMINAL_PROFILE == tp.NAMED["bip-only"]
