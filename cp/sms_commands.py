@@ -451,6 +451,11 @@ class SmsCommands:
         self._ack_pending = 0  # +CMT/+CDS routed with +CSMS 1, awaiting +CNMA
         self._mt_lock = trio.Lock()
         self.mr = 0  # the TP-MR of the last MO message (the SMSC's, or ours without one)
+        smsc = getattr(core.network, "smsc", None)
+        if smsc is not None and hasattr(smsc, "subscribe"):
+            smsc.subscribe(
+                self.deliver
+            )  # the network's MT messages come here (net/smsc.py runs the delivery)
 
     # --- installation ---------------------------------------------------------------------------------------------
 
