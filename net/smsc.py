@@ -740,11 +740,13 @@ async def request(host: str, port: int, message: dict[str, Any], *, timeout: flo
         async with stream:
             await stream.send_all(json.dumps(message).encode() + b"\n")
             buffer = bytearray()
-            while b"\n" not in buffer:
+            while True:  # a list can be long: look for the line end in each new chunk only
                 data = await stream.receive_some(65536)
                 if not data:
                     raise ConnectionError("the SMSC closed the control connection without an answer")
                 buffer += data
+                if b"\n" in data:
+                    break
     answer = json.loads(bytes(buffer).split(b"\n", 1)[0])
     if not isinstance(answer, dict):
         raise ConnectionError("the SMSC's answer is not a JSON object")
