@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 
+from bipsim.cp.local_info import LocalInfo, provide_local_information
 from bipsim.uicc.bip_engine import IllegalTransition as IllegalTransition  # the project's one error type
 from bipsim.uicc.cat import (
     OPEN_BACKGROUND,
@@ -288,6 +289,7 @@ class BipGateway:
         self.poll_interval: float | None = None
         # proactive commands a host's toolkit has taken (27.007 section 12, cp/usat_commands.py); never BIP's
         self.host_commands: frozenset[int] = frozenset()
+        self.local_info = LocalInfo()  # what PROVIDE LOCAL INFORMATION reports (the modem sets its network's)
 
     # --- helpers -----------------------------------------------------------------------------------------------
 
@@ -403,6 +405,9 @@ class BipGateway:
             return [HandToHost(command)]
         if command.type == CommandType.SEND_SHORT_MESSAGE:
             return self._short_message(command)
+        if command.type == CommandType.PROVIDE_LOCAL_INFORMATION:  # cp/local_info.py
+            general, objects = provide_local_information(command, self.local_info)
+            return [self._tr(command, general, objects=objects)]
         handler = handlers.get(command.type)
         if handler is None:
             return [self._tr(command, GeneralResult.BEYOND_TERMINAL_CAPABILITIES)]

@@ -33,6 +33,7 @@ from bipsim.cp.card_slot import RETRY_MAX, RETRY_MIN, CardSlot
 from bipsim.cp.command_sets import build_command_sets
 from bipsim.cp.commands import ModemCommands
 from bipsim.cp.line_service import LineService
+from bipsim.cp.local_info import LocalInfo
 from bipsim.cp.network import CellularNetwork
 from bipsim.cp.proxy_link import ProxyLink
 from bipsim.link.cmux import MuxError
@@ -208,6 +209,7 @@ class Modem:
             attach = getattr(command_set, "attach_service", None)
             if attach is not None:
                 attach(self.service)
+        self.service.gateway.local_info = _local_info(self.network)  # PROVIDE LOCAL INFORMATION's answers
         smsc = getattr(self.network, "smsc", None)  # SEND SHORT MESSAGE goes to the network's SMSC
         if smsc is not None and hasattr(smsc, "submit"):
             self.service.sms_submit = lambda tpdu: int(smsc.submit(tpdu, origin="uicc"))
@@ -353,6 +355,14 @@ class Modem:
             finally:
                 await line.aclose()
             await trio.sleep(REOPEN_INTERVAL)
+
+
+def _local_info(network: CellularNetwork) -> LocalInfo:
+    """What PROVIDE LOCAL INFORMATION reports: the network model's operator and cell, the modem's identity."""
+    from bipsim.cp.commands import CELL_ID, IMEI, LAC_TAC, SVN
+
+    config = network.config
+    return LocalInfo(config.mcc, config.mnc, int(LAC_TAC, 16), int(CELL_ID, 16), config.rat, IMEI, SVN)
 
 
 def card_control_answer(line: str, slots: list[CardSlot]) -> str:

@@ -11,7 +11,8 @@ Named profiles (docs/protocols.md, "Terminal profiles"):
 - `bip-only`: the profile the CP sent before profiles were configurable (cp/card_driver.py), byte for byte, so
   recorded traces replay unchanged;
 - `modem`: what the CP's own BIP gateway carries out (cp/bip_gateway.py): BIP, events, MORE TIME, POLL INTERVAL,
-  POLLING OFF, SEND SHORT MESSAGE (to the network's SMSC), SMS-PP data download;
+  POLLING OFF, SEND SHORT MESSAGE (to the network's SMSC), PROVIDE LOCAL INFORMATION (location, IMEI, date and
+  time, language, access technology, IMEISV: cp/local_info.py), SMS-PP data download;
 - `host-usat`: `modem` plus what a 27.007 section 12 host toolkit offers (`HOST_FACILITIES`: DISPLAY TEXT, GET
   INKEY, GET INPUT, SELECT ITEM, SET UP MENU and MENU SELECTION, SET UP IDLE MODE TEXT, LAUNCH BROWSER, PLAY TONE);
 - `full`: every one-bit facility of the table that is not RFU (those TS 102 223 reserves for 3GPP included: TS
@@ -271,6 +272,7 @@ MODEM_COMMANDS: frozenset[int] = frozenset(
         CommandType.POLLING_OFF,
         CommandType.MORE_TIME,
         CommandType.SEND_SHORT_MESSAGE,
+        CommandType.PROVIDE_LOCAL_INFORMATION,
     }
 )
 
@@ -278,8 +280,10 @@ MODEM_FACILITIES: tuple[str, ...] = (
     "profile_download", "sms_pp_data_download", "sms_pp_data_download_9exx_response_code", "command_result",
     "more_time", "poll_interval", "polling_off", "send_short_message", "set_up_event_list",
     "event_data_available", "event_channel_status", "open_channel", "close_channel", "receive_data", "send_data",
-    "get_channel_status", "gprs", "tcp_uicc_in_client_mode_remote_connection",
-    "udp_uicc_in_client_mode_remote_connection", "e_utran_bearer",
+    "get_channel_status", "gprs", "provide_local_information_mcc_mnc_lac_cell_id_and_imei",
+    "provide_local_information_date_time_and_time_zone", "provide_local_information_language",
+    "provide_local_information_access_technology", "provide_local_information_imeisv",
+    "tcp_uicc_in_client_mode_remote_connection", "udp_uicc_in_client_mode_remote_connection", "e_utran_bearer",
 )  # fmt: skip
 
 # what the AP's toolkit (ap/toolkit.py) answers, as a 27.007 section 12 TE profile
