@@ -283,3 +283,22 @@ def test_host_commands_never_include_the_modems() -> None:
     commands = usat.host_commands()
     assert CommandType.DISPLAY_TEXT in commands and CommandType.SET_UP_MENU in commands
     assert not commands & tp.MODEM_COMMANDS
+
+
+def test_the_modems_send_short_message_reaches_the_networks_smsc() -> None:
+    """cp/modem.py wires SEND SHORT MESSAGE to CellularNetwork.smsc (net/smsc.py): the card's TPDU is an MO message
+    there; a TPDU the SMSC refuses becomes SMS RP-ERROR with RP cause 96 (invalid mandatory information)."""
+    from bipsim.cp.modem import Modem, ModemOptions
+
+    card, _ = simulated_card("usat-menu", None, NULL_TRACER)
+    modem = Modem(ModemOptions("/nonexistent"), card)
+    assert modem.service.sms_submit is not None
+    command = ProactiveCommand.build(CommandType.SEND_SHORT_MESSAGE, [obj(Tag.SMS_TPDU, SMS_SUBMIT)])
+    (ok,) = modem.service._submit(SubmitShortMessage(command, SMS_SUBMIT))
+    assert isinstance(ok, SendTerminalResponse) and ok.response.result == (GeneralResult.OK, b"")
+    (message,) = modem.network.smsc.mo
+    assert message.tpdu == SMS_SUBMIT and message.origin == "uicc"
+    (refused,) = modem.service._submit(SubmitShortMessage(command, b"\x01\x00"))
+    assert isinstance(refused, SendTerminalResponse)
+    assert refused.response.result == (GeneralResult.SMS_RP_ERROR, b"\x60")
+    assert len(modem.network.smsc.mo) == 1
