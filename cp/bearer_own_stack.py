@@ -50,7 +50,7 @@ from bipsim.uicc.cat import (
 
 if TYPE_CHECKING:
     from bipsim.net.pgw import Pgw
-    from bipsim.net.radio import LinkEnd, LinkProfile
+    from bipsim.net.radio import LinkEnd, LinkProfile, RadioLink
     from bipsim.net.stack import IpStack
     from bipsim.net.udp_socket import UdpSocket
 
@@ -119,6 +119,7 @@ class ContextLink:
     context: PdpContext
     stack: IpStack
     end: LinkEnd
+    link: RadioLink
     scope: trio.CancelScope
     forwards: list[int] = field(default_factory=list)  # host ports the gateway forwards to this context
 
@@ -161,6 +162,16 @@ class PacketPlane:
             task_status.started()
             await trio.sleep_forever()
 
+    def set_radio(self, spec: str) -> str:
+        """New link figures (the `--radio` grammar) for every radio bearer, now and to come; returns the profile as
+        the grammar spells it. ValueError for a spec the grammar does not read."""
+        from bipsim.net.radio import parse_link_spec
+
+        self.profile = parse_link_spec(spec)
+        for carried in self.links.values():
+            carried.link.set_profile(self.profile)
+        return self.profile.describe()
+
     def link_of(self, address: str) -> ContextLink | None:
         return next((link for link in self.links.values() if link.context.address == address), None)
 
@@ -190,7 +201,7 @@ class PacketPlane:
             rng=random.Random(f"{self.options.seed}/stack/{self._count}"),
         )
         scope = trio.CancelScope()
-        carried = ContextLink(context, stack, cp_end, scope)
+        carried = ContextLink(context, stack, cp_end, link, scope)
         pgw = self.pgw
 
         async def carry(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,7 +28,7 @@ import trio
 
 from bipsim.cp.bearer import Bearer
 from bipsim.cp.bearer_ap_proxy import ApProxyBearer
-from bipsim.cp.bearer_own_stack import OwnStackBearer
+from bipsim.cp.bearer_own_stack import OwnStackBearer, PacketPlane, PlaneOptions
 from bipsim.cp.bip_service import BipService
 from bipsim.cp.card_slot import RETRY_MAX, RETRY_MIN, CardSlot
 from bipsim.cp.command_sets import build_command_sets
@@ -69,6 +70,11 @@ class ModemOptions:
     terminal_profile: bytes | None = None
     # (host, port): serve the line on a TCP socket instead of `port` (link/tcp_line.py, one client at a time)
     listen: tuple[str, int] | None = None
+    # the packet data plane of embodiment 1 (docs/protocols.md, "The packet data plane"): the radio bearer's link
+    # model, the packet gateway's mode (nat | tun; host: no plane, host sockets) and the seed of loss and jitter
+    radio: str = "ideal"
+    network: str = "nat"
+    seed: int = 0
 
 
 REOPEN_INTERVAL = 0.2  # seconds between attempts to reopen a line that went away
@@ -165,8 +171,14 @@ class AutoBearer:
         await bearer.disconnect(channel, stream)
 
 
-def make_bearer(kind: str, proxy: ProxyLink, network: CellularNetwork, tracer: Tracer) -> Bearer:
-    own = OwnStackBearer(proxy, network, tracer=tracer)
+def make_bearer(
+    kind: str,
+    proxy: ProxyLink,
+    network: CellularNetwork,
+    tracer: Tracer,
+    plane: PacketPlane | None = None,
+) -> Bearer:
+    own = OwnStackBearer(proxy, network, tracer=tracer, plane=plane)
     ap = ApProxyBearer(proxy, tracer=tracer)
     if kind == "own-stack":
         return own
@@ -201,7 +213,15 @@ class Modem:
             self.driver.profile = options.terminal_profile
         self.network = CellularNetwork()
         self.proxy = ProxyLink()
-        self.bearer = make_bearer(options.bearer, self.proxy, self.network, tracer)
+        # --network host: no packet plane, the CP connects from host sockets as before it had one (comparisons)
+        self.plane = (
+            None
+            if options.network == "host"
+            else PacketPlane(
+                self.network, PlaneOptions(options.radio, options.network, options.seed), tracer=tracer
+            )
+        )
+        self.bearer = make_bearer(options.bearer, self.proxy, self.network, tracer, self.plane)
         self.service = BipService(self.driver, self.bearer, tracer=tracer)
         self.commands = ModemCommands(self.driver, self.network, slots=self.slots)
         self.commands.command_sets = build_command_sets(self.commands, tracer, options.command_settings)
@@ -250,11 +270,15 @@ class Modem:
     async def run(self) -> int:
         """Runs until cancelled, or (with once) until the card's first BIP session ended. Returns an exit code."""
         async with trio.open_nursery() as nursery:
+            if self.plane is not None:
+                await nursery.start(self.plane.run)  # the packet gateway, before any channel needs it
             nursery.start_soon(self._line_loop)
             for slot in self.slots[1:]:
                 nursery.start_soon(slot.keep_powered)
             if self.options.card_control:
-                await nursery.start(serve_card_control, self.options.card_control, self.slots)
+                await nursery.start(
+                    partial(serve_card_control, plane=self.plane), self.options.card_control, self.slots
+                )
             early = trio.CancelScope()
             nursery.start_soon(self.watch_before_toolkit, early)
             with trio.move_on_after(self.options.wait_for_ap):
@@ -365,16 +389,30 @@ def _local_info(network: CellularNetwork) -> LocalInfo:
     return LocalInfo(config.mcc, config.mnc, int(LAC_TAC, 16), int(CELL_ID, 16), config.rat, IMEI, SVN)
 
 
-def card_control_answer(line: str, slots: list[CardSlot]) -> str:
+def card_control_answer(line: str, slots: list[CardSlot], plane: PacketPlane | None = None) -> str:
     """Sans-IO: one line of the card-control socket in, its answer out (docs/protocols.md, "Card slots and card
     presence on DLC 1"). 'remove N' pulls slot N's simulated card, 'insert N' puts it back, 'slots' lists each
-    slot's presence ("1=ready 2=absent")."""
+    slot's presence ("1=ready 2=absent"). With the CP's packet data plane (docs/protocols.md, "The packet data
+    plane"): 'contexts' lists the active packet data contexts ("1=198.51.100.2"), 'deactivate CID' has the network
+    end one, and 'radio SPEC' gives every radio bearer new link figures (an outage is 'radio ideal,loss=1')."""
     from bipsim.uicc.sim_transport import SimulatedCard
 
     words = line.split()
     by_number = {slot.number: slot for slot in slots}
     if words == ["slots"]:
         return "ok " + " ".join(f"{slot.number}={slot.state.value}" for slot in slots)
+    if plane is not None and words == ["contexts"]:
+        return "ok " + " ".join(f"{cid}={c.address}" for cid, c in sorted(plane.network.contexts.items()))
+    if plane is not None and len(words) == 2 and words[0] == "deactivate" and words[1].isdigit():
+        if not plane.network.network_deactivate(int(words[1]), "deactivated by the network (card control)"):
+            return f"error no active context {words[1]}"
+        return f"ok deactivate {words[1]}"
+    if plane is not None and len(words) == 2 and words[0] == "radio":
+        try:
+            profile = plane.set_radio(words[1])
+        except ValueError as exc:
+            return f"error {exc}"
+        return f"ok radio {profile}"
     if len(words) != 2 or words[0] not in ("remove", "insert") or not words[1].isdigit():
         return "error use: remove N, insert N or slots"
     slot = by_number.get(int(words[1]))
@@ -406,7 +444,11 @@ def check_card_control_path(path: str) -> None:
 
 
 async def serve_card_control(
-    path: str, slots: list[CardSlot], *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    path: str,
+    slots: list[CardSlot],
+    *,
+    plane: PacketPlane | None = None,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """The card-control socket (`bipsim cp --card-control PATH`): a UNIX stream socket, one command a line, one
     answer a line (card_control_answer). A UNIX socket is reachable only on this machine, by its file's mode."""
@@ -421,7 +463,7 @@ async def serve_card_control(
     listener = trio.SocketListener(sock)
 
     async def answer(line: bytes) -> bytes:
-        return card_control_answer(line.decode("utf-8", "replace"), slots).encode()
+        return card_control_answer(line.decode("utf-8", "replace"), slots, plane).encode()
 
     async def handle(stream: trio.SocketStream) -> None:
         # a line past 4096 bytes is no command: the peer is not speaking this protocol
@@ -443,11 +485,15 @@ def simulated_card(
     state_path: str | None,
     tracer: Tracer,
     extra_channels: list[tuple[str, int]] | None = None,
+    bip_app: str | None = None,
 ) -> tuple[ApduTransport, object]:
     """The simulated UICC with its BIP engine and OTA agent, from a card profile.
 
     `extra_channels` (host, port): OTA servers the card also runs an admin session with, each on its own BIP
     channel at the same time as the profile's (TS 102 223 allows up to 7 channels).
+
+    `bip_app`: a BIP probe runs on the card instead of the OTA agent (uicc/bip_probes.py: a UDP client, a DNS
+    lookup, or an echo service in the UICC server mode); ValueError for a spec it does not read.
 
     The card can be pulled and put back (SimulatedCard.remove/insert): at its first power-on after that its
     toolkit (BIP engines, OTA agents) is built again, as a card without power loses its sessions; its files, GP
@@ -480,7 +526,19 @@ def simulated_card(
     )
     counters = sms_counters(card) if profile.trigger == "sms" and not extra_channels else None
 
+    # a BIP probe instead of the OTA agent (uicc/bip_probes.py): a bad spec is a ValueError now, not at power-on
+    if bip_app is not None:
+        from bipsim.uicc.bip_probes import probe
+
+        probe(bip_app, config)
+
     def build_toolkit(agent: OtaAgent) -> None:
+        if bip_app is not None:
+            from bipsim.uicc.bip_probes import probe
+
+            probe_config, client = probe(bip_app, config)
+            card.toolkit = BipEngine(probe_config, client)
+            return
         engine = BipEngine(config, agent, trigger_on_profile=profile.trigger == "power-on")
         if not extra_channels:
             card.toolkit = engine if counters is None else sms_trigger(card, engine, profile, counters)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bipsim.scenarios.harness import RunResult
 from bipsim.trace.events import TraceEvent
@@ -24,6 +25,15 @@ class ScenarioOptions:
     port_a: str | None = None
     port_b: str | None = None
     card: str = "sim"  # bipsim cp --card: sim, or pcsc:N / pcsc:NAME (the embodiments only)
+    # the packet data plane (bipsim scenario run --radio/--network/--seed): the embodiments and the packet
+    # scenarios take them (a packet scenario's own impairment wins over --radio)
+    radio: str = "ideal"
+    network: str = "nat"
+    seed: int = 0
+
+    def plane(self) -> dict[str, Any]:
+        """The RunConfig fields of these options."""
+        return {"radio": self.radio, "network": self.network, "seed": self.seed}
 
 
 @dataclass

@@ -24,7 +24,11 @@ def embodiment_config(number: int, **settings: Any) -> RunConfig:
 
 def run_embodiment(number: int, options: ScenarioOptions) -> ScenarioResult:
     config = embodiment_config(
-        number, port_a=options.port_a, port_b=options.port_b, **card_settings(options.card)
+        number,
+        port_a=options.port_a,
+        port_b=options.port_b,
+        **card_settings(options.card),
+        **options.plane(),
     )
     run = run_processes(config, options.directory)
     check_ota_completed(run)

@@ -31,6 +31,7 @@ from typing import Any
 
 import trio
 
+from bipsim.commands.packet_options import cp_packet_args
 from bipsim.link.pty_relay import PtyPair
 from bipsim.trace.events import TraceEvent
 from bipsim.trace.reader import read_trace
@@ -75,6 +76,11 @@ class RunConfig:
     card: str = "sim"
     ota_listen: str | None = None
     card_state: Path | None = None
+    # the packet data plane of the CP (bipsim cp --radio/--network/--seed); the defaults add nothing to the
+    # command lines
+    radio: str = "ideal"
+    network: str = "nat"
+    seed: int = 0
 
 
 FieldTest = Callable[[dict[str, Any]], bool]
@@ -622,6 +628,7 @@ class Harness:
                 config.session,
                 *extra_args,
                 *slot_args,
+                *cp_packet_args(config.radio, config.network, config.seed),
                 *config.cp_args,
             )
             cp = await self._start("cp", [*self._cp_command, "--trace", str(self._trace_path("cp"))], nursery)

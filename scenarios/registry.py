@@ -18,6 +18,15 @@ from bipsim.scenarios.omapi import (
     omapi_non_nfc,
     omapi_two_readers,
 )
+from bipsim.scenarios.packet_plane import (
+    bip_dns,
+    bip_server,
+    bip_udp,
+    pdp_drop,
+    radio_gprs,
+    radio_lossy,
+    radio_outage,
+)
 from bipsim.scenarios.sms_trigger import sms_trigger, sms_trigger_bad_mac
 from bipsim.scenarios.usat import usat_menu
 
@@ -42,6 +51,13 @@ SCENARIOS: dict[str, Scenario] = {
     "omapi-denied": omapi_denied,
     "omapi-two-readers": omapi_two_readers,
     "omapi-nfc-legacy": omapi_nfc_legacy,
+    "radio-lossy": radio_lossy,
+    "radio-gprs": radio_gprs,
+    "pdp-drop": pdp_drop,
+    "radio-outage": radio_outage,
+    "bip-udp": bip_udp,
+    "bip-server": bip_server,
+    "bip-dns": bip_dns,
 }
 
 

@@ -7,10 +7,14 @@ gateway (nat), a deactivated context reaching the card as Channel Status "link d
 
 from __future__ import annotations
 
+import subprocess
+from functools import partial
 from ipaddress import IPv4Address
 from pathlib import Path
+from typing import Any
 
 import pytest
+import trio
 
 from bipsim.cp.bip_gateway import (
     DNS_REQUESTED,
@@ -160,3 +164,190 @@ def test_export_finds_the_raw_actors_before_the_first_descriptive_event(tmp_path
     data = path.read_bytes()
     assert int.from_bytes(data[20:24], "little") == 101  # LINKTYPE_RAW: a record is the IPv4 packet itself
     assert data.endswith(packet)
+
+
+# --- the own-stack bearer on the plane (in one process: the AP's proxy over memory, the OTA side a host socket) ----
+
+
+async def echo(stream: trio.SocketStream) -> None:
+    async with stream:
+        while data := await stream.receive_some(65536):
+            await stream.send_all(data)
+
+
+async def plane_rig(nursery: trio.Nursery, radio: str = "ideal", seed: int = 0) -> tuple[Any, Any, Tracer]:
+    """The AP's proxy (memory DLC 2), the CP's network, its packet plane running, and the own-stack bearer on it."""
+    from bipsim.ap.network import ApNetwork
+    from bipsim.cp.bearer_own_stack import OwnStackBearer, PacketPlane, PlaneOptions
+    from tests.test_gateway import ProxyRig
+
+    tracer = Tracer(keep=True)
+    rig = ProxyRig(ApNetwork())
+    await rig.start(nursery)
+    plane = PacketPlane(rig.cellular, PlaneOptions(radio=radio, seed=seed), tracer=tracer)
+    await nursery.start(plane.run)
+    bearer = OwnStackBearer(rig.link, rig.cellular, tracer=tracer, plane=plane, timeout=20)
+    return rig, bearer, tracer
+
+
+async def test_own_stack_bearer_carries_a_channel_through_its_stack_and_the_gateway() -> None:
+    from tests.test_gateway import request
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, host="127.0.0.1"), echo, 0)
+        port = listeners[0].socket.getsockname()[1]
+        rig, bearer, tracer = await plane_rig(nursery)
+        stream = await bearer.connect(1, request(bearer=2, port=port))
+        assert rig.cellular.contexts[1].address == "198.51.100.2"
+        await stream.send_all(b"hello over the radio")
+        got = b""
+        while len(got) < 20:
+            got += await stream.receive_some(100)
+        assert got == b"hello over the radio"
+        packets = [e for e in tracer.events if e.kind == "tcp.segment" or e.kind == "tcp.syn"]
+        assert packets and all(is_ipv4_packet(e.data) for e in packets)
+        sources = {IPv4Address(e.data[12:16]) for e in packets if e.src is Actor.CP}
+        assert sources == {IPv4Address("198.51.100.2")}  # the context's address, not the host's
+        await bearer.disconnect(1, stream)
+        assert not rig.cellular.contexts and not bearer.plane.links  # the context and its stack are gone
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_deactivated_context_breaks_its_channel_stream_as_link_dropped() -> None:
+    from tests.test_gateway import request
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, host="127.0.0.1"), echo, 0)
+        port = listeners[0].socket.getsockname()[1]
+        rig, bearer, tracer = await plane_rig(nursery)
+        stream = await bearer.connect(1, request(bearer=2, port=port))
+        assert rig.cellular.network_deactivate(1, "network test")
+        with pytest.raises(trio.BrokenResourceError, match="link dropped"):
+            await stream.receive_some(10)
+        ended = [e for e in tracer.events if e.field("event") == "pdp_deactivated"]
+        assert [e.field("reason") for e in ended] == ["network test"]
+        await bearer.disconnect(1, stream)  # the card's CLOSE CHANNEL after the drop: no error, nothing left
+        assert not rig.cellular.contexts
+        again = await bearer.connect(1, request(bearer=2, port=port))  # a new OPEN CHANNEL works again
+        await again.send_all(b"x")
+        assert await again.receive_some(1) == b"x"
+        nursery.cancel_scope.cancel()
+
+
+async def test_refused_connect_is_remote_device_not_reachable_and_frees_the_context() -> None:
+    from bipsim.cp.bearer import LinkError
+    from tests.test_gateway import request
+
+    refuser = trio.socket.socket()
+    await refuser.bind(("127.0.0.1", 0))  # bound, never listening: connects to it are refused
+    closed = refuser.getsockname()[1]
+    async with trio.open_nursery() as nursery:
+        rig, bearer, _ = await plane_rig(nursery)
+        with pytest.raises(LinkError) as caught:
+            await bearer.connect(1, request(bearer=2, port=closed))
+        assert (caught.value.general, caught.value.additional) == (0x3A, b"\x07")
+        assert not rig.cellular.contexts and not bearer.plane.links
+        nursery.cancel_scope.cancel()
+    refuser.close()
+
+
+# --- the packet scenarios, each a run of the three processes, with tshark on the CP's packets ----------------------
+
+
+def tshark_frames(pcap: Path, display_filter: str) -> list[str]:
+    """The frames of `pcap` that tshark's `display_filter` selects, one summary line each."""
+    out = subprocess.run(
+        ["tshark", "-r", str(pcap), "-Y", display_filter], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    return [line for line in out.stdout.splitlines() if line.strip()]
+
+
+def run_scenario(name: str, tmp_path: Path) -> tuple[Any, Path]:
+    """Runs scenario `name` in `tmp_path` and exports its pcap; returns (result, pcap)."""
+    from bipsim.scenarios.base import ScenarioOptions
+    from bipsim.scenarios.registry import SCENARIOS
+
+    result = SCENARIOS[name](ScenarioOptions(tmp_path / "run"))
+    pcap = tmp_path / f"{name}.pcap"
+    export_pcap(result.run.events, pcap)
+    return result, pcap
+
+
+def cp_packets(result: Any) -> list[Any]:
+    """The IPv4 packets the CP's own stack traced (layer ip/tcp/udp, a whole packet in the bytes)."""
+    return [e for e in result.run.events if e.layer.value in ("ip", "tcp", "udp") and is_ipv4_packet(e.data)]
+
+
+@pytest.mark.needs("tshark")
+def test_embodiment1_on_an_ideal_radio_has_clean_tcp_in_the_pcap(tmp_path: Path) -> None:
+    result, pcap = run_scenario("embodiment1", tmp_path)
+    assert any(e.kind == "tcp.syn" for e in cp_packets(result))
+    tcp = tshark_frames(pcap, "tcp")
+    assert tcp and any(
+        "198.51.100.2" in line for line in tcp
+    )  # the context's address, in the stack's packets
+    assert not tshark_frames(pcap, "_ws.malformed")
+    assert not tshark_frames(pcap, "tcp.analysis.ack_lost_segment || tcp.analysis.out_of_order")
+
+
+@pytest.mark.needs("tshark")
+def test_radio_lossy_completes_with_retransmissions_in_the_pcap(tmp_path: Path) -> None:
+    result, pcap = run_scenario("radio-lossy", tmp_path)
+    assert result.run.completed
+    assert any(e.kind == "ip.lost" for e in result.run.events)
+    assert tshark_frames(pcap, "tcp.analysis.retransmission")
+    assert not tshark_frames(pcap, "_ws.malformed")
+
+
+def test_radio_gprs_measures_open_channel_to_first_byte(tmp_path: Path) -> None:
+    result, _ = run_scenario("radio-gprs", tmp_path)
+    assert result.run.completed
+    profile = [e for e in result.run.events if e.field("event") == "bearer_up"]
+    assert profile and str(profile[0].field("radio")).startswith("gprs,delay=300")
+    assert any("first byte" in note for note in result.notes)
+
+
+def test_pdp_drop_tells_the_card_and_the_session_resumes_on_a_new_context(tmp_path: Path) -> None:
+    result, _ = run_scenario("pdp-drop", tmp_path)
+    events = result.run.events
+    dropped = [e for e in events if e.field("event") == "pdp_deactivated"]
+    status = [e for e in events if e.kind == "cat.envelope" and e.field("link") == "dropped"]
+    assert dropped and status and status[0].t > dropped[0].t
+    after = [e for e in events if e.field("event") == "pdp_active" and e.t > dropped[0].t]
+    assert after  # the new OPEN CHANNEL activated a context again
+    assert result.run.completed
+
+
+@pytest.mark.needs("tshark")
+def test_radio_outage_recovers_and_the_pcap_stays_well_formed(tmp_path: Path) -> None:
+    result, pcap = run_scenario("radio-outage", tmp_path)
+    assert result.run.completed
+    profiles = [e.field("loss") for e in result.run.events if e.field("event") == "link_profile"]
+    assert 1.0 in profiles and profiles[-1] == 0.0  # the outage came and went
+    assert not tshark_frames(pcap, "_ws.malformed")
+
+
+@pytest.mark.needs("tshark")
+def test_bip_udp_each_datagram_is_one_receive_data_unit(tmp_path: Path) -> None:
+    result, pcap = run_scenario("bip-udp", tmp_path)
+    assert "one RECEIVE DATA unit each" in result.notes[0]
+    assert len(tshark_frames(pcap, "udp && ip.addr == 198.51.100.2")) >= 6
+    assert not tshark_frames(pcap, "_ws.malformed")
+
+
+def test_bip_server_echoes_through_the_forwarded_port(tmp_path: Path) -> None:
+    result, _ = run_scenario("bip-server", tmp_path)
+    listening = [e for e in result.run.events if e.field("event") == "uicc_server_listening"]
+    assert (
+        listening and listening[0].field("address") == "198.51.100.2" and listening[0].field("port") == 3516
+    )
+    syns = [e for e in cp_packets(result) if e.kind == "tcp.syn" and e.dst is Actor.CP]
+    assert syns  # the client's SYN came over the radio to the CP's address
+
+
+@pytest.mark.needs("tshark")
+def test_bip_dns_names_the_dns_server_and_the_gateway_answers(tmp_path: Path) -> None:
+    result, pcap = run_scenario("bip-dns", tmp_path)
+    assert any(e.kind == "dns.answer" for e in result.run.events)
+    assert tshark_frames(pcap, "dns.flags.response == 1 && dns.a == 127.0.0.1")

@@ -17,6 +17,7 @@ from bipsim.commands.common import (
     trace_option,
     until_signalled,
 )
+from bipsim.commands.packet_options import packet_plane_options
 from bipsim.errors import CliError
 
 if TYPE_CHECKING:
@@ -132,9 +133,23 @@ if TYPE_CHECKING:
     metavar="PATH",
     type=click.Path(dir_okay=False),
     help="Listen on this UNIX socket for card moves: a line 'remove N' pulls the simulated card of slot N, "
-    "'insert N' puts it back, 'slots' lists the slots (answers: 'ok ...' or 'error ...'). For tests, scenarios "
-    "and benches that pull a card mid-session.",
+    "'insert N' puts it back, 'slots' lists the slots, 'contexts' the active packet data contexts, "
+    "'deactivate CID' has the network end a context (its channel's link drops), 'radio SPEC' gives every radio "
+    "bearer new figures (--radio's grammar; 'radio ideal,loss=1' is an outage). Answers: 'ok ...' or "
+    "'error ...'. For tests, scenarios and benches that pull a card or a context mid-session.",
 )
+@click.option(
+    "--bip-app",
+    "bip_app",
+    metavar="SPEC",
+    help="The simulated card runs this BIP application instead of its OTA session (for the packet plane's "
+    "scenarios): udp:HOST:PORT[:COUNT] sends COUNT (3) datagrams over a UDP client channel and reads each answer "
+    "as one unit; dns:NAME opens a UDP channel to the network's DNS server (198.51.100.1) asking in OPEN CHANNEL "
+    "for the DNS server addresses, and looks NAME up; server:PORT opens a channel in the UICC server mode on PORT "
+    "and echoes what a client sends until a line QUIT (bipsim cp prints nothing; the trace's app.event "
+    "uicc_server_listening names the host port forwarded to it).",
+)
+@packet_plane_options
 @trace_option
 @pcap_option
 @session_option
@@ -155,6 +170,10 @@ def cp(
     profile2_path: str | None,
     state2_path: str | None,
     card_control: str | None,
+    bip_app: str | None,
+    radio: str,
+    network_mode: str,
+    seed: int,
     trace_path: str | None,
     pcap_path: str | None,
     session: str | None,
@@ -197,7 +216,14 @@ def cp(
             raise CliError(f"--card-control {exc}") from exc
     if card2_kind is not None and card2_kind.startswith("trace:"):
         raise CliError("--card2 trace:F: a recorded card replays slot 1's session only")
-    card, recorded = open_card("--card", card_kind, profile_path, state_path, tracer, extra)
+    if bip_app is not None and (card_kind != "sim" or extra):
+        raise CliError("--bip-app needs --card sim and no --extra-channel")
+    try:
+        card, recorded = open_card(
+            "--card", card_kind, profile_path, state_path, tracer, extra, bip_app=bip_app
+        )
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
     card2 = None
     if card2_kind is not None:
         if card2_kind == "sim" and state2_path is not None and state2_path == state_path:
@@ -216,6 +242,9 @@ def cp(
             wait_for_line=wait_for_line,
             card_control=card_control,
             listen=listen_at,
+            radio=radio,
+            network=network_mode,
+            seed=seed,
         ),
         card,
         tracer=tracer,
@@ -252,6 +281,8 @@ def open_card(
     state_path: str | None,
     tracer: Tracer,
     extra: list[tuple[str, int]],
+    *,
+    bip_app: str | None = None,
 ) -> tuple[ApduTransport, RecordedCard | None]:
     """The card a --card/--card2 SPEC names, and the recorded card when it is one (its divergence is the exit
     code). `none` is an empty slot."""
@@ -259,7 +290,7 @@ def open_card(
     from bipsim.cp.modem import simulated_card
 
     if kind == "sim":
-        card, _ = simulated_card(profile_path, state_path, tracer, extra)
+        card, _ = simulated_card(profile_path, state_path, tracer, extra, bip_app)
         return card, None
     if (kind == "pcsc" or kind.startswith("pcsc:")) and (profile_path is not None or state_path is not None):
         # a card of the real world carries its own profile and keeps its own state: never ignore them silently

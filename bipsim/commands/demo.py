@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from bipsim.commands.packet_options import packet_plane_options
 from bipsim.errors import CliError
 from bipsim.scenarios.embodiments import card_settings, embodiment_config
 from bipsim.scenarios.harness import Harness, HarnessError, RunResult
@@ -257,9 +258,12 @@ async def _run_embodiment(
     timeout: float,
     verbose: bool,
     card: str = "sim",
+    plane: dict[str, object] | None = None,
 ) -> Outcome:
     outcome = Outcome(number, directory)
-    config = embodiment_config(number, port_a=port_a, port_b=port_b, timeout=timeout, **card_settings(card))
+    config = embodiment_config(
+        number, port_a=port_a, port_b=port_b, timeout=timeout, **card_settings(card), **(plane or {})
+    )
     harness = Harness(config, directory)
     harness.origin = origin  # one clock for the whole demo, so both sessions merge into one trace
     console.print()
@@ -478,6 +482,7 @@ def _check_output(option: str, path: str | None) -> None:
     "connects; its state stays behind the reader, so the summary checks the card by its status words. A PC/SC "
     "card runs one embodiment per demo (--embodiment 1 or 2).",
 )
+@packet_plane_options
 def demo(
     embodiment: str,
     trace_path: str | None,
@@ -488,6 +493,9 @@ def demo(
     keep_dir: str | None,
     verbose: bool,
     card: str,
+    radio: str,
+    network_mode: str,
+    seed: int,
 ) -> None:
     """Run the patent's embodiments end to end and show each step as it happens.
 
@@ -513,6 +521,10 @@ def demo(
       bipsim trace render demo.jsonl            # the full ladder of a saved trace
       socat -d -d pty,raw,echo=0 pty,raw,echo=0 # prints two ptys, e.g. /dev/pts/3 and /dev/pts/4
       bipsim demo --port-a /dev/pts/3 --port-b /dev/pts/4
+      bipsim demo --embodiment 1 --radio gprs,loss=2% --seed 7 --pcap lossy.pcap
+
+    --radio, --network and --seed set embodiment 1's packet data plane (the CP's own stack, its radio bearer and the
+    packet gateway. Without them the demo runs as it always has.
     """
     if bool(port_a) != bool(port_b):
         raise CliError("--port-a and --port-b go together")
@@ -560,6 +572,7 @@ def demo(
                     timeout=timeout,
                     verbose=verbose,
                     card=card,
+                    plane={"radio": radio, "network": network_mode, "seed": seed},
                 )
             )
         return outcomes

@@ -38,7 +38,9 @@ def radio_option(function: F) -> F:
         default="ideal",
         show_default=True,
         callback=check_link_spec,
-        help="The radio bearer of embodiment 1 (the CP's own stack to the packet gateway): " + LINK_GRAMMAR + ".",
+        help="The radio bearer of embodiment 1 (the CP's own stack to the packet gateway): "
+        + LINK_GRAMMAR
+        + ".",
     )(function)
 
 
@@ -58,12 +60,14 @@ def network_option(function: F) -> F:
     return click.option(
         "--network",
         "network_mode",
-        type=click.Choice(["nat", "tun"]),
+        type=click.Choice(["nat", "tun", "host"]),
         default="nat",
         show_default=True,
         help="The packet gateway behind the radio bearer: nat terminates each of the CP's TCP/UDP flows and opens "
         "a host socket for it (no privileges); tun writes the CP's packets into a TUN interface in a network "
-        "namespace the command makes (unshare -n: root or a user namespace), where the kernel's TCP answers.",
+        "namespace the command makes (unshare -n: root or a user namespace), where the kernel's TCP answers; host "
+        "has no packet plane at all: the CP connects from host sockets as it did before it had its own stack "
+        "(for comparisons such as bench/bench_e1_stack.py; no --radio, no packets in the trace).",
     )(function)
 
 

@@ -8,11 +8,24 @@ from pathlib import Path
 
 import click
 
+from bipsim.commands.packet_options import packet_plane_options
 from bipsim.errors import CliError
 
 MIN_DESCRIPTION = 30  # characters of description per line, however narrow the terminal says it is
 # the scenarios whose card may be one behind PC/SC: the others change the card's profile (link mode, trigger...)
 PCSC_SCENARIOS = ("embodiment1", "embodiment2")
+# the scenarios that take --radio/--network/--seed (the others set up their own network faults)
+PLANE_SCENARIOS = (
+    "embodiment1",
+    "embodiment2",
+    "radio-lossy",
+    "radio-gprs",
+    "pdp-drop",
+    "radio-outage",
+    "bip-udp",
+    "bip-server",
+    "bip-dns",
+)
 
 
 def check_card_spec(card: str) -> None:
@@ -74,6 +87,7 @@ def list_cmd() -> None:
     "card (embodiment1 and embodiment2 only) the OTA server listens at the built-in profile's address, "
     "127.0.0.1:4443, where a card served by `bipsim card serve --vpcd` connects.",
 )
+@packet_plane_options
 def run_cmd(
     name: str,
     trace_path: str | None,
@@ -82,6 +96,9 @@ def run_cmd(
     port_a: str | None,
     port_b: str | None,
     card: str,
+    radio: str,
+    network_mode: str,
+    seed: int,
 ) -> None:
     """Run scenario NAME; exit 0 when every check passed, 1 with the failed check otherwise."""
     import tempfile
@@ -101,11 +118,18 @@ def run_cmd(
                 f"--card {card}: scenario {name} sets up the card's profile itself; a PC/SC card runs "
                 f"{' and '.join(PCSC_SCENARIOS)}"
             )
+    plane = (radio, network_mode, seed) != ("ideal", "nat", 0)
+    if plane and name not in PLANE_SCENARIOS:
+        raise CliError(
+            f"--radio/--network/--seed: scenario {name} sets up its own network; they apply to "
+            f"{', '.join(PLANE_SCENARIOS)}"
+        )
     directory = Path(keep_dir) if keep_dir else Path(tempfile.mkdtemp(prefix=f"bipsim-{name}-"))
     directory.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     try:
-        result = SCENARIOS[name](ScenarioOptions(directory, port_a, port_b, card))
+        options = ScenarioOptions(directory, port_a, port_b, card, radio, network_mode, seed)
+        result = SCENARIOS[name](options)
     except (ScenarioFailed, HarnessError) as exc:
         raise CliError(f"scenario {name} failed: {exc}") from exc
     finally:
