@@ -23,11 +23,13 @@ address), those of `dns_servers` (the packet data context's, set by the adapter)
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 
 from bipsim.cp.local_info import LocalInfo, provide_local_information
+from bipsim.cp.toolkit_timers import TimerChange, ToolkitTimers
 from bipsim.uicc.bip_engine import IllegalTransition as IllegalTransition  # the project's one error type
 from bipsim.uicc.cat import (
     OPEN_BACKGROUND,
@@ -243,8 +245,24 @@ class SubmitShortMessage:
     tpdu: bytes
 
 
+@dataclass(frozen=True)
+class SendTimerExpiration:
+    """ENVELOPE TIMER EXPIRATION (TS 102 223 section 7.5, cp/toolkit_timers.py) of a toolkit timer that ran out."""
+
+    envelope: Envelope
+    timer: int
+
+
 Action = (
-    SendTerminalResponse | SendEnvelope | BearerOpen | BearerSend | BearerClose | HandToHost | SubmitShortMessage
+    SendTerminalResponse
+    | SendEnvelope
+    | BearerOpen
+    | BearerSend
+    | BearerClose
+    | HandToHost
+    | SubmitShortMessage
+    | TimerChange
+    | SendTimerExpiration
 )
 
 
@@ -290,6 +308,8 @@ class BipGateway:
         # proactive commands a host's toolkit has taken (27.007 section 12, cp/usat_commands.py); never BIP's
         self.host_commands: frozenset[int] = frozenset()
         self.local_info = LocalInfo()  # what PROVIDE LOCAL INFORMATION reports (the modem sets its network's)
+        self.timers = ToolkitTimers()  # TIMER MANAGEMENT's timers; `clock` is the adapter's (trio's in the CP)
+        self.clock: Callable[[], float] = time.monotonic
 
     # --- helpers -----------------------------------------------------------------------------------------------
 
@@ -405,6 +425,10 @@ class BipGateway:
             return [HandToHost(command)]
         if command.type == CommandType.SEND_SHORT_MESSAGE:
             return self._short_message(command)
+        if command.type == CommandType.TIMER_MANAGEMENT:  # cp/toolkit_timers.py: the adapter runs the clock
+            general, additional, objects, change = self.timers.on_command(command, self.clock())
+            tr: list[Action] = [self._tr(command, general, additional, objects)]
+            return tr + [change] if change is not None else tr
         if command.type == CommandType.PROVIDE_LOCAL_INFORMATION:  # cp/local_info.py
             general, objects = provide_local_information(command, self.local_info)
             return [self._tr(command, general, objects=objects)]
@@ -672,7 +696,13 @@ class BipGateway:
         self.channels.clear()
         self.events.clear()
         self.poll_interval = None
+        self.timers.clear()
         return actions
+
+    def on_timer_expired(self, timer: int, generation: int) -> list[Action]:
+        """A toolkit timer ran out: its TIMER EXPIRATION envelope, unless it was stopped or started again since."""
+        envelope = self.timers.expired(timer, generation)
+        return [SendTimerExpiration(envelope, timer)] if envelope is not None else []
 
     def on_link_dropped(self, channel_id: int) -> list[Action]:
         channel = self.channels.get(channel_id)

@@ -39,9 +39,11 @@ from bipsim.cp.bip_gateway import (
     LinkStatus,
     SendEnvelope,
     SendTerminalResponse,
+    SendTimerExpiration,
     SubmitShortMessage,
 )
 from bipsim.cp.card_driver import CardDriver
+from bipsim.cp.toolkit_timers import TimerChange
 from bipsim.trace.events import Actor, Layer
 from bipsim.trace.kinds import Kind
 from bipsim.trace.recorder import NULL_TRACER, Tracer
@@ -121,7 +123,17 @@ class Wake:
     generation: int = 0
 
 
-LinkEvent = LinkUp | LinkFailed | LinkData | LinkDown | Wake
+@dataclass(frozen=True)
+class TimerFired:
+    """A toolkit timer (TIMER MANAGEMENT) ran out; `start` tells its start from a later one of the same timer."""
+
+    timer: int
+    start: int
+    channel: int = 0
+    generation: int = 0
+
+
+LinkEvent = LinkUp | LinkFailed | LinkData | LinkDown | Wake | TimerFired
 
 RP_INVALID_MANDATORY_INFORMATION = 96  # TS 24.011 section 8.2.5.4: an SMSC that refused the card's TPDU as malformed
 
@@ -164,6 +176,7 @@ class BipService:
         self.host: Callable[[ProactiveCommand], Awaitable[None]] | None = None
         # the network's SMSC (net/smsc.py): takes a SEND SHORT MESSAGE's TPDU, returns its TP-MR
         self.sms_submit: Callable[[bytes], int] | None = None
+        self._timers: dict[int, trio.CancelScope] = {}  # the running toolkit timers' tasks
 
     def wake(self) -> None:
         """Fetch now: the card may have a command after a host's TR or envelope (it answered 91 xx)."""
@@ -207,6 +220,7 @@ class BipService:
             self.session_finished.set()
             task_status.started()
             return
+        self.gateway.clock = trio.current_time  # toolkit timers count on the run's clock
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             task_status.started()
@@ -271,6 +285,8 @@ class BipService:
     def _on_event(self, event: LinkEvent) -> list[Action]:
         if isinstance(event, Wake):
             return []  # the loop fetches whatever the card has pending
+        if isinstance(event, TimerFired):
+            return self.gateway.on_timer_expired(event.timer, event.start)
         if event.generation != self._generation.get(event.channel, 0):
             return []  # an event of a link the card has since closed
         if isinstance(event, LinkUp):
@@ -305,11 +321,32 @@ class BipService:
                 await self._to_host(action.command)
             elif isinstance(action, SubmitShortMessage):
                 await self._apply(self._submit(action))
+            elif isinstance(action, TimerChange):
+                self._set_timer(action)
+            elif isinstance(action, SendTimerExpiration):
+                await self.driver.envelope(action.envelope, f"ENVELOPE: TIMER EXPIRATION (timer {action.timer})")
             elif isinstance(action, BearerClose):
                 stream = self._streams.pop(action.channel, None)
                 if stream is not None:
                     assert self._nursery is not None
                     self._nursery.start_soon(self._disconnect, action.channel, stream)
+
+    def _set_timer(self, change: TimerChange) -> None:
+        """Starts (or stops) the task that reports a toolkit timer's expiry to the card loop."""
+        old = self._timers.pop(change.timer, None)
+        if old is not None:
+            old.cancel()
+        if change.seconds is None or self._nursery is None:
+            return
+        scope = trio.CancelScope()
+        self._timers[change.timer] = scope
+
+        async def run(seconds: float) -> None:
+            with scope:
+                await trio.sleep(seconds)
+                await self._events_tx.send(TimerFired(change.timer, change.generation))
+
+        self._nursery.start_soon(run, change.seconds)
 
     async def _to_host(self, command: ProactiveCommand) -> None:
         """A command for the host's toolkit: the URC goes out; the TR comes with the host's +CUSATT."""

@@ -12,7 +12,8 @@ Named profiles (docs/protocols.md, "Terminal profiles"):
   recorded traces replay unchanged;
 - `modem`: what the CP's own BIP gateway carries out (cp/bip_gateway.py): BIP, events, MORE TIME, POLL INTERVAL,
   POLLING OFF, SEND SHORT MESSAGE (to the network's SMSC), PROVIDE LOCAL INFORMATION (location, IMEI, date and
-  time, language, access technology, IMEISV: cp/local_info.py), SMS-PP data download;
+  time, language, access technology, IMEISV: cp/local_info.py), TIMER MANAGEMENT and TIMER EXPIRATION
+  (cp/toolkit_timers.py), SMS-PP data download;
 - `host-usat`: `modem` plus what a 27.007 section 12 host toolkit offers (`HOST_FACILITIES`: DISPLAY TEXT, GET
   INKEY, GET INPUT, SELECT ITEM, SET UP MENU and MENU SELECTION, SET UP IDLE MODE TEXT, LAUNCH BROWSER, PLAY TONE);
 - `full`: every one-bit facility of the table that is not RFU (those TS 102 223 reserves for 3GPP included: TS
@@ -273,11 +274,13 @@ MODEM_COMMANDS: frozenset[int] = frozenset(
         CommandType.MORE_TIME,
         CommandType.SEND_SHORT_MESSAGE,
         CommandType.PROVIDE_LOCAL_INFORMATION,
+        CommandType.TIMER_MANAGEMENT,
     }
 )
 
 MODEM_FACILITIES: tuple[str, ...] = (
-    "profile_download", "sms_pp_data_download", "sms_pp_data_download_9exx_response_code", "command_result",
+    "profile_download", "sms_pp_data_download", "sms_pp_data_download_9exx_response_code", "timer_expiration",
+    "timer_management_start_stop", "timer_management_get_current_value", "command_result",
     "more_time", "poll_interval", "polling_off", "send_short_message", "set_up_event_list",
     "event_data_available", "event_channel_status", "open_channel", "close_channel", "receive_data", "send_data",
     "get_channel_status", "gprs", "provide_local_information_mcc_mnc_lac_cell_id_and_imei",

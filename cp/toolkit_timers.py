@@ -1,0 +1,130 @@
+"""The terminal's toolkit timers (ETSI TS 102 223 sections 6.4.21 TIMER MANAGEMENT and 7.5 TIMER EXPIRATION),
+sans-IO: commands and the current time in, the terminal response's result and objects and the timer to start or
+stop out. The adapter (cp/bip_service.py) runs the clock and reports an expiry with `expired`.
+
+Timers 1 to 8 (section 8.37). Qualifier bits 1-2 (section 8.6): 00 start (with its timer value), 01 deactivate,
+10 get the current value. The value (section 8.38) is hours, minutes and seconds, each a swapped BCD byte. A timer
+that is not running cannot be deactivated or read: result 0x24 (action in contradiction with the current timer
+state). Starting a running timer starts it again. The TERMINAL RESPONSE carries the timer identifier, and for
+deactivate and get the time left; the TIMER EXPIRATION envelope (tag D7) the timer identifier and the value it was
+started with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from bipsim.uicc.cat import (
+    CatObject,
+    DeviceId,
+    Envelope,
+    EnvelopeTag,
+    GeneralResult,
+    ProactiveCommand,
+    Tag,
+    obj,
+)
+
+TIMERS = range(1, 9)
+START, DEACTIVATE, GET_VALUE = 0, 1, 2
+MAX_SECONDS = 24 * 3600 - 1
+
+
+def _bcd(value: int) -> int:
+    return (value % 10) << 4 | value // 10  # swapped semi-octets: the units digit in the high nibble
+
+
+def _from_bcd(byte: int) -> int:
+    low, high = byte & 0x0F, byte >> 4
+    if low > 9 or high > 9:
+        raise ValueError(f"timer value byte {byte:02X} is not BCD")
+    return low * 10 + high
+
+
+def timer_value(seconds: int) -> bytes:
+    """Section 8.38: hours, minutes, seconds in swapped BCD."""
+    seconds = max(0, min(seconds, MAX_SECONDS))
+    return bytes((_bcd(seconds // 3600), _bcd(seconds // 60 % 60), _bcd(seconds % 60)))
+
+
+def seconds_of(value: bytes) -> int:
+    """The seconds a timer value holds; ValueError when it is not 3 BCD bytes with minutes and seconds < 60."""
+    if len(value) != 3:
+        raise ValueError("a timer value is 3 bytes")
+    hours, minutes, seconds = (_from_bcd(b) for b in value)
+    if minutes > 59 or seconds > 59:
+        raise ValueError("minutes and seconds are below 60")
+    return hours * 3600 + minutes * 60 + seconds
+
+
+@dataclass(frozen=True)
+class TimerChange:
+    """Start (`seconds` set) or stop (`seconds` None) timer `timer`; `generation` tells a late expiry of an
+    earlier start from the current one."""
+
+    timer: int
+    seconds: float | None
+    generation: int
+
+
+@dataclass
+class ToolkitTimers:
+    """The running timers: identifier -> (deadline, seconds started with, generation)."""
+
+    running: dict[int, tuple[float, int, int]] = field(default_factory=dict)
+    _generation: int = 0
+
+    def on_command(
+        self, command: ProactiveCommand, now: float
+    ) -> tuple[int, bytes, list[CatObject], TimerChange | None]:
+        """TIMER MANAGEMENT: (general result, additional information, objects of the TR, the timer change)."""
+        action = command.qualifier & 0x03
+        identifier = command.get(Tag.TIMER_IDENTIFIER)
+        if identifier is None or len(identifier.value) != 1:
+            return GeneralResult.REQUIRED_VALUES_MISSING, b"", [], None
+        timer = identifier.value[0]
+        if timer not in TIMERS or action not in (START, DEACTIVATE, GET_VALUE):
+            return GeneralResult.DATA_NOT_UNDERSTOOD, b"", [], None
+        ident = obj(Tag.TIMER_IDENTIFIER, bytes((timer,)), cr=True)
+        if action == START:
+            value = command.get(Tag.TIMER_VALUE)
+            if value is None:
+                return GeneralResult.REQUIRED_VALUES_MISSING, b"", [], None
+            try:
+                seconds = seconds_of(value.value)
+            except ValueError:
+                return GeneralResult.DATA_NOT_UNDERSTOOD, b"", [], None
+            self._generation += 1
+            self.running[timer] = (now + seconds, seconds, self._generation)
+            return GeneralResult.OK, b"", [ident], TimerChange(timer, seconds, self._generation)
+        state = self.running.get(timer)
+        if state is None:
+            return GeneralResult.ACTION_CONTRADICTS_TIMER, b"", [], None
+        deadline, _, generation = state
+        left = obj(Tag.TIMER_VALUE, timer_value(round(max(0.0, deadline - now))), cr=False)
+        if action == GET_VALUE:
+            return GeneralResult.OK, b"", [ident, left], None
+        del self.running[timer]
+        return GeneralResult.OK, b"", [ident, left], TimerChange(timer, None, generation)
+
+    def expired(self, timer: int, generation: int) -> Envelope | None:
+        """The TIMER EXPIRATION envelope of a timer that ran out, None when that start was deactivated or
+        restarted meanwhile."""
+        state = self.running.get(timer)
+        if state is None or state[2] != generation:
+            return None
+        del self.running[timer]
+        return Envelope(
+            (
+                obj(Tag.DEVICE_IDENTITIES, bytes((DeviceId.TERMINAL, DeviceId.UICC)), cr=True),
+                obj(Tag.TIMER_IDENTIFIER, bytes((timer,)), cr=True),
+                obj(Tag.TIMER_VALUE, timer_value(state[1]), cr=True),
+            ),
+            EnvelopeTag.TIMER_EXPIRATION,
+        )
+
+    def clear(self) -> list[int]:
+        """The card went away: every timer stops; returns their identifiers."""
+        timers = sorted(self.running)
+        self.running.clear()
+        return timers
