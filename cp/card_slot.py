@@ -159,6 +159,8 @@ class CardSlot:
         )
         self.driver = driver if driver is not None else CardDriver(self, tracer=self.tracer)
         self.listeners: list[Callable[[CardRemoved], None]] = []
+        # told of every presence change (a card gone, a card back): a vendor dialect's SIM-state URCs
+        self.change_listeners: list[Callable[[Change], None]] = []
         self.reason = "the slot is empty" if self.absent else ""
         self.powered = 0  # how many times power_on answered an ATR
         self._inserted = trio.Event()
@@ -249,6 +251,8 @@ class CardSlot:
             self.notice(summary)
         if change is Change.INSERTED:
             self._gone = trio.Event()
+        for listener in list(self.change_listeners):
+            listener(change)
         return change
 
     async def wait_gone(self) -> None:

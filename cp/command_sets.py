@@ -35,4 +35,7 @@ def build_command_sets(core: ModemCommands, tracer: Tracer, settings: dict[str, 
     from bipsim.cp.sms_commands import SmsCommands  # 27.005: SMS storages, PDU/text mode, indications
 
     sets.append(SmsCommands(core, tracer, settings))
+    from bipsim.cp.dialects import dialect_set  # vendor dialects (--dialect): LAST, it replaces core handlers
+
+    sets.append(dialect_set(core, tracer, settings))
     return sets

@@ -3,8 +3,9 @@
 - Line assembly (V.250 section 5.2): characters up to S3 (CR), S5 (backspace) edits, "A/" repeats the last line,
   characters before the "AT" prefix are ignored (section 5.2.1).
 - Parsing (sections 5.3-5.4): "AT" prefix, basic commands (E0, V1, Q0, Z, I, &F, S3=13, S3?), extended commands with
-  a "+" or vendor "%" prefix in their four forms: action/execute "+X", read "+X?", test "+X=?", set "+X=<args>",
-  concatenated with ";". Arguments are numbers, quoted strings with 27.007 "\\XX" escapes, or omitted.
+  a "+" or a vendor's "%" or "#" prefix (V.250 5.4.1 leaves other prefixes to manufacturers; Telit's are "#") in
+  their four forms: action/execute "+X", read "+X?", test "+X=?", set "+X=<args>", concatenated with ";".
+  Arguments are numbers, quoted strings with 27.007 "\\XX" escapes, or omitted.
 - Result formatting (section 5.7): verbose ("<CR><LF>OK<CR><LF>") or numeric ("0<CR>"), quiet suppression.
 """
 
@@ -148,7 +149,7 @@ def parse_line(line: str) -> list[AtRequest]:
         if ch in " ;":
             i += 1
             continue
-        if ch in "+%":
+        if ch in "+%#":
             segment, i = _split_extended(body, i)
             j = 1
             while j < len(segment) and segment[j].upper() in EXTENDED_NAME_CHARS and segment[j] not in "=?":

@@ -106,6 +106,16 @@ if TYPE_CHECKING:
     "names its bits; a host's AT+CUSATA=2 sends the merged MT and TE profiles later.",
 )
 @click.option(
+    "--dialect",
+    type=click.Choice(["generic", "quectel", "simcom", "ublox", "telit"]),
+    default="generic",
+    show_default=True,
+    help="The vendor AT dialect the modem speaks (docs/protocols.md, 'Vendor dialects'): generic (3GPP TS 27.007 "
+    "as it is), or the identification, SIM-state URCs (+QSIMSTAT, +SIMCARD, +UUSIMSTAT, #QSS), ICCID command, "
+    "+CCHO/+CGLA quirks, settings (+QCFG) and boot URCs of a Quectel, SIMCom, u-blox or Telit module, each after "
+    "its public AT manual.",
+)
+@click.option(
     "--card2",
     "card2_kind",
     metavar="SPEC",
@@ -170,6 +180,7 @@ def cp(
     profile2_path: str | None,
     state2_path: str | None,
     card_control: str | None,
+    dialect: str,
     bip_app: str | None,
     radio: str,
     network_mode: str,
@@ -241,6 +252,7 @@ def cp(
             terminal_profile=profile,
             wait_for_line=wait_for_line,
             card_control=card_control,
+            command_settings={"dialect": dialect},
             listen=listen_at,
             radio=radio,
             network=network_mode,
