@@ -70,6 +70,8 @@ TRANSITIONS: dict[tuple[UsatState, UsatEvent], UsatState] = {
     (UsatState.AWAITING_RESPONSE, UsatEvent.ACTIVATE): UsatState.AWAITING_RESPONSE,
     (UsatState.ACTIVE, UsatEvent.PROACTIVE): UsatState.AWAITING_RESPONSE,
     (UsatState.AWAITING_RESPONSE, UsatEvent.RESPONSE): UsatState.ACTIVE,
+    # a new command while one waits: the card gave up on the old one (a reset, a REFRESH): the new one replaces it
+    (UsatState.AWAITING_RESPONSE, UsatEvent.PROACTIVE): UsatState.AWAITING_RESPONSE,
     (UsatState.INACTIVE, UsatEvent.CARD_GONE): UsatState.INACTIVE,
     (UsatState.ACTIVE, UsatEvent.CARD_GONE): UsatState.ACTIVE,
     (UsatState.AWAITING_RESPONSE, UsatEvent.CARD_GONE): UsatState.ACTIVE,
@@ -108,6 +110,13 @@ class UsatCommands:
         self.mt_profile = tp.MODEM
         self.service: BipService | None = None
         self.pending: ProactiveCommand | None = None  # the command the host was handed and has not answered
+        slot = core.slots.get(1)  # the toolkit's card: when it goes, no TR is awaited from the host any more
+        if slot is not None:
+            slot.listeners.append(lambda exc: self.card_gone())
+
+    def card_gone(self) -> None:
+        self.move(UsatEvent.CARD_GONE)
+        self.pending = None
 
     # --- wiring ------------------------------------------------------------------------------------------------
 
@@ -304,8 +313,7 @@ class UsatCommands:
         try:
             sw = await driver.terminal_response(response)
         except CardRemoved as exc:
-            self.move(UsatEvent.CARD_GONE)
-            self.pending = None
+            self.card_gone()
             raise CmeError(CME_SIM_NOT_INSERTED) from exc
         self.move(UsatEvent.RESPONSE)
         self.pending = None

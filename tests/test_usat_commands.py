@@ -38,6 +38,7 @@ from bipsim.uicc.cat import (
     text_decode,
 )
 from bipsim.uicc.sim_transport import SimulatedCard
+from bipsim.uicc.transport import CardRemoved
 from bipsim.uicc.usat_menu import HELLO, ITEMS, SMS_SUBMIT, MenuToolkit
 
 
@@ -302,3 +303,20 @@ def test_the_modems_send_short_message_reaches_the_networks_smsc() -> None:
     assert isinstance(refused, SendTerminalResponse)
     assert refused.response.result == (GeneralResult.SMS_RP_ERROR, b"\x60")
     assert len(modem.network.smsc.mo) == 1
+
+
+async def test_a_card_that_goes_away_ends_the_wait_for_the_hosts_response(rig: Rig) -> None:
+    menu = await rig.activate()
+    assert rig.usat.state is UsatState.AWAITING_RESPONSE
+    rig.usat.core.slots[1].gone(CardRemoved("pulled"))
+    assert rig.usat.state is UsatState.ACTIVE and rig.usat.pending is None
+    tr = TerminalResponse.build(menu, GeneralResult.OK)
+    assert (await rig.at(f'AT+CUSATT="{tr.encode().hex()}"')).cme_error == 3  # nothing awaits it now
+
+
+async def test_a_new_command_replaces_an_unanswered_one(rig: Rig) -> None:
+    first = await rig.activate()
+    second = ProactiveCommand.build(CommandType.DISPLAY_TEXT, number=first.number + 1)
+    await rig.usat.proactive(second)  # as the gateway hands over a command the card sent after a reset
+    assert (await rig.proactive()).number == second.number
+    assert rig.usat.pending == second and rig.usat.state is UsatState.AWAITING_RESPONSE
