@@ -8,7 +8,8 @@ ended the proactive session (it answered 90 00 to the host's TR). docs/protocols
 
 Profile storages (<profile_storage>, 27.007 section 12.2.1): 0 the TE profile (+CUSATW), 1 the MT profile (what the
 CP's gateway carries out), 2 the MT default profile (the same: the CP has no other), 3 the profile last sent to the
-card, 5 the MT-only facilities (the TE may not take them). 4 (the card's EF_UST) is not offered.
+card, 4 the card's EF_UST (TS 31.102 section 4.2.8, read from the USIM), 5 the MT-only facilities (the TE may
+not take them).
 
 The activation and the host's proactive session are one small state machine (`UsatState`, `TRANSITIONS`): a TR from
 the host when no command waits for one, or a TR or envelope before activation, is +CME ERROR: 3 (operation not
@@ -34,6 +35,7 @@ from bipsim.uicc.cat import (
     decode_envelope,
     decode_terminal_response,
 )
+from bipsim.uicc.fs import USIM_AID
 from bipsim.uicc.tlv import TlvError
 from bipsim.uicc.transport import CardRemoved
 
@@ -47,7 +49,7 @@ CME_SIM_FAILURE = 13
 CME_SIM_BUSY = 14
 CME_BAD_PARAMETERS = 50
 HEX = frozenset("0123456789abcdefABCDEF")
-STORAGES = (0, 1, 2, 3, 5)  # <profile_storage>s offered (27.007 section 12.2.1); 4, EF_UST, is not
+STORAGES = (0, 1, 2, 3, 4, 5)  # <profile_storage>s (27.007 section 12.2.1)
 SW_BUSY = 0x9300  # the toolkit is busy (TS 102 221 section 10.2.1.1): <busy> 1, the MT does not retry
 
 
@@ -194,7 +196,7 @@ class UsatCommands:
     async def cusatr(self, request: AtRequest) -> list[str] | None:
         """+CUSATR[=<profile_storage>] (27.007 section 12.2.1)."""
         if request.kind is CommandKind.TEST:
-            return ["+CUSATR: (0-3,5)"]
+            return ["+CUSATR: (0-5)"]
         if request.kind is CommandKind.READ:
             raise AtCommandError()
         storages: tuple[int, ...] = STORAGES
@@ -212,7 +214,30 @@ class UsatCommands:
             3: self.uicc_profile,
             5: tp.MODEM,
         }
+        if 4 in storages:
+            profiles[4] = await self._ust()
         return [f'+CUSATR: {storage},"{profiles[storage].hex().upper()}"' for storage in storages]
+
+    async def _ust(self) -> bytes:
+        """EF_UST of the USIM (TS 31.102 section 4.2.8): SELECT the ADF by its AID, SELECT 6F38, READ BINARY."""
+        slot = self.core.slots.get(1)
+        if slot is not None and slot.absent:
+            raise CmeError(CME_SIM_NOT_INSERTED)
+        driver = self.core.driver
+        try:
+            for apdu, what in (
+                (b"\x00\xa4\x04\x04" + bytes((len(USIM_AID),)) + USIM_AID, "+CUSATR SELECT ADF"),
+                (b"\x00\xa4\x00\x04\x02\x6f\x38", "+CUSATR SELECT EF_UST"),
+            ):
+                _, sw = await driver.transmit(apdu, what)
+                if sw != 0x9000 and sw >> 8 not in (0x91, 0x62, 0x63):
+                    raise CmeError(CME_SIM_FAILURE)
+            data, sw = await driver.transmit(b"\x00\xb0\x00\x00\x00", "+CUSATR READ BINARY EF_UST")
+        except CardRemoved as exc:
+            raise CmeError(CME_SIM_NOT_INSERTED) from exc
+        if sw != 0x9000 and sw >> 8 != 0x91:
+            raise CmeError(CME_SIM_FAILURE)
+        return data
 
     async def cusatw(self, request: AtRequest) -> list[str] | None:
         """+CUSATW[=<profile_storage>[,<profile>]] (27.007 section 12.2.2): writes the TE profile (storage 0);

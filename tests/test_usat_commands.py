@@ -37,6 +37,7 @@ from bipsim.uicc.cat import (
     obj,
     text_decode,
 )
+from bipsim.uicc.fs import ust_bytes
 from bipsim.uicc.sim_transport import SimulatedCard
 from bipsim.uicc.transport import CardRemoved
 from bipsim.uicc.usat_menu import HELLO, ITEMS, SMS_SUBMIT, MenuToolkit
@@ -142,10 +143,10 @@ async def rig(nursery: trio.Nursery) -> AsyncIterator[Rig]:
 
 
 async def test_profiles_read_and_write(rig: Rig) -> None:
-    assert (await rig.at("AT+CUSATR=?")).lines == ["+CUSATR: (0-3,5)"]
+    assert (await rig.at("AT+CUSATR=?")).lines == ["+CUSATR: (0-5)"]
     assert (await rig.at("AT+CUSATR=2")).lines == [f'+CUSATR: 2,"{tp.MODEM.hex().upper()}"']
     every = await rig.at("AT+CUSATR")
-    assert [line.split(",")[0] for line in every.lines] == [f"+CUSATR: {n}" for n in (0, 1, 2, 3, 5)]
+    assert [line.split(",")[0] for line in every.lines] == [f"+CUSATR: {n}" for n in range(6)]
     assert every.lines[0] == '+CUSATR: 0,""'  # no TE profile yet
     assert (
         every.lines[3] == f'+CUSATR: 3,"{tp.NAMED["bip-only"].hex().upper()}"'
@@ -163,7 +164,9 @@ async def test_profiles_read_and_write(rig: Rig) -> None:
     assert (await rig.at('AT+CUSATW=9,"00"')).cme_error == 50
     assert (await rig.at('AT+CUSATW=0,"0G"')).cme_error == 50
     assert (await rig.at('AT+CUSATW=0,"123"')).cme_error == 50
-    assert (await rig.at("AT+CUSATR=4")).cme_error == 50  # EF_UST is not offered
+    # the card's EF_UST, read from the USIM (TS 31.102 4.2.8)
+    assert (await rig.at("AT+CUSATR=4")).lines == [f'+CUSATR: 4,"{ust_bytes().hex().upper()}"']
+    assert (await rig.at("AT+CUSATR=6")).cme_error == 50
     assert (await rig.at("AT+CUSATW")).ok
     assert (await rig.at("AT+CUSATR=0")).lines == ['+CUSATR: 0,""']
 
