@@ -135,7 +135,9 @@ class TimerFired:
 
 LinkEvent = LinkUp | LinkFailed | LinkData | LinkDown | Wake | TimerFired
 
-RP_INVALID_MANDATORY_INFORMATION = 96  # TS 24.011 section 8.2.5.4: an SMSC that refused the card's TPDU as malformed
+RP_INVALID_MANDATORY_INFORMATION = (
+    96  # TS 24.011 section 8.2.5.4: an SMSC that refused the card's TPDU as malformed
+)
 
 DISCONNECT_TIME = 5.0  # seconds the links of a card that went away get to close before they are abandoned
 
@@ -171,6 +173,9 @@ class BipService:
         # torn down) before the new one asks for the same data DLC
         self._connecting: dict[int, trio.Lock] = {}
         self._nursery: trio.Nursery | None = None
+        self._disconnecting = 0  # links whose close is under way
+        self._all_closed = trio.Event()
+        self._all_closed.set()
         driver.fetch_labeler = self._fetch_step
         # the host's toolkit (cp/usat_commands.py): takes a proactive command the gateway handed over (+CUSATP)
         self.host: Callable[[ProactiveCommand], Awaitable[None]] | None = None
@@ -324,7 +329,9 @@ class BipService:
             elif isinstance(action, TimerChange):
                 self._set_timer(action)
             elif isinstance(action, SendTimerExpiration):
-                await self.driver.envelope(action.envelope, f"ENVELOPE: TIMER EXPIRATION (timer {action.timer})")
+                await self.driver.envelope(
+                    action.envelope, f"ENVELOPE: TIMER EXPIRATION (timer {action.timer})"
+                )
             elif isinstance(action, BearerClose):
                 stream = self._streams.pop(action.channel, None)
                 if stream is not None:
@@ -378,7 +385,22 @@ class BipService:
         )
         return self.gateway.sms_result(command, reference)
 
+    async def links_closed(self, timeout: float) -> None:
+        """Waits (at most `timeout` seconds) until no link's close is under way."""
+        with trio.move_on_after(timeout):
+            await self._all_closed.wait()
+
     async def _disconnect(self, channel: int, stream: trio.abc.Stream) -> None:
+        self._disconnecting += 1
+        self._all_closed = trio.Event()
+        try:
+            await self._disconnect_link(channel, stream)
+        finally:
+            self._disconnecting -= 1
+            if not self._disconnecting:
+                self._all_closed.set()
+
+    async def _disconnect_link(self, channel: int, stream: trio.abc.Stream) -> None:
         try:
             await self.bearer.disconnect(channel, stream)
         except Exception as exc:

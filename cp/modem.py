@@ -29,7 +29,7 @@ import trio
 from bipsim.cp.bearer import Bearer
 from bipsim.cp.bearer_ap_proxy import ApProxyBearer
 from bipsim.cp.bearer_own_stack import OwnStackBearer, PacketPlane, PlaneOptions
-from bipsim.cp.bip_service import BipService
+from bipsim.cp.bip_service import DISCONNECT_TIME, BipService
 from bipsim.cp.card_slot import RETRY_MAX, RETRY_MIN, CardSlot
 from bipsim.cp.command_sets import build_command_sets
 from bipsim.cp.commands import ModemCommands
@@ -302,6 +302,8 @@ class Modem:
             if self.options.once:
                 await self.service.session_finished.wait()
                 await trio.sleep(0.3)  # let the last envelopes and the card's state save complete
+                # and the links' closes (a FIN and its answer take a round trip of a slow radio)
+                await self.service.links_closed(DISCONNECT_TIME)
                 nursery.cancel_scope.cancel()
         return 0
 
