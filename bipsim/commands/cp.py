@@ -62,7 +62,8 @@ if TYPE_CHECKING:
     help="Card profile for --card sim: a built-in NAME (default; omapi: ARA-M rules granting the test application "
     "the echo applet; omapi-no-rules: no ARA-M; omapi-empty: an empty rule set; omapi-malformed: a broken rule "
     "TLV; omapi-arf: the rules as PKCS#15 access rule files; usat-menu: a SIM toolkit menu for a host's toolkit, "
-    "no OTA session) or a TOML/JSON FILE of keys over the default "
+    "no OTA session; phonebook: a dozen contacts, FDN, SDN and an own number for the phonebook commands) or a "
+    "TOML/JSON FILE of keys over the default "
     "(uicc/default_profile.toml).",
 )
 @click.option(
