@@ -6,7 +6,7 @@ citing the public AT manual it follows: identification (+CGMI/+CGMM/+CGMR and th
 +QCFG-style settings hosts probe, the boot URCs a freshly opened line shows, and the default echo/verbose settings.
 
 The set is installed LAST (cp/command_sets.py), so it replaces core handlers (identification) and wraps others (the
-answer form of +CCHO). "generic" is the 27.007 modem of cp/commands.py unchanged. The identification strings are those
+test forms of +CCHO, +CCHC, +CGLA). "generic" is the 27.007 modem of cp/commands.py unchanged. The identification strings are those
 of one typical module of each manual; the card's answers (ICCID, presence) are the simulated card's own.
 """
 
@@ -59,7 +59,6 @@ class Dialect:
     cgmr_prefix: str = ""  # some answer +CGMR with a "+CGMR: " prefix
     echo: bool = True  # E1 after power-on / &F
     verbose: bool = True  # V1
-    ccho_bare: bool = False  # +CCHO answers the bare <sessionid> line instead of "+CCHO: <sessionid>"
     uicc_test_forms: bool = True  # +CCHO=?, +CCHC=?, +CGLA=? answer OK (False: ERROR, as some firmwares do)
     boot_urcs: tuple[str, ...] = ()  # what a freshly opened line shows before the first command
     sim_status: SimStatus | None = None
@@ -244,7 +243,7 @@ class DialectCommands:
         ]
 
     def _wrap_uicc(self, server: AtServer) -> None:
-        """The +CCHO answer form and the test forms of the logical-channel commands."""
+        """The test forms of the logical-channel commands (some firmwares answer them ERROR)."""
         for name in ("+CCHO", "+CCHC", "+CGLA"):
             inner = server.handlers.get(name)
             if inner is None:
@@ -259,10 +258,7 @@ class DialectCommands:
         async def answer(request: AtRequest) -> list[str] | None:
             if request.kind is CommandKind.TEST and not dialect.uicc_test_forms:
                 raise AtCommandError()
-            lines = await inner(request)
-            if name == "+CCHO" and dialect.ccho_bare and lines:
-                lines = [line.removeprefix("+CCHO: ") for line in lines]
-            return lines
+            return await inner(request)
 
         return answer
 
