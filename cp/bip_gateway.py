@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 
 from bipsim.cp.local_info import LocalInfo, provide_local_information
+from bipsim.cp.toolkit_sms import PACKING_REQUIRED, pack_submit
 from bipsim.cp.toolkit_timers import TimerChange, ToolkitTimers
 from bipsim.uicc.bip_engine import IllegalTransition as IllegalTransition  # the project's one error type
 from bipsim.uicc.cat import (
@@ -441,6 +442,11 @@ class BipGateway:
         tpdu = command.get(Tag.SMS_TPDU)
         if tpdu is None or not tpdu.value:
             return [self._tr(command, GeneralResult.REQUIRED_VALUES_MISSING)]
+        if command.qualifier & PACKING_REQUIRED:  # the terminal packs the text (cp/toolkit_sms.py)
+            try:
+                return [SubmitShortMessage(command, pack_submit(tpdu.value))]
+            except ValueError:
+                return [self._tr(command, GeneralResult.DATA_NOT_UNDERSTOOD)]
         return [SubmitShortMessage(command, tpdu.value)]
 
     def sms_result(self, command: ProactiveCommand, reference: int | None, rp_cause: int = 0) -> list[Action]:

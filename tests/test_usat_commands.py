@@ -323,3 +323,24 @@ async def test_a_new_command_replaces_an_unanswered_one(rig: Rig) -> None:
     await rig.usat.proactive(second)  # as the gateway hands over a command the card sent after a reset
     assert (await rig.proactive()).number == second.number
     assert rig.usat.pending == second and rig.usat.state is UsatState.AWAITING_RESPONSE
+
+
+def test_send_short_message_packing_by_the_terminal() -> None:
+    """Qualifier bit 1 (TS 102 223 6.4.10): 8-bit GSM text packed into septets, the DCS changed to 7-bit."""
+    from bipsim.cp.toolkit_sms import pack_submit
+
+    eight_bit = bytes.fromhex("01000891515500100004026869")  # DCS 04, "hi" one octet a character
+    assert pack_submit(eight_bit) == SMS_SUBMIT  # DCS 00, "hi" packed: E8 34
+    class_1 = bytes.fromhex("010008915155001000F5026869")  # data coding/message class group, 8-bit, class 1
+    assert pack_submit(class_1)[9] == 0xF1  # TP-DCS: 7-bit, class 1
+    assert pack_submit(SMS_SUBMIT) == SMS_SUBMIT  # already 7-bit
+    gateway = BipGateway()
+    packing = ProactiveCommand.build(
+        CommandType.SEND_SHORT_MESSAGE, [obj(Tag.SMS_TPDU, eight_bit)], qualifier=1
+    )
+    assert gateway.on_command(packing) == [SubmitShortMessage(packing, SMS_SUBMIT)]
+    binary = bytes.fromhex("0100089151550010000402FF00")
+    bad = ProactiveCommand.build(CommandType.SEND_SHORT_MESSAGE, [obj(Tag.SMS_TPDU, binary)], qualifier=1)
+    (tr,) = gateway.on_command(bad)
+    assert isinstance(tr, SendTerminalResponse)
+    assert tr.response.result[0] == GeneralResult.DATA_NOT_UNDERSTOOD
