@@ -18,13 +18,15 @@ from ipaddress import IPv4Address
 import pytest
 import trio
 import trio.testing
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from scapy.layers.inet import IP
 from scapy.layers.inet import TCP as ScapyTCP
 from scapy.packet import Raw, raw
 
 from bipsim.net.icmp import IcmpMessage, Unreachable, destination_unreachable, echo_request
 from bipsim.net.ipv4 import ICMP, TCP, UDP, Ipv4Packet
-from bipsim.net.stack import EPHEMERAL_PORTS, FlowRequest, IpStack
+from bipsim.net.stack import EPHEMERAL_PORTS, FlowRequest, IpStack, TcpListener
 from bipsim.net.tcp import TcpConfig
 from bipsim.net.tcp_segment import TcpFlags, TcpSegment
 from bipsim.net.udp import UdpDatagram
@@ -534,3 +536,63 @@ def test_random_garbage_never_raises(seed: int) -> None:
             data = Ipv4Packet(NET, CP, proto, rnd.randbytes(rnd.randrange(40))).encode()
         stack.receive_packet(data)
     assert not any("stack error" in str(e.fields) for e in tracer.events), listener_key
+
+
+async def test_an_icmp_error_about_an_established_connection_leaves_it_to_tcp(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with joined() as pair:
+        listener = await pair.net.listen_tcp(443)
+        async with trio.open_nursery() as nursery:
+            streams: list[object] = []
+
+            async def server() -> None:
+                streams.append(await listener.accept())
+
+            nursery.start_soon(server)
+            stream = await pair.cp.open_tcp(NET, 443)
+        # RFC 1122 4.2.3.9: a soft error; the connection goes on
+        message = destination_unreachable(Unreachable.HOST, pair.up.sent[-1])
+        pair.down.send_channel.send_nowait(Ipv4Packet(NET, CP, ICMP, message.encode()).encode())
+        await trio.testing.wait_all_tasks_blocked()
+        assert stream.connection.state.name == "ESTABLISHED"
+        await stream.send_all(b"still here")
+        assert await streams[0].receive_some() == b"still here"  # type: ignore[attr-defined]
+
+
+async def test_the_promiscuous_stack_answers_pings_to_any_address(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with joined(promiscuous=True) as pair:
+        await pair.cp.ping(IPv4Address("192.0.2.99"))
+        reply = pair.kinds(pair.net_trace, Kind.ICMP_MESSAGE)[-1]
+        assert reply.src == Actor.NET and reply.fields["src"] == "192.0.2.99"  # type: ignore[index]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([443, 444]),
+            st.integers(0, 0xFF),
+            st.integers(0, 0xFFFFFFFF),
+            st.integers(0, 0xFFFFFFFF),
+            st.integers(0, 0xFFFF),
+            st.binary(max_size=40),
+        ),
+        max_size=30,
+    )
+)
+def test_arbitrary_segments_through_the_stack_never_raise(
+    segments: list[tuple[int, int, int, int, int, bytes]],
+) -> None:
+    """Valid packets carrying arbitrary TCP segments (any flags, numbers, windows) to a listening port and a closed
+    one: each is traced, and nothing escapes receive_packet (the stack's last guard would say "stack error")."""
+    stack, _, tracer = _stack()
+    stack._listeners[(CP, 443)] = TcpListener(stack, (CP, 443), 4)
+    for dport, flags, seq, ack, window, payload in segments:
+        segment = TcpSegment(4000, dport, seq, ack, TcpFlags(flags), window, payload)
+        before = len(tracer.events)
+        stack.receive_packet(Ipv4Packet(NET, CP, TCP, segment.encode(NET, CP)).encode())
+        assert len(tracer.events) > before
+    assert not any("stack error" in str(e.fields) for e in tracer.events)
