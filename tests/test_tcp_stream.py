@@ -235,3 +235,40 @@ async def test_cancelled_aclose_sends_rst(autojump_clock: trio.testing.MockClock
         with pytest.raises(trio.ClosedResourceError):
             await s1.send_all(b"x")
         nursery.cancel_scope.cancel()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the same checks over the stack that drives connections in the product (net/stack.py), two stacks joined by memory
+
+
+async def _stack_pair(nursery: trio.Nursery, seed: int) -> tuple[TcpStream, TcpStream]:
+    from bipsim.net.stack import IpStack
+
+    to_server, server_inbox = trio.open_memory_channel[bytes](math.inf)
+    to_client, client_inbox = trio.open_memory_channel[bytes](math.inf)
+    client = IpStack(A, to_server.send_nowait, rng=random.Random(seed))
+    server = IpStack(B, to_client.send_nowait, rng=random.Random(seed + 1))
+
+    async def deliver(inbox: trio.MemoryReceiveChannel[bytes], stack: IpStack) -> None:
+        async for packet in inbox:
+            stack.receive_packet(packet)
+
+    await nursery.start(client.run)
+    await nursery.start(server.run)
+    nursery.start_soon(deliver, server_inbox, server)
+    nursery.start_soon(deliver, client_inbox, client)
+    listener = await server.listen_tcp(443)
+    near = await client.open_tcp(B, 443)
+    far = await listener.accept()
+    return near, far
+
+
+async def test_check_half_closeable_stream_over_ip_stacks(autojump_clock: trio.testing.MockClock) -> None:
+    async with trio.open_nursery() as nursery:
+        seeds = iter(range(1, 1000, 2))
+
+        async def maker() -> tuple[TcpStream, TcpStream]:
+            return await _stack_pair(nursery, next(seeds))
+
+        await trio.testing.check_half_closeable_stream(maker, None)
+        nursery.cancel_scope.cancel()
