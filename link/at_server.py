@@ -293,7 +293,9 @@ class AtServer:
         """The text entry of 3GPP TS 27.005 section 3.5.1, for a handler: writes the prompt (S3, S4, `> `), then
         takes characters up to Ctrl-Z (0x1A, the text ends) or ESC (0x1B, cancelled). Bytes that came behind the
         command line are the text's first; bytes behind the Ctrl-Z/ESC are command lines again. The text is
-        echoed under ATE1 and traced (at.text); at most `limit` characters are kept."""
+        traced (at.text) and not echoed, whatever ATE says (V.250 echo is of command lines; oFono's parser takes an
+        echoed PDU for an answer line and then misses the next unsolicited PDU). At most `limit` characters are
+        kept."""
         self._text_taken = True
         prompt = bytes((self.format.s3, self.format.s4)) + b"> "
         await self._write(prompt, Kind.AT_INFO, "> (text entry)", prompt=True)
@@ -305,8 +307,6 @@ class AtServer:
             ends = [i for i in (pending.find(b"\x1a"), pending.find(b"\x1b")) if i >= 0]
             cut = min(ends) if ends else len(pending)
             part = pending[:cut]
-            if self.echo and part:
-                await self._write(part, Kind.AT_ECHO, "echo (text entry)")
             room = limit - len(text)
             overflow = overflow or len(part) > room
             text += part[: max(room, 0)]
