@@ -75,6 +75,8 @@ class ModemOptions:
     radio: str = "ideal"
     network: str = "nat"
     seed: int = 0
+    # tun mode: (port, host, host port) relays from 203.0.113.10:port in the namespace to the host (--tun-relay)
+    tun_relays: tuple[tuple[int, str, int], ...] = ()
 
 
 REOPEN_INTERVAL = 0.2  # seconds between attempts to reopen a line that went away
@@ -218,7 +220,9 @@ class Modem:
             None
             if options.network == "host"
             else PacketPlane(
-                self.network, PlaneOptions(options.radio, options.network, options.seed), tracer=tracer
+                self.network,
+                PlaneOptions(options.radio, options.network, options.seed, options.tun_relays),
+                tracer=tracer,
             )
         )
         self.bearer = make_bearer(options.bearer, self.proxy, self.network, tracer, self.plane)

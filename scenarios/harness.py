@@ -585,8 +585,15 @@ class Harness:
                 )
                 extra_port = await self._wait_for_port(self.dir / f"{name}.log", name)
                 extra_args += ["--extra-channel", f"127.0.0.1:{extra_port}"]
+            plane_args = cp_packet_args(config.radio, config.network, config.seed)
+            tun_host: dict[str, Any] = {}
+            if config.network == "tun" and config.server:
+                # the card reaches the server at its address in the CP's namespace (203.0.113.10), where the
+                # namespace's kernel accepts and the CP carries the bytes to the server on the host
+                tun_host = {"ota_host": "203.0.113.10"}
+                plane_args += ["--tun-relay", f"{port}:127.0.0.1:{port}"]
             profile = load_profile().with_overrides(
-                ota_port=port, link_mode=config.link_mode, **config.profile
+                ota_port=port, link_mode=config.link_mode, **{**tun_host, **config.profile}
             )
             (self.dir / "profile.toml").write_text(dump_profile(profile))
             slot_args: list[str] = []
@@ -628,7 +635,7 @@ class Harness:
                 config.session,
                 *extra_args,
                 *slot_args,
-                *cp_packet_args(config.radio, config.network, config.seed),
+                *plane_args,
                 *config.cp_args,
             )
             cp = await self._start("cp", [*self._cp_command, "--trace", str(self._trace_path("cp"))], nursery)

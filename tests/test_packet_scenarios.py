@@ -351,3 +351,36 @@ def test_bip_dns_names_the_dns_server_and_the_gateway_answers(tmp_path: Path) ->
     result, pcap = run_scenario("bip-dns", tmp_path)
     assert any(e.kind == "dns.answer" for e in result.run.events)
     assert tshark_frames(pcap, "dns.flags.response == 1 && dns.a == 127.0.0.1")
+
+
+@pytest.mark.needs("unshare", "ip", "nsenter")
+async def test_tun_mode_the_kernel_tcp_in_the_namespace_is_the_far_end_of_the_channel() -> None:
+    """--network tun: the CP's SYN goes through the TUN to the namespace's kernel, which accepts it at
+    203.0.113.10 (a listener made inside the namespace) and the plane carries the bytes to a host server."""
+    from bipsim.ap.network import ApNetwork
+    from bipsim.cp.bearer_own_stack import OwnStackBearer, PacketPlane, PlaneOptions
+    from tests.test_gateway import ProxyRig, request
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, host="127.0.0.1"), echo, 0)
+        port = listeners[0].socket.getsockname()[1]
+        tracer = Tracer(keep=True)
+        rig = ProxyRig(ApNetwork())
+        await rig.start(nursery)
+        options = PlaneOptions(network="tun", tun_relays=((4443, "127.0.0.1", port),))
+        plane = PacketPlane(rig.cellular, options, tracer=tracer)
+        await nursery.start(plane.run)
+        bearer = OwnStackBearer(rig.link, rig.cellular, tracer=tracer, plane=plane, timeout=20)
+        stream = await bearer.connect(1, request(bearer=2, destination="203.0.113.10", port=4443))
+        payload = bytes(range(256)) * 64  # 16 KiB: several segments each way
+        await stream.send_all(payload)
+        got = b""
+        while len(got) < len(payload):
+            got += await stream.receive_some(65536)
+        assert got == payload
+        syn_ack = [e for e in tracer.events if e.kind == "tcp.syn" and e.dst is Actor.CP]
+        assert syn_ack and IPv4Address(syn_ack[0].data[12:16]) == IPv4Address(
+            "203.0.113.10"
+        )  # the kernel's answer
+        await bearer.disconnect(1, stream)
+        nursery.cancel_scope.cancel()

@@ -17,7 +17,7 @@ from bipsim.commands.common import (
     trace_option,
     until_signalled,
 )
-from bipsim.commands.packet_options import packet_plane_options
+from bipsim.commands.packet_options import packet_plane_options, tun_relay_option
 from bipsim.errors import CliError
 
 if TYPE_CHECKING:
@@ -162,6 +162,7 @@ if TYPE_CHECKING:
     "uicc_server_listening names the host port forwarded to it).",
 )
 @packet_plane_options
+@tun_relay_option
 @trace_option
 @pcap_option
 @session_option
@@ -187,6 +188,7 @@ def cp(
     radio: str,
     network_mode: str,
     seed: int,
+    tun_relays: tuple[tuple[int, str, int], ...],
     trace_path: str | None,
     pcap_path: str | None,
     session: str | None,
@@ -229,6 +231,8 @@ def cp(
             raise CliError(f"--card-control {exc}") from exc
     if card2_kind is not None and card2_kind.startswith("trace:"):
         raise CliError("--card2 trace:F: a recorded card replays slot 1's session only")
+    if tun_relays and network_mode != "tun":
+        raise CliError("--tun-relay needs --network tun")
     if bip_app is not None and (card_kind != "sim" or extra):
         raise CliError("--bip-app needs --card sim and no --extra-channel")
     try:
@@ -259,6 +263,7 @@ def cp(
             radio=radio,
             network=network_mode,
             seed=seed,
+            tun_relays=tun_relays,
         ),
         card,
         tracer=tracer,

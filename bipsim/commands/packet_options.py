@@ -98,3 +98,37 @@ def cp_packet_args(radio: str, network_mode: str, seed: int) -> list[str]:
     if seed:
         args += ["--seed", str(seed)]
     return args
+
+
+def tun_relay_option(function: F) -> F:
+    return click.option(
+        "--tun-relay",
+        "tun_relays",
+        multiple=True,
+        metavar="PORT[:HOST:HOSTPORT]",
+        callback=check_tun_relays,
+        help="With --network tun: the namespace's kernel listens at 203.0.113.10:PORT (the address a card's OPEN "
+        "CHANNEL names in tun mode) and each connection it accepts is carried to HOST:HOSTPORT on the host "
+        "(127.0.0.1:PORT by default), e.g. an OTA server there. Repeatable.",
+    )(function)
+
+
+def parse_tun_relay(text: str) -> tuple[int, str, int]:
+    """`PORT[:HOST:HOSTPORT]` -> (port, host, host port); ValueError with a message for the command line."""
+    parts = text.split(":")
+    if len(parts) not in (1, 3) or not all(part.isdigit() for part in parts[:: 2 if len(parts) == 3 else 1]):
+        raise ValueError(f"{text!r}: use PORT or PORT:HOST:HOSTPORT")
+    port = int(parts[0])
+    host, host_port = (parts[1], int(parts[2])) if len(parts) == 3 else ("127.0.0.1", port)
+    if not (0 < port < 65536 and 0 < host_port < 65536) or not host:
+        raise ValueError(f"{text!r}: ports are 1..65535")
+    return port, host, host_port
+
+
+def check_tun_relays(
+    ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
+) -> tuple[tuple[int, str, int], ...]:
+    try:
+        return tuple(parse_tun_relay(text) for text in value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
