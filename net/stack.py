@@ -222,6 +222,9 @@ class IpStack:
         self.address = IPv4Address(address)
         self._transmit = transmit
         self.tracer = tracer
+        # the null tracer records nothing: then the fields and summaries of a packet are not even built (they cost
+        # as much CPU as the TCP rules themselves)
+        self._tracing = tracer is not NULL_TRACER
         self.actor = actor
         self.peer = peer
         self.rng = rng if rng is not None else random.Random()
@@ -811,6 +814,8 @@ class IpStack:
         sent: bool,
         error: bool = False,
     ) -> None:
+        if not self._tracing:
+            return
         src, dst = (self.actor, self.peer) if sent else (self.peer, self.actor)
         self.tracer.emit(src, dst, layer, summary, data, kind=kind, fields=fields, error=error)
 
@@ -839,11 +844,13 @@ class IpStack:
         sent: bool,
         retransmitted: Retransmitted | None = None,
     ) -> None:
-        flags = segment.flags.names()
+        if not self._tracing:
+            return
+        flags = _flag_names(segment.flags)
         fields: dict[str, Any] = {
-            "src": str(packet.source),
+            "src": _text(packet.source),
             "sport": segment.source_port,
-            "dst": str(packet.destination),
+            "dst": _text(packet.destination),
             "dport": segment.destination_port,
             "flags": flags,
             "seq": segment.seq,
@@ -866,9 +873,11 @@ class IpStack:
         self._trace(kind, Layer.TCP, raw, fields, summary, sent=sent)
 
     def _trace_icmp(self, packet: Ipv4Packet, message: IcmpMessage, raw: bytes, *, sent: bool) -> None:
+        if not self._tracing:
+            return
         fields: dict[str, Any] = {
-            "src": str(packet.source),
-            "dst": str(packet.destination),
+            "src": _text(packet.source),
+            "dst": _text(packet.destination),
             "type": message.type,
             "code": message.code,
         }
@@ -884,9 +893,11 @@ class IpStack:
         self._trace(Kind.ICMP_MESSAGE, Layer.IP, raw, fields, summary, sent=sent)
 
     def _trace_fragment(self, packet: Ipv4Packet, raw: bytes, *, sent: bool, complete: bool) -> None:
+        if not self._tracing:
+            return
         fields: dict[str, Any] = {
-            "src": str(packet.source),
-            "dst": str(packet.destination),
+            "src": _text(packet.source),
+            "dst": _text(packet.destination),
             "protocol": packet.protocol,
             "id": packet.identification,
             "offset": packet.fragment_offset,
@@ -902,9 +913,11 @@ class IpStack:
         self._trace(Kind.IP_FRAGMENT, Layer.IP, raw, fields, summary, sent=sent)
 
     def _trace_packet(self, raw: bytes, packet: Ipv4Packet, *, sent: bool, summary: str) -> None:
+        if not self._tracing:
+            return
         fields: dict[str, Any] = {
-            "src": str(packet.source),
-            "dst": str(packet.destination),
+            "src": _text(packet.source),
+            "dst": _text(packet.destination),
             "protocol": packet.protocol,
         }
         self._trace(
@@ -917,11 +930,32 @@ class IpStack:
         )
 
 
+_TEXT: dict[IPv4Address, str] = {}
+_FLAG_NAMES: dict[int, str] = {}
+
+
+def _text(address: IPv4Address) -> str:
+    """str(address), remembered: a stack sees few addresses and formats them for every packet."""
+    text = _TEXT.get(address)
+    if text is None:
+        if len(_TEXT) > 4096:
+            _TEXT.clear()
+        text = _TEXT[address] = str(address)
+    return text
+
+
+def _flag_names(flags: TcpFlags) -> str:
+    names = _FLAG_NAMES.get(flags)
+    if names is None:
+        names = _FLAG_NAMES[flags] = flags.names()
+    return names
+
+
 def _udp_fields(packet: Ipv4Packet, datagram: UdpDatagram) -> dict[str, Any]:
     return {
-        "src": str(packet.source),
+        "src": _text(packet.source),
         "sport": datagram.source_port,
-        "dst": str(packet.destination),
+        "dst": _text(packet.destination),
         "dport": datagram.destination_port,
         "len": len(datagram.payload),
     }
