@@ -384,3 +384,19 @@ async def test_tun_mode_the_kernel_tcp_in_the_namespace_is_the_far_end_of_the_ch
         )  # the kernel's answer
         await bearer.disconnect(1, stream)
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.needs("unshare", "ip", "nsenter", "tshark")
+def test_embodiment1_with_network_tun_runs_against_the_kernels_tcp(tmp_path: Path) -> None:
+    from bipsim.scenarios.base import ScenarioOptions
+    from bipsim.scenarios.registry import SCENARIOS
+
+    result = SCENARIOS["embodiment1"](ScenarioOptions(tmp_path / "run", network="tun"))
+    assert any(e.field("event") == "tun_relay" for e in result.run.events)
+    pcap = tmp_path / "tun.pcap"
+    export_pcap(result.run.events, pcap)
+    # the SYN/ACK is the namespace kernel's (Linux offers a window scale of its own), from 203.0.113.10
+    assert tshark_frames(pcap, "ip.src == 203.0.113.10 && tcp.flags.syn == 1 && tcp.flags.ack == 1")
+    assert not tshark_frames(
+        pcap, "_ws.malformed || tcp.analysis.ack_lost_segment || tcp.analysis.out_of_order"
+    )
