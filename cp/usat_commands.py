@@ -317,6 +317,10 @@ class UsatCommands:
             activated=activation,
             commands=sorted(commands),
         )
+        if (
+            self.pending is not None
+        ):  # a host that came back (a new line session) gets the command still waiting
+            await self._urc(f'+CUSATP: "{self.pending.encode().hex().upper()}"')
 
     async def cusatt(self, request: AtRequest) -> list[str] | None:
         """+CUSATT=<terminal_response> (27.007 section 12.2.4): the host's TR for the command of its +CUSATP."""

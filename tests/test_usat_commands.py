@@ -344,3 +344,12 @@ def test_send_short_message_packing_by_the_terminal() -> None:
     (tr,) = gateway.on_command(bad)
     assert isinstance(tr, SendTerminalResponse)
     assert tr.response.result[0] == GeneralResult.DATA_NOT_UNDERSTOOD
+
+
+async def test_activating_again_hands_over_the_command_still_waiting(rig: Rig) -> None:
+    """A host that reconnects (a new line session) and activates again gets the command the card still waits on."""
+    menu = await rig.activate()
+    assert (await rig.at("AT+CUSATA=1")).ok
+    again = await rig.proactive()
+    assert again == menu
+    assert await rig.answer(again) == "+CUSATEND"
