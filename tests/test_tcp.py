@@ -1166,3 +1166,75 @@ def test_ack_after_timeout_carries_the_highest_sequence_sent() -> None:
     s.receive(ack[0], 2.5)
     assert not _of(s.events(), Rejected)
     assert s.snd_una == s.snd_max
+
+
+def _into(state: TcpState) -> TcpConnection:
+    """A connection (our side of a pair) driven into `state` by real segments."""
+    if state is TcpState.SYN_SENT:
+        c = TcpConnection.active(L, R, iss=10, now=0.0)
+        c.outgoing()
+        return c
+    if state is TcpState.SYN_RECEIVED:
+        s = TcpConnection.passive(TcpSegment(443, 40000, 99, 0, TcpFlags.SYN, 1000), L, R, iss=10, now=0.0)
+        s.outgoing()
+        return s
+    c, s = _pair()
+    if state in (TcpState.FIN_WAIT_1, TcpState.FIN_WAIT_2, TcpState.CLOSING, TcpState.TIME_WAIT):
+        c.shutdown(1.0)
+        fin = _only(c)
+        if state in (TcpState.FIN_WAIT_2, TcpState.TIME_WAIT):
+            s.receive(fin, 1.0)
+            c.receive(_only(s), 1.0)
+    if state in (TcpState.CLOSE_WAIT, TcpState.CLOSING, TcpState.LAST_ACK, TcpState.TIME_WAIT):
+        c.receive(_seg(c, TcpFlags.FIN | TcpFlags.ACK, ack=c.snd_una), 1.0)
+        if state is TcpState.LAST_ACK:
+            c.shutdown(1.0)
+    c.outgoing()
+    c.events()
+    assert c.state is state
+    return c
+
+
+_SYNCHRONIZED = [
+    TcpState.SYN_RECEIVED,
+    TcpState.ESTABLISHED,
+    TcpState.FIN_WAIT_1,
+    TcpState.FIN_WAIT_2,
+    TcpState.CLOSE_WAIT,
+    TcpState.CLOSING,
+    TcpState.LAST_ACK,
+    TcpState.TIME_WAIT,
+]
+
+
+@pytest.mark.parametrize("state", _SYNCHRONIZED, ids=lambda s: s.name)
+def test_rst_in_every_synchronized_state(state: TcpState) -> None:
+    # RFC 5961 3.2: in the window but not at RCV.NXT: a challenge ACK, nothing else
+    c = _into(state)
+    c.receive(_seg(c, TcpFlags.RST, seq=c.rcv_nxt + 1), 2.0)
+    assert c.state is state
+    challenge = _only(c)
+    assert challenge.flags == TcpFlags.ACK and challenge.ack == c.rcv_nxt & 0xFFFFFFFF
+    # outside the window: dropped without an answer
+    c.receive(_seg(c, TcpFlags.RST, seq=c.rcv_nxt + (1 << 20)), 2.0)
+    assert c.state is state and c.outgoing() == []
+    # exactly at RCV.NXT: the connection is gone, an error only where data could still be lost
+    c.receive(_seg(c, TcpFlags.RST, seq=c.rcv_nxt), 2.0)
+    assert c.state is TcpState.CLOSED and c.outgoing() == [] and c.next_deadline() is None
+    events = c.events()
+    if state in (TcpState.CLOSING, TcpState.LAST_ACK, TcpState.TIME_WAIT):
+        assert c.error is None and not _of(events, Reset)
+    else:
+        assert c.error is not None and _of(events, Reset)
+
+
+@pytest.mark.parametrize("state", [TcpState.SYN_SENT, *_SYNCHRONIZED], ids=lambda s: s.name)
+def test_abort_and_drop_in_every_state(state: TcpState) -> None:
+    c = _into(state)
+    c.abort(3.0)
+    sent = c.outgoing()
+    assert c.state is TcpState.CLOSED and c.next_deadline() is None
+    assert [TcpFlags.RST in x.flags for x in sent] == ([] if state is TcpState.SYN_SENT else [True])
+    d = _into(state)
+    d.drop("radio gone")
+    assert d.state is TcpState.CLOSED and d.outgoing() == [] and d.error == "link dropped: radio gone"
