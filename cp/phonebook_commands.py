@@ -3,10 +3,11 @@ answered from the card's files through the slot's card driver (SELECT, READ RECO
 
 Storages (docs/protocols.md, "Phonebook"): "SM" the USIM phonebook's EF_ADN, found through EF_PBR (TS 31.102
 4.4.2.1), or DF_TELECOM's EF_ADN on a card without one, with EF_EXT1 for numbers over 20 digits; the USIM's
-"FD" EF_FDN (its updates need PIN2: `+CPBS="FD","<PIN2>"` verifies it), "SD" EF_SDN (read only) and "ON"
-EF_MSISDN (the own numbers +CNUM lists). Record codecs: uicc/phonebook.py. Texts are in the +CSCS character set
-(27.007 5.5, uicc/gsm_text.py te_encode/te_decode); numbers are dial strings whatever the set, as 27.007 8.12
-gives <number> with its <type> (129 unknown, 145 international) and only <text> in the TE set.
+"FD" EF_FDN (its updates need PIN2: `+CPBS="FD","<PIN2>"` verifies it), "SD" EF_SDN (read only), "ON"
+EF_MSISDN (the own numbers +CNUM lists) and "EN" EF_ECC (the emergency call codes, read only). Record codecs:
+uicc/phonebook.py. Texts are in the +CSCS character set (27.007 5.5, uicc/gsm_text.py te_encode/te_decode);
+numbers are dial strings whatever the set, as 27.007 8.12 gives <number> with its <type> (129 unknown, 145
+international) and only <text> in the TE set.
 
 Errors (27.007 9.2.1): 3 not allowed (a read-only storage, FDN without PIN2), 4 an unknown storage, 16 wrong PIN2,
 20 memory full (no free record or EF_EXT1 record), 21 invalid index, 22 nothing found (+CPBF), 24 text string too
@@ -28,6 +29,7 @@ from bipsim.link.at_syntax import AtArg, AtRequest, CommandKind
 from bipsim.uicc.fs import USIM_AID, pin_block
 from bipsim.uicc.gsm_text import te_decode, te_encode
 from bipsim.uicc.phonebook import (
+    ECC_ALPHA,
     EMPTY_EXT,
     EXT_DIGITS,
     MAIN_DIGITS,
@@ -39,6 +41,7 @@ from bipsim.uicc.phonebook import (
     PhonebookError,
     alpha_size,
     check_number,
+    decode_ecc,
     decode_entry,
     decode_pbr,
     empty_record,
@@ -83,6 +86,7 @@ class Storage:
     ext: tuple[bytes, ...] | None
     writable: bool = True
     pin2: bool = False
+    ecc: bool = False  # EF_ECC records (TS 31.102 4.2.21) instead of ADN-type ones
 
 
 TELECOM_SM = Storage("SM", (MF, DF_TELECOM, b"\x6f\x3a"), (MF, DF_TELECOM, b"\x6f\x4a"))
@@ -91,6 +95,7 @@ STORAGES = {
     "FD": Storage("FD", (MF, ADF_USIM, b"\x6f\x3b"), None, pin2=True),
     "SD": Storage("SD", (MF, ADF_USIM, b"\x6f\x49"), None, writable=False),
     "ON": Storage("ON", (MF, ADF_USIM, b"\x6f\x40"), None),
+    "EN": Storage("EN", (MF, ADF_USIM, b"\x6f\xb7"), None, writable=False, ecc=True),
 }
 
 
@@ -113,10 +118,18 @@ class Book:
         return sum(1 for record in self.records if not is_free(record))
 
     def entry(self, index: int) -> Entry | None:
+        if self.storage.ecc:
+            return decode_ecc(self.records[index - 1])
         return decode_entry(self.records[index - 1], self.ext)
 
     @property
+    def text_length(self) -> int:
+        return ECC_ALPHA if self.storage.ecc else alpha_size(self.record_length)
+
+    @property
     def max_digits(self) -> int:
+        if self.storage.ecc:
+            return 6
         if self.ext_path is None or not self.ext:
             return MAIN_DIGITS
         return MAIN_DIGITS + EXT_DIGITS * min(MAX_EXT_RECORDS, len(self.ext))
@@ -343,7 +356,7 @@ class PhonebookCommands:
         """+CPBR=<index1>[,<index2>] (27.007 8.12): the entries in that range (free ones are left out)."""
         book = await self._book(slot)
         if request.kind is CommandKind.TEST:
-            return [f"+CPBR: (1-{len(book.records)}),{book.max_digits},{alpha_size(book.record_length)}"]
+            return [f"+CPBR: (1-{len(book.records)}),{book.max_digits},{book.text_length}"]
         if request.kind is not CommandKind.SET:
             raise AtCommandError()
         first, last = self._range(request, book)
@@ -359,7 +372,7 @@ class PhonebookCommands:
         22 when none does."""
         book = await self._book(slot)
         if request.kind is CommandKind.TEST:
-            return [f"+CPBF: {book.max_digits},{alpha_size(book.record_length)}"]
+            return [f"+CPBF: {book.max_digits},{book.text_length}"]
         if request.kind is not CommandKind.SET:
             raise AtCommandError()
         if len(request.args) != 1:
@@ -382,7 +395,7 @@ class PhonebookCommands:
         if request.kind is CommandKind.TEST:
             return [
                 f"+CPBW: (1-{len(book.records)}),{book.max_digits},({TYPE_UNKNOWN},{TYPE_INTERNATIONAL}),"
-                f"{alpha_size(book.record_length)}"
+                f"{book.text_length}"
             ]
         if request.kind is not CommandKind.SET:
             raise AtCommandError()

@@ -25,10 +25,12 @@ from bipsim.uicc.phonebook import (
     Entry,
     PhonebookError,
     decode_bcd,
+    decode_ecc,
     decode_entry,
     decode_ext,
     decode_pbr,
     encode_bcd,
+    encode_ecc,
     encode_entry,
     encode_ext,
     encode_pbr,
@@ -98,6 +100,16 @@ def test_codec_errors_name_the_reason() -> None:
         encode_entry(Entry("\U0001f600", "1"), 32)
     assert astral.value.reason == "invalid characters in text"
     assert decode_entry(b"\xff" * 32) is None
+
+
+def test_ecc_records() -> None:
+    record = encode_ecc("112", "Emergency")
+    # TS 31.102 4.2.21: 3 octets of BCD ('F' padded), the alpha identifier, the service category
+    assert record[:3] == bytes.fromhex("11F2FF") and record[-1] == 0 and len(record) == 18
+    assert decode_ecc(record) == Entry("Emergency", "112")
+    assert decode_ecc(b"\xff" * 18) is None
+    with pytest.raises(PhonebookError):
+        encode_ecc("1234567")
 
 
 def test_pbr_names_adn_and_ext1() -> None:
@@ -179,7 +191,7 @@ async def phone(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[Phone]:
 
 
 async def test_storages_and_reading(phone: Phone) -> None:
-    assert await phone.lines("AT+CPBS=?") == ['+CPBS: ("SM","FD","SD","ON")']
+    assert await phone.lines("AT+CPBS=?") == ['+CPBS: ("SM","FD","SD","ON","EN")']
     assert await phone.lines("AT+CPBS?") == ['+CPBS: "SM",12,50']
     assert await phone.lines("AT+CPBR=?") == ["+CPBR: (1-50),80,18"]
     assert await phone.lines("AT+CPBR=1,3") == [
@@ -200,6 +212,14 @@ async def test_storages_and_reading(phone: Phone) -> None:
     await phone.lines('AT+CPBS="SD"')
     assert await phone.lines("AT+CPBR=1,10") == ['+CPBR: 1,"+15550000200",145,"Customer care"']
     assert await phone.lines("AT+CPBS?") == ['+CPBS: "SD",1,10']
+    # EN: the card's emergency call codes (EF_ECC), read only
+    await phone.lines('AT+CPBS="EN"')
+    assert await phone.lines("AT+CPBR=?") == ["+CPBR: (1-2),6,14"]
+    assert await phone.lines("AT+CPBR=1,2") == [
+        '+CPBR: 1,"112",129,"Emergency"',
+        '+CPBR: 2,"911",129,"Emergency"',
+    ]
+    assert await phone.error('AT+CPBW=1,"999",129,"x"') == 3
 
 
 async def test_reading_errors(phone: Phone) -> None:

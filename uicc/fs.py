@@ -2,9 +2,9 @@
 
 MF 3F00 with EF_ICCID 2FE2 and EF_DIR 2F00, DF_TELECOM 7F10 (the 2G phonebook: EF_ADN 6F3A, EF_EXT1 6F4A), and
 ADF_USIM with EF_IMSI 6F07, EF_AD 6FAD, EF_UST 6F38, EF_SPN 6F46, EF_SMS 6F3C (linear fixed), EF_SMSP 6F42 (linear
-fixed), EF_FDN 6F3B, EF_SDN 6F49, EF_MSISDN 6F40 and the USIM phonebook DF_PHONEBOOK 5F3A (EF_PBR 4F30 naming its
-EF_ADN 4F3A and EF_EXT1 4F4A). Files answer SELECT with an FCP template
-(TS 102 221 section 11.1.1.3). The contents come from the card profile and round-trip through `to_dict` for the
+fixed), EF_FDN 6F3B, EF_SDN 6F49, EF_MSISDN 6F40, EF_ECC 6FB7 and the USIM phonebook DF_PHONEBOOK 5F3A (EF_PBR
+4F30 naming its EF_ADN 4F3A and EF_EXT1 4F4A). Files answer SELECT with an FCP template (TS 102 221 section
+11.1.1.3). The contents come from the card profile and round-trip through `to_dict` for the
 card's persistent state.
 
 Dirty tracking: every change to the tree (an EF's contents written in place, a file added, removed or given new
@@ -444,6 +444,13 @@ class FileSystem:
                 )
             )
         self.usim.children[0x6F3B].arr_record = ARR_PIN2_UPDATE
+        # emergency call codes (TS 31.102 4.2.21): 112 and 911, the numbers TS 22.101 10.1.1 has every ME know
+        from bipsim.uicc.phonebook import ECC_RECORD_LENGTH, encode_ecc
+
+        ecc = b"".join(encode_ecc(code, "Emergency") for code in ("112", "911"))
+        ecc_file = File(0x6FB7, "EF_ECC", FileKind.LINEAR_FIXED, bytearray(ecc), ECC_RECORD_LENGTH)
+        ecc_file.arr_record = ARR_ADM_UPDATE  # the issuer's list: the terminal reads it only
+        self.usim.add(ecc_file)
         # the USIM phonebook (TS 31.102 4.4.2): DF_PHONEBOOK with EF_PBR naming its EF_ADN and EF_EXT1
         from bipsim.uicc.phonebook import encode_pbr
 

@@ -377,3 +377,24 @@ def load_phonebook(fs: FileSystem, profile: CardProfile) -> None:
         for index, record in enumerate(sms_records(profile.sms)[: sms_file.records]):
             start = index * sms_file.record_length
             sms_file.data[start : start + sms_file.record_length] = record[: sms_file.record_length]
+
+
+# --- EF_ECC (TS 31.102 4.2.21): emergency call codes ----------------------------------------------------------------
+
+ECC_ALPHA = 14  # the alpha identifier's octets in our records
+ECC_RECORD_LENGTH = 3 + ECC_ALPHA + 1  # 3 octets of BCD (6 digits), the alpha identifier, the service category
+
+
+def encode_ecc(code: str, name: str = "", category: int = 0) -> bytes:
+    """One EF_ECC record: the emergency call code (up to 6 digits, BCD, 'F' padded), its alpha identifier and the
+    emergency service category octet (TS 24.008 10.5.4.33 bits; 0 none given)."""
+    if not code.isdigit() or not 1 <= len(code) <= 6:
+        raise PhonebookError("invalid characters in number", f"emergency call code {code!r}")
+    return encode_bcd(code, 3) + alpha_encode(name, ECC_ALPHA) + bytes((category,))
+
+
+def decode_ecc(record: bytes) -> Entry | None:
+    """The entry of an EF_ECC record (its code as the number), None when free."""
+    if len(record) < 4 or record[:3] == b"\xff\xff\xff":
+        return None
+    return Entry(alpha_decode(record[3:-1]), decode_bcd(record[:3]))
