@@ -10,9 +10,10 @@ What it does, and where the rule comes from:
   other segment to no connection is answered by a RST as RFC 9293 section 3.10.7.1 says (none for a RST).
 - UDP to a closed port is answered by ICMP port unreachable, an unknown protocol by protocol unreachable, an echo
   request by its reply (RFC 1122 sections 3.2.2 and 4.1.3.1), never about an ICMP error, a broadcast or a later
-  fragment (net/icmp.py `may_answer_with_error`). A destination unreachable about a connection still in SYN-SENT
-  fails its `open_tcp` (RFC 1122 section 4.2.3.9 lets a host abort on it; with one radio bearer and no other
-  route, waiting out the SYN retries tells the card nothing more).
+  fragment (net/icmp.py `may_answer_with_error`), and at most `icmp_errors_per_second` errors (100) a second
+  (RFC 1812 section 4.3.2.8), so a flood toward closed ports does not fill the radio with answers. A destination
+  unreachable about a connection still in SYN-SENT fails its `open_tcp` (RFC 1122 section 4.2.3.9 lets a host
+  abort on it; with one radio bearer and no other route, waiting out the SYN retries tells the card nothing more).
 - Ephemeral ports come from 49152-65535 (RFC 6335 section 6) and initial sequence numbers from the stack's
   random generator: seeded, so a run repeats exactly, and unpredictable from the outside in the spirit of
   RFC 6528 (a peer cannot guess the next connection's ISS from this one's).
@@ -23,7 +24,7 @@ What it does, and where the rule comes from:
 - Promiscuous mode (the PGW in `nat` mode terminates every flow of a context): a new TCP SYN or UDP datagram to
   any address is offered to `on_flow` as a `FlowRequest`; the owner accepts it (`accept_flow`,
   `accept_udp_flow`: the stack answers as that destination) or refuses it (`refuse_flow`: RST, or ICMP port
-  unreachable).
+  unreachable). A flow its owner has not answered in 60 seconds is forgotten.
 - `abort_all(reason)`: the bearer is gone (PDP context deactivated), so nothing can be sent: every connection goes
   to CLOSED at once without a RST, and streams, sockets and listeners raise BrokenResourceError("link dropped").
 
@@ -82,6 +83,10 @@ EPHEMERAL_PORTS = range(49152, 65536)  # RFC 6335 section 6: the dynamic ports
 MAX_PENDING_FLOWS = 64  # flows offered to on_flow and not yet answered
 MAX_PENDING_DATAGRAMS = 8  # UDP datagrams kept for a flow not yet answered
 DEFAULT_BACKLOG = 16
+ICMP_ERRORS_PER_SECOND = (
+    100  # Linux's icmp_ratelimit is one per 1 ms per destination with a burst; ours is global
+)
+PENDING_FLOW_TIMEOUT = 60.0  # a flow the owner never answered is forgotten (its SYNs have stopped by then)
 
 ConnectionKey = tuple[IPv4Address, int, IPv4Address, int]  # local address, local port, remote address, port
 
@@ -196,6 +201,7 @@ class _PendingFlow:
     packet: Ipv4Packet  # the SYN's or first datagram's packet (what a refusal quotes)
     segment: TcpSegment | None = None
     datagrams: list[tuple[bytes, Address]] = field(default_factory=list)
+    offered: float = 0.0
 
 
 class IpStack:
@@ -251,7 +257,10 @@ class IpStack:
         self._down: str | None = None
         self._wake = trio.Event()
         self._armed_at = math.inf
-        self.counters = {"sent": 0, "received": 0, "dropped": 0}
+        self.counters = {"sent": 0, "received": 0, "dropped": 0, "icmp_limited": 0}
+        self.icmp_errors_per_second = ICMP_ERRORS_PER_SECOND
+        self._icmp_tokens = float(ICMP_ERRORS_PER_SECOND)
+        self._icmp_refilled = -math.inf
 
     # ----------------------------------------------------------------------------------------------- the clock
 
@@ -272,6 +281,8 @@ class IpStack:
     def _next_deadline(self) -> float:
         deadlines = [h.connection.next_deadline() for h in self._connections.values()]
         deadlines.append(self.reassembler.next_deadline())
+        if self._pending:
+            deadlines.append(min(p.offered for p in self._pending.values()) + PENDING_FLOW_TIMEOUT)
         return min((d for d in deadlines if d is not None), default=math.inf)
 
     def _rearm(self, deadline: float | None) -> None:
@@ -285,6 +296,9 @@ class IpStack:
             if deadline is not None and deadline <= now:
                 handle.connection.on_timer(now)
                 self._pump(handle)
+        for key, pending in list(self._pending.items()):
+            if now >= pending.offered + PENDING_FLOW_TIMEOUT:
+                del self._pending[key]  # the owner never answered (a bug of its own): the flow is let go
         for expired in self.reassembler.expire(now):
             first = expired.first
             if first is not None and may_answer_with_error(first) and self._is_ours(first.destination):
@@ -613,10 +627,11 @@ class IpStack:
             self._drop(None, "too many flows waiting for the gateway", Layer.IP)
             return
         request = FlowRequest(protocol, (key[0], key[1]), (key[2], key[3]))
-        pending = _PendingFlow(request, packet, segment=segment)
+        pending = _PendingFlow(request, packet, segment=segment, offered=self.now())
         if datagram is not None:
             pending.datagrams.append(datagram)
         self._pending[(protocol, key)] = pending
+        self._rearm(pending.offered + PENDING_FLOW_TIMEOUT)
         assert self.on_flow is not None
         self.on_flow(request)
 
@@ -722,12 +737,27 @@ class IpStack:
         return self.now() - start
 
     def _send_icmp(self, source: IPv4Address, destination: IPv4Address, message: IcmpMessage) -> None:
+        if message.is_error and not self._icmp_error_allowed():
+            self.counters["icmp_limited"] += 1
+            return
         packet = Ipv4Packet(
             source, destination, ICMP, message.encode(), identification=self._next_id(), dont_fragment=False
         )
         raw = packet.encode()
         self._trace_icmp(packet, message, raw, sent=True)
         self._send_raw(raw)
+
+    def _icmp_error_allowed(self) -> bool:
+        """RFC 1812 4.3.2.8 and RFC 1122 3.2.2: the rate of ICMP errors is limited, so a peer that floods closed
+        ports cannot make the radio carry as many errors back (a token bucket of `icmp_errors_per_second`)."""
+        now = self.now()
+        rate = self.icmp_errors_per_second
+        self._icmp_tokens = min(float(rate), self._icmp_tokens + (now - self._icmp_refilled) * rate)
+        self._icmp_refilled = now
+        if self._icmp_tokens < 1.0:
+            return False
+        self._icmp_tokens -= 1.0
+        return True
 
     # ---------------------------------------------------------------------------------------------- the link
 

@@ -596,3 +596,37 @@ def test_arbitrary_segments_through_the_stack_never_raise(
         stack.receive_packet(Ipv4Packet(NET, CP, TCP, segment.encode(NET, CP)).encode())
         assert len(tracer.events) > before
     assert not any("stack error" in str(e.fields) for e in tracer.events)
+
+
+def test_icmp_errors_are_rate_limited() -> None:
+    now = [0.0]
+    sent: list[bytes] = []
+    stack = IpStack(CP, sent.append, rng=random.Random(0), clock=lambda: now[0])
+    flood = Ipv4Packet(NET, CP, UDP, UdpDatagram(4000, 9, b"x").encode(NET, CP)).encode()
+    for _ in range(300):
+        stack.receive_packet(flood)
+    assert len(sent) == stack.icmp_errors_per_second == 100
+    assert stack.counters["icmp_limited"] == 200
+    now[0] = 0.5  # the bucket refills at the rate: half a second, half as many
+    for _ in range(300):
+        stack.receive_packet(flood)
+    assert len(sent) == 150
+    # echo replies are not errors and are not limited
+    request = Ipv4Packet(NET, CP, ICMP, echo_request(1, 1).encode()).encode()
+    stack.receive_packet(request)
+    assert len(sent) == 151
+
+
+async def test_a_flow_nobody_answers_is_forgotten(autojump_clock: trio.testing.MockClock) -> None:
+    async with joined(promiscuous=True) as pair:
+        offered: list[FlowRequest] = []
+        pair.net.on_flow = offered.append
+        client = await pair.cp.open_udp()
+        await client.send_to(b"q", (IPv4Address("192.0.2.53"), 53))
+        await trio.testing.wait_all_tasks_blocked()
+        await trio.sleep(61)
+        with pytest.raises(ValueError):
+            pair.net.accept_udp_flow(offered[0])
+        await client.send_to(b"q", (IPv4Address("192.0.2.53"), 53))
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(offered) == 2 and offered[1] == offered[0]  # offered afresh
