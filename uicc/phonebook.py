@@ -382,7 +382,8 @@ def load_phonebook(fs: FileSystem, profile: CardProfile) -> None:
 # --- EF_ECC (TS 31.102 4.2.21): emergency call codes ----------------------------------------------------------------
 
 ECC_ALPHA = 14  # the alpha identifier's octets in our records
-ECC_RECORD_LENGTH = 3 + ECC_ALPHA + 1  # 3 octets of BCD (6 digits), the alpha identifier, the service category
+# 3 octets of BCD (6 digits), the alpha identifier, the service category
+ECC_RECORD_LENGTH = 3 + ECC_ALPHA + 1
 
 
 def encode_ecc(code: str, name: str = "", category: int = 0) -> bytes:
