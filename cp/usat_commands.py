@@ -13,8 +13,9 @@ not take them).
 
 The activation and the host's proactive session are one small state machine (`UsatState`, `TRANSITIONS`): a TR from
 the host when no command waits for one, or a TR or envelope before activation, is +CME ERROR: 3 (operation not
-allowed); a malformed hex string or BER-TLV +CME ERROR: 50; a storage that cannot be written +CME ERROR: 3, an
-unknown one 50; the card absent 10, not started yet 14, refusing 13. Each refusal is an `at.final` event; the hand
+allowed); a malformed hex string or BER-TLV +CME ERROR: 50; a read-only storage +CME ERROR: 3, the MT profile
+(which 27.007 lets a TE write, and this MT does not) and activation 3 +CME ERROR: 4 (not supported), an unknown
+storage or activation 50; the card absent 10, not started yet 14, refusing 13. Each refusal is an `at.final` event; the hand
 over and the session end are `usat.*` events (trace/kinds.py).
 """
 
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from bipsim.cp.commands import ModemCommands
 
 CME_NOT_ALLOWED = 3
+CME_NOT_SUPPORTED = 4
 CME_SIM_NOT_INSERTED = 10
 CME_SIM_FAILURE = 13
 CME_SIM_BUSY = 14
@@ -253,8 +255,10 @@ class UsatCommands:
         if len(request.args) > 2:
             raise CmeError(CME_BAD_PARAMETERS)
         storage = _storage(request.args)
+        if storage == 1:
+            raise CmeError(CME_NOT_SUPPORTED)  # 27.007 lets a TE narrow the MT profile; this MT does not
         if storage != 0:
-            raise CmeError(CME_NOT_ALLOWED)  # the MT's profiles are the modem's own
+            raise CmeError(CME_NOT_ALLOWED)  # the MT default, the card's profiles: read-only by definition
         profile = _hex_arg(request.args, 1) if len(request.args) > 1 else b""
         if len(profile) > 255:
             raise CmeError(CME_BAD_PARAMETERS)
@@ -273,8 +277,10 @@ class UsatCommands:
         activation = 0
         if request.kind is CommandKind.SET and request.args:
             value = request.args[0]
-            if len(request.args) > 1 or not isinstance(value, int) or value not in (0, 1, 2):
+            if len(request.args) > 1 or not isinstance(value, int) or value not in range(4):
                 raise CmeError(CME_BAD_PARAMETERS)
+            if value == 3:  # an activation value of later 27.007 releases: not supported here
+                raise CmeError(CME_NOT_SUPPORTED)
             activation = value
         if activation:
             await self._activate(activation)

@@ -160,7 +160,8 @@ async def test_profiles_read_and_write(rig: Rig) -> None:
     assert refused.cme_error == 3
     assert refused.lines == [f'+CUSATW: 0,"{tp.build(["open_channel"]).hex().upper()}"']
     assert (await rig.at("AT+CUSATR=0")).lines == [f'+CUSATR: 0,"{te}"']  # unchanged
-    assert (await rig.at('AT+CUSATW=1,"00"')).cme_error == 3  # the MT's profiles are the modem's
+    assert (await rig.at('AT+CUSATW=1,"00"')).cme_error == 4  # writing the MT profile: not supported
+    assert (await rig.at('AT+CUSATW=2,"00"')).cme_error == 3  # the MT default: read-only
     assert (await rig.at('AT+CUSATW=9,"00"')).cme_error == 50
     assert (await rig.at('AT+CUSATW=0,"0G"')).cme_error == 50
     assert (await rig.at('AT+CUSATW=0,"123"')).cme_error == 50
@@ -176,7 +177,8 @@ async def test_errors_before_activation(rig: Rig) -> None:
     assert (await rig.at(f'AT+CUSATT="{tr.encode().hex()}"')).cme_error == 3
     assert (await rig.select(1)).cme_error == 3
     assert (await rig.at("AT+CUSATA=1")).cme_error == 3  # no TE profile to activate
-    assert (await rig.at("AT+CUSATA=3")).cme_error == 50
+    assert (await rig.at("AT+CUSATA=3")).cme_error == 4  # a later 27.007 activation, not offered
+    assert (await rig.at("AT+CUSATA=4")).cme_error == 50
     assert (await rig.at('AT+CUSATT="zz"')).cme_error == 50
     assert (await rig.at('AT+CUSATT="D000"')).cme_error == 50  # not a terminal response
     assert (await rig.at('AT+CUSATE="810301"')).cme_error == 50  # not an envelope
