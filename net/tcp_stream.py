@@ -22,6 +22,7 @@ trio.BrokenResourceError; a stream this side closed raises trio.ClosedResourceEr
 from __future__ import annotations
 
 import operator
+from ipaddress import IPv4Address
 from types import TracebackType
 from typing import Protocol
 
@@ -82,6 +83,16 @@ class TcpStream(trio.abc.HalfCloseableStream):
     def connection(self) -> TcpConnection:
         """The sans-IO connection underneath (for its state, counters and addresses)."""
         return self._driver.connection
+
+    @property
+    def local(self) -> tuple[IPv4Address, int]:
+        """Our address and port."""
+        return self._driver.connection.local
+
+    @property
+    def remote(self) -> tuple[IPv4Address, int]:
+        """The peer's address and port."""
+        return self._driver.connection.remote
 
     def _broken(self) -> trio.BrokenResourceError | None:
         failure = self._driver.failure

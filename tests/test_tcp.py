@@ -1238,3 +1238,37 @@ def test_abort_and_drop_in_every_state(state: TcpState) -> None:
     d = _into(state)
     d.drop("radio gone")
     assert d.state is TcpState.CLOSED and d.outgoing() == [] and d.error == "link dropped: radio gone"
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(0, 0xFFFF),
+    st.integers(0, 0xFFFFFFFF),
+    st.integers(0, 0xFF),
+    st.binary(max_size=100),
+    st.none() | st.integers(0, 0xFFFF),
+    st.none() | st.integers(0, 14),
+    st.booleans(),
+)
+def test_every_segment_we_build_parses_in_scapy(
+    port: int, seq: int, flags: int, payload: bytes, mss: int | None, ws: int | None, sackp: bool
+) -> None:
+    from scapy.layers.inet import IP, TCP
+
+    seg = TcpSegment(port, 443, seq, seq ^ 0x5A5A5A5A, TcpFlags(flags), 1000, payload, mss, ws, sackp)
+    raw = seg.encode(A, B)
+    parsed = IP(bytes(IP(src=str(A), dst=str(B), proto=6) / raw))
+    tcp = parsed[TCP]
+    assert (tcp.sport, tcp.dport, tcp.seq, tcp.ack, int(tcp.flags)) == (
+        port,
+        443,
+        seq,
+        seq ^ 0x5A5A5A5A,
+        flags,
+    )
+    assert bytes(tcp.payload) == payload
+    options = dict((k, v) for k, v in tcp.options if k not in ("NOP", "EOL"))
+    assert options.get("MSS") == mss and options.get("WScale") == ws and ("SAckOK" in options) == sackp
+    checksum = tcp.chksum
+    del tcp.chksum
+    assert IP(bytes(parsed))[TCP].chksum == checksum  # scapy computes the same checksum over our bytes
