@@ -43,6 +43,9 @@ class ApOptions:
     omapi: OmapiOptions | None = None
     # the SIM toolkit policy (ap/toolkit.py: accept, refuse, select:N, script:FILE); None: the AP has no toolkit
     toolkit: str | None = None
+    # the Wi-Fi link model of the proxy's relay (--wlan, the --radio grammar of net/radio.py) and its seed
+    wlan: str | None = None
+    seed: int = 0
 
 
 SMS_RETRY = 0.5  # seconds between AT%SMSPP attempts while the CP's card is still starting (+CME ERROR: 14)
@@ -58,6 +61,11 @@ class ApplicationProcessor:
         self.tracer = tracer
         self.ril: Ril | None = None
         self.proxy = ProxyService(network, apns, self._imsi, tracer=tracer)
+        if options.wlan is not None:
+            from bipsim.ap.wlan import WlanLink
+            from bipsim.net.radio import parse_link_spec
+
+            self.proxy.wlan = WlanLink(parse_link_spec(options.wlan), options.seed, tracer=tracer)
         self.sessions = 0
         self.sms_sent = 0
         self.attached = trio.Event()

@@ -27,6 +27,7 @@ import trio
 
 from bipsim.ap.apn_db import ApnDatabase
 from bipsim.ap.network import ApNetwork
+from bipsim.ap.wlan import WlanLink
 from bipsim.link.at_server import AtServer, CmeError
 from bipsim.link.at_syntax import AtArg, AtRequest, CommandKind, quote
 from bipsim.link.cmux import DlcStream
@@ -43,7 +44,8 @@ DRAIN_LIMIT = 2.0  # ...and the drain never holds the OK longer than this (a TCP
 @dataclass
 class ProxiedChannel:
     channel: int
-    tcp: trio.SocketStream
+    # the server's connection (through the Wi-Fi link model with --wlan, ap/wlan.py)
+    tcp: trio.abc.HalfCloseableStream
     dlc: DlcStream
     cancel: trio.CancelScope
     closing: bool = False
@@ -80,6 +82,8 @@ class ProxyService:
         self._dlc_arrived = trio.Event()
         self.server: AtServer | None = None
         self._nursery: trio.Nursery | None = None
+        # the Wi-Fi link model between the relay and the server (bipsim ap --wlan); None: the host's own speed
+        self.wlan: WlanLink | None = None
 
     def data_dlc(self, dlc: DlcStream) -> None:
         """The CP opened DLC 2+N for channel N."""
@@ -241,7 +245,10 @@ class ProxyService:
             kind=Kind.TCP_ACCEPT,
             fields=where,
         )
-        proxied = ProxiedChannel(channel, tcp, dlc, trio.CancelScope())
+        relayed: trio.abc.HalfCloseableStream = tcp
+        if self.wlan is not None and self._nursery is not None:
+            relayed = await self._nursery.start(self.wlan.carry, tcp)
+        proxied = ProxiedChannel(channel, relayed, dlc, trio.CancelScope())
         self.channels[channel] = proxied
         assert self._nursery is not None
         self._nursery.start_soon(self._relay, proxied)
@@ -386,7 +393,7 @@ class ProxyService:
     async def _tcp_to_dlc(self, proxied: ProxiedChannel) -> None:
         while True:
             try:
-                data = await proxied.tcp.receive_some(65536)
+                data = bytes(await proxied.tcp.receive_some(65536))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
             if not data:

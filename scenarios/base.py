@@ -30,10 +30,11 @@ class ScenarioOptions:
     radio: str = "ideal"
     network: str = "nat"
     seed: int = 0
+    wlan: str | None = None  # the AP's Wi-Fi link model (embodiment 2)
 
     def plane(self) -> dict[str, Any]:
         """The RunConfig fields of these options."""
-        return {"radio": self.radio, "network": self.network, "seed": self.seed}
+        return {"radio": self.radio, "network": self.network, "seed": self.seed, "wlan": self.wlan}
 
 
 @dataclass

@@ -81,6 +81,7 @@ class RunConfig:
     radio: str = "ideal"
     network: str = "nat"
     seed: int = 0
+    wlan: str | None = None  # the AP's Wi-Fi link model (bipsim ap --wlan), with the same seed
 
 
 FieldTest = Callable[[dict[str, Any]], bool]
@@ -616,6 +617,7 @@ class Harness:
                     str(self.dir / "ap.jsonl"),
                     "--session",
                     config.session,
+                    *(["--wlan", config.wlan, "--seed", str(config.seed)] if config.wlan else []),
                     *config.ap_args,
                 ),
                 nursery,

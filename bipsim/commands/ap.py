@@ -16,6 +16,7 @@ from bipsim.commands.common import (
     trace_option,
     until_signalled,
 )
+from bipsim.commands.packet_options import seed_option, wlan_option
 from bipsim.errors import CliError
 
 if TYPE_CHECKING:
@@ -138,6 +139,8 @@ if TYPE_CHECKING:
     show_default=True,
     help="Card slots the CP has (readers SIM1..SIMn); 0 asks the CP with AT%SLOTS?.",
 )
+@wlan_option
+@seed_option
 @trace_option
 @pcap_option
 @session_option
@@ -160,6 +163,8 @@ def ap(
     se_choose: str,
     card_slots: int,
     toolkit: str | None,
+    wlan: str | None,
+    seed: int,
     trace_path: str | None,
     pcap_path: str | None,
     session: str | None,
@@ -202,6 +207,8 @@ def ap(
             push_sms=messages,
             omapi=omapi_options,
             toolkit=toolkit,
+            wlan=wlan,
+            seed=seed,
         ),
         network,
         ApnDatabase.load(apn_db),

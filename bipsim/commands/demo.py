@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from bipsim.commands.packet_options import packet_plane_options
+from bipsim.commands.packet_options import packet_plane_options, wlan_option
 from bipsim.errors import CliError
 from bipsim.scenarios.embodiments import card_settings, embodiment_config
 from bipsim.scenarios.harness import Harness, HarnessError, RunResult
@@ -483,6 +483,7 @@ def _check_output(option: str, path: str | None) -> None:
     "card runs one embodiment per demo (--embodiment 1 or 2).",
 )
 @packet_plane_options
+@wlan_option
 def demo(
     embodiment: str,
     trace_path: str | None,
@@ -496,6 +497,7 @@ def demo(
     radio: str,
     network_mode: str,
     seed: int,
+    wlan: str | None,
 ) -> None:
     """Run the patent's embodiments end to end and show each step as it happens.
 
@@ -524,7 +526,7 @@ def demo(
       bipsim demo --embodiment 1 --radio gprs,loss=2% --seed 7 --pcap lossy.pcap
 
     --radio, --network and --seed set embodiment 1's packet data plane (the CP's own stack, its radio bearer and the
-    packet gateway. Without them the demo runs as it always has.
+    packet gateway; --wlan the AP's Wi-Fi of embodiment 2. Without them the demo runs as it always has.
     """
     if bool(port_a) != bool(port_b):
         raise CliError("--port-a and --port-b go together")
@@ -572,7 +574,7 @@ def demo(
                     timeout=timeout,
                     verbose=verbose,
                     card=card,
-                    plane={"radio": radio, "network": network_mode, "seed": seed},
+                    plane={"radio": radio, "network": network_mode, "seed": seed, "wlan": wlan},
                 )
             )
         return outcomes

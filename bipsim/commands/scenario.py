@@ -8,13 +8,13 @@ from pathlib import Path
 
 import click
 
-from bipsim.commands.packet_options import packet_plane_options
+from bipsim.commands.packet_options import packet_plane_options, wlan_option
 from bipsim.errors import CliError
 
 MIN_DESCRIPTION = 30  # characters of description per line, however narrow the terminal says it is
 # the scenarios whose card may be one behind PC/SC: the others change the card's profile (link mode, trigger...)
 PCSC_SCENARIOS = ("embodiment1", "embodiment2")
-# the scenarios that take --radio/--network/--seed (the others set up their own network faults)
+# the scenarios that take --radio/--network/--seed/--wlan (the others set up their own network faults)
 PLANE_SCENARIOS = (
     "embodiment1",
     "embodiment2",
@@ -88,6 +88,7 @@ def list_cmd() -> None:
     "127.0.0.1:4443, where a card served by `bipsim card serve --vpcd` connects.",
 )
 @packet_plane_options
+@wlan_option
 def run_cmd(
     name: str,
     trace_path: str | None,
@@ -99,6 +100,7 @@ def run_cmd(
     radio: str,
     network_mode: str,
     seed: int,
+    wlan: str | None,
 ) -> None:
     """Run scenario NAME; exit 0 when every check passed, 1 with the failed check otherwise."""
     import tempfile
@@ -118,17 +120,17 @@ def run_cmd(
                 f"--card {card}: scenario {name} sets up the card's profile itself; a PC/SC card runs "
                 f"{' and '.join(PCSC_SCENARIOS)}"
             )
-    plane = (radio, network_mode, seed) != ("ideal", "nat", 0)
+    plane = (radio, network_mode, seed, wlan) != ("ideal", "nat", 0, None)
     if plane and name not in PLANE_SCENARIOS:
         raise CliError(
-            f"--radio/--network/--seed: scenario {name} sets up its own network; they apply to "
+            f"--radio/--network/--seed/--wlan: scenario {name} sets up its own network; they apply to "
             f"{', '.join(PLANE_SCENARIOS)}"
         )
     directory = Path(keep_dir) if keep_dir else Path(tempfile.mkdtemp(prefix=f"bipsim-{name}-"))
     directory.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     try:
-        options = ScenarioOptions(directory, port_a, port_b, card, radio, network_mode, seed)
+        options = ScenarioOptions(directory, port_a, port_b, card, radio, network_mode, seed, wlan)
         result = SCENARIOS[name](options)
     except (ScenarioFailed, HarnessError) as exc:
         raise CliError(f"scenario {name} failed: {exc}") from exc
