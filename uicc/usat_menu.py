@@ -9,13 +9,15 @@ BROWSER, PLAY TONE, or SEND SHORT MESSAGE (an SMS-SUBMIT to the network). The ap
 while its own does, so the card has one proactive command at a time; envelopes other than MENU SELECTION and the
 first TERMINAL PROFILE go to the wrapped toolkit (a second profile download does not restart its BIP session).
 
-`answers` keeps each terminal response the applet got (type, general result, its objects) for tests and traces.
+Whose command is out is a state machine (`MenuState`, `TRANSITIONS`); a FETCH or TERMINAL RESPONSE out of turn is
+6F 00. `answers` keeps each terminal response the applet got (type, general result, its objects) for tests and traces.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from enum import Enum, StrEnum
 
 from bipsim.uicc.cat import (
     CommandType,
@@ -61,6 +63,29 @@ def _item(identifier: int, text: str) -> bytes:
     return bytes((identifier,)) + alpha_encode(text)
 
 
+class MenuState(Enum):
+    IDLE = "idle"  # no command of either toolkit waits for its TERMINAL RESPONSE
+    OURS_FETCHED = "ours fetched"  # the applet's command was fetched
+    INNER_FETCHED = "inner fetched"  # the wrapped toolkit's command was fetched
+
+
+class MenuEvent(StrEnum):
+    FETCH_OURS = "fetch of the applet's command"
+    FETCH_INNER = "fetch of the wrapped toolkit's command"
+    RESPONSE = "terminal response"
+
+
+# one proactive command at a time on the card (TS 102 223 section 6.1): whose command is out decides who gets the TR
+TRANSITIONS: dict[tuple[MenuState, MenuEvent], MenuState] = {
+    (MenuState.IDLE, MenuEvent.FETCH_OURS): MenuState.OURS_FETCHED,
+    (MenuState.IDLE, MenuEvent.FETCH_INNER): MenuState.INNER_FETCHED,
+    (MenuState.OURS_FETCHED, MenuEvent.RESPONSE): MenuState.IDLE,
+    (MenuState.INNER_FETCHED, MenuEvent.RESPONSE): MenuState.IDLE,
+    # a terminal that FETCHes again before its TR: the wrapped toolkit answers that as it answers it alone
+    (MenuState.INNER_FETCHED, MenuEvent.FETCH_INNER): MenuState.INNER_FETCHED,
+}
+
+
 @dataclass
 class MenuToolkit:
     """The menu applet around `inner` (the card's BIP engine or SMS trigger toolkit)."""
@@ -70,8 +95,8 @@ class MenuToolkit:
     answers: list[tuple[int, int, tuple[tuple[int, bytes], ...]]] = field(default_factory=list)
     menu_set: bool = False
     _profiles: int = 0
+    state: MenuState = MenuState.IDLE
     _awaiting: ProactiveCommand | None = None  # our command fetched, its TR not yet here
-    _inner_awaiting: bool = False  # the wrapped toolkit's command fetched, its TR not yet here
     _number: int = 0
 
     # --- building commands ---------------------------------------------------------------------------------------
@@ -144,11 +169,18 @@ class MenuToolkit:
         if has_menu and not self.menu_set:
             self.queue.append(self.set_up_menu())
 
+    def move(self, event: MenuEvent) -> None:
+        """The only way the applet's state changes (TRANSITIONS); ToolkitError 6F 00 for an event out of turn."""
+        nxt = TRANSITIONS.get((self.state, event))
+        if nxt is None:
+            raise ToolkitError(0x6F00, f"{event.value} while {self.state.value}")
+        self.state = nxt
+
     def _ours_next(self) -> bool:
-        return bool(self.queue) and self._awaiting is None and not self._inner_awaiting
+        return bool(self.queue) and self.state is MenuState.IDLE
 
     def pending_length(self) -> int:
-        if self._awaiting is not None:
+        if self.state is MenuState.OURS_FETCHED:
             return 0  # our command waits for its TERMINAL RESPONSE
         if self._ours_next():
             return len(self.queue[0].encode())
@@ -156,20 +188,22 @@ class MenuToolkit:
 
     def fetch(self) -> bytes:
         if self._ours_next():
+            self.move(MenuEvent.FETCH_OURS)
             command = self.queue.popleft()
             self._awaiting = command
             return command.encode()
-        if self._awaiting is not None:
+        if self.state is MenuState.OURS_FETCHED:
             raise ToolkitError(0x6F00, "no proactive command pending")
         data = self.inner.fetch()
-        self._inner_awaiting = True
+        self.move(MenuEvent.FETCH_INNER)
         return data
 
     def terminal_response(self, data: bytes) -> None:
         command = self._awaiting
-        if command is None:
-            self._inner_awaiting = False
-            self.inner.terminal_response(data)
+        if self.state is not MenuState.OURS_FETCHED or command is None:
+            if self.state is MenuState.INNER_FETCHED:
+                self.move(MenuEvent.RESPONSE)
+            self.inner.terminal_response(data)  # the wrapped toolkit judges a TR it did not expect
             return
         try:
             response = decode_terminal_response(data)
@@ -177,6 +211,7 @@ class MenuToolkit:
             raise ToolkitError(0x6F00, f"terminal response: {exc}") from exc
         if (response.number, response.type) != (command.number, command.type):
             raise ToolkitError(0x6F00, "terminal response for another command")
+        self.move(MenuEvent.RESPONSE)
         self._awaiting = None
         general, _ = response.result
         self.answers.append((response.type, general, tuple((o.tag, o.value) for o in response.objects)))
@@ -212,7 +247,7 @@ class MenuToolkit:
         item = envelope.get(Tag.ITEM_IDENTIFIER)
         if not self.menu_set or item is None or len(item.value) != 1:
             raise ToolkitError(0x6F00, "menu selection without a menu or an item identifier")
-        if self.queue or self._awaiting is not None:
+        if self.queue or self.state is MenuState.OURS_FETCHED:
             raise ToolkitError(0x9300, "the toolkit is busy")  # a dialogue is running (TS 102 221 10.2.1.1)
         command = self._for_item(item.value[0])
         if command is None:
