@@ -355,3 +355,59 @@ async def test_activating_again_hands_over_the_command_still_waiting(rig: Rig) -
     again = await rig.proactive()
     assert again == menu
     assert await rig.answer(again) == "+CUSATEND"
+
+
+class IdleToolkit:
+    """A wrapped toolkit with nothing to say: the menu applet alone."""
+
+    def __init__(self) -> None:
+        self.profiles: list[bytes] = []
+
+    def terminal_profile(self, profile: bytes) -> None:
+        self.profiles.append(profile)
+
+    def pending_length(self) -> int:
+        return 0
+
+    def fetch(self) -> bytes:
+        raise AssertionError("nothing to fetch")
+
+    def terminal_response(self, data: bytes) -> None:
+        raise AssertionError("no TR expected")
+
+    def envelope(self, data: bytes) -> bytes:
+        return b""
+
+
+def test_the_card_menu_applet_alone() -> None:
+    from bipsim.uicc.toolkit import ToolkitError
+
+    inner = IdleToolkit()
+    menu = MenuToolkit(inner)
+    menu.terminal_profile(tp.NAMED["bip-only"])  # no SET UP MENU in this profile: no menu
+    assert menu.pending_length() == 0
+    menu.terminal_profile(tp.NAMED["host-usat"])  # the second profile declares it
+    assert inner.profiles == [tp.NAMED["bip-only"]]  # the wrapped toolkit sees the first profile only
+    set_up = decode_proactive(menu.fetch())
+    assert set_up.type == CommandType.SET_UP_MENU and menu.pending_length() == 0
+    menu.terminal_response(TerminalResponse.build(set_up, GeneralResult.OK).encode())
+    select = Envelope(
+        (
+            obj(Tag.DEVICE_IDENTITIES, bytes((DeviceId.KEYPAD, DeviceId.UICC))),
+            obj(Tag.ITEM_IDENTIFIER, b"\x02"),
+        ),
+        EnvelopeTag.MENU_SELECTION,
+    ).encode()
+    assert menu.envelope(select) == b""
+    with pytest.raises(ToolkitError) as busy:
+        menu.envelope(select)  # a dialogue is running
+    assert busy.value.sw == 0x9300
+    question = decode_proactive(menu.fetch())
+    assert question.type == CommandType.SELECT_ITEM
+    with pytest.raises(ToolkitError):  # the TR of another command
+        menu.terminal_response(TerminalResponse.build(set_up, GeneralResult.OK).encode())
+    menu.terminal_response(TerminalResponse.build(question, GeneralResult.BACKWARD_MOVE).encode())
+    assert menu.pending_length() == 0  # the user went back: no follow-up
+    with pytest.raises(ToolkitError) as unknown:
+        menu.envelope(select.replace(b"\x10\x01\x02", b"\x10\x01\x09"))
+    assert unknown.value.sw == 0x6A80
