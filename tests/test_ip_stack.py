@@ -140,6 +140,12 @@ async def test_tcp_connect_transfer_and_close_both_ways(autojump_clock: trio.tes
         parsed = IP(event.data)
         assert parsed[ScapyTCP].seq == event.fields["seq"] and parsed[ScapyTCP].ack == event.fields["ack"]  # type: ignore[index]
         assert len(parsed[ScapyTCP].payload) == event.fields["len"]  # type: ignore[index]
+    # and computes the same IP and TCP checksums for every packet either side sent
+    for packet in pair.up.sent + pair.down.sent:
+        parsed = IP(packet)
+        del parsed.chksum
+        del parsed[ScapyTCP].chksum
+        assert raw(parsed) == packet
     flags = [e.fields["flags"] for e in pair.kinds(pair.cp_trace, Kind.TCP_SEGMENT)]  # type: ignore[index]
     assert sum("FIN" in f for f in flags) == 2 and not any("RST" in f for f in flags)
     assert pair.cp._connections == {} or all(  # TIME-WAIT is all that may be left
