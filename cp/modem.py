@@ -41,6 +41,7 @@ from bipsim.link.cmux import MuxError
 from bipsim.link.line_requests import serve_line_requests
 from bipsim.link.pty import open_line
 from bipsim.link.tcp_line import TcpLineListener
+from bipsim.net.smsc import serve_control
 from bipsim.trace.events import Actor, Layer
 from bipsim.trace.kinds import Kind
 from bipsim.trace.recorder import NULL_TRACER, Tracer
@@ -64,6 +65,8 @@ class ModemOptions:
     start_delay: float = 0.0
     wait_for_line: bool = False  # at start, wait for a line that is not there yet instead of failing
     card_control: str | None = None  # a UNIX socket path: serve_card_control's 'remove N' / 'insert N'
+    # (host, port) of the SMSC's control socket (net/smsc.py serve_control, `bipsim cp --sms-listen`)
+    sms_listen: tuple[str, int] | None = None
     # options of the command sets of cp/command_sets.py (e.g. "dialect"), keyed by option name
     command_settings: dict[str, object] = field(default_factory=dict)
     # the TERMINAL PROFILE slot 1's card gets (uicc/terminal_profile.py); None: the `bip-only` profile
@@ -214,6 +217,7 @@ class Modem:
         if options.terminal_profile is not None:
             self.driver.profile = options.terminal_profile
         self.network = CellularNetwork()
+        self.network.smsc.tracer = tracer
         self.proxy = ProxyLink()
         # --network host: no packet plane, the CP connects from host sockets as before it had one (comparisons)
         self.plane = (
@@ -276,6 +280,9 @@ class Modem:
         async with trio.open_nursery() as nursery:
             if self.plane is not None:
                 await nursery.start(self.plane.run)  # the packet gateway, before any channel needs it
+            nursery.start_soon(self.network.smsc.run)  # MT SMS to whichever command set subscribed
+            if self.options.sms_listen is not None:
+                await nursery.start(serve_control, self.network.smsc, *self.options.sms_listen)
             nursery.start_soon(self._line_loop)
             for slot in self.slots[1:]:
                 nursery.start_soon(slot.keep_powered)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime
 
 import pytest
@@ -389,3 +391,92 @@ async def test_bipsim_sms_cli_against_a_live_smsc() -> None:
         nursery.cancel_scope.cancel()
     gone = await _cli("--connect", at, "status")
     assert gone.returncode == 1 and b"cannot reach" in gone.stderr
+
+
+# --- the SMSC in a running `bipsim cp`, with the modem's 27.005 commands on a pty ------------------------------------
+
+
+class _Pty:
+    """The DTE end of the CP's line: writes commands, reads until a given text arrives (with a deadline)."""
+
+    def __init__(self) -> None:
+        self.master, self.slave = os.openpty()
+        os.set_blocking(self.master, False)
+        self.seen = b""
+
+    def until(self, text: bytes, timeout: float = 20.0) -> bytes:
+        deadline = time.monotonic() + timeout
+        while text not in self.seen:
+            assert time.monotonic() < deadline, f"no {text!r} on the line; it had {self.seen[-400:]!r}"
+            ready, _, _ = select.select([self.master], [], [], 0.1)
+            if ready:
+                self.seen += os.read(self.master, 4096)
+        return self.seen
+
+    def command(self, line: str, expect: bytes = b"OK\r\n") -> bytes:
+        self.seen = b""
+        os.write(self.master, line.encode() + b"\r")
+        return self.until(expect)
+
+    def close(self) -> None:
+        os.close(self.master)
+        os.close(self.slave)
+
+
+def test_a_running_cp_delivers_injected_sms_and_its_smsc_lists_the_modems() -> None:
+    line = _Pty()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bipsim",
+            "cp",
+            "--port",
+            os.ttyname(line.slave),
+            "--sms-listen",
+            "127.0.0.1:0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        listening = process.stdout.readline()  # printed once the control socket is bound
+        assert listening.startswith("sms listening on 127.0.0.1:"), listening
+        at = listening.split()[-1]
+
+        def cli(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "bipsim", "sms", "--connect", at, *args],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+
+        deadline = time.monotonic() + 30
+        while b"OK" not in line.command("AT", b"\r\n"):
+            assert time.monotonic() < deadline
+        line.command("AT+CMGF=1")
+        line.command("AT+CNMI=2,2,0,0,0")  # 27.005 3.4.1: MT messages straight to the TE as +CMT
+        sent = cli("send-mt", "--from", "+15551112222", "Hello from the network")
+        assert sent.returncode == 0, sent.stderr
+        assert sent.stdout.startswith("1 delivered deliver from +15551112222")
+        shown = line.until(b"Hello from the network")
+        assert b'+CMT: "+15551112222"' in shown
+        # MO in text mode: the prompt, the text, Ctrl-Z; the SMSC has it with the TP-MR the modem answered
+        line.command('AT+CMGS="+15557654321"', b"> ")
+        answer = line.command("Hi from the host\x1a", b"OK\r\n")
+        mr = int(answer.split(b"+CMGS: ")[1].split(b"\r")[0])
+        listed = cli("--json", "list-mo")
+        [mo] = json.loads(listed.stdout)["messages"]
+        assert (mo["destination"], mo["text"], mo["mr"]) == ("+15557654321", "Hi from the host", mr)
+    finally:
+        process.terminate()
+        try:
+            process.communicate(timeout=20)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            line.close()

@@ -151,6 +151,14 @@ if TYPE_CHECKING:
     "'error ...'. For tests, scenarios and benches that pull a card or a context mid-session.",
 )
 @click.option(
+    "--sms-listen",
+    "sms_listen",
+    metavar="HOST:PORT",
+    help="Serve the simulated network's SMS centre's control socket here (TCP; port 0 picks one, said on stdout as "
+    "'sms listening on HOST:PORT'): `bipsim sms` injects MT messages and lists the MO ones through it. Bind "
+    "127.0.0.1 unless another machine must reach it.",
+)
+@click.option(
     "--bip-app",
     "bip_app",
     metavar="SPEC",
@@ -184,6 +192,7 @@ def cp(
     state2_path: str | None,
     card_control: str | None,
     dialect: str,
+    sms_listen: str | None,
     bip_app: str | None,
     radio: str,
     network_mode: str,
@@ -259,6 +268,7 @@ def cp(
             wait_for_line=wait_for_line,
             card_control=card_control,
             command_settings={"dialect": dialect},
+            sms_listen=host_port(sms_listen) if sms_listen is not None else None,
             listen=listen_at,
             radio=radio,
             network=network_mode,
