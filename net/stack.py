@@ -329,8 +329,12 @@ class IpStack:
         except PacketError as exc:
             self._drop(data, str(exc), Layer.IP)
             return
-        if not self._is_ours(packet.destination):
+        if not self._is_ours(packet.destination) or _not_unicast(packet.destination):
             self._drop(data, f"not addressed to {self.address}", Layer.IP)
+            return
+        if _not_unicast(packet.source):
+            # RFC 1122 3.2.1.3: a source that cannot be one host is silently discarded (nothing may answer it)
+            self._drop(data, f"invalid source address {packet.source}", Layer.IP)
             return
         if packet.is_fragment:
             try:
@@ -958,6 +962,14 @@ class IpStack:
             f"{summary}: {packet.source} > {packet.destination}",
             sent=sent,
         )
+
+
+_BROADCAST = IPv4Address("255.255.255.255")
+
+
+def _not_unicast(address: IPv4Address) -> bool:
+    """Multicast, the limited broadcast or 0.0.0.0: no host's address (the stack carries unicast only)."""
+    return address.is_multicast or address.is_unspecified or address == _BROADCAST
 
 
 _TEXT: dict[IPv4Address, str] = {}

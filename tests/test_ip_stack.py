@@ -478,6 +478,8 @@ def _tcp_packet(flags: str, *, sport: int = 4000, dport: int = 443, seq: int = 1
         (b"\x45\x00\x00\x1f" + bytes(27), "checksum"),
         (raw(IP(src=str(NET), dst=str(CP), version=6)), "version"),
         (raw(IP(src=str(NET), dst="198.51.100.3") / Raw(b"x")), "not addressed"),
+        (raw(IP(src="224.0.0.1", dst=str(CP), proto=17) / Raw(bytes(8))), "invalid source"),
+        (raw(IP(src="255.255.255.255", dst=str(CP), proto=17) / Raw(bytes(8))), "invalid source"),
         (raw(IP(src=str(NET), dst=str(CP), proto=6) / Raw(b"short")), "TCP segment of 5 bytes"),
         (_tcp_packet("SF"), "impossible TCP flags"),
         (_tcp_packet("SR"), "impossible TCP flags"),
