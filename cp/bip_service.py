@@ -182,6 +182,8 @@ class BipService:
         # the network's SMSC (net/smsc.py): takes a SEND SHORT MESSAGE's TPDU, returns its TP-MR
         self.sms_submit: Callable[[bytes], int] | None = None
         self._timers: dict[int, trio.CancelScope] = {}  # the running toolkit timers' tasks
+        # told when a TR of the modem's own ends the card's proactive session (the host's toolkit: +CUSATEND)
+        self.session_ended: Callable[[], Awaitable[None]] | None = None
 
     def wake(self) -> None:
         """Fetch now: the card may have a command after a host's TR or envelope (it answered 91 xx)."""
@@ -415,7 +417,9 @@ class BipService:
         key = TR_KEYS.get(response.type)  # type: ignore[call-overload]
         general, additional = response.result
         ok = general < 0x10
-        await self.driver.terminal_response(response, step=self.step(key) if key and ok else None)
+        sw = await self.driver.terminal_response(response, step=self.step(key) if key and ok else None)
+        if sw == 0x9000 and self.session_ended is not None:  # 90 00: the proactive session is over
+            await self.session_ended()
         if response.type == CommandType.RECEIVE_DATA:
             for channel in list(self._drained):
                 self._wake_reader(channel)

@@ -114,6 +114,8 @@ class UsatCommands:
         self.mt_profile = tp.MODEM
         self.service: BipService | None = None
         self.pending: ProactiveCommand | None = None  # the command the host was handed and has not answered
+        # the host took part in the card's current proactive session (a +CUSATP, or its envelope started one)
+        self.host_in_session = False
         slot = core.slots.get(1)  # the toolkit's card: when it goes, no TR is awaited from the host any more
         if slot is not None:
             slot.listeners.append(lambda exc: self.card_gone())
@@ -121,6 +123,7 @@ class UsatCommands:
     def card_gone(self) -> None:
         self.move(UsatEvent.CARD_GONE)
         self.pending = None
+        self.host_in_session = False
 
     # --- wiring ------------------------------------------------------------------------------------------------
 
@@ -149,6 +152,7 @@ class UsatCommands:
         """The BIP service hands this set the commands its gateway gives the host (cp/modem.py wires it)."""
         self.service = service
         service.host = self.proactive
+        service.session_ended = self.modem_ended_session
 
     def move(self, event: UsatEvent) -> None:
         """The only way the state changes (TRANSITIONS); raises UsatStateError."""
@@ -183,6 +187,7 @@ class UsatCommands:
         data = command.encode()
         self.move(UsatEvent.PROACTIVE)
         self.pending = command
+        self.host_in_session = True
         self._event(
             Kind.USAT_HANDOVER,
             f"to the host's toolkit: {command.type_name}",
@@ -192,6 +197,16 @@ class UsatCommands:
             qualifier=command.qualifier,
         )
         await self._urc(f'+CUSATP: "{data.hex().upper()}"')
+
+    async def modem_ended_session(self) -> None:
+        """The modem's own TR ended the card's proactive session: +CUSATEND when the host took part in it."""
+        if self.host_in_session:
+            await self._session_end("")
+
+    async def _session_end(self, command: str) -> None:
+        self.host_in_session = False
+        self._event(Kind.USAT_END, "proactive session ended", None, command=command)
+        await self._urc("+CUSATEND")
 
     # --- the commands --------------------------------------------------------------------------------------------
 
@@ -355,8 +370,7 @@ class UsatCommands:
         if sw != 0x9000 and sw >> 8 != 0x91:
             raise CmeError(CME_SIM_FAILURE)
         if sw == 0x9000:  # no further command: the proactive session has ended (27.007 section 12.2.4)
-            self._event(Kind.USAT_END, "proactive session ended", None, command=response.type_name)
-            await self._urc("+CUSATEND")
+            await self._session_end(response.type_name)
         elif self.service is not None:
             self.service.wake()
         return None
@@ -387,6 +401,7 @@ class UsatCommands:
         except CardRemoved as exc:
             raise CmeError(CME_SIM_NOT_INSERTED) from exc
         if sw >> 8 == 0x91 and self.service is not None:
+            self.host_in_session = True  # the card's answer to the host's envelope is a proactive session
             self.service.wake()
         busy = 1 if sw == SW_BUSY else 0
         return [f'+CUSATE: "{answer.hex().upper()}",{busy}', f"+CUSATE2: {sw >> 8},{sw & 0xFF}"]
