@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 import trio
@@ -480,3 +481,49 @@ def test_a_running_cp_delivers_injected_sms_and_its_smsc_lists_the_modems() -> N
                 process.kill()
                 process.wait()
             line.close()
+
+
+# --- an OTA push from the network: the SMSC, the modem's 27.005 set, the card's PoR, the session it triggers ---------
+
+
+def _free_loopback_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_an_ota_push_injected_at_the_smsc_reaches_the_card_and_the_por_comes_back(tmp_path: Path) -> None:
+    from bipsim.scenarios.base import check_ota_completed
+    from bipsim.scenarios.harness import EventQuery, Harness, RunConfig, run_processes
+    from bipsim.scenarios.sms_trigger import trigger_tpdu
+
+    port = _free_loopback_port()
+    answers: list[dict[str, object]] = []
+    tpdu = trigger_tpdu()
+
+    async def inject(harness: Harness) -> None:
+        # the card takes envelopes once it had its TERMINAL PROFILE: wait for the event that proves it
+        await harness.wait_for_event("cp", EventQuery(Kind.CAT_TERMINAL_PROFILE), timeout=25)
+        answers.append(await request("127.0.0.1", port, {"op": "send-mt", "hex": tpdu.hex(), "wait": 20}))
+
+    config = RunConfig(
+        session="sms-smsc",
+        bearer="ap-proxy",
+        profile={"trigger": "sms"},
+        cp_args=["--sms-listen", f"127.0.0.1:{port}"],
+        during=inject,
+    )
+    run = run_processes(config, tmp_path)
+    [answer] = answers
+    [message] = answer["messages"]  # type: ignore[index]
+    assert message["data_download"] and message["state"] == "delivered", message
+    por = bytes.fromhex(message["por"])
+    assert por and message["sw"][:2] in ("90", "91"), message
+    # the PoR the SMSC recorded is the card's answer to the SMS-PP DOWNLOAD envelope, as the CP traced it
+    outcome = [e for e in run.events if e.kind == Kind.SMSC_OUTCOME]
+    assert [e.hex for e in outcome] == [por.hex().upper()]
+    [offered] = [e for e in run.events if e.kind == Kind.SMSC_MT]
+    assert offered.hex == tpdu.hex().upper()
+    check_ota_completed(run)  # the push opened the card's BIP channel and the admin session ran to its end
