@@ -394,3 +394,38 @@ def test_reassembly_of_any_shuffle_gives_the_datagram(payload: bytes, rnd: rando
     out = [reassembler.push(p, 0.0) for p in pieces]
     assert out[-1] is not None and out[-1].payload == payload
     assert all(o is None for o in out[:-1])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 3),  # identification: a few datagrams at once
+            st.integers(0, 8191),  # offset in 8-byte units
+            st.binary(min_size=0, max_size=64),
+            st.booleans(),  # more fragments
+            st.floats(0, 100),
+        ),
+        max_size=60,
+    )
+)
+def test_hostile_fragments_give_reassembly_errors_or_datagrams_within_bounds(
+    fragments: list[tuple[int, int, bytes, bool, float]],
+) -> None:
+    reassembler = Reassembler(max_datagrams=2)
+    now = 0.0
+    for ident, offset, payload, more, step in fragments:
+        now += step
+        if offset * 8 + len(payload) > 65515:
+            continue  # the decoder refuses those already (test_a_fragment_reaching_past_64k_is_refused)
+        packet = Ipv4Packet(
+            A, B, UDP_PROTO, payload, identification=ident, dont_fragment=False, more_fragments=more,
+            fragment_offset=offset * 8,
+        )  # fmt: skip
+        try:
+            whole = reassembler.push(packet, now)
+        except ReassemblyError:
+            continue
+        assert len(reassembler) <= 2
+        if whole is not None:
+            assert len(whole.payload) <= 65515 and not whole.is_fragment
