@@ -331,6 +331,7 @@ class TcpConnection:
         self.cwnd = 0
         self.ssthresh = 1 << 30
         self._dupacks = 0
+        self._bytes_acked = 0
         self._in_recovery = False
         self._recover = self.iss
         # persist timer (RFC 9293 3.8.6.1)
@@ -732,9 +733,16 @@ class TcpConnection:
                 self.cwnd = max(self.cwnd - acked + (mss if acked >= mss else 0), mss)
             return
         if self.cwnd < self.ssthresh:
-            self.cwnd += min(acked, mss)  # RFC 5681 3.1 slow start
+            # slow start counting the bytes acknowledged, up to 2 SMSS per ACK (RFC 3465 2.2, L = 2 SMSS):
+            # with delayed ACKs (one ACK per two segments) RFC 5681's one SMSS per ACK would halve the growth
+            self.cwnd += min(acked, 2 * mss)
+            self._bytes_acked = 0
         else:
-            self.cwnd += max(1, mss * mss // self.cwnd)  # congestion avoidance, equation (3)
+            # congestion avoidance by byte counting (RFC 5681 3.1): one SMSS per cwnd of acknowledged bytes
+            self._bytes_acked += acked
+            if self._bytes_acked >= self.cwnd:
+                self._bytes_acked -= self.cwnd
+                self.cwnd += mss
 
     def _on_dupack(self, ack: int, now: float) -> None:
         mss = self.eff_mss

@@ -1272,3 +1272,36 @@ def test_every_segment_we_build_parses_in_scapy(
     checksum = tcp.chksum
     del tcp.chksum
     assert IP(bytes(parsed))[TCP].chksum == checksum  # scapy computes the same checksum over our bytes
+
+
+def test_slow_start_and_congestion_avoidance_growth() -> None:
+    c, _ = _pair(TcpConfig(send_buffer=1 << 20))
+    mss = c.eff_mss
+    assert c.cwnd == 3 * mss  # RFC 5681 3.1 initial window for a 1460-byte SMSS
+    c.send(b"c" * (200 * mss), 1.0)
+    c.outgoing()
+    # slow start: an ACK of two segments (a delayed ACK) opens the window by 2 SMSS (RFC 3465, L = 2 SMSS)
+    c.receive(_seg(c, TcpFlags.ACK, ack=c.snd_una + 2 * mss), 1.1)
+    assert c.cwnd == 5 * mss
+    c.receive(_seg(c, TcpFlags.ACK, ack=c.snd_una + 3 * mss), 1.1)
+    assert c.cwnd == 7 * mss  # at most 2 SMSS per ACK however much it covers
+    c.outgoing()
+    # congestion avoidance: one SMSS per window's worth of acknowledged bytes (RFC 5681 3.1 byte counting)
+    c.ssthresh = c.cwnd
+    window = c.cwnd
+    for _ in range(window // mss - 1):
+        c.receive(_seg(c, TcpFlags.ACK, ack=c.snd_una + mss), 1.2)
+        c.outgoing()
+    assert c.cwnd == window
+    c.receive(_seg(c, TcpFlags.ACK, ack=c.snd_una + mss), 1.2)
+    assert c.cwnd == window + mss
+
+
+def test_timeout_collapses_the_window() -> None:
+    c, _ = _pair(TcpConfig(send_buffer=1 << 20))
+    mss = c.eff_mss
+    c.send(b"t" * (3 * mss), 1.0)
+    assert len(c.outgoing()) == 3
+    c.on_timer(2.0)
+    assert c.cwnd == mss and c.ssthresh == 2 * mss  # RFC 5681 (4): max(FlightSize / 2, 2 SMSS); loss window 1
+    assert len(c.outgoing()) == 1  # go-back-N starts with one segment
