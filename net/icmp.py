@@ -12,6 +12,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
+from ipaddress import IPv4Address
 
 from bipsim.net.checksum import internet_checksum
 from bipsim.net.errors import PacketError
@@ -44,6 +45,7 @@ _HEADER = struct.Struct("!BBHI")
 # RFC 1812 section 4.3.2.3: an error quotes as much of the datagram as fits in 576 bytes
 _QUOTE_LIMIT = 576 - HEADER_LENGTH - _HEADER.size
 
+_BROADCAST = IPv4Address("255.255.255.255")
 ERROR_TYPES = frozenset({IcmpType.DESTINATION_UNREACHABLE, IcmpType.TIME_EXCEEDED, 4, 5, 12})
 
 
@@ -137,7 +139,7 @@ def may_answer_with_error(packet: Ipv4Packet) -> bool:
     if packet.fragment_offset:
         return False
     for address in (packet.source, packet.destination):
-        if address.is_multicast or address.is_unspecified or address == address.__class__("255.255.255.255"):
+        if address.is_multicast or address.is_unspecified or address == _BROADCAST:
             return False
     if packet.protocol == ICMP and packet.payload:
         return packet.payload[0] not in ERROR_TYPES
