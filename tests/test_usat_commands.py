@@ -28,6 +28,7 @@ from bipsim.uicc.cat import (
     DeviceId,
     Envelope,
     EnvelopeTag,
+    Event,
     GeneralResult,
     ProactiveCommand,
     Tag,
@@ -409,3 +410,12 @@ def test_the_card_menu_applet_alone() -> None:
     with pytest.raises(ToolkitError) as unknown:
         menu.envelope(select.replace(b"\x10\x01\x02", b"\x10\x01\x09"))
     assert unknown.value.sw == 0x6A80
+
+
+async def test_an_event_download_from_the_host_reaches_the_card(rig: Rig) -> None:
+    """+CUSATE with an EVENT DOWNLOAD (user activity, TS 102 223 7.5.5): the card's answer and status word."""
+    menu = await rig.activate()
+    assert await rig.answer(menu) == "+CUSATEND"
+    event = Envelope.event_download(Event.USER_ACTIVITY, DeviceId.TERMINAL)
+    answer = await rig.at(f'AT+CUSATE="{event.encode().hex().upper()}"')
+    assert answer.lines == ['+CUSATE: "",0', "+CUSATE2: 144,0"]

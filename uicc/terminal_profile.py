@@ -293,7 +293,6 @@ MODEM_FACILITIES: tuple[str, ...] = (
 HOST_FACILITIES: tuple[str, ...] = (
     "menu_selection", "ucs2_entry_supported", "ucs2_display_supported", "display_text", "get_inkey", "get_input",
     "play_tone", "select_item", "set_up_menu", "set_up_idle_mode_text", "launch_browser",
-    "event_idle_screen_available", "event_user_activity",
 )  # fmt: skip
 
 
