@@ -360,7 +360,8 @@ class TcpConnection:
         receive_buffer: int = 65535,
         config: TcpConfig | None = None,
     ) -> TcpConnection:
-        """An active open: the connection in SYN-SENT with its SYN in `outgoing()`."""
+        """An active open: the connection in SYN-SENT with its SYN in `outgoing()`. A `config` replaces `mss` and
+        `receive_buffer`."""
         cfg = _config(config, mss, receive_buffer)
         conn = cls(local, remote, iss=iss, config=cfg)
         conn._active = True
@@ -384,7 +385,9 @@ class TcpConnection:
         receive_buffer: int = 65535,
         config: TcpConfig | None = None,
     ) -> TcpConnection:
-        """A connection for a listener that received `syn`: SYN-RECEIVED with its SYN-ACK in `outgoing()`."""
+        """A connection for a listener that received `syn`: SYN-RECEIVED with its SYN-ACK in `outgoing()`. A
+        `config` replaces `mss` and `receive_buffer`; a `syn` without SYN, or with ACK, RST or FIN, is a ValueError
+        (the stack answers such segments itself)."""
         if TcpFlags.SYN not in syn.flags or syn.flags & (TcpFlags.ACK | TcpFlags.RST | TcpFlags.FIN):
             raise ValueError("a passive open takes a segment with SYN and without ACK, RST or FIN")
         cfg = _config(config, mss, receive_buffer)
