@@ -20,7 +20,7 @@ with `read_text`, and end its command with +CMS ERROR by raising CmsError.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import trio
@@ -87,6 +87,15 @@ class AtCommandError(Exception):
     """Ends the command line with ERROR."""
 
 
+class ResultCode(Exception):
+    """Ends the command line with a final result code other than OK and ERROR (V.250 section 5.7.2): NO CARRIER,
+    BUSY, NO ANSWER... e.g. ATO with no data call to return to, ATD<n>; to a busy number."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+
 class CmsError(Exception):
     """Ends the command line with +CMS ERROR: <code>, the final result of the message service commands (3GPP TS
     27.005 section 3.2.5). It is numeric whatever +CMEE says: 27.005 ties it to no setting."""
@@ -109,6 +118,18 @@ class TextEntry:
 
 
 @dataclass(frozen=True)
+class _Part:
+    """One traced piece of a write: its bytes and its trace event's kind, summary and fields."""
+
+    data: bytes
+    kind: Kind
+    summary: str
+    error: bool = False
+    step: str | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class AtSettings:
     """One channel's V.250 / 27.007 settings profile."""
 
@@ -119,6 +140,19 @@ class AtSettings:
     s3: int = 13
     s4: int = 10
     s5: int = 8
+    # V.250 6.3.8 / 6.2.8 / 6.2.9 / 6.2.5, 6.3.12-6.3.13 / 6.2.11-6.2.10 and the other S-registers (6.3.x): kept,
+    # reported and stored (&W) per channel; what the simulated line does with them is in docs/protocols.md
+    s0: int = 0  # rings before the ME answers an incoming call itself (0: never)
+    s6: int = 2
+    s7: int = 50
+    s8: int = 2
+    s10: int = 14
+    dcd: int = 1  # &C: 0 DCD always on, 1 DCD follows the data carrier
+    dtr: int = 2  # &D: 0 ignore DTR, 1 to command mode, 2 hang up the data call
+    x_level: int = 4  # X: result codes reported
+    ifc: tuple[int, int] = (2, 2)  # +IFC: flow control DCE by DTE, DTE by DCE (2: RTS/CTS)
+    icf: tuple[int, int] = (3, 3)  # +ICF: 8 data bits, 1 stop bit, no parity
+    ipr: int = 115200  # +IPR: the rate the DCE reports (0: autobaud)
 
 
 class AtServer:
@@ -140,6 +174,7 @@ class AtServer:
         self.cmee = 0
         self.echo = echo
         self.format = Formatter()
+        self._line = AtSettings()  # the settings that are not the formatter's or the assembler's
         self._write_lock = trio.Lock()
         self._stop = False
         self.gone = False  # the stream went away under a write: run() ends as on end of file
@@ -157,7 +192,8 @@ class AtServer:
 
     @property
     def settings(self) -> AtSettings:
-        return AtSettings(
+        return replace(
+            self._line,
             echo=self.echo,
             verbose=self.format.verbose,
             quiet=self.format.quiet,
@@ -169,6 +205,7 @@ class AtServer:
 
     @settings.setter
     def settings(self, value: AtSettings) -> None:
+        self._line = value
         self.echo, self.cmee = value.echo, value.cmee
         self.format.verbose, self.format.quiet = value.verbose, value.quiet
         self.format.s3 = self.assembler.s3 = value.s3
@@ -191,6 +228,7 @@ class AtServer:
         self.format = Formatter()
         self.cmee = 0
         self.assembler.s3, self.assembler.s5 = 13, 8
+        self._line = AtSettings()
         for hook in self.reset_hooks:
             hook()
 
@@ -221,28 +259,40 @@ class AtServer:
         step: str | None = None,
         **fields: Any,
     ) -> None:
-        if not data or self.gone:
+        await self._write_parts([_Part(data, kind, summary, error, step, fields)])
+
+    async def _write_parts(self, parts: list[_Part]) -> None:
+        """Writes the parts in one write (one CMUX frame, one pty write), each traced as its own event."""
+        parts = [part for part in parts if part.data]
+        if not parts or self.gone:
             return
         async with self._write_lock:
-            self._trace(False, kind, summary, data, error=error, step=step, **fields)
+            for part in parts:
+                self._trace(
+                    False, part.kind, part.summary, part.data, error=part.error, step=part.step, **part.fields
+                )
             try:
-                await self.stream.send_all(data)
+                await self.stream.send_all(b"".join(part.data for part in parts))
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 # the peer hung up or the DLC closed: nobody is left to answer, like an end of file
                 self.gone = True
                 self._trace(False, Kind.AT_ERROR, f"stream went away ({type(exc).__name__})", error=True)
 
-    async def _final(self, text: str, summary: str, line: str, *, step: str | None = None) -> None:
-        """A final result code (V.250 section 5.7.2, 27.007 9.2): written unless quiet (Q1), traced either way."""
+    async def _final(
+        self, text: str, summary: str, line: str, *, step: str | None = None, held: list[_Part] | None = None
+    ) -> None:
+        """A final result code (V.250 section 5.7.2, 27.007 9.2): written unless quiet (Q1), traced either way.
+        `held` information text goes out in the same write (a whole answer is one burst, as a modem sends it: on
+        CMUX one frame instead of one per line)."""
         error = text != "OK"
         if self.format.quiet:  # nothing written: the trace still says how the line ended
+            await self._write_parts(held or [])
             self._trace(False, Kind.AT_FINAL, f"{summary} (quiet)", error=error, result=text, quiet=True)
             return
         info = text.startswith(("+CME ERROR", "+CMS ERROR"))
         data = self.format.info(text) if info else self.format.result(text)
-        await self._write(
-            data, Kind.AT_FINAL, summary, error=error, step=step, result=text, **command_fields(line)
-        )
+        fields = {"result": text, **command_fields(line)}
+        await self._write_parts([*(held or []), _Part(data, Kind.AT_FINAL, summary, error, step, fields)])
 
     async def send_urc(self, line: str) -> None:
         await self._write(self.format.info(line), Kind.AT_URC, line)
@@ -343,7 +393,8 @@ class AtServer:
             await self._final("ERROR", "ERROR (syntax)", line)
             return
         self.answer_step = None
-        for request in requests:
+        held: list[_Part] = []
+        for index, request in enumerate(requests):
             if self.gone:  # the rest of a concatenated line is not executed for nobody
                 return
             try:
@@ -364,10 +415,19 @@ class AtServer:
             except CmsError as exc:
                 await self._final(f"+CMS ERROR: {exc.code}", f"+CMS ERROR: {exc.code}", line)
                 return
-            for text in lines or []:
-                fields = command_fields("AT" + request.raw)
-                await self._write(self.format.info(text), Kind.AT_INFO, text, step=self.answer_step, **fields)
-        await self._final("OK", "OK", line, step=self.answer_step)
+            except ResultCode as exc:
+                await self._final(exc.text, exc.text, line)
+                return
+            fields = command_fields("AT" + request.raw)
+            answer = [
+                _Part(self.format.info(text), Kind.AT_INFO, text, False, self.answer_step, fields)
+                for text in lines or []
+            ]
+            if index == len(requests) - 1:
+                held = answer  # the last command's lines go with the final result
+            else:
+                await self._write_parts(answer)
+        await self._final("OK", "OK", line, step=self.answer_step, held=held)
         self.answer_step = None
 
     async def _dispatch(self, request: AtRequest) -> list[str] | None:
@@ -403,7 +463,7 @@ class AtServer:
             raise AtCommandError()
         try:
             return await handler(request)
-        except (CmeError, CmsError, AtCommandError):
+        except (CmeError, CmsError, AtCommandError, ResultCode):
             raise
         except Exception as exc:
             # a handler bug must not end the line service: the DTE gets an error, the trace says what happened
@@ -422,16 +482,20 @@ class AtServer:
 
     def _s_register(self, request: AtRequest) -> list[str] | None:
         number = int(request.name[1:])
-        registers = {3: "s3", 4: "s4", 5: "s5"}
+        registers = {0: "s0", 3: "s3", 4: "s4", 5: "s5", 6: "s6", 7: "s7", 8: "s8", 10: "s10"}
         if number not in registers:
             raise AtCommandError()
         if request.kind is CommandKind.READ:
-            current = {3: self.format.s3, 4: self.format.s4, 5: self.assembler.s5}[number]
+            current = getattr(self.settings, registers[number])
             return [f"{current:03d}"]
         value = request.args[0] if request.args else None
-        if not isinstance(value, int) or not 0 <= value <= 127:
+        # V.250 6.2.1-6.3.x ranges: S0 0-255, S3/S4/S5 0-127, S6 2-10, S7 1-255, S8 0-255, S10 1-254
+        low, high = {0: (0, 255), 6: (2, 10), 7: (1, 255), 8: (0, 255), 10: (1, 254)}.get(number, (0, 127))
+        if not isinstance(value, int) or not low <= value <= high:
             raise AtCommandError()
-        if number == 3:
+        if number not in (3, 4, 5):
+            self._line = replace(self._line, **{registers[number]: value})
+        elif number == 3:
             self.format.s3 = self.assembler.s3 = value
         elif number == 4:
             self.format.s4 = value
