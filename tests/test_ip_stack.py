@@ -638,3 +638,23 @@ async def test_a_flow_nobody_answers_is_forgotten(autojump_clock: trio.testing.M
         await client.send_to(b"q", (IPv4Address("192.0.2.53"), 53))
         await trio.testing.wait_all_tasks_blocked()
         assert len(offered) == 2 and offered[1] == offered[0]  # offered afresh
+
+
+async def test_udp_socket_errors_are_the_socket_api_s(autojump_clock: trio.testing.MockClock) -> None:
+    async with joined() as pair:
+        socket = await pair.cp.open_udp(6000)
+        with pytest.raises(OSError) as too_big:
+            await socket.send_to(bytes(70_000), (NET, 9))
+        assert too_big.value.errno == errno.EMSGSIZE
+        with pytest.raises(OSError, match="out of range"):
+            await socket.send_to(b"x", (NET, 0))
+        with pytest.raises(OSError, match="without a peer"):
+            await socket.send(b"x")
+        assert pair.up.sent == []
+        await socket.aclose()
+        with pytest.raises(trio.ClosedResourceError):
+            await socket.receive_from()
+        with pytest.raises(trio.ClosedResourceError):
+            await socket.send_to(b"x", (NET, 9))
+        again = await pair.cp.open_udp(6000)  # the port is free again after close
+        assert again.port == 6000
