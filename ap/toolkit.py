@@ -314,6 +314,7 @@ class ToolkitService:
         self.replies: list[Reply] = []
         self.sessions_ended = 0
         self.active = trio.Event()
+        self._changed = trio.Event()  # set (and renewed) at each answer and each session end
         self._tx, self._rx = trio.open_memory_channel[str](64)
         chat.add_urc_handler("+CUSATP:", self._urc)
         chat.add_urc_handler("+CUSATEND", self._urc)
@@ -353,8 +354,15 @@ class ToolkitService:
         async for line in self._rx:
             if line.startswith("+CUSATEND"):
                 self.sessions_ended += 1
-                continue
-            await self._answer(line)
+            else:
+                await self._answer(line)
+            self._changed.set()
+            self._changed = trio.Event()
+
+    async def wait_for(self, *, replies: int = 0, sessions_ended: int = 0) -> None:
+        """Until the toolkit has answered `replies` commands and seen `sessions_ended` +CUSATENDs."""
+        while len(self.replies) < replies or self.sessions_ended < sessions_ended:
+            await self._changed.wait()
 
     async def _answer(self, line: str) -> None:
         text = line.partition(":")[2].strip().strip('"')

@@ -179,10 +179,7 @@ async def test_the_ap_toolkit_drives_the_cards_menu(nursery: trio.Nursery, tmp_p
     toolkit = ToolkitService(chat, HostToolkit(Policy.parse(f"script:{script}")), tracer=ap_tracer)
     nursery.start_soon(toolkit.run)
     with trio.fail_after(10):
-        while len(menu.answers) < 3:
-            await trio.sleep(0.01)  # polls the card's record of terminal responses
-        while toolkit.sessions_ended < 2:
-            await trio.sleep(0.01)
+        await toolkit.wait_for(replies=3, sessions_ended=2)
     assert [(t, g) for t, g, _ in menu.answers] == [
         (CommandType.SET_UP_MENU, 0),
         (CommandType.SELECT_ITEM, 0),
