@@ -26,6 +26,9 @@ def build_command_sets(core: ModemCommands, tracer: Tracer, settings: dict[str, 
     (ModemOptions.command_settings), keyed by option name."""
     sets: list[CommandSet] = []
     # One entry per set; a vendor dialect stays last, as it may replace the handlers installed before it.
+    from bipsim.cp.v250_commands import V250Commands  # V.250 basics: O, &C, &D, &V, &W, Z, X, +GCAP, +IPR...
+
+    sets.append(V250Commands(tracer))
     from bipsim.cp.usat_commands import UsatCommands  # 27.007 section 12: USAT (+CUSATR/W/A/T/E)
 
     sets.append(UsatCommands(core, tracer, settings))

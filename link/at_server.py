@@ -494,7 +494,8 @@ class AtServer:
         if not isinstance(value, int) or not low <= value <= high:
             raise AtCommandError()
         if number not in (3, 4, 5):
-            self._line = replace(self._line, **{registers[number]: value})
+            changes: dict[str, Any] = {registers[number]: value}
+            self._line = replace(self._line, **changes)
         elif number == 3:
             self.format.s3 = self.assembler.s3 = value
         elif number == 4:

@@ -171,6 +171,11 @@ def parse_line(line: str) -> list[AtRequest]:
             continue
         start = i
         upper = ch.upper()
+        if upper == "D":
+            # V.250 6.3.1: D takes the rest of the line as its dial string; a ";" ending it (27.007 6.2: a voice
+            # call) stays in the argument, so the handler tells ATD<n>; from a data call
+            out.append(AtRequest("D", CommandKind.SET, (body[i + 1 :].strip(),), body[start:]))
+            break
         if upper == "S" and i + 1 < len(body) and body[i + 1] in DIGITS:
             i += 1
             while i < len(body) and body[i] in DIGITS:
