@@ -38,7 +38,7 @@ from bipsim.net.ipv4 import ICMP, TCP, UDP, Ipv4Packet
 from bipsim.net.radio import LinkEnd
 from bipsim.net.tun import TunNamespace, open_tun_namespace
 from bipsim.net.udp import UdpDatagram
-from bipsim.trace.events import Actor, Layer
+from bipsim.trace.events import Actor, Layer, TraceEvent
 from bipsim.trace.kinds import Kind
 from bipsim.trace.recorder import NULL_TRACER, Tracer
 
@@ -88,6 +88,37 @@ class _Context:
     flows: set[trio.CancelScope] = field(default_factory=set)  # each flow's task (nat), ended by detach
 
 
+class _DropsOnly(Tracer):
+    """The gateway stack's tracer: the CP's stack already records every packet of the bearer, so the gateway's
+    copy of each would be the same message twice; only what the gateway refuses (ip.dropped: bad input from a
+    context, with its reason) is recorded."""
+
+    def __init__(self, inner: Tracer) -> None:
+        super().__init__()
+        self._inner = inner
+        self._nothing = TraceEvent(0.0, Actor.PGW, Actor.PGW, Layer.IP, "")
+
+    def emit(
+        self,
+        src: Actor | str,
+        dst: Actor | str,
+        layer: Layer | str,
+        summary: str,
+        data: bytes | None = None,
+        *,
+        step: str | None = None,
+        session: str | None = None,
+        error: bool = False,
+        kind: str = "",
+        fields: dict[str, Any] | None = None,
+    ) -> TraceEvent:
+        if not error:
+            return self._nothing
+        return self._inner.emit(
+            src, dst, layer, summary, data, step=step, session=session, error=error, kind=kind, fields=fields
+        )
+
+
 class Pgw:
     """The gateway; `run` it in a nursery, then `attach` each context's bearer end."""
 
@@ -127,9 +158,9 @@ class Pgw:
         self._contexts: dict[IPv4Address, _Context] = {}
         self._nursery: trio.Nursery | None = None
         self._stack: Any = None  # net.stack.IpStack in nat mode
-        self.forward_ports: dict[
-            PortForward, int
-        ] = {}  # the port each forward listens on (host_port 0: chosen)
+        # the port each forward listens on (host_port 0: the system chose), and the scope that ends it
+        self.forward_ports: dict[PortForward, int] = {}
+        self._forward_scopes: dict[PortForward, trio.CancelScope] = {}
 
     @property
     def dns_servers(self) -> tuple[IPv4Address, ...]:
@@ -368,7 +399,9 @@ class Pgw:
         stack = IpStack(
             self.gateway,
             self._to_context,
-            tracer=self.tracer if self.trace_packets else NULL_TRACER,
+            tracer=self.tracer
+            if self.trace_packets or self.tracer is NULL_TRACER
+            else _DropsOnly(self.tracer),
             actor=Actor.PGW,
             peer=Actor.CP,
             promiscuous=True,
@@ -505,6 +538,28 @@ class Pgw:
             Ipv4Packet(destination[0], source[0], ICMP, message.encode(), dont_fragment=False).encode()
         )
 
+    async def add_forward(self, forward: PortForward) -> int:
+        """Starts forwarding `forward` while the gateway runs (a card's UICC server channel opened); returns the
+        host port it listens on. OSError when the host port cannot be had."""
+        if self.mode is not PgwMode.NAT:
+            raise ValueError(
+                "port forwards are for --network nat; in tun mode the namespace reaches the contexts"
+            )
+        if self._nursery is None:
+            raise RuntimeError("the gateway is not running")
+        if forward in self._forward_scopes:
+            return self.forward_ports[forward]
+        await self._nursery.start(self._serve_forward, forward)
+        return self.forward_ports[forward]
+
+    def remove_forward(self, forward: PortForward) -> None:
+        """Stops `forward` (the server channel closed): its listener and the connections it carries end."""
+        scope = self._forward_scopes.pop(forward, None)
+        if scope is not None:
+            scope.cancel()
+            self.forward_ports.pop(forward, None)
+            self._event("pgw_forward_removed", destination=f"{forward.address}:{forward.port}")
+
     async def _serve_forward(
         self, forward: PortForward, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
@@ -515,12 +570,20 @@ class Pgw:
             host=f"{forward.host}:{self.forward_ports[forward]}",
             destination=f"{forward.address}:{forward.port}",
         )
-        task_status.started()
 
         async def handler(client: trio.SocketStream) -> None:
             await self._forwarded(forward, client)
 
-        await trio.serve_listeners(handler, listeners)
+        with trio.CancelScope() as scope:
+            self._forward_scopes[forward] = scope
+            try:
+                async with trio.open_nursery() as nursery:
+                    # the listeners end with the scope; connections they carried end with their context
+                    await nursery.start(trio.serve_listeners, handler, listeners)
+                    task_status.started()
+            finally:
+                for listener in listeners:
+                    await trio.aclose_forcefully(listener)
 
     async def _forwarded(self, forward: PortForward, client: trio.abc.HalfCloseableStream) -> None:
         context = self._contexts.get(forward.address)

@@ -16,6 +16,7 @@ from ipaddress import IPv4Address
 
 import pytest
 import trio
+import trio.testing
 
 from bipsim.net.pgw import GATEWAY, SERVER_ADDRESS, Pgw, PortForward
 from bipsim.net.radio import PROFILES, LinkEnd, LinkProfile, RadioLink, radio_link
@@ -258,3 +259,50 @@ async def test_detach_mid_transfer_ends_the_flows(nursery: trio.Nursery) -> None
     detach = [e for e in rig.tracer.events if e.kind == Kind.APP_EVENT and e.field("event") == "pgw_detach"]
     assert detach and detach[0].field("reason") == "AT+CGACT=0"
     assert rig.cp.closed is False and rig.link.b.closed
+
+
+async def test_forwards_added_and_removed_at_run_time(rig: Rig, nursery: trio.Nursery) -> None:
+    listener = await rig.stack.listen_tcp(4000)
+    forward = PortForward(0, CP, 4000)
+    port = await rig.pgw.add_forward(forward)
+    assert await rig.pgw.add_forward(forward) == port  # the same forward twice is one listener
+
+    async def card_server() -> None:
+        stream = await listener.accept()
+        await stream.send_all(b"hi")
+        await stream.aclose()
+
+    nursery.start_soon(card_server)
+    client = await trio.open_tcp_stream("127.0.0.1", port)
+    with trio.fail_after(10):
+        assert await client.receive_some(10) == b"hi"
+    await client.aclose()
+    rig.pgw.remove_forward(forward)
+    await trio.testing.wait_all_tasks_blocked()
+    with pytest.raises(OSError):
+        await trio.open_tcp_stream("127.0.0.1", port)
+
+
+async def test_garbage_from_a_context_is_dropped_and_the_gateway_goes_on(
+    rig: Rig, nursery: trio.Nursery
+) -> None:
+    rng = random.Random(15)
+    pgw_end = rig.link.b
+    for _ in range(300):
+        size = rng.choice([0, 1, 19, 20, 40, 60, 200])
+        packet = bytearray(rng.randbytes(size))
+        if size >= 20 and rng.random() < 0.7:
+            packet[0] = 0x45  # looks like IPv4: reaches the stack's decoder
+            packet[12:16] = CP.packed  # from the context's own address
+        rig.cp.send_nowait(bytes(packet))
+    results: dict[str, object] = {}
+    _, port = await _both_ways_server(nursery, results, 1000)
+    stream = await rig.stack.open_tcp(LOOPBACK, port, timeout=10)
+    assert await _exchange(stream, 1000) == _pattern(1000, 7)
+    await stream.aclose()
+    assert not pgw_end.closed
+    assert rig.pgw.counters.dropped > 0  # the gateway's own checks: not IPv4, another source
+    # what reached the gateway's stack and was refused there is traced with its reason, once per packet
+    refused = [e for e in rig.tracer.events if e.kind == Kind.IP_DROPPED and e.dst == "pgw"]
+    assert len(refused) > 50
+    assert all(e.error and e.field("reason") for e in refused)
