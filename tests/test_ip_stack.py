@@ -7,6 +7,7 @@ every packet's exact bytes."""
 from __future__ import annotations
 
 import errno
+import io
 import math
 import random
 from collections.abc import AsyncIterator, Callable
@@ -32,6 +33,7 @@ from bipsim.net.tcp_segment import TcpFlags, TcpSegment
 from bipsim.net.udp import UdpDatagram
 from bipsim.trace.events import Actor, TraceEvent
 from bipsim.trace.kinds import Kind
+from bipsim.trace.reader import parse_lines
 from bipsim.trace.recorder import Tracer
 
 CP = IPv4Address("198.51.100.2")
@@ -658,3 +660,27 @@ async def test_udp_socket_errors_are_the_socket_api_s(autojump_clock: trio.testi
             await socket.send_to(b"x", (NET, 9))
         again = await pair.cp.open_udp(6000)  # the port is free again after close
         assert again.port == 6000
+
+
+def test_the_stack_s_events_are_json_lines_the_trace_reader_takes() -> None:
+    sink = io.StringIO()
+    sent: list[bytes] = []
+    stack = IpStack(CP, sent.append, tracer=Tracer(sink), rng=random.Random(0), clock=_fixed_clock)
+    stack.receive_packet(Ipv4Packet(NET, CP, ICMP, echo_request(1, 2, b"x").encode()).encode())
+    stack.receive_packet(Ipv4Packet(NET, CP, UDP, UdpDatagram(4000, 9, b"x").encode(NET, CP)).encode())
+    stack.receive_packet(_tcp_packet("S"))
+    stack.receive_packet(b"\x45junk")
+    events = list(parse_lines(sink.getvalue().splitlines(), "stack.jsonl"))
+    assert [e.kind for e in events] == [
+        Kind.ICMP_MESSAGE,
+        Kind.ICMP_MESSAGE,
+        Kind.UDP_DATAGRAM,
+        Kind.ICMP_MESSAGE,
+        Kind.TCP_SYN,
+        Kind.TCP_SEGMENT,
+        Kind.IP_DROPPED,
+    ]
+    assert [e.data for e in events if e.src == Actor.CP] == sent
+    assert events[1].fields == {"src": str(CP), "dst": str(NET), "type": 0, "code": 0, "id": 1, "seq": 2}
+    assert events[3].fields["code"] == 3 and events[5].fields["flags"] == "RST|ACK"  # type: ignore[index]
+    assert events[-1].error and events[-1].layer == "ip"
