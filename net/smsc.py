@@ -338,6 +338,7 @@ class Smsc:
                 "destination": destination,
                 "srr": decoded.status_report_request,
                 "status": message.status,
+                "smsc": self.address,
             },
         )
         if destination == origin and message.state is MoState.DELIVERED:
@@ -459,6 +460,7 @@ class Smsc:
                 "type": message.type,
                 "originator": message.originator,
                 "data_download": message.is_data_download,
+                "smsc": self.address,
             },
         )
         return message

@@ -70,7 +70,15 @@ def test_mo_submit_is_stored_and_traced() -> None:
     [mo] = smsc.mo
     assert mo.origin == ME and mo.submit.text == "hello" and mo.tpdu == tpdu and mo.state.value == "delivered"
     assert _kinds(tracer, Kind.SMSC_MO) == [
-        {"id": 1, "mr": 42, "origin": ME, "destination": "+15557654321", "srr": False, "status": 0}
+        {
+            "id": 1,
+            "mr": 42,
+            "origin": ME,
+            "destination": "+15557654321",
+            "srr": False,
+            "status": 0,
+            "smsc": "+15550000000",
+        }
     ]
     assert smsc.mt == []  # no status report asked for
 
@@ -527,3 +535,49 @@ def test_an_ota_push_injected_at_the_smsc_reaches_the_card_and_the_por_comes_bac
     [offered] = [e for e in run.events if e.kind == Kind.SMSC_MT]
     assert offered.hex == tpdu.hex().upper()
     check_ota_completed(run)  # the push opened the card's BIP channel and the admin session ran to its end
+
+
+@pytest.mark.needs("tshark")
+def test_the_pcap_of_an_smsc_trace_decodes_as_gsm_sms_in_both_directions(tmp_path: Path) -> None:
+    from bipsim.trace.pcap import export_pcap
+
+    smsc, tracer = _smsc()
+    smsc.submit(
+        SmsSubmit.for_text("+15557654321", "Привет", mr=9, status_report_request=True)[0].encode(), origin=ME
+    )
+    smsc.inject_mt(text="Hello {€} " * 20, originator="+15551112222")
+    smsc.subscribe(FakeMe())
+    while (message := smsc.take_next()) is not None:
+        smsc.settle(message, Answer(True))
+    path = tmp_path / "smsc.pcap"
+    assert export_pcap(tracer.events, path) == 4
+    malformed = subprocess.run(
+        ["tshark", "-r", str(path), "-Y", "_ws.malformed || _ws.expert.severity == error"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert malformed.returncode == 0 and malformed.stdout.strip() == ""
+    fields = subprocess.run(
+        ["tshark", "-r", str(path), "-T", "fields", "-E", "separator=|"]
+        + [
+            "-e",
+            "gsm_sms.tp-mti",
+            "-e",
+            "gsm_sms.tp-mr",
+            "-e",
+            "gsm_sms.udh.mm.msg_part",
+            "-e",
+            "gsm_sms.sms_text",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout.splitlines()
+    rows = [line.split("|") for line in fields]
+    # the SUBMIT up, the status report down (TP-MTI 2 read as a report only in that direction), the two parts down
+    assert [r[0] for r in rows] == ["1", "2", "0", "0"]
+    assert rows[0][1] == "9" and rows[0][3] == "Привет" and rows[1][1] == "9"
+    assert [r[2] for r in rows[2:]] == ["1", "2"]
+    assert (rows[2][3] + rows[3][3]).startswith("Hello {€} Hello")

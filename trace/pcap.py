@@ -18,6 +18,11 @@
   sequence and acknowledgement numbers, and FIN/ACK at an event of kind tcp.close or tcp.closed (a tcp.error, a
   refused or reset connection, draws none). An actor that has IP packets in the trace gets none made up: its
   packets are the real ones.
+- SMS TPDUs the network's SMSC took from the ME or offered to it (kinds smsc.mo and smsc.mt, net/smsc.py): one
+  GSMTAP v2 datagram of type LTE NAS (sub-type 0, plain NAS) each, an EMM UPLINK or DOWNLINK NAS TRANSPORT whose NAS
+  message container (3GPP TS 24.301 8.2.30/8.2.12, 9.9.3.22) holds the SMS as it travels over NAS: CP-DATA (TS
+  24.011 7.2.1) around RP-DATA (7.3.1) with the SMSC's address and the TPDU. tshark then decodes the TPDU as GSM SMS
+  in its direction (an SMS-STATUS-REPORT and an SMS-COMMAND share TP-MTI 2 and differ only by it).
 - AT lines and CMUX frames have no dissector that takes them raw, so they are UDP payload on documented ports:
   AT_PORT (27007) for V.250/27.007 text, CMUX_PORT (27010) for 27.010 frames; the source port says which actor sent.
 
@@ -41,6 +46,9 @@ from bipsim.trace.kinds import Kind
 GSMTAP_PORT = 4729
 GSMTAP_TYPE_SIM = 4
 GSMTAP_SIM_APDU = 0
+GSMTAP_TYPE_LTE_NAS = 0x12  # osmocom gsmtap.h GSMTAP_TYPE_LTE_NAS; sub-type 0: plain NAS
+EMM_DOWNLINK_NAS_TRANSPORT = 0x62  # TS 24.301 table 9.8.1
+EMM_UPLINK_NAS_TRANSPORT = 0x63
 AT_PORT = 27007
 CMUX_PORT = 27010
 OTA_TCP_PORT = 4443
@@ -91,6 +99,25 @@ def gsmtap_header(frame_number: int = 0) -> bytes:
     return struct.pack(
         "!BBBBHbbIBBBB", 2, 4, GSMTAP_TYPE_SIM, 0, 0, 0, 0, frame_number, GSMTAP_SIM_APDU, 0, 0, 0
     )
+
+
+def sms_over_nas(tpdu: bytes, *, uplink: bool, smsc: str, reference: int) -> bytes | None:
+    """A GSMTAP LTE NAS payload carrying `tpdu` (see the module's docstring), or None when it does not fit."""
+    digits = "".join(ch for ch in smsc if ch.isdigit())
+    nibbles = [int(d) for d in digits] + ([0xF] if len(digits) % 2 else [])
+    bcd = bytes(nibbles[i] | nibbles[i + 1] << 4 for i in range(0, len(nibbles), 2))
+    sc = bytes((1 + len(bcd), 0x91)) + bcd  # RP address (TS 24.011 8.2.5): international, E.164
+    if uplink:  # RP-DATA MS -> network: no originator, the SC as destination
+        rpdu = bytes((0x00, reference & 0xFF, 0x00)) + sc + bytes((len(tpdu),)) + tpdu
+    else:  # RP-DATA network -> MS: the SC as originator, no destination
+        rpdu = bytes((0x01, reference & 0xFF)) + sc + b"\x00" + bytes((len(tpdu),)) + tpdu
+    cp_data = bytes((0x09, 0x01, len(rpdu))) + rpdu  # PD 9 (SMS), CP-DATA, CP-User data
+    if len(cp_data) > 0xFF:
+        return None
+    message = EMM_UPLINK_NAS_TRANSPORT if uplink else EMM_DOWNLINK_NAS_TRANSPORT
+    nas = bytes((0x07, message, len(cp_data))) + cp_data  # plain EMM (PD 7), NAS message container
+    header = struct.pack("!BBBBHbbIBBBB", 2, 4, GSMTAP_TYPE_LTE_NAS, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+    return header + nas
 
 
 @dataclass
@@ -216,6 +243,19 @@ class PcapExporter:
         payload = gsmtap_header(len(self.packets)) + command.data + event.data
         self._udp(Actor.CP, Actor.UICC, GSMTAP_PORT, payload, event.t)
 
+    def _sms(self, event: TraceEvent) -> None:
+        fields = event.fields or {}
+        payload = sms_over_nas(
+            event.data,
+            uplink=event.kind == Kind.SMSC_MO,
+            smsc=str(fields.get("smsc", "")),
+            reference=int(fields.get("id", 0) or 0),
+        )
+        if payload is None:
+            self.skipped += 1
+            return
+        self._udp(event.src, event.dst, GSMTAP_PORT, payload, event.t)
+
     def _connection(self, a: Actor, b: Actor) -> _Connection:
         key = frozenset((a, b))
         conn = self._connections.get(key)
@@ -297,6 +337,8 @@ class PcapExporter:
         elif layer in NETWORK_LAYERS:
             if layer is Layer.TCP or event.hex:
                 self._network(event)
+        elif event.kind in (Kind.SMSC_MO, Kind.SMSC_MT) and event.hex:
+            self._sms(event)
         elif layer is Layer.AT and event.hex:
             self._udp(event.src, event.dst, AT_PORT, event.data, event.t)
         elif layer is Layer.CMUX and event.hex:
