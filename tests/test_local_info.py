@@ -9,8 +9,10 @@ from bipsim.cp.bip_gateway import BipGateway, SendTerminalResponse
 from bipsim.cp.local_info import LocalInfo, date_time, mobile_identity, plmn, provide_local_information
 from bipsim.uicc.cat import CommandType, GeneralResult, ProactiveCommand, Tag
 
+DEFAULT = LocalInfo()
 
-def answer(qualifier: int, info: LocalInfo = LocalInfo()) -> tuple[int, list[tuple[int, bytes]]]:
+
+def answer(qualifier: int, info: LocalInfo = DEFAULT) -> tuple[int, list[tuple[int, bytes]]]:
     command = ProactiveCommand.build(CommandType.PROVIDE_LOCAL_INFORMATION, qualifier=qualifier)
     general, objects = provide_local_information(command, info, datetime(2026, 11, 30, 15, 20, 5, tzinfo=UTC))
     return general, [(o.tag, o.value) for o in objects]
