@@ -309,7 +309,8 @@ class BipGateway:
         # proactive commands a host's toolkit has taken (27.007 section 12, cp/usat_commands.py); never BIP's
         self.host_commands: frozenset[int] = frozenset()
         self.local_info = LocalInfo()  # what PROVIDE LOCAL INFORMATION reports (the modem sets its network's)
-        self.timers = ToolkitTimers()  # TIMER MANAGEMENT's timers; `clock` is the adapter's (trio's in the CP)
+        # TIMER MANAGEMENT's timers; `clock` is the adapter's (trio's in the CP)
+        self.timers = ToolkitTimers()
         self.clock: Callable[[], float] = time.monotonic
 
     # --- helpers -----------------------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ import click
 
 from bipsim.errors import CliError
 
-_KINDS = ["auto", "proactive", "terminal_response", "envelope", "tlv", "apdu", "rapdu", "sms", "terminal_profile"]
+_KINDS = ["auto", "proactive", "terminal_response", "envelope", "tlv", "apdu", "rapdu", "sms"]
+_KINDS.append("terminal_profile")  # uicc/terminal_profile.py, not a CAT message
 
 _AS_HELP = """What the bytes are (default auto: found from the bytes themselves).
 proactive: a proactive command 'D0'.
