@@ -50,6 +50,9 @@ class TcpFlags(IntFlag):
         return "|".join(flag.name or "" for flag in TcpFlags if flag in self)
 
 
+_FLAGS = [TcpFlags(value) for value in range(256)]  # decode builds no enum member per segment
+
+
 @dataclass(frozen=True)
 class TcpSegment:
     """One TCP segment; `window` is the header field as sent (not scaled), `seq`/`ack` are 32-bit."""
@@ -139,7 +142,7 @@ class TcpSegment:
             destination_port=dport,
             seq=seq,
             ack=ack,
-            flags=TcpFlags(flag_byte),
+            flags=_FLAGS[flag_byte],
             window=window,
             payload=bytes(data[offset:]),
             mss=mss,
