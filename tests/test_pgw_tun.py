@@ -224,11 +224,20 @@ class Server:
         return line.decode()
 
 
-async def _server(pgw: Pgw, mode: str, port: int, n: int = 0) -> Server:
+async def _server(nursery: trio.Nursery, pgw: Pgw, mode: str, port: int, n: int = 0) -> Server:
     assert pgw.tun is not None
     process = await trio.lowlevel.open_process(
         pgw.tun.command([sys.executable, "-c", SERVER, mode, str(port), str(n)]), stdout=subprocess.PIPE
     )
+
+    async def reap() -> None:
+        # a test that fails leaves no server behind (nor, through it, the namespace)
+        try:
+            await trio.sleep_forever()
+        finally:
+            process.kill()
+
+    nursery.start_soon(reap)
     server = Server(process)
     assert await server.line() == "ready"
     return server
@@ -284,7 +293,7 @@ async def test_kernel_tcp_handshake_and_1_mib_both_ways(
     nursery: trio.Nursery, rig: tuple[Pgw, LinkEnd, RadioLink, Tracer]
 ) -> None:
     pgw, cp, _link, tracer = rig
-    server = await _server(pgw, "both", 5000, PATTERN_SIZE)
+    server = await _server(nursery, pgw, "both", 5000, PATTERN_SIZE)
     stack = await _cp_stack(nursery, cp, tracer)
     stream = await stack.open_tcp(SERVER_ADDRESS, 5000, timeout=10)
     syns = [e for e in tracer.events if e.kind == Kind.TCP_SYN]
@@ -301,7 +310,7 @@ async def test_kernel_tcp_handshake_and_1_mib_both_ways(
 async def test_kernel_tcp_with_loss_on_our_radio(nursery: trio.Nursery) -> None:
     lossy = dataclasses.replace(PROFILES["lte"], loss=0.02)
     pgw, cp, link, tracer = await _start(nursery, lossy, seed=3)
-    server = await _server(pgw, "both", 5002, PATTERN_SIZE)
+    server = await _server(nursery, pgw, "both", 5002, PATTERN_SIZE)
     stack = await _cp_stack(nursery, cp, tracer)
     stream = await stack.open_tcp(SERVER_ADDRESS, 5002, timeout=30)
     received = await _both_ways(stream, PATTERN_SIZE)
@@ -322,7 +331,7 @@ async def test_kernel_tcp_simultaneous_close(
     nursery: trio.Nursery, rig: tuple[Pgw, LinkEnd, RadioLink, Tracer]
 ) -> None:
     pgw, cp, _link, tracer = rig
-    server = await _server(pgw, "close", 5003)
+    server = await _server(nursery, pgw, "close", 5003)
     held: list[bytes] = []
     released = False
 
@@ -369,7 +378,7 @@ async def test_kernel_tcp_refused_and_reset(
     stack = await _cp_stack(nursery, cp, tracer)
     with pytest.raises(ConnectionRefusedError):
         await stack.open_tcp(SERVER_ADDRESS, 5999, timeout=10)  # nothing listens: the kernel's RST
-    server = await _server(pgw, "abort", 5004)
+    server = await _server(nursery, pgw, "abort", 5004)
     stream = await stack.open_tcp(SERVER_ADDRESS, 5004, timeout=10)
     await stream.send_all(b"x")
     assert await server.line() == "reset"
@@ -380,3 +389,34 @@ async def test_kernel_tcp_refused_and_reset(
         e.kind == Kind.TCP_SEGMENT and "RST" in e.field("flags") and e.dst == "cp" for e in tracer.events
     )
     await server.process.wait()
+
+
+async def test_the_user_namespace_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    # what a user without root gets: unshare -Urn, and nsenter joining the user namespace before the network one
+    # (here root takes that path too, so that CI checks it)
+    monkeypatch.setattr("bipsim.net.tun.os.geteuid", lambda: 1000)
+    try:
+        tun = await open_tun_namespace()
+    except TunUnavailable as exc:
+        if IN_CI:
+            pytest.fail(f"a user namespace must be possible under CI: {exc}")
+        pytest.skip(str(exc))
+    try:
+        assert tun.userns_fd is not None
+        assert any(part.startswith("--user=") for part in tun.command(["true"]))
+        async with trio.open_nursery() as nursery:
+            pgw = Pgw("tun", tun=tun)
+            await nursery.start(pgw.run)
+            cp, pgw_end, link = radio_link(PROFILES["ideal"], 1)
+            await nursery.start(link.run)
+            await pgw.attach(CP, pgw_end)
+            cp.send_nowait(
+                Ipv4Packet(CP, SERVER_ADDRESS, ICMP, echo_request(9, 9, b"userns").encode()).encode()
+            )
+            reply = IcmpMessage.decode((await _receive_from(cp, ICMP)).payload)
+            assert (reply.type, reply.payload) == (IcmpType.ECHO_REPLY, b"userns")
+            done = await trio.run_process(tun.command(["ip", "-br", "addr"]), capture_stdout=True)
+            assert b"198.51.100.1/24" in done.stdout and b"203.0.113.10/32" in done.stdout
+            nursery.cancel_scope.cancel()
+    finally:
+        tun.close()  # the caller's namespace: the gateway leaves it open
