@@ -86,7 +86,11 @@ class Address:
     def parse(cls, text: str) -> Address:
         """ "+<digits>" is international, digits alone are of unknown type (the network decides, as 27.005's
         `<toda>` 129 says), anything else is alphanumeric. SmsPduError when it cannot be coded."""
+        if not text:
+            raise SmsPduError("an empty address")
         if text.startswith("+"):
+            if not text[1:].isdigit() or not text[1:].isascii():
+                raise SmsPduError(f"international number {text!r}: give '+' and decimal digits")
             address = cls(text[1:], TypeOfNumber.INTERNATIONAL)
         elif text and all(ch in "0123456789*#" for ch in text):
             address = cls(text, TypeOfNumber.UNKNOWN)

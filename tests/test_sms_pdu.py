@@ -218,6 +218,14 @@ def test_address_fields_of_gsmmodem(address: Address, hex_field: str) -> None:
     assert decode_tpdu(deliver.encode()) == deliver
 
 
+def test_address_parse_refuses_what_it_cannot_code() -> None:
+    for text in ("", "+", "+12a4", "+١٢٣", "twelve chars", "+" + "1" * 21):
+        with pytest.raises(SmsPduError):
+            Address.parse(text)
+    assert Address.parse("*100#") == Address("*100#", TypeOfNumber.UNKNOWN)
+    assert Address.parse("Bank").ton is TypeOfNumber.ALPHANUMERIC
+
+
 def test_sc_address_fields_of_gsmmodem() -> None:
     for number, field in (("+9876543210", "06918967452301"), ("+987654321", "069189674523F1")):
         assert encode_sca(number).hex().upper() == field
