@@ -954,12 +954,13 @@ def test_sws_override_sends_a_small_window_after_a_while() -> None:
 
 
 class _Pipe:
-    """Segments encoded to bytes, lost with probability `loss`, delayed by `delay` plus up to `jitter` (so they
-    may overtake one another), decoded again at the far end; all randomness from one seed."""
+    """Segments encoded to bytes, lost with probability `loss`, duplicated with probability `duplicate`, delayed by
+    `delay` plus up to `jitter` (so they may overtake one another), decoded again at the far end; all randomness
+    from one seed."""
 
-    def __init__(self, loss: float, delay: float, jitter: float, seed: int) -> None:
+    def __init__(self, loss: float, delay: float, jitter: float, seed: int, duplicate: float = 0.0) -> None:
         self.rng = random.Random(seed)
-        self.loss, self.delay, self.jitter = loss, delay, jitter
+        self.loss, self.delay, self.jitter, self.duplicate = loss, delay, jitter, duplicate
         self.heap: list[tuple[float, int, int, bytes]] = []
         self.count = 0
         self.dropped = 0
@@ -970,15 +971,22 @@ class _Pipe:
             if self.rng.random() < self.loss:
                 self.dropped += 1
                 continue
-            self.count += 1
-            at = now + self.delay + self.rng.uniform(0.0, self.jitter)
-            heapq.heappush(self.heap, (at, self.count, to, raw))
+            for _ in range(2 if self.rng.random() < self.duplicate else 1):
+                self.count += 1
+                at = now + self.delay + self.rng.uniform(0.0, self.jitter)
+                heapq.heappush(self.heap, (at, self.count, to, raw))
 
 
 def _transfer(
-    payload: bytes, *, loss: float, seed: int, delay: float = 0.05, jitter: float = 0.01
+    payload: bytes,
+    *,
+    loss: float,
+    seed: int,
+    delay: float = 0.05,
+    jitter: float = 0.01,
+    duplicate: float = 0.0,
 ) -> dict[str, Any]:
-    pipe = _Pipe(loss, delay, jitter, seed)
+    pipe = _Pipe(loss, delay, jitter, seed, duplicate)
     config = TcpConfig(send_buffer=1 << 17, receive_buffer=1 << 17, data_retries=30, syn_retries=30)
     now = 0.0
     client = TcpConnection.active(L, R, iss=0xFFFF0000, now=now, config=config)
@@ -1030,7 +1038,7 @@ def _transfer(
 
 def test_one_mebibyte_through_a_lossy_pipe() -> None:
     payload = random.Random(7).randbytes(1 << 20)
-    result = _transfer(payload, loss=0.05, seed=15)
+    result = _transfer(payload, loss=0.05, seed=15, duplicate=0.02)
     assert result["received"] == payload
     # about half the losses are ACKs, which the next cumulative ACK covers; the other half must be resent
     assert result["dropped"] > 50 and result["retransmitted"] >= result["dropped"] // 4
