@@ -31,6 +31,7 @@ from bipsim.cp.card_slot import CardSlot
 from bipsim.cp.command_sets import CommandSet
 from bipsim.cp.network import (
     CellularNetwork,
+    PdpContext,
     PdpError,
     RegStatus,
     SmCause,
@@ -46,6 +47,7 @@ from bipsim.trace.kinds import Kind
 from bipsim.uicc.card import on_channel
 from bipsim.uicc.cat import DeviceId, Envelope, EnvelopeTag, Tag, obj
 from bipsim.uicc.fs import USIM_AID
+from bipsim.uicc.gsm_text import te_decode, te_encode
 from bipsim.uicc.transport import CardRemoved
 
 MANUFACTURER = "bipsim"
@@ -67,6 +69,13 @@ CME_NOT_ALLOWED = 3
 CME_NOT_SUPPORTED = 4
 CME_BAD_PARAMETERS = 50
 CME_NO_SERVICE = 30
+CME_INVALID_TEXT = 25  # invalid characters in text string (27.007 9.2.1): not valid in the +CSCS set
+# +CSCS sets (27.007 5.5) whose conversions uicc/gsm_text.py does
+CHARSETS = ("IRA", "GSM", "UCS2", "HEX", "8859-1")
+# +CGEREP buffer of events held for the TE (27.007 10.1.19 <mode> 0): the oldest are dropped past this
+CGEV_BUFFER = 64
+# an APN's characters (TS 23.003 9.1: labels of letters, digits and hyphens, dot-separated)
+APN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.")
 # 27.007 section 9.2.2 GPRS-related errors for PDP activation refusals
 PDP_CME = {SmCause.MISSING_OR_UNKNOWN_APN: 533, SmCause.USER_AUTHENTICATION_FAILED: 149}
 HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
@@ -188,6 +197,12 @@ class ModemCommands:
         self.cops_format = 2  # +COPS=3,<format>: 0 long alphanumeric, 1 short alphanumeric, 2 numeric
         self.reg_modes = {"+CREG": 0, "+CGREG": 0, "+CEREG": 0}
         self.definitions: dict[int, tuple[str, str]] = {}
+        # +CGAUTH (27.007 10.1.31): <cid> -> (<auth_prot>, <userid>, <password>)
+        self.authentications: dict[int, tuple[int, str, str]] = {}
+        # +CGEREP (27.007 10.1.19) per line: (<mode>, <bfr>) and the events buffered for it
+        self.event_modes: dict[AtServer, tuple[int, int]] = {}
+        self.event_buffers: dict[AtServer, list[str]] = {}
+        self._te_deactivating = False  # a +CGACT=0 / +CGDCONT=<cid> of the TE's: no +CGEV for what it asked
         self.sessions: dict[int, tuple[int, int]] = {}  # +CCHO session id -> (slot, logical channel)
         self._stale: dict[int, int] = {}  # session id -> slot, of sessions whose card went away
         self._last_session = 0  # ids are never reused: a stale id held by the TE must not reach a new session
@@ -196,6 +211,8 @@ class ModemCommands:
         # cp/command_sets.py: installed on each server after the core
         self.command_sets: list[CommandSet] = []
         network.listeners.append(self._registration_changed)
+        network.deactivation_listeners.append(self._context_ended)
+        network.attach_listeners.append(self._attach_changed)
 
     def install(self, server: AtServer, *, allow_cmux: bool = True) -> None:
         self._servers.append(server)
@@ -217,6 +234,8 @@ class ModemCommands:
             "+COPS": self.cops,
             "+CGDCONT": self.cgdcont,
             "+CGACT": self.cgact,
+            "+CGATT": self.cgatt,
+            "+CGAUTH": self.cgauth,
             "+CSCS": self.cscs,
             "+CCHC": self.cchc,
             "+CGLA": self.cgla,
@@ -247,6 +266,11 @@ class ModemCommands:
             return await self.cmux(request, server, allow_cmux)
 
         server.register("+CMUX", cmux)
+
+        async def cgerep(request: AtRequest) -> list[str] | None:
+            return await self.cgerep(request, server)
+
+        server.register("+CGEREP", cgerep)
         server.reset_hooks.append(self._factory_defaults)
         for command_set in self.command_sets:
             command_set.install(server)
@@ -260,6 +284,8 @@ class ModemCommands:
         if server in self._servers:
             self._servers.remove(server)
         self._slot_of.pop(server, None)
+        self.event_modes.pop(server, None)
+        self.event_buffers.pop(server, None)
         for command_set in self.command_sets:
             command_set.forget(server)
 
@@ -460,11 +486,13 @@ class ModemCommands:
         if request.kind is CommandKind.READ:
             if not self.network.registered:
                 return ["+COPS: 0"]
-            names = {0: config.operator, 1: "bipsim", 2: f"{config.mcc}{config.mnc}"}
+            # the alphanumeric names are strings of the +CSCS set (27.007 5.5); the numeric one is digits
+            names = {0: self.te(config.operator), 1: self.te("bipsim"), 2: f"{config.mcc}{config.mnc}"}
             return [f'+COPS: 0,{self.cops_format},"{names[self.cops_format]}",{config.rat}']
         if request.kind is CommandKind.TEST:
+            long_name, short_name = self.te(config.operator), self.te("bipsim")
             return [
-                f'+COPS: (2,"{config.operator}","bipsim","{config.mcc}{config.mnc}",{config.rat}),,(0-4),(0-2)'
+                f'+COPS: (2,"{long_name}","{short_name}","{config.mcc}{config.mnc}",{config.rat}),,(0-4),(0-2)'
             ]
         if request.kind is CommandKind.SET and _int(request.args, 0, 0) == 3:
             fmt = _int(request.args, 1, 0)
@@ -484,7 +512,7 @@ class ModemCommands:
             return ['+CGDCONT: (1-16),"IP",,,(0),(0)']
         if request.kind is CommandKind.READ:
             return [
-                f'+CGDCONT: {cid},"{pdp}","{apn}","0.0.0.0",0,0'
+                f'+CGDCONT: {cid},"{pdp}","{self.te(apn)}","0.0.0.0",0,0'
                 for cid, (pdp, apn) in sorted(self.definitions.items())
             ]
         if request.kind is CommandKind.SET:
@@ -493,12 +521,13 @@ class ModemCommands:
                 raise CmeError(CME_BAD_PARAMETERS)
             if len(request.args) == 1:  # <cid> alone undefines it; an active context goes with its definition
                 self.definitions.pop(cid, None)
-                self.network.deactivate(cid)
+                self.authentications.pop(cid, None)
+                self._te_deactivate(cid)
                 return None
-            pdp = _str(request.args, 1, "IP").upper()
+            pdp = self._apn_or_type(_str(request.args, 1, "IP")).upper()
             if pdp not in ("IP", "IPV6", "IPV4V6"):
                 raise CmeError(CME_BAD_PARAMETERS)
-            self.definitions[cid] = (pdp, _str(request.args, 2, ""))
+            self.definitions[cid] = (pdp, self._apn_or_type(_str(request.args, 2, "")))
             return None
         raise AtCommandError()
 
@@ -522,7 +551,7 @@ class ModemCommands:
             raise CmeError(CME_BAD_PARAMETERS)
         for cid in cids:
             if state == 0:
-                self.network.deactivate(cid)
+                self._te_deactivate(cid)
                 continue
             definition = self.definitions.get(cid)
             if definition is None:
@@ -534,15 +563,152 @@ class ModemCommands:
         return None
 
     async def cscs(self, request: AtRequest) -> list[str] | None:
+        """+CSCS (27.007 5.5): the TE's character set; every string parameter and answer of the core (operator
+        names, APNs) and of the command sets (phonebook, SMS text) goes through te()/from_te() in it."""
         if request.kind is CommandKind.TEST:
-            return ['+CSCS: ("IRA","GSM","UCS2")']
+            return ["+CSCS: (" + ",".join(f'"{name}"' for name in CHARSETS) + ")"]
         if request.kind is CommandKind.READ:
             return [f'+CSCS: "{self.charset}"']
+        if request.kind is not CommandKind.SET:
+            raise AtCommandError()
+        _at_most(request.args, 1)
         charset = _str(request.args, 0).upper()
-        if charset not in ("IRA", "GSM", "UCS2"):
+        if charset not in CHARSETS:
             raise CmeError(CME_NOT_SUPPORTED)
         self.charset = charset
         return None
+
+    def te(self, text: str) -> str:
+        """`text` as the TE reads it in the +CSCS set; a character the set cannot carry is +CME ERROR: 25."""
+        try:
+            return te_encode(text, self.charset)
+        except ValueError as exc:
+            raise CmeError(CME_INVALID_TEXT) from exc
+
+    def from_te(self, value: str) -> str:
+        """A TE string in the +CSCS set back to text; one not valid in the set (bad hex, odd UCS2) is 25."""
+        try:
+            return te_decode(value, self.charset)
+        except ValueError as exc:
+            raise CmeError(CME_INVALID_TEXT) from exc
+
+    def _apn_or_type(self, value: str) -> str:
+        """An APN or PDP type from the TE: decoded from the +CSCS set; a value that does not decode to an APN's
+        characters but is one as it stands is taken as it is (oFono and others send APNs in IRA after their
+        phonebook chose UCS2: real modems take them)."""
+        try:
+            text = te_decode(value, self.charset)
+        except ValueError:
+            text = None
+        if text is not None and set(text) <= APN_CHARS:
+            return text
+        if set(value) <= APN_CHARS:
+            return value
+        raise CmeError(CME_INVALID_TEXT)
+
+    def _te_deactivate(self, cid: int) -> None:
+        """A deactivation the TE asked for (+CGACT=0, undefining): its OK says so, no +CGEV follows."""
+        self._te_deactivating = True
+        try:
+            self.network.deactivate(cid)
+        finally:
+            self._te_deactivating = False
+
+    # --- packet domain attach and events (27.007 10.1.9, 10.1.19, 10.1.31) -------------------------------------
+
+    async def cgatt(self, request: AtRequest) -> list[str] | None:
+        """+CGATT=<state> (27.007 10.1.9): attach (1) or detach (0) the packet domain; a detach deactivates every
+        context. Attaching while not registered is +CME ERROR: 30 (no network service)."""
+        if request.kind is CommandKind.TEST:
+            return ["+CGATT: (0,1)"]
+        if request.kind is CommandKind.READ:
+            return [f"+CGATT: {int(self.network.attached)}"]
+        if request.kind is not CommandKind.SET:
+            raise AtCommandError()
+        _at_most(request.args, 1)
+        if _ranged(request.args, 0, 0, 1):
+            if not self.network.registered:
+                raise CmeError(CME_NO_SERVICE)
+            self.network.attach()
+        else:
+            self.network.detach()
+        return None
+
+    async def cgauth(self, request: AtRequest) -> list[str] | None:
+        """+CGAUTH=<cid>[,<auth_prot>[,<userid>[,<password>]]] (27.007 10.1.31): 0 none, 1 PAP, 2 CHAP; the user
+        and password a context of the host's is activated with (cp/pdp_choice.py takes them for BIP too)."""
+        if request.kind is CommandKind.TEST:
+            return ["+CGAUTH: (1-16),(0-2),,"]
+        if request.kind is CommandKind.READ:
+            return [
+                f'+CGAUTH: {cid},{prot},"{self.te(user)}"'
+                for cid, (prot, user, _) in sorted(self.authentications.items())
+            ]
+        if request.kind is not CommandKind.SET:
+            raise AtCommandError()
+        _at_most(request.args, 4)
+        cid = _ranged(request.args, 0, 1, 16)
+        if len(request.args) == 1:
+            self.authentications.pop(cid, None)
+            return None
+        prot = _ranged(request.args, 1, 0, 2, 0)
+        user = self.from_te(_str(request.args, 2, ""))
+        password = self.from_te(_str(request.args, 3, ""))
+        self.authentications[cid] = (prot, user, password) if prot else (0, "", "")
+        return None
+
+    async def cgerep(self, request: AtRequest, server: AtServer) -> list[str] | None:
+        """+CGEREP=[<mode>[,<bfr>]] (27.007 10.1.19): 0 events buffered in the MT (the oldest dropped past
+        CGEV_BUFFER), 1 and 2 sent as +CGEV URCs; entering 1 or 2 clears the buffer (<bfr> 0) or sends it after
+        the OK (<bfr> 1). The line is never reserved while the CP has no data mode, so 1 and 2 both send at
+        once."""
+        if request.kind is CommandKind.TEST:
+            return ["+CGEREP: (0-2),(0,1)"]
+        mode, bfr = self.event_modes.get(server, (0, 0))
+        if request.kind is CommandKind.READ:
+            return [f"+CGEREP: {mode},{bfr}"]
+        if request.kind is not CommandKind.SET:
+            raise AtCommandError()
+        _at_most(request.args, 2)
+        mode = _ranged(request.args, 0, 0, 2, 0)
+        bfr = _ranged(request.args, 1, 0, 1, 0)
+        self.event_modes[server] = (mode, bfr)
+        if mode:
+            held = self.event_buffers.pop(server, [])
+            if bfr == 1 and held:
+
+                async def flush() -> None:
+                    for line in held:
+                        await server.send_urc(line)
+
+                server.after_response(flush)
+        return None
+
+    def _event(self, line: str) -> None:
+        """A +CGEV event (27.007 10.1.19) to every line, sent or buffered per its +CGEREP."""
+        for server in list(self._servers):
+            mode, _ = self.event_modes.get(server, (0, 0))
+            if mode == 0:
+                buffer = self.event_buffers.setdefault(server, [])
+                buffer.append(line)
+                del buffer[:-CGEV_BUFFER]
+                continue
+            try:
+                trio.lowlevel.spawn_system_task(server.send_urc, line)
+            except RuntimeError:
+                pass
+
+    def _context_ended(self, context: PdpContext, reason: str) -> None:
+        """NW DEACT when the network ended the context, ME DEACT when the ME did unasked; none for the TE's own
+        +CGACT=0, nor for each context of a detach (27.007 10.1.19: the DETACH event implies them)."""
+        if self._te_deactivating or reason.startswith("detached"):
+            return
+        who = "NW" if context.ended_by_network else "ME"
+        self._event(f'+CGEV: {who} DEACT "IP","{context.address}",{context.cid}')
+
+    def _attach_changed(self, attached: bool, by_network: bool) -> None:
+        if not attached:
+            self._event(f"+CGEV: {'NW' if by_network else 'ME'} DETACH")
 
     async def cmux(self, request: AtRequest, server: AtServer, allowed: bool) -> list[str] | None:
         if request.kind is CommandKind.TEST:
@@ -666,9 +832,13 @@ class ModemCommands:
                         b"\x00\xa4\x04\x04" + bytes((len(USIM_AID),)) + USIM_AID, "+CRSM SELECT ADF"
                     )
                     continue
-                await slot.driver.transmit(
+                _, selected = await slot.driver.transmit(
                     b"\x00\xa4\x00\x04\x02" + bytes.fromhex(part), f"+CRSM SELECT {part}"
                 )
+                if not _selected(selected):
+                    # the file is not there (6A 82) or not to be selected: that is the answer (27.007 8.18
+                    # reports the status words of the command that failed), not the READ's 69 86 on no file
+                    return [f'+CRSM: {selected >> 8},{selected & 0xFF},""']
         if command == 192:
             response, sw = await slot.driver.transmit(
                 b"\x00\xa4\x00\x04\x02" + fid.to_bytes(2, "big"), "+CRSM GET RESPONSE"

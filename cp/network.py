@@ -101,9 +101,14 @@ class PdpContext:
     user: str = ""
     # the DNS servers the network gives the context (TS 24.008 protocol configuration options; TS 102 223 8.90)
     dns: tuple[str, ...] = ()
+    # set when it ends: the network ended it (network_deactivate, a network detach), not the ME (27.007 10.1.19's
+    # NW versus ME events)
+    ended_by_network: bool = False
 
 
 DeactivationListener = Callable[[PdpContext, str], None]
+# told of a packet domain attach (True) or detach (False) and whether the network did it (27.007 10.1.9, 10.1.19)
+AttachListener = Callable[[bool, bool], None]
 
 
 @dataclass
@@ -135,6 +140,8 @@ class CellularNetwork:
         self.contexts: dict[int, PdpContext] = {}
         self.listeners: list[Callable[[RegStatus], None]] = []
         self.deactivation_listeners: list[DeactivationListener] = []
+        self.attach_listeners: list[AttachListener] = []
+        self.ps_attach = True  # the ME wants the packet domain (AT+CGATT); attached while registered too
         network = ipaddress.IPv4Network(self.config.pool)
         self._pool = [str(host) for host in network.hosts()][self.config.pool_first - 1 :]
         self._free = list(self._pool)  # lowest first
@@ -156,6 +163,7 @@ class CellularNetwork:
         """Activates a packet data context, or raises PdpError with the network's cause."""
         if not self.registered:
             raise PdpError(SmCause.ACTIVATION_REJECTED_UNSPECIFIED, "not registered")
+        self.attach()  # an activation attaches first (27.007 10.1.10)
         credentials = self.config.apns.get(apn.lower())
         if credentials is None:
             raise PdpError(SmCause.MISSING_OR_UNKNOWN_APN, f"unknown APN {apn!r}")
@@ -179,12 +187,37 @@ class CellularNetwork:
         self.contexts[number] = context
         return context
 
-    def deactivate(self, cid: int, reason: str = "deactivated") -> None:
+    @property
+    def attached(self) -> bool:
+        """Attached to the packet domain (27.007 10.1.9 <state>): registered, and not detached by +CGATT=0 or the
+        network."""
+        return self.ps_attach and self.registered
+
+    def attach(self) -> None:
+        """A packet domain attach (+CGATT=1, or implied by a context activation: 27.007 10.1.10)."""
+        if not self.ps_attach:
+            self.ps_attach = True
+            for listener in list(self.attach_listeners):
+                listener(True, False)
+
+    def detach(self, *, by_network: bool = False) -> None:
+        """A packet domain detach by the ME (+CGATT=0) or, with `by_network`, by the network (TS 24.301 5.5.2.3,
+        for a scenario or a test): every context goes with it."""
+        if not self.ps_attach:
+            return
+        self.ps_attach = False
+        for cid in list(self.contexts):
+            self.deactivate(cid, "detached by the network" if by_network else "detached", by_network=by_network)
+        for listener in list(self.attach_listeners):
+            listener(False, by_network)
+
+    def deactivate(self, cid: int, reason: str = "deactivated", *, by_network: bool = False) -> None:
         """Deactivates context `cid` (nothing when it is not active), returns its address to the pool and tells
         every deactivation listener (each is called once; one that raises does not keep the others from it)."""
         context = self.contexts.pop(cid, None)
         if context is None:
             return
+        context.ended_by_network = by_network
         if context.address in self._pool:
             self._free.append(context.address)
             self._free.sort(key=lambda address: ipaddress.IPv4Address(address))
@@ -202,7 +235,7 @@ class CellularNetwork:
         deactivate, for a scenario or a test; returns whether the context was active."""
         if cid not in self.contexts:
             return False
-        self.deactivate(cid, reason)
+        self.deactivate(cid, reason, by_network=True)
         return True
 
     @property

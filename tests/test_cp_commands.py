@@ -259,7 +259,7 @@ async def test_character_set(cp: Cp) -> None:
     dte = cp.dte
     await dte.at("ATE0")
     assert info(await dte.at("AT+CSCS?"), "") == ['+CSCS: "IRA"']
-    assert info(await dte.at("AT+CSCS=?"), "") == ['+CSCS: ("IRA","GSM","UCS2")']
+    assert info(await dte.at("AT+CSCS=?"), "") == ['+CSCS: ("IRA","GSM","UCS2","HEX","8859-1")']
     assert await dte.at('AT+CSCS="UCS2"') == "\r\nOK\r\n"
     assert info(await dte.at("AT+CSCS?"), "") == ['+CSCS: "UCS2"']
     await dte.at("AT&F")
