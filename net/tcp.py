@@ -76,6 +76,7 @@ class TcpInput(Enum):
     RECV_FIN = "FIN received"
     RECV_ACK_OF_FIN = "ACK of our FIN received"
     TIME_WAIT_DONE = "2MSL timeout"
+    FIN_WAIT_2_TIMEOUT = "FIN-WAIT-2 timeout"
     RECV_RST = "RST received"
     ABORT = "abort"
     GIVE_UP = "retransmissions exhausted"
@@ -107,6 +108,7 @@ def _table() -> dict[tuple[TcpState, TcpInput], TcpState]:
         (s.FIN_WAIT_1, i.RECV_ACK_OF_FIN): s.FIN_WAIT_2,
         (s.FIN_WAIT_1, i.RECV_FIN): s.CLOSING,  # simultaneous close (RFC 9293 figure 13)
         (s.FIN_WAIT_2, i.RECV_FIN): s.TIME_WAIT,
+        (s.FIN_WAIT_2, i.FIN_WAIT_2_TIMEOUT): s.CLOSED,  # a fully closed connection the peer never closes
         (s.CLOSE_WAIT, i.CLOSE): s.LAST_ACK,
         (s.CLOSING, i.RECV_ACK_OF_FIN): s.TIME_WAIT,
         (s.LAST_ACK, i.RECV_ACK_OF_FIN): s.CLOSED,
@@ -222,7 +224,9 @@ class TcpConfig:
     Lifetime of RFC 9293 3.4.2 (TIME-WAIT lasts 2*MSL). `syn_retries` and `data_retries` cap the retransmissions of
     a SYN and of data before the connection fails with TimedOut (Linux's tcp_syn_retries 6 and tcp_retries2 15).
     `delayed_ack` is the RFC 1122 4.2.3.2 delay (at most 0.5 s; 0 acknowledges every segment at once).
-    `challenge_acks_per_second` is RFC 5961 section 7's rate limit.
+    `challenge_acks_per_second` is RFC 5961 section 7's rate limit. `fin_wait_2_timeout` ends a connection the
+    user closed fully (`close`) whose peer acknowledged our FIN but never sends its own (Linux's tcp_fin_timeout);
+    after a half close (`shutdown`) FIN-WAIT-2 lasts as long as the peer keeps sending.
     """
 
     mss: int = 1460
@@ -237,6 +241,7 @@ class TcpConfig:
     msl: float = 30.0
     window_scale: bool = True
     challenge_acks_per_second: int = 10
+    fin_wait_2_timeout: float = 60.0
 
     def __post_init__(self) -> None:
         if not 88 <= self.mss <= 65495:
@@ -340,6 +345,7 @@ class TcpConnection:
         self._probes = 0
         # TIME-WAIT
         self._time_wait_deadline: float | None = None
+        self._fin_wait_2_deadline: float | None = None
         # RFC 5961 section 7
         self._challenge_second = -1.0
         self._challenge_count = 0
@@ -485,6 +491,8 @@ class TcpConnection:
             self.abort(now, reason="closed with unread data")
             return
         self.shutdown(now)
+        if self.state is not TcpState.CLOSED:
+            self._arm(now)
 
     def abort(self, now: float, reason: str = "aborted") -> None:
         """Send RST (in a synchronized state) and go to CLOSED (RFC 9293 3.10.5, ABORT)."""
@@ -511,7 +519,7 @@ class TcpConnection:
         return out
 
     def next_deadline(self) -> float | None:
-        """The earliest timer: retransmission, delayed ACK, persist or TIME-WAIT; None when none runs."""
+        """The earliest timer: retransmission, delayed ACK, persist, TIME-WAIT or FIN-WAIT-2; None when none runs."""
         deadlines = [
             d
             for d in (
@@ -519,6 +527,7 @@ class TcpConnection:
                 self._ack_deadline,
                 self._persist_deadline,
                 self._time_wait_deadline,
+                self._fin_wait_2_deadline,
             )
             if d is not None
         ]
@@ -530,6 +539,11 @@ class TcpConnection:
             self._time_wait_deadline = None
             self._finish(TcpInput.TIME_WAIT_DONE, None)
             return
+        if self._fin_wait_2_deadline is not None and now >= self._fin_wait_2_deadline:
+            self._fin_wait_2_deadline = None
+            if self.state is TcpState.FIN_WAIT_2:
+                self._finish(TcpInput.FIN_WAIT_2_TIMEOUT, "FIN-WAIT-2 timeout")
+                return
         if self._ack_deadline is not None and now >= self._ack_deadline:
             self._send_ack()
         if self._rto_deadline is not None and now >= self._rto_deadline:
@@ -989,7 +1003,12 @@ class TcpConnection:
     # -- timers ------------------------------------------------------------------------------------------------
 
     def _arm(self, now: float) -> None:
-        """Start or stop the retransmission and persist timers after anything changed."""
+        """Start or stop the retransmission, persist and FIN-WAIT-2 timers after anything changed."""
+        if self.state is TcpState.FIN_WAIT_2:
+            if self._receive_closed and self._fin_wait_2_deadline is None:
+                self._fin_wait_2_deadline = now + self.config.fin_wait_2_timeout
+        else:
+            self._fin_wait_2_deadline = None
         if self.state in (TcpState.SYN_SENT, TcpState.SYN_RECEIVED):
             if self._rto_deadline is None:
                 self._rto_deadline = now + self.rto
@@ -1152,6 +1171,7 @@ class TcpConnection:
             self._recv_buf.clear()
             self._ooo.clear()
         self._rto_deadline = self._ack_deadline = self._persist_deadline = self._time_wait_deadline = None
+        self._fin_wait_2_deadline = None
         self._events.append(Closed(reason))
 
     def _reject(self, reason: str, answered: str) -> None:

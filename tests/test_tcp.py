@@ -1313,3 +1313,23 @@ def test_timeout_collapses_the_window() -> None:
     c.on_timer(2.0)
     assert c.cwnd == mss and c.ssthresh == 2 * mss  # RFC 5681 (4): max(FlightSize / 2, 2 SMSS); loss window 1
     assert len(c.outgoing()) == 1  # go-back-N starts with one segment
+
+
+def test_fin_wait_2_ends_after_a_full_close_only() -> None:
+    c, s = _pair(TcpConfig(fin_wait_2_timeout=10.0))
+    c.close(1.0)
+    s.receive(_only(c), 1.0)
+    c.receive(_only(s), 1.1)
+    assert c.state is TcpState.FIN_WAIT_2
+    assert c.next_deadline() == pytest.approx(11.1)
+    c.on_timer(11.0)
+    assert c.state is TcpState.FIN_WAIT_2
+    c.on_timer(11.1)
+    assert c.state is TcpState.CLOSED and c.outgoing() == [] and c.error is None
+    assert _of(c.events(), Closed) == [Closed("FIN-WAIT-2 timeout")]
+    # a half close keeps FIN-WAIT-2 for as long as the peer likes: it may still be sending
+    h, t = _pair(TcpConfig(fin_wait_2_timeout=10.0))
+    h.shutdown(1.0)
+    t.receive(_only(h), 1.0)
+    h.receive(_only(t), 1.1)
+    assert h.state is TcpState.FIN_WAIT_2 and h.next_deadline() is None
