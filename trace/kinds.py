@@ -112,3 +112,8 @@ class Kind(StrEnum):
     SMSC_MT = "smsc.mt"  # an MT TPDU offered to the ME; fields: id, type, originator, data_download
     SMSC_OUTCOME = "smsc.outcome"  # the ME's answer to an MT TPDU (hex: the PoR); fields: id, state, sw, cause
     SMSC_CONTROL = "smsc.control"  # the control socket listening (host, port) or a request answered (op, ok)
+    # the CP and the network model beyond SMS (issue 16: cp/pdp_choice.py, cp/voice_calls.py, cp/status_commands.py)
+    PDP_CHOICE = "pdp.choice"  # the APN a card's channel uses without an AP; fields: source, apn, user, cid, channel
+    CALL_STATE = "call.state"  # a voice call changed state (no audio); fields: id, state, number, direction, cause
+    USSD_MESSAGE = "ussd.message"  # a USSD string to or from the network; fields: direction, m (27.007 <m>), dcs
+    NITZ = "nitz.update"  # the network's time and time zone reached the ME; fields: tz (quarter hours), dst
