@@ -27,6 +27,7 @@ outside the CP process.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -647,6 +648,8 @@ class SmscControl:
                 raise RequestError(f"unknown op {op!r}: status, send-mt, list-mo, list-mt, outcome")
         except json.JSONDecodeError as exc:
             answer = {"ok": False, "error": f"not JSON: {exc.msg}"}
+        except RecursionError:
+            answer = {"ok": False, "error": "not JSON: nested too deeply"}
         except UnicodeDecodeError:
             answer = {"ok": False, "error": "not UTF-8"}
         except (RequestError, SmsPduError) as exc:
@@ -668,7 +671,7 @@ class SmscControl:
         if alphabet_name is not None and alphabet_name not in alphabets:
             raise RequestError(f"alphabet: one of {', '.join(alphabets)}")
         wait = request.get("wait", 0)
-        if not isinstance(wait, int | float) or isinstance(wait, bool) or wait < 0:
+        if not isinstance(wait, int | float) or isinstance(wait, bool) or not 0 <= wait < math.inf:
             raise RequestError("wait: give the seconds to wait for the ME's answer (0 or more)")
         messages = self.smsc.inject_mt(
             _opt_hex(request, "hex"),

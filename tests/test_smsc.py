@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bipsim.cp.network import CellularNetwork
 from bipsim.net.sms_pdu import (
@@ -324,6 +326,42 @@ async def test_control_answers_and_refusals() -> None:
         assert answer["ok"] is False and error in answer["error"], (line, answer)
     refused = [e for e in tracer.events if e.kind == Kind.SMSC_CONTROL and e.error]
     assert len(refused) == 10
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+_REQUESTS = st.fixed_dictionaries(
+    {"op": st.sampled_from(["status", "send-mt", "list-mo", "list-mt", "outcome", "x"])},
+    optional={k: _JSON for k in ("text", "hex", "data", "from", "class", "pid", "alphabet", "port", "wait")}
+    | {"destination": _JSON, "status": _JSON},
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(_REQUESTS.map(lambda r: json.dumps(r).encode()), st.binary(max_size=60)))
+def test_control_answers_any_line_without_raising(line: bytes) -> None:
+    smsc, _ = _smsc()
+
+    async def ask() -> dict[str, object]:
+        with trio.fail_after(5):  # no request may hang: a send-mt with "wait" and no ME times out at its wait
+            return await SmscControl(smsc).answer(line.replace(b'"wait"', b'"w"'))
+
+    answer = trio.run(ask)
+    assert isinstance(answer["ok"], bool)
+    assert answer["ok"] or isinstance(answer["error"], str)
+
+
+async def test_deeply_nested_json_is_refused() -> None:
+    smsc, _ = _smsc()
+    answer = await SmscControl(smsc).answer(b"[" * 50000 + b"]" * 50000)
+    assert answer == {"ok": False, "error": "not JSON: nested too deeply"}
+    answer = await SmscControl(smsc).answer(b'{"op": "send-mt", "text": "x", "wait": NaN}')
+    assert answer["ok"] is False and "wait" in answer["error"]
 
 
 async def test_control_socket_send_mt_waits_for_the_me() -> None:
