@@ -38,9 +38,11 @@ from bipsim.net.sms_pdu import (
     decode_tpdu,
     encode_sca,
 )
+from bipsim.net.smsc import Smsc as NetworkSmsc
 from bipsim.trace.kinds import Kind
 from bipsim.trace.recorder import Tracer
 from bipsim.uicc.gsm_text import gsm7_encode, ucs2_encode
+from bipsim.uicc.transport import CardRemoved
 
 FINAL = re.compile(r"\r\n(OK|ERROR|\+CM[ES] ERROR: [^\r\n]+)\r\n$")
 # A classic SMS-DELIVER in PDU mode (the "How are you?" example of the dreamfabric.com SMS PDU pages, also in
@@ -524,7 +526,7 @@ async def test_no_network_and_no_card(cp: Cp) -> None:
     cp.network.set_status(RegStatus.NOT_REGISTERED)
     assert await dte.entry(f"AT+CMGS={len(tpdu)}", pdu(tpdu)) == "\r\n+CMS ERROR: 331\r\n"
     cp.network.set_status(RegStatus.HOME)
-    cp.core.slots[1].gone(__import__("bipsim.uicc.transport", fromlist=["CardRemoved"]).CardRemoved("pulled"))
+    cp.core.slots[1].gone(CardRemoved("pulled"))
     assert await dte.at("AT+CMGL=4") == "\r\n+CMS ERROR: 310\r\n"
     assert await dte.at('AT+CPMS="ME"') == "\r\n+CMS ERROR: 310\r\n"  # <mem2>, <mem3> stay SM
     assert lines(await dte.at('AT+CPMS="ME","ME","ME"')) == [
@@ -682,3 +684,47 @@ async def test_data_download_goes_to_the_card(cp: Cp) -> None:
     assert result.sw is not None
     assert cp.events(Kind.SMS_DELIVER)[-1]["route"] == "download"
     assert lines(await dte.at("AT+CPMS?"))[0].startswith('+CPMS: "SM",0,')
+
+
+async def test_the_network_smsc_delivers_and_gets_the_por(nursery: trio.Nursery) -> None:
+    """With the network model's own SMSC (net/smsc.py): the command set subscribes, an injected text is routed per
+    +CNMI, an injected (U)SIM data download is answered with the card's PoR, which the SMSC records."""
+    tracer = Tracer(keep=True)
+    card, _ = simulated_card(None, None, tracer)
+    network = CellularNetwork()
+    smsc = network.smsc
+    assert isinstance(smsc, NetworkSmsc)
+    driver = CardDriver(card, tracer=tracer)
+    await driver.start()
+    core = ModemCommands(driver, network)
+    core.command_sets = [SmsCommands(core, tracer, {})]
+    assert smsc.subscribed
+    a, b = trio.testing.memory_stream_pair()
+    server = AtServer(b, tracer=tracer, echo=False)
+    core.install(server)
+    nursery.start_soon(server.run)
+    nursery.start_soon(smsc.run)
+    dte = Dte(a)
+    await dte.at("AT+CNMI=2,1,0,0,0")
+    (text,) = smsc.inject_mt(text="from the network", originator="+447700900777")
+    await smsc.wait_settled([text.id])
+    assert await dte.pending() == '\r\n+CMTI: "SM",1\r\n'
+    assert text.state.value == "delivered"
+    download = SmsDeliver(
+        Address("1234", TypeOfNumber.INTERNATIONAL),
+        datetime(2026, 11, 30, tzinfo=UTC),
+        pid=0x7F,
+        dcs=0xF6,
+        ud=bytes.fromhex("027000000F0D00000000000000000000000000"),
+    ).encode()
+    (pushed,) = smsc.inject_mt(download)
+    await smsc.wait_settled([pushed.id])
+    envelopes = [e for e in tracer.events if e.kind == Kind.CAT_ENVELOPE]
+    assert envelopes and download.hex().upper() in str(envelopes[-1].hex)
+    responses = [e for e in tracer.events if e.kind == Kind.APDU_RESPONSE]
+    assert pushed.sw is not None and f"{pushed.sw:04X}" == responses[-1].hex[-4:]  # the card's own answer
+    assert await dte.pending() == ""  # the TE never sees a data download
+    # MO through +CMGS reaches this SMSC, which logs it with the ME's TP-MR
+    tpdu = submit("to the network")
+    assert lines(await dte.entry(f"AT+CMGS={len(tpdu)}", pdu(tpdu))) == ["+CMGS: 1"]
+    assert [m.submit.text for m in smsc.mo] == ["to the network"]
