@@ -449,7 +449,8 @@ class SmsCommands:
         self._buffer: list[str] = []
         self._entering: set[AtServer] = set()
         self._ack_pending = 0  # +CMT/+CDS routed with +CSMS 1, awaiting +CNMA
-        self._mt_lock = trio.Lock()
+        # one allocation at a time (a +CMGW on one DLC, an MT message, a +CMGW on another): never one free index twice
+        self._store_lock = trio.Lock()
         self.mr = 0  # the TP-MR of the last MO message (the SMSC's, or ours without one)
         smsc = getattr(core.network, "smsc", None)
         if smsc is not None and hasattr(smsc, "subscribe"):
@@ -1043,8 +1044,9 @@ class SmsCommands:
                 tpdu = self._submit_from_text(address, text)
             else:
                 tpdu = self._deliver_from_text(address, text)
-        index = await free_index(storage)
-        await storage.write(index, StoredSms(stat, sca, tpdu))
+        async with self._store_lock:
+            index = await free_index(storage)
+            await storage.write(index, StoredSms(stat, sca, tpdu))
         return [f"+CMGW: {index}"]
 
     def _deliver_from_text(self, originator: Address, text: bytes) -> bytes:
@@ -1129,7 +1131,7 @@ class SmsCommands:
         (27.005 3.4.1): stored in <mem3> with +CMTI, shown with +CMT, a (U)SIM data download handed to the card
         (its PoR returned), a status report shown with +CDS or stored with +CDSI. One delivery at a time, so that
         two messages never take the same free index."""
-        async with self._mt_lock:
+        async with self._store_lock:
             try:
                 message = decode_tpdu(tpdu)
             except SmsPduError as exc:

@@ -728,3 +728,33 @@ async def test_the_network_smsc_delivers_and_gets_the_por(nursery: trio.Nursery)
     tpdu = submit("to the network")
     assert lines(await dte.entry(f"AT+CMGS={len(tpdu)}", pdu(tpdu))) == ["+CMGS: 1"]
     assert [m.submit.text for m in smsc.mo] == ["to the network"]
+
+
+async def test_two_lines_writing_at_once_get_different_indexes(cp: Cp, nursery: trio.Nursery) -> None:
+    """Two DLCs (two AT servers of one modem) store a message each on the card at the same time, while the network
+    delivers one: three different indexes, none overwritten (each takes several APDUs, so they interleave)."""
+    a, b = trio.testing.memory_stream_pair()
+    second = AtServer(b, tracer=cp.tracer, echo=False)
+    cp.core.install(second)
+    nursery.start_soon(second.run)
+    other = Dte(a)
+    await other.at("AT+CMEE=1")
+    tpdu = submit("concurrent")
+    answers: list[str] = []
+
+    async def write(dte: Dte) -> None:
+        await dte.send(f"AT+CMGW={len(tpdu)}\r")
+        await dte.until(r"\r\n> $")
+        await dte.send(pdu(tpdu) + "\x1a")
+        answers.extend(lines(await dte.until(FINAL)))
+
+    async with trio.open_nursery() as inner:
+        inner.start_soon(write, cp.dte)
+        inner.start_soon(write, other)
+        inner.start_soon(cp.sms.deliver, deliver("meanwhile"))
+    assert len(answers) == 2 and len(set(answers)) == 2 and all(a.startswith("+CMGW: ") for a in answers)
+    assert lines(await cp.dte.at("AT+CPMS?"))[0].startswith(
+        '+CPMS: "SM",3,'
+    )  # three messages, none overwritten
+    cp.core.forget(second)
+    assert second not in cp.sms.lines
