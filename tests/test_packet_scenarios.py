@@ -436,3 +436,28 @@ async def test_wlan_link_delivers_every_byte_in_order_through_loss(autojump_cloc
         await stream.aclose()
     resends = [e for e in tracer.events if e.field("event") == "wlan_resend"]
     assert resends and {e.field("direction") for e in resends} == {"up", "down"}
+
+
+def test_network_tun_where_it_cannot_run_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    """bipsim cp --network tun on a machine without unshare (a PATH without it): exit 1, one line saying why."""
+    import os
+    import pty
+    import sys
+
+    master, slave = pty.openpty()
+    try:
+        env = dict(os.environ, PATH=str(tmp_path))  # an empty folder: no unshare, no ip
+        done = subprocess.run(
+            [sys.executable, "-m", "bipsim", "cp", "--port", os.ttyname(slave), "--network", "tun"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "bipsim: error: --network tun needs the unshare program (util-linux)"
+    ]

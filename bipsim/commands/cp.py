@@ -293,8 +293,19 @@ def cp(
         if modem.line_ready:
             await until_signalled(modem.run)
 
+    from bipsim.net.tun import TunUnavailable
+
+    refused: list[BaseException] = []
     try:
-        trio.run(main)
+        try:
+            trio.run(main)
+        except* TunUnavailable as group:  # --network tun where namespaces or /dev/net/tun are refused
+            leaf: BaseException = group
+            while isinstance(leaf, BaseExceptionGroup):  # the group keeps the nurseries' nesting
+                leaf = leaf.exceptions[0]
+            refused.append(leaf)
+        if refused:  # raised out here: an exception raised inside except* would come out as a group
+            raise CliError(str(refused[0]))
         if missing:
             raise CliError(missing[0].hint())
     finally:
