@@ -331,7 +331,6 @@ class TcpConnection:
         self._rto_deadline: float | None = None
         self._retries = 0
         self._syn_retransmitted = False
-        self._retransmit_reason = "timeout"
         # RFC 5681 / RFC 6582
         self.cwnd = 0
         self.ssthresh = 1 << 30
@@ -890,7 +889,7 @@ class TcpConnection:
             flags |= TcpFlags.FIN
         end = seq + n + (1 if fin else 0)
         if seq < self.snd_max:
-            self._note_retransmission(seq, n, self._retransmit_reason)
+            self._note_retransmission(seq, n, "timeout")  # below snd_max only after a timeout's go-back-N
         elif self._rtt_seq is None:
             self._rtt_seq, self._rtt_time = end, now
         self._emit(seq, flags, payload)
@@ -1063,7 +1062,6 @@ class TcpConnection:
         self.snd_nxt = self.snd_una
         if self.snd_wnd == 0 and self._send_base + len(self._send_buf) > self.snd_una:
             return  # the persist timer takes over (armed by _arm)
-        self._retransmit_reason = "timeout"
         self._output(now)
         self._rto_deadline = now + self.rto
 
