@@ -461,3 +461,24 @@ def test_network_tun_where_it_cannot_run_is_one_line_not_a_traceback(tmp_path: P
     assert done.stderr.strip().splitlines() == [
         "bipsim: error: --network tun needs the unshare program (util-linux)"
     ]
+
+
+async def test_card_control_lists_deactivates_and_reshapes_the_plane() -> None:
+    """The card-control lines of the packet plane: contexts, deactivate CID, radio SPEC; bad input is an error
+    line, never an exception."""
+    from bipsim.cp.bearer_own_stack import PacketPlane
+    from bipsim.cp.modem import card_control_answer
+    from bipsim.cp.network import CellularNetwork
+
+    network = CellularNetwork()
+    plane = PacketPlane(network)
+    network.activate("internet")
+    assert card_control_answer("contexts", [], plane) == "ok 1=198.51.100.2"
+    assert card_control_answer("radio gprs,loss=1", [], plane).startswith("ok radio gprs,delay=300")
+    assert plane.profile.loss == 1.0
+    assert card_control_answer("radio nosuch", [], plane).startswith("error unknown link profile")
+    assert card_control_answer("deactivate 1", [], plane) == "ok deactivate 1"
+    assert card_control_answer("deactivate 1", [], plane) == "error no active context 1"
+    assert card_control_answer("contexts", [], plane) == "ok "
+    assert card_control_answer("deactivate x", [], plane).startswith("error use:")
+    assert card_control_answer("contexts", []).startswith("error use:")  # no plane: not a command
