@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from enum import IntEnum
+from enum import Enum, IntEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
@@ -108,6 +108,13 @@ STAT_TEXT = {
     Stat.STO_SENT: "STO SENT",
 }
 ALL_STAT = 4  # +CMGL=4 / "ALL"
+# +CMGD <delflag> 1..4 (27.005 3.5.4): the <stat>s it deletes
+DELETED_BY_FLAG: dict[int, frozenset[Stat]] = {
+    1: frozenset({Stat.REC_READ}),
+    2: frozenset({Stat.REC_READ, Stat.STO_SENT}),
+    3: frozenset({Stat.REC_READ, Stat.STO_SENT, Stat.STO_UNSENT}),
+    4: frozenset(Stat),
+}
 # EF_SMS status byte (TS 31.102 4.2.25, as TS 51.011 10.5.3): b1 used, b3-b2 the state; 0x00 a free record
 EF_STATUS = {Stat.REC_READ: 0x01, Stat.REC_UNREAD: 0x03, Stat.STO_SENT: 0x05, Stat.STO_UNSENT: 0x07}
 _STAT_OF_STATUS = {value: stat for stat, value in EF_STATUS.items()}
@@ -843,12 +850,7 @@ class SmsCommands:
             if await storage.read(index) is not None:
                 await storage.write(index, None)
             return None
-        doomed = {
-            1: {Stat.REC_READ},
-            2: {Stat.REC_READ, Stat.STO_SENT},
-            3: {Stat.REC_READ, Stat.STO_SENT, Stat.STO_UNSENT},
-            4: set(Stat),
-        }[flag]
+        doomed = DELETED_BY_FLAG[flag]
         for index, sms in (await storage.read_all()).items():
             if sms.stat in doomed:
                 await storage.write(index, None)
@@ -1146,13 +1148,12 @@ class SmsCommands:
                 return await self._download(tpdu)
             sca = encode_sca(self._default_sca())
             message_class = dcs_class(message.dcs)
-            mt = self.cnmi.mt
-            if (mt == 2 and message_class != 2) or (mt == 3 and message_class == 3):
+            route = deliver_route(self.cnmi.mt, message_class)
+            if route is Route.CMT:
                 self._delivery_event(tpdu, "cmt")
                 await self._route_cmt(StoredSms(Stat.REC_UNREAD, sca, tpdu))
                 return MtResult(True)
-            # class 2 belongs on the (U)SIM (TS 23.038 4); the rest go to <mem3>
-            storage = self.sm if message_class == 2 else self._memory(2)
+            storage = self.sm if route is Route.STORE_SM else self._memory(2)
             try:
                 index = await free_index(storage)
                 await storage.write(index, StoredSms(Stat.REC_UNREAD, sca, tpdu))
@@ -1163,7 +1164,7 @@ class SmsCommands:
                     False, cause=exc.reason, failure=0xD3 if exc.code == CMS_MEMORY_FULL else 0xFF
                 )
             self._delivery_event(tpdu, "cmti", storage=storage.name, index=index)
-            if mt in (1, 2, 3):
+            if self.cnmi.mt:
                 await self._indicate(f'+CMTI: "{storage.name}",{index}')
             return MtResult(True)
 
@@ -1251,12 +1252,15 @@ class SmsCommands:
     async def _indicate(self, text: str) -> None:
         """A new-message indication per +CNMI <mode>: 0 held in the TA; 1 dropped while the line is reserved (a
         text entry), else sent; 2 held while reserved and sent after; 3 sent at once."""
-        line, mode = self._urc_line, self.cnmi.mode
-        if line is None or line.gone or mode == 0 or (mode == 2 and line in self._entering):
+        line = self._urc_line
+        action = indication_action(
+            self.cnmi.mode, line_up=line is not None and not line.gone, reserved=line in self._entering
+        )
+        if action is Indication.HOLD or line is None:
             self._buffer.append(text)
             del self._buffer[:-URC_BUFFER]  # the oldest go first when the buffer is full (27.005 3.4.1)
             return
-        if mode == 1 and line in self._entering:
+        if action is Indication.DROP:
             self.tracer.emit(
                 Actor.CP,
                 Actor.AP,
@@ -1275,6 +1279,40 @@ class SmsCommands:
         pending, self._buffer = self._buffer, []
         for text in pending:
             await line.send_urc(text)
+
+
+class Route(Enum):
+    """Where an SMS-DELIVER goes (27.005 3.4.1 <mt>)."""
+
+    CMT = "cmt"  # routed to the TE, not stored
+    STORE_SM = "store_sm"  # stored on the (U)SIM, +CMTI
+    STORE_MEM3 = "store_mem3"  # stored in <mem3>, +CMTI unless <mt> 0
+
+
+def deliver_route(mt: int, message_class: int | None) -> Route:
+    """27.005 3.4.1: <mt> 2 routes classes 0, 1, 3 and none directly (+CMT), <mt> 3 class 3; class 2 is always
+    stored on the (U)SIM (TS 23.038 4: "(U)SIM specific message"); the rest go to <mem3>."""
+    if message_class == 2:
+        return Route.STORE_SM
+    if mt == 2 or (mt == 3 and message_class == 3):
+        return Route.CMT
+    return Route.STORE_MEM3
+
+
+class Indication(Enum):
+    SEND = "send"
+    HOLD = "hold"  # kept in the TA's buffer
+    DROP = "drop"
+
+
+def indication_action(mode: int, *, line_up: bool, reserved: bool) -> Indication:
+    """27.005 3.4.1 <mode>: 0 buffer in the TA; 1 discard while the TA-TE link is reserved (here: a text entry),
+    else forward; 2 buffer while reserved, else forward; 3 forward always. Without a line to the TE: buffer."""
+    if not line_up or mode == 0 or (mode == 2 and reserved):
+        return Indication.HOLD
+    if mode == 1 and reserved:
+        return Indication.DROP
+    return Indication.SEND
 
 
 @dataclass(frozen=True)

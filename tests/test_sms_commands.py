@@ -19,12 +19,17 @@ from bipsim.cp.commands import ModemCommands
 from bipsim.cp.modem import simulated_card
 from bipsim.cp.network import CellularNetwork, RegStatus
 from bipsim.cp.sms_commands import (
+    DELETED_BY_FLAG,
     EF_SMS_RECORD,
     ME_CAPACITY,
     BadPdu,
+    Indication,
+    Route,
     SmsCommands,
     Stat,
     StoredSms,
+    deliver_route,
+    indication_action,
     tpdu_extent,
 )
 from bipsim.link.at_server import AtServer
@@ -758,3 +763,33 @@ async def test_two_lines_writing_at_once_get_different_indexes(cp: Cp, nursery: 
     )  # three messages, none overwritten
     cp.core.forget(second)
     assert second not in cp.sms.lines
+
+
+def test_routing_rules_of_cnmi() -> None:
+    """27.005 3.4.1 as pure rules: where an SMS-DELIVER goes per <mt> and class, what an indication does per
+    <mode> and the line's state."""
+    for mt in range(4):
+        assert deliver_route(mt, 2) is Route.STORE_SM  # class 2 always on the (U)SIM
+    for message_class in (None, 0, 1, 3):
+        assert deliver_route(0, message_class) is Route.STORE_MEM3
+        assert deliver_route(1, message_class) is Route.STORE_MEM3
+        assert deliver_route(2, message_class) is Route.CMT
+    assert deliver_route(3, 3) is Route.CMT
+    assert [deliver_route(3, c) for c in (None, 0, 1)] == [Route.STORE_MEM3] * 3
+    table = {
+        (0, True, False): Indication.HOLD,
+        (1, True, False): Indication.SEND,
+        (1, True, True): Indication.DROP,
+        (2, True, False): Indication.SEND,
+        (2, True, True): Indication.HOLD,
+        (3, True, True): Indication.SEND,
+        (3, False, False): Indication.HOLD,  # no line to the TE: kept
+    }
+    for (mode, line_up, reserved), action in table.items():
+        assert indication_action(mode, line_up=line_up, reserved=reserved) is action, (
+            mode,
+            line_up,
+            reserved,
+        )
+    assert DELETED_BY_FLAG[1] == {Stat.REC_READ} and Stat.REC_UNREAD not in DELETED_BY_FLAG[3]
+    assert DELETED_BY_FLAG[4] == set(Stat)
