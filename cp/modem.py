@@ -145,27 +145,31 @@ class LineOpener:
 
 
 class AutoBearer:
-    """Embodiment 2 when the AP's proxy can connect (it answers +CME ERROR: 30 without Wi-Fi), else embodiment 1."""
+    """Embodiment 2 when the AP's proxy can connect (it answers +CME ERROR: 30 without Wi-Fi), else embodiment 1.
+    A UDP channel or the UICC server mode, which the proxy does not carry, goes to embodiment 1 at once."""
 
     name = "auto"
+    serves_uicc_server_mode = True
 
     def __init__(self, proxy: ApProxyBearer, own: OwnStackBearer) -> None:
         self.proxy, self.own = proxy, own
         self.embodiment = 2
         self._used: dict[int, Bearer] = {}
+        self.dns_servers = own.dns_servers  # what an OPEN CHANNEL asking for DNS servers is told
 
     async def connect(self, channel: int, request: object) -> trio.abc.Stream:
         from bipsim.cp.bearer import LinkError
-        from bipsim.uicc.cat import OpenChannel, TerminalProblem
+        from bipsim.uicc.cat import OpenChannel, TerminalProblem, TransportProtocol
 
         assert isinstance(request, OpenChannel)
-        try:
-            stream = await self.proxy.connect(channel, request)
-            self._used[channel], self.embodiment = self.proxy, 2
-            return stream
-        except LinkError as exc:
-            if exc.additional != bytes((TerminalProblem.NO_SERVICE,)):
-                raise
+        if request.protocol == TransportProtocol.TCP_CLIENT_REMOTE:
+            try:
+                stream = await self.proxy.connect(channel, request)
+                self._used[channel], self.embodiment = self.proxy, 2
+                return stream
+            except LinkError as exc:
+                if exc.additional != bytes((TerminalProblem.NO_SERVICE,)):
+                    raise
         self.embodiment = 1
         stream = await self.own.connect(channel, request)
         self._used[channel] = self.own
