@@ -793,3 +793,32 @@ def test_routing_rules_of_cnmi() -> None:
         )
     assert DELETED_BY_FLAG[1] == {Stat.REC_READ} and Stat.REC_UNREAD not in DELETED_BY_FLAG[3]
     assert DELETED_BY_FLAG[4] == set(Stat)
+
+
+async def test_text_mode_in_the_ucs2_character_set(cp: Cp) -> None:
+    """+CSCS="UCS2" (27.007 5.5): text mode shows and takes addresses and GSM 7-bit texts as UCS2 hex; odd or
+    non-hex UCS2 is 305 and nothing is sent."""
+    dte = cp.dte
+    tpdu = bytes.fromhex(HOW_ARE_YOU)[8:]
+    await dte.entry(f"AT+CMGW={len(tpdu)},1", HOW_ARE_YOU)
+    await dte.at('AT+CSCS="UCS2"')
+    await dte.at("AT+CMGF=1")
+
+    def hexed(text: str) -> str:
+        return ucs2_encode(text).hex().upper()
+
+    assert lines(await dte.at("AT+CMGR=1")) == [
+        f'+CMGR: "REC READ","{hexed("+31641600986")}",,"02/08/26,19:37:41+00"',
+        hexed("How are you?"),
+    ]
+    assert lines(await dte.at("AT+CSCA?")) == [f'+CSCA: "{hexed("+15550000000")}",145']
+    assert lines(await dte.entry(f'AT+CMGS="{hexed("+447700900456")}"', hexed("Grüße"))) == ["+CMGS: 1"]
+    sent = decode_tpdu(cp.smsc.submitted[0][0])
+    assert isinstance(sent, SmsSubmit) and sent.text == "Grüße" and str(sent.destination) == "+447700900456"
+    for bad in ("004", "00G1", "0047007"):
+        assert await dte.entry(f'AT+CMGS="{hexed("+447700900456")}"', bad) == "\r\n+CMS ERROR: 305\r\n", bad
+    assert (
+        await dte.at('AT+CMGS="+4477"') == "\r\n+CMS ERROR: 305\r\n"
+    )  # not UCS2 hex: refused before the prompt
+    assert len(cp.smsc.submitted) == 1
+    assert cp.card_writes() == 1  # the +CMGW only
