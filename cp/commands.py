@@ -203,6 +203,8 @@ class ModemCommands:
         self.event_modes: dict[AtServer, tuple[int, int]] = {}
         self.event_buffers: dict[AtServer, list[str]] = {}
         self._te_deactivating = False  # a +CGACT=0 / +CGDCONT=<cid> of the TE's: no +CGEV for what it asked
+        # +CEER (27.007 6.10): why the last call or context activation failed or ended, as text
+        self.last_cause = "No cause information available"
         self.sessions: dict[int, tuple[int, int]] = {}  # +CCHO session id -> (slot, logical channel)
         self._stale: dict[int, int] = {}  # session id -> slot, of sessions whose card went away
         self._last_session = 0  # ids are never reused: a stale id held by the TE must not reach a new session
@@ -559,6 +561,7 @@ class ModemCommands:
             try:
                 self.network.activate(definition[1], cid=cid)
             except PdpError as exc:
+                self.last_cause = f"PDP activation of <cid> {cid} rejected: {exc}"
                 raise CmeError(PDP_CME.get(exc.cause, 148)) from exc
         return None
 

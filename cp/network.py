@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 
 from bipsim.net.smsc import Smsc
+from bipsim.net.ussd import UssdService
 
 MAX_CID = 16  # context identifiers 1..16 (the +CGDCONT range the CP offers)
 
@@ -141,6 +142,15 @@ class CellularNetwork:
         self.listeners: list[Callable[[RegStatus], None]] = []
         self.deactivation_listeners: list[DeactivationListener] = []
         self.attach_listeners: list[AttachListener] = []
+        # NITZ (TS 24.008 9.2.15a): the network's local time zone in quarter hours from UTC and its daylight saving
+        # adjustment in hours; `set_time_zone` tells `time_listeners` (+CTZV/+CTZE of 27.007 8.41-8.42)
+        self.time_zone = 0
+        self.dst = 0
+        self.time_listeners: list[Callable[[int, int], None]] = []
+        # the network's USSD service (net/ussd.py; 27.007 7.15)
+        self.ussd = UssdService()
+        # voice calls without audio (cp/voice_calls.py): told of a mobile-terminated call the network offers
+        self.incoming_call_listeners: list[Callable[[str], None]] = []
         self.ps_attach = True  # the ME wants the packet domain (AT+CGATT); attached while registered too
         network = ipaddress.IPv4Network(self.config.pool)
         self._pool = [str(host) for host in network.hosts()][self.config.pool_first - 1 :]
@@ -186,6 +196,22 @@ class CellularNetwork:
         context = PdpContext(number, apn, self._free.pop(0), user, tuple(self.config.dns))
         self.contexts[number] = context
         return context
+
+    def set_time_zone(self, quarters: int, dst: int = 0) -> None:
+        """The network sends a new time zone (NITZ, e.g. after a move): -48..+56 quarter hours, DST 0-2 hours."""
+        if not -48 <= quarters <= 56 or not 0 <= dst <= 2:
+            raise ValueError(f"time zone {quarters} quarter hours, DST {dst}: out of range")
+        if (quarters, dst) != (self.time_zone, self.dst):
+            self.time_zone, self.dst = quarters, dst
+            for listener in list(self.time_listeners):
+                listener(quarters, dst)
+
+    def incoming_call(self, number: str) -> None:
+        """The network offers a mobile-terminated voice call from `number` (a test, `bipsim call`)."""
+        if not self.registered:
+            raise ValueError("not registered: the network has no way to reach the ME")
+        for listener in list(self.incoming_call_listeners):
+            listener(number)
 
     @property
     def attached(self) -> bool:
