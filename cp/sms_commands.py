@@ -424,17 +424,18 @@ def _int_arg(args: tuple[AtArg, ...], index: int, low: int, high: int, default: 
 
 
 class SmsCommands:
-    """The 27.005 command set of one modem (cp/command_sets.py builds it around the 27.007 core)."""
+    """The 27.005 command set of one modem (cp/command_sets.py builds it around the 27.007 core). It takes no
+    `bipsim cp` option (`settings` is the interface of every set)."""
 
     def __init__(
         self, core: ModemCommands, tracer: Tracer, settings: dict[str, object] | None = None
     ) -> None:
         self.core = core
         self.tracer = tracer
-        settings = settings or {}
-        me_size = settings.get("sms_me_capacity", ME_CAPACITY)
-        self.sm = CardStorage(lambda: core.slots[1])
-        self.me = MemoryStorage("ME", int(me_size) if isinstance(me_size, int) else ME_CAPACITY)
+        self.sm = CardStorage(
+            lambda: core.slots[1]
+        )  # the card of slot 1 holds the subscription, and its EF_SMS
+        self.me = MemoryStorage("ME", ME_CAPACITY)
         self.sr = MemoryStorage("SR", SR_CAPACITY)
         self.storages: dict[str, SmsStorage] = {
             "SM": self.sm,
@@ -445,7 +446,6 @@ class SmsCommands:
         self.memories = ["SM", "SM", "SM"]  # +CPMS <mem1>,<mem2>,<mem3>
         self.service = 0  # +CSMS
         self.csmp = CSMP_DEFAULT
-        self.csmp_set = False
         self.sca = ""  # +CSCA; empty: the network's SMSC
         self.sca_type = 145
         self.cnmi = Cnmi()
@@ -459,11 +459,10 @@ class SmsCommands:
         # one allocation at a time (a +CMGW on one DLC, an MT message, a +CMGW on another): never one free index twice
         self._store_lock = trio.Lock()
         self.mr = 0  # the TP-MR of the last MO message (the SMSC's, or ours without one)
+        # the network's MT messages come here (net/smsc.py runs the delivery task)
         smsc = getattr(core.network, "smsc", None)
         if smsc is not None and hasattr(smsc, "subscribe"):
-            smsc.subscribe(
-                self.deliver
-            )  # the network's MT messages come here (net/smsc.py runs the delivery)
+            smsc.subscribe(self.deliver)
 
     # --- installation ---------------------------------------------------------------------------------------------
 
@@ -655,7 +654,6 @@ class SmsCommands:
         pid = _int_arg(request.args, 2, 0, 255, self.csmp[2], code)
         dcs = _int_arg(request.args, 3, 0, 255, self.csmp[3], code)
         self.csmp = (fo, vp, pid, dcs)
-        self.csmp_set = True
         return None
 
     async def csdh(self, request: AtRequest, server: AtServer) -> list[str] | None:
