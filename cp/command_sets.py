@@ -38,6 +38,15 @@ def build_command_sets(core: ModemCommands, tracer: Tracer, settings: dict[str, 
     from bipsim.cp.sms_commands import SmsCommands  # 27.005: SMS storages, PDU/text mode, indications
 
     sets.append(SmsCommands(core, tracer, settings))
+    from bipsim.cp.status_commands import StatusCommands  # +CCLK, +CBC, +CIND/+CMER, +CESQ, +CUSD, +CLAC...
+    from bipsim.cp.voice_calls import VoiceCalls  # ATD<n>;, ATA, ATH, +CHUP, +CLCC, RING/+CLIP (no audio)
+
+    status = StatusCommands(core, tracer)
+    sets.append(status)
+    sets.append(VoiceCalls(core, tracer, indicator=status.set_indicator))  # before the data mode: it wraps D, H
+    from bipsim.cp.data_mode import DataCommands  # 27.007 10.2.1/10.1.12: ATD*99#, +CGDATA, PPP data calls
+
+    sets.append(DataCommands(core, tracer, settings))  # after any other D/O/H: it hands them what is not its
     from bipsim.cp.dialects import dialect_set  # vendor dialects (--dialect): LAST, it replaces core handlers
 
     sets.append(dialect_set(core, tracer, settings))

@@ -1,0 +1,124 @@
+"""Voice call control without audio (issue 16 item 8, cp/voice_calls.py) driven by the network model: V.250 6.3.1
+D, 6.3.5 A, 6.3.6 H, 6.3.8 S0; 27.007 6.5 +CHUP, 6.11 +CRC, 7.6 +CLIP, 7.18 +CLCC. Before, ATD<n>; ATA ATH and
++CLCC answered ERROR (ModemManager marked voice unsupported on ATH)."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from bipsim.cp.network import RegStatus
+from bipsim.cp.voice_calls import CALL_TRANSITIONS, RING_PERIOD, CallState, VoiceCalls
+from bipsim.trace.kinds import Kind
+from bipsim.trace.recorder import Tracer
+from tests.modem_harness import Modem, modem
+
+
+def voice_of(m: Modem) -> VoiceCalls:
+    found = [s for s in m.core.command_sets if isinstance(s, VoiceCalls)]
+    assert found
+    return found[0]
+
+
+async def test_mobile_originated_call_and_hang_up() -> None:
+    tracer = Tracer(keep=True)
+    async with modem(tracer=tracer) as (m,):
+        assert await m.dte.at("ATD+15551234;") == ["OK"]
+        await m.dte.urcs()
+        assert await m.dte.at("AT+CLCC") == ['+CLCC: 1,0,0,0,0,"+15551234",145', "OK"]
+        assert await m.dte.at("AT+CIND?") == ["+CIND: 5,3,1,1,0,0,0,0", "OK"]
+        assert await m.dte.at("ATH") == ["OK"]
+        assert await m.dte.at("AT+CLCC") == ["OK"]
+        states = [e.fields["state"] for e in tracer.events if e.kind == Kind.CALL_STATE]
+        assert states == ["dialing", "alerting", "active", "ended"]
+        (line, _) = await m.dte.at("AT+CEER")
+        assert line == '+CEER: "Normal call clearing"'
+
+
+async def test_busy_and_unanswered_numbers() -> None:
+    async with modem() as (m,):
+        voice = voice_of(m)
+        voice.busy_numbers.add("5550000")
+        voice.unanswered_numbers.add("5550001")
+        assert await m.dte.at("ATD5550000;") == ["OK"]
+        assert await m.dte.urcs() == ["BUSY"]
+        assert await m.dte.at("ATD5550001;") == ["OK"]
+        await m.dte.urcs()
+        assert await m.dte.at("AT+CLCC") == ['+CLCC: 1,0,3,0,0,"5550001",129', "OK"]  # alerting
+        assert await m.dte.at("AT+CHUP") == ["OK"]
+        assert not voice.calls
+
+
+async def test_dial_errors() -> None:
+    async with modem() as (m,):
+        assert await m.dte.at("ATD12x4;") == ["ERROR"]
+        assert await m.dte.at("ATD;") == ["ERROR"]
+        m.network.set_status(RegStatus.NOT_REGISTERED)
+        assert await m.dte.at("ATD123;") == ["NO CARRIER"]
+
+
+async def test_incoming_call_rings_with_clip_and_is_answered(autojump_clock: trio.testing.MockClock) -> None:
+    async with modem(lines=2) as (m, other):
+        assert await m.dte.at("AT+CLIP=1") == ["OK"]
+        assert await other.dte.at("AT+CRC=1") == ["OK"]
+        m.network.incoming_call("+4930123456")
+        assert await m.dte.urcs() == ["RING", '+CLIP: "+4930123456",145']
+        assert await other.dte.urcs() == ["+CRING: VOICE"]
+        await trio.sleep(RING_PERIOD)
+        assert await m.dte.urcs() == ["RING", '+CLIP: "+4930123456",145']
+        assert await m.dte.at("AT+CLCC") == ['+CLCC: 1,1,4,0,0,"+4930123456",145', "OK"]
+        assert await m.dte.at("ATA") == ["OK"]
+        assert await m.dte.at("AT+CLCC") == ['+CLCC: 1,1,0,0,0,"+4930123456",145', "OK"]
+        await trio.sleep(2 * RING_PERIOD)
+        assert await m.dte.urcs() == []  # no more RING once answered
+        await other.dte.urcs()
+        assert voice_of(m).remote_hangup()
+        assert await m.dte.urcs() == ["NO CARRIER"]
+        assert await other.dte.urcs() == ["NO CARRIER"]
+
+
+async def test_auto_answer_after_s0_rings(autojump_clock: trio.testing.MockClock) -> None:
+    """S0=2 (V.250 6.3.8): the ME answers itself at the second RING."""
+    async with modem() as (m,):
+        assert await m.dte.at("ATS0=2") == ["OK"]
+        m.network.incoming_call("5551")
+        await trio.sleep(RING_PERIOD + 0.1)
+        assert await m.dte.urcs() == ["RING", "RING"]
+        assert await m.dte.at("AT+CLCC") == ['+CLCC: 1,1,0,0,0,"5551",129', "OK"]
+
+
+async def test_answer_without_a_call_is_no_carrier() -> None:
+    async with modem() as (m,):
+        assert await m.dte.at("ATA") == ["NO CARRIER"]
+        assert await m.dte.at("ATH") == ["OK"]
+
+
+async def test_waiting_call_behind_an_active_one() -> None:
+    """A second incoming call while one is up is waiting (+CCWA, 7.12 form); ATA holds the first."""
+    async with modem() as (m,):
+        assert await m.dte.at("ATD555;") == ["OK"]
+        await m.dte.urcs()
+        m.network.incoming_call("666")
+        assert await m.dte.urcs() == ['+CCWA: "666",129,1']
+        assert await m.dte.at("ATA") == ["OK"]
+        assert await m.dte.at("AT+CLCC") == [
+            '+CLCC: 1,0,1,0,0,"555",129',
+            '+CLCC: 2,1,0,0,0,"666",129',
+            "OK",
+        ]
+
+
+async def test_losing_the_network_ends_calls() -> None:
+    async with modem() as (m,):
+        assert await m.dte.at("ATD555;") == ["OK"]
+        await m.dte.urcs()
+        m.network.set_status(RegStatus.NOT_REGISTERED)
+        assert await m.dte.urcs() == ["NO CARRIER"]
+        with pytest.raises(ValueError):
+            m.network.incoming_call("777")
+
+
+def test_every_state_can_end_and_ended_is_final() -> None:
+    for state, targets in CALL_TRANSITIONS.items():
+        assert (CallState.ENDED in targets) == (state is not CallState.ENDED)
