@@ -439,6 +439,15 @@ class Pgw:
             context.flows.add(scope)
             try:
                 await flow(request)
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                # one flow's failure (the CP gave up during the handshake, the link dropped) ends that flow only
+                self._event(
+                    "flow failed",
+                    error=True,
+                    source=f"{request.source[0]}:{request.source[1]}",
+                    destination=f"{request.destination[0]}:{request.destination[1]}",
+                    reason=str(exc) or type(exc).__name__,
+                )
             finally:
                 context.flows.discard(scope)
 
@@ -463,7 +472,11 @@ class Pgw:
                 reason=getattr(exc, "strerror", None) or type(exc).__name__,
             )
             return
-        stream = await self._stack.accept_flow(request)
+        try:
+            stream = await self._stack.accept_flow(request, timeout=self.connect_timeout * 6)
+        except BaseException:
+            await trio.aclose_forcefully(upstream)
+            raise
         self._event(
             "tcp_flow",
             source=f"{request.source[0]}:{request.source[1]}",
@@ -600,7 +613,7 @@ class Pgw:
                         stream = await self._stack.open_tcp(
                             forward.address, forward.port, timeout=self.connect_timeout
                         )
-                    except (OSError, TimeoutError) as exc:
+                    except (OSError, trio.BrokenResourceError) as exc:
                         self._event(
                             "forward refused",
                             error=True,

@@ -18,9 +18,11 @@ import pytest
 import trio
 import trio.testing
 
+from bipsim.net.ipv4 import TCP, Ipv4Packet
 from bipsim.net.pgw import GATEWAY, SERVER_ADDRESS, Pgw, PortForward
 from bipsim.net.radio import PROFILES, LinkEnd, LinkProfile, RadioLink, radio_link
 from bipsim.net.stack import IpStack
+from bipsim.net.tcp_segment import TcpFlags, TcpSegment
 from bipsim.trace.kinds import Kind
 from bipsim.trace.recorder import Tracer
 
@@ -91,11 +93,18 @@ async def _both_ways_server(
             await stream.send_all(_pattern(n, 7))
             await stream.send_eof()
 
-        async with trio.open_nursery() as inner:
-            inner.start_soon(send)
-            while chunk := await stream.receive_some(65536):
-                digest.update(chunk)
-                got += len(chunk)
+        reset = False
+        try:
+            async with trio.open_nursery() as inner:
+                inner.start_soon(send)
+                while chunk := await stream.receive_some(65536):
+                    digest.update(chunk)
+                    got += len(chunk)
+        except* trio.BrokenResourceError:
+            reset = True
+        if reset:
+            results["resets"] = results.get("resets", 0) + 1  # type: ignore[operator]
+            return
         results["got"] = got
         results["sha"] = digest.hexdigest()
         await stream.aclose()
@@ -306,3 +315,21 @@ async def test_garbage_from_a_context_is_dropped_and_the_gateway_goes_on(
     refused = [e for e in rig.tracer.events if e.kind == Kind.IP_DROPPED and e.dst == "pgw"]
     assert len(refused) > 50
     assert all(e.error and e.field("reason") for e in refused)
+
+
+async def test_a_flow_the_cp_resets_in_its_handshake_ends_alone(rig: Rig, nursery: trio.Nursery) -> None:
+    results: dict[str, object] = {}
+    _, port = await _both_ways_server(nursery, results, 100)
+    # a SYN no socket of the CP's stack sent: the gateway's SYN-ACK meets no connection there, which answers RST
+    syn = TcpSegment(40404, port, 1000, 0, TcpFlags.SYN, 65535, mss=1460)
+    rig.cp.send_nowait(Ipv4Packet(CP, LOOPBACK, TCP, syn.encode(CP, LOOPBACK)).encode())
+    with trio.fail_after(10):
+        while not any(
+            e.kind == Kind.APP_ERROR and e.field("error") == "flow failed" for e in rig.tracer.events
+        ):
+            await trio.sleep(0.01)
+    # the gateway goes on; the host connection it had opened for the flow was reset
+    stream = await rig.stack.open_tcp(LOOPBACK, port, timeout=10)
+    assert await _exchange(stream, 10) == _pattern(100, 7)
+    await stream.aclose()
+    assert results["resets"] == 1
