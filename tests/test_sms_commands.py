@@ -489,6 +489,10 @@ async def test_bad_input_is_refused_and_writes_nothing(cp: Cp) -> None:
     for command, text, code, why in cases:
         assert await dte.entry(command, text) == f"\r\n+CMS ERROR: {code}\r\n", why
     assert await dte.at("AT+CMGW=200") == "\r\n+CMS ERROR: 304\r\n"  # no prompt for a length past any TPDU
+    # a runaway text entry: kept to 2048 characters, refused at its Ctrl-Z, the line still served
+    assert await dte.entry(f"AT+CMGW={len(good)}", "00" * 3000) == "\r\n+CMS ERROR: 304\r\n"
+    assert cp.events(Kind.AT_TEXT)[-1]["overflow"] is True
+    assert await dte.at("AT+CMGF?") == "\r\n+CMGF: 0\r\n\r\nOK\r\n"
     assert await dte.at("AT+CMGR=11") == "\r\n+CMS ERROR: 321\r\n"  # past the 10 records of EF_SMS
     assert await dte.at("AT+CMGD=0") == "\r\n+CMS ERROR: 321\r\n"
     await dte.at("AT+CMGF=1")
