@@ -173,6 +173,7 @@ class BipService:
         # torn down) before the new one asks for the same data DLC
         self._connecting: dict[int, trio.Lock] = {}
         self._nursery: trio.Nursery | None = None
+        self._waiting: dict[int, trio.CancelScope] = {}  # server-mode channels waiting for their client
         self._disconnecting = 0  # links whose close is under way
         self._all_closed = trio.Event()
         self._all_closed.set()
@@ -335,6 +336,9 @@ class BipService:
                     action.envelope, f"ENVELOPE: TIMER EXPIRATION (timer {action.timer})"
                 )
             elif isinstance(action, BearerClose):
+                waiting = self._waiting.pop(action.channel, None)
+                if waiting is not None:
+                    waiting.cancel()
                 stream = self._streams.pop(action.channel, None)
                 if stream is not None:
                     assert self._nursery is not None
@@ -517,7 +521,16 @@ class BipService:
                         bytes((BipErrorCause.TRANSPORT_NOT_AVAILABLE,)),
                         f"the {self.bearer.name} bearer has no UICC server mode",
                     )
-                stream = await self.bearer.connect(channel, request)
+                # a server-mode channel waits for a client for as long as the card keeps it: its CLOSE CHANNEL
+                # (or the card going) ends the wait (a client channel's set-up ends by itself, at its timeout)
+                with trio.CancelScope() as waiting:
+                    if request.protocol == TransportProtocol.TCP_SERVER:
+                        self._waiting[channel] = waiting
+                    stream = await self.bearer.connect(channel, request)
+                if self._waiting.get(channel) is waiting:
+                    del self._waiting[channel]
+                if waiting.cancelled_caught:
+                    return
             except LinkError as exc:
                 self.tracer.emit(
                     Actor.CP,
