@@ -14,10 +14,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
+import hypothesis
+import hypothesis.strategies
 import pytest
 import trio
 import trio.testing
 
+from bipsim.net import dns
+from bipsim.net.errors import PacketError
 from bipsim.net.ipv4 import TCP, Ipv4Packet
 from bipsim.net.pgw import GATEWAY, SERVER_ADDRESS, Pgw, PortForward
 from bipsim.net.radio import PROFILES, LinkEnd, LinkProfile, RadioLink, radio_link
@@ -333,3 +337,31 @@ async def test_a_flow_the_cp_resets_in_its_handshake_ends_alone(rig: Rig, nurser
     assert await _exchange(stream, 10) == _pattern(100, 7)
     await stream.aclose()
     assert results["resets"] == 1
+
+
+@hypothesis.settings(max_examples=300, deadline=None)
+@hypothesis.given(hypothesis.strategies.binary(max_size=300))
+def test_the_dns_codec_takes_any_bytes(data: bytes) -> None:
+    # a hostile query is a PacketError (then FORMERR or dropped), never another exception
+    try:
+        query = dns.parse_query(data)
+    except PacketError:
+        answer = dns.formerr_for(data)
+        assert answer is None or (len(answer) == 12 and answer[:2] == data[:2] and answer[3] & 0x0F == 1)
+        return
+    response = dns.build_response(query, [IPv4Address("203.0.113.10")])
+    assert response[:2] == data[:2] and response[2] & 0x80
+
+
+def test_dns_answers_decode_in_scapy() -> None:
+    scapy_dns = pytest.importorskip("scapy.layers.dns")
+    for qtype, count in (("A", 2), ("AAAA", 0)):
+        wire = bytes(scapy_dns.DNS(id=77, rd=1, qd=scapy_dns.DNSQR(qname="Ota.Example.", qtype=qtype)))
+        query = dns.parse_query(wire)
+        assert query.name == "ota.example"
+        response = dns.build_response(query, [IPv4Address("203.0.113.10"), IPv4Address("203.0.113.11")])
+        parsed = scapy_dns.DNS(response)
+        assert (parsed.id, parsed.qr, parsed.rd, parsed.ra, parsed.rcode) == (77, 1, 1, 1, 0)
+        assert parsed.ancount == count
+        assert [parsed.an[i].rdata for i in range(count)] == ["203.0.113.10", "203.0.113.11"][:count]
+        assert parsed.qd[0].qname == b"Ota.Example."  # the question as asked, case and all (RFC 1035 4.1.2)
