@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import random
 
+import hypothesis
+import hypothesis.strategies
 import pytest
 import trio
 import trio.testing
@@ -194,3 +196,50 @@ async def test_closing_an_end(autojump_clock: trio.testing.MockClock) -> None:
         assert link.counters["up"].closed_drops == 2
         assert link.counters["up"].delivered == 0
         nursery.cancel_scope.cancel()
+
+
+@hypothesis.settings(max_examples=200, deadline=None)
+@hypothesis.given(
+    sends=hypothesis.strategies.lists(
+        hypothesis.strategies.tuples(
+            hypothesis.strategies.floats(0, 0.05), hypothesis.strategies.integers(20, 1500)
+        ),
+        max_size=60,
+    ),
+    loss=hypothesis.strategies.sampled_from([0.0, 0.1, 0.5, 1.0]),
+    rate=hypothesis.strategies.sampled_from([0, 9600, 1_000_000]),
+    queue=hypothesis.strategies.sampled_from([0, 1500, 10_000]),
+    jitter=hypothesis.strategies.sampled_from([0.0, 0.02]),
+    seed=hypothesis.strategies.integers(0, 1000),
+)
+def test_the_scheduler_keeps_its_promises(
+    sends: list[tuple[float, int]], loss: float, rate: int, queue: int, jitter: float, seed: int
+) -> None:
+    profile = LinkProfile("t", delay=0.03, jitter=jitter, loss=loss, rate=rate, queue=queue)
+    direction = LinkDirection(profile, random.Random(seed))
+    now = 0.0
+    sent_at: dict[bytes, float] = {}
+    delivered: list[tuple[float, bytes]] = []
+    for index, (gap, size) in enumerate(sends):
+        now += gap
+        for packet in direction.due(now):
+            delivered.append((now, packet))
+        packet = index.to_bytes(2, "big") + bytes(size - 2)
+        sent_at[packet] = now
+        direction.offer(packet, now)
+    while (deadline := direction.next_deadline()) is not None:
+        delivered.extend((deadline, p) for p in direction.due(deadline))
+    counters = direction.counters
+    assert counters.sent == len(sends)
+    assert counters.delivered == len(delivered)
+    assert counters.delivered + counters.lost + counters.queue_drops == counters.sent
+    order = [int.from_bytes(p[:2], "big") for _, p in delivered]
+    assert order == sorted(order)  # never reordered
+    for at, packet in delivered:
+        # never earlier than the propagation delay less the jitter allows, plus its own time on the air
+        air = len(packet) * 8 / rate if rate else 0.0
+        assert at >= sent_at[packet] + air + max(0.0, 0.03 - jitter) - 1e-9
+    if loss == 1.0:
+        assert delivered == []
+    if loss == 0.0 and (rate == 0 or queue == 0):
+        assert counters.delivered == counters.sent
