@@ -94,15 +94,18 @@ PROFILES: dict[str, LinkProfile] = {
     # over GPRS", IEEE Globecom 2002; the deep per-user buffers they report (tens of kB) are the queue
     "gprs": LinkProfile("gprs", delay=0.300, jitter=0.100, rate=40_000, queue=32_768),
     # EDGE: MCS-9 at 59.2 kbit/s per slot, 4 slots (3GPP TS 43.064) is 236.8 kbit/s peak, about 200 kbit/s in
-    # use; 3GPP TR 45.912 (GERAN evolution) gives a round trip of about 300 ms for EDGE Release 99
+    # use; round trips of some hundreds of milliseconds on GPRS/EDGE in the network-wide TCP measurements of
+    # Ricciato et al., "Network-wide measurements of TCP RTT in 3G", TMA 2009 (taken here as 300 ms)
     "edge": LinkProfile("edge", delay=0.150, jitter=0.050, rate=200_000, queue=65_536),
     # UMTS Release 99: the 384 kbit/s bearer (3GPP TS 25.306 UE categories, TS 22.105 bearer services); round
-    # trips of 150-200 ms in the measurements of Jiang et al., "Tackling bufferbloat in 3G/4G networks",
-    # IMC 2012, which also reports the large base-station buffers taken as the queue
+    # trips of about 150 ms on R99 bearers in Serrano et al., "Latency in broad-band mobile networks" (Vodafone,
+    # IEEE VTC 2009); Jiang et al., "Tackling bufferbloat in 3G/4G networks", IMC 2012, report the large
+    # base-station buffers taken as the queue
     "umts": LinkProfile("umts", delay=0.075, jitter=0.020, rate=384_000, queue=131_072),
     # LTE: median RTT about 70 ms (so 35 ms one way with the core network) and median downlink about 13 Mbit/s in
     # Huang et al., "A close examination of performance and power characteristics of 4G LTE networks",
-    # MobiSys 2012; 3GPP TR 36.913 targets 5 ms for the radio part alone
+    # MobiSys 2012 (its median uplink is about half that: 10 Mbit/s is taken both ways); 3GPP TR 36.913 targets
+    # 5 ms for the radio part alone
     "lte": LinkProfile("lte", delay=0.035, jitter=0.005, rate=10_000_000, queue=524_288),
 }
 
