@@ -230,8 +230,10 @@ class TcpConfig:
     """
 
     mss: int = 1460
-    receive_buffer: int = 65535
-    send_buffer: int = 65535
+    # above the bandwidth-delay product of the faster radio profiles (lte: ~90 KB), and the send buffer well under
+    # their radio queue, so that one connection fills the link without overflowing the queue (docs/performance.md)
+    receive_buffer: int = 256 * 1024
+    send_buffer: int = 128 * 1024
     initial_rto: float = 1.0
     min_rto: float = 1.0
     max_rto: float = 60.0
@@ -362,7 +364,7 @@ class TcpConnection:
         iss: int,
         now: float,
         mss: int = 1460,
-        receive_buffer: int = 65535,
+        receive_buffer: int | None = None,
         config: TcpConfig | None = None,
     ) -> TcpConnection:
         """An active open: the connection in SYN-SENT with its SYN in `outgoing()`. A `config` replaces `mss` and
@@ -387,7 +389,7 @@ class TcpConnection:
         iss: int,
         now: float,
         mss: int = 1460,
-        receive_buffer: int = 65535,
+        receive_buffer: int | None = None,
         config: TcpConfig | None = None,
     ) -> TcpConnection:
         """A connection for a listener that received `syn`: SYN-RECEIVED with its SYN-ACK in `outgoing()`. A
@@ -1176,10 +1178,12 @@ class TcpConnection:
         self._events.append(Rejected(reason, answered))
 
 
-def _config(config: TcpConfig | None, mss: int, receive_buffer: int) -> TcpConfig:
-    if config is None:
-        return TcpConfig(mss=mss, receive_buffer=receive_buffer)
-    return config
+def _config(config: TcpConfig | None, mss: int, receive_buffer: int | None) -> TcpConfig:
+    if config is not None:
+        return config
+    if receive_buffer is None:
+        return TcpConfig(mss=mss)
+    return TcpConfig(mss=mss, receive_buffer=receive_buffer)
 
 
 def _wscale_for(buffer: int) -> int:

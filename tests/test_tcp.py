@@ -267,7 +267,7 @@ def test_three_way_handshake_with_mss_and_window_scale() -> None:
     s = TcpConnection.passive(syn, R, L, iss=5000, now=0.0, mss=1400)
     synack = _only(s)
     assert synack.flags == TcpFlags.SYN | TcpFlags.ACK and synack.ack == 1001 and synack.seq == 5000
-    assert synack.mss == 1400 and synack.window_scale == 0  # 65535 needs no shift, but the option is sent
+    assert synack.mss == 1400 and synack.window_scale == 3  # the default 256 KiB buffer needs a shift of 3
     assert s.state is TcpState.SYN_RECEIVED
     c.receive(synack, 0.05)
     assert c.state is TcpState.ESTABLISHED and _of(c.events(), Connected)
@@ -558,7 +558,7 @@ def test_delayed_ack_at_most_200ms() -> None:
 
 
 def test_delayed_ack_piggybacks_on_data() -> None:
-    c, s = _pair()
+    c, s = _pair(server_config=TcpConfig(receive_buffer=65535))  # a window the handshake already announced
     c.send(b"question", 1.0)
     s.receive(_only(c), 1.0)
     assert s.outgoing() == []
@@ -624,7 +624,7 @@ def test_receiver_sws_avoidance_no_tiny_window_update() -> None:
 
 def test_out_of_window_segment_is_acked_and_dropped() -> None:
     c, s = _pair()
-    far = _seg(s, TcpFlags.ACK, seq=s.rcv_nxt + 70000, payload=b"far")
+    far = _seg(s, TcpFlags.ACK, seq=s.rcv_nxt + (1 << 20), payload=b"far")
     s.receive(far, 1.0)
     ack = _only(s)
     assert ack.flags == TcpFlags.ACK and ack.ack == s.rcv_nxt & 0xFFFFFFFF
