@@ -826,3 +826,32 @@ async def test_text_mode_in_the_ucs2_character_set(cp: Cp) -> None:
     )  # not UCS2 hex: refused before the prompt
     assert len(cp.smsc.submitted) == 1
     assert cp.card_writes() == 1  # the +CMGW only
+
+
+async def test_answers_are_one_write_and_quiet_keeps_the_text(cp: Cp) -> None:
+    """An answer's information text and final result go out in one write (one CMUX frame); under ATQ1 the text
+    still goes, the final result does not (V.250 6.2.5)."""
+    dte = cp.dte
+    await dte.send("AT+CMGF?;+CSDH?\r")
+    first = await dte.stream.receive_some()
+    # the first command's line is written alone, the last one's with the OK
+    assert first == b"\r\n+CMGF: 0\r\n"
+    assert await dte.until(FINAL) == "\r\n+CSDH: 0\r\n\r\nOK\r\n"
+    await dte.send("ATQ1\r")
+    assert await dte.pending() == ""  # its own OK is a result code: not written
+    await dte.send("AT+CMGF?\r")
+    assert await dte.until(r"\+CMGF: 0\r\n$") == "\r\n+CMGF: 0\r\n"
+    assert await dte.pending() == ""
+    finals = [e for e in cp.tracer.events if e.kind == Kind.AT_FINAL]
+    assert finals[-1].fields is not None and finals[-1].fields.get("quiet") is True
+
+
+async def test_line_ending_inside_a_text_entry_sends_nothing(cp: Cp) -> None:
+    tpdu = submit()
+    await cp.dte.send(f"AT+CMGS={len(tpdu)}\r")
+    await cp.dte.until(r"\r\n> $")
+    await cp.dte.send(pdu(tpdu)[:10])
+    await cp.dte.stream.aclose()  # the DTE goes away before Ctrl-Z
+    await trio.testing.wait_all_tasks_blocked()
+    assert cp.server.gone and cp.smsc.submitted == []
+    assert cp.events(Kind.AT_TEXT)[-1]["cancelled"] is True
