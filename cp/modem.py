@@ -241,6 +241,9 @@ class Modem:
             attach = getattr(command_set, "attach_service", None)
             if attach is not None:
                 attach(self.service)
+            attach_plane = getattr(command_set, "attach_plane", None)  # data calls route through the plane
+            if attach_plane is not None:
+                attach_plane(self.plane)
         self.service.gateway.local_info = _local_info(self.network)  # PROVIDE LOCAL INFORMATION's answers
         smsc = getattr(self.network, "smsc", None)  # SEND SHORT MESSAGE goes to the network's SMSC
         if smsc is not None and hasattr(smsc, "submit"):

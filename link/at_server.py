@@ -147,6 +147,7 @@ class AtSettings:
     s7: int = 50
     s8: int = 2
     s10: int = 14
+    s12: int = 50  # the escape guard time of a data call's "+++", in fiftieths of a second (cp/data_mode.py)
     dcd: int = 1  # &C: 0 DCD always on, 1 DCD follows the data carrier
     dtr: int = 2  # &D: 0 ignore DTR, 1 to command mode, 2 hang up the data call
     x_level: int = 4  # X: result codes reported
@@ -187,6 +188,8 @@ class AtServer:
         self._unread = b""
         self._text_taken = False
         self._after: list[Callable[[], Awaitable[None]]] = []
+        self.online_data = False  # a data call owns the stream (take_over): URCs are held in held_urcs
+        self.held_urcs: list[str] = []
         dlci = getattr(stream, "dlci", None)
         self._fields: dict[str, Any] = {"dlci": dlci} if isinstance(dlci, int) else {}
 
@@ -284,7 +287,7 @@ class AtServer:
         """A final result code (V.250 section 5.7.2, 27.007 9.2): written unless quiet (Q1), traced either way.
         `held` information text goes out in the same write (a whole answer is one burst, as a modem sends it: on
         CMUX one frame instead of one per line)."""
-        error = text != "OK"
+        error = text not in ("OK", "CONNECT")
         if self.format.quiet:  # nothing written: the trace still says how the line ended
             await self._write_parts(held or [])
             self._trace(False, Kind.AT_FINAL, f"{summary} (quiet)", error=error, result=text, quiet=True)
@@ -295,7 +298,26 @@ class AtServer:
         await self._write_parts([*(held or []), _Part(data, Kind.AT_FINAL, summary, error, step, fields)])
 
     async def send_urc(self, line: str) -> None:
+        if self.online_data:  # the line carries a data call's bytes: URCs wait for command mode
+            self.held_urcs.append(line)
+            return
         await self._write(self.format.info(line), Kind.AT_URC, line)
+
+    async def send_result(self, text: str) -> None:
+        """A final result code outside a command's answer: OK when a data call's +++ returned to command mode,
+        NO CARRIER when the call ended (V.250 6.3.1, 5.7.2); then the URCs held while the line was online."""
+        await self._final(text, text, "")
+        held, self.held_urcs = self.held_urcs, []
+        for line in held:
+            await self.send_urc(line)
+
+    def take_over(self) -> bytes:
+        """For a job run after its command's answer that reads the stream itself (a data call's online state): the
+        bytes that arrived behind the command line, now the job's. While the job sets `online_data`, URCs are
+        held for `send_result`."""
+        self._text_taken = True
+        pending, self._unread = self._unread, b""
+        return pending
 
     async def run(self) -> None:
         """Serves until end of file, a write to a stream that went away, or a handler asking to stop after its
@@ -482,7 +504,7 @@ class AtServer:
 
     def _s_register(self, request: AtRequest) -> list[str] | None:
         number = int(request.name[1:])
-        registers = {0: "s0", 3: "s3", 4: "s4", 5: "s5", 6: "s6", 7: "s7", 8: "s8", 10: "s10"}
+        registers = {0: "s0", 3: "s3", 4: "s4", 5: "s5", 6: "s6", 7: "s7", 8: "s8", 10: "s10", 12: "s12"}
         if number not in registers:
             raise AtCommandError()
         if request.kind is CommandKind.READ:
@@ -490,7 +512,9 @@ class AtServer:
             return [f"{current:03d}"]
         value = request.args[0] if request.args else None
         # V.250 6.2.1-6.3.x ranges: S0 0-255, S3/S4/S5 0-127, S6 2-10, S7 1-255, S8 0-255, S10 1-254
-        low, high = {0: (0, 255), 6: (2, 10), 7: (1, 255), 8: (0, 255), 10: (1, 254)}.get(number, (0, 127))
+        low, high = {0: (0, 255), 6: (2, 10), 7: (1, 255), 8: (0, 255), 10: (1, 254), 12: (0, 255)}.get(
+            number, (0, 127)
+        )
         if not isinstance(value, int) or not low <= value <= high:
             raise AtCommandError()
         if number not in (3, 4, 5):

@@ -57,6 +57,15 @@ class Kind(StrEnum):
     LINE_OPEN = "line.open"
     LINE_REOPENED = "line.reopened"  # the line was lost and opened again; fields: count
     LINE_CLOSED = "line.closed"
+    # PPP of a host's data call (cp/data_mode.py, net/ppp.py): hex the frame without FCS (address/control if sent,
+    # protocol, packet); fields: cid, protocol, code, direction ("in" from the host, "out"), length, dlci on a DLC
+    PPP_LCP = "ppp.lcp"  # an LCP packet (Configure-*, Terminate-*, Echo, Protocol-Reject, Code-Reject)
+    PPP_AUTH = "ppp.auth"  # a PAP or CHAP packet
+    PPP_IPCP = "ppp.ipcp"  # an IPCP packet
+    PPP_IP = "ppp.ip"  # an IPv4 packet carried in PPP
+    PPP_FRAME = "ppp.frame"  # a frame of another protocol (answered with Protocol-Reject)
+    PPP_DROPPED = "ppp.dropped"  # bytes or a frame dropped: bad FCS, runt, too long, aborted, wrong phase; reason
+    PPP_CALL = "ppp.call"  # the call's life: event (connect, link_up, authenticated, network_up, escape, ended...)
     # transport
     TCP_CONNECT = "tcp.connect"  # a connection request (SYN); fields: host, port, channel
     TCP_ACCEPT = "tcp.accept"  # the peer's acknowledgement (SYN/ACK): the connection is up

@@ -1,0 +1,483 @@
+"""A host dials a PPP data call (3GPP TS 27.007 10.2.1.1 ATD*99#, 10.1.12 +CGDATA) through the CP's AT server and
+fetches a page through the packet gateway (docs/protocols.md, "Data calls").
+
+The host's PPP is written here from RFC 1661/1662/1334/1994/1332/1877 (its own bitwise FCS, its own escaping, scapy's
+PPP layers to build and read the control packets): an independent peer of net/ppp.py. Its IP stack is the
+project's IpStack at the address IPCP gave it: what is under test is the PPP and the routing, not TCP.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import struct
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from ipaddress import IPv4Address
+
+import pytest
+import trio
+import trio.testing
+from scapy.layers.ppp import PPP
+
+from bipsim.cp.bearer_own_stack import PacketPlane
+from bipsim.cp.card_driver import CardDriver
+from bipsim.cp.command_sets import build_command_sets
+from bipsim.cp.commands import ModemCommands
+from bipsim.cp.data_mode import DataCommands, EscapeDetector, parse_dial
+from bipsim.cp.modem import simulated_card
+from bipsim.cp.network import CellularNetwork
+from bipsim.link.at_server import AtServer
+from bipsim.net.ppp import PppConfig
+from bipsim.net.stack import IpStack
+from bipsim.trace.events import TraceEvent
+from bipsim.trace.recorder import Tracer
+
+# --- the host's PPP, from the RFCs ------------------------------------------------------------------------------
+
+
+def fcs16_bitwise(data: bytes) -> int:
+    """RFC 1662 C.2's FCS computed bit by bit (not the table of net/hdlc.py)."""
+    fcs = 0xFFFF
+    for byte in data:
+        fcs ^= byte
+        for _ in range(8):
+            fcs = (fcs >> 1) ^ 0x8408 if fcs & 1 else fcs >> 1
+    return fcs
+
+
+def host_frame(protocol: int, payload: bytes, *, fcs_ok: bool = True) -> bytes:
+    body = b"\xff\x03" + struct.pack("!H", protocol) + payload
+    fcs = fcs16_bitwise(body) ^ 0xFFFF
+    if not fcs_ok:
+        fcs ^= 0x0101
+    body += struct.pack("<H", fcs)
+    out = bytearray(b"\x7e")
+    for byte in body:
+        if byte < 0x20 or byte in (0x7E, 0x7D):  # the host escapes every control character: ACCM 0xFFFFFFFF
+            out += bytes((0x7D, byte ^ 0x20))
+        else:
+            out.append(byte)
+    return bytes(out + b"\x7e")
+
+
+def control(code: int, ident: int, data: bytes) -> bytes:
+    return struct.pack("!BBH", code, ident, 4 + len(data)) + data
+
+
+def options(items: list[tuple[int, bytes]]) -> bytes:
+    return b"".join(bytes((kind, 2 + len(value))) + value for kind, value in items)
+
+
+def read_options(data: bytes) -> list[tuple[int, bytes]]:
+    out = []
+    while data:
+        out.append((data[0], data[2 : data[1]]))
+        data = data[data[1] :]
+    return out
+
+
+@dataclass
+class HostPpp:
+    """The dialling host: takes whatever the modem sends, answers as a PPP client would."""
+
+    user: str = ""
+    password: str = ""
+    prefer_pap: bool = False
+    magic: int = 0x1234ABCD
+    frames: list[tuple[int, bytes]] = field(default_factory=list)
+    address: IPv4Address | None = None
+    dns: list[IPv4Address] = field(default_factory=list)
+    ip_packets: list[bytes] = field(default_factory=list)
+    out: bytearray = field(default_factory=bytearray)
+    lcp_acked_ours: bool = False
+    lcp_acked_theirs: bool = False
+    auth: str = "none"
+    ipcp_open: bool = False
+    ipcp_acked_theirs: bool = False
+    terminated: bool = False
+    buffer: bytearray = field(default_factory=bytearray)
+    ident: int = 0
+    escaped_ok: bool = True
+
+    def send(self, protocol: int, payload: bytes) -> None:
+        self.out += host_frame(protocol, payload)
+
+    def start(self) -> None:
+        self.ident += 1
+        self._lcp_req = options([(5, struct.pack("!I", self.magic)), (2, b"\x00\x00\x00\x00")])
+        self.send(0xC021, control(1, self.ident, self._lcp_req))
+
+    def feed(self, data: bytes) -> None:
+        self.buffer += data
+        while True:
+            start = self.buffer.find(b"\x7e")
+            if start < 0:
+                return
+            end = self.buffer.find(b"\x7e", start + 1)
+            if end < 0:
+                del self.buffer[:start]
+                return
+            raw = bytes(self.buffer[start + 1 : end])
+            del self.buffer[:end]
+            if not raw:
+                continue
+            body = bytearray()
+            it = iter(raw)
+            for byte in it:
+                body.append(next(it) ^ 0x20 if byte == 0x7D else byte)
+            assert fcs16_bitwise(bytes(body)) == 0xF0B8, f"bad FCS from the modem: {raw.hex()}"
+            self._frame(bytes(body[:-2]))
+
+    def _frame(self, frame: bytes) -> None:
+        if frame[:2] == b"\xff\x03":
+            frame = frame[2:]
+        decoded = PPP(frame)  # scapy reads the protocol field, compressed or not
+        protocol = decoded.proto
+        payload = bytes(decoded.payload)
+        self.frames.append((protocol, payload))
+        if protocol == 0x0021:
+            self.ip_packets.append(payload)
+            return
+        code, ident, length = struct.unpack("!BBH", payload[:4])
+        data = payload[4:length]
+        if protocol == 0xC021:
+            self._lcp(code, ident, data)
+        elif protocol == 0xC023 and code == 2:
+            self._network()
+        elif protocol == 0xC223 and code == 1:
+            size = data[0]
+            challenge = data[1 : 1 + size]
+            value = hashlib.md5(bytes((ident,)) + self.password.encode() + challenge).digest()
+            self.send(0xC223, control(2, ident, bytes((16,)) + value + self.user.encode()))
+        elif protocol == 0xC223 and code == 3:
+            self._network()
+        elif protocol == 0x8021:
+            self._ipcp(code, ident, data)
+
+    def _lcp(self, code: int, ident: int, data: bytes) -> None:
+        if code == 1:
+            opts = read_options(data)
+            auth = next((value for kind, value in opts if kind == 3), None)
+            if auth is not None and self.prefer_pap and auth[:2] != b"\xc0\x23":
+                self.send(0xC021, control(3, ident, options([(3, b"\xc0\x23")])))
+                return
+            if auth is not None:
+                self.auth = "pap" if auth[:2] == b"\xc0\x23" else "chap"
+            self.send(0xC021, control(2, ident, data))
+            self.lcp_acked_theirs = True
+        elif code == 2:
+            self.lcp_acked_ours = True
+        elif code == 5:
+            self.send(0xC021, control(6, ident, b""))
+            self.terminated = True
+        elif code == 9:
+            self.send(0xC021, control(10, ident, struct.pack("!I", self.magic) + data[4:]))
+        if self.lcp_acked_ours and self.lcp_acked_theirs and code in (1, 2):
+            if self.auth == "pap":
+                body = bytes((len(self.user),)) + self.user.encode()
+                body += bytes((len(self.password),)) + self.password.encode()
+                self.send(0xC023, control(1, 1, body))
+            elif self.auth == "none":
+                self._network()
+
+    def _network(self) -> None:
+        self.ident += 1
+        self.send(0xC021 - 0xC021 + 0x8021, control(1, self.ident, self._ipcp_options()))
+
+    def _ipcp_options(self) -> bytes:
+        address = (self.address or IPv4Address(0)).packed
+        dns1 = (self.dns[0] if self.dns else IPv4Address(0)).packed
+        dns2 = (self.dns[1] if len(self.dns) > 1 else IPv4Address(0)).packed
+        return options([(3, address), (129, dns1), (131, dns2)])
+
+    def _ipcp(self, code: int, ident: int, data: bytes) -> None:
+        if code == 1:
+            self.send(0x8021, control(2, ident, data))
+            self.ipcp_acked_theirs = True
+        elif code == 3:  # Nak: the values the modem gives us
+            got = dict(read_options(data))
+            self.address = IPv4Address(got.get(3, (self.address or IPv4Address(0)).packed))
+            self.dns = [IPv4Address(got[k]) for k in (129, 131) if k in got]
+            self.ident += 1
+            self.send(0x8021, control(1, self.ident, self._ipcp_options()))
+        elif code == 2:
+            self.ipcp_open = True
+
+    def take(self) -> bytes:
+        out, self.out = bytes(self.out), bytearray()
+        return out
+
+
+# --- the modem side -----------------------------------------------------------------------------------------------
+
+
+class ListTracer(Tracer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[TraceEvent] = []
+
+    def emit(self, *args: object, **kwargs: object) -> TraceEvent:  # type: ignore[override]
+        event = super().emit(*args, **kwargs)  # type: ignore[arg-type]
+        self.events.append(event)
+        return event
+
+
+@dataclass
+class Rig:
+    host: trio.abc.Stream
+    server: AtServer
+    core: ModemCommands
+    network: CellularNetwork
+    data: DataCommands
+    tracer: ListTracer
+    buffer: bytearray = field(default_factory=bytearray)
+
+    async def at(self, line: str, final: tuple[str, ...] = ("OK", "ERROR", "CONNECT", "NO CARRIER")) -> str:
+        await self.host.send_all(line.encode() + b"\r")
+        return await self.result(final)
+
+    async def result(self, final: tuple[str, ...] = ("OK", "ERROR", "CONNECT", "NO CARRIER")) -> str:
+        with trio.fail_after(10):
+            while True:
+                text = self.buffer.decode("latin-1")
+                for word in final:
+                    marker = f"\r\n{word}"
+                    if marker in text:
+                        end = (
+                            text.index("\r\n", text.index(marker) + 2) + 2
+                            if "\r\n" in text[text.index(marker) + 2 :]
+                            else -1
+                        )
+                        if end > 0:
+                            del self.buffer[:end]
+                            return text[:end]
+                self.buffer += await self.host.receive_some(65536)
+
+
+@asynccontextmanager
+async def rig(config: PppConfig | None = None) -> AsyncIterator[Rig]:
+    tracer = ListTracer()
+    card, _ = simulated_card(None, None, tracer)
+    network = CellularNetwork()
+    core = ModemCommands(CardDriver(card, tracer=tracer), network)
+    core.command_sets = build_command_sets(core, tracer, {"ppp_config": config} if config else {})
+    data = next(s for s in core.command_sets if isinstance(s, DataCommands))
+    plane = PacketPlane(network, tracer=tracer)
+    data.attach_plane(plane)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(plane.run)
+        a, b = trio.testing.memory_stream_pair()
+        server = AtServer(b, tracer=tracer, echo=False)
+        core.install(server)
+        nursery.start_soon(server.run)
+        yield Rig(a, server, core, network, data, tracer)
+        nursery.cancel_scope.cancel()
+
+
+async def negotiate(r: Rig, host: HostPpp, until: str = "ipcp") -> None:
+    """Runs the host's PPP against the modem until IPCP is open (or LCP, `until="lcp"`)."""
+    host.start()
+    with trio.fail_after(10):
+        while True:
+            out = host.take()
+            if out:
+                await r.host.send_all(out)
+            if until == "ipcp" and host.ipcp_open and host.ipcp_acked_theirs:
+                return
+            if until == "lcp" and host.lcp_acked_ours and host.lcp_acked_theirs:
+                return
+            host.feed(await r.host.receive_some(65536))
+
+
+async def serve_http(nursery: trio.Nursery, body: bytes) -> int:
+    async def handler(stream: trio.SocketStream) -> None:
+        request = b""
+        while b"\r\n\r\n" not in request:
+            chunk = await stream.receive_some(4096)
+            if not chunk:
+                return
+            request += chunk
+        assert request.startswith(b"GET /page HTTP/1.0")
+        await stream.send_all(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        await stream.aclose()
+
+    listeners = await nursery.start(partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
+    return int(listeners[0].socket.getsockname()[1])
+
+
+# --- tests ------------------------------------------------------------------------------------------------------
+
+
+def test_dial_strings_of_27_007_10_2_1_1() -> None:
+    assert parse_dial("*99#") == ("PPP", [])
+    assert parse_dial("*99***1#") == ("PPP", [1])
+    assert parse_dial("*99**PPP*2#") == ("PPP", [2])
+    assert parse_dial("*99*123*1*3#") == ("1", [3])
+    assert parse_dial("5551234;") is None
+    assert parse_dial("*991#") is None
+    with pytest.raises(ValueError):
+        parse_dial("*99***x#")
+
+
+def test_escape_needs_the_guard_time_both_sides() -> None:
+    """V.250's escape: +++ only after and before a guard time of silence; otherwise the pluses are data."""
+    detector = EscapeDetector(1.0, now=0.0)
+    assert detector.feed(b"+++", 1.5) == b""  # held: maybe an escape
+    assert detector.feed(b"x", 1.6) == b"+++x"  # data after it: it was data
+    assert not detector.expired(10.0)
+    assert detector.feed(b"+++", 3.0) == b""
+    assert detector.deadline == 4.0
+    assert not detector.expired(3.9)
+    assert detector.expired(4.0)
+    mid = EscapeDetector(1.0, now=0.0)
+    assert mid.feed(b"a+++", 5.0) == b"a+++"  # no silence before the pluses
+    assert mid.deadline is None
+
+
+async def test_a_host_dials_gets_an_address_and_dns_and_fetches_a_page() -> None:
+    body = b"hello through PPP " * 200
+    async with rig() as r, trio.open_nursery() as nursery:
+        port = await serve_http(nursery, body)
+        assert "CONNECT" in await r.at("ATD*99#")
+        host = HostPpp()
+        await negotiate(r, host)
+        assert host.address is not None
+        assert str(host.address) == r.network.contexts[1].address
+        assert host.dns == [IPv4Address("198.51.100.1")] * 2
+        # the host's IP stack at its IPCP address, its packets in PPP frames over the line
+        wake = [trio.Event()]
+
+        def transmit(packet: bytes) -> None:
+            host.send(0x0021, packet)
+            wake[0].set()
+
+        stack = IpStack(host.address, transmit)
+
+        async def reader() -> None:
+            while True:
+                host.feed(await r.host.receive_some(65536))
+                for packet in host.ip_packets:
+                    stack.receive_packet(packet)
+                host.ip_packets.clear()
+                wake[0].set()
+
+        async def writer() -> None:
+            while True:
+                await wake[0].wait()
+                wake[0] = trio.Event()
+                out = host.take()
+                if out:
+                    await r.host.send_all(out)
+
+        await nursery.start(stack.run)
+        nursery.start_soon(reader)
+        nursery.start_soon(writer)
+        with trio.fail_after(10):
+            tcp = await stack.open_tcp("198.51.100.1", port)
+            await tcp.send_all(b"GET /page HTTP/1.0\r\n\r\n")
+            got = b""
+            while True:
+                chunk = await tcp.receive_some(65536)
+                if not chunk:
+                    break
+                got += chunk
+        assert got.endswith(body) and got.startswith(b"HTTP/1.0 200 OK")
+        kinds = {e.kind for e in r.tracer.events}
+        assert {"ppp.lcp", "ppp.ipcp", "ppp.ip", "ppp.call"} <= kinds
+        counters = r.data._volumes()[1]
+        assert counters[0] >= len(body) and counters[1] > 0
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("prefer_pap", [False, True])
+async def test_the_context_credentials_are_asked_by_chap_or_pap(prefer_pap: bool) -> None:
+    async with rig() as r:
+        assert "OK" in await r.at('AT+CGDCONT=2,"IP","ota.bipsim"')
+        assert "CONNECT" in await r.at("ATD*99***2#")
+        host = HostPpp(user="ota", password="secret", prefer_pap=prefer_pap)
+        await negotiate(r, host)
+        assert host.auth == ("pap" if prefer_pap else "chap")
+        assert str(host.address) == r.network.contexts[2].address
+        auth = [
+            e for e in r.tracer.events if e.kind == "ppp.call" and e.fields.get("event") == "authenticated"
+        ]
+        assert auth and auth[0].fields["method"] == host.auth
+
+
+async def test_wrong_password_ends_the_call_with_no_carrier_and_at_is_served() -> None:
+    async with rig() as r:
+        assert "OK" in await r.at('AT+CGDCONT=2,"IP","ota.bipsim"')
+        assert "CONNECT" in await r.at('AT+CGDATA="PPP",2')
+        host = HostPpp(user="ota", password="wrong", prefer_pap=True)
+        host.start()
+        text = b""
+        with trio.fail_after(10):
+            while b"NO CARRIER" not in text:
+                out = host.take()
+                if out:
+                    await r.host.send_all(out)
+                data = await r.host.receive_some(65536)
+                text += data
+                host.feed(data.split(b"\r\n")[0] if b"NO CARRIER" in data else data)
+        assert "OK" in await r.at("AT")
+        assert 2 not in r.network.contexts  # the context went with the call
+
+
+async def test_escape_then_ato_then_ath() -> None:
+    async with rig() as r:
+        assert "OK" in await r.at("ATS12=5")  # 0.1 s guard time
+        assert "CONNECT" in await r.at("ATD*99#")
+        host = HostPpp()
+        await negotiate(r, host)
+        await trio.sleep(0.15)
+        await r.host.send_all(b"+++")
+        assert "OK" in await r.result()  # after the second guard time: online command mode
+        assert "OK" in await r.at("AT")
+        assert "CONNECT" in await r.at("ATO")
+        events = [e.fields.get("event") for e in r.tracer.events if e.kind == "ppp.call"]
+        assert "escape" in events and "resumed" in events
+        # the link survived: an LCP Echo-Request is answered
+        await r.host.send_all(host_frame(0xC021, control(9, 7, struct.pack("!I", host.magic))))
+        with trio.fail_after(5):
+            while not any(p == 0xC021 and d[0] == 10 for p, d in host.frames):
+                host.feed(await r.host.receive_some(65536))
+        await trio.sleep(0.15)
+        await r.host.send_all(b"+++")
+        assert "OK" in await r.result()
+        assert "OK" in await r.at("ATH")
+        assert 1 not in r.network.contexts
+        assert "NO CARRIER" in await r.at("ATO")
+
+
+async def test_bad_fcs_runt_and_unknown_protocol() -> None:
+    async with rig() as r:
+        assert "CONNECT" in await r.at("ATD*99#")
+        host = HostPpp()
+        await negotiate(r, host, until="lcp")
+        await r.host.send_all(host_frame(0xC021, control(9, 1, b"\0\0\0\0"), fcs_ok=False))
+        await r.host.send_all(b"\x7e\x01\x02\x7e")  # a runt
+        await r.host.send_all(host_frame(0x8057, control(1, 1, b"")))  # IPv6CP: not carried
+        with trio.fail_after(5):
+            while not any(p == 0xC021 and d[0] == 8 for p, d in host.frames):
+                host.feed(await r.host.receive_some(65536))
+        reject = next(d for p, d in host.frames if p == 0xC021 and d[0] == 8)
+        assert reject[4:6] == b"\x80\x57"  # Protocol-Reject names the protocol (RFC 1661 5.7)
+        reasons = {e.fields.get("reason") for e in r.tracer.events if e.kind == "ppp.dropped"}
+        assert {"bad_fcs", "runt"} <= reasons
+        # no Echo-Reply to the frame with the bad FCS
+        assert not any(p == 0xC021 and d[0] == 10 for p, d in host.frames)
+
+
+async def test_a_host_that_never_answers_lcp_gets_no_carrier_after_max_configure() -> None:
+    config = PppConfig(restart=0.05, max_configure=3)
+    async with rig(config) as r:
+        assert "CONNECT" in await r.at("ATD*99#")
+        text = await r.result(("NO CARRIER",))
+        assert text.count("\x7e\xff\x7d\x23\xc0\x21\x7d\x21") == 3  # three Configure-Requests, then give up
+        assert "OK" in await r.at("AT")
+        ended = [e for e in r.tracer.events if e.kind == "ppp.call" and e.fields.get("event") == "ended"]
+        assert ended
+        assert math.isfinite(ended[0].t)
