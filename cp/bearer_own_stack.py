@@ -201,6 +201,7 @@ class ContextLink:
     link: RadioLink
     scope: trio.CancelScope
     forwards: list[int] = field(default_factory=list)  # host ports the gateway forwards to this context
+    forward_scopes: list[trio.CancelScope] = field(default_factory=list)  # their listeners' scopes
 
 
 class PacketPlane:
@@ -353,15 +354,21 @@ class PacketPlane:
         if pgw.mode is PgwMode.TUN:
             return None
         forward = PortForward(0, IPv4Address(context.address), port)
-        # the gateway serves its forwards in its own nursery; one made at run time is served the same way
-        nursery = pgw._nursery
-        if nursery is None:
-            raise RuntimeError("the packet gateway is not running")
-        await nursery.start(pgw._serve_forward, forward)
-        host_port = pgw.forward_ports[forward]
         carried = self.links.get(context.cid)
-        if carried is not None:
-            carried.forwards.append(host_port)
+        if carried is None or self._nursery is None:
+            raise RuntimeError(f"context {context.cid} has no bearer")
+        # served as the gateway serves the forwards it was made with, but in a scope of the context's: the host port
+        # closes when the context goes
+        scope = trio.CancelScope()
+        carried.forward_scopes.append(scope)
+
+        async def serve(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            with scope:
+                await pgw._serve_forward(forward, task_status=task_status)
+
+        await self._nursery.start(serve)
+        host_port = pgw.forward_ports[forward]
+        carried.forwards.append(host_port)
         return host_port
 
     @staticmethod
@@ -385,6 +392,8 @@ class PacketPlane:
             self.pgw.detach(IPv4Address(context.address), reason)
         carried.end.close()
         carried.scope.cancel()
+        for scope in carried.forward_scopes:
+            scope.cancel()
         self.tracer.emit(
             Actor.NET,
             Actor.CP,

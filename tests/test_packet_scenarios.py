@@ -482,3 +482,38 @@ async def test_card_control_lists_deactivates_and_reshapes_the_plane() -> None:
     assert card_control_answer("contexts", [], plane) == "ok "
     assert card_control_answer("deactivate x", [], plane).startswith("error use:")
     assert card_control_answer("contexts", []).startswith("error use:")  # no plane: not a command
+
+
+async def test_server_mode_forwards_a_host_port_until_its_context_goes() -> None:
+    from bipsim.uicc.cat import OpenChannel
+
+    async with trio.open_nursery() as nursery:
+        rig, bearer, tracer = await plane_rig(nursery)
+        request = OpenChannel(
+            bearer_type=0, buffer_size=1024, protocol=TransportProtocol.TCP_SERVER, port=3516
+        )
+        accepted: list[trio.abc.Stream] = []
+        done = trio.Event()
+
+        async def serve() -> None:
+            accepted.append(await bearer.connect(1, request))
+            done.set()
+
+        nursery.start_soon(serve)
+        with trio.fail_after(10):  # the bearer's readiness, polled with a deadline
+            while not (ready := [e for e in tracer.events if e.field("event") == "uicc_server_listening"]):
+                await trio.sleep(0.01)
+        host_port = int(ready[0].field("host_port"))
+        client = await trio.open_tcp_stream("127.0.0.1", host_port)
+        await client.send_all(b"hello card")
+        await done.wait()
+        got = b""
+        while len(got) < 10:
+            got += await accepted[0].receive_some(100)
+        assert got == b"hello card"
+        await client.aclose()
+        await bearer.disconnect(1, accepted[0])
+        assert not rig.cellular.contexts
+        with pytest.raises(OSError):  # the forward went with the context
+            await trio.open_tcp_stream("127.0.0.1", host_port)
+        nursery.cancel_scope.cancel()
