@@ -33,7 +33,7 @@ from bipsim.trace.kinds import Kind
 from bipsim.uicc.cat import Tag, decode_terminal_response
 
 WAIT = 60.0  # seconds a moment may take to come: only a broken run waits this long
-LOSSY_LOAD = 30000  # bytes of load file: enough packets that 5 % loss surely hits some
+LOSSY_LOAD = 150000  # bytes of load file: about 100 data segments, so 5 % loss surely hits some of them
 DROP_OFFSET = 4000  # server bytes forwarded before the fault: past the TLS handshake, inside the load script
 OUTAGE = 10.0  # seconds of 100 % loss in radio-outage
 DATA_AVAILABLE = EventQuery(Kind.CAT_ENVELOPE, lambda f: f.get("event") == "data_available")
@@ -61,7 +61,7 @@ def _count(run: RunResult, kind: str, **fields: object) -> int:
 
 
 def radio_lossy(options: ScenarioOptions) -> ScenarioResult:
-    """5 % packet loss on the radio bearer: the OTA download (a 30 000-byte load file) still completes, the CP's
+    """5 % packet loss on the radio bearer: the OTA download (a 150 000-byte load file) still completes, the CP's
     stack and the gateway retransmitting what the link lost."""
     config = _config(
         "radio-lossy",
