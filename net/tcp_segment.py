@@ -1,7 +1,7 @@
 """The TCP header codec of the CP's own stack (RFC 9293 section 3.1): ports, sequence and acknowledgment numbers, data
 offset, control bits (with ECE/CWR of RFC 3168), the raw 16-bit window field, the checksum over the IPv4
 pseudo-header, and the options a handshake carries: End of Option List, No-Operation, Maximum Segment Size (RFC 9293
-3.2), Window Scale (RFC 7323 section 2) and SACK-permitted (RFC 2018). Other options are skipped by their length
+3.2), Window Scale (RFC 7323 section 2), SACK-permitted and SACK blocks (RFC 2018). Other options are skipped by their length
 byte (RFC 9293 3.2: "must be prepared to handle an arbitrary option"); a length that lies is a PacketError.
 
 Pure functions on bytes: no I/O. The window in a TcpSegment is the header's field as sent; scaling by the peer's
@@ -29,6 +29,8 @@ _OPT_NOP = 1
 _OPT_MSS = 2
 _OPT_WSCALE = 3
 _OPT_SACK_PERMITTED = 4
+_OPT_SACK = 5
+MAX_SACK_BLOCKS = 4  # RFC 2018 section 3: 2 + 8n bytes of the 40 an option area has
 # RFC 7323 section 2.3: a shift above 14 is used as 14.
 MAX_WINDOW_SCALE = 14
 
@@ -55,7 +57,8 @@ _FLAGS = [TcpFlags(value) for value in range(256)]  # decode builds no enum memb
 
 @dataclass(frozen=True)
 class TcpSegment:
-    """One TCP segment; `window` is the header field as sent (not scaled), `seq`/`ack` are 32-bit."""
+    """One TCP segment; `window` is the header field as sent (not scaled), `seq`/`ack` are 32-bit, `sack_blocks`
+    the (left edge, right edge) pairs of a SACK option (RFC 2018 section 3), 32-bit too."""
 
     source_port: int
     destination_port: int
@@ -68,6 +71,7 @@ class TcpSegment:
     window_scale: int | None = None
     sack_permitted: bool = False
     urgent: int = 0
+    sack_blocks: tuple[tuple[int, int], ...] = ()
 
     @property
     def seg_len(self) -> int:
@@ -91,6 +95,12 @@ class TcpSegment:
             if not 0 <= self.window_scale <= 0xFF:
                 raise ValueError(f"window scale {self.window_scale} out of range")
             out += bytes((_OPT_NOP, _OPT_WSCALE, 3, self.window_scale))
+        if self.sack_blocks:
+            room = (40 - len(out) - 2) // 8
+            blocks = self.sack_blocks[: min(room, MAX_SACK_BLOCKS)]
+            out += bytes((_OPT_NOP, _OPT_NOP, _OPT_SACK, 2 + 8 * len(blocks)))
+            for left, right in blocks:
+                out += struct.pack("!II", left & 0xFFFFFFFF, right & 0xFFFFFFFF)
         while len(out) % 4:
             out.append(_OPT_EOL)
         return bytes(out)
@@ -136,7 +146,7 @@ class TcpSegment:
         # RFC 1071: the sum over the whole segment including its checksum field is zero when it is right.
         if transport_checksum(source, destination, PROTOCOL_TCP, data) != 0:
             raise PacketError("TCP checksum mismatch")
-        mss, wscale, sack_permitted = _parse_options(data[HEADER_LENGTH:offset])
+        mss, wscale, sack_permitted, sack_blocks = _parse_options(data[HEADER_LENGTH:offset])
         return cls(
             source_port=sport,
             destination_port=dport,
@@ -149,13 +159,17 @@ class TcpSegment:
             window_scale=wscale,
             sack_permitted=sack_permitted,
             urgent=urgent,
+            sack_blocks=sack_blocks,
         )
 
 
-def _parse_options(options: bytes) -> tuple[int | None, int | None, bool]:
+def _parse_options(
+    options: bytes,
+) -> tuple[int | None, int | None, bool, tuple[tuple[int, int], ...]]:
     mss: int | None = None
     wscale: int | None = None
     sack_permitted = False
+    sack_blocks: tuple[tuple[int, int], ...] = ()
     i = 0
     while i < len(options):
         kind = options[i]
@@ -182,6 +196,10 @@ def _parse_options(options: bytes) -> tuple[int | None, int | None, bool]:
             if length != 2:
                 raise PacketError(f"TCP SACK-permitted option of length {length}, not 2")
             sack_permitted = True
+        elif kind == _OPT_SACK:
+            if (length - 2) % 8 or length < 10:
+                raise PacketError(f"TCP SACK option of length {length}, not 2 + 8n")
+            sack_blocks = tuple((left, right) for left, right in struct.iter_unpack("!II", body))
         # any other kind (SACK blocks, timestamps, ...) is skipped by its length
         i += length
-    return mss, wscale, sack_permitted
+    return mss, wscale, sack_permitted, sack_blocks

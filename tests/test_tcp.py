@@ -1333,3 +1333,20 @@ def test_fin_wait_2_ends_after_a_full_close_only() -> None:
     t.receive(_only(h), 1.0)
     h.receive(_only(t), 1.1)
     assert h.state is TcpState.FIN_WAIT_2 and h.next_deadline() is None
+
+
+def test_sack_blocks_round_trip_and_parse_in_scapy() -> None:
+    from scapy.layers.inet import IP, TCP
+
+    blocks = ((1000, 2000), (0xFFFFFF00, 0x10), (5, 6))
+    seg = TcpSegment(1, 2, 3, 4, TcpFlags.ACK, 100, sack_blocks=blocks)
+    raw = seg.encode(A, B)
+    assert TcpSegment.decode(raw, A, B) == seg
+    tcp = IP(bytes(IP(src=str(A), dst=str(B), proto=6) / raw))[TCP]
+    sack = dict((k, v) for k, v in tcp.options if k == "SAck")["SAck"]
+    assert sack == (1000, 2000, 0xFFFFFF00, 0x10, 5, 6)
+    # the option area holds at most four blocks (RFC 2018 section 3)
+    many = TcpSegment(1, 2, 3, 4, TcpFlags.ACK, 100, sack_blocks=tuple((i, i + 1) for i in range(6)))
+    assert len(TcpSegment.decode(many.encode(A, B), A, B).sack_blocks) == 4
+    with pytest.raises(PacketError, match="2 \\+ 8n"):
+        TcpSegment.decode(_with_options(bytes((5, 6, 0, 0, 0, 0, 0, 0))), A, B)
