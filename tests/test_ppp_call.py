@@ -11,11 +11,13 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
+import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from ipaddress import IPv4Address
+from pathlib import Path
 
 import pytest
 import trio
@@ -33,6 +35,7 @@ from bipsim.link.at_server import AtServer
 from bipsim.net.ppp import PppConfig
 from bipsim.net.stack import IpStack
 from bipsim.trace.events import TraceEvent
+from bipsim.trace.pcap import export_pcap, ppp_pcap_path
 from bipsim.trace.recorder import Tracer
 
 # --- the host's PPP, from the RFCs ------------------------------------------------------------------------------
@@ -390,6 +393,36 @@ async def test_a_host_dials_gets_an_address_and_dns_and_fetches_a_page() -> None
         counters = r.data._volumes()[1]
         assert counters[0] >= len(body) and counters[1] > 0
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.needs("tshark")
+async def test_tshark_reads_the_ppp_pcap_without_malformed_frames(tmp_path: Path) -> None:
+    async with rig() as r:
+        assert "OK" in await r.at('AT+CGDCONT=2,"IP","ota.bipsim"')
+        assert "CONNECT" in await r.at("ATD*99***2#")
+        host = HostPpp(user="ota", password="secret")
+        await negotiate(r, host)
+        await r.host.send_all(host_frame(0x8057, control(1, 9, b"")))  # gets a Protocol-Reject
+        with trio.fail_after(5):
+            while not any(p == 0xC021 and d[0] == 8 for p, d in host.frames):
+                host.feed(await r.host.receive_some(65536))
+        pcap = tmp_path / "call.pcap"
+        export_pcap(r.tracer.events, pcap)
+    ppp = ppp_pcap_path(pcap)
+    assert ppp.name == "call.ppp.pcap"
+    fields = ["frame.number", "ppp.direction", "ppp.protocol", "_ws.malformed"]
+    result = subprocess.run(
+        ["tshark", "-r", str(ppp), "-T", "fields", *(arg for f in fields for arg in ("-e", f))],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    rows = [line.split("\t") for line in result.stdout.splitlines()]
+    assert len(rows) >= 10
+    assert all(not row[3] for row in rows), result.stdout
+    protocols = {int(row[2], 16) for row in rows if row[2]}
+    assert {0xC021, 0xC223, 0x8021} <= protocols  # LCP, CHAP, IPCP decoded
+    assert {row[1] for row in rows} >= {"1", "0"} or {row[1] for row in rows} >= {"Sent", "Received"}
 
 
 @pytest.mark.parametrize("prefer_pap", [False, True])

@@ -358,10 +358,44 @@ class PcapExporter:
 
 
 def export_pcap(events: Iterable[TraceEvent], path: str | Path) -> int:
-    """Writes a pcap of `events` (already merged by time); returns the number of packets."""
+    """Writes a pcap of `events` (already merged by time); returns the number of packets. PPP frames of data calls,
+    if any, go to a second file beside it (ppp_pcap_path), as a pcap holds one link type."""
     events = list(events)
     raw = {actor for e in events if raw_packet_event(e) for actor in (e.src, e.dst)}
     exporter = PcapExporter(raw_actors=raw - {Actor.NET, Actor.OTA, Actor.PGW, Actor.HOST})
     for event in events:
         exporter.add(event)
+    if any(event.kind in PPP_FRAME_KINDS and event.hex for event in events):
+        export_ppp_pcap(events, ppp_pcap_path(path))
     return exporter.write(path)
+
+
+# the PPP frames of a data call (cp/data_mode.py): LINKTYPE_PPP_WITH_DIR (204), each record a direction byte (1: sent
+# by the capturing host, the CP; 0: received from the DTE) and the frame without flags, escapes and FCS
+LINKTYPE_PPP_WITH_DIR = 204
+PPP_FRAME_KINDS = frozenset({Kind.PPP_LCP, Kind.PPP_AUTH, Kind.PPP_IPCP, Kind.PPP_IP, Kind.PPP_FRAME})
+
+
+def ppp_pcap_path(path: str | Path) -> Path:
+    """Where export_pcap puts the PPP frames of F.pcap: F.ppp.pcap."""
+    path = Path(path)
+    return path.with_name(path.stem + ".ppp" + (path.suffix or ".pcap"))
+
+
+def export_ppp_pcap(
+    events: Iterable[TraceEvent], path: str | Path, origin_epoch: float = 1_700_000_000.0
+) -> int:
+    """Writes the PPP frames of `events` as a pcap of link type 204; returns how many."""
+    chunks = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, LINKTYPE_PPP_WITH_DIR)]
+    count = 0
+    for event in events:
+        if event.kind not in PPP_FRAME_KINDS or not event.hex:
+            continue
+        record = bytes((1 if event.src is Actor.CP else 0,)) + event.data
+        seconds = origin_epoch + event.t
+        whole = int(seconds)
+        chunks.append(_RECORD.pack(whole, int((seconds - whole) * 1e6), len(record), len(record)))
+        chunks.append(record)
+        count += 1
+    Path(path).write_bytes(b"".join(chunks))
+    return count
