@@ -570,20 +570,29 @@ class BipService:
                 continue
             try:
                 data = bytes(await stream.receive_some(min(space, 65536)))
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                data = b""
+                broken = ""
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                data, broken = (
+                    b"",
+                    str(exc) or type(exc).__name__,
+                )  # e.g. "link dropped: <why the context went>"
             if self._streams.get(channel) is not stream:
                 return  # closed by the card meanwhile
             if not data:
                 own = self.bearer.embodiment == 1
+                fields: dict[str, object] = (
+                    {"channel": channel} if own else {"event": "remote_closed", "channel": channel}
+                )
+                if broken:
+                    fields["reason"] = broken
                 self.tracer.emit(
                     Actor.OTA if own else Actor.AP,
                     Actor.CP,
                     Layer.TCP if own else Layer.APP,
-                    f"channel {channel}: remote end closed",
+                    f"channel {channel}: {broken or 'remote end closed'}",
                     error=True,
                     kind=Kind.TCP_CLOSED if own else Kind.APP_EVENT,
-                    fields={"channel": channel} if own else {"event": "remote_closed", "channel": channel},
+                    fields=fields,
                 )
                 self._streams.pop(channel, None)
                 await self._events_tx.send(LinkDown(channel, generation))

@@ -317,6 +317,8 @@ def test_pdp_drop_tells_the_card_and_the_session_resumes_on_a_new_context(tmp_pa
     assert dropped and status and status[0].t > dropped[0].t
     after = [e for e in events if e.field("event") == "pdp_active" and e.t > dropped[0].t]
     assert after  # the new OPEN CHANNEL activated a context again
+    broken = [e for e in events if e.kind == "tcp.closed" and "link dropped" in str(e.field("reason") or "")]
+    assert broken  # the channel's reader says why its stream broke
     assert result.run.completed
 
 
