@@ -22,7 +22,7 @@ section 9.2; the data coding scheme TS 23.038 section 4.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import Enum, IntEnum
 from typing import TYPE_CHECKING, Any, Protocol
@@ -409,6 +409,8 @@ class Cnmi:
     bfr: int = 0
 
 
+# how long the ME waits for +CNMA before it answers the network RP-ERROR: TS 24.011's TR2M, 12 to 20 s
+CNMA_TIMEOUT = 15.0
 URC_BUFFER = 32  # indications the TA keeps while +CNMI <mode> 0 (or 2 with the line reserved) holds them
 
 
@@ -455,7 +457,7 @@ class SmsCommands:
         self._urc_line: AtServer | None = None  # the line that set +CNMI gets the indications
         self._buffer: list[str] = []
         self._entering: set[AtServer] = set()
-        self._ack_pending = 0  # +CMT/+CDS routed with +CSMS 1, awaiting +CNMA
+        self._acks: list[PendingAck] = []  # +CMT/+CDS routed under +CSMS 1, awaiting +CNMA, oldest first
         # one allocation at a time (a +CMGW on one DLC, an MT message, a +CMGW on another): never one free index twice
         self._store_lock = trio.Lock()
         self.mr = 0  # the TP-MR of the last MO message (the SMSC's, or ours without one)
@@ -1096,7 +1098,7 @@ class SmsCommands:
             raise AtCommandError()
         if self.service != 1:
             raise CmsError(CMS_NOT_ALLOWED, "+CSMS is 0: +CMT and +CDS need no acknowledgement")
-        if not self._ack_pending:
+        if not self._acks:
             raise CmsError(CMS_NO_CNMA_EXPECTED, "no +CMT or +CDS awaits an acknowledgement")
         code = self._bad(server)
         n = _int_arg(request.args, 0, 0, 2, 0, code)
@@ -1112,7 +1114,9 @@ class SmsCommands:
                 raise CmsError(code, f"acknowledgement PDU is not hexadecimal: {exc}") from exc
             if len(report) != length:
                 raise CmsError(code, f"<length> {length} but the PDU has {len(report)} octets")
-        self._ack_pending -= 1
+        pending = self._acks.pop(0)
+        pending.ack = n != 2
+        pending.done.set()
         self.tracer.emit(
             Actor.CP,
             Actor.NET,
@@ -1132,39 +1136,43 @@ class SmsCommands:
         (its PoR returned), a status report shown with +CDS or stored with +CDSI. One delivery at a time, so that
         two messages never take the same free index."""
         async with self._store_lock:
-            try:
-                message = decode_tpdu(tpdu)
-            except SmsPduError as exc:
-                self._delivery_event(tpdu, "dropped", reason=str(exc), error=True)
-                return MtResult(False, cause="malformed TPDU")
-            if isinstance(message, SmsStatusReport):
-                return await self._status_report(tpdu)
-            if not isinstance(message, SmsDeliver):
-                self._delivery_event(tpdu, "dropped", reason="not an SMS-DELIVER", error=True)
-                return MtResult(False, cause="not an SMS-DELIVER")
-            if message.is_data_download:
-                return await self._download(tpdu)
-            sca = encode_sca(self._default_sca())
-            message_class = dcs_class(message.dcs)
-            route = deliver_route(self.cnmi.mt, message_class)
-            if route is Route.CMT:
-                self._delivery_event(tpdu, "cmt")
-                await self._route_cmt(StoredSms(Stat.REC_UNREAD, sca, tpdu))
-                return MtResult(True)
-            storage = self.sm if route is Route.STORE_SM else self._memory(2)
-            try:
-                index = await free_index(storage)
-                await storage.write(index, StoredSms(Stat.REC_UNREAD, sca, tpdu))
-            except CmsError as exc:
-                self._delivery_event(tpdu, "dropped", reason=exc.reason, error=True, storage=storage.name)
-                # TS 23.040 9.2.3.22: memory capacity exceeded (D3) for a full storage, else unspecified (FF)
-                return MtResult(
-                    False, cause=exc.reason, failure=0xD3 if exc.code == CMS_MEMORY_FULL else 0xFF
-                )
-            self._delivery_event(tpdu, "cmti", storage=storage.name, index=index)
-            if self.cnmi.mt:
-                await self._indicate(f'+CMTI: "{storage.name}",{index}')
-            return MtResult(True)
+            outcome = await self._deliver(tpdu)
+        if isinstance(outcome, PendingAck):  # the storage is free for others while the TE acknowledges
+            return await self._acknowledged(outcome, tpdu)
+        return outcome
+
+    async def _deliver(self, tpdu: bytes) -> MtResult | PendingAck:
+        try:
+            message = decode_tpdu(tpdu)
+        except SmsPduError as exc:
+            self._delivery_event(tpdu, "dropped", reason=str(exc), error=True)
+            return MtResult(False, cause="malformed TPDU")
+        if isinstance(message, SmsStatusReport):
+            return await self._status_report(tpdu)
+        if not isinstance(message, SmsDeliver):
+            self._delivery_event(tpdu, "dropped", reason="not an SMS-DELIVER", error=True)
+            return MtResult(False, cause="not an SMS-DELIVER")
+        if message.is_data_download:
+            return await self._download(tpdu)
+        sca = encode_sca(self._default_sca())
+        message_class = dcs_class(message.dcs)
+        route = deliver_route(self.cnmi.mt, message_class)
+        if route is Route.CMT:
+            self._delivery_event(tpdu, "cmt")
+            pending = await self._route_cmt(StoredSms(Stat.REC_UNREAD, sca, tpdu))
+            return pending or MtResult(True)
+        storage = self.sm if route is Route.STORE_SM else self._memory(2)
+        try:
+            index = await free_index(storage)
+            await storage.write(index, StoredSms(Stat.REC_UNREAD, sca, tpdu))
+        except CmsError as exc:
+            self._delivery_event(tpdu, "dropped", reason=exc.reason, error=True, storage=storage.name)
+            # TS 23.040 9.2.3.22: memory capacity exceeded (D3) for a full storage, else unspecified (FF)
+            return MtResult(False, cause=exc.reason, failure=0xD3 if exc.code == CMS_MEMORY_FULL else 0xFF)
+        self._delivery_event(tpdu, "cmti", storage=storage.name, index=index)
+        if self.cnmi.mt:
+            await self._indicate(f'+CMTI: "{storage.name}",{index}')
+        return MtResult(True)
 
     async def _download(self, tpdu: bytes) -> MtResult:
         """A (U)SIM data download: to the card as ENVELOPE (SMS-PP DOWNLOAD) by the core's shared code, never to
@@ -1189,7 +1197,7 @@ class SmsCommands:
         failure = None if ok else (0xD4 if sw == 0x9300 else 0xD5)
         return MtResult(ok, por=data, sw=sw, failure=failure, cause="" if ok else f"card answered {sw:04X}")
 
-    async def _status_report(self, tpdu: bytes) -> MtResult:
+    async def _status_report(self, tpdu: bytes) -> MtResult | PendingAck:
         sca = encode_sca(self._default_sca())
         ds = self.cnmi.ds
         if ds == 1:
@@ -1202,10 +1210,9 @@ class SmsCommands:
                 text = f"+CDS: {header}"
             else:
                 text = f"+CDS: {len(tpdu)}\r\n{(sca + tpdu).hex().upper()}"
-            if self.service == 1:
-                self._ack_pending += 1
+            pending = self._expect_ack()
             await self._indicate(text)
-            return MtResult(True)
+            return pending or MtResult(True)
         if ds == 2:
             try:
                 index = await free_index(self.sr)
@@ -1221,7 +1228,7 @@ class SmsCommands:
         self._delivery_event(tpdu, "dropped", reason="+CNMI <ds> 0", kind=Kind.SMS_STATUS_REPORT)
         return MtResult(True)
 
-    async def _route_cmt(self, sms: StoredSms) -> None:
+    async def _route_cmt(self, sms: StoredSms) -> PendingAck | None:
         line = self._urc_line
         if line is not None and not self._pdu_mode(line):
             header, data = self._text_form(sms, line, listing=False, stat=None)
@@ -1229,9 +1236,41 @@ class SmsCommands:
         else:
             pdu, length = self._pdu_form(sms)
             text = f"+CMT: ,{length}\r\n{pdu}"
-        if self.service == 1:
-            self._ack_pending += 1
+        pending = self._expect_ack()
         await self._indicate(text)
+        return pending
+
+    def _expect_ack(self) -> PendingAck | None:
+        """Under +CSMS=1 a +CMT or +CDS waits for the TE's +CNMA before the network gets its RP-ACK."""
+        if self.service != 1:
+            return None
+        pending = PendingAck()
+        self._acks.append(pending)
+        return pending
+
+    async def _acknowledged(self, pending: PendingAck, tpdu: bytes) -> MtResult:
+        """The network's answer once the TE acknowledged (RP-ACK, or RP-ERROR for +CNMA=2), or once CNMA_TIMEOUT
+        passed without it: RP-ERROR, and the TA turns +CMT and +CDS routing off (<mt> and <ds> 0, 27.005 3.4.1)."""
+        with trio.move_on_after(CNMA_TIMEOUT):
+            await pending.done.wait()
+        if pending.done.is_set():
+            if pending.ack:
+                return MtResult(True)
+            return MtResult(False, cause="the TE answered RP-ERROR (+CNMA=2)", failure=0xFF)
+        if pending in self._acks:
+            self._acks.remove(pending)
+        self.cnmi = replace(self.cnmi, mt=0, ds=0)
+        self.tracer.emit(
+            Actor.CP,
+            Actor.NET,
+            Layer.SMS,
+            f"no +CNMA in {CNMA_TIMEOUT:g} s: RP-ERROR, +CNMI <mt> and <ds> set to 0",
+            tpdu,
+            error=True,
+            kind=Kind.SMS_ACK,
+            fields={"ack": False, "reason": "timeout"},
+        )
+        return MtResult(False, cause="no +CNMA from the TE", failure=0xFF)
 
     def _delivery_event(
         self, tpdu: bytes, route: str, *, kind: Kind = Kind.SMS_DELIVER, error: bool = False, **fields: Any
@@ -1311,6 +1350,14 @@ def indication_action(mode: int, *, line_up: bool, reserved: bool) -> Indication
     if mode == 1 and reserved:
         return Indication.DROP
     return Indication.SEND
+
+
+@dataclass
+class PendingAck:
+    """A +CMT or +CDS waiting for the TE's +CNMA: `ack` False for RP-ERROR (+CNMA=2)."""
+
+    done: trio.Event = field(default_factory=trio.Event)
+    ack: bool = True
 
 
 @dataclass(frozen=True)

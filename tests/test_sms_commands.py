@@ -24,6 +24,7 @@ from bipsim.cp.sms_commands import (
     ME_CAPACITY,
     BadPdu,
     Indication,
+    MtResult,
     Route,
     SmsCommands,
     Stat,
@@ -660,20 +661,52 @@ async def test_status_reports(cp: Cp) -> None:
     assert [e["route"] for e in cp.events(Kind.SMS_STATUS_REPORT)] == ["dropped", "cds", "cdsi", "cds"]
 
 
-async def test_cnma_acknowledges_cmt_under_csms1(cp: Cp) -> None:
+async def test_cnma_acknowledges_cmt_under_csms1(cp: Cp, nursery: trio.Nursery) -> None:
+    """Under +CSMS=1 the network's RP-ACK waits for the TE's +CNMA (27.005 3.4.4): the SMSC learns the outcome only
+    then; +CNMA=2 is RP-ERROR."""
     dte = cp.dte
     assert await dte.at("AT+CNMA") == "\r\n+CMS ERROR: 302\r\n"  # +CSMS 0
     await dte.at("AT+CSMS=1")
     assert await dte.at("AT+CNMA") == "\r\n+CMS ERROR: 340\r\n"  # nothing to acknowledge
-    await dte.at("AT+CNMI=2,2,0,0,0")
-    await cp.sms.deliver(deliver("ack me"))
-    await dte.pending()
+    await dte.at("AT+CNMI=2,2,0,1,0")
+    results: list[MtResult] = []
+
+    async def delivered(tpdu: bytes) -> None:
+        results.append(await cp.sms.deliver(tpdu))
+
+    nursery.start_soon(delivered, deliver("ack me"))
+    assert (await dte.pending()).startswith("\r\n+CMT: ,")
+    assert results == []  # the network waits for the TE
     assert await dte.at("AT+CNMA") == "\r\nOK\r\n"
+    await trio.testing.wait_all_tasks_blocked()
+    assert results == [MtResult(True)]
     assert await dte.at("AT+CNMA") == "\r\n+CMS ERROR: 340\r\n"
-    await cp.sms.deliver(deliver("ack me with a PDU"))
+    nursery.start_soon(delivered, deliver("ack me with a PDU"))
     await dte.pending()
     assert await dte.entry("AT+CNMA=0,2", "0000") == "\r\nOK\r\n"  # an SMS-DELIVER-REPORT: fo, PI
-    assert [e["ack"] for e in cp.events(Kind.SMS_ACK)] == [True, True]
+    nursery.start_soon(delivered, deliver("refuse me"))
+    await dte.pending()
+    assert await dte.at("AT+CNMA=2") == "\r\nOK\r\n"
+    await trio.testing.wait_all_tasks_blocked()
+    assert [r.delivered for r in results] == [True, True, False]
+    assert [e["ack"] for e in cp.events(Kind.SMS_ACK)] == [True, True, False]
+
+
+async def test_no_cnma_in_time_turns_routing_off(cp: Cp, autojump_clock: trio.abc.Clock) -> None:
+    """27.005 3.4.1: without +CNMA the ME answers the network RP-ERROR and the TA sets <mt> and <ds> to 0; the
+    next message is stored silently."""
+    dte = cp.dte
+    await dte.at("AT+CSMS=1")
+    await dte.at("AT+CNMI=2,2,0,1,0")
+    result = await cp.sms.deliver(deliver("nobody acks"))  # the clock jumps through the wait
+    assert not result.delivered and result.cause == "no +CNMA from the TE"
+    assert (await dte.pending()).startswith("\r\n+CMT: ,")
+    assert lines(await dte.at("AT+CNMI?")) == ["+CNMI: 2,0,0,0,0"]
+    assert await dte.at("AT+CNMA") == "\r\n+CMS ERROR: 340\r\n"
+    assert (await cp.sms.deliver(deliver("stored"))).delivered
+    assert await dte.pending() == ""
+    assert lines(await dte.at("AT+CPMS?"))[0].startswith('+CPMS: "SM",1,')
+    assert cp.events(Kind.SMS_ACK)[-1]["reason"] == "timeout"
 
 
 async def test_data_download_goes_to_the_card(cp: Cp) -> None:
