@@ -36,6 +36,7 @@ import trio
 
 from bipsim.cp.bearer import LinkError
 from bipsim.cp.network import CellularNetwork, PdpContext, PdpError
+from bipsim.cp.pdp_choice import HostContexts, choose_pdp, trace_choice
 from bipsim.cp.proxy_link import ProxyLink
 from bipsim.link.at_chat import AtTimeout
 from bipsim.link.at_syntax import AtSyntaxError, parse_args, quote
@@ -435,6 +436,8 @@ class OwnStackBearer:
         self._streams: dict[int, PdpContext] = {}  # id(stream) -> its context (a channel number is reused)
         # the DNS servers the network gives every context: what an OPEN CHANNEL asking for them is told
         self.dns_servers: tuple[str, ...] = tuple(network.config.dns)
+        # a standard host's +CGDCONT/+CGAUTH contexts (cp/pdp_choice.py): used when no AP answers %GETNET
+        self.host_contexts: HostContexts | None = None
 
     async def network_parameters(self, channel: int, request: OpenChannel) -> tuple[str, str, str]:
         attached = await self.proxy.wait(self.timeout)
@@ -474,7 +477,25 @@ class OwnStackBearer:
         )
 
     async def _activate(self, channel: int, request: OpenChannel) -> PdpContext:
-        apn, user, password = await self.network_parameters(channel, request)
+        try:
+            apn, user, password = await self.network_parameters(channel, request)
+        except LinkError as exc:
+            # no proxy on DLC 2, or %GETNET unanswered: a standard host's modem chooses itself (issue 16 item 9)
+            if self.host_contexts is None or not (exc is NO_SERVICE or isinstance(exc.__cause__, AtTimeout)):
+                raise
+            definitions, authentications = self.host_contexts()
+            choice = choose_pdp(
+                card_apn=request.apn,
+                card_user=request.login or "",
+                card_password=request.password or "",
+                definitions=definitions,
+                authentications=authentications,
+                network_apns=self.network.config.apns,
+            )
+            trace_choice(self.tracer, choice, channel)
+            if choice is None:
+                raise
+            apn, user, password = choice.apn, choice.user, choice.password
         # the card's own credentials win over the AP's defaults (TS 102 223 6.4.27.2)
         user, password = request.login or user, request.password or password
         try:

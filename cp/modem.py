@@ -237,6 +237,11 @@ class Modem:
         self.service = BipService(self.driver, self.bearer, tracer=tracer)
         self.commands = ModemCommands(self.driver, self.network, slots=self.slots)
         self.commands.command_sets = build_command_sets(self.commands, tracer, options.command_settings)
+        # without an AP a card's channel takes the host's +CGDCONT/+CGAUTH context (cp/pdp_choice.py)
+        own = self.bearer if isinstance(self.bearer, OwnStackBearer) else getattr(self.bearer, "own", None)
+        if isinstance(own, OwnStackBearer):
+            commands = self.commands
+            own.host_contexts = lambda: (commands.definitions, commands.authentications)
         for command_set in self.commands.command_sets:  # a set that serves the card's toolkit (USAT) hooks in
             attach = getattr(command_set, "attach_service", None)
             if attach is not None:

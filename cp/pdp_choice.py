@@ -15,13 +15,16 @@ password (8.5 text strings); a modem driven by a standard host (oFono, ModemMana
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
 from bipsim.trace.events import Actor, Layer
 from bipsim.trace.kinds import Kind
 from bipsim.trace.recorder import Tracer
+
+# what the CP reads of a standard host's contexts: +CGDCONT's and +CGAUTH's tables (cp/commands.py ModemCommands)
+HostContexts = Callable[[], tuple[Mapping[int, tuple[str, str]], Mapping[int, tuple[int, str, str]]]]
 
 
 class PdpSource(StrEnum):

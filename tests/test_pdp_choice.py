@@ -4,10 +4,18 @@ OPEN CHANNEL (ETSI TS 102 223 6.4.27, 8.61), else the host's +CGDCONT/+CGAUTH co
 
 from __future__ import annotations
 
-from bipsim.cp.network import NetworkConfig
+import pytest
+import trio
+import trio.testing
+
+from bipsim.cp.bearer import LinkError
+from bipsim.cp.bearer_own_stack import OwnStackBearer
+from bipsim.cp.network import CellularNetwork, NetworkConfig
 from bipsim.cp.pdp_choice import PdpChoice, PdpSource, choose_pdp, trace_choice
+from bipsim.cp.proxy_link import ProxyLink
 from bipsim.trace.kinds import Kind
 from bipsim.trace.recorder import Tracer
+from bipsim.uicc.cat import OpenChannel
 
 NETWORK = NetworkConfig().apns  # "internet" first: the network's default
 
@@ -60,3 +68,25 @@ def test_the_choice_is_traced_without_the_password() -> None:
     assert first.fields == {"source": "host", "apn": "ota.bipsim", "user": "ota", "cid": 2, "channel": 1}
     assert "secret" not in first.to_json()
     assert second.error and second.fields == {"source": None, "channel": None}
+
+
+async def test_own_stack_without_an_ap_takes_the_hosts_context(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """No proxy ever attaches on DLC 2 (a standard host): after the bearer's wait, the context the host defined
+    with +CGDCONT/+CGAUTH is activated, and the choice is traced."""
+    tracer = Tracer(keep=True)
+    network = CellularNetwork()
+    bearer = OwnStackBearer(ProxyLink(), network, tracer=tracer, timeout=5)
+    bearer.host_contexts = lambda: ({1: ("IP", "ota.bipsim")}, {1: (1, "ota", "secret")})
+    context = await bearer._activate(1, OpenChannel(bearer_type=3))
+    assert (context.apn, context.user) == ("ota.bipsim", "ota")
+    (choice,) = [e for e in tracer.events if e.kind == Kind.PDP_CHOICE]
+    assert choice.fields["source"] == "host" and choice.fields["cid"] == 1
+
+
+async def test_own_stack_without_host_contexts_still_fails(autojump_clock: trio.testing.MockClock) -> None:
+    """With our AP's embodiment (no host contexts given) a missing %GETNET answer stays "no network service"."""
+    bearer = OwnStackBearer(ProxyLink(), CellularNetwork(), timeout=5)
+    with pytest.raises(LinkError):
+        await bearer._activate(1, OpenChannel(bearer_type=3))
