@@ -17,7 +17,8 @@ sections 3 and 9.2; the ME's answer is the RP-ACK / RP-ERROR of TS 24.011 sectio
   the deliverer one at a time, in order; every decision (states, reports, outcomes) is made by the sync methods
   `take_next` and `settle`, which the task calls.
 
-MT states go QUEUED -> DELIVERING -> DELIVERED or FAILED through one transition table. Each message that crosses
+MT states go QUEUED -> DELIVERING -> DELIVERED or FAILED through one transition table; a temporary RP-ERROR (TP-FCS
+D4, SIM Application Toolkit busy: TS 23.040 9.2.3.22) puts the message back in the queue for a later attempt. Each message that crosses
 the SMSC's boundary is a trace event (docs/protocols.md, "SMS and the SMSC"): `smsc.mo` when an MO TPDU is taken,
 `smsc.refused` when one is refused, `smsc.mt` when an MT TPDU is offered to the ME and `smsc.outcome` with the ME's
 answer. The control interface (serve_control, `bipsim cp --sms-listen`) and `bipsim sms` read and drive it from
@@ -77,6 +78,7 @@ class MtEvent(Enum):
     ACK = "ack"  # RP-ACK
     ERROR = "error"  # RP-ERROR, or the deliverer failed
     RETURN = "return"  # the delivery was cut off (the CP is stopping): queued again
+    DEFER = "defer"  # a temporary RP-ERROR (the card's toolkit busy): queued again for a later attempt
 
 
 MT_TABLE: TransitionTable[MtState, MtEvent] = TransitionTable(
@@ -86,9 +88,14 @@ MT_TABLE: TransitionTable[MtState, MtEvent] = TransitionTable(
         (MtState.DELIVERING, MtEvent.ACK): MtState.DELIVERED,
         (MtState.DELIVERING, MtEvent.ERROR): MtState.FAILED,
         (MtState.DELIVERING, MtEvent.RETURN): MtState.QUEUED,
+        (MtState.DELIVERING, MtEvent.DEFER): MtState.QUEUED,
     },
 )
 FINAL_MT = frozenset({MtState.DELIVERED, MtState.FAILED})
+# TP-FCS values after which an SC tries again later (TS 23.040 9.2.3.22: D4, SIM Application Toolkit Busy)
+TEMPORARY_FCS = frozenset({0xD4})
+RETRY_INTERVAL = 5.0  # seconds before the next attempt after a temporary failure
+MAX_ATTEMPTS = 4  # attempts at one message before a temporary failure counts as final
 
 
 class MoState(Enum):
@@ -184,6 +191,8 @@ class MtMessage:
     failure: int | None = None
     cause: str = ""
     mo_id: int | None = None  # the MO message a status report is about
+    attempts: int = 0  # offers to the ME so far
+    not_before: float = -math.inf  # (trio clock) no new attempt before this, after a temporary failure
 
     @property
     def type(self) -> str:
@@ -202,6 +211,7 @@ class MtMessage:
             "created": self.created.isoformat(),
             "hex": self.tpdu.hex().upper(),
             "data_download": self.is_data_download,
+            "attempts": self.attempts,
             **_tpdu_fields(self.decoded),
         }
         if isinstance(self.decoded, SmsStatusReport):
@@ -441,13 +451,15 @@ class Smsc:
 
     # --- delivery: the sans-IO steps and the trio task ------------------------------------------------------------
 
-    def take_next(self) -> MtMessage | None:
-        """The oldest queued message, now DELIVERING, when an ME is subscribed; None otherwise."""
+    def take_next(self, now: float = math.inf) -> MtMessage | None:
+        """The oldest queued message due at `now` (trio clock), now DELIVERING, when an ME is subscribed; None
+        otherwise."""
         if not self._deliverers:
             return None
-        message = next((m for m in self.mt if m.state is MtState.QUEUED), None)
+        message = next((m for m in self.mt if m.state is MtState.QUEUED and m.not_before <= now), None)
         if message is None:
             return None
+        message.attempts += 1
         self._change(message, MtEvent.OFFER)
         self.tracer.emit(
             Actor.NET,
@@ -466,14 +478,27 @@ class Smsc:
         )
         return message
 
-    def settle(self, message: MtMessage, answer: MtAnswer) -> None:
-        """Records the ME's answer (RP-ACK or RP-ERROR) for a message take_next gave."""
+    def settle(self, message: MtMessage, answer: MtAnswer, now: float = 0.0) -> None:
+        """Records the ME's answer (RP-ACK or RP-ERROR) for a message take_next gave. A temporary failure (TP-FCS
+        D4, the card's toolkit busy) queues the message again, due RETRY_INTERVAL after `now` (trio clock), until
+        MAX_ATTEMPTS attempts were made."""
         message.por = bytes(answer.por)
         message.sw = answer.sw
         message.failure = answer.failure
         message.cause = answer.cause
-        self._change(message, MtEvent.ACK if answer.delivered else MtEvent.ERROR)
-        fields: dict[str, Any] = {"id": message.id, "state": message.state.value}
+        if answer.delivered:
+            event = MtEvent.ACK
+        elif answer.failure in TEMPORARY_FCS and message.attempts < MAX_ATTEMPTS:
+            event = MtEvent.DEFER
+            message.not_before = now + RETRY_INTERVAL
+        else:
+            event = MtEvent.ERROR
+        self._change(message, event)
+        fields: dict[str, Any] = {
+            "id": message.id,
+            "state": message.state.value,
+            "attempts": message.attempts,
+        }
         if answer.sw is not None:
             fields["sw"] = f"{answer.sw:04X}"
         if answer.failure is not None:
@@ -496,14 +521,22 @@ class Smsc:
         for listener in list(self.mt_listeners):
             listener(message)
 
+    def next_due(self) -> float:
+        """When the earliest deferred message is due (trio clock); infinity when none waits for a time or no ME
+        is subscribed (a subscription wakes the task)."""
+        if not self._deliverers:
+            return math.inf
+        return min((m.not_before for m in self.mt if m.state is MtState.QUEUED), default=math.inf)
+
     async def run(self) -> None:
         """Hands queued MT messages to the subscribed ME, one at a time, until cancelled."""
         while True:
-            message = self.take_next()
+            message = self.take_next(trio.current_time())
             if message is None:
                 # nothing runs between take_next and the wait (no checkpoint): a wake-up cannot be missed
                 self._wakeup = trio.Event()
-                await self._wakeup.wait()
+                with trio.move_on_at(self.next_due()):
+                    await self._wakeup.wait()
                 continue
             deliverer = self._deliverers[-1]
             try:
@@ -513,7 +546,7 @@ class Smsc:
                 raise
             except Exception as exc:  # the ME side failed: the message failed, the SMSC goes on
                 answer = Answer(False, cause=f"{type(exc).__name__}: {exc}")
-            self.settle(message, answer)
+            self.settle(message, answer, trio.current_time())
 
     async def wait_settled(self, ids: list[int]) -> None:
         """Returns once every MT message of `ids` is DELIVERED or FAILED."""

@@ -30,7 +30,17 @@ from bipsim.net.sms_pdu import (
     decode_tpdu,
     ports_of,
 )
-from bipsim.net.smsc import Answer, MtAnswer, MtState, Smsc, SmscControl, request, serve_control
+from bipsim.net.smsc import (
+    MAX_ATTEMPTS,
+    RETRY_INTERVAL,
+    Answer,
+    MtAnswer,
+    MtState,
+    Smsc,
+    SmscControl,
+    request,
+    serve_control,
+)
 from bipsim.trace.kinds import Kind
 from bipsim.trace.recorder import Tracer
 from bipsim.uicc.transitions import IllegalSessionEvent
@@ -192,6 +202,7 @@ def test_sans_io_delivery_steps() -> None:
     assert outcome.error and outcome.fields == {
         "id": 1,
         "state": "failed",
+        "attempts": 1,
         "failure": 0xD2,
         "cause": "memory full",
     }
@@ -251,6 +262,40 @@ async def test_data_download_records_the_por_and_a_failing_me() -> None:
         await smsc.wait_settled([failed.id])
         assert failed.state is MtState.FAILED and "fell over" in failed.cause
         nursery.cancel_scope.cancel()
+
+
+async def test_a_busy_toolkit_is_tried_again_later(autojump_clock: trio.testing.MockClock) -> None:
+    smsc, tracer = _smsc()
+    answers = [Answer(False, failure=0xD4, cause="toolkit busy")] * 2 + [Answer(True)]
+    times: list[float] = []
+
+    async def busy_then_free(tpdu: bytes) -> MtAnswer:
+        times.append(trio.current_time())
+        return answers[len(times) - 1]
+
+    smsc.subscribe(busy_then_free)
+    [message] = smsc.inject_mt(text="push")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(smsc.run)
+        await smsc.wait_settled([message.id])
+        nursery.cancel_scope.cancel()
+    assert message.state is MtState.DELIVERED and message.attempts == 3
+    assert [round(t - times[0], 3) for t in times] == [0, RETRY_INTERVAL, 2 * RETRY_INTERVAL]
+    states = [f["state"] for f in _kinds(tracer, Kind.SMSC_OUTCOME)]
+    assert states == ["queued", "queued", "delivered"]
+    # a toolkit that stays busy: MAX_ATTEMPTS attempts, then the failure is final
+    stuck, _ = _smsc()
+    stuck.subscribe(_busy)
+    [again] = stuck.inject_mt(text="x")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stuck.run)
+        await stuck.wait_settled([again.id])
+        nursery.cancel_scope.cancel()
+    assert again.state is MtState.FAILED and again.attempts == MAX_ATTEMPTS
+
+
+async def _busy(tpdu: bytes) -> MtAnswer:
+    return Answer(False, failure=0xD4)
 
 
 async def test_cancelled_delivery_goes_back_to_the_queue() -> None:
