@@ -215,6 +215,7 @@ class ModemCommands:
         network.listeners.append(self._registration_changed)
         network.deactivation_listeners.append(self._context_ended)
         network.attach_listeners.append(self._attach_changed)
+        self._was_attached = network.attached
 
     def install(self, server: AtServer, *, allow_cmux: bool = True) -> None:
         self._servers.append(server)
@@ -365,6 +366,9 @@ class ModemCommands:
         return f'"{LAC_TAC}","{CELL_ID}",{self.network.config.rat}'
 
     def _registration_changed(self, status: RegStatus) -> None:
+        if self._was_attached and not self.network.attached and self.network.ps_attach:
+            self._event("+CGEV: ME DETACH")  # +CFUN=0/4, +COPS=2: the ME left the network, the packet domain too
+        self._was_attached = self.network.attached
         # n=1: +CREG: <stat>; n=2: with the cell's location while registered (27.007 section 7.2)
         registered = status in (RegStatus.HOME, RegStatus.ROAMING)
         for server in list(self._servers):
@@ -710,6 +714,7 @@ class ModemCommands:
         self._event(f'+CGEV: {who} DEACT "IP","{context.address}",{context.cid}')
 
     def _attach_changed(self, attached: bool, by_network: bool) -> None:
+        self._was_attached = self.network.attached
         if not attached:
             self._event(f"+CGEV: {'NW' if by_network else 'ME'} DETACH")
 

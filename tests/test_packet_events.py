@@ -140,3 +140,13 @@ async def test_network_model_detach_without_trio() -> None:
     assert ended == [(1, True), (2, True)] and not network.attached
     network.attach()
     assert network.attached
+
+
+async def test_cgev_me_detach_on_cfun() -> None:
+    """+CFUN=4 takes the ME off the network: ME DETACH, the context not reported on its own (10.1.19)."""
+    async with modem() as (m,):
+        assert await m.dte.at('AT+CGEREP=1;+CGDCONT=1,"IP","internet";+CGACT=1,1') == ["OK"]
+        assert await m.dte.at("AT+CFUN=4") == ["OK"]
+        assert await m.dte.urcs() == ["+CGEV: ME DETACH"]
+        assert await m.dte.at("AT+CFUN=1") == ["OK"]
+        assert await m.dte.urcs() == []
