@@ -25,6 +25,7 @@ import trio
 
 from bipsim.link.at_server import AtCommandError, AtServer, CmeError, Handler, ResultCode
 from bipsim.link.at_syntax import AtRequest, CommandKind
+from bipsim.link.cmux_frame import MSC_RTC
 from bipsim.net.ppp import (
     CODE_NAMES,
     PROTO_CHAP,
@@ -186,6 +187,14 @@ class DataCall:
     reason: str = ""
     write_lock: trio.Lock = field(default_factory=trio.Lock)
     dropped_down: int = 0  # packets toward the host while it was in command mode
+    dtr_dropped: bool = False
+    last_words: bytes = b""  # what goes to the host before NO CARRIER when the call ended under the loop
+    waiting: trio.CancelScope | None = None  # the online loop's wait for the line, cancelled by wake()
+
+    def wake(self) -> None:
+        """Ends the online loop's wait (DTR dropped, the call ended from elsewhere)."""
+        if self.waiting is not None:
+            self.waiting.cancel()
 
 
 class DataCommands:
@@ -411,12 +420,25 @@ class DataCommands:
         await self._serve(call)
 
     async def _serve(self, call: DataCall) -> None:
-        """The online data state on the call's line until +++ (OK, command mode) or the call's end (NO CARRIER)."""
+        """The online data state on the call's line until +++ or DTR dropped under &D1 (OK, command mode) or the
+        call's end (NO CARRIER)."""
         server = call.server
         stream = server.stream
         escape = EscapeDetector(server.settings.s12 / 50, now=trio.current_time())
         pending = server.take_over()
         call.online = server.online_data = True
+        call.dtr_dropped = False
+        mux, dlci = getattr(stream, "mux", None), getattr(stream, "dlci", None)
+        listeners = getattr(mux, "signal_listeners", None)
+
+        def on_signals(changed: int, signals: int) -> None:
+            # the DTE's DTR is the MSC's RTC bit on its DLC (3GPP TS 27.010 5.4.6.3.7)
+            if changed == dlci and not signals & MSC_RTC and server.settings.dtr != 0:
+                call.dtr_dropped = True
+                call.wake()
+
+        if isinstance(listeners, list):
+            listeners.append(on_signals)
         try:
             while not call.ended:
                 if pending:
@@ -424,12 +446,26 @@ class DataCommands:
                 else:
                     deadlines = [d for d in (call.conn.deadline, escape.deadline) if d is not None]
                     data = None
-                    with trio.move_on_at(min(deadlines) if deadlines else math.inf):
+                    with trio.move_on_at(min(deadlines) if deadlines else math.inf) as scope:
+                        call.waiting = scope
                         try:
                             data = bytes(await stream.receive_some(65536))
                         except (trio.BrokenResourceError, trio.ClosedResourceError):
                             data = b""
+                    call.waiting = None
                 now = trio.current_time()
+                if call.dtr_dropped:
+                    call.dtr_dropped = False
+                    if server.settings.dtr == 2:  # &D2: clear the call down (V.250 6.2.9)
+                        self._trace_call(call, "dtr", "DTR dropped (&D2): hang up")
+                        await self._terminate(call, "DTR dropped")
+                        break
+                    call.online = server.online_data = False  # &D1: online command state, OK
+                    self._trace_call(call, "dtr", "DTR dropped (&D1): online command mode")
+                    await server.send_result("OK")
+                    return
+                if call.ended:
+                    break
                 if data is None:
                     if escape.expired(now):
                         call.online = server.online_data = False
@@ -447,7 +483,16 @@ class DataCommands:
                     await self._events(call, call.conn.receive_data(passed, now))
         finally:
             call.online = server.online_data = False
+            if isinstance(listeners, list) and on_signals in listeners:
+                listeners.remove(on_signals)
         if call.ended and not server.gone:
+            if call.last_words:
+                async with call.write_lock:
+                    try:
+                        await stream.send_all(call.last_words)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        server.gone = True
+                        return
             await server.send_result("NO CARRIER")
 
     async def _events(self, call: DataCall, events: list[PppEvent]) -> None:
@@ -506,22 +551,9 @@ class DataCommands:
         for call in list(self.calls.values()):
             if call.context is context or call.context.address == context.address and call.cid == context.cid:
                 call.conn.close(f"context deactivated: {reason}", trio.current_time())
-                data = call.conn.data_to_send()
+                call.last_words = call.conn.data_to_send()  # its Terminate-Request, sent before NO CARRIER
                 self._end(call, f"context deactivated: {reason}")
-                if data and call.online:
-                    try:
-                        trio.lowlevel.spawn_system_task(self._last_words, call, data)
-                    except RuntimeError:
-                        pass
-
-    @staticmethod
-    async def _last_words(call: DataCall, data: bytes) -> None:
-        """The Terminate-Request of a call the network ended; the online loop then says NO CARRIER."""
-        async with call.write_lock:
-            try:
-                await call.server.stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
+                call.wake()
 
     # --- traces ---
     def _ends(self, call: DataCall, incoming: bool) -> tuple[Actor, Actor]:

@@ -136,6 +136,8 @@ class Mux:
         self._trace_frames = tracer is not NULL_TRACER
         self.connection = CmuxConnection(role, self.params, accept=accept, record_frames=self._trace_frames)
         self._dlcs: dict[int, _Dlc] = {}
+        # told (dlci, V.24 signal octet) of each MSC the peer sends: a data call watches DTR (RTC) for V.250 &D
+        self.signal_listeners: list[Callable[[int, int], None]] = []
         # frames must not interleave on the line: a flag and a parking lot, cheaper than trio.Lock per frame
         self._line_busy = False
         self._line_waiters = trio.lowlevel.ParkingLot()
@@ -231,6 +233,8 @@ class Mux:
         elif isinstance(event, ModemStatus):
             if not event.flow_stopped:
                 self._dlc(event.dlci).fc_event.set()
+            for listener in list(self.signal_listeners):
+                listener(event.dlci, event.signals)
         elif isinstance(event, FlowControl):
             if not event.stopped:
                 for dlc in self._dlcs.values():

@@ -12,9 +12,9 @@ import hashlib
 import math
 import struct
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -260,8 +260,39 @@ class Rig:
                 self.buffer += await self.host.receive_some(65536)
 
 
+class FakeMux:
+    def __init__(self) -> None:
+        self.signal_listeners: list[Callable[[int, int], None]] = []
+
+    def msc(self, dlci: int, signals: int) -> None:
+        """What link/cmux.py's Mux tells its listeners of the DTE's MSC (3GPP TS 27.010 5.4.6.3.7)."""
+        for listener in list(self.signal_listeners):
+            listener(dlci, signals)
+
+
+class FakeDlc(trio.abc.Stream):
+    """A stream that is DLC 1 of a multiplexer whose MSC signals the test sets (DTR is the RTC bit)."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+        self.mux = FakeMux()
+        self.dlci = 1
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        return bytes(await self.inner.receive_some(max_bytes))
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
 @asynccontextmanager
-async def rig(config: PppConfig | None = None) -> AsyncIterator[Rig]:
+async def rig(config: PppConfig | None = None, dlc: bool = False) -> AsyncIterator[Rig]:
     tracer = ListTracer()
     card, _ = simulated_card(None, None, tracer)
     network = CellularNetwork()
@@ -273,7 +304,7 @@ async def rig(config: PppConfig | None = None) -> AsyncIterator[Rig]:
     async with trio.open_nursery() as nursery:
         await nursery.start(plane.run)
         a, b = trio.testing.memory_stream_pair()
-        server = AtServer(b, tracer=tracer, echo=False)
+        server = AtServer(FakeDlc(b) if dlc else b, tracer=tracer, echo=False)
         core.install(server)
         nursery.start_soon(server.run)
         yield Rig(a, server, core, network, data, tracer)
@@ -514,3 +545,65 @@ async def test_a_host_that_never_answers_lcp_gets_no_carrier_after_max_configure
         ended = [e for e in r.tracer.events if e.kind == "ppp.call" and e.fields.get("event") == "ended"]
         assert ended
         assert math.isfinite(ended[0].t)
+
+
+async def test_the_network_deactivating_the_context_ends_the_call() -> None:
+    async with rig() as r:
+        assert "CONNECT" in await r.at("ATD*99#")
+        host = HostPpp()
+        await negotiate(r, host)
+        assert r.network.network_deactivate(1, "test")
+        text = b""
+        with trio.fail_after(5):
+            while b"NO CARRIER" not in text:
+                text += await r.host.receive_some(65536)
+        host.feed(text[: text.rindex(b"\x7e") + 1])
+        assert any(p == 0xC021 and d[0] == 5 for p, d in host.frames)  # Terminate-Request first
+        assert "OK" in await r.at("AT")
+        assert "NO CARRIER" in await r.at("ATO")  # nothing to go back to
+
+
+@pytest.mark.parametrize("dtr_mode", [1, 2])
+async def test_dtr_drop_on_a_dlc_follows_and_d(dtr_mode: int) -> None:
+    """V.250 6.2.9: &D1 goes to online command mode (OK), &D2 clears the call (NO CARRIER); DTR is the MSC's RTC bit
+    on the DLC, and &D0 ignores it."""
+    async with rig(dlc=True) as r:
+        assert "OK" in await r.at("AT&D0")
+        assert "CONNECT" in await r.at("ATD*99#")
+        host = HostPpp()
+        await negotiate(r, host)
+        stream = r.server.stream
+        assert isinstance(stream, FakeDlc)
+        stream.mux.msc(1, 0x01 | 0x08 | 0x80)  # RTC (DTR) low, &D0: nothing happens
+        await r.host.send_all(host_frame(0xC021, control(9, 3, struct.pack("!I", host.magic))))
+        with trio.fail_after(5):
+            while not any(p == 0xC021 and d[0] == 10 for p, d in host.frames):
+                host.feed(await r.host.receive_some(65536))
+        r.server.settings = replace(r.server.settings, dtr=dtr_mode)
+        stream.mux.msc(2, 0x01 | 0x08 | 0x80)  # another DLC's DTR: not this call's
+        stream.mux.msc(1, 0x01 | 0x08 | 0x80)
+        if dtr_mode == 1:
+            assert "OK" in await r.result(("OK",))
+            assert 1 in r.network.contexts
+            assert "CONNECT" in await r.at("ATO")
+        else:
+            assert "NO CARRIER" in await r.result(("NO CARRIER",))
+            assert 1 not in r.network.contexts
+            assert "OK" in await r.at("AT")
+
+
+async def test_garbage_in_the_guard_time_keeps_the_call_online() -> None:
+    async with rig() as r:
+        assert "OK" in await r.at("ATS12=5")
+        assert "CONNECT" in await r.at("ATD*99#")
+        host = HostPpp()
+        await negotiate(r, host)
+        await trio.sleep(0.15)
+        await r.host.send_all(b"+++")
+        await r.host.send_all(b"junk")  # within the guard time: the pluses were data
+        await r.host.send_all(host_frame(0xC021, control(9, 5, struct.pack("!I", host.magic))))
+        with trio.fail_after(5):
+            while not any(p == 0xC021 and d[0] == 10 for p, d in host.frames):
+                host.feed(await r.host.receive_some(65536))
+        assert not any(e.fields.get("event") == "escape" for e in r.tracer.events if e.kind == "ppp.call")
+        assert any(e.kind == "ppp.dropped" for e in r.tracer.events)  # "+++junk" read as a broken frame
