@@ -119,6 +119,9 @@ def test_gammu_sms_folders_read_and_send(modem: Modem, tmp_path: Path) -> None:
     assert "Hello, gammu: 27.005 works" in listing, listing
     assert re.search(r'Remote number\s*:\s*"\+447700900123"', listing), listing
     assert "SIM memory" in listing and "1 SMS parts in 1 SMS sequences" in listing, listing
+    # and gammu deletes it (+CMGD): the card's record is free again
+    _gammu(modem, tmp_path, "deletesms", "1", "1")
+    assert "Hello, gammu" not in _gammu(modem, tmp_path, "getallsms")
 
     # gammu's MO message reaches the SMSC, with the TP-MR gammu was told
     sent = _gammu(modem, tmp_path, "sendsms", "TEXT", "+447700900456", "-text", "hello from gammu")
