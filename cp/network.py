@@ -233,7 +233,9 @@ class CellularNetwork:
             return
         self.ps_attach = False
         for cid in list(self.contexts):
-            self.deactivate(cid, "detached by the network" if by_network else "detached", by_network=by_network)
+            self.deactivate(
+                cid, "detached by the network" if by_network else "detached", by_network=by_network
+            )
         for listener in list(self.attach_listeners):
             listener(False, by_network)
 
