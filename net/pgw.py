@@ -371,7 +371,12 @@ class Pgw:
 
     async def _tun_reader(self, tun: TunNamespace) -> None:
         while True:
-            packet = await tun.read_packet()
+            try:
+                packet = await tun.read_packet()
+            except (OSError, trio.ClosedResourceError) as exc:
+                # the TUN went away under the gateway (closed, the namespace gone): said once, the contexts stay
+                self._event("tun failed", error=True, reason=str(exc) or type(exc).__name__)
+                return
             if len(packet) < 20 or packet[0] >> 4 != 4:
                 self.counters.dropped += 1
                 continue
