@@ -9,6 +9,7 @@ import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 import trio
@@ -909,3 +910,26 @@ async def test_line_ending_inside_a_text_entry_sends_nothing(cp: Cp) -> None:
     await trio.testing.wait_all_tasks_blocked()
     assert cp.server.gone and cp.smsc.submitted == []
     assert cp.events(Kind.AT_TEXT)[-1]["cancelled"] is True
+
+
+async def test_messages_on_the_card_persist_in_its_state_file(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """A message stored in "SM" is in the card's EF_SMS: with --state it is there again for the next CP."""
+    state = str(tmp_path / "card.json")
+
+    async def modem() -> Dte:
+        tracer = Tracer(keep=True)
+        card, _ = simulated_card(None, state, tracer)
+        network = CellularNetwork()
+        core = ModemCommands(CardDriver(card, tracer=tracer), network)
+        core.command_sets = [SmsCommands(core, tracer, {})]
+        a, b = trio.testing.memory_stream_pair()
+        server = AtServer(b, tracer=tracer, echo=False)
+        core.install(server)
+        nursery.start_soon(server.run)
+        return Dte(a)
+
+    first = await modem()
+    tpdu = submit("kept on the card")
+    assert lines(await first.entry(f"AT+CMGW={len(tpdu)}", pdu(tpdu))) == ["+CMGW: 1"]
+    second = await modem()
+    assert lines(await second.at("AT+CMGL=4")) == [f"+CMGL: 1,2,,{len(tpdu)}", pdu(tpdu)]
