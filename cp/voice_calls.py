@@ -8,8 +8,8 @@ and Cuttlefish's modem_simulator offer it: a host's dialer sees calls set up, ri
 - +CLCC (7.18): the calls' list; RING, or +CRING: VOICE under +CRC=1 (6.11), each RING_PERIOD while a call is
   incoming; +CLIP=1 (7.6) adds +CLIP: "<number>",<type> after each; S0 > 0 answers after that many rings.
 - the far end hangs up (`remote_hangup`): NO CARRIER on every line, the cause for +CEER.
-The network model offers an incoming call with CellularNetwork.incoming_call (a test, or `bipsim call` through the
-CP's control interface: docs/protocols.md, "Voice calls"). A dial string without the ';' is a data call: the
+The network model offers an incoming call with CellularNetwork.incoming_call: from a test, or from `bipsim call`
+through the network's control socket (`bipsim cp --sms-listen`; ops "call", "hangup", "calls"). A dial string without the ';' is a data call: the
 `data_dial` hook answers it (the PPP data mode), NO CARRIER while there is none.
 
 A call's state is an enum with its transition table (CALL_TRANSITIONS); each change is a call.state trace event.
@@ -20,12 +20,14 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any
 
 import trio
 
 from bipsim.cp.commands import CME_BAD_PARAMETERS, ModemCommands
 from bipsim.link.at_server import AtCommandError, AtServer, CmeError, Handler, ResultCode
 from bipsim.link.at_syntax import AtRequest, CommandKind
+from bipsim.net.smsc import RequestError
 from bipsim.trace.events import Actor, Layer
 from bipsim.trace.kinds import Kind
 from bipsim.trace.recorder import Tracer
@@ -102,6 +104,13 @@ class VoiceCalls:
         self.crc: dict[AtServer, int] = {}
         self.network.incoming_call_listeners.append(self.incoming)
         self.network.listeners.append(self._registration_changed)
+        # the network's control socket (`bipsim cp --sms-listen`, `bipsim call`): offer a call, end one, list them
+        ops = self.network.smsc.control_ops
+        ops["call"], ops["hangup"], ops["calls"] = (
+            self._control_call,
+            self._control_hangup,
+            self._control_calls,
+        )
 
     def install(self, server: AtServer) -> None:
         self.servers.append(server)
@@ -332,6 +341,42 @@ class VoiceCalls:
     def _registration_changed(self, status: object) -> None:
         if not self.network.registered and self.calls:
             self.remote_hangup(cause=CAUSE_NO_SERVICE)
+
+    # --- the control socket ----------------------------------------------------------------------------------------
+
+    def _listed(self) -> list[dict[str, object]]:
+        return [
+            {
+                "id": c.id,
+                "number": c.number,
+                "direction": "mt" if c.mobile_terminated else "mo",
+                "state": c.state.name.lower(),
+            }
+            for _, c in sorted(self.calls.items())
+        ]
+
+    def _control_call(self, request: dict[str, Any]) -> dict[str, Any]:
+        """{"op": "call", "from": "<number>"}: the network offers an incoming call."""
+        number = request.get("from")
+        if not isinstance(number, str) or not number or not set(number) <= DIAL_CHARS:
+            raise RequestError("from: give the caller's number (digits, '+', '*', '#')")
+        try:
+            self.network.incoming_call(number)
+        except ValueError as exc:
+            raise RequestError(str(exc)) from None
+        return {"ok": True, "calls": self._listed()}
+
+    def _control_hangup(self, request: dict[str, Any]) -> dict[str, Any]:
+        """{"op": "hangup", "id": <n>}: the far end ends call <n> (every call without an id)."""
+        call_id = request.get("id")
+        if call_id is not None and (not isinstance(call_id, int) or isinstance(call_id, bool)):
+            raise RequestError("id: give a call's number (see the calls op)")
+        if not self.remote_hangup(call_id):
+            raise RequestError("no such call" if call_id is not None else "no call to end")
+        return {"ok": True, "calls": self._listed()}
+
+    def _control_calls(self, request: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True, "calls": self._listed()}
 
     # --- lists and settings ----------------------------------------------------------------------------------------
 

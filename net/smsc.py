@@ -277,6 +277,9 @@ class Smsc:
         self.mt: list[MtMessage] = []
         # TP-ST the SMSC reports for MO messages to a destination (default 00, received by the SME)
         self.outcomes: dict[str, int] = {}
+        # more ops of the network's control socket (the voice calls' "call", "hangup", "calls": cp/voice_calls.py);
+        # each takes the request object and answers one, raising RequestError on a bad request
+        self.control_ops: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {}
         # told of every MT message whose state changed (the control socket's waits, tests)
         self.mt_listeners: list[Callable[[MtMessage], None]] = []
         self._deliverers: list[Deliverer] = []
@@ -677,6 +680,8 @@ class SmscControl:
                 answer = {"ok": True, "messages": [m.as_json() for m in self.smsc.mt]}
             elif op == "outcome":
                 answer = self.outcome(request)
+            elif isinstance(op, str) and op in self.smsc.control_ops:
+                answer = self.smsc.control_ops[op](request)
             else:
                 raise RequestError(f"unknown op {op!r}: status, send-mt, list-mo, list-mt, outcome")
         except json.JSONDecodeError as exc:
