@@ -72,10 +72,19 @@ class TunNamespace:
     def write_packet(self, packet: bytes) -> bool:
         """Hands one IPv4 packet to the namespace's kernel; False when the kernel refused it (a malformed packet
         is EINVAL, a full queue ENOBUFS/EAGAIN: dropped, as a router drops)."""
+        if self.closed:
+            return False
         try:
             os.write(self.tun_fd, packet)
         except OSError as exc:
-            if exc.errno in (errno.EINVAL, errno.EAGAIN, errno.ENOBUFS, errno.EIO, errno.EFAULT):
+            if exc.errno in (
+                errno.EINVAL,
+                errno.EAGAIN,
+                errno.ENOBUFS,
+                errno.EIO,
+                errno.EFAULT,
+                errno.EBADFD,
+            ):
                 return False
             raise
         return True

@@ -420,3 +420,20 @@ async def test_the_user_namespace_path(monkeypatch: pytest.MonkeyPatch) -> None:
             nursery.cancel_scope.cancel()
     finally:
         tun.close()  # the caller's namespace: the gateway leaves it open
+
+
+async def test_a_tun_closed_under_the_gateway_is_reported(
+    rig: tuple[Pgw, LinkEnd, RadioLink, Tracer],
+) -> None:
+    pgw, cp, _link, tracer = rig
+    assert pgw.tun is not None
+    pgw.tun.close()
+    with trio.fail_after(10):
+        while not any(e.kind == Kind.APP_ERROR and e.field("error") == "tun failed" for e in tracer.events):
+            await trio.sleep(0.01)
+    # the gateway itself goes on: a packet for the namespace is dropped, DNS is its own
+    cp.send_nowait(Ipv4Packet(CP, SERVER_ADDRESS, ICMP, echo_request(3, 3, b"gone").encode()).encode())
+    query = bytes.fromhex("123401000001000000000000036f7461076578616d706c650000010001")  # ota.example A
+    cp.send_nowait(Ipv4Packet(CP, GATEWAY, UDP, UdpDatagram(40002, 53, query).encode(CP, GATEWAY)).encode())
+    reply = await _receive_from(cp, UDP)
+    assert UdpDatagram.decode(reply.payload, reply.source, reply.destination).payload[:2] == b"\x12\x34"
