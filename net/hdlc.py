@@ -10,6 +10,7 @@ leave out. The deframer bounds a frame's size and drops, with a reason, a frame 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -113,22 +114,31 @@ class Deframer:
         self._wire = bytearray()
         self._escaped = False
         self._overflow = 0  # bytes past max_frame in the frame being read (not kept)
-        self.frames = 0
+        self.good = 0
         self.dropped = 0
+        self._ignore: tuple[int, frozenset[int]] = (-1, frozenset())
 
     def _drop_set(self) -> frozenset[int]:
-        return frozenset(c for c in range(32) if self.accm >> c & 1)
+        if self._ignore[0] != self.accm:
+            self._ignore = (self.accm, frozenset(c for c in range(32) if self.accm >> c & 1))
+        return self._ignore[1]
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Frame | Dropped]:
-        out: list[Frame | Dropped] = []
+        return list(self.frames(data))
+
+    def frames(self, data: bytes | bytearray | memoryview) -> Iterator[Frame | Dropped]:
+        """As feed, one frame at a time: a change of `accm` made after a frame applies to the bytes after it (the
+        peer's ACCM takes effect right after the Configure-Ack that opens LCP, perhaps in the same read)."""
         ignore = self._drop_set()
         for byte in bytes(data):
             body, wire = self._body, self._wire  # new buffers after each frame
             if byte == FLAG:
                 if self._escaped:
-                    out.append(self._drop(DropReason.ABORTED))
+                    yield self._drop(DropReason.ABORTED)
+                    ignore = self._drop_set()
                 elif body or self._overflow:
-                    out.append(self._end())
+                    yield self._end()
+                    ignore = self._drop_set()
                 continue
             if byte in ignore:
                 continue  # inserted by the line, not sent by the peer (RFC 1662 4.2)
@@ -144,7 +154,6 @@ class Deframer:
                 body.append(byte)
             else:
                 self._overflow += 1
-        return out
 
     def _reset(self) -> None:
         self._body = bytearray()
@@ -167,7 +176,7 @@ class Deframer:
         if fcs16(body) != FCS_GOOD:
             return self._drop(DropReason.BAD_FCS)
         frame = Frame(bytes(body[:-2]), bytes(self._wire))
-        self.frames += 1
+        self.good += 1
         self._reset()
         return frame
 

@@ -950,7 +950,7 @@ class PppConnection:
 
     def receive_data(self, data: bytes, now: float) -> list[PppEvent]:
         self.now = now
-        for item in self.deframer.feed(data):
+        for item in self.deframer.frames(data):
             if isinstance(item, Dropped):
                 self.counters.dropped_frames += 1
                 self._events.append(FrameDropped(item.reason.value, item.wire))

@@ -59,7 +59,7 @@ def test_drops_with_their_reasons() -> None:
     reasons = [item.reason for item in out if isinstance(item, Dropped)]
     assert reasons == [DropReason.BAD_FCS, DropReason.RUNT, DropReason.TOO_LONG]
     assert isinstance(out[-1], Frame)
-    assert deframer.dropped == 3 and deframer.frames == 1
+    assert deframer.dropped == 3 and deframer.good == 1
     aborted = Deframer().feed(b"\x7e\xff\x03\xc0\x21\x7d\x7e" + good)
     assert isinstance(aborted[0], Dropped) and aborted[0].reason is DropReason.ABORTED
     assert isinstance(aborted[1], Frame)

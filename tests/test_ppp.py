@@ -26,6 +26,7 @@ from bipsim.net.ppp import (
     TABLE,
     Action,
     Event,
+    FrameDropped,
     LinkDown,
     LinkUp,
     NetworkUp,
@@ -260,3 +261,20 @@ def test_any_frame_in_any_phase_never_raises(payloads: list[bytes]) -> None:
         conn.data_to_send()
         if conn.deadline is not None:
             conn.handle_timer(conn.deadline)
+
+
+def test_the_accm_applies_from_the_frame_after_the_ack_in_the_same_read() -> None:
+    """Two ends that open with each other: the Configure-Ack and the first frame sent with ACCM 0 arrive in one
+    read; the control characters of the second are data, not line noise (RFC 1662 4.2, 7.1)."""
+    import random
+
+    a = PppConnection(GATEWAY, HOST, rng=random.Random(1))
+    b = PppConnection(HOST, GATEWAY, rng=random.Random(2))
+    a.open(0.0)
+    b.open(0.0)
+    dropped = []
+    for _ in range(6):
+        dropped += [e for e in b.receive_data(a.data_to_send(), 0.0) if isinstance(e, FrameDropped)]
+        dropped += [e for e in a.receive_data(b.data_to_send(), 0.0) if isinstance(e, FrameDropped)]
+    assert not dropped
+    assert a.network_open and b.network_open
