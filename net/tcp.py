@@ -224,7 +224,8 @@ class TcpConfig:
     Lifetime of RFC 9293 3.4.2 (TIME-WAIT lasts 2*MSL). `syn_retries` and `data_retries` cap the retransmissions of
     a SYN and of data before the connection fails with TimedOut (Linux's tcp_syn_retries 6 and tcp_retries2 15).
     `delayed_ack` is the RFC 1122 4.2.3.2 delay (at most 0.5 s; 0 acknowledges every segment at once).
-    `challenge_acks_per_second` is RFC 5961 section 7's rate limit. `fin_wait_2_timeout` ends a connection the
+    `challenge_acks_per_second` is RFC 5961 section 7's rate limit. `sack` offers and uses selective
+    acknowledgments (RFC 2018 blocks in our ACKs; RFC 6675 loss recovery as a sender). `fin_wait_2_timeout` ends a connection the
     user closed fully (`close`) whose peer acknowledged our FIN but never sends its own (Linux's tcp_fin_timeout);
     after a half close (`shutdown`) FIN-WAIT-2 lasts as long as the peer keeps sending.
     """
@@ -243,6 +244,7 @@ class TcpConfig:
     msl: float = 30.0
     window_scale: bool = True
     challenge_acks_per_second: int = 10
+    sack: bool = True
     fin_wait_2_timeout: float = 60.0
 
     def __post_init__(self) -> None:
@@ -306,6 +308,10 @@ class TcpConnection:
         self._rcv_wscale = 0  # ours
         self._offer_wscale = 0
         self._snd_wscale_offered = False  # the peer's SYN carried the option
+        self._sack_ok = False  # both SYNs carried SACK-permitted (RFC 2018)
+        self._sacked: list[tuple[int, int]] = []  # the sender's scoreboard: SACKed ranges above snd_una
+        self._rexmit_high = 0  # the end of what this recovery resent
+        self._ooo_recent = 0  # where the latest out-of-order data went: its block is reported first
         self._send_buf = bytearray()
         self._send_base = self.iss + 1  # sequence number of _send_buf[0]
         self._fin_queued = False  # shutdown called: a FIN follows the data
@@ -697,6 +703,8 @@ class TcpConnection:
     def _take_ack(self, seg: TcpSegment, seq: int, ack: int, now: float) -> None:
         window = seg.window << self._snd_wscale
         self._probes = 0
+        if self._sack_ok and seg.sack_blocks:
+            self._take_sack(seg.sack_blocks)
         if ack > self.snd_una:
             acked = ack - self.snd_una - (1 if self.snd_una == self.iss else 0)  # our SYN is not data
             data_end = self._send_base + len(self._send_buf)
@@ -707,6 +715,7 @@ class TcpConnection:
             self.snd_una = ack
             if self.snd_nxt < ack:
                 self.snd_nxt = ack
+            self._trim_sack()
             self._sample_rtt(ack, now)
             self._retries = 0
             self._rto_deadline = (
@@ -746,8 +755,9 @@ class TcpConnection:
                 self.cwnd = min(self.ssthresh, max(self.snd_max - self.snd_una, mss) + mss)
                 self._in_recovery = False
             else:
-                # partial acknowledgment: the next hole is lost too
-                self._retransmit_first(now, "fast")
+                # partial acknowledgment: the next hole is lost too (with SACK, the next one not yet resent)
+                if not self._retransmit_hole(now):
+                    self._retransmit_first(now, "fast")
                 self.cwnd = max(self.cwnd - acked + (mss if acked >= mss else 0), mss)
             return
         if self.cwnd < self.ssthresh:
@@ -766,15 +776,63 @@ class TcpConnection:
         mss = self.eff_mss
         self._dupacks += 1
         if self._in_recovery:
-            self.cwnd += mss  # RFC 5681 3.2 step 4: inflate
+            # one segment left the network: with SACK it makes room for the next hole (RFC 6675's loss recovery,
+            # simplified to one retransmission per duplicate ACK); otherwise RFC 5681 3.2 step 4 inflates the
+            # window for new data
+            if not self._retransmit_hole(now):
+                self.cwnd += mss
             return
         if self._dupacks == 3 and ack >= self._recover:
             flight = self.snd_max - self.snd_una
             self.ssthresh = max(flight // 2, 2 * mss)
             self._recover = self.snd_max
             self._in_recovery = True
-            self._retransmit_first(now, "fast")
+            self._rexmit_high = self.snd_una
+            if not self._retransmit_hole(now):
+                self._retransmit_first(now, "fast")
             self.cwnd = self.ssthresh + 3 * mss
+
+    def _take_sack(self, blocks: tuple[tuple[int, int], ...]) -> None:
+        """Merge the peer's SACK blocks (RFC 2018) into the scoreboard; blocks outside what we sent are ignored."""
+        merged = list(self._sacked)
+        for left_wire, right_wire in blocks:
+            left = _unwrap(left_wire, self.snd_una)
+            right = _unwrap(right_wire, self.snd_una)
+            if self.snd_una <= left < right <= self.snd_max:
+                merged.append((left, right))
+        merged.sort()
+        out: list[tuple[int, int]] = []
+        for left, right in merged:
+            if out and left <= out[-1][1]:
+                out[-1] = (out[-1][0], max(out[-1][1], right))
+            else:
+                out.append((left, right))
+        self._sacked = out[-32:]  # bounded: a hostile peer cannot grow it
+
+    def _trim_sack(self) -> None:
+        self._sacked = [
+            (max(left, self.snd_una), right) for left, right in self._sacked if right > self.snd_una
+        ]
+
+    def _retransmit_hole(self, now: float) -> bool:
+        """During recovery, resend the next unacknowledged, unSACKed segment below the highest SACKed byte that
+        was not resent yet in this recovery; False when there is none (or no SACK)."""
+        if not self._sack_ok or not self._sacked:
+            return False
+        start = max(self.snd_una, self._rexmit_high)
+        data_end = self._send_base + len(self._send_buf)
+        for left, right in self._sacked:
+            if start < left:
+                n = min(left - start, self.eff_mss, data_end - start)
+                if n <= 0:
+                    return False
+                offset = start - self._send_base
+                self._note_retransmission(start, n, "fast")
+                self._emit(start, TcpFlags.ACK, bytes(self._send_buf[offset : offset + n]))
+                self._rexmit_high = start + n
+                return True
+            start = max(start, right)
+        return False
 
     def _take_text_and_fin(self, seg: TcpSegment, seq: int, now: float) -> None:
         if seg.payload:
@@ -824,6 +882,7 @@ class TcpConnection:
                     self._ack_deadline = now + self.config.delayed_ack
         else:
             self._insert_ooo(start, data)
+            self._ooo_recent = start
             self._ack_now = True  # a duplicate ACK tells the sender about the hole (RFC 5681 4.2)
 
     def _insert_ooo(self, start: int, data: bytes) -> None:
@@ -932,6 +991,8 @@ class TcpConnection:
             wnd,
             mss=self.config.mss,
             window_scale=offer,
+            # RFC 2018 section 2: offered in a SYN; in a SYN-ACK only if the SYN offered it
+            sack_permitted=self.config.sack and (not ack or self._sack_ok),
         )
         self._out.append(seg)
         if ack:
@@ -942,9 +1003,27 @@ class TcpConnection:
 
     def _emit(self, seq: int, flags: TcpFlags, payload: bytes = b"") -> None:
         field = self._window_field()
+        blocks: tuple[tuple[int, int], ...] = ()
+        if self._sack_ok and self._ooo and TcpFlags.ACK in flags and TcpFlags.RST not in flags:
+            # RFC 2018 section 4: the block of the latest arrival first, then the others; as many as fit beside
+            # the payload in one MSS (a full-sized data segment carries none)
+            room = min(3, (self.eff_mss - len(payload) - 4) // 8)
+            if room > 0:
+                recent = [b for b in self._ooo if b[0] <= self._ooo_recent < b[0] + len(b[1])]
+                others = [b for b in reversed(self._ooo) if b not in recent]
+                blocks = tuple(
+                    (start & _MASK, (start + len(chunk)) & _MASK) for start, chunk in (recent + others)[:room]
+                )
         self._out.append(
             TcpSegment(
-                self.local[1], self.remote[1], seq & _MASK, self.rcv_nxt & _MASK, flags, field, payload
+                self.local[1],
+                self.remote[1],
+                seq & _MASK,
+                self.rcv_nxt & _MASK,
+                flags,
+                field,
+                payload,
+                sack_blocks=blocks,
             )
         )
         if TcpFlags.ACK in flags:
@@ -1061,6 +1140,7 @@ class TcpConnection:
         self._in_recovery = False
         self._dupacks = 0
         self._recover = self.snd_max
+        self._sacked = []  # go-back-N resends everything; the peer may have reneged (RFC 2018 section 8)
         self.snd_nxt = self.snd_una
         if self.snd_wnd == 0 and self._send_base + len(self._send_buf) > self.snd_una:
             return  # the persist timer takes over (armed by _arm)
@@ -1118,6 +1198,7 @@ class TcpConnection:
         self.irs = syn.seq
         self.rcv_nxt = syn.seq + 1
         self.peer_mss = syn.mss if syn.mss is not None else 536
+        self._sack_ok = self.config.sack and syn.sack_permitted
         self.eff_mss = max(1, min(self.config.mss, self.peer_mss))
         if syn.window_scale is not None and self.config.window_scale:
             # RFC 7323 2.3: both sides offered; a shift above 14 is taken as 14

@@ -489,7 +489,8 @@ def test_max_rto_caps_backoff() -> None:
 
 
 def test_fast_retransmit_and_recovery() -> None:
-    c, s = _pair(TcpConfig(send_buffer=1 << 20), TcpConfig(receive_buffer=1 << 20))
+    # without SACK: RFC 5681 and RFC 6582 alone
+    c, s = _pair(TcpConfig(send_buffer=1 << 20, sack=False), TcpConfig(receive_buffer=1 << 20, sack=False))
     mss = 1460
     c.cwnd = 10 * mss  # as if slow start had run
     c.send(b"q" * (10 * mss), 1.0)
@@ -1350,3 +1351,68 @@ def test_sack_blocks_round_trip_and_parse_in_scapy() -> None:
     assert len(TcpSegment.decode(many.encode(A, B), A, B).sack_blocks) == 4
     with pytest.raises(PacketError, match="2 \\+ 8n"):
         TcpSegment.decode(_with_options(bytes((5, 6, 0, 0, 0, 0, 0, 0))), A, B)
+
+
+def test_sack_permitted_negotiated_only_when_both_offer() -> None:
+    c = TcpConnection.active(L, R, iss=1, now=0.0)
+    syn = _only(c)
+    assert syn.sack_permitted
+    s = TcpConnection.passive(syn, R, L, iss=2, now=0.0)
+    assert _only(s).sack_permitted and s._sack_ok
+    plain = TcpSegment(40000, 443, 9, 0, TcpFlags.SYN, 1000, mss=1460)
+    t = TcpConnection.passive(plain, R, L, iss=2, now=0.0)
+    assert not _only(t).sack_permitted and not t._sack_ok
+    off = TcpConnection.passive(syn, R, L, iss=2, now=0.0, config=TcpConfig(sack=False))
+    assert not _only(off).sack_permitted
+
+
+def test_receiver_reports_out_of_order_data_in_sack_blocks() -> None:
+    c, s = _pair()
+    c.send(b"r" * (5 * 1460), 1.0)
+    segs = c.outgoing()[:3]
+    s.receive(segs[2], 1.05)
+    first = _only(s)
+    assert first.ack == segs[0].seq and first.sack_blocks == ((segs[2].seq, segs[2].seq + 1460),)
+    s.receive(segs[1], 1.06)  # adjacent below: one block, reported first as the latest arrival
+    second = _only(s)
+    assert second.sack_blocks == ((segs[1].seq, segs[2].seq + 1460),)
+    s.receive(segs[0], 1.07)  # the hole fills: a plain cumulative ACK at once
+    third = _only(s)
+    assert third.ack == (segs[2].seq + 1460) & 0xFFFFFFFF and third.sack_blocks == ()
+
+
+def test_sack_sender_repairs_several_holes_in_one_round_trip() -> None:
+    config = TcpConfig(send_buffer=1 << 20, receive_buffer=1 << 20)
+    c, s = _pair(config, config)
+    mss = 1460
+    c.cwnd = 10 * mss
+    c.send(b"h" * (10 * mss), 1.0)
+    segs = c.outgoing()
+    lost = {1, 3, 5}
+    for i, seg in enumerate(segs):
+        if i not in lost:
+            s.receive(seg, 1.05)
+    acks = s.outgoing()
+    assert all(a.sack_blocks for a in acks[1:])
+    resent: list[int] = []
+    for ack in acks:
+        c.receive(ack, 1.1)
+        resent += [x.seq for x in c.outgoing() if x.payload and x.seq in {segs[i].seq for i in lost}]
+    # the three holes go out on the duplicate ACKs of the same round trip, not one per round trip as NewReno's
+    assert resent == [segs[1].seq, segs[3].seq, segs[5].seq]
+    assert all(e.reason == "fast" for e in _of(c.events(), Retransmitted))
+    for seq in resent:
+        s.receive(next(x for x in segs if x.seq == seq), 1.15)
+    s.on_timer(1.4)
+    for ack in s.outgoing():
+        c.receive(ack, 1.4)
+    assert c.snd_una == c.snd_max and s.read() == b"h" * (10 * mss)
+
+
+def test_sack_blocks_outside_what_was_sent_are_ignored() -> None:
+    c, s = _pair()
+    c.send(b"i" * 3000, 1.0)
+    c.outgoing()
+    bogus = (((c.snd_max + 10) & 0xFFFFFFFF, (c.snd_max + 20) & 0xFFFFFFFF), (5, 1))
+    c.receive(TcpSegment(443, 40000, c.rcv_nxt, c.snd_una, TcpFlags.ACK, 1000, sack_blocks=bogus), 1.1)
+    assert c._sacked == []
