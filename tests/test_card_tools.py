@@ -74,7 +74,8 @@ def test_fcp_of_the_mf_has_what_ts_102_221_table_11_3_requires(card: SimCard) ->
     proprietary = dict(decode_tlvs(fcp[0xA5]))
     assert proprietary[0x80] == b"\x71" and int.from_bytes(proprietary[0x83], "big") > 0
     pin_status = decode_tlvs(fcp[0xC6])
-    assert pin_status[0] == (0x90, b"\x00") and (0x83, b"\x01") in pin_status
+    # PS_DO (TS 102 221 9.5.2): PIN1 disabled (the default profile), PIN2 enabled (it guards EF_FDN's updates)
+    assert pin_status[0] == (0x90, b"\x40") and (0x83, b"\x01") in pin_status
 
 
 def test_fcp_of_the_usim_adf_and_its_efs(card: SimCard) -> None:
@@ -99,7 +100,7 @@ def test_ef_dir_lists_the_usim_and_ef_arr_holds_the_rules(card: SimCard) -> None
     assert run(card, "00B2020420")[1] == "6A83"  # one application, one record
     assert run(card, "00B201F420")[0] == record  # by SFI 1E
     run(card, "00A4000C022F06")
-    always, sw = run(card, "00B2010414")
+    always, sw = run(card, "00B2010418")  # records of 24 bytes (uicc/fs.py ARR_RECORD_LENGTH)
     assert sw == "9000" and always.startswith(bytes.fromhex("8001039000"))
 
 
@@ -158,9 +159,13 @@ def test_verify_pin_counts_attempts_and_adm_opens_the_iccid(tmp_path: Path) -> N
     profile = load_profile()
     card = SimCard(profile, state_path=tmp_path / "state.json")
     pin1 = profile.pin1.encode().ljust(8, b"\xff").hex()
-    assert run(card, "0020000100") == (b"", "63C3")  # no data: the attempts left
+    assert run(card, "0020008100") == (b"", "63C3")  # no data: the attempts left
+    assert run(card, "0020000100") == (b"", "9000")  # PIN1 is disabled in the default profile: not needed
     assert profile.pin1 != "0000"
+    assert run(card, "0020000108 30303030FFFFFFFF")[1] == "6984"  # a disabled PIN is not verified
+    assert run(card, "0028000108" + pin1) == (b"", "9000")  # ENABLE PIN1
     assert run(card, "0020000108 30303030FFFFFFFF")[1] == "63C2"  # "0000": wrong
+    assert run(card, "0020000100") == (b"", "63C2")
     assert run(card, "0020000108" + pin1) == (b"", "9000")
     assert run(card, "0020000100") == (b"", "9000")  # verified
     assert run(card, "0020008108 3030303030303030")[1] == "63C2"  # PIN2, wrong
@@ -171,6 +176,7 @@ def test_verify_pin_counts_attempts_and_adm_opens_the_iccid(tmp_path: Path) -> N
     # the lost attempts survive a power cycle (the state file is written before the answer)
     again = SimCard(profile, state_path=tmp_path / "state.json")
     assert run(again, "0020008100") == (b"", "63C1")
+    assert run(again, "0020008108 3030303030303030")[1] == "63C0"  # the third false one blocks it
     assert run(again, "0020008108 3030303030303030")[1] == "6983"  # blocked
     assert run(again, "0020008108" + profile.pin2.encode().ljust(8, b"\xff").hex())[1] == "6983"
     # ADM1 opens EF_ICCID for UPDATE until the next reset

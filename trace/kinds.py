@@ -95,6 +95,9 @@ class Kind(StrEnum):
     HTTP_ERROR = "http.error"  # a malformed message or a limit passed
     SMS_PP = "sms.pp"  # an SMS-PP (data download) TPDU
     SMS_POR = "sms.por"  # a proof of receipt; fields: status (hex of the response status code)
+    # the CP's SIM security commands (+CPIN, +CLCK, +CPWD: docs/protocols.md "SIM security"); fields: command,
+    # result ("OK" or "+CME ERROR: n"), slot, sw of the card's refusal, code/facility/mode as they apply
+    SIM_SECURITY = "sim.security"
     # the proxy dialect (docs/protocols.md, "The proxy dialect") and application events
     APP_EVENT = "app.event"  # a notable state change of a process or session; fields say which
     APP_ERROR = "app.error"  # a task's failure, ended with its connection or channel

@@ -15,6 +15,7 @@ atomically by bipsim.uicc.card_state.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -130,8 +131,15 @@ class SimCard:
         self.attach_state("applets", self.applets)
         if profile.arf:  # the access rule files follow the profile, whatever the state file held
             install_arf(self.fs, [parse_rule(entry) for entry in profile.ara_m_rules])
-        # PIN1, PIN2, ADM1 (TS 102 221 section 9.5): their remaining attempts persist
-        self.pins = Pins({PIN1: profile.pin1, PIN2: profile.pin2, ADM1: profile.adm1})
+        # PIN1, PIN2, ADM1 (TS 102 221 section 9.5) and the UNBLOCK PINs of PIN1 and PIN2 (PUK1, PUK2): their
+        # attempts left, values and enabled state persist
+        self.pins = Pins(
+            {PIN1: profile.pin1, PIN2: profile.pin2, ADM1: profile.adm1},
+            unblock={PIN1: profile.puk1, PIN2: profile.puk2},
+            attempts={PIN1: profile.pin1_attempts, PIN2: profile.pin2_attempts},
+            unblock_attempts={PIN1: profile.puk1_attempts, PIN2: profile.puk2_attempts},
+            disabled=set() if profile.pin1_enabled else {PIN1},
+        )
         self.attach_state("pins", self.pins)
 
     # --- state -----------------------------------------------------------------------------------------------
@@ -295,6 +303,10 @@ class SimCard:
                 0x70: self._manage_channel,
                 0xF2: self._status,
                 0x20: self._verify_pin,
+                0x24: self._change_pin,
+                0x26: self._disable_pin,
+                0x28: self._enable_pin,
+                0x2C: self._unblock_pin,
             }.get(ins)
             if handler is None:
                 raise ApduError(SW_INS_NOT_SUPPORTED)
@@ -351,7 +363,7 @@ class SimCard:
         else:
             assert target.parent is not None
             self._current[channel] = (target.parent, target)
-        fcp = target.fcp()
+        fcp = target.fcp(self._pin_status())
         if p2 & 0x0C == 0x0C:  # no data returned
             return b"", SW_OK
         self._response = fcp
@@ -431,6 +443,7 @@ class SimCard:
     def _read_binary(self, channel: int, p1: int, p2: int, data: bytes, le: int | None) -> tuple[bytes, int]:
         sfi = bool(p1 & 0x80)
         ef = self._ef(channel, p1, FileKind.TRANSPARENT, sfi)
+        self._check_read(ef)
         offset = p2 if sfi else (p1 << 8) | p2
         if offset >= len(ef.data):  # TS 102 221 section 10.2.1.5: 6B00, offset outside the EF
             raise ApduError(SW_WRONG_P1P2)
@@ -473,6 +486,7 @@ class SimCard:
 
     def _read_record(self, channel: int, p1: int, p2: int, data: bytes, le: int | None) -> tuple[bytes, int]:
         ef, start = self._record(channel, p1, p2)
+        self._check_read(ef)
         return bytes(ef.data[start : start + ef.record_length]), SW_OK
 
     def _update_record(
@@ -501,8 +515,20 @@ class SimCard:
         remote file management (internal APDUs of an authenticated OTA session) has."""
         if ef.update_needs_adm() and not self._internal and ADM1 not in self.pins.verified:
             raise ApduError(SW_SECURITY_NOT_SATISFIED)
-        if ef.update_needs_pin2() and not self._internal and PIN2 not in self.pins.verified:
+        if ef.update_needs_pin2() and not self._internal and not self.pins.satisfied(PIN2):
             raise ApduError(SW_SECURITY_NOT_SATISFIED)  # EF_FDN (TS 31.102 4.2.24): UPDATE after PIN2
+        if ef.update_needs_pin1() and not self._internal and not self.pins.satisfied(PIN1):
+            raise ApduError(SW_SECURITY_NOT_SATISFIED)
+
+    def _check_read(self, ef: File) -> None:
+        """6982 when READ needs PIN1 (the subscriber's files) and PIN1 is enabled but not verified since the
+        reset (TS 102 221 section 9.5.1); the card's own remote file management has ADM rights."""
+        if ef.read_needs_pin1() and not self._internal and not self.pins.satisfied(PIN1):
+            raise ApduError(SW_SECURITY_NOT_SATISFIED)
+
+    def _pin_status(self) -> int:
+        """The PS_DO of a DF's FCP (TS 102 221 section 9.5.2): b8 PIN1 enabled, b7 PIN2 enabled."""
+        return (0x80 if PIN1 in self.pins.enabled else 0) | (0x40 if PIN2 in self.pins.enabled else 0)
 
     def _verify_pin(self, channel: int, p1: int, p2: int, data: bytes, le: int | None) -> tuple[bytes, int]:
         """VERIFY PIN (TS 102 221 section 11.1.9): P2 the key reference, 8 bytes of PIN, or none to ask for the
@@ -511,11 +537,52 @@ class SimCard:
             raise ApduError(SW_WRONG_P1P2)
         if data and len(data) != 8:
             raise ApduError(SW_WRONG_LENGTH)
+        return b"", self._pin_command(lambda: self.pins.verify(p2, data or None))
+
+    def _pin_command(self, command: Callable[[], int]) -> int:
+        """Runs one of the PIN commands; a counter, PIN value or enabled state it changed is saved before the
+        answer leaves the card (a power cycle or kill -9 right after it must not give an attempt back)."""
         before = self.pins.state_version
-        sw = self.pins.verify(p2, data or None)
+        sw = command()
         if self.pins.state_version != before:
             self.save_state()
-        return b"", sw
+        return sw
+
+    def _change_pin(self, channel: int, p1: int, p2: int, data: bytes, le: int | None) -> tuple[bytes, int]:
+        """CHANGE PIN (TS 102 221 section 11.1.10): 16 bytes, the old PIN then the new one."""
+        if p1 != 0x00:
+            raise ApduError(SW_WRONG_P1P2)
+        if len(data) != 16:
+            raise ApduError(SW_WRONG_LENGTH)
+        return b"", self._pin_command(lambda: self.pins.change(p2, data[:8], data[8:]))
+
+    def _disable_pin(self, channel: int, p1: int, p2: int, data: bytes, le: int | None) -> tuple[bytes, int]:
+        """DISABLE PIN (TS 102 221 section 11.1.11): P1 00 and the PIN; P1 80 (an alternative global key
+        reference replaces it) is not offered, this card has no universal PIN."""
+        if p1 != 0x00:
+            raise ApduError(SW_WRONG_P1P2)
+        if len(data) != 8:
+            raise ApduError(SW_WRONG_LENGTH)
+        return b"", self._pin_command(lambda: self.pins.disable(p2, data))
+
+    def _enable_pin(self, channel: int, p1: int, p2: int, data: bytes, le: int | None) -> tuple[bytes, int]:
+        """ENABLE PIN (TS 102 221 section 11.1.12): P1 00 and the PIN."""
+        if p1 != 0x00:
+            raise ApduError(SW_WRONG_P1P2)
+        if len(data) != 8:
+            raise ApduError(SW_WRONG_LENGTH)
+        return b"", self._pin_command(lambda: self.pins.enable(p2, data))
+
+    def _unblock_pin(self, channel: int, p1: int, p2: int, data: bytes, le: int | None) -> tuple[bytes, int]:
+        """UNBLOCK PIN (TS 102 221 section 11.1.13): P2 the PIN's key reference, 16 bytes (the UNBLOCK PIN, then
+        the new PIN), or none to ask for the UNBLOCK PIN's attempts left."""
+        if p1 != 0x00:
+            raise ApduError(SW_WRONG_P1P2)
+        if data and len(data) != 16:
+            raise ApduError(SW_WRONG_LENGTH)
+        if not data:
+            return b"", self._pin_command(lambda: self.pins.unblock(p2, None, None))
+        return b"", self._pin_command(lambda: self.pins.unblock(p2, data[:8], data[8:]))
 
     def _get_response(self, channel: int, p1: int, p2: int, data: bytes, le: int | None) -> tuple[bytes, int]:
         if p1 or p2:  # TS 102 221 section 11.1.13: P1 P2 are 00 00
@@ -541,7 +608,7 @@ class SimCard:
             return b"\x84" + bytes((len(aid),)) + aid, SW_OK
         if p2 != 0x00:
             raise ApduError(SW_INCORRECT_P1P2)
-        return df.fcp(), SW_OK
+        return df.fcp(self._pin_status()), SW_OK
 
     def _manage_channel(
         self, channel: int, p1: int, p2: int, data: bytes, le: int | None

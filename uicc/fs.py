@@ -1,7 +1,7 @@
 """The card's file system (ETSI TS 102 221 section 8, 3GPP TS 31.102 section 4): a small but real tree.
 
 MF 3F00 with EF_ICCID 2FE2 and EF_DIR 2F00, DF_TELECOM 7F10 (the 2G phonebook: EF_ADN 6F3A, EF_EXT1 6F4A), and
-ADF_USIM with EF_IMSI 6F07, EF_AD 6FAD, EF_UST 6F38, EF_SPN 6F46, EF_SMS 6F3C (linear fixed), EF_SMSP 6F42 (linear
+ADF_USIM with EF_IMSI 6F07, EF_AD 6FAD, EF_UST 6F38, EF_EST 6F56, EF_SPN 6F46, EF_SMS 6F3C (linear fixed), EF_SMSP 6F42 (linear
 fixed), EF_FDN 6F3B, EF_SDN 6F49, EF_MSISDN 6F40, EF_ECC 6FB7 and the USIM phonebook DF_PHONEBOOK 5F3A (EF_PBR
 4F30 naming its EF_ADN 4F3A and EF_EXT1 4F4A). Files answer SELECT with an FCP template (TS 102 221 section
 11.1.1.3). The contents come from the card profile and round-trip through `to_dict` for the
@@ -34,16 +34,23 @@ UST_SERVICES = (2, 4, 10, 12, 21, 28, 29, 30, 31, 33, 72, 80)
 
 # EF_ARR records (TS 102 221 section 9.2.7, expanded format of ISO/IEC 7816-4 section 9.3.3): access mode DO '80'
 # (b1 READ, b2 UPDATE) then its security condition: '90 00' always, or 'A4' a user authentication with key
-# reference 0A (ADM1, usage qualifier 08).
+# reference 0A (ADM1), 01 (PIN1) or 81 (PIN2), usage qualifier 08. A PIN1 condition is met while PIN1 is disabled.
 ARR_ALWAYS = 1
 ARR_ADM_UPDATE = 2
-ARR_PIN2_UPDATE = 3  # UPDATE after PIN2 (key reference 81): EF_FDN (TS 31.102 4.2.24)
+ARR_PIN2_UPDATE = 3  # READ after PIN1, UPDATE after PIN2 (key reference 81): EF_FDN (TS 31.102 4.2.24)
+ARR_PIN1 = 4  # READ and UPDATE after PIN1 (key reference 01): the subscriber's files (EF_SMS, EF_ADN...)
+ARR_PIN1_READ_ADM_UPDATE = 5  # READ after PIN1, UPDATE with ADM: EF_IMSI, EF_SDN
 ARR_RECORDS = (
     bytes.fromhex("8001039000"),
     bytes.fromhex("80010190008001 02A40683010A950108".replace(" ", "")),
-    bytes.fromhex("80010190008001 02A406830181950108".replace(" ", "")),
+    bytes.fromhex("800101 A406830101950108 800102 A406830181950108".replace(" ", "")),
+    bytes.fromhex("800103 A406830101950108".replace(" ", "")),
+    bytes.fromhex("800101 A406830101950108 800102 A40683010A950108".replace(" ", "")),
 )
-ARR_RECORD_LENGTH = 20
+# the records whose READ (b1 of the access mode) or UPDATE (b2) needs PIN1 while it is enabled
+PIN1_READ = frozenset((ARR_PIN2_UPDATE, ARR_PIN1, ARR_PIN1_READ_ADM_UPDATE))
+PIN1_UPDATE = frozenset((ARR_PIN1,))
+ARR_RECORD_LENGTH = 24  # the longest record: two access modes with a PIN each (11 bytes each)
 AVAILABLE_MEMORY = 0x8000  # bytes free for new files, as the MF's proprietary information reports it
 # Phonebook files (TS 51.011 10.5, TS 31.102 4.4.2): record length (18 octets of alpha identifier and 14 of
 # number) and record counts; EF_ADN's count comes from the card profile (adn_records)
@@ -247,8 +254,9 @@ class File:
         self.children[child.fid] = child
         return child
 
-    def fcp(self) -> bytes:
-        """The FCP template '62' returned by SELECT (TS 102 221 section 11.1.1.3)."""
+    def fcp(self, pin_status: int = 0x00) -> bytes:
+        """The FCP template '62' returned by SELECT (TS 102 221 section 11.1.1.3). `pin_status` is a DF's PS_DO
+        (9.5.2): b8 set when PIN1 is enabled, b7 when PIN2 is."""
 
         def tlv(tag: int, value: bytes) -> bytes:
             return bytes((tag,)) + encode_length(len(value)) + value
@@ -273,8 +281,8 @@ class File:
         parts.append(tlv(0x8A, b"\x05"))  # life cycle: operational, activated (11.1.1.4.9)
         parts.append(tlv(0x8B, self.arr_file().to_bytes(2, "big") + bytes((self.arr_record,))))
         if self.is_dir:
-            # PIN status template DO (9.5.2): PS_DO 00 = PIN1 (key reference 01) and PIN2 (81) both disabled
-            parts.append(tlv(0xC6, tlv(0x90, b"\x00") + tlv(0x83, b"\x01") + tlv(0x83, b"\x81")))
+            # PIN status template DO (9.5.2): PS_DO, then the key references it covers, PIN1 (01) and PIN2 (81)
+            parts.append(tlv(0xC6, tlv(0x90, bytes((pin_status,))) + tlv(0x83, b"\x01") + tlv(0x83, b"\x81")))
         else:
             parts.append(tlv(0x80, len(self.data).to_bytes(2, "big")))
             # '88' with the SFI in b8..b4; '88' empty: no SFI (without the tag the FID's 5 low bits would be one)
@@ -292,8 +300,16 @@ class File:
         return 0x2F06
 
     def update_needs_adm(self) -> bool:
-        """Whether UPDATE needs the ADM key (record ARR_ADM_UPDATE), which the terminal never presents."""
-        return self.arr_record == ARR_ADM_UPDATE
+        """Whether UPDATE needs the ADM key (records ARR_ADM_UPDATE, ARR_PIN1_READ_ADM_UPDATE), which the
+        terminal never presents."""
+        return self.arr_record in (ARR_ADM_UPDATE, ARR_PIN1_READ_ADM_UPDATE)
+
+    def read_needs_pin1(self) -> bool:
+        """Whether READ needs PIN1 verified (when it is enabled): the subscriber's files (TS 31.102 section 4.2)."""
+        return self.arr_record in PIN1_READ
+
+    def update_needs_pin1(self) -> bool:
+        return self.arr_record in PIN1_UPDATE
 
     def update_needs_pin2(self) -> bool:
         """Whether UPDATE needs PIN2 verified first (record ARR_PIN2_UPDATE: EF_FDN)."""
@@ -303,6 +319,12 @@ class File:
 # Key references of VERIFY PIN (TS 102 221 section 9.5.1, table 9.3) and their attempts before blocking
 PIN1, PIN2, ADM1 = 0x01, 0x81, 0x0A
 PIN_ATTEMPTS = {PIN1: 3, PIN2: 3, ADM1: 10}
+UNBLOCK_ATTEMPTS = 10  # an UNBLOCK PIN (PUK) allows 10 false presentations (TS 102 221 section 11.1.13)
+# status words of the PIN commands (TS 102 221 section 10.2.1)
+SW_PIN_OK = 0x9000
+SW_BLOCKED = 0x6983  # authentication/PIN method blocked
+SW_INVALIDATED = 0x6984  # referenced data invalidated: the PIN is disabled
+SW_NO_KEY = 0x6A88  # referenced data not found
 
 
 def pin_block(pin: str) -> bytes:
@@ -311,49 +333,186 @@ def pin_block(pin: str) -> bytes:
 
 
 class Pins:
-    """The card's PINs and their remaining attempts (persistent: a power cycle gives no attempt back), and which
-    were verified since the last reset (volatile). `verify` answers the status word of VERIFY PIN (TS 102 221
-    section 11.1.9): 9000, 63CX with X attempts left, 6983 blocked, 6A88 no such key reference."""
+    """The card's PINs, their UNBLOCK PINs (PUKs) and attempt counters, and which PINs are enabled (all of it
+    persistent: a power cycle gives no attempt back), and which were verified since the last reset (volatile).
 
-    def __init__(self, values: dict[int, str]) -> None:
+    The methods answer the status words of TS 102 221 section 11.1: `verify` (11.1.9), `change` (11.1.10),
+    `disable` (11.1.11), `enable` (11.1.12) and `unblock` (11.1.13): 9000; 63CX after a false presentation with X
+    attempts left (63C0 on the one that blocks); 6983 once blocked; 6984 a disabled PIN presented for verification
+    or change; 6A88 no such key reference. A false presentation also ends the PIN's verified state."""
+
+    def __init__(
+        self,
+        values: dict[int, str],
+        *,
+        unblock: dict[int, str] | None = None,
+        attempts: dict[int, int] | None = None,
+        unblock_attempts: dict[int, int] | None = None,
+        disabled: set[int] | None = None,
+    ) -> None:
         self._values = {key: pin_block(pin) for key, pin in values.items()}
-        self.remaining = {key: PIN_ATTEMPTS.get(key, 3) for key in values}
+        self.initial = {key: (attempts or {}).get(key, PIN_ATTEMPTS.get(key, 3)) for key in values}
+        self.remaining = dict(self.initial)
+        self._puks = {key: pin_block(puk) for key, puk in (unblock or {}).items() if key in values}
+        self.unblock_initial = {
+            key: (unblock_attempts or {}).get(key, UNBLOCK_ATTEMPTS) for key in self._puks
+        }
+        self.unblock_remaining = dict(self.unblock_initial)
+        # a PIN is enabled unless the profile or a DISABLE VERIFICATION disabled it; ADM1 cannot be disabled
+        self.enabled = {key for key in values if key not in (disabled or set()) or key == ADM1}
         self.verified: set[int] = set()
-        self.state_version = 0  # moves on when `remaining` changes (uicc/card_state.py writes only then)
+        # moves on when the persistent part changes (uicc/card_state.py writes only then)
+        self.state_version = 0
+
+    # --- state ---------------------------------------------------------------------------------------------
+
+    def satisfied(self, key: int) -> bool:
+        """Whether an access condition on `key` is met: verified since the reset, or the PIN disabled (TS 102 221
+        section 11.1.11: files behind a disabled PIN are accessible as if marked ALWAYS)."""
+        return key in self.verified or key not in self.enabled
+
+    def blocked(self, key: int) -> bool:
+        return self.remaining.get(key, 0) == 0
+
+    def _changed(self) -> None:
+        self.state_version += 1
+
+    def _false(self, key: int) -> int:
+        self.remaining[key] = max(0, self.remaining[key] - 1)
+        self.verified.discard(key)
+        self._changed()
+        return 0x63C0 | self.remaining[key]
+
+    def _good(self, key: int) -> None:
+        if self.remaining[key] != self.initial[key]:
+            self.remaining[key] = self.initial[key]
+            self._changed()
+
+    # --- commands ------------------------------------------------------------------------------------------
 
     def verify(self, key: int, block: bytes | None) -> int:
         if key not in self._values:
-            return 0x6A88  # referenced data not found
-        if block is None:  # no data: how many attempts are left, or 9000 once verified
-            return 0x9000 if key in self.verified else 0x63C0 | self.remaining[key]
-        if self.remaining[key] == 0:
-            return 0x6983  # authentication method blocked
-        if block == self._values[key]:
-            if self.remaining[key] != PIN_ATTEMPTS.get(key, 3):
-                self.remaining[key] = PIN_ATTEMPTS.get(key, 3)
-                self.state_version += 1
-            self.verified.add(key)
-            return 0x9000
-        self.remaining[key] -= 1
-        self.state_version += 1
-        self.verified.discard(key)
-        return 0x63C0 | self.remaining[key] if self.remaining[key] else 0x6983
+            return SW_NO_KEY
+        if block is None:  # no data: 9000 when no verification is needed, else the attempts left (63CX)
+            return SW_PIN_OK if self.satisfied(key) else 0x63C0 | self.remaining[key]
+        if self.blocked(key):
+            return SW_BLOCKED
+        if key not in self.enabled:
+            return SW_INVALIDATED
+        if block != self._values[key]:
+            return self._false(key)
+        self._good(key)
+        self.verified.add(key)
+        return SW_PIN_OK
+
+    def change(self, key: int, old: bytes, new: bytes) -> int:
+        if key not in self._values:
+            return SW_NO_KEY
+        if self.blocked(key):
+            return SW_BLOCKED
+        if key not in self.enabled:
+            return SW_INVALIDATED
+        if old != self._values[key]:
+            return self._false(key)
+        self._values[key] = new
+        self._good(key)
+        self.verified.add(key)
+        self._changed()
+        return SW_PIN_OK
+
+    def disable(self, key: int, block: bytes) -> int:
+        return self._switch(key, block, enable=False)
+
+    def enable(self, key: int, block: bytes) -> int:
+        return self._switch(key, block, enable=True)
+
+    def _switch(self, key: int, block: bytes, *, enable: bool) -> int:
+        if key not in self._values:
+            return SW_NO_KEY
+        if key == ADM1:
+            return 0x6985  # conditions of use not satisfied: the issuer's key is never disabled
+        if self.blocked(key):
+            return SW_BLOCKED
+        if block != self._values[key]:
+            return self._false(key)
+        self._good(key)
+        if enable:
+            self.enabled.add(key)
+            self.verified.add(key)  # the PIN was just presented: its access condition is met
+        else:
+            self.enabled.discard(key)
+        self._changed()
+        return SW_PIN_OK
+
+    def unblock(self, key: int, puk: bytes | None, new: bytes | None) -> int:
+        if key not in self._puks:
+            return SW_NO_KEY
+        if puk is None or new is None:  # no data: the UNBLOCK PIN's attempts left (11.1.13.1.2)
+            return 0x63C0 | self.unblock_remaining[key]
+        if self.unblock_remaining[key] == 0:
+            return SW_BLOCKED
+        if puk != self._puks[key]:
+            self.unblock_remaining[key] -= 1
+            self._changed()
+            return 0x63C0 | self.unblock_remaining[key]
+        # the new PIN, both counters back to their initial values, the PIN enabled and verified (11.1.13.1.1)
+        self._values[key] = new
+        self.remaining[key] = self.initial[key]
+        self.unblock_remaining[key] = self.unblock_initial[key]
+        self.enabled.add(key)
+        self.verified.add(key)
+        self._changed()
+        return SW_PIN_OK
 
     def reset(self) -> None:
         self.verified.clear()
 
     def to_dict(self) -> dict[str, Any]:
-        return {f"{key:02X}": left for key, left in sorted(self.remaining.items())}
+        return {
+            **{f"{key:02X}": left for key, left in sorted(self.remaining.items())},
+            "unblock": {f"{key:02X}": left for key, left in sorted(self.unblock_remaining.items())},
+            "enabled": sorted(f"{key:02X}" for key in self.enabled),
+            "values": {f"{key:02X}": block.hex() for key, block in sorted(self._values.items())},
+        }
 
     def load_dict(self, state: dict[str, Any]) -> None:
-        for text, left in state.items():
-            try:
-                key = int(text, 16)
-            except ValueError:
-                continue
-            if key in self.remaining and isinstance(left, int) and 0 <= left <= PIN_ATTEMPTS.get(key, 3):
+        """Restores the counters, enabled PINs and PIN values; a state file from before PUKs existed holds only
+        the PIN counters ({"01": 3, ...}) and keeps the profile's other settings. Values that cannot be right (a
+        counter past its initial value, a PIN block of the wrong size) are ignored."""
+
+        def keys(part: Any) -> dict[int, Any]:
+            found: dict[int, Any] = {}
+            if isinstance(part, dict):
+                for text, value in part.items():
+                    try:
+                        found[int(text, 16)] = value
+                    except (TypeError, ValueError):
+                        continue
+            return found
+
+        others = ("unblock", "enabled", "values")
+        counters = {text: left for text, left in state.items() if text not in others}
+        for key, left in keys(counters).items():
+            if key in self.remaining and isinstance(left, int) and 0 <= left <= self.initial[key]:
                 self.remaining[key] = left
-        self.state_version += 1
+        for key, left in keys(state.get("unblock")).items():
+            initial = self.unblock_initial.get(key)
+            if initial is not None and isinstance(left, int) and 0 <= left <= initial:
+                self.unblock_remaining[key] = left
+        enabled = state.get("enabled")
+        if isinstance(enabled, list) and all(isinstance(text, str) for text in enabled):
+            chosen = set(keys({text: True for text in enabled}))
+            if len(chosen) == len(enabled) and chosen <= set(self._values):
+                self.enabled = chosen | {ADM1}
+        for key, text in keys(state.get("values")).items():
+            if key in self._values and isinstance(text, str):
+                try:
+                    block = bytes.fromhex(text)
+                except ValueError:
+                    continue
+                if len(block) == 8:
+                    self._values[key] = block
+        self._changed()
 
 
 def bcd_swapped(digits: str, length: int, pad: str = "F") -> bytes:
@@ -467,6 +626,22 @@ class FileSystem:
             )
         )
         book.add(File(0x4F4A, "EF_EXT1", FileKind.LINEAR_FIXED, bytearray(b"\xff" * 13 * EXT1_RECORDS), 13))
+        # enabled services (TS 31.102 4.2.47): service 1, fixed dialling, is off; switched with PIN2 (+CLCK "FD")
+        est = self.usim.add(File(0x6F56, "EF_EST", FileKind.TRANSPARENT, bytearray(b"\x00"), sfi=0x05))
+        est.arr_record = ARR_PIN2_UPDATE
+        # the subscriber's files are read (and written) after PIN1, as TS 31.102 section 4.2 gives their access
+        # conditions; while PIN1 is disabled that is no condition at all (TS 102 221 section 11.1.11)
+        self.usim.children[0x6F07].arr_record = ARR_PIN1_READ_ADM_UPDATE  # EF_IMSI
+        self.usim.children[0x6F49].arr_record = ARR_PIN1_READ_ADM_UPDATE  # EF_SDN
+        for subscriber in (
+            self.usim.children[0x6F3C],  # EF_SMS
+            self.usim.children[0x6F42],  # EF_SMSP
+            self.usim.children[0x6F40],  # EF_MSISDN
+            telecom.children[0x6F3A],  # EF_ADN
+            telecom.children[0x6F4A],  # EF_EXT1
+            *book.children.values(),  # EF_PBR, EF_ADN, EF_EXT1 of the USIM phonebook
+        ):
+            subscriber.arr_record = ARR_PIN1
 
     @property
     def state_version(self) -> int:

@@ -57,6 +57,15 @@ class CardProfile:
     pin1: str = "1234"
     pin2: str = "5678"
     adm1: str = "12345678"
+    # the UNBLOCK PINs of PIN1 and PIN2 (PUK1, PUK2; TS 102 221 section 11.1.13), 8 digits; the attempts of each
+    # before it blocks; and whether PIN1 is enabled at issue (then the card boots into "SIM PIN", 27.007 8.3)
+    puk1: str = "12345678"
+    puk2: str = "87654321"
+    pin1_attempts: int = 3
+    pin2_attempts: int = 3
+    puk1_attempts: int = 10
+    puk2_attempts: int = 10
+    pin1_enabled: bool = False
     # the SIM toolkit menu applet (uicc/usat_menu.py): SET UP MENU once a TERMINAL PROFILE declares it
     usat_menu: bool = False
     # the phonebook and messages (uicc/phonebook.py; docs/protocols.md "Phonebook"): EF_ADN's record count, its
@@ -108,6 +117,14 @@ def _from_mapping(data: dict[str, Any], where: str) -> CardProfile:
         pin = getattr(profile, key)
         if not (isinstance(pin, str) and pin.isdigit() and 4 <= len(pin) <= 8):
             raise CliError(f"{where}: {key} = {pin!r}: use 4 to 8 digits")
+    for key in ("puk1", "puk2"):
+        puk = getattr(profile, key)
+        if not (isinstance(puk, str) and puk.isdigit() and len(puk) == 8):
+            raise CliError(f"{where}: {key} = {puk!r}: use 8 digits")
+    for key in ("pin1_attempts", "pin2_attempts", "puk1_attempts", "puk2_attempts"):
+        count = getattr(profile, key)
+        if not (isinstance(count, int) and not isinstance(count, bool) and 1 <= count <= 15):
+            raise CliError(f"{where}: {key} = {count!r}: use 1..15 (the X of 63CX)")
     _check_applets(profile, where)
     _check_phonebook(profile, where)
     return profile
