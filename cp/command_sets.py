@@ -38,6 +38,9 @@ def build_command_sets(core: ModemCommands, tracer: Tracer, settings: dict[str, 
     from bipsim.cp.sms_commands import SmsCommands  # 27.005: SMS storages, PDU/text mode, indications
 
     sets.append(SmsCommands(core, tracer, settings))
+    from bipsim.cp.security_commands import SecurityCommands  # 27.007 8.3, 8.65, 7.4, 7.5: the card's PINs
+
+    sets.append(SecurityCommands(core, tracer, settings))  # after the sets whose SIM commands it holds back
     from bipsim.cp.status_commands import StatusCommands  # +CCLK, +CBC, +CIND/+CMER, +CESQ, +CUSD, +CLAC...
     from bipsim.cp.voice_calls import VoiceCalls  # ATD<n>;, ATA, ATH, +CHUP, +CLCC, RING/+CLIP (no audio)
 
