@@ -9,6 +9,7 @@ project's IpStack at the address IPCP gave it: what is under test is the PPP and
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import struct
 import subprocess
@@ -16,7 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 import pytest
@@ -607,3 +608,53 @@ async def test_garbage_in_the_guard_time_keeps_the_call_online() -> None:
                 host.feed(await r.host.receive_some(65536))
         assert not any(e.fields.get("event") == "escape" for e in r.tracer.events if e.kind == "ppp.call")
         assert any(e.kind == "ppp.dropped" for e in r.tracer.events)  # "+++junk" read as a broken frame
+
+
+def test_a_running_bipsim_cp_takes_a_data_call(tmp_path: Path) -> None:
+    """The product: `bipsim cp --listen` answers ATD*99# with CONNECT and gives the host an address by IPCP."""
+    import os
+    import re
+    import select
+    import signal
+    import sys
+    import time
+
+    trace = tmp_path / "cp.jsonl"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bipsim", "cp", "--listen", "127.0.0.1:0", "--trace", str(trace)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        port = 0
+        deadline = time.monotonic() + 20
+        while not port:  # the CP says its port on stderr once the socket is bound
+            assert time.monotonic() < deadline, "bipsim cp did not say its port"
+            ready, _, _ = select.select([process.stderr], [], [], 0.5)
+            if ready:
+                found = re.search(r"tcp://127\.0\.0\.1:(\d+)", process.stderr.readline())
+                port = int(found.group(1)) if found else 0
+
+        async def call() -> HostPpp:
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            r = Rig(stream, None, None, None, None, None)  # type: ignore[arg-type]
+            assert "OK" in await r.at("ATE0")
+            assert "CONNECT" in await r.at("ATD*99#")
+            host = HostPpp()
+            await negotiate(r, host)
+            await stream.aclose()
+            return host
+
+        host = trio.run(call)
+        assert host.address is not None and host.address in IPv4Network("198.51.100.0/24")
+        assert host.dns == [IPv4Address("198.51.100.1")] * 2
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    events = [json.loads(line) for line in trace.read_text().splitlines()]
+    assert any(e.get("kind") == "ppp.ipcp" for e in events)
+    assert os.path.getsize(trace) > 0
