@@ -667,8 +667,8 @@ class ModemCommands:
     async def cgerep(self, request: AtRequest, server: AtServer) -> list[str] | None:
         """+CGEREP=[<mode>[,<bfr>]] (27.007 10.1.19): 0 events buffered in the MT (the oldest dropped past
         CGEV_BUFFER), 1 and 2 sent as +CGEV URCs; entering 1 or 2 clears the buffer (<bfr> 0) or sends it after
-        the OK (<bfr> 1). The line is never reserved while the CP has no data mode, so 1 and 2 both send at
-        once."""
+        the OK (<bfr> 1). While a data call has the line (online data), 1 drops them and 2 lets the server hold them
+        until the line is in command mode again."""
         if request.kind is CommandKind.TEST:
             return ["+CGEREP: (0-2),(0,1)"]
         mode, bfr = self.event_modes.get(server, (0, 0))
@@ -700,6 +700,8 @@ class ModemCommands:
                 buffer.append(line)
                 del buffer[:-CGEV_BUFFER]
                 continue
+            if mode == 1 and server.online_data:
+                continue  # <mode> 1: discarded while a data call has the line (2: the server holds it till then)
             try:
                 trio.lowlevel.spawn_system_task(server.send_urc, line)
             except RuntimeError:

@@ -270,7 +270,7 @@ class StatusCommands:
                 buffer = self.ciev_buffers.setdefault(server, [])
                 buffer.extend(lines)
                 del buffer[:-CMER_BUFFER]
-            else:
+            elif not (mode == 1 and server.online_data):  # <mode> 1 drops them while a data call has the line
                 self._urc(server, lines)
 
     async def cind(self, request: AtRequest) -> list[str] | None:
@@ -282,8 +282,8 @@ class StatusCommands:
         raise CmeError(CME_NOT_ALLOWED)
 
     def cmer_command(self, request: AtRequest, server: AtServer) -> list[str] | None:
-        """+CMER=[<mode>[,<keyp>[,<disp>[,<ind>[,<bfr>]]]]] (27.007 8.10): <mode> 0 buffer, 1-3 send (the line
-        is never reserved without a data mode); no keypad or display events; <ind> 0 none, 1 and 2 +CIEV;
+        """+CMER=[<mode>[,<keyp>[,<disp>[,<ind>[,<bfr>]]]]] (27.007 8.10): <mode> 0 buffer, 1-3 send (1 drops them
+        while a data call has the line, 2 and 3 leave them to the server, which holds them until command mode); no keypad or display events; <ind> 0 none, 1 and 2 +CIEV;
         <bfr> 0 clears the buffer, 1 sends it after the OK, when a sending mode is entered."""
         if request.kind is CommandKind.TEST:
             return ["+CMER: (0-3),(0),(0),(0-2),(0,1)"]

@@ -150,3 +150,20 @@ async def test_cgev_me_detach_on_cfun() -> None:
         assert await m.dte.urcs() == ["+CGEV: ME DETACH"]
         assert await m.dte.at("AT+CFUN=1") == ["OK"]
         assert await m.dte.urcs() == []
+
+
+async def test_cgerep_while_a_data_call_has_the_line() -> None:
+    """10.1.19: <mode> 1 discards the events while the line is reserved (online data), <mode> 2 keeps them for
+    when it is free again."""
+    async with modem() as (m,):
+        assert await m.dte.at("AT+CGEREP=1") == ["OK"]
+        m.server.online_data = True  # what the data mode sets while PPP owns the line
+        m.network.detach(by_network=True)
+        await m.dte.urcs()
+        assert m.server.held_urcs == []
+        m.server.online_data = False
+        assert await m.dte.at("AT+CGEREP=2;+CGATT=1") == ["OK"]
+        m.server.online_data = True
+        m.network.detach(by_network=True)
+        assert await m.dte.urcs() == []
+        assert m.server.held_urcs == ["+CGEV: NW DETACH"]
