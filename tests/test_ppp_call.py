@@ -658,3 +658,83 @@ def test_a_running_bipsim_cp_takes_a_data_call(tmp_path: Path) -> None:
     events = [json.loads(line) for line in trace.read_text().splitlines()]
     assert any(e.get("kind") == "ppp.ipcp" for e in events)
     assert os.path.getsize(trace) > 0
+
+
+def test_pppd_gets_an_address_and_fetches_a_page(tmp_path: Path, need: Callable[[str], str]) -> None:
+    """The real peer: pppd on one side of `bipsim pty-pair`, `bipsim cp` on the other; pppd dials with chat, gets an
+    address by IPCP and the kernel fetches a page from a server on 127.0.0.1 through the gateway 198.51.100.1."""
+    import http.server
+    import os
+    import sys
+    import threading
+    import time
+    import urllib.request
+
+    if not os.path.exists("/dev/ppp"):
+        pytest.skip(
+            "no /dev/ppp: this kernel has no PPP (CONFIG_PPP), so pppd cannot run; the RFC peer above does"
+        )
+    pppd = need("pppd")
+    chat = need("chat")
+    body = b"page through pppd\n" * 50
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    pair = subprocess.Popen([sys.executable, "-m", "bipsim", "pty-pair"], stdout=subprocess.PIPE, text=True)
+    processes = [pair]
+    try:
+        assert pair.stdout is not None
+        side_a, side_b = pair.stdout.readline().strip(), pair.stdout.readline().strip()
+        cp = subprocess.Popen(
+            [sys.executable, "-m", "bipsim", "cp", "--port", side_a], stderr=subprocess.PIPE
+        )
+        processes.append(cp)
+        log = tmp_path / "pppd.log"
+        script = f"{chat} -v -t 10 '' AT OK ATD*99# CONNECT"
+        ppp = subprocess.Popen(
+            [
+                pppd,
+                side_b,
+                "115200",
+                "nodetach",
+                "noauth",
+                "local",
+                "nocrtscts",
+                "noipdefault",
+                "usepeerdns",
+                "nodefaultroute",
+                "logfile",
+                str(log),
+                "connect",
+                script,
+            ],
+        )
+        processes.append(ppp)
+        deadline = time.monotonic() + 30
+        while "local  IP address" not in (log.read_text() if log.exists() else ""):
+            assert ppp.poll() is None, log.read_text() if log.exists() else "pppd ended"
+            assert time.monotonic() < deadline, "pppd got no address"
+            time.sleep(0.2)
+        text = log.read_text()
+        assert "remote IP address 198.51.100.1" in text
+        assert "primary   DNS address 198.51.100.1" in text
+        port = server.server_address[1]
+        with urllib.request.urlopen(f"http://198.51.100.1:{port}/", timeout=10) as answer:
+            assert answer.read() == body
+    finally:
+        for process in reversed(processes):
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+        server.shutdown()
