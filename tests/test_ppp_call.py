@@ -738,3 +738,37 @@ def test_pppd_gets_an_address_and_fetches_a_page(tmp_path: Path, need: Callable[
                     process.kill()
                     process.wait()
         server.shutdown()
+
+
+async def test_a_data_call_on_cmux_dlc_1() -> None:
+    """The call on a 27.010 DLC of the CP's line service: the other DLCs and the mux go on."""
+    from bipsim.cp.line_service import LineService
+    from bipsim.cp.proxy_link import ProxyLink
+    from bipsim.link.cmux import CmuxParams, Mux, MuxRole
+
+    tracer = ListTracer()
+    card, _ = simulated_card(None, None, tracer)
+    network = CellularNetwork()
+    core = ModemCommands(CardDriver(card, tracer=tracer), network)
+    core.command_sets = build_command_sets(core, tracer, {})
+    data = next(s for s in core.command_sets if isinstance(s, DataCommands))
+    plane = PacketPlane(network, tracer=tracer)
+    data.attach_plane(plane)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(plane.run)
+        ap, cp = trio.testing.memory_stream_pair()
+        nursery.start_soon(LineService(cp, core, ProxyLink(), tracer=tracer).run)
+        line = Rig(ap, None, core, network, data, tracer)  # type: ignore[arg-type]
+        assert "OK" in await line.at("ATE0")
+        assert "OK" in await line.at("AT+CMUX=0")
+        mux = Mux(ap, role=MuxRole.INITIATOR, params=CmuxParams(n1=1500))
+        nursery.start_soon(mux.run)
+        dlc = await mux.open_dlc(1)
+        r = Rig(dlc, None, core, network, data, tracer)  # type: ignore[arg-type]
+        assert "CONNECT" in await r.at("ATD*99***1#")
+        host = HostPpp()
+        await negotiate(r, host)
+        assert str(host.address) == network.contexts[1].address
+        frames = [e for e in tracer.events if e.kind == "ppp.ipcp"]
+        assert frames and all(e.fields.get("dlci") == 1 for e in frames)
+        nursery.cancel_scope.cancel()
