@@ -417,5 +417,5 @@ class StatusCommands:
             return None
         if request.kind is not CommandKind.EXEC:
             raise AtCommandError()
-        own = {"E", "V", "Q", "Z", "&F", "S0", "S3", "S4", "S5", "S6", "S7", "S8", "S10", "+CMEE"}
+        own = {"E", "V", "Q", "Z", "&F", "S0", "S3", "S4", "S5", "S6", "S7", "S8", "S10", "S12", "+CMEE"}
         return [f"AT{name}" for name in sorted(own | set(server.handlers))]

@@ -59,7 +59,8 @@ def profile_text(settings: AtSettings) -> str:
         f"&C{settings.dcd} &D{settings.dtr} +CMEE={settings.cmee} +IFC={settings.ifc[0]},{settings.ifc[1]} "
         f"+ICF={settings.icf[0]},{settings.icf[1]} +IPR={settings.ipr} "
         f"S00:{settings.s0:03d} S03:{settings.s3:03d} S04:{settings.s4:03d} S05:{settings.s5:03d} "
-        f"S06:{settings.s6:03d} S07:{settings.s7:03d} S08:{settings.s8:03d} S10:{settings.s10:03d}"
+        f"S06:{settings.s6:03d} S07:{settings.s7:03d} S08:{settings.s8:03d} S10:{settings.s10:03d} "
+        f"S12:{settings.s12:03d}"
     )
 
 

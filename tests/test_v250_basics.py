@@ -84,6 +84,7 @@ async def test_store_and_restore_profile() -> None:
         view = await m.dte.at("AT&V")
         assert view[0] == "ACTIVE PROFILE:" and "&D1" in view[1] and "S00:000" in view[1]
         assert view[2] == "STORED PROFILE 0:" and "&D0" in view[3] and "+IPR=57600" in view[3]
+        assert view[1].endswith("S10:014 S12:050")
         assert await m.dte.at("ATZ") == ["OK"]
         assert m.server.settings.dtr == 0 and m.server.settings.s0 == 2 and m.server.settings.ipr == 57600
         assert await m.dte.at("AT&F") == ["OK"]
