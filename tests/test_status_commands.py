@@ -137,3 +137,71 @@ async def test_clac_lists_what_is_registered() -> None:
         assert answer[-1] == "OK"
         for command in ("AT+CGMI", "AT+CLAC", "AT+CUSD", "AT+CMGS", "AT&W", "ATD", "AT+CMEE"):
             assert command in answer
+
+
+BAD_ARGS = (
+    "",
+    "?",
+    "=?",
+    "=",
+    "=-1",
+    "=999999",
+    '="x"',
+    "=1,2,3,4,5,6",
+    '=""',
+    "=,",
+    '="\\41"',
+    '=0,"zz",15',
+)
+ISSUE_16_COMMANDS = (
+    "+CCLK",
+    "+CBC",
+    "+CEER",
+    "+CIND",
+    "+CMER",
+    "+CESQ",
+    "+WS46",
+    "+CTZU",
+    "+CTZR",
+    "+CPSB",
+    "+CUSD",
+    "+CLAC",
+    "+CLCC",
+    "+CLIP",
+    "+CRC",
+    "+CHUP",
+    "+CGATT",
+    "+CGEREP",
+    "+CGAUTH",
+    "+CSCS",
+    "+GCAP",
+    "+IFC",
+    "+ICF",
+    "+IPR",
+    "+FCLASS",
+    "&V",
+    "&W",
+    "&C",
+    "&D",
+    "X",
+    "O",
+    "A",
+    "H",
+    "Z",
+)
+
+
+async def test_bad_input_gets_a_final_result_never_a_handler_failure() -> None:
+    """Every form of every command of issue 16 with odd arguments: a final result (OK, ERROR, +CME ERROR,
+    NO CARRIER), never the +CME ERROR: 100 and app.error of a handler that raised."""
+    tracer = Tracer(keep=True)
+    async with modem(tracer=tracer) as (m,):
+        assert await m.dte.at("AT+CMEE=1") == ["OK"]
+        for command in ISSUE_16_COMMANDS:
+            for args in BAD_ARGS:
+                if not command.startswith("+") and args.startswith("="):
+                    continue  # a basic command takes a number, not "="
+                answer = await m.dte.at(f"AT{command}{args}")
+                assert answer[-1] != "+CME ERROR: 100", (command, args, answer)
+                await m.dte.at("AT+CMEE=1")  # Z resets it
+    assert not [e for e in tracer.events if e.kind == Kind.APP_ERROR]
