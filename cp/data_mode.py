@@ -3,9 +3,9 @@
 radio bearer of that PDP context to the packet gateway (the packet plane of docs/protocols.md; not the CP's own
 stack: the host is the IP end).
 
-V.250 around it: `+++` between two guard times of S12 fiftieths of a second (the escape sequence V.250 6.3.? leaves
-to the manufacturer; the Hayes convention every modem follows, docs/protocols.md "Data calls") returns to online
-command mode with OK; `ATO` (V.250 6.3.7) resumes the call with CONNECT; `ATH` (6.3.6) ends it; the call ending
+V.250 around it: `+++` between two guard times of S12 fiftieths of a second (V.250 leaves the escape from online
+data state to the manufacturer; this is the Hayes convention modems follow, docs/protocols.md "Data calls")
+returns to online command mode with OK; `ATO` (V.250 6.3.7) resumes the call with CONNECT; `ATH` (6.3.6) ends it; the call ending
 (LCP terminated, the host gone silent past Max-Configure, the context deactivated) is NO CARRIER and the line
 serves AT again. `AT%DATACNT[=<cid>]` reports each data call's byte counters (a private command: 27.007 has no
 per-context volume counter).
@@ -34,6 +34,7 @@ from bipsim.net.ppp import (
     PROTO_LCP,
     PROTO_PAP,
     Authenticated,
+    AuthMethod,
     FrameDropped,
     FrameReceived,
     FrameSent,
@@ -58,6 +59,7 @@ if TYPE_CHECKING:
 
 GPRS_SC = "*99"  # the GPRS service code of the dial string (27.007 10.2.1.1)
 DEFAULT_APN = "internet"
+DEFAULT_METHODS = (AuthMethod.CHAP, AuthMethod.PAP)
 ESCAPE_CHAR = 0x2B  # S2's default, "+"
 DEFAULT_S12 = 50  # guard time in fiftieths of a second: 1 s
 CME_NOT_SUPPORTED = 4
@@ -356,12 +358,15 @@ class DataCommands:
             raise CmeError(CME_NOT_ALLOWED) from exc
         self._count += 1
         gateway = IPv4Address(core.network.gateway)
+        # +CGAUTH's <auth_prot> (27.007 10.1.31): 1 PAP only, 2 CHAP only; otherwise CHAP, then PAP if the host asks
+        methods = {1: (AuthMethod.PAP,), 2: (AuthMethod.CHAP,)}.get(auth[0] if auth else -1, DEFAULT_METHODS)
         conn = PppConnection(
             gateway,
             IPv4Address(context.address),
             tuple(IPv4Address(d) for d in context.dns),
             user,
             password,
+            auth_methods=methods,
             config=self.config,
             rng=random.Random(f"ppp/{self._count}"),
         )

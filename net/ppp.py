@@ -629,6 +629,38 @@ PppEvent = (
 # --- LCP and IPCP ----------------------------------------------------------------------------------------------
 
 
+class Phase(StrEnum):
+    """The link's phases (RFC 1661 3.2)."""
+
+    DEAD = "dead"
+    ESTABLISH = "establish"
+    AUTHENTICATE = "authenticate"
+    NETWORK = "network"
+    TERMINATE = "terminate"
+
+
+class PhaseEvent(StrEnum):
+    OPEN = "open"  # the lower layer is up: LCP starts
+    LCP_UP_AUTH = "LCP opened, authentication negotiated"
+    LCP_UP = "LCP opened without authentication"
+    AUTHENTICATED = "the host authenticated"
+    LCP_DOWN = "LCP left Opened"
+    FINISHED = "LCP finished, or the line went down"
+
+
+# RFC 1661 3.2's phase diagram as a table; a pair that is not here leaves the phase as it is
+PHASE_TABLE: dict[tuple[Phase, PhaseEvent], Phase] = {
+    (Phase.DEAD, PhaseEvent.OPEN): Phase.ESTABLISH,
+    (Phase.ESTABLISH, PhaseEvent.LCP_UP_AUTH): Phase.AUTHENTICATE,
+    (Phase.ESTABLISH, PhaseEvent.LCP_UP): Phase.NETWORK,
+    (Phase.TERMINATE, PhaseEvent.LCP_UP_AUTH): Phase.AUTHENTICATE,  # LCP renegotiated (RFC 1661 3.3)
+    (Phase.TERMINATE, PhaseEvent.LCP_UP): Phase.NETWORK,
+    (Phase.AUTHENTICATE, PhaseEvent.AUTHENTICATED): Phase.NETWORK,
+    **{(phase, PhaseEvent.LCP_DOWN): Phase.TERMINATE for phase in (Phase.AUTHENTICATE, Phase.NETWORK)},
+    **{(phase, PhaseEvent.FINISHED): Phase.DEAD for phase in Phase},
+}
+
+
 class AuthMethod(StrEnum):
     CHAP = "chap"
     PAP = "pap"
@@ -873,7 +905,7 @@ class PppConnection:
         self._events: list[PppEvent] = []
         self.lcp = Lcp(self)
         self.ipcp = Ipcp(self)
-        self.phase = "dead"
+        self.phase = Phase.DEAD
         self.network_open = False
         self.dead = False
         self.counters = Counters()
@@ -887,7 +919,7 @@ class PppConnection:
     # --- the caller's side ---
     def open(self, now: float) -> list[PppEvent]:
         self.now = now
-        self.phase = "establish"
+        self._phase(PhaseEvent.OPEN)
         self.lcp.up(now)
         self.lcp.open(now)
         return self._take()
@@ -1005,20 +1037,20 @@ class PppConnection:
 
     def _phase_frame(self, protocol: int, info: bytes, frame: bytes) -> None:
         if protocol == PROTO_IPCP:
-            if self.phase != "network":
+            if self.phase is not Phase.NETWORK:
                 self._drop("IPCP before the network phase", frame)  # RFC 1661 3.4-3.5
                 return
             self.ipcp.receive(info, self.now)
             return
         method = AuthMethod.PAP if protocol == PROTO_PAP else AuthMethod.CHAP
-        if self.phase != "authenticate" or self.lcp.auth is not method:
+        if self.phase is not Phase.AUTHENTICATE or self.lcp.auth is not method:
             if (
                 self.lcp.state is State.OPENED
                 and method is not self.lcp.auth
-                and self.phase == "authenticate"
+                and self.phase is Phase.AUTHENTICATE
             ):
                 self._drop(f"{method.value} while {self.lcp.auth.value} was negotiated", frame)
-            elif self.phase == "network" and method is AuthMethod.PAP and self.lcp.auth is AuthMethod.PAP:
+            elif self.phase is Phase.NETWORK and method is AuthMethod.PAP and self.lcp.auth is AuthMethod.PAP:
                 self._pap(info, repeat=True)  # the host did not hear our Ack: answer again
             else:
                 self._drop(f"{method.value} outside the authentication phase", frame)
@@ -1061,9 +1093,10 @@ class PppConnection:
             self.deframer.accm = lcp.our_accm
         self._events.append(LinkUp(lcp.peer_mru, lcp.magic, lcp.auth.value))
         if lcp.auth is AuthMethod.NONE:
+            self._phase(PhaseEvent.LCP_UP)
             self._network_phase()
             return
-        self.phase = "authenticate"
+        self._phase(PhaseEvent.LCP_UP_AUTH)
         self._auth_deadline = self.now + self.config.auth_timeout
         if lcp.auth is AuthMethod.CHAP:
             self._chap_tries = 0
@@ -1071,11 +1104,13 @@ class PppConnection:
 
     def _lcp_down(self) -> None:
         self.network_open = False
-        self.phase = "terminate"
+        self._phase(PhaseEvent.LCP_DOWN)
         self.ipcp.down(self.now)
 
+    def _phase(self, event: PhaseEvent) -> None:
+        self.phase = PHASE_TABLE.get((self.phase, event), self.phase)
+
     def _network_phase(self) -> None:
-        self.phase = "network"
         self._auth_deadline = None
         self.ipcp.up(self.now)
         self.ipcp.open(self.now)
@@ -1088,7 +1123,7 @@ class PppConnection:
         if self.dead:
             return
         self.dead = True
-        self.phase = "dead"
+        self._phase(PhaseEvent.FINISHED)
         self.network_open = False
         self._auth_deadline = self._chap_deadline = None
         self.ipcp.deadline = None
@@ -1161,6 +1196,7 @@ class PppConnection:
     def _authenticated(self, ok: bool, method: AuthMethod, user: str) -> None:
         self._events.append(Authenticated(ok, method.value, user, "" if ok else "wrong user or password"))
         if ok:
+            self._phase(PhaseEvent.AUTHENTICATED)
             self._network_phase()
         else:
             self._fail("authentication failed")  # RFC 1994 4.2 / RFC 1334 2.2: the authenticator terminates

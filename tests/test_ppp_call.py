@@ -772,3 +772,16 @@ async def test_a_data_call_on_cmux_dlc_1() -> None:
         frames = [e for e in tracer.events if e.kind == "ppp.ipcp"]
         assert frames and all(e.fields.get("dlci") == 1 for e in frames)
         nursery.cancel_scope.cancel()
+
+
+async def test_cgauth_pap_only_is_offered_first() -> None:
+    """+CGAUTH=<cid>,1,... (27.007 10.1.31: PAP): the modem asks PAP, not CHAP."""
+    async with rig() as r:
+        assert "OK" in await r.at('AT+CGDCONT=2,"IP","ota.bipsim"')
+        assert "OK" in await r.at('AT+CGAUTH=2,1,"ota","secret"')
+        assert "CONNECT" in await r.at("ATD*99***2#")
+        host = HostPpp(user="ota", password="secret")
+        await negotiate(r, host)
+        assert host.auth == "pap"
+        first = next(d for p, d in host.frames if p == 0xC021 and d[0] == 1)
+        assert b"\x03\x04\xc0\x23" in first  # Authentication-Protocol PAP in the first Configure-Request
