@@ -167,3 +167,12 @@ async def test_cgerep_while_a_data_call_has_the_line() -> None:
         m.network.detach(by_network=True)
         assert await m.dte.urcs() == []
         assert m.server.held_urcs == ["+CGEV: NW DETACH"]
+
+
+async def test_cgev_me_deact_when_the_me_ends_a_context() -> None:
+    """A context the ME ends unasked (the own-stack bearer closing the card's channel): ME DEACT (10.1.19)."""
+    async with modem() as (m,):
+        assert await m.dte.at("AT+CGEREP=2") == ["OK"]
+        context = m.network.activate("internet")
+        m.network.deactivate(context.cid, "channel closed")
+        assert await m.dte.urcs() == [f'+CGEV: ME DEACT "IP","{context.address}",{context.cid}']
