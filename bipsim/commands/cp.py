@@ -62,7 +62,8 @@ if TYPE_CHECKING:
     help="Card profile for --card sim: a built-in NAME (default; omapi: ARA-M rules granting the test application "
     "the echo applet; omapi-no-rules: no ARA-M; omapi-empty: an empty rule set; omapi-malformed: a broken rule "
     "TLV; omapi-arf: the rules as PKCS#15 access rule files; usat-menu: a SIM toolkit menu for a host's toolkit, "
-    "no OTA session; phonebook: a dozen contacts, FDN, SDN and an own number for the phonebook commands) or a "
+    "no OTA session; phonebook: a dozen contacts, FDN, SDN and an own number for the phonebook commands; pin: "
+    "PIN1 enabled, the modem boots into +CPIN: SIM PIN until 1234 is entered) or a "
     "TOML/JSON FILE of keys over the default "
     "(uicc/default_profile.toml).",
 )
@@ -155,7 +156,8 @@ if TYPE_CHECKING:
     "sms_listen",
     metavar="HOST:PORT",
     help="Serve the simulated network's SMS centre's control socket here (TCP; port 0 picks one, said on stdout as "
-    "'sms listening on HOST:PORT'): `bipsim sms` injects MT messages and lists the MO ones through it. Bind "
+    "'sms listening on HOST:PORT'): `bipsim sms` injects MT messages and lists the MO ones through it, "
+    "`bipsim call` offers and ends voice calls. Bind "
     "127.0.0.1 unless another machine must reach it.",
 )
 @click.option(
