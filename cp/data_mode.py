@@ -174,6 +174,29 @@ class EscapeDetector:
 # --- the call --------------------------------------------------------------------------------------------------
 
 
+class CallState(Enum):
+    """Where a data call is (V.250 6.3.1: online data state, online command state)."""
+
+    ONLINE = "online data"
+    COMMAND = "online command"  # suspended: AT served, ATO resumes
+    ENDED = "ended"
+
+
+class CallEvent(Enum):
+    ESCAPE = "escape"  # +++, or DTR dropped under &D1
+    RESUME = "ATO"
+    END = "end"  # NO CARRIER: LCP down, hang-up, deactivation, the line gone
+
+
+CALL_TABLE: dict[tuple[CallState, CallEvent], CallState] = {
+    (CallState.ONLINE, CallEvent.ESCAPE): CallState.COMMAND,
+    (CallState.COMMAND, CallEvent.RESUME): CallState.ONLINE,
+    (CallState.ONLINE, CallEvent.END): CallState.ENDED,
+    (CallState.COMMAND, CallEvent.END): CallState.ENDED,
+    (CallState.ENDED, CallEvent.END): CallState.ENDED,
+}
+
+
 @dataclass
 class DataCall:
     """One data call: its context, its PPP link, the radio bearer's end, and where its AT server is."""
@@ -184,14 +207,28 @@ class DataCall:
     server: AtServer
     end: LinkEnd
     scope: trio.CancelScope
-    online: bool = False
-    ended: bool = False
+    state: CallState = CallState.ONLINE
     reason: str = ""
     write_lock: trio.Lock = field(default_factory=trio.Lock)
     dropped_down: int = 0  # packets toward the host while it was in command mode
     dtr_dropped: bool = False
     last_words: bytes = b""  # what goes to the host before NO CARRIER when the call ended under the loop
     waiting: trio.CancelScope | None = None  # the online loop's wait for the line, cancelled by wake()
+
+    def fire(self, event: CallEvent) -> None:
+        """Moves the call by CALL_TABLE; an event its state does not take is a bug of the caller."""
+        new = CALL_TABLE.get((self.state, event))
+        if new is None:
+            raise RuntimeError(f"data call: {event.value} while {self.state.value}")
+        self.state = new
+
+    @property
+    def online(self) -> bool:
+        return self.state is CallState.ONLINE
+
+    @property
+    def ended(self) -> bool:
+        return self.state is CallState.ENDED
 
     def wake(self) -> None:
         """Ends the online loop's wait (DTR dropped, the call ended from elsewhere)."""
@@ -288,6 +325,7 @@ class DataCommands:
             if previous is None:
                 raise ResultCode("NO CARRIER")
             return await previous(request)
+        call.fire(CallEvent.RESUME)
         self._trace_call(call, "resumed", "ATO: back online")
         server.after_response(lambda: self._serve(call))
         raise ResultCode("CONNECT")
@@ -431,7 +469,7 @@ class DataCommands:
         stream = server.stream
         escape = EscapeDetector(server.settings.s12 / 50, now=trio.current_time())
         pending = server.take_over()
-        call.online = server.online_data = True
+        server.online_data = True
         call.dtr_dropped = False
         mux, dlci = getattr(stream, "mux", None), getattr(stream, "dlci", None)
         listeners = getattr(mux, "signal_listeners", None)
@@ -465,7 +503,8 @@ class DataCommands:
                         self._trace_call(call, "dtr", "DTR dropped (&D2): hang up")
                         await self._terminate(call, "DTR dropped")
                         break
-                    call.online = server.online_data = False  # &D1: online command state, OK
+                    server.online_data = False  # &D1: online command state, OK
+                    call.fire(CallEvent.ESCAPE)
                     self._trace_call(call, "dtr", "DTR dropped (&D1): online command mode")
                     await server.send_result("OK")
                     return
@@ -473,7 +512,8 @@ class DataCommands:
                     break
                 if data is None:
                     if escape.expired(now):
-                        call.online = server.online_data = False
+                        server.online_data = False
+                        call.fire(CallEvent.ESCAPE)
                         self._trace_call(call, "escape", "+++: online command mode")
                         await server.send_result("OK")
                         return
@@ -487,7 +527,7 @@ class DataCommands:
                 if passed:
                     await self._events(call, call.conn.receive_data(passed, now))
         finally:
-            call.online = server.online_data = False
+            server.online_data = False
             if isinstance(listeners, list) and on_signals in listeners:
                 listeners.remove(on_signals)
         if call.ended and not server.gone:
@@ -529,7 +569,7 @@ class DataCommands:
     def _end(self, call: DataCall, reason: str) -> None:
         if call.ended:
             return
-        call.ended = True
+        call.fire(CallEvent.END)
         call.reason = reason
         counters = call.conn.counters
         total = self.volumes.setdefault(call.cid, [0, 0])

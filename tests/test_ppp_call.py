@@ -785,3 +785,12 @@ async def test_cgauth_pap_only_is_offered_first() -> None:
         assert host.auth == "pap"
         first = next(d for p, d in host.frames if p == 0xC021 and d[0] == 1)
         assert b"\x03\x04\xc0\x23" in first  # Authentication-Protocol PAP in the first Configure-Request
+
+
+def test_the_call_moves_only_by_its_table() -> None:
+    from bipsim.cp.data_mode import CALL_TABLE, CallEvent, CallState
+
+    assert CALL_TABLE[(CallState.ONLINE, CallEvent.ESCAPE)] is CallState.COMMAND
+    assert CALL_TABLE[(CallState.COMMAND, CallEvent.RESUME)] is CallState.ONLINE
+    assert (CallState.ONLINE, CallEvent.RESUME) not in CALL_TABLE  # ATO while online is not a resume
+    assert (CallState.ENDED, CallEvent.RESUME) not in CALL_TABLE  # an ended call never comes back
