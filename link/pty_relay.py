@@ -12,13 +12,22 @@ went busy, so a late wake-up is caught up from the relay's buffer (a serial driv
 transmit buffer while its writer sleeps) instead of being lost, and at most one FIFO's worth (4 KiB by default)
 of lateness is ever made up. Bytes
 the relay has not taken yet wait in the kernel's pty buffer, which blocks the writer as a full UART FIFO would.
+
+The relay sleeps until a release is due on a Linux timerfd (`TimerFd`, timerfd_create(2), nanosecond deadlines)
+when trio runs on its system clock: trio's own sleeps wait in epoll_wait(2), whose timeout is whole milliseconds
+rounded up, so each release would come up to a millisecond late. On a line that carries one short frame at a time
+(an AT command, a prompt, an answer: docs/performance.md, "MO SMS through +CMGS") that lateness was a third of
+the frame's own line time. Bytes still never leave before their time; only the wake-up is closer to it.
 """
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
+import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -111,6 +120,94 @@ class UartPacer:
         return self._origin + (self._count + count) / self.rate
 
 
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+class _Itimerspec(ctypes.Structure):
+    _fields_ = [("it_interval", _Timespec), ("it_value", _Timespec)]
+
+
+# <time.h>; Python's perf_counter, which trio's system clock reads, is this clock on Linux
+_CLOCK_MONOTONIC = 1
+
+
+def _libc_timerfd() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.timerfd_create.argtypes = [ctypes.c_int, ctypes.c_int]
+        libc.timerfd_settime.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+_LIBC = _libc_timerfd()
+
+
+class TimerFd:
+    """A one-shot Linux timerfd (timerfd_create(2)) to sleep on with sub-millisecond precision under trio.
+
+    `sleep_until(deadline)` takes a deadline on trio's clock, like trio.sleep_until, and returns at or after it;
+    trio's own sleeps are rounded up to the next millisecond by epoll_wait(2). Only for trio's system clock (the
+    timer runs on the real monotonic clock): `relay_sleeper` picks it. Cancellable; close() releases the
+    descriptor.
+    """
+
+    def __init__(self) -> None:
+        if _LIBC is None:
+            raise OSError("timerfd is not available on this system")
+        fd = _LIBC.timerfd_create(_CLOCK_MONOTONIC, os.O_NONBLOCK | os.O_CLOEXEC)
+        if fd < 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, os.strerror(errno))
+        self.fd: int = fd
+
+    def _arm(self, seconds: float) -> None:
+        nanoseconds = max(1, math.ceil(seconds * 1e9))  # 0 would disarm the timer
+        spec = _Itimerspec(
+            _Timespec(0, 0), _Timespec(nanoseconds // 1_000_000_000, nanoseconds % 1_000_000_000)
+        )
+        if _LIBC is None or _LIBC.timerfd_settime(self.fd, 0, ctypes.byref(spec), None) != 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, os.strerror(errno))
+
+    async def sleep_until(self, deadline: float) -> None:
+        """Returns once trio's clock has reached `deadline` (at once, after a checkpoint, if it has)."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while (remaining := deadline - trio.current_time()) > 0:
+            self._arm(remaining)  # settime also clears an expiry left over from a cancelled sleep
+            await trio.lowlevel.wait_readable(self.fd)
+            try:
+                os.read(self.fd, 8)  # the expiry count: read to make the descriptor unreadable again
+            except BlockingIOError:
+                pass
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            trio.lowlevel.notify_closing(self.fd)
+            os.close(self.fd)
+            self.fd = -1
+
+
+SleepUntil = Callable[[float], Awaitable[None]]
+
+
+def relay_sleeper() -> tuple[SleepUntil, TimerFd | None]:
+    """How the relay sleeps until a release is due: on a TimerFd under trio's system clock (returned too, for the
+    caller to close), trio.sleep_until otherwise (a MockClock's virtual time, or no timerfd on this system)."""
+    if _LIBC is None or type(trio.lowlevel.current_clock()).__name__ != "SystemClock":
+        return trio.sleep_until, None
+    try:
+        timer = TimerFd()
+    except OSError:
+        return trio.sleep_until, None
+    return timer.sleep_until, timer
+
+
 class PacedSource(Protocol):
     """What the paced relay reads: a trio receive stream that can also say what is already buffered."""
 
@@ -126,6 +223,7 @@ async def copy_paced(
     *,
     chunk: int,
     stats: DirectionStats | None = None,
+    sleep_until: SleepUntil = trio.sleep_until,
 ) -> None:
     """Copies src to dst at the pacer's rate until src ends: the trio adapter of `UartPacer`.
 
@@ -133,7 +231,8 @@ async def copy_paced(
     `chunk` of them is due and then sends every byte that is due (all of them after a late wake-up). When it runs
     empty, bytes already waiting in the source keep the busy period going (the driver refills the FIFO); only
     when nothing is waiting does the line go idle, and the next bytes start a new busy period. `stats` gets
-    the bytes sent and the time spent waiting for `dst` to take them (a reader that does not read).
+    the bytes sent and the time spent waiting for `dst` to take them (a reader that does not read). `sleep_until`
+    is how it waits for a release (`relay_sleeper`: a TimerFd on trio's system clock).
     """
     buffer = bytearray()
     while True:
@@ -149,7 +248,7 @@ async def copy_paced(
             buffer += src.receive_available(pacer.fifo - len(buffer))
         count = pacer.take(trio.current_time(), len(buffer))
         if not count:
-            await trio.sleep_until(pacer.due(min(len(buffer), chunk)))
+            await sleep_until(pacer.due(min(len(buffer), chunk)))
             continue
         before = trio.current_time()
         await dst.send_all(bytes(buffer[:count]))
@@ -216,9 +315,12 @@ class PtyPair:
     )
     baud: int | None = None  # None: as fast as the ptys go; else 8N1 pacing, baud/10 bytes/s per direction
     fifo: int | None = None  # the paced relay's FIFO in bytes (default_fifo of the rate when None)
+    # paced: wake on a timerfd when due (relay_sleeper); False: trio's sleeps, late by up to a millisecond
+    # (a benchmark's "before" figure)
+    timerfd: bool = True
 
     @classmethod
-    def create(cls, *, baud: int | None = None, fifo: int | None = None) -> PtyPair:
+    def create(cls, *, baud: int | None = None, fifo: int | None = None, timerfd: bool = True) -> PtyPair:
         if baud is not None and baud <= 0:
             raise ValueError(f"baud must be positive, got {baud}")
         if fifo is not None and fifo < 1:
@@ -235,6 +337,7 @@ class PtyPair:
             (slaves[0], slaves[1]),
             baud=baud,
             fifo=fifo,
+            timerfd=timerfd,
         )
 
     @property
@@ -256,7 +359,12 @@ class PtyPair:
     async def _copy_paced(self, src: PtyStream, dst: PtyStream, stats: DirectionStats, rate: float) -> None:
         pacer = UartPacer(rate, fifo=self.fifo or default_fifo(rate))
         stats.pacer = pacer
-        await copy_paced(src, dst, pacer, chunk=default_chunk(rate), stats=stats)
+        sleep_until, timer = relay_sleeper() if self.timerfd else (trio.sleep_until, None)
+        try:
+            await copy_paced(src, dst, pacer, chunk=default_chunk(rate), stats=stats, sleep_until=sleep_until)
+        finally:
+            if timer is not None:
+                timer.close()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Copies both ways until cancelled."""

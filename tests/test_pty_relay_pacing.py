@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 
 import pytest
 import trio
@@ -13,7 +14,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bipsim.link.pty import PtyStream, open_pty, set_raw
-from bipsim.link.pty_relay import PtyPair, UartPacer, copy_paced, default_chunk, default_fifo
+from bipsim.link.pty_relay import (
+    PtyPair,
+    TimerFd,
+    UartPacer,
+    copy_paced,
+    default_chunk,
+    default_fifo,
+    relay_sleeper,
+)
 
 RATE = 1000.0  # bytes a second: 10 000 baud 8N1, round numbers for the arithmetic
 FIFO = 50
@@ -321,3 +330,71 @@ def test_a_timeline_counts_the_bytes_of_a_window() -> None:
     assert stats.bytes_between(3.0, 9.0) == 0
     with pytest.raises(ValueError):
         DirectionStats().bytes_between(0.0, 1.0)
+
+
+async def test_relay_waits_with_the_sleeper_it_is_given(autojump_clock: trio.testing.MockClock) -> None:
+    """copy_paced sleeps through its `sleep_until` (the pair's timerfd), until each chunk's due time."""
+    source, line, pacer = FakeSource(), FakeLine(), UartPacer(RATE, fifo=FIFO)
+    deadlines: list[float] = []
+
+    async def sleeper(deadline: float) -> None:
+        deadlines.append(deadline)
+        await trio.sleep_until(deadline)
+
+    source.feed(bytes(12))
+    source.close()
+    start = trio.current_time()
+    await copy_paced(source, line, pacer, chunk=CHUNK, sleep_until=sleeper)
+    assert bytes(line.received) == bytes(12)
+    assert [round(d - start, 6) for d in deadlines] == [0.005, 0.010, 0.012]
+
+
+async def test_relay_sleeps_on_trio_under_a_mock_clock(mock_clock: trio.testing.MockClock) -> None:
+    # a timerfd runs on the real clock: under virtual time the relay must keep trio's sleeps
+    assert relay_sleeper() == (trio.sleep_until, None)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="timerfd is Linux's")
+async def test_timerfd_sleep_never_wakes_before_its_deadline() -> None:
+    sleep_until, timer = relay_sleeper()
+    assert isinstance(timer, TimerFd)
+    try:
+        assert sleep_until == timer.sleep_until
+        for delay in (0.0, -1.0, 1e-6, 2e-4, 1.7e-3):
+            deadline = trio.current_time() + delay
+            await timer.sleep_until(deadline)
+            assert trio.current_time() >= deadline
+        # a cancelled sleep leaves the timer armed; the next sleep re-arms it and still waits its own deadline
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await timer.sleep_until(trio.current_time() + 60)
+        assert scope.cancelled_caught
+        deadline = trio.current_time() + 5e-4
+        await timer.sleep_until(deadline)
+        assert trio.current_time() >= deadline
+    finally:
+        timer.close()
+    assert timer.fd == -1
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="timerfd is Linux's")
+async def test_a_paced_pair_on_timerfd_carries_every_byte() -> None:
+    pair = PtyPair.create(baud=115200)
+    assert pair.timerfd
+    a, b = PtyStream.open(pair.paths[0]), PtyStream.open(pair.paths[1])
+    payload = bytes(range(256)) * 2
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(pair.run)
+            await a.send_all(payload)
+            got = b""
+            with trio.fail_after(10):
+                while len(got) < len(payload):
+                    got += await b.receive_some(4096)
+            nursery.cancel_scope.cancel()
+    finally:
+        await a.aclose()
+        await b.aclose()
+        await pair.aclose()
+    assert got == payload
+    assert pair.stats[0].pacer is not None and pair.stats[0].pacer.lost == 0
