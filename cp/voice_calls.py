@@ -258,7 +258,7 @@ class VoiceCalls:
     def incoming(self, number: str) -> None:
         """The network offers a call from `number`: incoming (or waiting, behind a call that is up), ringing."""
         if len(self.calls) >= MAX_CALLS:
-            return  # the network gets user busy
+            raise ValueError(f"user busy: the ME has {MAX_CALLS} calls already")  # the caller gets cause #17
         busy = any(c.state in (CallState.ACTIVE, CallState.HELD) for c in self.calls.values())
         call = Call(self._new_id(), number, True, CallState.WAITING if busy else CallState.INCOMING)
         self.calls[call.id] = call

@@ -20,6 +20,7 @@ import trio.testing
 
 from bipsim.cp.network import RegStatus
 from bipsim.cp.voice_calls import CALL_TRANSITIONS, RING_PERIOD, CallState, VoiceCalls
+from bipsim.net.smsc import RequestError
 from bipsim.trace.kinds import Kind
 from bipsim.trace.recorder import Tracer
 from tests.modem_harness import Modem, modem
@@ -223,3 +224,17 @@ def test_call_help_explains_itself() -> None:
         [sys.executable, "-m", "bipsim", "call", "--help"], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0 and "--sms-listen" in result.stdout and "incoming" in result.stdout
+
+
+async def test_an_eighth_call_is_user_busy() -> None:
+    """27.007 7.18 numbers calls 1..7: the network's offer of an eighth is refused (user busy)."""
+    async with modem() as (m,):
+        voice = voice_of(m)
+        voice.unanswered_numbers.update(str(n) for n in range(7))
+        for n in range(7):
+            m.network.incoming_call(str(n))
+        assert len(voice.calls) == 7
+        with pytest.raises(ValueError, match="user busy"):
+            m.network.incoming_call("8")
+        with pytest.raises(RequestError, match="user busy"):
+            voice._control_call({"op": "call", "from": "8"})
