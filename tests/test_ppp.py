@@ -278,3 +278,36 @@ def test_the_accm_applies_from_the_frame_after_the_ack_in_the_same_read() -> Non
         dropped += [e for e in a.receive_data(b.data_to_send(), 0.0) if isinstance(e, FrameDropped)]
     assert not dropped
     assert a.network_open and b.network_open
+
+
+def test_a_host_insisting_on_a_rejected_option_is_closed() -> None:
+    conn, peer = connection(config=PppConfig(max_failure=2))
+    peer.frames()
+    codes = []
+    for ident in range(4):
+        peer.send(PPP(proto=0xC021) / bytes.fromhex(f"01{ident:02x}0008 6304 0102".replace(" ", "")))
+        codes += [code(f) for f in peer.frames()]
+    # Configure-Reject of option 99 Max-Failure times, then Terminate-Request: the configuration does not converge
+    assert codes[:3] == [4, 4, 5]
+    assert conn.lcp.state is State.CLOSING
+
+
+def test_a_host_asking_us_to_authenticate_is_rejected() -> None:
+    conn, peer = connection()
+    peer.frames()
+    peer.send(PPP(proto=0xC021) / bytes.fromhex("01010008" + "0304c023"))
+    (reply,) = peer.frames()
+    assert code(reply) == 4 and bytes(reply[PPP].payload)[4:] == bytes.fromhex("0304c023")
+
+
+def test_compressed_address_and_protocol_fields_after_lcp_opened() -> None:
+    """RFC 1661 6.5-6.6: once PFC and ACFC are acked, frames may come without FF 03 and with a one-byte protocol;
+    before LCP opens, a frame without FF 03 is dropped."""
+    conn, peer = connection()
+    events = conn.receive_data(encode_frame(b"\xc0\x21\x01\x01\x00\x04"), 0.0)
+    assert any(getattr(e, "reason", "") == "no address and control field" for e in events)
+    open_lcp(conn, peer)
+    conn.network_open = True  # the IP path alone: IPCP is tested above
+    packet = bytes.fromhex("450000140001000040ff0000c6336407c6336401")
+    events = conn.receive_data(encode_frame(b"\x21" + packet, accm=0), 1.0)
+    assert [e.packet for e in events if hasattr(e, "packet")] == [packet]
