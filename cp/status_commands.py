@@ -197,7 +197,7 @@ class StatusCommands:
             kind=Kind.NITZ,
             fields={"tz": quarters, "dst": dst},
         )
-        local = self.clock() + timedelta(minutes=15 * quarters)
+        local = self.clock() + self.clock_offset + timedelta(minutes=15 * quarters)
         for server, reporting in list(self.ctzr.items()):
             if reporting == 1:
                 self._urc(server, [f'+CTZV: "{format_zone(quarters)}"'])
