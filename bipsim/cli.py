@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "soak": ("soak", "soak", "Run OTA sessions with seeded faults and check the card's state."),
     "fleet": ("fleet", "fleet", "Run many simulated cards in worker processes against one OTA server."),
     "trace": ("trace", "trace", "Render, export (pcap), replay or diff traces."),
+    "sync-server": ("sync_server", "sync_server", "Run the SIM data sync server (contacts, messages per subscriber)."),
 }
 
 
