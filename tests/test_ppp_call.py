@@ -658,6 +658,15 @@ def test_a_running_bipsim_cp_takes_a_data_call(tmp_path: Path) -> None:
     events = [json.loads(line) for line in trace.read_text().splitlines()]
     assert any(e.get("kind") == "ppp.ipcp" for e in events)
     assert os.path.getsize(trace) > 0
+    out = tmp_path / "cp.pcap"
+    result = subprocess.run(
+        [sys.executable, "-m", "bipsim", "trace", "pcap", str(trace), "-o", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"PPP frames of data calls to {tmp_path / 'cp.ppp.pcap'}" in result.stdout
+    assert (tmp_path / "cp.ppp.pcap").read_bytes()[20:24] == (204).to_bytes(4, "little")
 
 
 def test_pppd_gets_an_address_and_fetches_a_page(tmp_path: Path, need: Callable[[str], str]) -> None:

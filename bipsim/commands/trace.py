@@ -118,11 +118,16 @@ def render_cmd(
 @strict_option
 @legacy_strict_option
 def pcap_cmd(files: tuple[str, ...], output: str, skip_invalid: bool, strict: bool) -> None:
-    """Export APDUs as GSMTAP SIM (UDP 4729), network bytes as IP/TCP, AT (UDP 27007) and CMUX (UDP 27010)."""
-    from bipsim.trace.pcap import export_pcap
+    """Export APDUs as GSMTAP SIM (UDP 4729), network bytes as IP/TCP, AT (UDP 27007) and CMUX (UDP 27010).
+    The PPP frames of data calls, if any, go to OUTPUT's name with .ppp before the suffix (link type 204)."""
+    from bipsim.trace.pcap import PPP_FRAME_KINDS, export_pcap, ppp_pcap_path
 
-    count = export_pcap(load(files, skip_invalid), output)
+    events = list(load(files, skip_invalid))
+    count = export_pcap(events, output)
     click.echo(f"wrote {count} packets to {output}")
+    frames = sum(1 for event in events if event.kind in PPP_FRAME_KINDS and event.hex)
+    if frames:
+        click.echo(f"wrote {frames} PPP frames of data calls to {ppp_pcap_path(output)}")
 
 
 @trace.command("diff")
