@@ -195,6 +195,7 @@ class ModemCommands:
         self.functionality = 1
         self.charset = "IRA"
         self.cops_format = 2  # +COPS=3,<format>: 0 long alphanumeric, 1 short alphanumeric, 2 numeric
+        self.cops_mode = 0  # +COPS <mode> (27.007 7.3): 0 automatic, 1 manual, 2 deregistered, 4 manual/automatic
         self.reg_modes = {"+CREG": 0, "+CGREG": 0, "+CEREG": 0}
         self.definitions: dict[int, tuple[str, str]] = {}
         # +CGAUTH (27.007 10.1.31): <cid> -> (<auth_prot>, <userid>, <password>)
@@ -491,10 +492,10 @@ class ModemCommands:
         config = self.network.config
         if request.kind is CommandKind.READ:
             if not self.network.registered:
-                return ["+COPS: 0"]
+                return [f"+COPS: {self.cops_mode}"]
             # the alphanumeric names are strings of the +CSCS set (27.007 5.5); the numeric one is digits
             names = {0: self.te(config.operator), 1: self.te("bipsim"), 2: f"{config.mcc}{config.mnc}"}
-            return [f'+COPS: 0,{self.cops_format},"{names[self.cops_format]}",{config.rat}']
+            return [f'+COPS: {self.cops_mode},{self.cops_format},"{names[self.cops_format]}",{config.rat}']
         if request.kind is CommandKind.TEST:
             long_name, short_name = self.te(config.operator), self.te("bipsim")
             return [
@@ -506,7 +507,22 @@ class ModemCommands:
                 raise CmeError(CME_BAD_PARAMETERS)
             self.cops_format = fmt
             return None
+        if request.kind is CommandKind.SET and _int(request.args, 0, 0) in (1, 4):
+            # manual selection (27.007 7.3): <oper> in <format>, the alphanumeric ones in the +CSCS set; the
+            # network model has one operator: another one is not found (1: no network service; 4: automatic)
+            _at_most(request.args, 4)
+            fmt = _ranged(request.args, 1, 0, 2)
+            wanted = _str(request.args, 2)
+            names = {0: config.operator, 1: "bipsim", 2: f"{config.mcc}{config.mnc}"}
+            found = (self.from_te(wanted) if fmt != 2 else wanted) == names[fmt]
+            if not found and _int(request.args, 0) == 1:
+                raise CmeError(CME_NO_SERVICE)
+            self.cops_format = fmt
+            self.cops_mode = _int(request.args, 0)
+            self.network.set_status(RegStatus.HOME)
+            return None
         if request.kind is CommandKind.SET and _int(request.args, 0, 0) in (0, 2):
+            self.cops_mode = _int(request.args, 0, 0)
             self.network.set_status(
                 RegStatus.HOME if _int(request.args, 0, 0) == 0 else RegStatus.NOT_REGISTERED
             )

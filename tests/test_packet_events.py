@@ -176,3 +176,18 @@ async def test_cgev_me_deact_when_the_me_ends_a_context() -> None:
         context = m.network.activate("internet")
         m.network.deactivate(context.cid, "channel closed")
         assert await m.dte.urcs() == [f'+CGEV: ME DEACT "IP","{context.address}",{context.cid}']
+
+
+async def test_cops_manual_selection_in_the_character_set() -> None:
+    """+COPS=1,<format>,<oper> (27.007 7.3): the operator named in the +CSCS set (5.5) is selected; another one
+    is not found (+CME ERROR: 30); +COPS=4 falls back to automatic."""
+    async with modem() as (m,):
+        name = m.network.config.operator
+        ucs2 = "".join(f"{ord(ch):04X}" for ch in name)
+        assert await m.dte.at('AT+CMEE=1;+COPS=2;+CSCS="UCS2"') == ["OK"]
+        assert await m.dte.at(f'AT+COPS=1,0,"{ucs2}"') == ["OK"]
+        assert m.network.registered
+        assert await m.dte.at('AT+COPS=1,2,"99999"') == ["+CME ERROR: 30"]
+        assert await m.dte.at('AT+COPS=4,2,"99999"') == ["OK"]
+        assert await m.dte.at("AT+COPS?") == ['+COPS: 4,2,"00101",7', "OK"]
+        assert await m.dte.at("AT+COPS=0;+COPS?") == ['+COPS: 0,2,"00101",7', "OK"]
