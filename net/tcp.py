@@ -45,6 +45,8 @@ __all__ = [
 ]
 
 _MASK = 0xFFFFFFFF
+_CUBIC_BETA = 0.7  # RFC 9438 4.6
+_CUBIC_C = 0.4  # RFC 9438 5
 Endpoint = tuple[IPv4Address, int]
 
 
@@ -225,7 +227,9 @@ class TcpConfig:
     a SYN and of data before the connection fails with TimedOut (Linux's tcp_syn_retries 6 and tcp_retries2 15).
     `delayed_ack` is the RFC 1122 4.2.3.2 delay (at most 0.5 s; 0 acknowledges every segment at once).
     `challenge_acks_per_second` is RFC 5961 section 7's rate limit. `sack` offers and uses selective
-    acknowledgments (RFC 2018 blocks in our ACKs; RFC 6675 loss recovery as a sender). `fin_wait_2_timeout` ends a connection the
+    acknowledgments (RFC 2018 blocks in our ACKs; RFC 6675 loss recovery as a sender). `congestion` is "reno"
+    (RFC 5681 congestion avoidance, halving on a loss) or "cubic" (RFC 9438: the cubic window growth and a
+    decrease to 0.7, as Linux); slow start, fast retransmit and recovery are the same for both. `fin_wait_2_timeout` ends a connection the
     user closed fully (`close`) whose peer acknowledged our FIN but never sends its own (Linux's tcp_fin_timeout);
     after a half close (`shutdown`) FIN-WAIT-2 lasts as long as the peer keeps sending.
     """
@@ -245,6 +249,7 @@ class TcpConfig:
     window_scale: bool = True
     challenge_acks_per_second: int = 10
     sack: bool = True
+    congestion: str = "reno"
     fin_wait_2_timeout: float = 60.0
 
     def __post_init__(self) -> None:
@@ -254,6 +259,8 @@ class TcpConfig:
             raise ValueError("buffers must be 1 byte .. 1 GiB")
         if not 0 < self.min_rto <= self.initial_rto <= self.max_rto:
             raise ValueError("need 0 < min_rto <= initial_rto <= max_rto")
+        if self.congestion not in ("reno", "cubic"):
+            raise ValueError(f"congestion control {self.congestion!r}: reno or cubic")
         if not 0 <= self.delayed_ack <= 0.5:
             raise ValueError("delayed_ack must be 0 .. 0.5 s (RFC 1122 4.2.3.2)")
 
@@ -344,6 +351,10 @@ class TcpConnection:
         self.ssthresh = 1 << 30
         self._dupacks = 0
         self._bytes_acked = 0
+        self._cubic_w_max = 0.0  # RFC 9438 state, in segments
+        self._cubic_k = 0.0
+        self._cubic_w_est = 0.0
+        self._cubic_epoch: float | None = None
         self._in_recovery = False
         self._recover = self.iss
         # persist timer (RFC 9293 3.8.6.1)
@@ -751,13 +762,16 @@ class TcpConnection:
         self._dupacks = 0
         if self._in_recovery:
             if ack >= self._recover:
-                # RFC 6582 3.2 step 3: full acknowledgment, deflate the window
-                self.cwnd = min(self.ssthresh, max(self.snd_max - self.snd_una, mss) + mss)
+                # RFC 6582 3.2 step 3, its option (2): full acknowledgment, the window is ssthresh (option (1)'s
+                # FlightSize + SMSS shrank it to almost nothing after a recovery that sent little new data)
+                self.cwnd = self.ssthresh
                 self._in_recovery = False
+            elif self._sack_ok and self._sacked:
+                # the next hole is lost too; the SACKed bytes are out of the window's count (see _output)
+                self._retransmit_hole(now)
             else:
-                # partial acknowledgment: the next hole is lost too (with SACK, the next one not yet resent)
-                if not self._retransmit_hole(now):
-                    self._retransmit_first(now, "fast")
+                # partial acknowledgment: the next segment is lost too
+                self._retransmit_first(now, "fast")
                 self.cwnd = max(self.cwnd - acked + (mss if acked >= mss else 0), mss)
             return
         if self.cwnd < self.ssthresh:
@@ -765,6 +779,8 @@ class TcpConnection:
             # with delayed ACKs (one ACK per two segments) RFC 5681's one SMSS per ACK would halve the growth
             self.cwnd += min(acked, 2 * mss)
             self._bytes_acked = 0
+        elif self.config.congestion == "cubic":
+            self._cubic_avoidance(acked, now)
         else:
             # congestion avoidance by byte counting (RFC 5681 3.1): one SMSS per cwnd of acknowledged bytes
             self._bytes_acked += acked
@@ -772,25 +788,68 @@ class TcpConnection:
                 self._bytes_acked -= self.cwnd
                 self.cwnd += mss
 
+    def _congestion_event(self, now: float) -> None:
+        """A loss: the new ssthresh (RFC 5681 equation (4), or RFC 9438 4.6 with CUBIC's beta 0.7)."""
+        mss = self.eff_mss
+        flight = self.snd_max - self.snd_una
+        if self.config.congestion == "cubic":
+            segments = self.cwnd / mss
+            # RFC 9438 4.7 fast convergence: a flow whose window shrank gives up more
+            if segments < self._cubic_w_max:
+                self._cubic_w_max = segments * (1 + _CUBIC_BETA) / 2
+            else:
+                self._cubic_w_max = segments
+            self._cubic_epoch = None
+            self.ssthresh = max(int(flight * _CUBIC_BETA), 2 * mss)
+        else:
+            self.ssthresh = max(flight // 2, 2 * mss)
+
+    def _cubic_avoidance(self, acked: int, now: float) -> None:
+        """RFC 9438 section 4: the window follows W(t) = C (t - K)^3 + W_max, never below the Reno-friendly
+        estimate W_est (4.3); in segments, converted to bytes."""
+        mss = self.eff_mss
+        cwnd = self.cwnd / mss
+        if self._cubic_epoch is None:
+            self._cubic_epoch = now
+            if self._cubic_w_max < cwnd:
+                self._cubic_w_max = cwnd
+            self._cubic_k = ((self._cubic_w_max - cwnd) / _CUBIC_C) ** (1 / 3)
+            self._cubic_w_est = cwnd
+        rtt = self.srtt if self.srtt is not None else self.rto
+        t = now - self._cubic_epoch
+        target = _CUBIC_C * (t + rtt - self._cubic_k) ** 3 + self._cubic_w_max
+        target = min(max(target, cwnd), 1.5 * cwnd)
+        alpha = 3 * (1 - _CUBIC_BETA) / (1 + _CUBIC_BETA)
+        self._cubic_w_est += alpha * (acked / mss) / cwnd
+        if self._cubic_w_est > target:
+            new = self._cubic_w_est
+        else:
+            new = cwnd + (target - cwnd) / cwnd * (acked / mss)
+        self.cwnd = max(self.cwnd, int(new * mss))
+
     def _on_dupack(self, ack: int, now: float) -> None:
         mss = self.eff_mss
         self._dupacks += 1
         if self._in_recovery:
             # one segment left the network: with SACK it makes room for the next hole (RFC 6675's loss recovery,
-            # simplified to one retransmission per duplicate ACK); otherwise RFC 5681 3.2 step 4 inflates the
-            # window for new data
-            if not self._retransmit_hole(now):
+            # simplified: SACKed bytes do not count as in flight, see _output); without, RFC 5681 3.2 step 4
+            # inflates the window for new data
+            if not (self._sack_ok and self._sacked):
                 self.cwnd += mss
+            else:
+                self._retransmit_hole(now)
             return
         if self._dupacks == 3 and ack >= self._recover:
-            flight = self.snd_max - self.snd_una
-            self.ssthresh = max(flight // 2, 2 * mss)
+            self._congestion_event(now)
             self._recover = self.snd_max
             self._in_recovery = True
             self._rexmit_high = self.snd_una
-            if not self._retransmit_hole(now):
+            if self._sack_ok and self._sacked:
+                self._retransmit_hole(now)
+                self.cwnd = self.ssthresh  # the three SACKed segments are already out of the count
+            else:
                 self._retransmit_first(now, "fast")
-            self.cwnd = self.ssthresh + 3 * mss
+                self.cwnd = self.ssthresh + 3 * mss
 
     def _take_sack(self, blocks: tuple[tuple[int, int], ...]) -> None:
         """Merge the peer's SACK blocks (RFC 2018) into the scoreboard; blocks outside what we sent are ignored."""
@@ -925,7 +984,10 @@ class TcpConnection:
             data_end = self._send_base + len(self._send_buf)
             fin_due = fin_allowed and self.snd_nxt <= data_end
             available = data_end - self.snd_nxt
-            usable = self.snd_una + min(self.cwnd, self.snd_wnd) - self.snd_nxt
+            # in a SACK recovery the bytes the peer holds are not in flight (RFC 6675's pipe, without the "lost"
+            # estimate); the peer's window still counts from SND.UNA
+            sacked = sum(r - left for left, r in self._sacked) if self._in_recovery else 0
+            usable = min(self.snd_una + self.cwnd + sacked, self.snd_una + self.snd_wnd) - self.snd_nxt
             if available > 0:
                 if usable <= 0:
                     break
@@ -1135,7 +1197,7 @@ class TcpConnection:
             return
         # RFC 5681 3.1 equation (4) and the loss window; RFC 6582 4.2: no fast retransmit for what was sent before
         mss = self.eff_mss
-        self.ssthresh = max((self.snd_max - self.snd_una) // 2, 2 * mss)
+        self._congestion_event(now)
         self.cwnd = mss
         self._in_recovery = False
         self._dupacks = 0

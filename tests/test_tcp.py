@@ -1416,3 +1416,33 @@ def test_sack_blocks_outside_what_was_sent_are_ignored() -> None:
     bogus = (((c.snd_max + 10) & 0xFFFFFFFF, (c.snd_max + 20) & 0xFFFFFFFF), (5, 1))
     c.receive(TcpSegment(443, 40000, c.rcv_nxt, c.snd_una, TcpFlags.ACK, 1000, sack_blocks=bogus), 1.1)
     assert c._sacked == []
+
+
+def test_cubic_decrease_and_window_curve() -> None:
+    c, _ = _pair(TcpConfig(congestion="cubic"))
+    mss = c.eff_mss
+    c.cwnd = 100 * mss
+    c.snd_max = c.snd_nxt = c.snd_una + 100 * mss  # as if a full window were in flight
+    c._congestion_event(10.0)
+    assert c.ssthresh == int(100 * mss * 0.7)  # RFC 9438 4.6: beta 0.7
+    c.cwnd = c.ssthresh
+    c.srtt = 0.1
+    k = ((100 - 70) / 0.4) ** (1 / 3)  # RFC 9438 (2): about 4.2 s back to W_max
+    now = 10.0
+    at: dict[str, float] = {}
+    while now < 10.0 + 2 * k:
+        now += 0.1
+        for _ in range(10):  # a window's worth of ACKs per round trip
+            c._cubic_avoidance(c.cwnd // 10, now)
+        if "half" not in at and now >= 10.0 + k / 2:
+            at["half"] = c.cwnd / mss
+        if "k" not in at and now >= 10.0 + k:
+            at["k"] = c.cwnd / mss
+    at["end"] = c.cwnd / mss
+    # concave up to W_max (most of the way back in half the time), a plateau near it, then convex beyond
+    assert 85 < at["half"] < 100 and 95 < at["k"] < 105 and at["end"] > 120
+
+
+def test_congestion_control_is_checked() -> None:
+    with pytest.raises(ValueError, match="reno or cubic"):
+        TcpConfig(congestion="bbr")
