@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import struct
 import subprocess
 from collections.abc import AsyncIterator, Callable
@@ -376,6 +377,7 @@ async def test_a_host_dials_gets_an_address_and_dns_and_fetches_a_page() -> None
     body = b"hello through PPP " * 200
     async with rig() as r, trio.open_nursery() as nursery:
         port = await serve_http(nursery, body)
+        assert "OK" in await r.at("ATS12=5")  # 0.1 s guard time for the +++ at the end
         assert "CONNECT" in await r.at("ATD*99#")
         host = HostPpp()
         await negotiate(r, host)
@@ -407,23 +409,30 @@ async def test_a_host_dials_gets_an_address_and_dns_and_fetches_a_page() -> None
                 if out:
                     await r.host.send_all(out)
 
-        await nursery.start(stack.run)
-        nursery.start_soon(reader)
-        nursery.start_soon(writer)
-        with trio.fail_after(10):
-            tcp = await stack.open_tcp("198.51.100.1", port)
-            await tcp.send_all(b"GET /page HTTP/1.0\r\n\r\n")
-            got = b""
-            while True:
-                chunk = await tcp.receive_some(65536)
-                if not chunk:
-                    break
-                got += chunk
+        async with trio.open_nursery() as host_side:
+            await host_side.start(stack.run)
+            host_side.start_soon(reader)
+            host_side.start_soon(writer)
+            with trio.fail_after(10):
+                tcp = await stack.open_tcp("198.51.100.1", port)
+                await tcp.send_all(b"GET /page HTTP/1.0\r\n\r\n")
+                got = b""
+                while True:
+                    chunk = await tcp.receive_some(65536)
+                    if not chunk:
+                        break
+                    got += chunk
+            host_side.cancel_scope.cancel()
         assert got.endswith(body) and got.startswith(b"HTTP/1.0 200 OK")
         kinds = {e.kind for e in r.tracer.events}
         assert {"ppp.lcp", "ppp.ipcp", "ppp.ip", "ppp.call"} <= kinds
-        counters = r.data._volumes()[1]
-        assert counters[0] >= len(body) and counters[1] > 0
+        await trio.sleep(0.15)  # the guard time before +++
+        await r.host.send_all(b"+++")
+        assert "OK" in await r.result(("OK",))
+        answer = await r.at("AT%DATACNT=1")
+        found = re.search(r"%DATACNT: 1,(\d+),(\d+)", answer)
+        assert found, answer
+        assert int(found.group(1)) >= len(body) and int(found.group(2)) > 0  # IPv4 bytes to and from the host
         nursery.cancel_scope.cancel()
 
 
