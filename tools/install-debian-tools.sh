@@ -6,9 +6,12 @@ set -euo pipefail
 # (pcscd with the vsmartcard vpcd reader, pcsc_scan, opensc-tool and scriptor are the PC/SC peers of docs/hil.md)
 declare -A pkg=([socat]=socat [tshark]=tshark [gammu]=gammu [openssl]=openssl [chromium]=chromium
     [pcscd]=pcscd [pcsc_scan]=pcsc-tools [scriptor]=pcsc-tools [opensc-tool]=opensc
-    [ofonod]=ofono [dbus-daemon]=dbus [busctl]=systemd)
+    [ofonod]=ofono [dbus-daemon]=dbus [busctl]=systemd [ModemManager]=modemmanager [mmcli]=modemmanager
+    [gdbus]=libglib2.0-bin)
 # (ofonod on a private dbus-daemon, driven by busctl, is the oFono peer of tests/ofono_peer.py)
-wanted=(socat tshark gammu openssl chromium pcscd pcsc_scan scriptor opensc-tool ofonod dbus-daemon busctl)
+# (ModemManager's test profile on a private bus, driven by mmcli and gdbus, is the peer of tests/mm_peer.py)
+wanted=(socat tshark gammu openssl chromium pcscd pcsc_scan scriptor opensc-tool ofonod dbus-daemon busctl
+    ModemManager mmcli gdbus)
 [ "${1:-}" = "--demo" ] && wanted=()
 missing=()
 for cmd in "${wanted[@]}"; do
@@ -23,6 +26,8 @@ if [ "${1:-}" != "--demo" ]; then
     [ -e /etc/reader.conf.d/vpcd ] || missing+=(vsmartcard-vpcd)
     # oFono's test scripts (enable-modem, list-modems...) for trying the CP by hand as docs/protocols.md shows
     [ -e /usr/share/ofono/scripts/list-modems ] || missing+=(ofono-scripts)
+    # tests/mm_peer.py's PolicyKit stand-in on the private bus runs on the system python with D-Bus and GLib
+    /usr/bin/python3 -c "import dbus, gi" 2>/dev/null || missing+=(python3-dbus python3-gi)
 fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
