@@ -588,6 +588,7 @@ class DataCommands:
             reason=reason,
             tx_bytes=counters.tx_bytes,
             rx_bytes=counters.rx_bytes,
+            dropped_in_command_mode=call.dropped_down,
         )
         if call.cid in self.core.network.contexts:
             self.core.network.deactivate(call.cid, "data call ended")
