@@ -8,9 +8,9 @@ section 6) that `HostToolkit` (sans-IO) decodes with uicc/cat.py and answers wit
 
 Policies (`bipsim ap --toolkit POLICY`, docs/protocols.md "The AP's toolkit"):
 - `accept`: every command the host offers is carried out: DISPLAY TEXT, PLAY TONE, SET UP IDLE MODE TEXT, LAUNCH
-  BROWSER and SET UP MENU answered OK (nothing is shown or launched), GET INKEY with "y" (yes for a yes/no
-  question), GET INPUT with "bipsim" (digits "1234" when only digits are asked; cut or padded with "x" to the
-  response length), SELECT ITEM with the default item or else the first;
+  BROWSER and SET UP MENU answered OK (nothing is shown or launched), GET INKEY with "y" ("1" when only digits
+  are asked; yes for a yes/no question; never packed), GET INPUT with "bipsim" (digits "1234" when only digits
+  are asked; cut or padded with "x" to the response length), SELECT ITEM with the default item or else the first;
 - `select:N`: as accept, and after the card's SET UP MENU the user selects menu item N once;
 - `refuse`: the user turns everything down: 0x10 (proactive session terminated by the user) for DISPLAY TEXT, GET
   INKEY, GET INPUT, SELECT ITEM and PLAY TONE, 0x22 (user did not accept) for LAUNCH BROWSER and SET UP CALL, 0x30
@@ -77,6 +77,8 @@ USER_ENDS = frozenset(
 )
 INPUT_TEXT = "bipsim"
 INPUT_DIGITS = "1234"
+INKEY_KEY = "y"  # GET INKEY's key when any character may be typed
+INKEY_DIGIT = "1"  # ... and when only digits may
 SIM_BUSY = 14
 ACTIVATE_ATTEMPTS = 50
 ACTIVATE_RETRY = 0.2  # seconds between AT+CUSATA=2 attempts while the card is still starting (+CME ERROR: 14)
@@ -180,13 +182,14 @@ def menu_selection(item: int) -> Envelope:
     )
 
 
-def _text_object(text: str, qualifier: int) -> CatObject:
-    """A text string (section 8.15) coded as GET INPUT / GET INKEY's qualifier asks: UCS2 (bit 2), SMS default
-    alphabet packed (bit 4) or unpacked (section 8.6)."""
+def _text_object(text: str, qualifier: int, *, packing: bool) -> CatObject:
+    """A text string (section 8.15) coded as the command's qualifier asks: UCS2 (bit 2), else the SMS default
+    alphabet, packed only where the command has a packing bit (GET INPUT's bit 4, section 8.6; GET INKEY's bit 4
+    is "immediate digit response" and its answer is never packed, section 6.8.5)."""
     if qualifier & 0x02:
         return obj(Tag.TEXT_STRING, b"\x08" + ucs2_encode(text))
     septets = gsm7_encode(text)
-    if qualifier & 0x08:
+    if packing and qualifier & 0x08:
         return obj(Tag.TEXT_STRING, b"\x00" + pack_7bit(septets))
     return obj(Tag.TEXT_STRING, b"\x04" + septets)
 
@@ -247,9 +250,14 @@ class HostToolkit:
             if command.qualifier & 0x04:  # yes/no question: 01 yes (section 6.8.5)
                 key = b"\x04\x01"
                 return self._reply(command, GeneralResult.OK, objects=[obj(Tag.TEXT_STRING, key)], key="yes")
-            chosen = answer.text if answer is not None and answer.text else "y"
+            # bit 1 clear: digits (0-9, *, #, +) only (section 8.6), so the default key is a digit
+            default_key = INKEY_KEY if command.qualifier & 0x01 else INKEY_DIGIT
+            chosen = answer.text if answer is not None and answer.text else default_key
             return self._reply(
-                command, GeneralResult.OK, objects=[_text_object(chosen, command.qualifier)], key=chosen
+                command,
+                GeneralResult.OK,
+                objects=[_text_object(chosen, command.qualifier, packing=False)],
+                key=chosen,
             )
         if kind == CommandType.GET_INPUT:
             return self._input(command, answer)
@@ -300,7 +308,10 @@ class HostToolkit:
         )
         text = text[:high].ljust(low, "1" if digits_only else "x")
         return self._reply(
-            command, GeneralResult.OK, objects=[_text_object(text, command.qualifier)], text=text
+            command,
+            GeneralResult.OK,
+            objects=[_text_object(text, command.qualifier, packing=True)],
+            text=text,
         )
 
 

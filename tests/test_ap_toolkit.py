@@ -67,6 +67,16 @@ def test_accept_answers_each_command() -> None:
     assert text_decode(digits.response.get(Tag.TEXT_STRING).value)[1] == "12"  # type: ignore[union-attr]
     ucs2 = toolkit.on_proactive(command(CommandType.GET_INKEY, qualifier=0x03))
     assert ucs2.response.get(Tag.TEXT_STRING).value == b"\x08\x00y"  # type: ignore[union-attr]
+    # bit 4 of GET INKEY is "immediate digit response" (TS 102 223 section 6.8.5), not packing: the key stays 8-bit
+    immediate = toolkit.on_proactive(command(CommandType.GET_INKEY, qualifier=0x09))
+    assert immediate.response.get(Tag.TEXT_STRING).value == b"\x04y"  # type: ignore[union-attr]
+    # bit 1 clear: digits only, so the default key is a digit
+    digit = toolkit.on_proactive(command(CommandType.GET_INKEY, qualifier=0x00))
+    assert digit.response.get(Tag.TEXT_STRING).value == b"\x041"  # type: ignore[union-attr]
+    packed = toolkit.on_proactive(
+        command(CommandType.GET_INPUT, (Tag.RESPONSE_LENGTH, b"\x01\x06"), qualifier=0x09)
+    )
+    assert packed.response.get(Tag.TEXT_STRING).value[0] == 0x00  # type: ignore[union-attr]  # GET INPUT packs
     yes = toolkit.on_proactive(command(CommandType.GET_INKEY, qualifier=0x04))
     assert yes.response.get(Tag.TEXT_STRING).value == b"\x04\x01"  # type: ignore[union-attr]
     menu = toolkit.on_proactive(
