@@ -273,3 +273,32 @@ async def test_bad_forms_get_errors_and_the_counters_stay(tmp_path: Path, line: 
         assert await dte.ask('AT+CPINR="SIM PIN"') == ["+CPINR: SIM PIN,3,3", "OK"]
 
     await with_dte(locked_card(tmp_path), body)
+
+
+# --- oFono, a real host stack -----------------------------------------------------------------------------------
+
+
+def test_ofono_shows_pin_required_and_the_cards_retries(tmp_path: Path) -> None:
+    """oFono's SimManager (through the phonesim plugin on `bipsim cp --listen`) reads PinRequired from +CPIN? and
+    Retries from +CPINR: the card's counters, a false PIN's lost attempt included."""
+    from tests.ofono_peer import OfonoPeer
+
+    with OfonoPeer(tmp_path, cp_args=["--profile", "pin", "--state", str(tmp_path / "card.json")]) as peer:
+
+        def sim() -> dict[str, object]:
+            return peer.properties("org.ofono.SimManager")
+
+        peer.call("org.ofono.Modem", "SetProperty", "sv", "Powered", "b", "true")
+        peer.wait_for("PinRequired pin", lambda: sim().get("PinRequired") == "pin")
+        assert sim()["Retries"] == {"pin": 3, "puk": 10, "pin2": 3, "puk2": 10}
+        with pytest.raises(Exception, match="Operation failed"):
+            peer.call("org.ofono.SimManager", "EnterPin", "ss", "pin", "0000")
+        peer.wait_for("2 PIN attempts", lambda: dict(sim().get("Retries", {})).get("pin") == 2)  # type: ignore[call-overload]
+        peer.call("org.ofono.SimManager", "EnterPin", "ss", "pin", "1234")
+        # the phonesim plugin has no SIM-ready notification to end oFono's wait after a PIN: power the modem
+        # off and on, and oFono reads the card's state afresh
+        peer.call("org.ofono.Modem", "SetProperty", "sv", "Powered", "b", "false")
+        peer.wait_for("powered off", lambda: peer.properties("org.ofono.Modem").get("Powered") is False)
+        peer.call("org.ofono.Modem", "SetProperty", "sv", "Powered", "b", "true")
+        peer.wait_for("PinRequired none", lambda: sim().get("PinRequired") == "none")
+        assert dict(sim()["Retries"]).get("pin", 3) == 3  # type: ignore[call-overload]
