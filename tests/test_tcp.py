@@ -1059,13 +1059,14 @@ _FUZZ_CONFIG = TcpConfig(
 )
 
 _segments = st.builds(
-    lambda rel_seq, rel_ack, flags, window, payload, absolute: (
+    lambda rel_seq, rel_ack, flags, window, payload, absolute, sack: (
         rel_seq,
         rel_ack,
         flags,
         window,
         payload,
         absolute,
+        sack,
     ),
     st.integers(-5000, 5000),
     st.integers(-5000, 5000),
@@ -1073,6 +1074,7 @@ _segments = st.builds(
     st.integers(0, 0xFFFF),
     st.binary(max_size=700),
     st.booleans(),
+    st.lists(st.tuples(st.integers(-3000, 6000), st.integers(-100, 3000)), max_size=4),  # SACK blocks
 )
 _ops = st.lists(
     st.one_of(
@@ -1094,6 +1096,9 @@ def _check_invariants(conn: TcpConnection) -> None:
     stored = conn.readable + sum(len(chunk) for _, chunk in conn._ooo)
     assert stored <= conn.config.receive_buffer
     assert 0 <= conn.send_space <= conn.config.send_buffer
+    assert len(conn._sacked) <= 32 and all(
+        conn.snd_una <= left < right <= conn.snd_max for left, right in conn._sacked
+    )
     if conn.state is TcpState.CLOSED:
         assert conn.next_deadline() is None
     for seg in conn.outgoing():
@@ -1131,10 +1136,15 @@ def test_arbitrary_segments_never_raise(start: str, ops: list[tuple[str, Any]]) 
     _check_invariants(conn)
     for op, arg in ops:
         if op == "segment":
-            rel_seq, rel_ack, flags, window, payload, absolute = arg
+            rel_seq, rel_ack, flags, window, payload, absolute, sack = arg
             seq = rel_seq & 0xFFFFFFFF if absolute else (conn.rcv_nxt + rel_seq) & 0xFFFFFFFF
             ack = rel_ack & 0xFFFFFFFF if absolute else (conn.snd_una + rel_ack) & 0xFFFFFFFF
-            conn.receive(TcpSegment(443, 40000, seq, ack, TcpFlags(flags), window, payload), now)
+            blocks = tuple(
+                ((conn.snd_una + left) & 0xFFFFFFFF, (conn.snd_una + left + size) & 0xFFFFFFFF)
+                for left, size in sack
+            )
+            segment = TcpSegment(443, 40000, seq, ack, TcpFlags(flags), window, payload, sack_blocks=blocks)
+            conn.receive(segment, now)
         elif op == "send":
             try:
                 conn.send(b"s" * arg, now)
