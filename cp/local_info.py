@@ -3,7 +3,8 @@
 
 Qualifiers (section 8.6) the CP answers: 00 location information (TS 31.111 section 8.19: MCC and MNC as in TS
 24.008 section 10.5.1.3, then LAC and cell identity, or TAC and the 28-bit E-UTRAN cell identity on E-UTRAN), 01
-the IMEI and 08 the IMEISV (TS 24.008 section 10.5.1.4 mobile identity digits, without the IEI and length), 03
+the IMEI and 08 the IMEISV (TS 24.008 section 10.5.1.4 mobile identity digits, without the IEI and length; the
+IMEI's check digit goes as the spare digit 0, TS 23.003 section 6.2.1), 03
 date, time and time zone (section 8.39: semi-octets, the zone in quarter hours), 04 the language (section 8.45:
 two GSM characters of ISO 639), 06 the access technology (section 8.61). Any other qualifier is beyond the
 terminal's capabilities (0x30).
@@ -14,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from bipsim.net.sms_pdu import encode_semi_octets, encode_timestamp
 from bipsim.uicc.cat import CatObject, GeneralResult, ProactiveCommand, Tag, obj
 
 E_UTRAN = 7  # 27.007 <AcT>
@@ -34,13 +36,6 @@ class LocalInfo:
     language: str = "en"
 
 
-def _semi_octets(digits: str) -> bytes:
-    """Swapped BCD (TS 24.008 / TS 23.040 semi-octets), padded with F."""
-    if len(digits) % 2:
-        digits += "F"
-    return bytes(int(digits[i + 1], 16) << 4 | int(digits[i], 16) for i in range(0, len(digits), 2))
-
-
 def plmn(mcc: str, mnc: str) -> bytes:
     """MCC and MNC in three octets (TS 24.008 section 10.5.1.3); a two-digit MNC has F as its third digit."""
     third = mnc[2] if len(mnc) == 3 else "F"
@@ -58,17 +53,13 @@ def mobile_identity(digits: str, identity_type: int) -> bytes:
     identity (2 IMEI, 3 IMEISV), then the others two a byte, F-filled."""
     odd = len(digits) % 2
     first = int(digits[0]) << 4 | odd << 3 | identity_type
-    return bytes((first,)) + _semi_octets(digits[1:])
+    return bytes((first,)) + encode_semi_octets(digits[1:])
 
 
 def date_time(now: datetime) -> bytes:
-    """Date, time and time zone (TS 102 223 section 8.39): YY MM DD hh mm ss in semi-octets, the zone in quarter
-    hours from UTC (bit 4 of its first semi-octet the sign)."""
-    text = now.strftime("%y%m%d%H%M%S")
-    offset = now.utcoffset()
-    quarters = int(offset.total_seconds() // 900) if offset is not None else 0
-    zone = _semi_octets(f"{abs(quarters):02d}")[0] | (0x08 if quarters < 0 else 0)
-    return _semi_octets(text) + bytes((zone,))
+    """Date, time and time zone (TS 102 223 section 8.39): coded as TP-SCTS (TS 23.040 section 9.2.3.11), YY MM DD
+    hh mm ss in semi-octets, the zone in quarter hours from UTC (bit 4 of its first semi-octet the sign)."""
+    return encode_timestamp(now)
 
 
 def provide_local_information(
@@ -83,7 +74,8 @@ def provide_local_information(
             cell = info.lac_tac.to_bytes(2, "big") + (info.cell_id & 0xFFFF).to_bytes(2, "big")
         return GeneralResult.OK, [obj(Tag.LOCATION_INFORMATION, plmn(info.mcc, info.mnc) + cell, cr=False)]
     if qualifier == 0x01:
-        return GeneralResult.OK, [obj(Tag.IMEI, mobile_identity(info.imei, 2), cr=False)]
+        # the check digit is sent as the spare digit, 0 (TS 23.003 section 6.2.1, TS 24.008 section 10.5.1.4)
+        return GeneralResult.OK, [obj(Tag.IMEI, mobile_identity(info.imei[:14] + "0", 2), cr=False)]
     if qualifier == 0x03:
         stamp = date_time(now if now is not None else datetime.now(UTC))
         return GeneralResult.OK, [obj(Tag.DATE_TIME_AND_TIME_ZONE, stamp, cr=False)]

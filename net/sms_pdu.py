@@ -124,7 +124,7 @@ class Address:
         bad = next((ch for ch in digits if ch not in _BCD_DIGITS), None)
         if bad is not None:
             raise SmsPduError(f"address {self.value!r}: {bad!r} is not a digit of TS 23.040 9.1.2.3")
-        return _bcd(digits), len(digits)
+        return encode_semi_octets(digits), len(digits)
 
     def encode(self) -> bytes:
         """The TP address field: length in useful semi-octets, type of address, value."""
@@ -132,8 +132,9 @@ class Address:
         return bytes((semi_octets, self.type_of_address)) + value
 
 
-def _bcd(digits: str) -> bytes:
-    """Swapped semi-octets, 0xF filler (TS 23.040 9.1.2.3)."""
+def encode_semi_octets(digits: str) -> bytes:
+    """Swapped semi-octets, 0xF filler (TS 23.040 9.1.2.3, TS 24.008 10.5.1.4): the one swapped-BCD encoder of the
+    SMS, toolkit and local-information codecs."""
     codes = [_BCD_DIGITS.index(ch) for ch in digits]
     if len(codes) % 2:
         codes.append(0xF)

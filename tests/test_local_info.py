@@ -35,7 +35,8 @@ def test_each_qualifier() -> None:
     )
     gsm = LocalInfo(rat=0, cell_id=0x1234)
     assert answer(0x00, gsm)[1] == [(Tag.LOCATION_INFORMATION, bytes.fromhex("00F11000011234"))]
-    assert answer(0x01)[1] == [(Tag.IMEI, bytes.fromhex("4A09512430325781"))]
+    # 14 digits, then the spare digit 0 in place of the check digit 8 (TS 23.003 section 6.2.1)
+    assert answer(0x01)[1] == [(Tag.IMEI, bytes.fromhex("4A09512430325701"))]
     assert answer(0x03)[1] == [(Tag.DATE_TIME_AND_TIME_ZONE, bytes.fromhex("62110351025000"))]
     assert answer(0x04)[1] == [(Tag.LANGUAGE, b"en")]
     assert answer(0x06)[1] == [(Tag.ACCESS_TECHNOLOGY, b"\x08")]
@@ -47,4 +48,4 @@ def test_the_gateway_answers_it() -> None:
     command = ProactiveCommand.build(CommandType.PROVIDE_LOCAL_INFORMATION, qualifier=0x01)
     (tr,) = BipGateway().on_command(command)
     assert isinstance(tr, SendTerminalResponse) and tr.response.result == (GeneralResult.OK, b"")
-    assert tr.response.get(Tag.IMEI).value == bytes.fromhex("4A09512430325781")  # type: ignore[union-attr]
+    assert tr.response.get(Tag.IMEI).value == bytes.fromhex("4A09512430325701")  # type: ignore[union-attr]
