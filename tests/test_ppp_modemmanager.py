@@ -1,6 +1,7 @@
 """ModemManager 1.20's `--simple-connect` reaches PPP on the CP (issue 16, 27.007 10.2.1.1): it defines the context,
 dials ATD*99***<cid># on its AT port and, on CONNECT, hands the port to a PPP daemon (NetworkManager's pppd) with
-the bearer's IP method "ppp". The CP's trace shows the data call and its first LCP Configure-Request."""
+the bearer's IP method "ppp". The CP's trace shows the data call and its first LCP Configure-Request; a
+`--simple-disconnect` ends it."""
 
 from __future__ import annotations
 
@@ -28,7 +29,14 @@ def test_modemmanager_simple_connect_reaches_ppp(tmp_path: Path) -> None:
         details = json.loads(bearer)["bearer"]
         assert details["status"]["connected"] == "yes", bearer
         assert details["ipv4-config"]["method"] == "ppp", bearer
+        # MM "flashes" the data port (here: closes the socket, the line's end) and deactivates the context
+        code, out = peer.mmcli("-m", "0", "--simple-disconnect", timeout=60)
+        assert code == 0, out + peer.mm_log()[-3000:]
+        peer.wait_for(
+            "registered again", lambda: peer.modem().get("generic", {}).get("state") == "registered"
+        )
     events = [json.loads(line) for line in (tmp_path / "cp.jsonl").read_text().splitlines()]
     calls = [e for e in events if e.get("kind") == "ppp.call" and e["fields"].get("event") == "connect"]
     assert calls, "no data call in the CP's trace"
     assert any(e.get("kind") == "ppp.lcp" and e["fields"].get("direction") == "out" for e in events)
+    assert any(e.get("kind") == "ppp.call" and e["fields"].get("event") == "ended" for e in events)
