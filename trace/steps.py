@@ -208,7 +208,30 @@ SEED_004: tuple[Step, ...] = (
     ),
 )
 
-STEPS: dict[str, Step] = {step.code: step for step in EMBODIMENT_1 + EMBODIMENT_2 + SEED_004}
+# seed 002, SIM data sync (docs/protocols.md, "SIM data sync"): the AP's sync service (ap/sync/) labels these
+SEED_002: tuple[Step, ...] = (
+    Step(
+        "002:S11",
+        "detect a preset operation (SIM inserted/removed, virtual SIM added/deleted, records edited)",
+        (_m(Kind.APP_EVENT, "ap", "ap", event="sync_trigger"), _m(Kind.AT_COMMAND, "ap", "cp", b"AT%SLOTS?")),
+    ),
+    Step(
+        "002:S12",
+        "read the SIM information and user data",
+        (_m(Kind.AT_COMMAND, "ap", "cp"), _m(Kind.HTTP_REQUEST, "ap", "sync")),
+    ),
+    Step(
+        "002:S13",
+        "synchronise by the preset rules",
+        (
+            _m(Kind.APP_EVENT, "ap", "ap", event="sync_merged"),
+            _m(Kind.AT_COMMAND, "ap", "cp"),
+            _m(Kind.HTTP_REQUEST, "ap", "sync"),
+        ),
+    ),
+)
+
+STEPS: dict[str, Step] = {step.code: step for step in EMBODIMENT_1 + EMBODIMENT_2 + SEED_004 + SEED_002}
 
 
 def embodiment_steps(embodiment: int) -> tuple[Step, ...]:

@@ -132,6 +132,12 @@ class Store:
     kind: StoreKind
     current: Mapping[str, Entry]
     base: Mapping[str, Record] | None = None
+    holds: frozenset[type] = frozenset(
+        {Contact, Message}
+    )  # a SIM read through the phonebook holds contacts only
+
+    def takes(self, record: Record) -> bool:
+        return type(record) in self.holds
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +210,9 @@ def classify(stores: Sequence[Store]) -> frozenset[Case]:
     server holding four different sets.
     """
     cases: set[Case] = set()
-    held = [(store.kind, contents(store)) for store in stores]
+    common = frozenset.intersection(*(store.holds for store in stores)) if stores else frozenset()
+    # stores are compared on the record types they all hold (a SIM's phonebook has no messages)
+    held = [(store.kind, frozenset(r for r in contents(store) if type(r) in common)) for store in stores]
     for i, (kind_a, set_a) in enumerate(held):
         for kind_b, set_b in held[i + 1 :]:
             case = _PAIR_CASES.get(frozenset({kind_a, kind_b}))
@@ -309,6 +317,7 @@ def plan_for(store: Store, merged: Mapping[str, Record]) -> Plan:
     """What brings a store to the merged set. A record the store holds under another identity than the merged
     set's (added there and matched by content) is renamed, not written: `rename` maps the store's identity to the
     merged one."""
+    merged = {identity: record for identity, record in merged.items() if store.takes(record)}
     by_content = {record: identity for identity, record in merged.items()}
     rename: dict[str, str] = {}
     for identity, entry in store.current.items():

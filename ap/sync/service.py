@@ -1,0 +1,604 @@
+"""The AP's SIM data sync service (docs/protocols.md, "SIM data sync"): trigger detection (step 002:S11), the
+security check, reading every reachable store (002:S12) and writing the merge back (002:S13).
+
+Stores: the physical SIMs in the CP's slots, read and written over 3GPP TS 27.007 on DLC 1 (`AT%SLOT`, `+CIMI`,
+`+CPBS`, `+CPBR`, `+CPBW`); the virtual SIMs, which the AP holds as JSON files in a directory (one file a profile,
+named after it: adding the file adds the virtual SIM); the terminal's own store, a JSON file that also keeps the
+sync's state (the last merged set and each store's snapshot, so it is the journal: it is replaced, atomically,
+only once every other store is written); and the sync server (ota/sync_server.py) over HTTP. The rules are in
+`bipsim.ap.sync.merge`; this module only moves records and traces what it does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import h11
+import trio
+
+from bipsim.ap.sync.merge import (
+    Contact,
+    Entry,
+    MergeResult,
+    Plan,
+    Record,
+    RecordError,
+    Store,
+    StoreKind,
+    identify,
+    merge,
+    record_from_json,
+)
+from bipsim.ap.sync.sim_at import SimDataError, cpbw, cpbw_delete, parse_cpbr, parse_cpbs
+from bipsim.link.at_chat import AtResponse, AtTimeout
+from bipsim.trace.kinds import Kind
+from bipsim.trace.recorder import NULL_TRACER, Tracer
+
+S11, S12, S13 = "002:S11", "002:S12", "002:S13"
+COMMAND_TIMEOUT = 10.0
+_SLOTS = re.compile(r"^%SLOTS:\s*([\d,\s]+)$")
+
+
+class AtPort(Protocol):
+    """What the sync needs of DLC 1: the AP's AT chat (bipsim.link.at_chat.AtChat) or a test's fake."""
+
+    async def command(
+        self, line: str, *, timeout: float | None = None, step: str | None = None
+    ) -> AtResponse: ...
+
+
+class Security(Enum):
+    """The security check's policy (the document's password, face, fingerprint... here decided in advance)."""
+
+    PASS = "pass"
+    FAIL = "fail"
+
+
+class TriggerKind(Enum):
+    """The preset operations of step 002:S11."""
+
+    SIM_INSERTED = "sim_inserted"
+    SIM_REMOVED = "sim_removed"
+    VIRTUAL_ADDED = "virtual_added"
+    VIRTUAL_DELETED = "virtual_deleted"
+    EDIT = "edit"  # records added, deleted or edited on a store (the terminal's, a virtual SIM, the server)
+
+
+@dataclass(frozen=True, slots=True)
+class Trigger:
+    kind: TriggerKind
+    detail: str = ""
+
+
+class SyncAborted(Exception):
+    """A cycle stopped before the journal was written: every store is as before or was written completely with
+    the merged set, and the next trigger finishes the job."""
+
+
+def parse_slots(lines: Iterable[str]) -> dict[int, bool]:
+    """`%SLOTS: 1,<p1>,2,<p2>` -> {slot: present}."""
+    for line in lines:
+        found = _SLOTS.match(line.strip())
+        if found:
+            numbers = [int(n) for n in found.group(1).replace(" ", "").split(",") if n]
+            if len(numbers) % 2:
+                raise SimDataError(f"odd %SLOTS answer {line!r}")
+            return {numbers[i]: bool(numbers[i + 1]) for i in range(0, len(numbers), 2)}
+    raise SimDataError("no %SLOTS: line")
+
+
+def presence_triggers(before: Mapping[int, bool], after: Mapping[int, bool]) -> list[Trigger]:
+    """The insertions and removals between two presence readings (a slot first seen full counts as inserted)."""
+    out = []
+    for slot in sorted(after):
+        was, now = before.get(slot, False), after[slot]
+        if now and not was:
+            out.append(Trigger(TriggerKind.SIM_INSERTED, f"slot {slot}"))
+        elif was and not now:
+            out.append(Trigger(TriggerKind.SIM_REMOVED, f"slot {slot}"))
+    return out
+
+
+def _entries_from_json(obj: object) -> dict[str, Entry]:
+    if not isinstance(obj, dict):
+        raise RecordError("records is a JSON object")
+    out = {}
+    for identity, value in obj.items():
+        record = record_from_json(value)
+        changed = value.get("changed", 0.0)
+        if isinstance(changed, bool) or not isinstance(changed, int | float):
+            raise RecordError(f"{identity}: changed is a number")
+        out[str(identity)] = Entry(record, float(changed))
+    return out
+
+
+def _entries_to_json(entries: Mapping[str, Entry]) -> dict[str, Any]:
+    return {
+        identity: {**entry.record.to_json(), "changed": entry.changed} for identity, entry in entries.items()
+    }
+
+
+def _records_to_json(records: Mapping[str, Record]) -> dict[str, Any]:
+    return {identity: record.to_json() for identity, record in records.items()}
+
+
+def _records_from_json(obj: object) -> dict[str, Record]:
+    if not isinstance(obj, dict):
+        raise RecordError("a snapshot is a JSON object")
+    return {str(identity): record_from_json(value) for identity, value in obj.items()}
+
+
+def write_json(path: Path, data: object) -> None:
+    """Replaces `path` atomically: a crash leaves the old file or the new one, never half of one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, sort_keys=True, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+@dataclass(slots=True)
+class SyncState:
+    """What the journal keeps: the last merged set, each store's snapshot after its last sync and, for each SIM,
+    which record number holds which identity."""
+
+    merged: dict[str, Record] = field(default_factory=dict)
+    snapshots: dict[str, dict[str, Record]] = field(default_factory=dict)
+    indexes: dict[str, dict[int, str]] = field(default_factory=dict)
+
+
+class LocalStore:
+    """The terminal's own store: `{"records": {...}, "sync": {...}}` in one JSON file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> tuple[dict[str, Entry], SyncState]:
+        if not self.path.exists():
+            return {}, SyncState()
+        data = json.loads(self.path.read_text(encoding="utf-8"))
+        sync = data.get("sync", {})
+        state = SyncState(
+            _records_from_json(sync.get("merged", {})),
+            {name: _records_from_json(snap) for name, snap in sync.get("snapshots", {}).items()},
+            {name: {int(i): str(v) for i, v in idx.items()} for name, idx in sync.get("indexes", {}).items()},
+        )
+        return _entries_from_json(data.get("records", {})), state
+
+    def save(self, records: Mapping[str, Entry], state: SyncState) -> None:
+        sync = {
+            "merged": _records_to_json(state.merged),
+            "snapshots": {name: _records_to_json(snap) for name, snap in state.snapshots.items()},
+            "indexes": {name: {str(i): v for i, v in idx.items()} for name, idx in state.indexes.items()},
+        }
+        write_json(self.path, {"records": _entries_to_json(records), "sync": sync})
+
+
+class VirtualSims:
+    """The virtual SIMs: one JSON file `<profile>.json` holding `{"records": {...}}` per profile in a directory."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def names(self) -> set[str]:
+        return {path.stem for path in self.directory.glob("*.json")} if self.directory.is_dir() else set()
+
+    def load(self, name: str) -> dict[str, Entry]:
+        data = json.loads((self.directory / f"{name}.json").read_text(encoding="utf-8"))
+        return _entries_from_json(data.get("records", {}) if isinstance(data, dict) else None)
+
+    def save(self, name: str, records: Mapping[str, Entry]) -> None:
+        write_json(self.directory / f"{name}.json", {"records": _entries_to_json(records)})
+
+
+class ServerError(Exception):
+    """The sync server failed (no connection, garbage, an HTTP error status)."""
+
+
+class ServerClient:
+    """The sync server's API (docs/protocols.md, "The sync server") over one HTTP/1.1 connection per request."""
+
+    def __init__(self, url: str, token: str, tracer: Tracer = NULL_TRACER) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname or not parts.path.endswith("/records"):
+            raise ValueError(f"{url!r} is not http://HOST:PORT/sync/v1/<subscriber>/records")
+        self.host, self.port, self.path = parts.hostname, parts.port or 80, parts.path
+        self.token = token
+        self.tracer = tracer
+
+    async def _request(
+        self, method: str, body: bytes = b"", headers: Iterable[tuple[str, str]] = (), step: str | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
+        conn = h11.Connection(h11.CLIENT)
+        all_headers = [
+            ("host", f"{self.host}:{self.port}"),
+            ("authorization", f"Bearer {self.token}"),
+            ("content-length", str(len(body))),
+            ("connection", "close"),
+            *headers,
+        ]
+        self.tracer.emit(
+            "ap",
+            "sync",
+            "http",
+            f"{method} {self.path}",
+            body,
+            step=step,
+            kind=Kind.HTTP_REQUEST,
+            fields={"method": method, "target": self.path},
+        )
+        try:
+            with trio.fail_after(COMMAND_TIMEOUT):
+                stream = await trio.open_tcp_stream(self.host, self.port)
+                async with stream:
+                    data = conn.send(h11.Request(method=method, target=self.path, headers=all_headers)) or b""
+                    data += conn.send(h11.Data(data=body)) or b""
+                    data += conn.send(h11.EndOfMessage()) or b""
+                    await stream.send_all(data)
+                    status, answer_headers, answer = 0, {}, bytearray()
+                    while True:
+                        event = conn.next_event()
+                        if event is h11.NEED_DATA:
+                            conn.receive_data(bytes(await stream.receive_some(65536)))
+                        elif isinstance(event, h11.Response):
+                            status = event.status_code
+                            answer_headers = {
+                                k.decode().lower(): v.decode("latin-1") for k, v in event.headers
+                            }
+                        elif isinstance(event, h11.Data):
+                            answer += event.data
+                        elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                            break
+        except (OSError, trio.TooSlowError, h11.ProtocolError, trio.BrokenResourceError) as exc:
+            self.tracer.emit(
+                "sync",
+                "ap",
+                "http",
+                f"sync server failed: {exc}",
+                kind=Kind.HTTP_ERROR,
+                error=True,
+                fields={"reason": str(exc) or type(exc).__name__},
+            )
+            raise ServerError(f"sync server: {exc or type(exc).__name__}") from None
+        self.tracer.emit(
+            "sync",
+            "ap",
+            "http",
+            f"{status}",
+            bytes(answer),
+            kind=Kind.HTTP_RESPONSE,
+            error=status >= 400,
+            fields={"status": status},
+        )
+        if status != 200:
+            raise ServerError(f"sync server answered {status}")
+        return status, answer_headers, bytes(answer)
+
+    async def get(self, step: str | None = S12) -> tuple[str, dict[str, Entry]]:
+        """The server's version (its ETag) and records."""
+        _, headers, body = await self._request("GET", step=step)
+        try:
+            data = json.loads(body)
+            return headers.get("etag", '"0"'), _entries_from_json(data["records"])
+        except (ValueError, KeyError, TypeError, RecordError) as exc:
+            self.tracer.emit(
+                "sync",
+                "ap",
+                "http",
+                "garbage from the sync server",
+                kind=Kind.HTTP_ERROR,
+                error=True,
+                fields={"reason": str(exc)},
+            )
+            raise ServerError(f"sync server sent garbage: {exc}") from None
+
+    async def put(self, etag: str, records: Mapping[str, Entry]) -> None:
+        body = json.dumps({"records": _entries_to_json(records)}, sort_keys=True).encode()
+        headers = [("content-type", "application/json"), ("if-match", etag)]
+        await self._request("PUT", body, headers, step=S13)
+
+
+@dataclass(slots=True)
+class SimRead:
+    """One physical SIM as read: its store name (by IMSI), slot, record numbers in use and the EF's size."""
+
+    name: str
+    slot: int
+    by_index: dict[int, Record]
+    total: int
+
+
+@dataclass(frozen=True, slots=True)
+class CycleReport:
+    """What one cycle did: its trigger, whether it ran, the merge, and the writes per store."""
+
+    trigger: Trigger
+    ran: bool
+    result: MergeResult | None = None
+    writes: Mapping[str, int] = field(default_factory=dict)
+    aborted: str = ""
+
+
+class SyncService:
+    """The sync service of one terminal. `cycle` runs one sync for one trigger; `watch` detects the triggers."""
+
+    def __init__(
+        self,
+        port: AtPort | None,
+        local: LocalStore,
+        virtual: VirtualSims | None = None,
+        server: ServerClient | None = None,
+        *,
+        security: Security = Security.PASS,
+        tracer: Tracer = NULL_TRACER,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.port = port
+        self.local = local
+        self.virtual = virtual
+        self.server = server
+        self.security = security
+        self.tracer = tracer
+        self.clock = clock or trio.current_time
+        self.cycles: list[CycleReport] = []
+        self._lock = trio.Lock()  # one cycle at a time: a trigger during a cycle waits for it
+
+    def _event(
+        self, event: str, summary: str, step: str | None = None, error: bool = False, **facts: Any
+    ) -> None:
+        self.tracer.emit(
+            "ap",
+            "ap",
+            "app",
+            summary,
+            step=step,
+            error=error,
+            kind=Kind.APP_EVENT,
+            fields={"event": event, **facts},
+        )
+
+    async def _at(self, line: str, step: str | None) -> AtResponse:
+        assert self.port is not None
+        try:
+            return await self.port.command(line, timeout=COMMAND_TIMEOUT, step=step)
+        except AtTimeout as exc:
+            raise SyncAborted(f"no answer to {line}: {exc}") from None
+
+    async def _ok(self, line: str, step: str | None) -> AtResponse:
+        answer = await self._at(line, step)
+        if not answer.ok:
+            raise SyncAborted(f"{line}: {answer.final}")
+        return answer
+
+    async def slots(self, step: str | None = S11) -> dict[int, bool]:
+        """The CP's card presence (`AT%SLOTS?`)."""
+        if self.port is None:
+            return {}
+        answer = await self._ok("AT%SLOTS?", step)
+        try:
+            return parse_slots(answer.lines)
+        except SimDataError as exc:
+            raise SyncAborted(str(exc)) from None
+
+    async def _select(self, slot: int) -> None:
+        await self._ok(f"AT%SLOT={slot}", None)
+
+    async def _read_sim(self, slot: int) -> SimRead:
+        await self._select(slot)
+        await self._ok('AT+CSCS="UCS2"', S12)
+        imsi = next((line.strip() for line in (await self._ok("AT+CIMI", S12)).lines if line.strip()), "")
+        await self._ok('AT+CPBS="SM"', S12)
+        try:
+            _, total = parse_cpbs((await self._ok("AT+CPBS?", S12)).lines)
+            by_index: dict[int, Record] = dict(parse_cpbr((await self._ok(f"AT+CPBR=1,{total}", S12)).lines))
+        except SimDataError as exc:
+            self._event(
+                "sync_bad_record", f"SIM in slot {slot}: {exc}", S12, error=True, slot=slot, reason=str(exc)
+            )
+            raise SyncAborted(f"slot {slot}: {exc}") from None
+        return SimRead(f"sim:{imsi or slot}", slot, by_index, total)
+
+    async def _write_sim(
+        self, sim: SimRead, plan: Plan, index_of: dict[int, str]
+    ) -> tuple[int, dict[int, str]]:
+        """Carries out `plan` on the SIM; the new index map. A refusal (+CME ERROR) aborts the cycle."""
+        by_identity = {identity: index for index, identity in index_of.items()}
+        for old, new in plan.rename.items():
+            if old in by_identity:
+                by_identity[new] = by_identity.pop(old)
+        writes = 0
+        await self._select(sim.slot)
+        await self._ok('AT+CSCS="UCS2"', S13)
+        await self._ok('AT+CPBS="SM"', S13)
+        for identity in sorted(plan.delete):
+            gone = by_identity.pop(identity)
+            await self._write(cpbw_delete(gone), sim)
+            writes += 1
+        used = set(by_identity.values())
+        free = (i for i in range(1, sim.total + 1) if i not in used)
+        for identity in sorted(plan.put):
+            index = by_identity.get(identity) or next(free, None)
+            if identity not in by_identity:
+                if index is None:
+                    self._event("sync_sim_full", f"{sim.name} is full", S13, error=True, store=sim.name)
+                    raise SyncAborted(f"{sim.name} is full ({sim.total} records)")
+                by_identity[identity] = index
+            assert index is not None
+            record = plan.put[identity]
+            if isinstance(record, Contact):
+                await self._write(cpbw(index, record), sim)
+                writes += 1
+        return writes, {index: identity for identity, index in by_identity.items()}
+
+    async def _write(self, line: str, sim: SimRead) -> None:
+        answer = await self._at(line, S13)
+        if not answer.ok:
+            self._event(
+                "sync_write_refused",
+                f"{sim.name}: {line} -> {answer.final}",
+                S13,
+                error=True,
+                store=sim.name,
+                result=answer.final,
+            )
+            raise SyncAborted(f"{sim.name} refused {line}: {answer.final}")
+
+    async def cycle(self, trigger: Trigger) -> CycleReport:
+        """One sync for one trigger (a trigger during a cycle waits for it)."""
+        async with self._lock:
+            self._event(
+                "sync_trigger",
+                f"sync trigger: {trigger.kind.value} {trigger.detail}",
+                S11,
+                trigger=trigger.kind.value,
+                detail=trigger.detail,
+            )
+            self._event(
+                "sync_security",
+                f"security check: {self.security.value}",
+                None,
+                error=self.security is Security.FAIL,
+                result=self.security.value,
+            )
+            if self.security is Security.FAIL:
+                report = CycleReport(trigger, False, aborted="security check failed")
+            else:
+                try:
+                    report = await self._run(trigger)
+                except SyncAborted as exc:
+                    self._event("sync_aborted", f"sync aborted: {exc}", S13, error=True, reason=str(exc))
+                    report = CycleReport(trigger, False, aborted=str(exc))
+                finally:
+                    if self.port is not None:
+                        with trio.CancelScope(shield=True):
+                            try:
+                                await self._at("AT%SLOT=1", None)
+                            except SyncAborted:
+                                pass
+            self.cycles.append(report)
+            return report
+
+    async def _run(self, trigger: Trigger) -> CycleReport:
+        now = self.clock()
+        local_records, state = self.local.load()
+        stores: list[Store] = [Store("local", StoreKind.LOCAL, local_records, state.snapshots.get("local"))]
+        # 002:S12: read every reachable store
+        sims: dict[str, tuple[SimRead, dict[int, str]]] = {}
+        for slot, present in sorted((await self.slots(S12)).items()):
+            if not present:
+                continue
+            sim = await self._read_sim(slot)
+            base = state.snapshots.get(sim.name)
+            records, index_of = identify(state.indexes.get(sim.name, {}), base or {}, sim.by_index)
+            entries = {
+                identity: Entry(record, 0.0 if base and base.get(identity) == record else now)
+                for identity, record in records.items()
+            }
+            stores.append(Store(sim.name, StoreKind.PHYSICAL, entries, base, frozenset({Contact})))
+            sims[sim.name] = (sim, index_of)
+        virtual_names = sorted(self.virtual.names()) if self.virtual else []
+        for name in virtual_names:
+            assert self.virtual is not None
+            try:
+                entries = self.virtual.load(name)
+            except (ValueError, RecordError) as exc:
+                raise SyncAborted(f"virtual SIM {name}: {exc}") from None
+            stores.append(
+                Store(f"virtual:{name}", StoreKind.VIRTUAL, entries, state.snapshots.get(f"virtual:{name}"))
+            )
+        etag = ""
+        if self.server is not None:
+            try:
+                etag, entries = await self.server.get()
+            except ServerError as exc:
+                raise SyncAborted(str(exc)) from None
+            stores.append(Store("server", StoreKind.SERVER, entries, state.snapshots.get("server")))
+        result = merge(state.merged, stores)
+        self._event(
+            "sync_merged",
+            f"merged {len(result.merged)} records",
+            S13,
+            cases=sorted(int(case) for case in result.cases),
+            conflicts=len(result.conflicts),
+            records=len(result.merged),
+            stores=[store.name for store in stores],
+        )
+        # 002:S13: the server first (its If-Match refuses a stale write), then the SIMs, the virtual SIMs, and the
+        # terminal's store last with the journal: until then the cycle can be redone from the start.
+        changed = {
+            identity: max(
+                (
+                    s.current[identity].changed
+                    for s in stores
+                    if identity in s.current and s.current[identity].record == record
+                ),
+                default=now,
+            )
+            for identity, record in result.merged.items()
+        }
+        entries_out = {
+            identity: Entry(record, changed[identity]) for identity, record in result.merged.items()
+        }
+        writes: dict[str, int] = {}
+        if self.server is not None and not result.plans["server"].empty:
+            try:
+                await self.server.put(etag, entries_out)
+            except ServerError as exc:
+                raise SyncAborted(str(exc)) from None
+            writes["server"] = 1
+        for name, (sim, index_of) in sims.items():
+            count, state.indexes[name] = await self._write_sim(sim, result.plans[name], index_of)
+            writes[name] = count
+        for name in virtual_names:
+            assert self.virtual is not None
+            if not result.plans[f"virtual:{name}"].empty:
+                self.virtual.save(name, entries_out)
+                writes[f"virtual:{name}"] = 1
+        for store in stores:
+            state.snapshots[store.name] = {i: r for i, r in result.merged.items() if store.takes(r)}
+        state.merged = dict(result.merged)
+        writes["local"] = int(not result.plans["local"].empty)
+        self.local.save(entries_out, state)
+        return CycleReport(trigger, True, result, writes)
+
+    async def watch(self, poll: float = 1.0) -> None:
+        """Detects the triggers of 002:S11: card presence (`AT%SLOTS?`, as the CP reports it) and the virtual SIMs'
+        directory, every `poll` seconds; each change runs one cycle. Edits on the terminal's store go through
+        `edit_local`, which runs its own cycle."""
+        presence: dict[int, bool] = {}
+        virtual: set[str] = set()
+        while True:
+            try:
+                now = await self.slots(S11)
+            except SyncAborted as exc:
+                self._event(
+                    "sync_presence_failed", f"card presence unknown: {exc}", error=True, reason=str(exc)
+                )
+                now = presence
+            triggers = presence_triggers(presence, now)
+            presence = now
+            names = self.virtual.names() if self.virtual else set()
+            triggers += [Trigger(TriggerKind.VIRTUAL_ADDED, name) for name in sorted(names - virtual)]
+            triggers += [Trigger(TriggerKind.VIRTUAL_DELETED, name) for name in sorted(virtual - names)]
+            virtual = names
+            for trigger in triggers:
+                await self.cycle(trigger)
+            await trio.sleep(poll)
+
+    async def edit_local(self, put: Mapping[str, Record] = {}, delete: Iterable[str] = ()) -> CycleReport:
+        """An edit on the terminal's store (the user's contacts app): written, then a cycle runs for it."""
+        async with self._lock:
+            records, state = self.local.load()
+            now = self.clock()
+            for identity in delete:
+                records.pop(identity, None)
+            for identity, record in put.items():
+                records[identity] = Entry(record, now)
+            self.local.save(records, state)
+        return await self.cycle(Trigger(TriggerKind.EDIT, "local"))

@@ -1,0 +1,304 @@
+"""The AP's SIM data sync service (ap/sync/service.py; docs/protocols.md, "SIM data sync") against a CP with two card
+slots (the real 27.007 phonebook commands over an AT chat on a memory stream), JSON stores and the real sync server on
+loopback: triggers, the security check, the three-way merge carried to EF_ADN through +CPBW, idempotence, a failing
+server, and the sans-IO AT codec."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from bipsim.ap.sync.merge import Contact, Message, MessageStatus
+from bipsim.ap.sync.service import (
+    LocalStore,
+    Security,
+    ServerClient,
+    SyncService,
+    Trigger,
+    TriggerKind,
+    VirtualSims,
+    parse_slots,
+    presence_triggers,
+)
+from bipsim.ap.sync.sim_at import SimDataError, cpbw, parse_cpbr, parse_cpbs
+from bipsim.cp.card_slot import CardSlot
+from bipsim.cp.command_sets import build_command_sets
+from bipsim.cp.commands import ModemCommands
+from bipsim.cp.modem import simulated_card
+from bipsim.cp.network import CellularNetwork
+from bipsim.link.at_chat import AtChat
+from bipsim.link.at_server import AtServer
+from bipsim.ota.sync_server import SyncServer, Terminal
+from bipsim.ota.sync_server import SyncService as ServerCore
+from bipsim.trace.recorder import Tracer
+from bipsim.trace.steps import STEPS
+from bipsim.uicc.profile import dump_profile, load_profile
+
+A = Contact("Alice", "+441632960001")
+B = Contact("Bob", "01632960002")
+C = Contact("Carol", "+441632960003")
+SUB = "001010123456789"
+
+
+def card(tmp: Path, name: str, imsi: str, contacts: list[Contact]) -> object:
+    path = tmp / f"{name}.toml"
+    profile = load_profile().with_overrides(
+        imsi=imsi, contacts=tuple({"name": c.name, "number": c.number} for c in contacts)
+    )
+    path.write_text(dump_profile(profile))
+    transport, _ = simulated_card(str(path), str(tmp / f"{name}.state.json"), Tracer())
+    return transport
+
+
+@dataclass
+class Rig:
+    service: SyncService
+    tracer: Tracer
+    slots: list[CardSlot]
+    local: LocalStore
+    virtual: VirtualSims
+    server: ServerCore | None
+
+    def commands(self, since: int = 0) -> list[str]:
+        return [e.summary for e in self.tracer.events[since:] if e.kind == "at.command"]
+
+
+async def read_sim(rig: Rig, slot: int) -> set[Contact]:
+    """The contacts of the SIM in `slot`, read with the AP's own AT line (not through the service's code)."""
+    port = rig.service.port
+    assert port is not None
+    await port.command(f"AT%SLOT={slot}")
+    await port.command('AT+CSCS="UCS2"')
+    await port.command('AT+CPBS="SM"')
+    _, total = parse_cpbs((await port.command("AT+CPBS?")).lines)
+    answer = await port.command(f"AT+CPBR=1,{total}")
+    await port.command("AT%SLOT=1")
+    return set(parse_cpbr(answer.lines).values())
+
+
+@asynccontextmanager
+async def rig(
+    tmp_path: Path,
+    sim1: list[Contact],
+    sim2: list[Contact] | None,
+    *,
+    server: bool = True,
+    security: Security = Security.PASS,
+) -> AsyncIterator[Rig]:
+    tracer = Tracer(keep=True)
+    slots = [CardSlot(1, card(tmp_path, "sim1", "001010000000001", sim1), tracer=tracer)]  # type: ignore[arg-type]
+    if sim2 is not None:
+        slots.append(CardSlot(2, card(tmp_path, "sim2", "001010000000002", sim2), tracer=tracer))  # type: ignore[arg-type]
+    commands = ModemCommands(slots[0].driver, CellularNetwork(), slots=slots)
+    commands.command_sets = build_command_sets(commands, tracer, {})
+    (tmp_path / "virtual").mkdir(exist_ok=True)
+    async with trio.open_nursery() as nursery:
+        a, b = trio.testing.memory_stream_pair()
+        at_server = AtServer(b, echo=False)
+        commands.install(at_server)
+        nursery.start_soon(at_server.run)
+        chat = AtChat(a, tracer=tracer)
+        nursery.start_soon(chat.run)
+        await chat.command("AT+CMEE=1")
+        core = None
+        client = None
+        if server:
+            core = ServerCore([Terminal("phone1", "tok", SUB)])
+            port = await nursery.start(SyncServer(core, tracer).serve, "127.0.0.1", 0)
+            client = ServerClient(f"http://127.0.0.1:{port}/sync/v1/{SUB}/records", "tok", tracer)
+        local = LocalStore(tmp_path / "local.json")
+        virtual = VirtualSims(tmp_path / "virtual")
+        service = SyncService(chat, local, virtual, client, security=security, tracer=tracer)
+        yield Rig(service, tracer, slots, local, virtual, core)
+        nursery.cancel_scope.cancel()
+
+
+def local_contacts(rig_: Rig) -> set[object]:
+    records, _ = rig_.local.load()
+    return {entry.record for entry in records.values()}
+
+
+def server_records(rig_: Rig) -> set[object]:
+    from bipsim.ap.sync.merge import record_from_json
+
+    assert rig_.server is not None
+    sub = rig_.server.subscribers.get(SUB)
+    return {record_from_json(v) for v in sub.records.values()} if sub else set()
+
+
+async def seed_local_and_server(rig_: Rig, records: list[Contact | Message]) -> None:
+    """The terminal's store and the server agree on `records` (an earlier sync with no SIM: a service without a
+    modem line)."""
+    service = rig_.service
+    no_sim = SyncService(None, service.local, service.virtual, service.server, tracer=Tracer())
+    await no_sim.edit_local({r.identity(): r for r in records})
+
+
+async def test_insert_sim_with_a_b_into_terminal_holding_c(tmp_path: Path) -> None:
+    async with rig(tmp_path, [A, B], None) as r:
+        await seed_local_and_server(r, [C])
+        assert local_contacts(r) == {C} and server_records(r) == {C}
+        report = await r.service.cycle(Trigger(TriggerKind.SIM_INSERTED, "slot 1"))
+        assert report.ran, report.aborted
+        assert local_contacts(r) == {A, B, C} == server_records(r)
+        assert await read_sim(r, 1) == {A, B, C}
+        # case 4 (a physical SIM and the terminal's store)
+        assert report.result is not None and 4 in report.result.cases
+
+
+async def test_case_1_two_sims_end_identical_and_a_second_sync_writes_nothing(tmp_path: Path) -> None:
+    async with rig(tmp_path, [A], [B, C]) as r:
+        first = await r.service.cycle(Trigger(TriggerKind.SIM_INSERTED, "slot 2"))
+        assert first.ran and first.result is not None and 1 in first.result.cases
+        assert await read_sim(r, 1) == await read_sim(r, 2) == {A, B, C}
+        version = r.server.subscribers[SUB].version if r.server else None
+        mark = len(r.tracer.events)
+        second = await r.service.cycle(Trigger(TriggerKind.EDIT, "nothing"))
+        assert second.ran and second.result is not None and not second.result.writes
+        sent = r.commands(mark)
+        assert not [line for line in sent if line.startswith("AT+CPBW")]
+        assert not [
+            e for e in r.tracer.events[mark:] if e.kind == "http.request" and e.field("method") == "PUT"
+        ]
+        assert r.server is not None and r.server.subscribers[SUB].version == version
+
+
+async def test_case_6_server_edit_reaches_local_and_every_sim_in_ucs2_and_international(
+    tmp_path: Path,
+) -> None:
+    async with rig(tmp_path, [A], [A]) as r:
+        assert (await r.service.cycle(Trigger(TriggerKind.SIM_INSERTED, "slot 1"))).ran
+        assert r.server is not None
+        edited = Contact("Zoë Ωμ", "+4930123456")  # 6 characters: the 18-octet alpha field in UCS2
+        sub = r.server.subscribers[SUB]
+        records = {**sub.records, A.identity(): {**edited.to_json(), "changed": 1e12}}
+        from bipsim.ota.sync_server import Request
+
+        answer = r.server.handle(
+            Request(
+                "PUT",
+                f"/sync/v1/{SUB}/records",
+                {"authorization": "Bearer tok", "content-type": "application/json", "if-match": "*"},
+                json.dumps({"records": records}).encode(),
+            )
+        )
+        assert answer.status == 200
+        report = await r.service.cycle(Trigger(TriggerKind.EDIT, "server"))
+        assert report.ran and report.result is not None, report.aborted
+        assert 6 in report.result.cases
+        assert local_contacts(r) == {edited}
+        assert await read_sim(r, 1) == await read_sim(r, 2) == {edited}
+        writes = [line for line in r.commands() if line.startswith("AT+CPBW=1,")]
+        assert f'AT+CPBW=1,"+4930123456",145,"{edited.name.encode("utf-16-be").hex().upper()}"' in writes
+
+
+async def test_failed_security_check_reads_and_writes_nothing(tmp_path: Path) -> None:
+    async with rig(tmp_path, [A, B], None, security=Security.FAIL) as r:
+        before = r.local.path.exists()
+        report = await r.service.cycle(Trigger(TriggerKind.SIM_INSERTED, "slot 1"))
+        assert not report.ran and report.aborted == "security check failed"
+        assert r.commands() == ["AT+CMEE=1"]  # no %SLOTS?, +CPBR or +CPBW
+        assert not [e for e in r.tracer.events if e.kind.startswith("http.request")]
+        assert r.local.path.exists() == before
+        r.service.security = Security.PASS
+        assert (await r.service.cycle(Trigger(TriggerKind.SIM_INSERTED, "slot 1"))).ran
+        assert any(line.startswith("AT+CPBR=") for line in r.commands())
+
+
+async def test_server_down_aborts_with_every_store_as_before_and_the_next_trigger_finishes(
+    tmp_path: Path,
+) -> None:
+    async with rig(tmp_path, [A], None, server=False) as r:
+        with trio.socket.socket() as sock:
+            await sock.bind(("127.0.0.1", 0))
+            dead = sock.getsockname()[1]
+        r.service.server = ServerClient(f"http://127.0.0.1:{dead}/sync/v1/{SUB}/records", "tok", r.tracer)
+        await r.service.edit_local({C.identity(): C})
+        assert local_contacts(r) == {C}
+        assert await read_sim(r, 1) == {A}
+        errors = [e for e in r.tracer.events if e.kind == "http.error"]
+        assert errors and any(e.field("event") == "sync_aborted" for e in r.tracer.events)
+        r.service.server = None
+        assert (await r.service.cycle(Trigger(TriggerKind.EDIT, "retry"))).ran
+        assert await read_sim(r, 1) == {A, C} and local_contacts(r) == {A, C}
+
+
+async def test_virtual_sim_added_gets_the_union_and_messages_reach_it(tmp_path: Path) -> None:
+    msg = Message(MessageStatus.REC_UNREAD, "+441632960009", "hello", "26/11/30,10:00:00+00")
+    async with rig(tmp_path, [A], None) as r:
+        await seed_local_and_server(r, [msg])
+        r.virtual.save("esim1", {})
+        report = await r.service.cycle(Trigger(TriggerKind.VIRTUAL_ADDED, "esim1"))
+        assert report.ran
+        assert {e.record for e in r.virtual.load("esim1").values()} == {A, msg}
+        assert local_contacts(r) == {A, msg} == server_records(r)
+        assert await read_sim(r, 1) == {A}  # messages do not go into the phonebook
+
+
+async def test_bad_record_from_the_modem_aborts_without_writing(tmp_path: Path) -> None:
+    class Garbled:
+        def __init__(self, inner: AtChat) -> None:
+            self.inner = inner
+
+        async def command(self, line: str, *, timeout: float | None = None, step: str | None = None):  # type: ignore[no-untyped-def]
+            answer = await self.inner.command(line, timeout=timeout, step=step)
+            if line.startswith("AT+CPBR="):
+                from bipsim.link.at_chat import AtResponse
+
+                return AtResponse(answer.command, ('+CPBR: 1,"12X4",129,"0041"',), "OK")
+            return answer
+
+    async with rig(tmp_path, [A], None) as r:
+        assert isinstance(r.service.port, AtChat)
+        r.service.port = Garbled(r.service.port)
+        report = await r.service.cycle(Trigger(TriggerKind.SIM_INSERTED, "slot 1"))
+        assert not report.ran and "invalid dial string" in report.aborted
+        assert not [line for line in r.commands() if line.startswith("AT+CPBW")]
+        assert not r.local.path.exists()
+        assert any(e.field("event") == "sync_bad_record" for e in r.tracer.events)
+
+
+async def test_watch_starts_one_cycle_per_presence_change(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with rig(tmp_path, [A], [B], server=False) as r:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(r.service.watch, 1.0)
+            await trio.sleep(0.5)
+            assert [c.trigger.kind for c in r.service.cycles] == [TriggerKind.SIM_INSERTED] * 2
+            await trio.sleep(5)
+            assert len(r.service.cycles) == 2  # no trigger, no cycle
+            r.slots[1].transport.remove()  # type: ignore[attr-defined]
+            await trio.sleep(2)
+            assert [c.trigger for c in r.service.cycles[2:]] == [Trigger(TriggerKind.SIM_REMOVED, "slot 2")]
+            r.virtual.save("esim1", {})
+            await trio.sleep(1.5)
+            assert r.service.cycles[-1].trigger == Trigger(TriggerKind.VIRTUAL_ADDED, "esim1")
+            nursery.cancel_scope.cancel()
+
+
+def test_steps_label_the_sync_events(tmp_path: Path) -> None:
+    assert {"002:S11", "002:S12", "002:S13"} <= set(STEPS)
+
+
+def test_at_codec() -> None:
+    assert parse_cpbr(['+CPBR: 3,"441632960001",145,"0041"']) == {3: Contact("A", "+441632960001")}
+    assert parse_cpbs(['+CPBS: "SM",2,50']) == (2, 50)
+    assert cpbw(2, Contact("Zoë", "0123")) == 'AT+CPBW=2,"0123",129,"005A006F00EB"'
+    for bad in ['+CPBR: 1,"12X",129,"0041"', '+CPBR: 1,"1",129,"004"', "+CPBR: x", '+CPBR: 1,"1",129,"D800"']:
+        with pytest.raises(SimDataError):
+            parse_cpbr([bad])
+    with pytest.raises(SimDataError):
+        parse_cpbr(['+CPBR: 1,"1",129,"0041"', '+CPBR: 1,"2",129,"0042"'])
+    assert parse_slots(["%SLOTS: 1,1,2,0"]) == {1: True, 2: False}
+    assert presence_triggers({1: True, 2: False}, {1: False, 2: True}) == [
+        Trigger(TriggerKind.SIM_REMOVED, "slot 1"),
+        Trigger(TriggerKind.SIM_INSERTED, "slot 2"),
+    ]
