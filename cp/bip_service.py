@@ -43,7 +43,7 @@ from bipsim.cp.bip_gateway import (
     SubmitShortMessage,
 )
 from bipsim.cp.card_driver import CardDriver
-from bipsim.cp.toolkit_timers import TimerChange
+from bipsim.cp.toolkit_timers import BUSY_RETRY_SECONDS, SW_BUSY, TimerChange
 from bipsim.trace.events import Actor, Layer
 from bipsim.trace.kinds import Kind
 from bipsim.trace.recorder import NULL_TRACER, Tracer
@@ -133,7 +133,16 @@ class TimerFired:
     generation: int = 0
 
 
-LinkEvent = LinkUp | LinkFailed | LinkData | LinkDown | Wake | TimerFired
+@dataclass(frozen=True)
+class TimerRetry:
+    """A TIMER EXPIRATION envelope the card answered 93 00 (busy), due again (TS 102 223 section 7.5)."""
+
+    action: SendTimerExpiration
+    channel: int = 0
+    generation: int = 0
+
+
+LinkEvent = LinkUp | LinkFailed | LinkData | LinkDown | Wake | TimerFired | TimerRetry
 
 RP_INVALID_MANDATORY_INFORMATION = (
     96  # TS 24.011 section 8.2.5.4: an SMSC that refused the card's TPDU as malformed
@@ -295,6 +304,8 @@ class BipService:
             return []  # the loop fetches whatever the card has pending
         if isinstance(event, TimerFired):
             return self.gateway.on_timer_expired(event.timer, event.start)
+        if isinstance(event, TimerRetry):
+            return [event.action]
         if event.generation != self._generation.get(event.channel, 0):
             return []  # an event of a link the card has since closed
         if isinstance(event, LinkUp):
@@ -332,9 +343,10 @@ class BipService:
             elif isinstance(action, TimerChange):
                 self._set_timer(action)
             elif isinstance(action, SendTimerExpiration):
-                await self.driver.envelope(
+                _, sw = await self.driver.envelope(
                     action.envelope, f"ENVELOPE: TIMER EXPIRATION (timer {action.timer})"
                 )
+                self._expiry_answered(action, sw)
             elif isinstance(action, BearerClose):
                 waiting = self._waiting.pop(action.channel, None)
                 if waiting is not None:
@@ -343,6 +355,34 @@ class BipService:
                 if stream is not None:
                     assert self._nursery is not None
                     self._nursery.start_soon(self._disconnect, action.channel, stream)
+
+    def _expiry_answered(self, action: SendTimerExpiration, sw: int) -> None:
+        """A busy card (93 00) gets the TIMER EXPIRATION again later, a bounded number of times
+        (cp/toolkit_timers.py); each refusal and the giving up are app.event trace events."""
+        before = self.gateway.timers.busy_refusals.get(action.timer, 0)
+        retry = self.gateway.timers.expiry_answered(action.timer, sw)
+        if retry is None and before == 0:
+            return  # taken (or refused for another reason) at the first offer: nothing to tell
+        if retry is None and sw != SW_BUSY:
+            outcome = "delivered"
+        else:
+            outcome = "retry" if retry is not None else "given_up"
+        self.tracer.emit(
+            Actor.CP,
+            Actor.UICC,
+            Layer.APP,
+            f"TIMER EXPIRATION (timer {action.timer}): card answered {sw:04X}, {outcome}",
+            kind=Kind.APP_EVENT,
+            fields={"event": "timer_expiration_" + outcome, "timer": action.timer, "sw": f"{sw:04X}"},
+        )
+        if retry is None or self._nursery is None:
+            return
+
+        async def again() -> None:
+            await trio.sleep(BUSY_RETRY_SECONDS)
+            await self._events_tx.send(TimerRetry(action))
+
+        self._nursery.start_soon(again)
 
     def _set_timer(self, change: TimerChange) -> None:
         """Starts (or stops) the task that reports a toolkit timer's expiry to the card loop."""

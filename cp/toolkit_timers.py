@@ -7,13 +7,15 @@ Timers 1 to 8 (section 8.37). Qualifier bits 1-2 (section 8.6): 00 start (with i
 that is not running cannot be deactivated or read: result 0x24 (action in contradiction with the current timer
 state). Starting a running timer starts it again. The TERMINAL RESPONSE carries the timer identifier, and for
 deactivate and get the time left; the TIMER EXPIRATION envelope (tag D7) the timer identifier and the value it was
-started with.
+started with. A card that answers that envelope 93 00 (toolkit busy, TS 102 221 section 7.4.2.2) gets it again
+later (TS 102 223 section 7.5: the terminal retries), every BUSY_RETRY_SECONDS, at most BUSY_RETRIES times.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from bipsim.net.sms_pdu import decode_semi_octets, encode_semi_octets
 from bipsim.uicc.cat import (
     CatObject,
     DeviceId,
@@ -28,30 +30,32 @@ from bipsim.uicc.cat import (
 TIMERS = range(1, 9)
 START, DEACTIVATE, GET_VALUE = 0, 1, 2
 MAX_SECONDS = 24 * 3600 - 1
-
-
-def _bcd(value: int) -> int:
-    return (value % 10) << 4 | value // 10  # swapped semi-octets: the units digit in the high nibble
-
-
-def _from_bcd(byte: int) -> int:
-    low, high = byte & 0x0F, byte >> 4
-    if low > 9 or high > 9:
-        raise ValueError(f"timer value byte {byte:02X} is not BCD")
-    return low * 10 + high
+SW_BUSY = 0x9300  # the card's toolkit is busy: the envelope was not taken (TS 102 221 section 10.2.1.1)
+BUSY_RETRY_SECONDS = 1.0  # a TIMER EXPIRATION the card refused busy is offered again after this long
+BUSY_RETRIES = 10  # ... this many times at most, so a card that stays busy does not hold the loop forever
 
 
 def timer_value(seconds: int) -> bytes:
     """Section 8.38: hours, minutes, seconds in swapped BCD."""
     seconds = max(0, min(seconds, MAX_SECONDS))
-    return bytes((_bcd(seconds // 3600), _bcd(seconds // 60 % 60), _bcd(seconds % 60)))
+    return encode_semi_octets(f"{seconds // 3600:02d}{seconds // 60 % 60:02d}{seconds % 60:02d}")
+
+
+def _digit_pairs(value: bytes) -> list[str]:
+    try:
+        digits = decode_semi_octets(value, 2 * len(value), "timer value")
+    except ValueError as exc:
+        raise ValueError(f"timer value {value.hex().upper()} is not BCD") from exc
+    if not digits.isdigit():
+        raise ValueError(f"timer value {value.hex().upper()} is not BCD")
+    return [digits[i : i + 2] for i in range(0, len(digits), 2)]
 
 
 def seconds_of(value: bytes) -> int:
     """The seconds a timer value holds; ValueError when it is not 3 BCD bytes with minutes and seconds < 60."""
     if len(value) != 3:
         raise ValueError("a timer value is 3 bytes")
-    hours, minutes, seconds = (_from_bcd(b) for b in value)
+    hours, minutes, seconds = (int(pair) for pair in _digit_pairs(value))
     if minutes > 59 or seconds > 59:
         raise ValueError("minutes and seconds are below 60")
     return hours * 3600 + minutes * 60 + seconds
@@ -72,6 +76,7 @@ class ToolkitTimers:
     """The running timers: identifier -> (deadline, seconds started with, generation)."""
 
     running: dict[int, tuple[float, int, int]] = field(default_factory=dict)
+    busy_refusals: dict[int, int] = field(default_factory=dict)  # timer -> times its expiry was refused busy
     _generation: int = 0
 
     def on_command(
@@ -123,8 +128,22 @@ class ToolkitTimers:
             EnvelopeTag.TIMER_EXPIRATION,
         )
 
+    def expiry_answered(self, timer: int, sw: int) -> int | None:
+        """The card's status word for a TIMER EXPIRATION envelope: the number of the retry to make (1, 2, ...)
+        when it answered 93 00 and retries are left, else None (taken, refused otherwise, or given up)."""
+        if sw != SW_BUSY:
+            self.busy_refusals.pop(timer, None)
+            return None
+        refusals = self.busy_refusals.get(timer, 0) + 1
+        if refusals > BUSY_RETRIES:
+            del self.busy_refusals[timer]
+            return None
+        self.busy_refusals[timer] = refusals
+        return refusals
+
     def clear(self) -> list[int]:
         """The card went away: every timer stops; returns their identifiers."""
         timers = sorted(self.running)
         self.running.clear()
+        self.busy_refusals.clear()
         return timers

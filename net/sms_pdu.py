@@ -141,7 +141,8 @@ def encode_semi_octets(digits: str) -> bytes:
     return bytes(codes[i] | codes[i + 1] << 4 for i in range(0, len(codes), 2))
 
 
-def _unbcd(data: bytes, count: int, what: str) -> str:
+def decode_semi_octets(data: bytes, count: int, what: str) -> str:
+    """The first `count` digits of swapped semi-octets (TS 23.040 9.1.2.3); SmsPduError on a filler among them."""
     out: list[str] = []
     for byte in data:
         for nibble in (byte & 0x0F, byte >> 4):
@@ -171,7 +172,7 @@ def _decode_address(data: bytes, at: int, what: str) -> tuple[Address, int]:
     if ton is TypeOfNumber.ALPHANUMERIC:
         text = gsm7_decode(unpack_7bit(value, semi_octets * 4 // 7))
         return Address(text, ton, toa & 0x0F), end
-    return Address(_unbcd(value, semi_octets, what), ton, toa & 0x0F), end
+    return Address(decode_semi_octets(value, semi_octets, what), ton, toa & 0x0F), end
 
 
 def encode_sca(address: Address | str | None) -> bytes:
@@ -204,7 +205,9 @@ def decode_sca(pdu: bytes) -> tuple[Address | None, bytes]:
         raise SmsPduError("service centre address is alphanumeric", CMS_SMSC_UNKNOWN)
     value = pdu[2 : 1 + size]
     digits = 2 * len(value) - (1 if value and value[-1] >> 4 == 0xF else 0)
-    return Address(_unbcd(value, digits, "service centre address"), ton, toa & 0x0F), pdu[1 + size :]
+    return Address(decode_semi_octets(value, digits, "service centre address"), ton, toa & 0x0F), pdu[
+        1 + size :
+    ]
 
 
 # --- time stamps and validity periods (TS 23.040 9.2.3.11, 9.2.3.12) -------------------------------------------------

@@ -11,7 +11,14 @@ from bipsim.cp.bip_gateway import BipGateway, SendTerminalResponse, SendTimerExp
 from bipsim.cp.bip_service import BipService
 from bipsim.cp.card_driver import CardDriver
 from bipsim.cp.modem import simulated_card
-from bipsim.cp.toolkit_timers import TimerChange, ToolkitTimers, seconds_of, timer_value
+from bipsim.cp.toolkit_timers import (
+    BUSY_RETRIES,
+    SW_BUSY,
+    TimerChange,
+    ToolkitTimers,
+    seconds_of,
+    timer_value,
+)
 from bipsim.trace.kinds import Kind
 from bipsim.trace.recorder import Tracer
 from bipsim.uicc.cat import CommandType, GeneralResult, ProactiveCommand, Tag, decode_envelope, obj
@@ -89,3 +96,68 @@ async def test_the_service_sends_timer_expiration_on_time(autojump_clock: trio.t
         e for e in tracer.events if e.kind == Kind.CAT_ENVELOPE and e.field("envelope") == "timer_expiration"
     ]
     assert event.data[5] == 0xD7
+
+
+def test_a_busy_card_gets_the_expiry_again_a_bounded_number_of_times() -> None:
+    timers = ToolkitTimers()
+    assert timers.expiry_answered(1, 0x9000) is None  # taken at once
+    assert [timers.expiry_answered(1, SW_BUSY) for _ in range(BUSY_RETRIES)] == list(
+        range(1, BUSY_RETRIES + 1)
+    )
+    assert timers.expiry_answered(1, SW_BUSY) is None  # given up
+    assert timers.expiry_answered(1, SW_BUSY) == 1  # a later expiry starts counting again
+    assert timers.expiry_answered(1, 0x9000) is None and timers.busy_refusals == {}
+
+
+class BusyForTimers:
+    """The simulated card, but its toolkit answers the first `refusals` TIMER EXPIRATION envelopes 93 00."""
+
+    def __init__(self, card: object, refusals: int) -> None:
+        self.card = card
+        self.refusals = refusals
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.card, name)
+
+    async def transmit(self, command: bytes) -> bytes:
+        if command[1] == 0xC2 and command[5] == 0xD7 and self.refusals:
+            self.refusals -= 1
+            await trio.lowlevel.checkpoint()
+            return b"\x93\x00"
+        return await self.card.transmit(command)  # type: ignore[attr-defined, no-any-return]
+
+
+async def expiries(refusals: int) -> tuple[list[object], list[object]]:
+    tracer = Tracer(keep=True)
+    card, _ = simulated_card("usat-menu", None, tracer)
+    busy = BusyForTimers(card, refusals)
+    service = BipService(CardDriver(busy, tracer=tracer), None, tracer=tracer)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(service.run)
+        await service._apply(service.gateway.on_command(timer_command(0, 4, timer_value(5))))
+        with trio.fail_after(200):
+            while not [
+                e
+                for e in tracer.events
+                if e.field("event") in ("timer_expiration_delivered", "timer_expiration_given_up")
+            ]:
+                await trio.sleep(1)
+        nursery.cancel_scope.cancel()
+    sent = [
+        e for e in tracer.events if e.kind == Kind.CAT_ENVELOPE and e.field("envelope") == "timer_expiration"
+    ]
+    told = [e for e in tracer.events if str(e.field("event") or "").startswith("timer_expiration_")]
+    return sent, told
+
+
+async def test_the_service_offers_a_refused_expiry_again(autojump_clock: trio.testing.MockClock) -> None:
+    sent, told = await expiries(2)
+    assert len(sent) == 3  # refused twice busy, taken the third time
+    assert [e.field("event") for e in told] == [  # type: ignore[attr-defined]
+        "timer_expiration_retry",
+        "timer_expiration_retry",
+        "timer_expiration_delivered",
+    ]
+    sent, told = await expiries(BUSY_RETRIES + 5)
+    assert len(sent) == BUSY_RETRIES + 1  # the first offer and the retries, then it gives up
+    assert told[-1].field("event") == "timer_expiration_given_up"  # type: ignore[attr-defined]
