@@ -186,7 +186,10 @@ class SecurityCommands:
     # --- the card ---------------------------------------------------------------------------------------------
 
     async def _apdu(self, slot: CardSlot, apdu: bytes, summary: str) -> tuple[bytes, int]:
-        return await slot.driver.transmit(apdu, summary)
+        """One command; 91 XX (normal ending, a proactive command pending for the toolkit: TS 102 221
+        10.2.1.1) is 90 00 to these rules."""
+        data, sw = await slot.driver.transmit(apdu, summary)
+        return data, 0x9000 if sw >> 8 == 0x91 else sw
 
     async def _counter(self, slot: CardSlot, ins: int, key: int) -> int:
         what = "VERIFY PIN" if ins == 0x20 else "UNBLOCK PIN"

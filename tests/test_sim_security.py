@@ -302,3 +302,44 @@ def test_ofono_shows_pin_required_and_the_cards_retries(tmp_path: Path) -> None:
         peer.call("org.ofono.Modem", "SetProperty", "sv", "Powered", "b", "true")
         peer.wait_for("PinRequired none", lambda: sim().get("PinRequired") == "none")
         assert dict(sim()["Retries"]).get("pin", 3) == 3  # type: ignore[call-overload]
+
+
+def test_a_pending_proactive_command_is_a_normal_ending() -> None:
+    """91 XX answers a PIN command like 90 00 while the toolkit has a command waiting (TS 102 221 10.2.1.1)."""
+    from bipsim.cp.security_commands import PinCode, pin1_code, presentation_error
+
+    assert pin1_code(0x9000, 0x63CA) is PinCode.READY
+    assert pin1_code(0x63C2, 0x63CA) is PinCode.SIM_PIN
+    assert pin1_code(0x63C0, 0x63CA) is PinCode.SIM_PUK
+    assert pin1_code(0x63C0, 0x63C0) is None
+    assert presentation_error(0x9000, puk_error=12) is None
+    assert presentation_error(0x63C0, puk_error=12) == 12
+
+
+async def test_cpin_is_ready_while_the_toolkit_has_a_command_pending(tmp_path: Path) -> None:
+    card = SimCard(load_profile(None), state_path=tmp_path / "state.json")
+
+    class Pending:
+        def terminal_profile(self, profile: bytes) -> None:
+            return None
+
+        def pending_length(self) -> int:
+            return 0x1E  # a proactive command waits: every 90 00 becomes 91 1E
+
+        def fetch(self) -> bytes:
+            raise AssertionError("not fetched here")
+
+        def terminal_response(self, data: bytes) -> None:
+            return None
+
+        def envelope(self, data: bytes) -> bytes:
+            return b""
+
+    card.toolkit = Pending()
+    assert run(card, "0020000100")[1] == "911E"
+
+    async def body(dte: Dte) -> None:
+        assert await dte.ask("AT+CPIN?") == ["+CPIN: READY", "OK"]
+        assert await dte.ask('AT+CPINR="SIM PIN"') == ["+CPINR: SIM PIN,3,3", "OK"]
+
+    await with_dte(card, body)
