@@ -19,6 +19,7 @@ from bipsim.ap.omapi.control import ControlServer
 from bipsim.ap.omapi.stack import OmapiOptions, OmapiStack
 from bipsim.ap.proxy import ProxyService
 from bipsim.ap.ril import Ril
+from bipsim.ap.sync.service import SyncOptions
 from bipsim.ap.toolkit import ToolkitService
 from bipsim.cp.modem import REOPEN_INTERVAL, LineOpener
 from bipsim.link.at_chat import AtChat
@@ -46,6 +47,8 @@ class ApOptions:
     # the Wi-Fi link model of the proxy's relay (--wlan, the --radio grammar of net/radio.py) and its seed
     wlan: str | None = None
     seed: int = 0
+    # the SIM data sync service (docs/protocols.md, "SIM data sync"); None: the AP does not sync
+    sync: SyncOptions | None = None
 
 
 SMS_RETRY = 0.5  # seconds between AT%SMSPP attempts while the CP's card is still starting (+CME ERROR: 14)
@@ -152,6 +155,8 @@ class ApplicationProcessor:
                 toolkit = HostToolkit(Policy.parse(self.options.toolkit))
                 self.toolkit = ToolkitService(chat, toolkit, tracer=self.tracer)
                 nursery.start_soon(self.toolkit.run)
+            if self.options.sync is not None:  # the SIM data sync watches card presence on DLC 1 (ap/sync/)
+                nursery.start_soon(self.options.sync.service(chat, self.tracer).watch, self.options.sync.poll)
             self.attached.set()
             if self.sms_sent < len(self.options.push_sms):  # once per process, not again after a line drop
                 nursery.start_soon(self._push_sms, chat)

@@ -281,6 +281,17 @@ async def test_watch_starts_one_cycle_per_presence_change(
             r.virtual.save("esim1", {})
             await trio.sleep(1.5)
             assert r.service.cycles[-1].trigger == Trigger(TriggerKind.VIRTUAL_ADDED, "esim1")
+            count = len(r.service.cycles)
+            await trio.sleep(3)
+            assert len(r.service.cycles) == count  # its own writes are no edit
+            from bipsim.ap.sync.merge import Entry
+
+            r.virtual.save("esim1", {C.identity(): Entry(C, 1.0), **r.virtual.load("esim1")})
+            await trio.sleep(1.5)
+            assert [c.trigger for c in r.service.cycles[count:]] == [
+                Trigger(TriggerKind.EDIT, "virtual:esim1")
+            ]
+            assert await read_sim(r, 1) == {A, B, C}
             nursery.cancel_scope.cancel()
 
 

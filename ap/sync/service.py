@@ -298,10 +298,17 @@ class ServerClient:
             )
             raise ServerError(f"sync server sent garbage: {exc}") from None
 
-    async def put(self, etag: str, records: Mapping[str, Entry]) -> None:
+    async def put(self, etag: str, records: Mapping[str, Entry]) -> str:
+        """Replaces the server's records if it still has version `etag`; the new version's ETag."""
         body = json.dumps({"records": _entries_to_json(records)}, sort_keys=True).encode()
         headers = [("content-type", "application/json"), ("if-match", etag)]
-        await self._request("PUT", body, headers, step=S13)
+        _, answer_headers, _ = await self._request("PUT", body, headers, step=S13)
+        return answer_headers.get("etag", etag)
+
+    async def version(self) -> str:
+        """The server's version (ETag) alone, to notice an edit made there (002:S11)."""
+        _, headers, _ = await self._request("GET", step=S11)
+        return headers.get("etag", "")
 
 
 @dataclass(slots=True)
@@ -348,6 +355,24 @@ class SyncService:
         self.clock = clock or trio.current_time
         self.cycles: list[CycleReport] = []
         self._lock = trio.Lock()  # one cycle at a time: a trigger during a cycle waits for it
+        self._seen: dict[str, tuple[int, int]] = {}  # the store files as the last cycle left them
+        self._server_etag: str | None = None  # the server's version as the last cycle left it
+
+    def _fingerprints(self) -> dict[str, tuple[int, int]]:
+        """(mtime, size) of the terminal's store and of each virtual SIM's file: a change is an edit (002:S11)."""
+        paths = {"local": self.local.path}
+        if self.virtual is not None:
+            paths.update(
+                {f"virtual:{name}": self.virtual.directory / f"{name}.json" for name in self.virtual.names()}
+            )
+        out = {}
+        for name, path in paths.items():
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            out[name] = (stat.st_mtime_ns, stat.st_size)
+        return out
 
     def _event(
         self, event: str, summary: str, step: str | None = None, error: bool = False, **facts: Any
@@ -481,6 +506,7 @@ class SyncService:
                                 await self._at("AT%SLOT=1", None)
                             except SyncAborted:
                                 pass
+            self._seen = self._fingerprints()
             self.cycles.append(report)
             return report
 
@@ -516,6 +542,7 @@ class SyncService:
         if self.server is not None:
             try:
                 etag, entries = await self.server.get()
+                self._server_etag = etag
             except ServerError as exc:
                 raise SyncAborted(str(exc)) from None
             stores.append(Store("server", StoreKind.SERVER, entries, state.snapshots.get("server")))
@@ -548,7 +575,7 @@ class SyncService:
         writes: dict[str, int] = {}
         if self.server is not None and not result.plans["server"].empty:
             try:
-                await self.server.put(etag, entries_out)
+                self._server_etag = await self.server.put(etag, entries_out)
             except ServerError as exc:
                 raise SyncAborted(str(exc)) from None
             writes["server"] = 1
@@ -568,11 +595,13 @@ class SyncService:
         return CycleReport(trigger, True, result, writes)
 
     async def watch(self, poll: float = 1.0) -> None:
-        """Detects the triggers of 002:S11: card presence (`AT%SLOTS?`, as the CP reports it) and the virtual SIMs'
-        directory, every `poll` seconds; each change runs one cycle. Edits on the terminal's store go through
-        `edit_local`, which runs its own cycle."""
+        """Detects the triggers of 002:S11 every `poll` seconds: card presence (`AT%SLOTS?`, as the CP reports it),
+        virtual SIMs added or deleted (their directory), edits of the terminal's store or a virtual SIM (their
+        files changed since the last cycle) and edits on the server (its version moved). Each change runs one
+        cycle; nothing else does."""
         presence: dict[int, bool] = {}
         virtual: set[str] = set()
+        self._seen = self._fingerprints()
         while True:
             try:
                 now = await self.slots(S11)
@@ -586,7 +615,25 @@ class SyncService:
             names = self.virtual.names() if self.virtual else set()
             triggers += [Trigger(TriggerKind.VIRTUAL_ADDED, name) for name in sorted(names - virtual)]
             triggers += [Trigger(TriggerKind.VIRTUAL_DELETED, name) for name in sorted(virtual - names)]
+            seen = self._fingerprints()
+            triggers += [
+                Trigger(TriggerKind.EDIT, name)
+                for name in sorted(seen)
+                if name in self._seen and seen[name] != self._seen[name]
+            ]
+            if "local" in seen and "local" not in self._seen:
+                triggers.append(Trigger(TriggerKind.EDIT, "local"))
+            self._seen = seen
             virtual = names
+            if self.server is not None:
+                try:
+                    etag = await self.server.version()
+                except ServerError as exc:
+                    self._event("sync_server_unreachable", str(exc), error=True, reason=str(exc))
+                else:
+                    if self._server_etag is not None and etag != self._server_etag:
+                        triggers.append(Trigger(TriggerKind.EDIT, "server"))
+                    self._server_etag = etag
             for trigger in triggers:
                 await self.cycle(trigger)
             await trio.sleep(poll)
@@ -602,3 +649,23 @@ class SyncService:
                 records[identity] = Entry(record, now)
             self.local.save(records, state)
         return await self.cycle(Trigger(TriggerKind.EDIT, "local"))
+
+
+@dataclass(frozen=True, slots=True)
+class SyncOptions:
+    """`bipsim ap --sync URL ...`: where the server is, the terminal's token, the terminal's store file, the
+    virtual SIMs' directory, the security policy and how often card presence is asked."""
+
+    url: str | None
+    token: str
+    local: Path
+    virtual: Path | None = None
+    security: Security = Security.PASS
+    poll: float = 1.0
+
+    def service(self, port: AtPort, tracer: Tracer = NULL_TRACER) -> SyncService:
+        server = ServerClient(self.url, self.token, tracer) if self.url else None
+        virtual = VirtualSims(self.virtual) if self.virtual else None
+        return SyncService(
+            port, LocalStore(self.local), virtual, server, security=self.security, tracer=tracer
+        )

@@ -139,6 +139,38 @@ if TYPE_CHECKING:
     show_default=True,
     help="Card slots the CP has (readers SIM1..SIMn); 0 asks the CP with AT%SLOTS?.",
 )
+@click.option(
+    "--sync",
+    "sync_url",
+    metavar="URL",
+    help="Run the SIM data sync (docs/protocols.md, 'SIM data sync') against this sync server, e.g. "
+    "http://127.0.0.1:8480/sync/v1/<IMSI>/records ('none': sync the SIMs, virtual SIMs and the terminal's store "
+    "without a server). Cards inserted or removed (AT%SLOTS?) and virtual SIMs added or deleted start a sync.",
+)
+@click.option(
+    "--sync-token",
+    default="",
+    help="The terminal's bearer token at the sync server (--terminal of bipsim sync-server).",
+)
+@click.option(
+    "--sync-store",
+    type=click.Path(dir_okay=False),
+    default="bipsim-sync.json",
+    show_default=True,
+    help="The terminal's own store of contacts and messages, and the sync's journal (JSON).",
+)
+@click.option(
+    "--virtual-sims",
+    type=click.Path(file_okay=False),
+    help="Directory of the virtual SIMs (one <profile>.json each); adding or deleting a file starts a sync.",
+)
+@click.option(
+    "--security",
+    type=click.Choice(["pass", "fail"]),
+    default="pass",
+    show_default=True,
+    help="The sync's security check (password, fingerprint...): 'fail' means no read and no write anywhere.",
+)
 @wlan_option
 @seed_option
 @trace_option
@@ -163,6 +195,11 @@ def ap(
     se_choose: str,
     card_slots: int,
     toolkit: str | None,
+    sync_url: str | None,
+    sync_token: str,
+    sync_store: str,
+    virtual_sims: str | None,
+    security: str,
     wlan: str | None,
     seed: int,
     trace_path: str | None,
@@ -194,6 +231,17 @@ def ap(
     omapi_options = None
     if omapi or omapi_listen:
         omapi_options = _omapi_options(omapi_listen, nfc, omapi_gate, no_card_mode, se_choose, card_slots)
+    sync_options = None
+    if sync_url is not None:
+        from pathlib import Path
+
+        from bipsim.ap.sync.service import Security, SyncOptions
+
+        url = None if sync_url == "none" else sync_url
+        if url is not None and not (url.startswith("http://") and url.endswith("/records")):
+            raise CliError("--sync: give http://HOST:PORT/sync/v1/<subscriber>/records or 'none'")
+        virtual = Path(virtual_sims) if virtual_sims else None
+        sync_options = SyncOptions(url, sync_token, Path(sync_store), virtual, Security(security))
     network = ApNetwork(wifi=wifi, ssid=ssid, cellular=cellular)
     if allow:
         network.allow = [AllowRule.parse(text) for text in allow]
@@ -209,6 +257,7 @@ def ap(
             toolkit=toolkit,
             wlan=wlan,
             seed=seed,
+            sync=sync_options,
         ),
         network,
         ApnDatabase.load(apn_db),
