@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from enum import Enum, IntEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -86,6 +86,9 @@ MAX_SCA = 12  # the SC address field: length octet, type of address, up to 20 di
 TEXT_LIMIT = 2048  # characters a text entry keeps: a UCS2 text in hex of a 140-octet message is 280
 # +CSMP defaults (27.005 3.3.2): SMS-SUBMIT with a relative validity period of 24 hours, PID 0, GSM 7-bit
 CSMP_DEFAULT = (17, 167, 0, 0)
+# the TP-SCTS of an SMS-DELIVER written by +CMGW in text mode when +CSMP gave no <scts> (27.005 3.3.2): a fixed
+# stamp, not the clock, so that the same commands store the same bytes
+CMGW_SCTS_DEFAULT = datetime(2000, 1, 1, tzinfo=UTC)
 OWN_NUMBER = "+15550000001"  # the ME's MSISDN when the network model names none
 CMMS_HOLD = 5.0  # +CMMS=1: seconds between sends that keep the link (27.005 3.5.6 says 1-5 s)
 MEMORIES1 = ("SM", "ME", "MT", "SR")
@@ -448,6 +451,7 @@ class SmsCommands:
         self.memories = ["SM", "SM", "SM"]  # +CPMS <mem1>,<mem2>,<mem3>
         self.service = 0  # +CSMS
         self.csmp = CSMP_DEFAULT
+        self.cmgw_scts = CMGW_SCTS_DEFAULT  # +CSMP's <scts> for text-mode +CMGW of received messages
         self.sca = ""  # +CSCA; empty: the network's SMSC
         self.sca_type = 145
         self.cnmi = Cnmi()
@@ -603,11 +607,14 @@ class SmsCommands:
         return None
 
     def _default_sca(self) -> str:
+        """The network's SMSC number; "" when the network names none, and then a message without an SC address
+        gets +CMS ERROR: 330 (27.005 3.2.5, SMSC address unknown)."""
         smsc = getattr(self.core.network, "smsc", None)
         address = getattr(smsc, "address", None)
-        if isinstance(address, str) and address:
-            return address if address.startswith("+") else "+" + address
-        return "+" + self.core.network.config.smsc.lstrip("+")
+        if not isinstance(address, str) or not address.lstrip("+"):
+            address = self.core.network.config.smsc
+        number = address.lstrip("+")
+        return "+" + number if number else ""
 
     def service_centre(self) -> str:
         """+CSCA's number, or the network's SMSC when the TE set none."""
@@ -652,7 +659,15 @@ class SmsCommands:
             raise CmsError(code, f"<fo> {fo} is not an SMS-SUBMIT (TP-MTI 01)")
         if (fo >> 3) & 0x03 not in (0, 2):
             raise CmsError(CMS_NOT_SUPPORTED, "only the relative validity period (or none) is supported")
-        vp = _int_arg(request.args, 1, 0, 255, self.csmp[1], code)
+        if len(request.args) > 1 and isinstance(request.args[1], str):
+            # 27.005 3.3.2: a time stamp in <vp> is the <scts> of the SMS-DELIVERs +CMGW then stores in text mode
+            try:
+                self.cmgw_scts = _parse_scts(request.args[1])
+            except ValueError as exc:
+                raise CmsError(code, f"<vp> {request.args[1]!r}: {exc}") from exc
+            vp = self.csmp[1]
+        else:
+            vp = _int_arg(request.args, 1, 0, 255, self.csmp[1], code)
         pid = _int_arg(request.args, 2, 0, 255, self.csmp[2], code)
         dcs = _int_arg(request.args, 3, 0, 255, self.csmp[3], code)
         self.csmp = (fo, vp, pid, dcs)
@@ -1053,7 +1068,7 @@ class SmsCommands:
 
     def _deliver_from_text(self, originator: Address, text: bytes) -> bytes:
         _, _, pid, dcs = self.csmp
-        deliver = SmsDeliver(originator, datetime.now(UTC), pid, dcs, ud=self._text_user_data(text, dcs))
+        deliver = SmsDeliver(originator, self.cmgw_scts, pid, dcs, ud=self._text_user_data(text, dcs))
         try:
             return deliver.encode()
         except SmsPduError as exc:
@@ -1371,6 +1386,18 @@ class MtResult:
     sw: int | None = None
     failure: int | None = None
     cause: str = ""
+
+
+def _parse_scts(text: str) -> datetime:
+    """27.005 3.1 <scts> "yy/MM/dd,hh:mm:ss±zz" (zz in quarters of an hour); ValueError when it is not one."""
+    if len(text) != 20 or text[17] not in "+-":
+        raise ValueError('not "yy/MM/dd,hh:mm:ss±zz"')
+    when = datetime.strptime(text[:17], "%y/%m/%d,%H:%M:%S")
+    quarters = int(text[18:])
+    if not text[18:].isdigit() or quarters > 79:
+        raise ValueError("time zone beyond 79 quarters of an hour")
+    sign = -1 if text[17] == "-" else 1
+    return when.replace(tzinfo=timezone(timedelta(minutes=15 * quarters * sign)))
 
 
 def _scts(when: datetime) -> str:

@@ -1,0 +1,70 @@
+"""27.005 text mode details of cp/sms_commands.py: the time stamp of a received message written by +CMGW (the
+TE gives it through +CSMP's <vp>, 27.005 3.3.2, never the clock) and +CMS ERROR: 330 when no service centre
+address is known (27.005 3.2.5)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+import trio.testing
+
+from bipsim.cp.card_driver import CardDriver
+from bipsim.cp.commands import ModemCommands
+from bipsim.cp.modem import simulated_card
+from bipsim.cp.network import CellularNetwork, NetworkConfig
+from bipsim.cp.sms_commands import SmsCommands
+from bipsim.link.at_server import AtServer
+from bipsim.trace.recorder import Tracer
+from tests.test_sms_commands import Cp, Dte, Smsc, lines
+
+
+async def a_cp(nursery: trio.Nursery, network: CellularNetwork, smsc_address: str = "+15550000000") -> Cp:
+    smsc = Smsc()
+    smsc.address = smsc_address
+    network.smsc = smsc  # type: ignore[assignment]
+    tracer = Tracer(keep=True)
+    card, _ = simulated_card(None, None, tracer)
+    driver = CardDriver(card, tracer=tracer)
+    await driver.start()
+    core = ModemCommands(driver, network)
+    sms = SmsCommands(core, tracer, {})
+    core.command_sets = [sms]
+    a, b = trio.testing.memory_stream_pair()
+    server = AtServer(b, tracer=tracer, echo=False)
+    core.install(server)
+    nursery.start_soon(server.run)
+    dte = Dte(a)
+    assert await dte.at("AT+CMEE=1") == "\r\nOK\r\n"
+    return Cp(dte, server, sms, core, network, smsc, tracer, card)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def cp(nursery: trio.Nursery) -> AsyncIterator[Cp]:
+    yield await a_cp(nursery, CellularNetwork())
+
+
+async def test_cmgw_of_a_received_message_takes_the_tes_time_stamp(cp: Cp) -> None:
+    dte = cp.dte
+    await dte.at("AT+CMGF=1")
+    assert lines(await dte.entry('AT+CMGW="+447700900123",145,"REC UNREAD"', "hello")) == ["+CMGW: 1"]
+    # no <scts> given: a fixed stamp, the same bytes every run
+    assert (
+        lines(await dte.at("AT+CMGR=1"))[0] == '+CMGR: "REC UNREAD","+447700900123",,"00/01/01,00:00:00+00"'
+    )
+    assert await dte.at('AT+CSMP=17,"26/11/30,12:34:56-08",0,0') == "\r\nOK\r\n"
+    assert lines(await dte.at("AT+CSMP?")) == ["+CSMP: 17,167,0,0"]  # the relative <vp> of SUBMITs is kept
+    assert lines(await dte.entry('AT+CMGW="+447700900123",145,"REC READ"', "later")) == ["+CMGW: 2"]
+    assert lines(await dte.at("AT+CMGR=2"))[0] == '+CMGR: "REC READ","+447700900123",,"26/11/30,12:34:56-08"'
+    for bad in ('"26/13/30,12:34:56+00"', '"26/11/30,12:34:56+99"', '"yesterday"'):
+        assert await dte.at(f"AT+CSMP=17,{bad}") == "\r\n+CMS ERROR: 305\r\n"
+
+
+async def test_no_service_centre_address_is_cms_error_330(nursery: trio.Nursery) -> None:
+    cp = await a_cp(nursery, CellularNetwork(NetworkConfig(smsc="")), "")
+    await cp.dte.at("AT+CMGF=1")
+    assert await cp.dte.entry('AT+CMGS="+447700900456"', "hi") == "\r\n+CMS ERROR: 330\r\n"
+    assert cp.smsc.submitted == []
+    assert await cp.dte.at('AT+CSCA="+447700900000"') == "\r\nOK\r\n"  # the TE names one: it goes
+    assert lines(await cp.dte.entry('AT+CMGS="+447700900456"', "hi")) == ["+CMGS: 1"]
