@@ -112,3 +112,15 @@ def test_gammu_unblocks_with_the_puk(phone: Phone) -> None:
     phone.stop_cp()
     card = SimCard(load_profile("pin"), state_path=phone.state)
     assert card.process(bytes.fromhex("0020000108") + b"4321".ljust(8, b"\xff"))[-2:] == b"\x90\x00"
+
+
+@pytest.mark.needs("gammu")
+def test_a_lost_attempt_survives_kill_9(phone: Phone) -> None:
+    """The card writes the counter before its answer leaves it: a CP killed right after a false PIN keeps it."""
+    code, out = phone.gammu("entersecuritycode", "PIN", "0000")
+    assert code != 0 and "Security error" in out
+    assert phone.cp is not None
+    phone.cp.kill()  # SIGKILL: no unwinding, no last save
+    phone.cp.wait(10)
+    card = SimCard(load_profile("pin"), state_path=phone.state)
+    assert card.process(bytes.fromhex("0020000100")) == b"\x63\xc2"
