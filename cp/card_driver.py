@@ -13,7 +13,9 @@ with an app.error trace event, so that the CP and its other channels go on. The 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import trio
@@ -159,6 +161,69 @@ class CardError(Exception):
         self.sw = sw
 
 
+def fcp_records(fcp: bytes) -> tuple[int, int]:
+    """(record length, record count) of a linear fixed or cyclic EF from its FCP template's '82' file descriptor
+    (TS 102 221 section 11.1.1.4.3); (0, 0) for a transparent EF or a DF."""
+    at = 2 if fcp[:1] == b"\x62" else 0
+    while at + 2 <= len(fcp):
+        tag, size = fcp[at], fcp[at + 1]
+        value = fcp[at + 2 : at + 2 + size]
+        if tag == 0x82 and len(value) >= 5:
+            return int.from_bytes(value[2:4], "big"), value[4]
+        at += 2 + size
+    return 0, 0
+
+
+def selected(sw: int) -> bool:
+    """A SELECT that selected: normal ending (90 00, 91 xx) or a warning (62 xx, 63 xx: e.g. 62 83, the file is
+    deactivated), as ISO/IEC 7816-4 section 5.6 counts them."""
+    return sw == 0x9000 or sw >> 8 in (0x91, 0x62, 0x63)
+
+
+class FileNotSelected(CardError):
+    """A SELECT on the way to a file session's file failed: `sw` is that SELECT's status word (6A 82: no such
+    file), `part` the FID or AID it was for."""
+
+    def __init__(self, part: bytes, sw: int) -> None:
+        super().__init__(f"SELECT {part.hex().upper()}", sw)
+        self.part = part
+
+
+@dataclass
+class CardFile:
+    """The file a file session selected (CardDriver.file_session): its FCP, and for a record EF its record length
+    and count, parsed once. Every command goes to this file: the session holds the card's current file."""
+
+    driver: CardDriver
+    what: str
+    fcp: bytes
+    record_length: int
+    record_count: int
+
+    async def command(self, apdu: bytes, summary: str) -> tuple[bytes, int]:
+        """Any command on the selected file (+CRSM's READ/UPDATE BINARY or RECORD, STATUS...)."""
+        return await self.driver.transmit(apdu, summary)
+
+    async def read_record(self, number: int) -> tuple[bytes, int]:
+        """READ RECORD `number` in absolute mode (TS 102 221 section 11.1.5), the whole record."""
+        return await self.command(
+            bytes((0x00, 0xB2, number, 0x04, self.record_length & 0xFF)), f"{self.what} READ RECORD {number}"
+        )
+
+    async def update_record(self, number: int, data: bytes) -> int:
+        """UPDATE RECORD `number` in absolute mode (TS 102 221 section 11.1.6); the status word."""
+        _, sw = await self.command(
+            bytes((0x00, 0xDC, number, 0x04, len(data))) + data, f"{self.what} UPDATE RECORD {number}"
+        )
+        return sw
+
+    async def read_binary(self, offset: int = 0, length: int = 0) -> tuple[bytes, int]:
+        """READ BINARY (TS 102 221 section 11.1.3) of `length` bytes (0: all, up to 256) from `offset`."""
+        return await self.command(
+            bytes((0x00, 0xB0, offset >> 8 & 0x7F, offset & 0xFF, length & 0xFF)), f"{self.what} READ BINARY"
+        )
+
+
 class CardDriver:
     """Drives one card: `proactive_pending` is the length from the last 91 xx (0 when none)."""
 
@@ -170,6 +235,9 @@ class CardDriver:
         # names the patent step a fetched command is (the BIP service sets it)
         self.fetch_labeler: Callable[[ProactiveCommand | None], str | None] = lambda command: None
         self._lock = _CardLock()  # the BIP service and AT commands (+CSIM, +CRSM, +CGLA) share one card
+        # the basic channel's current file is one for all AT lines: a file session holds it from SELECT to the
+        # last READ/UPDATE, so that another line's SELECT never lands in between (docs/protocols.md, "Phonebook")
+        self._file_lock = trio.Lock()
         self.started = trio.Event()  # TERMINAL PROFILE went through: envelopes may be sent
         # what start() sends as TERMINAL PROFILE (`bipsim cp --terminal-profile`, uicc/terminal_profile.py)
         self.profile = TERMINAL_PROFILE
@@ -203,6 +271,25 @@ class CardDriver:
             kind=Kind.APDU_RESPONSE,
             fields={"sw": sw},
         )
+
+    @asynccontextmanager
+    async def file_session(self, path: Sequence[bytes], what: str) -> AsyncIterator[CardFile]:
+        """`async with driver.file_session(path, what) as f:` SELECTs `path` on the basic channel, each part in
+        turn (a two-byte FID by file id, a longer part as an application's AID by DF name, TS 102 221 section
+        11.1.1), and holds the card's current file for this session alone until the block ends. FileNotSelected
+        when a SELECT fails; CardRemoved when the card goes away."""
+        async with self._file_lock:
+            fcp = b""
+            for part in path:
+                if len(part) == 2:
+                    apdu = b"\x00\xa4\x00\x04\x02" + part
+                else:
+                    apdu = b"\x00\xa4\x04\x04" + bytes((len(part),)) + part
+                fcp, sw = await self.transmit(apdu, f"{what} SELECT {part.hex().upper()}")
+                if not selected(sw):
+                    raise FileNotSelected(part, sw)
+            length, count = fcp_records(fcp)
+            yield CardFile(self, what, fcp, length, count)
 
     async def raw(self, apdu: bytes, summary: str) -> bytes:
         """One APDU exactly as given (no T=0 handling), recorded: for +CSIM and +CGLA."""

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import trio
 
 from bipsim import __version__
-from bipsim.cp.card_driver import CardDriver
+from bipsim.cp.card_driver import CardDriver, FileNotSelected
 from bipsim.cp.card_slot import CardSlot
 from bipsim.cp.command_sets import CommandSet
 from bipsim.cp.network import (
@@ -145,6 +145,23 @@ def _str(args: tuple[AtArg, ...], index: int, default: str | None = None) -> str
             raise CmeError(CME_BAD_PARAMETERS)
         return default
     return str(value)
+
+
+def crsm_path(fid: int, pathid: bytes) -> list[bytes]:
+    """What +CRSM selects for <fileid> under <pathid> (27.007 8.18): <pathid> is the path from the MF (TS 102 221
+    8.4.2, "7F105F3A"; a leading 3F00 is allowed, 7FFF stands for the USIM's ADF), so the MF, the path's DFs, then
+    the file. Without <pathid> a 6Fxx file is the USIM's (ADF USIM, then the file) and any other file id is
+    selected as it is; <fileid> 0 (STATUS) selects nothing."""
+    if not fid:
+        return []
+    if pathid:
+        parts = [pathid[at : at + 2] for at in range(0, len(pathid), 2)]
+        if parts[0] == b"\x3f\x00":
+            parts = parts[1:]
+        return [b"\x3f\x00", *(USIM_AID if part == b"\x7f\xff" else part for part in parts), fid.to_bytes(2, "big")]
+    if fid >> 8 == 0x6F:
+        return [USIM_AID, fid.to_bytes(2, "big")]
+    return [fid.to_bytes(2, "big")]
 
 
 def _selected(sw: int) -> bool:
@@ -850,30 +867,22 @@ class ModemCommands:
                 raise CmeError(CME_BAD_PARAMETERS)
         elif data:
             raise CmeError(CME_BAD_PARAMETERS)  # nothing to write for a read, GET RESPONSE or STATUS
-        if fid:
-            path = "7FFF" if fid >> 8 == 0x6F else ""
-            for part in ([path] if path else []) + [f"{fid:04X}"]:
-                if part == "7FFF":
-                    await slot.driver.transmit(
-                        b"\x00\xa4\x04\x04" + bytes((len(USIM_AID),)) + USIM_AID, "+CRSM SELECT ADF"
+        try:
+            # one file session: another line's SELECT never lands between this SELECT and its READ/UPDATE
+            async with slot.driver.file_session(crsm_path(fid, pathid), "+CRSM") as ef:
+                if command == 192:
+                    response, sw = await ef.command(
+                        b"\x00\xa4\x00\x04\x02" + fid.to_bytes(2, "big"), "+CRSM GET RESPONSE"
                     )
-                    continue
-                _, selected = await slot.driver.transmit(
-                    b"\x00\xa4\x00\x04\x02" + bytes.fromhex(part), f"+CRSM SELECT {part}"
-                )
-                if not _selected(selected):
-                    # the file is not there (6A 82) or not to be selected: that is the answer (27.007 8.18
-                    # reports the status words of the command that failed), not the READ's 69 86 on no file
-                    return [f'+CRSM: {selected >> 8},{selected & 0xFF},""']
-        if command == 192:
-            response, sw = await slot.driver.transmit(
-                b"\x00\xa4\x00\x04\x02" + fid.to_bytes(2, "big"), "+CRSM GET RESPONSE"
-            )
-        else:
-            apdu = bytes((0x80 if ins == 0xF2 else 0x00, ins, p1, p2)) + (
-                bytes((len(data),)) + data if data else bytes((p3,))
-            )
-            response, sw = await slot.driver.transmit(apdu, f"+CRSM {command}")
+                else:
+                    apdu = bytes((0x80 if ins == 0xF2 else 0x00, ins, p1, p2)) + (
+                        bytes((len(data),)) + data if data else bytes((p3,))
+                    )
+                    response, sw = await ef.command(apdu, f"+CRSM {command}")
+        except FileNotSelected as exc:
+            # the file is not there (6A 82) or not to be selected: that is the answer (27.007 8.18 reports the
+            # status words of the command that failed), not the READ's 69 86 on no file
+            return [f'+CRSM: {exc.sw >> 8},{exc.sw & 0xFF},""']
         return [f'+CRSM: {sw >> 8},{sw & 0xFF},"{response.hex().upper()}"']
 
     async def ccho(self, request: AtRequest, slot: CardSlot) -> list[str] | None:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from bipsim import __version__
+from bipsim.cp.card_driver import FileNotSelected
 from bipsim.cp.card_slot import Change
 from bipsim.link.at_server import AtCommandError, AtServer, CmeError
 from bipsim.link.at_syntax import AtRequest, CommandKind
@@ -279,13 +280,11 @@ class DialectCommands:
         """The vendor's ICCID command: EF_ICCID read from the card (SELECT 2FE2 under the MF, READ BINARY)."""
         if request.kind is not CommandKind.EXEC:
             raise AtCommandError()
-        for part in (b"\x3f\x00", b"\x2f\xe2"):
-            _, sw = await slot.driver.transmit(
-                b"\x00\xa4\x00\x04\x02" + part, f"ICCID SELECT {part.hex().upper()}"
-            )
-            if sw != 0x9000 and sw >> 8 != 0x91:
-                raise CmeError(CME_SIM_FAILURE)
-        data, sw = await slot.driver.transmit(b"\x00\xb0\x00\x00\x0a", "ICCID READ BINARY")
+        try:
+            async with slot.driver.file_session((b"\x3f\x00", b"\x2f\xe2"), "ICCID") as ef:
+                data, sw = await ef.read_binary(0, 10)
+        except FileNotSelected:
+            raise CmeError(CME_SIM_FAILURE) from None
         if sw != 0x9000 and sw >> 8 != 0x91:
             raise CmeError(CME_SIM_FAILURE)
         return [self.dialect.iccid_prefix + decode_iccid(data)]

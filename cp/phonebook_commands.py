@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from bipsim.cp.card_driver import FileNotSelected
 from bipsim.link.at_server import AtCommandError, AtServer, CmeError
 from bipsim.link.at_syntax import AtArg, AtRequest, CommandKind
 from bipsim.uicc.fs import USIM_AID, pin_block
@@ -59,6 +60,8 @@ if TYPE_CHECKING:
 
 CME_NOT_ALLOWED = 3
 CME_NOT_SUPPORTED = 4
+CME_SIM_PIN_REQUIRED = 11
+CME_SIM_PUK_REQUIRED = 12
 CME_SIM_FAILURE = 13
 CME_INCORRECT_PASSWORD = 16
 CME_SIM_PUK2_REQUIRED = 18
@@ -72,8 +75,9 @@ CME_INVALID_DIAL_STRING = 27
 CME_BAD_PARAMETERS = 50
 
 TYPE_UNKNOWN, TYPE_INTERNATIONAL = 129, 145
-MF, DF_TELECOM, ADF_USIM = b"\x3f\x00", b"\x7f\x10", b"ADF"
+MF, DF_TELECOM, ADF_USIM = b"\x3f\x00", b"\x7f\x10", USIM_AID  # an AID part: SELECT by DF name
 DF_PHONEBOOK, EF_PBR = b"\x5f\x3a", b"\x4f\x30"
+EF_FDN = b"\x6f\x3b"
 
 
 @dataclass(frozen=True)
@@ -92,7 +96,7 @@ class Storage:
 TELECOM_SM = Storage("SM", (MF, DF_TELECOM, b"\x6f\x3a"), (MF, DF_TELECOM, b"\x6f\x4a"))
 STORAGES = {
     "SM": TELECOM_SM,
-    "FD": Storage("FD", (MF, ADF_USIM, b"\x6f\x3b"), None, pin2=True),
+    "FD": Storage("FD", (MF, ADF_USIM, EF_FDN), None, pin2=True),
     "SD": Storage("SD", (MF, ADF_USIM, b"\x6f\x49"), None, writable=False),
     "ON": Storage("ON", (MF, ADF_USIM, b"\x6f\x40"), None),
     "EN": Storage("EN", (MF, ADF_USIM, b"\x6f\xb7"), None, writable=False, ecc=True),
@@ -135,19 +139,6 @@ class Book:
         return MAIN_DIGITS + EXT_DIGITS * min(MAX_EXT_RECORDS, len(self.ext))
 
 
-def _fcp_records(fcp: bytes) -> tuple[int, int]:
-    """(record length, record count) of a linear fixed EF from its FCP template's '82' file descriptor
-    (TS 102 221 11.1.1.4.3); (0, 0) when it is not one."""
-    at = 2 if fcp[:1] == b"\x62" else 0
-    while at + 2 <= len(fcp):
-        tag, size = fcp[at], fcp[at + 1]
-        value = fcp[at + 2 : at + 2 + size]
-        if tag == 0x82 and len(value) >= 5:
-            return int.from_bytes(value[2:4], "big"), value[4]
-        at += 2 + size
-    return 0, 0
-
-
 def _str_arg(args: tuple[AtArg, ...], index: int) -> str | None:
     value = args[index] if index < len(args) else None
     if value is None:
@@ -164,6 +155,13 @@ def _int_arg(args: tuple[AtArg, ...], index: int) -> int | None:
     if not isinstance(value, int):
         raise CmeError(CME_BAD_PARAMETERS)
     return value
+
+
+def _card_cme(sw: int) -> int:
+    """The +CME ERROR of a card's refusal (27.007 9.2.1): 6982 security status not satisfied is 11 (SIM PIN
+    required: TS 31.102 guards the phonebook with PIN1), 6983 a blocked PIN 12 (SIM PUK required), anything else
+    13 (SIM failure)."""
+    return {0x6982: CME_SIM_PIN_REQUIRED, 0x6983: CME_SIM_PUK_REQUIRED}.get(sw, CME_SIM_FAILURE)
 
 
 _PHONEBOOK_ERRORS = {
@@ -221,43 +219,35 @@ class PhonebookCommands:
 
     # --- the card -------------------------------------------------------------------------------------------------
 
-    async def _select(self, slot: CardSlot, path: tuple[bytes, ...]) -> bytes | None:
-        """SELECTs each FID of `path` in turn (ADF_USIM by AID); the last one's FCP, or None when one is missing."""
-        response, sw = b"", 0
-        for part in path:
-            if part == ADF_USIM:
-                apdu = b"\x00\xa4\x04\x04" + bytes((len(USIM_AID),)) + USIM_AID
-            else:
-                apdu = b"\x00\xa4\x00\x04\x02" + part
-            response, sw = await slot.driver.transmit(apdu, f"phonebook SELECT {part.hex().upper()}")
-            if sw != 0x9000 and sw >> 8 not in (0x91, 0x62, 0x63):
-                return None
-        return response
-
     async def _read_file(self, slot: CardSlot, path: tuple[bytes, ...]) -> list[bytes] | None:
-        fcp = await self._select(slot, path)
-        if fcp is None:
+        """The records of the EF at `path`, read in one file session of the card driver (no other line's SELECT
+        lands between); None when the card has no such file."""
+        try:
+            async with slot.driver.file_session(path, "phonebook") as ef:
+                records = []
+                for number in range(1, ef.record_count + 1):
+                    data, sw = await ef.read_record(number)
+                    if sw != 0x9000 and sw >> 8 != 0x91:
+                        raise CmeError(_card_cme(sw))
+                    if len(data) != ef.record_length:
+                        raise CmeError(CME_SIM_FAILURE)
+                    records.append(data)
+                return records
+        except FileNotSelected as exc:
+            if exc.sw in (0x6982, 0x6983):
+                raise CmeError(_card_cme(exc.sw)) from None
             return None
-        length, count = _fcp_records(fcp)
-        records = []
-        for number in range(1, count + 1):
-            data, sw = await slot.driver.transmit(
-                bytes((0x00, 0xB2, number, 0x04, length & 0xFF)), f"phonebook READ RECORD {number}"
-            )
-            if sw != 0x9000 and sw >> 8 != 0x91 or len(data) != length:
-                raise CmeError(CME_SIM_FAILURE)
-            records.append(data)
-        return records
 
     async def _update(self, slot: CardSlot, path: tuple[bytes, ...], number: int, data: bytes) -> None:
-        if await self._select(slot, path) is None:
-            raise CmeError(CME_SIM_FAILURE)
-        apdu = bytes((0x00, 0xDC, number, 0x04, len(data))) + data
-        _, sw = await slot.driver.transmit(apdu, f"phonebook UPDATE RECORD {number}")
-        if sw == 0x6982:  # security status not satisfied: EF_FDN without PIN2 (TS 31.102 4.2.24)
+        try:
+            async with slot.driver.file_session(path, "phonebook") as ef:
+                sw = await ef.update_record(number, data)
+        except FileNotSelected as exc:
+            raise CmeError(_card_cme(exc.sw)) from None
+        if sw == 0x6982 and path[-1] == EF_FDN:  # EF_FDN's update needs PIN2 (TS 31.102 4.2.24)
             raise CmeError(CME_NOT_ALLOWED)
         if sw != 0x9000 and sw >> 8 != 0x91:
-            raise CmeError(CME_SIM_FAILURE)
+            raise CmeError(_card_cme(sw))
 
     async def _usim_phonebook(self, slot: CardSlot) -> Storage | None:
         """The "SM" storage of the USIM phonebook, from EF_PBR's first record (TS 31.102 4.4.2.1), or None."""
@@ -447,21 +437,49 @@ class PhonebookCommands:
             raise CmeError(CME_MEMORY_FULL)  # no EF_EXT1 record left for the rest of the number
         numbers = available[:needed]
         record, exts = encode_entry(entry, book.record_length, numbers)
-        if book.ext_path is not None:
-            for number, data in zip(numbers, exts, strict=True):
-                await self._update(slot, book.ext_path, number, data)
-        await self._update(slot, book.path, index, record)
-        if book.ext_path is not None:
-            for number in old_chain:
-                if number not in numbers:
-                    await self._update(slot, book.ext_path, number, EMPTY_EXT)
+        updates: list[tuple[bool, int, bytes]] = [
+            (True, number, data) for number, data in zip(numbers, exts, strict=True)
+        ]
+        updates.append((False, index, record))
+        updates += [(True, number, EMPTY_EXT) for number in old_chain if number not in numbers]
+        await self._apply(slot, book, updates)
 
     async def _delete(self, slot: CardSlot, book: Book, index: int) -> None:
         chain = ext_chain(book.records[index - 1], book.ext) if book.ext_path is not None else []
-        await self._update(slot, book.path, index, empty_record(book.record_length))
-        if book.ext_path is not None:
-            for number in chain:
-                await self._update(slot, book.ext_path, number, EMPTY_EXT)
+        updates = [(False, index, empty_record(book.record_length))]
+        updates += [(True, number, EMPTY_EXT) for number in chain]
+        await self._apply(slot, book, updates)
+
+    async def _apply(self, slot: CardSlot, book: Book, updates: list[tuple[bool, int, bytes]]) -> None:
+        """Writes `updates` ((to EF_EXT1?, record number, record)) to the book's EFs. An edit of the USIM
+        phonebook's EF_ADN goes to DF_TELECOM's EF_ADN and EF_EXT1 too, at the same record numbers, where the card
+        has them with the same record length: the 2G phonebook stays the USIM's "SM" (docs/protocols.md,
+        "Phonebook")."""
+        copies = [(book.path, book.ext_path)]
+        if book.storage.name == "SM" and book.path != TELECOM_SM.path:
+            copies.append((TELECOM_SM.path, TELECOM_SM.ext if book.ext_path is not None else None))
+        for copy, (path, ext_path) in enumerate(copies):
+            for to_ext, number, data in updates:
+                target = ext_path if to_ext else path
+                if target is None:
+                    continue
+                if copy == 0:
+                    await self._update(slot, target, number, data)
+                else:
+                    await self._mirror(slot, target, number, data)
+
+    async def _mirror(self, slot: CardSlot, path: tuple[bytes, ...], number: int, data: bytes) -> None:
+        """One record of DF_TELECOM's copy: skipped where the card lacks the file or its record differs in length
+        (it is then not a copy of the USIM's book)."""
+        try:
+            async with slot.driver.file_session(path, "phonebook") as ef:
+                if ef.record_length != len(data) or number > ef.record_count:
+                    return
+                sw = await ef.update_record(number, data)
+        except FileNotSelected:
+            return
+        if sw != 0x9000 and sw >> 8 != 0x91:
+            raise CmeError(_card_cme(sw))
 
     async def cnum(self, request: AtRequest, slot: CardSlot) -> list[str] | None:
         """+CNUM (27.007 7.1): the subscriber's own numbers from EF_MSISDN, `+CNUM: <alpha>,<number>,<type>`."""

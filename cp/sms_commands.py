@@ -21,7 +21,8 @@ section 9.2; the data coding scheme TS 23.038 section 4.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta, timezone
 from enum import Enum, IntEnum
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
+from bipsim.cp.card_driver import CardFile, FileNotSelected
 from bipsim.link.at_server import AtCommandError, AtServer, CmeError, CmsError
 from bipsim.link.at_syntax import AtArg, AtRequest, CommandKind
 from bipsim.net.sms_pdu import (
@@ -65,6 +67,8 @@ CMS_NOT_SUPPORTED = 303
 CMS_INVALID_PDU_PARAMETER = 304
 CMS_INVALID_TEXT_PARAMETER = 305
 CMS_SIM_NOT_INSERTED = 310
+CMS_SIM_PIN_REQUIRED = 311
+CMS_SIM_PUK_REQUIRED = 312
 CMS_SIM_FAILURE = 313
 CMS_SIM_BUSY = 314
 CMS_MEMORY_FAILURE = 320
@@ -76,6 +80,7 @@ CMS_NO_CNMA_EXPECTED = 340
 CMS_UNKNOWN = 500
 
 EF_SMS = 0x6F3C
+SMS_PATH = (USIM_AID, EF_SMS.to_bytes(2, "big"))  # ADF USIM by its AID, then EF_SMS (TS 31.102 4.2.25)
 EF_SMS_RECORD = 176  # TS 31.102 4.2.25: status byte + 175 bytes
 ME_CAPACITY = 20
 SR_CAPACITY = 10
@@ -193,11 +198,14 @@ def tpdu_extent(tpdu: bytes, *, mobile_originated: bool) -> int:
 
 @dataclass(frozen=True)
 class StoredSms:
-    """One stored message: its <stat>, SC address field (sca_field form) and TPDU."""
+    """One stored message: its <stat>, SC address field (sca_field form) and TPDU. `raw` is set for a record the
+    card marks used whose bytes hold no message the modem can decode: they are the record's bytes after the status
+    byte, kept as they are (listed in hex, written back unchanged when only the status changes)."""
 
     stat: Stat
     sca: bytes
     tpdu: bytes
+    raw: bytes | None = None
 
     @property
     def mobile_originated(self) -> bool:
@@ -205,29 +213,33 @@ class StoredSms:
 
     def record(self) -> bytes:
         """The EF_SMS record (TS 31.102 4.2.25): status, SC address, TPDU, FF to 176 bytes."""
-        body = bytes((EF_STATUS[self.stat],)) + self.sca + self.tpdu
+        content = self.raw if self.raw is not None else self.sca + self.tpdu
+        body = bytes((EF_STATUS[self.stat],)) + content
         if len(body) > EF_SMS_RECORD:
             raise BadPdu(f"message of {len(body)} bytes does not fit a {EF_SMS_RECORD}-byte EF_SMS record")
         return body.ljust(EF_SMS_RECORD, b"\xff")
 
     @classmethod
     def from_record(cls, record: bytes) -> StoredSms | None:
-        """A record back to a message: None for a free record (status b1 = 0) or one whose bytes do not hold a
-        message (the card's content is the card's: it is skipped, not an error of the TE's command)."""
+        """A record back to a message: None for a free record (status b1 = 0, TS 31.102 4.2.25). A used record
+        whose bytes hold no message is still a message (the card's content is the card's: it is never taken for
+        a free record and overwritten): its SC address field if the length octet allows one, the rest up to the
+        FF padding as its TPDU, and the bytes in `raw`."""
         if not record or not record[0] & 0x01:
             return None
-        stat = _STAT_OF_STATUS.get(record[0] & 0x07)
-        if stat is None:
-            return None
+        stat = _STAT_OF_STATUS[record[0] & 0x07]  # b1 set: 1, 3, 5 or 7, each a <stat>
         body = record[1:]
-        if not body or body[0] > MAX_SCA - 1:
-            return None
-        sca, rest = body[: 1 + body[0]], body[1 + body[0] :]
-        try:
-            length = tpdu_extent(rest, mobile_originated=stat >= Stat.STO_UNSENT)
-        except BadPdu:
-            return None
-        return cls(stat, sca, rest[:length]) if length <= len(rest) else None
+        if body and body[0] <= MAX_SCA - 1:
+            sca, rest = body[: 1 + body[0]], body[1 + body[0] :]
+            try:
+                length = tpdu_extent(rest, mobile_originated=stat >= Stat.STO_UNSENT)
+            except BadPdu:
+                length = len(rest) + 1
+            if length <= len(rest):
+                return cls(stat, sca, rest[:length])
+        else:
+            sca, rest = b"\x00", body  # no SC address field the modem can read: all of it shows as the TPDU
+        return cls(stat, sca, rest.rstrip(b"\xff"), raw=body)
 
 
 FREE_RECORD = b"\x00" + b"\xff" * (EF_SMS_RECORD - 1)
@@ -278,73 +290,78 @@ class MemoryStorage:
 
 
 class CardStorage:
-    """ "SM": the card's EF_SMS in ADF USIM, through the slot's card driver. Every access selects the file again
-    (the basic channel's current file is shared with +CRSM and the phonebook) and reads what is on the card now."""
+    """ "SM": the card's EF_SMS in ADF USIM, through the slot's card driver. Each access is one file session of the
+    driver (SELECT ADF USIM, SELECT EF_SMS, its records), which holds the basic channel's current file against
+    +CRSM and the phonebook on other lines, and reads what is on the card now."""
 
     name = "SM"
 
     def __init__(self, slot: Callable[[], CardSlot]) -> None:
         self._slot = slot
 
-    async def _apdu(self, apdu: bytes, summary: str) -> bytes:
+    @asynccontextmanager
+    async def _session(self) -> AsyncIterator[CardFile]:
         slot = self._slot()
         if slot.absent:
             raise CmsError(CMS_SIM_NOT_INSERTED, "no card in slot 1")
         try:
-            data, sw = await slot.driver.transmit(apdu, summary)
+            async with slot.driver.file_session(SMS_PATH, "EF_SMS") as ef:
+                if not ef.record_count:
+                    raise CmsError(CMS_SIM_FAILURE, "EF_SMS answered no record count")
+                yield ef
+        except FileNotSelected as exc:
+            raise CmsError(
+                _card_cms(exc.sw), f"SELECT {exc.part.hex().upper()}: card answered {exc.sw:04X}"
+            ) from None
         except CardRemoved as exc:
             slot.gone(exc)
             raise CmsError(CMS_SIM_NOT_INSERTED, "the card went away") from exc
-        if sw == 0x6A83:
-            raise CmsError(CMS_INVALID_INDEX, "the card has no such record")
-        if sw != 0x9000 and sw >> 8 != 0x91:
-            raise CmsError(CMS_SIM_FAILURE, f"{summary}: card answered {sw:04X}")
+
+    @staticmethod
+    async def _read_record(ef: CardFile, index: int) -> bytes:
+        data, sw = await ef.read_record(index)
+        _check_sw(sw, f"READ RECORD EF_SMS {index}")
         return data
 
-    async def _select(self) -> int:
-        """Selects EF_SMS; returns its number of records (from the FCP's file descriptor, TS 102 221 11.1.1.4.3)."""
-        await self._apdu(b"\x00\xa4\x04\x04" + bytes((len(USIM_AID),)) + USIM_AID, "SELECT ADF USIM")
-        fcp = await self._apdu(b"\x00\xa4\x00\x04\x02" + EF_SMS.to_bytes(2, "big"), "SELECT EF_SMS")
-        at = 2 if fcp[:1] == b"\x62" else 0
-        while at + 2 <= len(fcp):
-            tag, length = fcp[at], fcp[at + 1]
-            value = fcp[at + 2 : at + 2 + length]
-            if tag == 0x82 and len(value) >= 5:
-                return value[4]
-            at += 2 + length
-        raise CmsError(CMS_SIM_FAILURE, "EF_SMS answered no record count")
-
     async def capacity(self) -> int:
-        return await self._select()
+        async with self._session() as ef:
+            return ef.record_count
 
     async def read_all(self) -> dict[int, StoredSms]:
-        count = await self._select()
         found: dict[int, StoredSms] = {}
-        for index in range(1, count + 1):
-            sms = StoredSms.from_record(await self._read_record(index))
-            if sms is not None:
-                found[index] = sms
+        async with self._session() as ef:
+            for index in range(1, ef.record_count + 1):
+                sms = StoredSms.from_record(await self._read_record(ef, index))
+                if sms is not None:
+                    found[index] = sms
         return found
 
-    async def _read_record(self, index: int) -> bytes:
-        return await self._apdu(
-            bytes((0x00, 0xB2, index, 0x04, EF_SMS_RECORD)), f"READ RECORD EF_SMS {index}"
-        )
-
     async def read(self, index: int) -> StoredSms | None:
-        count = await self._select()
-        if not 1 <= index <= count:
-            raise CmsError(CMS_INVALID_INDEX, f"index {index} past SM (1-{count})")
-        return StoredSms.from_record(await self._read_record(index))
+        async with self._session() as ef:
+            if not 1 <= index <= ef.record_count:
+                raise CmsError(CMS_INVALID_INDEX, f"index {index} past SM (1-{ef.record_count})")
+            return StoredSms.from_record(await self._read_record(ef, index))
 
     async def write(self, index: int, sms: StoredSms | None) -> None:
         record = FREE_RECORD if sms is None else sms.record()
-        count = await self._select()
-        if not 1 <= index <= count:
-            raise CmsError(CMS_INVALID_INDEX, f"index {index} past SM (1-{count})")
-        await self._apdu(
-            bytes((0x00, 0xDC, index, 0x04, len(record))) + record, f"UPDATE RECORD EF_SMS {index}"
-        )
+        async with self._session() as ef:
+            if not 1 <= index <= ef.record_count:
+                raise CmsError(CMS_INVALID_INDEX, f"index {index} past SM (1-{ef.record_count})")
+            _check_sw(await ef.update_record(index, record), f"UPDATE RECORD EF_SMS {index}")
+
+
+def _card_cms(sw: int) -> int:
+    """The +CMS ERROR of a card's refusal (27.005 3.2.5): 6982 security status not satisfied is 311 (SIM PIN
+    required: TS 31.102 guards the subscriber's files with PIN1), 6983 a blocked PIN 312 (SIM PUK required), 6A83
+    no such record 321, anything else 313 (SIM failure)."""
+    return {0x6982: CMS_SIM_PIN_REQUIRED, 0x6983: CMS_SIM_PUK_REQUIRED, 0x6A83: CMS_INVALID_INDEX}.get(
+        sw, CMS_SIM_FAILURE
+    )
+
+
+def _check_sw(sw: int, summary: str) -> None:
+    if sw != 0x9000 and sw >> 8 != 0x91:
+        raise CmsError(_card_cms(sw), f"{summary}: card answered {sw:04X}")
 
 
 class CombinedStorage:

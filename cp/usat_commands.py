@@ -24,6 +24,7 @@ from __future__ import annotations
 from enum import Enum, StrEnum
 from typing import TYPE_CHECKING
 
+from bipsim.cp.card_driver import FileNotSelected
 from bipsim.link.at_server import AtCommandError, AtServer, CmeError
 from bipsim.link.at_syntax import AtArg, AtRequest, CommandKind
 from bipsim.trace.events import Actor, Layer
@@ -240,16 +241,11 @@ class UsatCommands:
         slot = self.core.slots.get(1)
         if slot is not None and slot.absent:
             raise CmeError(CME_SIM_NOT_INSERTED)
-        driver = self.core.driver
         try:
-            for apdu, what in (
-                (b"\x00\xa4\x04\x04" + bytes((len(USIM_AID),)) + USIM_AID, "+CUSATR SELECT ADF"),
-                (b"\x00\xa4\x00\x04\x02\x6f\x38", "+CUSATR SELECT EF_UST"),
-            ):
-                _, sw = await driver.transmit(apdu, what)
-                if sw != 0x9000 and sw >> 8 not in (0x91, 0x62, 0x63):
-                    raise CmeError(CME_SIM_FAILURE)
-            data, sw = await driver.transmit(b"\x00\xb0\x00\x00\x00", "+CUSATR READ BINARY EF_UST")
+            async with self.core.driver.file_session((USIM_AID, b"\x6f\x38"), "+CUSATR EF_UST") as ef:
+                data, sw = await ef.read_binary()
+        except FileNotSelected:
+            raise CmeError(CME_SIM_FAILURE) from None
         except CardRemoved as exc:
             raise CmeError(CME_SIM_NOT_INSERTED) from exc
         if sw != 0x9000 and sw >> 8 != 0x91:

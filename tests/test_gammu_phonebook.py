@@ -33,11 +33,27 @@ def phonebook_cp(tmp_path: Path) -> Iterator[Path]:
         while not (side_a.exists() and side_b.exists()):
             assert pair.poll() is None and time.monotonic() < deadline, "bipsim pty-pair made no links"
             time.sleep(0.05)
+        errors = tmp_path / "cp.stderr"
+        # --sms-listen: the CP prints "sms listening on HOST:PORT" once its line is open, its readiness line
         cp = subprocess.Popen(
-            [sys.executable, "-m", "bipsim", "cp", "--port", str(side_a), "--profile", "phonebook"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            [
+                sys.executable,
+                "-m",
+                "bipsim",
+                "cp",
+                "--port",
+                str(side_a),
+                "--profile",
+                "phonebook",
+                "--sms-listen",
+                "127.0.0.1:0",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=errors.open("wb"),  # a file, not a pipe: nobody reads it while gammu runs
         )
+        assert cp.stdout is not None
+        line = cp.stdout.readline().decode()
+        assert "sms listening on" in line, line + errors.read_text(errors="replace")
         rc = tmp_path / "gammurc"
         rc.write_text(
             f"[gammu]\ndevice = {side_b}\nconnection = at\nlogfile = {tmp_path / 'gammu.log'}\nlogformat = textall\n"
@@ -51,13 +67,9 @@ def phonebook_cp(tmp_path: Path) -> Iterator[Path]:
 
 
 def _gammu(rc: Path, *args: str) -> str:
-    # the CP process may still be starting: gammu's own timeout covers that, two retries a slow start
-    for _ in range(3):
-        result = subprocess.run(["gammu", "-c", str(rc), *args], capture_output=True, text=True, timeout=180)
-        if result.returncode == 0:
-            return result.stdout
-        time.sleep(1)
-    raise AssertionError(result.stdout + result.stderr)
+    result = subprocess.run(["gammu", "-c", str(rc), *args], capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
 
 
 def _expected() -> list[tuple[str, str]]:

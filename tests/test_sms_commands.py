@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -192,7 +192,10 @@ def test_record_round_trip_and_padding() -> None:
     assert record[1:] == bytes.fromhex(HOW_ARE_YOU).ljust(EF_SMS_RECORD - 1, b"\xff")
     assert StoredSms.from_record(record) == sms
     assert StoredSms.from_record(b"\x00" + b"\xff" * 175) is None  # a free record
-    assert StoredSms.from_record(b"\x07" + b"\xff" * 175) is None  # used but holding nothing readable
+    # used but holding nothing readable: still a message (never taken for free), its bytes kept as they are
+    unreadable = StoredSms.from_record(b"\x07" + b"\xff" * 175)
+    assert unreadable is not None and unreadable.stat is Stat.STO_UNSENT and unreadable.tpdu == b""
+    assert replace(unreadable, stat=Stat.STO_SENT).record() == b"\x05" + b"\xff" * 175
     for stat, status in ((Stat.REC_READ, 1), (Stat.STO_SENT, 5), (Stat.STO_UNSENT, 7)):
         mo = stat in (Stat.STO_SENT, Stat.STO_UNSENT)
         body = submit() if mo else tpdu
