@@ -13,7 +13,7 @@ import trio.testing
 from bipsim.cp.card_driver import CardDriver
 from bipsim.cp.commands import ModemCommands
 from bipsim.cp.network import CellularNetwork
-from bipsim.cp.security_commands import SecurityCommands
+from bipsim.cp.security_commands import PinCode, SecurityCommands
 from bipsim.link.at_server import AtServer
 from bipsim.trace.recorder import NULL_TRACER
 from bipsim.uicc.card import SimCard
@@ -343,3 +343,20 @@ async def test_cpin_is_ready_while_the_toolkit_has_a_command_pending(tmp_path: P
         assert await dte.ask('AT+CPINR="SIM PIN"') == ["+CPINR: SIM PIN,3,3", "OK"]
 
     await with_dte(card, body)
+
+
+async def test_the_toolkit_runs_before_the_pin_is_entered(tmp_path: Path) -> None:
+    """The choice (docs/protocols.md, "SIM security"): the CP sends TERMINAL PROFILE at activation, before any PIN
+    (TS 102 221 section 14), and the card's toolkit starts its session whatever the PIN state: a PIN-locked card
+    offers its first proactive command (SET UP EVENT LIST, before its OPEN CHANNEL) while +CPIN? says SIM PIN."""
+    from bipsim.cp.modem import simulated_card
+
+    transport, _ = simulated_card("pin", str(tmp_path / "card.json"), NULL_TRACER)
+    driver = CardDriver(transport)
+    await driver.start()
+    assert driver.started.is_set()
+    command, _ = await driver.fetch()
+    assert command is not None and command.type_name == "SET UP EVENT LIST"
+    core = ModemCommands(driver, CellularNetwork())
+    security = SecurityCommands(core, NULL_TRACER, {})
+    assert await security.pin1_state(core.slots[1]) is PinCode.SIM_PIN
