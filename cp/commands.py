@@ -460,12 +460,14 @@ class ModemCommands:
         return decode_imsi(data)
 
     async def cpin(self, request: AtRequest, slot: CardSlot) -> list[str] | None:
-        """+CPIN (27.007 section 8.3): READY, or (by _with_card) +CME ERROR: 10 while the slot has no card."""
+        """+CPIN (27.007 section 8.3) of a core without its command sets: READY, or (by _with_card) +CME ERROR: 10
+        while the slot has no card. The modem's SIM security set (cp/security_commands.py) replaces it with the
+        card's own PIN state."""
         if request.kind is CommandKind.READ:
             return ["+CPIN: READY"]
         if request.kind is CommandKind.TEST:
             return None
-        raise CmeError(CME_NOT_ALLOWED)  # no PIN is set on the simulated card
+        raise CmeError(CME_NOT_ALLOWED)
 
     async def cfun(self, request: AtRequest) -> list[str] | None:
         if request.kind is CommandKind.READ:
