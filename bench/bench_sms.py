@@ -10,12 +10,11 @@ The bound: a TE that waits for each answer before it sends on keeps the line bus
 cannot take less than the bits of its exchange in both directions (framing included, counted on the line in this
 run, 10 bits a byte for 8N1) at the line's rate. `ratio` = messages/s measured / messages/s of that bound
 (the issue asks >= 0.8). The bound is honest for such a TE: with echo off (ATE0), each message is four frames
-(`AT+CMGS=39<CR>` 17 bytes framed, the prompt `<CR><LF>> ` 10, the PDU's 80 hex digits (an empty SMSC
-address and the 39-octet TPDU) and Ctrl-Z 87,
-`<CR><LF>+CMGS: <mr><CR><LF><CR><LF>OK<CR><LF>` 24 to 26 with a TP-MR of 1 to 3 digits), and 27.005 section 3.5.1
-has the TE send the PDU only after the prompt, so no host can overlap the two halves on one DLC: it pays four
-line turnarounds a message (the relay's and the muxes' wake-ups here, a USB-serial adapter's latency timer on
-real hardware) on top of the bound.
+(`AT+CMGS=39<CR>` 17 bytes framed; the prompt `<CR><LF>> ` 10; the PDU's 80 hex digits, an empty SMSC address
+and the 39-octet TPDU, and Ctrl-Z 87; `<CR><LF>+CMGS: <mr><CR><LF><CR><LF>OK<CR><LF>` 24 to 26 with a TP-MR of
+1 to 3 digits), and 27.005 section 3.5.1 has the TE send the PDU only after the prompt, so no host can overlap
+the two halves on one DLC: it pays four line turnarounds a message (the relay's and the muxes' wake-ups here, a
+USB-serial adapter's latency timer on real hardware) on top of the bound.
 
 Each result is measured twice in the same run: with the relay waking on its timerfd (`relay_wakeups` "timerfd",
 what `bipsim pty-pair` does) and on trio's millisecond sleeps (the relay before it had the timerfd), so the
