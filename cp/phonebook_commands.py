@@ -2,17 +2,19 @@
 answered from the card's files through the slot's card driver (SELECT, READ RECORD, UPDATE RECORD, VERIFY PIN2).
 
 Storages (docs/protocols.md, "Phonebook"): "SM" the USIM phonebook's EF_ADN, found through EF_PBR (TS 31.102
-4.4.2.1), or DF_TELECOM's EF_ADN on a card without one, with EF_EXT1 for numbers over 20 digits; the USIM's
+4.4.2.1), or DF_TELECOM's EF_ADN on a card without one, with EF_EXT1 for numbers over 20 digits (an edit of the
+USIM's is written to DF_TELECOM's EF_ADN too, so the 2G phonebook stays the same book); the USIM's
 "FD" EF_FDN (its updates need PIN2: `+CPBS="FD","<PIN2>"` verifies it), "SD" EF_SDN (read only), "ON"
 EF_MSISDN (the own numbers +CNUM lists) and "EN" EF_ECC (the emergency call codes, read only). Record codecs:
-uicc/phonebook.py. Texts are in the +CSCS character set (27.007 5.5, uicc/gsm_text.py te_encode/te_decode);
+uicc/phonebook.py. Texts are in the +CSCS character set (27.007 5.5, uicc/gsm_text.py te_shown/te_decode);
 numbers are dial strings whatever the set, as 27.007 8.12 gives <number> with its <type> (129 unknown, 145
 international) and only <text> in the TE set.
 
 Errors (27.007 9.2.1): 3 not allowed (a read-only storage, FDN without PIN2), 4 an unknown storage, 16 wrong PIN2,
 20 memory full (no free record or EF_EXT1 record), 21 invalid index, 22 nothing found (+CPBF), 24 text string too
 long, 25 invalid characters in text, 26 dial string too long, 27 invalid characters in dial string, 50 bad
-parameters; the card's own status words otherwise 13 (SIM failure). Each is the command's final result and so its
+parameters; the card's refusals 11 (69 82: SIM PIN required), 12 (69 83: SIM PUK required), otherwise 13 (SIM
+failure). Each is the command's final result and so its
 `at.final` trace event, and nothing is written to the card.
 """
 
@@ -28,7 +30,7 @@ from bipsim.cp.card_driver import FileNotSelected
 from bipsim.link.at_server import AtCommandError, AtServer, CmeError
 from bipsim.link.at_syntax import AtArg, AtRequest, CommandKind
 from bipsim.uicc.fs import USIM_AID, pin_block
-from bipsim.uicc.gsm_text import te_decode, te_encode
+from bipsim.uicc.gsm_text import te_decode, te_shown
 from bipsim.uicc.phonebook import (
     ECC_ALPHA,
     EMPTY_EXT,
@@ -275,18 +277,7 @@ class PhonebookCommands:
 
     def _te_text(self, text: str) -> str:
         """`text` in the +CSCS set; a character the set cannot carry is shown as '?' (27.007 leaves it open)."""
-        charset = self.core.charset
-        try:
-            return te_encode(text, charset)
-        except ValueError:
-            return "".join(self._te_char(ch, charset) for ch in text)
-
-    @staticmethod
-    def _te_char(ch: str, charset: str) -> str:
-        try:
-            return te_encode(ch, charset)
-        except ValueError:
-            return te_encode("?", charset)
+        return te_shown(text, self.core.charset)
 
     def _from_te(self, value: str) -> str:
         try:

@@ -31,6 +31,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 import trio
 
 from bipsim.cp.card_driver import CardFile, FileNotSelected
+from bipsim.cp.local_info import LocalInfo, location_information
+from bipsim.cp.toolkit_sms import (
+    MoControlResult,
+    mo_sms_control_answer,
+    mo_sms_control_envelope,
+    mo_sms_control_supported,
+)
 from bipsim.link.at_server import AtCommandError, AtServer, CmeError, CmsError
 from bipsim.link.at_syntax import AtArg, AtRequest, CommandKind
 from bipsim.net.sms_pdu import (
@@ -52,7 +59,8 @@ from bipsim.net.sms_pdu import (
 from bipsim.trace.events import Actor, Layer
 from bipsim.trace.kinds import Kind
 from bipsim.uicc.fs import USIM_AID
-from bipsim.uicc.gsm_text import gsm7_encode, te_decode, te_encode
+from bipsim.uicc.gsm_text import gsm7_encode, te_decode, te_encode, te_shown
+from bipsim.uicc.phonebook import SMS_RECORD_LENGTH, SMS_STATUS
 from bipsim.uicc.transport import CardRemoved
 
 if TYPE_CHECKING:
@@ -81,7 +89,7 @@ CMS_UNKNOWN = 500
 
 EF_SMS = 0x6F3C
 SMS_PATH = (USIM_AID, EF_SMS.to_bytes(2, "big"))  # ADF USIM by its AID, then EF_SMS (TS 31.102 4.2.25)
-EF_SMS_RECORD = 176  # TS 31.102 4.2.25: status byte + 175 bytes
+EF_SMS_RECORD = SMS_RECORD_LENGTH  # TS 31.102 4.2.25: status byte + 175 bytes
 ME_CAPACITY = 20
 SR_CAPACITY = 10
 MAX_TPDU = (
@@ -124,7 +132,12 @@ DELETED_BY_FLAG: dict[int, frozenset[Stat]] = {
     4: frozenset(Stat),
 }
 # EF_SMS status byte (TS 31.102 4.2.25, as TS 51.011 10.5.3): b1 used, b3-b2 the state; 0x00 a free record
-EF_STATUS = {Stat.REC_READ: 0x01, Stat.REC_UNREAD: 0x03, Stat.STO_SENT: 0x05, Stat.STO_UNSENT: 0x07}
+EF_STATUS = {
+    Stat.REC_READ: SMS_STATUS["read"],
+    Stat.REC_UNREAD: SMS_STATUS["unread"],
+    Stat.STO_SENT: SMS_STATUS["sent"],
+    Stat.STO_UNSENT: SMS_STATUS["unsent"],
+}
 _STAT_OF_STATUS = {value: stat for stat, value in EF_STATUS.items()}
 
 
@@ -753,11 +766,7 @@ class SmsCommands:
 
     def _te(self, text: str) -> str:
         """Text in the +CSCS set; a character the set cannot carry shows as '?' (the message stays as it is)."""
-        charset = self.core.charset
-        try:
-            return te_encode(text, charset)
-        except ValueError:
-            return "".join(_te_char(ch, charset) for ch in text)
+        return te_shown(text, self.core.charset)
 
     def _address(self, address: Address) -> tuple[str, int]:
         return f'"{self._te(str(address))}"', address.type_of_address
@@ -1004,6 +1013,35 @@ class SmsCommands:
         mr = await self._send(tpdu, sca)
         return [f"+CMGS: {mr}"]
 
+    async def _mo_control(self, sca: bytes, tpdu: bytes) -> tuple[bytes, bytes]:
+        """MO short message control by the USIM (TS 31.111 7.3.2, cp/toolkit_sms.py), when the terminal profile
+        the CP sent declares it: the card allows the message, refuses it (+CMS ERROR: 302, operation not
+        allowed) or sends it to other addresses. A status word other than 90 00/91 xx leaves it allowed."""
+        slot = self.core.slots[1]
+        if slot.absent or not mo_sms_control_supported(slot.driver.profile):
+            return sca, tpdu
+        from bipsim.cp.commands import CELL_ID, LAC_TAC  # at run time: cp/commands.py builds this set
+
+        config = self.core.network.config
+        where = LocalInfo(config.mcc, config.mnc, int(LAC_TAC, 16), int(CELL_ID, 16), config.rat)
+        rp = sca if sca not in (b"", b"\x00") else encode_sca(self.service_centre())
+        try:
+            envelope = mo_sms_control_envelope(rp, tpdu, location_information(where))
+            data, sw = await slot.driver.envelope(envelope, "ENVELOPE: MO SHORT MESSAGE CONTROL")
+        except SmsPduError as exc:
+            raise CmsError(exc.cms_code, f"MO short message control: {exc}") from exc
+        except CardRemoved as exc:
+            slot.gone(exc)
+            raise CmsError(CMS_SIM_NOT_INSERTED, "the card went away") from exc
+        if sw != 0x9000 and sw >> 8 != 0x91:
+            return sca, tpdu
+        decision = mo_sms_control_answer(data, rp, tpdu)
+        if decision.result is MoControlResult.NOT_ALLOWED:
+            raise CmsError(CMS_NOT_ALLOWED, "MO short message control: the card did not allow it")
+        if decision.result is MoControlResult.ALLOWED_MODIFIED:
+            return decision.sca, decision.tpdu
+        return sca, tpdu
+
     async def _send(self, tpdu: bytes, sca: bytes, *, fields: dict[str, Any] | None = None) -> int:
         """An SMS-SUBMIT to the network's SMSC: the ME sets TP-MR (TS 23.040 9.2.3.6: one more than the last);
         the SMSC's answer is the MR +CMGS/+CMSS report. +CMS ERROR: 331 unregistered, 330 without an SMSC."""
@@ -1015,6 +1053,7 @@ class SmsCommands:
         smsc = getattr(self.core.network, "smsc", None)
         if smsc is None:
             raise CmsError(CMS_SMSC_UNKNOWN, "the network has no SMSC")
+        sca, tpdu = await self._mo_control(sca, tpdu)
         self.mr = (self.mr + 1) % 256
         tpdu = tpdu[:1] + bytes((self.mr,)) + tpdu[2:]
         try:
@@ -1423,10 +1462,3 @@ def _scts(when: datetime) -> str:
     quarters = int(offset.total_seconds() // 900)
     sign = "-" if quarters < 0 else "+"
     return f'"{when:%y/%m/%d,%H:%M:%S}{sign}{abs(quarters):02d}"'
-
-
-def _te_char(ch: str, charset: str) -> str:
-    try:
-        return te_encode(ch, charset)
-    except ValueError:
-        return te_encode("?", charset)

@@ -296,3 +296,12 @@ def test_the_set_is_built_for_every_modem() -> None:
     commands = ModemCommands(CardDriver(card), CellularNetwork())
     sets = build_command_sets(commands, NULL_TRACER, {})
     assert any(isinstance(s, PhonebookCommands) for s in sets)
+
+
+def test_te_shown_marks_what_the_set_cannot_carry() -> None:
+    """+CPBR and +CMGL show a text's characters outside the +CSCS set as '?' (uicc/gsm_text.py te_shown)."""
+    from bipsim.uicc.gsm_text import te_shown
+
+    assert te_shown("Zoë €5", "IRA") == "Zo? ?5"
+    assert te_shown("Zoë", "8859-1") == "Zoë"
+    assert te_shown("Zoë", "UCS2") == "005A006F00EB"

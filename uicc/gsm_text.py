@@ -299,6 +299,21 @@ def te_encode(text: str, charset: str) -> str:
         raise ValueError(f"character {ch!r} (U+{ord(ch):04X}) is not in ISO 8859-1") from None
 
 
+def te_shown(text: str, charset: str) -> str:
+    """`text` as te_encode gives it, with each character the set cannot carry shown as '?' (27.007 leaves what
+    the TE then sees open; the stored text stays as it is)."""
+    try:
+        return te_encode(text, charset)
+    except ValueError:
+        shown = []
+        for ch in text:
+            try:
+                shown.append(te_encode(ch, charset))
+            except ValueError:
+                shown.append(te_encode("?", charset))
+        return "".join(shown)
+
+
 def te_decode(value: str, charset: str) -> str:
     """A TE string in `charset` (27.007 5.5) back to text; ValueError on bad hex, odd UCS2, or a character outside
     the set."""
