@@ -197,6 +197,10 @@ class SyncServer:
         task_status.started(bound)
         await trio.serve_listeners(self.connection, listeners)
 
+    async def serve_on(self, listener: trio.SocketListener) -> None:
+        """Serves on a listening socket made beforehand (a scenario hands its port to the AP before it starts)."""
+        await trio.serve_listeners(self.connection, [listener])
+
     async def connection(self, stream: trio.abc.Stream) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=16 * 1024)
         try:

@@ -27,6 +27,13 @@ from bipsim.scenarios.packet_plane import (
     radio_lossy,
     radio_outage,
 )
+from bipsim.scenarios.sim_sync import (
+    sim_sync_conflict,
+    sim_sync_edit,
+    sim_sync_insert,
+    sim_sync_remove,
+    sim_sync_virtual,
+)
 from bipsim.scenarios.sms_trigger import sms_trigger, sms_trigger_bad_mac
 from bipsim.scenarios.usat import usat_menu
 
@@ -58,6 +65,11 @@ SCENARIOS: dict[str, Scenario] = {
     "bip-udp": bip_udp,
     "bip-server": bip_server,
     "bip-dns": bip_dns,
+    "sim-sync-insert": sim_sync_insert,
+    "sim-sync-remove": sim_sync_remove,
+    "sim-sync-edit": sim_sync_edit,
+    "sim-sync-virtual": sim_sync_virtual,
+    "sim-sync-conflict": sim_sync_conflict,
 }
 
 

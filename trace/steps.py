@@ -213,7 +213,11 @@ SEED_002: tuple[Step, ...] = (
     Step(
         "002:S11",
         "detect a preset operation (SIM inserted/removed, virtual SIM added/deleted, records edited)",
-        (_m(Kind.APP_EVENT, "ap", "ap", event="sync_trigger"), _m(Kind.AT_COMMAND, "ap", "cp", b"AT%SLOTS?")),
+        (
+            _m(Kind.APP_EVENT, "ap", "ap", event="sync_trigger"),
+            _m(Kind.AT_COMMAND, "ap", "cp", b"AT%SLOTS?"),  # the card presence the CP reports
+            _m(Kind.HTTP_REQUEST, "ap", "sync", method="GET"),  # the server's version: an edit made there
+        ),
     ),
     Step(
         "002:S12",

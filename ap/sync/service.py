@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
@@ -352,7 +353,8 @@ class SyncService:
         self.server = server
         self.security = security
         self.tracer = tracer
-        self.clock = clock or trio.current_time
+        # wall-clock time: a SIM's change is compared with the times the terminal's store and the server keep
+        self.clock = clock or time.time
         self.cycles: list[CycleReport] = []
         self._lock = trio.Lock()  # one cycle at a time: a trigger during a cycle waits for it
         self._seen: dict[str, tuple[int, int]] = {}  # the store files as the last cycle left them
@@ -493,6 +495,13 @@ class SyncService:
             )
             if self.security is Security.FAIL:
                 report = CycleReport(trigger, False, aborted="security check failed")
+                self._event(
+                    "sync_aborted",
+                    "sync aborted: security check failed",
+                    None,
+                    error=True,
+                    reason=report.aborted,
+                )
             else:
                 try:
                     report = await self._run(trigger)
@@ -592,6 +601,7 @@ class SyncService:
         state.merged = dict(result.merged)
         writes["local"] = int(not result.plans["local"].empty)
         self.local.save(entries_out, state)
+        self._event("sync_done", f"sync done: {sum(writes.values())} writes", None, writes=writes)
         return CycleReport(trigger, True, result, writes)
 
     async def watch(self, poll: float = 1.0) -> None:
