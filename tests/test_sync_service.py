@@ -313,3 +313,19 @@ def test_at_codec() -> None:
         Trigger(TriggerKind.SIM_REMOVED, "slot 1"),
         Trigger(TriggerKind.SIM_INSERTED, "slot 2"),
     ]
+
+
+async def test_limits_long_number_via_ext1_and_too_long_name_refused_without_touching_neighbours(
+    tmp_path: Path,
+) -> None:
+    long_number = Contact("Long", "+123456789012345678901234")  # 24 digits: EF_EXT1
+    async with rig(tmp_path, [A, B], None, server=False) as r:
+        assert (await r.service.cycle(Trigger(TriggerKind.SIM_INSERTED, "slot 1"))).ran
+        assert (await r.service.edit_local({long_number.identity(): long_number})).ran
+        assert await read_sim(r, 1) == {A, B, long_number}
+        too_long = Contact("A name far longer than eighteen octets", "+441632960005")
+        report = await r.service.edit_local({too_long.identity(): too_long})
+        assert not report.ran and "+CME ERROR: 24" in report.aborted
+        assert any(e.field("event") == "sync_write_refused" for e in r.tracer.events)
+        assert await read_sim(r, 1) == {A, B, long_number}  # the neighbours as they were
+        assert too_long in local_contacts(r)  # the user's edit is kept on the terminal
