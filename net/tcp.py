@@ -17,6 +17,7 @@ unwrapped against the nearest expected value, and segments carry them modulo 2**
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from enum import Enum
 from ipaddress import IPv4Address
@@ -45,6 +46,10 @@ __all__ = [
 ]
 
 _MASK = 0xFFFFFFFF
+# what one out-of-order chunk costs beyond its bytes: Linux charges an skb's truesize (some hundreds of bytes of
+# metadata) against the receive buffer, which bounds the queue a flood of tiny segments can build (CVE-2018-5390)
+OOO_CHUNK_OVERHEAD = 256
+MIN_PEER_MSS = 88  # the smallest MSS we send segments of, whatever the peer's SYN says (see _take_syn)
 _CUBIC_BETA = 0.7  # RFC 9438 4.6
 _CUBIC_C = 0.4  # RFC 9438 5
 Endpoint = tuple[IPv4Address, int]
@@ -253,7 +258,7 @@ class TcpConfig:
     fin_wait_2_timeout: float = 60.0
 
     def __post_init__(self) -> None:
-        if not 88 <= self.mss <= 65495:
+        if not MIN_PEER_MSS <= self.mss <= 65495:
             raise ValueError(f"MSS {self.mss} out of range")
         if not 1 <= self.receive_buffer <= 1 << 30 or not 1 <= self.send_buffer <= 1 << 30:
             raise ValueError("buffers must be 1 byte .. 1 GiB")
@@ -331,7 +336,11 @@ class TcpConnection:
         self.rcv_nxt = 0
         self._rcv_adv = 0  # right edge of the window we advertised
         self._recv_buf = bytearray()
-        self._ooo: list[tuple[int, bytes]] = []  # out-of-order data, sorted, not overlapping
+        self._ooo: list[tuple[int, bytearray]] = []  # out-of-order data, sorted, not overlapping
+        self._ooo_cost = 0  # what _ooo holds, charged OOO_CHUNK_OVERHEAD per chunk (see _insert_ooo)
+        self._ooo_full = (
+            False  # out-of-order data was dropped since the queue last drained (one Rejected each)
+        )
         self._peer_fin: int | None = None  # sequence number of the peer's FIN, once seen
         self._fin_received = False
         self._ack_now = False
@@ -839,7 +848,9 @@ class TcpConnection:
             else:
                 self._retransmit_hole(now)
             return
-        if self._dupacks == 3 and ack >= self._recover:
+        # RFC 6582 3.2 step 2: only an ACK covering more than `recover` starts a new recovery; the duplicates of
+        # what a go-back-N resent (ack == recover) must not (RFC 6582 section 6)
+        if self._dupacks == 3 and ack > self._recover:
             self._congestion_event(now)
             self._recover = self.snd_max
             self._in_recovery = True
@@ -925,11 +936,18 @@ class TcpConnection:
             had_hole = bool(self._ooo)
             self._recv_buf += data
             self.rcv_nxt += len(data)
-            while self._ooo and self._ooo[0][0] <= self.rcv_nxt:
-                s, chunk = self._ooo.pop(0)
+            ooo = self._ooo
+            taken = 0
+            while taken < len(ooo) and ooo[taken][0] <= self.rcv_nxt:
+                s, chunk = ooo[taken]
                 tail = chunk[self.rcv_nxt - s :]
                 self._recv_buf += tail
                 self.rcv_nxt += len(tail)
+                self._ooo_cost -= len(chunk) + OOO_CHUNK_OVERHEAD
+                taken += 1
+            del ooo[:taken]  # one slice deletion, not a pop(0) per chunk
+            if not ooo:
+                self._ooo_full = False
             self._events.append(DataArrived(self.rcv_nxt - start))
             if had_hole:
                 self._ack_now = True  # RFC 5681 4.2: a segment that fills a hole is ACKed at once
@@ -940,27 +958,49 @@ class TcpConnection:
                 elif self._ack_deadline is None:
                     self._ack_deadline = now + self.config.delayed_ack
         else:
-            self._insert_ooo(start, data)
-            self._ooo_recent = start
-            self._ack_now = True  # a duplicate ACK tells the sender about the hole (RFC 5681 4.2)
+            if self._insert_ooo(start, data):
+                self._ooo_recent = start
+            elif not self._ooo_full:
+                self._ooo_full = True
+                self._reject("out-of-order queue full: data dropped", "")
+            # a duplicate ACK tells the sender about the hole (RFC 5681 4.2), also when the data was dropped
+            self._ack_now = True
 
-    def _insert_ooo(self, start: int, data: bytes) -> None:
+    def _insert_ooo(self, start: int, data: bytes) -> bool:
+        """Merge `data` at `start` into the sorted out-of-order queue; False (nothing stored) past the cap.
+
+        Each chunk is charged OOO_CHUNK_OVERHEAD bytes on top of its length against the receive buffer, as Linux
+        charges an skb's truesize (docs/protocols.md, "TCP in the CP's stack"): many tiny out-of-order segments
+        cannot make the queue long, so finding the neighbours (bisect), merging and reporting SACK blocks stay cheap.
+        """
+        ooo = self._ooo
         end = start + len(data)
-        kept: list[tuple[int, bytes]] = []
-        for s, chunk in self._ooo:
-            e = s + len(chunk)
-            if e < start or s > end:
-                kept.append((s, chunk))
-                continue
-            # merge the overlapping or touching chunk into the new one
-            new_start, new_end = min(s, start), max(e, end)
-            merged = bytearray(new_end - new_start)
-            merged[s - new_start : e - new_start] = chunk
-            merged[start - new_start : end - new_start] = data
-            start, end, data = new_start, new_end, bytes(merged)
-        kept.append((start, data))
-        kept.sort(key=lambda item: item[0])
-        self._ooo = kept
+        i = bisect_left(ooo, start, key=_chunk_start)
+        if i > 0 and ooo[i - 1][0] + len(ooo[i - 1][1]) >= start:
+            i -= 1  # the chunk before overlaps or touches the new data
+        j = i
+        while j < len(ooo) and ooo[j][0] <= end:
+            j += 1
+        touched = ooo[i:j]
+        old_cost = sum(len(chunk) + OOO_CHUNK_OVERHEAD for _, chunk in touched)
+        new_start = min(start, touched[0][0]) if touched else start
+        new_end = max(end, touched[-1][0] + len(touched[-1][1])) if touched else end
+        delta = new_end - new_start + OOO_CHUNK_OVERHEAD - old_cost
+        if delta > 0 and self._ooo_cost + delta > self.config.receive_buffer:
+            return False
+        self._ooo_cost += delta
+        if len(touched) == 1 and touched[0][0] <= start:
+            # the common case, a segment that extends one chunk to the right: grow it in place
+            s, chunk = touched[0]
+            if end > s + len(chunk):
+                chunk += data[s + len(chunk) - start :]
+            return True
+        merged = bytearray(new_end - new_start)
+        for s, chunk in touched:
+            merged[s - new_start : s - new_start + len(chunk)] = chunk
+        merged[start - new_start : end - new_start] = data
+        ooo[i:j] = [(new_start, merged)]
+        return True
 
     def _check_peer_fin(self, now: float) -> None:
         if self._peer_fin is None or self._fin_received or self.rcv_nxt != self._peer_fin:
@@ -1071,10 +1111,16 @@ class TcpConnection:
             # the payload in one MSS (a full-sized data segment carries none)
             room = min(3, (self.eff_mss - len(payload) - 4) // 8)
             if room > 0:
-                recent = [b for b in self._ooo if b[0] <= self._ooo_recent < b[0] + len(b[1])]
-                others = [b for b in reversed(self._ooo) if b not in recent]
+                # the chunk holding the latest arrival (bisect), then the highest others: never a scan
+                ooo = self._ooo
+                k = bisect_right(ooo, self._ooo_recent, key=_chunk_start) - 1
+                recent = [k] if k >= 0 and self._ooo_recent < ooo[k][0] + len(ooo[k][1]) else []
+                others = [
+                    n for n in range(len(ooo) - 1, max(-1, len(ooo) - 1 - room - 1), -1) if n not in recent
+                ]
                 blocks = tuple(
-                    (start & _MASK, (start + len(chunk)) & _MASK) for start, chunk in (recent + others)[:room]
+                    (ooo[n][0] & _MASK, (ooo[n][0] + len(ooo[n][1])) & _MASK)
+                    for n in (recent + others)[:room]
                 )
         self._out.append(
             TcpSegment(
@@ -1259,9 +1305,12 @@ class TcpConnection:
     def _take_syn(self, syn: TcpSegment) -> None:
         self.irs = syn.seq
         self.rcv_nxt = syn.seq + 1
-        self.peer_mss = syn.mss if syn.mss is not None else 536
+        # RFC 9293 3.7.1 lets a peer announce any MSS; a tiny one (0 or 1) would make us cut every byte into its
+        # own segment (the CVE-2019-11479 "SACK slowness" pattern). Linux floors it at 48 (tcp_min_snd_mss); we use
+        # TcpConfig's own floor, 88, which still fits any path a real peer can have (576-byte IPv4 datagrams)
+        self.peer_mss = max(MIN_PEER_MSS, syn.mss) if syn.mss is not None else 536
         self._sack_ok = self.config.sack and syn.sack_permitted
-        self.eff_mss = max(1, min(self.config.mss, self.peer_mss))
+        self.eff_mss = min(self.config.mss, self.peer_mss)
         if syn.window_scale is not None and self.config.window_scale:
             # RFC 7323 2.3: both sides offered; a shift above 14 is taken as 14
             self._snd_wscale_offered = True
@@ -1313,12 +1362,17 @@ class TcpConnection:
             self._send_buf.clear()
             self._recv_buf.clear()
             self._ooo.clear()
+            self._ooo_cost = 0
         self._rto_deadline = self._ack_deadline = self._persist_deadline = self._time_wait_deadline = None
         self._fin_wait_2_deadline = None
         self._events.append(Closed(reason))
 
     def _reject(self, reason: str, answered: str) -> None:
         self._events.append(Rejected(reason, answered))
+
+
+def _chunk_start(chunk: tuple[int, bytearray]) -> int:
+    return chunk[0]
 
 
 def _config(config: TcpConfig | None, mss: int, receive_buffer: int | None) -> TcpConfig:

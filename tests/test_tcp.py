@@ -17,6 +17,8 @@ from hypothesis import strategies as st
 from bipsim.net.checksum import transport_checksum
 from bipsim.net.errors import PacketError
 from bipsim.net.tcp import (
+    MIN_PEER_MSS,
+    OOO_CHUNK_OVERHEAD,
     TRANSITIONS,
     Closed,
     Connected,
@@ -1456,3 +1458,84 @@ def test_cubic_decrease_and_window_curve() -> None:
 def test_congestion_control_is_checked() -> None:
     with pytest.raises(ValueError, match="reno or cubic"):
         TcpConfig(congestion="bbr")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# review of issue 15: hostile peers
+
+
+def test_out_of_order_flood_is_capped_per_chunk() -> None:
+    # one-byte segments into every other byte of the window: each chunk is charged OOO_CHUNK_OVERHEAD against the
+    # receive buffer (as Linux's truesize), so the queue, and the work per segment, stays bounded
+    cap = 64 * 1024
+    _, s = _pair(server_config=TcpConfig(receive_buffer=cap))
+    base = s.rcv_nxt
+    sent = 2000
+    for off in range(2, 2 * sent + 2, 2):
+        s.receive(_seg(s, TcpFlags.ACK, seq=base + off, payload=b"z"), 1.0)
+    acks = s.outgoing()
+    assert len(s._ooo) <= cap // (OOO_CHUNK_OVERHEAD + 1) < sent
+    assert s._ooo_cost == sum(len(c) + OOO_CHUNK_OVERHEAD for _, c in s._ooo) <= cap
+    # every segment, stored or dropped, is still acknowledged (RFC 5681 4.2), with at most three SACK blocks
+    assert len(acks) == sent and all(a.ack == base & 0xFFFFFFFF for a in acks)
+    assert all(len(a.sack_blocks) <= 3 for a in acks)
+    dropped = [e for e in _of(s.events(), Rejected) if "out-of-order" in e.reason]
+    assert len(dropped) == 1  # one Rejected per overflow, not one per segment
+    # the first hole filled: the chunk behind it is drained in order, the cost charged for it given back
+    held = len(s._ooo)
+    s.receive(_seg(s, TcpFlags.ACK, seq=base, payload=b"a" * 2), 1.1)
+    assert s.read() == b"aaz" and len(s._ooo) == held - 1
+    assert s._ooo_cost == sum(len(c) + OOO_CHUNK_OVERHEAD for _, c in s._ooo)
+
+
+def test_out_of_order_chunks_merge_and_sack_the_latest_first() -> None:
+    _, s = _pair()
+    base = s.rcv_nxt
+    for off in (100, 300, 200, 150, 250):  # 150 and 250 bridge 100..160 / 200..260 / 300..360 into one chunk
+        s.receive(_seg(s, TcpFlags.ACK, seq=base + off, payload=b"m" * 60), 1.0)
+    assert [(start - base, len(chunk)) for start, chunk in s._ooo] == [(100, 260)]
+    assert s._ooo_cost == 260 + OOO_CHUNK_OVERHEAD
+    s.receive(_seg(s, TcpFlags.ACK, seq=base + 500, payload=b"n" * 10), 1.0)
+    last = s.outgoing()[-1]
+    assert last.sack_blocks == (
+        ((base + 500) & 0xFFFFFFFF, (base + 510) & 0xFFFFFFFF),
+        ((base + 100) & 0xFFFFFFFF, (base + 360) & 0xFFFFFFFF),
+    )
+    s.receive(_seg(s, TcpFlags.ACK, seq=base, payload=b"a" * 100), 1.1)
+    assert s.read() == b"a" * 100 + b"m" * 260 and [(st - base, len(c)) for st, c in s._ooo] == [(500, 10)]
+
+
+def test_peer_mss_zero_is_floored() -> None:
+    # CVE-2019-11479: a SYN announcing MSS 0 (or 1) must not make us send one-byte segments
+    c = TcpConnection.active(L, R, iss=1000, now=0.0)
+    syn = _only(c)
+    answer = TcpSegment(443, 40000, 5000, syn.seq + 1, TcpFlags.SYN | TcpFlags.ACK, 65535, mss=0)
+    c.receive(answer, 0.01)
+    c.outgoing()
+    assert c.state is TcpState.ESTABLISHED and c.eff_mss == MIN_PEER_MSS == 88
+    c.send(b"x" * 1000, 0.1)
+    assert {len(seg.payload) for seg in c.outgoing()} == {MIN_PEER_MSS}
+
+
+def test_duplicates_of_a_go_back_n_do_not_start_fast_recovery() -> None:
+    # RFC 6582 3.2 step 2 / section 6: after a timeout `recover` is SND.MAX; duplicate ACKs that do not cover more
+    # than it (the peer answering the segments go-back-N resent) must not trigger a fast retransmit
+    c, _ = _pair(TcpConfig(send_buffer=1 << 20, sack=False))
+    mss = c.eff_mss
+    c.send(b"t" * (3 * mss), 1.0)
+    c.outgoing()
+    c.on_timer(2.0)  # RTO: recover = snd_max
+    c.outgoing()
+    recover = c.snd_max
+    c.receive(_seg(c, TcpFlags.ACK, ack=recover), 2.1)
+    c.send(b"u" * (4 * mss), 2.2)
+    assert c.outgoing()
+    c.events()
+    for _ in range(3):
+        c.receive(_seg(c, TcpFlags.ACK, ack=recover), 2.3)
+    assert not _of(c.events(), Retransmitted) and not c._in_recovery
+    # three fresh duplicates above recover do start it
+    c.receive(_seg(c, TcpFlags.ACK, ack=recover + mss), 2.4)
+    for _ in range(3):
+        c.receive(_seg(c, TcpFlags.ACK, ack=recover + mss), 2.5)
+    assert [e.reason for e in _of(c.events(), Retransmitted)] == ["fast"]
