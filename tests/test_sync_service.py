@@ -329,3 +329,38 @@ async def test_limits_long_number_via_ext1_and_too_long_name_refused_without_tou
         assert any(e.field("event") == "sync_write_refused" for e in r.tracer.events)
         assert await read_sim(r, 1) == {A, B, long_number}  # the neighbours as they were
         assert too_long in local_contacts(r)  # the user's edit is kept on the terminal
+
+
+async def test_sim_removed_mid_sync_leaves_the_stores_as_before_and_the_next_trigger_finishes(
+    tmp_path: Path,
+) -> None:
+    class PullOnWrite:
+        """The user pulls the SIM just as the first +CPBW goes out."""
+
+        def __init__(self, inner: AtChat, rig_: Rig) -> None:
+            self.inner, self.rig, self.pulled = inner, rig_, False
+
+        async def command(self, line: str, *, timeout: float | None = None, step: str | None = None):  # type: ignore[no-untyped-def]
+            if line.startswith("AT+CPBW=") and not self.pulled:
+                self.pulled = True
+                self.rig.slots[0].transport.remove()  # type: ignore[attr-defined]
+            return await self.inner.command(line, timeout=timeout, step=step)
+
+    async with rig(tmp_path, [A], None) as r:
+        await seed_local_and_server(r, [C])
+        before = r.local.path.read_bytes()
+        chat = r.service.port
+        assert isinstance(chat, AtChat)
+        r.service.port = PullOnWrite(chat, r)
+        report = await r.service.cycle(Trigger(TriggerKind.SIM_INSERTED, "slot 1"))
+        assert not report.ran and "+CME ERROR: 10" in report.aborted
+        assert r.local.path.read_bytes() == before  # the journal and the terminal's store as before
+        r.slots[0].transport.insert()  # type: ignore[attr-defined]
+        await r.slots[0].power_on()  # what the CP's slot task does at once on an insertion
+        r.service.port = chat
+        again = await r.service.cycle(Trigger(TriggerKind.SIM_INSERTED, "slot 1"))
+        assert again.ran, again.aborted
+        assert await read_sim(r, 1) == {A, C}
+        assert local_contacts(r) == {A, C} == server_records(r)
+        # the server was written by the first cycle already; the second found it complete: no duplicates
+        assert r.server is not None and len(r.server.subscribers[SUB].records) == 2
