@@ -447,14 +447,12 @@ class ModemCommands:
 
     async def read_imsi(self, slot: CardSlot | None = None) -> str:
         driver = (slot or self.slots[1]).driver
-        aid = USIM_AID
-        _, sw = await driver.transmit(b"\x00\xa4\x04\x04" + bytes((len(aid),)) + aid, "SELECT ADF USIM")
-        if not _normal(sw):
-            raise CmeError(CME_SIM_FAILURE)
-        _, sw = await driver.transmit(bytes.fromhex("00A4000C026F07"), "SELECT EF_IMSI")
-        if not _normal(sw):
-            raise CmeError(CME_SIM_FAILURE)
-        data, sw = await driver.transmit(bytes.fromhex("00B0000009"), "READ BINARY EF_IMSI")
+        try:
+            # one file session: another line's SELECT never lands between this SELECT and the READ BINARY
+            async with driver.file_session((USIM_AID, b"\x6f\x07"), "EF_IMSI") as ef:
+                data, sw = await ef.read_binary(0, 9)
+        except FileNotSelected:
+            raise CmeError(CME_SIM_FAILURE) from None
         if not _normal(sw):
             raise CmeError(CME_SIM_FAILURE)
         return decode_imsi(data)
