@@ -56,6 +56,16 @@ def mobile_identity(digits: str, identity_type: int) -> bytes:
     return bytes((first,)) + encode_semi_octets(digits[1:])
 
 
+def location_information(info: LocalInfo) -> bytes:
+    """The location information object's value (TS 31.111 section 8.19): MCC/MNC, then LAC and cell identity, or
+    on E-UTRAN the TAC and the 28-bit E-UTRAN cell identity followed by 1111."""
+    if info.rat == E_UTRAN:
+        cell = info.lac_tac.to_bytes(2, "big") + (info.cell_id << 4 | 0xF).to_bytes(4, "big")
+    else:
+        cell = info.lac_tac.to_bytes(2, "big") + (info.cell_id & 0xFFFF).to_bytes(2, "big")
+    return plmn(info.mcc, info.mnc) + cell
+
+
 def date_time(now: datetime) -> bytes:
     """Date, time and time zone (TS 102 223 section 8.39): coded as TP-SCTS (TS 23.040 section 9.2.3.11), YY MM DD
     hh mm ss in semi-octets, the zone in quarter hours from UTC (bit 4 of its first semi-octet the sign)."""
@@ -68,11 +78,7 @@ def provide_local_information(
     """The general result and objects of the TERMINAL RESPONSE to PROVIDE LOCAL INFORMATION."""
     qualifier = command.qualifier
     if qualifier == 0x00:
-        if info.rat == E_UTRAN:  # TAC (2 octets), E-UTRAN cell identity (28 bits, then 1111)
-            cell = info.lac_tac.to_bytes(2, "big") + (info.cell_id << 4 | 0xF).to_bytes(4, "big")
-        else:
-            cell = info.lac_tac.to_bytes(2, "big") + (info.cell_id & 0xFFFF).to_bytes(2, "big")
-        return GeneralResult.OK, [obj(Tag.LOCATION_INFORMATION, plmn(info.mcc, info.mnc) + cell, cr=False)]
+        return GeneralResult.OK, [obj(Tag.LOCATION_INFORMATION, location_information(info), cr=False)]
     if qualifier == 0x01:
         # the check digit is sent as the spare digit, 0 (TS 23.003 section 6.2.1, TS 24.008 section 10.5.1.4)
         return GeneralResult.OK, [obj(Tag.IMEI, mobile_identity(info.imei[:14] + "0", 2), cr=False)]

@@ -20,12 +20,17 @@ from bipsim.trace.recorder import Tracer
 from tests.test_sms_commands import Cp, Dte, Smsc, lines
 
 
-async def a_cp(nursery: trio.Nursery, network: CellularNetwork, smsc_address: str = "+15550000000") -> Cp:
+async def a_cp(
+    nursery: trio.Nursery,
+    network: CellularNetwork,
+    smsc_address: str = "+15550000000",
+    card_profile: str | None = None,
+) -> Cp:
     smsc = Smsc()
     smsc.address = smsc_address
     network.smsc = smsc  # type: ignore[assignment]
     tracer = Tracer(keep=True)
-    card, _ = simulated_card(None, None, tracer)
+    card, _ = simulated_card(card_profile, None, tracer)
     driver = CardDriver(card, tracer=tracer)
     await driver.start()
     core = ModemCommands(driver, network)

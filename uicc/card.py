@@ -24,6 +24,8 @@ from bipsim.uicc.applets.ara_m import parse_rule
 from bipsim.uicc.applets.arf import install_arf
 from bipsim.uicc.card_state import StateFile, load_state
 from bipsim.uicc.fs import ADM1, PIN1, PIN2, File, FileKind, FileSystem, Pins
+from bipsim.uicc.mo_sms_control import MO_SMS_CONTROL_TAG
+from bipsim.uicc.mo_sms_control import answer as mo_sms_control_answer
 from bipsim.uicc.phonebook import load_phonebook
 from bipsim.uicc.profile import CardProfile
 from bipsim.uicc.toolkit import Toolkit, ToolkitError
@@ -663,7 +665,10 @@ class SimCard:
         return b"", SW_OK
 
     def _envelope(self, channel: int, p1: int, p2: int, data: bytes, le: int | None) -> tuple[bytes, int]:
-        answer = self.toolkit.envelope(data)
+        if data[:1] == bytes((MO_SMS_CONTROL_TAG,)):  # the USIM's own service 31 (TS 31.111 7.3.2)
+            answer = mo_sms_control_answer(self.profile.mo_sms_control, data)
+        else:
+            answer = self.toolkit.envelope(data)
         if answer:
             self._response = answer
             return b"", 0x6100 | len(answer)

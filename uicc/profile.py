@@ -77,6 +77,9 @@ class CardProfile:
     sdn: tuple[dict[str, Any], ...] = ()
     msisdn: tuple[dict[str, Any], ...] = ()
     sms: tuple[Any, ...] = ()
+    # the answer to MO SHORT MESSAGE CONTROL (uicc/mo_sms_control.py, TS 31.111 7.3.2): allow, refuse, or
+    # modify:<sc>,<destination> (allowed with these addresses instead; either may be empty)
+    mo_sms_control: str = "allow"
 
     @property
     def ota_keyset(self) -> tuple[int, bytes, bytes]:
@@ -127,6 +130,12 @@ def _from_mapping(data: dict[str, Any], where: str) -> CardProfile:
             raise CliError(f"{where}: {key} = {count!r}: use 1..15 (the X of 63CX)")
     _check_applets(profile, where)
     _check_phonebook(profile, where)
+    from bipsim.uicc.mo_sms_control import check_setting
+
+    try:
+        check_setting(str(profile.mo_sms_control))
+    except ValueError as exc:
+        raise CliError(f"{where}: mo_sms_control = {profile.mo_sms_control!r}: {exc}") from None
     return profile
 
 
