@@ -41,3 +41,17 @@ def test_failed_security_check_means_no_read_and_no_write(tmp_path: Path) -> Non
     puts = [e for e in result.events if e.kind == Kind.HTTP_REQUEST and e.field("method") == "PUT"]
     assert not puts and not app(result, "sync_merged")
     assert run.local_records() == {C} == run.server_records()
+
+
+def test_ap_sync_options_explain_themselves_and_refuse_a_bad_url() -> None:
+    import subprocess
+    import sys
+
+    run = [sys.executable, "-m", "bipsim", "ap"]
+    helped = subprocess.run([*run, "--help"], capture_output=True, text=True, check=True)
+    for option in ("--sync ", "--sync-token", "--sync-store", "--virtual-sims", "--security"):
+        assert option in helped.stdout
+    bad = subprocess.run(
+        [*run, "--port", "/nonexistent", "--sync", "ftp://x"], capture_output=True, text=True
+    )
+    assert bad.returncode != 0 and "--sync" in bad.stderr and "Traceback" not in bad.stderr
