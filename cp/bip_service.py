@@ -43,7 +43,15 @@ from bipsim.cp.bip_gateway import (
     SubmitShortMessage,
 )
 from bipsim.cp.card_driver import CardDriver
+from bipsim.cp.local_info import location_information
+from bipsim.cp.toolkit_sms import (
+    MoControlResult,
+    mo_sms_control_answer,
+    mo_sms_control_envelope,
+    mo_sms_control_supported,
+)
 from bipsim.cp.toolkit_timers import BUSY_RETRY_SECONDS, SW_BUSY, TimerChange
+from bipsim.net.sms_pdu import encode_sca
 from bipsim.trace.events import Actor, Layer
 from bipsim.trace.kinds import Kind
 from bipsim.trace.recorder import NULL_TRACER, Tracer
@@ -53,6 +61,7 @@ from bipsim.uicc.cat import (
     GeneralResult,
     OpenChannel,
     ProactiveCommand,
+    Tag,
     TerminalResponse,
     TransportProtocol,
 )
@@ -191,6 +200,7 @@ class BipService:
         self.host: Callable[[ProactiveCommand], Awaitable[None]] | None = None
         # the network's SMSC (net/smsc.py): takes a SEND SHORT MESSAGE's TPDU, returns its TP-MR
         self.sms_submit: Callable[[bytes], int] | None = None
+        self.sms_centre = ""  # its number, the SC address MO short message control is told of
         self._timers: dict[int, trio.CancelScope] = {}  # the running toolkit timers' tasks
         # told when a TR of the modem's own ends the card's proactive session (the host's toolkit: +CUSATEND)
         self.session_ended: Callable[[], Awaitable[None]] | None = None
@@ -339,7 +349,7 @@ class BipService:
             elif isinstance(action, HandToHost):
                 await self._to_host(action.command)
             elif isinstance(action, SubmitShortMessage):
-                await self._apply(self._submit(action))
+                await self._apply(await self._controlled_submit(action))
             elif isinstance(action, TimerChange):
                 self._set_timer(action)
             elif isinstance(action, SendTimerExpiration):
@@ -409,6 +419,44 @@ class BipService:
             )
             return
         await self.host(command)
+
+    async def _controlled_submit(self, action: SubmitShortMessage) -> list[Action]:
+        """SEND SHORT MESSAGE through MO short message control by the USIM (TS 31.111 7.3.2, cp/toolkit_sms.py)
+        when the terminal profile declares it: refused, the TR is 0x39 with 01 (interaction with MO short message
+        control, action not allowed); sent with the card's addresses, OK becomes 0x05 (performed, modified)."""
+        if self.sms_submit is None or not mo_sms_control_supported(self.driver.profile):
+            return self._submit(action)
+        address = action.command.get(Tag.ADDRESS)
+        if address is not None and address.value:
+            sca = bytes((len(address.value),)) + address.value
+        else:
+            sca = encode_sca(self.sms_centre or None)
+        try:
+            envelope = mo_sms_control_envelope(
+                sca, action.tpdu, location_information(self.gateway.local_info)
+            )
+        except ValueError:  # not an SMS-SUBMIT: the SMSC refuses it as before
+            return self._submit(action)
+        data, sw = await self.driver.envelope(envelope, "ENVELOPE: MO SHORT MESSAGE CONTROL")
+        if sw != 0x9000 and sw >> 8 != 0x91:
+            return self._submit(action)
+        decision = mo_sms_control_answer(data, sca, action.tpdu)
+        if decision.result is MoControlResult.NOT_ALLOWED:
+            response = TerminalResponse.build(
+                action.command, GeneralResult.INTERACTION_WITH_CALL_CONTROL_PERMANENT, b"\x01"
+            )
+            return [SendTerminalResponse(response)]
+        if decision.result is MoControlResult.ALLOWED:
+            return self._submit(action)
+        actions = self._submit(SubmitShortMessage(action.command, decision.tpdu))
+        return [
+            SendTerminalResponse(
+                TerminalResponse.build(action.command, GeneralResult.OK_MODIFIED_BY_CALL_CONTROL)
+            )
+            if isinstance(a, SendTerminalResponse) and a.response.result[0] == GeneralResult.OK
+            else a
+            for a in actions
+        ]
 
     def _submit(self, action: SubmitShortMessage) -> list[Action]:
         """SEND SHORT MESSAGE to the network's SMSC; its TR says whether the SMSC took it."""

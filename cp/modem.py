@@ -253,6 +253,7 @@ class Modem:
         smsc = getattr(self.network, "smsc", None)  # SEND SHORT MESSAGE goes to the network's SMSC
         if smsc is not None and hasattr(smsc, "submit"):
             self.service.sms_submit = lambda tpdu: int(smsc.submit(tpdu, origin="uicc"))
+            self.service.sms_centre = str(getattr(smsc, "address", "") or "")
         self.opener: LineOpener | TcpLineListener
         if options.listen is not None:
             self.opener = TcpLineListener(*options.listen, who="bipsim cp")

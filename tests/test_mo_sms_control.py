@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from bipsim.cp.bip_gateway import SendTerminalResponse, SubmitShortMessage
 from bipsim.cp.network import CellularNetwork
 from bipsim.cp.toolkit_sms import (
     MoControl,
@@ -20,6 +21,8 @@ from bipsim.cp.toolkit_sms import (
 )
 from bipsim.net.sms_pdu import SmsSubmit, decode_tpdu, encode_sca
 from bipsim.trace.kinds import Kind
+from bipsim.trace.recorder import NULL_TRACER
+from bipsim.uicc.cat import CommandType, GeneralResult, ProactiveCommand, Tag, obj
 from bipsim.uicc.mo_sms_control import answer, check_setting
 from bipsim.uicc.terminal_profile import NAMED
 from bipsim.uicc.toolkit import ToolkitError
@@ -114,3 +117,37 @@ async def test_cmgs_is_controlled_by_the_card(nursery: trio.Nursery, tmp_path: P
     assert lines(await modified.dte.entry('AT+CMGS="+447700900456"', "hi")) == ["+CMGS: 1"]
     message = decode_tpdu(modified.smsc.submitted[0][0])
     assert isinstance(message, SmsSubmit) and str(message.destination) == "+447700909999"
+
+
+async def modem_with(tmp_path: Path, setting: str):  # type: ignore[no-untyped-def]
+    from bipsim.cp.modem import Modem, ModemOptions, simulated_card
+
+    profile = tmp_path / "card.toml"
+    profile.write_text(f'mo_sms_control = "{setting}"\n')
+    card, _ = simulated_card(str(profile), None, NULL_TRACER)
+    modem = Modem(ModemOptions("/nonexistent"), card)
+    await modem.service.driver.start()
+    return modem
+
+
+async def test_the_cards_send_short_message_is_controlled_too(tmp_path: Path) -> None:
+    tpdu = submit(destination="+447700900456")
+    command = ProactiveCommand.build(CommandType.SEND_SHORT_MESSAGE, [obj(Tag.SMS_TPDU, tpdu)])
+    allowed = await modem_with(tmp_path, "allow")
+    (ok,) = await allowed.service._controlled_submit(SubmitShortMessage(command, tpdu))
+    assert isinstance(ok, SendTerminalResponse) and ok.response.result == (GeneralResult.OK, b"")
+    assert len(allowed.network.smsc.mo) == 1
+
+    refused = await modem_with(tmp_path, "refuse")
+    (no,) = await refused.service._controlled_submit(SubmitShortMessage(command, tpdu))
+    assert isinstance(no, SendTerminalResponse)
+    assert no.response.result == (GeneralResult.INTERACTION_WITH_CALL_CONTROL_PERMANENT, b"\x01")
+    assert refused.network.smsc.mo == []
+
+    modified = await modem_with(tmp_path, "modify:,+447700909999")
+    (changed,) = await modified.service._controlled_submit(SubmitShortMessage(command, tpdu))
+    assert isinstance(changed, SendTerminalResponse)
+    assert changed.response.result == (GeneralResult.OK_MODIFIED_BY_CALL_CONTROL, b"")
+    (message,) = modified.network.smsc.mo
+    sent = decode_tpdu(message.tpdu)
+    assert isinstance(sent, SmsSubmit) and str(sent.destination) == "+447700909999"
