@@ -226,6 +226,8 @@ class PacketPlane:
         self.tracer = tracer
         self.pgw = pgw
         self.links: dict[int, ContextLink] = {}  # by context identifier
+        # contexts the bearer is releasing itself (its channel closed): their end is orderly, not a dropped link
+        self.releasing: set[int] = set()
         self.ready = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._count = 0
@@ -388,7 +390,8 @@ class PacketPlane:
         carried = self.links.pop(context.cid, None)
         if carried is None:
             return
-        carried.stack.abort_all(reason)
+        # our own release (the channel closed) is orderly; AT+CGACT=0, a detach or the network is not
+        carried.stack.abort_all(reason, orderly=context.cid in self.releasing)
         if self.pgw is not None:
             self.pgw.detach(IPv4Address(context.address), reason)
         carried.end.close()
@@ -674,4 +677,9 @@ class OwnStackBearer:
             self.contexts.pop(channel, None)
             self.dns.pop(channel, None)
         if context is not None and self.network.contexts.get(context.cid) is context:
-            self.network.deactivate(context.cid, f"channel {channel} closed")
+            releasing = self.plane.releasing if self.plane is not None else set()
+            releasing.add(context.cid)
+            try:
+                self.network.deactivate(context.cid, f"channel {channel} closed")
+            finally:
+                releasing.discard(context.cid)

@@ -765,12 +765,18 @@ class IpStack:
 
     # ---------------------------------------------------------------------------------------------- the link
 
-    def abort_all(self, reason: str) -> None:
+    def abort_all(self, reason: str, *, orderly: bool = False) -> None:
         """The bearer went away: nothing can be sent any more. Every connection is CLOSED at once (no RST),
-        and every stream, socket, listener and ping raises trio.BrokenResourceError("link dropped: <reason>")."""
+        and every stream, socket, listener and ping raises trio.BrokenResourceError("link dropped: <reason>").
+
+        `orderly` says the bearer's owner released it on purpose (the channel was closed): the trace shows an
+        error only if a connection was still open then (one whose FIN the peer had not acknowledged: data may be lost)."""
         if self._down is not None:
             return
         self._down = reason
+        # a connection whose FIN the peer acknowledged lost nothing we sent: only the others are a fault
+        live = [handle for handle in self._connections.values() if not handle.connection.fin_acked]
+        error = not orderly or bool(live)
         for handle in list(self._connections.values()):
             handle.failure = trio.BrokenResourceError(f"link dropped: {reason}")
             handle.connection.drop(reason)
@@ -787,10 +793,10 @@ class IpStack:
             Kind.IP_DROPPED,
             Layer.IP,
             None,
-            {"reason": f"link dropped: {reason}"},
-            f"link dropped: {reason}",
+            {"reason": f"link dropped: {reason}", "orderly": orderly, "open_connections": len(live)},
+            f"link dropped: {reason}" if error else f"link released: {reason}",
             sent=False,
-            error=True,
+            error=error,
         )
 
     def _check_up(self) -> None:

@@ -519,3 +519,16 @@ async def test_server_mode_forwards_a_host_port_until_its_context_goes() -> None
         with pytest.raises(OSError):  # the forward went with the context
             await trio.open_tcp_stream("127.0.0.1", host_port)
         nursery.cancel_scope.cancel()
+
+
+def test_embodiment1_release_is_orderly_not_a_dropped_link(tmp_path: Path) -> None:
+    # the bearer's own release of its context after CLOSE CHANNEL is not a fault: the stack traces "link released"
+    # without the error flag (only AT+CGACT=0, a detach or the network drop a link)
+    from bipsim.scenarios.base import ScenarioOptions
+    from bipsim.scenarios.registry import SCENARIOS
+
+    result = SCENARIOS["embodiment1"](ScenarioOptions(tmp_path / "run"))
+    assert result.run.completed
+    ends = [e for e in result.run.events if e.kind == "ip.dropped" and "link" in e.summary]
+    assert ends and all("link released: channel" in e.summary and not e.error for e in ends)
+    assert not [e for e in result.run.events if e.error and e.layer.value in ("ip", "tcp", "udp")]
