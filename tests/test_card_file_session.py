@@ -20,7 +20,7 @@ from bipsim.cp.commands import ModemCommands, crsm_path
 from bipsim.cp.modem import simulated_card
 from bipsim.cp.network import CellularNetwork
 from bipsim.cp.phonebook_commands import PhonebookCommands
-from bipsim.cp.sms_commands import SmsCommands
+from bipsim.cp.sms_commands import CardStorage, SmsCommands, StoredSms
 from bipsim.link.at_server import AtServer
 from bipsim.net.sms_pdu import SmsSubmit, decode_tpdu
 from bipsim.trace.recorder import Tracer
@@ -275,3 +275,35 @@ async def test_a_session_holds_the_current_file() -> None:
         async with driver.file_session((USIM_AID, b"\x6f\x99"), "none"):
             pass
     assert raised.value.sw == 0x6A82 and raised.value.part == b"\x6f\x99"
+
+
+async def test_two_lines_writing_messages_take_distinct_indexes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """+CMGW on two lines at once: each answer names its own record, and every message is on the card. The first
+    write waits until every other task is blocked, so that the other line's +CMGW looks for a free index between
+    this one's finding index 1 and writing it: finding a free index and writing it must go together."""
+    write = CardStorage.write
+    held = [True]
+
+    async def slow_write(self: CardStorage, index: int, sms: StoredSms | None) -> None:
+        if held[0]:
+            held[0] = False
+            await trio.testing.wait_all_tasks_blocked()
+        await write(self, index, sms)
+
+    monkeypatch.setattr(CardStorage, "write", slow_write)
+    async with modem(None, 2) as m:
+        indexes: list[int] = []
+
+        async def writer(dte: Dte) -> None:
+            for _ in range(5):
+                answer = await dte.entry(f"AT+CMGW={len(SUBMIT)}", "00" + SUBMIT.hex().upper())
+                found = re.search(r"\+CMGW: (\d+)", answer)
+                assert found, answer
+                indexes.append(int(found.group(1)))
+
+        async with trio.open_nursery() as nursery:
+            for dte in m.lines:
+                nursery.start_soon(writer, dte)
+        assert not held[0]
+        assert sorted(indexes) == list(range(1, 11))
+        assert [r[0] for r in records(m.fs, 0x7FFF, 0x6F3C)[:10]] == [0x07] * 10
