@@ -597,8 +597,28 @@ def _user_data_fields(part: UserDataPart, message_class: int | None) -> dict[str
     return {"dcs": make_dcs(part.alphabet, message_class), "udh": part.udh, "ud": part.ud}
 
 
+class _UserData:
+    """What SMS-DELIVER and SMS-SUBMIT read alike from their TP-DCS, TP-UDH and TP-UD (TS 23.040 9.2.3.24)."""
+
+    dcs: int
+    udh: tuple[InformationElement, ...]
+    ud: bytes
+
+    @property
+    def text(self) -> str | None:
+        return _text_of(self.dcs, self.ud)
+
+    @property
+    def concatenation(self) -> Concatenation | None:
+        return concatenation_of(self.udh)
+
+    @property
+    def message_class(self) -> int | None:
+        return dcs_class(self.dcs)
+
+
 @dataclass(frozen=True)
-class SmsDeliver:
+class SmsDeliver(_UserData):
     """SMS-DELIVER (TS 23.040 9.2.2.1), SC to MS."""
 
     originator: Address
@@ -613,18 +633,6 @@ class SmsDeliver:
     loop_prevention: bool = False
 
     mti = MessageType.DELIVER
-
-    @property
-    def text(self) -> str | None:
-        return _text_of(self.dcs, self.ud)
-
-    @property
-    def concatenation(self) -> Concatenation | None:
-        return concatenation_of(self.udh)
-
-    @property
-    def message_class(self) -> int | None:
-        return dcs_class(self.dcs)
 
     @property
     def is_data_download(self) -> bool:
@@ -670,7 +678,7 @@ class SmsDeliver:
 
 
 @dataclass(frozen=True)
-class SmsSubmit:
+class SmsSubmit(_UserData):
     """SMS-SUBMIT (TS 23.040 9.2.2.2), MS to SC."""
 
     destination: Address
@@ -685,18 +693,6 @@ class SmsSubmit:
     reply_path: bool = False
 
     mti = MessageType.SUBMIT
-
-    @property
-    def text(self) -> str | None:
-        return _text_of(self.dcs, self.ud)
-
-    @property
-    def concatenation(self) -> Concatenation | None:
-        return concatenation_of(self.udh)
-
-    @property
-    def message_class(self) -> int | None:
-        return dcs_class(self.dcs)
 
     def encode(self) -> bytes:
         vpf, vp = _encode_validity(self.validity)
