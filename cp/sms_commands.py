@@ -546,9 +546,13 @@ class SmsCommands:
             except (
                 CmeError
             ) as exc:  # the shared card code speaks 27.007: the same meaning in 27.005's numbers
-                code = {10: CMS_SIM_NOT_INSERTED, 13: CMS_SIM_FAILURE, 14: CMS_SIM_BUSY}.get(
-                    exc.code, CMS_UNKNOWN
-                )
+                code = {
+                    10: CMS_SIM_NOT_INSERTED,
+                    11: CMS_SIM_PIN_REQUIRED,
+                    12: CMS_SIM_PUK_REQUIRED,
+                    13: CMS_SIM_FAILURE,
+                    14: CMS_SIM_BUSY,
+                }.get(exc.code, CMS_UNKNOWN)
                 self._refused(name, code, str(exc), server)
                 raise CmsError(code, str(exc)) from exc
 

@@ -21,7 +21,7 @@ from bipsim.cp.modem import simulated_card
 from bipsim.cp.network import CellularNetwork
 from bipsim.cp.phonebook_commands import PhonebookCommands
 from bipsim.cp.sms_commands import CardStorage, SmsCommands, StoredSms
-from bipsim.link.at_server import AtServer
+from bipsim.link.at_server import AtServer, CmeError
 from bipsim.net.sms_pdu import SmsSubmit, decode_tpdu
 from bipsim.trace.recorder import Tracer
 from bipsim.uicc.fs import USIM_AID, FileSystem
@@ -307,3 +307,18 @@ async def test_two_lines_writing_messages_take_distinct_indexes(monkeypatch: pyt
         assert not held[0]
         assert sorted(indexes) == list(range(1, 11))
         assert [r[0] for r in records(m.fs, 0x7FFF, 0x6F3C)[:10]] == [0x07] * 10
+
+
+@pytest.mark.parametrize(("cme", "cms"), [(11, 311), (12, 312), (10, 310)])
+async def test_shared_card_code_errors_in_sms_numbers(
+    monkeypatch: pytest.MonkeyPatch, cme: int, cms: int
+) -> None:
+    """Card code shared with 27.007 commands raises +CME ERROR numbers; an SMS command answers them in 27.005's
+    (3.2.5): 11 SIM PIN required is 311, 12 SIM PUK required 312, 10 no SIM 310."""
+
+    async def refused(self: SmsCommands, request: object, server: object) -> list[str] | None:
+        raise CmeError(cme)
+
+    monkeypatch.setattr(SmsCommands, "cmgl", refused)
+    async with modem(None, 1) as m:
+        assert (await m.lines[0].at("AT+CMGL=4")).endswith(f"+CMS ERROR: {cms}\r\n")
