@@ -1231,7 +1231,7 @@ class SmsCommands:
             return await self._download(tpdu)
         sca = encode_sca(self._default_sca())
         message_class = dcs_class(message.dcs)
-        route = deliver_route(self.cnmi.mt, message_class)
+        route = deliver_route(self.cnmi.mt, message_class, message.dcs)
         if route is Route.CMT:
             self._delivery_event(tpdu, "cmt")
             pending = await self._route_cmt(StoredSms(Stat.REC_UNREAD, sca, tpdu))
@@ -1401,11 +1401,15 @@ class Route(Enum):
     STORE_MEM3 = "store_mem3"  # stored in <mem3>, +CMTI unless <mt> 0
 
 
-def deliver_route(mt: int, message_class: int | None) -> Route:
+def deliver_route(mt: int, message_class: int | None, dcs: int = 0) -> Route:
     """27.005 3.4.1: <mt> 2 routes classes 0, 1, 3 and none directly (+CMT), <mt> 3 class 3; class 2 is always
-    stored on the (U)SIM (TS 23.038 4: "(U)SIM specific message"); the rest go to <mem3>."""
+    stored on the (U)SIM (TS 23.038 4: "(U)SIM specific message"); the rest go to <mem3>. A message of the
+    message waiting indication groups "store message" (TP-DCS 1101xxxx, 1110xxxx, TS 23.038 4) is stored and
+    indicated under <mt> 2 too: 27.005 routes only the "discard message" group (1100xxxx) directly."""
     if message_class == 2:
         return Route.STORE_SM
+    if mt == 2 and dcs >> 4 in (0xD, 0xE):
+        return Route.STORE_MEM3
     if mt == 2 or (mt == 3 and message_class == 3):
         return Route.CMT
     return Route.STORE_MEM3

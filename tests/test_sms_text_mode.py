@@ -5,6 +5,7 @@ address is known (27.005 3.2.5)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import pytest
 import trio
@@ -14,9 +15,11 @@ from bipsim.cp.card_driver import CardDriver
 from bipsim.cp.commands import ModemCommands
 from bipsim.cp.modem import simulated_card
 from bipsim.cp.network import CellularNetwork, NetworkConfig
-from bipsim.cp.sms_commands import SmsCommands
+from bipsim.cp.sms_commands import Route, SmsCommands, deliver_route
 from bipsim.link.at_server import AtServer
+from bipsim.net.sms_pdu import Address, SmsDeliver
 from bipsim.trace.recorder import Tracer
+from bipsim.uicc.gsm_text import gsm7_encode
 from tests.test_sms_commands import Cp, Dte, Smsc, lines
 
 
@@ -73,3 +76,27 @@ async def test_no_service_centre_address_is_cms_error_330(nursery: trio.Nursery)
     assert cp.smsc.submitted == []
     assert await cp.dte.at('AT+CSCA="+447700900000"') == "\r\nOK\r\n"  # the TE names one: it goes
     assert lines(await cp.dte.entry('AT+CMGS="+447700900456"', "hi")) == ["+CMGS: 1"]
+
+
+def test_mt2_stores_message_waiting_store_groups() -> None:
+    # TS 23.038 4: 1100xxxx discard message, 1101xxxx / 1110xxxx store message (27.005 3.4.1 <mt> 2)
+    assert deliver_route(2, None, 0xC8) is Route.CMT
+    assert deliver_route(2, None, 0xD8) is Route.STORE_MEM3
+    assert deliver_route(2, None, 0xE0) is Route.STORE_MEM3
+    assert deliver_route(2, None, 0x00) is Route.CMT
+    assert deliver_route(1, None, 0xC8) is Route.STORE_MEM3
+
+
+def waiting(text: str, dcs: int) -> bytes:
+    """An SMS-DELIVER of a message waiting indication group (GSM 7-bit, TS 23.038 4)."""
+    when = datetime(2026, 11, 30, 12, 0, 0, tzinfo=UTC)
+    return SmsDeliver(Address.parse("+447700900123"), when, dcs=dcs, ud=gsm7_encode(text)).encode()
+
+
+async def test_mt2_indicates_a_stored_message_waiting_sms(cp: Cp) -> None:
+    dte = cp.dte
+    await dte.at("AT+CNMI=1,2,0,0,0")
+    await cp.sms.deliver(waiting("1 new voicemail", 0xD8))  # message waiting, store message
+    assert await dte.pending() == '\r\n+CMTI: "SM",1\r\n'
+    await cp.sms.deliver(waiting("voicemail read", 0xC0))  # message waiting, discard message: direct
+    assert (await dte.pending()).startswith("\r\n+CMT: ,")
