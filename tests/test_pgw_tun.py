@@ -15,6 +15,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
 from ipaddress import IPv4Address
+from typing import NoReturn
 
 import pytest
 import trio
@@ -36,6 +37,23 @@ pytestmark = pytest.mark.needs("unshare", "ip", "nsenter")
 CP = IPv4Address("198.51.100.2")
 
 
+def skip_without_tun(exc: TunUnavailable) -> NoReturn:
+    """Skips a tun test with the reason where the machine refuses namespaces or TUN; fails under CI=true."""
+    if IN_CI:
+        pytest.fail(f"tun mode must run under CI: {exc}")
+    pytest.skip(str(exc))
+
+
+async def require_tun() -> None:
+    """Makes (and closes) a TUN namespace first: where that is refused, the test skips with the reason (fails
+    under CI=true) rather than failing somewhere deeper."""
+    try:
+        namespace = await open_tun_namespace(name="bipsimprobe")
+    except TunUnavailable as exc:
+        skip_without_tun(exc)
+    namespace.close()
+
+
 async def _start(
     nursery: trio.Nursery, profile: LinkProfile = PROFILES["ideal"], seed: int = 1
 ) -> tuple[Pgw, LinkEnd, RadioLink, Tracer]:
@@ -44,9 +62,7 @@ async def _start(
     try:
         await nursery.start(pgw.run)
     except TunUnavailable as exc:
-        if IN_CI:
-            pytest.fail(f"tun mode must run under CI: {exc}")
-        pytest.skip(str(exc))
+        skip_without_tun(exc)
     cp, pgw_end, link = radio_link(profile, seed, tracer=tracer)
     await nursery.start(link.run)
     await pgw.attach(CP, pgw_end)
