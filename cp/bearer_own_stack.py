@@ -237,7 +237,11 @@ class PacketPlane:
         from bipsim.net.pgw import Pgw
 
         if self.pgw is None:
-            self.pgw = Pgw(mode=self.options.network, tracer=self.tracer)
+            self.pgw = Pgw(
+                mode=self.options.network,
+                tracer=self.tracer,
+                rng=random.Random(f"{self.options.seed}/pgw"),  # a run repeats (--seed)
+            )
         async with trio.open_nursery() as nursery:
             await nursery.start(self.pgw.run)
             self._nursery = nursery

@@ -22,6 +22,7 @@ its flows end at once (host sockets closed, nothing more sent toward its address
 from __future__ import annotations
 
 import errno
+import random
 import socket
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -134,7 +135,7 @@ class Pgw:
         forwards: Iterable[PortForward] = (),
         connect_timeout: float = 10.0,
         tun: TunNamespace | None = None,
-        trace_packets: bool = False,
+        rng: random.Random | None = None,
     ) -> None:
         self.mode = PgwMode(mode)
         self.tracer = tracer
@@ -153,7 +154,9 @@ class Pgw:
         self.connect_timeout = connect_timeout
         self.tun = tun
         self._own_tun = False  # a namespace given by the caller is the caller's to close
-        self.trace_packets = trace_packets
+        # the nat stack's initial sequence numbers, IP identifications and ports: from the run's seed, so that a
+        # run repeats (--seed); None draws them from the system
+        self.rng = rng
         self.counters = PgwCounters()
         self._contexts: dict[IPv4Address, _Context] = {}
         self._nursery: trio.Nursery | None = None
@@ -404,12 +407,12 @@ class Pgw:
         stack = IpStack(
             self.gateway,
             self._to_context,
-            tracer=self.tracer
-            if self.trace_packets or self.tracer is NULL_TRACER
-            else _DropsOnly(self.tracer),
+            # the CP's stack traces every packet of the link already; the gateway's adds only what it drops
+            tracer=self.tracer if self.tracer is NULL_TRACER else _DropsOnly(self.tracer),
             actor=Actor.PGW,
             peer=Actor.CP,
             promiscuous=True,
+            rng=self.rng,
         )
         stack.on_flow = self._on_flow
         self._stack = stack
