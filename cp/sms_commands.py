@@ -55,6 +55,7 @@ from bipsim.net.sms_pdu import (
     decode_sca,
     decode_tpdu,
     encode_sca,
+    user_data_octets,
 )
 from bipsim.trace.events import Actor, Layer
 from bipsim.trace.kinds import Kind
@@ -775,12 +776,17 @@ class SmsCommands:
     def _address(self, address: Address) -> tuple[str, int]:
         return f'"{self._te(str(address))}"', address.type_of_address
 
-    def _user_text(self, dcs: int, ud: bytes, text: str | None) -> str:
-        """The data line of text mode: the text in the TE's set, or hex of the octets for 8-bit and UCS2 data
-        (27.005 3.1 <data>)."""
-        if dcs_alphabet(dcs) is Alphabet.GSM7 and text is not None:
-            return self._te(text)
-        return ud.hex().upper()
+    def _user_text(self, tpdu: SmsDeliver | SmsSubmit) -> tuple[str, int]:
+        """The data line of text mode and its <length> (27.005 3.1 <data>, <length>): the text in the TE's set,
+        counted in the message's characters (not those of the TE's encoding, +CSCS "UCS2"); hex of the octets
+        for 8-bit and UCS2 data; with TP-UDHI set, hex of the whole user data, its header included."""
+        if tpdu.udh:
+            data = user_data_octets(tpdu).hex().upper()
+            return data, len(data)
+        if dcs_alphabet(tpdu.dcs) is Alphabet.GSM7 and tpdu.text is not None:
+            return self._te(tpdu.text), len(tpdu.text)
+        data = tpdu.ud.hex().upper()
+        return data, len(data)
 
     def _pdu_form(self, sms: StoredSms) -> tuple[str, int]:
         return (sms.sca + sms.tpdu).hex().upper(), len(sms.tpdu)
@@ -806,20 +812,20 @@ class SmsCommands:
                 f"{lead}{fo},{tpdu.mr},{ra},{tora},{_scts(tpdu.scts)},{_scts(tpdu.discharge)},{tpdu.status}",
                 None,
             )
-        data = self._user_text(tpdu.dcs, tpdu.ud, tpdu.text)
+        data, length = self._user_text(tpdu)
         if isinstance(tpdu, SmsDeliver):
             oa, tooa = self._address(tpdu.originator)
             if listing:
-                tail = f",{tooa},{len(data)}" if show else ""
+                tail = f",{tooa},{length}" if show else ""
                 return f"{lead}{oa},,{_scts(tpdu.scts)}{tail}", data
-            tail = f",{tooa},{fo},{tpdu.pid},{tpdu.dcs},{sca_text},{tosca},{len(data)}" if show else ""
+            tail = f",{tooa},{fo},{tpdu.pid},{tpdu.dcs},{sca_text},{tosca},{length}" if show else ""
             return f"{lead}{oa},,{_scts(tpdu.scts)}{tail}", data
         da, toda = self._address(tpdu.destination)
         if listing:
-            tail = f",{toda},{len(data)}" if show else ""
+            tail = f",{toda},{length}" if show else ""
             return f"{lead}{da},,{tail}", data
         vp = tpdu.validity.octet if isinstance(tpdu.validity, RelativeValidity) else ""
-        tail = f",{toda},{fo},{tpdu.pid},{tpdu.dcs},{vp},{sca_text},{tosca},{len(data)}" if show else ""
+        tail = f",{toda},{fo},{tpdu.pid},{tpdu.dcs},{vp},{sca_text},{tosca},{length}" if show else ""
         return f"{lead}{da},{tail}", data
 
     # --- reading, listing, deleting ---------------------------------------------------------------------------------

@@ -452,6 +452,12 @@ def ports_of(elements: Sequence[InformationElement]) -> PortAddressing | None:
 # --- user data (TS 23.040 9.2.3.16, 9.2.3.24) ------------------------------------------------------------------------
 
 
+def user_data_octets(message: SmsDeliver | SmsSubmit) -> bytes:
+    """The TP-UD field as sent (TS 23.040 9.2.3.24): the header, fill bits and packed septets or octets, without
+    TP-UDL; 27.005 text mode shows it as hex when TP-UDHI is set."""
+    return _encode_user_data(message.dcs, message.udh, message.ud)[1:]
+
+
 def _encode_user_data(dcs: int, udh: Sequence[InformationElement], ud: bytes) -> bytes:
     """TP-UDL and TP-UD. For the GSM 7-bit alphabet `ud` holds unpacked septets; otherwise octets."""
     header = encode_udh(udh)

@@ -100,3 +100,30 @@ async def test_mt2_indicates_a_stored_message_waiting_sms(cp: Cp) -> None:
     assert await dte.pending() == '\r\n+CMTI: "SM",1\r\n'
     await cp.sms.deliver(waiting("voicemail read", 0xC0))  # message waiting, discard message: direct
     assert (await dte.pending()).startswith("\r\n+CMT: ,")
+
+
+async def test_text_mode_shows_a_user_data_header_as_hex_of_the_whole_user_data(cp: Cp) -> None:
+    dte = cp.dte
+    when = datetime(2026, 11, 30, 12, 0, 0, tzinfo=UTC)
+    first, _ = SmsDeliver.for_text("+447700900123", "x" * 200, when, reference=0x42)
+    await cp.sms.deliver(first.encode())  # +CNMI <mt> 0: stored at SM 1
+    await dte.at("AT+CMGF=1")
+    await dte.at("AT+CSDH=1")
+    header, data = lines(await dte.at("AT+CMGR=1"))
+    # 27.005 3.1: TP-UDHI set, so <data> is hex of TP-UD: the header 05 00 03 <ref> <parts> <part>, then the
+    # fill bit and the 153 packed septets: 140 octets in all
+    assert data.startswith("0500034202" + "01") and len(data) == 2 * 140
+    assert header.endswith(",280")
+
+
+async def test_text_mode_length_counts_the_messages_characters(cp: Cp) -> None:
+    dte = cp.dte
+    when = datetime(2026, 11, 30, 12, 0, 0, tzinfo=UTC)
+    (hello,) = SmsDeliver.for_text("+447700900123", "hello", when)
+    await cp.sms.deliver(hello.encode())
+    await dte.at("AT+CMGF=1")
+    await dte.at("AT+CSDH=1")
+    await dte.at('AT+CSCS="UCS2"')
+    header, data = lines(await dte.at("AT+CMGR=1"))
+    assert data == "00680065006C006C006F"  # "hello" in the TE's set: UCS2 hex
+    assert header.endswith(",5")  # 27.005 3.1 <length>: five characters of the message, not 20 of the hex
