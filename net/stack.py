@@ -696,17 +696,28 @@ class IpStack:
             if waiter is not None:
                 waiter.set()
         elif message.type == IcmpType.DESTINATION_UNREACHABLE:
-            self._icmp_unreachable(message)
+            self._icmp_unreachable(message, data)
 
-    def _icmp_unreachable(self, message: IcmpMessage) -> None:
+    def _icmp_unreachable(self, message: IcmpMessage, data: bytes) -> None:
         quoted = message.quoted()
-        if quoted is None or quoted.protocol != TCP or len(quoted.payload) < 4:
+        if quoted is None or quoted.protocol != TCP or len(quoted.payload) < 8:
             return
         sport = int.from_bytes(quoted.payload[0:2], "big")
         dport = int.from_bytes(quoted.payload[2:4], "big")
         handle = self._connections.get((quoted.source, sport, quoted.destination, dport))
         if handle is None or handle.connected:
             # RFC 1122 4.2.3.9: on an established connection these are soft errors; TCP's timers decide
+            return
+        # RFC 5927 4.1: only an error quoting a sequence number we have sent and not had acknowledged
+        # (SND.UNA <= SEG.SEQ < SND.NXT) is about this connection; anyone else's would be a blind reset
+        conn = handle.connection
+        quoted_seq = int.from_bytes(quoted.payload[4:8], "big")
+        if (quoted_seq - conn.snd_una) & 0xFFFFFFFF >= conn.snd_max - conn.snd_una:
+            self._drop(
+                data or None,
+                f"ICMP destination unreachable quoting sequence number {quoted_seq}, outside the window",
+                Layer.IP,
+            )
             return
         number = {
             int(Unreachable.NETWORK): errno.ENETUNREACH,

@@ -684,3 +684,34 @@ def test_the_stack_s_events_are_json_lines_the_trace_reader_takes() -> None:
     assert events[1].fields == {"src": str(CP), "dst": str(NET), "type": 0, "code": 0, "id": 1, "seq": 2}
     assert events[3].fields["code"] == 3 and events[5].fields["flags"] == "RST|ACK"  # type: ignore[index]
     assert events[-1].error and events[-1].layer == "ip"
+
+
+async def test_icmp_unreachable_quoting_another_sequence_number_is_ignored(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # RFC 5927 4.1: an ICMP error whose quoted TCP sequence number is not one we sent (a blind attacker guessing
+    # the ports) is dropped with a trace event; the connect goes on and succeeds
+    async with joined() as pair:
+        forged: list[bytes] = []
+
+        def blind(packet: bytes) -> bool:
+            ip = Ipv4Packet.decode(packet)
+            if ip.protocol == TCP and not forged:
+                wrong = bytearray(packet)
+                seq_at = 20 + 4  # no IP options: the TCP header's sequence number
+                wrong[seq_at : seq_at + 4] = (
+                    (int.from_bytes(packet[seq_at : seq_at + 4], "big") + 1000) & 0xFFFFFFFF
+                ).to_bytes(4, "big")
+                message = destination_unreachable(Unreachable.NETWORK, bytes(wrong))
+                answer = Ipv4Packet(IPv4Address("198.51.100.1"), ip.source, ICMP, message.encode()).encode()
+                forged.append(answer)
+                pair.down.send_channel.send_nowait(answer)
+            return True
+
+        pair.up.hook = blind
+        await pair.net.listen_tcp(443)
+        stream = await pair.cp.open_tcp(NET, 443)
+        assert forged
+        await stream.aclose()
+        dropped = [e for e in pair.kinds(pair.cp_trace, Kind.IP_DROPPED) if "outside the window" in e.summary]
+        assert len(dropped) == 1 and dropped[0].error
