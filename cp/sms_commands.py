@@ -43,6 +43,7 @@ from bipsim.link.at_syntax import AtArg, AtRequest, CommandKind
 from bipsim.net.sms_pdu import (
     Address,
     Alphabet,
+    InformationElement,
     RelativeValidity,
     SmsDeliver,
     SmsPduError,
@@ -55,6 +56,7 @@ from bipsim.net.sms_pdu import (
     decode_sca,
     decode_tpdu,
     encode_sca,
+    user_data_from_octets,
     user_data_octets,
 )
 from bipsim.trace.events import Actor, Layer
@@ -984,11 +986,19 @@ class SmsCommands:
 
     def _submit_from_text(self, destination: Address, text: bytes) -> bytes:
         fo, vp, pid, dcs = self.csmp
-        ud = self._text_user_data(text, dcs)
+        udh: tuple[InformationElement, ...] = ()
+        if fo & 0x40:  # TP-UDHI in +CSMP's <fo>: the text is hex of all TP-UD, header included (27.005 3.1)
+            try:
+                udh, ud = user_data_from_octets(dcs, bytes.fromhex(text.decode("latin-1").strip()))
+            except ValueError as exc:  # SmsPduError is a ValueError
+                raise CmsError(CMS_INVALID_TEXT_PARAMETER, f"TP-UDHI user data: {exc}") from exc
+        else:
+            ud = self._text_user_data(text, dcs)
         submit = SmsSubmit(
             destination,
             pid=pid,
             dcs=dcs,
+            udh=udh,
             validity=RelativeValidity(vp) if (fo >> 3) & 0x03 == 0x02 else None,
             ud=ud,
             status_report_request=bool(fo & 0x20),

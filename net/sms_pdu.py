@@ -478,6 +478,19 @@ def _encode_user_data(dcs: int, udh: Sequence[InformationElement], ud: bytes) ->
     return bytes((udl,)) + header + ud
 
 
+def user_data_from_octets(dcs: int, octets: bytes) -> tuple[tuple[InformationElement, ...], bytes]:
+    """The header and the data (septets for GSM 7-bit) of a TP-UD with TP-UDHI set given without its TP-UDL, as
+    27.005 text mode takes it in hex: a GSM 7-bit one holds as many septets as fit, less a last @ that is only the
+    padding of a whole octet (the ambiguity TS 23.038 6.1.2.3.1 notes). SmsPduError when it is not one."""
+    if dcs_alphabet(dcs) is Alphabet.GSM7 and not dcs_compressed(dcs):
+        udl = len(octets) * 8 // 7
+        udh, ud = _decode_user_data(bytes((min(udl, 255),)) + octets, 0, dcs, True)
+        if ud and ud[-1] == 0 and len(octets) * 8 % 7 == 0:
+            ud = ud[:-1]
+        return udh, ud
+    return _decode_user_data(bytes((min(len(octets), 255),)) + octets, 0, dcs, True)
+
+
 def _decode_user_data(
     data: bytes, at: int, dcs: int, udhi: bool
 ) -> tuple[tuple[InformationElement, ...], bytes]:

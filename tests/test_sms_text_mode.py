@@ -17,7 +17,7 @@ from bipsim.cp.modem import simulated_card
 from bipsim.cp.network import CellularNetwork, NetworkConfig
 from bipsim.cp.sms_commands import Route, SmsCommands, deliver_route
 from bipsim.link.at_server import AtServer
-from bipsim.net.sms_pdu import Address, SmsDeliver
+from bipsim.net.sms_pdu import Address, Concatenation, SmsDeliver, SmsSubmit, decode_tpdu
 from bipsim.trace.recorder import Tracer
 from bipsim.uicc.gsm_text import gsm7_encode
 from tests.test_sms_commands import Cp, Dte, Smsc, lines
@@ -127,3 +127,22 @@ async def test_text_mode_length_counts_the_messages_characters(cp: Cp) -> None:
     header, data = lines(await dte.at("AT+CMGR=1"))
     assert data == "00680065006C006C006F"  # "hello" in the TE's set: UCS2 hex
     assert header.endswith(",5")  # 27.005 3.1 <length>: five characters of the message, not 20 of the hex
+
+
+async def test_csmp_udhi_takes_the_whole_user_data_in_hex(cp: Cp) -> None:
+    dte = cp.dte
+    await dte.at("AT+CMGF=1")
+    # <fo> 81: SMS-SUBMIT, relative validity, TP-UDHI; <dcs> 4: 8-bit data
+    assert await dte.at("AT+CSMP=81,167,0,4") == "\r\nOK\r\n"
+    hexed = "050003070201" + b"part one".hex().upper()  # concatenation: reference 7, part 1 of 2
+    assert lines(await dte.entry('AT+CMGS="+447700900456"', hexed)) == ["+CMGS: 1"]
+    message = decode_tpdu(cp.smsc.submitted[0][0])  # type: ignore[attr-defined]
+    assert isinstance(message, SmsSubmit) and message.ud == b"part one"
+    assert message.concatenation == Concatenation(7, 2, 1)
+    # GSM 7-bit: the header, a fill bit, then the packed septets (here "hi")
+    await dte.at("AT+CSMP=81,167,0,0")
+    assert lines(await dte.entry('AT+CMGS="+447700900456"', "050003070202" + "D069")) == ["+CMGS: 2"]
+    message = decode_tpdu(cp.smsc.submitted[1][0])  # type: ignore[attr-defined]
+    assert isinstance(message, SmsSubmit) and message.text == "hi"
+    assert message.concatenation == Concatenation(7, 2, 2)
+    assert await dte.entry('AT+CMGS="+447700900456"', "0A0003") == "\r\n+CMS ERROR: 305\r\n"
