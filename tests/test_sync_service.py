@@ -325,10 +325,21 @@ async def test_limits_long_number_via_ext1_and_too_long_name_refused_without_tou
         assert await read_sim(r, 1) == {A, B, long_number}
         too_long = Contact("A name far longer than eighteen octets", "+441632960005")
         report = await r.service.edit_local({too_long.identity(): too_long})
-        assert not report.ran and "+CME ERROR: 24" in report.aborted
-        assert any(e.field("event") == "sync_write_refused" for e in r.tracer.events)
+        # skipped for this SIM with a trace event, kept on the terminal; the cycle completes
+        assert report.ran, report.aborted
+        assert report.skipped == {"sim:001010000000001": (too_long.identity(),)}
+        unfit = [e for e in r.tracer.events if e.field("event") == "sync_record_unfit"]
+        assert unfit and unfit[-1].field("reason") == "+CME ERROR: 24"
         assert await read_sim(r, 1) == {A, B, long_number}  # the neighbours as they were
         assert too_long in local_contacts(r)  # the user's edit is kept on the terminal
+        # the next cycle tries again (and skips again): no deletion of it anywhere, nothing else written
+        mark = len(r.tracer.events)
+        again = await r.service.cycle(Trigger(TriggerKind.EDIT, "nothing"))
+        assert again.ran and again.skipped == report.skipped
+        assert too_long in local_contacts(r)
+        assert [line for line in r.commands(mark) if line.startswith("AT+CPBW")] == [
+            line for line in r.commands(mark) if "0041002000" in line
+        ]
 
 
 async def test_sim_removed_mid_sync_leaves_the_stores_as_before_and_the_next_trigger_finishes(

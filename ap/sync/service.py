@@ -16,7 +16,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,6 +29,8 @@ from bipsim.ap.sync.merge import (
     Contact,
     Entry,
     MergeResult,
+    Message,
+    MessageStatus,
     Plan,
     Record,
     RecordError,
@@ -38,7 +40,26 @@ from bipsim.ap.sync.merge import (
     merge,
     record_from_json,
 )
-from bipsim.ap.sync.sim_at import SimDataError, cpbw, cpbw_delete, parse_cpbr, parse_cpbs
+from bipsim.ap.sync.sim_at import (
+    FREE_RECORD,
+    SMS_RECORD,
+    RecordUnfit,
+    SimDataError,
+    cpbw,
+    cpbw_delete,
+    crsm_get_response,
+    crsm_read_record,
+    crsm_update_record,
+    decode_sms_record,
+    encode_sms_record,
+    fcp_records,
+    parse_cpbr,
+    parse_cpbs,
+    parse_crsm,
+    sim_form,
+    sw_ok,
+    with_status,
+)
 from bipsim.link.at_chat import AtResponse, AtTimeout
 from bipsim.trace.kinds import Kind
 from bipsim.trace.recorder import NULL_TRACER, Tracer
@@ -46,6 +67,25 @@ from bipsim.trace.recorder import NULL_TRACER, Tracer
 S11, S12, S13 = "002:S11", "002:S12", "002:S13"
 COMMAND_TIMEOUT = 10.0
 _SLOTS = re.compile(r"^%SLOTS:\s*([\d,\s]+)$")
+# +CPBW's refusals of an entry the record cannot hold (27.007 9.2.1: text string / dial string too long)
+_UNFIT = {
+    "+CME ERROR: 24",
+    "+CME ERROR: 26",
+    "+CME ERROR: text string too long",
+    "+CME ERROR: dial string too long",
+}
+SW_FILE_NOT_FOUND = 0x6A82  # a card without EF_SMS: its SIM store holds contacts only
+
+
+def sms_index_key(name: str) -> str:
+    """The journal's key of a SIM's EF_SMS record numbers (its EF_ADN numbers are under the SIM's own name)."""
+    return f"{name}/EF_SMS"
+
+
+def _message_key(message: Message) -> tuple[str, str, str, bool]:
+    """A message as the SIM shows it, status left out (reading one is an edit of it, not another message)."""
+    stored = message.status in (MessageStatus.STO_SENT, MessageStatus.STO_UNSENT)
+    return message.address, message.text, message.timestamp, stored
 
 
 class AtPort(Protocol):
@@ -314,12 +354,18 @@ class ServerClient:
 
 @dataclass(slots=True)
 class SimRead:
-    """One physical SIM as read: its store name (by IMSI), slot, record numbers in use and the EF's size."""
+    """One physical SIM as read: its store name (by IMSI), slot, EF_ADN's records in use and size, and EF_SMS's:
+    the messages by record number, each used record's bytes, the used records that hold no message the sync
+    carries (left alone, never taken for free) and the record count (0: the card has no EF_SMS)."""
 
     name: str
     slot: int
     by_index: dict[int, Record]
     total: int
+    sms_by_index: dict[int, Message] = field(default_factory=dict)
+    sms_raw: dict[int, bytes] = field(default_factory=dict)
+    sms_kept: set[int] = field(default_factory=set)
+    sms_total: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,6 +377,7 @@ class CycleReport:
     result: MergeResult | None = None
     writes: Mapping[str, int] = field(default_factory=dict)
     aborted: str = ""
+    skipped: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # per SIM: records it could not hold
 
 
 class SyncService:
@@ -429,52 +476,204 @@ class SyncService:
                 "sync_bad_record", f"SIM in slot {slot}: {exc}", S12, error=True, slot=slot, reason=str(exc)
             )
             raise SyncAborted(f"slot {slot}: {exc}") from None
-        return SimRead(f"sim:{imsi or slot}", slot, by_index, total)
+        sim = SimRead(f"sim:{imsi or slot}", slot, by_index, total)
+        await self._read_sms(sim)
+        return sim
+
+    async def _crsm(self, line: str, step: str | None) -> tuple[int, bytes]:
+        answer = await self._ok(line, step)
+        try:
+            return parse_crsm(answer.lines)
+        except SimDataError as exc:
+            raise SyncAborted(f"{line}: {exc}") from None
+
+    async def _read_sms(self, sim: SimRead) -> None:
+        """EF_SMS record by record (+CRSM READ RECORD: a message's status stays as it is). A used record that holds
+        no message the sync can carry is `sync_record_kept` and left alone; a card without EF_SMS has none."""
+        sw, fcp = await self._crsm(crsm_get_response(), S12)
+        if sw == SW_FILE_NOT_FOUND:
+            return
+        try:
+            if not sw_ok(sw):
+                raise SimDataError(f"EF_SMS: card answered {sw:04X}")
+            length, total = fcp_records(fcp)
+            if length != SMS_RECORD:
+                raise SimDataError(f"EF_SMS records of {length} octets, not {SMS_RECORD}")
+        except SimDataError as exc:
+            self._event(
+                "sync_bad_record", f"{sim.name}: {exc}", S12, error=True, slot=sim.slot, reason=str(exc)
+            )
+            raise SyncAborted(f"slot {sim.slot}: {exc}") from None
+        sim.sms_total = total
+        for index in range(1, total + 1):
+            sw, record = await self._crsm(crsm_read_record(index), S12)
+            if not sw_ok(sw) or len(record) != SMS_RECORD:
+                raise SyncAborted(
+                    f"{sim.name}: READ RECORD {index} of EF_SMS: {sw:04X}, {len(record)} octets"
+                )
+            try:
+                message = decode_sms_record(record)
+            except SimDataError as exc:
+                sim.sms_kept.add(index)
+                self._event(
+                    "sync_record_kept",
+                    f"{sim.name}: EF_SMS record {index} left alone: {exc}",
+                    S12,
+                    store=sim.name,
+                    index=index,
+                    reason=str(exc),
+                )
+                continue
+            if message is not None:
+                sim.sms_by_index[index] = message
+                sim.sms_raw[index] = record
 
     async def _write_sim(
-        self, sim: SimRead, plan: Plan, index_of: dict[int, str]
-    ) -> tuple[int, dict[int, str]]:
-        """Carries out `plan` on the SIM; the new index map. A refusal (+CME ERROR) aborts the cycle."""
+        self, sim: SimRead, plan: Plan, index_of: dict[int, str], sms_index_of: dict[int, str]
+    ) -> tuple[int, dict[int, str], dict[int, str], dict[str, Record | None]]:
+        """Carries out `plan` on the SIM: contacts with +CPBW, messages with +CRSM UPDATE RECORD. Returns the writes,
+        the new EF_ADN and EF_SMS index maps, and the records skipped (what the SIM holds under that identity
+        instead, None for nothing). A record the SIM cannot hold (+CME ERROR: 24 or 26, a message over one record)
+        is `sync_record_unfit`, a record with no free place `sync_sim_full`: skipped for this SIM and kept
+        everywhere else. Any other refusal aborts the cycle."""
         by_identity = {identity: index for index, identity in index_of.items()}
+        sms_by_identity = {identity: index for index, identity in sms_index_of.items()}
         for old, new in plan.rename.items():
-            if old in by_identity:
-                by_identity[new] = by_identity.pop(old)
+            for table in (by_identity, sms_by_identity):
+                if old in table:
+                    table[new] = table.pop(old)
         writes = 0
+        skipped: dict[str, Record | None] = {}
         await self._select(sim.slot)
         await self._ok('AT+CSCS="UCS2"', S13)
         await self._ok('AT+CPBS="SM"', S13)
         for identity in sorted(plan.delete):
-            gone = by_identity.pop(identity)
-            await self._write(cpbw_delete(gone), sim)
+            if identity in by_identity:
+                await self._write(cpbw_delete(by_identity.pop(identity)), sim)
+            elif identity in sms_by_identity:
+                await self._write_crsm(crsm_update_record(sms_by_identity.pop(identity), FREE_RECORD), sim)
+            else:
+                continue
             writes += 1
         used = set(by_identity.values())
         free = (i for i in range(1, sim.total + 1) if i not in used)
+        sms_used = set(sms_by_identity.values()) | sim.sms_kept
+        sms_free = (i for i in range(1, sim.sms_total + 1) if i not in sms_used)
         for identity in sorted(plan.put):
-            index = by_identity.get(identity) or next(free, None)
-            if identity not in by_identity:
-                if index is None:
-                    self._event("sync_sim_full", f"{sim.name} is full", S13, error=True, store=sim.name)
-                    raise SyncAborted(f"{sim.name} is full ({sim.total} records)")
-                by_identity[identity] = index
-            assert index is not None
             record = plan.put[identity]
             if isinstance(record, Contact):
-                await self._write(cpbw(index, record), sim)
-                writes += 1
-        return writes, {index: identity for identity, index in by_identity.items()}
+                index = by_identity.get(identity)
+                held = sim.by_index.get(index) if index is not None else None
+                if index is None:
+                    index = next(free, None)
+                    if index is None:
+                        self._full(sim, identity, skipped)
+                        continue
+                if await self._write(cpbw(index, record), sim, skippable=True):
+                    by_identity[identity] = index
+                    writes += 1
+                else:
+                    skipped[identity] = held
+                continue
+            index = sms_by_identity.get(identity)
+            was = sim.sms_by_index.get(index) if index is not None else None
+            try:
+                if was is not None and index is not None and replace(was, status=record.status) == record:
+                    data = with_status(
+                        sim.sms_raw[index], record.status
+                    )  # read, sent: the status octet alone
+                else:
+                    data = encode_sms_record(record)
+            except RecordUnfit as exc:
+                self._unfit(sim, identity, str(exc), skipped, was)
+                continue
+            if index is None:
+                index = next(sms_free, None)
+                if index is None:
+                    self._full(sim, identity, skipped)
+                    continue
+                sms_by_identity[identity] = index
+            await self._write_crsm(crsm_update_record(index, data), sim)
+            writes += 1
+        return (
+            writes,
+            {index: identity for identity, index in by_identity.items()},
+            {index: identity for identity, index in sms_by_identity.items()},
+            skipped,
+        )
 
-    async def _write(self, line: str, sim: SimRead) -> None:
+    def _full(self, sim: SimRead, identity: str, skipped: dict[str, Record | None]) -> None:
+        self._event(
+            "sync_sim_full",
+            f"{sim.name} is full: {identity} not written",
+            S13,
+            error=True,
+            store=sim.name,
+            identity=identity,
+        )
+        skipped[identity] = None
+
+    def _unfit(
+        self, sim: SimRead, identity: str, reason: str, skipped: dict[str, Record | None], held: Record | None
+    ) -> None:
+        self._event(
+            "sync_record_unfit",
+            f"{sim.name} cannot hold {identity}: {reason}",
+            S13,
+            error=True,
+            store=sim.name,
+            identity=identity,
+            reason=reason,
+        )
+        skipped[identity] = held
+
+    async def _write(self, line: str, sim: SimRead, skippable: bool = False) -> bool:
+        """Sends one +CPBW; False when the modem refused it as too long for the record (and `skippable`)."""
         answer = await self._at(line, S13)
-        if not answer.ok:
+        if answer.ok:
+            return True
+        if skippable and answer.final in _UNFIT:
             self._event(
-                "sync_write_refused",
+                "sync_record_unfit",
                 f"{sim.name}: {line} -> {answer.final}",
                 S13,
                 error=True,
                 store=sim.name,
-                result=answer.final,
+                reason=answer.final,
             )
-            raise SyncAborted(f"{sim.name} refused {line}: {answer.final}")
+            return False
+        self._event(
+            "sync_write_refused",
+            f"{sim.name}: {line} -> {answer.final}",
+            S13,
+            error=True,
+            store=sim.name,
+            result=answer.final,
+        )
+        raise SyncAborted(f"{sim.name} refused {line}: {answer.final}")
+
+    async def _write_crsm(self, line: str, sim: SimRead) -> None:
+        """One UPDATE RECORD of EF_SMS; the card's refusal (its status word) aborts the cycle."""
+        answer = await self._at(line, S13)
+        result = answer.final
+        if answer.ok:
+            try:
+                sw, _ = parse_crsm(answer.lines)
+            except SimDataError as exc:
+                sw, result = 0, str(exc)
+            else:
+                if sw_ok(sw):
+                    return
+                result = f"{sw:04X}"
+        self._event(
+            "sync_write_refused",
+            f"{sim.name}: {line} -> {result}",
+            S13,
+            error=True,
+            store=sim.name,
+            result=result,
+        )
+        raise SyncAborted(f"{sim.name} refused {line}: {result}")
 
     async def cycle(self, trigger: Trigger) -> CycleReport:
         """One sync for one trigger (a trigger during a cycle waits for it)."""
@@ -524,19 +723,9 @@ class SyncService:
         local_records, state = self.local.load()
         stores: list[Store] = [Store("local", StoreKind.LOCAL, local_records, state.snapshots.get("local"))]
         # 002:S12: read every reachable store
-        sims: dict[str, tuple[SimRead, dict[int, str]]] = {}
-        for slot, present in sorted((await self.slots(S12)).items()):
-            if not present:
-                continue
-            sim = await self._read_sim(slot)
-            base = state.snapshots.get(sim.name)
-            records, index_of = identify(state.indexes.get(sim.name, {}), base or {}, sim.by_index)
-            entries = {
-                identity: Entry(record, 0.0 if base and base.get(identity) == record else now)
-                for identity, record in records.items()
-            }
-            stores.append(Store(sim.name, StoreKind.PHYSICAL, entries, base, frozenset({Contact})))
-            sims[sim.name] = (sim, index_of)
+        reads = [
+            await self._read_sim(slot) for slot, present in sorted((await self.slots(S12)).items()) if present
+        ]
         virtual_names = sorted(self.virtual.names()) if self.virtual else []
         for name in virtual_names:
             assert self.virtual is not None
@@ -555,6 +744,8 @@ class SyncService:
             except ServerError as exc:
                 raise SyncAborted(str(exc)) from None
             stores.append(Store("server", StoreKind.SERVER, entries, state.snapshots.get("server")))
+        sims, sim_stores = self._sim_stores(reads, state, stores, now)
+        stores[1:1] = sim_stores
         result = merge(state.merged, stores)
         self._event(
             "sync_merged",
@@ -582,14 +773,19 @@ class SyncService:
             identity: Entry(record, changed[identity]) for identity, record in result.merged.items()
         }
         writes: dict[str, int] = {}
+        skipped: dict[str, dict[str, Record | None]] = {}
         if self.server is not None and not result.plans["server"].empty:
             try:
                 self._server_etag = await self.server.put(etag, entries_out)
             except ServerError as exc:
                 raise SyncAborted(str(exc)) from None
             writes["server"] = 1
-        for name, (sim, index_of) in sims.items():
-            count, state.indexes[name] = await self._write_sim(sim, result.plans[name], index_of)
+        for name, (sim, index_of, sms_index_of) in sims.items():
+            count, state.indexes[name], sms_indexes, skipped[name] = await self._write_sim(
+                sim, result.plans[name], index_of, sms_index_of
+            )
+            if sim.sms_total:
+                state.indexes[sms_index_key(name)] = sms_indexes
             writes[name] = count
         for name in virtual_names:
             assert self.virtual is not None
@@ -597,12 +793,64 @@ class SyncService:
                 self.virtual.save(name, entries_out)
                 writes[f"virtual:{name}"] = 1
         for store in stores:
-            state.snapshots[store.name] = {i: r for i, r in result.merged.items() if store.takes(r)}
+            snapshot = {i: r for i, r in result.merged.items() if store.takes(r)}
+            # a record the SIM could not hold: its snapshot is what the SIM holds, so it is no change of the SIM's
+            for identity, held in skipped.get(store.name, {}).items():
+                if held is None:
+                    snapshot.pop(identity, None)
+                else:
+                    snapshot[identity] = held
+            state.snapshots[store.name] = snapshot
         state.merged = dict(result.merged)
         writes["local"] = int(not result.plans["local"].empty)
         self.local.save(entries_out, state)
         self._event("sync_done", f"sync done: {sum(writes.values())} writes", None, writes=writes)
-        return CycleReport(trigger, True, result, writes)
+        unheld = {name: tuple(sorted(ids)) for name, ids in skipped.items() if ids}
+        return CycleReport(trigger, True, result, writes, skipped=unheld)
+
+    def _sim_stores(
+        self, reads: list[SimRead], state: SyncState, others: list[Store], now: float
+    ) -> tuple[dict[str, tuple[SimRead, dict[int, str], dict[int, str]]], list[Store]]:
+        """Each SIM read as a store. A message the SIM holds as written from another store's (an SMS-SUBMIT keeps
+        no time stamp) is taken for that store's record: the one at a record number the last sync wrote, else an
+        equal one of the merged set or of another store; the record numbers give identities (merge.identify)."""
+        known: dict[tuple[str, str, str, bool], Message] = {}
+        for record in [*state.merged.values(), *(e.record for s in others for e in s.current.values())]:
+            if isinstance(record, Message):
+                form = sim_form(record)
+                if form is not None:
+                    known.setdefault(_message_key(form), record)
+        sims: dict[str, tuple[SimRead, dict[int, str], dict[int, str]]] = {}
+        stores: list[Store] = []
+        for sim in reads:
+            base = state.snapshots.get(sim.name)
+            previous_sms = state.indexes.get(sms_index_key(sim.name), {})
+            for index, message in list(sim.sms_by_index.items()):
+                was = (base or {}).get(previous_sms.get(index, ""))
+                form = sim_form(was) if isinstance(was, Message) else None
+                if (
+                    isinstance(was, Message)
+                    and form is not None
+                    and _message_key(form) == _message_key(message)
+                ):
+                    sim.sms_by_index[index] = replace(was, status=message.status)
+                else:
+                    found = known.get(_message_key(message))
+                    if found is not None:
+                        sim.sms_by_index[index] = replace(found, status=message.status)
+            contacts_base = {i: r for i, r in (base or {}).items() if isinstance(r, Contact)}
+            messages_base = {i: r for i, r in (base or {}).items() if isinstance(r, Message)}
+            contacts, index_of = identify(state.indexes.get(sim.name, {}), contacts_base, sim.by_index)
+            messages, sms_index_of = identify(previous_sms, messages_base, dict(sim.sms_by_index))
+            records = {**contacts, **messages}
+            entries = {
+                identity: Entry(record, 0.0 if base and base.get(identity) == record else now)
+                for identity, record in records.items()
+            }
+            holds = frozenset({Contact, Message}) if sim.sms_total else frozenset({Contact})
+            stores.append(Store(sim.name, StoreKind.PHYSICAL, entries, base, holds))
+            sims[sim.name] = (sim, index_of, sms_index_of)
+        return sims, stores
 
     async def watch(self, poll: float = 1.0) -> None:
         """Detects the triggers of 002:S11 every `poll` seconds: card presence (`AT%SLOTS?`, as the CP reports it),
