@@ -23,6 +23,7 @@ from bipsim.cp.card_driver import FileNotSelected
 from bipsim.cp.card_slot import Change
 from bipsim.link.at_server import AtCommandError, AtServer, CmeError
 from bipsim.link.at_syntax import AtRequest, CommandKind
+from bipsim.uicc.phonebook import decode_bcd
 
 if TYPE_CHECKING:
     from bipsim.cp.card_slot import CardSlot
@@ -155,16 +156,6 @@ def dialect_names() -> list[str]:
     return list(DIALECTS)
 
 
-def decode_iccid(data: bytes) -> str:
-    """EF_ICCID (TS 102 221 13.2): nibble-swapped BCD, 'F' padding dropped."""
-    digits = []
-    for byte in data:
-        for nibble in (byte & 0x0F, byte >> 4):
-            if nibble <= 9:
-                digits.append(str(nibble))
-    return "".join(digits)
-
-
 class DialectCommands:
     """The command set of one dialect (cp/command_sets.py, installed last)."""
 
@@ -287,7 +278,8 @@ class DialectCommands:
             raise CmeError(CME_SIM_FAILURE) from None
         if sw != 0x9000 and sw >> 8 != 0x91:
             raise CmeError(CME_SIM_FAILURE)
-        return [self.dialect.iccid_prefix + decode_iccid(data)]
+        # EF_ICCID (TS 102 221 13.2): nibble-swapped BCD up to its 'F' padding
+        return [self.dialect.iccid_prefix + decode_bcd(data)]
 
     def _status_value(self) -> str:
         status = self.dialect.sim_status
