@@ -9,6 +9,7 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,20 @@ from bipsim.ap.sync.service import (
     parse_slots,
     presence_triggers,
 )
-from bipsim.ap.sync.sim_at import SimDataError, cpbw, parse_cpbr, parse_cpbs
+from bipsim.ap.sync.sim_at import (
+    FREE_RECORD,
+    RecordUnfit,
+    SimDataError,
+    cpbw,
+    crsm_read_record,
+    decode_sms_record,
+    encode_sms_record,
+    fcp_records,
+    parse_cpbr,
+    parse_cpbs,
+    parse_crsm,
+    sim_form,
+)
 from bipsim.cp.card_slot import CardSlot
 from bipsim.cp.command_sets import build_command_sets
 from bipsim.cp.commands import ModemCommands
@@ -47,10 +61,10 @@ C = Contact("Carol", "+441632960003")
 SUB = "001010123456789"
 
 
-def card(tmp: Path, name: str, imsi: str, contacts: list[Contact]) -> object:
+def card(tmp: Path, name: str, imsi: str, contacts: list[Contact], sms: tuple[object, ...] = ()) -> object:
     path = tmp / f"{name}.toml"
     profile = load_profile().with_overrides(
-        imsi=imsi, contacts=tuple({"name": c.name, "number": c.number} for c in contacts)
+        imsi=imsi, contacts=tuple({"name": c.name, "number": c.number} for c in contacts), sms=sms
     )
     path.write_text(dump_profile(profile))
     transport, _ = simulated_card(str(path), str(tmp / f"{name}.state.json"), Tracer())
@@ -91,11 +105,13 @@ async def rig(
     *,
     server: bool = True,
     security: Security = Security.PASS,
+    sms1: tuple[object, ...] = (),
+    sms2: tuple[object, ...] = (),
 ) -> AsyncIterator[Rig]:
     tracer = Tracer(keep=True)
-    slots = [CardSlot(1, card(tmp_path, "sim1", "001010000000001", sim1), tracer=tracer)]  # type: ignore[arg-type]
+    slots = [CardSlot(1, card(tmp_path, "sim1", "001010000000001", sim1, sms1), tracer=tracer)]  # type: ignore[arg-type]
     if sim2 is not None:
-        slots.append(CardSlot(2, card(tmp_path, "sim2", "001010000000002", sim2), tracer=tracer))  # type: ignore[arg-type]
+        slots.append(CardSlot(2, card(tmp_path, "sim2", "001010000000002", sim2, sms2), tracer=tracer))  # type: ignore[arg-type]
     commands = ModemCommands(slots[0].driver, CellularNetwork(), slots=slots)
     commands.command_sets = build_command_sets(commands, tracer, {})
     (tmp_path / "virtual").mkdir(exist_ok=True)
@@ -375,3 +391,204 @@ async def test_sim_removed_mid_sync_leaves_the_stores_as_before_and_the_next_tri
         assert local_contacts(r) == {A, C} == server_records(r)
         # the server was written by the first cycle already; the second found it complete: no duplicates
         assert r.server is not None and len(r.server.subscribers[SUB].records) == 2
+
+
+# --- messages on the physical SIMs: EF_SMS through +CRSM (TS 31.102 4.2.25) ----------------------------------------
+
+M_IN = Message(MessageStatus.REC_UNREAD, "+441632960009", "See you at 8", "26/11/30,10:00:00+04")
+M_OUT = Message(MessageStatus.STO_SENT, "+441632960001", "On my way", "")
+M_LOCAL = Message(MessageStatus.REC_READ, "+441632960003", "Zoë says hi", "26/11/29,09:30:00+00")
+
+
+def sms_item(message: Message) -> dict[str, str]:
+    """A profile's `sms` entry (uicc/default_profile.toml) for `message`, built with the PDU codec of net/."""
+    from bipsim.net.sms_pdu import SmsDeliver, SmsSubmit, encode_sca
+
+    if message.status is MessageStatus.STO_SENT:
+        tpdu = SmsSubmit.for_text(message.address, message.text)[0].encode()
+        return {"status": "sent", "pdu": (encode_sca("+441632000000") + tpdu).hex()}
+    stamp = datetime.strptime(message.timestamp[:17], "%y/%m/%d,%H:%M:%S").replace(
+        tzinfo=timezone(timedelta(minutes=15 * int(message.timestamp[17:])))
+    )
+    tpdu = SmsDeliver.for_text(message.address, message.text, stamp)[0].encode()
+    status = "unread" if message.status is MessageStatus.REC_UNREAD else "read"
+    return {"status": status, "pdu": (encode_sca("+441632000000") + tpdu).hex()}
+
+
+async def ef_sms(rig_: Rig, slot: int) -> dict[int, bytes]:
+    """The used EF_SMS records of the SIM in `slot`, read with the AP's own AT line (+CRSM READ RECORD)."""
+    port = rig_.service.port
+    assert port is not None
+    await port.command(f"AT%SLOT={slot}")
+    out = {}
+    for index in range(1, 11):
+        sw, record = parse_crsm((await port.command(crsm_read_record(index))).lines)
+        assert sw == 0x9000
+        if record[0] & 0x01:
+            out[index] = record
+    await port.command("AT%SLOT=1")
+    return out
+
+
+async def sim_messages(rig_: Rig, slot: int) -> set[Message]:
+    found = set()
+    for record in (await ef_sms(rig_, slot)).values():
+        message = decode_sms_record(record)
+        assert message is not None
+        found.add(message)
+    return found
+
+
+def local_messages(rig_: Rig) -> set[object]:
+    return {record for record in local_contacts(rig_) if isinstance(record, Message)}
+
+
+def updates(rig_: Rig, since: int = 0) -> list[str]:
+    return [line for line in rig_.commands(since) if line.startswith("AT+CRSM=220,")]
+
+
+async def test_messages_both_ways_on_two_physical_sims_status_kept_and_idempotent(tmp_path: Path) -> None:
+    async with rig(tmp_path, [A], [B], sms1=(sms_item(M_IN),), sms2=(sms_item(M_OUT),)) as r:
+        await seed_local_and_server(r, [M_LOCAL])
+        report = await r.service.cycle(Trigger(TriggerKind.SIM_INSERTED, "slot 1"))
+        assert report.ran, report.aborted
+        everything = {M_IN, M_OUT, M_LOCAL}
+        assert local_messages(r) == everything
+        assert {m for m in server_records(r) if isinstance(m, Message)} == everything
+        # each SIM holds every message (an SMS-SUBMIT shows no time stamp: M_OUT has none), status included
+        assert await sim_messages(r, 1) == await sim_messages(r, 2) == everything
+        # reading did not mark the unread message read: its record's status octet is still 03
+        records1 = await ef_sms(r, 1)
+        assert records1[1][0] == 0x03
+        assert not [line for line in r.commands() if line.startswith(("AT+CMGL", "AT+CMGR"))]
+        # the SIM's own record kept its SC address and TPDU; the new ones went into free records
+        assert records1[1] == (bytes((0x03,)) + bytes.fromhex(sms_item(M_IN)["pdu"])).ljust(176, b"\xff")
+        # 27.005 on slot 1 lists the same messages with the same <stat>
+        port = r.service.port
+        assert port is not None
+        await port.command("AT+CMGF=1")
+        await port.command('AT+CSCS="GSM"')
+        listing = await port.command('AT+CMGL="ALL"')
+        heads = [line for line in listing.lines if line.startswith("+CMGL:")]
+        assert sorted(h.split(",")[1] for h in heads) == sorted(f'"{m.status.value}"' for m in everything), (
+            listing.lines
+        )
+        assert "See you at 8" in listing.lines and "On my way" in listing.lines
+        # +CMGL marked the unread one read on the card: that is an edit the next cycle carries everywhere
+        mark = len(r.tracer.events)
+        read = await r.service.cycle(Trigger(TriggerKind.EDIT, "nothing"))
+        assert read.ran, read.aborted
+        now_read = Message(MessageStatus.REC_READ, M_IN.address, M_IN.text, M_IN.timestamp)
+        assert local_messages(r) == {now_read, M_OUT, M_LOCAL}
+        assert now_read in await sim_messages(r, 2)
+        # on slot 2 only the status octet changed: one UPDATE RECORD, the rest of the record as it was
+        assert len([line for line in updates(r, mark)]) == 1
+        # a third cycle with nothing changed writes nothing: no UPDATE RECORD, no +CPBW, no PUT
+        mark = len(r.tracer.events)
+        idle = await r.service.cycle(Trigger(TriggerKind.EDIT, "nothing"))
+        assert idle.ran and idle.result is not None and not idle.result.writes
+        assert not updates(r, mark) and not [c for c in r.commands(mark) if c.startswith("AT+CPBW")]
+
+
+async def test_message_status_and_deletion_from_the_terminal_reach_ef_sms(tmp_path: Path) -> None:
+    async with rig(tmp_path, [A], None, server=False, sms1=(sms_item(M_IN), sms_item(M_OUT))) as r:
+        assert (await r.service.cycle(Trigger(TriggerKind.SIM_INSERTED, "slot 1"))).ran
+        before = await ef_sms(r, 1)
+        now_read = Message(MessageStatus.REC_READ, M_IN.address, M_IN.text, M_IN.timestamp)
+        mark = len(r.tracer.events)
+        report = await r.service.edit_local({now_read.identity(): now_read}, delete=[M_OUT.identity()])
+        assert report.ran, report.aborted
+        after = await ef_sms(r, 1)
+        # read: status 01, the SC address and TPDU byte for byte; deleted: the record is free (00, then FF)
+        assert after == {1: b"\x01" + before[1][1:]}
+        assert any(line.startswith('AT+CRSM=220,28476,2,4,176,"00' + "FF" * 175) for line in updates(r, mark))
+        assert local_messages(r) == {now_read}
+
+
+async def test_message_too_long_for_a_record_is_skipped_for_the_sim_and_kept_elsewhere(
+    tmp_path: Path,
+) -> None:
+    long_text = Message(MessageStatus.REC_UNREAD, "+441632960009", "x" * 161, "26/11/30,10:00:00+00")
+    async with rig(tmp_path, [A], None, server=False) as r:
+        assert (await r.service.cycle(Trigger(TriggerKind.SIM_INSERTED, "slot 1"))).ran
+        report = await r.service.edit_local({long_text.identity(): long_text, M_LOCAL.identity(): M_LOCAL})
+        assert report.ran, report.aborted
+        assert report.skipped == {"sim:001010000000001": (long_text.identity(),)}
+        assert any(
+            e.field("event") == "sync_record_unfit" and e.field("identity") == long_text.identity()
+            for e in r.tracer.events
+        )
+        assert await sim_messages(r, 1) == {M_LOCAL}
+        again = await r.service.cycle(Trigger(TriggerKind.EDIT, "nothing"))
+        assert again.ran and local_messages(r) == {long_text, M_LOCAL}  # not taken for a deletion on the SIM
+
+
+async def test_a_sim_record_the_sync_cannot_read_is_left_alone_and_never_overwritten(tmp_path: Path) -> None:
+    garbage = "03" + "00" + "04FF"  # used (unread), no SC address, an SMS-DELIVER cut short
+    async with rig(tmp_path, [A], None, server=False, sms1=(garbage,)) as r:
+        report = await r.service.edit_local({M_LOCAL.identity(): M_LOCAL})
+        assert report.ran, report.aborted
+        kept = [e for e in r.tracer.events if e.field("event") == "sync_record_kept"]
+        assert kept and kept[0].field("index") == 1
+        records = await ef_sms(r, 1)
+        assert records[1] == bytes.fromhex(garbage).ljust(176, b"\xff")  # untouched
+        assert decode_sms_record(records[2]) == M_LOCAL  # the message went to the next free record
+
+
+async def test_a_stored_message_keeps_its_time_stamp_off_the_sim_and_is_written_once(tmp_path: Path) -> None:
+    draft = Message(MessageStatus.STO_UNSENT, "+441632960001", "Draft", "26/11/30,11:00:00+00")
+    async with rig(tmp_path, [A], None) as r:
+        assert (await r.service.edit_local({draft.identity(): draft})).ran
+        assert await sim_messages(r, 1) == {Message(MessageStatus.STO_UNSENT, draft.address, draft.text, "")}
+        mark = len(r.tracer.events)
+        again = await r.service.cycle(Trigger(TriggerKind.EDIT, "nothing"))
+        assert again.ran and again.result is not None and not again.result.writes
+        assert not updates(r, mark)
+        assert local_messages(r) == {draft} and draft in server_records(r)
+
+
+async def test_a_card_refusing_update_record_aborts_with_the_journal_as_before(tmp_path: Path) -> None:
+    class Refusing:
+        def __init__(self, inner: AtChat) -> None:
+            self.inner = inner
+
+        async def command(self, line: str, *, timeout: float | None = None, step: str | None = None):  # type: ignore[no-untyped-def]
+            answer = await self.inner.command(line, timeout=timeout, step=step)
+            if line.startswith("AT+CRSM=220,"):
+                from bipsim.link.at_chat import AtResponse
+
+                return AtResponse(answer.command, ('+CRSM: 101,130,""',), "OK")  # 65 82: memory problem
+            return answer
+
+    async with rig(tmp_path, [A], None, server=False) as r:
+        assert (await r.service.cycle(Trigger(TriggerKind.SIM_INSERTED, "slot 1"))).ran
+        assert isinstance(r.service.port, AtChat)
+        r.service.port = Refusing(r.service.port)
+        report = await r.service.edit_local({M_LOCAL.identity(): M_LOCAL})
+        assert not report.ran and "6582" in report.aborted
+        refused = [e for e in r.tracer.events if e.field("event") == "sync_write_refused"]
+        assert refused and refused[-1].field("result") == "6582"
+        records, state = r.local.load()
+        assert M_LOCAL in {e.record for e in records.values()}  # the user's edit is kept
+        assert M_LOCAL not in state.merged.values()  # the journal as before: the next trigger redoes it
+
+
+def test_ef_sms_codec() -> None:
+    for message in (M_IN, M_LOCAL, Message(MessageStatus.STO_UNSENT, "", "no recipient yet", "")):
+        record = encode_sms_record(message)
+        assert len(record) == 176 and decode_sms_record(record) == message
+    assert decode_sms_record(FREE_RECORD) is None
+    assert sim_form(Message(MessageStatus.STO_SENT, "123", "hi", "t")) == Message(
+        MessageStatus.STO_SENT, "123", "hi", ""
+    )
+    with pytest.raises(RecordUnfit):
+        encode_sms_record(Message(MessageStatus.REC_READ, "+1", "hi", "yesterday"))
+    with pytest.raises(RecordUnfit):
+        encode_sms_record(Message(MessageStatus.REC_READ, "+1", "ж" * 71, "26/11/30,10:00:00+00"))
+    with pytest.raises(SimDataError):
+        decode_sms_record(bytes.fromhex("0100").ljust(176, b"\xff"))
+    assert parse_crsm(['+CRSM: 144,0,"0102"']) == (0x9000, b"\x01\x02")
+    assert parse_crsm(["+CRSM: 106,130"]) == (0x6A82, b"")
+    with pytest.raises(SimDataError):
+        parse_crsm(['+CRSM: 144,0,"012"'])
+    assert fcp_records(bytes.fromhex("6207820542210050FF")) == (0x50, 0xFF)  # TS 102 221 11.1.1.4.3
