@@ -26,6 +26,7 @@ from bipsim.trace.events import Actor, Layer
 from bipsim.trace.kinds import Kind
 from bipsim.uicc.fs import PIN1, PIN2, pin_block
 from bipsim.uicc.tlv import TlvError, decode_length
+from bipsim.uicc.transport import CardRemoved
 
 if TYPE_CHECKING:
     from bipsim.cp.card_slot import CardSlot
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 # 27.007 section 9.2.1
 CME_NOT_ALLOWED = 3
 CME_NOT_SUPPORTED = 4
+CME_SIM_NOT_INSERTED = 10
 CME_SIM_PIN_REQUIRED = 11
 CME_SIM_PUK_REQUIRED = 12
 CME_SIM_FAILURE = 13
@@ -284,7 +286,11 @@ class SecurityCommands:
             if request.kind is not CommandKind.TEST:
                 slot = self.core.slots[self.core._slot_of.get(server, 1)]
                 if not slot.absent:
-                    state = await self.pin1_state(slot)
+                    try:
+                        state = await self.pin1_state(slot)
+                    except CardRemoved as exc:  # gone while asked: as every SIM command, 10 (27.007 9.2.1)
+                        slot.gone(exc)
+                        raise CmeError(CME_SIM_NOT_INSERTED) from exc
                     if state is PinCode.SIM_PIN:
                         raise CmeError(CME_SIM_PIN_REQUIRED)
                     if state is PinCode.SIM_PUK:
