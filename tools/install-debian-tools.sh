@@ -7,11 +7,13 @@ set -euo pipefail
 declare -A pkg=([socat]=socat [tshark]=tshark [gammu]=gammu [openssl]=openssl [chromium]=chromium
     [pcscd]=pcscd [pcsc_scan]=pcsc-tools [scriptor]=pcsc-tools [opensc-tool]=opensc
     [ofonod]=ofono [dbus-daemon]=dbus [busctl]=systemd [ModemManager]=modemmanager [mmcli]=modemmanager
-    [gdbus]=libglib2.0-bin)
+    [gdbus]=libglib2.0-bin [pppd]=ppp)
 # (ofonod on a private dbus-daemon, driven by busctl, is the oFono peer of tests/ofono_peer.py)
 # (ModemManager's test profile on a private bus, driven by mmcli and gdbus, is the peer of tests/mm_peer.py)
 wanted=(socat tshark gammu openssl chromium pcscd pcsc_scan scriptor opensc-tool ofonod dbus-daemon busctl
     ModemManager mmcli gdbus)
+# pppd is a real peer only where the kernel has PPP (tests/test_ppp_call.py skips with the reason elsewhere)
+if [ -e /dev/ppp ]; then wanted+=(pppd); fi
 [ "${1:-}" = "--demo" ] && wanted=()
 missing=()
 for cmd in "${wanted[@]}"; do
