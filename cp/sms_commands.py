@@ -94,6 +94,9 @@ EF_SMS = 0x6F3C
 SMS_PATH = (USIM_AID, EF_SMS.to_bytes(2, "big"))  # ADF USIM by its AID, then EF_SMS (TS 31.102 4.2.25)
 EF_SMS_RECORD = SMS_RECORD_LENGTH  # TS 31.102 4.2.25: status byte + 175 bytes
 ME_CAPACITY = 20
+EF_SMSP = 0x6F42
+SMSP_PATH = (USIM_AID, EF_SMSP.to_bytes(2, "big"))  # TS 31.102 4.2.27
+SMSP_FIXED = 28  # EF_SMSP's octets after the alpha identifier: indicators, TP-DA, TS-SCA, PID, DCS, VP
 SR_CAPACITY = 10
 MAX_TPDU = (
     164  # the longest TPDU (an SMS-SUBMIT with a 20-digit address, relative VP... and 140 octets of data)
@@ -512,6 +515,8 @@ class SmsCommands:
             "+CPMS": self.cpms,
             "+CMGF": self.cmgf,
             "+CSCA": self.csca,
+            "+CSAS": self.csas,
+            "+CRES": self.cres,
             "+CSMP": self.csmp_command,
             "+CSDH": self.csdh,
             "+CNMI": self.cnmi_command,
@@ -680,6 +685,76 @@ class SmsCommands:
         if toa & 0x70 == 0x10 and not number.startswith("+"):
             number = "+" + number
         self.sca, self.sca_type = number, toa
+        return None
+
+    @asynccontextmanager
+    async def _smsp(self) -> AsyncIterator[CardFile]:
+        """EF_SMSP (TS 31.102 4.2.27) in one file session of slot 1's driver."""
+        slot = self.core.slots[1]
+        if slot.absent:
+            raise CmsError(CMS_SIM_NOT_INSERTED, "no card in slot 1")
+        try:
+            async with slot.driver.file_session(SMSP_PATH, "EF_SMSP") as ef:
+                if not ef.record_count or ef.record_length < SMSP_FIXED:
+                    raise CmsError(CMS_SIM_FAILURE, "EF_SMSP is not a record file of 28 octets or more")
+                yield ef
+        except FileNotSelected as exc:
+            raise CmsError(
+                _card_cms(exc.sw), f"SELECT {exc.part.hex().upper()}: card answered {exc.sw:04X}"
+            ) from None
+        except CardRemoved as exc:
+            slot.gone(exc)
+            raise CmsError(CMS_SIM_NOT_INSERTED, "the card went away") from exc
+
+    async def csas(self, request: AtRequest, server: AtServer) -> list[str] | None:
+        """+CSAS[=<profile>] (27.005 3.3.4): saves +CSCA's address and +CSMP's <pid>, <dcs>, <vp> to EF_SMSP
+        record <profile>+1 (TS 31.102 4.2.27; <fo> has no place there)."""
+        if request.kind is CommandKind.TEST:
+            return None
+        if request.kind not in (CommandKind.SET, CommandKind.EXEC):
+            raise AtCommandError()
+        async with self._smsp() as ef:
+            profile = _int_arg(request.args, 0, 0, ef.record_count - 1, 0, CMS_NOT_SUPPORTED)
+            _, vp, pid, dcs = self.csmp
+            sca = encode_sca(self.sca) if self.sca else b""
+            absent = 0xE0 | 0x01 | (0 if sca else 0x02)  # TP-DA not kept; PID, DCS, VP kept (bits 3-5 zero)
+            record = (
+                b"\xff" * (ef.record_length - SMSP_FIXED)
+                + bytes((absent,))
+                + b"\xff" * 12
+                + sca.ljust(12, b"\xff")
+                + bytes((pid, dcs, vp))
+            )
+            _check_sw(await ef.update_record(profile + 1, record), "EF_SMSP UPDATE RECORD")
+        return None
+
+    async def cres(self, request: AtRequest, server: AtServer) -> list[str] | None:
+        """+CRES[=<profile>] (27.005 3.3.5): restores +CSCA and +CSMP's <pid>, <dcs>, <vp> from EF_SMSP record
+        <profile>+1; what the record marks absent keeps its value."""
+        if request.kind is CommandKind.TEST:
+            return None
+        if request.kind not in (CommandKind.SET, CommandKind.EXEC):
+            raise AtCommandError()
+        async with self._smsp() as ef:
+            profile = _int_arg(request.args, 0, 0, ef.record_count - 1, 0, CMS_NOT_SUPPORTED)
+            data, sw = await ef.read_record(profile + 1)
+            _check_sw(sw, "EF_SMSP READ RECORD")
+        fixed = data[-SMSP_FIXED:]
+        absent = fixed[0]
+        if not absent & 0x02:
+            try:
+                address, _ = decode_sca(fixed[13:25])
+            except SmsPduError as exc:
+                raise CmsError(CMS_SIM_FAILURE, f"EF_SMSP's service centre address: {exc}") from exc
+            if address is not None:
+                self.sca, self.sca_type = str(address), address.type_of_address
+        fo, vp, pid, dcs = self.csmp
+        self.csmp = (
+            fo,
+            vp if absent & 0x10 else fixed[27],
+            pid if absent & 0x04 else fixed[25],
+            dcs if absent & 0x08 else fixed[26],
+        )
         return None
 
     async def csmp_command(self, request: AtRequest, server: AtServer) -> list[str] | None:

@@ -146,3 +146,20 @@ async def test_csmp_udhi_takes_the_whole_user_data_in_hex(cp: Cp) -> None:
     assert isinstance(message, SmsSubmit) and message.text == "hi"
     assert message.concatenation == Concatenation(7, 2, 2)
     assert await dte.entry('AT+CMGS="+447700900456"', "0A0003") == "\r\n+CMS ERROR: 305\r\n"
+
+
+async def test_csas_and_cres_keep_the_settings_in_ef_smsp(cp: Cp) -> None:
+    dte = cp.dte
+    assert await dte.at('AT+CSCA="+447700900000"') == "\r\nOK\r\n"
+    assert await dte.at("AT+CSMP=17,170,64,8") == "\r\nOK\r\n"
+    assert await dte.at("AT+CSAS") == "\r\nOK\r\n"
+    # EF_SMSP record 1 (TS 31.102 4.2.27): 12 octets of alpha, indicators E1 (TP-DA absent), TP-DA unused,
+    # the SC address 07 91 447700090000, PID 40, DCS 08, VP AA
+    answer = await dte.at("AT+CRSM=178,28482,1,4,40")
+    assert '"' + "FF" * 12 + "E1" + "FF" * 12 + "0791447700090000" + "FF" * 4 + "4008AA" + '"' in answer
+    await dte.at('AT+CSCA="+15550000001"')
+    await dte.at("AT+CSMP=17,167,0,0")
+    assert await dte.at("AT+CRES=0") == "\r\nOK\r\n"
+    assert lines(await dte.at("AT+CSCA?")) == ['+CSCA: "+447700900000",145']
+    assert lines(await dte.at("AT+CSMP?")) == ["+CSMP: 17,170,64,8"]
+    assert await dte.at("AT+CRES=5") == "\r\n+CMS ERROR: 303\r\n"  # EF_SMSP has one record
