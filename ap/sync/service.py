@@ -2,8 +2,9 @@
 security check, reading every reachable store (002:S12) and writing the merge back (002:S13).
 
 Stores: the physical SIMs in the CP's slots, read and written over 3GPP TS 27.007 on DLC 1 (`AT%SLOT`, `+CIMI`,
-`+CPBS`, `+CPBR`, `+CPBW`); the virtual SIMs, which the AP holds as JSON files in a directory (one file a profile,
-named after it: adding the file adds the virtual SIM); the terminal's own store, a JSON file that also keeps the
+`+CPBS`, `+CPBR`, `+CPBW` for EF_ADN; `+CRSM` READ RECORD / UPDATE RECORD for EF_SMS, TS 31.102 4.2.25); the
+virtual SIMs, which the AP holds as JSON files in a directory (one file a profile, named after it: adding the file
+adds the virtual SIM); the terminal's own store, a JSON file that also keeps the
 sync's state (the last merged set and each store's snapshot, so it is the journal: it is replaced, atomically,
 only once every other store is written); and the sync server (ota/sync_server.py) over HTTP. The rules are in
 `bipsim.ap.sync.merge`; this module only moves records and traces what it does.
