@@ -669,7 +669,8 @@ class SmsCommands:
             return None
         charset = self.core.charset
         if request.kind is CommandKind.READ:
-            number = self.service_centre()
+            on_card = await self._smsp_sca() if not self.core.slots[1].absent else None
+            number = on_card or self.service_centre()
             toa = 145 if number.startswith("+") else self.sca_type
             return [f'+CSCA: "{te_encode(number, charset)}",{toa}']
         if request.kind is not CommandKind.SET:
@@ -684,8 +685,29 @@ class SmsCommands:
             raise CmsError(self._bad(server), f"service centre address: {exc}") from exc
         if toa & 0x70 == 0x10 and not number.startswith("+"):
             number = "+" + number
+        if not self.core.slots[1].absent:  # kept on the card too, in EF_SMSP record 1 (TS 31.102 4.2.27)
+            await self._smsp_sca(number)
         self.sca, self.sca_type = number, toa
         return None
+
+    async def _smsp_sca(self, new: str | None = None) -> str | None:
+        """EF_SMSP record 1's service centre address, None when it marks none (or holds no valid one); with
+        `new` (not empty), writes that there first, the record's other fields kept."""
+        async with self._smsp() as ef:
+            data, sw = await ef.read_record(1)
+            _check_sw(sw, "EF_SMSP READ RECORD")
+            head, fixed = data[:-SMSP_FIXED], bytearray(data[-SMSP_FIXED:])
+            if new:
+                fixed[13:25] = encode_sca(new).ljust(12, b"\xff")
+                fixed[0] &= ~0x02 & 0xFF  # bit 2 zero: the TS-Service Centre Address is there
+                _check_sw(await ef.update_record(1, head + bytes(fixed)), "EF_SMSP UPDATE RECORD")
+        if fixed[0] & 0x02:
+            return None
+        try:
+            address, _ = decode_sca(bytes(fixed[13:25]))
+        except SmsPduError:
+            return None
+        return str(address) if address is not None else None
 
     @asynccontextmanager
     async def _smsp(self) -> AsyncIterator[CardFile]:

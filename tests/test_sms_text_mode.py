@@ -4,6 +4,7 @@ address is known (27.005 3.2.5)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
@@ -157,9 +158,22 @@ async def test_csas_and_cres_keep_the_settings_in_ef_smsp(cp: Cp) -> None:
     # the SC address 07 91 447700090000, PID 40, DCS 08, VP AA
     answer = await dte.at("AT+CRSM=178,28482,1,4,40")
     assert '"' + "FF" * 12 + "E1" + "FF" * 12 + "0791447700090000" + "FF" * 4 + "4008AA" + '"' in answer
-    await dte.at('AT+CSCA="+15550000001"')
-    await dte.at("AT+CSMP=17,167,0,0")
+    await dte.at("AT+CSMP=17,167,0,0")  # (+CSCA= would write EF_SMSP record 1 itself)
     assert await dte.at("AT+CRES=0") == "\r\nOK\r\n"
     assert lines(await dte.at("AT+CSCA?")) == ['+CSCA: "+447700900000",145']
     assert lines(await dte.at("AT+CSMP?")) == ["+CSMP: 17,170,64,8"]
     assert await dte.at("AT+CRES=5") == "\r\n+CMS ERROR: 303\r\n"  # EF_SMSP has one record
+
+
+async def test_csca_keeps_the_address_in_ef_smsp(cp: Cp) -> None:
+    dte = cp.dte
+    assert lines(await dte.at("AT+CSCA?")) == ['+CSCA: "+15550000000",145']  # EF_SMSP empty: the network's
+    assert await dte.at('AT+CSCA="+447700900000"') == "\r\nOK\r\n"
+    answer = await dte.at("AT+CRSM=178,28482,1,4,40")
+    assert (
+        "FD" + "FF" * 12 + "0791447700090000" in answer
+    )  # bit 2 of the indicators cleared: SC address there
+    # another party writes EF_SMSP: +CSCA? reads the card
+    record = "FF" * 12 + "FD" + "FF" * 12 + "07914477000911F1".ljust(24, "F") + "FFFFFF"
+    assert re.search(r"\+CRSM: 14[45],", await dte.at(f'AT+CRSM=220,28482,1,4,40,"{record}"'))
+    assert lines(await dte.at("AT+CSCA?")) == ['+CSCA: "+44770090111",145']
