@@ -592,3 +592,42 @@ def test_ef_sms_codec() -> None:
     with pytest.raises(SimDataError):
         parse_crsm(['+CRSM: 144,0,"012"'])
     assert fcp_records(bytes.fromhex("6207820542210050FF")) == (0x50, 0xFF)  # TS 102 221 11.1.1.4.3
+
+
+async def test_sim_pulled_between_two_update_records_the_next_trigger_finishes_without_duplicates(
+    tmp_path: Path,
+) -> None:
+    draft = Message(MessageStatus.STO_UNSENT, "+441632960001", "Draft", "26/11/30,11:00:00+00")
+
+    class PullOnSecondUpdate:
+        """The user pulls the SIM as the second UPDATE RECORD goes out: the draft is on EF_SMS, M_LOCAL is not."""
+
+        def __init__(self, inner: AtChat, rig_: Rig) -> None:
+            self.inner, self.rig, self.updates = inner, rig_, 0
+
+        async def command(self, line: str, *, timeout: float | None = None, step: str | None = None):  # type: ignore[no-untyped-def]
+            if line.startswith("AT+CRSM=220,"):
+                self.updates += 1
+                if self.updates == 2:
+                    self.rig.slots[0].transport.remove()  # type: ignore[attr-defined]
+            return await self.inner.command(line, timeout=timeout, step=step)
+
+    async with rig(tmp_path, [A], None, sms1=(sms_item(M_IN),)) as r:
+        await seed_local_and_server(r, [draft, M_LOCAL])
+        chat = r.service.port
+        assert isinstance(chat, AtChat)
+        r.service.port = PullOnSecondUpdate(chat, r)
+        report = await r.service.cycle(Trigger(TriggerKind.SIM_INSERTED, "slot 1"))
+        assert not report.ran and "+CME ERROR: 10" in report.aborted
+        _, state = r.local.load()
+        assert not state.merged.get(M_IN.identity())  # the journal as before
+        r.slots[0].transport.insert()  # type: ignore[attr-defined]
+        await r.slots[0].power_on()
+        r.service.port = chat
+        # the draft is on the SIM without its time stamp; the retry takes it for the terminal's draft
+        assert Message(MessageStatus.STO_UNSENT, draft.address, draft.text, "") in await sim_messages(r, 1)
+        again = await r.service.cycle(Trigger(TriggerKind.SIM_INSERTED, "slot 1"))
+        assert again.ran, again.aborted
+        assert local_messages(r) == {M_IN, draft, M_LOCAL}
+        assert {m for m in server_records(r) if isinstance(m, Message)} == {M_IN, draft, M_LOCAL}
+        assert len(await ef_sms(r, 1)) == 3
