@@ -289,8 +289,11 @@ async def test_watch_starts_one_cycle_per_presence_change(
             nursery.start_soon(r.service.watch, 1.0)
             await trio.sleep(0.5)
             assert [c.trigger.kind for c in r.service.cycles] == [TriggerKind.SIM_INSERTED] * 2
+            mark = len(r.tracer.events)
             await trio.sleep(5)
             assert len(r.service.cycles) == 2  # no trigger, no cycle
+            # and no read of a SIM: only the presence question goes out (issue 20, test 1)
+            assert set(r.commands(mark)) == {"AT%SLOTS?"}
             r.slots[1].transport.remove()  # type: ignore[attr-defined]
             await trio.sleep(2)
             assert [c.trigger for c in r.service.cycles[2:]] == [Trigger(TriggerKind.SIM_REMOVED, "slot 2")]
