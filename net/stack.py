@@ -255,6 +255,7 @@ class IpStack:
         self._ping_ident = self.rng.getrandbits(16)
         self._ping_seq = 0
         self._down: str | None = None
+        self._released = False  # the link went in an orderly way (abort_all(orderly=True) with nothing open)
         self._wake = trio.Event()
         self._armed_at = math.inf
         self.counters = {"sent": 0, "received": 0, "dropped": 0, "icmp_limited": 0}
@@ -322,7 +323,19 @@ class IpStack:
 
     def _receive(self, data: bytes) -> None:
         if self._down is not None:
-            self._drop(data, f"link dropped: {self._down}", Layer.IP)
+            if self._released:
+                # after an orderly release a straggler (the peer's last ACK or FIN) is expected, not a fault
+                self.counters["dropped"] += 1
+                self._trace(
+                    Kind.IP_DROPPED,
+                    Layer.IP,
+                    data,
+                    {"reason": f"link released: {self._down}", "length": len(data)},
+                    f"dropped: link released: {self._down}",
+                    sent=False,
+                )
+            else:
+                self._drop(data, f"link dropped: {self._down}", Layer.IP)
             return
         try:
             packet = Ipv4Packet.decode(data)
@@ -788,6 +801,7 @@ class IpStack:
         # a connection whose FIN the peer acknowledged lost nothing we sent: only the others are a fault
         live = [handle for handle in self._connections.values() if not handle.connection.fin_acked]
         error = not orderly or bool(live)
+        self._released = not error
         for handle in list(self._connections.values()):
             handle.failure = trio.BrokenResourceError(f"link dropped: {reason}")
             handle.connection.drop(reason)

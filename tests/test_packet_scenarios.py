@@ -536,3 +536,50 @@ def test_embodiment1_release_is_orderly_not_a_dropped_link(tmp_path: Path) -> No
     ends = [e for e in result.run.events if e.kind == "ip.dropped" and "link" in e.summary]
     assert ends and all("link released: channel" in e.summary and not e.error for e in ends)
     assert not [e for e in result.run.events if e.error and e.layer.value in ("ip", "tcp", "udp")]
+
+
+async def test_at_cgact_0_during_a_bip_download_reaches_the_card_as_link_dropped() -> None:
+    """The TE's AT+CGACT=0,<cid> (TS 27.007 10.1.10) on the modem's AT side while the card downloads over the
+    own-stack bearer: the channel's stream breaks, the card gets the Channel Status event "link dropped" (TS 102 223
+    7.5.11) and its session ends with that failure; the stack's end is an error (not orderly)."""
+    from bipsim.cp.bip_service import BipService
+    from bipsim.cp.card_driver import CardDriver
+    from bipsim.uicc.bip_engine import BipConfig, BipEngine
+    from bipsim.uicc.card import SimCard
+    from bipsim.uicc.profile import load_profile
+    from bipsim.uicc.sim_transport import SimulatedCard
+    from bipsim.uicc.test_clients import RequestResponseClient
+    from tests.modem_harness import modem
+
+    part_sent = trio.Event()
+
+    async def half_answer(stream: trio.SocketStream) -> None:
+        await stream.receive_some(65536)
+        await stream.send_all(bytes(1000))  # a fifth of what the card expects; the rest never comes
+        part_sent.set()
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, host="127.0.0.1"), half_answer, 0)
+        port = listeners[0].socket.getsockname()[1]
+        rig, bearer, tracer = await plane_rig(nursery)
+        client = RequestResponseClient(b"GET /", 5000)
+        engine = BipEngine(BipConfig(port=port, bearer_type=2), client)
+        card = SimCard(load_profile(), toolkit=engine)
+        service = BipService(CardDriver(SimulatedCard(card), tracer=tracer), bearer, tracer=tracer)
+        with trio.fail_after(30):
+            await nursery.start(service.run)
+            await part_sent.wait()
+            (cid,) = rig.cellular.contexts
+            async with modem(rig.cellular) as (m,):
+                assert await m.dte.at(f"AT+CGACT=0,{cid}") == ["OK"]
+            await service.session_finished.wait()
+        nursery.cancel_scope.cancel()
+    ended = [e for e in tracer.events if e.field("event") == "pdp_deactivated"]
+    status = [e for e in tracer.events if e.kind == "cat.envelope" and e.field("link") == "dropped"]
+    assert ended and status and status[0].t >= ended[0].t
+    # the card read what the terminal held, then its session ended on the drop (the engine is ready for the next)
+    assert engine.failures == [("link dropped", GeneralResult.BIP_ERROR, b"\x05")]
+    assert len(client.received) == 1000 and client.lost
+    drops = [e for e in tracer.events if e.kind == "ip.dropped" and "link dropped" in e.summary]
+    assert drops and drops[0].error
