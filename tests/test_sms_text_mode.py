@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 import trio
@@ -17,10 +18,12 @@ from bipsim.cp.commands import ModemCommands
 from bipsim.cp.modem import simulated_card
 from bipsim.cp.network import CellularNetwork, NetworkConfig
 from bipsim.cp.sms_commands import Route, SmsCommands, deliver_route
+from bipsim.errors import CliError
 from bipsim.link.at_server import AtServer
 from bipsim.net.sms_pdu import Address, Concatenation, SmsDeliver, SmsSubmit, decode_tpdu
 from bipsim.trace.recorder import Tracer
 from bipsim.uicc.gsm_text import gsm7_encode
+from bipsim.uicc.profile import load_profile
 from tests.test_sms_commands import Cp, Dte, Smsc, lines
 
 
@@ -177,3 +180,13 @@ async def test_csca_keeps_the_address_in_ef_smsp(cp: Cp) -> None:
     record = "FF" * 12 + "FD" + "FF" * 12 + "07914477000911F1".ljust(24, "F") + "FFFFFF"
     assert re.search(r"\+CRSM: 14[45],", await dte.at(f'AT+CRSM=220,28482,1,4,40,"{record}"'))
     assert lines(await dte.at("AT+CSCA?")) == ['+CSCA: "+44770090111",145']
+
+
+async def test_a_card_profile_fills_ef_smsp(nursery: trio.Nursery, tmp_path: Path) -> None:
+    profile = tmp_path / "card.toml"
+    profile.write_text('smsp_sca = "+4477009011"\n')
+    cp = await a_cp(nursery, CellularNetwork(), card_profile=str(profile))
+    assert lines(await cp.dte.at("AT+CSCA?")) == ['+CSCA: "+4477009011",145']
+    profile.write_text('smsp_sca = "call me"\n')
+    with pytest.raises(CliError):
+        load_profile(profile)

@@ -377,6 +377,17 @@ def load_phonebook(fs: FileSystem, profile: CardProfile) -> None:
         for index, record in enumerate(sms_records(profile.sms)[: sms_file.records]):
             start = index * sms_file.record_length
             sms_file.data[start : start + sms_file.record_length] = record[: sms_file.record_length]
+    smsp = usim.children.get(0x6F42)
+    # EF_SMSP record 1's TS-Service Centre Address (TS 31.102 4.2.27), after the alpha identifier, the parameter
+    # indicators and the TP-Destination Address
+    if smsp is not None and profile.smsp_sca:
+        fixed = smsp.record_length - 28
+        digits = profile.smsp_sca.removeprefix("+")
+        nibbles = [int(d) for d in digits] + ([0xF] if len(digits) % 2 else [])
+        value = bytes(nibbles[i] | nibbles[i + 1] << 4 for i in range(0, len(nibbles), 2))
+        toa = 0x91 if profile.smsp_sca.startswith("+") else 0x81
+        smsp.data[fixed] &= ~0x02 & 0xFF  # bit 2 zero: the address is there
+        smsp.data[fixed + 13 : fixed + 25] = (bytes((1 + len(value), toa)) + value).ljust(12, b"\xff")
 
 
 # --- EF_ECC (TS 31.102 4.2.21): emergency call codes ----------------------------------------------------------------

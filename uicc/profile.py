@@ -80,6 +80,9 @@ class CardProfile:
     # the answer to MO SHORT MESSAGE CONTROL (uicc/mo_sms_control.py, TS 31.111 7.3.2): allow, refuse, or
     # modify:<sc>,<destination> (allowed with these addresses instead; either may be empty)
     mo_sms_control: str = "allow"
+    # the SMS service centre number in EF_SMSP record 1 (TS 31.102 4.2.27; +CSCA? reads it): "+" and up to 20
+    # digits, or "" for none
+    smsp_sca: str = ""
 
     @property
     def ota_keyset(self) -> tuple[int, bytes, bytes]:
@@ -132,6 +135,9 @@ def _from_mapping(data: dict[str, Any], where: str) -> CardProfile:
     _check_phonebook(profile, where)
     from bipsim.uicc.mo_sms_control import check_setting
 
+    sca = str(profile.smsp_sca)
+    if sca and not (sca.removeprefix("+").isdigit() and sca.isascii() and len(sca.removeprefix("+")) <= 20):
+        raise CliError(f"{where}: smsp_sca = {sca!r}: use + and up to 20 digits, or digits")
     try:
         check_setting(str(profile.mo_sms_control))
     except ValueError as exc:
