@@ -52,7 +52,7 @@ from bipsim.uicc.cat import (
 )
 
 if TYPE_CHECKING:
-    from bipsim.net.pgw import Pgw
+    from bipsim.net.pgw import Pgw, PortForward
     from bipsim.net.radio import LinkEnd, LinkProfile, RadioLink
     from bipsim.net.stack import IpStack
     from bipsim.net.udp_socket import UdpSocket
@@ -202,7 +202,7 @@ class ContextLink:
     link: RadioLink
     scope: trio.CancelScope
     forwards: list[int] = field(default_factory=list)  # host ports the gateway forwards to this context
-    forward_scopes: list[trio.CancelScope] = field(default_factory=list)  # their listeners' scopes
+    port_forwards: list[PortForward] = field(default_factory=list)  # what the gateway removes when it goes
 
 
 class PacketPlane:
@@ -362,19 +362,11 @@ class PacketPlane:
             return None
         forward = PortForward(0, IPv4Address(context.address), port)
         carried = self.links.get(context.cid)
-        if carried is None or self._nursery is None:
+        if carried is None:
             raise RuntimeError(f"context {context.cid} has no bearer")
-        # served as the gateway serves the forwards it was made with, but in a scope of the context's: the host port
-        # closes when the context goes
-        scope = trio.CancelScope()
-        carried.forward_scopes.append(scope)
-
-        async def serve(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-            with scope:
-                await pgw._serve_forward(forward, task_status=task_status)
-
-        await self._nursery.start(serve)
-        host_port = pgw.forward_ports[forward]
+        # the host port closes when the context goes (_deactivated removes it)
+        host_port = await pgw.add_forward(forward)
+        carried.port_forwards.append(forward)
         carried.forwards.append(host_port)
         return host_port
 
@@ -400,8 +392,9 @@ class PacketPlane:
             self.pgw.detach(IPv4Address(context.address), reason)
         carried.end.close()
         carried.scope.cancel()
-        for scope in carried.forward_scopes:
-            scope.cancel()
+        if self.pgw is not None:
+            for forward in carried.port_forwards:
+                self.pgw.remove_forward(forward)
         self.tracer.emit(
             Actor.NET,
             Actor.CP,
