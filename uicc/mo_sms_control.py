@@ -14,6 +14,7 @@ An envelope that is not a well-formed D5 with the two addresses gets 6A 80 (inco
 from __future__ import annotations
 
 from bipsim.uicc.cat import Tag
+from bipsim.uicc.phonebook import encode_bcd
 from bipsim.uicc.tlv import TlvError, decode_ctlvs, decode_length, encode_ctlv, encode_length
 from bipsim.uicc.toolkit import ToolkitError
 
@@ -37,9 +38,8 @@ def check_setting(setting: str) -> None:
 def address_value(number: str) -> bytes:
     """An Address object's value (TS 102 223 section 8.1): TON/NPI (91 international, 81 unknown), swapped BCD."""
     digits = number.removeprefix("+")
-    nibbles = [int(d) for d in digits] + ([0xF] if len(digits) % 2 else [])
     toa = 0x91 if number.startswith("+") else 0x81
-    return bytes((toa,)) + bytes(nibbles[i] | nibbles[i + 1] << 4 for i in range(0, len(nibbles), 2))
+    return bytes((toa,)) + encode_bcd(digits, (len(digits) + 1) // 2)
 
 
 def answer(setting: str, envelope: bytes) -> bytes:

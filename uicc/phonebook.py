@@ -383,8 +383,7 @@ def load_phonebook(fs: FileSystem, profile: CardProfile) -> None:
     if smsp is not None and profile.smsp_sca:
         fixed = smsp.record_length - 28
         digits = profile.smsp_sca.removeprefix("+")
-        nibbles = [int(d) for d in digits] + ([0xF] if len(digits) % 2 else [])
-        value = bytes(nibbles[i] | nibbles[i + 1] << 4 for i in range(0, len(nibbles), 2))
+        value = encode_bcd(digits, (len(digits) + 1) // 2)
         toa = 0x91 if profile.smsp_sca.startswith("+") else 0x81
         smsp.data[fixed] &= ~0x02 & 0xFF  # bit 2 zero: the address is there
         smsp.data[fixed + 13 : fixed + 25] = (bytes((1 + len(value), toa)) + value).ljust(12, b"\xff")
