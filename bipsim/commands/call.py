@@ -4,37 +4,17 @@ the modem, end a call from the far end, list the calls."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import click
-import trio
 
-from bipsim.errors import CliError
+from bipsim.commands.control_client import ask_ok
 
 DEFAULT_CONNECT = "127.0.0.1:8556"
 
 
 def _ask(ctx: click.Context, message: dict[str, Any]) -> dict[str, Any]:
-    from bipsim.net.smsc import request
-
-    connect: str = ctx.obj["connect"]
-    host, sep, port_text = connect.rpartition(":")
-    if not sep or not port_text.isdigit():
-        raise CliError(f"--connect: give HOST:PORT, not {connect!r}", exit_code=2)
-    try:
-        answer = trio.run(lambda: request(host.strip("[]"), int(port_text), message, timeout=10))
-    except (OSError, ConnectionError) as exc:
-        raise CliError(f"cannot reach the network's control socket at {connect}: {exc}") from None
-    except trio.TooSlowError:
-        raise CliError(f"the network at {connect} did not answer within 10 s") from None
-    except ValueError as exc:
-        raise CliError(f"the network's answer is not JSON: {exc}") from None
-    if ctx.obj["json"]:
-        click.echo(json.dumps(answer))
-    if not answer.get("ok"):
-        raise CliError(f"the network refused the request: {answer.get('error', 'no reason given')}")
-    return answer
+    return ask_ok(ctx, message, timeout=10, peer="the network", socket_name="the network's control socket")
 
 
 def _show(ctx: click.Context, answer: dict[str, Any]) -> None:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 
 import click
-import trio
 
+from bipsim.commands.control_client import ask, split_connect
 from bipsim.errors import CliError
 
 # the test application the built-in `omapi` card profile grants (uicc/profiles/omapi.toml): the SHA-1 of its
@@ -107,9 +107,7 @@ def omapi(
     NoSuchElementException...) or the channel open returned null, 2 on a usage error."""
     from bipsim.ap.omapi.control import request
 
-    host, sep, port_text = connect.rpartition(":")
-    if not sep or not port_text.isdigit():
-        raise CliError(f"--connect: give HOST:PORT, not {connect!r}", exit_code=2)
+    split_connect(connect)  # a bad --connect is a usage error before any other
     sent = [_hex(apdu, "--apdu") for apdu in apdus]
     if status or reboot:
         # the state now: without a modem session the AP says so at once instead of waiting for one
@@ -128,14 +126,9 @@ def omapi(
             # before this client gives up
             "wait": max(0.0, timeout - 5.0),
         }
-    try:
-        answer = trio.run(lambda: request(host.strip("[]"), int(port_text), message, timeout=timeout))
-    except (OSError, ConnectionError) as exc:
-        raise CliError(f"cannot reach the AP's OMAPI socket at {connect}: {exc}") from None
-    except trio.TooSlowError:
-        raise CliError(f"the AP at {connect} did not answer within {timeout:g} s") from None
-    except ValueError as exc:
-        raise CliError(f"the AP's answer is not JSON: {exc}") from None
+    answer = ask(
+        connect, message, timeout=timeout, peer="the AP", socket_name="the AP's OMAPI socket", request=request
+    )
     if as_json:
         click.echo(json.dumps(answer))
     elif "error" in answer:

@@ -8,33 +8,15 @@ import json
 from typing import Any
 
 import click
-import trio
 
+from bipsim.commands.control_client import ask_ok
 from bipsim.errors import CliError
 
 DEFAULT_CONNECT = "127.0.0.1:8556"
 
 
 def _ask(ctx: click.Context, message: dict[str, Any], timeout: float) -> dict[str, Any]:
-    from bipsim.net.smsc import request
-
-    connect: str = ctx.obj["connect"]
-    host, sep, port_text = connect.rpartition(":")
-    if not sep or not port_text.isdigit():
-        raise CliError(f"--connect: give HOST:PORT, not {connect!r}", exit_code=2)
-    try:
-        answer = trio.run(lambda: request(host.strip("[]"), int(port_text), message, timeout=timeout))
-    except (OSError, ConnectionError) as exc:
-        raise CliError(f"cannot reach the SMSC control socket at {connect}: {exc}") from None
-    except trio.TooSlowError:
-        raise CliError(f"the SMSC at {connect} did not answer within {timeout:g} s") from None
-    except ValueError as exc:
-        raise CliError(f"the SMSC's answer is not JSON: {exc}") from None
-    if ctx.obj["json"]:
-        click.echo(json.dumps(answer))
-    if not answer.get("ok"):
-        raise CliError(f"the SMSC refused the request: {answer.get('error', 'no reason given')}")
-    return answer
+    return ask_ok(ctx, message, timeout=timeout, peer="the SMSC", socket_name="the SMSC control socket")
 
 
 def _hex(value: str, what: str) -> str:
