@@ -26,9 +26,7 @@ device not reachable" (8.12.11).
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from ipaddress import IPv4Address
 from typing import TYPE_CHECKING
 
@@ -118,80 +116,6 @@ class PlaneOptions:
     tun_relays: tuple[tuple[int, str, int], ...] = ()
 
 
-# Run inside the tun mode's namespace (nsenter): a listening TCP socket there, handed back over the inherited UNIX
-# socket (SCM_RIGHTS, unix(7)). The socket stays in the namespace it was made in, so the kernel's TCP there accepts
-# the CP's connections; the CP's process accepts them from it and carries their bytes to the host.
-_LISTEN_IN_NAMESPACE = """
-import socket, sys
-channel = socket.socket(fileno=int(sys.argv[1]))
-listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-listener.bind((sys.argv[2], int(sys.argv[3])))
-listener.listen(16)
-socket.send_fds(channel, [b"L"], [listener.fileno()])
-"""
-
-
-async def listen_in_namespace(
-    command: Callable[[list[str]], list[str]], address: str, port: int
-) -> trio.SocketListener:
-    """A TCP listener at address:port inside a network namespace (`command` prefixes a program to run there, as
-    TunNamespace.command does); OSError when the namespace refuses it."""
-    import socket
-    import sys
-
-    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    try:
-        argv = command([sys.executable, "-c", _LISTEN_IN_NAMESPACE, str(child.fileno()), address, str(port)])
-        result = await trio.run_process(argv, pass_fds=(child.fileno(),), capture_stderr=True, check=False)
-        child.close()
-        if result.returncode != 0:
-            lines = result.stderr.decode(errors="replace").strip().splitlines()
-            raise OSError(
-                f"listening at {address}:{port} in the namespace: {lines[-1] if lines else 'failed'}"
-            )
-        parent.setblocking(False)
-        _, fds, _, _ = socket.recv_fds(parent, 16, 1)
-    finally:
-        parent.close()
-        if child.fileno() != -1:
-            child.close()
-    listener = socket.socket(fileno=fds[0])
-    listener.setblocking(False)
-    return trio.SocketListener(trio.socket.from_stdlib_socket(listener))
-
-
-async def _carry(inside: trio.abc.HalfCloseableStream, host: str, port: int, tracer: Tracer) -> None:
-    """One connection the namespace's kernel accepted, carried to host:port both ways (half-close kept)."""
-    async with inside:
-        try:
-            outside = await trio.open_tcp_stream(host, port)
-        except OSError as exc:
-            tracer.emit(
-                Actor.PGW,
-                Actor.OTA,
-                Layer.TCP,
-                f"tun relay: {host}:{port} unreachable: {exc}",
-                error=True,
-                kind=Kind.APP_ERROR,
-                fields={"where": "tun relay", "error": str(exc), "host": f"{host}:{port}"},
-            )
-            return
-        async with outside:
-
-            async def copy(source: trio.abc.HalfCloseableStream, sink: trio.abc.HalfCloseableStream) -> None:
-                try:
-                    while data := await source.receive_some(65536):
-                        await sink.send_all(data)
-                    await sink.send_eof()
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass
-
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(copy, inside, outside)
-                nursery.start_soon(copy, outside, inside)
-
-
 @dataclass
 class ContextLink:
     """What one active context carries: its stack, the radio link to the gateway, and the scope of their tasks."""
@@ -246,40 +170,15 @@ class PacketPlane:
             await nursery.start(self.pgw.run)
             self._nursery = nursery
             if self.options.tun_relays:
-                await self._start_tun_relays(nursery)
+                await self._start_tun_relays()
             self.ready.set()
             task_status.started()
             await trio.sleep_forever()
 
-    async def _start_tun_relays(self, nursery: trio.Nursery) -> None:
-        from bipsim.net.pgw import SERVER_ADDRESS
-
+    async def _start_tun_relays(self) -> None:
         assert self.pgw is not None
-        tun = self.pgw.tun
-        if tun is None:
-            raise RuntimeError("--tun-relay needs --network tun")
         for port, host, host_port in self.options.tun_relays:
-            listener = await listen_in_namespace(tun.command, str(SERVER_ADDRESS), port)
-            nursery.start_soon(
-                partial(trio.serve_listeners, handler_nursery=nursery),
-                partial(self._relay, host, host_port),
-                [listener],
-            )
-            self.tracer.emit(
-                Actor.PGW,
-                Actor.PGW,
-                Layer.APP,
-                f"tun relay: {SERVER_ADDRESS}:{port} in the namespace to {host}:{host_port}",
-                kind=Kind.APP_EVENT,
-                fields={
-                    "event": "tun_relay",
-                    "inside": f"{SERVER_ADDRESS}:{port}",
-                    "host": f"{host}:{host_port}",
-                },
-            )
-
-    async def _relay(self, host: str, port: int, inside: trio.SocketStream) -> None:
-        await _carry(inside, host, port, self.tracer)
+            await self.pgw.add_tun_relay(port, host, host_port)
 
     def set_radio(self, spec: str) -> str:
         """New link figures (the `--radio` grammar) for every radio bearer, now and to come; returns the profile as

@@ -27,6 +27,7 @@ import socket
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import partial
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
@@ -580,6 +581,43 @@ class Pgw:
             scope.cancel()
             self.forward_ports.pop(forward, None)
             self._event("pgw_forward_removed", destination=f"{forward.address}:{forward.port}")
+
+    async def add_tun_relay(self, port: int, host: str, host_port: int) -> None:
+        """tun mode (`bipsim cp --tun-relay`): the namespace's kernel listens at SERVER_ADDRESS:`port`, and each
+        connection it accepts from a context is carried to `host`:`host_port` on the host both ways (half-close
+        kept, as the nat mode's flows). OSError when the namespace refuses the listener."""
+        from bipsim.net.tun import listen_in_namespace
+
+        if self.tun is None or self._nursery is None:
+            raise RuntimeError("--tun-relay needs --network tun and a running gateway")
+        listener = await listen_in_namespace(self.tun.command, str(SERVER_ADDRESS), port)
+
+        async def carry(inside: trio.SocketStream) -> None:
+            try:
+                outside = await trio.open_tcp_stream(host, host_port)
+            except OSError as exc:
+                self._event(
+                    str(exc), error=True, relay=f"{SERVER_ADDRESS}:{port}", host=f"{host}:{host_port}"
+                )
+                await trio.aclose_forcefully(inside)
+                return
+            await _splice(inside, outside)
+
+        self._nursery.start_soon(
+            partial(trio.serve_listeners, handler_nursery=self._nursery), carry, [listener]
+        )
+        self.tracer.emit(
+            Actor.PGW,
+            Actor.PGW,
+            Layer.APP,
+            f"tun relay: {SERVER_ADDRESS}:{port} in the namespace to {host}:{host_port}",
+            kind=Kind.APP_EVENT,
+            fields={
+                "event": "tun_relay",
+                "inside": f"{SERVER_ADDRESS}:{port}",
+                "host": f"{host}:{host_port}",
+            },
+        )
 
     async def _serve_forward(
         self, forward: PortForward, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED

@@ -22,12 +22,12 @@ import socket
 import struct
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import trio
 
-__all__ = ["TunNamespace", "TunUnavailable", "open_tun_namespace"]
+__all__ = ["TunNamespace", "TunUnavailable", "listen_in_namespace", "open_tun_namespace"]
 
 TUNSETIFF = 0x400454CA  # _IOW('T', 202, int), linux/if_tun.h
 IFF_TUN = 0x0001
@@ -217,3 +217,43 @@ def _helper(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(_helper(sys.argv[1:]))
+
+
+# Run inside the tun mode's namespace (nsenter): a listening TCP socket there, handed back over the inherited UNIX
+# socket (SCM_RIGHTS, unix(7)). The socket stays in the namespace it was made in, so the kernel's TCP there accepts
+# the CP's connections; the CP's process accepts them from it and carries their bytes to the host.
+_LISTEN_IN_NAMESPACE = """
+import socket, sys
+channel = socket.socket(fileno=int(sys.argv[1]))
+listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+listener.bind((sys.argv[2], int(sys.argv[3])))
+listener.listen(16)
+socket.send_fds(channel, [b"L"], [listener.fileno()])
+"""
+
+
+async def listen_in_namespace(
+    command: Callable[[list[str]], list[str]], address: str, port: int
+) -> trio.SocketListener:
+    """A TCP listener at address:port inside a network namespace (`command` prefixes a program to run there, as
+    TunNamespace.command does); OSError when the namespace refuses it."""
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        argv = command([sys.executable, "-c", _LISTEN_IN_NAMESPACE, str(child.fileno()), address, str(port)])
+        result = await trio.run_process(argv, pass_fds=(child.fileno(),), capture_stderr=True, check=False)
+        child.close()
+        if result.returncode != 0:
+            lines = result.stderr.decode(errors="replace").strip().splitlines()
+            raise OSError(
+                f"listening at {address}:{port} in the namespace: {lines[-1] if lines else 'failed'}"
+            )
+        parent.setblocking(False)
+        _, fds, _, _ = socket.recv_fds(parent, 16, 1)
+    finally:
+        parent.close()
+        if child.fileno() != -1:
+            child.close()
+    listener = socket.socket(fileno=fds[0])
+    listener.setblocking(False)
+    return trio.SocketListener(trio.socket.from_stdlib_socket(listener))
