@@ -60,6 +60,37 @@ def _count(run: RunResult, kind: str, **fields: object) -> int:
     )
 
 
+def _retransmissions_received(run: RunResult) -> int:
+    """TCP segments the CP's stack received again: data starting before the highest byte its flow already
+    carried toward the CP (the gateway's retransmissions, which its own stack does not trace)."""
+    from bipsim.net.errors import PacketError
+    from bipsim.net.ipv4 import TCP, Ipv4Packet
+    from bipsim.net.tcp_segment import TcpSegment
+    from bipsim.trace.events import Actor
+
+    high: dict[tuple[int, int], int] = {}
+    seen = 0
+    for event in run.events:
+        if event.dst is not Actor.CP or not event.kind.startswith("tcp.") or not event.data:
+            continue
+        try:
+            packet = Ipv4Packet.decode(event.data)
+            if packet.protocol != TCP:
+                continue
+            segment = TcpSegment.decode(packet.payload, packet.source, packet.destination)
+        except PacketError:
+            continue
+        if not segment.payload:
+            continue
+        flow = (segment.source_port, segment.destination_port)
+        end = (segment.seq + len(segment.payload)) & 0xFFFFFFFF
+        if flow in high and 0 < (high[flow] - segment.seq) & 0xFFFFFFFF < 1 << 31:
+            seen += 1  # sequence numbers compare modulo 2**32 (RFC 9293 3.4)
+        if flow not in high or 0 < (end - high[flow]) & 0xFFFFFFFF < 1 << 31:
+            high[flow] = end
+    return seen
+
+
 def radio_lossy(options: ScenarioOptions) -> ScenarioResult:
     """5 % packet loss on the radio bearer: the OTA download (a 150 000-byte load file) still completes, the CP's
     stack and the gateway retransmitting what the link lost."""
@@ -78,7 +109,10 @@ def radio_lossy(options: ScenarioOptions) -> ScenarioResult:
     return ScenarioResult(
         "radio-lossy",
         run,
-        [f"{lost} packets lost on the radio, {retransmitted} segments retransmitted by the CP's stack"],
+        [
+            f"{lost} packets lost on the radio, {retransmitted} segments retransmitted by the CP's stack, "
+            f"{_retransmissions_received(run)} received again by it"
+        ],
     )
 
 

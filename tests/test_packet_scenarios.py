@@ -297,7 +297,12 @@ def test_radio_lossy_completes_with_retransmissions_in_the_pcap(tmp_path: Path) 
     result, pcap = run_scenario("radio-lossy", tmp_path)
     assert result.run.completed
     assert any(e.kind == "ip.lost" for e in result.run.events)
-    assert tshark_frames(pcap, "tcp.analysis.retransmission")
+    retransmissions = tshark_frames(pcap, "tcp.analysis.retransmission")
+    assert retransmissions
+    # the summary counts the gateway's retransmissions the CP received too (its stack traces only its own)
+    (note,) = result.notes
+    again = int(note.split(", ")[-1].split()[0])
+    assert note.endswith("received again by it") and again > 0
     assert not tshark_frames(pcap, "_ws.malformed")
 
 

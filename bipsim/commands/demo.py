@@ -526,7 +526,7 @@ def demo(
       bipsim demo --embodiment 1 --radio gprs,loss=2% --seed 7 --pcap lossy.pcap
 
     --radio, --network and --seed set embodiment 1's packet data plane (the CP's own stack, its radio bearer and the
-    packet gateway; --wlan the AP's Wi-Fi of embodiment 2. Without them the demo runs as it always has.
+    packet gateway); --wlan the AP's Wi-Fi of embodiment 2. Without them the demo runs as it always has.
     """
     if bool(port_a) != bool(port_b):
         raise CliError("--port-a and --port-b go together")
