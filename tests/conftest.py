@@ -7,20 +7,26 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable
+from typing import NoReturn
 
 import pytest
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
+def missing(message: str) -> NoReturn:
+    """What the test needs is not on this machine (a program, root, a Python module): skips the calling test, or
+    fails it under CI=true."""
+    if IN_CI:
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
 def require_tool(name: str) -> str:
     """The path of program `name`; skips the calling test when it is missing, or fails it under CI=true."""
     path = shutil.which(name)
     if path is None:
-        message = f"external tool {name!r} is not installed (make test installs it as root)"
-        if IN_CI:
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+        missing(f"external tool {name!r} is not installed (make test installs it as root)")
     return path
 
 

@@ -17,38 +17,19 @@ Use:
 from __future__ import annotations
 
 import json
-import os
-import re
 import shutil
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import pytest
+from tests.conftest import missing, require_tool
+from tests.cp_process import start_listening_cp, stop, wait_until
+from tests.dbus_peer import PrivateBus
 
-from tests.conftest import IN_CI, require_tool
-
-DEADLINE = 60.0  # seconds for a daemon or a modem state to be there
-
-_BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>unix:path={path}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <allow own="*"/>
-    <allow send_destination="*"/>
-    <allow receive_sender="*"/>
-  </policy>
-</busconfig>
-"""
+DEADLINE = 60.0  # seconds for a modem state to be there
 
 # org.freedesktop.PolicyKit1.Authority.CheckAuthorization answering (is_authorized, is_challenge, details)
 _POLKIT = """
@@ -70,22 +51,6 @@ GLib.MainLoop().run()
 SYSTEM_PYTHON = "/usr/bin/python3"
 
 
-def _stop(proc: subprocess.Popen[bytes] | None) -> None:
-    if proc is not None and proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
-def _missing(message: str) -> None:
-    if IN_CI:
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
-
-
 class MmPeer:
     """The CP (`bipsim cp --listen 127.0.0.1:0` plus `cp_args`), a private system bus with a PolicyKit stand-in,
     a socat relay from a UNIX socket to the CP, and ModemManager with the relay's socket as its one AT port."""
@@ -95,13 +60,10 @@ class MmPeer:
         self.cp_args = cp_args or []
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.port = 0
-        self.address = f"unix:path={folder / 'bus'}"
+        self.bus = PrivateBus(folder)
+        self.address = self.bus.address
         self.socket = folder / "mm.sock"
-        self.env = {
-            **os.environ,
-            "DBUS_SYSTEM_BUS_ADDRESS": self.address,
-            "PATH": os.environ.get("PATH", "") + ":/usr/sbin:/sbin",
-        }
+        self.env = self.bus.env()
 
     def __enter__(self) -> MmPeer:
         for tool in ("dbus-daemon", "socat", "mmcli", "gdbus"):
@@ -112,13 +74,14 @@ class MmPeer:
             [SYSTEM_PYTHON, "-c", "import dbus, dbus.service, gi"], capture_output=True, text=True
         )
         if check.returncode != 0:
-            _missing(f"the PolicyKit stand-in needs python3-dbus and python3-gi: {check.stderr.strip()}")
+            missing(f"the PolicyKit stand-in needs python3-dbus and python3-gi: {check.stderr.strip()}")
         try:
-            self._start_cp()
-            self._start(
-                "dbus", ["dbus-daemon", f"--config-file={self._bus_config()}", "--nofork", "--nopidfile"]
+            self.procs["cp"], self.port = start_listening_cp(
+                self.folder,
+                ["--trace", str(self.folder / "cp.jsonl"), "--state", str(self.folder / "card.json")]
+                + self.cp_args,
             )
-            self._wait("dbus-daemon", lambda: (self.folder / "bus").exists(), "dbus")
+            self.bus.start()
             self._start("polkit", [SYSTEM_PYTHON, "-c", _POLKIT])
             self._wait("the PolicyKit stand-in", lambda: "ready" in self._log("polkit"), "polkit")
             self._start("relay", ["socat", f"UNIX-LISTEN:{self.socket},fork", f"TCP:127.0.0.1:{self.port}"])
@@ -153,15 +116,12 @@ class MmPeer:
         self.close()
 
     def close(self) -> None:
-        for name in ("mm", "relay", "polkit", "dbus", "cp"):
-            _stop(self.procs.get(name))
+        for name in ("mm", "relay", "polkit"):
+            stop(self.procs.get(name))
+        self.bus.close()
+        stop(self.procs.get("cp"))
 
     # -- processes ---------------------------------------------------------------------------------------------
-    def _bus_config(self) -> Path:
-        config = self.folder / "bus.conf"
-        config.write_text(_BUS_CONFIG.format(path=self.folder / "bus"))
-        return config
-
     def _start(self, name: str, argv: list[str]) -> None:
         with (self.folder / f"{name}.log").open("wb") as out:
             self.procs[name] = subprocess.Popen(argv, stdout=out, stderr=out, env=self.env)
@@ -171,30 +131,7 @@ class MmPeer:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def _wait(self, what: str, ready: Callable[[], bool], name: str) -> None:
-        deadline = time.monotonic() + DEADLINE
-        proc = self.procs[name]
-        while not ready():
-            if proc.poll() is not None:
-                raise AssertionError(f"{what} exited {proc.returncode}: {self._log(name)[-3000:]}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{what} not ready in {DEADLINE} s: {self._log(name)[-3000:]}")
-            time.sleep(0.05)
-
-    def _start_cp(self) -> None:
-        self._start(
-            "cp",
-            [sys.executable, "-m", "bipsim", "cp", "--listen", "127.0.0.1:0"]
-            + ["--trace", str(self.folder / "cp.jsonl"), "--state", str(self.folder / "card.json")]
-            + self.cp_args,
-        )
-
-        def bound() -> bool:
-            found = re.search(r"listening on tcp://127\.0\.0\.1:(\d+)", self._log("cp"))
-            if found:
-                self.port = int(found.group(1))
-            return found is not None
-
-        self._wait("bipsim cp --listen", bound, "cp")
+        wait_until(what, ready, self.procs[name], lambda: self._log(name))
 
     def _mm_on_bus(self) -> bool:
         result = subprocess.run(["mmcli", "-L"], capture_output=True, text=True, env=self.env, timeout=30)

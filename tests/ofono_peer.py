@@ -16,48 +16,20 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import pytest
-
-from tests.conftest import IN_CI, require_tool
+from tests.conftest import missing, require_tool
+from tests.cp_process import start_listening_cp, stop, wait_until
+from tests.dbus_peer import PrivateBus
 
 MODEM = "/bipsim"  # the phonesim.conf group's name is the modem's object path
-DEADLINE = 60.0  # seconds for a daemon or a modem state to be there (oFono's own AT timeouts are 5-20 s)
-
-_BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>unix:path={path}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <allow own="*"/>
-    <allow send_destination="*"/>
-    <allow receive_sender="*"/>
-  </policy>
-</busconfig>
-"""
-
-
-def _stop(proc: subprocess.Popen[bytes] | None) -> None:
-    if proc is not None and proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+DEADLINE = 60.0  # seconds for a modem state to be there (oFono's own AT timeouts are 5-20 s)
 
 
 def _unwrap(value: Any) -> Any:
@@ -79,10 +51,10 @@ class OfonoPeer:
         self.folder = folder
         self.cp_args = cp_args or []
         self.cp: subprocess.Popen[bytes] | None = None
-        self.bus: subprocess.Popen[bytes] | None = None
+        self.bus = PrivateBus(folder)
         self.ofonod: subprocess.Popen[bytes] | None = None
         self.port = 0
-        self.address = f"unix:path={folder / 'bus'}"
+        self.address = self.bus.address
         self.cp_trace = folder / "cp.jsonl"
 
     # -- start and stop ---------------------------------------------------------------------------------------
@@ -92,13 +64,12 @@ class OfonoPeer:
         if shutil.which("ofonod") is None and not Path("/usr/sbin/ofonod").exists():
             require_tool("ofonod")
         if os.geteuid() != 0:
-            message = "oFono's private mount namespace needs root"
-            if IN_CI:
-                pytest.fail(message, pytrace=False)
-            pytest.skip(message)
+            missing("oFono's private mount namespace needs root")
         try:
-            self._start_cp()
-            self._start_bus()
+            self.cp, self.port = start_listening_cp(
+                self.folder, ["--trace", str(self.cp_trace), *self.cp_args]
+            )
+            self.bus.start()
             self._start_ofono()
         except BaseException:
             self.close()
@@ -111,59 +82,9 @@ class OfonoPeer:
         self.close()
 
     def close(self) -> None:
-        _stop(self.ofonod)
-        _stop(self.bus)
-        _stop(self.cp)
-
-    def _wait(self, what: str, ready: Callable[[], bool], proc: subprocess.Popen[bytes], log: Path) -> None:
-        deadline = time.monotonic() + DEADLINE
-        while not ready():
-            if proc.poll() is not None:
-                raise AssertionError(
-                    f"{what} exited {proc.returncode}: {log.read_text(errors='replace')[-3000:]}"
-                )
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"{what} not ready in {DEADLINE} s: {log.read_text(errors='replace')[-3000:]}"
-                )
-            time.sleep(0.05)
-
-    def _start_cp(self) -> None:
-        log = self.folder / "cp.err"
-        with log.open("wb") as err:
-            self.cp = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "bipsim",
-                    "cp",
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--trace",
-                    str(self.cp_trace),
-                ]
-                + self.cp_args,
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-            )
-
-        def bound() -> bool:
-            found = re.search(r"listening on tcp://127\.0\.0\.1:(\d+)", log.read_text(errors="replace"))
-            if found:
-                self.port = int(found.group(1))
-            return found is not None
-
-        self._wait("bipsim cp --listen", bound, self.cp, log)
-
-    def _start_bus(self) -> None:
-        config = self.folder / "bus.conf"
-        config.write_text(_BUS_CONFIG.format(path=self.folder / "bus"))
-        log = self.folder / "dbus.log"
-        with log.open("wb") as out:
-            self.bus = subprocess.Popen(
-                ["dbus-daemon", f"--config-file={config}", "--nofork", "--nopidfile"], stdout=out, stderr=out
-            )
-        self._wait("dbus-daemon", lambda: (self.folder / "bus").exists(), self.bus, log)
+        stop(self.ofonod)
+        self.bus.close()
+        stop(self.cp)
 
     def _start_ofono(self) -> None:
         etc, lib = self.folder / "etc-ofono", self.folder / "var-lib-ofono"
@@ -172,12 +93,7 @@ class OfonoPeer:
         (etc / "phonesim.conf").write_text(f"[bipsim]\nAddress=127.0.0.1\nPort={self.port}\n")
         log = self.folder / "ofonod.log"
         script = f"mount --bind {etc} /etc/ofono && mount --bind {lib} /var/lib/ofono && exec ofonod -n -d"
-        env = {
-            **os.environ,
-            "DBUS_SYSTEM_BUS_ADDRESS": self.address,
-            "OFONO_AT_DEBUG": "1",
-            "PATH": os.environ.get("PATH", "") + ":/usr/sbin:/sbin",
-        }
+        env = self.bus.env(OFONO_AT_DEBUG="1")
         with log.open("wb") as out:
             self.ofonod = subprocess.Popen(
                 ["unshare", "-m", "--propagation", "private", "sh", "-c", script],
@@ -185,7 +101,7 @@ class OfonoPeer:
                 stderr=out,
                 env=env,
             )
-        self._wait("ofonod", lambda: MODEM in self.modem_paths(), self.ofonod, log)
+        wait_until("ofonod", lambda: MODEM in self.modem_paths(), self.ofonod, self.ofono_log)
 
     # -- D-Bus ------------------------------------------------------------------------------------------------
     def busctl(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
