@@ -1,9 +1,16 @@
-"""Vendor AT dialects (`bipsim cp --dialect generic|quectel|simcom|ublox|telit`, docs/protocols.md "Vendor
+"""Vendor AT dialects (`bipsim cp --dialect generic|quectel|simcom|ublox|telit|fibocom|sierra|dell`, docs/protocols.md "Vendor
 dialects"): real modems answer the same 3GPP TS 27.007 commands in their own ways, and host software (lpac, ModemManager
 plugins, vendor scripts) picks its code path by what the modem says it is. Each dialect is one table row, `Dialect`,
 citing the public AT manual it follows: identification (+CGMI/+CGMM/+CGMR and their V.250 +GMx twins, ATI), the
 +CCHO/+CCHC/+CGLA quirks hosts must cope with, the vendor's SIM-state URCs and their switch, the ICCID command, the
-+QCFG-style settings hosts probe, the boot URCs a freshly opened line shows, and the default echo/verbose settings.
++QCFG-style settings hosts probe, the boot URCs a freshly opened line shows, and the default echo/verbose/quiet
+settings (V.250 section 6.2: E, V, Q), applied when the line opens and again on Z / &F.
+
+The logical-channel quirks (3GPP TS 27.007 sections 8.43, 8.45, 8.46) are those lpac's AT driver meets: test forms
+answered ERROR (lpac issues #300, #139), +CCHO/+CGLA answered with a bare value and no "+CCHO: " prefix (Fibocom
+FM350-GL, lpac issues #179, #209 and pull requests #427, #445), a session id that is a long hex handle rather than a
+small number (Sierra MC7455, lpac issues #138, #139), and no logical-channel commands at all, so that a host must
+send MANAGE CHANNEL and its APDUs through +CSIM (Dell DW5821e, lpac issue #164).
 
 The set is installed LAST (cp/command_sets.py), so it replaces core handlers (identification) and wraps others (the
 test forms of +CCHO, +CCHC, +CGLA). "generic" is the 27.007 modem of cp/commands.py unchanged. The identification strings are those
@@ -13,7 +20,7 @@ of one typical module of each manual; the card's answers (ICCID, presence) are t
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import trio
@@ -32,6 +39,7 @@ if TYPE_CHECKING:
 
 CME_SIM_NOT_INSERTED = 10
 CME_SIM_FAILURE = 13
+CME_INVALID_INDEX = 21
 CME_BAD_PARAMETERS = 50
 
 
@@ -59,9 +67,17 @@ class Dialect:
     revision: str
     ati: tuple[str, ...]  # ATI's lines; {manufacturer} {model} {revision} {imei} are filled in
     cgmr_prefix: str = ""  # some answer +CGMR with a "+CGMR: " prefix
-    echo: bool = True  # E1 after power-on / &F
-    verbose: bool = True  # V1
-    uicc_test_forms: bool = True  # +CCHO=?, +CCHC=?, +CGLA=? answer OK (False: ERROR, as some firmwares do)
+    echo: bool = True  # E1 after power-on / Z / &F (V.250 6.2.4 default)
+    verbose: bool = True  # V1 (V.250 6.2.6 default)
+    quiet: bool = False  # Q0 (V.250 6.2.5 default)
+    no_test_forms: tuple[
+        str, ...
+    ] = ()  # of +CCHO, +CCHC, +CGLA: test forms answered ERROR (the commands work)
+    bare_uicc_answers: bool = False  # +CCHO / +CGLA answered without their "+CCHO: " / "+CGLA: " prefix
+    session_handles: bool = False  # +CCHO's <sessionid> is a 16-digit hex handle, which +CGLA/+CCHC then take
+    csim_only: bool = (
+        False  # no +CCHO/+CCHC/+CGLA (ERROR): a host opens channels with MANAGE CHANNEL over +CSIM
+    )
     boot_urcs: tuple[str, ...] = ()  # what a freshly opened line shows before the first command
     sim_status: SimStatus | None = None
     iccid_command: str | None = None  # its answer is "<iccid_prefix><ICCID>"
@@ -93,7 +109,7 @@ DIALECTS: dict[str, Dialect] = {
             "Revision: {revision}",
         ),  # manual 2.1: <manufacturer> <objectID> Revision:
         # lpac issue #300: a Quectel EM05-G answers ERROR to AT+CCHO=?, AT+CCHC=?, AT+CGLA=? yet runs the commands
-        uicc_test_forms=False,
+        no_test_forms=("+CCHO", "+CCHC", "+CGLA"),
         boot_urcs=("RDY", "+CPIN: READY", "+QUSIM: 1", "+QIND: SMS DONE", "+QIND: PB DONE"),
         # AT+QSIMSTAT=<enable>: "+QSIMSTAT: <enable>,<inserted_status>" (read and URC), 1 inserted, 0 removed
         sim_status=SimStatus(
@@ -149,7 +165,53 @@ DIALECTS: dict[str, Dialect] = {
         iccid_command="#CCID",
         iccid_prefix="#CCID: ",
     ),
+    # The three rows below follow the public record of what hosts meet (lpac's issues), not a full vendor manual:
+    # the identification strings are those the modules answer in published transcripts; the vendors' public AT
+    # manuals that state E/V/Q factory settings were not at hand, so these keep V.250's defaults (E1 V1 Q0).
+    "fibocom": Dialect(
+        "fibocom",
+        "Fibocom FM350-GL as lpac issues #179 and #209 record it (AT+CCHO and AT+CGLA answered bare)",
+        "Fibocom Wireless Inc.",
+        "FM350-GL",
+        "81600.0000.00.29.22.40",
+        ("Manufacturer: {manufacturer}", "Model: {model}", "Revision: {revision}", "IMEI: {imei}"),
+        # lpac #209 / #427: AT+CCHO="A0000005591010FFFFFFFF8900000100" answers "1" then OK; #179: +CGLA likewise
+        bare_uicc_answers=True,
+    ),
+    "sierra": Dialect(
+        "sierra",
+        "Sierra Wireless MC7455 / EM7590 as lpac issues #138 and #139 record them (hex session handles)",
+        "Sierra Wireless, Incorporated",
+        "MC7455",
+        "SWI9X30C_02.24.05.06",
+        (
+            "Manufacturer: {manufacturer}",
+            "Model: {model}",
+            "Revision: {revision}",
+            "IMEI: {imei}",
+            "+GCAP: +CGSM",
+        ),
+        # lpac #138: AT+CCHO=... answers "+CCHO: 000000000385a7cf", a handle, not a channel number;
+        # lpac #139: an EM7590 runs AT+CGLA=... but answers AT+CGLA=? ERROR
+        session_handles=True,
+        no_test_forms=("+CGLA",),
+    ),
+    "dell": Dialect(
+        "dell",
+        "Dell DW5821e as lpac issue #164 records it (AT+CSIM only: no +CCHO, +CCHC, +CGLA)",
+        "Dell Inc.",
+        "DW5821e Snapdragon X20 LTE",
+        "T77W968.F1.0.0.4.0.GC.009",
+        ("Manufacturer: {manufacturer}", "Model: {model}", "Revision: {revision}", "IMEI: {imei}"),
+        # lpac #164: the host opens a channel with AT+CSIM=10,"0070000000" (MANAGE CHANNEL open; its answer
+        # carries the channel number) and closes channel 1 with AT+CSIM=10,"0070800100"
+        csim_only=True,
+    ),
 }
+
+# Sierra's handles look like a pointer the firmware hands out (lpac #138: 000000000385a7cf); ours are this base
+# plus the core's session number, so they are unique per modem and never all decimal digits.
+HANDLE_BASE = 0x0385A7C0
 
 
 def dialect_names() -> list[str]:
@@ -190,7 +252,7 @@ class DialectCommands:
             server.register(dialect.iccid_command, self._on_slot(server, self.iccid))
         if dialect.settings_command is not None:
             server.register(dialect.settings_command, self.vendor_settings)
-        server.echo, server.format.verbose = dialect.echo, dialect.verbose
+        self._defaults(server)
         server.default_echo = dialect.echo
         server.reset_hooks.append(lambda: self._defaults(server))
         if dialect.boot_urcs and getattr(server.stream, "dlci", None) is None:
@@ -206,7 +268,9 @@ class DialectCommands:
         pass  # nothing is kept per server
 
     def _defaults(self, server: AtServer) -> None:
-        server.echo, server.format.verbose = self.dialect.echo, self.dialect.verbose
+        """The dialect's E/V/Q: when the line opens and after Z / &F (which first restore V.250's)."""
+        dialect = self.dialect
+        server.echo, server.format.verbose, server.format.quiet = dialect.echo, dialect.verbose, dialect.quiet
 
     @staticmethod
     def _spawn(send: Callable[[str], Awaitable[None]], line: str) -> None:
@@ -235,22 +299,63 @@ class DialectCommands:
         ]
 
     def _wrap_uicc(self, server: AtServer) -> None:
-        """The test forms of the logical-channel commands (some firmwares answer them ERROR)."""
+        """The logical-channel commands as the vendor answers them: absent (ERROR, as any unknown command), or
+        wrapped by _uicc_quirks."""
         for name in ("+CCHO", "+CCHC", "+CGLA"):
             inner = server.handlers.get(name)
             if inner is None:
                 continue
+            if self.dialect.csim_only:
+                del server.handlers[name]  # the AT server answers an unknown command ERROR (V.250 5.7.1)
+                continue
             server.register(name, self._uicc_quirks(name, inner))
+
+    @staticmethod
+    def handle_of(session: int) -> str:
+        """The hex handle a `session_handles` dialect shows for the core's session number."""
+        return f"{HANDLE_BASE + session:016x}"
+
+    @staticmethod
+    def session_of(handle: object) -> int:
+        """The core's session number of a handle; one this modem never gave is +CME ERROR: 21 (invalid index, as
+        the core answers an unknown session id, 27.007 8.46)."""
+        text = str(handle)  # an all-digit handle was parsed as a number: its digits are still the handle's
+        if len(text) != 16:
+            raise CmeError(CME_INVALID_INDEX)
+        try:
+            session = int(text, 16) - HANDLE_BASE
+        except ValueError:
+            raise CmeError(CME_INVALID_INDEX) from None
+        if session <= 0:
+            raise CmeError(CME_INVALID_INDEX)
+        return session
 
     def _uicc_quirks(
         self, name: str, inner: Callable[[AtRequest], Awaitable[list[str] | None]]
     ) -> Callable[[AtRequest], Awaitable[list[str] | None]]:
         dialect = self.dialect
 
+        prefix = name + ": "
+
         async def answer(request: AtRequest) -> list[str] | None:
-            if request.kind is CommandKind.TEST and not dialect.uicc_test_forms:
+            if request.kind is CommandKind.TEST and name in dialect.no_test_forms:
                 raise AtCommandError()
-            return await inner(request)
+            if (
+                dialect.session_handles
+                and name != "+CCHO"
+                and request.kind is CommandKind.SET
+                and request.args
+            ):
+                session = self.session_of(request.args[0])
+                request = replace(request, args=(session, *request.args[1:]))
+            lines = await inner(request)
+            if request.kind is not CommandKind.SET or not lines:
+                return lines
+            if dialect.session_handles and name == "+CCHO":
+                lines = [prefix + self.handle_of(int(line[len(prefix) :])) for line in lines]
+            if dialect.bare_uicc_answers and name in ("+CCHO", "+CGLA"):
+                lines = [line.removeprefix(prefix) for line in lines]
+            return lines
 
         return answer
 

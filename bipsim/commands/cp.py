@@ -110,13 +110,15 @@ if TYPE_CHECKING:
 )
 @click.option(
     "--dialect",
-    type=click.Choice(["generic", "quectel", "simcom", "ublox", "telit"]),
+    type=click.Choice(["generic", "quectel", "simcom", "ublox", "telit", "fibocom", "sierra", "dell"]),
     default="generic",
     show_default=True,
     help="The vendor AT dialect the modem speaks (docs/protocols.md, 'Vendor dialects'): generic (3GPP TS 27.007 "
     "as it is), or the identification, SIM-state URCs (+QSIMSTAT, +SIMCARD, +UUSIMSTAT, #QSS), ICCID command, "
     "+CCHO/+CGLA quirks, settings (+QCFG) and boot URCs of a Quectel, SIMCom, u-blox or Telit module, each after "
-    "its public AT manual.",
+    "its public AT manual; fibocom (FM350-GL: +CCHO and +CGLA answered bare, without their prefix), sierra "
+    "(MC7455: +CCHO's session id is a 16-digit hex handle; no +CGLA=?) or dell (DW5821e: no +CCHO/+CCHC/+CGLA, "
+    "logical channels only through +CSIM), as lpac's issues record those modules.",
 )
 @click.option(
     "--card2",
