@@ -166,8 +166,8 @@ DIALECTS: dict[str, Dialect] = {
         iccid_prefix="#CCID: ",
     ),
     # The three rows below follow the public record of what hosts meet (lpac's issues), not a full vendor manual:
-    # the identification strings are those the modules answer in published transcripts; the vendors' public AT
-    # manuals that state E/V/Q factory settings were not at hand, so these keep V.250's defaults (E1 V1 Q0).
+    # the identification strings are those the modules answer in published transcripts. Like the rows above, they
+    # keep V.250's E1 V1 Q0: no source a row cites states other factory settings for its module.
     "fibocom": Dialect(
         "fibocom",
         "Fibocom FM350-GL as lpac issues #179 and #209 record it (AT+CCHO and AT+CGLA answered bare)",

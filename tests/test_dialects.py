@@ -1,6 +1,8 @@
 """Vendor AT dialects (cp/dialects.py): one table row per dialect of what a host sees — identification, the ICCID
 command, the SIM-state report and its URCs when the card is pulled and put back, the logical-channel quirks, the
-+QCFG-style settings and the boot URCs — checked over a memory stream against the simulated card."""
++QCFG-style settings, the boot URCs and the E/V/Q defaults — checked over a memory stream against the simulated
+card; and per logical-channel quirk (lpac issues #138, #139, #164, #179, #209) a host opening the ARA-M's channel the
+way lpac does on that module."""
 
 from __future__ import annotations
 
