@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from bipsim.cp.network import PdpError
 from bipsim.link.at_server import AtCommandError, AtServer, CmeError, Handler, ResultCode
 from bipsim.link.at_syntax import AtRequest, CommandKind
 from bipsim.link.cmux_frame import MSC_RTC
@@ -35,6 +36,7 @@ from bipsim.net.ppp import (
     PROTO_PAP,
     Authenticated,
     AuthMethod,
+    Credentials,
     FrameDropped,
     FrameReceived,
     FrameSent,
@@ -59,7 +61,9 @@ if TYPE_CHECKING:
 
 GPRS_SC = "*99"  # the GPRS service code of the dial string (27.007 10.2.1.1)
 DEFAULT_APN = "internet"
-DEFAULT_METHODS = (AuthMethod.CHAP, AuthMethod.PAP)
+# without +CGAUTH the host's own credentials activate the context: PAP asked first (it hands them over as they
+# are), CHAP when the host naks PAP (the network checks its response: docs/protocols.md "Data calls")
+HOST_METHODS = (AuthMethod.PAP, AuthMethod.CHAP)
 ESCAPE_CHAR = 0x2B  # S2's default, "+"
 DEFAULT_S12 = 50  # guard time in fiftieths of a second: 1 s
 CME_NOT_SUPPORTED = 4
@@ -98,6 +102,10 @@ def parse_dial(dial: str) -> tuple[str, list[int]] | None:
     return l2p, cids
 
 
+class _BearerBusy(Exception):
+    """The context's radio bearer could not be had (its address carries another bearer: the card's BIP)."""
+
+
 # --- the escape sequence ---------------------------------------------------------------------------------------
 
 
@@ -116,13 +124,13 @@ class EscInput(Enum):
     OTHER = "other byte"
 
 
-# (state, input) -> state; what is not here goes back to DATA with the held characters passed on as data
+# (state, input) -> state; what is not here goes back to DATA with the held characters passed on as data (a plus
+# after a guard time of silence starts a new count there: the three escape characters come within one guard time
+# of each other, docs/protocols.md "Data calls")
 ESCAPE_TABLE: dict[tuple[Escape, EscInput], Escape] = {
     (Escape.DATA, EscInput.PLUS_AFTER_GUARD): Escape.ONE,
     (Escape.ONE, EscInput.PLUS): Escape.TWO,
-    (Escape.ONE, EscInput.PLUS_AFTER_GUARD): Escape.TWO,
     (Escape.TWO, EscInput.PLUS): Escape.THREE,
-    (Escape.TWO, EscInput.PLUS_AFTER_GUARD): Escape.THREE,
 }
 
 
@@ -199,14 +207,16 @@ CALL_TABLE: dict[tuple[CallState, CallEvent], CallState] = {
 
 @dataclass
 class DataCall:
-    """One data call: its context, its PPP link, the radio bearer's end, and where its AT server is."""
+    """One data call: its context, its PPP link, the radio bearer's end, and where its AT server is. Context,
+    end and scope are None until the host's credentials activated the context (no +CGAUTH for it)."""
 
     cid: int
-    context: PdpContext
+    context: PdpContext | None
     conn: PppConnection
     server: AtServer
-    end: LinkEnd
-    scope: trio.CancelScope
+    end: LinkEnd | None
+    scope: trio.CancelScope | None
+    apn: str = DEFAULT_APN
     state: CallState = CallState.ONLINE
     reason: str = ""
     write_lock: trio.Lock = field(default_factory=trio.Lock)
@@ -336,7 +346,8 @@ class DataCommands:
         """H: ends this line's suspended data call (LCP Terminate-Request first), then what the set before does."""
         call = self.calls.get(server)
         if call is not None:
-            await self._terminate(call, "ATH")
+            # online command state: the line is AT's, so no LCP Terminate-Request goes into it (V.250 6.3.6)
+            self._end(call, "ATH", announce=False)
             if previous is None:
                 return None
         if previous is None:
@@ -380,39 +391,100 @@ class DataCommands:
             cid = min(definitions) if definitions else 1
         if not 1 <= cid <= 16:
             raise CmeError(CME_BAD_PARAMETERS)
-        apn = definitions[cid][1] if cid in definitions else DEFAULT_APN
+        apn = (definitions[cid][1] if cid in definitions else DEFAULT_APN) or DEFAULT_APN
         auth = core.authentications.get(cid)
-        user, password = (auth[1], auth[2]) if auth else core.network.config.apns.get(apn.lower(), ("", ""))
-        from bipsim.cp.commands import PDP_CME
-        from bipsim.cp.network import PdpError
-
-        try:
-            context = core.network.activate(apn or DEFAULT_APN, user, password, cid=cid)
-        except PdpError as exc:
-            raise CmeError(PDP_CME.get(exc.cause, CME_GPRS)) from exc
-        try:
-            end, scope = await self._bearer(plane, context)
-        except ValueError as exc:  # the context's address carries another bearer already (the card's BIP)
-            raise CmeError(CME_NOT_ALLOWED) from exc
-        self._count += 1
         gateway = IPv4Address(core.network.gateway)
-        # +CGAUTH's <auth_prot> (27.007 10.1.31): 1 PAP only, 2 CHAP only; otherwise CHAP, then PAP if the host asks
-        methods = {1: (AuthMethod.PAP,), 2: (AuthMethod.CHAP,)}.get(auth[0] if auth else -1, DEFAULT_METHODS)
-        conn = PppConnection(
-            gateway,
-            IPv4Address(context.address),
-            tuple(IPv4Address(d) for d in context.dns),
-            user,
-            password,
-            auth_methods=methods,
-            config=self.config,
-            rng=random.Random(f"ppp/{self._count}"),
-        )
-        call = DataCall(cid, context, conn, server, end, scope)
+        self._count += 1
+        rng = random.Random(f"ppp/{self._count}")
+        if auth is not None:
+            # +CGAUTH (27.007 10.1.31) gave the credentials: the context is activated now and the host is not
+            # asked to authenticate (the modem would have nothing to check its answer against)
+            from bipsim.cp.commands import PDP_CME
+
+            try:
+                context, end, scope = await self._activate(plane, apn, cid, auth[1], auth[2])
+            except PdpError as exc:
+                raise CmeError(PDP_CME.get(exc.cause, CME_GPRS)) from exc
+            except _BearerBusy as exc:
+                raise CmeError(CME_NOT_ALLOWED) from exc
+            conn = PppConnection(
+                gateway,
+                IPv4Address(context.address),
+                tuple(IPv4Address(d) for d in context.dns),
+                auth_methods=(),
+                config=self.config,
+                rng=rng,
+            )
+            call = DataCall(cid, context, conn, server, end, scope, apn=apn)
+            summary = f"data call on context {cid} ({context.address})"
+        else:
+            # the host's PAP/CHAP answer activates the context (the network checks it), as modems do
+            conn = PppConnection(
+                gateway,
+                IPv4Address(0),
+                auth_methods=HOST_METHODS,
+                config=self.config,
+                rng=rng,
+                relay_auth=True,
+            )
+            call = DataCall(cid, None, conn, server, None, None, apn=apn)
+            summary = f"data call on context {cid}: the host's credentials activate it"
         self.calls[server] = call
-        self._trace_call(call, "connect", f"data call on context {cid} ({context.address})", apn=apn)
+        self._trace_call(call, "connect", summary, apn=apn)
         server.after_response(lambda: self._begin(call))
         raise ResultCode("CONNECT")
+
+    async def _activate(
+        self,
+        plane: PacketPlane,
+        apn: str,
+        cid: int,
+        user: str,
+        password: str,
+        chap: tuple[int, bytes, bytes] | None = None,
+    ) -> tuple[PdpContext, LinkEnd, trio.CancelScope]:
+        """Activates the context and opens its bearer; what this activated is deactivated again when the bearer
+        cannot be had. PdpError (the network's cause) or _BearerBusy."""
+        network = self.core.network
+        before = network.contexts.get(cid)
+        context = network.activate(apn, user, password, cid=cid, chap=chap)
+        created = context is not before
+        try:
+            end, scope = await self._bearer(plane, context)
+        except (ValueError, CmeError) as exc:  # the address carries another bearer already (the card's BIP)
+            if created and network.contexts.get(cid) is context:
+                network.deactivate(cid, "data call: no bearer")
+            raise _BearerBusy(str(exc)) from exc
+        return context, end, scope
+
+    async def _authorize(self, call: DataCall, credentials: Credentials) -> None:
+        """The host's credentials: activate the call's context with them; the host hears the network's verdict
+        (PAP Ack/Nak, CHAP Success/Failure). A refusal ends the call (NO CARRIER) with the cause for +CEER."""
+        plane = self.plane
+        now = trio.current_time()
+        try:
+            if plane is None:
+                raise _BearerBusy("no packet plane")
+            context, end, scope = await self._activate(
+                plane, call.apn, call.cid, credentials.user, credentials.password, credentials.chap
+            )
+        except (PdpError, _BearerBusy) as exc:
+            cause = f"PDP activation of <cid> {call.cid} rejected: {exc}"
+            self.core.last_cause = cause
+            self._trace_call(call, "activation_failed", cause, error=True, user=credentials.user)
+            events = call.conn.authorize(False, now, reason=str(exc))
+        else:
+            call.context, call.end, call.scope = context, end, scope
+            if call.ended:  # the call ended while the bearer came up
+                self._release(call, "the call ended during activation")
+                return
+            events = call.conn.authorize(
+                True,
+                now,
+                address=IPv4Address(context.address),
+                dns=tuple(IPv4Address(d) for d in context.dns),
+            )
+        await self._events(call, events)
 
     async def _bearer(self, plane: PacketPlane, context: PdpContext) -> tuple[LinkEnd, trio.CancelScope]:
         """The context's radio link to the gateway, its packets for the host's PPP link."""
@@ -447,6 +519,9 @@ class DataCommands:
             try:
                 ip_packet = await end.receive()
             except (trio.EndOfChannel, trio.ClosedResourceError):
+                gone = next((c for c in self.calls.values() if c.end is end), None)
+                if gone is not None and not gone.ended:  # the radio bearer went, not the call's own end
+                    self._ended_elsewhere(gone, "the radio bearer went away")
                 return
             call = next((c for c in self.calls.values() if c.end is end), None)
             if call is None or call.ended:
@@ -545,11 +620,14 @@ class DataCommands:
             self._trace(call, event)
             if isinstance(event, IpPacket):
                 try:
-                    call.end.send_nowait(event.packet)
+                    if call.end is not None:
+                        call.end.send_nowait(event.packet)
                 except trio.ClosedResourceError:
                     pass
             elif isinstance(event, LinkDown):
                 self._end(call, event.reason)
+            elif isinstance(event, Credentials) and not call.ended:
+                await self._authorize(call, event)
         data = call.conn.data_to_send()
         if data and not call.server.gone:
             async with call.write_lock:
@@ -566,9 +644,12 @@ class DataCommands:
         await self._events(call, events)
         self._end(call, reason)
 
-    def _end(self, call: DataCall, reason: str) -> None:
+    def _end(self, call: DataCall, reason: str, *, announce: bool = True) -> None:
+        """The call is over. In online data state its loop says NO CARRIER; in online command state nobody
+        would, so it goes out here unsolicited (V.250 5.7.2) unless `announce` is off (ATH answers OK)."""
         if call.ended:
             return
+        suspended = call.state is CallState.COMMAND
         call.fire(CallEvent.END)
         call.reason = reason
         counters = call.conn.counters
@@ -577,10 +658,6 @@ class DataCommands:
         total[1] += counters.rx_bytes
         if self.calls.get(call.server) is call:
             del self.calls[call.server]
-        call.end.close()
-        call.scope.cancel()
-        if self.plane is not None and self.plane.pgw is not None:
-            self.plane.pgw.detach(IPv4Address(call.context.address), reason)
         self._trace_call(
             call,
             "ended",
@@ -590,16 +667,40 @@ class DataCommands:
             rx_bytes=counters.rx_bytes,
             dropped_in_command_mode=call.dropped_down,
         )
-        if call.cid in self.core.network.contexts:
+        self._release(call, reason)
+        nursery = self.plane._nursery if self.plane is not None else None
+        if suspended and announce and not call.server.gone and nursery is not None:
+            nursery.start_soon(call.server.send_result, "NO CARRIER")
+
+    def _release(self, call: DataCall, reason: str) -> None:
+        """The call's bearer and its context."""
+        if call.end is not None:
+            call.end.close()
+        if call.scope is not None:
+            call.scope.cancel()
+        context = call.context
+        if context is None:
+            return
+        if self.plane is not None and self.plane.pgw is not None:
+            self.plane.pgw.detach(IPv4Address(context.address), reason)
+        if self.core.network.contexts.get(call.cid) is context:
             self.core.network.deactivate(call.cid, "data call ended")
 
     def _deactivated(self, context: PdpContext, reason: str) -> None:
         for call in list(self.calls.values()):
+            if call.context is None:
+                continue
             if call.context is context or call.context.address == context.address and call.cid == context.cid:
-                call.conn.close(f"context deactivated: {reason}", trio.current_time())
-                call.last_words = call.conn.data_to_send()  # its Terminate-Request, sent before NO CARRIER
-                self._end(call, f"context deactivated: {reason}")
-                call.wake()
+                self._ended_elsewhere(call, f"context deactivated: {reason}")
+
+    def _ended_elsewhere(self, call: DataCall, reason: str) -> None:
+        """The network ended the call: online, the host gets a Terminate-Request before NO CARRIER from the
+        call's loop; in online command mode no PPP goes into the AT line and NO CARRIER comes unsolicited."""
+        if call.online:
+            call.conn.close(reason, trio.current_time())
+            call.last_words = call.conn.data_to_send()
+        self._end(call, reason)
+        call.wake()
 
     # --- traces ---
     def _ends(self, call: DataCall, incoming: bool) -> tuple[Actor, Actor]:

@@ -22,6 +22,8 @@ DOWNLOAD) for the card.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -169,15 +171,31 @@ class CellularNetwork:
             for listener in self.listeners:
                 listener(status)
 
-    def activate(self, apn: str, user: str = "", password: str = "", cid: int | None = None) -> PdpContext:
-        """Activates a packet data context, or raises PdpError with the network's cause."""
+    def activate(
+        self,
+        apn: str,
+        user: str = "",
+        password: str = "",
+        cid: int | None = None,
+        *,
+        chap: tuple[int, bytes, bytes] | None = None,
+    ) -> PdpContext:
+        """Activates a packet data context, or raises PdpError with the network's cause. `chap` is a host's CHAP-MD5
+        (identifier, challenge, response) in place of the password: the network checks it against the APN's
+        secret (RFC 1994 4.1, carried in the PCO of TS 24.008 10.5.6.3)."""
         if not self.registered:
             raise PdpError(SmCause.ACTIVATION_REJECTED_UNSPECIFIED, "not registered")
         self.attach()  # an activation attaches first (27.007 10.1.10)
         credentials = self.config.apns.get(apn.lower())
         if credentials is None:
             raise PdpError(SmCause.MISSING_OR_UNKNOWN_APN, f"unknown APN {apn!r}")
-        if (user, password) != credentials:
+        if chap is not None:
+            ident, challenge, response = chap
+            expected = hashlib.md5(bytes((ident,)) + credentials[1].encode() + challenge).digest()
+            matches = user == credentials[0] and hmac.compare_digest(expected, response)
+        else:
+            matches = (user, password) == credentials
+        if not matches:
             raise PdpError(SmCause.USER_AUTHENTICATION_FAILED, f"wrong user or password for APN {apn!r}")
         if cid is not None and cid in self.contexts:
             active = self.contexts[cid]

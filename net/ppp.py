@@ -584,6 +584,19 @@ class Authenticated:
 
 
 @dataclass(frozen=True)
+class Credentials:
+    """The host's credentials, for the network to check (`PppConnection(relay_auth=True)`): the caller activates
+    the context with them and answers `authorize`. `method` "none" when the host authenticates with nothing (it
+    rejected our Authentication-Protocol); `chap` is (identifier, challenge, response) of a CHAP-MD5 exchange,
+    whose secret the modem never sees (the network checks it, as TS 24.008 10.5.6.3's PCO carry it)."""
+
+    method: str
+    user: str
+    password: str = ""
+    chap: tuple[int, bytes, bytes] | None = None
+
+
+@dataclass(frozen=True)
 class NetworkUp:
     """IPCP opened: the host's address and the DNS servers it was given."""
 
@@ -619,6 +632,7 @@ PppEvent = (
     | FrameDropped
     | LinkUp
     | Authenticated
+    | Credentials
     | NetworkUp
     | IpPacket
     | ProtocolRejected
@@ -777,6 +791,11 @@ class Lcp(Negotiation):
 
     def reject_received(self, options: list[Option]) -> None:
         for kind, _ in options:
+            if kind == OPT_AUTH and self.conn.relay_auth:
+                # the network decides: the host goes on without credentials, as a modem lets it
+                self.auth = AuthMethod.NONE
+                self.asking.discard(kind)
+                continue
             if kind == OPT_AUTH:
                 self.conn._fail("the host refuses to authenticate")
                 return
@@ -885,7 +904,9 @@ class Counters:
 class PppConnection:
     """The network side of one PPP link. `open` starts LCP (the modem speaks first after CONNECT); feed the host's
     bytes to `receive_data`, call `handle_timer` at `deadline`, send `data_to_send()`, and `send_ip` the packets
-    toward the host. `user`/`password` are the context's: with a user or password the host must authenticate."""
+    toward the host. `user`/`password` are the context's: with a user or password the host must authenticate.
+    With `relay_auth` the modem checks nothing: the host's PAP/CHAP answer (or none) comes out as Credentials and
+    the link waits in the authentication phase for `authorize` (the network's verdict on the activation)."""
 
     local_address: IPv4Address
     peer_address: IPv4Address
@@ -896,9 +917,10 @@ class PppConnection:
     config: PppConfig = field(default_factory=PppConfig)
     rng: random.Random = field(default_factory=lambda: random.Random(0))
     name: str = "bipsim"
+    relay_auth: bool = False
 
     def __post_init__(self) -> None:
-        if not (self.user or self.password):
+        if not (self.user or self.password) and not self.relay_auth:
             self.auth_methods = ()
         self.deframer = Deframer(max_frame=self.config.max_frame)
         self._out = bytearray()
@@ -914,6 +936,13 @@ class PppConnection:
         self._chap_challenge = b""
         self._chap_deadline: float | None = None
         self._chap_tries = 0
+        self._chap_verdict: bytes | None = (
+            None  # the Success/Failure sent, repeated to a retransmitted Response
+        )
+        self._pending: tuple[AuthMethod, int] | None = None  # credentials out, awaiting `authorize`
+        self._pending_user = ""
+        self._held_ipcp: bytes | None = None
+        self._pap_verdict: tuple[bool, bytes] = (False, b"")
         self.now = 0.0
 
     # --- the caller's side ---
@@ -962,6 +991,49 @@ class PppConnection:
                 Authenticated(False, self.lcp.auth.value, "", "the host did not authenticate")
             )
             self._fail("the host did not authenticate in time")
+        return self._take()
+
+    def authorize(
+        self,
+        ok: bool,
+        now: float,
+        *,
+        address: IPv4Address | None = None,
+        dns: tuple[IPv4Address, ...] | None = None,
+        reason: str = "",
+    ) -> list[PppEvent]:
+        """The network's verdict on the Credentials given out: the host's PAP Ack/Nak or CHAP Success/Failure,
+        then IPCP with `address`/`dns` (the activated context's) or the link's end (RFC 1334 2.2, RFC 1994 4.2)."""
+        self.now = now
+        pending, self._pending = self._pending, None
+        if pending is None or self.dead:
+            return self._take()
+        method, ident = pending
+        if address is not None:
+            self.peer_address = address
+        if dns is not None:
+            self.dns = dns
+        message = b"welcome" if ok else (reason or "activation rejected").encode("latin-1", "replace")[:200]
+        if method is AuthMethod.PAP:
+            self._pap_verdict = (ok, message)
+            self._send(PROTO_PAP, packet(2 if ok else 3, ident, bytes((len(message),)) + message))
+        elif method is AuthMethod.CHAP:
+            self._chap_verdict = packet(3 if ok else 4, ident, message)
+            self._send(PROTO_CHAP, self._chap_verdict)
+        if method is AuthMethod.NONE:
+            if ok:
+                self._phase(PhaseEvent.AUTHENTICATED)
+                self._network_phase()
+            else:
+                self._fail(reason or "activation rejected")
+        else:
+            self._authenticated(ok, method, self._pending_user, reason)
+        held, self._held_ipcp = self._held_ipcp, None
+        if held is not None and ok and self.phase is Phase.NETWORK:
+            try:
+                self.ipcp.receive(held, now)
+            except PppError as exc:
+                self._drop(f"malformed: {exc}", held)
         return self._take()
 
     def data_to_send(self) -> bytes:
@@ -1037,6 +1109,10 @@ class PppConnection:
 
     def _phase_frame(self, protocol: int, info: bytes, frame: bytes) -> None:
         if protocol == PROTO_IPCP:
+            if self._pending is not None and self.relay_auth:
+                # the network is deciding: the host's eager IPCP is kept for the network phase, not lost
+                self._held_ipcp = info
+                return
             if self.phase is not Phase.NETWORK:
                 self._drop("IPCP before the network phase", frame)  # RFC 1661 3.4-3.5
                 return
@@ -1052,6 +1128,10 @@ class PppConnection:
                 self._drop(f"{method.value} while {self.lcp.auth.value} was negotiated", frame)
             elif self.phase is Phase.NETWORK and method is AuthMethod.PAP and self.lcp.auth is AuthMethod.PAP:
                 self._pap(info, repeat=True)  # the host did not hear our Ack: answer again
+            elif (
+                self.phase is Phase.NETWORK and method is AuthMethod.CHAP and self.lcp.auth is AuthMethod.CHAP
+            ):
+                self._chap_again(info, frame)
             else:
                 self._drop(f"{method.value} outside the authentication phase", frame)
             return
@@ -1092,6 +1172,11 @@ class PppConnection:
         if OPT_ACCM in lcp.asking:
             self.deframer.accm = lcp.our_accm
         self._events.append(LinkUp(lcp.peer_mru, lcp.magic, lcp.auth.value))
+        if lcp.auth is AuthMethod.NONE and self.relay_auth:
+            self._phase(PhaseEvent.LCP_UP_AUTH)  # the network still decides, on no credentials
+            self._pending, self._pending_user = (AuthMethod.NONE, 0), ""
+            self._events.append(Credentials(AuthMethod.NONE.value, ""))
+            return
         if lcp.auth is AuthMethod.NONE:
             self._phase(PhaseEvent.LCP_UP)
             self._network_phase()
@@ -1104,6 +1189,7 @@ class PppConnection:
 
     def _lcp_down(self) -> None:
         self.network_open = False
+        self._pending = self._held_ipcp = None
         self._phase(PhaseEvent.LCP_DOWN)
         self.ipcp.down(self.now)
 
@@ -1154,6 +1240,17 @@ class PppConnection:
         except (PppError, IndexError) as exc:
             self._drop(f"malformed PAP: {exc}", info)
             return
+        if self.relay_auth:
+            if repeat:  # the host did not hear our verdict: the same again
+                ok, message = self._pap_verdict
+                self._send(PROTO_PAP, packet(2 if ok else 3, ident, bytes((len(message),)) + message))
+            elif self._pending is None:
+                self._auth_deadline = None
+                self._pending, self._pending_user = (AuthMethod.PAP, ident), user.decode("latin-1")
+                self._events.append(
+                    Credentials(AuthMethod.PAP.value, user.decode("latin-1"), password.decode("latin-1"))
+                )
+            return
         ok = (user.decode("latin-1"), password.decode("latin-1")) == (self.user, self.password)
         message = b"welcome" if ok else b"wrong user or password"
         self._send(PROTO_PAP, packet(2 if ok else 3, ident, bytes((len(message),)) + message))
@@ -1186,15 +1283,39 @@ class PppConnection:
         if ident != self._chap_ident:
             self._drop("CHAP Response to another Challenge", info)
             return
+        if self.relay_auth:
+            if self._pending is None:
+                self._chap_deadline = self._auth_deadline = None
+                self._pending, self._pending_user = (AuthMethod.CHAP, ident), user
+                self._events.append(
+                    Credentials(AuthMethod.CHAP.value, user, chap=(ident, self._chap_challenge, value))
+                )
+            return
         expected = hashlib.md5(bytes((ident,)) + self.password.encode() + self._chap_challenge).digest()
         ok = value == expected and user == self.user
         message = b"welcome" if ok else b"wrong user or password"
-        self._send(PROTO_CHAP, packet(3 if ok else 4, ident, message))
+        self._chap_verdict = packet(3 if ok else 4, ident, message)
+        self._send(PROTO_CHAP, self._chap_verdict)
         self._chap_deadline = None
         self._authenticated(ok, AuthMethod.CHAP, user)
 
-    def _authenticated(self, ok: bool, method: AuthMethod, user: str) -> None:
-        self._events.append(Authenticated(ok, method.value, user, "" if ok else "wrong user or password"))
+    def _chap_again(self, info: bytes, frame: bytes) -> None:
+        """A Response to the Challenge already answered: the same Success again (RFC 1994 4.1: the Success
+        may be lost, the authenticator answers the retransmission in kind)."""
+        try:
+            code, ident, _ = parse_packet(info)
+        except PppError as exc:
+            self._drop(f"malformed CHAP: {exc}", frame)
+            return
+        verdict = self._chap_verdict
+        if code != 2 or ident != self._chap_ident or verdict is None or verdict[0] != 3:
+            self._drop("CHAP outside the authentication phase", frame)
+            return
+        self._send(PROTO_CHAP, verdict)
+
+    def _authenticated(self, ok: bool, method: AuthMethod, user: str, reason: str = "") -> None:
+        reason = reason or "wrong user or password"
+        self._events.append(Authenticated(ok, method.value, user, "" if ok else reason))
         if ok:
             self._phase(PhaseEvent.AUTHENTICATED)
             self._network_phase()

@@ -3,6 +3,7 @@ RFC 1877 DNS; scapy's PPP layers build and read the peer's packets."""
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from ipaddress import IPv4Address
 
@@ -25,6 +26,8 @@ from bipsim.net.hdlc import Deframer, Frame, encode_frame, strip_address
 from bipsim.net.ppp import (
     TABLE,
     Action,
+    AuthMethod,
+    Credentials,
     Event,
     FrameDropped,
     LinkDown,
@@ -311,3 +314,73 @@ def test_compressed_address_and_protocol_fields_after_lcp_opened() -> None:
     packet = bytes.fromhex("450000140001000040ff0000c6336407c6336401")
     events = conn.receive_data(encode_frame(b"\x21" + packet, accm=0), 1.0)
     assert [e.packet for e in events if hasattr(e, "packet")] == [packet]
+
+
+def _chap_challenge(peer: Peer) -> tuple[int, bytes]:
+    frames = peer.frames()
+    challenge = next(bytes(f[PPP].payload) for f in frames if f[PPP].proto == 0xC223)
+    assert challenge[0] == 1  # Challenge
+    size = challenge[4]
+    return challenge[1], challenge[5 : 5 + size]
+
+
+def _chap_response(ident: int, secret: str, challenge: bytes, name: str) -> PPP:
+    value = hashlib.md5(bytes((ident,)) + secret.encode() + challenge).digest()  # RFC 1994 4.1
+    body = bytes((16,)) + value + name.encode()
+    return PPP(proto=0xC223) / (struct.pack("!BBH", 2, ident, 4 + len(body)) + body)
+
+
+def test_a_chap_response_retransmitted_after_success_gets_the_success_again() -> None:
+    """RFC 1994 4.1: the Success may be lost; the same Response again is answered with the same Success."""
+    conn, peer = connection(user="ota", password="secret", auth_methods=(AuthMethod.CHAP,))
+    open_lcp(conn, peer)
+    ident, challenge = _chap_challenge(peer)
+    response = _chap_response(ident, "secret", challenge, "ota")
+    peer.send(response)
+    (success, *_) = [f for f in peer.frames() if f[PPP].proto == 0xC223]
+    assert bytes(success[PPP].payload)[:2] == bytes((3, ident))
+    peer.send(response)
+    again = [bytes(f[PPP].payload) for f in peer.frames() if f[PPP].proto == 0xC223]
+    assert again == [bytes(success[PPP].payload)]
+    assert not any(isinstance(e, FrameDropped) for e in peer.events)
+
+
+def test_relayed_credentials_wait_for_the_networks_verdict() -> None:
+    """relay_auth: the host's CHAP answer comes out as Credentials (identifier, challenge, response); nothing is
+    answered until `authorize`, whose address IPCP then gives; the host's early IPCP request is answered then."""
+    conn = PppConnection(GATEWAY, IPv4Address(0), relay_auth=True, auth_methods=(AuthMethod.CHAP,))
+    peer = Peer(conn)
+    peer.events += conn.open(0.0)
+    open_lcp(conn, peer)
+    ident, challenge = _chap_challenge(peer)
+    peer.send(_chap_response(ident, "whatever", challenge, "ota"))
+    (credentials,) = [e for e in peer.events if isinstance(e, Credentials)]
+    assert credentials.method == "chap" and credentials.user == "ota"
+    assert credentials.chap == (
+        ident,
+        challenge,
+        _chap_response(ident, "whatever", challenge, "ota").load[5:21],
+    )
+    assert peer.frames() == []  # no verdict yet
+    ipcp = PPP_IPCP(code=1, id=3, options=[PPP_IPCP_Option_IPAddress(data="0.0.0.0")])
+    peer.send(PPP(proto=0x8021) / ipcp)
+    assert peer.frames() == []
+    peer.events += conn.authorize(True, 1.0, address=HOST, dns=(GATEWAY,))
+    out = peer.frames()
+    assert bytes(out[0][PPP].payload)[:2] == bytes((3, ident))  # Success
+    nak = next(f for f in out if f[PPP].proto == 0x8021 and code(f) == 3)
+    assert HOST.packed in bytes(nak[PPP].payload)
+
+
+def test_a_refused_activation_ends_the_link() -> None:
+    conn = PppConnection(GATEWAY, IPv4Address(0), relay_auth=True, auth_methods=(AuthMethod.PAP,))
+    peer = Peer(conn)
+    peer.events += conn.open(0.0)
+    open_lcp(conn, peer)
+    peer.frames()
+    body = b"\x03ota\x05wrong"
+    peer.send(PPP(proto=0xC023) / (struct.pack("!BBH", 1, 9, 4 + len(body)) + body))
+    assert [e for e in peer.events if isinstance(e, Credentials)][0].password == "wrong"
+    peer.events += conn.authorize(False, 1.0, reason="SM cause #29")
+    codes = [(f[PPP].proto, code(f)) for f in peer.frames()]
+    assert codes == [(0xC023, 3), (0xC021, 5)]  # Authenticate-Nak, Terminate-Request

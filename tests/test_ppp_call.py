@@ -90,6 +90,9 @@ class HostPpp:
     user: str = ""
     password: str = ""
     prefer_pap: bool = False
+    prefer_chap: bool = False  # naks the modem's PAP, suggesting CHAP-MD5 (RFC 1661 6.2)
+    refuse_auth: bool = False  # rejects the Authentication-Protocol option (a host without secrets)
+    sent: list[tuple[int, bytes]] = field(default_factory=list)
     magic: int = 0x1234ABCD
     frames: list[tuple[int, bytes]] = field(default_factory=list)
     address: IPv4Address | None = None
@@ -107,6 +110,7 @@ class HostPpp:
     escaped_ok: bool = True
 
     def send(self, protocol: int, payload: bytes) -> None:
+        self.sent.append((protocol, payload))
         self.out += host_frame(protocol, payload)
 
     def start(self) -> None:
@@ -167,6 +171,12 @@ class HostPpp:
             auth = next((value for kind, value in opts if kind == 3), None)
             if auth is not None and self.prefer_pap and auth[:2] != b"\xc0\x23":
                 self.send(0xC021, control(3, ident, options([(3, b"\xc0\x23")])))
+                return
+            if auth is not None and self.refuse_auth:
+                self.send(0xC021, control(4, ident, options([(3, auth)])))
+                return
+            if auth is not None and self.prefer_chap and auth[:2] != b"\xc2\x23":
+                self.send(0xC021, control(3, ident, options([(3, b"\xc2\x23\x05")])))
                 return
             if auth is not None:
                 self.auth = "pap" if auth[:2] == b"\xc0\x23" else "chap"
@@ -374,6 +384,17 @@ def test_escape_needs_the_guard_time_both_sides() -> None:
     assert mid.deadline is None
 
 
+def test_pluses_further_apart_than_the_guard_time_are_no_escape() -> None:
+    """Each plus after a guard time of silence starts the count anew: `+ (2 s) + (2 s) +` is no +++."""
+    detector = EscapeDetector(1.0, now=0.0)
+    assert detector.feed(b"+", 2.0) == b""
+    assert detector.feed(b"+", 4.0) == b"+"  # the first plus was data; this one may begin an escape
+    assert detector.feed(b"+", 6.0) == b"+"
+    assert detector.deadline is None and not detector.expired(100.0)
+    assert detector.feed(b"++", 6.5) == b""  # with the held plus: +++ within one guard time
+    assert detector.expired(7.5)
+
+
 async def test_a_host_dials_gets_an_address_and_dns_and_fetches_a_page() -> None:
     body = b"hello through PPP " * 200
     async with rig() as r, trio.open_nursery() as nursery:
@@ -427,6 +448,12 @@ async def test_a_host_dials_gets_an_address_and_dns_and_fetches_a_page() -> None
         assert got.endswith(body) and got.startswith(b"HTTP/1.0 200 OK")
         kinds = {e.kind for e in r.tracer.events}
         assert {"ppp.lcp", "ppp.ipcp", "ppp.ip", "ppp.call"} <= kinds
+        # a fence: once the Echo-Reply is back the modem has read every byte before it, so the silence before
+        # +++ is at least the sleep below however the processes are scheduled
+        await r.host.send_all(host_frame(0xC021, control(9, 77, struct.pack("!I", host.magic))))
+        with trio.fail_after(10):
+            while not any(p == 0xC021 and d[0] == 10 and d[1] == 77 for p, d in host.frames):
+                host.feed(await r.host.receive_some(65536))
         await trio.sleep(0.15)  # the guard time before +++
         await r.host.send_all(b"+++")
         assert "OK" in await r.result(("OK",))
@@ -442,7 +469,7 @@ async def test_tshark_reads_the_ppp_pcap_without_malformed_frames(tmp_path: Path
     async with rig() as r:
         assert "OK" in await r.at('AT+CGDCONT=2,"IP","ota.bipsim"')
         assert "CONNECT" in await r.at("ATD*99***2#")
-        host = HostPpp(user="ota", password="secret")
+        host = HostPpp(user="ota", password="secret", prefer_chap=True)
         await negotiate(r, host)
         await r.host.send_all(host_frame(0x8057, control(1, 9, b"")))  # gets a Protocol-Reject
         with trio.fail_after(5):
@@ -467,26 +494,33 @@ async def test_tshark_reads_the_ppp_pcap_without_malformed_frames(tmp_path: Path
     assert {row[1] for row in rows} >= {"1", "0"} or {row[1] for row in rows} >= {"Sent", "Received"}
 
 
-@pytest.mark.parametrize("prefer_pap", [False, True])
-async def test_the_context_credentials_are_asked_by_chap_or_pap(prefer_pap: bool) -> None:
+@pytest.mark.parametrize("prefer_chap", [False, True])
+async def test_the_hosts_pap_or_chap_credentials_activate_the_context(prefer_chap: bool) -> None:
+    """No +CGAUTH: the modem asks PAP (CHAP when the host naks it) and activates the context with what the host
+    sent; the network, not the modem, knows the APN's secret."""
     async with rig() as r:
         assert "OK" in await r.at('AT+CGDCONT=2,"IP","ota.bipsim"')
         assert "CONNECT" in await r.at("ATD*99***2#")
-        host = HostPpp(user="ota", password="secret", prefer_pap=prefer_pap)
+        assert 2 not in r.network.contexts  # nothing to activate with before the host answers
+        host = HostPpp(user="ota", password="secret", prefer_chap=prefer_chap)
         await negotiate(r, host)
-        assert host.auth == ("pap" if prefer_pap else "chap")
+        first = next(d for p, d in host.frames if p == 0xC021 and d[0] == 1)
+        assert b"\x03\x04\xc0\x23" in first  # PAP asked first
+        assert host.auth == ("chap" if prefer_chap else "pap")
         assert str(host.address) == r.network.contexts[2].address
+        assert r.network.contexts[2].user == "ota"
         auth = [
             e for e in r.tracer.events if e.kind == "ppp.call" and e.fields.get("event") == "authenticated"
         ]
         assert auth and auth[0].fields["method"] == host.auth
 
 
-async def test_wrong_password_ends_the_call_with_no_carrier_and_at_is_served() -> None:
+@pytest.mark.parametrize("prefer_chap", [False, True])
+async def test_wrong_password_ends_the_call_with_no_carrier_and_at_is_served(prefer_chap: bool) -> None:
     async with rig() as r:
         assert "OK" in await r.at('AT+CGDCONT=2,"IP","ota.bipsim"')
         assert "CONNECT" in await r.at('AT+CGDATA="PPP",2')
-        host = HostPpp(user="ota", password="wrong", prefer_pap=True)
+        host = HostPpp(user="ota", password="wrong", prefer_chap=prefer_chap)
         host.start()
         text = b""
         with trio.fail_after(10):
@@ -497,17 +531,19 @@ async def test_wrong_password_ends_the_call_with_no_carrier_and_at_is_served() -
                 data = await r.host.receive_some(65536)
                 text += data
                 host.feed(data.split(b"\r\n")[0] if b"NO CARRIER" in data else data)
+        # the host heard the network's refusal: PAP Authenticate-Nak or CHAP Failure
+        assert any(p == (0xC223 if prefer_chap else 0xC023) and d[0] in (3, 4) for p, d in host.frames)
         assert "OK" in await r.at("AT")
-        assert 2 not in r.network.contexts  # the context went with the call
+        assert 2 not in r.network.contexts  # never activated
+        assert "SM cause #29" in await r.at("AT+CEER")  # user authentication failed (TS 24.008 10.5.6.6)
 
 
-async def test_escape_then_ato_then_ath() -> None:
+async def test_escape_then_ato_then_ath(autojump_clock: trio.testing.MockClock) -> None:
     async with rig() as r:
-        assert "OK" in await r.at("ATS12=5")  # 0.1 s guard time
         assert "CONNECT" in await r.at("ATD*99#")
         host = HostPpp()
         await negotiate(r, host)
-        await trio.sleep(0.15)
+        await trio.sleep(1.5)  # S12's 1 s guard time, on the mock clock
         await r.host.send_all(b"+++")
         assert "OK" in await r.result()  # after the second guard time: online command mode
         assert "OK" in await r.at("AT")
@@ -519,10 +555,36 @@ async def test_escape_then_ato_then_ath() -> None:
         with trio.fail_after(5):
             while not any(p == 0xC021 and d[0] == 10 for p, d in host.frames):
                 host.feed(await r.host.receive_some(65536))
-        await trio.sleep(0.15)
+        await trio.sleep(1.5)
         await r.host.send_all(b"+++")
         assert "OK" in await r.result()
-        assert "OK" in await r.at("ATH")
+        answer = await r.at("ATH")
+        assert answer == "\r\nOK\r\n"  # no LCP Terminate-Request into a line in command mode
+        assert 1 not in r.network.contexts
+        assert "NO CARRIER" in await r.at("ATO")
+
+
+@pytest.mark.parametrize("ender", ["context", "bearer"])
+async def test_a_call_ended_in_online_command_mode_says_no_carrier(
+    ender: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The network deactivates the context (or the bearer goes) while the line is in command mode: an unsolicited
+    NO CARRIER, and no PPP bytes into the AT line."""
+    async with rig() as r:
+        assert "CONNECT" in await r.at("ATD*99#")
+        host = HostPpp()
+        await negotiate(r, host)
+        await trio.sleep(1.5)
+        await r.host.send_all(b"+++")
+        assert "OK" in await r.result(("OK",))
+        if ender == "context":
+            assert r.network.network_deactivate(1, "test")
+        else:
+            plane = r.data.plane
+            assert plane is not None and plane.pgw is not None
+            plane.pgw.detach(IPv4Address(r.network.contexts[1].address), "test")
+        text = await r.result(("NO CARRIER",))
+        assert text == "\r\nNO CARRIER\r\n"
         assert 1 not in r.network.contexts
         assert "NO CARRIER" in await r.at("ATO")
 
@@ -607,13 +669,14 @@ async def test_dtr_drop_on_a_dlc_follows_and_d(dtr_mode: int) -> None:
             assert "OK" in await r.at("AT")
 
 
-async def test_garbage_in_the_guard_time_keeps_the_call_online() -> None:
+async def test_garbage_in_the_guard_time_keeps_the_call_online(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     async with rig() as r:
-        assert "OK" in await r.at("ATS12=5")
         assert "CONNECT" in await r.at("ATD*99#")
         host = HostPpp()
         await negotiate(r, host)
-        await trio.sleep(0.15)
+        await trio.sleep(1.5)
         await r.host.send_all(b"+++")
         await r.host.send_all(b"junk")  # within the guard time: the pluses were data
         await r.host.send_all(host_frame(0xC021, control(9, 5, struct.pack("!I", host.magic))))
@@ -797,17 +860,71 @@ async def test_a_data_call_on_cmux_dlc_1() -> None:
         nursery.cancel_scope.cancel()
 
 
-async def test_cgauth_pap_only_is_offered_first() -> None:
-    """+CGAUTH=<cid>,1,... (27.007 10.1.31: PAP): the modem asks PAP, not CHAP."""
+async def test_cgauth_activates_with_its_credentials_and_asks_the_host_nothing() -> None:
+    """+CGAUTH=<cid>,1,... (27.007 10.1.31): the context is activated with those credentials at the dial and the
+    host is not asked to authenticate."""
     async with rig() as r:
         assert "OK" in await r.at('AT+CGDCONT=2,"IP","ota.bipsim"')
         assert "OK" in await r.at('AT+CGAUTH=2,1,"ota","secret"')
         assert "CONNECT" in await r.at("ATD*99***2#")
-        host = HostPpp(user="ota", password="secret")
+        assert r.network.contexts[2].user == "ota"
+        host = HostPpp()
         await negotiate(r, host)
-        assert host.auth == "pap"
-        first = next(d for p, d in host.frames if p == 0xC021 and d[0] == 1)
-        assert b"\x03\x04\xc0\x23" in first  # Authentication-Protocol PAP in the first Configure-Request
+        assert host.auth == "none"
+        assert not any(p in (0xC023, 0xC223) for p, _ in host.frames)
+        assert not any(
+            kind == 3 for p, d in host.frames if p == 0xC021 and d[0] == 1 for kind, _ in read_options(d[4:])
+        )
+
+
+async def test_cgauth_with_wrong_credentials_refuses_the_dial() -> None:
+    async with rig() as r:
+        assert "OK" in await r.at("AT+CMEE=1")
+        assert "OK" in await r.at('AT+CGDCONT=2,"IP","ota.bipsim"')
+        assert "OK" in await r.at('AT+CGAUTH=2,1,"ota","wrong"')
+        assert "+CME ERROR: 149" in await r.at("ATD*99***2#", ("+CME ERROR", "CONNECT"))
+        assert 2 not in r.network.contexts
+
+
+@pytest.mark.parametrize("cgauth", [False, True])
+async def test_no_bearer_leaves_no_context_behind(cgauth: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The context's bearer cannot be had after the call activated it: the call deactivates what it created."""
+    async with rig() as r:
+
+        async def busy(*_: object) -> None:
+            raise ValueError("the address carries another bearer")
+
+        monkeypatch.setattr(r.data, "_bearer", busy)
+        if cgauth:
+            assert "OK" in await r.at('AT+CGAUTH=1,0,"",""')
+            assert "ERROR" in await r.at("ATD*99#", ("OK", "ERROR", "CONNECT"))
+        else:
+            assert "CONNECT" in await r.at("ATD*99#")
+            host = HostPpp()
+            host.start()
+            text = b""
+            with trio.fail_after(10):
+                while b"NO CARRIER" not in text:
+                    out = host.take()
+                    if out:
+                        await r.host.send_all(out)
+                    data = await r.host.receive_some(65536)
+                    text += data
+                    host.feed(data.split(b"\r\n")[0] if b"NO CARRIER" in data else data)
+            assert "another bearer" in await r.at("AT+CEER")
+        assert r.network.contexts == {}
+        assert "OK" in await r.at("AT")
+
+
+async def test_a_host_that_rejects_authentication_goes_on_without_credentials() -> None:
+    """A host with no secrets rejects the Authentication-Protocol option: the context is activated with none."""
+    async with rig() as r:
+        assert "CONNECT" in await r.at("ATD*99#")
+        host = HostPpp(refuse_auth=True)
+        await negotiate(r, host)
+        assert host.auth == "none"
+        assert any(p == 0xC021 and d[0] == 4 for p, d in host.sent)  # it did reject
+        assert str(host.address) == r.network.contexts[1].address
 
 
 def test_the_call_moves_only_by_its_table() -> None:
