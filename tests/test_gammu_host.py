@@ -5,10 +5,7 @@ against `bipsim cp` on a `bipsim pty-pair` line. What gammu prints must be what 
 from __future__ import annotations
 
 import re
-import signal
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -17,39 +14,22 @@ import pytest
 
 from bipsim.cp.commands import IMEI, MANUFACTURER
 from bipsim.cp.network import NetworkConfig
+from tests.cp_process import CpOnPty, gammurc
 
 pytestmark = pytest.mark.needs("gammu")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
 
 class Host:
     def __init__(self, device: Path, tmp: Path, cp: subprocess.Popen[bytes]) -> None:
         self.device, self.tmp, self.cp = device, tmp, cp
-        self.rc = tmp / "gammurc"
+        self.rc = gammurc(tmp, device)
         self.log = tmp / "gammu.log"
-        self.rc.write_text(
-            f"[gammu]\ndevice = {device}\nconnection = at\nlogfile = {self.log}\nlogformat = textall\n"
-        )
 
     def gammu(self, *args: str) -> str:
-        result = None
-        for _ in range(3):  # the CP may still be starting: one retry covers a slow start
-            result = subprocess.run(
-                ["gammu", "-c", str(self.rc), *args], capture_output=True, text=True, timeout=120
-            )
-            if result.returncode == 0:
-                break
-            time.sleep(1)
-        assert result is not None and result.returncode == 0, (result.stdout, result.stderr) if result else ""
+        result = subprocess.run(
+            ["gammu", "-c", str(self.rc), *args], capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 0, (result.stdout, result.stderr)
         assert self.cp.poll() is None, "the CP died under gammu"
         log = self.log.read_text(errors="replace")
         assert "No response" not in log and "TIMEOUT" not in log
@@ -65,29 +45,9 @@ class Host:
 @pytest.fixture(scope="module")
 def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
     tmp = tmp_path_factory.mktemp("gammu_host")
-    side_a, side_b = tmp / "A", tmp / "B"
-    pair = subprocess.Popen(
-        [sys.executable, "-m", "bipsim", "pty-pair", "--link", str(side_a), "--link", str(side_b)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    cp: subprocess.Popen[bytes] | None = None
-    try:
-        deadline = time.monotonic() + 20
-        while not (side_a.exists() and side_b.exists()):
-            assert pair.poll() is None
-            assert time.monotonic() < deadline, "bipsim pty-pair made no links"
-            time.sleep(0.05)
-        cp = subprocess.Popen(
-            [sys.executable, "-m", "bipsim", "cp", "--port", str(side_a), "--trace", str(tmp / "cp.jsonl")],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        yield Host(side_b, tmp, cp)
-    finally:
-        if cp is not None:
-            _stop(cp)
-        _stop(pair)
+    with CpOnPty(tmp) as modem:
+        assert modem.cp is not None
+        yield Host(modem.device, tmp, modem.cp)
 
 
 def _fields(text: str) -> dict[str, str]:

@@ -7,63 +7,21 @@ from __future__ import annotations
 import quopri
 import re
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from bipsim.uicc.profile import load_profile
-from tests.test_gammu import _stop
+from tests.cp_process import CpOnPty, gammurc
 
 
 @pytest.fixture
 def phonebook_cp(tmp_path: Path) -> Iterator[Path]:
     """`bipsim cp --profile phonebook` on side A of a pty pair; yields the gammu config for side B."""
-    side_a, side_b = tmp_path / "A", tmp_path / "B"
-    pair = subprocess.Popen(
-        [sys.executable, "-m", "bipsim", "pty-pair", "--link", str(side_a), "--link", str(side_b)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    cp: subprocess.Popen[bytes] | None = None
-    try:
-        deadline = time.monotonic() + 20
-        while not (side_a.exists() and side_b.exists()):
-            assert pair.poll() is None and time.monotonic() < deadline, "bipsim pty-pair made no links"
-            time.sleep(0.05)
-        errors = tmp_path / "cp.stderr"
-        # --sms-listen: the CP prints "sms listening on HOST:PORT" once its line is open, its readiness line
-        cp = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "bipsim",
-                "cp",
-                "--port",
-                str(side_a),
-                "--profile",
-                "phonebook",
-                "--sms-listen",
-                "127.0.0.1:0",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=errors.open("wb"),  # a file, not a pipe: nobody reads it while gammu runs
-        )
-        assert cp.stdout is not None
-        line = cp.stdout.readline().decode()
-        assert "sms listening on" in line, line + errors.read_text(errors="replace")
-        rc = tmp_path / "gammurc"
-        rc.write_text(
-            f"[gammu]\ndevice = {side_b}\nconnection = at\nlogfile = {tmp_path / 'gammu.log'}\nlogformat = textall\n"
-        )
-        yield rc
-        assert cp.poll() is None, "the CP died under gammu"
-    finally:
-        if cp is not None:
-            _stop(cp)
-        _stop(pair)
+    with CpOnPty(tmp_path, ["--profile", "phonebook"]) as modem:
+        yield gammurc(tmp_path, modem.device)
+        assert modem.cp is not None and modem.cp.poll() is None, "the CP died under gammu"
 
 
 def _gammu(rc: Path, *args: str) -> str:

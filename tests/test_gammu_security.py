@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,70 +13,30 @@ import pytest
 
 from bipsim.uicc.card import SimCard
 from bipsim.uicc.profile import load_profile
-from tests.test_gammu import _stop
+from tests.cp_process import CpOnPty, gammurc
 
 
-class Phone:
+class Phone(CpOnPty):
     """`bipsim pty-pair` and `bipsim cp --profile pin` with a state file; `gammu(*args)` runs gammu on the DTE's
     end and returns (exit code, stdout)."""
 
     def __init__(self, folder: Path) -> None:
-        self.folder = folder
         self.state = folder / "card.json"
-        self.rc = folder / "gammurc"
-        side_a, side_b = folder / "A", folder / "B"
-        self.rc.write_text(
-            f"[gammu]\ndevice = {side_b}\nconnection = at\nlogfile = {folder / 'gammu.log'}\nlogformat = textall\n"
-        )
-        self.pair = subprocess.Popen(
-            [sys.executable, "-m", "bipsim", "pty-pair", "--link", str(side_a), "--link", str(side_b)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 20
-        while not (side_a.exists() and side_b.exists()):
-            assert self.pair.poll() is None, "bipsim pty-pair ended"
-            assert time.monotonic() < deadline, "bipsim pty-pair made no links"
-            time.sleep(0.05)
-        self.side_a = side_a
-        self.cp: subprocess.Popen[bytes] | None = None
-        self.start_cp()
-
-    def start_cp(self) -> None:
-        self.cp = subprocess.Popen(
-            [sys.executable, "-m", "bipsim", "cp", "--port", str(self.side_a), "--profile", "pin"]
-            + ["--state", str(self.state), "--trace", str(self.folder / "cp.jsonl")],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-    def stop_cp(self) -> None:
-        if self.cp is not None:
-            _stop(self.cp)
-
-    def close(self) -> None:
-        self.stop_cp()
-        _stop(self.pair)
+        super().__init__(folder, ["--profile", "pin", "--state", str(self.state)])
+        self.rc = gammurc(folder, self.device)
 
     def gammu(self, *args: str) -> tuple[int, str]:
-        # the CP may still be starting: gammu's own timeout covers that, and its first command is retried
-        for _ in range(3):
-            result = subprocess.run(
-                ["gammu", "-c", str(self.rc), *args], capture_output=True, text=True, timeout=120
-            )
-            if "No response in specified timeout" not in result.stdout + result.stderr:
-                break
+        result = subprocess.run(
+            ["gammu", "-c", str(self.rc), *args], capture_output=True, text=True, timeout=120
+        )
         assert self.cp is not None and self.cp.poll() is None, "the CP died under gammu"
         return result.returncode, result.stdout + result.stderr
 
 
 @pytest.fixture
 def phone(tmp_path: Path) -> Iterator[Phone]:
-    phone = Phone(tmp_path)
-    try:
+    with Phone(tmp_path) as phone:
         yield phone
-    finally:
-        phone.close()
 
 
 @pytest.mark.needs("gammu")

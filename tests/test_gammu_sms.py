@@ -7,94 +7,33 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from bipsim.net.sms_pdu import SmsSubmit, decode_tpdu
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
-@dataclass
-class Modem:
-    device: Path  # the DTE's end of the line
-    smsc: str  # HOST:PORT of the SMSC's control socket
-    cp: subprocess.Popen[bytes]
-    trace: Path
+from tests.cp_process import CpOnPty, gammurc
 
 
 @pytest.fixture
-def modem(tmp_path: Path) -> Iterator[Modem]:
+def modem(tmp_path: Path) -> Iterator[CpOnPty]:
     """`bipsim pty-pair` linking A and B; `bipsim cp` on A with the SMSC's control socket on a free port."""
-    side_a, side_b = tmp_path / "A", tmp_path / "B"
-    pair = subprocess.Popen(
-        [sys.executable, "-m", "bipsim", "pty-pair", "--link", str(side_a), "--link", str(side_b)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    cp: subprocess.Popen[bytes] | None = None
-    try:
-        deadline = time.monotonic() + 20
-        while not (side_a.exists() and side_b.exists()):
-            assert pair.poll() is None, pair.stderr.read() if pair.stderr else b""
-            assert time.monotonic() < deadline, "bipsim pty-pair made no links"
-            time.sleep(0.05)
-        trace = tmp_path / "cp.jsonl"
-        cp = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "bipsim",
-                "cp",
-                "--port",
-                str(side_a),
-                "--sms-listen",
-                "127.0.0.1:0",
-                "--trace",
-                str(trace),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        assert cp.stdout is not None
-        line = cp.stdout.readline().decode()  # the CP says where the SMSC listens once it does
-        match = re.search(r"sms listening on (\S+)", line)
-        assert match, line + (cp.stderr.read().decode() if cp.poll() is not None and cp.stderr else "")
-        yield Modem(side_b, match.group(1), cp, trace)
-    finally:
-        if cp is not None:
-            _stop(cp)
-        _stop(pair)
+    with CpOnPty(tmp_path) as modem:
+        yield modem
 
 
-def _gammu(modem: Modem, tmp_path: Path, *args: str) -> str:
-    rc = tmp_path / "gammurc"
-    rc.write_text(
-        f"[gammu]\ndevice = {modem.device}\nconnection = at\nlogfile = {tmp_path / 'gammu.log'}\n"
-        "logformat = textall\n"
-    )
+def _gammu(modem: CpOnPty, tmp_path: Path, *args: str) -> str:
+    rc = gammurc(tmp_path, modem.device)
     result = subprocess.run(["gammu", "-c", str(rc), *args], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert modem.cp.poll() is None, "the CP died under gammu"
+    assert modem.cp is not None and modem.cp.poll() is None, "the CP died under gammu"
     return result.stdout
 
 
-def _sms(modem: Modem, *args: str) -> str:
+def _sms(modem: CpOnPty, *args: str) -> str:
     result = subprocess.run(
         [sys.executable, "-m", "bipsim", "sms", "--connect", modem.smsc, *args],
         capture_output=True,
@@ -106,7 +45,7 @@ def _sms(modem: Modem, *args: str) -> str:
 
 
 @pytest.mark.needs("gammu")
-def test_gammu_sms_folders_read_and_send(modem: Modem, tmp_path: Path) -> None:
+def test_gammu_sms_folders_read_and_send(modem: CpOnPty, tmp_path: Path) -> None:
     # the folders: an inbox and an outbox for each storage +CPMS=? offers (SM on the card, ME in the modem)
     folders = _gammu(modem, tmp_path, "getsmsfolders")
     assert re.search(r"Inbox.*SIM memory", folders) and re.search(r"Outbox.*SIM memory", folders), folders

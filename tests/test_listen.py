@@ -3,49 +3,26 @@ one client at a time, the next one served once the first leaves; real loopback s
 
 from __future__ import annotations
 
-import re
-import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from bipsim.trace.reader import read_trace
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+from tests.cp_process import start_listening_cp, stop
 
 
 @pytest.fixture
 def listening_cp(tmp_path: Path) -> Iterator[tuple[int, Path, subprocess.Popen[bytes]]]:
-    err = tmp_path / "cp.err"
     trace = tmp_path / "cp.jsonl"
-    with err.open("wb") as out:
-        cp = subprocess.Popen(
-            [sys.executable, "-m", "bipsim", "cp", "--listen", "127.0.0.1:0", "--trace", str(trace)],
-            stdout=subprocess.DEVNULL,
-            stderr=out,
-        )
+    cp, port = start_listening_cp(tmp_path, ["--trace", str(trace)])
     try:
-        deadline = time.monotonic() + 30
-        while not (found := re.search(r"listening on tcp://127\.0\.0\.1:(\d+)", err.read_text())):
-            assert cp.poll() is None, err.read_text()
-            assert time.monotonic() < deadline, "the CP never said its port"
-            time.sleep(0.05)
-        yield int(found.group(1)), trace, cp
+        yield port, trace, cp
     finally:
-        _stop(cp)
+        stop(cp)
 
 
 def _until(sock: socket.socket, end: bytes) -> bytes:
@@ -73,7 +50,7 @@ def test_one_client_at_a_time_then_the_next(listening_cp: tuple[int, Path, subpr
     answer = _until(second, b"OK\r\n")
     assert answer.endswith(b"OK\r\n")
     second.close()
-    _stop(cp)  # the trace file is complete once the CP has ended
+    stop(cp)  # the trace file is complete once the CP has ended
     assert cp.returncode == 0
     events, _ = read_trace([str(trace)])
     lines = [(e.kind, e.fields.get("count")) for e in events if e.kind.startswith("line.")]

@@ -5,9 +5,7 @@ D, 6.3.5 A, 6.3.6 H, 6.3.8 S0; 27.007 6.5 +CHUP, 6.11 +CRC, 7.6 +CLIP, 7.18 +CLC
 from __future__ import annotations
 
 import os
-import re
 import select
-import signal
 import subprocess
 import sys
 import time
@@ -23,6 +21,7 @@ from bipsim.cp.voice_calls import CALL_TRANSITIONS, RING_PERIOD, CallState, Voic
 from bipsim.net.smsc import RequestError
 from bipsim.trace.kinds import Kind
 from bipsim.trace.recorder import Tracer
+from tests.cp_process import CpOnPty
 from tests.modem_harness import Modem, modem
 
 
@@ -135,16 +134,6 @@ def test_every_state_can_end_and_ended_is_final() -> None:
         assert (CallState.ENDED in targets) == (state is not CallState.ENDED)
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
 def _read_until(fd: int, needle: bytes, deadline: float = 20) -> bytes:
     """What the CP wrote on the line up to and with `needle` (waits with a deadline)."""
     end = time.monotonic() + deadline
@@ -160,63 +149,40 @@ def _read_until(fd: int, needle: bytes, deadline: float = 20) -> bytes:
 def test_bipsim_call_drives_a_running_cp(tmp_path: Path) -> None:
     """`bipsim call incoming/list/hangup` through the network's control socket of a `bipsim cp --sms-listen`
     process: the host on the line sees RING and +CLIP, answers with ATA, and gets NO CARRIER."""
-    side_a, side_b = tmp_path / "A", tmp_path / "B"
-    pair = subprocess.Popen(
-        [sys.executable, "-m", "bipsim", "pty-pair", "--link", str(side_a), "--link", str(side_b)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    cp: subprocess.Popen[bytes] | None = None
-    fd = -1
-    try:
-        end = time.monotonic() + 20
-        while not (side_a.exists() and side_b.exists()):
-            assert pair.poll() is None and time.monotonic() < end, "bipsim pty-pair made no links"
-            time.sleep(0.05)
-        cp = subprocess.Popen(
-            [sys.executable, "-m", "bipsim", "cp", "--port", str(side_a), "--sms-listen", "127.0.0.1:0"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        assert cp.stdout is not None
-        match = re.search(r"sms listening on (\S+)", cp.stdout.readline().decode())
-        assert match
-        connect = match.group(1)
-        fd = os.open(side_b, os.O_RDWR | os.O_NOCTTY)
-        tty.setraw(fd)
-        os.write(fd, b"ATE0+CLIP=1\r")
-        _read_until(fd, b"OK\r\n")
+    with CpOnPty(tmp_path) as line:
+        connect = line.smsc
+        fd = os.open(line.device, os.O_RDWR | os.O_NOCTTY)
+        try:
+            tty.setraw(fd)
+            os.write(fd, b"ATE0+CLIP=1\r")
+            _read_until(fd, b"OK\r\n")
 
-        def bipsim_call(*args: str) -> str:
-            result = subprocess.run(
-                [sys.executable, "-m", "bipsim", "call", "--connect", connect, *args],
+            def bipsim_call(*args: str) -> str:
+                result = subprocess.run(
+                    [sys.executable, "-m", "bipsim", "call", "--connect", connect, *args],
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                )
+                assert result.returncode == 0, result.stderr
+                return result.stdout
+
+            assert bipsim_call("incoming", "+4930123456") == "1 mt incoming +4930123456\n"
+            assert b'RING\r\n\r\n+CLIP: "+4930123456",145' in _read_until(fd, b"+CLIP")
+            os.write(fd, b"ATA\r")
+            _read_until(fd, b"OK\r\n")
+            assert bipsim_call("list") == "1 mt active +4930123456\n"
+            assert bipsim_call("hangup", "1") == ""
+            _read_until(fd, b"NO CARRIER")
+            refused = subprocess.run(
+                [sys.executable, "-m", "bipsim", "call", "--connect", connect, "hangup", "1"],
                 capture_output=True,
                 text=True,
                 timeout=60,
             )
-            assert result.returncode == 0, result.stderr
-            return result.stdout
-
-        assert bipsim_call("incoming", "+4930123456") == "1 mt incoming +4930123456\n"
-        assert b'RING\r\n\r\n+CLIP: "+4930123456",145' in _read_until(fd, b"+CLIP")
-        os.write(fd, b"ATA\r")
-        _read_until(fd, b"OK\r\n")
-        assert bipsim_call("list") == "1 mt active +4930123456\n"
-        assert bipsim_call("hangup", "1") == ""
-        _read_until(fd, b"NO CARRIER")
-        refused = subprocess.run(
-            [sys.executable, "-m", "bipsim", "call", "--connect", connect, "hangup", "1"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert refused.returncode == 1 and "no such call" in refused.stderr
-    finally:
-        if fd >= 0:
+            assert refused.returncode == 1 and "no such call" in refused.stderr
+        finally:
             os.close(fd)
-        if cp is not None:
-            _stop(cp)
-        _stop(pair)
 
 
 def test_call_help_explains_itself() -> None:
