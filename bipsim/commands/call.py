@@ -8,9 +8,7 @@ from typing import Any
 
 import click
 
-from bipsim.commands.control_client import ask_ok
-
-DEFAULT_CONNECT = "127.0.0.1:8556"
+from bipsim.commands.control_client import ask_ok, connection_options, remember
 
 
 def _ask(ctx: click.Context, message: dict[str, Any]) -> dict[str, Any]:
@@ -25,14 +23,9 @@ def _show(ctx: click.Context, answer: dict[str, Any]) -> None:
 
 
 @click.group("call")
-@click.option(
-    "--connect",
-    default=DEFAULT_CONNECT,
-    show_default=True,
-    metavar="HOST:PORT",
-    help="The network's control socket: the HOST:PORT given to `bipsim cp --sms-listen`.",
+@connection_options(
+    "The network's control socket: the HOST:PORT given to `bipsim cp --sms-listen`.", "the network"
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the network's answer as one JSON object.")
 @click.pass_context
 def call(ctx: click.Context, connect: str, as_json: bool) -> None:
     """Drive voice calls of the simulated network (call control only, no audio).
@@ -40,9 +33,7 @@ def call(ctx: click.Context, connect: str, as_json: bool) -> None:
     The network lives in the CP process; start it with `bipsim cp --sms-listen 127.0.0.1:8556`. The modem's host
     sees RING/+CLIP for an incoming call, answers with ATA, and gets NO CARRIER when the far end hangs up. Exit
     status 0 on success, 1 when the network refused the request, 2 on a usage error."""
-    ctx.ensure_object(dict)
-    ctx.obj["connect"] = connect
-    ctx.obj["json"] = as_json
+    remember(ctx, connect, as_json)
 
 
 @call.command("incoming")

@@ -66,6 +66,17 @@ def host_port(text: str, *, default_host: str = "127.0.0.1") -> tuple[str, int]:
     return host.strip("[]") or default_host, number
 
 
+def hex_option(value: str, what: str) -> str:
+    """An option's hex (spaces allowed) as upper-case hex without spaces; a usage error (exit 2) naming `what`
+    when it is not hex."""
+    text = value.replace(" ", "")
+    try:
+        bytes.fromhex(text)
+    except ValueError:
+        raise CliError(f"{what}: {value!r} is not hex", exit_code=2) from None
+    return text.upper()
+
+
 SHUTDOWN_GRACE = 1.0  # seconds from SIGTERM/SIGINT to a forced exit
 
 

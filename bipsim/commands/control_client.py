@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 import trio
@@ -14,6 +14,32 @@ import trio
 from bipsim.errors import CliError
 
 Request = Callable[..., Awaitable[dict[str, Any]]]
+Command = TypeVar("Command", bound=Callable[..., Any])
+
+# where the README's `bipsim cp --sms-listen` serves the network's control socket
+DEFAULT_CONNECT = "127.0.0.1:8556"
+
+
+def connection_options(connect_help: str, peer: str) -> Callable[[Command], Command]:
+    """--connect HOST:PORT (help `connect_help`) and --json for a command group of the network's control socket;
+    the group gives both to `remember`."""
+
+    def decorate(command: Command) -> Command:
+        command = click.option(
+            "--json", "as_json", is_flag=True, help=f"Print {peer}'s answer as one JSON object."
+        )(command)
+        return click.option(
+            "--connect", default=DEFAULT_CONNECT, show_default=True, metavar="HOST:PORT", help=connect_help
+        )(command)
+
+    return decorate
+
+
+def remember(ctx: click.Context, connect: str, as_json: bool) -> None:
+    """Keeps the group's --connect and --json in its context for its subcommands' `ask_ok`."""
+    ctx.ensure_object(dict)
+    ctx.obj["connect"] = connect
+    ctx.obj["json"] = as_json
 
 
 def split_connect(connect: str) -> tuple[str, int]:

@@ -7,6 +7,7 @@ import json
 
 import click
 
+from bipsim.commands.common import hex_option
 from bipsim.commands.control_client import ask, split_connect
 from bipsim.errors import CliError
 
@@ -14,15 +15,6 @@ from bipsim.errors import CliError
 # stand-in certificate; test data, nothing secret
 DEFAULT_HASH = "80FBFFB49AFF0C7D942F1F5E1D4761780911E205"
 ECHO_AID = "A000000476416E64726F696443545331"
-
-
-def _hex(value: str, what: str) -> str:
-    text = value.replace(" ", "")
-    try:
-        bytes.fromhex(text)
-    except ValueError:
-        raise CliError(f"{what}: {value!r} is not hex", exit_code=2) from None
-    return text.upper()
 
 
 @click.command("omapi")
@@ -108,7 +100,7 @@ def omapi(
     from bipsim.ap.omapi.control import request
 
     split_connect(connect)  # a bad --connect is a usage error before any other
-    sent = [_hex(apdu, "--apdu") for apdu in apdus]
+    sent = [hex_option(apdu, "--apdu") for apdu in apdus]
     if status or reboot:
         # the state now: without a modem session the AP says so at once instead of waiting for one
         message: dict[str, object] = {"op": "boot" if reboot else "status", "wait": 0}
@@ -116,8 +108,8 @@ def omapi(
         message = {
             "op": "run",
             "package": package,
-            "hash": _hex(app_hash, "--app-hash"),
-            "aid": _hex(aid, "--aid"),
+            "hash": hex_option(app_hash, "--app-hash"),
+            "aid": hex_option(aid, "--aid"),
             "apdus": sent,
             "reader": reader,
             "basic": basic,

@@ -9,23 +9,13 @@ from typing import Any
 
 import click
 
-from bipsim.commands.control_client import ask_ok
+from bipsim.commands.common import hex_option
+from bipsim.commands.control_client import ask_ok, connection_options, remember
 from bipsim.errors import CliError
-
-DEFAULT_CONNECT = "127.0.0.1:8556"
 
 
 def _ask(ctx: click.Context, message: dict[str, Any], timeout: float) -> dict[str, Any]:
     return ask_ok(ctx, message, timeout=timeout, peer="the SMSC", socket_name="the SMSC control socket")
-
-
-def _hex(value: str, what: str) -> str:
-    text = value.replace(" ", "")
-    try:
-        bytes.fromhex(text)
-    except ValueError:
-        raise CliError(f"{what}: {value!r} is not hex", exit_code=2) from None
-    return text.upper()
 
 
 def _mt_line(message: dict[str, Any]) -> str:
@@ -49,23 +39,17 @@ def _mt_line(message: dict[str, Any]) -> str:
 
 
 @click.group("sms")
-@click.option(
-    "--connect",
-    default=DEFAULT_CONNECT,
-    show_default=True,
-    metavar="HOST:PORT",
-    help="The SMSC's control socket: what `bipsim cp --sms-listen HOST:PORT` printed ('sms listening on ...').",
+@connection_options(
+    "The SMSC's control socket: what `bipsim cp --sms-listen HOST:PORT` printed ('sms listening on ...').",
+    "the SMSC",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the SMSC's answer as one JSON object.")
 @click.pass_context
 def sms(ctx: click.Context, connect: str, as_json: bool) -> None:
     """Inject mobile-terminated SMS at the simulated network's SMSC and read the mobile-originated ones.
 
     The SMSC lives in the CP process; start it with `bipsim cp --sms-listen 127.0.0.1:8556`. Exit status 0 on
     success, 1 when the SMSC refused the request or an MT message failed, 2 on a usage error."""
-    ctx.ensure_object(dict)
-    ctx.obj["connect"] = connect
-    ctx.obj["json"] = as_json
+    remember(ctx, connect, as_json)
 
 
 @sms.command("send-mt")
@@ -139,10 +123,10 @@ def send_mt(
         if ucs2:
             message["alphabet"] = "ucs2"
     elif tpdu is not None:
-        message["hex"] = _hex(tpdu, "--hex")
+        message["hex"] = hex_option(tpdu, "--hex")
     else:
         assert data is not None
-        message["data"] = _hex(data, "--data")
+        message["data"] = hex_option(data, "--data")
     answer = _ask(ctx, message, timeout=wait + 10.0)
     if not ctx.obj["json"]:
         for item in answer["messages"]:
