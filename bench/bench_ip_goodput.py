@@ -8,7 +8,8 @@ differ only in the TCP at the client end. Each case moves SIZE bytes server -> c
 direction) and client -> server ("up"); goodput counts payload bytes from connect to the last byte.
 
 Prints ONE JSON line: goodput in kbit/s of each and the ratios ours/kernel on `lte` and on `lte` with 1 % loss,
-with our stack's default 64 KiB buffers and (`*_1mib_buffers_ratio`) with 1 MiB ones.
+with our stack's default buffers (128 KiB send, 256 KiB receive: TcpConfig) and (`*_1mib_buffers_ratio`) with
+1 MiB ones.
 Needs root (or unprivileged user namespaces), unshare, nsenter and ip.  Usage: bench_ip_goodput.py [SIZE_BYTES]
 """
 
@@ -180,7 +181,7 @@ async def main(size: int) -> dict[str, object]:
                         result[f"{name}_{label}_kernel_kbit_s"] = round(size * 8 / kernel / 1000, 1)
                         result[f"{name}_{label}_ratio"] = round(kernel / ours, 3)
                         # the same with buffers the size of the kernel's autotuned ones: the window, not the
-                        # TCP rules, is then out of the comparison (a 64 KiB window is under lte's BDP of ~90 KB)
+                        # TCP rules, is then out of the comparison (lte's bandwidth-delay product is ~90 KB)
                         with trio.fail_after(120):
                             tuned = await _ours(pgw, profile, 7, mode, size, BIG_BUFFERS)
                         result[f"{name}_{label}_ours_1mib_buffers_ratio"] = round(kernel / tuned, 3)

@@ -61,6 +61,7 @@ from bipsim.net.icmp import (
 from bipsim.net.ipv4 import ICMP, TCP, UDP, Ipv4Packet, Reassembler, ReassemblyError, fragment
 from bipsim.net.tcp import (
     Connected,
+    Rejected,
     Reset,
     Retransmitted,
     TcpConfig,
@@ -258,7 +259,7 @@ class IpStack:
         self._released = False  # the link went in an orderly way (abort_all(orderly=True) with nothing open)
         self._wake = trio.Event()
         self._armed_at = math.inf
-        self.counters = {"sent": 0, "received": 0, "dropped": 0, "icmp_limited": 0}
+        self.counters = {"sent": 0, "received": 0, "dropped": 0, "icmp_limited": 0, "tcp_rejected": 0}
         self.icmp_errors_per_second = ICMP_ERRORS_PER_SECOND
         self._icmp_tokens = float(ICMP_ERRORS_PER_SECOND)
         self._icmp_refilled = -math.inf
@@ -444,6 +445,19 @@ class IpStack:
             for segment in segments:
                 self._send_tcp(local, remote, segment, retransmitted.get(segment.seq))
         for event in events:
+            if isinstance(event, Rejected):
+                # a segment the connection's rules refused (RFC 9293 3.10.7, RFC 5961) or out-of-order data past
+                # the queue's cap: TCP's own answer (an ACK, a challenge ACK, an RST or nothing) is already out;
+                # the trace says why, without the error flag, as loss and retransmission cause some normally
+                self.counters["tcp_rejected"] += 1
+                self._trace(
+                    Kind.IP_DROPPED,
+                    Layer.TCP,
+                    None,
+                    {"reason": event.reason, "answered": event.answered},
+                    f"TCP segment refused: {event.reason}",
+                    sent=False,
+                )
             if isinstance(event, Reset) and not handle.connected:
                 handle.connect_error = (
                     ConnectionRefusedError(errno.ECONNREFUSED, f"connection refused: {event.reason}")
