@@ -40,7 +40,7 @@ from bipsim.ota.server_pool import FrameReader, card_key, encode_frame, owner_of
 from bipsim.trace.kinds import Kind
 from bipsim.trace.recorder import Tracer
 from bipsim.uicc.http_limits import LIMITS
-from tests.conftest import IN_CI
+from tests.conftest import missing
 
 BIPSIM = [sys.executable, "-m", "bipsim"]
 
@@ -173,9 +173,7 @@ def need_distributed() -> None:
     try:
         import distributed  # noqa: F401
     except ImportError:  # the 'fleet' extra; `make test` installs it with dev, so CI never skips this
-        if IN_CI:
-            pytest.fail("distributed is not installed (the 'fleet' extra)", pytrace=False)
-        pytest.skip("distributed is not installed (pip install -e '.[fleet]')")
+        missing("distributed is not installed (the 'fleet' extra: pip install -e '.[fleet]')")
 
 
 def engine_named(name: str) -> Engine:
