@@ -31,7 +31,7 @@ from bipsim.net.stack import EPHEMERAL_PORTS, FlowRequest, IpStack, TcpListener
 from bipsim.net.tcp import TcpConfig
 from bipsim.net.tcp_segment import TcpFlags, TcpSegment
 from bipsim.net.udp import UdpDatagram
-from bipsim.trace.events import Actor, TraceEvent
+from bipsim.trace.events import Actor, Layer, TraceEvent
 from bipsim.trace.kinds import Kind
 from bipsim.trace.reader import parse_lines
 from bipsim.trace.recorder import Tracer
@@ -715,3 +715,29 @@ async def test_icmp_unreachable_quoting_another_sequence_number_is_ignored(
         await stream.aclose()
         dropped = [e for e in pair.kinds(pair.cp_trace, Kind.IP_DROPPED) if "outside the window" in e.summary]
         assert len(dropped) == 1 and dropped[0].error
+
+
+async def test_a_segment_tcp_refuses_is_traced_with_its_answer(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # bad input from the peer gets TCP's own answer and a trace event: here an ACK of data never sent (RFC 9293
+    # 3.10.7.4: answered with an ACK and dropped)
+    async with joined() as pair:
+        await pair.net.listen_tcp(443)
+        stream = await pair.cp.open_tcp(NET, 443)
+        (handle,) = pair.cp._connections.values()
+        conn = handle.connection
+        bogus = TcpSegment(
+            443,
+            conn.local[1],
+            conn.rcv_nxt & 0xFFFFFFFF,
+            (conn.snd_max + 100_000) & 0xFFFFFFFF,
+            TcpFlags.ACK,
+            65535,
+        )
+        pair.down.send_channel.send_nowait(Ipv4Packet(NET, CP, TCP, bogus.encode(NET, CP)).encode())
+        await trio.testing.wait_all_tasks_blocked()
+        refused = [e for e in pair.kinds(pair.cp_trace, Kind.IP_DROPPED) if e.layer is Layer.TCP]
+        assert len(refused) == 1 and refused[0].fields["answered"] == "ack"  # type: ignore[index]
+        assert pair.cp.counters["tcp_rejected"] == 1
+        await stream.aclose()
