@@ -38,8 +38,13 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from ipaddress import IPv4Address
 from pathlib import Path
 
+from bipsim.net.checksum import internet_checksum
+from bipsim.net.ipv4 import TCP, UDP, Ipv4Packet
+from bipsim.net.tcp_segment import TcpFlags, TcpSegment
+from bipsim.net.udp import UdpDatagram
 from bipsim.trace.events import Actor, Layer, TraceEvent
 from bipsim.trace.kinds import Kind
 
@@ -129,29 +134,10 @@ class _Connection:
     open: bool = False
 
 
-_IPV4 = struct.Struct(
-    "!BBHHHBBH4s4s"
-)  # version/IHL, TOS, total length, id, flags/fragment, TTL, protocol, checksum
-_UDP = struct.Struct("!HHHH")  # ports, length, checksum
-_TCP = struct.Struct("!HHIIBBHHH")  # ports, seq, ack, data offset, flags, window, checksum, urgent pointer
-_PSEUDO = struct.Struct("!4s4sBBH")  # the TCP/UDP checksum's pseudo-header (RFC 793 section 3.1, RFC 768)
 _RECORD = struct.Struct("<IIII")  # pcap record header: seconds, microseconds, captured and original length
 _TCP_FLAGS = {"S": 0x02, "SA": 0x12, "A": 0x10, "PA": 0x18, "FA": 0x11}
 _MAX_IP_PAYLOAD = 0xFFFF - 20 - 20  # what one IPv4 packet holds after its header and a TCP header
 _PACKED = {actor: bytes(int(part) for part in address.split(".")) for actor, address in ADDRESSES.items()}
-
-
-def internet_checksum(data: bytes) -> int:
-    """The 16-bit one's complement of the one's complement sum of `data`'s 16-bit words (RFC 1071).
-
-    The one's complement sum of the words is the number they spell modulo 0xFFFF (2**16 = 1 mod 0xFFFF), with
-    0xFFFF for a nonzero multiple: one big-integer remainder instead of a loop over the words.
-    """
-    if len(data) % 2:
-        data += b"\x00"
-    value = int.from_bytes(data, "big")
-    total = value % 0xFFFF or (0xFFFF if value else 0)
-    return ~total & 0xFFFF
 
 
 def is_ipv4_packet(data: bytes) -> bool:
@@ -178,27 +164,25 @@ def raw_packet_event(event: TraceEvent) -> bool:
 
 
 def ipv4_packet(src: bytes, dst: bytes, protocol: int, payload: bytes) -> bytes:
-    """An IPv4 header (no options, identification 1, TTL 64, as scapy's defaults) in front of `payload`."""
-    header = _IPV4.pack(0x45, 0, 20 + len(payload), 1, 0, 64, protocol, 0, src, dst)
-    checksum = internet_checksum(header)
-    return header[:10] + checksum.to_bytes(2, "big") + header[12:] + payload
+    """An IPv4 header (no options, identification 1, TTL 64, no DF: scapy's defaults) in front of `payload`."""
+    return Ipv4Packet(
+        IPv4Address(src), IPv4Address(dst), protocol, payload, ttl=64, identification=1, dont_fragment=False
+    ).encode()
 
 
 def udp_packet(src: bytes, dst: bytes, sport: int, dport: int, payload: bytes) -> bytes:
-    """IPv4/UDP with the RFC 768 checksum (0 sent as FFFF)."""
-    length = 8 + len(payload)
-    segment = _UDP.pack(sport, dport, length, 0) + payload
-    checksum = internet_checksum(_PSEUDO.pack(src, dst, 0, 17, length) + segment) or 0xFFFF
-    return ipv4_packet(src, dst, 17, segment[:6] + checksum.to_bytes(2, "big") + segment[8:])
+    """IPv4/UDP with the RFC 768 checksum (0 sent as FFFF), from net/udp.py's codec."""
+    datagram = UdpDatagram(sport, dport, payload).encode(IPv4Address(src), IPv4Address(dst))
+    return ipv4_packet(src, dst, UDP, datagram)
 
 
 def tcp_packet(
     src: bytes, dst: bytes, sport: int, dport: int, flags: int, seq: int, ack: int, payload: bytes
 ) -> bytes:
-    """IPv4/TCP without options (data offset 5, window 8192, as scapy's defaults) with the RFC 793 checksum."""
-    segment = _TCP.pack(sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, 0x50, flags, 8192, 0, 0) + payload
-    checksum = internet_checksum(_PSEUDO.pack(src, dst, 0, 6, len(segment)) + segment)
-    return ipv4_packet(src, dst, 6, segment[:16] + checksum.to_bytes(2, "big") + segment[18:])
+    """IPv4/TCP without options (data offset 5, window 8192, as scapy's defaults) with the RFC 9293 checksum, from
+    net/tcp_segment.py's codec."""
+    segment = TcpSegment(sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, TcpFlags(flags), 8192, payload)
+    return ipv4_packet(src, dst, TCP, segment.encode(IPv4Address(src), IPv4Address(dst)))
 
 
 @dataclass(frozen=True, slots=True)
