@@ -24,6 +24,7 @@ from bipsim.cp.commands import ModemCommands
 from bipsim.cp.proxy_link import ProxyLink
 from bipsim.link.at_chat import AtChat
 from bipsim.link.at_server import AtServer, AtSettings
+from bipsim.link.at_syntax import AtRequest
 from bipsim.link.cmux import CmuxParams, DlcStream, Mux, MuxRole
 from bipsim.link.pushback import PushbackStream
 from bipsim.trace.events import Actor, Layer
@@ -31,6 +32,11 @@ from bipsim.trace.kinds import Kind
 from bipsim.trace.recorder import NULL_TRACER, Tracer
 
 PROXY_DLCI = 2
+
+
+# packet domain commands on the plain line: a standard host setting up or using its data context (3GPP TS 27.007
+# 10.1); our AP sends only AT, ATE0, AT+CMEE=1 and AT+CMUX there (ap/line_client.py probe_and_switch)
+STANDARD_HOST_COMMANDS = frozenset({"+CGDCONT", "+CGAUTH", "+CGACT", "+CGATT", "+CGDATA", "D"})
 
 
 class LineService:
@@ -93,6 +99,7 @@ class LineService:
             server = AtServer(self.line, tracer=self.tracer, local=Actor.CP, remote=Actor.AP)
             server.settings = self.line_settings
             self.commands.install(server)
+            server.command_listeners.append(self._plain_command)
             try:
                 await server.run()
             finally:
@@ -104,8 +111,22 @@ class LineService:
             if not await self._multiplex(self._cmux):
                 return
 
+    def _plain_command(self, request: AtRequest) -> None:
+        """A packet domain command on the plain line, which our AP never sends there: a standard host drives this
+        line, so no proxy will come on DLC 2 (docs/protocols.md "BIP with a standard host")."""
+        if request.name not in STANDARD_HOST_COMMANDS:
+            return
+        if self.proxy.give_up(f"a standard host on the plain line (AT{request.name})"):
+            self._line_event(
+                Kind.APP_EVENT,
+                f"AT{request.name} on the plain line: a standard host, no AP proxy to wait for",
+                event="standard_host",
+                command=request.name,
+            )
+
     async def _multiplex(self, params: CmuxParams) -> bool:
         """Runs one multiplexer session; True when it closed down normally (back to AT mode)."""
+        self.proxy.expect()  # maybe our AP: its proxy is waited for again
         mux = Mux(
             self.line,
             role=MuxRole.RESPONDER,

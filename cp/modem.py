@@ -305,17 +305,20 @@ class Modem:
                 )
             early = trio.CancelScope()
             nursery.start_soon(self.watch_before_toolkit, early)
+            # our AP attaches its proxy within wait_for_ap; a standard host on the plain line ends the wait at
+            # once (docs/protocols.md "BIP with a standard host"): the card's TERMINAL PROFILE is not held for it
             with trio.move_on_after(self.options.wait_for_ap):
-                await self.proxy.ready.wait()
+                await self.proxy.settled.wait()
             if not self.proxy.ready.is_set():
+                self.proxy.give_up("the AP never attached its proxy")
                 self.tracer.emit(
                     Actor.CP,
                     Actor.AP,
                     Layer.APP,
-                    "the AP never attached its proxy",
+                    f"no AP proxy: {self.proxy.absent_reason}",
                     error=True,
                     kind=Kind.APP_EVENT,
-                    fields={"event": "ap_not_attached"},
+                    fields={"event": "ap_not_attached", "reason": self.proxy.absent_reason},
                 )
             if self.options.start_delay:
                 await trio.sleep(self.options.start_delay)

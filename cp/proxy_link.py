@@ -20,12 +20,32 @@ class ProxyLink:
         self.mux: Mux | None = None
         self.chat: AtChat | None = None
         self.ready = trio.Event()
+        # no AP to wait for: a standard host drives a line that never entered CMUX, or the AP never attached in
+        # the CP's wait for it (docs/protocols.md "BIP with a standard host"); a bearer falls back at once
+        self.absent = False
+        self.absent_reason = ""
+        self.settled = trio.Event()  # the AP attached once, or it was found absent: the CP's start waits for it
         # (prefix, handler) given to each chat attached
         self.urc_handlers: list[tuple[str, UrcHandler]] = []
 
     def attach(self, mux: Mux, chat: AtChat) -> None:
         self.mux, self.chat = mux, chat
+        self.absent = False
         self.ready.set()
+        self.settled.set()
+
+    def give_up(self, reason: str) -> bool:
+        """No AP is coming for now (`reason` says why); True the first time. `attach` undoes it, and so does
+        `expect` (a line entering CMUX: maybe our AP after all)."""
+        if self.absent or self.ready.is_set():
+            return False
+        self.absent, self.absent_reason = True, reason
+        self.settled.set()
+        return True
+
+    def expect(self) -> None:
+        """A line entered CMUX: bearers wait for the proxy again."""
+        self.absent = False
 
     def detach(self, chat: AtChat) -> None:
         if self.chat is chat:
@@ -38,6 +58,8 @@ class ProxyLink:
         A multiplexer that has already closed (the line just went away, the line service has not detached it
         yet) does not count: the caller waits for the AP's next attach instead of failing on a dead line.
         """
+        if self.absent and not self.ready.is_set():
+            return None  # a standard host: nobody will answer %GETNET or carry the channel
         with trio.move_on_after(timeout):
             while True:
                 await self.ready.wait()

@@ -190,6 +190,8 @@ class AtServer:
         self._after: list[Callable[[], Awaitable[None]]] = []
         self.online_data = False  # a data call owns the stream (take_over): URCs are held in held_urcs
         self.held_urcs: list[str] = []
+        # told each command before it runs (the CP's line service tells our AP's handshake from a standard host)
+        self.command_listeners: list[Callable[[AtRequest], None]] = []
         dlci = getattr(stream, "dlci", None)
         self._fields: dict[str, Any] = {"dlci": dlci} if isinstance(dlci, int) else {}
 
@@ -454,6 +456,8 @@ class AtServer:
 
     async def _dispatch(self, request: AtRequest) -> list[str] | None:
         name, kind = request.name, request.kind
+        for listener in self.command_listeners:
+            listener(request)
         handler = self.handlers.get(name)
         if name in ("E", "V", "Q") and handler is None:
             value = request.args[0] if request.args else 0
