@@ -11,6 +11,9 @@ import socket
 import subprocess
 from pathlib import Path
 
+import trio
+
+from bipsim.cp.proxy_link import ProxyLink
 from tests.cp_process import BIPSIM, start_listening_cp, stop
 
 # under the CP's 60 s wait for our AP: a run that waits for it (or for %GETNET, 30 s per channel) fails here
@@ -73,3 +76,17 @@ def test_a_plain_at_host_gets_the_cards_bip_session_through(tmp_path: Path) -> N
     choices = [e for e in events if e["kind"] == "pdp.choice"]
     assert choices and choices[0]["fields"]["source"] == "host" and choices[0]["fields"]["apn"] == "internet"
     assert not any(e["kind"] == "at.command" and "%GETNET" in e.get("summary", "") for e in events)
+
+
+async def test_a_proxy_given_up_is_not_waited_for_until_a_line_enters_cmux() -> None:
+    """After ap_not_attached (or a standard host's command) a bearer's wait for the proxy answers None at once
+    instead of after its 30 s; a line entering CMUX makes the wait real again."""
+    proxy = ProxyLink()
+    assert proxy.give_up("the AP never attached its proxy")
+    assert proxy.settled.is_set() and not proxy.give_up("again")  # once
+    with trio.fail_after(5):  # far under the 30 s asked: the wait did not happen
+        assert await proxy.wait(30) is None
+    proxy.expect()
+    with trio.move_on_after(0.01) as waited:
+        await proxy.wait(30)
+    assert waited.cancelled_caught  # waiting for the proxy again
