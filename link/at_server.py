@@ -42,6 +42,7 @@ from bipsim.trace.kinds import Kind
 from bipsim.trace.recorder import NULL_TRACER, Tracer
 
 Handler = Callable[[AtRequest], Awaitable[list[str] | None]]
+MAX_HELD_URCS = 64  # URCs kept for command mode while a data call owns the line; older ones are dropped
 
 CME_TEXT = {
     0: "phone failure",
@@ -302,6 +303,16 @@ class AtServer:
     async def send_urc(self, line: str) -> None:
         if self.online_data:  # the line carries a data call's bytes: URCs wait for command mode
             self.held_urcs.append(line)
+            if len(self.held_urcs) > MAX_HELD_URCS:
+                # a call online for hours must not grow the modem without bound: the oldest goes, traced
+                dropped = self.held_urcs.pop(0)
+                self._trace(
+                    False,
+                    Kind.AT_URC,
+                    f"URC dropped while online (over {MAX_HELD_URCS} held): {dropped}",
+                    error=True,
+                    dropped=dropped,
+                )
             return
         await self._write(self.format.info(line), Kind.AT_URC, line)
 

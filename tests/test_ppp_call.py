@@ -934,3 +934,26 @@ def test_the_call_moves_only_by_its_table() -> None:
     assert CALL_TABLE[(CallState.COMMAND, CallEvent.RESUME)] is CallState.ONLINE
     assert (CallState.ONLINE, CallEvent.RESUME) not in CALL_TABLE  # ATO while online is not a resume
     assert (CallState.ENDED, CallEvent.RESUME) not in CALL_TABLE  # an ended call never comes back
+
+
+async def test_urcs_held_while_online_are_capped_oldest_dropped_and_traced() -> None:
+    """A data call online for long must not grow the held URCs without bound (link/at_server.py MAX_HELD_URCS)."""
+    from bipsim.link.at_server import MAX_HELD_URCS
+
+    tracer = ListTracer()
+    a, b = trio.testing.memory_stream_pair()
+    server = AtServer(b, tracer=tracer, echo=False)
+    server.online_data = True
+    for n in range(MAX_HELD_URCS + 3):
+        await server.send_urc(f"+CGEV: test {n}")
+    assert len(server.held_urcs) == MAX_HELD_URCS
+    assert (
+        server.held_urcs[0] == "+CGEV: test 3" and server.held_urcs[-1] == f"+CGEV: test {MAX_HELD_URCS + 2}"
+    )
+    dropped = [e for e in tracer.events if e.error and (e.fields or {}).get("dropped")]
+    assert [e.fields["dropped"] for e in dropped if e.fields] == [
+        "+CGEV: test 0",
+        "+CGEV: test 1",
+        "+CGEV: test 2",
+    ]
+    await a.aclose()
