@@ -82,7 +82,31 @@ def gammurc(folder: Path, device: Path) -> Path:
     return rc
 
 
-class CpOnPty:
+class Processes:
+    """A test's group of processes as a context manager: `start()` them (on a failed start the ones already
+    running are stopped) and `close()` them at the end."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class CpOnPty(Processes):
     """`bipsim pty-pair` linking FOLDER/A and FOLDER/B, and `bipsim cp --port A --sms-listen 127.0.0.1:0
     --trace FOLDER/cp.jsonl ARGS` on A. Ready when the CP printed 'sms listening on HOST:PORT': it opens its line
     first, so the line is there by then. `device` is B (the DTE's end), `smsc` the control socket's HOST:PORT."""
@@ -97,27 +121,17 @@ class CpOnPty:
         self.cp: subprocess.Popen[bytes] | None = None
         self.smsc = ""
 
-    def __enter__(self) -> Self:
-        try:
-            self.pair = subprocess.Popen(
-                [*BIPSIM, "pty-pair", "--link", str(self.side_a), "--link", str(self.device)],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-            )
-            assert self.pair.stdout is not None
-            # it prints 'LINK -> /dev/pts/N' for each side once both links are made
-            said = [self.pair.stdout.readline().decode() for _ in range(2)]
-            assert all(" -> /dev/pts/" in line for line in said), f"bipsim pty-pair made no links: {said}"
-            self.start_cp()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
+    def start(self) -> None:
+        self.pair = subprocess.Popen(
+            [*BIPSIM, "pty-pair", "--link", str(self.side_a), "--link", str(self.device)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        assert self.pair.stdout is not None
+        # it prints 'LINK -> /dev/pts/N' for each side once both links are made
+        said = [self.pair.stdout.readline().decode() for _ in range(2)]
+        assert all(" -> /dev/pts/" in line for line in said), f"bipsim pty-pair made no links: {said}"
+        self.start_cp()
 
     def start_cp(self) -> None:
         """A CP process on the line (again, after stop_cp); returns once it said it is ready."""

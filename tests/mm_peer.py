@@ -22,11 +22,10 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from tests.conftest import missing, require_tool
-from tests.cp_process import start_listening_cp, stop, wait_until
+from tests.cp_process import Processes, start_listening_cp, stop, wait_until
 from tests.dbus_peer import PrivateBus
 
 DEADLINE = 60.0  # seconds for a modem state to be there
@@ -51,7 +50,7 @@ GLib.MainLoop().run()
 SYSTEM_PYTHON = "/usr/bin/python3"
 
 
-class MmPeer:
+class MmPeer(Processes):
     """The CP (`bipsim cp --listen 127.0.0.1:0` plus `cp_args`), a private system bus with a PolicyKit stand-in,
     a socat relay from a UNIX socket to the CP, and ModemManager with the relay's socket as its one AT port."""
 
@@ -65,7 +64,7 @@ class MmPeer:
         self.socket = folder / "mm.sock"
         self.env = self.bus.env()
 
-    def __enter__(self) -> MmPeer:
+    def start(self) -> None:
         for tool in ("dbus-daemon", "socat", "mmcli", "gdbus"):
             require_tool(tool)
         if shutil.which("ModemManager", path=self.env["PATH"]) is None:
@@ -75,45 +74,35 @@ class MmPeer:
         )
         if check.returncode != 0:
             missing(f"the PolicyKit stand-in needs python3-dbus and python3-gi: {check.stderr.strip()}")
-        try:
-            self.procs["cp"], self.port = start_listening_cp(
-                self.folder,
-                ["--trace", str(self.folder / "cp.jsonl"), "--state", str(self.folder / "card.json")]
-                + self.cp_args,
-            )
-            self.bus.start()
-            self._start("polkit", [SYSTEM_PYTHON, "-c", _POLKIT])
-            self._wait("the PolicyKit stand-in", lambda: "ready" in self._log("polkit"), "polkit")
-            self._start("relay", ["socat", f"UNIX-LISTEN:{self.socket},fork", f"TCP:127.0.0.1:{self.port}"])
-            self._wait("socat", self.socket.exists, "relay")
-            mm_log = self.folder / "mm-debug.log"
-            self._start(
-                "mm",
-                ["ModemManager", "--test-enable", "--test-no-udev", "--no-auto-scan", "--debug"]
-                + [f"--log-file={mm_log}"],
-            )
-            self._wait("ModemManager", self._mm_on_bus, "mm")
-            profile = subprocess.run(
-                ["gdbus", "call", "--system", "--dest", "org.freedesktop.ModemManager1"]
-                + ["--object-path", "/org/freedesktop/ModemManager1"]
-                + ["--method", "org.freedesktop.ModemManager1.Test.SetProfile", "bipsim", "generic"]
-                + [f"['{self.socket}']"],
-                capture_output=True,
-                text=True,
-                env=self.env,
-                timeout=30,
-            )
-            assert profile.returncode == 0, profile.stderr
-            self.wait_for("a modem", lambda: self.mmcli("-L")[1].count("/Modem/") == 1)
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
+        self.procs["cp"], self.port = start_listening_cp(
+            self.folder,
+            ["--trace", str(self.folder / "cp.jsonl"), "--state", str(self.folder / "card.json")]
+            + self.cp_args,
+        )
+        self.bus.start()
+        self._start("polkit", [SYSTEM_PYTHON, "-c", _POLKIT])
+        self._wait("the PolicyKit stand-in", lambda: "ready" in self._log("polkit"), "polkit")
+        self._start("relay", ["socat", f"UNIX-LISTEN:{self.socket},fork", f"TCP:127.0.0.1:{self.port}"])
+        self._wait("socat", self.socket.exists, "relay")
+        mm_log = self.folder / "mm-debug.log"
+        self._start(
+            "mm",
+            ["ModemManager", "--test-enable", "--test-no-udev", "--no-auto-scan", "--debug"]
+            + [f"--log-file={mm_log}"],
+        )
+        self._wait("ModemManager", self._mm_on_bus, "mm")
+        profile = subprocess.run(
+            ["gdbus", "call", "--system", "--dest", "org.freedesktop.ModemManager1"]
+            + ["--object-path", "/org/freedesktop/ModemManager1"]
+            + ["--method", "org.freedesktop.ModemManager1.Test.SetProfile", "bipsim", "generic"]
+            + [f"['{self.socket}']"],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=30,
+        )
+        assert profile.returncode == 0, profile.stderr
+        self.wait_for("a modem", lambda: self.mmcli("-L")[1].count("/Modem/") == 1)
 
     def close(self) -> None:
         for name in ("mm", "relay", "polkit"):

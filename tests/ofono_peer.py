@@ -21,11 +21,10 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from tests.conftest import missing, require_tool
-from tests.cp_process import start_listening_cp, stop, wait_until
+from tests.cp_process import Processes, start_listening_cp, stop, wait_until
 from tests.dbus_peer import PrivateBus
 
 MODEM = "/bipsim"  # the phonesim.conf group's name is the modem's object path
@@ -43,7 +42,7 @@ def _unwrap(value: Any) -> Any:
     return value
 
 
-class OfonoPeer:
+class OfonoPeer(Processes):
     """The CP (`bipsim cp --listen 127.0.0.1:0` plus `cp_args`), a private system bus and ofonod with one
     phonesim modem pointing at the CP. Needs root (the mount namespace) and ofonod, dbus-daemon, busctl, unshare."""
 
@@ -58,28 +57,16 @@ class OfonoPeer:
         self.cp_trace = folder / "cp.jsonl"
 
     # -- start and stop ---------------------------------------------------------------------------------------
-    def __enter__(self) -> OfonoPeer:
+    def start(self) -> None:
         for tool in ("dbus-daemon", "busctl", "unshare"):
             require_tool(tool)
         if shutil.which("ofonod") is None and not Path("/usr/sbin/ofonod").exists():
             require_tool("ofonod")
         if os.geteuid() != 0:
             missing("oFono's private mount namespace needs root")
-        try:
-            self.cp, self.port = start_listening_cp(
-                self.folder, ["--trace", str(self.cp_trace), *self.cp_args]
-            )
-            self.bus.start()
-            self._start_ofono()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
+        self.cp, self.port = start_listening_cp(self.folder, ["--trace", str(self.cp_trace), *self.cp_args])
+        self.bus.start()
+        self._start_ofono()
 
     def close(self) -> None:
         stop(self.ofonod)
