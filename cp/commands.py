@@ -671,7 +671,11 @@ class ModemCommands:
                 raise CmeError(CME_NO_SERVICE)
             self.network.attach()
         else:
-            self.network.detach()
+            self._te_deactivating = True  # the TE's own detach: its OK says so, no +CGEV: ME DETACH (10.1.19)
+            try:
+                self.network.detach()
+            finally:
+                self._te_deactivating = False
         return None
 
     async def cgauth(self, request: AtRequest) -> list[str] | None:
@@ -750,7 +754,7 @@ class ModemCommands:
 
     def _attach_changed(self, attached: bool, by_network: bool) -> None:
         self._was_attached = self.network.attached
-        if not attached:
+        if not attached and not self._te_deactivating:
             self._event(f"+CGEV: {'NW' if by_network else 'ME'} DETACH")
 
     async def cmux(self, request: AtRequest, server: AtServer, allowed: bool) -> list[str] | None:
