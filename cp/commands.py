@@ -75,6 +75,7 @@ CHARSETS = ("IRA", "GSM", "UCS2", "HEX", "8859-1")
 # +CGEREP buffer of events held for the TE (27.007 10.1.19 <mode> 0): the oldest are dropped past this
 CGEV_BUFFER = 64
 # an APN's characters (TS 23.003 9.1: labels of letters, digits and hyphens, dot-separated)
+APN_MAX_OCTETS = 100
 APN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.")
 # 27.007 section 9.2.2 GPRS-related errors for PDP activation refusals
 PDP_CME = {SmCause.MISSING_OR_UNKNOWN_APN: 533, SmCause.USER_AUTHENTICATION_FAILED: 149}
@@ -566,7 +567,11 @@ class ModemCommands:
             pdp = self._apn_or_type(_str(request.args, 1, "IP")).upper()
             if pdp not in ("IP", "IPV6", "IPV4V6"):
                 raise CmeError(CME_BAD_PARAMETERS)
-            self.definitions[cid] = (pdp, self._apn_or_type(_str(request.args, 2, "")))
+            apn = self._apn_or_type(_str(request.args, 2, ""))
+            # TS 23.003 9.1: an APN is at most 100 octets as encoded (a length octet per label, no dots)
+            if apn and len(apn) + 1 > APN_MAX_OCTETS:
+                raise CmeError(CME_BAD_PARAMETERS)
+            self.definitions[cid] = (pdp, apn)
             return None
         raise AtCommandError()
 

@@ -957,3 +957,15 @@ async def test_urcs_held_while_online_are_capped_oldest_dropped_and_traced() -> 
         "+CGEV: test 2",
     ]
     await a.aclose()
+
+
+async def test_an_apn_over_100_octets_is_refused() -> None:
+    """TS 23.003 9.1: an APN is at most 100 octets encoded (one length octet per label): 99 characters are the
+    most +CGDCONT takes."""
+    async with rig() as r:
+        assert "OK" in await r.at("AT+CMEE=1")
+        longest = ".".join(["a" * 49, "b" * 49])  # 99 characters, 100 octets encoded
+        assert "OK" in await r.at(f'AT+CGDCONT=3,"IP","{longest}"')
+        answer = await r.at(f'AT+CGDCONT=4,"IP","{longest}c"', ("OK", "+CME ERROR"))
+        assert "+CME ERROR: 50" in answer
+        assert 4 not in r.core.definitions and r.core.definitions[3] == ("IP", longest)
