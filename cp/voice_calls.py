@@ -7,7 +7,8 @@ and Cuttlefish's modem_simulator offer it: a host's dialer sees calls set up, ri
 - ATH (V.250 6.3.6) and +CHUP (27.007 6.5): end every call (ATH is OK when there is none).
 - +CLCC (7.18): the calls' list; RING, or +CRING: VOICE under +CRC=1 (6.11), each RING_PERIOD while a call is
   incoming; +CLIP=1 (7.6) adds +CLIP: "<number>",<type> after each; S0 > 0 answers after that many rings.
-- the far end hangs up (`remote_hangup`): NO CARRIER on every line, the cause for +CEER.
+- the far end hangs up (`remote_hangup`): NO CARRIER on the line that placed or answered the call, the cause for
+  +CEER.
 The network model offers an incoming call with CellularNetwork.incoming_call: from a test, or from `bipsim call`
 through the network's control socket (`bipsim cp --sms-listen`; ops "call", "hangup", "calls"). A dial string without the ';' is a data call: the
 `data_dial` hook answers it (the PPP data mode), NO CARRIER while there is none.
@@ -73,6 +74,7 @@ class Call:
     mobile_terminated: bool
     state: CallState
     rings: int = 0
+    owner: AtServer | None = None  # the line that placed or answered the call: the one told NO CARRIER
 
     @property
     def number_type(self) -> int:
@@ -218,7 +220,7 @@ class VoiceCalls:
             raise ResultCode("NO CARRIER")
         if any(c.state in (CallState.DIALING, CallState.ALERTING) for c in self.calls.values()):
             raise AtCommandError()  # one call set up at a time
-        call = Call(self._new_id(), number, False, CallState.DIALING)
+        call = Call(self._new_id(), number, False, CallState.DIALING, owner=server)
         self.calls[call.id] = call
         self._trace_new(call)
 
@@ -281,9 +283,11 @@ class VoiceCalls:
                     *([f'+CLIP: "{call.number}",{call.number_type}'] if self.clip.get(server) else []),
                 ]
             )
-            auto = [server.settings.s0 for server in self.servers if server.settings.s0]
-            if auto and call.rings >= min(auto):
-                self._move(call, CallState.ACTIVE)  # S0 (V.250 6.3.8): the ME answers itself
+            auto = [server for server in self.servers if server.settings.s0]
+            answering = next((s for s in auto if call.rings >= s.settings.s0), None)
+            if answering is not None:
+                call.owner = answering  # S0 (V.250 6.3.8): the ME answers itself, for that line
+                self._move(call, CallState.ACTIVE)
                 return
             await trio.sleep(RING_PERIOD)
 
@@ -299,6 +303,7 @@ class VoiceCalls:
         for other in self.calls.values():
             if other.state is CallState.ACTIVE:
                 self._move(other, CallState.HELD)
+        call.owner = server
         self._move(call, CallState.ACTIVE)
         return None
 
@@ -330,12 +335,13 @@ class VoiceCalls:
         return None
 
     def remote_hangup(self, call_id: int | None = None, cause: str = CAUSE_NORMAL) -> bool:
-        """The far end ends call `call_id` (every call when None): NO CARRIER on each line (27.007 6.2)."""
+        """The far end ends call `call_id` (every call when None): NO CARRIER on the line that placed or answered
+        it (V.250 5.7.2: the result of that line's connection; a call still ringing just stops ringing)."""
         calls = [c for c in self.calls.values() if call_id is None or c.id == call_id]
+        owners = {c.owner for c in calls if c.owner is not None}
         for call in calls:
             self._move(call, CallState.ENDED, cause)
-        if calls:
-            self._urc_all(lambda server: ["NO CARRIER"])
+        self._urc_all(lambda server: ["NO CARRIER"] if server in owners else [])
         return bool(calls)
 
     def _registration_changed(self, status: object) -> None:

@@ -85,7 +85,28 @@ async def test_incoming_call_rings_with_clip_and_is_answered(autojump_clock: tri
         await other.dte.urcs()
         assert voice_of(m).remote_hangup()
         assert await m.dte.urcs() == ["NO CARRIER"]
+        # NO CARRIER is the answering line's: the other never had the call
+        assert await other.dte.urcs() == []
+
+
+async def test_a_call_hung_up_while_ringing_or_auto_answered_tells_only_its_line(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The far end gives up while the call still rings: nobody had it, so no NO CARRIER; a call S0 answered is
+    that line's."""
+    async with modem(lines=2) as (m, other):
+        m.network.incoming_call("5551")
+        assert await m.dte.urcs() == ["RING"]
+        await other.dte.urcs()
+        assert voice_of(m).remote_hangup()
+        assert await m.dte.urcs() == [] and await other.dte.urcs() == []
+        assert await other.dte.at("ATS0=1") == ["OK"]
+        m.network.incoming_call("5552")
+        assert await other.dte.urcs() == ["RING"]
+        await m.dte.urcs()
+        assert voice_of(m).remote_hangup()
         assert await other.dte.urcs() == ["NO CARRIER"]
+        assert await m.dte.urcs() == []
 
 
 async def test_auto_answer_after_s0_rings(autojump_clock: trio.testing.MockClock) -> None:
