@@ -10,6 +10,7 @@ adapter that frames HTTP with h11 and traces each request and answer (`http.requ
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,6 +103,9 @@ def check_records(obj: object) -> dict[str, dict[str, Any]]:
         changed = value.get("changed", 0.0)
         if isinstance(changed, bool) or not isinstance(changed, int | float):
             raise RecordError(f"{identity}: changed is a number")
+        if not math.isfinite(changed):
+            # Python's json reads NaN and Infinity, which no other JSON reader takes and no merge can order
+            raise RecordError(f"{identity}: changed is a finite number")
         out[identity] = dict(value)
     return out
 
@@ -164,12 +168,23 @@ class SyncService:
             if not isinstance(body, dict):
                 raise RecordError("the body is a JSON object")
             records = check_records(body.get("records"))
-        except (ValueError, RecordError) as exc:
-            return _error(400, f"bad body: {exc}")
+        except (ValueError, RecordError, RecursionError) as exc:
+            # RecursionError: JSON nested deeper than the parser's stack (a few KB of `[`)
+            return _error(400, f"bad body: {type(exc).__name__}: {str(exc)[:200]}")
         if records != store.records:
-            store = Subscriber(store.version + 1, records, terminal.name)
-            self.subscribers[subscriber] = store
-            self.save()
+            new = Subscriber(store.version + 1, records, terminal.name)
+            previous = self.subscribers.get(subscriber)
+            self.subscribers[subscriber] = new
+            try:
+                self.save()
+            except OSError as exc:
+                # the version a client is told of is the one on disk: a failed save leaves the old one served
+                if previous is None:
+                    del self.subscribers[subscriber]
+                else:
+                    self.subscribers[subscriber] = previous
+                return _error(500, f"the store could not be saved: {exc}")
+            store = new
         return _json(200, {"version": store.version}, etag=f'"{store.version}"')
 
 
@@ -262,7 +277,19 @@ class SyncServer:
             kind=Kind.HTTP_REQUEST,
             fields={"method": request.method, "target": request.target},
         )
-        response = self.service.handle(request)
+        try:
+            response = self.service.handle(request)
+        except Exception as exc:  # noqa: BLE001 - one request's fault never ends the server (docs/protocols.md)
+            self.tracer.emit(
+                "ap",
+                "sync",
+                "http",
+                f"request failed: {type(exc).__name__}",
+                kind=Kind.HTTP_ERROR,
+                error=True,
+                fields={"reason": f"{type(exc).__name__}: {str(exc)[:200]}"},
+            )
+            response = _error(500, f"internal error: {type(exc).__name__}")
         await self._send(conn, stream, response, close=False)
         return conn.our_state is h11.DONE and conn.their_state is h11.DONE
 

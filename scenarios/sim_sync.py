@@ -213,9 +213,9 @@ async def _remove_insert(run: SyncRun, harness: Harness) -> None:
     if await harness.wait_for_event("ap", _trigger("sim_inserted"), count=3, timeout=WAIT) is None:
         raise ScenarioFailed("no sync trigger for the SIM put back")
     back = await harness.wait_for_event("ap", STORES, count=4, timeout=WAIT)
-    await harness.wait_for_event("ap", MERGED, count=4, timeout=WAIT)
     if back is None or "sim:001010000000002" not in back["fields"]["stores"]:
         raise ScenarioFailed(f"the sync after the insertion: {back}")
+    await _cycle_end(harness, STORES, 4)
     run.notes.append("removal and insertion each started one sync")
 
 
@@ -236,13 +236,21 @@ def sim_sync_remove(options: ScenarioOptions) -> ScenarioResult:
     return _scenario(run, options, checks)
 
 
+async def _done(harness: Harness, count: int, what: str) -> None:
+    """The `count`th cycle of the run ended, and finished: its writes are in every store the checks read."""
+    end = await harness.wait_for_event("ap", MERGED, count=count, timeout=WAIT)
+    if end is None:
+        raise ScenarioFailed(f"{what} started no sync")
+    if end["fields"].get("event") != "sync_done":
+        raise ScenarioFailed(f"the sync after {what} did not finish: {end['fields']}")
+
+
 EDITED = Contact("Alice Smith", A.number)
 
 
 async def _server_edit(run: SyncRun, harness: Harness) -> None:
     run.server_edit(A.identity(), EDITED, 4e9)
-    if await harness.wait_for_event("ap", MERGED, count=2, timeout=WAIT) is None:
-        raise ScenarioFailed("the server's edit started no sync")
+    await _done(harness, 2, "the server's edit")
 
 
 def sim_sync_edit(options: ScenarioOptions) -> ScenarioResult:
@@ -262,8 +270,7 @@ async def _add_virtual(run: SyncRun, harness: Harness) -> None:
     VirtualSims(run.directory / "virtual").save("esim1", {B.identity(): Entry(B, 2.0)})
     if await harness.wait_for_event("ap", _trigger("virtual_added"), timeout=WAIT) is None:
         raise ScenarioFailed("the virtual SIM's arrival started no sync")
-    if await harness.wait_for_event("ap", MERGED, count=2, timeout=WAIT) is None:
-        raise ScenarioFailed("no sync after the virtual SIM came")
+    await _done(harness, 2, "the virtual SIM's arrival")
 
 
 def sim_sync_virtual(options: ScenarioOptions) -> ScenarioResult:
@@ -298,9 +305,24 @@ async def _conflict(run: SyncRun, harness: Harness) -> None:
     )
     if await harness.wait_for_event("ap", conflict, timeout=WAIT) is None:
         raise ScenarioFailed("no sync resolved the conflict")
-    await harness.wait_for_event(
-        "ap", MERGED, count=3, timeout=5
-    )  # a second trigger of the same edits, if any
+    await _cycle_end(harness, conflict)
+
+
+async def _cycle_end(harness: Harness, merged: EventQuery, nth: int = 1) -> dict[str, Any]:
+    """Waits for the end of the cycle whose merge is the `nth` event matching `merged`: cycles run one at a time
+    and each traces its sync_merged before its sync_done or sync_aborted, so that end is the first MERGED event
+    after it. The stores the checks read are written when it is sync_done; anything else fails the scenario."""
+    seen = harness.events_so_far("ap")
+    at = [i for i, obj in enumerate(seen) if merged.matches_dict(obj)][nth - 1 : nth]
+    if not at:
+        raise ScenarioFailed("the cycle's merge is not in the AP's trace")
+    before = sum(1 for obj in seen[: at[0]] if MERGED.matches_dict(obj))
+    end = await harness.wait_for_event("ap", MERGED, count=before + 1, timeout=WAIT)
+    if end is None:
+        raise ScenarioFailed("the cycle that merged never ended")
+    if end["fields"].get("event") != "sync_done":
+        raise ScenarioFailed(f"the cycle that merged did not finish: {end['fields']}")
+    return end
 
 
 def sim_sync_conflict(options: ScenarioOptions) -> ScenarioResult:

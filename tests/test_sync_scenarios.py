@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bipsim.scenarios.base import ScenarioOptions
+import pytest
+
+from bipsim.scenarios.base import ScenarioFailed, ScenarioOptions
 from bipsim.scenarios.harness import RunResult
 from bipsim.scenarios.sim_sync import A, B, C, SyncRun, run_sync
 from bipsim.trace.kinds import Kind
@@ -55,3 +57,55 @@ def test_ap_sync_options_explain_themselves_and_refuse_a_bad_url() -> None:
         [*run, "--port", "/nonexistent", "--sync", "ftp://x"], capture_output=True, text=True
     )
     assert bad.returncode != 0 and "--sync" in bad.stderr and "Traceback" not in bad.stderr
+
+
+class _Trace:
+    """A finished AP trace standing in for the harness: what `_cycle_end` reads of it."""
+
+    def __init__(self, events: list[str]) -> None:
+        self.events = [
+            {"kind": Kind.APP_EVENT, "fields": {"event": e, "conflicts": int(e == "conflict")}}
+            for e in events
+        ]
+        for obj in self.events:
+            if obj["fields"]["event"] == "conflict":
+                obj["fields"]["event"] = "sync_merged"
+
+    def events_so_far(self, name: str) -> list[dict[str, object]]:
+        return self.events
+
+    async def wait_for_event(self, name: str, query: object, *, count: int = 1, timeout: float = 0) -> object:
+        matched = [obj for obj in self.events if query.matches_dict(obj)]  # type: ignore[attr-defined]
+        return matched[count - 1] if len(matched) >= count else None
+
+
+CONFLICT = ["sync_merged", "sync_done", "conflict"]
+
+
+@pytest.mark.parametrize(
+    ("events", "failure"),
+    [
+        (
+            CONFLICT + ["sync_done", "sync_merged", "sync_done"],
+            None,
+        ),  # a second trigger of the same edits after
+        (CONFLICT + ["sync_aborted"], "did not finish"),
+        (CONFLICT, "never ended"),  # the conflict's cycle has not ended: no earlier cycle's end stands for it
+        (["sync_merged", "sync_done"], "not in the AP's trace"),
+    ],
+)
+async def test_the_conflict_scenario_waits_for_the_end_of_the_cycle_that_merged(
+    events: list[str], failure: str | None, autojump_clock: object
+) -> None:
+    from bipsim.scenarios.harness import EventQuery
+    from bipsim.scenarios.sim_sync import _cycle_end
+
+    conflict = EventQuery(
+        Kind.APP_EVENT, lambda f: f.get("event") == "sync_merged" and f.get("conflicts", 0) > 0
+    )
+    if failure is None:
+        end = await _cycle_end(_Trace(events), conflict)  # type: ignore[arg-type]
+        assert end is not None and end["fields"]["event"] == "sync_done"
+    else:
+        with pytest.raises(ScenarioFailed, match=failure):
+            await _cycle_end(_Trace(events), conflict)  # type: ignore[arg-type]

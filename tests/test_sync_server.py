@@ -71,6 +71,26 @@ def test_get_put_versions_and_if_match(tmp_path: Path) -> None:
         (req("PUT", body={"records": {"x": {"type": "contact", "name": "A"}}}, if_match="*"), 400),
         (req("PUT", body={"records": {"x": {**ALICE, "changed": "soon"}}}, if_match="*"), 400),
         (req("PUT", body={"records": {"x": {"type": "message", "status": "NEW"}}}, if_match="*"), 400),
+        # issue 20 review: nested deeper than the parser's stack is a bad body, not a RecursionError
+        (req("PUT", body=b'{"records": ' + b"[" * 200_000, if_match="*"), 400),
+        # non-finite `changed` (Python's json reads NaN and Infinity): no merge can order it
+        (
+            req(
+                "PUT",
+                body=b'{"records": {"x": {"type": "contact", "name": "A", "number": "1", "changed": NaN}}}',
+                if_match="*",
+            ),
+            400,
+        ),
+        (
+            req(
+                "PUT",
+                body=b'{"records": {"x": {"type": "contact", "name": "A", "number": "1", '
+                b'"changed": Infinity}}}',
+                if_match="*",
+            ),
+            400,
+        ),
     ],
 )
 def test_bad_requests_get_their_status_and_change_nothing(request_: Request, status: int) -> None:
@@ -181,3 +201,49 @@ def test_sync_server_command_errors() -> None:
     assert missing.returncode != 0 and "--terminal" in missing.stderr and "Traceback" not in missing.stderr
     bad = subprocess.run([*run, "--terminal", "x"], capture_output=True, text=True)
     assert bad.returncode != 0 and "NAME:TOKEN:SUBSCRIBER" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_failed_save_keeps_the_old_version_served(tmp_path: Path) -> None:
+    state = tmp_path / "gone" / "sync.json"  # its folder does not exist: save() raises OSError
+    service = SyncService([T1], state)
+    answer = service.handle(req("PUT", body={"records": {"c1": ALICE}}, if_match="*"))
+    assert answer.status == 500 and "error" in json.loads(answer.body)
+    assert service.subscribers == {}
+    assert json.loads(service.handle(req("GET")).body) == {"version": 0, "records": {}}
+
+
+async def test_a_request_that_breaks_the_service_gets_500_and_the_server_goes_on() -> None:
+    class Broken(SyncService):
+        def handle(self, request: Request):  # type: ignore[no-untyped-def]
+            if request.method == "PUT":
+                raise RuntimeError("boom")
+            return super().handle(request)
+
+    tracer = Tracer(keep=True)
+    server = SyncServer(Broken([T1]), tracer)
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(server.serve, "127.0.0.1", 0)
+        payload = b'{"records": {}}'
+        status, _, body = await trio.to_thread.run_sync(
+            lambda: _client(port, "PUT", payload, **{"Content-Type": "application/json", "If-Match": "*"})
+        )
+        assert status == 500 and "RuntimeError" in json.loads(body)["error"]
+        status, _, _ = await trio.to_thread.run_sync(_client, port, "GET")
+        assert status == 200  # the server is still there
+        nursery.cancel_scope.cancel()
+    errors = [e for e in tracer.events if e.kind == Kind.HTTP_ERROR]
+    assert len(errors) == 1 and "RuntimeError" in str(errors[0].field("reason"))
+
+
+async def test_deeply_nested_put_over_loopback_is_400_and_the_server_goes_on() -> None:
+    server = SyncServer(SyncService([T1]))
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(server.serve, "127.0.0.1", 0)
+        payload = b'{"records": ' + b"[" * 200_000
+        status, _, _ = await trio.to_thread.run_sync(
+            lambda: _client(port, "PUT", payload, **{"Content-Type": "application/json", "If-Match": "*"})
+        )
+        assert status == 400
+        status, _, _ = await trio.to_thread.run_sync(_client, port, "GET")
+        assert status == 200
+        nursery.cancel_scope.cancel()

@@ -634,3 +634,55 @@ async def test_sim_pulled_between_two_update_records_the_next_trigger_finishes_w
         assert local_messages(r) == {M_IN, draft, M_LOCAL}
         assert {m for m in server_records(r) if isinstance(m, Message)} == {M_IN, draft, M_LOCAL}
         assert len(await ef_sms(r, 1)) == 3
+
+
+# issue 20 review: a bad file, a vanishing virtual SIM, a non-finite time stamp, the modem's +CSCS
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{not json",
+        "[1, 2]",  # not the layout LocalStore writes
+        '{"records": {"x": {"type": "contact", "name": "A", "number": "1", "changed": NaN}}}',
+        '{"records": {"x": {"type": "contact", "name": "A", "number": "1", "changed": Infinity}}}',
+        '{"records": ' + "[" * 100_000,
+    ],
+)
+async def test_a_malformed_local_store_aborts_the_cycle_and_is_left_as_it_was(
+    tmp_path: Path, text: str
+) -> None:
+    async with rig(tmp_path, [A], None, server=False) as r:
+        r.local.path.write_text(text, encoding="utf-8")
+        report = await r.service.cycle(Trigger(TriggerKind.EDIT, "local"))
+        assert not report.ran and "terminal's store" in report.aborted
+        aborted = [e for e in r.tracer.events if e.field("event") == "sync_aborted"]
+        assert len(aborted) == 1 and aborted[0].error
+        assert r.local.path.read_text(encoding="utf-8") == text
+        assert await read_sim(r, 1) == {A}
+        assert (await r.service.cycle(Trigger(TriggerKind.EDIT, "again"))).aborted  # and the service goes on
+
+
+async def test_a_virtual_sim_vanishing_between_names_and_load_aborts_the_cycle(tmp_path: Path) -> None:
+    class Vanishing(VirtualSims):
+        def names(self) -> set[str]:
+            return {"ghost"}  # listed, then gone before load() (an eSIM profile deleted meanwhile)
+
+    async with rig(tmp_path, [A], None, server=False) as r:
+        r.service.virtual = Vanishing(tmp_path / "virtual")
+        report = await r.service.cycle(Trigger(TriggerKind.VIRTUAL_ADDED, "ghost"))
+        assert not report.ran and "virtual SIM ghost" in report.aborted
+        assert any(e.field("event") == "sync_aborted" for e in r.tracer.events)
+
+
+async def test_the_sync_gives_the_modem_its_character_set_back(tmp_path: Path) -> None:
+    async with rig(tmp_path, [A], None, server=False) as r:
+        port = r.service.port
+        assert port is not None
+        assert (await port.command('AT+CSCS="IRA"')).ok
+        assert (await r.service.cycle(Trigger(TriggerKind.SIM_INSERTED, "slot 1"))).ran
+        assert list((await port.command("AT+CSCS?")).lines) == ['+CSCS: "IRA"']
+        # and after an aborted cycle as well
+        r.local.path.write_text("{not json", encoding="utf-8")
+        assert not (await r.service.cycle(Trigger(TriggerKind.EDIT, "local"))).ran
+        assert list((await port.command("AT+CSCS?")).lines) == ['+CSCS: "IRA"']

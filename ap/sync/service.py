@@ -13,6 +13,7 @@ only once every other store is written); and the sync server (ota/sync_server.py
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import time
@@ -120,6 +121,11 @@ class Trigger:
     detail: str = ""
 
 
+# what reading a store's JSON file raises when the file is missing, not JSON, or not the layout LocalStore and
+# VirtualSims write (AttributeError/TypeError: a list where an object belongs; RecursionError: absurd nesting)
+BAD_FILE = (OSError, ValueError, RecordError, KeyError, TypeError, AttributeError, RecursionError)
+
+
 class SyncAborted(Exception):
     """A cycle stopped before the journal was written: every store is as before or was written completely with
     the merged set, and the next trigger finishes the job."""
@@ -158,6 +164,9 @@ def _entries_from_json(obj: object) -> dict[str, Entry]:
         changed = value.get("changed", 0.0)
         if isinstance(changed, bool) or not isinstance(changed, int | float):
             raise RecordError(f"{identity}: changed is a number")
+        if not math.isfinite(changed):
+            # Python's json reads NaN and Infinity: a NaN compares false with everything and breaks the merge's order
+            raise RecordError(f"{identity}: changed is a finite number")
         out[str(identity)] = Entry(record, float(changed))
     return out
 
@@ -328,7 +337,8 @@ class ServerClient:
         try:
             data = json.loads(body)
             return headers.get("etag", '"0"'), _entries_from_json(data["records"])
-        except (ValueError, KeyError, TypeError, RecordError) as exc:
+        except (ValueError, KeyError, TypeError, RecordError, RecursionError) as exc:
+            # RecursionError: JSON nested deeper than the parser's stack, garbage like any other
             self.tracer.emit(
                 "sync",
                 "ap",
@@ -460,6 +470,17 @@ class SyncService:
             return parse_slots(answer.lines)
         except SimDataError as exc:
             raise SyncAborted(str(exc)) from None
+
+    async def _charset(self) -> str | None:
+        """The modem's +CSCS set before the cycle changes it (None: no port, or the modem does not say)."""
+        if self.port is None:
+            return None
+        answer = await self._at("AT+CSCS?", None)
+        for line in answer.lines if answer.ok else ():
+            found = re.match(r'\s*\+CSCS:\s*"([^"]+)"', line)
+            if found:
+                return found.group(1)
+        return None
 
     async def _select(self, slot: int) -> None:
         await self._ok(f"AT%SLOT={slot}", None)
@@ -703,7 +724,9 @@ class SyncService:
                     reason=report.aborted,
                 )
             else:
+                charset: str | None = None
                 try:
+                    charset = await self._charset()
                     report = await self._run(trigger)
                 except SyncAborted as exc:
                     self._event("sync_aborted", f"sync aborted: {exc}", S13, error=True, reason=str(exc))
@@ -713,6 +736,10 @@ class SyncService:
                         with trio.CancelScope(shield=True):
                             try:
                                 await self._at("AT%SLOT=1", None)
+                                # +CSCS is the modem's for every TE user (27.007 5.5): the AP's other users of
+                                # the line get back the set they had before the sync chose UCS2
+                                if charset is not None and charset != "UCS2":
+                                    await self._at(f'AT+CSCS="{charset}"', None)
                             except SyncAborted:
                                 pass
             self._seen = self._fingerprints()
@@ -721,7 +748,13 @@ class SyncService:
 
     async def _run(self, trigger: Trigger) -> CycleReport:
         now = self.clock()
-        local_records, state = self.local.load()
+        try:
+            local_records, state = self.local.load()
+        except BAD_FILE as exc:
+            # a store edited by hand or by another program: the cycle stops and the file is left for the user
+            raise SyncAborted(
+                f"the terminal's store {self.local.path}: {type(exc).__name__}: {exc}"
+            ) from None
         stores: list[Store] = [Store("local", StoreKind.LOCAL, local_records, state.snapshots.get("local"))]
         # 002:S12: read every reachable store
         reads = [
@@ -732,8 +765,9 @@ class SyncService:
             assert self.virtual is not None
             try:
                 entries = self.virtual.load(name)
-            except (ValueError, RecordError) as exc:
-                raise SyncAborted(f"virtual SIM {name}: {exc}") from None
+            except BAD_FILE as exc:
+                # OSError: the profile's file went between names() and load() (deleted, or the eSIM removed)
+                raise SyncAborted(f"virtual SIM {name}: {type(exc).__name__}: {exc}") from None
             stores.append(
                 Store(f"virtual:{name}", StoreKind.VIRTUAL, entries, state.snapshots.get(f"virtual:{name}"))
             )
@@ -791,7 +825,10 @@ class SyncService:
         for name in virtual_names:
             assert self.virtual is not None
             if not result.plans[f"virtual:{name}"].empty:
-                self.virtual.save(name, entries_out)
+                try:
+                    self.virtual.save(name, entries_out)
+                except OSError as exc:
+                    raise SyncAborted(f"virtual SIM {name}: {exc}") from None
                 writes[f"virtual:{name}"] = 1
         for store in stores:
             snapshot = {i: r for i, r in result.merged.items() if store.takes(r)}
