@@ -10,8 +10,8 @@ What the settings mean on the simulated line (docs/protocols.md, "V.250 as bipsi
 - &W stores the channel's active profile in the modem's memory (one stored profile, V.250 6.1.1's profile 0, shared
   by every channel); Z restores it and &F the factory one. The memory is the CP process's: it is gone when the
   process ends, as the simulated phone has no non-volatile storage.
-- O (V.250 6.3.7) returns to a suspended data call; there is none to return to while the CP has no data mode, so
-  it answers NO CARRIER.
+- O (V.250 6.3.7) returns to a suspended data call (cp/data_mode.py installs its own O over this one); with no
+  call to return to it answers NO CARRIER.
 """
 
 from __future__ import annotations

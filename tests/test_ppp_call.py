@@ -969,3 +969,19 @@ async def test_an_apn_over_100_octets_is_refused() -> None:
         answer = await r.at(f'AT+CGDCONT=4,"IP","{longest}c"', ("OK", "+CME ERROR"))
         assert "+CME ERROR: 50" in answer
         assert 4 not in r.core.definitions and r.core.definitions[3] == ("IP", longest)
+
+
+def test_cp_cli_listen_nonsense_is_a_usage_error_and_pcap_help_names_the_ppp_file() -> None:
+    import sys
+
+    bad = subprocess.run(
+        [sys.executable, "-m", "bipsim", "cp", "--listen", "nonsense"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 2 and "is not HOST:PORT" in bad.stderr and "Traceback" not in bad.stderr
+    shown = subprocess.run(
+        [sys.executable, "-m", "bipsim", "cp", "--help"], capture_output=True, text=True, timeout=60
+    ).stdout
+    assert "F.ppp.pcap" in " ".join(shown.split())

@@ -29,7 +29,8 @@ pcap_option = click.option(
     "--pcap",
     "pcap_path",
     type=click.Path(dir_okay=False),
-    help="Also write a pcap of the trace here on exit.",
+    help="Also write a pcap of the trace here on exit (a data call's PPP frames go to F.ppp.pcap beside F.pcap, "
+    "link type 204).",
 )
 session_option = click.option("--session", help="Session label written into every trace event (e.g. e1, e2).")
 
@@ -54,15 +55,16 @@ def finish_trace(tracer: Tracer, pcap_path: str | None) -> None:
 
 
 def host_port(text: str, *, default_host: str = "127.0.0.1") -> tuple[str, int]:
+    """An option's HOST:PORT (or PORT alone); a usage error (exit 2, as click's own) when it is not one."""
     host, sep, port = text.rpartition(":")
     if not sep:
         host, port = default_host, text
     try:
         number = int(port)
     except ValueError as exc:
-        raise CliError(f"{text!r} is not HOST:PORT") from exc
+        raise CliError(f"{text!r} is not HOST:PORT", exit_code=2) from exc
     if not 0 <= number <= 65535:
-        raise CliError(f"port {number} is out of range")
+        raise CliError(f"port {number} is out of range", exit_code=2)
     return host.strip("[]") or default_host, number
 
 
