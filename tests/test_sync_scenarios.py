@@ -57,6 +57,12 @@ def test_ap_sync_options_explain_themselves_and_refuse_a_bad_url() -> None:
         [*run, "--port", "/nonexistent", "--sync", "ftp://x"], capture_output=True, text=True
     )
     assert bad.returncode != 0 and "--sync" in bad.stderr and "Traceback" not in bad.stderr
+    url = "http://127.0.0.1:9/sync/v1/001010123456789/records"
+    tokenless = subprocess.run(
+        [*run, "--port", "/nonexistent", "--sync", url], capture_output=True, text=True
+    )
+    assert tokenless.returncode == 2, tokenless.stderr
+    assert tokenless.stderr.strip().count("\n") == 0 and "--sync-token" in tokenless.stderr
 
 
 class _Trace:

@@ -222,7 +222,12 @@ SEED_002: tuple[Step, ...] = (
     Step(
         "002:S12",
         "read the SIM information and user data",
-        (_m(Kind.AT_COMMAND, "ap", "cp"), _m(Kind.HTTP_REQUEST, "ap", "sync")),
+        (
+            _m(Kind.AT_COMMAND, "ap", "cp"),
+            _m(Kind.HTTP_REQUEST, "ap", "sync"),
+            _m(Kind.APP_EVENT, "ap", "ap", event="sync_bad_record"),  # a record read that the sync refuses
+            _m(Kind.APP_EVENT, "ap", "ap", event="sync_record_kept"),  # a record read that it leaves alone
+        ),
     ),
     Step(
         "002:S13",
@@ -231,6 +236,10 @@ SEED_002: tuple[Step, ...] = (
             _m(Kind.APP_EVENT, "ap", "ap", event="sync_merged"),
             _m(Kind.AT_COMMAND, "ap", "cp"),
             _m(Kind.HTTP_REQUEST, "ap", "sync"),
+            # a write a SIM cannot take: skipped for that SIM, or the cycle aborted
+            _m(Kind.APP_EVENT, "ap", "ap", event="sync_record_unfit"),
+            _m(Kind.APP_EVENT, "ap", "ap", event="sync_sim_full"),
+            _m(Kind.APP_EVENT, "ap", "ap", event="sync_write_refused"),
         ),
     ),
 )

@@ -729,7 +729,8 @@ class SyncService:
                     charset = await self._charset()
                     report = await self._run(trigger)
                 except SyncAborted as exc:
-                    self._event("sync_aborted", f"sync aborted: {exc}", S13, error=True, reason=str(exc))
+                    # no step: an abort ends the cycle in S12 or S13 alike, and is neither reading nor synchronising
+                    self._event("sync_aborted", f"sync aborted: {exc}", None, error=True, reason=str(exc))
                     report = CycleReport(trigger, False, aborted=str(exc))
                 finally:
                     if self.port is not None:

@@ -150,7 +150,8 @@ if TYPE_CHECKING:
 @click.option(
     "--sync-token",
     default="",
-    help="The terminal's bearer token at the sync server (--terminal of bipsim sync-server).",
+    help="The terminal's bearer token at the sync server (--terminal of bipsim sync-server); "
+    "required with a --sync URL.",
 )
 @click.option(
     "--sync-store",
@@ -240,6 +241,9 @@ def ap(
         url = None if sync_url == "none" else sync_url
         if url is not None and not (url.startswith("http://") and url.endswith("/records")):
             raise CliError("--sync: give http://HOST:PORT/sync/v1/<subscriber>/records or 'none'")
+        if url is not None and not sync_token:
+            # the server answers 401 to every request without one: refuse at the start, not at the first sync
+            raise CliError("--sync URL needs --sync-token (the terminal's token at the sync server)", 2)
         virtual = Path(virtual_sims) if virtual_sims else None
         sync_options = SyncOptions(url, sync_token, Path(sync_store), virtual, Security(security))
     network = ApNetwork(wifi=wifi, ssid=ssid, cellular=cellular)
