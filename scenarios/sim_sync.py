@@ -186,8 +186,9 @@ def _scenario(run: SyncRun, options: ScenarioOptions, checks: Callable[[RunResul
 
 
 def sim_sync_insert(options: ScenarioOptions) -> ScenarioResult:
-    """A SIM holding Alice and Bob is inserted into a terminal whose store and server hold Carol: every store ends
-    with the three (002:S11 SIM inserted, S12 read, S13 written back with +CPBW and to the server)."""
+    """A SIM with Alice and Bob goes into a terminal whose store and server hold Carol: all end with the three.
+
+    002:S11 the SIM inserted, S12 read, S13 written back with +CPBW and to the server."""
     run = SyncRun("sim-sync-insert", [A, B], seed=[C])
 
     def checks(result: RunResult) -> None:
@@ -220,8 +221,9 @@ async def _remove_insert(run: SyncRun, harness: Harness) -> None:
 
 
 def sim_sync_remove(options: ScenarioOptions) -> ScenarioResult:
-    """Two SIMs (case 1): Alice on one, Bob on the other, both end with both; the second is pulled (one sync, without
-    it) and put back (one sync, with it)."""
+    """Two SIMs, Alice on one and Bob on the other, end with both; one pulled and put back starts one sync each.
+
+    Case 1: the second SIM is pulled (one sync, without it) and put back (one sync, with it)."""
     run = SyncRun("sim-sync-remove", [A], [B], act=_remove_insert)
 
     def checks(result: RunResult) -> None:
@@ -254,7 +256,9 @@ async def _server_edit(run: SyncRun, harness: Harness) -> None:
 
 
 def sim_sync_edit(options: ScenarioOptions) -> ScenarioResult:
-    """Case 6: Alice renamed on the server reaches the terminal's store and EF_ADN (+CPBW, international, UCS2)."""
+    """Alice renamed on the server reaches the terminal's store and the SIM's EF_ADN (case 6).
+
+    The SIM is written with +CPBW, the number international (145), the name in UCS2."""
     run = SyncRun("sim-sync-edit", [A], seed=[A], act=_server_edit)
 
     def checks(result: RunResult) -> None:
@@ -274,8 +278,9 @@ async def _add_virtual(run: SyncRun, harness: Harness) -> None:
 
 
 def sim_sync_virtual(options: ScenarioOptions) -> ScenarioResult:
-    """A virtual SIM (eSIM profile) holding Bob is added to a terminal with a SIM holding Alice (case 3): both end
-    with both, and so do the terminal's store and the server."""
+    """A virtual SIM holding Bob joins a terminal whose SIM holds Alice: every store ends with both (case 3).
+
+    The virtual SIM is an eSIM profile's file; the terminal's store and the server end with both as well."""
     run = SyncRun("sim-sync-virtual", [A], act=_add_virtual)
 
     def checks(result: RunResult) -> None:
@@ -326,7 +331,7 @@ async def _cycle_end(harness: Harness, merged: EventQuery, nth: int = 1) -> dict
 
 
 def sim_sync_conflict(options: ScenarioOptions) -> ScenarioResult:
-    """Alice edited on the terminal and, later, on the server: the newer edit (the server's) wins everywhere."""
+    """Alice is edited on the terminal and later on the server: the newer edit, the server's, wins everywhere."""
     run = SyncRun("sim-sync-conflict", [A], seed=[A], act=_conflict)
 
     def checks(result: RunResult) -> None:

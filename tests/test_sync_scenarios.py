@@ -115,3 +115,14 @@ async def test_the_conflict_scenario_waits_for_the_end_of_the_cycle_that_merged(
     else:
         with pytest.raises(ScenarioFailed, match=failure):
             await _cycle_end(_Trace(events), conflict)  # type: ignore[arg-type]
+
+
+def test_each_sync_scenario_says_what_it_does_in_its_first_line() -> None:
+    """`bipsim scenario list` shows a scenario's first docstring line: it is a whole sentence."""
+    from bipsim.scenarios import sim_sync
+
+    names = [name for name in dir(sim_sync) if name.startswith("sim_sync_")]
+    assert len(names) == 5
+    for name in names:
+        first = (getattr(sim_sync, name).__doc__ or "").splitlines()[0]
+        assert first[:1].isupper() and first.endswith("."), (name, first)
