@@ -291,7 +291,7 @@ class DataCommands:
     def forget(self, server: AtServer) -> None:
         call = self.calls.pop(server, None)
         if call is not None:
-            self._end(call, "the line went away")
+            self._end(call, "the line went away", announce=False)  # nobody left to tell
 
     # --- commands ---
     async def dial(self, request: AtRequest, server: AtServer, previous: Handler | None) -> list[str] | None:
