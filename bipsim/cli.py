@@ -30,11 +30,19 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "decode": ("decode", "decode", "Decode CAT/BIP bytes (proactive command, TR, envelope, APDU)."),
     "scenario": ("scenario", "scenario", "List or run named scenarios."),
     "sms": ("sms", "sms", "Inject MT SMS at a running CP's SMSC, list the MO ones (bipsim cp --sms-listen)."),
-    "call": ("call", "call", "Offer, end or list voice calls at a running CP's network (bipsim cp --sms-listen)."),
+    "call": (
+        "call",
+        "call",
+        "Offer, end or list voice calls at a running CP's network (bipsim cp --sms-listen).",
+    ),
     "soak": ("soak", "soak", "Run OTA sessions with seeded faults and check the card's state."),
     "fleet": ("fleet", "fleet", "Run many simulated cards in worker processes against one OTA server."),
     "trace": ("trace", "trace", "Render, export (pcap), replay or diff traces."),
-    "sync-server": ("sync_server", "sync_server", "Run the SIM data sync server (contacts, messages per subscriber)."),
+    "sync-server": (
+        "sync_server",
+        "sync_server",
+        "Run the SIM data sync server (contacts, messages per subscriber).",
+    ),
 }
 
 

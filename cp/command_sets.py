@@ -46,7 +46,8 @@ def build_command_sets(core: ModemCommands, tracer: Tracer, settings: dict[str, 
 
     status = StatusCommands(core, tracer)
     sets.append(status)
-    sets.append(VoiceCalls(core, tracer, indicator=status.set_indicator))  # before the data mode: it wraps D, H
+    # before the data mode: it wraps D, H
+    sets.append(VoiceCalls(core, tracer, indicator=status.set_indicator))
     from bipsim.cp.data_mode import DataCommands  # 27.007 10.2.1/10.1.12: ATD*99#, +CGDATA, PPP data calls
 
     sets.append(DataCommands(core, tracer, settings))  # after any other D/O/H: it hands them what is not its

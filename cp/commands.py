@@ -159,7 +159,11 @@ def crsm_path(fid: int, pathid: bytes) -> list[bytes]:
         parts = [pathid[at : at + 2] for at in range(0, len(pathid), 2)]
         if parts[0] == b"\x3f\x00":
             parts = parts[1:]
-        return [b"\x3f\x00", *(USIM_AID if part == b"\x7f\xff" else part for part in parts), fid.to_bytes(2, "big")]
+        return [
+            b"\x3f\x00",
+            *(USIM_AID if part == b"\x7f\xff" else part for part in parts),
+            fid.to_bytes(2, "big"),
+        ]
     if fid >> 8 == 0x6F:
         return [USIM_AID, fid.to_bytes(2, "big")]
     return [fid.to_bytes(2, "big")]
@@ -213,7 +217,8 @@ class ModemCommands:
         self.functionality = 1
         self.charset = "IRA"
         self.cops_format = 2  # +COPS=3,<format>: 0 long alphanumeric, 1 short alphanumeric, 2 numeric
-        self.cops_mode = 0  # +COPS <mode> (27.007 7.3): 0 automatic, 1 manual, 2 deregistered, 4 manual/automatic
+        # +COPS <mode> (27.007 7.3): 0 automatic, 1 manual, 2 deregistered, 4 manual/automatic
+        self.cops_mode = 0
         self.reg_modes = {"+CREG": 0, "+CGREG": 0, "+CEREG": 0}
         self.definitions: dict[int, tuple[str, str]] = {}
         # +CGAUTH (27.007 10.1.31): <cid> -> (<auth_prot>, <userid>, <password>)
@@ -386,7 +391,8 @@ class ModemCommands:
 
     def _registration_changed(self, status: RegStatus) -> None:
         if self._was_attached and not self.network.attached and self.network.ps_attach:
-            self._event("+CGEV: ME DETACH")  # +CFUN=0/4, +COPS=2: the ME left the network, the packet domain too
+            # +CFUN=0/4, +COPS=2: the ME left the network, the packet domain too
+            self._event("+CGEV: ME DETACH")
         self._was_attached = self.network.attached
         # n=1: +CREG: <stat>; n=2: with the cell's location while registered (27.007 section 7.2)
         registered = status in (RegStatus.HOME, RegStatus.ROAMING)
@@ -743,7 +749,8 @@ class ModemCommands:
                 del buffer[:-CGEV_BUFFER]
                 continue
             if mode == 1 and server.online_data:
-                continue  # <mode> 1: discarded while a data call has the line (2: the server holds it till then)
+                # <mode> 1: discarded while a data call has the line (2: the server holds it till then)
+                continue
             try:
                 trio.lowlevel.spawn_system_task(server.send_urc, line)
             except RuntimeError:

@@ -24,7 +24,8 @@ class ProxyLink:
         # the CP's wait for it (docs/protocols.md "BIP with a standard host"); a bearer falls back at once
         self.absent = False
         self.absent_reason = ""
-        self.settled = trio.Event()  # the AP attached once, or it was found absent: the CP's start waits for it
+        # the AP attached once, or it was found absent: the CP's start waits for it
+        self.settled = trio.Event()
         # (prefix, handler) given to each chat attached
         self.urc_handlers: list[tuple[str, UrcHandler]] = []
 

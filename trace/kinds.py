@@ -42,7 +42,8 @@ class Kind(StrEnum):
     AT_TEXT = "at.text"  # 27.005 text entry after the "> " prompt (+CMGS, +CMGW, +CNMA); fields: cancelled
     # 27.005 SMS at the CP (cp/sms_commands.py): what the ME hands the network and what it got from it
     SMS_SUBMIT = "sms.submit"  # an MO TPDU to the SMSC; fields: mr, storage, index (for +CMSS)
-    SMS_DELIVER = "sms.deliver"  # an MT TPDU from the SMSC; fields: route (cmt, cmti, download), storage, index
+    # an MT TPDU from the SMSC; fields: route (cmt, cmti, download), storage, index
+    SMS_DELIVER = "sms.deliver"
     SMS_STATUS_REPORT = "sms.status_report"  # an SMS-STATUS-REPORT from the SMSC; fields: route (cds, cdsi)
     SMS_ACK = "sms.ack"  # the TE's +CNMA: RP-ACK/RP-ERROR of a +CMT/+CDS to the network; fields: ack
     SMS_ERROR = "sms.error"  # a 27.005 command refused; fields: command, code (+CMS ERROR), reason
@@ -64,8 +65,10 @@ class Kind(StrEnum):
     PPP_IPCP = "ppp.ipcp"  # an IPCP packet
     PPP_IP = "ppp.ip"  # an IPv4 packet carried in PPP
     PPP_FRAME = "ppp.frame"  # a frame of another protocol (answered with Protocol-Reject)
-    PPP_DROPPED = "ppp.dropped"  # bytes or a frame dropped: bad FCS, runt, too long, aborted, wrong phase; reason
-    PPP_CALL = "ppp.call"  # the call's life: event (connect, link_up, authenticated, network_up, escape, ended...)
+    # bytes or a frame dropped: bad FCS, runt, too long, aborted, wrong phase; reason
+    PPP_DROPPED = "ppp.dropped"
+    # the call's life: event (connect, link_up, authenticated, network_up, escape, ended...)
+    PPP_CALL = "ppp.call"
     # transport
     TCP_CONNECT = "tcp.connect"  # a connection request (SYN); fields: host, port, channel
     TCP_ACCEPT = "tcp.accept"  # the peer's acknowledgement (SYN/ACK): the connection is up
@@ -80,8 +83,10 @@ class Kind(StrEnum):
     # the packets of the CP's own IPv4 stack (net/stack.py): hex the exact IPv4 packet; fields src, dst (addresses)
     # and for TCP/UDP sport, dport, len (payload bytes)
     IP_PACKET = "ip.packet"  # an IPv4 packet of a protocol the stack does not carry; fields: protocol
-    IP_FRAGMENT = "ip.fragment"  # one fragment; fields: protocol, id, offset, more, len, complete (reassembled)
-    IP_DROPPED = "ip.dropped"  # a packet dropped (bad checksum, truncated, refused fragment...); fields: reason
+    # one fragment; fields: protocol, id, offset, more, len, complete (reassembled)
+    IP_FRAGMENT = "ip.fragment"
+    # a packet dropped (bad checksum, truncated, refused fragment...); fields: reason
+    IP_DROPPED = "ip.dropped"
     TCP_SYN = "tcp.syn"  # a segment with SYN (SYN, SYN/ACK); fields: flags, seq, ack, win
     TCP_SEGMENT = "tcp.segment"  # any other segment (data, ACK, FIN, RST); fields: flags, seq, ack, win
     TCP_RETRANSMIT = "tcp.retransmit"  # a segment sent again; fields as tcp.segment and rto, reason
@@ -115,17 +120,23 @@ class Kind(StrEnum):
     OMAPI_CONTROL = "omapi.control"  # the AP's OMAPI control socket listening; fields: host, port
     # USAT through 27.007 section 12 (docs/protocols.md, "USAT through 27.007")
     USAT_ACTIVATE = "usat.activate"  # the host's toolkit activated (+CUSATA); fields: activation, commands
-    USAT_HANDOVER = "usat.handover"  # a proactive command handed to the host (+CUSATP); fields: command, number
+    # a proactive command handed to the host (+CUSATP); fields: command, number
+    USAT_HANDOVER = "usat.handover"
     USAT_END = "usat.end"  # the card ended the proactive session after the host's TR (+CUSATEND)
-    USAT_TOOLKIT = "usat.toolkit"  # the AP's toolkit answered a command by policy; fields: command, policy, result
+    # the AP's toolkit answered a command by policy; fields: command, policy, result
+    USAT_TOOLKIT = "usat.toolkit"
     # the network's SMS centre (net/smsc.py; docs/protocols.md, "SMS and the SMSC")
     SMSC_MO = "smsc.mo"  # an MO SMS-SUBMIT the SMSC took; fields: id, mr, origin, destination, srr, status
     SMSC_REFUSED = "smsc.refused"  # an MO TPDU the SMSC refused; fields: origin, reason, code (+CMS ERROR)
     SMSC_MT = "smsc.mt"  # an MT TPDU offered to the ME; fields: id, type, originator, data_download
-    SMSC_OUTCOME = "smsc.outcome"  # the ME's answer to an MT TPDU (hex: the PoR); fields: id, state, sw, cause
+    # the ME's answer to an MT TPDU (hex: the PoR); fields: id, state, sw, cause
+    SMSC_OUTCOME = "smsc.outcome"
     SMSC_CONTROL = "smsc.control"  # the control socket listening (host, port) or a request answered (op, ok)
     # the CP and the network model beyond SMS (issue 16: cp/pdp_choice.py, cp/voice_calls.py, cp/status_commands.py)
-    PDP_CHOICE = "pdp.choice"  # the APN a card's channel uses without an AP; fields: source, apn, user, cid, channel
-    CALL_STATE = "call.state"  # a voice call changed state (no audio); fields: id, state, number, direction, cause
-    USSD_MESSAGE = "ussd.message"  # a USSD string to or from the network; fields: direction, m (27.007 <m>), dcs
+    # the APN a card's channel uses without an AP; fields: source, apn, user, cid, channel
+    PDP_CHOICE = "pdp.choice"
+    # a voice call changed state (no audio); fields: id, state, number, direction, cause
+    CALL_STATE = "call.state"
+    # a USSD string to or from the network; fields: direction, m (27.007 <m>), dcs
+    USSD_MESSAGE = "ussd.message"
     NITZ = "nitz.update"  # the network's time and time zone reached the ME; fields: tz (quarter hours), dst
