@@ -22,6 +22,7 @@ from bipsim.ap.sync.service import (
     Security,
     ServerClient,
     SyncService,
+    SyncState,
     Trigger,
     TriggerKind,
     VirtualSims,
@@ -689,3 +690,33 @@ async def test_the_sync_gives_the_modem_its_character_set_back(tmp_path: Path) -
         r.local.path.write_text("{not json", encoding="utf-8")
         assert not (await r.service.cycle(Trigger(TriggerKind.EDIT, "local"))).ran
         assert list((await port.command("AT+CSCS?")).lines) == ['+CSCS: "IRA"']
+
+
+async def test_a_terminal_store_that_cannot_be_written_aborts_the_cycle(tmp_path: Path) -> None:
+    async with rig(tmp_path, [A], None, server=False) as r:
+        r.service.local = LocalStore(tmp_path / "no-such-folder" / "local.json")
+        report = await r.service.cycle(Trigger(TriggerKind.SIM_INSERTED, "slot 1"))
+        assert not report.ran and "terminal's store" in report.aborted
+        assert [
+            e.field("event") for e in r.tracer.events if e.field("event") in ("sync_aborted", "sync_done")
+        ] == ["sync_aborted"]
+
+
+async def test_the_watch_survives_a_malformed_store_and_syncs_once_it_is_mended(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with rig(tmp_path, [A], None, server=False) as r:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(r.service.watch, 1.0)
+            await trio.sleep(0.5)
+            assert [c.ran for c in r.service.cycles] == [True]
+            r.local.path.write_text("{not json", encoding="utf-8")
+            await trio.sleep(2)
+            assert [c.ran for c in r.service.cycles] == [
+                True,
+                False,
+            ]  # one aborted cycle, and the watch goes on
+            r.local.save({}, SyncState())  # mended by hand: an empty store that never synced
+            await trio.sleep(2)
+            assert r.service.cycles[-1].ran and local_contacts(r) == {A}
+            nursery.cancel_scope.cancel()

@@ -842,7 +842,11 @@ class SyncService:
             state.snapshots[store.name] = snapshot
         state.merged = dict(result.merged)
         writes["local"] = int(not result.plans["local"].empty)
-        self.local.save(entries_out, state)
+        try:
+            self.local.save(entries_out, state)
+        except OSError as exc:
+            # the journal stays as it was (write_json replaces atomically): the next trigger redoes the cycle
+            raise SyncAborted(f"the terminal's store {self.local.path}: {exc}") from None
         self._event("sync_done", f"sync done: {sum(writes.values())} writes", None, writes=writes)
         unheld = {name: tuple(sorted(ids)) for name, ids in skipped.items() if ids}
         return CycleReport(trigger, True, result, writes, skipped=unheld)
