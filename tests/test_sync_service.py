@@ -720,3 +720,18 @@ async def test_the_watch_survives_a_malformed_store_and_syncs_once_it_is_mended(
             await trio.sleep(2)
             assert r.service.cycles[-1].ran and local_contacts(r) == {A}
             nursery.cancel_scope.cancel()
+
+
+async def test_a_server_answer_nested_past_the_parser_is_garbage_and_aborts_the_cycle(tmp_path: Path) -> None:
+    from bipsim.ota.sync_server import Response
+
+    async with rig(tmp_path, [A], None) as r:
+        assert r.server is not None
+        nested = Response(
+            200, b'{"records": ' + b"[" * 100_000, {"content-type": "application/json", "etag": '"1"'}
+        )
+        r.server.handle = lambda request: nested  # type: ignore[method-assign]
+        report = await r.service.cycle(Trigger(TriggerKind.SIM_INSERTED, "slot 1"))
+        assert not report.ran and "garbage" in report.aborted
+        assert any(e.kind == "http.error" for e in r.tracer.events)
+        assert not r.local.path.exists() and await read_sim(r, 1) == {A}
