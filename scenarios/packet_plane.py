@@ -190,13 +190,18 @@ def pdp_drop(options: ScenarioOptions) -> ScenarioResult:
     )
 
 
-def radio_outage(options: ScenarioOptions) -> ScenarioResult:
+def radio_outage(options: ScenarioOptions, outage: float = OUTAGE) -> ScenarioResult:
     """Ten seconds of 100 % loss on the radio in the middle of the download: TCP backs off (RFC 6298) and recovers
     when the radio comes back, or the card is told (Channel Status 'link dropped') and resumes; either way the
-    campaign completes."""
+    campaign completes.
+
+    `outage` is the loss's length in seconds (the command line runs the default); three seconds still span two
+    retransmission timeouts (1 s, then 2 s backed off, RFC 6298 5.5), which is what the tests need."""
+    if not outage > 0:
+        raise ValueError(f"outage must be a positive number of seconds, not {outage!r}")
     restored = _radio(options)
 
-    async def outage(harness: Harness) -> None:
+    async def cut(harness: Harness) -> None:
         assert harness.link is not None
         harness.link.hold_at(DROP_OFFSET)
         with trio.move_on_after(WAIT):
@@ -206,7 +211,7 @@ def radio_outage(options: ScenarioOptions) -> ScenarioResult:
         await harness.card_control("radio " + _radio(options, loss=1.0))
         harness.link.hold_at(None)  # the rest of the download meets the outage
         started = time.monotonic()
-        await trio.sleep(OUTAGE)  # the outage's length is the scenario's subject, not a wait for an event
+        await trio.sleep(outage)  # the outage's length is the scenario's subject, not a wait for an event
         await harness.card_control("radio " + restored)
         harness.outage = time.monotonic() - started  # type: ignore[attr-defined]
 
@@ -216,7 +221,7 @@ def radio_outage(options: ScenarioOptions) -> ScenarioResult:
         campaign=applet_download(12000),
         server_link=True,
         card_control=True,
-        during=outage,
+        during=cut,
         timeout=4 * WAIT,
     )
     run = run_processes(config, options.directory)

@@ -24,6 +24,9 @@ from bipsim.cp.bip_gateway import (
     BearerOpen,
     BipGateway,
 )
+from bipsim.net.ipv4 import Ipv4Packet
+from bipsim.net.tcp_segment import TcpSegment
+from bipsim.scenarios.packet_plane import _retransmissions_received
 from bipsim.trace.events import Actor
 from bipsim.trace.pcap import PcapExporter, export_pcap, internet_checksum, is_ipv4_packet
 from bipsim.trace.recorder import Tracer
@@ -255,6 +258,12 @@ async def test_refused_connect_is_remote_device_not_reachable_and_frees_the_cont
 # --- the packet scenarios, each a run of the three processes, with tshark on the CP's packets ----------------------
 
 
+# seconds of radio-outage's outage here (its default, 10 s, is the command line's): the gateway's timeouts after
+# the last delivered ACK fall at +1 s and +3 s (1 s, then doubled, RFC 6298 5.5), both inside 4 s, and the next
+# at +7 s, after the radio is back; 3 s would put the second timeout on the outage's very end
+OUTAGE = 4.0
+
+
 def tshark_frames(pcap: Path, display_filter: str) -> list[str]:
     """The frames of `pcap` that tshark's `display_filter` selects, one summary line each."""
     out = subprocess.run(
@@ -264,12 +273,18 @@ def tshark_frames(pcap: Path, display_filter: str) -> list[str]:
     return [line for line in out.stdout.splitlines() if line.strip()]
 
 
-def run_scenario(name: str, tmp_path: Path) -> tuple[Any, Path]:
-    """Runs scenario `name` in `tmp_path` and exports its pcap; returns (result, pcap)."""
+def run_scenario(name: str, tmp_path: Path, **parameters: Any) -> tuple[Any, Path]:
+    """Runs scenario `name` in `tmp_path` (with the scenario's own keyword `parameters`) and exports its pcap;
+    returns (result, pcap). These tests are each packet scenario's only run in the suite (test_scenarios.py leaves
+    them here), so the generic checks of test_scenarios.py's test_scenario_passes are made here too."""
     from bipsim.scenarios.base import ScenarioOptions
     from bipsim.scenarios.registry import SCENARIOS
 
-    result = SCENARIOS[name](ScenarioOptions(tmp_path / "run"))
+    result = SCENARIOS[name](ScenarioOptions(tmp_path / "run"), **parameters)
+    assert result.name == name
+    assert result.run.cp_code == 0
+    assert any(e.layer.value == "apdu" for e in result.run.events)
+    assert (result.run.directory / "cp.jsonl").exists() and (result.run.directory / "ap.jsonl").exists()
     pcap = tmp_path / f"{name}.pcap"
     export_pcap(result.run.events, pcap)
     return result, pcap
@@ -329,10 +344,21 @@ def test_pdp_drop_tells_the_card_and_the_session_resumes_on_a_new_context(tmp_pa
 
 @pytest.mark.needs("tshark")
 def test_radio_outage_recovers_and_the_pcap_stays_well_formed(tmp_path: Path) -> None:
-    result, pcap = run_scenario("radio-outage", tmp_path)
+    result, pcap = run_scenario("radio-outage", tmp_path, outage=OUTAGE)
     assert result.run.completed
     profiles = [e.field("loss") for e in result.run.events if e.field("event") == "link_profile"]
     assert 1.0 in profiles and profiles[-1] == 0.0  # the outage came and went
+    # TCP backed off in the outage and recovered: the gateway's retransmission of one data segment was lost at
+    # least twice (a second, backed-off timeout, RFC 6298 5.5, fired within the outage), and the CP then received it
+    lost: dict[int, int] = {}
+    for event in result.run.events:
+        if event.kind == "ip.lost" and event.dst is Actor.CP:
+            packet = Ipv4Packet.decode(event.data)
+            segment = TcpSegment.decode(packet.payload, packet.source, packet.destination)
+            if segment.payload:
+                lost[segment.seq] = lost.get(segment.seq, 0) + 1
+    assert max(lost.values(), default=0) >= 2, lost
+    assert _retransmissions_received(result.run) > 0
     assert not tshark_frames(pcap, "_ws.malformed")
 
 
