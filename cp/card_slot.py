@@ -19,14 +19,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from enum import Enum, StrEnum
-from typing import Any
 
 import trio
 
 from bipsim.cp.card_driver import CardDriver
-from bipsim.trace.events import Actor, Layer, TraceEvent
+from bipsim.trace.events import Actor, Layer
 from bipsim.trace.kinds import Kind
-from bipsim.trace.recorder import NULL_TRACER, Tracer
+from bipsim.trace.recorder import NULL_TRACER, Tracer, TracerView
 from bipsim.uicc.transitions import TransitionTable
 from bipsim.uicc.transport import ApduTransport, CardRemoved
 
@@ -82,43 +81,6 @@ class SlotPresence:
         return Change.NONE
 
 
-class SlotTracer(Tracer):
-    """The tracer of a slot other than 1: every event it emits carries `slot` in its fields, so the APDUs of two
-    cards in one trace are told apart (slot 1's events stay as they always were)."""
-
-    def __init__(self, inner: Tracer, slot: int) -> None:
-        super().__init__(session=inner.session, origin=inner.origin)
-        self.inner = inner
-        self.slot = slot
-
-    def emit(
-        self,
-        src: Actor | str,
-        dst: Actor | str,
-        layer: Layer | str,
-        summary: str,
-        data: bytes | None = None,
-        *,
-        step: str | None = None,
-        session: str | None = None,
-        error: bool = False,
-        kind: str = "",
-        fields: dict[str, Any] | None = None,
-    ) -> TraceEvent:
-        return self.inner.emit(
-            src,
-            dst,
-            layer,
-            summary,
-            data,
-            step=step,
-            session=session,
-            error=error,
-            kind=kind,
-            fields={**(fields or {}), "slot": self.slot},
-        )
-
-
 class NoCard:
     """An empty slot (`--card2 none`): there is no card to power on or talk to."""
 
@@ -153,7 +115,12 @@ class CardSlot:
         self.number = number
         self.transport = transport
         self.notice = notice  # the user is told of a presence change in one line too (the modem: stderr)
-        self.tracer = tracer if number == 1 or isinstance(tracer, SlotTracer) else SlotTracer(tracer, number)
+        # every event of a slot other than 1 carries `slot`, so two cards' APDUs in one trace are told apart
+        self.tracer = (
+            tracer
+            if number == 1 or isinstance(tracer, TracerView)
+            else TracerView(tracer, extra={"slot": number})
+        )
         self.presence = SlotPresence(
             SlotState.ABSENT if isinstance(transport, NoCard) else SlotState.UNPOWERED
         )

@@ -40,9 +40,9 @@ from bipsim.net.ipv4 import ICMP, TCP, UDP, Ipv4Packet
 from bipsim.net.radio import LinkEnd
 from bipsim.net.tun import TunNamespace, open_tun_namespace
 from bipsim.net.udp import UdpDatagram
-from bipsim.trace.events import Actor, Layer, TraceEvent
+from bipsim.trace.events import Actor, Layer
 from bipsim.trace.kinds import Kind
-from bipsim.trace.recorder import NULL_TRACER, Tracer
+from bipsim.trace.recorder import NULL_TRACER, Tracer, TracerView
 
 __all__ = ["CORE_ROUTER", "GATEWAY", "POOL", "SERVER_ADDRESS", "Pgw", "PgwCounters", "PgwMode", "PortForward"]
 
@@ -88,37 +88,6 @@ class _Context:
     end: LinkEnd
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)  # its reader
     flows: set[trio.CancelScope] = field(default_factory=set)  # each flow's task (nat), ended by detach
-
-
-class _DropsOnly(Tracer):
-    """The gateway stack's tracer: the CP's stack already records every packet of the bearer, so the gateway's
-    copy of each would be the same message twice; only what the gateway refuses (ip.dropped: bad input from a
-    context, with its reason) is recorded."""
-
-    def __init__(self, inner: Tracer) -> None:
-        super().__init__()
-        self._inner = inner
-        self._nothing = TraceEvent(0.0, Actor.PGW, Actor.PGW, Layer.IP, "")
-
-    def emit(
-        self,
-        src: Actor | str,
-        dst: Actor | str,
-        layer: Layer | str,
-        summary: str,
-        data: bytes | None = None,
-        *,
-        step: str | None = None,
-        session: str | None = None,
-        error: bool = False,
-        kind: str = "",
-        fields: dict[str, Any] | None = None,
-    ) -> TraceEvent:
-        if not error:
-            return self._nothing
-        return self._inner.emit(
-            src, dst, layer, summary, data, step=step, session=session, error=error, kind=kind, fields=fields
-        )
 
 
 class Pgw:
@@ -409,7 +378,7 @@ class Pgw:
             self.gateway,
             self._to_context,
             # the CP's stack traces every packet of the link already; the gateway's adds only what it drops
-            tracer=self.tracer if self.tracer is NULL_TRACER else _DropsOnly(self.tracer),
+            tracer=self.tracer if self.tracer is NULL_TRACER else TracerView(self.tracer, errors_only=True),
             actor=Actor.PGW,
             peer=Actor.CP,
             promiscuous=True,

@@ -261,3 +261,39 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 NULL_TRACER = Tracer()
 """A tracer that records nothing: the default of components built without one."""
+
+
+class TracerView(Tracer):
+    """A tracer that hands its events to another (`inner`), with `extra` fields added to each (a card slot's
+    number), or, with `errors_only`, only the events marked as errors (a gateway whose every packet the CP's stack
+    already records keeps only its refusals). What it does not pass on is recorded nowhere."""
+
+    def __init__(
+        self, inner: Tracer, *, extra: dict[str, Any] | None = None, errors_only: bool = False
+    ) -> None:
+        super().__init__(session=inner.session, origin=inner.origin)
+        self.inner = inner
+        self.extra = dict(extra or {})
+        self.errors_only = errors_only
+
+    def emit(
+        self,
+        src: Actor | str,
+        dst: Actor | str,
+        layer: Layer | str,
+        summary: str,
+        data: bytes | None = None,
+        *,
+        step: str | None = None,
+        session: str | None = None,
+        error: bool = False,
+        kind: str = "",
+        fields: dict[str, Any] | None = None,
+    ) -> TraceEvent:
+        if self.errors_only and not error:
+            return NULL_TRACER.emit(src, dst, layer, summary, data, step=step, session=session, kind=kind)
+        if self.extra:
+            fields = {**(fields or {}), **self.extra}
+        return self.inner.emit(
+            src, dst, layer, summary, data, step=step, session=session, error=error, kind=kind, fields=fields
+        )
