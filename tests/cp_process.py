@@ -73,11 +73,23 @@ def start_listening_cp(folder: Path, args: list[str]) -> tuple[subprocess.Popen[
     return cp, found[0]
 
 
-def gammurc(folder: Path, device: Path) -> Path:
-    """FOLDER/gammurc: gammu on DEVICE with the AT connection, every line logged to FOLDER/gammu.log."""
+FAST_AT = "dku2at"
+SLOW_AT = "at"
+
+
+def gammurc(folder: Path, device: Path, connection: str = FAST_AT) -> Path:
+    """FOLDER/gammurc: gammu on DEVICE (a serial line) with the AT protocol, every line logged to FOLDER/gammu.log.
+
+    CONNECTION: gammu's plain `at` (SLOW_AT) writes each command a character at a time and then sleeps 400 ms,
+    until it has read the model (libgammu/protocol/at/at.c, AT_Initialise: slow write only for GCT_AT, a
+    workaround for old phones' cables): ten such commands, 4 s, at the start of every gammu run. `dku2at`
+    (FAST_AT, the default) is the same serial device and the same AT protocol with whole-command writes: gammu
+    sends the same commands (measured: the same 32-command sequence for --identify) in 0.2 s. One test keeps
+    SLOW_AT so the character-at-a-time start stays covered."""
     rc = folder / "gammurc"
     rc.write_text(
-        f"[gammu]\ndevice = {device}\nconnection = at\nlogfile = {folder / 'gammu.log'}\nlogformat = textall\n"
+        f"[gammu]\ndevice = {device}\nconnection = {connection}\n"
+        f"logfile = {folder / 'gammu.log'}\nlogformat = textall\n"
     )
     return rc
 

@@ -13,7 +13,7 @@ import pytest
 from bipsim import __version__
 from bipsim.cp.commands import IMEI, MANUFACTURER, MODEL
 from bipsim.uicc.profile import load_profile
-from tests.cp_process import CpOnPty, gammurc
+from tests.cp_process import SLOW_AT, CpOnPty, gammurc
 from tests.cp_process import stop as _stop  # noqa: F401 (tests/test_sync_gammu.py imports it from here)
 
 
@@ -27,7 +27,9 @@ def cp_on_pty(tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen[bytes]]]:
 
 def _identify(device: Path, tmp_path: Path) -> dict[str, str]:
     result = subprocess.run(
-        ["gammu", "-c", str(gammurc(tmp_path, device)), "--identify"],
+        # gammu's plain `at` connection: its character-at-a-time start (the other gammu tests write whole
+        # commands, tests/cp_process.py gammurc) stays covered here
+        ["gammu", "-c", str(gammurc(tmp_path, device, SLOW_AT)), "--identify"],
         capture_output=True,
         text=True,
         timeout=120,

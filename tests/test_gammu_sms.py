@@ -1,4 +1,4 @@
-"""A real AT client reads and sends SMS through the CP's 27.005 command set: Debian's gammu (connection = at) against
+"""A real AT client reads and sends SMS through the CP's 27.005 command set: Debian's gammu (an AT connection) against
 `bipsim cp` on a `bipsim pty-pair` line, the network's SMSC driven through its control socket (`bipsim sms`).
 gammu's `getsmsfolders`, `getallsms` (an MT message injected at the SMSC, stored on the card's EF_SMS) and
 `sendsms TEXT` (the SMS-SUBMIT reaches the SMSC) must work as they do on a real modem."""

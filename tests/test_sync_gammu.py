@@ -1,5 +1,5 @@
 """After a SIM data sync (ap/sync/service.py; docs/protocols.md, "SIM data sync"), a real AT client reads the card
-and finds what the merge says: Debian's gammu (connection = at) against `bipsim cp` on a `bipsim pty-pair` line,
+and finds what the merge says: Debian's gammu (an AT connection) against `bipsim cp` on a `bipsim pty-pair` line,
 holding the card the sync wrote (its profile and state file). `gammu getallmemory SM` lists the merged contacts with
 their names and numbers (issue 20, test 3), `gammu getallsms` the merged messages on EF_SMS with their read/unread
 status (test 6)."""
@@ -18,6 +18,7 @@ import trio
 
 from bipsim.ap.sync.merge import Contact, Message, MessageStatus
 from bipsim.ap.sync.service import Trigger, TriggerKind
+from tests.cp_process import gammurc
 from tests.test_gammu import _stop
 from tests.test_sync_service import (
     M_IN,
@@ -86,11 +87,7 @@ def synced_card(tmp_path: Path) -> Iterator[tuple[Path, set[object]]]:
         assert cp.stdout is not None
         line = cp.stdout.readline().decode()
         assert "sms listening on" in line, line + errors.read_text(errors="replace")
-        rc = tmp_path / "gammurc"
-        rc.write_text(
-            f"[gammu]\ndevice = {side_b}\nconnection = at\nlogfile = {tmp_path / 'gammu.log'}\nlogformat = textall\n"
-        )
-        yield rc, merged
+        yield gammurc(tmp_path, side_b), merged
         assert cp.poll() is None, "the CP died under gammu"
     finally:
         if cp is not None:
