@@ -116,10 +116,15 @@ def radio_lossy(options: ScenarioOptions) -> ScenarioResult:
     )
 
 
-def radio_gprs(options: ScenarioOptions) -> ScenarioResult:
+def radio_gprs(options: ScenarioOptions, campaign: str | None = None) -> ScenarioResult:
     """The GPRS profile (300 ms one way, 40 kbit/s, 100 ms jitter): the session completes; the time from the card's
-    OPEN CHANNEL to the first byte from the server is measured."""
-    config = _config("radio-gprs", options, radio=_radio(options, **_figures("gprs")), timeout=120)
+    OPEN CHANNEL to the first byte from the server is measured.
+
+    `campaign` is the server's campaign (TOML text); None, as on the command line, is the built-in example (four
+    steps). Each admin exchange costs a GPRS round trip (0.6 s and more), so a test may run a one-step campaign."""
+    config = _config(
+        "radio-gprs", options, radio=_radio(options, **_figures("gprs")), campaign=campaign, timeout=120
+    )
     run = run_processes(config, options.directory)
     check_ota_completed(run)
     opened = proactive_commands(run, "OPEN CHANNEL")

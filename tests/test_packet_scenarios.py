@@ -26,6 +26,7 @@ from bipsim.cp.bip_gateway import (
 )
 from bipsim.net.ipv4 import Ipv4Packet
 from bipsim.net.tcp_segment import TcpSegment
+from bipsim.scenarios.campaigns import applet_download
 from bipsim.scenarios.packet_plane import _retransmissions_received
 from bipsim.trace.events import Actor
 from bipsim.trace.pcap import PcapExporter, export_pcap, internet_checksum, is_ipv4_packet
@@ -262,6 +263,7 @@ async def test_refused_connect_is_remote_device_not_reachable_and_frees_the_cont
 # the last delivered ACK fall at +1 s and +3 s (1 s, then doubled, RFC 6298 5.5), both inside 4 s, and the next
 # at +7 s, after the radio is back; 3 s would put the second timeout on the outage's very end
 OUTAGE = 4.0
+GPRS_LOAD = 600  # bytes of load file in radio-gprs here (the built-in example's is 1500)
 
 
 def tshark_frames(pcap: Path, display_filter: str) -> list[str]:
@@ -322,8 +324,12 @@ def test_radio_lossy_completes_with_retransmissions_in_the_pcap(tmp_path: Path) 
 
 
 def test_radio_gprs_measures_open_channel_to_first_byte(tmp_path: Path) -> None:
-    result, _ = run_scenario("radio-gprs", tmp_path)
+    # the example's SPN update, a 600-byte load (not 1500) and the install, without its closing GET STATUS: the
+    # first byte and the profile are the subject, and each admin exchange more is only another GPRS round trip
+    result, _ = run_scenario("radio-gprs", tmp_path, campaign=applet_download(GPRS_LOAD))
     assert result.run.completed
+    (card,) = result.run.results.values()
+    assert [script["kind"] for script in card["scripts"]] == ["rfm", "ram-load", "ram-install"]
     profile = [e for e in result.run.events if e.field("event") == "bearer_up"]
     assert profile and str(profile[0].field("radio")).startswith("gprs,delay=300")
     assert any("first byte" in note for note in result.notes)
