@@ -297,9 +297,15 @@ def cp_packets(result: Any) -> list[Any]:
     return [e for e in result.run.events if e.layer.value in ("ip", "tcp", "udp") and is_ipv4_packet(e.data)]
 
 
+@pytest.fixture(scope="module")
+def embodiment1_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
+    """One run of embodiment 1 on the ideal radio (and its pcap), which two tests below read."""
+    return run_scenario("embodiment1", tmp_path_factory.mktemp("embodiment1"))
+
+
 @pytest.mark.needs("tshark")
-def test_embodiment1_on_an_ideal_radio_has_clean_tcp_in_the_pcap(tmp_path: Path) -> None:
-    result, pcap = run_scenario("embodiment1", tmp_path)
+def test_embodiment1_on_an_ideal_radio_has_clean_tcp_in_the_pcap(embodiment1_run: tuple[Any, Path]) -> None:
+    result, pcap = embodiment1_run
     assert any(e.kind == "tcp.syn" for e in cp_packets(result))
     tcp = tshark_frames(pcap, "tcp")
     assert tcp and any(
@@ -562,13 +568,10 @@ async def test_server_mode_forwards_a_host_port_until_its_context_goes() -> None
         nursery.cancel_scope.cancel()
 
 
-def test_embodiment1_release_is_orderly_not_a_dropped_link(tmp_path: Path) -> None:
+def test_embodiment1_release_is_orderly_not_a_dropped_link(embodiment1_run: tuple[Any, Path]) -> None:
     # the bearer's own release of its context after CLOSE CHANNEL is not a fault: the stack traces "link released"
     # without the error flag (only AT+CGACT=0, a detach or the network drop a link)
-    from bipsim.scenarios.base import ScenarioOptions
-    from bipsim.scenarios.registry import SCENARIOS
-
-    result = SCENARIOS["embodiment1"](ScenarioOptions(tmp_path / "run"))
+    result, _ = embodiment1_run
     assert result.run.completed
     ends = [e for e in result.run.events if e.kind == "ip.dropped" and "link" in e.summary]
     assert ends and all("link released: channel" in e.summary and not e.error for e in ends)
