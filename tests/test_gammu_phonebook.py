@@ -16,12 +16,19 @@ from bipsim.uicc.profile import load_profile
 from tests.cp_process import CpOnPty, gammurc
 
 
+@pytest.fixture(scope="module")
+def phonebook_modem(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CpOnPty]:
+    """`bipsim cp --profile phonebook` on side A of a pty pair, one for the module: both tests only read the
+    card."""
+    with CpOnPty(tmp_path_factory.mktemp("gammu_phonebook"), ["--profile", "phonebook"]) as modem:
+        yield modem
+
+
 @pytest.fixture
-def phonebook_cp(tmp_path: Path) -> Iterator[Path]:
-    """`bipsim cp --profile phonebook` on side A of a pty pair; yields the gammu config for side B."""
-    with CpOnPty(tmp_path, ["--profile", "phonebook"]) as modem:
-        yield gammurc(tmp_path, modem.device)
-        assert modem.cp is not None and modem.cp.poll() is None, "the CP died under gammu"
+def phonebook_cp(phonebook_modem: CpOnPty) -> Iterator[Path]:
+    """The gammu config for side B (gammu rewrites its log on each run); the CP must outlive the test."""
+    yield gammurc(phonebook_modem.folder, phonebook_modem.device)
+    assert phonebook_modem.cp is not None and phonebook_modem.cp.poll() is None, "the CP died under gammu"
 
 
 def _gammu(rc: Path, *args: str) -> str:
