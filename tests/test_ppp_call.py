@@ -324,10 +324,11 @@ async def rig(config: PppConfig | None = None, dlc: bool = False) -> AsyncIterat
         nursery.cancel_scope.cancel()
 
 
-async def negotiate(r: Rig, host: HostPpp, until: str = "ipcp") -> None:
-    """Runs the host's PPP against the modem until IPCP is open (or LCP, `until="lcp"`)."""
+async def negotiate(r: Rig, host: HostPpp, until: str = "ipcp", timeout: float = 10) -> None:
+    """Runs the host's PPP against the modem until IPCP is open (or LCP, `until="lcp"`); `timeout` is a bound
+    for a stalled negotiation, generous where the modem is a separate process on a busy machine."""
     host.start()
-    with trio.fail_after(10):
+    with trio.fail_after(timeout):
         while True:
             out = host.take()
             if out:
@@ -719,7 +720,7 @@ def test_a_running_bipsim_cp_takes_a_data_call(tmp_path: Path) -> None:
             assert "OK" in await r.at("ATE0")
             assert "CONNECT" in await r.at("ATD*99#")
             host = HostPpp()
-            await negotiate(r, host)
+            await negotiate(r, host, timeout=60)
             await stream.aclose()
             return host
 
