@@ -337,7 +337,13 @@ async def negotiate(r: Rig, host: HostPpp, until: str = "ipcp", timeout: float =
                 return
             if until == "lcp" and host.lcp_acked_ours and host.lcp_acked_theirs:
                 return
-            host.feed(await r.host.receive_some(65536))
+            data = b""
+            with trio.move_on_after(3):  # RFC 1661 4.6: the Restart timer (3 s) resends an unanswered request
+                data = await r.host.receive_some(65536)
+            if data:
+                host.feed(data)
+            elif not host.lcp_acked_ours:
+                host.start()
 
 
 async def serve_http(nursery: trio.Nursery, body: bytes) -> int:
