@@ -637,16 +637,23 @@ class SmsCommands:
         storage = self.storages[name]
         return len(await storage.read_all()), await storage.capacity()
 
-    async def cmgf(self, request: AtRequest, server: AtServer) -> list[str] | None:
-        """+CMGF=[<mode>] (27.005 3.2.3): 0 PDU mode, 1 text mode; per line."""
+    def _line_flag(
+        self, request: AtRequest, server: AtServer, command: str, attribute: str
+    ) -> list[str] | None:
+        """A per-line 0/1 setting: `=?` lists (0,1), `?` reads it, `=[<n>]` sets it (0 when left out)."""
         if request.kind is CommandKind.TEST:
-            return ["+CMGF: (0,1)"]
+            return [f"{command}: (0,1)"]
+        line = self._line(server)
         if request.kind is CommandKind.READ:
-            return [f"+CMGF: {int(self._line(server).text_mode)}"]
+            return [f"{command}: {int(getattr(line, attribute))}"]
         if request.kind is not CommandKind.SET:
             raise AtCommandError()
-        self._line(server).text_mode = bool(_int_arg(request.args, 0, 0, 1, 0, CMS_NOT_SUPPORTED))
+        setattr(line, attribute, bool(_int_arg(request.args, 0, 0, 1, 0, CMS_NOT_SUPPORTED)))
         return None
+
+    async def cmgf(self, request: AtRequest, server: AtServer) -> list[str] | None:
+        """+CMGF=[<mode>] (27.005 3.2.3): 0 PDU mode, 1 text mode; per line."""
+        return self._line_flag(request, server, "+CMGF", "text_mode")
 
     def _default_sca(self) -> str:
         """The network's SMSC number; "" when the network names none, and then a message without an SC address
@@ -809,14 +816,7 @@ class SmsCommands:
 
     async def csdh(self, request: AtRequest, server: AtServer) -> list[str] | None:
         """+CSDH=[<show>] (27.005 3.3.3): text mode shows the header values too."""
-        if request.kind is CommandKind.TEST:
-            return ["+CSDH: (0,1)"]
-        if request.kind is CommandKind.READ:
-            return [f"+CSDH: {int(self._line(server).show_header)}"]
-        if request.kind is not CommandKind.SET:
-            raise AtCommandError()
-        self._line(server).show_header = bool(_int_arg(request.args, 0, 0, 1, 0, CMS_NOT_SUPPORTED))
-        return None
+        return self._line_flag(request, server, "+CSDH", "show_header")
 
     async def cnmi_command(self, request: AtRequest, server: AtServer) -> list[str] | None:
         """+CNMI=[<mode>[,<mt>[,<bm>[,<ds>[,<bfr>]]]]] (27.005 3.4.1). The line that sets it gets the
