@@ -43,6 +43,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "sync_server",
         "Run the SIM data sync server (contacts, messages per subscriber).",
     ),
+    "publish-server": (
+        "publish_server",
+        "publish_server",
+        "Run the push deployment's publish server (releases, downloads, notices, IP push).",
+    ),
 }
 
 

@@ -140,3 +140,15 @@ class Kind(StrEnum):
     # a USSD string to or from the network; fields: direction, m (27.007 <m>), dcs
     USSD_MESSAGE = "ussd.message"
     NITZ = "nitz.update"  # the network's time and time zone reached the ME; fields: tz (quarter hours), dst
+    # the publish server's access log (ota/publish_server.py; docs/protocols.md, "Push deployment"): one event per
+    # answered request (hex: the answer's JSON); fields: method, target, status, imei, and as each says
+    PUBLISH_CHALLENGE = "publish.challenge"  # a nonce issued; fields: imei, channel (http, push)
+    PUBLISH_AUTH = "publish.auth"  # a terminal's MAC checked; fields: imei, ok, reason, channel
+    PUBLISH_CATALOGUE = "publish.catalogue"  # a release looked up; fields: name, version
+    PUBLISH_CHECK = "publish.check"  # the version check (embodiment 3); fields: name, version, update, latest
+    PUBLISH_DOWNLOAD = "publish.download"  # a package served; fields: name, version, size, sha256, fault
+    PUBLISH_REPORT = "publish.report"  # a terminal's result; fields: name, version, result (JSR-118), reason
+    PUBLISH_NOTIFY = "publish.notify"  # a release's notice sent; fields: name, version, via, msisdn, sent
+    PUBLISH_REFUSED = "publish.refused"  # a request refused (4xx/5xx) before its endpoint's work; fields: reason
+    # a frame of the IP-push connection (hex: length prefix and JSON); fields: connection, direction, type, reason
+    PUBLISH_PUSH = "publish.push"
