@@ -735,3 +735,82 @@ def test_command_help_names_every_option_and_bad_files_are_one_line(tmp_path: Pa
     (tmp_path / "catalogue.toml").write_text("[[release]]\nname = 'x'\n")
     bad = runner.invoke(cli, ["publish-server", "--catalogue", str(tmp_path), "--terminals", str(terminals)])
     assert bad.exit_code != 0 and "missing" in str(bad.exception)
+
+
+def test_publish_server_command_serves_http_and_ip_push(tmp_path: Path) -> None:
+    """The command as a process: both listeners on free ports, the notices' address the bound one, a terminal
+    over HTTP and over IP push, the trace file in the order of the flow, exit 0 and the summary on SIGTERM."""
+    import re
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from bipsim.trace.reader import read_trace
+
+    terminals = tmp_path / "terminals.toml"
+    terminals.write_text(f'[terminals]\n"{IMEI}" = "{TOKEN.hex()}"\n')
+    trace = tmp_path / "publish.jsonl"
+    output = tmp_path / "out"
+    command = [sys.executable, "-m", "bipsim", "publish-server", "--listen", "127.0.0.1:0"]
+    command += ["--push-listen", "127.0.0.1:0", "--catalogue", str(catalogue_dir(tmp_path))]
+    command += ["--terminals", str(terminals), "--trace", str(trace)]
+    with output.open("wb") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while not (found := re.search(r"push listening on 127\.0\.0\.1:(\d+)", output.read_text())):
+            assert proc.poll() is None, output.read_text()
+            assert time.monotonic() < deadline, output.read_text()
+            time.sleep(0.05)
+        http_port = int(re.findall(r"^listening on 127\.0\.0\.1:(\d+)", output.read_text(), re.M)[0])
+        base = f"http://127.0.0.1:{http_port}"
+
+        def post(path: str, body: dict[str, Any], session: str = "") -> Any:
+            headers = {"Authorization": f"Bearer {session}"} if session else {}
+            req = urllib.request.Request(base + path, json.dumps(body).encode(), headers, method="POST")
+            with urllib.request.urlopen(req, timeout=10) as answer:
+                return json.loads(answer.read())
+
+        with socket.create_connection(("127.0.0.1", int(found.group(1))), timeout=10) as push:
+            decoder = FrameDecoder()
+
+            def frame() -> dict[str, Any]:
+                while (got := decoder.next_frame()) is None:
+                    data = push.recv(8192)
+                    assert data, "the server closed the push connection"
+                    decoder.feed(data)
+                return got[0]
+
+            push.sendall(encode_frame({"type": "hello", "imei": IMEI}))
+            nonce = frame()["nonce"]
+            push.sendall(encode_frame({"type": "auth", "mac": terminal_mac(TOKEN, nonce, IMEI)}))
+            assert frame() == {"type": "welcome"}
+            assert post("/v1/admin/notify", {"name": "app", "via": "ip"})["sent"] == 1
+            release = frame()
+        assert release["type"] == "release" and release["server"] == f"127.0.0.1:{http_port}"
+        nonce = post("/v1/auth/challenge", {"imei": IMEI})["nonce"]
+        session = post(
+            "/v1/auth/response", {"imei": IMEI, "nonce": nonce, "mac": terminal_mac(TOKEN, nonce, IMEI)}
+        )
+        req = urllib.request.Request(
+            base + release["location"], headers={"Authorization": f"Bearer {session['session']}"}
+        )
+        with urllib.request.urlopen(req, timeout=10) as answer:
+            assert answer.read() == (tmp_path / "app-1.10.bin").read_bytes()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+    assert proc.returncode == 0, output.read_text()
+    assert '"downloads": 1' in output.read_text()
+    events = read_trace([trace])[0]
+    flow = [(e.kind, e.field("channel") or e.field("type")) for e in events if e.kind.startswith("publish.")]
+    order = [
+        ("publish.auth", "push"),
+        ("publish.push", "release"),
+        ("publish.notify", None),
+        ("publish.auth", "http"),
+        ("publish.download", None),
+    ]
+    assert [step for step in flow if step in order] == order
