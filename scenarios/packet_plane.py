@@ -12,6 +12,7 @@ outage ends only after the losses it must show were traced.
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -195,28 +196,37 @@ def pdp_drop(options: ScenarioOptions) -> ScenarioResult:
     )
 
 
-def _data_segment(obj: dict[str, Any]) -> tuple[tuple[int, int], int] | None:
-    """(flow ports, sequence number) of the TCP data segment in a traced event's bytes (JSON form), or None."""
+def _segment(obj: dict[str, Any]) -> Any:
+    """The TCP segment (bipsim.net.tcp_segment.TcpSegment) in a traced event's bytes (JSON form), or None."""
     from bipsim.net.errors import PacketError
     from bipsim.net.ipv4 import TCP, Ipv4Packet
     from bipsim.net.tcp_segment import TcpSegment
 
     text = obj.get("hex")
-    if not isinstance(text, str):
+    if not isinstance(text, str) or not obj.get("kind", "").startswith(("tcp.", "ip.")):
         return None
     try:
         packet = Ipv4Packet.decode(bytes.fromhex(text))
         if packet.protocol != TCP:
             return None
-        segment = TcpSegment.decode(packet.payload, packet.source, packet.destination)
+        return TcpSegment.decode(packet.payload, packet.source, packet.destination)
     except (PacketError, ValueError):
         return None
-    if not segment.payload:
-        return None
-    return (segment.source_port, segment.destination_port), segment.seq
 
 
-LOST_TO_CP = EventQuery(Kind.IP_LOST, lambda f: f.get("reason") == "lost" and f.get("direction") == "down")
+async def _watch_cp(harness: Harness, seen: Callable[[dict[str, Any]], bool]) -> bool:
+    """Feeds each event of the CP's trace, as it is written, to `seen` until it returns True (then True), or
+    WAIT seconds pass (then False). The trace file is the only window into the CP (Harness.wait_for_event)."""
+    index = 0
+    with trio.move_on_after(WAIT):
+        while True:
+            events = harness.events_so_far("cp")
+            for obj in events[index:]:
+                if seen(obj):
+                    return True
+            index = len(events)
+            await trio.sleep(0.02)
+    return False
 
 
 def radio_outage(options: ScenarioOptions, outage: float = OUTAGE, losses: int = 2) -> ScenarioResult:
@@ -224,32 +234,50 @@ def radio_outage(options: ScenarioOptions, outage: float = OUTAGE, losses: int =
     when the radio comes back, or the card is told (Channel Status 'link dropped') and resumes; either way the
     campaign completes.
 
-    The outage starts while the server's bytes are held inside the download (so the rest of it meets the outage)
-    and ends once both have happened: `outage` seconds have passed (the command line runs the default), and one
-    data segment toward the CP was lost `losses` times (the gateway's retransmission timed out and its resend was
-    lost too, RFC 6298 5.4-5.5), an event in the CP's trace. The losses, not the clock, decide what a run shows:
-    a short `outage` (the tests run one) ends at that event, however loaded the machine."""
+    Both ends of the outage are events in the CP's trace, never a guess of where the retransmission timeouts fall.
+    It starts once the CP has acknowledged every byte the server sent up to a point inside the download (the rest
+    is held until then), so the first data segment after it is the first one the outage eats; and it ends once
+    both have happened: `outage` seconds have passed (the command line runs the default), and one data segment
+    toward the CP was lost `losses` times (sent, then resent at the gateway's retransmission timeout, RFC 6298
+    5.4-5.5, and lost again). A short `outage` (the tests run one) ends at that event, however loaded the machine."""
     if not outage > 0:
         raise ValueError(f"outage must be a positive number of seconds, not {outage!r}")
     if losses < 1:
         raise ValueError(f"losses must be at least 1, not {losses!r}")
     restored = _radio(options)
 
-    async def lost_often_enough(harness: Harness) -> bool:
-        counts: dict[tuple[tuple[int, int], int], int] = {}
-        seen = 0
-        with trio.move_on_after(WAIT):
-            while True:
-                events = harness.events_so_far("cp")
-                for obj in events[seen:]:
-                    key = _data_segment(obj) if LOST_TO_CP.matches_dict(obj) else None
-                    if key is not None:
-                        counts[key] = counts.get(key, 0) + 1
-                        if counts[key] >= losses:
-                            return True
-                seen = len(events)
-                await trio.sleep(0.02)  # the CP's trace file is read as it grows (Harness.wait_for_event)
-        return False
+    def acknowledged(offset: int) -> Callable[[dict[str, Any]], bool]:
+        """True at the CP's segment that acknowledges `offset` bytes of the server's stream (counted from the
+        server's SYN, RFC 9293 3.4)."""
+        first: list[int] = []
+
+        def seen(obj: dict[str, Any]) -> bool:
+            segment = _segment(obj)
+            if segment is None or obj.get("kind") == Kind.IP_LOST:
+                return False
+            if obj.get("dst") == "cp" and obj.get("kind") == Kind.TCP_SYN:
+                first[:] = [(segment.seq + 1) & 0xFFFFFFFF]  # the server's SYN/ACK (the last connection's)
+                return False
+            return bool(first) and obj.get("src") == "cp" and (segment.ack - first[0]) & 0xFFFFFFFF >= offset
+
+        return seen
+
+    def lost_times(count: int) -> Callable[[dict[str, Any]], bool]:
+        """True at the `count`th loss of one data segment toward the CP (ip.lost, direction down)."""
+        counts: dict[tuple[int, int, int], int] = {}
+
+        def seen(obj: dict[str, Any]) -> bool:
+            fields = obj.get("fields") or {}
+            if obj.get("kind") != Kind.IP_LOST or fields.get("direction") != "down":
+                return False
+            segment = _segment(obj)
+            if segment is None or not segment.payload:
+                return False
+            key = (segment.source_port, segment.destination_port, segment.seq)
+            counts[key] = counts.get(key, 0) + 1
+            return counts[key] >= count
+
+        return seen
 
     async def cut(harness: Harness) -> None:
         assert harness.link is not None
@@ -258,10 +286,12 @@ def radio_outage(options: ScenarioOptions, outage: float = OUTAGE, losses: int =
             await harness.link.reached(DROP_OFFSET)
         if harness.link.stats.to_card < DROP_OFFSET:
             raise HarnessError("the card's session never reached the download")
+        if not await _watch_cp(harness, acknowledged(harness.link.stats.to_card)):
+            raise HarnessError("the CP never acknowledged the server's bytes before the outage")
         await harness.card_control("radio " + _radio(options, loss=1.0))
         harness.link.hold_at(None)  # the rest of the download meets the outage
         ends = trio.current_time() + outage
-        if not await lost_often_enough(harness):
+        if not await _watch_cp(harness, lost_times(losses)):
             raise HarnessError(f"no data segment toward the CP was lost {losses} times in the outage")
         await trio.sleep_until(ends)  # the outage's length is the scenario's subject, not a wait for an event
         await harness.card_control("radio " + restored)
