@@ -33,6 +33,7 @@ MAX_FRAME = 4096  # bytes of JSON in one frame, the length prefix not counted
 KEEPALIVE = 30.0  # seconds of silence from the peer before the server pings it
 DEAD_PEER = 90.0  # seconds of silence after which the peer is taken for gone and the connection closed
 HANDSHAKE = 30.0  # seconds from the connection's start to the welcome (or rejection)
+MAX_CONNECTIONS = 1024  # push connections held at once; the next one is answered `error` and closed
 IMEI = re.compile(r"^[0-9]{14,16}$")
 MAC = re.compile(r"^[0-9a-fA-F]{64}$")
 STEP_AUTH = "001:203"  # the server authenticates the terminal
@@ -293,6 +294,13 @@ class PushServerConnection:
             }
         )
 
+    def refuse(self, reason: str) -> list[PushOutput]:
+        """The server will not serve this connection (over its capacity): `error`, then the close."""
+        if self._state is PushState.CLOSED:
+            return []
+        self._move(PushInput.CLOSE)
+        return [self._send({"type": "error", "reason": reason}), Close(reason, True)]
+
     def deadline(self) -> float:
         """When `tick` has something to do next (the adapter sleeps until then)."""
         if self._state is not PushState.WELCOMED:
@@ -335,12 +343,15 @@ class PushServer:
         tracer: Tracer = NULL_TRACER,
         *,
         on_auth: Callable[[Authenticated, str], None] | None = None,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         self.auth = auth
         self.tracer = tracer
         self.on_auth = on_auth  # the server's own trace of an authentication (publish.auth)
         self.connections: dict[int, tuple[PushServerConnection, trio.abc.Stream, trio.Lock]] = {}
         self.opened = 0
+        self.active = 0
+        self.max_connections = max_connections
         self.changed = trio.Event()  # set (and replaced) whenever a connection is welcomed or closed
 
     def _changed(self) -> None:
@@ -450,7 +461,14 @@ class PushServer:
         number = self.opened
         conn = PushServerConnection(self.auth, start=trio.current_time())
         lock = trio.Lock()
+        self.active += 1
         try:
+            if self.active > self.max_connections:
+                # each connection holds memory for as long as its terminal lives: past the cap, a refusal
+                reason = f"the server holds its limit of {self.max_connections} connections"
+                await self._act(number, conn, stream, lock, conn.refuse(reason))
+                await trio.aclose_forcefully(stream)
+                return
             async with stream:
                 while True:
                     data: bytes | None = None
@@ -464,6 +482,7 @@ class PushServer:
             conn.close()
             self._trace(number, conn, Close(f"connection lost: {type(exc).__name__}", True))
         finally:
+            self.active -= 1
             conn.close()
             if self.connections.pop(number, None) is not None:
                 self._changed()

@@ -578,6 +578,19 @@ async def test_ip_push_garbage_bytes_get_error_and_close(push_rig: tuple[Rig, An
     assert await terminal.receive() is None
 
 
+async def test_ip_push_connections_past_the_cap_are_refused(push_rig: tuple[Rig, Any]) -> None:
+    rig, connect = push_rig
+    rig.push.max_connections = 1
+    first = await connect()
+    assert await first.login() == {"type": "welcome"}
+    second = await connect()
+    refused = await second.receive()
+    assert refused is not None and refused["type"] == "error" and "limit" in refused["reason"]
+    assert await second.receive() is None
+    await first.send({"type": "ping"})  # the first is served on
+    assert await first.receive() == {"type": "pong"}
+
+
 async def test_ip_push_keepalive_and_dead_peer(
     autojump_clock: trio.testing.MockClock, push_rig: tuple[Rig, Any]
 ) -> None:
