@@ -503,8 +503,8 @@ class PublishService:
             return NotifyOrder(release, advertised, via, msisdn, texts=(text,), request=body)
         payload: bytes = notices.wap_push_notice(
             notice,
-            si_id=f"{release.name}-{release.version}@{self.advertise}",
-            text=f"{release.name} {release.version} is available",
+            si_id=f"{release.name}-{release.version}",  # short: the SI and its href fit one SMS more often
+            text=f"{release.name} {release.version}",
         )
         self._reference = (self._reference + 1) % 256
         when = datetime.now(UTC)
