@@ -343,6 +343,43 @@ async def test_an_oversized_body_gets_413_and_an_http_error(tmp_path: Path) -> N
     assert not rig.events(Kind.PUBLISH_CHALLENGE)
 
 
+async def test_requests_share_a_kept_alive_connection(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    challenge = render(
+        "POST /v1/auth/challenge HTTP/1.1", [("Host", "p")], json.dumps({"imei": IMEI}).encode()
+    )
+    client, server = trio.testing.memory_stream_pair()
+    parser = MessageParser(requests=False)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(rig.server.handle, server, "127.0.0.1")
+        answers: list[Message] = []
+        await client.send_all(challenge)
+        while not answers:
+            answers += parser.feed(await client.receive_some(65536))
+        nonce = json.loads(answers[0].body)["nonce"]
+        body = json.dumps({"imei": IMEI, "nonce": nonce, "mac": terminal_mac(TOKEN, nonce, IMEI)}).encode()
+        await client.send_all(render("POST /v1/auth/response HTTP/1.1", [("Host", "p")], body))
+        while len(answers) < 2:
+            answers += parser.feed(await client.receive_some(65536))
+        nursery.cancel_scope.cancel()
+    assert [a.status for a in answers] == [200, 200] and "session" in json.loads(answers[1].body)
+
+
+async def test_a_request_left_half_way_gets_408(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    rig = Rig(tmp_path)
+    client, server = trio.testing.memory_stream_pair()
+    received = bytearray()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(rig.server.handle, server, "127.0.0.1")
+        await client.send_all(b"POST /v1/auth/challenge HTTP/1.1\r\nHost: p\r\nContent-Length: 40\r\n\r\n{")
+        while chunk := await client.receive_some(65536):
+            received += chunk
+    assert MessageParser(requests=False).feed(received)[0].status == 408
+    assert rig.events(Kind.HTTP_ERROR)[0].field("status") == 408
+
+
 async def test_bad_checks_and_reports_are_refused(tmp_path: Path) -> None:
     rig = Rig(tmp_path)
     session = await rig.session()
