@@ -621,6 +621,10 @@ class PublishServer:
         task_status.started(bound)
         await trio.serve_listeners(self.handle, listeners)
 
+    async def serve_on(self, listener: trio.SocketListener) -> None:
+        """Serves on a listening socket made beforehand (a scenario hands its port to the AP before it starts)."""
+        await trio.serve_listeners(self.handle, [listener])
+
     async def handle(self, stream: trio.abc.Stream, peer: str | None = None) -> None:
         """One connection; `peer` is its remote address (read from the socket when not given)."""
         if peer is None and isinstance(stream, trio.SocketStream):

@@ -374,6 +374,10 @@ class PushServer:
         task_status.started(bound)
         await trio.serve_listeners(self.handle, listeners)
 
+    async def serve_on(self, listener: trio.SocketListener) -> None:
+        """Serves on a listening socket made beforehand (a scenario hands its port to the AP before it starts)."""
+        await trio.serve_listeners(self.handle, [listener])
+
     def _trace(self, number: int, conn: PushServerConnection, out: PushOutput) -> None:
         imei = conn.imei
         if isinstance(out, Send):

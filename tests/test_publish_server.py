@@ -731,7 +731,11 @@ async def test_admin_notify_with_the_smsc_gone_is_502(tmp_path: Path) -> None:
 async def test_stdlib_client_authenticates_and_downloads_over_loopback(tmp_path: Path) -> None:
     rig = Rig(tmp_path)
     async with trio.open_nursery() as nursery:
-        port = await nursery.start(rig.server.serve, "127.0.0.1", 0)
+        listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[
+            0
+        ]  # as a scenario makes it beforehand
+        port = listener.socket.getsockname()[1]
+        nursery.start_soon(rig.server.serve_on, listener)
         base = f"http://127.0.0.1:{port}"
 
         def client() -> tuple[str, bytes]:
