@@ -324,10 +324,17 @@ async def rig(config: PppConfig | None = None, dlc: bool = False) -> AsyncIterat
         nursery.cancel_scope.cancel()
 
 
-async def negotiate(r: Rig, host: HostPpp, until: str = "ipcp", timeout: float = 10) -> None:
+async def negotiate(
+    r: Rig, host: HostPpp, until: str = "ipcp", timeout: float = 10, *, started: bool = False
+) -> None:
     """Runs the host's PPP against the modem until IPCP is open (or LCP, `until="lcp"`); `timeout` is a bound
-    for a stalled negotiation, generous where the modem is a separate process on a busy machine."""
-    host.start()
+    for a stalled negotiation, generous where the modem is a separate process on a busy machine. `started`: the
+    host's first Configure-Request went out already (with its dial command)."""
+    if not started:
+        host.start()
+    if r.buffer:  # the modem's first frames, read together with its CONNECT: the host's, not the chat's
+        host.feed(bytes(r.buffer))
+        r.buffer.clear()
     with trio.fail_after(timeout):
         while True:
             out = host.take()
@@ -692,6 +699,39 @@ async def test_garbage_in_the_guard_time_keeps_the_call_online(
                 host.feed(await r.host.receive_some(65536))
         assert not any(e.fields.get("event") == "escape" for e in r.tracer.events if e.kind == "ppp.call")
         assert any(e.kind == "ppp.dropped" for e in r.tracer.events)  # "+++junk" read as a broken frame
+
+
+def lcp_requests(events: list[TraceEvent], sender: str) -> int:
+    """How many LCP Configure-Requests (RFC 1661 5.1) `sender` ("cp" or "ap", the host) put on the line."""
+    return sum(
+        1
+        for e in events
+        if e.kind == "ppp.lcp" and e.src.value == sender and e.data.startswith(b"\xff\x03\xc0\x21\x01")
+    )
+
+
+async def test_frames_right_behind_connect_and_behind_atd_are_not_lost(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Neither end loses the first frame the other wrote at the switch to PPP: the host's Configure-Request in the
+    same write as its ATD*99# (the AT server's bytes behind the command line, taken over by the call), and the
+    modem's Configure-Request in the same read as its CONNECT (the host's chat read them together). Each side
+    sends one Configure-Request; a lost one would show as a second, on the RFC 1661 4.6 restart timer (3 s, which
+    the mock clock would jump to)."""
+    async with rig() as r:
+        host = HostPpp()
+        host.start()
+        await r.host.send_all(b"ATD*99#\r" + host.take())
+        with trio.fail_after(
+            10
+        ):  # the modem's request is written: it shares the host's next read with CONNECT
+            while not lcp_requests(r.tracer.events, "cp"):
+                await trio.sleep(0.01)
+        assert "CONNECT" in await r.result()
+        await negotiate(r, host, started=True)
+        assert lcp_requests(r.tracer.events, "cp") == 1
+        assert sum(1 for protocol, data in host.sent if protocol == 0xC021 and data[0] == 1) == 1
+        assert host.address is not None
 
 
 def test_a_running_bipsim_cp_takes_a_data_call(tmp_path: Path) -> None:
