@@ -13,6 +13,7 @@ import contextlib
 
 import trio
 
+from bipsim.ap.slot_lock import slot_lock
 from bipsim.link.at_chat import AtChat, AtTimeout
 
 SIM_BUSY = 14
@@ -45,7 +46,9 @@ class Ril:
                 if self.imsi_value is not None:
                     break
                 try:
-                    response = await self.chat.command("AT+CIMI")
+                    # +CIMI answers for the slot the line chose: never while another user has it on slot 2
+                    async with slot_lock(self.chat):
+                        response = await self.chat.command("AT+CIMI")
                 except AtTimeout:
                     break
                 if response.ok and response.lines:

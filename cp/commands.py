@@ -13,7 +13,8 @@ when the card answered 90 00 without data). Not a data download: +CME ERROR: 50;
 
 Card slots (docs/protocols.md, "Card slots and card presence on DLC 1"): 27.007 has no command to choose a card, so
 the private `%` dialect does: AT%SLOT=<n> chooses the slot this line's SIM commands (+CSIM, +CRSM, +CCHO, +CPIN,
-+CIMI) address, AT%SLOTS? says which slots hold a card. A +CGLA or +CCHC goes to the slot its session was opened
++CIMI) address, AT%SLOTS? says which slots hold a card, AT%SLOTEV=1 makes a line hear `%SLOTEV: <slot>,"<event>"`
+when a card is inserted or removed or another line wrote its phonebook or messages. A +CGLA or +CCHC goes to the slot its session was opened
 on, whatever %SLOT says now; session ids are unique across slots and never reused. A slot without a card answers
 its SIM commands +CME ERROR: 10 (SIM not inserted, 27.007 section 9.2.1); a card that goes away invalidates its
 sessions (+CGLA on one: +CME ERROR: 10 while the slot is empty, 21 invalid index once a card is back).
@@ -27,7 +28,7 @@ import trio
 
 from bipsim import __version__
 from bipsim.cp.card_driver import CardDriver, FileNotSelected
-from bipsim.cp.card_slot import CardSlot
+from bipsim.cp.card_slot import CardSlot, Change
 from bipsim.cp.command_sets import CommandSet
 from bipsim.cp.network import (
     CellularNetwork,
@@ -58,6 +59,8 @@ LAC_TAC = "0001"
 CELL_ID = "00000A1B"
 
 CME_SIM_NOT_INSERTED = 10
+# the commands that write a card's phonebook or message files: their success is a %SLOTEV "changed" to the other lines
+CARD_WRITES = ("+CPBW", "+CRSM", "+CMGW", "+CMGD")
 CME_SIM_FAILURE = 13
 CME_MEMORY_FULL = (
     20  # +CCHO when the card has no logical channel left (MANAGE CHANNEL 68 81): see _OPEN_ERRORS
@@ -212,6 +215,7 @@ class ModemCommands:
         }
         for slot in self.slots.values():
             slot.listeners.append(self._listener(slot))
+            slot.change_listeners.append(self._slot_event_listener(slot))
         self.network = network
         self.on_cmux = on_cmux
         self.functionality = 1
@@ -233,6 +237,7 @@ class ModemCommands:
         self._stale: dict[int, int] = {}  # session id -> slot, of sessions whose card went away
         self._last_session = 0  # ids are never reused: a stale id held by the TE must not reach a new session
         self._slot_of: dict[AtServer, int] = {}  # AT%SLOT of each line (DLC), 1 until it says otherwise
+        self._slot_events: dict[AtServer, int] = {}  # AT%SLOTEV of each line: 1 sends the %SLOTEV URCs
         self._servers: list[AtServer] = []
         # cp/command_sets.py: installed on each server after the core
         self.command_sets: list[CommandSet] = []
@@ -302,6 +307,17 @@ class ModemCommands:
         for command_set in self.command_sets:
             command_set.install(server)
 
+        async def slot_events(request: AtRequest) -> list[str] | None:
+            return await self.slotev(request, server)
+
+        server.register("%SLOTEV", slot_events)
+        self._slot_events[server] = 0
+        server.reset_hooks.append(lambda: self._slot_events.__setitem__(server, 0))
+        for name in CARD_WRITES:
+            writer = server.handlers.get(name)
+            if writer is not None:
+                server.register(name, self._told_of_writes(server, name, writer))
+
     def _factory_defaults(self) -> None:
         """Z / &F: the TE character set and the operator format return to their defaults."""
         self.charset = "IRA"
@@ -311,6 +327,7 @@ class ModemCommands:
         if server in self._servers:
             self._servers.remove(server)
         self._slot_of.pop(server, None)
+        self._slot_events.pop(server, None)
         self.event_modes.pop(server, None)
         self.event_buffers.pop(server, None)
         for command_set in self.command_sets:
@@ -384,6 +401,62 @@ class ModemCommands:
             raise AtCommandError()
         pairs = (f"{number},{0 if slot.absent else 1}" for number, slot in sorted(self.slots.items()))
         return [f"%SLOTS: {','.join(pairs)}"]
+
+    async def slotev(self, request: AtRequest, server: AtServer) -> list[str] | None:
+        """AT%SLOTEV=<0|1> / ? / =? (docs/protocols.md): whether this line gets the %SLOTEV URCs."""
+        if request.kind is CommandKind.TEST:
+            return ["%SLOTEV: (0,1)"]
+        if request.kind is CommandKind.READ:
+            return [f"%SLOTEV: {self._slot_events.get(server, 0)}"]
+        if request.kind is not CommandKind.SET:
+            raise AtCommandError()
+        _at_most(request.args, 1)
+        mode = _int(request.args, 0)
+        if mode not in (0, 1):
+            raise CmeError(CME_BAD_PARAMETERS)
+        self._slot_events[server] = mode
+        return None
+
+    def _slot_urc(self, number: int, event: str, origin: AtServer | None = None) -> None:
+        """`%SLOTEV: <slot>,"<event>"` to every line that asked for it but `origin`, the line whose own command
+        changed the card (it knows)."""
+        urc = f'%SLOTEV: {number},"{event}"'
+        for server in list(self._servers):
+            if server is origin or not self._slot_events.get(server):
+                continue
+            try:
+                trio.lowlevel.spawn_system_task(server.send_urc, urc)
+            except RuntimeError:
+                pass
+
+    def _slot_event_listener(self, slot: CardSlot) -> Callable[[Change], None]:
+        def changed(change: Change) -> None:
+            if change is not Change.NONE:
+                self._slot_urc(slot.number, "removed" if change is Change.REMOVED else "inserted")
+
+        return changed
+
+    def _told_of_writes(
+        self, server: AtServer, name: str, handler: Callable[[AtRequest], Awaitable[list[str] | None]]
+    ) -> Callable[[AtRequest], Awaitable[list[str] | None]]:
+        """`handler` of a command that can write the card's phonebook or messages: when it did (the command
+        answered OK; +CRSM's UPDATE answered 90 00 or 91 xx), the other lines hear `%SLOTEV: <slot>,"changed"`."""
+
+        async def call(request: AtRequest) -> list[str] | None:
+            # 27.005's message storage is slot 1's card (docs/protocols.md); the phonebook and +CRSM the line's
+            number = 1 if name in ("+CMGW", "+CMGD") else self._slot_of.get(server, 1)
+            lines = await handler(request)
+            if request.kind is not CommandKind.SET:
+                return lines
+            if name == "+CRSM":
+                command = request.args[0] if request.args else None
+                sw1 = next((line.split(":")[1].split(",")[0].strip() for line in lines or []), "")
+                if command not in (214, 220) or sw1 not in ("144", "145"):
+                    return lines
+            self._slot_urc(number, "changed", origin=server)
+            return lines
+
+        return call
 
     def _location(self) -> str:
         """<lac>/<tac>,<ci>,<AcT> of the serving cell (27.007 section 7.2, 10.1.19, 10.1.22)."""

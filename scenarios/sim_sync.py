@@ -83,10 +83,19 @@ class SyncRun:
             raise ScenarioFailed(f"the server refused the edit: {answer.status}")
 
 
+def iccid_of(imsi: str) -> str:
+    """A scenario card's ICCID (19 digits, TS 102 221 13.2), made from its IMSI."""
+    return "8988211" + imsi[-12:]
+
+
+SIM2 = f"sim:{iccid_of('001010000000002')}"  # the second slot's card as the sync names it
+
+
 def _profile(contacts: list[Contact], imsi: str) -> dict[str, Any]:
     # trigger manual: no BIP session of the card ends the CP's run; the scenario ends it when the syncs are done
     return {
         "imsi": imsi,
+        "iccid": iccid_of(imsi),  # each card its own: the sync keys a SIM by its ICCID
         "trigger": "manual",
         "contacts": tuple({"name": c.name, "number": c.number} for c in contacts),
     }
@@ -208,13 +217,13 @@ async def _remove_insert(run: SyncRun, harness: Harness) -> None:
     if await harness.wait_for_event("ap", _trigger("sim_removed"), timeout=WAIT) is None:
         raise ScenarioFailed("no sync trigger for the removed SIM")
     removed = await harness.wait_for_event("ap", STORES, count=3, timeout=WAIT)
-    if removed is None or "sim:001010000000002" in removed["fields"]["stores"]:
+    if removed is None or SIM2 in removed["fields"]["stores"]:
         raise ScenarioFailed(f"the sync after the removal: {removed}")
     await harness.insert_card(2)
     if await harness.wait_for_event("ap", _trigger("sim_inserted"), count=3, timeout=WAIT) is None:
         raise ScenarioFailed("no sync trigger for the SIM put back")
     back = await harness.wait_for_event("ap", STORES, count=4, timeout=WAIT)
-    if back is None or "sim:001010000000002" not in back["fields"]["stores"]:
+    if back is None or SIM2 not in back["fields"]["stores"]:
         raise ScenarioFailed(f"the sync after the insertion: {back}")
     await _cycle_end(harness, STORES, 4)
     run.notes.append("removal and insertion each started one sync")

@@ -28,7 +28,7 @@ def test_one_read_per_trigger_and_every_label_is_its_step(tmp_path: Path) -> Non
     run = SyncRun("sync-reads", [A, B], seed=[C])
     result = run_sync(run, ScenarioOptions(tmp_path))
     assert len(app(result, "sync_trigger")) == 1
-    assert len(lines(result, "AT+CPBR=")) == 1  # the one trigger's read; the watch itself asks only AT%SLOTS?
+    assert len(lines(result, "AT+CPBR=")) == 1  # the one trigger's read; the watch asks AT%SLOTS? once, then hears URCs
     assert run.local_records() == {A, B, C} == run.server_records()
     labelled = [e for e in result.events if e.step and e.step.startswith("002:")]
     wrong = [(e.step, e.kind, e.summary) for e in labelled if not STEPS[e.step].matches(e)]
@@ -40,8 +40,9 @@ def test_failed_security_check_means_no_read_and_no_write(tmp_path: Path) -> Non
     result = run_sync(run, ScenarioOptions(tmp_path))
     assert [f["reason"] for f in app(result, "sync_aborted")] == ["security check failed"]
     assert not lines(result, "AT+CPBR") and not lines(result, "AT+CPBW") and not lines(result, "AT+CPBS")
-    puts = [e for e in result.events if e.kind == Kind.HTTP_REQUEST and e.field("method") == "PUT"]
-    assert not puts and not app(result, "sync_merged")
+    # no request to the server either, not even the watch's version GET (issue 20: no read anywhere)
+    assert not [e for e in result.events if e.kind == Kind.HTTP_REQUEST]
+    assert not app(result, "sync_merged")
     assert run.local_records() == {C} == run.server_records()
 
 

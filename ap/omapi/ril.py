@@ -14,6 +14,7 @@ from bipsim.ap.omapi.errors import (
     OmapiIOException,
     OmapiNoSuchElementException,
 )
+from bipsim.ap.slot_lock import slot_lock
 from bipsim.link.at_chat import AtResponse, AtTimeout
 from bipsim.trace.events import Actor, Layer
 from bipsim.trace.kinds import Kind
@@ -84,21 +85,32 @@ class SeRil:
         they are sent after `AT%SLOT=<slot>`, and the line goes back to slot 1 afterwards: the rest of the AP
         (the IMSI read, AT%SMSPP) means the toolkit card of slot 1. +CGLA and +CCHC follow their session's slot
         (docs/protocols.md, "Card slots and card presence on DLC 1"): `select` False."""
-        choose = select and self.slots > 1 and slot != 1
+        if not select:
+            return await self._busy_retried(line, step)
+        # the line's slot is every user's of the line (ap/slot_lock.py): held from the choice to the way back
+        async with slot_lock(self.port):
+            return await self._on_slot(slot, line, step)
+
+    async def _on_slot(self, slot: int, line: str, step: str | None) -> AtResponse:
+        choose = self.slots > 1 and slot != 1
         if choose:
             answer = await self._send(f"AT%SLOT={slot}", None)
             if not answer.ok:
                 raise OmapiIOException(f"the modem refused slot {slot}: {answer.final}")
         try:
-            for _ in range(SIM_BUSY_ATTEMPTS):
-                answer = await self._send(line, step)
-                if answer.cme_error != CME_SIM_BUSY:
-                    break
-                await trio.sleep(SIM_BUSY_RETRY)
+            answer = await self._busy_retried(line, step)
         finally:
             if choose:
                 with trio.CancelScope(shield=True):
                     await self._send("AT%SLOT=1", None)
+        return answer
+
+    async def _busy_retried(self, line: str, step: str | None) -> AtResponse:
+        for _ in range(SIM_BUSY_ATTEMPTS):
+            answer = await self._send(line, step)
+            if answer.cme_error != CME_SIM_BUSY:
+                break
+            await trio.sleep(SIM_BUSY_RETRY)
         return answer
 
     async def _send(self, line: str, step: str | None) -> AtResponse:

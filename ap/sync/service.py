@@ -12,6 +12,7 @@ only once every other store is written); and the sync server (ota/sync_server.py
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -27,6 +28,16 @@ from urllib.parse import urlsplit
 import h11
 import trio
 
+from bipsim.ap.slot_lock import slot_lock
+from bipsim.ap.sync.journal import (
+    Op,
+    migrate,
+    ops_from_json,
+    ops_to_json,
+    reconcile,
+    sms_index_key,
+)
+from bipsim.ap.sync.journal import SyncState as SyncState
 from bipsim.ap.sync.merge import (
     Contact,
     Entry,
@@ -50,8 +61,10 @@ from bipsim.ap.sync.sim_at import (
     cpbw,
     cpbw_delete,
     crsm_get_response,
+    crsm_read_iccid,
     crsm_read_record,
     crsm_update_record,
+    decode_iccid,
     decode_sms_record,
     encode_sms_record,
     fcp_records,
@@ -69,6 +82,7 @@ from bipsim.trace.recorder import NULL_TRACER, Tracer
 S11, S12, S13 = "002:S11", "002:S12", "002:S13"
 COMMAND_TIMEOUT = 10.0
 _SLOTS = re.compile(r"^%SLOTS:\s*([\d,\s]+)$")
+_SLOTEV = re.compile(r'^%SLOTEV:\s*(\d+),"?([a-z]+)"?$')
 # +CPBW's refusals of an entry the record cannot hold (27.007 9.2.1: text string / dial string too long)
 _UNFIT = {
     "+CME ERROR: 24",
@@ -77,11 +91,6 @@ _UNFIT = {
     "+CME ERROR: dial string too long",
 }
 SW_FILE_NOT_FOUND = 0x6A82  # a card without EF_SMS: its SIM store holds contacts only
-
-
-def sms_index_key(name: str) -> str:
-    """The journal's key of a SIM's EF_SMS record numbers (its EF_ADN numbers are under the SIM's own name)."""
-    return f"{name}/EF_SMS"
 
 
 def _message_key(message: Message) -> tuple[str, str, str, bool]:
@@ -124,6 +133,14 @@ class Trigger:
 # what reading a store's JSON file raises when the file is missing, not JSON, or not the layout LocalStore and
 # VirtualSims write (AttributeError/TypeError: a list where an object belongs; RecursionError: absurd nesting)
 BAD_FILE = (OSError, ValueError, RecordError, KeyError, TypeError, AttributeError, RecursionError)
+
+
+# the CP's %SLOTEV events (docs/protocols.md, "Card slots and card presence on DLC 1") as triggers of 002:S11
+_SLOTEV_KINDS = {
+    "inserted": TriggerKind.SIM_INSERTED,
+    "removed": TriggerKind.SIM_REMOVED,
+    "changed": TriggerKind.EDIT,
+}
 
 
 class SyncAborted(Exception):
@@ -194,41 +211,74 @@ def write_json(path: Path, data: object) -> None:
     os.replace(tmp, path)
 
 
-@dataclass(slots=True)
-class SyncState:
-    """What the journal keeps: the last merged set, each store's snapshot after its last sync and, for each SIM,
-    which record number holds which identity."""
+def _state_from_json(sync: Any) -> SyncState:
+    return SyncState(
+        _records_from_json(sync.get("merged", {})),
+        {name: _records_from_json(snap) for name, snap in sync.get("snapshots", {}).items()},
+        {name: {int(i): str(v) for i, v in idx.items()} for name, idx in sync.get("indexes", {}).items()},
+        ops_from_json(sync.get("pending", {})),
+    )
 
-    merged: dict[str, Record] = field(default_factory=dict)
-    snapshots: dict[str, dict[str, Record]] = field(default_factory=dict)
-    indexes: dict[str, dict[int, str]] = field(default_factory=dict)
+
+def _state_to_json(state: SyncState) -> dict[str, Any]:
+    return {
+        "merged": _records_to_json(state.merged),
+        "snapshots": {name: _records_to_json(snap) for name, snap in state.snapshots.items()},
+        "indexes": {name: {str(i): v for i, v in idx.items()} for name, idx in state.indexes.items()},
+        "pending": ops_to_json(state.pending),
+    }
+
+
+@dataclass(slots=True)
+class PlanFile:
+    """A cycle's plan as the journal keeps it while the cycle writes: the state it started from (reconciled), the
+    merged target, and its writes per store, each marked done as it lands."""
+
+    state: SyncState
+    merged: dict[str, Record]
+    ops: dict[str, list[Op]]
 
 
 class LocalStore:
-    """The terminal's own store: `{"records": {...}, "sync": {...}}` in one JSON file."""
+    """The terminal's own store: `{"records": {...}, "sync": {...}}` in one JSON file, and beside it, while a
+    cycle writes, the cycle's plan (`<file>.plan`, docs/protocols.md "The journal and its plan")."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+
+    @property
+    def plan_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".plan")
 
     def load(self) -> tuple[dict[str, Entry], SyncState]:
         if not self.path.exists():
             return {}, SyncState()
         data = json.loads(self.path.read_text(encoding="utf-8"))
-        sync = data.get("sync", {})
-        state = SyncState(
-            _records_from_json(sync.get("merged", {})),
-            {name: _records_from_json(snap) for name, snap in sync.get("snapshots", {}).items()},
-            {name: {int(i): str(v) for i, v in idx.items()} for name, idx in sync.get("indexes", {}).items()},
-        )
-        return _entries_from_json(data.get("records", {})), state
+        return _entries_from_json(data.get("records", {})), _state_from_json(data.get("sync", {}))
 
     def save(self, records: Mapping[str, Entry], state: SyncState) -> None:
-        sync = {
-            "merged": _records_to_json(state.merged),
-            "snapshots": {name: _records_to_json(snap) for name, snap in state.snapshots.items()},
-            "indexes": {name: {str(i): v for i, v in idx.items()} for name, idx in state.indexes.items()},
-        }
-        write_json(self.path, {"records": _entries_to_json(records), "sync": sync})
+        write_json(self.path, {"records": _entries_to_json(records), "sync": _state_to_json(state)})
+
+    def load_plan(self) -> PlanFile | None:
+        if not self.plan_path.exists():
+            return None
+        data = json.loads(self.plan_path.read_text(encoding="utf-8"))
+        return PlanFile(
+            _state_from_json(data["state"]), _records_from_json(data["merged"]), ops_from_json(data["ops"])
+        )
+
+    def save_plan(self, plan: PlanFile) -> None:
+        write_json(
+            self.plan_path,
+            {
+                "state": _state_to_json(plan.state),
+                "merged": _records_to_json(plan.merged),
+                "ops": ops_to_json(plan.ops),
+            },
+        )
+
+    def drop_plan(self) -> None:
+        self.plan_path.unlink(missing_ok=True)
 
 
 class VirtualSims:
@@ -365,18 +415,32 @@ class ServerClient:
 
 @dataclass(slots=True)
 class SimRead:
-    """One physical SIM as read: its store name (by IMSI), slot, EF_ADN's records in use and size, and EF_SMS's:
-    the messages by record number, each used record's bytes, the used records that hold no message the sync
-    carries (left alone, never taken for free) and the record count (0: the card has no EF_SMS)."""
+    """One physical SIM as read: its store name (by ICCID), slot, EF_ADN's records in use and size, the EF_ADN
+    records the sync leaves alone (no number it can read), and EF_SMS's: the messages by record number, each used
+    record's bytes, the used records that hold no message the sync carries (left alone, never taken for free) and
+    the record count (0: the card has no EF_SMS). `imsi` names it in a journal written before ICCIDs."""
 
     name: str
     slot: int
     by_index: dict[int, Record]
     total: int
+    imsi: str = ""
+    adn_kept: set[int] = field(default_factory=set)
     sms_by_index: dict[int, Message] = field(default_factory=dict)
     sms_raw: dict[int, bytes] = field(default_factory=dict)
     sms_kept: set[int] = field(default_factory=set)
     sms_total: int = 0
+
+
+@dataclass(slots=True)
+class SimWrite:
+    """One planned write of a SIM: the plan's write, its AT line, what the SIM holds there now (a refusal leaves
+    it) and whether the modem may refuse it as too long for the record (+CPBW)."""
+
+    op: Op
+    line: str
+    held: Record | None
+    skippable: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,6 +453,37 @@ class CycleReport:
     writes: Mapping[str, int] = field(default_factory=dict)
     aborted: str = ""
     skipped: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # per SIM: records it could not hold
+
+
+def _sim_landed(sim: SimRead) -> Callable[[Op], bool]:
+    """Whether the SIM as read shows a planned write: the record at its record number (a message as the SIM gives
+    back what was written), or the record number free for a deletion."""
+
+    def landed(op: Op) -> bool:
+        if op.index is None:
+            return False
+        if op.file == "adn":
+            if op.index in sim.adn_kept:
+                return False
+            return sim.by_index.get(op.index) == op.record
+        if op.file == "sms":
+            held = sim.sms_by_index.get(op.index)
+            if op.record is None:
+                return held is None and op.index not in sim.sms_kept
+            return isinstance(op.record, Message) and held is not None and sim_form(op.record) == held
+        return False
+
+    return landed
+
+
+def _whole_landed(current: Mapping[str, Entry]) -> Callable[[Op], bool]:
+    """Whether a store written whole (the server, a virtual SIM) holds a planned write."""
+
+    def landed(op: Op) -> bool:
+        entry = current.get(op.identity)
+        return entry is None if op.record is None else entry is not None and entry.record == op.record
+
+    return landed
 
 
 class SyncService:
@@ -416,7 +511,18 @@ class SyncService:
         self.cycles: list[CycleReport] = []
         self._lock = trio.Lock()  # one cycle at a time: a trigger during a cycle waits for it
         self._seen: dict[str, tuple[int, int]] = {}  # the store files as the last cycle left them
+        self._written: dict[str, tuple[int, int] | None] = {}  # the store files the running cycle wrote
         self._server_etag: str | None = None  # the server's version as the last cycle left it
+        self._pending: list[Trigger] = []  # changes the CP reported (URCs) or a cycle met, not yet synced
+        self._wake = trio.Event()  # set when one is added: the watch runs its cycle at once
+
+    @staticmethod
+    def _fingerprint(path: Path) -> tuple[int, int] | None:
+        try:
+            stat = path.stat()
+        except OSError:
+            return None
+        return stat.st_mtime_ns, stat.st_size
 
     def _fingerprints(self) -> dict[str, tuple[int, int]]:
         """(mtime, size) of the terminal's store and of each virtual SIM's file: a change is an edit (002:S11)."""
@@ -427,11 +533,9 @@ class SyncService:
             )
         out = {}
         for name, path in paths.items():
-            try:
-                stat = path.stat()
-            except OSError:
-                continue
-            out[name] = (stat.st_mtime_ns, stat.st_size)
+            found = self._fingerprint(path)
+            if found is not None:
+                out[name] = found
         return out
 
     def _event(
@@ -486,9 +590,34 @@ class SyncService:
         await self._ok(f"AT%SLOT={slot}", None)
 
     async def _read_sim(self, slot: int) -> SimRead:
-        await self._select(slot)
+        """Reads the SIM in `slot` with the line's slot held (ap/slot_lock.py) and set back to slot 1 after."""
+        assert self.port is not None
+        async with slot_lock(self.port):
+            try:
+                await self._select(slot)
+                return await self._read_selected(slot)
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self._back_to_slot_1()
+
+    async def _back_to_slot_1(self) -> None:
+        try:
+            await self._at("AT%SLOT=1", None)
+        except SyncAborted:
+            pass
+
+    async def _read_selected(self, slot: int) -> SimRead:
         await self._ok('AT+CSCS="UCS2"', S12)
         imsi = next((line.strip() for line in (await self._ok("AT+CIMI", S12)).lines if line.strip()), "")
+        iccid = ""
+        sw, data = await self._crsm(crsm_read_iccid(), S12)
+        try:
+            iccid = decode_iccid(data) if sw_ok(sw) else ""
+        except SimDataError as exc:
+            self._event(
+                "sync_bad_record", f"SIM in slot {slot}: {exc}", S12, error=True, slot=slot, reason=str(exc)
+            )
+            raise SyncAborted(f"slot {slot}: {exc}") from None
         await self._ok('AT+CPBS="SM"', S12)
         try:
             _, total = parse_cpbs((await self._ok("AT+CPBS?", S12)).lines)
@@ -498,7 +627,22 @@ class SyncService:
                 "sync_bad_record", f"SIM in slot {slot}: {exc}", S12, error=True, slot=slot, reason=str(exc)
             )
             raise SyncAborted(f"slot {slot}: {exc}") from None
-        sim = SimRead(f"sim:{imsi or slot}", slot, by_index, total)
+        # the card's identity is its ICCID (TS 102 221 13.2); a card without EF_ICCID falls back to its IMSI
+        sim = SimRead(f"sim:{iccid or imsi or slot}", slot, by_index, total, imsi=imsi)
+        for index, record in sorted(by_index.items()):
+            if isinstance(record, Contact) and not record.number:
+                # the CP shows a number it cannot decode (a bad BCD digit or length, TS 31.102 4.4.2.3) as none: the
+                # record stays out of the merge, as it is on the card, and is never taken for a free one
+                del sim.by_index[index]
+                sim.adn_kept.add(index)
+                self._event(
+                    "sync_record_kept",
+                    f"{sim.name}: EF_ADN record {index} left alone: no number that can be read",
+                    S12,
+                    store=sim.name,
+                    index=index,
+                    reason="no number that can be read (bad BCD)",
+                )
         await self._read_sms(sim)
         return sim
 
@@ -550,75 +694,128 @@ class SyncService:
                 sim.sms_by_index[index] = message
                 sim.sms_raw[index] = record
 
-    async def _write_sim(
-        self, sim: SimRead, plan: Plan, index_of: dict[int, str], sms_index_of: dict[int, str]
-    ) -> tuple[int, dict[int, str], dict[int, str], dict[str, Record | None]]:
-        """Carries out `plan` on the SIM: contacts with +CPBW, messages with +CRSM UPDATE RECORD. Returns the writes,
-        the new EF_ADN and EF_SMS index maps, and the records skipped (what the SIM holds under that identity
-        instead, None for nothing). A record the SIM cannot hold (+CME ERROR: 24 or 26, a message over one record)
-        is `sync_record_unfit`, a record with no free place `sync_sim_full`: skipped for this SIM and kept
-        everywhere else. Any other refusal aborts the cycle."""
+    def _sim_ops(
+        self,
+        sim: SimRead,
+        plan: Plan,
+        index_of: dict[int, str],
+        sms_index_of: dict[int, str],
+        current: Mapping[str, Entry],
+    ) -> tuple[list[SimWrite], dict[str, int], dict[str, int], dict[str, Record | None]]:
+        """Plans `plan` on the SIM: contacts with +CPBW, messages with +CRSM UPDATE RECORD, each write with the
+        record number it goes to. Returns the writes, the identity -> record number maps before them (renames
+        made), and the records skipped (what the SIM holds under that identity instead, None for nothing). A record
+        the SIM cannot hold (a message over one record) is `sync_record_unfit`, a record with no free place
+        `sync_sim_full`, an EF_ADN record the sync leaves alone (no number it can read) is never written: skipped
+        for this SIM and kept everywhere else."""
         by_identity = {identity: index for index, identity in index_of.items()}
         sms_by_identity = {identity: index for index, identity in sms_index_of.items()}
         for old, new in plan.rename.items():
             for table in (by_identity, sms_by_identity):
                 if old in table:
                     table[new] = table.pop(old)
-        writes = 0
+        before = (dict(by_identity), dict(sms_by_identity))
+        writes: list[SimWrite] = []
         skipped: dict[str, Record | None] = {}
-        await self._select(sim.slot)
-        await self._ok('AT+CSCS="UCS2"', S13)
-        await self._ok('AT+CPBS="SM"', S13)
         for identity in sorted(plan.delete):
             if identity in by_identity:
-                await self._write(cpbw_delete(by_identity.pop(identity)), sim)
+                index = by_identity.pop(identity)
+                if index in sim.adn_kept:
+                    kept = current.get(identity)
+                    skipped[identity] = kept.record if kept is not None else None
+                    continue
+                writes.append(SimWrite(Op(identity, None, "adn", index), cpbw_delete(index), None))
             elif identity in sms_by_identity:
-                await self._write_crsm(crsm_update_record(sms_by_identity.pop(identity), FREE_RECORD), sim)
-            else:
-                continue
-            writes += 1
-        used = set(by_identity.values())
+                index = sms_by_identity.pop(identity)
+                writes.append(
+                    SimWrite(Op(identity, None, "sms", index), crsm_update_record(index, FREE_RECORD), None)
+                )
+        used = set(by_identity.values()) | sim.adn_kept
         free = (i for i in range(1, sim.total + 1) if i not in used)
         sms_used = set(sms_by_identity.values()) | sim.sms_kept
         sms_free = (i for i in range(1, sim.sms_total + 1) if i not in sms_used)
         for identity in sorted(plan.put):
             record = plan.put[identity]
             if isinstance(record, Contact):
-                index = by_identity.get(identity)
-                held = sim.by_index.get(index) if index is not None else None
-                if index is None:
-                    index = next(free, None)
-                    if index is None:
+                at = by_identity.get(identity)
+                held = sim.by_index.get(at) if at is not None else None
+                if at is not None and at in sim.adn_kept:
+                    kept = current.get(identity)
+                    skipped[identity] = kept.record if kept is not None else None
+                    continue
+                if at is None:
+                    at = next(free, None)
+                    if at is None:
                         self._full(sim, identity, skipped)
                         continue
-                if await self._write(cpbw(index, record), sim, skippable=True):
-                    by_identity[identity] = index
-                    writes += 1
-                else:
-                    skipped[identity] = held
+                by_identity[identity] = at
+                writes.append(SimWrite(Op(identity, record, "adn", at), cpbw(at, record), held, True))
                 continue
-            index = sms_by_identity.get(identity)
-            was = sim.sms_by_index.get(index) if index is not None else None
+            at = sms_by_identity.get(identity)
+            was_message = sim.sms_by_index.get(at) if at is not None else None
             try:
-                if was is not None and index is not None and replace(was, status=record.status) == record:
-                    data = with_status(
-                        sim.sms_raw[index], record.status
-                    )  # read, sent: the status octet alone
+                if (
+                    was_message is not None
+                    and at is not None
+                    and replace(was_message, status=record.status) == record
+                ):
+                    data = with_status(sim.sms_raw[at], record.status)  # read, sent: the status octet alone
                 else:
                     data = encode_sms_record(record)
             except RecordUnfit as exc:
-                self._unfit(sim, identity, str(exc), skipped, was)
+                self._unfit(sim, identity, str(exc), skipped, was_message)
                 continue
-            if index is None:
-                index = next(sms_free, None)
-                if index is None:
+            if at is None:
+                at = next(sms_free, None)
+                if at is None:
                     self._full(sim, identity, skipped)
                     continue
-                sms_by_identity[identity] = index
-            await self._write_crsm(crsm_update_record(index, data), sim)
-            writes += 1
+                sms_by_identity[identity] = at
+            writes.append(
+                SimWrite(Op(identity, record, "sms", at), crsm_update_record(at, data), was_message)
+            )
+        return writes, before[0], before[1], skipped
+
+    async def _write_sim(
+        self,
+        sim: SimRead,
+        planned: tuple[list[SimWrite], dict[str, int], dict[str, int], dict[str, Record | None]],
+        landed: Callable[[], None],
+    ) -> tuple[int, dict[int, str], dict[int, str], dict[str, Record | None]]:
+        """Carries out the SIM's planned writes with the line's slot held (ap/slot_lock.py), each marked done in
+        the plan as it lands (`landed`). Returns the writes, the new EF_ADN and EF_SMS index maps and the records
+        skipped. A +CPBW the modem refuses as too long (+CME ERROR: 24 or 26) is `sync_record_unfit` and skipped;
+        any other refusal aborts the cycle."""
+        writes, by_identity, sms_by_identity, skipped = planned
+        count = 0
+        assert self.port is not None
+        async with slot_lock(self.port):
+            try:
+                await self._select(sim.slot)
+                await self._ok('AT+CSCS="UCS2"', S13)
+                await self._ok('AT+CPBS="SM"', S13)
+                for write in writes:
+                    op = write.op
+                    if op.file == "adn":
+                        if not await self._write(write.line, sim, skippable=write.skippable):
+                            skipped[op.identity] = write.held
+                            continue
+                    else:
+                        await self._write_crsm(write.line, sim)
+                    op.done = True
+                    landed()
+                    count += 1
+                    table = by_identity if op.file == "adn" else sms_by_identity
+                    if op.record is None:
+                        table.pop(op.identity, None)
+                    else:
+                        assert op.index is not None
+                        table[op.identity] = op.index
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self._back_to_slot_1()
         return (
-            writes,
+            count,
             {index: identity for identity, index in by_identity.items()},
             {index: identity for identity, index in sms_by_identity.items()},
             skipped,
@@ -714,6 +911,9 @@ class SyncService:
                 error=self.security is Security.FAIL,
                 result=self.security.value,
             )
+            # the store files as the cycle found them: an edit made while it runs is one the next cycle takes
+            before = self._fingerprints()
+            self._written = {}
             if self.security is Security.FAIL:
                 report = CycleReport(trigger, False, aborted="security check failed")
                 self._event(
@@ -727,59 +927,106 @@ class SyncService:
                 charset: str | None = None
                 try:
                     charset = await self._charset()
-                    report = await self._run(trigger)
+                    report = await self._run(trigger, before)
                 except SyncAborted as exc:
                     # no step: an abort ends the cycle in S12 or S13 alike, and is neither reading nor synchronising
                     self._event("sync_aborted", f"sync aborted: {exc}", None, error=True, reason=str(exc))
                     report = CycleReport(trigger, False, aborted=str(exc))
                 finally:
-                    if self.port is not None:
+                    # +CSCS is the modem's for every TE user (27.007 5.5): the AP's other users of the line get
+                    # back the set they had before the sync chose UCS2
+                    if self.port is not None and charset is not None and charset != "UCS2":
                         with trio.CancelScope(shield=True):
                             try:
-                                await self._at("AT%SLOT=1", None)
-                                # +CSCS is the modem's for every TE user (27.007 5.5): the AP's other users of
-                                # the line get back the set they had before the sync chose UCS2
-                                if charset is not None and charset != "UCS2":
-                                    await self._at(f'AT+CSCS="{charset}"', None)
+                                await self._at(f'AT+CSCS="{charset}"', None)
                             except SyncAborted:
                                 pass
-            self._seen = self._fingerprints()
+            self._seen = {**before, **{k: v for k, v in self._written.items() if v is not None}}
             self.cycles.append(report)
             return report
 
-    async def _run(self, trigger: Trigger) -> CycleReport:
+    def _again(self, trigger: Trigger) -> None:
+        """A change noticed while a cycle runs (a URC, a file edited under it): the next cycle is for it."""
+        self._pending.append(trigger)
+        self._wake.set()
+
+    def _changed_since(self, name: str, path: Path, before: Mapping[str, tuple[int, int]]) -> bool:
+        """Whether the file of store `name` changed since the cycle read it (an external edit meanwhile)."""
+        return self._fingerprint(path) != before.get(name)
+
+    async def _run(self, trigger: Trigger, before: Mapping[str, tuple[int, int]]) -> CycleReport:
         now = self.clock()
         try:
             local_records, state = self.local.load()
+            interrupted = self.local.load_plan()
         except BAD_FILE as exc:
             # a store edited by hand or by another program: the cycle stops and the file is left for the user
             raise SyncAborted(
                 f"the terminal's store {self.local.path}: {type(exc).__name__}: {exc}"
             ) from None
+        plans: list[Mapping[str, list[Op]]] = [state.pending]
+        if interrupted is not None:
+            # a cycle stopped while it wrote: its plan starts from the state it started from, and its target is the
+            # last merged set as far as this cycle is concerned
+            state = interrupted.state
+            state.merged = dict(interrupted.merged)
+            plans = [state.pending, interrupted.ops]
         stores: list[Store] = [Store("local", StoreKind.LOCAL, local_records, state.snapshots.get("local"))]
         # 002:S12: read every reachable store
         reads = [
             await self._read_sim(slot) for slot, present in sorted((await self.slots(S12)).items()) if present
         ]
+        for sim in reads:
+            if sim.imsi and migrate(state, f"sim:{sim.imsi}", sim.name):
+                # a journal from before SIMs were keyed by their ICCID: the card's snapshot and record numbers
+                self._event(
+                    "sync_journal_migrated",
+                    f"journal: sim:{sim.imsi} is now {sim.name}",
+                    None,
+                    old=f"sim:{sim.imsi}",
+                    new=sim.name,
+                )
+        landed: dict[str, Callable[[Op], bool]] = {sim.name: _sim_landed(sim) for sim in reads}
         virtual_names = sorted(self.virtual.names()) if self.virtual else []
+        virtual_entries: dict[str, dict[str, Entry]] = {}
         for name in virtual_names:
             assert self.virtual is not None
             try:
-                entries = self.virtual.load(name)
+                virtual_entries[name] = self.virtual.load(name)
             except BAD_FILE as exc:
                 # OSError: the profile's file went between names() and load() (deleted, or the eSIM removed)
                 raise SyncAborted(f"virtual SIM {name}: {type(exc).__name__}: {exc}") from None
-            stores.append(
-                Store(f"virtual:{name}", StoreKind.VIRTUAL, entries, state.snapshots.get(f"virtual:{name}"))
-            )
+            landed[f"virtual:{name}"] = _whole_landed(virtual_entries[name])
         etag = ""
+        server_entries: dict[str, Entry] = {}
         if self.server is not None:
             try:
-                etag, entries = await self.server.get()
+                etag, server_entries = await self.server.get()
                 self._server_etag = etag
             except ServerError as exc:
                 raise SyncAborted(str(exc)) from None
-            stores.append(Store("server", StoreKind.SERVER, entries, state.snapshots.get("server")))
+            landed["server"] = _whole_landed(server_entries)
+        done, missed, state.pending = reconcile(state, plans, landed)
+        if interrupted is not None or done or missed:
+            self._event(
+                "sync_resumed",
+                f"journal: {done} planned writes had landed, {missed} had not",
+                None,
+                landed=done,
+                missed=missed,
+                pending=sorted(state.pending),
+            )
+        for name in virtual_names:
+            stores.append(
+                Store(
+                    f"virtual:{name}",
+                    StoreKind.VIRTUAL,
+                    virtual_entries[name],
+                    state.snapshots.get(f"virtual:{name}"),
+                )
+            )
+        if self.server is not None:
+            stores.append(Store("server", StoreKind.SERVER, server_entries, state.snapshots.get("server")))
         sims, sim_stores = self._sim_stores(reads, state, stores, now)
         stores[1:1] = sim_stores
         result = merge(state.merged, stores)
@@ -792,8 +1039,6 @@ class SyncService:
             records=len(result.merged),
             stores=[store.name for store in stores],
         )
-        # 002:S13: the server first (its If-Match refuses a stale write), then the SIMs, the virtual SIMs, and the
-        # terminal's store last with the journal: until then the cycle can be redone from the start.
         changed = {
             identity: max(
                 (
@@ -808,30 +1053,79 @@ class SyncService:
         entries_out = {
             identity: Entry(record, changed[identity]) for identity, record in result.merged.items()
         }
+        # the plan, in the journal before the first write (docs/protocols.md, "The journal and its plan")
+        by_name = {store.name: store for store in stores}
+        ops: dict[str, list[Op]] = {}
+        for name in ["server", *(f"virtual:{v}" for v in virtual_names)]:
+            if name in result.plans and not result.plans[name].empty:
+                plan = result.plans[name]
+                ops[name] = [Op(i, r) for i, r in sorted(plan.put.items())] + [
+                    Op(i, None) for i in sorted(plan.delete)
+                ]
+        sim_plans = {}
+        for name, (sim, index_of, sms_index_of) in sims.items():
+            sim_plans[name] = self._sim_ops(
+                sim, result.plans[name], index_of, sms_index_of, by_name[name].current
+            )
+            if sim_plans[name][0]:
+                ops[name] = [write.op for write in sim_plans[name][0]]
+        journal = PlanFile(copy.deepcopy(state), dict(result.merged), ops)
+
+        def landed_one() -> None:
+            try:
+                self.local.save_plan(journal)
+            except OSError as exc:
+                raise SyncAborted(f"the journal {self.local.plan_path}: {exc}") from None
+
+        if ops:
+            landed_one()
+        # 002:S13: the server first (its If-Match refuses a stale write), then the SIMs, the virtual SIMs, and the
+        # terminal's store last with the journal: until then the plan says what has landed.
         writes: dict[str, int] = {}
         skipped: dict[str, dict[str, Record | None]] = {}
-        if self.server is not None and not result.plans["server"].empty:
+        if "server" in ops:
+            assert self.server is not None
             try:
                 self._server_etag = await self.server.put(etag, entries_out)
             except ServerError as exc:
+                if "412" in str(exc):
+                    self._again(Trigger(TriggerKind.EDIT, "server"))  # another terminal wrote meanwhile
                 raise SyncAborted(str(exc)) from None
+            for op in ops["server"]:
+                op.done = True
+            landed_one()
             writes["server"] = 1
-        for name, (sim, index_of, sms_index_of) in sims.items():
+        for name, (sim, _, _) in sims.items():
             count, state.indexes[name], sms_indexes, skipped[name] = await self._write_sim(
-                sim, result.plans[name], index_of, sms_index_of
+                sim, sim_plans[name], landed_one
             )
             if sim.sms_total:
                 state.indexes[sms_index_key(name)] = sms_indexes
             writes[name] = count
+        untouched: set[str] = set()
         for name in virtual_names:
             assert self.virtual is not None
-            if not result.plans[f"virtual:{name}"].empty:
-                try:
-                    self.virtual.save(name, entries_out)
-                except OSError as exc:
-                    raise SyncAborted(f"virtual SIM {name}: {exc}") from None
-                writes[f"virtual:{name}"] = 1
+            store_name = f"virtual:{name}"
+            if store_name not in ops:
+                continue
+            path = self.virtual.directory / f"{name}.json"
+            if self._changed_since(store_name, path, before):
+                # edited while the cycle ran: not overwritten; the next cycle merges the edit
+                untouched.add(store_name)
+                self._again(Trigger(TriggerKind.EDIT, store_name))
+                continue
+            try:
+                self.virtual.save(name, entries_out)
+            except OSError as exc:
+                raise SyncAborted(f"virtual SIM {name}: {exc}") from None
+            self._written[store_name] = self._fingerprint(path)
+            for op in ops[store_name]:
+                op.done = True
+            landed_one()
+            writes[store_name] = 1
         for store in stores:
+            if store.name in untouched:
+                continue
             snapshot = {i: r for i, r in result.merged.items() if store.takes(r)}
             # a record the SIM could not hold: its snapshot is what the SIM holds, so it is no change of the SIM's
             for identity, held in skipped.get(store.name, {}).items():
@@ -842,8 +1136,15 @@ class SyncService:
             state.snapshots[store.name] = snapshot
         state.merged = dict(result.merged)
         writes["local"] = int(not result.plans["local"].empty)
+        if self._changed_since("local", self.local.path, before):
+            # the user's store was edited while the cycle ran: it is not overwritten; the plan stays in the journal
+            # and the next cycle takes the edit with what this one wrote
+            self._again(Trigger(TriggerKind.EDIT, "local"))
+            raise SyncAborted(f"the terminal's store {self.local.path} changed during the cycle")
         try:
             self.local.save(entries_out, state)
+            self._written["local"] = self._fingerprint(self.local.path)
+            self.local.drop_plan()
         except OSError as exc:
             # the journal stays as it was (write_json replaces atomically): the next trigger redoes the cycle
             raise SyncAborted(f"the terminal's store {self.local.path}: {exc}") from None
@@ -884,6 +1185,17 @@ class SyncService:
             contacts_base = {i: r for i, r in (base or {}).items() if isinstance(r, Contact)}
             messages_base = {i: r for i, r in (base or {}).items() if isinstance(r, Message)}
             contacts, index_of = identify(state.indexes.get(sim.name, {}), contacts_base, sim.by_index)
+            for index in sorted(sim.adn_kept):
+                # a record the sync leaves alone (no number it can read) that the last sync knew: for the merge the SIM
+                # still holds it as it was, so it is neither deleted elsewhere nor written over (_sim_ops skips it)
+                kept_id = state.indexes.get(sim.name, {}).get(index)
+                if (
+                    kept_id is not None
+                    and kept_id not in contacts
+                    and isinstance(contacts_base.get(kept_id), Contact)
+                ):
+                    contacts[kept_id] = contacts_base[kept_id]
+                    index_of[index] = kept_id
             messages, sms_index_of = identify(previous_sms, messages_base, dict(sim.sms_by_index))
             records = {**contacts, **messages}
             entries = {
@@ -895,24 +1207,57 @@ class SyncService:
             sims[sim.name] = (sim, index_of, sms_index_of)
         return sims, stores
 
+    def _slot_event(self, line: str) -> None:
+        """A `%SLOTEV: <slot>,"<event>"` URC of the CP (docs/protocols.md, "Card slots and card presence on DLC 1"):
+        a card inserted or removed, or its phonebook or messages written by another line, is a trigger of 002:S11,
+        for the next cycle (at once when none runs)."""
+        found = _SLOTEV.match(line.strip())
+        kind = _SLOTEV_KINDS.get(found.group(2)) if found else None
+        if found is None or kind is None:
+            self._event("sync_bad_urc", f"not a %SLOTEV the sync knows: {line!r}", error=True, line=line)
+            return
+        self._again(Trigger(kind, f"slot {found.group(1)}"))
+
+    async def _listen(self) -> bool:
+        """Asks the CP for its `%SLOTEV` URCs on this line; False when there is no line or the CP does not know them
+        (card presence is then asked with `AT%SLOTS?` at every poll)."""
+        add = getattr(self.port, "add_urc_handler", None)
+        if self.port is None or add is None:
+            return False
+        add("%SLOTEV:", self._slot_event)
+        try:
+            return (await self._at("AT%SLOTEV=1", None)).ok
+        except SyncAborted:
+            return False
+
     async def watch(self, poll: float = 1.0) -> None:
-        """Detects the triggers of 002:S11 every `poll` seconds: card presence (`AT%SLOTS?`, as the CP reports it),
-        virtual SIMs added or deleted (their directory), edits of the terminal's store or a virtual SIM (their
-        files changed since the last cycle) and edits on the server (its version moved). Each change runs one
-        cycle; nothing else does."""
-        presence: dict[int, bool] = {}
+        """Detects the triggers of 002:S11: card presence once at start (`AT%SLOTS?`), then the CP's `%SLOTEV` URCs
+        (a card inserted or removed, its records written by another line; a CP without them is asked `AT%SLOTS?`
+        every `poll` seconds); every `poll` seconds, virtual SIMs added or deleted (their directory), edits of the
+        terminal's store or a virtual SIM (their files changed since the cycle read them) and, while the security
+        policy passes, edits on the server (its version moved). Each change runs one cycle, and a change met while
+        a cycle runs runs the next one; nothing else does."""
         virtual: set[str] = set()
         self._seen = self._fingerprints()
+        urcs = await self._listen()
+        presence: dict[int, bool] = {}
+        first = True
         while True:
-            try:
-                now = await self.slots(S11)
-            except SyncAborted as exc:
-                self._event(
-                    "sync_presence_failed", f"card presence unknown: {exc}", error=True, reason=str(exc)
-                )
-                now = presence
-            triggers = presence_triggers(presence, now)
-            presence = now
+            self._wake = trio.Event()
+            triggers: list[Trigger] = []
+            if self.port is not None and (first or not urcs):
+                try:
+                    now = await self.slots(S11)
+                except SyncAborted as exc:
+                    self._event(
+                        "sync_presence_failed", f"card presence unknown: {exc}", error=True, reason=str(exc)
+                    )
+                    now = presence
+                triggers += presence_triggers(presence, now)
+                presence = now
+            first = False
+            triggers += self._pending
+            self._pending = []
             names = self.virtual.names() if self.virtual else set()
             triggers += [Trigger(TriggerKind.VIRTUAL_ADDED, name) for name in sorted(names - virtual)]
             triggers += [Trigger(TriggerKind.VIRTUAL_DELETED, name) for name in sorted(virtual - names)]
@@ -926,7 +1271,9 @@ class SyncService:
                 triggers.append(Trigger(TriggerKind.EDIT, "local"))
             self._seen = seen
             virtual = names
-            if self.server is not None:
+            # a failed security check means no request anywhere (issue 20): the server is not asked either, and
+            # the next trigger from elsewhere is the retry
+            if self.server is not None and self.security is Security.PASS:
                 try:
                     etag = await self.server.version()
                 except ServerError as exc:
@@ -937,7 +1284,10 @@ class SyncService:
                     self._server_etag = etag
             for trigger in triggers:
                 await self.cycle(trigger)
-            await trio.sleep(poll)
+            if self._pending:
+                continue
+            with trio.move_on_after(poll):
+                await self._wake.wait()
 
     async def edit_local(self, put: Mapping[str, Record] = {}, delete: Iterable[str] = ()) -> CycleReport:
         """An edit on the terminal's store (the user's contacts app): written, then a cycle runs for it."""

@@ -114,6 +114,28 @@ class RecordUnfit(ValueError):
     not a 27.005 <scts>): it is skipped for that SIM and kept everywhere else."""
 
 
+EF_ICCID = 0x2FE2  # TS 102 221 13.2: the card's identification number, under the MF
+
+
+def crsm_read_iccid() -> str:
+    """READ BINARY of EF_ICCID's 10 octets (`<pathid>` 3F00: the MF)."""
+    return f'AT+CRSM=176,{EF_ICCID},0,0,10,,"3F00"'
+
+
+def decode_iccid(data: bytes) -> str:
+    """EF_ICCID's nibble-swapped BCD (TS 102 221 13.2) to its digits, up to the 'F' padding; SimDataError for a
+    nibble that is no digit."""
+    digits: list[str] = []
+    for byte in data:
+        for nibble in (byte & 0x0F, byte >> 4):
+            if nibble == 0xF:
+                return "".join(digits)
+            if nibble > 9:
+                raise SimDataError(f"EF_ICCID {data.hex().upper()}: nibble {nibble:X} is no digit")
+            digits.append(str(nibble))
+    return "".join(digits)
+
+
 def crsm_get_response() -> str:
     return f'AT+CRSM={CRSM_GET_RESPONSE},{EF_SMS},0,0,0,,"{SMS_PATH}"'
 
