@@ -7,6 +7,8 @@ good AES-CMAC, AES-CBC ciphering and a fresh counter -> PoR status 00 and the fu
 
 from __future__ import annotations
 
+from typing import Any
+
 import trio
 
 from bipsim.scenarios.base import (
@@ -78,11 +80,32 @@ def sms_trigger(options: ScenarioOptions) -> ScenarioResult:
     return ScenarioResult("sms-trigger", run)
 
 
+# what proves the card has nothing to fetch after the push (TS 102 221 7.4.2.2, 14.7.2): the SMS-PP DOWNLOAD
+# envelope, then a STATUS poll of the CP answered plain 90 00 (a pending OPEN CHANNEL would make it 91 xx)
+SMS_PP_ENVELOPE = EventQuery(Kind.CAT_ENVELOPE, lambda f: f.get("envelope") == "sms_pp_download", src="cp")
+STATUS_POLL = EventQuery(Kind.APDU_COMMAND, src="cp", data_prefix=b"\x80\xf2")
+PLAIN_9000 = EventQuery(Kind.APDU_RESPONSE, lambda f: f.get("sw") == "9000", src="uicc")
+
+
+def card_idle_after_the_push(events: list[dict[str, Any]]) -> bool:
+    """Whether the CP's trace `events` hold a STATUS poll answered 90 00 after the SMS-PP DOWNLOAD envelope."""
+    start = next((i for i, e in enumerate(events) if SMS_PP_ENVELOPE.matches_dict(e)), None)
+    if start is None:
+        return False
+    after = events[start + 1 :]
+    return any(
+        STATUS_POLL.matches_dict(command) and PLAIN_9000.matches_dict(answer)
+        for command, answer in zip(after, after[1:], strict=False)
+    )
+
+
 async def _stop_after_the_por(harness: Harness) -> None:
-    """No session will come: once the PoR is traced and the card had time to open a channel, stop the CP (SIGTERM,
-    a clean exit) so that the run ends."""
+    """No session will come: once the PoR is traced and the card answered a poll after it with nothing pending,
+    stop the CP (SIGTERM, a clean exit) so that the run ends."""
     await harness.wait_for_event("ap", EventQuery(Kind.SMS_POR), timeout=25)
-    await trio.sleep(2.0)  # a few poll intervals: an OPEN CHANNEL would have been fetched by now
+    with trio.move_on_after(25):  # the CP polls every few hundred ms; only a broken run waits this long
+        while not card_idle_after_the_push(harness.events_so_far("cp")):
+            await trio.sleep(0.05)
     harness.processes["cp"].terminate()
 
 

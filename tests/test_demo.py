@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from bipsim.cli import main
 from bipsim.trace.reader import read_trace
 from bipsim.trace.steps import EMBODIMENT_1, EMBODIMENT_2, check_step_order
 
@@ -21,6 +22,16 @@ def demo(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "bipsim", "demo", *args], capture_output=True, text=True, timeout=120
     )
+
+
+def demo_here(capsys: pytest.CaptureFixture[str], *args: str) -> subprocess.CompletedProcess[str]:
+    """`bipsim demo ARGS` through the console script's own entry point (bipsim.cli.main) in this process: the
+    checks that start no session need no interpreter of their own (`test_unknown_option_is_one_line` keeps one)."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["demo", *args])
+    out, err = capsys.readouterr()
+    code = exit_.value.code
+    return subprocess.CompletedProcess(["demo", *args], code if isinstance(code, int) else 1, out, err)
 
 
 def ladder_codes(stdout: str) -> list[str]:
@@ -69,20 +80,11 @@ def test_both_embodiments_pass_with_ladders_trace_and_pcap(tmp_path: Path) -> No
 
 
 @pytest.mark.slow
-def test_one_embodiment_runs_only_that_one(tmp_path: Path) -> None:
-    keep = tmp_path / "files"
-    result = demo("--embodiment", "1", "--keep", str(keep), *GENEROUS)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr
-    printed = set(ladder_codes(result.stdout))
-    assert printed == set(CODES_1)
-    assert "Embodiment 2" not in result.stdout
-    assert (keep / "e1" / "cp.jsonl").exists()
-    assert not (keep / "e2").exists()
-
-
-@pytest.mark.slow
 @pytest.mark.needs("socat")
-def test_demo_over_a_socat_pair() -> None:
+def test_one_embodiment_over_a_socat_pair_runs_only_that_one(tmp_path: Path) -> None:
+    """`--embodiment 2` on socat's pair with `--keep`: only embodiment 2 runs, on the given lines, and its files are
+    kept (one demo run makes both checks)."""
+    keep = tmp_path / "files"
     socat = subprocess.Popen(
         ["socat", "-d", "-d", "pty,raw,echo=0", "pty,raw,echo=0"], stderr=subprocess.PIPE, text=True
     )
@@ -95,17 +97,24 @@ def test_demo_over_a_socat_pair() -> None:
             match = re.search(r"PTY is (\S+)", line)
             if match:
                 paths.append(match.group(1))
-        result = demo("--embodiment", "2", "--port-a", paths[0], "--port-b", paths[1], *GENEROUS)
+        result = demo(
+            "--embodiment", "2", "--port-a", paths[0], "--port-b", paths[1], "--keep", str(keep), *GENEROUS
+        )
     finally:
         socat.terminate()
         socat.wait(10)
+        if socat.stderr is not None:
+            socat.stderr.close()
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr
     assert set(ladder_codes(result.stdout)) == set(CODES_2)
+    assert "Embodiment 1" not in result.stdout
     assert f"{paths[0]} <-> {paths[1]}" in result.stdout
+    assert (keep / "e2" / "cp.jsonl").exists()
+    assert not (keep / "e1").exists()
 
 
-def test_bad_embodiment_is_one_line() -> None:
-    result = demo("--embodiment", "3")
+def test_bad_embodiment_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    result = demo_here(capsys, "--embodiment", "3")
     assert_one_line_error(result)
     assert "--embodiment" in result.stderr
     assert result.stdout == ""
@@ -117,21 +126,21 @@ def test_unknown_option_is_one_line() -> None:
     assert "--no-such-option" in result.stderr
 
 
-def test_trace_in_missing_directory_is_one_line_and_runs_nothing() -> None:
-    result = demo("--trace", "/nonexistent/dir/x.jsonl")
+def test_trace_in_missing_directory_is_one_line_and_runs_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+    result = demo_here(capsys, "--trace", "/nonexistent/dir/x.jsonl")
     assert_one_line_error(result)
     assert "/nonexistent/dir" in result.stderr
     assert result.stdout == ""
 
 
-def test_missing_device_is_one_line() -> None:
-    result = demo("--port-a", "/nonexistent/ttyA", "--port-b", "/nonexistent/ttyB")
+def test_missing_device_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    result = demo_here(capsys, "--port-a", "/nonexistent/ttyA", "--port-b", "/nonexistent/ttyB")
     assert_one_line_error(result)
     assert "/nonexistent/ttyA" in result.stderr
 
 
-def test_port_a_needs_port_b() -> None:
-    result = demo("--port-a", "/dev/null")
+def test_port_a_needs_port_b(capsys: pytest.CaptureFixture[str]) -> None:
+    result = demo_here(capsys, "--port-a", "/dev/null")
     assert_one_line_error(result)
     assert "--port-b" in result.stderr
 
@@ -153,7 +162,7 @@ def test_a_failed_session_exits_non_zero_with_one_line(tmp_path: Path) -> None:
             "--port-b",
             os.ttyname(slave_b),
             "--timeout",
-            "3",
+            "1",  # nobody relays: no session can complete, however long it is given
             "--keep",
             str(tmp_path / "files"),
         )
@@ -166,8 +175,8 @@ def test_a_failed_session_exits_non_zero_with_one_line(tmp_path: Path) -> None:
     assert str(tmp_path / "files") in result.stderr  # where to look
 
 
-def test_help_explains_the_options() -> None:
-    result = demo("--help")
+def test_help_explains_the_options(capsys: pytest.CaptureFixture[str]) -> None:
+    result = demo_here(capsys, "--help")
     assert result.returncode == 0
     for word in ("--embodiment", "--trace", "--pcap", "--port-a", "--port-b", "S401", "S701", "Exit status"):
         assert word in result.stdout

@@ -9,7 +9,9 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -169,18 +171,18 @@ def test_an_empty_slot_mode_1_sends_no_rule_load_mode_2_one_attempt(run_it: Runn
 @pytest.mark.parametrize(
     "spec",
     [
-        lambda nfc: OmapiRun(f"omapi-nfc-{nfc}-rules", ap_args=[nfc], requests=[app_request("SIM1")]),
+        # a card with rules (SIM1) beside an empty slot tried once (SIM2): two of the three cases in one run
+        lambda nfc: OmapiRun(
+            f"omapi-nfc-{nfc}-rules-empty",
+            empty_slot2=True,
+            ap_args=[nfc, "--no-card-mode", "2"],
+            requests=[app_request("SIM1"), app_request("SIM2")],
+        ),
         lambda nfc: OmapiRun(
             f"omapi-nfc-{nfc}-none", profile="omapi-no-rules", ap_args=[nfc], requests=[app_request("SIM1")]
         ),
-        lambda nfc: OmapiRun(
-            f"omapi-nfc-{nfc}-empty",
-            empty_slot2=True,
-            ap_args=[nfc, "--no-card-mode", "2"],
-            requests=[app_request("SIM2")],
-        ),
     ],
-    ids=["rules", "no-ara-m", "no-card"],
+    ids=["rules-and-no-card", "no-ara-m"],
 )
 def test_flipping_nfc_changes_nothing(run_it: Runner, spec: Callable[[str], OmapiRun]) -> None:
     outcomes = []
@@ -333,10 +335,42 @@ def test_no_channel_left_is_null_and_an_absent_applet_is_no_such_element(run_it:
     assert ccho_lines(result, absent) == [f'AT+CCHO="{absent}"']
 
 
-def test_the_command_line_client(run_it: Runner) -> None:
+# One run of the `omapi` card for the checks that only read answers or the whole run: the command-line client (before
+# the first request), the select responses and a short APDU, the bad control requests, and the pcap through tshark.
+# Their requests follow each other on one control socket, as several applications' would.
+BAD_REQUESTS: list[dict[str, Any]] = [
+    {"op": "dance"},
+    {"op": "run", "hash": "zz", "aid": ECHO},
+    {"op": "run", "hash": GRANTED, "aid": ECHO, "apdus": "00"},
+    {"op": "run", "hash": GRANTED, "aid": "A000", "reader": "SIM1"},
+    {"op": "status"},
+]
+SELECT_REQUESTS: list[dict[str, Any]] = [
+    app_request(None),
+    app_request("SIM1", GRANTED, apdus=("00",)),
+    {**app_request("SIM1", apdus=("000A0000",)), "aid": ECHO_LONG},
+]
+
+
+@dataclass
+class SharedRun:
+    spec: OmapiRun
+    result: RunResult
+    cli: list[subprocess.CompletedProcess[str]]
+
+    def answers(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The answers to `requests`, a slice of the run's requests (the same list objects)."""
+        start = next(i for i, r in enumerate(self.spec.requests) if r is requests[0])
+        return self.spec.answers[start : start + len(requests)]
+
+
+@pytest.fixture(scope="module")
+def shared_run(tmp_path_factory: pytest.TempPathFactory) -> SharedRun:
     outputs: list[subprocess.CompletedProcess[str]] = []
 
     async def before(index: int, harness: Harness) -> None:
+        if index != 0:
+            return
         port = next(
             e["fields"]["port"] for e in harness.events_so_far("ap") if e.get("kind") == Kind.OMAPI_CONTROL
         )
@@ -356,9 +390,15 @@ def test_the_command_line_client(run_it: Runner) -> None:
                 )
             )
 
-    spec = OmapiRun("omapi-cli", before=before, requests=[{"op": "status"}])
-    run_it(spec)
-    granted, denied, status, bad = outputs
+    spec = OmapiRun(
+        "omapi-shared", before=before, requests=[{"op": "status"}, *SELECT_REQUESTS, *BAD_REQUESTS]
+    )
+    result = run_omapi(spec, ScenarioOptions(tmp_path_factory.mktemp("omapi-shared")))
+    return SharedRun(spec, result, outputs)
+
+
+def test_the_command_line_client(shared_run: SharedRun) -> None:
+    granted, denied, status, bad = shared_run.cli
     assert (
         granted.returncode == 0 and "000A0000 -> 9000" in granted.stdout and "reader SIM1" in granted.stdout
     )
@@ -371,27 +411,16 @@ def test_the_command_line_client(run_it: Runner) -> None:
     assert bad.returncode == 2 and "not hex" in bad.stderr and "Traceback" not in bad.stderr
 
 
-def test_bad_control_requests_get_an_error_answer_and_the_socket_stays_usable(run_it: Runner) -> None:
-    spec = OmapiRun(
-        "omapi-bad-requests",
-        requests=[
-            {"op": "dance"},
-            {"op": "run", "hash": "zz", "aid": ECHO},
-            {"op": "run", "hash": GRANTED, "aid": ECHO, "apdus": "00"},
-            {"op": "run", "hash": GRANTED, "aid": "A000", "reader": "SIM1"},
-            {"op": "status"},
-        ],
-    )
-    run_it(spec)
-    assert [a.get("ok") for a in spec.answers] == [False, False, False, False, True]
-    assert "unknown op" in spec.answers[0]["error"] and "not hex" in spec.answers[1]["error"]
-    assert spec.answers[3]["exception"] == "IllegalArgumentException"
+def test_bad_control_requests_get_an_error_answer_and_the_socket_stays_usable(shared_run: SharedRun) -> None:
+    answers = shared_run.answers(BAD_REQUESTS)
+    assert [a.get("ok") for a in answers] == [False, False, False, False, True]
+    assert "unknown op" in answers[0]["error"] and "not hex" in answers[1]["error"]
+    assert answers[3]["exception"] == "IllegalArgumentException"
 
 
 @pytest.mark.needs("tshark")
-def test_tshark_decodes_the_scenarios_pcap(run_it: Runner, tmp_path: Path) -> None:
-    spec = OmapiRun("omapi-pcap", requests=[app_request("SIM1")])
-    result = run_it(spec)
+def test_tshark_decodes_the_scenarios_pcap(shared_run: SharedRun, tmp_path: Path) -> None:
+    result = shared_run.result
     trace = tmp_path / "omapi.jsonl"
     trace.write_text("".join(event.to_json() + "\n" for event in result.events))
     pcap = tmp_path / "omapi.pcap"
@@ -428,14 +457,9 @@ def test_tshark_decodes_the_scenarios_pcap(run_it: Runner, tmp_path: Path) -> No
     assert malformed.strip() == ""
 
 
-def test_select_responses_and_a_short_apdu_through_the_service(run_it: Runner) -> None:
-    long_select = {**app_request("SIM1", apdus=("000A0000",)), "aid": ECHO_LONG}
-    spec = OmapiRun(
-        "omapi-json",
-        requests=[app_request(None), app_request("SIM1", GRANTED, apdus=("00",)), long_select],
-    )
-    result = run_it(spec)
-    chosen, short, long_answer = spec.answers
+def test_select_responses_and_a_short_apdu_through_the_service(shared_run: SharedRun) -> None:
+    result = shared_run.result
+    chosen, short, long_answer = shared_run.answers(SELECT_REQUESTS)
     # ...31: SELECT answers no data; the echo APDU its 256 bytes (61 00 and GET RESPONSE joined below the API)
     assert chosen["ok"] is True and chosen["select_response"] == "9000", chosen
     assert chosen["responses"] == [PATTERN.hex().upper() + "9000"]

@@ -6,16 +6,18 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-from bipsim.cli import cli
+from bipsim.cli import cli, main
 from bipsim.ota.campaign import Campaign
 from bipsim.scenarios.base import ScenarioOptions, ScenarioResult
 from bipsim.scenarios.campaigns import (
@@ -29,8 +31,10 @@ from bipsim.scenarios.campaigns import (
 from bipsim.scenarios.registry import SCENARIOS, describe
 from bipsim.trace.events import TraceEvent
 from bipsim.trace.kinds import Kind
+from bipsim.trace.render import render_html
 from bipsim.trace.steps import check_step_order, embodiment_steps, mislabelled
 from bipsim.uicc.cat_render import decode_as, kind_of
+from tests.test_trace_html import check_in_chromium
 
 # the kind of each CAT message (docs/protocols.md, "Traces") and what `bipsim decode` calls it; TRs and envelopes are
 # C-APDUs with their instruction byte, proactive commands FETCH answers
@@ -41,6 +45,37 @@ CAT_KINDS = {
 }
 
 
+@contextmanager
+def socat_pair() -> Iterator[tuple[str, str]]:
+    """`socat -d -d pty,raw,echo=0 pty,raw,echo=0`; the two pty paths come from its notices on stderr."""
+    process = subprocess.Popen(
+        ["socat", "-d", "-d", "pty,raw,echo=0", "pty,raw,echo=0"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    paths: list[str] = []
+    try:
+        while len(paths) < 2:
+            line = process.stderr.readline()
+            if not line:
+                pytest.fail(f"socat exited ({process.wait()}) before naming two ptys")
+            match = re.search(r"PTY is (\S+)", line)
+            if match:
+                paths.append(match.group(1))
+        yield paths[0], paths[1]
+    finally:
+        process.terminate()
+        process.wait(timeout=5)
+        process.stderr.close()
+
+
+# the embodiments run once, over a socat-made pair when socat is here: the registry test, the trace checks and the
+# socat test all read that one run (the built-in pair carries the embodiments in test_trace_replay, test_demo and
+# every other scenario of this file)
+OVER_SOCAT = ("embodiment1", "embodiment2")
+
+
 @pytest.fixture(scope="module")
 def scenario_run(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], ScenarioResult]:
     """Runs a scenario once per module (the trace checks reuse the registry test's run of each embodiment)."""
@@ -48,7 +83,12 @@ def scenario_run(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Sc
 
     def run(name: str) -> ScenarioResult:
         if name not in done:
-            done[name] = SCENARIOS[name](ScenarioOptions(tmp_path_factory.mktemp(name)))
+            directory = tmp_path_factory.mktemp(name)
+            if name in OVER_SOCAT and shutil.which("socat"):
+                with socat_pair() as (port_a, port_b):
+                    done[name] = SCENARIOS[name](ScenarioOptions(directory, port_a, port_b))
+            else:
+                done[name] = SCENARIOS[name](ScenarioOptions(directory))
         return done[name]
 
     return run
@@ -70,7 +110,13 @@ DEDICATED = {
 }
 
 
-@pytest.mark.parametrize("name", [name for name in SCENARIOS if name not in DEDICATED])
+# run by the command-line test below, with the same checks (exit 0 is the scenario's own)
+FROM_THE_COMMAND_LINE = ("server-refuses",)
+
+
+@pytest.mark.parametrize(
+    "name", [name for name in SCENARIOS if name not in DEDICATED and name not in FROM_THE_COMMAND_LINE]
+)
 def test_scenario_passes(name: str, scenario_run: Callable[[str], ScenarioResult]) -> None:
     result = scenario_run(name)  # each scenario asserts its own outcome and raises ScenarioFailed otherwise
     assert result.name == name
@@ -81,7 +127,10 @@ def test_scenario_passes(name: str, scenario_run: Callable[[str], ScenarioResult
 
 def test_every_scenario_is_run_by_this_file_or_by_its_dedicated_test() -> None:
     """No scenario is left unrun: one left out here is registered and its dedicated file runs it by name."""
-    assert set(DEDICATED) <= set(SCENARIOS)
+    assert set(DEDICATED) <= set(SCENARIOS) and set(FROM_THE_COMMAND_LINE) <= set(SCENARIOS)
+    here = Path(__file__).read_text()
+    for name in FROM_THE_COMMAND_LINE:
+        assert f'"scenario", "run", "{name}"' in here, name
     for name, filename in DEDICATED.items():
         text = (Path(__file__).parent / filename).read_text()
         assert f'run_scenario("{name}", tmp_path' in text, (name, filename)
@@ -149,41 +198,31 @@ def test_every_cat_apdu_decodes(embodiment: int, scenario_run: Callable[[str], S
         assert json.loads(outcome.output)["kind"] == kind, summary
 
 
+@pytest.mark.needs("chromium")
+@pytest.mark.parametrize("embodiment", [1, 2])
+def test_html_ladder_of_a_real_embodiment_run(
+    embodiment: int, scenario_run: Callable[[str], ScenarioResult], tmp_path: Path
+) -> None:
+    """The HTML ladder of the merged trace of the embodiment's three processes, in headless Chromium (the
+    synthetic page and the browser check are tests/test_trace_html.py's)."""
+    run = scenario_run(f"embodiment{embodiment}").run
+    page = tmp_path / "ladder.html"
+    page.write_text(render_html(run.events, title=f"embodiment {embodiment}"), encoding="utf-8")
+    check_in_chromium(page, [s.code for s in embodiment_steps(embodiment)], tmp_path)
+
+
 # --- over a socat-made pty pair ----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def socat_pair() -> Iterator[tuple[str, str]]:
-    """`socat -d -d pty,raw,echo=0 pty,raw,echo=0`; the two pty paths come from its notices on stderr."""
-    process = subprocess.Popen(
-        ["socat", "-d", "-d", "pty,raw,echo=0", "pty,raw,echo=0"],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stderr is not None
-    paths: list[str] = []
-    try:
-        while len(paths) < 2:
-            line = process.stderr.readline()
-            if not line:
-                pytest.fail(f"socat exited ({process.wait()}) before naming two ptys")
-            match = re.search(r"PTY is (\S+)", line)
-            if match:
-                paths.append(match.group(1))
-        yield paths[0], paths[1]
-    finally:
-        process.terminate()
-        process.wait(timeout=5)
-        process.stderr.close()
-
-
 @pytest.mark.needs("socat")
-@pytest.mark.parametrize("name", ["embodiment1", "embodiment2"])
-def test_embodiment_over_a_socat_pair(name: str, socat_pair: tuple[str, str], tmp_path: Path) -> None:
-    port_a, port_b = socat_pair
-    result = SCENARIOS[name](ScenarioOptions(tmp_path, port_a, port_b))
-    assert (result.run.config.port_a, result.run.config.port_b) == (port_a, port_b)
-    assert not (tmp_path / "ap.tty").exists()  # no built-in pair was made
+@pytest.mark.parametrize("name", OVER_SOCAT)
+def test_embodiment_over_a_socat_pair(name: str, scenario_run: Callable[[str], ScenarioResult]) -> None:
+    result = scenario_run(name)  # the module's run of the embodiment, made over socat's pair
+    assert result.run.config.port_a and result.run.config.port_b
+    assert result.run.config.port_a.startswith("/dev/pts/") and result.run.config.port_b.startswith(
+        "/dev/pts/"
+    )
+    assert not (result.run.directory / "ap.tty").exists()  # no built-in pair was made
     embodiment = int(name[-1])
     assert first_steps(result.run.events) == [s.code for s in embodiment_steps(embodiment)]
 
@@ -293,33 +332,13 @@ def test_campaign_builders_make_the_steps_the_ota_server_runs() -> None:
     assert tomllib.loads(applet_download(12000))["card"][0]["step"][1]["size"] == 12000
 
 
-def test_scenario_run_from_the_command_line(tmp_path: Path) -> None:
-    trace = tmp_path / "run.jsonl"
-    keep = tmp_path / "kept"
-    process = subprocess.run(
-        [sys.executable, "-m", "bipsim", "scenario", "run", "server-refuses", "--trace", str(trace)]
-        + ["--keep", str(keep)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert process.returncode == 0, process.stderr
-    assert re.fullmatch(r"scenario server-refuses: passed in [\d.]+ s, \d+ trace events\n", process.stdout)
-    events = [json.loads(line) for line in trace.read_text().splitlines()]
-    assert events and all({"t", "src", "dst", "layer", "summary"} <= set(e) for e in events)
-    assert [e["t"] for e in events] == sorted(e["t"] for e in events)  # merged by the shared clock
-    assert (keep / "cp.log").exists() and (keep / "card.json").exists()
-
-
-def test_unknown_scenario_is_one_line_and_exit_1() -> None:
-    process = subprocess.run(
-        [sys.executable, "-m", "bipsim", "scenario", "run", "no-such-scenario"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert process.returncode != 0
-    assert process.stderr.count("\n") == 1 and "no scenario 'no-such-scenario'" in process.stderr
+def test_unknown_scenario_is_one_line_and_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
+    # through the console script's entry point in this process (the command-line test above starts a real one)
+    with pytest.raises(SystemExit) as exit_:
+        main(["scenario", "run", "no-such-scenario"])
+    assert exit_.value.code not in (0, None)
+    stderr = capsys.readouterr().err
+    assert stderr.count("\n") == 1 and "no scenario 'no-such-scenario'" in stderr
 
 
 def test_sms_trigger_goes_to_the_card_as_sms_pp_download_and_its_por_comes_back(
@@ -340,9 +359,12 @@ def test_sms_trigger_goes_to_the_card_as_sms_pp_download_and_its_por_comes_back(
     assert first_open > index
 
 
-def test_a_kept_folder_of_an_earlier_run_is_started_afresh(tmp_path: Path) -> None:
-    """`scenario run --keep DIR` into a folder that already holds a run: the card starts from its profile, not from
-    the saved card.json, and no stale server results or traces leak into the new run's result."""
+def test_scenario_run_from_the_command_line_into_a_kept_folder_of_an_earlier_run(tmp_path: Path) -> None:
+    """`scenario run NAME --trace F --keep DIR`, as a user runs it, into a folder that already holds a run: the card
+    starts from its profile, not from the saved card.json, and no stale server results or traces leak into the new
+    run's result. This run is also server-refuses' run in the suite (FROM_THE_COMMAND_LINE): exit 0 is the
+    scenario's own checks passed, and the registry test's checks are made on its files."""
+    trace = tmp_path / "run.jsonl"
     keep = tmp_path / "kept"
     keep.mkdir()
     (keep / "card.json").write_text('{"stale": true}')
@@ -353,12 +375,19 @@ def test_a_kept_folder_of_an_earlier_run_is_started_afresh(tmp_path: Path) -> No
     unrelated = keep / "notes.txt"
     unrelated.write_text("mine")
     process = subprocess.run(
-        [sys.executable, "-m", "bipsim", "scenario", "run", "server-refuses", "--keep", str(keep)],
+        [sys.executable, "-m", "bipsim", "scenario", "run", "server-refuses", "--trace", str(trace)]
+        + ["--keep", str(keep)],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert process.returncode == 0, process.stderr
+    assert re.fullmatch(r"scenario server-refuses: passed in [\d.]+ s, \d+ trace events\n", process.stdout)
+    events = [json.loads(line) for line in trace.read_text().splitlines()]
+    assert events and all({"t", "src", "dst", "layer", "summary"} <= set(e) for e in events)
+    assert [e["t"] for e in events] == sorted(e["t"] for e in events)  # merged by the shared clock
+    assert any(e["layer"] == "apdu" for e in events)
+    assert (keep / "cp.log").exists() and (keep / "cp.jsonl").exists() and (keep / "ap.jsonl").exists()
     state = json.loads((keep / "card.json").read_text())
     assert "stale" not in state and state  # saved afresh by this run's card
     assert not (keep / "results.json").exists()  # server-refuses runs no server: nothing may claim results

@@ -1,7 +1,8 @@
 """The HTML ladder in a real browser (Debian's headless Chromium): loads offline, no console errors, every step shown.
 
-A synthetic trace holds every step of both embodiments; the real-run tests render the merged trace of each
-embodiment's three processes (bipsim.scenarios.harness).
+A synthetic trace holds every step of both embodiments (one page, one browser load and one screenshot); the
+real-run check renders the merged trace of each embodiment's three processes: it lives in tests/test_scenarios.py,
+which reads the run of each embodiment that file makes anyway (`check_in_chromium` is shared from here).
 """
 
 from __future__ import annotations
@@ -11,12 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from bipsim.scenarios.embodiments import embodiment_config
-from bipsim.scenarios.harness import run_processes
-from bipsim.trace.events import TraceEvent
 from bipsim.trace.recorder import Tracer
 from bipsim.trace.render import render_html
-from bipsim.trace.steps import EMBODIMENT_1, EMBODIMENT_2, Step, embodiment_steps
+from bipsim.trace.steps import EMBODIMENT_1, EMBODIMENT_2, Step
 
 CHROMIUM_FLAGS = [
     "--headless",
@@ -60,28 +58,8 @@ def synthetic(steps: tuple[Step, ...]) -> Tracer:
 
 
 @pytest.mark.needs("chromium")
-@pytest.mark.parametrize("steps", [EMBODIMENT_1, EMBODIMENT_2], ids=["embodiment1", "embodiment2"])
-def test_html_ladder_in_chromium(steps: tuple[Step, ...], tmp_path: Path) -> None:
+def test_html_ladder_in_chromium(tmp_path: Path) -> None:
     page = tmp_path / "ladder.html"
-    page.write_text(render_html(synthetic(steps).events), encoding="utf-8")
-    check_in_chromium(page, [s.code for s in steps], tmp_path, screenshot=tmp_path / "ladder.png")
-
-
-@pytest.fixture(scope="module", params=[1, 2], ids=["embodiment1", "embodiment2"])
-def real_run(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[int, list[TraceEvent]]:
-    number: int = request.param
-    config = embodiment_config(number)
-    run = run_processes(config, tmp_path_factory.mktemp(f"e{number}"))
-    assert run.cp_code == 0 and run.completed, run.explain()
-    return number, run.events
-
-
-@pytest.mark.needs("chromium")
-def test_html_ladder_of_a_real_embodiment_run(real_run: tuple[int, list[TraceEvent]], tmp_path: Path) -> None:
-    number, events = real_run
-    page = tmp_path / "ladder.html"
-    page.write_text(render_html(events, title=f"embodiment {number}"), encoding="utf-8")
-    labels = [s.code for s in embodiment_steps(number)]
+    page.write_text(render_html(synthetic(EMBODIMENT_1 + EMBODIMENT_2).events), encoding="utf-8")
+    labels = [s.code for s in EMBODIMENT_1 + EMBODIMENT_2]
     check_in_chromium(page, labels, tmp_path, screenshot=tmp_path / "ladder.png")

@@ -7,6 +7,9 @@ Available events depends on timing, which a byte-exact replay would (rightly) re
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,11 +17,13 @@ from pathlib import Path
 import pytest
 import trio
 
+from bipsim.cli import main
 from bipsim.scenarios.campaigns import RAM_STATUS, SPN_UPDATE, campaign
 from bipsim.scenarios.harness import RunConfig, run_processes
 from bipsim.trace.events import Actor, Layer, TraceEvent
 from bipsim.trace.reader import read_trace
 from bipsim.trace.replay import ConnectionTape, Flight, RecordedServer, open_channel_address, server_tapes
+from bipsim.uicc.ota_agent import SEED_ENV
 
 SEED = "0123456789ABCDEF"
 SMALL_CAMPAIGN = campaign(SPN_UPDATE, RAM_STATUS)
@@ -39,11 +44,26 @@ def recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def replay(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bipsim", "trace", "replay", str(path), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    """`bipsim trace replay PATH ARGS` through the console script's entry point (bipsim.cli.main) in this process:
+    the live CP and AP it plays against are processes of their own either way, and the replay's own interpreter
+    start is saved (`test_trace_without_apdus_is_refused` runs the command as a process)."""
+    out, err = io.StringIO(), io.StringIO()
+    seed = os.environ.get(SEED_ENV)  # `--card-seed` hands the live card its seed through the environment
+    try:
+        with (
+            contextlib.redirect_stdout(out),
+            contextlib.redirect_stderr(err),
+            pytest.raises(SystemExit) as exit_,
+        ):
+            main(["trace", "replay", str(path), *args])
+    finally:
+        if seed is None:
+            os.environ.pop(SEED_ENV, None)
+        else:
+            os.environ[SEED_ENV] = seed
+    code = exit_.value.code
+    return subprocess.CompletedProcess(
+        args, code if isinstance(code, int) else 1, out.getvalue(), err.getvalue()
     )
 
 
@@ -157,7 +177,12 @@ def test_one_flipped_byte_of_the_cps_recorded_at_command_is_reported(recording: 
 def test_trace_without_apdus_is_refused(tmp_path: Path) -> None:
     empty = tmp_path / "net-only.jsonl"
     empty.write_text(TraceEvent(0.0, Actor.AP, Actor.OTA, Layer.TCP, "data", "00").to_json() + "\n")
-    out = replay(empty, "--as", "card")
+    out = subprocess.run(
+        [sys.executable, "-m", "bipsim", "trace", "replay", str(empty), "--as", "card"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2 and "no APDU exchanges" in out.stderr
 
 
