@@ -6,8 +6,10 @@ Stores: the physical SIMs in the CP's slots, read and written over 3GPP TS 27.00
 virtual SIMs, which the AP holds as JSON files in a directory (one file a profile, named after it: adding the file
 adds the virtual SIM); the terminal's own store, a JSON file that also keeps the
 sync's state (the last merged set and each store's snapshot, so it is the journal: it is replaced, atomically,
-only once every other store is written); and the sync server (ota/sync_server.py) over HTTP. The rules are in
-`bipsim.ap.sync.merge`; this module only moves records and traces what it does.
+only once every other store is written, and while a cycle writes, its plan sits beside it, each write marked done as
+it lands: `bipsim.ap.sync.journal`); and the sync server (ota/sync_server.py) over HTTP. A SIM is named by its
+ICCID. Triggers are the CP's `%SLOTEV` URCs for the cards and the files' and the server's versions for the rest.
+The rules are in `bipsim.ap.sync.merge`; this module only moves records and traces what it does.
 """
 
 from __future__ import annotations
