@@ -14,7 +14,6 @@ from typing import Any
 
 import click
 
-from bipsim import __version__
 from bipsim.errors import CliError
 
 # name -> (module under bipsim.commands, attribute, one-line help shown by `bipsim --help`)
@@ -72,8 +71,25 @@ class LazyGroup(click.Group):
             formatter.write_dl(rows)
 
 
+def _show_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    """--version: the installed distribution's version (read only now: importlib.metadata is slow to import)."""
+    if not value or ctx.resilient_parsing:
+        return
+    import bipsim
+
+    click.echo(f"bipsim, version {bipsim.__version__}")
+    ctx.exit()
+
+
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="bipsim")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_show_version,
+    help="Show the version and exit.",
+)
 def cli() -> None:
     """bipsim simulates a dual-processor phone: an application processor (AP) and a modem processor (CP) joined
     by a serial line, with a SIM card (UICC) on the CP that opens BIP channels (ETSI TS 102 223) to download OTA
