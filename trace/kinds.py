@@ -152,3 +152,8 @@ class Kind(StrEnum):
     PUBLISH_REFUSED = "publish.refused"  # a request refused (4xx/5xx) before its endpoint's work; fields: reason
     # a frame of the IP-push connection (hex: length prefix and JSON); fields: connection, direction, type, reason
     PUBLISH_PUSH = "publish.push"
+    # the AP's upgrade agent (ap/upgrade/; docs/protocols.md, "The upgrade agent")
+    UPGRADE_NOTICE = "upgrade.notice"  # a notice heard, a look-alike or another SMS; fields: via, name, version
+    UPGRADE_PROMPT = "upgrade.prompt"  # the user asked; fields: name, version, via, answer, installed
+    UPGRADE_RESULT = "upgrade.result"  # the result told the user; fields: name, version, result (JSR-118), reason
+    UPGRADE_PUSH = "upgrade.push"  # a frame of the terminal's IP-push connection; fields: type, direction

@@ -244,7 +244,52 @@ SEED_002: tuple[Step, ...] = (
     ),
 )
 
-STEPS: dict[str, Step] = {step.code: step for step in EMBODIMENT_1 + EMBODIMENT_2 + SEED_004 + SEED_002}
+# seed 001, push deployment (docs/protocols.md, "Push deployment"): the AP's upgrade agent (ap/upgrade/) and the
+# publish server (ota/publish_server.py) label these
+SEED_001: tuple[Step, ...] = (
+    Step("001:201", "notice received, the user asked", (_m(Kind.UPGRADE_PROMPT, "ap", "ap"),)),
+    Step("001:202", "connect to the address in the notice", (_m(Kind.TCP_CONNECT, "ap", "publish"),)),
+    Step("001:203", "the server authenticates the terminal", (_m(Kind.PUBLISH_AUTH, "publish", "ap"),)),
+    Step(
+        "001:204",
+        "download, install, configure, tell the user the result",
+        (_m(Kind.PUBLISH_DOWNLOAD, "publish", "ap"), _m(Kind.UPGRADE_RESULT, "ap", "ap")),
+    ),
+    Step(
+        "001:e1.1",
+        "embodiment 1: the agent listens for SMS from boot (+CNMI)",
+        (_m(Kind.AT_COMMAND, "ap", "cp", b"AT+CNMI"),),
+    ),
+    Step(
+        "001:e1.2",
+        "embodiment 1: the notice SMS (server address, location, name, timestamp)",
+        (_m(Kind.UPGRADE_NOTICE, "ap", "ap", via="sms"),),
+    ),
+    Step(
+        "001:e2.1",
+        "embodiment 2: the WAP Push Service Indication linking the software",
+        (_m(Kind.UPGRADE_NOTICE, "ap", "ap", via="wap"),),
+    ),
+    Step(
+        "001:e3.1",
+        "embodiment 3: the user's check sends the installed name and version",
+        (_m(Kind.HTTP_REQUEST, "ap", "publish", method="POST", target="/v1/check"),),
+    ),
+    Step(
+        "001:e4.1",
+        "embodiment 4: the long-lived connection opened and authenticated at boot",
+        (_m(Kind.UPGRADE_PUSH, "ap", "publish", type="hello"),),
+    ),
+    Step(
+        "001:e4.2",
+        "embodiment 4: a release message on it",
+        (_m(Kind.UPGRADE_PUSH, "publish", "ap", type="release"),),
+    ),
+)
+
+STEPS: dict[str, Step] = {
+    step.code: step for step in EMBODIMENT_1 + EMBODIMENT_2 + SEED_004 + SEED_002 + SEED_001
+}
 
 
 def embodiment_steps(embodiment: int) -> tuple[Step, ...]:
