@@ -18,6 +18,7 @@ import trio.testing
 from bipsim.ap.omapi.ril import SeRil
 from bipsim.ap.ril import Ril
 from bipsim.ap.slot_lock import slot_lock
+from bipsim.ap.sync.journal import Op, SyncState, migrate, reconcile
 from bipsim.ap.sync.merge import Contact, Entry
 from bipsim.ap.sync.service import Security, Trigger, TriggerKind
 from bipsim.ap.sync.sim_at import parse_cpbr, parse_cpbs, parse_crsm, ucs2
@@ -336,3 +337,79 @@ async def test_with_the_security_check_failing_the_watch_sends_no_request_to_the
             assert r.service.cycles[-1].ran
             nursery.cancel_scope.cancel()
         assert local_contacts(r) == {A, B} == server_records(r)
+
+
+# the pieces: the CP's %SLOTEV, the URC parser, the journal's reconciliation --------------------------------------
+
+
+async def test_slotev_goes_to_the_lines_that_asked_and_only_for_writes_that_landed(tmp_path: Path) -> None:
+    async with rig(tmp_path, [A], [B], server=False) as r:
+        listener, writer = await r.other_line(), await r.other_line()
+        assert (await listener.command("AT%SLOTEV=?")).lines == ("%SLOTEV: (0,1)",)
+        assert (await listener.command("AT%SLOTEV=2")).final == "+CME ERROR: 50"
+        assert (await listener.command("AT%SLOTEV=1")).ok
+        assert (await listener.command("AT%SLOTEV?")).lines == ("%SLOTEV: 1",)
+        assert (await writer.command("AT%SLOTEV=1")).ok
+
+        heard: list[str] = []
+        listener.add_urc_handler("%SLOTEV:", lambda line: heard.append(f"listener {line}"))
+        writer.add_urc_handler("%SLOTEV:", lambda line: heard.append(f"writer {line}"))
+
+        def urcs(since: int) -> list[str]:
+            return heard[since:]
+
+        mark = len(heard)
+        assert (await writer.command("AT%SLOT=2")).ok
+        assert (await writer.command(f'AT+CRSM=178,{EF_ADN},1,4,0,,"{PHONEBOOK}"')).ok  # a read: no change
+        assert (await writer.command('AT+CPBW=1,"12X",129,"x"')).final.startswith("+CME ERROR")  # refused
+        assert urcs(mark) == []
+        assert (await writer.command(f'AT+CPBW=3,"{C.number}",145,"{C.name}"')).ok
+        await until(lambda: len(urcs(mark)) == 1)
+        assert urcs(mark) == ['listener %SLOTEV: 2,"changed"']  # not to the writer: its own write
+        mark = len(heard)
+        r.slots[0].transport.remove()  # type: ignore[attr-defined]
+        await until(lambda: len(urcs(mark)) == 2)
+        assert sorted(urcs(mark)) == ['listener %SLOTEV: 1,"removed"', 'writer %SLOTEV: 1,"removed"']
+        r.slots[0].transport.insert()  # type: ignore[attr-defined]
+        await r.slots[0].power_on()
+        await until(lambda: len(urcs(mark)) == 4)
+        assert sorted(urcs(mark)[2:]) == ['listener %SLOTEV: 1,"inserted"', 'writer %SLOTEV: 1,"inserted"']
+        assert (await listener.command("ATZ")).ok
+        assert (await listener.command("AT%SLOTEV?")).lines == ("%SLOTEV: 0",)
+
+
+async def test_a_urc_the_sync_does_not_know_is_traced_and_no_trigger(tmp_path: Path) -> None:
+    async with rig(tmp_path, [A], None, server=False) as r:
+        r.service._slot_event('%SLOTEV: 1,"melted"')
+        r.service._slot_event('%SLOTEV: 2,"changed"')
+        assert r.service._pending == [Trigger(TriggerKind.EDIT, "slot 2")]
+        assert [e["line"] for e in events(r, "sync_bad_urc")] == ['%SLOTEV: 1,"melted"']
+
+
+def test_reconcile_takes_landed_writes_keeps_an_absent_stores_and_counts_the_rest() -> None:
+    state = SyncState(
+        {C.identity(): C},
+        {"sim:1": {C.identity(): C}, "server": {C.identity(): C}},
+        {"sim:1": {1: C.identity()}},
+    )
+    smith = Contact("Carol Smith", C.number)
+    plan = {
+        "sim:1": [Op(C.identity(), smith, "adn", 1, done=True), Op(D.identity(), D, "adn", 2)],
+        "sim:2": [Op(C.identity(), smith, "adn", 4, done=True), Op(D.identity(), D, "adn", 5)],
+        "server": [Op(D.identity(), D), Op(C.identity(), None)],
+    }
+    seen_sim = {1: smith}  # Dave's write never landed on sim:1
+    landed = {
+        "sim:1": lambda op: seen_sim.get(op.index) == op.record,
+        "server": lambda op: op.record == D,  # the PUT landed for Dave, Carol's deletion did not
+    }
+    done, missed, pending = reconcile(state, [plan], landed)
+    assert (done, missed) == (3, 2)
+    assert state.snapshots["sim:1"] == {C.identity(): smith}
+    assert state.indexes["sim:1"] == {1: C.identity()}
+    assert state.snapshots["sim:2"] == {C.identity(): smith} and state.indexes["sim:2"] == {4: C.identity()}
+    assert state.snapshots["server"] == {C.identity(): C, D.identity(): D}
+    assert pending == {"sim:2": [plan["sim:2"][1]]}  # kept for the SIM's return
+    assert migrate(state, "sim:2", "sim:8988") and "sim:8988" in state.indexes
+    assert not migrate(state, "sim:nothing", "sim:x")
+    assert [Op.from_json(op.to_json()) for op in plan["sim:1"]] == plan["sim:1"]

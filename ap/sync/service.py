@@ -1284,7 +1284,8 @@ class SyncService:
                     if self._server_etag is not None and etag != self._server_etag:
                         triggers.append(Trigger(TriggerKind.EDIT, "server"))
                     self._server_etag = etag
-            for trigger in triggers:
+            # one change seen twice (a URC and the file compare, a cycle's own report and the next look) is one
+            for trigger in dict.fromkeys(triggers):
                 await self.cycle(trigger)
             if self._pending:
                 continue
