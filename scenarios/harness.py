@@ -401,14 +401,25 @@ class Harness:
         index, matched = self._cursors.get((name, query), (0, []))
         with trio.move_on_after(timeout):
             while True:
+                # asked before reading: what the process traced before it exited is in the file by then
+                ended = self._ended(name)
                 seen = self.events_so_far(name)
                 matched += [obj for obj in seen[index:] if query.matches_dict(obj)]
                 index = len(seen)
                 self._cursors[(name, query)] = (index, matched)
                 if len(matched) >= count:
                     return matched[count - 1]
+                if ended:
+                    return None  # the process exited (a crash, a bad option): the moment cannot come any more
                 await trio.sleep(0.02)
         return None
+
+    def _ended(self, name: str) -> bool:
+        """Whether process `name` exited for good (a CP being booted again by power_cycle_cp has not)."""
+        process = self.processes.get(name)
+        if process is None or (name == "cp" and self._cp_rebooting is not None):
+            return False
+        return process.returncode is not None
 
     @property
     def card_control_path(self) -> Path:

@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import trio
+import trio.testing
 from click.testing import CliRunner
 
 from bipsim.cli import cli, main
@@ -28,6 +30,7 @@ from bipsim.scenarios.campaigns import (
     ram_install,
     ram_load,
 )
+from bipsim.scenarios.harness import EventQuery, Harness, RunConfig
 from bipsim.scenarios.registry import SCENARIOS, describe
 from bipsim.trace.events import TraceEvent
 from bipsim.trace.kinds import Kind
@@ -393,3 +396,18 @@ def test_scenario_run_from_the_command_line_into_a_kept_folder_of_an_earlier_run
     assert not (keep / "results.json").exists()  # server-refuses runs no server: nothing may claim results
     assert not (keep / "ota.jsonl").exists()
     assert unrelated.read_text() == "mine"  # only the harness's own files are cleared
+
+
+async def test_waiting_for_an_event_of_a_process_that_exited_ends_at_once(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A hook waiting on a process that crashed (a bad option, an import error) learns it at once instead of
+    waiting out its timeout: the run fails fast with the process's log, not after a minute per wait."""
+    harness = Harness(RunConfig(), tmp_path)
+    async with trio.open_nursery() as nursery:
+        await harness._start("ap", [sys.executable, "-c", "print('ap: crashed at start')"], nursery)
+    start = trio.current_time()
+    got = await harness.wait_for_event("ap", EventQuery(Kind.AT_COMMAND), timeout=3600)
+    assert got is None
+    assert trio.current_time() - start < 1  # virtual time: it did not wait out the hour
+    assert "crashed at start" in (tmp_path / "ap.log").read_text()
