@@ -151,15 +151,51 @@ def test_transmit_returns_the_applets_answer_and_close_uses_the_session(run_it: 
     assert responses[2] in cp_answers
 
 
-@pytest.mark.parametrize("mode", ["1", "2"])
-def test_an_empty_slot_mode_1_sends_no_rule_load_mode_2_one_attempt(run_it: Runner, mode: str) -> None:
-    spec = OmapiRun(
-        f"omapi-empty-slot-{mode}",
+# the NFC flip's cases, each run with --no-nfc (the default) and --nfc; a card with rules (SIM1) beside an empty slot
+# tried once (SIM2) makes two of the three cases in one run, and its --no-nfc run is also the empty slot's mode 2
+NFC_CASES: dict[str, Callable[[str], OmapiRun]] = {
+    "rules-and-no-card": lambda nfc: OmapiRun(
+        f"omapi-nfc-{nfc}-rules-empty",
         empty_slot2=True,
-        ap_args=["--no-card-mode", mode],
-        requests=[{"op": "status"}],
-    )
-    result = run_it(spec)
+        ap_args=[nfc, "--no-card-mode", "2"],
+        requests=[{"op": "status"}, app_request("SIM1"), app_request("SIM2")],
+    ),
+    "no-ara-m": lambda nfc: OmapiRun(
+        f"omapi-nfc-{nfc}-none", profile="omapi-no-rules", ap_args=[nfc], requests=[app_request("SIM1")]
+    ),
+}
+NfcRun = Callable[[str, str], tuple[OmapiRun, RunResult]]
+
+
+@pytest.fixture(scope="module")
+def nfc_run(tmp_path_factory: pytest.TempPathFactory) -> NfcRun:
+    """Runs NFC_CASES[case] with `flag` once per module."""
+    done: dict[tuple[str, str], tuple[OmapiRun, RunResult]] = {}
+
+    def run(case: str, flag: str) -> tuple[OmapiRun, RunResult]:
+        if (case, flag) not in done:
+            spec = NFC_CASES[case](flag)
+            result = run_omapi(spec, ScenarioOptions(tmp_path_factory.mktemp(spec.name.replace("--", ""))))
+            done[(case, flag)] = (spec, result)
+        return done[(case, flag)]
+
+    return run
+
+
+@pytest.mark.parametrize("mode", ["1", "2"])
+def test_an_empty_slot_mode_1_sends_no_rule_load_mode_2_one_attempt(
+    run_it: Runner, nfc_run: NfcRun, mode: str
+) -> None:
+    if mode == "2":
+        spec, result = nfc_run("rules-and-no-card", "--no-nfc")  # --no-card-mode 2, the status asked first
+    else:
+        spec = OmapiRun(
+            f"omapi-empty-slot-{mode}",
+            empty_slot2=True,
+            ap_args=["--no-card-mode", mode],
+            requests=[{"op": "status"}],
+        )
+        result = run_it(spec)
     on_slot2 = [line for slot, line in slot_of_each(omapi_lines(result)) if slot == 2]
     rule_loads = [line for line in on_slot2 if line.startswith(("AT+CCHO", "AT+CGLA"))]
     assert rule_loads == ([] if mode == "1" else [f'AT+CCHO="{ARA_M}"'])
@@ -168,28 +204,13 @@ def test_an_empty_slot_mode_1_sends_no_rule_load_mode_2_one_attempt(run_it: Runn
     assert status["SIM2"]["present"] is False and status["SIM2"]["available"] is False
 
 
-@pytest.mark.parametrize(
-    "spec",
-    [
-        # a card with rules (SIM1) beside an empty slot tried once (SIM2): two of the three cases in one run
-        lambda nfc: OmapiRun(
-            f"omapi-nfc-{nfc}-rules-empty",
-            empty_slot2=True,
-            ap_args=[nfc, "--no-card-mode", "2"],
-            requests=[app_request("SIM1"), app_request("SIM2")],
-        ),
-        lambda nfc: OmapiRun(
-            f"omapi-nfc-{nfc}-none", profile="omapi-no-rules", ap_args=[nfc], requests=[app_request("SIM1")]
-        ),
-    ],
-    ids=["rules-and-no-card", "no-ara-m"],
-)
-def test_flipping_nfc_changes_nothing(run_it: Runner, spec: Callable[[str], OmapiRun]) -> None:
+@pytest.mark.parametrize("case", list(NFC_CASES))
+def test_flipping_nfc_changes_nothing(nfc_run: NfcRun, case: str) -> None:
     outcomes = []
     for flag in ("--no-nfc", "--nfc"):
-        run = spec(flag)
-        result = run_it(run)
-        answers = [{k: v for k, v in a.items() if k != "channel"} for a in run.answers]
+        run, result = nfc_run(case, flag)
+        # the channel number is the CP's to choose; a status answer reports the flag itself (`nfc`)
+        answers = [{k: v for k, v in a.items() if k not in ("channel", "nfc")} for a in run.answers]
         # a command the CP answered "SIM busy" (+CME ERROR: 14) while its card was starting is sent again: how often
         # is a matter of time, so repeats count once
         outcomes.append((collapsed(omapi_lines(result)), collapsed(step_sequence(result)), answers))
@@ -254,37 +275,21 @@ def test_an_empty_rule_set_loads_and_grants_nobody(run_it: Runner) -> None:
     assert not ccho_lines(result, ECHO)
 
 
-def test_a_pulled_card_is_io_exception_then_the_card_comes_back(run_it: Runner) -> None:
-    async def before(index: int, harness: Harness) -> None:
-        if index == 1:
-            await harness.remove_card(1)
-        if index == 2:
-            await harness.insert_card(1)
+@pytest.fixture(scope="module")
+def pulled_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[OmapiRun, RunResult]:
+    """One run for both pulled-card tests: a channel is open when the card goes (its transmit fails, its close does
+    not raise, a later transmit finds no channel), a new open while the card is out fails too, then the card comes
+    back and the service still answers."""
 
-    spec = OmapiRun(
-        "omapi-pulled",
-        card_control=True,
-        before=before,
-        requests=[app_request("SIM1"), app_request("SIM1"), {"op": "status"}],
-    )
-    result = run_it(spec)
-    assert spec.answers[0]["ok"] is True
-    assert spec.answers[1]["exception"] == "IOException", spec.answers[1]
-    errors = [e for e in result.events if e.kind == Kind.OMAPI_ERROR]
-    assert errors and errors[-1].field("exception") == "IOException" and "10" in errors[-1].field("reason")
-    assert spec.answers[2]["ok"] is True  # the service still answers
-    # the status is the start-up's record, labelled so: it says nothing of the pull and the re-insert
-    assert spec.answers[2]["as_of"] == "start-up" and spec.answers[2]["readers"][0]["present"] is True
-
-
-def test_a_card_pulled_mid_session_fails_the_next_transmit_with_io_exception(run_it: Runner) -> None:
     async def before(index: int, harness: Harness) -> None:
         if index == 1:  # the channel is open (the first answer came): now the card goes
             await harness.remove_card(1)
+        if index == 5:
+            await harness.insert_card(1)
 
     opened = {**app_request("SIM1", apdus=("000A0000",)), "keep_open": True}
     spec = OmapiRun(
-        "omapi-pulled-mid-session",
+        "omapi-pulled",
         card_control=True,
         before=before,
         requests=[
@@ -292,16 +297,39 @@ def test_a_card_pulled_mid_session_fails_the_next_transmit_with_io_exception(run
             {"op": "transmit", "handle": 1, "apdus": ["000A0000"]},
             {"op": "close", "handle": 1},
             {"op": "transmit", "handle": 1, "apdus": ["000A0000"]},
+            app_request("SIM1"),
+            {"op": "status"},
         ],
     )
-    result = run_it(spec)
-    first, pulled, closed, gone = spec.answers
+    result = run_omapi(spec, ScenarioOptions(tmp_path_factory.mktemp("omapi-pulled")))
+    return spec, result
+
+
+def test_a_pulled_card_is_io_exception_then_the_card_comes_back(
+    pulled_run: tuple[OmapiRun, RunResult],
+) -> None:
+    spec, result = pulled_run
+    first, opened_while_out, status = spec.answers[0], spec.answers[4], spec.answers[5]
+    assert first["ok"] is True
+    assert opened_while_out["exception"] == "IOException", opened_while_out
+    errors = [e for e in result.events if e.kind == Kind.OMAPI_ERROR]
+    assert errors and errors[-1].field("exception") == "IOException" and "10" in errors[-1].field("reason")
+    assert status["ok"] is True  # the service still answers
+    # the status is the start-up's record, labelled so: it says nothing of the pull and the re-insert
+    assert status["as_of"] == "start-up" and status["readers"][0]["present"] is True
+
+
+def test_a_card_pulled_mid_session_fails_the_next_transmit_with_io_exception(
+    pulled_run: tuple[OmapiRun, RunResult],
+) -> None:
+    spec, result = pulled_run
+    first, pulled, closed, gone = spec.answers[:4]
     assert first["ok"] and first["handle"] == 1 and first["responses"] == ["9000"], first
     assert pulled["exception"] == "IOException" and "10" in pulled["reason"], pulled
     assert closed["ok"] is True  # closing a channel whose card went away does not raise
     assert "no open channel" in gone["error"]
-    (error,) = [e for e in result.events if e.kind == Kind.OMAPI_ERROR]
-    assert error.field("api") == "transmit" and error.field("exception") == "IOException"
+    (error,) = [e for e in result.events if e.kind == Kind.OMAPI_ERROR and e.field("api") == "transmit"]
+    assert error.field("exception") == "IOException"
     assert any(e.kind == Kind.APP_EVENT and e.field("event") == "card_removed" for e in result.events)
 
 
