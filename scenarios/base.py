@@ -31,6 +31,8 @@ class ScenarioOptions:
     network: str = "nat"
     seed: int = 0
     wlan: str | None = None  # the AP's Wi-Fi link model (embodiment 2)
+    # with a PC/SC card: where the OTA server listens, HOST:PORT (None: the built-in profile's ota_host:ota_port)
+    ota_listen: str | None = None
 
     def plane(self) -> dict[str, Any]:
         """The RunConfig fields of these options."""

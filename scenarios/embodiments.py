@@ -27,7 +27,7 @@ def run_embodiment(number: int, options: ScenarioOptions) -> ScenarioResult:
         number,
         port_a=options.port_a,
         port_b=options.port_b,
-        **card_settings(options.card),
+        **card_settings(options.card, options.ota_listen),
         **options.plane(),
     )
     run = run_processes(config, options.directory)
@@ -39,14 +39,17 @@ def run_embodiment(number: int, options: ScenarioOptions) -> ScenarioResult:
     return ScenarioResult(f"embodiment{number}", run, notes)
 
 
-def card_settings(card: str) -> dict[str, Any]:
+def card_settings(card: str, ota_listen: str | None = None) -> dict[str, Any]:
     """The RunConfig fields for the CP's `--card`: a card behind PC/SC reaches the OTA server where its own
     profile says, which for a card `bipsim card serve` exports with the built-in profile is that profile's
-    ota_host:ota_port (docs/hil.md); the server listens there."""
+    ota_host:ota_port (docs/hil.md); the server listens there, or at `ota_listen` (HOST:PORT) for a card whose
+    profile names another address."""
     if card == "sim":
         return {}
-    profile = load_profile()
-    return {"card": card, "ota_listen": f"{profile.ota_host}:{profile.ota_port}"}
+    if ota_listen is None:
+        profile = load_profile()
+        ota_listen = f"{profile.ota_host}:{profile.ota_port}"
+    return {"card": card, "ota_listen": ota_listen}
 
 
 def embodiment1(options: ScenarioOptions) -> ScenarioResult:

@@ -113,7 +113,8 @@ def ota_port(server: CardServer) -> int:
     return load_profile(str(server.profile)).ota_port
 
 
-@pytest.mark.parametrize("card", ["pcsc:0", "pcsc:Virtual PCD"])
+# the reader by number here; by name ("pcsc:Virtual PCD") in the command-line run at the end of this file
+@pytest.mark.parametrize("card", ["pcsc:0"])
 def test_embodiment2_through_pcscd_applies_the_campaign_to_the_card(
     card: str, card_server: CardServer, tmp_path: Path
 ) -> None:
@@ -413,20 +414,14 @@ def test_scenario_run_with_a_pcsc_card_from_the_command_line(
     pcscd: PcscPeer,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    # as a user runs it: the card served with the built-in profile, which sends it to 127.0.0.1:4443, where
-    # `scenario run --card` starts its OTA server
-    default = load_profile()
-    with socket.socket() as probe:
-        try:
-            probe.bind((default.ota_host, default.ota_port))
-        except OSError:
-            pytest.skip(f"{default.ota_host}:{default.ota_port} is in use here")
-    server = CardServer(pcscd, tmp_path, default.ota_port)
+    # as a user runs it, with a card whose profile names its own OTA server's address: a free port here, never
+    # the built-in profile's 127.0.0.1:4443, which another test's process may hold at the same time
+    server = CardServer(pcscd, tmp_path, free_port())
     server.start()
     try:
         result = subprocess.run(
             [sys.executable, "-m", "bipsim", "scenario", "run", "embodiment2", "--card", "pcsc:Virtual PCD"]
-            + ["--trace", str(tmp_path / "e2.jsonl")],
+            + ["--ota-listen", f"127.0.0.1:{ota_port(server)}", "--trace", str(tmp_path / "e2.jsonl")],
             capture_output=True,
             text=True,
             timeout=120,

@@ -85,7 +85,13 @@ def list_cmd() -> None:
     help="The CP's card, as `bipsim cp --card` takes it: sim (the simulated UICC with the scenario's profile), "
     "pcsc:N (the card in PC/SC reader N) or pcsc:NAME (the first reader whose name holds NAME). With a PC/SC "
     "card (embodiment1 and embodiment2 only) the OTA server listens at the built-in profile's address, "
-    "127.0.0.1:4443, where a card served by `bipsim card serve --vpcd` connects.",
+    "127.0.0.1:4443, where a card served by `bipsim card serve --vpcd` connects (see --ota-listen).",
+)
+@click.option(
+    "--ota-listen",
+    metavar="HOST:PORT",
+    help="With a PC/SC --card: where the OTA server listens instead of 127.0.0.1:4443, for a card whose profile "
+    "sends it elsewhere (`bipsim card serve --profile F` with ota_host/ota_port in F).",
 )
 @packet_plane_options
 @wlan_option
@@ -97,6 +103,7 @@ def run_cmd(
     port_a: str | None,
     port_b: str | None,
     card: str,
+    ota_listen: str | None,
     radio: str,
     network_mode: str,
     seed: int,
@@ -120,6 +127,15 @@ def run_cmd(
                 f"--card {card}: scenario {name} sets up the card's profile itself; a PC/SC card runs "
                 f"{' and '.join(PCSC_SCENARIOS)}"
             )
+    if ota_listen is not None:
+        from bipsim.commands.common import host_port
+
+        if card == "sim":
+            raise CliError(
+                "--ota-listen goes with a PC/SC --card (the simulated card's server port is chosen)"
+            )
+        host, number = host_port(ota_listen)
+        ota_listen = f"{host}:{number}"
     plane = (radio, network_mode, seed, wlan) != ("ideal", "nat", 0, None)
     if plane and name not in PLANE_SCENARIOS:
         raise CliError(
@@ -130,7 +146,9 @@ def run_cmd(
     directory.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     try:
-        options = ScenarioOptions(directory, port_a, port_b, card, radio, network_mode, seed, wlan)
+        options = ScenarioOptions(
+            directory, port_a, port_b, card, radio, network_mode, seed, wlan, ota_listen=ota_listen
+        )
         result = SCENARIOS[name](options)
     except (ScenarioFailed, HarnessError) as exc:
         raise CliError(f"scenario {name} failed: {exc}") from exc
