@@ -365,6 +365,7 @@ IEI_PORTS_16 = 0x05
 IEI_CONCAT_16 = 0x08
 
 WAP_PUSH_PORT = 2948  # WDP port of the WAP push connectionless session service (WAP-259)
+WAP_PUSH_SOURCE_PORT = 9200  # WDP port of the connectionless WSP session service, a push's source (WAP-259)
 
 
 @dataclass(frozen=True)
@@ -606,6 +607,27 @@ def split_text(
     return [
         UserDataPart(alphabet, (*base, Concatenation(reference, total, i + 1, sixteen_bit).element()), chunk)
         for i, chunk in enumerate(chunks)
+    ]
+
+
+def split_data(
+    data: bytes, *, reference: int = 0, headers: Sequence[InformationElement] = ()
+) -> list[UserDataPart]:
+    """8-bit `data` as user data parts beside `headers` (e.g. the application ports of a WDP datagram, WAP-259
+    6.5): one part when it fits, otherwise concatenated parts with `reference` (TS 23.040 9.2.3.24.1). SmsPduError
+    when more than 255 parts would be needed."""
+    base = tuple(headers)
+    if len(data) <= _headroom(base, Alphabet.EIGHT_BIT):
+        return [UserDataPart(Alphabet.EIGHT_BIT, base, data)]
+    room = _headroom((*base, Concatenation(reference, 1, 1).element()), Alphabet.EIGHT_BIT)
+    chunks = [data[i : i + room] for i in range(0, len(data), room)]
+    if len(chunks) > 255:
+        raise SmsPduError(
+            f"{len(data)} octets need {len(chunks)} parts, a concatenated message has at most 255"
+        )
+    return [
+        UserDataPart(Alphabet.EIGHT_BIT, (*base, Concatenation(reference, len(chunks), n).element()), chunk)
+        for n, chunk in enumerate(chunks, 1)
     ]
 
 

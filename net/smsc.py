@@ -39,6 +39,8 @@ import trio
 
 from bipsim.link.line_requests import serve_line_requests
 from bipsim.net.sms_pdu import (
+    WAP_PUSH_PORT,
+    WAP_PUSH_SOURCE_PORT,
     Address,
     Alphabet,
     PortAddressing,
@@ -52,6 +54,7 @@ from bipsim.net.sms_pdu import (
     decode_tpdu,
     make_dcs,
     ports_of,
+    split_data,
     split_text,
     status_meaning,
 )
@@ -407,7 +410,9 @@ class Smsc:
                 )
             return [self._queue(decoded, str(getattr(decoded, "originator", self.address)), raw=tpdu)]
         sender = Address.parse(originator)
-        headers = (PortAddressing(port).element(),) if port is not None else ()
+        # a WAP push comes from the connectionless WSP port (WAP-259 6.5); other ports as before, source 0
+        source = WAP_PUSH_SOURCE_PORT if port == WAP_PUSH_PORT else 0
+        headers = (PortAddressing(port, source).element(),) if port is not None else ()
         if text is not None:
             self._reference = (self._reference + 1) % 256
             parts = split_text(text, reference=self._reference, alphabet=alphabet, headers=headers)
@@ -416,10 +421,15 @@ class Smsc:
             ]
         else:
             assert data is not None
-            if len(data) + (len(headers[0].data) + 3 if headers else 0) > 140:
-                raise SmsPduError(f"{len(data)} octets of data do not fit one short message")
             dcs = make_dcs(Alphabet.EIGHT_BIT, message_class)
-            messages = [SmsDeliver(sender, now, pid, dcs, headers, data)]
+            if headers:  # a WDP datagram: concatenated parts when it does not fit one (WAP-259 6.5.1)
+                self._reference = (self._reference + 1) % 256
+                chunks = split_data(data, reference=self._reference, headers=headers)
+                messages = [SmsDeliver(sender, now, pid, dcs, p.udh, p.ud) for p in chunks]
+            else:
+                if len(data) > 140:
+                    raise SmsPduError(f"{len(data)} octets of data do not fit one short message")
+                messages = [SmsDeliver(sender, now, pid, dcs, (), data)]
         return [self._queue(m, str(sender)) for m in messages]
 
     def _queue(
