@@ -58,8 +58,12 @@ def test_something_that_is_not_a_serial_line_is_one_clear_line(
 
 @pytest.mark.parametrize("command", ["cp", "ap"])
 def test_wait_for_line_is_offered_in_help(command: str) -> None:
-    result = bipsim(command, "--help")
-    assert result.returncode == 0 and "--wait-for-line" in result.stdout
+    from click.testing import CliRunner
+
+    from bipsim.cli import cli
+
+    result = CliRunner().invoke(cli, [command, "--help"])  # --help ends at parsing: no process needed
+    assert result.exit_code == 0 and "--wait-for-line" in result.output
 
 
 def _wait_for(predicate: object, what: str, timeout: float = 20.0) -> None:
@@ -108,20 +112,33 @@ def test_sigterm_ends_a_running_cp_with_exit_0_and_a_complete_trace(tmp_path: Pa
 
 
 def test_wait_for_line_waits_says_so_once_and_sigterm_ends_it(tmp_path: Path) -> None:
+    later = tmp_path / "later"
     process = subprocess.Popen(
-        [sys.executable, "-m", "bipsim", "cp", "--port", str(tmp_path / "later"), "--wait-for-line"],
+        [sys.executable, "-m", "bipsim", "cp", "--port", str(later), "--wait-for-line"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    assert process.stderr is not None
-    first = process.stderr.readline()  # the CP is waiting now (and says so)
-    time.sleep(1.0)  # several retry intervals go by: still that one line
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=20)
+    master, slave = os.openpty()
+    try:
+        assert process.stderr is not None
+        first = process.stderr.readline()  # the CP is waiting now (and says so)
+        later.symlink_to(os.ttyname(slave))  # the adapter is plugged in: a retry finds it
+        back = process.stderr.readline()
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        os.close(master)
+        os.close(slave)
     assert process.returncode == 0
-    assert (first + stderr).strip().splitlines() == [f"bipsim cp: serial line {tmp_path / 'later'} is not there "
-                                                     "(no such serial line); waiting for it"]  # fmt: skip
+    # said once however many retries it took (each REOPEN_INTERVAL; counted in the test below), then once back
+    assert (first + back + stderr).strip().splitlines() == [
+        f"bipsim cp: serial line {later} is not there (no such serial line); waiting for it",
+        f"bipsim cp: serial line {later} is back",
+    ]
 
 
 async def test_a_line_that_goes_away_is_waited_for_and_said_once(
