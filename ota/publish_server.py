@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import importlib
 import ipaddress
 import json
 import re
@@ -494,14 +493,13 @@ class PublishService:
         advertised = self.advertised(release)
         if via == "ip":
             return NotifyOrder(release, advertised, via, None, request=body)
-        notices: Any = importlib.import_module(
-            "bipsim.net.push_notice"
-        )  # P2-TEMP until net/push_notice.py lands
-        notice = notices.release_notice(advertised, self.advertise, notices.NoticeVia(via))
+        from bipsim.net.push_notice import NoticeVia, format_sms_notice, release_notice, wap_push_notice
+
+        notice = release_notice(advertised, self.advertise, NoticeVia(via))
         if via == "sms":
-            text: str = notices.format_sms_notice(notice)
+            text = format_sms_notice(notice)
             return NotifyOrder(release, advertised, via, msisdn, texts=(text,), request=body)
-        payload: bytes = notices.wap_push_notice(
+        payload = wap_push_notice(
             notice,
             si_id=f"{release.name}-{release.version}",  # short: the SI and its href fit one SMS more often
             text=f"{release.name} {release.version}",

@@ -676,7 +676,7 @@ def test_push_connection_table_never_releases_before_welcome() -> None:
 
 
 async def test_admin_notify_sms_and_wap_through_the_smsc_control_socket(tmp_path: Path) -> None:
-    notices = pytest.importorskip("bipsim.net.push_notice")
+    from bipsim.net import push_notice as notices
     from bipsim.net.sms_pdu import decode_tpdu
     from bipsim.net.smsc import Smsc, serve_control
 
@@ -693,18 +693,18 @@ async def test_admin_notify_sms_and_wap_through_the_smsc_control_socket(tmp_path
         )
         assert wap.status == 200
         nursery.cancel_scope.cancel()
-    text = smsc.mt[0].tpdu.text
+    text = smsc.mt[0].decoded.text
     notice = notices.parse_sms_notice(text)
     assert notice is not None and notice.url == "http://127.0.0.1:18450/v1/packages/app/1.10"
     assert notice.name == "app" and notice.version == "1.10"
-    parts = [m.tpdu for m in smsc.mt[1:]]
+    parts = [m.decoded for m in smsc.mt[1:]]
     assert parts and all(p.dcs == 0x04 for p in parts)
     for part in parts:
         ports = [e for e in part.udh if e.iei == 0x05]
-        assert ports and ports[0].data == bytes.fromhex("0B84238C")  # 2948 from 9200
+        assert ports and ports[0].data == bytes.fromhex("0B8423F0")  # to 2948 (0B84) from 9200 (23F0)
     pushed = notices.parse_wap_push(b"".join(p.ud for p in parts))
     assert pushed is not None and pushed.url == notice.url
-    assert decode_tpdu(smsc.mt[1].raw).udh == parts[0].udh
+    assert decode_tpdu(smsc.mt[1].tpdu).udh == parts[0].udh
     sent = rig.events(Kind.PUBLISH_NOTIFY)
     assert [(e.field("via"), e.field("msisdn")) for e in sent] == [
         ("sms", "+15550001234"),
@@ -713,7 +713,6 @@ async def test_admin_notify_sms_and_wap_through_the_smsc_control_socket(tmp_path
 
 
 async def test_admin_notify_with_the_smsc_gone_is_502(tmp_path: Path) -> None:
-    pytest.importorskip("bipsim.net.push_notice")
     listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
     port = listener.socket.getsockname()[1]
     await listener.aclose()  # nobody listens there now
