@@ -23,7 +23,7 @@ import pytest
 from bipsim.uicc.card import ATR, SimCard
 from bipsim.uicc.fs import USIM_AID, bcd_swapped
 from bipsim.uicc.profile import load_profile
-from tests.pcsc_peer import PcscPeer, pcscd
+from tests.pcsc_peer import PcscPeer, pcscd, private_pcscd
 
 __all__ = ["pcscd"]  # the fixture, imported for the tests below
 
@@ -264,8 +264,24 @@ def served(pcscd: PcscPeer, tmp_path: Path) -> Iterator[ServedCard]:
             stop_card(card)
 
 
-@pytest.mark.needs("pcscd", "pcsc_scan")
-def test_private_pcscd_lists_its_vpcd_readers(pcscd: PcscPeer) -> None:
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedCard]:
+    """One private pcscd and one served card for the tests that only ask the card through PC/SC and read no
+    trace of it (pcsc_scan, scriptor, `card readers`): started once for them all, as a reader stays plugged in
+    while several programs use it."""
+    with private_pcscd(tmp_path_factory.mktemp("pcscd")) as peer:
+        card = start_card(peer, tmp_path_factory.mktemp("card"))
+        try:
+            wait_for_card(peer)
+            yield card
+        finally:
+            if card.process.poll() is None:
+                stop_card(card)
+
+
+@pytest.mark.needs("pcscd", "pcsc_scan", "opensc-tool")
+def test_private_pcscd_lists_its_vpcd_readers(shared: ServedCard) -> None:
+    pcscd = shared.peer
     listing = subprocess.run(
         ["pcsc_scan", "-r"], env=pcscd.env(), capture_output=True, text=True, timeout=20, check=True
     )
@@ -274,16 +290,16 @@ def test_private_pcscd_lists_its_vpcd_readers(pcscd: PcscPeer) -> None:
 
 
 @pytest.mark.needs("pcscd", "pcsc_scan", "opensc-tool")
-def test_pcsc_scan_shows_our_atr(served: ServedCard) -> None:
+def test_pcsc_scan_shows_our_atr(shared: ServedCard) -> None:
     scan = subprocess.run(
         ["pcsc_scan", "-n", "-c", "-t", "1"],
-        env=served.peer.env(),
+        env=shared.peer.env(),
         capture_output=True,
         text=True,
         timeout=30,
     )
     lines = scan.stdout.splitlines()
-    at = next(i for i, line in enumerate(lines) if served.peer.reader in line)
+    at = next(i for i, line in enumerate(lines) if shared.peer.reader in line)
     assert "Card inserted" in "".join(lines[at : at + 4])
     assert f"ATR: {ATR.hex(' ').upper()}" in "".join(lines[at : at + 4])
 
@@ -309,7 +325,7 @@ def test_opensc_tool_reads_the_profiles_iccid(served: ServedCard) -> None:
 
 
 @pytest.mark.needs("pcscd", "opensc-tool", "scriptor")
-def test_scriptor_runs_an_apdu_file(served: ServedCard, tmp_path: Path) -> None:
+def test_scriptor_runs_an_apdu_file(shared: ServedCard, tmp_path: Path) -> None:
     script = tmp_path / "explore.apdu"
     aid = USIM_AID.hex(" ").upper()
     script.write_text(
@@ -317,8 +333,8 @@ def test_scriptor_runs_an_apdu_file(served: ServedCard, tmp_path: Path) -> None:
         f"00 A4 04 04 10 {aid}\n00 C0 00 00 00\n00 B0 87 00 09\n00 FF 00 00\nF0 A4 00 00\n"
     )
     result = subprocess.run(
-        ["scriptor", "-r", served.peer.reader, str(script)],
-        env=served.peer.env(),
+        ["scriptor", "-r", shared.peer.reader, str(script)],
+        env=shared.peer.env(),
         capture_output=True,
         text=True,
         timeout=30,
@@ -367,18 +383,18 @@ def test_pyscard_terminal_profile_fetch_terminal_response(served: ServedCard) ->
 
 
 @pytest.mark.needs("pcscd", "opensc-tool")
-def test_card_readers_lists_the_reader_with_our_atr(served: ServedCard) -> None:
+def test_card_readers_lists_the_reader_with_our_atr(shared: ServedCard) -> None:
     pytest.importorskip("smartcard")
     listing = subprocess.run(
         [*BIPSIM, "card", "readers"],
-        env=served.peer.env(),
+        env=shared.peer.env(),
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert listing.returncode == 0, listing.stderr
-    assert f"0: {served.peer.reader}  ATR {ATR.hex().upper()}" in listing.stdout
+    assert f"0: {shared.peer.reader}  ATR {ATR.hex().upper()}" in listing.stdout
     assert "1: Virtual PCD 00 01  no card" in listing.stdout
 
 
@@ -395,13 +411,13 @@ for _ in range(2):
 """
 
 
-def test_card_readers_leaves_a_card_that_another_program_holds_alone(served: ServedCard) -> None:
+def test_card_readers_leaves_a_card_that_another_program_holds_alone(shared: ServedCard) -> None:
     """pyscard's connect/disconnect powers the card off by default: another holder's next APDU would fail with
     "Card was reset"; card readers connects with SCARD_LEAVE_CARD."""
     pytest.importorskip("smartcard")
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLDER],
-        env=served.peer.env(),
+        env=shared.peer.env(),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -412,7 +428,7 @@ def test_card_readers_leaves_a_card_that_another_program_holds_alone(served: Ser
         assert holder.stdout.readline().strip() == "9000"
         listing = subprocess.run(
             [*BIPSIM, "card", "readers"],
-            env=served.peer.env(),
+            env=shared.peer.env(),
             cwd=REPO,
             capture_output=True,
             text=True,
