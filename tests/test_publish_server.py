@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -712,6 +713,46 @@ async def test_admin_notify_sms_and_wap_through_the_smsc_control_socket(tmp_path
     ]
 
 
+async def test_tshark_decodes_the_wap_push_the_smsc_took(tmp_path: Path, need: Any) -> None:
+    """The SMS-DELIVER of a WAP notice, exported as the SMSC's smsc.mt event would be, read by an independent
+    decoder: UDH ports 2948/9200, WSP Push of application/vnd.wap.sic, the SI's href the package's URL."""
+    import subprocess
+
+    from bipsim.net.smsc import Smsc, serve_control
+    from bipsim.trace.pcap import export_pcap
+
+    tshark = need("tshark")
+    smsc = Smsc()
+    async with trio.open_nursery() as nursery:
+        host, port = await nursery.start(serve_control, smsc, "127.0.0.1", 0)
+        rig = Rig(tmp_path, smsc=(host, port))
+        wap = await rig.call(
+            "POST", "/v1/admin/notify", {"name": "app", "via": "wap", "msisdn": "+15550001234"}
+        )
+        assert wap.status == 200 and json.loads(wap.body)["sent"] == 1
+        nursery.cancel_scope.cancel()
+    tracer = Tracer(keep=True)
+    fields = {
+        "id": 1,
+        "type": "deliver",
+        "originator": "+15550008450",
+        "data_download": False,
+        "smsc": smsc.address,
+    }
+    tracer.emit("net", "cp", "sms", "offer", smsc.mt[0].tpdu, kind=Kind.SMSC_MT, fields=fields)
+    pcap = tmp_path / "wap.pcap"
+    assert export_pcap(tracer.events, pcap) == 1
+    shown = subprocess.run(
+        [tshark, "-r", str(pcap), "-V"], capture_output=True, text=True, timeout=120
+    ).stdout
+    assert re.search(r"Destination port: .*\(2948\)", shown) and re.search(
+        r"Originator port: .*\(9200\)", shown
+    )
+    assert "Method: Push (0x06), Content-Type: application/vnd.wap.sic" in shown
+    assert "href='http://'" in shown and "'127.0.0.1:18450/v1/packages/app/1.10'" in shown
+    assert "Malformed" not in shown
+
+
 async def test_admin_notify_with_the_smsc_gone_is_502(tmp_path: Path) -> None:
     listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
     port = listener.socket.getsockname()[1]
@@ -793,7 +834,6 @@ def test_command_help_names_every_option_and_bad_files_are_one_line(tmp_path: Pa
 def test_publish_server_command_serves_http_and_ip_push(tmp_path: Path) -> None:
     """The command as a process: both listeners on free ports, the notices' address the bound one, a terminal
     over HTTP and over IP push, the trace file in the order of the flow, exit 0 and the summary on SIGTERM."""
-    import re
     import signal
     import socket
     import subprocess
