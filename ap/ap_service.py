@@ -21,6 +21,7 @@ from bipsim.ap.proxy import ProxyService
 from bipsim.ap.ril import Ril
 from bipsim.ap.sync.service import SyncOptions
 from bipsim.ap.toolkit import ToolkitService
+from bipsim.ap.upgrade.agent import UpgradeAgent, UpgradeOptions
 from bipsim.cp.modem import REOPEN_INTERVAL, LineOpener
 from bipsim.link.at_chat import AtChat
 from bipsim.link.cmux import CmuxParams, Mux, MuxError, MuxRole
@@ -49,6 +50,8 @@ class ApOptions:
     seed: int = 0
     # the SIM data sync service (docs/protocols.md, "SIM data sync"); None: the AP does not sync
     sync: SyncOptions | None = None
+    # the upgrade agent (docs/protocols.md, "The upgrade agent"); None: the AP takes no release notices
+    upgrade: UpgradeOptions | None = None
 
 
 SMS_RETRY = 0.5  # seconds between AT%SMSPP attempts while the CP's card is still starting (+CME ERROR: 14)
@@ -76,6 +79,7 @@ class ApplicationProcessor:
         self._first_line: trio.abc.Stream | None = None
         self.omapi = OmapiStack(options.omapi, tracer=tracer) if options.omapi is not None else None
         self.toolkit: ToolkitService | None = None  # the SIM toolkit of the current modem session
+        self.upgrade = UpgradeAgent(options.upgrade, tracer) if options.upgrade is not None else None
 
     async def _imsi(self) -> str:
         if self.ril is None:
@@ -87,13 +91,24 @@ class ApplicationProcessor:
         self._first_line = await self.opener.open()
 
     async def run(self) -> None:
-        if self.omapi is None or self.omapi.options.listen is None:
+        if (self.omapi is None or self.omapi.options.listen is None) and self.upgrade is None:
             await self._run_lines()
             return
         async with trio.open_nursery() as nursery:
-            host, port = self.omapi.options.listen
-            await nursery.start(ControlServer(self.omapi, tracer=self.tracer).serve, host, port)
+            if self.omapi is not None and self.omapi.options.listen is not None:
+                host, port = self.omapi.options.listen
+                await nursery.start(ControlServer(self.omapi, tracer=self.tracer).serve, host, port)
+            if self.upgrade is not None:  # from boot, beside the modem sessions (ap/upgrade/agent.py)
+                nursery.start_soon(self.upgrade.run)
+                nursery.start_soon(self.upgrade.ip_push)
+                if self.upgrade.options.check:
+                    nursery.start_soon(self._active_check, self.upgrade)
             await self._run_lines()
+
+    async def _active_check(self, agent: UpgradeAgent) -> None:
+        """Embodiment 3 once the agent knows its IMEI (from the first modem session)."""
+        await agent.imei_known.wait()
+        await agent.active_check()
 
     async def _run_lines(self) -> None:
         while True:
@@ -155,6 +170,8 @@ class ApplicationProcessor:
                 toolkit = HostToolkit(Policy.parse(self.options.toolkit))
                 self.toolkit = ToolkitService(chat, toolkit, tracer=self.tracer)
                 nursery.start_soon(self.toolkit.run)
+            if self.upgrade is not None:  # the upgrade agent's SMS notices (27.005 +CNMI, +CMTI, +CMGR)
+                nursery.start_soon(self.upgrade.listen, chat)
             if self.options.sync is not None:  # the SIM data sync watches card presence on DLC 1 (ap/sync/)
                 nursery.start_soon(self.options.sync.service(chat, self.tracer).watch, self.options.sync.poll)
             self.attached.set()

@@ -27,6 +27,16 @@ from bipsim.scenarios.packet_plane import (
     radio_lossy,
     radio_outage,
 )
+from bipsim.scenarios.push import (
+    push_active,
+    push_auth_fails,
+    push_corrupt_package,
+    push_declined,
+    push_ip,
+    push_lost_notice,
+    push_sms,
+    push_wap,
+)
 from bipsim.scenarios.sim_sync import (
     sim_sync_conflict,
     sim_sync_edit,
@@ -70,6 +80,14 @@ SCENARIOS: dict[str, Scenario] = {
     "sim-sync-edit": sim_sync_edit,
     "sim-sync-virtual": sim_sync_virtual,
     "sim-sync-conflict": sim_sync_conflict,
+    "push-sms": push_sms,
+    "push-wap": push_wap,
+    "push-ip": push_ip,
+    "push-active": push_active,
+    "push-declined": push_declined,
+    "push-auth-fails": push_auth_fails,
+    "push-corrupt-package": push_corrupt_package,
+    "push-lost-notice": push_lost_notice,
 }
 
 

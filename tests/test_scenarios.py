@@ -110,6 +110,18 @@ DEDICATED = {
         "bip-server",
         "bip-dns",
     )
+} | {
+    name: "test_push_scenarios.py"
+    for name in (
+        "push-sms",
+        "push-wap",
+        "push-ip",
+        "push-active",
+        "push-declined",
+        "push-auth-fails",
+        "push-corrupt-package",
+        "push-lost-notice",
+    )
 }
 
 

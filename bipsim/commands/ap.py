@@ -21,6 +21,7 @@ from bipsim.errors import CliError
 
 if TYPE_CHECKING:
     from bipsim.ap.omapi.stack import OmapiOptions
+    from bipsim.ap.upgrade.agent import UpgradeOptions
 
 
 @click.command("ap")
@@ -172,6 +173,56 @@ if TYPE_CHECKING:
     show_default=True,
     help="The sync's security check (password, fingerprint...): 'fail' means no read and no write anywhere.",
 )
+@click.option(
+    "--upgrade",
+    is_flag=True,
+    help='Run the upgrade agent (docs/protocols.md, "The upgrade agent"): it reads SMS through 27.005 (AT+CMGF=0, '
+    "AT+CNMI=2,1, +CMTI, AT+CMGR), takes a publish server's release notices (plain SMS, WAP Push), asks the user "
+    "(--upgrade-policy), connects to the server the notice names, authenticates, downloads, checks size and "
+    "SHA-256, installs into --upgrade-registry and reports a JSR-118 status code (900 success, 902 user cancelled, "
+    "903 loss of service, 904 size mismatch, 906 invalid descriptor, 907 invalid package, 909 authentication "
+    "failure...). Implied by the other --upgrade options.",
+)
+@click.option(
+    "--upgrade-registry",
+    type=click.Path(dir_okay=False),
+    default="upgrade-registry.json",
+    show_default=True,
+    help="The installed packages (JSON: name -> version, file, sha256), the package files in <stem>.d/ beside it; "
+    "an install replaces it atomically, so any failure keeps the old version.",
+)
+@click.option(
+    "--upgrade-token",
+    metavar="HEX",
+    help="The terminal's token at the publish server (16 bytes or more, hex; the server's --terminals file holds "
+    "it under this phone's IMEI). It never crosses the wire: the agent answers HMAC-SHA256(token, nonce || IMEI).",
+)
+@click.option(
+    "--upgrade-server",
+    metavar="HOST:PORT",
+    help="The publish server (HTTP) of the active check (--upgrade-check); notices carry their own address.",
+)
+@click.option(
+    "--upgrade-check",
+    is_flag=True,
+    help="Embodiment 3: once the modem gave the IMEI, send each installed name and version to --upgrade-server "
+    "and install a newer release when there is one ('no new version' otherwise).",
+)
+@click.option(
+    "--upgrade-policy",
+    default="accept",
+    show_default=True,
+    metavar="accept|decline|script:FILE",
+    help="The user's answer to each install prompt: accept, decline, or one answer per prompt from FILE "
+    "(accept/yes/y or decline/no/n per line; prompts past its end are declined).",
+)
+@click.option(
+    "--upgrade-ip-push",
+    metavar="HOST:PORT",
+    help="Embodiment 4: hold an authenticated IP-push connection to the publish server's --push-listen address "
+    "from boot, reconnecting with a doubling backoff (1 s to 60 s); each release message on it starts a prompt. "
+    "A rejected authentication ends it.",
+)
 @wlan_option
 @seed_option
 @trace_option
@@ -201,6 +252,13 @@ def ap(
     sync_store: str,
     virtual_sims: str | None,
     security: str,
+    upgrade: bool,
+    upgrade_registry: str,
+    upgrade_token: str | None,
+    upgrade_server: str | None,
+    upgrade_check: bool,
+    upgrade_policy: str,
+    upgrade_ip_push: str | None,
     wlan: str | None,
     seed: int,
     trace_path: str | None,
@@ -246,6 +304,11 @@ def ap(
             raise CliError("--sync URL needs --sync-token (the terminal's token at the sync server)", 2)
         virtual = Path(virtual_sims) if virtual_sims else None
         sync_options = SyncOptions(url, sync_token, Path(sync_store), virtual, Security(security))
+    upgrade_options = None
+    if upgrade or upgrade_token or upgrade_server or upgrade_check or upgrade_ip_push:
+        upgrade_options = _upgrade_options(
+            upgrade_registry, upgrade_token, upgrade_server, upgrade_check, upgrade_policy, upgrade_ip_push
+        )
     network = ApNetwork(wifi=wifi, ssid=ssid, cellular=cellular)
     if allow:
         network.allow = [AllowRule.parse(text) for text in allow]
@@ -262,6 +325,7 @@ def ap(
             wlan=wlan,
             seed=seed,
             sync=sync_options,
+            upgrade=upgrade_options,
         ),
         network,
         ApnDatabase.load(apn_db),
@@ -287,6 +351,44 @@ def ap(
             raise CliError(missing[0].hint())
     finally:
         finish_trace(tracer, pcap_path)
+
+
+def _upgrade_options(
+    registry: str, token: str | None, server: str | None, check: bool, policy: str, ip_push: str | None
+) -> UpgradeOptions:
+    from pathlib import Path
+
+    from bipsim.ap.upgrade.agent import UpgradeOptions
+    from bipsim.ap.upgrade.policy import Policy, PolicyError
+    from bipsim.ap.upgrade.registry import Registry, RegistryError
+    from bipsim.commands.common import host_port
+
+    if not token:
+        raise CliError("--upgrade needs --upgrade-token HEX (the terminal's token at the publish server)", 2)
+    try:
+        key = bytes.fromhex(token)
+    except ValueError:
+        key = b""
+    if len(key) < 16:
+        raise CliError("--upgrade-token: give 16 bytes or more in hex", 2)
+    if check and server is None:
+        raise CliError("--upgrade-check needs --upgrade-server HOST:PORT", 2)
+    try:
+        Policy.parse(policy)
+    except PolicyError as exc:
+        raise CliError(f"--upgrade-policy: {exc}", 2) from None
+    try:
+        Registry(Path(registry))
+    except RegistryError as exc:
+        raise CliError(f"--upgrade-registry: {exc}") from None
+    return UpgradeOptions(
+        Path(registry),
+        key,
+        policy,
+        server=host_port(server) if server else None,
+        ip_push=host_port(ip_push) if ip_push else None,
+        check=check,
+    )
 
 
 def _omapi_options(

@@ -1,0 +1,340 @@
+"""Push deployment end to end (docs/protocols.md, "Push deployment"): a real CP (its SMSC) and a real AP with the
+upgrade agent (`bipsim ap --upgrade`), and the publish server in the scenario's process (traced to publish.jsonl),
+whose loopback admin API announces release 1.1 of `app` over 1.0 installed. Steps 001:201..204 and the
+embodiments' 001:e<k>.<n> (trace/steps.py); result codes are JSR-118's.
+
+`push-sms`, `push-wap`, `push-ip`: the notice as a plain SMS, a WAP Push or an IP-push frame, installed (900).
+`push-active`: no notice, the user's check finds 1.1. `push-declined`: 902 and no connection to the server.
+`push-auth-fails`: a wrong token, 909, no download. `push-corrupt-package`: 907, 1.0 intact. `push-lost-notice`:
+the notice reaches nobody, the active check installs 1.1 all the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from bipsim.ap.upgrade.agent import PublishClient, ResultCode
+from bipsim.ap.upgrade.registry import Registry
+from bipsim.ota.publish_server import Fault, PublishServer, PublishService, TerminalAuth
+from bipsim.ota.push_channel import PushServer
+from bipsim.ota.release_catalogue import Catalogue, make_release
+from bipsim.scenarios.base import ScenarioFailed, ScenarioOptions, ScenarioResult, check
+from bipsim.scenarios.harness import EventQuery, Harness, RunConfig, RunResult, run_processes
+from bipsim.trace.events import TraceEvent
+from bipsim.trace.kinds import Kind
+from bipsim.trace.reader import read_trace
+from bipsim.trace.recorder import Tracer
+from bipsim.trace.steps import STEPS
+
+IMEI = "490154203237518"  # the CP's (AT+CGSN)
+TOKEN = "00112233445566778899aabbccddeeff"
+MSISDN = "+15550000001"  # the ME's number at the SMSC
+OLD = b"bipsim demo application 1.0\n" * 64
+NEW = b"bipsim demo application 1.1\n" * 96
+WHEN = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+WAIT = 45.0  # seconds for a moment of the run on a loaded machine; a broken run ends sooner (a process exits)
+
+RESULT = EventQuery(Kind.UPGRADE_RESULT)
+WELCOMED = EventQuery(Kind.UPGRADE_PUSH, lambda f: f.get("type") == "welcomed")
+LISTENING = EventQuery(Kind.AT_COMMAND, src="ap", data_prefix=b"AT+CMGL")  # +CNMI is set: notices can come
+
+
+@dataclass
+class PushRun:
+    name: str
+    via: str | None  # the notice sent: "sms", "wap", "ip"; None: none
+    ap_args: list[str] = field(default_factory=list)
+    faults: frozenset[Fault] = frozenset()
+    token: str = TOKEN
+    wait_for: EventQuery = LISTENING  # what the AP must have done before the notice goes out
+    notified: dict[str, Any] = field(default_factory=dict)
+    failure: str | None = None
+    publish_events: list[TraceEvent] = field(default_factory=list)
+    registry: Registry | None = None
+
+
+def _sms_control(harness: Harness) -> tuple[str, int] | None:
+    log = harness.dir / "cp.log"
+    for line in (log.read_text(errors="replace") if log.exists() else "").splitlines():
+        if line.startswith("sms listening on "):
+            host, _, port = line.split()[3].rpartition(":")
+            return host, int(port)
+    return None
+
+
+async def _drive(
+    run: PushRun, server: PublishServer, listeners: list[socket.socket], harness: Harness
+) -> None:
+    push = server.push
+    assert push is not None
+    async with trio.open_nursery() as nursery:
+        http, push_socket = (trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in listeners)
+        nursery.start_soon(trio.serve_listeners, server.handle, [http])
+        nursery.start_soon(trio.serve_listeners, push.handle, [push_socket])
+        try:
+            with trio.move_on_after(WAIT):  # the CP says where its SMSC listens once it is up
+                while (smsc := _sms_control(harness)) is None and harness.processes["cp"].returncode is None:
+                    await trio.sleep(0.05)
+            check(smsc is not None, "the CP did not say where its SMSC listens")
+            server.smsc, server.service.smsc = smsc, True
+            if run.via is not None:
+                ready = await harness.wait_for_event("ap", run.wait_for, timeout=WAIT)
+                check(ready is not None, f"the AP's agent did not get ready ({run.wait_for.kind})")
+                client = PublishClient(server.service.advertise)
+                answer = await client.request(
+                    "POST", "/v1/admin/notify", {"name": "app", "via": run.via, "msisdn": MSISDN}
+                )
+                run.notified = answer.json() or {}
+                check(answer.status == 200, f"the admin notify answered {answer.status}: {run.notified}")
+            result = await harness.wait_for_event("ap", RESULT, timeout=WAIT)
+            check(result is not None, "the agent told the user no result")
+        except ScenarioFailed as exc:
+            run.failure = str(exc)
+        finally:
+            cp = harness.processes.get("cp")
+            if cp is not None and cp.returncode is None:
+                cp.terminate()
+            nursery.cancel_scope.cancel()
+
+
+def run_push(run: PushRun, options: ScenarioOptions) -> RunResult:
+    directory = options.directory or Path(tempfile.mkdtemp(prefix=f"bipsim-{run.name}-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    registry_path = directory / "registry.json"
+    for stale in (registry_path, directory / "publish.jsonl"):
+        stale.unlink(missing_ok=True)
+    Registry(registry_path).install("app", "1.0", OLD, hashlib.sha256(OLD).hexdigest())
+    listeners = []
+    for _ in range(
+        2
+    ):  # the HTTP API and the IP push, bound before the AP starts so that it can be told where
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        listeners.append(listener)
+    http_port, push_port = (s.getsockname()[1] for s in listeners)
+    tracer = Tracer.to_file(directory / "publish.jsonl", session=run.name)
+    auth = TerminalAuth({IMEI: bytes.fromhex(TOKEN)}, reject_all=Fault.REJECT_AUTH in run.faults)
+    catalogue = Catalogue([make_release("app", "1.0", OLD, WHEN), make_release("app", "1.1", NEW, WHEN)])
+    service = PublishService(
+        catalogue, auth, advertise=f"127.0.0.1:{http_port}", faults=run.faults, smsc=False
+    )
+    server = PublishServer(service, tracer, push=PushServer(auth, tracer))
+    ap_args = [
+        "--upgrade",
+        "--upgrade-token",
+        run.token,
+        "--upgrade-registry",
+        str(registry_path),
+        *(arg.format(http=f"127.0.0.1:{http_port}", push=f"127.0.0.1:{push_port}") for arg in run.ap_args),
+    ]
+    config = RunConfig(
+        session=run.name,
+        profile={"trigger": "manual"},  # no BIP session of the card ends the run: the scenario ends it
+        ap_args=ap_args,
+        cp_args=["--sms-listen", "127.0.0.1:0"],
+        server=False,
+        port_a=options.port_a,
+        port_b=options.port_b,
+        timeout=120.0,
+        during=lambda harness: _drive(run, server, listeners, harness),
+    )
+    try:
+        result = run_processes(config, directory)
+    finally:
+        tracer.close()
+        for listener in listeners:
+            listener.close()
+    run.publish_events, _ = read_trace([directory / "publish.jsonl"])
+    run.registry = Registry(registry_path)
+    check(run.failure is None, f"{run.name}: {run.failure}", result)
+    return result
+
+
+def _results(result: RunResult) -> list[TraceEvent]:
+    return [e for e in result.events if e.kind == Kind.UPGRADE_RESULT]
+
+
+def _publish(run: PushRun, kind: Kind) -> list[TraceEvent]:
+    return [e for e in run.publish_events if e.kind == kind]
+
+
+def _check_result(run: PushRun, result: RunResult, code: ResultCode) -> None:
+    told = [e.field("result") for e in _results(result)]
+    check(told[:1] == [int(code)], f"the user was told {told}, not {int(code)}", result)
+
+
+def _check_steps(run: PushRun, result: RunResult, codes: tuple[str, ...]) -> None:
+    events = sorted(result.events + run.publish_events, key=lambda e: e.t)
+    labelled = [e for e in events if e.step is not None and e.step.startswith("001:")]
+    wrong = [(e.step, str(e.kind)) for e in labelled if not STEPS[str(e.step)].matches(e)]
+    check(not wrong, f"events labelled with steps they are not: {wrong}", result)
+    first: dict[str, float] = {}
+    for event in labelled:
+        first.setdefault(str(event.step), event.t)
+    missing = [code for code in codes if code not in first]
+    check(not missing, f"steps missing: {missing}", result)
+    order = [first[code] for code in codes]
+    check(order == sorted(order), f"steps out of order: {sorted(codes, key=lambda c: first[c])}", result)
+
+
+def _check_installed(run: PushRun, result: RunResult, version: str) -> None:
+    registry = run.registry
+    assert registry is not None
+    check(
+        list(registry.entries) == ["app"] and registry.version("app") == version,
+        f"the registry holds {registry.as_json()}, not app {version}",
+        result,
+    )
+    data = registry.package("app")
+    check(data == (NEW if version == "1.1" else OLD), f"the installed package is not app {version}'s", result)
+
+
+def _check_auth_before_download(run: PushRun, result: RunResult) -> None:
+    kinds = [str(e.kind) for e in run.publish_events]
+    check("publish.download" in kinds, "the server served no download", result)
+    auth = [i for i, k in enumerate(kinds) if k == "publish.auth"]
+    check(
+        bool(auth) and auth[0] < kinds.index("publish.download"),
+        "a download before the authentication",
+        result,
+    )
+    reports = [e.field("result") for e in _publish(run, Kind.PUBLISH_REPORT)]
+    check(reports == [900], f"the server got the reports {reports}, not [900]", result)
+
+
+def _installed_by(run: PushRun, options: ScenarioOptions, steps: tuple[str, ...]) -> ScenarioResult:
+    result = run_push(run, options)
+    _check_result(run, result, ResultCode.SUCCESS)
+    _check_installed(run, result, "1.1")
+    _check_auth_before_download(run, result)
+    _check_steps(run, result, steps)
+    return ScenarioResult(run.name, result, [json.dumps(run.notified.get("sent"))])
+
+
+NOTICE_STEPS = ("001:201", "001:202", "001:203", "001:204")
+ACTIVE_STEPS = ("001:202", "001:203", "001:e3.1", "001:204")  # the check goes out once authenticated
+
+
+def push_sms(options: ScenarioOptions) -> ScenarioResult:
+    """A plain-SMS notice (embodiment 1): prompt, connect to its server, authenticate, download, 1.0 -> 1.1."""
+    return _installed_by(PushRun("push-sms", "sms"), options, ("001:e1.1", "001:e1.2", *NOTICE_STEPS))
+
+
+def push_wap(options: ScenarioOptions) -> ScenarioResult:
+    """A WAP Push Service Indication notice (embodiment 2) installs 1.1 from the SI's href."""
+    run = PushRun("push-wap", "wap")
+    outcome = _installed_by(run, options, ("001:e2.1", *NOTICE_STEPS))
+    notice = next(e for e in outcome.run.events if e.kind == Kind.UPGRADE_NOTICE and e.field("via") == "wap")
+    download = _publish(run, Kind.PUBLISH_DOWNLOAD)[0]
+    check(
+        notice.field("location") == f"/v1/packages/app/{download.field('version')}",
+        "the agent did not fetch the SI's location",
+        outcome.run,
+    )
+    return outcome
+
+
+def push_ip(options: ScenarioOptions) -> ScenarioResult:
+    """An IP-push release frame (embodiment 4) on the connection authenticated at boot installs 1.1."""
+    run = PushRun("push-ip", "ip", ["--upgrade-ip-push", "{push}"], wait_for=WELCOMED)
+    # first occurrences: authenticated at boot (001:203) before the release frame, then the notice's own flow
+    steps = ("001:e4.1", "001:203", "001:e4.2", "001:201", "001:202", "001:204")
+    outcome = _installed_by(run, options, steps)
+    check(
+        run.notified.get("sent") == 1,
+        f"the release reached {run.notified.get('sent')} connections",
+        outcome.run,
+    )
+    return outcome
+
+
+def push_active(options: ScenarioOptions) -> ScenarioResult:
+    """The user's active check (embodiment 3) sends app 1.0 to the server, which has 1.1: installed."""
+    run = PushRun("push-active", None, ["--upgrade-server", "{http}", "--upgrade-check"])
+    outcome = _installed_by(run, options, ACTIVE_STEPS)
+    checks = _publish(run, Kind.PUBLISH_CHECK)
+    check(
+        [(e.field("name"), e.field("version")) for e in checks] == [("app", "1.0")],
+        "the check did not send app 1.0",
+        outcome.run,
+    )
+    return outcome
+
+
+def push_lost_notice(options: ScenarioOptions) -> ScenarioResult:
+    """The notice reaches nobody (an IP push with no connection); the active check installs 1.1 all the same."""
+    run = PushRun("push-lost-notice", "ip", ["--upgrade-server", "{http}", "--upgrade-check"])
+    outcome = _installed_by(run, options, ACTIVE_STEPS)
+    check(run.notified.get("sent") == 0, "the notice was not lost", outcome.run)
+    check(not [e for e in outcome.run.events if e.kind == Kind.UPGRADE_PROMPT], "a prompt", outcome.run)
+    return outcome
+
+
+def _terminal_requests(run: PushRun) -> list[TraceEvent]:
+    """The server's requests from the terminal (the scenario's admin notify left out) and push frames."""
+    return [
+        e
+        for e in run.publish_events
+        if (e.kind == Kind.HTTP_REQUEST and not str(e.field("target", "")).startswith("/v1/admin/"))
+        or e.kind == Kind.PUBLISH_PUSH
+    ]
+
+
+def _refused(run: PushRun, options: ScenarioOptions, code: ResultCode) -> tuple[RunResult, list[str]]:
+    result = run_push(run, options)
+    _check_result(run, result, code)
+    _check_installed(run, result, "1.0")
+    return result, [str(e.kind) for e in run.publish_events]
+
+
+def push_declined(options: ScenarioOptions) -> ScenarioResult:
+    """The user declines the SMS notice's prompt: 902, and the server sees no connection from the terminal."""
+    run = PushRun("push-declined", "sms", ["--upgrade-policy", "decline"])
+    result, kinds = _refused(run, options, ResultCode.USER_CANCELLED)
+    prompts = [e for e in result.events if e.kind == Kind.UPGRADE_PROMPT]
+    check(len(prompts) == 1, f"{len(prompts)} prompts for one notice", result)
+    seen = [str(e.field("target")) for e in _terminal_requests(run)]
+    check(not seen, f"the server saw the terminal: {seen}", result)
+    return ScenarioResult(run.name, result)
+
+
+def push_auth_fails(options: ScenarioOptions) -> ScenarioResult:
+    """The server refuses the terminal's MAC (a wrong token): 909, no download, 1.0 kept."""
+    run = PushRun("push-auth-fails", "sms", token="ff" * 16)
+    result, kinds = _refused(run, options, ResultCode.AUTHENTICATION_FAILURE)
+    refused = [e for e in _publish(run, Kind.PUBLISH_AUTH) if e.field("ok") is False]
+    check(bool(refused), "the server did not refuse the MAC", result)
+    check("publish.download" not in kinds, "a download without authentication", result)
+    return ScenarioResult(run.name, result)
+
+
+def push_corrupt_package(options: ScenarioOptions) -> ScenarioResult:
+    """The server sends a package that does not hash to its release: 907 to the user and the server, 1.0 intact."""
+    run = PushRun("push-corrupt-package", "sms", faults=frozenset({Fault.CORRUPT_PACKAGE}))
+    result, _ = _refused(run, options, ResultCode.INVALID_PACKAGE)
+    reports = [e.field("result") for e in _publish(run, Kind.PUBLISH_REPORT)]
+    check(reports == [907], f"the server got the reports {reports}, not [907]", result)
+    return ScenarioResult(run.name, result)
+
+
+PUSH_SCENARIOS: dict[str, Callable[[ScenarioOptions], ScenarioResult]] = {
+    "push-sms": push_sms,
+    "push-wap": push_wap,
+    "push-ip": push_ip,
+    "push-active": push_active,
+    "push-declined": push_declined,
+    "push-auth-fails": push_auth_fails,
+    "push-corrupt-package": push_corrupt_package,
+    "push-lost-notice": push_lost_notice,
+}

@@ -1,0 +1,84 @@
+"""The eight push-deployment scenarios (issue 22; scenarios/push.py), each run once with a real CP and AP against the
+publish server. Every scenario asserts its own outcome (ScenarioFailed otherwise); these tests add what the
+issue's points name: one prompt per notice, the registry's one entry, the result the user is told."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bipsim.ap.upgrade.registry import Registry
+from bipsim.scenarios.base import ScenarioOptions, ScenarioResult
+from bipsim.scenarios.push import PUSH_SCENARIOS
+from bipsim.scenarios.registry import SCENARIOS, describe
+from bipsim.trace.events import TraceEvent
+from bipsim.trace.kinds import Kind
+
+
+def run_scenario(name: str, tmp_path: Path) -> ScenarioResult:
+    result = SCENARIOS[name](ScenarioOptions(tmp_path / name))
+    assert result.name == name and result.run.cp_code == 0
+    return result
+
+
+def _of(result: ScenarioResult, kind: Kind) -> list[TraceEvent]:
+    return [e for e in result.run.events if e.kind == kind]
+
+
+def _installed(result: ScenarioResult) -> Registry:
+    registry = Registry(result.run.directory / "registry.json")
+    assert list(registry.entries) == ["app"]  # one entry, overwritten or kept
+    return registry
+
+
+def _told(result: ScenarioResult) -> list[object]:
+    return [e.field("result") for e in _of(result, Kind.UPGRADE_RESULT)]
+
+
+def test_the_push_scenarios_are_registered() -> None:
+    assert set(PUSH_SCENARIOS) <= set(SCENARIOS)
+    assert all(describe(name).endswith(".") for name in PUSH_SCENARIOS)
+
+
+@pytest.mark.parametrize("name", ["push-sms", "push-ip"])
+def test_a_notice_installs_over_the_old_version(name: str, tmp_path: Path) -> None:
+    result = run_scenario("push-sms", tmp_path) if name == "push-sms" else run_scenario("push-ip", tmp_path)
+    assert len(_of(result, Kind.UPGRADE_PROMPT)) == 1
+    assert _told(result) == [900] and _installed(result).version("app") == "1.1"
+
+
+def test_push_wap(tmp_path: Path) -> None:
+    result = run_scenario("push-wap", tmp_path)
+    (notice,) = [e for e in _of(result, Kind.UPGRADE_NOTICE) if e.field("via") == "wap"]
+    assert notice.step == "001:e2.1" and notice.field("location") == "/v1/packages/app/1.1"
+    assert _told(result) == [900] and _installed(result).version("app") == "1.1"
+
+
+@pytest.mark.parametrize("name", ["push-active", "push-lost-notice"])
+def test_the_active_check_installs_without_a_prompt(name: str, tmp_path: Path) -> None:
+    if name == "push-active":
+        result = run_scenario("push-active", tmp_path)
+    else:
+        result = run_scenario("push-lost-notice", tmp_path)
+    assert _of(result, Kind.UPGRADE_PROMPT) == []
+    assert _told(result) == [900] and _installed(result).version("app") == "1.1"
+
+
+@pytest.mark.parametrize(
+    ("name", "code"), [("push-declined", 902), ("push-auth-fails", 909), ("push-corrupt-package", 907)]
+)
+def test_a_refused_flow_keeps_the_old_version(name: str, code: int, tmp_path: Path) -> None:
+    if name == "push-declined":
+        result = run_scenario("push-declined", tmp_path)
+    elif name == "push-auth-fails":
+        result = run_scenario("push-auth-fails", tmp_path)
+    else:
+        result = run_scenario("push-corrupt-package", tmp_path)
+    assert len(_of(result, Kind.UPGRADE_PROMPT)) == 1
+    (told,) = _of(result, Kind.UPGRADE_RESULT)
+    assert told.field("result") == code and told.error and told.field("reason")
+    registry = _installed(result)
+    assert registry.version("app") == "1.0" and registry.package("app") is not None
+    # nothing installed half-way: a package that failed its checks was never written
+    assert sorted(p.name for p in registry.directory.iterdir()) == ["app-1.0.pkg"]

@@ -1,0 +1,449 @@
+"""The AP's upgrade agent in-process (issue 22, points 1-5, 7, 8, 9; docs/protocols.md, "The upgrade agent")
+against the real publish server on loopback (ota/publish_server.py, ota/push_channel.py) and a fake 27.005 line."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from bipsim.ap.upgrade.agent import (
+    TRANSITIONS,
+    Flow,
+    FlowError,
+    FlowInput,
+    FlowState,
+    Reassembly,
+    ResultCode,
+    UpgradeAgent,
+    UpgradeOptions,
+    check_package,
+    classify_tpdu,
+)
+from bipsim.ap.upgrade.policy import Policy, PolicyError
+from bipsim.ap.upgrade.registry import Registry, RegistryError
+from bipsim.link.at_chat import AtResponse
+from bipsim.net.push_notice import Notice, NoticeVia, format_sms_notice, release_notice
+from bipsim.net.sms_pdu import SmsDeliver, encode_sca
+from bipsim.ota.publish_server import Fault, PublishServer, PublishService, TerminalAuth
+from bipsim.ota.push_channel import PushServer
+from bipsim.ota.release_catalogue import Catalogue, make_release
+from bipsim.trace.kinds import Kind
+from bipsim.trace.recorder import Tracer
+from bipsim.trace.steps import STEPS
+
+IMEI = "490154203237518"
+TOKEN = bytes(range(16, 48))
+OLD, NEW = b"app version one\n" * 40, b"app version two\n" * 50
+WHEN = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+
+
+@dataclass
+class Rig:
+    agent: UpgradeAgent
+    server: PublishServer
+    push: PushServer
+    address: str  # the HTTP server's host:port
+    push_address: tuple[str, int]
+    tracer: Tracer  # the agent's
+    server_tracer: Tracer
+    registry_path: Path
+    nursery: trio.Nursery
+
+    def server_kinds(self) -> list[str]:
+        return [str(e.kind) for e in self.server_tracer.events if str(e.kind).startswith("publish.")]
+
+    def agent_events(self, kind: Kind) -> list[Any]:
+        return [e for e in self.tracer.events if e.kind == kind]
+
+    def notice(self, via: NoticeVia = NoticeVia.SMS, version: str = "1.1") -> Notice:
+        release = self.server.service.catalogue.get("app", version)
+        assert release is not None
+        return release_notice(self.server.service.advertised(release), self.address, via)
+
+
+@dataclass
+class Setup:
+    installed: str | None = "1.0"
+    faults: frozenset[Fault] = frozenset()
+    token: bytes = TOKEN
+    policy: str = "accept"
+    ip_push: bool = False
+    releases: tuple[str, ...] = ("1.0", "1.1")
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _catalogue(versions: tuple[str, ...]) -> Catalogue:
+    data = {"1.0": OLD, "1.1": NEW}
+    return Catalogue([make_release("app", v, data[v], WHEN) for v in versions])
+
+
+async def _rig(nursery: trio.Nursery, tmp: Path, setup: Setup) -> Rig:
+    server_tracer = Tracer(keep=True)
+    auth = TerminalAuth({IMEI: TOKEN}, reject_all=Fault.REJECT_AUTH in setup.faults)
+    push = PushServer(auth, server_tracer)
+    service = PublishService(
+        _catalogue(setup.releases), auth, advertise="127.0.0.1:0", faults=setup.faults, smsc=False
+    )
+    server = PublishServer(service, server_tracer, push=push)
+    port = await nursery.start(server.serve, "127.0.0.1", 0)
+    push_port = await nursery.start(push.serve, "127.0.0.1", 0)
+    service.advertise = f"127.0.0.1:{port}"  # a port the OS chose: not the default 8450
+    registry_path = tmp / "registry.json"
+    if setup.installed is not None:
+        Registry(registry_path).install("app", setup.installed, OLD, hashlib.sha256(OLD).hexdigest())
+    tracer = Tracer(keep=True)
+    options = UpgradeOptions(
+        registry_path,
+        setup.token,
+        setup.policy,
+        server=("127.0.0.1", port),
+        ip_push=("127.0.0.1", push_port) if setup.ip_push else None,
+        imei=IMEI,
+    )
+    agent = UpgradeAgent(options, tracer)
+    nursery.start_soon(agent.run)
+    return Rig(
+        agent,
+        server,
+        push,
+        f"127.0.0.1:{port}",
+        ("127.0.0.1", push_port),
+        tracer,
+        server_tracer,
+        registry_path,
+        nursery,
+    )
+
+
+async def _outcome(rig: Rig, count: int = 1) -> None:
+    while len(rig.agent.outcomes) < count:
+        await rig.agent.changed.wait()
+
+
+def _sms(text: str) -> bytes:
+    (sms,) = SmsDeliver.for_text("+15550008450", text, WHEN)
+    return sms.encode()
+
+
+def run(tmp_path: Path, setup: Setup, body: Callable[[Rig], Any]) -> None:
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            rig = await _rig(nursery, tmp_path, setup)
+            with trio.fail_after(20):
+                await body(rig)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+# ------------------------------------------------------------------------------------------------- sans-IO parts
+
+
+def test_the_flow_table_takes_only_its_transitions() -> None:
+    flow = Flow(Notice(NoticeVia.SMS, "127.0.0.1:1", "/v1/packages/app/1.1", "app", "1.1", WHEN))
+    flow.move(FlowInput.ASK)
+    with pytest.raises(FlowError):
+        flow.move(FlowInput.DOWNLOADED)
+    assert flow.move(FlowInput.DECLINED) is FlowState.DONE
+    assert all(target in FlowState for target in TRANSITIONS.values())
+
+
+def test_package_checks_give_size_and_hash_codes() -> None:
+    release = {"size": len(NEW), "sha256": hashlib.sha256(NEW).hexdigest()}
+    check_package(release, NEW, release["sha256"])
+    for data, code in ((NEW + b"x", ResultCode.SIZE_MISMATCH), (NEW[:-1] + b"!", ResultCode.INVALID_PACKAGE)):
+        with pytest.raises(Exception) as caught:
+            check_package(release, data, None)
+        assert caught.value.code is code  # type: ignore[attr-defined]
+
+
+def test_other_sms_are_not_notices() -> None:
+    heard = classify_tpdu(_sms("see you at eight"), Reassembly())
+    assert heard.notice is None and heard.error is None
+    assert classify_tpdu(b"\x00", Reassembly()).error  # not even an SMS-DELIVER
+
+
+def test_policy_script(tmp_path: Path) -> None:
+    script = tmp_path / "answers"
+    script.write_text("# first prompt\nyes\n\ndecline\n")
+    policy = Policy.parse(f"script:{script}")
+    assert [policy.ask() for _ in range(3)] == [True, False, False]  # past the end: declined
+    script.write_text("maybe\n")
+    with pytest.raises(PolicyError, match="answers:1"):
+        Policy.parse(f"script:{script}")
+    with pytest.raises(PolicyError):
+        Policy.parse("sometimes")
+
+
+def test_registry_keeps_the_old_version_on_a_failed_install(tmp_path: Path) -> None:
+    registry = Registry(tmp_path / "r.json")
+    registry.install("app", "1.0", OLD, hashlib.sha256(OLD).hexdigest())
+    with pytest.raises(RegistryError):
+        registry.install("app", "1.1", NEW, hashlib.sha256(OLD).hexdigest())  # bytes that do not hash right
+    (tmp_path / "r.json.tmp").mkdir()  # the registry's new file cannot be written
+    with pytest.raises(RegistryError):
+        registry.install("app", "1.1", NEW, hashlib.sha256(NEW).hexdigest())
+    again = Registry(tmp_path / "r.json")
+    assert again.version("app") == "1.0" and again.package("app") == OLD
+    assert sorted(p.name for p in again.directory.iterdir()) == ["app-1.0.pkg", "app-1.1.pkg"]
+    (tmp_path / "bad.json").write_text('{"packages": {"app": {"version": "x"}}}')
+    with pytest.raises(RegistryError):
+        Registry(tmp_path / "bad.json")
+
+
+# ------------------------------------------------------------------------------------- against the publish server
+
+
+def test_one_notice_sms_one_prompt_and_declined_no_connection(tmp_path: Path) -> None:
+    """Point 1."""
+
+    async def body(rig: Rig) -> None:
+        tpdu = _sms(format_sms_notice(rig.notice()))
+        rig.agent.heard_sms(tpdu)
+        rig.agent.heard_sms(tpdu)  # the same notice again: no second prompt
+        await _outcome(rig)
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(rig.agent_events(Kind.UPGRADE_PROMPT)) == 1 and rig.agent.policy.asked == 1
+        assert rig.agent.outcomes[0].code is ResultCode.USER_CANCELLED
+        assert rig.server.requests == 0 and rig.server_kinds() == []
+        assert rig.agent.registry.version("app") == "1.0"
+
+    run(tmp_path, Setup(policy="decline"), body)
+
+
+def test_accepted_connects_to_the_notice_address_and_authenticates_first(tmp_path: Path) -> None:
+    """Points 2 and 4 (overwrite), and the result reported to the server."""
+
+    async def body(rig: Rig) -> None:
+        rig.agent.heard_sms(_sms(format_sms_notice(rig.notice())))
+        await _outcome(rig)
+        assert rig.agent.outcomes[0].code is ResultCode.SUCCESS
+        (connect,) = [e for e in rig.tracer.events if e.kind == Kind.TCP_CONNECT]
+        assert f"{connect.field('host')}:{connect.field('port')}" == rig.address != "127.0.0.1:8450"
+        kinds = rig.server_kinds()
+        assert kinds.index("publish.auth") < kinds.index("publish.download")
+        registry = Registry(rig.registry_path)
+        assert list(registry.entries) == ["app"] and registry.version("app") == "1.1"
+        assert registry.package("app") == NEW
+        assert [(r.status, r.version) for r in rig.server.service.reports] == [(900, "1.1")]
+        labelled = [e for e in rig.tracer.events + rig.server_tracer.events if e.step]
+        assert {e.step for e in labelled} >= {"001:201", "001:202", "001:203", "001:204", "001:e1.2"}
+        assert all(STEPS[e.step].matches(e) for e in labelled if e.step in STEPS)
+
+    run(tmp_path, Setup(), body)
+
+
+def test_absent_package_is_a_new_entry(tmp_path: Path) -> None:
+    """Point 4 (fresh install)."""
+
+    async def body(rig: Rig) -> None:
+        rig.agent.offer(rig.notice(NoticeVia.WAP))
+        await _outcome(rig)
+        assert rig.agent.outcomes[0].code is ResultCode.SUCCESS
+        assert Registry(rig.registry_path).version("app") == "1.1"
+
+    run(tmp_path, Setup(installed=None), body)
+
+
+def test_authentication_fails_no_download_registry_unchanged(tmp_path: Path) -> None:
+    """Point 3 over HTTP."""
+
+    async def body(rig: Rig) -> None:
+        before = rig.registry_path.read_bytes()
+        rig.agent.offer(rig.notice())
+        await _outcome(rig)
+        assert rig.agent.outcomes[0].code is ResultCode.AUTHENTICATION_FAILURE
+        assert "publish.download" not in rig.server_kinds() and rig.server.service.downloads == 0
+        assert rig.registry_path.read_bytes() == before
+
+    run(tmp_path, Setup(token=bytes(32)), body)
+
+
+@pytest.mark.parametrize(
+    ("fault", "code"),
+    [
+        (Fault.CORRUPT_PACKAGE, ResultCode.INVALID_PACKAGE),
+        (Fault.WRONG_SIZE, ResultCode.SIZE_MISMATCH),
+        (Fault.DROP_DOWNLOAD, ResultCode.LOSS_OF_SERVICE),
+    ],
+)
+def test_a_lying_server_gives_a_reason_and_keeps_version_n(
+    tmp_path: Path, fault: Fault, code: ResultCode
+) -> None:
+    """Point 5: the user always gets a result; a bad package leaves 1.0 intact."""
+
+    async def body(rig: Rig) -> None:
+        rig.agent.offer(rig.notice())
+        await _outcome(rig)
+        outcome = rig.agent.outcomes[0]
+        assert outcome.code is code and outcome.reason
+        (result,) = rig.agent_events(Kind.UPGRADE_RESULT)
+        assert result.field("result") == int(code) and result.error
+        registry = Registry(rig.registry_path)
+        assert registry.version("app") == "1.0" and registry.package("app") == OLD
+        if fault is not Fault.DROP_DOWNLOAD:  # the report goes to the server on a new connection
+            assert [r.status for r in rig.server.service.reports] == [int(code)]
+
+    run(tmp_path, Setup(faults=frozenset({fault})), body)
+
+
+def test_active_check_sends_name_and_version(tmp_path: Path) -> None:
+    """Points 7 and 8: the check finds 1.1 (the notice was never sent) and installs it; checked again, "no new
+    version" and no download."""
+
+    async def body(rig: Rig) -> None:
+        (first,) = await rig.agent.active_check()
+        assert first.code is ResultCode.SUCCESS and Registry(rig.registry_path).version("app") == "1.1"
+        check = next(e for e in rig.server_tracer.events if e.kind == Kind.PUBLISH_CHECK)
+        assert (check.field("name"), check.field("version"), check.field("update")) == ("app", "1.0", True)
+        downloads = rig.server.service.downloads
+        (second,) = await rig.agent.active_check()
+        assert second.code is None and second.reason == "no new version"
+        assert rig.server.service.downloads == downloads == 1
+        assert not rig.agent_events(Kind.UPGRADE_PROMPT)  # the user started it: no prompt
+
+    run(tmp_path, Setup(), body)
+
+
+def test_ip_push_authenticated_before_any_release(tmp_path: Path) -> None:
+    """Point 9: the connection is welcomed at boot; a release frame then starts the prompt and the install."""
+
+    async def body(rig: Rig) -> None:
+        rig.nursery.start_soon(rig.agent.ip_push)
+        while not rig.push.connections:
+            await rig.push.changed.wait()
+        release = rig.server.service.catalogue.latest("app")
+        assert release is not None
+        assert await rig.push.announce(rig.server.service.advertised(release), rig.address) == 1
+        await _outcome(rig)
+        assert rig.agent.outcomes[0].code is ResultCode.SUCCESS
+        frames = [(e.field("direction"), e.field("type")) for e in rig.agent_events(Kind.UPGRADE_PUSH)]
+        assert frames.index(("in", "welcomed")) < frames.index(("in", "release"))
+        assert Registry(rig.registry_path).version("app") == "1.1"
+
+    run(tmp_path, Setup(ip_push=True), body)
+
+
+def test_ip_push_rejected_no_connection_stays_and_no_release(tmp_path: Path) -> None:
+    """Points 3 and 9: a rejected authentication closes the connection, the agent does not retry, no release
+    reaches it."""
+
+    async def body(rig: Rig) -> None:
+        await rig.agent.ip_push()  # returns: rejected
+        assert rig.agent.push_rejected and not rig.agent.push_connected
+        with trio.fail_after(5):  # the server's task sees the close: no connection stays open
+            while rig.push.active:
+                await trio.sleep(0.01)
+        assert not rig.push.connections
+        release = rig.server.service.catalogue.latest("app")
+        assert release is not None
+        assert await rig.push.announce(rig.server.service.advertised(release), rig.address) == 0
+        assert [o.code for o in rig.agent.outcomes] == [ResultCode.AUTHENTICATION_FAILURE]
+        assert not rig.agent_events(Kind.UPGRADE_PROMPT)
+
+    run(tmp_path, Setup(ip_push=True, faults=frozenset({Fault.REJECT_AUTH})), body)
+
+
+# ---------------------------------------------------------------------------------------------- the 27.005 line
+
+
+class FakeLine:
+    """What the agent needs of AtChat, answering as 27.005 says (PDU mode, +CMTI, +CMGR, +CMGD)."""
+
+    def __init__(self) -> None:
+        self.commands: list[str] = []
+        self.stored: dict[int, bytes] = {}
+        self.urc: dict[str, Callable[[str], Any]] = {}
+
+    def add_urc_handler(self, prefix: str, handler: Callable[[str], Any]) -> None:
+        self.urc[prefix] = handler
+
+    async def command(self, line: str, **_: Any) -> AtResponse:
+        self.commands.append(line)
+        if line.startswith("AT+CMGR="):
+            index = int(line.split("=")[1])
+            tpdu = self.stored.get(index)
+            if tpdu is None:
+                return AtResponse(line, (), "+CMS ERROR: 321")
+            pdu = encode_sca("+15550000000") + tpdu
+            return AtResponse(line, (f"+CMGR: 0,,{len(tpdu)}", pdu.hex().upper()), "OK")
+        if line.startswith("AT+CMGD="):
+            self.stored.pop(int(line.split("=")[1]), None)
+        return AtResponse(line, (), "OK")
+
+    def deliver(self, index: int, tpdu: bytes) -> None:
+        self.stored[index] = tpdu
+        self.urc["+CMTI:"](f'+CMTI: "SM",{index}')
+
+
+def test_the_agent_reads_notices_through_27005(tmp_path: Path) -> None:
+    async def body(rig: Rig) -> None:
+        line = FakeLine()
+        rig.nursery.start_soon(rig.agent.listen, line)
+        while "+CMTI:" not in line.urc or "AT+CMGL=0" not in line.commands:
+            await trio.sleep(0)
+        assert line.commands[:2] == ["AT+CMGF=0", "AT+CNMI=2,1,0,0,0"]
+        line.deliver(1, _sms("lunch?"))
+        notice = format_sms_notice(rig.notice())
+        line.deliver(2, _sms(notice[: len(notice) // 2]))  # only looks like a notice
+        line.deliver(3, _sms(notice))
+        await _outcome(rig, 2)
+        kinds = [
+            (e.field("ignored"), e.field("look_alike"), e.field("via"))
+            for e in rig.agent_events(Kind.UPGRADE_NOTICE)
+        ]
+        assert kinds[0] == (True, None, "sms") and kinds[1][1] is True and kinds[2] == (None, None, "sms")
+        assert len(rig.agent_events(Kind.UPGRADE_PROMPT)) == 1
+        assert [o.code for o in rig.agent.outcomes] == [ResultCode.INVALID_DESCRIPTOR, ResultCode.SUCCESS]
+        assert {"AT+CMGD=1", "AT+CMGD=2", "AT+CMGD=3"} <= set(line.commands)
+
+    run(tmp_path, Setup(), body)
+
+
+# ------------------------------------------------------------------------------------------------ bipsim ap options
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--upgrade"], "--upgrade-token"),
+        (["--upgrade", "--upgrade-token", "00ff"], "16 bytes"),
+        (["--upgrade-token", TOKEN.hex(), "--upgrade-check"], "--upgrade-server"),
+        (["--upgrade-token", TOKEN.hex(), "--upgrade-policy", "maybe"], "--upgrade-policy"),
+    ],
+)
+def test_bad_upgrade_options_are_usage_errors(args: list[str], message: str) -> None:
+    from click.testing import CliRunner
+
+    from bipsim.cli import cli
+    from bipsim.errors import CliError
+
+    # the command line's main() prints a CliError as its one line; here it is the exception itself
+    result = CliRunner().invoke(cli, ["ap", "--port", "/nonexistent/line", *args])
+    assert isinstance(result.exception, CliError) and result.exception.exit_code == 2
+    assert message in str(result.exception)
+
+
+def test_ap_help_explains_the_upgrade_options() -> None:
+    from click.testing import CliRunner
+
+    from bipsim.cli import cli
+
+    text = CliRunner().invoke(cli, ["ap", "--help"]).output
+    for option in (
+        "--upgrade ",
+        "--upgrade-registry",
+        "--upgrade-token",
+        "--upgrade-server",
+        "--upgrade-check",
+    ):
+        assert option in text
+    assert "--upgrade-policy" in text and "--upgrade-ip-push" in text and "JSR-118" in text
