@@ -664,7 +664,7 @@ def test_push_connection_table_never_releases_before_welcome() -> None:
     assert conn.release(release, "h:1") is None
     outs = conn.receive(encode_frame({"type": "hello", "imei": IMEI}), 0.0)
     assert conn.state is PushState.CHALLENGED and conn.release(release, "h:1") is None
-    nonce = outs[-1].frame["nonce"]  # type: ignore[union-attr]
+    nonce = outs[-1].frame["nonce"]
     conn.receive(encode_frame({"type": "auth", "mac": terminal_mac(TOKEN, nonce, IMEI)}), 1.0)
     assert conn.state is PushState.WELCOMED
     sent = conn.release(release, "h:1")
@@ -751,6 +751,24 @@ async def test_tshark_decodes_the_wap_push_the_smsc_took(tmp_path: Path, need: A
     assert "Method: Push (0x06), Content-Type: application/vnd.wap.sic" in shown
     assert "href='http://'" in shown and "'127.0.0.1:18450/v1/packages/app/1.10'" in shown
     assert "Malformed" not in shown
+
+
+def test_a_wap_push_too_long_for_one_sms_goes_in_concatenated_parts() -> None:
+    from datetime import UTC, datetime
+
+    from bipsim.net.sms_pdu import decode_tpdu
+    from bipsim.ota.publish_server import _wap_tpdus
+
+    payload = bytes(range(256)) + bytes(44)  # 300 octets
+    tpdus = _wap_tpdus(payload, "+15550008450", datetime(2026, 11, 30, tzinfo=UTC), reference=7)
+    parts = [decode_tpdu(t) for t in tpdus]
+    assert len(parts) == 3 and all(len(t) <= 140 + 30 for t in tpdus)
+    assert b"".join(p.ud for p in parts) == payload
+    for number, part in enumerate(parts, 1):
+        elements = {e.iei: e.data for e in part.udh}
+        assert elements[0x05] == bytes.fromhex("0B8423F0") and elements[0x00] == bytes((7, 3, number))
+    single = _wap_tpdus(b"x" * 133, "+15550008450", datetime(2026, 11, 30, tzinfo=UTC), reference=8)
+    assert len(single) == 1 and 0x00 not in {e.iei for e in decode_tpdu(single[0]).udh}
 
 
 async def test_admin_notify_with_the_smsc_gone_is_502(tmp_path: Path) -> None:
