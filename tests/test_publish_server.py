@@ -445,6 +445,14 @@ async def test_fault_reject_auth_refuses_the_right_mac(tmp_path: Path) -> None:
     rig = Rig(tmp_path, frozenset({Fault.REJECT_AUTH}))
     assert (await rig.login()).status == 403
     assert rig.events(Kind.PUBLISH_AUTH)[0].field("fault") == "reject-auth"
+    client, server = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(rig.push.handle, server)
+        terminal = Terminal(client)
+        answer = await terminal.login()  # the right token, over IP push
+        assert answer is not None and answer["type"] == "rejected"
+        assert await terminal.receive() is None
+    assert [e.field("fault") for e in rig.events(Kind.PUBLISH_AUTH)] == ["reject-auth", "reject-auth"]
 
 
 # --- IP push ---------------------------------------------------------------------------------------------------------
