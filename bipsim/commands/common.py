@@ -15,12 +15,15 @@ import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import click
-import trio
 
 from bipsim.errors import CliError
 from bipsim.trace.recorder import NULL_TRACER, Tracer, flush_all
+
+if TYPE_CHECKING:  # trio itself is imported where a command runs: --help does not pay for it
+    import trio
 
 trace_option = click.option(
     "--trace", "trace_path", type=click.Path(dir_okay=False), help="Write the JSONL trace here."
@@ -122,6 +125,8 @@ class Shutdown:
     def _wake(self) -> None:
         if self._token is None or self._cancel is None:
             return
+        import trio
+
         try:
             self._token.run_sync_soon(self._cancel)
         except trio.RunFinishedError:
@@ -136,6 +141,8 @@ class Shutdown:
     async def until_signalled(self, main: Callable[[], Awaitable[object]]) -> None:
         """Runs `main` until it returns or the signal comes (at once when it came already). Once it has unwound,
         the watchdog is off: a second signal arms it again."""
+        import trio
+
         try:
             if self.requested:
                 return

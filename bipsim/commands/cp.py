@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import click
-import trio
 
 from bipsim.commands.common import (
     finish_trace,
@@ -296,6 +295,8 @@ def cp(
         await until_signalled(open_line)  # Ctrl-C ends a --wait-for-line wait too
         if modem.line_ready:
             await until_signalled(modem.run)
+
+    import trio
 
     from bipsim.net.tun import TunUnavailable
 
