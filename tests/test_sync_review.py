@@ -20,7 +20,7 @@ from bipsim.ap.ril import Ril
 from bipsim.ap.slot_lock import slot_lock
 from bipsim.ap.sync.journal import Op, SyncState, migrate, reconcile
 from bipsim.ap.sync.merge import Contact, Entry
-from bipsim.ap.sync.service import Security, Trigger, TriggerKind
+from bipsim.ap.sync.service import LocalStore, Security, SyncService, Trigger, TriggerKind
 from bipsim.ap.sync.sim_at import parse_cpbr, parse_cpbs, parse_crsm, ucs2
 from bipsim.link.at_chat import AtChat, AtResponse
 from tests.test_sync_service import (
@@ -413,3 +413,39 @@ def test_reconcile_takes_landed_writes_keeps_an_absent_stores_and_counts_the_res
     assert migrate(state, "sim:2", "sim:8988") and "sim:8988" in state.indexes
     assert not migrate(state, "sim:nothing", "sim:x")
     assert [Op.from_json(op.to_json()) for op in plan["sim:1"]] == plan["sim:1"]
+
+
+async def test_an_ap_killed_mid_cycle_is_resumed_from_the_plan_by_a_new_service(tmp_path: Path) -> None:
+    class Killed(Exception):
+        """The AP process dies here: nothing after this write runs, nothing in memory survives."""
+
+    async with rig(tmp_path, [A], None) as r:
+        await seed_local_and_server(r, [C, D])
+        chat = r.service.port
+        assert isinstance(chat, AtChat)
+        writes = 0
+
+        def kill_at_the_second_write(line: str) -> None:
+            nonlocal writes
+            if line.startswith("AT+CPBW="):
+                writes += 1
+                if writes == 2:
+                    raise Killed()
+
+        r.service.port = Hook(chat, kill_at_the_second_write)
+        try:
+            await r.service.cycle(Trigger(TriggerKind.SIM_INSERTED, "slot 1"))
+        except Killed:
+            pass
+        else:
+            raise AssertionError("the cycle was not killed")
+        assert r.local.plan_path.exists()
+        reborn = SyncService(
+            chat, LocalStore(r.local.path), r.service.virtual, r.service.server, tracer=r.tracer
+        )
+        report = await reborn.cycle(Trigger(TriggerKind.SIM_INSERTED, "slot 1"))
+        assert report.ran, report.aborted
+        assert events(r, "sync_resumed")[-1]["landed"] == 2  # the server's PUT and Carol on the SIM
+        assert await sim_entries(r, 1) == sorted([A, C, D], key=repr)
+        assert local_contacts(r) == {A, C, D} == server_records(r)
+        assert not r.local.plan_path.exists()
