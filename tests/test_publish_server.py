@@ -18,6 +18,8 @@ import pytest
 import trio
 import trio.testing
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bipsim.cli import cli
 from bipsim.ota.publish_server import (
@@ -35,6 +37,7 @@ from bipsim.ota.push_channel import (
     DEAD_PEER,
     KEEPALIVE,
     MAX_FRAME,
+    Close,
     FrameDecoder,
     FrameError,
     PushServer,
@@ -43,6 +46,7 @@ from bipsim.ota.push_channel import (
     encode_frame,
 )
 from bipsim.ota.release_catalogue import (
+    Catalogue,
     CatalogueError,
     VersionError,
     load_catalogue,
@@ -933,3 +937,63 @@ def test_publish_server_command_serves_http_and_ip_push(tmp_path: Path) -> None:
         ("publish.download", None),
     ]
     assert [step for step in flow if step in order] == order
+
+
+# --- any bytes from a peer: the protocol's own answer, never an exception ----------------------------------------
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.lists(st.binary(max_size=64), max_size=6))
+def test_any_bytes_on_a_push_connection_end_in_frames_or_an_error(chunks: list[bytes]) -> None:
+    conn = PushServerConnection(TerminalAuth({IMEI: TOKEN}))
+    for chunk in chunks:
+        for out in conn.receive(chunk, 0.0):
+            if isinstance(out, Close):
+                assert conn.state is PushState.CLOSED
+    if conn.state is PushState.CLOSED:
+        assert conn.receive(b"more", 0.0) == []
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
+_TARGETS = st.sampled_from(
+    [
+        "/v1/auth/challenge",
+        "/v1/auth/response",
+        "/v1/check",
+        "/v1/report",
+        "/v1/admin/notify",
+        "/v1/catalogue/app",
+        "/v1/packages/app/1.10",
+        "/v1/packages/app",
+        "/",
+        "/v1/catalogue/",
+    ]
+)
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    st.sampled_from(["GET", "POST", "PUT"]),
+    _TARGETS,
+    st.one_of(_JSON.map(lambda v: json.dumps(v).encode()), st.binary(max_size=40)),
+    st.sampled_from(["", "Bearer x", "Bearer live"]),
+)
+def test_any_request_gets_an_answer_below_500(
+    method: str, target: str, body: bytes, authorization: str
+) -> None:
+    from bipsim.ota.http_connection import HttpRequest
+    from bipsim.ota.publish_server import Answer
+
+    auth = TerminalAuth({IMEI: TOKEN})
+    auth.sessions["live"] = (IMEI, 1e9)
+    releases = [make_release("app", "1.10", b"package", "2026-11-30T12:00:00Z")]
+    service = PublishService(Catalogue(releases), auth, advertise="127.0.0.1:8450", smsc=False)
+    request = HttpRequest(method, target, {"authorization": authorization} if authorization else {}, body)
+    answer = service.handle(request, loopback=True, now=0.0)
+    if isinstance(answer, Answer):
+        assert answer.status < 500 or answer.status == 503
+        assert answer.kind.value.startswith("publish.") and answer.fields["status"] == answer.status
