@@ -577,24 +577,21 @@ def test_a_running_cp_delivers_injected_sms_and_its_smsc_lists_the_modems() -> N
 # --- an OTA push from the network: the SMSC, the modem's 27.005 set, the card's PoR, the session it triggers ---------
 
 
-def _free_loopback_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def test_an_ota_push_injected_at_the_smsc_reaches_the_card_and_the_por_comes_back(tmp_path: Path) -> None:
     from bipsim.scenarios.base import check_ota_completed
     from bipsim.scenarios.harness import EventQuery, Harness, RunConfig, run_processes
     from bipsim.scenarios.sms_trigger import trigger_tpdu
 
-    port = _free_loopback_port()
     answers: list[dict[str, object]] = []
     tpdu = trigger_tpdu()
 
     async def inject(harness: Harness) -> None:
+        # the control socket's port, chosen by the system (port 0): the CP traces it once it is bound
+        bound = await harness.wait_for_event(
+            "cp", EventQuery(Kind.SMSC_CONTROL, lambda f: "port" in f), timeout=25
+        )
+        assert bound is not None, "the CP's SMSC control socket never listened"
+        port = int(bound["fields"]["port"])
         # the card takes envelopes once it had its TERMINAL PROFILE: wait for the event that proves it
         await harness.wait_for_event("cp", EventQuery(Kind.CAT_TERMINAL_PROFILE), timeout=25)
         answers.append(await request("127.0.0.1", port, {"op": "send-mt", "hex": tpdu.hex(), "wait": 20}))
@@ -603,7 +600,7 @@ def test_an_ota_push_injected_at_the_smsc_reaches_the_card_and_the_por_comes_bac
         session="sms-smsc",
         bearer="ap-proxy",
         profile={"trigger": "sms"},
-        cp_args=["--sms-listen", f"127.0.0.1:{port}"],
+        cp_args=["--sms-listen", "127.0.0.1:0"],
         during=inject,
     )
     run = run_processes(config, tmp_path)
