@@ -51,6 +51,7 @@ class Hook:
         self.inner = inner
         self.before = before
         self.slot_lock = slot_lock(inner)
+        self.add_urc_handler = inner.add_urc_handler
 
     async def command(
         self, line: str, *, timeout: float | None = None, step: str | None = None
@@ -312,6 +313,9 @@ async def test_an_edit_made_while_a_cycle_runs_starts_the_next_one_and_is_not_lo
         assert not r.local.plan_path.exists()
         first = r.service.cycles[0]
         assert not first.ran and "changed during the cycle" in first.aborted
+        # each change met during the first cycle is a trigger of its own for the next ones
+        later = [c.trigger for c in r.service.cycles[1:]]
+        assert Trigger(TriggerKind.EDIT, "local") in later and Trigger(TriggerKind.EDIT, "slot 1") in later
 
 
 # 7. a failed security check asks nothing of the server -----------------------------------------------------------
