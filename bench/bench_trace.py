@@ -4,8 +4,12 @@ The event mix is one OTA session's shape repeated: APDU exchanges, AT lines, CMU
 
 - `record_ns_per_event`: CPU time per event of a trace file as the processes write it (Tracer.to_file: queued,
   encoded and written in batches; the flusher thread's CPU included), from the first emit to close.
-- `emit_ns_per_event` and `encode_ns_per_event`: the same split in two, the hot path (emit, queueing the event)
+- `emit_ns_per_event` and `encode_ns_per_event`: the same split in two, the emitting thread (emit, queueing the event)
   and the batch work (JSON encoding and writing) measured apart.
+- `hot_record_ns_per_event`, `hot_queue_ns_per_event`, `hot_encode_ns_per_event`: the same three through
+  `Tracer.record`, the hot path's call (the arguments queued, the event's line built at the flush);
+  `ratio_emit_to_hot_record` and `ratio_emit_to_hot_queue` compare emit's with them (whole, emitting thread), and
+  `same_lines_hot` says both files are the same bytes.
 - `unbatched_ns_per_event`: the same events written as before, one JSON line encoded and written per event to a
   line-buffered file; `ratio_unbatched_to_batched` is how much cheaper recording got.
 - `pcap_events_per_s`: export of the recorded events to pcap (packets built with struct); `pcap_scapy_events_per_s`
@@ -39,37 +43,35 @@ def clock() -> Callable[[], float]:
     return lambda: next(ticks) * 0.000125
 
 
-def record(tracer: Tracer) -> None:
+def record(tracer: Tracer, *, hot: bool = False) -> None:
+    """The mix through `emit`, or with `hot` through `record` (the hot path's call: no TraceEvent returned)."""
     fetch, data = bytes.fromhex("8012000024"), random.Random(7).randbytes(240)
+    call = tracer.record if hot else tracer.emit
     for _ in range(ROUNDS):
-        tracer.emit("cp", "uicc", "apdu", "FETCH", fetch, kind="cat.fetch", fields={"length": 36})
-        tracer.emit("uicc", "cp", "apdu", "SEND DATA", data + b"\x90\x00", kind="cat.proactive")
-        tracer.emit(
-            "cp", "ap", "cmux", "UIH DLC3", b"\xf9\x0f\xef" + data[:100] + b"\x00\xf9", kind="cmux.data"
-        )
-        tracer.emit(
-            "cp", "ap", "at", "AT%WEBOPCH", b'AT%WEBOPCH=1,"TCP","127.0.0.1",4443\r', kind="at.command"
-        )
-        tracer.emit("ap", "ota", "tcp", "data", data, kind="tcp.data", fields={"channel": 1, "length": 240})
-        tracer.emit("ota", "ap", "tcp", "data", data[:64], kind="tcp.data")
+        call("cp", "uicc", "apdu", "FETCH", fetch, kind="cat.fetch", fields={"length": 36})
+        call("uicc", "cp", "apdu", "SEND DATA", data + b"\x90\x00", kind="cat.proactive")
+        call("cp", "ap", "cmux", "UIH DLC3", b"\xf9\x0f\xef" + data[:100] + b"\x00\xf9", kind="cmux.data")
+        call("cp", "ap", "at", "AT%WEBOPCH", b'AT%WEBOPCH=1,"TCP","127.0.0.1",4443\r', kind="at.command")
+        call("ap", "ota", "tcp", "data", data, kind="tcp.data", fields={"channel": 1, "length": 240})
+        call("ota", "ap", "tcp", "data", data[:64], kind="tcp.data")
 
 
 def ns_per_event(seconds: float) -> float:
     return round(seconds / EVENTS * 1e9, 1)
 
 
-def batched(directory: Path) -> tuple[float, float, float]:
-    """(whole, emit only, encode and write only) CPU seconds of a batching file tracer."""
+def batched(directory: Path, *, hot: bool = False) -> tuple[float, float, float]:
+    """(whole, emit only, encode and write only) CPU seconds of a batching file tracer (`hot`: through record)."""
     start = time.process_time()
-    tracer = Tracer.to_file(directory / "batched.jsonl", origin=0.0, clock=clock())
-    record(tracer)
+    tracer = Tracer.to_file(directory / f"batched{'_hot' if hot else ''}.jsonl", origin=0.0, clock=clock())
+    record(tracer, hot=hot)
     tracer.close()
     whole = time.process_time() - start
     # the split: a batch larger than the run and no flusher, so emit only queues; then one flush does the rest
     tracer = Tracer.to_file(directory / "split.jsonl", batch=EVENTS + 1)
     recorder._Flusher.unregister(tracer)
     start = time.process_time()
-    record(tracer)
+    record(tracer, hot=hot)
     emitted = time.process_time()
     tracer.close()
     return whole, emitted - start, time.process_time() - emitted
@@ -119,6 +121,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
         whole, emit_only, encode_only = batched(directory)
+        hot_whole, hot_queue, hot_encode = batched(directory, hot=True)
+        same_hot = (directory / "batched.jsonl").read_bytes() == (
+            directory / "batched_hot.jsonl"
+        ).read_bytes()
         before = unbatched(directory)
         same = (directory / "batched.jsonl").read_bytes() == (directory / "unbatched.jsonl").read_bytes()
         keeper = Tracer(keep=True)
@@ -141,6 +147,12 @@ def main() -> None:
                 "record_ns_per_event": ns_per_event(whole),
                 "emit_ns_per_event": ns_per_event(emit_only),
                 "encode_ns_per_event": ns_per_event(encode_only),
+                "hot_record_ns_per_event": ns_per_event(hot_whole),
+                "hot_queue_ns_per_event": ns_per_event(hot_queue),
+                "hot_encode_ns_per_event": ns_per_event(hot_encode),
+                "ratio_emit_to_hot_record": round(whole / hot_whole, 3),
+                "ratio_emit_to_hot_queue": round(emit_only / hot_queue, 3),
+                "same_lines_hot": same_hot,
                 "unbatched_ns_per_event": ns_per_event(before),
                 "ratio_unbatched_to_batched": round(before / whole, 3),
                 "same_lines": same,

@@ -262,7 +262,7 @@ class CardDriver:
 
     def _response_event(self, summary: str, response: bytes) -> None:
         sw = sw_text(response)
-        self.tracer.emit(
+        self.tracer.record(
             Actor.UICC,
             Actor.CP,
             Layer.APDU,
@@ -336,7 +336,7 @@ class CardDriver:
     ) -> tuple[bytes, int]:
         if fields is None and kind is Kind.APDU_COMMAND:
             fields = command_fields(apdu)
-        self.tracer.emit(Actor.CP, Actor.UICC, Layer.APDU, summary, apdu, step=step, kind=kind, fields=fields)
+        self.tracer.record(Actor.CP, Actor.UICC, Layer.APDU, summary, apdu, step=step, kind=kind, fields=fields)
         response = await self._exchange(apdu)
         self._response_event(summary, response)
         data, sw = response[:-2], int.from_bytes(response[-2:], "big") if len(response) >= 2 else 0x6F00
@@ -418,7 +418,7 @@ class CardDriver:
         length = self.proactive_pending & 0xFF
         async with self._lock:
             apdu = bytes((0x80, 0x12, 0, 0, length))
-            self.tracer.emit(
+            self.tracer.record(
                 Actor.CP,
                 Actor.UICC,
                 Layer.APDU,
@@ -435,7 +435,7 @@ class CardDriver:
                 command = None
             if command is not None:
                 name = command.type_name  # once: each lookup builds the name (the round trip's profile)
-                self.tracer.emit(
+                self.tracer.record(
                     Actor.UICC,
                     Actor.CP,
                     Layer.APDU,
@@ -451,7 +451,7 @@ class CardDriver:
                     },
                 )
             else:
-                self.tracer.emit(
+                self.tracer.record(
                     Actor.UICC,
                     Actor.CP,
                     Layer.APDU,

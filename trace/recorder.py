@@ -10,6 +10,11 @@ once BATCH_EVENTS are queued, by a flusher thread every FLUSH_INTERVAL seconds, 
 exit and before a forced exit (`flush_all`). A process killed with SIGKILL loses at most the events of its last
 FLUSH_INTERVAL seconds (and never more than BATCH_EVENTS); every line that reaches the file is whole. A tracer
 given its own sink (a StringIO in a test) writes each line at once, as before, unless asked to batch.
+
+The hot path (`record`, used where every APDU is traced) does even less when nothing reads the event in the
+process (no `keep`, no listener, a plain Tracer): it queues the call's arguments as they are, the bytes and the
+fields, and the flush builds the TraceEvent's line from them (the hex, the rounding of `t`, the JSON), so the
+emitting task pays for a clock read, two dict look-ups and an append.
 """
 
 from __future__ import annotations
@@ -78,7 +83,11 @@ class Tracer:
         self._write_lock = threading.Lock()  # one batch written at a time: the flusher, an emitter, close
         self._listeners: list[Callable[[TraceEvent], None]] = []
         self._batch = max(1, batch)
-        self._pending: list[TraceEvent] = []
+        # queued: TraceEvents (from emit) and the raw arguments of `record` (a _Raw tuple), in their order
+        self._pending: list[TraceEvent | _Raw] = []
+        # `record` may skip building the event only when `emit` is this class's own (a subclass that overrides it
+        # sees every event)
+        self._plain = type(self).emit is Tracer.emit
         if sink is not None and self._batch > 1:
             _Flusher.register(self)
 
@@ -137,6 +146,50 @@ class Tracer:
             listener(event)
         return event
 
+    def record(
+        self,
+        src: Actor | str,
+        dst: Actor | str,
+        layer: Layer | str,
+        summary: str,
+        data: bytes | None = None,
+        *,
+        step: str | None = None,
+        error: bool = False,
+        kind: str = "",
+        fields: dict[str, Any] | None = None,
+    ) -> None:
+        """`emit` for the hot path: the same line in the trace file, but no TraceEvent is returned, so none is built
+        unless something in this process reads events (keep, a listener, a subclass's own emit).
+
+        `data` must not change after the call (bytes, or a bytearray the caller does not reuse): its hex is taken
+        at the flush. `fields` is copied, as by emit."""
+        if self._keep or self._listeners or not self._plain:
+            self.emit(src, dst, layer, summary, data, step=step, error=error, kind=kind, fields=fields)
+            return
+        sink = self._sink
+        if sink is None:
+            return  # a tracer that records nothing
+        raw = (
+            self._clock() - self.origin,
+            _ACTORS.get(src) or Actor(src),
+            _ACTORS.get(dst) or Actor(dst),
+            _LAYERS.get(layer) or Layer(layer),
+            summary,
+            data,
+            step,
+            self.session,
+            error,
+            kind,
+            dict(fields) if fields else None,
+        )
+        with self._lock:
+            pending = self._pending
+            pending.append(raw)
+            full = len(pending) >= self._batch
+        if full:
+            self.flush()
+
     def flush(self, *, timeout: float = -1) -> None:
         """Encodes and writes every queued event now. With a `timeout`, gives up when a write stays busy that long.
 
@@ -149,7 +202,11 @@ class Tracer:
                 pending, self._pending = self._pending, []
                 sink = self._sink
             if sink is not None and pending:
-                sink.write("".join([_line(event) for event in pending]))
+                sink.write(
+                    "".join(
+                        [_line(item) if isinstance(item, TraceEvent) else _raw_line(item) for item in pending]
+                    )
+                )
                 sink.flush()
         except (OSError, ValueError):
             pass  # a closed or failing sink (a full disk): the process goes on, its trace ends here
@@ -165,37 +222,92 @@ class Tracer:
             self._sink = None
 
 
+# what `record` queues: t, src, dst, layer, summary, data, step, session, error, kind, fields
+_Raw = tuple[
+    float, Actor, Actor, Layer, str, bytes | None, str | None, str | None, bool, str, dict[str, Any] | None
+]
+
+
+def _raw_line(raw: _Raw) -> str:
+    """The line of the TraceEvent that `emit` would have built from the same arguments (built without it)."""
+    t, src, dst, layer, summary, data, step, session, error, kind, fields = raw
+    return _text(
+        t,
+        src,
+        dst,
+        layer,
+        summary,
+        data.hex().upper() if data is not None else None,
+        step,
+        session,
+        error,
+        kind,
+        fields,
+    )
+
+
 def _line(event: TraceEvent) -> str:
-    """`event.to_json()` and a newline, built piece by piece: the same text (the keys in to_dict's order, strings
-    escaped by json's own encoder, `t` as json writes a float) in about half the time of a dict and an encode."""
-    t = round(event.t, 6)
-    if not isfinite(t):
+    """`event.to_json()` and a newline."""
+    return _text(
+        event.t,
+        event.src,
+        event.dst,
+        event.layer,
+        event.summary,
+        event.hex,
+        event.step,
+        event.session,
+        event.error,
+        event.kind,
+        event.fields,
+    )
+
+
+def _text(
+    t: float,
+    src: Actor,
+    dst: Actor,
+    layer: Layer,
+    summary: str,
+    hex_: str | None,
+    step: str | None,
+    session: str | None,
+    error: bool,
+    kind: str,
+    fields: dict[str, Any] | None,
+) -> str:
+    """A TraceEvent's `to_json()` and a newline, built piece by piece: the same text (the keys in to_dict's order,
+    strings escaped by json's own encoder, `t` as json writes a float) in about half the time of a dict and an
+    encode."""
+    rounded = round(t, 6)
+    if not isfinite(rounded):
+        event = TraceEvent(t, src, dst, layer, summary, hex_, step, session, error, kind, fields)
         return event.to_json() + "\n"
     # src, dst and layer are StrEnum members: their text is their value, plain ASCII without quotes to escape
     parts = [
         '{"t": ',
-        float.__repr__(t) if isinstance(t, float) else _ENCODER.encode(t),
+        float.__repr__(rounded) if isinstance(rounded, float) else _ENCODER.encode(rounded),
         ', "src": "',
-        event.src,
+        src,
         '", "dst": "',
-        event.dst,
+        dst,
         '", "layer": "',
-        event.layer,
+        layer,
         '", "kind": ',
-        _string(event.kind),
+        _string(kind),
         ', "summary": ',
-        _string(event.summary),
+        _string(summary),
     ]
-    if event.hex is not None:
-        parts += (', "hex": "', event.hex, '"')
-    if event.step is not None:
-        parts += (', "step": ', _string(event.step))
-    if event.session is not None:
-        parts += (', "session": ', _string(event.session))
-    if event.error:
+    if hex_ is not None:
+        parts += (', "hex": "', hex_, '"')
+    if step is not None:
+        parts += (', "step": ', _string(step))
+    if session is not None:
+        parts += (', "session": ', _string(session))
+    if error:
         parts.append(', "error": true')
-    if event.fields:
-        parts += (', "fields": ', _ENCODER.encode(event.fields))
+    if fields:
+        parts += (', "fields": ', _ENCODER.encode(fields))
     parts.append("}\n")
     return "".join(parts)
 
@@ -297,3 +409,22 @@ class TracerView(Tracer):
         return self.inner.emit(
             src, dst, layer, summary, data, step=step, session=session, error=error, kind=kind, fields=fields
         )
+
+    def record(
+        self,
+        src: Actor | str,
+        dst: Actor | str,
+        layer: Layer | str,
+        summary: str,
+        data: bytes | None = None,
+        *,
+        step: str | None = None,
+        error: bool = False,
+        kind: str = "",
+        fields: dict[str, Any] | None = None,
+    ) -> None:
+        if self.errors_only and not error:
+            return
+        if self.extra:
+            fields = {**(fields or {}), **self.extra}
+        self.inner.record(src, dst, layer, summary, data, step=step, error=error, kind=kind, fields=fields)
