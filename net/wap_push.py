@@ -275,6 +275,11 @@ class _WbxmlDecoder:
             token = self.r.byte("the processing instruction's end")
             if token == END:
                 return
+            if token < 0x80 and token not in (STR_I, ENTITY, EXT_I_0, EXT_I_1, EXT_I_2, LITERAL):
+                continue  # the target's attribute start token; its value follows
+            if token == LITERAL:
+                self._table_string(self.r.uintvar("a literal target's index"))
+                continue
             self._attribute_token(token, "pi")
 
     def _tag_name(self, token: int) -> str:
@@ -623,17 +628,18 @@ def _text_string(r: _Reader, what: str) -> str:
         raise WapPushError(f"{what} is not UTF-8") from None
 
 
-def _value(r: _Reader, what: str) -> tuple[int | None, bytes]:
-    """One WSP value (WAP-230 8.4.1.2): (short-integer, b"") or (None, its octets: a length's worth or a text)."""
+def _value(r: _Reader, what: str) -> tuple[int | None, bytes, bool]:
+    """One WSP value (WAP-230 8.4.1.2): (short-integer, b"", False), or (None, the octets a length gives, False),
+    or (None, a text's octets, True)."""
     first = r.byte(what)
     if first >= 0x80:
-        return first & 0x7F, b""
+        return first & 0x7F, b"", False
     if first <= 30:
-        return None, r.take(first, what)
+        return None, r.take(first, what), False
     if first == 31:
-        return None, r.take(r.uintvar(f"{what}'s length"), what)
+        return None, r.take(r.uintvar(f"{what}'s length"), what), False
     r.at -= 1
-    return None, r.cstring(what)
+    return None, r.cstring(what), True
 
 
 def _content_type(r: _Reader) -> str:
@@ -681,12 +687,11 @@ def decode_push_pdu(data: bytes) -> PushPdu:
         if 0x01 <= name <= 0x1F:  # short-cut shift to a page
             continue
         if name >= 0x80:
-            code, raw = _value(h, "a header value")
+            code, raw, is_text = _value(h, "a header value")
             if name & 0x7F == HEADER_X_WAP_APPLICATION_ID:
-                if code is not None:
-                    application_id = WELL_KNOWN_APP_IDS.get(code, f"x-wap-application:0x{code:02x}")
-                elif raw and raw[0] < 32:
-                    application_id = f"x-wap-application:0x{int.from_bytes(raw[1:], 'big'):x}"
+                if not is_text:  # a short or long integer (WAP-230 8.4.2.54: Uri-value | App-assigned-code)
+                    number = code if code is not None else int.from_bytes(raw[:4], "big")
+                    application_id = WELL_KNOWN_APP_IDS.get(number, f"x-wap-application:0x{number:x}")
                 else:
                     try:
                         application_id = raw.decode("ascii")
