@@ -453,3 +453,12 @@ async def test_an_ap_killed_mid_cycle_is_resumed_from_the_plan_by_a_new_service(
         assert await sim_entries(r, 1) == sorted([A, C, D], key=repr)
         assert local_contacts(r) == {A, C, D} == server_records(r)
         assert not r.local.plan_path.exists()
+
+
+async def test_a_malformed_plan_aborts_the_cycle_and_is_left_as_it_was(tmp_path: Path) -> None:
+    async with rig(tmp_path, [A], None, server=False) as r:
+        r.local.plan_path.write_text('{"state": {}, "merged": {}, "ops": {"sim:1": [{"file": "x"}]}}')
+        report = await r.service.cycle(Trigger(TriggerKind.SIM_INSERTED, "slot 1"))
+        assert not report.ran and "the journal's plan" in report.aborted
+        assert r.local.plan_path.read_text().endswith('"x"}]}}') and not r.local.path.exists()
+        assert not [line for line in r.commands() if line.startswith(("AT+CPBR", "AT+CPBW"))]

@@ -960,11 +960,16 @@ class SyncService:
         now = self.clock()
         try:
             local_records, state = self.local.load()
-            interrupted = self.local.load_plan()
         except BAD_FILE as exc:
             # a store edited by hand or by another program: the cycle stops and the file is left for the user
             raise SyncAborted(
                 f"the terminal's store {self.local.path}: {type(exc).__name__}: {exc}"
+            ) from None
+        try:
+            interrupted = self.local.load_plan()
+        except BAD_FILE as exc:
+            raise SyncAborted(
+                f"the journal's plan {self.local.plan_path}: {type(exc).__name__}: {exc}"
             ) from None
         plans: list[Mapping[str, list[Op]]] = [state.pending]
         if interrupted is not None:
