@@ -859,6 +859,21 @@ def test_command_help_names_every_option_and_bad_files_are_one_line(tmp_path: Pa
     (tmp_path / "catalogue.toml").write_text("[[release]]\nname = 'x'\n")
     bad = runner.invoke(cli, ["publish-server", "--catalogue", str(tmp_path), "--terminals", str(terminals)])
     assert bad.exit_code != 0 and "missing" in str(bad.exception)
+    catalogue_dir(tmp_path)
+    terminals.write_text(f'[terminals]\n"{IMEI}" = "{TOKEN.hex()}"\n')
+    sender = runner.invoke(
+        cli,
+        [
+            "publish-server",
+            "--catalogue",
+            str(tmp_path),
+            "--terminals",
+            str(terminals),
+            "--sms-from",
+            "+12ab",
+        ],
+    )
+    assert sender.exit_code != 0 and "--sms-from" in str(sender.exception)
 
 
 def test_publish_server_command_serves_http_and_ip_push(tmp_path: Path) -> None:

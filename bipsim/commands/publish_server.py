@@ -57,7 +57,8 @@ FAULTS = ("corrupt-package", "wrong-size", "drop-download", "reject-auth")
 @click.option(
     "--advertise",
     metavar="HOST:PORT",
-    help="The server address the notices carry (the terminal connects there); default: the --listen address.",
+    help="The server address the notices carry (the terminal connects there); default: the --listen address "
+    "(give it when listening on 0.0.0.0 or behind a NAT).",
 )
 @click.option(
     "--smsc",
@@ -118,6 +119,12 @@ def publish_server(
     smsc_at = host_port(smsc) if smsc else None
     if advertise is not None:
         host_port(advertise)  # a usage error when it is not HOST:PORT
+    from bipsim.net.sms_pdu import Address, SmsPduError
+
+    try:
+        Address.parse(sms_from)
+    except SmsPduError as exc:
+        raise CliError(f"--sms-from: {exc}", exit_code=2) from None
     try:
         catalogue = load_catalogue(Path(catalogue_dir))
     except CatalogueError as exc:
