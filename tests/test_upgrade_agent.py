@@ -26,12 +26,13 @@ from bipsim.ap.upgrade.agent import (
     UpgradeOptions,
     check_package,
     classify_tpdu,
+    next_backoff,
 )
 from bipsim.ap.upgrade.policy import Policy, PolicyError
 from bipsim.ap.upgrade.registry import Registry, RegistryError
 from bipsim.link.at_chat import AtResponse
-from bipsim.net.push_notice import Notice, NoticeVia, format_sms_notice, release_notice
-from bipsim.net.sms_pdu import SmsDeliver, encode_sca
+from bipsim.net.push_notice import Notice, NoticeVia, format_sms_notice, release_notice, wap_push_notice
+from bipsim.net.sms_pdu import Address, Alphabet, PortAddressing, SmsDeliver, encode_sca, make_dcs
 from bipsim.ota.publish_server import Fault, PublishServer, PublishService, TerminalAuth
 from bipsim.ota.push_channel import PushServer
 from bipsim.ota.release_catalogue import Catalogue, make_release
@@ -169,6 +170,49 @@ def test_other_sms_are_not_notices() -> None:
     heard = classify_tpdu(_sms("see you at eight"), Reassembly())
     assert heard.notice is None and heard.error is None
     assert classify_tpdu(b"\x00", Reassembly()).error  # not even an SMS-DELIVER
+
+
+def test_ip_push_backoff_doubles_to_a_minute_and_restarts_after_a_welcome() -> None:
+    waits, wait = [], 0.5
+    for _ in range(8):
+        wait = next_backoff(wait, welcomed=False)
+        waits.append(wait)
+    assert waits == [1, 2, 4, 8, 16, 32, 60, 60]
+    assert next_backoff(60, welcomed=True) == 1
+
+
+def _wap_sms(payload: bytes) -> bytes:
+    """One 8-bit SMS-DELIVER to WDP port 2948 from 9200 (WAP-259) carrying `payload`."""
+    sms = SmsDeliver(
+        Address.parse("+15550008450"),
+        WHEN,
+        dcs=make_dcs(Alphabet.EIGHT_BIT),
+        udh=(PortAddressing(2948, 9200).element(),),
+        ud=payload,
+    )
+    return sms.encode()
+
+
+def test_a_malformed_wap_push_is_a_look_alike_without_a_prompt(tmp_path: Path) -> None:
+    """Bad input: a WAP Push whose WBXML body is cut short -> a trace event and 906, nothing asked or fetched; the
+    whole push -> the notice."""
+
+    async def body(rig: Rig) -> None:
+        push = wap_push_notice(rig.notice(NoticeVia.WAP), si_id="app-1.1", text="app 1.1")
+        heard = rig.agent.heard_sms(_wap_sms(push[:-6]))
+        assert heard.via is NoticeVia.WAP and heard.notice is None and heard.error
+        (event,) = rig.agent_events(Kind.UPGRADE_NOTICE)
+        assert event.error and event.field("look_alike") is True and event.field("via") == "wap"
+        assert [o.code for o in rig.agent.outcomes] == [ResultCode.INVALID_DESCRIPTOR]
+        heard = rig.agent.heard_sms(_wap_sms(push))
+        assert heard.notice is not None and heard.notice.location == "/v1/packages/app/1.1"
+        await _outcome(rig, 2)
+        assert (
+            len(rig.agent_events(Kind.UPGRADE_PROMPT)) == 1
+            and rig.agent.outcomes[1].code is ResultCode.SUCCESS
+        )
+
+    run(tmp_path, Setup(), body)
 
 
 def test_policy_script(tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ import trio
 
 from bipsim.ap.upgrade.policy import Policy
 from bipsim.ap.upgrade.registry import Registry, RegistryError
+from bipsim.link.at_chat import AtResponse, AtTimeout
 from bipsim.net.push_notice import Notice, NoticeError, NoticeVia, parse_sms_notice, parse_wap_push
 from bipsim.net.sms_pdu import SmsDeliver, SmsPduError, concatenation_of, decode_sca, decode_tpdu, ports_of
 from bipsim.ota.push_channel import FrameDecoder, FrameError, encode_frame
@@ -47,6 +48,8 @@ DEAD_PEER = 90.0  # IP push: the server is gone after this much silence
 BACKOFF_FIRST, BACKOFF_MAX = 1.0, 60.0  # IP push reconnection backoff, doubling
 REASSEMBLY_LIMIT = 16  # concatenated messages being put together at once (the oldest is dropped past it)
 IMEI = re.compile(r"[0-9]{14,16}")
+READ_ATTEMPTS, READ_RETRY = 20, 0.5  # +CMGR while the card is busy (27.005 3.2.5: 314 SIM busy; 27.007 14)
+BUSY = ("+CMS ERROR: 314", "+CME ERROR: 14")
 
 STEP_NOTICE = "001:201"
 STEP_CONNECT = "001:202"
@@ -286,6 +289,12 @@ def check_package(release: dict[str, Any], data: bytes, header_sha256: str | Non
         )
 
 
+def next_backoff(previous: float, welcomed: bool) -> float:
+    """The IP push's wait before the next connection: 1 s after a connection that was welcomed (then lost),
+    else twice the previous wait, at most 60 s."""
+    return BACKOFF_FIRST if welcomed else min(previous * 2, BACKOFF_MAX)
+
+
 def terminal_mac(token: bytes, nonce: str, imei: str) -> str:
     """HMAC-SHA256(token, nonce bytes || IMEI in ASCII), hex (docs/protocols.md, "Terminal authentication")."""
     return hmac.new(token, bytes.fromhex(nonce) + imei.encode("ascii"), hashlib.sha256).hexdigest()
@@ -425,7 +434,8 @@ class PublishClient:
     async def authenticate(self, imei: str, token: bytes) -> None:
         """Challenge-response (docs/protocols.md, "Terminal authentication"): FlowFailed 909 when refused."""
         answer = await self.request("POST", "/v1/auth/challenge", {"imei": imei})
-        nonce = (answer.json() or {}).get("nonce") if answer.status == 200 else None
+        body = answer.json()
+        nonce = body.get("nonce") if answer.status == 200 and isinstance(body, dict) else None
         if not isinstance(nonce, str) or not re.fullmatch(r"[0-9a-fA-F]{2,64}", nonce):
             raise FlowFailed(ResultCode.AUTHENTICATION_FAILURE, f"no challenge (HTTP {answer.status})")
         mac = terminal_mac(token, nonce, imei)
@@ -558,7 +568,23 @@ class UpgradeAgent:
     async def run(self) -> None:
         """Takes queued notices one at a time."""
         async for notice, ask in self._receive:
-            await self.flow(notice, ask=ask)
+            await self._guarded(notice, ask)
+
+    async def _guarded(self, notice: Notice, ask: bool) -> Outcome | None:
+        """A flow whose unforeseen fault is an app.error event, never the end of the agent or of the AP."""
+        try:
+            return await self.flow(notice, ask=ask)
+        except Exception as exc:  # noqa: BLE001 - one notice's fault never ends the agent
+            self.tracer.emit(
+                Actor.AP,
+                Actor.AP,
+                Layer.APP,
+                f"upgrade flow ended by {type(exc).__name__}: {exc}",
+                error=True,
+                kind=Kind.APP_ERROR,
+                fields={"where": "upgrade flow", "error": f"{type(exc).__name__}: {str(exc)[:200]}"},
+            )
+            return None
 
     async def flow(self, notice: Notice, *, ask: bool = True) -> Outcome:
         """One notice from the prompt to the result (the active check's notice is not asked: the user started it)."""
@@ -690,7 +716,9 @@ class UpgradeAgent:
         out = []
         for name in sorted(self.registry.entries):
             notice = Notice(NoticeVia.ACTIVE, f"{host}:{port}", "", name, self.registry.version(name), None)
-            out.append(await self.flow(notice, ask=False))
+            outcome = await self._guarded(notice, False)
+            if outcome is not None:
+                out.append(outcome)
         return out
 
     async def ip_push(self) -> None:
@@ -699,7 +727,7 @@ class UpgradeAgent:
         if self.options.ip_push is None:
             return
         await self.imei_known.wait()
-        backoff = BACKOFF_FIRST
+        backoff = BACKOFF_FIRST / 2  # the first failed attempt waits BACKOFF_FIRST
         while True:
             welcomed = False
             try:
@@ -723,7 +751,7 @@ class UpgradeAgent:
                 self.push_connected = False
             if self.push_rejected:
                 return
-            backoff = BACKOFF_FIRST if welcomed else min(backoff * 2, BACKOFF_MAX)
+            backoff = next_backoff(backoff, welcomed)
             await trio.sleep(backoff)
 
     async def _push_session(self) -> bool:
@@ -832,16 +860,18 @@ class UpgradeAgent:
 
     async def listen(self, chat: Any) -> None:
         """On one modem session: read the IMEI, set PDU mode and +CNMI so that each new message is indicated
-        (+CMTI), read what is already stored unread, then read and delete each indicated message (+CMGR, +CMGD)."""
+        (+CMTI), read what is already stored unread, then read and delete each indicated message (+CMGR, +CMGD).
+        A message is deleted only once it was read; a read refused while the card is busy is tried again."""
         if self.imei is None:
-            response = await chat.command("AT+CGSN=1")
-            found = IMEI.search(" ".join(response.lines)) if response.ok else None
-            if found is None:
-                response = await chat.command("AT+CGSN")
-                found = IMEI.search(" ".join(response.lines)) if response.ok else None
-            if found is not None:
-                self.imei = found.group(0)
-                self.imei_known.set()
+            for command in ("AT+CGSN=1", "AT+CGSN"):
+                response = await self._command(chat, command)
+                found = (
+                    IMEI.search(" ".join(response.lines)) if response is not None and response.ok else None
+                )
+                if found is not None:
+                    self.imei = found.group(0)
+                    self.imei_known.set()
+                    break
         indicated: trio.MemorySendChannel[int]
         indicated, waiting = trio.open_memory_channel[int](64)
 
@@ -854,22 +884,29 @@ class UpgradeAgent:
                     pass
 
         chat.add_urc_handler("+CMTI:", cmti)
-        await chat.command("AT+CMGF=0")
-        await chat.command("AT+CNMI=2,1,0,0,0", step=STEP_LISTEN)
-        listing = await chat.command("AT+CMGL=0")  # received unread: what came before the indications were on
-        if listing.ok:
+        await self._command(chat, "AT+CMGF=0")
+        await self._command(chat, "AT+CNMI=2,1,0,0,0", step=STEP_LISTEN)
+        listing = await self._command(chat, "AT+CMGL=0")  # received unread: what came before the indications
+        if listing is not None and listing.ok:
             for line in listing.lines:
                 if line.startswith("+CMGL:"):
-                    index = line[6:].split(",", 1)[0].strip()
-                    if index.isdigit():
-                        indicated.send_nowait(int(index))
+                    stored = line[6:].split(",", 1)[0].strip()
+                    if stored.isdigit():
+                        cmti(f"+CMTI: ,{stored}")
         async for index in waiting:
-            response = await chat.command(f"AT+CMGR={index}")
-            pdu_line = next((line for line in response.lines if not line.startswith("+CMGR")), None)
-            await chat.command(f"AT+CMGD={index}")
-            if not response.ok or pdu_line is None:
+            response = None
+            for _ in range(READ_ATTEMPTS):
+                response = await self._command(chat, f"AT+CMGR={index}")
+                if response is None or response.ok or response.final not in BUSY:
+                    break
+                await trio.sleep(READ_RETRY)
+            if response is None or not response.ok:
                 continue
+            await self._command(chat, f"AT+CMGD={index}")
+            pdu_line = next((line for line in response.lines if not line.startswith("+CMGR")), None)
             try:
+                if pdu_line is None:
+                    raise ValueError("no PDU after +CMGR")
                 _, tpdu = decode_sca(bytes.fromhex(pdu_line.strip()))
             except (ValueError, SmsPduError) as exc:
                 self._event(
@@ -877,6 +914,23 @@ class UpgradeAgent:
                 )
                 continue
             self.heard_sms(tpdu)
+
+    async def _command(self, chat: Any, line: str, *, step: str | None = None) -> AtResponse | None:
+        """One AT command; None (and an app.error event) when the modem does not answer in time."""
+        try:
+            response: AtResponse = await chat.command(line, step=step)
+        except AtTimeout as exc:
+            self.tracer.emit(
+                Actor.AP,
+                Actor.CP,
+                Layer.APP,
+                f"no answer to {line}",
+                error=True,
+                kind=Kind.APP_ERROR,
+                fields={"where": "upgrade agent", "error": f"AtTimeout: {exc}"[:200]},
+            )
+            return None
+        return response
 
 
 def _is_address(server: str) -> bool:
