@@ -369,6 +369,8 @@ def test_tshark_decodes_the_wap_push_the_smsc_delivered(delivered: Delivered) ->
     start = out.index("href='http://'")
     rest = out[start:].split("'")[3]
     assert "http://" + rest == delivered.url
+    # and the created date, tshark's own reading of the OPAQUE date (WAP-167 8.2.2)
+    assert "%DateTime: 2026-11-30T12:00:00Z" in out[out.index("created=") :]
 
 
 @pytest.mark.needs("gammu")
