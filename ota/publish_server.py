@@ -27,7 +27,7 @@ import secrets
 import tomllib
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -210,7 +210,6 @@ class NotifyOrder:
     msisdn: str | None
     texts: tuple[str, ...] = ()
     tpdus: tuple[bytes, ...] = ()
-    request: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -492,13 +491,13 @@ class PublishService:
                 )
         advertised = self.advertised(release)
         if via == "ip":
-            return NotifyOrder(release, advertised, via, None, request=body)
+            return NotifyOrder(release, advertised, via, None)
         from bipsim.net.push_notice import NoticeVia, format_sms_notice, release_notice, wap_push_notice
 
         notice = release_notice(advertised, self.advertise, NoticeVia(via))
         if via == "sms":
             text = format_sms_notice(notice)
-            return NotifyOrder(release, advertised, via, msisdn, texts=(text,), request=body)
+            return NotifyOrder(release, advertised, via, msisdn, texts=(text,))
         payload = wap_push_notice(
             notice,
             si_id=f"{release.name}-{release.version}",  # short: the SI and its href fit one SMS more often
@@ -507,7 +506,7 @@ class PublishService:
         self._reference = (self._reference + 1) % 256
         when = datetime.now(UTC)
         tpdus = _wap_tpdus(payload, self.sms_from, when, self._reference)
-        return NotifyOrder(release, advertised, via, msisdn, tpdus=tpdus, request=body)
+        return NotifyOrder(release, advertised, via, msisdn, tpdus=tpdus)
 
     def notified(
         self,

@@ -36,7 +36,6 @@ HANDSHAKE = 30.0  # seconds from the connection's start to the welcome (or rejec
 MAX_CONNECTIONS = 1024  # push connections held at once; the next one is answered `error` and closed
 IMEI = re.compile(r"^[0-9]{14,16}$")
 MAC = re.compile(r"^[0-9a-fA-F]{64}$")
-STEP_AUTH = "001:203"  # the server authenticates the terminal
 
 
 class FrameError(ValueError):
