@@ -14,7 +14,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -32,6 +32,9 @@ from bipsim.scenarios.campaigns import applet_download
 from bipsim.scenarios.harness import EventQuery, Harness, HarnessError, RunConfig, RunResult, run_processes
 from bipsim.trace.kinds import Kind
 from bipsim.uicc.cat import Tag, decode_terminal_response
+
+if TYPE_CHECKING:
+    from bipsim.net.tcp_segment import TcpSegment
 
 WAIT = 60.0  # seconds a moment may take to come: only a broken run waits this long
 LOSSY_LOAD = 150000  # bytes of load file: about 100 data segments, so 5 % loss surely hits some of them
@@ -196,8 +199,8 @@ def pdp_drop(options: ScenarioOptions) -> ScenarioResult:
     )
 
 
-def _segment(obj: dict[str, Any]) -> Any:
-    """The TCP segment (bipsim.net.tcp_segment.TcpSegment) in a traced event's bytes (JSON form), or None."""
+def _segment(obj: dict[str, Any]) -> TcpSegment | None:
+    """The TCP segment in a traced event's bytes (JSON form), or None."""
     from bipsim.net.errors import PacketError
     from bipsim.net.ipv4 import TCP, Ipv4Packet
     from bipsim.net.tcp_segment import TcpSegment
