@@ -957,7 +957,7 @@ def test_publish_server_command_serves_http_and_ip_push(tmp_path: Path) -> None:
 # --- any bytes from a peer: the protocol's own answer, never an exception ----------------------------------------
 
 
-@settings(max_examples=120, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(st.lists(st.binary(max_size=64), max_size=6))
 def test_any_bytes_on_a_push_connection_end_in_frames_or_an_error(chunks: list[bytes]) -> None:
     conn = PushServerConnection(TerminalAuth({IMEI: TOKEN}))
@@ -990,7 +990,7 @@ _TARGETS = st.sampled_from(
 )
 
 
-@settings(max_examples=120, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(
     st.sampled_from(["GET", "POST", "PUT"]),
     _TARGETS,
