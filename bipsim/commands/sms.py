@@ -81,7 +81,8 @@ def sms(ctx: click.Context, connect: str, as_json: bool) -> None:
 @click.option(
     "--port",
     type=click.IntRange(0, 65535),
-    help="Application port addressing (TS 23.040 9.2.3.24.4, 16-bit) for the text or --data: 2948 is WAP push.",
+    help="Application port addressing (TS 23.040 9.2.3.24.4, 16-bit) for the text or --data: 2948 is WAP push "
+    "(sent from port 9200); --data to a port longer than one SMS goes in concatenated parts.",
 )
 @click.option(
     "--wait",
