@@ -164,6 +164,42 @@ def test_wbxml_forms_the_decoder_takes() -> None:
     assert decode_si(doc).created == WHEN
 
 
+_TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=40)
+_DATE = st.datetimes(datetime(1000, 1, 1), datetime(9999, 12, 31), timezones=st.just(UTC)).map(
+    lambda d: d.replace(microsecond=0)
+)
+
+
+@fuzz_settings(100)
+@given(
+    st.one_of(
+        st.none(),
+        st.sampled_from(["http://", "https://www.", "http://www.", "ftp:", ""]).flatmap(
+            lambda prefix: _TEXT.map(lambda rest: prefix + rest)
+        ),
+    ),
+    st.one_of(st.none(), _TEXT),
+    st.one_of(st.none(), _DATE),
+    st.one_of(st.none(), _DATE),
+    st.sampled_from(["signal-none", "signal-low", "signal-medium", "signal-high", "delete"]),
+    _TEXT,
+    st.lists(st.tuples(_TEXT, _TEXT), max_size=3),
+)
+def test_si_round_trips(
+    href: str | None,
+    si_id: str | None,
+    created: datetime | None,
+    expires: datetime | None,
+    action: str,
+    text: str,
+    items: list[tuple[str, str]],
+) -> None:
+    si = ServiceIndication(href, si_id, created, expires, action, text, None, tuple(items))
+    assert decode_si(encode_si(si)) == si
+    pdu = encode_push_pdu(encode_si(si), tid=7)
+    assert decode_push_pdu(pdu).body == encode_si(si)
+
+
 @pytest.mark.parametrize(
     ("doc", "reason"),
     [
