@@ -129,12 +129,15 @@ def test_rules_changed_on_the_card_take_effect_at_the_refresh_tag_change(run_it:
     assert after["exception"] == "SecurityException" and "no rule" in after["reason"], after
 
 
-def test_transmit_returns_the_applets_answer_and_close_uses_the_session(run_it: Runner) -> None:
-    spec = OmapiRun(
-        "omapi-echo", requests=[app_request("SIM1", apdus=("00080000", "000A0000", "00F3010C01AA00"))]
-    )
-    result = run_it(spec)
-    (answer,) = spec.answers
+# the echo applet's three answers: 256 bytes behind 61 00, a bare 90 00, a warning with its data
+TRANSMIT_REQUESTS: list[dict[str, Any]] = [
+    app_request("SIM1", apdus=("00080000", "000A0000", "00F3010C01AA00"))
+]
+
+
+def test_transmit_returns_the_applets_answer_and_close_uses_the_session(shared_run: SharedRun) -> None:
+    result = shared_run.result
+    (answer,) = shared_run.answers(TRANSMIT_REQUESTS)
     assert answer["ok"], answer
     responses = [bytes.fromhex(text) for text in answer["responses"]]
     assert responses[0] == PATTERN + b"\x90\x00"  # 61 00 and GET RESPONSE handled below the API
@@ -142,10 +145,17 @@ def test_transmit_returns_the_applets_answer_and_close_uses_the_session(run_it: 
     # a warning with its data comes as the card gave it (docs/protocols.md, "The echo applet")
     assert responses[2] == bytes.fromhex("01F3010C01AA006200")
     session = answer["channel"]
+    # this request's lines in the shared run: from its open of the echo applet (the last before its warning APDU,
+    # which no other request sends) to the first close after that APDU
     lines = at_commands(result)
-    opened = lines.index(f'AT+CCHO="{ECHO}"')
-    assert f"AT+CCHC={session}" in lines[opened:]
-    assert all(f"AT+CGLA={session}," in line for line in lines[opened:] if line.startswith("AT+CGLA"))
+    warning = next(
+        i for i, line in enumerate(lines) if line.startswith("AT+CGLA=") and "00F3010C01AA00" in line
+    )
+    opened = max(i for i, line in enumerate(lines[:warning]) if line == f'AT+CCHO="{ECHO}"')
+    closed = next(i for i, line in enumerate(lines) if i > warning and line.startswith("AT+CCHC="))
+    assert lines[closed] == f"AT+CCHC={session}"
+    mine = [line for line in lines[opened:closed] if line.startswith("AT+CGLA")]
+    assert len(mine) >= 3 and all(line.startswith(f"AT+CGLA={session},") for line in mine), mine
     # what the card answered the warning APDU is exactly what the application got
     cp_answers = [e.data for e in result.events if e.kind == Kind.APDU_RESPONSE and e.src.value == "uicc"]
     assert responses[2] in cp_answers
@@ -363,9 +373,9 @@ def test_no_channel_left_is_null_and_an_absent_applet_is_no_such_element(run_it:
     assert ccho_lines(result, absent) == [f'AT+CCHO="{absent}"']
 
 
-# One run of the `omapi` card for the checks that only read answers or the whole run: the command-line client (before
-# the first request), the select responses and a short APDU, the bad control requests, and the pcap through tshark.
-# Their requests follow each other on one control socket, as several applications' would.
+# One run of the `omapi` card for the checks that read answers or the whole run: the command-line client (before
+# the first request), the transmit, the select responses and a short APDU, the bad control requests, and the pcap
+# through tshark. Their requests follow each other on one control socket, as several applications' would.
 BAD_REQUESTS: list[dict[str, Any]] = [
     {"op": "dance"},
     {"op": "run", "hash": "zz", "aid": ECHO},
@@ -419,7 +429,9 @@ def shared_run(tmp_path_factory: pytest.TempPathFactory) -> SharedRun:
             )
 
     spec = OmapiRun(
-        "omapi-shared", before=before, requests=[{"op": "status"}, *SELECT_REQUESTS, *BAD_REQUESTS]
+        "omapi-shared",
+        before=before,
+        requests=[{"op": "status"}, *TRANSMIT_REQUESTS, *SELECT_REQUESTS, *BAD_REQUESTS],
     )
     result = run_omapi(spec, ScenarioOptions(tmp_path_factory.mktemp("omapi-shared")))
     return SharedRun(spec, result, outputs)

@@ -77,7 +77,9 @@ def test_recorded_card_against_live_cp_matches(recording: Path, tmp_path: Path) 
     assert {f"S7{n:02d}" for n in range(1, 19)} <= {e.step for e in events if e.step}
 
 
-@pytest.mark.parametrize("step", ["S702", "S714"])
+# S714, late in the session: the live CP must first match every earlier TR byte for byte, S702's among them; a
+# divergence reported under S702 is test_one_flipped_byte_of_the_cps_recorded_at_command_is_reported's
+@pytest.mark.parametrize("step", ["S714"])
 def test_one_flipped_byte_of_a_recorded_tr_is_reported_with_its_step(
     recording: Path, tmp_path: Path, step: str
 ) -> None:
