@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import Enum
 
 # --- errors ----------------------------------------------------------------------------------------------------------
 
@@ -580,10 +579,6 @@ WELL_KNOWN_APP_IDS = {
     0x03: "x-wap-application:wta.ua",
     0x04: "x-wap-application:mms.ua",
 }
-
-
-class ContentType(Enum):
-    SIC = "application/vnd.wap.sic"
 
 
 @dataclass(frozen=True)
