@@ -37,7 +37,15 @@ import trio
 
 from bipsim.ota.http_connection import REASONS, ConnState, HttpRequest, Refusal, ServerConnection
 from bipsim.ota.push_channel import Authenticated, PushServer
-from bipsim.ota.release_catalogue import Catalogue, Release, VersionError, newer, parse_version
+from bipsim.ota.release_catalogue import (
+    Catalogue,
+    CatalogueError,
+    Release,
+    VersionError,
+    load_catalogue,
+    newer,
+    parse_version,
+)
 from bipsim.trace.events import Actor, Layer
 from bipsim.trace.kinds import Kind
 from bipsim.trace.recorder import NULL_TRACER, Tracer
@@ -282,8 +290,13 @@ class PublishService:
         faults: frozenset[Fault] = frozenset(),
         sms_from: str = "+15550008450",
         smsc: bool = True,
+        source: Path | None = None,
     ) -> None:
         self.catalogue = catalogue
+        # the directory the catalogue came from: an admin notify reads it again when catalogue.toml changed, so a
+        # release published while the server runs is announced without a restart
+        self.source = source
+        self._stamp = self._source_stamp()
         self.auth = auth
         self.advertise = advertise
         self.faults = faults
@@ -292,6 +305,28 @@ class PublishService:
         self.reports: list[Report] = []
         self.downloads = 0
         self._reference = 0
+
+    def _source_stamp(self) -> tuple[int, int] | None:
+        if self.source is None:
+            return None
+        try:
+            info = (self.source / "catalogue.toml").stat()
+        except OSError:
+            return None
+        return info.st_mtime_ns, info.st_size
+
+    def refresh(self) -> None:
+        """Reads the catalogue again when catalogue.toml changed; a broken one is refused (409) and the old kept."""
+        stamp = self._source_stamp()
+        if self.source is None or stamp == self._stamp:
+            return
+        try:
+            catalogue = load_catalogue(self.source)
+        except CatalogueError as exc:
+            raise _Refuse(
+                409, f"catalogue.toml was changed and is not valid: {exc}", Kind.PUBLISH_NOTIFY
+            ) from None
+        self.catalogue, self._stamp = catalogue, stamp
 
     # --- what the notices and answers say of a release ---
 
@@ -475,6 +510,7 @@ class PublishService:
 
     def _notify(self, *, body: dict[str, Any], **_: Any) -> NotifyOrder:
         name, via = _str(body, "name", 64), _str(body, "via", 8)
+        self.refresh()
         if via not in ("sms", "wap", "ip"):
             raise _Refuse(400, "via: sms, wap or ip", Kind.PUBLISH_NOTIFY)
         release = self.catalogue.latest(name)

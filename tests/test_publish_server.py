@@ -406,6 +406,26 @@ async def test_the_admin_api_answers_loopback_only(tmp_path: Path) -> None:
     assert allowed.status == 200 and json.loads(allowed.body)["sent"] == 0  # nobody connected
 
 
+async def test_a_release_published_while_running_is_announced(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    rig.service.source = tmp_path
+    rig.service.refresh()  # nothing changed since load: the same catalogue
+    (tmp_path / "app-2.0.bin").write_bytes(b"version two")
+    with (tmp_path / "catalogue.toml").open("a") as toml:
+        toml.write(
+            "[[release]]\nname = 'app'\nversion = '2.0'\nfile = 'app-2.0.bin'\ntimestamp = 2026-12-01T00:00:00Z\n"
+        )
+    answer = await rig.call("POST", "/v1/admin/notify", {"name": "app", "via": "ip"})
+    assert answer.status == 200 and json.loads(answer.body)["version"] == "2.0"
+    with (tmp_path / "catalogue.toml").open("a") as toml:
+        toml.write("[[release]]\nname = 'app'\n")  # half written
+    broken = await rig.call("POST", "/v1/admin/notify", {"name": "app", "via": "ip"})
+    assert broken.status == 409 and "not valid" in json.loads(broken.body)["error"]
+    session = await rig.session()
+    still = json.loads((await rig.call("GET", "/v1/catalogue/app", session=session)).body)
+    assert still["version"] == "2.0"  # the last good catalogue is served on
+
+
 # --- the lying server ------------------------------------------------------------------------------------------------
 
 

@@ -44,7 +44,8 @@ FAULTS = ("corrupt-package", "wrong-size", "drop-download", "reject-auth")
     required=True,
     type=click.Path(file_okay=False, exists=True),
     help="Directory holding catalogue.toml ([[release]] name, version, file, timestamp) and the package files "
-    "it names; each file's size and SHA-256 are computed at start.",
+    "it names; each file's size and SHA-256 are computed at start, and again at an admin notify when "
+    "catalogue.toml changed (a release published while the server runs).",
 )
 @click.option(
     "--terminals",
@@ -167,6 +168,7 @@ def publish_server(
         faults=chosen,
         sms_from=sms_from,
         smsc=smsc_at is not None,
+        source=Path(catalogue_dir),
     )
     server = PublishServer(service, tracer, push=push, smsc=smsc_at)
     try:
