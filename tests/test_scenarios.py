@@ -121,6 +121,7 @@ DEDICATED = {
         "push-auth-fails",
         "push-corrupt-package",
         "push-lost-notice",
+        "push-applet",
     )
 }
 
