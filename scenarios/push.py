@@ -6,7 +6,9 @@ embodiments' 001:e<k>.<n> (trace/steps.py); result codes are JSR-118's.
 `push-sms`, `push-wap`, `push-ip`: the notice as a plain SMS, a WAP Push or an IP-push frame, installed (900).
 `push-active`: no notice, the user's check finds 1.1. `push-declined`: 902 and no connection to the server.
 `push-auth-fails`: a wrong token, 909, no download. `push-corrupt-package`: 907, 1.0 intact. `push-lost-notice`:
-the notice reaches nobody, the active check installs 1.1 all the same.
+the notice reaches nobody, the active check installs 1.1 all the same. `push-applet`: a card applet's release
+through the same SMS notice; the agent hands its push to the card, whose session with the OTA server (a RAM
+campaign, scenarios/campaigns.py) installs the applet.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from bipsim.ota.publish_server import Fault, PublishServer, PublishService, Term
 from bipsim.ota.push_channel import PushServer
 from bipsim.ota.release_catalogue import Catalogue, make_release
 from bipsim.scenarios.base import ScenarioFailed, ScenarioOptions, ScenarioResult, check
+from bipsim.scenarios.campaigns import APPLICATION, campaign, ram_install, ram_load
 from bipsim.scenarios.harness import EventQuery, Harness, RunConfig, RunResult, run_processes
 from bipsim.trace.events import TraceEvent
 from bipsim.trace.kinds import Kind
@@ -44,6 +47,8 @@ NEW = b"bipsim demo application 1.1\n" * 96
 WHEN = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 WAIT = 45.0  # seconds for a moment of the run on a loaded machine; a broken run ends sooner (a process exits)
 
+APPLET = "echo-applet"  # a card applet's release: its package is a descriptor with the OTA platform's push
+
 RESULT = EventQuery(Kind.UPGRADE_RESULT)
 WELCOMED = EventQuery(Kind.UPGRADE_PUSH, lambda f: f.get("type") == "welcomed")
 LISTENING = EventQuery(Kind.AT_COMMAND, src="ap", data_prefix=b"AT+CMGL")  # +CNMI is set: notices can come
@@ -58,9 +63,23 @@ class PushRun:
     token: str = TOKEN
     wait_for: EventQuery = LISTENING  # what the AP must have done before the notice goes out
     notified: dict[str, Any] = field(default_factory=dict)
+    applet: bool = False  # the release is a card applet: the OTA server's RAM campaign installs it
     failure: str | None = None
     publish_events: list[TraceEvent] = field(default_factory=list)
     registry: Registry | None = None
+
+
+def applet_descriptor() -> bytes:
+    """The applet release's package: the TOML descriptor whose `trigger` is the secured SMS-PP push (ETSI TS 102
+    225) that starts the card's session with the OTA server, whose campaign installs the applet by RAM."""
+    from bipsim.scenarios.sms_trigger import trigger_tpdu
+
+    lines = [
+        'kind = "applet"',
+        f'application = "{APPLICATION}"',
+        f'trigger = "{trigger_tpdu().hex().upper()}"',
+    ]
+    return ("\n".join(lines) + "\n").encode()
 
 
 def _sms_control(harness: Harness) -> tuple[str, int] | None:
@@ -91,8 +110,9 @@ async def _drive(
                 ready = await harness.wait_for_event("ap", run.wait_for, timeout=WAIT)
                 check(ready is not None, f"the AP's agent did not get ready ({run.wait_for.kind})")
                 client = PublishClient(server.service.advertise)
+                name = APPLET if run.applet else "app"
                 answer = await client.request(
-                    "POST", "/v1/admin/notify", {"name": "app", "via": run.via, "msisdn": MSISDN}
+                    "POST", "/v1/admin/notify", {"name": name, "via": run.via, "msisdn": MSISDN}
                 )
                 run.notified = answer.json() or {}
                 check(answer.status == 200, f"the admin notify answered {answer.status}: {run.notified}")
@@ -102,7 +122,8 @@ async def _drive(
             run.failure = str(exc)
         finally:
             cp = harness.processes.get("cp")
-            if cp is not None and cp.returncode is None:
+            # an applet's OTA session ends the CP (--once) by itself; otherwise nothing more is to come
+            if cp is not None and cp.returncode is None and (run.failure is not None or not run.applet):
                 cp.terminate()
             nursery.cancel_scope.cancel()
 
@@ -125,7 +146,10 @@ def run_push(run: PushRun, options: ScenarioOptions) -> RunResult:
     http_port, push_port = (s.getsockname()[1] for s in listeners)
     tracer = Tracer.to_file(directory / "publish.jsonl", session=run.name)
     auth = TerminalAuth({IMEI: bytes.fromhex(TOKEN)}, reject_all=Fault.REJECT_AUTH in run.faults)
-    catalogue = Catalogue([make_release("app", "1.0", OLD, WHEN), make_release("app", "1.1", NEW, WHEN)])
+    releases = [make_release("app", "1.0", OLD, WHEN), make_release("app", "1.1", NEW, WHEN)]
+    if run.applet:
+        releases.append(make_release(APPLET, "1.0", applet_descriptor(), WHEN))
+    catalogue = Catalogue(releases)
     service = PublishService(
         catalogue, auth, advertise=f"127.0.0.1:{http_port}", faults=run.faults, smsc=False
     )
@@ -140,10 +164,12 @@ def run_push(run: PushRun, options: ScenarioOptions) -> RunResult:
     ]
     config = RunConfig(
         session=run.name,
-        profile={"trigger": "manual"},  # no BIP session of the card ends the run: the scenario ends it
+        # no BIP session of the card ends the run (the scenario ends it), but an applet's, which the push starts
+        profile={"trigger": "sms" if run.applet else "manual"},
         ap_args=ap_args,
         cp_args=["--sms-listen", "127.0.0.1:0"],
-        server=False,
+        server=run.applet,
+        campaign=campaign(ram_load(), ram_install()) if run.applet else None,
         port_a=options.port_a,
         port_b=options.port_b,
         timeout=120.0,
@@ -328,6 +354,25 @@ def push_corrupt_package(options: ScenarioOptions) -> ScenarioResult:
     return ScenarioResult(run.name, result)
 
 
+def push_applet(options: ScenarioOptions) -> ScenarioResult:
+    """A card applet's release through the same SMS notice: the agent hands its push to the card, whose session
+    with the OTA server loads and installs the applet by RAM."""
+    run = PushRun("push-applet", "sms", applet=True)
+    result = run_push(run, options)
+    told = [(e.field("name"), e.field("result")) for e in _results(result)]
+    check(told == [(APPLET, 900)], f"the user was told {told}, not {APPLET} 900", result)
+    registry = run.registry
+    assert registry is not None
+    entry = registry.get(APPLET)
+    check(entry is not None and entry.kind == "applet", f"the registry holds {registry.as_json()}", result)
+    check(registry.version("app") == "1.0", "the application was changed", result)
+    check(result.completed, "the OTA server did not complete the RAM campaign with 90 00 everywhere", result)
+    apps = result.card_state.get("gp", {}).get("applications", {})
+    check(APPLICATION.lower() in apps, f"the card's registry lacks the applet: {sorted(apps)}", result)
+    _check_auth_before_download(run, result)
+    return ScenarioResult(run.name, result)
+
+
 PUSH_SCENARIOS: dict[str, Callable[[ScenarioOptions], ScenarioResult]] = {
     "push-sms": push_sms,
     "push-wap": push_wap,
@@ -337,4 +382,5 @@ PUSH_SCENARIOS: dict[str, Callable[[ScenarioOptions], ScenarioResult]] = {
     "push-auth-fails": push_auth_fails,
     "push-corrupt-package": push_corrupt_package,
     "push-lost-notice": push_lost_notice,
+    "push-applet": push_applet,
 }

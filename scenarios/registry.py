@@ -29,6 +29,7 @@ from bipsim.scenarios.packet_plane import (
 )
 from bipsim.scenarios.push import (
     push_active,
+    push_applet,
     push_auth_fails,
     push_corrupt_package,
     push_declined,
@@ -88,6 +89,7 @@ SCENARIOS: dict[str, Scenario] = {
     "push-auth-fails": push_auth_fails,
     "push-corrupt-package": push_corrupt_package,
     "push-lost-notice": push_lost_notice,
+    "push-applet": push_applet,
 }
 
 

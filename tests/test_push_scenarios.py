@@ -65,6 +65,16 @@ def test_the_active_check_installs_without_a_prompt(name: str, tmp_path: Path) -
     assert _told(result) == [900] and _installed(result).version("app") == "1.1"
 
 
+def test_push_applet(tmp_path: Path) -> None:
+    result = run_scenario("push-applet", tmp_path)
+    pors = [e.field("status") for e in result.run.events if e.kind == Kind.SMS_POR]
+    assert pors == ["00"]  # the card took the OTA platform's push the applet release carried
+    registry = Registry(result.run.directory / "registry.json")
+    entry = registry.get("echo-applet")
+    assert entry is not None and entry.kind == "applet" and registry.version("app") == "1.0"
+    assert "a0000005590010ff01" in result.run.card_state["gp"]["applications"]
+
+
 @pytest.mark.parametrize(
     ("name", "code"), [("push-declined", 902), ("push-auth-fails", 909), ("push-corrupt-package", 907)]
 )

@@ -78,12 +78,17 @@ class Setup:
     policy: str = "accept"
     ip_push: bool = False
     releases: tuple[str, ...] = ("1.0", "1.1")
+    applet: bool = False  # publish the card applet "echo-applet" 1.0 too
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _catalogue(versions: tuple[str, ...]) -> Catalogue:
+APPLET = b'kind = "applet"\napplication = "A0000005590010FF01"\ntrigger = "0011223344"\n'
+
+
+def _catalogue(versions: tuple[str, ...], applet: bool = False) -> Catalogue:
     data = {"1.0": OLD, "1.1": NEW}
-    return Catalogue([make_release("app", v, data[v], WHEN) for v in versions])
+    releases = [make_release("app", v, data[v], WHEN) for v in versions]
+    return Catalogue(releases + ([make_release("echo-applet", "1.0", APPLET, WHEN)] if applet else []))
 
 
 async def _rig(nursery: trio.Nursery, tmp: Path, setup: Setup) -> Rig:
@@ -91,7 +96,11 @@ async def _rig(nursery: trio.Nursery, tmp: Path, setup: Setup) -> Rig:
     auth = TerminalAuth({IMEI: TOKEN}, reject_all=Fault.REJECT_AUTH in setup.faults)
     push = PushServer(auth, server_tracer)
     service = PublishService(
-        _catalogue(setup.releases), auth, advertise="127.0.0.1:0", faults=setup.faults, smsc=False
+        _catalogue(setup.releases, setup.applet),
+        auth,
+        advertise="127.0.0.1:0",
+        faults=setup.faults,
+        smsc=False,
     )
     server = PublishServer(service, server_tracer, push=push)
     port = await nursery.start(server.serve, "127.0.0.1", 0)
@@ -406,6 +415,7 @@ class FakeLine:
         self.commands: list[str] = []
         self.stored: dict[int, bytes] = {}
         self.urc: dict[str, Callable[[str], Any]] = {}
+        self.por_status = 0  # the status of the PoR the card answers an SMS-PP download with
 
     def add_urc_handler(self, prefix: str, handler: Callable[[str], Any]) -> None:
         self.urc[prefix] = handler
@@ -419,6 +429,12 @@ class FakeLine:
                 return AtResponse(line, (), "+CMS ERROR: 321")
             pdu = encode_sca("+15550000000") + tpdu
             return AtResponse(line, (f"+CMGR: 0,,{len(tpdu)}", pdu.hex().upper()), "OK")
+        if line.startswith("AT%SMSPP="):
+            # an unciphered PoR (TS 31.115 4.4): UDH 02 71 00, lengths, TAR, counter, padding, status, then data
+            por = (
+                bytes.fromhex("027100000E0A000000000000000100") + bytes((self.por_status,)) + b"\x01\x90\x00"
+            )
+            return AtResponse(line, (f'%SMSPP: "{por.hex().upper()}"',), "OK")
         if line.startswith("AT+CMGD="):
             self.stored.pop(int(line.split("=")[1]), None)
         return AtResponse(line, (), "OK")
@@ -491,3 +507,34 @@ def test_ap_help_explains_the_upgrade_options() -> None:
     ):
         assert option in text
     assert "--upgrade-policy" in text and "--upgrade-ip-push" in text and "JSR-118" in text
+
+
+@pytest.mark.parametrize(("status", "code"), [(0, ResultCode.SUCCESS), (1, ResultCode.AUTHORIZATION_FAILURE)])
+def test_an_applet_release_goes_to_the_card_as_its_push(
+    tmp_path: Path, status: int, code: ResultCode
+) -> None:
+    """A card applet's release: its descriptor's push goes to the card (AT%SMSPP); PoR 00 installs it as an
+    applet, another status is 910 and nothing installed."""
+
+    async def body(rig: Rig) -> None:
+        line = FakeLine()
+        line.por_status = status
+        rig.nursery.start_soon(rig.agent.listen, line)
+        while "AT+CMGL=0" not in line.commands:
+            await trio.sleep(0)
+        release = rig.server.service.catalogue.get("echo-applet", "1.0")
+        assert release is not None
+        rig.agent.offer(release_notice(rig.server.service.advertised(release), rig.address, NoticeVia.SMS))
+        await _outcome(rig)
+        assert rig.agent.outcomes[0].code is code
+        assert 'AT%SMSPP="0011223344"' in line.commands
+        (por,) = rig.agent_events(Kind.SMS_POR)
+        assert por.field("status") == f"{status:02X}"
+        registry = Registry(rig.registry_path)
+        entry = registry.get("echo-applet")
+        if code is ResultCode.SUCCESS:
+            assert entry is not None and entry.kind == "applet" and registry.version("app") == "1.0"
+        else:
+            assert entry is None and [r.status for r in rig.server.service.reports] == [910]
+
+    run(tmp_path, Setup(applet=True), body)

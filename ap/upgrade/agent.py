@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import json
 import re
+import tomllib
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum, IntEnum
@@ -50,6 +51,7 @@ REASSEMBLY_LIMIT = 16  # concatenated messages being put together at once (the o
 IMEI = re.compile(r"[0-9]{14,16}")
 READ_ATTEMPTS, READ_RETRY = 20, 0.5  # +CMGR while the card is busy (27.005 3.2.5: 314 SIM busy; 27.007 14)
 BUSY = ("+CMS ERROR: 314", "+CME ERROR: 14")
+APPLET_MARK = b'kind = "applet"'  # how a card applet's package (a TOML descriptor) begins
 
 STEP_NOTICE = "001:201"
 STEP_CONNECT = "001:202"
@@ -470,6 +472,7 @@ class UpgradeAgent:
         self.changed = trio.Event()  # set (and renewed) at each outcome
         self.push_connected = False
         self.push_rejected = False
+        self.chat: Any = None  # the current modem session's DLC 1 chat (an applet's push goes through it)
         self._lock = trio.Lock()  # one flow at a time: notices and the active check take turns
 
     # --------------------------------------------------------------------------------------------- events
@@ -701,10 +704,66 @@ class UpgradeAgent:
         return answer.body
 
     async def _install(self, release: dict[str, Any], data: bytes) -> None:
+        kind = "app"
+        if data.startswith(APPLET_MARK):
+            await self._install_applet(release, data)
+            kind = "applet"
         try:
-            self.registry.install(release["name"], release["version"], data, release["sha256"])
+            self.registry.install(release["name"], release["version"], data, release["sha256"], kind=kind)
         except RegistryError as exc:
             raise FlowFailed(ResultCode.INSUFFICIENT_MEMORY, str(exc)) from None
+
+    async def _install_applet(self, release: dict[str, Any], data: bytes) -> None:
+        """A card applet's release: its descriptor carries the OTA platform's secured SMS-PP push (ETSI TS 102 225,
+        GlobalPlatform Amendment B session triggering), which the agent hands to the card (AT%SMSPP on DLC 1) so
+        that the card opens its session with the OTA server, whose campaign loads and installs the applet by RAM
+        (GlobalPlatform Card Specification section 11). The card's PoR says whether it took the push."""
+        try:
+            descriptor = tomllib.loads(data.decode("utf-8"))
+            trigger = bytes.fromhex(str(descriptor["trigger"]))
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError, KeyError, ValueError) as exc:
+            raise FlowFailed(ResultCode.INVALID_PACKAGE, f"the applet descriptor: {exc}") from None
+        if self.chat is None:
+            raise FlowFailed(ResultCode.LOSS_OF_SERVICE, "no modem session to reach the card")
+        self.tracer.emit(
+            Actor.AP,
+            Actor.CP,
+            Layer.SMS,
+            f"SMS-PP data download for applet {release['name']} {release['version']}: {len(trigger)} bytes",
+            trigger,
+            kind=Kind.SMS_PP,
+            fields={"length": len(trigger), "applet": release["name"]},
+        )
+        response = None
+        for _ in range(READ_ATTEMPTS):
+            response = await self._command(self.chat, f'AT%SMSPP="{trigger.hex().upper()}"')
+            if response is None or response.ok or response.final not in BUSY:
+                break
+            await trio.sleep(READ_RETRY)
+        if response is None or not response.ok:
+            final = "no answer" if response is None else response.final
+            raise FlowFailed(ResultCode.LOSS_OF_SERVICE, f"the card did not get the push: {final}")
+        por_hex = next((line.split('"')[1] for line in response.lines if line.count('"') >= 2), "")
+        try:
+            por = bytes.fromhex(por_hex)
+        except ValueError:
+            por = b""
+        # an unciphered PoR (TS 31.115 4.4, TS 102 225 table 5.5): UDH 02 71 00 ... the status at offset 15
+        status = por[15] if por[:3] == b"\x02\x71\x00" and len(por) >= 16 else None
+        self.tracer.emit(
+            Actor.CP,
+            Actor.AP,
+            Layer.SMS,
+            f"SMS-PP PoR for applet {release['name']}: status {'none' if status is None else f'{status:02X}'}",
+            por,
+            error=status != 0,
+            kind=Kind.SMS_POR,
+            fields={"status": f"{status:02X}"} if status is not None else {},
+        )
+        if status != 0:
+            raise FlowFailed(
+                ResultCode.AUTHORIZATION_FAILURE, f"the card refused the applet's push (PoR {por_hex})"
+            )
 
     # --------------------------------------------------------------------------------- embodiments 3 and 4
 
@@ -884,6 +943,7 @@ class UpgradeAgent:
                     pass
 
         chat.add_urc_handler("+CMTI:", cmti)
+        self.chat = chat
         await self._command(chat, "AT+CMGF=0")
         await self._command(chat, "AT+CNMI=2,1,0,0,0", step=STEP_LISTEN)
         listing = await self._command(chat, "AT+CMGL=0")  # received unread: what came before the indications
