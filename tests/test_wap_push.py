@@ -110,7 +110,7 @@ def test_token_tables_agree_with_gnokii() -> None:
         0x12: ("class", ""),
     }
     assert gnokii_attrs == SI_ATTR_START
-    # a push laid out as gnokii's wappush.c writes one: WBXML 1.1, href with the http:// token, text, no created
+    # a push with gnokii's header constants (WBXML_VERSION 0x01, CONTENT_TYPE 0xae): href with the http:// token, no created
     pdu = (
         bytes.fromhex("0006")
         + encode_mb_u_int32(1)
