@@ -92,11 +92,15 @@ def card_idle_after_the_push(events: list[dict[str, Any]]) -> bool:
     start = next((i for i, e in enumerate(events) if SMS_PP_ENVELOPE.matches_dict(e)), None)
     if start is None:
         return False
-    after = events[start + 1 :]
-    return any(
-        STATUS_POLL.matches_dict(command) and PLAIN_9000.matches_dict(answer)
-        for command, answer in zip(after, after[1:], strict=False)
-    )
+    polled = False
+    for event in events[start + 1 :]:
+        if STATUS_POLL.matches_dict(event):
+            polled = True
+        elif polled and event.get("kind") == Kind.APDU_RESPONSE and event.get("src") == "uicc":
+            if PLAIN_9000.matches_dict(event):
+                return True  # the poll's answer (other events of the CP may come between the two)
+            polled = False
+    return False
 
 
 async def _stop_after_the_por(harness: Harness) -> None:

@@ -32,6 +32,7 @@ from bipsim.scenarios.campaigns import (
 )
 from bipsim.scenarios.harness import EventQuery, Harness, RunConfig
 from bipsim.scenarios.registry import SCENARIOS, describe
+from bipsim.scenarios.sms_trigger import card_idle_after_the_push
 from bipsim.trace.events import TraceEvent
 from bipsim.trace.kinds import Kind
 from bipsim.trace.render import render_html
@@ -424,3 +425,18 @@ async def test_waiting_for_an_event_of_a_process_that_exited_ends_at_once(
     assert got is None
     assert trio.current_time() - start < 1  # virtual time: it did not wait out the hour
     assert "crashed at start" in (tmp_path / "ap.log").read_text()
+
+
+def test_sms_trigger_bad_mac_stops_once_a_poll_after_the_push_finds_the_card_idle() -> None:
+    """The bad-MAC run ends on the event that proves no session is coming (a STATUS poll answered plain 90 00 after
+    the SMS-PP DOWNLOAD envelope), not after a delay; a 91 xx answer (a command pending) does not end it."""
+    envelope = {"kind": Kind.CAT_ENVELOPE, "src": "cp", "fields": {"envelope": "sms_pp_download"}}
+    poll = {"kind": Kind.APDU_COMMAND, "src": "cp", "hex": "80F2000C00"}
+    idle = {"kind": Kind.APDU_RESPONSE, "src": "uicc", "hex": "9000", "fields": {"sw": "9000"}}
+    pending = {"kind": Kind.APDU_RESPONSE, "src": "uicc", "hex": "910F", "fields": {"sw": "910F"}}
+    between = {"kind": Kind.AT_COMMAND, "src": "ap", "hex": "41540D"}
+    assert not card_idle_after_the_push([poll, idle])  # before the push: proves nothing
+    assert not card_idle_after_the_push([envelope, idle])  # an answer to no poll
+    assert not card_idle_after_the_push([envelope, poll, pending])
+    assert card_idle_after_the_push([envelope, poll, between, idle])
+    assert card_idle_after_the_push([envelope, poll, pending, poll, idle])
