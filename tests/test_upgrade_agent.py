@@ -15,6 +15,7 @@ import trio
 import trio.testing
 
 from bipsim.ap.upgrade.agent import (
+    DEAD_PEER,
     TRANSITIONS,
     Flow,
     FlowError,
@@ -34,7 +35,7 @@ from bipsim.link.at_chat import AtResponse
 from bipsim.net.push_notice import Notice, NoticeVia, format_sms_notice, release_notice, wap_push_notice
 from bipsim.net.sms_pdu import Address, Alphabet, PortAddressing, SmsDeliver, encode_sca, make_dcs
 from bipsim.ota.publish_server import Fault, PublishServer, PublishService, TerminalAuth
-from bipsim.ota.push_channel import PushServer
+from bipsim.ota.push_channel import FrameDecoder, PushServer, encode_frame
 from bipsim.ota.release_catalogue import Catalogue, make_release
 from bipsim.trace.kinds import Kind
 from bipsim.trace.recorder import Tracer
@@ -538,3 +539,64 @@ def test_an_applet_release_goes_to_the_card_as_its_push(
             assert entry is None and [r.status for r in rig.server.service.reports] == [910]
 
     run(tmp_path, Setup(applet=True), body)
+
+
+# ------------------------------------------------------------------------------- the IP push's keep-alive (MockClock)
+
+
+def _push_agent(tmp_path: Path) -> tuple[UpgradeAgent, Tracer]:
+    tracer = Tracer(keep=True, clock=trio.current_time)
+    options = UpgradeOptions(tmp_path / "registry.json", TOKEN, "accept", ip_push=("127.0.0.1", 1), imei=IMEI)
+    return UpgradeAgent(options, tracer), tracer
+
+
+def _frames(tracer: Tracer, direction: str, kind: str) -> list[float]:
+    return [
+        e.t
+        for e in tracer.events
+        if e.kind == Kind.UPGRADE_PUSH and e.field("direction") == direction and e.field("type") == kind
+    ]
+
+
+def test_ip_push_keeps_a_quiet_connection_alive(tmp_path: Path) -> None:
+    """Silence after the welcome: the agent pings after 30 s, the server's pongs keep the connection for hours."""
+    agent, tracer = _push_agent(tmp_path)
+    server = PushServer(TerminalAuth({IMEI: TOKEN}))
+
+    async def main() -> None:
+        ours, theirs = trio.testing.memory_stream_pair()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.handle, theirs)
+            nursery.start_soon(agent.push_session, ours, "memory")
+            await trio.sleep(3 * 3600)
+            assert agent.push_connected and server.connections  # still up
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert len(_frames(tracer, "out", "ping")) + len(_frames(tracer, "out", "pong")) >= 100  # ~1 each 30 s
+
+
+def test_ip_push_takes_a_silent_server_for_gone(tmp_path: Path) -> None:
+    """A server that welcomes and then says nothing: one ping at 30 s, the connection given up at 90 s."""
+    agent, tracer = _push_agent(tmp_path)
+
+    async def silent_server(stream: trio.abc.Stream) -> None:
+        decoder = FrameDecoder()
+        for answer in ({"type": "challenge", "nonce": "00" * 16}, {"type": "welcome"}):
+            while decoder.next_frame() is None:
+                decoder.feed(await stream.receive_some(4096))
+            await stream.send_all(encode_frame(answer))
+        await trio.sleep_forever()  # reads nothing more, answers nothing
+
+    async def main() -> None:
+        ours, theirs = trio.testing.memory_stream_pair()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(silent_server, theirs)
+            start = trio.current_time()
+            with pytest.raises(trio.TooSlowError):
+                await agent.push_session(ours, "memory")
+            assert trio.current_time() - start == pytest.approx(DEAD_PEER)  # virtual time
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert len(_frames(tracer, "out", "ping")) == 1

@@ -816,7 +816,11 @@ class UpgradeAgent:
     async def _push_session(self) -> bool:
         assert self.options.ip_push is not None
         host, port = self.options.ip_push
-        stream = await trio.open_tcp_stream(host, port)
+        return await self.push_session(await trio.open_tcp_stream(host, port), f"{host}:{port}")
+
+    async def push_session(self, stream: trio.abc.Stream, where: str) -> bool:
+        """One IP-push connection on `stream` until it ends; whether it was welcomed. Raises what ends it
+        (trio.TooSlowError: the server silent for DEAD_PEER seconds, FrameError: a bad frame, a broken stream)."""
         decoder = FrameDecoder()
         welcomed = False
         async with stream:
@@ -837,11 +841,13 @@ class UpgradeAgent:
 
             await send({"type": "hello", "imei": self.imei}, STEP_PUSH_AUTH)
             last_heard = trio.current_time()
+            pinged = False  # a ping went out since the server was last heard
             while True:
                 got = decoder.next_frame()
                 if got is None:
-                    silent = trio.current_time() - last_heard
-                    wait = (KEEPALIVE if welcomed else DEAD_PEER) - silent
+                    # one ping after KEEPALIVE seconds of silence, then the server is gone at DEAD_PEER
+                    limit = KEEPALIVE if welcomed and not pinged else DEAD_PEER
+                    wait = limit - (trio.current_time() - last_heard)
                     data = b""
                     with trio.move_on_after(max(wait, 0)) as idle:
                         data = bytes(await stream.receive_some(4096))
@@ -851,9 +857,10 @@ class UpgradeAgent:
                         if trio.current_time() - last_heard >= DEAD_PEER:
                             raise trio.TooSlowError(f"no word from the server in {DEAD_PEER:g} s")
                         await send({"type": "ping"})
+                        pinged = True
                         continue
                     decoder.feed(data)
-                    last_heard = trio.current_time()
+                    last_heard, pinged = trio.current_time(), False
                     continue
                 frame, raw = got
                 kind = frame["type"]
@@ -880,7 +887,7 @@ class UpgradeAgent:
                 elif kind == "rejected":
                     self.push_rejected = True
                     reason = str(frame.get("reason", ""))[:200]
-                    push_notice = Notice(NoticeVia.IP, f"{host}:{port}", "", "ip-push", None, None)
+                    push_notice = Notice(NoticeVia.IP, where, "", "ip-push", None, None)
                     self._tell(push_notice, ResultCode.AUTHENTICATION_FAILURE, f"IP push rejected: {reason}")
                     return False
                 elif kind == "release" and welcomed:
