@@ -181,7 +181,8 @@ if TYPE_CHECKING:
     "(--upgrade-policy), connects to the server the notice names, authenticates, downloads, checks size and "
     "SHA-256, installs into --upgrade-registry and reports a JSR-118 status code (900 success, 902 user cancelled, "
     "903 loss of service, 904 size mismatch, 906 invalid descriptor, 907 invalid package, 909 authentication "
-    "failure...). Implied by the other --upgrade options.",
+    "failure...). A card applet's release (a descriptor with the OTA platform's push) goes to the card with "
+    "AT%SMSPP, whose session with the OTA server installs it by RAM. Implied by the other --upgrade options.",
 )
 @click.option(
     "--upgrade-registry",
