@@ -33,7 +33,15 @@ from bipsim.ap.upgrade.policy import Policy, PolicyError
 from bipsim.ap.upgrade.registry import Registry, RegistryError
 from bipsim.link.at_chat import AtResponse
 from bipsim.net.push_notice import Notice, NoticeVia, format_sms_notice, release_notice, wap_push_notice
-from bipsim.net.sms_pdu import Address, Alphabet, PortAddressing, SmsDeliver, encode_sca, make_dcs
+from bipsim.net.sms_pdu import (
+    Address,
+    Alphabet,
+    PortAddressing,
+    SmsDeliver,
+    encode_sca,
+    make_dcs,
+    split_data,
+)
 from bipsim.ota.publish_server import Fault, PublishServer, PublishService, TerminalAuth
 from bipsim.ota.push_channel import FrameDecoder, PushServer, encode_frame
 from bipsim.ota.release_catalogue import Catalogue, make_release
@@ -223,6 +231,21 @@ def test_a_malformed_wap_push_is_a_look_alike_without_a_prompt(tmp_path: Path) -
         )
 
     run(tmp_path, Setup(), body)
+
+
+def test_a_wap_push_in_concatenated_parts_is_put_together_in_any_order() -> None:
+    notice = Notice(NoticeVia.WAP, "127.0.0.1:8450", "/v1/packages/app/1.1", "app", "1.1", WHEN)
+    push = wap_push_notice(notice, si_id="app-1.1", text="a long description " * 12)
+    parts = split_data(push, reference=7, headers=(PortAddressing(2948, 9200).element(),))
+    assert len(parts) >= 2
+    tpdus = [
+        SmsDeliver(Address.parse("+15550008450"), WHEN, dcs=make_dcs(p.alphabet), udh=p.udh, ud=p.ud).encode()
+        for p in parts
+    ]
+    reassembly = Reassembly()
+    heard = [classify_tpdu(tpdu, reassembly) for tpdu in reversed(tpdus)]
+    assert all(h.waiting for h in heard[:-1]) and not reassembly.parts
+    assert heard[-1].notice is not None and heard[-1].notice.url == notice.url
 
 
 def test_policy_script(tmp_path: Path) -> None:
