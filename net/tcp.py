@@ -234,7 +234,9 @@ class TcpConfig:
     `challenge_acks_per_second` is RFC 5961 section 7's rate limit. `sack` offers and uses selective
     acknowledgments (RFC 2018 blocks in our ACKs; RFC 6675 loss recovery as a sender). `congestion` is "reno"
     (RFC 5681 congestion avoidance, halving on a loss) or "cubic" (RFC 9438: the cubic window growth and a
-    decrease to 0.7, as Linux); slow start, fast retransmit and recovery are the same for both. `fin_wait_2_timeout` ends a connection the
+    decrease to 0.7, as Linux); slow start, fast retransmit and recovery are the same for both. With SACK, loss
+    recovery is RFC 8985 RACK (time-based loss marks) with RFC 6675's pipe and RFC 6937 PRR, and
+    `tail_loss_probe` sends RFC 8985's probe at 2 SRTT so a lost last segment is not left to the RTO. `fin_wait_2_timeout` ends a connection the
     user closed fully (`close`) whose peer acknowledged our FIN but never sends its own (Linux's tcp_fin_timeout);
     after a half close (`shutdown`) FIN-WAIT-2 lasts as long as the peer keeps sending.
     """
@@ -256,6 +258,7 @@ class TcpConfig:
     sack: bool = True
     congestion: str = "reno"
     fin_wait_2_timeout: float = 60.0
+    tail_loss_probe: bool = True
 
     def __post_init__(self) -> None:
         if not MIN_PEER_MSS <= self.mss <= 65495:
@@ -322,7 +325,6 @@ class TcpConnection:
         self._snd_wscale_offered = False  # the peer's SYN carried the option
         self._sack_ok = False  # both SYNs carried SACK-permitted (RFC 2018)
         self._sacked: list[tuple[int, int]] = []  # the sender's scoreboard: SACKed ranges above snd_una
-        self._rexmit_high = 0  # the end of what this recovery resent
         self._ooo_recent = 0  # where the latest out-of-order data went: its block is reported first
         self._send_buf = bytearray()
         self._send_base = self.iss + 1  # sequence number of _send_buf[0]
@@ -366,6 +368,25 @@ class TcpConnection:
         self._cubic_epoch: float | None = None
         self._in_recovery = False
         self._recover = self.iss
+        # RFC 8985 RACK-TLP: every data segment in flight, start -> (end, time sent, resent, SACKed), in sequence
+        # order (a timeout's go-back-N starts the log again); `_lost` holds the starts RACK found lost and that
+        # wait for their retransmission
+        self._xmit: dict[int, tuple[int, float, bool, bool]] = {}
+        self._lost: set[int] = set()
+        self._sacked_bytes = 0  # what the scoreboard covers (RFC 6675's SACKed bytes)
+        self._rack_xmit = -1.0  # RACK.xmit_ts: when the latest delivered segment was sent
+        self._rack_end = 0  # RACK.end_seq
+        self._rack_rtt = 0.0  # RACK.rtt
+        self._rack_fack = 0  # the highest end delivered (RACK.fack), to see reordering
+        self._min_rtt = float("inf")
+        self._reordering_seen = False
+        self._reo_deadline: float | None = None  # RACK's reordering timer
+        self._tlp_deadline: float | None = None  # the probe timeout (PTO)
+        self._tlp_out = False  # a probe is unanswered: no second one (RFC 8985 7.2)
+        # RFC 6937 Proportional Rate Reduction
+        self._prr_delivered = 0
+        self._prr_out = 0
+        self._recover_fs = 0
         # persist timer (RFC 9293 3.8.6.1)
         self._persist_deadline: float | None = None
         self._persist_interval = 0.0
@@ -546,7 +567,8 @@ class TcpConnection:
         return out
 
     def next_deadline(self) -> float | None:
-        """The earliest timer: retransmission, delayed ACK, persist, TIME-WAIT or FIN-WAIT-2; None when none runs."""
+        """The earliest timer: retransmission, tail loss probe, RACK reordering, delayed ACK, persist, TIME-WAIT
+        or FIN-WAIT-2; None when none runs."""
         deadlines = [
             d
             for d in (
@@ -555,6 +577,8 @@ class TcpConnection:
                 self._persist_deadline,
                 self._time_wait_deadline,
                 self._fin_wait_2_deadline,
+                self._reo_deadline,
+                self._tlp_deadline,
             )
             if d is not None
         ]
@@ -573,6 +597,12 @@ class TcpConnection:
                 return
         if self._ack_deadline is not None and now >= self._ack_deadline:
             self._send_ack()
+        if self._reo_deadline is not None and now >= self._reo_deadline:
+            self._reo_deadline = None
+            self._on_reorder_timer(now)
+        if self._tlp_deadline is not None and now >= self._tlp_deadline:
+            self._tlp_deadline = None
+            self._on_pto(now)
         if self._rto_deadline is not None and now >= self._rto_deadline:
             self._rto_deadline = None
             self._on_rto(now)
@@ -723,9 +753,16 @@ class TcpConnection:
     def _take_ack(self, seg: TcpSegment, seq: int, ack: int, now: float) -> None:
         window = seg.window << self._snd_wscale
         self._probes = 0
+        una_before, sacked_before = self.snd_una, self._sacked_bytes
         if self._sack_ok and seg.sack_blocks:
             self._take_sack(seg.sack_blocks)
         if ack > self.snd_una:
+            if self._retries and self.srtt is not None:
+                # the path answers again: the backed-off RTO of a timeout goes back to the estimate at once, as
+                # Linux does, instead of waiting for a new sample (Karn) while one loss costs every later timeout
+                self.rto = self._rto_estimate()
+            self._tlp_out = False
+            self._tlp_deadline = None  # RFC 8985 7.2: the PTO restarts on an ACK that advances SND.UNA
             acked = ack - self.snd_una - (1 if self.snd_una == self.iss else 0)  # our SYN is not data
             data_end = self._send_base + len(self._send_buf)
             trim = min(ack, data_end) - self._send_base
@@ -741,6 +778,9 @@ class TcpConnection:
             self._rto_deadline = (
                 None  # RFC 6298 5.3: restart (re-armed by _arm) for what is still outstanding
             )
+            if self._sack_ok:
+                self._sacked_bytes = sum(r - left for left, r in self._sacked)
+                self._rack_on_ack(now)
             self._on_new_ack(acked, ack, now)
         elif (
             ack == self.snd_una
@@ -750,7 +790,17 @@ class TcpConnection:
             and window == self.snd_wnd
             and window > 0
         ):
+            if self._sack_ok:
+                self._sacked_bytes = sum(r - left for left, r in self._sacked)
+                self._rack_on_ack(now)
             self._on_dupack(ack, now)
+        elif self._sack_ok and seg.sack_blocks:
+            # an ACK that is no duplicate in RFC 5681's sense (a window update, data) still reports deliveries
+            self._sacked_bytes = sum(r - left for left, r in self._sacked)
+            self._rack_on_ack(now)
+        if self._in_recovery and self._sack_ok:
+            delivered = (self.snd_una - una_before) + (self._sacked_bytes - sacked_before)
+            self._prr_update(max(0, delivered))
         # RFC 9293 3.10.7.4: update the send window from the newest segment only
         if self._snd_wl1 < seq or (self._snd_wl1 == seq and self._snd_wl2 <= ack):
             self.snd_wnd = window
@@ -775,9 +825,11 @@ class TcpConnection:
                 # FlightSize + SMSS shrank it to almost nothing after a recovery that sent little new data)
                 self.cwnd = self.ssthresh
                 self._in_recovery = False
-            elif self._sack_ok and self._sacked:
-                # the next hole is lost too; the SACKed bytes are out of the window's count (see _output)
-                self._retransmit_hole(now)
+                if self._sack_ok and self._lost:
+                    # RACK found data sent during the recovery lost as well: a new loss event (RFC 6675 5.1)
+                    self._enter_recovery(now)
+            elif self._sack_ok:
+                pass  # RACK marked what is lost (_rack_on_ack); PRR sizes what goes out (_prr_update)
             else:
                 # partial acknowledgment: the next segment is lost too
                 self._retransmit_first(now, "fast")
@@ -839,14 +891,18 @@ class TcpConnection:
     def _on_dupack(self, ack: int, now: float) -> None:
         mss = self.eff_mss
         self._dupacks += 1
+        if self._sack_ok:
+            # with SACK, RACK decides what is lost (_rack_on_ack: once three segments are SACKed its reordering
+            # window is 0, which is RFC 6675's DupThresh); three duplicates without any SACK block are still RFC
+            # 5681's fast retransmit of the first segment
+            if not self._in_recovery and self._dupacks == 3 and ack > self._recover and not self._sacked:
+                first = next(iter(self._xmit), None)
+                if first is not None and first == self.snd_una:
+                    self._lost.add(first)
+                    self._enter_recovery(now)
+            return
         if self._in_recovery:
-            # one segment left the network: with SACK it makes room for the next hole (RFC 6675's loss recovery,
-            # simplified: SACKed bytes do not count as in flight, see _output); without, RFC 5681 3.2 step 4
-            # inflates the window for new data
-            if not (self._sack_ok and self._sacked):
-                self.cwnd += mss
-            else:
-                self._retransmit_hole(now)
+            self.cwnd += mss  # RFC 5681 3.2 step 4: one segment left the network
             return
         # RFC 6582 3.2 step 2: only an ACK covering more than `recover` starts a new recovery; the duplicates of
         # what a go-back-N resent (ack == recover) must not (RFC 6582 section 6)
@@ -854,13 +910,189 @@ class TcpConnection:
             self._congestion_event(now)
             self._recover = self.snd_max
             self._in_recovery = True
-            self._rexmit_high = self.snd_una
-            if self._sack_ok and self._sacked:
-                self._retransmit_hole(now)
-                self.cwnd = self.ssthresh  # the three SACKed segments are already out of the count
+            self._retransmit_first(now, "fast")
+            self.cwnd = self.ssthresh + 3 * mss
+
+    # -- SACK-driven loss recovery: RFC 8985 RACK-TLP, RFC 6675 pipe, RFC 6937 PRR ---------------------------------
+
+    def _rto_estimate(self) -> float:
+        assert self.srtt is not None
+        rto = self.srtt + max(0.001, 4 * self.rttvar)
+        return min(max(rto, self.config.min_rto), self.config.max_rto)
+
+    def _covered(self, start: int, end: int) -> bool:
+        """[start, end) lies inside one block of the scoreboard."""
+        sacked = self._sacked
+        k = bisect_right(sacked, start, key=_block_start) - 1
+        return k >= 0 and sacked[k][0] <= start and end <= sacked[k][1]
+
+    def _pipe(self) -> int:
+        """RFC 6675's pipe: bytes sent and neither acknowledged, SACKed nor known lost (and not yet resent)."""
+        lost = sum(self._xmit[s][0] - s for s in self._lost if s in self._xmit)
+        return max(0, self.snd_max - self.snd_una - self._sacked_bytes - lost)
+
+    def _rack_on_ack(self, now: float) -> None:
+        """RFC 8985 6.2: take the segments this ACK delivered (cumulatively or by SACK) into RACK's state, then
+        mark lost every segment sent before the latest delivered one by more than the reordering window."""
+        xmit = self._xmit
+        una = self.snd_una
+        delivered: list[tuple[int, float, bool]] = []
+        while xmit:
+            start = next(iter(xmit))
+            end, sent, resent, sacked = xmit[start]
+            if end > una:
+                break
+            del xmit[start]
+            self._lost.discard(start)
+            if not sacked:
+                delivered.append((end, sent, resent))
+        if self._sacked:
+            for start, (end, sent, resent, sacked) in xmit.items():
+                if not sacked and self._covered(start, end):
+                    xmit[start] = (end, sent, resent, True)  # a value change, not an insertion: order stays
+                    self._lost.discard(start)
+                    delivered.append((end, sent, resent))
+        for end, sent, resent in delivered:
+            rtt = now - sent
+            if resent and rtt < self._min_rtt:
+                continue  # 6.2 step 2: this ACK is for the original transmission, not the retransmission
+            if not resent:
+                self._min_rtt = min(self._min_rtt, rtt)
+                if end < self._rack_fack:
+                    self._reordering_seen = True  # 6.2 step 3: delivered below what was delivered already
+            self._rack_fack = max(self._rack_fack, end)
+            if sent > self._rack_xmit or (sent == self._rack_xmit and end > self._rack_end):
+                self._rack_xmit, self._rack_end, self._rack_rtt = sent, end, rtt
+        self._rack_detect(now)
+
+    def _reo_wnd(self) -> float:
+        """RFC 8985 6.2 step 4: no reordering window until the path has reordered, once in recovery or once
+        DupThresh (3) segments are SACKed; else min_RTT/4, at most SRTT."""
+        if not self._reordering_seen and (self._in_recovery or self._sacked_bytes >= 3 * self.eff_mss):
+            return 0.0
+        if self._min_rtt == float("inf"):
+            return 0.0
+        return min(self._min_rtt / 4, self.srtt if self.srtt is not None else self._min_rtt)
+
+    def _rack_detect(self, now: float) -> None:
+        """RFC 8985 6.2 step 5 (and 6.3, the reordering timer): lost is what was sent before RACK's segment and
+        has waited RACK.rtt + reo_wnd; what waits less arms the timer; a first loss starts the recovery."""
+        self._reo_deadline = None
+        if self._rack_xmit < 0:
+            return
+        reo_wnd = self._reo_wnd()
+        rack_xmit, rack_end = self._rack_xmit, self._rack_end
+        timeout = 0.0
+        newly = False
+        for start, (end, sent, _resent, sacked) in self._xmit.items():
+            if sacked or start in self._lost:
+                continue
+            if sent > rack_xmit or (sent == rack_xmit and end >= rack_end):
+                continue  # sent after (or is) the latest delivered segment: nothing known about it yet
+            remaining = sent + self._rack_rtt + reo_wnd - now
+            if remaining <= 0:
+                self._lost.add(start)
+                newly = True
             else:
-                self._retransmit_first(now, "fast")
-                self.cwnd = self.ssthresh + 3 * mss
+                timeout = max(timeout, remaining)
+        if timeout > 0:
+            self._reo_deadline = now + timeout
+        if newly and not self._in_recovery:
+            self._enter_recovery(now)
+
+    def _enter_recovery(self, now: float) -> None:
+        """RFC 6675 5.1 with RFC 6937 3: one window reduction, and PRR from here to `recover`."""
+        self._congestion_event(now)
+        self._recover = self.snd_max
+        self._in_recovery = True
+        self._tlp_deadline = None
+        self._prr_delivered = self._prr_out = 0
+        self._recover_fs = max(1, self.snd_max - self.snd_una)
+        # RFC 6937 3.1: the first retransmission goes out at once, whatever the proportion says
+        self.cwnd = self._pipe() + self.eff_mss
+
+    def _prr_update(self, delivered: int) -> None:
+        """RFC 6937 3.1 on each ACK in recovery: send in proportion to what was delivered while pipe is above
+        ssthresh; below it, PRR-SSRB grows pipe back towards ssthresh by at most one MSS more than delivered."""
+        self._prr_delivered += delivered
+        pipe = self._pipe()
+        if pipe > self.ssthresh:
+            sndcnt = -(-self._prr_delivered * self.ssthresh // self._recover_fs) - self._prr_out
+        else:
+            limit = max(self._prr_delivered - self._prr_out, delivered) + self.eff_mss
+            sndcnt = min(self.ssthresh - pipe, limit)
+        self.cwnd = pipe + max(0, sndcnt)
+
+    def _on_reorder_timer(self, now: float) -> None:
+        if self.state not in _SENDING:
+            return
+        was = self._in_recovery
+        self._rack_detect(now)
+        if self._in_recovery and was and self._lost:
+            self.cwnd = max(self.cwnd, self._pipe() + self.eff_mss)  # a timer delivers nothing: let one go
+        self._output(now)
+
+    def _on_pto(self, now: float) -> None:
+        """RFC 8985 7.3: the tail loss probe, one new segment if the windows allow, else the last one again, so
+        that its ACK (and SACK) shows a lost tail to RACK instead of leaving it to the RTO."""
+        if self.state not in _SENDING or self._in_recovery or self.snd_max == self.snd_una:
+            return
+        data_end = self._send_base + len(self._send_buf)
+        sent = False
+        if self.snd_nxt == self.snd_max and data_end > self.snd_nxt:
+            n = min(data_end - self.snd_nxt, self.eff_mss, self.snd_una + self.snd_wnd - self.snd_nxt)
+            if n > 0:
+                fin_allowed = self.state in (TcpState.FIN_WAIT_1, TcpState.CLOSING, TcpState.LAST_ACK)
+                fin = fin_allowed and self.snd_nxt + n == data_end
+                self._send_data(self.snd_nxt, n, now, fin=fin)
+                sent = True
+        if not sent and self._xmit:
+            start = next(reversed(self._xmit))
+            end, _sent, _resent, sacked = self._xmit[start]
+            if not sacked:
+                self._resend(start, end, now, "tlp")
+                sent = True
+        if sent:
+            self._tlp_out = True
+            self._rto_deadline = now + self.rto
+
+    def _resend(self, start: int, end: int, now: float, reason: str) -> None:
+        """Send [start, end) of the send buffer again (with our FIN if it ends where the FIN stands)."""
+        data_end = self._send_base + len(self._send_buf)
+        end = min(end, data_end, start + self.eff_mss)
+        n = max(0, end - start)
+        fin = self._fin_queued and self.snd_max > data_end and start + n == data_end
+        if n == 0 and not fin:
+            return
+        offset = start - self._send_base
+        flags = TcpFlags.ACK | (TcpFlags.FIN if fin else TcpFlags(0))
+        self._note_retransmission(start, n, reason)
+        self._emit(start, flags, bytes(self._send_buf[offset : offset + n]))
+        if start in self._xmit:
+            self._xmit[start] = (self._xmit[start][0], now, True, False)
+        if self._in_recovery:
+            self._prr_out += n
+
+    def _arm_tlp(self, now: float) -> None:
+        """RFC 8985 7.2: PTO = 2 SRTT (plus the peer's delayed-ACK time when one segment is in flight), only
+        with SACK, outside recovery, one probe at a time, and only when it comes before the RTO."""
+        if (
+            self._tlp_deadline is not None
+            or not self._sack_ok
+            or not self.config.tail_loss_probe
+            or self.srtt is None
+            or self._in_recovery
+            or self._tlp_out
+            or self._retries
+        ):
+            return
+        pto = 2 * self.srtt
+        if self.snd_max - self.snd_una <= self.eff_mss:
+            pto += 0.2  # WCDelAckT: the peer may hold a lone segment's ACK that long (RFC 1122 4.2.3.2)
+        deadline = now + pto
+        if self._rto_deadline is not None and deadline >= self._rto_deadline:
+            return
+        self._tlp_deadline = deadline
 
     def _take_sack(self, blocks: tuple[tuple[int, int], ...]) -> None:
         """Merge the peer's SACK blocks (RFC 2018) into the scoreboard; blocks outside what we sent are ignored."""
@@ -883,26 +1115,6 @@ class TcpConnection:
         self._sacked = [
             (max(left, self.snd_una), right) for left, right in self._sacked if right > self.snd_una
         ]
-
-    def _retransmit_hole(self, now: float) -> bool:
-        """During recovery, resend the next unacknowledged, unSACKed segment below the highest SACKed byte that
-        was not resent yet in this recovery; False when there is none (or no SACK)."""
-        if not self._sack_ok or not self._sacked:
-            return False
-        start = max(self.snd_una, self._rexmit_high)
-        data_end = self._send_base + len(self._send_buf)
-        for left, right in self._sacked:
-            if start < left:
-                n = min(left - start, self.eff_mss, data_end - start)
-                if n <= 0:
-                    return False
-                offset = start - self._send_base
-                self._note_retransmission(start, n, "fast")
-                self._emit(start, TcpFlags.ACK, bytes(self._send_buf[offset : offset + n]))
-                self._rexmit_high = start + n
-                return True
-            start = max(start, right)
-        return False
 
     def _take_text_and_fin(self, seg: TcpSegment, seq: int, now: float) -> None:
         if seg.payload:
@@ -1024,10 +1236,20 @@ class TcpConnection:
             data_end = self._send_base + len(self._send_buf)
             fin_due = fin_allowed and self.snd_nxt <= data_end
             available = data_end - self.snd_nxt
-            # in a SACK recovery the bytes the peer holds are not in flight (RFC 6675's pipe, without the "lost"
-            # estimate); the peer's window still counts from SND.UNA
-            sacked = sum(r - left for left, r in self._sacked) if self._in_recovery else 0
-            usable = min(self.snd_una + self.cwnd + sacked, self.snd_una + self.snd_wnd) - self.snd_nxt
+            if self._in_recovery and self._sack_ok:
+                # RFC 6675 NextSeg rule 1 first: the lowest segment RACK marked lost; then new data, while pipe
+                # (the bytes really in flight) stays under the cwnd PRR set; the peer's window counts from SND.UNA
+                room = self.cwnd - self._pipe()
+                if room <= 0:
+                    break
+                if self._lost:
+                    start = min(self._lost)
+                    self._lost.discard(start)
+                    self._resend(start, self._xmit[start][0] if start in self._xmit else start, now, "fast")
+                    continue
+                usable = min(room, self.snd_una + self.snd_wnd - self.snd_nxt)
+            else:
+                usable = min(self.snd_una + self.cwnd, self.snd_una + self.snd_wnd) - self.snd_nxt
             if available > 0:
                 if usable <= 0:
                     break
@@ -1055,6 +1277,10 @@ class TcpConnection:
             self._note_retransmission(seq, n, "timeout")  # below snd_max only after a timeout's go-back-N
         elif self._rtt_seq is None:
             self._rtt_seq, self._rtt_time = end, now
+        if n:
+            self._xmit[seq] = (seq + n, now, seq < self.snd_max, False)
+            if self._in_recovery:
+                self._prr_out += n
         self._emit(seq, flags, payload)
         self.snd_nxt = max(self.snd_nxt, end)
         self.snd_max = max(self.snd_max, end)
@@ -1202,14 +1428,14 @@ class TcpConnection:
                 self._rto_deadline = now + self.rto
             return
         if self.state not in _SENDING:
-            self._rto_deadline = None
+            self._rto_deadline = self._reo_deadline = self._tlp_deadline = None
             self._persist_deadline = None
             return
         data_end = self._send_base + len(self._send_buf)
         if self.snd_nxt == self.snd_una and data_end > self.snd_nxt:
             # data waits and nothing is in flight: a zero window, or a window too small to be worth a segment
             # (sender SWS avoidance); the persist timer probes it or, RFC 1122 4.2.3.4, overrides the wait
-            self._rto_deadline = None
+            self._rto_deadline = self._reo_deadline = self._tlp_deadline = None
             if self._persist_deadline is None:
                 if self._persist_interval == 0.0:
                     self._persist_interval = self.rto
@@ -1220,8 +1446,9 @@ class TcpConnection:
         if self.snd_nxt > self.snd_una:
             if self._rto_deadline is None:
                 self._rto_deadline = now + self.rto
+            self._arm_tlp(now)
         else:
-            self._rto_deadline = None
+            self._rto_deadline = self._reo_deadline = self._tlp_deadline = None
 
     def _on_rto(self, now: float) -> None:
         self._retries += 1
@@ -1249,6 +1476,11 @@ class TcpConnection:
         self._dupacks = 0
         self._recover = self.snd_max
         self._sacked = []  # go-back-N resends everything; the peer may have reneged (RFC 2018 section 8)
+        self._sacked_bytes = 0
+        self._xmit.clear()  # the go-back-N's transmissions start the log again
+        self._lost.clear()
+        self._reo_deadline = self._tlp_deadline = None
+        self._tlp_out = False
         self.snd_nxt = self.snd_una
         if self.snd_wnd == 0 and self._send_base + len(self._send_buf) > self.snd_una:
             return  # the persist timer takes over (armed by _arm)
@@ -1342,7 +1574,7 @@ class TcpConnection:
             self._fire(TcpInput.CLOSE)
 
     def _enter_time_wait(self, now: float) -> None:
-        self._rto_deadline = None
+        self._rto_deadline = self._reo_deadline = self._tlp_deadline = None
         self._persist_deadline = None
         self._time_wait_deadline = now + 2 * self.config.msl
 
@@ -1364,7 +1596,7 @@ class TcpConnection:
             self._ooo.clear()
             self._ooo_cost = 0
         self._rto_deadline = self._ack_deadline = self._persist_deadline = self._time_wait_deadline = None
-        self._fin_wait_2_deadline = None
+        self._fin_wait_2_deadline = self._reo_deadline = self._tlp_deadline = None
         self._events.append(Closed(reason))
 
     def _reject(self, reason: str, answered: str) -> None:
@@ -1373,6 +1605,10 @@ class TcpConnection:
 
 def _chunk_start(chunk: tuple[int, bytearray]) -> int:
     return chunk[0]
+
+
+def _block_start(block: tuple[int, int]) -> int:
+    return block[0]
 
 
 def _config(config: TcpConfig | None, mss: int, receive_buffer: int | None) -> TcpConfig:

@@ -428,7 +428,9 @@ def test_send_buffer_is_bounded() -> None:
 
 
 def test_rto_backoff_and_karn() -> None:
-    c, s = _pair()
+    c, s = _pair(
+        TcpConfig(tail_loss_probe=False)
+    )  # the RTO itself: no tail loss probe before it (RFC 8985 7)
     rto0 = c.rto
     assert rto0 == 1.0  # min_rto (RFC 6298 2.4) above SRTT + 4 RTTVAR of a 10 ms handshake
     c.send(b"a" * 100, 2.0)
@@ -465,7 +467,9 @@ def test_rto_measured_rtt_above_min() -> None:
 
 
 def test_data_retransmissions_capped() -> None:
-    c, _ = _pair(TcpConfig(data_retries=2, max_rto=4.0))
+    c, _ = _pair(
+        TcpConfig(data_retries=2, max_rto=4.0, tail_loss_probe=False)
+    )  # the RTO itself: no tail loss probe before it (RFC 8985 7)
     c.send(b"z", 1.0)
     c.outgoing()
     while c.state is not TcpState.CLOSED:
@@ -580,7 +584,9 @@ def test_delayed_ack_disabled() -> None:
 
 
 def test_zero_window_and_persist_probe() -> None:
-    c, s = _pair(server_config=TcpConfig(receive_buffer=2920, delayed_ack=0.0))
+    c, s = _pair(
+        TcpConfig(tail_loss_probe=False), TcpConfig(receive_buffer=2920, delayed_ack=0.0)
+    )  # the RTO itself: no tail loss probe before it (RFC 8985 7)
     c.send(b"p" * 5000, 1.0)
     segs = c.outgoing()
     assert sum(len(x.payload) for x in segs) == 2920  # the peer's window
@@ -1171,7 +1177,9 @@ def test_arbitrary_segments_never_raise(start: str, ops: list[tuple[str, Any]]) 
 def test_ack_after_timeout_carries_the_highest_sequence_sent() -> None:
     # after an RTO snd_nxt steps back to snd_una (go-back-N) while the peer may already hold everything: an ACK
     # from further back would be out of the peer's window, and two such peers would trade ACKs forever
-    c, s = _pair()
+    c, s = _pair(
+        TcpConfig(tail_loss_probe=False)
+    )  # the RTO itself: no tail loss probe before it (RFC 8985 7)
     c.send(b"g" * 2000, 1.0)
     for seg in c.outgoing():
         s.receive(seg, 1.0)
@@ -1319,7 +1327,9 @@ def test_slow_start_and_congestion_avoidance_growth() -> None:
 
 
 def test_timeout_collapses_the_window() -> None:
-    c, _ = _pair(TcpConfig(send_buffer=1 << 20))
+    c, _ = _pair(
+        TcpConfig(send_buffer=1 << 20, tail_loss_probe=False)
+    )  # the RTO itself: no tail loss probe before it (RFC 8985 7)
     mss = c.eff_mss
     c.send(b"t" * (3 * mss), 1.0)
     assert len(c.outgoing()) == 3
