@@ -35,6 +35,7 @@ those scapy would build; the tests keep scapy as the independent decoder and com
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -163,16 +164,30 @@ def raw_packet_event(event: TraceEvent) -> bool:
     )
 
 
+class _Address(IPv4Address):
+    """An IPv4Address that computes its `packed` once: the codecs read it two or three times per packet, and the
+    exporter's few addresses serve every packet of a trace."""
+
+    @functools.cached_property
+    def packed(self) -> bytes:
+        return IPv4Address.packed.fget(self)  # type: ignore[attr-defined]
+
+
+@functools.lru_cache(maxsize=256)
+def _address(packed: bytes) -> IPv4Address:
+    return _Address(packed)
+
+
 def ipv4_packet(src: bytes, dst: bytes, protocol: int, payload: bytes) -> bytes:
     """An IPv4 header (no options, identification 1, TTL 64, no DF: scapy's defaults) in front of `payload`."""
     return Ipv4Packet(
-        IPv4Address(src), IPv4Address(dst), protocol, payload, ttl=64, identification=1, dont_fragment=False
+        _address(src), _address(dst), protocol, payload, ttl=64, identification=1, dont_fragment=False
     ).encode()
 
 
 def udp_packet(src: bytes, dst: bytes, sport: int, dport: int, payload: bytes) -> bytes:
     """IPv4/UDP with the RFC 768 checksum (0 sent as FFFF), from net/udp.py's codec."""
-    datagram = UdpDatagram(sport, dport, payload).encode(IPv4Address(src), IPv4Address(dst))
+    datagram = UdpDatagram(sport, dport, payload).encode(_address(src), _address(dst))
     return ipv4_packet(src, dst, UDP, datagram)
 
 
@@ -182,7 +197,7 @@ def tcp_packet(
     """IPv4/TCP without options (data offset 5, window 8192, as scapy's defaults) with the RFC 9293 checksum, from
     net/tcp_segment.py's codec."""
     segment = TcpSegment(sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, TcpFlags(flags), 8192, payload)
-    return ipv4_packet(src, dst, TCP, segment.encode(IPv4Address(src), IPv4Address(dst)))
+    return ipv4_packet(src, dst, TCP, segment.encode(_address(src), _address(dst)))
 
 
 @dataclass(frozen=True, slots=True)
