@@ -224,6 +224,9 @@ class DataCall:
     dtr_dropped: bool = False
     last_words: bytes = b""  # what goes to the host before NO CARRIER when the call ended under the loop
     waiting: trio.CancelScope | None = None  # the online loop's wait for the line, cancelled by wake()
+    implicit_cid: bool = (
+        False  # the dial named no context and the host defined none: `cid` is the modem's choice
+    )
 
     def fire(self, event: CallEvent) -> None:
         """Moves the call by CALL_TABLE; an event its state does not take is a bug of the caller."""
@@ -387,8 +390,11 @@ class DataCommands:
             raise CmeError(CME_NOT_SUPPORTED)  # --network host: no packet plane to route the host's packets
         core = self.core
         definitions = core.definitions
+        # a dial that names no context, on a modem where the host defined none: a context of its own, never one
+        # that is active for another user (the card's BIP channel), whose end would end this call too
+        implicit = cid is None and not definitions and not core.authentications
         if cid is None:
-            cid = min(definitions) if definitions else 1
+            cid = min(definitions) if definitions else self._free_cid()
         if not 1 <= cid <= 16:
             raise CmeError(CME_BAD_PARAMETERS)
         apn = (definitions[cid][1] if cid in definitions else DEFAULT_APN) or DEFAULT_APN
@@ -427,12 +433,18 @@ class DataCommands:
                 rng=rng,
                 relay_auth=True,
             )
-            call = DataCall(cid, None, conn, server, None, None, apn=apn)
+            call = DataCall(cid, None, conn, server, None, None, apn=apn, implicit_cid=implicit)
             summary = f"data call on context {cid}: the host's credentials activate it"
         self.calls[server] = call
         self._trace_call(call, "connect", summary, apn=apn)
         server.after_response(lambda: self._begin(call))
         raise ResultCode("CONNECT")
+
+    def _free_cid(self) -> int:
+        """The lowest context identifier no active context has (1 when all are taken: the activation then meets
+        the network's own rule for an identifier in use)."""
+        active = self.core.network.contexts
+        return next((cid for cid in range(1, 17) if cid not in active), 1)
 
     async def _activate(
         self,
@@ -462,6 +474,8 @@ class DataCommands:
         (PAP Ack/Nak, CHAP Success/Failure). A refusal ends the call (NO CARRIER) with the cause for +CEER."""
         plane = self.plane
         now = trio.current_time()
+        if call.implicit_cid and call.cid in self.core.network.contexts:
+            call.cid = self._free_cid()  # taken since the dial (the card opened a channel): another one
         try:
             if plane is None:
                 raise _BearerBusy("no packet plane")

@@ -734,6 +734,23 @@ async def test_frames_right_behind_connect_and_behind_atd_are_not_lost(
         assert host.address is not None
 
 
+async def test_a_dial_without_a_context_does_not_share_the_cards_and_outlives_it() -> None:
+    """ATD*99# with no context defined takes a context of its own: the one the card's BIP channel activated
+    (context 1, on the own-stack bearer) ends when the card closes its channel, and must not end the host's call
+    with it (a running CP's card opens its channel at power-on, while a host may be dialling)."""
+    async with rig() as r:
+        cards = r.network.activate("internet")  # what the own-stack bearer does for the card's OPEN CHANNEL
+        assert cards.cid == 1
+        assert "CONNECT" in await r.at("ATD*99#")
+        host = HostPpp()
+        await negotiate(r, host)
+        (call,) = r.data.calls.values()
+        assert call.cid != cards.cid and host.address is not None and str(host.address) != cards.address
+        r.network.deactivate(cards.cid, "channel 1 closed")  # the card's CLOSE CHANNEL releases its context
+        assert call.online and not call.ended
+        assert str(host.address) == r.network.contexts[call.cid].address
+
+
 def test_a_running_bipsim_cp_takes_a_data_call(tmp_path: Path) -> None:
     """The product: `bipsim cp --listen` answers ATD*99# with CONNECT and gives the host an address by IPCP."""
     import os
