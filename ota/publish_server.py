@@ -28,7 +28,6 @@ import tomllib
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -60,9 +59,9 @@ MAX_SESSIONS = 4096
 MAX_REPORTS = 1000
 IMEI = re.compile(r"^[0-9]{14,16}$")
 MSISDN = re.compile(r"^\+[0-9]{1,20}$")
-WAP_PUSH_PORT = 2948  # WDP destination port of the connectionless push session service (WAP-259)
-WAP_SOURCE_PORT = 9200  # WDP source port: the WAP connectionless session service (WAP-259)
-SMS_PAYLOAD = 140  # octets of TP-UD of one short message (TS 23.040 9.2.3.24)
+WAP_PUSH_PORT = (
+    2948  # WDP port of the connectionless push session service (WAP-259); the SMSC sends from 9200
+)
 REALM = 'Bearer realm="bipsim-publish"'
 STEP_AUTH = "001:203"  # the server authenticates the terminal
 STEP_DOWNLOAD = "001:204"  # download (install, configure, report are the terminal's)
@@ -209,7 +208,8 @@ class Answer:
 
 @dataclass(frozen=True)
 class NotifyOrder:
-    """An admin notify the core checked: the adapter sends `texts` or `tpdus` through the SMSC (sms, wap) or the
+    """An admin notify the core checked: the adapter sends `texts` or the WDP `datagrams` (to port 2948) through the
+    SMSC (sms, wap) or the
     release frame over the push connections (ip), then asks the core for the answer (`PublishService.notified`)."""
 
     release: Release
@@ -217,7 +217,7 @@ class NotifyOrder:
     via: str
     msisdn: str | None
     texts: tuple[str, ...] = ()
-    tpdus: tuple[bytes, ...] = ()
+    datagrams: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -255,29 +255,6 @@ def _str(body: dict[str, Any], key: str, limit: int = 256) -> str:
     return value
 
 
-def _wap_tpdus(payload: bytes, originator: str, when: datetime, reference: int) -> tuple[bytes, ...]:
-    """The SMS-DELIVER TPDUs carrying a WSP Push PDU to WDP port 2948 from 9200 (WAP-259 6.5, TS 23.040
-    9.2.3.24.4), 8-bit data; several parts with a concatenation element each when it does not fit one."""
-    from bipsim.net.sms_pdu import Address, Alphabet, Concatenation, PortAddressing, SmsDeliver, make_dcs
-
-    ports = PortAddressing(WAP_PUSH_PORT, WAP_SOURCE_PORT).element()
-    sender = Address.parse(originator)
-    dcs = make_dcs(Alphabet.EIGHT_BIT)
-    single = SMS_PAYLOAD - 1 - len(ports.encode())  # UDHL octet and the port element
-    if len(payload) <= single:
-        return (SmsDeliver(sender, when, 0, dcs, (ports,), payload).encode(),)
-    step = single - 5  # and an 8-bit concatenation element (IEI, length, reference, total, sequence)
-    chunks = [payload[i : i + step] for i in range(0, len(payload), step)]
-    if len(chunks) > 255:
-        raise _Refuse(413, "the WAP push does not fit 255 short messages")
-    return tuple(
-        SmsDeliver(
-            sender, when, 0, dcs, (ports, Concatenation(reference, len(chunks), n).element()), chunk
-        ).encode()
-        for n, chunk in enumerate(chunks, 1)
-    )
-
-
 class PublishService:
     """The rules of the HTTP API (docs/protocols.md, "Push deployment"); pure but for the catalogue it holds."""
 
@@ -304,7 +281,6 @@ class PublishService:
         self.smsc = smsc  # whether sms/wap notices have an SMSC to go through
         self.reports: list[Report] = []
         self.downloads = 0
-        self._reference = 0
 
     def _source_stamp(self) -> tuple[int, int] | None:
         if self.source is None:
@@ -539,10 +515,7 @@ class PublishService:
             si_id=f"{release.name}-{release.version}",  # short: the SI and its href fit one SMS more often
             text=f"{release.name} {release.version}",
         )
-        self._reference = (self._reference + 1) % 256
-        when = datetime.now(UTC)
-        tpdus = _wap_tpdus(payload, self.sms_from, when, self._reference)
-        return NotifyOrder(release, advertised, via, msisdn, tpdus=tpdus)
+        return NotifyOrder(release, advertised, via, msisdn, datagrams=(payload,))
 
     def notified(
         self,
@@ -794,7 +767,18 @@ class PublishServer:
         asks: list[dict[str, Any]] = [
             {"op": "send-mt", "text": text, "from": self.service.sms_from, "wait": 0} for text in order.texts
         ]
-        asks += [{"op": "send-mt", "hex": tpdu.hex().upper(), "wait": 0} for tpdu in order.tpdus]
+        # 8-bit data to port 2948: the SMSC adds the port element (from 9200, WAP-259 6.5) and splits a long one
+        # into concatenated parts (TS 23.040 9.2.3.24.1)
+        asks += [
+            {
+                "op": "send-mt",
+                "data": data.hex().upper(),
+                "port": WAP_PUSH_PORT,
+                "from": self.service.sms_from,
+                "wait": 0,
+            }
+            for data in order.datagrams
+        ]
         for ask in asks:
             try:
                 answer = await smsc_request(host, port, ask, timeout=10.0)

@@ -785,22 +785,36 @@ async def test_tshark_decodes_the_wap_push_the_smsc_took(tmp_path: Path, need: A
     assert "Malformed" not in shown
 
 
-def test_a_wap_push_too_long_for_one_sms_goes_in_concatenated_parts() -> None:
-    from datetime import UTC, datetime
+async def test_a_wap_push_too_long_for_one_sms_goes_in_concatenated_parts(tmp_path: Path) -> None:
+    from bipsim.net import push_notice as notices
+    from bipsim.net.smsc import Smsc, serve_control
 
-    from bipsim.net.sms_pdu import decode_tpdu
-    from bipsim.ota.publish_server import _wap_tpdus
-
-    payload = bytes(range(256)) + bytes(44)  # 300 octets
-    tpdus = _wap_tpdus(payload, "+15550008450", datetime(2026, 11, 30, tzinfo=UTC), reference=7)
-    parts = [decode_tpdu(t) for t in tpdus]
-    assert len(parts) == 3 and all(len(t) <= 140 + 30 for t in tpdus)
-    assert b"".join(p.ud for p in parts) == payload
+    name = "a-rather-long-application-name-for-one-short-message-" + "x" * 10
+    (tmp_path / "long.bin").write_bytes(b"long")
+    smsc = Smsc()
+    async with trio.open_nursery() as nursery:
+        host, port = await nursery.start(serve_control, smsc, "127.0.0.1", 0)
+        rig = Rig(tmp_path, smsc=(host, port))
+        with (tmp_path / "catalogue.toml").open("a") as toml:
+            toml.write(f"[[release]]\nname = '{name}'\nversion = '12.345.6789'\nfile = 'long.bin'\n")
+            toml.write("timestamp = 2026-12-01T00:00:00Z\n")
+        rig.service.source = tmp_path
+        wap = await rig.call(
+            "POST", "/v1/admin/notify", {"name": name, "via": "wap", "msisdn": "+15550001234"}
+        )
+        assert wap.status == 200, wap.body
+        nursery.cancel_scope.cancel()
+    parts = [m.decoded for m in smsc.mt]
+    assert len(parts) >= 2 and json.loads(wap.body)["sent"] == len(parts)
+    references = set()
     for number, part in enumerate(parts, 1):
         elements = {e.iei: e.data for e in part.udh}
-        assert elements[0x05] == bytes.fromhex("0B8423F0") and elements[0x00] == bytes((7, 3, number))
-    single = _wap_tpdus(b"x" * 133, "+15550008450", datetime(2026, 11, 30, tzinfo=UTC), reference=8)
-    assert len(single) == 1 and 0x00 not in {e.iei for e in decode_tpdu(single[0]).udh}
+        assert elements[0x05] == bytes.fromhex("0B8423F0")  # every part to 2948 from 9200
+        assert elements[0x00][1:] == bytes((len(parts), number))
+        references.add(elements[0x00][0])
+    assert len(references) == 1
+    pushed = notices.parse_wap_push(b"".join(p.ud for p in parts))
+    assert pushed is not None and pushed.url == f"http://127.0.0.1:18450/v1/packages/{name}/12.345.6789"
 
 
 async def test_admin_notify_with_the_smsc_gone_is_502(tmp_path: Path) -> None:
