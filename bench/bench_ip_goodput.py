@@ -8,7 +8,7 @@ differ only in the TCP at the client end. Each case moves SIZE bytes server -> c
 direction) and client -> server ("up"); goodput counts payload bytes from connect to the last byte.
 
 Prints ONE JSON line: goodput in kbit/s of each and the ratios ours/kernel on `lte` and on `lte` with 1 % loss,
-with our stack's default buffers (128 KiB send, 256 KiB receive: TcpConfig) and (`*_1mib_buffers_ratio`) with
+with our stack's default buffers (512 KiB send, 256 KiB receive: TcpConfig) and (`*_1mib_buffers_ratio`) with
 1 MiB ones.
 Needs root (or unprivileged user namespaces), unshare, nsenter and ip.  Usage: bench_ip_goodput.py [SIZE_BYTES]
 """

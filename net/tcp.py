@@ -18,6 +18,7 @@ unwrapped against the nearest expected value, and segments carry them modulo 2**
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
+from collections import OrderedDict
 from dataclasses import dataclass
 from enum import Enum
 from ipaddress import IPv4Address
@@ -242,10 +243,12 @@ class TcpConfig:
     """
 
     mss: int = 1460
-    # above the bandwidth-delay product of the faster radio profiles (lte: ~90 KB), and the send buffer well under
-    # their radio queue, so that one connection fills the link without overflowing the queue (docs/performance.md)
+    # above the bandwidth-delay product of the faster radio profiles (lte: ~90 KB); the send buffer lets the window
+    # grow past that product into the radio's queue (lte: 512 KiB, so what is in flight beyond the product still
+    # fits it and a lone connection never overflows it), so that a window reduction after a random loss still
+    # keeps the link busy, as Linux's autotuned buffers do (docs/performance.md)
     receive_buffer: int = 256 * 1024
-    send_buffer: int = 128 * 1024
+    send_buffer: int = 512 * 1024
     initial_rto: float = 1.0
     min_rto: float = 1.0
     max_rto: float = 60.0
@@ -371,7 +374,9 @@ class TcpConnection:
         # RFC 8985 RACK-TLP: every data segment in flight, start -> (end, time sent, resent, SACKed), in sequence
         # order (a timeout's go-back-N starts the log again); `_lost` holds the starts RACK found lost and that
         # wait for their retransmission
-        self._xmit: dict[int, tuple[int, float, bool, bool]] = {}
+        # (an OrderedDict: the front is popped on every ACK, which a dict's iteration would pay for in tombstones)
+        self._xmit: OrderedDict[int, tuple[int, float, bool, bool]] = OrderedDict()
+        self._resent: set[int] = set()  # the starts in _xmit whose latest transmission was a retransmission
         self._lost: set[int] = set()
         self._sacked_bytes = 0  # what the scoreboard covers (RFC 6675's SACKed bytes)
         self._rack_xmit = -1.0  # RACK.xmit_ts: when the latest delivered segment was sent
@@ -944,6 +949,7 @@ class TcpConnection:
                 break
             del xmit[start]
             self._lost.discard(start)
+            self._resent.discard(start)
             if not sacked:
                 delivered.append((end, sent, resent))
         if self._sacked:
@@ -984,7 +990,20 @@ class TcpConnection:
         rack_xmit, rack_end = self._rack_xmit, self._rack_end
         timeout = 0.0
         newly = False
-        for start, (end, sent, _resent, sacked) in self._xmit.items():
+        xmit = self._xmit
+        # first transmissions are in _xmit in the order they were sent: the scan stops at the first one sent after
+        # RACK's segment, and only the (few) retransmissions beyond it are looked at besides, not the whole flight
+        candidates: list[int] = []
+        stop: int | None = None
+        for start, (end, sent, resent, _sacked) in xmit.items():
+            if not resent and (sent > rack_xmit or (sent == rack_xmit and end >= rack_end)):
+                stop = start
+                break
+            candidates.append(start)
+        if stop is not None:
+            candidates += [r for r in self._resent if r > stop]
+        for start in candidates:
+            end, sent, _resent, sacked = xmit[start]
             if sacked or start in self._lost:
                 continue
             if sent > rack_xmit or (sent == rack_xmit and end >= rack_end):
@@ -1070,6 +1089,7 @@ class TcpConnection:
         self._emit(start, flags, bytes(self._send_buf[offset : offset + n]))
         if start in self._xmit:
             self._xmit[start] = (self._xmit[start][0], now, True, False)
+            self._resent.add(start)
         if self._in_recovery:
             self._prr_out += n
 
@@ -1279,6 +1299,8 @@ class TcpConnection:
             self._rtt_seq, self._rtt_time = end, now
         if n:
             self._xmit[seq] = (seq + n, now, seq < self.snd_max, False)
+            if seq < self.snd_max:
+                self._resent.add(seq)
             if self._in_recovery:
                 self._prr_out += n
         self._emit(seq, flags, payload)
@@ -1478,6 +1500,7 @@ class TcpConnection:
         self._sacked = []  # go-back-N resends everything; the peer may have reneged (RFC 2018 section 8)
         self._sacked_bytes = 0
         self._xmit.clear()  # the go-back-N's transmissions start the log again
+        self._resent.clear()
         self._lost.clear()
         self._reo_deadline = self._tlp_deadline = None
         self._tlp_out = False
