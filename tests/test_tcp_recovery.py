@@ -1,13 +1,18 @@
 """SACK-driven loss recovery of net/tcp.py: RFC 8985 RACK-TLP (loss marked by time, the tail loss probe), RFC 6675's
 pipe with RFC 6937 Proportional Rate Reduction, the RTO backoff after the path answers again, and the receive side's
-immediate ACK of out-of-order data (RFC 5681 4.2). The connection is sans-IO: every test passes its own clock."""
+immediate ACK of out-of-order data (RFC 5681 4.2). The connection is sans-IO: every test passes its own clock, and
+one runs the stream adapter on trio's MockClock."""
 
 from __future__ import annotations
 
 from ipaddress import IPv4Address
 
+import trio
+import trio.testing
+
 from bipsim.net.tcp import Retransmitted, TcpConfig, TcpConnection, TcpEvent
-from bipsim.net.tcp_segment import TcpSegment
+from bipsim.net.tcp_segment import TcpFlags, TcpSegment
+from tests.test_tcp_stream import _open_pair
 
 L = (IPv4Address("198.51.100.2"), 40000)
 R = (IPv4Address("203.0.113.10"), 80)
@@ -213,3 +218,30 @@ def test_default_window_covers_the_lte_bandwidth_delay_product() -> None:
     s.on_timer(1.3)
     (ack,) = s.outgoing()
     assert ack.window << s._rcv_wscale >= 10_000_000 // 8 * 0.07
+
+
+async def test_stream_repairs_a_lost_tail_by_the_probe_not_the_rto(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # the same through the stream adapter on trio's clock: the last segment of a write is lost once; the reader
+    # has every byte a tail loss probe later (2 SRTT + 200 ms on this instant link), well before the 1 s RTO
+    async with trio.open_nursery() as nursery:
+        writer, reader, left, _ = await _open_pair(nursery)
+        lost: list[TcpSegment] = []
+
+        def drop(seg: TcpSegment) -> bool:
+            if TcpFlags.PSH in seg.flags and not lost:
+                lost.append(seg)
+                return True
+            return False
+
+        left.drop = drop
+        start = trio.current_time()
+        await writer.send_all(b"p" * 3000)
+        got = bytearray()
+        while len(got) < 3000:
+            got += await reader.receive_some(4096)
+        assert lost and bytes(got) == b"p" * 3000
+        assert trio.current_time() - start < left.connection.config.min_rto
+        assert left.connection.retransmissions == 1
+        nursery.cancel_scope.cancel()

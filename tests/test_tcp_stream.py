@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from ipaddress import IPv4Address
 
 import pytest
@@ -36,6 +37,7 @@ class _Driver:
         self.rng = random.Random(seed)
         self.sent: list[TcpSegment] = []
         self.hold = False  # the test holds what this side sends (a link that stopped delivering)
+        self.drop: Callable[[TcpSegment], bool] | None = None  # the test loses the segments it picks
 
     def now(self) -> float:
         return trio.current_time()
@@ -45,6 +47,8 @@ class _Driver:
         for seg in conn.outgoing():
             self.sent.append(seg)
             if self.peer is None or self.hold or self.rng.random() < self.loss:
+                continue
+            if self.drop is not None and self.drop(seg):
                 continue
             try:
                 self.peer.inbox_send.send_nowait(seg.encode(conn.local[0], conn.remote[0]))
