@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import click
-import trio
 
 from bipsim.commands.common import finish_trace, host_port, install_shutdown, make_tracer, trace_option
 from bipsim.errors import CliError
@@ -53,6 +52,8 @@ def serve(
     """Insert the simulated UICC in a vpcd virtual reader of pcscd and answer its APDUs (ISO 7816-4, TS 102 221,
     the CAT of TS 102 223) until Ctrl-C or SIGTERM. The card is the TCP client: start it before or after pcscd;
     it reconnects whenever pcscd restarts. Every APDU is traced (apdu.*, cat.* kinds) into --trace."""
+    import trio
+
     shutdown = install_shutdown("bipsim card serve")
     from bipsim.cp.modem import simulated_card
     from bipsim.uicc.sim_transport import SimulatedCard

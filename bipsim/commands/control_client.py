@@ -9,7 +9,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import click
-import trio
 
 from bipsim.errors import CliError
 
@@ -61,6 +60,8 @@ def ask(
 ) -> dict[str, Any]:
     """Sends `message` through `request` (the peer's own client coroutine) to `connect` and returns the answer.
     `peer` names the other end in the errors ("the SMSC"), `socket_name` its socket ("the SMSC control socket")."""
+    import trio
+
     host, port = split_connect(connect)
     try:
         return trio.run(lambda: request(host, port, message, timeout=timeout))

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import click
-import trio
 
 from bipsim.commands.common import host_port, make_tracer, trace_option
 from bipsim.errors import CliError
@@ -134,6 +133,8 @@ def fleet(
     the fleet's own server and still prints the report of what ended until then (exit 130); a second one stops at
     once.
     """
+    import trio
+
     from bipsim.ota.fleet import Engine, FleetConfig, LocalEngine, fleet_keys, keys_toml, run_fleet
 
     key_seed = seed if seed is not None else 0

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
-import trio
 
 from bipsim.commands.common import (
     finish_trace,
@@ -111,6 +110,8 @@ def ota_server(
     campaign entry, then 204 No Content. Prints "listening on HOST:PORT" once ready; stops on Ctrl-C or SIGTERM,
     printing "summary: {...}" (cards, completed, sessions, connections, refusals) on its way out.
     """
+    import trio
+
     # exit 0 on SIGTERM, or 143 when not stopped within the grace (a pool waits for its workers' summaries)
     install_shutdown("bipsim ota-server", grace=1.0 if workers == 1 else 15.0)
     from bipsim.ota.admin import AdminServer
@@ -192,6 +193,8 @@ def run_pool(
     drop_after: int | None,
 ) -> None:
     """`--workers K` with K > 1: the parent of ota/server_pool.py's workers."""
+    import trio
+
     from bipsim.ota.server_pool import Pool, WorkerConfig
 
     pool = Pool(
@@ -233,6 +236,8 @@ def run_pool(
 
 def run_unwrapped(main: Callable[[], Awaitable[None]]) -> None:
     """trio.run, with a CliError raised under a nursery (a port in use) given back as itself: one line."""
+    import trio
+
     try:
         trio.run(main)
     except BaseExceptionGroup as group:

@@ -7,7 +7,6 @@ import signal
 from pathlib import Path
 
 import click
-import trio
 
 from bipsim.commands.common import install_shutdown
 from bipsim.errors import CliError
@@ -66,6 +65,8 @@ def soak(
     and nothing grew past the tolerance (4 file descriptors, 32 MiB RSS: the soak's own process from start to end,
     each kind of process from the first session's end to the last's); 1 otherwise.
     """
+    import trio
+
     from bipsim.scenarios.soak import SessionReport, SoakOptions, SoakReport
     from bipsim.scenarios.soak import soak as run_soak
 

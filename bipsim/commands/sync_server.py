@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import click
-import trio
 
 from bipsim.commands.common import (
     finish_trace,
@@ -57,6 +56,8 @@ def sync_server(
     (412 when another terminal wrote since). Prints "listening on HOST:PORT" once ready; stops on Ctrl-C or
     SIGTERM.
     """
+    import trio
+
     install_shutdown("bipsim sync-server")
     from bipsim.ota.sync_server import SyncServer, SyncService, parse_terminal
 
