@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import click
-import trio
 
 from bipsim.commands.common import (
     finish_trace,
@@ -103,6 +102,8 @@ def publish_server(
     only, POST /v1/admin/notify {"name", "via": "sms"|"wap"|"ip", "msisdn"} to announce the latest release.
     Prints "listening on HOST:PORT" and "push listening on HOST:PORT" once ready; stops on Ctrl-C or SIGTERM.
     """
+    import trio
+
     install_shutdown("bipsim publish-server")
     from bipsim.ota.publish_server import (
         Fault,
