@@ -336,7 +336,9 @@ class CardDriver:
     ) -> tuple[bytes, int]:
         if fields is None and kind is Kind.APDU_COMMAND:
             fields = command_fields(apdu)
-        self.tracer.record(Actor.CP, Actor.UICC, Layer.APDU, summary, apdu, step=step, kind=kind, fields=fields)
+        self.tracer.record(
+            Actor.CP, Actor.UICC, Layer.APDU, summary, apdu, step=step, kind=kind, fields=fields
+        )
         response = await self._exchange(apdu)
         self._response_event(summary, response)
         data, sw = response[:-2], int.from_bytes(response[-2:], "big") if len(response) >= 2 else 0x6F00

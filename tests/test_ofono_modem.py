@@ -29,9 +29,10 @@ def test_ofono_powers_registers_reads_the_sim_and_runs_a_context(tmp_path: Path)
         # oFono publishes Status on +CREG and the operator's codes only after its +COPS query that follows.
         peer.wait_for(
             "registration on a named operator",
-            lambda: {"Status", "MobileCountryCode"}
-            <= peer.properties("org.ofono.NetworkRegistration").keys()
-            and peer.properties("org.ofono.NetworkRegistration")["Status"] == "registered",
+            lambda: (
+                {"Status", "MobileCountryCode"} <= peer.properties("org.ofono.NetworkRegistration").keys()
+                and peer.properties("org.ofono.NetworkRegistration")["Status"] == "registered"
+            ),
         )
         registration = peer.properties("org.ofono.NetworkRegistration")
         assert registration["MobileCountryCode"] == config.mcc

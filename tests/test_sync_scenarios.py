@@ -28,7 +28,8 @@ def test_one_read_per_trigger_and_every_label_is_its_step(tmp_path: Path) -> Non
     run = SyncRun("sync-reads", [A, B], seed=[C])
     result = run_sync(run, ScenarioOptions(tmp_path))
     assert len(app(result, "sync_trigger")) == 1
-    assert len(lines(result, "AT+CPBR=")) == 1  # the one trigger's read; the watch asks AT%SLOTS? once, then hears URCs
+    # the one trigger's read; the watch asks AT%SLOTS? once, then hears URCs
+    assert len(lines(result, "AT+CPBR=")) == 1
     assert run.local_records() == {A, B, C} == run.server_records()
     labelled = [e for e in result.events if e.step and e.step.startswith("002:")]
     wrong = [(e.step, e.kind, e.summary) for e in labelled if not STEPS[e.step].matches(e)]

@@ -149,11 +149,14 @@ class Kind(StrEnum):
     PUBLISH_DOWNLOAD = "publish.download"  # a package served; fields: name, version, size, sha256, fault
     PUBLISH_REPORT = "publish.report"  # a terminal's result; fields: name, version, result (JSR-118), reason
     PUBLISH_NOTIFY = "publish.notify"  # a release's notice sent; fields: name, version, via, msisdn, sent
-    PUBLISH_REFUSED = "publish.refused"  # a request refused (4xx/5xx) before its endpoint's work; fields: reason
+    # a request refused (4xx/5xx) before its endpoint's work; fields: reason
+    PUBLISH_REFUSED = "publish.refused"
     # a frame of the IP-push connection (hex: length prefix and JSON); fields: connection, direction, type, reason
     PUBLISH_PUSH = "publish.push"
     # the AP's upgrade agent (ap/upgrade/; docs/protocols.md, "The upgrade agent")
-    UPGRADE_NOTICE = "upgrade.notice"  # a notice heard, a look-alike or another SMS; fields: via, name, version
+    # a notice heard, a look-alike or another SMS; fields: via, name, version
+    UPGRADE_NOTICE = "upgrade.notice"
     UPGRADE_PROMPT = "upgrade.prompt"  # the user asked; fields: name, version, via, answer, installed
-    UPGRADE_RESULT = "upgrade.result"  # the result told the user; fields: name, version, result (JSR-118), reason
+    # the result told the user; fields: name, version, result (JSR-118), reason
+    UPGRADE_RESULT = "upgrade.result"
     UPGRADE_PUSH = "upgrade.push"  # a frame of the terminal's IP-push connection; fields: type, direction
