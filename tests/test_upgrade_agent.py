@@ -4,6 +4,7 @@ against the real publish server on loopback (ota/publish_server.py, ota/push_cha
 from __future__ import annotations
 
 import hashlib
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -66,6 +67,8 @@ class Rig:
     server_tracer: Tracer
     registry_path: Path
     nursery: trio.Nursery
+    accepted: list[int]  # connections the publish server accepted (one number, counted by its handler)
+    push_ended: trio.Event  # set when a push connection's server task has ended
 
     def server_kinds(self) -> list[str]:
         return [str(e.kind) for e in self.server_tracer.events if str(e.kind).startswith("publish.")]
@@ -89,6 +92,9 @@ class Setup:
     releases: tuple[str, ...] = ("1.0", "1.1")
     applet: bool = False  # publish the card applet "echo-applet" 1.0 too
     extra: dict[str, Any] = field(default_factory=dict)
+    dead_server: bool = (
+        False  # the agent's --upgrade-server a dead address; the live one only in its trust list
+    )
 
 
 APPLET = b'kind = "applet"\napplication = "A0000005590010FF01"\ntrigger = "0011223344"\n'
@@ -112,6 +118,22 @@ async def _rig(nursery: trio.Nursery, tmp: Path, setup: Setup) -> Rig:
         smsc=False,
     )
     server = PublishServer(service, server_tracer, push=push)
+    accepted = [0]
+    push_ended = trio.Event()
+    handle, push_handle = server.handle, push.handle
+
+    async def counting(stream: trio.abc.Stream, peer: str | None = None) -> None:
+        accepted[0] += 1
+        await handle(stream, peer)
+
+    async def push_counting(stream: trio.abc.Stream) -> None:
+        try:
+            await push_handle(stream)
+        finally:
+            push_ended.set()
+
+    server.handle = counting  # type: ignore[method-assign]
+    push.handle = push_counting  # type: ignore[method-assign]
     port = await nursery.start(server.serve, "127.0.0.1", 0)
     push_port = await nursery.start(push.serve, "127.0.0.1", 0)
     service.advertise = f"127.0.0.1:{port}"  # a port the OS chose: not the default 8450
@@ -123,9 +145,10 @@ async def _rig(nursery: trio.Nursery, tmp: Path, setup: Setup) -> Rig:
         registry_path,
         setup.token,
         setup.policy,
-        server=("127.0.0.1", port),
+        server=("127.0.0.1", _dead_port() if setup.dead_server else port),
         ip_push=("127.0.0.1", push_port) if setup.ip_push else None,
         imei=IMEI,
+        trust=(("127.0.0.1", port),) if setup.dead_server else (),
     )
     agent = UpgradeAgent(options, tracer)
     nursery.start_soon(agent.run)
@@ -139,7 +162,17 @@ async def _rig(nursery: trio.Nursery, tmp: Path, setup: Setup) -> Rig:
         server_tracer,
         registry_path,
         nursery,
+        accepted,
+        push_ended,
     )
+
+
+def _dead_port() -> int:
+    """A loopback port nothing listens on (bound, then closed)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
 
 
 async def _outcome(rig: Rig, count: int = 1) -> None:
@@ -270,7 +303,8 @@ def test_registry_keeps_the_old_version_on_a_failed_install(tmp_path: Path) -> N
         registry.install("app", "1.1", NEW, hashlib.sha256(NEW).hexdigest())
     again = Registry(tmp_path / "r.json")
     assert again.version("app") == "1.0" and again.package("app") == OLD
-    assert sorted(p.name for p in again.directory.iterdir()) == ["app-1.0.pkg", "app-1.1.pkg"]
+    # review 11: nothing of the failed install stays behind
+    assert sorted(p.name for p in again.directory.iterdir()) == ["app-1.0.pkg"]
     (tmp_path / "bad.json").write_text('{"packages": {"app": {"version": "x"}}}')
     with pytest.raises(RegistryError):
         Registry(tmp_path / "bad.json")
@@ -291,6 +325,7 @@ def test_one_notice_sms_one_prompt_and_declined_no_connection(tmp_path: Path) ->
         assert len(rig.agent_events(Kind.UPGRADE_PROMPT)) == 1 and rig.agent.policy.asked == 1
         assert rig.agent.outcomes[0].code is ResultCode.USER_CANCELLED
         assert rig.server.requests == 0 and rig.server_kinds() == []
+        assert rig.accepted == [0] and not rig.agent_events(Kind.TCP_CONNECT)  # no connection at all
         assert rig.agent.registry.version("app") == "1.0"
 
     run(tmp_path, Setup(policy="decline"), body)
@@ -303,8 +338,15 @@ def test_accepted_connects_to_the_notice_address_and_authenticates_first(tmp_pat
         rig.agent.heard_sms(_sms(format_sms_notice(rig.notice())))
         await _outcome(rig)
         assert rig.agent.outcomes[0].code is ResultCode.SUCCESS
-        (connect,) = [e for e in rig.tracer.events if e.kind == Kind.TCP_CONNECT]
-        assert f"{connect.field('host')}:{connect.field('port')}" == rig.address != "127.0.0.1:8450"
+        connects = [e for e in rig.tracer.events if e.kind == Kind.TCP_CONNECT]
+        # review 7: the configured server is dead, so every connection made reached the notice's server, and each
+        # tcp.connect was traced once its socket was open (its peer is the socket's)
+        assert connects and rig.agent.options.server != ("127.0.0.1", int(rig.address.rsplit(":")[1]))
+        assert {f"{e.field('host')}:{e.field('port')}" for e in connects} == {rig.address}
+        assert rig.address != "127.0.0.1:8450" and len(connects) == rig.accepted[0]
+        assert [e.step for e in connects][:1] == ["001:202"]
+        peers = {e.field("peer") for e in rig.server_tracer.events if e.kind == Kind.HTTP_REQUEST}
+        assert peers == {"127.0.0.1"}
         kinds = rig.server_kinds()
         assert kinds.index("publish.auth") < kinds.index("publish.download")
         registry = Registry(rig.registry_path)
@@ -315,7 +357,7 @@ def test_accepted_connects_to_the_notice_address_and_authenticates_first(tmp_pat
         assert {e.step for e in labelled} >= {"001:201", "001:202", "001:203", "001:204", "001:e1.2"}
         assert all(STEPS[e.step].matches(e) for e in labelled if e.step in STEPS)
 
-    run(tmp_path, Setup(), body)
+    run(tmp_path, Setup(dead_server=True), body)
 
 
 def test_absent_package_is_a_new_entry(tmp_path: Path) -> None:
@@ -416,9 +458,8 @@ def test_ip_push_rejected_no_connection_stays_and_no_release(tmp_path: Path) -> 
     async def body(rig: Rig) -> None:
         await rig.agent.ip_push()  # returns: rejected
         assert rig.agent.push_rejected and not rig.agent.push_connected
-        with trio.fail_after(5):  # the server's task sees the close: no connection stays open
-            while rig.push.active:
-                await trio.sleep(0.01)
+        await rig.push_ended.wait()  # the server's task saw the close: no connection stays open
+        assert rig.push.active == 0
         assert not rig.push.connections
         release = rig.server.service.catalogue.latest("app")
         assert release is not None

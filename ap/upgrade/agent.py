@@ -49,6 +49,9 @@ DEAD_PEER = 90.0  # IP push: the server is gone after this much silence
 BACKOFF_FIRST, BACKOFF_MAX = 1.0, 60.0  # IP push reconnection backoff, doubling
 REASSEMBLY_LIMIT = 16  # concatenated messages being put together at once (the oldest is dropped past it)
 IMEI = re.compile(r"[0-9]{14,16}")
+NONCE = r"(?:[0-9a-fA-F]{2}){1,32}"  # whole bytes: bytes.fromhex refuses an odd digit count
+IMEI_WAIT = 30.0  # seconds a flow waits for the modem's IMEI before 903 "IMEI unknown"
+SEEN_LIMIT = 1024  # notice keys remembered against repeats (the oldest forgotten past it)
 READ_ATTEMPTS, READ_RETRY = 20, 0.5  # +CMGR while the card is busy (27.005 3.2.5: 314 SIM busy; 27.007 14)
 BUSY = ("+CMS ERROR: 314", "+CME ERROR: 14")
 APPLET_MARK = b'kind = "applet"'  # how a card applet's package (a TOML descriptor) begins
@@ -316,6 +319,18 @@ class UpgradeOptions:
     ip_push: tuple[str, int] | None = None  # the IP-push address (embodiment 4)
     check: bool = False  # run the active check once the agent knows its IMEI (embodiment 3)
     imei: str | None = None  # None: read from the modem (AT+CGSN=1)
+    trust: tuple[tuple[str, int], ...] = ()  # publish servers a notice may name besides `server`
+
+    def trusted(self, server: str) -> bool:
+        """Whether a notice naming `server` ("host:port") may be followed (docs/protocols.md, "The upgrade agent":
+        a notice is plain SMS or HTTP, so only servers configured by the user are contacted)."""
+        host, _, port = server.rpartition(":")
+        if not port.isdigit():
+            return False
+        wanted = (host.strip("[]"), int(port))
+        return any(
+            (h.strip("[]"), p) == wanted for h, p in (*([self.server] if self.server else []), *self.trust)
+        )
 
 
 @dataclass(frozen=True)
@@ -344,13 +359,15 @@ class PublishClient:
     """The publish server's HTTP API (docs/protocols.md, "The publish server") at `server`, one connection per
     request; every request an `http.request` event (ap -> publish), every answer an `http.response`."""
 
-    def __init__(self, server: str, tracer: Tracer = NULL_TRACER) -> None:
+    def __init__(self, server: str, tracer: Tracer = NULL_TRACER, via: str = "") -> None:
         host, sep, port = server.rpartition(":")
         if not sep or not port.isdigit() or not host:
             raise FlowFailed(ResultCode.INVALID_DESCRIPTOR, f"{server[:60]!r} is not HOST:PORT")
         self.host, self.port = host.strip("[]"), int(port)
         self.tracer = tracer
         self.session: str | None = None
+        self.via = via
+        self.connections = 0  # connections opened so far
 
     async def request(
         self,
@@ -360,11 +377,15 @@ class PublishClient:
         *,
         step: str | None = None,
         limit: int = MAX_ANSWER,
+        too_large: ResultCode = ResultCode.INSUFFICIENT_MEMORY,
     ) -> HttpAnswer:
-        """One request; FlowFailed 903 when the server cannot be reached or the answer breaks off, 901 when it is
-        larger than `limit`."""
+        """One request; FlowFailed 903 when the server cannot be reached or the answer breaks off, `too_large`
+        when its body (or its Content-Length) is larger than `limit`."""
         data = b"" if body is None else json.dumps(body).encode()
-        headers = [("host", f"{self.host}:{self.port}"), ("connection", "close")]
+        host = (
+            f"[{self.host}]" if ":" in self.host else self.host
+        )  # RFC 7230 5.4 / RFC 3986 3.2.2: IPv6 in []
+        headers = [("host", f"{host}:{self.port}"), ("connection", "close")]
         if body is not None:
             headers += [("content-type", "application/json"), ("content-length", str(len(data)))]
         if self.session is not None:
@@ -385,6 +406,7 @@ class PublishClient:
             with trio.fail_after(REQUEST_TIMEOUT):
                 stream = await trio.open_tcp_stream(self.host, self.port)
                 async with stream:
+                    self._connected(stream)
                     out = conn.send(h11.Request(method=method, target=target, headers=headers)) or b""
                     if data:
                         out += conn.send(h11.Data(data=data)) or b""
@@ -399,12 +421,15 @@ class PublishClient:
                             answer_headers = {
                                 k.decode().lower(): v.decode("latin-1") for k, v in event.headers
                             }
+                            length = answer_headers.get("content-length", "")
+                            if length.isdigit() and int(length) > limit:
+                                raise FlowFailed(
+                                    too_large, f"the answer announces {length} bytes, over {limit}"
+                                )
                         elif isinstance(event, h11.Data):
                             answer += event.data
                             if len(answer) > limit:
-                                raise FlowFailed(
-                                    ResultCode.INSUFFICIENT_MEMORY, f"the answer is over {limit} bytes"
-                                )
+                                raise FlowFailed(too_large, f"the answer is over {limit} bytes")
                         elif isinstance(event, h11.EndOfMessage):
                             break
                         elif isinstance(event, h11.ConnectionClosed):
@@ -433,12 +458,33 @@ class PublishClient:
         )
         return HttpAnswer(status, answer_headers, bytes(answer))
 
+    def _connected(self, stream: trio.abc.Stream) -> None:
+        """The `tcp.connect` event once a connection is open, with the peer the socket reached (the first one is
+        step 001:202)."""
+        host, port = self.host, self.port
+        if isinstance(stream, trio.SocketStream):
+            try:
+                peer = stream.socket.getpeername()
+                host, port = str(peer[0]), int(peer[1])
+            except OSError:
+                pass
+        self.tracer.emit(
+            Actor.AP,
+            Actor.PUBLISH,
+            Layer.TCP,
+            f"connected to {host}:{port}" + (f" (from the {self.via} notice)" if self.via else ""),
+            step=STEP_CONNECT if not self.connections else None,
+            kind=Kind.TCP_CONNECT,
+            fields={"host": host, "port": port, "via": self.via},
+        )
+        self.connections += 1
+
     async def authenticate(self, imei: str, token: bytes) -> None:
         """Challenge-response (docs/protocols.md, "Terminal authentication"): FlowFailed 909 when refused."""
         answer = await self.request("POST", "/v1/auth/challenge", {"imei": imei})
         body = answer.json()
         nonce = body.get("nonce") if answer.status == 200 and isinstance(body, dict) else None
-        if not isinstance(nonce, str) or not re.fullmatch(r"[0-9a-fA-F]{2,64}", nonce):
+        if not isinstance(nonce, str) or not re.fullmatch(NONCE, nonce):
             raise FlowFailed(ResultCode.AUTHENTICATION_FAILURE, f"no challenge (HTTP {answer.status})")
         mac = terminal_mac(token, nonce, imei)
         answer = await self.request("POST", "/v1/auth/response", {"imei": imei, "nonce": nonce, "mac": mac})
@@ -467,7 +513,9 @@ class UpgradeAgent:
         if self.imei is not None:
             self.imei_known.set()
         self._send, self._receive = trio.open_memory_channel[tuple[Notice, bool]](64)
-        self._seen: set[tuple[str, str, str | None]] = set()
+        self._seen: dict[
+            tuple[str, str, str | None], None
+        ] = {}  # insertion-ordered: the oldest forgotten first
         self.outcomes: list[Outcome] = []
         self.changed = trio.Event()  # set (and renewed) at each outcome
         self.push_connected = False
@@ -508,12 +556,26 @@ class UpgradeAgent:
     # ---------------------------------------------------------------------------------------- notices in
 
     def offer(self, notice: Notice) -> bool:
-        """Queues a notice for its prompt; False (and a trace event) when it repeats one already taken."""
-        key = (
-            notice.server,
-            notice.location,
-            None if notice.timestamp is None else notice.timestamp.isoformat(),
-        )
+        """Queues a notice for its prompt; False (and a trace event) when it names a server the agent does not
+        trust (result 909, no connection), repeats one already taken, or finds the queue full (result 903)."""
+        if notice.via is not NoticeVia.ACTIVE and not self.options.trusted(notice.server):
+            reason = (
+                f"{notice.server[:60]} is not a trusted publish server (--upgrade-server, --upgrade-trust)"
+            )
+            self._event(
+                Kind.UPGRADE_NOTICE,
+                f"{notice.via.value} notice of {notice.name} refused: {reason}",
+                error=True,
+                via=notice.via.value,
+                name=notice.name,
+                server=notice.server,
+                location=notice.location,
+                untrusted=True,
+                reason=reason,
+            )
+            self._tell(notice, ResultCode.AUTHENTICATION_FAILURE, reason)
+            return False
+        key = _key(notice)
         if key in self._seen:
             self._event(
                 Kind.UPGRADE_NOTICE,
@@ -526,8 +588,26 @@ class UpgradeAgent:
                 repeated=True,
             )
             return False
-        self._seen.add(key)
-        self._send.send_nowait((notice, True))
+        try:
+            self._send.send_nowait((notice, True))
+        except trio.WouldBlock:
+            reason = "too many notices waiting: dropped"
+            self._event(
+                Kind.UPGRADE_NOTICE,
+                f"{notice.via.value} notice of {notice.name}: {reason}",
+                error=True,
+                via=notice.via.value,
+                name=notice.name,
+                server=notice.server,
+                location=notice.location,
+                dropped=True,
+                reason=reason,
+            )
+            self._tell(notice, ResultCode.LOSS_OF_SERVICE, reason)
+            return False
+        self._seen[key] = None
+        while len(self._seen) > SEEN_LIMIT:
+            del self._seen[next(iter(self._seen))]
         return True
 
     def heard_sms(self, tpdu: bytes) -> Heard:
@@ -571,7 +651,11 @@ class UpgradeAgent:
     async def run(self) -> None:
         """Takes queued notices one at a time."""
         async for notice, ask in self._receive:
-            await self._guarded(notice, ask)
+            outcome = await self._guarded(notice, ask)
+            if outcome is None or outcome.code not in (ResultCode.SUCCESS, ResultCode.USER_CANCELLED):
+                # a failed flow (no service, refused authentication...): the server's re-notice gets a new prompt
+                # (a decline stands: the user answered it)
+                self._seen.pop(_key(notice), None)
 
     async def _guarded(self, notice: Notice, ask: bool) -> Outcome | None:
         """A flow whose unforeseen fault is an app.error event, never the end of the agent or of the AP."""
@@ -614,22 +698,21 @@ class UpgradeAgent:
                 flow.move(FlowInput.DECLINED)
                 return self._tell(notice, ResultCode.USER_CANCELLED, "the user declined")
         flow.move(FlowInput.ACCEPTED)
-        await self.imei_known.wait()
-        client = PublishClient(notice.server, self.tracer) if _is_address(notice.server) else None
+        with trio.move_on_after(IMEI_WAIT):
+            await self.imei_known.wait()
+        if self.imei is None:
+            flow.move(FlowInput.UNREACHABLE)
+            return self._tell(notice, ResultCode.LOSS_OF_SERVICE, "IMEI unknown: the modem did not give it")
+        client = (
+            PublishClient(notice.server, self.tracer, notice.via.value)
+            if _is_address(notice.server)
+            else None
+        )
         if client is None:
             flow.move(FlowInput.UNREACHABLE)
             return self._tell(
                 notice, ResultCode.INVALID_DESCRIPTOR, f"{notice.server[:60]!r} is not HOST:PORT"
             )
-        self.tracer.emit(
-            Actor.AP,
-            Actor.PUBLISH,
-            Layer.TCP,
-            f"connect to {client.host}:{client.port} (from the {notice.via.value} notice)",
-            step=STEP_CONNECT,
-            kind=Kind.TCP_CONNECT,
-            fields={"host": client.host, "port": client.port, "via": notice.via.value},
-        )
         release: dict[str, Any] | None = None
         try:
             try:
@@ -697,7 +780,10 @@ class UpgradeAgent:
         return release
 
     async def _download(self, client: PublishClient, release: dict[str, Any]) -> bytes:
-        answer = await client.request("GET", release["location"], limit=MAX_PACKAGE)
+        limit = min(int(release["size"]), MAX_PACKAGE)  # never more than the release announced
+        answer = await client.request(
+            "GET", release["location"], limit=limit, too_large=ResultCode.SIZE_MISMATCH
+        )
         if answer.status != 200:
             raise FlowFailed(ResultCode.INVALID_DESCRIPTOR, f"the download answered HTTP {answer.status}")
         check_package(release, answer.body, answer.headers.get("x-package-sha256"))
@@ -711,7 +797,9 @@ class UpgradeAgent:
         try:
             self.registry.install(release["name"], release["version"], data, release["sha256"], kind=kind)
         except RegistryError as exc:
-            raise FlowFailed(ResultCode.INSUFFICIENT_MEMORY, str(exc)) from None
+            codes = {"name": ResultCode.INVALID_DESCRIPTOR, "version": ResultCode.INVALID_DESCRIPTOR}
+            codes["hash"] = ResultCode.INVALID_PACKAGE
+            raise FlowFailed(codes.get(exc.cause, ResultCode.INSUFFICIENT_MEMORY), str(exc)) from None
 
     async def _install_applet(self, release: dict[str, Any], data: bytes) -> None:
         """A card applet's release: its descriptor carries the OTA platform's secured SMS-PP push (ETSI TS 102 225,
@@ -806,6 +894,16 @@ class UpgradeAgent:
                     direction="in",
                     reason=str(exc) or type(exc).__name__,
                 )
+            except Exception as exc:  # noqa: BLE001 - a server's fault never ends the AP: trace, back off, retry
+                self.tracer.emit(
+                    Actor.AP,
+                    Actor.AP,
+                    Layer.APP,
+                    f"IP push ended by {type(exc).__name__}: {exc}",
+                    error=True,
+                    kind=Kind.APP_ERROR,
+                    fields={"where": "upgrade ip push", "error": f"{type(exc).__name__}: {str(exc)[:200]}"},
+                )
             finally:
                 self.push_connected = False
             if self.push_rejected:
@@ -876,7 +974,7 @@ class UpgradeAgent:
                 )
                 if kind == "challenge" and not welcomed:
                     nonce = frame.get("nonce")
-                    if not isinstance(nonce, str) or not re.fullmatch(r"[0-9a-fA-F]{2,64}", nonce):
+                    if not isinstance(nonce, str) or not re.fullmatch(NONCE, nonce):
                         raise FrameError("a challenge without a hex nonce")
                     await send(
                         {"type": "auth", "mac": terminal_mac(self.options.token, nonce, str(self.imei))}
@@ -998,6 +1096,15 @@ class UpgradeAgent:
             )
             return None
         return response
+
+
+def _key(notice: Notice) -> tuple[str, str, str | None]:
+    """What makes a notice a repeat: the same server, location and timestamp."""
+    return (
+        notice.server,
+        notice.location,
+        None if notice.timestamp is None else notice.timestamp.isoformat(),
+    )
 
 
 def _is_address(server: str) -> bool:

@@ -23,7 +23,12 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 class RegistryError(Exception):
-    """The registry file is unreadable, or an install could not be completed (the old version is kept)."""
+    """The registry file is unreadable, or an install could not be completed (the old version is kept); `cause`
+    says why: "name", "version", "hash" (the bytes are not the release's) or "write" (the file system)."""
+
+    def __init__(self, message: str, cause: str = "write") -> None:
+        super().__init__(message)
+        self.cause = cause
 
 
 @dataclass(frozen=True)
@@ -94,15 +99,18 @@ class Registry:
         """Installs `data` as `name` `version` over whatever is installed (RegistryError, the old version kept,
         when the bytes do not hash to `sha256` or a write fails)."""
         if not NAME.match(name):
-            raise RegistryError(f"{name[:70]!r} is not a package name")
+            raise RegistryError(f"{name[:70]!r} is not a package name", "name")
         try:
             parse_version(version)
         except VersionError as exc:
-            raise RegistryError(f"{name}: version {exc}") from None
+            raise RegistryError(f"{name}: version {exc}", "version") from None
         if hashlib.sha256(data).hexdigest() != sha256.lower():
-            raise RegistryError(f"{name} {version}: the package does not hash to {sha256}")
+            raise RegistryError(f"{name} {version}: the package does not hash to {sha256}", "hash")
         file = f"{name}-{version}.pkg"
         staged = self.directory / (file + ".part")
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        old = self.entries.get(name)
+        placed = False
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             with open(staged, "wb") as out:
@@ -110,23 +118,43 @@ class Registry:
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(staged, self.directory / file)
+            placed = True
             entry = Installed(name, version, file, sha256.lower(), kind)
             entries = {**self.entries, name: entry}
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_text(
-                json.dumps(
-                    {"packages": {n: e.as_json() for n, e in sorted(entries.items())}},
-                    indent=1,
-                    sort_keys=True,
-                ),
-                encoding="utf-8",
+            text = json.dumps(
+                {"packages": {n: e.as_json() for n, e in sorted(entries.items())}}, indent=1, sort_keys=True
             )
+            with open(tmp, "w", encoding="utf-8") as out:
+                out.write(text)
+                out.flush()
+                os.fsync(out.fileno())
             os.replace(tmp, self.path)
+            _fsync_directory(self.directory)  # the renames themselves survive a crash (fsync(2), rename(2))
+            _fsync_directory(self.path.parent)
         except OSError as exc:
-            staged.unlink(missing_ok=True)
+            # nothing of the failed install stays: the old registry names the old, intact file
+            _remove(staged)
+            if placed and (old is None or old.file != file):
+                _remove(self.directory / file)
+            if tmp.is_file():
+                _remove(tmp)
             raise RegistryError(f"{name} {version}: {exc.strerror or exc}") from None
-        old = self.entries.get(name)
         self.entries = entries
         if old is not None and old.file != file:
             (self.directory / old.file).unlink(missing_ok=True)
         return entry
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass  # a leftover, but the registry file still names the old version
+
+
+def _fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
