@@ -59,6 +59,7 @@ MAX_SESSIONS = 4096
 MAX_REPORTS = 1000
 IMEI = re.compile(r"^[0-9]{14,16}$")
 MSISDN = re.compile(r"^\+[0-9]{1,20}$")
+MAC = re.compile(r"^[0-9a-fA-F]{64}$")  # HMAC-SHA256 in hex; anything else never reaches compare_digest
 WAP_PUSH_PORT = (
     2948  # WDP port of the connectionless push session service (WAP-259); the SMSC sends from 9200
 )
@@ -156,6 +157,8 @@ class TerminalAuth:
     def verify(self, imei: str, nonce: str, mac: str, now: float) -> str | None:
         """None when `mac` answers `nonce` for `imei`; else the reason. The nonce is used up either way."""
         issued = self.nonces.pop(nonce.lower(), None)
+        if not MAC.match(mac):
+            return "the mac is not 64 hex digits"
         if issued is None:
             return "unknown or already used nonce"
         if issued[0] != imei:
@@ -378,6 +381,9 @@ class PublishService:
 
     def _response(self, *, body: dict[str, Any], base: dict[str, Any], now: float, **_: Any) -> Answer:
         imei, nonce, mac = _str(body, "imei", 16), _str(body, "nonce", 32), _str(body, "mac", 64)
+        if not MAC.match(mac):
+            # hmac.compare_digest refuses non-ASCII text with TypeError: the shape is checked first
+            raise _Refuse(400, "mac: 64 hex digits (HMAC-SHA256)")
         fields = {**base, "imei": imei, "channel": "http"}
         reason = self.auth.verify(imei, nonce, mac, now)
         if reason is None:

@@ -484,6 +484,10 @@ class PushServer:
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             conn.close()
             self._trace(number, conn, Close(f"connection lost: {type(exc).__name__}", True))
+        except Exception as exc:  # noqa: BLE001 - one connection's fault must not end the publish server
+            conn.close()
+            self._trace(number, conn, Close(f"connection ended by an internal fault: {exc!r}", True))
+            await trio.aclose_forcefully(stream)
         finally:
             self.active -= 1
             conn.close()

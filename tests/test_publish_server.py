@@ -913,6 +913,8 @@ def test_command_help_names_every_option_and_bad_files_are_one_line(tmp_path: Pa
 def test_publish_server_command_serves_http_and_ip_push(tmp_path: Path) -> None:
     """The command as a process: both listeners on free ports, the notices' address the bound one, a terminal
     over HTTP and over IP push, the trace file in the order of the flow, exit 0 and the summary on SIGTERM."""
+    import os
+    import select
     import signal
     import socket
     import subprocess
@@ -924,19 +926,22 @@ def test_publish_server_command_serves_http_and_ip_push(tmp_path: Path) -> None:
     terminals = tmp_path / "terminals.toml"
     terminals.write_text(f'[terminals]\n"{IMEI}" = "{TOKEN.hex()}"\n')
     trace = tmp_path / "publish.jsonl"
-    output = tmp_path / "out"
     command = [sys.executable, "-m", "bipsim", "publish-server", "--listen", "127.0.0.1:0"]
     command += ["--push-listen", "127.0.0.1:0", "--catalogue", str(catalogue_dir(tmp_path))]
     command += ["--terminals", str(terminals), "--trace", str(trace)]
-    with output.open("wb") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.stdout is not None
+    printed = b""
     try:
+        # readiness is the "push listening" line itself: each wait ends when the process writes (or exits)
         deadline = time.monotonic() + 30
-        while not (found := re.search(r"push listening on 127\.0\.0\.1:(\d+)", output.read_text())):
-            assert proc.poll() is None, output.read_text()
-            assert time.monotonic() < deadline, output.read_text()
-            time.sleep(0.05)
-        http_port = int(re.findall(r"^listening on 127\.0\.0\.1:(\d+)", output.read_text(), re.M)[0])
+        while not (found := re.search(rb"push listening on 127\.0\.0\.1:(\d+)", printed)):
+            ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+            assert ready, f"no readiness line within 30 s: {printed!r}"
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            assert chunk, f"the server exited before listening: {printed!r}"
+            printed += chunk
+        http_port = int(re.findall(rb"^listening on 127\.0\.0\.1:(\d+)", printed, re.M)[0])
         base = f"http://127.0.0.1:{http_port}"
 
         def post(path: str, body: dict[str, Any], session: str = "") -> Any:
@@ -973,9 +978,10 @@ def test_publish_server_command_serves_http_and_ip_push(tmp_path: Path) -> None:
             assert answer.read() == (tmp_path / "app-1.10.bin").read_bytes()
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.wait(10)
-    assert proc.returncode == 0, output.read_text()
-    assert '"downloads": 1' in output.read_text()
+        rest, _ = proc.communicate(timeout=10)
+        printed += rest
+    assert proc.returncode == 0, printed
+    assert b'"downloads": 1' in printed
     events = read_trace([trace])[0]
     flow = [(e.kind, e.field("channel") or e.field("type")) for e in events if e.kind.startswith("publish.")]
     order = [
@@ -1003,6 +1009,8 @@ def test_any_bytes_on_a_push_connection_end_in_frames_or_an_error(chunks: list[b
         assert conn.receive(b"more", 0.0) == []
 
 
+_LIVE_NONCE = "0f" * 16
+
 _JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
@@ -1028,7 +1036,14 @@ _TARGETS = st.sampled_from(
 @given(
     st.sampled_from(["GET", "POST", "PUT"]),
     _TARGETS,
-    st.one_of(_JSON.map(lambda v: json.dumps(v).encode()), st.binary(max_size=40)),
+    st.one_of(
+        _JSON.map(lambda v: json.dumps(v).encode()),
+        st.binary(max_size=40),
+        # an answer to the live nonce below, with any text as its MAC: the path that reaches compare_digest
+        st.text(max_size=70).map(
+            lambda mac: json.dumps({"imei": IMEI, "nonce": _LIVE_NONCE, "mac": mac}).encode()
+        ),
+    ),
     st.sampled_from(["", "Bearer x", "Bearer live"]),
 )
 def test_any_request_gets_an_answer_below_500(
@@ -1039,6 +1054,7 @@ def test_any_request_gets_an_answer_below_500(
 
     auth = TerminalAuth({IMEI: TOKEN})
     auth.sessions["live"] = (IMEI, 1e9)
+    auth.nonces[_LIVE_NONCE] = (IMEI, 0.0)
     releases = [make_release("app", "1.10", b"package", "2026-11-30T12:00:00Z")]
     service = PublishService(Catalogue(releases), auth, advertise="127.0.0.1:8450", smsc=False)
     request = HttpRequest(method, target, {"authorization": authorization} if authorization else {}, body)
@@ -1046,3 +1062,79 @@ def test_any_request_gets_an_answer_below_500(
     if isinstance(answer, Answer):
         assert answer.status < 500 or answer.status == 503
         assert answer.kind.value.startswith("publish.") and answer.fields["status"] == answer.status
+
+
+@pytest.mark.parametrize("mac", ["é" * 64, "g" * 64, "ab", "0" * 63 + "é"])
+def test_a_malformed_mac_for_a_live_nonce_is_refused_not_a_crash(mac: str) -> None:
+    from bipsim.ota.http_connection import HttpRequest
+    from bipsim.ota.publish_server import Answer
+
+    auth = TerminalAuth({IMEI: TOKEN})
+    auth.nonces[_LIVE_NONCE] = (IMEI, 0.0)
+    service = PublishService(Catalogue([]), auth, advertise="127.0.0.1:8450", smsc=False)
+    body = json.dumps({"imei": IMEI, "nonce": _LIVE_NONCE, "mac": mac}).encode()
+    answer = service.handle(HttpRequest("POST", "/v1/auth/response", {}, body), loopback=True, now=0.0)
+    assert isinstance(answer, Answer) and answer.status == 400
+    assert b"64 hex digits" in answer.body
+    # the push channel calls verify directly: it says why, and never raises
+    auth.nonces[_LIVE_NONCE] = (IMEI, 0.0)
+    assert auth.verify(IMEI, _LIVE_NONCE, mac, 0.0) == "the mac is not 64 hex digits"
+
+
+@pytest.mark.parametrize(
+    ("listen", "advertise"),
+    [("0.0.0.0:8450", None), ("[::]:8450", None), ("127.0.0.1:8450", "0.0.0.0:8450")],
+)
+def test_an_any_address_is_never_what_the_notices_carry(
+    tmp_path: Path, listen: str, advertise: str | None
+) -> None:
+    terminals = tmp_path / "t.toml"
+    terminals.write_text(f'[terminals]\n"{IMEI}" = "{TOKEN.hex()}"\n')
+    args = ["publish-server", "--listen", listen, "--catalogue", str(catalogue_dir(tmp_path))]
+    args += ["--terminals", str(terminals), "--push-listen", "none"]
+    if advertise is not None:
+        args += ["--advertise", advertise]
+    refused = CliRunner().invoke(cli, args)
+    # refused at the options, before any socket: exit 2 as click's usage errors
+    from bipsim.errors import CliError
+
+    assert isinstance(refused.exception, CliError), refused.output
+    assert refused.exception.exit_code == 2 and "--advertise" in str(refused.exception)
+
+
+async def test_a_fault_in_one_push_connection_ends_that_connection_not_the_server() -> None:
+    """An unexpected exception while serving one connection (here the authenticator's) closes that connection
+    with a traced close; `handle` returns, and the next connection is served as usual."""
+
+    class Faulty(TerminalAuth):
+        calls = 0
+
+        def challenge(self, imei: str, now: float) -> str:
+            Faulty.calls += 1
+            if Faulty.calls == 1:
+                raise RuntimeError("injected fault")
+            return super().challenge(imei, now)
+
+    tracer = Tracer(keep=True)
+    push = PushServer(Faulty({IMEI: TOKEN}), tracer)
+    for expected in ("closed", "challenge"):
+        client, server = trio.testing.memory_stream_pair()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(push.handle, server)
+            await client.send_all(encode_frame({"type": "hello", "imei": IMEI}))
+            decoder = FrameDecoder()
+            got = None
+            while got is None:
+                data = await client.receive_some(65536)
+                if not data:
+                    break
+                decoder.feed(data)
+                got = decoder.next_frame()
+            if expected == "closed":
+                assert got is None  # the server closed the connection without an answer
+            else:
+                assert got is not None and got[0]["type"] == "challenge"
+                await client.aclose()
+    closes = [e for e in tracer.events if e.kind == Kind.PUBLISH_PUSH and e.field("type") == "close"]
+    assert "internal fault" in closes[0].field("reason") and "injected fault" in closes[0].field("reason")
+    assert push.active == 0 and push.connections == {}

@@ -58,7 +58,7 @@ FAULTS = ("corrupt-package", "wrong-size", "drop-download", "reject-auth")
     "--advertise",
     metavar="HOST:PORT",
     help="The server address the notices carry (the terminal connects there); default: the --listen address "
-    "(give it when listening on 0.0.0.0 or behind a NAT).",
+    "(required when listening on 0.0.0.0 or ::, which name no server a terminal can reach; give it behind a NAT).",
 )
 @click.option(
     "--smsc",
@@ -120,7 +120,18 @@ def publish_server(
     push_at = None if push_listen.lower() == "none" else host_port(push_listen)
     smsc_at = host_port(smsc) if smsc else None
     if advertise is not None:
-        host_port(advertise)  # a usage error when it is not HOST:PORT
+        advertise_host, _ = host_port(advertise)  # a usage error when it is not HOST:PORT
+        if _unspecified(advertise_host):
+            raise CliError(
+                f"--advertise {advertise}: a terminal cannot connect to {advertise_host}", exit_code=2
+            )
+    elif _unspecified(host):
+        # the notices carry the advertised address: "any address" there names no server for the terminal
+        raise CliError(
+            f"--listen {listen}: listening on every address, give --advertise HOST:PORT (the address terminals "
+            "reach) for the notices",
+            exit_code=2,
+        )
     from bipsim.net.sms_pdu import Address, SmsPduError
 
     try:
@@ -184,3 +195,15 @@ def publish_server(
             {"requests": server.requests, "downloads": service.downloads, "reports": len(service.reports)}
         )
     )
+
+
+def _unspecified(host: str) -> bool:
+    """True for 0.0.0.0, :: and the empty host: listening addresses that name no one server."""
+    import ipaddress
+
+    if not host.strip("[]"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_unspecified
+    except ValueError:
+        return False  # a host name
