@@ -17,7 +17,7 @@ import hashlib
 import json
 import socket
 import tempfile
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,7 +33,7 @@ from bipsim.ota.release_catalogue import Catalogue, make_release
 from bipsim.scenarios.base import ScenarioFailed, ScenarioOptions, ScenarioResult, check
 from bipsim.scenarios.campaigns import APPLICATION, campaign, ram_install, ram_load
 from bipsim.scenarios.harness import EventQuery, Harness, RunConfig, RunResult, run_processes
-from bipsim.trace.events import TraceEvent
+from bipsim.trace.events import Actor, Layer, TraceEvent
 from bipsim.trace.kinds import Kind
 from bipsim.trace.reader import read_trace
 from bipsim.trace.recorder import Tracer
@@ -66,6 +66,8 @@ class PushRun:
     applet: bool = False  # the release is a card applet: the OTA server's RAM campaign installs it
     failure: str | None = None
     publish_events: list[TraceEvent] = field(default_factory=list)
+    accepted: list[str] = field(default_factory=list)  # the listener of each connection the server accepted
+    admin: str = ""  # HOST:PORT of the admin listener the scenario's notify goes to
     registry: Registry | None = None
 
 
@@ -82,13 +84,8 @@ def applet_descriptor() -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-def _sms_control(harness: Harness) -> tuple[str, int] | None:
-    log = harness.dir / "cp.log"
-    for line in (log.read_text(errors="replace") if log.exists() else "").splitlines():
-        if line.startswith("sms listening on "):
-            host, _, port = line.split()[3].rpartition(":")
-            return host, int(port)
-    return None
+# the CP's SMSC traces where its control socket listens (net/smsc.py serve_control) once it is up
+SMSC_UP = EventQuery(Kind.SMSC_CONTROL, lambda f: isinstance(f.get("port"), int) and "host" in f)
 
 
 async def _drive(
@@ -96,20 +93,39 @@ async def _drive(
 ) -> None:
     push = server.push
     assert push is not None
+
+    def counted(listener: str) -> Callable[[trio.SocketStream], Awaitable[None]]:
+        async def handle(stream: trio.SocketStream) -> None:
+            # an accepted connection on a listener the terminal was told of (docs/protocols.md, "Push deployment")
+            peer = stream.socket.getpeername()
+            run.accepted.append(listener)
+            server.tracer.emit(
+                Actor.PUBLISH,
+                Actor.PUBLISH,
+                Layer.TCP,
+                f"{listener} listener accepted a connection from {peer[0]}:{peer[1]}",
+                kind=Kind.TCP_ACCEPT,
+                fields={"listener": listener, "host": str(peer[0]), "port": int(peer[1])},
+            )
+            await (server.handle if listener == "http" else push.handle)(stream)
+
+        return handle
+
     async with trio.open_nursery() as nursery:
-        http, push_socket = (trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in listeners)
-        nursery.start_soon(trio.serve_listeners, server.handle, [http])
-        nursery.start_soon(trio.serve_listeners, push.handle, [push_socket])
+        http, push_socket, admin = (trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in listeners)
+        nursery.start_soon(trio.serve_listeners, counted("http"), [http])
+        nursery.start_soon(trio.serve_listeners, counted("push"), [push_socket])
+        # the scenario's own admin requests come on a listener of their own, so that they never count as the terminal's
+        nursery.start_soon(trio.serve_listeners, server.handle, [admin])
         try:
-            with trio.move_on_after(WAIT):  # the CP says where its SMSC listens once it is up
-                while (smsc := _sms_control(harness)) is None and harness.processes["cp"].returncode is None:
-                    await trio.sleep(0.05)
+            up = await harness.wait_for_event("cp", SMSC_UP, timeout=WAIT)
+            smsc = None if up is None else (str(up["fields"]["host"]), int(up["fields"]["port"]))
             check(smsc is not None, "the CP did not say where its SMSC listens")
             server.smsc, server.service.smsc = smsc, True
             if run.via is not None:
                 ready = await harness.wait_for_event("ap", run.wait_for, timeout=WAIT)
                 check(ready is not None, f"the AP's agent did not get ready ({run.wait_for.kind})")
-                client = PublishClient(server.service.advertise)
+                client = PublishClient(run.admin)
                 name = APPLET if run.applet else "app"
                 answer = await client.request(
                     "POST", "/v1/admin/notify", {"name": name, "via": run.via, "msisdn": MSISDN}
@@ -136,14 +152,14 @@ def run_push(run: PushRun, options: ScenarioOptions) -> RunResult:
         stale.unlink(missing_ok=True)
     Registry(registry_path).install("app", "1.0", OLD, hashlib.sha256(OLD).hexdigest())
     listeners = []
-    for _ in range(
-        2
-    ):  # the HTTP API and the IP push, bound before the AP starts so that it can be told where
+    # the HTTP API, the IP push and the scenario's admin listener, bound before the AP starts so that it can be told
+    for _ in range(3):
         listener = socket.socket()
         listener.bind(("127.0.0.1", 0))
         listener.listen(16)
         listeners.append(listener)
-    http_port, push_port = (s.getsockname()[1] for s in listeners)
+    http_port, push_port, admin_port = (s.getsockname()[1] for s in listeners)
+    run.admin = f"127.0.0.1:{admin_port}"
     tracer = Tracer.to_file(directory / "publish.jsonl", session=run.name)
     auth = TerminalAuth({IMEI: bytes.fromhex(TOKEN)}, reject_all=Fault.REJECT_AUTH in run.faults)
     releases = [make_release("app", "1.0", OLD, WHEN), make_release("app", "1.1", NEW, WHEN)]
@@ -160,6 +176,8 @@ def run_push(run: PushRun, options: ScenarioOptions) -> RunResult:
         run.token,
         "--upgrade-registry",
         str(registry_path),
+        "--upgrade-trust",  # the agent follows notices naming trusted servers only
+        f"127.0.0.1:{http_port}",
         *(arg.format(http=f"127.0.0.1:{http_port}", push=f"127.0.0.1:{push_port}") for arg in run.ap_args),
     ]
     config = RunConfig(
@@ -330,6 +348,9 @@ def push_declined(options: ScenarioOptions) -> ScenarioResult:
     result, kinds = _refused(run, options, ResultCode.USER_CANCELLED)
     prompts = [e for e in result.events if e.kind == Kind.UPGRADE_PROMPT]
     check(len(prompts) == 1, f"{len(prompts)} prompts for one notice", result)
+    # connections, not requests: a terminal that connected and sent nothing is seen all the same
+    accepted = [e.field("listener") for e in _publish(run, Kind.TCP_ACCEPT)]
+    check(accepted == run.accepted == [], f"the server accepted connections on {accepted}", result)
     seen = [str(e.field("target")) for e in _terminal_requests(run)]
     check(not seen, f"the server saw the terminal: {seen}", result)
     return ScenarioResult(run.name, result)

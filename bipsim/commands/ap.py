@@ -201,7 +201,15 @@ if TYPE_CHECKING:
 @click.option(
     "--upgrade-server",
     metavar="HOST:PORT",
-    help="The publish server (HTTP) of the active check (--upgrade-check); notices carry their own address.",
+    help="The publish server (HTTP) of the active check (--upgrade-check); notices may name it (they carry their "
+    "own address, and the agent follows only trusted ones: this and --upgrade-trust).",
+)
+@click.option(
+    "--upgrade-trust",
+    metavar="HOST:PORT",
+    multiple=True,
+    help="A publish server a notice may name besides --upgrade-server (repeatable). A notice naming any other "
+    "server is refused (result 909, no connection): a plain SMS or HTTP notice can be forged by anyone.",
 )
 @click.option(
     "--upgrade-check",
@@ -260,6 +268,7 @@ def ap(
     upgrade_check: bool,
     upgrade_policy: str,
     upgrade_ip_push: str | None,
+    upgrade_trust: tuple[str, ...],
     wlan: str | None,
     seed: int,
     trace_path: str | None,
@@ -306,9 +315,15 @@ def ap(
         virtual = Path(virtual_sims) if virtual_sims else None
         sync_options = SyncOptions(url, sync_token, Path(sync_store), virtual, Security(security))
     upgrade_options = None
-    if upgrade or upgrade_token or upgrade_server or upgrade_check or upgrade_ip_push:
+    if upgrade or upgrade_token or upgrade_server or upgrade_check or upgrade_ip_push or upgrade_trust:
         upgrade_options = _upgrade_options(
-            upgrade_registry, upgrade_token, upgrade_server, upgrade_check, upgrade_policy, upgrade_ip_push
+            upgrade_registry,
+            upgrade_token,
+            upgrade_server,
+            upgrade_check,
+            upgrade_policy,
+            upgrade_ip_push,
+            upgrade_trust,
         )
     network = ApNetwork(wifi=wifi, ssid=ssid, cellular=cellular)
     if allow:
@@ -355,7 +370,13 @@ def ap(
 
 
 def _upgrade_options(
-    registry: str, token: str | None, server: str | None, check: bool, policy: str, ip_push: str | None
+    registry: str,
+    token: str | None,
+    server: str | None,
+    check: bool,
+    policy: str,
+    ip_push: str | None,
+    trust: tuple[str, ...] = (),
 ) -> UpgradeOptions:
     from pathlib import Path
 
@@ -389,6 +410,7 @@ def _upgrade_options(
         server=host_port(server) if server else None,
         ip_push=host_port(ip_push) if ip_push else None,
         check=check,
+        trust=tuple(host_port(address) for address in trust),
     )
 
 
