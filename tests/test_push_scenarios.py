@@ -4,6 +4,8 @@ issue's points name: one prompt per notice, the registry's one entry, the result
 
 from __future__ import annotations
 
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,8 @@ from bipsim.scenarios.push import PUSH_SCENARIOS
 from bipsim.scenarios.registry import SCENARIOS, describe
 from bipsim.trace.events import TraceEvent
 from bipsim.trace.kinds import Kind
+from bipsim.trace.pcap import export_pcap
+from bipsim.trace.reader import read_trace
 
 
 def run_scenario(name: str, tmp_path: Path) -> ScenarioResult:
@@ -48,11 +52,48 @@ def test_a_notice_installs_over_the_old_version(name: str, tmp_path: Path) -> No
     assert _told(result) == [900] and _installed(result).version("app") == "1.1"
 
 
+def _si_hrefs(pcap: Path) -> list[str]:
+    """The href of each Service Indication tshark finds in `pcap` (its WBXML dissector's rendering: the href's
+    known prefix token, then the inline string that follows it; WAP-167 table 8)."""
+    out = subprocess.run(
+        ["tshark", "-r", str(pcap), "-V"], capture_output=True, text=True, timeout=60, check=True
+    )
+    hrefs: list[str] = []
+    prefix: str | None = None
+    for line in out.stdout.splitlines():
+        if (start := re.search(r"href='([^']*)'", line)) is not None:
+            prefix = start.group(1)
+        elif prefix is not None and (rest := re.search(r"STR_I .*\|\s+'([^']*)'", line)) is not None:
+            hrefs.append(prefix + rest.group(1))
+            prefix = None
+    return hrefs
+
+
+@pytest.mark.needs("tshark")
 def test_push_wap(tmp_path: Path) -> None:
     result = run_scenario("push-wap", tmp_path)
     (notice,) = [e for e in _of(result, Kind.UPGRADE_NOTICE) if e.field("via") == "wap"]
     assert notice.step == "001:e2.1" and notice.field("location") == "/v1/packages/app/1.1"
     assert _told(result) == [900] and _installed(result).version("app") == "1.1"
+    # the SI as it went over the air (the SMSC's smsc.mt, exported as trace/pcap.py does), decoded by tshark ...
+    offered = [e for e in result.run.events if e.kind == Kind.SMSC_MT]
+    assert offered and export_pcap(offered, tmp_path / "mt.pcap") == len(offered)
+    (href,) = _si_hrefs(tmp_path / "mt.pcap")
+    # ... is where the agent went: its connection (the AP's trace) and the server's GET of the package
+    events, _ = read_trace([result.run.directory / "publish.jsonl"])
+    gets = [
+        str(e.field("target"))
+        for e in events
+        if e.kind == Kind.HTTP_REQUEST
+        and e.field("method") == "GET"
+        and "/packages/" in str(e.field("target"))
+    ]
+    (connect, *_) = [e for e in _of(result, Kind.TCP_CONNECT) if e.field("via") == "wap"]
+    assert [href] == [f"http://{connect.field('host')}:{connect.field('port')}{target}" for target in gets]
+    # the terminal's connections the server accepted on the advertised listener
+    assert [e.field("listener") for e in events if e.kind == Kind.TCP_ACCEPT].count("http") == len(
+        _of(result, Kind.TCP_CONNECT)
+    )
 
 
 @pytest.mark.parametrize("name", ["push-active", "push-lost-notice"])
