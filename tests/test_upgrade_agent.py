@@ -3,6 +3,7 @@ against the real publish server on loopback (ota/publish_server.py, ota/push_cha
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import socket
 from collections.abc import Callable
@@ -17,11 +18,14 @@ import trio.testing
 
 from bipsim.ap.upgrade.agent import (
     DEAD_PEER,
+    IMEI_WAIT,
     TRANSITIONS,
     Flow,
     FlowError,
+    FlowFailed,
     FlowInput,
     FlowState,
+    PublishClient,
     Reassembly,
     ResultCode,
     UpgradeAgent,
@@ -44,7 +48,7 @@ from bipsim.net.sms_pdu import (
     split_data,
 )
 from bipsim.ota.publish_server import Fault, PublishServer, PublishService, TerminalAuth
-from bipsim.ota.push_channel import FrameDecoder, PushServer, encode_frame
+from bipsim.ota.push_channel import FrameDecoder, FrameError, PushServer, encode_frame
 from bipsim.ota.release_catalogue import Catalogue, make_release
 from bipsim.trace.kinds import Kind
 from bipsim.trace.recorder import Tracer
@@ -664,3 +668,242 @@ def test_ip_push_takes_a_silent_server_for_gone(tmp_path: Path) -> None:
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     assert len(_frames(tracer, "out", "ping")) == 1
+
+
+# ------------------------------------------------------------------------------------ review of issue 22 (fixes)
+
+
+def _agent(tmp_path: Path, **options: Any) -> tuple[UpgradeAgent, Tracer]:
+    tracer = Tracer(keep=True)
+    settings: dict[str, Any] = {"server": ("127.0.0.1", 1), "imei": IMEI, **options}
+    return UpgradeAgent(UpgradeOptions(tmp_path / "registry.json", TOKEN, **settings), tracer), tracer
+
+
+def _notice(n: int = 0, server: str = "127.0.0.1:1") -> Notice:
+    return Notice(NoticeVia.SMS, server, f"/v1/packages/app/1.{n}", "app", f"1.{n}", WHEN)
+
+
+class FakePushServer:
+    """The server's end of an in-memory IP-push connection: reads the agent's frames, sends what a test says."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream, self.decoder = stream, FrameDecoder()
+
+    async def read(self) -> dict[str, Any]:
+        while (got := self.decoder.next_frame()) is None:
+            self.decoder.feed(bytes(await self.stream.receive_some(4096)))
+        return got[0]
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        await self.stream.send_all(encode_frame(frame))
+
+
+RELEASE_FRAME = {
+    "type": "release",
+    "server": "127.0.0.1:1",
+    "location": "/v1/packages/app/1.1",
+    "name": "app",
+    "version": "1.1",
+    "timestamp": "2026-11-30T12:00:00Z",
+}
+
+
+def test_an_odd_length_push_nonce_is_a_frame_error_and_any_fault_leaves_the_ap_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review 1: "abc" is refused as a frame error (it was a ValueError out of bytes.fromhex that ended the AP);
+    an unforeseen fault of a push session is an app.error event and a retry, not the end of ip_push."""
+    agent, tracer = _agent(tmp_path, ip_push=("127.0.0.1", 1))
+
+    async def main() -> None:
+        ours, theirs = trio.testing.memory_stream_pair()
+        fake = FakePushServer(theirs)
+
+        async def serve() -> None:
+            assert (await fake.read())["type"] == "hello"
+            await fake.send({"type": "challenge", "nonce": "abc"})
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve)
+            with pytest.raises(FrameError):
+                await agent.push_session(ours, "fake")
+
+        calls: list[int] = []
+
+        async def failing() -> bool:
+            calls.append(1)
+            if len(calls) == 1:
+                raise ValueError("a fault nobody foresaw")
+            agent.push_rejected = True
+            return False
+
+        monkeypatch.setattr(agent, "_push_session", failing)
+        await agent.ip_push()  # returns (rejected on the second try) instead of raising
+        assert len(calls) == 2
+        (error,) = [e for e in tracer.events if e.kind == Kind.APP_ERROR]
+        assert "ValueError" in str(error.field("error"))
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_a_burst_of_notices_is_dropped_with_903_not_raised(tmp_path: Path) -> None:
+    """Review 2: past the 64 queued notices the next one is traced and told 903; offer never raises."""
+    agent, tracer = _agent(tmp_path)
+
+    async def main() -> None:
+        taken = [agent.offer(_notice(n)) for n in range(70)]
+        assert taken == [True] * 64 + [False] * 6
+        assert [o.code for o in agent.outcomes] == [ResultCode.LOSS_OF_SERVICE] * 6
+        dropped = [e for e in tracer.events if e.kind == Kind.UPGRADE_NOTICE and e.field("dropped")]
+        assert len(dropped) == 6 and len(agent._seen) == 64  # a dropped notice is no repeat later
+
+    trio.run(main)
+
+
+def test_an_unknown_imei_ends_the_flow_with_903(tmp_path: Path) -> None:
+    """Review 3: the modem never gives the IMEI: the flow ends 903 "IMEI unknown" and the next one runs."""
+    agent, tracer = _agent(tmp_path, imei=None)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(agent.run)
+            agent.offer(_notice(1))
+            agent.offer(_notice(2))
+            with trio.fail_after(3 * IMEI_WAIT):  # the clock jumps: a hang shows as TooSlowError
+                while len(agent.outcomes) < 2:
+                    await agent.changed.wait()
+            nursery.cancel_scope.cancel()
+        assert [o.code for o in agent.outcomes] == [ResultCode.LOSS_OF_SERVICE] * 2
+        assert all("IMEI unknown" in o.reason for o in agent.outcomes)
+        assert not [e for e in tracer.events if e.kind == Kind.TCP_CONNECT]
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_a_notice_re_sent_after_a_failure_is_taken_again(tmp_path: Path) -> None:
+    """Review 4: the same notice after a failed flow (909 here) gets a new prompt and a new attempt."""
+
+    async def body(rig: Rig) -> None:
+        notice = rig.notice()
+        assert rig.agent.offer(notice)
+        await _outcome(rig)
+        assert rig.agent.offer(notice)  # the server's re-notice: not "repeated"
+        await _outcome(rig, 2)
+        assert [o.code for o in rig.agent.outcomes] == [ResultCode.AUTHENTICATION_FAILURE] * 2
+        assert len(rig.agent_events(Kind.UPGRADE_PROMPT)) == 2
+
+    run(tmp_path, Setup(token=bytes(32)), body)
+
+
+def test_a_notice_for_an_untrusted_server_gets_909_and_no_connection(tmp_path: Path) -> None:
+    """Review 9: a notice naming a server neither configured nor trusted is refused before the prompt."""
+
+    async def body(rig: Rig) -> None:
+        real = rig.notice()
+        host, port = rig.address.rsplit(":", 1)
+        forged = Notice(real.via, f"{host}:{int(port) + 1}", real.location, real.name, real.version, WHEN)
+        assert not rig.agent.offer(forged)
+        assert [o.code for o in rig.agent.outcomes] == [ResultCode.AUTHENTICATION_FAILURE]
+        (refused,) = [e for e in rig.agent_events(Kind.UPGRADE_NOTICE) if e.field("untrusted")]
+        assert refused.error and refused.field("server") == forged.server
+        assert not rig.agent_events(Kind.UPGRADE_PROMPT) and not rig.agent_events(Kind.TCP_CONNECT)
+        assert rig.accepted == [0]
+
+    run(tmp_path, Setup(), body)
+
+
+async def _fake_http(stream: trio.SocketStream, heard: list[bytes], answer: bytes) -> None:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += await stream.receive_some(4096)
+    heard.append(data)
+    await stream.send_all(answer)
+    await trio.sleep_forever()  # the body never comes: only the headers can stop the client
+
+
+def test_a_download_larger_than_announced_stops_at_the_headers_and_the_host_header_brackets_ipv6() -> None:
+    """Reviews 12 and 20: a Content-Length over the limit is refused at once with the code asked for (904 for a
+    download); an IPv6 server's Host header is [addr]:port (RFC 7230 5.4)."""
+    heard: list[bytes] = []
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n0123456789"
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            family = socket.AF_INET6 if socket.has_ipv6 else socket.AF_INET
+            host = "::1" if family == socket.AF_INET6 else "127.0.0.1"
+            try:
+                listeners = await nursery.start(
+                    functools.partial(trio.serve_tcp, host=host), lambda s: _fake_http(s, heard, answer), 0
+                )
+            except OSError:
+                host = "127.0.0.1"
+                listeners = await nursery.start(
+                    functools.partial(trio.serve_tcp, host=host), lambda s: _fake_http(s, heard, answer), 0
+                )
+            port = listeners[0].socket.getsockname()[1]
+            address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            client = PublishClient(address)
+            with trio.fail_after(10), pytest.raises(FlowFailed) as failed:
+                await client.request(
+                    "GET", "/v1/packages/app/1.1", limit=100, too_large=ResultCode.SIZE_MISMATCH
+                )
+            assert failed.value.code is ResultCode.SIZE_MISMATCH
+            host_line = next(line for line in heard[0].split(b"\r\n") if line.lower().startswith(b"host:"))
+            assert host_line.split(b":", 1)[1].strip().decode() == address
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def test_registry_refusals_get_their_own_codes(tmp_path: Path) -> None:
+    """Review 13: a bad name is 906, bytes that are not the release's 907, only a write failure 901."""
+    agent, _ = _agent(tmp_path)
+    good = hashlib.sha256(NEW).hexdigest()
+
+    async def code(name: str, sha256: str) -> ResultCode:
+        with pytest.raises(FlowFailed) as failed:
+            await agent._install({"name": name, "version": "1.1", "sha256": sha256}, NEW)
+        return failed.value.code
+
+    async def main() -> None:
+        assert await code("../app", good) is ResultCode.INVALID_DESCRIPTOR
+        assert await code("app", hashlib.sha256(OLD).hexdigest()) is ResultCode.INVALID_PACKAGE
+        agent.registry.path = tmp_path / "missing" / "deeper" / "registry.json"
+        agent.registry.directory = tmp_path / "registry.json"  # a file where the package directory should be
+        agent.registry.directory.write_text("not a directory")
+        assert await code("app", good) is ResultCode.INSUFFICIENT_MEMORY
+
+    trio.run(main)
+
+
+@pytest.mark.parametrize("early", ["before the welcome", "after the rejection"])
+def test_a_release_outside_the_welcomed_connection_is_never_taken(tmp_path: Path, early: str) -> None:
+    """Review 17: a server sending a release before its welcome, or after a rejection, gets no notice, no
+    prompt, no install."""
+    agent, tracer = _agent(tmp_path, ip_push=("127.0.0.1", 1))
+
+    async def main() -> None:
+        ours, theirs = trio.testing.memory_stream_pair()
+        fake = FakePushServer(theirs)
+
+        async def serve() -> None:
+            assert (await fake.read())["type"] == "hello"
+            await fake.send({"type": "challenge", "nonce": "00" * 16})
+            assert (await fake.read())["type"] == "auth"
+            rejected = encode_frame({"type": "rejected", "reason": "no"})
+            # the release in the same write as the rejection: the agent holds its bytes and must still ignore them
+            await fake.stream.send_all(
+                (rejected if early == "after the rejection" else b"") + encode_frame(RELEASE_FRAME)
+            )
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve)
+            welcomed = await agent.push_session(ours, "fake")
+            nursery.cancel_scope.cancel()
+        assert not welcomed
+        kinds = {e.kind for e in tracer.events}
+        assert Kind.UPGRADE_NOTICE not in kinds and Kind.UPGRADE_PROMPT not in kinds
+        assert agent._receive.statistics().current_buffer_used == 0
+        assert agent.registry.version("app") is None
+
+    trio.run(main)
