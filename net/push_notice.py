@@ -153,23 +153,79 @@ def wap_push_notice(notice: Notice, *, si_id: str, text: str) -> bytes:
         raise NoticeError(str(exc)) from None
 
 
-def parse_wap_push(data: bytes) -> Notice | None:
-    """The notice a WDP payload to port 2948 carries; None when it is not an SI push (another content type or
-    application) or an SI about something other than a package; NoticeError when the PDU or its WBXML is
-    malformed, or the SI has no usable href."""
+class SiOutcome(Enum):
+    """What WAP-167 (section 6, the SI's life cycle) says a terminal does with a received SI."""
+
+    PRESENT = "present"  # a notice to act on (signal-low/-medium/-high)
+    EXPIRED = "expired"  # si-expires already past on reception: discarded silently
+    DELETE = "delete"  # action=delete: removes the stored SI of that si-id, is itself never presented
+    POSTPONED = "postponed"  # action=signal-none: kept, not presented to the user (no prompt)
+    NOT_A_NOTICE = "not-a-notice"  # another content type, application or an href that is not a package
+
+
+@dataclass(frozen=True)
+class WapPushReading:
+    """The typed result of `read_wap_push`: the notice (when the SI names a package), what to do with it, the SI's
+    si-id and action, and why it is not presented, so that the caller traces the discard."""
+
+    outcome: SiOutcome
+    notice: Notice | None = None
+    si_id: str | None = None
+    action: str | None = None
+    reason: str = ""
+
+
+def parse_wap_push(data: bytes, *, now: datetime | None = None) -> Notice | None:
+    """The notice a WDP payload to port 2948 carries for presenting; None when it is not an SI push (another
+    content type or application), an SI about something other than a package, or an SI WAP-167 says not to present
+    (expired at `now`, default the current UTC time; action delete or signal-none); NoticeError when the PDU or its
+    WBXML is malformed, or the SI has no usable href. `read_wap_push` says which of these it was."""
+    reading = read_wap_push(data, now=now)
+    return reading.notice if reading.outcome is SiOutcome.PRESENT else None
+
+
+def read_wap_push(data: bytes, *, now: datetime | None = None) -> WapPushReading:
+    """What a WDP payload to port 2948 is (WapPushReading), with WAP-167's rules applied: an SI whose si-expires is
+    not after `now` is EXPIRED, action=delete is DELETE (its si-id names the SI to remove), signal-none is
+    POSTPONED; NoticeError as `parse_wap_push`."""
+    when = now if now is not None else datetime.now(UTC)
+    notice, si = _wap_notice(data)
+    if si is None:
+        return WapPushReading(SiOutcome.NOT_A_NOTICE)
+    si_id, action = si.si_id, si.action
+    if si.si_expires is not None and si.si_expires <= when:
+        stamp = si.si_expires.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return WapPushReading(SiOutcome.EXPIRED, notice, si_id, action, f"the SI expired at {stamp}")
+    if action == "delete":
+        # a delete SI only removes the stored SI of its si-id (WAP-167 6); without one it deletes nothing
+        why = f"the SI deletes si-id {si_id!r}" if si_id else "a delete SI without si-id"
+        return WapPushReading(SiOutcome.DELETE, notice, si_id, action, why)
+    if notice is None:
+        return WapPushReading(SiOutcome.NOT_A_NOTICE, None, si_id, action)
+    if action == "signal-none":
+        why = "signal-none: not presented to the user"
+        return WapPushReading(SiOutcome.POSTPONED, notice, si_id, action, why)
+    return WapPushReading(SiOutcome.PRESENT, notice, si_id, action)
+
+
+def _wap_notice(data: bytes) -> tuple[Notice | None, ServiceIndication | None]:
+    """The notice and the SI of a WDP payload; (None, None) when it is not an SI push, (None, si) when the SI's
+    href is not a package."""
     try:
         pdu = decode_push_pdu(data)
     except WapPushError as exc:
         raise NoticeError(f"malformed WSP push: {exc}") from None
     if pdu.content_type != "application/vnd.wap.sic":
-        return None
+        return None, None
     if pdu.application_id not in (None, "x-wap-application:wml.ua", "x-wap-application:*"):
-        return None
+        return None, None
     try:
         si = decode_si(pdu.body)
     except WapPushError as exc:
         raise NoticeError(f"malformed SI: {exc}") from None
     if si.href is None:
+        if si.action == "delete":  # WAP-167: a delete SI names what it deletes by si-id; it needs no href
+            return None, si
         raise NoticeError("the SI has no href")
     try:
         url = urlsplit(si.href)
@@ -178,9 +234,9 @@ def parse_wap_push(data: bytes) -> Notice | None:
         raise NoticeError(f"the SI's href {si.href[:80]!r}: {exc}") from None
     found = _PACKAGE_PATH.fullmatch(url.path)
     if url.scheme != "http" or found is None or url.query or url.fragment:
-        return None
+        return None, si
     if not url.hostname:
         raise NoticeError(f"the SI's href {si.href[:80]!r} names no host")
     host = f"[{url.hostname}]" if ":" in url.hostname else url.hostname
     server = _check_server(f"{host}:{port or 80}")
-    return Notice(NoticeVia.WAP, server, url.path, found.group(1), found.group(2), si.created)
+    return Notice(NoticeVia.WAP, server, url.path, found.group(1), found.group(2), si.created), si

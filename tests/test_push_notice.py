@@ -11,9 +11,11 @@ from bipsim.net.push_notice import (
     Notice,
     NoticeError,
     NoticeVia,
+    SiOutcome,
     format_sms_notice,
     parse_sms_notice,
     parse_wap_push,
+    read_wap_push,
     release_notice,
     wap_push_notice,
 )
@@ -149,3 +151,51 @@ def test_malformed_wap_pushes_are_notice_errors() -> None:
         parse_wap_push(good[:6] + b"\x03\x01\x6a\x00\x45\x01")  # a WML document's public id, not SI's
     with pytest.raises(NoticeError, match="out of range"):
         parse_wap_push(encode_push_pdu(encode_si(ServiceIndication(href="http://h:99999/v1/packages/a/2"))))
+
+
+def _si_push(**fields: object) -> bytes:
+    si = ServiceIndication(
+        href=fields.pop("href", "http://127.0.0.1:18450/v1/packages/app/1.10"),  # type: ignore[arg-type]
+        si_id="app-1.10",
+        created=WHEN,
+        **fields,  # type: ignore[arg-type]
+    )
+    return encode_push_pdu(encode_si(si))
+
+
+def test_an_expired_si_is_discarded_with_its_reason() -> None:
+    """WAP-167 section 6: an SI whose si-expires has passed on reception is discarded, never presented."""
+    from datetime import timedelta
+
+    data = _si_push(si_expires=WHEN + timedelta(hours=1))
+    before = read_wap_push(data, now=WHEN)
+    assert before.outcome is SiOutcome.PRESENT and before.notice is not None
+    assert before.notice.location == "/v1/packages/app/1.10" and before.si_id == "app-1.10"
+    assert parse_wap_push(data, now=WHEN) == before.notice
+    after = read_wap_push(data, now=WHEN + timedelta(hours=1))
+    assert after.outcome is SiOutcome.EXPIRED and "2026-11-30T13:00:00Z" in after.reason
+    assert parse_wap_push(data, now=WHEN + timedelta(hours=2)) is None
+    # without `now`, the current UTC time: an SI that expired in 2000 is not presented
+    assert parse_wap_push(_si_push(si_expires=datetime(2000, 1, 1, tzinfo=UTC))) is None
+
+
+@pytest.mark.parametrize(
+    ("action", "outcome"),
+    [("delete", SiOutcome.DELETE), ("signal-none", SiOutcome.POSTPONED), ("signal-high", SiOutcome.PRESENT)],
+)
+def test_the_si_action_is_honoured(action: str, outcome: SiOutcome) -> None:
+    reading = read_wap_push(_si_push(action=action), now=WHEN)
+    assert reading.outcome is outcome and reading.action == action and reading.si_id == "app-1.10"
+    # only a presented SI prompts: parse_wap_push (the agent's call) gives no notice for the others
+    assert (parse_wap_push(_si_push(action=action), now=WHEN) is not None) is (outcome is SiOutcome.PRESENT)
+    if outcome is not SiOutcome.PRESENT:
+        assert reading.reason
+
+
+def test_a_delete_si_needs_no_href_and_other_pushes_are_not_notices() -> None:
+    reading = read_wap_push(_si_push(action="delete", href=None), now=WHEN)
+    assert reading.outcome is SiOutcome.DELETE and reading.notice is None and "app-1.10" in reading.reason
+    with pytest.raises(NoticeError, match="no href"):
+        read_wap_push(_si_push(href=None), now=WHEN)
+    other = read_wap_push(_si_push(href="http://127.0.0.1:18450/news"), now=WHEN)
+    assert other.outcome is SiOutcome.NOT_A_NOTICE and other.notice is None
