@@ -6,7 +6,7 @@ embodiments' 001:e<k>.<n> (trace/steps.py); result codes are JSR-118's.
 `push-sms`, `push-wap`, `push-ip`: the notice as a plain SMS, a WAP Push or an IP-push frame, installed (900).
 `push-active`: no notice, the user's check finds 1.1. `push-declined`: 902 and no connection to the server.
 `push-auth-fails`: a wrong token, 909, no download. `push-corrupt-package`: 907, 1.0 intact. `push-lost-notice`:
-the notice reaches nobody, the active check installs 1.1 all the same. `push-applet`: a card applet's release
+the SMSC refuses the SMS notice, the ME never gets it; the active check, served after the loss, installs 1.1. `push-applet`: a card applet's release
 through the same SMS notice; the agent hands its push to the card, whose session with the OTA server (a RAM
 campaign, scenarios/campaigns.py) installs the applet.
 """
@@ -68,6 +68,8 @@ class PushRun:
     publish_events: list[TraceEvent] = field(default_factory=list)
     accepted: list[str] = field(default_factory=list)  # the listener of each connection the server accepted
     admin: str = ""  # HOST:PORT of the admin listener the scenario's notify goes to
+    # the SMSC refuses the notice; the terminal's connections wait until it has, so the check comes after the loss
+    lose_notice: bool = False
     registry: Registry | None = None
 
 
@@ -107,9 +109,14 @@ async def _drive(
                 kind=Kind.TCP_ACCEPT,
                 fields={"listener": listener, "host": str(peer[0]), "port": int(peer[1])},
             )
+            await notice_settled.wait()
             await (server.handle if listener == "http" else push.handle)(stream)
 
         return handle
+
+    notice_settled = trio.Event()
+    if not run.lose_notice:
+        notice_settled.set()
 
     async with trio.open_nursery() as nursery:
         http, push_socket, admin = (trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in listeners)
@@ -131,7 +138,9 @@ async def _drive(
                     "POST", "/v1/admin/notify", {"name": name, "via": run.via, "msisdn": MSISDN}
                 )
                 run.notified = answer.json() or {}
-                check(answer.status == 200, f"the admin notify answered {answer.status}: {run.notified}")
+                expected = 502 if run.lose_notice else 200  # 502: the SMSC refused the notice
+                check(answer.status == expected, f"the admin notify answered {answer.status}: {run.notified}")
+                notice_settled.set()
             result = await harness.wait_for_event("ap", RESULT, timeout=WAIT)
             check(result is not None, "the agent told the user no result")
         except ScenarioFailed as exc:
@@ -169,6 +178,10 @@ def run_push(run: PushRun, options: ScenarioOptions) -> RunResult:
     service = PublishService(
         catalogue, auth, advertise=f"127.0.0.1:{http_port}", faults=run.faults, smsc=False
     )
+    if run.lose_notice:
+        # an originator the SMSC cannot code (TS 23.040 9.1.2.5: digits only): it refuses the notice, which never
+        # reaches the ME (net/smsc.py: the send-mt is answered ok false and traced as a refused smsc.control)
+        service.sms_from = "+1555ABC"
     server = PublishServer(service, tracer, push=PushServer(auth, tracer))
     ap_args = [
         "--upgrade",
@@ -317,11 +330,34 @@ def push_active(options: ScenarioOptions) -> ScenarioResult:
 
 
 def push_lost_notice(options: ScenarioOptions) -> ScenarioResult:
-    """The notice reaches nobody (an IP push with no connection); the active check installs 1.1 all the same."""
-    run = PushRun("push-lost-notice", "ip", ["--upgrade-server", "{http}", "--upgrade-check"])
+    """The SMS notice is lost: the SMSC refuses it and the ME never gets it; the user's active check, served only
+    after the loss, installs the same 1.1 as the notice would have (push-sms)."""
+    run = PushRun(
+        "push-lost-notice", "sms", ["--upgrade-server", "{http}", "--upgrade-check"], lose_notice=True
+    )
     outcome = _installed_by(run, options, ACTIVE_STEPS)
-    check(run.notified.get("sent") == 0, "the notice was not lost", outcome.run)
-    check(not [e for e in outcome.run.events if e.kind == Kind.UPGRADE_PROMPT], "a prompt", outcome.run)
+    result = outcome.run
+    refused = [e for e in result.events if e.kind == Kind.SMSC_CONTROL and e.field("op") == "send-mt"]
+    check(
+        [e.field("ok") for e in refused] == [False] and refused[0].error,
+        f"the SMSC did not refuse the notice: {[e.summary for e in refused]}",
+        result,
+    )
+    offered = [e for e in result.events if e.kind == Kind.SMSC_MT]
+    check(not offered, f"the SMSC offered the ME {len(offered)} messages", result)
+    check(not [e for e in result.events if e.kind == Kind.UPGRADE_PROMPT], "a prompt", result)
+    # the order, in the server's own trace: the refused notify, then the check
+    kinds = [str(e.kind) for e in run.publish_events]
+    notify = [
+        i
+        for i, e in enumerate(run.publish_events)
+        if e.kind == Kind.PUBLISH_NOTIFY and e.field("status") == 502
+    ]
+    check(
+        bool(notify) and "publish.check" in kinds and notify[0] < kinds.index("publish.check"),
+        f"the check did not come after the lost notice: {kinds}",
+        result,
+    )
     return outcome
 
 
