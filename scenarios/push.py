@@ -99,7 +99,10 @@ async def _drive(
     def counted(listener: str) -> Callable[[trio.SocketStream], Awaitable[None]]:
         async def handle(stream: trio.SocketStream) -> None:
             # an accepted connection on a listener the terminal was told of (docs/protocols.md, "Push deployment")
-            peer = stream.socket.getpeername()
+            try:
+                peer = stream.socket.getpeername()
+            except OSError:  # reset before we looked: accepted all the same
+                peer = ("?", 0)
             run.accepted.append(listener)
             server.tracer.emit(
                 Actor.PUBLISH,
