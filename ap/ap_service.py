@@ -79,7 +79,7 @@ class ApplicationProcessor:
         self._first_line: trio.abc.Stream | None = None
         self.omapi = OmapiStack(options.omapi, tracer=tracer) if options.omapi is not None else None
         self.toolkit: ToolkitService | None = None  # the SIM toolkit of the current modem session
-        self.upgrade = UpgradeAgent(options.upgrade, tracer) if options.upgrade is not None else None
+        self.upgrade = UpgradeAgent(options.upgrade, tracer, network) if options.upgrade is not None else None
 
     async def _imsi(self) -> str:
         if self.ril is None:

@@ -907,3 +907,26 @@ def test_a_release_outside_the_welcomed_connection_is_never_taken(tmp_path: Path
         assert agent.registry.version("app") is None
 
     trio.run(main)
+
+
+def test_no_bearer_up_is_903_without_a_connection(tmp_path: Path) -> None:
+    """Review 5 (in part): the agent asks the AP's network (ap/network.py) first: with Wi-Fi and cellular data
+    off, or the server outside the AP's allowlist, the flow ends 903 and nothing connects."""
+    from bipsim.ap.network import AllowRule, ApNetwork
+
+    async def body(rig: Rig) -> None:
+        rig.agent.network = ApNetwork(wifi=False, cellular=False)
+        rig.agent.offer(rig.notice())
+        await _outcome(rig)
+        rig.agent.network = ApNetwork(allow=[AllowRule.parse("10.0.0.0/8")])
+        rig.agent.offer(rig.notice(version="1.0"))  # another notice (another location): not a repeat
+        await _outcome(rig, 2)
+        assert [o.code for o in rig.agent.outcomes] == [ResultCode.LOSS_OF_SERVICE] * 2
+        assert "no bearer" in rig.agent.outcomes[0].reason and "allowlist" in rig.agent.outcomes[1].reason
+        assert rig.accepted == [0] and not rig.agent_events(Kind.TCP_CONNECT)
+        rig.agent.network = ApNetwork()  # Wi-Fi up, loopback allowed: the same notice goes through
+        rig.agent.offer(rig.notice())
+        await _outcome(rig, 3)
+        assert rig.agent.outcomes[2].code is ResultCode.SUCCESS
+
+    run(tmp_path, Setup(), body)

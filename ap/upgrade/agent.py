@@ -29,6 +29,7 @@ from typing import Any
 import h11
 import trio
 
+from bipsim.ap.network import ApNetwork
 from bipsim.ap.upgrade.policy import Policy
 from bipsim.ap.upgrade.registry import Registry, RegistryError
 from bipsim.link.at_chat import AtResponse, AtTimeout
@@ -502,8 +503,11 @@ class UpgradeAgent:
     """The agent of one AP process: notices in (from the modem line, the IP push or the active check), one flow
     at a time, each outcome an `upgrade.result` event and a report to the server."""
 
-    def __init__(self, options: UpgradeOptions, tracer: Tracer = NULL_TRACER) -> None:
+    def __init__(
+        self, options: UpgradeOptions, tracer: Tracer = NULL_TRACER, network: ApNetwork | None = None
+    ) -> None:
         self.options = options
+        self.network = network  # the AP's bearers and allowlist (ap/network.py); None: the host's own network
         self.tracer = tracer
         self.registry = Registry(options.registry)
         self.policy = Policy.parse(options.policy)
@@ -713,6 +717,10 @@ class UpgradeAgent:
             return self._tell(
                 notice, ResultCode.INVALID_DESCRIPTOR, f"{notice.server[:60]!r} is not HOST:PORT"
             )
+        unreachable = self.unreachable(client.host, client.port)
+        if unreachable is not None:
+            flow.move(FlowInput.UNREACHABLE)
+            return self._tell(notice, ResultCode.LOSS_OF_SERVICE, unreachable)
         release: dict[str, Any] | None = None
         try:
             try:
@@ -911,9 +919,23 @@ class UpgradeAgent:
             backoff = next_backoff(backoff, welcomed)
             await trio.sleep(backoff)
 
+    def unreachable(self, host: str, port: int) -> str | None:
+        """Why the AP's network cannot carry a connection to host:port (no bearer up: neither Wi-Fi nor the CP's
+        data path; or a destination outside the AP's allowlist, as for the proxy), None when it can."""
+        if self.network is None:
+            return None
+        if not (self.network.wifi or self.network.cellular):
+            return "no bearer is up (Wi-Fi and cellular data are off)"
+        if not self.network.allowed(host, port):
+            return f"the AP's network does not reach {host}:{port} (not in its allowlist)"
+        return None
+
     async def _push_session(self) -> bool:
         assert self.options.ip_push is not None
         host, port = self.options.ip_push
+        unreachable = self.unreachable(host, port)
+        if unreachable is not None:
+            raise OSError(unreachable)
         return await self.push_session(await trio.open_tcp_stream(host, port), f"{host}:{port}")
 
     async def push_session(self, stream: trio.abc.Stream, where: str) -> bool:
