@@ -547,6 +547,7 @@ def test_the_agent_reads_notices_through_27005(tmp_path: Path) -> None:
         (["--upgrade", "--upgrade-token", "00ff"], "16 bytes"),
         (["--upgrade-token", TOKEN.hex(), "--upgrade-check"], "--upgrade-server"),
         (["--upgrade-token", TOKEN.hex(), "--upgrade-policy", "maybe"], "--upgrade-policy"),
+        (["--upgrade-token", TOKEN.hex(), "--upgrade-trust", "host:port"], "HOST:PORT"),
     ],
 )
 def test_bad_upgrade_options_are_usage_errors(args: list[str], message: str) -> None:
@@ -573,6 +574,7 @@ def test_ap_help_explains_the_upgrade_options() -> None:
         "--upgrade-token",
         "--upgrade-server",
         "--upgrade-check",
+        "--upgrade-trust",
     ):
         assert option in text
     assert "--upgrade-policy" in text and "--upgrade-ip-push" in text and "JSR-118" in text
