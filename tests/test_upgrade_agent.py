@@ -47,6 +47,7 @@ from bipsim.net.sms_pdu import (
     make_dcs,
     split_data,
 )
+from bipsim.net.wap_push import ServiceIndication, encode_push_pdu, encode_si
 from bipsim.ota.publish_server import Fault, PublishServer, PublishService, TerminalAuth
 from bipsim.ota.push_channel import FrameDecoder, FrameError, PushServer, encode_frame
 from bipsim.ota.release_catalogue import Catalogue, make_release
@@ -266,6 +267,42 @@ def test_a_malformed_wap_push_is_a_look_alike_without_a_prompt(tmp_path: Path) -
             len(rig.agent_events(Kind.UPGRADE_PROMPT)) == 1
             and rig.agent.outcomes[1].code is ResultCode.SUCCESS
         )
+
+    run(tmp_path, Setup(), body)
+
+
+@pytest.mark.parametrize(
+    ("fields", "outcome", "reason"),
+    [
+        (
+            {"si_expires": datetime(2000, 1, 1, tzinfo=UTC)},
+            "expired",
+            "the SI expired at 2000-01-01T00:00:00Z",
+        ),
+        ({"action": "delete"}, "delete", "the SI deletes si-id 'app-1.1'"),
+        ({"action": "signal-none"}, "postponed", "signal-none: not presented to the user"),
+    ],
+)
+def test_a_wap_push_that_wap_167_discards_is_traced_without_a_prompt(
+    tmp_path: Path, fields: dict[str, Any], outcome: str, reason: str
+) -> None:
+    """Review item 14 of issue 22: an expired SI, a delete SI and a signal-none SI are traced with the reason and
+    never prompt; the same notice pushed as a plain SI afterwards prompts once (it was not taken as seen)."""
+
+    async def body(rig: Rig) -> None:
+        notice = rig.notice(NoticeVia.WAP)
+        si = ServiceIndication(href=notice.url, si_id="app-1.1", created=notice.timestamp, **fields)
+        heard = rig.agent.heard_sms(_wap_sms(encode_push_pdu(encode_si(si))))
+        assert heard.notice is None and heard.error is None and heard.discarded is not None
+        (event,) = rig.agent_events(Kind.UPGRADE_NOTICE)
+        assert not event.error and event.field("discarded") == outcome and event.field("reason") == reason
+        assert event.field("si_id") == "app-1.1" and event.field("via") == "wap"
+        assert rig.agent.outcomes == [] and not rig.agent_events(Kind.UPGRADE_PROMPT)
+        heard = rig.agent.heard_sms(_wap_sms(wap_push_notice(notice, si_id="app-1.1", text="app 1.1")))
+        assert heard.notice is not None
+        await _outcome(rig, 1)
+        assert len(rig.agent_events(Kind.UPGRADE_PROMPT)) == 1
+        assert not any(e.field("repeated") for e in rig.agent_events(Kind.UPGRADE_NOTICE))
 
     run(tmp_path, Setup(), body)
 

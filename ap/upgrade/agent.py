@@ -33,7 +33,15 @@ from bipsim.ap.network import ApNetwork
 from bipsim.ap.upgrade.policy import Policy
 from bipsim.ap.upgrade.registry import Registry, RegistryError
 from bipsim.link.at_chat import AtResponse, AtTimeout
-from bipsim.net.push_notice import Notice, NoticeError, NoticeVia, parse_sms_notice, parse_wap_push
+from bipsim.net.push_notice import (
+    Notice,
+    NoticeError,
+    NoticeVia,
+    SiOutcome,
+    WapPushReading,
+    parse_sms_notice,
+    read_wap_push,
+)
 from bipsim.net.sms_pdu import SmsDeliver, SmsPduError, concatenation_of, decode_sca, decode_tpdu, ports_of
 from bipsim.ota.push_channel import FrameDecoder, FrameError, encode_frame
 from bipsim.ota.release_catalogue import VersionError, newer, parse_version
@@ -118,12 +126,14 @@ class FlowFailed(Exception):
 @dataclass(frozen=True)
 class Heard:
     """What one SMS was to the agent: a notice, a look-alike (`error`: it claims to be a notice but is not one),
-    a part of a concatenated message still waiting for the rest, or another SMS (`notice` and `error` None)."""
+    a part of a concatenated message still waiting for the rest, an SI that WAP-167 section 6 says not to present
+    (`discarded`: expired, delete or signal-none), or another SMS (`notice` and `error` None)."""
 
     via: NoticeVia | None
     notice: Notice | None = None
     error: str | None = None
     waiting: bool = False
+    discarded: WapPushReading | None = None
 
 
 @dataclass
@@ -164,10 +174,14 @@ def classify_tpdu(tpdu: bytes, reassembly: Reassembly) -> Heard:
     if ports is not None and ports.destination == WAP_PUSH_PORT:
         payload = b"".join(part.ud for part in parts)
         try:
-            notice = parse_wap_push(payload)
+            reading = read_wap_push(payload)
         except (NoticeError, ValueError) as exc:
             return Heard(NoticeVia.WAP, error=str(exc) or type(exc).__name__)
-        return Heard(NoticeVia.WAP, notice) if notice is not None else Heard(None)
+        if reading.outcome is SiOutcome.PRESENT:
+            return Heard(NoticeVia.WAP, reading.notice)
+        if reading.outcome is SiOutcome.NOT_A_NOTICE:
+            return Heard(None)
+        return Heard(NoticeVia.WAP, discarded=reading)
     if ports is not None:
         return Heard(None)
     texts = [part.text for part in parts]
@@ -633,6 +647,23 @@ class UpgradeAgent:
                 timestamp=None if notice.timestamp is None else notice.timestamp.isoformat(),
             )
             self.offer(notice)
+        elif heard.discarded is not None:
+            # WAP-167 section 6: an expired SI, a delete SI and a signal-none SI are never presented (no prompt)
+            reading = heard.discarded
+            found = reading.notice
+            self._event(
+                Kind.UPGRADE_NOTICE,
+                f"wap notice discarded ({reading.outcome.value}): {reading.reason}",
+                step=STEP_WAP,
+                via=NoticeVia.WAP.value,
+                name=None if found is None else found.name,
+                version=None if found is None else found.version,
+                location=None if found is None else found.location,
+                si_id=reading.si_id,
+                action=reading.action,
+                discarded=reading.outcome.value,
+                reason=reading.reason,
+            )
         elif heard.error is not None:
             via = heard.via.value if heard.via is not None else "sms"
             self._event(
