@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import textwrap
 import time
 from pathlib import Path
 
@@ -53,12 +54,13 @@ def list_cmd() -> None:
     columns = max(shutil.get_terminal_size().columns, width + 2 + MIN_DESCRIPTION)
     indent = " " * (width + 2)
     for name in SCENARIOS:
-        text = click.wrap_text(
+        # never at a hyphen: scenario names such as push-sms must stay whole to be copied into `scenario run`
+        text = textwrap.fill(
             describe(name),
             width=columns,
             initial_indent=name.ljust(width) + "  ",
             subsequent_indent=indent,
-            preserve_paragraphs=False,
+            break_on_hyphens=False,
         )
         click.echo(text)
 
