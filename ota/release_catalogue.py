@@ -18,6 +18,10 @@ from typing import Any
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 VERSION = re.compile(r"^[0-9]{1,9}(\.[0-9]{1,9}){0,7}$")
 PACKAGES = "/v1/packages/"
+KINDS = (
+    "software",
+    "applet",
+)  # a terminal's software package, or a card applet that the OTA platform installs
 
 
 class CatalogueError(ValueError):
@@ -65,13 +69,15 @@ def _timestamp(value: object, where: str) -> str:
 
 @dataclass(frozen=True)
 class Release:
-    """One published version of a package; `data` is the package's bytes."""
+    """One published version of a package; `data` is the package's bytes; `kind` is "software" (installed by the
+    terminal) or "applet" (a descriptor whose push the terminal hands to the card)."""
 
     name: str
     version: str
     timestamp: str
     data: bytes
     sha256: str
+    kind: str = "software"
 
     @property
     def location(self) -> str:
@@ -90,11 +96,16 @@ class Release:
             "size": self.size if size is None else size,
             "sha256": self.sha256,
             "timestamp": self.timestamp,
+            "kind": self.kind,
         }
 
 
-def make_release(name: str, version: str, data: bytes, timestamp: datetime | str) -> Release:
+def make_release(
+    name: str, version: str, data: bytes, timestamp: datetime | str, kind: str = "software"
+) -> Release:
     """A release from its parts (what the loader builds from a catalogue entry; tests build them directly)."""
+    if kind not in KINDS:
+        raise CatalogueError(f"{name[:70]}: kind {str(kind)[:40]!r} is not one of {', '.join(KINDS)}")
     if not NAME.match(name):
         raise CatalogueError(f"name {name[:70]!r}: letters, digits, '.', '_', '-' (up to 64)")
     try:
@@ -102,7 +113,7 @@ def make_release(name: str, version: str, data: bytes, timestamp: datetime | str
     except VersionError as exc:
         raise CatalogueError(f"{name}: version {exc}") from None
     stamp = _timestamp(timestamp, f"{name} {version}")
-    return Release(name, version, stamp, bytes(data), hashlib.sha256(data).hexdigest())
+    return Release(name, version, stamp, bytes(data), hashlib.sha256(data).hexdigest(), kind)
 
 
 class Catalogue:
@@ -135,8 +146,8 @@ class Catalogue:
 
 
 def load_catalogue(directory: Path) -> Catalogue:
-    """`directory/catalogue.toml` (`[[release]] name, version, file, timestamp`; `file` relative to the directory
-    and inside it) with every package file read and hashed; CatalogueError naming the entry otherwise."""
+    """`directory/catalogue.toml` (`[[release]] name, version, file, timestamp`, optional `kind`, "software" by
+    default or "applet"; `file` relative to the directory and inside it) with every package file read and hashed; CatalogueError naming the entry otherwise."""
     path = directory / "catalogue.toml"
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -155,8 +166,9 @@ def load_catalogue(directory: Path) -> Catalogue:
         if missing:
             raise CatalogueError(f"{where}: missing {', '.join(missing)}")
         name, version, file = entry["name"], entry["version"], entry["file"]
-        if not isinstance(name, str) or not isinstance(version, str) or not isinstance(file, str):
-            raise CatalogueError(f"{where}: name, version and file are strings")
+        kind = entry.get("kind", "software")
+        if not all(isinstance(v, str) for v in (name, version, file, kind)):
+            raise CatalogueError(f"{where}: name, version, file and kind are strings")
         package = (root / file).resolve()
         if not package.is_relative_to(root):
             raise CatalogueError(f"{where}: file {file!r} is outside {directory}")
@@ -165,7 +177,7 @@ def load_catalogue(directory: Path) -> Catalogue:
         except OSError as exc:
             raise CatalogueError(f"{where}: {file}: {exc.strerror or exc}") from None
         try:
-            releases.append(make_release(name, version, content, entry["timestamp"]))
+            releases.append(make_release(name, version, content, entry["timestamp"], kind))
         except CatalogueError as exc:
             raise CatalogueError(f"{where}: {exc}") from None
     return Catalogue(releases)

@@ -176,7 +176,7 @@ def run_push(run: PushRun, options: ScenarioOptions) -> RunResult:
     auth = TerminalAuth({IMEI: bytes.fromhex(TOKEN)}, reject_all=Fault.REJECT_AUTH in run.faults)
     releases = [make_release("app", "1.0", OLD, WHEN), make_release("app", "1.1", NEW, WHEN)]
     if run.applet:
-        releases.append(make_release(APPLET, "1.0", applet_descriptor(), WHEN))
+        releases.append(make_release(APPLET, "1.0", applet_descriptor(), WHEN, kind="applet"))
     catalogue = Catalogue(releases)
     service = PublishService(
         catalogue, auth, advertise=f"127.0.0.1:{http_port}", faults=run.faults, smsc=False

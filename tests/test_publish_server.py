@@ -162,6 +162,7 @@ def test_catalogue_holds_size_hash_location_and_utc_timestamp(tmp_path: Path) ->
         "size": len(data),
         "sha256": hashlib.sha256(data).hexdigest(),
         "timestamp": "2026-11-30T11:00:00Z",
+        "kind": "software",  # no `kind` in its catalogue.toml entry
     }
     assert catalogue.find("/v1/packages/app/1.9") is catalogue.get("app", "1.9")
     assert catalogue.find("/v1/packages/app") is None and catalogue.latest("none") is None

@@ -31,6 +31,7 @@ from bipsim.ap.upgrade.agent import (
     UpgradeAgent,
     UpgradeOptions,
     check_package,
+    check_release,
     classify_tpdu,
     next_backoff,
 )
@@ -50,7 +51,7 @@ from bipsim.net.sms_pdu import (
 from bipsim.net.wap_push import ServiceIndication, encode_push_pdu, encode_si
 from bipsim.ota.publish_server import Fault, PublishServer, PublishService, TerminalAuth
 from bipsim.ota.push_channel import FrameDecoder, FrameError, PushServer, encode_frame
-from bipsim.ota.release_catalogue import Catalogue, make_release
+from bipsim.ota.release_catalogue import Catalogue, CatalogueError, load_catalogue, make_release
 from bipsim.trace.kinds import Kind
 from bipsim.trace.recorder import Tracer
 from bipsim.trace.steps import STEPS
@@ -108,7 +109,9 @@ APPLET = b'kind = "applet"\napplication = "A0000005590010FF01"\ntrigger = "00112
 def _catalogue(versions: tuple[str, ...], applet: bool = False) -> Catalogue:
     data = {"1.0": OLD, "1.1": NEW}
     releases = [make_release("app", v, data[v], WHEN) for v in versions]
-    return Catalogue(releases + ([make_release("echo-applet", "1.0", APPLET, WHEN)] if applet else []))
+    return Catalogue(
+        releases + ([make_release("echo-applet", "1.0", APPLET, WHEN, kind="applet")] if applet else [])
+    )
 
 
 async def _rig(nursery: trio.Nursery, tmp: Path, setup: Setup) -> Rig:
@@ -631,7 +634,7 @@ def test_an_applet_release_goes_to_the_card_as_its_push(
         while "AT+CMGL=0" not in line.commands:
             await trio.sleep(0)
         release = rig.server.service.catalogue.get("echo-applet", "1.0")
-        assert release is not None
+        assert release is not None and rig.server.service.advertised(release)["kind"] == "applet"
         rig.agent.offer(release_notice(rig.server.service.advertised(release), rig.address, NoticeVia.SMS))
         await _outcome(rig)
         assert rig.agent.outcomes[0].code is code
@@ -969,3 +972,65 @@ def test_no_bearer_up_is_903_without_a_connection(tmp_path: Path) -> None:
         assert rig.agent.outcomes[2].code is ResultCode.SUCCESS
 
     run(tmp_path, Setup(), body)
+
+
+def test_a_release_is_an_applet_by_its_kind_not_by_its_first_bytes(tmp_path: Path) -> None:
+    """Review item 10 of issue 22: a software release whose package happens to begin like an applet descriptor is
+    installed as software (no push to the card); the release JSON says `kind`."""
+
+    async def body(rig: Rig) -> None:
+        line = FakeLine()
+        rig.nursery.start_soon(rig.agent.listen, line)
+        while "AT+CMGL=0" not in line.commands:
+            await trio.sleep(0)
+        release = make_release("lookalike", "1.0", APPLET, WHEN)
+        rig.server.service.catalogue.releases[("lookalike", "1.0")] = release
+        advertised = rig.server.service.advertised(release)
+        assert advertised["kind"] == "software"
+        rig.agent.offer(release_notice(advertised, rig.address, NoticeVia.SMS))
+        await _outcome(rig)
+        assert rig.agent.outcomes[0].code is ResultCode.SUCCESS
+        assert not any(c.startswith("AT%SMSPP") for c in line.commands) and not rig.agent_events(Kind.SMS_PP)
+        entry = Registry(rig.registry_path).get("lookalike")
+        assert entry is not None and entry.kind == "app"
+
+    run(tmp_path, Setup(), body)
+
+
+def test_the_release_kind_is_checked_and_software_by_default() -> None:
+    """A server without `kind` (before it existed) sends software; a kind the agent does not know is 906."""
+    release = make_release("app", "1.1", NEW, WHEN).as_json()
+    notice = release_notice(release, "127.0.0.1:8450", NoticeVia.SMS)
+    del release["kind"]
+    assert check_release(dict(release), notice)["kind"] == "software"
+    for kind in ("firmware", 1, None):
+        with pytest.raises(FlowFailed) as failed:
+            check_release({**release, "kind": kind}, notice)
+        assert failed.value.code is ResultCode.INVALID_DESCRIPTOR and "kind" in failed.value.reason
+
+
+def test_the_catalogue_kind_is_optional_software_or_applet(tmp_path: Path) -> None:
+    (tmp_path / "a.bin").write_bytes(APPLET)
+    (tmp_path / "s.bin").write_bytes(OLD)
+    entries = [
+        ("s", "1.0", "s.bin", None),
+        ("a", "1.0", "a.bin", "applet"),
+        ("b", "1.0", "a.bin", "software"),
+    ]
+    text = "".join(
+        f'[[release]]\nname = "{n}"\nversion = "{v}"\nfile = "{f}"\ntimestamp = 2026-11-30T12:00:00Z\n'
+        + (f'kind = "{k}"\n' if k else "")
+        for n, v, f, k in entries
+    )
+    (tmp_path / "catalogue.toml").write_text(text)
+    catalogue = load_catalogue(tmp_path)
+    kinds = {name: catalogue.get(name, "1.0").kind for name in ("s", "a", "b")}  # type: ignore[union-attr]
+    assert kinds == {"s": "software", "a": "applet", "b": "software"}
+    assert catalogue.get("a", "1.0").as_json()["kind"] == "applet"  # type: ignore[union-attr]
+    for bad in ('"firmware"', "3"):
+        (tmp_path / "catalogue.toml").write_text(
+            text
+            + f'[[release]]\nname = "x"\nversion = "1"\nfile = "s.bin"\ntimestamp = 2026-11-30T12:00:00Z\nkind = {bad}\n'
+        )
+        with pytest.raises(CatalogueError, match="kind"):
+            load_catalogue(tmp_path)

@@ -44,7 +44,7 @@ from bipsim.net.push_notice import (
 )
 from bipsim.net.sms_pdu import SmsDeliver, SmsPduError, concatenation_of, decode_sca, decode_tpdu, ports_of
 from bipsim.ota.push_channel import FrameDecoder, FrameError, encode_frame
-from bipsim.ota.release_catalogue import VersionError, newer, parse_version
+from bipsim.ota.release_catalogue import KINDS, VersionError, newer, parse_version
 from bipsim.trace.events import Actor, Layer
 from bipsim.trace.kinds import Kind
 from bipsim.trace.recorder import NULL_TRACER, Tracer
@@ -63,7 +63,6 @@ IMEI_WAIT = 30.0  # seconds a flow waits for the modem's IMEI before 903 "IMEI u
 SEEN_LIMIT = 1024  # notice keys remembered against repeats (the oldest forgotten past it)
 READ_ATTEMPTS, READ_RETRY = 20, 0.5  # +CMGR while the card is busy (27.005 3.2.5: 314 SIM busy; 27.007 14)
 BUSY = ("+CMS ERROR: 314", "+CME ERROR: 14")
-APPLET_MARK = b'kind = "applet"'  # how a card applet's package (a TOML descriptor) begins
 
 STEP_NOTICE = "001:201"
 STEP_CONNECT = "001:202"
@@ -279,6 +278,9 @@ def check_release(release: Any, notice: Notice) -> dict[str, Any]:
             raise TypeError("size is a whole number")
         if not re.fullmatch(r"[0-9a-fA-F]{64}", sha256):
             raise TypeError("sha256 is 64 hex digits")
+        # the release says what it is (docs/protocols.md "Push deployment"); a server without `kind` sends software
+        if release.setdefault("kind", "software") not in KINDS:
+            raise TypeError(f"kind is one of {', '.join(KINDS)}")
         parse_version(version)
     except (KeyError, TypeError, VersionError) as exc:
         raise FlowFailed(ResultCode.INVALID_DESCRIPTOR, f"the server's release: {exc}") from None
@@ -829,8 +831,10 @@ class UpgradeAgent:
         return answer.body
 
     async def _install(self, release: dict[str, Any], data: bytes) -> None:
+        # the release's `kind`, never the package's bytes, makes it an applet (a software package may begin with
+        # anything); the registry keeps its own names: "app" for software, "applet"
         kind = "app"
-        if data.startswith(APPLET_MARK):
+        if release.get("kind") == "applet":
             await self._install_applet(release, data)
             kind = "applet"
         try:
