@@ -582,53 +582,41 @@ class UpgradeAgent:
             reason = (
                 f"{notice.server[:60]} is not a trusted publish server (--upgrade-server, --upgrade-trust)"
             )
-            self._event(
-                Kind.UPGRADE_NOTICE,
-                f"{notice.via.value} notice of {notice.name} refused: {reason}",
-                error=True,
-                via=notice.via.value,
-                name=notice.name,
-                server=notice.server,
-                location=notice.location,
-                untrusted=True,
-                reason=reason,
+            return self._refuse(
+                notice, f" refused: {reason}", ResultCode.AUTHENTICATION_FAILURE, reason, untrusted=True
             )
-            self._tell(notice, ResultCode.AUTHENTICATION_FAILURE, reason)
-            return False
         key = _key(notice)
         if key in self._seen:
-            self._event(
-                Kind.UPGRADE_NOTICE,
-                f"{notice.via.value} notice of {notice.name} repeated: no second prompt",
-                via=notice.via.value,
-                name=notice.name,
-                version=notice.version,
-                server=notice.server,
-                location=notice.location,
-                repeated=True,
-            )
-            return False
+            return self._refuse(notice, " repeated: no second prompt", None, None, repeated=True)
         try:
             self._send.send_nowait((notice, True))
         except trio.WouldBlock:
             reason = "too many notices waiting: dropped"
-            self._event(
-                Kind.UPGRADE_NOTICE,
-                f"{notice.via.value} notice of {notice.name}: {reason}",
-                error=True,
-                via=notice.via.value,
-                name=notice.name,
-                server=notice.server,
-                location=notice.location,
-                dropped=True,
-                reason=reason,
-            )
-            self._tell(notice, ResultCode.LOSS_OF_SERVICE, reason)
-            return False
+            return self._refuse(notice, f": {reason}", ResultCode.LOSS_OF_SERVICE, reason, dropped=True)
         self._seen[key] = None
         while len(self._seen) > SEEN_LIMIT:
             del self._seen[next(iter(self._seen))]
         return True
+
+    def _refuse(
+        self, notice: Notice, what: str, code: ResultCode | None, reason: str | None, **flag: bool
+    ) -> bool:
+        """Traces a notice not queued (an error when it has a result code) and tells its server that code."""
+        details: dict[str, Any] = {"reason": reason} if reason else {"version": notice.version}
+        self._event(
+            Kind.UPGRADE_NOTICE,
+            f"{notice.via.value} notice of {notice.name}{what}",
+            error=code is not None,
+            via=notice.via.value,
+            name=notice.name,
+            server=notice.server,
+            location=notice.location,
+            **details,
+            **flag,
+        )
+        if code is not None:
+            self._tell(notice, code, reason or "")
+        return False
 
     def heard_sms(self, tpdu: bytes) -> Heard:
         """An SMS-DELIVER read from the modem: a notice is queued, a look-alike traced (result 906, no prompt)."""
