@@ -1,0 +1,114 @@
+"""DER encoding and decoding of the SGP.22 RSP messages (GSMA SGP.22 v2.2-2.5, sections 2.5, 5.6, 5.7 and 6).
+
+The types are our own subset of SGP.22's module RSPDefinitions in rsp.asn, compiled once with asn1tools. Every
+asn1tools failure leaves this module as Asn1Error, so a peer's bad bytes never escape as another exception.
+`es10_request` names an ES10 request by its outer tag, as the ISD-R must before it can decode it (SGP.22 5.7).
+"""
+
+from __future__ import annotations
+
+import functools
+from importlib import resources
+from typing import Any
+
+import asn1tools
+
+__all__ = [
+    "ES10_REQUEST_TAGS",
+    "Asn1Error",
+    "decode",
+    "encode",
+    "es10_request",
+    "outer_tag",
+    "rsp",
+]
+
+
+class Asn1Error(ValueError):
+    """Bytes that are not the DER of the named SGP.22 type, or a value that cannot be encoded as it."""
+
+
+# SGP.22 5.7: the ES10 functions the ISD-R serves, by the tag of their request (the tag in rsp.asn).
+ES10_REQUEST_TAGS: dict[int, str] = {
+    0xBF20: "GetEuiccInfo1Request",
+    0xBF21: "PrepareDownloadRequest",
+    0xBF22: "GetEuiccInfo2Request",
+    0xBF28: "ListNotificationRequest",
+    0xBF29: "SetNicknameRequest",
+    0xBF2B: "RetrieveNotificationsListRequest",
+    0xBF2D: "ProfileInfoListRequest",
+    0xBF2E: "GetEuiccChallengeRequest",
+    0xBF30: "NotificationSentRequest",
+    0xBF31: "EnableProfileRequest",
+    0xBF32: "DisableProfileRequest",
+    0xBF33: "DeleteProfileRequest",
+    0xBF36: "BoundProfilePackage",
+    0xBF38: "AuthenticateServerRequest",
+    0xBF3C: "EuiccConfiguredAddressesRequest",
+    0xBF3E: "GetEuiccDataRequest",
+    0xBF41: "CancelSessionRequest",
+}
+
+
+@functools.cache
+def rsp() -> asn1tools.compiler.Specification:
+    """The compiled RSPDefinitions subset (DER); compiled on first use only, as compiling takes about half a second."""
+    text = resources.files(__package__).joinpath("rsp.asn").read_text(encoding="utf-8")
+    return asn1tools.compile_string(text, "der")
+
+
+def encode(type_name: str, value: Any) -> bytes:
+    """The DER of `value` as the SGP.22 type `type_name`; Asn1Error when the value does not fit the type."""
+    try:
+        return bytes(rsp().encode(type_name, value))
+    except asn1tools.Error as exc:
+        raise Asn1Error(f"{type_name}: {exc}") from exc
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as exc:
+        # asn1tools reports a wrong Python shape (a missing member, a str for bytes) with builtin errors.
+        raise Asn1Error(f"{type_name}: cannot encode: {exc!r}") from exc
+
+
+def decode(type_name: str, data: bytes) -> Any:
+    """The value of the DER `data` as the SGP.22 type `type_name`.
+
+    Raises Asn1Error (and nothing else) on bad DER, a wrong tag, or bytes left over after the value: DER is one
+    value exactly, and trailing bytes inside a STORE DATA are a malformed request (SGP.22 5.7.1).
+    """
+    try:
+        value, length = rsp().decode_with_length(type_name, bytes(data))
+    except asn1tools.Error as exc:
+        raise Asn1Error(f"{type_name}: {exc}") from exc
+    except KeyError as exc:
+        raise Asn1Error(f"unknown type {type_name}") from exc
+    except (TypeError, ValueError, AttributeError, IndexError, OverflowError, RecursionError) as exc:
+        raise Asn1Error(f"{type_name}: malformed DER: {exc!r}") from exc
+    if length != len(data):
+        raise Asn1Error(f"{type_name}: {len(data) - length} bytes after the value")
+    return value
+
+
+def outer_tag(data: bytes) -> int:
+    """The BER tag at the start of `data` as an integer (0xBF2E for 'BF 2E'); Asn1Error when there is none."""
+    if not data:
+        raise Asn1Error("empty data: no tag")
+    first = data[0]
+    if first & 0x1F != 0x1F:
+        return first
+    tag = first
+    for index in range(1, min(len(data), 4)):
+        tag = (tag << 8) | data[index]
+        if not data[index] & 0x80:
+            return tag
+    raise Asn1Error(f"truncated or over-long tag {data[:4].hex()}")
+
+
+def es10_request(data: bytes) -> tuple[str, Any]:
+    """The ES10 request in `data`, named by its outer tag (BF2E -> "GetEuiccChallengeRequest") and decoded.
+
+    Raises Asn1Error when the tag is not an ES10 request this eUICC serves or the DER does not decode.
+    """
+    tag = outer_tag(data)
+    name = ES10_REQUEST_TAGS.get(tag)
+    if name is None:
+        raise Asn1Error(f"no ES10 request has the tag {tag:X}")
+    return name, decode(name, data)
