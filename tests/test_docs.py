@@ -14,7 +14,7 @@ from bipsim.trace.reader import parse_lines
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.MULTILINE | re.DOTALL)
-KIND = re.compile(r"`([a-z]+\.[a-z_]+)`")
+KIND = re.compile(r"`([a-z][a-z0-9]*\.[a-z_]+)`")  # es9.* has a digit
 
 
 def _traces_section() -> str:

@@ -160,3 +160,13 @@ class Kind(StrEnum):
     # the result told the user; fields: name, version, result (JSR-118), reason
     UPGRADE_RESULT = "upgrade.result"
     UPGRADE_PUSH = "upgrade.push"  # a frame of the terminal's IP-push connection; fields: type, direction
+    # ES9+ of GSMA SGP.22 between the LPA and the SM-DP+ (ota/smdp.py, ota/es9_json.py; docs/protocols.md, "eUICC and
+    # the cloud backup"): hex the JSON body; fields: function, transaction_id, and as each says
+    ES9_REQUEST = "es9.request"  # an ES9+ function called; fields: function, call_id, peer
+    # its answer; fields: function, http_status, status, subject_code, reason_code, message, matching_id, eid
+    ES9_RESPONSE = "es9.response"
+    ES9_REFUSED = "es9.refused"  # refused before any function ran (404, 405, 400 unreadable JSON); fields: status
+    # a served profile's state changed (released, downloaded, installed, error); fields: matching_id, iccid, eid
+    ES9_PROFILE = "es9.profile"
+    # a handleNotification taken; fields: notification, iccid, seq_number, result, verified
+    ES9_NOTIFICATION = "es9.notification"
