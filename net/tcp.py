@@ -237,7 +237,9 @@ class TcpConfig:
     (RFC 5681 congestion avoidance, halving on a loss) or "cubic" (RFC 9438: the cubic window growth and a
     decrease to 0.7, as Linux); slow start, fast retransmit and recovery are the same for both. With SACK, loss
     recovery is RFC 8985 RACK (time-based loss marks) with RFC 6675's pipe and RFC 6937 PRR, and
-    `tail_loss_probe` sends RFC 8985's probe at 2 SRTT so a lost last segment is not left to the RTO. `fin_wait_2_timeout` ends a connection the
+    `tail_loss_probe` sends RFC 8985's probe at 2 SRTT so a lost last segment is not left to the RTO.
+    `initial_window` is in segments: 10 is RFC 6928's min(10 SMSS, max(2 SMSS, 14600 bytes)), as Linux uses; 0 is
+    RFC 5681 3.1's 2 to 4 segments by SMSS. `fin_wait_2_timeout` ends a connection the
     user closed fully (`close`) whose peer acknowledged our FIN but never sends its own (Linux's tcp_fin_timeout);
     after a half close (`shutdown`) FIN-WAIT-2 lasts as long as the peer keeps sending.
     """
@@ -262,6 +264,7 @@ class TcpConfig:
     congestion: str = "reno"
     fin_wait_2_timeout: float = 60.0
     tail_loss_probe: bool = True
+    initial_window: int = 10
 
     def __post_init__(self) -> None:
         if not MIN_PEER_MSS <= self.mss <= 65495:
@@ -274,6 +277,8 @@ class TcpConfig:
             raise ValueError(f"congestion control {self.congestion!r}: reno or cubic")
         if not 0 <= self.delayed_ack <= 0.5:
             raise ValueError("delayed_ack must be 0 .. 0.5 s (RFC 1122 4.2.3.2)")
+        if not 0 <= self.initial_window <= 10:
+            raise ValueError("initial_window must be 0 (RFC 5681 3.1) .. 10 segments (RFC 6928)")
 
 
 def _unwrap(wire: int, near: int) -> int:
@@ -1586,6 +1591,10 @@ class TcpConnection:
             # RFC 6298 5.7 and RFC 5681 3.1: a lost SYN means RTO 3 s and a one-segment initial window
             self.rto = max(self.rto if self.srtt is not None else 0.0, 3.0)
             self.cwnd = mss
+        elif self.config.initial_window:
+            # RFC 6928 2: min(IW * SMSS, max(2 SMSS, 14600)); a window of 3 segments left a loss early in slow start
+            # with an ssthresh far below the kernel's (docs/performance.md, bench_ip_goodput)
+            self.cwnd = min(self.config.initial_window * mss, max(2 * mss, 14600))
         else:
             self.cwnd = 2 * mss if mss > 2190 else 3 * mss if mss > 1095 else 4 * mss  # RFC 5681 3.1 IW
         self._retries = 0

@@ -396,11 +396,11 @@ def test_lost_synack_peer_resends_syn() -> None:
 
 
 def test_data_in_mss_segments_and_ack_frees_the_buffer() -> None:
-    c, s = _pair()
+    c, s = _pair(TcpConfig(initial_window=0))
     data = bytes(range(256)) * 20  # 5120 bytes
     assert c.send(data, 1.0) == len(data)
     segs = c.outgoing()
-    # initial window 3 * 1460 (RFC 5681 3.1): three segments, the rest waits
+    # RFC 5681 3.1's initial window, 3 * 1460 (initial_window=0): three segments, the rest waits
     assert [len(x.payload) for x in segs] == [1460, 1460, 1460]
     assert c.snd_nxt - c.snd_una == 3 * 1460
     for seg in segs:
@@ -1304,9 +1304,9 @@ def test_every_segment_we_build_parses_in_scapy(
 
 
 def test_slow_start_and_congestion_avoidance_growth() -> None:
-    c, _ = _pair(TcpConfig(send_buffer=1 << 20))
+    c, _ = _pair(TcpConfig(send_buffer=1 << 20, initial_window=0))
     mss = c.eff_mss
-    assert c.cwnd == 3 * mss  # RFC 5681 3.1 initial window for a 1460-byte SMSS
+    assert c.cwnd == 3 * mss  # RFC 5681 3.1 initial window for a 1460-byte SMSS (initial_window=0)
     c.send(b"c" * (200 * mss), 1.0)
     c.outgoing()
     # slow start: an ACK of two segments (a delayed ACK) opens the window by 2 SMSS (RFC 3465, L = 2 SMSS)

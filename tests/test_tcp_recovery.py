@@ -245,3 +245,38 @@ async def test_stream_repairs_a_lost_tail_by_the_probe_not_the_rto(
         assert trio.current_time() - start < left.connection.config.min_rto
         assert left.connection.retransmissions == 1
         nursery.cancel_scope.cancel()
+
+
+async def test_initial_window_is_ten_segments_as_rfc_6928(autojump_clock: trio.testing.MockClock) -> None:
+    # the first flight of a connection, before any ACK comes back: RFC 6928's min(10 SMSS, max(2 SMSS, 14600)),
+    # the window Linux starts with (docs/performance.md, bench_ip_goodput); RFC 5681's 3 segments with
+    # initial_window=0. The reader's ACKs are held, so what left is the initial window and nothing else (no tail
+    # loss probe: on this instant link its 2 SRTT is 0)
+    for config, segments in (
+        (TcpConfig(tail_loss_probe=False), 10),
+        (TcpConfig(tail_loss_probe=False, initial_window=0), 3),
+    ):
+        async with trio.open_nursery() as nursery:
+            writer, _reader, left, right = await _open_pair(nursery, config=config)
+            right.hold = True
+            nursery.start_soon(writer.send_all, b"w" * 30000)
+            await trio.testing.wait_all_tasks_blocked()
+            flight = _data(left.sent)
+            assert [len(x.payload) for x in flight] == [1460] * segments
+            assert left.connection.unacknowledged == segments * 1460
+            nursery.cancel_scope.cancel()
+
+
+def test_initial_window_is_capped_at_14600_bytes_and_one_segment_after_a_lost_syn() -> None:
+    # RFC 6928 2: 10 segments of a small MSS, 14600 bytes of a large one (4 segments of 4000), and RFC 6928 2 /
+    # RFC 5681 3.1: one segment once the SYN was retransmitted
+    for mss, window in ((536, 10 * 536), (4000, 14600)):
+        c, _ = _pair(TcpConfig(mss=mss), TcpConfig(mss=mss))
+        assert c.cwnd == window
+    c = TcpConnection.active(L, R, iss=1000, now=0.0, config=TcpConfig())
+    c.outgoing()
+    c.on_timer(1.0)  # the SYN again
+    (syn,) = c.outgoing()
+    s = TcpConnection.passive(syn, R, L, iss=5000, now=1.05)
+    c.receive(s.outgoing()[0], 1.1)
+    assert c.cwnd == c.eff_mss
