@@ -47,6 +47,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "publish_server",
         "Run the push deployment's publish server (releases, downloads, notices, IP push).",
     ),
+    "cloud": (
+        "cloud",
+        "cloud",
+        "Run the cloud store of eUICC profile backups (login website, upload, fetch, delete).",
+    ),
 }
 
 

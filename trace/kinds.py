@@ -160,6 +160,16 @@ class Kind(StrEnum):
     # the result told the user; fields: name, version, result (JSR-118), reason
     UPGRADE_RESULT = "upgrade.result"
     UPGRADE_PUSH = "upgrade.push"  # a frame of the terminal's IP-push connection; fields: type, direction
+    # the cloud store's access log (ota/cloud_store.py; docs/protocols.md, "eUICC and the cloud backup"): one event
+    # per answered request (hex: the answer's body, never a page); fields: method, target, status, user, reason
+    CLOUD_PAGE = "cloud.page"  # a page of the website served (login, register, home); fields: page
+    CLOUD_LOGIN = "cloud.login"  # a login, logout or session check; fields: ok, check, logout
+    CLOUD_REGISTER = "cloud.register"  # a registration; fields: ok
+    CLOUD_UPLOAD = "cloud.upload"  # a record stored; fields: eid, module, index, count, bytes, complete, ppr
+    CLOUD_FETCH = "cloud.fetch"  # a fetch by (EID, module): 200, 404 none, 409 incomplete; fields: records, missing
+    CLOUD_DELETE = "cloud.delete"  # a backup deleted (or 404 none); fields: eid, module, records
+    # a request refused before its endpoint's work (401, 400 naming the field, 403, 404, 405, 413, 415); fields: field
+    CLOUD_REFUSED = "cloud.refused"
     # ES9+ of GSMA SGP.22 between the LPA and the SM-DP+ (ota/smdp.py, ota/es9_json.py; docs/protocols.md, "eUICC and
     # the cloud backup"): hex the JSON body; fields: function, transaction_id, and as each says
     ES9_REQUEST = "es9.request"  # an ES9+ function called; fields: function, call_id, peer

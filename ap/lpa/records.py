@@ -83,6 +83,12 @@ def _check_ppr(ppr: int) -> None:
         raise RecordError("PPR", f"{ppr!r} is not 0..3")
 
 
+def check_identity(eid: str, module: str = MODULE) -> None:
+    """RecordError unless `eid` and `module` can name a backup (the EID and management file of a record)."""
+    _check_module(module)
+    _check_eid(eid)
+
+
 def encode_records(
     *, eid: str, ppr: int, package: bytes, limit: int = DEFAULT_LIMIT, module: str = MODULE
 ) -> list[str]:
