@@ -180,3 +180,14 @@ class Kind(StrEnum):
     ES9_PROFILE = "es9.profile"
     # a handleNotification taken; fields: notification, iccid, seq_number, result, verified
     ES9_NOTIFICATION = "es9.notification"
+    # the AP's LPA (ap/lpa/; docs/protocols.md, "eUICC and the cloud backup"), steps 000:*
+    LPA_ES10 = "lpa.euicc"  # an ES10 request or answer (hex: its DER); fields: function, direction
+    # the LPA's ES9+ call and the answer it got (hex: the JSON); fields: function, direction, status
+    LPA_ES9 = "lpa.smdp"
+    # a page shown or the user's answer (login, registration, the preset message); fields: page, action
+    LPA_UI = "lpa.ui"
+    LPA_STATE = "lpa.state"  # a change of the LPA's persisted state; fields: previous, state, event
+    # the record format's steps 4011..4014 and the parse of 404; fields: part, count
+    LPA_RECORDS = "lpa.records"
+    LPA_CLOUD = "lpa.cloud"  # a request of the LPA to the cloud store; fields: op, status, records, reason
+    LPA_RESULT = "lpa.result"  # the flow's outcome told the user; fields: outcome, state, iccid, imsi, reason

@@ -1,0 +1,577 @@
+"""The LPA's flow with the cloud backup (docs/protocols.md, "eUICC and the cloud backup", "The LPA's flow"): the
+invention's steps 000:201..203 and 000:401..404 over GSMA SGP.22's profile download (section 3.1.3).
+
+Login check (the user interface policy) -> the EID by GetEID -> ES9+ initiateAuthentication, authenticateClient,
+getBoundProfilePackage (with ES10b GetEUICCInfo1, GetEUICCChallenge, AuthenticateServer, PrepareDownload) -> the
+package as records (ap/lpa/records.py) -> cloud upload -> LoadBoundProfilePackage -> on a failed install: fetch the
+records from the cloud, join them, install again (once: a package from the cloud that fails ends the flow) -> on
+success: cloud delete, handleNotification with the ProfileInstallationResult, RemoveNotificationFromList,
+EnableProfile and `AT+CIMI`.
+
+The state machine (ap/lpa/state.py) is saved at every change, so the flow resumes where it stopped: a restart in
+INSTALLING asks the eUICC (GetProfilesInfo) whether the profile arrived, and goes to the cloud when it did not; no
+state after REQUESTING sends a request to the SM-DP+ again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import trio
+
+from bipsim.ap.lpa.es9_client import Es9Client, Es9Unreachable
+from bipsim.ap.lpa.es10_client import AtPort, Es10Client, Es10Error, iccid_digits
+from bipsim.ap.lpa.records import (
+    FIELDS,
+    MODULE,
+    SEPARATOR,
+    RecordError,
+    encode_records,
+    join_records,
+    ppr_from_ids,
+)
+from bipsim.ap.lpa.state import LpaEvent, LpaMachine, LpaState
+from bipsim.ap.lpa.ui_policy import CLOSED_MESSAGE, UiKind, UiPolicy
+from bipsim.link.at_chat import AtTimeout
+from bipsim.ota.es9_json import Es9Error
+from bipsim.trace.events import Actor, Layer
+from bipsim.trace.kinds import Kind
+from bipsim.trace.recorder import NULL_TRACER, Tracer
+from bipsim.uicc.euicc.asn1 import Asn1Error, decode, encode
+
+DEVICE_TAC = bytes.fromhex("35290611")  # the terminal's type allocation code in DeviceInfo (SGP.22 5.7.13)
+CIMI_ATTEMPTS = 20  # AT+CIMI reads after EnableProfile until the card's REFRESH has given the new IMSI
+CIMI_INTERVAL = 0.25
+S = LpaState
+E = LpaEvent
+
+
+class CloudError(Exception):
+    """What a cloud client raises for a refused or failed request: the HTTP status (0: no answer) and why."""
+
+    status: int
+    reason: str
+
+
+class CloudPort(Protocol):
+    """What the LPA needs of the cloud store's client (ota/cloud_store.py's CloudClient, or a test's fake)."""
+
+    async def login(self, user: str, password: str) -> None: ...
+
+    async def register(self, user: str, password: str) -> None: ...
+
+    async def upload(self, records: list[str]) -> None: ...
+
+    async def fetch(self, eid: str, module: str) -> list[str]: ...
+
+    async def delete(self, eid: str, module: str) -> None: ...
+
+
+@dataclass
+class LpaOutcome:
+    """How the flow ended this time: `state` the machine's, `ok` when the profile is installed (and enabled)."""
+
+    state: LpaState
+    ok: bool
+    reason: str = ""
+    iccid: str = ""
+    imsi: str = ""
+
+
+class FlowStopped(Exception):
+    """The flow cannot go on in this run (the state says where it stands)."""
+
+
+def _is_cloud_error(exc: BaseException) -> bool:
+    # the cloud client's CloudError(status, reason) (ota/cloud_store.py): told by its attributes, so a fake's
+    # error type and the real one both count
+    return hasattr(exc, "status") and hasattr(exc, "reason") and isinstance(exc, Exception)
+
+
+class Lpa:
+    """One profile download with the cloud backup. `run(port)` drives the flow over the modem's AT port until it
+    ends or cannot go on in this modem session; call it again (a new session after a power cycle) to resume."""
+
+    def __init__(
+        self,
+        *,
+        activation_code: str,
+        machine: LpaMachine,
+        ui: UiPolicy,
+        es9: Es9Client,
+        cloud: CloudPort,
+        cloud_account: tuple[str, str] | None = None,
+        limit: int = 1024,
+        tracer: Tracer = NULL_TRACER,
+    ) -> None:
+        from bipsim.ota.es9_json import parse_activation_code
+
+        self.code = parse_activation_code(activation_code)
+        self.machine = machine
+        self.ui = ui
+        self.es9 = es9
+        self.cloud = cloud
+        self.cloud_account = cloud_account  # the terminal's saved account (the `logged-in` policy)
+        self.limit = limit
+        self.tracer = tracer
+        self.logged_in = False
+        self.fetches = 0  # cloud fetches in this process
+        self.done = trio.Event()
+        if not machine.record.activation_code:
+            machine.note(activation_code=activation_code)
+
+    # --- tracing --------------------------------------------------------------------------------------------------
+
+    def _emit(
+        self,
+        kind: str,
+        summary: str,
+        fields: dict[str, Any],
+        *,
+        dst: Actor = Actor.AP,
+        step: str | None = None,
+        error: bool = False,
+        data: bytes | None = None,
+    ) -> None:
+        self.tracer.emit(
+            Actor.AP, dst, Layer.APP, summary, data, step=step, error=error, kind=kind, fields=fields
+        )
+
+    def _fire(self, event: LpaEvent, step: str | None = None, **facts: Any) -> None:
+        before, after = self.machine.fire(event, **facts)
+        self._emit(
+            Kind.LPA_STATE,
+            f"LPA {before.value} -> {after.value} ({event.value})",
+            {
+                "previous": before.value,
+                "state": after.value,
+                "event": event.value,
+                "attempts": self.machine.record.attempts,
+            },
+            step=step,
+        )
+
+    def _cloud_event(self, op: str, *, step: str | None = None, error: str = "", **facts: Any) -> None:
+        summary = f"cloud {op}" + (f" failed: {error}" if error else "")
+        fields = {"op": op, **facts}
+        if error:
+            fields["reason"] = error
+        self._emit(Kind.LPA_CLOUD, summary, fields, dst=Actor.CLOUD, step=step, error=bool(error))
+
+    def _result(self, outcome: LpaOutcome) -> LpaOutcome:
+        name = "installed" if outcome.ok else "stopped" if self.machine.finished else "pending"
+        self._emit(
+            Kind.LPA_RESULT,
+            f"LPA: {name}" + (f" ({outcome.reason})" if outcome.reason else ""),
+            {
+                "outcome": name,
+                "state": outcome.state.value,
+                "iccid": outcome.iccid,
+                "imsi": outcome.imsi,
+                "reason": outcome.reason,
+                "es9_requests": self.es9.requests,
+                "cloud_fetches": self.fetches,
+            },
+            error=not outcome.ok,
+        )
+        if self.machine.finished:
+            self.done.set()
+        return outcome
+
+    # --- the flow -------------------------------------------------------------------------------------------------
+
+    async def run(self, port: AtPort) -> LpaOutcome:
+        """Drives the flow from the saved state as far as it goes; the outcome is also an `lpa.result` event."""
+        es10 = Es10Client(port, tracer=self.tracer)
+        record = self.machine.record
+        install_due = False  # INSTALLING entered in this run: send the package (else ask whether it arrived)
+        try:
+            while True:
+                state = self.machine.state
+                if state is S.LOGIN_CHECK:
+                    await self._login_check()
+                elif state is S.REQUESTING:
+                    await self._download(es10)
+                elif state is S.DOWNLOADED:
+                    await self._upload()
+                elif state is S.UPLOADED:
+                    self._fire(E.INSTALL, "000:202", attempts=record.attempts + 1)
+                    install_due = True
+                elif state is S.INSTALLING:
+                    if install_due:
+                        install_due = False
+                        await self._install(es10)
+                    else:  # a restart in INSTALLING: the power went while the segments went in
+                        await self._installed_or_failed(es10, "the install was interrupted")
+                elif state is S.FAILED:
+                    if record.from_cloud:
+                        # the cloud's package failed too: report it, never a loop of fetches
+                        self._fire(E.GIVE_UP)
+                    else:
+                        self._fire(E.FETCH, "000:203")
+                elif state is S.CLOUD_FETCH:
+                    await self._fetch()
+                elif state is S.PARSING:
+                    install_due = self._parse()
+                elif state is S.INSTALLED:
+                    await self._delete()
+                elif state is S.CLOUD_DELETED:
+                    return self._result(await self._finish(es10))
+                else:  # STOPPED
+                    return self._result(LpaOutcome(state, False, record.reason, record.iccid))
+        except FlowStopped as exc:
+            return self._result(LpaOutcome(self.machine.state, False, str(exc), record.iccid))
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                try:
+                    await es10.close()
+                except (Es10Error, trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass  # the line went away: the channel is gone with it
+
+    async def _login(self, user: str, password: str, page: str) -> None:
+        try:
+            await self.cloud.login(user, password)
+        except Exception as exc:
+            if not _is_cloud_error(exc):
+                raise
+            self._cloud_event("login", error=str(exc), status=getattr(exc, "status", 0), user=user)
+            raise
+        self._cloud_event("login", status=200, user=user, page=page)
+        self.logged_in = True
+
+    async def _ensure_login(self) -> None:
+        """A cloud session for the requests after the check (a restarted AP lost its session: log in again)."""
+        if self.logged_in:
+            return
+        try:
+            await self._login_pages()
+        except Exception as exc:
+            if not _is_cloud_error(exc):
+                raise
+            raise FlowStopped(f"no cloud session: {exc}") from None
+
+    async def _login_pages(self) -> bool:
+        """The pages of the login check by the policy; False when the user closed the page."""
+        ui = self.ui
+        if ui.kind is UiKind.LOGGED_IN:
+            if self.cloud_account is None:
+                raise FlowStopped("logged-in needs the terminal's cloud account (USER:PASS@ in --lpa-cloud)")
+            await self._login(*self.cloud_account, page="none")
+            return True
+        self._emit(Kind.LPA_UI, "the cloud's login page shown", {"page": "login", "action": "shown"})
+        if ui.kind is UiKind.CLOSE:
+            self._emit(Kind.LPA_UI, "the user closed the login page", {"page": "login", "action": "closed"})
+            self._emit(
+                Kind.LPA_UI,
+                CLOSED_MESSAGE,
+                {"page": "login", "action": "message", "message": CLOSED_MESSAGE},
+            )
+            return False
+        if ui.kind is UiKind.REGISTER:
+            # never registered: the login page sends the user to the registration page
+            self._emit(
+                Kind.LPA_UI,
+                "the cloud's registration page shown",
+                {"page": "register", "action": "shown", "user": ui.user},
+            )
+            try:
+                await self.cloud.register(ui.user, ui.password)
+            except Exception as exc:
+                if not _is_cloud_error(exc):
+                    raise
+                self._cloud_event("register", error=str(exc), status=getattr(exc, "status", 0), user=ui.user)
+                raise
+            self._cloud_event("register", status=200, user=ui.user)
+            self._emit(
+                Kind.LPA_UI,
+                "the user registered",
+                {"page": "register", "action": "register", "user": ui.user},
+            )
+        self._emit(Kind.LPA_UI, "the user logged in", {"page": "login", "action": "login", "user": ui.user})
+        await self._login(ui.user, ui.password, page="login")
+        return True
+
+    async def _login_check(self) -> None:
+        try:
+            logged_in = await self._login_pages()
+        except Exception as exc:
+            if not _is_cloud_error(exc):
+                raise
+            # a refused login is a failed check: no ES9+ request (the document: no download without a login)
+            self._fire(E.LOGIN_REFUSED, reason=f"the cloud refused the login: {exc}")
+            return
+        if not logged_in:
+            self._fire(E.LOGIN_REFUSED, reason=CLOSED_MESSAGE)
+            return
+        self._fire(E.LOGGED_IN)
+
+    async def _download(self, es10: Es10Client) -> None:
+        """SGP.22 3.1.3: the common mutual authentication and the download, the EID read first (000:4012 uses
+        it); DOWNLOADED with the package, or STOPPED with the reason."""
+        code = self.code
+        try:
+            eid = await es10.get_eid()
+            self.machine.note(eid=eid)
+            info1 = await es10.get_euicc_info1()
+            challenge = await es10.get_euicc_challenge()
+            auth = await self.es9.initiate_authentication(
+                euicc_challenge=challenge, euicc_info1=info1, smdp_address=code.smdp_address
+            )
+            transaction = auth["transactionId"]
+            self.machine.note(transaction_id=transaction.hex().upper())
+            ctx = encode(
+                "CtxParams1",
+                (
+                    "ctxParamsForCommonAuthentication",
+                    {
+                        "matchingId": code.matching_id,
+                        "deviceInfo": {"tac": DEVICE_TAC, "deviceCapabilities": {}},
+                    },
+                ),
+            )
+            server_response = await es10.authenticate_server(
+                server_signed1=auth["serverSigned1"],
+                server_signature1=auth["serverSignature1"],
+                euicc_ci_pkid=auth["euiccCiPKIdToBeUsed"],
+                server_certificate=auth["serverCertificate"],
+                ctx_params1=ctx,
+            )
+            client = await self.es9.authenticate_client(
+                transaction_id=transaction, authenticate_server_response=server_response
+            )
+            metadata = decode("StoreMetadataRequest", client["profileMetadata"])
+            iccid = iccid_digits(bytes(metadata["iccid"]))
+            ppr = ppr_from_ids(metadata.get("profilePolicyRules"))
+            prepared = await es10.prepare_download(
+                smdp_signed2=client["smdpSigned2"],
+                smdp_signature2=client["smdpSignature2"],
+                smdp_certificate=client["smdpCertificate"],
+            )
+            package = await self.es9.get_bound_profile_package(
+                transaction_id=transaction, prepare_download_response=prepared
+            )
+        except (Es9Error, Es9Unreachable, Es10Error, Asn1Error, RecordError, KeyError, AtTimeout) as exc:
+            self._fire(E.DOWNLOAD_REFUSED, reason=f"download failed: {exc}")
+            return
+        self._fire(E.DOWNLOADED, "000:401", iccid=iccid, ppr=ppr, package=package)
+
+    async def _upload(self) -> None:
+        """Flow 400's 4011..4015: the records of the package, uploaded one a request."""
+        record = self.machine.record
+        protocol = SEPARATOR.join(f"{name}=" for name in FIELDS)
+        self._emit(
+            Kind.LPA_RECORDS,
+            f"record protocol: {protocol} (limit {self.limit} bytes)",
+            {"part": "protocol", "fields": list(FIELDS), "separator": SEPARATOR, "limit": self.limit},
+            step="000:4011",
+        )
+        self._emit(
+            Kind.LPA_RECORDS,
+            f"terminal identity EID={record.eid}",
+            {"part": "identity", "eid": record.eid},
+            step="000:4012",
+        )
+        self._emit(
+            Kind.LPA_RECORDS,
+            f"management file module={MODULE}",
+            {"part": "management", "module": MODULE},
+            step="000:4013",
+        )
+        try:
+            records = encode_records(eid=record.eid, ppr=record.ppr, package=record.package, limit=self.limit)
+        except RecordError as exc:
+            self._emit(
+                Kind.LPA_RECORDS,
+                f"cannot encapsulate: {exc}",
+                {"part": "encapsulate", "error": str(exc)},
+                error=True,
+            )
+            raise FlowStopped(f"the package cannot be put in records: {exc}") from None
+        self._emit(
+            Kind.LPA_RECORDS,
+            f"{len(records)} records for {len(record.package)} bytes, PPR={record.ppr}",
+            {
+                "part": "encapsulate",
+                "count": len(records),
+                "length": len(record.package),
+                "ppr": record.ppr,
+                "eid": record.eid,
+                "module": MODULE,
+            },
+            step="000:4014",
+        )
+        await self._ensure_login()
+        try:
+            await self.cloud.upload(records)
+        except Exception as exc:
+            if not _is_cloud_error(exc):
+                raise
+            self._cloud_event(
+                "upload",
+                step="000:4015",
+                error=str(exc),
+                status=getattr(exc, "status", 0),
+                records=len(records),
+            )
+            # stays DOWNLOADED: the package is saved, the next run uploads it again before any install
+            raise FlowStopped(f"the cloud upload failed: {exc}") from None
+        self._cloud_event(
+            "upload", step="000:4015", status=200, records=len(records), eid=record.eid, module=MODULE
+        )
+        self._fire(E.UPLOADED, "000:201", records=len(records))
+
+    async def _install(self, es10: Es10Client) -> None:
+        package = self.machine.record.package
+        try:
+            result = await es10.load_bound_profile_package(package, step="000:402")
+        except Es10Error as exc:
+            await self._installed_or_failed(es10, f"the install broke off: {exc}")
+            return
+        try:
+            value = decode("ProfileInstallationResult", result)
+            final = value["profileInstallationResultData"]["finalResult"]
+        except (Asn1Error, KeyError, TypeError) as exc:
+            self._fire(
+                E.INSTALL_FAILED, reason=f"an unreadable ProfileInstallationResult: {exc}", package=b""
+            )
+            return
+        if final[0] == "successResult":
+            self._fire(E.INSTALL_OK, result=result, package=b"", reason="")
+            return
+        error = final[1]
+        reason = f"ProfileInstallationResult error: bppCommandId {error['bppCommandId']}, errorReason {error['errorReason']}"
+        self._fire(E.INSTALL_FAILED, reason=reason, package=b"")
+
+    async def _installed_or_failed(self, es10: Es10Client, why: str) -> None:
+        record = self.machine.record
+        es10.session = None  # the channel of the interrupted install is gone with the line or the card
+        try:
+            profiles = await es10.get_profiles_info()
+        except Es10Error as exc:
+            raise FlowStopped(f"{why}, and the eUICC cannot be asked: {exc}") from None
+        if any(p.get("iccid") == record.iccid for p in profiles):
+            self._fire(E.INSTALL_OK, package=b"", reason="")
+        else:
+            self._fire(E.INSTALL_FAILED, reason=why, package=b"")
+
+    async def _fetch(self) -> None:
+        record = self.machine.record
+        await self._ensure_login()
+        self.fetches += 1
+        try:
+            texts = await self.cloud.fetch(record.eid, MODULE)
+        except Exception as exc:
+            if not _is_cloud_error(exc):
+                raise
+            self._cloud_event(
+                "fetch",
+                step="000:403",
+                error=str(exc),
+                status=getattr(exc, "status", 0),
+                eid=record.eid,
+                module=MODULE,
+            )
+            self._fire(E.GIVE_UP, reason=f"the cloud has no backup: {exc}")
+            return
+        self._cloud_event(
+            "fetch", step="000:403", status=200, records=len(texts), eid=record.eid, module=MODULE
+        )
+        self._fire(E.FETCHED, fetched=list(texts))
+
+    def _parse(self) -> bool:
+        record = self.machine.record
+        try:
+            package = join_records(record.fetched, limit=self.limit)
+        except RecordError as exc:
+            self._emit(
+                Kind.LPA_RECORDS,
+                f"the cloud's records are bad: {exc}",
+                {"part": "parse", "error": str(exc), "field": exc.field},
+                step="000:404",
+                error=True,
+            )
+            self._fire(E.GIVE_UP, reason=f"the cloud's records are bad: {exc}")
+            return False
+        self._emit(
+            Kind.LPA_RECORDS,
+            f"{len(record.fetched)} records parsed: {len(package)} bytes",
+            {"part": "parse", "count": len(record.fetched), "length": len(package)},
+            step="000:404",
+        )
+        self._fire(E.PARSED, package=package, from_cloud=True, fetched=[], attempts=record.attempts + 1)
+        return True
+
+    async def _delete(self) -> None:
+        record = self.machine.record
+        await self._ensure_login()
+        try:
+            await self.cloud.delete(record.eid, MODULE)
+        except Exception as exc:
+            if not _is_cloud_error(exc):
+                raise
+            self._cloud_event("delete", step="000:203", error=str(exc), status=getattr(exc, "status", 0))
+            raise FlowStopped(f"installed, but the cloud delete failed: {exc}") from None
+        self._cloud_event("delete", step="000:203", status=200, eid=record.eid, module=MODULE)
+        self._fire(E.CLOUD_DELETED)
+
+    async def _finish(self, es10: Es10Client) -> LpaOutcome:
+        """After the delete: the install notification to the SM-DP+ (then removed from the eUICC's list), the
+        profile enabled, and the IMSI the modem reads now."""
+        record = self.machine.record
+        if not record.notified:
+            if record.result:
+                try:
+                    await self.es9.handle_notification(record.result)
+                    seq = decode("ProfileInstallationResult", record.result)["profileInstallationResultData"][
+                        "notificationMetadata"
+                    ]["seqNumber"]
+                    await es10.remove_notification_from_list(int(seq))
+                except (Es9Error, Es9Unreachable, Es10Error, Asn1Error, KeyError) as exc:
+                    # the notification is the SM-DP+'s bookkeeping: the profile is installed all the same
+                    self._emit(
+                        Kind.LPA_RESULT,
+                        f"install notification not delivered: {exc}",
+                        {"outcome": "notification", "reason": str(exc)},
+                        error=True,
+                    )
+            self.machine.note(notified=True)
+        before = await self._imsi(port_of(es10))
+        if not record.enabled:
+            try:
+                result = await es10.enable_profile(record.iccid)
+            except Es10Error as exc:
+                return LpaOutcome(
+                    self.machine.state, False, f"EnableProfile failed: {exc}", record.iccid, before
+                )
+            if result != 0:
+                return LpaOutcome(
+                    self.machine.state, False, f"EnableProfile answered {result}", record.iccid, before
+                )
+            self.machine.note(enabled=True)
+        imsi = before
+        for _ in range(CIMI_ATTEMPTS):
+            imsi = await self._imsi(port_of(es10))
+            if imsi and imsi != before:
+                break
+            await trio.sleep(CIMI_INTERVAL)
+        return LpaOutcome(self.machine.state, True, "", record.iccid, imsi)
+
+    async def _imsi(self, port: AtPort) -> str:
+        try:
+            answer = await port.command("AT+CIMI", timeout=10.0)
+        except AtTimeout:
+            return ""
+        if not answer.ok:
+            return ""
+        for line in answer.lines:
+            text = line.strip()
+            if text.startswith("+CIMI:"):
+                text = text[6:].strip()
+            if text.isdigit():
+                return text
+        return ""
+
+
+def port_of(es10: Es10Client) -> AtPort:
+    return es10.port

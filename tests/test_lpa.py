@@ -1,0 +1,567 @@
+"""The AP's LPA (ap/lpa/: es10_client, es9_client, state, ui_policy, lpa) against in-process fakes: a fake modem
+whose +CCHO/+CGLA reach a fake eUICC that assembles STORE DATA, a fake SM-DP+ behind the ES9+ client's transport,
+and a fake cloud store. What the issue's list asks of the LPA's own rules (no ES9+ before the login check, one preset
+message, records before the install, one fetch after a failure and no second ES9+ request, no loop when the cloud's
+package fails too) is checked here; tests/test_esim_scenarios.py runs the real card, CP, SM-DP+ and cloud."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from bipsim.ap.lpa.es9_client import Es9Client
+from bipsim.ap.lpa.es10_client import (
+    Es10Client,
+    Es10Error,
+    bpp_segments,
+    iccid_bytes,
+    iccid_digits,
+    read_tlv,
+    store_data_apdus,
+    tlv,
+)
+from bipsim.ap.lpa.lpa import Lpa
+from bipsim.ap.lpa.records import decode_record, join_records
+from bipsim.ap.lpa.state import LpaEvent, LpaMachine, LpaRecord, LpaState, StateFileError
+from bipsim.ap.lpa.ui_policy import CLOSED_MESSAGE, UiKind, UiPolicy, UiPolicyError
+from bipsim.link.at_chat_core import AtResponse
+from bipsim.ota import es9_json
+from bipsim.trace.kinds import Kind
+from bipsim.trace.recorder import Tracer
+from bipsim.uicc.euicc import asn1
+from bipsim.uicc.transitions import IllegalSessionEvent
+
+EID = "89049032123451234512345678901235"
+ICCID = "8944476500001234567"
+OLD_IMSI = "001010123456789"
+NEW_IMSI = "001010000000123"
+
+
+# --- fakes ----------------------------------------------------------------------------------------------------------
+
+
+def make_bpp(segments86: int = 3, size86: int = 300) -> bytes:
+    """A BoundProfilePackage of the right shape (contents not protected: the fake eUICC does not unwrap them)."""
+    return asn1.encode(
+        "BoundProfilePackage",
+        {
+            "initialiseSecureChannelRequest": {
+                "remoteOpId": 1,
+                "transactionId": b"\x01" * 16,
+                "controlRefTemplate": {"keyType": b"\x88", "keyLen": b"\x10", "hostId": b"\x01" * 16},
+                "smdpOtpk": b"\x04" + b"\x02" * 64,
+                "smdpSign": b"\x03" * 64,
+            },
+            "firstSequenceOf87": [b"\x87" * 40],
+            "sequenceOf88": [b"\x88" * 60, b"\x89" * 20],
+            "sequenceOf86": [bytes([n]) * size86 for n in range(segments86)],
+        },
+    )
+
+
+def installation_result(ok: bool, seq: int = 7) -> bytes:
+    final: tuple[str, dict[str, Any]] = (
+        ("successResult", {"aid": bytes.fromhex("A0000005591010FFFFFFFF8900001100"), "simaResponse": b""})
+        if ok
+        else ("errorResult", {"bppCommandId": 5, "errorReason": 11})
+    )
+    return asn1.encode(
+        "ProfileInstallationResult",
+        {
+            "profileInstallationResultData": {
+                "transactionId": b"\x01" * 16,
+                "notificationMetadata": {
+                    "seqNumber": seq,
+                    "profileManagementOperation": (b"\x80", 4),
+                    "notificationAddress": "127.0.0.1",
+                    "iccid": iccid_bytes(ICCID),
+                },
+                "smdpOid": "2.999.10",
+                "finalResult": final,
+            },
+            "euiccSignPIR": b"\x05" * 64,
+        },
+    )
+
+
+@dataclass
+class FakeEuicc:
+    """The ISD-R's ES10 as far as the LPA sees it: STORE DATA assembled, answers by outer tag, 61 xx chaining."""
+
+    fail_installs: int = 0  # the first n installs answer installFailedDueToInterruption
+    installed: list[str] = field(default_factory=list)
+    enabled: str = ""
+    requests: list[str] = field(default_factory=list)
+    segments: list[bytes] = field(default_factory=list)
+    _buffer: bytes = b""
+    _pending: bytes = b""
+    _bpp_left: int = 0
+
+    def apdu(self, command: bytes) -> bytes:
+        if command[1] == 0xC0:
+            out, self._pending = self._pending[: command[4] or 256], self._pending[command[4] or 256 :]
+            return out + (bytes((0x61, min(len(self._pending), 255))) if self._pending else b"\x90\x00")
+        assert command[0] == 0x81 and command[1] == 0xE2, command.hex()
+        block = command[5 : 5 + command[4]]
+        assert command[3] == len(self._buffer) // 255 if command[2] == 0x11 else True
+        self._buffer += block
+        if command[2] == 0x11:
+            return b"\x90\x00"
+        request, self._buffer = self._buffer, b""
+        answer = self.es10(request)
+        if not answer:
+            return b"\x90\x00"
+        self._pending = answer
+        return bytes((0x61, min(len(answer), 255)))
+
+    def es10(self, request: bytes) -> bytes:
+        if self._bpp_left:
+            self.segments.append(request)
+            self._bpp_left -= len(request)
+            return self._bpp_done() if self._bpp_left == 0 else b""
+        tag = request[:2]
+        self.requests.append(tag.hex().upper())
+        if tag == b"\xbf\x3e":
+            return tlv(b"\xbf\x3e", tlv(b"\x5a", bytes.fromhex(EID)))
+        if tag == b"\xbf\x20":
+            return bytes.fromhex("BF2003820102")
+        if tag == b"\xbf\x2e":
+            return tlv(b"\xbf\x2e", tlv(b"\x80", b"\x11" * 16))
+        if tag == b"\xbf\x38":
+            return tlv(b"\xbf\x38", tlv(b"\x30", b"euicc signed1"))
+        if tag == b"\xbf\x21":
+            return tlv(b"\xbf\x21", tlv(b"\x30", b"euicc signed2"))
+        if tag == b"\xbf\x36":
+            outer, _ = read_tlv(request[:8] + b"\x00" * 65536)
+            self.segments = [request]
+            self._bpp_left = len(outer.header) + len(outer.value) - len(request)
+            return b""
+        if tag == b"\xbf\x2d":
+            infos = b"".join(tlv(b"\xe3", tlv(b"\x5a", iccid_bytes(i))) for i in self.installed)
+            return tlv(b"\xbf\x2d", tlv(b"\xa0", infos))
+        if tag == b"\xbf\x31":
+            self.enabled = ICCID
+            return bytes.fromhex("BF3103800100")
+        if tag == b"\xbf\x30":
+            return bytes.fromhex("BF3003800100")
+        return tlv(tag, tlv(b"\x80", b"\x7f"))
+
+    def _bpp_done(self) -> bytes:
+        if self.fail_installs:
+            self.fail_installs -= 1
+            return installation_result(False)
+        self.installed.append(ICCID)
+        return installation_result(True)
+
+
+@dataclass
+class FakeModem:
+    """The CP's AT surface the LPA uses: +CCHO/+CGLA/+CCHC to the fake eUICC, +CIMI from the enabled profile."""
+
+    card: FakeEuicc
+    lines: list[str] = field(default_factory=list)
+    lost_at: int | None = None  # the line goes away at this CGLA (a power cycle)
+
+    async def command(
+        self, line: str, *, timeout: float | None = None, step: str | None = None
+    ) -> AtResponse:
+        self.lines.append(line)
+        await trio.sleep(0)
+        if line.startswith("AT+CCHO="):
+            return AtResponse(line, ("+CCHO: 2",), "OK")
+        if line.startswith("AT+CCHC="):
+            return AtResponse(line, (), "OK")
+        if line == "AT+CIMI":
+            return AtResponse(line, (NEW_IMSI if self.card.enabled else OLD_IMSI,), "OK")
+        if line.startswith("AT+CGLA="):
+            if self.lost_at is not None and sum(x.startswith("AT+CGLA") for x in self.lines) >= self.lost_at:
+                self.lost_at = None
+                raise trio.BrokenResourceError("the line went away")
+            session, length, quoted = line[8:].split(",", 2)
+            apdu = bytes.fromhex(quoted.strip('"'))
+            assert int(length) == 2 * len(apdu) and session == "2"
+            answer = self.card.apdu(apdu)
+            return AtResponse(line, (f'+CGLA: {2 * len(answer)},"{answer.hex().upper()}"',), "OK")
+        return AtResponse(line, (), "ERROR")
+
+
+class FakeCloudError(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"{status} {reason}")
+        self.status = status
+        self.reason = reason
+
+
+@dataclass
+class FakeCloud:
+    users: dict[str, str] = field(default_factory=lambda: {"alice": "secret"})
+    store: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    calls: list[str] = field(default_factory=list)
+    session: bool = False
+    snapshot_at_install: list[str] | None = None
+
+    async def login(self, user: str, password: str) -> None:
+        self.calls.append("login")
+        if self.users.get(user) != password:
+            raise FakeCloudError(401, "unknown user or wrong password")
+        self.session = True
+
+    async def register(self, user: str, password: str) -> None:
+        self.calls.append("register")
+        self.users[user] = password
+
+    async def upload(self, records: list[str]) -> None:
+        assert self.session
+        self.calls.append("upload")
+        first = decode_record(records[0])
+        self.store[(first.eid, first.module)] = list(records)
+
+    async def fetch(self, eid: str, module: str) -> list[str]:
+        assert self.session
+        self.calls.append("fetch")
+        if (eid, module) not in self.store:
+            raise FakeCloudError(404, "no backup")
+        return list(self.store[(eid, module)])
+
+    async def delete(self, eid: str, module: str) -> None:
+        assert self.session
+        self.calls.append("delete")
+        self.store.pop((eid, module), None)
+
+
+@dataclass
+class FakeSmdp:
+    """ES9+ answers as the JSON binding gives them; single use of the package, as the SM-DP+ enforces."""
+
+    package: bytes
+    ppr_ids: tuple[bytes, int] | None = None
+    calls: list[str] = field(default_factory=list)
+    served: bool = False
+    requests_before_login: int = 0
+
+    async def __call__(self, target: str, body: bytes) -> tuple[int, bytes]:
+        function = target.rsplit("/", 1)[1]
+        self.calls.append(function)
+        request = json.loads(body)
+        assert request["header"]["functionRequesterIdentifier"]
+        if function == "initiateAuthentication":
+            assert request["smdpAddress"] == "127.0.0.1:8443"
+            return 200, es9_json.encode_response(
+                {
+                    "transactionId": "01" * 16,
+                    "serverSigned1": tlv(b"\x30", b"signed1"),
+                    "serverSignature1": b"\x00" * 64,  # the bare signature: the client adds 5F37
+                    "euiccCiPKIdToBeUsed": tlv(b"\x04", b"\x0a" * 20),
+                    "serverCertificate": tlv(b"\x30", b"cert"),
+                }
+            )
+        if function == "authenticateClient":
+            metadata: dict[str, Any] = {
+                "iccid": iccid_bytes(ICCID),
+                "serviceProviderName": "op1",
+                "profileName": "op1 profile",
+            }
+            if self.ppr_ids is not None:
+                metadata["profilePolicyRules"] = self.ppr_ids
+            return 200, es9_json.encode_response(
+                {
+                    "transactionId": "01" * 16,
+                    "profileMetadata": asn1.encode("StoreMetadataRequest", metadata),
+                    "smdpSigned2": tlv(b"\x30", b"signed2"),
+                    "smdpSignature2": tlv(b"\x5f\x37", b"\x00" * 64),
+                    "smdpCertificate": tlv(b"\x30", b"cert"),
+                }
+            )
+        if function == "getBoundProfilePackage":
+            if self.served:
+                return 200, es9_json.encode_failure(es9_json.Es9Error("8.2.6", "3.8", "already downloaded"))
+            self.served = True
+            return 200, es9_json.encode_response(
+                {"transactionId": "01" * 16, "boundProfilePackage": self.package}
+            )
+        if function == "handleNotification":
+            return 204, b""
+        return 404, b""
+
+
+@dataclass
+class Rig:
+    card: FakeEuicc
+    modem: FakeModem
+    cloud: FakeCloud
+    smdp: FakeSmdp
+    tracer: Tracer
+    state: Path
+
+    def lpa(self, ui: str = "login:alice:secret", limit: int = 1024) -> Lpa:
+        return Lpa(
+            activation_code="LPA:1$127.0.0.1:8443$OP1",
+            machine=LpaMachine.load(self.state),
+            ui=UiPolicy.parse(ui),
+            es9=Es9Client("127.0.0.1:8443", transport=self.smdp, tracer=self.tracer),
+            cloud=self.cloud,
+            cloud_account=("alice", "secret"),
+            limit=limit,
+            tracer=self.tracer,
+        )
+
+    def events(self, kind: str) -> list[Any]:
+        return [e for e in self.tracer.events if e.kind == kind]
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Rig:
+    card = FakeEuicc()
+    return Rig(
+        card,
+        FakeModem(card),
+        FakeCloud(),
+        FakeSmdp(make_bpp()),
+        Tracer(keep=True),
+        tmp_path / "lpa.json",
+    )
+
+
+# --- ES10 transport -------------------------------------------------------------------------------------------------
+
+
+def test_store_data_blocks_of_255_numbered_with_p1_11_then_91() -> None:
+    data = bytes(range(256)) * 3  # 768 bytes: 255 + 255 + 255 + 3
+    apdus = store_data_apdus(data)
+    assert [a[:5].hex().upper() for a in apdus] == ["81E21100FF", "81E21101FF", "81E21102FF", "81E2910303"]
+    assert b"".join(a[5:] for a in apdus) == data
+    assert store_data_apdus(bytes.fromhex("BF3E035C015A")) == [bytes.fromhex("81E2910006BF3E035C015A")]
+
+
+def test_bpp_segments_follow_sgp22_2_5_5() -> None:
+    bpp = make_bpp(segments86=3)
+    segments = bpp_segments(bpp)
+    # BF36 header + BF23; A0 whole; A1 header; two 88; A3 header; three 86
+    header = read_tlv(bpp)[0].header
+    assert segments[0].startswith(header) and segments[0][len(header) :][:2] == b"\xbf\x23"
+    assert [s[:1].hex() for s in segments[1:]] == ["a0", "a1", "88", "88", "a3", "86", "86", "86"]
+    assert b"".join(segments) == bpp
+    with pytest.raises(Es10Error):
+        bpp_segments(b"\xbf\x37\x00")
+
+
+def test_iccid_swapped_bcd_round_trip() -> None:
+    assert iccid_bytes(ICCID).hex().upper() == "98447456000021436 5F7".replace(" ", "")
+    assert iccid_digits(iccid_bytes(ICCID)) == ICCID
+    assert iccid_bytes("89").hex().upper() == "98FFFFFFFFFFFFFFFFFF"
+
+
+async def test_es10_get_eid_over_ccho_and_cgla_with_get_response(rig: Rig) -> None:
+    client = Es10Client(rig.modem, tracer=rig.tracer)
+    assert await client.get_eid() == EID
+    assert rig.modem.lines[0] == 'AT+CCHO="a0000005591010ffffffff8900000100"'
+    assert rig.modem.lines[1] == 'AT+CGLA=2,22,"81E2910006BF3E035C015A"'
+    assert rig.modem.lines[2].startswith('AT+CGLA=2,10,"00C00000')  # the 61 xx rest
+    es10 = rig.events(Kind.LPA_ES10)
+    assert [e.field("direction") for e in es10] == ["request", "response"]
+    assert es10[0].data == bytes.fromhex("BF3E035C015A")
+
+
+async def test_es10_error_status_word_is_an_es10_error(rig: Rig) -> None:
+    client = Es10Client(rig.modem)
+
+    def refuse(command: bytes) -> bytes:
+        return b"\x6a\x80"
+
+    rig.card.apdu = refuse  # type: ignore[method-assign]
+    with pytest.raises(Es10Error) as info:
+        await client.get_eid()
+    assert info.value.sw == 0x6A80
+
+
+# --- state machine and UI policy -----------------------------------------------------------------------------------
+
+
+def test_state_machine_persists_each_change_and_refuses_what_the_table_lacks(tmp_path: Path) -> None:
+    path = tmp_path / "s.json"
+    machine = LpaMachine.load(path)
+    machine.fire(LpaEvent.LOGGED_IN)
+    machine.fire(LpaEvent.DOWNLOADED, eid=EID, package=b"\xbf\x36\x00", ppr=3)
+    again = LpaMachine.load(path)
+    assert (
+        again.state is LpaState.DOWNLOADED
+        and again.record.package == b"\xbf\x36\x00"
+        and again.record.ppr == 3
+    )
+    with pytest.raises(IllegalSessionEvent):
+        again.fire(LpaEvent.INSTALL_OK)  # DOWNLOADED must upload first
+    assert LpaMachine.load(path).state is LpaState.DOWNLOADED
+    assert not path.with_name("s.json.tmp").exists()
+    path.write_text("{not json")
+    with pytest.raises(StateFileError):
+        LpaMachine.load(path)
+    with pytest.raises(StateFileError):
+        LpaRecord.from_json({"state": "nowhere"})
+
+
+def test_after_a_failed_install_the_only_ways_are_the_cloud_or_stop() -> None:
+    from bipsim.ap.lpa.state import LPA_TABLE
+
+    assert {e for (s, e) in LPA_TABLE.rows if s is LpaState.FAILED} == {LpaEvent.FETCH, LpaEvent.GIVE_UP}
+    # no state after REQUESTING leads back to it: a second ES9+ request has no row
+    assert all(
+        to is not LpaState.REQUESTING
+        for (s, _), to in LPA_TABLE.rows.items()
+        if s is not LpaState.LOGIN_CHECK
+    )
+
+
+def test_ui_policy_parse() -> None:
+    assert UiPolicy.parse("logged-in").kind is UiKind.LOGGED_IN
+    assert UiPolicy.parse("close").shows_login_page
+    assert UiPolicy.parse("register:bob:pw") == UiPolicy(UiKind.REGISTER, "bob", "pw")
+    for bad in ("login", "login:bob", "register::pw", "closed", "logged-in:x:y"):
+        with pytest.raises(UiPolicyError):
+            UiPolicy.parse(bad)
+
+
+# --- the flow ---------------------------------------------------------------------------------------------------
+
+
+async def test_download_uploads_records_before_install_then_deletes_and_enables(rig: Rig) -> None:
+    rig.smdp.ppr_ids = (b"\x60", 3)  # ppr1 and ppr2
+    uploaded_before_install: list[list[str]] = []
+    apdu = rig.card.apdu
+
+    def watch(command: bytes) -> bytes:
+        if command[5:7] == b"\xbf\x36" and not uploaded_before_install:
+            uploaded_before_install.append(list(rig.cloud.store.get((EID, "LPA"), [])))
+        return apdu(command)
+
+    rig.card.apdu = watch  # type: ignore[method-assign]
+    outcome = await rig.lpa().run(rig.modem)
+    assert outcome.ok and outcome.iccid == ICCID and outcome.imsi == NEW_IMSI
+    assert rig.smdp.calls == [
+        "initiateAuthentication",
+        "authenticateClient",
+        "getBoundProfilePackage",
+        "handleNotification",
+    ]
+    # item 3: before the install the cloud held the records, in the document's field order, PPR = both
+    records = uploaded_before_install[0]
+    assert records and all(r.split("$")[0] == "module=LPA" for r in records)
+    assert [part.split("=")[0] for part in records[0].split("$")] == [
+        "module",
+        "EID",
+        "PPR",
+        "profile_len",
+        "profile_data",
+    ]
+    assert decode_record(records[0]).ppr == 3 and decode_record(records[0]).eid == EID
+    assert join_records(records) == rig.smdp.package
+    # item 6: the delete came, nothing is left
+    assert rig.cloud.calls[-1] == "delete" and not rig.cloud.store
+    assert LpaMachine.load(rig.state).state is LpaState.CLOUD_DELETED
+    steps = [e.step for e in rig.tracer.events if e.step]
+    for step in (
+        "000:401",
+        "000:4011",
+        "000:4012",
+        "000:4013",
+        "000:4014",
+        "000:4015",
+        "000:201",
+        "000:202",
+        "000:402",
+        "000:203",
+    ):
+        assert step in steps, step
+    assert "000:403" not in steps
+    assert rig.card.requests.count("BF31") == 1 and "BF30" in rig.card.requests
+
+
+async def test_no_es9_request_before_the_login_check_and_one_preset_message(rig: Rig) -> None:
+    outcome = await rig.lpa(ui="close").run(rig.modem)
+    assert not outcome.ok and outcome.state is LpaState.STOPPED
+    assert rig.smdp.calls == [] and rig.modem.lines == []
+    messages = [e for e in rig.events(Kind.LPA_UI) if e.field("action") == "message"]
+    assert len(messages) == 1 and messages[0].field("message") == CLOSED_MESSAGE
+    # the flow stays stopped: a second run shows nothing new
+    again = await rig.lpa(ui="close").run(rig.modem)
+    assert again.state is LpaState.STOPPED and rig.smdp.calls == []
+    assert len([e for e in rig.events(Kind.LPA_UI) if e.field("action") == "message"]) == 1
+
+
+async def test_a_refused_login_is_a_failed_check(rig: Rig) -> None:
+    outcome = await rig.lpa(ui="login:alice:wrong").run(rig.modem)
+    assert outcome.state is LpaState.STOPPED and rig.smdp.calls == []
+
+
+async def test_register_page_then_login(rig: Rig) -> None:
+    outcome = await rig.lpa(ui="register:carol:pw").run(rig.modem)
+    assert outcome.ok
+    assert rig.cloud.calls[:2] == ["register", "login"]
+    pages = [(e.field("page"), e.field("action")) for e in rig.events(Kind.LPA_UI)]
+    assert pages[:2] == [("login", "shown"), ("register", "shown")]
+
+
+async def test_failed_install_fetches_once_from_the_cloud_and_installs(rig: Rig) -> None:
+    rig.card.fail_installs = 1
+    outcome = await rig.lpa().run(rig.modem)
+    assert outcome.ok
+    assert rig.cloud.calls.count("fetch") == 1
+    assert rig.smdp.calls.count("getBoundProfilePackage") == 1
+    assert b"".join(rig.card.segments) == rig.smdp.package  # the second install: the cloud's bytes
+    states = [e.field("state") for e in rig.events(Kind.LPA_STATE)]
+    assert states[states.index("failed") :][:4] == ["failed", "cloud_fetch", "parsing", "installing"]
+
+
+async def test_a_failure_of_the_clouds_package_stops_without_a_loop(rig: Rig) -> None:
+    rig.card.fail_installs = 5
+    outcome = await rig.lpa().run(rig.modem)
+    assert not outcome.ok and outcome.state is LpaState.STOPPED
+    assert rig.cloud.calls.count("fetch") == 1 and rig.smdp.calls.count("getBoundProfilePackage") == 1
+    assert "errorReason 11" in outcome.reason
+    result = rig.events(Kind.LPA_RESULT)[-1]
+    assert result.field("outcome") == "stopped"
+
+
+async def test_power_cycle_during_install_resumes_from_the_cloud(rig: Rig) -> None:
+    rig.modem.lost_at = 12  # the line goes away in the middle of the segments
+    with pytest.raises(trio.BrokenResourceError):
+        await rig.lpa().run(rig.modem)
+    assert LpaMachine.load(rig.state).state is LpaState.INSTALLING
+    rig.card._bpp_left = 0  # the card's power cycle drops the half-loaded package
+    rig.card.segments = []
+    outcome = await rig.lpa().run(rig.modem)  # a new AP process: its machine from the file
+    assert outcome.ok
+    assert rig.cloud.calls.count("fetch") == 1
+    assert rig.smdp.calls.count("getBoundProfilePackage") == 1 and "BF2D" in rig.card.requests
+
+
+async def test_refused_download_stops_and_uploads_nothing(rig: Rig) -> None:
+    rig.smdp.served = True  # the profile was downloaded before: 8.2.6 / 3.8
+    outcome = await rig.lpa().run(rig.modem)
+    assert outcome.state is LpaState.STOPPED and "3.8" in outcome.reason
+    assert "upload" not in rig.cloud.calls and "BF36" not in rig.card.requests
+    refused = [e for e in rig.events(Kind.LPA_ES9) if e.error]
+    assert refused and refused[0].field("reason_code") == "3.8"
+
+
+async def test_records_of_the_chunk_limit(rig: Rig) -> None:
+    rig.smdp.package = make_bpp(segments86=4, size86=600)
+    await rig.lpa(limit=1024).run(rig.modem)
+    encapsulate = [e for e in rig.events(Kind.LPA_RECORDS) if e.field("part") == "encapsulate"][0]
+    length = len(rig.smdp.package)
+    assert encapsulate.field("count") == -(-length // 1024) and encapsulate.field("length") == length
+
+
+async def test_garbage_from_the_smdp_stops_with_a_trace_event(rig: Rig) -> None:
+    async def garbage(target: str, body: bytes) -> tuple[int, bytes]:
+        return 200, b"<html>nope</html>"
+
+    lpa = rig.lpa()
+    lpa.es9 = Es9Client("127.0.0.1:8443", transport=garbage, tracer=rig.tracer)
+    outcome = await lpa.run(rig.modem)
+    assert outcome.state is LpaState.STOPPED
+    assert any(e.error for e in rig.events(Kind.LPA_ES9))
