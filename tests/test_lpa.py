@@ -565,3 +565,13 @@ async def test_garbage_from_the_smdp_stops_with_a_trace_event(rig: Rig) -> None:
     outcome = await lpa.run(rig.modem)
     assert outcome.state is LpaState.STOPPED
     assert any(e.error for e in rig.events(Kind.LPA_ES9))
+
+
+async def test_every_000_step_label_is_its_steps_message(rig: Rig) -> None:
+    from bipsim.trace.steps import STEPS
+
+    rig.card.fail_installs = 1
+    assert (await rig.lpa().run(rig.modem)).ok
+    labelled = [e for e in rig.tracer.events if e.step and e.step.startswith("000:")]
+    assert {e.step for e in labelled} == {s for s in STEPS if s.startswith("000:")}
+    assert all(STEPS[e.step].matches(e) for e in labelled if e.step)

@@ -287,8 +287,49 @@ SEED_001: tuple[Step, ...] = (
     ),
 )
 
+# seed 000, the eUICC profile download with a cloud backup (docs/protocols.md, "eUICC and the cloud backup"): the
+# AP's LPA (ap/lpa/lpa.py) labels these on its own events
+SEED_000: tuple[Step, ...] = (
+    Step(
+        "000:201",
+        "the profile's download completed: upload it to the cloud",
+        (_m(Kind.LPA_STATE, "ap", "ap", state="uploaded"),),
+    ),
+    Step("000:202", "install it through the LPA", (_m(Kind.LPA_STATE, "ap", "ap", state="installing"),)),
+    Step(
+        "000:203",
+        "on failure download it back from the cloud and install again; on success delete it from the cloud",
+        (_m(Kind.LPA_STATE, "ap", "ap", state="cloud_fetch"), _m(Kind.LPA_CLOUD, "ap", "cloud", op="delete")),
+    ),
+    Step("000:401", "on download completion", (_m(Kind.LPA_STATE, "ap", "ap", state="downloaded"),)),
+    Step(
+        "000:4011",
+        "fix the protocol with the cloud: fields, order, separator",
+        (_m(Kind.LPA_RECORDS, "ap", "ap", part="protocol"),),
+    ),
+    Step("000:4012", "the terminal identity (EID)", (_m(Kind.LPA_RECORDS, "ap", "ap", part="identity"),)),
+    Step("000:4013", "the management file (LPA)", (_m(Kind.LPA_RECORDS, "ap", "ap", part="management"),)),
+    Step(
+        "000:4014",
+        "encapsulate as module=LPA$EID$PPR$profile_len$profile_data, in records of the upload maximum",
+        (_m(Kind.LPA_RECORDS, "ap", "ap", part="encapsulate"),),
+    ),
+    Step("000:4015", "upload", (_m(Kind.LPA_CLOUD, "ap", "cloud", op="upload"),)),
+    Step(
+        "000:402",
+        "install",
+        (_m(Kind.LPA_ES10, "ap", "uicc", function="LoadBoundProfilePackage", direction="request"),),
+    ),
+    Step(
+        "000:403",
+        "on failure fetch by the identity and the management file",
+        (_m(Kind.LPA_CLOUD, "ap", "cloud", op="fetch"),),
+    ),
+    Step("000:404", "parse and install again", (_m(Kind.LPA_RECORDS, "ap", "ap", part="parse"),)),
+)
+
 STEPS: dict[str, Step] = {
-    step.code: step for step in EMBODIMENT_1 + EMBODIMENT_2 + SEED_004 + SEED_002 + SEED_001
+    step.code: step for step in EMBODIMENT_1 + EMBODIMENT_2 + SEED_004 + SEED_002 + SEED_001 + SEED_000
 }
 
 
