@@ -52,9 +52,8 @@ USER = re.compile(r"^[A-Za-z0-9_.@+-]{1,64}$")
 MIN_PASSWORD, MAX_PASSWORD = 4, 256
 FORM = "application/x-www-form-urlencoded"
 REQUEST_TIMEOUT = 30.0  # seconds one request may take, server and client
-MAX_ANSWER = (
-    2 * MAX_PACKAGE + 64 * 1024
-)  # bytes of a fetch's answer the client reads: the records of the largest package
+# bytes of an answer the client reads: the records of the largest package (hex doubles it) with room for their fields
+MAX_ANSWER = 8 * MAX_PACKAGE
 REASONS_MORE = {
     **REASONS,
     201: "Created",
@@ -926,6 +925,7 @@ class CloudClient:
         self.timeout = timeout
         self._connect = connect or self._tcp
         self.cookie: str | None = None
+        self.deleted = 0  # records the last delete removed
         self.user: str | None = None
         self._password: str | None = None
 
@@ -988,8 +988,8 @@ class CloudClient:
                         elif isinstance(event, h11.ConnectionClosed):
                             raise h11.RemoteProtocolError("the server closed the connection")
         except (OSError, trio.TooSlowError, h11.ProtocolError, trio.BrokenResourceError) as exc:
-            if status and isinstance(exc, trio.BrokenResourceError | h11.ProtocolError) and answer_headers:
-                # a refusal the server sent before closing while our body was still going (413 on a long body)
+            if status >= 400 and isinstance(exc, trio.BrokenResourceError | h11.ProtocolError):
+                # a refusal's head came before the server closed (a 413 on a long body): the status is the answer
                 pass
             else:
                 reason = f"{method} {target[:100]}: {type(exc).__name__}: {exc}"
@@ -1120,12 +1120,13 @@ class CloudClient:
             raise CloudError(0, f"{len(lines)} records fetched, X-Record-Count says {count or 'nothing'}")
         return lines
 
-    async def delete(self, eid: str, module: str = "LPA") -> int:
-        """Deletes the backup of (EID, module); the number of records it held. CloudError(404) when none."""
+    async def delete(self, eid: str, module: str = "LPA") -> None:
+        """Deletes the backup of (EID, module) (`deleted` then holds the number of records it had); CloudError(404)
+        when there is none."""
         reply = await self._api("DELETE", self._query(eid, module))
         if reply.status != 200:
             raise CloudError(reply.status, self._reason(reply))
         try:
-            return int(json.loads(reply.body)["deleted"])
+            self.deleted = int(json.loads(reply.body)["deleted"])
         except (ValueError, KeyError, TypeError):
             raise CloudError(0, "the delete answer is not JSON with deleted") from None
