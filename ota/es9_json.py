@@ -252,9 +252,7 @@ class ActivationCode:
 
 
 _ADDRESS = re.compile(r"^[A-Za-z0-9.\-]+(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
-_MATCHING_ID = re.compile(
-    r"^[0-9A-Za-z\-]{0,64}$"
-)  # SGP.22 4.1: upper-case letters, digits and '-' (lenient)
+MATCHING_ID = re.compile(r"^[0-9A-Za-z\-]{0,64}$")  # SGP.22 4.1: upper-case letters, digits and '-' (lenient)
 
 
 def parse_activation_code(text: str) -> ActivationCode:
@@ -268,7 +266,7 @@ def parse_activation_code(text: str) -> ActivationCode:
     address, matching_id = parts[1], parts[2]
     if not _ADDRESS.match(address):
         raise ActivationCodeError(f"{address[:80]!r} is not an SM-DP+ address (host or host:port)")
-    if not _MATCHING_ID.match(matching_id):
+    if not MATCHING_ID.match(matching_id):
         raise ActivationCodeError(
             f"{matching_id[:80]!r} is not a matchingId (letters, digits, '-', up to 64)"
         )

@@ -97,3 +97,460 @@ def test_activation_codes() -> None:
             parse_activation_code(bad)
     assert es9_json.function_of("/gsma/rsp2/es9plus/getBoundProfilePackage") == "getBoundProfilePackage"
     assert es9_json.function_of("/gsma/rsp2/es9plus/other") is None
+
+
+# --- the SM-DP+ core (sans-IO) with a small eUICC of the test's own, built from SGP.22's ASN.1 and crypto ---
+
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import trio  # noqa: E402
+import trio.testing  # noqa: E402
+
+from bipsim.ota.http_connection import HttpRequest  # noqa: E402
+from bipsim.ota.smdp import (  # noqa: E402
+    ProfileState,
+    SmdpError,
+    SmdpServer,
+    SmdpService,
+    load_profiles,
+    server_ssl_context,
+)
+from bipsim.trace.kinds import Kind  # noqa: E402
+from bipsim.trace.recorder import Tracer  # noqa: E402
+from bipsim.uicc.euicc import crypto  # noqa: E402
+from bipsim.uicc.euicc.asn1 import decode, encode  # noqa: E402
+from bipsim.uicc.euicc.pki import Pki, cert_der, generate_pki  # noqa: E402
+
+ADDRESS = "127.0.0.1:8443"
+VERSION = b"\x02\x02\x00"
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return generate_pki(tmp_path_factory.mktemp("pki"))
+
+
+def post(function: str, fields: dict[str, Any], *, headers: dict[str, str] | None = None) -> HttpRequest:
+    base = {"x-admin-protocol": "gsma/rsp/v2.2.0", "content-type": "application/json;charset=UTF-8"}
+    return HttpRequest(
+        "POST", es9_json.ES9_PATH + function, {**base, **(headers or {})}, encode_request(function, fields)
+    )
+
+
+def answer_json(answer: Any) -> dict[str, Any]:
+    assert answer.status == 200, answer.body
+    return decode_response(answer.body)
+
+
+class MiniEuicc:
+    """The eUICC's side of SGP.22 3.1.3 that the SM-DP+ checks: euiccInfo1, AuthenticateServer's answer signed
+    with the eUICC key, PrepareDownload's one-time key and euiccSignature2, the signed install result."""
+
+    def __init__(self, pki: Pki) -> None:
+        self.pki = pki
+        self.challenge = b"\xc1" * 16
+        self.otsk = crypto.generate_otk()
+
+    def info1(self) -> bytes:
+        ids = [self.pki.ci_pkid]
+        return encode(
+            "EUICCInfo1",
+            {"svn": VERSION, "euiccCiPKIdListForVerification": ids, "euiccCiPKIdListForSigning": ids},
+        )
+
+    def initiate(self, address: str = ADDRESS) -> HttpRequest:
+        return post(
+            "initiateAuthentication",
+            {"euiccChallenge": self.challenge, "euiccInfo1": self.info1(), "smdpAddress": address},
+        )
+
+    def authenticate(
+        self, init: dict[str, Any], matching_id: str, *, break_signature: bool = False
+    ) -> HttpRequest:
+        signed1 = decode("ServerSigned1", es9_json.b64(init["serverSigned1"]))
+        info2 = {
+            "profileVersion": VERSION,
+            "svn": VERSION,
+            "euiccFirmwareVer": VERSION,
+            "extCardResource": b"",
+            "uiccCapability": (b"\x00", 8),
+            "rspCapability": (b"\x00", 4),
+            "euiccCiPKIdListForVerification": [self.pki.ci_pkid],
+            "euiccCiPKIdListForSigning": [self.pki.ci_pkid],
+            "ppVersion": VERSION,
+            "sasAcreditationNumber": "bipsim",
+        }
+        euicc_signed1 = {
+            "transactionId": signed1["transactionId"],
+            "serverAddress": signed1["serverAddress"],
+            "serverChallenge": signed1["serverChallenge"],
+            "euiccInfo2": info2,
+            "ctxParams1": (
+                "ctxParamsForCommonAuthentication",
+                {
+                    "matchingId": matching_id,
+                    "deviceInfo": {"tac": b"\x35\x29\x06\x11", "deviceCapabilities": {}},
+                },
+            ),
+        }
+        signature = crypto.sign_plain(self.pki.euicc_key, encode("EuiccSigned1", euicc_signed1))
+        if break_signature:
+            signature = bytes([signature[0] ^ 1]) + signature[1:]
+        self.signature1 = signature
+        response = encode(
+            "AuthenticateServerResponse",
+            (
+                "authenticateResponseOk",
+                {
+                    "euiccSigned1": euicc_signed1,
+                    "euiccSignature1": signature,
+                    "euiccCertificate": cert_der(self.pki.euicc_cert),
+                    "eumCertificate": cert_der(self.pki.eum_cert),
+                },
+            ),
+        )
+        return post(
+            "authenticateClient",
+            {"transactionId": init["transactionId"], "authenticateServerResponse": response},
+        )
+
+    def prepare(self, auth: dict[str, Any]) -> HttpRequest:
+        transaction_id = bytes.fromhex(auth["transactionId"])
+        smdp_signature2 = es9_json.b64(auth["smdpSignature2"])[3:]  # the 5F37 40 data object's value
+        signed2 = {"transactionId": transaction_id, "euiccOtpk": crypto.point_bytes(self.otsk.public_key())}
+        signature2 = crypto.sign_plain(
+            self.pki.euicc_key, crypto.signed_data_euicc2(encode("EUICCSigned2", signed2), smdp_signature2)
+        )
+        response = encode(
+            "PrepareDownloadResponse",
+            ("downloadResponseOk", {"euiccSigned2": signed2, "euiccSignature2": signature2}),
+        )
+        return post(
+            "getBoundProfilePackage",
+            {"transactionId": auth["transactionId"], "prepareDownloadResponse": response},
+        )
+
+    def install_result(self, transaction_id: str, *, ok: bool = True, forge: bool = False) -> HttpRequest:
+        from bipsim.uicc.euicc.upp import iccid_bytes
+
+        result: tuple[str, dict[str, Any]] = (
+            (
+                "successResult",
+                {"aid": bytes.fromhex("A0000005591010FFFFFFFF8900001000"), "simaResponse": b"\x30\x00"},
+            )
+            if ok
+            else ("errorResult", {"bppCommandId": 5, "errorReason": 11})
+        )
+        data = {
+            "transactionId": bytes.fromhex(transaction_id),
+            "notificationMetadata": {
+                "seqNumber": 1,
+                "profileManagementOperation": (b"\x80", 1),
+                "notificationAddress": ADDRESS,
+                "iccid": iccid_bytes("8944476500001234567"),
+            },
+            "smdpOid": self.pki.smdp_oid,
+            "finalResult": result,
+        }
+        key = crypto.generate_otk() if forge else self.pki.euicc_key
+        signature = crypto.sign_plain(
+            key, crypto.signed_data_pir(encode("ProfileInstallationResultData", data))
+        )
+        notification = encode(
+            "PendingNotification",
+            ("profileInstallationResult", {"profileInstallationResultData": data, "euiccSignPIR": signature}),
+        )
+        return post("handleNotification", {"pendingNotification": notification})
+
+
+def service(pki: Pki, state: Path | None = None, **kwargs: Any) -> SmdpService:
+    return SmdpService(pki, load_profiles(None), address=ADDRESS, state_path=state, **kwargs)
+
+
+def download(smdp: SmdpService, euicc: MiniEuicc, matching_id: str = "OP1") -> tuple[dict[str, Any], Any]:
+    init = answer_json(smdp.handle(euicc.initiate()))
+    auth = answer_json(smdp.handle(euicc.authenticate(init, matching_id)))
+    return auth, smdp.handle(euicc.prepare(auth))
+
+
+def test_download_binds_the_profile_to_the_euicc_and_is_served_once(pki: Pki, tmp_path: Path) -> None:
+    state = tmp_path / "smdp.json"
+    smdp, euicc = service(pki, state), MiniEuicc(pki)
+    init = answer_json(smdp.handle(euicc.initiate()))
+    signed1_der = es9_json.b64(init["serverSigned1"])
+    signature1 = es9_json.b64(init["serverSignature1"])
+    assert signature1[:3] == b"\x5f\x37\x40"  # SGP.22: the 5F37 data object, as AuthenticateServer takes it
+    crypto.verify_plain(pki.dpauth_cert.public_key(), signature1[3:], signed1_der)  # type: ignore[arg-type]
+    assert decode("ServerSigned1", signed1_der)["euiccChallenge"] == euicc.challenge
+    assert es9_json.b64(init["euiccCiPKIdToBeUsed"]) == b"\x04\x14" + pki.ci_pkid
+    auth = answer_json(smdp.handle(euicc.authenticate(init, "OP1")))
+    metadata = decode("StoreMetadataRequest", es9_json.b64(auth["profileMetadata"]))
+    assert metadata["serviceProviderName"] == "Operator One" and "profilePolicyRules" not in metadata
+    smdp_signed2 = es9_json.b64(auth["smdpSigned2"])
+    crypto.verify_plain(
+        pki.dppb_cert.public_key(),  # type: ignore[arg-type]
+        es9_json.b64(auth["smdpSignature2"])[3:],
+        crypto.signed_data_smdp2(smdp_signed2, euicc.signature1),
+    )
+    bpp_answer = answer_json(smdp.handle(euicc.prepare(auth)))
+    bpp = decode("BoundProfilePackage", es9_json.b64(bpp_answer["boundProfilePackage"]))
+    isc = encode("InitialiseSecureChannelRequest", bpp["initialiseSecureChannelRequest"])
+    # bound to this eUICC's one-time key: smdpSign covers otPK.EUICC.ECKA (SGP.22 5.5.1)
+    crypto.verify_plain(
+        pki.dppb_cert.public_key(),  # type: ignore[arg-type]
+        bpp["initialiseSecureChannelRequest"]["smdpSign"],
+        crypto.signed_data_isc(
+            crypto.isc_signed_part_from_der(isc), crypto.point_bytes(euicc.otsk.public_key())
+        ),
+    )
+    assert smdp.profiles["OP1"].state is ProfileState.DOWNLOADED
+    assert json.loads(state.read_text())["profiles"]["OP1"]["state"] == "downloaded"
+    # the same session asks again, and a new session of the same eUICC: both refused, 8.2 / 3.7 (SGP.22 5.6.2)
+    with pytest.raises(Es9Error) as same:
+        decode_response(smdp.handle(euicc.prepare(auth)).body)
+    assert (same.value.subject_code, same.value.reason_code) == ("8.2", "3.7")
+    _, second = download(smdp, MiniEuicc(pki))
+    with pytest.raises(Es9Error) as refused:
+        decode_response(second.body)
+    assert (refused.value.subject_code, refused.value.reason_code) == ("8.2", "3.7")
+    # and after a restart of the server, from its state file
+    _, third = download(service(pki, state), MiniEuicc(pki))
+    with pytest.raises(Es9Error) as restarted:
+        decode_response(third.body)
+    assert restarted.value.reason_code == "3.7"
+    # the other built-in profile is still served
+    _, other = download(smdp, MiniEuicc(pki), "OP2")
+    assert "boundProfilePackage" in answer_json(other)
+
+
+def failure(answer: Any) -> tuple[str, str]:
+    assert answer.status == 200 and answer.error, answer.body
+    with pytest.raises(Es9Error) as caught:
+        decode_response(answer.body)
+    return caught.value.subject_code, caught.value.reason_code
+
+
+def test_install_notification_moves_the_profile_only_when_signed(pki: Pki, tmp_path: Path) -> None:
+    state = tmp_path / "smdp.json"
+    smdp, euicc = service(pki, state), MiniEuicc(pki)
+    auth, bpp = download(smdp, euicc)
+    answer_json(bpp)
+    forged = smdp.handle(euicc.install_result(auth["transactionId"], forge=True))
+    assert forged.status == 204 and smdp.profiles["OP1"].state is ProfileState.DOWNLOADED
+    assert [n.fields["verified"] for n in forged.notes] == [False]
+    taken = smdp.handle(euicc.install_result(auth["transactionId"], ok=False))
+    assert taken.status == 204 and taken.body == b""
+    assert smdp.profiles["OP1"].state is ProfileState.ERROR
+    kinds = [(n.kind, n.fields.get("result")) for n in taken.notes]
+    assert (Kind.ES9_NOTIFICATION, "installFailedDueToInterruption") in kinds
+    assert json.loads(state.read_text())["profiles"]["OP1"]["state"] == "error"
+    # the session ended with the result; a failed install does not make the profile downloadable again
+    assert failure(smdp.handle(euicc.prepare(auth))) == ("8.10.1", "3.9")
+    _, again = download(smdp, MiniEuicc(pki))
+    assert failure(again) == ("8.2", "3.7")
+
+
+def test_a_success_notification_after_a_restart_finds_the_profile(pki: Pki, tmp_path: Path) -> None:
+    state = tmp_path / "smdp.json"
+    smdp, euicc = service(pki, state), MiniEuicc(pki)
+    auth, bpp = download(smdp, euicc)
+    answer_json(bpp)
+    restarted = service(pki, state)  # its sessions are gone: the result is recorded, not trusted
+    answer = restarted.handle(euicc.install_result(auth["transactionId"]))
+    assert answer.status == 204 and restarted.profiles["OP1"].state is ProfileState.DOWNLOADED
+    assert answer.notes[0].fields["matching_id"] == "OP1"
+    assert smdp.handle(euicc.install_result(auth["transactionId"])).status == 204
+    assert smdp.profiles["OP1"].state is ProfileState.INSTALLED
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("unknown matchingId", ("8.2.6", "3.8")),
+        ("bad euiccSignature1", ("8.1", "6.1")),
+        ("unknown transactionId", ("8.10.1", "3.9")),
+        ("authenticate twice", ("8.10.1", "3.9")),
+    ],
+)
+def test_authenticate_client_refusals(pki: Pki, case: str, expected: tuple[str, str]) -> None:
+    smdp, euicc = service(pki), MiniEuicc(pki)
+    init = answer_json(smdp.handle(euicc.initiate()))
+    if case == "unknown matchingId":
+        request = euicc.authenticate(init, "NOPE-1")
+    elif case == "bad euiccSignature1":
+        request = euicc.authenticate(init, "OP1", break_signature=True)
+    elif case == "unknown transactionId":
+        request = euicc.authenticate({**init, "transactionId": "00" * 16}, "OP1")
+    else:
+        answer_json(smdp.handle(euicc.authenticate(init, "OP1")))
+        request = euicc.authenticate(init, "OP1")
+    assert failure(smdp.handle(request)) == expected
+    assert smdp.profiles["OP1"].state is ProfileState.RELEASED
+
+
+def test_initiate_authentication_refusals(pki: Pki, tmp_path: Path) -> None:
+    smdp, euicc = service(pki), MiniEuicc(pki)
+    assert failure(smdp.handle(euicc.initiate("smdp.example.com"))) == ("8.8.1", "3.8")
+    stranger = MiniEuicc(generate_pki(tmp_path / "other"))  # an eUICC of another CI
+    assert failure(smdp.handle(stranger.initiate())) == ("8.8.2", "3.1")
+    short = post(
+        "initiateAuthentication",
+        {"euiccChallenge": b"1", "euiccInfo1": euicc.info1(), "smdpAddress": ADDRESS},
+    )
+    assert failure(smdp.handle(short)) == ("1.6", "2.1")
+    garbage = post(
+        "initiateAuthentication",
+        {"euiccChallenge": b"1" * 16, "euiccInfo1": b"\xbf\x20\x05", "smdpAddress": ADDRESS},
+    )
+    assert failure(smdp.handle(garbage)) == ("1.6", "2.1")
+    missing = post("initiateAuthentication", {"euiccChallenge": b"1" * 16})
+    assert failure(smdp.handle(missing)) == ("1.6", "2.2")
+    assert not smdp.sessions
+
+
+def test_an_euicc_of_another_ci_cannot_authenticate(pki: Pki, tmp_path: Path) -> None:
+    smdp, euicc = service(pki), MiniEuicc(pki)
+    init = answer_json(smdp.handle(euicc.initiate()))
+    other = generate_pki(tmp_path / "other")
+    euicc.pki = other  # the challenge was ours, the certificates and signature are another CI's
+    assert failure(smdp.handle(euicc.authenticate(init, "OP1"))) == ("8.11.1", "3.9")
+
+
+def test_requests_that_name_no_function_are_refused(pki: Pki) -> None:
+    smdp = service(pki)
+    good = MiniEuicc(pki).initiate()
+    cases = [
+        (HttpRequest("POST", "/gsma/rsp2/es9plus/steal", good.headers, good.body), 404),
+        (HttpRequest("GET", good.target, good.headers, b""), 405),
+        (HttpRequest("POST", good.target, {"content-type": "application/json"}, good.body), 400),
+        (HttpRequest("POST", good.target, {**good.headers, "content-type": "text/plain"}, good.body), 415),
+        (HttpRequest("POST", good.target, good.headers, b"{not json"), 400),
+        (HttpRequest("POST", good.target, good.headers, b'{"header": 7}'), 400),
+    ]
+    for request, status in cases:
+        answer = smdp.handle(request)
+        assert (answer.status, answer.refused) == (status, True), request
+    assert not smdp.sessions
+
+
+def test_profiles_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "profiles"
+    folder.mkdir()
+    (folder / "acme.toml").write_text(
+        "# padding comment kept in the package\n"
+        'iccid = "8944476500009999991"\nimsi = "001010000009999"\n\n'
+        '[smdp]\nmatching_id = "ACME-1"\nppr_ids = ["ppr1", "ppr2"]\nservice_provider_name = "Acme"\n'
+    )
+    profiles = load_profiles(folder, builtin=False)
+    acme = profiles["ACME-1"]
+    assert acme.upp.startswith(b"# padding comment") and b"[smdp]" not in acme.upp
+    assert acme.ppr() == 3
+    metadata = decode("StoreMetadataRequest", encode("StoreMetadataRequest", acme.metadata()))
+    assert metadata["profilePolicyRules"] == (b"\x60", 3)
+    from bipsim.ap.lpa.records import ppr_from_ids
+
+    assert ppr_from_ids(metadata["profilePolicyRules"]) == 3
+    assert str(acme.activation_code("127.0.0.1:9")) == "LPA:1$127.0.0.1:9$ACME-1"
+    assert set(load_profiles(folder)) == {"OP1", "OP2", "ACME-1"}
+    for bad in (
+        'iccid = "8944476500009999991"\nimsi = "001010000009999"\n',  # no [smdp]
+        'iccid = "8944476500009999991"\nimsi = "001010000009999"\n[smdp]\nmatching_id = "X"\ncolour = 1\n',
+        'iccid = "89"\nimsi = "001010000009999"\n[smdp]\nmatching_id = "X"\n',
+        'iccid = "8944476500009999991"\nimsi = "001010000009999"\n[smdp]\nmatching_id = "X"\nppr_ids = ["ppr9"]\n',
+        'iccid = "8944476500009999991"\nimsi = "001010000009999"\n[smdp]\nmatching_id = "A B"\n',
+    ):
+        (folder / "acme.toml").write_text(bad)
+        with pytest.raises(SmdpError):
+            load_profiles(folder)
+
+
+def test_a_state_file_that_cannot_be_written_refuses_the_download(pki: Pki, tmp_path: Path) -> None:
+    gone = tmp_path / "gone" / "smdp.json"
+    smdp = service(pki)
+    smdp.state_path = gone  # its directory does not exist: the download cannot be recorded
+    _, answer = download(smdp, MiniEuicc(pki))
+    assert failure(answer) == ("8.8", "4.2")
+    assert smdp.profiles["OP1"].state is ProfileState.RELEASED
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(SmdpError):
+        service(pki, tmp_path / "bad.json")
+
+
+async def https_exchange(
+    stream: trio.abc.Stream, requests: list[tuple[str, bytes, dict[str, str]]]
+) -> list[tuple[int, dict[str, str], bytes]]:
+    """An HTTP/1.1 client of the test's own (h11, client role) over `stream`: each request, then its answer."""
+    import h11
+
+    client = h11.Connection(h11.CLIENT)
+    out: list[tuple[int, dict[str, str], bytes]] = []
+    for target, body, headers in requests:
+        fields = [("Host", "localhost"), ("Content-Length", str(len(body))), *headers.items()]
+        await stream.send_all(client.send(h11.Request(method="POST", target=target, headers=fields)) or b"")
+        await stream.send_all(
+            (client.send(h11.Data(data=body)) or b"") + (client.send(h11.EndOfMessage()) or b"")
+        )
+        status, got, data = 0, {}, b""
+        while True:
+            event = client.next_event()
+            if event is h11.NEED_DATA:
+                client.receive_data(await stream.receive_some(65536))
+            elif isinstance(event, h11.Response):
+                status = event.status_code
+                got = {k.decode().lower(): v.decode() for k, v in event.headers}
+            elif isinstance(event, h11.Data):
+                data += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                break
+        out.append((status, got, data))
+        if client.our_state is h11.MUST_CLOSE or client.their_state is h11.MUST_CLOSE:
+            break
+        client.start_next_cycle()
+    return out
+
+
+async def test_es9_over_tls_with_its_access_log(pki: Pki) -> None:
+    from bipsim.uicc.euicc.pki import client_ssl_context
+
+    tracer = Tracer(keep=True)
+    server = SmdpServer(service(pki), tracer, ssl_context=server_ssl_context(pki))
+    client_raw, server_raw = trio.testing.memory_stream_pair()
+    euicc = MiniEuicc(pki)
+    good = euicc.initiate()
+    headers = dict(es9_json.REQUEST_HEADERS)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.handle, server_raw, "127.0.0.1")
+        tls = trio.SSLStream(client_raw, client_ssl_context(pki), server_hostname="localhost")
+        answers = await https_exchange(
+            tls, [(good.target, good.body, headers), (good.target, b"{not json", headers)]
+        )
+        await tls.aclose()
+    (status, got, body), (bad_status, _, _) = answers
+    assert status == 200 and got["x-admin-protocol"].startswith("gsma/rsp/v2.")
+    assert got["content-type"].startswith("application/json")
+    assert decode_response(body)["transactionId"]
+    assert bad_status == 400
+    kinds = [e.kind for e in tracer.events]
+    assert kinds == [Kind.ES9_REQUEST, Kind.ES9_RESPONSE, Kind.ES9_REQUEST, Kind.ES9_REFUSED]
+    request, response = tracer.events[0], tracer.events[1]
+    assert request.fields["function"] == "initiateAuthentication" and request.data == good.body
+    assert response.fields["status"] == "Executed-Success" and response.data == body
+    assert tracer.events[3].error and tracer.events[3].fields["status"] == 400
+
+
+async def test_a_client_that_does_not_trust_our_ci_gets_no_answer(pki: Pki, tmp_path: Path) -> None:
+    from bipsim.uicc.euicc.pki import client_ssl_context
+
+    tracer = Tracer(keep=True)
+    server = SmdpServer(service(pki), tracer, ssl_context=server_ssl_context(pki))
+    client_raw, server_raw = trio.testing.memory_stream_pair()
+    stranger = client_ssl_context(generate_pki(tmp_path / "other"))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.handle, server_raw, "127.0.0.1")
+        tls = trio.SSLStream(client_raw, stranger, server_hostname="localhost")
+        with pytest.raises(trio.BrokenResourceError):
+            await tls.do_handshake()
+        await trio.aclose_forcefully(tls)
+    assert server.requests == 0
+    assert [e.kind for e in tracer.events] == [Kind.TLS_ALERT]
