@@ -230,3 +230,30 @@ def test_tls_server_context_is_trusted_by_the_ci_only(made: Pki, tmp_path: Path)
     stranger = generate_pki(tmp_path / "stranger")
     with pytest.raises(ssl.SSLCertVerificationError):
         _handshake(server, client_ssl_context(stranger), "localhost")
+
+
+@pytest.mark.needs("openssl")
+def test_openssl_verifies_the_chains_strictly(made: Pki, tmp_path: Path) -> None:
+    """An independent X.509 path validation (OpenSSL's, with RFC 5280's strict checks) accepts each chain, the
+    DPauth certificate as a TLS server for localhost and 127.0.0.1, and refuses a chain to the wrong anchor."""
+    import subprocess
+
+    d = made.directory
+
+    def verify(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = ["openssl", "verify", "-x509_strict", *args]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
+
+    ci = str(d / "ci.pem")
+    for args in (
+        ["-CAfile", ci, "-untrusted", str(d / "eum.pem"), str(d / "euicc.pem")],
+        ["-CAfile", ci, "-purpose", "sslserver", "-verify_hostname", "localhost", str(d / "dpauth.pem")],
+        ["-CAfile", ci, "-purpose", "sslserver", "-verify_ip", "127.0.0.1", str(d / "dpauth.pem")],
+        ["-CAfile", ci, str(d / "dppb.pem")],
+    ):
+        done = verify(*args)
+        assert done.returncode == 0 and ": OK" in done.stdout, (args, done.stdout, done.stderr)
+    wrong = verify("-CAfile", str(d / "eum.pem"), str(d / "dppb.pem"))
+    assert wrong.returncode != 0
+    other = generate_pki(tmp_path / "other")
+    assert verify("-CAfile", str(other.ci_cert_file), str(d / "dppb.pem")).returncode != 0
