@@ -454,14 +454,14 @@ class CloudService:
         if user is None:
             return Answer(
                 401,
-                _json({"user": None}),
+                _json({"user": None, "limit": self.limit}),
                 Kind.CLOUD_LOGIN,
                 {**base, "status": 401, "ok": False, "reason": "not logged in", "check": True},
                 JSON,
             )
         return Answer(
             200,
-            _json({"user": user}),
+            _json({"user": user, "limit": self.limit}),
             Kind.CLOUD_LOGIN,
             {**base, "status": 200, "ok": True, "user": user, "check": True},
             JSON,
@@ -926,6 +926,7 @@ class CloudClient:
         self._connect = connect or self._tcp
         self.cookie: str | None = None
         self.deleted = 0  # records the last delete removed
+        self.limit: int | None = None  # the cloud's single-upload maximum, as the session check told it
         self.user: str | None = None
         self._password: str | None = None
 
@@ -1069,16 +1070,18 @@ class CloudClient:
         self.user, self._password = user, password
 
     async def logged_in(self) -> str | None:
-        """The user of this terminal's live session, or None: the LPA's login check."""
+        """The user of this terminal's live session, or None: the LPA's login check. The answer also gives the
+        cloud's single-upload maximum in package bytes (`limit`), the records' size for `encode_records`."""
         reply = await self._exchange("GET", "/session")
-        if reply.status == 401:
-            return None
-        if reply.status != 200:
+        if reply.status not in (200, 401):
             raise CloudError(reply.status, self._reason(reply))
         try:
-            user = json.loads(reply.body).get("user")
+            data = json.loads(reply.body)
+            user, limit = data.get("user"), data.get("limit")
         except (ValueError, AttributeError):
             raise CloudError(0, "the session answer is not JSON") from None
+        if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
+            self.limit = limit
         return user if isinstance(user, str) else None
 
     async def logout(self) -> None:

@@ -82,7 +82,9 @@ def package(size: int) -> bytes:
 
 async def test_login_of_a_user_never_registered_goes_to_the_registration_page(cloud: Cloud) -> None:
     client = cloud.client()
+    assert client.limit is None
     assert await client.logged_in() is None
+    assert client.limit == 1024  # the session check tells the single-upload maximum
     with pytest.raises(NotRegistered) as caught:
         await client.login("bob", PASSWORD)
     assert caught.value.status == 303
@@ -382,6 +384,7 @@ async def test_a_smaller_limit_takes_smaller_records() -> None:
     async with trio.open_nursery() as nursery:
         cloud = Cloud(nursery, service(limit=100))
         client = await logged_in(cloud)
+        assert await client.logged_in() == "alice" and client.limit == 100
         data = package(250)
         with pytest.raises(CloudError) as caught:
             await client.upload(encode_records(eid=EID, ppr=0, package=data))  # 1024-byte records
