@@ -40,6 +40,12 @@ from bipsim.uicc.euicc.crypto import CryptoError
 
 __all__ = [
     "DEFAULT_EID",
+    "ROLE_CI",
+    "ROLE_DP_AUTH",
+    "ROLE_DP_PB",
+    "ROLE_DP_TLS",
+    "ROLE_EUICC",
+    "ROLE_EUM",
     "SMDP_OID",
     "Pki",
     "cert_der",
