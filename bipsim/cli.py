@@ -52,6 +52,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "cloud",
         "Run the cloud store of eUICC profile backups (login website, upload, fetch, delete).",
     ),
+    "smdp": (
+        "smdp",
+        "smdp",
+        "Run an SM-DP+ (GSMA SGP.22 ES9+ over HTTPS) serving eUICC profiles, each downloaded once.",
+    ),
 }
 
 

@@ -554,3 +554,67 @@ async def test_a_client_that_does_not_trust_our_ci_gets_no_answer(pki: Pki, tmp_
         await trio.aclose_forcefully(tls)
     assert server.requests == 0
     assert [e.kind for e in tracer.events] == [Kind.TLS_ALERT]
+
+
+def test_the_command_serves_es9_over_https_to_a_stdlib_client(pki: Pki, tmp_path: Path) -> None:
+    """`bipsim smdp` as a process: activation codes for the bound port, an HTTPS peer of its own (the standard
+    library's http.client trusting only our CI) gets initiateAuthentication answered, the trace and the summary."""
+    import http.client
+    import os
+    import re
+    import select
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from bipsim.trace.reader import read_trace
+    from bipsim.uicc.euicc.pki import client_ssl_context
+
+    trace = tmp_path / "smdp.jsonl"
+    command = [sys.executable, "-m", "bipsim", "smdp", "--listen", "127.0.0.1:0", "--pki", str(pki.directory)]
+    command += ["--trace", str(trace)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.stdout is not None
+    printed = b""
+    try:
+        deadline = time.monotonic() + 30
+        while not (found := re.search(rb"^listening on 127\.0\.0\.1:(\d+)", printed, re.M)):
+            ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+            assert ready, f"no readiness line within 30 s: {printed!r}"
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            assert chunk, f"the server exited before listening: {printed!r}"
+            printed += chunk
+        port = int(found.group(1))
+        codes = re.findall(rb"activation code: (LPA:1\S+)", printed)
+        assert [parse_activation_code(c.decode()).matching_id for c in codes] == ["OP1", "OP2"]
+        address = parse_activation_code(codes[0].decode()).smdp_address
+        assert address == f"127.0.0.1:{port}"
+        connection = http.client.HTTPSConnection(
+            "localhost", port, timeout=10, context=client_ssl_context(pki)
+        )
+        request = MiniEuicc(pki).initiate(address)
+        connection.request("POST", request.target, request.body, dict(es9_json.REQUEST_HEADERS))
+        answer = connection.getresponse()
+        body = answer.read()
+        connection.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=10)
+        printed += rest
+    assert answer.status == 200 and answer.getheader("X-Admin-Protocol", "").startswith("gsma/rsp/v2.")
+    assert decode_response(body)["serverCertificate"]
+    assert proc.returncode == 0, printed
+    assert b'"requests": 1' in printed
+    kinds = [e.kind for e in read_trace([trace])[0] if e.kind.startswith("es9.")]
+    assert kinds == ["es9.request", "es9.response"]
+    assert (tmp_path / "smdp.jsonl.smdp-state.json").exists() is False  # nothing downloaded, nothing written
+
+
+def test_listening_everywhere_needs_an_advertised_address(capsys: pytest.CaptureFixture[str]) -> None:
+    from bipsim.cli import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["smdp", "--listen", "0.0.0.0:0"])
+    assert stopped.value.code == 2
+    assert "--advertise" in capsys.readouterr().err

@@ -85,6 +85,19 @@ def smdp(
     Prints "activation code: LPA:1$HOST:PORT$MATCHINGID (ICCID ..., PPR n, state)" for each profile it serves,
     then "listening on HOST:PORT" once ready; stops on Ctrl-C or SIGTERM.
     """
+    host, port = host_port(listen)
+    if advertise is not None:
+        host_port(advertise)  # a usage error when it is not HOST:PORT
+    else:
+        from bipsim.commands.publish_server import _unspecified
+
+        if _unspecified(host):
+            # the activation codes and serverSigned1 carry the address: "any address" names no SM-DP+
+            raise CliError(
+                f"--listen {listen}: listening on every address, give --advertise HOST:PORT (the address the "
+                "LPA reaches) for the activation codes",
+                exit_code=2,
+            )
     install_shutdown("bipsim smdp")
     import trio
 
@@ -92,9 +105,6 @@ def smdp(
     from bipsim.uicc.euicc.crypto import CryptoError
     from bipsim.uicc.euicc.pki import ensure_pki
 
-    host, port = host_port(listen)
-    if advertise is not None:
-        host_port(advertise)  # a usage error when it is not HOST:PORT
     try:
         pki = ensure_pki(Path(pki_dir) if pki_dir else None)
     except (CryptoError, OSError, ValueError) as exc:
