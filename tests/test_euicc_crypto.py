@@ -229,6 +229,10 @@ def test_scp03t_round_trip_and_segment_limits() -> None:
         assert card.unwrap(sm.wrap(0x86, bytes(n))) == bytes(n)
     with pytest.raises(CryptoError, match="fit"):
         sm.wrap(0x86, bytes(1008))
+    # a sender that applies the 1020 bytes to the plaintext before padding makes 1036-byte segments: accepted
+    long_segment = sm._finish(0x86, _encrypt(sm, bytes(1008) + b"\x80" + bytes(15)))
+    assert len(long_segment) == 1036
+    assert card.unwrap(long_segment) == bytes(1008)
 
 
 def test_scp03t_refuses_bad_segments_without_losing_its_state() -> None:
@@ -260,13 +264,18 @@ def test_scp03t_refuses_bad_segments_without_losing_its_state() -> None:
     assert card.unwrap(nxt) == b"more"
 
 
+def _encrypt(sm: Scp03t, padded: bytes) -> bytes:
+    """AES-CBC of already padded bytes under `sm`'s next ICV (a sender that pads its own way)."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    enc = Cipher(algorithms.AES(sm.keys.s_enc), modes.CBC(sm._icv(sm.counter))).encryptor()
+    return enc.update(padded) + enc.finalize()
+
+
 def test_scp03t_bad_padding_under_a_good_mac_is_a_security_error() -> None:
     # a sender that encrypts without the '80' marker: the MAC is right, the padding is not
     sm = Scp03t(MODE51)
-    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-
-    enc = Cipher(algorithms.AES(MODE51.s_enc), modes.CBC(sm._icv(1))).encryptor()
-    segment = sm._finish(0x86, enc.update(bytes(16)) + enc.finalize())
+    segment = sm._finish(0x86, _encrypt(sm, bytes(16)))
     with pytest.raises(Scp03tSecurityError, match="padding"):
         Scp03t(MODE51).unwrap(segment)
 

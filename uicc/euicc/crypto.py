@@ -11,7 +11,8 @@
   '87', '88') whose value is AES-128-CBC ciphertext (padding '80 00..', ICV = AES(S-ENC, block counter)) followed by
   the 8-byte C-MAC, an AES-CMAC over the MAC chaining value, the tag, the final length and the ciphertext; the full
   16-byte CMAC is the next chaining value. '88' segments (the profile metadata) are MAC only; the counter moves on
-  for them too. A segment is at most 1020 bytes with its tag, length and MAC (section 2.5.5).
+  for them too. A segment we make is at most 1020 bytes with its tag, length and MAC (section 2.5.5); a longer one
+  is accepted (some SM-DP+s apply the limit to the plaintext before its padding).
 
 Public keys travel as 65-byte uncompressed points ('04' || X || Y, the value of the '5F49' data objects).
 See docs/protocols.md, "eUICC and the cloud backup".
@@ -453,8 +454,6 @@ class Scp03t:
         if got_tag > 0xFF or (tag is not None and got_tag != tag):
             want = "any" if tag is None else f"{tag:02X}"
             raise Scp03tStructureError(f"SCP03t segment: tag {got_tag:02X}, expected {want}")
-        if len(segment) > MAX_SEGMENT:
-            raise Scp03tStructureError(f"SCP03t segment of {len(segment)} bytes, at most {MAX_SEGMENT}")
         if vend - vstart < MAC_LEN:
             raise Scp03tStructureError("SCP03t segment shorter than its MAC")
         body = segment[vstart : vend - MAC_LEN]
