@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import functools
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import asn1tools
+if TYPE_CHECKING:
+    import asn1tools
 
 __all__ = [
     "ES10_REQUEST_TAGS",
@@ -53,15 +54,30 @@ ES10_REQUEST_TAGS: dict[int, str] = {
 @functools.cache
 def rsp() -> asn1tools.compiler.Specification:
     """The compiled RSPDefinitions subset (DER); compiled on first use only, as compiling takes about half a second."""
+    import warnings
+
     text = resources.files(__package__).joinpath("rsp.asn").read_text(encoding="utf-8")
-    return asn1tools.compile_string(text, "der")
+    with warnings.catch_warnings():
+        # asn1tools' grammar still calls pyparsing's old names (a DeprecationWarning per call, none of ours)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import asn1tools  # a quarter of a second to import: only the processes that speak RSP pay it
+
+        return asn1tools.compile_string(text, "der")
+
+
+def _errors() -> type[Exception]:
+    import asn1tools
+
+    error: type[Exception] = asn1tools.Error
+    return error
 
 
 def encode(type_name: str, value: Any) -> bytes:
     """The DER of `value` as the SGP.22 type `type_name`; Asn1Error when the value does not fit the type."""
+    spec = rsp()
     try:
-        return bytes(rsp().encode(type_name, value))
-    except asn1tools.Error as exc:
+        return bytes(spec.encode(type_name, value))
+    except _errors() as exc:
         raise Asn1Error(f"{type_name}: {exc}") from exc
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as exc:
         # asn1tools reports a wrong Python shape (a missing member, a str for bytes) with builtin errors.
@@ -74,9 +90,10 @@ def decode(type_name: str, data: bytes) -> Any:
     Raises Asn1Error (and nothing else) on bad DER, a wrong tag, or bytes left over after the value: DER is one
     value exactly, and trailing bytes inside a STORE DATA are a malformed request (SGP.22 5.7.1).
     """
+    spec = rsp()
     try:
-        value, length = rsp().decode_with_length(type_name, bytes(data))
-    except asn1tools.Error as exc:
+        value, length = spec.decode_with_length(type_name, bytes(data))
+    except _errors() as exc:
         raise Asn1Error(f"{type_name}: {exc}") from exc
     except KeyError as exc:
         raise Asn1Error(f"unknown type {type_name}") from exc

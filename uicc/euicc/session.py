@@ -80,6 +80,8 @@ class DownloadSession:
     ot_public: bytes | None = None
     hash_cc: bytes | None = None
     phase: SessionPhase = SessionPhase.AUTHENTICATED
+    # what smdpSignature2 of PrepareDownload covers after smdpSigned2 (SGP.22 5.7.5)
+    euicc_signature1: bytes | None = None
 
     def advance(self, event: SessionEvent) -> SessionPhase:
         """Moves the phase by the transition table; SessionError when the event is not allowed now."""
@@ -137,6 +139,7 @@ class DownloadSession:
             "ot_public": opt(self.ot_public),
             "hash_cc": opt(self.hash_cc),
             "phase": self.phase.value,
+            "euicc_signature1": opt(self.euicc_signature1),
         }
 
     @classmethod
@@ -162,6 +165,7 @@ class DownloadSession:
             ot_public=_hex(data, "ot_public", optional=True),
             hash_cc=_hex(data, "hash_cc", optional=True),
             phase=phase,
+            euicc_signature1=_hex(data, "euicc_signature1", optional=True),
         )
         if not 1 <= len(session.transaction_id) <= 16:
             raise SessionError("saved session: a transactionId is 1 to 16 bytes")
