@@ -9,6 +9,7 @@ hex, absent when the PoR is unreadable), app.error when a modem session fails, l
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -28,6 +29,9 @@ from bipsim.link.cmux import CmuxParams, Mux, MuxError, MuxRole
 from bipsim.trace.events import Actor, Layer
 from bipsim.trace.kinds import Kind
 from bipsim.trace.recorder import NULL_TRACER, Tracer
+
+if TYPE_CHECKING:
+    from bipsim.ap.lpa.lpa import LpaOptions, LpaService
 
 # a large N1 keeps the framing overhead of BIP data small (AT+CMUX allows up to 32768)
 DEFAULT_CMUX = CmuxParams(n1=1500, t1=0.1, n2=3, t2=0.3)
@@ -52,6 +56,8 @@ class ApOptions:
     sync: SyncOptions | None = None
     # the upgrade agent (docs/protocols.md, "The upgrade agent"); None: the AP takes no release notices
     upgrade: UpgradeOptions | None = None
+    # the LPA's profile download with the cloud backup (docs/protocols.md, "eUICC and the cloud backup")
+    lpa: LpaOptions | None = None
 
 
 SMS_RETRY = 0.5  # seconds between AT%SMSPP attempts while the CP's card is still starting (+CME ERROR: 14)
@@ -80,6 +86,11 @@ class ApplicationProcessor:
         self.omapi = OmapiStack(options.omapi, tracer=tracer) if options.omapi is not None else None
         self.toolkit: ToolkitService | None = None  # the SIM toolkit of the current modem session
         self.upgrade = UpgradeAgent(options.upgrade, tracer, network) if options.upgrade is not None else None
+        self.lpa: LpaService | None = None
+        if options.lpa is not None:
+            from bipsim.ap.lpa.lpa import LpaService
+
+            self.lpa = LpaService(options.lpa, tracer)
 
     async def _imsi(self) -> str:
         if self.ril is None:
@@ -174,6 +185,8 @@ class ApplicationProcessor:
                 nursery.start_soon(self.upgrade.listen, chat)
             if self.options.sync is not None:  # the SIM data sync watches card presence on DLC 1 (ap/sync/)
                 nursery.start_soon(self.options.sync.service(chat, self.tracer).watch, self.options.sync.poll)
+            if self.lpa is not None:  # the LPA's ES10 over +CCHO/+CGLA on DLC 1; resumes on each session
+                nursery.start_soon(self.lpa.session, chat)
             self.attached.set()
             if self.sms_sent < len(self.options.push_sms):  # once per process, not again after a line drop
                 nursery.start_soon(self._push_sms, chat)

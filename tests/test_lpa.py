@@ -191,10 +191,11 @@ class FakeModem:
 
 
 class FakeCloudError(Exception):
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, location: str = "") -> None:
         super().__init__(f"{status} {reason}")
         self.status = status
         self.reason = reason
+        self.location = location
 
 
 @dataclass
@@ -207,13 +208,16 @@ class FakeCloud:
 
     async def login(self, user: str, password: str) -> None:
         self.calls.append("login")
-        if self.users.get(user) != password:
-            raise FakeCloudError(401, "unknown user or wrong password")
+        if user not in self.users:
+            raise FakeCloudError(303, "not registered", "/register")
+        if self.users[user] != password:
+            raise FakeCloudError(401, "wrong password")
         self.session = True
 
     async def register(self, user: str, password: str) -> None:
         self.calls.append("register")
         self.users[user] = password
+        self.session = True
 
     async def upload(self, records: list[str]) -> None:
         assert self.session
@@ -500,9 +504,19 @@ async def test_a_refused_login_is_a_failed_check(rig: Rig) -> None:
 async def test_register_page_then_login(rig: Rig) -> None:
     outcome = await rig.lpa(ui="register:carol:pw").run(rig.modem)
     assert outcome.ok
-    assert rig.cloud.calls[:2] == ["register", "login"]
+    assert rig.cloud.calls[:2] == ["login", "register"]
     pages = [(e.field("page"), e.field("action")) for e in rig.events(Kind.LPA_UI)]
-    assert pages[:2] == [("login", "shown"), ("register", "shown")]
+    assert pages[:4] == [
+        ("login", "shown"),
+        ("login", "login"),
+        ("register", "shown"),
+        ("register", "register"),
+    ]
+
+
+async def test_an_unknown_user_with_the_login_policy_gets_no_download(rig: Rig) -> None:
+    outcome = await rig.lpa(ui="login:nobody:pw").run(rig.modem)
+    assert outcome.state is LpaState.STOPPED and rig.smdp.calls == [] and "register" not in rig.cloud.calls
 
 
 async def test_failed_install_fetches_once_from_the_cloud_and_installs(rig: Rig) -> None:

@@ -52,13 +52,14 @@ def _der_tlv(tag: bytes, value: bytes) -> bytes:
 
 class Es9Client:
     """ES9+ towards the SM-DP+ at `address` (HOST:PORT). `ca_pem` is the CI certificate the TLS chain must end
-    at; `transport` replaces HTTPS (tests)."""
+    at (or `context`, e.g. bipsim.uicc.euicc.pki.client_ssl_context); `transport` replaces HTTPS (tests)."""
 
     def __init__(
         self,
         address: str,
         *,
         ca_pem: bytes | None = None,
+        context: ssl.SSLContext | None = None,
         tracer: Tracer = NULL_TRACER,
         transport: Transport | None = None,
     ) -> None:
@@ -72,9 +73,10 @@ class Es9Client:
         self.tracer = tracer
         self.requests = 0  # requests sent: the scenarios count them
         if transport is None:
-            if ca_pem is None:
-                raise ValueError("ES9+ over HTTPS needs the CI certificate to trust")
-            context = ssl.create_default_context(cadata=ca_pem.decode("ascii"))
+            if context is None:
+                if ca_pem is None:
+                    raise ValueError("ES9+ over HTTPS needs the CI certificate to trust")
+                context = ssl.create_default_context(cadata=ca_pem.decode("ascii"))
             self._context: ssl.SSLContext | None = context
             transport = self._https
         else:

@@ -16,7 +16,9 @@ state after REQUESTING sends a request to the SM-DP+ again.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import unquote
 
 import trio
 
@@ -34,7 +36,7 @@ from bipsim.ap.lpa.records import (
 from bipsim.ap.lpa.state import LpaEvent, LpaMachine, LpaState
 from bipsim.ap.lpa.ui_policy import CLOSED_MESSAGE, UiKind, UiPolicy
 from bipsim.link.at_chat import AtTimeout
-from bipsim.ota.es9_json import Es9Error
+from bipsim.ota.es9_json import Es9Error, parse_activation_code
 from bipsim.trace.events import Actor, Layer
 from bipsim.trace.kinds import Kind
 from bipsim.trace.recorder import NULL_TRACER, Tracer
@@ -105,8 +107,6 @@ class Lpa:
         limit: int = 1024,
         tracer: Tracer = NULL_TRACER,
     ) -> None:
-        from bipsim.ota.es9_json import parse_activation_code
-
         self.code = parse_activation_code(activation_code)
         self.machine = machine
         self.ui = ui
@@ -268,28 +268,33 @@ class Lpa:
                 {"page": "login", "action": "message", "message": CLOSED_MESSAGE},
             )
             return False
-        if ui.kind is UiKind.REGISTER:
-            # never registered: the login page sends the user to the registration page
-            self._emit(
-                Kind.LPA_UI,
-                "the cloud's registration page shown",
-                {"page": "register", "action": "shown", "user": ui.user},
-            )
-            try:
-                await self.cloud.register(ui.user, ui.password)
-            except Exception as exc:
-                if not _is_cloud_error(exc):
-                    raise
-                self._cloud_event("register", error=str(exc), status=getattr(exc, "status", 0), user=ui.user)
+        self._emit(Kind.LPA_UI, "the user logs in", {"page": "login", "action": "login", "user": ui.user})
+        try:
+            await self._login(ui.user, ui.password, page="login")
+            return True
+        except Exception as exc:
+            # the website sends a user it does not know to its registration page (303 to /register)
+            if not (_is_cloud_error(exc) and str(getattr(exc, "location", "")).startswith("/register")):
                 raise
-            self._cloud_event("register", status=200, user=ui.user)
-            self._emit(
-                Kind.LPA_UI,
-                "the user registered",
-                {"page": "register", "action": "register", "user": ui.user},
-            )
-        self._emit(Kind.LPA_UI, "the user logged in", {"page": "login", "action": "login", "user": ui.user})
-        await self._login(ui.user, ui.password, page="login")
+            if ui.kind is not UiKind.REGISTER:
+                raise
+        self._emit(
+            Kind.LPA_UI,
+            "the cloud's registration page shown",
+            {"page": "register", "action": "shown", "user": ui.user},
+        )
+        self._emit(
+            Kind.LPA_UI, "the user registers", {"page": "register", "action": "register", "user": ui.user}
+        )
+        try:
+            await self.cloud.register(ui.user, ui.password)  # the cloud logs a new user in at once
+        except Exception as exc:
+            if not _is_cloud_error(exc):
+                raise
+            self._cloud_event("register", error=str(exc), status=getattr(exc, "status", 0), user=ui.user)
+            raise
+        self._cloud_event("register", status=200, user=ui.user)
+        self.logged_in = True
         return True
 
     async def _login_check(self) -> None:
@@ -575,3 +580,73 @@ class Lpa:
 
 def port_of(es10: Es10Client) -> AtPort:
     return es10.port
+
+
+@dataclass
+class LpaOptions:
+    """`bipsim ap --lpa ...`: the activation code, the cloud store (`http://[USER:PASS@]HOST:PORT`: the account is
+    the terminal's saved one, used by the `logged-in` policy), the UI policy, the state file, the PKI directory
+    whose CI the ES9+ TLS trusts (None: bipsim.uicc.euicc.pki.default_pki_dir()), the cloud's record limit."""
+
+    activation_code: str
+    cloud_url: str
+    ui: str = "logged-in"
+    state: Path = Path("bipsim-lpa.json")
+    pki: Path | None = None
+    limit: int = 1024
+
+
+def split_cloud_url(url: str) -> tuple[str, tuple[str, str] | None]:
+    """`http://USER:PASS@HOST:PORT` -> (`http://HOST:PORT`, (USER, PASS)); without an account, None."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "http", url
+    userinfo, at, hostport = rest.rpartition("@")
+    if not at:
+        return f"{scheme}://{rest}", None
+    user, colon, password = userinfo.partition(":")
+    if not colon or not user:
+        raise ValueError("the cloud account in the URL is USER:PASS@")
+    return f"{scheme}://{hostport}", (unquote(user), unquote(password))
+
+
+class LpaService:
+    """The LPA in the AP process: one Lpa for the process's life, run on each modem session until its flow has
+    ended (a power cycle of the CP ends a session; the next one resumes the flow from the state file)."""
+
+    def __init__(self, options: LpaOptions, tracer: Tracer = NULL_TRACER) -> None:
+        from bipsim.ota.cloud_store import CloudClient
+        from bipsim.uicc.euicc.pki import client_ssl_context, ensure_pki
+
+        url, account = split_cloud_url(options.cloud_url)
+        code = parse_activation_code(options.activation_code)
+        pki = ensure_pki(options.pki)
+        self.lpa = Lpa(
+            activation_code=options.activation_code,
+            machine=LpaMachine.load(options.state),
+            ui=UiPolicy.parse(options.ui),
+            es9=Es9Client(code.smdp_address, context=client_ssl_context(pki), tracer=tracer),
+            cloud=CloudClient(url, tracer=tracer),
+            cloud_account=account,
+            limit=options.limit,
+            tracer=tracer,
+        )
+        self.tracer = tracer
+        self.outcome: LpaOutcome | None = None
+
+    async def session(self, port: AtPort) -> None:
+        """Runs the flow on this modem session; a session that ends under it leaves the state for the next."""
+        if self.lpa.machine.finished and self.outcome is not None:
+            return
+        try:
+            self.outcome = await self.lpa.run(port)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self.tracer.emit(
+                Actor.AP,
+                Actor.AP,
+                Layer.APP,
+                f"LPA paused in {self.lpa.machine.state.value}: the modem session ended",
+                error=True,
+                kind=Kind.LPA_RESULT,
+                fields={"outcome": "pending", "state": self.lpa.machine.state.value, "reason": repr(exc)},
+            )

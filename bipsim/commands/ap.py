@@ -20,6 +20,7 @@ from bipsim.commands.packet_options import seed_option, wlan_option
 from bipsim.errors import CliError
 
 if TYPE_CHECKING:
+    from bipsim.ap.lpa.lpa import LpaOptions
     from bipsim.ap.omapi.stack import OmapiOptions
     from bipsim.ap.upgrade.agent import UpgradeOptions
 
@@ -232,6 +233,52 @@ if TYPE_CHECKING:
     "from boot, reconnecting with a doubling backoff (1 s to 60 s); each release message on it starts a prompt. "
     "A rejected authentication ends it.",
 )
+@click.option(
+    "--lpa",
+    "lpa_code",
+    metavar="ACTIVATION_CODE",
+    help='Run the LPA (docs/protocols.md, "eUICC and the cloud backup"): download the profile of this SGP.22 '
+    "activation code (LPA:1$HOST:PORT$MATCHING_ID) from the SM-DP+ over ES9+ (HTTPS trusting the CI of --lpa-pki), "
+    "back it up to --lpa-cloud as records before installing it on the card's eUICC over AT+CCHO/+CGLA, fetch it "
+    "back from the cloud when the install fails, delete the backup, enable the profile and read AT+CIMI. Needs "
+    "--lpa-cloud.",
+)
+@click.option(
+    "--lpa-cloud",
+    metavar="URL",
+    help="The cloud store (bipsim cloud): http://HOST:PORT, or http://USER:PASS@HOST:PORT with the terminal's "
+    "saved account, which the 'logged-in' UI policy uses.",
+)
+@click.option(
+    "--lpa-ui",
+    default="logged-in",
+    show_default=True,
+    metavar="logged-in|login:USER:PASS|register:USER:PASS|close",
+    help="How the user answers the cloud website before the download: already logged in (the account of "
+    "--lpa-cloud, no page), logs in on the login page, registers on the registration page the login page sends "
+    "an unknown user to, or closes the login page (one preset message, no download).",
+)
+@click.option(
+    "--lpa-state",
+    type=click.Path(dir_okay=False),
+    default="bipsim-lpa.json",
+    show_default=True,
+    help="The LPA's persisted state machine (JSON, written atomically at every step): a restarted AP or a "
+    "new modem session resumes the flow there, and never asks the SM-DP+ twice.",
+)
+@click.option(
+    "--lpa-pki",
+    type=click.Path(file_okay=False),
+    help="The test PKI directory (bipsim smdp --pki) whose CI the LPA trusts for the SM-DP+'s TLS; default "
+    "$BIPSIM_PKI or ~/.cache/bipsim/pki, made on first use.",
+)
+@click.option(
+    "--lpa-limit",
+    type=click.IntRange(1, 1 << 20),
+    default=1024,
+    show_default=True,
+    help="Package bytes per cloud record: the cloud's single-upload maximum (bipsim cloud --limit).",
+)
 @wlan_option
 @seed_option
 @trace_option
@@ -269,6 +316,12 @@ def ap(
     upgrade_policy: str,
     upgrade_ip_push: str | None,
     upgrade_trust: tuple[str, ...],
+    lpa_code: str | None,
+    lpa_cloud: str | None,
+    lpa_ui: str,
+    lpa_state: str,
+    lpa_pki: str | None,
+    lpa_limit: int,
     wlan: str | None,
     seed: int,
     trace_path: str | None,
@@ -325,6 +378,9 @@ def ap(
             upgrade_ip_push,
             upgrade_trust,
         )
+    lpa_options = None
+    if lpa_code is not None or lpa_cloud is not None:
+        lpa_options = _lpa_options(lpa_code, lpa_cloud, lpa_ui, lpa_state, lpa_pki, lpa_limit)
     network = ApNetwork(wifi=wifi, ssid=ssid, cellular=cellular)
     if allow:
         network.allow = [AllowRule.parse(text) for text in allow]
@@ -342,6 +398,7 @@ def ap(
             seed=seed,
             sync=sync_options,
             upgrade=upgrade_options,
+            lpa=lpa_options,
         ),
         network,
         ApnDatabase.load(apn_db),
@@ -367,6 +424,36 @@ def ap(
             raise CliError(missing[0].hint())
     finally:
         finish_trace(tracer, pcap_path)
+
+
+def _lpa_options(
+    code: str | None, cloud: str | None, ui: str, state: str, pki: str | None, limit: int
+) -> LpaOptions:
+    from pathlib import Path
+
+    from bipsim.ap.lpa.lpa import LpaOptions, split_cloud_url
+    from bipsim.ap.lpa.ui_policy import UiPolicy, UiPolicyError
+    from bipsim.ota.es9_json import ActivationCodeError, parse_activation_code
+
+    if code is None or cloud is None:
+        raise CliError("--lpa ACTIVATION_CODE and --lpa-cloud URL go together", 2)
+    try:
+        parse_activation_code(code)
+    except ActivationCodeError as exc:
+        raise CliError(f"--lpa: {exc}", 2) from None
+    try:
+        UiPolicy.parse(ui)
+    except UiPolicyError as exc:
+        raise CliError(f"--lpa-ui: {exc}", 2) from None
+    try:
+        url, account = split_cloud_url(cloud)
+    except ValueError as exc:
+        raise CliError(f"--lpa-cloud: {exc}", 2) from None
+    if ui == "logged-in" and account is None:
+        raise CliError(
+            "--lpa-ui logged-in needs the saved account: --lpa-cloud http://USER:PASS@HOST:PORT", 2
+        )
+    return LpaOptions(code, cloud, ui, Path(state), Path(pki) if pki else None, limit)
 
 
 def _upgrade_options(
