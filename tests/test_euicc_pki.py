@@ -158,6 +158,14 @@ def test_ensure_into_an_existing_empty_directory(tmp_path: Path) -> None:
     assert (tmp_path / "pki.json").is_file() and made.directory == tmp_path
 
 
+def test_ensure_refuses_a_directory_of_other_files(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(CryptoError, match="no pki.json"):
+        ensure_pki(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    assert [p.name for p in tmp_path.parent.iterdir() if p.name.startswith(f".{tmp_path.name}-")] == []
+
+
 def test_two_makers_racing_end_with_one_pki(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The first maker is overtaken while it generates: another ensure_pki publishes first. The first must drop
     its own PKI and return the winner's."""

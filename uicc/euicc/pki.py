@@ -468,6 +468,10 @@ def ensure_pki(directory: Path | None = None, *, eid: str | None = None) -> Pki:
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
         generate_pki(tmp, eid=eid or DEFAULT_EID)
         _publish(tmp, target)
+        if not (target / "pki.json").is_file():
+            raise CryptoError(
+                f"PKI {target}: a directory with other files and no pki.json; name a new or empty one"
+            )
     pki = load_pki(target)
     if eid is None or eid == pki.eid:
         return pki
