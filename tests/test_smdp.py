@@ -618,3 +618,71 @@ def test_listening_everywhere_needs_an_advertised_address(capsys: pytest.Capture
         main(["smdp", "--listen", "0.0.0.0:0"])
     assert stopped.value.code == 2
     assert "--advertise" in capsys.readouterr().err
+
+
+def cancel(pki: Pki, transaction_id: str, *, key: Any = None) -> HttpRequest:
+    signed = {"transactionId": bytes.fromhex(transaction_id), "smdpOid": pki.smdp_oid, "reason": 0}
+    signature = crypto.sign_plain(key or pki.euicc_key, encode("EuiccCancelSessionSigned", signed))
+    response = encode(
+        "CancelSessionResponse",
+        (
+            "cancelSessionResponseOk",
+            {"euiccCancelSessionSigned": signed, "euiccCancelSessionSignature": signature},
+        ),
+    )
+    return post("cancelSession", {"transactionId": transaction_id, "cancelSessionResponse": response})
+
+
+def test_cancel_session_ends_it_when_the_euicc_signed_it(pki: Pki) -> None:
+    smdp, euicc = service(pki), MiniEuicc(pki)
+    init = answer_json(smdp.handle(euicc.initiate()))
+    auth = answer_json(smdp.handle(euicc.authenticate(init, "OP1")))
+    assert failure(smdp.handle(cancel(pki, auth["transactionId"], key=crypto.generate_otk()))) == (
+        "8.1",
+        "6.1",
+    )
+    assert (
+        answer_json(smdp.handle(cancel(pki, auth["transactionId"])))["transactionId"] == auth["transactionId"]
+    )
+    assert failure(smdp.handle(euicc.prepare(auth))) == ("8.10.1", "3.9")
+    assert failure(smdp.handle(cancel(pki, auth["transactionId"]))) == ("8.10.1", "3.9")
+    assert smdp.profiles["OP1"].state is ProfileState.RELEASED  # cancelled before the package: still served
+    _, bpp = download(smdp, MiniEuicc(pki))
+    assert "boundProfilePackage" in answer_json(bpp)
+
+
+def test_other_notifications_are_recorded_with_their_signature_checked(pki: Pki) -> None:
+    from bipsim.uicc.euicc.upp import iccid_bytes
+
+    smdp = service(pki)
+    metadata = {
+        "seqNumber": 7,
+        "profileManagementOperation": (b"\x40", 2),  # notificationEnable
+        "notificationAddress": ADDRESS,
+        "iccid": iccid_bytes("8944476500001234567"),
+    }
+
+    def notification(key: Any) -> HttpRequest:
+        value = {
+            "tbsOtherNotification": metadata,
+            "euiccNotificationSignature": crypto.sign_plain(key, encode("NotificationMetadata", metadata)),
+            "euiccCertificate": cert_der(pki.euicc_cert),
+            "eumCertificate": cert_der(pki.eum_cert),
+        }
+        return post(
+            "handleNotification",
+            {"pendingNotification": encode("PendingNotification", ("otherSignedNotification", value))},
+        )
+
+    good = smdp.handle(notification(pki.euicc_key))
+    assert good.status == 204
+    assert good.notes[0].fields == {
+        "notification": "enable",
+        "iccid": "8944476500001234567",
+        "seq_number": 7,
+        "result": None,
+        "verified": True,
+    }
+    assert smdp.handle(notification(crypto.generate_otk())).notes[0].fields["verified"] is False
+    garbage = post("handleNotification", {"pendingNotification": b"\xbf\x37\x03\x01\x02\x03"})
+    assert failure(smdp.handle(garbage)) == ("1.6", "2.1")
