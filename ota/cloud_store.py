@@ -17,6 +17,7 @@ import html
 import json
 import re
 import secrets
+import ssl
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -742,10 +743,16 @@ class CloudServer:
     never a login form, which holds a password) and its answer one `cloud.*` event (the access log)."""
 
     def __init__(
-        self, service: CloudService, tracer: Tracer = NULL_TRACER, *, connections: int = 256
+        self,
+        service: CloudService,
+        tracer: Tracer = NULL_TRACER,
+        *,
+        connections: int = 256,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.service = service
         self.tracer = tracer
+        self.ssl_context = ssl_context  # HTTPS when given (`--tls-cert`/`--tls-key`)
         self.limits = HttpLimits(
             header_bytes=8 * 1024,
             body_bytes=service.body_limit,
@@ -777,9 +784,14 @@ class CloudServer:
         await trio.serve_listeners(self.handle, [listener])
 
     async def handle(self, stream: trio.abc.Stream) -> None:
-        """One connection."""
+        """One connection (TLS first when the server has a certificate)."""
         self.active += 1
         try:
+            if self.ssl_context is not None:
+                secured = await self._handshake(stream)
+                if secured is None:
+                    return
+                stream = secured
             await self._loop(stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
@@ -796,6 +808,40 @@ class CloudServer:
         finally:
             self.active -= 1
             await trio.aclose_forcefully(stream)
+
+    async def _handshake(self, stream: trio.abc.Stream) -> trio.SSLStream[trio.abc.Stream] | None:
+        """The TLS handshake within the request deadline; a `tls.handshake` event either way (None: failed)."""
+        assert self.ssl_context is not None
+        tls = trio.SSLStream(stream, self.ssl_context, server_side=True, https_compatible=True)
+        reason = ""
+        with trio.move_on_after(self.limits.request_timeout) as waiting:
+            try:
+                await tls.do_handshake()
+            except trio.BrokenResourceError as exc:
+                reason = f"{type(exc.__cause__ or exc).__name__}: {exc.__cause__ or exc}"[:200]
+        if waiting.cancelled_caught:
+            reason = f"no handshake within {self.limits.request_timeout:g} s"
+        if reason:
+            self.tracer.emit(
+                Actor.CLOUD,
+                Actor.AP,
+                Layer.TLS,
+                f"TLS handshake failed: {reason}",
+                error=True,
+                kind=Kind.TLS_HANDSHAKE,
+                fields={"ok": False, "reason": reason},
+            )
+            return None
+        version = tls.version()
+        self.tracer.emit(
+            Actor.CLOUD,
+            Actor.AP,
+            Layer.TLS,
+            f"TLS handshake done ({version})",
+            kind=Kind.TLS_HANDSHAKE,
+            fields={"ok": True, "version": version},
+        )
+        return tls
 
     async def _loop(self, stream: trio.abc.Stream) -> None:
         connection = ServerConnection(self.limits, over_capacity=self.active > self.limits.connections)
@@ -891,10 +937,15 @@ class _Reply:
 
 
 def parse_cloud_url(url: str) -> tuple[str, int]:
-    """HOST and PORT of `http://HOST:PORT` (or `HOST:PORT`); ValueError otherwise."""
+    """HOST and PORT of `http://HOST:PORT`, `https://HOST:PORT` (or `HOST:PORT`); ValueError otherwise."""
     split = urlsplit(url if "://" in url else f"http://{url}")
-    if split.scheme != "http" or not split.hostname or split.path not in ("", "/") or split.query:
-        raise ValueError(f"{url!r} is not http://HOST:PORT")
+    if (
+        split.scheme not in ("http", "https")
+        or not split.hostname
+        or split.path not in ("", "/")
+        or split.query
+    ):
+        raise ValueError(f"{url!r} is not http://HOST:PORT or https://HOST:PORT")
     try:
         port = split.port
     except ValueError:
@@ -908,7 +959,8 @@ class CloudClient:
     """The terminal's side of the cloud store (the LPA's): one HTTP/1.1 connection per request, the session cookie
     kept from login or registration, an `http.request` / `http.response` event per exchange (never the password).
 
-    `connect` opens the connection (default: TCP to the URL's host and port; a scenario passes the AP's network).
+    `connect` opens the connection (default: TCP to the URL's host and port; a scenario passes the AP's network);
+    an `https://` URL runs TLS over it (`ssl_context`: the anchors that the server's certificate must chain to).
     Every refusal is CloudError(status, reason); a login of a user the cloud does not know is NotRegistered.
     After a login, a 401 (the server restarted and forgot the session, or it expired) logs in again once."""
 
@@ -919,8 +971,14 @@ class CloudClient:
         tracer: Tracer = NULL_TRACER,
         connect: Connect | None = None,
         timeout: float = REQUEST_TIMEOUT,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.host, self.port = parse_cloud_url(url)
+        # https: TLS over whatever `connect` opens, the server's certificate checked against `ssl_context`'s
+        # anchors (default: the system's) and the URL's host
+        self.ssl_context = (
+            (ssl_context or ssl.create_default_context()) if url.startswith("https://") else None
+        )
         self.tracer = tracer
         self.timeout = timeout
         self._connect = connect or self._tcp
@@ -965,6 +1023,10 @@ class CloudClient:
         try:
             with trio.fail_after(self.timeout):
                 stream = await self._connect()
+                if self.ssl_context is not None:
+                    stream = trio.SSLStream(
+                        stream, self.ssl_context, server_hostname=self.host, https_compatible=True
+                    )
                 async with stream:
                     out = conn.send(h11.Request(method=method, target=target, headers=fields)) or b""
                     if body:
@@ -993,7 +1055,10 @@ class CloudClient:
                 # a refusal's head came before the server closed (a 413 on a long body): the status is the answer
                 pass
             else:
-                reason = f"{method} {target[:100]}: {type(exc).__name__}: {exc}"
+                cause = (
+                    exc.__cause__ or exc
+                )  # SSLStream's BrokenResourceError holds the TLS error as its cause
+                reason = f"{method} {target[:100]}: {type(cause).__name__}: {cause}"[:300]
                 self.tracer.emit(
                     Actor.CLOUD,
                     Actor.AP,

@@ -412,10 +412,13 @@ async def test_client_over_a_real_loopback_socket() -> None:
 
 
 def test_cloud_url_is_checked() -> None:
-    for url in ("https://127.0.0.1:1", "http://127.0.0.1", "ftp://x:1", "http://h:1/path"):
+    for url in ("https://127.0.0.1", "http://127.0.0.1", "ftp://x:1", "http://h:1/path", "http://h:1?x=1"):
         with pytest.raises(ValueError):
             CloudClient(url)
     assert (CloudClient("127.0.0.1:8470").host, CloudClient("http://localhost:9/").port) == ("127.0.0.1", 9)
+    assert (
+        CloudClient("http://h:1").ssl_context is None and CloudClient("https://h:1").ssl_context is not None
+    )
 
 
 def test_bipsim_cloud_process_serves_and_keeps_state(tmp_path: Path) -> None:
@@ -470,5 +473,45 @@ def test_bad_options_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureF
     bad.write_text("[]")
     code, text = run("--state", str(bad))
     assert code == 1 and "not a JSON object" in text
+    code, text = run("--tls-cert", str(bad))
+    assert code == 2 and "--tls-key" in text
+    code, text = run("--tls-cert", str(bad), "--tls-key", str(bad))
+    assert code == 1 and "--tls-cert/--tls-key" in text
     code, text = run("--help")
     assert code == 0 and "--limit" in text and "X-Record-Index" in text
+
+
+async def test_https_with_a_certificate_the_client_trusts(tmp_path: Path) -> None:
+    """TLS is optional (`--tls-cert`): the test PKI's TLS server certificate for 127.0.0.1, trusted through its CI."""
+    from bipsim.uicc.euicc.pki import client_ssl_context, generate_pki, server_ssl_context
+
+    pki = generate_pki(tmp_path / "pki")
+    async with trio.open_nursery() as nursery:
+        tracer = Tracer(keep=True)
+        server = CloudServer(service(), tracer, ssl_context=server_ssl_context(pki))
+
+        async def connect() -> trio.abc.Stream:
+            ours, theirs = trio.testing.memory_stream_pair()
+            nursery.start_soon(server.handle, theirs)
+            return ours
+
+        client = CloudClient("https://127.0.0.1:8470", connect=connect, ssl_context=client_ssl_context(pki))
+        await client.register("alice", PASSWORD)
+        records = encode_records(eid=EID, ppr=0, package=package(1500))
+        await client.upload(records)
+        assert await client.fetch(EID) == records
+        handshakes = [e.fields for e in tracer.events if e.kind == "tls.handshake"]
+        assert handshakes and all(h["ok"] for h in handshakes)
+        # a client that does not trust the CI refuses the server; the server traces the failed handshake
+        stranger = CloudClient("https://127.0.0.1:8470", connect=connect)
+        with pytest.raises(CloudError) as caught:
+            await stranger.logged_in()
+        assert caught.value.status == 0 and "certificate" in caught.value.reason.lower()
+        # plain HTTP to the TLS server: no answer either
+        plain = CloudClient("http://127.0.0.1:8470", connect=connect, timeout=5)
+        with pytest.raises(CloudError) as caught:
+            await plain.logged_in()
+        assert caught.value.status == 0
+        nursery.cancel_scope.cancel()
+    failed = [e for e in tracer.events if e.kind == "tls.handshake" and not e.fields["ok"]]
+    assert len(failed) == 2 and all(e.error for e in failed)

@@ -26,8 +26,8 @@ from bipsim.errors import CliError
     default="127.0.0.1:8470",
     show_default=True,
     metavar="HOST:PORT",
-    help="Where the website and the API listen, plain HTTP (port 0: any free port). Keep it on loopback: "
-    "passwords and session cookies cross it in the clear (docs/protocols.md says why this simulation does so).",
+    help="Where the website and the API listen (port 0: any free port). Plain HTTP unless --tls-cert: keep it on "
+    "loopback then, since passwords and session cookies cross it in the clear (docs/protocols.md says why).",
 )
 @click.option(
     "--limit",
@@ -60,6 +60,17 @@ from bipsim.errors import CliError
     "replaced atomically at each upload and delete, so a fetch after a restart finds them. Without it, the "
     "backups last as long as the process.",
 )
+@click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False, exists=True),
+    help="Serve HTTPS with this PEM certificate (chain) instead of plain HTTP; give --tls-key with it. A client "
+    "uses https://HOST:PORT and must trust the certificate's issuer.",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(dir_okay=False, exists=True),
+    help="The PEM private key of --tls-cert.",
+)
 @trace_option
 @session_option
 def cloud(
@@ -68,6 +79,8 @@ def cloud(
     users_path: str | None,
     seed_users: tuple[str, ...],
     state_path: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
     trace_path: str | None,
     session: str | None,
 ) -> None:
@@ -84,6 +97,18 @@ def cloud(
     from bipsim.ota.cloud_store import CloudServer, CloudService, StoreError
 
     host, port = host_port(listen)
+    context = None
+    if (tls_cert is None) != (tls_key is None):
+        raise CliError("--tls-cert and --tls-key go together", exit_code=2)
+    if tls_cert is not None and tls_key is not None:
+        import ssl
+
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            context.load_cert_chain(tls_cert, tls_key)
+        except (ssl.SSLError, OSError) as exc:
+            raise CliError(f"--tls-cert/--tls-key: {exc}") from exc
     try:
         service = CloudService(
             limit=limit,
@@ -103,7 +128,7 @@ def cloud(
         except OSError as exc:
             raise CliError(f"--users {users_path}: {exc.strerror or exc}") from exc
     tracer = make_tracer(trace_path, session)
-    server = CloudServer(service, tracer)
+    server = CloudServer(service, tracer, ssl_context=context)
 
     async def main() -> None:
         async def serve() -> None:
@@ -112,7 +137,7 @@ def cloud(
                     bound = await nursery.start(server.serve, host, port)
                 except OSError as exc:
                     raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
-                click.echo(f"listening on {host}:{bound}")
+                click.echo(f"listening on {host}:{bound}" + (" (https)" if context is not None else ""))
                 sys.stdout.flush()
 
         await until_signalled(serve)
