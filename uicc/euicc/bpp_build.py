@@ -10,7 +10,7 @@ BoundProfilePackage (BF36) holds, in this order (SGP.22 2.5.5 and the ASN.1 of s
 - sequenceOf88 (A1): StoreMetadataRequest (BF25, the profile metadata the SM-DP+ also sent in authenticateClient)
   in '88' segments, MACed only so the LPA can read it;
 - secondSequenceOf87 (A2), only with profile protection keys: ReplaceSessionKeysRequest (BF26) in one '87'
-  segment; the '86' segments then use those keys (a new SCP03t chain, SGP.22 2.5.4);
+  segment; the '86' segments then use those keys (a new SCP03t chain; the protected profile package of SGP.22 2.5.3);
 - sequenceOf86 (A3): the profile package (here the UPP of uicc/euicc/upp.py) in '86' segments of at most 1020
   bytes with tag, length and MAC.
 

@@ -1,13 +1,13 @@
 """The cryptography of GSMA SGP.22 (RSP Technical Specification v2.2-2.5) that the eUICC and the SM-DP+ share.
 
-- Signatures (SGP.22 section 2.6.5, 5.5-5.7): ECDSA on NIST P-256 with SHA-256, carried in the plain r||s form of
+- Signatures (SGP.22 section 2.6, 5.5-5.7): ECDSA on NIST P-256 with SHA-256, carried in the plain r||s form of
   BSI TR-03111 (64 bytes, the value of the '5F37' data objects), never the DER form X.509 uses. What exactly is
   signed for each signature is in the `signed_data_*` helpers.
-- Key agreement (SGP.22 section 2.6.6, Annex G): ECKA-DH of TR-03111 (the shared secret is the x coordinate) between
+- Key agreement (SGP.22 section 2.6, Annex G): ECKA-DH of TR-03111 (the shared secret is the x coordinate) between
   the one-time keys otSK.EUICC.ECKA / otPK.DP.ECKA, then the X9.63 KDF with SHA-256 over the shared secret and the
   shared info keyType || keyLength || L(hostId) || hostId || L(EID) || EID, whose 48 bytes are the initial MAC
   chaining value, S-ENC and S-MAC (`derive_session_keys`).
-- SCP03t (SGP.22 section 2.6.4, called BSP in later versions): each Bound Profile Package segment is a TLV ('86',
+- SCP03t (SGP.22 section 2.6; called BSP from v3.0, its section 2.6.4): each Bound Profile Package segment is a TLV ('86',
   '87', '88') whose value is AES-128-CBC ciphertext (padding '80 00..', ICV = AES(S-ENC, block counter)) followed by
   the 8-byte C-MAC, an AES-CMAC over the MAC chaining value, the tag, the final length and the ciphertext; the full
   16-byte CMAC is the next chaining value. '88' segments (the profile metadata) are MAC only; the counter moves on
@@ -199,19 +199,19 @@ def signed_data_euicc1(euicc_signed1_der: bytes) -> bytes:
 
 
 def signed_data_smdp2(smdp_signed2_der: bytes, euicc_signature1: bytes) -> bytes:
-    """smdpSignature2 (DPpb key; SGP.22 5.6.2/5.7.14): over the DER of SmdpSigned2 followed by euiccSignature1 as
+    """smdpSignature2 (DPpb key; SGP.22 5.6.3/5.7.5): over the DER of SmdpSigned2 followed by euiccSignature1 as
     its '5F37' data object."""
     return smdp_signed2_der + signature_do(euicc_signature1)
 
 
 def signed_data_euicc2(euicc_signed2_der: bytes, smdp_signature2: bytes) -> bytes:
-    """euiccSignature2 (eUICC key; SGP.22 5.7.14): over the DER of EUICCSigned2 followed by smdpSignature2 as its
+    """euiccSignature2 (eUICC key; SGP.22 5.7.5): over the DER of EUICCSigned2 followed by smdpSignature2 as its
     '5F37' data object."""
     return euicc_signed2_der + signature_do(smdp_signature2)
 
 
 def signed_data_pir(pir_data_der: bytes) -> bytes:
-    """euiccSignPIR (eUICC key; SGP.22 5.5.1 ProfileInstallationResult): over the DER of
+    """euiccSignPIR (eUICC key; SGP.22 5.7.6 ProfileInstallationResult): over the DER of
     ProfileInstallationResultData, tag 'BF27' included."""
     return pir_data_der
 
@@ -320,7 +320,7 @@ def derive_session_keys(
     key_type: int = AES_KEY_TYPE,
     key_length: int = AES_KEY_LENGTH,
 ) -> SessionKeys:
-    """SGP.22 Annex G (section 2.6.6): X9.63 KDF with SHA-256 over ShS with the shared info keyType || keyLength ||
+    """SGP.22 Annex G: X9.63 KDF with SHA-256 over ShS with the shared info keyType || keyLength ||
     L(hostId) || hostId || L(EID) || EID; output initial MCV || S-ENC || S-MAC. CryptoError for a control
     reference template SGP.22 does not define (keyType other than AES '88', keyLength other than 16, hostId not
     1..16 bytes): the eUICC answers those with unsupportedCrtValues."""
@@ -353,7 +353,7 @@ def _aes_ecb_block(key: bytes, block: bytes) -> bytes:
 
 
 class Scp03t:
-    """One direction of one SCP03t session (SGP.22 2.6.4): the block counter and MAC chaining value live here, so
+    """One direction of one SCP03t session (SGP.22 2.6): the block counter and MAC chaining value live here, so
     segments must pass through it in the order they are sent. `wrap*` for the SM-DP+, `unwrap*` for the eUICC; a
     segment that fails to unwrap leaves the state as it was. `state()`/`from_state()` keep it across a power cycle.
     ReplaceSessionKeys starts a new instance with the PPK keys (counter 1, its initial MCV)."""
@@ -404,7 +404,7 @@ class Scp03t:
 
     # protecting
     def _icv(self, counter: int) -> bytes:
-        # SGP.22 2.6.4.4: the block counter, left-padded with zeroes to a block, encrypted with S-ENC.
+        # SGP.22 2.6 (v3.0: 2.6.4.4): the block counter, left-padded with zeroes to a block, encrypted with S-ENC.
         return _aes_ecb_block(self.keys.s_enc, counter.to_bytes(BLOCK, "big"))
 
     def _mac(self, chain: bytes, header: bytes, body: bytes) -> bytes:

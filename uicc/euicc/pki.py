@@ -2,13 +2,13 @@
 
 A certificate issuer (CI, the self-signed root every party trusts) signs the eUICC manufacturer (EUM) and the
 SM-DP+'s two certificates: DPauth (signs serverSigned1, SGP.22 5.6.1) and DPpb (binds the profile package:
-smdpSigned2, InitialiseSecureChannel, SGP.22 5.6.2/5.5.1). The EUM signs the eUICC certificate, whose subject
-serialNumber is the EID (SGP.22 4.5.2.1.0.2). All keys are ECDSA on NIST P-256. The extensions are those of SGP.22
-4.5.2.1 that cost nothing here: subject and authority key identifiers (the CI's subject key identifier is the
+smdpSigned2, InitialiseSecureChannel, SGP.22 5.6.3/5.5.1). The EUM signs the eUICC certificate, whose subject
+serialNumber is the EID (SGP.22 4.5.2). All keys are ECDSA on NIST P-256. The extensions are those of SGP.22
+4.5.2 that cost nothing here: subject and authority key identifiers (the CI's subject key identifier is the
 "CI PKID" of euiccCiPKIdListForVerification/Signing), key usage, basic constraints for the two CAs, and the
 certificate policies id-rspRole-* (2.23.146.1.2.1.x); the SM-DP+ certificates name the SM-DP+ by a registeredID
 in subjectAltName. In this simulator DPauth is also the SM-DP+'s TLS server certificate (CERT.DP.TLS of section
-4.5.2.1.0.3: id-rspRole-dp-tls, serverAuth, localhost and 127.0.0.1), so one file serves ES9+ over HTTPS.
+4.5.2: id-rspRole-dp-tls, serverAuth, localhost and 127.0.0.1), so one file serves ES9+ over HTTPS.
 
 The files are PEM in one directory (`ci.pem`, `ci.key`, `eum.*`, `euicc.*`, `dpauth.*`, `dppb.*`, and `pki.json`
 written last); `ensure_pki` makes it once per user (or per $BIPSIM_PKI) and is safe when processes race: it builds
@@ -73,7 +73,7 @@ DEFAULT_EID = "89049032123451234512345678901235"
 SMDP_OID = "2.999.10"
 FORMAT = 1
 
-# SGP.22 4.5.2.1: id-rspRole OBJECT IDENTIFIER ::= {2 23 146 1 2 1}
+# SGP.22 4.5.2: id-rspRole OBJECT IDENTIFIER ::= {2 23 146 1 2 1}
 ROLE_CI = x509.ObjectIdentifier("2.23.146.1.2.1.0")
 ROLE_EUICC = x509.ObjectIdentifier("2.23.146.1.2.1.1")
 ROLE_EUM = x509.ObjectIdentifier("2.23.146.1.2.1.2")
@@ -158,7 +158,7 @@ def pkid(cert: x509.Certificate) -> bytes:
 
 
 def cert_eid(cert: x509.Certificate) -> str | None:
-    """The EID in an eUICC certificate's subject serialNumber (SGP.22 4.5.2.1.0.2), None when absent."""
+    """The EID in an eUICC certificate's subject serialNumber (SGP.22 4.5.2), None when absent."""
     attrs = cert.subject.get_attributes_for_oid(NameOID.SERIAL_NUMBER)
     return str(attrs[0].value) if attrs else None
 
@@ -496,7 +496,7 @@ def server_ssl_context(pki: Pki) -> ssl.SSLContext:
 
 
 def client_ssl_context(pki: Pki) -> ssl.SSLContext:
-    """A TLS client context that trusts only the CI and checks the server's name (as the LPA does, SGP.22 2.6.6)."""
+    """A TLS client context that trusts only the CI and checks the server's name (as the LPA does, SGP.22 2.6)."""
     ctx = ssl.create_default_context(cafile=str(pki.ci_cert_file))
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     return ctx
