@@ -423,7 +423,8 @@ def card_control_answer(line: str, slots: list[CardSlot], plane: PacketPlane | N
     presence on DLC 1"). 'remove N' pulls slot N's simulated card, 'insert N' puts it back, 'slots' lists each
     slot's presence ("1=ready 2=absent"). With the CP's packet data plane (docs/protocols.md, "The packet data
     plane"): 'contexts' lists the active packet data contexts ("1=198.51.100.2"), 'deactivate CID' has the network
-    end one, and 'radio SPEC' gives every radio bearer new link figures (an outage is 'radio ideal,loss=1')."""
+    end one, and 'radio SPEC' gives every radio bearer new link figures (an outage is 'radio ideal,loss=1').
+    'euicc-fault N K' has slot N's eUICC abort its next install at BPP segment K (0: no fault)."""
     from bipsim.uicc.sim_transport import SimulatedCard
 
     words = line.split()
@@ -442,8 +443,15 @@ def card_control_answer(line: str, slots: list[CardSlot], plane: PacketPlane | N
         except ValueError as exc:
             return f"error {exc}"
         return f"ok radio {profile}"
+    if len(words) == 3 and words[0] == "euicc-fault" and words[1].isdigit() and words[2].isdigit():
+        # the eUICC's install fault (docs/protocols.md, "eUICC and the cloud backup"): BPP segment K, 0 for none
+        slot = by_number.get(int(words[1]))
+        card = slot.transport if slot is not None else None
+        if not isinstance(card, SimulatedCard) or not card.card.set_euicc_fault(int(words[2])):
+            return f"error slot {words[1]} has no simulated eUICC"
+        return f"ok euicc-fault {words[1]} {int(words[2])}"
     if len(words) != 2 or words[0] not in ("remove", "insert") or not words[1].isdigit():
-        return "error use: remove N, insert N or slots"
+        return "error use: remove N, insert N, slots or euicc-fault N K"
     slot = by_number.get(int(words[1]))
     if slot is None:
         return f"error no slot {words[1]}"

@@ -131,6 +131,11 @@ class SimCard:
         # applets selected by AID on a logical channel (uicc/applets/): the ARA-M's rule generation persists
         self.applets: AppletHost = build_host(profile)
         self.attach_state("applets", self.applets)
+        # an eUICC's enabled profile is the card's subscription (docs/protocols.md, "eUICC and the cloud backup")
+        for applet in self.applets.applets:
+            store = getattr(applet, "profile_store", None)
+            if store is not None:
+                store.bind(self.use_subscription)
         if profile.arf:  # the access rule files follow the profile, whatever the state file held
             install_arf(self.fs, [parse_rule(entry) for entry in profile.ara_m_rules])
         # PIN1, PIN2, ADM1 (TS 102 221 section 9.5) and the UNBLOCK PINs of PIN1 and PIN2 (PUK1, PUK2): their
@@ -190,6 +195,46 @@ class SimCard:
             sync = getattr(component, "sync_state", None)
             if sync is not None:
                 sync()
+
+    # --- the eUICC's enabled profile ----------------------------------------------------------------------------
+
+    def use_subscription(self, subscription: Any) -> None:
+        """Writes the enabled eUICC profile's subscription (bipsim.uicc.euicc.profile_store.Subscription: ICCID,
+        IMSI, MNC length, provider name) into EF_ICCID, EF_IMSI, EF_AD and EF_SPN; None (no profile enabled) puts
+        back the card profile's own. A file already so is not written; the state file keeps the change with the
+        eUICC's (the terminal reads the new IMSI at its next READ of EF_IMSI, SGP.22 3.2.1's REFRESH aside)."""
+        from bipsim.uicc.fs import bcd_swapped, imsi_bytes
+
+        if subscription is None:
+            iccid, imsi, mnc, spn = self.profile.iccid, self.profile.imsi, self.profile.mnc_length, "bipsim"
+        else:
+            iccid, imsi, mnc, spn = (
+                subscription.iccid,
+                subscription.imsi,
+                subscription.mnc_length,
+                subscription.provider,
+            )
+        name = spn.encode("ascii", "replace")[:16]
+        for ef, data in (
+            (self.fs.mf.children[0x2FE2], bcd_swapped(iccid, 10)),
+            (self.fs.usim.children[0x6F07], imsi_bytes(imsi)),
+            (self.fs.usim.children[0x6FAD], bytes(self.fs.usim.children[0x6FAD].data[:3]) + bytes((mnc,))),
+            (self.fs.usim.children[0x6F46], b"\x00" + name.ljust(16, b"\xff")),
+        ):
+            if bytes(ef.data) != data:
+                ef.data[:] = data
+
+    def set_euicc_fault(self, segment: int) -> bool:
+        """Arms the eUICC's install fault at BPP segment `segment` (0: none) on this running card, to fire once
+        (the CP's card-control line 'euicc-fault N K'); False when the card has no eUICC."""
+        for applet in self.applets.applets:
+            store = getattr(applet, "profile_store", None)
+            if store is not None and hasattr(applet, "fault_at_segment"):
+                applet.fault_at_segment = segment or None
+                store.rearm_fault()
+                self.save_state()
+                return True
+        return False
 
     # --- APDUs -------------------------------------------------------------------------------------------------
 

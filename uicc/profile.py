@@ -83,6 +83,16 @@ class CardProfile:
     # the SMS service centre number in EF_SMSP record 1 (TS 31.102 4.2.27; +CSCA? reads it): "+" and up to 20
     # digits, or "" for none
     smsp_sca: str = ""
+    # the eUICC (applet "isd-r"; docs/protocols.md "eUICC and the cloud backup", GSMA SGP.22): its EID (32 digits,
+    # "" for the test PKI's), the folder of its test PKI ("" for the per-user one), whether a failed install keeps
+    # the download session and its one-time key otSK.EUICC.ECKA (also across a power cycle), the BPP segment
+    # (from 1) at which an install aborts once with installFailedDueToInterruption (0: never), and the SM-DP+
+    # address GetEUICCConfiguredAddresses answers ("" for none)
+    euicc_eid: str = ""
+    euicc_pki: str = ""
+    euicc_keep_otpk: bool = True
+    euicc_fault_segment: int = 0
+    euicc_default_dp_address: str = ""
 
     @property
     def ota_keyset(self) -> tuple[int, bytes, bytes]:
@@ -132,6 +142,7 @@ def _from_mapping(data: dict[str, Any], where: str) -> CardProfile:
         if not (isinstance(count, int) and not isinstance(count, bool) and 1 <= count <= 15):
             raise CliError(f"{where}: {key} = {count!r}: use 1..15 (the X of 63CX)")
     _check_applets(profile, where)
+    _check_euicc(profile, where)
     _check_phonebook(profile, where)
     from bipsim.uicc.mo_sms_control import check_setting
 
@@ -158,6 +169,17 @@ def _check_phonebook(profile: CardProfile, where: str) -> None:
         sms_records(profile.sms)
     except PhonebookError as exc:
         raise CliError(f"{where}: {exc}") from exc
+
+
+def _check_euicc(profile: CardProfile, where: str) -> None:
+    eid = profile.euicc_eid
+    if not isinstance(eid, str) or (eid and not (eid.isascii() and eid.isdigit() and len(eid) == 32)):
+        raise CliError(f"{where}: euicc_eid = {eid!r}: use 32 digits (SGP.29), or an empty string")
+    fault = profile.euicc_fault_segment
+    if not isinstance(fault, int) or isinstance(fault, bool) or fault < 0:
+        raise CliError(f"{where}: euicc_fault_segment = {fault!r}: use a segment from 1, or 0 for none")
+    if not isinstance(profile.euicc_keep_otpk, bool):
+        raise CliError(f"{where}: euicc_keep_otpk = {profile.euicc_keep_otpk!r}: use true or false")
 
 
 def _check_applets(profile: CardProfile, where: str) -> None:

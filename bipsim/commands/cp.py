@@ -149,7 +149,8 @@ if TYPE_CHECKING:
     help="Listen on this UNIX socket for card moves: a line 'remove N' pulls the simulated card of slot N, "
     "'insert N' puts it back, 'slots' lists the slots, 'contexts' the active packet data contexts, "
     "'deactivate CID' has the network end a context (its channel's link drops), 'radio SPEC' gives every radio "
-    "bearer new figures (--radio's grammar; 'radio ideal,loss=1' is an outage). Answers: 'ok ...' or "
+    "bearer new figures (--radio's grammar; 'radio ideal,loss=1' is an outage), 'euicc-fault N K' has slot N's "
+    "eUICC abort its next profile install at BPP segment K, once (0: none). Answers: 'ok ...' or "
     "'error ...'. For tests, scenarios and benches that pull a card or a context mid-session.",
 )
 @click.option(

@@ -22,7 +22,8 @@ profile. The first error ends the load with a ProfileInstallationResult (BF37) n
 ProfileInstallationResultData, SGP.22 5.5.1).
 
 `fault_at_segment` is the test hook of docs/protocols.md ("eUICC and the cloud backup"): the load stops at that
-segment (counted from 1, the BF23 segment) with installFailedDueToInterruption, as a power loss would. Whether the
+segment (counted from 1, the BF23 segment) with installFailedDueToInterruption, as a power loss would, once per
+eUICC (the store remembers it fired, in the card's state file). Whether the
 download session (and with it otSK.EUICC.ECKA) outlives a failed load is the card profile's `euicc_keep_otpk`:
 `LoadResult.keep_session` tells the ISD-R what to do with it.
 """
@@ -297,7 +298,9 @@ class BppLoader:
         kind = self._kind(segment)
         command = _COMMANDS.get(kind, BppCommand.INITIALISE_SECURE_CHANNEL)
         try:
-            if self.fault_at_segment is not None and self.segments == self.fault_at_segment:
+            fault = self.fault_at_segment
+            if fault is not None and self.segments == fault and self.store.fault_armed(fault):
+                self.store.spend_fault(fault)  # once per eUICC: the retry after the power cycle goes through
                 raise LoadFailure(
                     ErrorReason.INSTALL_FAILED_DUE_TO_INTERRUPTION, f"fault hook at segment {self.segments}"
                 )

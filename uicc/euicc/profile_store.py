@@ -211,6 +211,9 @@ class ProfileStore:
     # the profile enabled before a test profile took its place: the only one that may be enabled next
     # (SGP.22 section 3.2.1, wrongProfileReenabling)
     fallback_iccid: str | None = None
+    # the fault segment (the card profile's `euicc_fault_segment`) that already aborted an install: a fault fires
+    # once per eUICC, so the install retried after the power cycle goes through (docs/protocols.md)
+    fault_spent: int | None = None
     state_version: int = 0
     _listeners: list[Listener] = field(default_factory=list, repr=False)
 
@@ -360,6 +363,22 @@ class ProfileStore:
         self._changed()
         return NicknameResult.OK
 
+    # --- the fault hook ---------------------------------------------------------------------------------------
+
+    def fault_armed(self, segment: int) -> bool:
+        """Whether the fault at `segment` has not fired on this eUICC yet."""
+        return self.fault_spent != segment
+
+    def spend_fault(self, segment: int) -> None:
+        self.fault_spent = segment
+        self._changed()
+
+    def rearm_fault(self) -> None:
+        """A fault set again (the CP's card-control 'euicc-fault'): it fires once more."""
+        if self.fault_spent is not None:
+            self.fault_spent = None
+            self._changed()
+
     # --- the card's files -------------------------------------------------------------------------------------
 
     def bind(self, listener: Listener) -> None:
@@ -381,6 +400,7 @@ class ProfileStore:
             "profiles": [p.to_dict() for p in self.profiles],
             "next_instance": self.next_instance,
             "fallback_iccid": self.fallback_iccid,
+            "fault_spent": self.fault_spent,
         }
 
     def load_dict(self, state: dict[str, Any]) -> None:
@@ -404,4 +424,6 @@ class ProfileStore:
         self.next_instance = max(instance if isinstance(instance, int) else 0x10, used)
         fallback = state.get("fallback_iccid")
         self.fallback_iccid = fallback if isinstance(fallback, str) and self.find(iccid=fallback) else None
+        spent = state.get("fault_spent")
+        self.fault_spent = spent if isinstance(spent, int) and not isinstance(spent, bool) else None
         self._changed(subscription=True)
