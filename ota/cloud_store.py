@@ -615,7 +615,8 @@ class CloudService:
             reason = f"incomplete: records {missing[:20]} of {backup.count} missing"
         else:
             try:
-                join_records([backup.records[i] for i in range(backup.count)], limit=self.limit)
+                # served as accepted: a restart with a smaller --limit still gives back what it took before
+                join_records([backup.records[i] for i in range(backup.count)])
             except RecordError as exc:
                 reason = f"the records do not join: {exc}"
         if reason:

@@ -515,3 +515,48 @@ async def test_https_with_a_certificate_the_client_trusts(tmp_path: Path) -> Non
         nursery.cancel_scope.cancel()
     failed = [e for e in tracer.events if e.kind == "tls.handshake" and not e.fields["ok"]]
     assert len(failed) == 2 and all(e.error for e in failed)
+
+
+def test_a_session_ends_after_its_time_and_a_restart_keeps_what_a_larger_limit_took(tmp_path: Path) -> None:
+    from bipsim.ota.cloud_store import COOKIE, SESSION_TTL
+    from bipsim.ota.http_connection import HttpRequest
+
+    svc = service(tmp_path, limit=2048)
+    svc.add_user("alice", PASSWORD)
+    login = svc.handle(
+        HttpRequest(
+            "POST",
+            "/login",
+            {"content-type": "application/x-www-form-urlencoded"},
+            f"user=alice&password={PASSWORD}".encode(),
+        ),
+        100.0,
+    )
+    token = dict(login.headers)["set-cookie"].split(";")[0].split("=", 1)[1]
+    cookie = {"cookie": f"other=1; {COOKIE}={token}"}
+    assert svc.session_user(HttpRequest("GET", "/", cookie), 100.0 + SESSION_TTL - 1) == "alice"
+    records = encode_records(eid=EID, ppr=0, package=package(3000), limit=2048)
+    for index, record in enumerate(records):
+        headers = {**cookie, "x-record-index": str(index), "x-record-count": "2"}
+        assert svc.handle(HttpRequest("POST", "/profiles", headers, record.encode()), 101.0).status == 201
+    assert svc.handle(HttpRequest("GET", f"/profiles?eid={EID}&module=LPA", cookie), 200.0).status == 200
+    assert svc.session_user(HttpRequest("GET", "/", cookie), 100.0 + SESSION_TTL) is None
+    assert svc.handle(HttpRequest("GET", "/session", cookie), 100.0 + SESSION_TTL).status == 401
+    # restarted with the default 1024-byte limit: the 2048-byte records it took before are served as they are
+    again = service(tmp_path)
+    assert set(again.users) == {"alice"}
+    login = again.handle(
+        HttpRequest(
+            "POST",
+            "/login",
+            {"content-type": "application/x-www-form-urlencoded"},
+            f"user=alice&password={PASSWORD}".encode(),
+        ),
+        0.0,
+    )
+    token = dict(login.headers)["set-cookie"].split(";")[0].split("=", 1)[1]
+    fetched = again.handle(
+        HttpRequest("GET", f"/profiles?eid={EID}&module=LPA", {"cookie": f"{COOKIE}={token}"}), 1.0
+    )
+    assert fetched.status == 200
+    assert join_records(fetched.body.decode().splitlines()) == package(3000)
