@@ -686,3 +686,82 @@ def test_other_notifications_are_recorded_with_their_signature_checked(pki: Pki)
     assert smdp.handle(notification(crypto.generate_otk())).notes[0].fields["verified"] is False
     garbage = post("handleNotification", {"pendingNotification": b"\xbf\x37\x03\x01\x02\x03"})
     assert failure(smdp.handle(garbage)) == ("1.6", "2.1")
+
+
+def test_the_isd_r_downloads_and_installs_from_this_smdp(pki: Pki, tmp_path: Path) -> None:
+    """ES9+ answers as the LPA hands them to the ISD-R (uicc/applets/isd_r.py) in ES10b requests, and the ISD-R's
+    answers back: the profile installs once, its install result moves it to installed at the SM-DP+, and the second
+    download of it is refused at getBoundProfilePackage."""
+    from bipsim.ap.lpa.es10_client import bpp_segments
+    from bipsim.uicc.applets.isd_r import IsdR
+
+    smdp = service(pki, tmp_path / "smdp.json")
+    isd_r = IsdR(keys=pki)
+
+    def es10(type_name: str, value: Any) -> bytes:
+        return isd_r.handle(encode(type_name, value))
+
+    def one_download() -> tuple[Any, dict[str, Any]]:
+        info1 = es10("GetEuiccInfo1Request", {})
+        challenge = decode("GetEuiccChallengeResponse", es10("GetEuiccChallengeRequest", {}))[
+            "euiccChallenge"
+        ]
+        init = answer_json(
+            smdp.handle(
+                post(
+                    "initiateAuthentication",
+                    {"euiccChallenge": challenge, "euiccInfo1": info1, "smdpAddress": ADDRESS},
+                )
+            )
+        )
+        device = {"tac": b"\x35\x29\x06\x11", "deviceCapabilities": {}}
+        response = es10(
+            "AuthenticateServerRequest",
+            {
+                "serverSigned1": decode("ServerSigned1", es9_json.b64(init["serverSigned1"])),
+                "serverSignature1": es9_json.b64(init["serverSignature1"])[3:],
+                "euiccCiPKIdToBeUsed": es9_json.b64(init["euiccCiPKIdToBeUsed"])[2:],
+                "serverCertificate": es9_json.b64(init["serverCertificate"]),
+                "ctxParams1": (
+                    "ctxParamsForCommonAuthentication",
+                    {"matchingId": "OP2", "deviceInfo": device},
+                ),
+            },
+        )
+        auth = answer_json(
+            smdp.handle(
+                post(
+                    "authenticateClient",
+                    {"transactionId": init["transactionId"], "authenticateServerResponse": response},
+                )
+            )
+        )
+        prepared = es10(
+            "PrepareDownloadRequest",
+            {
+                "smdpSigned2": decode("SmdpSigned2", es9_json.b64(auth["smdpSigned2"])),
+                "smdpSignature2": es9_json.b64(auth["smdpSignature2"])[3:],
+                "smdpCertificate": es9_json.b64(auth["smdpCertificate"]),
+            },
+        )
+        bpp = smdp.handle(
+            post(
+                "getBoundProfilePackage",
+                {"transactionId": auth["transactionId"], "prepareDownloadResponse": prepared},
+            )
+        )
+        return bpp, auth
+
+    bpp_answer, auth = one_download()
+    bpp = es9_json.b64(answer_json(bpp_answer)["boundProfilePackage"])
+    answers = [isd_r.handle(segment) for segment in bpp_segments(bpp)]
+    assert all(a == b"" for a in answers[:-1])
+    pir = answers[-1]
+    result = decode("ProfileInstallationResult", pir)["profileInstallationResultData"]["finalResult"]
+    assert result[0] == "successResult", result
+    assert "8944476500001234575" in [p.iccid for p in isd_r.profile_store.profiles]
+    taken = smdp.handle(post("handleNotification", {"pendingNotification": pir}))
+    assert taken.status == 204 and taken.notes[0].fields["verified"] is True
+    assert smdp.profiles["OP2"].state is ProfileState.INSTALLED
+    again, _ = one_download()
+    assert failure(again) == ("8.2", "3.7")
