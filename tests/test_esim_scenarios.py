@@ -1,0 +1,268 @@
+"""The eUICC profile download with the cloud backup end to end (issue 23, "What it must show"): the AP's LPA drives
+the real simulated card (the `euicc` profile, its ISD-R) through the CP's own +CCHO/+CGLA over a memory stream, the
+real SM-DP+ core (ota/smdp.py) behind the ES9+ client, and the real cloud store (ota/cloud_store.py) over memory
+streams; no process, no socket, so every case is cheap. `esim_process_run` at the end runs one scenario of
+scenarios/esim.py with the real processes (`bipsim cp`, `bipsim ap`) once for the module."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from bipsim.ap.lpa.es9_client import Es9Client
+from bipsim.ap.lpa.lpa import Lpa, LpaOutcome
+from bipsim.ap.lpa.records import decode_record, join_records
+from bipsim.ap.lpa.state import LpaMachine, LpaState
+from bipsim.ap.lpa.ui_policy import UiPolicy
+from bipsim.cp.card_driver import CardDriver
+from bipsim.cp.command_sets import build_command_sets
+from bipsim.cp.commands import ModemCommands
+from bipsim.cp.modem import simulated_card
+from bipsim.cp.network import CellularNetwork
+from bipsim.link.at_chat import AtChat
+from bipsim.link.at_server import AtServer
+from bipsim.ota import es9_json
+from bipsim.ota.cloud_store import CloudClient, CloudServer, CloudService
+from bipsim.ota.http_connection import HttpRequest
+from bipsim.ota.smdp import SmdpService, builtin_profiles
+from bipsim.trace.events import Actor
+from bipsim.trace.kinds import Kind
+from bipsim.trace.recorder import Tracer
+from bipsim.uicc.euicc import asn1
+from bipsim.uicc.euicc.pki import Pki, ensure_pki
+from bipsim.uicc.euicc.upp import builtin_upps, decode_upp
+from bipsim.uicc.profile import dump_profile, load_profile
+
+SMDP = "127.0.0.1:8443"
+USER, PASSWORD = "alice", "correct horse"
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return ensure_pki(tmp_path_factory.mktemp("pki"))
+
+
+@dataclass
+class Chain:
+    tracer: Tracer
+    smdp: SmdpService
+    cloud: CloudService
+    chat: AtChat
+    card: Any
+    state: Path
+    pki: Pki
+    smdp_calls: list[str]
+
+    def lpa(self, ui: str = f"login:{USER}:{PASSWORD}", matching_id: str = "OP1") -> Lpa:
+        client = CloudClient("http://127.0.0.1:1", tracer=self.tracer, connect=self._cloud_stream)
+        return Lpa(
+            activation_code=f"LPA:1${SMDP}${matching_id}",
+            machine=LpaMachine.load(self.state),
+            ui=UiPolicy.parse(ui),
+            es9=Es9Client(SMDP, transport=self._es9, tracer=self.tracer),
+            cloud=client,
+            cloud_account=(USER, PASSWORD),
+            tracer=self.tracer,
+        )
+
+    async def _es9(self, target: str, body: bytes) -> tuple[int, bytes]:
+        headers = {"x-admin-protocol": es9_json.ADMIN_PROTOCOL, "content-type": "application/json"}
+        self.smdp_calls.append(target.rsplit("/", 1)[1])
+        answer = self.smdp.handle(HttpRequest("POST", target, headers, body))
+        return answer.status, answer.body
+
+    async def _cloud_stream(self) -> trio.abc.Stream:
+        a, b = trio.testing.memory_stream_pair()
+        self.nursery.start_soon(CloudServer(self.cloud, self.tracer).handle, b)
+        return a
+
+    nursery: trio.Nursery = None  # type: ignore[assignment]
+
+    def events(self, kind: str) -> list[Any]:
+        return [e for e in self.tracer.events if e.kind == kind]
+
+
+@asynccontextmanager
+async def chain(
+    tmp: Path,
+    pki: Pki,
+    *,
+    smdp: SmdpService | None = None,
+    cloud: CloudService | None = None,
+    tracer: Tracer | None = None,
+    **profile: Any,
+) -> AsyncIterator[Chain]:
+    """The card of the `euicc` profile (with `profile`'s overrides) behind the CP's AT commands; a second chain on
+    the same `tmp` is the same card after a power cycle (its state file), with the servers given."""
+    tracer = tracer or Tracer(keep=True)
+    card_profile = tmp / "card.toml"
+    overrides = {"euicc_pki": str(pki.directory), **profile}
+    card_profile.write_text(dump_profile(load_profile("euicc").with_overrides(**overrides)))
+    card, _ = simulated_card(str(card_profile), str(tmp / "card.json"), tracer)
+    core = ModemCommands(CardDriver(card, tracer=tracer), CellularNetwork())
+    core.command_sets = build_command_sets(core, tracer, {})
+    if cloud is None:
+        cloud = CloudService(iterations=1)
+        cloud.add_user(USER, PASSWORD)
+    smdp = smdp or SmdpService(pki, builtin_profiles(), address=SMDP)
+    async with trio.open_nursery() as nursery:
+        a, b = trio.testing.memory_stream_pair()
+        server = AtServer(b, tracer=tracer, echo=False)
+        core.install(server)
+        nursery.start_soon(server.run)
+        chat = AtChat(a, tracer=tracer, local=Actor.AP, remote=Actor.CP)
+        nursery.start_soon(chat.run)
+        rig = Chain(tracer, smdp, cloud, chat, card, tmp / "lpa.json", pki, [])
+        rig.nursery = nursery
+        yield rig
+        nursery.cancel_scope.cancel()
+
+
+def op1() -> Any:
+    return decode_upp(builtin_upps()["op1"])
+
+
+async def test_download_backs_up_installs_deletes_and_the_cp_reads_the_new_imsi(
+    tmp_path: Path, pki: Pki
+) -> None:
+    async with chain(tmp_path, pki) as rig:
+        outcome: LpaOutcome = await rig.lpa().run(rig.chat)
+    assert outcome.ok, outcome.reason
+    profile = op1()
+    assert outcome.iccid == profile.iccid and outcome.imsi == profile.imsi  # item 6
+    assert rig.smdp_calls.count("getBoundProfilePackage") == 1
+    # item 2: the EID GetEID answered is the one the SM-DP+ saw in the eUICC's certificate, and the records' EID
+    eid = rig.events(Kind.LPA_ES10)[1].data[-16:].hex().upper()
+    assert eid == pki.eid
+    # item 6: the cloud got the delete and holds nothing
+    assert not rig.cloud.backups and rig.cloud.deletes == 1
+    # item 9: every ES10 message decodes with asn1tools from the SGP.22 module
+    for event in rig.events(Kind.LPA_ES10):
+        if event.field("function") != "LoadBoundProfilePackage":
+            kind = asn1.es10_request(event.data)[0] if event.field("direction") == "request" else None
+            assert kind is None or kind.endswith("Request")
+    assert LpaMachine.load(rig.state).state is LpaState.CLOUD_DELETED
+
+
+def fetches(rig: Chain) -> int:
+    return len([e for e in rig.events(Kind.CLOUD_FETCH) if e.field("status") == 200])
+
+
+async def test_failed_install_is_fetched_once_from_the_cloud_and_installed(tmp_path: Path, pki: Pki) -> None:
+    """Item 5 (without the power cycle): the fault at segment 3, one fetch, no second ES9+ request."""
+    async with chain(tmp_path, pki, euicc_fault_segment=3) as rig:
+        outcome = await rig.lpa().run(rig.chat)
+    assert outcome.ok, outcome.reason
+    assert outcome.imsi == op1().imsi
+    assert fetches(rig) == 1 and rig.smdp_calls.count("getBoundProfilePackage") == 1
+    assert rig.smdp_calls.count("initiateAuthentication") == 1
+    results = [
+        e
+        for e in rig.events(Kind.LPA_ES10)
+        if e.field("function") == "LoadBoundProfilePackage" and e.field("direction") == "response"
+    ]
+    first = asn1.decode("ProfileInstallationResult", results[0].data)["profileInstallationResultData"][
+        "finalResult"
+    ]
+    assert first[0] == "errorResult" and first[1]["errorReason"] == 11  # installFailedDueToInterruption
+    steps = {e.step for e in rig.tracer.events if e.step}
+    assert {"000:203", "000:403", "000:404"} <= steps
+
+
+async def power_cycled(tmp_path: Path, pki: Pki, keep: bool) -> tuple[Chain, LpaOutcome]:
+    """The fault at segment 3, then the power goes while the LPA asks the cloud (the fetch is held): the card and
+    the CP start again from the card's state file, the AP's LPA from its own; the second run resumes."""
+    hold = trio.Event()
+    async with chain(tmp_path, pki, euicc_fault_segment=3, euicc_keep_otpk=keep) as rig:
+        connect = rig._cloud_stream
+
+        async def held() -> trio.abc.Stream:
+            if LpaMachine.load(rig.state).state is LpaState.CLOUD_FETCH:
+                hold.set()
+                await trio.sleep_forever()
+            return await connect()
+
+        rig._cloud_stream = held  # type: ignore[method-assign]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(rig.lpa().run, rig.chat)
+            await hold.wait()
+            nursery.cancel_scope.cancel()  # the power cut
+        assert LpaMachine.load(rig.state).state is LpaState.CLOUD_FETCH
+    async with chain(
+        tmp_path, pki, smdp=rig.smdp, cloud=rig.cloud, tracer=rig.tracer, euicc_keep_otpk=keep
+    ) as again:
+        again.smdp_calls = rig.smdp_calls
+        outcome = await again.lpa().run(again.chat)
+    return again, outcome
+
+
+async def test_power_cycle_after_the_fault_restores_from_the_cloud(tmp_path: Path, pki: Pki) -> None:
+    rig, outcome = await power_cycled(tmp_path, pki, keep=True)
+    assert outcome.ok, outcome.reason
+    assert outcome.iccid == op1().iccid and outcome.imsi == op1().imsi
+    assert fetches(rig) == 1 and rig.smdp_calls.count("getBoundProfilePackage") == 1
+    assert (
+        len(rig.smdp_calls) == 4
+    )  # initiateAuthentication, authenticateClient, getBoundProfilePackage, notification
+
+
+async def test_without_the_kept_key_the_replay_is_refused_without_a_loop(tmp_path: Path, pki: Pki) -> None:
+    """Item 8: euicc_keep_otpk = false: the eUICC erased the session at the failure; the cloud's package is refused
+    (invalidTransactionId) and the LPA stops and says so, after one fetch."""
+    rig, outcome = await power_cycled(tmp_path, pki, keep=False)
+    assert not outcome.ok and outcome.state is LpaState.STOPPED
+    assert "errorReason 3" in outcome.reason  # invalidTransactionId
+    assert fetches(rig) == 1 and rig.smdp_calls.count("getBoundProfilePackage") == 1
+    assert rig.events(Kind.LPA_RESULT)[-1].field("outcome") == "stopped"
+    assert rig.cloud.backups  # the backup stays: nothing was installed
+
+
+async def test_a_closed_login_page_stops_before_any_es9_request(tmp_path: Path, pki: Pki) -> None:
+    async with chain(tmp_path, pki) as rig:
+        outcome = await rig.lpa(ui="close").run(rig.chat)
+    assert outcome.state is LpaState.STOPPED and rig.smdp_calls == []
+    assert len([e for e in rig.events(Kind.LPA_UI) if e.field("action") == "message"]) == 1
+    assert not rig.events(Kind.LPA_ES10)
+
+
+async def test_a_second_download_from_the_smdp_is_refused(tmp_path: Path, pki: Pki) -> None:
+    async with chain(tmp_path, pki) as rig:
+        assert (await rig.lpa().run(rig.chat)).ok
+        rig.state = tmp_path / "second.json"  # another terminal state: a fresh request for the same profile
+        outcome = await rig.lpa().run(rig.chat)
+    assert outcome.state is LpaState.STOPPED and "download failed" in outcome.reason
+    refused = [e for e in rig.events(Kind.LPA_ES9) if e.error]
+    assert refused and refused[-1].field("function") in ("authenticateClient", "getBoundProfilePackage")
+    assert rig.smdp_calls.count("getBoundProfilePackage") <= 2
+
+
+@pytest.mark.parametrize("length,count", [(1024, 1), (2048, 2), (2049, 3)])
+async def test_chunked_packages_through_the_cloud(length: int, count: int) -> None:
+    """Item 4: packages of exactly L bytes travel as ceil(L/1024) records, none over the limit, and come back byte
+    for byte through the cloud store."""
+    from bipsim.ap.lpa.records import encode_records
+
+    cloud = CloudService(iterations=1)
+    cloud.add_user(USER, PASSWORD)
+    package = bytes((n * 7) & 0xFF for n in range(length))
+    records = encode_records(eid="89049032123451234512345678901235", ppr=2, package=package)
+    assert len(records) == count and all(len(decode_record(r).data) <= 1024 for r in records)
+    async with trio.open_nursery() as nursery:
+
+        async def connect() -> trio.abc.Stream:
+            a, b = trio.testing.memory_stream_pair()
+            nursery.start_soon(CloudServer(cloud).handle, b)
+            return a
+
+        client = CloudClient("http://127.0.0.1:1", connect=connect)
+        await client.login(USER, PASSWORD)
+        await client.upload(records)
+        back = await client.fetch("89049032123451234512345678901235", "LPA")
+    assert join_records(back) == package
