@@ -408,7 +408,10 @@ def _ski_der(ski: bytes) -> bytes:
 def _authority_key_id(cert: x509.Certificate) -> bytes | None:
     try:
         ext = cert.extensions.get_extension_for_oid(ExtensionOID.AUTHORITY_KEY_IDENTIFIER)
-    except x509.ExtensionNotFound:
+    except (
+        x509.ExtensionNotFound,
+        ValueError,
+    ):  # cryptography parses extensions on first use: bad ones raise
         return None
     value = ext.value
     return value.key_identifier if isinstance(value, x509.AuthorityKeyIdentifier) else None
@@ -416,7 +419,10 @@ def _authority_key_id(cert: x509.Certificate) -> bytes | None:
 
 def _eid_of(cert: x509.Certificate) -> str | None:
     """The EID in the eUICC certificate's subject serialNumber (SGP.22 4.5.2.1.0.2)."""
-    names = cert.subject.get_attributes_for_oid(NameOID.SERIAL_NUMBER)
+    try:
+        names = cert.subject.get_attributes_for_oid(NameOID.SERIAL_NUMBER)
+    except ValueError:
+        return None
     value = names[0].value if names else None
     return value if isinstance(value, str) and len(value) == 32 and value.isdigit() else None
 
@@ -620,11 +626,11 @@ class SmdpService:
             raise _fail(CI_UNKNOWN, "the EUM certificate was not issued by a CI this SM-DP+ knows")
         try:
             verify_chain(eum, self.pki.ci_cert)
-        except crypto.CryptoError as exc:
+        except ValueError as exc:  # CryptoError, or an extension cryptography cannot parse
             raise _fail(EUM_CERT_INVALID, f"EUM certificate: {exc}") from None
         try:
             verify_chain(euicc, eum)
-        except crypto.CryptoError as exc:
+        except ValueError as exc:
             raise _fail(EUICC_CERT_INVALID, f"eUICC certificate: {exc}") from None
         signed1 = response["euiccSigned1"]
         try:
