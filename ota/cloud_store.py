@@ -89,15 +89,18 @@ class StoreError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """An answer of the core and its access-log event (`kind`, `fields`); `trace_body` False keeps the body out of
-    the trace (a page with a form)."""
+    """An answer of the core and its access-log event (`kind`, `fields`)."""
 
     status: int
     body: bytes
     kind: Kind
     fields: dict[str, Any]
     headers: tuple[tuple[str, str], ...] = ()
-    trace_body: bool = True
+
+    @property
+    def is_page(self) -> bool:
+        """An HTML page: the access log keeps its bytes out (a form, nothing a tool reads)."""
+        return any(name == "content-type" and value.startswith("text/html") for name, value in self.headers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -903,7 +906,7 @@ class CloudServer:
             Layer.HTTP,
             f"{answer.status} {REASONS_MORE.get(answer.status, '')} {answer.kind.value}"
             + (f": {reason}" if answer.status >= 400 and reason else ""),
-            answer.body if answer.body and answer.kind is not Kind.CLOUD_PAGE else None,
+            answer.body if answer.body and not answer.is_page else None,
             error=answer.status >= 400,
             kind=answer.kind,
             fields=answer.fields,

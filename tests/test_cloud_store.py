@@ -560,3 +560,19 @@ def test_a_session_ends_after_its_time_and_a_restart_keeps_what_a_larger_limit_t
     )
     assert fetched.status == 200
     assert join_records(fetched.body.decode().splitlines()) == package(3000)
+
+
+async def test_the_access_log_keeps_pages_out_and_records_in(cloud: Cloud) -> None:
+    client = await logged_in(cloud)
+    with pytest.raises(CloudError):
+        await client.login("alice", "wrong-password")  # answered with the login page (HTML)
+    records = encode_records(eid=EID, ppr=0, package=b"\xbf\x36\x01")
+    await client.upload(records)
+    await client.fetch(EID)
+    server_side = [e for e in cloud.tracer.events if e.src.value == "cloud" and e.kind.startswith("cloud.")]
+    wrong = [e for e in server_side if e.kind == "cloud.login" and e.fields["status"] == 401]
+    assert wrong and wrong[0].hex is None
+    fetch = [e for e in server_side if e.kind == "cloud.fetch"][0]
+    assert bytes.fromhex(fetch.hex or "").decode() == records[0] + "\n"
+    upload_request = [e for e in cloud.tracer.events if e.kind == "http.request" and e.dst.value == "cloud"]
+    assert any(e.hex and bytes.fromhex(e.hex).decode() == records[0] for e in upload_request)
