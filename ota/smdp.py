@@ -151,6 +151,9 @@ class ServedProfile:
     downloaded_by: str | None = None  # the EID it went to
     transaction_id: str | None = None  # of the session that downloaded it
     result: str | None = None  # the install notification's result ("success" or the error reason)
+    # the DER of the eUICC certificate of the download: the install result's signature is checked with it, also
+    # after a restart has forgotten the session
+    euicc_certificate: bytes | None = None
 
     def metadata(self) -> dict[str, Any]:
         """StoreMetadataRequest (SGP.22 5.4.1 / 5.7.5) as asn1tools takes it."""
@@ -351,6 +354,8 @@ def load_state(path: Path, profiles: dict[str, ServedProfile]) -> dict[str, dict
                 profile.downloaded_by = entry.get("eid")
                 profile.transaction_id = entry.get("transaction_id")
                 profile.result = entry.get("result")
+                certificate = entry.get("euicc_certificate")
+                profile.euicc_certificate = bytes.fromhex(certificate) if certificate else None
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise SmdpError(f"{path}: not an SM-DP+ state file: {exc}") from None
     return {str(k): dict(v) for k, v in entries.items()}
@@ -527,6 +532,7 @@ class SmdpService:
             "transaction_id": profile.transaction_id,
             "iccid": profile.iccid,
             "result": profile.result,
+            "euicc_certificate": profile.euicc_certificate.hex() if profile.euicc_certificate else None,
         }
         old = self.entries.get(profile.matching_id)
         self.entries[profile.matching_id] = entry
@@ -685,7 +691,7 @@ class SmdpService:
     ) -> dict[str, Any]:
         from bipsim.uicc.euicc import crypto
         from bipsim.uicc.euicc.bpp_build import build_bpp
-        from bipsim.uicc.euicc.pki import cert_public_key
+        from bipsim.uicc.euicc.pki import cert_der, cert_public_key
 
         transaction_id = es9_json.hex_field(body, "transactionId", limit=16)
         response_der = es9_json.b64_field(body, "prepareDownloadResponse")
@@ -730,6 +736,7 @@ class SmdpService:
             upp=profile.upp,
         )
         profile.downloaded_by = session.eid
+        profile.euicc_certificate = cert_der(session.euicc_certificate)
         profile.transaction_id = transaction_id.hex().upper()
         # recorded (and written) before the answer: a crash after it never serves the profile twice
         self._move_profile(profile, ProfileEvent.DOWNLOAD, notes, size=len(bpp))
@@ -742,7 +749,7 @@ class SmdpService:
 
     def _handleNotification(self, body: dict[str, Any], fields: dict[str, Any], notes: list[Note]) -> None:
         from bipsim.uicc.euicc import crypto
-        from bipsim.uicc.euicc.pki import cert_public_key
+        from bipsim.uicc.euicc.pki import cert_public_key, load_cert_der
 
         notification_der = es9_json.b64_field(body, "pendingNotification")
         choice, value = _asn1("PendingNotification", notification_der, "pendingNotification")
@@ -755,18 +762,23 @@ class SmdpService:
             metadata = data["notificationMetadata"]
             kind, result = data["finalResult"]
             outcome = "success" if kind == "successResult" else _error_reason(result)
+            profile = self._profile_of(session, transaction_id)
+            certificate = session.euicc_certificate if session is not None else None
+            if certificate is None and profile is not None and profile.euicc_certificate is not None:
+                certificate = load_cert_der(
+                    profile.euicc_certificate
+                )  # the session was forgotten by a restart
             verified = False
-            if session is not None and session.euicc_certificate is not None:
+            if certificate is not None:
                 try:
                     crypto.verify_plain(
-                        cert_public_key(session.euicc_certificate),
+                        cert_public_key(certificate),
                         bytes(value["euiccSignPIR"]),
                         crypto.signed_data_pir(_der("ProfileInstallationResultData", data)),
                     )
                     verified = True
                 except (crypto.CryptoError, TypeError):
                     verified = False
-            profile = self._profile_of(session, transaction_id)
             note_fields = {
                 "notification": "install",
                 "iccid": _iccid(metadata.get("iccid")),

@@ -356,12 +356,13 @@ def test_a_success_notification_after_a_restart_finds_the_profile(pki: Pki, tmp_
     smdp, euicc = service(pki, state), MiniEuicc(pki)
     auth, bpp = download(smdp, euicc)
     answer_json(bpp)
-    restarted = service(pki, state)  # its sessions are gone: the result is recorded, not trusted
+    restarted = service(pki, state)  # its sessions are gone; the state file names the download and its eUICC
+    forged = restarted.handle(euicc.install_result(auth["transactionId"], forge=True))
+    assert forged.status == 204 and restarted.profiles["OP1"].state is ProfileState.DOWNLOADED
     answer = restarted.handle(euicc.install_result(auth["transactionId"]))
-    assert answer.status == 204 and restarted.profiles["OP1"].state is ProfileState.DOWNLOADED
-    assert answer.notes[0].fields["matching_id"] == "OP1"
-    assert smdp.handle(euicc.install_result(auth["transactionId"])).status == 204
-    assert smdp.profiles["OP1"].state is ProfileState.INSTALLED
+    assert answer.status == 204 and restarted.profiles["OP1"].state is ProfileState.INSTALLED
+    assert answer.notes[0].fields["matching_id"] == "OP1" and answer.notes[0].fields["verified"] is True
+    assert json.loads(state.read_text())["profiles"]["OP1"]["state"] == "installed"
 
 
 @pytest.mark.parametrize(
