@@ -250,7 +250,13 @@ def build_host(profile: Any) -> AppletHost:
     if profile.ara_m:
         applets.append(AraM.of_profile(profile))
     for name in profile.applets:
-        applets.extend(REGISTRY[name]())
+        made = REGISTRY[name]()
+        for applet in made:
+            # an applet with options in the card profile (the ISD-R's eUICC keys) reads them here
+            configure = getattr(applet, "configure", None)
+            if configure is not None:
+                configure(profile)
+        applets.extend(made)
     return AppletHost(applets)
 
 
@@ -259,3 +265,11 @@ def _load_builtins() -> None:
     from bipsim.uicc.applets import ara_m, echo
 
     del ara_m, echo
+    # the ISD-R imports asn1tools and cryptography: only a card whose profile names it pays for them
+    REGISTRY.setdefault("isd-r", _isd_r)
+
+
+def _isd_r() -> list[Applet]:
+    from bipsim.uicc.applets.isd_r import IsdR
+
+    return [IsdR()]

@@ -62,7 +62,27 @@ def rsp() -> asn1tools.compiler.Specification:
         warnings.simplefilter("ignore", DeprecationWarning)
         import asn1tools  # a quarter of a second to import: only the processes that speak RSP pay it
 
+        _fix_object_identifiers()
         return asn1tools.compile_string(text, "der")
+
+
+def _fix_object_identifiers() -> None:
+    """asn1tools 0.167 decodes the first subidentifier of an OBJECT IDENTIFIER as (n // 40, n % 40), which is
+    wrong under the arc 2 from 2.40 on (X.690 8.19.4: the first arc is 2 for every n >= 80): 2.999.10, the
+    example-arc OID of our SM-DP+, came back as 26.39.10. Its BER/DER decoder reads the module function at each
+    call, so the corrected one replaces it for every asn1tools user in the process."""
+    from asn1tools.codecs import ber
+
+    def decode_object_identifier(data: bytes, offset: int, end_offset: int) -> str:
+        first, offset = ber.decode_object_identifier_subidentifier(data, offset)
+        top = min(first // 40, 2)
+        arcs = [top, first - 40 * top]
+        while offset < end_offset:
+            arc, offset = ber.decode_object_identifier_subidentifier(data, offset)
+            arcs.append(arc)
+        return ".".join(str(arc) for arc in arcs)
+
+    ber.decode_object_identifier = decode_object_identifier
 
 
 def _errors() -> type[Exception]:
