@@ -314,6 +314,11 @@ def test_segments_out_of_order_and_garbage(pki: Pki) -> None:
     skipped = [segments[0], *segments[2:]]  # no ConfigureISDP
     results, _ = feed_all(loader(pki, session, ProfileStore()), skipped)
     assert error_of(pki, results[-1]) == (BppCommand.STORE_METADATA, ErrorReason.SCP03T_STRUCTURE_ERROR)
+    with_keys = segment_bpp(build(pki, session, replace_keys=True))
+    early = [with_keys[0], with_keys[4]]  # ReplaceSessionKeys right after InitialiseSecureChannel
+    results, _ = feed_all(loader(pki, session, ProfileStore()), early)
+    assert results[-1].segment == 2 and results[-1].error == "scp03tStructureError"
+    assert error_of(pki, results[-1])[0] == BppCommand.REPLACE_SESSION_KEYS
     results, _ = feed_all(loader(pki, prepared_session(pki), ProfileStore()), [b"\x30\x00"])
     assert error_of(pki, results[0]) == (
         BppCommand.INITIALISE_SECURE_CHANNEL,

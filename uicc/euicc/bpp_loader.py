@@ -358,13 +358,14 @@ class BppLoader:
             self._advance(kind)
             self._store_metadata(segment)
         elif kind is Segment.REPLACE_KEYS:
+            self._advance(kind)  # only right after the '88' segments
             self._metadata_done()
-            self._advance(kind)
             self._replace_keys(self._header_and_one(segment, TAG_SECOND_87, BppCommand.REPLACE_SESSION_KEYS))
         elif kind is Segment.ELEMENTS_HEADER:
-            if self.state is LoadState.METADATA:
-                self._metadata_done()
+            after_metadata = self.state is LoadState.METADATA
             self._advance(kind)
+            if after_metadata:
+                self._metadata_done()
             self._seq_left = self._sequence_header(segment, TAG_SEQ_86, BppCommand.LOAD_PROFILE_ELEMENTS)
         elif kind in (Segment.ELEMENT, Segment.LAST_ELEMENT):
             self._advance(kind)
