@@ -263,6 +263,16 @@ def test_enabled_profile_is_the_card_subscription_across_a_restart(
     assert read(restarted, "2FE2")[:2] == bytes.fromhex("9888")
 
 
+def test_with_no_profile_enabled_the_card_files_stay_as_written(
+    euicc_profile: CardProfile, tmp_path: Path
+) -> None:
+    state = tmp_path / "card.json"
+    card = SimCard(euicc_profile, state_path=state)
+    card.fs.usim.children[0x6F46].data[1:4] = b"OTA"  # as a remote file management session may write it
+    card.save_state()
+    assert read(SimCard(euicc_profile, state_path=state), "7FF06F46")[1:4] == b"OTA"
+
+
 def test_subscription_listener_hears_changes_only() -> None:
     store = ProfileStore()
     heard: list[Subscription | None] = []
@@ -270,7 +280,11 @@ def test_subscription_listener_hears_changes_only() -> None:
     store.install(iccid=OP1, upp=builtin_upps()["op1"])
     store.enable(iccid=OP1)
     store.set_nickname(OP1, "x")
-    assert heard == [None, Subscription(OP1, "001010000000123", 2, "")]
+    assert heard == [Subscription(OP1, "001010000000123", 2, "")]
+    late: list[Subscription | None] = []
+    store.bind(late.append)  # bound while a profile is enabled: hears it at once
+    store.disable(iccid=OP1)
+    assert late == [Subscription(OP1, "001010000000123", 2, ""), None]
 
 
 def test_fault_set_on_a_running_card_through_card_control(euicc_profile: CardProfile) -> None:

@@ -382,9 +382,13 @@ class ProfileStore:
     # --- the card's files -------------------------------------------------------------------------------------
 
     def bind(self, listener: Listener) -> None:
-        """`listener` hears the enabled subscription now and whenever it changes (the card writes its files)."""
+        """`listener` hears the enabled subscription now when there is one (a card whose state file lost its
+        files gets them back), and whenever it changes (the card writes its files). With no profile enabled the
+        card's files are left as they are at binding: what the terminal or an OTA session wrote there stays."""
         self._listeners.append(listener)
-        listener(self.subscription())
+        now = self.subscription()
+        if now is not None:
+            listener(now)
 
     def _changed(self, *, subscription: bool = False) -> None:
         self.state_version += 1
