@@ -53,6 +53,10 @@ USER = re.compile(r"^[A-Za-z0-9_.@+-]{1,64}$")
 MIN_PASSWORD, MAX_PASSWORD = 4, 256
 FORM = "application/x-www-form-urlencoded"
 REQUEST_TIMEOUT = 30.0  # seconds one request may take, server and client
+LINGER_SECONDS, LINGER_BYTES = (
+    2.0,
+    4 << 20,
+)  # how long and how much a refused client's rest is read and dropped
 # bytes of an answer the client reads: the records of the largest package (hex doubles it) with room for their fields
 MAX_ANSWER = 8 * MAX_PACKAGE
 REASONS_MORE = {
@@ -926,6 +930,25 @@ class CloudServer:
             fields={"status": refusal.status, "reason": refusal.reason},
         )
         await stream.send_all(connection.refuse(refusal, []))
+        await self._linger(stream)
+
+    async def _linger(self, stream: trio.abc.Stream) -> None:
+        """A lingering close (RFC 9112 9.6): our side ended, what the client is still sending (the rest of a body
+        refused on its length) is read and dropped for a while. Closing at once with unread bytes would make the
+        kernel answer with a reset, which can destroy the refusal before the client has read it."""
+        if not isinstance(stream, trio.abc.HalfCloseableStream):
+            return  # TLS has no half close: the refusal goes out and the connection closes
+        with trio.move_on_after(LINGER_SECONDS):
+            try:
+                await stream.send_eof()
+                drained = 0
+                while drained < LINGER_BYTES:
+                    data = await stream.receive_some(65536)
+                    if not data:
+                        return
+                    drained += len(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
 
 
 # --- the client ---------------------------------------------------------------------------------------------------
