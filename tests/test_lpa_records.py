@@ -173,7 +173,7 @@ def test_encode_refuses_what_no_record_can_carry() -> None:
         ((b"\x40", 3), 1),  # ppr1 is bit 1: the first byte's second bit
         ((b"\x20", 3), 2),  # ppr2 is bit 2
         ((b"\x60", 3), 3),
-        ((b"\xe0", 3), 3),  # ppr-update-control (bit 0) carries no rule
+        ((b"\xe0", 3), 3),  # pprUpdateControl (bit 0) carries no rule
         ((b"\x80", 1), 0),
         ((b"\x40", 1), 0),  # a bit past the BIT STRING's length is not set
         (set(), 0),

@@ -8,8 +8,9 @@ travels to the cloud store as text records of the document's form
 fields in that order, separated by `$`. A package over the cloud's single-upload limit (1024 package bytes by
 default) is split into ⌈L/limit⌉ records: each keeps every field, `profile_len` is the whole package's length, and
 `profile_data` the hex of this record's bytes; the record's index and the count travel in the upload request, not in
-the record. PPR is the profile's policy rules as the profile metadata names them (SGP.22 2.9.2, pprIds): 0 none,
-1 PPR1 (the profile cannot be disabled), 2 PPR2 (it cannot be deleted), 3 both.
+the record. PPR is the profile's policy rules as the profile metadata names them (SGP.22 2.9; StoreMetadataRequest's
+profilePolicyRules, ASN.1 PprIds): 0 none, 1 PPR1 (the profile cannot be disabled), 2 PPR2 (it cannot be deleted),
+3 both.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ _MODULE = re.compile(r"^[A-Za-z0-9_.-]{1,16}$")
 _EID = re.compile(r"^[0-9]{32}$")
 _DECIMAL = re.compile(r"^(0|[1-9][0-9]{0,9})$")
 _HEX = re.compile(r"^(?:[0-9A-Fa-f]{2})+$")
-# pprIds of SGP.22 2.4a / ASN.1 PprIds: a BIT STRING whose named bits are ppr-update-control(0), ppr1(1), ppr2(2)
+# SGP.22's ASN.1 PprIds: a BIT STRING whose named bits are pprUpdateControl(0), ppr1(1), ppr2(2)
 PPR_BITS = {"ppr1": 1, "ppr2": 2}
 
 
@@ -197,7 +198,7 @@ def ppr_from_ids(ppr_ids: Any) -> int:
     """The record's PPR from the profile metadata's pprIds: 0 none, 1 ppr1, 2 ppr2, 3 both.
 
     `ppr_ids` as asn1tools decodes the BIT STRING PprIds (a (bytes, bit count) pair; bit 0 is the first byte's high
-    bit), as names ("ppr1", "ppr2"; "ppr-update-control" carries no rule and is ignored), or None (absent)."""
+    bit), as names ("ppr1", "ppr2"; "pprUpdateControl" carries no rule and is ignored), or None (absent)."""
     if ppr_ids is None:
         return 0
     if isinstance(ppr_ids, tuple) and len(ppr_ids) == 2 and isinstance(ppr_ids[0], bytes | bytearray):
