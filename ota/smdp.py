@@ -32,7 +32,7 @@ import tomllib
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import Enum, StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -76,6 +76,22 @@ EXECUTION_ERROR = ("8.8", "4.2")  # the server could not do its part (the state 
 
 PPR_BITS = {"ppr1": 1, "ppr2": 2}  # SGP.22 2.4.1.1 PprIds: bit 0 pprUpdateControl carries no rule
 PROFILE_CLASSES = {"test": 0, "provisioning": 1, "operational": 2}  # SGP.22 ProfileClass
+
+
+class Fault(StrEnum):
+    """How the SM-DP+ lies when told to (`--fault`), so that the LPA's and the eUICC's handling of bad input can
+    be shown."""
+
+    GARBAGE = "garbage"  # every function's answer is HTTP 200 with a body that is not JSON
+    BAD_SIGNATURE = (
+        "bad-signature"  # serverSignature1 with one bit flipped: AuthenticateServer's invalidSignature
+    )
+    CORRUPT_BPP = (
+        "corrupt-bpp"  # one byte of the last '86' segment's MAC flipped: the eUICC's scp03tSecurityError
+    )
+
+
+GARBAGE_BODY = b"<html>503 upstream temporarily unavailable</html>\n"  # what a broken proxy might answer
 
 
 class SmdpError(ValueError):
@@ -443,8 +459,10 @@ class SmdpService:
         address: str,
         state_path: Path | None = None,
         random: Callable[[int], bytes] = secrets.token_bytes,
+        faults: frozenset[Fault] = frozenset(),
     ) -> None:
         self.pki = pki
+        self.faults = faults
         self.profiles = profiles
         self.address = address  # the SM-DP+ address of our activation codes, what serverSigned1 carries
         self.state_path = state_path
@@ -494,6 +512,11 @@ class SmdpService:
             fields.update(http_status=204, status=es9_json.SUCCESS)
             return Answer(204, b"", function, fields, tuple(notes))
         fields.update(http_status=200, status=es9_json.SUCCESS)
+        if Fault.GARBAGE in self.faults:
+            fields["fault"] = (
+                Fault.GARBAGE.value
+            )  # the function ran (a download counts): only its answer is lost
+            return Answer(200, GARBAGE_BODY, function, fields, tuple(notes))
         return Answer(200, es9_json.encode_response(result), function, fields, tuple(notes))
 
     def _refused(self, status: int, reason: str, base: dict[str, Any]) -> Answer:
@@ -591,6 +614,9 @@ class SmdpService:
         from bipsim.uicc.euicc.pki import cert_der
 
         signature = crypto.sign_plain(self.pki.dpauth_key, crypto.signed_data_server1(signed1_der))
+        if Fault.BAD_SIGNATURE in self.faults:
+            signature = bytes([signature[0] ^ 0x01]) + signature[1:]
+            fields["fault"] = Fault.BAD_SIGNATURE.value
         self.sessions[transaction_id] = RspSession(transaction_id, challenge, server_challenge)
         while len(self.sessions) > MAX_SESSIONS:
             self.sessions.popitem(last=False)
@@ -735,6 +761,9 @@ class SmdpService:
             metadata=profile.metadata(),
             upp=profile.upp,
         )
+        if Fault.CORRUPT_BPP in self.faults:
+            bpp = _corrupt_last_segment(bpp)
+            fields["fault"] = Fault.CORRUPT_BPP.value
         profile.downloaded_by = session.eid
         profile.euicc_certificate = cert_der(session.euicc_certificate)
         profile.transaction_id = transaction_id.hex().upper()
@@ -860,6 +889,18 @@ class SmdpService:
         fields["reason"] = signed.get("reason")
         self._move_session(session, SessionEvent.END)
         return {"transactionId": transaction_id.hex().upper()}
+
+
+def _corrupt_last_segment(bpp: bytes) -> bytes:
+    """The package with the last byte of its last '86' segment (a byte of that segment's C-MAC) flipped: the
+    DER still decodes, the SCP03t check of that segment fails (SGP.22 2.6.4)."""
+    from bipsim.uicc.euicc.asn1 import decode, encode
+
+    value = decode("BoundProfilePackage", bpp)
+    last = bytearray(value["sequenceOf86"][-1])
+    last[-1] ^= 0x01
+    value["sequenceOf86"][-1] = bytes(last)
+    return encode("BoundProfilePackage", value)
 
 
 _ERROR_REASONS = {

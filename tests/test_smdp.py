@@ -689,82 +689,91 @@ def test_other_notifications_are_recorded_with_their_signature_checked(pki: Pki)
     assert failure(smdp.handle(garbage)) == ("1.6", "2.1")
 
 
+def isd_r_download(smdp: SmdpService, isd_r: Any, matching_id: str = "OP2") -> tuple[Any, Any]:
+    """One download as the LPA runs it (SGP.22 3.1.3): ES10b requests to the ISD-R built from the ES9+ answers, its
+    answers sent on. The answers of authenticateClient and getBoundProfilePackage (the latter None when the former
+    failed)."""
+
+    def es10(type_name: str, value: Any) -> bytes:
+        return bytes(isd_r.handle(encode(type_name, value)))
+
+    info1 = es10("GetEuiccInfo1Request", {})
+    challenge = decode("GetEuiccChallengeResponse", es10("GetEuiccChallengeRequest", {}))["euiccChallenge"]
+    init = answer_json(
+        smdp.handle(
+            post(
+                "initiateAuthentication",
+                {"euiccChallenge": challenge, "euiccInfo1": info1, "smdpAddress": ADDRESS},
+            )
+        )
+    )
+    device = {"tac": b"\x35\x29\x06\x11", "deviceCapabilities": {}}
+    response = es10(
+        "AuthenticateServerRequest",
+        {
+            "serverSigned1": decode("ServerSigned1", es9_json.b64(init["serverSigned1"])),
+            "serverSignature1": es9_json.b64(init["serverSignature1"])[3:],
+            "euiccCiPKIdToBeUsed": es9_json.b64(init["euiccCiPKIdToBeUsed"])[2:],
+            "serverCertificate": es9_json.b64(init["serverCertificate"]),
+            "ctxParams1": (
+                "ctxParamsForCommonAuthentication",
+                {"matchingId": matching_id, "deviceInfo": device},
+            ),
+        },
+    )
+    auth_answer = smdp.handle(
+        post(
+            "authenticateClient",
+            {"transactionId": init["transactionId"], "authenticateServerResponse": response},
+        )
+    )
+    if auth_answer.error:
+        return auth_answer, None
+    auth = answer_json(auth_answer)
+    prepared = es10(
+        "PrepareDownloadRequest",
+        {
+            "smdpSigned2": decode("SmdpSigned2", es9_json.b64(auth["smdpSigned2"])),
+            "smdpSignature2": es9_json.b64(auth["smdpSignature2"])[3:],
+            "smdpCertificate": es9_json.b64(auth["smdpCertificate"]),
+        },
+    )
+    bpp = smdp.handle(
+        post(
+            "getBoundProfilePackage",
+            {"transactionId": auth["transactionId"], "prepareDownloadResponse": prepared},
+        )
+    )
+    return auth_answer, bpp
+
+
+def load_bpp(isd_r: Any, bpp_answer: Any) -> tuple[bytes, Any]:
+    """LoadBoundProfilePackage in the segments of SGP.22 2.5.5 (F's LPA's split): the PIR and its finalResult."""
+    from bipsim.ap.lpa.es10_client import bpp_segments
+
+    bpp = es9_json.b64(answer_json(bpp_answer)["boundProfilePackage"])
+    answers = [bytes(isd_r.handle(segment)) for segment in bpp_segments(bpp)]
+    pir = answers[-1]
+    assert pir[:2] == b"\xbf\x37" and all(a in (b"", pir) for a in answers)
+    return pir, decode("ProfileInstallationResult", pir)["profileInstallationResultData"]["finalResult"]
+
+
 def test_the_isd_r_downloads_and_installs_from_this_smdp(pki: Pki, tmp_path: Path) -> None:
     """ES9+ answers as the LPA hands them to the ISD-R (uicc/applets/isd_r.py) in ES10b requests, and the ISD-R's
     answers back: the profile installs once, its install result moves it to installed at the SM-DP+, and the second
     download of it is refused at getBoundProfilePackage."""
-    from bipsim.ap.lpa.es10_client import bpp_segments
     from bipsim.uicc.applets.isd_r import IsdR
 
     smdp = service(pki, tmp_path / "smdp.json")
     isd_r = IsdR(keys=pki)
-
-    def es10(type_name: str, value: Any) -> bytes:
-        return isd_r.handle(encode(type_name, value))
-
-    def one_download() -> tuple[Any, dict[str, Any]]:
-        info1 = es10("GetEuiccInfo1Request", {})
-        challenge = decode("GetEuiccChallengeResponse", es10("GetEuiccChallengeRequest", {}))[
-            "euiccChallenge"
-        ]
-        init = answer_json(
-            smdp.handle(
-                post(
-                    "initiateAuthentication",
-                    {"euiccChallenge": challenge, "euiccInfo1": info1, "smdpAddress": ADDRESS},
-                )
-            )
-        )
-        device = {"tac": b"\x35\x29\x06\x11", "deviceCapabilities": {}}
-        response = es10(
-            "AuthenticateServerRequest",
-            {
-                "serverSigned1": decode("ServerSigned1", es9_json.b64(init["serverSigned1"])),
-                "serverSignature1": es9_json.b64(init["serverSignature1"])[3:],
-                "euiccCiPKIdToBeUsed": es9_json.b64(init["euiccCiPKIdToBeUsed"])[2:],
-                "serverCertificate": es9_json.b64(init["serverCertificate"]),
-                "ctxParams1": (
-                    "ctxParamsForCommonAuthentication",
-                    {"matchingId": "OP2", "deviceInfo": device},
-                ),
-            },
-        )
-        auth = answer_json(
-            smdp.handle(
-                post(
-                    "authenticateClient",
-                    {"transactionId": init["transactionId"], "authenticateServerResponse": response},
-                )
-            )
-        )
-        prepared = es10(
-            "PrepareDownloadRequest",
-            {
-                "smdpSigned2": decode("SmdpSigned2", es9_json.b64(auth["smdpSigned2"])),
-                "smdpSignature2": es9_json.b64(auth["smdpSignature2"])[3:],
-                "smdpCertificate": es9_json.b64(auth["smdpCertificate"]),
-            },
-        )
-        bpp = smdp.handle(
-            post(
-                "getBoundProfilePackage",
-                {"transactionId": auth["transactionId"], "prepareDownloadResponse": prepared},
-            )
-        )
-        return bpp, auth
-
-    bpp_answer, auth = one_download()
-    bpp = es9_json.b64(answer_json(bpp_answer)["boundProfilePackage"])
-    answers = [isd_r.handle(segment) for segment in bpp_segments(bpp)]
-    assert all(a == b"" for a in answers[:-1])
-    pir = answers[-1]
-    result = decode("ProfileInstallationResult", pir)["profileInstallationResultData"]["finalResult"]
+    _, bpp_answer = isd_r_download(smdp, isd_r)
+    pir, result = load_bpp(isd_r, bpp_answer)
     assert result[0] == "successResult", result
     assert "8944476500001234575" in [p.iccid for p in isd_r.profile_store.profiles]
     taken = smdp.handle(post("handleNotification", {"pendingNotification": pir}))
     assert taken.status == 204 and taken.notes[0].fields["verified"] is True
     assert smdp.profiles["OP2"].state is ProfileState.INSTALLED
-    again, _ = one_download()
+    _, again = isd_r_download(smdp, isd_r)
     assert failure(again) == ("8.2", "3.7")
 
 
@@ -803,3 +812,28 @@ def test_flipped_bytes_in_every_client_message_get_an_es9_answer(pki: Pki) -> No
             }
     assert failed >= 50  # almost every flip lands in something signed or certified
     assert smdp.profiles["OP1"].state is ProfileState.RELEASED
+
+
+def test_faults_make_the_smdp_lie_as_asked(pki: Pki) -> None:
+    from bipsim.ota.smdp import Fault
+    from bipsim.uicc.applets.isd_r import IsdR
+
+    garbage = service(pki, faults=frozenset({Fault.GARBAGE}))
+    answer = garbage.handle(MiniEuicc(pki).initiate())
+    assert answer.status == 200 and answer.fields["fault"] == "garbage"
+    with pytest.raises(Es9FormatError):
+        decode_response(answer.body)
+    # a bad serverSignature1: the eUICC refuses AuthenticateServer (invalidSignature), the SM-DP+ ends with 8.1/3.8
+    liar = service(pki, faults=frozenset({Fault.BAD_SIGNATURE}))
+    refused, nothing = isd_r_download(liar, IsdR(keys=pki))
+    assert failure(refused) == ("8.1", "3.8") and nothing is None
+    message = json.loads(refused.body)["header"]["functionExecutionStatus"]["statusCodeData"]["message"]
+    assert "authenticateErrorCode 2" in message  # invalidSignature(2), SGP.22 5.7.13
+    # a corrupt package: the eUICC's install fails at the last segment (scp03tSecurityError), nothing installed
+    corrupt = service(pki, faults=frozenset({Fault.CORRUPT_BPP}))
+    isd_r = IsdR(keys=pki)
+    _, bad = isd_r_download(corrupt, isd_r)
+    assert bad.fields["fault"] == "corrupt-bpp"
+    _, result = load_bpp(isd_r, bad)
+    assert result[0] == "errorResult" and result[1]["errorReason"] == 8, result
+    assert not isd_r.profile_store.profiles

@@ -20,6 +20,8 @@ from bipsim.commands.common import (
 )
 from bipsim.errors import CliError
 
+FAULTS = ("garbage", "bad-signature", "corrupt-bpp")  # bipsim.ota.smdp.Fault, named here for a quick --help
+
 
 @click.command("smdp")
 @click.option(
@@ -65,6 +67,16 @@ from bipsim.errors import CliError
     "it, so that a profile is served once even across restarts; default: beside --trace as "
     "<trace>.smdp-state.json, none without --trace (single use then lasts as long as the process).",
 )
+@click.option(
+    "--fault",
+    "faults",
+    multiple=True,
+    type=click.Choice(FAULTS),
+    help="Make the SM-DP+ lie, to show how the LPA and the eUICC take bad input (repeatable): garbage answers "
+    "every function with HTTP 200 and a body that is not JSON (the function still runs: a download is used up); "
+    "bad-signature flips a bit of serverSignature1 (the eUICC refuses AuthenticateServer, invalidSignature); "
+    "corrupt-bpp flips a byte of the last '86' segment's MAC (the eUICC's install fails, scp03tSecurityError).",
+)
 @trace_option
 @session_option
 def smdp(
@@ -74,6 +86,7 @@ def smdp(
     profiles_dir: str | None,
     no_builtin: bool,
     state_path: str | None,
+    faults: tuple[str, ...],
     trace_path: str | None,
     session: str | None,
 ) -> None:
@@ -101,7 +114,14 @@ def smdp(
     install_shutdown("bipsim smdp")
     import trio
 
-    from bipsim.ota.smdp import SmdpError, SmdpServer, SmdpService, load_profiles, server_ssl_context
+    from bipsim.ota.smdp import (
+        Fault,
+        SmdpError,
+        SmdpServer,
+        SmdpService,
+        load_profiles,
+        server_ssl_context,
+    )
     from bipsim.uicc.euicc.crypto import CryptoError
     from bipsim.uicc.euicc.pki import ensure_pki
 
@@ -120,7 +140,13 @@ def smdp(
         raise CliError(f"--state {state}: directory {state.parent} does not exist")
     tracer = make_tracer(trace_path, session)
     try:
-        service = SmdpService(pki, profiles, address=advertise or listen, state_path=state)
+        service = SmdpService(
+            pki,
+            profiles,
+            address=advertise or listen,
+            state_path=state,
+            faults=frozenset(Fault(f) for f in faults),
+        )
     except SmdpError as exc:
         raise CliError(f"--state: {exc}") from exc
     server = SmdpServer(service, tracer, ssl_context=server_ssl_context(pki))
