@@ -9,6 +9,7 @@ project's uicc/euicc/bpp_build.py), and once more with bpp_build.py itself (the 
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Any
 
@@ -368,3 +369,29 @@ def test_without_the_kept_key_the_replayed_package_is_refused(pki: Pki) -> None:
     # and a new session (a new PrepareDownload, another one-time key) does not take the old package either
     results, _ = feed_all(loader(pki, prepared_session(pki, bytes(16)), ProfileStore()), segments)
     assert results[0].error == "invalidTransactionId"
+
+
+def test_damaged_segments_never_install_and_never_raise(pki: Pki) -> None:
+    """A changed bit, a cut or an added byte, a changed tag, anywhere in a package: an SGP.22 error result (no
+    exception out of the loader), and nothing installed. Seeded, so every run damages the same way."""
+    rng = random.Random(23)
+    tried = 0
+    while tried < 40:
+        session = prepared_session(pki)
+        segments = segment_bpp(build(pki, session, replace_keys=bool(tried % 2)))
+        k = rng.randrange(len(segments))
+        damaged = bytearray(segments[k])
+        how = tried % 4
+        if how == 0:
+            damaged[rng.randrange(len(damaged))] ^= 1 << rng.randrange(8)
+        elif how == 1:
+            damaged = damaged[: rng.randrange(len(damaged))]
+        elif how == 2:
+            damaged.append(rng.randrange(256))
+        else:
+            damaged[0] ^= 0x20
+        segments[k] = bytes(damaged)
+        results, store = feed_all(loader(pki, session, ProfileStore()), segments)
+        assert results[-1].done and results[-1].error is not None and results[-1].result_der is not None
+        assert store.profiles == []
+        tried += 1
