@@ -194,3 +194,20 @@ def test_ids_from_ppr_is_the_inverse() -> None:
         ids_from_ppr(4)
     with pytest.raises(RecordError):
         ppr_from_ids(7)
+
+
+@pytest.mark.parametrize(
+    ("der", "ppr"),
+    [
+        # PprIds in DER written by hand (X.690 8.6 and 11.2.2: a named bit list drops its trailing 0 bits):
+        ("030100", 0),  # no rule
+        ("03020640", 1),  # ppr1 (bit 1): 2 bits used, 6 unused
+        ("03020520", 2),  # ppr2 (bit 2)
+        ("03020560", 3),  # both
+        ("030206C0", 1),  # pprUpdateControl and ppr1: the update control bit counts for nothing
+    ],
+)
+def test_ppr_from_pprids_as_asn1tools_decodes_them(der: str, ppr: int) -> None:
+    from bipsim.uicc.euicc.asn1 import decode
+
+    assert ppr_from_ids(decode("PprIds", bytes.fromhex(der))) == ppr
