@@ -474,6 +474,19 @@ def test_a_fault_at_segment_k_kept_session_and_a_power_cycle_then_the_same_bpp_i
     assert [p.iccid for p in card.isd_r.profile_store.profiles] == [OP1_ICCID]
 
 
+def test_the_fault_fires_once_until_it_is_armed_again(keys: Pki) -> None:
+    card = new_card(keys, fault_at_segment=2, keep_otpk=True)
+    smdp = Smdp(keys)
+    bpp = smdp.bpp(prepared(card, smdp))
+    assert load(card, bpp)["finalResult"][1]["errorReason"] == 11
+    assert load(card, bpp)["finalResult"][0] == "successResult"  # the same card, no restart
+    # armed again on the running card (what the CP's card control does): it fires on the next load
+    card.isd_r.profile_store.rearm_fault()
+    smdp2 = Smdp(keys, transaction_id=b"\x72" * 16)
+    bpp2 = smdp2.bpp(prepared(card, smdp2), iccid="8944476500001234575")
+    assert load(card, bpp2)["finalResult"][1]["errorReason"] == 11
+
+
 def test_without_the_kept_key_the_replayed_bpp_is_refused_once_and_nothing_loops(keys: Pki) -> None:
     card = new_card(keys, fault_at_segment=4, keep_otpk=False)
     smdp = Smdp(keys)

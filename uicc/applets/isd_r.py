@@ -231,8 +231,8 @@ class IsdR(Applet):
         self.keep_otpk = keep_otpk
         # SGP.22 fault injection of the card profile (`euicc_fault_segment`): the BPP segment whose arrival aborts
         # the install with installFailedDueToInterruption; settable on a running card
+        # (it fires once per eUICC: the profile store remembers the segment that fired, across restarts)
         self.fault_at_segment = fault_at_segment
-        self.fault_spent = False  # the fault fired once: the install after it (from the cloud) goes through
         self.default_dp_address = default_dp_address
         self.profile_store = ProfileStore()
         self.notifications: list[Notification] = []
@@ -559,11 +559,15 @@ class IsdR(Applet):
             euicc_key=self.keys.euicc_key,
             eid=self.eid,
             store=self.profile_store,
-            fault_at_segment=self.fault_at_segment,
+            fault_at_segment=self._armed_fault(),
             keep_otpk=self.keep_otpk,
             seq_number=self.next_seq,
         )
         return self._load_segment(segment)
+
+    def _armed_fault(self) -> int | None:
+        segment = self.fault_at_segment
+        return segment if segment is not None and self.profile_store.fault_armed(segment) else None
 
     def _load_segment(self, segment: bytes) -> bytes:
         loader = self._loader
@@ -579,11 +583,11 @@ class IsdR(Applet):
         pir = bytes(result.result_der)
         self._note_result(pir)
         if result.interrupted and self.fault_at_segment is not None:
-            self.fault_at_segment, self.fault_spent = None, True
+            # fired once: the install after it (the same package from the cloud) goes through
+            self.profile_store.spend_fault(self.fault_at_segment)
         if not result.keep_session:
-            self.session = (
-                None  # SGP.22 3.1.3.3: installed, or a failure that erases otSK (`euicc_keep_otpk`)
-            )
+            # SGP.22 3.1.3.3: installed, or a failure that erases otSK (`euicc_keep_otpk`)
+            self.session = None
         self._changed()
         return pir
 
@@ -790,8 +794,6 @@ class IsdR(Applet):
             "notifications": [n.to_dict() for n in self.notifications],
             "next_seq": self.next_seq,
         }
-        if self.fault_spent:
-            state["fault_spent"] = True
         # only a kept session outlives a power cycle (`euicc_keep_otpk`); otherwise it lived in RAM
         if self.session is not None and self.keep_otpk:
             state["session"] = self.session.to_dict()
@@ -811,8 +813,6 @@ class IsdR(Applet):
         seq = state.get("next_seq")
         top = max((n.seq + 1 for n in notes), default=1)
         self.next_seq = max(seq if isinstance(seq, int) else 1, top)
-        if state.get("fault_spent") is True:
-            self.fault_at_segment, self.fault_spent = None, True  # the profile's fault fired before a restart
         self.session = None
         saved = state.get("session")
         if isinstance(saved, dict) and self.keep_otpk:
