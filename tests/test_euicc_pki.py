@@ -120,6 +120,20 @@ def test_a_tampered_signature_is_refused(made: Pki) -> None:
         verify_chain(load_cert_der(bytes(der)), made.ci_cert)
 
 
+def test_a_certificate_with_a_malformed_extension_is_a_crypto_error(made: Pki) -> None:
+    """cryptography parses extensions only when asked: a peer's malformed one must still be a CryptoError."""
+    der = bytearray(cert_der(made.dppb_cert))
+    at = der.find(b"\x04\x16\x04\x14" + pkid(made.dppb_cert))  # the subject key identifier's OCTET STRING
+    der[at + 2] = 0x05  # now a NULL of 20 bytes: not DER
+    broken = load_cert_der(bytes(der))
+    with pytest.raises(CryptoError, match="certificate"):
+        verify_chain(broken, made.ci_cert)
+    with pytest.raises(CryptoError, match="extensions"):
+        pkid(broken)
+    assert not has_policy(broken, pki.ROLE_DP_PB)
+    assert cert_smdp_oid(broken) is None
+
+
 def test_load_refuses_broken_directories(tmp_path: Path) -> None:
     with pytest.raises(CryptoError, match=r"pki\.json"):
         load_pki(tmp_path / "none")

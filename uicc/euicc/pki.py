@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -155,37 +155,52 @@ def pkid(cert: x509.Certificate) -> bytes:
         return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
     except x509.ExtensionNotFound:
         raise CryptoError("certificate has no subject key identifier") from None
+    except ValueError as exc:  # cryptography parses extensions when first asked: a peer's may be malformed
+        raise CryptoError(f"certificate extensions: {exc}") from None
 
 
 def cert_eid(cert: x509.Certificate) -> str | None:
     """The EID in an eUICC certificate's subject serialNumber (SGP.22 4.5.2), None when absent."""
-    attrs = cert.subject.get_attributes_for_oid(NameOID.SERIAL_NUMBER)
+    try:
+        attrs = cert.subject.get_attributes_for_oid(NameOID.SERIAL_NUMBER)
+    except ValueError:
+        return None
     return str(attrs[0].value) if attrs else None
 
 
 def cert_smdp_oid(cert: x509.Certificate) -> str | None:
-    """The SM-DP+ OID (subjectAltName registeredID) of an SM-DP+ certificate, None when absent."""
+    """The SM-DP+ OID (subjectAltName registeredID) of an SM-DP+ certificate, None when absent or unreadable."""
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
+    except (x509.ExtensionNotFound, ValueError):
         return None
     ids = san.get_values_for_type(x509.RegisteredID)
     return ids[0].dotted_string if ids else None
 
 
 def has_policy(cert: x509.Certificate, oid: x509.ObjectIdentifier) -> bool:
-    """Whether the certificate policies name `oid` (an id-rspRole-* role)."""
+    """Whether the certificate policies name `oid` (an id-rspRole-* role); False when they are absent or
+    unreadable."""
     try:
         policies = cert.extensions.get_extension_for_class(x509.CertificatePolicies).value
-    except x509.ExtensionNotFound:
+    except (x509.ExtensionNotFound, ValueError):
         return False
     return any(p.policy_identifier == oid for p in policies)
 
 
 def verify_chain(cert: x509.Certificate, issuer: x509.Certificate, *, now: dt.datetime | None = None) -> None:
     """Checks that `issuer` issued `cert`: names, the issuer being a CA allowed to sign certificates, the
-    authority/subject key identifiers, the signature, and both validity periods. CryptoError says what failed."""
-    when = now or dt.datetime.now(dt.UTC)
+    authority/subject key identifiers, the signature, and both validity periods. CryptoError says what failed,
+    also for a certificate whose names or extensions do not parse."""
+    try:
+        _verify_chain(cert, issuer, now or dt.datetime.now(dt.UTC))
+    except CryptoError:
+        raise
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise CryptoError(f"certificate: {exc}") from None
+
+
+def _verify_chain(cert: x509.Certificate, issuer: x509.Certificate, when: dt.datetime) -> None:
     if cert.issuer != issuer.subject:
         raise CryptoError(
             f"certificate issuer {cert.issuer.rfc4514_string()} is not {issuer.subject.rfc4514_string()}"
