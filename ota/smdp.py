@@ -1008,6 +1008,19 @@ class SmdpServer:
     ) -> None:
         listeners = await trio.open_tcp_listeners(port, host=host)
         bound = int(listeners[0].socket.getsockname()[1])
+        self.tracer.emit(
+            Actor.SMDP,
+            Actor.SMDP,
+            Layer.APP,
+            f"SM-DP+ listening on {host}:{bound}",
+            kind=Kind.APP_EVENT,
+            fields={
+                "event": "listening",
+                "host": host,
+                "port": bound,
+                "profiles": len(self.service.profiles),
+            },
+        )
         task_status.started(bound)
         await trio.serve_listeners(self.handle, listeners)
 
