@@ -254,7 +254,7 @@ def test_wrong_mac_is_a_security_error(pki: Pki) -> None:
     segments = segment_bpp(build(pki, session))
     segments[-1] = segments[-1][:-1] + bytes([segments[-1][-1] ^ 1])
     results, store = feed_all(loader(pki, session, ProfileStore()), segments)
-    assert results[-1].error == "scp03tSecurityError"
+    assert results[-1].error == "scp03tSecurityError" and "wrong MAC" in results[-1].why
     assert error_of(pki, results[-1]) == (BppCommand.LOAD_PROFILE_ELEMENTS, ErrorReason.SCP03T_SECURITY_ERROR)
     assert store.profiles == []
 

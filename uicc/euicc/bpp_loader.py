@@ -215,6 +215,7 @@ class LoadResult:
     aid: bytes | None = None  # its ISD-P AID
     segment: int = 0  # the number of this segment in the load, from 1
     interrupted: bool = False  # the fault hook stopped the load here
+    why: str = ""  # what exactly was wrong, for a trace or a log (never sent to the LPA)
 
 
 class LoadFailure(Exception):
@@ -603,6 +604,7 @@ class BppLoader:
             reason=reason,
             segment=self.segments,
             interrupted=reason is ErrorReason.INSTALL_FAILED_DUE_TO_INTERRUPTION,
+            why=why,
         )
 
     def _pir(self, final: tuple[str, dict[str, Any]], iccid: str | None) -> bytes:
