@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bipsim.uicc.euicc import crypto
 from bipsim.uicc.euicc.crypto import (
@@ -308,3 +310,25 @@ def test_isc_signed_part_from_der_refuses_malformed() -> None:
     for bad in (tlv(0xBF24, part + signature_do(bytes(64))), tlv(0xBF23, part), good[:-1], good + b"\x00"):
         with pytest.raises(CryptoError):
             isc_signed_part_from_der(bad)
+
+
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(st.binary(max_size=1100), st.sampled_from([0x86, 0x87, 0x88]))
+def test_peer_bytes_only_ever_raise_crypto_error(data: bytes, tag: int) -> None:
+    """Whatever a peer sends where a segment, a TLV list, an InitialiseSecureChannelRequest or a point belongs,
+    the answer is a value or a CryptoError (the eUICC's SGP.22 error), never another exception."""
+    card = Scp03t(MODE51)
+    state = card.state()
+    for call in (
+        lambda: card.unwrap(data),
+        lambda: card.unwrap(bytes([tag]) + data, tag=tag),
+        lambda: card.unwrap_mac_only(data),
+        lambda: split_tlvs(data),
+        lambda: isc_signed_part_from_der(b"\xbf\x23" + data),
+        lambda: public_from_point(b"\x04" + data),
+    ):
+        try:
+            call()
+        except CryptoError:
+            pass
+    assert card.state() == state  # random bytes never pass the MAC
