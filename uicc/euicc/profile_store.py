@@ -209,7 +209,7 @@ class ProfileStore:
     profiles: list[InstalledProfile] = field(default_factory=list)
     next_instance: int = 0x10  # the 15th byte of the next ISD-P AID; AIDs are never reused
     # the profile enabled before a test profile took its place: the only one that may be enabled next
-    # (SGP.22 section 3.2.1, wrongProfileReenabling)
+    # (SGP.22 sections 3.2.1 and 5.7.16, wrongProfileReenabling)
     fallback_iccid: str | None = None
     # the fault segment (the card profile's `euicc_fault_segment`) that already aborted an install: a fault fires
     # once per eUICC, so the install retried after the power cycle goes through (docs/protocols.md)
