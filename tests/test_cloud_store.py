@@ -15,7 +15,7 @@ import pytest
 import trio
 import trio.testing
 
-from bipsim.ap.lpa.records import encode_records, join_records, record_size_limit
+from bipsim.ap.lpa.records import decode_record, encode_records, join_records, record_size_limit
 from bipsim.ota.cloud_store import (
     CloudClient,
     CloudError,
@@ -582,3 +582,54 @@ async def test_the_access_log_keeps_pages_out_and_records_in(cloud: Cloud) -> No
     assert bytes.fromhex(fetch.hex or "").decode() == records[0] + "\n"
     upload_request = [e for e in cloud.tracer.events if e.kind == "http.request" and e.dst.value == "cloud"]
     assert any(e.hex and bytes.fromhex(e.hex).decode() == records[0] for e in upload_request)
+
+
+def test_the_core_answers_anything_a_client_sends() -> None:
+    """Seeded garbage at every endpoint: an HTTP status for each, never an exception, nothing stored."""
+    import random
+
+    from bipsim.ota.cloud_store import COOKIE
+    from bipsim.ota.http_connection import HttpRequest
+
+    svc = service()
+    svc.add_user("alice", PASSWORD)
+    login = svc.handle(
+        HttpRequest("POST", "/login", {"content-type": "application/x-www-form-urlencoded"},
+                    f"user=alice&password={PASSWORD}".encode()),
+        0.0,
+    )  # fmt: skip
+    cookie = f"{COOKIE}=" + dict(login.headers)["set-cookie"].split(";")[0].split("=", 1)[1]
+    good = encode_records(eid=EID, ppr=3, package=package(2049))
+    rng = random.Random(23)
+    paths = [
+        "/",
+        "/login",
+        "/register",
+        "/logout",
+        "/session",
+        "/profiles",
+        "/profiles?eid=" + EID + "&module=LPA",
+    ]
+    statuses = set()
+    for _ in range(400):
+        record = bytearray(rng.choice(good).encode())
+        for _ in range(rng.randrange(4)):
+            record[rng.randrange(len(record))] = rng.randrange(256)
+        body = rng.choice([bytes(record), rng.randbytes(rng.randrange(64)), b"user=%FF&password=\x00", b""])
+        headers = {
+            "cookie": rng.choice([cookie, "", f"{COOKIE}=nope", "a=b;;;=="]),
+            "content-type": rng.choice(["text/plain", "application/x-www-form-urlencoded", ""]),
+            "x-record-index": rng.choice(["0", "1", "2", "-1", "x", "99999999999", ""]),
+            "x-record-count": rng.choice(["3", "1", "0", "2, 3", ""]),
+        }
+        target = rng.choice(paths) + rng.choice(["", "?", "&eid=%00", "?module=" + "A" * 300, "#x"])
+        answer = svc.handle(
+            HttpRequest(rng.choice(["GET", "POST", "DELETE", "PUT"]), target, headers, body), 1.0
+        )
+        assert 200 <= answer.status < 600 and answer.fields["status"] == answer.status
+        statuses.add(answer.status)
+    assert {200, 303, 400, 401, 404, 405} <= statuses
+    for (eid, module), backup in svc.backups.items():  # whatever was stored is whole records of the format
+        assert all(
+            (decode_record(t).eid, decode_record(t).module) == (eid, module) for t in backup.records.values()
+        )
