@@ -6,7 +6,7 @@ In-process: the applet behind an AppletHost (61 xx and GET RESPONSE as the card 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -61,6 +61,10 @@ class Card:
             answer += more
         assert sw == 0x9000, f"{sw:04X}"
         return data + answer
+
+
+class Es10(Protocol):
+    def es10(self, request: bytes) -> bytes: ...
 
 
 class Smdp:
@@ -154,26 +158,26 @@ class Smdp:
         )
 
 
-def challenge(card: Card) -> bytes:
+def challenge(card: Es10) -> bytes:
     answer = asn1.decode("GetEuiccChallengeResponse", card.es10(bytes.fromhex("BF2E00")))
     return bytes(answer["euiccChallenge"])
 
 
-def authenticated(card: Card, smdp: Smdp) -> dict[str, Any]:
+def authenticated(card: Es10, smdp: Smdp) -> dict[str, Any]:
     kind, answer = asn1.decode("AuthenticateServerResponse", card.es10(smdp.authenticate(challenge(card))))
     assert kind == "authenticateResponseOk", answer
     smdp.euicc_signature1 = answer["euiccSignature1"]
     return dict(answer)
 
 
-def prepared(card: Card, smdp: Smdp) -> bytes:
+def prepared(card: Es10, smdp: Smdp) -> bytes:
     authenticated(card, smdp)
     kind, answer = asn1.decode("PrepareDownloadResponse", card.es10(smdp.prepare()))
     assert kind == "downloadResponseOk", answer
     return bytes(answer["euiccSigned2"]["euiccOtpk"])
 
 
-def load(card: Card, bpp: bytes) -> dict[str, Any]:
+def load(card: Es10, bpp: bytes) -> dict[str, Any]:
     """The BPP segment by segment (SGP.22 2.5.5); every answer but the last is empty; the decoded PIR data."""
     segments = segment_bpp(bpp)
     answers = []
@@ -546,3 +550,51 @@ def test_the_card_routes_es10_on_a_logical_channel_as_lpac_sends_it(keys: Pki) -
     assert answer == bytes.fromhex("6115")
     answer = card.process(bytes((channel,)) + bytes.fromhex("C0000015"))
     assert answer.hex().upper() == "BF3E125A10" + keys.eid + "9000"
+
+
+class SimCardEs10:
+    """ES10 through a whole SimCard: a logical channel, the ISD-R selected on it, STORE DATA and GET RESPONSE as
+    APDUs (what the CP sends for AT+CGLA)."""
+
+    def __init__(self, card: Any) -> None:
+        self.card = card
+        opened = card.process(bytes.fromhex("0070000001"))
+        assert opened[-2:] == b"\x90\x00"
+        self.channel = opened[0]
+        selected = card.process(bytes((self.channel, 0xA4, 0x04, 0x00, 16)) + ISD_R_AID)
+        assert selected[-2:] == b"\x90\x00" or selected[-2] == 0x61
+
+    def es10(self, request: bytes) -> bytes:
+        parts = [request[i : i + 255] for i in range(0, len(request), 255)]
+        for number, part in enumerate(parts):
+            p1 = 0x91 if number == len(parts) - 1 else 0x11
+            answer = self.card.process(bytes((0x80 | self.channel, 0xE2, p1, number, len(part))) + part)
+        data = b""
+        while answer[-2] == 0x61:
+            data += answer[:-2]
+            answer = self.card.process(bytes((self.channel, 0xC0, 0, 0, answer[-1])))
+        assert answer[-2:] == b"\x90\x00", answer[-2:].hex()
+        return data + answer[:-2]
+
+
+def test_an_install_and_enable_survive_a_restart_of_the_card_in_its_state_file(
+    keys: Pki, tmp_path: Path
+) -> None:
+    from bipsim.uicc.card import SimCard
+    from bipsim.uicc.profile import load_profile
+
+    profile = load_profile().with_overrides(applets=("isd-r",), euicc_pki=str(keys.directory))
+    state = tmp_path / "card.json"
+    card = SimCardEs10(SimCard(profile, state_path=state))
+    smdp = Smdp(keys)
+    otpk = prepared(card, smdp)
+    assert load(card, smdp.bpp(otpk))["finalResult"][0] == "successResult"
+    request = asn1.encode(
+        "EnableProfileRequest", {"profileIdentifier": ("iccid", iccid_bytes(OP1_ICCID)), "refreshFlag": True}
+    )
+    assert asn1.decode("EnableProfileResponse", card.es10(request)) == {"enableResult": 0}
+    again = SimCardEs10(SimCard(profile, state_path=state))  # a power cycle: only the state file is left
+    kind, profiles = asn1.decode("ProfileInfoListResponse", again.es10(bytes.fromhex("BF2D00")))
+    assert [(p["iccid"], p["profileState"]) for p in profiles] == [(iccid_bytes(OP1_ICCID), 1)]
+    kind, notes = asn1.decode("ListNotificationResponse", again.es10(bytes.fromhex("BF2800")))
+    assert [n["seqNumber"] for n in notes] == [1, 2]  # install, enable
