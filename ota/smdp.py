@@ -494,6 +494,14 @@ class SmdpService:
             body = es9_json.decode_request(request.body)
         except Es9FormatError as exc:
             return self._refused(400, exc.message, base)
+        answer = self._call(function, body)
+        if Fault.GARBAGE in self.faults:
+            # the function ran (a download is used up); only its answer is lost
+            fields = {**answer.fields, "fault": Fault.GARBAGE.value}
+            return Answer(200, GARBAGE_BODY, function, fields, answer.notes, error=answer.error)
+        return answer
+
+    def _call(self, function: str, body: dict[str, Any]) -> Answer:
         fields: dict[str, Any] = {"function": function}
         notes: list[Note] = []
         try:
@@ -512,11 +520,6 @@ class SmdpService:
             fields.update(http_status=204, status=es9_json.SUCCESS)
             return Answer(204, b"", function, fields, tuple(notes))
         fields.update(http_status=200, status=es9_json.SUCCESS)
-        if Fault.GARBAGE in self.faults:
-            fields["fault"] = (
-                Fault.GARBAGE.value
-            )  # the function ran (a download counts): only its answer is lost
-            return Answer(200, GARBAGE_BODY, function, fields, tuple(notes))
         return Answer(200, es9_json.encode_response(result), function, fields, tuple(notes))
 
     def _refused(self, status: int, reason: str, base: dict[str, Any]) -> Answer:

@@ -823,6 +823,9 @@ def test_faults_make_the_smdp_lie_as_asked(pki: Pki) -> None:
     assert answer.status == 200 and answer.fields["fault"] == "garbage"
     with pytest.raises(Es9FormatError):
         decode_response(answer.body)
+    refused = garbage.handle(MiniEuicc(pki).initiate("elsewhere.example"))  # a failure is garbage too
+    assert refused.status == 200 and refused.error and refused.body == answer.body
+    assert refused.fields["subject_code"] == "8.8.1"  # the trace still says what the function answered
     # a bad serverSignature1: the eUICC refuses AuthenticateServer (invalidSignature), the SM-DP+ ends with 8.1/3.8
     liar = service(pki, faults=frozenset({Fault.BAD_SIGNATURE}))
     refused, nothing = isd_r_download(liar, IsdR(keys=pki))
