@@ -598,3 +598,38 @@ def test_an_install_and_enable_survive_a_restart_of_the_card_in_its_state_file(
     assert [(p["iccid"], p["profileState"]) for p in profiles] == [(iccid_bytes(OP1_ICCID), 1)]
     kind, notes = asn1.decode("ListNotificationResponse", again.es10(bytes.fromhex("BF2800")))
     assert [n["seqNumber"] for n in notes] == [1, 2]  # install, enable
+
+
+def test_seeded_bit_flips_in_every_request_are_answered_never_raised(keys: Pki) -> None:
+    """Bad input from the LPA gets a status word or the function's error code; an exception out of the applet
+    (the card's 6F00) would fail here."""
+    import random
+
+    rng = random.Random(23)
+    card = new_card(keys)
+    smdp = Smdp(keys)
+    otpk = prepared(card, smdp)
+    requests = [
+        smdp.authenticate(b"\x00" * 16),
+        smdp.prepare(),
+        *segment_bpp(smdp.bpp(otpk))[:3],
+        bytes.fromhex("BF2D065C045A9F7095"),
+        asn1.encode("EnableProfileRequest", {"profileIdentifier": ("iccid", bytes(10)), "refreshFlag": True}),
+        bytes.fromhex("BF2B05A003800101"),
+        bytes.fromhex("BF3003800101"),
+        asn1.encode("CancelSessionRequest", {"transactionId": smdp.transaction_id, "reason": 1}),
+    ]
+    statuses: set[int] = set()
+    for _ in range(12):
+        for request in requests:
+            broken = bytearray(request)
+            for _flip in range(rng.randint(1, 3)):
+                broken[rng.randrange(len(broken))] ^= 1 << rng.randrange(8)
+            data, sw = card.host.process(Command(0x81, 0xE2, 0x91, 0x00, bytes(broken), None, CHANNEL))
+            while sw >> 8 == 0x61:
+                data, sw = card.apdu(0x01, 0xC0, 0, 0)
+            statuses.add(sw)
+    assert statuses <= {0x9000, 0x6A80}
+    assert 0x9000 in statuses and 0x6A80 in statuses
+    # and the eUICC still serves a good request
+    assert card.es10(bytes.fromhex("BF3E035C015A")).hex().upper() == "BF3E125A10" + keys.eid

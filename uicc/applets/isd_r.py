@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from bipsim.uicc.applets import (
     SW_CLA_NOT_SUPPORTED,
     SW_INS_NOT_SUPPORTED,
@@ -133,6 +135,8 @@ def bits(names: tuple[str, ...] | list[str], order: tuple[str, ...]) -> tuple[by
 
 def bit_names(value: tuple[bytes, int], order: tuple[str, ...]) -> list[str]:
     """The names of the bits set in an asn1tools BIT STRING value."""
+    if not (isinstance(value, tuple) and len(value) == 2):
+        return []  # what asn1tools gives for a BIT STRING without its unused-bits byte
     data, length = value
     return [
         name
@@ -352,7 +356,13 @@ class IsdR(Applet):
             value = asn1.decode(name, request)
         except Asn1Error as exc:
             return self._malformed(name, request, exc)
-        return handler(self, value, request)
+        try:
+            answer: bytes = handler(self, value, request)
+        except (Asn1Error, KeyError, TypeError, ValueError, IndexError) as exc:
+            # DER that decodes into a value the function cannot use (a BIT STRING with no bits, an ICCID that is
+            # not BCD): the function's own error, as for DER that does not decode
+            return self._malformed(name, request, Asn1Error(f"{name}: {exc!r}"))
+        return answer
 
     def _malformed(self, name: str, request: bytes, exc: Asn1Error) -> bytes:
         """The function's own error answer to a request whose DER does not decode (SGP.22 5.7)."""
@@ -417,6 +427,25 @@ class IsdR(Applet):
 
     # --- ES10b.AuthenticateServer (SGP.22 5.7.13) ------------------------------------------------------------
 
+    def _server_key(self, der: bytes, role: Any) -> tuple[ec.EllipticCurvePublicKey | None, str]:
+        """The public key of an RSP server certificate the eUICC accepts (DER X.509 with a P-256 key, issued by
+        the eUICC's CI, with the id-rspRole policy `role`), or None and what failed: "certificate", "curve",
+        "role"."""
+        try:
+            certificate = pki.load_cert_der(der)
+        except Exception:  # noqa: BLE001 - cryptography has many exception types for broken certificates
+            return None, "certificate"
+        try:
+            public = pki.cert_public_key(certificate)
+        except Exception:  # noqa: BLE001 - an unknown curve is UnsupportedAlgorithm, not CryptoError
+            return None, "curve"
+        try:
+            pki.verify_chain(certificate, self.keys.ci_cert)
+            allowed = pki.has_policy(certificate, role)
+        except Exception:  # noqa: BLE001 - extensions that do not parse raise on access
+            return None, "certificate"
+        return (public, "") if allowed else (None, "role")
+
     def _auth_error(self, transaction_id: bytes, code: int) -> bytes:
         return asn1.encode(
             "AuthenticateServerResponse",
@@ -432,20 +461,12 @@ class IsdR(Applet):
         challenge, self._challenge = self._challenge, None  # one challenge, one attempt
         if value["euiccCiPKIdToBeUsed"] != self.keys.ci_pkid:
             return self._auth_error(transaction_id, AUTH_CI_PK_UNKNOWN)
-        try:
-            certificate = pki.load_cert_der(bytes(value["serverCertificate"]))
-        except CryptoError:
-            return self._auth_error(transaction_id, AUTH_INVALID_CERTIFICATE)
-        try:
-            public = pki.cert_public_key(certificate)
-        except CryptoError:
-            return self._auth_error(transaction_id, AUTH_UNSUPPORTED_CURVE)
-        try:
-            pki.verify_chain(certificate, self.keys.ci_cert)
-        except CryptoError:
-            return self._auth_error(transaction_id, AUTH_INVALID_CERTIFICATE)
-        if not pki.has_policy(certificate, pki.ROLE_DP_AUTH):
-            return self._auth_error(transaction_id, AUTH_INVALID_OID)
+        public, fault = self._server_key(bytes(value["serverCertificate"]), pki.ROLE_DP_AUTH)
+        if public is None:
+            code = {"curve": AUTH_UNSUPPORTED_CURVE, "role": AUTH_INVALID_OID}.get(
+                fault, AUTH_INVALID_CERTIFICATE
+            )
+            return self._auth_error(transaction_id, code)
         # the signature covers ServerSigned1 exactly as sent: the first data object inside BF38
         server_signed1 = _inner(raw)[0]
         try:
@@ -504,17 +525,10 @@ class IsdR(Applet):
         session = self.session
         if session is None or session.euicc_signature1 is None:
             return self._download_error(transaction_id, DL_NO_SESSION)
-        try:
-            certificate = pki.load_cert_der(bytes(value["smdpCertificate"]))
-            public = pki.cert_public_key(certificate)
-        except CryptoError:
-            return self._download_error(transaction_id, DL_UNSUPPORTED_CURVE)
-        try:
-            pki.verify_chain(certificate, self.keys.ci_cert)
-        except CryptoError:
-            return self._download_error(transaction_id, DL_INVALID_CERTIFICATE)
-        if not pki.has_policy(certificate, pki.ROLE_DP_PB):
-            return self._download_error(transaction_id, DL_INVALID_CERTIFICATE)
+        public, fault = self._server_key(bytes(value["smdpCertificate"]), pki.ROLE_DP_PB)
+        if public is None:
+            code = DL_UNSUPPORTED_CURVE if fault == "curve" else DL_INVALID_CERTIFICATE
+            return self._download_error(transaction_id, code)
         if transaction_id != session.transaction_id:
             return self._download_error(transaction_id, DL_INVALID_TRANSACTION_ID)
         smdp_signed2 = _inner(raw)[0]
