@@ -603,6 +603,7 @@ class UpgradeAgent:
     ) -> bool:
         """Traces a notice not queued (an error when it has a result code) and tells its server that code."""
         details: dict[str, Any] = {"reason": reason} if reason else {"version": notice.version}
+        details.update(flag)
         self._event(
             Kind.UPGRADE_NOTICE,
             f"{notice.via.value} notice of {notice.name}{what}",
@@ -612,7 +613,6 @@ class UpgradeAgent:
             server=notice.server,
             location=notice.location,
             **details,
-            **flag,
         )
         if code is not None:
             self._tell(notice, code, reason or "")
