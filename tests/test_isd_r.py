@@ -633,3 +633,47 @@ def test_seeded_bit_flips_in_every_request_are_answered_never_raised(keys: Pki) 
     assert 0x9000 in statuses and 0x6A80 in statuses
     # and the eUICC still serves a good request
     assert card.es10(bytes.fromhex("BF3E035C015A")).hex().upper() == "BF3E125A10" + keys.eid
+
+
+async def test_through_the_cp_a_malformed_store_data_is_6a80_in_the_trace(
+    keys: Pki, monkeypatch: pytest.MonkeyPatch, nursery: Any
+) -> None:
+    """The `euicc` card behind the CP's AT+CCHO/AT+CGLA (lower-case AID, class 81 as lpac sends it): GetEID
+    answered, a STORE DATA with a wrong block number answered 6A80 and recorded at the card boundary."""
+    import re
+
+    import trio.testing
+
+    from bipsim.cp.card_driver import CardDriver
+    from bipsim.cp.commands import ModemCommands
+    from bipsim.cp.modem import simulated_card
+    from bipsim.cp.network import CellularNetwork
+    from bipsim.link.at_server import AtServer
+    from bipsim.trace.recorder import Tracer
+
+    monkeypatch.setenv("BIPSIM_PKI", str(keys.directory))
+    tracer = Tracer(keep=True)
+    card, _ = simulated_card("euicc", None, tracer)
+    commands = ModemCommands(CardDriver(card, tracer=tracer), CellularNetwork())
+    dte_end, cp_end = trio.testing.memory_stream_pair()
+    server = AtServer(cp_end)
+    commands.install(server)
+    nursery.start_soon(server.run)
+    buffer = bytearray()
+
+    async def at(line: str) -> list[str]:
+        await dte_end.send_all(line.encode("ascii") + b"\r")
+        with trio.fail_after(5):
+            while not re.search(rb"\r\n(OK|ERROR|\+CME ERROR: \d+)\r\n$", buffer):
+                buffer.extend(await dte_end.receive_some())
+        lines = [item for item in buffer.decode("ascii").split("\r\n") if item and item.rstrip("\r") != line]
+        buffer.clear()
+        return lines
+
+    assert await at("ATE0") == ["OK"]
+    assert await at(f'AT+CCHO="{ISD_R_AID.hex()}"') == ["+CCHO: 1", "OK"]
+    assert await at('AT+CGLA=1,22,"81E2910006BF3E035C015A"') == ['+CGLA: 4,"6115"', "OK"]
+    assert await at('AT+CGLA=1,10,"81C0000015"') == [f'+CGLA: 46,"BF3E125A10{keys.eid}9000"', "OK"]
+    assert await at('AT+CGLA=1,22,"81E2910206BF3E035C015A"') == ['+CGLA: 4,"6A80"', "OK"]
+    refused = [e for e in tracer.events if e.kind == "apdu.response" and (e.fields or {}).get("sw") == "6A80"]
+    assert len(refused) == 1
