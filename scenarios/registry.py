@@ -9,6 +9,14 @@ from collections.abc import Callable
 from bipsim.scenarios.base import ScenarioOptions, ScenarioResult
 from bipsim.scenarios.channels import two_channels
 from bipsim.scenarios.embodiments import embodiment1, embodiment2
+from bipsim.scenarios.esim import (
+    esim_chunked,
+    esim_cloud_retry,
+    esim_download,
+    esim_no_key_kept,
+    esim_not_logged_in,
+    esim_second_download_refused,
+)
 from bipsim.scenarios.faults import ap_no_network, large_download, line_drop, server_drops, server_refuses
 from bipsim.scenarios.link_modes import immediate, on_demand
 from bipsim.scenarios.omapi import (
@@ -90,6 +98,12 @@ SCENARIOS: dict[str, Scenario] = {
     "push-corrupt-package": push_corrupt_package,
     "push-lost-notice": push_lost_notice,
     "push-applet": push_applet,
+    "esim-download": esim_download,
+    "esim-cloud-retry": esim_cloud_retry,
+    "esim-not-logged-in": esim_not_logged_in,
+    "esim-chunked": esim_chunked,
+    "esim-second-download-refused": esim_second_download_refused,
+    "esim-no-key-kept": esim_no_key_kept,
 }
 
 

@@ -266,3 +266,90 @@ async def test_chunked_packages_through_the_cloud(length: int, count: int) -> No
         await client.upload(records)
         back = await client.fetch("89049032123451234512345678901235", "LPA")
     assert join_records(back) == package
+
+
+# --- the scenarios with the real processes --------------------------------------------------------------------------
+# Each process scenario waits mostly (processes starting, the pty, the card's first ES10): the module runs them at
+# once, each in a thread of its own with its own trio loop, and each test reads its run. esim-chunked has no process.
+
+
+def run_scenario(name: str, tmp_path: Path) -> Any:
+    """Scenario `name` in `tmp_path`: its ScenarioResult, or what it raised (the test that reads it fails)."""
+    from bipsim.scenarios.base import ScenarioOptions
+    from bipsim.scenarios.registry import SCENARIOS
+
+    try:
+        return SCENARIOS[name](ScenarioOptions(tmp_path / "run"))
+    except Exception as exc:  # noqa: BLE001 - handed to the test of this scenario
+        return exc
+
+
+@pytest.fixture(scope="module")
+def process_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    tmp_path = tmp_path_factory.mktemp("esim")
+    runs = {
+        "esim-download": lambda: run_scenario("esim-download", tmp_path / "download"),
+        "esim-cloud-retry": lambda: run_scenario("esim-cloud-retry", tmp_path / "retry"),
+        "esim-not-logged-in": lambda: run_scenario("esim-not-logged-in", tmp_path / "login"),
+        "esim-second-download-refused": lambda: run_scenario("esim-second-download-refused", tmp_path),
+        "esim-no-key-kept": lambda: run_scenario("esim-no-key-kept", tmp_path / "nokey"),
+    }
+    with ThreadPoolExecutor(len(runs)) as pool:
+        futures = {name: pool.submit(run) for name, run in runs.items()}
+        return {name: future.result() for name, future in futures.items()}
+
+
+def passed(process_runs: dict[str, Any], name: str) -> Any:
+    result = process_runs[name]
+    if isinstance(result, BaseException):
+        raise AssertionError(f"{name} failed: {result}") from result
+    assert result.name == name and result.run.cp_code in (0, -15, 143)
+    assert (result.run.directory / "cp.jsonl").exists() and (result.run.directory / "ap.jsonl").exists()
+    return result
+
+
+def test_esim_download_scenario(process_runs: dict[str, Any], tmp_path: Path, need: Any) -> None:
+    """The scenario's own checks (items 2, 3, 6), and item 9: tshark finds the STORE DATA sequence (INS E2 on the
+    ISD-R's channel) in the GSMTAP pcap of the run."""
+    import subprocess
+
+    from bipsim.trace.pcap import export_pcap
+
+    result = passed(process_runs, "esim-download")
+    tshark = need("tshark")
+    pcap = tmp_path / "esim.pcap"
+    export_pcap(result.run.events, pcap)
+    out = subprocess.run(
+        [tshark, "-r", str(pcap), "-Y", "gsm_sim.apdu.ins == 0xe2", "-T", "fields", "-e", "gsm_sim.apdu.p1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    p1 = [line.strip() for line in out.stdout.splitlines() if line.strip()]
+    assert p1 and all(value in ("0x11", "0x91", "17", "145") for value in p1), p1[:5]
+
+
+def test_esim_cloud_retry_scenario(process_runs: dict[str, Any]) -> None:
+    result = passed(process_runs, "esim-cloud-retry")
+    assert any(e.kind == Kind.LPA_STATE and e.field("state") == "failed" for e in result.run.events)
+
+
+def test_esim_not_logged_in_scenario(process_runs: dict[str, Any]) -> None:
+    passed(process_runs, "esim-not-logged-in")
+
+
+def test_esim_second_download_refused_scenario(process_runs: dict[str, Any]) -> None:
+    passed(process_runs, "esim-second-download-refused")
+
+
+def test_esim_no_key_kept_scenario(process_runs: dict[str, Any]) -> None:
+    passed(process_runs, "esim-no-key-kept")
+
+
+def test_esim_chunked_scenario(tmp_path: Path) -> None:
+    result = run_scenario("esim-chunked", tmp_path)
+    assert not isinstance(result, BaseException), result
+    assert result.notes == ["L=1024: 1 records", "L=2048: 2 records", "L=2049: 3 records"]

@@ -125,6 +125,17 @@ DEDICATED = {
         "push-applet",
     )
 }
+DEDICATED |= {
+    name: "test_esim_scenarios.py"
+    for name in (
+        "esim-download",
+        "esim-cloud-retry",
+        "esim-not-logged-in",
+        "esim-chunked",
+        "esim-second-download-refused",
+        "esim-no-key-kept",
+    )
+}
 
 
 # run by the command-line test below, with the same checks (exit 0 is the scenario's own)

@@ -217,17 +217,22 @@ class Lpa:
                 elif state is S.INSTALLED:
                     await self._delete()
                 elif state is S.CLOUD_DELETED:
-                    return self._result(await self._finish(es10))
+                    outcome = await self._finish(es10)
+                    await self._close(es10)
+                    return self._result(outcome)
                 else:  # STOPPED
+                    await self._close(es10)
                     return self._result(LpaOutcome(state, False, record.reason, record.iccid))
         except FlowStopped as exc:
+            await self._close(es10)
             return self._result(LpaOutcome(self.machine.state, False, str(exc), record.iccid))
-        finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(5):
-                try:
-                    await es10.close()
-                except (Es10Error, trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass  # the line went away: the channel is gone with it
+        # a session that ends under the flow (cancelled, the line gone) takes the channel with it: no +CCHC then
+
+    async def _close(self, es10: Es10Client) -> None:
+        try:
+            await es10.close()
+        except Es10Error:
+            pass  # the card or the modem forgot the channel already: nothing is left to close
 
     async def _login(self, user: str, password: str, page: str) -> None:
         try:
