@@ -182,7 +182,7 @@ def test_es10_request_names_a_request_by_its_outer_tag() -> None:
         assert asn1.outer_tag(tag.to_bytes(2, "big") + b"\x00") == tag
         asn1.rsp().types[name]  # every request type named is in the module
     with pytest.raises(Asn1Error, match="no ES10 request"):
-        asn1.es10_request(bytes.fromhex("BF4300"))  # not an ES10 function this eUICC serves
+        asn1.es10_request(bytes.fromhex("BF3400"))  # eUICCMemoryReset: not served by this eUICC
     with pytest.raises(Asn1Error):
         asn1.es10_request(bytes.fromhex("BF3E035C01"))  # its tag, broken DER
 

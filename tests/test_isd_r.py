@@ -224,7 +224,7 @@ def test_a_request_in_many_blocks_is_assembled_and_a_long_answer_chained(keys: P
         ([(0x91, 1, "BF3E035C015A")], 0x6A80),  # the first block is not 00
         ([(0x12, 0, "BF3E035C015A")], 0x6A86),  # P1 neither 11 nor 91
         ([(0x91, 0, "")], 0x6700),  # no data
-        ([(0x91, 0, "BF43025A00")], 0x6A80),  # a function this eUICC does not serve
+        ([(0x91, 0, "BF34025A00")], 0x6A80),  # a function this eUICC does not serve (eUICCMemoryReset)
         ([(0x91, 0, "5A")], 0x6A80),  # not even a TLV
         ([(0x91, 0, "BF3E035C014F")], 0x6A80),  # GetEID asking for another tag
         ([(0x91, 0, "BF3E035C01")], 0x6A80),  # GetEID, broken DER: that function has no error answer
@@ -677,3 +677,18 @@ async def test_through_the_cp_a_malformed_store_data_is_6a80_in_the_trace(
     assert await at('AT+CGLA=1,22,"81E2910206BF3E035C015A"') == ['+CGLA: 4,"6A80"', "OK"]
     refused = [e for e in tracer.events if e.kind == "apdu.response" and (e.fields or {}).get("sw") == "6A80"]
     assert len(refused) == 1
+
+
+def test_rules_authorisation_table_and_default_dp_address(keys: Pki) -> None:
+    card = new_card(keys, default_dp_address="profile.example")
+    rat = asn1.decode("GetRatResponse", card.es10(bytes.fromhex("BF4300")))["rat"]
+    assert [(r["pprIds"], r["allowedOperators"], r["pprFlags"]) for r in rat] == [
+        ((b"\x60", 3), [{"mccMnc": b"\xee\xee\xee"}], (b"\x80", 1))  # PPR1+PPR2, any operator, consent
+    ]
+    addresses = asn1.decode("EuiccConfiguredAddressesResponse", card.es10(bytes.fromhex("BF3C00")))
+    assert addresses == {"defaultDpAddress": "profile.example", "rootDsAddress": "lpa.ds.gsma.com"}
+    request = asn1.encode("SetDefaultDpAddressRequest", {"defaultDpAddress": ADDRESS})
+    assert asn1.decode("SetDefaultDpAddressResponse", card.es10(request)) == {"setDefaultDpAddressResult": 0}
+    card = power_cycle(card, keys, default_dp_address="profile.example")  # the state file has the last word
+    addresses = asn1.decode("EuiccConfiguredAddressesResponse", card.es10(bytes.fromhex("BF3C00")))
+    assert addresses["defaultDpAddress"] == ADDRESS

@@ -11,7 +11,8 @@ decode) is 6A80 when the function has no error answer of its own, else that func
 (undefinedError 127, or the code SGP.22 names for the case) in a normal 90 00 answer.
 
 Functions (the response type in brackets): GetEUICCInfo1 BF20 and GetEUICCInfo2 BF22 (EUICCInfo1/2), GetEID BF3E,
-GetEUICCChallenge BF2E, GetEuiccConfiguredAddresses BF3C, AuthenticateServer BF38 (checks the RSP server
+GetEUICCChallenge BF2E, GetEuiccConfiguredAddresses BF3C, SetDefaultDpAddress BF3F, GetRAT BF43 (the Rules
+Authorisation Table), AuthenticateServer BF38 (checks the RSP server
 certificate against the CI the request names, serverSignature1, the challenge; answers euiccSigned1 signed with
 SK.EUICC.ECDSA and the eUICC and EUM certificates), PrepareDownload BF21 (checks CERT.DPpb.ECDSA, the
 transactionId and smdpSignature2; makes otPK/otSK.EUICC.ECKA), LoadBoundProfilePackage (a STORE DATA sequence per
@@ -238,6 +239,7 @@ class IsdR(Applet):
         # (it fires once per eUICC: the profile store remembers the segment that fired, across restarts)
         self.fault_at_segment = fault_at_segment
         self.default_dp_address = default_dp_address
+        self._dp_address_set = False  # SetDefaultDpAddress ran: its address outlives a restart
         self.profile_store = ProfileStore()
         self.notifications: list[Notification] = []
         self.next_seq = 1
@@ -420,6 +422,24 @@ class IsdR(Applet):
         if self.default_dp_address:
             answer["defaultDpAddress"] = self.default_dp_address
         return asn1.encode("EuiccConfiguredAddressesResponse", answer)
+
+    def _set_default_dp(self, value: Any, raw: bytes) -> bytes:
+        """SGP.22 5.7.4: the address GetEuiccConfiguredAddresses answers from now on ("" removes it); it
+        persists in the card's state file over the profile's `euicc_default_dp_address`."""
+        self.default_dp_address = value["defaultDpAddress"] or None
+        self._dp_address_set = True
+        self._changed()
+        return asn1.encode("SetDefaultDpAddressResponse", {"setDefaultDpAddressResult": 0})
+
+    def _rat(self, value: Any, raw: bytes) -> bytes:
+        """SGP.22 5.7.22 / 2.9.2.2: the Rules Authorisation Table. This eUICC lets any operator ('E' wildcard
+        digits in mccMnc) set PPR1 and PPR2, with the end user's consent."""
+        rule = {
+            "pprIds": bits(("ppr1", "ppr2"), ("pprUpdateControl", "ppr1", "ppr2")),
+            "allowedOperators": [{"mccMnc": b"\xee\xee\xee"}],
+            "pprFlags": (b"\x80", 1),  # consentRequired
+        }
+        return asn1.encode("GetRatResponse", {"rat": [rule]})
 
     def _challenge_request(self, value: Any, raw: bytes) -> bytes:
         self._challenge = os.urandom(16)
@@ -808,6 +828,8 @@ class IsdR(Applet):
             "notifications": [n.to_dict() for n in self.notifications],
             "next_seq": self.next_seq,
         }
+        if self._dp_address_set:
+            state["default_dp_address"] = self.default_dp_address or ""
         # only a kept session outlives a power cycle (`euicc_keep_otpk`); otherwise it lived in RAM
         if self.session is not None and self.keep_otpk:
             state["session"] = self.session.to_dict()
@@ -824,6 +846,9 @@ class IsdR(Applet):
             except (KeyError, TypeError, ValueError):
                 continue  # a damaged entry is dropped, never a traceback at boot
         self.notifications = notes
+        address = state.get("default_dp_address")
+        if isinstance(address, str):
+            self.default_dp_address, self._dp_address_set = address or None, True
         seq = state.get("next_seq")
         top = max((n.seq + 1 for n in notes), default=1)
         self.next_seq = max(seq if isinstance(seq, int) else 1, top)
@@ -884,6 +909,8 @@ _HANDLERS: dict[str, Any] = {
     "GetEuiccDataRequest": IsdR._eid_request,
     "GetEuiccChallengeRequest": IsdR._challenge_request,
     "EuiccConfiguredAddressesRequest": IsdR._addresses,
+    "SetDefaultDpAddressRequest": IsdR._set_default_dp,
+    "GetRatRequest": IsdR._rat,
     "AuthenticateServerRequest": IsdR._authenticate,
     "PrepareDownloadRequest": IsdR._prepare,
     "CancelSessionRequest": IsdR._cancel,
@@ -901,6 +928,9 @@ _HANDLERS: dict[str, Any] = {
 _MALFORMED: dict[str, Any] = {
     "AuthenticateServerRequest": lambda self, raw: self._auth_error(_transaction_id(raw), UNDEFINED_ERROR),
     "PrepareDownloadRequest": lambda self, raw: self._download_error(_transaction_id(raw), UNDEFINED_ERROR),
+    "SetDefaultDpAddressRequest": lambda self, raw: asn1.encode(
+        "SetDefaultDpAddressResponse", {"setDefaultDpAddressResult": UNDEFINED_ERROR}
+    ),
     "CancelSessionRequest": lambda self, raw: asn1.encode(
         "CancelSessionResponse", ("cancelSessionResponseError", UNDEFINED_ERROR)
     ),

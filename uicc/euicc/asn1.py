@@ -47,7 +47,9 @@ ES10_REQUEST_TAGS: dict[int, str] = {
     0xBF38: "AuthenticateServerRequest",
     0xBF3C: "EuiccConfiguredAddressesRequest",
     0xBF3E: "GetEuiccDataRequest",
+    0xBF3F: "SetDefaultDpAddressRequest",
     0xBF41: "CancelSessionRequest",
+    0xBF43: "GetRatRequest",
 }
 
 
