@@ -353,3 +353,50 @@ def test_esim_chunked_scenario(tmp_path: Path) -> None:
     result = run_scenario("esim-chunked", tmp_path)
     assert not isinstance(result, BaseException), result
     assert result.notes == ["L=1024: 1 records", "L=2048: 2 records", "L=2049: 3 records"]
+
+
+def test_a_host_lpa_reaches_the_euicc_through_bipsim_cp(tmp_path: Path, pki: Pki) -> None:
+    """Item 9: as an open-source LPA with an AT backend (lpac's) does, on a line where +CMEE was never set:
+    `AT+CCHO="<aid in lower case>"` answered `+CCHO: <n>`, `AT+CGLA=<n>,<hex length>,"81E2..."` with class 81
+    whatever channel the modem chose, GET RESPONSE after 61 xx, and only OK / ERROR as final results."""
+    import re
+    import socket
+
+    from tests.cp_process import start_listening_cp, stop
+
+    profile = tmp_path / "euicc.toml"
+    profile.write_text(dump_profile(load_profile("euicc").with_overrides(euicc_pki=str(pki.directory))))
+    cp, port = start_listening_cp(
+        tmp_path, ["--profile", str(profile), "--state", str(tmp_path / "card.json")]
+    )
+    finals: list[str] = []
+    try:
+        line = socket.create_connection(("127.0.0.1", port))
+        line.settimeout(30)
+        buffer = b""
+
+        def at(command: str) -> list[str]:
+            nonlocal buffer
+            line.sendall(command.encode() + b"\r")
+            while not re.search(rb"\r\n(OK|ERROR|\+CME ERROR: [^\r]*)\r\n", buffer):
+                chunk = line.recv(4096)
+                assert chunk, f"the CP closed the line after {buffer!r}"
+                buffer += chunk
+            text, buffer = buffer.decode(), b""
+            lines = [part for part in text.split("\r\n") if part.strip() and part.strip() != command]
+            finals.append(lines[-1])
+            return lines[:-1]
+
+        opened = at('AT+CCHO="a0000005591010ffffffff8900000100"')
+        assert len(opened) == 1 and re.fullmatch(r"\+CCHO: \d+", opened[0]), opened
+        session = opened[0].split()[1]
+        first = at(f'AT+CGLA={session},22,"81E2910006BF3E035C015A"')
+        assert first == ['+CGLA: 4,"6115"'], first
+        rest = at(f'AT+CGLA={session},10,"00C0000015"')
+        assert rest == [f'+CGLA: 46,"BF3E125A10{pki.eid}9000"'], rest
+        assert at(f'AT+CGLA={int(session) + 5},22,"81E2910006BF3E035C015A"') == []  # no such session
+        assert at(f"AT+CCHC={session}") == []
+        line.close()
+    finally:
+        stop(cp)
+    assert finals == ["OK", "OK", "OK", "ERROR", "OK"], finals
