@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from enum import Enum
 from ipaddress import IPv4Address
 
+from bipsim.net.tcp_bbr import Bbr, RateSample
 from bipsim.net.tcp_segment import MAX_WINDOW_SCALE, TcpFlags, TcpSegment
 
 __all__ = [
@@ -53,6 +54,9 @@ OOO_CHUNK_OVERHEAD = 256
 MIN_PEER_MSS = 88  # the smallest MSS we send segments of, whatever the peer's SYN says (see _take_syn)
 _CUBIC_BETA = 0.7  # RFC 9438 4.6
 _CUBIC_C = 0.4  # RFC 9438 5
+# BBR paces: a segment goes out when its pacing time is at most this far ahead (trio's timers wake in whole
+# milliseconds, so a finer pace would only add wake-ups)
+PACING_QUANTUM = 0.001
 Endpoint = tuple[IPv4Address, int]
 
 
@@ -235,7 +239,9 @@ class TcpConfig:
     `challenge_acks_per_second` is RFC 5961 section 7's rate limit. `sack` offers and uses selective
     acknowledgments (RFC 2018 blocks in our ACKs; RFC 6675 loss recovery as a sender). `congestion` is "reno"
     (RFC 5681 congestion avoidance, halving on a loss) or "cubic" (RFC 9438: the cubic window growth and a
-    decrease to 0.7, as Linux); slow start, fast retransmit and recovery are the same for both. With SACK, loss
+    decrease to 0.7, as Linux); slow start, fast retransmit and recovery are the same for both; "bbr" is
+    draft-ietf-ccwg-bbr's model-based control (net/tcp_bbr.py: paced at the estimated bottleneck bandwidth, no
+    window reduction for a random loss), with SACK only (without it the connection falls back to reno). With SACK, loss
     recovery is RFC 8985 RACK (time-based loss marks) with RFC 6675's pipe and RFC 6937 PRR, and
     `tail_loss_probe` sends RFC 8985's probe at 2 SRTT so a lost last segment is not left to the RTO.
     `initial_window` is in segments: 10 is RFC 6928's min(10 SMSS, max(2 SMSS, 14600 bytes)), as Linux uses; 0 is
@@ -273,8 +279,8 @@ class TcpConfig:
             raise ValueError("buffers must be 1 byte .. 1 GiB")
         if not 0 < self.min_rto <= self.initial_rto <= self.max_rto:
             raise ValueError("need 0 < min_rto <= initial_rto <= max_rto")
-        if self.congestion not in ("reno", "cubic"):
-            raise ValueError(f"congestion control {self.congestion!r}: reno or cubic")
+        if self.congestion not in ("reno", "cubic", "bbr"):
+            raise ValueError(f"congestion control {self.congestion!r}: reno, cubic or bbr")
         if not 0 <= self.delayed_ack <= 0.5:
             raise ValueError("delayed_ack must be 0 .. 0.5 s (RFC 1122 4.2.3.2)")
         if not 0 <= self.initial_window <= 10:
@@ -393,6 +399,19 @@ class TcpConnection:
         self._reo_deadline: float | None = None  # RACK's reordering timer
         self._tlp_deadline: float | None = None  # the probe timeout (PTO)
         self._tlp_out = False  # a probe is unanswered: no second one (RFC 8985 7.2)
+        # BBR (net/tcp_bbr.py) and its delivery rate samples (draft-cheng-iccrg-delivery-rate-estimation 3.2):
+        # per segment in flight, the connection's delivered count, delivered time, first sent time and
+        # app-limited mark when it was sent
+        self._bbr: Bbr | None = None
+        self._delivered = 0
+        self._delivered_time = 0.0
+        self._first_sent_time = 0.0
+        self._app_limited_until = 0
+        self._rs: dict[int, tuple[int, float, float, bool]] = {}
+        self._pacing_rate = 0.0
+        self._pace_next = 0.0
+        self._pace_deadline: float | None = None
+        self._rate_sample: RateSample | None = None  # from the latest ACK, for _bbr_on_ack
         # RFC 6937 Proportional Rate Reduction
         self._prr_delivered = 0
         self._prr_out = 0
@@ -589,6 +608,7 @@ class TcpConnection:
                 self._fin_wait_2_deadline,
                 self._reo_deadline,
                 self._tlp_deadline,
+                self._pace_deadline,
             )
             if d is not None
         ]
@@ -619,6 +639,9 @@ class TcpConnection:
         if self._persist_deadline is not None and now >= self._persist_deadline:
             self._persist_deadline = None
             self._on_persist(now)
+        if self._pace_deadline is not None and now >= self._pace_deadline:
+            self._pace_deadline = None
+            self._output(now)
         if self.state is not TcpState.CLOSED:
             self._arm(now)
 
@@ -808,7 +831,9 @@ class TcpConnection:
             # an ACK that is no duplicate in RFC 5681's sense (a window update, data) still reports deliveries
             self._sacked_bytes = sum(r - left for left, r in self._sacked)
             self._rack_on_ack(now)
-        if self._in_recovery and self._sack_ok:
+        if self._bbr is not None:
+            self._bbr_on_ack(now)
+        elif self._in_recovery and self._sack_ok:
             delivered = (self.snd_una - una_before) + (self._sacked_bytes - sacked_before)
             self._prr_update(max(0, delivered))
         # RFC 9293 3.10.7.4: update the send window from the newest segment only
@@ -829,6 +854,14 @@ class TcpConnection:
     def _on_new_ack(self, acked: int, ack: int, now: float) -> None:
         mss = self.eff_mss
         self._dupacks = 0
+        if self._bbr is not None:
+            # BBR sets the window from its model (_bbr_on_ack); a recovery ends with the window it had before
+            if self._in_recovery and ack >= self._recover:
+                self._in_recovery = False
+                self.cwnd = self._bbr.exit_recovery(self.cwnd)
+                if self._lost:
+                    self._enter_recovery(now)
+            return
         if self._in_recovery:
             if ack >= self._recover:
                 # RFC 6582 3.2 step 3, its option (2): full acknowledgment, the window is ssthresh (option (1)'s
@@ -863,6 +896,8 @@ class TcpConnection:
         """A loss: the new ssthresh (RFC 5681 equation (4), or RFC 9438 4.6 with CUBIC's beta 0.7)."""
         mss = self.eff_mss
         flight = self.snd_max - self.snd_una
+        if self._bbr is not None:
+            return  # BBR keeps no ssthresh: a loss is not taken as the path's capacity (draft-ietf-ccwg-bbr)
         if self.config.congestion == "cubic":
             segments = self.cwnd / mss
             # RFC 9438 4.7 fast convergence: a flow whose window shrank gives up more
@@ -947,6 +982,8 @@ class TcpConnection:
         xmit = self._xmit
         una = self.snd_una
         delivered: list[tuple[int, float, bool]] = []
+        rs = self._rs
+        samples: list[tuple[int, float, bool, tuple[int, float, float, bool] | None]] = []
         while xmit:
             start = next(iter(xmit))
             end, sent, resent, sacked = xmit[start]
@@ -955,14 +992,19 @@ class TcpConnection:
             del xmit[start]
             self._lost.discard(start)
             self._resent.discard(start)
+            info = rs.pop(start, None)
             if not sacked:
                 delivered.append((end, sent, resent))
+                samples.append((end - start, sent, resent, info))
         if self._sacked:
             for start, (end, sent, resent, sacked) in xmit.items():
                 if not sacked and self._covered(start, end):
                     xmit[start] = (end, sent, resent, True)  # a value change, not an insertion: order stays
                     self._lost.discard(start)
                     delivered.append((end, sent, resent))
+                    samples.append((end - start, sent, resent, rs.get(start)))
+        if self._bbr is not None:
+            self._rate_sample = self._sample_rate(samples, now)
         for end, sent, resent in delivered:
             rtt = now - sent
             if resent and rtt < self._min_rtt:
@@ -975,6 +1017,71 @@ class TcpConnection:
             if sent > self._rack_xmit or (sent == self._rack_xmit and end > self._rack_end):
                 self._rack_xmit, self._rack_end, self._rack_rtt = sent, end, rtt
         self._rack_detect(now)
+
+    def _sample_rate(
+        self, samples: list[tuple[int, float, bool, tuple[int, float, float, bool] | None]], now: float
+    ) -> RateSample | None:
+        """draft-cheng-iccrg-delivery-rate-estimation 3.3: count what this ACK delivered and make one rate sample
+        from the most recently sent of those segments: bytes delivered since it was sent, over the longer of its
+        send and ACK intervals (a sample over less than the min RTT is no sample)."""
+        if not samples:
+            return None
+        acked = 0
+        best: tuple[int, float, float, bool, float, bool] | None = None
+        for length, sent, resent, info in samples:
+            acked += length
+            self._delivered += length
+            self._delivered_time = now
+            if info is None:
+                continue
+            prior_delivered, prior_time, first_sent, app_limited = info
+            if best is None or prior_delivered >= best[0]:
+                best = (prior_delivered, prior_time, first_sent, app_limited, sent, resent)
+                self._first_sent_time = sent
+        if self._app_limited_until and self._delivered > self._app_limited_until:
+            self._app_limited_until = 0
+        if best is None:
+            return RateSample(0, 0.0, -1.0, self._delivered, False, acked)
+        prior_delivered, prior_time, first_sent, app_limited, sent, resent = best
+        interval = max(sent - first_sent, now - prior_time)
+        if interval < self._min_rtt:
+            interval = 0.0  # rate 0: not a sample of the bandwidth
+        return RateSample(
+            self._delivered - prior_delivered,
+            interval,
+            -1.0 if resent else now - sent,
+            prior_delivered,
+            app_limited,
+            acked,
+        )
+
+    def _bbr_on_ack(self, now: float) -> None:
+        """Feed BBR this ACK's rate sample and take its window and pacing rate."""
+        bbr = self._bbr
+        assert bbr is not None
+        sample, self._rate_sample = self._rate_sample, None
+        inflight = self._pipe()
+        bbr.on_ack(sample, self._delivered, inflight, self.cwnd, now)
+        self.cwnd = bbr.cwnd(self.cwnd, sample.acked if sample else 0, inflight, self._delivered)
+        self._pacing_rate = bbr.pacing_rate(self.srtt)
+
+    def _rs_on_send(self, seq: int, now: float) -> None:
+        """Remember, for the rate sample, what the connection had delivered when this segment left."""
+        if self._bbr is None:
+            return
+        if self.snd_max == self.snd_una or not self._xmit:
+            self._first_sent_time = self._delivered_time = now  # nothing in flight: a new interval starts
+        self._rs[seq] = (
+            self._delivered,
+            self._delivered_time,
+            self._first_sent_time,
+            self._app_limited_until > 0,
+        )
+
+    def _pace(self, length: int, now: float) -> None:
+        """The next segment's pacing time, after `length` bytes left now."""
+        if self._bbr is not None and self._pacing_rate > 0:
+            self._pace_next = max(self._pace_next, now) + length / self._pacing_rate
 
     def _reo_wnd(self) -> float:
         """RFC 8985 6.2 step 4: no reordering window until the path has reordered, once in recovery or once
@@ -1032,6 +1139,9 @@ class TcpConnection:
         self._tlp_deadline = None
         self._prr_delivered = self._prr_out = 0
         self._recover_fs = max(1, self.snd_max - self.snd_una)
+        if self._bbr is not None:
+            self.cwnd = self._bbr.enter_recovery(self.cwnd, self._pipe(), self._delivered)
+            return
         # RFC 6937 3.1: the first retransmission goes out at once, whatever the proportion says
         self.cwnd = self._pipe() + self.eff_mss
 
@@ -1093,6 +1203,7 @@ class TcpConnection:
         self._note_retransmission(start, n, reason)
         self._emit(start, flags, bytes(self._send_buf[offset : offset + n]))
         if start in self._xmit:
+            self._rs_on_send(start, now)
             self._xmit[start] = (self._xmit[start][0], now, True, False)
             self._resent.add(start)
         if self._in_recovery:
@@ -1257,10 +1368,19 @@ class TcpConnection:
         if self.state not in _SENDING:
             return
         fin_allowed = self.state in (TcpState.FIN_WAIT_1, TcpState.CLOSING, TcpState.LAST_ACK)
+        self._pace_deadline = None
         while True:
             data_end = self._send_base + len(self._send_buf)
             fin_due = fin_allowed and self.snd_nxt <= data_end
             available = data_end - self.snd_nxt
+            if self._bbr is not None:
+                if available <= 0 and not self._lost and self._pipe() < self.cwnd:
+                    # draft-cheng-iccrg-delivery-rate-estimation 3.4: the application, not the path, limits
+                    # the rate until what is in flight now is delivered
+                    self._app_limited_until = max(self._delivered + self._pipe(), 1)
+                if self._pace_next > now + PACING_QUANTUM and (available > 0 or self._lost):
+                    self._pace_deadline = self._pace_next
+                    break
             if self._in_recovery and self._sack_ok:
                 # RFC 6675 NextSeg rule 1 first: the lowest segment RACK marked lost; then new data, while pipe
                 # (the bytes really in flight) stays under the cwnd PRR set; the peer's window counts from SND.UNA
@@ -1270,7 +1390,9 @@ class TcpConnection:
                 if self._lost:
                     start = min(self._lost)
                     self._lost.discard(start)
-                    self._resend(start, self._xmit[start][0] if start in self._xmit else start, now, "fast")
+                    end = self._xmit[start][0] if start in self._xmit else start
+                    self._resend(start, end, now, "fast")
+                    self._pace(min(end - start, self.eff_mss), now)
                     continue
                 usable = min(room, self.snd_una + self.snd_wnd - self.snd_nxt)
             else:
@@ -1283,6 +1405,7 @@ class TcpConnection:
                     break
                 fin = fin_due and self.snd_nxt + n == data_end
                 self._send_data(self.snd_nxt, n, now, fin=fin)
+                self._pace(n, now)
             elif fin_due:
                 self._send_data(self.snd_nxt, 0, now, fin=True)
             else:
@@ -1303,6 +1426,7 @@ class TcpConnection:
         elif self._rtt_seq is None:
             self._rtt_seq, self._rtt_time = end, now
         if n:
+            self._rs_on_send(seq, now)
             self._xmit[seq] = (seq + n, now, seq < self.snd_max, False)
             if seq < self.snd_max:
                 self._resent.add(seq)
@@ -1456,7 +1580,7 @@ class TcpConnection:
             return
         if self.state not in _SENDING:
             self._rto_deadline = self._reo_deadline = self._tlp_deadline = None
-            self._persist_deadline = None
+            self._persist_deadline = self._pace_deadline = None
             return
         data_end = self._send_base + len(self._send_buf)
         if self.snd_nxt == self.snd_una and data_end > self.snd_nxt:
@@ -1498,6 +1622,10 @@ class TcpConnection:
         # RFC 5681 3.1 equation (4) and the loss window; RFC 6582 4.2: no fast retransmit for what was sent before
         mss = self.eff_mss
         self._congestion_event(now)
+        if self._bbr is not None:
+            self._bbr.on_timeout(self.cwnd)
+            self._rs.clear()
+            self._pace_next = now  # the go-back-N starts at once
         self.cwnd = mss
         self._in_recovery = False
         self._dupacks = 0
@@ -1597,6 +1725,10 @@ class TcpConnection:
             self.cwnd = min(self.config.initial_window * mss, max(2 * mss, 14600))
         else:
             self.cwnd = 2 * mss if mss > 2190 else 3 * mss if mss > 1095 else 4 * mss  # RFC 5681 3.1 IW
+        if self.config.congestion == "bbr" and self._sack_ok:
+            # the PROBE_BW phase to start in, which the draft draws at random, from the ISS: a run repeats
+            self._bbr = Bbr(mss, self.cwnd, now, cycle_start=2 + self.iss % 6)
+            self._pacing_rate = self._bbr.pacing_rate(self.srtt)
         self._retries = 0
         self._rto_deadline = None
         self._send_base = self.iss + 1
@@ -1606,7 +1738,7 @@ class TcpConnection:
             self._fire(TcpInput.CLOSE)
 
     def _enter_time_wait(self, now: float) -> None:
-        self._rto_deadline = self._reo_deadline = self._tlp_deadline = None
+        self._rto_deadline = self._reo_deadline = self._tlp_deadline = self._pace_deadline = None
         self._persist_deadline = None
         self._time_wait_deadline = now + 2 * self.config.msl
 
@@ -1628,7 +1760,7 @@ class TcpConnection:
             self._ooo.clear()
             self._ooo_cost = 0
         self._rto_deadline = self._ack_deadline = self._persist_deadline = self._time_wait_deadline = None
-        self._fin_wait_2_deadline = self._reo_deadline = self._tlp_deadline = None
+        self._fin_wait_2_deadline = self._reo_deadline = self._tlp_deadline = self._pace_deadline = None
         self._events.append(Closed(reason))
 
     def _reject(self, reason: str, answered: str) -> None:

@@ -1466,8 +1466,8 @@ def test_cubic_decrease_and_window_curve() -> None:
 
 
 def test_congestion_control_is_checked() -> None:
-    with pytest.raises(ValueError, match="reno or cubic"):
-        TcpConfig(congestion="bbr")
+    with pytest.raises(ValueError, match="reno, cubic or bbr"):
+        TcpConfig(congestion="vegas")
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -243,7 +243,11 @@ async def test_stream_repairs_a_lost_tail_by_the_probe_not_the_rto(
             got += await reader.receive_some(4096)
         assert lost and bytes(got) == b"p" * 3000
         assert trio.current_time() - start < left.connection.config.min_rto
-        assert left.connection.retransmissions == 1
+        # only the lost segment went again: trio runs ready tasks in a random order, and on this instant link
+        # (SRTT 0, so the probe is due at once) the probe may leave in the same instant as the ACK that lets RACK
+        # resend it as well
+        again = [x for x in left.sent if x.payload and x.seq == lost[0].seq]
+        assert 1 <= left.connection.retransmissions == len(again) - 1 <= 2
         nursery.cancel_scope.cancel()
 
 
