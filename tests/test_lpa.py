@@ -589,3 +589,34 @@ async def test_every_000_step_label_is_its_steps_message(rig: Rig) -> None:
     labelled = [e for e in rig.tracer.events if e.step and e.step.startswith("000:")]
     assert {e.step for e in labelled} == {s for s in STEPS if s.startswith("000:")}
     assert all(STEPS[e.step].matches(e) for e in labelled if e.step)
+
+
+def test_the_lpas_own_der_agrees_with_asn1tools() -> None:
+    """ctx_params1, parse_metadata and parse_installation_result against uicc/euicc/rsp.asn through asn1tools."""
+    from bipsim.ap.lpa.es10_client import ctx_params1, parse_installation_result, parse_metadata
+
+    tac = bytes.fromhex("35290611")
+    assert ctx_params1("OP1", tac) == asn1.encode(
+        "CtxParams1",
+        (
+            "ctxParamsForCommonAuthentication",
+            {"matchingId": "OP1", "deviceInfo": {"tac": tac, "deviceCapabilities": {}}},
+        ),
+    )
+    for ppr_ids, expected in (((b"\x60", 3), 3), ((b"\x40", 2), 1), (None, 0)):
+        value: dict[str, Any] = {"iccid": iccid_bytes(ICCID), "serviceProviderName": "op", "profileName": "p"}
+        if ppr_ids is not None:
+            value["profilePolicyRules"] = ppr_ids
+        metadata = parse_metadata(asn1.encode("StoreMetadataRequest", value))
+        assert metadata.iccid == ICCID
+        from bipsim.ap.lpa.records import ppr_from_ids
+
+        assert ppr_from_ids(metadata.ppr_ids) == expected
+    ok = parse_installation_result(installation_result(True, seq=9))
+    assert ok.ok and ok.seq_number == 9
+    failed = parse_installation_result(installation_result(False))
+    assert not failed.ok and (failed.bpp_command_id, failed.error_reason) == (5, 11)
+    with pytest.raises(Es10Error):
+        parse_installation_result(bytes.fromhex("BF3700"))
+    with pytest.raises(Es10Error):
+        parse_metadata(bytes.fromhex("BF2500"))

@@ -405,6 +405,79 @@ class Es10Client:
         return answer
 
 
+# --- the few SGP.22 values the LPA builds or reads itself (DER by hand: the AP never compiles the ASN.1 module;
+# tests/test_lpa.py checks each against asn1tools and uicc/euicc/rsp.asn) -----------------------------------------
+
+
+def ctx_params1(matching_id: str, tac: bytes) -> bytes:
+    """CtxParams1 (SGP.22 5.7.13) with ctxParamsForCommonAuthentication: the matchingId and a DeviceInfo of `tac`
+    and no device capabilities (automatic tags: A0 { 80 matchingId, A1 { 80 tac, A1 {} } })."""
+    device_info = tlv(b"\xa1", tlv(b"\x80", tac) + tlv(b"\xa1", b""))
+    return tlv(b"\xa0", tlv(b"\x80", matching_id.encode("utf-8")) + device_info)
+
+
+@dataclass(frozen=True)
+class Metadata:
+    """What the LPA takes from StoreMetadataRequest (BF25, authenticateClient's profileMetadata)."""
+
+    iccid: str
+    ppr_ids: tuple[bytes, int] | None  # profilePolicyRules as asn1tools gives a BIT STRING: (bits, count)
+
+
+def parse_metadata(der: bytes) -> Metadata:
+    """The ICCID (5A) and pprIds ([25], tag 99) of a StoreMetadataRequest; Es10Error when it is not one."""
+    outer = _expect(der, b"\xbf\x25", "profileMetadata")
+    iccid = ""
+    ppr: tuple[bytes, int] | None = None
+    for item in children(outer.value):
+        if item.tag == b"\x5a" and len(item.value) == 10:
+            iccid = iccid_digits(item.value)
+        elif item.tag == b"\x99":
+            if not item.value or item.value[0] > 7:
+                raise Es10Error("profileMetadata: pprIds is not a BIT STRING")
+            bits = item.value[1:]
+            ppr = (bits, 8 * len(bits) - item.value[0])
+    if not iccid:
+        raise Es10Error("profileMetadata carries no ICCID")
+    return Metadata(iccid, ppr)
+
+
+@dataclass(frozen=True)
+class InstallResult:
+    """What the LPA reads of a ProfileInstallationResult (BF37, SGP.22 5.7.6): success or the error's
+    bppCommandId and errorReason, and the seqNumber of its notification."""
+
+    ok: bool
+    seq_number: int
+    bpp_command_id: int | None = None
+    error_reason: int | None = None
+
+
+def parse_installation_result(der: bytes) -> InstallResult:
+    """BF37 { BF27 { 80 transactionId, BF2F notificationMetadata { 80 seqNumber ... }, 06 smdpOid,
+    A2 finalResult { A0 success | A1 { 80 bppCommandId, 81 errorReason } } }, 5F37 }; Es10Error otherwise."""
+    outer = _expect(der, b"\xbf\x37", "LoadBoundProfilePackage")
+    data = next((item for item in children(outer.value) if item.tag == b"\xbf\x27"), None)
+    if data is None:
+        raise Es10Error("ProfileInstallationResult without its data (BF27)")
+    seq = -1
+    final: Tlv | None = None
+    for item in children(data.value):
+        if item.tag == b"\xbf\x2f":
+            for field_ in children(item.value):
+                if field_.tag == b"\x80":
+                    seq = int.from_bytes(field_.value, "big", signed=True)
+        elif item.tag == b"\xa2":
+            final = item
+    results = children(final.value) if final is not None else []
+    if len(results) != 1 or results[0].tag not in (b"\xa0", b"\xa1"):
+        raise Es10Error("ProfileInstallationResult without a finalResult")
+    if results[0].tag == b"\xa0":
+        return InstallResult(True, seq)
+    codes = {item.tag: int.from_bytes(item.value, "big") for item in children(results[0].value)}
+    return InstallResult(False, seq, codes.get(b"\x80"), codes.get(b"\x81"))
+
+
 def _expect(answer: bytes, tag: bytes, function: str) -> Tlv:
     outer, end = read_tlv(answer)
     if outer.tag != tag or end != len(answer):

@@ -23,7 +23,14 @@ from urllib.parse import unquote
 import trio
 
 from bipsim.ap.lpa.es9_client import Es9Client, Es9Unreachable
-from bipsim.ap.lpa.es10_client import AtPort, Es10Client, Es10Error, iccid_digits
+from bipsim.ap.lpa.es10_client import (
+    AtPort,
+    Es10Client,
+    Es10Error,
+    ctx_params1,
+    parse_installation_result,
+    parse_metadata,
+)
 from bipsim.ap.lpa.records import (
     FIELDS,
     MODULE,
@@ -40,7 +47,6 @@ from bipsim.ota.es9_json import Es9Error, parse_activation_code
 from bipsim.trace.events import Actor, Layer
 from bipsim.trace.kinds import Kind
 from bipsim.trace.recorder import NULL_TRACER, Tracer
-from bipsim.uicc.euicc.asn1 import Asn1Error, decode, encode
 
 DEVICE_TAC = bytes.fromhex("35290611")  # the terminal's type allocation code in DeviceInfo (SGP.22 5.7.13)
 CIMI_ATTEMPTS = 20  # AT+CIMI reads after EnableProfile until the card's REFRESH has given the new IMSI
@@ -330,16 +336,7 @@ class Lpa:
             )
             transaction = auth["transactionId"]
             self.machine.note(transaction_id=transaction.hex().upper())
-            ctx = encode(
-                "CtxParams1",
-                (
-                    "ctxParamsForCommonAuthentication",
-                    {
-                        "matchingId": code.matching_id,
-                        "deviceInfo": {"tac": DEVICE_TAC, "deviceCapabilities": {}},
-                    },
-                ),
-            )
+            ctx = ctx_params1(code.matching_id, DEVICE_TAC)
             server_response = await es10.authenticate_server(
                 server_signed1=auth["serverSigned1"],
                 server_signature1=auth["serverSignature1"],
@@ -350,9 +347,9 @@ class Lpa:
             client = await self.es9.authenticate_client(
                 transaction_id=transaction, authenticate_server_response=server_response
             )
-            metadata = decode("StoreMetadataRequest", client["profileMetadata"])
-            iccid = iccid_digits(bytes(metadata["iccid"]))
-            ppr = ppr_from_ids(metadata.get("profilePolicyRules"))
+            metadata = parse_metadata(client["profileMetadata"])
+            iccid = metadata.iccid
+            ppr = ppr_from_ids(metadata.ppr_ids)
             prepared = await es10.prepare_download(
                 smdp_signed2=client["smdpSigned2"],
                 smdp_signature2=client["smdpSignature2"],
@@ -361,7 +358,7 @@ class Lpa:
             package = await self.es9.get_bound_profile_package(
                 transaction_id=transaction, prepare_download_response=prepared
             )
-        except (Es9Error, Es9Unreachable, Es10Error, Asn1Error, RecordError, KeyError, AtTimeout) as exc:
+        except (Es9Error, Es9Unreachable, Es10Error, RecordError, KeyError, AtTimeout) as exc:
             self._fire(E.DOWNLOAD_REFUSED, reason=f"download failed: {exc}")
             return
         self._fire(E.DOWNLOADED, "000:401", iccid=iccid, ppr=ppr, package=package)
@@ -439,18 +436,19 @@ class Lpa:
             await self._installed_or_failed(es10, f"the install broke off: {exc}")
             return
         try:
-            value = decode("ProfileInstallationResult", result)
-            final = value["profileInstallationResultData"]["finalResult"]
-        except (Asn1Error, KeyError, TypeError) as exc:
+            value = parse_installation_result(result)
+        except Es10Error as exc:
             self._fire(
                 E.INSTALL_FAILED, reason=f"an unreadable ProfileInstallationResult: {exc}", package=b""
             )
             return
-        if final[0] == "successResult":
+        if value.ok:
             self._fire(E.INSTALL_OK, result=result, package=b"", reason="")
             return
-        error = final[1]
-        reason = f"ProfileInstallationResult error: bppCommandId {error['bppCommandId']}, errorReason {error['errorReason']}"
+        reason = (
+            f"ProfileInstallationResult error: bppCommandId {value.bpp_command_id}, "
+            f"errorReason {value.error_reason}"
+        )
         self._fire(E.INSTALL_FAILED, reason=reason, package=b"")
 
     async def _installed_or_failed(self, es10: Es10Client, why: str) -> None:
@@ -533,11 +531,9 @@ class Lpa:
             if record.result:
                 try:
                     await self.es9.handle_notification(record.result)
-                    seq = decode("ProfileInstallationResult", record.result)["profileInstallationResultData"][
-                        "notificationMetadata"
-                    ]["seqNumber"]
-                    await es10.remove_notification_from_list(int(seq))
-                except (Es9Error, Es9Unreachable, Es10Error, Asn1Error, KeyError) as exc:
+                    seq = parse_installation_result(record.result).seq_number
+                    await es10.remove_notification_from_list(seq)
+                except (Es9Error, Es9Unreachable, Es10Error) as exc:
                     # the notification is the SM-DP+'s bookkeeping: the profile is installed all the same
                     self._emit(
                         Kind.LPA_RESULT,
