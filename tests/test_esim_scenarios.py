@@ -6,6 +6,8 @@ scenarios/esim.py with the real processes (`bipsim cp`, `bipsim ap`) once for th
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -143,11 +145,41 @@ async def test_download_backs_up_installs_deletes_and_the_cp_reads_the_new_imsi(
     assert eid == pki.eid
     # item 6: the cloud got the delete and holds nothing
     assert not rig.cloud.backups and rig.cloud.deletes == 1
-    # item 9: every ES10 message decodes with asn1tools from the SGP.22 module
+    # item 9: every ES10 and ES9+ message decodes with asn1tools from the SGP.22 module
+    answers = {
+        "GetEID": "GetEuiccDataResponse",
+        "GetEUICCInfo1": "EUICCInfo1",
+        "GetEUICCChallenge": "GetEuiccChallengeResponse",
+        "AuthenticateServer": "AuthenticateServerResponse",
+        "PrepareDownload": "PrepareDownloadResponse",
+        "LoadBoundProfilePackage": "ProfileInstallationResult",
+        "RemoveNotificationFromList": "NotificationSentResponse",
+        "EnableProfile": "EnableProfileResponse",
+    }
     for event in rig.events(Kind.LPA_ES10):
-        if event.field("function") != "LoadBoundProfilePackage":
-            kind = asn1.es10_request(event.data)[0] if event.field("direction") == "request" else None
-            assert kind is None or kind.endswith("Request")
+        function = str(event.field("function"))
+        if event.field("direction") == "response":
+            asn1.decode(answers[function], event.data)
+        elif function != "LoadBoundProfilePackage":  # its segments are parts of one BF36, decoded below
+            assert asn1.es10_request(event.data)[0].endswith(("Request", "Package"))
+    fields = {
+        "euiccInfo1": "EUICCInfo1",
+        "authenticateServerResponse": "AuthenticateServerResponse",
+        "prepareDownloadResponse": "PrepareDownloadResponse",
+        "profileMetadata": "StoreMetadataRequest",
+        "serverSigned1": "ServerSigned1",
+        "smdpSigned2": "SmdpSigned2",
+        "boundProfilePackage": "BoundProfilePackage",
+        "pendingNotification": "PendingNotification",
+    }
+    seen = set()
+    for event in rig.events(Kind.LPA_ES9):
+        body = json.loads(event.data) if event.data else {}
+        for name, type_name in fields.items():
+            if name in body:
+                asn1.decode(type_name, base64.b64decode(body[name]))
+                seen.add(name)
+    assert seen == set(fields)
     assert LpaMachine.load(rig.state).state is LpaState.CLOUD_DELETED
 
 

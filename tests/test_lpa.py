@@ -620,3 +620,38 @@ def test_the_lpas_own_der_agrees_with_asn1tools() -> None:
         parse_installation_result(bytes.fromhex("BF3700"))
     with pytest.raises(Es10Error):
         parse_metadata(bytes.fromhex("BF2500"))
+
+
+async def test_a_bad_record_from_the_cloud_stops_without_a_loop(rig: Rig) -> None:
+    """A cloud record with a wrong length: the parse (000:404) names the field, the flow stops, one fetch."""
+    rig.card.fail_installs = 1
+    upload = rig.cloud.upload
+
+    async def corrupt(records: list[str]) -> None:
+        await upload(records)
+        key = next(iter(rig.cloud.store))
+        first = rig.cloud.store[key][0]
+        rig.cloud.store[key][0] = first[:-2]  # one byte short of profile_len
+
+    rig.cloud.upload = corrupt  # type: ignore[method-assign]
+    outcome = await rig.lpa().run(rig.modem)
+    assert outcome.state is LpaState.STOPPED and "records are bad" in outcome.reason
+    assert rig.cloud.calls.count("fetch") == 1 and rig.smdp.calls.count("getBoundProfilePackage") == 1
+    parse = [e for e in rig.events(Kind.LPA_RECORDS) if e.field("part") == "parse"]
+    assert parse and parse[0].error and parse[0].step == "000:404"
+
+
+async def test_no_install_without_a_backup_and_the_next_run_uploads(rig: Rig) -> None:
+    upload = rig.cloud.upload
+
+    async def refused(records: list[str]) -> None:
+        raise FakeCloudError(413, "over the limit")
+
+    rig.cloud.upload = refused  # type: ignore[method-assign]
+    first = await rig.lpa().run(rig.modem)
+    assert not first.ok and LpaMachine.load(rig.state).state is LpaState.DOWNLOADED
+    assert "BF36" not in rig.card.requests  # nothing went to the eUICC without its backup
+    assert rig.events(Kind.LPA_RESULT)[-1].field("outcome") == "pending"
+    rig.cloud.upload = upload  # type: ignore[method-assign]
+    second = await rig.lpa().run(rig.modem)
+    assert second.ok and rig.smdp.calls.count("getBoundProfilePackage") == 1
