@@ -3,6 +3,8 @@ and bad bytes are Asn1Error and nothing else."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from bipsim.uicc.euicc import asn1
@@ -193,3 +195,25 @@ def test_outer_tag_reads_one_to_three_byte_tags() -> None:
     assert asn1.outer_tag(b"\x9f\x70\x01\x01") == 0x9F70
     with pytest.raises(Asn1Error):
         asn1.outer_tag(b"\xbf\x81\x81\x81")
+
+
+def test_the_parsed_module_is_cached_between_processes_and_a_bad_cache_is_parsed_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asn1tools
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    text = "T DEFINITIONS AUTOMATIC TAGS ::= BEGIN A ::= [5] SEQUENCE { x INTEGER } END"
+    first = asn1.parsed(text)
+    (cached,) = (tmp_path / "bipsim").glob("rsp-*.json")
+    calls: list[str] = []
+    real = asn1tools.parse_string
+    monkeypatch.setattr(asn1tools, "parse_string", lambda t: calls.append(t) or real(t))
+    assert asn1.parsed(text) == first and calls == []  # read back, not parsed
+    assert asn1tools.compile_dict(asn1.parsed(text), "der").encode("A", {"x": 1}) == bytes.fromhex(
+        "a503800101"
+    )
+    cached.write_text("{not json")
+    assert asn1.parsed(text) == first and calls == [text]  # parsed again, and the cache mended
+    assert asn1.parsed(text) == first and calls == [text]
+    assert asn1.parsed(text + " ") != {} and len(calls) == 2  # another text, another entry

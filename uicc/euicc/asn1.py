@@ -8,7 +8,13 @@ asn1tools failure leaves this module as Asn1Error, so a peer's bad bytes never e
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
+import os
+import tempfile
+import warnings
 from importlib import resources
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -55,17 +61,52 @@ ES10_REQUEST_TAGS: dict[int, str] = {
 
 @functools.cache
 def rsp() -> asn1tools.compiler.Specification:
-    """The compiled RSPDefinitions subset (DER); compiled on first use only, as compiling takes about half a second."""
-    import warnings
-
+    """The compiled RSPDefinitions subset (DER), made on first use only."""
     text = resources.files(__package__).joinpath("rsp.asn").read_text(encoding="utf-8")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # pyparsing's, as asn1tools builds its grammar
+        import asn1tools  # a third of a second to import: only the processes that speak RSP pay it
+
+    _fix_object_identifiers()
+    return asn1tools.compile_dict(parsed(text), "der")
+
+
+def cache_dir() -> Path:
+    """Where the parsed module is kept between processes: $XDG_CACHE_HOME/bipsim, else ~/.cache/bipsim."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "bipsim"
+
+
+def parsed(text: str) -> dict[str, Any]:
+    """asn1tools' parse of the module `text`. Parsing takes half a second, and every process of a scenario (the
+    card, the SM-DP+, the LPA) needs it, so the result (plain JSON data, never code) is kept in `cache_dir()`
+    under the digest of the text and the asn1tools version; a missing, unreadable or unwritable cache only costs
+    the parse."""
+    import asn1tools
+
+    key = hashlib.sha256(f"{asn1tools.__version__}\n{text}".encode()).hexdigest()[:20]
+    path = cache_dir() / f"rsp-{key}.json"
+    try:
+        cached = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(cached, dict):
+            return cached
+    except (OSError, ValueError):
+        pass
     with warnings.catch_warnings():
         # asn1tools' grammar still calls pyparsing's old names (a DeprecationWarning per call, none of ours)
         warnings.simplefilter("ignore", DeprecationWarning)
-        import asn1tools  # a quarter of a second to import: only the processes that speak RSP pay it
-
-        _fix_object_identifiers()
-        return asn1tools.compile_string(text, "der")
+        result: dict[str, Any] = asn1tools.parse_string(text)
+    temporary: str | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
+            temporary = handle.name
+            json.dump(result, handle)
+        os.replace(temporary, path)  # whole or absent, also when two processes write it at once
+    except OSError:
+        if temporary is not None:
+            Path(temporary).unlink(missing_ok=True)
+    return result
 
 
 def _fix_object_identifiers() -> None:
