@@ -655,3 +655,16 @@ async def test_no_install_without_a_backup_and_the_next_run_uploads(rig: Rig) ->
     rig.cloud.upload = upload  # type: ignore[method-assign]
     second = await rig.lpa().run(rig.modem)
     assert second.ok and rig.smdp.calls.count("getBoundProfilePackage") == 1
+
+
+async def test_records_fit_the_limit_the_clouds_session_check_gives(rig: Rig) -> None:
+    rig.smdp.package = make_bpp(segments86=4, size86=300)
+
+    async def logged_in() -> str | None:
+        rig.cloud.limit = 512  # type: ignore[attr-defined]
+        return "alice" if rig.cloud.session else None
+
+    rig.cloud.logged_in = logged_in  # type: ignore[attr-defined]
+    assert (await rig.lpa(limit=1024).run(rig.modem)).ok
+    encapsulate = [e for e in rig.events(Kind.LPA_RECORDS) if e.field("part") == "encapsulate"][0]
+    assert encapsulate.field("count") == -(-len(rig.smdp.package) // 512)

@@ -366,11 +366,13 @@ class Lpa:
     async def _upload(self) -> None:
         """Flow 400's 4011..4015: the records of the package, uploaded one a request."""
         record = self.machine.record
+        await self._ensure_login()
+        limit = await self._cloud_limit()
         protocol = SEPARATOR.join(f"{name}=" for name in FIELDS)
         self._emit(
             Kind.LPA_RECORDS,
-            f"record protocol: {protocol} (limit {self.limit} bytes)",
-            {"part": "protocol", "fields": list(FIELDS), "separator": SEPARATOR, "limit": self.limit},
+            f"record protocol: {protocol} (limit {limit} bytes)",
+            {"part": "protocol", "fields": list(FIELDS), "separator": SEPARATOR, "limit": limit},
             step="000:4011",
         )
         self._emit(
@@ -386,7 +388,7 @@ class Lpa:
             step="000:4013",
         )
         try:
-            records = encode_records(eid=record.eid, ppr=record.ppr, package=record.package, limit=self.limit)
+            records = encode_records(eid=record.eid, ppr=record.ppr, package=record.package, limit=limit)
         except RecordError as exc:
             self._emit(
                 Kind.LPA_RECORDS,
@@ -408,7 +410,6 @@ class Lpa:
             },
             step="000:4014",
         )
-        await self._ensure_login()
         try:
             await self.cloud.upload(records)
         except Exception as exc:
@@ -427,6 +428,23 @@ class Lpa:
             "upload", step="000:4015", status=200, records=len(records), eid=record.eid, module=MODULE
         )
         self._fire(E.UPLOADED, "000:201", records=len(records))
+
+    async def _cloud_limit(self) -> int:
+        """The package bytes a record carries: --lpa-limit, or less when the cloud's session check says its
+        single-upload maximum is smaller (ota/cloud_store.py CloudClient.logged_in), so no record is refused."""
+        check = getattr(self.cloud, "logged_in", None)
+        if check is None:
+            return self.limit
+        try:
+            await check()
+        except Exception as exc:
+            if not _is_cloud_error(exc):
+                raise
+            return self.limit
+        limit = getattr(self.cloud, "limit", None)
+        if isinstance(limit, int) and not isinstance(limit, bool) and 0 < limit < self.limit:
+            return limit
+        return self.limit
 
     async def _install(self, es10: Es10Client) -> None:
         package = self.machine.record.package
@@ -490,7 +508,7 @@ class Lpa:
     def _parse(self) -> bool:
         record = self.machine.record
         try:
-            package = join_records(record.fetched, limit=self.limit)
+            package = join_records(record.fetched)
         except RecordError as exc:
             self._emit(
                 Kind.LPA_RECORDS,
