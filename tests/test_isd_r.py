@@ -692,3 +692,19 @@ def test_rules_authorisation_table_and_default_dp_address(keys: Pki) -> None:
     card = power_cycle(card, keys, default_dp_address="profile.example")  # the state file has the last word
     addresses = asn1.decode("EuiccConfiguredAddressesResponse", card.es10(bytes.fromhex("BF3C00")))
     assert addresses["defaultDpAddress"] == ADDRESS
+
+
+def test_pending_notifications_are_bounded_the_oldest_going_first(keys: Pki) -> None:
+    from bipsim.uicc.applets.isd_r import MAX_NOTIFICATIONS
+
+    card = new_card(keys)
+    smdp = Smdp(keys)
+    assert load(card, smdp.bpp(prepared(card, smdp)))["finalResult"][0] == "successResult"
+    which = ("iccid", iccid_bytes(OP1_ICCID))
+    for _ in range(MAX_NOTIFICATIONS):  # each round: an enable and a disable notification
+        card.es10(asn1.encode("EnableProfileRequest", {"profileIdentifier": which, "refreshFlag": False}))
+        card.es10(asn1.encode("DisableProfileRequest", {"profileIdentifier": which, "refreshFlag": False}))
+    kind, notes = asn1.decode("ListNotificationResponse", card.es10(bytes.fromhex("BF2800")))
+    seqs = [n["seqNumber"] for n in notes]
+    assert len(seqs) == MAX_NOTIFICATIONS and seqs[-1] == 1 + 2 * MAX_NOTIFICATIONS
+    assert seqs == sorted(seqs) and 1 not in seqs  # the install notification, the oldest, went first

@@ -69,6 +69,7 @@ INS_STORE_DATA = 0xE2
 P1_MORE = 0x11
 P1_LAST = 0x91
 MAX_REQUEST = 64 * 1024  # the longest ES10 request assembled from STORE DATA blocks
+MAX_NOTIFICATIONS = 32  # pending notifications kept (the oldest goes first)
 
 SW_WRONG_DATA = 0x6A80
 SW_INCORRECT_P1P2 = 0x6A86
@@ -637,7 +638,7 @@ class IsdR(Applet):
             return
         self.next_seq = max(self.next_seq, seq + 1)
         if meta["notificationAddress"]:
-            self.notifications.append(Notification(seq, "install", meta["notificationAddress"], iccid, pir))
+            self._pend(Notification(seq, "install", meta["notificationAddress"], iccid, pir))
 
     def _interrupt_load(self) -> None:
         self._loader = None
@@ -789,8 +790,14 @@ class IsdR(Applet):
                 },
             ),
         )
-        self.notifications.append(note)
+        self._pend(note)
         self._changed()
+
+    def _pend(self, note: Notification) -> None:
+        """Keeps a notification until the LPA removes it; past MAX_NOTIFICATIONS the oldest goes (an eUICC's room
+        for them is bounded, and SGP.22 3.5 leaves which to drop to the eUICC)."""
+        self.notifications.append(note)
+        del self.notifications[:-MAX_NOTIFICATIONS]
 
     def _list_notifications(self, value: Any, raw: bytes) -> bytes:
         wanted = value.get("profileManagementOperation")
@@ -845,7 +852,7 @@ class IsdR(Applet):
                 notes.append(Notification.from_dict(entry))
             except (KeyError, TypeError, ValueError):
                 continue  # a damaged entry is dropped, never a traceback at boot
-        self.notifications = notes
+        self.notifications = notes[-MAX_NOTIFICATIONS:]
         address = state.get("default_dp_address")
         if isinstance(address, str):
             self.default_dp_address, self._dp_address_set = address or None, True
