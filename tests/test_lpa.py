@@ -668,3 +668,34 @@ async def test_records_fit_the_limit_the_clouds_session_check_gives(rig: Rig) ->
     assert (await rig.lpa(limit=1024).run(rig.modem)).ok
     encapsulate = [e for e in rig.events(Kind.LPA_RECORDS) if e.field("part") == "encapsulate"][0]
     assert encapsulate.field("count") == -(-len(rig.smdp.package) // 512)
+
+
+async def test_es9_tls_trusts_the_ci_only(tmp_path: Path) -> None:
+    """The SM-DP+'s TLS certificate (DPauth) must chain to the CI the LPA trusts: another PKI's CI refuses the
+    handshake (Es9Unreachable, traced), the right one gets the SM-DP+'s own answer."""
+    from bipsim.ap.lpa.es9_client import Es9Unreachable
+    from bipsim.ota.smdp import SmdpServer, SmdpService, builtin_profiles, server_ssl_context
+    from bipsim.uicc.euicc.pki import client_ssl_context, ensure_pki
+
+    ours, other = ensure_pki(tmp_path / "ours"), ensure_pki(tmp_path / "other")
+    async with trio.open_nursery() as nursery:
+        server = SmdpServer(
+            SmdpService(ours, builtin_profiles(), address="127.0.0.1:1"), ssl_context=server_ssl_context(ours)
+        )
+        port = await nursery.start(server.serve, "127.0.0.1", 0)
+        tracer = Tracer(keep=True)
+        stranger = Es9Client(f"127.0.0.1:{port}", context=client_ssl_context(other), tracer=tracer)
+        with pytest.raises(Es9Unreachable):
+            await stranger.initiate_authentication(
+                euicc_challenge=b"\x00" * 16, euicc_info1=b"\xbf\x20\x00", smdp_address="x"
+            )
+        assert tracer.events[-1].kind == Kind.LPA_ES9 and tracer.events[-1].error
+        trusted = Es9Client(f"127.0.0.1:{port}", context=client_ssl_context(ours))
+        with pytest.raises(
+            es9_json.Es9Error
+        ) as refused:  # over TLS: the SM-DP+ itself refuses the bad EUICCInfo1
+            await trusted.initiate_authentication(
+                euicc_challenge=b"\x00" * 16, euicc_info1=b"\xbf\x20\x00", smdp_address="x"
+            )
+        assert refused.value.status == "Failed"
+        nursery.cancel_scope.cancel()
