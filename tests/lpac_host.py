@@ -1,0 +1,294 @@
+"""A host LPA with an AT backend, for the tests that reach the eUICC of a real `bipsim cp --profile euicc` as
+open-source LPAs do (issue 23, "What it must show" item 9). Nothing here imports bipsim: the host side is written
+from the public behaviour of lpac (github.com/estkme-group/lpac), its AT driver driver/apdu/at_etsi.c with
+at_cmd_unix.c and its ES10 transport euicc/euicc.c, and from GSMA SGP.22 for the requests it builds:
+
+- the line is opened raw (cfmakeraw); every command ends in CR LF; the modem's echo is not switched off (lpac never
+  sends ATE0) and lines beginning with "AT" are skipped; a command's result is its final line, `OK` or `ERROR`
+  (lpac recognises no other final result: it never sets +CMEE);
+- connect: `AT`, then the test forms `AT+CCHO=?`, `AT+CCHC=?`, `AT+CGLA=?`, each to be answered OK;
+- open: `AT+CCHO="<AID in lower-case hex>"`, the session id is what follows the `+CCHO: ` prefix;
+- transmit: `AT+CGLA=<id>,<2 * APDU length>,"<APDU in lower-case hex>"`, the answer is the second comma-separated
+  field of the `+CGLA: ` line without its quotes;
+- ES10 (SGP.22 5.7.1): the DER request in STORE DATA blocks of at most 120 bytes, CLA 80 with lpac's own channel
+  index in its low bits (1 for its first channel, whatever session id the modem gave), INS E2, P1 11 (more blocks)
+  or 91 (last), P2 the block number from 0; after `61 xx` a GET RESPONSE `8x C0 00 00 xx`; the data of every
+  answer concatenated; an answer whose SW1 is not 9x ends the function.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import termios
+import time
+import tty
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ISD_R_AID = bytes.fromhex("A0000005591010FFFFFFFF8900000100")
+BLOCK = 120  # lpac's STORE DATA block size (euicc/euicc.c, es10x_command_iter)
+RSP_ASN = Path(__file__).resolve().parent.parent / "uicc" / "euicc" / "rsp.asn"
+
+
+class HostError(AssertionError):
+    """The modem answered what a host LPA cannot use (ERROR, no prefix, a line that never ended)."""
+
+
+class StatusError(HostError):
+    """An ES10 function ended with a status word that is not 9000 (lpac's es10x_transmit_iter gives up)."""
+
+    def __init__(self, sw: int) -> None:
+        super().__init__(f"status word {sw:04X}")
+        self.sw = sw
+
+
+@dataclass
+class Exchange:
+    """One command line and what came back: the lines between (echo removed) and the final result."""
+
+    command: str
+    lines: list[str]
+    final: str
+
+
+@dataclass
+class AtLine:
+    """The DTE end of a serial line, opened as lpac opens it (at_cmd_unix.c, at_device_open)."""
+
+    device: Path
+    deadline: float = 60.0  # seconds one command may take on a loaded machine before the host gives up
+    transcript: list[Exchange] = field(default_factory=list)
+    _fd: int = -1
+    _buffer: bytes = b""
+
+    def __post_init__(self) -> None:
+        self._fd = os.open(self.device, os.O_RDWR | os.O_NOCTTY)
+        tty.setraw(self._fd)
+        termios.tcflush(self._fd, termios.TCIOFLUSH)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def _line(self, until: float) -> str:
+        while b"\n" not in self._buffer:
+            left = until - time.monotonic()
+            ready, _, _ = select.select([self._fd], [], [], max(left, 0))
+            if not ready:
+                raise HostError(f"no line end in {self.deadline} s; have {self._buffer!r}")
+            chunk = os.read(self._fd, 4096)
+            if not chunk:
+                raise HostError("the line closed")
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return line.split(b"\r", 1)[0].decode("ascii", "replace")
+
+    def command(self, line: str) -> Exchange:
+        """Sends `line` + CR LF and reads until a final result (lpac's at_expect stops at a line that is exactly
+        OK or ERROR)."""
+        os.write(self._fd, line.encode("ascii") + b"\r\n")
+        until = time.monotonic() + self.deadline
+        lines: list[str] = []
+        while True:
+            text = self._line(until)
+            if not text or text[:2].upper() == "AT":
+                continue  # a blank line of the V.250 framing, or the modem's echo of our command
+            if text in ("OK", "ERROR") or text.startswith("+CME ERROR"):
+                # lpac would wait past a +CME ERROR for ever: it is kept as the final result so a test fails at once
+                exchange = Exchange(line, lines, text)
+                self.transcript.append(exchange)
+                return exchange
+            lines.append(text)
+
+
+def prefixed(exchange: Exchange, prefix: str) -> str:
+    """What follows `prefix` on the answer's line (lpac keeps the last such line), HostError without one."""
+    found = [line[len(prefix) :].lstrip(" ") for line in exchange.lines if line.startswith(prefix)]
+    if exchange.final != "OK" or not found:
+        raise HostError(f"{exchange.command}: {exchange.lines} {exchange.final}")
+    return found[-1]
+
+
+@dataclass
+class HostLpa:
+    """lpac's AT driver and ES10 transport over an AtLine. `sent` keeps every APDU as it left the host."""
+
+    line: AtLine
+    sent: list[bytes] = field(default_factory=list)
+    channels: dict[int, str] = field(default_factory=dict)  # lpac's channel index -> the modem's session id
+
+    def connect(self) -> None:
+        for command in ("AT", "AT+CCHO=?", "AT+CCHC=?", "AT+CGLA=?"):
+            if self.line.command(command).final != "OK":
+                raise HostError(f"the modem lacks {command}")
+
+    def open_channel(self, aid: bytes) -> int:
+        """lpac's index of a new channel to `aid` (1 for the first), the modem's session id kept as a string."""
+        identifier = prefixed(self.line.command(f'AT+CCHO="{aid.hex()}"'), "+CCHO: ")
+        index = min(set(range(1, 5)) - set(self.channels))
+        self.channels[index] = identifier
+        return index
+
+    def close_channel(self, index: int) -> Exchange:
+        return self.line.command(f"AT+CCHC={self.channels.pop(index)}")
+
+    def transmit(self, index: int, apdu: bytes) -> bytes:
+        self.sent.append(apdu)
+        exchange = self.line.command(f'AT+CGLA={self.channels[index]},{2 * len(apdu)},"{apdu.hex()}"')
+        answer = prefixed(exchange, "+CGLA: ").split(",")
+        if len(answer) < 2:
+            raise HostError(f"+CGLA answer without data: {exchange.lines}")
+        return bytes.fromhex(answer[1].strip('"'))
+
+    def exchange(self, index: int, apdu: bytes) -> tuple[bytes, int]:
+        """One APDU and its GET RESPONSEs after 61 xx: the data of all answers, the last status word."""
+        data = b""
+        while True:
+            answer = self.transmit(index, apdu)
+            if len(answer) < 2:
+                raise HostError(f"an answer of {len(answer)} bytes")
+            data += answer[:-2]
+            sw1, sw2 = answer[-2], answer[-1]
+            if sw1 != 0x61:
+                return data, sw1 << 8 | sw2
+            apdu = bytes((0x80 | index, 0xC0, 0x00, 0x00, sw2))
+
+    def store_data(self, index: int, request: bytes, *, block: int = BLOCK) -> bytes:
+        """An ES10 function: `request` in STORE DATA blocks, its DER answer; StatusError on a refusal."""
+        answer = b""
+        blocks = [request[at : at + block] for at in range(0, len(request), block)] or [b""]
+        for number, chunk in enumerate(blocks):
+            p1 = 0x91 if number == len(blocks) - 1 else 0x11
+            data, sw = self.exchange(index, bytes((0x80 | index, 0xE2, p1, number, len(chunk))) + chunk)
+            answer += data
+            if sw >> 12 != 0x9:
+                raise StatusError(sw)
+        return answer
+
+
+# --- SGP.22 on the host: the ASN.1 module compiled by asn1tools itself, keys and certificates by cryptography ----
+
+
+def rsp_spec() -> Any:
+    """The project's SGP.22 module (uicc/euicc/rsp.asn) compiled here by asn1tools, DER."""
+    import warnings
+
+    import asn1tools
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # asn1tools' parser calls pyparsing's old names
+        return asn1tools.compile_files([str(RSP_ASN)], "der")
+
+
+def tlvs(data: bytes) -> list[tuple[int, bytes, bytes]]:
+    """The BER-TLVs of `data` (ISO/IEC 8825-1): (tag, value, the whole TLV as it stands)."""
+    found = []
+    at = 0
+    while at < len(data):
+        start = at
+        tag = data[at]
+        at += 1
+        if tag & 0x1F == 0x1F:
+            while True:
+                tag = tag << 8 | data[at]
+                at += 1
+                if not data[at - 1] & 0x80:
+                    break
+        length = data[at]
+        at += 1
+        if length & 0x80:
+            count = length & 0x7F
+            length = int.from_bytes(data[at : at + count], "big")
+            at += count
+        value = data[at : at + length]
+        if len(value) != length:
+            raise HostError(f"TLV {tag:X} wants {length} bytes, {len(value)} left")
+        at += length
+        found.append((tag, value, data[start:at]))
+    return found
+
+
+@dataclass(frozen=True)
+class HostPki:
+    """The certificates and the SM-DP+ DPauth key of the test PKI's folder, read from its PEM files."""
+
+    ci: Any
+    dpauth: Any
+    dpauth_key: Any
+
+    @classmethod
+    def load(cls, folder: Path) -> HostPki:
+        from cryptography import x509
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+        def cert(name: str) -> Any:
+            return x509.load_pem_x509_certificate((folder / f"{name}.pem").read_bytes())
+
+        key = load_pem_private_key((folder / "dpauth.key").read_bytes(), password=None)
+        return cls(cert("ci"), cert("dpauth"), key)
+
+    @property
+    def ci_pkid(self) -> bytes:
+        from cryptography import x509
+
+        return bytes(self.ci.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest)
+
+
+def plain_signature(key: Any, data: bytes) -> bytes:
+    """ECDSA-SHA256 as SGP.22's '5F37' carries it: r||s, 32 bytes each (BSI TR-03111)."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+    r, s = decode_dss_signature(key.sign(data, ec.ECDSA(hashes.SHA256())))
+    return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+
+def verify_plain(certificate: Any, signature: bytes, data: bytes) -> None:
+    """Raises cryptography's InvalidSignature unless `signature` (r||s) is the certificate key's over `data`."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+    der = encode_dss_signature(int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big"))
+    certificate.public_key().verify(der, data, ec.ECDSA(hashes.SHA256()))
+
+
+def authenticate_server_request(
+    spec: Any, keys: HostPki, *, challenge: bytes, transaction_id: bytes, server_challenge: bytes
+) -> bytes:
+    """ES10b.AuthenticateServer (SGP.22 5.7.13) as an SM-DP+ would have made it in initiateAuthentication:
+    serverSigned1 signed with the DPauth key (serverSignature1 covers its DER, tag '30' included), the CI's key
+    identifier, the DPauth certificate and ctxParams1."""
+    signed1 = {
+        "transactionId": transaction_id,
+        "euiccChallenge": challenge,
+        "serverAddress": "127.0.0.1:8443",
+        "serverChallenge": server_challenge,
+    }
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    return bytes(
+        spec.encode(
+            "AuthenticateServerRequest",
+            {
+                "serverSigned1": signed1,
+                "serverSignature1": plain_signature(keys.dpauth_key, spec.encode("ServerSigned1", signed1)),
+                "euiccCiPKIdToBeUsed": keys.ci_pkid,
+                "serverCertificate": keys.dpauth.public_bytes(Encoding.DER),
+                "ctxParams1": (
+                    "ctxParamsForCommonAuthentication",
+                    {
+                        "matchingId": "OP1",
+                        "deviceInfo": {
+                            "tac": bytes.fromhex("35290611"),
+                            "deviceCapabilities": {"eutranSupportedRelease": bytes.fromhex("0d0000")},
+                        },
+                    },
+                ),
+            },
+        )
+    )
