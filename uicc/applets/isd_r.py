@@ -10,11 +10,11 @@ RESPONSE (uicc/applets/__init__.py). A request the eUICC cannot read (a tag it d
 decode) is 6A80 when the function has no error answer of its own, else that function's SGP.22 error code
 (undefinedError 127, or the code SGP.22 names for the case) in a normal 90 00 answer.
 
-Functions (the response type in brackets): GetEUICCInfo1 BF20 and GetEUICCInfo2 BF22 (EUICCInfo1/2), GetEID BF3E,
-GetEUICCChallenge BF2E, GetEuiccConfiguredAddresses BF3C, SetDefaultDpAddress BF3F, GetRAT BF43 (the Rules
-Authorisation Table), AuthenticateServer BF38 (checks the RSP server
-certificate against the CI the request names, serverSignature1, the challenge; answers euiccSigned1 signed with
-SK.EUICC.ECDSA and the eUICC and EUM certificates), PrepareDownload BF21 (checks CERT.DPpb.ECDSA, the
+Functions, by the tag of their request: GetEUICCInfo1 BF20 and GetEUICCInfo2 BF22, GetEID BF3E, GetEUICCChallenge
+BF2E, GetEuiccConfiguredAddresses BF3C, SetDefaultDpAddress BF3F, GetRAT BF43 (the Rules Authorisation Table),
+AuthenticateServer BF38 (checks the RSP server certificate against the CI the request names, serverSignature1,
+the challenge; answers euiccSigned1 signed with SK.EUICC.ECDSA and the eUICC and EUM certificates),
+PrepareDownload BF21 (checks CERT.DPpb.ECDSA, the
 transactionId and smdpSignature2; makes otPK/otSK.EUICC.ECKA), LoadBoundProfilePackage (a STORE DATA sequence per
 BPP segment starting with BF36: the BPP loader, uicc/euicc/bpp_loader.py, answers 90 00 with no data until the
 last segment or a failure, then the ProfileInstallationResult BF37), GetProfilesInfo BF2D, EnableProfile BF31,
