@@ -699,3 +699,36 @@ async def test_es9_tls_trusts_the_ci_only(tmp_path: Path) -> None:
             )
         assert refused.value.status == "Failed"
         nursery.cancel_scope.cancel()
+
+
+async def test_a_card_still_starting_is_asked_again(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    import bipsim.ap.lpa.es10_client as es10_module
+
+    monkeypatch.setattr(es10_module, "SIM_BUSY_RETRY", 0)
+    busy = [2]
+    command = rig.modem.command
+
+    async def starting(line: str, *, timeout: float | None = None, step: str | None = None) -> AtResponse:
+        if line.startswith("AT+CCHO") and busy[0]:
+            busy[0] -= 1
+            return AtResponse(line, (), "+CME ERROR: 14")
+        return await command(line, timeout=timeout, step=step)
+
+    rig.modem.command = starting  # type: ignore[method-assign]
+    assert (await rig.lpa().run(rig.modem)).ok and busy == [0]
+
+
+async def test_no_euicc_leaves_the_request_for_the_next_session(rig: Rig) -> None:
+    """A card without an ISD-R (+CCHO refused): nothing was asked of the SM-DP+, the flow waits in REQUESTING."""
+    command = rig.modem.command
+
+    async def no_isd_r(line: str, *, timeout: float | None = None, step: str | None = None) -> AtResponse:
+        if line.startswith("AT+CCHO"):
+            return AtResponse(line, (), "+CME ERROR: 22")
+        return await command(line, timeout=timeout, step=step)
+
+    rig.modem.command = no_isd_r  # type: ignore[method-assign]
+    outcome = await rig.lpa().run(rig.modem)
+    assert not outcome.ok and outcome.state is LpaState.REQUESTING and rig.smdp.calls == []
+    rig.modem.command = command  # type: ignore[method-assign]
+    assert (await rig.lpa().run(rig.modem)).ok

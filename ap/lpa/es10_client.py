@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import trio
+
 from bipsim.link.at_chat import AtResponse, AtTimeout
 from bipsim.trace.events import Actor, Layer
 from bipsim.trace.kinds import Kind
@@ -29,6 +31,9 @@ P1_MORE = 0x11
 P1_LAST = 0x91
 MAX_GET_RESPONSE = 256  # GET RESPONSE rounds for one answer at most (a card that says 61 xx for ever)
 COMMAND_TIMEOUT = 20.0
+CME_SIM_BUSY = 14
+SIM_BUSY_RETRY = 0.2  # seconds between +CCHO attempts while the card starts (as the OMAPI RIL waits)
+SIM_BUSY_ATTEMPTS = 50
 
 
 class AtPort(Protocol):
@@ -172,8 +177,13 @@ class Es10Client:
             raise Es10Error(f"no answer from the modem to {line.split('=')[0]}: {exc}") from None
 
     async def open(self) -> int:
-        """AT+CCHO with the ISD-R's AID in lower case, as lpac sends it; the modem's session id."""
-        answer = await self._at(f'AT+CCHO="{ISD_R_AID.hex()}"')
+        """AT+CCHO with the ISD-R's AID in lower case, as lpac sends it; the modem's session id. A card still
+        starting (+CME ERROR: 14, SIM busy: 27.007 9.2.1, a transient state) is asked again."""
+        for _ in range(SIM_BUSY_ATTEMPTS):
+            answer = await self._at(f'AT+CCHO="{ISD_R_AID.hex()}"')
+            if answer.cme_error != CME_SIM_BUSY:
+                break
+            await trio.sleep(SIM_BUSY_RETRY)
         if not answer.ok:
             raise Es10Error(f"the modem could not open a channel to the ISD-R: {answer.final}")
         text = _payload(answer, "+CCHO:")

@@ -331,6 +331,10 @@ class Lpa:
             self.machine.note(eid=eid)
             info1 = await es10.get_euicc_info1()
             challenge = await es10.get_euicc_challenge()
+        except Es10Error as exc:
+            # nothing asked of the SM-DP+ yet: the eUICC is not reachable now, the next session tries again
+            raise FlowStopped(f"the eUICC does not answer: {exc}") from None
+        try:
             auth = await self.es9.initiate_authentication(
                 euicc_challenge=challenge, euicc_info1=info1, smdp_address=code.smdp_address
             )
