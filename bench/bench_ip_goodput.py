@@ -18,7 +18,9 @@ retransmissions, DSACKs seen), to show what each sender did after its losses.
 Prints ONE JSON line: goodput in kbit/s of each and the ratios; `ratio_lte` is the smaller of lte's two;
 `ratio_lte_loss1` is the MINIMUM over the seeds and both directions (the issue's "at least 0.8 with 1 % loss" is
 a claim about any connection under that loss, not about a lucky draw), `ratio_lte_loss1_median` the median of the
-same ratios, and `ratio_lte_loss1_up_vs_cubic_min`/`_median` the upload against the kernel's CUBIC. The lte cases
+same ratios, `ratio_lte_loss1_up_vs_cubic_min`/`_median` the upload against the kernel's CUBIC, and
+`ratio_lte_loss1_up_ours_bbr_min`/`_median` our stack with `TcpConfig(congestion="bbr")` against the kernel's
+default (its lossy uploads: `*_ours_bbr_*`). The lte cases
 also run with 1 MiB buffers (`*_1mib_buffers_ratio`) instead of our defaults (512 KiB send, 256 KiB receive).
 Needs root (or unprivileged user namespaces), unshare, nsenter and ip.  Usage: bench_ip_goodput.py [SIZE_BYTES]
 """
@@ -46,6 +48,7 @@ from bipsim.net.tun import TunNamespace, open_tun_namespace
 PORT = 5500
 SEEDS = (7, 8, 9, 10)
 BIG_BUFFERS = TcpConfig(receive_buffer=1 << 20, send_buffer=1 << 20)
+BBR = TcpConfig(congestion="bbr")
 _STACK_SEEDS = itertools.count(1)
 OURS = IPv4Address("198.51.100.2")
 KERNEL = IPv4Address("198.51.100.3")
@@ -231,6 +234,7 @@ async def main(size: int) -> dict[str, object]:
     result: dict[str, object] = {"bench": "ip_goodput", "size": size, "seeds": list(SEEDS)}
     lossy: list[float] = []
     against_cubic: list[float] = []
+    bbr_ratios: list[float] = []
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(pgw.run)
@@ -269,11 +273,16 @@ async def main(size: int) -> dict[str, object]:
                                 cubic, cubic_cc = await _kernel(
                                     pgw, client_ns, loss1, seed, mode, size, "cubic"
                                 )
+                                bbr, bbr_cc = await _ours(pgw, loss1, seed, mode, size, BBR)
                             result[f"{key}_kernel_cubic_kbit_s"] = _kbit_s(size, cubic)
                             result[f"{key}_ratio_vs_cubic"] = round(cubic / ours, 3)
                             against_cubic.append(cubic / ours)
+                            result[f"{key}_ours_bbr_kbit_s"] = _kbit_s(size, bbr)
+                            result[f"{key}_ours_bbr_ratio"] = round(kernel / bbr, 3)
+                            bbr_ratios.append(kernel / bbr)
                             result[f"{key}_cc"] = {
                                 "ours": ours_cc,
+                                "ours_bbr": bbr_cc,
                                 "kernel": kernel_cc,
                                 "kernel_cubic": cubic_cc,
                             }
@@ -290,6 +299,8 @@ async def main(size: int) -> dict[str, object]:
     result["ratio_lte_loss1_median"] = round(statistics.median(lossy), 3)
     result["ratio_lte_loss1_up_vs_cubic_min"] = round(min(against_cubic), 3)
     result["ratio_lte_loss1_up_vs_cubic_median"] = round(statistics.median(against_cubic), 3)
+    result["ratio_lte_loss1_up_ours_bbr_min"] = round(min(bbr_ratios), 3)
+    result["ratio_lte_loss1_up_ours_bbr_median"] = round(statistics.median(bbr_ratios), 3)
     return result
 
 
