@@ -732,3 +732,44 @@ async def test_no_euicc_leaves_the_request_for_the_next_session(rig: Rig) -> Non
     assert not outcome.ok and outcome.state is LpaState.REQUESTING and rig.smdp.calls == []
     rig.modem.command = command  # type: ignore[method-assign]
     assert (await rig.lpa().run(rig.modem)).ok
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--lpa", "LPA:1$127.0.0.1:8443$OP1"], "--lpa-cloud"),
+        (["--lpa", "nope", "--lpa-cloud", "http://a:b@127.0.0.1:1"], "--lpa:"),
+        (
+            ["--lpa", "LPA:1$127.0.0.1:8443$OP1", "--lpa-cloud", "http://a:b@h:1", "--lpa-ui", "maybe"],
+            "--lpa-ui",
+        ),
+        (["--lpa", "LPA:1$127.0.0.1:8443$OP1", "--lpa-cloud", "http://127.0.0.1:1"], "USER:PASS@"),
+    ],
+)
+def test_bad_lpa_options_are_usage_errors(args: list[str], message: str) -> None:
+    from click.testing import CliRunner
+
+    from bipsim.cli import cli
+    from bipsim.errors import CliError
+
+    result = CliRunner().invoke(cli, ["ap", "--port", "/nonexistent/line", *args])
+    assert isinstance(result.exception, CliError) and result.exception.exit_code == 2
+    assert message in str(result.exception)
+
+
+def test_ap_help_explains_the_lpa_options() -> None:
+    from click.testing import CliRunner
+
+    from bipsim.cli import cli
+
+    text = CliRunner().invoke(cli, ["ap", "--help"]).output
+    for option in (
+        "--lpa ",
+        "--lpa-cloud",
+        "--lpa-ui",
+        "--lpa-state",
+        "--lpa-pki",
+        "--lpa-limit",
+        "activation",
+    ):
+        assert option in text
