@@ -224,6 +224,16 @@ def run_esim(run: EsimRun, options: ScenarioOptions) -> RunResult:
             listener.close()
     run.smdp_events, _ = read_trace([directory / "smdp.jsonl"])
     run.cloud_events, _ = read_trace([directory / "cloud.jsonl"])
+    # the run's trace with the servers' (the SM-DP+ and the cloud ran in this process): `--trace` shows it all
+    boots = sorted(directory.glob("cp-boot*.jsonl"))
+    files = [
+        directory / "cp.jsonl",
+        directory / "ap.jsonl",
+        *boots,
+        directory / "smdp.jsonl",
+        directory / "cloud.jsonl",
+    ]
+    result.events, _ = read_trace([path for path in files if path.exists()])
     check(run.failure is None, f"{run.name}: {run.failure}", result)
     return result
 
@@ -277,6 +287,11 @@ def _check_installed(run: EsimRun, result: RunResult) -> None:
     check(outcome.field("outcome") == "installed", f"the LPA ended {outcome.field('reason')!r}", result)
     check(outcome.field("iccid") == ICCID, f"installed {outcome.field('iccid')}, not {ICCID}", result)
     check(outcome.field("imsi") == IMSI, f"AT+CIMI answered {outcome.field('imsi')}, not {IMSI}", result)
+    # item 1: no ES9+ request before the login check passed
+    passed = _ap(result, Kind.LPA_STATE, lambda e: e.field("event") == "logged_in")
+    calls = _ap(result, Kind.LPA_ES9)
+    check(bool(passed) and bool(calls), "no login check or no ES9+ request", result)
+    check(passed[0].t <= calls[0].t, "an ES9+ request before the login check passed", result)
     # item 2: the EID GetEID answered is the one the SM-DP+ authenticated (the eUICC certificate's)
     eids = _ap(
         result,
