@@ -31,6 +31,7 @@ from bipsim.ap.lpa.state import LpaEvent, LpaMachine, LpaRecord, LpaState, State
 from bipsim.ap.lpa.ui_policy import CLOSED_MESSAGE, UiKind, UiPolicy, UiPolicyError
 from bipsim.link.at_chat_core import AtResponse
 from bipsim.ota import es9_json
+from bipsim.ota.cloud_store import CloudError
 from bipsim.trace.kinds import Kind
 from bipsim.trace.recorder import Tracer
 from bipsim.uicc.euicc import asn1
@@ -190,12 +191,9 @@ class FakeModem:
         return AtResponse(line, (), "ERROR")
 
 
-class FakeCloudError(Exception):
+class FakeCloudError(CloudError):
     def __init__(self, status: int, reason: str, location: str = "") -> None:
-        super().__init__(f"{status} {reason}")
-        self.status = status
-        self.reason = reason
-        self.location = location
+        super().__init__(status, reason, location=location)
 
 
 @dataclass

@@ -43,6 +43,7 @@ from bipsim.ap.lpa.records import (
 from bipsim.ap.lpa.state import LpaEvent, LpaMachine, LpaState
 from bipsim.ap.lpa.ui_policy import CLOSED_MESSAGE, UiKind, UiPolicy
 from bipsim.link.at_chat import AtTimeout
+from bipsim.ota.cloud_store import CloudError
 from bipsim.ota.es9_json import Es9Error, parse_activation_code
 from bipsim.trace.events import Actor, Layer
 from bipsim.trace.kinds import Kind
@@ -53,13 +54,6 @@ CIMI_ATTEMPTS = 20  # AT+CIMI reads after EnableProfile until the card's REFRESH
 CIMI_INTERVAL = 0.25
 S = LpaState
 E = LpaEvent
-
-
-class CloudError(Exception):
-    """What a cloud client raises for a refused or failed request: the HTTP status (0: no answer) and why."""
-
-    status: int
-    reason: str
 
 
 class CloudPort(Protocol):
@@ -89,12 +83,6 @@ class LpaOutcome:
 
 class FlowStopped(Exception):
     """The flow cannot go on in this run (the state says where it stands)."""
-
-
-def _is_cloud_error(exc: BaseException) -> bool:
-    # the cloud client's CloudError(status, reason) (ota/cloud_store.py): told by its attributes, so a fake's
-    # error type and the real one both count
-    return hasattr(exc, "status") and hasattr(exc, "reason") and isinstance(exc, Exception)
 
 
 class Lpa:
@@ -243,10 +231,8 @@ class Lpa:
     async def _login(self, user: str, password: str, page: str) -> None:
         try:
             await self.cloud.login(user, password)
-        except Exception as exc:
-            if not _is_cloud_error(exc):
-                raise
-            self._cloud_event("login", error=str(exc), status=getattr(exc, "status", 0), user=user)
+        except CloudError as exc:
+            self._cloud_event("login", error=str(exc), status=exc.status, user=user)
             raise
         self._cloud_event("login", status=200, user=user, page=page)
         self.logged_in = True
@@ -257,9 +243,7 @@ class Lpa:
             return
         try:
             await self._login_pages()
-        except Exception as exc:
-            if not _is_cloud_error(exc):
-                raise
+        except CloudError as exc:
             raise FlowStopped(f"no cloud session: {exc}") from None
 
     async def _login_pages(self) -> bool:
@@ -283,11 +267,9 @@ class Lpa:
         try:
             await self._login(ui.user, ui.password, page="login")
             return True
-        except Exception as exc:
+        except CloudError as exc:
             # the website sends a user it does not know to its registration page (303 to /register)
-            if not (_is_cloud_error(exc) and str(getattr(exc, "location", "")).startswith("/register")):
-                raise
-            if ui.kind is not UiKind.REGISTER:
+            if not exc.location.startswith("/register") or ui.kind is not UiKind.REGISTER:
                 raise
         self._emit(
             Kind.LPA_UI,
@@ -299,10 +281,8 @@ class Lpa:
         )
         try:
             await self.cloud.register(ui.user, ui.password)  # the cloud logs a new user in at once
-        except Exception as exc:
-            if not _is_cloud_error(exc):
-                raise
-            self._cloud_event("register", error=str(exc), status=getattr(exc, "status", 0), user=ui.user)
+        except CloudError as exc:
+            self._cloud_event("register", error=str(exc), status=exc.status, user=ui.user)
             raise
         self._cloud_event("register", status=200, user=ui.user)
         self.logged_in = True
@@ -311,9 +291,7 @@ class Lpa:
     async def _login_check(self) -> None:
         try:
             logged_in = await self._login_pages()
-        except Exception as exc:
-            if not _is_cloud_error(exc):
-                raise
+        except CloudError as exc:
             # a refused login is a failed check: no ES9+ request (the document: no download without a login)
             self._fire(E.LOGIN_REFUSED, reason=f"the cloud refused the login: {exc}")
             return
@@ -416,14 +394,12 @@ class Lpa:
         )
         try:
             await self.cloud.upload(records)
-        except Exception as exc:
-            if not _is_cloud_error(exc):
-                raise
+        except CloudError as exc:
             self._cloud_event(
                 "upload",
                 step="000:4015",
                 error=str(exc),
-                status=getattr(exc, "status", 0),
+                status=exc.status,
                 records=len(records),
             )
             # stays DOWNLOADED: the package is saved, the next run uploads it again before any install
@@ -441,9 +417,7 @@ class Lpa:
             return self.limit
         try:
             await check()
-        except Exception as exc:
-            if not _is_cloud_error(exc):
-                raise
+        except CloudError:
             return self.limit
         limit = getattr(self.cloud, "limit", None)
         if isinstance(limit, int) and not isinstance(limit, bool) and 0 < limit < self.limit:
@@ -491,14 +465,12 @@ class Lpa:
         self.fetches += 1
         try:
             texts = await self.cloud.fetch(record.eid, MODULE)
-        except Exception as exc:
-            if not _is_cloud_error(exc):
-                raise
+        except CloudError as exc:
             self._cloud_event(
                 "fetch",
                 step="000:403",
                 error=str(exc),
-                status=getattr(exc, "status", 0),
+                status=exc.status,
                 eid=record.eid,
                 module=MODULE,
             )
@@ -537,10 +509,8 @@ class Lpa:
         await self._ensure_login()
         try:
             await self.cloud.delete(record.eid, MODULE)
-        except Exception as exc:
-            if not _is_cloud_error(exc):
-                raise
-            self._cloud_event("delete", step="000:203", error=str(exc), status=getattr(exc, "status", 0))
+        except CloudError as exc:
+            self._cloud_event("delete", step="000:203", error=str(exc), status=exc.status)
             raise FlowStopped(f"installed, but the cloud delete failed: {exc}") from None
         self._cloud_event("delete", step="000:203", status=200, eid=record.eid, module=MODULE)
         self._fire(E.CLOUD_DELETED)
@@ -564,7 +534,7 @@ class Lpa:
                         error=True,
                     )
             self.machine.note(notified=True)
-        before = await self._imsi(port_of(es10))
+        before = await self._imsi(es10.port)
         if not record.enabled:
             try:
                 result = await es10.enable_profile(record.iccid)
@@ -579,7 +549,7 @@ class Lpa:
             self.machine.note(enabled=True)
         imsi = before
         for _ in range(CIMI_ATTEMPTS):
-            imsi = await self._imsi(port_of(es10))
+            imsi = await self._imsi(es10.port)
             if imsi and imsi != before:
                 break
             await trio.sleep(CIMI_INTERVAL)
@@ -599,10 +569,6 @@ class Lpa:
             if text.isdigit():
                 return text
         return ""
-
-
-def port_of(es10: Es10Client) -> AtPort:
-    return es10.port
 
 
 @dataclass
