@@ -66,9 +66,16 @@ class Run:
     def exchanges(self, prefix: str) -> list[Exchange]:
         return [e for e in self.transcript if e.command.startswith(prefix)]
 
-    def card_commands(self) -> list[bytes]:
-        """The APDUs the CP sent its card, from the CP's trace."""
-        return [bytes.fromhex(e["hex"]) for e in self.trace if e.get("kind") == "apdu.command"]
+    def card_exchanges(self) -> list[tuple[bytes, bytes]]:
+        """The APDUs the CP sent its card and the card's answers, in order, from the CP's trace."""
+        commands = [bytes.fromhex(e["hex"]) for e in self.trace if e.get("kind") == "apdu.command"]
+        answers = [bytes.fromhex(e["hex"]) for e in self.trace if e.get("kind") == "apdu.response"]
+        assert len(commands) == len(answers)
+        return list(zip(commands, answers, strict=True))
+
+    def opened(self) -> list[int]:
+        """The logical channels the card's MANAGE CHANNEL open gave (ISO/IEC 7816-4 11.1.2), in order."""
+        return [answer[0] for command, answer in self.card_exchanges() if command[1:4] == b"\x70\x00\x00"]
 
 
 def host_session(run: Run, device: Path) -> None:
@@ -121,7 +128,21 @@ def host_session(run: Run, device: Path) -> None:
         run.step("close", lambda: lpac.close_channel(channel))
         session = run.steps["sessions"][1]
         run.step("closed_cgla", lambda: line.command(f'AT+CGLA={session},10,"81c0000000"'))
-        run.step("close_other", lambda: other.close_channel(1))
+
+        def extended() -> tuple[str, bytes]:
+            """Three more sessions of the other application, so that lpac's next one is on a logical channel
+            from 4 up, which TS 102 221 10.1.1 codes in the further interindustry class (b7 set); lpac sends
+            class 81 there too."""
+            for _ in range(3):
+                other.open_channel(ISD_R_AID)
+            again = lpac.open_channel(ISD_R_AID)
+            session = lpac.channels[again]
+            eid = lpac.store_data(again, GET_EID)
+            lpac.close_channel(again)
+            return session, eid
+
+        run.step("extended", extended)
+        run.step("close_other", lambda: [other.close_channel(index) for index in list(other.channels)])
     finally:
         run.transcript = line.transcript
         run.sent = lpac.sent
@@ -151,10 +172,7 @@ def test_connect_probe_and_the_channel_open_as_lpac_sends_them(run: Run) -> None
     commands = [e.command for e in run.transcript]
     assert commands[:4] == ["AT", "AT+CCHO=?", "AT+CCHC=?", "AT+CGLA=?"]
     opens = run.exchanges('AT+CCHO="')
-    assert [e.command for e in opens] == [f'AT+CCHO="{ISD_R_AID.hex()}"'] * 2
-    assert (
-        ISD_R_AID.hex() == ISD_R_AID.hex().lower() and "a0000005591010ffffffff8900000100" in opens[1].command
-    )
+    assert [e.command for e in opens] == ['AT+CCHO="a0000005591010ffffffff8900000100"'] * 6
     # the answer keeps its "+CCHO: " prefix, and the modem chose a session of its own for lpac's channel 1
     assert opens[1].lines == [f"+CCHO: {run.steps['sessions'][1]}"] and opens[1].final == "OK"
     assert run["open"] == 1 and run.steps["sessions"][1] != "1"
@@ -176,16 +194,18 @@ def test_get_eid_through_61xx_and_get_response(run: Run) -> None:
 def test_the_cp_recodes_class_81_to_the_channel_it_opened(run: Run) -> None:
     """The host always sends class 81; the CP's trace shows the card got the class of the channel its MANAGE
     CHANNEL opened for lpac's session (27.007 8.43 leaves the channel to the MT)."""
-    commands = run.card_commands()
-    opened = [
-        bytes.fromhex(e["hex"])[0]
-        for e in run.trace
-        if e.get("kind") == "apdu.response" and e.get("summary", "").startswith("MANAGE CHANNEL open")
-    ]
-    assert len(opened) == 2 and opened[1] != 1
-    store_data = [c for c in commands if c[1] in (0xE2, 0xC0)]
-    assert store_data and {c[0] for c in store_data} == {0x80 | opened[1]}
+    opened = run.opened()
+    assert len(opened) == 6 and opened[1] != 1 and opened[-1] >= 4
+    es10 = [command for command, _ in run.card_exchanges() if command[1] in (0xE2, 0xC0)]
+    first = [
+        command[0] for command in es10[:-2]
+    ]  # all but the GetEID on the last channel: 61 15, GET RESPONSE
+    assert first and set(first) == {0x80 | opened[1]}
+    # channel n from 4: b8 (proprietary) kept, b7 set, n - 4 in b4..b1
+    assert [command[0] for command in es10[-2:]] == [0xC0 | (opened[-1] - 4)] * 2
     assert all(apdu[0] == 0x81 for apdu in run.sent)
+    session, eid = run["extended"]
+    assert eid == bytes.fromhex("BF3E125A10" + EID) and session not in run.steps["sessions"]
 
 
 def test_es10_answers_decode_with_asn1tools_from_the_sgp22_module(run: Run) -> None:
@@ -254,12 +274,7 @@ def test_only_ok_and_error_are_final_results_without_cmee(run: Run) -> None:
 
 
 def test_cchc_closes_the_channel(run: Run) -> None:
-    assert run["close"].final == "OK" and run["close_other"].final == "OK"
+    assert run["close"].final == "OK" and [e.final for e in run["close_other"]] == ["OK"] * 4
     assert run["closed_cgla"].final == "ERROR" and run["closed_cgla"].lines == []
-    opened = [
-        bytes.fromhex(e["hex"])[0]
-        for e in run.trace
-        if e.get("kind") == "apdu.response" and e.get("summary", "").startswith("MANAGE CHANNEL open")
-    ]
-    closes = [c for c in run.card_commands() if c[1:3] == b"\x70\x80"]
-    assert sorted(c[3] for c in closes) == sorted(opened)
+    closes = [command for command, _ in run.card_exchanges() if command[1:3] == b"\x70\x80"]
+    assert sorted(command[3] for command in closes) == sorted(run.opened())
