@@ -312,6 +312,19 @@ class BipGateway:
         # TIMER MANAGEMENT's timers; `clock` is the adapter's (trio's in the CP)
         self.timers = ToolkitTimers()
         self.clock: Callable[[], float] = time.monotonic
+        # the commands the gateway carries out itself, by type (built once: on_command runs for every FETCH)
+        self._handlers: dict[int, Callable[[ProactiveCommand], list[Action]]] = {
+            CommandType.OPEN_CHANNEL: self._open,
+            CommandType.CLOSE_CHANNEL: self._close,
+            CommandType.SEND_DATA: self._send,
+            CommandType.RECEIVE_DATA: self._receive,
+            CommandType.GET_CHANNEL_STATUS: self._status,
+            CommandType.SET_UP_EVENT_LIST: self._events,
+            CommandType.POLL_INTERVAL: self._poll_interval,
+            CommandType.POLLING_OFF: self._simple_ok,
+            CommandType.MORE_TIME: self._simple_ok,
+            CommandType.DISPLAY_TEXT: self._simple_ok,
+        }
 
     # --- helpers -----------------------------------------------------------------------------------------------
 
@@ -411,18 +424,8 @@ class BipGateway:
     # --- proactive commands ------------------------------------------------------------------------------------
 
     def on_command(self, command: ProactiveCommand) -> list[Action]:
-        handlers: dict[int, Callable[[ProactiveCommand], list[Action]]] = {
-            CommandType.OPEN_CHANNEL: self._open,
-            CommandType.CLOSE_CHANNEL: self._close,
-            CommandType.SEND_DATA: self._send,
-            CommandType.RECEIVE_DATA: self._receive,
-            CommandType.GET_CHANNEL_STATUS: self._status,
-            CommandType.SET_UP_EVENT_LIST: self._events,
-            CommandType.POLL_INTERVAL: self._poll_interval,
-            CommandType.POLLING_OFF: self._simple_ok,
-            CommandType.MORE_TIME: self._simple_ok,
-            CommandType.DISPLAY_TEXT: self._simple_ok,
-        }
+        if command.type == CommandType.RECEIVE_DATA and command.type not in self.host_commands:
+            return self._receive(command)  # the download's every round: straight to its handler
         if command.type in self.host_commands:  # a host's toolkit took it (+CUSATA, 27.007 section 12.2.3)
             return [HandToHost(command)]
         if command.type == CommandType.SEND_SHORT_MESSAGE:
@@ -434,7 +437,7 @@ class BipGateway:
         if command.type == CommandType.PROVIDE_LOCAL_INFORMATION:  # cp/local_info.py
             general, objects = provide_local_information(command, self.local_info)
             return [self._tr(command, general, objects=objects)]
-        handler = handlers.get(command.type)
+        handler = self._handlers.get(command.type)
         if handler is None:
             return [self._tr(command, GeneralResult.BEYOND_TERMINAL_CAPABILITIES)]
         return handler(command)

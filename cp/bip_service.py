@@ -302,8 +302,13 @@ class BipService:
                 continue  # a malformed command cannot be answered by number; the card times it out
             await self._apply(self.gateway.on_command(command), command)
         event: LinkEvent | None = None
-        with trio.move_on_after(self.poll_interval):
-            event = await self._events_rx.receive()
+        try:
+            # an event already queued (a link's data read while the card drained its buffer) is taken without a
+            # cancel scope and a schedule point: the envelope it leads to is the loop's next one anyway
+            event = self._events_rx.receive_nowait()
+        except trio.WouldBlock:
+            with trio.move_on_after(self.poll_interval):
+                event = await self._events_rx.receive()
         if event is None:
             await self.driver.poll()
             return
@@ -551,7 +556,7 @@ class BipService:
         """Payload bytes of a channel: tcp.data on the CP's own stack, app.event on the AP's data DLC."""
         if self.bearer.embodiment == 1:
             src, dst = (Actor.CP, Actor.OTA) if outgoing else (Actor.OTA, Actor.CP)
-            self.tracer.emit(
+            self.tracer.record(  # the hot path's recording (docs/protocols.md, "Writing a trace"): the same line
                 src,
                 dst,
                 Layer.TCP,
@@ -563,7 +568,7 @@ class BipService:
             )
         else:
             src, dst = (Actor.CP, Actor.AP) if outgoing else (Actor.AP, Actor.CP)
-            self.tracer.emit(
+            self.tracer.record(
                 src,
                 dst,
                 Layer.APP,

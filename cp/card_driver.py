@@ -136,21 +136,40 @@ def with_le(apdu: bytes, le: int) -> bytes:
 
 
 class _CardLock:
-    """A trio.Lock whose free acquire does not yield: every exchange under it awaits the transport's transmit,
-    which is a checkpoint already, so one schedule point per APDU instead of two (trio.Lock.acquire yields even
-    when the lock is free). A busy lock is waited for as trio.Lock does."""
+    """A lock whose free acquire does not yield: every exchange under it awaits the transport's transmit, which is
+    a checkpoint already, so one schedule point per APDU instead of two (trio.Lock.acquire yields even when the
+    lock is free). A busy lock is waited for in order (a trio ParkingLot, FIFO): the holder's release hands the
+    card to the first waiter. A flag and a parking lot, not a trio.Lock: the free acquire and the release were a
+    task look-up and a deadlock-detection registration each, twice per APDU (docs/performance.md, "The card
+    path"); a waiter cancelled while parked is simply gone from the lot."""
 
     def __init__(self) -> None:
-        self._lock = trio.Lock()
+        self._held = False
+        self._waiters = trio.lowlevel.ParkingLot()
 
     async def __aenter__(self) -> None:
-        try:
-            self._lock.acquire_nowait()
-        except trio.WouldBlock:
-            await self._lock.acquire()
+        if not self._held:
+            self._held = True
+            return
+        await self._waiters.park()  # woken by __aexit__, which hands the lock over (it stays held)
 
     async def __aexit__(self, *exc: object) -> None:
-        self._lock.release()
+        if self._waiters:
+            self._waiters.unpark()
+        else:
+            self._held = False
+
+
+_TYPE_NAMES: dict[int, str] = {}
+
+
+def type_name(type_: int) -> str:
+    """ProactiveCommand.type_name of a command type (TS 102 223 section 9.4), looked up once per type: the name is
+    built from the enum at each call, and every FETCH and TERMINAL RESPONSE of a round names its command."""
+    name = _TYPE_NAMES.get(type_)
+    if name is None:
+        name = _TYPE_NAMES[type_] = ProactiveCommand((), 1, type_).type_name
+    return name
 
 
 class CardError(Exception):
@@ -436,7 +455,7 @@ class CardDriver:
             except TlvError:
                 command = None
             if command is not None:
-                name = command.type_name  # once: each lookup builds the name (the round trip's profile)
+                name = type_name(command.type)
                 self.tracer.record(
                     Actor.UICC,
                     Actor.CP,
@@ -471,7 +490,7 @@ class CardDriver:
     async def terminal_response(self, response: TerminalResponse, *, step: str | None = None) -> int:
         body = response.encode()
         general, _ = response.result
-        name = response.type_name
+        name = type_name(response.type)
         summary = f"TERMINAL RESPONSE: {name} (result 0x{general:02X})"
         _, sw = await self.transmit(
             bytes((0x80, 0x14, 0, 0, len(body))) + body,  # one copy of the data, not two

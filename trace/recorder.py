@@ -38,6 +38,9 @@ FLUSH_INTERVAL = 0.05  # seconds: the most a queued event waits for its line (an
 
 _ENCODER = json.JSONEncoder(separators=(", ", ": "), ensure_ascii=False)  # as TraceEvent.to_json
 _string: Callable[[str], str] = json.encoder.encode_basestring
+# the C accelerator's encoder factory (None where it is missing; typeshed does not list it)
+_make_encoder: Callable[..., Callable[[Any, int], Any]] | None = getattr(json.encoder, "c_make_encoder", None)
+_threads = threading.local()  # each thread's own field encoder (its circular-reference markers are its own)
 _ACTORS: dict[object, Actor] = dict(Actor._value2member_map_)
 _LAYERS: dict[object, Layer] = dict(Layer._value2member_map_)
 
@@ -263,6 +266,32 @@ def _line(event: TraceEvent) -> str:
     )
 
 
+def _fields_text(fields: dict[str, Any]) -> str:
+    """`_ENCODER.encode(fields)`, the same text, without building the C encoder again for every event: `encode`
+    makes a new one per call, which was half the cost of a small dict's encoding (docs/performance.md, "The card
+    path"). One encoder per thread, so that two flushing threads never share its markers."""
+    encoder = getattr(_threads, "encoder", None)
+    if encoder is None:
+        if _make_encoder is None:
+            return _ENCODER.encode(fields)
+        encoder = _threads.encoder = _make_encoder(
+            {},  # markers: a circular value is a ValueError, as with _ENCODER
+            _ENCODER.default,
+            _string,  # ensure_ascii=False
+            None,
+            _ENCODER.key_separator,
+            _ENCODER.item_separator,
+            False,  # sort_keys
+            False,  # skipkeys
+            True,  # allow_nan
+        )
+    try:
+        return "".join(encoder(fields, 0))
+    except Exception:
+        _threads.encoder = None  # a failed encoding may leave its markers behind: the next one starts clean
+        raise
+
+
 def _text(
     t: float,
     src: Actor,
@@ -307,7 +336,7 @@ def _text(
     if error:
         parts.append(', "error": true')
     if fields:
-        parts += (', "fields": ', _ENCODER.encode(fields))
+        parts += (', "fields": ', _fields_text(fields))
     parts.append("}\n")
     return "".join(parts)
 

@@ -26,6 +26,7 @@ from bipsim.uicc.cat import (
     GeneralResult,
     OpenChannel,
     ProactiveCommand,
+    TerminalResponse,
     TransportProtocol,
     buffer_size,
     channel_data,
@@ -360,10 +361,9 @@ class BipEngine:
 
     # --- terminal responses ------------------------------------------------------------------------------------
 
-    def _answered(self, command: ProactiveCommand, general: int, additional: bytes, response: object) -> None:
-        from bipsim.uicc.cat import TerminalResponse
-
-        assert isinstance(response, TerminalResponse)
+    def _answered(
+        self, command: ProactiveCommand, general: int, additional: bytes, response: TerminalResponse
+    ) -> None:
         ok = GeneralResult.OK <= general < 0x10
         outcome = "ok" if ok else "failed"
         if command.type == CommandType.OPEN_CHANNEL and ok and self.state is EngineState.OPENING:
