@@ -4,6 +4,7 @@ driven segment by segment on an injected clock."""
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import random
 import struct
@@ -1131,16 +1132,19 @@ def _check_invariants(conn: TcpConnection) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.sampled_from(["client", "server", "established"]), _ops)
-def test_arbitrary_segments_never_raise(start: str, ops: list[tuple[str, Any]]) -> None:
+@given(st.sampled_from(["client", "server", "established"]), st.sampled_from(["reno", "cubic", "bbr"]), _ops)
+def test_arbitrary_segments_never_raise(start: str, congestion: str, ops: list[tuple[str, Any]]) -> None:
     now = 0.0
+    config = dataclasses.replace(_FUZZ_CONFIG, congestion=congestion)
     if start == "client":
-        conn = TcpConnection.active(L, R, iss=0xFFFFFE00, now=now, config=_FUZZ_CONFIG)
+        conn = TcpConnection.active(L, R, iss=0xFFFFFE00, now=now, config=config)
     elif start == "server":
-        syn = TcpSegment(40000, 443, 0xFFFFFFF0, 0, TcpFlags.SYN, 1000, mss=536, window_scale=2)
-        conn = TcpConnection.passive(syn, R, L, iss=77, now=now, config=_FUZZ_CONFIG)
+        syn = TcpSegment(
+            40000, 443, 0xFFFFFFF0, 0, TcpFlags.SYN, 1000, mss=536, window_scale=2, sack_permitted=True
+        )
+        conn = TcpConnection.passive(syn, R, L, iss=77, now=now, config=config)
     else:
-        conn, _ = _pair(_FUZZ_CONFIG, _FUZZ_CONFIG)
+        conn, _ = _pair(config, config)
     _check_invariants(conn)
     for op, arg in ops:
         if op == "segment":
