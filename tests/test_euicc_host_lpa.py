@@ -264,6 +264,11 @@ def test_a_bad_store_data_gets_its_status_word_and_the_line_goes_on(run: Run) ->
     first, second = run["skipped_block"]
     assert first == bytes.fromhex("9000") and second == bytes.fromhex("6A80")
     assert run["eid_after"] == bytes.fromhex("BF3E125A10" + EID)
+    # each refusal is a trace event at the card boundary
+    refusals = [
+        e for e in run.trace if e.get("kind") == "apdu.response" and e.get("fields", {}).get("sw") == "6A80"
+    ]
+    assert len(refusals) == 3
 
 
 def test_only_ok_and_error_are_final_results_without_cmee(run: Run) -> None:
