@@ -1,6 +1,6 @@
 """ES10 from the AP (GSMA SGP.22 section 5.7, ES10a/b/c): the LPA's requests to the eUICC's ISD-R over the CP's
 3GPP TS 27.007 logical-channel commands, as open-source LPAs with an AT backend send them (docs/protocols.md,
-"eUICC and the cloud backup", "ES10 over AT").
+"The LPA on the AP").
 
 `AT+CCHO="<ISD-R AID in lower case>"` opens a channel (`+CCHO: <n>`); each ES10 request, the DER of its SGP.22
 type, goes in STORE DATA commands (GlobalPlatform Card Specification 11.11; SGP.22 5.7.2: at most 255 bytes a

@@ -1,4 +1,4 @@
-"""The LPA's flow with the cloud backup (docs/protocols.md, "eUICC and the cloud backup", "The LPA's flow"): the
+"""The LPA's flow with the cloud backup (docs/protocols.md, "The LPA on the AP"): the
 invention's steps 000:201..203 and 000:401..404 over GSMA SGP.22's profile download (section 3.1.3).
 
 Login check (the user interface policy) -> the EID by GetEID -> ES9+ initiateAuthentication, authenticateClient,
@@ -50,7 +50,9 @@ from bipsim.trace.kinds import Kind
 from bipsim.trace.recorder import NULL_TRACER, Tracer
 
 DEVICE_TAC = bytes.fromhex("35290611")  # the terminal's type allocation code in DeviceInfo (SGP.22 5.7.13)
-CIMI_ATTEMPTS = 20  # AT+CIMI reads after EnableProfile until the card's REFRESH has given the new IMSI
+# AT+CIMI reads after EnableProfile until the IMSI differs from the one before (the CP reads EF_IMSI at each
+# AT+CIMI, so the first read has it; a modem that caches the IMSI may take a while)
+CIMI_ATTEMPTS = 20
 CIMI_INTERVAL = 0.25
 S = LpaState
 E = LpaEvent
@@ -111,7 +113,6 @@ class Lpa:
         self.tracer = tracer
         self.logged_in = False
         self.fetches = 0  # cloud fetches in this process
-        self.done = trio.Event()
         if not machine.record.activation_code:
             machine.note(activation_code=activation_code)
 
@@ -169,8 +170,6 @@ class Lpa:
             },
             error=not outcome.ok,
         )
-        if self.machine.finished:
-            self.done.set()
         return outcome
 
     # --- the flow -------------------------------------------------------------------------------------------------

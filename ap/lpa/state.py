@@ -1,4 +1,4 @@
-"""The LPA's persisted state machine (docs/protocols.md, "eUICC and the cloud backup", "The LPA's states"): the
+"""The LPA's persisted state machine (docs/protocols.md, "The LPA on the AP"): the
 flow of the cloud-backup invention (steps 000:201..203 and 000:401..404) as one transition table, kept in a JSON
 file written atomically after every change, so a power cycle resumes where the flow stopped.
 

@@ -1,4 +1,4 @@
-"""The LPA's user interface policy (docs/protocols.md, "eUICC and the cloud backup", "The login check"): how the
+"""The LPA's user interface policy (docs/protocols.md, "The LPA on the AP"): how the
 simulated user answers the cloud website's pages before a download, as the cloud-backup invention's first step asks
 (logged in: no page; not logged in: the login page; never registered: the registration page; the page closed: one
 preset message, and no download).
