@@ -160,7 +160,7 @@ class FakeEuicc:
         return installation_result(True)
 
 
-@dataclass
+@dataclass(eq=False)  # hashable: the line's slot lock is kept per port (ap/slot_lock.py)
 class FakeModem:
     """The CP's AT surface the LPA uses: +CCHO/+CGLA/+CCHC to the fake eUICC, +CIMI from the enabled profile."""
 

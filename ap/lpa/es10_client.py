@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import trio
 
+from bipsim.ap.slot_lock import slot_lock
 from bipsim.link.at_chat import AtResponse, AtTimeout
 from bipsim.trace.events import Actor, Layer
 from bipsim.trace.kinds import Kind
@@ -180,7 +181,10 @@ class Es10Client:
         """AT+CCHO with the ISD-R's AID in lower case, as lpac sends it; the modem's session id. A card still
         starting (+CME ERROR: 14, SIM busy: 27.007 9.2.1, a transient state) is asked again."""
         for _ in range(SIM_BUSY_ATTEMPTS):
-            answer = await self._at(f'AT+CCHO="{ISD_R_AID.hex()}"')
+            # +CCHO goes to the slot the line has chosen: held under the line's slot lock, so no other user of
+            # DLC 1 has it on another slot meanwhile (ap/slot_lock.py); the ISD-R is slot 1's card
+            async with slot_lock(self.port):
+                answer = await self._at(f'AT+CCHO="{ISD_R_AID.hex()}"')
             if answer.cme_error != CME_SIM_BUSY:
                 break
             await trio.sleep(SIM_BUSY_RETRY)
