@@ -228,11 +228,15 @@ async def copy_paced(
     """Copies src to dst at the pacer's rate until src ends: the trio adapter of `UartPacer`.
 
     The relay's buffer is the UART's FIFO (`pacer.fifo` bytes). While it holds bytes, the relay sleeps until a
-    `chunk` of them is due and then sends every byte that is due (all of them after a late wake-up). When it runs
-    empty, bytes already waiting in the source keep the busy period going (the driver refills the FIFO); only
-    when nothing is waiting does the line go idle, and the next bytes start a new busy period. `stats` gets
-    the bytes sent and the time spent waiting for `dst` to take them (a reader that does not read). `sleep_until`
-    is how it waits for a release (`relay_sleeper`: a TimerFd on trio's system clock).
+    `chunk` of them (or all it holds, when fewer) is due and then sends every byte that is due (all of them after
+    a late wake-up) in one write. It never sends a part of that: bytes that fell due while the last write was
+    going out wait for the rest of their chunk, so a short frame reaches the reader in one piece at its last
+    byte's time rather than a byte or two at a time, each waking the reader (docs/performance.md, "MO SMS
+    through +CMGS"). When it runs empty, bytes already waiting in the source keep the busy period going (the
+    driver refills the FIFO); only when nothing is waiting does the line go idle, and the next bytes start a new
+    busy period. `stats` gets the bytes sent and the time spent waiting for `dst` to take them (a reader that
+    does not read). `sleep_until` is how it waits for a release (`relay_sleeper`: a TimerFd on trio's system
+    clock).
     """
     buffer = bytearray()
     while True:
@@ -246,10 +250,11 @@ async def copy_paced(
             buffer += data
         elif len(buffer) < pacer.fifo:
             buffer += src.receive_available(pacer.fifo - len(buffer))
-        count = pacer.take(trio.current_time(), len(buffer))
-        if not count:
-            await sleep_until(pacer.due(min(len(buffer), chunk)))
+        release = min(len(buffer), chunk)
+        if pacer.allowance(trio.current_time()) < release:
+            await sleep_until(pacer.due(release))
             continue
+        count = pacer.take(trio.current_time(), len(buffer))
         before = trio.current_time()
         await dst.send_all(bytes(buffer[:count]))
         del buffer[:count]

@@ -194,6 +194,37 @@ async def test_relay_sends_exact_counts_per_interval(autojump_clock: trio.testin
     assert line.samples[-1][0] - start == pytest.approx(len(payload) / RATE)
 
 
+class SlowLine(FakeLine):
+    """A line whose every write takes `seconds` (a pty write that wakes the reader and is preempted by it)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self.total += len(data)
+        self.received += data
+        self.samples.append((trio.current_time(), self.total))
+        await trio.sleep(self.seconds)
+
+
+async def test_relay_sends_whole_chunks_when_writes_are_slow(autojump_clock: trio.testing.MockClock) -> None:
+    # each write takes 1.5 byte times: the bytes that fell due meanwhile wait for their chunk, never a byte or two
+    # on their own (each such write wakes the reader for nothing: docs/performance.md, "MO SMS through +CMGS")
+    source, line, pacer = FakeSource(), SlowLine(1.5 / RATE), UartPacer(RATE, fifo=FIFO)
+    source.feed(bytes(23))
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_relay, source, line, pacer)
+        while line.total < 23:
+            await trio.sleep(0.001)
+        source.close()
+    sizes = [b - a for (_, a), (_, b) in zip([(start, 0), *line.samples], line.samples, strict=False)]
+    assert sizes == [5, 5, 5, 5, 3]
+    # and each at its last byte's time: the slow writes never delay a chunk
+    assert [t - start for t, _ in line.samples] == pytest.approx([0.005, 0.010, 0.015, 0.020, 0.023])
+
+
 async def test_relay_catches_up_after_a_late_wake_up(autojump_clock: trio.testing.MockClock) -> None:
     source, line, pacer = FakeSource(), FakeLine(), UartPacer(RATE, fifo=FIFO)
     line.stall = (100, 0.0303)  # after 100 bytes the relay is away for 30.3 ms
