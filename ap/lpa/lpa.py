@@ -42,6 +42,7 @@ from bipsim.ap.lpa.records import (
 )
 from bipsim.ap.lpa.state import LpaEvent, LpaMachine, LpaState
 from bipsim.ap.lpa.ui_policy import CLOSED_MESSAGE, UiKind, UiPolicy
+from bipsim.ap.slot_lock import slot_lock
 from bipsim.link.at_chat import AtTimeout
 from bipsim.ota.cloud_store import CloudError
 from bipsim.ota.es9_json import Es9Error, parse_activation_code
@@ -556,7 +557,8 @@ class Lpa:
 
     async def _imsi(self, port: AtPort) -> str:
         try:
-            answer = await port.command("AT+CIMI", timeout=10.0)
+            async with slot_lock(port):  # slot 1's IMSI, whatever slot another user of the line chose
+                answer = await port.command("AT+CIMI", timeout=10.0)
         except AtTimeout:
             return ""
         if not answer.ok:
