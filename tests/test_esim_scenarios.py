@@ -19,6 +19,7 @@ import trio
 import trio.testing
 
 from bipsim.ap.lpa.es9_client import Es9Client
+from bipsim.ap.lpa.es10_client import Es10Client
 from bipsim.ap.lpa.lpa import Lpa, LpaOutcome
 from bipsim.ap.lpa.records import decode_record, join_records
 from bipsim.ap.lpa.state import LpaMachine, LpaState
@@ -432,3 +433,29 @@ def test_a_host_lpa_reaches_the_euicc_through_bipsim_cp(tmp_path: Path, pki: Pki
     finally:
         stop(cp)
     assert finals == ["OK", "OK", "OK", "ERROR", "OK"], finals
+
+
+@pytest.mark.parametrize("fault", ["garbage", "bad-signature", "corrupt-bpp"])
+async def test_an_smdp_that_lies_stops_the_lpa_without_a_profile_or_a_loop(
+    tmp_path: Path, pki: Pki, fault: str
+) -> None:
+    """The issue's bad input through the real ISD-R: an SM-DP+ answering garbage, a serverSignature1 the eUICC
+    refuses, a package whose last '86' MAC fails (ota/smdp.py Fault). The LPA stops and says why; nothing is
+    installed; the corrupt package is tried once more from the cloud and no more."""
+    from bipsim.ota.smdp import Fault
+
+    smdp = SmdpService(pki, builtin_profiles(), address=SMDP, faults=frozenset({Fault(fault)}))
+    async with chain(tmp_path, pki, smdp=smdp) as rig:
+        outcome = await rig.lpa().run(rig.chat)
+        profiles = await Es10Client(rig.chat).get_profiles_info()
+    assert not outcome.ok and outcome.state is LpaState.STOPPED, outcome
+    assert profiles == []  # no half-installed profile
+    assert rig.events(Kind.LPA_RESULT)[-1].field("outcome") == "stopped"
+    assert rig.smdp_calls.count("getBoundProfilePackage") <= 1
+    installs = [e for e in rig.events(Kind.LPA_STATE) if e.field("state") == "installing"]
+    if fault == "corrupt-bpp":
+        assert (
+            len(installs) == 2 and fetches(rig) == 1 and "errorReason 8" in outcome.reason
+        )  # scp03tSecurityError
+    else:
+        assert installs == [] and not rig.cloud.backups
