@@ -57,6 +57,9 @@ _CUBIC_C = 0.4  # RFC 9438 5
 # BBR paces: a segment goes out when its pacing time is at most this far ahead (trio's timers wake in whole
 # milliseconds, so a finer pace would only add wake-ups)
 PACING_QUANTUM = 0.001
+# a late wake-up (a loaded event loop) may send what it missed, up to this much time's worth at once: without it
+# every late timer would lower the rate below the pacing rate
+PACING_CATCH_UP = 0.004
 Endpoint = tuple[IPv4Address, int]
 
 
@@ -1081,7 +1084,7 @@ class TcpConnection:
     def _pace(self, length: int, now: float) -> None:
         """The next segment's pacing time, after `length` bytes left now."""
         if self._bbr is not None and self._pacing_rate > 0:
-            self._pace_next = max(self._pace_next, now) + length / self._pacing_rate
+            self._pace_next = max(self._pace_next, now - PACING_CATCH_UP) + length / self._pacing_rate
 
     def _reo_wnd(self) -> float:
         """RFC 8985 6.2 step 4: no reordering window until the path has reordered, once in recovery or once
