@@ -177,14 +177,19 @@ class TimerFd:
     async def sleep_until(self, deadline: float) -> None:
         """Returns once trio's clock has reached `deadline` (at once, after a checkpoint, if it has)."""
         await trio.lowlevel.checkpoint_if_cancelled()
+        waited = False
         while (remaining := deadline - trio.current_time()) > 0:
             self._arm(remaining)  # settime also clears an expiry left over from a cancelled sleep
             await trio.lowlevel.wait_readable(self.fd)
+            waited = True
             try:
                 os.read(self.fd, 8)  # the expiry count: read to make the descriptor unreadable again
             except BlockingIOError:
                 pass
-        await trio.lowlevel.cancel_shielded_checkpoint()
+        if not waited:
+            # waiting for the timer was this call's schedule point already: another turn of the event loop
+            # would only make the release that follows later
+            await trio.lowlevel.cancel_shielded_checkpoint()
 
     def close(self) -> None:
         if self.fd >= 0:
