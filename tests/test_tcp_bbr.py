@@ -17,7 +17,7 @@ import trio.testing
 from bipsim.net.ipv4 import Ipv4Packet
 from bipsim.net.radio import PROFILES, LinkProfile, radio_link
 from bipsim.net.stack import IpStack
-from bipsim.net.tcp import TcpConfig
+from bipsim.net.tcp import PACING_CATCH_UP, PACING_QUANTUM, TcpConfig, TcpConnection
 from bipsim.net.tcp_bbr import BBR_TRANSITIONS, HIGH_GAIN, Bbr, BbrInput, BbrState, RateSample
 from bipsim.net.tcp_segment import TcpSegment
 
@@ -177,3 +177,23 @@ async def test_bbr_moves_every_byte_through_a_lossy_link(autojump_clock: trio.te
     windows, departures, done = await _upload(TcpConfig(congestion="bbr"), 300 * MSS, lambda n: False, lossy)
     assert done > 0 and len(departures) > 300  # every byte arrived (_upload checks), some of them twice
     assert any(recovering for _, _, recovering in windows)
+
+
+def test_a_late_timer_sends_what_the_pace_missed() -> None:
+    # sans-IO: the pacing timer fires 20 ms late (a loaded event loop); the segments whose pacing times passed
+    # meanwhile, up to 4 ms' worth, go at once, so that late wake-ups do not pace below the pacing rate
+    config = TcpConfig(congestion="bbr")
+    c = TcpConnection.active((CP, 40000), (NET, 80), iss=1000, now=0.0, config=config)
+    (syn,) = c.outgoing()
+    s = TcpConnection.passive(syn, (NET, 80), (CP, 40000), iss=5000, now=0.05, config=config)
+    c.receive(s.outgoing()[0], 0.1)  # SRTT 0.1 s: 2.89 x 14600 bytes per 0.1 s, 3.5 ms per segment
+    c.outgoing()
+    c.send(bytes(20 * MSS), 1.0)
+    first = c.outgoing()
+    deadline = c.next_deadline()
+    assert first and deadline is not None and deadline < 1.01  # the pacing timer, not the RTO
+    per_segment = MSS / c._pacing_rate
+    assert per_segment > 3 * PACING_QUANTUM
+    c.on_timer(deadline + 0.020)
+    late = c.outgoing()
+    assert len(late) == 1 + int(PACING_CATCH_UP / per_segment)  # the due one and the catch-up
