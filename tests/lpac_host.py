@@ -13,7 +13,10 @@ at_cmd_unix.c and its ES10 transport euicc/euicc.c, and from GSMA SGP.22 for the
 - ES10 (SGP.22 5.7.1): the DER request in STORE DATA blocks of at most 120 bytes, CLA 80 with lpac's own channel
   index in its low bits (1 for its first channel, whatever session id the modem gave), INS E2, P1 11 (more blocks)
   or 91 (last), P2 the block number from 0; after `61 xx` a GET RESPONSE `8x C0 00 00 xx`; the data of every
-  answer concatenated; an answer whose SW1 is not 9x ends the function.
+  answer concatenated; an answer whose SW1 is not 9x ends the function;
+- a download (SGP.22 3.1.3): ES9+ over HTTPS in the JSON binding of SGP.22 6.5 (the standard library's http.client
+  and ssl, trusting the CI), the ES10b requests put together from the DER the SM-DP+ sent, and the Bound Profile
+  Package sent in the segments of SGP.22 2.5.5, each its own ES10 command.
 """
 
 from __future__ import annotations
@@ -292,3 +295,100 @@ def authenticate_server_request(
             },
         )
     )
+
+
+# --- a profile download as `lpac profile download` does it (SGP.22 3.1.3) -------------------------------------------
+
+
+def der(tag: bytes, value: bytes) -> bytes:
+    """A DER TLV (ISO/IEC 8825-1 8.1.3: the short length form up to 127, else 81/82/83 and the length)."""
+    size = len(value)
+    if size < 0x80:
+        return tag + bytes((size,)) + value
+    octets = size.to_bytes((size.bit_length() + 7) // 8, "big")
+    return tag + bytes((0x80 | len(octets),)) + octets + value
+
+
+def tagged(data: bytes, tag: bytes) -> bytes:
+    """`data` as the data object `tag`: as it is when it is one already (the ES9+ JSON carries the DER of the
+    whole object), else wrapped."""
+    return data if data.startswith(tag) else der(tag, data)
+
+
+def bpp_segments(bpp: bytes) -> list[bytes]:
+    """The Bound Profile Package in the segments SGP.22 2.5.5 has the LPA send, each in its own ES10 command:
+    BF36's tag and length with InitialiseSecureChannel (BF23); A0 whole; A1's tag and length, then each 88; A2
+    whole when present; A3's tag and length, then each 86."""
+    (outer,) = tlvs(bpp)
+    children = tlvs(outer[1])
+
+    def head(tlv: tuple[int, bytes, bytes]) -> bytes:
+        return tlv[2][: len(tlv[2]) - len(tlv[1])]
+
+    by_tag = {tag: (tag, value, raw) for tag, value, raw in children}
+    segments = [head(outer) + by_tag[0xBF23][2], by_tag[0xA0][2], head(by_tag[0xA1])]
+    segments += [raw for _, _, raw in tlvs(by_tag[0xA1][1])]
+    if 0xA2 in by_tag:
+        segments.append(by_tag[0xA2][2])
+    segments.append(head(by_tag[0xA3]))
+    segments += [raw for _, _, raw in tlvs(by_tag[0xA3][1])]
+    return segments
+
+
+@dataclass
+class Es9Host:
+    """ES9+ over HTTPS as SGP.22 6.5 binds it (the LPA's side): POST /gsma/rsp2/es9plus/<function> with
+    X-Admin-Protocol and a JSON body, ASN.1 values in base64, transactionId in hex; the SM-DP+'s TLS certificate
+    must chain to the CI and name the host."""
+
+    address: str  # HOST:PORT
+    ca: Path  # the CI's certificate (PEM)
+    calls: list[tuple[str, int]] = field(default_factory=list)  # function, HTTP status
+
+    def call(self, function: str, body: dict[str, Any]) -> dict[str, Any]:
+        import http.client
+        import json
+        import ssl
+
+        host, port = self.address.rsplit(":", 1)
+        context = ssl.create_default_context(cafile=str(self.ca))
+        connection = http.client.HTTPSConnection(host, int(port), context=context, timeout=60)
+        try:
+            connection.request(
+                "POST",
+                f"/gsma/rsp2/es9plus/{function}",
+                body=json.dumps(
+                    {
+                        "header": {
+                            "functionRequesterIdentifier": "host-lpa",
+                            "functionCallIdentifier": function,
+                        },
+                        **body,
+                    }
+                ),
+                headers={"X-Admin-Protocol": "gsma/rsp/v2.2.0", "Content-Type": "application/json"},
+            )
+            response = connection.getresponse()
+            text = response.read()
+        finally:
+            connection.close()
+        self.calls.append((function, response.status))
+        if response.status == 204:
+            return {}
+        answer: dict[str, Any] = json.loads(text)
+        status = answer.get("header", {}).get("functionExecutionStatus", {})
+        if response.status != 200 or status.get("status") != "Executed-Success":
+            raise HostError(f"{function}: HTTP {response.status} {status}")
+        return answer
+
+
+def b64(data: bytes) -> str:
+    import base64
+
+    return base64.b64encode(data).decode("ascii")
+
+
+def unb64(text: str) -> bytes:
+    import base64
+
+    return base64.b64decode(text, validate=True)

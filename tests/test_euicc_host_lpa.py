@@ -6,13 +6,19 @@ only OK and ERROR as final results, +CMEE never set). The answers are decoded wi
 SGP.22 module (uicc/euicc/rsp.asn) compiled in the test, and the eUICC's signature and certificates are checked with
 `cryptography` alone.
 
-One CP process serves the whole module: the fixture runs the host's session once (as `lpac chip info`, `lpac
-profile list` and the first ES10 steps of a download would), stops the CP so its trace is complete, and each test
-reads the part of that run it checks."""
+The host also downloads a profile from a real `bipsim smdp` as `lpac profile download` does (ES9+ over HTTPS with
+the standard library, the Bound Profile Package cut into SGP.22 2.5.5's segments by the host) and enables it, and
+the CP then answers AT+CIMI with the profile's IMSI.
+
+One CP process and one SM-DP+ process serve the whole module: the fixture runs the host's session once, stops the
+CP so its trace is complete, and each test reads the part of that run it checks."""
 
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,16 +26,22 @@ from typing import Any
 
 import pytest
 
-from tests.cp_process import CpOnPty
+from tests.cp_process import BIPSIM, CpOnPty, stop, wait_until
 from tests.lpac_host import (
     ISD_R_AID,
     AtLine,
+    Es9Host,
     Exchange,
     HostLpa,
     HostPki,
     authenticate_server_request,
+    b64,
+    bpp_segments,
+    der,
     rsp_spec,
+    tagged,
     tlvs,
+    unb64,
     verify_plain,
 )
 
@@ -37,6 +49,7 @@ EID = "89049032123451234512345678901235"  # the `euicc` profile's EID (uicc/prof
 GET_EID = bytes.fromhex("BF3E035C015A")  # SGP.22 5.7.20: GetEuiccDataRequest with tagList '5A'
 TRANSACTION_ID = bytes.fromhex("0102030405060708090A0B0C0D0E0F10")
 SERVER_CHALLENGE = bytes(range(0x20, 0x30))
+MATCHING_ID = "OP1"  # a profile `bipsim smdp` serves built in (docs/protocols.md, "The SM-DP+")
 
 
 @dataclass
@@ -78,10 +91,106 @@ class Run:
         return [answer[0] for command, answer in self.card_exchanges() if command[1:4] == b"\x70\x00\x00"]
 
 
-def host_session(run: Run, device: Path) -> None:
+def host_download(run: Run, lpac: HostLpa, channel: int, es9: Es9Host) -> dict[str, Any]:
+    """`lpac profile download` of the activation code's profile (SGP.22 3.1.3): GetEUICCChallenge and
+    GetEUICCInfo1, initiateAuthentication, AuthenticateServer, authenticateClient, PrepareDownload,
+    getBoundProfilePackage, LoadBoundProfilePackage in the segments of 2.5.5, handleNotification. The ES10
+    requests are put together from the DER the SM-DP+ sent, as an LPA must (the signatures cover those bytes)."""
+    spec = run.spec
+    challenge = spec.decode("GetEuiccChallengeResponse", lpac.store_data(channel, bytes.fromhex("BF2E00")))
+    info1 = lpac.store_data(channel, bytes.fromhex("BF2000"))
+    init = es9.call(
+        "initiateAuthentication",
+        {
+            "euiccChallenge": b64(challenge["euiccChallenge"]),
+            "euiccInfo1": b64(info1),
+            "smdpAddress": es9.address,
+        },
+    )
+    transaction_id = init["transactionId"]
+    ctx_params1 = spec.encode(
+        "CtxParams1",
+        (
+            "ctxParamsForCommonAuthentication",
+            {
+                "matchingId": MATCHING_ID,
+                "deviceInfo": {"tac": bytes.fromhex("35290611"), "deviceCapabilities": {}},
+            },
+        ),
+    )
+    authenticate = der(
+        b"\xbf\x38",
+        unb64(init["serverSigned1"])
+        + tagged(unb64(init["serverSignature1"]), b"\x5f\x37")
+        + tagged(unb64(init["euiccCiPKIdToBeUsed"]), b"\x04")
+        + unb64(init["serverCertificate"])
+        + ctx_params1,
+    )
+    authenticated = lpac.store_data(channel, authenticate)
+    client = es9.call(
+        "authenticateClient",
+        {"transactionId": transaction_id, "authenticateServerResponse": b64(authenticated)},
+    )
+    prepare = der(
+        b"\xbf\x21",
+        unb64(client["smdpSigned2"])
+        + tagged(unb64(client["smdpSignature2"]), b"\x5f\x37")
+        + unb64(client["smdpCertificate"]),
+    )
+    prepared = lpac.store_data(channel, prepare)
+    package = es9.call(
+        "getBoundProfilePackage", {"transactionId": transaction_id, "prepareDownloadResponse": b64(prepared)}
+    )
+    bpp = unb64(package["boundProfilePackage"])
+    segments = bpp_segments(bpp)
+    first = len(lpac.sent)
+    result = b""
+    loaded = 0
+    for segment in segments:
+        result = lpac.store_data(channel, segment)
+        loaded += 1
+        if result:
+            break  # the ProfileInstallationResult: after the last segment, or at the one that failed
+    sent = slice(first, len(lpac.sent))
+    es9.call("handleNotification", {"pendingNotification": b64(result)})
+    return {
+        "authenticated": authenticated,
+        "metadata": unb64(client["profileMetadata"]),
+        "prepared": prepared,
+        "segments": segments,
+        "loaded": loaded,
+        "sent": sent,
+        "result": result,
+        "calls": list(es9.calls),
+    }
+
+
+def host_enable(run: Run, lpac: HostLpa) -> dict[str, Any]:
+    """EnableProfile of the downloaded profile (refreshFlag true, as lpac's `profile enable`) on a new session,
+    then AT+CIMI until the CP reads the new subscription (the card's REFRESH makes it read EF_IMSI again)."""
+    metadata = run.spec.decode("StoreMetadataRequest", run["download"]["metadata"])
+    before = lpac.line.command("AT+CIMI")
+    channel = lpac.open_channel(ISD_R_AID)
+    request = run.spec.encode(
+        "EnableProfileRequest", {"profileIdentifier": ("iccid", metadata["iccid"]), "refreshFlag": True}
+    )
+    answer = lpac.store_data(channel, request)
+    imsi = before
+    until = time.monotonic() + 60
+    while time.monotonic() < until:  # the CP's own pace: polled like a daemon's readiness, with a deadline
+        imsi = lpac.line.command("AT+CIMI")
+        if imsi.lines != before.lines and imsi.final == "OK":
+            break
+        time.sleep(0.1)
+    closed = lpac.close_channel(channel)
+    return {"answer": answer, "before": before, "after": imsi, "closed": closed}
+
+
+def host_session(run: Run, device: Path, es9: Es9Host) -> None:
     """The host's whole session: lpac's connect probe; another application on the line holds the first session
     (so the modem gives lpac a session other than 1, and lpac still sends class 81); the ES10 functions; bad
-    STORE DATA commands; closing."""
+    STORE DATA commands; a profile download from `es9`; closing; a session on an extended channel; enabling the
+    downloaded profile."""
     line = AtLine(device)
     try:
         other, lpac = HostLpa(line), HostLpa(line)
@@ -125,6 +234,8 @@ def host_session(run: Run, device: Path) -> None:
         # a request in two blocks, the second numbered 02
         run.step("skipped_block", lambda: refused(["81E2110003BF3E03", "81E29102035C015A"]))
         run.step("eid_after", lambda: lpac.store_data(channel, GET_EID))
+        run.step("download", lambda: host_download(run, lpac, channel, es9))
+        run.step("profiles_after", lambda: lpac.store_data(channel, bytes.fromhex("BF2D00")))
         run.step("close", lambda: lpac.close_channel(channel))
         session = run.steps["sessions"][1]
         run.step("closed_cgla", lambda: line.command(f'AT+CGLA={session},10,"81c0000000"'))
@@ -143,6 +254,7 @@ def host_session(run: Run, device: Path) -> None:
 
         run.step("extended", extended)
         run.step("close_other", lambda: [other.close_channel(index) for index in list(other.channels)])
+        run.step("enable", lambda: host_enable(run, lpac))
     finally:
         run.transcript = line.transcript
         run.sent = lpac.sent
@@ -159,10 +271,36 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     result = Run(keys=HostPki.load(pki), spec=rsp_spec())
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("BIPSIM_PKI", str(pki))
-        modem = CpOnPty(folder, ["--profile", "euicc"])
-        with modem:
-            host_session(result, modem.device)
-            modem.stop_cp()  # SIGTERM: the CP writes the rest of its trace
+        smdp_log = folder / "smdp.out"
+        with smdp_log.open("wb") as out:  # started first: it gets ready while the CP starts
+            smdp = subprocess.Popen(
+                [
+                    *BIPSIM,
+                    "smdp",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--pki",
+                    str(pki),
+                    "--trace",
+                    str(folder / "smdp.jsonl"),
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            modem = CpOnPty(folder, ["--profile", "euicc"])
+            with modem:
+                found: list[str] = []
+
+                def listening() -> bool:
+                    found[:] = re.findall(r"listening on (\S+:\d+)", smdp_log.read_text(errors="replace"))
+                    return bool(found)
+
+                wait_until("bipsim smdp", listening, smdp, lambda: smdp_log.read_text(errors="replace"))
+                host_session(result, modem.device, Es9Host(found[0], pki / "ci.pem"))
+                modem.stop_cp()  # SIGTERM: the CP writes the rest of its trace
+        finally:
+            stop(smdp)
         result.trace = [json.loads(text) for text in modem.trace.read_text().splitlines() if text.strip()]
     yield result
 
@@ -172,7 +310,7 @@ def test_connect_probe_and_the_channel_open_as_lpac_sends_them(run: Run) -> None
     commands = [e.command for e in run.transcript]
     assert commands[:4] == ["AT", "AT+CCHO=?", "AT+CCHC=?", "AT+CGLA=?"]
     opens = run.exchanges('AT+CCHO="')
-    assert [e.command for e in opens] == ['AT+CCHO="a0000005591010ffffffff8900000100"'] * 6
+    assert [e.command for e in opens] == ['AT+CCHO="a0000005591010ffffffff8900000100"'] * 7
     # the answer keeps its "+CCHO: " prefix, and the modem chose a session of its own for lpac's channel 1
     assert opens[1].lines == [f"+CCHO: {run.steps['sessions'][1]}"] and opens[1].final == "OK"
     assert run["open"] == 1 and run.steps["sessions"][1] != "1"
@@ -191,21 +329,34 @@ def test_get_eid_through_61xx_and_get_response(run: Run) -> None:
     assert run["eid_after"] == run["eid"]
 
 
+def cla_on(channel: int) -> int:
+    """Class 80 (proprietary) addressing `channel`: TS 102 221 10.1.1, channels 0-3 in b2..b1, 4-19 with b7 set
+    and channel - 4 in b4..b1."""
+    return 0x80 | channel if channel < 4 else 0xC0 | (channel - 4)
+
+
 def test_the_cp_recodes_class_81_to_the_channel_it_opened(run: Run) -> None:
-    """The host always sends class 81; the CP's trace shows the card got the class of the channel its MANAGE
-    CHANNEL opened for lpac's session (27.007 8.43 leaves the channel to the MT)."""
+    """The host always sends class 81; the card gets each APDU with the class of the channel the CP's MANAGE
+    CHANNEL opened for that +CCHO session (27.007 8.43 leaves the channel to the MT), the rest of it unchanged."""
     opened = run.opened()
-    assert len(opened) == 6 and opened[1] != 1 and opened[-1] >= 4
-    es10 = [command for command, _ in run.card_exchanges() if command[1] in (0xE2, 0xC0)]
-    first = [
-        command[0] for command in es10[:-2]
-    ]  # all but the GetEID on the last channel: 61 15, GET RESPONSE
-    assert first and set(first) == {0x80 | opened[1]}
-    # channel n from 4: b8 (proprietary) kept, b7 set, n - 4 in b4..b1
-    assert [command[0] for command in es10[-2:]] == [0xC0 | (opened[-1] - 4)] * 2
-    assert all(apdu[0] == 0x81 for apdu in run.sent)
-    session, eid = run["extended"]
-    assert eid == bytes.fromhex("BF3E125A10" + EID) and session not in run.steps["sessions"]
+    sessions = [line[len("+CCHO: ") :] for e in run.exchanges('AT+CCHO="') for line in e.lines]
+    assert len(sessions) == len(opened) == 7
+    channel_of = dict(zip(sessions, opened, strict=True))
+    host = [
+        (match.group(1), bytes.fromhex(match.group(2)))
+        for e in run.exchanges("AT+CGLA=")
+        if e.final == "OK" and (match := re.fullmatch(r'AT\+CGLA=([^,]+),\d+,"([0-9a-fA-F]*)"', e.command))
+    ]
+    card = [
+        command for command, _ in run.card_exchanges() if command[1] in (0xE2, 0xC0) and command[0] & 0x80
+    ]
+    assert len(host) == len(card) > 50
+    for (session, apdu), command in zip(host, card, strict=True):
+        assert apdu[0] == 0x81 and command[1:] == apdu[1:]
+        assert command[0] == cla_on(channel_of[session]), (session, command.hex())
+    assert channel_of[run.steps["sessions"][1]] != 1  # lpac's first session is not on channel 1
+    assert channel_of[run["extended"][0]] >= 4  # and one is on an extended channel
+    assert run["extended"][1] == bytes.fromhex("BF3E125A10" + EID)
 
 
 def test_es10_answers_decode_with_asn1tools_from_the_sgp22_module(run: Run) -> None:
@@ -283,3 +434,53 @@ def test_cchc_closes_the_channel(run: Run) -> None:
     assert run["closed_cgla"].final == "ERROR" and run["closed_cgla"].lines == []
     closes = [command for command, _ in run.card_exchanges() if command[1:3] == b"\x70\x80"]
     assert sorted(command[3] for command in closes) == sorted(run.opened())
+
+
+def test_a_download_as_lpac_makes_it_installs_the_profile(run: Run) -> None:
+    """SGP.22 3.1.3 driven by the host: the SM-DP+ (`bipsim smdp`) answers each ES9+ function, the eUICC each ES10
+    one; the package goes in the segments of 2.5.5, each its own STORE DATA sequence from block 0; the eUICC's
+    ProfileInstallationResult is a success signed with its key; GetProfilesInfo then lists the profile."""
+    from cryptography import x509
+
+    spec = run.spec
+    download = run["download"]
+    assert download["calls"] == [
+        ("initiateAuthentication", 200),
+        ("authenticateClient", 200),
+        ("getBoundProfilePackage", 200),
+        ("handleNotification", 204),
+    ]
+    kind, ok = spec.decode("AuthenticateServerResponse", download["authenticated"])
+    assert kind == "authenticateResponseOk"
+    assert spec.decode("PrepareDownloadResponse", download["prepared"])[0] == "downloadResponseOk"
+    segments = download["segments"]
+    assert download["loaded"] == len(segments) >= 6
+    heads = [segment[:2] if segment[0] == 0xBF else segment[:1] for segment in segments]
+    assert heads[:3] == [b"\xbf\x36", b"\xa0", b"\xa1"] and b"\xa3" in heads and heads[-1] == b"\x86"
+    firsts = [apdu for apdu in run.sent[download["sent"]] if apdu[1] == 0xE2 and apdu[3] == 0]
+    assert [apdu[5:7] for apdu in firsts] == [segment[:2] for segment in segments]
+    result = spec.decode("ProfileInstallationResult", download["result"])
+    data = result["profileInstallationResultData"]
+    assert data["finalResult"][0] == "successResult", data["finalResult"]
+    assert data["transactionId"] == ok["euiccSigned1"]["transactionId"]
+    # euiccSignPIR covers ProfileInstallationResultData as the eUICC sent it (SGP.22 5.7.6)
+    ((_, body, _),) = tlvs(download["result"])
+    signed = tlvs(body)[0][2]
+    verify_plain(
+        x509.load_der_x509_certificate(bytes(ok["euiccCertificate"])), result["euiccSignPIR"], signed
+    )
+    metadata = spec.decode("StoreMetadataRequest", download["metadata"])
+    kind, profiles = spec.decode("ProfileInfoListResponse", run["profiles_after"])
+    listed = {profile["iccid"]: profile for profile in profiles}
+    assert kind == "profileInfoListOk" and metadata["iccid"] in listed
+    assert listed[metadata["iccid"]]["profileState"] == 0  # disabled until EnableProfile
+
+
+def test_enabling_the_profile_switches_the_imsi_the_cp_answers(run: Run) -> None:
+    from bipsim.uicc.euicc.upp import builtin_upps, decode_upp
+
+    enable = run["enable"]
+    assert run.spec.decode("EnableProfileResponse", enable["answer"])["enableResult"] == 0
+    assert enable["after"].final == "OK" and enable["after"].lines != enable["before"].lines
+    assert enable["after"].lines == [decode_upp(builtin_upps()[MATCHING_ID.lower()]).imsi]
+    assert enable["closed"].final == "OK"
