@@ -24,7 +24,12 @@ from tests.conftest import require_tool
 from tests.cp_process import CpOnPty
 from tests.lpac_host import ISD_R_AID, AtLine, HostLpa, HostPki, authenticate_server_request, rsp_spec
 
-FIELDS = ("gsm_sim.apdu.cla.log_chan", "gsm_sim.apdu.ins", "gsm_sim.apdu.p1", "gsm_sim.apdu.p2")
+FIELDS: tuple[str, ...] = (
+    "gsm_sim.apdu.cla.log_chan",
+    "gsm_sim.apdu.ins",
+    "gsm_sim.apdu.p1",
+    "gsm_sim.apdu.p2",
+)
 FIELDS += ("gsm_sim.apdu.p3", "gsm_sim.apdu.sw")
 
 
