@@ -39,6 +39,7 @@ FAULT_SEGMENT = 3
 WAIT = 60.0  # seconds for a moment of the run on a loaded machine; a broken run ends sooner (a process exits)
 
 FINAL = EventQuery(Kind.LPA_RESULT, lambda f: f.get("outcome") in ("installed", "stopped"))
+NEW_SESSION = EventQuery(Kind.AT_COMMAND, src="ap", data_prefix=b"AT+CMUX")
 
 PROFILE_TOML = f"""# the operator profile the scenarios' SM-DP+ serves (ota/smdp.py load_profile_file)
 iccid = "{ICCID}"
@@ -108,7 +109,8 @@ async def _drive(
 
     async def cloud_connection(stream: trio.SocketStream) -> None:
         # with a power cycle, the first fetch (GET /profiles) is held unread until the power is back and then
-        # closed: the power cut interrupts it, and the cloud never serves it (item 5 counts what it served)
+        # closed: the power cut interrupts it, and the cloud never serves it (item 5 counts what it served); the
+        # fetch of the AP's next session passes at once, even before the scenario has seen that session begin
         if released.is_set():
             await cloud.handle(stream)
             return
@@ -119,7 +121,7 @@ async def _drive(
                 if not data:
                     break
                 head += data
-        if head.startswith(b"GET /profiles") and not released.is_set():
+        if head.startswith(b"GET /profiles") and not fetch_held.is_set():  # the first fetch only
             fetch_held.set()
             await released.wait()
             await stream.aclose()
@@ -139,6 +141,10 @@ async def _drive(
                 check(fetch_held.is_set(), "the LPA did not turn to the cloud after the failed install")
                 await harness.power_cycle_cp()
                 run.boots += 1
+                # the AP's second AT+CMUX: its old modem session (and the LPA's run in it) has ended, so the held
+                # fetch is closed under nobody and the LPA's next run asks again
+                again = await harness.wait_for_event("ap", NEW_SESSION, count=2, timeout=WAIT)
+                check(again is not None, "the AP did not start a new modem session after the power cycle")
                 released.set()
             final = await harness.wait_for_event("ap", FINAL, timeout=WAIT)
             check(final is not None, "the LPA told no outcome")
