@@ -771,3 +771,33 @@ def test_ap_help_explains_the_lpa_options() -> None:
         "activation",
     ):
         assert option in text
+
+
+def test_a_damaged_state_file_or_pki_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from bipsim.cli import cli
+    from bipsim.errors import CliError
+
+    bad_state = tmp_path / "lpa.json"
+    bad_state.write_text("{not json")
+    bad_pki = tmp_path / "pki"
+    bad_pki.mkdir()
+    (bad_pki / "ci.pem").write_text("junk")
+    base = [
+        "ap",
+        "--port",
+        "/nonexistent/line",
+        "--lpa",
+        "LPA:1$127.0.0.1:1$X",
+        "--lpa-cloud",
+        "http://a:b@h:1",
+    ]
+    for extra, option in (
+        (["--lpa-state", str(bad_state)], "--lpa-state"),
+        (["--lpa-state", str(tmp_path / "new.json"), "--lpa-pki", str(bad_pki)], "--lpa-pki"),
+    ):
+        result = CliRunner().invoke(cli, [*base, *extra])
+        assert isinstance(result.exception, CliError) and str(result.exception).startswith(option), (
+            result.exception
+        )

@@ -453,6 +453,18 @@ def _lpa_options(
         raise CliError(
             "--lpa-ui logged-in needs the saved account: --lpa-cloud http://USER:PASS@HOST:PORT", 2
         )
+    from bipsim.ap.lpa.state import LpaMachine, StateFileError
+    from bipsim.uicc.euicc.crypto import CryptoError
+    from bipsim.uicc.euicc.pki import ensure_pki
+
+    try:
+        LpaMachine.load(Path(state))
+    except StateFileError as exc:
+        raise CliError(f"--lpa-state: {exc} (remove it for a new download)") from None
+    try:
+        ensure_pki(Path(pki) if pki else None)  # made here on first use, so the AP starts with it
+    except (CryptoError, OSError, ValueError) as exc:
+        raise CliError(f"--lpa-pki: {exc}") from None
     return LpaOptions(code, cloud, ui, Path(state), Path(pki) if pki else None, limit)
 
 
