@@ -3,7 +3,8 @@
 It follows RFC 9293 (segment arrival in every state, section 3.10.7; the states of figure 5 in ONE transition table,
 TRANSITIONS), RFC 6298 (retransmission timer: SRTT/RTTVAR, Karn's rule, exponential backoff), RFC 5681 with the
 NewReno recovery of RFC 6582 (slow start, congestion avoidance, fast retransmit on three duplicate ACKs, fast
-recovery), RFC 1122 4.2.3.2 (delayed ACK), RFC 7323 section 2 (window scale), RFC 5961 (RST and SYN validation by
+recovery; RFC 6928's initial window; RFC 9438 CUBIC or draft-ietf-ccwg-bbr's BBR, net/tcp_bbr.py, as
+options), RFC 1122 4.2.3.2 (delayed ACK), RFC 7323 section 2 (window scale), RFC 5961 (RST and SYN validation by
 sequence number, challenge ACKs) and RFC 1122 4.2.2.13 (data arriving after a full close is answered with RST).
 
 Segments and the clock go in (`receive`, `on_timer`, and the user calls `send`, `read`, `shutdown`, `close`,
