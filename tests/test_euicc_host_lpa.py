@@ -154,6 +154,11 @@ def host_download(run: Run, lpac: HostLpa, channel: int, es9: Es9Host) -> dict[s
     sent = slice(first, len(lpac.sent))
     es9.call("handleNotification", {"pendingNotification": b64(result)})
     return {
+        "challenge": challenge["euiccChallenge"],
+        "smdp": es9.address,
+        "init": init,
+        "client": client,
+        "bpp": bpp,
         "authenticated": authenticated,
         "metadata": unb64(client["profileMetadata"]),
         "prepared": prepared,
@@ -484,3 +489,53 @@ def test_enabling_the_profile_switches_the_imsi_the_cp_answers(run: Run) -> None
     assert enable["after"].final == "OK" and enable["after"].lines != enable["before"].lines
     assert enable["after"].lines == [decode_upp(builtin_upps()[MATCHING_ID.lower()]).imsi]
     assert enable["closed"].final == "OK"
+
+
+def test_the_es9_answers_decode_and_every_signature_verifies(run: Run) -> None:
+    """What the SM-DP+ sent, decoded by asn1tools from the SGP.22 module and checked with `cryptography` alone:
+    serverSignature1 (DPauth) over ServerSigned1, smdpSignature2 (DPpb) over SmdpSigned2 and euiccSignature1,
+    the eUICC's euiccSignature2 over EUICCSigned2 and smdpSignature2, and the package's smdpSign over
+    InitialiseSecureChannel's data objects and the eUICC's one-time key (SGP.22 5.6.1, 5.7.5, 2.5.3), each server
+    certificate issued by the CI."""
+    from cryptography import x509
+
+    spec = run.spec
+    download = run["download"]
+    init, client = download["init"], download["client"]
+    transaction_id = bytes.fromhex(init["transactionId"])
+    assert run.keys is not None
+    ci = run.keys.ci
+
+    signed1 = unb64(init["serverSigned1"])
+    value = spec.decode("ServerSigned1", signed1)
+    assert value["transactionId"] == transaction_id and value["euiccChallenge"] == download["challenge"]
+    assert value["serverAddress"] == download["smdp"]
+    dpauth = x509.load_der_x509_certificate(unb64(init["serverCertificate"]))
+    dpauth.verify_directly_issued_by(ci)
+    verify_plain(dpauth, tlvs(tagged(unb64(init["serverSignature1"]), b"\x5f\x37"))[0][1], signed1)
+
+    _, ok = spec.decode("AuthenticateServerResponse", download["authenticated"])
+    signed2 = unb64(client["smdpSigned2"])
+    assert spec.decode("SmdpSigned2", signed2)["transactionId"] == transaction_id
+    dppb = x509.load_der_x509_certificate(unb64(client["smdpCertificate"]))
+    dppb.verify_directly_issued_by(ci)
+    smdp_signature2 = tlvs(tagged(unb64(client["smdpSignature2"]), b"\x5f\x37"))[0][1]
+    verify_plain(dppb, smdp_signature2, signed2 + der(b"\x5f\x37", ok["euiccSignature1"]))
+
+    kind, prepared = spec.decode("PrepareDownloadResponse", download["prepared"])
+    assert kind == "downloadResponseOk" and prepared["euiccSigned2"]["transactionId"] == transaction_id
+    ((_, body, _),) = tlvs(download["prepared"])
+    ((_, inner, _),) = tlvs(body)
+    euicc_signed2 = tlvs(inner)[0][2]
+    euicc = x509.load_der_x509_certificate(bytes(ok["euiccCertificate"]))
+    verify_plain(euicc, prepared["euiccSignature2"], euicc_signed2 + der(b"\x5f\x37", smdp_signature2))
+
+    package = spec.decode("BoundProfilePackage", download["bpp"])
+    channel = package["initialiseSecureChannelRequest"]
+    assert channel["transactionId"] == transaction_id and package["sequenceOf86"]
+    ((_, bpp_body, _),) = tlvs(download["bpp"])
+    (_, bf23, _) = tlvs(bpp_body)[0]
+    objects = tlvs(bf23)
+    assert [tag for tag, _, _ in objects] == [0x82, 0x80, 0xA6, 0x5F49, 0x5F37]
+    one_time_key = der(b"\x5f\x49", prepared["euiccSigned2"]["euiccOtpk"])
+    verify_plain(dppb, channel["smdpSign"], b"".join(raw for _, _, raw in objects[:4]) + one_time_key)
