@@ -335,6 +335,15 @@ def bpp_segments(bpp: bytes) -> list[bytes]:
     return segments
 
 
+class Es9Failed(HostError):
+    """An ES9+ function that did not execute: its name, the HTTP status and functionExecutionStatus."""
+
+    def __init__(self, function: str, http_status: int, status: dict[str, Any]) -> None:
+        super().__init__(f"{function}: HTTP {http_status} {status}")
+        self.function = function
+        self.status = status
+
+
 @dataclass
 class Es9Host:
     """ES9+ over HTTPS as SGP.22 6.5 binds it (the LPA's side): POST /gsma/rsp2/es9plus/<function> with
@@ -378,7 +387,7 @@ class Es9Host:
         answer: dict[str, Any] = json.loads(text)
         status = answer.get("header", {}).get("functionExecutionStatus", {})
         if response.status != 200 or status.get("status") != "Executed-Success":
-            raise HostError(f"{function}: HTTP {response.status} {status}")
+            raise Es9Failed(function, response.status, status)
         return answer
 
 

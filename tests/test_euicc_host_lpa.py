@@ -30,6 +30,7 @@ from tests.cp_process import BIPSIM, CpOnPty, stop, wait_until
 from tests.lpac_host import (
     ISD_R_AID,
     AtLine,
+    Es9Failed,
     Es9Host,
     Exchange,
     HostLpa,
@@ -241,6 +242,7 @@ def host_session(run: Run, device: Path, es9: Es9Host) -> None:
         run.step("eid_after", lambda: lpac.store_data(channel, GET_EID))
         run.step("download", lambda: host_download(run, lpac, channel, es9))
         run.step("profiles_after", lambda: lpac.store_data(channel, bytes.fromhex("BF2D00")))
+        run.step("second_download", lambda: host_download(run, lpac, channel, es9))  # refused, test below
         run.step("close", lambda: lpac.close_channel(channel))
         session = run.steps["sessions"][1]
         run.step("closed_cgla", lambda: line.command(f'AT+CGLA={session},10,"81c0000000"'))
@@ -539,3 +541,19 @@ def test_the_es9_answers_decode_and_every_signature_verifies(run: Run) -> None:
     assert [tag for tag, _, _ in objects] == [0x82, 0x80, 0xA6, 0x5F49, 0x5F37]
     one_time_key = der(b"\x5f\x49", prepared["euiccSigned2"]["euiccOtpk"])
     verify_plain(dppb, channel["smdpSign"], b"".join(raw for _, _, raw in objects[:4]) + one_time_key)
+
+
+def test_a_second_download_of_the_profile_is_refused_by_the_smdp(run: Run) -> None:
+    """Issue 23's premise, seen by an independent client: the SM-DP+ serves a profile once, and the same
+    activation code again gets a Failed ES9+ answer with an SGP.22 status code (6.5.1.4 statusCodeData)."""
+    refused = run.steps["second_download"]
+    assert isinstance(refused, Es9Failed), refused
+    assert (
+        refused.function == "getBoundProfilePackage"
+    )  # the issue: "a second getBoundProfilePackage ... is refused"
+    assert refused.status["status"] == "Failed"
+    codes = refused.status["statusCodeData"]
+    assert re.fullmatch(r"\d+(\.\d+)+", codes["subjectCode"]) and re.fullmatch(
+        r"\d+(\.\d+)+", codes["reasonCode"]
+    )
+    assert run["download"]["calls"].count(("getBoundProfilePackage", 200)) == 1
