@@ -62,7 +62,8 @@ if TYPE_CHECKING:
     "the echo applet; omapi-no-rules: no ARA-M; omapi-empty: an empty rule set; omapi-malformed: a broken rule "
     "TLV; omapi-arf: the rules as PKCS#15 access rule files; usat-menu: a SIM toolkit menu for a host's toolkit, "
     "no OTA session; phonebook: a dozen contacts, FDN, SDN and an own number for the phonebook commands; pin: "
-    "PIN1 enabled, the modem boots into +CPIN: SIM PIN until 1234 is entered) or a "
+    "PIN1 enabled, the modem boots into +CPIN: SIM PIN until 1234 is entered; euicc: an eUICC whose ISD-R "
+    "answers SGP.22 ES10 over AT+CCHO/AT+CGLA, for the AP's LPA or a host LPA such as lpac) or a "
     "TOML/JSON FILE of keys over the default "
     "(uicc/default_profile.toml).",
 )
