@@ -33,7 +33,8 @@ def card() -> None:
     "profile_path",
     type=click.Path(dir_okay=False),
     metavar="NAME|FILE",
-    help="Card profile: a built-in NAME (default, omapi, omapi-no-rules, omapi-empty, omapi-malformed, omapi-arf) or a "
+    help="Card profile: a built-in NAME (default, omapi, omapi-no-rules, omapi-empty, omapi-malformed, omapi-arf; "
+    "euicc: an eUICC with the SGP.22 ISD-R) or a "
     "TOML/JSON FILE of keys (ICCID, IMSI, OTA server, BIP, applets, ARA-M rules) over the default. "
     "Default: the built-in default profile.",
 )
