@@ -50,7 +50,7 @@ EID = "89049032123451234512345678901235"  # the `euicc` profile's EID (uicc/prof
 GET_EID = bytes.fromhex("BF3E035C015A")  # SGP.22 5.7.20: GetEuiccDataRequest with tagList '5A'
 TRANSACTION_ID = bytes.fromhex("0102030405060708090A0B0C0D0E0F10")
 SERVER_CHALLENGE = bytes(range(0x20, 0x30))
-MATCHING_ID = "OP1"  # a profile `bipsim smdp` serves built in (docs/protocols.md, "The SM-DP+")
+MATCHING_ID = "OP1"  # a profile `bipsim smdp` serves built in (docs/protocols.md, "The SM-DP+ (ES9+)")
 
 
 @dataclass
