@@ -682,6 +682,20 @@ class BipGateway:
             return [self._data_available(channel)]
         return []
 
+    def absorb(self, channel_id: int, data: bytes) -> bool:
+        """`on_data` for bytes that need no action: a stream channel whose Data Available the card has had and
+        that it is still reading (its next RECEIVE DATA's channel data length counts them, section 8.54). False,
+        and nothing kept, when they would need an envelope or are a datagram (one unit each): then `on_data`."""
+        channel = self.channels.get(channel_id)
+        if (
+            channel is None
+            or not channel.data_available_sent
+            or channel.request.protocol == TransportProtocol.UDP_CLIENT_REMOTE
+        ):
+            return False
+        channel.rx += data
+        return True
+
     def rx_pending(self, channel_id: int) -> int:
         """Bytes in the channel's Rx buffer that the card has not read yet."""
         channel = self.channels.get(channel_id)
@@ -695,6 +709,18 @@ class BipGateway:
     def rx_space(self, channel_id: int) -> int:
         channel = self.channels.get(channel_id)
         return channel.rx_space if channel is not None else 0
+
+    def rx_refill(self, channel_id: int) -> int:
+        """How many bytes the adapter may read from the link into the Rx buffer now: its free space once at least
+        half of it is free (or the buffer is empty), else 0, wait. The card reads at most 237 bytes a round; a read
+        per round would be a link read, a trace event and a hand-over each, where one read per half buffer keeps
+        the card as busy (it still holds half a buffer when the refill comes: docs/performance.md, "The card
+        path")."""
+        channel = self.channels.get(channel_id)
+        if channel is None:
+            return 0
+        space = channel.rx_space
+        return space if not channel.rx or space * 2 >= channel.buffer_size else 0
 
     def on_card_gone(self) -> list[Action]:
         """The card went away: every channel ends (no TERMINAL RESPONSE or envelope: there is no card to send it

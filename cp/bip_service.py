@@ -184,6 +184,7 @@ class BipService:
         self.session_finished = trio.Event()
         self.results: list[tuple[str, int, bytes]] = []
         self._events_tx, self._events_rx = trio.open_memory_channel[LinkEvent](256)
+        self._held: LinkEvent | None = None  # taken from the queue by _absorb_data, next for the loop
         self._streams: dict[int, trio.abc.Stream] = {}
         self._drained: dict[int, trio.Event] = {}
         self._generation: dict[int, int] = {}
@@ -300,19 +301,41 @@ class BipService:
             command, _ = await self.driver.fetch()
             if command is None:
                 continue  # a malformed command cannot be answered by number; the card times it out
+            if command.type == CommandType.RECEIVE_DATA:
+                self._absorb_data()
             await self._apply(self.gateway.on_command(command), command)
-        event: LinkEvent | None = None
-        try:
-            # an event already queued (a link's data read while the card drained its buffer) is taken without a
-            # cancel scope and a schedule point: the envelope it leads to is the loop's next one anyway
-            event = self._events_rx.receive_nowait()
-        except trio.WouldBlock:
-            with trio.move_on_after(self.poll_interval):
-                event = await self._events_rx.receive()
+        event: LinkEvent | None = self._held
+        self._held = None
+        if event is None:
+            try:
+                # an event already queued (a link's data read while the card drained its buffer) is taken without
+                # a cancel scope and a schedule point: the envelope it leads to is the loop's next one anyway
+                event = self._events_rx.receive_nowait()
+            except trio.WouldBlock:
+                with trio.move_on_after(self.poll_interval):
+                    event = await self._events_rx.receive()
         if event is None:
             await self.driver.poll()
             return
         await self._apply(self._on_event(event))
+
+    def _absorb_data(self) -> None:
+        """Before a RECEIVE DATA is answered: the data the link tasks read while the card was reading goes into
+        the channel's Rx buffer now, so that this TR's channel data length counts it and the card reads on,
+        instead of one Data Available envelope per read once the buffer ran dry (docs/protocols.md, "BIP
+        channels"). Only the queue's head of such data is taken (events keep their order); the first event that
+        needs more (an envelope, a drop, another generation) waits in `_held` for the loop."""
+        while self._held is None:
+            try:
+                event = self._events_rx.receive_nowait()
+            except trio.WouldBlock:
+                return
+            if not (
+                isinstance(event, LinkData)
+                and event.generation == self._generation.get(event.channel, 0)
+                and self.gateway.absorb(event.channel, event.data)
+            ):
+                self._held = event
 
     def _on_event(self, event: LinkEvent) -> list[Action]:
         if isinstance(event, Wake):
@@ -652,12 +675,12 @@ class BipService:
 
     async def _read(self, channel: int, stream: trio.abc.Stream, generation: int = 0) -> None:
         while True:
-            space = self.gateway.rx_space(channel)
+            space = self.gateway.rx_refill(channel)
             if channel not in self.gateway.channels:
                 return
             if self.gateway.is_datagram(channel) and self.gateway.rx_pending(channel):
                 space = 0  # one datagram at a time: the next waits until the card has read this one
-            if space == 0:  # the card has not read its Rx buffer yet: back-pressure instead of dropping
+            if space == 0:  # the card has not read (half) its Rx buffer: back-pressure instead of dropping
                 drained = self._drained.setdefault(channel, trio.Event())
                 await drained.wait()
                 continue
