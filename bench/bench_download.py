@@ -16,6 +16,11 @@ Two references are measured in the same run:
   goodput over the floor's (issue 21's target for e2: >= 0.6).
 
 `python bench/bench_download.py [BYTES]` changes the size (for a quick look). Prints one JSON line.
+
+With BIPSIM_BENCH_PROFILE=DIR and py-spy on the PATH (`pip install py-spy`), each embodiment's CP process is
+sampled by `py-spy record --format raw` into DIR/cp-e<n>.txt (collapsed stacks, one line each with its count): the
+profile docs/performance.md quotes ("The card path"). The sampler costs the machine some CPU, so the figures of a
+profiled run are not the ones to compare.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -74,13 +80,23 @@ def cpu_seconds(pid: int) -> float | None:
 class CpuSampler:
     """Samples the CP's CPU time every few milliseconds while the session runs (the harness's `during` hook)."""
 
-    def __init__(self) -> None:
+    def __init__(self, profile: Path | None = None) -> None:
         self.pid = 0
         self.samples: list[tuple[float, float]] = []  # (time.monotonic(), CPU seconds)
+        self.profile = profile  # where py-spy writes the CP's stacks (BIPSIM_BENCH_PROFILE), or None
+        self.profiler: subprocess.Popen[bytes] | None = None
 
     def on_process(self, name: str, pid: int) -> None:
         if name == "cp":
             self.pid = pid
+            spy = shutil.which("py-spy")
+            if self.profile is not None and spy is not None:
+                self.profiler = subprocess.Popen(
+                    [spy, "record", "--pid", str(pid), "--rate", "500", "--format", "raw", "--nonblocking"]
+                    + ["-o", str(self.profile)],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
 
     async def during(self, harness: Harness) -> None:
         while True:
@@ -101,7 +117,10 @@ class CpuSampler:
 
 
 def measure(embodiment: int, size: int) -> dict[str, float]:
-    sampler = CpuSampler()
+    profiles = os.environ.get("BIPSIM_BENCH_PROFILE")
+    sampler = CpuSampler(Path(profiles) / f"cp-e{embodiment}.txt" if profiles else None)
+    if profiles:
+        Path(profiles).mkdir(parents=True, exist_ok=True)
     directory = Path(tempfile.mkdtemp(prefix=f"bipsim-bench-e{embodiment}-"))
     config = embodiment_config(
         embodiment,
@@ -120,6 +139,8 @@ def measure(embodiment: int, size: int) -> dict[str, float]:
             f"bench: session of embodiment {embodiment} failed; its files are in {directory}", file=sys.stderr
         )
         raise
+    if sampler.profiler is not None:
+        sampler.profiler.wait(timeout=60)  # py-spy writes its file once the CP has exited
     line = sum(s.bytes for s in harness.pair.stats) if harness.pair is not None else 0
     shutil.rmtree(directory, ignore_errors=True)
     start, end = session_window(run)
