@@ -18,6 +18,9 @@ when trio runs on its system clock: trio's own sleeps wait in epoll_wait(2), who
 rounded up, so each release would come up to a millisecond late. On a line that carries one short frame at a time
 (an AT command, a prompt, an answer: docs/performance.md, "MO SMS through +CMGS") that lateness was a third of
 the frame's own line time. Bytes still never leave before their time; only the wake-up is closer to it.
+On trio's system clock each direction runs in a worker thread of its own (`copy_paced_blocking`, the same pacer
+and rule on the raw descriptors, waiting in poll(2)): a turn of the event loop per wake-up cost more than the
+timerfd had saved. Under a MockClock the trio adapter `copy_paced` runs, on virtual time.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from __future__ import annotations
 import ctypes
 import math
 import os
+import select
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -147,6 +152,15 @@ def _libc_timerfd() -> ctypes.CDLL | None:
 _LIBC = _libc_timerfd()
 
 
+def _arm_timer(fd: int, seconds: float) -> None:
+    """Arms the one-shot timerfd `fd` to expire `seconds` from now (timerfd_settime(2), relative)."""
+    nanoseconds = max(1, math.ceil(seconds * 1e9))  # 0 would disarm the timer
+    spec = _Itimerspec(_Timespec(0, 0), _Timespec(nanoseconds // 1_000_000_000, nanoseconds % 1_000_000_000))
+    if _LIBC is None or _LIBC.timerfd_settime(fd, 0, ctypes.byref(spec), None) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, os.strerror(errno))
+
+
 class TimerFd:
     """A one-shot Linux timerfd (timerfd_create(2)) to sleep on with sub-millisecond precision under trio.
 
@@ -166,13 +180,7 @@ class TimerFd:
         self.fd: int = fd
 
     def _arm(self, seconds: float) -> None:
-        nanoseconds = max(1, math.ceil(seconds * 1e9))  # 0 would disarm the timer
-        spec = _Itimerspec(
-            _Timespec(0, 0), _Timespec(nanoseconds // 1_000_000_000, nanoseconds % 1_000_000_000)
-        )
-        if _LIBC is None or _LIBC.timerfd_settime(self.fd, 0, ctypes.byref(spec), None) != 0:
-            errno = ctypes.get_errno()
-            raise OSError(errno, os.strerror(errno))
+        _arm_timer(self.fd, seconds)
 
     async def sleep_until(self, deadline: float) -> None:
         """Returns once trio's clock has reached `deadline` (at once, after a checkpoint, if it has)."""
@@ -268,6 +276,115 @@ async def copy_paced(
             stats.add(count)
 
 
+def _read_available(fd: int, max_bytes: int) -> bytes | None:
+    """What a non-blocking descriptor holds now (b"" when nothing), None at end of file (EIO: the other side
+    closed)."""
+    try:
+        return os.read(fd, max_bytes)
+    except BlockingIOError:
+        return b""
+    except OSError:
+        return None
+
+
+def copy_paced_blocking(
+    src: int, dst: int, pacer: UartPacer, *, chunk: int, stop: int, stats: DirectionStats | None = None
+) -> None:
+    """`copy_paced` for a worker thread, on raw non-blocking descriptors: the same pacer and the same release rule,
+    with blocking waits (poll(2) on the source, on a TimerFd until a release is due, on the destination when it is
+    full) instead of trio's event loop. Returns when `stop` (a pipe's read end) becomes readable or the source
+    ends.
+
+    Why a thread: through the event loop each wake-up (the bytes arriving, the release falling due) costs a turn
+    of trio's run loop and a schedule point on the way to the write, 0.1 to 0.3 ms each on a loaded 2-core
+    machine, three times a frame; a short frame's line time is 1 to 2 ms (docs/performance.md, "MO SMS through
+    +CMGS"). Times are time.perf_counter's (CLOCK_MONOTONIC), the timer's clock."""
+    timer = _LIBC.timerfd_create(_CLOCK_MONOTONIC, os.O_NONBLOCK | os.O_CLOEXEC) if _LIBC is not None else -1
+    if timer < 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, os.strerror(errno) if errno else "timerfd is not available on this system")
+    now = time.perf_counter
+    hang_up = select.POLLHUP | select.POLLERR | select.POLLNVAL
+
+    def waiter(fd: int, events: int) -> select.poll:
+        poller = select.poll()
+        poller.register(fd, events)
+        poller.register(stop, select.POLLIN)
+        return poller
+
+    for_source, for_timer = waiter(src, select.POLLIN), waiter(timer, select.POLLIN)
+    for_destination = waiter(dst, select.POLLOUT)
+    buffer = bytearray()
+    try:
+        while True:
+            if not buffer:
+                data = _read_available(src, pacer.fifo)
+                while data == b"":
+                    events = dict(for_source.poll())
+                    if stop in events:
+                        return
+                    data = _read_available(src, pacer.fifo)
+                    if data == b"" and events.get(src, 0) & hang_up:
+                        return  # the source went away for good: end as copy_paced does at end of file
+                if data is None:
+                    return
+                pacer.start(now())
+                buffer += data
+            elif len(buffer) < pacer.fifo:
+                buffer += _read_available(src, pacer.fifo - len(buffer)) or b""
+            release = min(len(buffer), chunk)
+            if pacer.allowance(now()) < release:
+                remaining = pacer.due(release) - now()
+                if remaining > 0:
+                    _arm_timer(timer, remaining)
+                    if stop in dict(for_timer.poll()):
+                        return
+                    try:
+                        os.read(timer, 8)  # the expiry count
+                    except BlockingIOError:
+                        pass
+                continue
+            count = pacer.take(now(), len(buffer))
+            view = memoryview(bytes(buffer[:count]))
+            before = now()
+            while view:
+                try:
+                    view = view[os.write(dst, view) :]
+                except BlockingIOError:
+                    # the reader's pty is full (it does not read): wait as a UART held by the far end's FIFO
+                    if stop in dict(for_destination.poll()):
+                        return
+            del buffer[:count]
+            if stats is not None:
+                stats.send_wait += now() - before
+                stats.add(count)
+    finally:
+        os.close(timer)
+
+
+async def run_paced_thread(
+    src: int, dst: int, pacer: UartPacer, *, chunk: int, stats: DirectionStats | None = None
+) -> None:
+    """Runs `copy_paced_blocking` in a trio worker thread until the source ends or this task is cancelled; on a
+    cancel the thread is told to stop and is off the descriptors before this returns (the caller closes them)."""
+    stop_read, stop_write = os.pipe()
+    done = threading.Event()
+
+    def work() -> None:
+        try:
+            copy_paced_blocking(src, dst, pacer, chunk=chunk, stop=stop_read, stats=stats)
+        finally:
+            done.set()
+
+    try:
+        await trio.to_thread.run_sync(work, abandon_on_cancel=True)
+    finally:
+        os.write(stop_write, b"x")
+        done.wait(5.0)  # the thread sees the stop at its next wait, microseconds away
+        os.close(stop_read)
+        os.close(stop_write)
+
+
 @dataclass
 class DirectionStats:
     """Bytes copied one way and when the first and last of them moved (monotonic seconds).
@@ -325,8 +442,8 @@ class PtyPair:
     )
     baud: int | None = None  # None: as fast as the ptys go; else 8N1 pacing, baud/10 bytes/s per direction
     fifo: int | None = None  # the paced relay's FIFO in bytes (default_fifo of the rate when None)
-    # paced: wake on a timerfd when due (relay_sleeper); False: trio's sleeps, late by up to a millisecond
-    # (a benchmark's "before" figure)
+    # paced: wake on a timerfd when due, in a thread per direction on trio's system clock (copy_paced_blocking);
+    # False: the event loop's own sleeps, late by up to a millisecond (a benchmark's "before" figure)
     timerfd: bool = True
 
     @classmethod
@@ -369,6 +486,14 @@ class PtyPair:
     async def _copy_paced(self, src: PtyStream, dst: PtyStream, stats: DirectionStats, rate: float) -> None:
         pacer = UartPacer(rate, fifo=self.fifo or default_fifo(rate))
         stats.pacer = pacer
+        if (
+            self.timerfd
+            and _LIBC is not None
+            and type(trio.lowlevel.current_clock()).__name__ == "SystemClock"
+        ):
+            # on the real clock the relay runs in a thread of its own (copy_paced_blocking says why)
+            await run_paced_thread(src.fileno(), dst.fileno(), pacer, chunk=default_chunk(rate), stats=stats)
+            return
         sleep_until, timer = relay_sleeper() if self.timerfd else (trio.sleep_until, None)
         try:
             await copy_paced(src, dst, pacer, chunk=default_chunk(rate), stats=stats, sleep_until=sleep_until)

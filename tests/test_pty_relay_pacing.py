@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import math
 import os
+import select
 import sys
+import threading
 
 import pytest
 import trio
@@ -15,10 +17,12 @@ from hypothesis import strategies as st
 
 from bipsim.link.pty import PtyStream, open_pty, set_raw
 from bipsim.link.pty_relay import (
+    DirectionStats,
     PtyPair,
     TimerFd,
     UartPacer,
     copy_paced,
+    copy_paced_blocking,
     default_chunk,
     default_fifo,
     relay_sleeper,
@@ -429,3 +433,43 @@ async def test_a_paced_pair_on_timerfd_carries_every_byte() -> None:
         await pair.aclose()
     assert got == payload
     assert pair.stats[0].pacer is not None and pair.stats[0].pacer.lost == 0
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="timerfd is Linux's")
+def test_the_relay_thread_sends_whole_chunks_in_order_and_stops_when_told() -> None:
+    # the paced pair's worker thread on the real clock (copy_paced_blocking), between two pipes: every byte in
+    # order, never a write shorter than a chunk but the one that empties the buffer (a late wake-up only makes a
+    # write longer), and it leaves when its stop pipe is written
+    src_read, src_write = os.pipe()
+    dst_read, dst_write = os.pipe()
+    stop_read, stop_write = os.pipe()
+    os.set_blocking(src_read, False)
+    os.set_blocking(dst_write, False)
+    payload = bytes(range(256)) * 4
+    stats = DirectionStats(timeline=[])
+    pacer = UartPacer(200_000.0, fifo=4096)
+    worker = threading.Thread(
+        target=copy_paced_blocking,
+        args=(src_read, dst_write, pacer),
+        kwargs={"chunk": 64, "stop": stop_read, "stats": stats},
+    )
+    worker.start()
+    try:
+        os.write(src_write, payload)
+        got = bytearray()
+        while len(got) < len(payload):
+            ready, _, _ = select.select([dst_read], [], [], 10)
+            assert ready, "the relay thread stopped sending"
+            got += os.read(dst_read, 65536)
+        assert bytes(got) == payload
+    finally:
+        os.write(stop_write, b"x")
+        worker.join(10)
+        for fd in (src_read, src_write, dst_read, dst_write, stop_read, stop_write):
+            os.close(fd)
+    assert not worker.is_alive()
+    assert stats.timeline is not None
+    sizes = [b - a for (_, a), (_, b) in zip([(0.0, 0), *stats.timeline], stats.timeline, strict=False)]
+    assert sum(sizes) == len(payload)
+    assert all(size >= 64 for size in sizes[:-1])
+    assert pacer.lost == 0
