@@ -710,17 +710,21 @@ class BipGateway:
         channel = self.channels.get(channel_id)
         return channel.rx_space if channel is not None else 0
 
-    def rx_refill(self, channel_id: int) -> int:
-        """How many bytes the adapter may read from the link into the Rx buffer now: its free space once at least
-        half of it is free (or the buffer is empty), else 0, wait. The card reads at most 237 bytes a round; a read
-        per round would be a link read, a trace event and a hand-over each, where one read per half buffer keeps
-        the card as busy (it still holds half a buffer when the refill comes: docs/performance.md, "The card
-        path")."""
+    def rx_refill(self, channel_id: int, queued: int = 0) -> int:
+        """How many bytes the adapter may read from the link into the Rx buffer now, `queued` bytes being on their
+        way to it already (read, not yet given to on_data/absorb): the free space once at least a third of it is free
+        (or the buffer is empty), else 0, wait. The card reads at most 237 bytes a round; a read per round would be
+        a link read, a trace event and a hand-over each, where one read per third of the buffer keeps the card as
+        busy (it still holds two thirds, about four rounds, when the refill is asked for: docs/performance.md,
+        "The card path"). A datagram
+        channel takes one datagram at a time: nothing while one is buffered or on its way."""
         channel = self.channels.get(channel_id)
         if channel is None:
             return 0
-        space = channel.rx_space
-        return space if not channel.rx or space * 2 >= channel.buffer_size else 0
+        if channel.request.protocol == TransportProtocol.UDP_CLIENT_REMOTE and (channel.rx or queued):
+            return 0
+        space = max(0, channel.rx_space - queued)
+        return space if not (channel.rx or queued) or space * 3 >= channel.buffer_size else 0
 
     def on_card_gone(self) -> list[Action]:
         """The card went away: every channel ends (no TERMINAL RESPONSE or envelope: there is no card to send it

@@ -187,6 +187,9 @@ class BipService:
         self._held: LinkEvent | None = None  # taken from the queue by _absorb_data, next for the loop
         self._streams: dict[int, trio.abc.Stream] = {}
         self._drained: dict[int, trio.Event] = {}
+        # bytes of each link (channel, generation) read and sent as LinkData but not yet in the gateway's Rx buffer:
+        # the reader counts them, or it would read the same free space twice
+        self._queued: dict[tuple[int, int], int] = {}
         self._generation: dict[int, int] = {}
         # one link set-up at a time per channel id: an old attempt still waiting for the proxy finishes (and is
         # torn down) before the new one asks for the same data DLC
@@ -336,8 +339,21 @@ class BipService:
                 and self.gateway.absorb(event.channel, event.data)
             ):
                 self._held = event
+            else:
+                self._arrived(event)
+
+    def _arrived(self, event: LinkData) -> None:
+        """A LinkData left the queue (given to the gateway, or dropped as stale): no longer on its way."""
+        key = (event.channel, event.generation)
+        left = self._queued.get(key, 0) - len(event.data)
+        if left > 0:
+            self._queued[key] = left
+        else:
+            self._queued.pop(key, None)
 
     def _on_event(self, event: LinkEvent) -> list[Action]:
+        if isinstance(event, LinkData):
+            self._arrived(event)
         if isinstance(event, Wake):
             return []  # the loop fetches whatever the card has pending
         if isinstance(event, TimerFired):
@@ -542,7 +558,10 @@ class BipService:
             await self.session_ended()
         if response.type == CommandType.RECEIVE_DATA:
             for channel in list(self._drained):
-                self._wake_reader(channel)
+                # woken when it may read again (a third of the buffer free), not after every round to wait again
+                queued = self._queued.get((channel, self._generation.get(channel, 0)), 0)
+                if channel not in self.gateway.channels or self.gateway.rx_refill(channel, queued):
+                    self._wake_reader(channel)
         if not ok:
             self.results.append((f"{response.type_name} answered 0x{general:02X}", general, additional))
         # the session is over when no channel is left and the card has nothing more to say: a 91 xx after the
@@ -675,12 +694,11 @@ class BipService:
 
     async def _read(self, channel: int, stream: trio.abc.Stream, generation: int = 0) -> None:
         while True:
-            space = self.gateway.rx_refill(channel)
+            # one datagram at a time on a UDP channel: the next waits until the card has read this one
+            space = self.gateway.rx_refill(channel, self._queued.get((channel, generation), 0))
             if channel not in self.gateway.channels:
                 return
-            if self.gateway.is_datagram(channel) and self.gateway.rx_pending(channel):
-                space = 0  # one datagram at a time: the next waits until the card has read this one
-            if space == 0:  # the card has not read (half) its Rx buffer: back-pressure instead of dropping
+            if space == 0:  # the card has not read enough of its Rx buffer: back-pressure, not dropping
                 drained = self._drained.setdefault(channel, trio.Event())
                 await drained.wait()
                 continue
@@ -716,6 +734,8 @@ class BipService:
             self._trace_data(
                 channel, data, outgoing=False, step="S409" if self.bearer.embodiment == 1 else None
             )
+            key = (channel, generation)
+            self._queued[key] = self._queued.get(key, 0) + len(data)
             await self._events_tx.send(LinkData(channel, data, generation))
 
     @property
