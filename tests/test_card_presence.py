@@ -363,13 +363,18 @@ async def test_card_control_socket(nursery: trio.Nursery, tmp_path: Path) -> Non
 def test_harness_pulls_the_card_mid_session_and_the_session_completes_after_insert(tmp_path: Path) -> None:
     """The scenario-facing API (scenarios/harness.py): a CP with two slots; a hook pulls slot 1's card once its BIP
     session has sent data, and puts it back once the CP said the card and its channel were gone. The card is
-    started again and its OTA session runs to completion; SIM2 was powered on beside it."""
+    started again and its OTA session runs to completion; SIM2 was powered on beside it. The server's bytes are
+    held until the card is out (ServerLink), so the pull lands before any admin script ran: a script the card ran
+    but could not answer is sent again after the restart, and a LOAD repeated is refused (GP 6985), which is
+    another test's story."""
     from bipsim.scenarios.harness import EventQuery, Harness, RunConfig, run_processes
     from bipsim.trace.kinds import Kind
 
     marks: dict[str, Any] = {}
 
     async def during(harness: Harness) -> None:
+        assert harness.link is not None
+        harness.link.hold_at(0)  # the card's first SEND DATA (its ClientHello) gets no answer before the pull
         sent = await harness.wait_for_event(
             "cp",
             EventQuery(Kind.CAT_TERMINAL_RESPONSE, lambda f: f.get("command") == "SEND DATA"),
@@ -384,6 +389,7 @@ def test_harness_pulls_the_card_mid_session_and_the_session_completes_after_inse
             "cp", EventQuery(Kind.APP_EVENT, lambda f: f.get("event") == "channel_ended"), timeout=60
         )
         marks["slots"] = await harness.card_control("slots")
+        harness.link.hold_at(None)
         await harness.insert_card(1)
         marks["inserted"] = await harness.wait_for_event(
             "cp", EventQuery(Kind.APP_EVENT, lambda f: f.get("event") == "card_inserted"), timeout=60
@@ -395,6 +401,7 @@ def test_harness_pulls_the_card_mid_session_and_the_session_completes_after_inse
         card2="sim",
         profile2={"imsi": IMSI2},
         card_control=True,
+        server_link=True,
         timeout=90.0,
         during=during,
     )
