@@ -37,15 +37,23 @@ class Dte:
         self.buffer.clear()
         return [part.strip("\r") for part in text.split("\r\n") if part]
 
-    async def urcs(self) -> list[str]:
-        """What arrived unasked once every task is blocked (URCs the test caused)."""
-        await trio.testing.wait_all_tasks_blocked()
+    async def urcs(self, want: int = 0) -> list[str]:
+        """What arrived unasked: at least the `want` lines the test caused (waited for, not hoped for: a URC can
+        follow a worker thread), then whatever else came once every task is blocked."""
         text = ""
+
+        def lines() -> list[str]:
+            return [part for part in text.split("\r\n") if part]
+
+        with trio.fail_after(30):
+            while len(lines()) < want or (want and not text.endswith("\r\n")):
+                text += (await self.stream.receive_some()).decode("latin-1")
+        await trio.testing.wait_all_tasks_blocked()
         while True:
             with trio.move_on_after(0.01):
                 text += (await self.stream.receive_some()).decode("latin-1")
                 continue
-            return [part for part in text.split("\r\n") if part]
+            return lines()
 
 
 @dataclass

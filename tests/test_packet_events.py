@@ -47,12 +47,12 @@ async def test_cgev_network_deactivation_and_detach() -> None:
         assert await m.dte.at('AT+CGDCONT=1,"IP","internet";+CGACT=1,1') == ["OK"]
         address = m.network.contexts[1].address
         assert m.network.network_deactivate(1)
-        assert await m.dte.urcs() == [f'+CGEV: NW DEACT "IP","{address}",1']
+        assert await m.dte.urcs(1) == [f'+CGEV: NW DEACT "IP","{address}",1']
         assert await m.dte.at("AT+CGACT=1,1;+CGACT=0,1") == ["OK"]
         assert await m.dte.urcs() == []
         assert await m.dte.at("AT+CGACT=1,1") == ["OK"]
         m.network.detach(by_network=True)
-        assert await m.dte.urcs() == ["+CGEV: NW DETACH"]
+        assert await m.dte.urcs(1) == ["+CGEV: NW DETACH"]
         assert await m.dte.at("AT+CGATT=1") == ["OK"]
         assert await m.dte.at("AT+CGATT=0") == ["OK"]
         assert await m.dte.urcs() == []
@@ -68,7 +68,7 @@ async def test_cgerep_buffer_flushed_or_cleared() -> None:
         m.network.detach(by_network=True)
         assert await m.dte.urcs() == []
         assert await m.dte.at("AT+CGEREP=2,1") == ["OK"]
-        assert await m.dte.urcs() == ["+CGEV: NW DETACH"]
+        assert await m.dte.urcs(1) == ["+CGEV: NW DETACH"]
         assert await m.dte.at("AT+CGEREP=0") == ["OK"]
         m.network.attach()
         m.network.detach(by_network=True)
@@ -148,7 +148,7 @@ async def test_cgev_me_detach_on_cfun() -> None:
     async with modem() as (m,):
         assert await m.dte.at('AT+CGEREP=1;+CGDCONT=1,"IP","internet";+CGACT=1,1') == ["OK"]
         assert await m.dte.at("AT+CFUN=4") == ["OK"]
-        assert await m.dte.urcs() == ["+CGEV: ME DETACH"]
+        assert await m.dte.urcs(1) == ["+CGEV: ME DETACH"]
         assert await m.dte.at("AT+CFUN=1") == ["OK"]
         assert await m.dte.urcs() == []
 
@@ -176,7 +176,7 @@ async def test_cgev_me_deact_when_the_me_ends_a_context() -> None:
         assert await m.dte.at("AT+CGEREP=2") == ["OK"]
         context = m.network.activate("internet")
         m.network.deactivate(context.cid, "channel closed")
-        assert await m.dte.urcs() == [f'+CGEV: ME DEACT "IP","{context.address}",{context.cid}']
+        assert await m.dte.urcs(1) == [f'+CGEV: ME DEACT "IP","{context.address}",{context.cid}']
 
 
 async def test_cops_manual_selection_in_the_character_set() -> None:

@@ -39,8 +39,8 @@ async def test_ctzu_ctzr_on_a_network_time_zone_change() -> None:
         assert await m.dte.at("AT+CTZU=1;+CTZR=1") == ["OK"]
         assert await other.dte.at("AT+CTZR=2") == ["OK"]
         m.network.set_time_zone(4, 1)
-        assert await m.dte.urcs() == ['+CTZV: "+04"']
-        assert await other.dte.urcs() == ['+CTZE: "+04",1,"2026/11/30,16:04:05"']
+        assert await m.dte.urcs(1) == ['+CTZV: "+04"']
+        assert await other.dte.urcs(1) == ['+CTZE: "+04",1,"2026/11/30,16:04:05"']
         assert await m.dte.at("AT+CCLK?") == ['+CCLK: "26/11/30,16:04:05+04"', "OK"]
         assert any(e.kind == Kind.NITZ and e.fields["tz"] == 4 for e in tracer.events)
         assert await m.dte.at("AT+CTZR=3") == ["ERROR"]
@@ -74,14 +74,14 @@ async def test_cind_cmer_ciev() -> None:
         assert await m.dte.at("AT+CMER=3,0,0,1") == ["OK"]
         assert await other.dte.at("AT+CMER=0,0,0,1") == ["OK"]
         m.network.set_status(RegStatus.NOT_REGISTERED)
-        assert await m.dte.urcs() == ["+CIEV: 2,0", "+CIEV: 3,0"]
+        assert await m.dte.urcs(2) == ["+CIEV: 2,0", "+CIEV: 3,0"]
         status.set_battery(10)
-        assert await m.dte.urcs() == ["+CIEV: 1,0"]
+        assert await m.dte.urcs(1) == ["+CIEV: 1,0"]
         m.network.set_status(RegStatus.ROAMING)
-        assert await m.dte.urcs() == ["+CIEV: 2,3", "+CIEV: 3,1", "+CIEV: 5,1"]
+        assert await m.dte.urcs(3) == ["+CIEV: 2,3", "+CIEV: 3,1", "+CIEV: 5,1"]
         assert await other.dte.urcs() == []
         assert await other.dte.at("AT+CMER=3,0,0,1,1") == ["OK"]
-        assert len(await other.dte.urcs()) == 6
+        assert len(await other.dte.urcs(6)) == 6
         assert await m.dte.at("AT+CMER=3,1") == ["ERROR"]  # no keypad events
 
 
@@ -107,7 +107,7 @@ async def test_cpsb() -> None:
         assert await m.dte.at('AT+CPSB=1;+CGDCONT=1,"IP","internet";+CGACT=1,1') == ["OK"]
         assert await m.dte.at("AT+CPSB?") == ["+CPSB: 1,1,7", "OK"]
         m.network.network_deactivate(1)
-        assert await m.dte.urcs() == ["+CPSB: 1,0"]
+        assert await m.dte.urcs(1) == ["+CPSB: 1,0"]
 
 
 async def test_cusd_balance_and_dialogue() -> None:
@@ -116,15 +116,15 @@ async def test_cusd_balance_and_dialogue() -> None:
     tracer = Tracer(keep=True)
     async with modem(tracer=tracer) as (m,):
         assert await m.dte.at('AT+CUSD=1,"*100#",15') == ["OK"]
-        assert await m.dte.urcs() == ['+CUSD: 0,"Balance: 10.00 EUR, valid until 31/12",15']
+        assert await m.dte.urcs(1) == ['+CUSD: 0,"Balance: 10.00 EUR, valid until 31/12",15']
         assert await m.dte.at('AT+CUSD=1,"*101*hello#",15') == ["OK"]
-        assert await m.dte.urcs() == ['+CUSD: 1,"Echo: hello. Reply, or 0 to end",15']
+        assert await m.dte.urcs(1) == ['+CUSD: 1,"Echo: hello. Reply, or 0 to end",15']
         assert await m.dte.at('AT+CUSD=1,"0"') == ["OK"]
-        assert await m.dte.urcs() == ['+CUSD: 2,"Bye",15']
+        assert await m.dte.urcs(1) == ['+CUSD: 2,"Bye",15']
         assert await m.dte.at('AT+CUSD=1,"*999#"') == ["OK"]
-        assert await m.dte.urcs() == ["+CUSD: 4"]
+        assert await m.dte.urcs(1) == ["+CUSD: 4"]
         assert await m.dte.at('AT+CSCS="UCS2";+CUSD=1,"002A0031003000300023"') == ["OK"]
-        (urc,) = await m.dte.urcs()
+        (urc,) = await m.dte.urcs(1)
         assert urc.startswith('+CUSD: 0,"00420061006C0061006E00630065')
         assert any(e.kind == Kind.USSD_MESSAGE for e in tracer.events)
         assert await m.dte.at('AT+CUSD=1,"*100#",72') == ["ERROR"]

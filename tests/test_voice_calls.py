@@ -52,7 +52,7 @@ async def test_busy_and_unanswered_numbers() -> None:
         voice.busy_numbers.add("5550000")
         voice.unanswered_numbers.add("5550001")
         assert await m.dte.at("ATD5550000;") == ["OK"]
-        assert await m.dte.urcs() == ["BUSY"]
+        assert await m.dte.urcs(1) == ["BUSY"]
         assert await m.dte.at("ATD5550001;") == ["OK"]
         await m.dte.urcs()
         assert await m.dte.at("AT+CLCC") == ['+CLCC: 1,0,3,0,0,"5550001",129', "OK"]  # alerting
@@ -73,10 +73,10 @@ async def test_incoming_call_rings_with_clip_and_is_answered(autojump_clock: tri
         assert await m.dte.at("AT+CLIP=1") == ["OK"]
         assert await other.dte.at("AT+CRC=1") == ["OK"]
         m.network.incoming_call("+4930123456")
-        assert await m.dte.urcs() == ["RING", '+CLIP: "+4930123456",145']
-        assert await other.dte.urcs() == ["+CRING: VOICE"]
+        assert await m.dte.urcs(2) == ["RING", '+CLIP: "+4930123456",145']
+        assert await other.dte.urcs(1) == ["+CRING: VOICE"]
         await trio.sleep(RING_PERIOD)
-        assert await m.dte.urcs() == ["RING", '+CLIP: "+4930123456",145']
+        assert await m.dte.urcs(2) == ["RING", '+CLIP: "+4930123456",145']
         assert await m.dte.at("AT+CLCC") == ['+CLCC: 1,1,4,0,0,"+4930123456",145', "OK"]
         assert await m.dte.at("ATA") == ["OK"]
         assert await m.dte.at("AT+CLCC") == ['+CLCC: 1,1,0,0,0,"+4930123456",145', "OK"]
@@ -84,7 +84,7 @@ async def test_incoming_call_rings_with_clip_and_is_answered(autojump_clock: tri
         assert await m.dte.urcs() == []  # no more RING once answered
         await other.dte.urcs()
         assert voice_of(m).remote_hangup()
-        assert await m.dte.urcs() == ["NO CARRIER"]
+        assert await m.dte.urcs(1) == ["NO CARRIER"]
         # NO CARRIER is the answering line's: the other never had the call
         assert await other.dte.urcs() == []
 
@@ -96,16 +96,16 @@ async def test_a_call_hung_up_while_ringing_or_auto_answered_tells_only_its_line
     that line's."""
     async with modem(lines=2) as (m, other):
         m.network.incoming_call("5551")
-        assert await m.dte.urcs() == ["RING"]
+        assert await m.dte.urcs(1) == ["RING"]
         await other.dte.urcs()
         assert voice_of(m).remote_hangup()
         assert await m.dte.urcs() == [] and await other.dte.urcs() == []
         assert await other.dte.at("ATS0=1") == ["OK"]
         m.network.incoming_call("5552")
-        assert await other.dte.urcs() == ["RING"]
+        assert await other.dte.urcs(1) == ["RING"]
         await m.dte.urcs()
         assert voice_of(m).remote_hangup()
-        assert await other.dte.urcs() == ["NO CARRIER"]
+        assert await other.dte.urcs(1) == ["NO CARRIER"]
         assert await m.dte.urcs() == []
 
 
@@ -115,7 +115,7 @@ async def test_auto_answer_after_s0_rings(autojump_clock: trio.testing.MockClock
         assert await m.dte.at("ATS0=2") == ["OK"]
         m.network.incoming_call("5551")
         await trio.sleep(RING_PERIOD + 0.1)
-        assert await m.dte.urcs() == ["RING", "RING"]
+        assert await m.dte.urcs(2) == ["RING", "RING"]
         assert await m.dte.at("AT+CLCC") == ['+CLCC: 1,1,0,0,0,"5551",129', "OK"]
 
 
@@ -131,7 +131,7 @@ async def test_waiting_call_behind_an_active_one() -> None:
         assert await m.dte.at("ATD555;") == ["OK"]
         await m.dte.urcs()
         m.network.incoming_call("666")
-        assert await m.dte.urcs() == ['+CCWA: "666",129,1']
+        assert await m.dte.urcs(1) == ['+CCWA: "666",129,1']
         assert await m.dte.at("ATA") == ["OK"]
         assert await m.dte.at("AT+CLCC") == [
             '+CLCC: 1,0,1,0,0,"555",129',
@@ -145,7 +145,7 @@ async def test_losing_the_network_ends_calls() -> None:
         assert await m.dte.at("ATD555;") == ["OK"]
         await m.dte.urcs()
         m.network.set_status(RegStatus.NOT_REGISTERED)
-        assert await m.dte.urcs() == ["NO CARRIER"]
+        assert await m.dte.urcs(1) == ["NO CARRIER"]
         with pytest.raises(ValueError):
             m.network.incoming_call("777")
 
