@@ -166,7 +166,8 @@ class Kind(StrEnum):
     CLOUD_LOGIN = "cloud.login"  # a login, logout or session check; fields: ok, check, logout
     CLOUD_REGISTER = "cloud.register"  # a registration; fields: ok
     CLOUD_UPLOAD = "cloud.upload"  # a record stored; fields: eid, module, index, count, bytes, complete, ppr
-    CLOUD_FETCH = "cloud.fetch"  # a fetch by (EID, module): 200, 404 none, 409 incomplete; fields: records, missing
+    # a fetch by (EID, module): 200, 404 none, 409 incomplete; fields: records, missing
+    CLOUD_FETCH = "cloud.fetch"
     CLOUD_DELETE = "cloud.delete"  # a backup deleted (or 404 none); fields: eid, module, records
     # a request refused before its endpoint's work (401, 400 naming the field, 403, 404, 405, 413, 415); fields: field
     CLOUD_REFUSED = "cloud.refused"
@@ -175,7 +176,8 @@ class Kind(StrEnum):
     ES9_REQUEST = "es9.request"  # an ES9+ function called; fields: function, call_id, peer
     # its answer; fields: function, http_status, status, subject_code, reason_code, message, matching_id, eid
     ES9_RESPONSE = "es9.response"
-    ES9_REFUSED = "es9.refused"  # refused before any function ran (404, 405, 400 unreadable JSON); fields: status
+    # refused before any function ran (404, 405, 400 unreadable JSON); fields: status
+    ES9_REFUSED = "es9.refused"
     # a served profile's state changed (released, downloaded, installed, error); fields: matching_id, iccid, eid
     ES9_PROFILE = "es9.profile"
     # a handleNotification taken; fields: notification, iccid, seq_number, result, verified
