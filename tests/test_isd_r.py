@@ -491,6 +491,27 @@ def test_the_fault_fires_once_until_it_is_armed_again(keys: Pki) -> None:
     assert load(card, bpp2)["finalResult"][1]["errorReason"] == 11
 
 
+def test_a_fault_set_on_the_running_card_outlives_a_power_cycle_so_it_fires_once(keys: Pki) -> None:
+    """The card control's setting (uicc/card.py set_euicc_fault) is kept in the card state: after a power cycle the
+    card profile's fault does not come back to fire again (issue 23, the hook fires exactly once)."""
+    card = new_card(keys, fault_at_segment=4, keep_otpk=True)
+    smdp = Smdp(keys)
+    bpp = smdp.bpp(prepared(card, smdp))
+    assert load(card, bpp)["finalResult"][1]["errorReason"] == 11  # fired at 4
+    # moved to segment 6 on the running card (what 'euicc-fault N 6' does), and that one fires too
+    card.isd_r.fault_at_segment = 6
+    card.isd_r.profile_store.rearm_fault()
+    assert load(card, bpp)["finalResult"][1]["errorReason"] == 11
+    card = power_cycle(card, keys, fault_at_segment=4, keep_otpk=True)  # the profile still says 4
+    assert card.isd_r.fault_at_segment == 6
+    assert load(card, bpp)["finalResult"][0] == "successResult"  # neither fault fires a second time
+    # switched off on the running card: off after a power cycle too
+    card.isd_r.fault_at_segment = 0
+    card.isd_r.profile_store.rearm_fault()
+    card = power_cycle(card, keys, fault_at_segment=4, keep_otpk=True)
+    assert card.isd_r.fault_at_segment is None
+
+
 def test_without_the_kept_key_the_replayed_bpp_is_refused_once_and_nothing_loops(keys: Pki) -> None:
     card = new_card(keys, fault_at_segment=4, keep_otpk=False)
     smdp = Smdp(keys)

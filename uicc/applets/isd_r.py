@@ -236,9 +236,9 @@ class IsdR(Applet):
         self.pki_dir = pki_dir
         self.keep_otpk = keep_otpk
         # SGP.22 fault injection of the card profile (`euicc_fault_segment`): the BPP segment whose arrival aborts
-        # the install with installFailedDueToInterruption; settable on a running card
+        # the install with installFailedDueToInterruption; settable on a running card (`fault_at_segment`)
         # (it fires once per eUICC: the profile store remembers the segment that fired, across restarts)
-        self.fault_at_segment = fault_at_segment
+        self._profile_fault = fault_at_segment
         self.default_dp_address = default_dp_address
         self._dp_address_set = False  # SetDefaultDpAddress ran: its address outlives a restart
         self.profile_store = ProfileStore()
@@ -267,10 +267,24 @@ class IsdR(Applet):
         if keep is not None:
             self.keep_otpk = bool(keep)
         fault = getattr(profile, "euicc_fault_segment", None)
-        self.fault_at_segment = fault if isinstance(fault, int) and fault > 0 else None
+        self._profile_fault = fault if isinstance(fault, int) and fault > 0 else None
         address = getattr(profile, "euicc_default_dp_address", None)
         if address:
             self.default_dp_address = str(address)
+
+    @property
+    def fault_at_segment(self) -> int | None:
+        """The fault segment in force: the one set on the running card (kept in the card state, so a power cycle
+        does not bring the card profile's back to fire a second time) over the card profile's."""
+        running = self.profile_store.fault_set
+        if running is not None:
+            return running or None
+        return self._profile_fault
+
+    @fault_at_segment.setter
+    def fault_at_segment(self, segment: int | None) -> None:
+        # the CP's card control on a running card (uicc/card.py set_euicc_fault)
+        self.profile_store.set_fault(segment)
 
     @property
     def keys(self) -> pki.Pki:
@@ -616,10 +630,7 @@ class IsdR(Applet):
         if result.result_der is None:
             raise AppletError(SW_WRONG_DATA, result.error or "BPP segment out of sequence")
         pir = bytes(result.result_der)
-        self._note_result(pir)
-        if result.interrupted and self.fault_at_segment is not None:
-            # fired once: the install after it (the same package from the cloud) goes through
-            self.profile_store.spend_fault(self.fault_at_segment)
+        self._note_result(pir)  # a fired fault was spent by the loader as it fired (one place, once)
         if not result.keep_session:
             # SGP.22 3.1.3.3: installed, or a failure that erases otSK (`euicc_keep_otpk`)
             self.session = None

@@ -214,6 +214,9 @@ class ProfileStore:
     # the fault segment (the card profile's `euicc_fault_segment`) that already aborted an install: a fault fires
     # once per eUICC, so the install retried after the power cycle goes through (docs/protocols.md)
     fault_spent: int | None = None
+    # the fault segment set on the running card (0: none), over the card profile's: kept in the card state, so
+    # a power cycle does not bring back the profile's fault that was replaced or already fired
+    fault_set: int | None = None
     state_version: int = 0
     _listeners: list[Listener] = field(default_factory=list, repr=False)
 
@@ -373,6 +376,11 @@ class ProfileStore:
         self.fault_spent = segment
         self._changed()
 
+    def set_fault(self, segment: int | None) -> None:
+        """The fault segment set on the running card (None or 0: no fault), over the card profile's."""
+        self.fault_set = segment if segment and segment > 0 else 0
+        self._changed()
+
     def rearm_fault(self) -> None:
         """A fault set again (the CP's card-control 'euicc-fault'): it fires once more."""
         if self.fault_spent is not None:
@@ -405,6 +413,7 @@ class ProfileStore:
             "next_instance": self.next_instance,
             "fallback_iccid": self.fallback_iccid,
             "fault_spent": self.fault_spent,
+            "fault_set": self.fault_set,
         }
 
     def load_dict(self, state: dict[str, Any]) -> None:
@@ -430,4 +439,6 @@ class ProfileStore:
         self.fallback_iccid = fallback if isinstance(fallback, str) and self.find(iccid=fallback) else None
         spent = state.get("fault_spent")
         self.fault_spent = spent if isinstance(spent, int) and not isinstance(spent, bool) else None
+        running = state.get("fault_set")
+        self.fault_set = running if isinstance(running, int) and not isinstance(running, bool) else None
         self._changed(subscription=True)
