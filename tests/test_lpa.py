@@ -639,6 +639,40 @@ async def test_a_bad_record_from_the_cloud_stops_without_a_loop(rig: Rig) -> Non
     assert parse and parse[0].error and parse[0].step == "000:404"
 
 
+@pytest.mark.parametrize(
+    ("field", "forged"),
+    [
+        ("EID", {"eid": "89049032123451234512345678901243"}),
+        ("module", {"module": "OTA"}),
+        ("PPR", {"ppr": 3}),
+    ],
+)
+async def test_the_clouds_backup_of_another_eid_module_or_ppr_is_refused(
+    rig: Rig, field: str, forged: dict[str, Any]
+) -> None:
+    """Records that agree among themselves but are another terminal's backup (EID), another management file's
+    (module) or carry another PPR than the profile's metadata: the parse (000:404) refuses them, the flow stops
+    with the reason, and nothing of them goes to the eUICC."""
+    from bipsim.ap.lpa.records import encode_records
+
+    rig.card.fail_installs = 1
+    upload = rig.cloud.upload
+
+    async def swapped(records: list[str]) -> None:
+        await upload(records)
+        key = next(iter(rig.cloud.store))
+        first = decode_record(records[0])
+        facts: dict[str, Any] = {"eid": first.eid, "ppr": first.ppr, "module": first.module, **forged}
+        rig.cloud.store[key] = encode_records(package=join_records(records), **facts)
+
+    rig.cloud.upload = swapped  # type: ignore[method-assign]
+    outcome = await rig.lpa().run(rig.modem)
+    assert outcome.state is LpaState.STOPPED and field in outcome.reason, outcome.reason
+    assert rig.cloud.calls.count("fetch") == 1 and rig.card.requests.count("BF36") == 1
+    parse = [e for e in rig.events(Kind.LPA_RECORDS) if e.field("part") == "parse"]
+    assert len(parse) == 1 and parse[0].error and parse[0].field("field") == field
+
+
 async def test_no_install_without_a_backup_and_the_next_run_uploads(rig: Rig) -> None:
     upload = rig.cloud.upload
 

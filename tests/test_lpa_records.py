@@ -140,6 +140,21 @@ def test_join_checks_agreement_count_and_total() -> None:
         assert caught.value.field == field, (field, str(caught.value))
 
 
+def test_join_refuses_another_terminals_module_or_policy() -> None:
+    """The backup fetched back must be this terminal's: its EID, the LPA's management file and the profile's PPR."""
+    records = encode_records(eid=EID, ppr=2, package=bytes(range(200)), limit=64)
+    assert join_records(records, eid=EID, module="LPA", ppr=2) == bytes(range(200))
+    other = "89049032123451234512345678901243"
+    for kwargs, field in (
+        ({"eid": other}, "EID"),
+        ({"module": "OTA"}, "module"),
+        ({"ppr": 3}, "PPR"),
+    ):
+        with pytest.raises(RecordError) as info:
+            join_records(records, **kwargs)  # type: ignore[arg-type]
+        assert info.value.field == field and "this terminal's" in str(info.value)
+
+
 def test_join_refuses_a_total_short_of_the_length() -> None:
     # two records that agree with each other but carry 2047 of the 2048 bytes they announce
     a, b = encode_records(eid=EID, ppr=0, package=package(2048))

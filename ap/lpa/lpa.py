@@ -484,7 +484,8 @@ class Lpa:
     def _parse(self) -> bool:
         record = self.machine.record
         try:
-            package = join_records(record.fetched)
+            # the backup must be this terminal's (EID), of the LPA's management file, with the profile's PPR
+            package = join_records(record.fetched, eid=record.eid, module=MODULE, ppr=record.ppr)
         except RecordError as exc:
             self._emit(
                 Kind.LPA_RECORDS,

@@ -153,16 +153,32 @@ def decode_record(text: str) -> Record:
     return Record(module, eid, int(ppr_text), length, data)
 
 
-def join_records(records: Sequence[str | Record], *, limit: int | None = None) -> bytes:
+def join_records(
+    records: Sequence[str | Record],
+    *,
+    limit: int | None = None,
+    eid: str | None = None,
+    module: str | None = None,
+    ppr: int | None = None,
+) -> bytes:
     """The package the records carry, in the order given (their upload index order).
 
     Checks that they agree (module, EID, PPR, profile_len), that every record but the last carries as many bytes as
     the first and the last no more, that there are ⌈L/chunk⌉ of them and that they add up to L; with `limit`, that
-    no record carries more than it. RecordError otherwise."""
+    no record carries more than it; with `eid`, `module`, `ppr`, that they are the backup of that terminal's
+    management file with that policy (a backup of another eUICC or module is not this one's package). RecordError
+    otherwise."""
     if not records:
         raise RecordError("profile_data", "no records")
     decoded = [r if isinstance(r, Record) else decode_record(r) for r in records]
     first = decoded[0]
+    for name, expected, got in (
+        ("EID", eid, first.eid),
+        ("module", module, first.module),
+        ("PPR", ppr, first.ppr),
+    ):
+        if expected is not None and got != expected:
+            raise RecordError(name, f"the records carry {got!r}, this terminal's is {expected!r}")
     for index, record in enumerate(decoded):
         for name, mine, theirs in (
             ("module", record.module, first.module),
