@@ -3,6 +3,7 @@ and bad bytes are Asn1Error and nothing else."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -217,3 +218,72 @@ def test_the_parsed_module_is_cached_between_processes_and_a_bad_cache_is_parsed
     assert asn1.parsed(text) == first and calls == [text]  # parsed again, and the cache mended
     assert asn1.parsed(text) == first and calls == [text]
     assert asn1.parsed(text + " ") != {} and len(calls) == 2  # another text, another entry
+
+
+@pytest.mark.parametrize(
+    "bad", ["{}", "[]", '{"T": {"types": {}}}', '{"T": {"types": {"A": 5}}}', '{"U": {}}']
+)
+def test_a_cache_that_is_json_but_not_a_parse_of_the_text_is_parsed_again_and_rewritten(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bad: str
+) -> None:
+    import asn1tools
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    text = "T DEFINITIONS AUTOMATIC TAGS ::= BEGIN A ::= [5] SEQUENCE { x INTEGER } END"
+    first = asn1.parsed(text)
+    (cached,) = (tmp_path / "bipsim").glob("rsp-*.json")
+    cached.write_text(bad)
+    calls: list[str] = []
+    real = asn1tools.parse_string
+    monkeypatch.setattr(asn1tools, "parse_string", lambda t: calls.append(t) or real(t))
+    assert asn1.parsed(text) == first and calls == [text]  # not trusted: parsed again
+    assert asn1.parsed(text) == first and calls == [text]  # and rewritten: read back the next time
+    assert asn1tools.compile_dict(asn1.parsed(text), "der").encode("A", {"x": 1}) == bytes.fromhex(
+        "a503800101"
+    )
+
+
+def test_the_rsp_module_cache_must_hold_every_type_of_rsp_asn(tmp_path: Path) -> None:
+    from importlib import resources
+
+    text = resources.files("bipsim.uicc.euicc").joinpath("rsp.asn").read_text(encoding="utf-8")
+    good = asn1.parsed(text)
+    assert asn1._cache_fits(good, text)
+    declared = asn1.declared_types(text)["RSPDefinitions"]
+    assert {"EUICCInfo1", "EuiccCancelSessionSigned", "BoundProfilePackage"} <= declared
+    assert declared == set(good["RSPDefinitions"]["types"])
+    cut = {"RSPDefinitions": {**good["RSPDefinitions"], "types": dict(good["RSPDefinitions"]["types"])}}
+    del cut["RSPDefinitions"]["types"]["EUICCInfo1"]  # a truncated dict
+    assert not asn1._cache_fits(cut, text)
+    assert not asn1._cache_fits({}, text) and not asn1._cache_fits([], text)
+
+
+def test_object_identifiers_under_arc_2_decode_right_and_asn1tools_is_left_alone() -> None:
+    import asn1tools
+    from asn1tools.codecs import ber
+
+    asn1.rsp()
+    # the library's own decoder, not ours: importing and compiling patch nothing process-wide
+    assert ber.decode_object_identifier.__module__ == "asn1tools.codecs.ber"
+    # its known misreading, untouched
+    assert ber.decode_object_identifier(b"\x88\x37\x0a", 0, 3) == "26.39.10"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # pyparsing's, as asn1tools builds its grammar
+        other = asn1tools.compile_string("M DEFINITIONS ::= BEGIN O ::= OBJECT IDENTIFIER END", "der")
+    assert other.decode("O", bytes.fromhex("060388370a")) == "26.39.10"
+    # our decode puts it right, wherever the OID sits: plain, in a CHOICE, in a SEQUENCE OF
+    signed = {"transactionId": b"\x01", "smdpOid": "2.999.10", "reason": 0}
+    der = asn1.encode("EuiccCancelSessionSigned", signed)
+    assert b"\x81\x03\x88\x37\x0a" in der  # [1] smdpOid; X.690 8.19: 2*40 + 999 = 1079 = 0x88 0x37
+    assert asn1.decode("EuiccCancelSessionSigned", der) == signed
+    response = (
+        "cancelSessionResponseOk",
+        {"euiccCancelSessionSigned": signed, "euiccCancelSessionSignature": b"s"},
+    )
+    assert asn1.decode("CancelSessionResponse", asn1.encode("CancelSessionResponse", response)) == response
+    for oid in ("2.999.10", "2.23.146.1.2.1.0", "1.2.840.10045.3.1.7", "2.40", "0.39"):
+        value = {**signed, "smdpOid": oid}
+        assert (
+            asn1.decode("EuiccCancelSessionSigned", asn1.encode("EuiccCancelSessionSigned", value)) == value
+        )
+    assert asn1.oid_text("26.39.10") == "2.999.10" and asn1.oid_text("1.2.3") == "1.2.3"

@@ -11,11 +11,12 @@ import functools
 import hashlib
 import json
 import os
+import re
 import tempfile
 import warnings
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     import asn1tools
@@ -26,6 +27,7 @@ __all__ = [
     "decode",
     "encode",
     "es10_request",
+    "oid_text",
     "outer_tag",
     "rsp",
 ]
@@ -67,8 +69,10 @@ def rsp() -> asn1tools.compiler.Specification:
         warnings.simplefilter("ignore", DeprecationWarning)  # pyparsing's, as asn1tools builds its grammar
         import asn1tools  # a third of a second to import: only the processes that speak RSP pay it
 
-    _fix_object_identifiers()
-    return asn1tools.compile_dict(parsed(text), "der")
+    try:
+        return asn1tools.compile_dict(parsed(text), "der")
+    except Exception:  # noqa: BLE001 - a cache that passed the checks yet does not compile: parse the text
+        return asn1tools.compile_dict(parsed(text, use_cache=False), "der")
 
 
 def cache_dir() -> Path:
@@ -77,21 +81,23 @@ def cache_dir() -> Path:
     return Path(base) / "bipsim"
 
 
-def parsed(text: str) -> dict[str, Any]:
+def parsed(text: str, *, use_cache: bool = True) -> dict[str, Any]:
     """asn1tools' parse of the module `text`. Parsing takes half a second, and every process of a scenario (the
     card, the SM-DP+, the LPA) needs it, so the result (plain JSON data, never code) is kept in `cache_dir()`
-    under the digest of the text and the asn1tools version; a missing, unreadable or unwritable cache only costs
-    the parse."""
+    under the digest of the text and the asn1tools version. A cache entry is used only when it has the shape of
+    a parse of `text` (`_cache_fits`); a missing, unreadable, foreign or damaged one costs the parse and is
+    written again; an unwritable cache directory only costs the parse."""
     import asn1tools
 
     key = hashlib.sha256(f"{asn1tools.__version__}\n{text}".encode()).hexdigest()[:20]
     path = cache_dir() / f"rsp-{key}.json"
-    try:
-        cached = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(cached, dict):
-            return cached
-    except (OSError, ValueError):
-        pass
+    if use_cache:
+        try:
+            cached = json.loads(path.read_text(encoding="utf-8"))
+            if _cache_fits(cached, text):
+                return cast("dict[str, Any]", cached)
+        except (OSError, ValueError):
+            pass
     with warnings.catch_warnings():
         # asn1tools' grammar still calls pyparsing's old names (a DeprecationWarning per call, none of ours)
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -109,23 +115,107 @@ def parsed(text: str) -> dict[str, Any]:
     return result
 
 
-def _fix_object_identifiers() -> None:
-    """asn1tools 0.167 decodes the first subidentifier of an OBJECT IDENTIFIER as (n // 40, n % 40), which is
-    wrong under the arc 2 from 2.40 on (X.690 8.19.4: the first arc is 2 for every n >= 80): 2.999.10, the
-    example-arc OID of our SM-DP+, came back as 26.39.10. Its BER/DER decoder reads the module function at each
-    call, so the corrected one replaces it for every asn1tools user in the process."""
+_COMMENT = re.compile(r"--.*?(?:--|$)", re.MULTILINE)  # X.680 12.6: a comment ends at "--" or the line's end
+_MODULE = re.compile(
+    r"\b([A-Z][\w-]*)\s*(?:\{[^}]*\}\s*)?DEFINITIONS\b.*?::=\s*BEGIN\b(.*?)\bEND\b", re.DOTALL
+)
+_TYPE = re.compile(r"(?:^|\s)([A-Z][\w-]*)\s*::=")
+
+
+def declared_types(text: str) -> dict[str, set[str]]:
+    """The modules of an ASN.1 text and the type names each assigns (X.680 16.1: a type reference begins with
+    an upper-case letter), read with a few expressions: what a parse of `text` must at least hold."""
+    plain = _COMMENT.sub(" ", text)
+    return {match[1]: set(_TYPE.findall(match[2])) for match in _MODULE.finditer(plain)}
+
+
+def _cache_fits(cached: Any, text: str) -> bool:
+    """Whether a cache entry read back has the shape asn1tools' parse of `text` has: a dict of exactly the
+    text's modules, each with a `types` dict holding every type the text assigns, each type a dict naming its
+    `type`. Anything else (`{}`, a list, a cut or foreign parse) is parsed again rather than trusted."""
+    if not isinstance(cached, dict):
+        return False
+    declared = declared_types(text)
+    if not declared or set(cached) != set(declared):
+        return False
+    for module, names in declared.items():
+        body = cached[module]
+        types = body.get("types") if isinstance(body, dict) else None
+        if not isinstance(types, dict) or not names <= set(types):
+            return False
+        if not all(
+            isinstance(types[name], dict) and isinstance(types[name].get("type"), str) for name in names
+        ):
+            return False
+    return True
+
+
+def oid_text(text: str) -> str:
+    """An OBJECT IDENTIFIER as asn1tools 0.167's BER/DER decoder gives it, put right. It splits the first
+    subidentifier n into (n // 40, n % 40) whatever n is, which is wrong under the arc 2 from 2.40 on (X.690
+    8.19.4: the first arc is 2 for every n >= 80): 2.999.10, the example-arc OID of our SM-DP+, comes back as
+    26.39.10. A first arc over 2 can only be that mistake, so it maps back to 2.(40a + b - 80); the library
+    itself is left as it is."""
+    first, _, rest = text.partition(".")
+    second, _, tail = rest.partition(".")
+    if not (first.isdigit() and second.isdigit()) or int(first) <= 2:
+        return text
+    fixed = f"2.{40 * int(first) + int(second) - 80}"
+    return f"{fixed}.{tail}" if tail else fixed
+
+
+def _oid_fixer(codec: Any, seen: dict[int, Any]) -> Any:
+    """A function that puts every OBJECT IDENTIFIER of a decoded value of the compiled type `codec` right
+    (`oid_text`), or None when the type holds none. It follows asn1tools' compiled BER types: members of a
+    SEQUENCE/SET, the element of a SEQUENCE OF/SET OF, the alternatives of a CHOICE, explicit tags."""
     from asn1tools.codecs import ber
 
-    def decode_object_identifier(data: bytes, offset: int, end_offset: int) -> str:
-        first, offset = ber.decode_object_identifier_subidentifier(data, offset)
-        top = min(first // 40, 2)
-        arcs = [top, first - 40 * top]
-        while offset < end_offset:
-            arc, offset = ber.decode_object_identifier_subidentifier(data, offset)
-            arcs.append(arc)
-        return ".".join(str(arc) for arc in arcs)
+    key = id(codec)
+    if key in seen:
+        return seen[key]
+    seen[key] = None  # a recursive type: its inner occurrence is handled by the outer one's walk
+    fixer: Any = None
+    if isinstance(codec, ber.ObjectIdentifier):
+        fixer = oid_text
+    elif isinstance(codec, (ber.ExplicitTag, ber.Recursive)) and codec.inner is not None:
+        fixer = _oid_fixer(codec.inner, seen)
+    elif isinstance(codec, ber.ArrayType):
+        element = _oid_fixer(codec.element_type, seen)
+        if element is not None:
+            fixer = functools.partial(_fix_list, element)
+    elif isinstance(codec, ber.MembersType):
+        members = {
+            m.name: f for m in [*codec.root_members, *(codec.additions or [])] if (f := _oid_fixer(m, seen))
+        }
+        if members:
+            fixer = functools.partial(_fix_members, members)
+    elif isinstance(codec, ber.Choice):
+        members = {m.name: f for m in codec.members if (f := _oid_fixer(m, seen))}
+        if members:
+            fixer = functools.partial(_fix_choice, members)
+    seen[key] = fixer
+    return fixer
 
-    ber.decode_object_identifier = decode_object_identifier
+
+def _fix_list(element: Any, value: Any) -> Any:
+    return [element(item) for item in value] if isinstance(value, list) else value
+
+
+def _fix_members(members: dict[str, Any], value: Any) -> Any:
+    if not isinstance(value, dict):
+        return value
+    return {name: members[name](item) if name in members else item for name, item in value.items()}
+
+
+def _fix_choice(members: dict[str, Any], value: Any) -> Any:
+    if isinstance(value, tuple) and len(value) == 2 and value[0] in members:
+        return (value[0], members[value[0]](value[1]))
+    return value
+
+
+@functools.cache
+def _oid_fixer_of(type_name: str) -> Any:
+    return _oid_fixer(rsp().types[type_name].type, {})
 
 
 def _errors() -> type[Exception]:
@@ -164,7 +254,8 @@ def decode(type_name: str, data: bytes) -> Any:
         raise Asn1Error(f"{type_name}: malformed DER: {exc!r}") from exc
     if length != len(data):
         raise Asn1Error(f"{type_name}: {len(data) - length} bytes after the value")
-    return value
+    fixer = _oid_fixer_of(type_name)
+    return value if fixer is None else fixer(value)
 
 
 def outer_tag(data: bytes) -> int:
