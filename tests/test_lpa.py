@@ -766,6 +766,85 @@ async def test_no_euicc_leaves_the_request_for_the_next_session(rig: Rig) -> Non
     assert (await rig.lpa().run(rig.modem)).ok
 
 
+# --- the state file belongs to one activation code and one eUICC ----------------------------------------------------
+
+
+def test_a_state_file_of_another_activation_code_is_refused(rig: Rig) -> None:
+    from bipsim.ap.lpa.state import open_state
+
+    machine = LpaMachine(rig.state)
+    machine.note(activation_code="LPA:1$127.0.0.1:8443$OTHER", eid=EID)
+    machine.fire(LpaEvent.LOGGED_IN)
+    with pytest.raises(StateFileError) as info:
+        open_state(rig.state, "LPA:1$127.0.0.1:8443$OP1")
+    assert "OTHER" in str(info.value) and "OP1" in str(info.value) and "its own state file" in str(info.value)
+    with pytest.raises(StateFileError):
+        rig.lpa()  # the LPA itself refuses the machine of another code
+    with pytest.raises(StateFileError):  # not even when asked: the flow is not this code's
+        open_state(rig.state, "LPA:1$127.0.0.1:8443$OP1", new_flow=True)
+    assert LpaMachine.load(rig.state).state is LpaState.REQUESTING  # the other flow is left as it was
+
+
+async def test_a_finished_flow_starts_again_only_when_asked(rig: Rig) -> None:
+    from bipsim.ap.lpa.state import open_state
+
+    code = "LPA:1$127.0.0.1:8443$OP1"
+    stopped = await rig.lpa(ui="close").run(rig.modem)
+    assert stopped.state is LpaState.STOPPED
+    with pytest.raises(StateFileError) as info:
+        open_state(rig.state, code)
+    assert "has ended" in str(info.value) and "--lpa-new-flow" in str(info.value)
+    machine = open_state(rig.state, code, new_flow=True)
+    assert machine.state is LpaState.LOGIN_CHECK and machine.record.activation_code == code
+    assert any("a new flow" in line for line in machine.record.history)  # the old flow's lines are kept
+    assert LpaMachine.load(rig.state).state is LpaState.LOGIN_CHECK  # saved
+    assert (await rig.lpa().run(rig.modem)).ok
+    with pytest.raises(StateFileError, match="installed"):
+        open_state(rig.state, code)
+
+
+def test_the_default_state_file_is_per_matching_id() -> None:
+    from bipsim.ap.lpa.lpa import LpaOptions
+
+    one = LpaOptions("LPA:1$127.0.0.1:8443$OP1", "http://a:b@h:1")
+    two = LpaOptions("LPA:1$127.0.0.1:8443$OP2", "http://a:b@h:1")
+    assert one.state_path() == Path("bipsim-lpa-OP1.json") and two.state_path() == Path("bipsim-lpa-OP2.json")
+    assert LpaOptions(one.activation_code, "x", state=Path("s.json")).state_path() == Path("s.json")
+
+
+async def test_a_resumed_flow_goes_on_only_with_the_eid_it_downloaded_for(rig: Rig) -> None:
+    rig.modem.lost_at = 12  # the line goes in the middle of the segments
+    with pytest.raises(trio.BrokenResourceError):
+        await rig.lpa().run(rig.modem)
+    rig.card._bpp_left = 0  # the card's power cycle drops the half-loaded package
+    machine = LpaMachine.load(rig.state)
+    machine.note(eid="89049032123451234512345678901243")  # as if the flow had downloaded for another eUICC
+    outcome = await rig.lpa().run(rig.modem)
+    assert not outcome.ok and "89049032123451234512345678901243" in outcome.reason
+    assert LpaMachine.load(rig.state).state is LpaState.INSTALLING  # left for that eUICC
+    assert "fetch" not in rig.cloud.calls and rig.card.requests[-1] == "BF3E"
+
+
+def test_the_cli_refuses_a_state_file_of_another_code_or_a_finished_flow(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from bipsim.cli import cli
+    from bipsim.errors import CliError
+
+    state = tmp_path / "lpa.json"
+    machine = LpaMachine(state)
+    machine.note(activation_code="LPA:1$127.0.0.1:1$OTHER")
+    base = ["ap", "--port", "/nonexistent/line", "--lpa-cloud", "http://a:b@h:1", "--lpa-state", str(state)]
+    result = CliRunner().invoke(cli, [*base, "--lpa", "LPA:1$127.0.0.1:1$X"])
+    assert isinstance(result.exception, CliError) and str(result.exception).startswith("--lpa-state")
+    assert "OTHER" in str(result.exception)
+    machine = LpaMachine(state)
+    machine.note(activation_code="LPA:1$127.0.0.1:1$X")
+    machine.fire(LpaEvent.LOGIN_REFUSED, reason="closed")
+    result = CliRunner().invoke(cli, [*base, "--lpa", "LPA:1$127.0.0.1:1$X"])
+    assert isinstance(result.exception, CliError) and "--lpa-new-flow" in str(result.exception)
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -802,6 +881,8 @@ def test_ap_help_explains_the_lpa_options() -> None:
         "--lpa-state",
         "--lpa-pki",
         "--lpa-limit",
+        "--lpa-new-flow",
+        "<matchingId>",
         "activation",
     ):
         assert option in text

@@ -40,7 +40,14 @@ from bipsim.ap.lpa.records import (
     join_records,
     ppr_from_ids,
 )
-from bipsim.ap.lpa.state import LpaEvent, LpaMachine, LpaState
+from bipsim.ap.lpa.state import (
+    LpaEvent,
+    LpaMachine,
+    LpaState,
+    StateFileError,
+    default_state_path,
+    open_state,
+)
 from bipsim.ap.lpa.ui_policy import CLOSED_MESSAGE, UiKind, UiPolicy
 from bipsim.ap.slot_lock import slot_lock
 from bipsim.link.at_chat import AtTimeout
@@ -57,6 +64,10 @@ CIMI_ATTEMPTS = 20
 CIMI_INTERVAL = 0.25
 S = LpaState
 E = LpaEvent
+# states whose next step talks to the eUICC the package was bound to (a resumed run checks its EID first)
+EUICC_STATES = frozenset(
+    {S.UPLOADED, S.INSTALLING, S.FAILED, S.CLOUD_FETCH, S.PARSING, S.INSTALLED, S.CLOUD_DELETED}
+)
 
 
 class CloudPort(Protocol):
@@ -114,7 +125,13 @@ class Lpa:
         self.tracer = tracer
         self.logged_in = False
         self.fetches = 0  # cloud fetches in this process
-        if not machine.record.activation_code:
+        recorded = machine.record.activation_code
+        if recorded and recorded != activation_code:
+            # the file's package, EID and transaction are another download's (open_state says what to do)
+            raise StateFileError(
+                f"the LPA state holds the flow of activation code {recorded!r}, not of {activation_code!r}"
+            )
+        if not recorded:
             machine.note(activation_code=activation_code)
 
     # --- tracing --------------------------------------------------------------------------------------------------
@@ -181,6 +198,8 @@ class Lpa:
         record = self.machine.record
         install_due = False  # INSTALLING entered in this run: send the package (else ask whether it arrived)
         try:
+            if record.eid and self.machine.state in EUICC_STATES:
+                await self._same_euicc(es10)
             while True:
                 state = self.machine.state
                 if state is S.LOGIN_CHECK:
@@ -221,6 +240,26 @@ class Lpa:
             await self._close(es10)
             return self._result(LpaOutcome(self.machine.state, False, str(exc), record.iccid))
         # a session that ends under the flow (cancelled, the line gone) takes the channel with it: no +CCHC then
+
+    async def _same_euicc(self, es10: Es10Client) -> None:
+        """A flow resumed after its download goes on only with the eUICC it downloaded for: the package is bound to
+        that EID (SGP.22 2.5.5), and the cloud's backup is filed under it."""
+        record = self.machine.record
+        try:
+            eid = await es10.get_eid()
+        except Es10Error as exc:
+            raise FlowStopped(f"the eUICC does not answer: {exc}") from None
+        if eid != record.eid:
+            self._emit(
+                Kind.LPA_RESULT,
+                f"the eUICC is {eid}, the flow's EID is {record.eid}",
+                {"outcome": "pending", "reason": "another eUICC", "eid": eid, "flow_eid": record.eid},
+                error=True,
+            )
+            raise FlowStopped(
+                f"the eUICC's EID is {eid}, but this flow downloaded for {record.eid}: insert that eUICC, or "
+                "use another --lpa-state"
+            )
 
     async def _close(self, es10: Es10Client) -> None:
         try:
@@ -582,9 +621,13 @@ class LpaOptions:
     activation_code: str
     cloud_url: str
     ui: str = "logged-in"
-    state: Path = Path("bipsim-lpa.json")
+    state: Path | None = None  # None: bipsim-lpa-<matchingId>.json in the working directory
     pki: Path | None = None
     limit: int = 1024
+    new_flow: bool = False  # a finished flow of this code in the state file: start a new one (else refused)
+
+    def state_path(self) -> Path:
+        return self.state or default_state_path(parse_activation_code(self.activation_code).matching_id)
 
 
 def split_cloud_url(url: str) -> tuple[str, tuple[str, str] | None]:
@@ -614,7 +657,7 @@ class LpaService:
         pki = ensure_pki(options.pki)
         self.lpa = Lpa(
             activation_code=options.activation_code,
-            machine=LpaMachine.load(options.state),
+            machine=open_state(options.state_path(), options.activation_code, new_flow=options.new_flow),
             ui=UiPolicy.parse(options.ui),
             es9=Es9Client(code.smdp_address, context=client_ssl_context(pki), tracer=tracer),
             cloud=CloudClient(url, tracer=tracer),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -81,7 +82,7 @@ FINAL_STATES = frozenset({LpaState.CLOUD_DELETED, LpaState.STOPPED})
 
 
 class StateFileError(ValueError):
-    """The state file cannot be read as the LPA's state."""
+    """The state file cannot be read as the LPA's state, or is not the state of this download."""
 
 
 @dataclass
@@ -171,7 +172,7 @@ class LpaMachine:
         try:
             obj = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            raise StateFileError(f"{path}: {exc}") from None
+            raise StateFileError(f"{path}: {exc} (not an LPA state: remove it for a new download)") from None
         return LpaMachine(path, LpaRecord.from_json(obj))
 
     @property
@@ -204,6 +205,13 @@ class LpaMachine:
             setattr(self.record, name, value)
         self.save()
 
+    def start_over(self, activation_code: str) -> None:
+        """A new flow for `activation_code` in place of a finished one (the user asked for it: --lpa-new-flow);
+        the old flow's history is kept, marked, for people."""
+        history = [*self.record.history, f"--- a new flow after {self.record.state.value} ---"]
+        self.record = LpaRecord(activation_code=activation_code, history=history)
+        self.save()
+
     def save(self) -> None:
         if self.path is None:
             return
@@ -214,3 +222,36 @@ class LpaMachine:
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, self.path)
+
+
+def default_state_path(matching_id: str) -> Path:
+    """The state file of an activation code when none is given: `bipsim-lpa-<matchingId>.json` in the working
+    directory, one per code, so two downloads never share a flow."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", matching_id)[:64] or "default"
+    return Path(f"bipsim-lpa-{safe}.json")
+
+
+def open_state(path: Path | None, activation_code: str, *, new_flow: bool = False) -> LpaMachine:
+    """The machine of `activation_code` from the file at `path` (a new one when there is no file).
+
+    StateFileError when the file holds the flow of another activation code (its package, EID and transaction are
+    that download's: resuming it for this code would install the wrong profile), or when it holds this code's flow
+    that has ended (installed, or stopped) and `new_flow` is not set: a new download is the user's decision."""
+    machine = LpaMachine.load(path)
+    record = machine.record
+    where = str(path) if path is not None else "the state"
+    if record.activation_code and record.activation_code != activation_code:
+        raise StateFileError(
+            f"{where} holds the flow of activation code {record.activation_code!r} (EID {record.eid or 'not read'}, "
+            f"{record.state.value}), not of {activation_code!r}: give this code its own state file (the default "
+            "is bipsim-lpa-<matchingId>.json) or remove that one"
+        )
+    if machine.finished:
+        if not new_flow:
+            how = "installed" if record.state is LpaState.CLOUD_DELETED else f"stopped: {record.reason}"
+            raise StateFileError(
+                f"{where}: the flow of {activation_code!r} has ended ({how}); --lpa-new-flow starts a new "
+                "download for it (or remove the file)"
+            )
+        machine.start_over(activation_code)
+    return machine

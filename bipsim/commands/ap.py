@@ -261,10 +261,17 @@ if TYPE_CHECKING:
 @click.option(
     "--lpa-state",
     type=click.Path(dir_okay=False),
-    default="bipsim-lpa.json",
-    show_default=True,
     help="The LPA's persisted state machine (JSON, written atomically at every step): a restarted AP or a "
-    "new modem session resumes the flow there, and never asks the SM-DP+ twice.",
+    "new modem session resumes the flow there, and never asks the SM-DP+ twice. It records the activation code "
+    "and the EID: a file holding another code's flow is refused, and a resumed flow goes on only with the eUICC "
+    "of its EID. Default: bipsim-lpa-<matchingId>.json in the working directory (one file per code).",
+)
+@click.option(
+    "--lpa-new-flow",
+    is_flag=True,
+    help="When --lpa-state holds this activation code's flow that has ended (installed, or stopped: login page "
+    "closed, download refused...), start a new download in its place; without it the AP refuses to start and "
+    "says so. A flow that has not ended is always resumed.",
 )
 @click.option(
     "--lpa-pki",
@@ -319,7 +326,8 @@ def ap(
     lpa_code: str | None,
     lpa_cloud: str | None,
     lpa_ui: str,
-    lpa_state: str,
+    lpa_state: str | None,
+    lpa_new_flow: bool,
     lpa_pki: str | None,
     lpa_limit: int,
     wlan: str | None,
@@ -380,7 +388,7 @@ def ap(
         )
     lpa_options = None
     if lpa_code is not None or lpa_cloud is not None:
-        lpa_options = _lpa_options(lpa_code, lpa_cloud, lpa_ui, lpa_state, lpa_pki, lpa_limit)
+        lpa_options = _lpa_options(lpa_code, lpa_cloud, lpa_ui, lpa_state, lpa_pki, lpa_limit, lpa_new_flow)
     network = ApNetwork(wifi=wifi, ssid=ssid, cellular=cellular)
     if allow:
         network.allow = [AllowRule.parse(text) for text in allow]
@@ -427,7 +435,13 @@ def ap(
 
 
 def _lpa_options(
-    code: str | None, cloud: str | None, ui: str, state: str, pki: str | None, limit: int
+    code: str | None,
+    cloud: str | None,
+    ui: str,
+    state: str | None,
+    pki: str | None,
+    limit: int,
+    new_flow: bool = False,
 ) -> LpaOptions:
     from pathlib import Path
 
@@ -453,19 +467,21 @@ def _lpa_options(
         raise CliError(
             "--lpa-ui logged-in needs the saved account: --lpa-cloud http://USER:PASS@HOST:PORT", 2
         )
-    from bipsim.ap.lpa.state import LpaMachine, StateFileError
+    from bipsim.ap.lpa.state import StateFileError, open_state
     from bipsim.uicc.euicc.crypto import CryptoError
     from bipsim.uicc.euicc.pki import ensure_pki
 
+    options = LpaOptions(code, cloud, ui, Path(state) if state else None, None, limit, new_flow)
     try:
-        LpaMachine.load(Path(state))
+        open_state(options.state_path(), code, new_flow=new_flow)  # the same check the LPA makes at start
     except StateFileError as exc:
-        raise CliError(f"--lpa-state: {exc} (remove it for a new download)") from None
+        raise CliError(f"--lpa-state: {exc}") from None
     try:
         ensure_pki(Path(pki) if pki else None)  # made here on first use, so the AP starts with it
     except (CryptoError, OSError, ValueError) as exc:
         raise CliError(f"--lpa-pki: {exc}") from None
-    return LpaOptions(code, cloud, ui, Path(state), Path(pki) if pki else None, limit)
+    options.pki = Path(pki) if pki else None
+    return options
 
 
 def _upgrade_options(
