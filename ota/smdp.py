@@ -2,9 +2,10 @@
 binding of section 6.5 (ota/es9_json.py) over HTTPS, for the download of section 3.1.3; docs/protocols.md, "eUICC
 and the cloud backup".
 
-- initiateAuthentication (5.6.1): checks the SM-DP+ address and that the eUICC trusts our CI (euiccInfo1's
-  euiccCiPKIdListForSigning), opens an RSP session (transactionId, serverChallenge) and signs serverSigned1 with
-  the DPauth key.
+- initiateAuthentication (5.6.1): checks the SM-DP+ address, chooses the CIs from euiccInfo1's lists (one the
+  eUICC signs under, euiccCiPKIdListForSigning: else 8.8.2 / 3.1; one our DPauth certificate chains to that the
+  eUICC verifies with, euiccCiPKIdListForVerification: else 8.8.4 / 3.7), opens an RSP session (transactionId,
+  serverChallenge) and signs serverSigned1 with the DPauth key.
 - authenticateClient (5.6.3): checks the EUM and eUICC certificates up to the CI, euiccSignature1 and the session's
   challenge, takes the EID from the eUICC certificate and the matchingId from ctxParams1, and answers the profile
   metadata (StoreMetadataRequest with its pprIds) and smdpSigned2/smdpSignature2 signed with the DPpb key.
@@ -14,7 +15,10 @@ and the cloud backup".
   bppRebindingRefused), which is the premise of the cloud backup.
 - handleNotification (5.6.4): the install result (ProfileInstallationResult, signature checked) moves the profile
   to installed or error; other notifications are recorded.
-- cancelSession (5.6.5): ends a session.
+- cancelSession (5.6.5): ends a session the eUICC cancelled with a valid signature and our smdpOid (another
+  SM-DP+'s OID: 8.8 / 3.10).
+
+Every eUICC signature is checked over the signed element's bytes as received, never over a re-encoding.
 
 `SmdpService` is the sans-IO core (a whole request in, an answer and its trace notes out); `SmdpServer` the trio
 adapter: TLS with the DPauth certificate (SGP.22 2.6.6), h11 through ota/http_connection.py. The served profiles'
@@ -72,6 +76,9 @@ MATCHING_ID_REFUSED = ("8.2.6", "3.8")  # 5.6.3 Matching ID - Refused (no downlo
 EID_REFUSED = ("8.1.1", "3.8")  # 5.6.3 EID - Refused (the order is for another eUICC)
 BPP_NOT_AVAILABLE = ("8.2", "3.7")  # 5.6.2 Profile - Unavailable: BPP is not available for a new binding
 EUICC_REFUSED = ("8.1", "3.8")  # the eUICC's own error (authenticateResponseError, downloadResponseError)
+SMDP_OID_INVALID = ("8.8", "3.10")  # 5.6.5 SM-DP+ - Invalid Association: the smdpOid is not ours
+# 5.6.1 SM-DP+ Certificate - Unavailable: no CERT.DPauth of ours chains to a CI the eUICC verifies with
+NO_DPAUTH_FOR_CI = ("8.8.4", "3.7")
 EXECUTION_ERROR = ("8.8", "4.2")  # the server could not do its part (the state file cannot be written)
 
 PPR_BITS = {"ppr1": 1, "ppr2": 2}  # SGP.22 2.4.1.1 PprIds: bit 0 pprUpdateControl carries no rule
@@ -421,6 +428,30 @@ def _der(type_name: str, value: Any) -> bytes:
     return encode(type_name, value)
 
 
+def _received(der: bytes, field_name: str, tag: int, *path: int) -> bytes:
+    """The whole TLV at `path` inside the received DER `der`, exactly as the eUICC sent it: each index picks a TLV
+    among its parent's contents, all but the last are descended into. SGP.22 signs the bytes sent (5.7.13,
+    5.7.5, 5.7.6, 5.7.14); asn1tools' value encoded again need not be those bytes (a field of a later version
+    it skipped under EXTENSIBILITY IMPLIED, a length not in its shortest form), so every eUICC signature is
+    checked over what this cuts out. Es9Error when the element is not there or has not `tag`."""
+    from bipsim.uicc.euicc import crypto
+
+    try:
+        items = crypto.split_tlvs(der)
+        for index in path[:-1]:
+            items = crypto.split_tlvs(items[index][1])
+        found, _value, raw = items[path[-1]]
+    except (crypto.CryptoError, IndexError) as exc:
+        raise Es9Error(es9_json.SUBJECT_FUNCTION, es9_json.REASON_INVALID, f"{field_name}: {exc}") from None
+    if found != tag:
+        raise Es9Error(
+            es9_json.SUBJECT_FUNCTION,
+            es9_json.REASON_INVALID,
+            f"{field_name}: '{found:X}' where the signed '{tag:X}' belongs",
+        )
+    return raw
+
+
 def _ski_der(ski: bytes) -> bytes:
     """The DER of SubjectKeyIdentifier (an OCTET STRING), the form euiccCiPKIdToBeUsed travels in."""
     return bytes([0x04, len(ski)]) + ski
@@ -467,6 +498,10 @@ class SmdpService:
         self.address = address  # the SM-DP+ address of our activation codes, what serverSigned1 carries
         self.state_path = state_path
         self.random = random
+        from bipsim.uicc.euicc.pki import cert_smdp_oid
+
+        # our OID: the registeredID of the DPauth certificate (SGP.22 4.5.2.1.0.3), the PKI's when it names none
+        self.smdp_oid = cert_smdp_oid(pki.dpauth_cert) or pki.smdp_oid
         self.sessions: OrderedDict[bytes, RspSession] = OrderedDict()
         self.entries: dict[str, dict[str, Any]] = {}
         if state_path is not None:
@@ -601,9 +636,23 @@ class SmdpService:
         info1 = _asn1("EUICCInfo1", info1_der, "euiccInfo1")
         if address.lower() != self.address.lower():
             raise _fail(SMDP_ADDRESS_REFUSED, f"this SM-DP+ is {self.address}, not {address[:100]}")
-        ci = self.pki.ci_pkid
-        if ci not in [bytes(k) for k in info1.get("euiccCiPKIdListForSigning", [])]:
+        # 5.6.1: the CIs are chosen from the eUICC's lists, in its order of preference. Ours: the CI of our one
+        # test PKI, which issued both our DPauth/DPpb certificates and (if it is this eUICC's CI) its EUM.
+        ours = {self.pki.ci_pkid}
+        for_signing = [bytes(k) for k in info1.get("euiccCiPKIdListForSigning", [])]
+        for_verification = [bytes(k) for k in info1.get("euiccCiPKIdListForVerification", [])]
+        # euiccCiPKIdToBeUsed: a CI the eUICC signs under (its certificate chain) that we can verify
+        ci = next((pkid for pkid in for_signing if pkid in ours), None)
+        if ci is None:
             raise _fail(CI_NOT_SUPPORTED, "none of the eUICC's CI public key identifiers is supported")
+        # our CERT.DPauth must chain to a CI the eUICC verifies with (AuthenticateServer checks serverCertificate)
+        verifier = next((pkid for pkid in for_verification if pkid in ours), None)
+        if verifier is None:
+            raise _fail(
+                NO_DPAUTH_FOR_CI,
+                "no CERT.DPauth of this SM-DP+ chains to a CI in euiccCiPKIdListForVerification",
+            )
+        fields["ci_pkid"] = verifier.hex().upper()
         transaction_id = self.random(16)
         server_challenge = self.random(16)
         signed1 = {
@@ -668,11 +717,13 @@ class SmdpService:
         except ValueError as exc:
             raise _fail(EUICC_CERT_INVALID, f"eUICC certificate: {exc}") from None
         signed1 = response["euiccSigned1"]
+        # BF38 { A0 authenticateResponseOk { 30 euiccSigned1, 5F37, ... } }: the signed bytes as received
+        signed1_der = _received(response_der, "authenticateServerResponse", 0x30, 0, 0, 0)
         try:
             crypto.verify_plain(
                 cert_public_key(euicc),
                 bytes(response["euiccSignature1"]),
-                crypto.signed_data_euicc1(_der("EuiccSigned1", signed1)),
+                crypto.signed_data_euicc1(signed1_der),
             )
         except (crypto.CryptoError, TypeError) as exc:
             raise _fail(EUICC_SIGNATURE_INVALID, f"euiccSignature1: {exc}") from None
@@ -733,11 +784,13 @@ class SmdpService:
         if session.state is SessionState.INITIATED or session.euicc_certificate is None:
             raise _fail(TRANSACTION_UNKNOWN, "the RSP session was not authenticated (authenticateClient)")
         signed2 = response["euiccSigned2"]
+        # BF21 { A0 downloadResponseOk { 30 euiccSigned2, 5F37 } }: the signed bytes as received
+        signed2_der = _received(response_der, "prepareDownloadResponse", 0x30, 0, 0, 0)
         try:
             crypto.verify_plain(
                 cert_public_key(session.euicc_certificate),
                 bytes(response["euiccSignature2"]),
-                crypto.signed_data_euicc2(_der("EUICCSigned2", signed2), session.smdp_signature2),
+                crypto.signed_data_euicc2(signed2_der, session.smdp_signature2),
             )
         except (crypto.CryptoError, TypeError) as exc:
             raise _fail(EUICC_SIGNATURE_INVALID, f"euiccSignature2: {exc}") from None
@@ -801,12 +854,14 @@ class SmdpService:
                     profile.euicc_certificate
                 )  # the session was forgotten by a restart
             verified = False
+            # BF37 { BF27 profileInstallationResultData, 5F37 }: the signed bytes as received
+            data_der = _received(notification_der, "pendingNotification", 0xBF27, 0, 0)
             if certificate is not None:
                 try:
                     crypto.verify_plain(
                         cert_public_key(certificate),
                         bytes(value["euiccSignPIR"]),
-                        crypto.signed_data_pir(_der("ProfileInstallationResultData", data)),
+                        crypto.signed_data_pir(data_der),
                     )
                     verified = True
                 except (crypto.CryptoError, TypeError):
@@ -847,7 +902,10 @@ class SmdpService:
                     "iccid": _iccid(metadata.get("iccid")),
                     "seq_number": metadata.get("seqNumber"),
                     "result": None,
-                    "verified": _verify_other(value, self.pki),
+                    # 30 { BF2F tbsOtherNotification, 5F37, ... }: the signed bytes as received
+                    "verified": _verify_other(
+                        value, _received(notification_der, "pendingNotification", 0xBF2F, 0, 0), self.pki
+                    ),
                 },
             )
         )
@@ -881,14 +939,24 @@ class SmdpService:
         if bytes(signed["transactionId"]) != transaction_id:
             raise _fail(TRANSACTION_UNKNOWN, "euiccCancelSessionSigned names another transactionId")
         if session.euicc_certificate is not None:
+            # BF41 { A0 cancelSessionResponseOk { 30 euiccCancelSessionSigned, 5F37 } }: the signed bytes as received
+            signed_der = _received(response_der, "cancelSessionResponse", 0x30, 0, 0, 0)
             try:
                 crypto.verify_plain(
                     cert_public_key(session.euicc_certificate),
                     bytes(value["euiccCancelSessionSignature"]),
-                    _der("EuiccCancelSessionSigned", signed),
+                    signed_der,
                 )
             except (crypto.CryptoError, TypeError) as exc:
                 raise _fail(EUICC_SIGNATURE_INVALID, f"euiccCancelSessionSignature: {exc}") from None
+        # 5.6.5: the eUICC names the SM-DP+ it cancels with, the OID of our certificates (asn1.decode reads
+        # OIDs under 2.40+ right); another SM-DP+'s cancellation is refused and the session goes on
+        ours = self.smdp_oid
+        fields["smdp_oid"] = signed.get("smdpOid")
+        if signed.get("smdpOid") != ours:
+            raise _fail(
+                SMDP_OID_INVALID, f"smdpOid {str(signed.get('smdpOid'))[:64]} is not this SM-DP+'s ({ours})"
+            )
         fields["reason"] = signed.get("reason")
         self._move_session(session, SessionEvent.END)
         return {"transactionId": transaction_id.hex().upper()}
@@ -955,8 +1023,9 @@ def _operation(bits: Any) -> str:
     return "unknown"
 
 
-def _verify_other(value: dict[str, Any], pki: Pki) -> bool:
-    """An enable/disable/delete notification's signature, with its own eUICC and EUM certificates (SGP.22 5.7.9)."""
+def _verify_other(value: dict[str, Any], signed: bytes, pki: Pki) -> bool:
+    """An enable/disable/delete notification's signature over `signed` (tbsOtherNotification as received), with
+    its own eUICC and EUM certificates (SGP.22 5.7.9)."""
     from bipsim.uicc.euicc import crypto
     from bipsim.uicc.euicc.pki import cert_public_key, verify_chain
 
@@ -965,7 +1034,6 @@ def _verify_other(value: dict[str, Any], pki: Pki) -> bool:
         euicc = x509.load_der_x509_certificate(bytes(value["euiccCertificate"]))
         verify_chain(eum, pki.ci_cert)
         verify_chain(euicc, eum)
-        signed = _der("NotificationMetadata", value["tbsOtherNotification"])
         crypto.verify_plain(
             cert_public_key(euicc),
             bytes(value["euiccNotificationSignature"]),

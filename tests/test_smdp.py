@@ -840,3 +840,152 @@ def test_faults_make_the_smdp_lie_as_asked(pki: Pki) -> None:
     _, result = load_bpp(isd_r, bad)
     assert result[0] == "errorResult" and result[1]["errorReason"] == 8, result
     assert not isd_r.profile_store.profiles
+
+
+# --- signatures over the bytes sent, the smdpOid of cancelSession, the CI chosen from the eUICC's lists ---
+
+# '9F7F' 01 00: a context [127] field of a later version, which asn1tools skips under EXTENSIBILITY IMPLIED and so
+# drops when it encodes the value again
+UNKNOWN_FIELD = bytes.fromhex("9F7F0100")
+
+
+def widen(der: bytes) -> bytes:
+    """The DER of a SEQUENCE with a field of a later version appended: decodable, not what a re-encoding gives."""
+    ((tag, value, _raw),) = crypto.split_tlvs(der)
+    return crypto.tlv(tag, value + UNKNOWN_FIELD)
+
+
+def test_euicc_signatures_are_checked_over_the_bytes_the_euicc_sent(pki: Pki) -> None:
+    smdp, euicc = service(pki), MiniEuicc(pki)
+    init = answer_json(smdp.handle(euicc.initiate()))
+    plain = es9_json.b64(json.loads(euicc.authenticate(init, "OP1").body)["authenticateServerResponse"])
+    _kind, ok = decode("AuthenticateServerResponse", plain)
+    signed1 = widen(encode("EuiccSigned1", ok["euiccSigned1"]))
+    assert encode("EuiccSigned1", decode("EuiccSigned1", signed1)) != signed1  # a re-encoding loses the field
+    certificates = cert_der(pki.euicc_cert) + cert_der(pki.eum_cert)
+
+    def authenticate(signed_over: bytes) -> Any:
+        signature = crypto.sign_plain(pki.euicc_key, signed_over)
+        body = signed1 + crypto.signature_do(signature) + certificates
+        response = crypto.tlv(
+            0xBF38, crypto.tlv(0xA0, body)
+        )  # AuthenticateServerResponse, authenticateResponseOk
+        fields = {"transactionId": init["transactionId"], "authenticateServerResponse": response}
+        return smdp.handle(post("authenticateClient", fields))
+
+    # signed over the canonical re-encoding, sent wider: what the eUICC signed is not what it sent
+    assert failure(authenticate(encode("EuiccSigned1", ok["euiccSigned1"]))) == ("8.1", "6.1")
+    auth = answer_json(authenticate(signed1))  # signed over its own bytes: verifies
+    transaction_id = bytes.fromhex(auth["transactionId"])
+    smdp_signature2 = es9_json.b64(auth["smdpSignature2"])[3:]
+    signed2 = widen(
+        encode(
+            "EUICCSigned2",
+            {"transactionId": transaction_id, "euiccOtpk": crypto.point_bytes(euicc.otsk.public_key())},
+        )
+    )
+    signature2 = crypto.sign_plain(pki.euicc_key, crypto.signed_data_euicc2(signed2, smdp_signature2))
+    response2 = crypto.tlv(0xBF21, crypto.tlv(0xA0, signed2 + crypto.signature_do(signature2)))
+    bpp = smdp.handle(
+        post(
+            "getBoundProfilePackage",
+            {"transactionId": auth["transactionId"], "prepareDownloadResponse": response2},
+        )
+    )
+    assert "boundProfilePackage" in answer_json(bpp)
+    # the install result: ProfileInstallationResultData 'BF27' with a later field, signed as sent
+    notification = es9_json.b64(
+        json.loads(euicc.install_result(auth["transactionId"]).body)["pendingNotification"]
+    )
+    _choice, result = decode("PendingNotification", notification)
+    data = widen(encode("ProfileInstallationResultData", result["profileInstallationResultData"]))
+    signature = crypto.sign_plain(pki.euicc_key, data)
+    wide = crypto.tlv(0xBF37, data + crypto.signature_do(signature))
+    answer = smdp.handle(post("handleNotification", {"pendingNotification": wide}))
+    assert answer.status == 204 and answer.notes[0].fields["verified"] is True
+    assert smdp.profiles["OP1"].state is ProfileState.INSTALLED
+
+
+def test_other_notifications_and_cancel_session_verify_the_bytes_sent(pki: Pki) -> None:
+    from bipsim.uicc.euicc.upp import iccid_bytes
+
+    smdp, euicc = service(pki), MiniEuicc(pki)
+    metadata = {
+        "seqNumber": 9,
+        "profileManagementOperation": (b"\x10", 4),  # notificationDelete
+        "notificationAddress": ADDRESS,
+        "iccid": iccid_bytes("8944476500001234567"),
+    }
+    tbs = widen(encode("NotificationMetadata", metadata))
+    signature = crypto.sign_plain(pki.euicc_key, tbs)
+    body = tbs + crypto.signature_do(signature) + cert_der(pki.euicc_cert) + cert_der(pki.eum_cert)
+    answer = smdp.handle(post("handleNotification", {"pendingNotification": crypto.tlv(0x30, body)}))
+    assert answer.notes[0].fields["notification"] == "delete" and answer.notes[0].fields["verified"] is True
+    init = answer_json(smdp.handle(euicc.initiate()))
+    auth = answer_json(smdp.handle(euicc.authenticate(init, "OP1")))
+    signed = widen(
+        encode(
+            "EuiccCancelSessionSigned",
+            {"transactionId": bytes.fromhex(auth["transactionId"]), "smdpOid": pki.smdp_oid, "reason": 1},
+        )
+    )
+    signature = crypto.sign_plain(pki.euicc_key, signed)
+    response = crypto.tlv(0xBF41, crypto.tlv(0xA0, signed + crypto.signature_do(signature)))
+    cancelled = smdp.handle(
+        post("cancelSession", {"transactionId": auth["transactionId"], "cancelSessionResponse": response})
+    )
+    assert answer_json(cancelled)["transactionId"] == auth["transactionId"]
+
+
+def test_cancel_session_naming_another_smdp_oid_is_refused(pki: Pki) -> None:
+    smdp, euicc = service(pki), MiniEuicc(pki)
+    init = answer_json(smdp.handle(euicc.initiate()))
+    auth = answer_json(smdp.handle(euicc.authenticate(init, "OP1")))
+    transaction_id = auth["transactionId"]
+
+    def cancel_for(oid: str) -> Any:
+        signed = {"transactionId": bytes.fromhex(transaction_id), "smdpOid": oid, "reason": 0}
+        signature = crypto.sign_plain(pki.euicc_key, encode("EuiccCancelSessionSigned", signed))
+        ok = {"euiccCancelSessionSigned": signed, "euiccCancelSessionSignature": signature}
+        response = encode("CancelSessionResponse", ("cancelSessionResponseOk", ok))
+        return smdp.handle(
+            post("cancelSession", {"transactionId": transaction_id, "cancelSessionResponse": response})
+        )
+
+    for other in ("2.999.11", "1.3.6.1.4.1.31746.1", "2.23.146.1.2.1.3"):
+        refused = cancel_for(other)
+        assert failure(refused) == ("8.8", "3.10")  # SGP.22 5.6.5: SM-DP+ - Invalid Association
+        assert refused.fields["smdp_oid"] == other
+    assert smdp.sessions[bytes.fromhex(transaction_id)].state.value == "authenticated"  # the session goes on
+    assert (
+        answer_json(cancel_for(pki.smdp_oid))["transactionId"] == transaction_id
+    )  # ours: 2.999.10 read right
+    assert failure(smdp.handle(euicc.prepare(auth))) == ("8.10.1", "3.9")
+
+
+def test_the_ci_is_chosen_from_the_euiccs_lists(pki: Pki, tmp_path: Path) -> None:
+    smdp = service(pki)
+    other = generate_pki(tmp_path / "other").ci_pkid
+
+    def initiate(verification: list[bytes], signing: list[bytes]) -> Any:
+        info1 = encode(
+            "EUICCInfo1",
+            {
+                "svn": VERSION,
+                "euiccCiPKIdListForVerification": verification,
+                "euiccCiPKIdListForSigning": signing,
+            },
+        )
+        fields = {"euiccChallenge": b"\xc1" * 16, "euiccInfo1": info1, "smdpAddress": ADDRESS}
+        return smdp.handle(post("initiateAuthentication", fields))
+
+    # the eUICC verifies only another CI's certificates: no CERT.DPauth of ours chains to it (SGP.22 5.6.1)
+    assert failure(initiate([other], [pki.ci_pkid])) == ("8.8.4", "3.7")
+    assert failure(initiate([], [pki.ci_pkid])) == ("8.8.4", "3.7")
+    # it signs only under another CI: none of its CI public key identifiers is supported
+    assert failure(initiate([pki.ci_pkid], [other])) == ("8.8.2", "3.1")
+    assert not smdp.sessions
+    # ours further down both lists is found and used
+    chosen = answer_json(initiate([other, pki.ci_pkid], [other, pki.ci_pkid]))
+    assert es9_json.b64(chosen["euiccCiPKIdToBeUsed"]) == bytes([0x04, len(pki.ci_pkid)]) + pki.ci_pkid
+    assert len(smdp.sessions) == 1
