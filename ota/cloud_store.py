@@ -19,7 +19,7 @@ import re
 import secrets
 import ssl
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,9 @@ from bipsim.ap.lpa.records import (
     join_records,
     record_size_limit,
 )
-from bipsim.ota.http_connection import REASONS, ConnState, HttpRequest, Refusal, ServerConnection
+from bipsim.ota.http_client import Failure, HttpAnswer, HttpClientError, Opener, request
+from bipsim.ota.http_connection import REASONS, HttpRequest, ServerConnection
+from bipsim.ota.http_serve import Reply, serve_connection
 from bipsim.trace.events import Actor, Layer
 from bipsim.trace.kinds import Kind
 from bipsim.trace.recorder import NULL_TRACER, Tracer
@@ -53,10 +55,6 @@ USER = re.compile(r"^[A-Za-z0-9_.@+-]{1,64}$")
 MIN_PASSWORD, MAX_PASSWORD = 4, 256
 FORM = "application/x-www-form-urlencoded"
 REQUEST_TIMEOUT = 30.0  # seconds one request may take, server and client
-LINGER_SECONDS, LINGER_BYTES = (
-    2.0,
-    4 << 20,
-)  # how long and how much a refused client's rest is read and dropped
 # bytes of an answer the client reads: the records of the largest package (hex doubles it) with room for their fields
 MAX_ANSWER = 8 * MAX_PACKAGE
 REASONS_MORE = {
@@ -853,114 +851,53 @@ class CloudServer:
 
     async def _loop(self, stream: trio.abc.Stream) -> None:
         connection = ServerConnection(self.limits, over_capacity=self.active > self.limits.connections)
-        deadline = trio.current_time() + self.limits.request_timeout
-        while True:
-            event = connection.next_event()
-            if event is None:
-                if connection.peer_closed or connection.state is ConnState.CLOSING:
-                    return
-                data = b""
-                with trio.move_on_at(deadline) as waiting:
-                    data = bytes(await stream.receive_some(65536))
-                if waiting.cancelled_caught:
-                    refusal = connection.timed_out()
-                    if refusal is not None:
-                        await self._refuse(stream, connection, refusal)
-                    return
-                if not data:
-                    return
-                connection.receive(data)
-                continue
-            if isinstance(event, Refusal):
-                await self._refuse(stream, connection, event)
-                return
-            self.requests += 1
-            path = event.target.split("?", 1)[0]
-            self.tracer.emit(
-                Actor.AP,
-                Actor.CLOUD,
-                Layer.HTTP,
-                f"{event.method} {event.target[:200]}",
-                event.body if event.body and path == "/profiles" else None,
-                kind=Kind.HTTP_REQUEST,
-                fields={"method": event.method, "target": event.target[:200]},
-            )
-            try:
-                answer = self.service.handle(event, trio.current_time())
-            except Exception as exc:  # noqa: BLE001 - a fault of the core is this request's 500, not the server's end
-                reason = f"internal error: {type(exc).__name__}: {str(exc)[:200]}"
-                answer = Answer(
-                    500,
-                    _json({"error": reason}),
-                    Kind.CLOUD_REFUSED,
-                    {"method": event.method, "target": event.target[:200], "status": 500, "reason": reason},
-                    JSON,
-                )
-            await self._answer(stream, connection, answer)
-            if connection.state is ConnState.CLOSING:
-                return
-            deadline = trio.current_time() + self.limits.request_timeout
+        # a refusal lingers: a body refused on its length is still arriving (RFC 9112 9.6)
+        await serve_connection(
+            stream, connection, self._respond, tracer=self.tracer, actor=Actor.CLOUD, linger=True
+        )
 
-    async def _answer(self, stream: trio.abc.Stream, connection: ServerConnection, answer: Answer) -> None:
-        data = connection.answer(answer.status, list(answer.headers), answer.body)
-        reason = answer.fields.get("reason")
+    async def _respond(self, event: HttpRequest) -> Reply:
+        """One whole request: its `http.request` event, the core's answer and its access-log event."""
+        self.requests += 1
+        path = event.target.split("?", 1)[0]
+        self.tracer.emit(
+            Actor.AP,
+            Actor.CLOUD,
+            Layer.HTTP,
+            f"{event.method} {event.target[:200]}",
+            event.body if event.body and path == "/profiles" else None,
+            kind=Kind.HTTP_REQUEST,
+            fields={"method": event.method, "target": event.target[:200]},
+        )
+        try:
+            answer = self.service.handle(event, trio.current_time())
+        except Exception as exc:  # noqa: BLE001 - a fault of the core is this request's 500, not the server's end
+            reason = f"internal error: {type(exc).__name__}: {str(exc)[:200]}"
+            answer = Answer(
+                500,
+                _json({"error": reason}),
+                Kind.CLOUD_REFUSED,
+                {"method": event.method, "target": event.target[:200], "status": 500, "reason": reason},
+                JSON,
+            )
+        why = answer.fields.get("reason")
         self.tracer.emit(
             Actor.CLOUD,
             Actor.AP,
             Layer.HTTP,
             f"{answer.status} {REASONS_MORE.get(answer.status, '')} {answer.kind.value}"
-            + (f": {reason}" if answer.status >= 400 and reason else ""),
+            + (f": {why}" if answer.status >= 400 and why else ""),
             answer.body if answer.body and not answer.is_page else None,
             error=answer.status >= 400,
             kind=answer.kind,
             fields=answer.fields,
         )
-        await stream.send_all(data)
-
-    async def _refuse(self, stream: trio.abc.Stream, connection: ServerConnection, refusal: Refusal) -> None:
-        """Malformed HTTP or a limit passed (a body over one record: 413): the status, an http.error event, the
-        close."""
-        self.tracer.emit(
-            Actor.CLOUD,
-            Actor.AP,
-            Layer.HTTP,
-            f"{refusal.status} {REASONS_MORE.get(refusal.status, '')}: {refusal.reason}",
-            error=True,
-            kind=Kind.HTTP_ERROR,
-            fields={"status": refusal.status, "reason": refusal.reason},
-        )
-        await stream.send_all(connection.refuse(refusal, []))
-        await self._linger(stream)
-
-    async def _linger(self, stream: trio.abc.Stream) -> None:
-        """A lingering close (RFC 9112 9.6): our side ended, what the client is still sending (the rest of a body
-        refused on its length) is read and dropped for a while. Closing at once with unread bytes would make the
-        kernel answer with a reset, which can destroy the refusal before the client has read it."""
-        if not isinstance(stream, trio.abc.HalfCloseableStream):
-            return  # TLS has no half close: the refusal goes out and the connection closes
-        with trio.move_on_after(LINGER_SECONDS):
-            try:
-                await stream.send_eof()
-                drained = 0
-                while drained < LINGER_BYTES:
-                    data = await stream.receive_some(65536)
-                    if not data:
-                        return
-                    drained += len(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return
+        return Reply(answer.status, answer.headers, answer.body)
 
 
 # --- the client ---------------------------------------------------------------------------------------------------
 
-Connect = Callable[[], Awaitable[trio.abc.Stream]]
-
-
-@dataclass(frozen=True, slots=True)
-class _Reply:
-    status: int
-    headers: dict[str, str]
-    body: bytes
+Connect = Opener
 
 
 def parse_cloud_url(url: str) -> tuple[str, int]:
@@ -1018,6 +955,13 @@ class CloudClient:
     async def _tcp(self) -> trio.abc.Stream:
         return await trio.open_tcp_stream(self.host, self.port)
 
+    async def _open(self) -> trio.abc.Stream:
+        """The connection of one request: `connect`'s, with TLS over it for an https:// URL."""
+        stream = await self._connect()
+        if self.ssl_context is not None:
+            return trio.SSLStream(stream, self.ssl_context, server_hostname=self.host, https_compatible=True)
+        return stream
+
     async def _exchange(
         self,
         method: str,
@@ -1026,7 +970,7 @@ class CloudClient:
         headers: Sequence[tuple[str, str]] = (),
         *,
         secret: bool = False,
-    ) -> _Reply:
+    ) -> HttpAnswer:
         fields: list[tuple[str, str]] = [
             ("host", f"{self.host}:{self.port}"),
             ("connection", "close"),
@@ -1045,46 +989,20 @@ class CloudClient:
             kind=Kind.HTTP_REQUEST,
             fields={"method": method, "target": target[:200], "host": self.host, "port": self.port},
         )
-        conn = h11.Connection(h11.CLIENT)
-        status, answer_headers, answer = 0, {}, bytearray()
         try:
-            with trio.fail_after(self.timeout):
-                stream = await self._connect()
-                if self.ssl_context is not None:
-                    stream = trio.SSLStream(
-                        stream, self.ssl_context, server_hostname=self.host, https_compatible=True
-                    )
-                async with stream:
-                    out = conn.send(h11.Request(method=method, target=target, headers=fields)) or b""
-                    if body:
-                        out += conn.send(h11.Data(data=body)) or b""
-                    out += conn.send(h11.EndOfMessage()) or b""
-                    await stream.send_all(out)
-                    while True:
-                        event = conn.next_event()
-                        if event is h11.NEED_DATA:
-                            conn.receive_data(bytes(await stream.receive_some(65536)))
-                        elif isinstance(event, h11.Response):
-                            status = event.status_code
-                            answer_headers = {
-                                k.decode().lower(): v.decode("latin-1") for k, v in event.headers
-                            }
-                        elif isinstance(event, h11.Data):
-                            answer += event.data
-                            if len(answer) > MAX_ANSWER:
-                                raise h11.RemoteProtocolError(f"an answer over {MAX_ANSWER} bytes")
-                        elif isinstance(event, h11.EndOfMessage):
-                            break
-                        elif isinstance(event, h11.ConnectionClosed):
-                            raise h11.RemoteProtocolError("the server closed the connection")
-        except (OSError, trio.TooSlowError, h11.ProtocolError, trio.BrokenResourceError) as exc:
-            if status >= 400 and isinstance(exc, trio.BrokenResourceError | h11.ProtocolError):
+            reply = await request(
+                self._open, method, target, fields, body, max_answer=MAX_ANSWER, timeout=self.timeout
+            )
+        except HttpClientError as exc:
+            if exc.status >= 400 and (
+                exc.failure is Failure.TOO_LARGE
+                or isinstance(exc.cause, trio.BrokenResourceError | h11.ProtocolError)
+            ):
                 # a refusal's head came before the server closed (a 413 on a long body): the status is the answer
-                pass
+                reply = HttpAnswer(exc.status, exc.headers, exc.body)
             else:
-                cause = (
-                    exc.__cause__ or exc
-                )  # SSLStream's BrokenResourceError holds the TLS error as its cause
+                # SSLStream's BrokenResourceError holds the TLS error as its cause
+                cause = exc.cause.__cause__ or exc.cause if exc.cause is not None else exc
                 reason = f"{method} {target[:100]}: {type(cause).__name__}: {cause}"[:300]
                 self.tracer.emit(
                     Actor.CLOUD,
@@ -1093,17 +1011,16 @@ class CloudClient:
                     f"cloud store failed: {reason}",
                     error=True,
                     kind=Kind.HTTP_ERROR,
-                    fields={"reason": reason, "received": len(answer)},
+                    fields={"reason": reason, "received": len(exc.body)},
                 )
                 raise CloudError(0, reason) from None
+        status, answer_headers, answer = reply.status, reply.headers, reply.body
         self.tracer.emit(
             Actor.CLOUD,
             Actor.AP,
             Layer.HTTP,
             f"{status} {REASONS_MORE.get(status, '')} ({len(answer)} bytes)",
-            bytes(answer)
-            if answer and not answer_headers.get("content-type", "").startswith("text/html")
-            else None,
+            answer if answer and not answer_headers.get("content-type", "").startswith("text/html") else None,
             error=status >= 400,
             kind=Kind.HTTP_RESPONSE,
             fields={"status": status, "length": len(answer), "method": method, "target": target[:200]},
@@ -1113,10 +1030,10 @@ class CloudClient:
         if name.strip() == COOKIE:
             value = rest.split(";", 1)[0].strip()
             self.cookie = value or None
-        return _Reply(status, answer_headers, bytes(answer))
+        return reply
 
     @staticmethod
-    def _reason(reply: _Reply) -> str:
+    def _reason(reply: HttpAnswer) -> str:
         if reply.headers.get("content-type", "").startswith("application/json"):
             try:
                 data = json.loads(reply.body)
@@ -1132,14 +1049,14 @@ class CloudClient:
 
     async def _api(
         self, method: str, target: str, body: bytes = b"", headers: Sequence[tuple[str, str]] = ()
-    ) -> _Reply:
+    ) -> HttpAnswer:
         reply = await self._exchange(method, target, body, headers)
         if reply.status == 401 and self.user is not None and self._password is not None:
             await self.login(self.user, self._password)
             reply = await self._exchange(method, target, body, headers)
         return reply
 
-    async def _credentials(self, path: str, user: str, password: str) -> _Reply:
+    async def _credentials(self, path: str, user: str, password: str) -> HttpAnswer:
         body = f"user={quote(user, safe='')}&password={quote(password, safe='')}".encode()
         return await self._exchange("POST", path, body, [("content-type", FORM)], secret=True)
 

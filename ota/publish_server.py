@@ -34,7 +34,8 @@ from typing import Any
 
 import trio
 
-from bipsim.ota.http_connection import REASONS, ConnState, HttpRequest, Refusal, ServerConnection
+from bipsim.ota.http_connection import REASONS, HttpRequest, ServerConnection
+from bipsim.ota.http_serve import Reply, serve_connection
 from bipsim.ota.push_channel import Authenticated, PushServer
 from bipsim.ota.release_catalogue import (
     Catalogue,
@@ -665,59 +666,43 @@ class PublishServer:
 
     async def _loop(self, stream: trio.abc.Stream, peer: str | None) -> None:
         connection = ServerConnection(self.limits, over_capacity=self.active > self.limits.connections)
-        deadline = trio.current_time() + self.limits.request_timeout
-        while True:
-            event = connection.next_event()
-            if event is None:
-                if connection.peer_closed or connection.state is ConnState.CLOSING:
-                    return
-                data = b""
-                with trio.move_on_at(deadline) as waiting:
-                    data = bytes(await stream.receive_some(65536))
-                if waiting.cancelled_caught:
-                    refusal = connection.timed_out()
-                    if refusal is not None:
-                        await self._refuse(stream, connection, refusal)
-                    return
-                if not data:
-                    return
-                connection.receive(data)
-                continue
-            if isinstance(event, Refusal):
-                await self._refuse(stream, connection, event)
-                return
-            self.requests += 1
-            self.tracer.emit(
-                Actor.AP,
-                Actor.PUBLISH,
-                Layer.HTTP,
-                f"{event.method} {event.target[:200]}",
-                event.body or None,
-                kind=Kind.HTTP_REQUEST,
-                fields={"method": event.method, "target": event.target[:200], "peer": peer},
-            )
-            try:
-                outcome = self.service.handle(event, loopback=_loopback(peer), now=trio.current_time())
-                if isinstance(outcome, NotifyOrder):
-                    outcome = await self._notify(outcome, event)
-            except Exception as exc:  # noqa: BLE001 - a fault of the core is this request's 500, not the server's end
-                reason = f"internal error: {type(exc).__name__}: {str(exc)[:200]}"
-                outcome = Answer(
-                    500,
-                    _json({"error": reason}),
-                    Kind.PUBLISH_REFUSED,
-                    {"method": event.method, "target": event.target[:200], "status": 500, "reason": reason},
-                )
-            await self._answer(stream, connection, outcome)
-            if connection.state is ConnState.CLOSING:
-                return
-            deadline = trio.current_time() + self.limits.request_timeout
 
-    async def _answer(self, stream: trio.abc.Stream, connection: ServerConnection, answer: Answer) -> None:
+        async def respond(event: HttpRequest) -> Reply:
+            return await self._respond(event, peer)
+
+        await serve_connection(stream, connection, respond, tracer=self.tracer, actor=Actor.PUBLISH)
+
+    async def _respond(self, event: HttpRequest, peer: str | None) -> Reply:
+        """One whole request: its `http.request` event, the core's answer (a notify carried out) and its
+        access-log event."""
+        self.requests += 1
+        self.tracer.emit(
+            Actor.AP,
+            Actor.PUBLISH,
+            Layer.HTTP,
+            f"{event.method} {event.target[:200]}",
+            event.body or None,
+            kind=Kind.HTTP_REQUEST,
+            fields={"method": event.method, "target": event.target[:200], "peer": peer},
+        )
+        try:
+            outcome = self.service.handle(event, loopback=_loopback(peer), now=trio.current_time())
+            if isinstance(outcome, NotifyOrder):
+                outcome = await self._notify(outcome, event)
+        except Exception as exc:  # noqa: BLE001 - a fault of the core is this request's 500, not the server's end
+            reason = f"internal error: {type(exc).__name__}: {str(exc)[:200]}"
+            outcome = Answer(
+                500,
+                _json({"error": reason}),
+                Kind.PUBLISH_REFUSED,
+                {"method": event.method, "target": event.target[:200], "status": 500, "reason": reason},
+            )
+        return self._answer(outcome)
+
+    def _answer(self, answer: Answer) -> Reply:
         headers = list(answer.headers)
         if answer.body and not answer.package:
             headers.append(("content-type", "application/json"))
-        data = connection.answer(answer.status, headers, answer.body, close=answer.close)
         reason = answer.fields.get("reason")
         self.tracer.emit(
             Actor.PUBLISH,
@@ -731,34 +716,26 @@ class PublishServer:
             kind=answer.kind,
             fields=answer.fields,
         )
-        if answer.cut_at is not None:
+        cut_at = answer.cut_at
+        if cut_at is None:
+            return Reply(answer.status, headers, answer.body, close=answer.close)
+
+        async def cut(stream: trio.abc.Stream, data: bytes) -> None:
             # the lie of drop-download: the whole Content-Length announced, half the bytes, then a broken line
             head = len(data) - len(answer.body)
-            await stream.send_all(data[: head + answer.cut_at])
+            await stream.send_all(data[: head + cut_at])
             self.tracer.emit(
                 Actor.PUBLISH,
                 Actor.AP,
                 Layer.TCP,
-                f"download dropped after {answer.cut_at} of {len(answer.body)} bytes (fault injection)",
+                f"download dropped after {cut_at} of {len(answer.body)} bytes (fault injection)",
                 error=True,
                 kind=Kind.TCP_ERROR,
-                fields={"sent": answer.cut_at, "size": len(answer.body), "fault": Fault.DROP_DOWNLOAD.value},
+                fields={"sent": cut_at, "size": len(answer.body), "fault": Fault.DROP_DOWNLOAD.value},
             )
             raise trio.BrokenResourceError("download dropped on purpose")
-        await stream.send_all(data)
 
-    async def _refuse(self, stream: trio.abc.Stream, connection: ServerConnection, refusal: Refusal) -> None:
-        """Malformed HTTP or a limit passed: the status, an http.error event, the close."""
-        self.tracer.emit(
-            Actor.PUBLISH,
-            Actor.AP,
-            Layer.HTTP,
-            f"{refusal.status} {REASONS.get(refusal.status, '')}: {refusal.reason}",
-            error=True,
-            kind=Kind.HTTP_ERROR,
-            fields={"status": refusal.status, "reason": refusal.reason},
-        )
-        await stream.send_all(connection.refuse(refusal, []))
+        return Reply(answer.status, headers, answer.body, close=answer.close, send=cut)
 
     async def _notify(self, order: NotifyOrder, request: HttpRequest) -> Answer:
         base = {"method": request.method, "target": request.target[:200]}

@@ -3,7 +3,7 @@ authenticateClient, getBoundProfilePackage, handleNotification and cancelSession
 (docs/protocols.md, "eUICC and the cloud backup").
 
 TLS trusts only the GSMA CI of the test PKI (SGP.22 2.6.6: the LPA verifies the SM-DP+'s TLS certificate, DPauth's,
-up to the CI), with the host name checked. HTTP/1.1 through h11, one connection per request. The bodies are
+up to the CI), with the host name checked. HTTP/1.1 through h11 (ota/http_client.py), one connection per request. The bodies are
 ota/es9_json.py's; every request and answer is an `lpa.smdp` trace event (ap <-> smdp, hex: the JSON body).
 """
 
@@ -13,7 +13,6 @@ import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import h11
 import trio
 
 from bipsim.ota.es9_json import (
@@ -25,6 +24,7 @@ from bipsim.ota.es9_json import (
     decode_response,
     encode_request,
 )
+from bipsim.ota.http_client import Failure, HttpClientError, request
 from bipsim.trace.events import Actor, Layer
 from bipsim.trace.kinds import Kind
 from bipsim.trace.recorder import NULL_TRACER, Tracer
@@ -92,35 +92,27 @@ class Es9Client:
             ("content-length", str(len(body))),
             *REQUEST_HEADERS,
         ]
-        conn = h11.Connection(h11.CLIENT)
-        status, answer = 0, bytearray()
         try:
-            with trio.fail_after(REQUEST_TIMEOUT):
-                tcp = await trio.open_tcp_stream(self.host, self.port)
-                stream = trio.SSLStream(tcp, self._context, server_hostname=self.host)
-                async with stream:
-                    await stream.do_handshake()
-                    out = conn.send(h11.Request(method="POST", target=target, headers=headers)) or b""
-                    out += conn.send(h11.Data(data=body)) or b""
-                    out += conn.send(h11.EndOfMessage()) or b""
-                    await stream.send_all(out)
-                    while True:
-                        event = conn.next_event()
-                        if event is h11.NEED_DATA:
-                            conn.receive_data(bytes(await stream.receive_some(65536)))
-                        elif isinstance(event, h11.Response):
-                            status = event.status_code
-                        elif isinstance(event, h11.Data):
-                            answer += event.data
-                            if len(answer) > MAX_ANSWER:
-                                raise Es9Unreachable(f"the SM-DP+'s answer is over {MAX_ANSWER} bytes")
-                        elif isinstance(event, h11.EndOfMessage):
-                            break
-                        elif isinstance(event, h11.ConnectionClosed):
-                            raise h11.RemoteProtocolError("the SM-DP+ closed the connection")
-        except (OSError, trio.TooSlowError, h11.ProtocolError, trio.BrokenResourceError, ssl.SSLError) as exc:
-            raise Es9Unreachable(f"POST {target}: {exc or type(exc).__name__}") from None
-        return status, bytes(answer)
+            answer = await request(
+                self._open, "POST", target, headers, body, max_answer=MAX_ANSWER, timeout=REQUEST_TIMEOUT
+            )
+        except HttpClientError as exc:
+            if exc.failure is Failure.TOO_LARGE:
+                raise Es9Unreachable(f"the SM-DP+'s answer is over {MAX_ANSWER} bytes") from None
+            raise Es9Unreachable(f"POST {target}: {exc.cause or exc}") from None
+        return answer.status, answer.body
+
+    async def _open(self) -> trio.abc.Stream:
+        """TCP to the SM-DP+ and the TLS handshake over it (the certificate checked against the CI)."""
+        assert self._context is not None
+        tcp = await trio.open_tcp_stream(self.host, self.port)
+        stream = trio.SSLStream(tcp, self._context, server_hostname=self.host)
+        try:
+            await stream.do_handshake()
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
+        return stream
 
     async def call(self, function: str, fields: dict[str, Any], *, step: str | None = None) -> dict[str, Any]:
         """One ES9+ function: the answer's fields (Es9Error when it Failed, Es9FormatError when it is not an ES9+

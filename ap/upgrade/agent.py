@@ -8,9 +8,9 @@ and to the server.
 The decisions are sans-IO: `classify_tpdu` (with `Reassembly` for concatenated parts) says what an SMS is,
 `Flow` walks one notice through the states of the transition table `TRANSITIONS`, `check_release` and
 `check_package` compare what the notice, the catalogue and the download say. The trio adapter `UpgradeAgent`
-reads the modem line, talks HTTP/1.1 (h11) to the publish server and holds the IP-push connection. Steps: 001:201
-notice and prompt, 001:202 connect, 001:203 authentication (the server's), 001:204 download, install, result; the
-embodiments' own 001:e<k>.<n> (trace/steps.py).
+reads the modem line, talks HTTP/1.1 (h11, ota/http_client.py) to the publish server and holds the IP-push
+connection. Steps: 001:201 notice and prompt, 001:202 connect, 001:203 authentication (the server's), 001:204
+download, install, result; the embodiments' own 001:e<k>.<n> (trace/steps.py).
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from enum import Enum, IntEnum
 from pathlib import Path
 from typing import Any
 
-import h11
 import trio
 
 from bipsim.ap.network import ApNetwork
@@ -43,6 +42,8 @@ from bipsim.net.push_notice import (
     read_wap_push,
 )
 from bipsim.net.sms_pdu import SmsDeliver, SmsPduError, concatenation_of, decode_sca, decode_tpdu, ports_of
+from bipsim.ota.http_client import Failure, HttpAnswer, HttpClientError
+from bipsim.ota.http_client import request as http_request
 from bipsim.ota.push_channel import FrameDecoder, FrameError, encode_frame
 from bipsim.ota.release_catalogue import KINDS, VersionError, newer, parse_version
 from bipsim.trace.events import Actor, Layer
@@ -361,17 +362,6 @@ class Outcome:
     via: str
 
 
-class HttpAnswer:
-    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
-        self.status, self.headers, self.body = status, headers, body
-
-    def json(self) -> Any:
-        try:
-            return json.loads(self.body)
-        except (ValueError, RecursionError):
-            return None
-
-
 class PublishClient:
     """The publish server's HTTP API (docs/protocols.md, "The publish server") at `server`, one connection per
     request; every request an `http.request` event (ap -> publish), every answer an `http.response`."""
@@ -417,42 +407,14 @@ class PublishClient:
             kind=Kind.HTTP_REQUEST,
             fields={"method": method, "target": target, "host": self.host, "port": self.port},
         )
-        conn = h11.Connection(h11.CLIENT)
-        status, answer_headers, answer = 0, {}, bytearray()
         try:
-            with trio.fail_after(REQUEST_TIMEOUT):
-                stream = await trio.open_tcp_stream(self.host, self.port)
-                async with stream:
-                    self._connected(stream)
-                    out = conn.send(h11.Request(method=method, target=target, headers=headers)) or b""
-                    if data:
-                        out += conn.send(h11.Data(data=data)) or b""
-                    out += conn.send(h11.EndOfMessage()) or b""
-                    await stream.send_all(out)
-                    while True:
-                        event = conn.next_event()
-                        if event is h11.NEED_DATA:
-                            conn.receive_data(bytes(await stream.receive_some(65536)))
-                        elif isinstance(event, h11.Response):
-                            status = event.status_code
-                            answer_headers = {
-                                k.decode().lower(): v.decode("latin-1") for k, v in event.headers
-                            }
-                            length = answer_headers.get("content-length", "")
-                            if length.isdigit() and int(length) > limit:
-                                raise FlowFailed(
-                                    too_large, f"the answer announces {length} bytes, over {limit}"
-                                )
-                        elif isinstance(event, h11.Data):
-                            answer += event.data
-                            if len(answer) > limit:
-                                raise FlowFailed(too_large, f"the answer is over {limit} bytes")
-                        elif isinstance(event, h11.EndOfMessage):
-                            break
-                        elif isinstance(event, h11.ConnectionClosed):
-                            raise h11.RemoteProtocolError("the server closed the connection")
-        except (OSError, trio.TooSlowError, h11.ProtocolError, trio.BrokenResourceError) as exc:
-            reason = f"{method} {target}: {exc or type(exc).__name__}"
+            answer = await http_request(
+                self._open, method, target, headers, data, max_answer=limit, timeout=REQUEST_TIMEOUT
+            )
+        except HttpClientError as exc:
+            if exc.failure is Failure.TOO_LARGE:
+                raise FlowFailed(too_large, str(exc)) from None
+            reason = f"{method} {target}: {exc.cause or exc}"
             self.tracer.emit(
                 Actor.PUBLISH,
                 Actor.AP,
@@ -460,20 +422,25 @@ class PublishClient:
                 f"publish server failed: {reason}",
                 error=True,
                 kind=Kind.HTTP_ERROR,
-                fields={"reason": reason, "received": len(answer)},
+                fields={"reason": reason, "received": len(exc.body)},
             )
             raise FlowFailed(ResultCode.LOSS_OF_SERVICE, reason) from None
         self.tracer.emit(
             Actor.PUBLISH,
             Actor.AP,
             Layer.HTTP,
-            f"{status} ({len(answer)} bytes)",
-            b"" if answer_headers.get("content-type", "").startswith("application/octet") else bytes(answer),
-            error=status >= 400,
+            f"{answer.status} ({len(answer.body)} bytes)",
+            b"" if answer.headers.get("content-type", "").startswith("application/octet") else answer.body,
+            error=answer.status >= 400,
             kind=Kind.HTTP_RESPONSE,
-            fields={"status": status, "length": len(answer)},
+            fields={"status": answer.status, "length": len(answer.body)},
         )
-        return HttpAnswer(status, answer_headers, bytes(answer))
+        return answer
+
+    async def _open(self) -> trio.abc.Stream:
+        stream = await trio.open_tcp_stream(self.host, self.port)
+        self._connected(stream)
+        return stream
 
     def _connected(self, stream: trio.abc.Stream) -> None:
         """The `tcp.connect` event once a connection is open, with the peer the socket reached (the first one is
