@@ -3,6 +3,7 @@ and bad bytes are Asn1Error and nothing else."""
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -287,3 +288,22 @@ def test_object_identifiers_under_arc_2_decode_right_and_asn1tools_is_left_alone
             asn1.decode("EuiccCancelSessionSigned", asn1.encode("EuiccCancelSessionSigned", value)) == value
         )
     assert asn1.oid_text("26.39.10") == "2.999.10" and asn1.oid_text("1.2.3") == "1.2.3"
+
+
+def test_a_cache_of_the_right_shape_that_does_not_compile_is_parsed_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from importlib import resources
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    text = resources.files("bipsim.uicc.euicc").joinpath("rsp.asn").read_text(encoding="utf-8")
+    good = asn1.parsed(text)
+    (cached,) = (tmp_path / "bipsim").glob("rsp-*.json")
+    module = good["RSPDefinitions"]
+    broken = {
+        "RSPDefinitions": {**module, "types": {name: {"type": "NoSuchType"} for name in module["types"]}}
+    }
+    cached.write_text(json.dumps(broken))
+    spec = asn1.rsp.__wrapped__()  # a fresh compile, as a new process makes it
+    assert spec.encode("GetEuiccDataRequest", {"tagList": b"\x5a"}) == bytes.fromhex("BF3E035C015A")
+    assert json.loads(cached.read_text()) == json.loads(json.dumps(good))  # the cache was written again

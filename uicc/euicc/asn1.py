@@ -3,6 +3,8 @@
 The types are our own subset of SGP.22's module RSPDefinitions in rsp.asn, compiled once with asn1tools. Every
 asn1tools failure leaves this module as Asn1Error, so a peer's bad bytes never escape as another exception.
 `es10_request` names an ES10 request by its outer tag, as the ISD-R must before it can decode it (SGP.22 5.7).
+`decode` puts right the OBJECT IDENTIFIERs asn1tools 0.167 misreads (`oid_text`) in the values it returns, without
+changing asn1tools for anyone else in the process.
 """
 
 from __future__ import annotations
