@@ -257,6 +257,42 @@ async def test_without_the_kept_key_the_replay_is_refused_without_a_loop(tmp_pat
     assert rig.cloud.backups  # the backup stays: nothing was installed
 
 
+async def test_a_power_cut_in_the_install_from_the_cloud_is_retried(tmp_path: Path, pki: Pki) -> None:
+    """The fault at segment 3 sends the LPA to the cloud; the power goes in the middle of the install of the cloud's
+    copy, so no ProfileInstallationResult comes: after the restart the LPA fetches the copy again and installs it
+    (a bounded retry, traced), with no second ES9+ request; the spent fault does not fire again."""
+    hold = trio.Event()
+    async with chain(tmp_path, pki, euicc_fault_segment=3) as rig:
+        command = rig.chat.command
+        cloud_segments = [0]
+
+        async def cut(line: str, **kwargs: Any) -> Any:
+            record = LpaMachine.load(rig.state).record
+            if line.startswith("AT+CGLA") and record.state is LpaState.INSTALLING and record.from_cloud:
+                cloud_segments[0] += 1
+                if cloud_segments[0] == 4:
+                    hold.set()
+                    await trio.sleep_forever()
+            return await command(line, **kwargs)
+
+        rig.chat.command = cut  # type: ignore[method-assign]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(rig.lpa().run, rig.chat)
+            await hold.wait()
+            nursery.cancel_scope.cancel()  # the power cut
+    assert LpaMachine.load(rig.state).state is LpaState.INSTALLING
+    async with chain(
+        tmp_path, pki, smdp=rig.smdp, cloud=rig.cloud, tracer=rig.tracer, euicc_fault_segment=3
+    ) as again:
+        again.smdp_calls = rig.smdp_calls
+        outcome = await again.lpa().run(again.chat)
+    assert outcome.ok, outcome.reason
+    assert outcome.iccid == op1().iccid and outcome.imsi == op1().imsi
+    assert fetches(again) == 2 and again.smdp_calls.count("getBoundProfilePackage") == 1
+    retries = [e for e in again.events(Kind.LPA_RESULT) if e.field("outcome") == "retry"]
+    assert len(retries) == 1 and retries[0].field("attempt") == 2
+
+
 async def test_a_closed_login_page_stops_before_any_es9_request(tmp_path: Path, pki: Pki) -> None:
     async with chain(tmp_path, pki) as rig:
         outcome = await rig.lpa(ui="close").run(rig.chat)

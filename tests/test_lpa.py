@@ -639,6 +639,55 @@ async def test_a_bad_record_from_the_cloud_stops_without_a_loop(rig: Rig) -> Non
     assert parse and parse[0].error and parse[0].step == "000:404"
 
 
+def drop_cloud_installs(rig: Rig, drops: int) -> list[int]:
+    """The card resets (the CP answers ERROR, the half-loaded package is gone) in the middle of each of the first
+    `drops` installs from the cloud: no ProfileInstallationResult comes. Returns the installs seen so far."""
+    command = rig.modem.command
+    installs = [0]
+    cut = [0]
+
+    async def resetting(line: str, *, timeout: float | None = None, step: str | None = None) -> AtResponse:
+        if line.startswith("AT+CGLA=") and '"81E2' in line and line.split('"')[1][10:14] == "BF36":
+            installs[0] += 1
+            cut[0] = 3 if 2 <= installs[0] <= drops + 1 else 0  # the first install is the SM-DP+'s
+        elif line.startswith("AT+CGLA=") and cut[0]:
+            cut[0] -= 1
+            if not cut[0]:
+                rig.card._bpp_left = 0
+                rig.card.segments = []
+                return AtResponse(line, (), "ERROR")
+        return await command(line, timeout=timeout, step=step)
+
+    rig.modem.command = resetting  # type: ignore[method-assign]
+    return installs
+
+
+async def test_an_interrupted_install_from_the_cloud_is_retried(rig: Rig) -> None:
+    """No ProfileInstallationResult (the card reset) during the install from the cloud: the eUICC never judged
+    the package, so the LPA fetches it and installs again, each retry an lpa.result `retry` event."""
+    rig.card.fail_installs = 1  # the SM-DP+'s package: a ProfileInstallationResult error
+    installs = drop_cloud_installs(rig, drops=2)
+    outcome = await rig.lpa().run(rig.modem)
+    assert outcome.ok, outcome.reason
+    assert installs[0] == 4 and rig.cloud.calls.count("fetch") == 3
+    assert rig.smdp.calls.count("getBoundProfilePackage") == 1
+    retries = [e for e in rig.events(Kind.LPA_RESULT) if e.field("outcome") == "retry"]
+    assert [e.field("attempt") for e in retries] == [2, 3]
+
+
+async def test_interrupted_installs_from_the_cloud_are_bounded(rig: Rig) -> None:
+    from bipsim.ap.lpa.lpa import CLOUD_INSTALL_ATTEMPTS
+
+    rig.card.fail_installs = 1
+    installs = drop_cloud_installs(rig, drops=99)
+    outcome = await rig.lpa().run(rig.modem)
+    assert not outcome.ok and outcome.state is LpaState.STOPPED
+    assert f"{CLOUD_INSTALL_ATTEMPTS} installs from the cloud" in outcome.reason
+    assert installs[0] == 1 + CLOUD_INSTALL_ATTEMPTS
+    assert rig.cloud.calls.count("fetch") == CLOUD_INSTALL_ATTEMPTS
+    assert LpaMachine.load(rig.state).record.interrupted  # the last one too was cut off, not refused
+
+
 @pytest.mark.parametrize(
     ("field", "forged"),
     [

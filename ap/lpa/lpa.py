@@ -62,6 +62,10 @@ DEVICE_TAC = bytes.fromhex("35290611")  # the terminal's type allocation code in
 # AT+CIMI, so the first read has it; a modem that caches the IMSI may take a while)
 CIMI_ATTEMPTS = 20
 CIMI_INTERVAL = 0.25
+# installs from the cloud's copy when they end with no ProfileInstallationResult (the card reset, the line went):
+# the eUICC never judged the package, so it is fetched and sent again, this many times in all; an install the
+# eUICC answered with an error is never retried (no loop)
+CLOUD_INSTALL_ATTEMPTS = 3
 S = LpaState
 E = LpaEvent
 # states whose next step talks to the eUICC the package was bound to (a resumed run checks its EID first)
@@ -218,11 +222,13 @@ class Lpa:
                     else:  # a restart in INSTALLING: the power went while the segments went in
                         await self._installed_or_failed(es10, "the install was interrupted")
                 elif state is S.FAILED:
-                    if record.from_cloud:
-                        # the cloud's package failed too: report it, never a loop of fetches
-                        self._fire(E.GIVE_UP)
-                    else:
+                    if not record.from_cloud:
                         self._fire(E.FETCH, "000:203")
+                    elif record.interrupted and record.cloud_installs < CLOUD_INSTALL_ATTEMPTS:
+                        self._retry_from_cloud()
+                    else:
+                        # the cloud's package failed too: report it, never a loop of fetches
+                        self._give_up_on_cloud()
                 elif state is S.CLOUD_FETCH:
                     await self._fetch()
                 elif state is S.PARSING:
@@ -474,19 +480,23 @@ class Lpa:
             value = parse_installation_result(result)
         except Es10Error as exc:
             self._fire(
-                E.INSTALL_FAILED, reason=f"an unreadable ProfileInstallationResult: {exc}", package=b""
+                E.INSTALL_FAILED,
+                reason=f"an unreadable ProfileInstallationResult: {exc}",
+                package=b"",
+                interrupted=False,
             )
             return
         if value.ok:
-            self._fire(E.INSTALL_OK, result=result, package=b"", reason="")
+            self._fire(E.INSTALL_OK, result=result, package=b"", reason="", interrupted=False)
             return
         reason = (
             f"ProfileInstallationResult error: bppCommandId {value.bpp_command_id}, "
             f"errorReason {value.error_reason}"
         )
-        self._fire(E.INSTALL_FAILED, reason=reason, package=b"")
+        self._fire(E.INSTALL_FAILED, reason=reason, package=b"", interrupted=False)
 
     async def _installed_or_failed(self, es10: Es10Client, why: str) -> None:
+        """An install that ended with no ProfileInstallationResult: the eUICC's profile list says how it went."""
         record = self.machine.record
         es10.session = None  # the channel of the interrupted install is gone with the line or the card
         try:
@@ -494,9 +504,34 @@ class Lpa:
         except Es10Error as exc:
             raise FlowStopped(f"{why}, and the eUICC cannot be asked: {exc}") from None
         if any(p.get("iccid") == record.iccid for p in profiles):
-            self._fire(E.INSTALL_OK, package=b"", reason="")
+            self._fire(E.INSTALL_OK, package=b"", reason="", interrupted=False)
         else:
-            self._fire(E.INSTALL_FAILED, reason=why, package=b"")
+            self._fire(E.INSTALL_FAILED, reason=why, package=b"", interrupted=True)
+
+    def _retry_from_cloud(self) -> None:
+        """The install from the cloud's copy was cut off before the eUICC answered: fetch it and install again."""
+        record = self.machine.record
+        self._emit(
+            Kind.LPA_RESULT,
+            f"the install from the cloud was interrupted ({record.reason}): install {record.cloud_installs + 1} "
+            f"of {CLOUD_INSTALL_ATTEMPTS} from the cloud",
+            {
+                "outcome": "retry",
+                "state": record.state.value,
+                "reason": record.reason,
+                "attempt": record.cloud_installs + 1,
+                "max": CLOUD_INSTALL_ATTEMPTS,
+            },
+            error=True,
+        )
+        self._fire(E.FETCH, "000:203")
+
+    def _give_up_on_cloud(self) -> None:
+        record = self.machine.record
+        reason = record.reason
+        if record.interrupted:
+            reason = f"{reason} ({record.cloud_installs} installs from the cloud, none answered)"
+        self._fire(E.GIVE_UP, reason=reason)
 
     async def _fetch(self) -> None:
         record = self.machine.record
@@ -541,7 +576,14 @@ class Lpa:
             {"part": "parse", "count": len(record.fetched), "length": len(package)},
             step="000:404",
         )
-        self._fire(E.PARSED, package=package, from_cloud=True, fetched=[], attempts=record.attempts + 1)
+        self._fire(
+            E.PARSED,
+            package=package,
+            from_cloud=True,
+            fetched=[],
+            attempts=record.attempts + 1,
+            cloud_installs=record.cloud_installs + 1,
+        )
         return True
 
     async def _delete(self) -> None:

@@ -47,7 +47,7 @@ class LpaEvent(Enum):
     INSTALL_OK = "install_ok"  # ProfileInstallationResult says success
     INSTALL_FAILED = "install_failed"  # ProfileInstallationResult says error, or the install was interrupted
     CLOUD_DELETED = "cloud_deleted"  # the cloud answered the delete
-    FETCH = "fetch"  # ask the cloud for the records (000:203 / 000:403)
+    FETCH = "fetch"  # ask the cloud for the records (000:203 / 000:403); again after an interrupted install from it
     FETCHED = "fetched"  # the records arrived
     PARSED = "parsed"  # joined and checked (000:404): install again
     GIVE_UP = (
@@ -105,6 +105,12 @@ class LpaRecord:
     enabled: bool = False  # EnableProfile answered ok
     from_cloud: bool = False
     attempts: int = 0  # installs started
+    cloud_installs: int = (
+        0  # installs started from the cloud's copy (bounded: ap/lpa/lpa.py CLOUD_INSTALL_ATTEMPTS)
+    )
+    interrupted: bool = (
+        False  # the last install failed with no ProfileInstallationResult (card reset, line gone)
+    )
     reason: str = ""  # why the flow stopped or the last install failed
     history: list[str] = field(default_factory=list)  # "state --event--> state" lines, for people
 
@@ -124,6 +130,8 @@ class LpaRecord:
             "enabled": self.enabled,
             "from_cloud": self.from_cloud,
             "attempts": self.attempts,
+            "cloud_installs": self.cloud_installs,
+            "interrupted": self.interrupted,
             "reason": self.reason,
             "history": list(self.history),
         }
@@ -148,6 +156,8 @@ class LpaRecord:
                 enabled=bool(obj.get("enabled", False)),
                 from_cloud=bool(obj.get("from_cloud", False)),
                 attempts=int(obj.get("attempts", 0)),
+                cloud_installs=int(obj.get("cloud_installs", 0)),
+                interrupted=bool(obj.get("interrupted", False)),
                 reason=str(obj.get("reason", "")),
                 history=[str(line) for line in obj.get("history", [])],
             )
