@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import click
 
-from bipsim.commands.common import (
-    finish_trace,
-    host_port,
-    install_shutdown,
-    make_tracer,
-    session_option,
-    trace_option,
-    until_signalled,
-)
+from bipsim.commands.common import host_port, install_shutdown, make_tracer, session_option, trace_option
+from bipsim.commands.http_serving import run_server
 from bipsim.errors import CliError
 
 
@@ -91,8 +82,6 @@ def cloud(
     /profiles?eid=EID&module=LPA. Every answer is one cloud.* trace event (the access log). Prints "listening on
     HOST:PORT" once ready; stops on Ctrl-C or SIGTERM.
     """
-    import trio
-
     install_shutdown("bipsim cloud")
     from bipsim.ota.cloud_store import CloudServer, CloudService, StoreError
 
@@ -130,34 +119,18 @@ def cloud(
     tracer = make_tracer(trace_path, session)
     server = CloudServer(service, tracer, ssl_context=context)
 
-    async def main() -> None:
-        async def serve() -> None:
-            async with trio.open_nursery() as nursery:
-                try:
-                    bound = await nursery.start(server.serve, host, port)
-                except OSError as exc:
-                    raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
-                click.echo(f"listening on {host}:{bound}" + (" (https)" if context is not None else ""))
-                sys.stdout.flush()
-
-        await until_signalled(serve)
-
-    try:
-        from bipsim.commands.ota_server import run_unwrapped
-
-        run_unwrapped(main)
-    finally:
-        finish_trace(tracer, None)
-    click.echo(
-        "summary: "
-        + json.dumps(
-            {
-                "requests": server.requests,
-                "uploads": service.uploads,
-                "fetches": service.fetches,
-                "deletes": service.deletes,
-                "backups": len(service.backups),
-                "users": len(service.users),
-            }
-        )
+    run_server(
+        server.serve,
+        host,
+        port,
+        tracer,
+        note=" (https)" if context is not None else "",
+        summary=lambda: {
+            "requests": server.requests,
+            "uploads": service.uploads,
+            "fetches": service.fetches,
+            "deletes": service.deletes,
+            "backups": len(service.backups),
+            "users": len(service.users),
+        },
     )

@@ -3,21 +3,12 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import click
 
-from bipsim.commands.common import (
-    finish_trace,
-    host_port,
-    install_shutdown,
-    make_tracer,
-    session_option,
-    trace_option,
-    until_signalled,
-)
+from bipsim.commands.common import host_port, install_shutdown, make_tracer, session_option, trace_option
+from bipsim.commands.http_serving import run_server
 from bipsim.errors import CliError
 
 FAULTS = ("garbage", "bad-signature", "corrupt-bpp")  # bipsim.ota.smdp.Fault, named here for a quick --help
@@ -112,7 +103,6 @@ def smdp(
                 exit_code=2,
             )
     install_shutdown("bipsim smdp")
-    import trio
 
     from bipsim.ota.smdp import (
         Fault,
@@ -151,38 +141,24 @@ def smdp(
         raise CliError(f"--state: {exc}") from exc
     server = SmdpServer(service, tracer, ssl_context=server_ssl_context(pki))
 
-    async def main() -> None:
-        async def serve() -> None:
-            async with trio.open_nursery() as nursery:
-                try:
-                    bound = await nursery.start(server.serve, host, port)
-                except OSError as exc:
-                    raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
-                if advertise is None:
-                    service.address = f"{host}:{bound}"
-                for profile in profiles.values():
-                    click.echo(
-                        f"activation code: {profile.activation_code(service.address)} (ICCID {profile.iccid}, "
-                        f"PPR {profile.ppr()}, {profile.state.value})"
-                    )
-                click.echo(f"listening on {host}:{bound}")
-                sys.stdout.flush()
+    def ready(bound: int) -> list[str]:
+        if advertise is None:
+            service.address = f"{host}:{bound}"
+        return [
+            f"activation code: {profile.activation_code(service.address)} (ICCID {profile.iccid}, "
+            f"PPR {profile.ppr()}, {profile.state.value})"
+            for profile in profiles.values()
+        ]
 
-        await until_signalled(serve)
-
-    try:
-        from bipsim.commands.ota_server import run_unwrapped
-
-        run_unwrapped(main)
-    finally:
-        finish_trace(tracer, None)
-    click.echo(
-        "summary: "
-        + json.dumps(
-            {
-                "requests": server.requests,
-                "downloads": service.downloads,
-                "notifications": service.notifications,
-            }
-        )
+    run_server(
+        server.serve,
+        host,
+        port,
+        tracer,
+        ready=ready,
+        summary=lambda: {
+            "requests": server.requests,
+            "downloads": service.downloads,
+            "notifications": service.notifications,
+        },
     )
