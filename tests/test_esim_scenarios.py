@@ -137,8 +137,10 @@ async def test_download_backs_up_installs_deletes_and_the_cp_reads_the_new_imsi(
 ) -> None:
     async with chain(tmp_path, pki) as rig:
         outcome: LpaOutcome = await rig.lpa().run(rig.chat)
+        card_imsi = await rig.lpa()._card_imsi(rig.chat)  # the CP's +CRSM read of EF_IMSI the LPA waits for
     assert outcome.ok, outcome.reason
     profile = op1()
+    assert card_imsi == profile.imsi
     assert outcome.iccid == profile.iccid and outcome.imsi == profile.imsi  # item 6
     assert rig.smdp_calls.count("getBoundProfilePackage") == 1
     # item 2: the EID GetEID answered is the one the SM-DP+ saw in the eUICC's certificate, and the records' EID

@@ -167,6 +167,8 @@ class FakeModem:
     card: FakeEuicc
     lines: list[str] = field(default_factory=list)
     lost_at: int | None = None  # the line goes away at this CGLA (a power cycle)
+    new_imsi: str = NEW_IMSI  # the enabled profile's IMSI
+    crsm: bool = False  # answers AT+CRSM READ BINARY of EF_IMSI (else ERROR, as a modem without +CRSM)
 
     async def command(
         self, line: str, *, timeout: float | None = None, step: str | None = None
@@ -178,7 +180,10 @@ class FakeModem:
         if line.startswith("AT+CCHC="):
             return AtResponse(line, (), "OK")
         if line == "AT+CIMI":
-            return AtResponse(line, (NEW_IMSI if self.card.enabled else OLD_IMSI,), "OK")
+            return AtResponse(line, (self.new_imsi if self.card.enabled else OLD_IMSI,), "OK")
+        if line.startswith("AT+CRSM=176,28423,") and self.crsm:
+            ef = ef_imsi(self.new_imsi if self.card.enabled else OLD_IMSI)
+            return AtResponse(line, (f'+CRSM: 144,0,"{ef.hex().upper()}"',), "OK")
         if line.startswith("AT+CGLA="):
             if self.lost_at is not None and sum(x.startswith("AT+CGLA") for x in self.lines) >= self.lost_at:
                 self.lost_at = None
@@ -189,6 +194,14 @@ class FakeModem:
             answer = self.card.apdu(apdu)
             return AtResponse(line, (f'+CGLA: {2 * len(answer)},"{answer.hex().upper()}"',), "OK")
         return AtResponse(line, (), "ERROR")
+
+
+def ef_imsi(imsi: str) -> bytes:
+    """EF_IMSI of TS 31.102 4.2.2 (the length, the parity nibble 9 or 1 before the first digit, BCD, F filler)."""
+    digits = [int(d) for d in imsi]
+    nibbles = [9 if len(digits) % 2 else 1, *digits] + ([] if len(digits) % 2 else [15])
+    body = bytes(nibbles[i] | nibbles[i + 1] << 4 for i in range(0, len(nibbles), 2))
+    return bytes((len(body),)) + body.ljust(8, b"\xff")
 
 
 class FakeCloudError(CloudError):
@@ -686,6 +699,38 @@ async def test_interrupted_installs_from_the_cloud_are_bounded(rig: Rig) -> None
     assert installs[0] == 1 + CLOUD_INSTALL_ATTEMPTS
     assert rig.cloud.calls.count("fetch") == CLOUD_INSTALL_ATTEMPTS
     assert LpaMachine.load(rig.state).record.interrupted  # the last one too was cut off, not refused
+
+
+def test_imsi_from_ef_imsi() -> None:
+    from bipsim.ap.lpa.lpa import imsi_from_ef
+
+    # TS 31.102 4.2.2: 15 digits, parity nibble 9 (odd) before the first digit
+    assert imsi_from_ef(bytes.fromhex("080910101032547698")) == "001010123456789"
+    assert ef_imsi("001010123456789") == bytes.fromhex("080910101032547698")
+    assert imsi_from_ef(ef_imsi("00101012345678")) == "00101012345678"  # an even count: F filler
+    for bad in ("", "00", "09", "0809101010325476", "08091010103254769A"):
+        assert imsi_from_ef(bytes.fromhex(bad)) == ""
+
+
+async def test_an_unchanged_imsi_after_enable_is_taken_at_once(rig: Rig) -> None:
+    """The enabled profile has the IMSI of the one before: the card's EF_IMSI (AT+CRSM) says what to expect, so the
+    first AT+CIMI that answers it ends the wait (no 20 reads)."""
+    rig.modem.new_imsi = OLD_IMSI
+    rig.modem.crsm = True
+    outcome = await rig.lpa().run(rig.modem)
+    assert outcome.ok and outcome.imsi == OLD_IMSI
+    assert rig.modem.lines.count("AT+CIMI") == 2  # before EnableProfile, and the one that answered
+    assert any(line.startswith("AT+CRSM=176,28423,0,0,9") for line in rig.modem.lines)
+
+
+async def test_a_resumed_run_that_enables_nothing_reads_the_imsi_once(rig: Rig) -> None:
+    """Without +CRSM and with the profile enabled by an earlier run, nothing switches now: one read is the IMSI."""
+    assert (await rig.lpa().run(rig.modem)).ok
+    assert LpaMachine.load(rig.state).record.enabled
+    rig.modem.lines.clear()
+    outcome = await rig.lpa().run(rig.modem)  # the end of the flow again (a run after the power went)
+    assert outcome.ok and outcome.imsi == NEW_IMSI
+    assert rig.modem.lines.count("AT+CIMI") == 2
 
 
 @pytest.mark.parametrize(

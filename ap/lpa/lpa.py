@@ -58,10 +58,13 @@ from bipsim.trace.kinds import Kind
 from bipsim.trace.recorder import NULL_TRACER, Tracer
 
 DEVICE_TAC = bytes.fromhex("35290611")  # the terminal's type allocation code in DeviceInfo (SGP.22 5.7.13)
-# AT+CIMI reads after EnableProfile until the IMSI differs from the one before (the CP reads EF_IMSI at each
-# AT+CIMI, so the first read has it; a modem that caches the IMSI may take a while)
+# AT+CIMI reads after EnableProfile until the modem answers the enabled profile's IMSI, which the LPA reads from the
+# card's EF_IMSI with AT+CRSM (27.007 8.18; TS 31.102 4.2.2): the CP reads EF_IMSI at each AT+CIMI, so the first
+# read has it; a modem that caches the IMSI may take a while. Without an EF_IMSI answer, until the IMSI differs
+# from the one before the switch (and not at all when this run switched nothing).
 CIMI_ATTEMPTS = 20
 CIMI_INTERVAL = 0.25
+READ_EF_IMSI = 'AT+CRSM=176,28423,0,0,9,,"3F007FFF"'  # READ BINARY of EF_IMSI (6F07) in the USIM's ADF
 # installs from the cloud's copy when they end with no ProfileInstallationResult (the card reset, the line went):
 # the eUICC never judged the package, so it is fetched and sent again, this many times in all; an install the
 # eUICC answered with an error is never retried (no loop)
@@ -617,6 +620,7 @@ class Lpa:
                     )
             self.machine.note(notified=True)
         before = await self._imsi(es10.port)
+        switched = False
         if not record.enabled:
             try:
                 result = await es10.enable_profile(record.iccid)
@@ -629,13 +633,34 @@ class Lpa:
                     self.machine.state, False, f"EnableProfile answered {result}", record.iccid, before
                 )
             self.machine.note(enabled=True)
+            switched = True
+        expected = await self._card_imsi(es10.port)  # the enabled profile's IMSI, as the card holds it
         imsi = before
         for _ in range(CIMI_ATTEMPTS):
             imsi = await self._imsi(es10.port)
-            if imsi and imsi != before:
+            if imsi and (imsi == expected if expected else imsi != before or not switched):
                 break
             await trio.sleep(CIMI_INTERVAL)
         return LpaOutcome(self.machine.state, True, "", record.iccid, imsi)
+
+    async def _card_imsi(self, port: AtPort) -> str:
+        """EF_IMSI of the card's USIM through AT+CRSM; "" when the modem or the card does not answer it."""
+        try:
+            async with slot_lock(port):
+                answer = await port.command(READ_EF_IMSI, timeout=10.0)
+        except AtTimeout:
+            return ""
+        if not answer.ok:
+            return ""
+        for line in answer.lines:
+            head, _, rest = line.strip().partition(":")
+            fields = rest.split(",")
+            if head == "+CRSM" and len(fields) == 3 and fields[0].strip() in ("144", "145"):
+                try:
+                    return imsi_from_ef(bytes.fromhex(fields[2].strip().strip('"')))
+                except ValueError:
+                    return ""
+        return ""
 
     async def _imsi(self, port: AtPort) -> str:
         try:
@@ -652,6 +677,18 @@ class Lpa:
             if text.isdigit():
                 return text
         return ""
+
+
+def imsi_from_ef(data: bytes) -> str:
+    """The IMSI digits of EF_IMSI (TS 31.102 4.2.2: a length byte, then the digits in BCD behind the parity nibble,
+    whose bit 4 says an odd count); "" when it is not one."""
+    if len(data) < 2 or not 1 <= data[0] <= 8 or len(data) < 1 + data[0]:
+        return ""
+    nibbles = [n for b in data[1 : 1 + data[0]] for n in (b & 0x0F, b >> 4)]
+    digits = nibbles[1:] if data[1] & 0x08 else nibbles[1:-1]
+    if not digits or any(d > 9 for d in digits):
+        return ""
+    return "".join(str(d) for d in digits)
 
 
 @dataclass
