@@ -36,6 +36,9 @@ MATCHING_ID = "WATCH-PLAN-1"  # the served profile of the scenarios: ICCID and I
 ICCID = "8944476500009876543"
 IMSI = "001010000000456"
 FAULT_SEGMENT = 3
+# the second terminal's eUICC in esim-second-download-refused: another EID (SGP.29 check digits), its own eUICC
+# certificate from the same EUM
+OTHER_EID = "89049032123451234512345678909965"
 WAIT = 60.0  # seconds for a moment of the run on a loaded machine; a broken run ends sooner (a process exits)
 
 FINAL = EventQuery(Kind.LPA_RESULT, lambda f: f.get("outcome") in ("installed", "stopped"))
@@ -444,14 +447,25 @@ def esim_second_download_refused(options: ScenarioOptions) -> ScenarioResult:
     run = EsimRun("esim-second-download-refused")
     result = run_esim(run, options)
     _check_installed(run, result)
-    refused = trio.run(_second_download, run)
+    first_eid = _outcome_eid(result)
+    refused, second_eid = trio.run(_second_download, run)
+    check(
+        second_eid == OTHER_EID and second_eid != first_eid,
+        f"the second terminal's eUICC answered GetEID {second_eid}, the first {first_eid}: not another eUICC",
+        result,
+    )
     check(refused[0] == "Failed", f"the second download was {refused}", result)
-    return ScenarioResult(run.name, result, [f"second download: {refused[0]} {refused[1]}/{refused[2]}"])
+    return ScenarioResult(
+        run.name,
+        result,
+        [f"second download by EID {second_eid}: {refused[0]} {refused[1]}/{refused[2]}"],
+    )
 
 
-async def _second_download(run: EsimRun) -> tuple[str, str, str]:
-    """Another terminal's LPA with its own eUICC (the same PKI's, another EID) asks for the same matchingId from
-    the SM-DP+ restarted on its saved state (single use survives a restart)."""
+async def _second_download(run: EsimRun) -> tuple[tuple[str, str, str], str]:
+    """Another terminal's LPA with its own eUICC (EID OTHER_EID, its certificate from the same EUM) asks for the
+    same matchingId from the SM-DP+ restarted on its saved state (single use survives a restart). Returns the
+    SM-DP+'s answer (status, subject code, reason code) and the EID that eUICC's GetEID answered."""
     import trio.testing
 
     from bipsim.ap.lpa.es9_client import Es9Client
@@ -474,7 +488,11 @@ async def _second_download(run: EsimRun) -> tuple[str, str, str]:
     pki = ensure_pki(directory / "pki")
     other = directory / "other-euicc.toml"
     other.write_text(
-        dump_profile(load_profile("euicc").with_overrides(euicc_pki=str(pki.directory), trigger="manual"))
+        dump_profile(
+            load_profile("euicc").with_overrides(
+                euicc_pki=str(pki.directory), euicc_eid=OTHER_EID, trigger="manual"
+            )
+        )
     )
     tracer = Tracer.to_file(directory / "second.jsonl", session=run.name, keep=True)
     card, _ = simulated_card(str(other), str(directory / "other-card.json"), tracer)
@@ -518,10 +536,16 @@ async def _second_download(run: EsimRun) -> tuple[str, str, str]:
         await lpa.run(chat)
         nursery.cancel_scope.cancel()
     tracer.close()
+    eids = [
+        e.data[-16:].hex().upper()
+        for e in tracer.events
+        if e.kind == Kind.LPA_ES10 and e.field("function") == "GetEID" and e.field("direction") == "response"
+    ]
+    eid = eids[0] if eids else ""
     failed = [e for e in tracer.events if e.kind == Kind.LPA_ES9 and e.error]
     if not failed:
-        return ("Executed-Success", "", "")
-    return ("Failed", str(failed[-1].field("subject_code")), str(failed[-1].field("reason_code")))
+        return ("Executed-Success", "", ""), eid
+    return ("Failed", str(failed[-1].field("subject_code")), str(failed[-1].field("reason_code"))), eid
 
 
 def esim_chunked(options: ScenarioOptions) -> ScenarioResult:

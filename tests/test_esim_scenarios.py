@@ -304,12 +304,25 @@ async def test_a_closed_login_page_stops_before_any_es9_request(tmp_path: Path, 
 
 
 async def test_a_second_download_from_the_smdp_is_refused(tmp_path: Path, pki: Pki) -> None:
+    """Item 7: after the download, another terminal with its own eUICC (another EID, its certificate from the same
+    EUM) asks the SM-DP+ for the same profile and is refused."""
+    from bipsim.scenarios.esim import OTHER_EID
+
     async with chain(tmp_path, pki) as rig:
         assert (await rig.lpa().run(rig.chat)).ok
-        rig.state = tmp_path / "second.json"  # another terminal state: a fresh request for the same profile
-        outcome = await rig.lpa().run(rig.chat)
+    other_card = tmp_path / "other"
+    other_card.mkdir()
+    async with chain(other_card, pki, smdp=rig.smdp, euicc_eid=OTHER_EID) as other:
+        other.smdp_calls = rig.smdp_calls
+        outcome = await other.lpa().run(other.chat)
+    eids = [
+        e.data[-16:].hex().upper()
+        for e in other.events(Kind.LPA_ES10)
+        if e.field("function") == "GetEID" and e.field("direction") == "response"
+    ]
+    assert eids == [OTHER_EID] and OTHER_EID != pki.eid
     assert outcome.state is LpaState.STOPPED and "download failed" in outcome.reason
-    refused = [e for e in rig.events(Kind.LPA_ES9) if e.error]
+    refused = [e for e in other.events(Kind.LPA_ES9) if e.error]
     assert refused and refused[-1].field("function") in ("authenticateClient", "getBoundProfilePackage")
     assert rig.smdp_calls.count("getBoundProfilePackage") <= 2
 
@@ -413,7 +426,10 @@ def test_esim_not_logged_in_scenario(process_runs: dict[str, Any]) -> None:
 
 
 def test_esim_second_download_refused_scenario(process_runs: dict[str, Any]) -> None:
-    passed(process_runs, "esim-second-download-refused")
+    from bipsim.scenarios.esim import OTHER_EID
+
+    result = passed(process_runs, "esim-second-download-refused")
+    assert any(f"by EID {OTHER_EID}: Failed" in note for note in result.notes), result.notes
 
 
 def test_esim_no_key_kept_scenario(process_runs: dict[str, Any]) -> None:
