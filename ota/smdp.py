@@ -21,8 +21,9 @@ and the cloud backup".
 Every eUICC signature is checked over the signed element's bytes as received, never over a re-encoding.
 
 `SmdpService` is the sans-IO core (a whole request in, an answer and its trace notes out); `SmdpServer` the trio
-adapter: TLS with the DPauth certificate (SGP.22 2.6.6), h11 through ota/http_connection.py. The served profiles'
-states persist in a JSON file written before the answer leaves, so single use survives a restart.
+adapter: TLS with the DPauth certificate (SGP.22 2.6.6), h11 through ota/http_connection.py and the shared
+connection loop of ota/http_serve.py. The served profiles' states persist in a JSON file written before the
+answer leaves, so single use survives a restart.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ from cryptography.x509.oid import ExtensionOID, NameOID
 
 from bipsim.ota import es9_json
 from bipsim.ota.es9_json import ActivationCode, Es9Error, Es9FormatError
-from bipsim.ota.http_connection import REASONS, ConnState, HttpRequest, Refusal, ServerConnection
+from bipsim.ota.http_connection import REASONS, HttpRequest, ServerConnection
+from bipsim.ota.http_serve import Reply, serve_connection
 from bipsim.trace.events import Actor, Layer
 from bipsim.trace.kinds import Kind
 from bipsim.trace.recorder import NULL_TRACER, Tracer
@@ -1142,62 +1144,49 @@ class SmdpServer:
 
     async def _loop(self, stream: trio.abc.Stream, peer: str | None, where: str) -> None:
         connection = ServerConnection(self.limits, over_capacity=self.active > self.limits.connections)
-        deadline = trio.current_time() + self.limits.request_timeout
-        while True:
-            event = connection.next_event()
-            if event is None:
-                if connection.peer_closed or connection.state is ConnState.CLOSING:
-                    return
-                data = b""
-                with trio.move_on_at(deadline) as waiting:
-                    data = bytes(await stream.receive_some(65536))
-                if waiting.cancelled_caught:
-                    refusal = connection.timed_out()
-                    if refusal is not None:
-                        await self._refuse(stream, connection, refusal)
-                    return
-                if not data:
-                    return
-                connection.receive(data)
-                continue
-            if isinstance(event, Refusal):
-                await self._refuse(stream, connection, event)
-                return
-            self.requests += 1
-            function = es9_json.function_of(event.target)
-            self.tracer.emit(
-                Actor.AP,
-                Actor.SMDP,
-                Layer.HTTP,
-                f"{event.method} {event.target[:200]}",
-                event.body or None,
-                kind=Kind.ES9_REQUEST,
-                fields={
-                    "function": function,
-                    "method": event.method,
-                    "peer": peer,
-                    "connection": where,
-                    **_request_ids(event.body),
-                },
-            )
-            try:
-                answer = self.service.handle(event)
-            except Exception as exc:  # noqa: BLE001 - a fault of the core is this request's 500, not the server's
-                reason = f"internal error: {type(exc).__name__}: {str(exc)[:200]}"
-                answer = Answer(
-                    500,
-                    json.dumps({"error": reason}).encode(),
-                    function,
-                    {"function": function, "http_status": 500, "reason": reason},
-                    error=True,
-                )
-            await self._answer(stream, connection, answer)
-            if connection.state is ConnState.CLOSING:
-                return
-            deadline = trio.current_time() + self.limits.request_timeout
 
-    async def _answer(self, stream: trio.abc.Stream, connection: ServerConnection, answer: Answer) -> None:
-        data = connection.answer(answer.status, list(RESPONSE_HEADERS), answer.body)
+        async def respond(event: HttpRequest) -> Reply:
+            return self._respond(event, peer, where)
+
+        await serve_connection(
+            stream,
+            connection,
+            respond,
+            tracer=self.tracer,
+            actor=Actor.SMDP,
+            refusal_headers=RESPONSE_HEADERS[:1],
+        )
+
+    def _respond(self, event: HttpRequest, peer: str | None, where: str) -> Reply:
+        """One whole request: its `es9.request` event, the core's answer, its notes and its `es9.*` event."""
+        self.requests += 1
+        function = es9_json.function_of(event.target)
+        self.tracer.emit(
+            Actor.AP,
+            Actor.SMDP,
+            Layer.HTTP,
+            f"{event.method} {event.target[:200]}",
+            event.body or None,
+            kind=Kind.ES9_REQUEST,
+            fields={
+                "function": function,
+                "method": event.method,
+                "peer": peer,
+                "connection": where,
+                **_request_ids(event.body),
+            },
+        )
+        try:
+            answer = self.service.handle(event)
+        except Exception as exc:  # noqa: BLE001 - a fault of the core is this request's 500, not the server's
+            reason = f"internal error: {type(exc).__name__}: {str(exc)[:200]}"
+            answer = Answer(
+                500,
+                json.dumps({"error": reason}).encode(),
+                function,
+                {"function": function, "http_status": 500, "reason": reason},
+                error=True,
+            )
         for note in answer.notes:
             self.tracer.emit(
                 Actor.SMDP,
@@ -1231,20 +1220,7 @@ class SmdpServer:
             kind=kind,
             fields=fields,
         )
-        await stream.send_all(data)
-
-    async def _refuse(self, stream: trio.abc.Stream, connection: ServerConnection, refusal: Refusal) -> None:
-        """Malformed HTTP or a limit passed: the status, an http.error event, the close."""
-        self.tracer.emit(
-            Actor.SMDP,
-            Actor.AP,
-            Layer.HTTP,
-            f"{refusal.status} {REASONS.get(refusal.status, '')}: {refusal.reason}",
-            error=True,
-            kind=Kind.HTTP_ERROR,
-            fields={"status": refusal.status, "reason": refusal.reason},
-        )
-        await stream.send_all(connection.refuse(refusal, list(RESPONSE_HEADERS[:1])))
+        return Reply(answer.status, RESPONSE_HEADERS, answer.body)
 
 
 def _request_ids(body: bytes) -> dict[str, Any]:
