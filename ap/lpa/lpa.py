@@ -4,13 +4,15 @@ invention's steps 000:201..203 and 000:401..404 over GSMA SGP.22's profile downl
 Login check (the user interface policy) -> the EID by GetEID -> ES9+ initiateAuthentication, authenticateClient,
 getBoundProfilePackage (with ES10b GetEUICCInfo1, GetEUICCChallenge, AuthenticateServer, PrepareDownload) -> the
 package as records (ap/lpa/records.py) -> cloud upload -> LoadBoundProfilePackage -> on a failed install: fetch the
-records from the cloud, join them, install again (once: a package from the cloud that fails ends the flow) -> on
-success: cloud delete, handleNotification with the ProfileInstallationResult, RemoveNotificationFromList,
-EnableProfile and `AT+CIMI`.
+records from the cloud, check they are this flow's (EID, module, PPR), join them, install again (a package from the
+cloud that the eUICC refuses ends the flow; an install of it cut off with no ProfileInstallationResult is fetched and
+tried again, CLOUD_INSTALL_ATTEMPTS in all) -> on success: cloud delete, handleNotification with the
+ProfileInstallationResult, RemoveNotificationFromList, EnableProfile and `AT+CIMI`.
 
 The state machine (ap/lpa/state.py) is saved at every change, so the flow resumes where it stopped: a restart in
 INSTALLING asks the eUICC (GetProfilesInfo) whether the profile arrived, and goes to the cloud when it did not; no
-state after REQUESTING sends a request to the SM-DP+ again.
+state after REQUESTING sends a request to the SM-DP+ again. The state file belongs to one activation code and one
+EID (ap/lpa/state.py open_state).
 """
 
 from __future__ import annotations
