@@ -937,6 +937,10 @@ def test_the_cli_refuses_a_state_file_of_another_code_or_a_finished_flow(tmp_pat
     machine.fire(LpaEvent.LOGIN_REFUSED, reason="closed")
     result = CliRunner().invoke(cli, [*base, "--lpa", "LPA:1$127.0.0.1:1$X"])
     assert isinstance(result.exception, CliError) and "--lpa-new-flow" in str(result.exception)
+    asked = [*base, "--lpa", "LPA:1$127.0.0.1:1$X", "--lpa-new-flow", "--lpa-pki", str(tmp_path / "pki")]
+    result = CliRunner().invoke(cli, asked)  # gets past the state (the line that is not there ends it)
+    assert "--lpa-state" not in str(result.exception)
+    assert LpaMachine.load(state).state is LpaState.LOGIN_CHECK
 
 
 @pytest.mark.parametrize(
