@@ -444,6 +444,8 @@ def esim_not_logged_in(options: ScenarioOptions) -> ScenarioResult:
 
 def esim_second_download_refused(options: ScenarioOptions) -> ScenarioResult:
     """After the download, a second request for the same profile from another eUICC is refused by the SM-DP+."""
+    from bipsim.ota.smdp import BPP_NOT_AVAILABLE
+
     run = EsimRun("esim-second-download-refused")
     result = run_esim(run, options)
     _check_installed(run, result)
@@ -454,15 +456,21 @@ def esim_second_download_refused(options: ScenarioOptions) -> ScenarioResult:
         f"the second terminal's eUICC answered GetEID {second_eid}, the first {first_eid}: not another eUICC",
         result,
     )
-    check(refused[0] == "Failed", f"the second download was {refused}", result)
+    # single use (SGP.22 5.6.2): the order's package was bound once, so getBoundProfilePackage refuses a new binding
+    # with 8.2/3.7; any other failure (an address, a certificate) would not show what this scenario is about
+    check(
+        refused[:3] == ("Failed", *BPP_NOT_AVAILABLE) and refused[3] == "getBoundProfilePackage",
+        f"the second download was {refused}, not getBoundProfilePackage's single-use refusal 8.2/3.7",
+        result,
+    )
     return ScenarioResult(
         run.name,
         result,
-        [f"second download by EID {second_eid}: {refused[0]} {refused[1]}/{refused[2]}"],
+        [f"second download by EID {second_eid}: {refused[3]} {refused[0]} {refused[1]}/{refused[2]}"],
     )
 
 
-async def _second_download(run: EsimRun) -> tuple[tuple[str, str, str], str]:
+async def _second_download(run: EsimRun) -> tuple[tuple[str, str, str, str], str]:
     """Another terminal's LPA with its own eUICC (EID OTHER_EID, its certificate from the same EUM) asks for the
     same matchingId from the SM-DP+ restarted on its saved state (single use survives a restart). Returns the
     SM-DP+'s answer (status, subject code, reason code) and the EID that eUICC's GetEID answered."""
@@ -524,6 +532,9 @@ async def _second_download(run: EsimRun) -> tuple[tuple[str, str, str], str]:
         chat = AtChat(a, tracer=tracer, local=Actor.AP, remote=Actor.CP)
         nursery.start_soon(chat.run)
         address = f"127.0.0.1:{port}"
+        # the restarted SM-DP+ listens on another port: its address must be the one the activation code names, or
+        # initiateAuthentication refuses the address (8.8.1/3.8) before single use is ever asked
+        service.address = address
         lpa = Lpa(
             activation_code=f"LPA:1${address}${MATCHING_ID}",
             machine=LpaMachine(None),
@@ -544,8 +555,14 @@ async def _second_download(run: EsimRun) -> tuple[tuple[str, str, str], str]:
     eid = eids[0] if eids else ""
     failed = [e for e in tracer.events if e.kind == Kind.LPA_ES9 and e.error]
     if not failed:
-        return ("Executed-Success", "", ""), eid
-    return ("Failed", str(failed[-1].field("subject_code")), str(failed[-1].field("reason_code"))), eid
+        return ("Executed-Success", "", "", ""), eid
+    last = failed[-1]
+    return (
+        "Failed",
+        str(last.field("subject_code")),
+        str(last.field("reason_code")),
+        str(last.field("function")),
+    ), eid
 
 
 def esim_chunked(options: ScenarioOptions) -> ScenarioResult:

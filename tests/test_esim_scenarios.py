@@ -323,7 +323,9 @@ async def test_a_second_download_from_the_smdp_is_refused(tmp_path: Path, pki: P
     assert eids == [OTHER_EID] and OTHER_EID != pki.eid
     assert outcome.state is LpaState.STOPPED and "download failed" in outcome.reason
     refused = [e for e in other.events(Kind.LPA_ES9) if e.error]
-    assert refused and refused[-1].field("function") in ("authenticateClient", "getBoundProfilePackage")
+    # single use (SGP.22 5.6.2): the package was bound once, a new binding is refused 8.2 / 3.7
+    assert refused and refused[-1].field("function") == "getBoundProfilePackage"
+    assert (refused[-1].field("subject_code"), refused[-1].field("reason_code")) == ("8.2", "3.7")
     assert rig.smdp_calls.count("getBoundProfilePackage") <= 2
 
 
@@ -429,7 +431,9 @@ def test_esim_second_download_refused_scenario(process_runs: dict[str, Any]) -> 
     from bipsim.scenarios.esim import OTHER_EID
 
     result = passed(process_runs, "esim-second-download-refused")
-    assert any(f"by EID {OTHER_EID}: Failed" in note for note in result.notes), result.notes
+    assert any(
+        f"by EID {OTHER_EID}: getBoundProfilePackage Failed 8.2/3.7" in note for note in result.notes
+    ), result.notes
 
 
 def test_esim_no_key_kept_scenario(process_runs: dict[str, Any]) -> None:
