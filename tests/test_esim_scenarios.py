@@ -421,10 +421,15 @@ def test_esim_download_scenario(process_runs: dict[str, Any], tmp_path: Path, ne
 def test_esim_cloud_retry_scenario(process_runs: dict[str, Any]) -> None:
     result = passed(process_runs, "esim-cloud-retry")
     assert any(e.kind == Kind.LPA_STATE and e.field("state") == "failed" for e in result.run.events)
+    # the user at `bipsim ap --lpa` reads the outcome on its output, not only in the trace
+    assert "lpa: installed ICCID 8944476500009876543, IMSI " in result.run.logs.get("ap", ""), (
+        result.run.logs.keys()
+    )
 
 
 def test_esim_not_logged_in_scenario(process_runs: dict[str, Any]) -> None:
-    passed(process_runs, "esim-not-logged-in")
+    result = passed(process_runs, "esim-not-logged-in")
+    assert "lpa: stopped: " in result.run.logs.get("ap", ""), result.run.logs.get("ap", "")[-500:]
 
 
 def test_esim_second_download_refused_scenario(process_runs: dict[str, Any]) -> None:

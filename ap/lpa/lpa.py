@@ -104,6 +104,15 @@ class LpaOutcome:
     imsi: str = ""
 
 
+def describe_outcome(outcome: LpaOutcome) -> str:
+    """One line for the user: the profile installed (ICCID, IMSI), or where the flow stands and why."""
+    if outcome.ok:
+        imsi = f", IMSI {outcome.imsi}" if outcome.imsi else ""
+        return f"installed ICCID {outcome.iccid}{imsi}"
+    reason = f": {outcome.reason}" if outcome.reason else ""
+    return f"{outcome.state.value}{reason}"
+
+
 class FlowStopped(Exception):
     """The flow cannot go on in this run (the state says where it stands)."""
 
@@ -755,6 +764,8 @@ class LpaService:
             return
         try:
             self.outcome = await self.lpa.run(port)
+            # the one line a user at the terminal reads; the trace has the steps
+            print(f"lpa: {describe_outcome(self.outcome)}", flush=True)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self.tracer.emit(
                 Actor.AP,
