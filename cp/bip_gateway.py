@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 
 from bipsim.cp.local_info import LocalInfo, provide_local_information
+from bipsim.cp.refresh import RefreshPlan, plan_refresh
 from bipsim.cp.toolkit_sms import PACKING_REQUIRED, pack_submit
 from bipsim.cp.toolkit_timers import TimerChange, ToolkitTimers
 from bipsim.uicc.bip_engine import IllegalTransition as IllegalTransition  # the project's one error type
@@ -247,6 +248,14 @@ class SubmitShortMessage:
 
 
 @dataclass(frozen=True)
+class RefreshCard:
+    """REFRESH (TS 102 223 section 6.4.7, cp/refresh.py), which the modem carries out itself: the adapter resets
+    the card or reads the NAA's files again as `plan` says, then sends the plan's TR (none after a reset)."""
+
+    plan: RefreshPlan
+
+
+@dataclass(frozen=True)
 class SendTimerExpiration:
     """ENVELOPE TIMER EXPIRATION (TS 102 223 section 7.5, cp/toolkit_timers.py) of a toolkit timer that ran out."""
 
@@ -264,6 +273,7 @@ Action = (
     | SubmitShortMessage
     | TimerChange
     | SendTimerExpiration
+    | RefreshCard
 )
 
 
@@ -426,6 +436,10 @@ class BipGateway:
     def on_command(self, command: ProactiveCommand) -> list[Action]:
         if command.type == CommandType.RECEIVE_DATA and command.type not in self.host_commands:
             return self._receive(command)  # the download's every round: straight to its handler
+        if (
+            command.type == CommandType.REFRESH
+        ):  # the modem's own, whatever a host's toolkit took (TS 31.111 6.4.7)
+            return self._refresh(command)
         if command.type in self.host_commands:  # a host's toolkit took it (+CUSATA, 27.007 section 12.2.3)
             return [HandToHost(command)]
         if command.type == CommandType.SEND_SHORT_MESSAGE:
@@ -441,6 +455,14 @@ class BipGateway:
         if handler is None:
             return [self._tr(command, GeneralResult.BEYOND_TERMINAL_CAPABILITIES)]
         return handler(command)
+
+    def _refresh(self, command: ProactiveCommand) -> list[Action]:
+        """REFRESH: a reset mode ends every channel as a reset does (the card loses its volatile state, TS 102 223
+        section 6.4.7), then the adapter carries the plan out."""
+        plan = plan_refresh(command)
+        actions: list[Action] = self.on_card_gone() if plan.reset else []
+        actions.append(RefreshCard(plan))
+        return actions
 
     def _short_message(self, command: ProactiveCommand) -> list[Action]:
         tpdu = command.get(Tag.SMS_TPDU)

@@ -37,6 +37,7 @@ from bipsim.cp.bip_gateway import (
     EnvelopeEvent,
     HandToHost,
     LinkStatus,
+    RefreshCard,
     SendEnvelope,
     SendTerminalResponse,
     SendTimerExpiration,
@@ -396,6 +397,10 @@ class BipService:
                 await self._apply(await self._controlled_submit(action))
             elif isinstance(action, TimerChange):
                 self._set_timer(action)
+            elif isinstance(action, RefreshCard):  # the modem's own REFRESH (cp/refresh.py)
+                response = await self.driver.refresh(action.plan)
+                if response is not None:
+                    await self._terminal_response(response)
             elif isinstance(action, SendTimerExpiration):
                 _, sw = await self.driver.envelope(
                     action.envelope, f"ENVELOPE: TIMER EXPIRATION (timer {action.timer})"

@@ -20,6 +20,7 @@ from typing import Any
 
 import trio
 
+from bipsim.cp.refresh import RefreshPlan, mode_name
 from bipsim.trace.events import Actor, Layer
 from bipsim.trace.kinds import Kind
 from bipsim.trace.recorder import NULL_TRACER, Tracer
@@ -32,6 +33,7 @@ from bipsim.uicc.cat import (
     channel_statuses,
     decode_proactive,
 )
+from bipsim.uicc.fs import USIM_AID
 from bipsim.uicc.tlv import TlvError
 from bipsim.uicc.transport import ApduTransport, CardRemoved
 
@@ -74,6 +76,9 @@ def terminal_profile(channels: int = 7) -> bytes:
 
 
 TERMINAL_PROFILE = terminal_profile()
+# the NAA's files the CP reads at its initialisation and keeps (TS 31.102 5.1.1: EF_IMSI, EF_AD), read again on a
+# REFRESH that initialises the NAA and dropped by a File Change Notification naming them (cp/refresh.py)
+NAA_FILES: tuple[bytes, ...] = (b"\x6f\x07", b"\x6f\xad")
 SW_TECHNICAL_PROBLEM = b"\x6f\x00"
 # GET RESPONSE / re-send rounds one command may take: 64 rounds of 256 bytes is far beyond any TS 102 221 answer
 MAX_T0_ROUNDS = 64
@@ -260,6 +265,8 @@ class CardDriver:
         self.started = trio.Event()  # TERMINAL PROFILE went through: envelopes may be sent
         # what start() sends as TERMINAL PROFILE (`bipsim cp --terminal-profile`, uicc/terminal_profile.py)
         self.profile = TERMINAL_PROFILE
+        # the NAA's files read at its initialisation (NAA_FILES, by file identifier): what a REFRESH renews
+        self.naa_files: dict[bytes, bytes] = {}
 
     async def _exchange(self, apdu: bytes) -> bytes:
         """One APDU to the card; an exception out of the card is its 6F 00 (the CP goes on)."""
@@ -392,6 +399,7 @@ class CardDriver:
         """The card went away (CardRemoved): what the driver knew of it is void until the next start()."""
         self.proactive_pending = 0
         self.atr = b""
+        self.naa_files.clear()
         if self.started.is_set():
             self.started = trio.Event()
 
@@ -417,6 +425,59 @@ class CardDriver:
         if sw not in (0x9000,) and sw >> 8 != 0x91:
             raise CardError("TERMINAL PROFILE", sw)
         self.started.set()
+
+    async def naa_init(self) -> None:
+        """Reads the NAA's files (NAA_FILES under ADF USIM) as the terminal's initialisation does (TS 31.102 5.1.1),
+        keeping what the card answered; a file the card does not have is left out."""
+        self.naa_files.clear()
+        for fid in NAA_FILES:
+            try:
+                async with self.file_session((USIM_AID, fid), f"NAA init {fid.hex().upper()}") as ef:
+                    data, sw = await ef.read_binary()
+            except FileNotSelected:
+                continue
+            if sw == 0x9000 or sw >> 8 == 0x91:
+                self.naa_files[fid] = data
+
+    async def refresh(self, plan: RefreshPlan) -> TerminalResponse | None:
+        """Carries out a proactive REFRESH (TS 102 223 section 6.4.7, cp/refresh.py): a reset mode starts the card
+        again as after power-on (ATR, TERMINAL PROFILE) and reads the NAA's files, an NAA initialisation reads them
+        again, a File Change Notification drops the listed ones (all when none is listed). Returns the TR to send
+        (None after a reset); each refresh is an app.event `refresh`, a refused one with error set."""
+        mode = mode_name(plan.mode)
+        fields: dict[str, Any] = {
+            "event": "refresh",
+            "mode": mode,
+            "files": [f.hex().upper() for f in plan.files],
+        }
+        if plan.answer is not None:
+            fields["result"] = int(plan.answer.result[0])
+            fields["error"] = plan.error
+            self.tracer.emit(
+                Actor.CP,
+                Actor.UICC,
+                Layer.APP,
+                f"REFRESH ({mode}) refused: {plan.error}",
+                error=True,
+                kind=Kind.APP_EVENT,
+                fields=fields,
+            )
+            return plan.answer
+        if plan.reset:
+            await self.start()
+        if plan.naa_init:
+            await self.naa_init()
+        else:
+            listed = {path[-2:] for path in plan.files}
+            for fid in list(self.naa_files):
+                if not listed or fid in listed:
+                    del self.naa_files[fid]
+        fields["reset"] = plan.reset
+        fields["naa_files"] = sorted(fid.hex().upper() for fid in self.naa_files)
+        self.tracer.emit(
+            Actor.CP, Actor.UICC, Layer.APP, f"REFRESH ({mode}) performed", kind=Kind.APP_EVENT, fields=fields
+        )
+        return plan.response()
 
     async def send_profile(self, profile: bytes) -> int:
         """TERMINAL PROFILE with `profile` (at start, and again when a host's +CUSATA asks for a profile download,

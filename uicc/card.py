@@ -2,7 +2,9 @@
 
 `SimCard.process(apdu)` takes one command APDU and returns response data + SW1 SW2, with T=0 semantics: SELECT
 answers 61 xx and the FCP comes with GET RESPONSE; a wrong Le gets 6C xx; while the CAT application (the Toolkit of
-uicc/toolkit.py) has a proactive command waiting, a successful command answers 91 xx instead of 90 00.
+uicc/toolkit.py) has a proactive command waiting, a successful command answers 91 xx instead of 90 00. An applet
+may ask for a proactive command too (the ISD-R's REFRESH after a profile switch, `take_proactive`): the card queues
+it ahead of the toolkit's and announces it with 91 xx on the basic channel, where the terminal's own commands go.
 Classes: 00 (ISO, also 01..03 logical channels), 80 (TS 102 221 proprietary: STATUS, TERMINAL PROFILE, FETCH,
 TERMINAL RESPONSE, ENVELOPE), A0 (GSM SIM heritage, accepted for SELECT/READ/UPDATE/STATUS/GET RESPONSE).
 Applets (uicc/applets/: the ARA-M, the OMAPI test applet) are selected by AID on a logical channel and answer that
@@ -15,6 +17,7 @@ atomically by bipsim.uicc.card_state.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,6 +26,7 @@ from bipsim.uicc.applets import Applet, AppletHost, Command, build_host
 from bipsim.uicc.applets.ara_m import parse_rule
 from bipsim.uicc.applets.arf import install_arf
 from bipsim.uicc.card_state import StateFile, load_state
+from bipsim.uicc.cat import decode_proactive, decode_terminal_response
 from bipsim.uicc.fs import ADM1, PIN1, PIN2, File, FileKind, FileSystem, Pins
 from bipsim.uicc.mo_sms_control import MO_SMS_CONTROL_TAG
 from bipsim.uicc.mo_sms_control import answer as mo_sms_control_answer
@@ -126,6 +130,10 @@ class SimCard:
         self._response: bytes = b""
         self._internal = False  # an internal APDU (remote file management) is being processed: ADM rights
         self.faults: list[str] = []  # exceptions inside the card, each answered 6F 00
+        # proactive commands applets asked for (take_proactive), and the one fetched that awaits its TR
+        self._applet_commands: deque[bytes] = deque()
+        self._applet_fetched: bytes | None = None
+        self.terminal_profile_data = b""  # the terminal's last TERMINAL PROFILE (what applets may ask of it)
         if self.state_path is not None and self.state_path.exists():
             self._restore(load_state(self.state_path))
         # applets selected by AID on a logical channel (uicc/applets/): the ARA-M's rule generation persists
@@ -246,6 +254,8 @@ class SimCard:
         self._response = b""
         self.applets.reset()
         self.pins.reset()  # PINs are verified again after a reset (TS 102 221 section 9.5)
+        self._applet_commands.clear()  # a reset ends the proactive session (TS 102 223 section 6.4.7)
+        self._applet_fetched = None
         return ATR
 
     def process(self, apdu: bytes) -> bytes:
@@ -260,7 +270,9 @@ class SimCard:
         except Exception as exc:
             self.faults.append(f"{apdu[:4].hex().upper()}: {exc!r}")
             data, sw = b"", SW_TECHNICAL_PROBLEM
-        if sw == SW_OK:
+        if sw == SW_OK and self._applet_pending(apdu):
+            sw = 0x9100 | min(len(self._applet_commands[0]), 0xFF)
+        elif sw == SW_OK:
             try:
                 pending = self.toolkit.pending_length()
             except Exception as exc:
@@ -269,6 +281,17 @@ class SimCard:
             if pending:
                 sw = 0x9100 | min(pending, 0xFF)
         return data + sw_bytes(sw)
+
+    def _applet_pending(self, apdu: bytes) -> bool:
+        """An applet's proactive command is next, announced on the basic channel only (a host's logical channel
+        session keeps its 90 00)."""
+        return bool(self._applet_commands) and self._applet_fetched is None and logical_channel(apdu[0]) == 0
+
+    def _collect_applet_commands(self) -> None:
+        for applet in self.applets.applets:
+            take = getattr(applet, "take_proactive", None)
+            if take is not None:
+                self._applet_commands.extend(take(self.terminal_profile_data))
 
     def internal_apdu(self, apdu: bytes) -> bytes:
         """An APDU from inside the card (the OTA agent's remote APDUs): no toolkit side effects, no 91 xx."""
@@ -314,6 +337,7 @@ class SimCard:
             # the applet selected on this channel answers; the classes it takes (9X as the Android OMAPI tests send
             # it) are its own affair (docs/protocols.md, "OMAPI and the ARA-M on the card")
             answer = self.applets.process(Command(cla, ins, p1, p2, lc_data, le, target_channel))
+            self._collect_applet_commands()
             # the ARA-M's rules were changed (STORE DATA): kept before the answer leaves the card
             if self.applets.changed:
                 self.applets.changed = False
@@ -691,10 +715,17 @@ class SimCard:
     def _terminal_profile(
         self, channel: int, p1: int, p2: int, data: bytes, le: int | None
     ) -> tuple[bytes, int]:
+        self.terminal_profile_data = bytes(data)
         self.toolkit.terminal_profile(data)
         return b"", SW_OK
 
     def _fetch(self, channel: int, p1: int, p2: int, data: bytes, le: int | None) -> tuple[bytes, int]:
+        if self._applet_commands and self._applet_fetched is None:
+            command = self._applet_commands[0]
+            if le is not None and le != 256 and le != len(command):
+                return b"", 0x6C00 | (len(command) & 0xFF)
+            self._applet_fetched = self._applet_commands.popleft()
+            return command, SW_OK
         pending = self.toolkit.pending_length()
         if not pending:
             raise ApduError(SW_CONDITIONS_NOT_SATISFIED)
@@ -705,9 +736,22 @@ class SimCard:
     def _terminal_response(
         self, channel: int, p1: int, p2: int, data: bytes, le: int | None
     ) -> tuple[bytes, int]:
+        if self._applet_fetched is not None and self._answers_applet(data):
+            self._applet_fetched = None  # the applet's command is done (its outcome is the terminal's affair)
+            return b"", SW_OK
         self.toolkit.terminal_response(data)
         self.save_state()
         return b"", SW_OK
+
+    def _answers_applet(self, data: bytes) -> bool:
+        """Whether a TERMINAL RESPONSE names the applet's fetched command (its number and type)."""
+        assert self._applet_fetched is not None
+        try:
+            response = decode_terminal_response(data)
+            command = decode_proactive(self._applet_fetched)
+        except ValueError:
+            return False
+        return (response.number, response.type) == (command.number, command.type)
 
     def _envelope(self, channel: int, p1: int, p2: int, data: bytes, le: int | None) -> tuple[bytes, int]:
         if data[:1] == bytes((MO_SMS_CONTROL_TAG,)):  # the USIM's own service 31 (TS 31.111 7.3.2)

@@ -19,7 +19,11 @@ transactionId and smdpSignature2; makes otPK/otSK.EUICC.ECKA), LoadBoundProfileP
 BPP segment starting with BF36: the BPP loader, uicc/euicc/bpp_loader.py, answers 90 00 with no data until the
 last segment or a failure, then the ProfileInstallationResult BF37), GetProfilesInfo BF2D, EnableProfile BF31,
 DisableProfile BF32, DeleteProfile BF33, SetNickname BF29, ListNotification BF28, RetrieveNotificationsList BF2B,
-RemoveNotificationFromList BF30, CancelSession BF41. The download session, the installed profiles and the pending
+RemoveNotificationFromList BF30, CancelSession BF41. An EnableProfile or DisableProfile that succeeded with
+refreshFlag true makes a proactive REFRESH pending (SGP.22 3.2.1 and 5.7.16-17: the eUICC asks the terminal to
+take the new profile): mode 09 "eUICC Profile State Change" when the terminal profile has that bit (TS 102 223
+section 5.2, byte 34 bit 6), else 04 "UICC Reset"; the card hands it out with its 91 xx (uicc/card.py,
+`take_proactive`). The download session, the installed profiles and the pending
 notifications persist in the card's state file; what docs/protocols.md ("eUICC and the cloud backup") says of
 keeping the one-time key across a failed install and a power cycle is the profile option `euicc_keep_otpk`.
 
@@ -36,6 +40,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from bipsim.uicc import terminal_profile as tp
 from bipsim.uicc.applets import (
     SW_CLA_NOT_SUPPORTED,
     SW_INS_NOT_SUPPORTED,
@@ -45,6 +50,7 @@ from bipsim.uicc.applets import (
     AppletError,
     Command,
 )
+from bipsim.uicc.cat import CommandType, ProactiveCommand
 from bipsim.uicc.euicc import asn1, crypto, pki
 from bipsim.uicc.euicc.asn1 import Asn1Error
 from bipsim.uicc.euicc.crypto import CryptoError
@@ -73,6 +79,12 @@ MAX_NOTIFICATIONS = 32  # pending notifications kept (the oldest goes first)
 
 SW_WRONG_DATA = 0x6A80
 SW_INCORRECT_P1P2 = 0x6A86
+
+# REFRESH qualifiers (TS 102 223 section 8.6): 09 "eUICC Profile State Change" since Release 13 (as the
+# sim-apdu-analyzer's Proactive.py names it), 04 "UICC Reset" for an older terminal
+REFRESH_PROFILE_STATE_CHANGE = 0x09
+REFRESH_UICC_RESET = 0x04
+PROFILE_STATE_CHANGE_FACILITY = "refresh_with_euicc_profile_state_change_mode"
 
 # what the eUICC reports of itself in EUICCInfo1/2 (SGP.22 5.7.8)
 SVN = bytes((2, 2, 0))  # SGP.22 v2.2.0
@@ -251,6 +263,7 @@ class IsdR(Applet):
             int, tuple[bytearray, int]
         ] = {}  # per channel: the request so far, next block number
         self._version = 0
+        self.refresh_pending = False  # an Enable/Disable with refreshFlag: REFRESH for the terminal
 
     # --- profile and keys ------------------------------------------------------------------------------------
 
@@ -740,11 +753,25 @@ class IsdR(Applet):
             return {"aid": bytes(wanted)}
         return {"iccid": iccid_digits(wanted)}
 
+    def take_proactive(self, profile: bytes) -> list[bytes]:
+        """The proactive commands the ISD-R wants sent (the card queues them behind its 91 xx), given the
+        terminal's TERMINAL PROFILE `profile`: the REFRESH of a profile switch with refreshFlag, once."""
+        if not self.refresh_pending:
+            return []
+        self.refresh_pending = False
+        mode = (
+            REFRESH_PROFILE_STATE_CHANGE
+            if tp.supports(profile, PROFILE_STATE_CHANGE_FACILITY)
+            else REFRESH_UICC_RESET
+        )
+        return [ProactiveCommand.build(CommandType.REFRESH, qualifier=mode).encode()]
+
     def _enable(self, value: Any, raw: bytes) -> bytes:
         which = self._identifier(value["profileIdentifier"])
         before = self.profile_store.enabled()
         result = self.profile_store.enable(**which)
         if result == 0:
+            self.refresh_pending = bool(value.get("refreshFlag"))
             if before is not None:
                 self._notify(before, "disable")
             enabled = self.profile_store.enabled()
@@ -756,6 +783,8 @@ class IsdR(Applet):
         which = self._identifier(value["profileIdentifier"])
         target = self.profile_store.find(**which)
         result = self.profile_store.disable(**which)
+        if result == 0:
+            self.refresh_pending = bool(value.get("refreshFlag"))
         if result == 0 and target is not None:
             self._notify(target, "disable")
         return asn1.encode("DisableProfileResponse", {"disableResult": int(result)})
