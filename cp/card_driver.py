@@ -267,6 +267,9 @@ class CardDriver:
         self.profile = TERMINAL_PROFILE
         # the NAA's files read at its initialisation (NAA_FILES, by file identifier): what a REFRESH renews
         self.naa_files: dict[bytes, bytes] = {}
+        # told (with the reason) when a REFRESH resets the card: what lived on it, such as the host's +CCHO
+        # sessions on its logical channels, ends with the reset
+        self.reset_listeners: list[Callable[[str], None]] = []
 
     async def _exchange(self, apdu: bytes) -> bytes:
         """One APDU to the card; an exception out of the card is its 6F 00 (the CP goes on)."""
@@ -464,6 +467,8 @@ class CardDriver:
             )
             return plan.answer
         if plan.reset:
+            for listener in list(self.reset_listeners):
+                listener(f"card reset by REFRESH ({mode})")
             await self.start()
         if plan.naa_init:
             await self.naa_init()

@@ -215,6 +215,7 @@ class ModemCommands:
         }
         for slot in self.slots.values():
             slot.listeners.append(self._listener(slot))
+            slot.driver.reset_listeners.append(self._reset_listener(slot))
             slot.change_listeners.append(self._slot_event_listener(slot))
         self.network = network
         self.on_cmux = on_cmux
@@ -359,10 +360,14 @@ class ModemCommands:
             raise CmeError(CME_SIM_NOT_INSERTED) from exc
 
     def _listener(self, slot: CardSlot) -> Callable[[CardRemoved], None]:
-        return lambda exc: self._card_gone(slot, exc)
+        return lambda exc: self._sessions_void(slot, exc.reason)
 
-    def _card_gone(self, slot: CardSlot, exc: CardRemoved) -> None:
-        """The card of `slot` went away: its +CCHO sessions are void (their channels went with the card)."""
+    def _reset_listener(self, slot: CardSlot) -> Callable[[str], None]:
+        return lambda reason: self._sessions_void(slot, reason)
+
+    def _sessions_void(self, slot: CardSlot, reason: str) -> None:
+        """The card of `slot` went away or was reset (a REFRESH): its +CCHO sessions are void (their logical
+        channels went with it; TS 102 221 section 11.1.17: a reset closes every channel but the basic one)."""
         gone = sorted(session for session, (number, _) in self.sessions.items() if number == slot.number)
         for session in gone:
             del self.sessions[session]
@@ -372,7 +377,7 @@ class ModemCommands:
                 Actor.CP,
                 Actor.AP,
                 Layer.APP,
-                f"slot {slot.number}: sessions {gone} invalidated ({exc.reason})",
+                f"slot {slot.number}: sessions {gone} invalidated ({reason})",
                 error=True,
                 kind=Kind.APP_EVENT,
                 fields={"event": "sessions_invalidated", "slot": slot.number, "sessions": gone},

@@ -376,3 +376,18 @@ async def test_enable_with_refresh_flag_makes_the_cp_reset_and_read_the_new_imsi
     new_imsi = decode_imsi(driver.naa_files[b"\x6f\x07"])
     assert new_imsi != old_imsi
     assert await at("AT+CIMI") == [new_imsi, "OK"]
+
+    # the host's +CCHO session on the ISD-R ends with the reset (its logical channel went with it): +CGLA on it is
+    # an invalid index, with a trace event, and the host opens a new one
+    assert await at("AT+CMEE=1") == ["OK"]
+    (opened,) = [line for line in await at('AT+CCHO="A0000005591010FFFFFFFF8900000100"') if line != "OK"]
+    session = int(opened.split(":")[1])
+    await idle()
+    tracer.events.clear()
+    switch("Disable", True, LpaChannel(card))
+    await wait_for(tracer, refresh_event)
+    voided = [e for e in tracer.events if e.field("event") == "sessions_invalidated"]
+    assert voided and session in voided[0].fields["sessions"] and "REFRESH" in voided[0].summary
+    assert await at(f'AT+CGLA={session},22,"81E2910006BF3E035C015A"') == ["+CME ERROR: 21"]
+    (again,) = [line for line in await at('AT+CCHO="A0000005591010FFFFFFFF8900000100"') if line != "OK"]
+    assert again.startswith("+CCHO: ")
