@@ -919,6 +919,26 @@ async def test_a_resumed_flow_goes_on_only_with_the_eid_it_downloaded_for(rig: R
     assert "fetch" not in rig.cloud.calls and rig.card.requests[-1] == "BF3E"
 
 
+async def test_a_flow_resumed_before_its_upload_checks_the_eid_too(rig: Rig) -> None:
+    """DOWNLOADED: the package is bound to the eUICC that asked for it; uploading and installing it with another
+    eUICC in the terminal would lose it (the SM-DP+ binds it once), so the resumed run stops first."""
+
+    async def refused(records: list[str]) -> None:
+        raise FakeCloudError(413, "over the limit")
+
+    upload = rig.cloud.upload
+    rig.cloud.upload = refused  # type: ignore[method-assign]
+    assert not (await rig.lpa().run(rig.modem)).ok
+    rig.cloud.upload = upload  # type: ignore[method-assign]
+    machine = LpaMachine.load(rig.state)
+    assert machine.state is LpaState.DOWNLOADED
+    machine.note(eid="89049032123451234512345678901243")  # as if the flow had downloaded for another eUICC
+    outcome = await rig.lpa().run(rig.modem)
+    assert not outcome.ok and "89049032123451234512345678901243" in outcome.reason
+    assert LpaMachine.load(rig.state).state is LpaState.DOWNLOADED  # left for that eUICC
+    assert "upload" not in rig.cloud.calls and "BF36" not in rig.card.requests
+
+
 def test_the_cli_refuses_a_state_file_of_another_code_or_a_finished_flow(tmp_path: Path) -> None:
     from click.testing import CliRunner
 

@@ -75,7 +75,7 @@ S = LpaState
 E = LpaEvent
 # states whose next step talks to the eUICC the package was bound to (a resumed run checks its EID first)
 EUICC_STATES = frozenset(
-    {S.UPLOADED, S.INSTALLING, S.FAILED, S.CLOUD_FETCH, S.PARSING, S.INSTALLED, S.CLOUD_DELETED}
+    {S.DOWNLOADED, S.UPLOADED, S.INSTALLING, S.FAILED, S.CLOUD_FETCH, S.PARSING, S.INSTALLED, S.CLOUD_DELETED}
 )
 
 
