@@ -940,17 +940,23 @@ class SmdpService:
         signed = value["euiccCancelSessionSigned"]
         if bytes(signed["transactionId"]) != transaction_id:
             raise _fail(TRANSACTION_UNKNOWN, "euiccCancelSessionSigned names another transactionId")
-        if session.euicc_certificate is not None:
-            # BF41 { A0 cancelSessionResponseOk { 30 euiccCancelSessionSigned, 5F37 } }: the signed bytes as received
-            signed_der = _received(response_der, "cancelSessionResponse", 0x30, 0, 0, 0)
-            try:
-                crypto.verify_plain(
-                    cert_public_key(session.euicc_certificate),
-                    bytes(value["euiccCancelSessionSignature"]),
-                    signed_der,
-                )
-            except (crypto.CryptoError, TypeError) as exc:
-                raise _fail(EUICC_SIGNATURE_INVALID, f"euiccCancelSessionSignature: {exc}") from None
+        if session.euicc_certificate is None:
+            # 5.6.5: the signature is verified with PK.EUICC.ECDSA, which authenticateClient brings; before it
+            # nothing proves the eUICC sent this, and whoever saw the transactionId could end the session
+            raise _fail(
+                EUICC_SIGNATURE_INVALID,
+                "euiccCancelSessionSignature cannot be verified before authenticateClient gave the eUICC certificate",
+            )
+        # BF41 { A0 cancelSessionResponseOk { 30 euiccCancelSessionSigned, 5F37 } }: the signed bytes as received
+        signed_der = _received(response_der, "cancelSessionResponse", 0x30, 0, 0, 0)
+        try:
+            crypto.verify_plain(
+                cert_public_key(session.euicc_certificate),
+                bytes(value["euiccCancelSessionSignature"]),
+                signed_der,
+            )
+        except (crypto.CryptoError, TypeError) as exc:
+            raise _fail(EUICC_SIGNATURE_INVALID, f"euiccCancelSessionSignature: {exc}") from None
         # 5.6.5: the eUICC names the SM-DP+ it cancels with, the OID of our certificates (asn1.decode reads
         # OIDs under 2.40+ right); another SM-DP+'s cancellation is refused and the session goes on
         ours = self.smdp_oid

@@ -634,6 +634,17 @@ def cancel(pki: Pki, transaction_id: str, *, key: Any = None) -> HttpRequest:
     return post("cancelSession", {"transactionId": transaction_id, "cancelSessionResponse": response})
 
 
+def test_cancel_session_before_authenticate_client_is_refused_and_the_session_goes_on(pki: Pki) -> None:
+    """SGP.22 5.6.5 verifies the signature with the eUICC's key, which only authenticateClient brings: before it, a
+    cancel (signed or not) proves nothing and must not end the session."""
+    smdp, euicc = service(pki), MiniEuicc(pki)
+    init = answer_json(smdp.handle(euicc.initiate()))
+    for key in (None, crypto.generate_otk()):
+        assert failure(smdp.handle(cancel(pki, init["transactionId"], key=key))) == ("8.1", "6.1")
+    auth = answer_json(smdp.handle(euicc.authenticate(init, "OP1")))
+    assert auth["transactionId"] == init["transactionId"]
+
+
 def test_cancel_session_ends_it_when_the_euicc_signed_it(pki: Pki) -> None:
     smdp, euicc = service(pki), MiniEuicc(pki)
     init = answer_json(smdp.handle(euicc.initiate()))
