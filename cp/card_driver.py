@@ -49,19 +49,21 @@ def terminal_profile(channels: int = 7) -> bytes:
         bit(1, b)
     for b in (1, 2, 3, 4):  # byte 2: command result, call control, ...
         bit(2, b)
+    # the `bip-only` profile, byte for byte as recorded traces have it (uicc/terminal_profile.py); `--terminal-profile
+    # modem` is the one that names exactly what the CP carries out
     bit(3, 1)  # DISPLAY TEXT
-    bit(3, 6)  # MORE TIME
-    bit(3, 7)  # POLL INTERVAL
-    bit(3, 8)  # POLLING OFF
-    bit(4, 1)  # REFRESH
-    bit(4, 8)  # PROVIDE LOCAL INFORMATION (MCC, MNC, LAC, cell ID, IMEI)
+    bit(3, 6)  # POLL INTERVAL
+    bit(3, 7)  # POLLING OFF
+    bit(3, 8)  # REFRESH (cp/refresh.py)
+    bit(4, 1)  # SELECT ITEM
+    bit(4, 8)  # PROVIDE LOCAL INFORMATION (NMR)
     bit(5, 1)  # SET UP EVENT LIST
     bit(5, 5)  # event: location status
     bit(6, 3)  # event: data available
     bit(6, 4)  # event: channel status
     bit(8, 1)  # TIMER MANAGEMENT (start, stop)
     bit(8, 2)  # TIMER MANAGEMENT (get current value)
-    bit(9, 1)  # PROVIDE LOCAL INFORMATION (NMR)
+    bit(9, 1)  # DISPLAY TEXT (sustained)
     bit(12, 1)  # OPEN CHANNEL
     bit(12, 2)  # CLOSE CHANNEL
     bit(12, 3)  # RECEIVE DATA

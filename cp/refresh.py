@@ -1,7 +1,7 @@
 """The terminal's handling of a proactive REFRESH (ETSI TS 102 223 sections 6.4.7 and 8.6, 8.18; 3GPP TS 31.111
 for a 3G terminal), sans-IO: what a REFRESH asks the modem to do, and the TERMINAL RESPONSE it gets.
 
-The modem carries REFRESH out itself (the terminal profile's byte 4 bit 1 says so; a host's toolkit never sees it).
+The modem carries REFRESH out itself (the terminal profile's byte 3 bit 8 says so; a host's toolkit never sees it).
 Modes (the command qualifier, section 8.6):
 - 04 UICC Reset and 09 eUICC Profile State Change (GSMA SGP.22 3.2.1: the eUICC switched its enabled profile): the
   terminal resets the UICC and starts it again as after power-on (ATR, TERMINAL PROFILE, the NAA's files); the

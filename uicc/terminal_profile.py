@@ -11,7 +11,7 @@ Named profiles (docs/protocols.md, "Terminal profiles"):
 - `bip-only`: the profile the CP sent before profiles were configurable (cp/card_driver.py), byte for byte, so
   recorded traces replay unchanged;
 - `modem`: what the CP's own BIP gateway carries out (cp/bip_gateway.py): BIP, events, MORE TIME, POLL INTERVAL,
-  POLLING OFF, SEND SHORT MESSAGE (to the network's SMSC), PROVIDE LOCAL INFORMATION (location, IMEI, date and
+  POLLING OFF, REFRESH (cp/refresh.py), SEND SHORT MESSAGE (to the network's SMSC), PROVIDE LOCAL INFORMATION (location, IMEI, date and
   time, language, access technology, IMEISV: cp/local_info.py), TIMER MANAGEMENT and TIMER EXPIRATION
   (cp/toolkit_timers.py), SMS-PP data download;
 - `host-usat`: `modem` plus what a 27.007 section 12 host toolkit offers (`HOST_FACILITIES`: DISPLAY TEXT, GET
@@ -275,13 +275,14 @@ MODEM_COMMANDS: frozenset[int] = frozenset(
         CommandType.SEND_SHORT_MESSAGE,
         CommandType.PROVIDE_LOCAL_INFORMATION,
         CommandType.TIMER_MANAGEMENT,
+        CommandType.REFRESH,  # cp/refresh.py: the modem resets or re-reads the card itself
     }
 )
 
 MODEM_FACILITIES: tuple[str, ...] = (
     "profile_download", "sms_pp_data_download", "sms_pp_data_download_9exx_response_code", "timer_expiration",
     "timer_management_start_stop", "timer_management_get_current_value", "command_result",
-    "more_time", "poll_interval", "polling_off", "send_short_message", "set_up_event_list",
+    "more_time", "poll_interval", "polling_off", "refresh", "send_short_message", "set_up_event_list",
     "event_data_available", "event_channel_status", "open_channel", "close_channel", "receive_data", "send_data",
     "get_channel_status", "gprs", "provide_local_information_mcc_mnc_lac_cell_id_and_imei",
     "provide_local_information_date_time_and_time_zone", "provide_local_information_language",
