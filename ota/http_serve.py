@@ -22,10 +22,8 @@ from bipsim.trace.kinds import Kind
 from bipsim.trace.recorder import Tracer
 
 RECEIVE_SIZE = 65536  # bytes asked of the stream at a time
-LINGER_SECONDS, LINGER_BYTES = (
-    2.0,
-    4 << 20,
-)  # how long and how much a refused client's rest is read and dropped
+# how long and how much a refused client's rest is read and dropped
+LINGER_SECONDS, LINGER_BYTES = 2.0, 4 << 20
 
 # sends an answer's bytes in place of stream.send_all (a fault injection that cuts a download)
 Sender = Callable[[trio.abc.Stream, bytes], Awaitable[None]]
