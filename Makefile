@@ -40,11 +40,12 @@ typecheck: $(VENV)/.dev build/typecheck/bipsim
 	MYPYPATH=build/typecheck $(BIN)/mypy -p bipsim
 
 # Two pytest-xdist workers, one per core of the CI machine; a test file stays on one worker (its module fixtures,
-# such as the recorded session of the replay tests, are made once). PYTEST_WORKERS=0 runs in one process.
+# such as the recorded session of the replay tests, are made once). PYTEST_WORKERS=0 runs in one process. The 15
+# slowest tests are listed at the end, to keep the suite's budget (well under 5 minutes) in sight.
 PYTEST_WORKERS ?= 2
 pytest: $(VENV)/.dev
 	tools/install-debian-tools.sh
-	$(BIN)/pytest -q $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile)
+	$(BIN)/pytest -q --durations=15 $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile)
 
 test: lint typecheck pytest
 
