@@ -33,6 +33,7 @@ from bipsim.uicc.cat import (
     GeneralResult,
     ProactiveCommand,
     Tag,
+    TerminalResponse,
     decode_proactive,
     decode_terminal_response,
     obj,
@@ -391,3 +392,59 @@ async def test_enable_with_refresh_flag_makes_the_cp_reset_and_read_the_new_imsi
     assert await at(f'AT+CGLA={session},22,"81E2910006BF3E035C015A"') == ["+CME ERROR: 21"]
     (again,) = [line for line in await at('AT+CCHO="A0000005591010FFFFFFFF8900000100"') if line != "OK"]
     assert again.startswith("+CCHO: ")
+
+
+def test_a_switch_with_refresh_while_a_proactive_command_is_open_is_cat_busy_and_switches_nothing(
+    keys: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SGP.22 5.7.16-17 catBusy(5): one proactive session at a time (TS 102 223 section 6.4)."""
+    monkeypatch.setenv("BIPSIM_PKI", str(keys.directory))
+    transport, _ = simulated_card("euicc", None, Tracer(keep=True))
+    assert isinstance(transport, SimulatedCard)
+    card = transport.card
+    profile = tp.merge(
+        TERMINAL_PROFILE, tp.build(["refresh_with_euicc_profile_state_change_mode"], length=34)
+    )
+    answer = card.process(bytes((0x80, 0x10, 0, 0, len(profile))) + profile)
+    assert answer[-2] == 0x91, answer.hex()
+    fetched = card.process(bytes((0x80, 0x12, 0, 0, answer[-1])))
+    assert fetched[-2:] == b"\x90\x00"
+    open_command = decode_proactive(fetched[:-2])  # the toolkit's SET UP EVENT LIST: no TERMINAL RESPONSE yet
+    lpa = LpaChannel(card)
+    smdp = Smdp(keys)
+    assert load(lpa, smdp.bpp(prepared(lpa, smdp)))["finalResult"][0] == "successResult"
+
+    def switch(name: str, refresh_flag: bool) -> int:
+        request = asn1.encode(
+            f"{name}ProfileRequest",
+            {"profileIdentifier": ("iccid", iccid_bytes(OP1_ICCID)), "refreshFlag": refresh_flag},
+        )
+        return int(asn1.decode(f"{name}ProfileResponse", lpa.es10(request))[f"{name.lower()}Result"])
+
+    def state() -> str:
+        profile = card.applets.applets[0].profile_store.find(iccid=OP1_ICCID)  # type: ignore[attr-defined]
+        return str(profile.state.value)
+
+    assert switch("Enable", True) == 5  # catBusy
+    assert state() == "disabled"
+    status = card.process(bytes.fromhex("80F2000000"))
+    assert status[-2:] == b"\x90\x00"  # nothing announced while the command is open
+    assert card.process(bytes.fromhex("8012000010"))[-2:] == b"\x69\x85"  # no second command handed out
+    response = TerminalResponse.build(open_command, GeneralResult.OK).encode()
+    answered = card.process(bytes((0x80, 0x14, 0, 0, len(response))) + response)
+    while answered[-2] == 0x91:  # the toolkit's next commands, answered as the CP would
+        command = decode_proactive(card.process(bytes((0x80, 0x12, 0, 0, answered[-1])))[:-2])
+        response = TerminalResponse.build(command, GeneralResult.OK).encode()
+        answered = card.process(bytes((0x80, 0x14, 0, 0, len(response))) + response)
+    assert answered[-2:] == b"\x90\x00"
+    assert switch("Enable", True) == 0
+    assert state() == "enabled"
+    status = card.process(bytes.fromhex("80F2000000"))
+    assert status[-2] == 0x91
+    refresh = card.process(bytes((0x80, 0x12, 0, 0, status[-1])))
+    assert decode_proactive(refresh[:-2]).type == CommandType.REFRESH
+    # the REFRESH is open now: a Disable with refresh is catBusy, one without refresh switches (no REFRESH needed)
+    assert switch("Disable", True) == 5
+    assert state() == "enabled"
+    assert switch("Disable", False) == 0
+    assert state() == "disabled"

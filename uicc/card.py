@@ -133,6 +133,8 @@ class SimCard:
         # proactive commands applets asked for (take_proactive), and the one fetched that awaits its TR
         self._applet_commands: deque[bytes] = deque()
         self._applet_fetched: bytes | None = None
+        # the toolkit's command fetched and not yet answered: one proactive session at a time (TS 102 223 6.4)
+        self._toolkit_fetched = False
         self.terminal_profile_data = b""  # the terminal's last TERMINAL PROFILE (what applets may ask of it)
         if self.state_path is not None and self.state_path.exists():
             self._restore(load_state(self.state_path))
@@ -256,6 +258,7 @@ class SimCard:
         self.pins.reset()  # PINs are verified again after a reset (TS 102 221 section 9.5)
         self._applet_commands.clear()  # a reset ends the proactive session (TS 102 223 section 6.4.7)
         self._applet_fetched = None
+        self._toolkit_fetched = False
         return ATR
 
     def process(self, apdu: bytes) -> bytes:
@@ -272,7 +275,7 @@ class SimCard:
             data, sw = b"", SW_TECHNICAL_PROBLEM
         if sw == SW_OK and self._applet_pending(apdu):
             sw = 0x9100 | min(len(self._applet_commands[0]), 0xFF)
-        elif sw == SW_OK:
+        elif sw == SW_OK and self._applet_fetched is None:  # the applet's open command waits for its TR first
             try:
                 pending = self.toolkit.pending_length()
             except Exception as exc:
@@ -285,7 +288,21 @@ class SimCard:
     def _applet_pending(self, apdu: bytes) -> bool:
         """An applet's proactive command is next, announced on the basic channel only (a host's logical channel
         session keeps its 90 00)."""
-        return bool(self._applet_commands) and self._applet_fetched is None and logical_channel(apdu[0]) == 0
+        return (
+            bool(self._applet_commands)
+            and not self.proactive_session_open()
+            and logical_channel(apdu[0]) == 0
+        )
+
+    def proactive_session_open(self) -> bool:
+        """Whether a proactive command was fetched and waits for its TERMINAL RESPONSE (the toolkit's or an
+        applet's): no other is handed out until then (TS 102 221 section 14.6, TS 102 223 section 6.4)."""
+        return self._toolkit_fetched or self._applet_fetched is not None
+
+    def _proactive_busy(self) -> bool:
+        """Whether an applet's new proactive command could not be the next one: a session is open or an applet's
+        command is queued already (SGP.22 5.7.16-17 catBusy)."""
+        return self.proactive_session_open() or bool(self._applet_commands)
 
     def _collect_applet_commands(self) -> None:
         for applet in self.applets.applets:
@@ -336,6 +353,9 @@ class SimCard:
         ):
             # the applet selected on this channel answers; the classes it takes (9X as the Android OMAPI tests send
             # it) are its own affair (docs/protocols.md, "OMAPI and the ARA-M on the card")
+            for applet in self.applets.applets:
+                if hasattr(applet, "proactive_busy"):
+                    applet.proactive_busy = self._proactive_busy()
             answer = self.applets.process(Command(cla, ins, p1, p2, lc_data, le, target_channel))
             self._collect_applet_commands()
             # the ARA-M's rules were changed (STORE DATA): kept before the answer leaves the card
@@ -720,7 +740,10 @@ class SimCard:
         return b"", SW_OK
 
     def _fetch(self, channel: int, p1: int, p2: int, data: bytes, le: int | None) -> tuple[bytes, int]:
-        if self._applet_commands and self._applet_fetched is None:
+        if self.proactive_session_open():
+            # one proactive session at a time: the fetched command is answered first (TS 102 223 section 6.4)
+            raise ApduError(SW_CONDITIONS_NOT_SATISFIED)
+        if self._applet_commands:
             command = self._applet_commands[0]
             if le is not None and le != 256 and le != len(command):
                 return b"", 0x6C00 | (len(command) & 0xFF)
@@ -731,7 +754,9 @@ class SimCard:
             raise ApduError(SW_CONDITIONS_NOT_SATISFIED)
         if le is not None and le != 256 and le != pending:
             return b"", 0x6C00 | (pending & 0xFF)
-        return self.toolkit.fetch(), SW_OK
+        command = self.toolkit.fetch()
+        self._toolkit_fetched = True
+        return command, SW_OK
 
     def _terminal_response(
         self, channel: int, p1: int, p2: int, data: bytes, le: int | None
@@ -739,7 +764,9 @@ class SimCard:
         if self._applet_fetched is not None and self._answers_applet(data):
             self._applet_fetched = None  # the applet's command is done (its outcome is the terminal's affair)
             return b"", SW_OK
+        # raises (and the command stays open) on a response that is not its own
         self.toolkit.terminal_response(data)
+        self._toolkit_fetched = False
         self.save_state()
         return b"", SW_OK
 

@@ -56,6 +56,8 @@ from bipsim.uicc.euicc.asn1 import Asn1Error
 from bipsim.uicc.euicc.crypto import CryptoError
 from bipsim.uicc.euicc.profile_store import (
     MEMORY,
+    DisableResult,
+    EnableResult,
     InstalledProfile,
     ProfileState,
     ProfileStore,
@@ -264,6 +266,8 @@ class IsdR(Applet):
         ] = {}  # per channel: the request so far, next block number
         self._version = 0
         self.refresh_pending = False  # an Enable/Disable with refreshFlag: REFRESH for the terminal
+        # the card's word: a proactive command is open or queued, so a REFRESH could not be issued now
+        self.proactive_busy = False
 
     # --- profile and keys ------------------------------------------------------------------------------------
 
@@ -766,9 +770,17 @@ class IsdR(Applet):
         )
         return [ProactiveCommand.build(CommandType.REFRESH, qualifier=mode).encode()]
 
+    def _cat_busy(self, value: Any) -> bool:
+        """Whether a switch with refreshFlag must be refused catBusy(5) and not made: its REFRESH cannot be
+        issued while a proactive session is open (SGP.22 5.7.16-17, TS 102 223 section 6.4)."""
+        return bool(value.get("refreshFlag")) and (self.proactive_busy or self.refresh_pending)
+
     def _enable(self, value: Any, raw: bytes) -> bytes:
         which = self._identifier(value["profileIdentifier"])
         before = self.profile_store.enabled()
+        target = self.profile_store.find(**which)
+        if target is not None and target is not before and self._cat_busy(value):
+            return asn1.encode("EnableProfileResponse", {"enableResult": int(EnableResult.CAT_BUSY)})
         result = self.profile_store.enable(**which)
         if result == 0:
             self.refresh_pending = bool(value.get("refreshFlag"))
@@ -782,6 +794,8 @@ class IsdR(Applet):
     def _disable(self, value: Any, raw: bytes) -> bytes:
         which = self._identifier(value["profileIdentifier"])
         target = self.profile_store.find(**which)
+        if target is not None and target is self.profile_store.enabled() and self._cat_busy(value):
+            return asn1.encode("DisableProfileResponse", {"disableResult": int(DisableResult.CAT_BUSY)})
         result = self.profile_store.disable(**which)
         if result == 0:
             self.refresh_pending = bool(value.get("refreshFlag"))
