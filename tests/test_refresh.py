@@ -448,3 +448,38 @@ def test_a_switch_with_refresh_while_a_proactive_command_is_open_is_cat_busy_and
     assert state() == "enabled"
     assert switch("Disable", False) == 0
     assert state() == "disabled"
+
+
+def test_the_refresh_waits_until_the_enable_answer_has_been_read_whole(
+    keys: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SGP.22 3.2.1: the eUICC answers EnableProfile, then the REFRESH resets the card. While the LPA has still to
+    read that answer (61 xx, GET RESPONSE to come on its channel) the card announces nothing on the basic channel,
+    or the modem's next STATUS would reset the card under the LPA's GET RESPONSE (a CI run beside CPU burners hit
+    exactly that: +CME ERROR: 21 on the GET RESPONSE)."""
+    monkeypatch.setenv("BIPSIM_PKI", str(keys.directory))
+    transport, _ = simulated_card("euicc", None, Tracer(keep=True))
+    assert isinstance(transport, SimulatedCard)
+    card = transport.card
+    answered = card.process(bytes((0x80, 0x10, 0, 0, len(TERMINAL_PROFILE))) + TERMINAL_PROFILE)
+    while answered[-2] == 0x91:  # the toolkit's commands, answered as the CP would
+        command = decode_proactive(card.process(bytes((0x80, 0x12, 0, 0, answered[-1])))[:-2])
+        response = TerminalResponse.build(command, GeneralResult.OK).encode()
+        answered = card.process(bytes((0x80, 0x14, 0, 0, len(response))) + response)
+    lpa = LpaChannel(card)
+    smdp = Smdp(keys)
+    assert load(lpa, smdp.bpp(prepared(lpa, smdp)))["finalResult"][0] == "successResult"
+    request = asn1.encode(
+        "EnableProfileRequest", {"profileIdentifier": ("iccid", iccid_bytes(OP1_ICCID)), "refreshFlag": True}
+    )
+    answer = card.process(bytes((0x80 | lpa.channel, 0xE2, 0x91, 0, len(request))) + request)
+    assert answer[-2] == 0x61, answer.hex()  # the answer waits for GET RESPONSE
+    assert card.process(bytes.fromhex("80F2000000"))[-2:] == b"\x90\x00"  # no 91 xx yet
+    assert card.process(bytes.fromhex("8012000010"))[-2:] == b"\x69\x85"  # nor a REFRESH to fetch
+    rest = card.process(bytes((lpa.channel, 0xC0, 0, 0, answer[-1])))
+    assert rest[-2:] == b"\x90\x00"
+    assert asn1.decode("EnableProfileResponse", rest[:-2]) == {"enableResult": 0}
+    status = card.process(bytes.fromhex("80F2000000"))
+    assert status[-2] == 0x91, status.hex()  # now the REFRESH
+    refresh = decode_proactive(card.process(bytes((0x80, 0x12, 0, 0, status[-1])))[:-2])
+    assert refresh.type == CommandType.REFRESH

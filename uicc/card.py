@@ -287,10 +287,13 @@ class SimCard:
 
     def _applet_pending(self, apdu: bytes) -> bool:
         """An applet's proactive command is next, announced on the basic channel only (a host's logical channel
-        session keeps its 90 00)."""
+        session keeps its 90 00), and only once the answer that asked for it has been read whole: the ISD-R's
+        REFRESH after EnableProfile must not reset the card between its 61 xx and the LPA's GET RESPONSE (SGP.22
+        3.2.1: the answer first, then the REFRESH)."""
         return (
             bool(self._applet_commands)
             and not self.proactive_session_open()
+            and not self.applets.answering
             and logical_channel(apdu[0]) == 0
         )
 
@@ -743,7 +746,7 @@ class SimCard:
         if self.proactive_session_open():
             # one proactive session at a time: the fetched command is answered first (TS 102 223 section 6.4)
             raise ApduError(SW_CONDITIONS_NOT_SATISFIED)
-        if self._applet_commands:
+        if self._applet_commands and not self.applets.answering:
             command = self._applet_commands[0]
             if le is not None and le != 256 and le != len(command):
                 return b"", 0x6C00 | (len(command) & 0xFF)

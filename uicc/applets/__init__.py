@@ -149,6 +149,11 @@ class AppletHost:
             self.leave(channel)
         self._pending.clear()
 
+    @property
+    def answering(self) -> bool:
+        """Whether an applet's answer is still being read (61 xx, GET RESPONSE to come) on some channel."""
+        return bool(self._pending)
+
     # --- commands ----------------------------------------------------------------------------------------------
 
     def routes(self, channel: int, cla: int, ins: int, p1: int) -> bool:
