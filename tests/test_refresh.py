@@ -394,6 +394,16 @@ async def test_enable_with_refresh_flag_makes_the_cp_reset_and_read_the_new_imsi
     assert again.startswith("+CCHO: ")
 
 
+def answer_toolkit(card: Any, answered: bytes) -> bytes:
+    """Fetches and answers OK every proactive command the card announces after `answered`, as the CP would; the
+    last answer (90 00 when nothing more is pending)."""
+    while answered[-2] == 0x91:
+        command = decode_proactive(card.process(bytes((0x80, 0x12, 0, 0, answered[-1])))[:-2])
+        response = TerminalResponse.build(command, GeneralResult.OK).encode()
+        answered = card.process(bytes((0x80, 0x14, 0, 0, len(response))) + response)
+    return answered
+
+
 def test_a_switch_with_refresh_while_a_proactive_command_is_open_is_cat_busy_and_switches_nothing(
     keys: Pki, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -432,11 +442,7 @@ def test_a_switch_with_refresh_while_a_proactive_command_is_open_is_cat_busy_and
     assert card.process(bytes.fromhex("8012000010"))[-2:] == b"\x69\x85"  # no second command handed out
     response = TerminalResponse.build(open_command, GeneralResult.OK).encode()
     answered = card.process(bytes((0x80, 0x14, 0, 0, len(response))) + response)
-    while answered[-2] == 0x91:  # the toolkit's next commands, answered as the CP would
-        command = decode_proactive(card.process(bytes((0x80, 0x12, 0, 0, answered[-1])))[:-2])
-        response = TerminalResponse.build(command, GeneralResult.OK).encode()
-        answered = card.process(bytes((0x80, 0x14, 0, 0, len(response))) + response)
-    assert answered[-2:] == b"\x90\x00"
+    assert answer_toolkit(card, answered)[-2:] == b"\x90\x00"  # the toolkit's next commands
     assert switch("Enable", True) == 0
     assert state() == "enabled"
     status = card.process(bytes.fromhex("80F2000000"))
@@ -461,11 +467,7 @@ def test_the_refresh_waits_until_the_enable_answer_has_been_read_whole(
     transport, _ = simulated_card("euicc", None, Tracer(keep=True))
     assert isinstance(transport, SimulatedCard)
     card = transport.card
-    answered = card.process(bytes((0x80, 0x10, 0, 0, len(TERMINAL_PROFILE))) + TERMINAL_PROFILE)
-    while answered[-2] == 0x91:  # the toolkit's commands, answered as the CP would
-        command = decode_proactive(card.process(bytes((0x80, 0x12, 0, 0, answered[-1])))[:-2])
-        response = TerminalResponse.build(command, GeneralResult.OK).encode()
-        answered = card.process(bytes((0x80, 0x14, 0, 0, len(response))) + response)
+    answer_toolkit(card, card.process(bytes((0x80, 0x10, 0, 0, len(TERMINAL_PROFILE))) + TERMINAL_PROFILE))
     lpa = LpaChannel(card)
     smdp = Smdp(keys)
     assert load(lpa, smdp.bpp(prepared(lpa, smdp)))["finalResult"][0] == "successResult"
