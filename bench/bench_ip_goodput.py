@@ -20,7 +20,11 @@ Prints ONE JSON line: goodput in kbit/s of each and the ratios; `ratio_lte` is t
 a claim about any connection under that loss, not about a lucky draw), `ratio_lte_loss1_median` the median of the
 same ratios, `ratio_lte_loss1_up_vs_cubic_min`/`_median` the upload against the kernel's CUBIC, and
 `ratio_lte_loss1_up_ours_bbr_min`/`_median` our stack with `TcpConfig(congestion="bbr")` against the kernel's
-default (its lossy uploads: `*_ours_bbr_*`). The lte cases
+default (its lossy uploads: `*_ours_bbr_*`). `ratio_lte_loss1_same_cc` is the MINIMUM over the seeds and both
+directions with our stack running the congestion control the kernel's client runs (`kernel_congestion`: reno,
+cubic or bbr, all three in net/tcp.py): the two TCPs compared with the same algorithm, so the ratio measures the
+implementation, not the choice of algorithm (`ratio_lte_loss1` mixes both wherever the kernel's default is not our
+default, reno). The lte cases
 also run with 1 MiB buffers (`*_1mib_buffers_ratio`) instead of our defaults (512 KiB send, 256 KiB receive).
 Needs root (or unprivileged user namespaces), unshare, nsenter and ip.  Usage: bench_ip_goodput.py [SIZE_BYTES]
 """
@@ -49,6 +53,7 @@ PORT = 5500
 SEEDS = (7, 8, 9, 10)
 BIG_BUFFERS = TcpConfig(receive_buffer=1 << 20, send_buffer=1 << 20)
 BBR = TcpConfig(congestion="bbr")
+CUBIC = TcpConfig(congestion="cubic")
 _STACK_SEEDS = itertools.count(1)
 OURS = IPv4Address("198.51.100.2")
 KERNEL = IPv4Address("198.51.100.3")
@@ -235,6 +240,7 @@ async def main(size: int) -> dict[str, object]:
     lossy: list[float] = []
     against_cubic: list[float] = []
     bbr_ratios: list[float] = []
+    same_cc: list[float] = []
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(pgw.run)
@@ -268,6 +274,8 @@ async def main(size: int) -> dict[str, object]:
                         result[f"{key}_kernel_kbit_s"] = _kbit_s(size, kernel)
                         result[f"{key}_ratio"] = round(kernel / ours, 3)
                         lossy.append(kernel / ours)
+                        if mode == "D":  # the kernel's server is the sender either way
+                            same_cc.append(kernel / ours)
                         if mode == "U":
                             with trio.fail_after(180):
                                 cubic, cubic_cc = await _kernel(
@@ -280,6 +288,15 @@ async def main(size: int) -> dict[str, object]:
                             result[f"{key}_ours_bbr_kbit_s"] = _kbit_s(size, bbr)
                             result[f"{key}_ours_bbr_ratio"] = round(kernel / bbr, 3)
                             bbr_ratios.append(kernel / bbr)
+                            # our upload with the kernel client's own congestion control (reno: `ours`)
+                            alike = {"reno": ours, "bbr": bbr}.get(str(kernel_cc["congestion"]))
+                            if alike is None and kernel_cc["congestion"] == "cubic":
+                                with trio.fail_after(180):
+                                    alike, _ = await _ours(pgw, loss1, seed, mode, size, CUBIC)
+                                result[f"{key}_ours_cubic_kbit_s"] = _kbit_s(size, alike)
+                            if alike is not None:  # None: an algorithm our stack does not have
+                                result[f"{key}_same_cc_ratio"] = round(kernel / alike, 3)
+                                same_cc.append(kernel / alike)
                             result[f"{key}_cc"] = {
                                 "ours": ours_cc,
                                 "ours_bbr": bbr_cc,
@@ -301,6 +318,9 @@ async def main(size: int) -> dict[str, object]:
     result["ratio_lte_loss1_up_vs_cubic_median"] = round(statistics.median(against_cubic), 3)
     result["ratio_lte_loss1_up_ours_bbr_min"] = round(min(bbr_ratios), 3)
     result["ratio_lte_loss1_up_ours_bbr_median"] = round(statistics.median(bbr_ratios), 3)
+    if same_cc:
+        result["ratio_lte_loss1_same_cc"] = round(min(same_cc), 3)
+        result["ratio_lte_loss1_same_cc_median"] = round(statistics.median(same_cc), 3)
     return result
 
 
