@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 PKG_DIRS := bipsim ap cp net uicc link ota trace scenarios
 
-.PHONY: demo test bench fuzz soak lint typecheck pytest clean FORCE
+.PHONY: demo test bench fuzz soak stress lint typecheck pytest clean FORCE
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -68,6 +68,12 @@ fuzz: $(VENV)/.fuzz
 	  $(BIN)/python -m tests.fuzz.atheris.$$name -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 \
 	    -print_final_stats=1 -artifact_prefix=build/fuzz/$$name/ build/fuzz/$$name/corpus || failed="$$failed $$name"; \
 	done; if [ -n "$$failed" ]; then echo "crashers found by:$$failed (inputs in build/fuzz/<name>/)" >&2; exit 1; fi
+
+# the suite under stress (docs/development.md): STRESS_RUNS runs of CI=true .ci/run on a fresh clone of HEAD,
+# two CPU burners beside them; logs and summary.txt in build/stress
+STRESS_RUNS ?= 10
+stress:
+	tools/stress-suite.sh $(STRESS_RUNS) 2 build/stress
 
 # the soak run of docs/development.md: ten minutes of OTA sessions with faults; SOAK_ARGS adds options (--seed 7)
 soak: $(VENV)/.runtime
