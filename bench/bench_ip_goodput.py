@@ -21,7 +21,8 @@ a claim about any connection under that loss, not about a lucky draw) with our s
 control the kernel's client runs (`kernel_congestion`: reno, cubic or bbr, all three in net/tcp.py), so that the
 two TCP implementations are compared, not two algorithms; `ratio_lte_loss1_median` the median of the same ratios.
 `ratio_lte_loss1_our_default` (and `_median`) is the same minimum with our default congestion control (reno)
-whatever the kernel runs: against a kernel on BBR it measures RFC 5681 against BBR under random loss; `ratio_lte_loss1_up_vs_cubic_min`/`_median` the upload against the kernel's CUBIC, and
+whatever the kernel runs: against a kernel on BBR it measures RFC 5681 against BBR under random loss;
+`ratio_lte_loss1_up_vs_cubic_min`/`_median` the upload against the kernel's CUBIC, and
 `ratio_lte_loss1_up_ours_bbr_min`/`_median` our stack with `TcpConfig(congestion="bbr")` against the kernel's
 default (its lossy uploads: `*_ours_bbr_*`). The lte cases
 also run with 1 MiB buffers (`*_1mib_buffers_ratio`) instead of our defaults (512 KiB send, 256 KiB receive).
