@@ -10,6 +10,8 @@ usable and its state loadable.
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
 from collections.abc import Sequence
 from functools import cache
@@ -33,8 +35,9 @@ ALLOWED_SW1 = {0x61, 0x62, 0x63, 0x67, 0x68, 0x69, 0x6A, 0x6B, 0x6C, 0x6D, 0x6E,
 @cache
 def euicc_profile() -> CardProfile:
     """The built-in `euicc` card profile with its test PKI in a folder of this process (made once: the ECDSA keys
-    take a moment), so that fuzzing never writes the user's own PKI folder."""
+    take a moment), so that fuzzing never writes the user's own PKI folder; the folder goes at exit."""
     folder = Path(tempfile.mkdtemp(prefix="bipsim-fuzz-pki-"))
+    atexit.register(shutil.rmtree, folder, True)
     return load_profile("euicc").with_overrides(euicc_pki=str(folder))
 
 
