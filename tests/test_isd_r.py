@@ -512,6 +512,32 @@ def test_a_fault_set_on_the_running_card_outlives_a_power_cycle_so_it_fires_once
     assert card.isd_r.fault_at_segment is None
 
 
+def test_a_card_profile_edited_after_the_running_card_s_setting_is_the_newer_word(keys: Pki) -> None:
+    """The setting made on the running card stands over the card profile's segment it replaced; a card profile that
+    names another segment since (the user edited it) is in force at the next start, and the setting is gone."""
+    card = new_card(keys, fault_at_segment=4, keep_otpk=True)
+    card.isd_r.fault_at_segment = 6  # 'euicc-fault N 6' over the profile's 4
+    assert power_cycle(card, keys, fault_at_segment=4).isd_r.fault_at_segment == 6
+    card = power_cycle(card, keys, fault_at_segment=5)  # the profile now says 5
+    assert card.isd_r.fault_at_segment == 5
+    store = card.isd_r.profile_store
+    assert (store.fault_set, store.fault_over) == (None, None)
+    assert (
+        power_cycle(card, keys, fault_at_segment=4).isd_r.fault_at_segment == 4
+    )  # the setting does not return
+    # switched off on the running card over a profile without a fault: a profile that adds one is the newer word
+    card = new_card(keys, keep_otpk=True)
+    card.isd_r.fault_at_segment = 0
+    assert power_cycle(card, keys).isd_r.fault_at_segment is None
+    assert power_cycle(card, keys, fault_at_segment=3).isd_r.fault_at_segment == 3
+    # a state file written before the replaced segment was kept: the setting stands, as it did
+    state = card.isd_r.to_dict()
+    state["store"].pop("fault_over")
+    fresh = IsdR(keys=keys, fault_at_segment=3)
+    fresh.load_dict(state)
+    assert fresh.fault_at_segment is None
+
+
 def test_without_the_kept_key_the_replayed_bpp_is_refused_once_and_nothing_loops(keys: Pki) -> None:
     card = new_card(keys, fault_at_segment=4, keep_otpk=False)
     smdp = Smdp(keys)

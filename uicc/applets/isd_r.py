@@ -292,7 +292,8 @@ class IsdR(Applet):
     @property
     def fault_at_segment(self) -> int | None:
         """The fault segment in force: the one set on the running card (kept in the card state, so a power cycle
-        does not bring the card profile's back to fire a second time) over the card profile's."""
+        does not bring the card profile's back to fire a second time) over the card profile's, until a card profile
+        names another segment than the one it replaced (load_dict)."""
         running = self.profile_store.fault_set
         if running is not None:
             return running or None
@@ -301,7 +302,7 @@ class IsdR(Applet):
     @fault_at_segment.setter
     def fault_at_segment(self, segment: int | None) -> None:
         # the CP's card control on a running card (uicc/card.py set_euicc_fault)
-        self.profile_store.set_fault(segment)
+        self.profile_store.set_fault(segment, over=self._profile_fault or 0)
 
     @property
     def keys(self) -> pki.Pki:
@@ -900,6 +901,11 @@ class IsdR(Applet):
         store = state.get("store")
         if isinstance(store, dict):
             self.profile_store.load_dict(store)
+            over = self.profile_store.fault_over
+            if over is not None and over != (self._profile_fault or 0):
+                # the card profile names another fault segment than the one the running card's setting replaced:
+                # the profile was edited since, and its segment is the one in force now
+                self.profile_store.drop_fault_setting()
         notes: list[Notification] = []
         for entry in state.get("notifications", ()):
             try:

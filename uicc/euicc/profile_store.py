@@ -217,6 +217,10 @@ class ProfileStore:
     # the fault segment set on the running card (0: none), over the card profile's: kept in the card state, so
     # a power cycle does not bring back the profile's fault that was replaced or already fired
     fault_set: int | None = None
+    # the card profile's fault segment (0: none) that `fault_set` replaced: a card profile that names another one
+    # since is the newer word, and the setting is dropped at the next start (IsdR.load_dict); None in a state
+    # file written before it was kept (the setting stands then, as it did)
+    fault_over: int | None = None
     state_version: int = 0
     _listeners: list[Listener] = field(default_factory=list, repr=False)
 
@@ -376,10 +380,17 @@ class ProfileStore:
         self.fault_spent = segment
         self._changed()
 
-    def set_fault(self, segment: int | None) -> None:
-        """The fault segment set on the running card (None or 0: no fault), over the card profile's."""
+    def set_fault(self, segment: int | None, *, over: int = 0) -> None:
+        """The fault segment set on the running card (None or 0: no fault), over the card profile's `over`."""
         self.fault_set = segment if segment and segment > 0 else 0
+        self.fault_over = over
         self._changed()
+
+    def drop_fault_setting(self) -> None:
+        """The running card's setting gives way to the card profile's segment again."""
+        if self.fault_set is not None or self.fault_over is not None:
+            self.fault_set = self.fault_over = None
+            self._changed()
 
     def rearm_fault(self) -> None:
         """A fault set again (the CP's card-control 'euicc-fault'): it fires once more."""
@@ -414,6 +425,7 @@ class ProfileStore:
             "fallback_iccid": self.fallback_iccid,
             "fault_spent": self.fault_spent,
             "fault_set": self.fault_set,
+            "fault_over": self.fault_over,
         }
 
     def load_dict(self, state: dict[str, Any]) -> None:
@@ -441,4 +453,6 @@ class ProfileStore:
         self.fault_spent = spent if isinstance(spent, int) and not isinstance(spent, bool) else None
         running = state.get("fault_set")
         self.fault_set = running if isinstance(running, int) and not isinstance(running, bool) else None
+        over = state.get("fault_over")
+        self.fault_over = over if isinstance(over, int) and not isinstance(over, bool) else None
         self._changed(subscription=True)
