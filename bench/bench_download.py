@@ -13,13 +13,17 @@ Two references are measured in the same run:
   process: no gateway, no line, no trace, no TLS, HTTP or GP work on the card (its client only counts the bytes):
   ENVELOPE Data Available for each buffer's worth (the terminal's buffer of the OPEN CHANNEL), FETCH RECEIVE DATA
   and TERMINAL RESPONSE with up to 237 bytes until the buffer is drained. `e<n>.ratio_to_floor` is the embodiment's
-  goodput over the floor's (issue 21's target for e2: >= 0.6).
+  goodput over the floors' measured right before and after it (issue 21's target for e2: >= 0.6).
+
+Each embodiment runs BIPSIM_BENCH_ROUNDS times (default 3, in turns, a floor after each run): its median run (by
+`ratio_to_floor`) is the one reported, with every run's ratio in `ratio_to_floor_runs`, since single runs on this
+project's machines scatter by about a quarter (docs/performance.md, "The card path").
 
 `python bench/bench_download.py [BYTES]` changes the size (for a quick look). Prints one JSON line.
 
 With BIPSIM_BENCH_PROFILE=DIR and py-spy on the PATH (`pip install py-spy`), each embodiment's CP process is
-sampled by `py-spy record --format raw` into DIR/cp-e<n>.txt (collapsed stacks, one line each with its count): the
-profile docs/performance.md quotes ("The card path"). The sampler costs the machine some CPU, so the figures of a
+sampled by `py-spy record --format raw` into DIR/cp-e<n>.txt (collapsed stacks, one line each with its count; the
+last round's): the profile docs/performance.md quotes ("The card path"). The sampler costs the machine some CPU, so the figures of a
 profiled run are not the ones to compare.
 """
 
@@ -33,6 +37,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import trio
 from _embodiment_runs import bytes_from_server, download_campaign, loopback_tcp_rate, session_window
@@ -244,33 +249,39 @@ def floor(size: int) -> dict[str, float]:
     }
 
 
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run whose `ratio_to_floor` is the median of `runs` (the lower middle of an even count), with every run's
+    ratio beside it (`ratio_to_floor_runs`, in the order run)."""
+    ordered = sorted(runs, key=lambda run: run["ratio_to_floor"])
+    return {
+        **ordered[(len(ordered) - 1) // 2],
+        "ratio_to_floor_runs": [run["ratio_to_floor"] for run in runs],
+    }
+
+
 def main() -> None:
     size = int(sys.argv[1]) if len(sys.argv) > 1 else SIZE
-    # the floor right before and after each embodiment: each ratio divides by the floors measured beside it, so a
-    # machine whose load changes during the run skews the ratios less
-    floors = [floor(size)]
-    e1 = measure(1, size)
-    floors.append(floor(size))
-    e2 = measure(2, size)
-    floors.append(floor(size))
+    rounds = int(os.environ.get("BIPSIM_BENCH_ROUNDS", "3"))
     loopback = loopback_tcp_rate(size) / 1e3
-
-    def beside(first: int) -> float:
-        return (floors[first]["goodput_kBps"] + floors[first + 1]["goodput_kBps"]) / 2
-
+    # the floor right before and after each embodiment: each ratio divides by the floors measured beside it, so a
+    # machine whose load changes during the run skews the ratios less; ROUNDS rounds of e1 and e2, the median run
+    # of each reported (this machine's runs scatter by a quarter: docs/performance.md, "The card path")
+    floors = [floor(size)]
+    runs: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
+    for _ in range(rounds):
+        for embodiment in (1, 2):
+            run = measure(embodiment, size)
+            floors.append(floor(size))
+            beside = (floors[-2]["goodput_kBps"] + floors[-1]["goodput_kBps"]) / 2
+            run["ratio"] = round(run["goodput_kBps"] / loopback, 6)
+            run["ratio_to_floor"] = round(run["goodput_kBps"] / beside, 4)
+            runs[embodiment].append(run)
     base = {key: round(sum(f[key] for f in floors) / len(floors), 4) for key in floors[0]}
     result = {
         "bench": "ota_download_goodput",
-        "e1": {
-            **e1,
-            "ratio": round(e1["goodput_kBps"] / loopback, 6),
-            "ratio_to_floor": round(e1["goodput_kBps"] / beside(0), 4),
-        },
-        "e2": {
-            **e2,
-            "ratio": round(e2["goodput_kBps"] / loopback, 6),
-            "ratio_to_floor": round(e2["goodput_kBps"] / beside(1), 4),
-        },
+        "rounds": rounds,
+        "e1": median_run(runs[1]),
+        "e2": median_run(runs[2]),
         "floor": {**base, "goodput_kBps_runs": [f["goodput_kBps"] for f in floors]},
         "loopback_tcp_kBps": round(loopback, 1),
     }
