@@ -23,8 +23,8 @@ project's machines scatter by about a quarter (docs/performance.md, "The card pa
 
 With BIPSIM_BENCH_PROFILE=DIR and py-spy on the PATH (`pip install py-spy`), each embodiment's CP process is
 sampled by `py-spy record --format raw` into DIR/cp-e<n>.txt (collapsed stacks, one line each with its count; the
-last round's): the profile docs/performance.md quotes ("The card path"). The sampler costs the machine some CPU, so the figures of a
-profiled run are not the ones to compare.
+last round's): the profile docs/performance.md quotes ("The card path"). The sampler costs the machine some CPU,
+so the figures of a profiled run are not the ones to compare.
 """
 
 from __future__ import annotations

@@ -522,9 +522,8 @@ def test_a_card_profile_edited_after_the_running_card_s_setting_is_the_newer_wor
     assert card.isd_r.fault_at_segment == 5
     store = card.isd_r.profile_store
     assert (store.fault_set, store.fault_over) == (None, None)
-    assert (
-        power_cycle(card, keys, fault_at_segment=4).isd_r.fault_at_segment == 4
-    )  # the setting does not return
+    # the setting does not return with the profile's old segment
+    assert power_cycle(card, keys, fault_at_segment=4).isd_r.fault_at_segment == 4
     # switched off on the running card over a profile without a fault: a profile that adds one is the newer word
     card = new_card(keys, keep_otpk=True)
     card.isd_r.fault_at_segment = 0

@@ -19,14 +19,14 @@ from pathlib import Path
 
 from bipsim.ap.lpa import records
 from bipsim.ap.lpa.es10_client import Es10Error, parse_installation_result, parse_metadata, read_tlv
+from bipsim.cp.card_driver import get_response_class
 from bipsim.ota import es9_json
-from bipsim.uicc.applets.isd_r import IsdR
-from bipsim.uicc.card import SimCard
+from bipsim.uicc.applets.isd_r import ISD_R_AID, IsdR
+from bipsim.uicc.card import SimCard, on_channel
 from bipsim.uicc.euicc.asn1 import ES10_REQUEST_TAGS
 from bipsim.uicc.euicc.upp import builtin_upps, upp_fields
 from bipsim.uicc.profile import CardProfile, load_profile
 
-ISD_R_AID = bytes.fromhex("A0000005591010FFFFFFFF8900000100")  # SGP.22 2.2.3
 STORE_DATA = 0xE2
 # the status words the ISD-R and the card's channel handling may answer (TS 102 221 10.2.1, SGP.22 5.7.1)
 ALLOWED_SW1 = {0x61, 0x62, 0x63, 0x67, 0x68, 0x69, 0x6A, 0x6B, 0x6C, 0x6D, 0x6E, 0x6F, 0x90, 0x91}
@@ -57,18 +57,14 @@ def builtin_iccids() -> list[str]:
     return sorted(upp_fields(upp)["iccid"] for upp in builtin_upps().values())
 
 
-def channel_class(channel: int) -> int:
-    """The proprietary class byte of STORE DATA on logical channel `channel` (TS 102 221 10.1.1)."""
-    return 0x80 | channel if channel < 4 else 0xC0 | (channel - 4)
-
-
 def open_isd_r(card: SimCard) -> int:
     """MANAGE CHANNEL open and SELECT of the ISD-R by AID, as an LPA over +CCHO does; the channel number."""
     answer = card.process(b"\x00\x70\x00\x00\x01")
     assert answer[-2:] == b"\x90\x00", answer.hex()
     channel = answer[0]
-    base = channel if channel < 4 else 0x40 | (channel - 4)
-    selected = card.process(bytes((base, 0xA4, 0x04, 0x00, len(ISD_R_AID))) + ISD_R_AID + b"\x00")
+    selected = card.process(
+        bytes((on_channel(0x00, channel), 0xA4, 0x04, 0x00, len(ISD_R_AID))) + ISD_R_AID + b"\x00"
+    )
     assert selected[-2] in (0x90, 0x61), selected.hex()
     return channel
 
@@ -78,7 +74,7 @@ def _answer(card: SimCard, cla: int, apdu: bytes) -> bytes:
     answer = card.process(apdu)
     assert isinstance(answer, bytes) and len(answer) >= 2 and answer[-2] in ALLOWED_SW1, answer.hex()
     if answer[-2] == 0x61:
-        more = card.process(bytes((cla & 0xF3 if cla < 0xC0 else cla, 0xC0, 0, 0, answer[-1])))
+        more = card.process(bytes((get_response_class(cla), 0xC0, 0, 0, answer[-1])))
         assert len(more) >= 2 and more[-2] in ALLOWED_SW1, more.hex()
         return more
     return answer
@@ -102,7 +98,7 @@ def isd_r(requests: Sequence[tuple[bytes, int, int]]) -> None:
 
 def _store_data(card: SimCard, requests: Sequence[tuple[bytes, int, int]]) -> None:
     channel = open_isd_r(card)
-    cla = channel_class(channel)
+    cla = on_channel(0x80, channel)  # STORE DATA: the proprietary class on the ISD-R's channel
     for request, size, damage in requests:
         blocks = [request[at : at + size] for at in range(0, len(request), size)] or [b""]
         for number, block in enumerate(blocks):
