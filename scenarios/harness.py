@@ -58,7 +58,8 @@ class RunConfig:
     # campaigns (TOML) of more OTA servers ("ota2", "ota3"...); the card runs a session with each on its own
     # BIP channel at the same time as the first (bipsim cp --extra-channel)
     extra_servers: list[str] = field(default_factory=list)
-    # put a ServerLink between the card's bearer and the OTA server (Harness.link), for network faults
+    # put a ServerLink between the card's bearer and the OTA server (Harness.link), for network faults; with
+    # `ota_listen` (a card whose profile fixes where it connects) the link listens there and the server elsewhere
     server_link: bool = False
     # called with (process name, pid) once each process started, and again for a CP booted by power_cycle_cp
     on_process: Callable[[str, int], None] | None = None
@@ -212,8 +213,14 @@ class ServerLink:
         while self.stats.to_card < offset:
             await self._changed.wait()
 
-    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    async def serve(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        listeners = await trio.open_tcp_listeners(port, host=host)
         port = int(listeners[0].socket.getsockname()[1])
         async with trio.open_nursery() as nursery:
             task_status.started(port)
@@ -554,12 +561,14 @@ class Harness:
                 if config.campaign is not None:
                     (self.dir / "campaign.toml").write_text(config.campaign)
                     campaign_args = ["--script", str(self.dir / "campaign.toml")]
+                # the card connects to `ota_listen`: the server listens there, or the link does in front of it
+                relayed = config.server_link and config.ota_listen is not None
                 await self._start(
                     "ota",
                     self._command(
                         "ota-server",
                         "--listen",
-                        config.ota_listen or "127.0.0.1:0",
+                        "127.0.0.1:0" if relayed else config.ota_listen or "127.0.0.1:0",
                         "--results",
                         str(self.dir / "results.json"),
                         "--trace",
@@ -574,7 +583,8 @@ class Harness:
                 port = await self._wait_for_port(self.dir / "ota.log")
                 if config.server_link:
                     self.link = ServerLink("127.0.0.1", port)
-                    port = await nursery.start(self.link.serve)
+                    host, _, at = (config.ota_listen or "127.0.0.1:0").rpartition(":")
+                    port = await nursery.start(self.link.serve, host, int(at))
             extra_args: list[str] = []
             for name, campaign in self._extra_servers():
                 (self.dir / f"{name}.toml").write_text(campaign)
